@@ -1,0 +1,40 @@
+//===- AttnAttributes.h - attn pattern attributes ---------------*- C++ -*-===//
+
+#ifndef TESSERA_DIALECT_ATTN_ATTNATTRIBUTES_H
+#define TESSERA_DIALECT_ATTN_ATTNATTRIBUTES_H
+
+#include "mlir/IR/Attributes.h"
+#include "mlir/IR/BuiltinAttributes.h"
+#include "mlir/IR/DialectImplementation.h"
+
+#include "tessera/Dialect/Attn/AttnInterfaces.h.inc"
+
+namespace tessera::attn {
+
+/// The largest sequence length, offset or size a pattern may name (2^40).
+/// Every index computation of the reference semantics stays within int64_t
+/// for parameters and lengths up to this bound.
+inline constexpr int64_t kMaxExtent = int64_t(1) << 40;
+
+/// Parses `[a, b, c]` (possibly empty) for list parameters.
+mlir::FailureOr<llvm::SmallVector<int64_t>> parseI64List(mlir::AsmParser &p);
+/// Prints `[a, b, c]`.
+void printI64List(mlir::AsmPrinter &p, llvm::ArrayRef<int64_t> values);
+
+} // namespace tessera::attn
+
+#define GET_ATTRDEF_CLASSES
+#include "tessera/Dialect/Attn/AttnAttributes.h.inc"
+
+namespace tessera::attn {
+
+/// Returns a pattern that allows exactly the same (query, key, head) pairs as
+/// `pattern` for every sequence length, rewritten by the algebraic rules of
+/// docs/patterns.md (flattening, absorbing dense/skip, merging bands and
+/// stripes, detecting A-shapes and empty sets). Returns `pattern` itself
+/// when nothing applies.
+PatternAttrInterface simplifyPattern(PatternAttrInterface pattern);
+
+} // namespace tessera::attn
+
+#endif // TESSERA_DIALECT_ATTN_ATTNATTRIBUTES_H

@@ -1,0 +1,324 @@
+//===- AttnAttributes.td - attn pattern attributes ---------*- tablegen -*-===//
+//
+// One attribute per static pattern of the catalogue, plus the combinators.
+// The exact meaning of each is written in docs/patterns.md; positions use the
+// bottom-right aligned query position p(q) = q + Nk - Nq and the offset
+// d = k - p(q) of a key from the query's diagonal.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef TESSERA_DIALECT_ATTN_ATTNATTRIBUTES_TD
+#define TESSERA_DIALECT_ATTN_ATTNATTRIBUTES_TD
+
+include "mlir/IR/AttrTypeBase.td"
+include "tessera/Dialect/Attn/AttnDialect.td"
+include "tessera/Dialect/Attn/AttnInterfaces.td"
+
+class Attn_PatternAttr<string name, string attrMnemonic,
+                       list<string> overridden = []>
+    : AttrDef<Attn_Dialect, name,
+              [DeclareAttrInterfaceMethods<Attn_PatternAttrInterface,
+                                           overridden>]> {
+  let mnemonic = attrMnemonic;
+}
+
+/// A list of integers written `[a, b, c]`; may be empty or left out.
+class Attn_I64ListParameter<string desc>
+    : OptionalArrayRefParameter<"int64_t", desc> {
+  let parser = [{ ::tessera::attn::parseI64List($_parser) }];
+  let printer = [{ ::tessera::attn::printI64List($_printer, $_self) }];
+}
+
+class Attn_DefaultZero<string desc>
+    : DefaultValuedParameter<"int64_t", "0", desc>;
+
+//===----------------------------------------------------------------------===//
+// Leaves
+//===----------------------------------------------------------------------===//
+
+def Attn_DenseAttr : Attn_PatternAttr<"Dense", "dense"> {
+  let summary = "Every query sees every key";
+  let description = [{
+    `allowed(q, k) = true`. Bidirectional attention (encoders, DiT).
+
+    ```mlir
+    attn.heads [0] = #attn.dense
+    ```
+  }];
+}
+
+def Attn_CausalAttr : Attn_PatternAttr<"Causal", "causal"> {
+  let summary = "Keys at or before the query's aligned position";
+  let description = [{
+    `allowed(q, k) = d <= 0` with `d = k - (q + Nk - Nq)`: bottom-right
+    aligned causal masking, as FlashAttention does when `Nq != Nk`.
+
+    ```mlir
+    attn.heads [0, 1] = #attn.causal
+    ```
+  }];
+}
+
+def Attn_WindowAttr : Attn_PatternAttr<"Window", "window"> {
+  let summary = "A diagonal band: `before` keys behind, `after` keys ahead";
+  let description = [{
+    `allowed(q, k) = -before <= d <= after`. A sliding window is
+    `#attn.window<before = W>`; Sparse-vDiT's diagonal heads use a symmetric
+    band. The band always contains the diagonal itself.
+
+    ```mlir
+    attn.heads [3] = #attn.window<before = 1024>
+    attn.heads [4] = #attn.window<before = 64, after = 64>
+    ```
+  }];
+  let parameters = (ins
+    Attn_DefaultZero<"keys allowed before the diagonal">:$before,
+    Attn_DefaultZero<"keys allowed after the diagonal">:$after);
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+}
+
+def Attn_SinkAttr : Attn_PatternAttr<"Sink", "sink"> {
+  let summary = "The first `count` keys, causally (attention sinks)";
+  let description = [{
+    `allowed(q, k) = k < count && d <= 0`: the initial tokens of
+    StreamingLLM and MInference, seen by every query at or after them. Keys
+    that every query sees regardless of position are a
+    `#attn.vertical_stripe`.
+
+    ```mlir
+    attn.heads [0] = #attn.sink<4>
+    ```
+  }];
+  let parameters = (ins "int64_t":$count);
+  let assemblyFormat = "`<` $count `>`";
+  let genVerifyDecl = 1;
+}
+
+def Attn_AShapeAttr : Attn_PatternAttr<"AShape", "a_shape"> {
+  let summary = "Sink keys plus a diagonal band (MInference A-shape)";
+  let description = [{
+    Exactly `#attn.sink<sink> ∪ #attn.window<before, after>`. With the
+    default `after = 0` the pattern is causal.
+
+    ```mlir
+    attn.heads [0, 1, 2] = #attn.a_shape<sink = 4, before = 1024>
+    ```
+  }];
+  let parameters = (ins "int64_t":$sink, "int64_t":$before,
+                        Attn_DefaultZero<"keys after the diagonal">:$after);
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+}
+
+def Attn_MultiDiagonalAttr
+    : Attn_PatternAttr<"MultiDiagonal", "multi_diagonal"> {
+  let summary = "Several diagonal bands: at a stride, or at listed offsets";
+  let description = [{
+    Sparse-vDiT's multi-diagonal heads: in a video of frames of `F` tokens a
+    query attends to the same place in other frames, i.e. to diagonals at
+    offsets that are multiples of `F`. Each diagonal at offset `o` covers the
+    keys with `|d - o| <= width`.
+
+    Exactly one form is given:
+    * `stride = S`: diagonals at every multiple of `S` (all of them);
+    * `offsets = [o1, o2, ...]`: strictly increasing offsets.
+
+    ```mlir
+    attn.heads [0] = #attn.multi_diagonal<stride = 1560, width = 8>
+    attn.heads [1] = #attn.multi_diagonal<offsets = [-3120, 0, 3120], width = 4>
+    ```
+  }];
+  let parameters = (ins
+    Attn_DefaultZero<"distance between diagonals (0: use offsets)">:$stride,
+    Attn_I64ListParameter<"offsets of the diagonals">:$offsets,
+    Attn_DefaultZero<"keys on each side of each diagonal">:$width);
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+}
+
+class Attn_StripeAttr<string name, string attrMnemonic, string axis>
+    : Attn_PatternAttr<name, attrMnemonic> {
+  let parameters = (ins
+    Attn_I64ListParameter<"[begin, end) pairs of " # axis # " indices">:$ranges,
+    Attn_DefaultZero<"period of the periodic form (0: use ranges)">:$period,
+    Attn_DefaultZero<"indices selected in each period">:$width,
+    Attn_DefaultZero<"offset of the first selected index">:$phase);
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+}
+
+def Attn_VerticalStripeAttr
+    : Attn_StripeAttr<"VerticalStripe", "vertical_stripe", "key"> {
+  let summary = "Keys that every query sees";
+  let description = [{
+    Global keys (Sparse-vDiT vertical stripes, MMInference text tokens), given
+    in exactly one form:
+    * `ranges = [b0, e0, b1, e1, ...]`: keys in `[b_i, e_i)`; the ranges are
+      non-empty, sorted and disjoint;
+    * `period = P, width = W, phase = F`: keys with `(k - F) mod P < W`.
+
+    Keys are absolute indices `0 <= k < Nk`; causality does not apply.
+
+    ```mlir
+    attn.heads [0] = #attn.vertical_stripe<ranges = [0, 226]>
+    attn.heads [1] = #attn.vertical_stripe<period = 1560, width = 16>
+    ```
+  }];
+}
+
+def Attn_HorizontalStripeAttr
+    : Attn_StripeAttr<"HorizontalStripe", "horizontal_stripe", "query"> {
+  let summary = "Queries that see every key";
+  let description = [{
+    Global queries, in the same two forms as `#attn.vertical_stripe`, over
+    the aligned query position `p(q) = q + Nk - Nq`.
+
+    ```mlir
+    attn.heads [0] = #attn.horizontal_stripe<ranges = [0, 16]>
+    ```
+  }];
+}
+
+def Attn_GridAttr : Attn_PatternAttr<"Grid", "grid"> {
+  let summary = "Vertical and slash lines at a fixed stride (MMInference)";
+  let description = [{
+    `allowed(q, k) = (k - phase) mod stride < vertical_width
+                  || (-d - phase) mod stride < slash_width`.
+    Vertical lines are key columns, slash lines are diagonals at and behind
+    the query's diagonal; both repeat every `stride` positions.
+
+    ```mlir
+    attn.heads [0] = #attn.grid<stride = 1560, vertical_width = 8, slash_width = 8>
+    ```
+  }];
+  let parameters = (ins "int64_t":$stride,
+    Attn_DefaultZero<"width of each vertical line">:$vertical_width,
+    Attn_DefaultZero<"width of each slash line">:$slash_width,
+    Attn_DefaultZero<"offset of the lines">:$phase);
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+}
+
+def Attn_StridedShardsAttr
+    : Attn_PatternAttr<"StridedShards", "strided_shards",
+                       ["isHeadDependent"]> {
+  let summary = "Each head sees one strided shard of the keys (S2-Attention)";
+  let description = [{
+    Keys are cut into blocks of `block` tokens; block `b` belongs to shard
+    `b mod shards`; head `h` sees shard `(h + offset) mod shards`:
+    `allowed(q, k, h) = (k / block) mod shards == (h + offset) mod shards`.
+    Heads together cover the whole context. S2-Attention unions this with a
+    local window and intersects it with causal.
+
+    ```mlir
+    attn.heads [0, 1, 2, 3] = #attn.strided_shards<shards = 4, block = 64>
+    ```
+  }];
+  let parameters = (ins "int64_t":$shards,
+    DefaultValuedParameter<"int64_t", "1", "tokens per block">:$block,
+    Attn_DefaultZero<"shard of head 0">:$offset);
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+}
+
+def Attn_ShiftedGroupsAttr
+    : Attn_PatternAttr<"ShiftedGroups", "shifted_groups",
+                       ["isHeadDependent"]> {
+  let summary = "Attention within groups; the upper half of the heads shifted";
+  let description = [{
+    LongLoRA's S²-Attn and SinkLoRA's SF-Attn. Positions are cut into groups of
+    `size` tokens and a query sees the keys of its own group. Heads
+    `h >= num_heads / 2` (of the layer) use groups shifted by `shift` tokens:
+    `group(x) = floor((x - s) / size)` with `s = shift` for those heads and
+    `s = 0` for the others, and `allowed(q, k, h) = group(p(q)) == group(k)`.
+    Unlike LongLoRA's token roll, the shifted groups do not wrap around: the
+    first `shift` tokens form a short group of their own.
+
+    ```mlir
+    attn.heads [0, 1, 2, 3] = #attn.shifted_groups<size = 2048, shift = 1024>
+    ```
+  }];
+  let parameters = (ins "int64_t":$size, "int64_t":$shift);
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+}
+
+def Attn_BlockSparseAttr : Attn_PatternAttr<"BlockSparse", "block_sparse"> {
+  let summary = "An explicit list of (query block, key block) pairs";
+  let description = [{
+    FlexAttention's BlockMask and Block-Sparse-Attention's layouts.
+    `blocks = [qb0, kb0, qb1, kb1, ...]` lists the allowed blocks, each
+    `block_q x block_k` tokens; `allowed(q, k) = (floor(p(q) / block_q),
+    k / block_k)` is listed. No pair may be listed twice. An empty list
+    allows nothing.
+
+    ```mlir
+    attn.heads [0] = #attn.block_sparse<block_q = 64, block_k = 64,
+                                        blocks = [0, 0, 1, 0, 1, 1]>
+    ```
+  }];
+  let parameters = (ins "int64_t":$block_q, "int64_t":$block_k,
+    Attn_I64ListParameter<"flattened (query block, key block) pairs">:$blocks);
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+}
+
+def Attn_SkipAttr : Attn_PatternAttr<"Skip", "skip"> {
+  let summary = "The head is not computed: no key is allowed";
+  let description = [{
+    `allowed(q, k) = false`: Sparse-vDiT's head skipping. Every row of a
+    skipped head has no allowed key, so its output is 0 and its LSE is
+    -inf. Canonicalization produces it for patterns found to be empty.
+
+    ```mlir
+    attn.heads [7] = #attn.skip
+    ```
+  }];
+}
+
+//===----------------------------------------------------------------------===//
+// Combinators
+//===----------------------------------------------------------------------===//
+
+class Attn_SetOpAttr<string name, string attrMnemonic>
+    : Attn_PatternAttr<name, attrMnemonic, ["isHeadDependent"]> {
+  let parameters = (ins
+    ArrayRefParameter<"::tessera::attn::PatternAttrInterface",
+                      "the combined patterns">:$patterns);
+  let assemblyFormat = "`<` $patterns `>`";
+  let genVerifyDecl = 1;
+}
+
+def Attn_UnionAttr : Attn_SetOpAttr<"Union", "union"> {
+  let summary = "Pairs allowed by any of the patterns";
+  let description = [{
+    ```mlir
+    attn.heads [0] = #attn.union<#attn.sink<4>, #attn.window<before = 512>>
+    ```
+  }];
+}
+
+def Attn_IntersectAttr : Attn_SetOpAttr<"Intersect", "intersect"> {
+  let summary = "Pairs allowed by all of the patterns";
+  let description = [{
+    ```mlir
+    attn.heads [0] = #attn.intersect<#attn.strided_shards<shards = 4>, #attn.causal>
+    ```
+  }];
+}
+
+def Attn_DifferenceAttr
+    : Attn_PatternAttr<"Difference", "difference", ["isHeadDependent"]> {
+  let summary = "Pairs allowed by the first pattern and not by the second";
+  let description = [{
+    ```mlir
+    attn.heads [0] = #attn.difference<#attn.causal, #attn.window<before = 128>>
+    ```
+  }];
+  let parameters = (ins "::tessera::attn::PatternAttrInterface":$lhs,
+                        "::tessera::attn::PatternAttrInterface":$rhs);
+  let assemblyFormat = "`<` $lhs `,` $rhs `>`";
+}
+
+#endif // TESSERA_DIALECT_ATTN_ATTNATTRIBUTES_TD

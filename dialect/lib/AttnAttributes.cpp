@@ -1,0 +1,278 @@
+//===- AttnAttributes.cpp - attn pattern attributes -----------------------===//
+//
+// Parameter verification of the pattern attributes. Every check here guards a
+// user-facing error: each has a test in test/Dialect/Attn/invalid-*.mlir.
+//
+//===----------------------------------------------------------------------===//
+
+#include "tessera/Dialect/Attn/AttnAttributes.h"
+#include "tessera/Dialect/Attn/AttnDialect.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/DialectImplementation.h"
+#include "llvm/ADT/DenseSet.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+using namespace mlir;
+using namespace tessera::attn;
+
+#include "tessera/Dialect/Attn/AttnInterfaces.cpp.inc"
+
+#define GET_ATTRDEF_CLASSES
+#include "tessera/Dialect/Attn/AttnAttributes.cpp.inc"
+
+void AttnDialect::registerAttributes() {
+  addAttributes<
+#define GET_ATTRDEF_LIST
+#include "tessera/Dialect/Attn/AttnAttributes.cpp.inc"
+      >();
+}
+
+FailureOr<SmallVector<int64_t>> tessera::attn::parseI64List(AsmParser &p) {
+  SmallVector<int64_t> values;
+  if (p.parseCommaSeparatedList(AsmParser::Delimiter::Square, [&]() {
+        int64_t v;
+        if (p.parseInteger(v))
+          return failure();
+        values.push_back(v);
+        return success();
+      }))
+    return failure();
+  return values;
+}
+
+void tessera::attn::printI64List(AsmPrinter &p, ArrayRef<int64_t> values) {
+  p << '[';
+  llvm::interleaveComma(values, p);
+  p << ']';
+}
+
+namespace {
+using EmitFn = function_ref<InFlightDiagnostic()>;
+
+/// Checks `lo <= value <= kMaxExtent`.
+LogicalResult checkRange(EmitFn emitError, StringRef attr, StringRef name,
+                         int64_t value, int64_t lo) {
+  if (value < lo || value > kMaxExtent)
+    return emitError() << "'" << attr << "' parameter '" << name
+                       << "' must be in [" << lo << ", " << kMaxExtent
+                       << "], got " << value;
+  return success();
+}
+
+/// Checks every list element is within [-kMaxExtent, kMaxExtent] or, with
+/// `nonNegative`, within [0, kMaxExtent].
+LogicalResult checkListRange(EmitFn emitError, StringRef attr, StringRef name,
+                             ArrayRef<int64_t> values, bool nonNegative) {
+  for (int64_t v : values)
+    if (v > kMaxExtent || v < (nonNegative ? 0 : -kMaxExtent))
+      return emitError() << "'" << attr << "' parameter '" << name
+                         << "' holds " << v << ", outside ["
+                         << (nonNegative ? 0 : -kMaxExtent) << ", "
+                         << kMaxExtent << "]";
+  return success();
+}
+
+/// Shared checks of the vertical and horizontal stripes.
+LogicalResult verifyStripe(EmitFn emitError, StringRef attr,
+                           ArrayRef<int64_t> ranges, int64_t period,
+                           int64_t width, int64_t phase) {
+  bool hasRanges = !ranges.empty();
+  bool hasPeriod = period != 0 || width != 0 || phase != 0;
+  if (hasRanges == hasPeriod)
+    return emitError() << "'" << attr
+                       << "' needs exactly one of 'ranges' or "
+                          "'period'/'width'/'phase'";
+  if (hasRanges) {
+    if (ranges.size() % 2 != 0)
+      return emitError() << "'" << attr
+                         << "' ranges must hold [begin, end) pairs, got "
+                         << ranges.size() << " values";
+    if (failed(checkListRange(emitError, attr, "ranges", ranges, true)))
+      return failure();
+    for (size_t i = 0; i < ranges.size(); i += 2) {
+      if (ranges[i] >= ranges[i + 1])
+        return emitError() << "'" << attr << "' range " << i / 2 << " ["
+                           << ranges[i] << ", " << ranges[i + 1]
+                           << ") is empty";
+      if (i > 0 && ranges[i] < ranges[i - 1])
+        return emitError() << "'" << attr << "' range " << i / 2
+                           << " overlaps or precedes the range before it";
+    }
+    return success();
+  }
+  if (failed(checkRange(emitError, attr, "period", period, 1)) ||
+      failed(checkRange(emitError, attr, "width", width, 1)))
+    return failure();
+  if (width > period)
+    return emitError() << "'" << attr << "' width " << width
+                       << " exceeds its period " << period;
+  if (phase < 0 || phase >= period)
+    return emitError() << "'" << attr << "' phase must be in [0, " << period
+                       << "), got " << phase;
+  return success();
+}
+
+LogicalResult verifySetOp(EmitFn emitError, StringRef attr,
+                          ArrayRef<PatternAttrInterface> patterns) {
+  if (patterns.size() < 2)
+    return emitError() << "'" << attr
+                       << "' needs at least two patterns, got "
+                       << patterns.size();
+  for (PatternAttrInterface p : patterns)
+    if (!p)
+      return emitError() << "'" << attr << "' holds a null pattern";
+  return success();
+}
+} // namespace
+
+LogicalResult WindowAttr::verify(EmitFn emitError, int64_t before,
+                                 int64_t after) {
+  if (failed(checkRange(emitError, "window", "before", before, 0)) ||
+      failed(checkRange(emitError, "window", "after", after, 0)))
+    return failure();
+  return success();
+}
+
+LogicalResult SinkAttr::verify(EmitFn emitError, int64_t count) {
+  return checkRange(emitError, "sink", "count", count, 1);
+}
+
+LogicalResult AShapeAttr::verify(EmitFn emitError, int64_t sink,
+                                 int64_t before, int64_t after) {
+  if (failed(checkRange(emitError, "a_shape", "sink", sink, 1)) ||
+      failed(checkRange(emitError, "a_shape", "before", before, 0)) ||
+      failed(checkRange(emitError, "a_shape", "after", after, 0)))
+    return failure();
+  return success();
+}
+
+LogicalResult MultiDiagonalAttr::verify(EmitFn emitError, int64_t stride,
+                                        ArrayRef<int64_t> offsets,
+                                        int64_t width) {
+  if ((stride != 0) == !offsets.empty())
+    return emitError()
+           << "'multi_diagonal' needs exactly one of 'stride' or 'offsets'";
+  if (failed(checkRange(emitError, "multi_diagonal", "width", width, 0)))
+    return failure();
+  if (stride != 0)
+    return checkRange(emitError, "multi_diagonal", "stride", stride, 1);
+  if (failed(checkListRange(emitError, "multi_diagonal", "offsets", offsets,
+                            false)))
+    return failure();
+  for (size_t i = 1; i < offsets.size(); ++i)
+    if (offsets[i] <= offsets[i - 1])
+      return emitError()
+             << "'multi_diagonal' offsets must be strictly increasing, got "
+             << offsets[i - 1] << " then " << offsets[i];
+  return success();
+}
+
+LogicalResult VerticalStripeAttr::verify(EmitFn emitError,
+                                         ArrayRef<int64_t> ranges,
+                                         int64_t period, int64_t width,
+                                         int64_t phase) {
+  return verifyStripe(emitError, "vertical_stripe", ranges, period, width,
+                      phase);
+}
+
+LogicalResult HorizontalStripeAttr::verify(EmitFn emitError,
+                                           ArrayRef<int64_t> ranges,
+                                           int64_t period, int64_t width,
+                                           int64_t phase) {
+  return verifyStripe(emitError, "horizontal_stripe", ranges, period, width,
+                      phase);
+}
+
+LogicalResult GridAttr::verify(EmitFn emitError, int64_t stride,
+                               int64_t verticalWidth, int64_t slashWidth,
+                               int64_t phase) {
+  if (failed(checkRange(emitError, "grid", "stride", stride, 1)) ||
+      failed(checkRange(emitError, "grid", "vertical_width", verticalWidth,
+                        0)) ||
+      failed(checkRange(emitError, "grid", "slash_width", slashWidth, 0)))
+    return failure();
+  if (verticalWidth == 0 && slashWidth == 0)
+    return emitError() << "'grid' needs a non-zero vertical_width or "
+                          "slash_width";
+  if (verticalWidth > stride || slashWidth > stride)
+    return emitError() << "'grid' line widths must not exceed the stride "
+                       << stride;
+  if (phase < 0 || phase >= stride)
+    return emitError() << "'grid' phase must be in [0, " << stride
+                       << "), got " << phase;
+  return success();
+}
+
+LogicalResult StridedShardsAttr::verify(EmitFn emitError, int64_t shards,
+                                        int64_t block, int64_t offset) {
+  if (failed(checkRange(emitError, "strided_shards", "shards", shards, 1)) ||
+      failed(checkRange(emitError, "strided_shards", "block", block, 1)))
+    return failure();
+  if (offset < 0 || offset >= shards)
+    return emitError() << "'strided_shards' offset must be in [0, " << shards
+                       << "), got " << offset;
+  return success();
+}
+
+bool StridedShardsAttr::isHeadDependent() const { return getShards() > 1; }
+
+LogicalResult ShiftedGroupsAttr::verify(EmitFn emitError, int64_t size,
+                                        int64_t shift) {
+  if (failed(checkRange(emitError, "shifted_groups", "size", size, 1)))
+    return failure();
+  if (shift < 0 || shift >= size)
+    return emitError() << "'shifted_groups' shift must be in [0, " << size
+                       << "), got " << shift;
+  return success();
+}
+
+bool ShiftedGroupsAttr::isHeadDependent() const { return getShift() != 0; }
+
+LogicalResult BlockSparseAttr::verify(EmitFn emitError, int64_t blockQ,
+                                      int64_t blockK,
+                                      ArrayRef<int64_t> blocks) {
+  if (failed(checkRange(emitError, "block_sparse", "block_q", blockQ, 1)) ||
+      failed(checkRange(emitError, "block_sparse", "block_k", blockK, 1)))
+    return failure();
+  if (blocks.size() % 2 != 0)
+    return emitError() << "'block_sparse' blocks must hold (query block, key "
+                          "block) pairs, got "
+                       << blocks.size() << " values";
+  if (failed(checkListRange(emitError, "block_sparse", "blocks", blocks, true)))
+    return failure();
+  llvm::DenseSet<std::pair<int64_t, int64_t>> seen;
+  for (size_t i = 0; i < blocks.size(); i += 2)
+    if (!seen.insert({blocks[i], blocks[i + 1]}).second)
+      return emitError() << "'block_sparse' lists block (" << blocks[i]
+                         << ", " << blocks[i + 1] << ") twice";
+  return success();
+}
+
+LogicalResult UnionAttr::verify(EmitFn emitError,
+                                ArrayRef<PatternAttrInterface> patterns) {
+  return verifySetOp(emitError, "union", patterns);
+}
+
+LogicalResult IntersectAttr::verify(EmitFn emitError,
+                                    ArrayRef<PatternAttrInterface> patterns) {
+  return verifySetOp(emitError, "intersect", patterns);
+}
+
+static bool anyHeadDependent(ArrayRef<PatternAttrInterface> patterns) {
+  return llvm::any_of(patterns, [](PatternAttrInterface p) {
+    return p.isHeadDependent();
+  });
+}
+
+bool UnionAttr::isHeadDependent() const {
+  return anyHeadDependent(getPatterns());
+}
+
+bool IntersectAttr::isHeadDependent() const {
+  return anyHeadDependent(getPatterns());
+}
+
+bool DifferenceAttr::isHeadDependent() const {
+  return getLhs().isHeadDependent() || getRhs().isHeadDependent();
+}

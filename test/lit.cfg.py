@@ -1,0 +1,35 @@
+# -*- Python -*-
+# lit configuration of Tessera's FileCheck tests.
+
+import os
+
+import lit.formats
+from lit.llvm import llvm_config
+from lit.llvm.subst import ToolSubst
+
+config.name = "Tessera"
+config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
+config.suffixes = [".mlir", ".test"]
+config.excludes = ["Unit", "Inputs", "CMakeLists.txt", "lit.cfg.py",
+                   "lit.site.cfg.py"]
+config.test_source_root = os.path.dirname(__file__)
+config.test_exec_root = os.path.join(config.tessera_obj_root, "test")
+
+llvm_config.use_default_substitutions()
+config.substitutions.append(("%tessera_src", config.tessera_src_root))
+config.substitutions.append(("%tessera_obj", config.tessera_obj_root))
+
+# The packaged LLVM has assertions off, so the printer/parser round trip is
+# checked explicitly: `lit --param verify_roundtrip=1` runs every attn-opt
+# invocation with --verify-roundtrip.
+opt_args = []
+if lit_config.params.get("verify_roundtrip", "0") == "1":
+    opt_args.append("--verify-roundtrip")
+
+tools = [
+    ToolSubst("attn-opt", extra_args=opt_args, unresolved="fatal"),
+    ToolSubst("attn-viz", unresolved="fatal"),
+]
+llvm_config.add_tool_substitutions(
+    tools, [config.tessera_tools_dir, config.llvm_tools_dir])
+llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)

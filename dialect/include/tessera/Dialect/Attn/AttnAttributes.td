@@ -185,8 +185,8 @@ def Attn_GridAttr : Attn_PatternAttr<"Grid", "grid"> {
   let description = [{
     `allowed(q, k) = (k - phase) mod stride < vertical_width
                   || (-d - phase) mod stride < slash_width`.
-    Vertical lines are key columns, slash lines are diagonals at and behind
-    the query's diagonal; both repeat every `stride` positions.
+    Vertical lines are key columns; slash lines are diagonals (constant
+    `q - k`). Both repeat every `stride` positions, in both directions.
 
     ```mlir
     attn.heads [0] = #attn.grid<stride = 1560, vertical_width = 8, slash_width = 8>

@@ -2,6 +2,7 @@
 # lit configuration of Tessera's FileCheck tests.
 
 import os
+import sys
 
 import lit.formats
 from lit.llvm import llvm_config
@@ -18,6 +19,12 @@ config.test_exec_root = os.path.join(config.tessera_obj_root, "test")
 llvm_config.use_default_substitutions()
 config.substitutions.append(("%tessera_src", config.tessera_src_root))
 config.substitutions.append(("%tessera_obj", config.tessera_obj_root))
+config.substitutions.append(("%python", sys.executable))
+# Plain paths of the tools, for scripts that run them themselves.
+config.substitutions.append(
+    ("%opt_binary", os.path.join(config.tessera_tools_dir, "attn-opt")))
+config.substitutions.append(
+    ("%viz_binary", os.path.join(config.tessera_tools_dir, "attn-viz")))
 
 # The packaged LLVM has assertions off, so the printer/parser round trip is
 # checked explicitly: `lit --param verify_roundtrip=1` runs every attn-opt

@@ -73,8 +73,8 @@ struct AttnReportPass
       os << fmt::format("model @{}: density = allowed (query, key) pairs / "
                         "(Nq * Nk) at Nq = {}, Nk = {}\n",
                         model.getSymName().str(), nq, nk);
-      os << fmt::format("{:>5}  {:<12} {:>17}  {}\n", "layer", "heads",
-                        "density", "pattern");
+      os << fmt::format("{:>5}  {:>13}  {:>5}  {}\n", "layer", "density",
+                        "heads", "pattern [heads]");
       double sum = 0;
       int64_t headCount = 0;
       for (auto layer : model.getBody().front().getOps<LayerOp>()) {
@@ -103,9 +103,9 @@ struct AttnReportPass
           std::string density =
               lo == hi ? fmt::format("{:.2f}%", 100 * lo)
                        : fmt::format("{:.2f}-{:.2f}%", 100 * lo, 100 * hi);
-          os << fmt::format("{:>5}  {:<12} {:>17}  {}\n", layer.getIndex(),
-                            formatHeads(group.getHeads()), density,
-                            printed(pattern));
+          os << fmt::format("{:>5}  {:>13}  {:>5}  {} [{}]\n",
+                            layer.getIndex(), density, group.getHeads().size(),
+                            printed(pattern), formatHeads(group.getHeads()));
         }
       }
       if (headCount > 0)

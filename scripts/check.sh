@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs every test: the lit/FileCheck suite and the GoogleTest units, then the
+# FileCheck suite again with every attn-opt run under --verify-roundtrip (the
+# packaged LLVM has assertions off). Ends with one line "N passed, N failed".
+set -uo pipefail
+
+build=${1:-build}
+lit=${LIT:-/usr/lib/llvm-22/bin/lit}
+passed=0
+failed=0
+skipped=0
+
+# Prints the count lit reported for a result kind ($2) in a log ($1), or 0.
+num() {
+  local v
+  v=$(sed -nE "s/^ *$2: *([0-9]+).*/\1/p" "$1" | tail -n 1)
+  echo "${v:-0}"
+}
+
+# Adds the counts of a lit summary to the totals.
+count() {
+  local log=$1
+  passed=$((passed + $(num "$log" Passed) + $(num "$log" 'Expectedly Failed')))
+  failed=$((failed + $(num "$log" Failed) + $(num "$log" Unresolved) \
+    + $(num "$log" 'Timed Out') + $(num "$log" 'Unexpectedly Passed')))
+  skipped=$((skipped + $(num "$log" Unsupported) + $(num "$log" Skipped) \
+    + $(num "$log" Excluded)))
+}
+
+run() {
+  local log
+  log=$(mktemp)
+  echo "== lit $*"
+  "$lit" "$@" 2>&1 | tee "$log" | grep -E '^(FAIL|UNRESOLVED|TIMEOUT|XPASS):|^(Total|  [A-Z])' || true
+  if ! grep -qE '^Total Discovered Tests: [0-9]+' "$log"; then
+    echo "tessera: lit did not run ($*); its output:" >&2
+    cat "$log" >&2
+    failed=$((failed + 1))
+  fi
+  count "$log"
+  rm -f "$log"
+}
+
+run -sv "$build/test" "$build/test/Unit"
+run -sv --param verify_roundtrip=1 "$build/test"
+
+if [ "$skipped" -gt 0 ]; then
+  echo "$passed passed, $failed failed, $skipped skipped"
+else
+  echo "$passed passed, $failed failed"
+fi
+[ "$failed" -eq 0 ]

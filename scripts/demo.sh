@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# What `make demo` shows: a shipped pattern file checked and summarised per
+# layer and head, a simplification, and pictures of a few masks.
+set -euo pipefail
+bin=${1:-build}/bin
+
+echo "== attn-opt patterns/llama3-8b-sparse.mlir --attn-report=\"q-len=4096\""
+echo "   (first 8 layers of 32; density = share of (query, key) pairs computed)"
+"$bin/attn-opt" patterns/llama3-8b-sparse.mlir --attn-report="q-len=4096" \
+  -o /dev/null | awk 'NR <= 2 || ($1 ~ /^[0-9]+$/ && $1 < 8) || /^mean/'
+echo
+echo "== attn-opt patterns/video-dit.mlir --attn-report=\"q-len=16384\""
+"$bin/attn-opt" patterns/video-dit.mlir --attn-report="q-len=16384" -o /dev/null
+echo "== attn-opt --canonicalize: causal ∩ (sink ∪ band) becomes one A-shape"
+input='attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    attn.heads [0] = #attn.intersect<#attn.causal, #attn.union<#attn.sink<4>, #attn.window<before = 64, after = 8>>>
+  }
+}'
+echo "before: $(grep attn.heads <<<"$input" | sed 's/^ *//')"
+echo "after:  $("$bin/attn-opt" --canonicalize <<<"$input" | grep attn.heads | sed 's/^ *//')"
+echo
+for head in 0 2 3; do
+  echo "== attn-viz patterns/tiny-mix.mlir --layer 0 --head $head --q-len 16 --k-len 24"
+  "$bin/attn-viz" patterns/tiny-mix.mlir --layer 0 --head "$head" --q-len 16 --k-len 24
+  echo
+done

@@ -638,7 +638,7 @@ attn.model @m {
 // -----
 
 attn.model @m {
-  // expected-error @+1 {{'builtin.module' op is not allowed in 'attn.model'; only 'attn.layer' ops are}}
+  // expected-error @+1 {{'builtin.module' op is not allowed in 'attn.model'; only 'attn.layer' and 'attn.schedule' ops are}}
   builtin.module {
   }
 }

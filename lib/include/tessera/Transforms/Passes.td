@@ -26,4 +26,32 @@ def AttnReport : Pass<"attn-report", "::mlir::ModuleOp"> {
   let dependentDialects = ["::tessera::attn::AttnDialect"];
 }
 
+def AttnFuseHeads : Pass<"attn-fuse-heads", "::mlir::ModuleOp"> {
+  let summary = "Regroup each layer's heads by identical masks";
+  let description = [{
+    Rewrites the `attn.heads` ops of every layer so that each op holds
+    exactly the heads whose masks are identical at every length: heads with
+    the same head-independent pattern are merged; heads of a head-dependent
+    pattern are split by what their mask depends on (the shard a head sees,
+    whether its groups are shifted). Groups are ordered by their first head.
+    These are the launch groups `--attn-schedule` produces.
+  }];
+}
+
+def AttnSchedule : Pass<"attn-schedule", "::mlir::ModuleOp"> {
+  let summary = "Lower every layer to a block schedule (L0 to L1)";
+  let description = [{
+    Replaces each `attn.layer` with an `attn.schedule` for tiles of
+    `block-q` queries by `block-k` keys: heads are fused into launch groups
+    (as `--attn-fuse-heads` does) and skipped heads are listed apart. Every
+    pattern must be static and lower to a kernel program (nesting within the
+    kernel's evaluation stack); otherwise the pass fails with an error at
+    the pattern.
+  }];
+  let options = [
+    Option<"blockQ", "block-q", "int64_t", "64", "queries per tile">,
+    Option<"blockK", "block-k", "int64_t", "64", "keys per tile">,
+  ];
+}
+
 #endif // TESSERA_TRANSFORMS_PASSES_TD

@@ -24,7 +24,7 @@ struct AttnSchedulePass : tessera::impl::AttnScheduleBase<AttnSchedulePass> {
     if (blockQ < 1 || blockQ > 1024 || blockK < 1 || blockK > 1024) {
       getOperation().emitError("attn-schedule: block-q and block-k must be in "
                                "[1, 1024], got ")
-          << blockQ << " and " << blockK;
+          << int64_t(blockQ) << " and " << int64_t(blockK);
       return signalPassFailure();
     }
     SmallVector<LayerOp> layers;

@@ -4,7 +4,8 @@
 BUILD_DIR ?= build
 LLVM_PREFIX ?= /usr/lib/llvm-22
 CMAKE_FLAGS ?=
-TARGETS = attn-opt attn-viz TesseraUnitTests attn-docs
+TARGETS = attn-opt attn-viz attn-translate attn-nvrtc-check TesseraUnitTests \
+  attn-docs
 
 .PHONY: all deps configure build demo check docs clean
 

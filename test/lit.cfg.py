@@ -25,6 +25,9 @@ config.substitutions.append(
     ("%opt_binary", os.path.join(config.tessera_tools_dir, "attn-opt")))
 config.substitutions.append(
     ("%viz_binary", os.path.join(config.tessera_tools_dir, "attn-viz")))
+config.substitutions.append(
+    ("%translate_binary", os.path.join(config.tessera_tools_dir,
+                                       "attn-translate")))
 
 # The packaged LLVM has assertions off, so the printer/parser round trip is
 # checked explicitly: `lit --param verify_roundtrip=1` runs every attn-opt
@@ -36,7 +39,22 @@ if lit_config.params.get("verify_roundtrip", "0") == "1":
 tools = [
     ToolSubst("attn-opt", extra_args=opt_args, unresolved="fatal"),
     ToolSubst("attn-viz", unresolved="fatal"),
+    ToolSubst("attn-translate", unresolved="fatal"),
+    ToolSubst("attn-nvrtc-check", unresolved="fatal"),
 ]
 llvm_config.add_tool_substitutions(
     tools, [config.tessera_tools_dir, config.llvm_tools_dir])
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
+
+# NVRTC compiles the emitted kernels where the CUDA toolkit is installed; the
+# tests that need it say `REQUIRES: nvrtc` and are reported unsupported
+# elsewhere.
+import subprocess
+probe = subprocess.run(
+    [os.path.join(config.tessera_tools_dir, "attn-nvrtc-check"), "--probe"],
+    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+if probe.returncode == 0:
+    config.available_features.add("nvrtc")
+else:
+    lit_config.note("NVRTC is absent; the NVRTC tests are unsupported here: "
+                    + probe.stdout.decode(errors="replace").strip())

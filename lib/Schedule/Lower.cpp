@@ -192,6 +192,8 @@ kernel::LayerTable LayerSchedule::table() const {
   t.headGroup = headGroup.data();
   t.numComputed = static_cast<k::i64>(computedHead.size());
   t.numHeads = numHeads;
+  t.skippedHead = skippedHeads.data();
+  t.numSkipped = static_cast<k::i64>(skippedHeads.size());
   return t;
 }
 

@@ -197,7 +197,7 @@ TEST_F(ExecutorTest, EmptyRowsGiveZeroAndMinusInfinity) {
   schedule::LayerSchedule sched;
   std::string error;
   ASSERT_TRUE(schedule::buildLayerSchedule(groups, 2, sched, error));
-  EXPECT_EQ(sched.skippedHeads, std::vector<int64_t>{1});
+  EXPECT_EQ(sched.skippedHeads, std::vector<kernel::i64>{1});
   Case c{1, 2, 1, 16, 20, 7, 4, 4, cpu::DType::F32};
   std::string lseError;
   EXPECT_LE(runAndCompare(c, heads, sched, 5, lseError), 1e-5);

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs attn-opt and attn-viz on damaged copies of pattern files.
+"""Runs attn-opt, attn-viz and attn-translate on damaged pattern files.
 
 Each damaged file is a truncation, a few mutated bytes, or a number replaced by
 a huge or negative value. A run passes when the tool exits with 0 or 1 and
@@ -51,6 +51,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--opt", required=True)
     ap.add_argument("--viz", required=True)
+    ap.add_argument("--translate", required=True)
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -67,6 +68,7 @@ def main():
              os.devnull],
             [args.viz, path, "--layer", str(rng.randrange(3)), "--head",
              str(rng.randrange(4)), "--q-len", "9", "--k-len", "11"],
+            [args.translate, path, "--emit=manifest"],
         ]
         for cmd in cmds:
             ok, code, err = run(cmd)

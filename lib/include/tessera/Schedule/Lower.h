@@ -43,7 +43,7 @@ struct LayerSchedule {
   std::vector<kernel::i64> groupBegin; ///< size: number of groups + 1
   std::vector<kernel::i64> computedHead;
   std::vector<kernel::i64> headGroup;
-  std::vector<int64_t> skippedHeads; ///< heads whose pattern is skip
+  std::vector<kernel::i64> skippedHeads; ///< heads whose pattern is skip
 
   /// A view for the kernel functions; valid while this object lives.
   kernel::LayerTable table() const;

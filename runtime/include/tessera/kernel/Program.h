@@ -358,6 +358,8 @@ struct LayerTable {
   const i64 *headGroup;    ///< headGroup[i]: the group of launch slot i
   i64 numComputed;         ///< launch slots (heads that are not skipped)
   i64 numHeads;
+  const i64 *skippedHead;  ///< heads that get O = 0, LSE = -inf
+  i64 numSkipped;
 };
 
 } // namespace kernel

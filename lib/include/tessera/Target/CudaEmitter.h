@@ -1,0 +1,37 @@
+//===- CudaEmitter.h - block schedules to CUDA bundles ----------*- C++ -*-===//
+//
+// A bundle is one CUDA C++ source (the kernel body of
+// runtime/include/tessera/kernel, the schedule tables of every layer, and one
+// extern "C" kernel per element type and head_dim) plus a JSON manifest that
+// says how to compile and launch it. See docs/bundles.md.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef TESSERA_TARGET_CUDAEMITTER_H
+#define TESSERA_TARGET_CUDAEMITTER_H
+
+#include "mlir/IR/BuiltinOps.h"
+#include "llvm/Support/JSON.h"
+
+#include <string>
+
+namespace tessera {
+
+struct Bundle {
+  std::string source; ///< CUDA C++
+  llvm::json::Object manifest;
+};
+
+/// The architectures every bundle is compiled and tested for.
+inline constexpr const char *kBundleArchs[] = {"sm_80", "sm_86", "sm_89",
+                                               "sm_90"};
+
+/// Emits the bundle of the single attn.model in `module`, whose layers must
+/// already be block schedules (`--attn-schedule`). Reports unsupported
+/// layers (dtype, head_dim, tile sizes) as errors at their location.
+mlir::FailureOr<Bundle> emitCudaBundle(mlir::ModuleOp module,
+                                       llvm::StringRef sourceName);
+
+} // namespace tessera
+
+#endif // TESSERA_TARGET_CUDAEMITTER_H

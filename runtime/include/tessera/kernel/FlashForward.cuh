@@ -1,0 +1,291 @@
+//===- FlashForward.cuh - block-sparse FlashAttention-2 forward -*- CUDA -*-===//
+//
+// The CUDA kernel body of Tessera bundles, pasted by the emitter after
+// Program.h and before the bundle's schedule tables. Needs no header: fp16
+// and bf16 are handled as raw 16-bit values with PTX conversions, so NVRTC
+// compiles it without the CUDA include directory.
+//
+// One thread block computes BQ = 64 query rows of one (batch, head) with four
+// warps (16 rows each). It walks the key blocks of the schedule (BK = 64
+// keys): EMPTY tiles are skipped, FULL tiles run unmasked, PARTIAL tiles
+// apply the element predicate. S = Q K^T and O += P V use the tensor-core
+// instruction mma.sync.m16n8k16 (sm_80 and later) with fp32 accumulation and
+// an online softmax in base 2. Rows with no allowed key give O = 0 and
+// LSE = -inf.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef TESSERA_KERNEL_FLASHFORWARD_CUH
+#define TESSERA_KERNEL_FLASHFORWARD_CUH
+
+namespace tessera {
+namespace kernel {
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+/// Kernel arguments, passed by value. Strides are in elements; head_dim is
+/// contiguous.
+struct AttnParams {
+  const u16 *q;
+  const u16 *k;
+  const u16 *v;
+  u16 *o;
+  float *lse; ///< [batch, heads, Nq] or null
+  i64 nq, nk;
+  i64 qStrideB, qStrideS, qStrideH;
+  i64 kStrideB, kStrideS, kStrideH;
+  i64 vStrideB, vStrideS, vStrideH;
+  i64 oStrideB, oStrideS, oStrideH;
+  float scaleLog2; ///< softmax scale times log2(e)
+  int numHeads, numKvHeads;
+  int vectorLoads; ///< 1: every row start is 16-byte aligned
+};
+
+enum ElemType { kF16 = 0, kBF16 = 1 };
+
+template <int E> __device__ __forceinline__ u32 packFloats(float lo, float hi) {
+  u32 r;
+  if (E == kF16)
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  else
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
+template <int E>
+__device__ __forceinline__ void mma16816(float (&c)[4], const u32 (&a)[4],
+                                         u32 b0, u32 b1) {
+  if (E == kF16)
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0),
+                   "r"(b1));
+  else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0),
+                   "r"(b1));
+}
+
+/// Copies rows [r0, r0 + rows) of a [seq, D] slice (row stride `stride`) into
+/// shared memory with row pitch P; rows at or beyond `limit` become zeros.
+template <int D, int P, int ROWS>
+__device__ __forceinline__ void loadTile(u16 *dst, const u16 *src, i64 stride,
+                                         i64 r0, i64 limit, bool vec) {
+  if (vec) {
+    const int chunks = ROWS * D / 8;
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+      int row = c / (D / 8), col = (c % (D / 8)) * 8;
+      uint4 val = make_uint4(0, 0, 0, 0);
+      if (r0 + row < limit)
+        val = *reinterpret_cast<const uint4 *>(src + (r0 + row) * stride + col);
+      *reinterpret_cast<uint4 *>(dst + row * P + col) = val;
+    }
+  } else {
+    for (int c = threadIdx.x; c < ROWS * D; c += blockDim.x) {
+      int row = c / D, col = c % D;
+      dst[row * P + col] = r0 + row < limit ? src[(r0 + row) * stride + col] : 0;
+    }
+  }
+}
+
+__device__ __forceinline__ u32 ld32(const u16 *p) {
+  return *reinterpret_cast<const u32 *>(p);
+}
+
+/// Bit i (i = 4 * nt + e) says whether the pair of accumulator element e of
+/// n-tile nt of this thread is allowed. Kept out of line and not unrolled:
+/// partial tiles are the minority, and inlining the predicate 32 times would
+/// bloat the kernel and its register use.
+__device__ __noinline__ u32 partialMask(const Node *nodes, i64 count,
+                                        const i64 *data, i64 qRow, i64 k0,
+                                        int c2, i64 nq, i64 nk, i64 head,
+                                        i64 numHeads) {
+  u32 bits = 0;
+#pragma unroll 1
+  for (int i = 0; i < 32; ++i) {
+    const i64 qi = qRow + ((i & 3) >= 2 ? 8 : 0);
+    const i64 kj = k0 + (i >> 2) * 8 + c2 + (i & 1);
+    if (kj < nk &&
+        allowedPair(nodes, count, data, qi, kj, nq, nk, head, numHeads))
+      bits |= 1u << i;
+  }
+  return bits;
+}
+
+template <int E, int D>
+__device__ __forceinline__ void
+flashForward(const LayerTable &t, const AttnParams &p) {
+  const int BQ = 64, BK = 64, P = D + 8;
+  __shared__ __align__(16) u16 ks[BK * P];
+  __shared__ __align__(16) u16 vs[BK * P];
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int r = lane / 4, c2 = (lane % 4) * 2;
+  const i64 slot = blockIdx.y, b = blockIdx.z;
+  const i64 head = t.computedHead[slot], group = t.headGroup[slot];
+  const i64 kvHead = head / (p.numHeads / p.numKvHeads);
+  const Node *nodes = t.nodes + t.groupBegin[group];
+  const i64 count = t.groupBegin[group + 1] - t.groupBegin[group];
+  const i64 q0 = (i64)blockIdx.x * BQ;
+  const i64 q1 = minI(q0 + BQ, p.nq);
+  const bool vec = p.vectorLoads != 0;
+
+  const u16 *qBase = p.q + b * p.qStrideB + head * p.qStrideH;
+  const u16 *kBase = p.k + b * p.kStrideB + kvHead * p.kStrideH;
+  const u16 *vBase = p.v + b * p.vStrideB + kvHead * p.vStrideH;
+
+  // Q fragments of this warp's 16 rows, staged through ks.
+  loadTile<D, P, BQ>(ks, qBase, p.qStrideS, q0, p.nq, vec);
+  __syncthreads();
+  u32 qf[D / 16][4];
+  const int row0 = warp * 16 + r;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    qf[kk][0] = ld32(ks + row0 * P + kk * 16 + c2);
+    qf[kk][1] = ld32(ks + (row0 + 8) * P + kk * 16 + c2);
+    qf[kk][2] = ld32(ks + row0 * P + kk * 16 + 8 + c2);
+    qf[kk][3] = ld32(ks + (row0 + 8) * P + kk * 16 + 8 + c2);
+  }
+  __syncthreads();
+
+  const float negInf = __int_as_float(0xff800000);
+  float oacc[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i)
+    oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
+  float m[2] = {negInf, negInf}, l[2] = {0.f, 0.f};
+
+  i64 kLo, kHi;
+  keyHull(nodes, count, t.data, q0, q1, p.nq, p.nk, kLo, kHi);
+  for (i64 k0 = (kLo / BK) * BK; kLo <= kHi && k0 <= kHi; k0 += BK) {
+    const i64 k1 = minI(k0 + BK, p.nk);
+    Tile tile = {q0, q1, k0, k1, p.nq, p.nk, head, t.numHeads};
+    const int cls = classifyTile(nodes, count, t.data, tile);
+    if (cls == kEmpty)
+      continue;
+    loadTile<D, P, BK>(ks, kBase, p.kStrideS, k0, p.nk, vec);
+    loadTile<D, P, BK>(vs, vBase, p.vStrideS, k0, p.nk, vec);
+    __syncthreads();
+
+    float s[BK / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const u16 *kr = ks + (nt * 8 + r) * P + kk * 16 + c2;
+        mma16816<E>(s[nt], qf[kk], ld32(kr), ld32(kr + 8));
+      }
+    }
+
+    // Scale, mask, and the row maxima of this tile.
+    u32 keep = 0xffffffffu;
+    if (cls == kPartial)
+      keep = partialMask(nodes, count, t.data, q0 + row0, k0, c2, p.nq, p.nk,
+                         head, t.numHeads);
+    float tileMax[2] = {negInf, negInf};
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const i64 kj = k0 + nt * 8 + c2 + (e & 1);
+        float x = s[nt][e] * p.scaleLog2;
+        if (kj >= p.nk || !((keep >> (4 * nt + e)) & 1u))
+          x = negInf;
+        s[nt][e] = x;
+        tileMax[e >> 1] = fmaxf(tileMax[e >> 1], x);
+      }
+    float corr[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tileMax[h] = fmaxf(tileMax[h], __shfl_xor_sync(0xffffffff, tileMax[h], 1));
+      tileMax[h] = fmaxf(tileMax[h], __shfl_xor_sync(0xffffffff, tileMax[h], 2));
+      const float mNew = fmaxf(m[h], tileMax[h]);
+      const float base = mNew == negInf ? 0.f : mNew;
+      corr[h] = exp2f(m[h] - base);
+      m[h] = mNew;
+      tileMax[h] = base;
+      l[h] *= corr[h];
+    }
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] = exp2f(s[nt][e] - tileMax[e >> 1]);
+        l[e >> 1] += s[nt][e];
+      }
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      oacc[dn][0] *= corr[0];
+      oacc[dn][1] *= corr[0];
+      oacc[dn][2] *= corr[1];
+      oacc[dn][3] *= corr[1];
+    }
+    // O += P V: P from the S accumulators, V from shared memory.
+#pragma unroll
+    for (int kt = 0; kt < BK / 16; ++kt) {
+      u32 a[4];
+      a[0] = packFloats<E>(s[2 * kt][0], s[2 * kt][1]);
+      a[1] = packFloats<E>(s[2 * kt][2], s[2 * kt][3]);
+      a[2] = packFloats<E>(s[2 * kt + 1][0], s[2 * kt + 1][1]);
+      a[3] = packFloats<E>(s[2 * kt + 1][2], s[2 * kt + 1][3]);
+      const u16 *v0 = vs + (kt * 16 + c2) * P + r;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        const u16 *vp = v0 + dn * 8;
+        u32 b0 = (u32)vp[0] | ((u32)vp[P] << 16);
+        u32 b1 = (u32)vp[8 * P] | ((u32)vp[9 * P] << 16);
+        mma16816<E>(oacc[dn], a, b0, b1);
+      }
+    }
+    __syncthreads();
+  }
+
+  // Final normalisation and stores.
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffff, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffff, l[h], 2);
+  }
+  u16 *oBase = p.o + b * p.oStrideB + head * p.oStrideH;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const i64 qi = q0 + row0 + h * 8;
+    if (qi >= p.nq)
+      continue;
+    const float inv = l[h] > 0.f ? 1.f / l[h] : 0.f;
+    u16 *orow = oBase + qi * p.oStrideS;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn)
+      *reinterpret_cast<u32 *>(orow + dn * 8 + c2) =
+          packFloats<E>(oacc[dn][2 * h] * inv, oacc[dn][2 * h + 1] * inv);
+    if (p.lse && (lane % 4) == 0)
+      p.lse[(b * p.numHeads + head) * p.nq + qi] =
+          l[h] > 0.f ? (m[h] + log2f(l[h])) * 0.6931471805599453f : negInf;
+  }
+}
+
+/// Writes O = 0 and LSE = -inf for the layer's skipped heads:
+/// grid (ceil(Nq / 128), number of skipped heads, batch), 128 threads.
+template <int D>
+__device__ __forceinline__ void fillSkipped(const LayerTable &t,
+                                            const AttnParams &p) {
+  const i64 qi = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (qi >= p.nq)
+    return;
+  const i64 head = t.skippedHead[blockIdx.y], b = blockIdx.z;
+  u16 *orow = p.o + b * p.oStrideB + head * p.oStrideH + qi * p.oStrideS;
+  for (int x = 0; x < D; ++x)
+    orow[x] = 0;
+  if (p.lse)
+    p.lse[(b * p.numHeads + head) * p.nq + qi] = __int_as_float(0xff800000);
+}
+
+} // namespace kernel
+} // namespace tessera
+
+#endif // TESSERA_KERNEL_FLASHFORWARD_CUH

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <thread>
 #include <vector>
@@ -28,6 +29,17 @@ Tensor tessera::cpu::contiguous(void *data, DType dtype, int64_t batch,
   t.strideBatch = seq * heads * headDim;
   return t;
 }
+
+// The hot loops are compiled for several x86-64 levels and picked at load
+// time, so one library runs everywhere and uses AVX-512 or AVX2 where present.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&           \
+    !defined(__SANITIZE_ADDRESS__)
+#define TESSERA_CPU_CLONES                                                     \
+  __attribute__((target_clones("default", "arch=x86-64-v3",                    \
+                               "arch=x86-64-v4")))
+#else
+#define TESSERA_CPU_CLONES
+#endif
 
 namespace {
 
@@ -91,10 +103,164 @@ std::string checkTensor(const Tensor &t, const char *name) {
   return "";
 }
 
-/// The work of one thread: scratch buffers reused across tasks.
+/// Rows of the register-blocked microkernel, and its vector width in floats.
+constexpr int64_t kRows = 4;
+constexpr int64_t kLanes = 16;
+
+int64_t roundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+/// The work of one thread: scratch buffers reused across tasks. Row counts
+/// are padded to kRows and column counts to kLanes, the padding kept zero.
 struct Worker {
-  std::vector<float> q, kt, v, s, acc, m, l;
+  int64_t rowsPad = 0, colsPad = 0, dPad = 0;
+  std::vector<float> q;   ///< [rowsPad][dPad] query rows
+  std::vector<float> kt;  ///< [dPad][colsPad] keys, transposed
+  std::vector<float> v;   ///< [colsPad][dPad] values
+  std::vector<float> s;   ///< [rowsPad][colsPad] scores, then probabilities
+  std::vector<float> acc; ///< [rowsPad][dPad] output accumulators
+  std::vector<float> m, l;
+  std::vector<uint8_t> keep; ///< [colsPad] element mask of one row
+  std::vector<float> bias;   ///< [colsPad] 0 or -inf per key of one row
 };
+
+/// kLanes floats as one GCC vector; loads and stores go through memcpy, so
+/// no alignment is assumed.
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+// Vec never crosses a non-inlined call (the helpers below are always
+// inlined), so GCC's note that its ABI depends on AVX-512 does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+__attribute__((always_inline)) inline Vec loadVec(const float *p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(Vec));
+  return v;
+}
+
+__attribute__((always_inline)) inline void storeVec(float *p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
+
+/// Same microkernel for S = Q K^T and O += P V:
+/// C[M][N] (+)= A[M][K] * B[K][N], M a multiple of kRows (4), N of kLanes.
+/// The 4 x kLanes block of C stays in vector registers.
+TESSERA_CPU_CLONES
+void gemm(const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
+          int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate) {
+  static_assert(kRows == 4, "the microkernel holds four rows");
+  for (int64_t i0 = 0; i0 < m; i0 += kRows)
+    for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
+      float *c0 = c + i0 * ldc + j0;
+      Vec t0 = {}, t1 = {}, t2 = {}, t3 = {};
+      if (accumulate) {
+        t0 = loadVec(c0);
+        t1 = loadVec(c0 + ldc);
+        t2 = loadVec(c0 + 2 * ldc);
+        t3 = loadVec(c0 + 3 * ldc);
+      }
+      const float *a0 = a + i0 * lda;
+      for (int64_t x = 0; x < k; ++x) {
+        Vec bx = loadVec(b + x * ldb + j0);
+        t0 += a0[x] * bx;
+        t1 += a0[lda + x] * bx;
+        t2 += a0[2 * lda + x] * bx;
+        t3 += a0[3 * lda + x] * bx;
+      }
+      storeVec(c0, t0);
+      storeVec(c0 + ldc, t1);
+      storeVec(c0 + 2 * ldc, t2);
+      storeVec(c0 + 3 * ldc, t3);
+    }
+}
+
+/// exp(x) for x <= 0 to about 2 ulp, exactly 0 below -87 (and for -inf);
+/// branch-free so that loops over it vectorize.
+inline float expNonPositive(float x) {
+  const float log2e = 1.44269504088896341f;
+  float xc = x < -87.0f ? -87.0f : x;
+  float n = __builtin_roundf(xc * log2e);
+  float r = xc - n * 0.693145751953125f; // ln 2, high part
+  r = r - n * 1.428606765330187045e-06f; // ln 2, low part
+  float p = 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t bits;
+  std::memcpy(&bits, &p, 4);
+  bits += int32_t(n) << 23;
+  float e;
+  std::memcpy(&e, &bits, 4);
+  return x < -87.0f ? 0.0f : e;
+}
+
+typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+/// expNonPositive on kLanes floats at once.
+__attribute__((always_inline)) inline Vec expVec(Vec x) {
+  const float log2e = 1.44269504088896341f;
+  const float shifter = 12582912.0f; // 1.5 * 2^23: adds round to integers
+  Vec xc = x < -87.0f ? Vec{} - 87.0f : x;
+  Vec n = (xc * log2e + shifter) - shifter;
+  Vec r = xc - n * 0.693145751953125f;
+  r = r - n * 1.428606765330187045e-06f;
+  Vec p = Vec{} + 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  VecI bits;
+  std::memcpy(&bits, &p, sizeof(bits));
+  bits += __builtin_convertvector(n, VecI) << 23;
+  Vec e;
+  std::memcpy(&e, &bits, sizeof(e));
+  return x < -87.0f ? Vec{} : e;
+}
+
+__attribute__((always_inline)) inline float horizontalMax(Vec v) {
+  float m = v[0];
+  for (int64_t i = 1; i < kLanes; ++i)
+    m = std::max(m, v[i]);
+  return m;
+}
+
+__attribute__((always_inline)) inline float horizontalSum(Vec v) {
+  float s = 0;
+  for (int64_t i = 0; i < kLanes; ++i)
+    s += v[i];
+  return s;
+}
+
+/// Fills keep[0, k1 - k0) for row q: 1 where the pair is allowed. Bisects the
+/// key range with the tile classifier, so a row costs a few evaluations per
+/// mask boundary instead of one per key.
+void rowMask(const k::Node *nodes, k::i64 count, const k::i64 *data, int64_t q,
+             int64_t k0, int64_t k1, int64_t nq, int64_t nk, int64_t head,
+             int64_t numHeads, uint8_t *keep) {
+  int64_t stack[2 * 64];
+  int top = 0;
+  stack[top++] = k0;
+  stack[top++] = k1;
+  while (top) {
+    int64_t hi = stack[--top], lo = stack[--top];
+    k::Tile t{q, q + 1, lo, hi, nq, nk, head, numHeads};
+    int cls = k::classifyTile(nodes, count, data, t);
+    if (cls != k::kPartial || hi - lo == 1) {
+      std::fill(keep + (lo - k0), keep + (hi - k0),
+                uint8_t(cls == k::kFull));
+      continue;
+    }
+    int64_t mid = lo + (hi - lo) / 2;
+    stack[top++] = mid;
+    stack[top++] = hi;
+    stack[top++] = lo;
+    stack[top++] = mid;
+  }
+}
 
 struct Job {
   const k::LayerTable &table;
@@ -105,20 +271,23 @@ struct Job {
 };
 
 /// One (batch, launch slot, query block) task.
+TESSERA_CPU_CLONES
 void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
   const LayerArgs &a = job.a;
   const k::LayerTable &t = job.table;
   int64_t d = job.d, nq = job.nq, nk = job.nk;
   int64_t bq = a.blockQ, bk = a.blockK;
+  int64_t dp = w.dPad, cp = w.colsPad;
   int64_t head = t.computedHead[slot], group = t.headGroup[slot];
   int64_t kvHead = head / job.groupSize;
   const k::Node *nodes = t.nodes + t.groupBegin[group];
   k::i64 count = t.groupBegin[group + 1] - t.groupBegin[group];
   int64_t q0 = qb * bq, q1 = std::min(q0 + bq, nq), rows = q1 - q0;
+  int64_t rowsPad = roundUp(rows, kRows);
 
   for (int64_t i = 0; i < rows; ++i)
-    load(a.q, offsetOf(a.q, b, q0 + i, head), d, &w.q[i * d]);
-  std::fill(w.acc.begin(), w.acc.begin() + rows * d, 0.0f);
+    load(a.q, offsetOf(a.q, b, q0 + i, head), d, &w.q[i * dp]);
+  std::fill(w.acc.begin(), w.acc.begin() + rowsPad * dp, 0.0f);
   std::fill(w.m.begin(), w.m.begin() + rows, kNegInf);
   std::fill(w.l.begin(), w.l.begin() + rows, 0.0f);
 
@@ -128,62 +297,75 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
   for (int64_t kb = kLo >= 0 ? kLo / bk : 0; kLo <= kHi && kb * bk <= kHi;
        ++kb) {
     int64_t k0 = kb * bk, k1 = std::min(k0 + bk, nk), cols = k1 - k0;
+    int64_t colsPad = roundUp(cols, kLanes);
     k::Tile tile{q0, q1, k0, k1, nq, nk, head, t.numHeads};
     int cls = k::classifyTile(nodes, count, t.data, tile);
     if (cls == k::kEmpty)
       continue;
     (cls == k::kFull ? full : partial) += 1;
-    // K transposed [d][cols] and V [cols][d] of this tile, as floats.
+    // K transposed [d][cols] and V [cols][d] of this tile, as floats; the
+    // padding columns of kt are zero (never written).
+    float *row = &w.acc[rowsPad * dp]; // scratch past the live rows
     for (int64_t j = 0; j < cols; ++j) {
-      load(a.k, offsetOf(a.k, b, k0 + j, kvHead), d, &w.v[j * d]);
+      load(a.k, offsetOf(a.k, b, k0 + j, kvHead), d, row);
       for (int64_t x = 0; x < d; ++x)
-        w.kt[x * bk + j] = w.v[j * d + x];
+        w.kt[x * cp + j] = row[x];
+      load(a.v, offsetOf(a.v, b, k0 + j, kvHead), d, &w.v[j * dp]);
     }
-    for (int64_t j = 0; j < cols; ++j)
-      load(a.v, offsetOf(a.v, b, k0 + j, kvHead), d, &w.v[j * d]);
+    for (int64_t j = cols; j < colsPad; ++j) {
+      for (int64_t x = 0; x < d; ++x)
+        w.kt[x * cp + j] = 0.0f;
+      std::fill(&w.v[j * dp], &w.v[j * dp] + dp, 0.0f);
+    }
+    gemm(w.q.data(), dp, w.kt.data(), cp, w.s.data(), cp, rowsPad, colsPad, d,
+         /*accumulate=*/false);
+    // bias[j]: 0 for a key that counts, -inf for a masked or padding key.
+    float *bias = w.bias.data();
+    for (int64_t j = 0; j < colsPad; ++j)
+      bias[j] = j < cols ? 0.0f : kNegInf;
     for (int64_t i = 0; i < rows; ++i) {
-      float *s = &w.s[i * bk];
-      std::fill(s, s + cols, 0.0f);
-      const float *qi = &w.q[i * d];
-      for (int64_t x = 0; x < d; ++x) {
-        float qx = qi[x];
-        const float *kx = &w.kt[x * bk];
+      float *s = &w.s[i * cp];
+      if (cls == k::kPartial) {
+        rowMask(nodes, count, t.data, q0 + i, k0, k1, nq, nk, head,
+                t.numHeads, w.keep.data());
         for (int64_t j = 0; j < cols; ++j)
-          s[j] += qx * kx[j];
+          bias[j] = w.keep[j] ? 0.0f : kNegInf;
       }
-      float rowMax = kNegInf;
-      for (int64_t j = 0; j < cols; ++j) {
-        s[j] *= job.scale;
-        if (cls == k::kPartial &&
-            !k::allowedPair(nodes, count, t.data, q0 + i, k0 + j, nq, nk,
-                            head, t.numHeads))
-          s[j] = kNegInf;
-        rowMax = std::max(rowMax, s[j]);
+      Vec vmax = Vec{} + kNegInf;
+      for (int64_t j = 0; j < colsPad; j += kLanes) {
+        Vec x = loadVec(s + j) * job.scale + loadVec(bias + j);
+        storeVec(s + j, x);
+        vmax = x > vmax ? x : vmax;
       }
-      if (rowMax == kNegInf)
-        continue; // nothing allowed in this row of the tile
+      float rowMax = horizontalMax(vmax);
+      if (rowMax == kNegInf) {
+        // Nothing allowed in this row of the tile: no contribution.
+        std::fill(s, s + colsPad, 0.0f);
+        continue;
+      }
       float mOld = w.m[i], mNew = std::max(mOld, rowMax);
-      float correction = std::exp(mOld - mNew); // 0 when mOld is -inf
-      float sum = 0;
-      for (int64_t j = 0; j < cols; ++j) {
-        s[j] = std::exp(s[j] - mNew);
-        sum += s[j];
+      float correction = expNonPositive(mOld - mNew); // 0 when mOld is -inf
+      Vec vsum = {};
+      for (int64_t j = 0; j < colsPad; j += kLanes) {
+        Vec e = expVec(loadVec(s + j) - mNew);
+        storeVec(s + j, e);
+        vsum += e;
       }
-      w.l[i] = w.l[i] * correction + sum;
+      w.l[i] = w.l[i] * correction + horizontalSum(vsum);
       w.m[i] = mNew;
-      float *acc = &w.acc[i * d];
-      for (int64_t x = 0; x < d; ++x)
-        acc[x] *= correction;
-      for (int64_t j = 0; j < cols; ++j) {
-        float p = s[j];
-        const float *vj = &w.v[j * d];
-        for (int64_t x = 0; x < d; ++x)
-          acc[x] += p * vj[x];
+      if (correction != 1.0f) {
+        float *acc = &w.acc[i * dp];
+        for (int64_t x = 0; x < dp; ++x)
+          acc[x] *= correction;
       }
     }
+    for (int64_t i = rows; i < rowsPad; ++i)
+      std::fill(&w.s[i * cp], &w.s[i * cp] + colsPad, 0.0f);
+    gemm(w.s.data(), cp, w.v.data(), dp, w.acc.data(), dp, rowsPad, dp,
+         colsPad, /*accumulate=*/true);
   }
   for (int64_t i = 0; i < rows; ++i) {
-    float *acc = &w.acc[i * d];
+    float *acc = &w.acc[i * dp];
     float inv = w.l[i] > 0 ? 1.0f / w.l[i] : 0.0f;
     for (int64_t x = 0; x < d; ++x)
       acc[x] *= inv;
@@ -255,13 +437,19 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
   std::atomic<int64_t> next{0};
   auto work = [&]() {
     Worker w;
-    w.q.resize(a.blockQ * d);
-    w.kt.resize(d * a.blockK);
-    w.v.resize(a.blockK * d);
-    w.s.resize(a.blockQ * a.blockK);
-    w.acc.resize(a.blockQ * d);
+    w.rowsPad = roundUp(a.blockQ, kRows);
+    w.colsPad = roundUp(a.blockK, kLanes);
+    w.dPad = roundUp(d, kLanes);
+    w.q.assign(w.rowsPad * w.dPad, 0.0f);
+    w.kt.assign(w.dPad * w.colsPad, 0.0f);
+    w.v.assign(w.colsPad * w.dPad, 0.0f);
+    w.s.assign(w.rowsPad * w.colsPad, 0.0f);
+    // One extra row: scratch for converting a key row.
+    w.acc.assign((w.rowsPad + 1) * w.dPad, 0.0f);
     w.m.resize(a.blockQ);
     w.l.resize(a.blockQ);
+    w.keep.resize(w.colsPad);
+    w.bias.resize(w.colsPad);
     for (int64_t i; (i = next++) < tasks;) {
       int64_t qb = i % job.numQBlocks;
       int64_t rest = i / job.numQBlocks;

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""PyTorch on the same inputs and mask as tessera-cpu-bench --dump.
+
+Runs, on the CPU with the same thread count:
+  * torch.nn.functional.scaled_dot_product_attention, dense (no mask);
+  * FlexAttention (torch.compile'd) with a BlockMask built from the same
+    mask: its full/partial/empty 64 x 64 blocks are checked to equal
+    Tessera's tile classes, and its output is checked against Tessera's.
+Prints one JSON line.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+
+def median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dump")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    meta = json.load(open(os.path.join(args.dump, "meta.json")))
+    L, H, D, B = meta["len"], meta["heads"], meta["head_dim"], meta["block"]
+
+    def load(name, dtype, shape):
+        a = np.fromfile(os.path.join(args.dump, name), dtype=dtype)
+        return torch.from_numpy(a.reshape(shape))
+
+    # [1, L, H, D] -> [1, H, L, D] as PyTorch's attention wants.
+    q, k, v, o_ours = (load(n + ".f32", np.float32, (1, L, H, D)).transpose(1, 2).contiguous()
+                       for n in ("q", "k", "v", "o"))
+    mask = load("mask.u8", np.uint8, (H, L, L)).bool()
+    tiles = load("tiles.i8", np.int8, (H, (L + B - 1) // B, (L + B - 1) // B))
+
+    def mask_mod(b, h, qi, kv):
+        return mask[h, qi, kv]
+
+    block_mask = create_block_mask(mask_mod, 1, H, L, L, device="cpu",
+                                   BLOCK_SIZE=B)
+    # Identical block structure: partial blocks in kv_num_blocks, full ones in
+    # full_kv_num_blocks.
+    full = block_mask.full_kv_num_blocks[0].sum().item()
+    partial = block_mask.kv_num_blocks[0].sum().item()
+    ours_full = (tiles == 2).sum().item()
+    ours_partial = (tiles == 1).sum().item()
+    if (full, partial) != (ours_full, ours_partial):
+        print(f"block masks differ: flex full/partial {full}/{partial}, "
+              f"tessera {ours_full}/{ours_partial}", file=sys.stderr)
+        return 1
+
+    flex = torch.compile(flex_attention)
+    t0 = time.perf_counter()
+    o_flex = flex(q, k, v, block_mask=block_mask)
+    compile_s = time.perf_counter() - t0
+    err = ((o_flex - o_ours).abs().max() / o_ours.abs().max()).item()
+    t_flex = median_time(lambda: flex(q, k, v, block_mask=block_mask), args.repeats)
+    t_sdpa = median_time(
+        lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+        args.repeats)
+    print(json.dumps({"len": L, "heads": H, "sdpa_dense_s": t_sdpa,
+                      "flex_s": t_flex, "flex_first_call_s": compile_s,
+                      "flex_vs_tessera_rel_err": err,
+                      "blocks_full": full, "blocks_partial": partial,
+                      "torch": torch.__version__}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -104,7 +104,7 @@ std::string checkTensor(const Tensor &t, const char *name) {
 }
 
 /// Rows of the register-blocked microkernel, and its vector width in floats.
-constexpr int64_t kRows = 4;
+constexpr int64_t kRows = 8;
 constexpr int64_t kLanes = 16;
 
 int64_t roundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -114,13 +114,17 @@ int64_t roundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 struct Worker {
   int64_t rowsPad = 0, colsPad = 0, dPad = 0;
   std::vector<float> q;   ///< [rowsPad][dPad] query rows
-  std::vector<float> kt;  ///< [dPad][colsPad] keys, transposed
-  std::vector<float> v;   ///< [colsPad][dPad] values
   std::vector<float> s;   ///< [rowsPad][colsPad] scores, then probabilities
   std::vector<float> acc; ///< [rowsPad][dPad] output accumulators
   std::vector<float> m, l;
-  std::vector<uint8_t> keep; ///< [colsPad] element mask of one row
+  std::vector<uint8_t> keep; ///< [rowsPad][colsPad] element mask of a tile
   std::vector<float> bias;   ///< [colsPad] 0 or -inf per key of one row
+  /// The keys (transposed, [dPad][nkPad]) and values ([nkPad][dPad]) of one
+  /// (batch, kv head), converted to floats once and reused by every query
+  /// block of the heads that read them.
+  int64_t cachedBatch = -1, cachedKvHead = -1, nkPad = 0;
+  std::vector<float> kAllT, vAll;
+  std::vector<uint8_t> blockLoaded; ///< per key block: converted yet?
 };
 
 /// kLanes floats as one GCC vector; loads and stores go through memcpy, so
@@ -140,34 +144,26 @@ __attribute__((always_inline)) inline Vec loadVec(const float *p) {
 __attribute__((always_inline)) inline void storeVec(float *p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
 
 /// Same microkernel for S = Q K^T and O += P V:
-/// C[M][N] (+)= A[M][K] * B[K][N], M a multiple of kRows (4), N of kLanes.
-/// The 4 x kLanes block of C stays in vector registers.
+/// C[M][N] (+)= A[M][K] * B[K][N], M a multiple of kRows, N of kLanes.
+/// The kRows x kLanes block of C stays in vector registers.
 TESSERA_CPU_CLONES
 void gemm(const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
           int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate) {
-  static_assert(kRows == 4, "the microkernel holds four rows");
   for (int64_t i0 = 0; i0 < m; i0 += kRows)
     for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
       float *c0 = c + i0 * ldc + j0;
-      Vec t0 = {}, t1 = {}, t2 = {}, t3 = {};
-      if (accumulate) {
-        t0 = loadVec(c0);
-        t1 = loadVec(c0 + ldc);
-        t2 = loadVec(c0 + 2 * ldc);
-        t3 = loadVec(c0 + 3 * ldc);
-      }
+      Vec t[kRows];
+      for (int64_t r = 0; r < kRows; ++r)
+        t[r] = accumulate ? loadVec(c0 + r * ldc) : Vec{};
       const float *a0 = a + i0 * lda;
       for (int64_t x = 0; x < k; ++x) {
         Vec bx = loadVec(b + x * ldb + j0);
-        t0 += a0[x] * bx;
-        t1 += a0[lda + x] * bx;
-        t2 += a0[2 * lda + x] * bx;
-        t3 += a0[3 * lda + x] * bx;
+#pragma GCC unroll 8
+        for (int64_t r = 0; r < kRows; ++r)
+          t[r] += a0[r * lda + x] * bx;
       }
-      storeVec(c0, t0);
-      storeVec(c0 + ldc, t1);
-      storeVec(c0 + 2 * ldc, t2);
-      storeVec(c0 + 3 * ldc, t3);
+      for (int64_t r = 0; r < kRows; ++r)
+        storeVec(c0 + r * ldc, t[r]);
     }
 }
 
@@ -235,30 +231,41 @@ __attribute__((always_inline)) inline float horizontalSum(Vec v) {
   return s;
 }
 
-/// Fills keep[0, k1 - k0) for row q: 1 where the pair is allowed. Bisects the
-/// key range with the tile classifier, so a row costs a few evaluations per
-/// mask boundary instead of one per key.
-void rowMask(const k::Node *nodes, k::i64 count, const k::i64 *data, int64_t q,
-             int64_t k0, int64_t k1, int64_t nq, int64_t nk, int64_t head,
-             int64_t numHeads, uint8_t *keep) {
-  int64_t stack[2 * 64];
+/// Fills mask[(q - q0) * ld + (k - k0)] for the pairs of the partial tile
+/// [q0, q1) x [k0, k1): 1 where allowed. Subdivides the tile with the tile
+/// classifier (rows first, then keys), so the cost follows the mask's
+/// boundaries rather than its area.
+void tileMask(const k::Node *nodes, k::i64 count, const k::i64 *data,
+              int64_t q0, int64_t k0, int64_t q1, int64_t k1, int64_t nq,
+              int64_t nk, int64_t head, int64_t numHeads, uint8_t *mask,
+              int64_t ld) {
+  struct Box {
+    int64_t q0, q1, k0, k1;
+  };
+  Box stack[256];
   int top = 0;
-  stack[top++] = k0;
-  stack[top++] = k1;
+  stack[top++] = {q0, q1, k0, k1};
   while (top) {
-    int64_t hi = stack[--top], lo = stack[--top];
-    k::Tile t{q, q + 1, lo, hi, nq, nk, head, numHeads};
+    Box x = stack[--top];
+    k::Tile t{x.q0, x.q1, x.k0, x.k1, nq, nk, head, numHeads};
     int cls = k::classifyTile(nodes, count, data, t);
-    if (cls != k::kPartial || hi - lo == 1) {
-      std::fill(keep + (lo - k0), keep + (hi - k0),
-                uint8_t(cls == k::kFull));
+    if (cls != k::kPartial || (x.q1 - x.q0 == 1 && x.k1 - x.k0 == 1)) {
+      for (int64_t q = x.q0; q < x.q1; ++q)
+        std::fill(mask + (q - q0) * ld + (x.k0 - k0),
+                  mask + (q - q0) * ld + (x.k1 - k0), uint8_t(cls == k::kFull));
       continue;
     }
-    int64_t mid = lo + (hi - lo) / 2;
-    stack[top++] = mid;
-    stack[top++] = hi;
-    stack[top++] = lo;
-    stack[top++] = mid;
+    // Split the longer side (rows win ties); the stack depth stays within
+    // 2 * log2(rows * keys) entries.
+    if (x.q1 - x.q0 >= x.k1 - x.k0) {
+      int64_t mid = x.q0 + (x.q1 - x.q0) / 2;
+      stack[top++] = {mid, x.q1, x.k0, x.k1};
+      stack[top++] = {x.q0, mid, x.k0, x.k1};
+    } else {
+      int64_t mid = x.k0 + (x.k1 - x.k0) / 2;
+      stack[top++] = {x.q0, x.q1, mid, x.k1};
+      stack[top++] = {x.q0, x.q1, x.k0, mid};
+    }
   }
 }
 
@@ -291,6 +298,16 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
   std::fill(w.m.begin(), w.m.begin() + rows, kNegInf);
   std::fill(w.l.begin(), w.l.begin() + rows, 0.0f);
 
+  if (w.cachedBatch != b || w.cachedKvHead != kvHead) {
+    // Padding keys (beyond Nk) stay zero: their scores are masked and their
+    // values multiply zero probabilities.
+    // Key blocks are converted when a tile first needs them.
+    w.kAllT.assign(dp * w.nkPad, 0.0f);
+    w.vAll.assign(w.nkPad * dp, 0.0f);
+    w.blockLoaded.assign((nk + bk - 1) / bk, 0);
+    w.cachedBatch = b;
+    w.cachedKvHead = kvHead;
+  }
   k::i64 kLo, kHi;
   k::keyHull(nodes, count, t.data, q0, q1, nq, nk, kLo, kHi);
   int64_t full = 0, partial = 0;
@@ -303,33 +320,31 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
     if (cls == k::kEmpty)
       continue;
     (cls == k::kFull ? full : partial) += 1;
-    // K transposed [d][cols] and V [cols][d] of this tile, as floats; the
-    // padding columns of kt are zero (never written).
-    float *row = &w.acc[rowsPad * dp]; // scratch past the live rows
-    for (int64_t j = 0; j < cols; ++j) {
-      load(a.k, offsetOf(a.k, b, k0 + j, kvHead), d, row);
-      for (int64_t x = 0; x < d; ++x)
-        w.kt[x * cp + j] = row[x];
-      load(a.v, offsetOf(a.v, b, k0 + j, kvHead), d, &w.v[j * dp]);
+    if (!w.blockLoaded[kb]) {
+      float *row = &w.acc[rowsPad * dp]; // scratch past the live rows
+      for (int64_t j = k0; j < k1; ++j) {
+        load(a.k, offsetOf(a.k, b, j, kvHead), d, row);
+        for (int64_t x = 0; x < d; ++x)
+          w.kAllT[x * w.nkPad + j] = row[x];
+        load(a.v, offsetOf(a.v, b, j, kvHead), d, &w.vAll[j * dp]);
+      }
+      w.blockLoaded[kb] = 1;
     }
-    for (int64_t j = cols; j < colsPad; ++j) {
-      for (int64_t x = 0; x < d; ++x)
-        w.kt[x * cp + j] = 0.0f;
-      std::fill(&w.v[j * dp], &w.v[j * dp] + dp, 0.0f);
-    }
-    gemm(w.q.data(), dp, w.kt.data(), cp, w.s.data(), cp, rowsPad, colsPad, d,
-         /*accumulate=*/false);
+    gemm(w.q.data(), dp, w.kAllT.data() + k0, w.nkPad, w.s.data(), cp, rowsPad,
+         colsPad, d, /*accumulate=*/false);
     // bias[j]: 0 for a key that counts, -inf for a masked or padding key.
     float *bias = w.bias.data();
     for (int64_t j = 0; j < colsPad; ++j)
       bias[j] = j < cols ? 0.0f : kNegInf;
+    if (cls == k::kPartial)
+      tileMask(nodes, count, t.data, q0, k0, q1, k1, nq, nk, head, t.numHeads,
+               w.keep.data(), cp);
     for (int64_t i = 0; i < rows; ++i) {
       float *s = &w.s[i * cp];
       if (cls == k::kPartial) {
-        rowMask(nodes, count, t.data, q0 + i, k0, k1, nq, nk, head,
-                t.numHeads, w.keep.data());
+        const uint8_t *keep = &w.keep[i * cp];
         for (int64_t j = 0; j < cols; ++j)
-          bias[j] = w.keep[j] ? 0.0f : kNegInf;
+          bias[j] = keep[j] ? 0.0f : kNegInf;
       }
       Vec vmax = Vec{} + kNegInf;
       for (int64_t j = 0; j < colsPad; j += kLanes) {
@@ -361,8 +376,8 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
     }
     for (int64_t i = rows; i < rowsPad; ++i)
       std::fill(&w.s[i * cp], &w.s[i * cp] + colsPad, 0.0f);
-    gemm(w.s.data(), cp, w.v.data(), dp, w.acc.data(), dp, rowsPad, dp,
-         colsPad, /*accumulate=*/true);
+    gemm(w.s.data(), cp, w.vAll.data() + k0 * dp, dp, w.acc.data(), dp,
+         rowsPad, dp, colsPad, /*accumulate=*/true);
   }
   for (int64_t i = 0; i < rows; ++i) {
     float *acc = &w.acc[i * dp];
@@ -441,14 +456,13 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
     w.colsPad = roundUp(a.blockK, kLanes);
     w.dPad = roundUp(d, kLanes);
     w.q.assign(w.rowsPad * w.dPad, 0.0f);
-    w.kt.assign(w.dPad * w.colsPad, 0.0f);
-    w.v.assign(w.colsPad * w.dPad, 0.0f);
+    w.nkPad = roundUp(job.nk, kLanes) + w.colsPad;
     w.s.assign(w.rowsPad * w.colsPad, 0.0f);
     // One extra row: scratch for converting a key row.
     w.acc.assign((w.rowsPad + 1) * w.dPad, 0.0f);
     w.m.resize(a.blockQ);
     w.l.resize(a.blockQ);
-    w.keep.resize(w.colsPad);
+    w.keep.resize(w.rowsPad * w.colsPad);
     w.bias.resize(w.colsPad);
     for (int64_t i; (i = next++) < tasks;) {
       int64_t qb = i % job.numQBlocks;

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The CPU benchmark of docs/PERFORMANCE.md. Builds tessera-cpu-bench, sets up
+# its own Python environment with PyTorch from PyPI (not needed by make
+# check), and for each shipped pattern file and length runs, in one go:
+# Tessera's sparse executor, its dense path, PyTorch SDPA (dense) and
+# FlexAttention with the identical block mask. Prints a Markdown table.
+#
+#   bench/run.sh [LENGTHS...]        default: 4096 8192 16384
+set -euo pipefail
+cd "$(dirname "$0")/.."
+lengths=("${@:-4096 8192 16384}")
+[ $# -gt 0 ] || lengths=(4096 8192 16384)
+build=${BUILD_DIR:-build}
+venv=${BENCH_VENV:-$build/bench-venv}
+
+make -s configure >/dev/null
+ninja -C "$build" tessera-cpu-bench >/dev/null
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q torch numpy
+fi
+dump=$(mktemp -d)
+trap 'rm -rf "$dump"' EXIT
+
+# file:layer pairs: one layer per shipped model (the Llama layer mixes
+# A-shape, window and causal heads; S2's layer has head-dependent shards).
+cases=(patterns/llama3-8b-sparse.mlir:2 patterns/video-dit.mlir:0
+       patterns/s2-strided.mlir:1)
+echo "| pattern | len | visited tiles | mask density | tessera sparse (s) | tessera dense (s) | speed-up | 0.8/density | torch SDPA dense (s) | FlexAttention (s) | sparse vs Flex |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+for c in "${cases[@]}"; do
+  file=${c%%:*}
+  layer=${c##*:}
+  for len in "${lengths[@]}"; do
+    ours=$("$build/bin/tessera-cpu-bench" "$file" --layer "$layer" --heads 4 \
+      --len "$len" --repeats 3 --dump "$dump")
+    theirs=$("$venv/bin/python" bench/torch_bench.py "$dump" --threads 2 \
+      --repeats 3 2>/dev/null)
+    python3 - "$ours" "$theirs" <<'PY'
+import json, sys
+o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+name = o["file"].split("/")[-1].replace(".mlir", "") + f" (layer {o['layer']})"
+print(f"| {name} | {o['len']} | {o['tile_density']:.3f} | {o['mask_density']:.3f} "
+      f"| {o['sparse_s']:.4f} | {o['dense_s']:.4f} | {o['dense_s']/o['sparse_s']:.2f} "
+      f"| {0.8/o['tile_density']:.2f} | {t['sdpa_dense_s']:.4f} | {t['flex_s']:.4f} "
+      f"| {t['flex_s']/o['sparse_s']:.2f}x |")
+PY
+  done
+done

@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 TARGETS = attn-opt attn-viz attn-translate attn-nvrtc-check TesseraUnitTests \
   attn-docs
 
-.PHONY: all deps configure build demo check docs clean
+.PHONY: all deps configure build demo check docs bundles clean
 
 all: build
 
@@ -33,6 +33,15 @@ check: build
 # Refreshes the committed reference documentation from the ODS definitions.
 docs: build
 	cp $(BUILD_DIR)/dialect/include/tessera/Dialect/Attn/AttnDialect.md docs/reference/AttnDialect.md
+
+# CUDA bundles of the shipped patterns, for bench/gpu_check.sh on a GPU
+# machine (which needs no MLIR): build/bundles/<pattern>/{bundle.cu,manifest.json}
+bundles: build
+	@for f in patterns/*.mlir; do \
+	  n=$$(basename $$f .mlir); \
+	  $(BUILD_DIR)/bin/attn-translate $$f -o $(BUILD_DIR)/bundles/$$n || exit 1; \
+	  echo "$(BUILD_DIR)/bundles/$$n"; \
+	done
 
 clean:
 	rm -rf $(BUILD_DIR) $(BUILD_DIR).cmake.log

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The GPU check (docs/PERFORMANCE.md): on a machine with an NVIDIA GPU, the
+# CUDA driver, NVRTC and PyTorch. Compiles every bundle in build/bundles
+# (made here by `make bundles`; the GPU machine needs no MLIR) with NVRTC for
+# the device, checks it against a float64 reference, and times it against
+# torch SDPA and FlexAttention. Prints one table; exits 1 on a wrong result.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bundles=${BUNDLES:-build/bundles}
+if ! ls "$bundles"/*/manifest.json >/dev/null 2>&1; then
+  echo "gpu_check: no bundles in $bundles; run 'make bundles' first" >&2
+  exit 2
+fi
+python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)' || {
+  echo "gpu_check: PyTorch sees no CUDA device" >&2; exit 3; }
+out=${OUT:-build}
+timeout 480 python3 bench/gpu_check.py "$bundles"/*/ "$@" | tee "$out/gpu_check.txt"

@@ -347,6 +347,26 @@ TESSERA_HD void keyHull(const Node *nodes, i64 count, const i64 *data,
   kHi = top == 1 ? hi[0] : nk - 1;
 }
 
+typedef unsigned short u16;
+
+/// Kernel arguments, passed by value. Strides are in elements; head_dim is
+/// contiguous.
+struct AttnParams {
+  const u16 *q;
+  const u16 *k;
+  const u16 *v;
+  u16 *o;
+  float *lse; ///< [batch, heads, Nq] or null
+  i64 nq, nk;
+  i64 qStrideB, qStrideS, qStrideH;
+  i64 kStrideB, kStrideS, kStrideH;
+  i64 vStrideB, vStrideS, vStrideH;
+  i64 oStrideB, oStrideS, oStrideH;
+  float scaleLog2; ///< softmax scale times log2(e)
+  int numHeads, numKvHeads;
+  int vectorLoads; ///< 1: every row start is 16-byte aligned
+};
+
 /// One layer's schedule tables: the programs of its head groups and the
 /// heads that are computed (skipped heads are not listed).
 struct LayerTable {

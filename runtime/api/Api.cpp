@@ -1,0 +1,501 @@
+//===- Api.cpp - the Tessera runtime C API --------------------------------===//
+
+#include "tessera/tessera.h"
+
+#include "Manifest.h"
+#include "../cuda/Driver.h"
+
+#include "tessera/cpu/Executor.h"
+#include "tessera/jit/Cache.h"
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+
+using namespace tessera;
+using namespace tessera::runtime;
+
+struct tessera_context {
+  tessera_device_kind kind = TESSERA_DEVICE_CPU;
+  int device = 0;
+  void *cuContext = nullptr;
+  const Driver *driver = nullptr;
+  std::string arch; ///< "sm_90"
+};
+
+struct tessera_bundle {
+  tessera_context *context = nullptr;
+  BundleDesc desc;
+  std::map<int64_t, size_t> byIndex; ///< layer index -> position
+  void *module = nullptr;
+  std::map<std::string, void *> functions;
+};
+
+namespace {
+
+thread_local std::string lastError;
+
+tessera_status fail(tessera_status status, const std::string &message) {
+  lastError = message;
+  return status;
+}
+
+/// Makes the context's CUDA context current for the scope.
+class CudaScope {
+public:
+  explicit CudaScope(const tessera_context *c) : c(c) {
+    if (c->cuContext)
+      c->driver->ctxPushCurrent(c->cuContext);
+  }
+  ~CudaScope() {
+    if (c->cuContext) {
+      void *old;
+      c->driver->ctxPopCurrent(&old);
+    }
+  }
+
+private:
+  const tessera_context *c;
+};
+
+bool readFile(const std::string &path, std::string &out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return false;
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  out = ss.str();
+  return bool(in) || in.eof();
+}
+
+size_t elementSize(tessera_dtype t) { return t == TESSERA_DTYPE_F32 ? 4 : 2; }
+
+const char *dtypeName(tessera_dtype t) {
+  return t == TESSERA_DTYPE_F32 ? "f32" : t == TESSERA_DTYPE_F16 ? "f16" : "bf16";
+}
+
+tessera_status loadBundle(tessera_context *context, const std::string &manifest,
+                          const std::string &source, tessera_bundle **out) {
+  auto b = std::make_unique<tessera_bundle>();
+  b->context = context;
+  if (std::string e = parseManifest(manifest, source, b->desc); !e.empty())
+    return fail(TESSERA_ERROR_BAD_BUNDLE, "bad bundle: " + e);
+  for (size_t i = 0; i < b->desc.layers.size(); ++i)
+    b->byIndex[b->desc.layers[i].index] = i;
+  if (context->kind == TESSERA_DEVICE_CUDA) {
+    std::string error;
+    const jit::Nvrtc *nvrtc = jit::Nvrtc::get(error);
+    if (!nvrtc)
+      return fail(TESSERA_ERROR_NVRTC_UNAVAILABLE, error);
+    jit::CachedCompile c =
+        jit::compileCached(*nvrtc, source, context->arch,
+                           b->desc.nvrtcOptions, jit::defaultCacheDir());
+    if (!c.warning.empty()) {
+      static std::once_flag warned;
+      std::call_once(warned, [&] {
+        std::fprintf(stderr, "tessera: warning: %s\n", c.warning.c_str());
+      });
+    }
+    if (!c.ok)
+      return fail(TESSERA_ERROR_COMPILE,
+                  "NVRTC could not compile the bundle for " + context->arch +
+                      ":\n" + c.error);
+    CudaScope scope(context);
+    const Driver &d = *context->driver;
+    if (int rc = d.moduleLoadData(&b->module, c.binary.data()))
+      return fail(TESSERA_ERROR_CUDA, d.message("cuModuleLoadData", rc));
+    for (const LayerDesc &l : b->desc.layers)
+      for (const std::string &name : {l.kernel, l.fillKernel}) {
+        if (name.empty() || b->functions.count(name))
+          continue;
+        void *f = nullptr;
+        if (int rc = d.moduleGetFunction(&f, b->module, name.c_str())) {
+          d.moduleUnload(b->module);
+          return fail(TESSERA_ERROR_BAD_BUNDLE,
+                      "the bundle has no kernel '" + name + "': " +
+                          d.message("cuModuleGetFunction", rc));
+        }
+        b->functions[name] = f;
+      }
+  }
+  *out = b.release();
+  return TESSERA_OK;
+}
+
+tessera_status checkTensor(const tessera_tensor *t, const char *name) {
+  if (!t)
+    return fail(TESSERA_ERROR_NULL_POINTER,
+                std::string(name) + " is a null tensor pointer");
+  if (!t->data)
+    return fail(TESSERA_ERROR_NULL_POINTER,
+                std::string(name) + "->data is null");
+  if (t->dtype != TESSERA_DTYPE_F32 && t->dtype != TESSERA_DTYPE_F16 &&
+      t->dtype != TESSERA_DTYPE_BF16)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                std::string(name) + "->dtype is not a tessera_dtype value");
+  const int64_t limit = int64_t(1) << 40;
+  if (t->batch < 1 || t->seq < 1 || t->heads < 1 || t->head_dim < 1 ||
+      t->batch > limit || t->seq > limit || t->heads > limit ||
+      t->head_dim > limit)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                std::string(name) +
+                    " has a dimension below 1 or above 2^40");
+  if (t->stride_batch < 0 || t->stride_seq < 0 || t->stride_head < 0 ||
+      t->stride_batch > limit || t->stride_seq > limit ||
+      t->stride_head > limit)
+    return fail(TESSERA_ERROR_BAD_STRIDES,
+                std::string(name) +
+                    " has a negative or huge stride (head_dim must be "
+                    "contiguous; strides are in elements)");
+  if (reinterpret_cast<uintptr_t>(t->data) % elementSize(t->dtype))
+    return fail(TESSERA_ERROR_MISALIGNED,
+                std::string(name) + "->data is not aligned to its element");
+  return TESSERA_OK;
+}
+
+cpu::Tensor toCpu(const tessera_tensor &t) {
+  cpu::Tensor c;
+  c.data = t.data;
+  c.dtype = t.dtype == TESSERA_DTYPE_F32   ? cpu::DType::F32
+            : t.dtype == TESSERA_DTYPE_F16 ? cpu::DType::F16
+                                           : cpu::DType::BF16;
+  c.batch = t.batch;
+  c.seq = t.seq;
+  c.heads = t.heads;
+  c.headDim = t.head_dim;
+  c.strideBatch = t.stride_batch;
+  c.strideSeq = t.stride_seq;
+  c.strideHead = t.stride_head;
+  return c;
+}
+
+} // namespace
+
+extern "C" {
+
+uint32_t tessera_api_version(void) { return TESSERA_API_VERSION; }
+
+const char *tessera_last_error(void) { return lastError.c_str(); }
+
+const char *tessera_status_string(tessera_status s) {
+  switch (s) {
+#define CASE(x)                                                                \
+  case x:                                                                      \
+    return #x;
+    CASE(TESSERA_OK)
+    CASE(TESSERA_ERROR_NULL_POINTER)
+    CASE(TESSERA_ERROR_INVALID_ARGUMENT)
+    CASE(TESSERA_ERROR_UNSUPPORTED_DTYPE)
+    CASE(TESSERA_ERROR_UNSUPPORTED_HEAD_DIM)
+    CASE(TESSERA_ERROR_SHAPE_MISMATCH)
+    CASE(TESSERA_ERROR_BAD_STRIDES)
+    CASE(TESSERA_ERROR_MISALIGNED)
+    CASE(TESSERA_ERROR_LAYER_OUT_OF_RANGE)
+    CASE(TESSERA_ERROR_WRONG_DEVICE)
+    CASE(TESSERA_ERROR_BAD_BUNDLE)
+    CASE(TESSERA_ERROR_IO)
+    CASE(TESSERA_ERROR_CUDA_UNAVAILABLE)
+    CASE(TESSERA_ERROR_NVRTC_UNAVAILABLE)
+    CASE(TESSERA_ERROR_COMPILE)
+    CASE(TESSERA_ERROR_CUDA)
+    CASE(TESSERA_ERROR_INTERNAL)
+#undef CASE
+  }
+  return "TESSERA_ERROR_UNKNOWN";
+}
+
+tessera_status tessera_context_create(tessera_device_kind kind,
+                                      int device_ordinal,
+                                      tessera_context **out) {
+  lastError.clear();
+  if (!out)
+    return fail(TESSERA_ERROR_NULL_POINTER, "out is null");
+  *out = nullptr;
+  if (kind != TESSERA_DEVICE_CPU && kind != TESSERA_DEVICE_CUDA)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "kind is not a tessera_device_kind value");
+  auto c = std::make_unique<tessera_context>();
+  c->kind = kind;
+  if (kind == TESSERA_DEVICE_CUDA) {
+    std::string error;
+    const Driver *d = Driver::get(error);
+    if (!d)
+      return fail(TESSERA_ERROR_CUDA_UNAVAILABLE, error);
+    int count = 0;
+    if (int rc = d->deviceGetCount(&count))
+      return fail(TESSERA_ERROR_CUDA_UNAVAILABLE,
+                  d->message("cuDeviceGetCount", rc));
+    if (device_ordinal < 0 || device_ordinal >= count)
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                  "device_ordinal " + std::to_string(device_ordinal) +
+                      " is out of range: " + std::to_string(count) +
+                      " CUDA devices");
+    int dev = 0, major = 0, minor = 0;
+    d->deviceGet(&dev, device_ordinal);
+    d->deviceGetAttribute(&major, kAttrComputeCapabilityMajor, dev);
+    d->deviceGetAttribute(&minor, kAttrComputeCapabilityMinor, dev);
+    if (major < 8)
+      return fail(TESSERA_ERROR_CUDA_UNAVAILABLE,
+                  "device " + std::to_string(device_ordinal) +
+                      " has compute capability " + std::to_string(major) +
+                      "." + std::to_string(minor) +
+                      "; Tessera's kernels need 8.0 or later");
+    if (int rc = d->primaryCtxRetain(&c->cuContext, dev))
+      return fail(TESSERA_ERROR_CUDA,
+                  d->message("cuDevicePrimaryCtxRetain", rc));
+    c->driver = d;
+    c->device = device_ordinal;
+    c->arch = "sm_" + std::to_string(major) + std::to_string(minor);
+  }
+  *out = c.release();
+  return TESSERA_OK;
+}
+
+tessera_status tessera_context_destroy(tessera_context *context) {
+  lastError.clear();
+  if (!context)
+    return fail(TESSERA_ERROR_NULL_POINTER, "context is null");
+  if (context->cuContext)
+    context->driver->primaryCtxRelease(context->device);
+  delete context;
+  return TESSERA_OK;
+}
+
+tessera_status tessera_bundle_load_file(tessera_context *context,
+                                        const char *path,
+                                        tessera_bundle **out) {
+  lastError.clear();
+  if (!context || !path || !out)
+    return fail(TESSERA_ERROR_NULL_POINTER, "context, path and out must "
+                                            "not be null");
+  *out = nullptr;
+  std::string manifest, source, dir(path);
+  if (!readFile(dir + "/manifest.json", manifest))
+    return fail(TESSERA_ERROR_IO, "cannot read " + dir + "/manifest.json");
+  if (!readFile(dir + "/bundle.cu", source))
+    return fail(TESSERA_ERROR_IO, "cannot read " + dir + "/bundle.cu");
+  return loadBundle(context, manifest, source, out);
+}
+
+tessera_status tessera_bundle_load_memory(tessera_context *context,
+                                          const char *manifest,
+                                          size_t manifest_size,
+                                          const char *source,
+                                          size_t source_size,
+                                          tessera_bundle **out) {
+  lastError.clear();
+  if (!context || !manifest || !source || !out)
+    return fail(TESSERA_ERROR_NULL_POINTER, "context, manifest, source and "
+                                            "out must not be null");
+  *out = nullptr;
+  return loadBundle(context, std::string(manifest, manifest_size),
+                    std::string(source, source_size), out);
+}
+
+tessera_status tessera_bundle_destroy(tessera_bundle *bundle) {
+  lastError.clear();
+  if (!bundle)
+    return fail(TESSERA_ERROR_NULL_POINTER, "bundle is null");
+  if (bundle->module) {
+    CudaScope scope(bundle->context);
+    bundle->context->driver->moduleUnload(bundle->module);
+  }
+  delete bundle;
+  return TESSERA_OK;
+}
+
+tessera_status tessera_bundle_num_layers(const tessera_bundle *bundle,
+                                         int64_t *out) {
+  lastError.clear();
+  if (!bundle || !out)
+    return fail(TESSERA_ERROR_NULL_POINTER, "bundle and out must not be null");
+  *out = static_cast<int64_t>(bundle->desc.layers.size());
+  return TESSERA_OK;
+}
+
+tessera_status tessera_bundle_layer_index(const tessera_bundle *bundle,
+                                          int64_t position, int64_t *out) {
+  lastError.clear();
+  if (!bundle || !out)
+    return fail(TESSERA_ERROR_NULL_POINTER, "bundle and out must not be null");
+  if (position < 0 ||
+      position >= static_cast<int64_t>(bundle->desc.layers.size()))
+    return fail(TESSERA_ERROR_LAYER_OUT_OF_RANGE,
+                "position " + std::to_string(position) +
+                    " is out of range: the bundle has " +
+                    std::to_string(bundle->desc.layers.size()) + " layers");
+  *out = bundle->desc.layers[position].index;
+  return TESSERA_OK;
+}
+
+static const LayerDesc *findLayer(const tessera_bundle *b, int64_t index) {
+  auto it = b->byIndex.find(index);
+  return it == b->byIndex.end() ? nullptr : &b->desc.layers[it->second];
+}
+
+tessera_status tessera_bundle_layer_info(const tessera_bundle *bundle,
+                                         int64_t layer,
+                                         tessera_layer_info *out) {
+  lastError.clear();
+  if (!bundle || !out)
+    return fail(TESSERA_ERROR_NULL_POINTER, "bundle and out must not be null");
+  const LayerDesc *l = findLayer(bundle, layer);
+  if (!l)
+    return fail(TESSERA_ERROR_LAYER_OUT_OF_RANGE,
+                "the bundle has no layer " + std::to_string(layer));
+  out->index = l->index;
+  out->num_heads = l->numHeads;
+  out->num_kv_heads = l->numKvHeads;
+  out->head_dim = l->headDim;
+  out->dtype = l->dtype == "f16" ? TESSERA_DTYPE_F16 : TESSERA_DTYPE_BF16;
+  out->num_computed_heads = static_cast<int64_t>(l->computedHead.size());
+  out->num_skipped_heads = static_cast<int64_t>(l->skipped.size());
+  return TESSERA_OK;
+}
+
+tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
+                                 const tessera_tensor *q,
+                                 const tessera_tensor *k,
+                                 const tessera_tensor *v,
+                                 const tessera_tensor *o, float *lse,
+                                 float scale, void *cuda_stream) {
+  lastError.clear();
+  if (!bundle)
+    return fail(TESSERA_ERROR_NULL_POINTER, "bundle is null");
+  const LayerDesc *l = findLayer(bundle, layer);
+  if (!l)
+    return fail(TESSERA_ERROR_LAYER_OUT_OF_RANGE,
+                "the bundle has no layer " + std::to_string(layer));
+  for (auto [t, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}})
+    if (tessera_status s = checkTensor(t, name))
+      return s;
+  bool cuda = bundle->context->kind == TESSERA_DEVICE_CUDA;
+  tessera_dtype layerType =
+      l->dtype == "f16" ? TESSERA_DTYPE_F16 : TESSERA_DTYPE_BF16;
+  if (k->dtype != q->dtype || v->dtype != q->dtype || o->dtype != q->dtype)
+    return fail(TESSERA_ERROR_UNSUPPORTED_DTYPE,
+                "q, k, v and o must have one dtype");
+  if (q->dtype != layerType && (cuda || q->dtype != TESSERA_DTYPE_F32))
+    return fail(TESSERA_ERROR_UNSUPPORTED_DTYPE,
+                std::string("layer ") + std::to_string(layer) + " takes " +
+                    dtypeName(layerType) + (cuda ? "" : " (or f32 on the CPU)") +
+                    ", not " + dtypeName(q->dtype));
+  for (auto [t, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}})
+    if (t->head_dim != l->headDim)
+      return fail(TESSERA_ERROR_UNSUPPORTED_HEAD_DIM,
+                  std::string(name) + " has head_dim " +
+                      std::to_string(t->head_dim) + "; layer " +
+                      std::to_string(layer) + " has " +
+                      std::to_string(l->headDim));
+  if (q->heads != l->numHeads || o->heads != l->numHeads)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "q and o must have the layer's " +
+                    std::to_string(l->numHeads) + " heads");
+  if (k->heads != l->numKvHeads || v->heads != l->numKvHeads)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "k and v must have the layer's " +
+                    std::to_string(l->numKvHeads) + " kv heads");
+  if (k->batch != q->batch || v->batch != q->batch || o->batch != q->batch)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "q, k, v and o must have one batch size");
+  if (v->seq != k->seq)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "k and v must have one sequence length");
+  if (o->seq != q->seq)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "o must have the query length of q");
+  if (!(scale >= 0) || std::isinf(scale))
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "scale must be finite and not negative (0: 1/sqrt(head_dim))");
+  if (!cuda) {
+    cpu::LayerArgs args;
+    args.q = toCpu(*q);
+    args.k = toCpu(*k);
+    args.v = toCpu(*v);
+    args.o = toCpu(*o);
+    args.lse = lse;
+    args.scale = scale;
+    if (std::string e = cpu::runLayer(l->table(), args); !e.empty())
+      return fail(TESSERA_ERROR_INTERNAL, e);
+    return TESSERA_OK;
+  }
+
+  // CUDA: alignment, device residency, launch.
+  if (reinterpret_cast<uintptr_t>(o->data) % 4 || o->stride_batch % 2 ||
+      o->stride_seq % 2 || o->stride_head % 2)
+    return fail(TESSERA_ERROR_MISALIGNED,
+                "o must be 4-byte aligned with even strides on CUDA");
+  const Driver &d = *bundle->context->driver;
+  CudaScope scope(bundle->context);
+  for (auto [ptr, name] : {std::pair{q->data, "q"}, {k->data, "k"},
+                           {v->data, "v"}, {o->data, "o"},
+                           {static_cast<void *>(lse), "lse"}}) {
+    if (!ptr)
+      continue;
+    unsigned type = 0;
+    int ordinal = -1;
+    if (d.pointerGetAttribute(&type, kPointerAttrMemoryType,
+                              reinterpret_cast<unsigned long long>(ptr)) ||
+        type != kMemoryTypeDevice ||
+        d.pointerGetAttribute(&ordinal, kPointerAttrDeviceOrdinal,
+                              reinterpret_cast<unsigned long long>(ptr)) ||
+        ordinal != bundle->context->device)
+      return fail(TESSERA_ERROR_WRONG_DEVICE,
+                  std::string(name) + " is not memory of CUDA device " +
+                      std::to_string(bundle->context->device));
+  }
+  bool vec = true;
+  for (const tessera_tensor *t : {q, k, v})
+    vec = vec && reinterpret_cast<uintptr_t>(t->data) % 16 == 0 &&
+          t->stride_batch % 8 == 0 && t->stride_seq % 8 == 0 &&
+          t->stride_head % 8 == 0;
+  kernel::AttnParams p{};
+  p.q = static_cast<const kernel::u16 *>(q->data);
+  p.k = static_cast<const kernel::u16 *>(k->data);
+  p.v = static_cast<const kernel::u16 *>(v->data);
+  p.o = static_cast<kernel::u16 *>(o->data);
+  p.lse = lse;
+  p.nq = q->seq;
+  p.nk = k->seq;
+  p.qStrideB = q->stride_batch, p.qStrideS = q->stride_seq,
+  p.qStrideH = q->stride_head;
+  p.kStrideB = k->stride_batch, p.kStrideS = k->stride_seq,
+  p.kStrideH = k->stride_head;
+  p.vStrideB = v->stride_batch, p.vStrideS = v->stride_seq,
+  p.vStrideH = v->stride_head;
+  p.oStrideB = o->stride_batch, p.oStrideS = o->stride_seq,
+  p.oStrideH = o->stride_head;
+  float s = scale > 0 ? scale : 1.0f / std::sqrt(float(l->headDim));
+  p.scaleLog2 = s * 1.4426950408889634f;
+  p.numHeads = static_cast<int>(l->numHeads);
+  p.numKvHeads = static_cast<int>(l->numKvHeads);
+  p.vectorLoads = vec ? 1 : 0;
+  int position = static_cast<int>(l->position);
+  void *args[] = {&p, &position};
+  if (q->batch > 65535)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "batch must be at most 65535 on CUDA");
+  if (!l->computedHead.empty())
+    if (int rc = d.launchKernel(
+            bundle->functions.at(l->kernel),
+            static_cast<unsigned>((q->seq + 63) / 64),
+            static_cast<unsigned>(l->computedHead.size()),
+            static_cast<unsigned>(q->batch), 128, 1, 1, 0, cuda_stream, args,
+            nullptr))
+      return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
+  if (!l->skipped.empty())
+    if (int rc = d.launchKernel(
+            bundle->functions.at(l->fillKernel),
+            static_cast<unsigned>((q->seq + 127) / 128),
+            static_cast<unsigned>(l->skipped.size()),
+            static_cast<unsigned>(q->batch), 128, 1, 1, 0, cuda_stream, args,
+            nullptr))
+      return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
+  return TESSERA_OK;
+}
+
+} // extern "C"

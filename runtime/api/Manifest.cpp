@@ -1,0 +1,286 @@
+//===- Manifest.cpp - bundle manifests, parsed and validated --------------===//
+
+#include "Manifest.h"
+
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/Support/JSON.h"
+#include "llvm/Support/SHA256.h"
+
+#include <set>
+
+using namespace tessera;
+using namespace tessera::runtime;
+namespace json = llvm::json;
+namespace k = tessera::kernel;
+
+std::string tessera::runtime::sha256Hex(const std::string &bytes) {
+  llvm::SHA256 h;
+  h.update(bytes);
+  return llvm::toHex(h.final(), /*LowerCase=*/true);
+}
+
+kernel::LayerTable LayerDesc::table() const {
+  kernel::LayerTable t;
+  t.nodes = nodes.data();
+  t.data = data.data();
+  t.groupBegin = groupBegin.data();
+  t.computedHead = computedHead.data();
+  t.headGroup = headGroup.data();
+  t.numComputed = static_cast<k::i64>(computedHead.size());
+  t.numHeads = numHeads;
+  t.skippedHead = skipped.data();
+  t.numSkipped = static_cast<k::i64>(skipped.size());
+  return t;
+}
+
+namespace {
+
+/// Parameters beyond this would overflow the index arithmetic; the band ends
+/// +-2^62 (kUnbounded) are the only larger values.
+constexpr k::i64 kMaxParam = k::i64(1) << 41;
+
+bool inParamRange(k::i64 v) { return v >= -kMaxParam && v <= kMaxParam; }
+
+std::string checkLeaf(const k::Node &n, const std::vector<k::i64> &data) {
+  if (n.dataBegin < 0 || n.dataSize < 0 ||
+      n.dataBegin > static_cast<k::i64>(data.size()) ||
+      n.dataSize > static_cast<k::i64>(data.size()) - n.dataBegin)
+    return "a node's data slice lies outside the data array";
+  const k::i64 *d = data.data() + n.dataBegin;
+  switch (n.kind) {
+  case k::kAll:
+  case k::kNone:
+    return "";
+  case k::kIntervals:
+    if (n.axis < 0 || n.axis > 3 || n.dataSize % 2)
+      return "an interval node has a bad axis or an odd data slice";
+    for (k::i64 i = 0; i < n.dataSize; i += 2)
+      if (!inParamRange(d[i]) || !inParamRange(d[i + 1]) || d[i] >= d[i + 1] ||
+          (i && d[i] < d[i - 1]))
+        return "an interval node's ranges are empty, unsorted or too large";
+    return "";
+  case k::kBand:
+    if (n.axis < 0 || n.axis > 3 || n.a > n.b ||
+        (!inParamRange(n.a) && n.a != -k::kUnbounded) ||
+        (!inParamRange(n.b) && n.b != k::kUnbounded))
+      return "a band node has a bad axis or bounds";
+    return "";
+  case k::kPeriodic:
+    if (n.axis < 0 || n.axis > 3 || n.a < 1 || n.b < 1 || n.b > n.a ||
+        !inParamRange(n.a) || !inParamRange(n.c))
+      return "a periodic node has a bad axis, period, width or phase";
+    return "";
+  case k::kShards:
+    if (n.a < 1 || n.b < 1 || !inParamRange(n.a) || !inParamRange(n.b) ||
+        !inParamRange(n.c) || !inParamRange(n.a * n.b))
+      return "a shards node has a bad block, shard count or offset";
+    return "";
+  case k::kGroups:
+    if (n.a < 1 || n.b < 0 || !inParamRange(n.a) || !inParamRange(n.b))
+      return "a groups node has a bad size or shift";
+    return "";
+  case k::kBlocks: {
+    k::i64 rows = n.c;
+    if (n.a < 1 || n.b < 1 || rows < 0 || !inParamRange(n.a) ||
+        !inParamRange(n.b) || n.dataSize < rows + 1)
+      return "a blocks node has bad block sizes or rows";
+    k::i64 cols = n.dataSize - rows - 1;
+    if (d[0] != 0 || d[rows] != cols)
+      return "a blocks node's row starts do not span its columns";
+    for (k::i64 r = 0; r < rows; ++r) {
+      if (d[r + 1] < d[r])
+        return "a blocks node's row starts decrease";
+      for (k::i64 j = d[r]; j < d[r + 1]; ++j) {
+        k::i64 c = d[rows + 1 + j];
+        if (c < 0 || !inParamRange(c) ||
+            (j > d[r] && c <= d[rows + 1 + j - 1]))
+          return "a blocks node's columns are negative or unsorted";
+      }
+    }
+    return "";
+  }
+  default:
+    return "unknown node kind " + std::to_string(n.kind);
+  }
+}
+
+} // namespace
+
+std::string
+tessera::runtime::validateProgram(const std::vector<k::Node> &nodes,
+                                  const std::vector<k::i64> &data,
+                                  const std::vector<k::i64> &groupBegin) {
+  if (groupBegin.size() < 1 || groupBegin.front() != 0 ||
+      groupBegin.back() != static_cast<k::i64>(nodes.size()))
+    return "group_begin must start at 0 and end at the number of nodes";
+  for (size_t g = 0; g + 1 < groupBegin.size(); ++g) {
+    if (groupBegin[g + 1] <= groupBegin[g])
+      return "group " + std::to_string(g) + " has no nodes";
+    int depth = 0;
+    for (k::i64 i = groupBegin[g]; i < groupBegin[g + 1]; ++i) {
+      const k::Node &n = nodes[i];
+      if (n.kind >= k::kUnion && n.kind <= k::kDifference) {
+        if (n.axis < 1 || n.axis > depth ||
+            (n.kind == k::kDifference && n.axis != 2))
+          return "group " + std::to_string(g) +
+                 ": a combinator takes more results than there are";
+        depth -= static_cast<int>(n.axis) - 1;
+        continue;
+      }
+      if (std::string e = checkLeaf(n, data); !e.empty())
+        return "group " + std::to_string(g) + ": " + e;
+      if (++depth > k::kMaxStack)
+        return "group " + std::to_string(g) +
+               ": the program needs a deeper stack than the kernel has";
+    }
+    if (depth != 1)
+      return "group " + std::to_string(g) + " does not end with one result";
+  }
+  return "";
+}
+
+namespace {
+
+bool intArray(const json::Object &o, llvm::StringRef key,
+              std::vector<k::i64> &out) {
+  const json::Array *a = o.getArray(key);
+  if (!a)
+    return false;
+  out.clear();
+  for (const json::Value &v : *a) {
+    std::optional<int64_t> i = v.getAsInteger();
+    if (!i)
+      return false;
+    out.push_back(*i);
+  }
+  return true;
+}
+
+std::string parseLayer(const json::Object &o, LayerDesc &l) {
+  auto integer = [&](llvm::StringRef key, int64_t &out) {
+    std::optional<int64_t> v = o.getInteger(key);
+    if (v)
+      out = *v;
+    return v.has_value();
+  };
+  if (!integer("index", l.index) || !integer("position", l.position) ||
+      !integer("num_heads", l.numHeads) ||
+      !integer("num_kv_heads", l.numKvHeads) ||
+      !integer("head_dim", l.headDim))
+    return "a layer lacks index, position, num_heads, num_kv_heads or "
+           "head_dim";
+  std::optional<llvm::StringRef> dtype = o.getString("dtype");
+  std::optional<llvm::StringRef> kernel = o.getString("kernel");
+  if (!dtype || !kernel)
+    return "a layer lacks dtype or kernel";
+  l.dtype = dtype->str();
+  l.kernel = kernel->str();
+  if (std::optional<llvm::StringRef> fill = o.getString("fill_kernel"))
+    l.fillKernel = fill->str();
+  std::string where = "layer " + std::to_string(l.index) + ": ";
+  if (l.dtype != "f16" && l.dtype != "bf16")
+    return where + "dtype must be f16 or bf16";
+  if (l.numHeads < 1 || l.numHeads > 4096 || l.numKvHeads < 1 ||
+      l.numHeads % l.numKvHeads != 0)
+    return where + "bad head counts";
+  if (l.headDim != 64 && l.headDim != 128)
+    return where + "head_dim must be 64 or 128";
+  if (!intArray(o, "computed_heads", l.computedHead) ||
+      !intArray(o, "head_groups", l.headGroup) ||
+      !intArray(o, "skipped_heads", l.skipped))
+    return where + "computed_heads, head_groups or skipped_heads missing";
+  const json::Object *prog = o.getObject("program");
+  if (!prog || !intArray(*prog, "data", l.data) ||
+      !intArray(*prog, "group_begin", l.groupBegin) ||
+      !prog->getArray("nodes"))
+    return where + "the program lacks nodes, data or group_begin";
+  for (const json::Value &v : *prog->getArray("nodes")) {
+    const json::Array *a = v.getAsArray();
+    if (!a || a->size() != 7)
+      return where + "a node is not an array of 7 integers";
+    k::i64 f[7];
+    for (size_t i = 0; i < 7; ++i) {
+      std::optional<int64_t> x = (*a)[i].getAsInteger();
+      if (!x)
+        return where + "a node is not an array of 7 integers";
+      f[i] = *x;
+    }
+    l.nodes.push_back(k::Node{f[0], f[1], f[2], f[3], f[4], f[5], f[6], 0});
+  }
+  if (std::string e = validateProgram(l.nodes, l.data, l.groupBegin);
+      !e.empty())
+    return where + e;
+  k::i64 groups = static_cast<k::i64>(l.groupBegin.size()) - 1;
+  if (l.computedHead.size() != l.headGroup.size())
+    return where + "computed_heads and head_groups differ in length";
+  std::set<k::i64> seen;
+  for (size_t i = 0; i < l.computedHead.size(); ++i) {
+    k::i64 h = l.computedHead[i];
+    if (h < 0 || h >= l.numHeads || !seen.insert(h).second)
+      return where + "a computed head is out of range or repeated";
+    if (l.headGroup[i] < 0 || l.headGroup[i] >= groups)
+      return where + "a head's group is out of range";
+  }
+  for (k::i64 h : l.skipped)
+    if (h < 0 || h >= l.numHeads || !seen.insert(h).second)
+      return where + "a skipped head is out of range or also computed";
+  if (static_cast<int64_t>(seen.size()) != l.numHeads)
+    return where + "some heads are neither computed nor skipped";
+  if (!l.skipped.empty() && l.fillKernel.empty())
+    return where + "skipped heads need a fill_kernel";
+  // Keep the data array non-empty so that data() is never null; slices
+  // index it, and none reaches past its validated size.
+  if (l.data.empty())
+    l.data.push_back(0);
+  return "";
+}
+
+} // namespace
+
+std::string tessera::runtime::parseManifest(const std::string &text,
+                                            const std::string &source,
+                                            BundleDesc &out) {
+  llvm::Expected<json::Value> value = json::parse(text);
+  if (!value)
+    return "the manifest is not JSON: " + llvm::toString(value.takeError());
+  const json::Object *o = value->getAsObject();
+  if (!o)
+    return "the manifest is not a JSON object";
+  if (o->getString("format") != llvm::StringRef("tessera-bundle"))
+    return "the manifest's format is not \"tessera-bundle\"";
+  if (o->getInteger("version") != int64_t(1))
+    return "the manifest's version is not 1 (this runtime reads version 1)";
+  std::optional<llvm::StringRef> sha = o->getString("source_sha256");
+  if (!sha)
+    return "the manifest lacks source_sha256";
+  if (*sha != sha256Hex(source))
+    return "the CUDA source does not match the manifest's source_sha256";
+  if (std::optional<llvm::StringRef> m = o->getString("model"))
+    out.model = m->str();
+  if (const json::Array *a = o->getArray("archs"))
+    for (const json::Value &v : *a)
+      if (std::optional<llvm::StringRef> s = v.getAsString())
+        out.archs.push_back(s->str());
+  if (const json::Array *a = o->getArray("nvrtc_options"))
+    for (const json::Value &v : *a)
+      if (std::optional<llvm::StringRef> s = v.getAsString())
+        out.nvrtcOptions.push_back(s->str());
+  const json::Array *layers = o->getArray("layers");
+  if (!layers || layers->empty())
+    return "the manifest has no layers";
+  std::set<int64_t> indices;
+  for (const json::Value &v : *layers) {
+    const json::Object *lo = v.getAsObject();
+    if (!lo)
+      return "a layer is not a JSON object";
+    LayerDesc l;
+    if (std::string e = parseLayer(*lo, l); !e.empty())
+      return e;
+    if (l.position != static_cast<int64_t>(out.layers.size()))
+      return "layer positions must be 0, 1, 2, ... in order";
+    if (!indices.insert(l.index).second)
+      return "layer index " + std::to_string(l.index) + " appears twice";
+    out.layers.push_back(std::move(l));
+  }
+  return "";
+}

@@ -1,0 +1,53 @@
+//===- Manifest.h - bundle manifests, parsed and validated ------*- C++ -*-===//
+//
+// A manifest comes from outside (a file an engine ships): everything in it is
+// checked before the schedule tables are handed to the executor or a kernel,
+// so that a corrupt or hostile manifest is an error, never a crash.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef TESSERA_RUNTIME_MANIFEST_H
+#define TESSERA_RUNTIME_MANIFEST_H
+
+#include "tessera/kernel/Program.h"
+
+#include <string>
+#include <vector>
+
+namespace tessera::runtime {
+
+struct LayerDesc {
+  int64_t index = 0, position = 0;
+  int64_t numHeads = 0, numKvHeads = 0, headDim = 0;
+  std::string dtype; ///< "f16" or "bf16"
+  std::string kernel, fillKernel;
+  std::vector<kernel::Node> nodes;
+  std::vector<kernel::i64> data, groupBegin, computedHead, headGroup, skipped;
+
+  kernel::LayerTable table() const;
+};
+
+struct BundleDesc {
+  std::string model;
+  std::vector<std::string> archs;
+  std::vector<std::string> nvrtcOptions;
+  std::vector<LayerDesc> layers;
+};
+
+/// Parses and validates a manifest against its CUDA source. Returns "" or a
+/// message naming the first problem.
+std::string parseManifest(const std::string &json, const std::string &source,
+                          BundleDesc &out);
+
+/// Checks a schedule program: node kinds, axes, parameters, data slices,
+/// evaluation-stack depth. Returns "" or a message.
+std::string validateProgram(const std::vector<kernel::Node> &nodes,
+                            const std::vector<kernel::i64> &data,
+                            const std::vector<kernel::i64> &groupBegin);
+
+/// Lower-case hex SHA-256.
+std::string sha256Hex(const std::string &bytes);
+
+} // namespace tessera::runtime
+
+#endif // TESSERA_RUNTIME_MANIFEST_H

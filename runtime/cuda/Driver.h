@@ -1,0 +1,49 @@
+//===- Driver.h - the CUDA driver API, opened at run time -------*- C++ -*-===//
+
+#ifndef TESSERA_RUNTIME_DRIVER_H
+#define TESSERA_RUNTIME_DRIVER_H
+
+#include <string>
+
+namespace tessera::runtime {
+
+/// The driver entry points Tessera uses, with the driver's C signatures
+/// (handles as void *).
+struct Driver {
+  int (*init)(unsigned) = nullptr;
+  int (*deviceGetCount)(int *) = nullptr;
+  int (*deviceGet)(int *, int) = nullptr;
+  int (*deviceGetAttribute)(int *, int, int) = nullptr;
+  int (*primaryCtxRetain)(void **, int) = nullptr;
+  int (*primaryCtxRelease)(int) = nullptr;
+  int (*ctxPushCurrent)(void *) = nullptr;
+  int (*ctxPopCurrent)(void **) = nullptr;
+  int (*moduleLoadData)(void **, const void *) = nullptr;
+  int (*moduleUnload)(void *) = nullptr;
+  int (*moduleGetFunction)(void **, void *, const char *) = nullptr;
+  int (*launchKernel)(void *, unsigned, unsigned, unsigned, unsigned,
+                      unsigned, unsigned, unsigned, void *, void **,
+                      void **) = nullptr;
+  int (*pointerGetAttribute)(void *, int, unsigned long long) = nullptr;
+  int (*getErrorString)(int, const char **) = nullptr;
+
+  /// The driver, or null with `error` set when libcuda.so.1 cannot be
+  /// opened or lacks an entry point.
+  static const Driver *get(std::string &error);
+
+  /// "cuFoo failed: <driver's message>".
+  std::string message(const char *call, int rc) const;
+};
+
+// Attribute numbers of the driver API (cuda.h).
+enum : int {
+  kAttrComputeCapabilityMajor = 75,
+  kAttrComputeCapabilityMinor = 76,
+  kPointerAttrMemoryType = 2,
+  kPointerAttrDeviceOrdinal = 9,
+  kMemoryTypeDevice = 2,
+};
+
+} // namespace tessera::runtime
+
+#endif // TESSERA_RUNTIME_DRIVER_H

@@ -1,0 +1,138 @@
+/*===- tessera.h - the Tessera runtime C API ------------------------------===*
+ *
+ * Engines load a compiled pattern bundle (attn-translate's bundle.cu and
+ * manifest.json) and run attention for a layer on their own tensors: on a
+ * CUDA device (JIT-compiled with NVRTC for the device, cached on disk) or on
+ * the CPU. The library links neither MLIR nor the CUDA libraries: libcuda and
+ * NVRTC are opened at run time, and their absence is an error code.
+ *
+ * Every function returns a tessera_status; on an error,
+ * tessera_last_error() (per thread) says what went wrong, in words. No
+ * function aborts the process on bad input.
+ *
+ *===----------------------------------------------------------------------===*/
+
+#ifndef TESSERA_TESSERA_H
+#define TESSERA_TESSERA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define TESSERA_API __attribute__((visibility("default")))
+#else
+#define TESSERA_API
+#endif
+
+/* The ABI version this header describes. Bumped on any incompatible change;
+ * tessera_api_version() returns the library's. */
+#define TESSERA_API_VERSION 1
+
+typedef enum tessera_status {
+  TESSERA_OK = 0,
+  TESSERA_ERROR_NULL_POINTER = 1,        /* a required pointer is null */
+  TESSERA_ERROR_INVALID_ARGUMENT = 2,    /* an enum or value out of range */
+  TESSERA_ERROR_UNSUPPORTED_DTYPE = 3,   /* dtype not the layer's, or none */
+  TESSERA_ERROR_UNSUPPORTED_HEAD_DIM = 4,/* head_dim not the layer's */
+  TESSERA_ERROR_SHAPE_MISMATCH = 5,      /* shapes disagree with each other
+                                            or with the bundle */
+  TESSERA_ERROR_BAD_STRIDES = 6,         /* negative, or head_dim not
+                                            contiguous */
+  TESSERA_ERROR_MISALIGNED = 7,          /* pointer or stride alignment */
+  TESSERA_ERROR_LAYER_OUT_OF_RANGE = 8,  /* no such layer in the bundle */
+  TESSERA_ERROR_WRONG_DEVICE = 9,        /* memory not on the context's
+                                            device */
+  TESSERA_ERROR_BAD_BUNDLE = 10,         /* malformed or inconsistent
+                                            manifest or source */
+  TESSERA_ERROR_IO = 11,                 /* a file could not be read */
+  TESSERA_ERROR_CUDA_UNAVAILABLE = 12,   /* no libcuda, driver or device */
+  TESSERA_ERROR_NVRTC_UNAVAILABLE = 13,  /* no NVRTC */
+  TESSERA_ERROR_COMPILE = 14,            /* NVRTC rejected the source */
+  TESSERA_ERROR_CUDA = 15,               /* a CUDA driver call failed */
+  TESSERA_ERROR_INTERNAL = 16
+} tessera_status;
+
+typedef enum tessera_device_kind {
+  TESSERA_DEVICE_CPU = 0,
+  TESSERA_DEVICE_CUDA = 1
+} tessera_device_kind;
+
+typedef enum tessera_dtype {
+  TESSERA_DTYPE_F32 = 0,
+  TESSERA_DTYPE_F16 = 1,
+  TESSERA_DTYPE_BF16 = 2
+} tessera_dtype;
+
+/* A [batch, seq, heads, head_dim] tensor; strides in elements; head_dim is
+ * contiguous (its stride is 1). */
+typedef struct tessera_tensor {
+  void *data;
+  tessera_dtype dtype;
+  int64_t batch, seq, heads, head_dim;
+  int64_t stride_batch, stride_seq, stride_head;
+} tessera_tensor;
+
+typedef struct tessera_layer_info {
+  int64_t index;    /* the layer's index in the pattern file */
+  int64_t num_heads, num_kv_heads, head_dim;
+  tessera_dtype dtype;
+  int64_t num_computed_heads, num_skipped_heads;
+} tessera_layer_info;
+
+typedef struct tessera_context tessera_context;
+typedef struct tessera_bundle tessera_bundle;
+
+TESSERA_API uint32_t tessera_api_version(void);
+
+/* What went wrong in this thread's last failing call ("" if none). Valid
+ * until this thread's next call into the library. */
+TESSERA_API const char *tessera_last_error(void);
+
+/* A constant name for a status, e.g. "TESSERA_ERROR_SHAPE_MISMATCH". */
+TESSERA_API const char *tessera_status_string(tessera_status status);
+
+/* A context for the CPU (device_ordinal ignored) or one CUDA device. */
+TESSERA_API tessera_status tessera_context_create(tessera_device_kind kind,
+                                                  int device_ordinal,
+                                                  tessera_context **out);
+TESSERA_API tessera_status tessera_context_destroy(tessera_context *context);
+
+/* Loads the bundle in directory `path` (manifest.json and bundle.cu), or
+ * from memory. On a CUDA context its kernels are compiled for the device's
+ * compute capability with NVRTC, through the disk cache
+ * ($TESSERA_CACHE_DIR, default ~/.cache/tessera), and loaded. */
+TESSERA_API tessera_status tessera_bundle_load_file(tessera_context *context,
+                                                    const char *path,
+                                                    tessera_bundle **out);
+TESSERA_API tessera_status tessera_bundle_load_memory(
+    tessera_context *context, const char *manifest, size_t manifest_size,
+    const char *source, size_t source_size, tessera_bundle **out);
+TESSERA_API tessera_status tessera_bundle_destroy(tessera_bundle *bundle);
+
+/* Layers are looked up by their index in the pattern file. */
+TESSERA_API tessera_status tessera_bundle_num_layers(
+    const tessera_bundle *bundle, int64_t *out);
+TESSERA_API tessera_status tessera_bundle_layer_index(
+    const tessera_bundle *bundle, int64_t position, int64_t *out);
+TESSERA_API tessera_status tessera_bundle_layer_info(
+    const tessera_bundle *bundle, int64_t layer, tessera_layer_info *out);
+
+/* O = attention(Q, K, V) for `layer`. q: [B, Nq, H, D], k and v:
+ * [B, Nk, Hkv, D], o: [B, Nq, H, D], all of the layer's dtype (the CPU also
+ * takes f32), lse: null or [B, H, Nq] float32. scale: 0 selects
+ * 1/sqrt(D). On CUDA the work is queued on `cuda_stream` (a CUstream; null
+ * is the default stream); on the CPU it runs now, on all cores. */
+TESSERA_API tessera_status tessera_attention(
+    tessera_bundle *bundle, int64_t layer, const tessera_tensor *q,
+    const tessera_tensor *k, const tessera_tensor *v, const tessera_tensor *o,
+    float *lse, float scale, void *cuda_stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TESSERA_TESSERA_H */

@@ -1,0 +1,558 @@
+//===- RuntimeTest.cpp - the C API, bundles, validation and the cache -----===//
+
+#include "tessera/tessera.h"
+
+#include "tessera/Dialect/Attn/AttnDialect.h"
+#include "tessera/Dialect/Attn/AttnOps.h"
+#include "tessera/Schedule/Lower.h"
+#include "tessera/Semantics/FromAttr.h"
+#include "tessera/Transforms/HeadGroups.h"
+#include "tessera/cpu/Executor.h"
+#include "tessera/cpu/Half.h"
+#include "tessera/jit/Cache.h"
+
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/Parser/Parser.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+using namespace tessera;
+
+namespace {
+
+std::string bundleDir(const std::string &name) {
+  return std::string(TESSERA_BINARY_DIR) + "/test/bundles/" + name;
+}
+
+std::string slurp(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+tessera_tensor tensor(void *data, tessera_dtype t, int64_t b, int64_t s,
+                      int64_t h, int64_t d) {
+  return tessera_tensor{data, t, b, s, h, d, s * h * d, h * d, d};
+}
+
+struct Fixture : ::testing::Test {
+  void SetUp() override {
+    ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK)
+        << tessera_last_error();
+    ASSERT_EQ(tessera_bundle_load_file(ctx, bundleDir("llama3-8b-sparse").c_str(),
+                                       &bundle),
+              TESSERA_OK)
+        << tessera_last_error();
+  }
+  void TearDown() override {
+    if (bundle) {
+      EXPECT_EQ(tessera_bundle_destroy(bundle), TESSERA_OK);
+    }
+    if (ctx) {
+      EXPECT_EQ(tessera_context_destroy(ctx), TESSERA_OK);
+    }
+  }
+  tessera_context *ctx = nullptr;
+  tessera_bundle *bundle = nullptr;
+};
+
+TEST(RuntimeApi, VersionAndStatusNames) {
+  EXPECT_EQ(tessera_api_version(), uint32_t(TESSERA_API_VERSION));
+  EXPECT_STREQ(tessera_status_string(TESSERA_ERROR_SHAPE_MISMATCH),
+               "TESSERA_ERROR_SHAPE_MISMATCH");
+  EXPECT_STREQ(tessera_status_string(tessera_status(999)),
+               "TESSERA_ERROR_UNKNOWN");
+}
+
+TEST_F(Fixture, LayerLookup) {
+  int64_t n = 0;
+  ASSERT_EQ(tessera_bundle_num_layers(bundle, &n), TESSERA_OK);
+  EXPECT_EQ(n, 32);
+  int64_t index = -1;
+  ASSERT_EQ(tessera_bundle_layer_index(bundle, 5, &index), TESSERA_OK);
+  EXPECT_EQ(index, 5);
+  tessera_layer_info info;
+  ASSERT_EQ(tessera_bundle_layer_info(bundle, 2, &info), TESSERA_OK);
+  EXPECT_EQ(info.num_heads, 32);
+  EXPECT_EQ(info.num_kv_heads, 8);
+  EXPECT_EQ(info.head_dim, 128);
+  EXPECT_EQ(info.dtype, TESSERA_DTYPE_BF16);
+  EXPECT_EQ(info.num_computed_heads, 32);
+  EXPECT_EQ(info.num_skipped_heads, 0);
+}
+
+/// The API's CPU path on a bundle gives exactly what the executor gives on
+/// the schedule lowered from the pattern file: the manifest carries the
+/// schedule faithfully.
+TEST(RuntimeCpu, MatchesTheScheduleOfThePatternFile) {
+  mlir::MLIRContext mctx;
+  mctx.getOrLoadDialect<attn::AttnDialect>();
+  for (auto [name, layerIndex] :
+       {std::pair{"llama3-8b-sparse", 2}, {"video-dit", 0}, {"s2-strided", 1}}) {
+    auto module = mlir::parseSourceFile<mlir::ModuleOp>(
+        std::string(TESSERA_SOURCE_DIR) + "/patterns/" + name + ".mlir", &mctx);
+    ASSERT_TRUE(module);
+    attn::LayerOp layer;
+    module->walk([&](attn::LayerOp l) {
+      if (l.getIndex() == layerIndex)
+        layer = l;
+    });
+    std::vector<schedule::HeadGroup> groups;
+    for (FusedGroup &g : fuseHeads(layer))
+      groups.push_back({semantics::fromAttr(simplifyPattern(g.pattern)),
+                        std::vector<int64_t>(g.heads.begin(), g.heads.end())});
+    schedule::LayerSchedule sched;
+    std::string error;
+    ASSERT_TRUE(schedule::buildLayerSchedule(groups, layer.getNumHeads(), sched, error));
+
+    int64_t H = layer.getNumHeads(), Hkv = layer.getNumKvHeads(), D = 128;
+    bool f16 = layer.getDtype().isF16();
+    tessera_dtype dt = f16 ? TESSERA_DTYPE_F16 : TESSERA_DTYPE_BF16;
+    cpu::DType cdt = f16 ? cpu::DType::F16 : cpu::DType::BF16;
+    int64_t nq = 300, nk = 333;
+    std::mt19937 rng(7);
+    std::normal_distribution<float> dist;
+    std::vector<uint16_t> q(nq * H * D), k(nk * Hkv * D), v(nk * Hkv * D);
+    for (auto *x : {&q, &k, &v})
+      for (uint16_t &e : *x)
+        e = f16 ? cpu::floatToF16(dist(rng)) : cpu::floatToBf16(dist(rng));
+    std::vector<uint16_t> o1(q.size()), o2(q.size());
+    std::vector<float> l1(H * nq), l2(H * nq);
+
+    tessera_context *ctx;
+    tessera_bundle *b;
+    ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+    ASSERT_EQ(tessera_bundle_load_file(ctx, bundleDir(name).c_str(), &b), TESSERA_OK)
+        << tessera_last_error();
+    tessera_tensor tq = tensor(q.data(), dt, 1, nq, H, D);
+    tessera_tensor tk = tensor(k.data(), dt, 1, nk, Hkv, D);
+    tessera_tensor tv = tensor(v.data(), dt, 1, nk, Hkv, D);
+    tessera_tensor to = tensor(o1.data(), dt, 1, nq, H, D);
+    ASSERT_EQ(tessera_attention(b, layerIndex, &tq, &tk, &tv, &to, l1.data(), 0, nullptr),
+              TESSERA_OK)
+        << tessera_last_error();
+    tessera_bundle_destroy(b);
+    tessera_context_destroy(ctx);
+
+    cpu::LayerArgs args;
+    args.q = cpu::contiguous(q.data(), cdt, 1, nq, H, D);
+    args.k = cpu::contiguous(k.data(), cdt, 1, nk, Hkv, D);
+    args.v = cpu::contiguous(v.data(), cdt, 1, nk, Hkv, D);
+    args.o = cpu::contiguous(o2.data(), cdt, 1, nq, H, D);
+    args.lse = l2.data();
+    ASSERT_EQ(cpu::runLayer(sched.table(), args), "");
+    EXPECT_EQ(o1, o2) << name;
+    EXPECT_EQ(0, std::memcmp(l1.data(), l2.data(), l1.size() * 4)) << name;
+  }
+}
+
+TEST(RuntimeCpu, LoadFromMemory) {
+  std::string man = slurp(bundleDir("video-dit") + "/manifest.json");
+  std::string src = slurp(bundleDir("video-dit") + "/bundle.cu");
+  tessera_context *ctx;
+  tessera_bundle *b = nullptr;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+  ASSERT_EQ(tessera_bundle_load_memory(ctx, man.data(), man.size(), src.data(),
+                                       src.size(), &b),
+            TESSERA_OK)
+      << tessera_last_error();
+  tessera_layer_info info;
+  ASSERT_EQ(tessera_bundle_layer_info(b, 0, &info), TESSERA_OK);
+  EXPECT_EQ(info.num_skipped_heads, 2);
+  EXPECT_EQ(info.num_computed_heads, 22);
+  tessera_bundle_destroy(b);
+  tessera_context_destroy(ctx);
+}
+
+/// At least 50 distinct bad calls, each an error code and a message, never a
+/// crash.
+TEST_F(Fixture, BadCallsGetErrors) {
+  const int64_t H = 32, Hkv = 8, D = 128, N = 70;
+  std::vector<uint16_t> q(N * H * D), k(N * Hkv * D), v(N * Hkv * D),
+      o(N * H * D);
+  std::vector<float> qf(N * H * D), kf(N * Hkv * D), vf(N * Hkv * D),
+      of(N * H * D);
+  tessera_tensor tq = tensor(q.data(), TESSERA_DTYPE_BF16, 1, N, H, D);
+  tessera_tensor tk = tensor(k.data(), TESSERA_DTYPE_BF16, 1, N, Hkv, D);
+  tessera_tensor tv = tensor(v.data(), TESSERA_DTYPE_BF16, 1, N, Hkv, D);
+  tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_BF16, 1, N, H, D);
+  ASSERT_EQ(tessera_attention(bundle, 2, &tq, &tk, &tv, &to, nullptr, 0, nullptr),
+            TESSERA_OK);
+  EXPECT_STREQ(tessera_last_error(), "");
+
+  int count = 0;
+  auto expect = [&](tessera_status got, tessera_status want,
+                    const char *needle) {
+    ++count;
+    EXPECT_EQ(got, want) << "case " << count << ": " << tessera_last_error();
+    EXPECT_NE(std::string(tessera_last_error()).find(needle), std::string::npos)
+        << "case " << count << ": '" << tessera_last_error() << "' lacks '"
+        << needle << "'";
+  };
+  auto run = [&](tessera_tensor a, tessera_tensor b, tessera_tensor c,
+                 tessera_tensor d, int64_t layer = 2, float scale = 0) {
+    return tessera_attention(bundle, layer, &a, &b, &c, &d, nullptr, scale,
+                             nullptr);
+  };
+  using S = tessera_status;
+  // Null pointers.
+  expect(tessera_attention(nullptr, 2, &tq, &tk, &tv, &to, nullptr, 0, nullptr),
+         TESSERA_ERROR_NULL_POINTER, "bundle is null");
+  expect(tessera_attention(bundle, 2, nullptr, &tk, &tv, &to, nullptr, 0, nullptr),
+         TESSERA_ERROR_NULL_POINTER, "q is a null tensor pointer");
+  expect(tessera_attention(bundle, 2, &tq, nullptr, &tv, &to, nullptr, 0, nullptr),
+         TESSERA_ERROR_NULL_POINTER, "k is a null tensor pointer");
+  expect(tessera_attention(bundle, 2, &tq, &tk, nullptr, &to, nullptr, 0, nullptr),
+         TESSERA_ERROR_NULL_POINTER, "v is a null tensor pointer");
+  expect(tessera_attention(bundle, 2, &tq, &tk, &tv, nullptr, nullptr, 0, nullptr),
+         TESSERA_ERROR_NULL_POINTER, "o is a null tensor pointer");
+  for (int which = 0; which < 4; ++which) {
+    tessera_tensor t[4] = {tq, tk, tv, to};
+    t[which].data = nullptr;
+    expect(run(t[0], t[1], t[2], t[3]), TESSERA_ERROR_NULL_POINTER, "->data is null");
+  }
+  expect(tessera_context_create(TESSERA_DEVICE_CPU, 0, nullptr),
+         TESSERA_ERROR_NULL_POINTER, "out is null");
+  expect(tessera_context_destroy(nullptr), TESSERA_ERROR_NULL_POINTER, "context is null");
+  expect(tessera_bundle_destroy(nullptr), TESSERA_ERROR_NULL_POINTER, "bundle is null");
+  tessera_bundle *b2 = nullptr;
+  expect(tessera_bundle_load_file(nullptr, "x", &b2), TESSERA_ERROR_NULL_POINTER, "must not be null");
+  expect(tessera_bundle_load_file(ctx, nullptr, &b2), TESSERA_ERROR_NULL_POINTER, "must not be null");
+  expect(tessera_bundle_load_file(ctx, "x", nullptr), TESSERA_ERROR_NULL_POINTER, "must not be null");
+  expect(tessera_bundle_load_memory(ctx, nullptr, 0, "", 0, &b2), TESSERA_ERROR_NULL_POINTER, "must not be null");
+  expect(tessera_bundle_load_memory(ctx, "", 0, nullptr, 0, &b2), TESSERA_ERROR_NULL_POINTER, "must not be null");
+  int64_t n;
+  expect(tessera_bundle_num_layers(nullptr, &n), TESSERA_ERROR_NULL_POINTER, "must not be null");
+  expect(tessera_bundle_num_layers(bundle, nullptr), TESSERA_ERROR_NULL_POINTER, "must not be null");
+  expect(tessera_bundle_layer_info(bundle, 2, nullptr), TESSERA_ERROR_NULL_POINTER, "must not be null");
+  expect(tessera_bundle_layer_index(bundle, 0, nullptr), TESSERA_ERROR_NULL_POINTER, "must not be null");
+  // Bad enums and values.
+  tessera_context *c2 = nullptr;
+  expect(tessera_context_create(tessera_device_kind(7), 0, &c2), TESSERA_ERROR_INVALID_ARGUMENT, "tessera_device_kind");
+  {
+    tessera_tensor t = tq;
+    t.dtype = tessera_dtype(9);
+    expect(run(t, tk, tv, to), TESSERA_ERROR_INVALID_ARGUMENT, "not a tessera_dtype");
+  }
+  expect(run(tq, tk, tv, to, 2, -1.0f), TESSERA_ERROR_INVALID_ARGUMENT, "scale");
+  expect(run(tq, tk, tv, to, 2, INFINITY), TESSERA_ERROR_INVALID_ARGUMENT, "scale");
+  expect(run(tq, tk, tv, to, 2, NAN), TESSERA_ERROR_INVALID_ARGUMENT, "scale");
+  // Layers.
+  expect(run(tq, tk, tv, to, 32), TESSERA_ERROR_LAYER_OUT_OF_RANGE, "no layer 32");
+  expect(run(tq, tk, tv, to, -1), TESSERA_ERROR_LAYER_OUT_OF_RANGE, "no layer -1");
+  tessera_layer_info info;
+  expect(tessera_bundle_layer_info(bundle, 99, &info), TESSERA_ERROR_LAYER_OUT_OF_RANGE, "no layer 99");
+  expect(tessera_bundle_layer_index(bundle, 32, &n), TESSERA_ERROR_LAYER_OUT_OF_RANGE, "out of range");
+  expect(tessera_bundle_layer_index(bundle, -3, &n), TESSERA_ERROR_LAYER_OUT_OF_RANGE, "out of range");
+  // Dtypes.
+  {
+    tessera_tensor t = tq;
+    t.dtype = TESSERA_DTYPE_F16;
+    expect(run(t, tk, tv, to), TESSERA_ERROR_UNSUPPORTED_DTYPE, "one dtype");
+    tessera_tensor a = tq, b = tk, c = tv, d = to;
+    a.dtype = b.dtype = c.dtype = d.dtype = TESSERA_DTYPE_F16;
+    expect(run(a, b, c, d), TESSERA_ERROR_UNSUPPORTED_DTYPE, "takes bf16");
+    tessera_tensor e = tk;
+    e.dtype = TESSERA_DTYPE_F32;
+    expect(run(tq, e, tv, to), TESSERA_ERROR_UNSUPPORTED_DTYPE, "one dtype");
+  }
+  // head_dim.
+  for (int which = 0; which < 4; ++which) {
+    tessera_tensor t[4] = {tq, tk, tv, to};
+    t[which].head_dim = 64;
+    expect(run(t[0], t[1], t[2], t[3]), TESSERA_ERROR_UNSUPPORTED_HEAD_DIM, "has head_dim 64");
+  }
+  // Shapes.
+  {
+    tessera_tensor t = tq;
+    t.heads = 16;
+    expect(run(t, tk, tv, to), TESSERA_ERROR_SHAPE_MISMATCH, "32 heads");
+    t = to;
+    t.heads = 31;
+    expect(run(tq, tk, tv, t), TESSERA_ERROR_SHAPE_MISMATCH, "32 heads");
+    t = tk;
+    t.heads = 4;
+    expect(run(tq, t, tv, to), TESSERA_ERROR_SHAPE_MISMATCH, "8 kv heads");
+    t = tv;
+    t.heads = 32;
+    expect(run(tq, tk, t, to), TESSERA_ERROR_SHAPE_MISMATCH, "8 kv heads");
+    t = tk;
+    t.batch = 2;
+    expect(run(tq, t, tv, to), TESSERA_ERROR_SHAPE_MISMATCH, "one batch size");
+    t = to;
+    t.batch = 2;
+    expect(run(tq, tk, tv, t), TESSERA_ERROR_SHAPE_MISMATCH, "one batch size");
+    t = tv;
+    t.seq = N - 1;
+    expect(run(tq, tk, t, to), TESSERA_ERROR_SHAPE_MISMATCH, "one sequence length");
+    t = to;
+    t.seq = N - 1;
+    expect(run(tq, tk, tv, t), TESSERA_ERROR_SHAPE_MISMATCH, "query length");
+    t = tq;
+    t.seq = 0;
+    expect(run(t, tk, tv, to), TESSERA_ERROR_SHAPE_MISMATCH, "below 1");
+    t = tq;
+    t.batch = -2;
+    expect(run(t, tk, tv, to), TESSERA_ERROR_SHAPE_MISMATCH, "below 1");
+    t = tk;
+    t.heads = 0;
+    expect(run(tq, t, tv, to), TESSERA_ERROR_SHAPE_MISMATCH, "below 1");
+    t = tq;
+    t.seq = int64_t(1) << 50;
+    expect(run(t, tk, tv, to), TESSERA_ERROR_SHAPE_MISMATCH, "above 2^40");
+  }
+  // Strides.
+  for (int which = 0; which < 4; ++which) {
+    tessera_tensor t[4] = {tq, tk, tv, to};
+    t[which].stride_seq = -1;
+    expect(run(t[0], t[1], t[2], t[3]), TESSERA_ERROR_BAD_STRIDES, "negative or huge stride");
+  }
+  {
+    tessera_tensor t = tq;
+    t.stride_head = int64_t(1) << 45;
+    expect(run(t, tk, tv, to), TESSERA_ERROR_BAD_STRIDES, "negative or huge stride");
+    t = tq;
+    t.stride_batch = -5;
+    expect(run(t, tk, tv, to), TESSERA_ERROR_BAD_STRIDES, "negative or huge stride");
+  }
+  // Alignment.
+  {
+    tessera_tensor t = tq;
+    t.data = reinterpret_cast<char *>(q.data()) + 1;
+    expect(run(t, tk, tv, to), TESSERA_ERROR_MISALIGNED, "not aligned");
+    t = to;
+    t.data = reinterpret_cast<char *>(o.data()) + 1;
+    expect(run(tq, tk, tv, t), TESSERA_ERROR_MISALIGNED, "not aligned");
+  }
+  // Bundles.
+  expect(tessera_bundle_load_file(ctx, "/nonexistent/bundle", &b2), TESSERA_ERROR_IO, "cannot read");
+  expect(tessera_bundle_load_memory(ctx, "{", 1, "", 0, &b2), TESSERA_ERROR_BAD_BUNDLE, "not JSON");
+  expect(tessera_bundle_load_memory(ctx, "[]", 2, "", 0, &b2), TESSERA_ERROR_BAD_BUNDLE, "not a JSON object");
+  {
+    std::string man = slurp(bundleDir("llama3-8b-sparse") + "/manifest.json");
+    std::string src = slurp(bundleDir("llama3-8b-sparse") + "/bundle.cu");
+    std::string bad = src + " ";
+    expect(tessera_bundle_load_memory(ctx, man.data(), man.size(), bad.data(), bad.size(), &b2),
+           TESSERA_ERROR_BAD_BUNDLE, "does not match");
+  }
+  // CUDA where there is none; a bad device ordinal where there is one.
+  S s = tessera_context_create(TESSERA_DEVICE_CUDA, 0, &c2);
+  if (s == TESSERA_OK) {
+    tessera_context_destroy(c2);
+    expect(tessera_context_create(TESSERA_DEVICE_CUDA, 1000, &c2), TESSERA_ERROR_INVALID_ARGUMENT, "out of range");
+  } else {
+    expect(s, TESSERA_ERROR_CUDA_UNAVAILABLE, "CUDA driver");
+  }
+  EXPECT_GE(count, 50);
+  // A failed call leaves the outputs alone and the library usable.
+  EXPECT_EQ(run(tq, tk, tv, to), TESSERA_OK);
+}
+
+/// Mutated manifests are rejected or accepted, never crash; every accepted
+/// one runs.
+TEST(RuntimeBundles, DamagedManifestsNeverCrash) {
+  std::string man = slurp(bundleDir("tiny-mix") + "/manifest.json");
+  std::string src = slurp(bundleDir("tiny-mix") + "/bundle.cu");
+  tessera_context *ctx;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+  std::mt19937 rng(11);
+  int rejected = 0;
+  const char *digits = "0123456789-[]{},:\"ax";
+  for (int i = 0; i < 400; ++i) {
+    std::string m = man;
+    int edits = 1 + rng() % 3;
+    for (int e = 0; e < edits; ++e) {
+      size_t at = rng() % m.size();
+      if (rng() % 4 == 0)
+        m = m.substr(0, at);
+      else if (!m.empty())
+        m[at] = digits[rng() % 20];
+    }
+    tessera_bundle *b = nullptr;
+    tessera_status s = tessera_bundle_load_memory(ctx, m.data(), m.size(),
+                                                  src.data(), src.size(), &b);
+    if (s != TESSERA_OK) {
+      EXPECT_EQ(s, TESSERA_ERROR_BAD_BUNDLE);
+      EXPECT_NE(std::string(tessera_last_error()), "");
+      ++rejected;
+      continue;
+    }
+    // Accepted: it must run (the mutation hit something harmless).
+    tessera_layer_info info;
+    ASSERT_EQ(tessera_bundle_layer_info(b, 0, &info), TESSERA_OK);
+    int64_t N = 40;
+    std::vector<float> q(N * info.num_heads * info.head_dim, 0.5f),
+        k(N * info.num_kv_heads * info.head_dim, 0.25f), v = k, o = q;
+    tessera_tensor tq = tensor(q.data(), TESSERA_DTYPE_F32, 1, N, info.num_heads, info.head_dim);
+    tessera_tensor tk = tensor(k.data(), TESSERA_DTYPE_F32, 1, N, info.num_kv_heads, info.head_dim);
+    tessera_tensor tv = tensor(v.data(), TESSERA_DTYPE_F32, 1, N, info.num_kv_heads, info.head_dim);
+    tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_F32, 1, N, info.num_heads, info.head_dim);
+    EXPECT_EQ(tessera_attention(b, 0, &tq, &tk, &tv, &to, nullptr, 0, nullptr), TESSERA_OK)
+        << tessera_last_error();
+    tessera_bundle_destroy(b);
+  }
+  EXPECT_GT(rejected, 200);
+  tessera_context_destroy(ctx);
+}
+
+/// Several threads load and launch at once; results agree; errors stay in
+/// their thread.
+TEST(RuntimeConcurrency, ThreadsLoadAndLaunch) {
+  const int64_t N = 150, H = 24, D = 128;
+  std::vector<float> q(N * H * D), k(N * H * D);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> dist;
+  for (float &x : q)
+    x = dist(rng);
+  for (float &x : k)
+    x = dist(rng);
+  std::vector<std::vector<float>> outs(6, std::vector<float>(N * H * D));
+  std::vector<std::string> errors(6);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t)
+    threads.emplace_back([&, t] {
+      tessera_context *ctx;
+      tessera_bundle *b;
+      if (tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx) ||
+          tessera_bundle_load_file(ctx, bundleDir("video-dit").c_str(), &b)) {
+        errors[t] = tessera_last_error();
+        return;
+      }
+      tessera_tensor tq = tensor(q.data(), TESSERA_DTYPE_F32, 1, N, H, D);
+      tessera_tensor tk = tensor(k.data(), TESSERA_DTYPE_F32, 1, N, H, D);
+      tessera_tensor to = tensor(outs[t].data(), TESSERA_DTYPE_F32, 1, N, H, D);
+      if (t % 2) { // an error in this thread only
+        tessera_attention(b, 7, &tq, &tk, &tk, &to, nullptr, 0, nullptr);
+        if (std::string(tessera_last_error()).find("no layer 7") == std::string::npos)
+          errors[t] = "missing thread-local error";
+      }
+      if (tessera_attention(b, 0, &tq, &tk, &tk, &to, nullptr, 0, nullptr))
+        errors[t] = tessera_last_error();
+      else if (std::string(tessera_last_error()) != "")
+        errors[t] = "a success left an error message";
+      tessera_bundle_destroy(b);
+      tessera_context_destroy(ctx);
+    });
+  for (std::thread &t : threads)
+    t.join();
+  for (int t = 0; t < 6; ++t) {
+    EXPECT_EQ(errors[t], "") << "thread " << t;
+    EXPECT_EQ(outs[t], outs[0]) << "thread " << t;
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// The kernel cache (needs NVRTC, not a GPU).
+//===----------------------------------------------------------------------===//
+
+struct CacheTest : ::testing::Test {
+  void SetUp() override {
+    std::string error;
+    nvrtc = jit::Nvrtc::get(error);
+    if (!nvrtc)
+      GTEST_SKIP() << "NVRTC is absent: " << error;
+    source = slurp(bundleDir("tiny-mix") + "/bundle.cu");
+    dir = std::string(TESSERA_BINARY_DIR) + "/test/Unit/cache-" +
+          ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::string rm = "rm -rf '" + dir + "'";
+    ASSERT_EQ(std::system(rm.c_str()), 0);
+  }
+  const jit::Nvrtc *nvrtc = nullptr;
+  std::string source, dir;
+  std::vector<std::string> options = {"-std=c++17"};
+};
+
+TEST_F(CacheTest, ColdWarmAndCorrupt) {
+  jit::CachedCompile cold = jit::compileCached(*nvrtc, source, "sm_80", options, dir);
+  ASSERT_TRUE(cold.ok) << cold.error;
+  EXPECT_FALSE(cold.hit);
+  EXPECT_EQ(cold.warning, "");
+  ASSERT_FALSE(cold.binary.empty());
+
+  auto t0 = std::chrono::steady_clock::now();
+  jit::CachedCompile warm = jit::compileCached(*nvrtc, source, "sm_80", options, dir);
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(warm.ok);
+  EXPECT_TRUE(warm.hit);
+  EXPECT_EQ(warm.binary, cold.binary);
+  EXPECT_EQ(warm.entryPath, cold.entryPath);
+  std::printf("warm cache load: %.2f ms\n", ms);
+
+  // Another arch, option or source is another entry.
+  EXPECT_NE(jit::cacheKey(source, "sm_90", options, "13.0"),
+            jit::cacheKey(source, "sm_80", options, "13.0"));
+  EXPECT_NE(jit::cacheKey(source, "sm_80", {}, "13.0"),
+            jit::cacheKey(source, "sm_80", options, "13.0"));
+  EXPECT_NE(jit::cacheKey(source + " ", "sm_80", options, "13.0"),
+            jit::cacheKey(source, "sm_80", options, "13.0"));
+  EXPECT_NE(jit::cacheKey(source, "sm_80", options, "12.9"),
+            jit::cacheKey(source, "sm_80", options, "13.0"));
+
+  // Truncate the entry: detected, recompiled, rewritten.
+  { std::ofstream(warm.entryPath, std::ios::binary | std::ios::trunc) << "TSRC"; }
+  jit::CachedCompile again = jit::compileCached(*nvrtc, source, "sm_80", options, dir);
+  ASSERT_TRUE(again.ok);
+  EXPECT_FALSE(again.hit);
+  EXPECT_TRUE(again.recompiled);
+  EXPECT_EQ(again.binary, cold.binary);
+  // Flip a payload byte: detected by the checksum.
+  {
+    std::fstream f(warm.entryPath, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x5a');
+  }
+  jit::CachedCompile flipped = jit::compileCached(*nvrtc, source, "sm_80", options, dir);
+  ASSERT_TRUE(flipped.ok);
+  EXPECT_TRUE(flipped.recompiled);
+  EXPECT_EQ(flipped.binary, cold.binary);
+  EXPECT_TRUE(jit::compileCached(*nvrtc, source, "sm_80", options, dir).hit);
+}
+
+TEST_F(CacheTest, UnusableDirectoryDegradesToNoCache) {
+  // A path below a regular file can never be a directory (even for root).
+  std::ofstream(dir + "-file") << "x";
+  jit::CachedCompile r = jit::compileCached(*nvrtc, source, "sm_80", options, dir + "-file/sub");
+  ASSERT_TRUE(r.ok);
+  EXPECT_FALSE(r.hit);
+  EXPECT_NE(r.warning.find("cannot be created or used"), std::string::npos);
+  std::remove((dir + "-file").c_str());
+}
+
+TEST_F(CacheTest, CompileErrorsAreReported) {
+  jit::CachedCompile r = jit::compileCached(*nvrtc, "this is not CUDA", "sm_80", options, dir);
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.error.find("error"), std::string::npos) << r.error;
+}
+
+TEST_F(CacheTest, ConcurrentCompilesAgree) {
+  std::vector<jit::CachedCompile> results(4);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      results[t] = jit::compileCached(*nvrtc, source, "sm_90", options, dir);
+    });
+  for (std::thread &t : threads)
+    t.join();
+  for (auto &r : results) {
+    ASSERT_TRUE(r.ok);
+    EXPECT_EQ(r.binary, results[0].binary);
+  }
+  EXPECT_TRUE(jit::compileCached(*nvrtc, source, "sm_90", options, dir).hit);
+  // No temporary files are left behind.
+  std::string ls = "ls '" + dir + "' | grep -c tmp || true";
+  FILE *p = popen(ls.c_str(), "r");
+  char buf[16] = {0};
+  ASSERT_TRUE(p && fgets(buf, sizeof buf, p));
+  pclose(p);
+  EXPECT_EQ(std::string(buf), "0\n");
+}
+
+} // namespace

@@ -2,22 +2,22 @@
 """Runs Tessera's CUDA bundles on a GPU and checks and times them.
 
 For every bundle directory given (made by `make bundles`: bundle.cu and
-manifest.json), on the current CUDA device:
-  1. compiles bundle.cu with NVRTC (ctypes) for the device's architecture and
-     loads it with the CUDA driver API (ctypes), on PyTorch's context;
-  2. for each distinct layer, runs the attention kernel (and the fill kernel of
-     skipped heads) on random inputs, and compares it with a float64
-     attention whose mask is evaluated from the manifest's schedule program
-     (an independent, vectorised reading of the encoding in
-     runtime/include/tessera/kernel/Program.h);
+manifest.json), on the current CUDA device, through the Python binding
+(python/tessera, over libtessera_runtime):
+  1. loads the bundle on a CUDA context: NVRTC compiles it for the device
+     (cold, into a fresh cache directory), then a second load reads the
+     cache (warm);
+  2. for each distinct layer, runs it on random inputs (Nq != Nk) and
+     compares O and LSE with a float64 attention whose mask is evaluated from
+     the manifest's schedule program (an independent, vectorised reading of
+     the encoding in runtime/include/tessera/kernel/Program.h);
   3. times it against torch SDPA (dense) and FlexAttention with a block mask
      built from the same mask.
-Prints one table. `--mask-self-test DUMP` checks only the mask evaluator,
-on the CPU, against a dense mask written by tessera-cpu-bench --dump.
+Prints one table; exits 1 if a check fails.
 """
 
 import argparse
-import ctypes
+import tempfile
 import json
 import math
 import os
@@ -25,6 +25,9 @@ import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+import tessera  # noqa: E402
 
 # Node kinds and axes of Program.h.
 ALL, NONE, INTERVALS, BAND, PERIODIC, SHARDS, GROUPS, BLOCKS = range(8)
@@ -108,112 +111,6 @@ def layer_masks(layer, nq, nk, device):
     return masks
 
 
-def mask_self_test(dump):
-    meta = json.load(open(os.path.join(dump, "meta.json")))
-    print("mask self-test needs a manifest; see --help", file=sys.stderr)
-    return meta
-
-
-# ---------------------------------------------------------------- CUDA glue
-
-
-class AttnParams(ctypes.Structure):
-    _fields_ = [("q", ctypes.c_void_p), ("k", ctypes.c_void_p),
-                ("v", ctypes.c_void_p), ("o", ctypes.c_void_p),
-                ("lse", ctypes.c_void_p), ("nq", ctypes.c_int64),
-                ("nk", ctypes.c_int64)] + [
-        (n, ctypes.c_int64) for n in (
-            "qB", "qS", "qH", "kB", "kS", "kH", "vB", "vS", "vH", "oB", "oS",
-            "oH")] + [
-        ("scaleLog2", ctypes.c_float), ("numHeads", ctypes.c_int),
-        ("numKvHeads", ctypes.c_int), ("vectorLoads", ctypes.c_int)]
-
-
-def load_library(names):
-    for n in names:
-        try:
-            return ctypes.CDLL(n)
-        except OSError:
-            pass
-    raise RuntimeError(f"cannot load any of {names}")
-
-
-class Cuda:
-    def __init__(self):
-        home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-        self.nvrtc = load_library(["libnvrtc.so", "libnvrtc.so.13",
-                                   "libnvrtc.so.12", home + "/lib64/libnvrtc.so"])
-        self.cu = load_library(["libcuda.so.1", "libcuda.so"])
-        self.cu.cuModuleGetFunction.argtypes = [ctypes.POINTER(ctypes.c_void_p),
-                                                ctypes.c_void_p, ctypes.c_char_p]
-        self.cu.cuLaunchKernel.argtypes = [
-            ctypes.c_void_p] + [ctypes.c_uint] * 6 + [
-            ctypes.c_uint, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
-            ctypes.c_void_p]
-
-    def check(self, rc, what):
-        if rc != 0:
-            raise RuntimeError(f"{what} failed with CUDA error {rc}")
-
-    def compile(self, source, arch):
-        prog = ctypes.c_void_p()
-        self.check(self.nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source.encode(),
-                                                 b"bundle.cu", 0, None, None),
-                   "nvrtcCreateProgram")
-        opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17"]
-        arr = (ctypes.c_char_p * len(opts))(*opts)
-        t = time.perf_counter()
-        rc = self.nvrtc.nvrtcCompileProgram(prog, len(opts), arr)
-        seconds = time.perf_counter() - t
-        size = ctypes.c_size_t()
-        self.nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-        log = ctypes.create_string_buffer(size.value)
-        self.nvrtc.nvrtcGetProgramLog(prog, log)
-        if rc != 0:
-            raise RuntimeError("NVRTC failed:\n" + log.value.decode())
-        self.nvrtc.nvrtcGetCUBINSize(prog, ctypes.byref(size))
-        cubin = ctypes.create_string_buffer(size.value)
-        self.nvrtc.nvrtcGetCUBIN(prog, cubin)
-        return cubin, seconds
-
-    def load(self, cubin):
-        module = ctypes.c_void_p()
-        self.check(self.cu.cuModuleLoadData(ctypes.byref(module), cubin),
-                   "cuModuleLoadData")
-        return module
-
-    def function(self, module, name):
-        f = ctypes.c_void_p()
-        self.check(self.cu.cuModuleGetFunction(ctypes.byref(f), module,
-                                               name.encode()),
-                   f"cuModuleGetFunction({name})")
-        return f
-
-    def launch(self, f, grid, params, layer):
-        layer_arg = ctypes.c_int(layer)
-        args = (ctypes.c_void_p * 2)(ctypes.cast(ctypes.byref(params), ctypes.c_void_p),
-                                     ctypes.cast(ctypes.byref(layer_arg), ctypes.c_void_p))
-        stream = torch.cuda.current_stream().cuda_stream
-        self.check(self.cu.cuLaunchKernel(f, grid[0], grid[1], grid[2], 128, 1, 1,
-                                          0, ctypes.c_void_p(stream), args, None),
-                   "cuLaunchKernel")
-
-
-def params_for(q, k, v, o, lse, layer):
-    p = AttnParams()
-    p.q, p.k, p.v, p.o = q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr()
-    p.lse = lse.data_ptr()
-    p.nq, p.nk = q.shape[1], k.shape[1]
-    p.qB, p.qS, p.qH = q.stride(0), q.stride(1), q.stride(2)
-    p.kB, p.kS, p.kH = k.stride(0), k.stride(1), k.stride(2)
-    p.vB, p.vS, p.vH = v.stride(0), v.stride(1), v.stride(2)
-    p.oB, p.oS, p.oH = o.stride(0), o.stride(1), o.stride(2)
-    p.scaleLog2 = (1.0 / math.sqrt(q.shape[3])) * 1.4426950408889634
-    p.numHeads, p.numKvHeads = layer["num_heads"], layer["num_kv_heads"]
-    p.vectorLoads = 1
-    return p
-
-
 def reference(q, k, v, masks, group):
     """float64 attention with masks [H, nq, nk]; rows with no key give 0."""
     qd = q.double().transpose(1, 2)
@@ -250,45 +147,32 @@ def main():
     ap.add_argument("--no-flex", action="store_true")
     args = ap.parse_args()
     dev = torch.device("cuda")
-    major, minor = torch.cuda.get_device_capability()
-    arch = f"sm_{major}{minor}"
-    cuda = Cuda()
     torch.manual_seed(0)
-    rows = []
-    failures = 0
+    os.environ["TESSERA_CACHE_DIR"] = tempfile.mkdtemp(prefix="tessera-cache-")
+    ctx = tessera.Context("cuda")
+    rows, failures = [], 0
     for bdir in args.bundles:
         manifest = json.load(open(os.path.join(bdir, "manifest.json")))
-        source = open(os.path.join(bdir, "bundle.cu")).read()
-        cubin, compile_s = cuda.compile(source, arch)
-        module = cuda.load(cubin)
+        t = time.perf_counter()
+        bundle = ctx.load(bdir)
+        cold = time.perf_counter() - t
+        t = time.perf_counter()
+        ctx.load(bdir)
+        warm = time.perf_counter() - t
         seen = set()
         for layer in manifest["layers"]:
             key = json.dumps([layer["groups"], layer["computed_heads"], layer["skipped_heads"]])
             if key in seen:
                 continue
             seen.add(key)
-            attn = cuda.function(module, layer["kernel"])
-            fill = cuda.function(module, layer["fill_kernel"]) if "fill_kernel" in layer else None
             dt = torch.float16 if layer["dtype"] == "f16" else torch.bfloat16
             H, Hkv, D = layer["num_heads"], layer["num_kv_heads"], layer["head_dim"]
             group = H // Hkv
-
-            def run(nq, nk, q, k, v, o, lse):
-                p = params_for(q, k, v, o, lse, layer)
-                cuda.launch(attn, ((nq + 63) // 64, len(layer["computed_heads"]), 1), p, layer["position"])
-                if fill is not None:
-                    cuda.launch(fill, ((nq + 127) // 128, len(layer["skipped_heads"]), 1), p, layer["position"])
-                return p
-
-            # Correctness at an awkward length, Nq < Nk.
-            nk = args.check_len + 37
-            nq = args.check_len - 5
+            nk, nq = args.check_len + 37, args.check_len - 5
             q = torch.randn(1, nq, H, D, device=dev, dtype=dt)
             k = torch.randn(1, nk, Hkv, D, device=dev, dtype=dt)
             v = torch.randn(1, nk, Hkv, D, device=dev, dtype=dt)
-            o = torch.full((1, nq, H, D), float("nan"), device=dev, dtype=dt)
-            lse = torch.empty(1, H, nq, device=dev, dtype=torch.float32)
-            run(nq, nk, q, k, v, o, lse)
+            o, lse = bundle.attention(layer["index"], q, k, v)
             torch.cuda.synchronize()
             masks = layer_masks(layer, nq, nk, dev)
             ref_o, ref_lse = reference(q, k, v, masks, group)
@@ -297,36 +181,37 @@ def main():
             lse_err = (lse.double()[finite] - ref_lse[finite]).abs().max().item() if finite.any() else 0.0
             lse_ok = bool(torch.equal(torch.isinf(lse.double()), ~finite))
             tol = 2e-2 if dt == torch.bfloat16 else 5e-3
-            ok = err <= tol and lse_err <= 1e-2 and lse_ok and not torch.isnan(o).any()
+            ok = err <= tol and lse_err <= 1e-2 and lse_ok and not torch.isnan(o).any().item()
             failures += not ok
             for n in [int(x) for x in args.time_lens.split(",")]:
                 q = torch.randn(1, n, H, D, device=dev, dtype=dt)
                 k = torch.randn(1, n, Hkv, D, device=dev, dtype=dt)
                 v = torch.randn(1, n, Hkv, D, device=dev, dtype=dt)
-                o = torch.empty(1, n, H, D, device=dev, dtype=dt)
-                lse = torch.empty(1, H, n, device=dev, dtype=torch.float32)
-                t_ours = cuda_time(lambda: run(n, n, q, k, v, o, lse))
+                out = torch.empty_like(q)
+                t_ours = cuda_time(lambda: bundle.attention(layer["index"], q, k, v, out=out, lse=False))
                 qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
                 t_sdpa = cuda_time(lambda: torch.nn.functional.scaled_dot_product_attention(
                     qt, kt, vt, enable_gqa=group > 1))
                 t_flex = float("nan")
+                m = layer_masks(layer, n, n, dev)
                 if not args.no_flex:
                     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-                    m = layer_masks(layer, n, n, dev)
 
                     def mask_mod(b, h, qi, kv):
                         return m[h, qi, kv]
                     bm = create_block_mask(mask_mod, 1, H, n, n, device="cuda")
                     flex = torch.compile(flex_attention)
                     t_flex = cuda_time(lambda: flex(qt, kt, vt, block_mask=bm, enable_gqa=group > 1))
-                density = masks.float().mean().item()
                 rows.append((manifest["model"], layer["index"], n, f"{err:.1e}", "ok" if ok else "FAIL",
-                             f"{compile_s:.2f}", f"{t_ours * 1e3:.3f}", f"{t_sdpa * 1e3:.3f}",
-                             f"{t_flex * 1e3:.3f}", f"{t_sdpa / t_ours:.2f}", f"{t_flex / t_ours:.2f}",
-                             f"{density:.3f}"))
-    print(f"device: {torch.cuda.get_device_name()} ({arch}), torch {torch.__version__}")
-    header = ("model", "layer", "len", "max rel err", "check", "nvrtc s", "tessera ms",
-              "sdpa dense ms", "flex ms", "sdpa/tessera", "flex/tessera", "mask density")
+                             f"{cold:.2f}", f"{warm * 1e3:.1f}", f"{t_ours * 1e3:.3f}",
+                             f"{t_sdpa * 1e3:.3f}", f"{t_flex * 1e3:.3f}",
+                             f"{t_sdpa / t_ours:.2f}", f"{t_flex / t_ours:.2f}",
+                             f"{m.float().mean().item():.3f}"))
+    major, minor = torch.cuda.get_device_capability()
+    print(f"device: {torch.cuda.get_device_name()} (sm_{major}{minor}), torch {torch.__version__}")
+    header = ("model", "layer", "len", "max rel err (Nq=len-5, Nk=len+37 at check-len)", "check",
+              "cold load s", "warm load ms", "tessera ms", "sdpa dense ms", "flex ms",
+              "sdpa/tessera", "flex/tessera", "mask density")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:

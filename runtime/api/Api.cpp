@@ -9,6 +9,7 @@
 #include "tessera/jit/Cache.h"
 
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -133,8 +134,12 @@ tessera_status checkTensor(const tessera_tensor *t, const char *name) {
   if (!t->data)
     return fail(TESSERA_ERROR_NULL_POINTER,
                 std::string(name) + "->data is null");
-  if (t->dtype != TESSERA_DTYPE_F32 && t->dtype != TESSERA_DTYPE_F16 &&
-      t->dtype != TESSERA_DTYPE_BF16)
+  // Read the enum as the int a C caller stored: an out-of-range value must
+  // not be loaded as a C++ enum.
+  int dtype;
+  std::memcpy(&dtype, &t->dtype, sizeof(dtype));
+  if (dtype != TESSERA_DTYPE_F32 && dtype != TESSERA_DTYPE_F16 &&
+      dtype != TESSERA_DTYPE_BF16)
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                 std::string(name) + "->dtype is not a tessera_dtype value");
   const int64_t limit = int64_t(1) << 40;

@@ -183,15 +183,18 @@ inline float expNonPositive(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  int32_t bits;
+  // Add n to the exponent; unsigned arithmetic, as shifting a negative
+  // integer left is undefined in C++17.
+  uint32_t bits;
   std::memcpy(&bits, &p, 4);
-  bits += int32_t(n) << 23;
+  bits += uint32_t(int32_t(n)) << 23;
   float e;
   std::memcpy(&e, &bits, 4);
   return x < -87.0f ? 0.0f : e;
 }
 
 typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t))));
+typedef uint32_t VecU __attribute__((vector_size(kLanes * sizeof(uint32_t))));
 
 /// expNonPositive on kLanes floats at once.
 __attribute__((always_inline)) inline Vec expVec(Vec x) {
@@ -209,9 +212,9 @@ __attribute__((always_inline)) inline Vec expVec(Vec x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  VecI bits;
+  VecU bits;
   std::memcpy(&bits, &p, sizeof(bits));
-  bits += __builtin_convertvector(n, VecI) << 23;
+  bits += (VecU)__builtin_convertvector(n, VecI) << 23;
   Vec e;
   std::memcpy(&e, &bits, sizeof(e));
   return x < -87.0f ? Vec{} : e;

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds everything with AddressSanitizer and UndefinedBehaviorSanitizer in
+# build-asan/ and runs the whole test suite there. The two tests that load the
+# runtime into an uninstrumented host process (Python, the installed example
+# engine) need the sanitizer runtimes preloaded; they are run that way.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+cmake -G Ninja -S . -B build-asan -DMLIR_DIR=/usr/lib/llvm-22/lib/cmake/mlir \
+  -DLLVM_EXTERNAL_LIT=/usr/lib/llvm-22/bin/lit \
+  "-DCMAKE_CXX_FLAGS=$flags" "-DCMAKE_C_FLAGS=$flags" \
+  "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined" \
+  "-DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=address,undefined" >/dev/null
+ninja -C build-asan attn-opt attn-viz attn-translate attn-nvrtc-check \
+  TesseraUnitTests attn-docs tessera_runtime tessera-test-bundles
+preload="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
+export UBSAN_OPTIONS=print_stacktrace=1
+/usr/lib/llvm-22/bin/lit -sv build-asan/test build-asan/test/Unit \
+  --filter-out 'Packaging|Python'
+LD_PRELOAD=$preload ASAN_OPTIONS=detect_leaks=0 \
+  /usr/lib/llvm-22/bin/lit -sv build-asan/test --filter 'Packaging|Python'

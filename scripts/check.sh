@@ -13,7 +13,7 @@ skipped=0
 # Prints the count lit reported for a result kind ($2) in a log ($1), or 0.
 num() {
   local v
-  v=$(sed -nE "s/^ *$2: *([0-9]+).*/\1/p" "$1" | tail -n 1)
+  v=$(sed -nE "s/^ *$2 *: *([0-9]+).*/\1/p" "$1" | tail -n 1)
   echo "${v:-0}"
 }
 

@@ -141,7 +141,9 @@ __attribute__((always_inline)) inline Vec loadVec(const float *p) {
   return v;
 }
 
-__attribute__((always_inline)) inline void storeVec(float *p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
+__attribute__((always_inline)) inline void storeVec(float *p, const Vec &v) {
+  std::memcpy(p, &v, sizeof(Vec));
+}
 
 /// Same microkernel for S = Q K^T and O += P V:
 /// C[M][N] (+)= A[M][K] * B[K][N], M a multiple of kRows, N of kLanes.
@@ -197,7 +199,7 @@ typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t))));
 typedef uint32_t VecU __attribute__((vector_size(kLanes * sizeof(uint32_t))));
 
 /// expNonPositive on kLanes floats at once.
-__attribute__((always_inline)) inline Vec expVec(Vec x) {
+__attribute__((always_inline)) inline Vec expVec(const Vec &x) {
   const float log2e = 1.44269504088896341f;
   const float shifter = 12582912.0f; // 1.5 * 2^23: adds round to integers
   Vec xc = x < -87.0f ? Vec{} - 87.0f : x;
@@ -220,14 +222,14 @@ __attribute__((always_inline)) inline Vec expVec(Vec x) {
   return x < -87.0f ? Vec{} : e;
 }
 
-__attribute__((always_inline)) inline float horizontalMax(Vec v) {
+__attribute__((always_inline)) inline float horizontalMax(const Vec &v) {
   float m = v[0];
   for (int64_t i = 1; i < kLanes; ++i)
     m = std::max(m, v[i]);
   return m;
 }
 
-__attribute__((always_inline)) inline float horizontalSum(Vec v) {
+__attribute__((always_inline)) inline float horizontalSum(const Vec &v) {
   float s = 0;
   for (int64_t i = 0; i < kLanes; ++i)
     s += v[i];

@@ -6,10 +6,12 @@
 // prints, per kernel, registers, stack frame, spills and shared memory. Exits
 // 1 when a compile fails or a kernel spills, 2 on bad arguments or a missing
 // bundle, and 77 when NVRTC is not available (so tests can say so and skip).
-// `--probe` only checks that NVRTC loads.
+// `--probe` only checks that NVRTC loads. `--cache DIR` compiles through the
+// runtime's kernel cache instead and reports hits and misses.
 //
 //===----------------------------------------------------------------------===//
 
+#include "tessera/jit/Cache.h"
 #include "tessera/jit/Nvrtc.h"
 
 #include <cstdio>
@@ -28,7 +30,7 @@ static int usage() {
 }
 
 int main(int argc, char **argv) {
-  std::string dir;
+  std::string dir, cache;
   std::vector<std::string> archs;
   bool probe = false;
   for (int i = 1; i < argc; ++i) {
@@ -36,6 +38,8 @@ int main(int argc, char **argv) {
       probe = true;
     else if (!std::strcmp(argv[i], "--arch") && i + 1 < argc)
       archs.push_back(argv[++i]);
+    else if (!std::strcmp(argv[i], "--cache") && i + 1 < argc)
+      cache = argv[++i];
     else if (argv[i][0] != '-' && dir.empty())
       dir = argv[i];
     else
@@ -63,6 +67,21 @@ int main(int argc, char **argv) {
   ss << in.rdbuf();
   int status = 0;
   std::printf("NVRTC %s\n", nvrtc->version().c_str());
+  if (!cache.empty()) {
+    for (const std::string &arch : archs) {
+      CachedCompile c = compileCached(*nvrtc, ss.str(), arch, {"-std=c++17"},
+                                      cache);
+      if (!c.ok) {
+        std::printf("%s: COMPILE FAILED\n%s\n", arch.c_str(), c.error.c_str());
+        status = 1;
+        continue;
+      }
+      std::printf("%s: %s, cubin %zu bytes%s%s\n", arch.c_str(),
+                  c.hit ? "cache hit" : "compiled", c.binary.size(),
+                  c.warning.empty() ? "" : "; ", c.warning.c_str());
+    }
+    return status;
+  }
   for (const std::string &arch : archs) {
     CompileResult r = nvrtc->compile(ss.str(), "bundle.cu", arch,
                                      {"-std=c++17", "--ptxas-options=-v"});

@@ -44,9 +44,9 @@ static double seconds(const std::function<void()> &f, int n) {
   for (int i = 0; i < n; ++i) {
     auto a = std::chrono::steady_clock::now();
     f();
-    t.push_back(std::chrono::duration<double>(
-                    std::chrono::steady_clock::now() - a)
-                    .count());
+    t.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - a)
+            .count());
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
@@ -78,7 +78,8 @@ int main(int argc, char **argv) {
   // bench head its own group with the original head index semantics.
   std::vector<int64_t> picked;
   std::vector<semantics::Pattern> patterns;
-  for (int64_t h = 0; h < layer.getNumHeads() && int64_t(picked.size()) < maxHeads; ++h) {
+  for (int64_t h = 0;
+       h < layer.getNumHeads() && int64_t(picked.size()) < maxHeads; ++h) {
     attn::PatternAttrInterface p = layer.getHeadPattern(h);
     if (mlir::isa<attn::SkipAttr>(p) || p.isHeadDependent())
       continue;
@@ -87,7 +88,8 @@ int main(int argc, char **argv) {
   }
   // Head-dependent layers (S2): keep them with their own head indices.
   if (picked.empty())
-    for (int64_t h = 0; h < layer.getNumHeads() && int64_t(picked.size()) < maxHeads; ++h) {
+    for (int64_t h = 0;
+         h < layer.getNumHeads() && int64_t(picked.size()) < maxHeads; ++h) {
       picked.push_back(h);
       patterns.push_back(semantics::fromAttr(layer.getHeadPattern(h)));
     }
@@ -103,7 +105,8 @@ int main(int argc, char **argv) {
   for (int64_t i = 0; i < n; ++i) {
     benchHead[i] = headDependent ? picked[i] : i;
     groups.push_back({patterns[i], {benchHead[i]}});
-    denseGroups.push_back({semantics::Pattern{semantics::Dense{}}, {benchHead[i]}});
+    denseGroups.push_back(
+        {semantics::Pattern{semantics::Dense{}}, {benchHead[i]}});
   }
   std::vector<int64_t> others;
   for (int64_t h = 0; h < numHeads; ++h)
@@ -138,7 +141,8 @@ int main(int argc, char **argv) {
   args.blockK = bk;
   cpu::RunStats stats;
   std::string err;
-  double tSparse = seconds([&] { err = cpu::runLayer(sparse.table(), args, &stats); }, repeats);
+  double tSparse = seconds(
+      [&] { err = cpu::runLayer(sparse.table(), args, &stats); }, repeats);
   if (!err.empty()) {
     llvm::errs() << err << "\n";
     return 1;
@@ -149,14 +153,16 @@ int main(int argc, char **argv) {
   double visited = double(stats.tilesFull + stats.tilesPartial) / tiles;
   int64_t allowed = 0;
   for (int64_t i = 0; i < n; ++i)
-    allowed += semantics::countAllowed(patterns[i], benchHead[i], L, L, numHeads);
-  std::printf("{\"file\": \"%s\", \"layer\": %lld, \"heads\": %lld, \"len\": %lld, "
-              "\"sparse_s\": %.6f, \"dense_s\": %.6f, \"tile_density\": %.6f, "
-              "\"partial_tiles\": %.6f, \"mask_density\": %.6f}\n",
-              file.c_str(), (long long)layerIndex.getValue(), (long long)n,
-              (long long)L, tSparse, tDense, visited,
-              double(stats.tilesPartial) / tiles,
-              double(allowed) / (double(n) * L * L));
+    allowed +=
+        semantics::countAllowed(patterns[i], benchHead[i], L, L, numHeads);
+  std::printf(
+      "{\"file\": \"%s\", \"layer\": %lld, \"heads\": %lld, \"len\": %lld, "
+      "\"sparse_s\": %.6f, \"dense_s\": %.6f, \"tile_density\": %.6f, "
+      "\"partial_tiles\": %.6f, \"mask_density\": %.6f}\n",
+      file.c_str(), (long long)layerIndex.getValue(), (long long)n,
+      (long long)L, tSparse, tDense, visited,
+      double(stats.tilesPartial) / tiles,
+      double(allowed) / (double(n) * L * L));
 
   if (!dump.empty()) {
     llvm::sys::fs::create_directories(dump);
@@ -169,7 +175,8 @@ int main(int argc, char **argv) {
                       &out[(s * n + i) * d]);
       return out;
     };
-    for (auto [name, x] : {std::pair{"q", &q}, {"k", &k}, {"v", &v}, {"o", &oSparse}}) {
+    for (auto [name, x] :
+         {std::pair{"q", &q}, {"k", &k}, {"v", &v}, {"o", &oSparse}}) {
       std::vector<float> p = pick(*x);
       write(dump + "/" + name + ".f32", p.data(), p.size() * 4);
     }
@@ -178,20 +185,29 @@ int main(int argc, char **argv) {
     std::vector<uint8_t> mask(size_t(n) * L * L);
     kernel::LayerTable t = sparse.table();
     for (int64_t i = 0; i < n; ++i) {
-      int64_t slot = std::find(sparse.computedHead.begin(), sparse.computedHead.end(), benchHead[i]) - sparse.computedHead.begin();
+      int64_t slot = std::find(sparse.computedHead.begin(),
+                               sparse.computedHead.end(), benchHead[i]) -
+                     sparse.computedHead.begin();
       int64_t g = sparse.headGroup[slot];
       const kernel::Node *nodes = t.nodes + t.groupBegin[g];
       kernel::i64 count = t.groupBegin[g + 1] - t.groupBegin[g];
       for (int64_t a = 0; a < qbs; ++a)
         for (int64_t b = 0; b < kbs; ++b) {
-          kernel::Tile tile{a * bq, std::min(L, (a + 1) * bq), b * bk,
-                            std::min(L, (b + 1) * bk), L, L, benchHead[i], numHeads};
+          kernel::Tile tile{a * bq,
+                            std::min(L, (a + 1) * bq),
+                            b * bk,
+                            std::min(L, (b + 1) * bk),
+                            L,
+                            L,
+                            benchHead[i],
+                            numHeads};
           classes[(i * qbs + a) * kbs + b] =
               int8_t(kernel::classifyTile(nodes, count, t.data, tile));
         }
       for (int64_t a = 0; a < L; ++a)
         for (int64_t b = 0; b < L; ++b)
-          mask[(i * L + a) * L + b] = semantics::allowed(patterns[i], a, b, benchHead[i], L, L, numHeads);
+          mask[(i * L + a) * L + b] = semantics::allowed(
+              patterns[i], a, b, benchHead[i], L, L, numHeads);
     }
     write(dump + "/tiles.i8", classes.data(), classes.size());
     write(dump + "/mask.u8", mask.data(), mask.size());

@@ -43,24 +43,26 @@ int main(int argc, char **argv) {
     std::fprintf(stderr, "%s\n", error.c_str());
     return 77;
   }
-  std::printf("NVRTC %s\n\n| bundle | arch | kernels | cubin KiB | cold compile (ms) "
-              "| warm cache load (ms, median of 20) |\n|---|---|---|---|---|---|\n",
-              nvrtc->version().c_str());
+  std::printf(
+      "NVRTC %s\n\n| bundle | arch | kernels | cubin KiB | cold compile (ms) "
+      "| warm cache load (ms, median of 20) |\n|---|---|---|---|---|---|\n",
+      nvrtc->version().c_str());
   for (const std::string &dir : bundles) {
     std::ifstream in(dir + "/bundle.cu");
     std::stringstream ss;
     ss << in.rdbuf();
     std::string source = ss.str();
     int kernels = 0;
-    for (size_t p = 0; (p = source.find("extern \"C\" __global__", p)) !=
-                       std::string::npos;
+    for (size_t p = 0;
+         (p = source.find("extern \"C\" __global__", p)) != std::string::npos;
          ++p)
       ++kernels;
     for (const std::string &arch : archs) {
       std::string cache = "/tmp/tessera-jit-bench-cache";
       std::system(("rm -rf " + cache).c_str());
       auto t = Clock::now();
-      CachedCompile cold = compileCached(*nvrtc, source, arch, {"-std=c++17"}, cache);
+      CachedCompile cold =
+          compileCached(*nvrtc, source, arch, {"-std=c++17"}, cache);
       double coldMs = ms(t);
       if (!cold.ok || cold.hit) {
         std::fprintf(stderr, "%s: cold compile failed\n%s\n", dir.c_str(),
@@ -70,7 +72,8 @@ int main(int argc, char **argv) {
       std::vector<double> warm;
       for (int i = 0; i < 20; ++i) {
         t = Clock::now();
-        CachedCompile w = compileCached(*nvrtc, source, arch, {"-std=c++17"}, cache);
+        CachedCompile w =
+            compileCached(*nvrtc, source, arch, {"-std=c++17"}, cache);
         warm.push_back(ms(t));
         if (!w.hit)
           return 1;

@@ -66,8 +66,8 @@ LogicalResult checkListRange(EmitFn emitError, StringRef attr, StringRef name,
                              ArrayRef<int64_t> values, bool nonNegative) {
   for (int64_t v : values)
     if (v > kMaxExtent || v < (nonNegative ? 0 : -kMaxExtent))
-      return emitError() << "'" << attr << "' parameter '" << name
-                         << "' holds " << v << ", outside ["
+      return emitError() << "'" << attr << "' parameter '" << name << "' holds "
+                         << v << ", outside ["
                          << (nonNegative ? 0 : -kMaxExtent) << ", "
                          << kMaxExtent << "]";
   return success();
@@ -116,8 +116,7 @@ LogicalResult verifyStripe(EmitFn emitError, StringRef attr,
 LogicalResult verifySetOp(EmitFn emitError, StringRef attr,
                           ArrayRef<PatternAttrInterface> patterns) {
   if (patterns.size() < 2)
-    return emitError() << "'" << attr
-                       << "' needs at least two patterns, got "
+    return emitError() << "'" << attr << "' needs at least two patterns, got "
                        << patterns.size();
   for (PatternAttrInterface p : patterns)
     if (!p)
@@ -138,8 +137,8 @@ LogicalResult SinkAttr::verify(EmitFn emitError, int64_t count) {
   return checkRange(emitError, "sink", "count", count, 1);
 }
 
-LogicalResult AShapeAttr::verify(EmitFn emitError, int64_t sink,
-                                 int64_t before, int64_t after) {
+LogicalResult AShapeAttr::verify(EmitFn emitError, int64_t sink, int64_t before,
+                                 int64_t after) {
   if (failed(checkRange(emitError, "a_shape", "sink", sink, 1)) ||
       failed(checkRange(emitError, "a_shape", "before", before, 0)) ||
       failed(checkRange(emitError, "a_shape", "after", after, 0)))
@@ -188,8 +187,8 @@ LogicalResult GridAttr::verify(EmitFn emitError, int64_t stride,
                                int64_t verticalWidth, int64_t slashWidth,
                                int64_t phase) {
   if (failed(checkRange(emitError, "grid", "stride", stride, 1)) ||
-      failed(checkRange(emitError, "grid", "vertical_width", verticalWidth,
-                        0)) ||
+      failed(
+          checkRange(emitError, "grid", "vertical_width", verticalWidth, 0)) ||
       failed(checkRange(emitError, "grid", "slash_width", slashWidth, 0)))
     return failure();
   if (verticalWidth == 0 && slashWidth == 0)
@@ -199,8 +198,8 @@ LogicalResult GridAttr::verify(EmitFn emitError, int64_t stride,
     return emitError() << "'grid' line widths must not exceed the stride "
                        << stride;
   if (phase < 0 || phase >= stride)
-    return emitError() << "'grid' phase must be in [0, " << stride
-                       << "), got " << phase;
+    return emitError() << "'grid' phase must be in [0, " << stride << "), got "
+                       << phase;
   return success();
 }
 
@@ -244,8 +243,8 @@ LogicalResult BlockSparseAttr::verify(EmitFn emitError, int64_t blockQ,
   llvm::DenseSet<std::pair<int64_t, int64_t>> seen;
   for (size_t i = 0; i < blocks.size(); i += 2)
     if (!seen.insert({blocks[i], blocks[i + 1]}).second)
-      return emitError() << "'block_sparse' lists block (" << blocks[i]
-                         << ", " << blocks[i + 1] << ") twice";
+      return emitError() << "'block_sparse' lists block (" << blocks[i] << ", "
+                         << blocks[i + 1] << ") twice";
   return success();
 }
 
@@ -260,9 +259,8 @@ LogicalResult IntersectAttr::verify(EmitFn emitError,
 }
 
 static bool anyHeadDependent(ArrayRef<PatternAttrInterface> patterns) {
-  return llvm::any_of(patterns, [](PatternAttrInterface p) {
-    return p.isHeadDependent();
-  });
+  return llvm::any_of(
+      patterns, [](PatternAttrInterface p) { return p.isHeadDependent(); });
 }
 
 bool UnionAttr::isHeadDependent() const {

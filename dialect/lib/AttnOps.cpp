@@ -58,8 +58,8 @@ static LogicalResult verifyLayerShape(Operation *op, int64_t index,
     return emit() << "heads must be in [1, " << kMaxHeads << "], got "
                   << numHeads;
   if (numKvHeads < 1 || numKvHeads > numHeads)
-    return emit() << "kv_heads must be in [1, heads = " << numHeads
-                  << "], got " << numKvHeads;
+    return emit() << "kv_heads must be in [1, heads = " << numHeads << "], got "
+                  << numKvHeads;
   if (numHeads % numKvHeads != 0)
     return emit() << "heads (" << numHeads
                   << ") must be a multiple of kv_heads (" << numKvHeads
@@ -154,8 +154,8 @@ LogicalResult HeadsOp::canonicalize(HeadsOp op, PatternRewriter &rewriter) {
 static constexpr int64_t kMaxBlock = 1024;
 
 LogicalResult ScheduleOp::verify() {
-  if (failed(verifyLayerShape(*this, getIndex(), getNumHeads(),
-                              getNumKvHeads(), getHeadDim(), getDtype())))
+  if (failed(verifyLayerShape(*this, getIndex(), getNumHeads(), getNumKvHeads(),
+                              getHeadDim(), getDtype())))
     return failure();
   if (getBlock().size() != 2)
     return emitOpError("block must hold [block_q, block_k], got ")
@@ -173,8 +173,7 @@ LogicalResult ScheduleOp::verifyRegions() {
   auto claim = [&](int64_t h, Operation *by) -> LogicalResult {
     if (h < 0 || h >= numHeads)
       return by->emitOpError("head ")
-             << h << " is out of range for a layer of " << numHeads
-             << " heads";
+             << h << " is out of range for a layer of " << numHeads << " heads";
     if (owner[h])
       return by->emitOpError("head ") << h << " is scheduled more than once";
     owner[h] = by;

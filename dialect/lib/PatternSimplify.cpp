@@ -321,10 +321,12 @@ PatternAttrInterface tessera::attn::simplifyPattern(PatternAttrInterface p) {
           return DenseAttr::get(ctx);
         return g;
       })
-      .Case<StridedShardsAttr>([&](StridedShardsAttr s) -> PatternAttrInterface {
-        return s.getShards() == 1 ? PatternAttrInterface(DenseAttr::get(ctx))
-                                  : PatternAttrInterface(s);
-      })
+      .Case<StridedShardsAttr>(
+          [&](StridedShardsAttr s) -> PatternAttrInterface {
+            return s.getShards() == 1
+                       ? PatternAttrInterface(DenseAttr::get(ctx))
+                       : PatternAttrInterface(s);
+          })
       .Case<BlockSparseAttr>([&](BlockSparseAttr b) -> PatternAttrInterface {
         return b.getBlocks().empty() ? PatternAttrInterface(SkipAttr::get(ctx))
                                      : PatternAttrInterface(b);

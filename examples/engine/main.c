@@ -25,21 +25,25 @@
 
 static tessera_tensor make(void *data, tessera_dtype t, int64_t seq,
                            int64_t heads, int64_t dim) {
-  tessera_tensor x = {data, t, 1, seq, heads, dim, seq * heads * dim,
+  tessera_tensor x = {data,        t,  1, seq, heads, dim, seq * heads * dim,
                       heads * dim, dim};
   return x;
 }
 
 /* bf16 or f16 bits of x (round toward zero: enough for an example). */
 static unsigned short half_bits(float x, tessera_dtype t) {
-  union { float f; unsigned u; } v = {x};
+  union {
+    float f;
+    unsigned u;
+  } v = {x};
   if (t == TESSERA_DTYPE_BF16)
     return (unsigned short)(v.u >> 16);
   unsigned sign = (v.u >> 16) & 0x8000u;
   int exp = (int)((v.u >> 23) & 0xff) - 127 + 15;
   if (exp <= 0)
     return (unsigned short)sign;
-  return (unsigned short)(sign | ((unsigned)exp << 10) | ((v.u >> 13) & 0x3ffu));
+  return (unsigned short)(sign | ((unsigned)exp << 10) |
+                          ((v.u >> 13) & 0x3ffu));
 }
 
 int main(int argc, char **argv) {
@@ -91,8 +95,8 @@ int main(int argc, char **argv) {
     tessera_bundle *gb;
     CHECK(tessera_bundle_load_file(gpu, argv[1], &gb));
     size_t qn = (size_t)(n * h * d), kn = (size_t)(n * hkv * d);
-    unsigned short *hq = malloc(2 * qn), *hk = malloc(2 * kn), *hv = malloc(2 * kn),
-                   *ho = malloc(2 * qn);
+    unsigned short *hq = malloc(2 * qn), *hk = malloc(2 * kn),
+                   *hv = malloc(2 * kn), *ho = malloc(2 * qn);
     for (size_t i = 0; i < qn; ++i)
       hq[i] = half_bits(q[i], info.dtype);
     for (size_t i = 0; i < kn; ++i) {

@@ -70,8 +70,7 @@ private:
 
   /// Emits children then the combinator; the depth is the classic postfix
   /// bound: child i needs its own depth on top of the i results before it.
-  template <typename Range>
-  int combine(k::i64 kind, const Range &children) {
+  template <typename Range> int combine(k::i64 kind, const Range &children) {
     int depth = 0, i = 0;
     for (const s::Pattern &c : children)
       depth = std::max(depth, i++ + emit(c));
@@ -105,15 +104,17 @@ private:
     if (m.stride > 0) {
       if (2 * m.width + 1 >= m.stride)
         return push(leaf(k::kAll, 0));
-      return push(leaf(k::kPeriodic, k::kAxisD, m.stride, 2 * m.width + 1,
-                       -m.width));
+      return push(
+          leaf(k::kPeriodic, k::kAxisD, m.stride, 2 * m.width + 1, -m.width));
     }
     std::vector<std::pair<int64_t, int64_t>> bands;
     for (int64_t o : m.offsets)
       bands.push_back({o - m.width, o + m.width + 1});
     return intervals(k::kAxisD, bands);
   }
-  int emitNode(const s::VerticalStripe &v) { return indexSet(k::kAxisK, v.keys); }
+  int emitNode(const s::VerticalStripe &v) {
+    return indexSet(k::kAxisK, v.keys);
+  }
   int emitNode(const s::HorizontalStripe &h) {
     return indexSet(k::kAxisP, h.queries);
   }
@@ -198,8 +199,7 @@ kernel::LayerTable LayerSchedule::table() const {
 }
 
 bool tessera::schedule::buildLayerSchedule(const std::vector<HeadGroup> &groups,
-                                           int64_t numHeads,
-                                           LayerSchedule &out,
+                                           int64_t numHeads, LayerSchedule &out,
                                            std::string &error) {
   out = LayerSchedule();
   out.numHeads = numHeads;

@@ -19,8 +19,7 @@ pairs(llvm::ArrayRef<int64_t> flat) {
   return out;
 }
 
-template <typename StripeAttr>
-static IndexSet indexSet(StripeAttr s) {
+template <typename StripeAttr> static IndexSet indexSet(StripeAttr s) {
   IndexSet set;
   set.ranges = pairs(s.getRanges());
   set.period = s.getPeriod();
@@ -48,8 +47,8 @@ Pattern tessera::semantics::fromAttr(a::PatternAttrInterface attr) {
         return Pattern{AShape{s.getSink(), s.getBefore(), s.getAfter()}};
       })
       .Case([](a::MultiDiagonalAttr m) {
-        return Pattern{MultiDiagonal{m.getStride(), m.getOffsets().vec(),
-                                     m.getWidth()}};
+        return Pattern{
+            MultiDiagonal{m.getStride(), m.getOffsets().vec(), m.getWidth()}};
       })
       .Case([](a::VerticalStripeAttr s) {
         return Pattern{VerticalStripe{indexSet(s)}};
@@ -74,9 +73,8 @@ Pattern tessera::semantics::fromAttr(a::PatternAttrInterface attr) {
         return Pattern{std::move(bs)};
       })
       .Case([](a::SkipAttr) { return Pattern{Skip{}}; })
-      .Case([](a::UnionAttr u) {
-        return Pattern{Union{parts(u.getPatterns())}};
-      })
+      .Case(
+          [](a::UnionAttr u) { return Pattern{Union{parts(u.getPatterns())}}; })
       .Case([](a::IntersectAttr i) {
         return Pattern{Intersect{parts(i.getPatterns())}};
       })

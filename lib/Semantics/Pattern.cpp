@@ -11,11 +11,11 @@ bool IndexSet::contains(int64_t x) const {
   if (period > 0)
     return floorMod(x - phase, period) < width;
   // First range whose end is beyond x.
-  auto it = std::upper_bound(
-      ranges.begin(), ranges.end(), x,
-      [](int64_t v, const std::pair<int64_t, int64_t> &r) {
-        return v < r.second;
-      });
+  auto it =
+      std::upper_bound(ranges.begin(), ranges.end(), x,
+                       [](int64_t v, const std::pair<int64_t, int64_t> &r) {
+                         return v < r.second;
+                       });
   return it != ranges.end() && it->first <= x;
 }
 
@@ -93,8 +93,7 @@ bool tessera::semantics::allowed(const Difference &p, const Coord &c) {
 }
 
 bool tessera::semantics::allowed(const Pattern &p, const Coord &c) {
-  return std::visit([&](const auto &node) { return allowed(node, c); },
-                    p.node);
+  return std::visit([&](const auto &node) { return allowed(node, c); }, p.node);
 }
 
 std::vector<uint8_t> tessera::semantics::denseMask(const Pattern &p,

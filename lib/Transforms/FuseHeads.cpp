@@ -15,8 +15,7 @@ using namespace tessera;
 using namespace tessera::attn;
 
 namespace {
-struct AttnFuseHeadsPass
-    : tessera::impl::AttnFuseHeadsBase<AttnFuseHeadsPass> {
+struct AttnFuseHeadsPass : tessera::impl::AttnFuseHeadsBase<AttnFuseHeadsPass> {
   void runOnOperation() override {
     getOperation().walk([&](LayerOp layer) {
       SmallVector<HeadsOp> old(layer.getBody().front().getOps<HeadsOp>());

@@ -5,6 +5,7 @@
 #include "tessera/Transforms/Passes.h"
 
 #include "llvm/ADT/DenseMap.h"
+#include "llvm/Support/ScopedPrinter.h"
 #include "llvm/Support/raw_ostream.h"
 
 #include <fmt/format.h>
@@ -44,15 +45,7 @@ std::string formatHeads(ArrayRef<int64_t> heads) {
   return out;
 }
 
-std::string printed(Attribute attr) {
-  std::string s;
-  llvm::raw_string_ostream os(s);
-  attr.print(os);
-  return s;
-}
-
-struct AttnReportPass
-    : tessera::impl::AttnReportBase<AttnReportPass> {
+struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
   using AttnReportBase::AttnReportBase;
 
   void runOnOperation() override {
@@ -103,9 +96,10 @@ struct AttnReportPass
           std::string density =
               lo == hi ? fmt::format("{:.2f}%", 100 * lo)
                        : fmt::format("{:.2f}-{:.2f}%", 100 * lo, 100 * hi);
-          os << fmt::format("{:>5}  {:>13}  {:>5}  {} [{}]\n",
-                            layer.getIndex(), density, group.getHeads().size(),
-                            printed(pattern), formatHeads(group.getHeads()));
+          os << fmt::format("{:>5}  {:>13}  {:>5}  {} [{}]\n", layer.getIndex(),
+                            density, group.getHeads().size(),
+                            llvm::to_string(pattern),
+                            formatHeads(group.getHeads()));
         }
       }
       if (headCount > 0)

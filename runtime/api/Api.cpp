@@ -2,15 +2,15 @@
 
 #include "tessera/tessera.h"
 
-#include "Manifest.h"
 #include "../cuda/Driver.h"
+#include "Manifest.h"
 
 #include "tessera/cpu/Executor.h"
 #include "tessera/jit/Cache.h"
 
 #include <cmath>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -76,7 +76,9 @@ bool readFile(const std::string &path, std::string &out) {
 size_t elementSize(tessera_dtype t) { return t == TESSERA_DTYPE_F32 ? 4 : 2; }
 
 const char *dtypeName(tessera_dtype t) {
-  return t == TESSERA_DTYPE_F32 ? "f32" : t == TESSERA_DTYPE_F16 ? "f16" : "bf16";
+  return t == TESSERA_DTYPE_F32   ? "f32"
+         : t == TESSERA_DTYPE_F16 ? "f16"
+                                  : "bf16";
 }
 
 tessera_status loadBundle(tessera_context *context, const std::string &manifest,
@@ -93,8 +95,8 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
     if (!nvrtc)
       return fail(TESSERA_ERROR_NVRTC_UNAVAILABLE, error);
     jit::CachedCompile c =
-        jit::compileCached(*nvrtc, source, context->arch,
-                           b->desc.nvrtcOptions, jit::defaultCacheDir());
+        jit::compileCached(*nvrtc, source, context->arch, b->desc.nvrtcOptions,
+                           jit::defaultCacheDir());
     if (!c.warning.empty()) {
       static std::once_flag warned;
       std::call_once(warned, [&] {
@@ -117,8 +119,8 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
         if (int rc = d.moduleGetFunction(&f, b->module, name.c_str())) {
           d.moduleUnload(b->module);
           return fail(TESSERA_ERROR_BAD_BUNDLE,
-                      "the bundle has no kernel '" + name + "': " +
-                          d.message("cuModuleGetFunction", rc));
+                      "the bundle has no kernel '" + name +
+                          "': " + d.message("cuModuleGetFunction", rc));
         }
         b->functions[name] = f;
       }
@@ -147,8 +149,7 @@ tessera_status checkTensor(const tessera_tensor *t, const char *name) {
       t->batch > limit || t->seq > limit || t->heads > limit ||
       t->head_dim > limit)
     return fail(TESSERA_ERROR_SHAPE_MISMATCH,
-                std::string(name) +
-                    " has a dimension below 1 or above 2^40");
+                std::string(name) + " has a dimension below 1 or above 2^40");
   if (t->stride_batch < 0 || t->stride_seq < 0 || t->stride_head < 0 ||
       t->stride_batch > limit || t->stride_seq > limit ||
       t->stride_head > limit)
@@ -246,8 +247,8 @@ tessera_status tessera_context_create(tessera_device_kind kind,
     if (major < 8)
       return fail(TESSERA_ERROR_CUDA_UNAVAILABLE,
                   "device " + std::to_string(device_ordinal) +
-                      " has compute capability " + std::to_string(major) +
-                      "." + std::to_string(minor) +
+                      " has compute capability " + std::to_string(major) + "." +
+                      std::to_string(minor) +
                       "; Tessera's kernels need 8.0 or later");
     if (int rc = d->primaryCtxRetain(&c->cuContext, dev))
       return fail(TESSERA_ERROR_CUDA,
@@ -286,12 +287,10 @@ tessera_status tessera_bundle_load_file(tessera_context *context,
   return loadBundle(context, manifest, source, out);
 }
 
-tessera_status tessera_bundle_load_memory(tessera_context *context,
-                                          const char *manifest,
-                                          size_t manifest_size,
-                                          const char *source,
-                                          size_t source_size,
-                                          tessera_bundle **out) {
+tessera_status
+tessera_bundle_load_memory(tessera_context *context, const char *manifest,
+                           size_t manifest_size, const char *source,
+                           size_t source_size, tessera_bundle **out) {
   lastError.clear();
   if (!context || !manifest || !source || !out)
     return fail(TESSERA_ERROR_NULL_POINTER, "context, manifest, source and "
@@ -387,8 +386,9 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
   if (q->dtype != layerType && (cuda || q->dtype != TESSERA_DTYPE_F32))
     return fail(TESSERA_ERROR_UNSUPPORTED_DTYPE,
                 std::string("layer ") + std::to_string(layer) + " takes " +
-                    dtypeName(layerType) + (cuda ? "" : " (or f32 on the CPU)") +
-                    ", not " + dtypeName(q->dtype));
+                    dtypeName(layerType) +
+                    (cuda ? "" : " (or f32 on the CPU)") + ", not " +
+                    dtypeName(q->dtype));
   for (auto [t, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}})
     if (t->head_dim != l->headDim)
       return fail(TESSERA_ERROR_UNSUPPORTED_HEAD_DIM,
@@ -397,9 +397,9 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
                       std::to_string(layer) + " has " +
                       std::to_string(l->headDim));
   if (q->heads != l->numHeads || o->heads != l->numHeads)
-    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
-                "q and o must have the layer's " +
-                    std::to_string(l->numHeads) + " heads");
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH, "q and o must have the layer's " +
+                                                  std::to_string(l->numHeads) +
+                                                  " heads");
   if (k->heads != l->numKvHeads || v->heads != l->numKvHeads)
     return fail(TESSERA_ERROR_SHAPE_MISMATCH,
                 "k and v must have the layer's " +
@@ -436,8 +436,10 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
                 "o must be 4-byte aligned with even strides on CUDA");
   const Driver &d = *bundle->context->driver;
   CudaScope scope(bundle->context);
-  for (auto [ptr, name] : {std::pair{q->data, "q"}, {k->data, "k"},
-                           {v->data, "v"}, {o->data, "o"},
+  for (auto [ptr, name] : {std::pair{q->data, "q"},
+                           {k->data, "k"},
+                           {v->data, "v"},
+                           {o->data, "o"},
                            {static_cast<void *>(lse), "lse"}}) {
     if (!ptr)
       continue;
@@ -485,20 +487,18 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
     return fail(TESSERA_ERROR_SHAPE_MISMATCH,
                 "batch must be at most 65535 on CUDA");
   if (!l->computedHead.empty())
-    if (int rc = d.launchKernel(
-            bundle->functions.at(l->kernel),
-            static_cast<unsigned>((q->seq + 63) / 64),
-            static_cast<unsigned>(l->computedHead.size()),
-            static_cast<unsigned>(q->batch), 128, 1, 1, 0, cuda_stream, args,
-            nullptr))
+    if (int rc = d.launchKernel(bundle->functions.at(l->kernel),
+                                static_cast<unsigned>((q->seq + 63) / 64),
+                                static_cast<unsigned>(l->computedHead.size()),
+                                static_cast<unsigned>(q->batch), 128, 1, 1, 0,
+                                cuda_stream, args, nullptr))
       return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
   if (!l->skipped.empty())
-    if (int rc = d.launchKernel(
-            bundle->functions.at(l->fillKernel),
-            static_cast<unsigned>((q->seq + 127) / 128),
-            static_cast<unsigned>(l->skipped.size()),
-            static_cast<unsigned>(q->batch), 128, 1, 1, 0, cuda_stream, args,
-            nullptr))
+    if (int rc = d.launchKernel(bundle->functions.at(l->fillKernel),
+                                static_cast<unsigned>((q->seq + 127) / 128),
+                                static_cast<unsigned>(l->skipped.size()),
+                                static_cast<unsigned>(q->batch), 128, 1, 1, 0,
+                                cuda_stream, args, nullptr))
       return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
   return TESSERA_OK;
 }

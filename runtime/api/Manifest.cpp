@@ -92,8 +92,7 @@ std::string checkLeaf(const k::Node &n, const std::vector<k::i64> &data) {
         return "a blocks node's row starts decrease";
       for (k::i64 j = d[r]; j < d[r + 1]; ++j) {
         k::i64 c = d[rows + 1 + j];
-        if (c < 0 || !inParamRange(c) ||
-            (j > d[r] && c <= d[rows + 1 + j - 1]))
+        if (c < 0 || !inParamRange(c) || (j > d[r] && c <= d[rows + 1 + j - 1]))
           return "a blocks node's columns are negative or unsorted";
       }
     }
@@ -165,8 +164,7 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
   };
   if (!integer("index", l.index) || !integer("position", l.position) ||
       !integer("num_heads", l.numHeads) ||
-      !integer("num_kv_heads", l.numKvHeads) ||
-      !integer("head_dim", l.headDim))
+      !integer("num_kv_heads", l.numKvHeads) || !integer("head_dim", l.headDim))
     return "a layer lacks index, position, num_heads, num_kv_heads or "
            "head_dim";
   std::optional<llvm::StringRef> dtype = o.getString("dtype");
@@ -191,8 +189,7 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
     return where + "computed_heads, head_groups or skipped_heads missing";
   const json::Object *prog = o.getObject("program");
   if (!prog || !intArray(*prog, "data", l.data) ||
-      !intArray(*prog, "group_begin", l.groupBegin) ||
-      !prog->getArray("nodes"))
+      !intArray(*prog, "group_begin", l.groupBegin) || !prog->getArray("nodes"))
     return where + "the program lacks nodes, data or group_begin";
   for (const json::Value &v : *prog->getArray("nodes")) {
     const json::Array *a = v.getAsArray();

@@ -32,11 +32,10 @@ Tensor tessera::cpu::contiguous(void *data, DType dtype, int64_t batch,
 
 // The hot loops are compiled for several x86-64 levels and picked at load
 // time, so one library runs everywhere and uses AVX-512 or AVX2 where present.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&           \
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&         \
     !defined(__SANITIZE_ADDRESS__)
 #define TESSERA_CPU_CLONES                                                     \
-  __attribute__((target_clones("default", "arch=x86-64-v3",                    \
-                               "arch=x86-64-v4")))
+  __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else
 #define TESSERA_CPU_CLONES
 #endif
@@ -216,7 +215,7 @@ __attribute__((always_inline)) inline Vec expVec(const Vec &x) {
   p = p * r + 1.0f;
   VecU bits;
   std::memcpy(&bits, &p, sizeof(bits));
-  bits += (VecU)__builtin_convertvector(n, VecI) << 23;
+  bits += (VecU) __builtin_convertvector(n, VecI) << 23;
   Vec e;
   std::memcpy(&e, &bits, sizeof(e));
   return x < -87.0f ? Vec{} : e;
@@ -381,8 +380,8 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
     }
     for (int64_t i = rows; i < rowsPad; ++i)
       std::fill(&w.s[i * cp], &w.s[i * cp] + colsPad, 0.0f);
-    gemm(w.s.data(), cp, w.vAll.data() + k0 * dp, dp, w.acc.data(), dp,
-         rowsPad, dp, colsPad, /*accumulate=*/true);
+    gemm(w.s.data(), cp, w.vAll.data() + k0 * dp, dp, w.acc.data(), dp, rowsPad,
+         dp, colsPad, /*accumulate=*/true);
   }
   for (int64_t i = 0; i < rows; ++i) {
     float *acc = &w.acc[i * dp];
@@ -402,14 +401,14 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
 
 std::string tessera::cpu::runLayer(const k::LayerTable &table,
                                    const LayerArgs &a, RunStats *stats) {
-  for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"},
-                         {&a.o, "o"}})
+  for (auto [t, name] :
+       {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.o, "o"}})
     if (std::string e = checkTensor(*t, name); !e.empty())
       return e;
   if (a.q.heads != table.numHeads || a.o.heads != table.numHeads)
     return "q and o must have " + std::to_string(table.numHeads) +
-           " heads (the layer's), got " + std::to_string(a.q.heads) +
-           " and " + std::to_string(a.o.heads);
+           " heads (the layer's), got " + std::to_string(a.q.heads) + " and " +
+           std::to_string(a.o.heads);
   if (a.k.heads != a.v.heads || a.k.heads < 1 ||
       table.numHeads % a.k.heads != 0)
     return "k and v must have the same number of heads, dividing the " +
@@ -446,7 +445,12 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
       }
     }
 
-  Job job{table, a, nq, a.k.seq, d, (nq + a.blockQ - 1) / a.blockQ,
+  Job job{table,
+          a,
+          nq,
+          a.k.seq,
+          d,
+          (nq + a.blockQ - 1) / a.blockQ,
           table.numHeads / a.k.heads,
           a.scale > 0 ? a.scale : 1.0f / std::sqrt(float(d))};
   int64_t tasks = a.q.batch * table.numComputed * job.numQBlocks;

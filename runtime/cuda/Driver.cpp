@@ -64,6 +64,6 @@ std::string Driver::message(const char *call, int rc) const {
   const char *text = nullptr;
   if (getErrorString)
     getErrorString(rc, &text);
-  return std::string(call) + " failed: " +
-         (text ? text : "CUDA error " + std::to_string(rc));
+  return std::string(call) +
+         " failed: " + (text ? text : "CUDA error " + std::to_string(rc));
 }

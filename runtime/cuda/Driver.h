@@ -21,9 +21,8 @@ struct Driver {
   int (*moduleLoadData)(void **, const void *) = nullptr;
   int (*moduleUnload)(void *) = nullptr;
   int (*moduleGetFunction)(void **, void *, const char *) = nullptr;
-  int (*launchKernel)(void *, unsigned, unsigned, unsigned, unsigned,
-                      unsigned, unsigned, unsigned, void *, void **,
-                      void **) = nullptr;
+  int (*launchKernel)(void *, unsigned, unsigned, unsigned, unsigned, unsigned,
+                      unsigned, unsigned, void *, void **, void **) = nullptr;
   int (*pointerGetAttribute)(void *, int, unsigned long long) = nullptr;
   int (*getErrorString)(int, const char **) = nullptr;
 

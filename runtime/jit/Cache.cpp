@@ -24,8 +24,8 @@ constexpr size_t kHeader = 8 + 8 + 32; // magic, size, SHA-256 of payload
 
 std::array<uint8_t, 32> digest(const char *data, size_t size) {
   llvm::SHA256 h;
-  h.update(llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(data),
-                                   size));
+  h.update(
+      llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(data), size));
   return h.final();
 }
 
@@ -80,10 +80,10 @@ bool decode(const std::vector<char> &file, std::vector<char> &payload) {
 /// Writes an entry atomically: a unique temporary file, then rename.
 bool store(const std::string &path, const std::vector<char> &payload) {
   static std::atomic<uint64_t> counter{0};
-  std::string tmp = path + ".tmp." + std::to_string(getpid()) + "." +
-                    std::to_string(std::hash<std::thread::id>()(
-                        std::this_thread::get_id())) +
-                    "." + std::to_string(counter++);
+  std::string tmp =
+      path + ".tmp." + std::to_string(getpid()) + "." +
+      std::to_string(std::hash<std::thread::id>()(std::this_thread::get_id())) +
+      "." + std::to_string(counter++);
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
   if (fd < 0)
     return false;

@@ -88,15 +88,15 @@ std::string Nvrtc::version() const {
   return std::to_string(major) + "." + std::to_string(minor);
 }
 
-CompileResult Nvrtc::compile(const std::string &source,
-                             const std::string &name, const std::string &arch,
+CompileResult Nvrtc::compile(const std::string &source, const std::string &name,
+                             const std::string &arch,
                              const std::vector<std::string> &options) const {
   CompileResult result;
   nvrtcProgram prog = nullptr;
   if (int rc = api->createProgram(&prog, source.c_str(), name.c_str(), 0,
                                   nullptr, nullptr)) {
-    result.log = std::string("nvrtcCreateProgram failed: ") +
-                 api->getErrorString(rc);
+    result.log =
+        std::string("nvrtcCreateProgram failed: ") + api->getErrorString(rc);
     return result;
   }
   std::vector<std::string> all = {"--gpu-architecture=" + arch};
@@ -153,7 +153,8 @@ tessera::jit::parsePtxasReport(const std::string &log) {
     std::string line = log.substr(start, end - start);
     start = end + 1;
     std::smatch m;
-    if (std::regex_search(line, m, entry) || std::regex_search(line, m, props)) {
+    if (std::regex_search(line, m, entry) ||
+        std::regex_search(line, m, props)) {
       select(m[1]);
       continue;
     }

@@ -37,8 +37,9 @@ struct Buffer {
   cpu::DType dtype;
   std::vector<float> f32;
   std::vector<uint16_t> u16;
-  void *data() { return dtype == cpu::DType::F32 ? (void *)f32.data()
-                                                 : (void *)u16.data(); }
+  void *data() {
+    return dtype == cpu::DType::F32 ? (void *)f32.data() : (void *)u16.data();
+  }
   double at(size_t i) const {
     switch (dtype) {
     case cpu::DType::F32:
@@ -124,7 +125,8 @@ double runAndCompare(const Case &c,
             double p = std::exp(s[j] - m);
             l += p;
             for (int64_t x = 0; x < c.d; ++x)
-              out[x] += p * v.at(((b * c.nk + j) * c.hkv + h / group) * c.d + x);
+              out[x] +=
+                  p * v.at(((b * c.nk + j) * c.hkv + h / group) * c.d + x);
           }
         for (int64_t x = 0; x < c.d; ++x) {
           double ref = l > 0 ? out[x] / l : 0.0;
@@ -132,15 +134,17 @@ double runAndCompare(const Case &c,
           maxErr = std::max(maxErr, std::abs(got - ref));
           maxRef = std::max(maxRef, std::abs(ref));
         }
-        double refLse = l > 0 ? m + std::log(l)
-                              : -std::numeric_limits<double>::infinity();
+        double refLse =
+            l > 0 ? m + std::log(l) : -std::numeric_limits<double>::infinity();
         float gotLse = lse[(b * c.hq + h) * c.nq + i];
-        bool ok = l > 0 ? std::abs(gotLse - refLse) <= 1e-4 * std::max(1.0, std::abs(refLse))
+        bool ok = l > 0 ? std::abs(gotLse - refLse) <=
+                              1e-4 * std::max(1.0, std::abs(refLse))
                         : std::isinf(gotLse) && gotLse < 0;
         if (!ok && lseError.empty())
-          lseError = "LSE at b=" + std::to_string(b) + " h=" +
-                     std::to_string(h) + " q=" + std::to_string(i) + ": " +
-                     std::to_string(gotLse) + " vs " + std::to_string(refLse);
+          lseError = "LSE at b=" + std::to_string(b) +
+                     " h=" + std::to_string(h) + " q=" + std::to_string(i) +
+                     ": " + std::to_string(gotLse) + " vs " +
+                     std::to_string(refLse);
       }
   return maxRef > 0 ? maxErr / maxRef : maxErr;
 }
@@ -184,15 +188,17 @@ TEST_F(ExecutorTest, RandomPatternsShapesAndDtypes) {
     std::string lseError;
     double err = runAndCompare(c, heads, sched, 1000 + i, lseError);
     EXPECT_LE(err, tolerance(c.dtype))
-        << "case " << i << " Nq=" << c.nq << " Nk=" << c.nk << "\n" << pats;
+        << "case " << i << " Nq=" << c.nq << " Nk=" << c.nk << "\n"
+        << pats;
     EXPECT_EQ(lseError, "") << "case " << i << "\n" << pats;
   }
 }
 
 TEST_F(ExecutorTest, EmptyRowsGiveZeroAndMinusInfinity) {
   // Nq > Nk with causal: the first Nq - Nk rows see no key.
-  std::vector<semantics::Pattern> heads = {semantics::Pattern{semantics::Causal{}},
-                                           semantics::Pattern{semantics::Skip{}}};
+  std::vector<semantics::Pattern> heads = {
+      semantics::Pattern{semantics::Causal{}},
+      semantics::Pattern{semantics::Skip{}}};
   std::vector<schedule::HeadGroup> groups = {{heads[0], {0}}, {heads[1], {1}}};
   schedule::LayerSchedule sched;
   std::string error;
@@ -282,17 +288,21 @@ TEST_F(ExecutorTest, ShippedPatterns) {
         semantics::Pattern p = semantics::fromAttr(g.pattern);
         for (int64_t h : g.heads)
           heads[h] = p;
-        groups.push_back({p, std::vector<int64_t>(g.heads.begin(), g.heads.end())});
+        groups.push_back(
+            {p, std::vector<int64_t>(g.heads.begin(), g.heads.end())});
       }
       schedule::LayerSchedule sched;
       std::string error;
       ASSERT_TRUE(schedule::buildLayerSchedule(groups, layer.getNumHeads(),
                                                sched, error));
       bool video = std::string(file) == "video-dit.mlir";
-      int64_t nk = video ? 2100 : std::uniform_int_distribution<int64_t>(300, 1300)(rng);
-      int64_t nq = video ? 2100 : nk - std::uniform_int_distribution<int64_t>(0, 200)(rng);
-      Case c{1, layer.getNumHeads(), layer.getNumKvHeads(), 32, nq, nk, 64, 64,
-             cpu::DType::F32};
+      int64_t nk =
+          video ? 2100 : std::uniform_int_distribution<int64_t>(300, 1300)(rng);
+      int64_t nq =
+          video ? 2100
+                : nk - std::uniform_int_distribution<int64_t>(0, 200)(rng);
+      Case c{1,  layer.getNumHeads(), layer.getNumKvHeads(), 32, nq, nk, 64,
+             64, cpu::DType::F32};
       std::string lseError;
       double err = runAndCompare(c, heads, sched, rng(), lseError);
       EXPECT_LE(err, 1e-5) << file << " layer " << layer.getIndex();

@@ -47,7 +47,8 @@ public:
       return CausalAttr::get(ctx);
     case 3:
     case 4:
-      return WindowAttr::get(ctx, uniform(0, 6), uniform(0, 3) ? 0 : uniform(0, 4));
+      return WindowAttr::get(ctx, uniform(0, 6),
+                             uniform(0, 3) ? 0 : uniform(0, 4));
     case 5:
       return SinkAttr::get(ctx, uniform(1, 5));
     case 6:

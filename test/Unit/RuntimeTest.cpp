@@ -47,8 +47,8 @@ struct Fixture : ::testing::Test {
   void SetUp() override {
     ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK)
         << tessera_last_error();
-    ASSERT_EQ(tessera_bundle_load_file(ctx, bundleDir("llama3-8b-sparse").c_str(),
-                                       &bundle),
+    ASSERT_EQ(tessera_bundle_load_file(
+                  ctx, bundleDir("llama3-8b-sparse").c_str(), &bundle),
               TESSERA_OK)
         << tessera_last_error();
   }
@@ -95,8 +95,9 @@ TEST_F(Fixture, LayerLookup) {
 TEST(RuntimeCpu, MatchesTheScheduleOfThePatternFile) {
   mlir::MLIRContext mctx;
   mctx.getOrLoadDialect<attn::AttnDialect>();
-  for (auto [name, layerIndex] :
-       {std::pair{"llama3-8b-sparse", 2}, {"video-dit", 0}, {"s2-strided", 1}}) {
+  for (auto [name, layerIndex] : {std::pair{"llama3-8b-sparse", 2},
+                                  {"video-dit", 0},
+                                  {"s2-strided", 1}}) {
     auto module = mlir::parseSourceFile<mlir::ModuleOp>(
         std::string(TESSERA_SOURCE_DIR) + "/patterns/" + name + ".mlir", &mctx);
     ASSERT_TRUE(module);
@@ -111,7 +112,8 @@ TEST(RuntimeCpu, MatchesTheScheduleOfThePatternFile) {
                         std::vector<int64_t>(g.heads.begin(), g.heads.end())});
     schedule::LayerSchedule sched;
     std::string error;
-    ASSERT_TRUE(schedule::buildLayerSchedule(groups, layer.getNumHeads(), sched, error));
+    ASSERT_TRUE(schedule::buildLayerSchedule(groups, layer.getNumHeads(), sched,
+                                             error));
 
     int64_t H = layer.getNumHeads(), Hkv = layer.getNumKvHeads(), D = 128;
     bool f16 = layer.getDtype().isF16();
@@ -130,13 +132,15 @@ TEST(RuntimeCpu, MatchesTheScheduleOfThePatternFile) {
     tessera_context *ctx;
     tessera_bundle *b;
     ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
-    ASSERT_EQ(tessera_bundle_load_file(ctx, bundleDir(name).c_str(), &b), TESSERA_OK)
+    ASSERT_EQ(tessera_bundle_load_file(ctx, bundleDir(name).c_str(), &b),
+              TESSERA_OK)
         << tessera_last_error();
     tessera_tensor tq = tensor(q.data(), dt, 1, nq, H, D);
     tessera_tensor tk = tensor(k.data(), dt, 1, nk, Hkv, D);
     tessera_tensor tv = tensor(v.data(), dt, 1, nk, Hkv, D);
     tessera_tensor to = tensor(o1.data(), dt, 1, nq, H, D);
-    ASSERT_EQ(tessera_attention(b, layerIndex, &tq, &tk, &tv, &to, l1.data(), 0, nullptr),
+    ASSERT_EQ(tessera_attention(b, layerIndex, &tq, &tk, &tv, &to, l1.data(), 0,
+                                nullptr),
               TESSERA_OK)
         << tessera_last_error();
     tessera_bundle_destroy(b);
@@ -184,8 +188,9 @@ TEST_F(Fixture, BadCallsGetErrors) {
   tessera_tensor tk = tensor(k.data(), TESSERA_DTYPE_BF16, 1, N, Hkv, D);
   tessera_tensor tv = tensor(v.data(), TESSERA_DTYPE_BF16, 1, N, Hkv, D);
   tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_BF16, 1, N, H, D);
-  ASSERT_EQ(tessera_attention(bundle, 2, &tq, &tk, &tv, &to, nullptr, 0, nullptr),
-            TESSERA_OK);
+  ASSERT_EQ(
+      tessera_attention(bundle, 2, &tq, &tk, &tv, &to, nullptr, 0, nullptr),
+      TESSERA_OK);
   EXPECT_STREQ(tessera_last_error(), "");
 
   int count = 0;
@@ -206,52 +211,77 @@ TEST_F(Fixture, BadCallsGetErrors) {
   // Null pointers.
   expect(tessera_attention(nullptr, 2, &tq, &tk, &tv, &to, nullptr, 0, nullptr),
          TESSERA_ERROR_NULL_POINTER, "bundle is null");
-  expect(tessera_attention(bundle, 2, nullptr, &tk, &tv, &to, nullptr, 0, nullptr),
-         TESSERA_ERROR_NULL_POINTER, "q is a null tensor pointer");
-  expect(tessera_attention(bundle, 2, &tq, nullptr, &tv, &to, nullptr, 0, nullptr),
-         TESSERA_ERROR_NULL_POINTER, "k is a null tensor pointer");
-  expect(tessera_attention(bundle, 2, &tq, &tk, nullptr, &to, nullptr, 0, nullptr),
-         TESSERA_ERROR_NULL_POINTER, "v is a null tensor pointer");
-  expect(tessera_attention(bundle, 2, &tq, &tk, &tv, nullptr, nullptr, 0, nullptr),
-         TESSERA_ERROR_NULL_POINTER, "o is a null tensor pointer");
+  expect(
+      tessera_attention(bundle, 2, nullptr, &tk, &tv, &to, nullptr, 0, nullptr),
+      TESSERA_ERROR_NULL_POINTER, "q is a null tensor pointer");
+  expect(
+      tessera_attention(bundle, 2, &tq, nullptr, &tv, &to, nullptr, 0, nullptr),
+      TESSERA_ERROR_NULL_POINTER, "k is a null tensor pointer");
+  expect(
+      tessera_attention(bundle, 2, &tq, &tk, nullptr, &to, nullptr, 0, nullptr),
+      TESSERA_ERROR_NULL_POINTER, "v is a null tensor pointer");
+  expect(
+      tessera_attention(bundle, 2, &tq, &tk, &tv, nullptr, nullptr, 0, nullptr),
+      TESSERA_ERROR_NULL_POINTER, "o is a null tensor pointer");
   for (int which = 0; which < 4; ++which) {
     tessera_tensor t[4] = {tq, tk, tv, to};
     t[which].data = nullptr;
-    expect(run(t[0], t[1], t[2], t[3]), TESSERA_ERROR_NULL_POINTER, "->data is null");
+    expect(run(t[0], t[1], t[2], t[3]), TESSERA_ERROR_NULL_POINTER,
+           "->data is null");
   }
   expect(tessera_context_create(TESSERA_DEVICE_CPU, 0, nullptr),
          TESSERA_ERROR_NULL_POINTER, "out is null");
-  expect(tessera_context_destroy(nullptr), TESSERA_ERROR_NULL_POINTER, "context is null");
-  expect(tessera_bundle_destroy(nullptr), TESSERA_ERROR_NULL_POINTER, "bundle is null");
+  expect(tessera_context_destroy(nullptr), TESSERA_ERROR_NULL_POINTER,
+         "context is null");
+  expect(tessera_bundle_destroy(nullptr), TESSERA_ERROR_NULL_POINTER,
+         "bundle is null");
   tessera_bundle *b2 = nullptr;
-  expect(tessera_bundle_load_file(nullptr, "x", &b2), TESSERA_ERROR_NULL_POINTER, "must not be null");
-  expect(tessera_bundle_load_file(ctx, nullptr, &b2), TESSERA_ERROR_NULL_POINTER, "must not be null");
-  expect(tessera_bundle_load_file(ctx, "x", nullptr), TESSERA_ERROR_NULL_POINTER, "must not be null");
-  expect(tessera_bundle_load_memory(ctx, nullptr, 0, "", 0, &b2), TESSERA_ERROR_NULL_POINTER, "must not be null");
-  expect(tessera_bundle_load_memory(ctx, "", 0, nullptr, 0, &b2), TESSERA_ERROR_NULL_POINTER, "must not be null");
+  expect(tessera_bundle_load_file(nullptr, "x", &b2),
+         TESSERA_ERROR_NULL_POINTER, "must not be null");
+  expect(tessera_bundle_load_file(ctx, nullptr, &b2),
+         TESSERA_ERROR_NULL_POINTER, "must not be null");
+  expect(tessera_bundle_load_file(ctx, "x", nullptr),
+         TESSERA_ERROR_NULL_POINTER, "must not be null");
+  expect(tessera_bundle_load_memory(ctx, nullptr, 0, "", 0, &b2),
+         TESSERA_ERROR_NULL_POINTER, "must not be null");
+  expect(tessera_bundle_load_memory(ctx, "", 0, nullptr, 0, &b2),
+         TESSERA_ERROR_NULL_POINTER, "must not be null");
   int64_t n;
-  expect(tessera_bundle_num_layers(nullptr, &n), TESSERA_ERROR_NULL_POINTER, "must not be null");
-  expect(tessera_bundle_num_layers(bundle, nullptr), TESSERA_ERROR_NULL_POINTER, "must not be null");
-  expect(tessera_bundle_layer_info(bundle, 2, nullptr), TESSERA_ERROR_NULL_POINTER, "must not be null");
-  expect(tessera_bundle_layer_index(bundle, 0, nullptr), TESSERA_ERROR_NULL_POINTER, "must not be null");
+  expect(tessera_bundle_num_layers(nullptr, &n), TESSERA_ERROR_NULL_POINTER,
+         "must not be null");
+  expect(tessera_bundle_num_layers(bundle, nullptr), TESSERA_ERROR_NULL_POINTER,
+         "must not be null");
+  expect(tessera_bundle_layer_info(bundle, 2, nullptr),
+         TESSERA_ERROR_NULL_POINTER, "must not be null");
+  expect(tessera_bundle_layer_index(bundle, 0, nullptr),
+         TESSERA_ERROR_NULL_POINTER, "must not be null");
   // Bad enums and values.
   tessera_context *c2 = nullptr;
-  expect(tessera_context_create(tessera_device_kind(7), 0, &c2), TESSERA_ERROR_INVALID_ARGUMENT, "tessera_device_kind");
+  expect(tessera_context_create(tessera_device_kind(7), 0, &c2),
+         TESSERA_ERROR_INVALID_ARGUMENT, "tessera_device_kind");
   {
     tessera_tensor t = tq;
     t.dtype = tessera_dtype(9);
-    expect(run(t, tk, tv, to), TESSERA_ERROR_INVALID_ARGUMENT, "not a tessera_dtype");
+    expect(run(t, tk, tv, to), TESSERA_ERROR_INVALID_ARGUMENT,
+           "not a tessera_dtype");
   }
-  expect(run(tq, tk, tv, to, 2, -1.0f), TESSERA_ERROR_INVALID_ARGUMENT, "scale");
-  expect(run(tq, tk, tv, to, 2, INFINITY), TESSERA_ERROR_INVALID_ARGUMENT, "scale");
+  expect(run(tq, tk, tv, to, 2, -1.0f), TESSERA_ERROR_INVALID_ARGUMENT,
+         "scale");
+  expect(run(tq, tk, tv, to, 2, INFINITY), TESSERA_ERROR_INVALID_ARGUMENT,
+         "scale");
   expect(run(tq, tk, tv, to, 2, NAN), TESSERA_ERROR_INVALID_ARGUMENT, "scale");
   // Layers.
-  expect(run(tq, tk, tv, to, 32), TESSERA_ERROR_LAYER_OUT_OF_RANGE, "no layer 32");
-  expect(run(tq, tk, tv, to, -1), TESSERA_ERROR_LAYER_OUT_OF_RANGE, "no layer -1");
+  expect(run(tq, tk, tv, to, 32), TESSERA_ERROR_LAYER_OUT_OF_RANGE,
+         "no layer 32");
+  expect(run(tq, tk, tv, to, -1), TESSERA_ERROR_LAYER_OUT_OF_RANGE,
+         "no layer -1");
   tessera_layer_info info;
-  expect(tessera_bundle_layer_info(bundle, 99, &info), TESSERA_ERROR_LAYER_OUT_OF_RANGE, "no layer 99");
-  expect(tessera_bundle_layer_index(bundle, 32, &n), TESSERA_ERROR_LAYER_OUT_OF_RANGE, "out of range");
-  expect(tessera_bundle_layer_index(bundle, -3, &n), TESSERA_ERROR_LAYER_OUT_OF_RANGE, "out of range");
+  expect(tessera_bundle_layer_info(bundle, 99, &info),
+         TESSERA_ERROR_LAYER_OUT_OF_RANGE, "no layer 99");
+  expect(tessera_bundle_layer_index(bundle, 32, &n),
+         TESSERA_ERROR_LAYER_OUT_OF_RANGE, "out of range");
+  expect(tessera_bundle_layer_index(bundle, -3, &n),
+         TESSERA_ERROR_LAYER_OUT_OF_RANGE, "out of range");
   // Dtypes.
   {
     tessera_tensor t = tq;
@@ -268,7 +298,8 @@ TEST_F(Fixture, BadCallsGetErrors) {
   for (int which = 0; which < 4; ++which) {
     tessera_tensor t[4] = {tq, tk, tv, to};
     t[which].head_dim = 64;
-    expect(run(t[0], t[1], t[2], t[3]), TESSERA_ERROR_UNSUPPORTED_HEAD_DIM, "has head_dim 64");
+    expect(run(t[0], t[1], t[2], t[3]), TESSERA_ERROR_UNSUPPORTED_HEAD_DIM,
+           "has head_dim 64");
   }
   // Shapes.
   {
@@ -292,7 +323,8 @@ TEST_F(Fixture, BadCallsGetErrors) {
     expect(run(tq, tk, tv, t), TESSERA_ERROR_SHAPE_MISMATCH, "one batch size");
     t = tv;
     t.seq = N - 1;
-    expect(run(tq, tk, t, to), TESSERA_ERROR_SHAPE_MISMATCH, "one sequence length");
+    expect(run(tq, tk, t, to), TESSERA_ERROR_SHAPE_MISMATCH,
+           "one sequence length");
     t = to;
     t.seq = N - 1;
     expect(run(tq, tk, tv, t), TESSERA_ERROR_SHAPE_MISMATCH, "query length");
@@ -313,15 +345,18 @@ TEST_F(Fixture, BadCallsGetErrors) {
   for (int which = 0; which < 4; ++which) {
     tessera_tensor t[4] = {tq, tk, tv, to};
     t[which].stride_seq = -1;
-    expect(run(t[0], t[1], t[2], t[3]), TESSERA_ERROR_BAD_STRIDES, "negative or huge stride");
+    expect(run(t[0], t[1], t[2], t[3]), TESSERA_ERROR_BAD_STRIDES,
+           "negative or huge stride");
   }
   {
     tessera_tensor t = tq;
     t.stride_head = int64_t(1) << 45;
-    expect(run(t, tk, tv, to), TESSERA_ERROR_BAD_STRIDES, "negative or huge stride");
+    expect(run(t, tk, tv, to), TESSERA_ERROR_BAD_STRIDES,
+           "negative or huge stride");
     t = tq;
     t.stride_batch = -5;
-    expect(run(t, tk, tv, to), TESSERA_ERROR_BAD_STRIDES, "negative or huge stride");
+    expect(run(t, tk, tv, to), TESSERA_ERROR_BAD_STRIDES,
+           "negative or huge stride");
   }
   // Alignment.
   {
@@ -333,21 +368,26 @@ TEST_F(Fixture, BadCallsGetErrors) {
     expect(run(tq, tk, tv, t), TESSERA_ERROR_MISALIGNED, "not aligned");
   }
   // Bundles.
-  expect(tessera_bundle_load_file(ctx, "/nonexistent/bundle", &b2), TESSERA_ERROR_IO, "cannot read");
-  expect(tessera_bundle_load_memory(ctx, "{", 1, "", 0, &b2), TESSERA_ERROR_BAD_BUNDLE, "not JSON");
-  expect(tessera_bundle_load_memory(ctx, "[]", 2, "", 0, &b2), TESSERA_ERROR_BAD_BUNDLE, "not a JSON object");
+  expect(tessera_bundle_load_file(ctx, "/nonexistent/bundle", &b2),
+         TESSERA_ERROR_IO, "cannot read");
+  expect(tessera_bundle_load_memory(ctx, "{", 1, "", 0, &b2),
+         TESSERA_ERROR_BAD_BUNDLE, "not JSON");
+  expect(tessera_bundle_load_memory(ctx, "[]", 2, "", 0, &b2),
+         TESSERA_ERROR_BAD_BUNDLE, "not a JSON object");
   {
     std::string man = slurp(bundleDir("llama3-8b-sparse") + "/manifest.json");
     std::string src = slurp(bundleDir("llama3-8b-sparse") + "/bundle.cu");
     std::string bad = src + " ";
-    expect(tessera_bundle_load_memory(ctx, man.data(), man.size(), bad.data(), bad.size(), &b2),
+    expect(tessera_bundle_load_memory(ctx, man.data(), man.size(), bad.data(),
+                                      bad.size(), &b2),
            TESSERA_ERROR_BAD_BUNDLE, "does not match");
   }
   // CUDA where there is none; a bad device ordinal where there is one.
   S s = tessera_context_create(TESSERA_DEVICE_CUDA, 0, &c2);
   if (s == TESSERA_OK) {
     tessera_context_destroy(c2);
-    expect(tessera_context_create(TESSERA_DEVICE_CUDA, 1000, &c2), TESSERA_ERROR_INVALID_ARGUMENT, "out of range");
+    expect(tessera_context_create(TESSERA_DEVICE_CUDA, 1000, &c2),
+           TESSERA_ERROR_INVALID_ARGUMENT, "out of range");
   } else {
     expect(s, TESSERA_ERROR_CUDA_UNAVAILABLE, "CUDA driver");
   }
@@ -391,11 +431,16 @@ TEST(RuntimeBundles, DamagedManifestsNeverCrash) {
     int64_t N = 40;
     std::vector<float> q(N * info.num_heads * info.head_dim, 0.5f),
         k(N * info.num_kv_heads * info.head_dim, 0.25f), v = k, o = q;
-    tessera_tensor tq = tensor(q.data(), TESSERA_DTYPE_F32, 1, N, info.num_heads, info.head_dim);
-    tessera_tensor tk = tensor(k.data(), TESSERA_DTYPE_F32, 1, N, info.num_kv_heads, info.head_dim);
-    tessera_tensor tv = tensor(v.data(), TESSERA_DTYPE_F32, 1, N, info.num_kv_heads, info.head_dim);
-    tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_F32, 1, N, info.num_heads, info.head_dim);
-    EXPECT_EQ(tessera_attention(b, 0, &tq, &tk, &tv, &to, nullptr, 0, nullptr), TESSERA_OK)
+    tessera_tensor tq = tensor(q.data(), TESSERA_DTYPE_F32, 1, N,
+                               info.num_heads, info.head_dim);
+    tessera_tensor tk = tensor(k.data(), TESSERA_DTYPE_F32, 1, N,
+                               info.num_kv_heads, info.head_dim);
+    tessera_tensor tv = tensor(v.data(), TESSERA_DTYPE_F32, 1, N,
+                               info.num_kv_heads, info.head_dim);
+    tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_F32, 1, N,
+                               info.num_heads, info.head_dim);
+    EXPECT_EQ(tessera_attention(b, 0, &tq, &tk, &tv, &to, nullptr, 0, nullptr),
+              TESSERA_OK)
         << tessera_last_error();
     tessera_bundle_destroy(b);
   }
@@ -431,7 +476,8 @@ TEST(RuntimeConcurrency, ThreadsLoadAndLaunch) {
       tessera_tensor to = tensor(outs[t].data(), TESSERA_DTYPE_F32, 1, N, H, D);
       if (t % 2) { // an error in this thread only
         tessera_attention(b, 7, &tq, &tk, &tk, &to, nullptr, 0, nullptr);
-        if (std::string(tessera_last_error()).find("no layer 7") == std::string::npos)
+        if (std::string(tessera_last_error()).find("no layer 7") ==
+            std::string::npos)
           errors[t] = "missing thread-local error";
       }
       if (tessera_attention(b, 0, &tq, &tk, &tk, &to, nullptr, 0, nullptr))
@@ -471,15 +517,19 @@ struct CacheTest : ::testing::Test {
 };
 
 TEST_F(CacheTest, ColdWarmAndCorrupt) {
-  jit::CachedCompile cold = jit::compileCached(*nvrtc, source, "sm_80", options, dir);
+  jit::CachedCompile cold =
+      jit::compileCached(*nvrtc, source, "sm_80", options, dir);
   ASSERT_TRUE(cold.ok) << cold.error;
   EXPECT_FALSE(cold.hit);
   EXPECT_EQ(cold.warning, "");
   ASSERT_FALSE(cold.binary.empty());
 
   auto t0 = std::chrono::steady_clock::now();
-  jit::CachedCompile warm = jit::compileCached(*nvrtc, source, "sm_80", options, dir);
-  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  jit::CachedCompile warm =
+      jit::compileCached(*nvrtc, source, "sm_80", options, dir);
+  double ms = std::chrono::duration<double, std::milli>(
+                  std::chrono::steady_clock::now() - t0)
+                  .count();
   ASSERT_TRUE(warm.ok);
   EXPECT_TRUE(warm.hit);
   EXPECT_EQ(warm.binary, cold.binary);
@@ -497,19 +547,24 @@ TEST_F(CacheTest, ColdWarmAndCorrupt) {
             jit::cacheKey(source, "sm_80", options, "13.0"));
 
   // Truncate the entry: detected, recompiled, rewritten.
-  { std::ofstream(warm.entryPath, std::ios::binary | std::ios::trunc) << "TSRC"; }
-  jit::CachedCompile again = jit::compileCached(*nvrtc, source, "sm_80", options, dir);
+  {
+    std::ofstream(warm.entryPath, std::ios::binary | std::ios::trunc) << "TSRC";
+  }
+  jit::CachedCompile again =
+      jit::compileCached(*nvrtc, source, "sm_80", options, dir);
   ASSERT_TRUE(again.ok);
   EXPECT_FALSE(again.hit);
   EXPECT_TRUE(again.recompiled);
   EXPECT_EQ(again.binary, cold.binary);
   // Flip a payload byte: detected by the checksum.
   {
-    std::fstream f(warm.entryPath, std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream f(warm.entryPath,
+                   std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(100);
     f.put('\x5a');
   }
-  jit::CachedCompile flipped = jit::compileCached(*nvrtc, source, "sm_80", options, dir);
+  jit::CachedCompile flipped =
+      jit::compileCached(*nvrtc, source, "sm_80", options, dir);
   ASSERT_TRUE(flipped.ok);
   EXPECT_TRUE(flipped.recompiled);
   EXPECT_EQ(flipped.binary, cold.binary);
@@ -519,7 +574,8 @@ TEST_F(CacheTest, ColdWarmAndCorrupt) {
 TEST_F(CacheTest, UnusableDirectoryDegradesToNoCache) {
   // A path below a regular file can never be a directory (even for root).
   std::ofstream(dir + "-file") << "x";
-  jit::CachedCompile r = jit::compileCached(*nvrtc, source, "sm_80", options, dir + "-file/sub");
+  jit::CachedCompile r =
+      jit::compileCached(*nvrtc, source, "sm_80", options, dir + "-file/sub");
   ASSERT_TRUE(r.ok);
   EXPECT_FALSE(r.hit);
   EXPECT_NE(r.warning.find("cannot be created or used"), std::string::npos);
@@ -527,7 +583,8 @@ TEST_F(CacheTest, UnusableDirectoryDegradesToNoCache) {
 }
 
 TEST_F(CacheTest, CompileErrorsAreReported) {
-  jit::CachedCompile r = jit::compileCached(*nvrtc, "this is not CUDA", "sm_80", options, dir);
+  jit::CachedCompile r =
+      jit::compileCached(*nvrtc, "this is not CUDA", "sm_80", options, dir);
   EXPECT_FALSE(r.ok);
   EXPECT_NE(r.error.find("error"), std::string::npos) << r.error;
 }

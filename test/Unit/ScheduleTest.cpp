@@ -67,19 +67,18 @@ std::string compare(const semantics::Pattern &ref,
         for (int64_t kk = k0; kk < k1; ++kk) {
           bool implied =
               cls == k::kFull ||
-              (cls == k::kPartial &&
-               k::allowedPair(nodes, count, data, q, kk, nq, nk, head,
-                              numHeads));
-          bool expected = semantics::allowed(ref, q, kk, head, nq, nk,
-                                             numHeads);
+              (cls == k::kPartial && k::allowedPair(nodes, count, data, q, kk,
+                                                    nq, nk, head, numHeads));
+          bool expected =
+              semantics::allowed(ref, q, kk, head, nq, nk, numHeads);
           if (implied != expected)
             return "Nq=" + std::to_string(nq) + " Nk=" + std::to_string(nk) +
                    " tile=" + std::to_string(bq) + "x" + std::to_string(bk) +
                    " head=" + std::to_string(head) + "/" +
                    std::to_string(numHeads) + " q=" + std::to_string(q) +
-                   " k=" + std::to_string(kk) + " class=" +
-                   std::to_string(cls) + " expected=" +
-                   std::to_string(expected);
+                   " k=" + std::to_string(kk) +
+                   " class=" + std::to_string(cls) +
+                   " expected=" + std::to_string(expected);
         }
     }
   }
@@ -141,8 +140,8 @@ TEST_F(ScheduleTest, ExhaustiveOnSmallSizes) {
       BlockSparseAttr::get(c, 3, 2, {0, 0, 1, 1, 1, 3, 3, 0}),
       SkipAttr::get(c),
       UnionAttr::get(c, {SinkAttr::get(c, 2), GridAttr::get(c, 3, 1, 0, 0)}),
-      IntersectAttr::get(c, {CausalAttr::get(c),
-                             StridedShardsAttr::get(c, 2, 3, 0)}),
+      IntersectAttr::get(
+          c, {CausalAttr::get(c), StridedShardsAttr::get(c, 2, 3, 0)}),
       DifferenceAttr::get(c, DenseAttr::get(c), WindowAttr::get(c, 1, 1)),
   };
   Stats stats;
@@ -193,8 +192,8 @@ TEST_F(ScheduleTest, LeafClassificationIsExact) {
               for (int64_t k0 = 0; k0 < n; k0 += bk) {
                 int64_t q1 = std::min(q0 + bq, n), k1 = std::min(k0 + bk, n);
                 k::Tile t{q0, q1, k0, k1, n, n, head, 2};
-                int cls = k::classifyTile(prog.nodes.data(), 1,
-                                          prog.data.data(), t);
+                int cls =
+                    k::classifyTile(prog.nodes.data(), 1, prog.data.data(), t);
                 int64_t allowed = 0;
                 for (int64_t q = q0; q < q1; ++q)
                   for (int64_t kk = k0; kk < k1; ++kk)

@@ -16,8 +16,8 @@ using namespace tessera::semantics;
 namespace {
 
 /// The mask of one head as text rows, '#' allowed, '.' not.
-std::string picture(const Pattern &p, int64_t nq, int64_t nk,
-                    int64_t head = 0, int64_t numHeads = 1) {
+std::string picture(const Pattern &p, int64_t nq, int64_t nk, int64_t head = 0,
+                    int64_t numHeads = 1) {
   std::string out;
   for (int64_t q = 0; q < nq; ++q) {
     for (int64_t k = 0; k < nk; ++k)

@@ -39,8 +39,8 @@ std::string str(Attribute a) {
 
 /// Returns the first (nq, nk, head, q, k) where the masks differ, or "".
 std::string firstDifference(const semantics::Pattern &a,
-                            const semantics::Pattern &b, int64_t nq,
-                            int64_t nk, int64_t numHeads) {
+                            const semantics::Pattern &b, int64_t nq, int64_t nk,
+                            int64_t numHeads) {
   for (int64_t h = 0; h < numHeads; ++h)
     for (int64_t q = 0; q < nq; ++q)
       for (int64_t k = 0; k < nk; ++k) {
@@ -74,8 +74,8 @@ TEST_F(SimplifyTest, RandomPatternsKeepTheirMasks) {
     for (int trial = 0; trial < 3; ++trial) {
       int64_t nq = gen.uniform(1, 24), nk = gen.uniform(1, 24);
       std::string diff = firstDifference(before, after, nq, nk, numHeads);
-      ASSERT_EQ(diff, "") << "pattern " << str(p) << "\nsimplified "
-                          << str(s) << "\ndiffers at " << diff;
+      ASSERT_EQ(diff, "") << "pattern " << str(p) << "\nsimplified " << str(s)
+                          << "\ndiffers at " << diff;
     }
   }
   // The generator must exercise the rules, not only leave patterns alone.

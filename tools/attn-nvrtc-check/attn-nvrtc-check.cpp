@@ -69,8 +69,8 @@ int main(int argc, char **argv) {
   std::printf("NVRTC %s\n", nvrtc->version().c_str());
   if (!cache.empty()) {
     for (const std::string &arch : archs) {
-      CachedCompile c = compileCached(*nvrtc, ss.str(), arch, {"-std=c++17"},
-                                      cache);
+      CachedCompile c =
+          compileCached(*nvrtc, ss.str(), arch, {"-std=c++17"}, cache);
       if (!c.ok) {
         std::printf("%s: COMPILE FAILED\n%s\n", arch.c_str(), c.error.c_str());
         status = 1;
@@ -101,8 +101,8 @@ int main(int argc, char **argv) {
       if (k.registers < 0) // an out-of-line device function
         std::printf("%s   %s: %ld bytes stack, %ld spill stores, %ld spill "
                     "loads%s\n",
-                    arch.c_str(), k.kernel.c_str(), k.stackBytes,
-                    k.spillStores, k.spillLoads, spills ? "  SPILLS" : "");
+                    arch.c_str(), k.kernel.c_str(), k.stackBytes, k.spillStores,
+                    k.spillLoads, spills ? "  SPILLS" : "");
       else
         std::printf("%s %s: %d registers, %ld bytes stack, %ld spill stores, "
                     "%ld spill loads, %ld bytes smem%s\n",

@@ -30,8 +30,8 @@
 using namespace mlir;
 namespace cl = llvm::cl;
 
-static cl::opt<std::string> inputFile(cl::Positional, cl::desc("<pattern file>"),
-                                      cl::Required);
+static cl::opt<std::string> inputFile(cl::Positional,
+                                      cl::desc("<pattern file>"), cl::Required);
 static cl::opt<std::string> output("o", cl::desc("bundle directory"),
                                    cl::value_desc("dir"), cl::init(""));
 enum class Emit { Bundle, Cuda, Manifest };

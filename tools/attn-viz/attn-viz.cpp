@@ -28,16 +28,15 @@ namespace cl = llvm::cl;
 /// Printing is for people: keep pictures to a size a terminal can show.
 static constexpr int64_t kMaxPrinted = 16384;
 
-static cl::opt<std::string> inputFile(cl::Positional, cl::desc("<pattern file>"),
-                                      cl::Required);
+static cl::opt<std::string> inputFile(cl::Positional,
+                                      cl::desc("<pattern file>"), cl::Required);
 static cl::opt<int64_t> layerIndex("layer", cl::desc("layer index"),
                                    cl::Required);
 static cl::opt<int64_t> headIndex("head", cl::desc("query head index"),
                                   cl::Required);
 static cl::opt<int64_t> qLen("q-len", cl::desc("query length Nq"),
                              cl::Required);
-static cl::opt<int64_t> kLen("k-len",
-                             cl::desc("key length Nk (default: Nq)"),
+static cl::opt<int64_t> kLen("k-len", cl::desc("key length Nk (default: Nq)"),
                              cl::init(0));
 static cl::opt<std::string>
     modelName("model", cl::desc("model symbol (default: the only model)"),
@@ -78,9 +77,8 @@ int main(int argc, char **argv) {
     if (modelName.empty() || model.getSymName() == modelName)
       models.push_back(model);
   if (models.empty())
-    return fail(modelName.empty()
-                    ? llvm::Twine("the file holds no attn.model")
-                    : "no attn.model named @" + modelName);
+    return fail(modelName.empty() ? llvm::Twine("the file holds no attn.model")
+                                  : "no attn.model named @" + modelName);
   if (models.size() > 1)
     return fail("the file holds several models; choose one with --model");
 

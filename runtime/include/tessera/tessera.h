@@ -34,25 +34,25 @@ extern "C" {
 
 typedef enum tessera_status {
   TESSERA_OK = 0,
-  TESSERA_ERROR_NULL_POINTER = 1,        /* a required pointer is null */
-  TESSERA_ERROR_INVALID_ARGUMENT = 2,    /* an enum or value out of range */
-  TESSERA_ERROR_UNSUPPORTED_DTYPE = 3,   /* dtype not the layer's, or none */
-  TESSERA_ERROR_UNSUPPORTED_HEAD_DIM = 4,/* head_dim not the layer's */
-  TESSERA_ERROR_SHAPE_MISMATCH = 5,      /* shapes disagree with each other
-                                            or with the bundle */
-  TESSERA_ERROR_BAD_STRIDES = 6,         /* negative, or head_dim not
-                                            contiguous */
-  TESSERA_ERROR_MISALIGNED = 7,          /* pointer or stride alignment */
-  TESSERA_ERROR_LAYER_OUT_OF_RANGE = 8,  /* no such layer in the bundle */
-  TESSERA_ERROR_WRONG_DEVICE = 9,        /* memory not on the context's
-                                            device */
-  TESSERA_ERROR_BAD_BUNDLE = 10,         /* malformed or inconsistent
-                                            manifest or source */
-  TESSERA_ERROR_IO = 11,                 /* a file could not be read */
-  TESSERA_ERROR_CUDA_UNAVAILABLE = 12,   /* no libcuda, driver or device */
-  TESSERA_ERROR_NVRTC_UNAVAILABLE = 13,  /* no NVRTC */
-  TESSERA_ERROR_COMPILE = 14,            /* NVRTC rejected the source */
-  TESSERA_ERROR_CUDA = 15,               /* a CUDA driver call failed */
+  TESSERA_ERROR_NULL_POINTER = 1,         /* a required pointer is null */
+  TESSERA_ERROR_INVALID_ARGUMENT = 2,     /* an enum or value out of range */
+  TESSERA_ERROR_UNSUPPORTED_DTYPE = 3,    /* dtype not the layer's, or none */
+  TESSERA_ERROR_UNSUPPORTED_HEAD_DIM = 4, /* head_dim not the layer's */
+  TESSERA_ERROR_SHAPE_MISMATCH = 5,       /* shapes disagree with each other
+                                             or with the bundle */
+  TESSERA_ERROR_BAD_STRIDES = 6,          /* negative, or head_dim not
+                                             contiguous */
+  TESSERA_ERROR_MISALIGNED = 7,           /* pointer or stride alignment */
+  TESSERA_ERROR_LAYER_OUT_OF_RANGE = 8,   /* no such layer in the bundle */
+  TESSERA_ERROR_WRONG_DEVICE = 9,         /* memory not on the context's
+                                             device */
+  TESSERA_ERROR_BAD_BUNDLE = 10,          /* malformed or inconsistent
+                                             manifest or source */
+  TESSERA_ERROR_IO = 11,                  /* a file could not be read */
+  TESSERA_ERROR_CUDA_UNAVAILABLE = 12,    /* no libcuda, driver or device */
+  TESSERA_ERROR_NVRTC_UNAVAILABLE = 13,   /* no NVRTC */
+  TESSERA_ERROR_COMPILE = 14,             /* NVRTC rejected the source */
+  TESSERA_ERROR_CUDA = 15,                /* a CUDA driver call failed */
   TESSERA_ERROR_INTERNAL = 16
 } tessera_status;
 
@@ -77,7 +77,7 @@ typedef struct tessera_tensor {
 } tessera_tensor;
 
 typedef struct tessera_layer_info {
-  int64_t index;    /* the layer's index in the pattern file */
+  int64_t index; /* the layer's index in the pattern file */
   int64_t num_heads, num_kv_heads, head_dim;
   tessera_dtype dtype;
   int64_t num_computed_heads, num_skipped_heads;
@@ -114,8 +114,8 @@ TESSERA_API tessera_status tessera_bundle_load_memory(
 TESSERA_API tessera_status tessera_bundle_destroy(tessera_bundle *bundle);
 
 /* Layers are looked up by their index in the pattern file. */
-TESSERA_API tessera_status tessera_bundle_num_layers(
-    const tessera_bundle *bundle, int64_t *out);
+TESSERA_API tessera_status
+tessera_bundle_num_layers(const tessera_bundle *bundle, int64_t *out);
 TESSERA_API tessera_status tessera_bundle_layer_index(
     const tessera_bundle *bundle, int64_t position, int64_t *out);
 TESSERA_API tessera_status tessera_bundle_layer_info(

@@ -39,7 +39,7 @@ struct HeadGroup {
 /// The schedule tables of one layer, owning the arrays LayerTable points to.
 struct LayerSchedule {
   int64_t numHeads = 0;
-  Program program;                  ///< all groups' nodes, one after another
+  Program program;                     ///< all groups' nodes, one after another
   std::vector<kernel::i64> groupBegin; ///< size: number of groups + 1
   std::vector<kernel::i64> computedHead;
   std::vector<kernel::i64> headGroup;
@@ -51,9 +51,8 @@ struct LayerSchedule {
 
 /// Builds a layer's schedule from its head groups. Groups whose pattern is
 /// `Skip` contribute skipped heads and no program.
-bool buildLayerSchedule(const std::vector<HeadGroup> &groups,
-                        int64_t numHeads, LayerSchedule &out,
-                        std::string &error);
+bool buildLayerSchedule(const std::vector<HeadGroup> &groups, int64_t numHeads,
+                        LayerSchedule &out, std::string &error);
 
 } // namespace tessera::schedule
 

@@ -26,10 +26,10 @@ std::string defaultCacheDir();
 
 struct CachedCompile {
   bool ok = false;
-  bool hit = false;          ///< read from the cache
-  bool recompiled = false;   ///< a corrupt entry was replaced
-  std::string error;         ///< NVRTC's log when !ok
-  std::string warning;       ///< why the cache was not used, if it was not
+  bool hit = false;        ///< read from the cache
+  bool recompiled = false; ///< a corrupt entry was replaced
+  std::string error;       ///< NVRTC's log when !ok
+  std::string warning;     ///< why the cache was not used, if it was not
   std::string entryPath;
   std::vector<char> binary;
 };

@@ -1,4 +1,5 @@
-//===- FlashForward.cuh - block-sparse FlashAttention-2 forward -*- CUDA -*-===//
+//===- FlashForward.cuh - block-sparse FlashAttention-2 forward -*- CUDA
+//-*-===//
 //
 // The CUDA kernel body of Tessera bundles, pasted by the emitter after
 // Program.h and before the bundle's schedule tables. Needs no header: fp16
@@ -68,7 +69,8 @@ __device__ __forceinline__ void loadTile(u16 *dst, const u16 *src, i64 stride,
   } else {
     for (int c = threadIdx.x; c < ROWS * D; c += blockDim.x) {
       int row = c / D, col = c % D;
-      dst[row * P + col] = r0 + row < limit ? src[(r0 + row) * stride + col] : 0;
+      dst[row * P + col] =
+          r0 + row < limit ? src[(r0 + row) * stride + col] : 0;
     }
   }
 }
@@ -98,8 +100,8 @@ __device__ __noinline__ u32 partialMask(const Node *nodes, i64 count,
 }
 
 template <int E, int D>
-__device__ __forceinline__ void
-flashForward(const LayerTable &t, const AttnParams &p) {
+__device__ __forceinline__ void flashForward(const LayerTable &t,
+                                             const AttnParams &p) {
   const int BQ = 64, BK = 64, P = D + 8;
   __shared__ __align__(16) u16 ks[BK * P];
   __shared__ __align__(16) u16 vs[BK * P];
@@ -183,8 +185,10 @@ flashForward(const LayerTable &t, const AttnParams &p) {
     float corr[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      tileMax[h] = fmaxf(tileMax[h], __shfl_xor_sync(0xffffffff, tileMax[h], 1));
-      tileMax[h] = fmaxf(tileMax[h], __shfl_xor_sync(0xffffffff, tileMax[h], 2));
+      tileMax[h] =
+          fmaxf(tileMax[h], __shfl_xor_sync(0xffffffff, tileMax[h], 1));
+      tileMax[h] =
+          fmaxf(tileMax[h], __shfl_xor_sync(0xffffffff, tileMax[h], 2));
       const float mNew = fmaxf(m[h], tileMax[h]);
       const float base = mNew == negInf ? 0.f : mNew;
       corr[h] = exp2f(m[h] - base);

@@ -58,7 +58,7 @@ enum Axis : i64 { kAxisK = 0, kAxisP = 1, kAxisD = 2, kAxisNegD = 3 };
 /// One node of a program: 8 words, the same layout on host and device.
 struct Node {
   i64 kind;
-  i64 axis;  ///< for leaves on one axis; the arity for combinators
+  i64 axis; ///< for leaves on one axis; the arity for combinators
   i64 a, b, c;
   i64 dataBegin, dataSize; ///< a slice of the program's data array
   i64 reserved;
@@ -216,7 +216,8 @@ TESSERA_HD int classifyLeaf(const Node &n, const i64 *data, const Tile &t) {
   }
   case kBlocks: {
     i64 shift = t.nk - t.nq;
-    i64 qb0 = floorDiv(t.q0 + shift, n.a), qb1 = floorDiv(t.q1 - 1 + shift, n.a);
+    i64 qb0 = floorDiv(t.q0 + shift, n.a),
+        qb1 = floorDiv(t.q1 - 1 + shift, n.a);
     i64 kb0 = t.k0 / n.b, kb1 = (t.k1 - 1) / n.b;
     i64 rows = n.c;
     const i64 *rowStart = data + n.dataBegin;
@@ -293,8 +294,8 @@ TESSERA_HD bool allowedPair(const Node *nodes, i64 count, const i64 *data,
 /// The inclusive range of keys a query row range [q0, q1) can reach:
 /// [kLo, kHi], possibly empty (kLo > kHi). A hull: keys outside it are never
 /// allowed, keys inside may or may not be.
-TESSERA_HD void keyHull(const Node *nodes, i64 count, const i64 *data,
-                        i64 q0, i64 q1, i64 nq, i64 nk, i64 &kLo, i64 &kHi) {
+TESSERA_HD void keyHull(const Node *nodes, i64 count, const i64 *data, i64 q0,
+                        i64 q1, i64 nq, i64 nk, i64 &kLo, i64 &kHi) {
   i64 lo[kMaxStack], hi[kMaxStack];
   int top = 0;
   i64 shift = nk - nq;
@@ -378,7 +379,7 @@ struct LayerTable {
   const i64 *headGroup;    ///< headGroup[i]: the group of launch slot i
   i64 numComputed;         ///< launch slots (heads that are not skipped)
   i64 numHeads;
-  const i64 *skippedHead;  ///< heads that get O = 0, LSE = -inf
+  const i64 *skippedHead; ///< heads that get O = 0, LSE = -inf
   i64 numSkipped;
 };
 

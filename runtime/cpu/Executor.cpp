@@ -305,9 +305,8 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
   if (w.cachedBatch != b || w.cachedKvHead != kvHead) {
     // Padding keys (beyond Nk) stay zero: their scores are masked and their
     // values multiply zero probabilities.
-    // Key blocks are converted when a tile first needs them.
-    w.kAllT.assign(dp * w.nkPad, 0.0f);
-    w.vAll.assign(w.nkPad * dp, 0.0f);
+    // Key blocks are converted when a tile first needs them; the buffers are
+    // zeroed once, when the worker starts, so the padding keys stay zero.
     w.blockLoaded.assign((nk + bk - 1) / bk, 0);
     w.cachedBatch = b;
     w.cachedKvHead = kvHead;
@@ -466,6 +465,8 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
     w.dPad = roundUp(d, kLanes);
     w.q.assign(w.rowsPad * w.dPad, 0.0f);
     w.nkPad = roundUp(job.nk, kLanes) + w.colsPad;
+    w.kAllT.assign(w.dPad * w.nkPad, 0.0f);
+    w.vAll.assign(w.nkPad * w.dPad, 0.0f);
     w.s.assign(w.rowsPad * w.colsPad, 0.0f);
     // One extra row: scratch for converting a key row.
     w.acc.assign((w.rowsPad + 1) * w.dPad, 0.0f);

@@ -26,7 +26,7 @@ trap 'rm -rf "$dump"' EXIT
 # A-shape, window and causal heads; S2's layer has head-dependent shards).
 cases=(patterns/llama3-8b-sparse.mlir:2 patterns/video-dit.mlir:0
        patterns/s2-strided.mlir:1)
-echo "| pattern | len | visited tiles | mask density | tessera sparse (s) | tessera dense (s) | speed-up | 0.8/density | torch SDPA dense (s) | FlexAttention (s) | sparse vs Flex |"
+echo "| pattern | len | visited tiles | mask density | tessera sparse (s) | tessera dense (s) | speed-up | 0.8/visited | torch SDPA dense (s) | FlexAttention (s) | sparse vs Flex |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for c in "${cases[@]}"; do
   file=${c%%:*}

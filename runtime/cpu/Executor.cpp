@@ -118,6 +118,7 @@ struct Worker {
   std::vector<float> m, l;
   std::vector<uint8_t> keep; ///< [rowsPad][colsPad] element mask of a tile
   std::vector<float> bias;   ///< [colsPad] 0 or -inf per key of one row
+  std::vector<uint8_t> line; ///< a diagonal mask's line
   /// The keys (transposed, [dPad][nkPad]) and values ([nkPad][dPad]) of one
   /// (batch, kv head), converted to floats once and reused by every query
   /// block of the heads that read them.
@@ -273,6 +274,85 @@ void tileMask(const k::Node *nodes, k::i64 count, const k::i64 *data,
   }
 }
 
+/// What a group's mask depends on, for building partial-tile masks fast.
+enum class MaskShape {
+  Diagonal, ///< only d = k - p: rows are shifted copies of one line
+  Columns,  ///< only k: every row is the same
+  Rows,     ///< only p: each row is all or nothing
+  General,
+};
+
+MaskShape maskShape(const k::Node *nodes, k::i64 count) {
+  bool diag = false, key = false, row = false, other = false;
+  for (k::i64 i = 0; i < count; ++i) {
+    const k::Node &n = nodes[i];
+    switch (n.kind) {
+    case k::kIntervals:
+    case k::kBand:
+    case k::kPeriodic:
+      (n.axis == k::kAxisK ? key : n.axis == k::kAxisP ? row : diag) = true;
+      break;
+    case k::kShards:
+      key = true;
+      break;
+    case k::kGroups:
+    case k::kBlocks:
+      other = true;
+      break;
+    default: // all, none, combinators
+      break;
+    }
+  }
+  if (other || diag + key + row > 1)
+    return MaskShape::General;
+  return diag ? MaskShape::Diagonal
+              : key ? MaskShape::Columns
+                    : row ? MaskShape::Rows : MaskShape::General;
+}
+
+/// The element mask of a partial tile, by the cheapest route its shape
+/// allows; the general route subdivides the tile.
+void partialTileMask(MaskShape shape, const k::Node *nodes, k::i64 count,
+                     const k::i64 *data, int64_t q0, int64_t k0, int64_t q1,
+                     int64_t k1, int64_t nq, int64_t nk, int64_t head,
+                     int64_t numHeads, uint8_t *mask, int64_t ld,
+                     std::vector<uint8_t> &line) {
+  int64_t rows = q1 - q0, cols = k1 - k0;
+  switch (shape) {
+  case MaskShape::Diagonal: {
+    // allowed depends on d alone: one line over every d the tile holds,
+    // evaluated on the first row (a program on d ignores k's range), then
+    // row i is the line shifted by i.
+    int64_t p0 = q0 + nk - nq;
+    int64_t span = rows + cols - 1;
+    line.resize(span);
+    int64_t firstK = p0 + (k0 - (p0 + rows - 1));
+    tileMask(nodes, count, data, q0, firstK, q0 + 1, firstK + span, nq, nk,
+             head, numHeads, line.data(), span);
+    for (int64_t i = 0; i < rows; ++i)
+      std::copy_n(line.data() + (rows - 1 - i), cols, mask + i * ld);
+    return;
+  }
+  case MaskShape::Columns:
+    tileMask(nodes, count, data, q0, k0, q0 + 1, k1, nq, nk, head, numHeads,
+             mask, ld);
+    for (int64_t i = 1; i < rows; ++i)
+      std::copy_n(mask, cols, mask + i * ld);
+    return;
+  case MaskShape::Rows:
+    for (int64_t i = 0; i < rows; ++i) {
+      k::Tile t{q0 + i, q0 + i + 1, k0, k1, nq, nk, head, numHeads};
+      std::fill_n(mask + i * ld, cols,
+                  uint8_t(k::classifyTile(nodes, count, data, t) == k::kFull));
+    }
+    return;
+  case MaskShape::General:
+    tileMask(nodes, count, data, q0, k0, q1, k1, nq, nk, head, numHeads, mask,
+             ld);
+    return;
+  }
+}
+
 struct Job {
   const k::LayerTable &table;
   const LayerArgs &a;
@@ -313,6 +393,7 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
   }
   k::i64 kLo, kHi;
   k::keyHull(nodes, count, t.data, q0, q1, nq, nk, kLo, kHi);
+  MaskShape shape = maskShape(nodes, count);
   int64_t full = 0, partial = 0;
   for (int64_t kb = kLo >= 0 ? kLo / bk : 0; kLo <= kHi && kb * bk <= kHi;
        ++kb) {
@@ -340,8 +421,8 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
     for (int64_t j = 0; j < colsPad; ++j)
       bias[j] = j < cols ? 0.0f : kNegInf;
     if (cls == k::kPartial)
-      tileMask(nodes, count, t.data, q0, k0, q1, k1, nq, nk, head, t.numHeads,
-               w.keep.data(), cp);
+      partialTileMask(shape, nodes, count, t.data, q0, k0, q1, k1, nq, nk,
+                      head, t.numHeads, w.keep.data(), cp, w.line);
     for (int64_t i = 0; i < rows; ++i) {
       float *s = &w.s[i * cp];
       if (cls == k::kPartial) {

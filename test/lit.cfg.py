@@ -26,6 +26,9 @@ config.substitutions.append(
 config.substitutions.append(
     ("%viz_binary", os.path.join(config.tessera_tools_dir, "attn-viz")))
 config.substitutions.append(
+    ("%nvrtc_check_binary", os.path.join(config.tessera_tools_dir,
+                                         "attn-nvrtc-check")))
+config.substitutions.append(
     ("%translate_binary", os.path.join(config.tessera_tools_dir,
                                        "attn-translate")))
 
@@ -58,3 +61,13 @@ if probe.returncode == 0:
 else:
     lit_config.note("NVRTC is absent; the NVRTC tests are unsupported here: "
                     + probe.stdout.decode(errors="replace").strip())
+
+# Checks that run as an unprivileged user (a read-only cache directory) need
+# root, `su`, and a build tree that `nobody` can read.
+if os.geteuid() == 0:
+    tool = os.path.join(config.tessera_tools_dir, "attn-nvrtc-check")
+    probe = subprocess.run(["su", "nobody", "-s", "/bin/sh", "-c",
+                            "'" + tool + "' --probe"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if probe.returncode == 0:
+        config.available_features.add("nobody-can-run-tools")

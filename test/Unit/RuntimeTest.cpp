@@ -613,3 +613,35 @@ TEST_F(CacheTest, ConcurrentCompilesAgree) {
 }
 
 } // namespace
+
+#include "tessera/tessera.hpp"
+
+namespace {
+
+TEST(RuntimeCpp, WrapperOwnsHandlesAndReportsErrors) {
+  auto ctx = tessera::Context::create(TESSERA_DEVICE_CPU);
+  ASSERT_TRUE(ctx) << ctx.result.message;
+  auto missing = ctx.value.load("/nonexistent");
+  EXPECT_EQ(missing.result.status, TESSERA_ERROR_IO);
+  EXPECT_NE(missing.result.message.find("cannot read"), std::string::npos);
+  auto bundle = ctx.value.load(bundleDir("tiny-mix"));
+  ASSERT_TRUE(bundle) << bundle.result.message;
+  EXPECT_EQ(bundle.value.numLayers(), 1);
+  auto info = bundle.value.layerInfo(0);
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info.value.head_dim, 64);
+  EXPECT_EQ(bundle.value.layerInfo(3).result.status,
+            TESSERA_ERROR_LAYER_OUT_OF_RANGE);
+  const int64_t n = 20, h = 6, hkv = 2, d = 64;
+  std::vector<float> q(n * h * d, 0.1f), k(n * hkv * d, 0.2f), o(n * h * d);
+  tessera_tensor tq = tensor(q.data(), TESSERA_DTYPE_F32, 1, n, h, d);
+  tessera_tensor tk = tensor(k.data(), TESSERA_DTYPE_F32, 1, n, hkv, d);
+  tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_F32, 1, n, h, d);
+  tessera::Result r = bundle.value.attention(0, tq, tk, tk, to);
+  EXPECT_TRUE(r) << r.message;
+  // Every query sees at least its own key here, and all values are 0.2.
+  for (float x : o)
+    ASSERT_NEAR(x, 0.2f, 1e-6f);
+}
+
+} // namespace

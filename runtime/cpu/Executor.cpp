@@ -169,36 +169,11 @@ void gemm(const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
     }
 }
 
-/// exp(x) for x <= 0 to about 2 ulp, exactly 0 below -87 (and for -inf);
-/// branch-free so that loops over it vectorize.
-inline float expNonPositive(float x) {
-  const float log2e = 1.44269504088896341f;
-  float xc = x < -87.0f ? -87.0f : x;
-  float n = __builtin_roundf(xc * log2e);
-  float r = xc - n * 0.693145751953125f; // ln 2, high part
-  r = r - n * 1.428606765330187045e-06f; // ln 2, low part
-  float p = 1.0f / 5040;
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  // Add n to the exponent; unsigned arithmetic, as shifting a negative
-  // integer left is undefined in C++17.
-  uint32_t bits;
-  std::memcpy(&bits, &p, 4);
-  bits += uint32_t(int32_t(n)) << 23;
-  float e;
-  std::memcpy(&e, &bits, 4);
-  return x < -87.0f ? 0.0f : e;
-}
-
 typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t))));
 typedef uint32_t VecU __attribute__((vector_size(kLanes * sizeof(uint32_t))));
 
-/// expNonPositive on kLanes floats at once.
+/// exp(x) for x <= 0, on kLanes floats at once: about 2 ulp, exactly 0
+/// below -87 (and for -inf); branch-free.
 __attribute__((always_inline)) inline Vec expVec(const Vec &x) {
   const float log2e = 1.44269504088896341f;
   const float shifter = 12582912.0f; // 1.5 * 2^23: adds round to integers
@@ -443,7 +418,8 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
         continue;
       }
       float mOld = w.m[i], mNew = std::max(mOld, rowMax);
-      float correction = expNonPositive(mOld - mNew); // 0 when mOld is -inf
+      // 0 when mOld is -inf.
+      float correction = expVec(Vec{} + (mOld - mNew))[0];
       Vec vsum = {};
       for (int64_t j = 0; j < colsPad; j += kLanes) {
         Vec e = expVec(loadVec(s + j) - mNew);

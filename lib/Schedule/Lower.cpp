@@ -184,20 +184,6 @@ bool tessera::schedule::lowerPattern(const s::Pattern &pattern, Program &out,
   return true;
 }
 
-kernel::LayerTable LayerSchedule::table() const {
-  kernel::LayerTable t;
-  t.nodes = program.nodes.data();
-  t.data = program.data.data();
-  t.groupBegin = groupBegin.data();
-  t.computedHead = computedHead.data();
-  t.headGroup = headGroup.data();
-  t.numComputed = static_cast<k::i64>(computedHead.size());
-  t.numHeads = numHeads;
-  t.skippedHead = skippedHeads.data();
-  t.numSkipped = static_cast<k::i64>(skippedHeads.size());
-  return t;
-}
-
 bool tessera::schedule::buildLayerSchedule(const std::vector<HeadGroup> &groups,
                                            int64_t numHeads, LayerSchedule &out,
                                            std::string &error) {
@@ -211,10 +197,10 @@ bool tessera::schedule::buildLayerSchedule(const std::vector<HeadGroup> &groups,
                               g.heads.end());
       continue;
     }
-    if (!lowerPattern(g.pattern, out.program, error))
+    if (!lowerPattern(g.pattern, out, error))
       return false;
     int64_t id = static_cast<int64_t>(out.groupBegin.size()) - 1;
-    out.groupBegin.push_back(static_cast<int64_t>(out.program.nodes.size()));
+    out.groupBegin.push_back(static_cast<int64_t>(out.nodes.size()));
     for (int64_t h : g.heads)
       slots.push_back({h, id});
   }
@@ -225,7 +211,7 @@ bool tessera::schedule::buildLayerSchedule(const std::vector<HeadGroup> &groups,
     out.headGroup.push_back(g);
   }
   // Keep every array non-empty so that data() is never null.
-  if (out.program.data.empty())
-    out.program.data.push_back(0);
+  if (out.data.empty())
+    out.data.push_back(0);
   return true;
 }

@@ -357,7 +357,7 @@ tessera_status tessera_bundle_layer_info(const tessera_bundle *bundle,
   out->head_dim = l->headDim;
   out->dtype = l->dtype == "f16" ? TESSERA_DTYPE_F16 : TESSERA_DTYPE_BF16;
   out->num_computed_heads = static_cast<int64_t>(l->computedHead.size());
-  out->num_skipped_heads = static_cast<int64_t>(l->skipped.size());
+  out->num_skipped_heads = static_cast<int64_t>(l->skippedHeads.size());
   return TESSERA_OK;
 }
 
@@ -493,10 +493,10 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
                                 static_cast<unsigned>(q->batch), 128, 1, 1, 0,
                                 cuda_stream, args, nullptr))
       return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
-  if (!l->skipped.empty())
+  if (!l->skippedHeads.empty())
     if (int rc = d.launchKernel(bundle->functions.at(l->fillKernel),
                                 static_cast<unsigned>((q->seq + 127) / 128),
-                                static_cast<unsigned>(l->skipped.size()),
+                                static_cast<unsigned>(l->skippedHeads.size()),
                                 static_cast<unsigned>(q->batch), 128, 1, 1, 0,
                                 cuda_stream, args, nullptr))
       return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));

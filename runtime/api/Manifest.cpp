@@ -19,20 +19,6 @@ std::string tessera::runtime::sha256Hex(const std::string &bytes) {
   return llvm::toHex(h.final(), /*LowerCase=*/true);
 }
 
-kernel::LayerTable LayerDesc::table() const {
-  kernel::LayerTable t;
-  t.nodes = nodes.data();
-  t.data = data.data();
-  t.groupBegin = groupBegin.data();
-  t.computedHead = computedHead.data();
-  t.headGroup = headGroup.data();
-  t.numComputed = static_cast<k::i64>(computedHead.size());
-  t.numHeads = numHeads;
-  t.skippedHead = skipped.data();
-  t.numSkipped = static_cast<k::i64>(skipped.size());
-  return t;
-}
-
 namespace {
 
 /// Parameters beyond this would overflow the index arithmetic; the band ends
@@ -156,7 +142,7 @@ bool intArray(const json::Object &o, llvm::StringRef key,
 }
 
 std::string parseLayer(const json::Object &o, LayerDesc &l) {
-  auto integer = [&](llvm::StringRef key, int64_t &out) {
+  auto integer = [&](llvm::StringRef key, auto &out) {
     std::optional<int64_t> v = o.getInteger(key);
     if (v)
       out = *v;
@@ -185,7 +171,7 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
     return where + "head_dim must be 64 or 128";
   if (!intArray(o, "computed_heads", l.computedHead) ||
       !intArray(o, "head_groups", l.headGroup) ||
-      !intArray(o, "skipped_heads", l.skipped))
+      !intArray(o, "skipped_heads", l.skippedHeads))
     return where + "computed_heads, head_groups or skipped_heads missing";
   const json::Object *prog = o.getObject("program");
   if (!prog || !intArray(*prog, "data", l.data) ||
@@ -218,12 +204,12 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
     if (l.headGroup[i] < 0 || l.headGroup[i] >= groups)
       return where + "a head's group is out of range";
   }
-  for (k::i64 h : l.skipped)
+  for (k::i64 h : l.skippedHeads)
     if (h < 0 || h >= l.numHeads || !seen.insert(h).second)
       return where + "a skipped head is out of range or also computed";
   if (static_cast<int64_t>(seen.size()) != l.numHeads)
     return where + "some heads are neither computed nor skipped";
-  if (!l.skipped.empty() && l.fillKernel.empty())
+  if (!l.skippedHeads.empty() && l.fillKernel.empty())
     return where + "skipped heads need a fill_kernel";
   // Keep the data array non-empty so that data() is never null; slices
   // index it, and none reaches past its validated size.

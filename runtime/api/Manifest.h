@@ -9,22 +9,19 @@
 #ifndef TESSERA_RUNTIME_MANIFEST_H
 #define TESSERA_RUNTIME_MANIFEST_H
 
-#include "tessera/kernel/Program.h"
+#include "tessera/kernel/OwnedTable.h"
 
 #include <string>
 #include <vector>
 
 namespace tessera::runtime {
 
-struct LayerDesc {
+/// A layer of a manifest: its schedule tables and what launching needs.
+struct LayerDesc : kernel::OwnedLayerTable {
   int64_t index = 0, position = 0;
-  int64_t numHeads = 0, numKvHeads = 0, headDim = 0;
+  int64_t numKvHeads = 0, headDim = 0;
   std::string dtype; ///< "f16" or "bf16"
   std::string kernel, fillKernel;
-  std::vector<kernel::Node> nodes;
-  std::vector<kernel::i64> data, groupBegin, computedHead, headGroup, skipped;
-
-  kernel::LayerTable table() const;
 };
 
 struct BundleDesc {

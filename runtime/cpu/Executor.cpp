@@ -280,9 +280,10 @@ MaskShape maskShape(const k::Node *nodes, k::i64 count) {
   }
   if (other || diag + key + row > 1)
     return MaskShape::General;
-  return diag ? MaskShape::Diagonal
-              : key ? MaskShape::Columns
-                    : row ? MaskShape::Rows : MaskShape::General;
+  return diag  ? MaskShape::Diagonal
+         : key ? MaskShape::Columns
+         : row ? MaskShape::Rows
+               : MaskShape::General;
 }
 
 /// The element mask of a partial tile, by the cheapest route its shape
@@ -396,8 +397,8 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
     for (int64_t j = 0; j < colsPad; ++j)
       bias[j] = j < cols ? 0.0f : kNegInf;
     if (cls == k::kPartial)
-      partialTileMask(shape, nodes, count, t.data, q0, k0, q1, k1, nq, nk,
-                      head, t.numHeads, w.keep.data(), cp, w.line);
+      partialTileMask(shape, nodes, count, t.data, q0, k0, q1, k1, nq, nk, head,
+                      t.numHeads, w.keep.data(), cp, w.line);
     for (int64_t i = 0; i < rows; ++i) {
       float *s = &w.s[i * cp];
       if (cls == k::kPartial) {

@@ -140,7 +140,7 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
        << table.skippedHeads.size() << ".\n";
     os << "__device__ const Node nodes_" << p << "[] = {";
     json::Array nodesJson;
-    for (const kernel::Node &n : table.program.nodes) {
+    for (const kernel::Node &n : table.nodes) {
       os << "\n  {" << n.kind << ", " << n.axis << ", " << n.a << "LL, " << n.b
          << "LL, " << n.c << "LL, " << n.dataBegin << ", " << n.dataSize
          << ", 0},";
@@ -149,7 +149,7 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
     }
     os << "\n};\n";
     std::vector<std::string> data;
-    for (kernel::i64 v : table.program.data)
+    for (kernel::i64 v : table.data)
       data.push_back(std::to_string(v) + "LL");
     printArray(os, "i64", "data_" + p, data);
     printArray(os, "i64", "groupBegin_" + p, table.groupBegin);
@@ -188,13 +188,12 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
                                      table.skippedHeads.end()))},
         {"groups", std::move(groupsJson)},
         {"program",
-         json::Object{
-             {"nodes", std::move(nodesJson)},
-             {"data", toJson(std::vector<int64_t>(table.program.data.begin(),
-                                                  table.program.data.end()))},
-             {"group_begin",
-              toJson(std::vector<int64_t>(table.groupBegin.begin(),
-                                          table.groupBegin.end()))}}}};
+         json::Object{{"nodes", std::move(nodesJson)},
+                      {"data", toJson(std::vector<int64_t>(table.data.begin(),
+                                                           table.data.end()))},
+                      {"group_begin",
+                       toJson(std::vector<int64_t>(table.groupBegin.begin(),
+                                                   table.groupBegin.end()))}}}};
     if (!table.skippedHeads.empty()) {
       layer["fill_kernel"] = fillName(d);
       layer["fill_grid"] =

@@ -48,7 +48,8 @@ public:
   }
   Expected<tessera_layer_info> layerInfo(int64_t layer) const {
     tessera_layer_info info{};
-    Result r = Result::from(tessera_bundle_layer_info(handle.get(), layer, &info));
+    Result r =
+        Result::from(tessera_bundle_layer_info(handle.get(), layer, &info));
     return {r, info};
   }
   /// O = attention(Q, K, V) for `layer`; see tessera_attention.
@@ -81,8 +82,8 @@ public:
   /// Loads a bundle directory (manifest.json and bundle.cu).
   Expected<Bundle> load(const std::string &path) const {
     tessera_bundle *b = nullptr;
-    Result r = Result::from(
-        tessera_bundle_load_file(handle.get(), path.c_str(), &b));
+    Result r =
+        Result::from(tessera_bundle_load_file(handle.get(), path.c_str(), &b));
     return {r, Bundle(b)};
   }
   tessera_context *get() const { return handle.get(); }

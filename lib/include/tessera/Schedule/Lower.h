@@ -11,7 +11,7 @@
 #define TESSERA_SCHEDULE_LOWER_H
 
 #include "tessera/Semantics/Pattern.h"
-#include "tessera/kernel/Program.h"
+#include "tessera/kernel/OwnedTable.h"
 
 #include <string>
 #include <vector>
@@ -19,10 +19,7 @@
 namespace tessera::schedule {
 
 /// A program: nodes in postfix order and the data they slice.
-struct Program {
-  std::vector<kernel::Node> nodes;
-  std::vector<kernel::i64> data;
-};
+using Program = kernel::ProgramArrays;
 
 /// Appends the program of `pattern` to `out`. Fails (with `error` set) when the
 /// program would need a deeper evaluation stack than kernel::kMaxStack.
@@ -37,17 +34,7 @@ struct HeadGroup {
 };
 
 /// The schedule tables of one layer, owning the arrays LayerTable points to.
-struct LayerSchedule {
-  int64_t numHeads = 0;
-  Program program;                     ///< all groups' nodes, one after another
-  std::vector<kernel::i64> groupBegin; ///< size: number of groups + 1
-  std::vector<kernel::i64> computedHead;
-  std::vector<kernel::i64> headGroup;
-  std::vector<kernel::i64> skippedHeads; ///< heads whose pattern is skip
-
-  /// A view for the kernel functions; valid while this object lives.
-  kernel::LayerTable table() const;
-};
+using LayerSchedule = kernel::OwnedLayerTable;
 
 /// Builds a layer's schedule from its head groups. Groups whose pattern is
 /// `Skip` contribute skipped heads and no program.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What `make demo` shows: a shipped pattern file checked and summarised per
-# layer and head, a simplification, and pictures of a few masks.
+# What `make demo` shows: shipped pattern files checked and summarised per
+# layer and head, a simplification, pictures of a few masks, a CUDA bundle,
+# and that bundle run by the runtime on the CPU.
 set -euo pipefail
 build=${1:-build}
 bin=$build/bin

@@ -417,6 +417,29 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                 "scale must be finite and not negative (0: 1/sqrt(head_dim))");
   if (!cuda) {
+    // Where a CUDA driver is present, device memory handed to the CPU is
+    // caught before it is dereferenced.
+    std::string ignored;
+    if (const Driver *d = Driver::get(ignored))
+      for (auto [ptr, name] : {std::pair{q->data, "q"},
+                               {k->data, "k"},
+                               {v->data, "v"},
+                               {o->data, "o"},
+                               {static_cast<void *>(lse), "lse"}}) {
+        unsigned type = 0, managed = 0;
+        auto at = reinterpret_cast<unsigned long long>(ptr);
+        // Managed memory is host-accessible: only plain device memory is
+        // refused.
+        if (ptr &&
+            d->pointerGetAttribute(&type, kPointerAttrMemoryType, at) == 0 &&
+            type == kMemoryTypeDevice &&
+            !(d->pointerGetAttribute(&managed, kPointerAttrIsManaged, at) ==
+                  0 &&
+              managed))
+          return fail(TESSERA_ERROR_WRONG_DEVICE,
+                      std::string(name) +
+                          " is CUDA device memory; the context is the CPU");
+      }
     cpu::LayerArgs args;
     args.q = toCpu(*q);
     args.k = toCpu(*k);

@@ -39,6 +39,7 @@ enum : int {
   kAttrComputeCapabilityMajor = 75,
   kAttrComputeCapabilityMinor = 76,
   kPointerAttrMemoryType = 2,
+  kPointerAttrIsManaged = 8,
   kPointerAttrDeviceOrdinal = 9,
   kMemoryTypeDevice = 2,
 };

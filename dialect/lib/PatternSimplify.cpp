@@ -9,6 +9,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "tessera/Dialect/Attn/AttnAttributes.h"
+#include "tessera/Semantics/Ranges.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "llvm/ADT/STLExtras.h"
@@ -23,8 +24,8 @@ using namespace tessera::attn;
 
 namespace {
 
-using Range = std::pair<int64_t, int64_t>;
-using RangeList = SmallVector<Range>;
+using tessera::semantics::Range;
+using RangeList = std::vector<Range>;
 
 RangeList toRanges(ArrayRef<int64_t> flat) {
   RangeList out;
@@ -38,19 +39,6 @@ SmallVector<int64_t> flatten(const RangeList &ranges) {
   for (auto [b, e] : ranges) {
     out.push_back(b);
     out.push_back(e);
-  }
-  return out;
-}
-
-/// Sorts and merges overlapping or touching half-open ranges.
-RangeList normalize(RangeList ranges) {
-  llvm::sort(ranges);
-  RangeList out;
-  for (Range r : ranges) {
-    if (!out.empty() && r.first <= out.back().second)
-      out.back().second = std::max(out.back().second, r.second);
-    else
-      out.push_back(r);
   }
   return out;
 }
@@ -152,12 +140,12 @@ PatternAttrInterface simplifyUnion(UnionAttr u) {
                v && !v.getRanges().empty()) {
       RangeList r = vRanges.value_or(RangeList());
       llvm::append_range(r, toRanges(v.getRanges()));
-      vRanges = normalize(r);
+      vRanges = tessera::semantics::mergeRanges(r);
     } else if (auto h = dyn_cast<HorizontalStripeAttr>(p);
                h && !h.getRanges().empty()) {
       RangeList r = hRanges.value_or(RangeList());
       llvm::append_range(r, toRanges(h.getRanges()));
-      hRanges = normalize(r);
+      hRanges = tessera::semantics::mergeRanges(r);
     } else {
       rest.insert(p);
     }
@@ -293,7 +281,7 @@ PatternAttrInterface simplifyMultiDiagonal(MultiDiagonalAttr m) {
   RangeList bands;
   for (int64_t o : m.getOffsets())
     bands.push_back({o - w, o + w + 1});
-  bands = normalize(bands);
+  bands = tessera::semantics::mergeRanges(bands);
   if (bands.size() == 1 && bands[0].first <= 0 && bands[0].second > 0 &&
       -bands[0].first <= kMaxExtent && bands[0].second - 1 <= kMaxExtent)
     return WindowAttr::get(ctx, -bands[0].first, bands[0].second - 1);

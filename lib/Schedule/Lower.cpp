@@ -1,6 +1,7 @@
 //===- Lower.cpp - patterns to block-schedule programs --------------------===//
 
 #include "tessera/Schedule/Lower.h"
+#include "tessera/Semantics/Ranges.h"
 
 #include <algorithm>
 #include <utility>
@@ -19,20 +20,6 @@ k::Node leaf(k::i64 kind, k::i64 axis, k::i64 a = 0, k::i64 b = 0,
 
 k::Node combinator(k::i64 kind, k::i64 arity) {
   return k::Node{kind, arity, 0, 0, 0, 0, 0, 0};
-}
-
-/// Sorted, merged half-open ranges.
-std::vector<std::pair<int64_t, int64_t>>
-merged(std::vector<std::pair<int64_t, int64_t>> r) {
-  std::sort(r.begin(), r.end());
-  std::vector<std::pair<int64_t, int64_t>> out;
-  for (auto x : r) {
-    if (!out.empty() && x.first <= out.back().second)
-      out.back().second = std::max(out.back().second, x.second);
-    else
-      out.push_back(x);
-  }
-  return out;
 }
 
 class Lowering {
@@ -54,7 +41,7 @@ private:
                 const std::vector<std::pair<int64_t, int64_t>> &ranges) {
     k::Node n = leaf(k::kIntervals, axis);
     n.dataBegin = static_cast<k::i64>(out.data.size());
-    for (auto [lo, hi] : merged(ranges)) {
+    for (auto [lo, hi] : s::mergeRanges(ranges)) {
       out.data.push_back(lo);
       out.data.push_back(hi);
     }

@@ -509,20 +509,22 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
   if (q->batch > 65535)
     return fail(TESSERA_ERROR_SHAPE_MISMATCH,
                 "batch must be at most 65535 on CUDA");
-  if (!l->computedHead.empty())
-    if (int rc = d.launchKernel(bundle->functions.at(l->kernel),
-                                static_cast<unsigned>((q->seq + 63) / 64),
-                                static_cast<unsigned>(l->computedHead.size()),
-                                static_cast<unsigned>(q->batch), 128, 1, 1, 0,
-                                cuda_stream, args, nullptr))
-      return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
-  if (!l->skippedHeads.empty())
-    if (int rc = d.launchKernel(bundle->functions.at(l->fillKernel),
-                                static_cast<unsigned>((q->seq + 127) / 128),
-                                static_cast<unsigned>(l->skippedHeads.size()),
-                                static_cast<unsigned>(q->batch), 128, 1, 1, 0,
-                                cuda_stream, args, nullptr))
-      return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
+  // The attention kernel over the computed heads, then the fill kernel over
+  // the skipped ones; 128 threads each.
+  auto launch = [&](const std::string &kernel, int64_t rowsPerBlock,
+                    size_t heads) -> int {
+    if (heads == 0)
+      return 0;
+    return d.launchKernel(
+        bundle->functions.at(kernel),
+        static_cast<unsigned>((q->seq + rowsPerBlock - 1) / rowsPerBlock),
+        static_cast<unsigned>(heads), static_cast<unsigned>(q->batch), 128, 1,
+        1, 0, cuda_stream, args, nullptr);
+  };
+  if (int rc = launch(l->kernel, 64, l->computedHead.size()))
+    return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
+  if (int rc = launch(l->fillKernel, 128, l->skippedHeads.size()))
+    return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
   return TESSERA_OK;
 }
 

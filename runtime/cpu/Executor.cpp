@@ -2,6 +2,7 @@
 
 #include "tessera/cpu/Executor.h"
 #include "tessera/cpu/Half.h"
+#include "tessera/kernel/ProgramRuns.h"
 
 #include <algorithm>
 #include <atomic>
@@ -331,6 +332,7 @@ void partialTileMask(MaskShape shape, const k::Node *nodes, k::i64 count,
 
 struct Job {
   const k::LayerTable &table;
+  const std::vector<k::ProgramRuns> &runs; ///< per head group
   const LayerArgs &a;
   int64_t nq, nk, d, numQBlocks, groupSize;
   float scale;
@@ -367,18 +369,18 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
     w.cachedBatch = b;
     w.cachedKvHead = kvHead;
   }
-  k::i64 kLo, kHi;
-  k::keyHull(nodes, count, t.data, q0, q1, nq, nk, kLo, kHi);
   MaskShape shape = maskShape(nodes, count);
   int64_t full = 0, partial = 0;
-  for (int64_t kb = kLo >= 0 ? kLo / bk : 0; kLo <= kHi && kb * bk <= kHi;
-       ++kb) {
+  // The tiles of this query block: the group's runs, in key order, as the
+  // CUDA kernel walks them.
+  const k::ProgramRuns &runs = job.runs[group];
+  k::RunCtx ctx = k::makeRunCtx(q0, q1, nq, nk, bk, head, t.numHeads);
+  k::Run run = runs.runFrom(ctx, 0);
+  for (int64_t kb = run.lo; k::isRun(run);
+       kb < run.hi ? ++kb : (run = runs.runFrom(ctx, kb + 1), kb = run.lo)) {
+    int cls = run.cls;
     int64_t k0 = kb * bk, k1 = std::min(k0 + bk, nk), cols = k1 - k0;
     int64_t colsPad = roundUp(cols, kLanes);
-    k::Tile tile{q0, q1, k0, k1, nq, nk, head, t.numHeads};
-    int cls = k::classifyTile(nodes, count, t.data, tile);
-    if (cls == k::kEmpty)
-      continue;
     (cls == k::kFull ? full : partial) += 1;
     if (!w.blockLoaded[kb]) {
       float *row = &w.acc[rowsPad * dp]; // scratch past the live rows
@@ -502,7 +504,17 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
       }
     }
 
+  // Each head group's run walker, shared by every worker.
+  int64_t numGroups = 0;
+  for (int64_t i = 0; i < table.numComputed; ++i)
+    numGroups = std::max<int64_t>(numGroups, table.headGroup[i] + 1);
+  std::vector<k::ProgramRuns> groupRuns;
+  for (int64_t g = 0; g < numGroups; ++g)
+    groupRuns.emplace_back(table.nodes + table.groupBegin[g],
+                           table.groupBegin[g + 1] - table.groupBegin[g],
+                           table.data);
   Job job{table,
+          groupRuns,
           a,
           nq,
           a.k.seq,

@@ -12,6 +12,7 @@
 #include "tessera/Dialect/Attn/AttnDialect.h"
 #include "tessera/Schedule/Lower.h"
 #include "tessera/Semantics/FromAttr.h"
+#include "tessera/kernel/ProgramRuns.h"
 
 #include "llvm/Support/raw_ostream.h"
 
@@ -85,6 +86,56 @@ std::string compare(const semantics::Pattern &ref,
   return "";
 }
 
+
+/// Walks the runs of every query block and compares them with classifyTile
+/// on every tile: the walk must visit exactly the non-empty tiles, in
+/// increasing order, each once and in the class classifyTile gives, with at
+/// most one call per run plus one.
+std::string compareRuns(const schedule::Program &prog, int64_t nq, int64_t nk,
+                        int64_t bq, int64_t bk, int64_t head,
+                        int64_t numHeads, int64_t &runs) {
+  const k::Node *nodes = prog.nodes.data();
+  k::i64 count = static_cast<k::i64>(prog.nodes.size());
+  const k::i64 *data = prog.data.empty() ? nullptr : prog.data.data();
+  k::ProgramRuns walker(nodes, count, data);
+  int64_t nkb = (nk + bk - 1) / bk;
+  std::vector<int> visited;
+  for (int64_t q0 = 0; q0 < nq; q0 += bq) {
+    int64_t q1 = std::min(q0 + bq, nq);
+    k::RunCtx c = k::makeRunCtx(q0, q1, nq, nk, bk, head, numHeads);
+    visited.assign(nkb, k::kEmpty);
+    std::string where = "Nq=" + std::to_string(nq) +
+                        " Nk=" + std::to_string(nk) + " tile=" +
+                        std::to_string(bq) + "x" + std::to_string(bk) +
+                        " head=" + std::to_string(head) + " q0=" +
+                        std::to_string(q0);
+    for (int64_t kb = 0, calls = 0;; ++calls) {
+      if (calls > nkb + 1)
+        return where + ": the walk does not end";
+      k::Run r = walker.runFrom(c, kb);
+      if (!k::isRun(r))
+        break;
+      ++runs;
+      if (r.lo < kb || r.hi >= nkb || (r.cls != k::kFull && r.cls != k::kPartial))
+        return where + ": bad run [" + std::to_string(r.lo) + ", " +
+               std::to_string(r.hi) + "] from " + std::to_string(kb);
+      for (int64_t b = r.lo; b <= r.hi; ++b)
+        visited[b] = r.cls;
+      kb = r.hi + 1;
+    }
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      k::Tile t{q0, q1, kb * bk, std::min(kb * bk + bk, nk), nq, nk, head,
+                numHeads};
+      int cls = k::classifyTile(nodes, count, data, t);
+      if (cls != visited[kb])
+        return where + " kb=" + std::to_string(kb) +
+               ": run class " + std::to_string(visited[kb]) +
+               ", tile class " + std::to_string(cls);
+    }
+  }
+  return "";
+}
+
 class ScheduleTest : public ::testing::Test {
 protected:
   ScheduleTest() { ctx.getOrLoadDialect<attn::AttnDialect>(); }
@@ -145,6 +196,7 @@ TEST_F(ScheduleTest, ExhaustiveOnSmallSizes) {
       DifferenceAttr::get(c, DenseAttr::get(c), WindowAttr::get(c, 1, 1)),
   };
   Stats stats;
+  int64_t runs = 0;
   for (PatternAttrInterface attr : patterns) {
     semantics::Pattern ref = semantics::fromAttr(attr);
     schedule::Program prog;
@@ -155,8 +207,12 @@ TEST_F(ScheduleTest, ExhaustiveOnSmallSizes) {
         for (int64_t bq = 1; bq <= 5; ++bq)
           for (int64_t bk = 1; bk <= 5; ++bk)
             for (int64_t head = 0; head < 4; ++head)
+            {
               ASSERT_EQ(compare(ref, prog, nq, nk, bq, bk, head, 4, stats), "")
                   << "pattern " << str(attr);
+              ASSERT_EQ(compareRuns(prog, nq, nk, bq, bk, head, 4, runs), "")
+                  << "pattern " << str(attr);
+            }
   }
 }
 
@@ -205,6 +261,60 @@ TEST_F(ScheduleTest, LeafClassificationIsExact) {
                 ASSERT_EQ(cls, exact) << str(attr) << " tile (" << q0 << ", "
                                       << k0 << ") " << bq << "x" << bk;
               }
+  }
+}
+
+
+/// The runs of random patterns visit exactly the tiles classifyTile keeps,
+/// in its classes, on random lengths, tile sizes (also beyond the lengths)
+/// and heads.
+TEST_F(ScheduleTest, RunsMatchTileClasses) {
+  PatternGen gen(&ctx, /*seed=*/271828);
+  int64_t runs = 0;
+  for (int i = 0; i < 12000; ++i) {
+    attn::PatternAttrInterface attr = gen.pattern(3);
+    semantics::Pattern ref = semantics::fromAttr(attr);
+    schedule::Program prog;
+    std::string error;
+    ASSERT_TRUE(schedule::lowerPattern(ref, prog, error)) << error;
+    int64_t nq = gen.uniform(1, 60), nk = gen.uniform(1, 60);
+    int64_t bq = gen.uniform(1, 12), bk = gen.uniform(1, 12);
+    int64_t numHeads = gen.uniform(1, 6);
+    int64_t head = gen.uniform(0, numHeads - 1);
+    ASSERT_EQ(compareRuns(prog, nq, nk, bq, bk, head, numHeads, runs), "")
+        << "pattern " << str(attr);
+  }
+  EXPECT_GT(runs, 12000);
+}
+
+/// Runs on long sequences: a window's walk costs the same number of runs per
+/// query block at any length, and an A-shape's too.
+TEST_F(ScheduleTest, RunCountDoesNotGrowWithLength) {
+  using namespace tessera::attn;
+  for (auto attr : {PatternAttrInterface(WindowAttr::get(&ctx, 256, 0)),
+                    PatternAttrInterface(AShapeAttr::get(&ctx, 64, 1024, 0))}) {
+    schedule::Program prog;
+    std::string error;
+    ASSERT_TRUE(
+        schedule::lowerPattern(semantics::fromAttr(attr), prog, error));
+    k::ProgramRuns walker(prog.nodes.data(), prog.nodes.size(),
+                          prog.data.data());
+    std::vector<int64_t> perLength;
+    for (int64_t n : {int64_t(1) << 15, int64_t(1) << 20, int64_t(1) << 30}) {
+      // The last query block: the farthest from the sinks.
+      k::RunCtx c = k::makeRunCtx(n - 64, n, n, n, 64, 0, 1);
+      int64_t runs = 0, tiles = 0;
+      for (k::i64 kb = 0;; ++runs) {
+        k::Run r = walker.runFrom(c, kb);
+        if (!k::isRun(r))
+          break;
+        tiles += r.hi - r.lo + 1;
+        kb = r.hi + 1;
+      }
+      perLength.push_back(runs * 1000 + tiles);
+    }
+    EXPECT_EQ(perLength[0], perLength[1]) << str(attr);
+    EXPECT_EQ(perLength[0], perLength[2]) << str(attr);
   }
 }
 

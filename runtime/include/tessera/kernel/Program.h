@@ -348,6 +348,340 @@ TESSERA_HD void keyHull(const Node *nodes, i64 count, const i64 *data, i64 q0,
   kHi = top == 1 ? hi[0] : nk - 1;
 }
 
+//===----------------------------------------------------------------------===//
+// Runs: the key blocks a query block visits, in closed form
+//===----------------------------------------------------------------------===//
+//
+// A query block's schedule is a sequence of runs of key blocks [lo, hi], each
+// of one class (every tile of a FULL run needs no mask; every tile of a
+// PARTIAL run holds allowed and masked pairs, or at least may). A run source
+// is a function `runFrom(kb)`: the first run whose blocks are at or after key
+// block kb (clipped to start at kb at the earliest), or no run. Walking
+// `kb = run.hi + 1` visits every non-empty tile once, in increasing order, at
+// a cost of O(runs): empty tiles are never looked at. The leaves below are
+// closed forms (O(1), O(log n) for listed data); the combinators merge their
+// children's runs with the same class algebra as classifyTile, so the tiles a
+// walk visits and their classes are exactly those classifyTile gives.
+
+/// Key blocks [lo, hi] of one class (kFull or kPartial); no run when lo > hi.
+struct Run {
+  i64 lo, hi;
+  int cls;
+};
+
+TESSERA_HD Run noRun() {
+  Run r = {1, 0, kEmpty};
+  return r;
+}
+
+TESSERA_HD Run makeRun(i64 lo, i64 hi, int cls) {
+  Run r = {lo, hi, cls};
+  return r;
+}
+
+TESSERA_HD bool isRun(const Run &r) { return r.lo <= r.hi; }
+
+/// The query block a walk serves: rows [q0, q1), their aligned positions
+/// p0 = q0 + Nk - Nq and p1 = q1 - 1 + Nk - Nq, the key block size and the
+/// number of key blocks.
+struct RunCtx {
+  i64 q0, q1, p0, p1;
+  i64 nq, nk, bk, nkb;
+  i64 head, numHeads;
+};
+
+TESSERA_HD RunCtx makeRunCtx(i64 q0, i64 q1, i64 nq, i64 nk, i64 bk, i64 head,
+                             i64 numHeads) {
+  RunCtx c = {q0,          q1, q0 + nk - nq, q1 - 1 + nk - nq, nq, nk, bk,
+              (nk + bk - 1) / bk, head, numHeads};
+  return c;
+}
+
+TESSERA_HD i64 ceilDiv(i64 a, i64 b) { return -floorDiv(-a, b); }
+
+/// a * b clamped to [-kUnbounded, kUnbounded] (operands within that range).
+TESSERA_HD i64 mulSat(i64 a, i64 b) {
+  if (a == 0 || b == 0)
+    return 0;
+  i64 ma = a < 0 ? -a : a, mb = b < 0 ? -b : b;
+  if (ma > kUnbounded / mb)
+    return (a < 0) != (b < 0) ? -kUnbounded : kUnbounded;
+  return a * b;
+}
+
+/// A key-interval leaf: V = [vlo, vhi] are the keys some row of the block
+/// may see (every one of them is seen by at least one row), F = [flo, fhi]
+/// (inside V) the keys every row sees.
+TESSERA_HD Run intervalRun(const RunCtx &c, i64 kb, i64 vlo, i64 vhi, i64 flo,
+                           i64 fhi) {
+  vlo = maxI(vlo, 0);
+  vhi = minI(vhi, c.nk - 1);
+  if (vlo > vhi)
+    return noRun();
+  i64 b0 = maxI(kb, vlo / c.bk), bEnd = vhi / c.bk;
+  if (b0 > bEnd)
+    return noRun();
+  flo = maxI(flo, 0);
+  fhi = minI(fhi, c.nk - 1);
+  if (flo <= fhi) {
+    // A block is full when its keys (clipped to Nk) lie in F.
+    i64 ffb = ceilDiv(flo, c.bk);
+    i64 flb = fhi == c.nk - 1 ? fhi / c.bk : (fhi + 1) / c.bk - 1;
+    if (ffb <= flb) {
+      if (b0 < ffb)
+        return makeRun(b0, minI(ffb - 1, bEnd), kPartial);
+      if (b0 <= flb)
+        return makeRun(b0, flb, kFull);
+    }
+  }
+  return makeRun(b0, bEnd, kPartial);
+}
+
+/// Every key block from kb on, of class `cls` (kEmpty: no run).
+TESSERA_HD Run allRun(const RunCtx &c, i64 kb, int cls) {
+  if (cls == kEmpty || kb >= c.nkb)
+    return noRun();
+  return makeRun(maxI(kb, 0), c.nkb - 1, cls);
+}
+
+/// Keys in [a, b].
+TESSERA_HD Run bandKRun(const RunCtx &c, i64 kb, i64 a, i64 b) {
+  return intervalRun(c, kb, a, b, a, b);
+}
+
+/// Offsets d = k - p in [a, b].
+TESSERA_HD Run bandDRun(const RunCtx &c, i64 kb, i64 a, i64 b) {
+  return intervalRun(c, kb, c.p0 + a, c.p1 + b, c.p1 + a, c.p0 + b);
+}
+
+/// Row-only leaves: the class of the block's rows for every key block.
+TESSERA_HD Run bandPRun(const RunCtx &c, i64 kb, i64 a, i64 b) {
+  return allRun(c, kb, classifyBand(a, b, c.p0, c.p1));
+}
+
+/// Keys in sorted disjoint half-open ranges r[0, 2 * count).
+TESSERA_HD Run intervalsKRun(const RunCtx &c, i64 kb, const i64 *r,
+                             i64 count) {
+  i64 from = mulSat(kb, c.bk);
+  i64 first = 0, last = count; // first range whose end lies beyond `from`
+  while (first < last) {
+    i64 mid = (first + last) / 2;
+    if (r[2 * mid + 1] <= from)
+      first = mid + 1;
+    else
+      last = mid;
+  }
+  if (first == count)
+    return noRun();
+  i64 lo = r[2 * first], hi = r[2 * first + 1] - 1;
+  return intervalRun(c, kb, lo, hi, lo, hi);
+}
+
+/// Offsets in sorted disjoint half-open ranges r[0, 2 * count).
+TESSERA_HD Run intervalsDRun(const RunCtx &c, i64 kb, const i64 *r,
+                             i64 count) {
+  // First band whose last key (p1 + its last offset) reaches block kb.
+  i64 from = mulSat(kb, c.bk) - c.p1;
+  i64 first = 0, last = count;
+  while (first < last) {
+    i64 mid = (first + last) / 2;
+    if (r[2 * mid + 1] <= from)
+      first = mid + 1;
+    else
+      last = mid;
+  }
+  if (first == count)
+    return noRun();
+  return bandDRun(c, kb, r[2 * first], r[2 * first + 1] - 1);
+}
+
+TESSERA_HD Run intervalsPRun(const RunCtx &c, i64 kb, const i64 *r,
+                             i64 count) {
+  return allRun(c, kb, classifyIntervals(r, count, c.p0, c.p1));
+}
+
+/// Keys with (k - phase) mod period < width.
+TESSERA_HD Run periodicKRun(const RunCtx &c, i64 kb, i64 period, i64 width,
+                            i64 phase) {
+  if (width >= period)
+    return allRun(c, kb, kFull);
+  i64 j = ceilDiv(mulSat(kb, c.bk) - phase - width + 1, period);
+  i64 lo = phase + mulSat(j, period);
+  return intervalRun(c, kb, lo, lo + width - 1, lo, lo + width - 1);
+}
+
+/// Offsets with (d - phase) mod period < width.
+TESSERA_HD Run periodicDRun(const RunCtx &c, i64 kb, i64 period, i64 width,
+                            i64 phase) {
+  if (width >= period)
+    return allRun(c, kb, kFull);
+  i64 j = ceilDiv(mulSat(kb, c.bk) - c.p1 - phase - width + 1, period);
+  i64 lo = phase + mulSat(j, period);
+  return bandDRun(c, kb, lo, lo + width - 1);
+}
+
+TESSERA_HD Run periodicPRun(const RunCtx &c, i64 kb, i64 period, i64 width,
+                            i64 phase) {
+  return allRun(c, kb, classifyPeriodic(period, width, phase, c.p0, c.p1));
+}
+
+/// Keys in shard (head + offset) mod shards of blocks of `block` keys.
+TESSERA_HD Run shardsRun(const RunCtx &c, i64 kb, i64 block, i64 shards,
+                         i64 offset) {
+  i64 shard = floorMod(c.head + offset, shards);
+  return periodicKRun(c, kb, mulSat(block, shards), block,
+                      mulSat(shard, block));
+}
+
+/// group(p) == group(k), group(x) = floor((x - s) / size), s = shift for the
+/// upper half of the heads. The block's rows span groups [g0, g1]: they see
+/// every key of those groups, and all of them see a key only when g0 == g1.
+TESSERA_HD Run groupsRun(const RunCtx &c, i64 kb, i64 size, i64 shift) {
+  i64 s = c.head >= c.numHeads / 2 ? shift : 0;
+  i64 g0 = floorDiv(c.p0 - s, size), g1 = floorDiv(c.p1 - s, size);
+  i64 lo = mulSat(g0, size) + s, hi = mulSat(g1, size) + s + size - 1;
+  if (g0 == g1)
+    return intervalRun(c, kb, lo, hi, lo, hi);
+  return intervalRun(c, kb, lo, hi, 1, 0);
+}
+
+/// Listed (query block, key block) pairs of blockQ x blockK: CSR rows then
+/// columns, `rows` query-block rows. One run per visited tile.
+TESSERA_HD Run blocksRun(const RunCtx &c, i64 kb, i64 blockQ, i64 blockK,
+                         i64 rows, const i64 *rowStart) {
+  const i64 *cols = rowStart + rows + 1;
+  i64 r0 = maxI(floorDiv(c.p0, blockQ), 0);
+  i64 r1 = minI(floorDiv(c.p1, blockQ), rows - 1);
+  i64 from = mulSat(kb, c.bk), minCol = from / blockK;
+  i64 best = kUnbounded;
+  for (i64 row = r0; row <= r1; ++row) {
+    i64 a = rowStart[row], b = rowStart[row + 1];
+    while (a < b) {
+      i64 m = (a + b) / 2;
+      if (cols[m] < minCol)
+        a = m + 1;
+      else
+        b = m;
+    }
+    if (a < rowStart[row + 1])
+      best = minI(best, maxI(from, mulSat(cols[a], blockK)));
+  }
+  if (best >= c.nk)
+    return noRun();
+  i64 b0 = best / c.bk;
+  Node n = {kBlocks, kAxisP, blockQ, blockK, rows, 0, 0, 0};
+  Tile t = {c.q0, c.q1, b0 * c.bk, minI(b0 * c.bk + c.bk, c.nk),
+            c.nq, c.nk, c.head, c.numHeads};
+  return makeRun(b0, b0, classifyLeaf(n, rowStart, t));
+}
+
+/// The union of two runs that start at or after the same block.
+TESSERA_HD Run unionOf(Run a, Run b) {
+  if (!isRun(a))
+    return b;
+  if (!isRun(b))
+    return a;
+  if (b.lo < a.lo) {
+    Run t = a;
+    a = b;
+    b = t;
+  }
+  if (a.lo < b.lo) // a alone up to b.lo; a full run covers b where they meet
+    return a.cls == kFull ? a : makeRun(a.lo, minI(a.hi, b.lo - 1), kPartial);
+  if (a.cls == kFull && b.cls == kFull)
+    return makeRun(a.lo, maxI(a.hi, b.hi), kFull);
+  if (a.cls == kFull)
+    return a;
+  if (b.cls == kFull)
+    return b;
+  return makeRun(a.lo, minI(a.hi, b.hi), kPartial);
+}
+
+/// The intersection of two run sources (callables kb -> Run).
+template <class A, class B>
+TESSERA_HD Run intersectRuns(const A &a, const B &b, i64 kb) {
+  for (i64 x = kb;;) {
+    Run ra = a(x);
+    if (!isRun(ra))
+      return ra;
+    Run rb = b(ra.lo);
+    if (!isRun(rb))
+      return rb;
+    if (rb.lo == ra.lo)
+      return makeRun(ra.lo, minI(ra.hi, rb.hi),
+                     ra.cls < rb.cls ? ra.cls : rb.cls);
+    x = rb.lo; // nothing of b in [ra.lo, rb.lo)
+  }
+}
+
+/// a minus b, for two run sources.
+template <class A, class B>
+TESSERA_HD Run differenceRuns(const A &a, const B &b, i64 kb) {
+  for (i64 x = kb;;) {
+    Run ra = a(x);
+    if (!isRun(ra))
+      return ra;
+    Run rb = b(ra.lo);
+    if (!isRun(rb) || rb.lo > ra.hi)
+      return ra;
+    if (rb.lo > ra.lo)
+      return makeRun(ra.lo, rb.lo - 1, ra.cls);
+    if (rb.cls != kFull)
+      return makeRun(ra.lo, minI(ra.hi, rb.hi), kPartial);
+    x = rb.hi + 1; // b takes every pair of these blocks
+  }
+}
+
+/// The run of one program leaf: the closed forms above on its parameters.
+TESSERA_HD Run leafRunFrom(const Node &n, const i64 *data, const RunCtx &c,
+                           i64 kb) {
+  switch (n.kind) {
+  case kAll:
+    return allRun(c, kb, kFull);
+  case kNone:
+    return noRun();
+  case kIntervals: {
+    const i64 *r = data + n.dataBegin;
+    i64 count = n.dataSize / 2;
+    if (n.axis == kAxisK)
+      return intervalsKRun(c, kb, r, count);
+    if (n.axis == kAxisP)
+      return intervalsPRun(c, kb, r, count);
+    if (n.axis == kAxisD)
+      return intervalsDRun(c, kb, r, count);
+    break;
+  }
+  case kBand:
+    if (n.axis == kAxisK)
+      return bandKRun(c, kb, n.a, n.b);
+    if (n.axis == kAxisP)
+      return bandPRun(c, kb, n.a, n.b);
+    if (n.axis == kAxisD)
+      return bandDRun(c, kb, n.a, n.b);
+    return bandDRun(c, kb, n.b <= -kUnbounded ? kUnbounded : -n.b,
+                    n.a >= kUnbounded ? -kUnbounded : -n.a);
+  case kPeriodic:
+    if (n.axis == kAxisK)
+      return periodicKRun(c, kb, n.a, n.b, n.c);
+    if (n.axis == kAxisP)
+      return periodicPRun(c, kb, n.a, n.b, n.c);
+    if (n.axis == kAxisD)
+      return periodicDRun(c, kb, n.a, n.b, n.c);
+    // (-d - phase) mod period < width  <=>  (d - (1 - width - phase)) mod
+    // period < width.
+    return periodicDRun(c, kb, n.a, n.b, 1 - n.b - n.c);
+  case kShards:
+    return shardsRun(c, kb, n.a, n.b, n.c);
+  case kGroups:
+    return groupsRun(c, kb, n.a, n.b);
+  case kBlocks:
+    return blocksRun(c, kb, n.a, n.b, n.c, data + n.dataBegin);
+  default:
+    break;
+  }
+  return allRun(c, kb, kPartial); // not produced by the lowering: masked
+}
+
 typedef unsigned short u16;
 
 /// Kernel arguments, passed by value. Strides are in elements; head_dim is

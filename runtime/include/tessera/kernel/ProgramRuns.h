@@ -1,0 +1,94 @@
+//===- ProgramRuns.h - run enumeration of a postfix program ----*- C++ -*-===//
+//
+// The host's walk over a head group's runs when it has the schedule program
+// of a bundle manifest and no generated code: the same closed-form leaves
+// (leafRunFrom) and the same run algebra (unionOf, intersection, difference)
+// as the code the emitter generates for the GPU, evaluated over the program's
+// tree. The CPU executor walks these runs, so it visits exactly the tiles the
+// CUDA kernels visit, in the same classes. Host-only.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef TESSERA_KERNEL_PROGRAMRUNS_H
+#define TESSERA_KERNEL_PROGRAMRUNS_H
+
+#include "tessera/kernel/Program.h"
+
+#include <vector>
+
+namespace tessera::kernel {
+
+class ProgramRuns {
+public:
+  /// `nodes[0, count)` is a well-formed postfix program (as lowered and as
+  /// validated by the runtime's manifest loader).
+  ProgramRuns(const Node *nodes, i64 count, const i64 *data)
+      : nodes(nodes), data(data), children(count) {
+    std::vector<i64> stack;
+    for (i64 i = 0; i < count; ++i) {
+      if (nodes[i].kind >= kUnion) {
+        i64 arity = nodes[i].axis;
+        children[i].assign(stack.end() - arity, stack.end());
+        stack.resize(stack.size() - arity);
+      }
+      stack.push_back(i);
+    }
+    root = stack.empty() ? -1 : stack.back();
+  }
+
+  /// The first run at or after key block kb of the query block `c`.
+  Run runFrom(const RunCtx &c, i64 kb) const {
+    return root < 0 ? noRun() : eval(root, c, kb);
+  }
+
+private:
+  Run eval(i64 i, const RunCtx &c, i64 kb) const {
+    const Node &n = nodes[i];
+    const std::vector<i64> &ch = children[i];
+    switch (n.kind) {
+    case kUnion: {
+      Run r = noRun();
+      for (i64 x : ch)
+        r = unionOf(r, eval(x, c, kb));
+      return r;
+    }
+    case kIntersect:
+      for (i64 x = kb;;) {
+        Run first = eval(ch[0], c, x);
+        if (!isRun(first))
+          return first;
+        Run r = first;
+        bool aligned = true;
+        for (size_t j = 1; j < ch.size() && aligned; ++j) {
+          Run o = eval(ch[j], c, first.lo);
+          if (!isRun(o))
+            return o;
+          if (o.lo != first.lo) {
+            x = o.lo; // nothing of child j in [first.lo, o.lo)
+            aligned = false;
+            break;
+          }
+          r.hi = minI(r.hi, o.hi);
+          r.cls = r.cls < o.cls ? r.cls : o.cls;
+        }
+        if (aligned)
+          return r;
+      }
+    case kDifference:
+      return differenceRuns(
+          [&](i64 x) { return eval(ch[0], c, x); },
+          [&](i64 x) { return eval(ch[1], c, x); }, kb);
+    default:
+      return leafRunFrom(n, data, c, kb);
+    }
+  }
+
+  const Node *nodes;
+  const i64 *data;
+  std::vector<std::vector<i64>> children;
+  i64 root = -1;
+};
+
+} // namespace tessera::kernel
+
+#endif // TESSERA_KERNEL_PROGRAMRUNS_H

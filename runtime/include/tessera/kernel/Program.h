@@ -20,8 +20,10 @@
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define TESSERA_HD __host__ __device__ __forceinline__
+#define TESSERA_CONST __device__ const
 #else
 #define TESSERA_HD inline
+#define TESSERA_CONST static const
 #endif
 
 namespace tessera {
@@ -630,6 +632,19 @@ TESSERA_HD Run differenceRuns(const A &a, const B &b, i64 kb) {
       return makeRun(ra.lo, minI(ra.hi, rb.hi), kPartial);
     x = rb.hi + 1; // b takes every pair of these blocks
   }
+}
+
+/// Is x in the sorted disjoint half-open ranges r[0, 2 * count)? (The
+/// generated predicates' lookup for long lists.)
+TESSERA_HD bool inRanges(const i64 *r, i64 count, i64 x) {
+  return classifyIntervals(r, count, x, x) == kFull;
+}
+
+/// Is (qb, kb) listed in CSR rows `rowStart` (then the columns)?
+TESSERA_HD bool blockListed(const i64 *rowStart, i64 rows, i64 qb, i64 kb) {
+  if (qb < 0 || qb >= rows)
+    return false;
+  return countInRow(rowStart, rowStart + rows + 1, qb, kb, kb) != 0;
 }
 
 /// The run of one program leaf: the closed forms above on its parameters.

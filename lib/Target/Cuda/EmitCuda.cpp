@@ -4,6 +4,7 @@
 
 #include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/Schedule/Lower.h"
+#include "tessera/Schedule/Runs.h"
 #include "tessera/Semantics/FromAttr.h"
 
 #include "EmbeddedKernel.h"
@@ -88,6 +89,11 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
 
   json::Array layersJson;
   std::set<std::pair<std::string, int64_t>> kernels; // (dtype, head_dim)
+  // The generated code of each distinct group pattern, shared by every group,
+  // layer and kernel that has it: pattern text -> id.
+  std::map<std::string, int64_t> patternIds;
+  std::map<std::pair<std::string, int64_t>, std::set<int64_t>> kernelPatterns;
+  std::string groupCode;
   std::set<int64_t> fillDims;
   int64_t position = 0;
   bool ok = true;
@@ -114,10 +120,24 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
     }
     std::vector<schedule::HeadGroup> groups;
     json::Array groupsJson;
+    std::vector<int64_t> groupPattern;
     for (auto g : sched.getBody().front().getOps<GroupOp>()) {
       groups.push_back(
           {semantics::fromAttr(g.getPattern()),
            std::vector<int64_t>(g.getHeads().begin(), g.getHeads().end())});
+      std::string key = llvm::to_string(g.getPattern());
+      auto [it, fresh] =
+          patternIds.insert({key, static_cast<int64_t>(patternIds.size())});
+      if (fresh) {
+        std::string name = "P" + std::to_string(it->second);
+        groupCode += "// " + name + ": " + key + "\n" +
+                     schedule::emitGroupCode(
+                         groups.back().pattern,
+                         schedule::buildRuns(groups.back().pattern), name) +
+                     "\n";
+      }
+      groupPattern.push_back(it->second);
+      kernelPatterns[{dtypeName(dtype), d}].insert(it->second);
       groupsJson.push_back(
           json::Object{{"heads", toJson(g.getHeads())},
                        {"pattern", llvm::to_string(g.getPattern())}});
@@ -138,26 +158,18 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
        << "): launch groups " << table.groupBegin.size() - 1 << ", "
        << "computed heads " << table.computedHead.size() << ", skipped heads "
        << table.skippedHeads.size() << ".\n";
-    os << "__device__ const Node nodes_" << p << "[] = {";
+    // The kernels run the groups' generated code; the postfix program goes
+    // to the manifest only (the CPU runtime walks it).
     json::Array nodesJson;
-    for (const kernel::Node &n : table.nodes) {
-      os << "\n  {" << n.kind << ", " << n.axis << ", " << n.a << "LL, " << n.b
-         << "LL, " << n.c << "LL, " << n.dataBegin << ", " << n.dataSize
-         << ", 0},";
+    for (const kernel::Node &n : table.nodes)
       nodesJson.push_back(
           json::Array{n.kind, n.axis, n.a, n.b, n.c, n.dataBegin, n.dataSize});
-    }
-    os << "\n};\n";
-    std::vector<std::string> data;
-    for (kernel::i64 v : table.data)
-      data.push_back(std::to_string(v) + "LL");
-    printArray(os, "i64", "data_" + p, data);
-    printArray(os, "i64", "groupBegin_" + p, table.groupBegin);
+    printArray(os, "i64", "patternOf_" + p, groupPattern);
     printArray(os, "i64", "computedHead_" + p, table.computedHead);
     printArray(os, "i64", "headGroup_" + p, table.headGroup);
     printArray(os, "i64", "skipped_" + p, table.skippedHeads);
-    os << "__device__ const LayerTable table_" << p << " = {nodes_" << p
-       << ", data_" << p << ", groupBegin_" << p << ", computedHead_" << p
+    os << "__device__ const LayerTable table_" << p
+       << " = {nullptr, nullptr, nullptr, computedHead_" << p
        << ", headGroup_" << p << ", " << table.computedHead.size() << ", "
        << sched.getNumHeads() << ", skipped_" << p << ", "
        << table.skippedHeads.size() << "};\n\n";
@@ -214,17 +226,49 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
   os << "__device__ const LayerTable *const tables[] = {";
   for (int64_t i = 0; i < position; ++i)
     os << (i ? ", " : "") << "&table_l" << i;
-  os << "};\n\n} // namespace bundle\n} // namespace kernel\n"
+  os << "};\n";
+  os << "__device__ const i64 *const patternOf[] = {";
+  for (int64_t i = 0; i < position; ++i)
+    os << (i ? ", " : "") << "patternOf_l" << i;
+  os << "};\n\n";
+  os << "// The generated code of the head groups: one struct per distinct "
+        "pattern.\n\n"
+     << groupCode;
+  os << "} // namespace bundle\n} // namespace kernel\n"
      << "} // namespace tessera\n\n";
 
   json::Array kernelsJson;
   for (auto [dt, d] : kernels) {
     std::string name = "tessera_attn_" + dt + "_d" + std::to_string(d);
+    // One launch serves every group of a layer: the pattern switches are
+    // uniform per thread block (its launch slot's group).
+    std::string groups = "Groups_" + dt + "_d" + std::to_string(d);
+    os << "namespace tessera {\nnamespace kernel {\nnamespace bundle {\n"
+       << "struct " << groups << " {\n"
+       << "  static __device__ __forceinline__ Run runFrom(i64 pattern, "
+          "const RunCtx &ctx, i64 kb) {\n    switch (pattern) {\n";
+    for (int64_t id : kernelPatterns[{dt, d}])
+      os << "    case " << id << ":\n      return P" << id
+         << "::runFrom(ctx, kb);\n";
+    os << "    default:\n      return noRun();\n    }\n  }\n"
+       << "  static __device__ __forceinline__ u32 keep(i64 pattern, i64 "
+          "rowPos, i64 k0, int c2, i64 nk, i64 head, i64 numHeads) {\n"
+       << "    switch (pattern) {\n";
+    for (int64_t id : kernelPatterns[{dt, d}])
+      os << "    case " << id << ":\n      return keepBits<P" << id
+         << ">(rowPos, k0, c2, nk, head, numHeads);\n";
+    os << "    default:\n      return 0;\n    }\n  }\n};\n"
+       << "} // namespace bundle\n} // namespace kernel\n"
+       << "} // namespace tessera\n\n";
     os << "extern \"C\" __global__ void __launch_bounds__(" << kThreads << ")\n"
        << name << "(tessera::kernel::AttnParams p, int layer) {\n"
-       << "  tessera::kernel::flashForward<tessera::kernel::k"
-       << (dt == "f16" ? "F16" : "BF16") << ", " << d
-       << ">(*tessera::kernel::bundle::tables[layer], p);\n}\n\n";
+       << "  using namespace tessera::kernel;\n"
+       << "  const LayerTable &t = *bundle::tables[layer];\n"
+       << "  __shared__ __align__(16) SharedTiles<" << d << "> smem;\n"
+       << "  flashForward<k" << (dt == "f16" ? "F16" : "BF16") << ", " << d
+       << ", bundle::" << groups
+       << ">(t, p, smem, bundle::patternOf[layer][t.headGroup[blockIdx.y]]);\n"
+       << "}\n\n";
     kernelsJson.push_back(json::Object{{"name", name},
                                        {"kind", "attention"},
                                        {"dtype", dt},

@@ -8,8 +8,9 @@
 //
 // One thread block computes BQ = 64 query rows of one (batch, head) with four
 // warps (16 rows each). It walks the key blocks of the schedule (BK = 64
-// keys): EMPTY tiles are skipped, FULL tiles run unmasked, PARTIAL tiles
-// apply the element predicate. S = Q K^T and O += P V use the tensor-core
+// keys) of the runs its head group's generated code enumerates (EMPTY tiles
+// are never visited), FULL tiles unmasked, PARTIAL tiles through the group's
+// generated element predicate. S = Q K^T and O += P V use the tensor-core
 // instruction mma.sync.m16n8k16 (sm_80 and later) with fp32 accumulation and
 // an online softmax in base 2. Rows with no allowed key give O = 0 and
 // LSE = -inf.
@@ -79,40 +80,54 @@ __device__ __forceinline__ u32 ld32(const u16 *p) {
   return *reinterpret_cast<const u32 *>(p);
 }
 
-/// Bit i (i = 4 * nt + e) says whether the pair of accumulator element e of
-/// n-tile nt of this thread is allowed. Kept out of line and not unrolled:
-/// partial tiles are the minority, and inlining the predicate 32 times would
-/// bloat the kernel and its register use.
-__device__ __noinline__ u32 partialMask(const Node *nodes, i64 count,
-                                        const i64 *data, i64 qRow, i64 k0,
-                                        int c2, i64 nq, i64 nk, i64 head,
-                                        i64 numHeads) {
+/// The attention of one query block of one head of group G: G is the
+/// generated code of the head group (G::runFrom enumerates the key-block
+/// runs of the query block, G::allowed is the element predicate of partial
+/// tiles).
+/// The shared memory of one thread block: a key and a value tile (the key
+/// tile stages the Q tile first). Declared once per kernel, whatever the
+/// number of groups it dispatches to.
+template <int D> struct SharedTiles {
+  u16 ks[64 * (D + 8)];
+  u16 vs[64 * (D + 8)];
+};
+
+/// Bit i (i = 4 * nt + e) of the result says whether the pair of
+/// accumulator element e of n-tile nt of this thread is allowed by the
+/// generated predicate of group G (rows rowPos and rowPos + 8, keys
+/// k0 + nt * 8 + c2 + (e & 1)). Straight-line code after unrolling.
+template <class G>
+__device__ __forceinline__ u32 keepBits(i64 rowPos, i64 k0, int c2, i64 nk,
+                                        i64 head, i64 numHeads) {
   u32 bits = 0;
-#pragma unroll 1
+#pragma unroll
   for (int i = 0; i < 32; ++i) {
-    const i64 qi = qRow + ((i & 3) >= 2 ? 8 : 0);
+    const i64 pi = rowPos + ((i & 3) >= 2 ? 8 : 0);
     const i64 kj = k0 + (i >> 2) * 8 + c2 + (i & 1);
-    if (kj < nk &&
-        allowedPair(nodes, count, data, qi, kj, nq, nk, head, numHeads))
+    if (kj < nk && G::allowed(pi, kj, head, numHeads))
       bits |= 1u << i;
   }
   return bits;
 }
 
-template <int E, int D>
+/// The attention of one query block of one head. `Groups` is generated per
+/// kernel: Groups::runFrom(pattern, ctx, kb) and Groups::keep(pattern, ...)
+/// switch (uniformly per thread block) to the run enumeration and the
+/// element predicate generated for the head group's pattern.
+template <int E, int D, class Groups>
 __device__ __forceinline__ void flashForward(const LayerTable &t,
-                                             const AttnParams &p) {
+                                             const AttnParams &p,
+                                             SharedTiles<D> &smem,
+                                             i64 pattern) {
   const int BQ = 64, BK = 64, P = D + 8;
-  __shared__ __align__(16) u16 ks[BK * P];
-  __shared__ __align__(16) u16 vs[BK * P];
+  u16 *const ks = smem.ks;
+  u16 *const vs = smem.vs;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int r = lane / 4, c2 = (lane % 4) * 2;
   const i64 slot = blockIdx.y, b = blockIdx.z;
-  const i64 head = t.computedHead[slot], group = t.headGroup[slot];
+  const i64 head = t.computedHead[slot];
   const i64 kvHead = head / (p.numHeads / p.numKvHeads);
-  const Node *nodes = t.nodes + t.groupBegin[group];
-  const i64 count = t.groupBegin[group + 1] - t.groupBegin[group];
   const i64 q0 = (i64)blockIdx.x * BQ;
   const i64 q1 = minI(q0 + BQ, p.nq);
   const bool vec = p.vectorLoads != 0;
@@ -142,14 +157,15 @@ __device__ __forceinline__ void flashForward(const LayerTable &t,
     oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
   float m[2] = {negInf, negInf}, l[2] = {0.f, 0.f};
 
-  i64 kLo, kHi;
-  keyHull(nodes, count, t.data, q0, q1, p.nq, p.nk, kLo, kHi);
-  for (i64 k0 = (kLo / BK) * BK; kLo <= kHi && k0 <= kHi; k0 += BK) {
-    const i64 k1 = minI(k0 + BK, p.nk);
-    Tile tile = {q0, q1, k0, k1, p.nq, p.nk, head, t.numHeads};
-    const int cls = classifyTile(nodes, count, t.data, tile);
-    if (cls == kEmpty)
-      continue;
+  // The key blocks of this query block: the group's runs, in key order.
+  const RunCtx ctx = makeRunCtx(q0, q1, p.nq, p.nk, BK, head, t.numHeads);
+  const i64 rowPos = q0 + row0 + p.nk - p.nq; // aligned position of row0
+  Run run = Groups::runFrom(pattern, ctx, 0);
+  for (i64 kb = run.lo; isRun(run);
+       kb < run.hi ? ++kb
+                   : (run = Groups::runFrom(pattern, ctx, kb + 1), kb = run.lo)) {
+    const i64 k0 = kb * BK;
+    const int cls = run.cls;
     loadTile<D, P, BK>(ks, kBase, p.kStrideS, k0, p.nk, vec);
     loadTile<D, P, BK>(vs, vBase, p.vStrideS, k0, p.nk, vec);
     __syncthreads();
@@ -165,11 +181,11 @@ __device__ __forceinline__ void flashForward(const LayerTable &t,
       }
     }
 
-    // Scale, mask, and the row maxima of this tile.
+    // Scale, mask (partial tiles only: the group's generated predicate),
+    // and the row maxima of this tile.
     u32 keep = 0xffffffffu;
     if (cls == kPartial)
-      keep = partialMask(nodes, count, t.data, q0 + row0, k0, c2, p.nq, p.nk,
-                         head, t.numHeads);
+      keep = Groups::keep(pattern, rowPos, k0, c2, p.nk, head, t.numHeads);
     float tileMax[2] = {negInf, negInf};
 #pragma unroll
     for (int nt = 0; nt < BK / 8; ++nt)

@@ -7,6 +7,8 @@
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/SmallVector.h"
 
+#include <map>
+
 using namespace mlir;
 using namespace tessera::attn;
 
@@ -205,5 +207,330 @@ LogicalResult ScheduleOp::verifyRegions() {
   for (int64_t h = 0; h < numHeads; ++h)
     if (!owner[h])
       return emitOpError("head ") << h << " is neither scheduled nor skipped";
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// GroupOp and the run ops
+//===----------------------------------------------------------------------===//
+
+static bool isRunOp(Operation *op) {
+  return isa<RunIntervalOp, RunPeriodicOp, RunListedOp, RunShardsOp,
+             RunGroupsOp, RunBlocksOp, RunAllOp, RunUnionOp, RunIntersectOp,
+             RunDifferenceOp>(op);
+}
+
+/// The ops of a region holding run expressions: all run ops, between `min`
+/// and `max` of them.
+static LogicalResult verifyRunRegion(Operation *owner, Region &region,
+                                     size_t min, size_t max) {
+  if (region.empty())
+    return success();
+  size_t n = 0;
+  for (Operation &op : region.front()) {
+    if (!isRunOp(&op))
+      return op.emitOpError("is not a run op ('attn.run_*')");
+    ++n;
+  }
+  if (n < min || n > max) {
+    InFlightDiagnostic d = owner->emitOpError("needs ");
+    if (min == max)
+      d << min;
+    else if (max == SIZE_MAX)
+      d << "at least " << min;
+    else
+      d << min << " to " << max;
+    return d << " run ops, got " << n;
+  }
+  return success();
+}
+
+LogicalResult GroupOp::verifyRegions() {
+  return verifyRunRegion(*this, getRuns(), 1, 1);
+}
+
+LogicalResult RunUnionOp::verifyRegions() {
+  return verifyRunRegion(*this, getBody(), 1, SIZE_MAX);
+}
+
+LogicalResult RunIntersectOp::verifyRegions() {
+  return verifyRunRegion(*this, getBody(), 1, SIZE_MAX);
+}
+
+LogicalResult RunDifferenceOp::verifyRegions() {
+  return verifyRunRegion(*this, getBody(), 2, 2);
+}
+
+static LogicalResult verifyAxis(Operation *op, StringRef axis) {
+  if (axis != "key" && axis != "diagonal" && axis != "row")
+    return op->emitOpError("axis must be \"key\", \"diagonal\" or \"row\", "
+                           "got \"")
+           << axis << "\"";
+  return success();
+}
+
+LogicalResult RunPeriodicOp::verify() {
+  if (failed(verifyAxis(*this, getAxis())))
+    return failure();
+  if (getPeriod() < 1 || getWidth() < 1)
+    return emitOpError("period and width must be at least 1, got ")
+           << getPeriod() << " and " << getWidth();
+  return success();
+}
+
+LogicalResult RunListedOp::verify() {
+  if (failed(verifyAxis(*this, getAxis())))
+    return failure();
+  ArrayRef<int64_t> r = getRanges();
+  if (r.size() % 2 != 0)
+    return emitOpError("ranges must hold [begin, end) pairs");
+  for (size_t i = 0; i < r.size(); i += 2) {
+    if (r[i] >= r[i + 1])
+      return emitOpError("range [") << r[i] << ", " << r[i + 1] << ") is empty";
+    if (i > 0 && r[i] <= r[i - 1])
+      return emitOpError("ranges must be sorted, disjoint and not touching");
+  }
+  return success();
+}
+
+// Bounds: (variable, constant) pairs for keys (variable 0: none, 1: p0,
+// 2: p1) and (coefficient of i, constant) pairs for blocks. Lower bounds are
+// maxima, upper bounds minima.
+
+namespace {
+enum class BoundForm { Keys, Blocks };
+} // namespace
+
+static void printAtom(OpAsmPrinter &p, BoundForm form, int64_t var,
+                      int64_t c) {
+  if (var == 0) {
+    p << c;
+    return;
+  }
+  if (form == BoundForm::Keys)
+    p << (var == 1 ? "p0" : "p1");
+  else if (var == 1)
+    p << "i";
+  else
+    p << var << " * i";
+  if (c != 0)
+    p << (c < 0 ? " - " : " + ") << (c < 0 ? -c : c);
+}
+
+static void printBound(OpAsmPrinter &p, BoundForm form, ArrayRef<int64_t> b,
+                       bool upper) {
+  if (b.empty()) {
+    p << (upper ? "end" : "0");
+    return;
+  }
+  if (b.size() > 2)
+    p << (upper ? "min(" : "max(");
+  for (size_t i = 0; i < b.size(); i += 2) {
+    if (i)
+      p << ", ";
+    printAtom(p, form, b[i], b[i + 1]);
+  }
+  if (b.size() > 2)
+    p << ")";
+}
+
+static ParseResult parseAtom(OpAsmParser &parser, BoundForm form,
+                             SmallVectorImpl<int64_t> &out) {
+  int64_t var = 0, c = 0;
+  int64_t value;
+  OptionalParseResult num = parser.parseOptionalInteger(value);
+  if (num.has_value()) {
+    if (failed(*num))
+      return failure();
+    if (form == BoundForm::Blocks && succeeded(parser.parseOptionalStar())) {
+      if (parser.parseKeyword("i"))
+        return failure();
+      var = value;
+    } else {
+      out.append({0, value});
+      return success();
+    }
+  } else {
+    StringRef name;
+    SMLoc loc = parser.getCurrentLocation();
+    if (parser.parseKeyword(&name))
+      return failure();
+    if (form == BoundForm::Keys && (name == "p0" || name == "p1"))
+      var = name == "p0" ? 1 : 2;
+    else if (form == BoundForm::Blocks && name == "i")
+      var = 1;
+    else
+      return parser.emitError(loc, "expected ")
+             << (form == BoundForm::Keys ? "'p0' or 'p1'" : "'i'")
+             << " or an integer, got '" << name << "'";
+  }
+  bool minus = succeeded(parser.parseOptionalMinus());
+  if (minus || succeeded(parser.parseOptionalPlus())) {
+    if (parser.parseInteger(c))
+      return failure();
+    if (minus)
+      c = -c;
+  }
+  out.append({var, c});
+  return success();
+}
+
+static ParseResult parseBound(OpAsmParser &parser, BoundForm form, bool upper,
+                              SmallVectorImpl<int64_t> &out) {
+  if (upper && succeeded(parser.parseOptionalKeyword("end")))
+    return success();
+  if (succeeded(parser.parseOptionalKeyword(upper ? "min" : "max"))) {
+    if (parser.parseLParen())
+      return failure();
+    do {
+      if (parseAtom(parser, form, out))
+        return failure();
+    } while (succeeded(parser.parseOptionalComma()));
+    return parser.parseRParen();
+  }
+  if (parseAtom(parser, form, out))
+    return failure();
+  // A lower bound 0 is the clip itself: the canonical form is empty.
+  if (!upper && out.size() == 2 && out[0] == 0 && out[1] == 0)
+    out.clear();
+  return success();
+}
+
+static ParseResult parseRange(OpAsmParser &parser, BoundForm form,
+                              SmallVectorImpl<int64_t> &lo,
+                              SmallVectorImpl<int64_t> &hi) {
+  if (parser.parseLSquare() || parseBound(parser, form, false, lo) ||
+      parser.parseComma() || parseBound(parser, form, true, hi) ||
+      parser.parseRSquare())
+    return failure();
+  return success();
+}
+
+ParseResult RunIntervalOp::parse(OpAsmParser &parser, OperationState &result) {
+  SmallVector<int64_t> lists[8];
+  if (parser.parseKeyword("keys") ||
+      parseRange(parser, BoundForm::Keys, lists[0], lists[1]) ||
+      parser.parseKeyword("full") ||
+      parseRange(parser, BoundForm::Keys, lists[2], lists[3]))
+    return failure();
+  bool blocks = succeeded(parser.parseOptionalKeyword("blocks"));
+  if (blocks && (parseRange(parser, BoundForm::Blocks, lists[4], lists[5]) ||
+                 parser.parseKeyword("full") ||
+                 parseRange(parser, BoundForm::Blocks, lists[6], lists[7])))
+    return failure();
+  Builder &b = parser.getBuilder();
+  const char *names[8] = {"keys_lo",   "keys_hi",   "full_lo",
+                          "full_hi",   "blocks_lo", "blocks_hi",
+                          "full_blocks_lo", "full_blocks_hi"};
+  for (int i = 0; i < (blocks ? 8 : 4); ++i)
+    result.addAttribute(names[i], b.getDenseI64ArrayAttr(lists[i]));
+  return parser.parseOptionalAttrDict(result.attributes);
+}
+
+void RunIntervalOp::print(OpAsmPrinter &p) {
+  auto range = [&](BoundForm form, ArrayRef<int64_t> lo, ArrayRef<int64_t> hi) {
+    p << "[";
+    printBound(p, form, lo, false);
+    p << ", ";
+    printBound(p, form, hi, true);
+    p << "]";
+  };
+  p << " keys ";
+  range(BoundForm::Keys, getKeysLo(), getKeysHi());
+  p << " full ";
+  range(BoundForm::Keys, getFullLo(), getFullHi());
+  if (getBlocksLo()) {
+    p << " blocks ";
+    range(BoundForm::Blocks, *getBlocksLo(), *getBlocksHi());
+    p << " full ";
+    range(BoundForm::Blocks, *getFullBlocksLo(), *getFullBlocksHi());
+  }
+  p.printOptionalAttrDict(
+      (*this)->getAttrs(),
+      {"keys_lo", "keys_hi", "full_lo", "full_hi", "blocks_lo", "blocks_hi",
+       "full_blocks_lo", "full_blocks_hi"});
+}
+
+static int64_t floorDivI(int64_t a, int64_t b) {
+  int64_t q = a / b;
+  return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+/// Keeps the tightest term per coefficient; drops lower constants <= 0.
+static SmallVector<int64_t> tighten(ArrayRef<int64_t> pairs, bool upper) {
+  std::map<int64_t, int64_t> best;
+  for (size_t i = 0; i + 1 < pairs.size(); i += 2) {
+    auto [it, fresh] = best.insert({pairs[i], pairs[i + 1]});
+    if (!fresh)
+      it->second = upper ? std::min(it->second, pairs[i + 1])
+                         : std::max(it->second, pairs[i + 1]);
+  }
+  SmallVector<int64_t> out;
+  for (auto [coef, c] : best)
+    if (upper || coef != 0 || c > 0)
+      out.append({coef, c});
+  return out;
+}
+
+SmallVector<SmallVector<int64_t>, 4>
+RunIntervalOp::deriveBlocks(ArrayRef<int64_t> keysLo, ArrayRef<int64_t> keysHi,
+                            ArrayRef<int64_t> fullLo, ArrayRef<int64_t> fullHi,
+                            int64_t blockQ, int64_t blockK) {
+  // Query block i of Nq = Nk: p0 = i * bq, p1 = i * bq + bq - 1.
+  int64_t r = blockQ / blockK;
+  // Key x of term (var, c) is r_var * i * bk + off_var + c.
+  auto map = [&](ArrayRef<int64_t> terms, bool upper, int mode) {
+    SmallVector<int64_t> out;
+    for (size_t i = 0; i + 1 < terms.size(); i += 2) {
+      int64_t var = terms[i], c = terms[i + 1];
+      int64_t off = var == 2 ? blockQ - 1 : 0, coef = var == 0 ? 0 : r;
+      int64_t x = off + c, blk;
+      if (mode == 0) // floor(x / bk)
+        blk = floorDivI(x, blockK);
+      else if (mode == 1) // ceil(x / bk)
+        blk = -floorDivI(-x, blockK);
+      else // floor((x + 1) / bk) - 1
+        blk = floorDivI(x + 1, blockK) - 1;
+      out.append({coef, blk});
+    }
+    return tighten(out, upper);
+  };
+  return {map(keysLo, false, 0), map(keysHi, true, 0), map(fullLo, false, 1),
+          map(fullHi, true, 2)};
+}
+
+LogicalResult RunIntervalOp::verify() {
+  for (ArrayRef<int64_t> b : {getKeysLo(), getKeysHi(), getFullLo(),
+                              getFullHi()}) {
+    if (b.size() % 2 != 0)
+      return emitOpError("bounds must hold (variable, constant) pairs");
+    for (size_t i = 0; i < b.size(); i += 2)
+      if (b[i] < 0 || b[i] > 2)
+        return emitOpError("bound variables are 0 (none), 1 (p0), 2 (p1)");
+  }
+  bool any = getBlocksLo() || getBlocksHi() || getFullBlocksLo() ||
+             getFullBlocksHi();
+  bool all = getBlocksLo() && getBlocksHi() && getFullBlocksLo() &&
+             getFullBlocksHi();
+  if (!any)
+    return success();
+  if (!all)
+    return emitOpError("needs all four block bounds or none");
+  auto schedule = (*this)->getParentOfType<ScheduleOp>();
+  if (!schedule)
+    return emitOpError("block bounds need an enclosing 'attn.schedule'");
+  int64_t bq = schedule.getBlockQ(), bk = schedule.getBlockK();
+  if (bq % bk != 0)
+    return emitOpError("block bounds need block_q to be a multiple of "
+                       "block_k, the schedule has ")
+           << bq << " x " << bk;
+  auto expected = deriveBlocks(getKeysLo(), getKeysHi(), getFullLo(),
+                               getFullHi(), bq, bk);
+  ArrayRef<int64_t> actual[4] = {*getBlocksLo(), *getBlocksHi(),
+                                 *getFullBlocksLo(), *getFullBlocksHi()};
+  for (int i = 0; i < 4; ++i)
+    if (ArrayRef<int64_t>(expected[i]) != actual[i])
+      return emitOpError("block bounds do not follow from the key bounds at ")
+             << bq << " x " << bk << " tiles";
   return success();
 }

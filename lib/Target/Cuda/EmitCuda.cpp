@@ -6,6 +6,7 @@
 #include "tessera/Schedule/Lower.h"
 #include "tessera/Schedule/Runs.h"
 #include "tessera/Semantics/FromAttr.h"
+#include "tessera/Transforms/RunOps.h"
 
 #include "EmbeddedKernel.h"
 
@@ -125,15 +126,32 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
       groups.push_back(
           {semantics::fromAttr(g.getPattern()),
            std::vector<int64_t>(g.getHeads().begin(), g.getHeads().end())});
+      // The generated code follows the pattern; runs shown in the IR by
+      // --attn-lower-runs must say the same.
+      schedule::RunExpr runs = schedule::buildRuns(groups.back().pattern);
+      if (!g.getRuns().empty()) {
+        FailureOr<schedule::RunExpr> shown =
+            runExprFromOp(&g.getRuns().front().front());
+        if (failed(shown)) {
+          ok = false;
+          continue;
+        }
+        if (!(*shown == runs)) {
+          g.emitError("the runs of group ")
+              << g.getId() << " are not those of its pattern; rerun "
+              << "--attn-lower-runs after changing a pattern";
+          ok = false;
+          continue;
+        }
+      }
       std::string key = llvm::to_string(g.getPattern());
       auto [it, fresh] =
           patternIds.insert({key, static_cast<int64_t>(patternIds.size())});
       if (fresh) {
         std::string name = "P" + std::to_string(it->second);
         groupCode += "// " + name + ": " + key + "\n" +
-                     schedule::emitGroupCode(
-                         groups.back().pattern,
-                         schedule::buildRuns(groups.back().pattern), name) +
+                     schedule::emitGroupCode(groups.back().pattern, runs,
+                                             name) +
                      "\n";
       }
       groupPattern.push_back(it->second);

@@ -54,4 +54,25 @@ def AttnSchedule : Pass<"attn-schedule", "::mlir::ModuleOp"> {
   ];
 }
 
+def AttnLowerRuns : Pass<"attn-lower-runs", "::mlir::ModuleOp"> {
+  let summary = "Show each head group's key-block runs in closed form (L1)";
+  let description = [{
+    Fills the region of every `attn.group` of a block schedule with the run
+    expression the CUDA emitter generates code from: for a query block whose
+    rows have the aligned positions p0 to p1, the runs of key blocks it
+    visits, each FULL or PARTIAL, as closed forms (`attn.run_interval`
+    bounds affine in p0 and p1, periodic and listed families, shards,
+    groups, listed blocks) combined by `attn.run_union`,
+    `attn.run_intersect` and `attn.run_difference` after simplification
+    (an intersection of intervals is one interval). Intervals also show
+    their key blocks for query block `i` when `block_q` is a multiple of
+    `block_k` (Nq = Nk). Existing run regions are replaced.
+
+    ```
+    attn-opt patterns/video-dit.mlir --attn-schedule --attn-lower-runs
+    ```
+  }];
+  let dependentDialects = ["::tessera::attn::AttnDialect"];
+}
+
 #endif // TESSERA_TRANSFORMS_PASSES_TD

@@ -132,7 +132,8 @@ def Attn_ScheduleOp : Attn_Op<"schedule", [HasParent<"ModelOp">, NoTerminator,
   }];
 }
 
-def Attn_GroupOp : Attn_Op<"group", [HasParent<"ScheduleOp">]> {
+def Attn_GroupOp : Attn_Op<"group", [HasParent<"ScheduleOp">, NoTerminator,
+                                     SingleBlock, NoRegionArguments]> {
   let summary = "A launch group: heads sharing one block schedule";
   let description = [{
     ```mlir
@@ -140,10 +141,202 @@ def Attn_GroupOp : Attn_Op<"group", [HasParent<"ScheduleOp">]> {
     ```
     Group ids are 0, 1, 2, ... in order. The heads of a group have identical
     masks; the pattern is never `#attn.skip`.
+
+    After `--attn-lower-runs` the group's region holds its run expression:
+    the runs of key blocks each query block visits, in closed form (see the
+    `attn.run_*` ops). The CUDA emitter generates each group's code from its
+    pattern and checks it against these ops when they are present.
+
+    ```mlir
+    attn.group 0 heads [0] = #attn.window<before = 256> runs {
+      attn.run_interval keys [p0 - 256, p1] full [p1 - 256, p0]
+          blocks [i - 4, i] full [i - 3, i - 1]
+    }
+    ```
   }];
   let arguments = (ins Attn_I64Attr:$id, DenseI64ArrayAttr:$heads,
                        Attn_PatternAttrInterface:$pattern);
-  let assemblyFormat = "$id `heads` $heads `=` $pattern attr-dict";
+  let regions = (region AnyRegion:$runs);
+  let assemblyFormat = "$id `heads` $heads `=` $pattern (`runs` $runs^)? attr-dict";
+  let hasRegionVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// L1 runs: the key-block runs of a head group, in closed form
+//===----------------------------------------------------------------------===//
+
+/// Ops that hold run expressions: a group and the run combinators.
+defvar Attn_RunParents = ["GroupOp", "RunUnionOp", "RunIntersectOp",
+                          "RunDifferenceOp"];
+
+class Attn_RunOp<string mnemonic, list<Trait> traits = []>
+    : Attn_Op<mnemonic, !listconcat([ParentOneOf<Attn_RunParents>], traits)>;
+
+class Attn_RunCombinatorOp<string mnemonic, string what>
+    : Attn_RunOp<mnemonic, [NoTerminator, SingleBlock, NoRegionArguments]> {
+  let summary = "The " # what # " of the runs of the ops in its region";
+  let regions = (region SizedRegion<1>:$body);
+  let assemblyFormat = "attr-dict-with-keyword $body";
+  let hasRegionVerifier = 1;
+}
+
+def Attn_RunIntervalOp : Attn_RunOp<"run_interval"> {
+  let summary = "Runs of one key interval affine in the query block";
+  let description = [{
+    For the query block whose rows have the aligned positions `p0` (first
+    row) to `p1` (last row), the keys `keys [lo, hi]` are seen by some row
+    (each of them by at least one) and the keys `full [flo, fhi]` by every
+    row. A bound is a constant, `p0 + c`, `p1 + c`, or the `max` (lower
+    bounds) or `min` (upper bounds) of such terms; keys are clipped to
+    [0, Nk), so a lower bound `0` is also the unbounded one and an upper
+    bound `end` is Nk - 1. Key blocks inside `full` are FULL tiles (no mask),
+    the other key blocks meeting `keys` PARTIAL.
+
+    The optional `blocks [..] full [..]` is the same in key blocks for query
+    block `i` of a sequence with Nq = Nk, when `block_q` is a multiple of
+    `block_k`; the verifier checks it against the keys.
+
+    ```mlir
+    attn.run_interval keys [p0 - 256, p1] full [p1 - 256, p0]
+        blocks [i - 4, i] full [i - 3, i - 1]
+    ```
+  }];
+  let arguments = (ins DenseI64ArrayAttr:$keys_lo, DenseI64ArrayAttr:$keys_hi,
+                       DenseI64ArrayAttr:$full_lo, DenseI64ArrayAttr:$full_hi,
+                       OptionalAttr<DenseI64ArrayAttr>:$blocks_lo,
+                       OptionalAttr<DenseI64ArrayAttr>:$blocks_hi,
+                       OptionalAttr<DenseI64ArrayAttr>:$full_blocks_lo,
+                       OptionalAttr<DenseI64ArrayAttr>:$full_blocks_hi);
+  let hasCustomAssemblyFormat = 1;
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// The block form for tiles of block_q x block_k (block_q a multiple of
+    /// block_k), as (coefficient of i, constant) pairs, in the order
+    /// blocks_lo, blocks_hi, full_blocks_lo, full_blocks_hi.
+    static ::llvm::SmallVector<::llvm::SmallVector<int64_t>, 4>
+    deriveBlocks(::llvm::ArrayRef<int64_t> keysLo,
+                 ::llvm::ArrayRef<int64_t> keysHi,
+                 ::llvm::ArrayRef<int64_t> fullLo,
+                 ::llvm::ArrayRef<int64_t> fullHi, int64_t blockQ,
+                 int64_t blockK);
+  }];
+}
+
+def Attn_RunPeriodicOp : Attn_RunOp<"run_periodic"> {
+  let summary = "Runs of a periodic set of keys, offsets or rows";
+  let description = [{
+    The values x of the axis ("key": k, "diagonal": d = k - p, "row": p)
+    with `(x - phase) mod period < width`: every occurrence is an interval
+    (a key interval, a band of offsets, or all keys for the rows it holds),
+    enumerated from the first one reaching the current key block, so a walk
+    costs O(occurrences visited).
+
+    ```mlir
+    attn.run_periodic "diagonal" period = 1024 width = 65 phase = -32
+    ```
+  }];
+  let arguments = (ins StrAttr:$axis, Attn_I64Attr:$period,
+                       Attn_I64Attr:$width, Attn_I64Attr:$phase);
+  let assemblyFormat = [{
+    $axis `period` `=` $period `width` `=` $width `phase` `=` $phase attr-dict
+  }];
+  let hasVerifier = 1;
+}
+
+def Attn_RunListedOp : Attn_RunOp<"run_listed"> {
+  let summary = "Runs of listed ranges of keys, offsets or rows";
+  let description = [{
+    `ranges` are sorted, disjoint half-open [begin, end) pairs on the axis
+    ("key", "diagonal" or "row"); a walk finds the first range reaching the
+    current key block by binary search. Short lists are lowered to unions of
+    `attn.run_interval` instead.
+
+    ```mlir
+    attn.run_listed "key" ranges = [0, 8, 16, 20, 64, 70, 100, 104, 200, 204]
+    ```
+  }];
+  let arguments = (ins StrAttr:$axis, DenseI64ArrayAttr:$ranges);
+  let assemblyFormat = "$axis `ranges` `=` $ranges attr-dict";
+  let hasVerifier = 1;
+}
+
+def Attn_RunShardsOp : Attn_RunOp<"run_shards"> {
+  let summary = "Runs of a head's strided shard of key blocks";
+  let description = [{
+    The keys of shard `(head + offset) mod shards` of blocks of `block`
+    keys: a periodic set of keys whose phase depends on the head.
+
+    ```mlir
+    attn.run_shards block = 64 shards = 8 offset = 0
+    ```
+  }];
+  let arguments = (ins Attn_I64Attr:$block, Attn_I64Attr:$shards,
+                       Attn_I64Attr:$offset);
+  let assemblyFormat = [{
+    `block` `=` $block `shards` `=` $shards `offset` `=` $offset attr-dict
+  }];
+}
+
+def Attn_RunGroupsOp : Attn_RunOp<"run_groups"> {
+  let summary = "Runs of shifted groups: the keys of the query block's groups";
+  let description = [{
+    The rows of a query block span groups g0 to g1 (groups of `size`
+    positions, shifted by `shift` in the upper half of the heads): they see
+    the keys of those groups, and every row sees them only when g0 = g1.
+
+    ```mlir
+    attn.run_groups size = 4096 shift = 2048
+    ```
+  }];
+  let arguments = (ins Attn_I64Attr:$size, Attn_I64Attr:$shift);
+  let assemblyFormat = "`size` `=` $size `shift` `=` $shift attr-dict";
+}
+
+def Attn_RunBlocksOp : Attn_RunOp<"run_blocks"> {
+  let summary = "Runs of listed (query block, key block) pairs";
+  let description = [{
+    The listed blocks of a block-sparse pattern (in its own block sizes),
+    looked up per row of pattern blocks the query block covers; one run per
+    visited tile.
+
+    ```mlir
+    attn.run_blocks block_q = 64 block_k = 64 blocks = [0, 0, 1, 0, 1, 1]
+    ```
+  }];
+  let arguments = (ins Attn_I64Attr:$block_q, Attn_I64Attr:$block_k,
+                       DenseI64ArrayAttr:$blocks);
+  let assemblyFormat = [{
+    `block_q` `=` $block_q `block_k` `=` $block_k `blocks` `=` $blocks attr-dict
+  }];
+}
+
+def Attn_RunAllOp : Attn_RunOp<"run_all"> {
+  let summary = "Every key block, FULL";
+  let assemblyFormat = "attr-dict";
+}
+
+def Attn_RunUnionOp : Attn_RunCombinatorOp<"run_union", "union"> {
+  let description = [{
+    A key block is visited when any part visits it, FULL when any part
+    calls it FULL. The walk merges the parts' runs in key order.
+  }];
+}
+
+def Attn_RunIntersectOp : Attn_RunCombinatorOp<"run_intersect",
+                                               "intersection"> {
+  let description = [{
+    A key block is visited when every part visits it, FULL when every part
+    calls it FULL. The walk leapfrogs: each part skips to where the others
+    are, so its cost follows the smallest part, not the largest.
+  }];
+}
+
+def Attn_RunDifferenceOp : Attn_RunCombinatorOp<"run_difference",
+                                                "difference"> {
+  let description = [{
+    The first part's runs less the key blocks the second part calls FULL;
+    blocks the second part calls PARTIAL become PARTIAL.
+  }];
 }
 
 #endif // TESSERA_DIALECT_ATTN_ATTNOPS_TD

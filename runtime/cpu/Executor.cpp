@@ -103,6 +103,9 @@ std::string checkTensor(const Tensor &t, const char *name) {
   return "";
 }
 
+/// The most memory a worker's key/value block cache takes.
+constexpr int64_t kCacheBytes = int64_t(64) << 20;
+
 /// Rows of the register-blocked microkernel, and its vector width in floats.
 constexpr int64_t kRows = 8;
 constexpr int64_t kLanes = 16;
@@ -120,12 +123,15 @@ struct Worker {
   std::vector<uint8_t> keep; ///< [rowsPad][colsPad] element mask of a tile
   std::vector<float> bias;   ///< [colsPad] 0 or -inf per key of one row
   std::vector<uint8_t> line; ///< a diagonal mask's line
-  /// The keys (transposed, [dPad][nkPad]) and values ([nkPad][dPad]) of one
-  /// (batch, kv head), converted to floats once and reused by every query
-  /// block of the heads that read them.
-  int64_t cachedBatch = -1, cachedKvHead = -1, nkPad = 0;
-  std::vector<float> kAllT, vAll;
-  std::vector<uint8_t> blockLoaded; ///< per key block: converted yet?
+  /// A direct-mapped cache of converted key blocks of one (batch, kv head):
+  /// key block kb lives in slot kb % slots, its keys transposed
+  /// ([dPad][colsPad]) and its values ([colsPad][dPad]) as floats, reused by
+  /// the query blocks of the heads that read them. Its size is bounded
+  /// (kCacheBytes), not O(Nk): a walk's contiguous runs map to distinct
+  /// slots.
+  int64_t cachedBatch = -1, cachedKvHead = -1, slots = 0;
+  std::vector<float> kT, vb;
+  std::vector<int64_t> tag; ///< the key block in each slot, or -1
 };
 
 /// kLanes floats as one GCC vector; loads and stores go through memcpy, so
@@ -258,10 +264,16 @@ enum class MaskShape {
   General,
 };
 
-MaskShape maskShape(const k::Node *nodes, k::i64 count) {
+/// The shape of a partial tile's mask: leaves that are EMPTY or FULL on the
+/// whole tile are constants there, so only the partial leaves' axes count
+/// (an A-shape's diagonal tiles are diagonal: its sink leaf is empty there).
+MaskShape maskShape(const k::Node *nodes, k::i64 count, const k::i64 *data,
+                    const k::Tile &tile) {
   bool diag = false, key = false, row = false, other = false;
   for (k::i64 i = 0; i < count; ++i) {
     const k::Node &n = nodes[i];
+    if (n.kind < k::kUnion && k::classifyLeaf(n, data, tile) != k::kPartial)
+      continue;
     switch (n.kind) {
     case k::kIntervals:
     case k::kBand:
@@ -289,7 +301,8 @@ MaskShape maskShape(const k::Node *nodes, k::i64 count) {
 
 /// The element mask of a partial tile, by the cheapest route its shape
 /// allows; the general route subdivides the tile.
-void partialTileMask(MaskShape shape, const k::Node *nodes, k::i64 count,
+void partialTileMask(MaskShape shape, const k::ProgramRuns &runs,
+                     const k::Node *nodes, k::i64 count,
                      const k::i64 *data, int64_t q0, int64_t k0, int64_t q1,
                      int64_t k1, int64_t nq, int64_t nk, int64_t head,
                      int64_t numHeads, uint8_t *mask, int64_t ld,
@@ -297,15 +310,17 @@ void partialTileMask(MaskShape shape, const k::Node *nodes, k::i64 count,
   int64_t rows = q1 - q0, cols = k1 - k0;
   switch (shape) {
   case MaskShape::Diagonal: {
-    // allowed depends on d alone: one line over every d the tile holds,
-    // evaluated on the first row (a program on d ignores k's range), then
-    // row i is the line shifted by i.
-    int64_t p0 = q0 + nk - nq;
+    // Inside the tile allowed depends on d alone: one line over every d the
+    // tile holds, read off the tile's first column (bottom row up) and first
+    // row, points of the tile itself (outside it the constant leaves may
+    // change); row i is the line shifted by i.
     int64_t span = rows + cols - 1;
     line.resize(span);
-    int64_t firstK = p0 + (k0 - (p0 + rows - 1));
-    tileMask(nodes, count, data, q0, firstK, q0 + 1, firstK + span, nq, nk,
-             head, numHeads, line.data(), span);
+    tileMask(nodes, count, data, q0, k0, q1, k0 + 1, nq, nk, head, numHeads,
+             line.data(), 1);
+    std::reverse(line.begin(), line.begin() + rows);
+    tileMask(nodes, count, data, q0, k0, q0 + 1, k1, nq, nk, head, numHeads,
+             line.data() + rows - 1, span);
     for (int64_t i = 0; i < rows; ++i)
       std::copy_n(line.data() + (rows - 1 - i), cols, mask + i * ld);
     return;
@@ -324,8 +339,27 @@ void partialTileMask(MaskShape shape, const k::Node *nodes, k::i64 count,
     }
     return;
   case MaskShape::General:
-    tileMask(nodes, count, data, q0, k0, q1, k1, nq, nk, head, numHeads, mask,
-             ld);
+    // Row by row, the runs of a one-row query block with one-key blocks:
+    // exact (every 1 x 1 tile is EMPTY or FULL), O(runs in the tile) a row.
+    for (int64_t i = 0; i < rows; ++i) {
+      uint8_t *row = mask + i * ld;
+      std::fill_n(row, cols, uint8_t(0));
+      k::RunCtx c =
+          k::makeRunCtx(q0 + i, q0 + i + 1, nq, nk, 1, head, numHeads);
+      for (k::i64 kb = k0;;) {
+        k::Run r = runs.runFrom(c, kb);
+        if (!k::isRun(r) || r.lo >= k1)
+          break;
+        int64_t hi = std::min<int64_t>(r.hi, k1 - 1);
+        if (r.cls == k::kFull)
+          std::fill(row + (r.lo - k0), row + (hi - k0) + 1, uint8_t(1));
+        else // not produced on 1 x 1 tiles; exact all the same
+          for (int64_t kk = r.lo; kk <= hi; ++kk)
+            row[kk - k0] = k::allowedPair(nodes, count, data, q0 + i, kk, nq,
+                                          nk, head, numHeads);
+        kb = r.hi + 1;
+      }
+    }
     return;
   }
 }
@@ -361,15 +395,10 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
   std::fill(w.l.begin(), w.l.begin() + rows, 0.0f);
 
   if (w.cachedBatch != b || w.cachedKvHead != kvHead) {
-    // Padding keys (beyond Nk) stay zero: their scores are masked and their
-    // values multiply zero probabilities.
-    // Key blocks are converted when a tile first needs them; the buffers are
-    // zeroed once, when the worker starts, so the padding keys stay zero.
-    w.blockLoaded.assign((nk + bk - 1) / bk, 0);
+    std::fill(w.tag.begin(), w.tag.end(), -1);
     w.cachedBatch = b;
     w.cachedKvHead = kvHead;
   }
-  MaskShape shape = maskShape(nodes, count);
   int64_t full = 0, partial = 0;
   // The tiles of this query block: the group's runs, in key order, as the
   // CUDA kernel walks them.
@@ -382,24 +411,36 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
     int64_t k0 = kb * bk, k1 = std::min(k0 + bk, nk), cols = k1 - k0;
     int64_t colsPad = roundUp(cols, kLanes);
     (cls == k::kFull ? full : partial) += 1;
-    if (!w.blockLoaded[kb]) {
+    int64_t slot = kb % w.slots;
+    float *kT = &w.kT[slot * dp * cp], *vb = &w.vb[slot * cp * dp];
+    if (w.tag[slot] != kb) {
+      // Convert the block; keys past Nk stay zero (their scores are masked,
+      // their values meet zero probabilities).
       float *row = &w.acc[rowsPad * dp]; // scratch past the live rows
-      for (int64_t j = k0; j < k1; ++j) {
-        load(a.k, offsetOf(a.k, b, j, kvHead), d, row);
+      for (int64_t j = 0; j < cp; ++j) {
+        if (j < cols) {
+          load(a.k, offsetOf(a.k, b, k0 + j, kvHead), d, row);
+          load(a.v, offsetOf(a.v, b, k0 + j, kvHead), d, vb + j * dp);
+        } else {
+          std::fill(row, row + d, 0.0f);
+          std::fill(vb + j * dp, vb + j * dp + d, 0.0f);
+        }
         for (int64_t x = 0; x < d; ++x)
-          w.kAllT[x * w.nkPad + j] = row[x];
-        load(a.v, offsetOf(a.v, b, j, kvHead), d, &w.vAll[j * dp]);
+          kT[x * cp + j] = row[x];
       }
-      w.blockLoaded[kb] = 1;
+      w.tag[slot] = kb;
     }
-    gemm(w.q.data(), dp, w.kAllT.data() + k0, w.nkPad, w.s.data(), cp, rowsPad,
+    gemm(w.q.data(), dp, kT, cp, w.s.data(), cp, rowsPad,
          colsPad, d, /*accumulate=*/false);
     // bias[j]: 0 for a key that counts, -inf for a masked or padding key.
     float *bias = w.bias.data();
     for (int64_t j = 0; j < colsPad; ++j)
       bias[j] = j < cols ? 0.0f : kNegInf;
     if (cls == k::kPartial)
-      partialTileMask(shape, nodes, count, t.data, q0, k0, q1, k1, nq, nk, head,
+      partialTileMask(maskShape(nodes, count, t.data,
+                                k::Tile{q0, q1, k0, k1, nq, nk, head,
+                                        t.numHeads}),
+                      runs, nodes, count, t.data, q0, k0, q1, k1, nq, nk, head,
                       t.numHeads, w.keep.data(), cp, w.line);
     for (int64_t i = 0; i < rows; ++i) {
       float *s = &w.s[i * cp];
@@ -439,7 +480,7 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
     }
     for (int64_t i = rows; i < rowsPad; ++i)
       std::fill(&w.s[i * cp], &w.s[i * cp] + colsPad, 0.0f);
-    gemm(w.s.data(), cp, w.vAll.data() + k0 * dp, dp, w.acc.data(), dp, rowsPad,
+    gemm(w.s.data(), cp, vb, dp, w.acc.data(), dp, rowsPad,
          dp, colsPad, /*accumulate=*/true);
   }
   for (int64_t i = 0; i < rows; ++i) {
@@ -534,9 +575,13 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
     w.colsPad = roundUp(a.blockK, kLanes);
     w.dPad = roundUp(d, kLanes);
     w.q.assign(w.rowsPad * w.dPad, 0.0f);
-    w.nkPad = roundUp(job.nk, kLanes) + w.colsPad;
-    w.kAllT.assign(w.dPad * w.nkPad, 0.0f);
-    w.vAll.assign(w.nkPad * w.dPad, 0.0f);
+    int64_t blockBytes = 2 * w.dPad * w.colsPad * int64_t(sizeof(float));
+    w.slots = std::max<int64_t>(
+        1, std::min((job.nk + a.blockK - 1) / a.blockK,
+                    kCacheBytes / blockBytes));
+    w.kT.assign(w.slots * w.dPad * w.colsPad, 0.0f);
+    w.vb.assign(w.slots * w.colsPad * w.dPad, 0.0f);
+    w.tag.assign(w.slots, -1);
     w.s.assign(w.rowsPad * w.colsPad, 0.0f);
     // One extra row: scratch for converting a key row.
     w.acc.assign((w.rowsPad + 1) * w.dPad, 0.0f);

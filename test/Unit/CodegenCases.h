@@ -49,6 +49,17 @@ inline std::vector<PatternAttrInterface> codegenCases(MLIRContext *c) {
                              SinkAttr::get(c, 6)}),
       DifferenceAttr::get(c, DenseAttr::get(c), WindowAttr::get(c, 1, 1)),
       DifferenceAttr::get(c, CausalAttr::get(c), SinkAttr::get(c, 3)),
+      // Shipped-size parameters, for the long-sequence test.
+      AShapeAttr::get(c, 64, 1024, 0),
+      WindowAttr::get(c, 2048, 0),
+      MultiDiagonalAttr::get(c, 1024, {}, 32),
+      GridAttr::get(c, 1024, 64, 64, 0),
+      UnionAttr::get(c, {WindowAttr::get(c, 256, 256),
+                         VerticalStripeAttr::get(c, {0, 1024}, 0, 0, 0)}),
+      IntersectAttr::get(
+          c, {CausalAttr::get(c), StridedShardsAttr::get(c, 8, 64, 3)}),
+      ShiftedGroupsAttr::get(c, 4096, 2048),
+      DifferenceAttr::get(c, CausalAttr::get(c), WindowAttr::get(c, 4095, 0)),
   };
   PatternGen gen(c, /*seed=*/161803);
   while (out.size() < 1200) {

@@ -69,18 +69,18 @@ def program_mask(nodes, data, nq, nk, head, num_heads, device):
             gk = torch.div(k - s, a, rounding_mode="floor")
             stack.append(gp == gk)
         elif kind == BLOCKS:
+            # c listed query-block ids, their c + 1 row starts, the columns.
             rows = c
-            row_start = data[begin:begin + rows + 1]
-            cols = data[begin + rows + 1:begin + size]
-            width = (max(cols) + 1) if cols else 1
-            table = torch.zeros(rows + 1, width + 1, dtype=torch.bool, device=device)
+            ids = data[begin:begin + rows]
+            row_start = data[begin + rows:begin + 2 * rows + 1]
+            cols = data[begin + 2 * rows + 1:begin + size]
+            qb = torch.div(p, a, rounding_mode="floor").expand(nq, nk)
+            kb = torch.div(k, b, rounding_mode="floor").expand(nq, nk)
+            m = torch.zeros(nq, nk, dtype=torch.bool, device=device)
             for r in range(rows):
                 for j in range(row_start[r], row_start[r + 1]):
-                    table[r, cols[j]] = True
-            qb = torch.div(p, a, rounding_mode="floor").clamp(-1, rows)
-            kb = torch.div(k, b, rounding_mode="floor").clamp(max=width)
-            qb = torch.where(qb < 0, torch.full_like(qb, rows), qb)  # row `rows` is empty
-            stack.append(table[qb.expand(nq, nk), kb.expand(nq, nk)])
+                    m |= (qb == ids[r]) & (kb == cols[j])
+            stack.append(m)
         else:
             args = stack[-axis:]
             del stack[-axis:]

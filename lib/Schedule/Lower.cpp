@@ -1,6 +1,7 @@
 //===- Lower.cpp - patterns to block-schedule programs --------------------===//
 
 #include "tessera/Schedule/Lower.h"
+#include "tessera/kernel/OwnedTable.h"
 #include "tessera/Semantics/Ranges.h"
 
 #include <algorithm>
@@ -126,20 +127,11 @@ private:
     return push(leaf(k::kGroups, k::kAxisP, g.size, g.shift));
   }
   int emitNode(const s::BlockSparse &b) {
-    int64_t rows = 0;
-    for (auto [qb, kb] : b.blocks)
-      rows = std::max(rows, qb + 1);
-    k::Node n = leaf(k::kBlocks, k::kAxisP, b.blockQ, b.blockK, rows);
+    k::Node n = leaf(k::kBlocks, k::kAxisP, b.blockQ, b.blockK);
     n.dataBegin = static_cast<k::i64>(out.data.size());
-    std::vector<int64_t> rowStart(rows + 1, 0);
-    for (auto [qb, kb] : b.blocks)
-      ++rowStart[qb + 1];
-    for (int64_t r = 0; r < rows; ++r)
-      rowStart[r + 1] += rowStart[r];
-    out.data.insert(out.data.end(), rowStart.begin(), rowStart.end());
-    // b.blocks is sorted by (query block, key block): columns come in order.
-    for (auto [qb, kb] : b.blocks)
-      out.data.push_back(kb);
+    std::vector<std::pair<k::i64, k::i64>> blocks(b.blocks.begin(),
+                                                  b.blocks.end());
+    n.c = k::appendBlockList(blocks, out.data);
     n.dataSize = static_cast<k::i64>(out.data.size()) - n.dataBegin;
     return push(n);
   }

@@ -2,6 +2,7 @@
 
 #include "tessera/Schedule/Runs.h"
 #include "tessera/Semantics/Ranges.h"
+#include "tessera/kernel/OwnedTable.h"
 
 #include <algorithm>
 #include <map>
@@ -317,25 +318,16 @@ public:
     return "(" + pred(d.parts[0]) + " && !" + pred(d.parts[1]) + ")";
   }
 
-  /// CSR of sorted (query block, key block) pairs: the array's name and the
-  /// number of rows.
+  /// The kBlocks data of listed (query block, key block) pairs: the array's
+  /// name and the number of listed rows.
   std::pair<std::string, int64_t>
-  csr(std::vector<std::pair<int64_t, int64_t>> blocks) {
-    std::sort(blocks.begin(), blocks.end());
-    blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
-    // Rows: the distinct query blocks would be smaller, but the lookup is by
-    // index; the lowering bounds the largest one (see the hardening notes).
-    int64_t rows = 0;
-    for (auto [qb, kb] : blocks)
-      rows = std::max(rows, qb + 1);
-    std::vector<int64_t> flat(rows + 1, 0);
-    for (auto [qb, kb] : blocks)
-      ++flat[qb + 1];
-    for (int64_t r = 0; r < rows; ++r)
-      flat[r + 1] += flat[r];
-    for (auto [qb, kb] : blocks)
-      flat.push_back(kb);
-    return {array(flat), rows};
+  csr(const std::vector<std::pair<int64_t, int64_t>> &blocks) {
+    std::vector<kernel::i64> data;
+    int64_t rows = kernel::appendBlockList(
+        std::vector<std::pair<kernel::i64, kernel::i64>>(blocks.begin(),
+                                                         blocks.end()),
+        data);
+    return {array(std::vector<int64_t>(data.begin(), data.end())), rows};
   }
 
   /// Emits the lambdas of a run expression; returns the root's name.

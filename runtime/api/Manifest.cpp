@@ -66,19 +66,25 @@ std::string checkLeaf(const k::Node &n, const std::vector<k::i64> &data) {
       return "a groups node has a bad size or shift";
     return "";
   case k::kBlocks: {
+    // c listed query-block ids (sorted, distinct), c + 1 row starts, then
+    // the columns (sorted within a row).
     k::i64 rows = n.c;
     if (n.a < 1 || n.b < 1 || rows < 0 || !inParamRange(n.a) ||
-        !inParamRange(n.b) || n.dataSize < rows + 1)
+        !inParamRange(n.b) || rows > (n.dataSize - 1) / 2)
       return "a blocks node has bad block sizes or rows";
-    k::i64 cols = n.dataSize - rows - 1;
-    if (d[0] != 0 || d[rows] != cols)
+    const k::i64 *starts = d + rows;
+    k::i64 cols = n.dataSize - 2 * rows - 1;
+    if (starts[0] != 0 || starts[rows] != cols)
       return "a blocks node's row starts do not span its columns";
     for (k::i64 r = 0; r < rows; ++r) {
-      if (d[r + 1] < d[r])
+      if (d[r] < 0 || !inParamRange(d[r]) || (r && d[r] <= d[r - 1]))
+        return "a blocks node's rows are negative or unsorted";
+      if (starts[r + 1] < starts[r])
         return "a blocks node's row starts decrease";
-      for (k::i64 j = d[r]; j < d[r + 1]; ++j) {
-        k::i64 c = d[rows + 1 + j];
-        if (c < 0 || !inParamRange(c) || (j > d[r] && c <= d[rows + 1 + j - 1]))
+      for (k::i64 j = starts[r]; j < starts[r + 1]; ++j) {
+        k::i64 c = starts[rows + 1 + j];
+        if (c < 0 || !inParamRange(c) ||
+            (j > starts[r] && c <= starts[rows + 1 + j - 1]))
           return "a blocks node's columns are negative or unsorted";
       }
     }

@@ -11,9 +11,34 @@
 
 #include "tessera/kernel/Program.h"
 
+#include <algorithm>
+#include <utility>
 #include <vector>
 
 namespace tessera::kernel {
+
+/// Appends the kBlocks data of listed (query block, key block) pairs to
+/// `out`: the distinct query-block ids, their CSR row starts, then the
+/// columns; returns the number of listed rows. O(pairs), whatever the
+/// indices.
+inline i64 appendBlockList(std::vector<std::pair<i64, i64>> blocks,
+                           std::vector<i64> &out) {
+  std::sort(blocks.begin(), blocks.end());
+  blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+  std::vector<i64> ids, starts, cols;
+  for (auto [qb, kb] : blocks) {
+    if (ids.empty() || ids.back() != qb) {
+      ids.push_back(qb);
+      starts.push_back(static_cast<i64>(cols.size()));
+    }
+    cols.push_back(kb);
+  }
+  starts.push_back(static_cast<i64>(cols.size()));
+  out.insert(out.end(), ids.begin(), ids.end());
+  out.insert(out.end(), starts.begin(), starts.end());
+  out.insert(out.end(), cols.begin(), cols.end());
+  return static_cast<i64>(ids.size());
+}
 
 /// A program: nodes in postfix order and the data they slice.
 struct ProgramArrays {

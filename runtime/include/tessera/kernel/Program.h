@@ -47,8 +47,9 @@ enum NodeKind : i64 {
                    ///< a = block, b = shards, c = offset
   kGroups = 6,     ///< group(p) == group(k), group(x) = floor((x - s) / a),
                    ///< s = b for heads h >= numHeads / 2, else 0
-  kBlocks = 7,     ///< (floor(p / a), k / b) listed; data = CSR rows then
-                   ///< columns, c = number of query-block rows
+  kBlocks = 7,     ///< (floor(p / a), k / b) listed; data = the c listed
+                   ///< query-block ids (sorted), their CSR row starts (c + 1),
+                   ///< then the columns
   kUnion = 8,      ///< any of the last `arity` results
   kIntersect = 9,  ///< all of the last `arity` results
   kDifference = 10 ///< first and not second of the last two results
@@ -179,6 +180,30 @@ TESSERA_HD i64 countInRow(const i64 *rowStart, const i64 *cols, i64 row,
   return a - lo;
 }
 
+/// The listed rows [first, last) of a block list whose ids (sorted, distinct
+/// query-block indices, `rows` of them) lie in [qb0, qb1].
+TESSERA_HD void listedRows(const i64 *ids, i64 rows, i64 qb0, i64 qb1,
+                           i64 &first, i64 &last) {
+  i64 a = 0, b = rows;
+  while (a < b) {
+    i64 m = (a + b) / 2;
+    if (ids[m] < qb0)
+      a = m + 1;
+    else
+      b = m;
+  }
+  first = a;
+  b = rows;
+  while (a < b) {
+    i64 m = (a + b) / 2;
+    if (ids[m] <= qb1)
+      a = m + 1;
+    else
+      b = m;
+  }
+  last = a;
+}
+
 TESSERA_HD int classifyLeaf(const Node &n, const i64 *data, const Tile &t) {
   switch (n.kind) {
   case kAll:
@@ -221,15 +246,18 @@ TESSERA_HD int classifyLeaf(const Node &n, const i64 *data, const Tile &t) {
     i64 qb0 = floorDiv(t.q0 + shift, n.a),
         qb1 = floorDiv(t.q1 - 1 + shift, n.a);
     i64 kb0 = t.k0 / n.b, kb1 = (t.k1 - 1) / n.b;
-    i64 rows = n.c;
-    const i64 *rowStart = data + n.dataBegin;
-    const i64 *cols = rowStart + rows + 1;
+    const i64 *ids = data + n.dataBegin;
+    const i64 *rowStart = ids + n.c;
+    const i64 *cols = rowStart + n.c + 1;
+    i64 first, last;
+    listedRows(ids, n.c, qb0, qb1, first, last);
     i64 listed = 0;
-    for (i64 qb = maxI(qb0, 0); qb <= minI(qb1, rows - 1); ++qb)
-      listed += countInRow(rowStart, cols, qb, kb0, kb1);
+    for (i64 r = first; r < last; ++r)
+      listed += countInRow(rowStart, cols, r, kb0, kb1);
     if (listed == 0)
       return kEmpty;
-    if (qb0 >= 0 && qb1 < rows && listed == (qb1 - qb0 + 1) * (kb1 - kb0 + 1))
+    if (last - first == qb1 - qb0 + 1 &&
+        listed == (qb1 - qb0 + 1) * (kb1 - kb0 + 1))
       return kFull;
     return kPartial;
   }
@@ -547,16 +575,19 @@ TESSERA_HD Run groupsRun(const RunCtx &c, i64 kb, i64 size, i64 shift) {
   return intervalRun(c, kb, lo, hi, 1, 0);
 }
 
-/// Listed (query block, key block) pairs of blockQ x blockK: CSR rows then
-/// columns, `rows` query-block rows. One run per visited tile.
+/// Listed (query block, key block) pairs of blockQ x blockK: `rows` listed
+/// query-block ids, their CSR row starts, then the columns (the kBlocks data
+/// layout). One run per visited tile.
 TESSERA_HD Run blocksRun(const RunCtx &c, i64 kb, i64 blockQ, i64 blockK,
-                         i64 rows, const i64 *rowStart) {
+                         i64 rows, const i64 *ids) {
+  const i64 *rowStart = ids + rows;
   const i64 *cols = rowStart + rows + 1;
-  i64 r0 = maxI(floorDiv(c.p0, blockQ), 0);
-  i64 r1 = minI(floorDiv(c.p1, blockQ), rows - 1);
+  i64 first, last;
+  listedRows(ids, rows, floorDiv(c.p0, blockQ), floorDiv(c.p1, blockQ), first,
+             last);
   i64 from = mulSat(kb, c.bk), minCol = from / blockK;
   i64 best = kUnbounded;
-  for (i64 row = r0; row <= r1; ++row) {
+  for (i64 row = first; row < last; ++row) {
     i64 a = rowStart[row], b = rowStart[row + 1];
     while (a < b) {
       i64 m = (a + b) / 2;
@@ -574,7 +605,7 @@ TESSERA_HD Run blocksRun(const RunCtx &c, i64 kb, i64 blockQ, i64 blockK,
   Node n = {kBlocks, kAxisP, blockQ, blockK, rows, 0, 0, 0};
   Tile t = {c.q0, c.q1, b0 * c.bk, minI(b0 * c.bk + c.bk, c.nk),
             c.nq, c.nk, c.head, c.numHeads};
-  return makeRun(b0, b0, classifyLeaf(n, rowStart, t));
+  return makeRun(b0, b0, classifyLeaf(n, ids, t));
 }
 
 /// The union of two runs that start at or after the same block.
@@ -640,11 +671,13 @@ TESSERA_HD bool inRanges(const i64 *r, i64 count, i64 x) {
   return classifyIntervals(r, count, x, x) == kFull;
 }
 
-/// Is (qb, kb) listed in CSR rows `rowStart` (then the columns)?
-TESSERA_HD bool blockListed(const i64 *rowStart, i64 rows, i64 qb, i64 kb) {
-  if (qb < 0 || qb >= rows)
-    return false;
-  return countInRow(rowStart, rowStart + rows + 1, qb, kb, kb) != 0;
+/// Is (qb, kb) listed in a block list (the kBlocks data layout, `rows`
+/// listed query-block ids first)?
+TESSERA_HD bool blockListed(const i64 *ids, i64 rows, i64 qb, i64 kb) {
+  i64 first, last;
+  listedRows(ids, rows, qb, qb, first, last);
+  return first < last &&
+         countInRow(ids + rows, ids + 2 * rows + 1, first, kb, kb) != 0;
 }
 
 /// The run of one program leaf: the closed forms above on its parameters.

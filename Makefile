@@ -5,6 +5,7 @@ BUILD_DIR ?= build
 LLVM_PREFIX ?= /usr/lib/llvm-22
 CMAKE_FLAGS ?=
 TARGETS = attn-opt attn-viz attn-translate attn-nvrtc-check TesseraUnitTests \
+  TesseraEmulatorTests \
   attn-docs tessera_runtime tessera-test-bundles
 
 .PHONY: all deps configure build demo check docs bundles clean

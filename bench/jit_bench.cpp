@@ -54,7 +54,7 @@ int main(int argc, char **argv) {
     std::string source = ss.str();
     int kernels = 0;
     for (size_t p = 0;
-         (p = source.find("extern \"C\" __global__", p)) != std::string::npos;
+         (p = source.find("TESSERA_EXTERN_C __global__", p)) != std::string::npos;
          ++p)
       ++kernels;
     for (const std::string &arch : archs) {

@@ -28,17 +28,24 @@ typedef unsigned int u32;
 enum ElemType { kF16 = 0, kBF16 = 1 };
 
 template <int E> __device__ __forceinline__ u32 packFloats(float lo, float hi) {
+#ifdef TESSERA_EMULATE
+  return tessera_emu::packHalf2<E>(lo, hi);
+#else
   u32 r;
   if (E == kF16)
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
   else
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
   return r;
+#endif
 }
 
 template <int E>
 __device__ __forceinline__ void mma16816(float (&c)[4], const u32 (&a)[4],
                                          u32 b0, u32 b1) {
+#ifdef TESSERA_EMULATE
+  tessera_emu::mma16816<E>(c, a, b0, b1);
+#else
   if (E == kF16)
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
                  "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
@@ -51,6 +58,7 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const u32 (&a)[4],
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0),
                    "r"(b1));
+#endif
 }
 
 /// Copies rows [r0, r0 + rows) of a [seq, D] slice (row stride `stride`) into

@@ -1,0 +1,258 @@
+//===- EmulatorTest.cpp - the emitted CUDA kernels, run on the host -------===//
+//
+// Every kernel of the shipped bundles and of Inputs/emulation.mlir, compiled
+// for the host with tessera/kernel/Emulate.h, runs under the thread-block
+// emulator and is compared with a dense float64 attention masked by the
+// reference semantics (the patterns of the manifest, parsed anew), within
+// the CPU executor's tolerances (output: fp16 2e-3, bf16 1.6e-2 of the
+// largest reference value; LSE 1e-3 absolute plus relative). Lengths are not
+// tile multiples, Nq != Nk, tensors are strided (padded heads and rows), both
+// load paths run (16-byte vector loads and element loads), skipped heads and
+// empty rows give O = 0 and LSE = -inf. Three deliberately broken copies of
+// a bundle must fail the same comparison.
+//
+// How a new kernel gets an emulated test: emit it into a bundle whose kernels
+// are registered (the emitter writes TESSERA_EMU_KERNEL(name) under
+// TESSERA_EMULATE), add the bundle to the list in test/Unit/CMakeLists.txt,
+// and launch it here with tessera_emu::launch (grid, 128 threads) through
+// tessera_emu::registry()["bundle/kernel"].
+//
+//===----------------------------------------------------------------------===//
+
+#include "tessera/Dialect/Attn/AttnDialect.h"
+#include "tessera/Semantics/FromAttr.h"
+#include "tessera/cpu/Half.h"
+
+#include "mlir/AsmParser/AsmParser.h"
+#include "llvm/Support/JSON.h"
+#include "llvm/Support/MemoryBuffer.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "tessera/kernel/Emulate.h"
+#include "tessera/kernel/Program.h"
+
+using namespace tessera;
+namespace json = llvm::json;
+
+namespace {
+
+struct Shape {
+  int64_t batch, nq, nk;
+  bool vectorLoads; ///< 16-byte aligned rows (else odd padding)
+};
+
+struct Result {
+  double outErr = 0, lseErr = 0;
+  std::string where;
+};
+
+/// Runs every layer of a bundle on `shape` under the emulator; returns the
+/// worst output and LSE errors (relative to the tolerance of each layer's
+/// dtype: 1 is the limit).
+Result runBundle(const std::string &name, const Shape &shape,
+                 mlir::MLIRContext &ctx) {
+  std::string dir = std::string(TESSERA_BINARY_DIR) + "/test/bundles/" + name;
+  auto buf = llvm::MemoryBuffer::getFile(dir + "/manifest.json");
+  EXPECT_TRUE(bool(buf)) << dir;
+  llvm::Expected<json::Value> manifest = json::parse((*buf)->getBuffer());
+  EXPECT_TRUE(bool(manifest));
+  Result worst;
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> dist(0, 1);
+  for (const json::Value &lv : *manifest->getAsObject()->getArray("layers")) {
+    const json::Object &layer = *lv.getAsObject();
+    int64_t hq = *layer.getInteger("num_heads");
+    int64_t hkv = *layer.getInteger("num_kv_heads");
+    int64_t d = *layer.getInteger("head_dim");
+    int64_t position = *layer.getInteger("position");
+    bool f16 = *layer.getString("dtype") == "f16";
+    std::string kernel = layer.getString("kernel")->str();
+    // The reference pattern of every head; skipped heads have none.
+    std::vector<std::optional<semantics::Pattern>> ref(hq);
+    for (const json::Value &g : *layer.getArray("groups")) {
+      auto attr = llvm::dyn_cast_or_null<attn::PatternAttrInterface>(
+          mlir::parseAttribute(*g.getAsObject()->getString("pattern"), &ctx));
+      EXPECT_TRUE(bool(attr));
+      for (const json::Value &h : *g.getAsObject()->getArray("heads"))
+        ref[*h.getAsInteger()] = semantics::fromAttr(attr);
+    }
+    std::vector<int64_t> skipped;
+    for (const json::Value &h : *layer.getArray("skipped_heads"))
+      skipped.push_back(*h.getAsInteger());
+    int64_t computed = hq - int64_t(skipped.size());
+
+    // [batch, seq, heads, d] with padding: 16-byte multiples when vector
+    // loads are on, else 2 extra elements (4-byte aligned rows).
+    int64_t pad = shape.vectorLoads ? 8 : 2;
+    auto strides = [&](int64_t seq, int64_t heads) {
+      int64_t sh = d + pad, ss = heads * sh + pad;
+      return std::array<int64_t, 3>{seq * ss + pad, ss, sh};
+    };
+    auto sq = strides(shape.nq, hq), sk = strides(shape.nk, hkv);
+    size_t qn = shape.batch * sq[0], kn = shape.batch * sk[0];
+    auto round = [&](float x) {
+      return f16 ? cpu::floatToF16(x) : cpu::floatToBf16(x);
+    };
+    auto value = [&](uint16_t x) {
+      return double(f16 ? cpu::f16ToFloat(x) : cpu::bf16ToFloat(x));
+    };
+    std::vector<uint16_t> q(qn), k(kn), v(kn), o(qn, round(7.0f));
+    for (auto *t : {&q, &k, &v})
+      for (uint16_t &x : *t)
+        x = round(dist(rng));
+    std::vector<float> lse(shape.batch * hq * shape.nq, 7.0f);
+
+    kernel::AttnParams p{};
+    p.q = q.data();
+    p.k = k.data();
+    p.v = v.data();
+    p.o = o.data();
+    p.lse = lse.data();
+    p.nq = shape.nq;
+    p.nk = shape.nk;
+    p.qStrideB = p.oStrideB = sq[0];
+    p.qStrideS = p.oStrideS = sq[1];
+    p.qStrideH = p.oStrideH = sq[2];
+    p.kStrideB = p.vStrideB = sk[0];
+    p.kStrideS = p.vStrideS = sk[1];
+    p.kStrideH = p.vStrideH = sk[2];
+    double scale = 1.0 / std::sqrt(double(d));
+    p.scaleLog2 = float(scale * 1.4426950408889634);
+    p.numHeads = int(hq);
+    p.numKvHeads = int(hkv);
+    p.vectorLoads = shape.vectorLoads ? 1 : 0;
+
+    auto &reg = tessera_emu::registry();
+    auto fn = reg.find(name + "/" + kernel);
+    EXPECT_NE(fn, reg.end()) << name << "/" << kernel;
+    if (fn == reg.end())
+      return worst;
+    tessera_emu::launch([&] { fn->second(&p, int(position)); },
+                        dim3{unsigned((shape.nq + 63) / 64), unsigned(computed),
+                             unsigned(shape.batch)},
+                        dim3{128, 1, 1});
+    if (!skipped.empty()) {
+      auto fill = reg.find(name + "/" + layer.getString("fill_kernel")->str());
+      EXPECT_NE(fill, reg.end());
+      if (fill != reg.end())
+        tessera_emu::launch([&] { fill->second(&p, int(position)); },
+                            dim3{unsigned((shape.nq + 127) / 128),
+                                 unsigned(skipped.size()),
+                                 unsigned(shape.batch)},
+                            dim3{128, 1, 1});
+    }
+
+    // float64 reference.
+    double tol = f16 ? 2e-3 : 1.6e-2;
+    const double inf = std::numeric_limits<double>::infinity();
+    int64_t group = hq / hkv;
+    std::vector<double> s(shape.nk), out(d);
+    for (int64_t b = 0; b < shape.batch; ++b) {
+      double maxRef = 0, maxErr = 0, lseErr = 0;
+      std::string where;
+      for (int64_t h = 0; h < hq; ++h)
+        for (int64_t i = 0; i < shape.nq; ++i) {
+          const uint16_t *qi = &q[b * sq[0] + i * sq[1] + h * sq[2]];
+          double m = -inf;
+          for (int64_t j = 0; j < shape.nk; ++j) {
+            s[j] = -inf;
+            if (!ref[h] || !semantics::allowed(*ref[h], i, j, h, shape.nq,
+                                               shape.nk, hq))
+              continue;
+            const uint16_t *kj =
+                &k[b * sk[0] + j * sk[1] + (h / group) * sk[2]];
+            double dot = 0;
+            for (int64_t x = 0; x < d; ++x)
+              dot += value(qi[x]) * value(kj[x]);
+            s[j] = dot * scale;
+            m = std::max(m, s[j]);
+          }
+          double l = 0;
+          std::fill(out.begin(), out.end(), 0.0);
+          if (m > -inf)
+            for (int64_t j = 0; j < shape.nk; ++j) {
+              if (s[j] == -inf)
+                continue;
+              double e = std::exp(s[j] - m);
+              l += e;
+              const uint16_t *vj =
+                  &v[b * sk[0] + j * sk[1] + (h / group) * sk[2]];
+              for (int64_t x = 0; x < d; ++x)
+                out[x] += e * value(vj[x]);
+            }
+          const uint16_t *oi = &o[b * sq[0] + i * sq[1] + h * sq[2]];
+          for (int64_t x = 0; x < d; ++x) {
+            double r = l > 0 ? out[x] / l : 0.0;
+            maxRef = std::max(maxRef, std::abs(r));
+            double e = std::abs(value(oi[x]) - r);
+            if (l == 0 && value(oi[x]) != 0)
+              e = inf; // an empty row must be exactly 0
+            if (e > maxErr) {
+              maxErr = e;
+              where = "b=" + std::to_string(b) + " h=" + std::to_string(h) +
+                      " q=" + std::to_string(i);
+            }
+          }
+          double refLse = l > 0 ? m + std::log(l) : -inf;
+          double got = lse[(b * hq + h) * shape.nq + i];
+          double le = refLse == -inf ? (got == -inf ? 0 : inf)
+                                     : std::abs(got - refLse) /
+                                           (1e-3 * (1 + std::abs(refLse)));
+          lseErr = std::max(lseErr, le);
+        }
+      double rel = maxErr / std::max(maxRef, 1e-30) / tol;
+      if (rel > worst.outErr) {
+        worst.outErr = rel;
+        worst.where = name + " layer position " + std::to_string(position) +
+                      " " + where;
+      }
+      worst.lseErr = std::max(worst.lseErr, lseErr);
+    }
+  }
+  return worst;
+}
+
+class EmulatorTest : public ::testing::Test {
+protected:
+  EmulatorTest() { ctx.getOrLoadDialect<attn::AttnDialect>(); }
+  mlir::MLIRContext ctx;
+};
+
+/// Every layer of the variants bundle on three shapes: Nq < Nk, Nq > Nk
+/// (rows before the first key: empty), Nq = Nk; two batches; both loads.
+TEST_F(EmulatorTest, VariantsMatchFloat64) {
+  for (Shape shape : {Shape{2, 100, 130, true}, Shape{1, 131, 70, false},
+                      Shape{1, 64, 64, true}}) {
+    Result r = runBundle("emulation", shape, ctx);
+    EXPECT_LE(r.outErr, 1.0) << r.where;
+    EXPECT_LE(r.lseErr, 1.0) << r.where;
+  }
+}
+
+/// Every layer of every shipped bundle at a small length.
+TEST_F(EmulatorTest, ShippedBundlesMatchFloat64) {
+  for (const char *name :
+       {"llama3-8b-sparse", "video-dit", "s2-strided", "tiny-mix"}) {
+    Result r = runBundle(name, Shape{1, 72, 72, true}, ctx);
+    EXPECT_LE(r.outErr, 1.0) << r.where;
+    EXPECT_LE(r.lseErr, 1.0) << r.where;
+  }
+}
+
+/// The comparison catches layout, reduction and barrier bugs: the same
+/// bundle with the row maximum reduced over one lane too few, with the two
+/// halves of the key fragment swapped, or without the barrier between
+/// loading a key/value tile and reading it, is far off.
+TEST_F(EmulatorTest, BrokenKernelsFail) {
+  for (const char *name : {"broken-shfl", "broken-mma", "broken-sync"}) {
+    Result r = runBundle(name, Shape{1, 100, 130, true}, ctx);
+    EXPECT_GT(std::max(r.outErr, r.lseErr), 1.0) << name;
+  }
+}
+
+} // namespace

@@ -108,7 +108,7 @@ template <class G>
 __device__ __forceinline__ u32 keepBits(i64 rowPos, i64 k0, int c2, i64 nk,
                                         i64 head, i64 numHeads) {
   u32 bits = 0;
-#pragma unroll
+#pragma unroll 1
   for (int i = 0; i < 32; ++i) {
     const i64 pi = rowPos + ((i & 3) >= 2 ? 8 : 0);
     const i64 kj = k0 + (i >> 2) * 8 + c2 + (i & 1);
@@ -168,12 +168,15 @@ __device__ __forceinline__ void flashForward(const LayerTable &t,
   // The key blocks of this query block: the group's runs, in key order.
   const RunCtx ctx = makeRunCtx(q0, q1, p.nq, p.nk, BK, head, t.numHeads);
   const i64 rowPos = q0 + row0 + p.nk - p.nq; // aligned position of row0
-  Run run = Groups::runFrom(pattern, ctx, 0);
-  for (i64 kb = run.lo; isRun(run);
-       kb < run.hi ? ++kb
-                   : (run = Groups::runFrom(pattern, ctx, kb + 1), kb = run.lo)) {
-    const i64 k0 = kb * BK;
+  // One call site of the run enumeration: its code is inlined once.
+  for (i64 next = 0;;) {
+    const Run run = Groups::runFrom(pattern, ctx, next);
+    if (!isRun(run))
+      break;
+    next = run.hi + 1;
     const int cls = run.cls;
+    for (i64 kb = run.lo; kb <= run.hi; ++kb) {
+    const i64 k0 = kb * BK;
     loadTile<D, P, BK>(ks, kBase, p.kStrideS, k0, p.nk, vec);
     loadTile<D, P, BK>(vs, vBase, p.vStrideS, k0, p.nk, vec);
     __syncthreads();
@@ -252,6 +255,7 @@ __device__ __forceinline__ void flashForward(const LayerTable &t,
       }
     }
     __syncthreads();
+    }
   }
 
   // Final normalisation and stores.

@@ -18,6 +18,56 @@ using namespace tessera::attn;
 
 #include "tessera/Dialect/Attn/AttnInterfaces.cpp.inc"
 
+//===----------------------------------------------------------------------===//
+// Parts of combinators: parsed through a nesting-depth guard
+//===----------------------------------------------------------------------===//
+
+/// The deepest nesting of union / intersect / difference a pattern file may
+/// hold. Parsing, verifying, printing and every pass recurse over the
+/// pattern tree; the limit keeps that recursion far from the stack's end.
+static constexpr int kMaxPatternDepth = 64;
+static thread_local int patternDepth = 0;
+
+static ParseResult parsePart(AsmParser &p, PatternAttrInterface &out) {
+  SMLoc loc = p.getCurrentLocation();
+  if (patternDepth >= kMaxPatternDepth)
+    return p.emitError(loc, "patterns nest more than ")
+           << kMaxPatternDepth
+           << " combinators deep (union, intersect, difference); flatten "
+              "the pattern";
+  ++patternDepth;
+  Attribute a;
+  ParseResult r = p.parseAttribute(a);
+  --patternDepth;
+  if (failed(r))
+    return failure();
+  out = dyn_cast<PatternAttrInterface>(a);
+  if (!out)
+    return p.emitError(loc, "expected an attention pattern, got ") << a;
+  return success();
+}
+
+static void printPart(AsmPrinter &p, PatternAttrInterface part) {
+  p.printAttribute(part);
+}
+
+static ParseResult parseParts(AsmParser &p,
+                              SmallVector<PatternAttrInterface> &out) {
+  return p.parseCommaSeparatedList([&]() {
+    PatternAttrInterface part;
+    if (failed(parsePart(p, part)))
+      return failure();
+    out.push_back(part);
+    return success();
+  });
+}
+
+static void printParts(AsmPrinter &p, ArrayRef<PatternAttrInterface> parts) {
+  llvm::interleaveComma(parts, p, [&](PatternAttrInterface a) {
+    p.printAttribute(a);
+  });
+}
+
 #define GET_ATTRDEF_CLASSES
 #include "tessera/Dialect/Attn/AttnAttributes.cpp.inc"
 

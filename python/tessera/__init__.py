@@ -96,32 +96,74 @@ def _check(status):
                            _lib.tessera_last_error().decode())
 
 
-def _describe(x, device):
-    """A _Tensor for a numpy array (CPU) or a torch tensor (CUDA)."""
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _int64(name, value):
+    """`value` as a C int64, or an error naming it (ctypes would wrap it)."""
+    import numbers
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if not _I64_MIN <= value <= _I64_MAX:
+        raise ValueError(f"{name} {value} does not fit in 64 bits")
+    return value
+
+
+def _overlaps_itself(shape, strides):
+    """Whether two distinct indices of an array reach the same element."""
+    dims = sorted((abs(st), n) for n, st in zip(shape, strides) if n > 1)
+    extent = 1  # elements spanned by the dimensions so far (plus one)
+    for st, n in dims:
+        if st < extent:
+            return True
+        extent = st * (n - 1) + extent
+    return False
+
+
+def _describe(x, device, name, output=False):
+    """A _Tensor for a numpy array (CPU) or a torch tensor (CUDA); `output`
+    arrays must be writable and must not write one element twice."""
     if device == _CPU:
         import numpy as np
         if not isinstance(x, np.ndarray):
-            raise TypeError("the CPU context takes numpy arrays")
+            raise TypeError(f"{name}: the CPU context takes numpy arrays")
         if x.ndim != 4:
-            raise ValueError("tensors are [batch, seq, heads, head_dim]")
+            raise ValueError(f"{name}: tensors are [batch, seq, heads, head_dim], "
+                             f"got {x.ndim} dimensions")
+        if x.size == 0:
+            raise ValueError(f"{name} is empty (shape {x.shape})")
         kinds = {np.dtype(np.float32): _F32, np.dtype(np.float16): _F16}
         if x.dtype not in kinds:
-            raise TypeError(f"unsupported numpy dtype {x.dtype} (float32 or float16)")
+            raise TypeError(f"{name}: unsupported numpy dtype {x.dtype} "
+                            f"(float32 or float16)")
         item = x.itemsize
         strides = [s // item for s in x.strides]
-        if any(s % item for s in x.strides) or strides[3] != 1:
-            raise ValueError("head_dim must be contiguous")
+        if any(s % item for s in x.strides) or (x.shape[3] > 1 and strides[3] != 1):
+            raise ValueError(f"{name}: head_dim must be contiguous")
+        if output and not x.flags.writeable:
+            raise ValueError(f"{name} is read-only")
+        if output and _overlaps_itself(x.shape, strides):
+            raise ValueError(f"{name} has overlapping elements (a zero or short "
+                             f"stride): outputs need one place per element")
         return _Tensor(x.ctypes.data, kinds[x.dtype], *x.shape, *strides[:3])
     import torch
     if not isinstance(x, torch.Tensor) or not x.is_cuda:
-        raise TypeError("the CUDA context takes torch CUDA tensors")
+        raise TypeError(f"{name}: the CUDA context takes torch CUDA tensors")
     if x.dim() != 4:
-        raise ValueError("tensors are [batch, seq, heads, head_dim]")
+        raise ValueError(f"{name}: tensors are [batch, seq, heads, head_dim], "
+                         f"got {x.dim()} dimensions")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     kinds = {torch.float16: _F16, torch.bfloat16: _BF16}
     if x.dtype not in kinds:
-        raise TypeError(f"unsupported torch dtype {x.dtype} (float16 or bfloat16)")
-    if x.stride(3) != 1:
-        raise ValueError("head_dim must be contiguous")
+        raise TypeError(f"{name}: unsupported torch dtype {x.dtype} "
+                        f"(float16 or bfloat16)")
+    if x.shape[3] > 1 and x.stride(3) != 1:
+        raise ValueError(f"{name}: head_dim must be contiguous")
+    if output and _overlaps_itself(tuple(x.shape), x.stride()):
+        raise ValueError(f"{name} has overlapping elements (a zero or short "
+                         f"stride): outputs need one place per element")
     return _Tensor(x.data_ptr(), kinds[x.dtype], *x.shape, *x.stride()[:3])
 
 
@@ -147,7 +189,8 @@ class Bundle:
 
     def layer_info(self, layer):
         info = _LayerInfo()
-        _check(_lib.tessera_bundle_layer_info(self._h, layer, ctypes.byref(info)))
+        _check(_lib.tessera_bundle_layer_info(self._h, _int64("layer", layer),
+                                              ctypes.byref(info)))
         return {"index": info.index, "num_heads": info.num_heads,
                 "num_kv_heads": info.num_kv_heads, "head_dim": info.head_dim,
                 "dtype": {_F16: "f16", _BF16: "bf16"}.get(info.dtype, "f32"),
@@ -156,6 +199,7 @@ class Bundle:
 
     def attention(self, layer, q, k, v, out=None, lse=True, scale=0.0):
         """Returns (o, lse): o like q; lse [B, H, Nq] float32, or None."""
+        layer = _int64("layer", layer)
         dev = self.context.device
         if dev == _CPU:
             import numpy as np
@@ -170,7 +214,8 @@ class Bundle:
                             device=q.device) if lse else None
             lptr = l.data_ptr() if lse else None
             stream = torch.cuda.current_stream(q.device).cuda_stream
-        tq, tk, tv, to = (_describe(x, dev) for x in (q, k, v, o))
+        tq, tk, tv = (_describe(x, dev, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+        to = _describe(o, dev, "out", output=True)
         _check(_lib.tessera_attention(self._h, layer, ctypes.byref(tq), ctypes.byref(tk),
                                       ctypes.byref(tv), ctypes.byref(to), lptr,
                                       float(scale), stream))
@@ -195,7 +240,14 @@ class Context:
             self._h = None
 
     def load(self, path):
+        """Loads a bundle directory (str, bytes or os.PathLike)."""
+        try:
+            raw = os.fsencode(path)
+        except TypeError:
+            raise TypeError(f"a bundle path is a str, bytes or os.PathLike, "
+                            f"got {type(path).__name__}") from None
+        if b"\0" in raw:
+            raise ValueError(f"the bundle path {path!r} contains a NUL byte")
         h = ctypes.c_void_p()
-        _check(_lib.tessera_bundle_load_file(self._h, os.fspath(path).encode(),
-                                             ctypes.byref(h)))
+        _check(_lib.tessera_bundle_load_file(self._h, raw, ctypes.byref(h)))
         return Bundle(self, h)

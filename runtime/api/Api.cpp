@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -26,6 +27,12 @@ struct tessera_context {
   void *cuContext = nullptr;
   const Driver *driver = nullptr;
   std::string arch; ///< "sm_90"
+  /// Bundles not yet destroyed, and whether tessera_context_destroy was
+  /// called: the object lives until both say it is unused, so a bundle that
+  /// outlives its context reports an error instead of reading freed memory.
+  std::mutex lifetime;
+  int64_t liveBundles = 0;
+  bool destroyed = false;
 };
 
 struct tessera_bundle {
@@ -63,15 +70,8 @@ private:
   const tessera_context *c;
 };
 
-bool readFile(const std::string &path, std::string &out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    return false;
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  out = ss.str();
-  return bool(in) || in.eof();
-}
+/// The largest manifest and kernel source a bundle may have.
+constexpr size_t kMaxBundleFileBytes = size_t(64) << 20;
 
 size_t elementSize(tessera_dtype t) { return t == TESSERA_DTYPE_F32 ? 4 : 2; }
 
@@ -125,8 +125,63 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
         b->functions[name] = f;
       }
   }
+  {
+    std::lock_guard<std::mutex> lock(context->lifetime);
+    if (context->destroyed) {
+      if (b->module)
+        context->driver->moduleUnload(b->module);
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                  "the context has been destroyed");
+    }
+    ++context->liveBundles;
+  }
   *out = b.release();
   return TESSERA_OK;
+}
+
+/// The largest softmax scale accepted (2^16).
+constexpr float kMaxScale = 65536.0f;
+
+/// The bytes [lo, hi) a tensor's elements span.
+struct Extent {
+  uintptr_t lo, hi;
+};
+
+Extent extent(const tessera_tensor &t) {
+  uint64_t last = uint64_t(t.batch - 1) * t.stride_batch +
+                  uint64_t(t.seq - 1) * t.stride_seq +
+                  uint64_t(t.heads - 1) * t.stride_head + uint64_t(t.head_dim);
+  auto lo = reinterpret_cast<uintptr_t>(t.data);
+  return {lo, lo + last * elementSize(t.dtype)};
+}
+
+bool overlap(Extent a, Extent b) { return a.lo < b.hi && b.lo < a.hi; }
+
+bool sameLayout(const tessera_tensor &a, const tessera_tensor &b) {
+  return a.data == b.data && a.dtype == b.dtype && a.batch == b.batch &&
+         a.seq == b.seq && a.heads == b.heads && a.head_dim == b.head_dim &&
+         a.stride_batch == b.stride_batch && a.stride_seq == b.stride_seq &&
+         a.stride_head == b.stride_head;
+}
+
+/// Whether two distinct elements of a (validated) tensor share an address:
+/// sorted by stride, each dimension must step past everything the smaller
+/// ones span.
+bool overlapsItself(const tessera_tensor &t) {
+  std::pair<int64_t, int64_t> dims[4] = {{1, t.head_dim},
+                                         {t.stride_head, t.heads},
+                                         {t.stride_seq, t.seq},
+                                         {t.stride_batch, t.batch}};
+  std::sort(std::begin(dims), std::end(dims));
+  int64_t span = 1;
+  for (auto [stride, n] : dims) {
+    if (n == 1)
+      continue;
+    if (stride < span)
+      return true;
+    span = stride * (n - 1) + span;
+  }
+  return false;
 }
 
 tessera_status checkTensor(const tessera_tensor *t, const char *name) {
@@ -261,14 +316,33 @@ tessera_status tessera_context_create(tessera_device_kind kind,
   return TESSERA_OK;
 }
 
+/// Frees a context once it is destroyed and has no live bundle.
+static void releaseContext(tessera_context *context) {
+  if (context->cuContext)
+    context->driver->primaryCtxRelease(context->device);
+  delete context;
+}
+
 tessera_status tessera_context_destroy(tessera_context *context) {
   lastError.clear();
   if (!context)
     return fail(TESSERA_ERROR_NULL_POINTER, "context is null");
-  if (context->cuContext)
-    context->driver->primaryCtxRelease(context->device);
-  delete context;
+  bool unused;
+  {
+    std::lock_guard<std::mutex> lock(context->lifetime);
+    context->destroyed = true;
+    unused = context->liveBundles == 0;
+  }
+  if (unused)
+    releaseContext(context);
   return TESSERA_OK;
+}
+
+/// Whether the bundle's context has been destroyed (its bundles still
+/// answer, with an error).
+static bool contextGone(const tessera_bundle *bundle) {
+  std::lock_guard<std::mutex> lock(bundle->context->lifetime);
+  return bundle->context->destroyed;
 }
 
 tessera_status tessera_bundle_load_file(tessera_context *context,
@@ -279,11 +353,12 @@ tessera_status tessera_bundle_load_file(tessera_context *context,
     return fail(TESSERA_ERROR_NULL_POINTER, "context, path and out must "
                                             "not be null");
   *out = nullptr;
-  std::string manifest, source, dir(path);
-  if (!readFile(dir + "/manifest.json", manifest))
-    return fail(TESSERA_ERROR_IO, "cannot read " + dir + "/manifest.json");
-  if (!readFile(dir + "/bundle.cu", source))
-    return fail(TESSERA_ERROR_IO, "cannot read " + dir + "/bundle.cu");
+  std::string manifest, source, dir(path), error;
+  if (!jit::readRegularFile(dir + "/manifest.json", kMaxBundleFileBytes,
+                            manifest, error) ||
+      !jit::readRegularFile(dir + "/bundle.cu", kMaxBundleFileBytes, source,
+                            error))
+    return fail(TESSERA_ERROR_IO, "cannot read the bundle: " + error);
   return loadBundle(context, manifest, source, out);
 }
 
@@ -304,11 +379,19 @@ tessera_status tessera_bundle_destroy(tessera_bundle *bundle) {
   lastError.clear();
   if (!bundle)
     return fail(TESSERA_ERROR_NULL_POINTER, "bundle is null");
+  tessera_context *context = bundle->context;
   if (bundle->module) {
-    CudaScope scope(bundle->context);
-    bundle->context->driver->moduleUnload(bundle->module);
+    CudaScope scope(context);
+    context->driver->moduleUnload(bundle->module);
   }
   delete bundle;
+  bool release;
+  {
+    std::lock_guard<std::mutex> lock(context->lifetime);
+    release = --context->liveBundles == 0 && context->destroyed;
+  }
+  if (release)
+    releaseContext(context);
   return TESSERA_OK;
 }
 
@@ -370,6 +453,9 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
   lastError.clear();
   if (!bundle)
     return fail(TESSERA_ERROR_NULL_POINTER, "bundle is null");
+  if (contextGone(bundle))
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "the bundle's context has been destroyed");
   const LayerDesc *l = findLayer(bundle, layer);
   if (!l)
     return fail(TESSERA_ERROR_LAYER_OUT_OF_RANGE,
@@ -377,6 +463,30 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
   for (auto [t, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}})
     if (tessera_status s = checkTensor(t, name))
       return s;
+  // o is written while q, k and v are read: it may not share memory with k
+  // or v, nor with q unless it is q itself (each query block reads its own
+  // rows before writing them), nor write one element twice; lse neither.
+  if (overlapsItself(*o))
+    return fail(TESSERA_ERROR_BAD_STRIDES,
+                "o has overlapping elements (a zero or short stride)");
+  for (auto [t, name] : {std::pair{k, "k"}, {v, "v"}})
+    if (overlap(extent(*o), extent(*t)))
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                  std::string("o overlaps ") + name +
+                      " (the output would overwrite inputs still to be read)");
+  if (overlap(extent(*o), extent(*q)) && !sameLayout(*o, *q))
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "o overlaps q without being q itself");
+  if (lse) {
+    Extent lseExtent{reinterpret_cast<uintptr_t>(lse),
+                     reinterpret_cast<uintptr_t>(lse) +
+                         sizeof(float) * uint64_t(q->batch) * l->numHeads *
+                             uint64_t(q->seq)};
+    for (auto [t, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}})
+      if (overlap(lseExtent, extent(*t)))
+        return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                    std::string("lse overlaps ") + name);
+  }
   bool cuda = bundle->context->kind == TESSERA_DEVICE_CUDA;
   tessera_dtype layerType =
       l->dtype == "f16" ? TESSERA_DTYPE_F16 : TESSERA_DTYPE_BF16;
@@ -413,9 +523,10 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
   if (o->seq != q->seq)
     return fail(TESSERA_ERROR_SHAPE_MISMATCH,
                 "o must have the query length of q");
-  if (!(scale >= 0) || std::isinf(scale))
+  if (!(scale >= 0) || scale > kMaxScale)
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                "scale must be finite and not negative (0: 1/sqrt(head_dim))");
+                "scale must be in [0, 65536] (0: 1/sqrt(head_dim)); larger "
+                "scales overflow the fp32 scores");
   if (!cuda) {
     // Where a CUDA driver is present, device memory handed to the CPU is
     // caught before it is dereferenced.

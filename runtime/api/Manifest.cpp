@@ -26,6 +26,9 @@ namespace {
 constexpr k::i64 kMaxParam = k::i64(1) << 41;
 
 bool inParamRange(k::i64 v) { return v >= -kMaxParam && v <= kMaxParam; }
+bool inDerivedRange(k::i64 v) {
+  return v >= -4 * kMaxParam && v <= 4 * kMaxParam;
+}
 
 std::string checkLeaf(const k::Node &n, const std::vector<k::i64> &data) {
   if (n.dataBegin < 0 || n.dataSize < 0 ||
@@ -40,8 +43,10 @@ std::string checkLeaf(const k::Node &n, const std::vector<k::i64> &data) {
   case k::kIntervals:
     if (n.axis < 0 || n.axis > 3 || n.dataSize % 2)
       return "an interval node has a bad axis or an odd data slice";
+    // Bounds are sums of two parameters at most (an offset and a width).
     for (k::i64 i = 0; i < n.dataSize; i += 2)
-      if (!inParamRange(d[i]) || !inParamRange(d[i + 1]) || d[i] >= d[i + 1] ||
+      if (!inDerivedRange(d[i]) || !inDerivedRange(d[i + 1]) ||
+          d[i] >= d[i + 1] ||
           (i && d[i] < d[i - 1]))
         return "an interval node's ranges are empty, unsorted or too large";
     return "";
@@ -58,7 +63,7 @@ std::string checkLeaf(const k::Node &n, const std::vector<k::i64> &data) {
     return "";
   case k::kShards:
     if (n.a < 1 || n.b < 1 || !inParamRange(n.a) || !inParamRange(n.b) ||
-        !inParamRange(n.c) || !inParamRange(n.a * n.b))
+        !inParamRange(n.c))
       return "a shards node has a bad block, shard count or offset";
     return "";
   case k::kGroups:
@@ -224,11 +229,46 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
   return "";
 }
 
+/// The deepest nesting of arrays and objects a manifest may have (a real one
+/// has 5): the JSON parser recurses, and 50,000 nested brackets would
+/// overflow the stack.
+constexpr int kMaxJsonDepth = 32;
+
+/// The nesting depth of arrays and objects in JSON text, strings skipped
+/// (stops counting past `limit`).
+int jsonDepth(const std::string &text, int limit) {
+  int depth = 0, deepest = 0;
+  bool inString = false, escaped = false;
+  for (char c : text) {
+    if (inString) {
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        inString = false;
+      continue;
+    }
+    if (c == '"')
+      inString = true;
+    else if (c == '[' || c == '{')
+      deepest = std::max(deepest, ++depth);
+    else if (c == ']' || c == '}')
+      --depth;
+    if (deepest > limit)
+      break;
+  }
+  return deepest;
+}
+
 } // namespace
 
 std::string tessera::runtime::parseManifest(const std::string &text,
                                             const std::string &source,
                                             BundleDesc &out) {
+  if (jsonDepth(text, kMaxJsonDepth) > kMaxJsonDepth)
+    return "the manifest nests arrays and objects more than " +
+           std::to_string(kMaxJsonDepth) + " deep";
   llvm::Expected<json::Value> value = json::parse(text);
   if (!value)
     return "the manifest is not JSON: " + llvm::toString(value.takeError());

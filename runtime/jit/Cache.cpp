@@ -47,19 +47,17 @@ bool makeDirs(const std::string &path) {
   return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/// Reads a whole file; false if it cannot be read.
+/// The largest cache entry read (cubins of whole bundles are a few MiB).
+constexpr size_t kMaxEntryBytes = size_t(256) << 20;
+
+/// Reads a whole cache entry; false if it is not a readable regular file of
+/// at most kMaxEntryBytes (a FIFO or a device there is ignored, never read).
 bool readFile(const std::string &path, std::vector<char> &out) {
-  FILE *f = std::fopen(path.c_str(), "rb");
-  if (!f)
+  std::string text, error;
+  if (!tessera::jit::readRegularFile(path, kMaxEntryBytes, text, error))
     return false;
-  out.clear();
-  char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0)
-    out.insert(out.end(), buf, buf + n);
-  bool ok = !std::ferror(f);
-  std::fclose(f);
-  return ok;
+  out.assign(text.begin(), text.end());
+  return true;
 }
 
 /// The payload of an intact entry, or false.
@@ -164,4 +162,47 @@ CachedCompile tessera::jit::compileCached(
     r.warning = "kernel cache directory '" + cacheDir +
                 "' is not writable; the kernel was compiled but not cached";
   return r;
+}
+
+bool tessera::jit::readRegularFile(const std::string &path, size_t maxBytes,
+                                   std::string &out, std::string &error) {
+  // O_NONBLOCK: opening a FIFO must not wait for a writer.
+  int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    error = "cannot open " + path + ": " + std::strerror(errno);
+    return false;
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    error = path + " is not a regular file";
+    return false;
+  }
+  if (uint64_t(st.st_size) > maxBytes) {
+    close(fd);
+    error = path + " is larger than " + std::to_string(maxBytes) + " bytes";
+    return false;
+  }
+  out.clear();
+  char buf[1 << 16];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      error = "cannot read " + path + ": " + std::strerror(errno);
+      close(fd);
+      return false;
+    }
+    if (n == 0)
+      break;
+    if (out.size() + size_t(n) > maxBytes) {
+      error = path + " is larger than " + std::to_string(maxBytes) + " bytes";
+      close(fd);
+      return false;
+    }
+    out.append(buf, size_t(n));
+  }
+  close(fd);
+  return true;
 }

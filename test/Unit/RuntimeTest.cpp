@@ -16,6 +16,9 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -571,6 +574,26 @@ TEST_F(CacheTest, ColdWarmAndCorrupt) {
   EXPECT_TRUE(jit::compileCached(*nvrtc, source, "sm_80", options, dir).hit);
 }
 
+/// An entry that is a FIFO, /dev/zero or /dev/urandom is not read (no hang,
+/// no endless read): the kernel is compiled again and the entry replaced.
+TEST_F(CacheTest, SpecialEntriesAreNotRead) {
+  jit::CachedCompile cold =
+      jit::compileCached(*nvrtc, source, "sm_80", options, dir);
+  ASSERT_TRUE(cold.ok) << cold.error;
+  for (const char *device : {"fifo", "/dev/zero", "/dev/urandom"}) {
+    std::remove(cold.entryPath.c_str());
+    if (std::string(device) == "fifo")
+      ASSERT_EQ(mkfifo(cold.entryPath.c_str(), 0644), 0);
+    else
+      ASSERT_EQ(symlink(device, cold.entryPath.c_str()), 0);
+    jit::CachedCompile again =
+        jit::compileCached(*nvrtc, source, "sm_80", options, dir);
+    ASSERT_TRUE(again.ok) << device;
+    EXPECT_FALSE(again.hit) << device;
+    EXPECT_EQ(again.binary, cold.binary) << device;
+  }
+}
+
 TEST_F(CacheTest, UnusableDirectoryDegradesToNoCache) {
   // A path below a regular file can never be a directory (even for root).
   std::ofstream(dir + "-file") << "x";
@@ -642,6 +665,136 @@ TEST(RuntimeCpp, WrapperOwnsHandlesAndReportsErrors) {
   // Every query sees at least its own key here, and all values are 0.2.
   for (float x : o)
     ASSERT_NEAR(x, 0.2f, 1e-6f);
+}
+
+} // namespace
+
+namespace {
+
+/// Regressions: a bundle outliving its context, outputs that alias inputs or
+/// themselves, and scales that overflow the scores used to give OK with
+/// freed memory read or wrong numbers written.
+TEST(RuntimeApi, LifetimeAliasingAndScale) {
+  tessera_context *ctx;
+  tessera_bundle *b;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+  ASSERT_EQ(tessera_bundle_load_file(ctx, bundleDir("tiny-mix").c_str(), &b),
+            TESSERA_OK);
+  const int64_t H = 6, Hkv = 2, D = 64, n = 40;
+  std::vector<float> q(n * H * D, 0.5f), k(n * Hkv * D, 0.25f),
+      v(n * Hkv * D, 1.0f), o(n * H * D), lse(H * n);
+  tessera_tensor tq = tensor(q.data(), TESSERA_DTYPE_F32, 1, n, H, D);
+  tessera_tensor tk = tensor(k.data(), TESSERA_DTYPE_F32, 1, n, Hkv, D);
+  tessera_tensor tv = tensor(v.data(), TESSERA_DTYPE_F32, 1, n, Hkv, D);
+  tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_F32, 1, n, H, D);
+  auto run = [&](const tessera_tensor &out, float *l, float scale) {
+    return tessera_attention(b, 0, &tq, &tk, &tv, &out, l, scale, nullptr);
+  };
+  ASSERT_EQ(run(to, lse.data(), 0), TESSERA_OK) << tessera_last_error();
+
+  // o aliasing k or v, or q in another layout; o writing one place twice;
+  // lse inside o.
+  tessera_tensor onK = tensor(k.data(), TESSERA_DTYPE_F32, 1, n / 3, H, D);
+  EXPECT_EQ(run(onK, nullptr, 0), TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tessera_last_error()).find("o overlaps k"),
+            std::string::npos)
+      << tessera_last_error();
+  tessera_tensor onV = tensor(v.data() + D, TESSERA_DTYPE_F32, 1, n / 3, H, D);
+  EXPECT_EQ(run(onV, nullptr, 0), TESSERA_ERROR_INVALID_ARGUMENT);
+  tessera_tensor shiftedQ = tensor(q.data() + D, TESSERA_DTYPE_F32, 1, n - 1, H,
+                                   D);
+  tessera_tensor tq1 = tensor(q.data(), TESSERA_DTYPE_F32, 1, n - 1, H, D);
+  EXPECT_EQ(tessera_attention(b, 0, &tq1, &tk, &tv, &shiftedQ, nullptr, 0,
+                              nullptr),
+            TESSERA_ERROR_INVALID_ARGUMENT);
+  tessera_tensor zeroHead = to;
+  zeroHead.stride_head = 0;
+  EXPECT_EQ(run(zeroHead, nullptr, 0), TESSERA_ERROR_BAD_STRIDES);
+  EXPECT_EQ(run(to, o.data() + 5, 0), TESSERA_ERROR_INVALID_ARGUMENT);
+  // o = q itself is allowed and gives the same answer as a separate o.
+  std::vector<float> o2(o.size());
+  std::vector<float> qCopy = q;
+  tessera_tensor tqCopy = tensor(qCopy.data(), TESSERA_DTYPE_F32, 1, n, H, D);
+  ASSERT_EQ(tessera_attention(b, 0, &tqCopy, &tk, &tv, &tqCopy, nullptr, 0,
+                              nullptr),
+            TESSERA_OK)
+      << tessera_last_error();
+  EXPECT_EQ(qCopy, o);
+
+  // Scales: up to 2^16; beyond, the fp32 scores overflow.
+  EXPECT_EQ(run(to, nullptr, 65536.0f), TESSERA_OK);
+  EXPECT_EQ(run(to, nullptr, 3.4e38f), TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(run(to, nullptr, INFINITY), TESSERA_ERROR_INVALID_ARGUMENT);
+
+  // The context destroyed first: the bundle answers with an error, then
+  // its own destruction frees both.
+  ASSERT_EQ(tessera_context_destroy(ctx), TESSERA_OK);
+  EXPECT_EQ(run(to, nullptr, 0), TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tessera_last_error()).find("context has been destroyed"),
+            std::string::npos);
+  int64_t layers = 0;
+  EXPECT_EQ(tessera_bundle_num_layers(b, &layers), TESSERA_OK);
+  EXPECT_EQ(layers, 1);
+  EXPECT_EQ(tessera_bundle_destroy(b), TESSERA_OK);
+}
+
+} // namespace
+
+namespace {
+
+/// A bundle directory whose files are FIFOs, devices or deeply nested JSON:
+/// an IO or bad-bundle error at once, never a hang, an endless read or a
+/// stack overflow.
+TEST(RuntimeBundles, SpecialFilesAndDeepJsonAreRefused) {
+  std::string dir = std::string(TESSERA_BINARY_DIR) + "/test/Unit/special";
+  ASSERT_EQ(std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'")
+                            .c_str()),
+            0);
+  std::string man = slurp(bundleDir("tiny-mix") + "/manifest.json");
+  std::string src = slurp(bundleDir("tiny-mix") + "/bundle.cu");
+  tessera_context *ctx;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+  auto load = [&]() {
+    tessera_bundle *b = nullptr;
+    tessera_status s = tessera_bundle_load_file(ctx, dir.c_str(), &b);
+    if (b)
+      tessera_bundle_destroy(b);
+    return s;
+  };
+  auto reset = [&](const std::string &name) {
+    std::remove((dir + "/manifest.json").c_str());
+    std::remove((dir + "/bundle.cu").c_str());
+    std::ofstream(dir + "/manifest.json") << man;
+    std::ofstream(dir + "/bundle.cu") << src;
+    std::remove((dir + "/" + name).c_str());
+    return dir + "/" + name;
+  };
+  reset("none");
+  ASSERT_EQ(load(), TESSERA_OK) << tessera_last_error();
+  for (const char *name : {"manifest.json", "bundle.cu"}) {
+    std::string path = reset(name);
+    ASSERT_EQ(mkfifo(path.c_str(), 0644), 0);
+    EXPECT_EQ(load(), TESSERA_ERROR_IO) << name;
+    EXPECT_NE(std::string(tessera_last_error()).find("not a regular file"),
+              std::string::npos)
+        << tessera_last_error();
+    path = reset(name);
+    ASSERT_EQ(symlink("/dev/zero", path.c_str()), 0);
+    EXPECT_EQ(load(), TESSERA_ERROR_IO) << name;
+    path = reset(name);
+    ASSERT_EQ(mkdir(path.c_str(), 0755), 0);
+    EXPECT_EQ(load(), TESSERA_ERROR_IO) << name;
+    rmdir(path.c_str());
+  }
+  // 50,000 nested arrays: refused before the recursive JSON parser runs.
+  std::string deep(50000, '[');
+  tessera_bundle *b = nullptr;
+  EXPECT_EQ(tessera_bundle_load_memory(ctx, deep.data(), deep.size(),
+                                       src.data(), src.size(), &b),
+            TESSERA_ERROR_BAD_BUNDLE);
+  EXPECT_NE(std::string(tessera_last_error()).find("nests"), std::string::npos)
+      << tessera_last_error();
+  tessera_context_destroy(ctx);
 }
 
 } // namespace

@@ -392,8 +392,7 @@ attn.model @m {
 
 attn.model @m {
   attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
-    // expected-error @+2 {{invalid kind of attribute specified}}
-    // expected-error @+1 {{failed to parse Attn_UnionAttr parameter 'patterns'}}
+    // expected-error @+1 {{expected an attention pattern, got 4 : i64}}
     attn.heads [0] = #attn.union<#attn.causal, 4 : i64>
   }
 }

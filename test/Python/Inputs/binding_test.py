@@ -58,3 +58,32 @@ try:
     b.attention(0, q.astype(np.int32), k, v)
 except TypeError as e:
     print("type error:", e)
+
+# Bad Python-side input: clear errors, never a wrapped integer, a write into
+# read-only memory or a crash.
+ro = np.empty_like(q)
+ro.flags.writeable = False
+import os, tempfile
+mm_path = os.path.join(tempfile.mkdtemp(), "o.bin")
+np.zeros(q.shape, np.float32).tofile(mm_path)
+mm = np.memmap(mm_path, dtype=np.float32, mode="r", shape=q.shape)
+for what, bad in [
+        ("layer 2**70", lambda: b.attention(2**70, q, k, v)),
+        ("layer_info -2**64", lambda: b.layer_info(-2**64)),
+        ("layer 1.5", lambda: b.attention(1.5, q, k, v)),
+        ("empty q", lambda: b.attention(0, q[:, :0], k, v)),
+        ("read-only out", lambda: b.attention(0, q, k, v, out=ro)),
+        ("read-only memmap out", lambda: b.attention(0, q, k, v, out=mm)),
+        ("broadcast out", lambda: b.attention(0, q, k, v,
+                                             out=np.broadcast_to(q[:, :1], q.shape))),
+        ("overlapping heads out", lambda: b.attention(0, q, k, v,
+            out=np.lib.stride_tricks.as_strided(np.empty_like(q), q.shape,
+                                                (q.strides[0], q.strides[1], 0, 4)))),
+        ("NUL in path", lambda: ctx.load(bundles + "/tiny-mix\0junk")),
+        ("int path", lambda: ctx.load(42))]:
+    try:
+        bad()
+        print(what, "-> no error")
+    except (TypeError, ValueError) as e:
+        print(what, "->", type(e).__name__ + ":", e)
+print("bytes path layers", ctx.load(os.fsencode(bundles + "/tiny-mix")).layers())

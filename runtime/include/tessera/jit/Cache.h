@@ -20,6 +20,12 @@
 
 namespace tessera::jit {
 
+/// Reads a whole file that must be a regular file (not a FIFO, a device or
+/// a directory: those could block or never end) of at most `maxBytes`;
+/// false with `error` set otherwise.
+bool readRegularFile(const std::string &path, size_t maxBytes,
+                     std::string &out, std::string &error);
+
 /// $TESSERA_CACHE_DIR, else $XDG_CACHE_HOME/tessera, else
 /// $HOME/.cache/tessera; "" when none can be formed.
 std::string defaultCacheDir();

@@ -91,6 +91,16 @@ TESSERA_HD i64 floorMod(i64 a, i64 b) {
 TESSERA_HD i64 minI(i64 a, i64 b) { return a < b ? a : b; }
 TESSERA_HD i64 maxI(i64 a, i64 b) { return a > b ? a : b; }
 
+/// a * b clamped to [-kUnbounded, kUnbounded] (operands within that range).
+TESSERA_HD i64 mulSat(i64 a, i64 b) {
+  if (a == 0 || b == 0)
+    return 0;
+  i64 ma = a < 0 ? -a : a, mb = b < 0 ? -b : b;
+  if (ma > kUnbounded / mb)
+    return (a < 0) != (b < 0) ? -kUnbounded : kUnbounded;
+  return a * b;
+}
+
 /// The inclusive range [lo, hi] of an axis over a tile. Every integer in it
 /// occurs in the tile (tiles are rectangles in (p, k)).
 TESSERA_HD void axisRange(const Tile &t, i64 axis, i64 &lo, i64 &hi) {
@@ -227,7 +237,10 @@ TESSERA_HD int classifyLeaf(const Node &n, const i64 *data, const Tile &t) {
   }
   case kShards: {
     i64 shard = floorMod(t.head + n.c, n.b);
-    return classifyPeriodic(n.a * n.b, n.a, shard * n.a, t.k0, t.k1 - 1);
+    // block * shards may pass 2^62 (both up to 2^40): saturated, the period
+    // is still longer than any sequence, so the tile's class is exact.
+    return classifyPeriodic(mulSat(n.a, n.b), n.a, mulSat(shard, n.a), t.k0,
+                            t.k1 - 1);
   }
   case kGroups: {
     i64 s = t.head >= t.numHeads / 2 ? n.b : 0;
@@ -429,15 +442,6 @@ TESSERA_HD RunCtx makeRunCtx(i64 q0, i64 q1, i64 nq, i64 nk, i64 bk, i64 head,
 
 TESSERA_HD i64 ceilDiv(i64 a, i64 b) { return -floorDiv(-a, b); }
 
-/// a * b clamped to [-kUnbounded, kUnbounded] (operands within that range).
-TESSERA_HD i64 mulSat(i64 a, i64 b) {
-  if (a == 0 || b == 0)
-    return 0;
-  i64 ma = a < 0 ? -a : a, mb = b < 0 ? -b : b;
-  if (ma > kUnbounded / mb)
-    return (a < 0) != (b < 0) ? -kUnbounded : kUnbounded;
-  return a * b;
-}
 
 /// A key-interval leaf: V = [vlo, vhi] are the keys some row of the block
 /// may see (every one of them is seen by at least one row), F = [flo, fhi]

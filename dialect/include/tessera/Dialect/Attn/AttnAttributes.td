@@ -286,7 +286,8 @@ class Attn_SetOpAttr<string name, string attrMnemonic>
   let parameters = (ins
     ArrayRefParameter<"::tessera::attn::PatternAttrInterface",
                       "the combined patterns">:$patterns);
-  let assemblyFormat = "`<` $patterns `>`";
+  // Parts are parsed through a depth guard: at most 64 nested combinators.
+  let assemblyFormat = "`<` custom<Parts>($patterns) `>`";
   let genVerifyDecl = 1;
 }
 
@@ -318,7 +319,7 @@ def Attn_DifferenceAttr
   }];
   let parameters = (ins "::tessera::attn::PatternAttrInterface":$lhs,
                         "::tessera::attn::PatternAttrInterface":$rhs);
-  let assemblyFormat = "`<` $lhs `,` $rhs `>`";
+  let assemblyFormat = "`<` custom<Part>($lhs) `,` custom<Part>($rhs) `>`";
 }
 
 #endif // TESSERA_DIALECT_ATTN_ATTNATTRIBUTES_TD

@@ -28,12 +28,7 @@ namespace k = tessera::kernel;
 
 namespace {
 
-std::string str(mlir::Attribute a) {
-  std::string s;
-  llvm::raw_string_ostream os(s);
-  a.print(os);
-  return s;
-}
+using tessera::test::str;
 
 struct Counts {
   int64_t visited = 0, full = 0, emptyVisited = 0;

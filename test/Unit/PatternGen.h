@@ -12,11 +12,21 @@
 #include "tessera/Dialect/Attn/AttnAttributes.h"
 
 #include "mlir/IR/MLIRContext.h"
+#include "llvm/Support/raw_ostream.h"
 
 #include <random>
 #include <set>
+#include <string>
 
 namespace tessera::test {
+
+/// An attribute as printed, for failure messages.
+inline std::string str(mlir::Attribute a) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  a.print(os);
+  return s;
+}
 
 using namespace mlir;
 using namespace tessera::attn;

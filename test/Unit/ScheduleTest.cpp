@@ -26,12 +26,7 @@ namespace k = tessera::kernel;
 
 namespace {
 
-std::string str(mlir::Attribute a) {
-  std::string s;
-  llvm::raw_string_ostream os(s);
-  a.print(os);
-  return s;
-}
+using tessera::test::str;
 
 struct Stats {
   int64_t tiles = 0, empty = 0, full = 0, partial = 0, skippedByHull = 0;

@@ -126,17 +126,23 @@ TESSERA_HD void axisRange(const Tile &t, i64 axis, i64 &lo, i64 &hi) {
   }
 }
 
-/// [lo, hi] against sorted disjoint half-open ranges (pairs in `r`).
-TESSERA_HD int classifyIntervals(const i64 *r, i64 count, i64 lo, i64 hi) {
-  // First range whose end lies beyond lo.
+/// The first of the sorted disjoint half-open ranges (pairs in `r`) whose
+/// end lies beyond x, or `count`.
+TESSERA_HD i64 firstRangeEndingAfter(const i64 *r, i64 count, i64 x) {
   i64 first = 0, last = count;
   while (first < last) {
     i64 mid = (first + last) / 2;
-    if (r[2 * mid + 1] <= lo)
+    if (r[2 * mid + 1] <= x)
       first = mid + 1;
     else
       last = mid;
   }
+  return first;
+}
+
+/// [lo, hi] against sorted disjoint half-open ranges (pairs in `r`).
+TESSERA_HD int classifyIntervals(const i64 *r, i64 count, i64 lo, i64 hi) {
+  i64 first = firstRangeEndingAfter(r, count, lo);
   if (first == count || r[2 * first] > hi)
     return kEmpty;
   if (r[2 * first] <= lo && r[2 * first + 1] > hi)
@@ -496,15 +502,7 @@ TESSERA_HD Run bandPRun(const RunCtx &c, i64 kb, i64 a, i64 b) {
 /// Keys in sorted disjoint half-open ranges r[0, 2 * count).
 TESSERA_HD Run intervalsKRun(const RunCtx &c, i64 kb, const i64 *r,
                              i64 count) {
-  i64 from = mulSat(kb, c.bk);
-  i64 first = 0, last = count; // first range whose end lies beyond `from`
-  while (first < last) {
-    i64 mid = (first + last) / 2;
-    if (r[2 * mid + 1] <= from)
-      first = mid + 1;
-    else
-      last = mid;
-  }
+  i64 first = firstRangeEndingAfter(r, count, mulSat(kb, c.bk));
   if (first == count)
     return noRun();
   i64 lo = r[2 * first], hi = r[2 * first + 1] - 1;
@@ -514,16 +512,8 @@ TESSERA_HD Run intervalsKRun(const RunCtx &c, i64 kb, const i64 *r,
 /// Offsets in sorted disjoint half-open ranges r[0, 2 * count).
 TESSERA_HD Run intervalsDRun(const RunCtx &c, i64 kb, const i64 *r,
                              i64 count) {
-  // First band whose last key (p1 + its last offset) reaches block kb.
-  i64 from = mulSat(kb, c.bk) - c.p1;
-  i64 first = 0, last = count;
-  while (first < last) {
-    i64 mid = (first + last) / 2;
-    if (r[2 * mid + 1] <= from)
-      first = mid + 1;
-    else
-      last = mid;
-  }
+  // The first band whose last key (p1 + its last offset) reaches block kb.
+  i64 first = firstRangeEndingAfter(r, count, mulSat(kb, c.bk) - c.p1);
   if (first == count)
     return noRun();
   return bandDRun(c, kb, r[2 * first], r[2 * first + 1] - 1);

@@ -122,6 +122,7 @@ struct Worker {
   std::vector<float> m, l;
   std::vector<uint8_t> keep; ///< [rowsPad][colsPad] element mask of a tile
   std::vector<float> bias;   ///< [colsPad] 0 or -inf per key of one row
+  std::vector<float> biasLine; ///< a diagonal's or a row's bias, shared
   std::vector<uint8_t> line; ///< a diagonal mask's line
   /// A direct-mapped cache of converted key blocks of one (batch, kv head):
   /// key block kb lives in slot kb % slots, its keys transposed
@@ -301,12 +302,19 @@ MaskShape maskShape(const k::Node *nodes, k::i64 count, const k::i64 *data,
 
 /// The element mask of a partial tile, by the cheapest route its shape
 /// allows; the general route subdivides the tile.
-void partialTileMask(MaskShape shape, const k::ProgramRuns &runs,
-                     const k::Node *nodes, k::i64 count,
-                     const k::i64 *data, int64_t q0, int64_t k0, int64_t q1,
-                     int64_t k1, int64_t nq, int64_t nk, int64_t head,
-                     int64_t numHeads, uint8_t *mask, int64_t ld,
-                     std::vector<uint8_t> &line) {
+/// Where the rows of a partial tile's mask are: row i at base + i * step
+/// (step -1: a diagonal's shared line; 0: one row for all).
+struct MaskRows {
+  const uint8_t *base;
+  int64_t step;
+};
+
+MaskRows partialTileMask(MaskShape shape, const k::ProgramRuns &runs,
+                         const k::Node *nodes, k::i64 count,
+                         const k::i64 *data, int64_t q0, int64_t k0,
+                         int64_t q1, int64_t k1, int64_t nq, int64_t nk,
+                         int64_t head, int64_t numHeads, uint8_t *mask,
+                         int64_t ld, std::vector<uint8_t> &line) {
   int64_t rows = q1 - q0, cols = k1 - k0;
   switch (shape) {
   case MaskShape::Diagonal: {
@@ -321,23 +329,19 @@ void partialTileMask(MaskShape shape, const k::ProgramRuns &runs,
     std::reverse(line.begin(), line.begin() + rows);
     tileMask(nodes, count, data, q0, k0, q0 + 1, k1, nq, nk, head, numHeads,
              line.data() + rows - 1, span);
-    for (int64_t i = 0; i < rows; ++i)
-      std::copy_n(line.data() + (rows - 1 - i), cols, mask + i * ld);
-    return;
+    return {line.data() + rows - 1, -1};
   }
   case MaskShape::Columns:
     tileMask(nodes, count, data, q0, k0, q0 + 1, k1, nq, nk, head, numHeads,
              mask, ld);
-    for (int64_t i = 1; i < rows; ++i)
-      std::copy_n(mask, cols, mask + i * ld);
-    return;
+    return {mask, 0};
   case MaskShape::Rows:
     for (int64_t i = 0; i < rows; ++i) {
       k::Tile t{q0 + i, q0 + i + 1, k0, k1, nq, nk, head, numHeads};
       std::fill_n(mask + i * ld, cols,
                   uint8_t(k::classifyTile(nodes, count, data, t) == k::kFull));
     }
-    return;
+    return {mask, ld};
   case MaskShape::General:
     // Row by row, the runs of a one-row query block with one-key blocks:
     // exact (every 1 x 1 tile is EMPTY or FULL), O(runs in the tile) a row.
@@ -360,8 +364,9 @@ void partialTileMask(MaskShape shape, const k::ProgramRuns &runs,
         kb = r.hi + 1;
       }
     }
-    return;
+    return {mask, ld};
   }
+  return {mask, ld};
 }
 
 struct Job {
@@ -432,26 +437,44 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
     }
     gemm(w.q.data(), dp, kT, cp, w.s.data(), cp, rowsPad,
          colsPad, d, /*accumulate=*/false);
-    // bias[j]: 0 for a key that counts, -inf for a masked or padding key.
+    // The bias of row i, at biasBase + i * biasStep: 0 for a key that
+    // counts, -inf for a masked or padding key. Full tiles share one row;
+    // a partial tile whose rows are one line (diagonal) or one row
+    // (columns) converts that line once.
     float *bias = w.bias.data();
     for (int64_t j = 0; j < colsPad; ++j)
       bias[j] = j < cols ? 0.0f : kNegInf;
-    if (cls == k::kPartial)
-      partialTileMask(maskShape(nodes, count, t.data,
-                                k::Tile{q0, q1, k0, k1, nq, nk, head,
-                                        t.numHeads}),
-                      runs, nodes, count, t.data, q0, k0, q1, k1, nq, nk, head,
-                      t.numHeads, w.keep.data(), cp, w.line);
+    const float *biasBase = bias;
+    int64_t biasStep = 0;
+    MaskRows keep{nullptr, 0};
+    if (cls == k::kPartial) {
+      keep = partialTileMask(
+          maskShape(nodes, count, t.data,
+                    k::Tile{q0, q1, k0, k1, nq, nk, head, t.numHeads}),
+          runs, nodes, count, t.data, q0, k0, q1, k1, nq, nk, head,
+          t.numHeads, w.keep.data(), cp, w.line);
+      if (keep.step <= 0 && colsPad == cols) {
+        int64_t first = keep.step < 0 ? rows - 1 : 0;
+        const uint8_t *src = keep.base - first;
+        float *line = w.biasLine.data();
+        for (int64_t j = 0; j < first + cols; ++j)
+          line[j] = src[j] ? 0.0f : kNegInf;
+        biasBase = line + first;
+        biasStep = keep.step;
+        keep.base = nullptr; // no per-row conversion
+      }
+    }
     for (int64_t i = 0; i < rows; ++i) {
       float *s = &w.s[i * cp];
-      if (cls == k::kPartial) {
-        const uint8_t *keep = &w.keep[i * cp];
+      const float *rowBias = biasBase + i * biasStep;
+      if (keep.base) {
+        const uint8_t *k8 = keep.base + i * keep.step;
         for (int64_t j = 0; j < cols; ++j)
-          bias[j] = keep[j] ? 0.0f : kNegInf;
+          bias[j] = k8[j] ? 0.0f : kNegInf;
       }
       Vec vmax = Vec{} + kNegInf;
       for (int64_t j = 0; j < colsPad; j += kLanes) {
-        Vec x = loadVec(s + j) * job.scale + loadVec(bias + j);
+        Vec x = loadVec(s + j) * job.scale + loadVec(rowBias + j);
         storeVec(s + j, x);
         vmax = x > vmax ? x : vmax;
       }
@@ -589,6 +612,7 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
     w.l.resize(a.blockQ);
     w.keep.resize(w.rowsPad * w.colsPad);
     w.bias.resize(w.colsPad);
+    w.biasLine.resize(w.rowsPad + w.colsPad);
     for (int64_t i; (i = next++) < tasks;) {
       int64_t qb = i % job.numQBlocks;
       int64_t rest = i / job.numQBlocks;

@@ -133,6 +133,7 @@ struct Worker {
   int64_t cachedBatch = -1, cachedKvHead = -1, slots = 0;
   std::vector<float> kT, vb;
   std::vector<int64_t> tag; ///< the key block in each slot, or -1
+  std::vector<float> keyRows; ///< [kLanes][dPad] keys being transposed
 };
 
 /// kLanes floats as one GCC vector; loads and stores go through memcpy, so
@@ -421,17 +422,23 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
     if (w.tag[slot] != kb) {
       // Convert the block; keys past Nk stay zero (their scores are masked,
       // their values meet zero probabilities).
-      float *row = &w.acc[rowsPad * dp]; // scratch past the live rows
-      for (int64_t j = 0; j < cp; ++j) {
-        if (j < cols) {
-          load(a.k, offsetOf(a.k, b, k0 + j, kvHead), d, row);
-          load(a.v, offsetOf(a.v, b, k0 + j, kvHead), d, vb + j * dp);
-        } else {
-          std::fill(row, row + d, 0.0f);
-          std::fill(vb + j * dp, vb + j * dp + d, 0.0f);
+      // Keys go through kLanes rows at a time, so that the transposed
+      // block is written kLanes contiguous floats at a time.
+      float *rows16 = w.keyRows.data();
+      for (int64_t j0 = 0; j0 < cp; j0 += kLanes) {
+        for (int64_t j = j0; j < j0 + kLanes; ++j) {
+          float *row = rows16 + (j - j0) * dp;
+          if (j < cols) {
+            load(a.k, offsetOf(a.k, b, k0 + j, kvHead), d, row);
+            load(a.v, offsetOf(a.v, b, k0 + j, kvHead), d, vb + j * dp);
+          } else {
+            std::fill(row, row + d, 0.0f);
+            std::fill(vb + j * dp, vb + j * dp + d, 0.0f);
+          }
         }
         for (int64_t x = 0; x < d; ++x)
-          kT[x * cp + j] = row[x];
+          for (int64_t jj = 0; jj < kLanes; ++jj)
+            kT[x * cp + j0 + jj] = rows16[jj * dp + x];
       }
       w.tag[slot] = kb;
     }
@@ -605,6 +612,7 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
     w.kT.assign(w.slots * w.dPad * w.colsPad, 0.0f);
     w.vb.assign(w.slots * w.colsPad * w.dPad, 0.0f);
     w.tag.assign(w.slots, -1);
+    w.keyRows.assign(kLanes * w.dPad, 0.0f);
     w.s.assign(w.rowsPad * w.colsPad, 0.0f);
     // One extra row: scratch for converting a key row.
     w.acc.assign((w.rowsPad + 1) * w.dPad, 0.0f);

@@ -14,6 +14,8 @@
 #include "tessera/Target/CudaEmitter.h"
 #include "tessera/Transforms/Passes.h"
 
+#include "tessera/Support/InputFile.h"
+
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Parser/Parser.h"
@@ -72,7 +74,7 @@ int main(int argc, char **argv) {
   llvm::SourceMgr sourceMgr;
   SourceMgrDiagnosticHandler handler(sourceMgr, &context);
   std::string error;
-  auto file = openInputFile(inputFile, &error);
+  auto file = tessera::openPatternFile(inputFile, error);
   if (!file)
     return fail(error);
   sourceMgr.AddNewSourceBuffer(std::move(file), llvm::SMLoc());

@@ -10,6 +10,8 @@
 #include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/Semantics/FromAttr.h"
 
+#include "tessera/Support/InputFile.h"
+
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Parser/Parser.h"
@@ -64,7 +66,7 @@ int main(int argc, char **argv) {
   llvm::SourceMgr sourceMgr;
   SourceMgrDiagnosticHandler handler(sourceMgr, &context);
   std::string errorMessage;
-  auto file = openInputFile(inputFile, &errorMessage);
+  auto file = tessera::openPatternFile(inputFile, errorMessage);
   if (!file)
     return fail(errorMessage);
   sourceMgr.AddNewSourceBuffer(std::move(file), llvm::SMLoc());

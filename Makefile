@@ -8,7 +8,7 @@ TARGETS = attn-opt attn-viz attn-translate attn-nvrtc-check TesseraUnitTests \
   TesseraEmulatorTests \
   attn-docs tessera_runtime tessera-test-bundles
 
-.PHONY: all deps configure build demo check docs bundles clean
+.PHONY: all deps configure build demo check docs bundles fuzz sanitize clean
 
 all: build
 
@@ -43,6 +43,16 @@ bundles: build
 	  $(BUILD_DIR)/bin/attn-translate $$f -o $(BUILD_DIR)/bundles/$$n || exit 1; \
 	  echo "$(BUILD_DIR)/bundles/$$n"; \
 	done
+
+# libFuzzer harnesses in build-fuzz/ (clang-22), each run FUZZ_SECONDS.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# The test suite under ASan+UBSan (build-asan/), then the threaded runtime
+# and cache tests under TSan (build-tsan/).
+sanitize:
+	@scripts/sanitize.sh
 
 clean:
 	rm -rf $(BUILD_DIR) $(BUILD_DIR).cmake.log

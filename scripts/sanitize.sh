@@ -12,10 +12,25 @@ cmake -G Ninja -S . -B build-asan -DMLIR_DIR=/usr/lib/llvm-22/lib/cmake/mlir \
   "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined" \
   "-DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=address,undefined" >/dev/null
 ninja -C build-asan attn-opt attn-viz attn-translate attn-nvrtc-check \
-  TesseraUnitTests attn-docs tessera_runtime tessera-test-bundles
+  TesseraUnitTests TesseraEmulatorTests attn-docs tessera_runtime \
+  tessera-test-bundles
 preload="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 export UBSAN_OPTIONS=print_stacktrace=1
 /usr/lib/llvm-22/bin/lit -sv build-asan/test build-asan/test/Unit \
   --filter-out 'Packaging|Python'
 LD_PRELOAD=$preload ASAN_OPTIONS=detect_leaks=0 \
   /usr/lib/llvm-22/bin/lit -sv build-asan/test --filter 'Packaging|Python'
+
+# ThreadSanitizer on the threaded parts: the CPU executor's workers, the
+# runtime loading and launching from several threads, the kernel cache's
+# concurrent compiles.
+tflags="-fsanitize=thread -fno-omit-frame-pointer"
+cmake -G Ninja -S . -B build-tsan -DMLIR_DIR=/usr/lib/llvm-22/lib/cmake/mlir \
+  -DLLVM_EXTERNAL_LIT=/usr/lib/llvm-22/bin/lit \
+  "-DCMAKE_CXX_FLAGS=$tflags" "-DCMAKE_C_FLAGS=$tflags" \
+  "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread" \
+  "-DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=thread" >/dev/null
+ninja -C build-tsan TesseraUnitTests
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+  build-tsan/test/Unit/TesseraUnitTests \
+  --gtest_filter='RuntimeConcurrency.*:CacheTest.*:ExecutorTest.*:RuntimeCpu.*:Limits.*'

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer harnesses of fuzz/ with clang-22 (ASan + UBSan over all
+# of Tessera's code) in build-fuzz/, makes their seed corpora from the
+# shipped patterns, the lit tests and the test bundles, and runs each for
+# SECONDS (default 60). Prints each harness's executions and findings; exits
+# 1 on a finding (a crash, a sanitizer report, a simplification that changed
+# a mask). Crash inputs are kept in build-fuzz/findings/.
+#
+#   scripts/fuzz.sh [SECONDS]          (make fuzz FUZZ_SECONDS=...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-60}
+packages=(clang-22 libfuzzer-22-dev libclang-rt-22-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+    missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "tessera: make fuzz needs: apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+build=build-fuzz
+cmake -G Ninja -S . -B $build -DCMAKE_C_COMPILER=clang-22 \
+  -DCMAKE_CXX_COMPILER=clang++-22 -DTESSERA_FUZZ=ON \
+  -DMLIR_DIR=/usr/lib/llvm-22/lib/cmake/mlir \
+  -DLLVM_EXTERNAL_LIT=/usr/lib/llvm-22/bin/lit >$build.cmake.log 2>&1 ||
+  { cat $build.cmake.log; exit 1; }
+ninja -C $build PatternFuzzer ManifestFuzzer AttentionFuzzer attn-translate \
+  >/dev/null
+
+# Seeds: pattern files, split at lit's "// -----"; manifests with their
+# checksum replaced by @SHA@, then NUL and their kernel source.
+corpus=$build/corpus
+rm -rf "$corpus" && mkdir -p "$corpus"/{pattern,manifest,attention} \
+  $build/findings $build/seed-bundles
+n=0
+for f in patterns/*.mlir test/Dialect/Attn/*.mlir test/Transforms/*.mlir \
+         test/Target/Cuda/*.mlir test/Unit/Inputs/*.mlir; do
+  awk -v dir="$corpus/pattern" -v base="$n" '
+    /^\/\/ -----/ { part++; next }
+    { print > (dir "/" base "-" part) }' "$f"
+  n=$((n + 1))
+done
+for f in patterns/*.mlir test/Unit/Inputs/emulation.mlir; do
+  b=$build/seed-bundles/$(basename "$f" .mlir)
+  ASAN_OPTIONS=detect_leaks=0 $build/bin/attn-translate "$f" -o "$b"
+  { sed -E 's/"source_sha256": "[0-9a-f]+"/"source_sha256": "@SHA@"/' \
+      "$b/manifest.json"; printf '\0'; cat "$b/bundle.cu"; } \
+    >"$corpus/manifest/$(basename "$f" .mlir)"
+done
+head -c 64 /dev/urandom >"$corpus/attention/random"
+
+status=0
+echo "| harness | seconds | executions | executions/s | findings |"
+echo "|---|---|---|---|---|"
+for h in PatternFuzzer ManifestFuzzer AttentionFuzzer; do
+  case $h in
+    PatternFuzzer) c=$corpus/pattern ;;
+    ManifestFuzzer) c=$corpus/manifest ;;
+    *) c=$corpus/attention ;;
+  esac
+  log=$build/$h.log
+  set +e
+  TESSERA_FUZZ_BUNDLE=$build/seed-bundles/tiny-mix \
+    ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
+    $build/fuzz/$h "$c" -max_total_time="$seconds" -timeout=20 \
+      -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
+      -artifact_prefix=$build/findings/$h- >"$log" 2>&1
+  rc=$?
+  set -e
+  execs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+)/\1/p' "$log" | tail -1)
+  found=$(ls $build/findings | grep -c "^$h-" || true)
+  echo "| $h | $seconds | ${execs:-?} | $(( ${execs:-0} / seconds )) | $found |"
+  [ $rc -eq 0 ] && [ "$found" = 0 ] || status=1
+done
+exit $status

@@ -46,8 +46,9 @@ bundles: build
 
 # libFuzzer harnesses in build-fuzz/ (clang-22), each run FUZZ_SECONDS.
 FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?=
 fuzz:
-	@scripts/fuzz.sh $(FUZZ_SECONDS)
+	@scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_RUNS)
 
 # The test suite under ASan+UBSan (build-asan/), then the threaded runtime
 # and cache tests under TSan (build-tsan/).

@@ -212,6 +212,20 @@ tessera_status checkTensor(const tessera_tensor *t, const char *name) {
                 std::string(name) +
                     " has a negative or huge stride (head_dim must be "
                     "contiguous; strides are in elements)");
+  // The elements must fit in an address space: the offset of the last one,
+  // computed with checked arithmetic, below 2^56 bytes.
+  int64_t last = t->head_dim, term;
+  for (auto [n, stride] : {std::pair{t->batch, t->stride_batch},
+                           {t->seq, t->stride_seq},
+                           {t->heads, t->stride_head}})
+    if (__builtin_mul_overflow(n - 1, stride, &term) ||
+        __builtin_add_overflow(last, term, &last))
+      last = INT64_MAX;
+  if (last > (int64_t(1) << 56) / 4)
+    return fail(TESSERA_ERROR_BAD_STRIDES,
+                std::string(name) +
+                    " spans more memory than an address space holds (its "
+                    "shape times its strides)");
   if (reinterpret_cast<uintptr_t>(t->data) % elementSize(t->dtype))
     return fail(TESSERA_ERROR_MISALIGNED,
                 std::string(name) + "->data is not aligned to its element");

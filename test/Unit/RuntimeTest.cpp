@@ -360,6 +360,13 @@ TEST_F(Fixture, BadCallsGetErrors) {
     t.stride_batch = -5;
     expect(run(t, tk, tv, to), TESSERA_ERROR_BAD_STRIDES,
            "negative or huge stride");
+    // Each stride and size within 2^40, their products far beyond memory
+    // (2^40 x 2^40 used to wrap in the offset computation).
+    t = tq;
+    t.seq = int64_t(1) << 40;
+    t.stride_seq = int64_t(1) << 40;
+    expect(run(t, tk, tv, to), TESSERA_ERROR_BAD_STRIDES,
+           "spans more memory");
   }
   // Alignment.
   {

@@ -477,30 +477,6 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
   for (auto [t, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}})
     if (tessera_status s = checkTensor(t, name))
       return s;
-  // o is written while q, k and v are read: it may not share memory with k
-  // or v, nor with q unless it is q itself (each query block reads its own
-  // rows before writing them), nor write one element twice; lse neither.
-  if (overlapsItself(*o))
-    return fail(TESSERA_ERROR_BAD_STRIDES,
-                "o has overlapping elements (a zero or short stride)");
-  for (auto [t, name] : {std::pair{k, "k"}, {v, "v"}})
-    if (overlap(extent(*o), extent(*t)))
-      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                  std::string("o overlaps ") + name +
-                      " (the output would overwrite inputs still to be read)");
-  if (overlap(extent(*o), extent(*q)) && !sameLayout(*o, *q))
-    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                "o overlaps q without being q itself");
-  if (lse) {
-    Extent lseExtent{reinterpret_cast<uintptr_t>(lse),
-                     reinterpret_cast<uintptr_t>(lse) +
-                         sizeof(float) * uint64_t(q->batch) * l->numHeads *
-                             uint64_t(q->seq)};
-    for (auto [t, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}})
-      if (overlap(lseExtent, extent(*t)))
-        return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                    std::string("lse overlaps ") + name);
-  }
   bool cuda = bundle->context->kind == TESSERA_DEVICE_CUDA;
   tessera_dtype layerType =
       l->dtype == "f16" ? TESSERA_DTYPE_F16 : TESSERA_DTYPE_BF16;
@@ -541,6 +517,31 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                 "scale must be in [0, 65536] (0: 1/sqrt(head_dim)); larger "
                 "scales overflow the fp32 scores");
+  // (After the shape checks: the extents below assume consistent shapes.)
+  // o is written while q, k and v are read: it may not share memory with k
+  // or v, nor with q unless it is q itself (each query block reads its own
+  // rows before writing them), nor write one element twice; lse neither.
+  if (overlapsItself(*o))
+    return fail(TESSERA_ERROR_BAD_STRIDES,
+                "o has overlapping elements (a zero or short stride)");
+  for (auto [t, name] : {std::pair{k, "k"}, {v, "v"}})
+    if (overlap(extent(*o), extent(*t)))
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                  std::string("o overlaps ") + name +
+                      " (the output would overwrite inputs still to be read)");
+  if (overlap(extent(*o), extent(*q)) && !sameLayout(*o, *q))
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "o overlaps q without being q itself");
+  if (lse) {
+    Extent lseExtent{reinterpret_cast<uintptr_t>(lse),
+                     reinterpret_cast<uintptr_t>(lse) +
+                         sizeof(float) * uint64_t(q->batch) * l->numHeads *
+                             uint64_t(q->seq)};
+    for (auto [t, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}})
+      if (overlap(lseExtent, extent(*t)))
+        return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                    std::string("lse overlaps ") + name);
+  }
   if (!cuda) {
     // Where a CUDA driver is present, device memory handed to the CPU is
     // caught before it is dereferenced.

@@ -701,13 +701,23 @@ TEST(RuntimeApi, LifetimeAliasingAndScale) {
 
   // o aliasing k or v, or q in another layout; o writing one place twice;
   // lse inside o.
-  tessera_tensor onK = tensor(k.data(), TESSERA_DTYPE_F32, 1, n / 3, H, D);
-  EXPECT_EQ(run(onK, nullptr, 0), TESSERA_ERROR_INVALID_ARGUMENT);
+  // An arena holding k (or v) and an o of the right shape that overlaps it.
+  std::vector<float> arena(n * (H + Hkv) * D, 0.25f);
+  tessera_tensor kIn = tensor(arena.data(), TESSERA_DTYPE_F32, 1, n, Hkv, D);
+  tessera_tensor oOver =
+      tensor(arena.data() + n * Hkv * D - D, TESSERA_DTYPE_F32, 1, n, H, D);
+  EXPECT_EQ(tessera_attention(b, 0, &tq, &kIn, &tv, &oOver, nullptr, 0,
+                              nullptr),
+            TESSERA_ERROR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(tessera_last_error()).find("o overlaps k"),
             std::string::npos)
       << tessera_last_error();
-  tessera_tensor onV = tensor(v.data() + D, TESSERA_DTYPE_F32, 1, n / 3, H, D);
-  EXPECT_EQ(run(onV, nullptr, 0), TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(tessera_attention(b, 0, &tq, &tk, &kIn, &oOver, nullptr, 0,
+                              nullptr),
+            TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tessera_last_error()).find("o overlaps v"),
+            std::string::npos)
+      << tessera_last_error();
   tessera_tensor shiftedQ = tensor(q.data() + D, TESSERA_DTYPE_F32, 1, n - 1, H,
                                    D);
   tessera_tensor tq1 = tensor(q.data(), TESSERA_DTYPE_F32, 1, n - 1, H, D);

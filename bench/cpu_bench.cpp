@@ -10,6 +10,8 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "Timing.h"
+
 #include "tessera/Dialect/Attn/AttnDialect.h"
 #include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/Schedule/Lower.h"
@@ -39,18 +41,7 @@ static cl::opt<int64_t> len("len", cl::init(4096));
 static cl::opt<int> repeats("repeats", cl::init(3));
 static cl::opt<std::string> dump("dump", cl::init(""));
 
-static double seconds(const std::function<void()> &f, int n) {
-  std::vector<double> t;
-  for (int i = 0; i < n; ++i) {
-    auto a = std::chrono::steady_clock::now();
-    f();
-    t.push_back(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - a)
-            .count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using tessera::bench::seconds;
 
 static void write(const std::string &path, const void *data, size_t bytes) {
   std::ofstream out(path, std::ios::binary);

@@ -9,6 +9,8 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "Timing.h"
+
 #include "tessera/Dialect/Attn/AttnDialect.h"
 #include "tessera/Schedule/Lower.h"
 #include "tessera/Semantics/FromAttr.h"
@@ -37,18 +39,7 @@ static cl::opt<int64_t> headDim("head-dim", cl::init(64));
 static cl::opt<int> threads("num-threads", cl::init(2));
 static cl::opt<int> repeats("repeats", cl::init(3));
 
-static double seconds(const std::function<void()> &f, int n) {
-  std::vector<double> t;
-  for (int i = 0; i < n; ++i) {
-    auto a = std::chrono::steady_clock::now();
-    f();
-    t.push_back(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - a)
-            .count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using tessera::bench::seconds;
 
 int main(int argc, char **argv) {
   cl::ParseCommandLineOptions(argc, argv);

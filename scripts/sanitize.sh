@@ -9,12 +9,15 @@ cd "$(dirname "$0")/.."
 # while the uninstrumented libMLIR.so allocates from the same slabs: user
 # poisoning is off (real heap errors still show).
 export ASAN_OPTIONS=allow_user_poisoning=0
-flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-cmake -G Ninja -S . -B build-asan -DMLIR_DIR=/usr/lib/llvm-22/lib/cmake/mlir \
-  -DLLVM_EXTERNAL_LIT=/usr/lib/llvm-22/bin/lit \
-  "-DCMAKE_CXX_FLAGS=$flags" "-DCMAKE_C_FLAGS=$flags" \
-  "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined" \
-  "-DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=address,undefined" >/dev/null
+# configure DIR COMPILE_FLAGS LINK_FLAGS
+configure() {
+  cmake -G Ninja -S . -B "$1" -DMLIR_DIR=/usr/lib/llvm-22/lib/cmake/mlir \
+    -DLLVM_EXTERNAL_LIT=/usr/lib/llvm-22/bin/lit \
+    "-DCMAKE_CXX_FLAGS=$2" "-DCMAKE_C_FLAGS=$2" \
+    "-DCMAKE_EXE_LINKER_FLAGS=$3" "-DCMAKE_SHARED_LINKER_FLAGS=$3" >/dev/null
+}
+configure build-asan "-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
+  "-fsanitize=address,undefined"
 ninja -C build-asan attn-opt attn-viz attn-translate attn-nvrtc-check \
   TesseraUnitTests TesseraEmulatorTests attn-docs tessera_runtime \
   tessera-test-bundles
@@ -28,12 +31,7 @@ LD_PRELOAD=$preload ASAN_OPTIONS=detect_leaks=0:allow_user_poisoning=0 \
 # ThreadSanitizer on the threaded parts: the CPU executor's workers, the
 # runtime loading and launching from several threads, the kernel cache's
 # concurrent compiles.
-tflags="-fsanitize=thread -fno-omit-frame-pointer"
-cmake -G Ninja -S . -B build-tsan -DMLIR_DIR=/usr/lib/llvm-22/lib/cmake/mlir \
-  -DLLVM_EXTERNAL_LIT=/usr/lib/llvm-22/bin/lit \
-  "-DCMAKE_CXX_FLAGS=$tflags" "-DCMAKE_C_FLAGS=$tflags" \
-  "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread" \
-  "-DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=thread" >/dev/null
+configure build-tsan "-fsanitize=thread -fno-omit-frame-pointer" "-fsanitize=thread"
 ninja -C build-tsan TesseraUnitTests
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
   build-tsan/test/Unit/TesseraUnitTests \

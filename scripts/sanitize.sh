@@ -31,7 +31,12 @@ LD_PRELOAD=$preload ASAN_OPTIONS=detect_leaks=0:allow_user_poisoning=0 \
 # ThreadSanitizer on the threaded parts: the CPU executor's workers, the
 # runtime loading and launching from several threads, the kernel cache's
 # concurrent compiles.
-configure build-tsan "-fsanitize=thread -fno-omit-frame-pointer" "-fsanitize=thread"
+# GCC 12's libtsan crashes while the dynamic loader resolves its ifuncs on
+# this kernel; clang-22's runtime works (it is installed by make fuzz, or:
+# apt-get install clang-22 libclang-rt-22-dev).
+CC=clang-22 CXX=clang++-22 \
+  configure build-tsan "-fsanitize=thread -fno-omit-frame-pointer" \
+    "-fsanitize=thread -shared-libsan -Wl,-rpath,$(dirname "$(clang++-22 -print-file-name=libclang_rt.tsan-x86_64.so)")"
 ninja -C build-tsan TesseraUnitTests
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
   build-tsan/test/Unit/TesseraUnitTests \

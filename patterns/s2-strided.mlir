@@ -8,15 +8,15 @@
 //   attn-opt patterns/s2-strided.mlir --attn-report="q-len=4096" -o /dev/null
 attn.model @s2_strided {
   attn.layer 0 heads = 16 kv_heads = 4 head_dim = 128 dtype = f16 {
-    attn.heads [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] = #attn.causal
+    attn.heads [0 to 15] = #attn.causal
   }
   attn.layer 1 heads = 16 kv_heads = 4 head_dim = 128 dtype = f16 {
-    attn.heads [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] = #attn.intersect<#attn.causal, #attn.union<#attn.window<before = 512>, #attn.strided_shards<shards = 8, block = 64>>>
+    attn.heads [0 to 15] = #attn.intersect<#attn.causal, #attn.union<#attn.window<before = 512>, #attn.strided_shards<shards = 8, block = 64>>>
   }
   attn.layer 2 heads = 16 kv_heads = 4 head_dim = 128 dtype = f16 {
-    attn.heads [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] = #attn.intersect<#attn.causal, #attn.union<#attn.window<before = 512>, #attn.strided_shards<shards = 8, block = 64, offset = 3>>>
+    attn.heads [0 to 15] = #attn.intersect<#attn.causal, #attn.union<#attn.window<before = 512>, #attn.strided_shards<shards = 8, block = 64, offset = 3>>>
   }
   attn.layer 3 heads = 16 kv_heads = 4 head_dim = 128 dtype = f16 {
-    attn.heads [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] = #attn.intersect<#attn.causal, #attn.union<#attn.window<before = 512>, #attn.strided_shards<shards = 8, block = 64, offset = 5>>>
+    attn.heads [0 to 15] = #attn.intersect<#attn.causal, #attn.union<#attn.window<before = 512>, #attn.strided_shards<shards = 8, block = 64, offset = 5>>>
   }
 }

@@ -13,10 +13,10 @@
 //   attn-opt patterns/video-dit.mlir --attn-report="q-len=4096" -o /dev/null
 attn.model @video_dit {
   attn.layer 0 heads = 24 kv_heads = 24 head_dim = 128 dtype = bf16 {
-    attn.heads [0, 1, 2, 3, 4, 5] = #attn.multi_diagonal<stride = 1024, width = 32>
-    attn.heads [6, 7, 8, 9] = #attn.union<#attn.window<before = 256, after = 256>, #attn.vertical_stripe<ranges = [0, 1024]>>
-    attn.heads [10, 11, 12, 13] = #attn.grid<stride = 1024, vertical_width = 64, slash_width = 64>
-    attn.heads [14, 15, 16, 17, 18, 19] = #attn.window<before = 512, after = 512>
+    attn.heads [0 to 5] = #attn.multi_diagonal<stride = 1024, width = 32>
+    attn.heads [6 to 9] = #attn.union<#attn.window<before = 256, after = 256>, #attn.vertical_stripe<ranges = [0, 1024]>>
+    attn.heads [10 to 13] = #attn.grid<stride = 1024, vertical_width = 64, slash_width = 64>
+    attn.heads [14 to 19] = #attn.window<before = 512, after = 512>
     attn.heads [20, 21] = #attn.dense
     attn.heads [22, 23] = #attn.skip
   }

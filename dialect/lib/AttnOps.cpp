@@ -12,6 +12,73 @@
 using namespace mlir;
 using namespace tessera::attn;
 
+//===----------------------------------------------------------------------===//
+// Head lists: `[0, 1, 2]`, `[0 to 31]`, `[0 to 3, 8, 12 to 15]`
+//===----------------------------------------------------------------------===//
+
+/// The most query heads a layer may have; also the most heads one head list
+/// may name once its ranges are expanded (the verifier checks the indices
+/// against the layer).
+static constexpr int64_t kMaxHeads = 4096;
+
+static ParseResult parseHeadList(OpAsmParser &parser,
+                                 DenseI64ArrayAttr &heads) {
+  SmallVector<int64_t> values;
+  auto parseElement = [&]() -> ParseResult {
+    llvm::SMLoc loc = parser.getCurrentLocation();
+    int64_t first;
+    if (parser.parseInteger(first))
+      return failure();
+    int64_t last = first;
+    if (succeeded(parser.parseOptionalKeyword("to"))) {
+      if (parser.parseInteger(last))
+        return failure();
+      if (last < first)
+        return parser.emitError(loc, "head range ")
+               << first << " to " << last
+               << " is empty; write the smaller head first";
+    }
+    // Counted before expanding, so `[0 to 1099511627776]` costs nothing.
+    if (uint64_t(last) - uint64_t(first) >=
+        uint64_t(kMaxHeads) - values.size())
+      return parser.emitError(loc, "head list names more than ")
+             << kMaxHeads << " heads";
+    for (int64_t h = first;; ++h) {
+      values.push_back(h);
+      if (h == last)
+        break;
+    }
+    return success();
+  };
+  if (parser.parseCommaSeparatedList(OpAsmParser::Delimiter::Square,
+                                     parseElement, "in the head list"))
+    return failure();
+  heads = parser.getBuilder().getDenseI64ArrayAttr(values);
+  return success();
+}
+
+static void printHeadList(OpAsmPrinter &p, Operation *,
+                          DenseI64ArrayAttr heads) {
+  ArrayRef<int64_t> values = heads.asArrayRef();
+  p << '[';
+  for (size_t i = 0; i < values.size();) {
+    size_t j = i;
+    while (j + 1 < values.size() && values[j] != INT64_MAX &&
+           values[j + 1] == values[j] + 1)
+      ++j;
+    if (i)
+      p << ", ";
+    if (j - i >= 2) { // Three or more consecutive heads: the range is shorter.
+      p << values[i] << " to " << values[j];
+      i = j + 1;
+      continue;
+    }
+    p << values[i];
+    ++i;
+  }
+  p << ']';
+}
+
 #define GET_OP_CLASSES
 #include "tessera/Dialect/Attn/AttnOps.cpp.inc"
 
@@ -44,8 +111,7 @@ LogicalResult ModelOp::verifyRegions() {
 // LayerOp
 //===----------------------------------------------------------------------===//
 
-/// The largest head count and head dimension a layer may declare.
-static constexpr int64_t kMaxHeads = 4096;
+/// The largest head dimension a layer may declare (kMaxHeads: above).
 static constexpr int64_t kMaxHeadDim = 1024;
 
 /// The checks of a layer's shape, shared by attn.layer and attn.schedule.

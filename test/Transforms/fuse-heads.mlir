@@ -36,7 +36,7 @@ attn.model @shards {
 // CHECK: attn.heads [0, 1] = #attn.intersect<#attn.causal, #attn.shifted_groups<size = 8, shift = 4>>
 // CHECK-NEXT: attn.heads [2, 3] = #attn.intersect<#attn.causal, #attn.shifted_groups<size = 8, shift = 4>>
 // CHECK: attn.layer 1
-// CHECK-NEXT: attn.heads [0, 1, 2, 3] = #attn.shifted_groups<size = 8, shift = 0>
+// CHECK-NEXT: attn.heads [0 to 3] = #attn.shifted_groups<size = 8, shift = 0>
 attn.model @groups {
   attn.layer 0 heads = 4 kv_heads = 1 head_dim = 64 dtype = bf16 {
     attn.heads [0, 1, 2, 3] = #attn.intersect<#attn.causal, #attn.shifted_groups<size = 8, shift = 4>>

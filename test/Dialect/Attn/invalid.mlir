@@ -650,3 +650,50 @@ attn.model @m {
   "attn.layer"() <{index = 0 : i64, num_heads = 1 : i64, num_kv_heads = 1 : i64, head_dim = 64 : i64}> ({
   }) : () -> ()
 }) : () -> ()
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 4 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{head range 3 to 1 is empty; write the smaller head first}}
+    attn.heads [0, 3 to 1] = #attn.causal
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 4 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{head list names more than 4096 heads}}
+    attn.heads [0 to 1099511627776] = #attn.causal
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 4 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{head list names more than 4096 heads}}
+    attn.heads [-9223372036854775808 to 9223372036854775807] = #attn.causal
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 4 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-note @+1 {{first assigned here}}
+    attn.heads [0 to 2] = #attn.causal
+    // expected-error @+1 {{head 2 is assigned more than one pattern}}
+    attn.heads [2 to 3] = #attn.dense
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 4 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{expected integer value}}
+    attn.heads [0 to] = #attn.causal
+  }
+}

@@ -76,13 +76,17 @@ def Attn_HeadsOp : Attn_Op<"heads", [HasParent<"LayerOp">]> {
     attn.heads [0, 1, 2, 3] = #attn.a_shape<sink = 4, before = 1024>
     ```
 
+    A head list holds head indices and inclusive ranges `a to b`, in any
+    mix: `[0 to 31]` is the 32 heads 0, 1, ..., 31, `[0 to 3, 8, 12 to 15]`
+    nine heads. Ranges expand to at most 4096 heads; the printer writes
+    every run of three or more consecutive heads as a range.
     Head indices are distinct and within the layer's `heads`. The
     canonicalizer simplifies the pattern (see `docs/patterns.md`); the
     simplified pattern allows exactly the same pairs.
   }];
   let arguments = (ins DenseI64ArrayAttr:$heads,
                        Attn_PatternAttrInterface:$pattern);
-  let assemblyFormat = "$heads `=` $pattern attr-dict";
+  let assemblyFormat = "custom<HeadList>($heads) `=` $pattern attr-dict";
   let hasVerifier = 1;
   let hasCanonicalizeMethod = 1;
 }
@@ -122,7 +126,7 @@ def Attn_ScheduleOp : Attn_Op<"schedule", [HasParent<"ModelOp">, NoTerminator,
   let assemblyFormat = [{
     $index `heads` `=` $num_heads `kv_heads` `=` $num_kv_heads
     `head_dim` `=` $head_dim `dtype` `=` $dtype `block` `=` $block
-    `skipped` `=` $skipped attr-dict-with-keyword $body
+    `skipped` `=` custom<HeadList>($skipped) attr-dict-with-keyword $body
   }];
   let hasVerifier = 1;
   let hasRegionVerifier = 1;
@@ -157,7 +161,7 @@ def Attn_GroupOp : Attn_Op<"group", [HasParent<"ScheduleOp">, NoTerminator,
   let arguments = (ins Attn_I64Attr:$id, DenseI64ArrayAttr:$heads,
                        Attn_PatternAttrInterface:$pattern);
   let regions = (region AnyRegion:$runs);
-  let assemblyFormat = "$id `heads` $heads `=` $pattern (`runs` $runs^)? attr-dict";
+  let assemblyFormat = "$id `heads` custom<HeadList>($heads) `=` $pattern (`runs` $runs^)? attr-dict";
   let hasRegionVerifier = 1;
 }
 

@@ -31,9 +31,11 @@ demo: build
 check: build
 	@scripts/check.sh $(BUILD_DIR)
 
-# Refreshes the committed reference documentation from the ODS definitions.
+# Refreshes the committed reference documentation from the ODS definitions
+# and the pictures of docs/patterns.md.
 docs: build
 	cp $(BUILD_DIR)/dialect/include/tessera/Dialect/Attn/AttnDialect.md docs/reference/AttnDialect.md
+	scripts/doc-pictures.sh $(BUILD_DIR) docs/pictures
 
 # CUDA bundles of the shipped patterns, for bench/gpu_check.sh on a GPU
 # machine (which needs no MLIR): build/bundles/<pattern>/{bundle.cu,manifest.json}

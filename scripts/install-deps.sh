@@ -7,7 +7,7 @@ set -euo pipefail
 PACKAGES=(
   cmake ninja-build g++ ccache python3
   libmlir-22-dev mlir-22-tools llvm-22-dev llvm-22-tools
-  libfmt-dev libgtest-dev pkg-config python3-numpy
+  libfmt-dev libgtest-dev libpng-dev pkg-config python3-numpy
 )
 
 missing=()

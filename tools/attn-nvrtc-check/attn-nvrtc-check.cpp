@@ -16,6 +16,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <string_view>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -23,10 +24,47 @@
 
 using namespace tessera::jit;
 
-static int usage() {
-  std::fprintf(stderr, "usage: attn-nvrtc-check DIR --arch sm_XX [--arch ...]"
-                       "\n       attn-nvrtc-check --probe\n");
+static const char kUsage[] =
+    "USAGE: attn-nvrtc-check [options] <bundle directory>\n"
+    "       attn-nvrtc-check --probe\n"
+    "\n"
+    "Compiles DIR/bundle.cu (written by attn-translate FILE -o DIR) with NVRTC\n"
+    "and prints each kernel's registers, stack, spills and shared memory.\n"
+    "\n"
+    "OPTIONS:\n"
+    "  --arch=<sm_XX>  - target architecture; repeat for several (sm_80 sm_90)\n"
+    "  --cache=<dir>   - compile through the runtime's kernel cache in <dir>\n"
+    "                    and report hits and misses\n"
+    "  --probe         - only check that NVRTC loads (exit 77 if it does not)\n"
+    "  --help          - Display available options\n"
+    "  --version       - Display the version of this program\n"
+    "\n"
+    "Exit status: 0 clean, 1 a compile failed or a kernel spills, 2 bad\n"
+    "arguments or a missing bundle, 77 NVRTC is not available.\n";
+
+static int usage(const char *problem) {
+  std::fprintf(stderr, "attn-nvrtc-check: error: %s\n%s", problem, kUsage);
   return 2;
+}
+
+/// Matches `--name VALUE` and `--name=VALUE` (also with one dash).
+static bool takeValue(int argc, char **argv, int &i, const char *name,
+                      std::string &value) {
+  const char *a = argv[i];
+  if (a[0] != '-')
+    return false;
+  a += a[1] == '-' ? 2 : 1;
+  size_t n = std::strlen(name);
+  if (std::strncmp(a, name, n))
+    return false;
+  if (a[n] == '=') {
+    value = a + n + 1;
+    return true;
+  }
+  if (a[n] != 0 || i + 1 >= argc)
+    return false;
+  value = argv[++i];
+  return true;
 }
 
 int main(int argc, char **argv) {
@@ -34,16 +72,32 @@ int main(int argc, char **argv) {
   std::vector<std::string> archs;
   bool probe = false;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--probe"))
+    std::string value;
+    std::string_view a = argv[i];
+    if (a == "--help" || a == "-help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (a == "--version" || a == "-version") {
+      std::printf("attn-nvrtc-check (Tessera %s)\n", TESSERA_VERSION);
+      return 0;
+    }
+    if (a == "--probe" || a == "-probe")
       probe = true;
-    else if (!std::strcmp(argv[i], "--arch") && i + 1 < argc)
-      archs.push_back(argv[++i]);
-    else if (!std::strcmp(argv[i], "--cache") && i + 1 < argc)
-      cache = argv[++i];
+    else if (takeValue(argc, argv, i, "arch", value))
+      archs.push_back(value);
+    else if (takeValue(argc, argv, i, "cache", value))
+      cache = value;
     else if (argv[i][0] != '-' && dir.empty())
       dir = argv[i];
+    else if (argv[i][0] != '-')
+      return usage(("a second bundle directory '" + std::string(a) +
+                    "': check one bundle per run")
+                       .c_str());
     else
-      return usage();
+      return usage(("unknown option '" + std::string(a) +
+                    "' (or it lacks its value)")
+                       .c_str());
   }
   std::string error;
   const Nvrtc *nvrtc = Nvrtc::get(error);
@@ -55,12 +109,16 @@ int main(int argc, char **argv) {
     std::printf("NVRTC %s\n", nvrtc->version().c_str());
     return 0;
   }
-  if (dir.empty() || archs.empty())
-    return usage();
+  if (dir.empty())
+    return usage("no bundle directory given");
+  if (archs.empty())
+    return usage("no architecture given: add --arch=sm_80 (or sm_90)");
   std::ifstream in(dir + "/bundle.cu");
   if (!in) {
-    std::fprintf(stderr, "attn-nvrtc-check: error: cannot read %s/bundle.cu\n",
-                 dir.c_str());
+    std::fprintf(stderr,
+                 "attn-nvrtc-check: error: cannot read %s/bundle.cu; write a "
+                 "bundle with 'attn-translate FILE -o %s' first\n",
+                 dir.c_str(), dir.c_str());
     return 2;
   }
   std::stringstream ss;

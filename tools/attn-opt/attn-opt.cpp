@@ -7,6 +7,7 @@
 
 #include "tessera/Dialect/Attn/AttnDialect.h"
 #include "tessera/Support/InputFile.h"
+#include "tessera/Support/ToolOptions.h"
 #include "tessera/Transforms/Passes.h"
 
 #include "mlir/IR/DialectRegistry.h"
@@ -16,6 +17,10 @@
 #include "llvm/Support/ToolOutputFile.h"
 
 int main(int argc, char **argv) {
+  // LLVM's own options are registered by now, MLIR's driver options are not
+  // yet: --help shows the driver's options and the passes only.
+  tessera::hideForeignOptions(nullptr);
+  tessera::setVersionPrinter("attn-opt");
   mlir::DialectRegistry registry;
   registry.insert<tessera::attn::AttnDialect>();
   mlir::registerCanonicalizerPass();

@@ -15,6 +15,7 @@
 #include "tessera/Transforms/Passes.h"
 
 #include "tessera/Support/InputFile.h"
+#include "tessera/Support/ToolOptions.h"
 
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/MLIRContext.h"
@@ -32,13 +33,17 @@
 using namespace mlir;
 namespace cl = llvm::cl;
 
+static cl::OptionCategory toolOptions("attn-translate options");
 static cl::opt<std::string> inputFile(cl::Positional,
-                                      cl::desc("<pattern file>"), cl::Required);
+                                      cl::desc("<pattern file, or - for stdin>"),
+                                      cl::Required, cl::cat(toolOptions));
 static cl::opt<std::string> output("o", cl::desc("bundle directory"),
-                                   cl::value_desc("dir"), cl::init(""));
+                                   cl::value_desc("dir"), cl::init(""),
+                                   cl::cat(toolOptions));
 enum class Emit { Bundle, Cuda, Manifest };
 static cl::opt<Emit> emit(
     "emit", cl::desc("what to write"), cl::init(Emit::Bundle),
+    cl::cat(toolOptions),
     cl::values(clEnumValN(Emit::Bundle, "bundle",
                           "bundle.cu and manifest.json in the -o directory"),
                clEnumValN(Emit::Cuda, "cuda", "the CUDA source, to stdout"),
@@ -64,6 +69,8 @@ static bool writeFile(llvm::StringRef path, llvm::StringRef text) {
 
 int main(int argc, char **argv) {
   llvm::InitLLVM y(argc, argv);
+  tessera::hideForeignOptions(&toolOptions);
+  tessera::setVersionPrinter("attn-translate");
   cl::ParseCommandLineOptions(argc, argv,
                               "Emits CUDA bundles from attention patterns\n");
   if (emit == Emit::Bundle && output.empty())

@@ -1,16 +1,23 @@
-//===- attn-viz.cpp - print the dense mask of one head --------------------===//
+//===- attn-viz.cpp - pictures of attention masks -------------------------===//
 //
-//   attn-viz FILE --layer L --head H --q-len N [--k-len M] [--model NAME]
+//   attn-viz FILE --layer L --head H --q-len N [--k-len M]      text mask
+//   attn-viz FILE --layer L --head H --q-len N --format=svg -o F.svg
+//   attn-viz FILE --layer L --q-len N --format=png -o F.png     overview
 //
-// Prints one line per query row: '#' where the key is allowed, '.' where it is
-// not. The mask comes from the reference semantics (docs/patterns.md).
+// Text: one line per query row, '#' where the key is allowed, '.' where it
+// is not, from the reference semantics (docs/patterns.md). SVG and PNG: the
+// element mask while both lengths fit the picture, above that the block
+// level (tiles of the schedule coloured full / partial / empty, partial ones
+// shaded by density). Without --head, SVG and PNG show every head of the
+// layer as a thumbnail with its pattern and density.
 //
 //===----------------------------------------------------------------------===//
 
 #include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/Semantics/FromAttr.h"
-
 #include "tessera/Support/InputFile.h"
+#include "tessera/Support/ToolOptions.h"
+#include "tessera/Viz/Picture.h"
 
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/MLIRContext.h"
@@ -19,6 +26,7 @@
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/raw_ostream.h"
 
 #include <string>
@@ -27,46 +35,96 @@ using namespace mlir;
 using namespace tessera;
 namespace cl = llvm::cl;
 
-/// Printing is for people: keep pictures to a size a terminal can show.
+/// Text is for terminals: keep it to a size one can read.
 static constexpr int64_t kMaxPrinted = 16384;
 
+enum class Format { Text, Svg, Png };
+
+static cl::OptionCategory toolOptions("attn-viz options");
 static cl::opt<std::string> inputFile(cl::Positional,
-                                      cl::desc("<pattern file>"), cl::Required);
+                                      cl::desc("<pattern file, or - for stdin>"),
+                                      cl::Required, cl::cat(toolOptions));
 static cl::opt<int64_t> layerIndex("layer", cl::desc("layer index"),
-                                   cl::Required);
-static cl::opt<int64_t> headIndex("head", cl::desc("query head index"),
-                                  cl::Required);
+                                   cl::Required, cl::cat(toolOptions));
+static cl::opt<int64_t>
+    headIndex("head",
+              cl::desc("query head (svg/png without it: every head of the "
+                       "layer)"),
+              cl::init(-1), cl::cat(toolOptions));
 static cl::opt<int64_t> qLen("q-len", cl::desc("query length Nq"),
-                             cl::Required);
+                             cl::Required, cl::cat(toolOptions));
 static cl::opt<int64_t> kLen("k-len", cl::desc("key length Nk (default: Nq)"),
-                             cl::init(0));
+                             cl::init(0), cl::cat(toolOptions));
 static cl::opt<std::string>
     modelName("model", cl::desc("model symbol (default: the only model)"),
-              cl::init(""));
+              cl::init(""), cl::cat(toolOptions));
+static cl::opt<Format> format(
+    "format", cl::desc("what to write"), cl::init(Format::Text),
+    cl::values(clEnumValN(Format::Text, "text", "'#'/'.' mask of one head"),
+               clEnumValN(Format::Svg, "svg", "SVG picture"),
+               clEnumValN(Format::Png, "png", "PNG picture (needs -o)")),
+    cl::cat(toolOptions));
+static cl::opt<std::string> outputFile("o", cl::desc("output file"),
+                                       cl::value_desc("file"), cl::init("-"),
+                                       cl::cat(toolOptions));
+static cl::opt<int64_t>
+    blockQ("block-q", cl::desc("queries per tile of the block level"),
+           cl::init(64), cl::cat(toolOptions));
+static cl::opt<int64_t>
+    blockK("block-k", cl::desc("keys per tile of the block level"),
+           cl::init(64), cl::cat(toolOptions));
+static cl::opt<int64_t> pixels(
+    "size",
+    cl::desc("longer side of a picture in cells (one head: 512; overview "
+             "thumbnails: 128); element level up to this length"),
+    cl::init(0), cl::cat(toolOptions));
 
 static int fail(const llvm::Twine &message) {
   llvm::errs() << "attn-viz: error: " << message << "\n";
   return 1;
 }
 
+/// The pattern of a head as written in pattern files.
+static std::string patternText(Attribute pattern) {
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  pattern.print(os);
+  return text;
+}
+
 int main(int argc, char **argv) {
   llvm::InitLLVM y(argc, argv);
+  hideForeignOptions(&toolOptions);
+  setVersionPrinter("attn-viz");
   cl::ParseCommandLineOptions(argc, argv,
-                              "Prints the dense attention mask of one head\n");
+                              "Pictures of the attention masks of a pattern "
+                              "file\n");
   int64_t nq = qLen, nk = kLen.getNumOccurrences() ? int64_t(kLen) : nq;
-  if (nq < 1 || nq > kMaxPrinted)
-    return fail("--q-len must be in [1, " + llvm::Twine(kMaxPrinted) +
-                "], got " + llvm::Twine(nq));
-  if (nk < 1 || nk > kMaxPrinted)
-    return fail("--k-len must be in [1, " + llvm::Twine(kMaxPrinted) +
-                "], got " + llvm::Twine(nk));
+  bool picture = format != Format::Text;
+  int64_t maxLen = picture ? viz::kMaxPictureLength : kMaxPrinted;
+  if (nq < 1 || nq > maxLen)
+    return fail("--q-len must be in [1, " + llvm::Twine(maxLen) + "], got " +
+                llvm::Twine(nq));
+  if (nk < 1 || nk > maxLen)
+    return fail("--k-len must be in [1, " + llvm::Twine(maxLen) + "], got " +
+                llvm::Twine(nk));
+  if (!picture && headIndex.getNumOccurrences() == 0)
+    return fail("the text mask shows one head: give --head H, or use "
+                "--format=svg / --format=png for the whole layer");
+  if (format == Format::Png && outputFile == "-")
+    return fail("a PNG needs an output file: -o FILE.png");
+  if (blockQ < 1 || blockQ > 1024 || blockK < 1 || blockK > 1024)
+    return fail("--block-q and --block-k must be in [1, 1024]");
+  if (pixels.getNumOccurrences() && (pixels < 8 || pixels > 4096))
+    return fail("--size must be in [8, 4096], got " +
+                llvm::Twine(int64_t(pixels)));
 
   MLIRContext context;
   context.getOrLoadDialect<attn::AttnDialect>();
   llvm::SourceMgr sourceMgr;
   SourceMgrDiagnosticHandler handler(sourceMgr, &context);
   std::string errorMessage;
-  auto file = tessera::openPatternFile(inputFile, errorMessage);
+  auto file = openPatternFile(inputFile, errorMessage);
   if (!file)
     return fail(errorMessage);
   sourceMgr.AddNewSourceBuffer(std::move(file), llvm::SMLoc());
@@ -79,10 +137,11 @@ int main(int argc, char **argv) {
     if (modelName.empty() || model.getSymName() == modelName)
       models.push_back(model);
   if (models.empty())
-    return fail(modelName.empty() ? llvm::Twine("the file holds no attn.model")
-                                  : "no attn.model named @" + modelName);
+    return fail(modelName.empty()
+                    ? inputFile + " holds no attn.model"
+                    : inputFile + " has no attn.model named @" + modelName);
   if (models.size() > 1)
-    return fail("the file holds several models; choose one with --model");
+    return fail(inputFile + " holds several models; choose one with --model");
 
   attn::LayerOp layer;
   for (auto l : models.front().getBody().front().getOps<attn::LayerOp>())
@@ -90,23 +149,65 @@ int main(int argc, char **argv) {
       layer = l;
   if (!layer)
     return fail("model @" + models.front().getSymName() + " has no layer " +
-                llvm::Twine(int64_t(layerIndex)));
-  if (headIndex < 0 || headIndex >= layer.getNumHeads())
-    return fail("--head must be in [0, " + llvm::Twine(layer.getNumHeads()) +
+                llvm::Twine(int64_t(layerIndex)) +
+                " (layers are attn.layer ops; a scheduled file has none)");
+  int64_t numHeads = layer.getNumHeads();
+  if (headIndex.getNumOccurrences() &&
+      (headIndex < 0 || headIndex >= numHeads))
+    return fail("--head must be in [0, " + llvm::Twine(numHeads) +
                 ") for layer " + llvm::Twine(int64_t(layerIndex)) + ", got " +
                 llvm::Twine(int64_t(headIndex)));
 
-  semantics::Pattern pattern =
-      semantics::fromAttr(layer.getHeadPattern(headIndex));
-  llvm::raw_ostream &os = llvm::outs();
-  std::string line(static_cast<size_t>(nk), '.');
-  for (int64_t q = 0; q < nq; ++q) {
-    for (int64_t k = 0; k < nk; ++k)
-      line[k] = semantics::allowed(pattern, q, k, headIndex, nq, nk,
-                                   layer.getNumHeads())
-                    ? '#'
-                    : '.';
-    os << line << '\n';
+  std::string error;
+  auto out = openOutputFile(outputFile, &error);
+  if (!out)
+    return fail(error);
+
+  if (!picture) {
+    semantics::Pattern pattern =
+        semantics::fromAttr(layer.getHeadPattern(headIndex));
+    llvm::raw_ostream &os = out->os();
+    std::string line(static_cast<size_t>(nk), '.');
+    for (int64_t q = 0; q < nq; ++q) {
+      for (int64_t k = 0; k < nk; ++k)
+        line[k] =
+            semantics::allowed(pattern, q, k, headIndex, nq, nk, numHeads)
+                ? '#'
+                : '.';
+      os << line << '\n';
+    }
+    out->keep();
+    return 0;
   }
+
+  bool overview = headIndex.getNumOccurrences() == 0;
+  int64_t size = pixels.getNumOccurrences() ? int64_t(pixels)
+                 : overview                 ? 128
+                                            : 512;
+  std::vector<viz::Panel> panels;
+  for (int64_t h = overview ? 0 : int64_t(headIndex);
+       h < (overview ? numHeads : headIndex + 1); ++h) {
+    attn::PatternAttrInterface attr = layer.getHeadPattern(h);
+    viz::Panel panel;
+    panel.head = h;
+    panel.title = "layer " + std::to_string(layerIndex) + " head " +
+                  std::to_string(h);
+    panel.subtitle = patternText(attr);
+    if (!viz::drawHead(semantics::fromAttr(attr), h, numHeads, nq, nk, blockQ,
+                       blockK, size, panel.grid, error))
+      return fail("head " + llvm::Twine(h) + ": " + error);
+    panels.push_back(std::move(panel));
+  }
+  viz::Layout layout;
+  layout.columns = overview ? std::min<int64_t>(numHeads, 8) : 1;
+  layout.panelPixels = overview ? size : std::max<int64_t>(size, 256);
+  if (format == Format::Svg) {
+    out->os() << viz::renderSvg(panels, layout);
+    out->keep();
+    return 0;
+  }
+  out.reset(); // libpng writes the file itself.
+  if (!viz::writePng(viz::renderRaster(panels, layout), outputFile, error))
+    return fail(error);
   return 0;
 }

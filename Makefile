@@ -4,7 +4,8 @@
 BUILD_DIR ?= build
 LLVM_PREFIX ?= /usr/lib/llvm-22
 CMAKE_FLAGS ?=
-TARGETS = attn-opt attn-viz attn-translate attn-nvrtc-check TesseraUnitTests \
+TARGETS = attn-opt attn-viz attn-translate attn-nvrtc-check attn-lsp-server \
+  TesseraUnitTests \
   TesseraEmulatorTests \
   attn-docs tessera_runtime tessera-test-bundles
 

@@ -8,6 +8,7 @@ PACKAGES=(
   cmake ninja-build g++ ccache python3
   libmlir-22-dev mlir-22-tools llvm-22-dev llvm-22-tools
   libfmt-dev libgtest-dev libpng-dev pkg-config python3-numpy
+  python3-pip python3-venv python3-setuptools python3-wheel
 )
 
 missing=()

@@ -9,14 +9,24 @@ compile).
     ctx = tessera.Context("cuda")                  # torch CUDA tensors,
     o, lse = ctx.load(path).attention(0, q, k, v)  # on the current stream
 
-The library is found from $TESSERA_RUNTIME_LIB, then next to this package in
-a build tree (build/lib), then on the loader path.
+The runtime library (libtessera_runtime.so, a C API) is looked up, first
+match wins: $TESSERA_RUNTIME_LIB (a file); $TESSERA_PREFIX/lib (an installed
+prefix, `cmake --install build --prefix P`); $TESSERA_BUILD_DIR/lib (a build
+tree); the build tree next to this package when it is imported from the
+source tree (python/tessera -> build/lib); pkg-config's `tessera` libdir; the
+Python environment's own prefix (sys.prefix/lib, as `cmake --install` into a
+venv leaves it); the dynamic loader's path (/usr/local/lib after ldconfig,
+LD_LIBRARY_PATH). The library's C API version must be API_VERSION.
+`library_path()` says which one was loaded.
+
+Install the package with `pip install ./python` (docs/runtime.md).
 """
 
 import ctypes
 import os
 
-__all__ = ["Context", "Bundle", "TesseraError", "API_VERSION"]
+__all__ = ["Context", "Bundle", "TesseraError", "API_VERSION",
+           "library_path"]
 
 API_VERSION = 1
 
@@ -46,22 +56,104 @@ class TesseraError(RuntimeError):
         self.message = message
 
 
-def _load_library():
+_LIB_NAMES = ("libtessera_runtime.so.0", "libtessera_runtime.so")
+
+
+def _pkg_config_libdir():
+    import shutil
+    import subprocess
+    if not shutil.which("pkg-config"):
+        return None
+    try:
+        out = subprocess.run(["pkg-config", "--variable=libdir", "tessera"],
+                             stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() \
+        else None
+
+
+def _candidates():
+    """(where, path) pairs in the documented order; paths may not exist."""
+    import sys
     here = os.path.dirname(os.path.abspath(__file__))
-    candidates = [os.environ.get("TESSERA_RUNTIME_LIB"),
-                  os.path.join(here, "..", "..", "build", "lib", "libtessera_runtime.so"),
-                  "libtessera_runtime.so.0", "libtessera_runtime.so"]
-    errors = []
-    for c in candidates:
-        if not c:
+    env = os.environ.get
+    if env("TESSERA_RUNTIME_LIB"):
+        yield "$TESSERA_RUNTIME_LIB", env("TESSERA_RUNTIME_LIB")
+    dirs = []
+    if env("TESSERA_PREFIX"):
+        for sub in ("lib", "lib64"):
+            dirs.append(("$TESSERA_PREFIX", os.path.join(env("TESSERA_PREFIX"),
+                                                         sub)))
+    if env("TESSERA_BUILD_DIR"):
+        dirs.append(("$TESSERA_BUILD_DIR",
+                     os.path.join(env("TESSERA_BUILD_DIR"), "lib")))
+    dirs.append(("the source tree's build/",
+                 os.path.join(here, "..", "..", "build", "lib")))
+    for where, d in dirs:
+        for name in _LIB_NAMES:
+            yield where, os.path.join(d, name)
+    libdir = _pkg_config_libdir()
+    if libdir:
+        for name in _LIB_NAMES:
+            yield "pkg-config", os.path.join(libdir, name)
+    for name in _LIB_NAMES:
+        yield "sys.prefix", os.path.join(sys.prefix, "lib", name)
+    for name in _LIB_NAMES:
+        yield "the loader path", name
+
+
+_library_path = None
+
+
+def library_path():
+    """The path of the runtime library this package loaded."""
+    return _library_path
+
+
+def _load_library():
+    global _library_path
+    tried = []
+    lib = None
+    candidates = list(_candidates())
+    for i, (where, c) in enumerate(candidates):
+        # A variable the user set must lead to the library: no silent
+        # fallback to another one.
+        last_of_kind = i + 1 == len(candidates) or \
+            candidates[i + 1][0] != where
+        if os.sep in c and not os.path.exists(c):
+            if where.startswith("$"):
+                tried.append(f"{where}: no {c}")
+                if last_of_kind:
+                    raise ImportError(
+                        f"{where} is set but holds no Tessera runtime "
+                        f"library: " + "; ".join(tried))
             continue
         try:
             lib = ctypes.CDLL(c)
-            break
         except OSError as e:
-            errors.append(str(e))
-    else:
-        raise ImportError("cannot load libtessera_runtime: " + "; ".join(errors))
+            tried.append(f"{where}: {e}")
+            continue
+        try:
+            lib.tessera_api_version.restype = ctypes.c_uint32
+            version = lib.tessera_api_version()
+        except AttributeError:
+            tried.append(f"{where}: {c} is not the Tessera runtime")
+            lib = None
+            continue
+        if version != API_VERSION:
+            raise ImportError(
+                f"{c} (from {where}) has C API version {version}, this "
+                f"binding needs {API_VERSION}: install matching versions of "
+                f"the runtime and the Python package")
+        _library_path = os.path.normpath(c) if os.sep in c else c
+        break
+    if lib is None:
+        raise ImportError(
+            "cannot find libtessera_runtime; set TESSERA_RUNTIME_LIB to the "
+            "library, TESSERA_PREFIX to an installed prefix or "
+            "TESSERA_BUILD_DIR to a build tree. Tried: " + "; ".join(tried))
     p, i64, vp = ctypes.POINTER, ctypes.c_int64, ctypes.c_void_p
     lib.tessera_api_version.restype = ctypes.c_uint32
     lib.tessera_last_error.restype = ctypes.c_char_p
@@ -81,9 +173,6 @@ def _load_library():
                  "tessera_bundle_num_layers", "tessera_bundle_layer_index",
                  "tessera_bundle_layer_info", "tessera_attention"):
         getattr(lib, name).restype = ctypes.c_int
-    if lib.tessera_api_version() != API_VERSION:
-        raise ImportError(f"libtessera_runtime has API version "
-                          f"{lib.tessera_api_version()}, this binding {API_VERSION}")
     return lib
 
 

@@ -4,6 +4,7 @@
 
 #include "../cuda/Driver.h"
 #include "Manifest.h"
+#include "tessera/kernel/ProgramRuns.h"
 
 #include "tessera/cpu/Executor.h"
 #include "tessera/jit/Cache.h"
@@ -455,6 +456,59 @@ tessera_status tessera_bundle_layer_info(const tessera_bundle *bundle,
   out->dtype = l->dtype == "f16" ? TESSERA_DTYPE_F16 : TESSERA_DTYPE_BF16;
   out->num_computed_heads = static_cast<int64_t>(l->computedHead.size());
   out->num_skipped_heads = static_cast<int64_t>(l->skippedHeads.size());
+  return TESSERA_OK;
+}
+
+tessera_status tessera_bundle_tile_classes(const tessera_bundle *bundle,
+                                           int64_t layer, int64_t q_len,
+                                           int64_t k_len, int64_t block_q,
+                                           int64_t block_k, uint8_t *out,
+                                           size_t out_size) {
+  lastError.clear();
+  if (!bundle || !out)
+    return fail(TESSERA_ERROR_NULL_POINTER, "bundle and out must not be null");
+  const LayerDesc *l = findLayer(bundle, layer);
+  if (!l)
+    return fail(TESSERA_ERROR_LAYER_OUT_OF_RANGE,
+                "the bundle has no layer " + std::to_string(layer));
+  constexpr int64_t kMaxLen = int64_t(1) << 40, kMaxTile = int64_t(1) << 20;
+  if (q_len < 1 || q_len > kMaxLen || k_len < 1 || k_len > kMaxLen)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "q_len and k_len must be in [1, 2^40], got " +
+                    std::to_string(q_len) + " and " + std::to_string(k_len));
+  if (block_q < 1 || block_q > kMaxTile || block_k < 1 || block_k > kMaxTile)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "block_q and block_k must be in [1, 2^20], got " +
+                    std::to_string(block_q) + " and " +
+                    std::to_string(block_k));
+  int64_t tq = (q_len + block_q - 1) / block_q;
+  int64_t tk = (k_len + block_k - 1) / block_k;
+  int64_t perHead, need;
+  if (__builtin_mul_overflow(tq, tk, &perHead) ||
+      __builtin_mul_overflow(perHead, l->numHeads, &need) ||
+      uint64_t(need) > out_size)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "out holds " + std::to_string(out_size) + " bytes; " +
+                    std::to_string(l->numHeads) + " heads of " +
+                    std::to_string(tq) + " x " + std::to_string(tk) +
+                    " tiles need more");
+  std::memset(out, 0, size_t(need));
+  for (size_t slot = 0; slot < l->computedHead.size(); ++slot) {
+    int64_t head = l->computedHead[slot], group = l->headGroup[slot];
+    kernel::ProgramRuns runs(l->nodes.data() + l->groupBegin[size_t(group)],
+                             l->groupBegin[size_t(group) + 1] -
+                                 l->groupBegin[size_t(group)],
+                             l->data.data());
+    uint8_t *classes = out + head * perHead;
+    for (int64_t qb = 0; qb < tq; ++qb) {
+      int64_t q0 = qb * block_q, q1 = std::min(q0 + block_q, q_len);
+      kernel::RunCtx ctx = kernel::makeRunCtx(q0, q1, q_len, k_len, block_k,
+                                              head, l->numHeads);
+      for (kernel::Run r = runs.runFrom(ctx, 0); kernel::isRun(r);
+           r = runs.runFrom(ctx, r.hi + 1))
+        std::memset(classes + qb * tk + r.lo, r.cls, size_t(r.hi - r.lo + 1));
+    }
+  }
   return TESSERA_OK;
 }
 

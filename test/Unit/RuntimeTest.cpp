@@ -815,3 +815,101 @@ TEST(RuntimeBundles, SpecialFilesAndDeepJsonAreRefused) {
 }
 
 } // namespace
+
+// tessera_bundle_tile_classes: the classes of every tile, checked against
+// the reference semantics pair by pair (full: every pair allowed; empty: none;
+// a tile with both must be partial), for every head of a bundle whose heads
+// use every kind of leaf, at several shapes including Nq > Nk and tiles that
+// do not divide the lengths.
+TEST(RuntimeApi, TileClassesAgreeWithTheReference) {
+  mlir::MLIRContext mctx;
+  mctx.getOrLoadDialect<attn::AttnDialect>();
+  auto module = mlir::parseSourceFile<mlir::ModuleOp>(
+      std::string(TESSERA_SOURCE_DIR) + "/patterns/tiny-mix.mlir", &mctx);
+  ASSERT_TRUE(module);
+  attn::LayerOp layer;
+  module->walk([&](attn::LayerOp l) {
+    if (l.getIndex() == 0)
+      layer = l;
+  });
+  ASSERT_TRUE(layer);
+  int64_t H = layer.getNumHeads();
+  tessera_context *ctx;
+  tessera_bundle *b;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+  ASSERT_EQ(tessera_bundle_load_file(ctx, bundleDir("tiny-mix").c_str(), &b),
+            TESSERA_OK)
+      << tessera_last_error();
+  struct Shape {
+    int64_t nq, nk, bq, bk;
+  };
+  int64_t counts[3] = {0, 0, 0};
+  for (Shape s : {Shape{70, 90, 16, 32}, Shape{90, 70, 8, 8},
+                  Shape{64, 64, 64, 64}, Shape{33, 130, 5, 7},
+                  Shape{1, 200, 1, 3}}) {
+    int64_t tq = (s.nq + s.bq - 1) / s.bq, tk = (s.nk + s.bk - 1) / s.bk;
+    std::vector<uint8_t> cls(size_t(H * tq * tk), 9);
+    ASSERT_EQ(tessera_bundle_tile_classes(b, 0, s.nq, s.nk, s.bq, s.bk,
+                                          cls.data(), cls.size()),
+              TESSERA_OK)
+        << tessera_last_error();
+    for (int64_t h = 0; h < H; ++h) {
+      semantics::Pattern p = semantics::fromAttr(layer.getHeadPattern(h));
+      for (int64_t i = 0; i < tq; ++i)
+        for (int64_t j = 0; j < tk; ++j) {
+          int64_t allowed = 0, pairs = 0;
+          for (int64_t q = i * s.bq; q < std::min((i + 1) * s.bq, s.nq); ++q)
+            for (int64_t k = j * s.bk; k < std::min((j + 1) * s.bk, s.nk);
+                 ++k, ++pairs)
+              allowed += semantics::allowed(p, q, k, h, s.nq, s.nk, H);
+          int c = cls[size_t((h * tq + i) * tk + j)];
+          ASSERT_LE(c, 2);
+          ++counts[c];
+          if (c == 2) {
+            EXPECT_EQ(allowed, pairs) << "head " << h << " tile " << i << ","
+                                      << j;
+          }
+          if (c == 0) {
+            EXPECT_EQ(allowed, 0) << "head " << h << " tile " << i << "," << j;
+          }
+          if (allowed > 0 && allowed < pairs) {
+            EXPECT_EQ(c, 1) << "head " << h << " tile " << i << "," << j;
+          }
+        }
+    }
+  }
+  // Every class occurs, so the checks above are not vacuous.
+  EXPECT_GT(counts[0], 100);
+  EXPECT_GT(counts[1], 100);
+  EXPECT_GT(counts[2], 20);
+
+  // Bad calls.
+  std::vector<uint8_t> small(10);
+  EXPECT_EQ(tessera_bundle_tile_classes(b, 0, 64, 64, 16, 16, small.data(),
+                                        small.size()),
+            TESSERA_ERROR_SHAPE_MISMATCH);
+  EXPECT_NE(std::string(tessera_last_error()).find("need more"),
+            std::string::npos);
+  EXPECT_EQ(tessera_bundle_tile_classes(b, 0, 64, 64, 16, 16, nullptr, 1000),
+            TESSERA_ERROR_NULL_POINTER);
+  EXPECT_EQ(tessera_bundle_tile_classes(nullptr, 0, 64, 64, 16, 16,
+                                        small.data(), 10),
+            TESSERA_ERROR_NULL_POINTER);
+  EXPECT_EQ(tessera_bundle_tile_classes(b, 7, 64, 64, 16, 16, small.data(),
+                                        10),
+            TESSERA_ERROR_LAYER_OUT_OF_RANGE);
+  EXPECT_EQ(tessera_bundle_tile_classes(b, 0, 0, 64, 16, 16, small.data(), 10),
+            TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(tessera_bundle_tile_classes(b, 0, 64, int64_t(1) << 41, 16, 16,
+                                        small.data(), 10),
+            TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(tessera_bundle_tile_classes(b, 0, 64, 64, 0, 16, small.data(), 10),
+            TESSERA_ERROR_INVALID_ARGUMENT);
+  // Tile counts whose product overflows: refused, nothing written.
+  EXPECT_EQ(tessera_bundle_tile_classes(b, 0, int64_t(1) << 40,
+                                        int64_t(1) << 40, 1, 1, small.data(),
+                                        small.size()),
+            TESSERA_ERROR_SHAPE_MISMATCH);
+  tessera_bundle_destroy(b);
+  tessera_context_destroy(ctx);
+}

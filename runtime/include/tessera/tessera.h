@@ -28,9 +28,10 @@ extern "C" {
 #define TESSERA_API
 #endif
 
-/* The ABI version this header describes. Bumped on any incompatible change;
- * tessera_api_version() returns the library's. */
-#define TESSERA_API_VERSION 1
+/* The API version this header describes. Bumped when a function is added or
+ * changed; tessera_api_version() returns the library's. Version 2 added
+ * tessera_bundle_tile_classes. */
+#define TESSERA_API_VERSION 2
 
 typedef enum tessera_status {
   TESSERA_OK = 0,
@@ -130,6 +131,19 @@ TESSERA_API tessera_status tessera_attention(
     tessera_bundle *bundle, int64_t layer, const tessera_tensor *q,
     const tessera_tensor *k, const tessera_tensor *v, const tessera_tensor *o,
     float *lse, float scale, void *cuda_stream);
+
+/* The tile classes the kernels see for every head of `layer` at Nq = q_len,
+ * Nk = k_len in block_q x block_k tiles: out[(h * Tq + i) * Tk + j] is 0
+ * (empty: the tile is skipped), 1 (partial: masked element by element) or 2
+ * (full: every pair allowed), with Tq = ceil(q_len / block_q) and
+ * Tk = ceil(k_len / block_k); skipped heads are all 0. out_size (bytes) must
+ * be at least heads * Tq * Tk. Lengths are in [1, 2^40], tiles in
+ * [1, 2^20]. For tools that mirror the schedule, e.g. tessera.torch's
+ * FlexAttention BlockMask export. Runs on the host, in time proportional to
+ * the visited tiles plus the size of `out`. */
+TESSERA_API tessera_status tessera_bundle_tile_classes(
+    const tessera_bundle *bundle, int64_t layer, int64_t q_len, int64_t k_len,
+    int64_t block_q, int64_t block_k, uint8_t *out, size_t out_size);
 
 #ifdef __cplusplus
 }

@@ -72,3 +72,19 @@ if os.geteuid() == 0:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if probe.returncode == 0:
         config.available_features.add("nobody-can-run-tools")
+
+# PyTorch is not needed by `make check`: the tests of tessera.torch say
+# `REQUIRES: torch` and run where a Python with torch is found
+# ($TESSERA_TORCH_PYTHON, else the benchmark's build/bench-venv); elsewhere
+# lit reports them unsupported (counted as skipped).
+torch_python = os.environ.get("TESSERA_TORCH_PYTHON") or os.path.join(
+    config.tessera_obj_root, "bench-venv", "bin", "python")
+if os.path.exists(torch_python) and subprocess.run(
+        [torch_python, "-c", "import torch, numpy"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+    config.available_features.add("torch")
+    config.substitutions.append(("%torch_python", torch_python))
+else:
+    lit_config.note("no Python with torch and numpy (set TESSERA_TORCH_PYTHON "
+                    "or run bench/run.sh once); the tessera.torch tests are "
+                    "unsupported here")

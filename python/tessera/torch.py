@@ -1,0 +1,287 @@
+"""PyTorch interop: a custom op and a FlexAttention BlockMask export.
+
+    import torch, tessera.torch as tt
+    o, lse = tt.attention(q, k, v, "build/bundles/video-dit", layer=0)
+    # q: [B, Nq, H, D], k and v: [B, Nk, Hkv, D] (the engine layout; SDPA's
+    # is [B, H, N, D]: pass q.transpose(1, 2) and so on)
+
+`torch.ops.tessera.attention` is a `torch.library` custom op with CPU and
+CUDA kernels and a fake (meta) implementation, so `torch.compile` traces
+through it (fullgraph). CPU: float32 runs as it is, and float16 on float16
+layers; other float16 and bfloat16 inputs are computed in float32 and the
+output cast back. CUDA: the layer's dtype (float16 or bfloat16), on the
+current stream. The op is forward-only (prefill and
+inference): it has no autograd formula, so backward raises.
+
+`block_mask(bundle, layer, q_len, kv_len)` gives a layer's schedule as a
+FlexAttention BlockMask: the tiles the kernels skip, the full tiles (no mask
+work) and the partial tiles, whose mask_mod is the layer's pattern program
+(from the bundle's manifest) evaluated with torch operations, so
+`flex_attention(q, k, v, block_mask=...)` computes the same attention.
+Contexts and bundles are cached per device and path; `clear_cache()` drops
+them (e.g. after rewriting a bundle).
+"""
+
+import json
+import os
+import threading
+
+import torch
+
+import tessera as _tessera
+
+__all__ = ["attention", "block_mask", "mask_mod", "tile_classes",
+           "clear_cache"]
+
+_lock = threading.Lock()
+_contexts = {}
+_bundles = {}
+
+
+def clear_cache():
+    """Drops the cached contexts and bundles."""
+    with _lock:
+        _bundles.clear()
+        _contexts.clear()
+
+
+def _bundle(path, device):
+    if not isinstance(path, str) or not path:
+        raise ValueError("bundle must be the path of a bundle directory")
+    path = os.path.abspath(path)
+    key = (device.type, device.index if device.type == "cuda" else None)
+    with _lock:
+        ctx = _contexts.get(key)
+        if ctx is None:
+            ctx = _tessera.Context(device.type, device.index or 0)
+            _contexts[key] = ctx
+        b = _bundles.get((key, path))
+        if b is None:
+            b = ctx.load(path)
+            _bundles[(key, path)] = b
+        return b
+
+
+def _check_shapes(q, k, v):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 4:
+            raise ValueError(f"tessera.attention: {name} must be [batch, seq, "
+                             f"heads, head_dim], got {tuple(x.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"tessera.attention: k {tuple(k.shape)} and v "
+                         f"{tuple(v.shape)} differ")
+    if q.device != k.device or q.device != v.device:
+        raise ValueError("tessera.attention: q, k and v must be on one device")
+
+
+@torch.library.custom_op("tessera::attention", mutates_args=(),
+                         device_types=("cpu", "cuda"))
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  bundle: str, layer: int,
+                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_shapes(q, k, v)
+    b = _bundle(bundle, q.device)
+    if q.device.type == "cpu":
+        if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"tessera.attention: unsupported dtype {q.dtype} "
+                            f"on the CPU (float32, float16 or bfloat16)")
+        # The CPU executor takes float32 or the layer's own dtype (numpy has
+        # float16 but no bfloat16).
+        native = q.dtype == torch.float16 and \
+            b.layer_info(layer)["dtype"] == "f16"
+        work = q.dtype if q.dtype == torch.float32 or native else torch.float32
+        qn, kn, vn = (x.detach().to(work).numpy() for x in (q, k, v))
+        o = torch.empty(q.shape, dtype=work)
+        _, lse = b.attention(layer, qn, kn, vn, out=o.numpy(), scale=scale)
+        return o.to(q.dtype), torch.from_numpy(lse)
+    o, lse = b.attention(layer, q.detach(), k.detach(), v.detach(),
+                         scale=scale)
+    return o, lse
+
+
+@_attention_op.register_fake
+def _(q, k, v, bundle, layer, scale):
+    _check_shapes(q, k, v)
+    return (torch.empty_like(q),
+            q.new_empty((q.shape[0], q.shape[2], q.shape[1]),
+                        dtype=torch.float32))
+
+
+def attention(q, k, v, bundle, layer, scale=0.0):
+    """(o, lse) of `layer` of the bundle at `bundle` (a directory written by
+    attn-translate). q: [B, Nq, H, D]; k, v: [B, Nk, Hkv, D]; o like q; lse
+    [B, H, Nq] float32. scale 0 selects 1/sqrt(D)."""
+    return torch.ops.tessera.attention(q, k, v, bundle, int(layer),
+                                       float(scale))
+
+
+#===----------------------------------------------------------------------===#
+# FlexAttention
+#===----------------------------------------------------------------------===#
+
+# Node kinds and axes of the manifest's postfix programs
+# (runtime/include/tessera/kernel/Program.h).
+_ALL, _NONE, _INTERVALS, _BAND, _PERIODIC, _SHARDS, _GROUPS, _BLOCKS = range(8)
+_UNION, _INTERSECT, _DIFFERENCE = 8, 9, 10
+_AXIS_K, _AXIS_P, _AXIS_D, _AXIS_NEGD = range(4)
+
+
+def _layer_manifest(bundle, layer):
+    path = os.path.join(os.path.abspath(bundle), "manifest.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    for entry in manifest.get("layers", []):
+        if entry.get("index") == layer:
+            return entry
+    raise ValueError(f"{bundle} has no layer {layer}")
+
+
+def _program_fn(nodes, data, num_heads, device):
+    """A function (h, p, k) -> bool tensor for one group's program."""
+    def leaf(n):
+        kind, axis, a, b, c, begin, size = n
+
+        def value(p, k):
+            return (k, p, k - p, p - k)[axis]
+        if kind == _ALL:
+            return lambda h, p, k: k == k
+        if kind == _NONE:
+            return lambda h, p, k: k != k
+        if kind == _BAND:
+            return lambda h, p, k: (value(p, k) >= a) & (value(p, k) <= b)
+        if kind == _INTERVALS:
+            ranges = [(data[begin + 2 * i], data[begin + 2 * i + 1])
+                      for i in range(size // 2)]
+
+            def intervals(h, p, k):
+                x = value(p, k)
+                out = x != x
+                for lo, hi in ranges:
+                    out = out | ((x >= lo) & (x < hi))
+                return out
+            return intervals
+        if kind == _PERIODIC:
+            return lambda h, p, k: torch.remainder(value(p, k) - c, a) < b
+        if kind == _SHARDS:
+            # k in shard (h + c) mod b of blocks of size a.
+            return lambda h, p, k: (torch.div(k, a, rounding_mode="floor")
+                                    % b) == torch.remainder(h + c, b)
+        if kind == _GROUPS:
+            def groups(h, p, k):
+                s = torch.where(h >= num_heads // 2, b, 0)
+                gp = torch.div(p - s, a, rounding_mode="floor")
+                gk = torch.div(k - s, a, rounding_mode="floor")
+                return gp == gk
+            return groups
+        if kind == _BLOCKS:
+            ids = data[begin:begin + c]
+            starts = data[begin + c:begin + 2 * c + 1]
+            cols = data[begin + 2 * c + 1:begin + size]
+            pairs = [(ids[r], cols[j]) for r in range(c)
+                     for j in range(starts[r], starts[r + 1])]
+            rows_n = max((r for r, _ in pairs), default=-1) + 1
+            cols_n = max((x for _, x in pairs), default=-1) + 1
+            table = torch.zeros((max(rows_n, 1), max(cols_n, 1)),
+                                dtype=torch.bool, device=device)
+            for r, x in pairs:
+                table[r, x] = True
+
+            def blocks(h, p, k):
+                pb = torch.div(p, a, rounding_mode="floor")
+                kb = torch.div(k, b, rounding_mode="floor")
+                inside = (pb >= 0) & (pb < rows_n) & (kb < cols_n)
+                return inside & table[pb.clamp(0, table.shape[0] - 1),
+                                      kb.clamp(0, table.shape[1] - 1)]
+            return blocks
+        raise ValueError(f"unknown program node kind {kind}")
+
+    stack = []
+    for n in nodes:
+        kind, arity = n[0], n[1]
+        if kind < _UNION:
+            stack.append(leaf(n))
+            continue
+        args = stack[len(stack) - arity:]
+        del stack[len(stack) - arity:]
+        if kind == _UNION:
+            def fn(h, p, k, args=args):
+                out = args[0](h, p, k)
+                for g in args[1:]:
+                    out = out | g(h, p, k)
+                return out
+        elif kind == _INTERSECT:
+            def fn(h, p, k, args=args):
+                out = args[0](h, p, k)
+                for g in args[1:]:
+                    out = out & g(h, p, k)
+                return out
+        else:
+            def fn(h, p, k, args=args):
+                return args[0](h, p, k) & ~args[1](h, p, k)
+        stack.append(fn)
+    if len(stack) != 1:
+        raise ValueError("malformed program in the manifest")
+    return stack[0]
+
+
+def mask_mod(bundle, layer, q_len, kv_len, device="cpu"):
+    """The layer's pattern as a FlexAttention mask_mod(b, h, q_idx, kv_idx)
+    at Nq = q_len, Nk = kv_len (queries bottom-right aligned, as in
+    docs/patterns.md); skipped heads allow nothing."""
+    entry = _layer_manifest(bundle, layer)
+    prog = entry["program"]
+    nodes, data, begin = prog["nodes"], prog["data"], prog["group_begin"]
+    num_heads = entry["num_heads"]
+    groups = [_program_fn(nodes[begin[g]:begin[g + 1]], data, num_heads,
+                          device) for g in range(len(begin) - 1)]
+    group_of = torch.full((num_heads,), -1, dtype=torch.long, device=device)
+    for slot, head in enumerate(entry["computed_heads"]):
+        group_of[head] = entry["head_groups"][slot]
+    shift = int(kv_len) - int(q_len)
+
+    def mod(b, h, q_idx, kv_idx):
+        p = q_idx + shift
+        g = group_of[h]
+        out = kv_idx != kv_idx
+        for i, fn in enumerate(groups):
+            out = out | ((g == i) & fn(h, p, kv_idx))
+        return out
+    return mod
+
+
+def tile_classes(bundle, layer, q_len, kv_len, block_q=128, block_k=128):
+    """uint8 tensor [H, ceil(Nq / block_q), ceil(Nk / block_k)]: 0 empty
+    (skipped), 1 partial, 2 full, as the kernels' schedule has them."""
+    import ctypes
+    b = _bundle(bundle, torch.device("cpu"))
+    info = b.layer_info(layer)
+    tq = -(-int(q_len) // int(block_q))
+    tk = -(-int(kv_len) // int(block_k))
+    out = torch.empty((info["num_heads"], tq, tk), dtype=torch.uint8)
+    _tessera._check(_tessera._lib.tessera_bundle_tile_classes(
+        b._h, _tessera._int64("layer", layer), _tessera._int64("q_len", q_len),
+        _tessera._int64("kv_len", kv_len), _tessera._int64("block_q", block_q),
+        _tessera._int64("block_k", block_k),
+        ctypes.c_void_p(out.data_ptr()), ctypes.c_size_t(out.numel())))
+    return out
+
+
+def block_mask(bundle, layer, q_len, kv_len, block_size=128, device="cpu"):
+    """The layer's schedule at Nq = q_len, Nk = kv_len as a FlexAttention
+    BlockMask (batch 1, every head) with block_size x block_size tiles."""
+    from torch.nn.attention.flex_attention import BlockMask
+    cls = tile_classes(bundle, layer, q_len, kv_len, block_size, block_size)
+    cls = cls.to(device)
+
+    def indices(which):
+        hit = cls == which                                  # [H, Tq, Tk]
+        num = hit.sum(-1, dtype=torch.int32)
+        # Listed blocks first, in key order; the rest of a row is padding.
+        order = torch.argsort((~hit).to(torch.int8), dim=-1, stable=True)
+        return num[None], order.to(torch.int32)[None]
+    kv_num, kv_idx = indices(1)
+    full_num, full_idx = indices(2)
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block_size,
+        mask_mod=mask_mod(bundle, layer, q_len, kv_len, device),
+        seq_lengths=(int(q_len), int(kv_len)))

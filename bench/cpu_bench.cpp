@@ -16,6 +16,7 @@
 #include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/Schedule/Lower.h"
 #include "tessera/Semantics/FromAttr.h"
+#include "tessera/Support/Progress.h"
 #include "tessera/Transforms/HeadGroups.h"
 #include "tessera/cpu/Executor.h"
 
@@ -137,7 +138,9 @@ int main(int argc, char **argv) {
   // hits both sides of a pair alike.
   std::vector<double> ts, td, ratio;
   std::vector<float> oSparse;
+  Progress progress("tessera-cpu-bench", repeats);
   for (int r = 0; r < repeats; ++r) {
+    progress.step(r, "sparse/dense pair " + std::to_string(r + 1));
     ts.push_back(seconds(
         [&] { err = cpu::runLayer(sparse.table(), args, &stats); }, 1));
     if (!err.empty()) {
@@ -148,6 +151,7 @@ int main(int argc, char **argv) {
     td.push_back(seconds([&] { cpu::runLayer(dense.table(), args); }, 1));
     ratio.push_back(td.back() / ts.back());
   }
+  progress.finish();
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];

@@ -12,6 +12,7 @@ Prints one JSON line per length.
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -48,7 +49,13 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     flex = torch.compile(flex_attention)
-    for L in args.lengths:
+    for i, L in enumerate(args.lengths):
+        # Progress on stderr when it is a terminal (TESSERA_PROGRESS=0: off).
+        if os.environ.get("TESSERA_PROGRESS") == "1" or (
+                sys.stderr.isatty() and
+                os.environ.get("TESSERA_PROGRESS") != "0"):
+            print(f"[flex_ashape] {i}/{len(args.lengths)}: {L} tokens",
+                  file=sys.stderr, flush=True)
         row = {"len": L, "compile_mask": args.compile_mask,
                "torch": torch.__version__}
         try:

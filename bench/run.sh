@@ -28,10 +28,20 @@ cases=(patterns/llama3-8b-sparse.mlir:2 patterns/video-dit.mlir:0
        patterns/s2-strided.mlir:1)
 echo "| pattern | len | visited tiles | mask density | tessera sparse (s) | tessera dense (s) | speed-up | 0.8/visited | torch SDPA dense (s) | FlexAttention (s) | sparse vs Flex |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
+# Progress on stderr when it is a terminal (TESSERA_PROGRESS=0: off).
+total=$(( ${#cases[@]} * ${#lengths[@]} ))
+done_cases=0
+progress() {
+  if [ "${TESSERA_PROGRESS:-}" = 1 ] || { [ -t 2 ] && [ "${TESSERA_PROGRESS:-}" != 0 ]; }; then
+    echo "[bench/run.sh] $done_cases/$total: $*" >&2
+  fi
+}
 for c in "${cases[@]}"; do
   file=${c%%:*}
   layer=${c##*:}
   for len in "${lengths[@]}"; do
+    progress "$file layer $layer at $len tokens"
+    done_cases=$((done_cases + 1))
     ours=$("$build/bin/tessera-cpu-bench" "$file" --layer "$layer" --heads 4 \
       --len "$len" --repeats 5 --dump "$dump")
     theirs=$("$venv/bin/python" bench/torch_bench.py "$dump" --threads 2 \

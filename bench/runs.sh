@@ -25,6 +25,10 @@ echo "|---|---|---|---|---|---|---|---|"
 # The two patterns alternate, one run each, 5 times; the ratio is the median
 # of the 5 pairs (the machine's drift hits both sides of a pair alike).
 for len in "${lengths[@]}"; do
+  # Progress on stderr when it is a terminal (TESSERA_PROGRESS=0: off).
+  if [ "${TESSERA_PROGRESS:-}" = 1 ] || { [ -t 2 ] && [ "${TESSERA_PROGRESS:-}" != 0 ]; }; then
+    echo "[bench/runs.sh] $len tokens: 5 A-shape/window pairs" >&2
+  fi
   pairs=()
   for rep in 1 2 3 4 5; do
     a=$("$bench" --pattern "$ashape" --len "$len" --repeats 1)

@@ -2,6 +2,7 @@
 
 #include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/Semantics/FromAttr.h"
+#include "tessera/Support/Progress.h"
 #include "tessera/Transforms/Passes.h"
 
 #include "llvm/ADT/DenseMap.h"
@@ -62,6 +63,10 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
     // Allowed-pair counts of head-independent patterns, by attribute.
     llvm::DenseMap<Attribute, int64_t> cache;
     double total = static_cast<double>(nq) * static_cast<double>(nk);
+    // Counting takes seconds per pattern at long lengths: show progress.
+    int64_t numGroups = 0, groupsDone = 0;
+    getOperation().walk([&](HeadsOp) { ++numGroups; });
+    Progress progress("attn-report", numGroups);
     for (auto model : getOperation().getOps<ModelOp>()) {
       os << fmt::format("model @{}: density = allowed (query, key) pairs / "
                         "(Nq * Nk) at Nq = {}, Nk = {}\n",
@@ -72,6 +77,8 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
       int64_t headCount = 0;
       for (auto layer : model.getBody().front().getOps<LayerOp>()) {
         for (auto group : layer.getBody().front().getOps<HeadsOp>()) {
+          progress.step(groupsDone++,
+                        fmt::format("layer {}", layer.getIndex()));
           PatternAttrInterface pattern = group.getPattern();
           semantics::Pattern meaning = semantics::fromAttr(pattern);
           double lo = 1, hi = 0;
@@ -102,6 +109,7 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
                             formatHeads(group.getHeads()));
         }
       }
+      progress.finish();
       if (headCount > 0)
         os << fmt::format("mean density over {} heads: {:.2f}% (dense "
                           "attention computes 100%)\n\n",

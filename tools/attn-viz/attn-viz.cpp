@@ -16,6 +16,7 @@
 #include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/Semantics/FromAttr.h"
 #include "tessera/Support/InputFile.h"
+#include "tessera/Support/Progress.h"
 #include "tessera/Support/ToolOptions.h"
 #include "tessera/Viz/Picture.h"
 
@@ -185,8 +186,11 @@ int main(int argc, char **argv) {
                  : overview                 ? 128
                                             : 512;
   std::vector<viz::Panel> panels;
-  for (int64_t h = overview ? 0 : int64_t(headIndex);
-       h < (overview ? numHeads : headIndex + 1); ++h) {
+  int64_t firstHead = overview ? 0 : int64_t(headIndex);
+  int64_t endHead = overview ? numHeads : headIndex + 1;
+  Progress progress("attn-viz", endHead - firstHead);
+  for (int64_t h = firstHead; h < endHead; ++h) {
+    progress.step(h - firstHead, "head " + std::to_string(h));
     attn::PatternAttrInterface attr = layer.getHeadPattern(h);
     viz::Panel panel;
     panel.head = h;
@@ -198,6 +202,8 @@ int main(int argc, char **argv) {
       return fail("head " + llvm::Twine(h) + ": " + error);
     panels.push_back(std::move(panel));
   }
+  progress.step(endHead - firstHead);
+  progress.finish();
   viz::Layout layout;
   layout.columns = overview ? std::min<int64_t>(numHeads, 8) : 1;
   layout.panelPixels = overview ? size : std::max<int64_t>(size, 256);

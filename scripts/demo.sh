@@ -27,6 +27,17 @@ for head in 0 2 3; do
   "$bin/attn-viz" patterns/tiny-mix.mlir --layer 0 --head "$head" --q-len 16 --k-len 24
   echo
 done
+mkdir -p "$build/pictures"
+echo "== attn-viz patterns/video-dit.mlir --layer 0 --q-len 16384 --format=png"
+"$bin/attn-viz" patterns/video-dit.mlir --layer 0 --q-len 16384 --size 64 \
+  --format=png -o "$build/pictures/video-dit-layer0.png"
+"$bin/attn-viz" patterns/llama3-8b-sparse.mlir --layer 3 --head 0 \
+  --q-len 32768 --format=svg -o "$build/pictures/llama3-a-shape.svg"
+echo "picture of every head of the video-DiT layer at 16K tokens (tiles:"
+echo "blue full, orange partial by density, white skipped):"
+echo "  $build/pictures/video-dit-layer0.png"
+echo "the Llama-3 A-shape head at 32K as SVG: $build/pictures/llama3-a-shape.svg"
+echo
 echo "== attn-translate patterns/video-dit.mlir -o $build/bundles/video-dit"
 "$bin/attn-translate" patterns/video-dit.mlir -o "$build/bundles/video-dit"
 "$bin/attn-nvrtc-check" "$build/bundles/video-dit" --arch sm_90 2>/dev/null |

@@ -1,5 +1,6 @@
 //===- Report.cpp - print each head group's pattern and density -----------===//
 
+#include "tessera/Cost/CostModel.h"
 #include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/Semantics/FromAttr.h"
 #include "tessera/Support/Progress.h"
@@ -51,6 +52,32 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
 
   void runOnOperation() override {
     int64_t nq = qLen, nk = kLen == 0 ? qLen : kLen;
+    cost::Target costTarget;
+    if (!target.empty()) {
+      std::string error;
+      if (!cost::loadTarget(target, costTarget, error)) {
+        getOperation().emitError() << "attn-report: " << error;
+        return signalPassFailure();
+      }
+      if (batch < 1 || batch > (1 << 20)) {
+        getOperation().emitError()
+            << "attn-report: batch must be in [1, 1048576], got " << batch;
+        return signalPassFailure();
+      }
+      if (nq < 1 || nk < 1 || nq > kMaxExtent || nk > kMaxExtent) {
+        getOperation().emitError()
+            << "attn-report: q-len and k-len must be in [1, " << kMaxExtent
+            << "], got q-len = " << nq << ", k-len = " << nk;
+        return signalPassFailure();
+      }
+      // Densities only where they can be counted; the prediction always.
+      if (nq <= kMaxPairs / nk)
+        printDensities(nq, nk);
+      if (failed(printPrediction(costTarget, nq, nk)))
+        return signalPassFailure();
+      markAllAnalysesPreserved();
+      return;
+    }
     if (nq < 1 || nk < 1 || nq > kMaxExtent || nk > kMaxExtent ||
         nq > kMaxPairs / nk) {
       getOperation().emitError()
@@ -59,6 +86,69 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
           << kMaxPairs << ", got q-len = " << nq << ", k-len = " << nk;
       return signalPassFailure();
     }
+    printDensities(nq, nk);
+    markAllAnalysesPreserved();
+  }
+
+  /// The cost model's prediction per layer and head group.
+  LogicalResult printPrediction(const cost::Target &t, int64_t nq,
+                                int64_t nk) {
+    llvm::raw_ostream &os = llvm::outs();
+    int64_t numLayers = 0, done = 0;
+    getOperation().walk([&](LayerOp) { ++numLayers; });
+    Progress progress("attn-report", numLayers);
+    for (auto model : getOperation().getOps<ModelOp>()) {
+      os << fmt::format("model @{}: predicted time on target {} ({}) at "
+                        "Nq = {}, Nk = {}, batch {}\n",
+                        model.getSymName().str(), t.name, t.source, nq, nk,
+                        int64_t(batch));
+      os << fmt::format("{:>5}  {:>10}  {:>10}  {:>12}  {:>5}  {}\n", "layer",
+                        "full", "partial", "work (ms)", "heads",
+                        "pattern [heads]");
+      double sparseSum = 0, denseSum = 0;
+      for (auto layer : model.getBody().front().getOps<LayerOp>()) {
+        progress.step(done++, fmt::format("layer {}", layer.getIndex()));
+        std::vector<schedule::HeadGroup> groups;
+        std::vector<HeadsOp> ops;
+        for (auto heads : layer.getBody().front().getOps<HeadsOp>()) {
+          groups.push_back({semantics::fromAttr(heads.getPattern()),
+                            std::vector<int64_t>(heads.getHeads().begin(),
+                                                 heads.getHeads().end())});
+          ops.push_back(heads);
+        }
+        cost::LayerCost sparse, dense;
+        std::string error;
+        if (!cost::predictLayer(t, groups, layer.getNumHeads(), nq, nk, batch,
+                                layer.getHeadDim(), sparse, error) ||
+            !cost::predictDense(t, layer.getNumHeads(), nq, nk, batch,
+                                layer.getHeadDim(), dense, error))
+          return layer.emitError() << "attn-report: " << error;
+        for (size_t i = 0; i < ops.size(); ++i) {
+          const cost::GroupCost &g = sparse.groups[i];
+          os << fmt::format("{:>5}  {:>10}  {:>10}  {:>12.3f}  {:>5}  {} [{}]\n",
+                            layer.getIndex(), g.fullTiles, g.partialTiles,
+                            1e3 * g.workS, g.heads,
+                            llvm::to_string(ops[i].getPattern()),
+                            formatHeads(ops[i].getHeads()));
+        }
+        os << fmt::format("layer {}: predicted {:.3f} ms, dense {:.3f} ms "
+                          "({:.2f}x)\n",
+                          layer.getIndex(), 1e3 * sparse.seconds,
+                          1e3 * dense.seconds, dense.seconds / sparse.seconds);
+        sparseSum += sparse.seconds;
+        denseSum += dense.seconds;
+      }
+      progress.finish();
+      if (denseSum > 0)
+        os << fmt::format("model: predicted {:.3f} ms, dense {:.3f} ms "
+                          "({:.2f}x)\n\n",
+                          1e3 * sparseSum, 1e3 * denseSum,
+                          denseSum / sparseSum);
+    }
+    return success();
+  }
+
+  void printDensities(int64_t nq, int64_t nk) {
     llvm::raw_ostream &os = llvm::outs();
     // Allowed-pair counts of head-independent patterns, by attribute.
     llvm::DenseMap<Attribute, int64_t> cache;

@@ -14,14 +14,72 @@ def AttnReport : Pass<"attn-report", "::mlir::ModuleOp"> {
     depend on the head, the smallest and largest density over the group's
     heads are printed. The IR is not changed.
 
+    With `target=` (a built-in target, `a100`, `h100`, `h200`, or a target
+    file, docs/cost-model.md) it also prints the cost model's prediction:
+    per head group its full and partial tiles and its work (the sum of its
+    work items' times), per layer the predicted time of the launch against
+    the same layer dense. Densities are counted only up to
+    q-len * k-len <= 2^28; predictions work at any length.
+
     ```
     attn-opt patterns/llama3-8b-sparse.mlir --attn-report="q-len=4096" -o /dev/null
+    attn-opt patterns/video-dit.mlir --attn-report="q-len=131072 target=h100" -o /dev/null
     ```
   }];
   let options = [
     Option<"qLen", "q-len", "int64_t", "4096", "query length Nq">,
     Option<"kLen", "k-len", "int64_t", "0",
            "key length Nk (0: the same as q-len)">,
+    Option<"target", "target", "std::string", "\"\"",
+           "predict times on this target (a100, h100, h200 or a file)">,
+    Option<"batch", "batch", "int64_t", "1",
+           "sequences per launch, for the prediction">,
+  ];
+  let dependentDialects = ["::tessera::attn::AttnDialect"];
+}
+
+def AttnSelect : Pass<"attn-select", "::mlir::ModuleOp"> {
+  let summary = "Pick each head's cheapest pattern that meets a recall floor";
+  let description = [{
+    Rewrites every `attn.layer` from a calibration file (written by
+    `attn-calibrate accuracy`, docs/cost-model.md): for each head, the
+    candidates whose measured recall (share of the dense softmax mass kept)
+    is at least `min-recall` and whose output error is at most `max-error`
+    are feasible, and the one with the least predicted work on `target` is
+    chosen. Then head groups are merged where one feasible pattern serves
+    both and the predicted layer time does not grow; a layer whose
+    predicted time is not below the calibration's reference pattern (by
+    `min-gain`) keeps the reference for every head. A head is skipped only
+    when `skip-below` > 0 and its measured contribution is below it. A head
+    with no feasible candidate keeps the reference with a warning (or, with
+    `fallback=error`, the pass fails). The result is an ordinary pattern
+    file. Remarks report each layer's choice and its predicted time.
+
+    ```
+    attn-opt model.mlir --attn-select="target=cpu.json calibration=calib.json seq-len=8192 min-recall=0.95"
+    ```
+  }];
+  let options = [
+    Option<"target", "target", "std::string", "\"\"",
+           "target (a100, h100, h200 or a target file)">,
+    Option<"calibration", "calibration", "std::string", "\"\"",
+           "calibration file (attn-calibrate accuracy)">,
+    Option<"seqLen", "seq-len", "int64_t", "0",
+           "sequence length the times are predicted at (0: the "
+           "calibration's)">,
+    Option<"batch", "batch", "int64_t", "1", "sequences per launch">,
+    Option<"minRecall", "min-recall", "double", "0.95",
+           "recall floor: mean share of the dense softmax mass kept">,
+    Option<"maxError", "max-error", "double", "1.0",
+           "ceiling of the relative output error ||O - O_dense|| / "
+           "||O_dense||">,
+    Option<"skipBelow", "skip-below", "double", "0.0",
+           "skip heads whose contribution is below this (0: never)">,
+    Option<"minGain", "min-gain", "double", "0.0",
+           "keep the reference unless sparse is predicted at least this "
+           "share faster">,
+    Option<"fallback", "fallback", "std::string", "\"reference\"",
+           "a head no candidate serves: 'reference' (warn) or 'error'">,
   ];
   let dependentDialects = ["::tessera::attn::AttnDialect"];
 }

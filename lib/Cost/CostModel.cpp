@@ -1,0 +1,372 @@
+//===- CostModel.cpp - predicted time of a layer's schedule ---------------===//
+
+#include "tessera/Cost/CostModel.h"
+
+#include "tessera/kernel/ProgramRuns.h"
+
+#include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/JSON.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <queue>
+#include <type_traits>
+
+namespace tessera::cost {
+
+namespace s = tessera::semantics;
+namespace k = tessera::kernel;
+
+//===----------------------------------------------------------------------===//
+// Built-in targets
+//===----------------------------------------------------------------------===//
+
+namespace {
+/// A GPU target from published figures. Our kernel (FlashForward.cuh) runs
+/// 64 x 64 tiles with 128 threads; at head_dim 128 it holds 229 registers per
+/// thread, so 2 thread blocks are resident per SM (the ptxas report in
+/// docs/PERFORMANCE.md). A tile is 4 * 64 * 64 * 128 FLOP (QK^T and PV) on
+/// the tensor cores at `efficiency` of the peak, shared by the SM's resident
+/// blocks; its K and V (2 * 64 * 128 * 2 bytes) come from HBM at the SM's
+/// share of the bandwidth with an assumed 8-fold reuse in L2 (the query
+/// blocks of one head run side by side). The slower of the two is the tile
+/// time. Partial tiles add the generated predicate and masking: assumed 20%.
+/// The per-item cost (Q load, O and LSE store) is assumed half a tile.
+Target gpuTarget(const char *name, const char *spec, int64_t sms,
+                 double flops, double bandwidth, double efficiency) {
+  Target t;
+  t.name = name;
+  t.kind = "gpu";
+  t.source = std::string("published specifications (") + spec +
+             "), efficiency " + std::to_string(efficiency).substr(0, 4) +
+             " assumed; not measured on a GPU";
+  t.units = sms;
+  t.slotsPerUnit = 2;
+  t.blockQ = t.blockK = 64;
+  t.headDim = 128;
+  t.tensorFlops = flops;
+  t.memoryBandwidth = bandwidth;
+  t.efficiency = efficiency;
+  double tileFlops = 4.0 * 64 * 64 * 128;
+  double perSlotRate = flops / double(sms) * efficiency / double(t.slotsPerUnit);
+  double compute = tileFlops / perSlotRate;
+  double tileBytes = 2.0 * 64 * 128 * 2;
+  double perSlotBandwidth = bandwidth / double(sms * t.slotsPerUnit);
+  double memory = tileBytes / perSlotBandwidth / 8.0;
+  t.fullTileS = std::max(compute, memory);
+  t.partialTileS = 1.2 * t.fullTileS;
+  t.rowBlockS = 0.5 * t.fullTileS;
+  t.launchS = 5e-6;
+  t.groupS = 0;
+  return t;
+}
+
+const std::vector<Target> &builtins() {
+  static const std::vector<Target> targets = {
+      gpuTarget("a100",
+                "A100 SXM4 80GB: 108 SMs, 312 TFLOP/s dense bf16, 2.04 TB/s",
+                108, 312e12, 2.039e12, 0.55),
+      gpuTarget("h100",
+                "H100 SXM5: 132 SMs, 989 TFLOP/s dense bf16, 3.35 TB/s; "
+                "our mma.sync kernel, no wgmma",
+                132, 989.4e12, 3.35e12, 0.35),
+      gpuTarget("h200",
+                "H200 SXM: 132 SMs, 989 TFLOP/s dense bf16, 4.8 TB/s; "
+                "our mma.sync kernel, no wgmma",
+                132, 989.4e12, 4.8e12, 0.35),
+  };
+  return targets;
+}
+} // namespace
+
+const Target *builtinTarget(const std::string &name) {
+  for (const Target &t : builtins())
+    if (t.name == name)
+      return &t;
+  return nullptr;
+}
+
+//===----------------------------------------------------------------------===//
+// Target files
+//===----------------------------------------------------------------------===//
+
+std::string validateTarget(const Target &t) {
+  auto bad = [](double v, double lo, double hi) {
+    return !std::isfinite(v) || v < lo || v > hi;
+  };
+  if (t.kind != "cpu" && t.kind != "gpu")
+    return "'kind' must be \"cpu\" or \"gpu\", got \"" + t.kind + "\"";
+  if (t.units < 1 || t.units > 100000)
+    return "'units' must be in [1, 100000], got " + std::to_string(t.units);
+  if (t.slotsPerUnit < 1 || t.slotsPerUnit > 64)
+    return "'slots_per_unit' must be in [1, 64], got " +
+           std::to_string(t.slotsPerUnit);
+  if (t.blockQ < 1 || t.blockQ > 1024 || t.blockK < 1 || t.blockK > 1024)
+    return "'block_q' and 'block_k' must be in [1, 1024]";
+  if (t.headDim < 1 || t.headDim > 1024)
+    return "'head_dim' must be in [1, 1024], got " + std::to_string(t.headDim);
+  // A tile takes more than a picosecond and less than a second on any
+  // machine; anything else is a units mistake.
+  if (bad(t.fullTileS, 1e-12, 1) || bad(t.partialTileS, 1e-12, 1))
+    return "'full_tile_s' and 'partial_tile_s' must be in [1e-12, 1] "
+           "seconds";
+  if (bad(t.rowBlockS, 0, 1) || bad(t.launchS, 0, 1) || bad(t.groupS, 0, 1))
+    return "'row_block_s', 'launch_s' and 'group_s' must be in [0, 1] "
+           "seconds";
+  if (bad(t.tensorFlops, 0, 1e18) || bad(t.memoryBandwidth, 0, 1e15) ||
+      bad(t.efficiency, 0, 1))
+    return "'tensor_flops', 'memory_bandwidth' and 'efficiency' must be "
+           "non-negative and plausible (efficiency at most 1)";
+  return "";
+}
+
+bool loadTarget(const std::string &nameOrPath, Target &out,
+                std::string &error) {
+  if (const Target *t = builtinTarget(nameOrPath)) {
+    out = *t;
+    return true;
+  }
+  auto buffer = llvm::MemoryBuffer::getFile(nameOrPath, /*IsText=*/true);
+  if (!buffer) {
+    error = "target '" + nameOrPath +
+            "' is neither a built-in target (a100, h100, h200) nor a "
+            "readable file: " +
+            buffer.getError().message();
+    return false;
+  }
+  if ((*buffer)->getBufferSize() > (1 << 20)) {
+    error = "target file " + nameOrPath + " is larger than 1 MiB";
+    return false;
+  }
+  llvm::Expected<llvm::json::Value> json =
+      llvm::json::parse((*buffer)->getBuffer());
+  if (!json) {
+    error = "target file " + nameOrPath +
+            " is not JSON: " + llvm::toString(json.takeError());
+    return false;
+  }
+  const llvm::json::Object *o = json->getAsObject();
+  if (!o) {
+    error = "target file " + nameOrPath + " must hold a JSON object";
+    return false;
+  }
+  if (o->getString("format") != llvm::StringRef("tessera-target")) {
+    error = "target file " + nameOrPath +
+            " lacks \"format\": \"tessera-target\"";
+    return false;
+  }
+  Target t;
+  std::string missing;
+  auto str = [&](const char *key, std::string &v) {
+    if (auto x = o->getString(key))
+      v = x->str();
+    else
+      missing += std::string(missing.empty() ? "" : ", ") + key;
+  };
+  auto num = [&](const char *key, double &v, bool required) {
+    if (auto x = o->getNumber(key))
+      v = *x;
+    else if (required)
+      missing += std::string(missing.empty() ? "" : ", ") + key;
+  };
+  auto integer = [&](const char *key, int64_t &v) {
+    if (auto x = o->getInteger(key))
+      v = *x;
+    else
+      missing += std::string(missing.empty() ? "" : ", ") + key;
+  };
+  str("name", t.name);
+  str("kind", t.kind);
+  str("source", t.source);
+  integer("units", t.units);
+  integer("slots_per_unit", t.slotsPerUnit);
+  integer("block_q", t.blockQ);
+  integer("block_k", t.blockK);
+  integer("head_dim", t.headDim);
+  num("full_tile_s", t.fullTileS, true);
+  num("partial_tile_s", t.partialTileS, true);
+  num("row_block_s", t.rowBlockS, true);
+  num("launch_s", t.launchS, true);
+  num("group_s", t.groupS, true);
+  num("tensor_flops", t.tensorFlops, false);
+  num("memory_bandwidth", t.memoryBandwidth, false);
+  num("efficiency", t.efficiency, false);
+  if (!missing.empty()) {
+    error = "target file " + nameOrPath + " lacks (or mistypes) " + missing;
+    return false;
+  }
+  std::string problem = validateTarget(t);
+  if (!problem.empty()) {
+    error = "target file " + nameOrPath + ": " + problem;
+    return false;
+  }
+  out = t;
+  return true;
+}
+
+std::string targetToJson(const Target &t) {
+  llvm::json::Object o{{"format", "tessera-target"},
+                       {"version", 1},
+                       {"name", t.name},
+                       {"kind", t.kind},
+                       {"source", t.source},
+                       {"units", t.units},
+                       {"slots_per_unit", t.slotsPerUnit},
+                       {"block_q", t.blockQ},
+                       {"block_k", t.blockK},
+                       {"head_dim", t.headDim},
+                       {"full_tile_s", t.fullTileS},
+                       {"partial_tile_s", t.partialTileS},
+                       {"row_block_s", t.rowBlockS},
+                       {"launch_s", t.launchS},
+                       {"group_s", t.groupS},
+                       {"tensor_flops", t.tensorFlops},
+                       {"memory_bandwidth", t.memoryBandwidth},
+                       {"efficiency", t.efficiency}};
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  os << llvm::formatv("{0:2}", llvm::json::Value(std::move(o))) << "\n";
+  return text;
+}
+
+//===----------------------------------------------------------------------===//
+// Prediction
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+bool headDependent(const s::Pattern &p) {
+  return std::visit(
+      [](const auto &n) -> bool {
+        using T = std::decay_t<decltype(n)>;
+        if constexpr (std::is_same_v<T, s::StridedShards> ||
+                      std::is_same_v<T, s::ShiftedGroups>)
+          return true;
+        else if constexpr (std::is_same_v<T, s::Union> ||
+                           std::is_same_v<T, s::Intersect> ||
+                           std::is_same_v<T, s::Difference>)
+          return std::any_of(n.parts.begin(), n.parts.end(), headDependent);
+        else
+          return false;
+      },
+      p.node);
+}
+
+/// Full and partial tiles of every query block of one head.
+void countTiles(const k::ProgramRuns &runs, int64_t head, int64_t numHeads,
+                int64_t nq, int64_t nk, int64_t bq, int64_t bk,
+                std::vector<int64_t> &full, std::vector<int64_t> &partial) {
+  int64_t tq = (nq + bq - 1) / bq;
+  full.assign(size_t(tq), 0);
+  partial.assign(size_t(tq), 0);
+  for (int64_t qb = 0; qb < tq; ++qb) {
+    int64_t q0 = qb * bq, q1 = std::min(q0 + bq, nq);
+    k::RunCtx ctx = k::makeRunCtx(q0, q1, nq, nk, bk, head, numHeads);
+    for (k::Run r = runs.runFrom(ctx, 0); k::isRun(r);
+         r = runs.runFrom(ctx, r.hi + 1))
+      (r.cls == k::kFull ? full : partial)[size_t(qb)] += int64_t(r.hi - r.lo + 1);
+  }
+}
+
+} // namespace
+
+bool predictLayer(const Target &target,
+                  const std::vector<schedule::HeadGroup> &groups,
+                  int64_t numHeads, int64_t nq, int64_t nk, int64_t batch,
+                  int64_t headDim, LayerCost &out, std::string &error) {
+  constexpr int64_t kMaxLen = int64_t(1) << 40;
+  if (nq < 1 || nk < 1 || nq > kMaxLen || nk > kMaxLen) {
+    error = "lengths must be in [1, 2^40]";
+    return false;
+  }
+  if (batch < 1 || batch > (1 << 20) || headDim < 1 || headDim > 1024) {
+    error = "batch must be in [1, 2^20] and head_dim in [1, 1024]";
+    return false;
+  }
+  std::string problem = validateTarget(target);
+  if (!problem.empty()) {
+    error = "target " + target.name + ": " + problem;
+    return false;
+  }
+  const int64_t bq = target.blockQ, bk = target.blockK;
+  const int64_t tq = (nq + bq - 1) / bq;
+  // Items are simulated one by one: keep their number bounded.
+  if (tq > (int64_t(1) << 26) / std::max<int64_t>(1, numHeads * batch)) {
+    error = "the layer has more than 2^26 work items (batch x heads x query "
+            "blocks); predict a shorter length or a smaller batch";
+    return false;
+  }
+  double scale = double(headDim) / double(target.headDim);
+  double full = target.fullTileS * scale, partial = target.partialTileS * scale;
+  double row = target.rowBlockS * scale;
+
+  out = LayerCost();
+  // Per computed head, in launch order: the cost of each query block.
+  std::vector<std::vector<double>> headItems;
+  int64_t numGroups = 0;
+  for (const schedule::HeadGroup &g : groups) {
+    GroupCost gc;
+    gc.heads = int64_t(g.heads.size());
+    if (std::holds_alternative<s::Skip>(g.pattern.node)) {
+      out.groups.push_back(gc);
+      continue;
+    }
+    ++numGroups;
+    schedule::Program program;
+    if (!schedule::lowerPattern(g.pattern, program, error))
+      return false;
+    k::ProgramRuns runs(program.nodes.data(), int64_t(program.nodes.size()),
+                        program.data.data());
+    bool perHead = headDependent(g.pattern);
+    std::vector<int64_t> f, p;
+    for (size_t i = 0; i < g.heads.size(); ++i) {
+      if (i == 0 || perHead)
+        countTiles(runs, g.heads[i], numHeads, nq, nk, bq, bk, f, p);
+      std::vector<double> items(static_cast<size_t>(tq), 0.0);
+      for (int64_t qb = 0; qb < tq; ++qb) {
+        items[size_t(qb)] = row + double(f[size_t(qb)]) * full +
+                            double(p[size_t(qb)]) * partial;
+        gc.fullTiles += f[size_t(qb)] * batch;
+        gc.partialTiles += p[size_t(qb)] * batch;
+        gc.workS += items[size_t(qb)] * double(batch);
+      }
+      headItems.push_back(std::move(items));
+    }
+    out.groups.push_back(gc);
+  }
+
+  // List scheduling in launch order over units x slots identical slots.
+  int64_t slots = target.units * target.slotsPerUnit;
+  std::priority_queue<double, std::vector<double>, std::greater<double>> free;
+  for (int64_t i = 0; i < slots; ++i)
+    free.push(0.0);
+  double end = 0;
+  for (int64_t b = 0; b < batch; ++b)
+    for (const std::vector<double> &items : headItems)
+      for (double c : items) {
+        double t = free.top() + c;
+        free.pop();
+        free.push(t);
+        end = std::max(end, t);
+        out.workS += c;
+        ++out.items;
+      }
+  out.seconds = end + target.launchS + target.groupS * double(numGroups);
+  return true;
+}
+
+bool predictDense(const Target &target, int64_t numHeads, int64_t nq,
+                  int64_t nk, int64_t batch, int64_t headDim, LayerCost &out,
+                  std::string &error) {
+  schedule::HeadGroup g;
+  g.pattern.node = s::Dense{};
+  for (int64_t h = 0; h < numHeads; ++h)
+    g.heads.push_back(h);
+  return predictLayer(target, {g}, numHeads, nq, nk, batch, headDim, out,
+                      error);
+}
+
+} // namespace tessera::cost

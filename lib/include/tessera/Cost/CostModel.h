@@ -1,0 +1,94 @@
+//===- CostModel.h - predicted time of a layer's schedule -------*- C++ -*-===//
+//
+// A hardware target (docs/cost-model.md) and the time a layer's block
+// schedule takes on it. The schedule is the one the kernels and the CPU
+// executor run: for every computed head and query block, the full and
+// partial key tiles of the head group's runs. Each (batch, head, query
+// block) is one work item costing
+//
+//   item = row_block_s + full * full_tile_s + partial * partial_tile_s
+//
+// (scaled by head_dim / target.head_dim); items are dispatched in launch
+// order (query block fastest, then head, then batch) to `units *
+// slots_per_unit` identical slots, each taking the next item when it frees
+// up (list scheduling): that gives wave quantisation over SMs and the
+// imbalance between heads of different density. The layer adds launch_s and
+// group_s per head group. MLIR-free.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef TESSERA_COST_COSTMODEL_H
+#define TESSERA_COST_COSTMODEL_H
+
+#include "tessera/Schedule/Lower.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tessera::cost {
+
+struct Target {
+  std::string name;
+  std::string kind;   ///< "cpu" or "gpu"
+  std::string source; ///< where the numbers come from (measured / published)
+  int64_t units = 1;          ///< SMs, or CPU threads
+  int64_t slotsPerUnit = 1;   ///< resident thread blocks per SM (occupancy)
+  int64_t blockQ = 64, blockK = 64;
+  int64_t headDim = 128;      ///< the head_dim the tile times are for
+  double fullTileS = 0;       ///< one full tile on one slot
+  double partialTileS = 0;    ///< one partial tile (mask work) on one slot
+  double rowBlockS = 0;       ///< per work item: Q load, O and LSE store
+  double launchS = 0;         ///< per layer launch
+  double groupS = 0;          ///< per head group of a launch
+  // Published figures the GPU tile times are derived from (0 when unused).
+  double tensorFlops = 0;     ///< dense fp16/bf16 tensor rate, FLOP/s
+  double memoryBandwidth = 0; ///< bytes/s
+  double efficiency = 0;      ///< assumed share of the tensor rate reached
+};
+
+/// The built-in targets: "a100", "h100", "h200" (published specifications,
+/// marked as such in `source` until measured on a GPU). Null if unknown.
+const Target *builtinTarget(const std::string &name);
+
+/// Reads a target file (JSON, docs/cost-model.md) or a built-in name.
+/// False with `error` naming the file and the problem.
+bool loadTarget(const std::string &nameOrPath, Target &out,
+                std::string &error);
+
+/// Checks that every number is finite and in range. "" or a message.
+std::string validateTarget(const Target &t);
+
+/// The target as JSON (the format loadTarget reads).
+std::string targetToJson(const Target &t);
+
+struct GroupCost {
+  int64_t heads = 0;
+  int64_t fullTiles = 0, partialTiles = 0; ///< over all its heads and batch
+  double workS = 0; ///< the group's items summed (one slot's time)
+};
+
+struct LayerCost {
+  double seconds = 0;      ///< predicted time of the layer
+  double workS = 0;        ///< all items summed
+  int64_t items = 0;
+  std::vector<GroupCost> groups; ///< in the order given (skipped: none)
+};
+
+/// Predicts one launch of a layer's head groups (Skip groups cost nothing
+/// but their output fill, which is ignored) at Nq x Nk, `batch` sequences,
+/// head_dim `headDim`, on `target`. False with `error` set for shapes out of
+/// range or a pattern that cannot be lowered.
+bool predictLayer(const Target &target,
+                  const std::vector<schedule::HeadGroup> &groups,
+                  int64_t numHeads, int64_t nq, int64_t nk, int64_t batch,
+                  int64_t headDim, LayerCost &out, std::string &error);
+
+/// The same layer with every head dense.
+bool predictDense(const Target &target, int64_t numHeads, int64_t nq,
+                  int64_t nk, int64_t batch, int64_t headDim, LayerCost &out,
+                  std::string &error);
+
+} // namespace tessera::cost
+
+#endif // TESSERA_COST_COSTMODEL_H

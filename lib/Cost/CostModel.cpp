@@ -35,8 +35,8 @@ namespace {
 /// blocks of one head run side by side). The slower of the two is the tile
 /// time. Partial tiles add the generated predicate and masking: assumed 20%.
 /// The per-item cost (Q load, O and LSE store) is assumed half a tile.
-Target gpuTarget(const char *name, const char *spec, int64_t sms,
-                 double flops, double bandwidth, double efficiency) {
+Target gpuTarget(const char *name, const char *spec, int64_t sms, double flops,
+                 double bandwidth, double efficiency) {
   Target t;
   t.name = name;
   t.kind = "gpu";
@@ -51,7 +51,8 @@ Target gpuTarget(const char *name, const char *spec, int64_t sms,
   t.memoryBandwidth = bandwidth;
   t.efficiency = efficiency;
   double tileFlops = 4.0 * 64 * 64 * 128;
-  double perSlotRate = flops / double(sms) * efficiency / double(t.slotsPerUnit);
+  double perSlotRate =
+      flops / double(sms) * efficiency / double(t.slotsPerUnit);
   double compute = tileFlops / perSlotRate;
   double tileBytes = 2.0 * 64 * 128 * 2;
   double perSlotBandwidth = bandwidth / double(sms * t.slotsPerUnit);
@@ -154,8 +155,8 @@ bool loadTarget(const std::string &nameOrPath, Target &out,
     return false;
   }
   if (o->getString("format") != llvm::StringRef("tessera-target")) {
-    error = "target file " + nameOrPath +
-            " lacks \"format\": \"tessera-target\"";
+    error =
+        "target file " + nameOrPath + " lacks \"format\": \"tessera-target\"";
     return false;
   }
   Target t;
@@ -267,7 +268,8 @@ void countTiles(const k::ProgramRuns &runs, int64_t head, int64_t numHeads,
     k::RunCtx ctx = k::makeRunCtx(q0, q1, nq, nk, bk, head, numHeads);
     for (k::Run r = runs.runFrom(ctx, 0); k::isRun(r);
          r = runs.runFrom(ctx, r.hi + 1))
-      (r.cls == k::kFull ? full : partial)[size_t(qb)] += int64_t(r.hi - r.lo + 1);
+      (r.cls == k::kFull ? full : partial)[size_t(qb)] +=
+          int64_t(r.hi - r.lo + 1);
   }
 }
 

@@ -56,16 +56,16 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
     if (!target.empty()) {
       std::string error;
       if (!cost::loadTarget(target, costTarget, error)) {
-        getOperation().emitError() << "attn-report: " << error;
+        mlir::emitError(getOperation().getLoc()) << "attn-report: " << error;
         return signalPassFailure();
       }
       if (batch < 1 || batch > (1 << 20)) {
-        getOperation().emitError()
+        mlir::emitError(getOperation().getLoc())
             << "attn-report: batch must be in [1, 1048576], got " << batch;
         return signalPassFailure();
       }
       if (nq < 1 || nk < 1 || nq > kMaxExtent || nk > kMaxExtent) {
-        getOperation().emitError()
+        mlir::emitError(getOperation().getLoc())
             << "attn-report: q-len and k-len must be in [1, " << kMaxExtent
             << "], got q-len = " << nq << ", k-len = " << nk;
         return signalPassFailure();
@@ -80,7 +80,7 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
     }
     if (nq < 1 || nk < 1 || nq > kMaxExtent || nk > kMaxExtent ||
         nq > kMaxPairs / nk) {
-      getOperation().emitError()
+      mlir::emitError(getOperation().getLoc())
           << "attn-report: q-len and k-len must be positive with q-len * "
              "k-len <= "
           << kMaxPairs << ", got q-len = " << nq << ", k-len = " << nk;
@@ -91,8 +91,7 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
   }
 
   /// The cost model's prediction per layer and head group.
-  LogicalResult printPrediction(const cost::Target &t, int64_t nq,
-                                int64_t nk) {
+  LogicalResult printPrediction(const cost::Target &t, int64_t nq, int64_t nk) {
     llvm::raw_ostream &os = llvm::outs();
     int64_t numLayers = 0, done = 0;
     getOperation().walk([&](LayerOp) { ++numLayers; });
@@ -122,14 +121,14 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
                                 layer.getHeadDim(), sparse, error) ||
             !cost::predictDense(t, layer.getNumHeads(), nq, nk, batch,
                                 layer.getHeadDim(), dense, error))
-          return layer.emitError() << "attn-report: " << error;
+          return mlir::emitError(layer.getLoc()) << "attn-report: " << error;
         for (size_t i = 0; i < ops.size(); ++i) {
           const cost::GroupCost &g = sparse.groups[i];
-          os << fmt::format("{:>5}  {:>10}  {:>10}  {:>12.3f}  {:>5}  {} [{}]\n",
-                            layer.getIndex(), g.fullTiles, g.partialTiles,
-                            1e3 * g.workS, g.heads,
-                            llvm::to_string(ops[i].getPattern()),
-                            formatHeads(ops[i].getHeads()));
+          os << fmt::format(
+              "{:>5}  {:>10}  {:>10}  {:>12.3f}  {:>5}  {} [{}]\n",
+              layer.getIndex(), g.fullTiles, g.partialTiles, 1e3 * g.workS,
+              g.heads, llvm::to_string(ops[i].getPattern()),
+              formatHeads(ops[i].getHeads()));
         }
         os << fmt::format("layer {}: predicted {:.3f} ms, dense {:.3f} ms "
                           "({:.2f}x)\n",

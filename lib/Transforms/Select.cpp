@@ -79,8 +79,8 @@ std::string readNumbers(const llvm::json::Object &o, llvm::StringRef key,
 LogicalResult loadCalibration(MLIRContext *ctx, Operation *where,
                               const std::string &path, Calibration &out) {
   auto fail = [&](const llvm::Twine &message) {
-    return where->emitError() << "attn-select: calibration file " << path
-                              << ": " << message;
+    return mlir::emitError(where->getLoc())
+           << "attn-select: calibration file " << path << ": " << message;
   };
   auto buffer = llvm::MemoryBuffer::getFile(path, /*IsText=*/true);
   if (!buffer)
@@ -92,8 +92,8 @@ LogicalResult loadCalibration(MLIRContext *ctx, Operation *where,
   if (!json)
     return fail("is not JSON: " + llvm::toString(json.takeError()));
   const llvm::json::Object *root = json->getAsObject();
-  if (!root || root->getString("format") != llvm::StringRef(
-                                                 "tessera-calibration"))
+  if (!root ||
+      root->getString("format") != llvm::StringRef("tessera-calibration"))
     return fail("lacks \"format\": \"tessera-calibration\"");
   std::optional<int64_t> seq = root->getInteger("seq_len");
   if (!seq || *seq < 1 || *seq > (int64_t(1) << 40))
@@ -132,8 +132,8 @@ LogicalResult loadCalibration(MLIRContext *ctx, Operation *where,
     layer.numHeads = *heads;
     std::string where = "layer " + std::to_string(*index) + ": ";
     if (lo->get("contribution")) {
-      std::string problem = readNumbers(*lo, "contribution", *heads, true,
-                                        layer.contribution);
+      std::string problem =
+          readNumbers(*lo, "contribution", *heads, true, layer.contribution);
       if (!problem.empty())
         return fail(where + problem);
     }
@@ -153,8 +153,7 @@ LogicalResult loadCalibration(MLIRContext *ctx, Operation *where,
         return fail(where + "candidate '" + c.text + "' appears twice");
       if (failed(parsePattern(c.text, c.pattern, where + "candidate")))
         return failure();
-      std::string problem =
-          readNumbers(*co, "recall", *heads, true, c.recall);
+      std::string problem = readNumbers(*co, "recall", *heads, true, c.recall);
       if (problem.empty())
         problem = readNumbers(*co, "error", *heads, false, c.error);
       if (!problem.empty())
@@ -173,29 +172,31 @@ struct AttnSelectPass : tessera::impl::AttnSelectBase<AttnSelectPass> {
   void runOnOperation() override {
     ModuleOp module = getOperation();
     if (target.empty() || calibration.empty()) {
-      module.emitError() << "attn-select: needs target=... (a100, h100, h200 "
-                            "or a target file) and calibration=FILE";
+      mlir::emitError(module.getLoc())
+          << "attn-select: needs target=... (a100, h100, h200 "
+             "or a target file) and calibration=FILE";
       return signalPassFailure();
     }
     if (!(minRecall >= 0 && minRecall <= 1) || !(maxError >= 0) ||
-        !(skipBelow >= 0 && skipBelow <= 1) ||
-        !(minGain >= 0 && minGain < 1) || batch < 1 || batch > (1 << 20) ||
-        seqLen < 0 || seqLen > (int64_t(1) << 40)) {
-      module.emitError()
+        !(skipBelow >= 0 && skipBelow <= 1) || !(minGain >= 0 && minGain < 1) ||
+        batch < 1 || batch > (1 << 20) || seqLen < 0 ||
+        seqLen > (int64_t(1) << 40)) {
+      mlir::emitError(module.getLoc())
           << "attn-select: min-recall and skip-below must be in [0, 1], "
              "min-gain in [0, 1), max-error >= 0, batch in [1, 2^20], "
              "seq-len in [0, 2^40]";
       return signalPassFailure();
     }
     if (fallback != "reference" && fallback != "error") {
-      module.emitError() << "attn-select: fallback must be 'reference' or "
-                            "'error', got '"
-                         << fallback << "'";
+      mlir::emitError(module.getLoc())
+          << "attn-select: fallback must be 'reference' or "
+             "'error', got '"
+          << fallback << "'";
       return signalPassFailure();
     }
     std::string error;
     if (!cost::loadTarget(target, costTarget, error)) {
-      module.emitError() << "attn-select: " << error;
+      mlir::emitError(module.getLoc()) << "attn-select: " << error;
       return signalPassFailure();
     }
     if (failed(loadCalibration(&getContext(), module, calibration, calib)))
@@ -222,12 +223,11 @@ struct AttnSelectPass : tessera::impl::AttnSelectBase<AttnSelectPass> {
     for (int64_t h = 0; h < int64_t(a.size()); ++h) {
       auto [it, inserted] = at.try_emplace(a[h], out.size());
       if (inserted) {
-        PatternAttrInterface p =
-            a[h] >= 0 ? cl.candidates[a[h]].pattern
-            : a[h] == -1
-                ? calib.referencePattern
-                : llvm::cast<PatternAttrInterface>(
-                      SkipAttr::get(&getContext()));
+        PatternAttrInterface p = a[h] >= 0 ? cl.candidates[a[h]].pattern
+                                 : a[h] == -1
+                                     ? calib.referencePattern
+                                     : llvm::cast<PatternAttrInterface>(
+                                           SkipAttr::get(&getContext()));
         out.push_back({p, {}});
       }
       out[it->second].second.push_back(h);
@@ -244,7 +244,7 @@ struct AttnSelectPass : tessera::impl::AttnSelectBase<AttnSelectPass> {
     std::string error;
     if (!cost::predictLayer(costTarget, groups, layer.getNumHeads(), length,
                             length, batch, layer.getHeadDim(), c, error))
-      return layer.emitError() << "attn-select: " << error;
+      return mlir::emitError(layer.getLoc()) << "attn-select: " << error;
     return c;
   }
 
@@ -254,14 +254,14 @@ struct AttnSelectPass : tessera::impl::AttnSelectBase<AttnSelectPass> {
       std::string have;
       for (auto &[index, l] : calib.layers)
         have += (have.empty() ? "" : ", ") + std::to_string(index);
-      return layer.emitError()
+      return mlir::emitError(layer.getLoc())
              << "attn-select: the calibration file has no layer "
              << layer.getIndex() << " (it has " << have << ")";
     }
     const CalibratedLayer &cl = it->second;
     int64_t H = layer.getNumHeads();
     if (cl.numHeads != H)
-      return layer.emitError()
+      return mlir::emitError(layer.getLoc())
              << "attn-select: the calibration of layer " << layer.getIndex()
              << " has " << cl.numHeads << " heads, the layer " << H;
 
@@ -270,10 +270,9 @@ struct AttnSelectPass : tessera::impl::AttnSelectBase<AttnSelectPass> {
     std::vector<int64_t> unserved, skipped;
     std::map<std::pair<int64_t, int64_t>, double> work; // (cand, head)
     auto headWork = [&](int64_t c, int64_t h) -> FailureOr<double> {
-      auto key = std::make_pair(c, c >= 0 && !cl.candidates[c]
-                                                   .pattern.isHeadDependent()
-                                       ? int64_t(-1)
-                                       : h);
+      auto key = std::make_pair(
+          c, c >= 0 && !cl.candidates[c].pattern.isHeadDependent() ? int64_t(-1)
+                                                                   : h);
       auto found = work.find(key);
       if (found != work.end())
         return found->second;
@@ -312,13 +311,14 @@ struct AttnSelectPass : tessera::impl::AttnSelectBase<AttnSelectPass> {
       for (int64_t h : unserved)
         list += (list.empty() ? "" : ", ") + std::to_string(h);
       if (fallback == "error")
-        return layer.emitError()
+        return mlir::emitError(layer.getLoc())
                << "attn-select: no candidate reaches recall " << minRecall
                << " (with error <= " << maxError << ") for heads [" << list
                << "] of layer " << layer.getIndex();
-      layer.emitWarning() << "attn-select: no candidate reaches recall "
-                          << minRecall << " for heads [" << list
-                          << "]; they keep the reference " << calib.reference;
+      mlir::emitWarning(layer.getLoc())
+          << "attn-select: no candidate reaches recall " << minRecall
+          << " for heads [" << list << "]; they keep the reference "
+          << calib.reference;
     }
 
     // Merge groups while the predicted layer time does not grow.
@@ -388,13 +388,12 @@ struct AttnSelectPass : tessera::impl::AttnSelectBase<AttnSelectPass> {
       HeadsOp::create(b, layer.getLoc(), b.getDenseI64ArrayAttr(heads), p);
       ++numGroups;
     }
-    layer.emitRemark() << fmt::format(
+    mlir::emitRemark(layer.getLoc()) << fmt::format(
         "attn-select: layer {}: {} at {} tokens: predicted {:.3f} ms, "
         "reference {:.3f} ms ({:.2f}x); {} head groups{}{}",
         layer.getIndex(),
-        keep ? "sparse does not pay, the reference is kept" : "sparse",
-        length, 1e3 * (keep ? ref->seconds : current->seconds),
-        1e3 * ref->seconds,
+        keep ? "sparse does not pay, the reference is kept" : "sparse", length,
+        1e3 * (keep ? ref->seconds : current->seconds), 1e3 * ref->seconds,
         ref->seconds / (keep ? ref->seconds : current->seconds), numGroups,
         skipped.empty() ? ""
                         : fmt::format(", {} heads skipped", skipped.size()),

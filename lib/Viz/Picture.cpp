@@ -163,11 +163,13 @@ static bool drawBlocks(const s::Pattern &pattern, int64_t head,
       size_t at = size_t(cr * g.cols + cc);
       int64_t r0 = cr * g.rowSpan, r1 = std::min(r0 + g.rowSpan, nq);
       int64_t c0 = cc * g.colSpan, c1 = std::min(c0 + g.colSpan, nk);
-      int64_t tilesIn = (ceilDiv(r1, bq) - r0 / bq) * (ceilDiv(c1, bk) - c0 / bk);
-      g.density[at] = float(sums.allowed[at] / (double(r1 - r0) * double(c1 - c0)));
-      g.cls[at] = !sums.seen[at]                ? kCellEmpty
-                  : sums.full[at] == tilesIn    ? kCellFull
-                                                : kCellPartial;
+      int64_t tilesIn =
+          (ceilDiv(r1, bq) - r0 / bq) * (ceilDiv(c1, bk) - c0 / bk);
+      g.density[at] =
+          float(sums.allowed[at] / (double(r1 - r0) * double(c1 - c0)));
+      g.cls[at] = !sums.seen[at]             ? kCellEmpty
+                  : sums.full[at] == tilesIn ? kCellFull
+                                             : kCellPartial;
     }
   g.totalDensity = total / (double(nq) * double(nk));
   return true;
@@ -181,8 +183,8 @@ bool drawHead(const s::Pattern &pattern, int64_t head, int64_t numHeads,
   };
   if (outside(nq, 1, kMaxPictureLength) || outside(nk, 1, kMaxPictureLength)) {
     error = "pictures are drawn for lengths in [1, " +
-            std::to_string(kMaxPictureLength) + "], got " +
-            std::to_string(nq) + " x " + std::to_string(nk);
+            std::to_string(kMaxPictureLength) + "], got " + std::to_string(nq) +
+            " x " + std::to_string(nk);
     return false;
   }
   if (outside(blockQ, 1, 1024) || outside(blockK, 1, 1024)) {
@@ -279,18 +281,27 @@ std::string xmlEscape(const std::string &text) {
   std::string out;
   for (char c : text) {
     switch (c) {
-    case '<': out += "&lt;"; break;
-    case '>': out += "&gt;"; break;
-    case '&': out += "&amp;"; break;
-    case '"': out += "&quot;"; break;
-    default: out += c;
+    case '<':
+      out += "&lt;";
+      break;
+    case '>':
+      out += "&gt;";
+      break;
+    case '&':
+      out += "&amp;";
+      break;
+    case '"':
+      out += "&quot;";
+      break;
+    default:
+      out += c;
     }
   }
   return out;
 }
 
 constexpr int64_t kMargin = 12;
-constexpr int64_t kSvgCaption = 40;   ///< two caption lines above a panel
+constexpr int64_t kSvgCaption = 40;    ///< two caption lines above a panel
 constexpr int64_t kRasterCaption = 16; ///< one line of the 3x5 font, x2
 constexpr int64_t kLegend = 28;
 } // namespace
@@ -327,8 +338,8 @@ std::string renderSvg(const std::vector<Panel> &panels, const Layout &layout) {
     os << "<text x=\"" << x0 << "\" y=\"" << y0 + 13
        << "\" font-size=\"13\" font-weight=\"bold\">" << xmlEscape(p.title)
        << " (" << formatDensity(g) << ")</text>\n";
-    os << "<text x=\"" << x0 << "\" y=\"" << y0 + 29
-       << "\" font-size=\"11\">" << xmlEscape(p.subtitle) << "</text>\n";
+    os << "<text x=\"" << x0 << "\" y=\"" << y0 + 29 << "\" font-size=\"11\">"
+       << xmlEscape(p.subtitle) << "</text>\n";
     int64_t cx = x0, cy = y0 + kSvgCaption - 6;
     // Cells: one rect per run of equal colour in a row; the background is
     // the empty colour. data-* attributes let tests read the grid back.
@@ -337,10 +348,10 @@ std::string renderSvg(const std::vector<Panel> &panels, const Layout &layout) {
        << "\" data-cols=\"" << g.cols << "\" data-cell=\"" << scale
        << "\" data-row-span=\"" << g.rowSpan << "\" data-col-span=\""
        << g.colSpan << "\" data-level=\""
-       << (g.elementLevel ? "element" : "block")
-       << "\" data-density=\"" << g.totalDensity << "\">\n";
-    os << "<rect width=\"" << g.cols * scale << "\" height=\""
-       << g.rows * scale << "\" fill=\"" << hex(kEmpty) << "\"/>\n";
+       << (g.elementLevel ? "element" : "block") << "\" data-density=\""
+       << g.totalDensity << "\">\n";
+    os << "<rect width=\"" << g.cols * scale << "\" height=\"" << g.rows * scale
+       << "\" fill=\"" << hex(kEmpty) << "\"/>\n";
     for (int64_t r = 0; r < g.rows; ++r) {
       for (int64_t c = 0; c < g.cols;) {
         size_t at = size_t(r * g.cols + c);
@@ -353,9 +364,8 @@ std::string renderSvg(const std::vector<Panel> &panels, const Layout &layout) {
         while (e < g.cols && g.cls[size_t(r * g.cols + e)] == g.cls[at] &&
                hex(cellColour(g, size_t(r * g.cols + e))) == colour)
           ++e;
-        os << "<rect class=\""
-           << (g.cls[at] == kCellFull ? "full" : "partial") << "\" x=\""
-           << c * scale << "\" y=\"" << r * scale << "\" width=\""
+        os << "<rect class=\"" << (g.cls[at] == kCellFull ? "full" : "partial")
+           << "\" x=\"" << c * scale << "\" y=\"" << r * scale << "\" width=\""
            << (e - c) * scale << "\" height=\"" << scale << "\" fill=\""
            << colour << "\"/>\n";
         c = e;
@@ -373,9 +383,8 @@ std::string renderSvg(const std::vector<Panel> &panels, const Layout &layout) {
            << "\" y2=\"" << g.rows * scale << "\"/>";
       os << "</g>\n";
     }
-    os << "<rect width=\"" << g.cols * scale << "\" height=\""
-       << g.rows * scale << "\" fill=\"none\" stroke=\"" << hex(kFrame)
-       << "\"/>\n</g>\n";
+    os << "<rect width=\"" << g.cols * scale << "\" height=\"" << g.rows * scale
+       << "\" fill=\"none\" stroke=\"" << hex(kFrame) << "\"/>\n</g>\n";
   }
   // The legend.
   int64_t ly = height - kLegend + 6;
@@ -385,8 +394,9 @@ std::string renderSvg(const std::vector<Panel> &panels, const Layout &layout) {
        << "\"/><text x=\"" << x + 16 << "\" y=\"" << ly + 10
        << "\" font-size=\"11\">" << label << "</text>\n";
   };
-  bool anyBlock = std::any_of(panels.begin(), panels.end(),
-                              [](const Panel &p) { return !p.grid.elementLevel; });
+  bool anyBlock = std::any_of(panels.begin(), panels.end(), [](const Panel &p) {
+    return !p.grid.elementLevel;
+  });
   if (anyBlock) {
     swatch(kMargin, kFull, "full tile");
     swatch(kMargin + 80, kPartialLow, "partial tile, sparse");
@@ -491,14 +501,13 @@ Raster renderRaster(const std::vector<Panel> &panels, const Layout &layout) {
     canvas.fill(cx + w, cy - 1, 1, h + 2, kFrame);
     out.text.push_back({"Title", p.title + " (" + formatDensity(g) + ")"});
     // Where the cells are, for tools and tests that read the picture back.
-    out.text.push_back({"Tessera-Cells", "head=" + std::to_string(p.head) +
-                                            " x=" + std::to_string(cx) +
-                                            " y=" + std::to_string(cy) +
-                                            " cell=" + std::to_string(scale) +
-                                            " rows=" + std::to_string(g.rows) +
-                                            " cols=" + std::to_string(g.cols) +
-                                            " rspan=" + std::to_string(g.rowSpan) +
-                                            " cspan=" + std::to_string(g.colSpan)});
+    out.text.push_back(
+        {"Tessera-Cells",
+         "head=" + std::to_string(p.head) + " x=" + std::to_string(cx) +
+             " y=" + std::to_string(cy) + " cell=" + std::to_string(scale) +
+             " rows=" + std::to_string(g.rows) + " cols=" +
+             std::to_string(g.cols) + " rspan=" + std::to_string(g.rowSpan) +
+             " cspan=" + std::to_string(g.colSpan)});
     out.text.push_back({"Description", p.subtitle});
   }
   out.text.push_back({"Software", "Tessera attn-viz"});
@@ -540,7 +549,8 @@ bool writePng(const Raster &raster, const std::string &path,
   }
   if (png)
     png_destroy_write_struct(&png, info ? &info : nullptr);
-  bool closed = file == stdout ? std::fflush(file) == 0 : std::fclose(file) == 0;
+  bool closed =
+      file == stdout ? std::fflush(file) == 0 : std::fclose(file) == 0;
   if (!ok || !closed) {
     error = "cannot write the PNG " + path;
     return false;

@@ -16,10 +16,10 @@
 
 #include <cstdio>
 #include <cstring>
-#include <string_view>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 using namespace tessera::jit;
@@ -28,11 +28,13 @@ static const char kUsage[] =
     "USAGE: attn-nvrtc-check [options] <bundle directory>\n"
     "       attn-nvrtc-check --probe\n"
     "\n"
-    "Compiles DIR/bundle.cu (written by attn-translate FILE -o DIR) with NVRTC\n"
+    "Compiles DIR/bundle.cu (written by attn-translate FILE -o DIR) with "
+    "NVRTC\n"
     "and prints each kernel's registers, stack, spills and shared memory.\n"
     "\n"
     "OPTIONS:\n"
-    "  --arch=<sm_XX>  - target architecture; repeat for several (sm_80 sm_90)\n"
+    "  --arch=<sm_XX>  - target architecture; repeat for several (sm_80 "
+    "sm_90)\n"
     "  --cache=<dir>   - compile through the runtime's kernel cache in <dir>\n"
     "                    and report hits and misses\n"
     "  --probe         - only check that NVRTC loads (exit 77 if it does not)\n"
@@ -95,9 +97,9 @@ int main(int argc, char **argv) {
                     "': check one bundle per run")
                        .c_str());
     else
-      return usage(("unknown option '" + std::string(a) +
-                    "' (or it lacks its value)")
-                       .c_str());
+      return usage(
+          ("unknown option '" + std::string(a) + "' (or it lacks its value)")
+              .c_str());
   }
   std::string error;
   const Nvrtc *nvrtc = Nvrtc::get(error);

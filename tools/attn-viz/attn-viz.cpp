@@ -42,9 +42,9 @@ static constexpr int64_t kMaxPrinted = 16384;
 enum class Format { Text, Svg, Png };
 
 static cl::OptionCategory toolOptions("attn-viz options");
-static cl::opt<std::string> inputFile(cl::Positional,
-                                      cl::desc("<pattern file, or - for stdin>"),
-                                      cl::Required, cl::cat(toolOptions));
+static cl::opt<std::string>
+    inputFile(cl::Positional, cl::desc("<pattern file, or - for stdin>"),
+              cl::Required, cl::cat(toolOptions));
 static cl::opt<int64_t> layerIndex("layer", cl::desc("layer index"),
                                    cl::Required, cl::cat(toolOptions));
 static cl::opt<int64_t>
@@ -52,8 +52,8 @@ static cl::opt<int64_t>
               cl::desc("query head (svg/png without it: every head of the "
                        "layer)"),
               cl::init(-1), cl::cat(toolOptions));
-static cl::opt<int64_t> qLen("q-len", cl::desc("query length Nq"),
-                             cl::Required, cl::cat(toolOptions));
+static cl::opt<int64_t> qLen("q-len", cl::desc("query length Nq"), cl::Required,
+                             cl::cat(toolOptions));
 static cl::opt<int64_t> kLen("k-len", cl::desc("key length Nk (default: Nq)"),
                              cl::init(0), cl::cat(toolOptions));
 static cl::opt<std::string>
@@ -68,12 +68,12 @@ static cl::opt<Format> format(
 static cl::opt<std::string> outputFile("o", cl::desc("output file"),
                                        cl::value_desc("file"), cl::init("-"),
                                        cl::cat(toolOptions));
-static cl::opt<int64_t>
-    blockQ("block-q", cl::desc("queries per tile of the block level"),
-           cl::init(64), cl::cat(toolOptions));
-static cl::opt<int64_t>
-    blockK("block-k", cl::desc("keys per tile of the block level"),
-           cl::init(64), cl::cat(toolOptions));
+static cl::opt<int64_t> blockQ("block-q",
+                               cl::desc("queries per tile of the block level"),
+                               cl::init(64), cl::cat(toolOptions));
+static cl::opt<int64_t> blockK("block-k",
+                               cl::desc("keys per tile of the block level"),
+                               cl::init(64), cl::cat(toolOptions));
 static cl::opt<int64_t> pixels(
     "size",
     cl::desc("longer side of a picture in cells (one head: 512; overview "
@@ -153,8 +153,7 @@ int main(int argc, char **argv) {
                 llvm::Twine(int64_t(layerIndex)) +
                 " (layers are attn.layer ops; a scheduled file has none)");
   int64_t numHeads = layer.getNumHeads();
-  if (headIndex.getNumOccurrences() &&
-      (headIndex < 0 || headIndex >= numHeads))
+  if (headIndex.getNumOccurrences() && (headIndex < 0 || headIndex >= numHeads))
     return fail("--head must be in [0, " + llvm::Twine(numHeads) +
                 ") for layer " + llvm::Twine(int64_t(layerIndex)) + ", got " +
                 llvm::Twine(int64_t(headIndex)));
@@ -171,10 +170,9 @@ int main(int argc, char **argv) {
     std::string line(static_cast<size_t>(nk), '.');
     for (int64_t q = 0; q < nq; ++q) {
       for (int64_t k = 0; k < nk; ++k)
-        line[k] =
-            semantics::allowed(pattern, q, k, headIndex, nq, nk, numHeads)
-                ? '#'
-                : '.';
+        line[k] = semantics::allowed(pattern, q, k, headIndex, nq, nk, numHeads)
+                      ? '#'
+                      : '.';
       os << line << '\n';
     }
     out->keep();
@@ -194,8 +192,8 @@ int main(int argc, char **argv) {
     attn::PatternAttrInterface attr = layer.getHeadPattern(h);
     viz::Panel panel;
     panel.head = h;
-    panel.title = "layer " + std::to_string(layerIndex) + " head " +
-                  std::to_string(h);
+    panel.title =
+        "layer " + std::to_string(layerIndex) + " head " + std::to_string(h);
     panel.subtitle = patternText(attr);
     if (!viz::drawHead(semantics::fromAttr(attr), h, numHeads, nq, nk, blockQ,
                        blockK, size, panel.grid, error))

@@ -32,15 +32,15 @@ struct Target {
   std::string name;
   std::string kind;   ///< "cpu" or "gpu"
   std::string source; ///< where the numbers come from (measured / published)
-  int64_t units = 1;          ///< SMs, or CPU threads
-  int64_t slotsPerUnit = 1;   ///< resident thread blocks per SM (occupancy)
+  int64_t units = 1;  ///< SMs, or CPU threads
+  int64_t slotsPerUnit = 1; ///< resident thread blocks per SM (occupancy)
   int64_t blockQ = 64, blockK = 64;
-  int64_t headDim = 128;      ///< the head_dim the tile times are for
-  double fullTileS = 0;       ///< one full tile on one slot
-  double partialTileS = 0;    ///< one partial tile (mask work) on one slot
-  double rowBlockS = 0;       ///< per work item: Q load, O and LSE store
-  double launchS = 0;         ///< per layer launch
-  double groupS = 0;          ///< per head group of a launch
+  int64_t headDim = 128;   ///< the head_dim the tile times are for
+  double fullTileS = 0;    ///< one full tile on one slot
+  double partialTileS = 0; ///< one partial tile (mask work) on one slot
+  double rowBlockS = 0;    ///< per work item: Q load, O and LSE store
+  double launchS = 0;      ///< per layer launch
+  double groupS = 0;       ///< per head group of a launch
   // Published figures the GPU tile times are derived from (0 when unused).
   double tensorFlops = 0;     ///< dense fp16/bf16 tensor rate, FLOP/s
   double memoryBandwidth = 0; ///< bytes/s
@@ -53,8 +53,7 @@ const Target *builtinTarget(const std::string &name);
 
 /// Reads a target file (JSON, docs/cost-model.md) or a built-in name.
 /// False with `error` naming the file and the problem.
-bool loadTarget(const std::string &nameOrPath, Target &out,
-                std::string &error);
+bool loadTarget(const std::string &nameOrPath, Target &out, std::string &error);
 
 /// Checks that every number is finite and in range. "" or a message.
 std::string validateTarget(const Target &t);
@@ -69,8 +68,8 @@ struct GroupCost {
 };
 
 struct LayerCost {
-  double seconds = 0;      ///< predicted time of the layer
-  double workS = 0;        ///< all items summed
+  double seconds = 0; ///< predicted time of the layer
+  double workS = 0;   ///< all items summed
   int64_t items = 0;
   std::vector<GroupCost> groups; ///< in the order given (skipped: none)
 };

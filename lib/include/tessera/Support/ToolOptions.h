@@ -28,8 +28,8 @@ namespace tessera {
 /// The options that stay visible in every tool.
 inline bool isGenericOption(llvm::StringRef name) {
   static const char *const kGeneric[] = {
-      "help", "help-list", "help-hidden", "help-list-hidden", "version",
-      "print-options", "print-all-options"};
+      "help",    "help-list",     "help-hidden",      "help-list-hidden",
+      "version", "print-options", "print-all-options"};
   return std::find(std::begin(kGeneric), std::end(kGeneric), name) !=
          std::end(kGeneric);
 }

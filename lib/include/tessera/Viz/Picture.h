@@ -51,10 +51,9 @@ struct HeadGrid {
 /// `error` set for lengths outside [1, kMaxPictureLength], tiles outside
 /// [1, 1024], maxCells outside [1, 4096] or a pattern whose schedule cannot be
 /// built.
-bool drawHead(const semantics::Pattern &pattern, int64_t head,
-              int64_t numHeads, int64_t nq, int64_t nk, int64_t blockQ,
-              int64_t blockK, int64_t maxCells, HeadGrid &out,
-              std::string &error);
+bool drawHead(const semantics::Pattern &pattern, int64_t head, int64_t numHeads,
+              int64_t nq, int64_t nk, int64_t blockQ, int64_t blockK,
+              int64_t maxCells, HeadGrid &out, std::string &error);
 
 /// One panel of a picture: a head's grid and its caption.
 struct Panel {

@@ -1,0 +1,538 @@
+#!@TESSERA_PYTHON_EXECUTABLE@
+"""attn-calibrate: the measurements the cost model and --attn-select need.
+
+  attn-calibrate synth -o sample.npz [--layers 2 --heads 8 --kv-heads 2
+                 --head-dim 64 --len 4096 --kind llm|video --seed 0]
+      Synthetic Q/K/V with planted structure (sinks, RoPE-like locality,
+      vertical key columns, periodic diagonals, clusters, diffuse heads).
+
+  attn-calibrate accuracy sample.npz -o calib.json [--candidates FILE]
+                 [--reference PATTERN]
+      Runs every candidate pattern (default: the static families over a grid
+      scaled to the length) and the reference with Tessera's CPU executor on
+      each layer's Q/K/V and writes, per head, the recall (mean share of the
+      reference's softmax mass the candidate keeps, exp(lse - lse_ref) per
+      row) and the output error (||O - O_ref|| / ||O_ref||), plus each
+      head's contribution (its share of the layer output's squared norm).
+
+  attn-calibrate target -o cpu.json
+      Times the CPU executor (on all hardware threads, as the runtime runs) on layers whose tiles are all full, all partial
+      or mixed, at several lengths, and fits the target's tile costs (least
+      squares over the measured runs).
+
+Sample files (.npz): q<L>, k<L>, v<L> float32 arrays [N, H, D], [N, Hkv, D]
+for layers L = 0, 1, ...; an optional 'meta' JSON string. Formats of the
+outputs: docs/cost-model.md. Progress goes to stderr on a terminal.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Where the build put this script's neighbours (attn-translate) and the
+# source tree's Python package; filled in by CMake for build/bin.
+TRANSLATE_DIR = "@TESSERA_TOOLS_DIR@"
+PYTHON_DIR = "@TESSERA_PYTHON_DIR@"
+
+
+class Error(Exception):
+    pass
+
+
+def import_tessera():
+    try:
+        import tessera  # noqa: F401 (installed with pip install ./python)
+    except ImportError:
+        if PYTHON_DIR and not PYTHON_DIR.startswith("@"):
+            sys.path.insert(0, PYTHON_DIR)
+        import tessera  # noqa: F811
+    return tessera
+
+
+def find_translate(explicit):
+    for c in (explicit, os.path.join(HERE, "attn-translate"),
+              os.path.join(TRANSLATE_DIR, "attn-translate")
+              if not TRANSLATE_DIR.startswith("@") else None,
+              shutil.which("attn-translate")):
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    raise Error("cannot find attn-translate; pass --translate PATH")
+
+
+def progress_enabled():
+    env = os.environ.get("TESSERA_PROGRESS")
+    return env == "1" or (env != "0" and sys.stderr.isatty())
+
+
+class Progress:
+    def __init__(self, what, total):
+        self.what, self.total = what, total
+        self.on = progress_enabled()
+        self.lines = not sys.stderr.isatty()
+        self.shown = False
+
+    def step(self, done, detail=""):
+        if not self.on:
+            return
+        pct = 100.0 * done / self.total if self.total else 100.0
+        text = f"[{self.what}] {done}/{self.total} ({pct:.0f}%) {detail}"
+        if self.lines:
+            print(text.rstrip(), file=sys.stderr, flush=True)
+        else:
+            print("\r\033[K" + text, end="", file=sys.stderr, flush=True)
+        self.shown = True
+
+    def finish(self):
+        if self.on and self.shown and not self.lines:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+#===----------------------------------------------------------------------===#
+# Synthetic Q/K/V
+#===----------------------------------------------------------------------===#
+
+LLM_KINDS = ["sink_local", "local", "vertical", "diffuse", "cluster",
+             "sink_local", "local", "sink_local"]
+VIDEO_KINDS = ["periodic", "local", "vertical", "diffuse", "cluster",
+               "periodic", "local", "periodic"]
+
+
+def synth(args):
+    import numpy as np
+    if not (1 <= args.layers <= 64 and 1 <= args.heads <= 256 and
+            1 <= args.kv_heads <= args.heads and
+            args.heads % args.kv_heads == 0 and
+            args.head_dim in (16, 32, 64, 128) and 64 <= args.len <= 65536):
+        raise Error("synth: layers in [1, 64], heads in [1, 256], kv-heads "
+                    "dividing heads, head-dim 16/32/64/128, len in "
+                    "[64, 65536]")
+    rng = np.random.default_rng(args.seed)
+    n, h, hkv, d = args.len, args.heads, args.kv_heads, args.head_dim
+    kinds_cycle = LLM_KINDS if args.kind == "llm" else VIDEO_KINDS
+    frame = max(64, n // 16)  # video: tokens per frame
+    pos = np.arange(n, dtype=np.float64)
+    arrays, meta = {}, {"kind": args.kind, "seed": args.seed,
+                        "causal": args.kind == "llm", "frame": frame,
+                        "layers": []}
+    for layer in range(args.layers):
+        q = np.empty((n, h, d), np.float32)
+        k = np.empty((n, hkv, d), np.float32)
+        v = rng.standard_normal((n, hkv, d)).astype(np.float32)
+        kinds = []
+        for g in range(hkv):
+            kind = kinds_cycle[(layer * hkv + g) % len(kinds_cycle)]
+            kinds.append(kind)
+            # Locality (RoPE-like): q_i . k_j = sum_f cos(w_f (i - j)),
+            # peaked at i = j; `span` sets how far it reaches.
+            half = d // 2
+            span = {"local": n / 32, "sink_local": n / 64,
+                    "vertical": n / 16}.get(kind, n / 32)
+            if kind == "periodic":
+                # Peaks at i - j = 0 mod frame, each of width ~frame/16.
+                w = 2 * np.pi * rng.integers(1, 17, half) / frame
+            else:
+                w = np.abs(rng.standard_normal(half)) / span
+            # Normalised so the peak logit is strength^2.
+            base_q = np.concatenate([np.cos(np.outer(pos, w)),
+                                     np.sin(np.outer(pos, w))], 1) / \
+                math.sqrt(half)
+            base_k = base_q.copy()
+            strength = {"diffuse": 0.0, "cluster": 0.0}.get(kind, 3.0)
+            bq, bk = strength * base_q, strength * base_k
+            if kind == "cluster":
+                cents = rng.standard_normal((8, d)) * (3.0 / math.sqrt(d))
+                assign = rng.integers(0, 8, n)
+                bq, bk = cents[assign], cents[assign]
+            if kind in ("sink_local", "vertical"):
+                # A direction every query shares and a few keys carry.
+                e = rng.standard_normal(d)
+                e /= np.linalg.norm(e)
+                cols = np.arange(4) if kind == "sink_local" else \
+                    np.sort(rng.choice(n, 16, replace=False))
+                bq = bq + 1.0 * e
+                bk = bk.copy()
+                bk[cols] += (8.0 if kind == "sink_local" else 7.0) * e
+                if kind == "vertical":
+                    meta.setdefault("vertical_columns", {})[
+                        f"{layer}.{g}"] = cols.tolist()
+            noise = 0.15
+            k[:, g] = bk + noise * rng.standard_normal((n, d))
+            for j in range(h // hkv):
+                q[:, g * (h // hkv) + j] = (
+                    bq + noise * rng.standard_normal((n, d)))
+        # Attention scales scores by 1/sqrt(d): pre-scale so that q . k /
+        # sqrt(d) is the logit planted above.
+        scale = math.sqrt(math.sqrt(d))
+        arrays[f"q{layer}"] = q * scale
+        arrays[f"k{layer}"] = k * scale
+        arrays[f"v{layer}"] = v
+        meta["layers"].append({"kv_head_kinds": kinds})
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(args.output, **arrays)
+    print(f"wrote {args.output}: {args.layers} layers of {h} heads "
+          f"({hkv} kv heads), head_dim {d}, {n} tokens, {args.kind}")
+
+
+#===----------------------------------------------------------------------===#
+# Accuracy calibration
+#===----------------------------------------------------------------------===#
+
+def round64(x):
+    return max(64, int(round(x / 64.0)) * 64)
+
+
+def default_candidates(n, causal, frame):
+    """The static families over a grid scaled to the length N."""
+    widths = sorted({round64(n / f) for f in (64, 32, 16, 8, 4)})
+    out = []
+    if causal:
+        for w in widths:
+            out.append(f"#attn.window<before = {w}>")
+            for s in (4, 64):
+                out.append(f"#attn.a_shape<sink = {s}, before = {w}>")
+        for w in widths[:3]:
+            out.append("#attn.intersect<#attn.causal, #attn.union<"
+                       f"#attn.a_shape<sink = 64, before = {w}>, "
+                       f"#attn.vertical_stripe<period = {round64(n / 16)}, "
+                       "width = 64>>>")
+        out.append("#attn.causal")
+    else:
+        for w in widths:
+            out.append(f"#attn.window<before = {w}, after = {w}>")
+            out.append(f"#attn.union<#attn.window<before = {w}, after = {w}>,"
+                       " #attn.vertical_stripe<ranges = [0, 64]>>")
+        for width in (32, 64, 128):
+            out.append(f"#attn.multi_diagonal<stride = {frame}, "
+                       f"width = {width}>")
+            out.append(f"#attn.grid<stride = {frame}, vertical_width = 64, "
+                       f"slash_width = {width}>")
+        out.append("#attn.dense")
+    return out
+
+
+def build_bundle(translate, patterns, heads, kv_heads, head_dim, workdir):
+    """A bundle with one layer per pattern (every head the same)."""
+    lines = ["attn.model @calibration {"]
+    for i, p in enumerate(patterns):
+        lines.append(f"  attn.layer {i} heads = {heads} kv_heads = {kv_heads}"
+                     f" head_dim = {head_dim} dtype = f16 {{")
+        lines.append(f"    attn.heads [0 to {heads - 1}] = {p}")
+        lines.append("  }")
+    lines.append("}")
+    src = os.path.join(workdir, "candidates.mlir")
+    with open(src, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    out = os.path.join(workdir, "bundle")
+    r = subprocess.run([translate, src, "-o", out], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        raise Error("attn-translate rejected the candidates:\n" + r.stdout)
+    return out
+
+
+def load_sample(path):
+    import numpy as np
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise Error(f"{path}: not a readable .npz/.npy file ({e})")
+    if isinstance(data, np.ndarray):
+        raise Error(f"{path}: a sample is an .npz with q0, k0, v0, ...")
+    meta = {}
+    if "meta" in data.files:
+        try:
+            meta = json.loads(str(data["meta"]))
+        except ValueError:
+            raise Error(f"{path}: 'meta' is not JSON")
+    layers = []
+    i = 0
+    while f"q{i}" in data.files:
+        q, k, v = (data.get(f"{x}{i}") for x in "qkv")
+        if k is None or v is None:
+            raise Error(f"{path}: layer {i} has q{i} but lacks k{i} or v{i}")
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            if x.ndim != 3:
+                raise Error(f"{path}: {name}{i} must be [N, heads, head_dim],"
+                            f" got shape {x.shape}")
+            if not np.isfinite(x).all():
+                raise Error(f"{path}: {name}{i} holds NaN or infinity")
+        if k.shape != v.shape or q.shape[2] != k.shape[2] or \
+                q.shape[1] % k.shape[1]:
+            raise Error(f"{path}: layer {i}: q {q.shape}, k {k.shape}, "
+                        f"v {v.shape} do not fit (kv heads must divide heads)")
+        layers.append((q.astype(np.float32), k.astype(np.float32),
+                       v.astype(np.float32)))
+        i += 1
+    if not layers:
+        raise Error(f"{path}: holds no q0/k0/v0 arrays")
+    shapes = {(q.shape[0], q.shape[1], k.shape[1], q.shape[2])
+              for q, k, _ in layers}
+    if len(shapes) != 1:
+        raise Error(f"{path}: layers differ in shape: {sorted(shapes)}")
+    return layers, meta
+
+
+def accuracy(args):
+    import numpy as np
+    tessera = import_tessera()
+    layers, meta = load_sample(args.sample)
+    n, h, hkv, d = layers[0][0].shape[0], layers[0][0].shape[1], \
+        layers[0][1].shape[1], layers[0][0].shape[2]
+    causal = meta.get("causal", True)
+    reference = args.reference or ("#attn.causal" if causal else "#attn.dense")
+    if args.candidates:
+        try:
+            with open(args.candidates) as f:
+                cands = [x.strip() for x in f if x.strip() and
+                         not x.lstrip().startswith("//")]
+        except OSError as e:
+            raise Error(f"cannot read the candidate list: {e}")
+        if not cands:
+            raise Error(f"{args.candidates} lists no candidate")
+    else:
+        cands = default_candidates(n, causal, int(meta.get("frame", n // 16)))
+    if len(set(cands)) != len(cands):
+        raise Error("the candidate list names a pattern twice")
+    translate = find_translate(args.translate)
+    patterns = [reference] + [c for c in cands if c != reference]
+    with tempfile.TemporaryDirectory() as work:
+        bundle_dir = build_bundle(translate, patterns, h, hkv, d, work)
+        bundle = tessera.Context("cpu").load(bundle_dir)
+        out_layers = []
+        progress = Progress("attn-calibrate accuracy",
+                            len(layers) * len(patterns))
+        for li, (q, k, v) in enumerate(layers):
+            qb, kb, vb = q[None], k[None], v[None]
+            o_ref, lse_ref = bundle.attention(0, qb, kb, vb)
+            o_ref, lse_ref = o_ref[0].astype(np.float64), lse_ref[0]
+            norms = np.array([np.linalg.norm(o_ref[:, x]) for x in range(h)])
+            total = float((norms ** 2).sum())
+            contribution = (norms ** 2 / total if total > 0 else
+                            np.full(h, 1.0 / h))
+            rows = np.isfinite(lse_ref)                  # [H, N]
+            cand_out = []
+            for ci, p in enumerate(patterns):
+                progress.step(li * len(patterns) + ci, f"layer {li}: {p}")
+                if ci == 0:
+                    o, lse = o_ref, lse_ref
+                else:
+                    o, lse = bundle.attention(ci, qb, kb, vb)
+                    o, lse = o[0].astype(np.float64), lse[0]
+                with np.errstate(over="ignore", invalid="ignore"):
+                    kept = np.where(rows, np.exp(np.minimum(
+                        lse - np.where(rows, lse_ref, 0), 0.0)), 0.0)
+                recall = [float(kept[x][rows[x]].mean()) if rows[x].any()
+                          else 1.0 for x in range(h)]
+                error = [float(np.linalg.norm(o[:, x] - o_ref[:, x]) /
+                               max(norms[x], 1e-30)) for x in range(h)]
+                cand_out.append({"pattern": p,
+                                 "recall": [round(x, 6) for x in recall],
+                                 "error": [round(x, 6) for x in error]})
+            out_layers.append({"index": li, "num_heads": h,
+                               "contribution": [round(float(x), 6)
+                                                for x in contribution],
+                               "candidates": cand_out})
+        progress.finish()
+    result = {"format": "tessera-calibration", "version": 1,
+              "source": f"attn-calibrate accuracy {os.path.basename(args.sample)}"
+                        f" ({meta.get('kind', 'sample')}, seed "
+                        f"{meta.get('seed', '-')})",
+              "seq_len": n, "heads": h, "kv_heads": hkv, "head_dim": d,
+              "reference": reference, "layers": out_layers}
+    with open(args.output, "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    print(f"wrote {args.output}: {len(layers)} layers x {len(patterns)} "
+          f"candidates (reference {reference}) at {n} tokens")
+
+
+#===----------------------------------------------------------------------===#
+# Target calibration (this CPU)
+#===----------------------------------------------------------------------===#
+
+TARGET_PATTERNS = [
+    "#attn.dense",
+    "#attn.causal",
+    "#attn.window<before = 1024>",
+    "#attn.multi_diagonal<stride = 256, width = 16>",
+    "#attn.vertical_stripe<period = 512, width = 8>",
+    "#attn.a_shape<sink = 64, before = 2048>",
+]
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def target(args):
+    import numpy as np
+    tessera = import_tessera()
+    translate = find_translate(args.translate)
+    threads = os.cpu_count() or 1  # the runtime uses every hardware thread
+    if not (1 <= args.heads <= 64 and args.repeats >= 1 and
+            all(64 <= n <= 65536 for n in args.lengths)):
+        raise Error("target: heads in [1, 64], repeats >= 1, lengths in "
+                    "[64, 65536]")
+    return _target_fit(args, tessera, translate, threads, args.heads, 128,
+                       args.lengths, [], np.random.default_rng(0))
+
+
+def _target_fit(args, tessera, translate, threads, heads, d, lengths, rows,
+                rng):
+    import numpy as np
+    with tempfile.TemporaryDirectory() as work:
+        bundle_dir = build_bundle(translate, TARGET_PATTERNS, heads, heads, d,
+                                  work)
+        ctx = tessera.Context("cpu")
+        bundle = ctx.load(bundle_dir)
+        total = len(lengths) * len(TARGET_PATTERNS)
+        progress = Progress("attn-calibrate target", total)
+        step = 0
+        for n in lengths:
+            q, k, v = (rng.standard_normal((1, n, heads, d)).astype(
+                np.float32) for _ in range(3))
+            for li, p in enumerate(TARGET_PATTERNS):
+                progress.step(step, f"{p} at {n}")
+                step += 1
+                times = []
+                for _ in range(args.repeats):
+                    t = time.perf_counter()
+                    bundle.attention(li, q, k, v, lse=False)
+                    times.append(time.perf_counter() - t)
+                cls = _tile_classes(tessera, bundle, li, n)
+                items = heads * ((n + 63) // 64)
+                rows.append((items, int((cls == 2).sum()),
+                             int((cls == 1).sum()), float(np.median(times)),
+                             p, n))
+        # The launch: a one-tile layer.
+        q1 = rng.standard_normal((1, 64, heads, d)).astype(np.float32)
+        times = []
+        for _ in range(20):
+            t = time.perf_counter()
+            bundle.attention(0, q1, q1, q1, lse=False)
+            times.append(time.perf_counter() - t)
+        progress.finish()
+    launch = float(np.min(times))
+    # time * threads = launch * threads + items * row + full * f + partial * p
+    a = np.array([[r[0], r[1], r[2]] for r in rows], dtype=np.float64)
+    b = np.array([(r[3] - launch) * threads for r in rows])
+    # Relative least squares: every run weighs the same.
+    w = 1.0 / np.maximum(np.array([r[3] for r in rows]), 1e-9)
+    coef = _nnls(a * w[:, None], b * w)
+    row_s, full_s, partial_s = (float(x) for x in coef)
+    if full_s <= 0 or partial_s <= 0:
+        raise Error("the fit gave a non-positive tile time; rerun on a quieter"
+                    " machine")
+    pred = launch + a @ coef / threads
+    resid = [abs(p - r[3]) / r[3] for p, r in zip(pred, rows)]
+    tgt = {"format": "tessera-target", "version": 1,
+           "name": args.name or f"cpu-{platform.node()}",
+           "kind": "cpu",
+           "source": f"measured on {cpu_name()} with {threads} threads by "
+                     f"attn-calibrate target on "
+                     f"{datetime.date.today().isoformat()}: "
+                     f"{len(rows)} runs, median fit error "
+                     f"{100 * float(np.median(resid)):.1f}%",
+           "units": threads, "slots_per_unit": 1, "block_q": 64,
+           "block_k": 64, "head_dim": d, "full_tile_s": full_s,
+           "partial_tile_s": partial_s, "row_block_s": row_s,
+           "launch_s": launch, "group_s": 0.0, "tensor_flops": 0.0,
+           "memory_bandwidth": 0.0, "efficiency": 0.0,
+           "runs": [{"pattern": r[4], "len": r[5], "seconds": r[3],
+                     "predicted": float(p)} for r, p in zip(rows, pred)]}
+    with open(args.output, "w") as f:
+        json.dump(tgt, f, indent=1)
+        f.write("\n")
+    print(f"wrote {args.output}: full tile {1e6 * full_s:.1f} us, partial "
+          f"{1e6 * partial_s:.1f} us, per item {1e6 * row_s:.1f} us, launch "
+          f"{1e3 * launch:.2f} ms ({threads} threads); median fit error "
+          f"{100 * float(np.median(resid)):.1f}%")
+
+
+def _nnls(a, b):
+    """Least squares with non-negative coefficients (3 unknowns: every
+    subset of free coefficients is tried)."""
+    import itertools
+    import numpy as np
+    best, best_r = np.zeros(a.shape[1]), float("inf")
+    for k in range(1, a.shape[1] + 1):
+        for cols in itertools.combinations(range(a.shape[1]), k):
+            x, *_ = np.linalg.lstsq(a[:, cols], b, rcond=None)
+            if (x < 0).any():
+                continue
+            full = np.zeros(a.shape[1])
+            full[list(cols)] = x
+            r = float(np.sum((a @ full - b) ** 2))
+            if r < best_r:
+                best, best_r = full, r
+    return best
+
+
+def _tile_classes(tessera, bundle, layer, n):
+    import ctypes
+    import numpy as np
+    info = bundle.layer_info(layer)
+    t = (n + 63) // 64
+    out = np.zeros((info["num_heads"], t, t), np.uint8)
+    tessera._check(tessera._lib.tessera_bundle_tile_classes(
+        bundle._h, layer, n, n, 64, 64, out.ctypes.data_as(ctypes.c_void_p),
+        ctypes.c_size_t(out.size)))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="attn-calibrate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version",
+                    version="attn-calibrate (Tessera @TESSERA_VERSION@)")
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("synth", help="synthetic Q/K/V with planted structure")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--layers", type=int, default=2)
+    s.add_argument("--heads", type=int, default=8)
+    s.add_argument("--kv-heads", type=int, default=2)
+    s.add_argument("--head-dim", type=int, default=64)
+    s.add_argument("--len", type=int, default=4096)
+    s.add_argument("--kind", choices=("llm", "video"), default="llm")
+    s.add_argument("--seed", type=int, default=0)
+    a = sub.add_parser("accuracy", help="recall and error of candidates")
+    a.add_argument("sample")
+    a.add_argument("-o", "--output", required=True)
+    a.add_argument("--candidates", help="file: one pattern per line")
+    a.add_argument("--reference", help="default: causal for LLM samples, "
+                   "dense otherwise")
+    a.add_argument("--translate", help="path of attn-translate")
+    t = sub.add_parser("target", help="fit this CPU's target file")
+    t.add_argument("-o", "--output", required=True)
+    t.add_argument("--heads", type=int, default=4)
+    t.add_argument("--lengths", type=int, nargs="+",
+                   default=[1024, 2048, 4096])
+    t.add_argument("--repeats", type=int, default=3)
+    t.add_argument("--name")
+    t.add_argument("--translate", help="path of attn-translate")
+    args = ap.parse_args()
+    try:
+        {"synth": synth, "accuracy": accuracy, "target": target}[
+            args.command](args)
+    except Error as e:
+        print(f"attn-calibrate: error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -61,7 +61,8 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
       }
       if (batch < 1 || batch > (1 << 20)) {
         mlir::emitError(getOperation().getLoc())
-            << "attn-report: batch must be in [1, 1048576], got " << batch;
+            << "attn-report: batch must be in [1, 1048576], got "
+            << int64_t(batch);
         return signalPassFailure();
       }
       if (nq < 1 || nk < 1 || nq > kMaxExtent || nk > kMaxExtent) {

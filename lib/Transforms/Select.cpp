@@ -312,11 +312,11 @@ struct AttnSelectPass : tessera::impl::AttnSelectBase<AttnSelectPass> {
         list += (list.empty() ? "" : ", ") + std::to_string(h);
       if (fallback == "error")
         return mlir::emitError(layer.getLoc())
-               << "attn-select: no candidate reaches recall " << minRecall
-               << " (with error <= " << maxError << ") for heads [" << list
+               << "attn-select: no candidate reaches recall " << fmt::format("{}", double(minRecall))
+               << " (with error <= " << fmt::format("{}", double(maxError)) << ") for heads [" << list
                << "] of layer " << layer.getIndex();
       mlir::emitWarning(layer.getLoc())
-          << "attn-select: no candidate reaches recall " << minRecall
+          << "attn-select: no candidate reaches recall " << fmt::format("{}", double(minRecall))
           << " for heads [" << list << "]; they keep the reference "
           << calib.reference;
     }

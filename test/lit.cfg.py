@@ -45,6 +45,7 @@ tools = [
     ToolSubst("attn-translate", unresolved="fatal"),
     ToolSubst("attn-nvrtc-check", unresolved="fatal"),
     ToolSubst("attn-lsp-server", unresolved="fatal"),
+    ToolSubst("attn-calibrate", unresolved="fatal"),
 ]
 llvm_config.add_tool_substitutions(
     tools, [config.tessera_tools_dir, config.llvm_tools_dir])

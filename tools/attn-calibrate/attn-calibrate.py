@@ -201,8 +201,8 @@ def default_candidates(n, causal, frame):
         for w in widths[:3]:
             out.append("#attn.intersect<#attn.causal, #attn.union<"
                        f"#attn.a_shape<sink = 64, before = {w}>, "
-                       f"#attn.vertical_stripe<period = {round64(n / 16)}, "
-                       "width = 64>>>")
+                       f"#attn.vertical_stripe<period = {round64(n / 8)}, "
+                       "width = 16>>>")
         out.append("#attn.causal")
     else:
         for w in widths:
@@ -302,13 +302,20 @@ def accuracy(args):
     if len(set(cands)) != len(cands):
         raise Error("the candidate list names a pattern twice")
     translate = find_translate(args.translate)
-    patterns = [reference] + [c for c in cands if c != reference]
+    cands = [c for c in cands if c != reference]
+    # Layer 0: the reference; then each candidate; then each candidate
+    # intersected with the reference, whose log-sum-exp against the
+    # reference's is exactly the reference's softmax mass the candidate
+    # keeps (also for candidates that allow keys the reference does not).
+    patterns = [reference] + cands + \
+        [f"#attn.intersect<{c}, {reference}>" for c in cands]
+    m = len(cands)
     with tempfile.TemporaryDirectory() as work:
         bundle_dir = build_bundle(translate, patterns, h, hkv, d, work)
         bundle = tessera.Context("cpu").load(bundle_dir)
         out_layers = []
         progress = Progress("attn-calibrate accuracy",
-                            len(layers) * len(patterns))
+                            len(layers) * (m + 1))
         for li, (q, k, v) in enumerate(layers):
             qb, kb, vb = q[None], k[None], v[None]
             o_ref, lse_ref = bundle.attention(0, qb, kb, vb)
@@ -319,13 +326,15 @@ def accuracy(args):
                             np.full(h, 1.0 / h))
             rows = np.isfinite(lse_ref)                  # [H, N]
             cand_out = []
-            for ci, p in enumerate(patterns):
-                progress.step(li * len(patterns) + ci, f"layer {li}: {p}")
+            for ci, p in enumerate(patterns[:m + 1]):
+                progress.step(li * (m + 1) + ci, f"layer {li}: {p}")
                 if ci == 0:
                     o, lse = o_ref, lse_ref
                 else:
-                    o, lse = bundle.attention(ci, qb, kb, vb)
-                    o, lse = o[0].astype(np.float64), lse[0]
+                    o, _ = bundle.attention(ci, qb, kb, vb, lse=False)
+                    o = o[0].astype(np.float64)
+                    _, lse = bundle.attention(m + ci, qb, kb, vb)
+                    lse = lse[0]
                 with np.errstate(over="ignore", invalid="ignore"):
                     kept = np.where(rows, np.exp(np.minimum(
                         lse - np.where(rows, lse_ref, 0), 0.0)), 0.0)
@@ -350,7 +359,7 @@ def accuracy(args):
     with open(args.output, "w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")
-    print(f"wrote {args.output}: {len(layers)} layers x {len(patterns)} "
+    print(f"wrote {args.output}: {len(layers)} layers x {m + 1} "
           f"candidates (reference {reference}) at {n} tokens")
 
 

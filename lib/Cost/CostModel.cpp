@@ -117,6 +117,8 @@ std::string validateTarget(const Target &t) {
   if (bad(t.rowBlockS, 0, 1) || bad(t.launchS, 0, 1) || bad(t.groupS, 0, 1))
     return "'row_block_s', 'launch_s' and 'group_s' must be in [0, 1] "
            "seconds";
+  if (bad(t.tileFixedShare, 0, 1))
+    return "'tile_fixed_share' must be in [0, 1]";
   if (bad(t.tensorFlops, 0, 1e18) || bad(t.memoryBandwidth, 0, 1e15) ||
       bad(t.efficiency, 0, 1))
     return "'tensor_flops', 'memory_bandwidth' and 'efficiency' must be "
@@ -192,6 +194,7 @@ bool loadTarget(const std::string &nameOrPath, Target &out,
   num("row_block_s", t.rowBlockS, true);
   num("launch_s", t.launchS, true);
   num("group_s", t.groupS, true);
+  num("tile_fixed_share", t.tileFixedShare, false);
   num("tensor_flops", t.tensorFlops, false);
   num("memory_bandwidth", t.memoryBandwidth, false);
   num("efficiency", t.efficiency, false);
@@ -224,6 +227,7 @@ std::string targetToJson(const Target &t) {
                        {"row_block_s", t.rowBlockS},
                        {"launch_s", t.launchS},
                        {"group_s", t.groupS},
+                       {"tile_fixed_share", t.tileFixedShare},
                        {"tensor_flops", t.tensorFlops},
                        {"memory_bandwidth", t.memoryBandwidth},
                        {"efficiency", t.efficiency}};
@@ -301,7 +305,9 @@ bool predictLayer(const Target &target,
             "blocks); predict a shorter length or a smaller batch";
     return false;
   }
-  double scale = double(headDim) / double(target.headDim);
+  double scale = target.tileFixedShare + (1 - target.tileFixedShare) *
+                                            double(headDim) /
+                                            double(target.headDim);
   double full = target.fullTileS * scale, partial = target.partialTileS * scale;
   double row = target.rowBlockS * scale;
 

@@ -62,6 +62,12 @@ TEST(CostModel, DenseLayerByHand) {
   // head_dim 128 doubles every item; batch 2 doubles the items.
   ASSERT_TRUE(cost::predictDense(toy(), 3, 16, 16, 2, 128, c, error));
   EXPECT_NEAR(c.seconds / kMs, 10 + 3 + 12 * 9.0, 1e-9);
+  // Half of a tile's time independent of head_dim: at 128 (twice the
+  // target's 64) costs scale by 0.5 + 0.5 * 2 = 1.5: items 6.75.
+  cost::Target fixed = toy();
+  fixed.tileFixedShare = 0.5;
+  ASSERT_TRUE(cost::predictDense(fixed, 3, 16, 16, 1, 128, c, error));
+  EXPECT_NEAR(c.seconds / kMs, 10 + 3 + 6 * 6.75, 1e-9);
 }
 
 TEST(CostModel, WaveQuantisation) {
@@ -193,6 +199,7 @@ TEST(CostModel, TargetFilesRoundTripAndBadOnesAreRefused) {
   EXPECT_EQ(back.units, 2);
   EXPECT_NEAR(back.partialTileS / kMs, 2, 1e-9);
   EXPECT_NEAR(back.groupS / kMs, 3, 1e-9);
+  EXPECT_DOUBLE_EQ(back.tileFixedShare, 0);
 
   auto refused = [&](const std::string &text, const std::string &what) {
     std::ofstream(path) << text;
@@ -216,6 +223,7 @@ TEST(CostModel, TargetFilesRoundTripAndBadOnesAreRefused) {
   refused(with("units", "0"), "units");
   refused(with("kind", "\"fpga\""), "kind");
   refused(with("efficiency", "2"), "efficiency");
+  refused(with("tile_fixed_share", "1.5"), "tile_fixed_share");
   refused(with("launch_s", "\"soon\""), "launch_s");
   cost::Target t;
   EXPECT_FALSE(cost::loadTarget(std::string(dir) + "/none.json", t, error));

@@ -397,84 +397,115 @@ def target(args):
             all(64 <= n <= 65536 for n in args.lengths)):
         raise Error("target: heads in [1, 64], repeats >= 1, lengths in "
                     "[64, 65536]")
-    return _target_fit(args, tessera, translate, threads, args.heads, 128,
-                       args.lengths, [], np.random.default_rng(0))
+    return _target_fit(args, tessera, translate, threads, args.heads,
+                       args.lengths, np.random.default_rng(0))
 
 
-def _target_fit(args, tessera, translate, threads, heads, d, lengths, rows,
-                rng):
+def _time_layers(tessera, translate, heads, d, lengths, repeats, rng,
+                 progress, step0):
+    """(items, full, partial, seconds, pattern, len) for every pattern and
+    length at head_dim d, and the launch time (a one-tile layer)."""
     import numpy as np
+    rows = []
     with tempfile.TemporaryDirectory() as work:
         bundle_dir = build_bundle(translate, TARGET_PATTERNS, heads, heads, d,
                                   work)
-        ctx = tessera.Context("cpu")
-        bundle = ctx.load(bundle_dir)
-        total = len(lengths) * len(TARGET_PATTERNS)
-        progress = Progress("attn-calibrate target", total)
-        step = 0
+        bundle = tessera.Context("cpu").load(bundle_dir)
+        step = step0
         for n in lengths:
             q, k, v = (rng.standard_normal((1, n, heads, d)).astype(
                 np.float32) for _ in range(3))
             for li, p in enumerate(TARGET_PATTERNS):
-                progress.step(step, f"{p} at {n}")
+                progress.step(step, f"{p} at {n}, head_dim {d}")
                 step += 1
                 times = []
-                for _ in range(args.repeats):
+                for _ in range(repeats):
                     t = time.perf_counter()
                     bundle.attention(li, q, k, v, lse=False)
                     times.append(time.perf_counter() - t)
                 cls = _tile_classes(tessera, bundle, li, n)
-                items = heads * ((n + 63) // 64)
-                rows.append((items, int((cls == 2).sum()),
+                rows.append((heads * ((n + 63) // 64), int((cls == 2).sum()),
                              int((cls == 1).sum()), float(np.median(times)),
                              p, n))
-        # The launch: a one-tile layer.
         q1 = rng.standard_normal((1, 64, heads, d)).astype(np.float32)
-        times = []
+        launch = []
         for _ in range(20):
             t = time.perf_counter()
             bundle.attention(0, q1, q1, q1, lse=False)
-            times.append(time.perf_counter() - t)
-        progress.finish()
-    launch = float(np.min(times))
+            launch.append(time.perf_counter() - t)
+    return rows, float(np.min(launch))
+
+
+def _target_fit(args, tessera, translate, threads, heads, lengths, rng):
+    import numpy as np
+    total = 2 * len(lengths) * len(TARGET_PATTERNS)
+    progress = Progress("attn-calibrate target", total)
+    rows, launch = _time_layers(tessera, translate, heads, 128, lengths,
+                                args.repeats, rng, progress, 0)
+    rows64, _ = _time_layers(tessera, translate, heads, 64, lengths,
+                             args.repeats, rng, progress, total // 2)
+    progress.finish()
     # time * threads = launch * threads + items * row + full * f + partial * p
-    a = np.array([[r[0], r[1], r[2]] for r in rows], dtype=np.float64)
-    b = np.array([(r[3] - launch) * threads for r in rows])
-    # Relative least squares: every run weighs the same.
-    w = 1.0 / np.maximum(np.array([r[3] for r in rows]), 1e-9)
+    # at head_dim 128; relative least squares (every run weighs the same).
+    # The launch (thread start-up, buffers) is fitted too, starting from the
+    # one-tile layer's time.
+    def system(rs):
+        a = np.array([[threads, r[0], r[1], r[2]] for r in rs],
+                     dtype=np.float64)
+        b = np.array([r[3] * threads for r in rs])
+        w = 1.0 / np.maximum(np.array([r[3] for r in rs]), 1e-9)
+        return a, b, w
+    a, b, w = system(rows)
     coef = _nnls(a * w[:, None], b * w)
-    row_s, full_s, partial_s = (float(x) for x in coef)
+    if coef[0] <= 0:
+        coef[0] = launch
+    launch = float(coef[0])
+    row_s, full_s, partial_s = (float(x) for x in coef[1:])
     if full_s <= 0 or partial_s <= 0:
         raise Error("the fit gave a non-positive tile time; rerun on a quieter"
                     " machine")
-    pred = launch + a @ coef / threads
-    resid = [abs(p - r[3]) / r[3] for p, r in zip(pred, rows)]
+    # At head_dim 64 every cost is scaled by s = f + (1 - f) / 2: the least
+    # squares s, and the fixed share f = 2 s - 1.
+    a64, b64, w64 = system(rows64)
+    x = (a64[:, 1:] @ coef[1:]) * w64
+    y = (b64 - a64[:, 0] * launch) * w64
+    s = float(np.dot(x, y) / max(np.dot(x, x), 1e-30))
+    fixed = min(max(2 * s - 1, 0.0), 1.0)
+    scale64 = fixed + (1 - fixed) / 2
+    pred = [launch + float(r[1:] @ coef[1:]) / threads for r in a] + \
+        [launch + scale64 * float(r[1:] @ coef[1:]) / threads for r in a64]
+    allrows = rows + rows64
+    resid = [abs(p - r[3]) / r[3] for p, r in zip(pred, allrows)]
     tgt = {"format": "tessera-target", "version": 1,
            "name": args.name or f"cpu-{platform.node()}",
            "kind": "cpu",
            "source": f"measured on {cpu_name()} with {threads} threads by "
                      f"attn-calibrate target on "
                      f"{datetime.date.today().isoformat()}: "
-                     f"{len(rows)} runs, median fit error "
+                     f"{len(allrows)} runs, median fit error "
                      f"{100 * float(np.median(resid)):.1f}%",
            "units": threads, "slots_per_unit": 1, "block_q": 64,
-           "block_k": 64, "head_dim": d, "full_tile_s": full_s,
+           "block_k": 64, "head_dim": 128, "tile_fixed_share": fixed,
+           "full_tile_s": full_s,
            "partial_tile_s": partial_s, "row_block_s": row_s,
            "launch_s": launch, "group_s": 0.0, "tensor_flops": 0.0,
            "memory_bandwidth": 0.0, "efficiency": 0.0,
-           "runs": [{"pattern": r[4], "len": r[5], "seconds": r[3],
-                     "predicted": float(p)} for r, p in zip(rows, pred)]}
+           "runs": [{"pattern": r[4], "len": r[5],
+                     "head_dim": 128 if i < len(rows) else 64,
+                     "seconds": r[3], "predicted": float(p)}
+                    for i, (r, p) in enumerate(zip(allrows, pred))]}
     with open(args.output, "w") as f:
         json.dump(tgt, f, indent=1)
         f.write("\n")
     print(f"wrote {args.output}: full tile {1e6 * full_s:.1f} us, partial "
-          f"{1e6 * partial_s:.1f} us, per item {1e6 * row_s:.1f} us, launch "
-          f"{1e3 * launch:.2f} ms ({threads} threads); median fit error "
-          f"{100 * float(np.median(resid)):.1f}%")
+          f"{1e6 * partial_s:.1f} us, per item {1e6 * row_s:.1f} us at "
+          f"head_dim 128 ({100 * fixed:.0f}% of it independent of head_dim), "
+          f"launch {1e3 * launch:.2f} ms ({threads} threads); median fit "
+          f"error {100 * float(np.median(resid)):.1f}%")
 
 
 def _nnls(a, b):
-    """Least squares with non-negative coefficients (3 unknowns: every
+    """Least squares with non-negative coefficients (a few unknowns: every
     subset of free coefficients is tried)."""
     import itertools
     import numpy as np

@@ -8,7 +8,9 @@
 //
 //   item = row_block_s + full * full_tile_s + partial * partial_tile_s
 //
-// (scaled by head_dim / target.head_dim); items are dispatched in launch
+// (scaled to the layer's head_dim D: by f + (1 - f) * D / target.head_dim,
+// f = tile_fixed_share, the part of a tile's time that does not grow with
+// D: softmax, masks, bookkeeping); items are dispatched in launch
 // order (query block fastest, then head, then batch) to `units *
 // slots_per_unit` identical slots, each taking the next item when it frees
 // up (list scheduling): that gives wave quantisation over SMs and the
@@ -36,6 +38,7 @@ struct Target {
   int64_t slotsPerUnit = 1; ///< resident thread blocks per SM (occupancy)
   int64_t blockQ = 64, blockK = 64;
   int64_t headDim = 128;   ///< the head_dim the tile times are for
+  double tileFixedShare = 0; ///< share of a tile's time independent of D
   double fullTileS = 0;    ///< one full tile on one slot
   double partialTileS = 0; ///< one partial tile (mask work) on one slot
   double rowBlockS = 0;    ///< per work item: Q load, O and LSE store

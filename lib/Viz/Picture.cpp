@@ -304,6 +304,26 @@ constexpr int64_t kMargin = 12;
 constexpr int64_t kSvgCaption = 40;    ///< two caption lines above a panel
 constexpr int64_t kRasterCaption = 16; ///< one line of the 3x5 font, x2
 constexpr int64_t kLegend = 28;
+
+/// Where the panels go: a grid of `columns`, each panel as wide as the
+/// widest (at least `minWidth`) with `caption` pixels above its cells.
+struct PanelGrid {
+  int64_t columns, panelW, panelH, width, height;
+  PanelGrid(const std::vector<Panel> &panels, const Layout &layout,
+            int64_t minWidth, int64_t caption) {
+    columns = std::max<int64_t>(1, layout.columns);
+    int64_t cellW = 0, cellH = 0;
+    for (const Panel &p : panels) {
+      int64_t scale = cellPixels(p.grid, layout.panelPixels);
+      cellW = std::max(cellW, p.grid.cols * scale);
+      cellH = std::max(cellH, p.grid.rows * scale);
+    }
+    panelW = std::max(cellW, minWidth) + 2 * kMargin;
+    panelH = cellH + caption + kMargin;
+    width = columns * panelW + kMargin;
+    height = ceilDiv(int64_t(panels.size()), columns) * panelH + kMargin;
+  }
+};
 } // namespace
 
 //===----------------------------------------------------------------------===//
@@ -311,18 +331,9 @@ constexpr int64_t kLegend = 28;
 //===----------------------------------------------------------------------===//
 
 std::string renderSvg(const std::vector<Panel> &panels, const Layout &layout) {
-  int64_t columns = std::max<int64_t>(1, layout.columns);
-  int64_t cellW = 0, cellH = 0;
-  for (const Panel &p : panels) {
-    int64_t scale = cellPixels(p.grid, layout.panelPixels);
-    cellW = std::max(cellW, p.grid.cols * scale);
-    cellH = std::max(cellH, p.grid.rows * scale);
-  }
-  int64_t gridRows = ceilDiv(int64_t(panels.size()), columns);
-  int64_t panelW = std::max<int64_t>(cellW, 160) + 2 * kMargin;
-  int64_t panelH = cellH + kSvgCaption + kMargin;
-  int64_t width = columns * panelW + kMargin;
-  int64_t height = gridRows * panelH + kMargin + kLegend;
+  PanelGrid pg(panels, layout, 160, kSvgCaption);
+  int64_t columns = pg.columns, panelW = pg.panelW, panelH = pg.panelH;
+  int64_t width = pg.width, height = pg.height + kLegend;
   std::ostringstream os;
   os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width
      << "\" height=\"" << height << "\" viewBox=\"0 0 " << width << ' '
@@ -458,19 +469,11 @@ struct Canvas {
 } // namespace
 
 Raster renderRaster(const std::vector<Panel> &panels, const Layout &layout) {
-  int64_t columns = std::max<int64_t>(1, layout.columns);
-  int64_t cellW = 0, cellH = 0;
-  for (const Panel &p : panels) {
-    int64_t scale = cellPixels(p.grid, layout.panelPixels);
-    cellW = std::max(cellW, p.grid.cols * scale);
-    cellH = std::max(cellH, p.grid.rows * scale);
-  }
-  int64_t gridRows = ceilDiv(int64_t(panels.size()), columns);
-  int64_t panelW = std::max<int64_t>(cellW, 80) + 2 * kMargin;
-  int64_t panelH = cellH + kRasterCaption + kMargin;
+  PanelGrid pg(panels, layout, 80, kRasterCaption);
+  int64_t columns = pg.columns, panelW = pg.panelW, panelH = pg.panelH;
   Raster out;
-  out.width = columns * panelW + kMargin;
-  out.height = gridRows * panelH + kMargin;
+  out.width = pg.width;
+  out.height = pg.height;
   out.rgb.assign(size_t(out.width * out.height * 3), 0xff);
   Canvas canvas{out};
   for (size_t i = 0; i < panels.size(); ++i) {

@@ -439,16 +439,26 @@ static const LayerDesc *findLayer(const tessera_bundle *b, int64_t index) {
   return it == b->byIndex.end() ? nullptr : &b->desc.layers[it->second];
 }
 
+/// The layer `index` of a bundle for the queries that write to `out`.
+static tessera_status lookUpLayer(const tessera_bundle *bundle,
+                                  const void *out, int64_t index,
+                                  const LayerDesc *&layer) {
+  if (!bundle || !out)
+    return fail(TESSERA_ERROR_NULL_POINTER, "bundle and out must not be null");
+  layer = findLayer(bundle, index);
+  if (!layer)
+    return fail(TESSERA_ERROR_LAYER_OUT_OF_RANGE,
+                "the bundle has no layer " + std::to_string(index));
+  return TESSERA_OK;
+}
+
 tessera_status tessera_bundle_layer_info(const tessera_bundle *bundle,
                                          int64_t layer,
                                          tessera_layer_info *out) {
   lastError.clear();
-  if (!bundle || !out)
-    return fail(TESSERA_ERROR_NULL_POINTER, "bundle and out must not be null");
-  const LayerDesc *l = findLayer(bundle, layer);
-  if (!l)
-    return fail(TESSERA_ERROR_LAYER_OUT_OF_RANGE,
-                "the bundle has no layer " + std::to_string(layer));
+  const LayerDesc *l;
+  if (tessera_status s = lookUpLayer(bundle, out, layer, l))
+    return s;
   out->index = l->index;
   out->num_heads = l->numHeads;
   out->num_kv_heads = l->numKvHeads;
@@ -465,12 +475,9 @@ tessera_status tessera_bundle_tile_classes(const tessera_bundle *bundle,
                                            int64_t block_k, uint8_t *out,
                                            size_t out_size) {
   lastError.clear();
-  if (!bundle || !out)
-    return fail(TESSERA_ERROR_NULL_POINTER, "bundle and out must not be null");
-  const LayerDesc *l = findLayer(bundle, layer);
-  if (!l)
-    return fail(TESSERA_ERROR_LAYER_OUT_OF_RANGE,
-                "the bundle has no layer " + std::to_string(layer));
+  const LayerDesc *l;
+  if (tessera_status s = lookUpLayer(bundle, out, layer, l))
+    return s;
   constexpr int64_t kMaxLen = int64_t(1) << 40, kMaxTile = int64_t(1) << 20;
   if (q_len < 1 || q_len > kMaxLen || k_len < 1 || k_len > kMaxLen)
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,

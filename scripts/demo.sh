@@ -65,7 +65,7 @@ echo
 echo "== pattern selection: synthetic Q/K/V -> calibration -> attn-select -> bundle"
 work="$build/demo-select"
 mkdir -p "$work"
-"$bin/attn-calibrate" synth -o "$work/sample.npz" --len 2048 --layers 2 \
+"$bin/attn-calibrate" synth -o "$work/sample.npz" --seq-len 2048 --layers 2 \
   --heads 8 --kv-heads 2 --head-dim 64
 "$bin/attn-calibrate" accuracy "$work/sample.npz" -o "$work/calib.json"
 "$bin/attn-calibrate" target -o "$work/cpu.json" --lengths 512 1024 --repeats 2

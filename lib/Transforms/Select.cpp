@@ -36,6 +36,9 @@ using namespace tessera::attn;
 
 namespace {
 
+/// The most candidates a calibrated layer may list.
+constexpr size_t kMaxCandidates = 256;
+
 struct Candidate {
   std::string text;
   PatternAttrInterface pattern;
@@ -140,6 +143,11 @@ LogicalResult loadCalibration(MLIRContext *ctx, Operation *where,
     const llvm::json::Array *cands = lo->getArray("candidates");
     if (!cands || cands->empty())
       return fail(where + "holds no 'candidates'");
+    // Selection prices every candidate for every head and tries merges of
+    // every pair of groups: keep the search bounded.
+    if (cands->size() > kMaxCandidates)
+      return fail(where + "holds " + std::to_string(cands->size()) +
+                  " candidates, more than " + std::to_string(kMaxCandidates));
     std::set<std::string> seen;
     for (const llvm::json::Value &cv : *cands) {
       const llvm::json::Object *co = cv.getAsObject();

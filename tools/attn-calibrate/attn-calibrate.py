@@ -2,7 +2,7 @@
 """attn-calibrate: the measurements the cost model and --attn-select need.
 
   attn-calibrate synth -o sample.npz [--layers 2 --heads 8 --kv-heads 2
-                 --head-dim 64 --len 4096 --kind llm|video --seed 0]
+                 --head-dim 64 --seq-len 4096 --kind llm|video --seed 0]
       Synthetic Q/K/V with planted structure (sinks, RoPE-like locality,
       vertical key columns, periodic diagonals, clusters, diffuse heads).
 
@@ -112,7 +112,7 @@ def synth(args):
             args.heads % args.kv_heads == 0 and
             args.head_dim in (16, 32, 64, 128) and 64 <= args.len <= 65536):
         raise Error("synth: layers in [1, 64], heads in [1, 256], kv-heads "
-                    "dividing heads, head-dim 16/32/64/128, len in "
+                    "dividing heads, head-dim 16/32/64/128, seq-len in "
                     "[64, 65536]")
     rng = np.random.default_rng(args.seed)
     n, h, hkv, d = args.len, args.heads, args.kv_heads, args.head_dim
@@ -547,7 +547,8 @@ def main():
     s.add_argument("--heads", type=int, default=8)
     s.add_argument("--kv-heads", type=int, default=2)
     s.add_argument("--head-dim", type=int, default=64)
-    s.add_argument("--len", type=int, default=4096)
+    s.add_argument("--seq-len", "--len", dest="len", type=int, default=4096,
+                   help="tokens (as --attn-select's seq-len)")
     s.add_argument("--kind", choices=("llm", "video"), default="llm")
     s.add_argument("--seed", type=int, default=0)
     a = sub.add_parser("accuracy", help="recall and error of candidates")

@@ -38,6 +38,8 @@ namespace cl = llvm::cl;
 
 /// Text is for terminals: keep it to a size one can read.
 static constexpr int64_t kMaxPrinted = 16384;
+/// The most cells (heads x size x size) one SVG or PNG holds.
+static constexpr int64_t kMaxCells = int64_t(1) << 24;
 
 enum class Format { Text, Svg, Png };
 
@@ -186,6 +188,14 @@ int main(int argc, char **argv) {
   std::vector<viz::Panel> panels;
   int64_t firstHead = overview ? 0 : int64_t(headIndex);
   int64_t endHead = overview ? numHeads : headIndex + 1;
+  // A picture holds at most kMaxCells cells (and about as many pixels):
+  // bounded memory and files, whatever the layer's head count.
+  int64_t cells = (endHead - firstHead) * size * size;
+  if (cells > kMaxCells)
+    return fail("a picture of " + llvm::Twine(endHead - firstHead) +
+                " heads at --size " + llvm::Twine(size) + " would hold " +
+                llvm::Twine(cells) + " cells, more than " +
+                llvm::Twine(kMaxCells) + ": use a smaller --size or one --head");
   Progress progress("attn-viz", endHead - firstHead);
   for (int64_t h = firstHead; h < endHead; ++h) {
     progress.step(h - firstHead, "head " + std::to_string(h));

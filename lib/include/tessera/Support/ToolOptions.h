@@ -16,7 +16,6 @@
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/raw_ostream.h"
 
-#include <algorithm>
 #include <string>
 
 #ifndef TESSERA_VERSION
@@ -25,27 +24,19 @@
 
 namespace tessera {
 
-/// The options that stay visible in every tool.
-inline bool isGenericOption(llvm::StringRef name) {
-  static const char *const kGeneric[] = {
-      "help",    "help-list",     "help-hidden",      "help-list-hidden",
-      "version", "print-options", "print-all-options"};
-  return std::find(std::begin(kGeneric), std::end(kGeneric), name) !=
-         std::end(kGeneric);
-}
-
-/// Hides every option registered so far, except the generic ones and those
-/// in `keep` (null: none). A tool whose own options are registered later
-/// (attn-opt: MLIR's driver options) calls this before registering them.
+/// Hides every option registered so far, except the generic ones (--help,
+/// --version) and those in `keep` (null: none). A tool whose own options
+/// are registered later (attn-opt: MLIR's driver options) calls this before
+/// registering them. LLVM's own function does the work: the options live in
+/// libLLVM, built without RTTI, so touching them from our (sanitized) code
+/// would trip UBSan's vptr check.
 inline void hideForeignOptions(const llvm::cl::OptionCategory *keep) {
-  for (auto &entry : llvm::cl::getRegisteredOptions()) {
-    llvm::cl::Option *option = entry.second;
-    if (isGenericOption(entry.first))
-      continue;
-    if (keep && llvm::is_contained(option->Categories, keep))
-      continue;
-    option->setHiddenFlag(llvm::cl::ReallyHidden);
-  }
+  if (keep)
+    llvm::cl::HideUnrelatedOptions(
+        llvm::ArrayRef<const llvm::cl::OptionCategory *>(keep));
+  else
+    llvm::cl::HideUnrelatedOptions(
+        llvm::ArrayRef<const llvm::cl::OptionCategory *>());
 }
 
 /// `--version` prints "TOOL (Tessera X.Y.Z; LLVM/MLIR A.B.C)".

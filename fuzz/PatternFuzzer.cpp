@@ -32,6 +32,9 @@ static void checkSimplification(attn::LayerOp layer) {
   int64_t heads = layer.getNumHeads();
   for (auto op : layer.getBody().front().getOps<attn::HeadsOp>()) {
     attn::PatternAttrInterface p = op.getPattern();
+    // Dynamic patterns have no static mask to compare.
+    if (!p.isStatic() || !attn::simplifyPattern(p).isStatic())
+      continue;
     semantics::Pattern before = semantics::fromAttr(p);
     semantics::Pattern after = semantics::fromAttr(attn::simplifyPattern(p));
     for (int64_t head : op.getHeads())

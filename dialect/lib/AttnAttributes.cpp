@@ -6,6 +6,9 @@
 //===----------------------------------------------------------------------===//
 
 #include "tessera/Dialect/Attn/AttnAttributes.h"
+
+#include <charconv>
+#include <cmath>
 #include "tessera/Dialect/Attn/AttnDialect.h"
 
 #include "mlir/IR/Builders.h"
@@ -323,4 +326,119 @@ bool IntersectAttr::isHeadDependent() const {
 
 bool DifferenceAttr::isHeadDependent() const {
   return getLhs().isHeadDependent() || getRhs().isHeadDependent();
+}
+
+//===----------------------------------------------------------------------===//
+// Dynamic patterns
+//===----------------------------------------------------------------------===//
+
+FailureOr<Real> tessera::attn::parseReal(AsmParser &p) {
+  llvm::SMLoc loc = p.getCurrentLocation();
+  double value;
+  int64_t integer;
+  // `1` reads as 1.0: a coverage or threshold is a real number either way.
+  // The sign is taken first, so that `-0.5` is not half an integer.
+  bool negative = succeeded(p.parseOptionalMinus());
+  OptionalParseResult asInteger = p.parseOptionalInteger(integer);
+  if (asInteger.has_value()) {
+    if (failed(*asInteger))
+      return failure();
+    value = double(integer);
+  } else if (p.parseFloat(value)) {
+    return failure();
+  }
+  if (negative)
+    value = -value;
+  if (!std::isfinite(value))
+    return p.emitError(loc, "expected a finite number");
+  return Real{value};
+}
+
+void tessera::attn::printReal(AsmPrinter &p, Real real) {
+  double value = real.value;
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, value);
+  std::string text(buf, ec == std::errc() ? end : buf);
+  // A decimal point keeps it a real number for the parser.
+  if (text.find_first_of(".e") == std::string::npos)
+    text += ".0";
+  p << text;
+}
+
+bool VerticalSlashAttr::isStatic() const { return false; }
+bool BlockTopkAttr::isStatic() const { return false; }
+bool RoutingAttr::isStatic() const { return false; }
+
+static bool allStatic(ArrayRef<PatternAttrInterface> patterns) {
+  return llvm::all_of(patterns,
+                      [](PatternAttrInterface p) { return p.isStatic(); });
+}
+bool UnionAttr::isStatic() const { return allStatic(getPatterns()); }
+bool IntersectAttr::isStatic() const { return allStatic(getPatterns()); }
+bool DifferenceAttr::isStatic() const {
+  return getLhs().isStatic() && getRhs().isStatic();
+}
+
+LogicalResult VerticalSlashAttr::verify(EmitFn emitError, int64_t lastQ,
+                                        int64_t vertical, int64_t slash,
+                                        int64_t firstColumns,
+                                        int64_t lastDiagonals) {
+  const char *name = "vertical_slash";
+  if (failed(checkRange(emitError, name, "last_q", lastQ, 1)) ||
+      failed(checkRange(emitError, name, "vertical", vertical, 0)) ||
+      failed(checkRange(emitError, name, "slash", slash, 0)) ||
+      failed(checkRange(emitError, name, "first_columns", firstColumns, 0)) ||
+      failed(checkRange(emitError, name, "last_diagonals", lastDiagonals, 0)))
+    return failure();
+  if (vertical + slash + firstColumns + lastDiagonals == 0)
+    return emitError() << "'vertical_slash' keeps nothing: give 'vertical', "
+                          "'slash', 'first_columns' or 'last_diagonals'";
+  return success();
+}
+
+LogicalResult BlockTopkAttr::verify(EmitFn emitError, int64_t block,
+                                    Real gammaReal, int64_t topK,
+                                    int64_t minBlocks, int64_t maxBlocks,
+                                    Real tauReal) {
+  double gamma = gammaReal.value, tau = tauReal.value;
+  const char *name = "block_topk";
+  if (block < 1 || block > 1024)
+    return emitError() << "'block_topk' parameter 'block' must be in [1, "
+                          "1024], got "
+                       << block;
+  if (failed(checkRange(emitError, name, "top_k", topK, 0)) ||
+      failed(checkRange(emitError, name, "min_blocks", minBlocks, 0)) ||
+      failed(checkRange(emitError, name, "max_blocks", maxBlocks, 0)))
+    return failure();
+  if ((gamma > 0) == (topK > 0))
+    return emitError() << "'block_topk' needs exactly one of 'gamma' (a "
+                          "coverage in (0, 1]) and 'top_k' (a count)";
+  if (!(gamma >= 0 && gamma <= 1))
+    return emitError() << "'block_topk' parameter 'gamma' must be in (0, 1], "
+                          "got "
+                       << gamma;
+  if (!(tau >= 0 && tau <= 1))
+    return emitError() << "'block_topk' parameter 'tau' must be in [0, 1], "
+                          "got "
+                       << tau;
+  if (tau > 0 && topK > 0)
+    return emitError() << "'block_topk' takes 'tau' (FlexPrefill's choice) "
+                          "only with 'gamma'";
+  if (maxBlocks > 0 && minBlocks > maxBlocks)
+    return emitError() << "'block_topk' min_blocks " << minBlocks
+                       << " exceeds max_blocks " << maxBlocks;
+  return success();
+}
+
+LogicalResult RoutingAttr::verify(EmitFn emitError, int64_t clusters,
+                                  int64_t kmeansIterations) {
+  if (clusters < 1 || clusters > 65536)
+    return emitError() << "'routing' parameter 'clusters' must be in [1, "
+                          "65536], got "
+                       << clusters;
+  if (kmeansIterations < 0 || kmeansIterations > 100)
+    return emitError() << "'routing' parameter 'kmeans_iterations' must be "
+                          "in [0, 100], got "
+                       << kmeansIterations;
+  return success();
 }

@@ -111,6 +111,11 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
         std::vector<schedule::HeadGroup> groups;
         std::vector<HeadsOp> ops;
         for (auto heads : layer.getBody().front().getOps<HeadsOp>()) {
+          if (!heads.getPattern().isStatic())
+            return mlir::emitError(heads.getLoc())
+                   << "attn-report: the cost model prices static patterns "
+                      "only; head "
+                   << heads.getHeads().front() << " has a dynamic one";
           groups.push_back({semantics::fromAttr(heads.getPattern()),
                             std::vector<int64_t>(heads.getHeads().begin(),
                                                  heads.getHeads().end())});
@@ -170,6 +175,15 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
           progress.step(groupsDone++,
                         fmt::format("layer {}", layer.getIndex()));
           PatternAttrInterface pattern = group.getPattern();
+          if (!pattern.isStatic()) {
+            // Its keys depend on the input: no density before it runs.
+            os << fmt::format("{:>5}  {:>13}  {:>5}  {} [{}]\n",
+                              layer.getIndex(), "dynamic",
+                              group.getHeads().size(),
+                              llvm::to_string(pattern),
+                              formatHeads(group.getHeads()));
+            continue;
+          }
           semantics::Pattern meaning = semantics::fromAttr(pattern);
           double lo = 1, hi = 0;
           for (int64_t h : group.getHeads()) {

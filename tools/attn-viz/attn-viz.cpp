@@ -160,6 +160,14 @@ int main(int argc, char **argv) {
                 ") for layer " + llvm::Twine(int64_t(layerIndex)) + ", got " +
                 llvm::Twine(int64_t(headIndex)));
 
+  // Dynamic patterns choose their keys from the input: no mask to draw.
+  for (int64_t h = headIndex.getNumOccurrences() ? int64_t(headIndex) : 0;
+       h < (headIndex.getNumOccurrences() ? headIndex + 1 : numHeads); ++h)
+    if (!layer.getHeadPattern(h).isStatic())
+      return fail("head " + llvm::Twine(h) +
+                  " has a dynamic pattern (its keys depend on the input); "
+                  "attn-viz draws static patterns only");
+
   std::string error;
   auto out = openOutputFile(outputFile, &error);
   if (!out)

@@ -697,3 +697,120 @@ attn.model @m {
     attn.heads [0 to] = #attn.causal
   }
 }
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'vertical_slash' parameter 'last_q' must be in [1, 1099511627776], got 0}}
+    attn.heads [0] = #attn.vertical_slash<last_q = 0, vertical = 10>
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'vertical_slash' keeps nothing: give 'vertical', 'slash', 'first_columns' or 'last_diagonals'}}
+    attn.heads [0] = #attn.vertical_slash<last_q = 64>
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'vertical_slash' parameter 'vertical' must be in [0, 1099511627776], got -1}}
+    attn.heads [0] = #attn.vertical_slash<last_q = 64, vertical = -1, slash = 5>
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'block_topk' needs exactly one of 'gamma' (a coverage in (0, 1]) and 'top_k' (a count)}}
+    attn.heads [0] = #attn.block_topk<block = 64>
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'block_topk' needs exactly one of 'gamma' (a coverage in (0, 1]) and 'top_k' (a count)}}
+    attn.heads [0] = #attn.block_topk<block = 64, gamma = 0.5, top_k = 3>
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'block_topk' parameter 'gamma' must be in (0, 1], got 1.5}}
+    attn.heads [0] = #attn.block_topk<block = 64, gamma = 1.5>
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'block_topk' needs exactly one of 'gamma' (a coverage in (0, 1]) and 'top_k' (a count)}}
+    attn.heads [0] = #attn.block_topk<block = 64, gamma = -0.5>
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'block_topk' parameter 'block' must be in [1, 1024], got 0}}
+    attn.heads [0] = #attn.block_topk<block = 0, top_k = 3>
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'block_topk' takes 'tau' (FlexPrefill's choice) only with 'gamma'}}
+    attn.heads [0] = #attn.block_topk<block = 64, top_k = 3, tau = 0.1>
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'block_topk' parameter 'tau' must be in [0, 1], got 2}}
+    attn.heads [0] = #attn.block_topk<block = 64, gamma = 0.9, tau = 2.0>
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'block_topk' min_blocks 9 exceeds max_blocks 4}}
+    attn.heads [0] = #attn.block_topk<block = 64, gamma = 0.9, min_blocks = 9, max_blocks = 4>
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'routing' parameter 'clusters' must be in [1, 65536], got 0}}
+    attn.heads [0] = #attn.routing<clusters = 0>
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'routing' parameter 'kmeans_iterations' must be in [0, 100], got 101}}
+    attn.heads [0] = #attn.routing<clusters = 4, kmeans_iterations = 101>
+  }
+}

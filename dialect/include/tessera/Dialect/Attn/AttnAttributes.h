@@ -21,6 +21,22 @@ mlir::FailureOr<llvm::SmallVector<int64_t>> parseI64List(mlir::AsmParser &p);
 /// Prints `[a, b, c]`.
 void printI64List(mlir::AsmPrinter &p, llvm::ArrayRef<int64_t> values);
 
+/// A real-valued attribute parameter (a double that attribute storage can
+/// compare and hash).
+struct Real {
+  double value = 0;
+  bool operator==(const Real &o) const { return value == o.value; }
+  bool operator!=(const Real &o) const { return value != o.value; }
+};
+inline llvm::hash_code hash_value(Real r) {
+  return llvm::hash_value(llvm::bit_cast<uint64_t>(r.value));
+}
+
+/// A finite real number written as a decimal; printed in the shortest form
+/// that reads back to the same double.
+mlir::FailureOr<Real> parseReal(mlir::AsmParser &p);
+void printReal(mlir::AsmPrinter &p, Real value);
+
 } // namespace tessera::attn
 
 #define GET_ATTRDEF_CLASSES

@@ -32,6 +32,15 @@ class Attn_I64ListParameter<string desc>
 class Attn_DefaultZero<string desc>
     : DefaultValuedParameter<"int64_t", "0", desc>;
 
+/// A real number written as a decimal (`0.95`), printed in its shortest form
+/// that reads back exactly; 0 when left out.
+class Attn_RealParameter<string desc>
+    : DefaultValuedParameter<"::tessera::attn::Real",
+                             "::tessera::attn::Real{0.0}", desc> {
+  let parser = [{ ::tessera::attn::parseReal($_parser) }];
+  let printer = [{ ::tessera::attn::printReal($_printer, $_self) }];
+}
+
 //===----------------------------------------------------------------------===//
 // Leaves
 //===----------------------------------------------------------------------===//
@@ -278,11 +287,101 @@ def Attn_SkipAttr : Attn_PatternAttr<"Skip", "skip"> {
 }
 
 //===----------------------------------------------------------------------===//
+// Dynamic leaves: keys chosen from the input at run time
+//===----------------------------------------------------------------------===//
+
+class Attn_DynamicAttr<string name, string attrMnemonic>
+    : Attn_PatternAttr<name, attrMnemonic, ["isStatic"]> {
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+}
+
+def Attn_VerticalSlashAttr : Attn_DynamicAttr<"VerticalSlash", "vertical_slash"> {
+  let summary = "MInference's vertical-slash: top key columns and diagonals";
+  let description = [{
+    Chosen per head and input: the scores of the last `last_q` queries
+    against all keys (softmax per query, causal) are summed per key column
+    and per diagonal `d = k - p`; the head keeps the `vertical` columns and
+    the `slash` diagonals of largest total, plus the first `first_columns`
+    columns and the `last_diagonals` diagonals nearest the query
+    (`-last_diagonals < d <= 0`) whatever their scores. Ties go to the
+    smaller column index and to the diagonal nearer the query. The selected
+    set is not known before the input is: `isStatic()` is false, and the
+    pattern needs an index-building step (docs/patterns.md).
+    `last_q >= 1`; `vertical + slash >= 1`.
+
+    ```mlir
+    attn.heads [0] = #attn.vertical_slash<last_q = 64, vertical = 1000, slash = 6096>
+    attn.heads [1] = #attn.intersect<#attn.causal,
+        #attn.vertical_slash<last_q = 64, vertical = 500, slash = 2000,
+                             first_columns = 4, last_diagonals = 64>>
+    ```
+  }];
+  let parameters = (ins "int64_t":$last_q, Attn_DefaultZero<"key columns kept">:$vertical,
+    Attn_DefaultZero<"diagonals kept">:$slash,
+    Attn_DefaultZero<"first key columns always kept">:$first_columns,
+    Attn_DefaultZero<"diagonals nearest the query always kept">:$last_diagonals);
+}
+
+def Attn_BlockTopkAttr : Attn_DynamicAttr<"BlockTopk", "block_topk"> {
+  let summary = "Adaptive block top-k (FlexPrefill, SpargeAttn)";
+  let description = [{
+    Chosen per head, query block and input: queries and keys are mean-pooled
+    over `block`-token blocks; per query block the pooled scores against
+    all key blocks are turned into a softmax, and the query block keeps
+    the fewest key blocks (largest first) whose mass reaches `gamma`,
+    clamped to `[min_blocks, max_blocks]` (`max_blocks = 0`: no upper
+    bound), or exactly the `top_k` largest. With `tau > 0`, FlexPrefill's
+    per-head choice: when the Jensen-Shannon distance between the pooled
+    distribution and the one estimated from the last query block exceeds
+    `tau`, the head uses vertical-slash budgets reaching `gamma` instead of
+    query-aware blocks. Ties go to the smaller key block. Exactly one of
+    `gamma` (in (0, 1]) and `top_k` (>= 1) is given; `block` in [1, 1024];
+    `tau` in [0, 1] and only with `gamma`.
+
+    ```mlir
+    attn.heads [0] = #attn.block_topk<block = 64, gamma = 0.9, min_blocks = 2, max_blocks = 256>
+    attn.heads [1] = #attn.block_topk<block = 64, top_k = 16>
+    attn.heads [2] = #attn.block_topk<block = 128, gamma = 0.95, tau = 0.1>
+    ```
+  }];
+  let parameters = (ins "int64_t":$block,
+    Attn_RealParameter<"softmax mass to cover (0: use top_k)">:$gamma,
+    Attn_DefaultZero<"fixed number of key blocks (0: use gamma)">:$top_k,
+    Attn_DefaultZero<"fewest key blocks per query block">:$min_blocks,
+    Attn_DefaultZero<"most key blocks per query block (0: no bound)">:$max_blocks,
+    Attn_RealParameter<"FlexPrefill's Jensen-Shannon threshold (0: off)">:$tau);
+}
+
+def Attn_RoutingAttr : Attn_DynamicAttr<"Routing", "routing"> {
+  let summary = "Routing Transformer clusters: attend within your cluster";
+  let description = [{
+    Chosen per head and input: queries and keys are assigned to the nearest
+    of `clusters` centroids (by dot product; ties to the smaller centroid
+    index), and a query attends to the keys of its own cluster. The
+    centroids come from the engine (a tensor passed with the call) when
+    `kmeans_iterations = 0`, else from that many k-means iterations on the
+    keys at run time, seeded with evenly spaced keys. Executed by permuting
+    tokens by cluster into contiguous segments, block-diagonal attention
+    over the segments, and the inverse permutation of the output. Compose
+    with causal through `#attn.intersect`. `clusters` in [1, 65536],
+    `kmeans_iterations` in [0, 100].
+
+    ```mlir
+    attn.heads [0] = #attn.routing<clusters = 16>
+    attn.heads [1] = #attn.intersect<#attn.causal, #attn.routing<clusters = 8, kmeans_iterations = 3>>
+    ```
+  }];
+  let parameters = (ins "int64_t":$clusters,
+    Attn_DefaultZero<"k-means iterations on the keys (0: the engine's centroids)">:$kmeans_iterations);
+}
+
+//===----------------------------------------------------------------------===//
 // Combinators
 //===----------------------------------------------------------------------===//
 
 class Attn_SetOpAttr<string name, string attrMnemonic>
-    : Attn_PatternAttr<name, attrMnemonic, ["isHeadDependent"]> {
+    : Attn_PatternAttr<name, attrMnemonic, ["isHeadDependent", "isStatic"]> {
   let parameters = (ins
     ArrayRefParameter<"::tessera::attn::PatternAttrInterface",
                       "the combined patterns">:$patterns);
@@ -310,7 +409,8 @@ def Attn_IntersectAttr : Attn_SetOpAttr<"Intersect", "intersect"> {
 }
 
 def Attn_DifferenceAttr
-    : Attn_PatternAttr<"Difference", "difference", ["isHeadDependent"]> {
+    : Attn_PatternAttr<"Difference", "difference",
+                       ["isHeadDependent", "isStatic"]> {
   let summary = "Pairs allowed by the first pattern and not by the second";
   let description = [{
     ```mlir

@@ -46,6 +46,7 @@ tools = [
     ToolSubst("attn-nvrtc-check", unresolved="fatal"),
     ToolSubst("attn-lsp-server", unresolved="fatal"),
     ToolSubst("attn-calibrate", unresolved="fatal"),
+    ToolSubst("attn-import", unresolved="fatal"),
 ]
 llvm_config.add_tool_substitutions(
     tools, [config.tessera_tools_dir, config.llvm_tools_dir])

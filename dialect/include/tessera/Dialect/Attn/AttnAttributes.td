@@ -302,10 +302,13 @@ def Attn_VerticalSlashAttr : Attn_DynamicAttr<"VerticalSlash", "vertical_slash">
     Chosen per head and input: the scores of the last `last_q` queries
     against all keys (softmax per query, causal) are summed per key column
     and per diagonal `d = k - p`; the head keeps the `vertical` columns and
-    the `slash` diagonals of largest total, plus the first `first_columns`
+    the `slash` diagonals of largest total. The first `first_columns`
     columns and the `last_diagonals` diagonals nearest the query
-    (`-last_diagonals < d <= 0`) whatever their scores. Ties go to the
-    smaller column index and to the diagonal nearer the query. The selected
+    (`-last_diagonals < d <= 0`) are always among them, whatever their
+    scores (they count towards `vertical` and `slash`, as in MInference,
+    which forces 30 columns and 100 diagonals; where they are more than the
+    budget, they alone are kept). Ties go to the smaller column index and
+    to the diagonal nearer the query. The selected
     set is not known before the input is: `isStatic()` is false, and the
     pattern needs an index-building step (docs/patterns.md).
     `last_q >= 1`; `vertical + slash >= 1`.

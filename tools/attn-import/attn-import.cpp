@@ -1,0 +1,325 @@
+//===- attn-import.cpp - pattern files from other systems' configs --------===//
+//
+//   attn-import CONFIG.json --heads 32 --kv-heads 8 -o model.mlir
+//
+// Reads MInference's per-model configuration (a JSON list with one object
+// per layer mapping each head index to [type, vertical_size, slash_size,
+// score], types "vertical_and_slash", "stream_llm", "block_sparse") and
+// writes the equivalent Tessera pattern file (docs/patterns.md,
+// "Importing MInference configurations"):
+//
+//   vertical_and_slash V S -> #attn.intersect<#attn.causal,
+//       #attn.vertical_slash<last_q = 64, vertical = V, slash = S,
+//                            first_columns = 30, last_diagonals = 100>>
+//   stream_llm N L         -> #attn.a_shape<sink = N, before = L - 1>
+//   block_sparse           -> #attn.intersect<#attn.causal,
+//                                 #attn.block_topk<block = 64, top_k = 100>>
+//
+// Every problem of the file (not JSON, a layer that is not an object, a head
+// index missing, repeated or out of range, an unknown type, a size that is
+// negative or not an integer) is an error naming the layer and the head.
+//
+//===----------------------------------------------------------------------===//
+
+#include "tessera/Dialect/Attn/AttnOps.h"
+#include "tessera/Support/InputFile.h"
+#include "tessera/Support/ToolOptions.h"
+
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/Parser/Parser.h"
+#include "mlir/Support/FileUtilities.h"
+#include "llvm/Support/CommandLine.h"
+#include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/JSON.h"
+#include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/ToolOutputFile.h"
+
+#include <algorithm>
+#include <cctype>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+using namespace mlir;
+namespace cl = llvm::cl;
+namespace json = llvm::json;
+
+static cl::OptionCategory toolOptions("attn-import options");
+static cl::opt<std::string> inputFile(cl::Positional,
+                                      cl::desc("<MInference config .json>"),
+                                      cl::Required, cl::cat(toolOptions));
+static cl::opt<std::string> outputFile("o", cl::desc("pattern file to write"),
+                                       cl::value_desc("file"), cl::init("-"),
+                                       cl::cat(toolOptions));
+static cl::opt<int64_t>
+    numHeads("heads",
+             cl::desc("query heads per layer (default: as many as the first "
+                      "layer lists); every layer must list exactly these"),
+             cl::init(0), cl::cat(toolOptions));
+static cl::opt<int64_t> numKvHeads("kv-heads",
+                                   cl::desc("key/value heads (default: heads)"),
+                                   cl::init(0), cl::cat(toolOptions));
+static cl::opt<int64_t> headDim("head-dim", cl::desc("head dimension"),
+                                cl::init(128), cl::cat(toolOptions));
+static cl::opt<std::string> dtype("dtype", cl::desc("f16, bf16 or f32"),
+                                  cl::init("bf16"), cl::cat(toolOptions));
+static cl::opt<std::string> modelName("model",
+                                      cl::desc("model symbol to write"),
+                                      cl::init("minference"),
+                                      cl::cat(toolOptions));
+static cl::opt<int64_t>
+    lastQ("last-q", cl::desc("vertical_and_slash: queries scored (64)"),
+          cl::init(64), cl::cat(toolOptions));
+static cl::opt<int64_t> firstColumns(
+    "first-columns",
+    cl::desc("vertical_and_slash: first key columns always kept (30)"),
+    cl::init(30), cl::cat(toolOptions));
+static cl::opt<int64_t> lastDiagonals(
+    "last-diagonals",
+    cl::desc("vertical_and_slash: nearest diagonals always kept (100)"),
+    cl::init(100), cl::cat(toolOptions));
+static cl::opt<int64_t>
+    blockTopK("block-topk",
+              cl::desc("block_sparse: key blocks of 64 kept per query block "
+                       "(100)"),
+              cl::init(100), cl::cat(toolOptions));
+
+static int fail(const llvm::Twine &message) {
+  llvm::errs() << "attn-import: error: " << inputFile << ": " << message
+               << "\n";
+  return 1;
+}
+
+namespace {
+struct HeadEntry {
+  std::string type;
+  int64_t vertical = 0, slash = 0;
+};
+} // namespace
+
+/// The first key that appears twice in one layer object (JSON parsers keep
+/// one of them silently): "layer L, key K", or "".
+static std::string duplicateKey(llvm::StringRef text) {
+  int depth = 0;
+  int64_t layer = -1;
+  std::vector<std::string> keys;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '"') {
+      std::string str;
+      for (++i; i < text.size() && text[i] != '"'; ++i) {
+        if (text[i] == '\\' && i + 1 < text.size())
+          ++i;
+        str += text[i];
+      }
+      // A key of a layer object: a string at depth 2 followed by ':'.
+      size_t j = i + 1;
+      while (j < text.size() && isspace(static_cast<unsigned char>(text[j])))
+        ++j;
+      if (depth == 2 && j < text.size() && text[j] == ':') {
+        if (std::find(keys.begin(), keys.end(), str) != keys.end())
+          return "layer " + std::to_string(layer) + " lists head '" + str +
+                 "' twice";
+        keys.push_back(str);
+      }
+      continue;
+    }
+    if (c == '[' || c == '{') {
+      if (++depth == 2 && c == '{') {
+        ++layer;
+        keys.clear();
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return "";
+}
+
+/// The pattern of one MInference head; "" with `error` set if invalid.
+static std::string patternOf(const HeadEntry &e, std::string &error) {
+  if (e.type == "vertical_and_slash") {
+    if (e.vertical + e.slash == 0) {
+      error = "vertical_and_slash with vertical_size and slash_size 0 keeps "
+              "nothing";
+      return "";
+    }
+    return "#attn.intersect<#attn.causal, #attn.vertical_slash<last_q = " +
+           std::to_string(lastQ) + ", vertical = " +
+           std::to_string(e.vertical) + ", slash = " + std::to_string(e.slash) +
+           ", first_columns = " + std::to_string(firstColumns) +
+           ", last_diagonals = " + std::to_string(lastDiagonals) + ">>";
+  }
+  if (e.type == "stream_llm") {
+    // StreamingLLM: n_init = vertical_size sinks, n_local = slash_size
+    // recent keys (the query's own included).
+    if (e.slash < 1) {
+      error = "stream_llm needs slash_size (its local window) >= 1";
+      return "";
+    }
+    return "#attn.a_shape<sink = " + std::to_string(e.vertical) +
+           ", before = " + std::to_string(e.slash - 1) + ">";
+  }
+  if (e.type == "block_sparse")
+    // MInference's block-sparse kernel keeps a fixed top-k of 64-key blocks
+    // (its sizes are unused).
+    return "#attn.intersect<#attn.causal, #attn.block_topk<block = 64, "
+           "top_k = " +
+           std::to_string(blockTopK) + ">>";
+  error = "unknown type '" + e.type +
+          "' (MInference's are vertical_and_slash, stream_llm and "
+          "block_sparse)";
+  return "";
+}
+
+int main(int argc, char **argv) {
+  llvm::InitLLVM y(argc, argv);
+  tessera::hideForeignOptions(&toolOptions);
+  tessera::setVersionPrinter("attn-import");
+  cl::ParseCommandLineOptions(
+      argc, argv, "Writes Tessera pattern files from MInference configs\n");
+  if (dtype != "f16" && dtype != "bf16" && dtype != "f32")
+    return fail("--dtype must be f16, bf16 or f32, got " + dtype);
+  if (lastQ < 1 || firstColumns < 0 || lastDiagonals < 0 || blockTopK < 1)
+    return fail("--last-q and --block-topk must be >= 1, --first-columns "
+                "and --last-diagonals >= 0");
+
+  std::string error;
+  auto buffer = tessera::openPatternFile(inputFile, error);
+  if (!buffer) {
+    llvm::errs() << "attn-import: error: " << error << "\n";
+    return 1;
+  }
+  llvm::Expected<json::Value> root = json::parse(buffer->getBuffer());
+  if (!root)
+    return fail("not JSON: " + llvm::toString(root.takeError()));
+  const json::Array *layers = root->getAsArray();
+  if (!layers)
+    return fail("an MInference config is a JSON list with one object per "
+                "layer");
+  if (layers->empty())
+    return fail("the config lists no layer");
+  std::string duplicate = duplicateKey(buffer->getBuffer());
+  if (!duplicate.empty())
+    return fail(duplicate);
+
+  // layer -> head -> entry
+  std::vector<std::map<int64_t, HeadEntry>> model;
+  for (size_t li = 0; li < layers->size(); ++li) {
+    std::string where = "layer " + std::to_string(li);
+    const json::Object *heads = (*layers)[li].getAsObject();
+    if (!heads)
+      return fail(where + " is not an object mapping head indices to "
+                          "[type, vertical_size, slash_size, score]");
+    std::map<int64_t, HeadEntry> entries;
+    for (const auto &kv : *heads) {
+      llvm::StringRef key = kv.first;
+      int64_t head;
+      if (key.getAsInteger(10, head) || head < 0 || head > 4095)
+        return fail(where + ": key '" + key +
+                    "' is not a head index in [0, 4096)");
+      std::string at = where + ", head " + std::to_string(head);
+      const json::Array *v = kv.second.getAsArray();
+      if (!v || v->size() != 4)
+        return fail(at + ": expected [type, vertical_size, slash_size, "
+                         "score]");
+      std::optional<llvm::StringRef> type = (*v)[0].getAsString();
+      std::optional<int64_t> vertical = (*v)[1].getAsInteger();
+      std::optional<int64_t> slash = (*v)[2].getAsInteger();
+      if (!type)
+        return fail(at + ": the type must be a string");
+      if (!vertical || !slash)
+        return fail(at + ": vertical_size and slash_size must be integers");
+      if (*vertical < 0 || *slash < 0 || *vertical > (int64_t(1) << 40) ||
+          *slash > (int64_t(1) << 40))
+        return fail(at + ": sizes must be in [0, 2^40], got " +
+                    std::to_string(*vertical) + " and " +
+                    std::to_string(*slash));
+      if (!(*v)[3].getAsNumber())
+        return fail(at + ": the score must be a number");
+      entries[head] = HeadEntry{type->str(), *vertical, *slash};
+    }
+    model.push_back(std::move(entries));
+  }
+
+  int64_t heads = numHeads ? int64_t(numHeads) : int64_t(model[0].size());
+  if (heads < 1 || heads > 4096)
+    return fail("--heads must be in [1, 4096], got " + std::to_string(heads));
+  int64_t kvHeads = numKvHeads ? int64_t(numKvHeads) : heads;
+  std::string source = numHeads ? "--heads" : "layer 0";
+  for (size_t li = 0; li < model.size(); ++li) {
+    std::string where = "layer " + std::to_string(li);
+    if (model[li].empty())
+      return fail(where + " lists no head");
+    if (model[li].rbegin()->first >= heads)
+      return fail(where + " has head " +
+                  std::to_string(model[li].rbegin()->first) +
+                  ", but the model has " + std::to_string(heads) +
+                  " heads (" + source + ")");
+    for (int64_t h = 0; h < heads; ++h)
+      if (!model[li].count(h))
+        return fail(where + " lacks head " + std::to_string(h) + " of " +
+                    std::to_string(heads) + " (" + source + ")");
+  }
+
+  // The pattern file: heads with the same pattern share one attn.heads op.
+  std::string text = "attn.model @" + modelName + " {\n";
+  for (size_t li = 0; li < model.size(); ++li) {
+    text += "  attn.layer " + std::to_string(li) + " heads = " +
+            std::to_string(heads) + " kv_heads = " + std::to_string(kvHeads) +
+            " head_dim = " + std::to_string(headDim) + " dtype = " + dtype +
+            " {\n";
+    std::map<std::string, std::vector<int64_t>> groups;
+    std::vector<std::string> order;
+    for (auto &[head, entry] : model[li]) {
+      std::string pattern = patternOf(entry, error);
+      if (pattern.empty())
+        return fail("layer " + std::to_string(li) + ", head " +
+                    std::to_string(head) + ": " + error);
+      if (groups[pattern].empty())
+        order.push_back(pattern);
+      groups[pattern].push_back(head);
+    }
+    for (const std::string &pattern : order) {
+      text += "    attn.heads [";
+      for (size_t i = 0; i < groups[pattern].size(); ++i)
+        text += (i ? ", " : "") + std::to_string(groups[pattern][i]);
+      text += "] = " + pattern + "\n";
+    }
+    text += "  }\n";
+  }
+  text += "}\n";
+
+  // Parse what was written: the verifier checks the model (GQA, ranges),
+  // and the printer gives the canonical form (head ranges).
+  MLIRContext context;
+  context.getOrLoadDialect<tessera::attn::AttnDialect>();
+  context.printOpOnDiagnostic(false);
+  llvm::SourceMgr sourceMgr;
+  sourceMgr.AddNewSourceBuffer(
+      llvm::MemoryBuffer::getMemBufferCopy(text, "imported"), llvm::SMLoc());
+  std::string diagnostics;
+  {
+    llvm::raw_string_ostream os(diagnostics);
+    SourceMgrDiagnosticHandler handler(sourceMgr, &context, os);
+    OwningOpRef<ModuleOp> module =
+        parseSourceFile<ModuleOp>(sourceMgr, &context);
+    if (!module)
+      return fail("the imported model does not verify (check --heads, "
+                  "--kv-heads, --head-dim):\n" +
+                  diagnostics);
+    auto out = openOutputFile(outputFile, &error);
+    if (!out) {
+      llvm::errs() << "attn-import: error: " << error << "\n";
+      return 1;
+    }
+    out->os() << "// Imported by attn-import from " << inputFile
+              << " (MInference config).\n";
+    for (Operation &op : module->getBody()->getOperations())
+      out->os() << op << "\n";
+    out->keep();
+  }
+  return 0;
+}

@@ -5,7 +5,7 @@ BUILD_DIR ?= build
 LLVM_PREFIX ?= /usr/lib/llvm-22
 CMAKE_FLAGS ?=
 TARGETS = attn-opt attn-viz attn-translate attn-nvrtc-check attn-lsp-server attn-import \
-  TesseraUnitTests \
+  TesseraUnitTests tessera-dynamic-dump \
   TesseraEmulatorTests \
   attn-docs tessera_runtime tessera-test-bundles
 

@@ -7,9 +7,9 @@
 
 #include "tessera/Dialect/Attn/AttnAttributes.h"
 
+#include "tessera/Dialect/Attn/AttnDialect.h"
 #include <charconv>
 #include <cmath>
-#include "tessera/Dialect/Attn/AttnDialect.h"
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/DialectImplementation.h"
@@ -66,9 +66,8 @@ static ParseResult parseParts(AsmParser &p,
 }
 
 static void printParts(AsmPrinter &p, ArrayRef<PatternAttrInterface> parts) {
-  llvm::interleaveComma(parts, p, [&](PatternAttrInterface a) {
-    p.printAttribute(a);
-  });
+  llvm::interleaveComma(parts, p,
+                        [&](PatternAttrInterface a) { p.printAttribute(a); });
 }
 
 #define GET_ATTRDEF_CLASSES

@@ -147,8 +147,9 @@ static std::string patternOf(const HeadEntry &e, std::string &error) {
       return "";
     }
     return "#attn.intersect<#attn.causal, #attn.vertical_slash<last_q = " +
-           std::to_string(lastQ) + ", vertical = " +
-           std::to_string(e.vertical) + ", slash = " + std::to_string(e.slash) +
+           std::to_string(lastQ) +
+           ", vertical = " + std::to_string(e.vertical) +
+           ", slash = " + std::to_string(e.slash) +
            ", first_columns = " + std::to_string(firstColumns) +
            ", last_diagonals = " + std::to_string(lastDiagonals) + ">>";
   }
@@ -256,8 +257,8 @@ int main(int argc, char **argv) {
     if (model[li].rbegin()->first >= heads)
       return fail(where + " has head " +
                   std::to_string(model[li].rbegin()->first) +
-                  ", but the model has " + std::to_string(heads) +
-                  " heads (" + source + ")");
+                  ", but the model has " + std::to_string(heads) + " heads (" +
+                  source + ")");
     for (int64_t h = 0; h < heads; ++h)
       if (!model[li].count(h))
         return fail(where + " lacks head " + std::to_string(h) + " of " +
@@ -267,8 +268,9 @@ int main(int argc, char **argv) {
   // The pattern file: heads with the same pattern share one attn.heads op.
   std::string text = "attn.model @" + modelName + " {\n";
   for (size_t li = 0; li < model.size(); ++li) {
-    text += "  attn.layer " + std::to_string(li) + " heads = " +
-            std::to_string(heads) + " kv_heads = " + std::to_string(kvHeads) +
+    text += "  attn.layer " + std::to_string(li) +
+            " heads = " + std::to_string(heads) +
+            " kv_heads = " + std::to_string(kvHeads) +
             " head_dim = " + std::to_string(headDim) + " dtype = " + dtype +
             " {\n";
     std::map<std::string, std::vector<int64_t>> groups;

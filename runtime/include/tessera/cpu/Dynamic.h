@@ -1,0 +1,87 @@
+//===- Dynamic.h - index builders of the dynamic patterns (CPU) -*- C++ -*-===//
+//
+// The run-time step of the dynamic patterns (docs/patterns.md, "Dynamic
+// patterns"): for one head, the index that Q and K select, and attention
+// over it. The builders follow the definitions word for word, with the
+// documented tie rules; test/Python/Inputs/dynamic_reference.py is their
+// float64 oracle (test/Unit/DynamicDump.cpp, test/Python/dynamic-cpu.test).
+// Memory is O(Nq + Nk + the index), never O(Nq * Nk).
+//
+// Not yet wired into bundles and the C API (the schedule refuses dynamic
+// patterns): this is the CPU half of the index-building step.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef TESSERA_CPU_DYNAMIC_H
+#define TESSERA_CPU_DYNAMIC_H
+
+#include <cstdint>
+#include <vector>
+
+namespace tessera::cpu {
+
+/// One head's rows: element (row, i) at data[row * stride + i].
+struct Rows {
+  const float *data = nullptr;
+  int64_t count = 0, stride = 0;
+  const float *row(int64_t r) const { return data + r * stride; }
+};
+
+struct VerticalSlashParams {
+  int64_t lastQ = 64, vertical = 0, slash = 0;
+  int64_t firstColumns = 0, lastDiagonals = 0;
+};
+
+/// Kept key columns and diagonals (d = k - p <= 0), both ascending.
+struct VerticalSlashIndex {
+  std::vector<int64_t> columns, diagonals;
+};
+
+/// MInference's vertical-slash index of one head: the causal softmax of the
+/// last lastQ queries against all keys (accumulated in double), summed per
+/// column and per diagonal; forced entries count towards the budgets; ties
+/// to the smaller column and the diagonal nearer the query.
+VerticalSlashIndex buildVerticalSlash(const Rows &q, const Rows &k,
+                                      int64_t headDim, float scale,
+                                      const VerticalSlashParams &params);
+
+/// Whether the pattern allows (row q, key k): k a kept column or k - p a
+/// kept diagonal (p = q + Nk - Nq). For tests and masks.
+bool verticalSlashAllows(const VerticalSlashIndex &index, int64_t q, int64_t k,
+                         int64_t nq, int64_t nk);
+
+/// Per query block of `block` rows, the key blocks kept by adaptive block
+/// top-k (query-aware mode): Q and K mean-pooled over `block` tokens, the
+/// softmax of the pooled scores, the fewest largest key blocks reaching
+/// gamma clamped to [minBlocks, maxBlocks] (0: no bound), or the topK
+/// largest; ties to the smaller block. Ascending.
+std::vector<std::vector<int64_t>>
+buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim, float scale,
+               int64_t block, double gamma, int64_t topK, int64_t minBlocks,
+               int64_t maxBlocks);
+
+/// Routing clusters: each query and key goes to the centroid of largest dot
+/// product (ties: smaller index). `centroids` (clusters x headDim, row
+/// major) are used as given when iterations is 0, else `iterations` rounds
+/// of k-means on the keys seeded with keys floor(i * Nk / clusters).
+struct RoutingIndex {
+  std::vector<int32_t> queryCluster, keyCluster;
+};
+RoutingIndex buildRouting(const Rows &q, const Rows &k, int64_t headDim,
+                          int64_t clusters, int64_t iterations,
+                          const float *centroids);
+
+/// Attention of one head over per-row key lists: keysOf(row, keys) fills the
+/// sorted, distinct keys row `row` attends to. o: Nq rows of headDim (with
+/// oStride); lse: Nq floats or null. Rows without keys give 0 and -inf.
+/// Runs on `threads` threads (0: all hardware threads) over query rows.
+template <typename KeysOf>
+void attendKeyLists(const Rows &q, const Rows &k, const Rows &v, float *o,
+                    int64_t oStride, float *lse, int64_t headDim, float scale,
+                    KeysOf keysOf, int threads = 0);
+
+} // namespace tessera::cpu
+
+#include "tessera/cpu/DynamicAttend.h"
+
+#endif // TESSERA_CPU_DYNAMIC_H

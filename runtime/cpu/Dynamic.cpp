@@ -2,20 +2,17 @@
 
 #include "tessera/cpu/Dynamic.h"
 
+#include "VecMath.h"
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <numeric>
+#include <thread>
 
 namespace tessera::cpu {
 
 namespace {
-
-double dot(const float *a, const float *b, int64_t n) {
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i)
-    s += double(a[i]) * double(b[i]);
-  return s;
-}
 
 /// Indices of the `count` largest scores, ordered by (-score, tieKey).
 template <typename TieKey>
@@ -36,28 +33,79 @@ std::vector<int64_t> top(const std::vector<double> &scores, int64_t count,
 
 } // namespace
 
+namespace {
+/// Scores of rows [r0, r0 + rows) (rows <= kRows * 8) against all keys, in
+/// float through the microkernel, 64 keys at a time: out[row * nk + key].
+TESSERA_CPU_CLONES void scoreRows(const Rows &q, const Rows &k, int64_t r0,
+                                  int64_t rows, int64_t d, float scale,
+                                  float *out) {
+  const int64_t block = 64, nk = k.count;
+  const int64_t dPad = (d + vec::kLanes - 1) / vec::kLanes * vec::kLanes;
+  const int64_t rowsPad = (rows + vec::kRows - 1) / vec::kRows * vec::kRows;
+  std::vector<float> qs(static_cast<size_t>(rowsPad * dPad), 0.0f),
+      kT(static_cast<size_t>(d * block)),
+      s(static_cast<size_t>(rowsPad * block));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < d; ++i)
+      qs[size_t(r * dPad + i)] = q.row(r0 + r)[i] * scale;
+  for (int64_t k0 = 0; k0 < nk; k0 += block) {
+    int64_t n = std::min(block, nk - k0);
+    for (int64_t j = 0; j < block; ++j)
+      for (int64_t i = 0; i < d; ++i)
+        kT[size_t(i * block + j)] = j < n ? k.row(k0 + j)[i] : 0.0f;
+    vec::gemm(qs.data(), dPad, kT.data(), block, s.data(), block, rowsPad,
+              block, d, false);
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy(&s[size_t(r * block)], &s[size_t(r * block + n)],
+                out + r * nk + k0);
+  }
+}
+} // namespace
+
 VerticalSlashIndex buildVerticalSlash(const Rows &q, const Rows &k,
                                       int64_t headDim, float scale,
                                       const VerticalSlashParams &params) {
   const int64_t nq = q.count, nk = k.count;
+  const int64_t r0 = std::max<int64_t>(nq - params.lastQ, 0), rows = nq - r0;
+  // The scored rows' logits (O(lastQ * Nk) floats), in float through the
+  // microkernel on all threads; the softmax and the sums in double.
+  std::vector<float> logits(static_cast<size_t>(rows * nk));
+  {
+    const int64_t chunk = 16;
+    int64_t chunks = (rows + chunk - 1) / chunk;
+    int threads = int(std::min<int64_t>(
+        std::max(1u, std::thread::hardware_concurrency()), chunks));
+    std::atomic<int64_t> next{0};
+    auto work = [&]() {
+      for (int64_t c; (c = next++) < chunks;) {
+        int64_t a = c * chunk, n = std::min(chunk, rows - a);
+        scoreRows(q, k, r0 + a, n, headDim, scale, &logits[size_t(a * nk)]);
+      }
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t)
+      pool.emplace_back(work);
+    work();
+    for (std::thread &th : pool)
+      th.join();
+  }
   // Column sums cols[k]; diagonal sums diags[d + nk - 1] for d in
   // [-(nk - 1), 0].
   std::vector<double> cols(static_cast<size_t>(nk), 0.0),
       diags(static_cast<size_t>(nk), 0.0);
   std::vector<double> w(static_cast<size_t>(nk));
-  for (int64_t row = std::max<int64_t>(nq - params.lastQ, 0); row < nq; ++row) {
+  for (int64_t row = r0; row < nq; ++row) {
     int64_t p = row + nk - nq;
     if (p < 0)
       continue;
     int64_t keys = std::min(p, nk - 1) + 1;
+    const float *lr = &logits[size_t((row - r0) * nk)];
     double m = -INFINITY;
-    for (int64_t key = 0; key < keys; ++key) {
-      w[size_t(key)] = dot(q.row(row), k.row(key), headDim) * scale;
-      m = std::max(m, w[size_t(key)]);
-    }
+    for (int64_t key = 0; key < keys; ++key)
+      m = std::max(m, double(lr[key]));
     double z = 0;
     for (int64_t key = 0; key < keys; ++key)
-      z += (w[size_t(key)] = std::exp(w[size_t(key)] - m));
+      z += (w[size_t(key)] = std::exp(double(lr[key]) - m));
     for (int64_t key = 0; key < keys; ++key) {
       double prob = w[size_t(key)] / z;
       cols[size_t(key)] += prob;
@@ -209,6 +257,186 @@ RoutingIndex buildRouting(const Rows &q, const Rows &k, int64_t headDim,
   for (int64_t r = 0; r < q.count; ++r)
     index.queryCluster[size_t(r)] = nearest(q.row(r));
   return index;
+}
+
+namespace {
+/// One tile of attendVerticalSlashTiled: keys[0, n) (n <= ldk, the tile's
+/// padded key count) against the query block's rows, whose scaled queries
+/// are qs ([rowsPad][dPad]). S = Q K^T and O += P V through the executor's
+/// register-blocked microkernel; padding scores are -inf, padded keys and
+/// dimensions zero. Updates the online softmax state m, l and acc
+/// ([rowsPad][dPad]). Compiled for several x86-64 levels like the
+/// executor's loops.
+TESSERA_CPU_CLONES void vsTile(const Rows &k, const Rows &v,
+                               const int64_t *keys, int64_t n, const float *qs,
+                               int64_t rows, int64_t rowsPad, int64_t p0,
+                               int64_t nk, int64_t d, int64_t dPad, bool causal,
+                               const uint8_t *colSel, const uint8_t *diagSel,
+                               float *kT, float *vb, float *s, int64_t ldk,
+                               float *acc, float *m, float *l) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float *kr = k.row(keys[j]), *vr = v.row(keys[j]);
+    for (int64_t i = 0; i < d; ++i)
+      kT[i * ldk + j] = kr[i];
+    std::copy(vr, vr + d, vb + j * dPad);
+  }
+  for (int64_t i = 0; i < d; ++i)
+    std::fill(kT + i * ldk + n, kT + (i + 1) * ldk, 0.0f);
+  std::fill(vb + n * dPad, vb + ldk * dPad, 0.0f);
+  vec::gemm(qs, dPad, kT, ldk, s, ldk, rowsPad, ldk, d, false);
+  for (int64_t row = 0; row < rows; ++row) {
+    float *sr = s + row * ldk;
+    int64_t p = p0 + row;
+    float mx = m[row];
+    for (int64_t j = 0; j < ldk; ++j) {
+      bool ok = false;
+      if (j < n) {
+        int64_t key = keys[j];
+        ok = (!causal || key <= p) &&
+             (colSel[key] ||
+              (key - p <= 0 && key - p > -nk && diagSel[key - p + nk - 1]));
+      }
+      if (!ok)
+        sr[j] = -INFINITY;
+      mx = std::max(mx, sr[j]);
+    }
+    float *ar = acc + row * dPad;
+    if (mx == -INFINITY) { // nothing yet: P = 0 keeps acc as it is
+      std::fill(sr, sr + ldk, 0.0f);
+      continue;
+    }
+    float corr = std::exp(m[row] - mx);
+    vec::Vec sum{};
+    for (int64_t c = 0; c < ldk; c += vec::kLanes) {
+      vec::Vec e = vec::expVec(vec::loadVec(sr + c) - mx);
+      sum += e;
+      vec::storeVec(sr + c, e);
+    }
+    for (int64_t i = 0; i < dPad; ++i)
+      ar[i] *= corr;
+    l[row] = l[row] * corr + vec::horizontalSum(sum);
+    m[row] = mx;
+  }
+  for (int64_t row = rows; row < rowsPad; ++row)
+    std::fill(s + row * ldk, s + (row + 1) * ldk, 0.0f);
+  vec::gemm(s, ldk, vb, dPad, acc, dPad, rowsPad, dPad, ldk, true);
+}
+} // namespace
+
+TileCounts attendVerticalSlashTiled(const Rows &q, const Rows &k, const Rows &v,
+                                    float *o, int64_t oStride, float *lse,
+                                    int64_t headDim, float scale,
+                                    const VerticalSlashIndex &index,
+                                    bool causal, int64_t block, int threads) {
+  const int64_t nq = q.count, nk = k.count, d = headDim;
+  std::vector<uint8_t> colSel(static_cast<size_t>(nk), 0),
+      diagSel(static_cast<size_t>(nk), 0);
+  for (int64_t c : index.columns)
+    if (c >= 0 && c < nk)
+      colSel[size_t(c)] = 1;
+  for (int64_t dg : index.diagonals)
+    if (dg <= 0 && dg > -nk)
+      diagSel[size_t(dg + nk - 1)] = 1;
+  const int64_t numBlocks = (nq + block - 1) / block;
+  if (threads <= 0)
+    threads = int(std::max(1u, std::thread::hardware_concurrency()));
+  threads = int(std::min<int64_t>(threads, std::max<int64_t>(numBlocks, 1)));
+  std::atomic<int64_t> next{0}, contiguous{0}, gathered{0};
+
+  auto work = [&]() {
+    // Keys and dimensions padded to whole vectors, rows to the
+    // microkernel's row block.
+    const int64_t ldk = (block + vec::kLanes - 1) / vec::kLanes * vec::kLanes;
+    const int64_t dPad = (d + vec::kLanes - 1) / vec::kLanes * vec::kLanes;
+    const int64_t rowsPad = (block + vec::kRows - 1) / vec::kRows * vec::kRows;
+    const size_t lds = static_cast<size_t>(ldk),
+                 dps = static_cast<size_t>(dPad),
+                 rps = static_cast<size_t>(rowsPad);
+    std::vector<float> kT(static_cast<size_t>(d) * lds), vb(lds * dps),
+        s(rps * lds), acc(rps * dps), qs(rps * dps, 0.0f), m(rps), l(rps);
+    std::vector<int64_t> keys(lds);
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+    std::vector<int64_t> columns;
+    int64_t myContiguous = 0, myGathered = 0;
+    for (int64_t qb; (qb = next++) < numBlocks;) {
+      int64_t q0 = qb * block, q1 = std::min(q0 + block, nq), rows = q1 - q0;
+      int64_t p0 = q0 + nk - nq, p1 = q1 - 1 + nk - nq;
+      int64_t kMax = causal ? std::min(p1, nk - 1) : nk - 1;
+      // The diagonals' key ranges over this block, merged (diagonals are
+      // ascending, so are the ranges' starts).
+      ranges.clear();
+      for (int64_t dg : index.diagonals) {
+        int64_t a = std::max<int64_t>(p0 + dg, 0), b = std::min(p1 + dg, kMax);
+        if (a > b)
+          continue;
+        if (!ranges.empty() && a <= ranges.back().second + 1)
+          ranges.back().second = std::max(ranges.back().second, b);
+        else
+          ranges.push_back({a, b});
+      }
+      // The columns outside those ranges are gathered.
+      columns.clear();
+      size_t r = 0;
+      for (int64_t c : index.columns) {
+        if (c > kMax)
+          break;
+        while (r < ranges.size() && ranges[r].second < c)
+          ++r;
+        if (r < ranges.size() && ranges[r].first <= c)
+          continue;
+        columns.push_back(c);
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      std::fill(m.begin(), m.end(), -INFINITY);
+      std::fill(l.begin(), l.end(), 0.0f);
+      std::fill(qs.begin(), qs.end(), 0.0f);
+      for (int64_t row = 0; row < rows; ++row)
+        for (int64_t i = 0; i < d; ++i)
+          qs[size_t(row * dPad + i)] = q.row(q0 + row)[i] * scale;
+      auto tile = [&](int64_t n) {
+        vsTile(k, v, keys.data(), n, qs.data(), rows, rowsPad, p0, nk, d, dPad,
+               causal, colSel.data(), diagSel.data(), kT.data(), vb.data(),
+               s.data(), ldk, acc.data(), m.data(), l.data());
+      };
+      for (auto [a, b] : ranges)
+        for (int64_t k0 = a; k0 <= b; k0 += block) {
+          int64_t n = std::min(block, b - k0 + 1);
+          for (int64_t j = 0; j < n; ++j)
+            keys[size_t(j)] = k0 + j;
+          tile(n);
+          ++myContiguous;
+        }
+      for (size_t c0 = 0; c0 < columns.size(); c0 += size_t(block)) {
+        int64_t n = std::min<int64_t>(block, int64_t(columns.size() - c0));
+        for (int64_t j = 0; j < n; ++j)
+          keys[size_t(j)] = columns[c0 + size_t(j)];
+        tile(n);
+        ++myGathered;
+      }
+      for (int64_t row = 0; row < rows; ++row) {
+        float *out = o + (q0 + row) * oStride;
+        if (l[size_t(row)] == 0.0f) {
+          std::fill(out, out + d, 0.0f);
+          if (lse)
+            lse[q0 + row] = -INFINITY;
+          continue;
+        }
+        for (int64_t i = 0; i < d; ++i)
+          out[i] = acc[size_t(row * dPad + i)] / l[size_t(row)];
+        if (lse)
+          lse[q0 + row] = m[size_t(row)] + std::log(l[size_t(row)]);
+      }
+    }
+    contiguous += myContiguous;
+    gathered += myGathered;
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t)
+    pool.emplace_back(work);
+  work();
+  for (std::thread &th : pool)
+    th.join();
+  return {contiguous.load(), gathered.load()};
 }
 
 } // namespace tessera::cpu

@@ -1,6 +1,8 @@
 //===- Executor.cpp - block-sparse attention on the CPU -------------------===//
 
 #include "tessera/cpu/Executor.h"
+
+#include "VecMath.h"
 #include "tessera/cpu/Half.h"
 #include "tessera/kernel/ProgramRuns.h"
 
@@ -31,15 +33,8 @@ Tensor tessera::cpu::contiguous(void *data, DType dtype, int64_t batch,
   return t;
 }
 
-// The hot loops are compiled for several x86-64 levels and picked at load
-// time, so one library runs everywhere and uses AVX-512 or AVX2 where present.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&         \
-    !defined(__SANITIZE_ADDRESS__)
-#define TESSERA_CPU_CLONES                                                     \
-  __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define TESSERA_CPU_CLONES
-#endif
+
+using namespace tessera::cpu::vec;
 
 namespace {
 
@@ -106,9 +101,6 @@ std::string checkTensor(const Tensor &t, const char *name) {
 /// The most memory a worker's key/value block cache takes.
 constexpr int64_t kCacheBytes = int64_t(64) << 20;
 
-/// Rows of the register-blocked microkernel, and its vector width in floats.
-constexpr int64_t kRows = 8;
-constexpr int64_t kLanes = 16;
 
 int64_t roundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -136,89 +128,6 @@ struct Worker {
   std::vector<float> keyRows; ///< [kLanes][dPad] keys being transposed
 };
 
-/// kLanes floats as one GCC vector; loads and stores go through memcpy, so
-/// no alignment is assumed.
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
-
-// Vec never crosses a non-inlined call (the helpers below are always
-// inlined), so GCC's note that its ABI depends on AVX-512 does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-__attribute__((always_inline)) inline Vec loadVec(const float *p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
-
-__attribute__((always_inline)) inline void storeVec(float *p, const Vec &v) {
-  std::memcpy(p, &v, sizeof(Vec));
-}
-
-/// Same microkernel for S = Q K^T and O += P V:
-/// C[M][N] (+)= A[M][K] * B[K][N], M a multiple of kRows, N of kLanes.
-/// The kRows x kLanes block of C stays in vector registers.
-TESSERA_CPU_CLONES
-void gemm(const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
-          int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate) {
-  for (int64_t i0 = 0; i0 < m; i0 += kRows)
-    for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
-      float *c0 = c + i0 * ldc + j0;
-      Vec t[kRows];
-      for (int64_t r = 0; r < kRows; ++r)
-        t[r] = accumulate ? loadVec(c0 + r * ldc) : Vec{};
-      const float *a0 = a + i0 * lda;
-      for (int64_t x = 0; x < k; ++x) {
-        Vec bx = loadVec(b + x * ldb + j0);
-#pragma GCC unroll 8
-        for (int64_t r = 0; r < kRows; ++r)
-          t[r] += a0[r * lda + x] * bx;
-      }
-      for (int64_t r = 0; r < kRows; ++r)
-        storeVec(c0 + r * ldc, t[r]);
-    }
-}
-
-typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t))));
-typedef uint32_t VecU __attribute__((vector_size(kLanes * sizeof(uint32_t))));
-
-/// exp(x) for x <= 0, on kLanes floats at once: about 2 ulp, exactly 0
-/// below -87 (and for -inf); branch-free.
-__attribute__((always_inline)) inline Vec expVec(const Vec &x) {
-  const float log2e = 1.44269504088896341f;
-  const float shifter = 12582912.0f; // 1.5 * 2^23: adds round to integers
-  Vec xc = x < -87.0f ? Vec{} - 87.0f : x;
-  Vec n = (xc * log2e + shifter) - shifter;
-  Vec r = xc - n * 0.693145751953125f;
-  r = r - n * 1.428606765330187045e-06f;
-  Vec p = Vec{} + 1.0f / 5040;
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  VecU bits;
-  std::memcpy(&bits, &p, sizeof(bits));
-  bits += (VecU) __builtin_convertvector(n, VecI) << 23;
-  Vec e;
-  std::memcpy(&e, &bits, sizeof(e));
-  return x < -87.0f ? Vec{} : e;
-}
-
-__attribute__((always_inline)) inline float horizontalMax(const Vec &v) {
-  float m = v[0];
-  for (int64_t i = 1; i < kLanes; ++i)
-    m = std::max(m, v[i]);
-  return m;
-}
-
-__attribute__((always_inline)) inline float horizontalSum(const Vec &v) {
-  float s = 0;
-  for (int64_t i = 0; i < kLanes; ++i)
-    s += v[i];
-  return s;
-}
 
 /// Fills mask[(q - q0) * ld + (k - k0)] for the pairs of the partial tile
 /// [q0, q1) x [k0, k1): 1 where allowed. Subdivides the tile with the tile

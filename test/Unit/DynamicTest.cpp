@@ -107,6 +107,50 @@ TEST(Dynamic, VerticalSlashSpecialisedAllowsTheIndex) {
   }
 }
 
+TEST(Dynamic, TiledVerticalSlashMatchesKeyLists) {
+  // Blocks of 16 so that ranges, gathered columns and partial blocks all
+  // occur; Nq = Nk, Nq < Nk, Nq > Nk, with and without causality.
+  for (auto [nq, nk, seed] :
+       {std::tuple{100, 100, 5u}, {50, 130, 6u}, {130, 50, 7u}}) {
+    Inputs in = make(nq, nk, 8, seed);
+    cpu::VerticalSlashParams vs;
+    vs.lastQ = 10;
+    vs.vertical = 12;
+    vs.slash = 7;
+    vs.firstColumns = 3;
+    vs.lastDiagonals = 2;
+    cpu::VerticalSlashIndex index =
+        cpu::buildVerticalSlash(in.qr(), in.kr(), 8, 0.35f, vs);
+    for (bool causal : {true, false}) {
+      std::vector<float> o1(static_cast<size_t>(nq * 8)),
+          o2(static_cast<size_t>(nq * 8)), l1(static_cast<size_t>(nq)),
+          l2(static_cast<size_t>(nq));
+      cpu::TileCounts tiles =
+          cpu::attendVerticalSlashTiled(in.qr(), in.kr(), in.vr(), o1.data(), 8,
+                                        l1.data(), 8, 0.35f, index, causal, 16);
+      EXPECT_GT(tiles.contiguous, 0);
+      EXPECT_GT(tiles.gathered, 0);
+      cpu::attendKeyLists(
+          in.qr(), in.kr(), in.vr(), o2.data(), 8, l2.data(), 8, 0.35f,
+          [&](int64_t row, std::vector<int64_t> &keys) {
+            int64_t last =
+                causal ? std::min<int64_t>(row + nk - nq, nk - 1) : nk - 1;
+            for (int64_t k = 0; k <= last; ++k)
+              if (cpu::verticalSlashAllows(index, row, k, nq, nk))
+                keys.push_back(k);
+          });
+      for (size_t i = 0; i < o1.size(); ++i)
+        ASSERT_NEAR(o1[i], o2[i], 2e-5) << nq << "x" << nk << " " << i;
+      for (int64_t r = 0; r < nq; ++r) {
+        if (std::isinf(l2[size_t(r)]))
+          EXPECT_TRUE(std::isinf(l1[size_t(r)]) && l1[size_t(r)] < 0);
+        else
+          EXPECT_NEAR(l1[size_t(r)], l2[size_t(r)], 2e-5);
+      }
+    }
+  }
+}
+
 TEST(Dynamic, BlockTopkSpecialisedAllowsTheIndex) {
   Inputs in = make(100, 100, 8, 9);
   auto blocks =

@@ -71,6 +71,24 @@ RoutingIndex buildRouting(const Rows &q, const Rows &k, int64_t headDim,
                           int64_t clusters, int64_t iterations,
                           const float *centroids);
 
+/// Attention of one head over a vertical-slash index in tiles of `block`
+/// query rows by up to `block` keys: per query block, the diagonals' key
+/// ranges (merged) are read contiguously and the remaining columns are
+/// gathered, 64 at a time, so a tile is either contiguous or gathered and
+/// never a scan over unselected keys; elements are masked by the index (and
+/// causality when `causal`). fp32 with an online softmax, threads over query
+/// blocks. Rows without keys give 0 and -inf. Returns the numbers of
+/// contiguous and gathered tiles visited.
+struct TileCounts {
+  int64_t contiguous = 0, gathered = 0;
+};
+TileCounts attendVerticalSlashTiled(const Rows &q, const Rows &k,
+                                    const Rows &v, float *o, int64_t oStride,
+                                    float *lse, int64_t headDim, float scale,
+                                    const VerticalSlashIndex &index,
+                                    bool causal, int64_t block = 64,
+                                    int threads = 0);
+
 /// Attention of one head over per-row key lists: keysOf(row, keys) fills the
 /// sorted, distinct keys row `row` attends to. o: Nq rows of headDim (with
 /// oStride); lse: Nq floats or null. Rows without keys give 0 and -inf.

@@ -144,6 +144,23 @@ bool verticalSlashAllows(const VerticalSlashIndex &index, int64_t q, int64_t k,
                             k - p);
 }
 
+namespace {
+/// w[j] = scale * sum_x qb[x] * kbT[x][j], summed over x in order.
+TESSERA_CPU_CLONES void pooledScores(const double *qb, const double *kbT,
+                                     int64_t d, int64_t tk, double scale,
+                                     double *w) {
+  std::fill(w, w + tk, 0.0);
+  for (int64_t x = 0; x < d; ++x) {
+    double a = qb[x];
+    const double *row = kbT + x * tk;
+    for (int64_t j = 0; j < tk; ++j)
+      w[j] += a * row[j];
+  }
+  for (int64_t j = 0; j < tk; ++j)
+    w[j] *= scale;
+}
+} // namespace
+
 std::vector<std::vector<int64_t>>
 buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim, float scale,
                int64_t block, double gamma, int64_t topK, int64_t minBlocks,
@@ -164,43 +181,59 @@ buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim, float scale,
   std::vector<double> qb = pool(q), kb = pool(k);
   int64_t tq = (q.count + block - 1) / block,
           tk = (k.count + block - 1) / block;
+  // Pooled keys transposed, so that a query block's scores against all key
+  // blocks accumulate over dimensions with key blocks innermost (the same
+  // sums, in the same order, as one dot product per pair).
+  std::vector<double> kbT(static_cast<size_t>(headDim * tk));
+  for (int64_t j = 0; j < tk; ++j)
+    for (int64_t x = 0; x < headDim; ++x)
+      kbT[size_t(x * tk + j)] = kb[size_t(j * headDim + x)];
   std::vector<std::vector<int64_t>> out(static_cast<size_t>(tq));
-  std::vector<double> w(static_cast<size_t>(tk));
-  for (int64_t i = 0; i < tq; ++i) {
-    double m = -INFINITY;
-    for (int64_t j = 0; j < tk; ++j) {
-      double s = 0;
-      for (int64_t x = 0; x < headDim; ++x)
-        s += qb[size_t(i * headDim + x)] * kb[size_t(j * headDim + x)];
-      w[size_t(j)] = s * scale;
-      m = std::max(m, w[size_t(j)]);
-    }
-    double z = 0;
-    for (double &x : w)
-      z += (x = std::exp(x - m));
-    for (double &x : w)
-      x /= z;
-    std::vector<int64_t> order = top(w, tk, [](int64_t j) { return j; });
-    int64_t take;
-    if (topK > 0) {
-      take = std::min(topK, tk);
-    } else {
-      double total = 0;
-      take = 0;
-      for (int64_t j : order) {
-        total += w[size_t(j)];
-        ++take;
-        if (total >= gamma - 1e-12)
-          break;
+  std::atomic<int64_t> next{0};
+  auto work = [&]() {
+    std::vector<double> w(static_cast<size_t>(tk));
+    for (int64_t i; (i = next++) < tq;) {
+      pooledScores(&qb[size_t(i * headDim)], kbT.data(), headDim, tk,
+                   double(scale), w.data());
+      double m = -INFINITY;
+      for (int64_t j = 0; j < tk; ++j)
+        m = std::max(m, w[size_t(j)]);
+      double z = 0;
+      for (double &x : w)
+        z += (x = std::exp(x - m));
+      for (double &x : w)
+        x /= z;
+      std::vector<int64_t> order = top(w, tk, [](int64_t j) { return j; });
+      int64_t take;
+      if (topK > 0) {
+        take = std::min(topK, tk);
+      } else {
+        double total = 0;
+        take = 0;
+        for (int64_t j : order) {
+          total += w[size_t(j)];
+          ++take;
+          if (total >= gamma - 1e-12)
+            break;
+        }
+        take = std::max(take, minBlocks);
+        if (maxBlocks > 0)
+          take = std::min(take, maxBlocks);
+        take = std::min(take, tk);
       }
-      take = std::max(take, minBlocks);
-      if (maxBlocks > 0)
-        take = std::min(take, maxBlocks);
-      take = std::min(take, tk);
+      out[size_t(i)].assign(order.begin(), order.begin() + take);
+      std::sort(out[size_t(i)].begin(), out[size_t(i)].end());
     }
-    out[size_t(i)].assign(order.begin(), order.begin() + take);
-    std::sort(out[size_t(i)].begin(), out[size_t(i)].end());
-  }
+  };
+  int threads =
+      int(std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()),
+                            std::max<int64_t>(tq, 1)));
+  std::vector<std::thread> workers;
+  for (int t = 1; t < threads; ++t)
+    workers.emplace_back(work);
+  work();
+  for (std::thread &th : workers)
+    th.join();
   return out;
 }
 

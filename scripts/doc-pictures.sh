@@ -18,3 +18,14 @@ for h in 0 10; do
 done
 "$viz" "$src/patterns/s2-strided.mlir" --layer 0 --q-len 4096 --size 64 \
   --format=svg -o "$out/s2-strided-layer0-4k.svg"
+
+# Indices built by the CPU builders on planted inputs (tessera-dynamic-dump),
+# specialised to static patterns: what a dynamic pattern selects.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$build/test/Unit/tessera-dynamic-dump" "$work/dump" > /dev/null
+/usr/bin/python3 "$src/scripts/index-patterns.py" "$work/dump" "$work"
+"$viz" "$work/vertical-slash.mlir" --layer 0 --head 0 --q-len 256 \
+  --format=svg -o "$out/index-vertical-slash.svg"
+"$viz" "$work/block-topk.mlir" --layer 0 --head 0 --q-len 256 \
+  --format=svg -o "$out/index-block-topk.svg"

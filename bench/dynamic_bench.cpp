@@ -22,6 +22,7 @@
 
 #include "tessera/Schedule/Lower.h"
 #include "tessera/Schedule/Specialize.h"
+#include "tessera/Support/Npy.h"
 #include "tessera/Support/Progress.h"
 #include "tessera/cpu/Dynamic.h"
 #include "tessera/cpu/Executor.h"
@@ -32,6 +33,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -41,6 +43,10 @@ namespace cl = llvm::cl;
 static cl::opt<int64_t> len("len", cl::init(32768));
 static cl::opt<int64_t> headDimOpt("head-dim", cl::init(128));
 static cl::opt<int> repeats("repeats", cl::init(3));
+static cl::opt<std::string>
+    dumpDir("dump", cl::desc("also write q, k, v, the vertical-slash index "
+                             "and its output here (for bench/flex_dynamic.py)"),
+            cl::init(""));
 
 static double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -147,6 +153,26 @@ int main(int argc, char **argv) {
         [&] { runSchedule(semantics::Pattern{semantics::Causal{}}); }, 1));
   }
   progress.finish();
+
+  if (!dumpDir.empty()) {
+    // The vertical-slash output of the last run is in o.
+    writeNpy(dumpDir + "/q.npy", q, {n, d});
+    writeNpy(dumpDir + "/k.npy", k, {n, d});
+    writeNpy(dumpDir + "/v.npy", v, {n, d});
+    tiles = cpu::attendVerticalSlashTiled(qr, kr, vr, o.data(), d, lse.data(),
+                                          d, scale, index, true);
+    writeNpy(dumpDir + "/o_vertical_slash.npy", o, {n, d});
+    std::ofstream json(dumpDir + "/index.json");
+    json << "{\"columns\": [";
+    for (size_t i = 0; i < index.columns.size(); ++i)
+      json << (i ? ", " : "") << index.columns[i];
+    json << "], \"diagonals\": [";
+    for (size_t i = 0; i < index.diagonals.size(); ++i)
+      json << (i ? ", " : "") << index.diagonals[i];
+    json << "], \"vs_index_s\": " << median(tVsIndex)
+         << ", \"vs_attention_s\": " << median(tVsAttn)
+         << ", \"dense_causal_s\": " << median(tDense) << "}\n";
+  }
 
   // Recall of the dense (causal) mass on the last 256 rows, in double.
   auto recallOf = [&](auto allowed) {

@@ -10,6 +10,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "tessera/Support/Npy.h"
 #include "tessera/cpu/Dynamic.h"
 
 #include <cmath>
@@ -21,27 +22,9 @@
 #include <vector>
 
 using namespace tessera::cpu;
+using tessera::writeNpy;
 
 namespace {
-
-void writeNpy(const std::string &path, const std::vector<float> &data,
-              std::vector<int64_t> shape) {
-  std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (";
-  for (int64_t s : shape)
-    dict += std::to_string(s) + ", ";
-  dict += "), }";
-  size_t total = 10 + dict.size() + 1;
-  dict.append((64 - total % 64) % 64, ' ');
-  dict += '\n';
-  std::ofstream out(path, std::ios::binary);
-  out.write("\x93NUMPY\x01\x00", 8);
-  uint16_t len = uint16_t(dict.size());
-  out.put(char(len & 0xff));
-  out.put(char(len >> 8));
-  out << dict;
-  out.write(reinterpret_cast<const char *>(data.data()),
-            std::streamsize(data.size() * sizeof(float)));
-}
 
 std::string list(const std::vector<int64_t> &v) {
   std::string s = "[";

@@ -10,6 +10,7 @@
 //     attention over it in contiguous and gathered tiles;
 //   * the block top-k index (block 64, gamma 0.9, at least 16 blocks)
 //     specialised to a block-sparse pattern and run by the CPU executor;
+//   * routing (16 clusters, 2 k-means iterations on the keys) by segments;
 //   * the same head dense (causal) with the CPU executor;
 // and prints one JSON line: times, the index build's share of the sparse
 // attention, speed-ups over dense, and the recall of the dense mass on the
@@ -125,7 +126,10 @@ int main(int argc, char **argv) {
   vs.lastDiagonals = 100;
   cpu::VerticalSlashIndex index;
   std::vector<std::vector<int64_t>> blocks;
-  std::vector<double> tVsIndex, tVsAttn, tBtIndex, tBtAttn, tDense;
+  std::vector<double> tVsIndex, tVsAttn, tBtIndex, tBtAttn, tDense, tRtIndex,
+      tRtAttn;
+  cpu::RoutingIndex route;
+  int64_t routeTiles = 0;
   cpu::TileCounts tiles;
   Progress progress("tessera-dynamic-bench", repeats);
   for (int r = 0; r < repeats; ++r) {
@@ -149,6 +153,15 @@ int main(int argc, char **argv) {
         },
         1));
     tBtAttn.push_back(bench::seconds([&] { runSchedule(bt); }, 1));
+    tRtIndex.push_back(bench::seconds(
+        [&] { route = cpu::buildRouting(qr, kr, d, 16, 2, nullptr); }, 1));
+    tRtAttn.push_back(bench::seconds(
+        [&] {
+          routeTiles = cpu::attendRoutingSegments(qr, kr, vr, o.data(), d,
+                                                  lse.data(), d, scale, route,
+                                                  16, /*causal=*/true);
+        },
+        1));
     tDense.push_back(bench::seconds(
         [&] { runSchedule(semantics::Pattern{semantics::Causal{}}); }, 1));
   }
@@ -206,6 +219,9 @@ int main(int argc, char **argv) {
     const auto &b = blocks[size_t(row / 64)];
     return std::binary_search(b.begin(), b.end(), key / 64);
   });
+  double rtRecall = recallOf([&](int64_t row, int64_t key) {
+    return route.queryCluster[size_t(row)] == route.keyCluster[size_t(key)];
+  });
   int64_t btTiles = 0;
   for (size_t i = 0; i < blocks.size(); ++i)
     for (int64_t b : blocks[i])
@@ -220,7 +236,10 @@ int main(int argc, char **argv) {
       "{10}, \"vs_tiles_gathered\": {11}, \"vs_recall\": {12:f4}, "
       "\"bt_index_s\": {13:f4}, \"bt_attention_s\": {14:f4}, "
       "\"bt_index_share\": {15:f4}, \"bt_speedup\": {16:f2}, "
-      "\"bt_tiles\": {17}, \"bt_recall\": {18:f4}, \"causal_tiles\": {19}}\n",
+      "\"bt_tiles\": {17}, \"bt_recall\": {18:f4}, \"causal_tiles\": {19}, "
+      "\"rt_index_s\": {20:f4}, \"rt_attention_s\": {21:f4}, "
+      "\"rt_index_share\": {22:f4}, \"rt_speedup\": {23:f2}, "
+      "\"rt_tiles\": {24}, \"rt_recall\": {25:f4}}\n",
       n, d, std::thread::hardware_concurrency(), dense, median(tVsIndex),
       median(tVsAttn), median(tVsIndex) / (median(tVsIndex) + median(tVsAttn)),
       dense / (median(tVsIndex) + median(tVsAttn)), index.columns.size(),
@@ -228,6 +247,9 @@ int main(int argc, char **argv) {
       median(tBtIndex), median(tBtAttn),
       median(tBtIndex) / (median(tBtIndex) + median(tBtAttn)),
       dense / (median(tBtIndex) + median(tBtAttn)), btTiles, btRecall,
-      ((n + 63) / 64) * ((n + 63) / 64 + 1) / 2);
+      ((n + 63) / 64) * ((n + 63) / 64 + 1) / 2, median(tRtIndex),
+      median(tRtAttn),
+      median(tRtIndex) / (median(tRtIndex) + median(tRtAttn)),
+      dense / (median(tRtIndex) + median(tRtAttn)), routeTiles, rtRecall);
   return 0;
 }

@@ -293,20 +293,18 @@ RoutingIndex buildRouting(const Rows &q, const Rows &k, int64_t headDim,
 }
 
 namespace {
-/// One tile of attendVerticalSlashTiled: keys[0, n) (n <= ldk, the tile's
-/// padded key count) against the query block's rows, whose scaled queries
-/// are qs ([rowsPad][dPad]). S = Q K^T and O += P V through the executor's
-/// register-blocked microkernel; padding scores are -inf, padded keys and
-/// dimensions zero. Updates the online softmax state m, l and acc
-/// ([rowsPad][dPad]). Compiled for several x86-64 levels like the
-/// executor's loops.
-TESSERA_CPU_CLONES void vsTile(const Rows &k, const Rows &v,
-                               const int64_t *keys, int64_t n, const float *qs,
-                               int64_t rows, int64_t rowsPad, int64_t p0,
-                               int64_t nk, int64_t d, int64_t dPad, bool causal,
-                               const uint8_t *colSel, const uint8_t *diagSel,
-                               float *kT, float *vb, float *s, int64_t ldk,
-                               float *acc, float *m, float *l) {
+/// One tile of the dynamic patterns' attention: keys[0, n) (n <= ldk, the
+/// tile's padded key count) against `rows` query rows, whose scaled queries
+/// are qs ([rowsPad][dPad]); mask[row * ldk + j] says whether the row sees
+/// key j. S = Q K^T and O += P V through the executor's register-blocked
+/// microkernel; padding scores are -inf, padded keys and dimensions zero.
+/// Updates the online softmax state m, l and acc ([rowsPad][dPad]).
+/// Compiled for several x86-64 levels like the executor's loops.
+TESSERA_CPU_CLONES void
+maskedTile(const Rows &k, const Rows &v, const int64_t *keys, int64_t n,
+           const float *qs, int64_t rows, int64_t rowsPad, int64_t d,
+           int64_t dPad, const uint8_t *mask, float *kT, float *vb, float *s,
+           int64_t ldk, float *acc, float *m, float *l) {
   for (int64_t j = 0; j < n; ++j) {
     const float *kr = k.row(keys[j]), *vr = v.row(keys[j]);
     for (int64_t i = 0; i < d; ++i)
@@ -319,17 +317,10 @@ TESSERA_CPU_CLONES void vsTile(const Rows &k, const Rows &v,
   vec::gemm(qs, dPad, kT, ldk, s, ldk, rowsPad, ldk, d, false);
   for (int64_t row = 0; row < rows; ++row) {
     float *sr = s + row * ldk;
-    int64_t p = p0 + row;
+    const uint8_t *mr = mask + row * ldk;
     float mx = m[row];
     for (int64_t j = 0; j < ldk; ++j) {
-      bool ok = false;
-      if (j < n) {
-        int64_t key = keys[j];
-        ok = (!causal || key <= p) &&
-             (colSel[key] ||
-              (key - p <= 0 && key - p > -nk && diagSel[key - p + nk - 1]));
-      }
-      if (!ok)
+      if (j >= n || !mr[j])
         sr[j] = -INFINITY;
       mx = std::max(mx, sr[j]);
     }
@@ -354,6 +345,73 @@ TESSERA_CPU_CLONES void vsTile(const Rows &k, const Rows &v,
     std::fill(s + row * ldk, s + (row + 1) * ldk, 0.0f);
   vec::gemm(s, ldk, vb, dPad, acc, dPad, rowsPad, dPad, ldk, true);
 }
+
+/// The per-thread buffers of the tiled attention over dynamic indices.
+struct TileBuffers {
+  int64_t ldk, dPad, rowsPad;
+  std::vector<float> kT, vb, s, acc, qs, m, l;
+  std::vector<uint8_t> mask;
+  std::vector<int64_t> keys;
+  TileBuffers(int64_t block, int64_t d)
+      : ldk((block + vec::kLanes - 1) / vec::kLanes * vec::kLanes),
+        dPad((d + vec::kLanes - 1) / vec::kLanes * vec::kLanes),
+        rowsPad((block + vec::kRows - 1) / vec::kRows * vec::kRows) {
+    size_t lds = size_t(ldk), dps = size_t(dPad), rps = size_t(rowsPad);
+    kT.resize(size_t(d) * lds);
+    vb.resize(lds * dps);
+    s.resize(rps * lds);
+    acc.resize(rps * dps);
+    qs.resize(rps * dps);
+    m.resize(rps);
+    l.resize(rps);
+    mask.resize(rps * lds);
+    keys.resize(lds);
+  }
+  /// Starts a query block of `rows` rows: rowQ(r) gives row r's query.
+  template <typename RowQ>
+  void start(int64_t rows, int64_t d, float scale, RowQ rowQ) {
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    std::fill(m.begin(), m.end(), -INFINITY);
+    std::fill(l.begin(), l.end(), 0.0f);
+    std::fill(qs.begin(), qs.end(), 0.0f);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float *qr = rowQ(r);
+      for (int64_t i = 0; i < d; ++i)
+        qs[size_t(r * dPad + i)] = qr[i] * scale;
+    }
+  }
+  /// Writes row r's output to out (d floats) and its LSE.
+  void finish(int64_t r, int64_t d, float *out, float *lseOut) const {
+    if (l[size_t(r)] == 0.0f) {
+      std::fill(out, out + d, 0.0f);
+      if (lseOut)
+        *lseOut = -INFINITY;
+      return;
+    }
+    for (int64_t i = 0; i < d; ++i)
+      out[i] = acc[size_t(r * dPad + i)] / l[size_t(r)];
+    if (lseOut)
+      *lseOut = m[size_t(r)] + std::log(l[size_t(r)]);
+  }
+  void tile(const Rows &k, const Rows &v, int64_t n, int64_t rows, int64_t d) {
+    maskedTile(k, v, keys.data(), n, qs.data(), rows, rowsPad, d, dPad,
+               mask.data(), kT.data(), vb.data(), s.data(), ldk, acc.data(),
+               m.data(), l.data());
+  }
+};
+
+/// Runs work() on `threads` threads (0: all hardware threads).
+template <typename Work> void onThreads(int threads, int64_t items, Work work) {
+  if (threads <= 0)
+    threads = int(std::max(1u, std::thread::hardware_concurrency()));
+  threads = int(std::min<int64_t>(threads, std::max<int64_t>(items, 1)));
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t)
+    pool.emplace_back(work);
+  work();
+  for (std::thread &th : pool)
+    th.join();
+}
 } // namespace
 
 TileCounts attendVerticalSlashTiled(const Rows &q, const Rows &k, const Rows &v,
@@ -371,23 +429,9 @@ TileCounts attendVerticalSlashTiled(const Rows &q, const Rows &k, const Rows &v,
     if (dg <= 0 && dg > -nk)
       diagSel[size_t(dg + nk - 1)] = 1;
   const int64_t numBlocks = (nq + block - 1) / block;
-  if (threads <= 0)
-    threads = int(std::max(1u, std::thread::hardware_concurrency()));
-  threads = int(std::min<int64_t>(threads, std::max<int64_t>(numBlocks, 1)));
   std::atomic<int64_t> next{0}, contiguous{0}, gathered{0};
-
-  auto work = [&]() {
-    // Keys and dimensions padded to whole vectors, rows to the
-    // microkernel's row block.
-    const int64_t ldk = (block + vec::kLanes - 1) / vec::kLanes * vec::kLanes;
-    const int64_t dPad = (d + vec::kLanes - 1) / vec::kLanes * vec::kLanes;
-    const int64_t rowsPad = (block + vec::kRows - 1) / vec::kRows * vec::kRows;
-    const size_t lds = static_cast<size_t>(ldk),
-                 dps = static_cast<size_t>(dPad),
-                 rps = static_cast<size_t>(rowsPad);
-    std::vector<float> kT(static_cast<size_t>(d) * lds), vb(lds * dps),
-        s(rps * lds), acc(rps * dps), qs(rps * dps, 0.0f), m(rps), l(rps);
-    std::vector<int64_t> keys(lds);
+  onThreads(threads, numBlocks, [&]() {
+    TileBuffers t(block, d);
     std::vector<std::pair<int64_t, int64_t>> ranges;
     std::vector<int64_t> columns;
     int64_t myContiguous = 0, myGathered = 0;
@@ -419,57 +463,103 @@ TileCounts attendVerticalSlashTiled(const Rows &q, const Rows &k, const Rows &v,
           continue;
         columns.push_back(c);
       }
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      std::fill(m.begin(), m.end(), -INFINITY);
-      std::fill(l.begin(), l.end(), 0.0f);
-      std::fill(qs.begin(), qs.end(), 0.0f);
-      for (int64_t row = 0; row < rows; ++row)
-        for (int64_t i = 0; i < d; ++i)
-          qs[size_t(row * dPad + i)] = q.row(q0 + row)[i] * scale;
+      t.start(rows, d, scale, [&](int64_t row) { return q.row(q0 + row); });
       auto tile = [&](int64_t n) {
-        vsTile(k, v, keys.data(), n, qs.data(), rows, rowsPad, p0, nk, d, dPad,
-               causal, colSel.data(), diagSel.data(), kT.data(), vb.data(),
-               s.data(), ldk, acc.data(), m.data(), l.data());
+        for (int64_t row = 0; row < rows; ++row) {
+          int64_t p = p0 + row;
+          uint8_t *mr = &t.mask[size_t(row * t.ldk)];
+          for (int64_t j = 0; j < n; ++j) {
+            int64_t key = t.keys[size_t(j)];
+            mr[j] =
+                (!causal || key <= p) &&
+                (colSel[size_t(key)] || (key - p <= 0 && key - p > -nk &&
+                                         diagSel[size_t(key - p + nk - 1)]));
+          }
+        }
+        t.tile(k, v, n, rows, d);
       };
       for (auto [a, b] : ranges)
         for (int64_t k0 = a; k0 <= b; k0 += block) {
           int64_t n = std::min(block, b - k0 + 1);
           for (int64_t j = 0; j < n; ++j)
-            keys[size_t(j)] = k0 + j;
+            t.keys[size_t(j)] = k0 + j;
           tile(n);
           ++myContiguous;
         }
       for (size_t c0 = 0; c0 < columns.size(); c0 += size_t(block)) {
         int64_t n = std::min<int64_t>(block, int64_t(columns.size() - c0));
         for (int64_t j = 0; j < n; ++j)
-          keys[size_t(j)] = columns[c0 + size_t(j)];
+          t.keys[size_t(j)] = columns[c0 + size_t(j)];
         tile(n);
         ++myGathered;
       }
-      for (int64_t row = 0; row < rows; ++row) {
-        float *out = o + (q0 + row) * oStride;
-        if (l[size_t(row)] == 0.0f) {
-          std::fill(out, out + d, 0.0f);
-          if (lse)
-            lse[q0 + row] = -INFINITY;
-          continue;
-        }
-        for (int64_t i = 0; i < d; ++i)
-          out[i] = acc[size_t(row * dPad + i)] / l[size_t(row)];
-        if (lse)
-          lse[q0 + row] = m[size_t(row)] + std::log(l[size_t(row)]);
-      }
+      for (int64_t row = 0; row < rows; ++row)
+        t.finish(row, d, o + (q0 + row) * oStride,
+                 lse ? lse + q0 + row : nullptr);
     }
     contiguous += myContiguous;
     gathered += myGathered;
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t)
-    pool.emplace_back(work);
-  work();
-  for (std::thread &th : pool)
-    th.join();
+  });
   return {contiguous.load(), gathered.load()};
+}
+
+int64_t attendRoutingSegments(const Rows &q, const Rows &k, const Rows &v,
+                              float *o, int64_t oStride, float *lse,
+                              int64_t headDim, float scale,
+                              const RoutingIndex &index, int64_t clusters,
+                              bool causal, int64_t block, int threads) {
+  const int64_t nq = q.count, nk = k.count, d = headDim;
+  // The permutation: queries and keys of each cluster, in position order,
+  // as contiguous segments.
+  std::vector<std::vector<int64_t>> queriesOf(static_cast<size_t>(clusters)),
+      keysOf(static_cast<size_t>(clusters));
+  for (int64_t r = 0; r < nq; ++r)
+    queriesOf[size_t(index.queryCluster[size_t(r)])].push_back(r);
+  for (int64_t r = 0; r < nk; ++r)
+    keysOf[size_t(index.keyCluster[size_t(r)])].push_back(r);
+  // Work items: (cluster, block of its queries).
+  std::vector<std::pair<int64_t, int64_t>> items;
+  for (int64_t c = 0; c < clusters; ++c)
+    for (int64_t i = 0; i < int64_t(queriesOf[size_t(c)].size()); i += block)
+      items.push_back({c, i});
+  std::atomic<int64_t> next{0}, tiles{0};
+  onThreads(threads, int64_t(items.size()), [&]() {
+    TileBuffers t(block, d);
+    int64_t myTiles = 0;
+    for (int64_t it; (it = next++) < int64_t(items.size());) {
+      auto [c, i0] = items[size_t(it)];
+      const std::vector<int64_t> &qs = queriesOf[size_t(c)];
+      const std::vector<int64_t> &ks = keysOf[size_t(c)];
+      int64_t rows = std::min<int64_t>(block, int64_t(qs.size()) - i0);
+      t.start(rows, d, scale,
+              [&](int64_t row) { return q.row(qs[size_t(i0 + row)]); });
+      // Keys beyond the last row's position are never seen under causality
+      // (keys are in position order).
+      int64_t lastP = qs[size_t(i0 + rows - 1)] + nk - nq;
+      for (size_t k0 = 0; k0 < ks.size(); k0 += size_t(block)) {
+        if (causal && ks[k0] > lastP)
+          break;
+        int64_t n = std::min<int64_t>(block, int64_t(ks.size() - k0));
+        for (int64_t j = 0; j < n; ++j)
+          t.keys[size_t(j)] = ks[k0 + size_t(j)];
+        for (int64_t row = 0; row < rows; ++row) {
+          int64_t p = qs[size_t(i0 + row)] + nk - nq;
+          uint8_t *mr = &t.mask[size_t(row * t.ldk)];
+          for (int64_t j = 0; j < n; ++j)
+            mr[j] = !causal || t.keys[size_t(j)] <= p;
+        }
+        t.tile(k, v, n, rows, d);
+        ++myTiles;
+      }
+      // The inverse permutation: each row's output goes to its position.
+      for (int64_t row = 0; row < rows; ++row) {
+        int64_t r = qs[size_t(i0 + row)];
+        t.finish(row, d, o + r * oStride, lse ? lse + r : nullptr);
+      }
+    }
+    tiles += myTiles;
+  });
+  return tiles.load();
 }
 
 } // namespace tessera::cpu

@@ -142,6 +142,12 @@ int main(int argc, char **argv) {
                    });
     writeNpy(dir + "/o_routing.npy", o, {c.nq, c.d});
     writeNpy(dir + "/lse_routing.npy", lse, {c.nq});
+    // The same by segments (permutation, tiles, inverse permutation), in
+    // tiles of 16 so that segments span several tiles.
+    attendRoutingSegments(qr, kr, vr, o.data(), c.d, lse.data(), c.d, scale,
+                          kmeans, 4, /*causal=*/true, 16);
+    writeNpy(dir + "/o_routing_segments.npy", o, {c.nq, c.d});
+    writeNpy(dir + "/lse_routing_segments.npy", lse, {c.nq});
 
     writeNpy(dir + "/q.npy", q, {c.nq, c.d});
     writeNpy(dir + "/k.npy", k, {c.nk, c.d});

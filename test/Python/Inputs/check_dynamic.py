@@ -94,6 +94,10 @@ for case in sorted(os.listdir(root)):
     compare_attention("routing", q, k, v, ref.routing_mask(qc, kc) & causal,
                       np.load(os.path.join(d, "o_routing.npy")),
                       np.load(os.path.join(d, "lse_routing.npy")))
+    compare_attention("routing by segments", q, k, v,
+                      ref.routing_mask(qc, kc) & causal,
+                      np.load(os.path.join(d, "o_routing_segments.npy")),
+                      np.load(os.path.join(d, "lse_routing_segments.npy")))
 
 print(f"{failures} failures")
 sys.exit(1 if failures else 0)

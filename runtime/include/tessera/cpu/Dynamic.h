@@ -82,12 +82,24 @@ RoutingIndex buildRouting(const Rows &q, const Rows &k, int64_t headDim,
 struct TileCounts {
   int64_t contiguous = 0, gathered = 0;
 };
-TileCounts attendVerticalSlashTiled(const Rows &q, const Rows &k,
-                                    const Rows &v, float *o, int64_t oStride,
-                                    float *lse, int64_t headDim, float scale,
+TileCounts attendVerticalSlashTiled(const Rows &q, const Rows &k, const Rows &v,
+                                    float *o, int64_t oStride, float *lse,
+                                    int64_t headDim, float scale,
                                     const VerticalSlashIndex &index,
                                     bool causal, int64_t block = 64,
                                     int threads = 0);
+
+/// Routing attention by segments: tokens permuted by cluster into contiguous
+/// segments (queries and keys of a cluster in position order), attention
+/// within each segment in tiles of `block` (masked by causality when
+/// `causal`), and the inverse permutation of the output. Rows whose
+/// cluster has no key they may see give 0 and -inf. Returns the tiles
+/// visited.
+int64_t attendRoutingSegments(const Rows &q, const Rows &k, const Rows &v,
+                              float *o, int64_t oStride, float *lse,
+                              int64_t headDim, float scale,
+                              const RoutingIndex &index, int64_t clusters,
+                              bool causal, int64_t block = 64, int threads = 0);
 
 /// Attention of one head over per-row key lists: keysOf(row, keys) fills the
 /// sorted, distinct keys row `row` attends to. o: Nq rows of headDim (with

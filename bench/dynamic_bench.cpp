@@ -45,8 +45,9 @@ static cl::opt<int64_t> len("len", cl::init(32768));
 static cl::opt<int64_t> headDimOpt("head-dim", cl::init(128));
 static cl::opt<int> repeats("repeats", cl::init(3));
 static cl::opt<std::string>
-    dumpDir("dump", cl::desc("also write q, k, v, the vertical-slash index "
-                             "and its output here (for bench/flex_dynamic.py)"),
+    dumpDir("dump",
+            cl::desc("also write q, k, v, the vertical-slash index "
+                     "and its output here (for bench/flex_dynamic.py)"),
             cl::init(""));
 
 static double median(std::vector<double> v) {
@@ -157,9 +158,9 @@ int main(int argc, char **argv) {
         [&] { route = cpu::buildRouting(qr, kr, d, 16, 2, nullptr); }, 1));
     tRtAttn.push_back(bench::seconds(
         [&] {
-          routeTiles = cpu::attendRoutingSegments(qr, kr, vr, o.data(), d,
-                                                  lse.data(), d, scale, route,
-                                                  16, /*causal=*/true);
+          routeTiles =
+              cpu::attendRoutingSegments(qr, kr, vr, o.data(), d, lse.data(), d,
+                                         scale, route, 16, /*causal=*/true);
         },
         1));
     tDense.push_back(bench::seconds(
@@ -248,8 +249,7 @@ int main(int argc, char **argv) {
       median(tBtIndex) / (median(tBtIndex) + median(tBtAttn)),
       dense / (median(tBtIndex) + median(tBtAttn)), btTiles, btRecall,
       ((n + 63) / 64) * ((n + 63) / 64 + 1) / 2, median(tRtIndex),
-      median(tRtAttn),
-      median(tRtIndex) / (median(tRtIndex) + median(tRtAttn)),
+      median(tRtAttn), median(tRtIndex) / (median(tRtIndex) + median(tRtAttn)),
       dense / (median(tRtIndex) + median(tRtAttn)), routeTiles, rtRecall);
   return 0;
 }

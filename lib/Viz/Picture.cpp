@@ -323,6 +323,11 @@ struct PanelGrid {
     width = columns * panelW + kMargin;
     height = ceilDiv(int64_t(panels.size()), columns) * panelH + kMargin;
   }
+  /// The top-left corner of panel i.
+  void origin(size_t i, int64_t &x0, int64_t &y0) const {
+    x0 = kMargin + int64_t(i % size_t(columns)) * panelW;
+    y0 = kMargin + int64_t(i / size_t(columns)) * panelH;
+  }
 };
 } // namespace
 
@@ -332,7 +337,6 @@ struct PanelGrid {
 
 std::string renderSvg(const std::vector<Panel> &panels, const Layout &layout) {
   PanelGrid pg(panels, layout, 160, kSvgCaption);
-  int64_t columns = pg.columns, panelW = pg.panelW, panelH = pg.panelH;
   int64_t width = pg.width, height = pg.height + kLegend;
   std::ostringstream os;
   os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width
@@ -343,9 +347,8 @@ std::string renderSvg(const std::vector<Panel> &panels, const Layout &layout) {
   for (size_t i = 0; i < panels.size(); ++i) {
     const Panel &p = panels[i];
     const HeadGrid &g = p.grid;
-    int64_t scale = cellPixels(g, layout.panelPixels);
-    int64_t x0 = kMargin + int64_t(i % size_t(columns)) * panelW;
-    int64_t y0 = kMargin + int64_t(i / size_t(columns)) * panelH;
+    int64_t scale = cellPixels(g, layout.panelPixels), x0, y0;
+    pg.origin(i, x0, y0);
     os << "<text x=\"" << x0 << "\" y=\"" << y0 + 13
        << "\" font-size=\"13\" font-weight=\"bold\">" << xmlEscape(p.title)
        << " (" << formatDensity(g) << ")</text>\n";
@@ -470,7 +473,6 @@ struct Canvas {
 
 Raster renderRaster(const std::vector<Panel> &panels, const Layout &layout) {
   PanelGrid pg(panels, layout, 80, kRasterCaption);
-  int64_t columns = pg.columns, panelW = pg.panelW, panelH = pg.panelH;
   Raster out;
   out.width = pg.width;
   out.height = pg.height;
@@ -479,9 +481,8 @@ Raster renderRaster(const std::vector<Panel> &panels, const Layout &layout) {
   for (size_t i = 0; i < panels.size(); ++i) {
     const Panel &p = panels[i];
     const HeadGrid &g = p.grid;
-    int64_t scale = cellPixels(g, layout.panelPixels);
-    int64_t x0 = kMargin + int64_t(i % size_t(columns)) * panelW;
-    int64_t y0 = kMargin + int64_t(i / size_t(columns)) * panelH;
+    int64_t scale = cellPixels(g, layout.panelPixels), x0, y0;
+    pg.origin(i, x0, y0);
     canvas.text(x0, y0, "h" + std::to_string(p.head) + " " + formatDensity(g));
     int64_t cx = x0, cy = y0 + kRasterCaption;
     for (int64_t r = 0; r < g.rows; ++r)

@@ -31,6 +31,18 @@ std::vector<int64_t> top(const std::vector<double> &scores, int64_t count,
   return order;
 }
 
+/// Runs work() on `threads` threads (0: all hardware threads).
+template <typename Work> void onThreads(int threads, int64_t items, Work work) {
+  if (threads <= 0)
+    threads = int(std::max(1u, std::thread::hardware_concurrency()));
+  threads = int(std::min<int64_t>(threads, std::max<int64_t>(items, 1)));
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t)
+    pool.emplace_back(work);
+  work();
+  for (std::thread &th : pool)
+    th.join();
+}
 } // namespace
 
 namespace {
@@ -82,12 +94,7 @@ VerticalSlashIndex buildVerticalSlash(const Rows &q, const Rows &k,
         scoreRows(q, k, r0 + a, n, headDim, scale, &logits[size_t(a * nk)]);
       }
     };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < threads; ++t)
-      pool.emplace_back(work);
-    work();
-    for (std::thread &th : pool)
-      th.join();
+    onThreads(threads, chunks, work);
   }
   // Column sums cols[k]; diagonal sums diags[d + nk - 1] for d in
   // [-(nk - 1), 0].
@@ -225,15 +232,7 @@ buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim, float scale,
       std::sort(out[size_t(i)].begin(), out[size_t(i)].end());
     }
   };
-  int threads =
-      int(std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()),
-                            std::max<int64_t>(tq, 1)));
-  std::vector<std::thread> workers;
-  for (int t = 1; t < threads; ++t)
-    workers.emplace_back(work);
-  work();
-  for (std::thread &th : workers)
-    th.join();
+  onThreads(0, tq, work);
   return out;
 }
 
@@ -400,18 +399,6 @@ struct TileBuffers {
   }
 };
 
-/// Runs work() on `threads` threads (0: all hardware threads).
-template <typename Work> void onThreads(int threads, int64_t items, Work work) {
-  if (threads <= 0)
-    threads = int(std::max(1u, std::thread::hardware_concurrency()));
-  threads = int(std::min<int64_t>(threads, std::max<int64_t>(items, 1)));
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t)
-    pool.emplace_back(work);
-  work();
-  for (std::thread &th : pool)
-    th.join();
-}
 } // namespace
 
 TileCounts attendVerticalSlashTiled(const Rows &q, const Rows &k, const Rows &v,

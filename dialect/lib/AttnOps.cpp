@@ -283,7 +283,7 @@ LogicalResult ScheduleOp::verifyRegions() {
 static bool isRunOp(Operation *op) {
   return isa<RunIntervalOp, RunPeriodicOp, RunListedOp, RunShardsOp,
              RunGroupsOp, RunBlocksOp, RunAllOp, RunUnionOp, RunIntersectOp,
-             RunDifferenceOp>(op);
+             RunDifferenceOp, BuildIndexOp>(op);
 }
 
 /// The ops of a region holding run expressions: all run ops, between `min`
@@ -311,12 +311,38 @@ static LogicalResult verifyRunRegion(Operation *owner, Region &region,
   return success();
 }
 
+/// The index layout each dynamic leaf builds, or "" for other patterns.
+static StringRef indexLayoutOf(PatternAttrInterface p) {
+  if (isa<VerticalSlashAttr>(p))
+    return "columns_and_diagonals";
+  if (isa<BlockTopkAttr>(p))
+    return "block_lists";
+  if (isa<RoutingAttr>(p))
+    return "segments";
+  return "";
+}
+
+LogicalResult BuildIndexOp::verify() {
+  StringRef want = indexLayoutOf(getPattern());
+  if (want.empty())
+    return emitOpError("builds the index of a dynamic leaf (vertical_slash, "
+                       "block_topk, routing), not of ")
+           << getPattern();
+  if (getLayout() != want)
+    return emitOpError("layout of ")
+           << getPattern() << " is \"" << want << "\", got \""
+           << getLayout() << "\"";
+  return success();
+}
+
 LogicalResult GroupOp::verifyRegions() {
   return verifyRunRegion(*this, getRuns(), 1, 1);
 }
 
 LogicalResult RunUnionOp::verifyRegions() {
-  return verifyRunRegion(*this, getBody(), 1, SIZE_MAX);
+  // An empty union visits no key block: the runs of a pattern that allows
+  // nothing (e.g. an unsimplified intersect<skip, ...>).
+  return verifyRunRegion(*this, getBody(), 0, SIZE_MAX);
 }
 
 LogicalResult RunIntersectOp::verifyRegions() {

@@ -16,6 +16,44 @@ using namespace tessera;
 using namespace tessera::attn;
 
 namespace {
+
+/// The index layout a dynamic leaf builds.
+StringRef layoutOf(PatternAttrInterface p) {
+  if (isa<VerticalSlashAttr>(p))
+    return "columns_and_diagonals";
+  if (isa<BlockTopkAttr>(p))
+    return "block_lists";
+  return "segments";
+}
+
+/// Runs of a pattern that holds dynamic leaves: its static parts as runs,
+/// each dynamic leaf as the step that builds its index, under the
+/// combinators that join them.
+void buildMixed(OpBuilder &b, Location loc, PatternAttrInterface p,
+                int64_t blockQ, int64_t blockK) {
+  if (p.isStatic()) {
+    buildRunOps(b, loc, schedule::buildRuns(semantics::fromAttr(p)), blockQ,
+                blockK);
+    return;
+  }
+  auto nest = [&](Operation *op, ArrayRef<PatternAttrInterface> parts) {
+    Region &r = op->getRegion(0);
+    Block *body = new Block();
+    r.push_back(body);
+    OpBuilder inner = OpBuilder::atBlockEnd(body);
+    for (PatternAttrInterface part : parts)
+      buildMixed(inner, loc, part, blockQ, blockK);
+  };
+  if (auto u = dyn_cast<UnionAttr>(p))
+    nest(RunUnionOp::create(b, loc), u.getPatterns());
+  else if (auto i = dyn_cast<IntersectAttr>(p))
+    nest(RunIntersectOp::create(b, loc), i.getPatterns());
+  else if (auto d = dyn_cast<DifferenceAttr>(p))
+    nest(RunDifferenceOp::create(b, loc), {d.getLhs(), d.getRhs()});
+  else
+    BuildIndexOp::create(b, loc, p, b.getStringAttr(layoutOf(p)));
+}
+
 struct AttnLowerRunsPass
     : tessera::impl::AttnLowerRunsBase<AttnLowerRunsPass> {
   void runOnOperation() override {
@@ -26,10 +64,8 @@ struct AttnLowerRunsPass
       Block *body = new Block();
       region.push_back(body);
       OpBuilder b = OpBuilder::atBlockEnd(body);
-      schedule::RunExpr runs =
-          schedule::buildRuns(semantics::fromAttr(group.getPattern()));
-      buildRunOps(b, group.getLoc(), runs, schedule.getBlockQ(),
-                  schedule.getBlockK());
+      buildMixed(b, group.getLoc(), group.getPattern(), schedule.getBlockQ(),
+                 schedule.getBlockK());
     });
   }
 };

@@ -76,7 +76,8 @@ void tessera::buildRunOps(OpBuilder &b, Location loc, const RunExpr &e,
     RunAllOp::create(b, loc);
     return;
   case RunExpr::None:
-    // Never produced for a group (skipped heads have none); an empty union.
+    // A pattern that allows nothing (skipped heads have no group, but an
+    // unsimplified intersect<skip, ...> does): an empty union.
     RunUnionOp::create(b, loc).getBody().push_back(new Block());
     return;
   case RunExpr::Interval: {

@@ -126,6 +126,18 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
     std::vector<schedule::HeadGroup> groups;
     json::Array groupsJson;
     std::vector<int64_t> groupPattern;
+    bool dynamic = false;
+    for (auto g : sched.getBody().front().getOps<GroupOp>())
+      if (!g.getPattern().isStatic()) {
+        fail("head group " + llvm::Twine(g.getId()) + " (heads from " +
+             llvm::Twine(g.getHeads().front()) +
+             ") has a dynamic pattern: bundles cannot build indices yet "
+             "(the CPU library tessera/cpu/Dynamic.h runs them)");
+        dynamic = true;
+        break;
+      }
+    if (dynamic)
+      continue;
     for (auto g : sched.getBody().front().getOps<GroupOp>()) {
       groups.push_back(
           {semantics::fromAttr(g.getPattern()),

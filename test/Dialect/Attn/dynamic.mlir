@@ -1,16 +1,16 @@
 // RUN: attn-opt %s | FileCheck %s
 // RUN: attn-opt %s | attn-opt | FileCheck %s
 // RUN: attn-opt %s --canonicalize | FileCheck %s --check-prefix=CANON
-// RUN: not attn-opt %s --attn-schedule 2>&1 | FileCheck %s --check-prefix=SCHED
+// RUN: attn-opt %s --attn-schedule --attn-lower-runs | FileCheck %s --check-prefix=SCHED
 // RUN: attn-opt %s --attn-report=q-len=64 -o /dev/null | FileCheck %s --check-prefix=REPORT
 // RUN: not attn-opt %s --attn-report="q-len=64 target=h100" -o /dev/null 2>&1 | FileCheck %s --check-prefix=COST
 // RUN: not attn-viz %s --layer 0 --head 1 --q-len 8 2>&1 | FileCheck %s --check-prefix=VIZ
-// RUN: not attn-translate %s -o %t 2>&1 | FileCheck %s --check-prefix=SCHED
+// RUN: not attn-translate %s -o %t 2>&1 | FileCheck %s --check-prefix=EMIT
 //
 // Dynamic patterns (keys chosen from the input at run time) parse, print,
-// verify, compose with the static ones and canonicalize; nothing lowers or
-// runs them yet (no index-building step exists): every consumer that needs
-// a mask says so.
+// verify, compose with the static ones and canonicalize; schedules show
+// their index-building step (lower-runs-dynamic.mlir); every consumer that
+// needs a mask, and the CUDA emitter, says it cannot take them.
 
 // CHECK-LABEL: attn.model @dynamic
 attn.model @dynamic {
@@ -50,7 +50,8 @@ attn.model @dynamic {
   }
 }
 
-// SCHED: error: attn-schedule: head 0 has a dynamic pattern
+// SCHED: attn.build_index #attn.vertical_slash<last_q = 64, vertical = 1000, slash = 6096> layout "columns_and_diagonals"
+// EMIT: error: layer 0: head group 0 (heads from 0) has a dynamic pattern: bundles cannot build indices yet
 // REPORT: 0        dynamic      1  #attn.vertical_slash<last_q = 64, vertical = 1000, slash = 6096> [0]
 // REPORT: 0         50.78%      1  #attn.causal [7]
 // REPORT: mean density over 1 heads: 50.78%

@@ -319,10 +319,47 @@ def Attn_RunAllOp : Attn_RunOp<"run_all"> {
   let assemblyFormat = "attr-dict";
 }
 
+def Attn_BuildIndexOp : Attn_RunOp<"build_index"> {
+  let summary = "The run-time step of a dynamic pattern: build its index";
+  let description = [{
+    Where a head group's pattern holds a dynamic leaf (`vertical_slash`,
+    `block_topk`, `routing`), `--attn-lower-runs` puts this op in its place:
+    at run time, per head and input, the index is built from Q and K
+    (docs/patterns.md, "Dynamic patterns") and the key blocks it selects
+    are visited, combined with the static parts' runs as the surrounding
+    `attn.run_*` combinators say. `layout` names the index the builder
+    writes:
+
+    * `"columns_and_diagonals"` (vertical_slash): kept key columns and
+      diagonals; per query block the diagonals' merged key ranges are read
+      contiguously and the remaining columns gathered;
+    * `"block_lists"` (block_topk): per query block its key blocks;
+    * `"segments"` (routing): tokens permuted by cluster into contiguous
+      segments, block-diagonal over the segments, the output permuted back.
+
+    All its key blocks are PARTIAL (masked by the index). The CPU library
+    (tessera/cpu/Dynamic.h) builds and runs these indices; bundles and the
+    CUDA emitter do not take them yet.
+
+    ```mlir
+    attn.group 0 heads [0 to 3] = #attn.intersect<#attn.causal, #attn.vertical_slash<last_q = 64, vertical = 1000, slash = 6096>> runs {
+      attn.run_intersect {
+        attn.run_interval keys [0, p1] full [0, p0] blocks [0, i] full [0, i - 1]
+        attn.build_index #attn.vertical_slash<last_q = 64, vertical = 1000, slash = 6096> layout "columns_and_diagonals"
+      }
+    }
+    ```
+  }];
+  let arguments = (ins Attn_PatternAttrInterface:$pattern, StrAttr:$layout);
+  let assemblyFormat = "$pattern `layout` $layout attr-dict";
+  let hasVerifier = 1;
+}
+
 def Attn_RunUnionOp : Attn_RunCombinatorOp<"run_union", "union"> {
   let description = [{
     A key block is visited when any part visits it, FULL when any part
-    calls it FULL. The walk merges the parts' runs in key order.
+    calls it FULL. The walk merges the parts' runs in key order. An empty
+    union visits nothing.
   }];
 }
 

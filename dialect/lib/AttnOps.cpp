@@ -311,8 +311,7 @@ static LogicalResult verifyRunRegion(Operation *owner, Region &region,
   return success();
 }
 
-/// The index layout each dynamic leaf builds, or "" for other patterns.
-static StringRef indexLayoutOf(PatternAttrInterface p) {
+StringRef BuildIndexOp::layoutFor(PatternAttrInterface p) {
   if (isa<VerticalSlashAttr>(p))
     return "columns_and_diagonals";
   if (isa<BlockTopkAttr>(p))
@@ -323,7 +322,7 @@ static StringRef indexLayoutOf(PatternAttrInterface p) {
 }
 
 LogicalResult BuildIndexOp::verify() {
-  StringRef want = indexLayoutOf(getPattern());
+  StringRef want = layoutFor(getPattern());
   if (want.empty())
     return emitOpError("builds the index of a dynamic leaf (vertical_slash, "
                        "block_topk, routing), not of ")

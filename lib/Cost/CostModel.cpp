@@ -270,10 +270,10 @@ void countTiles(const k::ProgramRuns &runs, int64_t head, int64_t numHeads,
   for (int64_t qb = 0; qb < tq; ++qb) {
     int64_t q0 = qb * bq, q1 = std::min(q0 + bq, nq);
     k::RunCtx ctx = k::makeRunCtx(q0, q1, nq, nk, bk, head, numHeads);
-    for (k::Run r = runs.runFrom(ctx, 0); k::isRun(r);
-         r = runs.runFrom(ctx, r.hi + 1))
+    runs.forEachRun(ctx, [&](const k::Run &r) {
       (r.cls == k::kFull ? full : partial)[size_t(qb)] +=
           int64_t(r.hi - r.lo + 1);
+    });
   }
 }
 

@@ -17,15 +17,6 @@ using namespace tessera::attn;
 
 namespace {
 
-/// The index layout a dynamic leaf builds.
-StringRef layoutOf(PatternAttrInterface p) {
-  if (isa<VerticalSlashAttr>(p))
-    return "columns_and_diagonals";
-  if (isa<BlockTopkAttr>(p))
-    return "block_lists";
-  return "segments";
-}
-
 /// Runs of a pattern that holds dynamic leaves: its static parts as runs,
 /// each dynamic leaf as the step that builds its index, under the
 /// combinators that join them.
@@ -51,7 +42,8 @@ void buildMixed(OpBuilder &b, Location loc, PatternAttrInterface p,
   else if (auto d = dyn_cast<DifferenceAttr>(p))
     nest(RunDifferenceOp::create(b, loc), {d.getLhs(), d.getRhs()});
   else
-    BuildIndexOp::create(b, loc, p, b.getStringAttr(layoutOf(p)));
+    BuildIndexOp::create(b, loc, p,
+                         b.getStringAttr(BuildIndexOp::layoutFor(p)));
 }
 
 struct AttnLowerRunsPass

@@ -78,9 +78,7 @@ static bool drawBlocks(const s::Pattern &pattern, int64_t head,
     for (int64_t qb = 0; qb < tq; ++qb) {
       int64_t q0 = qb * bq, q1 = std::min(q0 + bq, nq);
       k::RunCtx ctx = k::makeRunCtx(q0, q1, nq, nk, bk, head, numHeads);
-      for (k::Run r = runs.runFrom(ctx, 0); k::isRun(r);
-           r = runs.runFrom(ctx, r.hi + 1))
-        fn(qb, r);
+      runs.forEachRun(ctx, [&](const k::Run &r) { fn(qb, r); });
     }
   };
 

@@ -166,12 +166,15 @@ def _load_library():
     lib.tessera_bundle_num_layers.argtypes = [vp, p(i64)]
     lib.tessera_bundle_layer_index.argtypes = [vp, i64, p(i64)]
     lib.tessera_bundle_layer_info.argtypes = [vp, i64, p(_LayerInfo)]
+    lib.tessera_bundle_tile_classes.argtypes = [vp, i64, i64, i64, i64, i64,
+                                                vp, ctypes.c_size_t]
     lib.tessera_attention.argtypes = [vp, i64, p(_Tensor), p(_Tensor), p(_Tensor),
                                       p(_Tensor), vp, ctypes.c_float, vp]
     for name in ("tessera_context_create", "tessera_context_destroy",
                  "tessera_bundle_load_file", "tessera_bundle_destroy",
                  "tessera_bundle_num_layers", "tessera_bundle_layer_index",
-                 "tessera_bundle_layer_info", "tessera_attention"):
+                 "tessera_bundle_layer_info", "tessera_bundle_tile_classes",
+                 "tessera_attention"):
         getattr(lib, name).restype = ctypes.c_int
     return lib
 
@@ -285,6 +288,25 @@ class Bundle:
                 "dtype": {_F16: "f16", _BF16: "bf16"}.get(info.dtype, "f32"),
                 "num_computed_heads": info.num_computed_heads,
                 "num_skipped_heads": info.num_skipped_heads}
+
+    def tile_classes(self, layer, q_len, k_len, block_q=64, block_k=64):
+        """numpy uint8 [H, ceil(Nq / block_q), ceil(Nk / block_k)]: 0 empty
+        (skipped), 1 partial, 2 full, as the kernels' schedule has them."""
+        import numpy as np
+        args = [_int64(n, x) for n, x in (("layer", layer), ("q_len", q_len),
+                                          ("k_len", k_len),
+                                          ("block_q", block_q),
+                                          ("block_k", block_k))]
+        heads = self.layer_info(layer)["num_heads"]
+        tq = -(-args[1] // args[3]) if args[3] > 0 else 0
+        tk = -(-args[2] // args[4]) if args[4] > 0 else 0
+        out = np.zeros((heads, max(tq, 0), max(tk, 0)), np.uint8)
+        # A non-null buffer even when empty, so that the library judges the
+        # arguments (a zero tile, a bad length) rather than the pointer.
+        buf = out if out.size else np.zeros(1, np.uint8)
+        _check(_lib.tessera_bundle_tile_classes(
+            self._h, *args, buf.ctypes.data, out.size))
+        return out
 
     def attention(self, layer, q, k, v, out=None, lse=True, scale=0.0):
         """Returns (o, lse): o like q; lse [B, H, Nq] float32, or None."""

@@ -252,18 +252,9 @@ def mask_mod(bundle, layer, q_len, kv_len, device="cpu"):
 def tile_classes(bundle, layer, q_len, kv_len, block_q=128, block_k=128):
     """uint8 tensor [H, ceil(Nq / block_q), ceil(Nk / block_k)]: 0 empty
     (skipped), 1 partial, 2 full, as the kernels' schedule has them."""
-    import ctypes
     b = _bundle(bundle, torch.device("cpu"))
-    info = b.layer_info(layer)
-    tq = -(-int(q_len) // int(block_q))
-    tk = -(-int(kv_len) // int(block_k))
-    out = torch.empty((info["num_heads"], tq, tk), dtype=torch.uint8)
-    _tessera._check(_tessera._lib.tessera_bundle_tile_classes(
-        b._h, _tessera._int64("layer", layer), _tessera._int64("q_len", q_len),
-        _tessera._int64("kv_len", kv_len), _tessera._int64("block_q", block_q),
-        _tessera._int64("block_k", block_k),
-        ctypes.c_void_p(out.data_ptr()), ctypes.c_size_t(out.numel())))
-    return out
+    return torch.from_numpy(b.tile_classes(layer, q_len, kv_len, block_q,
+                                           block_k))
 
 
 def block_mask(bundle, layer, q_len, kv_len, block_size=128, device="cpu"):

@@ -511,9 +511,9 @@ tessera_status tessera_bundle_tile_classes(const tessera_bundle *bundle,
       int64_t q0 = qb * block_q, q1 = std::min(q0 + block_q, q_len);
       kernel::RunCtx ctx = kernel::makeRunCtx(q0, q1, q_len, k_len, block_k,
                                               head, l->numHeads);
-      for (kernel::Run r = runs.runFrom(ctx, 0); kernel::isRun(r);
-           r = runs.runFrom(ctx, r.hi + 1))
+      runs.forEachRun(ctx, [&](const kernel::Run &r) {
         std::memset(classes + qb * tk + r.lo, r.cls, size_t(r.hi - r.lo + 1));
+      });
     }
   }
   return TESSERA_OK;

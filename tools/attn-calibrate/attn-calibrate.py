@@ -423,7 +423,7 @@ def _time_layers(tessera, translate, heads, d, lengths, repeats, rng,
                     t = time.perf_counter()
                     bundle.attention(li, q, k, v, lse=False)
                     times.append(time.perf_counter() - t)
-                cls = _tile_classes(tessera, bundle, li, n)
+                cls = bundle.tile_classes(li, n, n)
                 rows.append((heads * ((n + 63) // 64), int((cls == 2).sum()),
                              int((cls == 1).sum()), float(np.median(times)),
                              p, n))
@@ -527,18 +527,6 @@ def _nnls(a, b):
             if r < best_r:
                 best, best_r = full, r
     return best
-
-
-def _tile_classes(tessera, bundle, layer, n):
-    import ctypes
-    import numpy as np
-    info = bundle.layer_info(layer)
-    t = (n + 63) // 64
-    out = np.zeros((info["num_heads"], t, t), np.uint8)
-    tessera._check(tessera._lib.tessera_bundle_tile_classes(
-        bundle._h, layer, n, n, 64, 64, out.ctypes.data_as(ctypes.c_void_p),
-        ctypes.c_size_t(out.size)))
-    return out
 
 
 def main():

@@ -36,6 +36,12 @@ public:
     root = stack.empty() ? -1 : stack.back();
   }
 
+  /// Calls fn(run) for every run of the query block `c`, in key order.
+  template <typename Fn> void forEachRun(const RunCtx &c, Fn fn) const {
+    for (Run r = runFrom(c, 0); isRun(r); r = runFrom(c, r.hi + 1))
+      fn(r);
+  }
+
   /// The first run at or after key block kb of the query block `c`.
   Run runFrom(const RunCtx &c, i64 kb) const {
     return root < 0 ? noRun() : eval(root, c, kb);

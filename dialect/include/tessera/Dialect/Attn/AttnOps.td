@@ -353,6 +353,12 @@ def Attn_BuildIndexOp : Attn_RunOp<"build_index"> {
   let arguments = (ins Attn_PatternAttrInterface:$pattern, StrAttr:$layout);
   let assemblyFormat = "$pattern `layout` $layout attr-dict";
   let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// The layout the index of `pattern` has, or "" if it is not a dynamic
+    /// leaf.
+    static ::llvm::StringRef layoutFor(
+        ::tessera::attn::PatternAttrInterface pattern);
+  }];
 }
 
 def Attn_RunUnionOp : Attn_RunCombinatorOp<"run_union", "union"> {

@@ -118,6 +118,164 @@ __device__ __forceinline__ u32 keepBits(i64 rowPos, i64 k0, int c2, i64 nk,
   return bits;
 }
 
+/// The online-softmax state of one thread: its accumulators of O (rows
+/// lane / 4 and lane / 4 + 8 of its warp's 16), the row maxima (base 2) and
+/// the row sums.
+template <int D> struct FlashAcc {
+  float o[D / 8][4];
+  float m[2], l[2];
+};
+
+template <int D> __device__ __forceinline__ void flashInit(FlashAcc<D> &acc) {
+  const float negInf = __int_as_float(0xff800000);
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i)
+    acc.o[i][0] = acc.o[i][1] = acc.o[i][2] = acc.o[i][3] = 0.f;
+  acc.m[0] = acc.m[1] = negInf;
+  acc.l[0] = acc.l[1] = 0.f;
+}
+
+/// This warp's Q fragments (rows warp * 16 + lane / 4 and + 8) from a Q
+/// tile staged in shared memory with row pitch D + 8.
+template <int D>
+__device__ __forceinline__ void loadQFragments(const u16 *qs,
+                                               u32 (&qf)[D / 16][4]) {
+  const int P = D + 8;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row0 = warp * 16 + lane / 4, c2 = (lane % 4) * 2;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    qf[kk][0] = ld32(qs + row0 * P + kk * 16 + c2);
+    qf[kk][1] = ld32(qs + (row0 + 8) * P + kk * 16 + c2);
+    qf[kk][2] = ld32(qs + row0 * P + kk * 16 + 8 + c2);
+    qf[kk][3] = ld32(qs + (row0 + 8) * P + kk * 16 + 8 + c2);
+  }
+}
+
+/// Bit i (i = 4 * nt + e) set where the tile column of accumulator element
+/// e of n-tile nt of this thread, nt * 8 + c2 + (e & 1), is below `valid`.
+__device__ __forceinline__ u32 columnBits(int c2, i64 valid) {
+  u32 bits = 0;
+#pragma unroll
+  for (int i = 0; i < 32; ++i)
+    if ((i >> 2) * 8 + c2 + (i & 1) < valid)
+      bits |= 1u << i;
+  return bits;
+}
+
+/// One key tile of the online softmax: S = Q K^T from the staged key tile
+/// `ks`, the elements whose bit in `keep` is clear masked, then O += P V
+/// from `vs`. Both tiles have 64 rows of pitch D + 8. Call with the whole
+/// block (the tiles are read, not written).
+template <int E, int D>
+__device__ __forceinline__ void flashTile(const u32 (&qf)[D / 16][4],
+                                          const u16 *ks, const u16 *vs,
+                                          u32 keep, float scaleLog2,
+                                          FlashAcc<D> &acc) {
+  const int BK = 64, P = D + 8;
+  const int lane = threadIdx.x % 32;
+  const int r = lane / 4, c2 = (lane % 4) * 2;
+  const float negInf = __int_as_float(0xff800000);
+  float s[BK / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < BK / 8; ++nt) {
+    s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const u16 *kr = ks + (nt * 8 + r) * P + kk * 16 + c2;
+      mma16816<E>(s[nt], qf[kk], ld32(kr), ld32(kr + 8));
+    }
+  }
+  (void)c2;
+  // Scale, mask, and the row maxima of this tile.
+  float tileMax[2] = {negInf, negInf};
+#pragma unroll
+  for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x = s[nt][e] * scaleLog2;
+      if (!((keep >> (4 * nt + e)) & 1u))
+        x = negInf;
+      s[nt][e] = x;
+      tileMax[e >> 1] = fmaxf(tileMax[e >> 1], x);
+    }
+  float corr[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    tileMax[h] = fmaxf(tileMax[h], __shfl_xor_sync(0xffffffff, tileMax[h], 1));
+    tileMax[h] = fmaxf(tileMax[h], __shfl_xor_sync(0xffffffff, tileMax[h], 2));
+    const float mNew = fmaxf(acc.m[h], tileMax[h]);
+    const float base = mNew == negInf ? 0.f : mNew;
+    corr[h] = exp2f(acc.m[h] - base);
+    acc.m[h] = mNew;
+    tileMax[h] = base;
+    acc.l[h] *= corr[h];
+  }
+#pragma unroll
+  for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[nt][e] = exp2f(s[nt][e] - tileMax[e >> 1]);
+      acc.l[e >> 1] += s[nt][e];
+    }
+#pragma unroll
+  for (int dn = 0; dn < D / 8; ++dn) {
+    acc.o[dn][0] *= corr[0];
+    acc.o[dn][1] *= corr[0];
+    acc.o[dn][2] *= corr[1];
+    acc.o[dn][3] *= corr[1];
+  }
+  // O += P V: P from the S accumulators, V from shared memory.
+#pragma unroll
+  for (int kt = 0; kt < BK / 16; ++kt) {
+    u32 a[4];
+    a[0] = packFloats<E>(s[2 * kt][0], s[2 * kt][1]);
+    a[1] = packFloats<E>(s[2 * kt][2], s[2 * kt][3]);
+    a[2] = packFloats<E>(s[2 * kt + 1][0], s[2 * kt + 1][1]);
+    a[3] = packFloats<E>(s[2 * kt + 1][2], s[2 * kt + 1][3]);
+    const u16 *v0 = vs + (kt * 16 + (lane % 4) * 2) * P + r;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      const u16 *vp = v0 + dn * 8;
+      u32 b0 = (u32)vp[0] | ((u32)vp[P] << 16);
+      u32 b1 = (u32)vp[8 * P] | ((u32)vp[9 * P] << 16);
+      mma16816<E>(acc.o[dn], a, b0, b1);
+    }
+  }
+}
+
+/// Normalises and stores this thread's rows: outRow[h] is the query index
+/// of its row h (lane / 4 + 8 h of its warp), or -1 for none; oBase and
+/// lseBase (null: no LSE) point at the head's output rows.
+template <int E, int D>
+__device__ __forceinline__ void flashStore(FlashAcc<D> &acc, u16 *oBase,
+                                           i64 oStrideS, float *lseBase,
+                                           const i64 (&outRow)[2]) {
+  const float negInf = __int_as_float(0xff800000);
+  const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    acc.l[h] += __shfl_xor_sync(0xffffffff, acc.l[h], 1);
+    acc.l[h] += __shfl_xor_sync(0xffffffff, acc.l[h], 2);
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const i64 qi = outRow[h];
+    if (qi < 0)
+      continue;
+    const float inv = acc.l[h] > 0.f ? 1.f / acc.l[h] : 0.f;
+    u16 *orow = oBase + qi * oStrideS;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn)
+      *reinterpret_cast<u32 *>(orow + dn * 8 + c2) = packFloats<E>(
+          acc.o[dn][2 * h] * inv, acc.o[dn][2 * h + 1] * inv);
+    if (lseBase && (lane % 4) == 0)
+      lseBase[qi] = acc.l[h] > 0.f
+                        ? (acc.m[h] + log2f(acc.l[h])) * 0.6931471805599453f
+                        : negInf;
+  }
+}
+
 /// The attention of one query block of one head. `Groups` is generated per
 /// kernel: Groups::runFrom(pattern, ctx, kb) and Groups::keep(pattern, ...)
 /// switch (uniformly per thread block) to the run enumeration and the
@@ -148,22 +306,12 @@ __device__ __forceinline__ void flashForward(const LayerTable &t,
   loadTile<D, P, BQ>(ks, qBase, p.qStrideS, q0, p.nq, vec);
   __syncthreads();
   u32 qf[D / 16][4];
-  const int row0 = warp * 16 + r;
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    qf[kk][0] = ld32(ks + row0 * P + kk * 16 + c2);
-    qf[kk][1] = ld32(ks + (row0 + 8) * P + kk * 16 + c2);
-    qf[kk][2] = ld32(ks + row0 * P + kk * 16 + 8 + c2);
-    qf[kk][3] = ld32(ks + (row0 + 8) * P + kk * 16 + 8 + c2);
-  }
+  loadQFragments<D>(ks, qf);
   __syncthreads();
 
-  const float negInf = __int_as_float(0xff800000);
-  float oacc[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i)
-    oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
-  float m[2] = {negInf, negInf}, l[2] = {0.f, 0.f};
+  FlashAcc<D> acc;
+  flashInit<D>(acc);
+  const int row0 = warp * 16 + r;
 
   // The key blocks of this query block: the group's runs, in key order.
   const RunCtx ctx = makeRunCtx(q0, q1, p.nq, p.nk, BK, head, t.numHeads);
@@ -176,110 +324,26 @@ __device__ __forceinline__ void flashForward(const LayerTable &t,
     next = run.hi + 1;
     const int cls = run.cls;
     for (i64 kb = run.lo; kb <= run.hi; ++kb) {
-    const i64 k0 = kb * BK;
-    loadTile<D, P, BK>(ks, kBase, p.kStrideS, k0, p.nk, vec);
-    loadTile<D, P, BK>(vs, vBase, p.vStrideS, k0, p.nk, vec);
-    __syncthreads();
-
-    float s[BK / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt) {
-      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const u16 *kr = ks + (nt * 8 + r) * P + kk * 16 + c2;
-        mma16816<E>(s[nt], qf[kk], ld32(kr), ld32(kr + 8));
-      }
-    }
-
-    // Scale, mask (partial tiles only: the group's generated predicate),
-    // and the row maxima of this tile.
-    u32 keep = 0xffffffffu;
-    if (cls == kPartial)
-      keep = Groups::keep(pattern, rowPos, k0, c2, p.nk, head, t.numHeads);
-    float tileMax[2] = {negInf, negInf};
-#pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const i64 kj = k0 + nt * 8 + c2 + (e & 1);
-        float x = s[nt][e] * p.scaleLog2;
-        if (kj >= p.nk || !((keep >> (4 * nt + e)) & 1u))
-          x = negInf;
-        s[nt][e] = x;
-        tileMax[e >> 1] = fmaxf(tileMax[e >> 1], x);
-      }
-    float corr[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      tileMax[h] =
-          fmaxf(tileMax[h], __shfl_xor_sync(0xffffffff, tileMax[h], 1));
-      tileMax[h] =
-          fmaxf(tileMax[h], __shfl_xor_sync(0xffffffff, tileMax[h], 2));
-      const float mNew = fmaxf(m[h], tileMax[h]);
-      const float base = mNew == negInf ? 0.f : mNew;
-      corr[h] = exp2f(m[h] - base);
-      m[h] = mNew;
-      tileMax[h] = base;
-      l[h] *= corr[h];
-    }
-#pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nt][e] = exp2f(s[nt][e] - tileMax[e >> 1]);
-        l[e >> 1] += s[nt][e];
-      }
-#pragma unroll
-    for (int dn = 0; dn < D / 8; ++dn) {
-      oacc[dn][0] *= corr[0];
-      oacc[dn][1] *= corr[0];
-      oacc[dn][2] *= corr[1];
-      oacc[dn][3] *= corr[1];
-    }
-    // O += P V: P from the S accumulators, V from shared memory.
-#pragma unroll
-    for (int kt = 0; kt < BK / 16; ++kt) {
-      u32 a[4];
-      a[0] = packFloats<E>(s[2 * kt][0], s[2 * kt][1]);
-      a[1] = packFloats<E>(s[2 * kt][2], s[2 * kt][3]);
-      a[2] = packFloats<E>(s[2 * kt + 1][0], s[2 * kt + 1][1]);
-      a[3] = packFloats<E>(s[2 * kt + 1][2], s[2 * kt + 1][3]);
-      const u16 *v0 = vs + (kt * 16 + c2) * P + r;
-#pragma unroll
-      for (int dn = 0; dn < D / 8; ++dn) {
-        const u16 *vp = v0 + dn * 8;
-        u32 b0 = (u32)vp[0] | ((u32)vp[P] << 16);
-        u32 b1 = (u32)vp[8 * P] | ((u32)vp[9 * P] << 16);
-        mma16816<E>(oacc[dn], a, b0, b1);
-      }
-    }
-    __syncthreads();
+      const i64 k0 = kb * BK;
+      loadTile<D, P, BK>(ks, kBase, p.kStrideS, k0, p.nk, vec);
+      loadTile<D, P, BK>(vs, vBase, p.vStrideS, k0, p.nk, vec);
+      __syncthreads();
+      // Partial tiles through the group's generated predicate (which
+      // also drops keys beyond Nk); full ones only beyond Nk.
+      const u32 keep =
+          cls == kPartial
+              ? Groups::keep(pattern, rowPos, k0, c2, p.nk, head, t.numHeads)
+              : columnBits(c2, p.nk - k0);
+      flashTile<E, D>(qf, ks, vs, keep, p.scaleLog2, acc);
+      __syncthreads();
     }
   }
 
-  // Final normalisation and stores.
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l[h] += __shfl_xor_sync(0xffffffff, l[h], 1);
-    l[h] += __shfl_xor_sync(0xffffffff, l[h], 2);
-  }
-  u16 *oBase = p.o + b * p.oStrideB + head * p.oStrideH;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const i64 qi = q0 + row0 + h * 8;
-    if (qi >= p.nq)
-      continue;
-    const float inv = l[h] > 0.f ? 1.f / l[h] : 0.f;
-    u16 *orow = oBase + qi * p.oStrideS;
-#pragma unroll
-    for (int dn = 0; dn < D / 8; ++dn)
-      *reinterpret_cast<u32 *>(orow + dn * 8 + c2) =
-          packFloats<E>(oacc[dn][2 * h] * inv, oacc[dn][2 * h + 1] * inv);
-    if (p.lse && (lane % 4) == 0)
-      p.lse[(b * p.numHeads + head) * p.nq + qi] =
-          l[h] > 0.f ? (m[h] + log2f(l[h])) * 0.6931471805599453f : negInf;
-  }
+  const i64 qi0 = q0 + row0, qi1 = q0 + row0 + 8;
+  const i64 outRow[2] = {qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1};
+  flashStore<E, D>(acc, p.o + b * p.oStrideB + head * p.oStrideH, p.oStrideS,
+                   p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
+                   outRow);
 }
 
 /// Writes O = 0 and LSE = -inf for the layer's skipped heads:

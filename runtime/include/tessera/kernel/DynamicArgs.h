@@ -1,0 +1,124 @@
+//===- DynamicArgs.h - the arguments and workspace of dynamic kernels -*- C++ -*-===//
+//
+// What the index-building and index-attention kernels of a dynamic head
+// group (DynamicIndex.cuh) take, and where in their workspace each array
+// lies. Shared by the host (the runtime sizes and allocates the workspace,
+// fills DynArgs from the validated manifest) and the device (the emitter
+// pastes this file into bundles with dynamic groups, after Program.h).
+// Plain C++14 like Program.h: no standard headers.
+//
+// The workspace holds one slice per (batch, slot of the group): slice
+// s = b * numSlots + slot, each sliceBytes() long and 16-byte aligned. Its
+// size is O(what the index visits): O(lastQ * Nk) scores for vertical-slash,
+// O(Nq/B * Nk/B) pooled probabilities and kept-block lists for block top-k,
+// O(Nq + Nk + clusters * head_dim) for routing; never O(Nq * Nk).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef TESSERA_KERNEL_DYNAMICARGS_H
+#define TESSERA_KERNEL_DYNAMICARGS_H
+
+namespace tessera {
+namespace kernel {
+
+enum DynFamily : i64 { kVerticalSlash = 0, kBlockTopk = 1, kRouting = 2 };
+
+/// The parameters of one dynamic group's launches (passed by value).
+struct DynArgs {
+  unsigned char *ws;      ///< the workspace: numSlots * batch slices
+  const float *centroids; ///< routing with iterations = 0: fp32
+                          ///< [numHeads][clusters][headDim]; else null
+  i64 family;
+  i64 numSlots; ///< heads of the group (grid y)
+  i64 headDim;
+  // vertical_slash
+  i64 lastQ, vertical, slash, firstColumns, lastDiagonals;
+  // block_topk
+  i64 block, topK, minBlocks, maxBlocks;
+  float gamma;
+  // routing
+  i64 clusters, iterations;
+  int layer; ///< the layer's position in the bundle
+  int group; ///< the dynamic group's index within the layer
+};
+
+TESSERA_HD i64 alignUp16(i64 x) { return (x + 15) / 16 * 16; }
+TESSERA_HD i64 dynCeilDiv(i64 a, i64 b) { return (a + b - 1) / b; }
+
+/// Offsets (bytes) of one slice's arrays, and the slice's size.
+struct DynLayout {
+  // vertical_slash: L = min(lastQ, Nq) score rows, then per key column /
+  // diagonal (i = -d) sums, the kept columns (ascending), diagonals
+  // (ascending d), diagonal groups (pairs dFirst, dLast) and three counts.
+  i64 scores, colSum, diagSum, cols, diags, groups, counts;
+  // block_topk: pooled Q [tq][D], pooled K [tk][D], probabilities [tq][tk],
+  // per query block its kept key blocks (capacity cap) and their count.
+  i64 pooledQ, pooledK, probs, lists, listCount, cap;
+  // routing: centroids [C][D], new centroids, clusters of queries and keys,
+  // per-cluster query/key counts and segment starts (C + 1), query-tile
+  // starts (C + 1), permutations (segment order -> position).
+  i64 cent, qCluster, kCluster, qStart, kStart, tileStart, permQ, permK;
+  i64 size;
+};
+
+TESSERA_HD i64 vsRows(const DynArgs &a, i64 nq) { return minI(a.lastQ, nq); }
+TESSERA_HD i64 vsColCap(const DynArgs &a, i64 nk) {
+  return minI(maxI(a.vertical, a.firstColumns), nk);
+}
+TESSERA_HD i64 vsDiagCap(const DynArgs &a, i64 nk) {
+  return minI(maxI(a.slash, a.lastDiagonals), nk);
+}
+TESSERA_HD i64 btCap(const DynArgs &a, i64 tk) {
+  i64 cap = a.topK > 0 ? a.topK : (a.maxBlocks > 0 ? a.maxBlocks : tk);
+  return minI(maxI(cap, 1), tk);
+}
+
+TESSERA_HD DynLayout dynLayout(const DynArgs &a, i64 nq, i64 nk) {
+  DynLayout l = {};
+  i64 at = 0;
+  auto take = [&at](i64 bytes) {
+    i64 here = at;
+    at = alignUp16(at + bytes);
+    return here;
+  };
+  if (a.family == kVerticalSlash) {
+    l.scores = take(4 * vsRows(a, nq) * nk);
+    l.colSum = take(4 * nk);
+    l.diagSum = take(4 * nk);
+    l.cols = take(8 * vsColCap(a, nk));
+    l.diags = take(8 * vsDiagCap(a, nk));
+    l.groups = take(16 * vsDiagCap(a, nk));
+    l.counts = take(8 * 4);
+  } else if (a.family == kBlockTopk) {
+    i64 tq = dynCeilDiv(nq, a.block), tk = dynCeilDiv(nk, a.block);
+    l.cap = btCap(a, tk);
+    l.pooledQ = take(4 * tq * a.headDim);
+    l.pooledK = take(4 * tk * a.headDim);
+    l.probs = take(4 * tq * tk);
+    l.lists = take(8 * tq * l.cap);
+    l.listCount = take(8 * tq);
+  } else {
+    i64 c = a.clusters;
+    l.cent = take(4 * c * a.headDim);
+    l.qCluster = take(4 * nq);
+    l.kCluster = take(4 * nk);
+    l.qStart = take(8 * (c + 1));
+    l.kStart = take(8 * (c + 1));
+    l.tileStart = take(8 * (c + 1));
+    l.permQ = take(8 * nq);
+    l.permK = take(8 * nk);
+  }
+  l.size = at;
+  return l;
+}
+
+/// Query tiles of the routing attention launch (grid x): at most one
+/// partial tile per cluster beyond ceil(Nq / 64).
+TESSERA_HD i64 routingTiles(const DynArgs &a, i64 nq) {
+  return dynCeilDiv(nq, 64) + minI(a.clusters, nq);
+}
+
+} // namespace kernel
+} // namespace tessera
+
+#endif // TESSERA_KERNEL_DYNAMICARGS_H

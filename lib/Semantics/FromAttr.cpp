@@ -2,6 +2,8 @@
 
 #include "tessera/Semantics/FromAttr.h"
 
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/ADT/SmallVector.h"
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/ErrorHandling.h"
 
@@ -85,4 +87,75 @@ Pattern tessera::semantics::fromAttr(a::PatternAttrInterface attr) {
         llvm::report_fatal_error("fromAttr: a pattern attribute without "
                                  "reference semantics");
       });
+}
+
+namespace {
+bool isDynamicLeaf(mlir::Attribute a) {
+  return llvm::isa<a::VerticalSlashAttr, a::BlockTopkAttr, a::RoutingAttr>(a);
+}
+
+void findDynamic(a::PatternAttrInterface p,
+                 llvm::SmallVectorImpl<a::PatternAttrInterface> &leaves) {
+  if (isDynamicLeaf(p)) {
+    leaves.push_back(p);
+    return;
+  }
+  if (auto u = llvm::dyn_cast<a::UnionAttr>(p))
+    for (a::PatternAttrInterface c : u.getPatterns())
+      findDynamic(c, leaves);
+  else if (auto i = llvm::dyn_cast<a::IntersectAttr>(p))
+    for (a::PatternAttrInterface c : i.getPatterns())
+      findDynamic(c, leaves);
+  else if (auto d = llvm::dyn_cast<a::DifferenceAttr>(p)) {
+    findDynamic(d.getLhs(), leaves);
+    findDynamic(d.getRhs(), leaves);
+  }
+}
+
+Pattern substitute(a::PatternAttrInterface p, const Pattern &leafValue) {
+  if (isDynamicLeaf(p))
+    return leafValue;
+  auto each = [&](llvm::ArrayRef<a::PatternAttrInterface> ps) {
+    std::vector<Pattern> out;
+    for (a::PatternAttrInterface c : ps)
+      out.push_back(substitute(c, leafValue));
+    return out;
+  };
+  if (auto u = llvm::dyn_cast<a::UnionAttr>(p))
+    return Pattern{Union{each(u.getPatterns())}};
+  if (auto i = llvm::dyn_cast<a::IntersectAttr>(p))
+    return Pattern{Intersect{each(i.getPatterns())}};
+  if (auto d = llvm::dyn_cast<a::DifferenceAttr>(p))
+    return Pattern{Difference{each({d.getLhs(), d.getRhs()})}};
+  return fromAttr(p);
+}
+
+bool leafRequired(a::PatternAttrInterface p) {
+  if (isDynamicLeaf(p))
+    return true;
+  if (auto i = llvm::dyn_cast<a::IntersectAttr>(p))
+    return llvm::any_of(i.getPatterns(), leafRequired);
+  if (auto d = llvm::dyn_cast<a::DifferenceAttr>(p))
+    return leafRequired(d.getLhs());
+  return false;
+}
+} // namespace
+
+bool tessera::semantics::splitDynamic(a::PatternAttrInterface attr,
+                                      DynamicSplit &out, std::string &error) {
+  llvm::SmallVector<a::PatternAttrInterface> leaves;
+  findDynamic(attr, leaves);
+  if (leaves.size() != 1) {
+    error = leaves.empty() ? "the pattern has no dynamic leaf"
+                           : "the pattern has " +
+                                 std::to_string(leaves.size()) +
+                                 " dynamic leaves; a head group's index is "
+                                 "built for one";
+    return false;
+  }
+  out.leaf = leaves.front();
+  out.with = substitute(attr, Pattern{Dense{}});
+  out.without = substitute(attr, Pattern{Skip{}});
+  out.required = leafRequired(attr);
+  return true;
 }

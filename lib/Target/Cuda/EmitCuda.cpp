@@ -10,6 +10,8 @@
 
 #include "EmbeddedKernel.h"
 
+#include "tessera/Dialect/Attn/AttnAttributes.h"
+
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/SHA256.h"
 #include "llvm/Support/ScopedPrinter.h"
@@ -60,6 +62,75 @@ json::Array toJson(llvm::ArrayRef<int64_t> values) {
   return a;
 }
 
+constexpr llvm::StringLiteral kDynamicHeadersMarker =
+    "// @@TESSERA_DYNAMIC_HEADERS@@\n";
+
+/// The kernels of a dynamic group, in launch order (docs/bundles.md).
+std::vector<std::string> dynamicKernels(llvm::StringRef family,
+                                        llvm::StringRef dt, int64_t d) {
+  std::string typed = "_" + dt.str(), sized = typed + "_d" + std::to_string(d);
+  if (family == "vertical_slash")
+    return {"tessera_vs_scores" + sized, "tessera_vs_softmax",
+            "tessera_vs_sums", "tessera_vs_select",
+            "tessera_vs_attend" + sized};
+  if (family == "block_topk")
+    return {"tessera_bt_pool" + typed, "tessera_bt_scores", "tessera_bt_take",
+            "tessera_bt_select", "tessera_bt_attend" + sized};
+  return {"tessera_rt_seed" + typed, "tessera_rt_assign_keys" + typed,
+          "tessera_rt_update" + typed, "tessera_rt_assign_queries" + typed,
+          "tessera_rt_sort", "tessera_rt_attend" + sized};
+}
+
+/// The family and parameters of a dynamic group's leaf, or why a bundle
+/// cannot hold it.
+bool describeDynamic(PatternAttrInterface pattern, json::Object &out,
+                     std::string &why) {
+  semantics::DynamicSplit split;
+  if (!semantics::splitDynamic(pattern, split, why))
+    return false;
+  if (auto vs = dyn_cast<VerticalSlashAttr>(split.leaf)) {
+    out["family"] = "vertical_slash";
+    out["params"] = json::Object{{"last_q", vs.getLastQ()},
+                                 {"vertical", vs.getVertical()},
+                                 {"slash", vs.getSlash()},
+                                 {"first_columns", vs.getFirstColumns()},
+                                 {"last_diagonals", vs.getLastDiagonals()}};
+    return true;
+  }
+  if (auto bt = dyn_cast<BlockTopkAttr>(split.leaf)) {
+    if (bt.getBlock() % kTile) {
+      why = "block_topk with block = " + std::to_string(bt.getBlock()) +
+            ": the CUDA kernels need a multiple of 64 (a 64-row query block "
+            "in one pooled block)";
+      return false;
+    }
+    if (bt.getTau().value != 0) {
+      why = "block_topk with tau > 0 (FlexPrefill's per-head choice) is not "
+            "built by the bundles' index kernels yet";
+      return false;
+    }
+    out["family"] = "block_topk";
+    out["params"] = json::Object{{"block", bt.getBlock()},
+                                 {"gamma", bt.getGamma().value},
+                                 {"top_k", bt.getTopK()},
+                                 {"min_blocks", bt.getMinBlocks()},
+                                 {"max_blocks", bt.getMaxBlocks()}};
+    return true;
+  }
+  auto rt = cast<RoutingAttr>(split.leaf);
+  if (!split.required) {
+    why = "routing under a union or on the right of a difference: bundles "
+          "run routing only where it is required (alone, intersected, or "
+          "the left side of a difference), since its segments are the only "
+          "keys a query visits";
+    return false;
+  }
+  out["family"] = "routing";
+  out["params"] = json::Object{{"clusters", rt.getClusters()},
+                               {"kmeans_iterations", rt.getKmeansIterations()}};
+  return true;
+}
+
 } // namespace
 
 FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
@@ -90,6 +161,7 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
      << "#endif\n\n"
      << tessera::embedded::kProgramH << "\n"
      << tessera::embedded::kFlashForwardCuh << "\n"
+     << kDynamicHeadersMarker
      << "namespace tessera {\nnamespace kernel {\nnamespace bundle {\n\n";
 
   json::Array layersJson;
@@ -100,6 +172,13 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
   std::map<std::pair<std::string, int64_t>, std::set<int64_t>> kernelPatterns;
   std::string groupCode;
   std::set<int64_t> fillDims;
+  // Dynamic groups: the generated code ids of their with/without patterns,
+  // the families per kernel (dtype, head_dim), their head lists and tables.
+  std::set<int64_t> dynPatterns;
+  std::map<std::pair<std::string, int64_t>, std::set<std::string>> dynFamilies;
+  std::string dynHeads, dynTables;
+  llvm::raw_string_ostream dynHeadsOs(dynHeads), dynTablesOs(dynTables);
+  std::vector<std::string> dynTableNames;
   int64_t position = 0;
   bool ok = true;
   for (auto sched : model.getBody().front().getOps<ScheduleOp>()) {
@@ -126,19 +205,78 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
     std::vector<schedule::HeadGroup> groups;
     json::Array groupsJson;
     std::vector<int64_t> groupPattern;
-    bool dynamic = false;
-    for (auto g : sched.getBody().front().getOps<GroupOp>())
-      if (!g.getPattern().isStatic()) {
+    json::Array dynamicJson;
+    std::string dynTable;
+    bool dynamicOk = true;
+    int64_t dynIndex = 0;
+    for (auto g : sched.getBody().front().getOps<GroupOp>()) {
+      if (g.getPattern().isStatic())
+        continue;
+      std::string why;
+      json::Object entry;
+      if (!describeDynamic(g.getPattern(), entry, why)) {
         fail("head group " + llvm::Twine(g.getId()) + " (heads from " +
-             llvm::Twine(g.getHeads().front()) +
-             ") has a dynamic pattern: bundles cannot build indices yet "
-             "(the CPU library tessera/cpu/Dynamic.h runs them)");
-        dynamic = true;
-        break;
+             llvm::Twine(g.getHeads().front()) + "): " + why);
+        dynamicOk = false;
+        continue;
       }
-    if (dynamic)
+      semantics::DynamicSplit split;
+      semantics::splitDynamic(g.getPattern(), split, why);
+      std::string key = llvm::to_string(g.getPattern());
+      int64_t ids[2];
+      for (int side = 0; side < 2; ++side) {
+        const semantics::Pattern &pat = side ? split.without : split.with;
+        std::string sideKey = key + (side ? " [leaf: skip]" : " [leaf: dense]");
+        auto [it, fresh] = patternIds.insert(
+            {sideKey, static_cast<int64_t>(patternIds.size())});
+        if (fresh) {
+          std::string name = "P" + std::to_string(it->second);
+          groupCode += "// " + name + ": " + sideKey + "\n" +
+                       schedule::emitGroupCode(pat, schedule::buildRuns(pat),
+                                               name) +
+                       "\n";
+        }
+        ids[side] = it->second;
+        dynPatterns.insert(it->second);
+        schedule::Program prog;
+        std::string error;
+        if (!schedule::lowerPattern(pat, prog, error)) {
+          fail(error);
+          dynamicOk = false;
+        }
+        json::Array nodes;
+        for (const kernel::Node &n : prog.nodes)
+          nodes.push_back(json::Array{n.kind, n.axis, n.a, n.b, n.c,
+                                      n.dataBegin, n.dataSize});
+        if (prog.data.empty())
+          prog.data.push_back(0);
+        entry[side ? "without" : "with"] = json::Object{
+            {"nodes", std::move(nodes)},
+            {"data", toJson(std::vector<int64_t>(prog.data.begin(),
+                                                 prog.data.end()))}};
+      }
+      std::string family = entry.getString("family").value_or("").str();
+      dynFamilies[{dtypeName(dtype), d}].insert(family);
+      json::Array kernelNames;
+      for (const std::string &k : dynamicKernels(family, dtypeName(dtype), d))
+        kernelNames.push_back(k);
+      entry["kernels"] = std::move(kernelNames);
+      entry["heads"] = toJson(g.getHeads());
+      entry["pattern"] = key;
+      std::string hp = "dynHeads_l" + std::to_string(position) + "_g" +
+                       std::to_string(dynIndex);
+      printArray(dynHeadsOs, "i64", hp, g.getHeads());
+      dynTable += (dynIndex ? ", " : "") + std::string("{") + hp + ", " +
+                  std::to_string(g.getHeads().size()) + ", " +
+                  std::to_string(ids[0]) + ", " + std::to_string(ids[1]) + "}";
+      dynamicJson.push_back(std::move(entry));
+      ++dynIndex;
+    }
+    if (!dynamicOk)
       continue;
     for (auto g : sched.getBody().front().getOps<GroupOp>()) {
+      if (!g.getPattern().isStatic())
+        continue;
       groups.push_back(
           {semantics::fromAttr(g.getPattern()),
            std::vector<int64_t>(g.getHeads().begin(), g.getHeads().end())});
@@ -240,6 +378,14 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
                       {"group_begin",
                        toJson(std::vector<int64_t>(table.groupBegin.begin(),
                                                    table.groupBegin.end()))}}}};
+    if (!dynamicJson.empty()) {
+      layer["dynamic_groups"] = std::move(dynamicJson);
+      dynTablesOs << "__device__ const DynGroupTable dynGroups_" << p
+                  << "[] = {" << dynTable << "};\n";
+      dynTableNames.push_back("dynGroups_" + p);
+    } else {
+      dynTableNames.push_back("nullptr");
+    }
     if (!table.skippedHeads.empty()) {
       layer["fill_kernel"] = fillName(d);
       layer["fill_grid"] =
@@ -268,6 +414,29 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
   os << "// The generated code of the head groups: one struct per distinct "
         "pattern.\n\n"
      << groupCode;
+  bool anyDynamic = !dynPatterns.empty();
+  if (anyDynamic) {
+    // The dynamic groups: heads and with/without code ids per layer, and
+    // one dispatch over the with/without patterns.
+    os << "// Dynamic head groups.\n"
+       << dynHeads << dynTables
+       << "__device__ const DynGroupTable *const dynTables[] = {";
+    for (size_t i = 0; i < dynTableNames.size(); ++i)
+      os << (i ? ", " : "") << dynTableNames[i];
+    os << "};\n\nstruct DynPats {\n"
+       << "  static __device__ __forceinline__ bool allowed(i64 id, i64 p, i64 "
+          "k, i64 head, i64 numHeads) {\n    switch (id) {\n";
+    for (int64_t id : dynPatterns)
+      os << "    case " << id << ":\n      return P" << id
+         << "::allowed(p, k, head, numHeads);\n";
+    os << "    default:\n      return false;\n    }\n  }\n"
+       << "  static __device__ __forceinline__ Run runFrom(i64 id, const "
+          "RunCtx &ctx, i64 kb) {\n    switch (id) {\n";
+    for (int64_t id : dynPatterns)
+      os << "    case " << id << ":\n      return P" << id
+         << "::runFrom(ctx, kb);\n";
+    os << "    default:\n      return noRun();\n    }\n  }\n};\n\n";
+  }
   os << "} // namespace bundle\n} // namespace kernel\n"
      << "} // namespace tessera\n\n";
 
@@ -324,13 +493,90 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
                                        {"args", "(AttnParams, int layer)"}});
   }
 
+  // The kernels of the dynamic groups: thin wrappers over
+  // DynamicIndex.cuh with the bundle's tables.
+  std::set<std::string> dynEmitted;
+  auto dynKernel = [&](const std::string &name, const std::string &body,
+                       const std::string &kind) {
+    if (!dynEmitted.insert(name).second)
+      return;
+    // Index kernels: up to 255 registers (ptxas otherwise aims at 16
+    // blocks per SM, 32 registers, and spills on sm_90).
+    os << "TESSERA_EXTERN_C __global__ void __launch_bounds__("
+       << (kind == "index" ? "128, 2" : "128") << ")\n"
+       << name
+       << "(tessera::kernel::AttnParams p, tessera::kernel::DynArgs a) {\n"
+       << "  using namespace tessera::kernel;\n"
+       << "  const DynGroupTable &g = bundle::dynTables[a.layer][a.group];\n"
+       << "  (void)g;\n"
+       << body << "}\n\n";
+    kernelsJson.push_back(json::Object{{"name", name},
+                                       {"kind", kind},
+                                       {"threads", 128},
+                                       {"args", "(AttnParams, DynArgs)"}});
+  };
+  for (auto &[key, families] : dynFamilies) {
+    const auto &[dt, d] = key;
+    std::string E = dt == "f16" ? "kF16" : "kBF16";
+    std::string ED = E + ", " + std::to_string(d);
+    std::string typed = "_" + dt, sized = typed + "_d" + std::to_string(d);
+    std::string smem = "  __shared__ __align__(16) DynShared<" +
+                       std::to_string(d) + "> sh;\n";
+    for (const std::string &f : families) {
+      if (f == "vertical_slash") {
+        dynKernel("tessera_vs_scores" + sized,
+                  "  vsScores<" + ED + ">(p, a, g);\n", "index");
+        dynKernel("tessera_vs_softmax", "  vsSoftmax(p, a);\n", "index");
+        dynKernel("tessera_vs_sums", "  vsSums(p, a);\n", "index");
+        dynKernel("tessera_vs_select", "  vsSelect(p, a);\n", "index");
+        dynKernel("tessera_vs_attend" + sized,
+                  smem + "  vsAttend<" + ED + ", bundle::DynPats>(p, a, g, sh);\n",
+                  "dynamic_attention");
+      } else if (f == "block_topk") {
+        dynKernel("tessera_bt_pool" + typed,
+                  "  btPool<" + E + ">(p, a, g);\n", "index");
+        dynKernel("tessera_bt_scores", "  btScores(p, a);\n", "index");
+        dynKernel("tessera_bt_take", "  btTake(p, a);\n", "index");
+        dynKernel("tessera_bt_select", "  btSelect(p, a);\n", "index");
+        dynKernel("tessera_bt_attend" + sized,
+                  smem + "  btAttend<" + ED + ", bundle::DynPats>(p, a, g, sh);\n",
+                  "dynamic_attention");
+      } else {
+        dynKernel("tessera_rt_seed" + typed, "  rtSeed<" + E + ">(p, a, g);\n",
+                  "index");
+        dynKernel("tessera_rt_assign_keys" + typed,
+                  "  rtAssign<" + E + ">(p, a, g, 0);\n", "index");
+        dynKernel("tessera_rt_update" + typed,
+                  "  rtUpdate<" + E + ">(p, a, g);\n", "index");
+        dynKernel("tessera_rt_assign_queries" + typed,
+                  "  rtAssign<" + E + ">(p, a, g, 1);\n", "index");
+        dynKernel("tessera_rt_sort", "  rtSort(p, a);\n", "index");
+        dynKernel("tessera_rt_attend" + sized,
+                  smem + "  rtAttend<" + ED + ", bundle::DynPats>(p, a, g, sh);\n",
+                  "dynamic_attention");
+      }
+    }
+  }
+
   // The kernels' registration with the host emulator (tests only; NVRTC
   // never defines TESSERA_EMULATE).
   os << "#ifdef TESSERA_EMULATE\n";
-  for (const json::Value &k : kernelsJson)
-    os << "TESSERA_EMU_KERNEL("
-       << k.getAsObject()->getString("name").value_or("") << ")\n";
+  for (const json::Value &k : kernelsJson) {
+    const json::Object &o = *k.getAsObject();
+    bool dyn = o.getString("args").value_or("") == "(AttnParams, DynArgs)";
+    os << (dyn ? "TESSERA_EMU_DYN_KERNEL(" : "TESSERA_EMU_KERNEL(")
+       << o.getString("name").value_or("") << ")\n";
+  }
   os << "#endif\n";
+  os.flush();
+  {
+    size_t at = bundle.source.find(kDynamicHeadersMarker.str());
+    std::string headers =
+        anyDynamic ? std::string(tessera::embedded::kDynamicArgsH) + "\n" +
+                         tessera::embedded::kDynamicIndexCuh + "\n"
+                   : std::string();
+    bundle.source.replace(at, kDynamicHeadersMarker.size(), headers);
+  }
 
   llvm::SHA256 hash;
   hash.update(bundle.source);

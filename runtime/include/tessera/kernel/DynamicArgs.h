@@ -42,6 +42,16 @@ struct DynArgs {
   int group; ///< the dynamic group's index within the layer
 };
 
+/// A dynamic group of a layer as the bundle's tables give it to the
+/// kernels: its heads (launch slot -> head) and the generated code of its
+/// pattern with the dynamic leaf read as dense (`with`) and as skip
+/// (`without`): allowed = (leaf and with) or (not leaf and without).
+struct DynGroupTable {
+  const i64 *heads;
+  i64 numHeads;
+  i64 withId, withoutId;
+};
+
 TESSERA_HD i64 alignUp16(i64 x) { return (x + 15) / 16 * 16; }
 TESSERA_HD i64 dynCeilDiv(i64 a, i64 b) { return (a + b - 1) / b; }
 
@@ -57,7 +67,8 @@ struct DynLayout {
   // routing: centroids [C][D], new centroids, clusters of queries and keys,
   // per-cluster query/key counts and segment starts (C + 1), query-tile
   // starts (C + 1), permutations (segment order -> position).
-  i64 cent, qCluster, kCluster, qStart, kStart, tileStart, permQ, permK;
+  i64 cent, qCluster, kCluster, qStart, kStart, tileStart, qCursor, kCursor,
+      permQ, permK;
   i64 size;
 };
 
@@ -105,6 +116,8 @@ TESSERA_HD DynLayout dynLayout(const DynArgs &a, i64 nq, i64 nk) {
     l.qStart = take(8 * (c + 1));
     l.kStart = take(8 * (c + 1));
     l.tileStart = take(8 * (c + 1));
+    l.qCursor = take(8 * c);
+    l.kCursor = take(8 * c);
     l.permQ = take(8 * nq);
     l.permK = take(8 * nk);
   }

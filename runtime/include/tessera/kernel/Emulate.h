@@ -49,7 +49,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __noinline__ __attribute__((noinline))
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 #define TESSERA_EXTERN_C static
@@ -69,6 +69,12 @@ inline float __int_as_float(int i) {
   std::memcpy(&f, &i, 4);
   return f;
 }
+inline int __float_as_int(float f) {
+  int i;
+  std::memcpy(&i, &f, 4);
+  return i;
+}
+inline float __fdividef(float a, float b) { return a / b; }
 using std::exp2f;
 using std::fmaxf;
 using std::log2f;
@@ -275,6 +281,20 @@ inline float __shfl_xor_sync(unsigned, float v, int laneMask) {
         tessera::kernel::AttnParams p;                                         \
         std::memcpy(&p, params, sizeof p);                                     \
         name(p, layer);                                                        \
+      });
+
+/// The same for the kernels of dynamic groups, which take (AttnParams,
+/// DynArgs): `params` points at a DynLaunch.
+#define TESSERA_EMU_DYN_KERNEL(name)                                           \
+  static ::tessera_emu::Registration tessera_emu_register_##name(              \
+      std::string(TESSERA_EMU_BUNDLE) + "/" #name,                             \
+      [](const void *params, int) {                                            \
+        tessera::kernel::AttnParams p;                                         \
+        tessera::kernel::DynArgs a;                                            \
+        std::memcpy(&p, params, sizeof p);                                     \
+        std::memcpy(&a, static_cast<const char *>(params) + sizeof p,         \
+                    sizeof a);                                                 \
+        name(p, a);                                                            \
       });
 
 #endif // TESSERA_KERNEL_EMULATE_H

@@ -131,6 +131,57 @@ TESSERA_HD i64 routingTiles(const DynArgs &a, i64 nq) {
   return dynCeilDiv(nq, 64) + minI(a.clusters, nq);
 }
 
+/// The launches of a dynamic group, in order (grid y: the group's heads,
+/// z: the batch; 128 threads): vertical_slash scores, softmax, sums,
+/// select, attend; block_topk pool, scores, take, select, attend; routing
+/// seed, (assign keys, update) per k-means iteration, assign keys, assign
+/// queries, sort, attend.
+TESSERA_HD i64 dynLaunchCount(const DynArgs &a) {
+  return a.family == kRouting ? 6 + 2 * a.iterations : 5;
+}
+
+/// Launch i: `kernel` indexes the group's kernel list (the manifest's
+/// "kernels", in the order of dynamicKernels), gx is grid x.
+TESSERA_HD void dynLaunch(const DynArgs &a, i64 nq, i64 nk, i64 i,
+                          i64 &kernel, i64 &gx) {
+  if (a.family == kVerticalSlash) {
+    const i64 grids[5] = {dynCeilDiv(nk, 128), vsRows(a, nq),
+                          dynCeilDiv(nk, 128), 2, dynCeilDiv(nq, 64)};
+    kernel = i;
+    gx = grids[i];
+    return;
+  }
+  if (a.family == kBlockTopk) {
+    const i64 tq = dynCeilDiv(nq, a.block), tk = dynCeilDiv(nk, a.block);
+    const i64 grids[5] = {tq + tk, tq, tq, tq, dynCeilDiv(nq, 64)};
+    kernel = i;
+    gx = grids[i];
+    return;
+  }
+  // Routing: kernels seed 0, assign keys 1, update 2, assign queries 3,
+  // sort 4, attend 5.
+  const i64 iter = 2 * a.iterations;
+  if (i == 0) {
+    kernel = 0;
+    gx = a.clusters;
+  } else if (i <= iter) {
+    kernel = (i % 2) ? 1 : 2;
+    gx = kernel == 1 ? dynCeilDiv(nk, 128) : a.clusters;
+  } else if (i == iter + 1) {
+    kernel = 1;
+    gx = dynCeilDiv(nk, 128);
+  } else if (i == iter + 2) {
+    kernel = 3;
+    gx = dynCeilDiv(nq, 128);
+  } else if (i == iter + 3) {
+    kernel = 4;
+    gx = 2;
+  } else {
+    kernel = 5;
+    gx = routingTiles(a, nq);
+  }
+}
+
 } // namespace kernel
 } // namespace tessera
 

@@ -1,0 +1,432 @@
+//===- DynamicEmulatorTest.cpp - dynamic groups' CUDA kernels on the host -===//
+//
+// The index kernels and the attention over the index of every dynamic group
+// of Inputs/dynamic-emulation.mlir, compiled for the host with
+// tessera/kernel/Emulate.h and launched in the runtime's order
+// (dynLaunch of DynamicArgs.h), checked twice:
+//  * the index they build (read back from the workspace) against the CPU
+//    builders of tessera/cpu/Dynamic.h (themselves checked against float64
+//    numpy references): the same columns and diagonals, key blocks and
+//    clusters on inputs with planted structure;
+//  * the output against float64 attention masked by that index through the
+//    manifest's programs, allowed = (leaf and with) or (not leaf and
+//    without): every allowed pair visited once, nothing else.
+// Lengths are not tile multiples; Nq < Nk, Nq > Nk and Nq = Nk; batch 2.
+//
+//===----------------------------------------------------------------------===//
+
+#include "tessera/cpu/Dynamic.h"
+#include "tessera/cpu/Half.h"
+
+#include "llvm/Support/JSON.h"
+#include "llvm/Support/MemoryBuffer.h"
+
+#include <gtest/gtest-spi.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <set>
+
+#include "tessera/kernel/Emulate.h"
+#include "tessera/kernel/Program.h"
+#include "tessera/kernel/DynamicArgs.h"
+
+using namespace tessera;
+namespace json = llvm::json;
+namespace k = tessera::kernel;
+
+namespace {
+
+struct Program {
+  std::vector<k::Node> nodes;
+  std::vector<k::i64> data;
+  bool allowed(int64_t q, int64_t key, int64_t nq, int64_t nk, int64_t head,
+               int64_t heads) const {
+    return k::allowedPair(nodes.data(), k::i64(nodes.size()), data.data(), q,
+                          key, nq, nk, head, heads);
+  }
+};
+
+Program programOf(const json::Object &o) {
+  Program p;
+  for (const json::Value &n : *o.getArray("nodes")) {
+    const json::Array &a = *n.getAsArray();
+    k::Node node{};
+    node.kind = *a[0].getAsInteger();
+    node.axis = *a[1].getAsInteger();
+    node.a = *a[2].getAsInteger();
+    node.b = *a[3].getAsInteger();
+    node.c = *a[4].getAsInteger();
+    node.dataBegin = *a[5].getAsInteger();
+    node.dataSize = *a[6].getAsInteger();
+    p.nodes.push_back(node);
+  }
+  for (const json::Value &x : *o.getArray("data"))
+    p.data.push_back(*x.getAsInteger());
+  return p;
+}
+
+struct Case {
+  int64_t batch, nq, nk;
+};
+
+template <typename T> T *at(std::vector<unsigned char> &ws, int64_t offset) {
+  return reinterpret_cast<T *>(ws.data() + offset);
+}
+
+/// Runs every dynamic group of bundle `name` (built from
+/// Inputs/dynamic-emulation.mlir) on `shape` and checks it (gtest failures).
+void checkDynamicBundle(const std::string &name, const Case &shape) {
+  std::string dir = std::string(TESSERA_BINARY_DIR) + "/test/bundles/" + name;
+  auto buf = llvm::MemoryBuffer::getFile(dir + "/manifest.json");
+  ASSERT_TRUE(bool(buf)) << dir;
+  llvm::Expected<json::Value> manifest = json::parse((*buf)->getBuffer());
+  ASSERT_TRUE(bool(manifest));
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> dist(0, 1);
+  int groupsChecked = 0;
+  for (const json::Value &lv : *manifest->getAsObject()->getArray("layers")) {
+    const json::Object &layer = *lv.getAsObject();
+    const json::Array *dyn = layer.getArray("dynamic_groups");
+    if (!dyn)
+      continue;
+    const int64_t hq = *layer.getInteger("num_heads");
+    const int64_t hkv = *layer.getInteger("num_kv_heads");
+    const int64_t d = *layer.getInteger("head_dim");
+    const int position = int(*layer.getInteger("position"));
+    const bool f16 = *layer.getString("dtype") == "f16";
+    const int64_t B = shape.batch, nq = shape.nq, nk = shape.nk;
+    auto round = [&](float x) {
+      return f16 ? cpu::floatToF16(x) : cpu::floatToBf16(x);
+    };
+    auto value = [&](uint16_t x) {
+      return f16 ? cpu::f16ToFloat(x) : cpu::bf16ToFloat(x);
+    };
+    // Contiguous [B, seq, heads, d]; planted structure: keys 7 and 100
+    // share a direction every query leans to, query i resembles key i - 13;
+    // in layer 0 the last kv head (and its query heads: the routing groups)
+    // has tokens from four separated clusters (position mod 4) instead.
+    std::vector<float> dirs(static_cast<size_t>(4 * d)), sink(static_cast<size_t>(d));
+    for (float &x : dirs)
+      x = 1.5f * dist(rng);
+    for (float &x : sink)
+      x = dist(rng);
+    std::vector<float> kf(size_t(B * nk * hkv * d)), qf(size_t(B * nq * hq * d)),
+        vf(kf.size());
+    auto kIdx = [&](int64_t b, int64_t s, int64_t h) {
+      return size_t(((b * nk + s) * hkv + h) * d);
+    };
+    auto qIdx = [&](int64_t b, int64_t s, int64_t h) {
+      return size_t(((b * nq + s) * hq + h) * d);
+    };
+    auto clustered = [&](int64_t kvh) {
+      return position == 0 && kvh == hkv - 1;
+    };
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t s = 0; s < nk; ++s)
+        for (int64_t h = 0; h < hkv; ++h)
+          for (int64_t x = 0; x < d; ++x) {
+            float val = 0.5f * dist(rng);
+            if (clustered(h))
+              val += dirs[size_t((s % 4) * d + x)];
+            else if (s == 7 || s == 100)
+              val += 0.5f * sink[size_t(x)];
+            kf[kIdx(b, s, h) + x] = val;
+            vf[kIdx(b, s, h) + x] = dist(rng);
+          }
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t s = 0; s < nq; ++s)
+        for (int64_t h = 0; h < hq; ++h) {
+          int64_t kvh = h / (hq / hkv), pos = s + nk - nq, src = pos - 13;
+          for (int64_t x = 0; x < d; ++x) {
+            float val = 0.5f * dist(rng);
+            if (clustered(kvh))
+              val += dirs[size_t((s % 4) * d + x)];
+            else {
+              val += sink[size_t(x)];
+              if (src >= 0 && src < nk)
+                val += 1.5f * kf[kIdx(b, src, kvh) + x];
+            }
+            qf[qIdx(b, s, h) + x] = val;
+          }
+        }
+    std::vector<uint16_t> q(qf.size()), kk(kf.size()), v(vf.size()),
+        o(qf.size(), round(7.0f));
+    for (size_t i = 0; i < q.size(); ++i)
+      qf[i] = value(q[i] = round(qf[i]));
+    for (size_t i = 0; i < kk.size(); ++i) {
+      kf[i] = value(kk[i] = round(kf[i]));
+      vf[i] = value(v[i] = round(vf[i]));
+    }
+    std::vector<float> lse(size_t(B * hq * nq), 7.0f);
+    k::AttnParams p{};
+    p.q = q.data();
+    p.k = kk.data();
+    p.v = v.data();
+    p.o = o.data();
+    p.lse = lse.data();
+    p.nq = nq;
+    p.nk = nk;
+    p.qStrideB = p.oStrideB = nq * hq * d;
+    p.qStrideS = p.oStrideS = hq * d;
+    p.qStrideH = p.oStrideH = d;
+    p.kStrideB = p.vStrideB = nk * hkv * d;
+    p.kStrideS = p.vStrideS = hkv * d;
+    p.kStrideH = p.vStrideH = d;
+    const double scale = 1.0 / std::sqrt(double(d));
+    p.scaleLog2 = float(scale * 1.4426950408889634);
+    p.numHeads = int(hq);
+    p.numKvHeads = int(hkv);
+    p.vectorLoads = 1;
+
+    int groupIndex = 0;
+    for (const json::Value &gv : *dyn) {
+      const json::Object &g = *gv.getAsObject();
+      const std::string family = g.getString("family")->str();
+      const json::Object &par = *g.getObject("params");
+      std::vector<int64_t> heads;
+      for (const json::Value &h : *g.getArray("heads"))
+        heads.push_back(*h.getAsInteger());
+      std::vector<std::string> kernels;
+      for (const json::Value &kv : *g.getArray("kernels"))
+        kernels.push_back(kv.getAsString()->str());
+      Program with = programOf(*g.getObject("with")),
+              without = programOf(*g.getObject("without"));
+      SCOPED_TRACE("layer " + std::to_string(position) + " group " +
+                   std::to_string(groupIndex) + " (" + family + ") nq " +
+                   std::to_string(nq) + " nk " + std::to_string(nk));
+
+      k::DynArgs a{};
+      a.numSlots = int64_t(heads.size());
+      a.headDim = d;
+      a.layer = position;
+      a.group = groupIndex++;
+      std::vector<float> centroids;
+      if (family == "vertical_slash") {
+        a.family = k::kVerticalSlash;
+        a.lastQ = *par.getInteger("last_q");
+        a.vertical = *par.getInteger("vertical");
+        a.slash = *par.getInteger("slash");
+        a.firstColumns = *par.getInteger("first_columns");
+        a.lastDiagonals = *par.getInteger("last_diagonals");
+      } else if (family == "block_topk") {
+        a.family = k::kBlockTopk;
+        a.block = *par.getInteger("block");
+        a.gamma = float(*par.getNumber("gamma"));
+        a.topK = *par.getInteger("top_k");
+        a.minBlocks = *par.getInteger("min_blocks");
+        a.maxBlocks = *par.getInteger("max_blocks");
+      } else {
+        a.family = k::kRouting;
+        a.clusters = *par.getInteger("clusters");
+        a.iterations = *par.getInteger("kmeans_iterations");
+        if (a.iterations == 0) {
+          // The engine's centroids: the cluster directions, permuted.
+          centroids.resize(size_t(hq * a.clusters * d));
+          for (int64_t h = 0; h < hq; ++h)
+            for (int64_t j = 0; j < a.clusters; ++j)
+              for (int64_t x = 0; x < d; ++x)
+                centroids[size_t((h * a.clusters + j) * d + x)] =
+                    dirs[size_t(((j + 1) % 4) * d + x)];
+          a.centroids = centroids.data();
+        }
+      }
+      k::DynLayout lay = k::dynLayout(a, nq, nk);
+      std::vector<unsigned char> ws(size_t(lay.size * a.numSlots * B) + 16);
+      a.ws = ws.data();
+      struct {
+        k::AttnParams p;
+        k::DynArgs a;
+      } args{p, a};
+      auto &reg = tessera_emu::registry();
+      for (int64_t i = 0; i < k::dynLaunchCount(a); ++i) {
+        k::i64 kernel, gx;
+        k::dynLaunch(a, nq, nk, i, kernel, gx);
+        auto fn = reg.find(name + "/" + kernels[size_t(kernel)]);
+        ASSERT_NE(fn, reg.end()) << kernels[size_t(kernel)];
+        tessera_emu::launch([&] { fn->second(&args, 0); },
+                            dim3{unsigned(gx), unsigned(a.numSlots),
+                                 unsigned(B)},
+                            dim3{128, 1, 1});
+      }
+
+      for (int64_t b = 0; b < B; ++b)
+        for (size_t slot = 0; slot < heads.size(); ++slot) {
+          const int64_t h = heads[slot], kvh = h / (hq / hkv);
+          size_t base = size_t((b * a.numSlots + int64_t(slot)) * lay.size);
+          cpu::Rows qr{&qf[qIdx(b, 0, h)], nq, hq * d};
+          cpu::Rows kr{&kf[kIdx(b, 0, kvh)], nk, hkv * d};
+          // The leaf as the kernels built it, and the CPU builder's.
+          std::function<bool(int64_t, int64_t)> leaf;
+          std::vector<int64_t> cols, diags;
+          std::vector<std::vector<int64_t>> lists;
+          std::vector<int> qc, kc;
+          if (a.family == k::kVerticalSlash) {
+            const int64_t *counts = at<int64_t>(ws, int64_t(base) + lay.counts);
+            cols.assign(at<int64_t>(ws, int64_t(base) + lay.cols),
+                        at<int64_t>(ws, int64_t(base) + lay.cols) + counts[0]);
+            diags.assign(at<int64_t>(ws, int64_t(base) + lay.diags),
+                         at<int64_t>(ws, int64_t(base) + lay.diags) +
+                             counts[1]);
+            cpu::VerticalSlashParams vp;
+            vp.lastQ = a.lastQ;
+            vp.vertical = a.vertical;
+            vp.slash = a.slash;
+            vp.firstColumns = a.firstColumns;
+            vp.lastDiagonals = a.lastDiagonals;
+            cpu::VerticalSlashIndex ref =
+                cpu::buildVerticalSlash(qr, kr, d, float(scale), vp);
+            // Planted and within budget (head 0 of layer 0): exactly the
+            // CPU's; elsewhere ties in the noise may differ by a few.
+            if (position == 0 && h == 0) {
+              EXPECT_EQ(cols, ref.columns);
+              EXPECT_EQ(diags, ref.diagonals);
+            } else {
+              std::vector<int64_t> common;
+              std::set_intersection(cols.begin(), cols.end(),
+                                    ref.columns.begin(), ref.columns.end(),
+                                    std::back_inserter(common));
+              EXPECT_EQ(cols.size(), ref.columns.size());
+              EXPECT_GE(double(common.size()),
+                        0.9 * double(ref.columns.size()));
+              common.clear();
+              std::set_intersection(diags.begin(), diags.end(),
+                                    ref.diagonals.begin(), ref.diagonals.end(),
+                                    std::back_inserter(common));
+              EXPECT_EQ(diags.size(), ref.diagonals.size());
+              EXPECT_GE(double(common.size()),
+                        0.9 * double(ref.diagonals.size()));
+            }
+            leaf = [&](int64_t i, int64_t key) {
+              int64_t pos = i + nk - nq;
+              return std::binary_search(cols.begin(), cols.end(), key) ||
+                     std::binary_search(diags.begin(), diags.end(), key - pos);
+            };
+          } else if (a.family == k::kBlockTopk) {
+            int64_t tq = (nq + a.block - 1) / a.block;
+            const int64_t *count =
+                at<int64_t>(ws, int64_t(base) + lay.listCount);
+            const int64_t *list = at<int64_t>(ws, int64_t(base) + lay.lists);
+            auto ref = cpu::buildBlockTopk(qr, kr, d, float(scale), a.block,
+                                           a.gamma, a.topK, a.minBlocks,
+                                           a.maxBlocks);
+            lists.resize(size_t(tq));
+            for (int64_t i = 0; i < tq; ++i) {
+              lists[size_t(i)].assign(list + i * lay.cap,
+                                      list + i * lay.cap + count[i]);
+              EXPECT_EQ(lists[size_t(i)], ref[size_t(i)]) << "query block " << i;
+            }
+            leaf = [&](int64_t i, int64_t key) {
+              const auto &l = lists[size_t(i / a.block)];
+              return std::binary_search(l.begin(), l.end(), key / a.block);
+            };
+          } else {
+            qc.assign(at<int>(ws, int64_t(base) + lay.qCluster),
+                      at<int>(ws, int64_t(base) + lay.qCluster) + nq);
+            kc.assign(at<int>(ws, int64_t(base) + lay.kCluster),
+                      at<int>(ws, int64_t(base) + lay.kCluster) + nk);
+            cpu::RoutingIndex ref = cpu::buildRouting(
+                qr, kr, d, a.clusters, a.iterations,
+                a.iterations ? nullptr : &centroids[size_t(h * a.clusters * d)]);
+            EXPECT_EQ(qc, std::vector<int>(ref.queryCluster.begin(),
+                                           ref.queryCluster.end()));
+            EXPECT_EQ(kc, std::vector<int>(ref.keyCluster.begin(),
+                                           ref.keyCluster.end()));
+            leaf = [&](int64_t i, int64_t key) {
+              return qc[size_t(i)] == kc[size_t(key)];
+            };
+          }
+          // float64 attention masked by the built index.
+          const double tol = f16 ? 2e-3 : 1.6e-2;
+          const double inf = std::numeric_limits<double>::infinity();
+          double maxRef = 0, maxErr = 0, lseErr = 0;
+          int64_t visited = 0;
+          std::vector<double> s(static_cast<size_t>(nk)), out(static_cast<size_t>(d));
+          for (int64_t i = 0; i < nq; ++i) {
+            double m = -inf;
+            for (int64_t j = 0; j < nk; ++j) {
+              s[size_t(j)] = -inf;
+              bool ok = leaf(i, j) ? with.allowed(i, j, nq, nk, h, hq)
+                                   : without.allowed(i, j, nq, nk, h, hq);
+              if (!ok)
+                continue;
+              ++visited;
+              double dot = 0;
+              for (int64_t x = 0; x < d; ++x)
+                dot += double(qf[qIdx(b, i, h) + x]) *
+                       double(kf[kIdx(b, j, kvh) + x]);
+              s[size_t(j)] = dot * scale;
+              m = std::max(m, s[size_t(j)]);
+            }
+            double l = 0;
+            std::fill(out.begin(), out.end(), 0.0);
+            if (m > -inf)
+              for (int64_t j = 0; j < nk; ++j) {
+                if (s[size_t(j)] == -inf)
+                  continue;
+                double e = std::exp(s[size_t(j)] - m);
+                l += e;
+                for (int64_t x = 0; x < d; ++x)
+                  out[size_t(x)] += e * double(vf[kIdx(b, j, kvh) + x]);
+              }
+            for (int64_t x = 0; x < d; ++x) {
+              double r = l > 0 ? out[size_t(x)] / l : 0.0;
+              double got = value(o[qIdx(b, i, h) + x]);
+              maxRef = std::max(maxRef, std::abs(r));
+              double e = std::abs(got - r);
+              if (l == 0 && got != 0)
+                e = inf;
+              maxErr = std::max(maxErr, e);
+            }
+            double refLse = l > 0 ? m + std::log(l) : -inf;
+            double gotLse = lse[size_t((b * hq + h) * nq + i)];
+            lseErr = std::max(
+                lseErr, refLse == -inf
+                            ? (gotLse == -inf ? 0.0 : inf)
+                            : std::abs(gotLse - refLse) /
+                                  (1e-3 * (1 + std::abs(refLse))));
+          }
+          EXPECT_GT(visited, 0);
+          EXPECT_LE(maxErr / std::max(maxRef, 1e-30), tol)
+              << "batch " << b << " head " << h;
+          EXPECT_LE(lseErr, 1.0) << "batch " << b << " head " << h;
+        }
+      ++groupsChecked;
+    }
+  }
+  EXPECT_EQ(groupsChecked, 8);
+}
+
+class DynamicEmulatorTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(DynamicEmulatorTest, IndexAndAttentionMatchReferences) {
+  checkDynamicBundle("dynamic-emulation", GetParam());
+}
+
+/// A copy whose walk over the static runs forgets to leave out the leaf's
+/// pairs (they are visited twice under a union): the check must fail.
+TEST(DynamicEmulatorBroken, DoubleVisitedPairsAreCaught) {
+  ::testing::TestPartResultArray failures;
+  {
+    ::testing::ScopedFakeTestPartResultReporter reporter(
+        ::testing::ScopedFakeTestPartResultReporter::
+            INTERCEPT_ONLY_CURRENT_THREAD,
+        &failures);
+    checkDynamicBundle("broken-dynamic", Case{1, 200, 200});
+  }
+  int accuracy = 0;
+  for (int i = 0; i < failures.size(); ++i)
+    accuracy += std::string(failures.GetTestPartResult(i).message())
+                        .find("maxErr") != std::string::npos;
+  EXPECT_GT(accuracy, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DynamicEmulatorTest,
+                         ::testing::Values(Case{2, 200, 200},
+                                           Case{2, 150, 260},
+                                           Case{2, 260, 150}));
+
+} // namespace

@@ -1,0 +1,18 @@
+// The dynamic groups of DynamicEmulatorTest: each family alone and under
+// the combinators (the walks over the index, the gathered columns, and the
+// static runs with the leaf read as skip), two dtypes and head dims.
+attn.model @dynamic_emulation {
+  attn.layer 0 heads = 6 kv_heads = 3 head_dim = 64 dtype = bf16 {
+    attn.heads [0] = #attn.intersect<#attn.causal, #attn.vertical_slash<last_q = 16, vertical = 6, slash = 9, first_columns = 4, last_diagonals = 8>>
+    attn.heads [1] = #attn.union<#attn.a_shape<sink = 2, before = 20>, #attn.vertical_slash<last_q = 24, vertical = 40, slash = 30, first_columns = 2, last_diagonals = 4>>
+    attn.heads [2] = #attn.intersect<#attn.causal, #attn.block_topk<block = 64, gamma = 0.8, min_blocks = 1, max_blocks = 3>>
+    attn.heads [3] = #attn.union<#attn.window<before = 8>, #attn.block_topk<block = 64, top_k = 2>>
+    attn.heads [4] = #attn.intersect<#attn.causal, #attn.routing<clusters = 4, kmeans_iterations = 2>>
+    attn.heads [5] = #attn.routing<clusters = 3>
+  }
+  attn.layer 1 heads = 3 kv_heads = 1 head_dim = 128 dtype = f16 {
+    attn.heads [0] = #attn.difference<#attn.causal, #attn.vertical_slash<last_q = 8, vertical = 10, slash = 20>>
+    attn.heads [1] = #attn.intersect<#attn.causal, #attn.vertical_slash<last_q = 64, vertical = 150, slash = 100, first_columns = 30, last_diagonals = 50>>
+    attn.heads [2] = #attn.window<before = 4>
+  }
+}

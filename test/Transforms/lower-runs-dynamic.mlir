@@ -5,8 +5,9 @@
 // The index of a dynamic pattern is built at run time: --attn-schedule
 // keeps dynamic groups, and --attn-lower-runs puts an attn.build_index step
 // where each dynamic leaf is, under the run combinators that join it to the
-// static parts (whose runs are as for any static pattern). Bundles do not
-// build indices yet: attn-translate says so.
+// static parts (whose runs are as for any static pattern). Bundles build
+// the index with CUDA kernels (test/Target/Cuda/dynamic.mlir), except for
+// routing under a union, which attn-translate names.
 
 attn.model @dyn {
   attn.layer 0 heads = 4 kv_heads = 1 head_dim = 64 dtype = bf16 {
@@ -37,4 +38,4 @@ attn.model @dyn {
 // CHECK-NEXT: attn.group 3 heads [3] = #attn.window<before = 128> runs {
 // CHECK-NEXT: attn.run_interval keys [p0 - 128, p1]
 
-// EMIT: error: layer 0: head group 0 (heads from 0) has a dynamic pattern: bundles cannot build indices yet (the CPU library tessera/cpu/Dynamic.h runs them)
+// EMIT: error: layer 0: head group 2 (heads from 2): routing under a union or on the right of a difference

@@ -463,7 +463,8 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
     os << "    default:\n      return 0;\n    }\n  }\n};\n"
        << "} // namespace bundle\n} // namespace kernel\n"
        << "} // namespace tessera\n\n";
-    os << "TESSERA_EXTERN_C __global__ void __launch_bounds__(" << kThreads << ")\n"
+    os << "TESSERA_EXTERN_C __global__ void __launch_bounds__(" << kThreads
+       << ", 2)\n"
        << name << "(tessera::kernel::AttnParams p, int layer) {\n"
        << "  using namespace tessera::kernel;\n"
        << "  const LayerTable &t = *bundle::tables[layer];\n"
@@ -500,10 +501,10 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
                        const std::string &kind) {
     if (!dynEmitted.insert(name).second)
       return;
-    // Index kernels: up to 255 registers (ptxas otherwise aims at 16
-    // blocks per SM, 32 registers, and spills on sm_90).
+    // Two blocks per SM at least, up to 255 registers (ptxas otherwise aims at
+    // more blocks with fewer registers and spills on sm_90).
     os << "TESSERA_EXTERN_C __global__ void __launch_bounds__("
-       << (kind == "index" ? "128, 2" : "128") << ")\n"
+       << "128, 2" << ")\n"
        << name
        << "(tessera::kernel::AttnParams p, tessera::kernel::DynArgs a) {\n"
        << "  using namespace tessera::kernel;\n"

@@ -10,7 +10,8 @@
 // Dynamic patterns (keys chosen from the input at run time) parse, print,
 // verify, compose with the static ones and canonicalize; schedules show
 // their index-building step (lower-runs-dynamic.mlir); every consumer that
-// needs a mask, and the CUDA emitter, says it cannot take them.
+// needs a mask says it cannot take them, and the CUDA emitter names the
+// ones bundles cannot hold (test/Target/Cuda/dynamic.mlir has the rest).
 
 // CHECK-LABEL: attn.model @dynamic
 attn.model @dynamic {
@@ -51,7 +52,8 @@ attn.model @dynamic {
 }
 
 // SCHED: attn.build_index #attn.vertical_slash<last_q = 64, vertical = 1000, slash = 6096> layout "columns_and_diagonals"
-// EMIT: error: layer 0: head group 0 (heads from 0) has a dynamic pattern: bundles cannot build indices yet
+// EMIT: error: layer 0: head group 3 (heads from 3): block_topk with tau > 0 (FlexPrefill's per-head choice) is not built by the bundles' index kernels yet
+// EMIT: error: layer 0: head group 6 (heads from 6): routing under a union or on the right of a difference: bundles run routing only where it is required
 // REPORT: 0        dynamic      1  #attn.vertical_slash<last_q = 64, vertical = 1000, slash = 6096> [0]
 // REPORT: 0         50.78%      1  #attn.causal [7]
 // REPORT: mean density over 1 heads: 50.78%

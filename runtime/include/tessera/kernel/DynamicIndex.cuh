@@ -613,11 +613,10 @@ __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
     }
   }
   const i64 qi0 = q0 + warp * 16 + lane / 4, qi1 = qi0 + 8;
-  const i64 outRow[2] = {qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1};
   flashStore<E, D>(w.acc, p.o + b * p.oStrideB + head * p.oStrideH,
                    p.oStrideS,
                    p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
-                   outRow);
+                   qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
 }
 
 //===----------------------------------------------------------------------===//
@@ -851,11 +850,10 @@ __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
     }
   }
   const i64 qi0 = q0 + warp * 16 + lane / 4, qi1 = qi0 + 8;
-  const i64 outRow[2] = {qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1};
   flashStore<E, D>(w.acc, p.o + b * p.oStrideB + head * p.oStrideH,
                    p.oStrideS,
                    p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
-                   outRow);
+                   qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
 }
 
 //===----------------------------------------------------------------------===//
@@ -1078,8 +1076,8 @@ __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
   flashInit<D>(w.acc);
   const int myRow = warp * 16 + lane / 4;
   const i64 shift = p.nk - p.nq;
-  const i64 rowQ[2] = {myRow < rows ? sh.rows[myRow] : -1,
-                       myRow + 8 < rows ? sh.rows[myRow + 8] : -1};
+  const i64 rowQ0 = myRow < rows ? sh.rows[myRow] : -1;
+  const i64 rowQ1 = myRow + 8 < rows ? sh.rows[myRow + 8] : -1;
   const i64 withId = g.withId;
   for (i64 k0 = kStart[c]; k0 < kStart[c + 1]; k0 += 64) {
     const int count = (int)minI(64, kStart[c + 1] - k0);
@@ -1089,8 +1087,9 @@ __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
     __syncthreads();
     walkTile<E, D>(w, count, false, [&]() {
       return elementBits(w.c2, [&](int h, int col) {
-        return col < count && rowQ[h] >= 0 &&
-               Pats::allowed(withId, rowQ[h] + shift, sh.keys[col], head,
+        const i64 rq = h ? rowQ1 : rowQ0;
+        return col < count && rq >= 0 &&
+               Pats::allowed(withId, rq + shift, sh.keys[col], head,
                              p.numHeads);
       });
     });
@@ -1098,7 +1097,7 @@ __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
   flashStore<E, D>(w.acc, p.o + b * p.oStrideB + head * p.oStrideH,
                    p.oStrideS,
                    p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
-                   rowQ);
+                   rowQ0, rowQ1);
 }
 
 } // namespace kernel

@@ -244,13 +244,13 @@ __device__ __forceinline__ void flashTile(const u32 (&qf)[D / 16][4],
   }
 }
 
-/// Normalises and stores this thread's rows: outRow[h] is the query index
-/// of its row h (lane / 4 + 8 h of its warp), or -1 for none; oBase and
-/// lseBase (null: no LSE) point at the head's output rows.
+/// Normalises and stores this thread's rows: row0 and row1 are the query
+/// indices of its rows lane / 4 and lane / 4 + 8 of its warp, or -1 for
+/// none; oBase and lseBase (null: no LSE) point at the head's output rows.
 template <int E, int D>
 __device__ __forceinline__ void flashStore(FlashAcc<D> &acc, u16 *oBase,
                                            i64 oStrideS, float *lseBase,
-                                           const i64 (&outRow)[2]) {
+                                           i64 row0, i64 row1) {
   const float negInf = __int_as_float(0xff800000);
   const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
 #pragma unroll
@@ -260,7 +260,7 @@ __device__ __forceinline__ void flashStore(FlashAcc<D> &acc, u16 *oBase,
   }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const i64 qi = outRow[h];
+    const i64 qi = h ? row1 : row0;
     if (qi < 0)
       continue;
     const float inv = acc.l[h] > 0.f ? 1.f / acc.l[h] : 0.f;
@@ -340,10 +340,9 @@ __device__ __forceinline__ void flashForward(const LayerTable &t,
   }
 
   const i64 qi0 = q0 + row0, qi1 = q0 + row0 + 8;
-  const i64 outRow[2] = {qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1};
   flashStore<E, D>(acc, p.o + b * p.oStrideB + head * p.oStrideH, p.oStrideS,
                    p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
-                   outRow);
+                   qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
 }
 
 /// Writes O = 0 and LSE = -inf for the layer's skipped heads:

@@ -1,0 +1,63 @@
+// RUN: attn-translate %s -o %t
+// RUN: FileCheck %s --input-file=%t/manifest.json
+// RUN: FileCheck %s --input-file=%t/bundle.cu --check-prefix=CU
+// RUN: not attn-translate %S/Inputs/dynamic-errors.mlir -o %t.err 2>&1 | FileCheck %s --check-prefix=ERR
+//
+// Dynamic groups in bundles: the manifest lists each one with its family,
+// parameters, the kernels in launch order and the programs of its pattern
+// with the leaf read as dense ("with") and as skip ("without"); the static
+// groups of the layer keep the ordinary launch table. The source holds the
+// index kernels and the group tables.
+
+attn.model @dyn {
+  attn.layer 0 heads = 4 kv_heads = 2 head_dim = 128 dtype = bf16 {
+    attn.heads [0] = #attn.intersect<#attn.causal, #attn.vertical_slash<last_q = 64, vertical = 1000, slash = 6096, first_columns = 30, last_diagonals = 100>>
+    attn.heads [1] = #attn.union<#attn.sink<4>, #attn.block_topk<block = 128, gamma = 0.9, min_blocks = 2, max_blocks = 64>>
+    attn.heads [2] = #attn.intersect<#attn.causal, #attn.routing<clusters = 16, kmeans_iterations = 3>>
+    attn.heads [3] = #attn.causal
+  }
+}
+
+// CHECK: "computed_heads": [
+// CHECK-NEXT: 3
+// CHECK-NEXT: ],
+// CHECK: "dynamic_groups": [
+// CHECK: "family": "vertical_slash",
+// CHECK: "kernels": [
+// CHECK-NEXT: "tessera_vs_scores_bf16_d128",
+// CHECK-NEXT: "tessera_vs_softmax",
+// CHECK-NEXT: "tessera_vs_sums",
+// CHECK-NEXT: "tessera_vs_select",
+// CHECK-NEXT: "tessera_vs_attend_bf16_d128"
+// CHECK: "params": {
+// CHECK-NEXT: "first_columns": 30,
+// CHECK-NEXT: "last_diagonals": 100,
+// CHECK-NEXT: "last_q": 64,
+// CHECK-NEXT: "slash": 6096,
+// CHECK-NEXT: "vertical": 1000
+// The leaf read as skip: intersect<causal, skip> allows nothing.
+// CHECK: "without": {
+// CHECK: "family": "block_topk",
+// CHECK: "tessera_bt_take",
+// CHECK: "block": 128,
+// CHECK-NEXT: "gamma": 0.90000000000000002,
+// CHECK-NEXT: "max_blocks": 64,
+// CHECK-NEXT: "min_blocks": 2,
+// CHECK-NEXT: "top_k": 0
+// CHECK: "family": "routing",
+// CHECK: "tessera_rt_seed_bf16",
+// CHECK: "clusters": 16,
+// CHECK-NEXT: "kmeans_iterations": 3
+
+// CU: #define TESSERA_KERNEL_DYNAMICINDEX_CUH
+// CU: // P{{[0-9]+}}: #attn.intersect<#attn.causal, #attn.vertical_slash<{{.*}}>> [leaf: dense]
+// CU: // P{{[0-9]+}}: #attn.intersect<#attn.causal, #attn.vertical_slash<{{.*}}>> [leaf: skip]
+// CU: __device__ const DynGroupTable dynGroups_l0[] = {{[{][{]}}dynHeads_l0_g0, 1,
+// CU: struct DynPats {
+// CU: tessera_vs_attend_bf16_d128(tessera::kernel::AttnParams p, tessera::kernel::DynArgs a) {
+// CU: TESSERA_EMU_DYN_KERNEL(tessera_rt_attend_bf16_d128)
+
+// ERR: error: layer 0: head group 0 (heads from 0): block_topk with block = 96: the CUDA kernels need a multiple of 64
+// ERR: error: layer 0: head group 1 (heads from 1): the pattern has 2 dynamic leaves; a head group's index is built for one
+// ERR: error: layer 0: head group 2 (heads from 2): routing under a union or on the right of a difference
+// ERR: error: layer 0: head group 3 (heads from 3): routing under a union or on the right of a difference

@@ -28,7 +28,7 @@ import os
 __all__ = ["Context", "Bundle", "TesseraError", "API_VERSION",
            "library_path"]
 
-API_VERSION = 2
+API_VERSION = 3
 
 _CPU, _CUDA = 0, 1
 _F32, _F16, _BF16 = 0, 1, 2
@@ -46,7 +46,15 @@ class _LayerInfo(ctypes.Structure):
     _fields_ = [("index", ctypes.c_int64), ("num_heads", ctypes.c_int64),
                 ("num_kv_heads", ctypes.c_int64), ("head_dim", ctypes.c_int64),
                 ("dtype", ctypes.c_int), ("num_computed_heads", ctypes.c_int64),
-                ("num_skipped_heads", ctypes.c_int64)]
+                ("num_skipped_heads", ctypes.c_int64),
+                ("num_dynamic_heads", ctypes.c_int64),
+                ("centroid_clusters", ctypes.c_int64)]
+
+
+class _DynamicInputs(ctypes.Structure):
+    _fields_ = [("centroids", ctypes.c_void_p), ("centroid_heads", ctypes.c_int64),
+                ("centroid_clusters", ctypes.c_int64),
+                ("centroid_head_dim", ctypes.c_int64)]
 
 
 class TesseraError(RuntimeError):
@@ -170,11 +178,14 @@ def _load_library():
                                                 vp, ctypes.c_size_t]
     lib.tessera_attention.argtypes = [vp, i64, p(_Tensor), p(_Tensor), p(_Tensor),
                                       p(_Tensor), vp, ctypes.c_float, vp]
+    lib.tessera_attention_dynamic.argtypes = [vp, i64, p(_Tensor), p(_Tensor),
+                                              p(_Tensor), p(_Tensor), vp,
+                                              ctypes.c_float, p(_DynamicInputs), vp]
     for name in ("tessera_context_create", "tessera_context_destroy",
                  "tessera_bundle_load_file", "tessera_bundle_destroy",
                  "tessera_bundle_num_layers", "tessera_bundle_layer_index",
                  "tessera_bundle_layer_info", "tessera_bundle_tile_classes",
-                 "tessera_attention"):
+                 "tessera_attention", "tessera_attention_dynamic"):
         getattr(lib, name).restype = ctypes.c_int
     return lib
 
@@ -287,7 +298,9 @@ class Bundle:
                 "num_kv_heads": info.num_kv_heads, "head_dim": info.head_dim,
                 "dtype": {_F16: "f16", _BF16: "bf16"}.get(info.dtype, "f32"),
                 "num_computed_heads": info.num_computed_heads,
-                "num_skipped_heads": info.num_skipped_heads}
+                "num_skipped_heads": info.num_skipped_heads,
+                "num_dynamic_heads": info.num_dynamic_heads,
+                "centroid_clusters": info.centroid_clusters}
 
     def tile_classes(self, layer, q_len, k_len, block_q=64, block_k=64):
         """numpy uint8 [H, ceil(Nq / block_q), ceil(Nk / block_k)]: 0 empty
@@ -308,9 +321,31 @@ class Bundle:
             self._h, *args, buf.ctypes.data, out.size))
         return out
 
-    def attention(self, layer, q, k, v, out=None, lse=True, scale=0.0):
-        """Returns (o, lse): o like q; lse [B, H, Nq] float32, or None."""
+    def attention(self, layer, q, k, v, out=None, lse=True, scale=0.0,
+                  centroids=None):
+        """Returns (o, lse): o like q; lse [B, H, Nq] float32, or None.
+        centroids: float32 [H, C, D] (numpy on the CPU, a CUDA tensor on
+        CUDA) for the layer's routing groups that take the engine's
+        centroids (layer_info(layer)["centroid_clusters"] = C)."""
         layer = _int64("layer", layer)
+        dyn = None
+        if centroids is not None:
+            shape = tuple(centroids.shape)
+            if len(shape) != 3:
+                raise ValueError(f"centroids must be [heads, clusters, head_dim], "
+                                 f"got shape {shape}")
+            if self.context.device == _CPU:
+                import numpy as np
+                if centroids.dtype != np.float32 or not centroids.flags["C_CONTIGUOUS"]:
+                    raise ValueError("centroids must be a C-contiguous float32 array")
+                ptr = centroids.ctypes.data
+            else:
+                import torch
+                if centroids.dtype != torch.float32 or not centroids.is_contiguous() \
+                        or centroids.device.type != "cuda":
+                    raise ValueError("centroids must be a contiguous float32 CUDA tensor")
+                ptr = centroids.data_ptr()
+            dyn = _DynamicInputs(ptr, *shape)
         dev = self.context.device
         if dev == _CPU:
             import numpy as np
@@ -327,9 +362,10 @@ class Bundle:
             stream = torch.cuda.current_stream(q.device).cuda_stream
         tq, tk, tv = (_describe(x, dev, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
         to = _describe(o, dev, "out", output=True)
-        _check(_lib.tessera_attention(self._h, layer, ctypes.byref(tq), ctypes.byref(tk),
-                                      ctypes.byref(tv), ctypes.byref(to), lptr,
-                                      float(scale), stream))
+        _check(_lib.tessera_attention_dynamic(
+            self._h, layer, ctypes.byref(tq), ctypes.byref(tk), ctypes.byref(tv),
+            ctypes.byref(to), lptr, float(scale),
+            ctypes.byref(dyn) if dyn is not None else None, stream))
         return o, l
 
 

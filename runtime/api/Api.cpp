@@ -3,6 +3,7 @@
 #include "tessera/tessera.h"
 
 #include "../cuda/Driver.h"
+#include "DynamicCpu.h"
 #include "Manifest.h"
 #include "tessera/kernel/ProgramRuns.h"
 
@@ -112,8 +113,11 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
     const Driver &d = *context->driver;
     if (int rc = d.moduleLoadData(&b->module, c.binary.data()))
       return fail(TESSERA_ERROR_CUDA, d.message("cuModuleLoadData", rc));
-    for (const LayerDesc &l : b->desc.layers)
-      for (const std::string &name : {l.kernel, l.fillKernel}) {
+    for (const LayerDesc &l : b->desc.layers) {
+      std::vector<std::string> names = {l.kernel, l.fillKernel};
+      for (const DynamicGroupDesc &g : l.dynamicGroups)
+        names.insert(names.end(), g.kernels.begin(), g.kernels.end());
+      for (const std::string &name : names) {
         if (name.empty() || b->functions.count(name))
           continue;
         void *f = nullptr;
@@ -125,6 +129,7 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
         }
         b->functions[name] = f;
       }
+    }
   }
   {
     std::lock_guard<std::mutex> lock(context->lifetime);
@@ -464,7 +469,16 @@ tessera_status tessera_bundle_layer_info(const tessera_bundle *bundle,
   out->num_kv_heads = l->numKvHeads;
   out->head_dim = l->headDim;
   out->dtype = l->dtype == "f16" ? TESSERA_DTYPE_F16 : TESSERA_DTYPE_BF16;
-  out->num_computed_heads = static_cast<int64_t>(l->computedHead.size());
+  out->num_dynamic_heads = 0;
+  out->centroid_clusters = 0;
+  for (const DynamicGroupDesc &g : l->dynamicGroups) {
+    out->num_dynamic_heads += static_cast<int64_t>(g.heads.size());
+    if (g.args.family == kernel::kRouting && g.args.iterations == 0)
+      out->centroid_clusters =
+          std::max<int64_t>(out->centroid_clusters, g.args.clusters);
+  }
+  out->num_computed_heads =
+      static_cast<int64_t>(l->computedHead.size()) + out->num_dynamic_heads;
   out->num_skipped_heads = static_cast<int64_t>(l->skippedHeads.size());
   return TESSERA_OK;
 }
@@ -525,6 +539,15 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
                                  const tessera_tensor *v,
                                  const tessera_tensor *o, float *lse,
                                  float scale, void *cuda_stream) {
+  return tessera_attention_dynamic(bundle, layer, q, k, v, o, lse, scale,
+                                   nullptr, cuda_stream);
+}
+
+tessera_status tessera_attention_dynamic(
+    tessera_bundle *bundle, int64_t layer, const tessera_tensor *q,
+    const tessera_tensor *k, const tessera_tensor *v, const tessera_tensor *o,
+    float *lse, float scale, const tessera_dynamic_inputs *inputs,
+    void *cuda_stream) {
   lastError.clear();
   if (!bundle)
     return fail(TESSERA_ERROR_NULL_POINTER, "bundle is null");
@@ -578,6 +601,39 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                 "scale must be in [0, 65536] (0: 1/sqrt(head_dim)); larger "
                 "scales overflow the fp32 scores");
+  // The engine's centroids, where a routing group takes them.
+  int64_t needClusters = 0;
+  const DynamicGroupDesc *needing = nullptr;
+  for (const DynamicGroupDesc &g : l->dynamicGroups)
+    if (g.args.family == kernel::kRouting && g.args.iterations == 0 &&
+        g.args.clusters > needClusters) {
+      needClusters = g.args.clusters;
+      needing = &g;
+    }
+  const float *centroids = nullptr;
+  if (needing) {
+    std::string want = "[" + std::to_string(l->numHeads) + ", " +
+                       std::to_string(needClusters) + ", " +
+                       std::to_string(l->headDim) + "]";
+    if (!inputs || !inputs->centroids)
+      return fail(TESSERA_ERROR_NULL_POINTER,
+                  "layer " + std::to_string(layer) +
+                      ": the routing group of head " +
+                      std::to_string(needing->heads.front()) +
+                      " takes the engine's centroids (kmeans_iterations = "
+                      "0): pass tessera_dynamic_inputs with fp32 centroids " +
+                      want + " to tessera_attention_dynamic");
+    if (inputs->centroid_heads != l->numHeads ||
+        inputs->centroid_clusters != needClusters ||
+        inputs->centroid_head_dim != l->headDim)
+      return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                  "layer " + std::to_string(layer) + ": centroids must be " +
+                      want + ", got [" +
+                      std::to_string(inputs->centroid_heads) + ", " +
+                      std::to_string(inputs->centroid_clusters) + ", " +
+                      std::to_string(inputs->centroid_head_dim) + "]");
+    centroids = inputs->centroids;
+  }
   // (After the shape checks: the extents below assume consistent shapes.)
   // o is written while q, k and v are read: it may not share memory with k
   // or v, nor with q unless it is q itself (each query block reads its own
@@ -636,6 +692,24 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
     args.scale = scale;
     if (std::string e = cpu::runLayer(l->table(), args); !e.empty())
       return fail(TESSERA_ERROR_INTERNAL, e);
+    // Dynamic groups: the routing groups read centroids with one stride of
+    // the largest cluster count.
+    for (const DynamicGroupDesc &g : l->dynamicGroups) {
+      std::vector<float> packed;
+      const float *c = nullptr;
+      if (g.args.family == kernel::kRouting && g.args.iterations == 0) {
+        packed.resize(size_t(l->numHeads * g.args.clusters * l->headDim));
+        for (int64_t h = 0; h < l->numHeads; ++h)
+          std::copy(centroids + h * needClusters * l->headDim,
+                    centroids + (h * needClusters + g.args.clusters) *
+                                    l->headDim,
+                    packed.begin() + h * g.args.clusters * l->headDim);
+        c = packed.data();
+      }
+      if (std::string e = runDynamicGroupCpu(g, args, l->numHeads, c);
+          !e.empty())
+        return fail(TESSERA_ERROR_INTERNAL, e);
+    }
     return TESSERA_OK;
   }
 
@@ -712,6 +786,54 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
     return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
   if (int rc = launch(l->fillKernel, 128, l->skippedHeads.size()))
     return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
+  // Dynamic groups: the index kernels, then the attention over the index,
+  // in stream order, with a stream-ordered workspace (docs/runtime.md).
+  for (size_t gi = 0; gi < l->dynamicGroups.size(); ++gi) {
+    const DynamicGroupDesc &g = l->dynamicGroups[gi];
+    kernel::DynArgs a = g.args;
+    a.numSlots = static_cast<int64_t>(g.heads.size());
+    a.headDim = l->headDim;
+    a.layer = position;
+    a.group = static_cast<int>(gi);
+    a.centroids = centroids;
+    if (a.family == kernel::kRouting && a.iterations == 0 &&
+        a.clusters != needClusters)
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                  "on CUDA, a layer's routing groups that take centroids must "
+                  "share one cluster count");
+    kernel::DynLayout lay = kernel::dynLayout(a, q->seq, k->seq);
+    uint64_t bytes;
+    if (__builtin_mul_overflow(uint64_t(lay.size),
+                               uint64_t(a.numSlots * q->batch), &bytes))
+      return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                  "the dynamic index's workspace overflows");
+    unsigned long long ws = 0;
+    if (int rc = d.memAllocAsync(&ws, bytes, cuda_stream))
+      return fail(TESSERA_ERROR_CUDA, d.message("cuMemAllocAsync", rc));
+    a.ws = reinterpret_cast<unsigned char *>(ws);
+    void *dynArgs[] = {&p, &a};
+    int failed = 0;
+    for (int64_t i = 0; i < kernel::dynLaunchCount(a) && !failed; ++i) {
+      kernel::i64 kern, gx;
+      kernel::dynLaunch(a, q->seq, k->seq, i, kern, gx);
+      if (gx < 1)
+        continue;
+      if (gx > 0x7fffffff)
+        failed = -1;
+      else
+        failed = d.launchKernel(bundle->functions.at(g.kernels[size_t(kern)]),
+                                static_cast<unsigned>(gx),
+                                static_cast<unsigned>(a.numSlots),
+                                static_cast<unsigned>(q->batch), 128, 1, 1, 0,
+                                cuda_stream, dynArgs, nullptr);
+    }
+    d.memFreeAsync(ws, cuda_stream);
+    if (failed < 0)
+      return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                  "a dynamic kernel's grid exceeds 2^31 - 1 blocks");
+    if (failed)
+      return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", failed));
+  }
   return TESSERA_OK;
 }
 

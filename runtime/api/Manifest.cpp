@@ -152,6 +152,125 @@ bool intArray(const json::Object &o, llvm::StringRef key,
   return true;
 }
 
+std::string parseNodes(const json::Array &arr, std::vector<k::Node> &nodes) {
+  for (const json::Value &v : arr) {
+    const json::Array *a = v.getAsArray();
+    if (!a || a->size() != 7)
+      return "a node is not an array of 7 integers";
+    k::i64 f[7];
+    for (size_t i = 0; i < 7; ++i) {
+      std::optional<int64_t> x = (*a)[i].getAsInteger();
+      if (!x)
+        return "a node is not an array of 7 integers";
+      f[i] = *x;
+    }
+    nodes.push_back(k::Node{f[0], f[1], f[2], f[3], f[4], f[5], f[6], 0});
+  }
+  return "";
+}
+
+/// One program of a dynamic group ("with" or "without").
+std::string parseSideProgram(const json::Object &g, llvm::StringRef key,
+                             k::ProgramArrays &out) {
+  const json::Object *o = g.getObject(key);
+  if (!o || !o->getArray("nodes") || !intArray(*o, "data", out.data))
+    return "its \"" + key.str() + "\" program lacks nodes or data";
+  if (std::string e = parseNodes(*o->getArray("nodes"), out.nodes); !e.empty())
+    return e;
+  if (out.data.empty())
+    out.data.push_back(0);
+  std::vector<k::i64> begin = {0, static_cast<k::i64>(out.nodes.size())};
+  if (std::string e = validateProgram(out.nodes, out.data, begin); !e.empty())
+    return "its \"" + key.str() + "\" program: " + e;
+  return "";
+}
+
+/// The kernels of a dynamic group of family `f` for (dtype, head_dim):
+/// the same list as the emitter's dynamicKernels.
+std::vector<std::string> dynamicKernelNames(k::i64 f, const std::string &dt,
+                                            k::i64 d) {
+  std::string typed = "_" + dt, sized = typed + "_d" + std::to_string(d);
+  if (f == k::kVerticalSlash)
+    return {"tessera_vs_scores" + sized, "tessera_vs_softmax",
+            "tessera_vs_sums", "tessera_vs_select",
+            "tessera_vs_attend" + sized};
+  if (f == k::kBlockTopk)
+    return {"tessera_bt_pool" + typed, "tessera_bt_scores", "tessera_bt_take",
+            "tessera_bt_select", "tessera_bt_attend" + sized};
+  return {"tessera_rt_seed" + typed, "tessera_rt_assign_keys" + typed,
+          "tessera_rt_update" + typed, "tessera_rt_assign_queries" + typed,
+          "tessera_rt_sort", "tessera_rt_attend" + sized};
+}
+
+/// A dynamic group: every parameter in the range the dialect verifies and
+/// the bundles' kernels support.
+std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
+                              DynamicGroupDesc &out) {
+  std::optional<llvm::StringRef> family = g.getString("family");
+  const json::Object *par = g.getObject("params");
+  if (!family || !par)
+    return "a dynamic group lacks family or params";
+  auto param = [&](llvm::StringRef key, k::i64 &v, k::i64 lo, k::i64 hi) {
+    std::optional<int64_t> x = par->getInteger(key);
+    if (!x || *x < lo || *x > hi)
+      return "parameter " + key.str() + " is missing or outside [" +
+             std::to_string(lo) + ", " + std::to_string(hi) + "]";
+    v = *x;
+    return std::string();
+  };
+  k::DynArgs &a = out.args;
+  const k::i64 big = k::i64(1) << 40;
+  std::string e;
+  if (*family == "vertical_slash") {
+    a.family = k::kVerticalSlash;
+    if ((e = param("last_q", a.lastQ, 1, big)).empty() &&
+        (e = param("vertical", a.vertical, 0, big)).empty() &&
+        (e = param("slash", a.slash, 0, big)).empty() &&
+        (e = param("first_columns", a.firstColumns, 0, big)).empty() &&
+        (e = param("last_diagonals", a.lastDiagonals, 0, big)).empty() &&
+        a.vertical + a.slash < 1)
+      e = "vertical + slash must be at least 1";
+  } else if (*family == "block_topk") {
+    a.family = k::kBlockTopk;
+    std::optional<double> gamma = par->getNumber("gamma");
+    if ((e = param("block", a.block, 64, 1024)).empty() &&
+        (e = param("top_k", a.topK, 0, big)).empty() &&
+        (e = param("min_blocks", a.minBlocks, 0, big)).empty() &&
+        (e = param("max_blocks", a.maxBlocks, 0, big)).empty()) {
+      if (a.block % 64)
+        e = "block must be a multiple of 64";
+      else if (!gamma || !(*gamma >= 0 && *gamma <= 1) ||
+               (*gamma > 0) == (a.topK > 0))
+        e = "exactly one of gamma (in (0, 1]) and top_k must be given";
+      else
+        a.gamma = float(*gamma);
+    }
+  } else if (*family == "routing") {
+    a.family = k::kRouting;
+    if ((e = param("clusters", a.clusters, 1, 65536)).empty())
+      e = param("kmeans_iterations", a.iterations, 0, 100);
+  } else {
+    return "unknown dynamic family '" + family->str() + "'";
+  }
+  if (!e.empty())
+    return family->str() + ": " + e;
+  if (!intArray(g, "heads", out.heads) || out.heads.empty())
+    return "a dynamic group lacks heads";
+  if ((e = parseSideProgram(g, "with", out.with)).empty())
+    e = parseSideProgram(g, "without", out.without);
+  if (!e.empty())
+    return "a dynamic group: " + e;
+  std::vector<std::string> want = dynamicKernelNames(a.family, l.dtype, l.headDim);
+  const json::Array *ks = g.getArray("kernels");
+  if (!ks || ks->size() != want.size())
+    return "a dynamic group's kernels are not those of its family";
+  for (size_t i = 0; i < want.size(); ++i)
+    if ((*ks)[i].getAsString() != llvm::StringRef(want[i]))
+      return "a dynamic group's kernels are not those of its family";
+  out.kernels = std::move(want);
+  return "";
+}
+
 std::string parseLayer(const json::Object &o, LayerDesc &l) {
   auto integer = [&](llvm::StringRef key, auto &out) {
     std::optional<int64_t> v = o.getInteger(key);
@@ -188,19 +307,9 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
   if (!prog || !intArray(*prog, "data", l.data) ||
       !intArray(*prog, "group_begin", l.groupBegin) || !prog->getArray("nodes"))
     return where + "the program lacks nodes, data or group_begin";
-  for (const json::Value &v : *prog->getArray("nodes")) {
-    const json::Array *a = v.getAsArray();
-    if (!a || a->size() != 7)
-      return where + "a node is not an array of 7 integers";
-    k::i64 f[7];
-    for (size_t i = 0; i < 7; ++i) {
-      std::optional<int64_t> x = (*a)[i].getAsInteger();
-      if (!x)
-        return where + "a node is not an array of 7 integers";
-      f[i] = *x;
-    }
-    l.nodes.push_back(k::Node{f[0], f[1], f[2], f[3], f[4], f[5], f[6], 0});
-  }
+  if (std::string e = parseNodes(*prog->getArray("nodes"), l.nodes);
+      !e.empty())
+    return where + e;
   if (std::string e = validateProgram(l.nodes, l.data, l.groupBegin);
       !e.empty())
     return where + e;
@@ -218,8 +327,22 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
   for (k::i64 h : l.skippedHeads)
     if (h < 0 || h >= l.numHeads || !seen.insert(h).second)
       return where + "a skipped head is out of range or also computed";
+  if (const json::Array *dyn = o.getArray("dynamic_groups"))
+    for (const json::Value &v : *dyn) {
+      const json::Object *g = v.getAsObject();
+      if (!g)
+        return where + "a dynamic group is not an object";
+      DynamicGroupDesc desc;
+      if (std::string e = parseDynamicGroup(*g, l, desc); !e.empty())
+        return where + e;
+      for (k::i64 h : desc.heads)
+        if (h < 0 || h >= l.numHeads || !seen.insert(h).second)
+          return where + "a dynamic group's head is out of range or also "
+                         "in another group";
+      l.dynamicGroups.push_back(std::move(desc));
+    }
   if (static_cast<int64_t>(seen.size()) != l.numHeads)
-    return where + "some heads are neither computed nor skipped";
+    return where + "some heads are in no group and not skipped";
   if (!l.skippedHeads.empty() && l.fillKernel.empty())
     return where + "skipped heads need a fill_kernel";
   // Keep the data array non-empty so that data() is never null; slices

@@ -10,14 +10,26 @@
 #define TESSERA_RUNTIME_MANIFEST_H
 
 #include "tessera/kernel/OwnedTable.h"
+#include "tessera/kernel/DynamicArgs.h"
 
 #include <string>
 #include <vector>
 
 namespace tessera::runtime {
 
+/// A dynamic head group: its leaf's family and parameters (in DynArgs'
+/// fields), its heads, the programs of its pattern with the leaf read as
+/// dense and as skip, and its kernels in launch order.
+struct DynamicGroupDesc {
+  kernel::DynArgs args{}; ///< family and parameters; the rest per call
+  std::vector<kernel::i64> heads;
+  kernel::ProgramArrays with, without;
+  std::vector<std::string> kernels;
+};
+
 /// A layer of a manifest: its schedule tables and what launching needs.
 struct LayerDesc : kernel::OwnedLayerTable {
+  std::vector<DynamicGroupDesc> dynamicGroups;
   int64_t index = 0, position = 0;
   int64_t numKvHeads = 0, headDim = 0;
   std::string dtype; ///< "f16" or "bf16"

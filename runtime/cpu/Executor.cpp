@@ -473,7 +473,7 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
   std::vector<bool> computed(table.numHeads, false);
   for (int64_t i = 0; i < table.numComputed; ++i)
     computed[table.computedHead[i]] = true;
-  for (int64_t b = 0; b < a.q.batch; ++b)
+  for (int64_t b = 0; b < a.q.batch && a.writeSkipped; ++b)
     for (int64_t h = 0; h < table.numHeads; ++h) {
       if (computed[h])
         continue;

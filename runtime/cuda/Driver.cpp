@@ -43,6 +43,8 @@ const Driver *Driver::get(std::string &error) {
     sym(driver.launchKernel, "cuLaunchKernel");
     sym(driver.pointerGetAttribute, "cuPointerGetAttribute");
     sym(driver.getErrorString, "cuGetErrorString");
+    sym(driver.memAllocAsync, "cuMemAllocAsync");
+    sym(driver.memFreeAsync, "cuMemFreeAsync");
     if (!all) {
       loadError = "the CUDA driver lacks an entry point Tessera needs";
       return;

@@ -25,6 +25,8 @@ struct Driver {
                       unsigned, unsigned, void *, void **, void **) = nullptr;
   int (*pointerGetAttribute)(void *, int, unsigned long long) = nullptr;
   int (*getErrorString)(int, const char **) = nullptr;
+  int (*memAllocAsync)(unsigned long long *, size_t, void *) = nullptr;
+  int (*memFreeAsync)(unsigned long long, void *) = nullptr;
 
   /// The driver, or null with `error` set when libcuda.so.1 cannot be
   /// opened or lacks an entry point.

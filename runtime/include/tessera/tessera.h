@@ -30,8 +30,9 @@ extern "C" {
 
 /* The API version this header describes. Bumped when a function is added or
  * changed; tessera_api_version() returns the library's. Version 2 added
- * tessera_bundle_tile_classes. */
-#define TESSERA_API_VERSION 2
+ * tessera_bundle_tile_classes; version 3 tessera_attention_dynamic and the
+ * dynamic fields of tessera_layer_info. */
+#define TESSERA_API_VERSION 3
 
 typedef enum tessera_status {
   TESSERA_OK = 0,
@@ -82,7 +83,22 @@ typedef struct tessera_layer_info {
   int64_t num_heads, num_kv_heads, head_dim;
   tessera_dtype dtype;
   int64_t num_computed_heads, num_skipped_heads;
+  /* Heads of dynamic groups (their index is built per call; counted in
+   * num_computed_heads too), and the largest cluster count of the layer's
+   * routing groups that take the engine's centroids (0: none). */
+  int64_t num_dynamic_heads, centroid_clusters;
 } tessera_layer_info;
+
+/* What a layer's dynamic patterns take from the engine. centroids: fp32
+ * [centroid_heads, centroid_clusters, centroid_head_dim], contiguous,
+ * where a layer's routing groups with kmeans_iterations = 0 read head h's
+ * first `clusters` rows; host memory on the CPU, device memory on CUDA.
+ * The shape must be the layer's (num_heads, centroid_clusters of
+ * tessera_layer_info, head_dim). */
+typedef struct tessera_dynamic_inputs {
+  const float *centroids;
+  int64_t centroid_heads, centroid_clusters, centroid_head_dim;
+} tessera_dynamic_inputs;
 
 typedef struct tessera_context tessera_context;
 typedef struct tessera_bundle tessera_bundle;
@@ -131,6 +147,14 @@ TESSERA_API tessera_status tessera_attention(
     tessera_bundle *bundle, int64_t layer, const tessera_tensor *q,
     const tessera_tensor *k, const tessera_tensor *v, const tessera_tensor *o,
     float *lse, float scale, void *cuda_stream);
+
+/* tessera_attention with the inputs of the layer's dynamic patterns
+ * (null: none; an error names the group that needs them). */
+TESSERA_API tessera_status tessera_attention_dynamic(
+    tessera_bundle *bundle, int64_t layer, const tessera_tensor *q,
+    const tessera_tensor *k, const tessera_tensor *v, const tessera_tensor *o,
+    float *lse, float scale, const tessera_dynamic_inputs *inputs,
+    void *cuda_stream);
 
 /* The tile classes the kernels see for every head of `layer` at Nq = q_len,
  * Nk = k_len in block_q x block_k tiles: out[(h * Tq + i) * Tk + j] is 0

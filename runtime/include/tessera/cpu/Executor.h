@@ -42,6 +42,9 @@ struct LayerArgs {
   float scale = 0; ///< 0: 1 / sqrt(head_dim)
   int64_t blockQ = 64, blockK = 64;
   int numThreads = 0; ///< 0: all hardware threads
+  /// false: heads the table does not compute are left as they are (a
+  /// dynamic head group computes one head through its own table).
+  bool writeSkipped = true;
 };
 
 /// Counts of the tiles a run visited, for benchmarks and tests.

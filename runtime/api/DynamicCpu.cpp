@@ -1,0 +1,197 @@
+//===- DynamicCpu.cpp - dynamic head groups of bundles on the CPU ---------===//
+//
+// Per (batch, head) of a dynamic group: the index from the CPU builders
+// (tessera/cpu/Dynamic.h), then attention over
+//   allowed = (leaf and with) or (not leaf and without)
+// (the manifest's programs). Vertical-slash and block top-k indices are
+// specialised to static patterns (tessera/Schedule/Specialize.h) and the
+// whole expression runs through the block-schedule executor as one
+// program; routing attends each query row to its cluster's keys (every key
+// where `without` allows some).
+//
+//===----------------------------------------------------------------------===//
+
+#include "DynamicCpu.h"
+
+#include "tessera/Schedule/Lower.h"
+#include "tessera/Schedule/Specialize.h"
+#include "tessera/cpu/Dynamic.h"
+#include "tessera/cpu/Half.h"
+
+#include <cmath>
+
+using namespace tessera;
+namespace k = tessera::kernel;
+
+namespace {
+
+size_t elementSize(cpu::DType t) { return t == cpu::DType::F32 ? 4 : 2; }
+
+float loadElement(const cpu::Tensor &t, int64_t offset) {
+  switch (t.dtype) {
+  case cpu::DType::F32:
+    return static_cast<const float *>(t.data)[offset];
+  case cpu::DType::F16:
+    return cpu::f16ToFloat(static_cast<const uint16_t *>(t.data)[offset]);
+  default:
+    return cpu::bf16ToFloat(static_cast<const uint16_t *>(t.data)[offset]);
+  }
+}
+
+void storeElement(const cpu::Tensor &t, int64_t offset, float v) {
+  switch (t.dtype) {
+  case cpu::DType::F32:
+    static_cast<float *>(t.data)[offset] = v;
+    return;
+  case cpu::DType::F16:
+    static_cast<uint16_t *>(t.data)[offset] = cpu::floatToF16(v);
+    return;
+  default:
+    static_cast<uint16_t *>(t.data)[offset] = cpu::floatToBf16(v);
+  }
+}
+
+/// Rows of head h of batch b as float, [seq][headDim].
+std::vector<float> headRows(const cpu::Tensor &t, int64_t b, int64_t h) {
+  std::vector<float> out(static_cast<size_t>(t.seq * t.headDim));
+  for (int64_t s = 0; s < t.seq; ++s)
+    for (int64_t x = 0; x < t.headDim; ++x)
+      out[size_t(s * t.headDim + x)] = loadElement(
+          t, b * t.strideBatch + s * t.strideSeq + h * t.strideHead + x);
+  return out;
+}
+
+/// Batch b of t as a tensor of batch 1.
+cpu::Tensor batchView(const cpu::Tensor &t, int64_t b) {
+  cpu::Tensor v = t;
+  v.data = static_cast<char *>(t.data) +
+           size_t(b * t.strideBatch) * elementSize(t.dtype);
+  v.batch = 1;
+  return v;
+}
+
+/// Appends program `p` to `out`, its data slices rebased.
+void append(const k::ProgramArrays &p, k::ProgramArrays &out) {
+  k::i64 base = static_cast<k::i64>(out.data.size());
+  for (k::Node n : p.nodes) {
+    if (n.kind < k::kUnion)
+      n.dataBegin += base;
+    out.nodes.push_back(n);
+  }
+  out.data.insert(out.data.end(), p.data.begin(), p.data.end());
+}
+
+k::Node combinator(k::i64 kind, k::i64 arity) {
+  return k::Node{kind, arity, 0, 0, 0, 0, 0, 0};
+}
+
+} // namespace
+
+std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
+                                                 const cpu::LayerArgs &args,
+                                                 int64_t numHeads,
+                                                 const float *centroids) {
+  const k::DynArgs &a = g.args;
+  const int64_t nq = args.q.seq, nk = args.k.seq, d = args.q.headDim;
+  const int64_t ratio = numHeads / args.k.heads;
+  const float scale =
+      args.scale > 0 ? args.scale : 1.0f / std::sqrt(float(d));
+  for (int64_t b = 0; b < args.q.batch; ++b)
+    for (k::i64 h : g.heads) {
+      std::vector<float> qf = headRows(args.q, b, h),
+                         kf = headRows(args.k, b, h / ratio);
+      cpu::Rows qr{qf.data(), nq, d}, kr{kf.data(), nk, d};
+      if (a.family == k::kRouting) {
+        std::vector<float> vf = headRows(args.v, b, h / ratio);
+        cpu::Rows vr{vf.data(), nk, d};
+        cpu::RoutingIndex index = cpu::buildRouting(
+            qr, kr, d, a.clusters, a.iterations,
+            a.iterations ? nullptr : centroids + h * a.clusters * d);
+        // Keys by cluster, in position order.
+        std::vector<std::vector<int64_t>> members(size_t(a.clusters));
+        for (int64_t key = 0; key < nk; ++key)
+          members[size_t(index.keyCluster[size_t(key)])].push_back(key);
+        const bool withoutNone = g.without.nodes.size() == 1 &&
+                                 g.without.nodes[0].kind == k::kNone;
+        auto allows = [&](const k::ProgramArrays &p, int64_t q, int64_t key) {
+          return k::allowedPair(p.nodes.data(), k::i64(p.nodes.size()),
+                                p.data.data(), q, key, nq, nk, h, numHeads);
+        };
+        std::vector<float> out(static_cast<size_t>(nq * d));
+        std::vector<float> lse(static_cast<size_t>(nq));
+        cpu::attendKeyLists(
+            qr, kr, vr, out.data(), d, lse.data(), d, scale,
+            [&](int64_t q, std::vector<int64_t> &keys) {
+              int32_t c = index.queryCluster[size_t(q)];
+              if (withoutNone) {
+                for (int64_t key : members[size_t(c)])
+                  if (allows(g.with, q, key))
+                    keys.push_back(key);
+                return;
+              }
+              for (int64_t key = 0; key < nk; ++key)
+                if (index.keyCluster[size_t(key)] == c
+                        ? allows(g.with, q, key)
+                        : allows(g.without, q, key))
+                  keys.push_back(key);
+            },
+            args.numThreads);
+        for (int64_t q = 0; q < nq; ++q) {
+          for (int64_t x = 0; x < d; ++x)
+            storeElement(args.o,
+                         b * args.o.strideBatch + q * args.o.strideSeq +
+                             h * args.o.strideHead + x,
+                         out[size_t(q * d + x)]);
+          if (args.lse)
+            args.lse[(b * numHeads + h) * nq + q] = lse[size_t(q)];
+        }
+        continue;
+      }
+      // The index as a static pattern, joined to the rest:
+      // union(intersect(leaf, with), difference(without, leaf)).
+      semantics::Pattern leaf;
+      if (a.family == k::kVerticalSlash) {
+        cpu::VerticalSlashParams vp;
+        vp.lastQ = a.lastQ;
+        vp.vertical = a.vertical;
+        vp.slash = a.slash;
+        vp.firstColumns = a.firstColumns;
+        vp.lastDiagonals = a.lastDiagonals;
+        cpu::VerticalSlashIndex index =
+            cpu::buildVerticalSlash(qr, kr, d, scale, vp);
+        leaf = schedule::verticalSlashPattern(index.columns, index.diagonals);
+      } else {
+        leaf = schedule::blockTopkPattern(
+            a.block, cpu::buildBlockTopk(qr, kr, d, scale, a.block, a.gamma,
+                                         a.topK, a.minBlocks, a.maxBlocks));
+      }
+      k::ProgramArrays leafProgram;
+      std::string error;
+      if (!schedule::lowerPattern(leaf, leafProgram, error))
+        return error;
+      k::OwnedLayerTable t;
+      append(leafProgram, t);
+      append(g.with, t);
+      t.nodes.push_back(combinator(k::kIntersect, 2));
+      append(g.without, t);
+      append(leafProgram, t);
+      t.nodes.push_back(combinator(k::kDifference, 2));
+      t.nodes.push_back(combinator(k::kUnion, 2));
+      if (t.data.empty())
+        t.data.push_back(0);
+      t.numHeads = numHeads;
+      t.groupBegin = {0, static_cast<k::i64>(t.nodes.size())};
+      t.computedHead = {h};
+      t.headGroup = {0};
+      cpu::LayerArgs one = args;
+      one.q = batchView(args.q, b);
+      one.k = batchView(args.k, b);
+      one.v = batchView(args.v, b);
+      one.o = batchView(args.o, b);
+      one.lse = args.lse ? args.lse + b * numHeads * nq : nullptr;
+      one.writeSkipped = false;
+      if (std::string e = cpu::runLayer(t.table(), one); !e.empty())
+        return e;
+    }
+  return "";
+}

@@ -6,8 +6,11 @@
 // (the manifest's programs). Vertical-slash and block top-k indices are
 // specialised to static patterns (tessera/Schedule/Specialize.h) and the
 // whole expression runs through the block-schedule executor as one
-// program; routing attends each query row to its cluster's keys (every key
-// where `without` allows some).
+// program (block top-k where Nk - Nq is a multiple of its block: its query
+// blocks are of q, a block_sparse pattern's of the position p = q + Nk -
+// Nq); routing, and block top-k otherwise, attend each query row to its
+// keys: the cluster's (every key where `without` allows some), the kept
+// blocks' and those `without` allows.
 //
 //===----------------------------------------------------------------------===//
 
@@ -18,6 +21,7 @@
 #include "tessera/cpu/Dynamic.h"
 #include "tessera/cpu/Half.h"
 
+#include <algorithm>
 #include <cmath>
 
 using namespace tessera;
@@ -81,6 +85,28 @@ void append(const k::ProgramArrays &p, k::ProgramArrays &out) {
   out.data.insert(out.data.end(), p.data.begin(), p.data.end());
 }
 
+bool allowsPair(const k::ProgramArrays &p, int64_t q, int64_t key, int64_t nq,
+                int64_t nk, int64_t head, int64_t numHeads) {
+  return k::allowedPair(p.nodes.data(), k::i64(p.nodes.size()), p.data.data(),
+                        q, key, nq, nk, head, numHeads);
+}
+
+/// Rows of head h of batch b (out [Nq][D], lse [Nq]) into o and lse.
+void storeHead(const cpu::LayerArgs &args, int64_t b, int64_t h,
+               int64_t numHeads, const std::vector<float> &out,
+               const std::vector<float> &lse) {
+  const int64_t nq = args.q.seq, d = args.q.headDim;
+  for (int64_t q = 0; q < nq; ++q) {
+    for (int64_t x = 0; x < d; ++x)
+      storeElement(args.o,
+                   b * args.o.strideBatch + q * args.o.strideSeq +
+                       h * args.o.strideHead + x,
+                   out[size_t(q * d + x)]);
+    if (args.lse)
+      args.lse[(b * numHeads + h) * nq + q] = lse[size_t(q)];
+  }
+}
+
 k::Node combinator(k::i64 kind, k::i64 arity) {
   return k::Node{kind, arity, 0, 0, 0, 0, 0, 0};
 }
@@ -114,8 +140,7 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
         const bool withoutNone = g.without.nodes.size() == 1 &&
                                  g.without.nodes[0].kind == k::kNone;
         auto allows = [&](const k::ProgramArrays &p, int64_t q, int64_t key) {
-          return k::allowedPair(p.nodes.data(), k::i64(p.nodes.size()),
-                                p.data.data(), q, key, nq, nk, h, numHeads);
+          return allowsPair(p, q, key, nq, nk, h, numHeads);
         };
         std::vector<float> out(static_cast<size_t>(nq * d));
         std::vector<float> lse(static_cast<size_t>(nq));
@@ -136,15 +161,7 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
                   keys.push_back(key);
             },
             args.numThreads);
-        for (int64_t q = 0; q < nq; ++q) {
-          for (int64_t x = 0; x < d; ++x)
-            storeElement(args.o,
-                         b * args.o.strideBatch + q * args.o.strideSeq +
-                             h * args.o.strideHead + x,
-                         out[size_t(q * d + x)]);
-          if (args.lse)
-            args.lse[(b * numHeads + h) * nq + q] = lse[size_t(q)];
-        }
+        storeHead(args, b, h, numHeads, out, lse);
         continue;
       }
       // The index as a static pattern, joined to the rest:
@@ -161,9 +178,33 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
             cpu::buildVerticalSlash(qr, kr, d, scale, vp);
         leaf = schedule::verticalSlashPattern(index.columns, index.diagonals);
       } else {
-        leaf = schedule::blockTopkPattern(
-            a.block, cpu::buildBlockTopk(qr, kr, d, scale, a.block, a.gamma,
-                                         a.topK, a.minBlocks, a.maxBlocks));
+        std::vector<std::vector<int64_t>> lists =
+            cpu::buildBlockTopk(qr, kr, d, scale, a.block, a.gamma, a.topK,
+                                a.minBlocks, a.maxBlocks);
+        if ((nk - nq) % a.block != 0) {
+          // Query blocks (of q) do not fall on the position blocks a
+          // block_sparse pattern lists: each row's keys directly.
+          std::vector<float> vf = headRows(args.v, b, h / ratio);
+          cpu::Rows vr{vf.data(), nk, d};
+          std::vector<float> out(static_cast<size_t>(nq * d));
+          std::vector<float> lse(static_cast<size_t>(nq));
+          cpu::attendKeyLists(
+              qr, kr, vr, out.data(), d, lse.data(), d, scale,
+              [&](int64_t q, std::vector<int64_t> &keys) {
+                const std::vector<int64_t> &kept = lists[size_t(q / a.block)];
+                for (int64_t key = 0; key < nk; ++key) {
+                  bool in = std::binary_search(kept.begin(), kept.end(),
+                                               key / a.block);
+                  if (in ? allowsPair(g.with, q, key, nq, nk, h, numHeads)
+                         : allowsPair(g.without, q, key, nq, nk, h, numHeads))
+                    keys.push_back(key);
+                }
+              },
+              args.numThreads);
+          storeHead(args, b, h, numHeads, out, lse);
+          continue;
+        }
+        leaf = schedule::blockTopkPattern(a.block, lists);
       }
       k::ProgramArrays leafProgram;
       std::string error;

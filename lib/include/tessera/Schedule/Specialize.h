@@ -27,7 +27,9 @@ semantics::Pattern verticalSlashPattern(const std::vector<int64_t> &columns,
                                         const std::vector<int64_t> &diagonals);
 
 /// Per query block of `block` rows, its key blocks (ascending), as
-/// block_sparse<block_q = block, block_k = block>.
+/// block_sparse<block_q = block, block_k = block>. Exact where Nk - Nq is
+/// a multiple of `block`: block top-k's query blocks are blocks of rows q,
+/// block_sparse's of positions p = q + Nk - Nq.
 semantics::Pattern
 blockTopkPattern(int64_t block,
                  const std::vector<std::vector<int64_t>> &keyBlocks);

@@ -1,0 +1,11 @@
+// Dynamic groups through a bundle and the runtime (dynamic-bundle.test).
+attn.model @dynamic_bundle {
+  attn.layer 0 heads = 6 kv_heads = 3 head_dim = 64 dtype = bf16 {
+    attn.heads [0] = #attn.intersect<#attn.causal, #attn.vertical_slash<last_q = 16, vertical = 12, slash = 20, first_columns = 4, last_diagonals = 8>>
+    attn.heads [1] = #attn.union<#attn.window<before = 8>, #attn.block_topk<block = 64, top_k = 2>>
+    attn.heads [2] = #attn.intersect<#attn.causal, #attn.routing<clusters = 3>>
+    attn.heads [3] = #attn.routing<clusters = 4, kmeans_iterations = 2>
+    attn.heads [4] = #attn.difference<#attn.causal, #attn.block_topk<block = 64, gamma = 0.5, min_blocks = 1>>
+    attn.heads [5] = #attn.causal
+  }
+}

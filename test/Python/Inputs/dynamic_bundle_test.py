@@ -1,0 +1,98 @@
+"""Dynamic groups of a bundle through the C API on the CPU (the Python
+binding): every head against float64 attention masked by the float64 numpy
+references' index (dynamic_reference.py) composed with the static parts,
+f32 inputs (the builders see exactly the reference's numbers), Nq = Nk,
+Nq < Nk, Nq > Nk; then the errors of the engine's centroids."""
+import sys
+
+import numpy as np
+
+import dynamic_reference as ref
+import tessera
+
+bundle_dir = sys.argv[1]
+ctx = tessera.Context("cpu")
+b = ctx.load(bundle_dir)
+info = b.layer_info(0)
+print("info", info["num_dynamic_heads"], info["centroid_clusters"],
+      info["num_computed_heads"])
+H, HKV, D = 6, 3, 64
+rng = np.random.default_rng(5)
+
+
+def causal(nq, nk):
+    p = np.arange(nq)[:, None] + nk - nq
+    return np.arange(nk)[None, :] <= p
+
+
+def window(nq, nk, before):
+    p = np.arange(nq)[:, None] + nk - nq
+    d = np.arange(nk)[None, :] - p
+    return (d <= 0) & (d >= -before)
+
+
+def block_mask(nq, nk, block, lists):
+    m = np.zeros((nq, nk), bool)
+    for i, kept in enumerate(lists):
+        for j in kept:
+            m[i * block:(i + 1) * block, j * block:(j + 1) * block] = True
+    return m
+
+
+worst = 0.0
+for nq, nk in ((200, 200), (150, 260), (260, 150)):
+    q = rng.standard_normal((1, nq, H, D)).astype(np.float32)
+    k = rng.standard_normal((1, nk, HKV, D)).astype(np.float32)
+    v = rng.standard_normal((1, nk, HKV, D)).astype(np.float32)
+    # Planted: keys 7 and 100 attract every query; clusters for kv head 1.
+    k[0, [7, 100], 0] += 1.5
+    q[0, :, 0] += 0.5
+    cent = rng.standard_normal((H, 3, D)).astype(np.float32)
+    o, lse = b.attention(0, q, k, v, centroids=cent)
+    for h in range(H):
+        qh = q[0, :, h].astype(np.float64)
+        kh = k[0, :, h // 2].astype(np.float64)
+        vh = v[0, :, h // 2].astype(np.float64)
+        if h == 0:
+            cols, diags = ref.vertical_slash_index(qh, kh, 16, 12, 20, 4, 8)
+            mask = ref.vertical_slash_mask(nq, nk, cols, diags) & causal(nq, nk)
+        elif h == 1:
+            lists = ref.block_topk_index(qh, kh, 64, top_k=2)
+            mask = block_mask(nq, nk, 64, lists) | window(nq, nk, 8)
+        elif h == 2:
+            qc, kc = ref.routing_index(qh, kh, 3, 0, cent[h].astype(np.float64))
+            mask = ref.routing_mask(qc, kc) & causal(nq, nk)
+        elif h == 3:
+            qc, kc = ref.routing_index(qh, kh, 4, 2)
+            mask = ref.routing_mask(qc, kc)
+        elif h == 4:
+            lists = ref.block_topk_index(qh, kh, 64, gamma=0.5, min_blocks=1)
+            mask = causal(nq, nk) & ~block_mask(nq, nk, 64, lists)
+        else:
+            mask = causal(nq, nk)
+        want = ref.masked_attention(qh, kh, vh, mask)
+        err = np.abs(o[0, :, h] - want).max()
+        empty = ~mask.any(1)
+        if empty.any():
+            assert np.all(o[0, empty, h] == 0), "empty rows must be 0"
+            assert np.all(np.isneginf(lse[0, h, empty])), "empty rows: -inf"
+        worst = max(worst, err)
+        print(f"nq {nq} nk {nk} head {h}: {mask.sum()} pairs, error "
+              f"{'ok' if err < 1e-4 else err}")
+print("max error below 1e-4:", worst < 1e-4)
+
+
+def error(**kw):
+    try:
+        b.attention(0, q, k, v, **kw)
+    except tessera.TesseraError as e:
+        return e.status + ": " + e.message
+    except ValueError as e:
+        return "ValueError: " + str(e)
+    return "no error"
+
+
+print(error())
+print(error(centroids=np.zeros((H, 4, D), np.float32)))
+print(error(centroids=np.zeros((H, 3, D), np.float64)))
+print(error(centroids=np.zeros((H, 3), np.float32)))

@@ -187,6 +187,28 @@ __device__ __forceinline__ void selectTop(Key key, i64 n, i64 count,
   __syncthreads();
 }
 
+/// This block's (batch, head) slice of a dynamic group's workspace.
+struct DynSlice {
+  i64 b, head, kvHead;
+  DynLayout lay;
+  unsigned char *ws;
+};
+
+/// heads: the group's slot -> head table (null where the kernel needs no
+/// head).
+__device__ __forceinline__ DynSlice dynSlice(const AttnParams &p,
+                                             const DynArgs &a,
+                                             const i64 *heads) {
+  DynSlice s;
+  const i64 slot = blockIdx.y;
+  s.b = blockIdx.z;
+  s.head = heads ? heads[slot] : 0;
+  s.kvHead = s.head / (p.numHeads / p.numKvHeads);
+  s.lay = dynLayout(a, p.nq, p.nk);
+  s.ws = a.ws + (s.b * a.numSlots + slot) * s.lay.size;
+  return s;
+}
+
 //===----------------------------------------------------------------------===//
 // Shared pieces of the attention kernels
 //===----------------------------------------------------------------------===//
@@ -245,6 +267,30 @@ template <int E, int D> struct DynWalk {
   bool vec;
 };
 
+/// A walk over the key and value rows of batch b, kv head kvHead.
+template <int E, int D>
+__device__ __forceinline__ void beginWalk(DynWalk<E, D> &w,
+                                          const AttnParams &p,
+                                          DynShared<D> &sh, i64 b, i64 kvHead) {
+  w.p = &p;
+  w.sh = &sh;
+  w.kBase = p.k + b * p.kStrideB + kvHead * p.kStrideH;
+  w.vBase = p.v + b * p.vStrideB + kvHead * p.vStrideH;
+  w.vec = p.vectorLoads != 0;
+  w.c2 = (threadIdx.x % 32 % 4) * 2;
+}
+
+/// Stores this thread's rows (query indices, -1 for none) of (b, head).
+template <int E, int D>
+__device__ __forceinline__ void dynStore(DynWalk<E, D> &w, i64 b, i64 head,
+                                         i64 row0, i64 row1) {
+  const AttnParams &p = *w.p;
+  flashStore<E, D>(w.acc, p.o + b * p.oStrideB + head * p.oStrideH,
+                   p.oStrideS,
+                   p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
+                   row0, row1);
+}
+
 /// Loads the key and value rows of sh.keys (count of them) and runs one
 /// tile step with `keep` (computed by the caller after the barrier).
 template <int E, int D, class Keep>
@@ -301,11 +347,10 @@ __device__ __forceinline__ void stageQueries(DynWalk<E, D> &w, const u16 *qBase,
 template <int E, int D>
 __device__ __forceinline__ void vsScores(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g) {
-  const i64 slot = blockIdx.y, b = blockIdx.z;
-  const i64 head = g.heads[slot];
-  const i64 kvHead = head / (p.numHeads / p.numKvHeads);
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const DynSlice sl = dynSlice(p, a, g.heads);
+  const i64 b = sl.b, head = sl.head, kvHead = sl.kvHead;
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   float *scores = reinterpret_cast<float *>(ws + lay.scores);
   const i64 L = vsRows(a, p.nq);
   const u16 *qBase = p.q + b * p.qStrideB + head * p.qStrideH;
@@ -356,9 +401,10 @@ __device__ __forceinline__ void vsScores(const AttnParams &p, const DynArgs &a,
 /// Row blockIdx.x of the scores to its softmax (0 where masked).
 __device__ __forceinline__ void vsSoftmax(const AttnParams &p,
                                           const DynArgs &a) {
-  const i64 slot = blockIdx.y, b = blockIdx.z, r = blockIdx.x;
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const i64 r = blockIdx.x;
+  const DynSlice sl = dynSlice(p, a, nullptr);
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   float *row = reinterpret_cast<float *>(ws + lay.scores) + r * p.nk;
   const float negInf = __int_as_float(0xff800000);
   float m = negInf;
@@ -377,9 +423,9 @@ __device__ __forceinline__ void vsSoftmax(const AttnParams &p,
 /// Column sums colSum[k] and diagonal sums diagSum[i] (d = -i), rows in
 /// order.
 __device__ __forceinline__ void vsSums(const AttnParams &p, const DynArgs &a) {
-  const i64 slot = blockIdx.y, b = blockIdx.z;
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const DynSlice sl = dynSlice(p, a, nullptr);
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   const float *scores = reinterpret_cast<const float *>(ws + lay.scores);
   float *colSum = reinterpret_cast<float *>(ws + lay.colSum);
   float *diagSum = reinterpret_cast<float *>(ws + lay.diagSum);
@@ -401,9 +447,9 @@ __device__ __forceinline__ void vsSums(const AttnParams &p, const DynArgs &a) {
 /// blockIdx.x = 0: the kept columns; 1: the kept diagonals and their groups.
 __device__ __forceinline__ void vsSelect(const AttnParams &p,
                                          const DynArgs &a) {
-  const i64 slot = blockIdx.y, b = blockIdx.z;
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const DynSlice sl = dynSlice(p, a, nullptr);
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   i64 *counts = reinterpret_cast<i64 *>(ws + lay.counts);
   const i64 nk = p.nk;
   const bool diag = blockIdx.x == 1;
@@ -482,11 +528,10 @@ template <int E, int D, class Pats>
 __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g,
                                          DynShared<D> &sh) {
-  const i64 slot = blockIdx.y, b = blockIdx.z;
-  const i64 head = g.heads[slot];
-  const i64 kvHead = head / (p.numHeads / p.numKvHeads);
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const DynSlice sl = dynSlice(p, a, g.heads);
+  const i64 b = sl.b, head = sl.head, kvHead = sl.kvHead;
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   const i64 *cols = reinterpret_cast<const i64 *>(ws + lay.cols);
   const i64 *diags = reinterpret_cast<const i64 *>(ws + lay.diags);
   const i64 *groups = reinterpret_cast<const i64 *>(ws + lay.groups);
@@ -495,13 +540,8 @@ __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
   const i64 nh = p.numHeads;
 
   DynWalk<E, D> w;
-  w.p = &p;
-  w.sh = &sh;
-  w.kBase = p.k + b * p.kStrideB + kvHead * p.kStrideH;
-  w.vBase = p.v + b * p.vStrideB + kvHead * p.vStrideH;
-  w.vec = p.vectorLoads != 0;
+  beginWalk<E, D>(w, p, sh, b, kvHead);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  w.c2 = (lane % 4) * 2;
   const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
   stageQueries<E, D>(w, p.q + b * p.qStrideB + head * p.qStrideH, q0);
   const i64 shift = p.nk - p.nq;
@@ -613,10 +653,7 @@ __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
     }
   }
   const i64 qi0 = q0 + warp * 16 + lane / 4, qi1 = qi0 + 8;
-  flashStore<E, D>(w.acc, p.o + b * p.oStrideB + head * p.oStrideH,
-                   p.oStrideS,
-                   p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
-                   qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
+  dynStore<E, D>(w, b, head, qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
 }
 
 //===----------------------------------------------------------------------===//
@@ -628,11 +665,10 @@ __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
 template <int E>
 __device__ __forceinline__ void btPool(const AttnParams &p, const DynArgs &a,
                                        const DynGroupTable &g) {
-  const i64 slot = blockIdx.y, b = blockIdx.z;
-  const i64 head = g.heads[slot];
-  const i64 kvHead = head / (p.numHeads / p.numKvHeads);
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const DynSlice sl = dynSlice(p, a, g.heads);
+  const i64 b = sl.b, head = sl.head, kvHead = sl.kvHead;
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   const i64 tq = dynCeilDiv(p.nq, a.block);
   const bool isQ = (i64)blockIdx.x < tq;
   const i64 blk = isQ ? blockIdx.x : blockIdx.x - tq;
@@ -655,9 +691,10 @@ __device__ __forceinline__ void btPool(const AttnParams &p, const DynArgs &a,
 /// against every key block.
 __device__ __forceinline__ void btScores(const AttnParams &p,
                                          const DynArgs &a) {
-  const i64 slot = blockIdx.y, b = blockIdx.z, i = blockIdx.x;
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const i64 i = blockIdx.x;
+  const DynSlice sl = dynSlice(p, a, nullptr);
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   const i64 tk = dynCeilDiv(p.nk, a.block);
   const float *qb = reinterpret_cast<const float *>(ws + lay.pooledQ) +
                     i * a.headDim;
@@ -683,9 +720,10 @@ __device__ __forceinline__ void btScores(const AttnParams &p,
 /// Query block blockIdx.x: how many key blocks it keeps (listCount[i]).
 __device__ __forceinline__ void btTake(const AttnParams &p,
                                          const DynArgs &a) {
-  const i64 slot = blockIdx.y, b = blockIdx.z, i = blockIdx.x;
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const i64 i = blockIdx.x;
+  const DynSlice sl = dynSlice(p, a, nullptr);
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   const i64 tk = dynCeilDiv(p.nk, a.block);
   const float *row = reinterpret_cast<const float *>(ws + lay.probs) + i * tk;
   auto key = [=](i64 j) { return orderKey(row[j]); };
@@ -756,9 +794,10 @@ __device__ __forceinline__ void btTake(const AttnParams &p,
 /// Query block blockIdx.x: its kept key blocks, ascending.
 __device__ __forceinline__ void btSelect(const AttnParams &p,
                                          const DynArgs &a) {
-  const i64 slot = blockIdx.y, b = blockIdx.z, i = blockIdx.x;
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const i64 i = blockIdx.x;
+  const DynSlice sl = dynSlice(p, a, nullptr);
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   const i64 tk = dynCeilDiv(p.nk, a.block);
   const float *row = reinterpret_cast<const float *>(ws + lay.probs) + i * tk;
   auto key = [=](i64 j) { return orderKey(row[j]); };
@@ -792,20 +831,14 @@ template <int E, int D, class Pats>
 __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g,
                                          DynShared<D> &sh) {
-  const i64 slot = blockIdx.y, b = blockIdx.z;
-  const i64 head = g.heads[slot];
-  const i64 kvHead = head / (p.numHeads / p.numKvHeads);
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const DynSlice sl = dynSlice(p, a, g.heads);
+  const i64 b = sl.b, head = sl.head, kvHead = sl.kvHead;
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   const i64 nh = p.numHeads;
   DynWalk<E, D> w;
-  w.p = &p;
-  w.sh = &sh;
-  w.kBase = p.k + b * p.kStrideB + kvHead * p.kStrideH;
-  w.vBase = p.v + b * p.vStrideB + kvHead * p.vStrideH;
-  w.vec = p.vectorLoads != 0;
+  beginWalk<E, D>(w, p, sh, b, kvHead);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  w.c2 = (lane % 4) * 2;
   const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
   stageQueries<E, D>(w, p.q + b * p.qStrideB + head * p.qStrideH, q0);
   const i64 shift = p.nk - p.nq;
@@ -850,10 +883,7 @@ __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
     }
   }
   const i64 qi0 = q0 + warp * 16 + lane / 4, qi1 = qi0 + 8;
-  flashStore<E, D>(w.acc, p.o + b * p.oStrideB + head * p.oStrideH,
-                   p.oStrideS,
-                   p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
-                   qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
+  dynStore<E, D>(w, b, head, qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
 }
 
 //===----------------------------------------------------------------------===//
@@ -865,11 +895,11 @@ __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
 template <int E>
 __device__ __forceinline__ void rtSeed(const AttnParams &p, const DynArgs &a,
                                        const DynGroupTable &g) {
-  const i64 slot = blockIdx.y, b = blockIdx.z, j = blockIdx.x;
-  const i64 head = g.heads[slot];
-  const i64 kvHead = head / (p.numHeads / p.numKvHeads);
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const i64 j = blockIdx.x;
+  const DynSlice sl = dynSlice(p, a, g.heads);
+  const i64 b = sl.b, head = sl.head, kvHead = sl.kvHead;
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   float *cent = reinterpret_cast<float *>(ws + lay.cent) + j * a.headDim;
   const u16 *seed = p.k + b * p.kStrideB + kvHead * p.kStrideH +
                     ((j * p.nk) / a.clusters) * p.kStrideS;
@@ -885,11 +915,10 @@ template <int E>
 __device__ __forceinline__ void rtAssign(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g,
                                          int queries) {
-  const i64 slot = blockIdx.y, b = blockIdx.z;
-  const i64 head = g.heads[slot];
-  const i64 kvHead = head / (p.numHeads / p.numKvHeads);
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const DynSlice sl = dynSlice(p, a, g.heads);
+  const i64 b = sl.b, head = sl.head, kvHead = sl.kvHead;
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   const float *cent = reinterpret_cast<const float *>(ws + lay.cent);
   const i64 n = queries ? p.nq : p.nk;
   const i64 r = (i64)blockIdx.x * kDynThreads + threadIdx.x;
@@ -918,11 +947,11 @@ __device__ __forceinline__ void rtAssign(const AttnParams &p, const DynArgs &a,
 template <int E>
 __device__ __forceinline__ void rtUpdate(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g) {
-  const i64 slot = blockIdx.y, b = blockIdx.z, j = blockIdx.x;
-  const i64 head = g.heads[slot];
-  const i64 kvHead = head / (p.numHeads / p.numKvHeads);
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const i64 j = blockIdx.x;
+  const DynSlice sl = dynSlice(p, a, g.heads);
+  const i64 b = sl.b, head = sl.head, kvHead = sl.kvHead;
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   float *cent = reinterpret_cast<float *>(ws + lay.cent) + j * a.headDim;
   const int *kc = reinterpret_cast<const int *>(ws + lay.kCluster);
   const u16 *kBase = p.k + b * p.kStrideB + kvHead * p.kStrideH;
@@ -943,9 +972,9 @@ __device__ __forceinline__ void rtUpdate(const AttnParams &p, const DynArgs &a,
 /// segment starts, the permutation (segment order -> position) and, for
 /// queries, the starts of each segment's 64-row tiles.
 __device__ __forceinline__ void rtSort(const AttnParams &p, const DynArgs &a) {
-  const i64 slot = blockIdx.y, b = blockIdx.z;
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const DynSlice sl = dynSlice(p, a, nullptr);
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   const bool keys = blockIdx.x == 1;
   const i64 n = keys ? p.nk : p.nq, C = a.clusters;
   const int *cl = reinterpret_cast<const int *>(ws + (keys ? lay.kCluster
@@ -1032,11 +1061,10 @@ __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g,
                                          DynShared<D> &sh) {
   const int P = D + 8;
-  const i64 slot = blockIdx.y, b = blockIdx.z;
-  const i64 head = g.heads[slot];
-  const i64 kvHead = head / (p.numHeads / p.numKvHeads);
-  const DynLayout lay = dynLayout(a, p.nq, p.nk);
-  unsigned char *ws = a.ws + (b * a.numSlots + slot) * lay.size;
+  const DynSlice sl = dynSlice(p, a, g.heads);
+  const i64 b = sl.b, head = sl.head, kvHead = sl.kvHead;
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
   const i64 *tiles = reinterpret_cast<const i64 *>(ws + lay.tileStart);
   const i64 *qStart = reinterpret_cast<const i64 *>(ws + lay.qStart);
   const i64 *kStart = reinterpret_cast<const i64 *>(ws + lay.kStart);
@@ -1058,13 +1086,8 @@ __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
   const i64 r0 = qStart[c] + (x - tiles[c]) * 64;
   const int rows = (int)minI(64, qStart[c + 1] - r0);
   DynWalk<E, D> w;
-  w.p = &p;
-  w.sh = &sh;
-  w.kBase = p.k + b * p.kStrideB + kvHead * p.kStrideH;
-  w.vBase = p.v + b * p.vStrideB + kvHead * p.vStrideH;
-  w.vec = p.vectorLoads != 0;
+  beginWalk<E, D>(w, p, sh, b, kvHead);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  w.c2 = (lane % 4) * 2;
   if (threadIdx.x < 64)
     sh.rows[threadIdx.x] = (int)threadIdx.x < rows ? permQ[r0 + threadIdx.x] : -1;
   __syncthreads();
@@ -1094,10 +1117,7 @@ __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
       });
     });
   }
-  flashStore<E, D>(w.acc, p.o + b * p.oStrideB + head * p.oStrideH,
-                   p.oStrideS,
-                   p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
-                   rowQ0, rowQ1);
+  dynStore<E, D>(w, b, head, rowQ0, rowQ1);
 }
 
 } // namespace kernel

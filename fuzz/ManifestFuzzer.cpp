@@ -53,8 +53,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     };
     tessera_tensor tq = t(q, info.num_heads), tk = t(k, info.num_kv_heads),
                    tv = t(v, info.num_kv_heads), to = t(o, info.num_heads);
-    tessera_attention(bundle, index, &tq, &tk, &tv, &to, lse.data(), 0,
-                      nullptr);
+    // Dynamic groups: the centroids the layer asks for (k-means with many
+    // clusters only costs time, so such layers are not run).
+    if (info.centroid_clusters <= 64) {
+      std::vector<float> cent(
+          size_t(info.num_heads * (info.centroid_clusters + 1) * d), 0.1f);
+      tessera_dynamic_inputs dyn{cent.data(), info.num_heads,
+                                 info.centroid_clusters, d};
+      tessera_attention_dynamic(bundle, index, &tq, &tk, &tv, &to, lse.data(),
+                                0, &dyn, nullptr);
+    }
   }
   tessera_bundle_destroy(bundle);
   return 0;

@@ -50,7 +50,8 @@ for f in patterns/*.mlir test/Dialect/Attn/*.mlir test/Transforms/*.mlir \
     { print > (dir "/" base "-" part) }' "$f"
   n=$((n + 1))
 done
-for f in patterns/*.mlir test/Unit/Inputs/emulation.mlir; do
+for f in patterns/*.mlir test/Unit/Inputs/emulation.mlir \
+         test/Unit/Inputs/dynamic-emulation.mlir; do
   b=$build/seed-bundles/$(basename "$f" .mlir)
   ASAN_OPTIONS=detect_leaks=0:allow_user_poisoning=0 $build/bin/attn-translate "$f" -o "$b"
   # The CPU context never compiles the source: the harness's own small

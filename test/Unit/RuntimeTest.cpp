@@ -13,6 +13,8 @@
 
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/Parser/Parser.h"
+#include "llvm/Support/JSON.h"
+#include "llvm/Support/raw_ostream.h"
 
 #include <gtest/gtest.h>
 
@@ -22,6 +24,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -911,5 +914,190 @@ TEST(RuntimeApi, TileClassesAgreeWithTheReference) {
                                         small.size()),
             TESSERA_ERROR_SHAPE_MISMATCH);
   tessera_bundle_destroy(b);
+  tessera_context_destroy(ctx);
+}
+
+namespace {
+
+/// The dynamic-emulation bundle's manifest with `edit` applied to layer 0
+/// (a parsed JSON object), serialised.
+std::string editedDynamicManifest(
+    const std::function<void(llvm::json::Object &layer)> &edit) {
+  std::string man = slurp(bundleDir("dynamic-emulation") + "/manifest.json");
+  llvm::Expected<llvm::json::Value> v = llvm::json::parse(man);
+  EXPECT_TRUE(bool(v));
+  llvm::json::Object &layer =
+      *(*v->getAsObject()->getArray("layers"))[0].getAsObject();
+  edit(layer);
+  std::string out;
+  llvm::raw_string_ostream os(out);
+  os << *v;
+  return out;
+}
+
+llvm::json::Object &dynGroup(llvm::json::Object &layer, size_t i) {
+  return *(*layer.getArray("dynamic_groups"))[i].getAsObject();
+}
+
+} // namespace
+
+/// Every field of a dynamic group is checked: values outside the dialect's
+/// ranges or the bundles' limits, unknown families, kernels that are not the
+/// family's, heads in two groups, broken programs.
+TEST(RuntimeBundles, DynamicGroupsAreValidated) {
+  std::string src = slurp(bundleDir("dynamic-emulation") + "/bundle.cu");
+  tessera_context *ctx;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+  using Obj = llvm::json::Object;
+  struct Case {
+    const char *what, *message;
+    std::function<void(Obj &)> edit;
+  };
+  auto param = [](size_t g, const char *key, llvm::json::Value v) {
+    return [=](Obj &l) { (*dynGroup(l, g).getObject("params"))[key] = v; };
+  };
+  std::vector<Case> cases = {
+      {"last_q 0", "vertical_slash: parameter last_q is missing or outside",
+       param(0, "last_q", 0)},
+      {"negative vertical", "parameter vertical is missing or outside",
+       param(0, "vertical", -1)},
+      {"nothing kept", "vertical + slash must be at least 1",
+       [](Obj &l) {
+         (*dynGroup(l, 0).getObject("params"))["vertical"] = 0;
+         (*dynGroup(l, 0).getObject("params"))["slash"] = 0;
+       }},
+      {"block 96", "block must be a multiple of 64", param(2, "block", 96)},
+      {"block 2048", "parameter block is missing or outside",
+       param(2, "block", 2048)},
+      {"gamma and top_k", "exactly one of gamma", param(2, "top_k", 3)},
+      {"gamma 1.5", "exactly one of gamma", param(2, "gamma", 1.5)},
+      {"clusters 0", "parameter clusters is missing or outside",
+       param(4, "clusters", 0)},
+      {"iterations 101", "parameter kmeans_iterations is missing or outside",
+       param(4, "kmeans_iterations", 101)},
+      {"a string", "parameter slash is missing or outside",
+       param(0, "slash", "many")},
+      {"unknown family", "unknown dynamic family 'sparse_magic'",
+       [](Obj &l) { dynGroup(l, 1)["family"] = "sparse_magic"; }},
+      {"kernels", "kernels are not those of its family",
+       [](Obj &l) {
+         (*dynGroup(l, 0).getArray("kernels"))[4] = "tessera_bt_attend_bf16_d64";
+       }},
+      {"head twice", "head is out of range or also in another group",
+       [](Obj &l) { dynGroup(l, 1)["heads"] = llvm::json::Array{0}; }},
+      {"head out of range", "head is out of range",
+       [](Obj &l) { dynGroup(l, 1)["heads"] = llvm::json::Array{6}; }},
+      {"no heads", "a dynamic group lacks heads",
+       [](Obj &l) { dynGroup(l, 1)["heads"] = llvm::json::Array{}; }},
+      {"bad program", "\"with\" program",
+       [](Obj &l) {
+         (*dynGroup(l, 0).getObject("with"))["nodes"] =
+             llvm::json::Array{llvm::json::Array{8, 2, 0, 0, 0, 0, 0}};
+       }},
+      {"no without", "\"without\" program lacks nodes or data",
+       [](Obj &l) { dynGroup(l, 3).erase("without"); }},
+      {"not an object", "a dynamic group is not an object",
+       [](Obj &l) { (*l.getArray("dynamic_groups"))[0] = 3; }},
+  };
+  for (const Case &c : cases) {
+    std::string m = editedDynamicManifest(c.edit);
+    tessera_bundle *b = nullptr;
+    EXPECT_EQ(tessera_bundle_load_memory(ctx, m.data(), m.size(), src.data(),
+                                         src.size(), &b),
+              TESSERA_ERROR_BAD_BUNDLE)
+        << c.what;
+    EXPECT_NE(std::string(tessera_last_error()).find(c.message),
+              std::string::npos)
+        << c.what << ": " << tessera_last_error();
+    if (b)
+      tessera_bundle_destroy(b);
+  }
+  // Unchanged, it loads and reports its dynamic heads and centroids.
+  std::string m = editedDynamicManifest([](Obj &) {});
+  tessera_bundle *b = nullptr;
+  ASSERT_EQ(tessera_bundle_load_memory(ctx, m.data(), m.size(), src.data(),
+                                       src.size(), &b),
+            TESSERA_OK)
+      << tessera_last_error();
+  tessera_layer_info info;
+  ASSERT_EQ(tessera_bundle_layer_info(b, 0, &info), TESSERA_OK);
+  EXPECT_EQ(info.num_dynamic_heads, 6);
+  EXPECT_EQ(info.num_computed_heads, 6);
+  EXPECT_EQ(info.centroid_clusters, 3);
+  tessera_bundle_destroy(b);
+  tessera_context_destroy(ctx);
+}
+
+/// Mutated dynamic manifests are rejected or run (with the centroids the
+/// layer asks for), never crash.
+TEST(RuntimeBundles, DamagedDynamicManifestsNeverCrash) {
+  std::string man = slurp(bundleDir("dynamic-emulation") + "/manifest.json");
+  std::string src = slurp(bundleDir("dynamic-emulation") + "/bundle.cu");
+  tessera_context *ctx;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+  std::mt19937 rng(23);
+  int rejected = 0, ran = 0;
+  const char *digits = "0123456789-[]{},:\"ax";
+  // Only the dynamic groups' part of the manifest is mutated.
+  size_t from = man.find("\"dynamic_groups\"");
+  ASSERT_NE(from, std::string::npos);
+  for (int i = 0; i < 300; ++i) {
+    std::string m = man;
+    int edits = 1 + rng() % 3;
+    for (int e = 0; e < edits; ++e) {
+      size_t at = from + rng() % (m.size() - from);
+      // Mostly digits over digits (numbers change, the structure holds).
+      if (rng() % 8 == 0)
+        m = m.substr(0, at);
+      else if (rng() % 4 == 0)
+        m[at] = digits[rng() % 20];
+      else if (m[at] >= '0' && m[at] <= '9')
+        m[at] = digits[rng() % 10];
+    }
+    tessera_bundle *b = nullptr;
+    tessera_status s = tessera_bundle_load_memory(ctx, m.data(), m.size(),
+                                                  src.data(), src.size(), &b);
+    if (s != TESSERA_OK) {
+      EXPECT_EQ(s, TESSERA_ERROR_BAD_BUNDLE);
+      EXPECT_NE(std::string(tessera_last_error()), "");
+      ++rejected;
+      continue;
+    }
+    tessera_layer_info info;
+    ASSERT_EQ(tessera_bundle_layer_info(b, 0, &info), TESSERA_OK);
+    // Mutations that make k-means or the clusters huge only cost time:
+    // skip running those.
+    if (info.centroid_clusters > 64) {
+      tessera_bundle_destroy(b);
+      continue;
+    }
+    int64_t N = 70;
+    std::vector<float> q(N * info.num_heads * info.head_dim, 0.5f),
+        k(N * info.num_kv_heads * info.head_dim, 0.25f), v = k, o = q;
+    for (size_t j = 0; j < q.size(); ++j)
+      q[j] = float((j * 7919) % 13) / 13.0f - 0.5f;
+    std::vector<float> cent(
+        size_t(info.num_heads * std::max<int64_t>(info.centroid_clusters, 1) *
+               info.head_dim),
+        0.1f);
+    tessera_dynamic_inputs dyn{cent.data(), info.num_heads,
+                               info.centroid_clusters, info.head_dim};
+    tessera_tensor tq = tensor(q.data(), TESSERA_DTYPE_F32, 1, N,
+                               info.num_heads, info.head_dim);
+    tessera_tensor tk = tensor(k.data(), TESSERA_DTYPE_F32, 1, N,
+                               info.num_kv_heads, info.head_dim);
+    tessera_tensor tv = tensor(v.data(), TESSERA_DTYPE_F32, 1, N,
+                               info.num_kv_heads, info.head_dim);
+    tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_F32, 1, N,
+                               info.num_heads, info.head_dim);
+    EXPECT_EQ(tessera_attention_dynamic(b, 0, &tq, &tk, &tv, &to, nullptr, 0,
+                                        &dyn, nullptr),
+              TESSERA_OK)
+        << tessera_last_error();
+    ++ran;
+    tessera_bundle_destroy(b);
+  }
+  EXPECT_GT(rejected, 100);
+  EXPECT_GT(ran, 10);
   tessera_context_destroy(ctx);
 }

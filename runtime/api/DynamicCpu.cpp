@@ -6,7 +6,9 @@
 // (the manifest's programs). Vertical-slash and block top-k indices are
 // specialised to static patterns (tessera/Schedule/Specialize.h) and the
 // whole expression runs through the block-schedule executor as one
-// program (block top-k where Nk - Nq is a multiple of its block: its query
+// program, except where the leaf is alone or intersected with causal:
+// vertical-slash then attends in contiguous and gathered tiles, routing by
+// segments (the library's fast paths); block top-k where Nk - Nq is a multiple of its block: its query
 // blocks are of q, a block_sparse pattern's of the position p = q + Nk -
 // Nq); routing, and block top-k otherwise, attend each query row to its
 // keys: the cluster's (every key where `without` allows some), the kept
@@ -107,6 +109,40 @@ void storeHead(const cpu::LayerArgs &args, int64_t b, int64_t h,
   }
 }
 
+/// What a program allows, where it is one of the two shapes the fast paths
+/// take: every pair, causal pairs, or something else.
+enum class Shape { All, Causal, Other };
+Shape shapeOf(const k::ProgramArrays &p) {
+  std::vector<Shape> stack;
+  for (const k::Node &n : p.nodes) {
+    if (n.kind == k::kAll) {
+      stack.push_back(Shape::All);
+    } else if (n.kind == k::kBand && n.axis == k::kAxisD &&
+               n.a == -k::kUnbounded && n.b == 0) {
+      stack.push_back(Shape::Causal);
+    } else if (n.kind == k::kIntersect &&
+               n.axis <= static_cast<k::i64>(stack.size())) {
+      Shape s = Shape::All;
+      for (k::i64 i = 0; i < n.axis; ++i) {
+        Shape c = stack.back();
+        stack.pop_back();
+        if (c == Shape::Other || s == Shape::Other)
+          s = Shape::Other;
+        else if (c == Shape::Causal)
+          s = Shape::Causal;
+      }
+      stack.push_back(s);
+    } else {
+      return Shape::Other;
+    }
+  }
+  return stack.size() == 1 ? stack.back() : Shape::Other;
+}
+
+bool allowsNothing(const k::ProgramArrays &p) {
+  return p.nodes.size() == 1 && p.nodes[0].kind == k::kNone;
+}
+
 k::Node combinator(k::i64 kind, k::i64 arity) {
   return k::Node{kind, arity, 0, 0, 0, 0, 0, 0};
 }
@@ -137,8 +173,20 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
         std::vector<std::vector<int64_t>> members(size_t(a.clusters));
         for (int64_t key = 0; key < nk; ++key)
           members[size_t(index.keyCluster[size_t(key)])].push_back(key);
-        const bool withoutNone = g.without.nodes.size() == 1 &&
-                                 g.without.nodes[0].kind == k::kNone;
+        const bool withoutNone = allowsNothing(g.without);
+        const Shape with = shapeOf(g.with);
+        if (withoutNone && with != Shape::Other) {
+          // Alone or with causality: by segments (tokens permuted by
+          // cluster, tiles within a segment, the inverse permutation).
+          std::vector<float> out(static_cast<size_t>(nq * d));
+          std::vector<float> lse(static_cast<size_t>(nq));
+          cpu::attendRoutingSegments(qr, kr, vr, out.data(), d, lse.data(), d,
+                                     scale, index, a.clusters,
+                                     with == Shape::Causal, 64,
+                                     args.numThreads);
+          storeHead(args, b, h, numHeads, out, lse);
+          continue;
+        }
         auto allows = [&](const k::ProgramArrays &p, int64_t q, int64_t key) {
           return allowsPair(p, q, key, nq, nk, h, numHeads);
         };
@@ -176,6 +224,21 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
         vp.lastDiagonals = a.lastDiagonals;
         cpu::VerticalSlashIndex index =
             cpu::buildVerticalSlash(qr, kr, d, scale, vp);
+        const Shape with = shapeOf(g.with);
+        if (allowsNothing(g.without) && with != Shape::Other) {
+          // Alone or with causality: the diagonals' key ranges in
+          // contiguous tiles, the other columns gathered.
+          std::vector<float> vf = headRows(args.v, b, h / ratio);
+          cpu::Rows vr{vf.data(), nk, d};
+          std::vector<float> out(static_cast<size_t>(nq * d));
+          std::vector<float> lse(static_cast<size_t>(nq));
+          cpu::attendVerticalSlashTiled(qr, kr, vr, out.data(), d, lse.data(),
+                                        d, scale, index,
+                                        with == Shape::Causal, 64,
+                                        args.numThreads);
+          storeHead(args, b, h, numHeads, out, lse);
+          continue;
+        }
         leaf = schedule::verticalSlashPattern(index.columns, index.diagonals);
       } else {
         std::vector<std::vector<int64_t>> lists =

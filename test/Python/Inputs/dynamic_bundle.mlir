@@ -8,4 +8,10 @@ attn.model @dynamic_bundle {
     attn.heads [4] = #attn.difference<#attn.causal, #attn.block_topk<block = 64, gamma = 0.5, min_blocks = 1>>
     attn.heads [5] = #attn.causal
   }
+  // Vertical-slash joined to static parts other than causality: the index
+  // specialised and run as one program through the executor.
+  attn.layer 1 heads = 2 kv_heads = 1 head_dim = 64 dtype = f16 {
+    attn.heads [0] = #attn.union<#attn.window<before = 8>, #attn.vertical_slash<last_q = 16, vertical = 8, slash = 12>>
+    attn.heads [1] = #attn.intersect<#attn.window<before = 40>, #attn.vertical_slash<last_q = 16, vertical = 10, slash = 6, first_columns = 2>>
+  }
 }

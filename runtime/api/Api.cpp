@@ -668,7 +668,8 @@ tessera_status tessera_attention_dynamic(
                                {k->data, "k"},
                                {v->data, "v"},
                                {o->data, "o"},
-                               {static_cast<void *>(lse), "lse"}}) {
+                               {static_cast<void *>(lse), "lse"},
+                               {const_cast<float *>(centroids), "centroids"}}) {
         unsigned type = 0, managed = 0;
         auto at = reinterpret_cast<unsigned long long>(ptr);
         // Managed memory is host-accessible: only plain device memory is
@@ -724,7 +725,8 @@ tessera_status tessera_attention_dynamic(
                            {k->data, "k"},
                            {v->data, "v"},
                            {o->data, "o"},
-                           {static_cast<void *>(lse), "lse"}}) {
+                           {static_cast<void *>(lse), "lse"},
+                           {const_cast<float *>(centroids), "centroids"}}) {
     if (!ptr)
       continue;
     unsigned type = 0;

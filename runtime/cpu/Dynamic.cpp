@@ -236,6 +236,21 @@ buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim, float scale,
   return out;
 }
 
+namespace {
+/// sc[j] = sum_x row[x] * cT[x][j], summed over x in order.
+TESSERA_CPU_CLONES void nearestScores(const float *row, const double *cT,
+                                      int64_t d, int64_t clusters,
+                                      double *sc) {
+  std::fill(sc, sc + clusters, 0.0);
+  for (int64_t x = 0; x < d; ++x) {
+    double a = row[x];
+    const double *col = cT + x * clusters;
+    for (int64_t j = 0; j < clusters; ++j)
+      sc[j] += a * col[j];
+  }
+}
+} // namespace
+
 RoutingIndex buildRouting(const Rows &q, const Rows &k, int64_t headDim,
                           int64_t clusters, int64_t iterations,
                           const float *centroids) {
@@ -250,25 +265,35 @@ RoutingIndex buildRouting(const Rows &q, const Rows &k, int64_t headDim,
         c[size_t(j * headDim + x)] = seed[x];
     }
   }
-  auto nearest = [&](const float *row) {
-    int32_t best = 0;
-    double bestScore = -INFINITY;
-    for (int64_t j = 0; j < clusters; ++j) {
-      double s = 0;
-      for (int64_t x = 0; x < headDim; ++x)
-        s += double(row[x]) * c[size_t(j * headDim + x)];
-      if (s > bestScore) { // strict: ties keep the smaller index
-        bestScore = s;
-        best = int32_t(j);
-      }
-    }
-    return best;
+  // Nearest centroids of many rows at once, on all threads: the centroids
+  // transposed so that a row's dot products with every centroid accumulate
+  // over dimensions with centroids innermost (the same sums, in the same
+  // order, as one dot product per pair; the inner loop vectorises).
+  std::vector<double> cT(c.size());
+  auto nearestAll = [&](const Rows &x, std::vector<int32_t> &out) {
+    for (int64_t j = 0; j < clusters; ++j)
+      for (int64_t i = 0; i < headDim; ++i)
+        cT[size_t(i * clusters + j)] = c[size_t(j * headDim + i)];
+    out.resize(size_t(x.count));
+    std::atomic<int64_t> next{0};
+    const int64_t chunk = 256, chunks = (x.count + chunk - 1) / chunk;
+    onThreads(0, chunks, [&]() {
+      std::vector<double> sc(static_cast<size_t>(clusters));
+      for (int64_t ch; (ch = next++) < chunks;)
+        for (int64_t r = ch * chunk; r < std::min(x.count, (ch + 1) * chunk);
+             ++r) {
+          nearestScores(x.row(r), cT.data(), headDim, clusters, sc.data());
+          int32_t best = 0;
+          for (int64_t j = 1; j < clusters; ++j)
+            if (sc[size_t(j)] > sc[size_t(best)]) // ties: the smaller index
+              best = int32_t(j);
+          out[size_t(r)] = best;
+        }
+    });
   };
   RoutingIndex index;
-  index.keyCluster.resize(size_t(k.count));
   for (int64_t it = 0; it < iterations; ++it) {
-    for (int64_t r = 0; r < k.count; ++r)
-      index.keyCluster[size_t(r)] = nearest(k.row(r));
+    nearestAll(k, index.keyCluster);
     std::vector<double> sum(c.size(), 0.0);
     std::vector<int64_t> count(static_cast<size_t>(clusters), 0);
     for (int64_t r = 0; r < k.count; ++r) {
@@ -283,11 +308,8 @@ RoutingIndex buildRouting(const Rows &q, const Rows &k, int64_t headDim,
           c[size_t(j * headDim + x)] =
               sum[size_t(j * headDim + x)] / double(count[size_t(j)]);
   }
-  for (int64_t r = 0; r < k.count; ++r)
-    index.keyCluster[size_t(r)] = nearest(k.row(r));
-  index.queryCluster.resize(size_t(q.count));
-  for (int64_t r = 0; r < q.count; ++r)
-    index.queryCluster[size_t(r)] = nearest(q.row(r));
+  nearestAll(k, index.keyCluster);
+  nearestAll(q, index.queryCluster);
   return index;
 }
 

@@ -152,19 +152,25 @@ bool verticalSlashAllows(const VerticalSlashIndex &index, int64_t q, int64_t k,
 }
 
 namespace {
-/// w[j] = scale * sum_x qb[x] * kbT[x][j], summed over x in order.
-TESSERA_CPU_CLONES void pooledScores(const double *qb, const double *kbT,
-                                     int64_t d, int64_t tk, double scale,
-                                     double *w) {
-  std::fill(w, w + tk, 0.0);
+/// w[r][j] = scale * sum_x qb[r][x] * kbT[x][j] for rows r < rows, each
+/// summed over x in order (one dot product per pair,
+/// the sums in the same order).
+TESSERA_CPU_CLONES void pooledScoresBatch(const double *qb, int64_t rows,
+                                          const double *kbT, int64_t d,
+                                          int64_t tk, double scale,
+                                          double *w) {
+  std::fill(w, w + rows * tk, 0.0);
   for (int64_t x = 0; x < d; ++x) {
-    double a = qb[x];
-    const double *row = kbT + x * tk;
-    for (int64_t j = 0; j < tk; ++j)
-      w[j] += a * row[j];
+    const double *col = kbT + x * tk;
+    for (int64_t r = 0; r < rows; ++r) {
+      double a = qb[r * d + x];
+      double *wr = w + r * tk;
+      for (int64_t j = 0; j < tk; ++j)
+        wr[j] += a * col[j];
+    }
   }
-  for (int64_t j = 0; j < tk; ++j)
-    w[j] *= scale;
+  for (int64_t i = 0; i < rows * tk; ++i)
+    w[i] *= scale;
 }
 } // namespace
 
@@ -196,43 +202,72 @@ buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim, float scale,
     for (int64_t x = 0; x < headDim; ++x)
       kbT[size_t(x * tk + j)] = kb[size_t(j * headDim + x)];
   std::vector<std::vector<int64_t>> out(static_cast<size_t>(tq));
+  // Query blocks go in batches of kBatch through the pooled scores (the
+  // transposed keys stream once per batch, not once per block); each
+  // block's order is sorted only as far as its selection reads.
+  constexpr int64_t kBatch = 8;
+  const int64_t batches = (tq + kBatch - 1) / kBatch;
   std::atomic<int64_t> next{0};
   auto work = [&]() {
-    std::vector<double> w(static_cast<size_t>(tk));
-    for (int64_t i; (i = next++) < tq;) {
-      pooledScores(&qb[size_t(i * headDim)], kbT.data(), headDim, tk,
-                   double(scale), w.data());
-      double m = -INFINITY;
-      for (int64_t j = 0; j < tk; ++j)
-        m = std::max(m, w[size_t(j)]);
-      double z = 0;
-      for (double &x : w)
-        z += (x = std::exp(x - m));
-      for (double &x : w)
-        x /= z;
-      std::vector<int64_t> order = top(w, tk, [](int64_t j) { return j; });
-      int64_t take;
-      if (topK > 0) {
-        take = std::min(topK, tk);
-      } else {
-        double total = 0;
-        take = 0;
-        for (int64_t j : order) {
-          total += w[size_t(j)];
-          ++take;
-          if (total >= gamma - 1e-12)
-            break;
+    std::vector<double> w(static_cast<size_t>(kBatch * tk));
+    std::vector<std::pair<double, int64_t>> e(static_cast<size_t>(tk));
+    for (int64_t bi; (bi = next++) < batches;) {
+      const int64_t i0 = bi * kBatch, rows = std::min(kBatch, tq - i0);
+      pooledScoresBatch(&qb[size_t(i0 * headDim)], rows, kbT.data(), headDim,
+                        tk, double(scale), w.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        double *wr = &w[size_t(r * tk)];
+        double m = -INFINITY;
+        for (int64_t j = 0; j < tk; ++j)
+          m = std::max(m, wr[j]);
+        double z = 0;
+        for (int64_t j = 0; j < tk; ++j)
+          z += (wr[j] = std::exp(wr[j] - m));
+        for (int64_t j = 0; j < tk; ++j)
+          wr[j] /= z;
+        // (-score, index): ascending is the selection order (ties to the
+        // smaller block).
+        for (int64_t j = 0; j < tk; ++j)
+          e[size_t(j)] = {-wr[j], j};
+        size_t sorted = 0;
+        auto ensure = [&](size_t n) {
+          n = std::min(n, size_t(tk));
+          if (n > sorted) {
+            std::partial_sort(e.begin() + sorted, e.begin() + n, e.end());
+            sorted = n;
+          }
+        };
+        int64_t take;
+        if (topK > 0) {
+          take = std::min(topK, tk);
+          ensure(size_t(take));
+        } else {
+          double total = 0;
+          take = 0;
+          ensure(size_t(std::max<int64_t>(64, minBlocks)));
+          for (int64_t j = 0; j < tk; ++j) {
+            if (size_t(j) >= sorted)
+              ensure(2 * sorted);
+            total += -e[size_t(j)].first;
+            ++take;
+            if (total >= gamma - 1e-12)
+              break;
+          }
+          take = std::max(take, minBlocks);
+          if (maxBlocks > 0)
+            take = std::min(take, maxBlocks);
+          take = std::min(take, tk);
+          ensure(size_t(take));
         }
-        take = std::max(take, minBlocks);
-        if (maxBlocks > 0)
-          take = std::min(take, maxBlocks);
-        take = std::min(take, tk);
+        std::vector<int64_t> &kept = out[size_t(i0 + r)];
+        kept.resize(size_t(take));
+        for (int64_t j = 0; j < take; ++j)
+          kept[size_t(j)] = e[size_t(j)].second;
+        std::sort(kept.begin(), kept.end());
       }
-      out[size_t(i)].assign(order.begin(), order.begin() + take);
-      std::sort(out[size_t(i)].begin(), out[size_t(i)].end());
     }
   };
-  onThreads(0, tq, work);
+  onThreads(0, batches, work);
   return out;
 }
 

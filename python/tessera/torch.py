@@ -27,6 +27,7 @@ import os
 import threading
 
 import torch
+from typing import Optional
 
 import tessera as _tessera
 
@@ -77,8 +78,9 @@ def _check_shapes(q, k, v):
 @torch.library.custom_op("tessera::attention", mutates_args=(),
                          device_types=("cpu", "cuda"))
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  bundle: str, layer: int,
-                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  bundle: str, layer: int, scale: float,
+                  centroids: Optional[torch.Tensor] = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_shapes(q, k, v)
     b = _bundle(bundle, q.device)
     if q.device.type == "cpu":
@@ -92,27 +94,33 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         work = q.dtype if q.dtype == torch.float32 or native else torch.float32
         qn, kn, vn = (x.detach().to(work).numpy() for x in (q, k, v))
         o = torch.empty(q.shape, dtype=work)
-        _, lse = b.attention(layer, qn, kn, vn, out=o.numpy(), scale=scale)
+        cn = None if centroids is None else \
+            centroids.detach().to(torch.float32).contiguous().numpy()
+        _, lse = b.attention(layer, qn, kn, vn, out=o.numpy(), scale=scale,
+                             centroids=cn)
         return o.to(q.dtype), torch.from_numpy(lse)
+    cd = None if centroids is None else \
+        centroids.detach().to(device=q.device, dtype=torch.float32).contiguous()
     o, lse = b.attention(layer, q.detach(), k.detach(), v.detach(),
-                         scale=scale)
+                         scale=scale, centroids=cd)
     return o, lse
 
 
 @_attention_op.register_fake
-def _(q, k, v, bundle, layer, scale):
+def _(q, k, v, bundle, layer, scale, centroids=None):
     _check_shapes(q, k, v)
     return (torch.empty_like(q),
             q.new_empty((q.shape[0], q.shape[2], q.shape[1]),
                         dtype=torch.float32))
 
 
-def attention(q, k, v, bundle, layer, scale=0.0):
+def attention(q, k, v, bundle, layer, scale=0.0, centroids=None):
     """(o, lse) of `layer` of the bundle at `bundle` (a directory written by
     attn-translate). q: [B, Nq, H, D]; k, v: [B, Nk, Hkv, D]; o like q; lse
-    [B, H, Nq] float32. scale 0 selects 1/sqrt(D)."""
+    [B, H, Nq] float32. scale 0 selects 1/sqrt(D). centroids: [H, C, D]
+    for the layer's routing groups that take the engine's centroids."""
     return torch.ops.tessera.attention(q, k, v, bundle, int(layer),
-                                       float(scale))
+                                       float(scale), centroids)
 
 
 #===----------------------------------------------------------------------===#
@@ -235,6 +243,10 @@ def mask_mod(bundle, layer, q_len, kv_len, device="cpu"):
     groups = [_program_fn(nodes[begin[g]:begin[g + 1]], data, num_heads,
                           device) for g in range(len(begin) - 1)]
     group_of = torch.full((num_heads,), -1, dtype=torch.long, device=device)
+    if entry.get("dynamic_groups"):
+        heads = sorted(h for g in entry["dynamic_groups"] for h in g["heads"])
+        raise ValueError(f"tessera.mask_mod: layer {layer} has dynamic heads "
+                         f"{heads}: which keys they see depends on the input")
     for slot, head in enumerate(entry["computed_heads"]):
         group_of[head] = entry["head_groups"][slot]
     shift = int(kv_len) - int(q_len)

@@ -502,6 +502,11 @@ tessera_status tessera_bundle_tile_classes(const tessera_bundle *bundle,
                 "block_q and block_k must be in [1, 2^20], got " +
                     std::to_string(block_q) + " and " +
                     std::to_string(block_k));
+  if (!l->dynamicGroups.empty())
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "layer " + std::to_string(layer) + " has dynamic heads (from " +
+                    std::to_string(l->dynamicGroups.front().heads.front()) +
+                    "): their tiles depend on the input");
   int64_t tq = (q_len + block_q - 1) / block_q;
   int64_t tk = (k_len + block_k - 1) / block_k;
   int64_t perHead, need;

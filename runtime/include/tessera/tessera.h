@@ -164,7 +164,8 @@ TESSERA_API tessera_status tessera_attention_dynamic(
  * be at least heads * Tq * Tk. Lengths are in [1, 2^40], tiles in
  * [1, 2^20]. For tools that mirror the schedule, e.g. tessera.torch's
  * FlexAttention BlockMask export. Runs on the host, in time proportional to
- * the visited tiles plus the size of `out`. */
+ * the visited tiles plus the size of `out`. A layer with dynamic heads is
+ * TESSERA_ERROR_INVALID_ARGUMENT: their tiles depend on the input. */
 TESSERA_API tessera_status tessera_bundle_tile_classes(
     const tessera_bundle *bundle, int64_t layer, int64_t q_len, int64_t k_len,
     int64_t block_q, int64_t block_k, uint8_t *out, size_t out_size);

@@ -117,3 +117,8 @@ print(error())
 print(error(centroids=np.zeros((H, 4, D), np.float32)))
 print(error(centroids=np.zeros((H, 3, D), np.float64)))
 print(error(centroids=np.zeros((H, 3), np.float32)))
+try:
+    b.tile_classes(0, 64, 64)
+    print("tile classes: no error")
+except tessera.TesseraError as e:
+    print("tile classes:", e.status + ": " + e.message)

@@ -823,6 +823,11 @@ tessera_status tessera_attention_dynamic(
     for (int64_t i = 0; i < kernel::dynLaunchCount(a) && !failed; ++i) {
       kernel::i64 kern, gx;
       kernel::dynLaunch(a, q->seq, k->seq, i, kern, gx);
+      if (kern < 0 || size_t(kern) >= g.kernels.size()) {
+        d.memFreeAsync(ws, cuda_stream);
+        return fail(TESSERA_ERROR_INTERNAL,
+                    "a dynamic group's launch plan names a kernel it lacks");
+      }
       if (gx < 1)
         continue;
       if (gx > 0x7fffffff)

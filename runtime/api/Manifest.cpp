@@ -188,7 +188,7 @@ std::string parseSideProgram(const json::Object &g, llvm::StringRef key,
 /// The kernels of a dynamic group of family `f` for (dtype, head_dim):
 /// the same list as the emitter's dynamicKernels.
 std::vector<std::string> dynamicKernelNames(k::i64 f, const std::string &dt,
-                                            k::i64 d) {
+                                            k::i64 d, bool merge) {
   std::string typed = "_" + dt, sized = typed + "_d" + std::to_string(d);
   if (f == k::kVerticalSlash)
     return {"tessera_vs_scores" + sized, "tessera_vs_softmax",
@@ -197,9 +197,13 @@ std::vector<std::string> dynamicKernelNames(k::i64 f, const std::string &dt,
   if (f == k::kBlockTopk)
     return {"tessera_bt_pool" + typed, "tessera_bt_scores", "tessera_bt_take",
             "tessera_bt_select", "tessera_bt_attend" + sized};
-  return {"tessera_rt_seed" + typed, "tessera_rt_assign_keys" + typed,
-          "tessera_rt_update" + typed, "tessera_rt_assign_queries" + typed,
-          "tessera_rt_sort", "tessera_rt_attend" + sized};
+  std::vector<std::string> names = {
+      "tessera_rt_seed" + typed,          "tessera_rt_assign_keys" + typed,
+      "tessera_rt_update" + typed,        "tessera_rt_assign_queries" + typed,
+      "tessera_rt_sort",                  "tessera_rt_attend" + sized};
+  if (merge)
+    names.push_back("tessera_rt_rest" + sized);
+  return names;
 }
 
 /// A dynamic group: every parameter in the range the dialect verifies and
@@ -249,6 +253,12 @@ std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
     a.family = k::kRouting;
     if ((e = param("clusters", a.clusters, 1, 65536)).empty())
       e = param("kmeans_iterations", a.iterations, 0, 100);
+    if (const json::Value *m = g.get("merge_without")) {
+      std::optional<bool> merge = m->getAsBoolean();
+      if (!merge)
+        return "routing: merge_without must be true or false";
+      a.merge = *merge ? 1 : 0;
+    }
   } else {
     return "unknown dynamic family '" + family->str() + "'";
   }
@@ -260,7 +270,10 @@ std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
     e = parseSideProgram(g, "without", out.without);
   if (!e.empty())
     return "a dynamic group: " + e;
-  std::vector<std::string> want = dynamicKernelNames(a.family, l.dtype, l.headDim);
+  if (a.family != k::kRouting && g.get("merge_without"))
+    return "merge_without belongs to routing groups only";
+  std::vector<std::string> want =
+      dynamicKernelNames(a.family, l.dtype, l.headDim, a.merge != 0);
   const json::Array *ks = g.getArray("kernels");
   if (!ks || ks->size() != want.size())
     return "a dynamic group's kernels are not those of its family";

@@ -1,13 +1,12 @@
 // RUN: attn-opt %s --attn-schedule --attn-lower-runs | FileCheck %s
 // RUN: attn-opt %s --attn-schedule --attn-lower-runs | attn-opt | FileCheck %s
-// RUN: not attn-translate %s -o %t 2>&1 | FileCheck %s --check-prefix=EMIT
+// RUN: attn-translate %s -o %t && FileCheck %s --check-prefix=EMIT --input-file=%t/manifest.json
 //
 // The index of a dynamic pattern is built at run time: --attn-schedule
 // keeps dynamic groups, and --attn-lower-runs puts an attn.build_index step
 // where each dynamic leaf is, under the run combinators that join it to the
 // static parts (whose runs are as for any static pattern). Bundles build
-// the index with CUDA kernels (test/Target/Cuda/dynamic.mlir), except for
-// routing under a union, which attn-translate names.
+// the index with CUDA kernels (test/Target/Cuda/dynamic.mlir).
 
 attn.model @dyn {
   attn.layer 0 heads = 4 kv_heads = 1 head_dim = 64 dtype = bf16 {
@@ -38,4 +37,7 @@ attn.model @dyn {
 // CHECK-NEXT: attn.group 3 heads [3] = #attn.window<before = 128> runs {
 // CHECK-NEXT: attn.run_interval keys [p0 - 128, p1]
 
-// EMIT: error: layer 0: head group 2 (heads from 2): routing under a union or on the right of a difference
+// EMIT: "family": "vertical_slash"
+// EMIT: "family": "block_topk"
+// EMIT: "family": "routing"
+// EMIT: "merge_without": true

@@ -123,7 +123,7 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
       return size_t(((b * nq + s) * hq + h) * d);
     };
     auto clustered = [&](int64_t kvh) {
-      return position == 0 && kvh == hkv - 1;
+      return (position == 0 && kvh == hkv - 1) || position == 2;
     };
     for (int64_t b = 0; b < B; ++b)
       for (int64_t s = 0; s < nk; ++s)
@@ -223,6 +223,7 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
         a.family = k::kRouting;
         a.clusters = *par.getInteger("clusters");
         a.iterations = *par.getInteger("kmeans_iterations");
+        a.merge = g.getBoolean("merge_without").value_or(false) ? 1 : 0;
         if (a.iterations == 0) {
           // The engine's centroids: the cluster directions, permuted.
           centroids.resize(size_t(hq * a.clusters * d));
@@ -242,9 +243,12 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
         k::DynArgs a;
       } args{p, a};
       auto &reg = tessera_emu::registry();
+      std::vector<int> launches(kernels.size(), 0);
       for (int64_t i = 0; i < k::dynLaunchCount(a); ++i) {
         k::i64 kernel, gx;
         k::dynLaunch(a, nq, nk, i, kernel, gx);
+        ASSERT_LT(size_t(kernel), kernels.size());
+        ++launches[size_t(kernel)];
         auto fn = reg.find(name + "/" + kernels[size_t(kernel)]);
         ASSERT_NE(fn, reg.end()) << kernels[size_t(kernel)];
         tessera_emu::launch([&] { fn->second(&args, 0); },
@@ -253,6 +257,13 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
                             dim3{128, 1, 1});
       }
 
+      // Each kernel once, k-means' two once per iteration.
+      for (size_t i = 0; i < kernels.size(); ++i) {
+        int want = 1;
+        if (a.family == k::kRouting && (i == 1 || i == 2))
+          want = int(a.iterations) + (i == 1 ? 1 : 0);
+        EXPECT_EQ(launches[i], want) << kernels[i];
+      }
       for (int64_t b = 0; b < B; ++b)
         for (size_t slot = 0; slot < heads.size(); ++slot) {
           const int64_t h = heads[slot], kvh = h / (hq / hkv);
@@ -397,7 +408,7 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
       ++groupsChecked;
     }
   }
-  EXPECT_EQ(groupsChecked, 8);
+  EXPECT_EQ(groupsChecked, 10);
 }
 
 class DynamicEmulatorTest : public ::testing::TestWithParam<Case> {};

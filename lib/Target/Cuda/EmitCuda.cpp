@@ -67,7 +67,8 @@ constexpr llvm::StringLiteral kDynamicHeadersMarker =
 
 /// The kernels of a dynamic group, in launch order (docs/bundles.md).
 std::vector<std::string> dynamicKernels(llvm::StringRef family,
-                                        llvm::StringRef dt, int64_t d) {
+                                        llvm::StringRef dt, int64_t d,
+                                        bool merge) {
   std::string typed = "_" + dt.str(), sized = typed + "_d" + std::to_string(d);
   if (family == "vertical_slash")
     return {"tessera_vs_scores" + sized, "tessera_vs_softmax",
@@ -76,9 +77,13 @@ std::vector<std::string> dynamicKernels(llvm::StringRef family,
   if (family == "block_topk")
     return {"tessera_bt_pool" + typed, "tessera_bt_scores", "tessera_bt_take",
             "tessera_bt_select", "tessera_bt_attend" + sized};
-  return {"tessera_rt_seed" + typed, "tessera_rt_assign_keys" + typed,
-          "tessera_rt_update" + typed, "tessera_rt_assign_queries" + typed,
-          "tessera_rt_sort", "tessera_rt_attend" + sized};
+  std::vector<std::string> names = {
+      "tessera_rt_seed" + typed,          "tessera_rt_assign_keys" + typed,
+      "tessera_rt_update" + typed,        "tessera_rt_assign_queries" + typed,
+      "tessera_rt_sort",                  "tessera_rt_attend" + sized};
+  if (merge)
+    names.push_back("tessera_rt_rest" + sized);
+  return names;
 }
 
 /// The family and parameters of a dynamic group's leaf, or why a bundle
@@ -118,14 +123,10 @@ bool describeDynamic(PatternAttrInterface pattern, json::Object &out,
     return true;
   }
   auto rt = cast<RoutingAttr>(split.leaf);
-  if (!split.required) {
-    why = "routing under a union or on the right of a difference: bundles "
-          "run routing only where it is required (alone, intersected, or "
-          "the left side of a difference), since its segments are the only "
-          "keys a query visits";
-    return false;
-  }
   out["family"] = "routing";
+  // Where the pattern allows pairs outside the clusters (routing under a
+  // union, or right of a difference), a second walk adds them.
+  out["merge_without"] = !split.required;
   out["params"] = json::Object{{"clusters", rt.getClusters()},
                                {"kmeans_iterations", rt.getKmeansIterations()}};
   return true;
@@ -176,6 +177,7 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
   // the families per kernel (dtype, head_dim), their head lists and tables.
   std::set<int64_t> dynPatterns;
   std::map<std::pair<std::string, int64_t>, std::set<std::string>> dynFamilies;
+  std::map<std::pair<std::string, int64_t>, bool> dynMerge;
   std::string dynHeads, dynTables;
   llvm::raw_string_ostream dynHeadsOs(dynHeads), dynTablesOs(dynTables);
   std::vector<std::string> dynTableNames;
@@ -258,7 +260,10 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
       std::string family = entry.getString("family").value_or("").str();
       dynFamilies[{dtypeName(dtype), d}].insert(family);
       json::Array kernelNames;
-      for (const std::string &k : dynamicKernels(family, dtypeName(dtype), d))
+      bool merge = entry.getBoolean("merge_without").value_or(false);
+      dynMerge[{dtypeName(dtype), d}] |= merge;
+      for (const std::string &k :
+           dynamicKernels(family, dtypeName(dtype), d, merge))
         kernelNames.push_back(k);
       entry["kernels"] = std::move(kernelNames);
       entry["heads"] = toJson(g.getHeads());
@@ -555,6 +560,11 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
         dynKernel("tessera_rt_attend" + sized,
                   smem + "  rtAttend<" + ED + ", bundle::DynPats>(p, a, g, sh);\n",
                   "dynamic_attention");
+        if (dynMerge[key])
+          dynKernel("tessera_rt_rest" + sized,
+                    smem + "  rtRest<" + ED +
+                        ", bundle::DynPats>(p, a, g, sh);\n",
+                    "dynamic_attention");
       }
     }
   }

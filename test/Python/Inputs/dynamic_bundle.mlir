@@ -10,8 +10,9 @@ attn.model @dynamic_bundle {
   }
   // Vertical-slash joined to static parts other than causality: the index
   // specialised and run as one program through the executor.
-  attn.layer 1 heads = 2 kv_heads = 1 head_dim = 64 dtype = f16 {
+  attn.layer 1 heads = 3 kv_heads = 1 head_dim = 64 dtype = f16 {
     attn.heads [0] = #attn.union<#attn.window<before = 8>, #attn.vertical_slash<last_q = 16, vertical = 8, slash = 12>>
     attn.heads [1] = #attn.intersect<#attn.window<before = 40>, #attn.vertical_slash<last_q = 16, vertical = 10, slash = 6, first_columns = 2>>
+    attn.heads [2] = #attn.union<#attn.window<before = 8>, #attn.routing<clusters = 3, kmeans_iterations = 1>>
   }
 }

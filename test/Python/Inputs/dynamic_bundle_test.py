@@ -82,14 +82,17 @@ for nq, nk in ((200, 200), (150, 260), (260, 150)):
 q0, k0, v0 = q, k, v
 # Layer 1: union and intersection with windows (the program path).
 for nq, nk in ((200, 200), (150, 260), (260, 150)):
-    q = rng.standard_normal((1, nq, 2, D)).astype(np.float32)
+    q = rng.standard_normal((1, nq, 3, D)).astype(np.float32)
     k = rng.standard_normal((1, nk, 1, D)).astype(np.float32)
     v = rng.standard_normal((1, nk, 1, D)).astype(np.float32)
     o, lse = b.attention(1, q, k, v)
     kh, vh = k[0, :, 0].astype(np.float64), v[0, :, 0].astype(np.float64)
-    for h in range(2):
+    for h in range(3):
         qh = q[0, :, h].astype(np.float64)
-        if h == 0:
+        if h == 2:
+            qc, kc = ref.routing_index(qh, kh, 3, 1)
+            mask = ref.routing_mask(qc, kc) | window(nq, nk, 8)
+        elif h == 0:
             cols, diags = ref.vertical_slash_index(qh, kh, 16, 8, 12)
             mask = ref.vertical_slash_mask(nq, nk, cols, diags) | window(nq, nk, 8)
         else:

@@ -14,13 +14,11 @@ attn.model @dyn {
     attn.heads [0] = #attn.intersect<#attn.causal, #attn.vertical_slash<last_q = 64, vertical = 1000, slash = 6096, first_columns = 30, last_diagonals = 100>>
     attn.heads [1] = #attn.union<#attn.sink<4>, #attn.block_topk<block = 128, gamma = 0.9, min_blocks = 2, max_blocks = 64>>
     attn.heads [2] = #attn.intersect<#attn.causal, #attn.routing<clusters = 16, kmeans_iterations = 3>>
-    attn.heads [3] = #attn.causal
+    attn.heads [3] = #attn.union<#attn.sink<4>, #attn.routing<clusters = 8>>
   }
 }
 
-// CHECK: "computed_heads": [
-// CHECK-NEXT: 3
-// CHECK-NEXT: ],
+// CHECK: "computed_heads": [],
 // CHECK: "dynamic_groups": [
 // CHECK: "family": "vertical_slash",
 // CHECK: "kernels": [
@@ -45,9 +43,17 @@ attn.model @dyn {
 // CHECK-NEXT: "min_blocks": 2,
 // CHECK-NEXT: "top_k": 0
 // CHECK: "family": "routing",
-// CHECK: "tessera_rt_seed_bf16",
+// CHECK: "tessera_rt_attend_bf16_d128"
+// CHECK-NEXT: ],
+// CHECK: "merge_without": false,
 // CHECK: "clusters": 16,
 // CHECK-NEXT: "kmeans_iterations": 3
+// Routing under a union: the rest of the pattern walked and merged.
+// CHECK: "family": "routing",
+// CHECK: "tessera_rt_attend_bf16_d128",
+// CHECK-NEXT: "tessera_rt_rest_bf16_d128"
+// CHECK-NEXT: ],
+// CHECK: "merge_without": true,
 
 // CU: #define TESSERA_KERNEL_DYNAMICINDEX_CUH
 // CU: // P{{[0-9]+}}: #attn.intersect<#attn.causal, #attn.vertical_slash<{{.*}}>> [leaf: dense]
@@ -59,5 +65,4 @@ attn.model @dyn {
 
 // ERR: error: layer 0: head group 0 (heads from 0): block_topk with block = 96: the CUDA kernels need a multiple of 64
 // ERR: error: layer 0: head group 1 (heads from 1): the pattern has 2 dynamic leaves; a head group's index is built for one
-// ERR: error: layer 0: head group 2 (heads from 2): routing under a union or on the right of a difference
-// ERR: error: layer 0: head group 3 (heads from 3): routing under a union or on the right of a difference
+// ERR: error: layer 0: head group 2 (heads from 2): block_topk with tau > 0 (FlexPrefill's per-head choice) is not built by the bundles' index kernels yet

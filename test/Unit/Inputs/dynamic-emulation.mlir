@@ -15,4 +15,10 @@ attn.model @dynamic_emulation {
     attn.heads [1] = #attn.intersect<#attn.causal, #attn.vertical_slash<last_q = 64, vertical = 150, slash = 100, first_columns = 30, last_diagonals = 50>>
     attn.heads [2] = #attn.window<before = 4>
   }
+  // Routing where the pattern allows pairs outside the clusters: the
+  // segments' rows merged with the rest of the pattern by their LSE.
+  attn.layer 2 heads = 2 kv_heads = 2 head_dim = 64 dtype = bf16 {
+    attn.heads [0] = #attn.union<#attn.window<before = 8>, #attn.intersect<#attn.causal, #attn.routing<clusters = 4, kmeans_iterations = 1>>>
+    attn.heads [1] = #attn.difference<#attn.causal, #attn.routing<clusters = 3, kmeans_iterations = 2>>
+  }
 }

@@ -38,6 +38,9 @@ struct DynArgs {
   float gamma;
   // routing
   i64 clusters, iterations;
+  i64 merge; ///< routing whose pattern allows pairs outside the clusters:
+             ///< the segments' rows go to `partial`, and rtRest adds the
+             ///< rest of the pattern and merges
   int layer; ///< the layer's position in the bundle
   int group; ///< the dynamic group's index within the layer
 };
@@ -68,7 +71,7 @@ struct DynLayout {
   // per-cluster query/key counts and segment starts (C + 1), query-tile
   // starts (C + 1), permutations (segment order -> position).
   i64 cent, qCluster, kCluster, qStart, kStart, tileStart, qCursor, kCursor,
-      permQ, permK;
+      permQ, permK, partial;
   i64 size;
 };
 
@@ -120,6 +123,8 @@ TESSERA_HD DynLayout dynLayout(const DynArgs &a, i64 nq, i64 nk) {
     l.kCursor = take(8 * c);
     l.permQ = take(8 * nq);
     l.permK = take(8 * nk);
+    // Merging: the segments' normalised rows and their LSE, fp32.
+    l.partial = a.merge ? take(4 * nq * (a.headDim + 1)) : 0;
   }
   l.size = at;
   return l;
@@ -135,9 +140,9 @@ TESSERA_HD i64 routingTiles(const DynArgs &a, i64 nq) {
 /// z: the batch; 128 threads): vertical_slash scores, softmax, sums,
 /// select, attend; block_topk pool, scores, take, select, attend; routing
 /// seed, (assign keys, update) per k-means iteration, assign keys, assign
-/// queries, sort, attend.
+/// queries, sort, attend, and rest when merging.
 TESSERA_HD i64 dynLaunchCount(const DynArgs &a) {
-  return a.family == kRouting ? 6 + 2 * a.iterations : 5;
+  return a.family == kRouting ? 5 + (a.merge ? 1 : 0) + 2 * a.iterations : 5;
 }
 
 /// Launch i: `kernel` indexes the group's kernel list (the manifest's
@@ -159,7 +164,7 @@ TESSERA_HD void dynLaunch(const DynArgs &a, i64 nq, i64 nk, i64 i,
     return;
   }
   // Routing: kernels seed 0, assign keys 1, update 2, assign queries 3,
-  // sort 4, attend 5.
+  // sort 4, attend 5, and when merging rest 6.
   const i64 iter = 2 * a.iterations;
   if (i == 0) {
     kernel = 0;
@@ -176,9 +181,12 @@ TESSERA_HD void dynLaunch(const DynArgs &a, i64 nq, i64 nk, i64 i,
   } else if (i == iter + 3) {
     kernel = 4;
     gx = 2;
-  } else {
+  } else if (i == iter + 4) {
     kernel = 5;
     gx = routingTiles(a, nq);
+  } else {
+    kernel = 6;
+    gx = dynCeilDiv(nq, 64);
   }
 }
 

@@ -19,7 +19,9 @@
 //   rtAssign (nearest centroid of keys or queries), rtUpdate (k-means
 //   means), rtSort (stable counting sort of tokens by cluster: segments and
 //   permutations), rtAttend (per query tile of a segment, the segment's
-//   keys; output through the inverse permutation).
+//   keys; output through the inverse permutation), and where the pattern
+//   allows pairs outside the clusters rtRest (the static runs of `without`
+//   minus the clusters' pairs, merged with the segments' rows by LSE).
 //
 // The attention kernels walk the index (and, for the parts of the pattern
 // that do not depend on the index, the static runs of the pattern with the
@@ -289,6 +291,84 @@ __device__ __forceinline__ void dynStore(DynWalk<E, D> &w, i64 b, i64 head,
                    p.oStrideS,
                    p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
                    row0, row1);
+}
+
+/// Stores this thread's rows, normalised, as fp32 rows of D + 1 (the
+/// output, then the LSE in natural log; -inf and zeros for empty rows) at
+/// `part` (rows indexed by query).
+template <int D>
+__device__ __forceinline__ void flashStorePartial(FlashAcc<D> &acc,
+                                                  float *part, i64 row0,
+                                                  i64 row1) {
+  const float negInf = __int_as_float(0xff800000);
+  const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    acc.l[h] += __shfl_xor_sync(0xffffffff, acc.l[h], 1);
+    acc.l[h] += __shfl_xor_sync(0xffffffff, acc.l[h], 2);
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const i64 qi = h ? row1 : row0;
+    if (qi < 0)
+      continue;
+    const float inv = acc.l[h] > 0.f ? 1.f / acc.l[h] : 0.f;
+    float *row = part + qi * (D + 1);
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      row[dn * 8 + c2] = acc.o[dn][2 * h] * inv;
+      row[dn * 8 + c2 + 1] = acc.o[dn][2 * h + 1] * inv;
+    }
+    if ((lane % 4) == 0)
+      row[D] = acc.l[h] > 0.f
+                   ? (acc.m[h] + log2f(acc.l[h])) * 0.6931471805599453f
+                   : negInf;
+  }
+}
+
+/// flashStore of this thread's rows merged with rows stored by
+/// flashStorePartial: o = (o1 e^lse1 + o2 e^lse2) / (e^lse1 + e^lse2).
+template <int E, int D>
+__device__ __forceinline__ void
+flashStoreMerged(FlashAcc<D> &acc, u16 *oBase, i64 oStrideS, float *lseBase,
+                 const float *part, i64 row0, i64 row1) {
+  const float negInf = __int_as_float(0xff800000);
+  const float ln2 = 0.6931471805599453f, log2e = 1.4426950408889634f;
+  const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    acc.l[h] += __shfl_xor_sync(0xffffffff, acc.l[h], 1);
+    acc.l[h] += __shfl_xor_sync(0xffffffff, acc.l[h], 2);
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const i64 qi = h ? row1 : row0;
+    if (qi < 0)
+      continue;
+    const float *prow = part + qi * (D + 1);
+    const float lse1 = prow[D];
+    const float lse2 =
+        acc.l[h] > 0.f ? (acc.m[h] + log2f(acc.l[h])) * ln2 : negInf;
+    const float mx = fmaxf(lse1, lse2);
+    float w1 = 0.f, w2 = 0.f, lse = negInf;
+    if (mx != negInf) {
+      w1 = exp2f((lse1 - mx) * log2e);
+      w2 = exp2f((lse2 - mx) * log2e);
+      const float z = w1 + w2;
+      lse = mx + log2f(z) * ln2;
+      w1 /= z;
+      w2 /= z;
+    }
+    const float inv = acc.l[h] > 0.f ? w2 / acc.l[h] : 0.f;
+    u16 *orow = oBase + qi * oStrideS;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn)
+      *reinterpret_cast<u32 *>(orow + dn * 8 + c2) = packFloats<E>(
+          acc.o[dn][2 * h] * inv + prow[dn * 8 + c2] * w1,
+          acc.o[dn][2 * h + 1] * inv + prow[dn * 8 + c2 + 1] * w1);
+    if (lseBase && (lane % 4) == 0)
+      lseBase[qi] = lse;
+  }
 }
 
 /// Loads the key and value rows of sh.keys (count of them) and runs one
@@ -1117,7 +1197,61 @@ __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
       });
     });
   }
-  dynStore<E, D>(w, b, head, rowQ0, rowQ1);
+  if (a.merge)
+    flashStorePartial<D>(w.acc,
+                         reinterpret_cast<float *>(ws + lay.partial), rowQ0,
+                         rowQ1);
+  else
+    dynStore<E, D>(w, b, head, rowQ0, rowQ1);
+}
+
+/// Routing under a union (or the right of a difference): per 64-row query
+/// block, the static runs of `without` minus the pairs within a cluster,
+/// merged with the segments' rows (the partial workspace) by their LSE.
+template <int E, int D, class Pats>
+__device__ __forceinline__ void rtRest(const AttnParams &p, const DynArgs &a,
+                                       const DynGroupTable &g,
+                                       DynShared<D> &sh) {
+  const DynSlice sl = dynSlice(p, a, g.heads);
+  const i64 b = sl.b, head = sl.head, kvHead = sl.kvHead;
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
+  const int *qc = reinterpret_cast<const int *>(ws + lay.qCluster);
+  const int *kc = reinterpret_cast<const int *>(ws + lay.kCluster);
+  DynWalk<E, D> w;
+  beginWalk<E, D>(w, p, sh, b, kvHead);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
+  stageQueries<E, D>(w, p.q + b * p.qStrideB + head * p.qStrideH, q0);
+  const i64 shift = p.nk - p.nq;
+  const i64 qi0 = q0 + warp * 16 + lane / 4, qi1 = qi0 + 8;
+  const int c0 = qi0 < p.nq ? qc[qi0] : -1, c1 = qi1 < p.nq ? qc[qi1] : -1;
+  const RunCtx ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, head, p.numHeads);
+  for (i64 next = 0;;) {
+    const Run run = Pats::runFrom(g.withoutId, ctx, next);
+    if (!isRun(run))
+      break;
+    next = run.hi + 1;
+    for (i64 kb = run.lo; kb <= run.hi; ++kb) {
+      const i64 k0 = kb * 64;
+      const int count = (int)minI(64, p.nk - k0);
+      contiguousKeys<D>(sh, k0, count);
+      walkTile<E, D>(w, count, true, [&]() {
+        return elementBits(w.c2, [&](int h, int c) {
+          const int cq = h ? c1 : c0;
+          return c < count && cq >= 0 && kc[k0 + c] != cq &&
+                 Pats::allowed(g.withoutId, (h ? qi1 : qi0) + shift, k0 + c,
+                               head, p.numHeads);
+        });
+      });
+    }
+  }
+  flashStoreMerged<E, D>(w.acc, p.o + b * p.oStrideB + head * p.oStrideH,
+                         p.oStrideS,
+                         p.lse ? p.lse + (b * p.numHeads + head) * p.nq
+                               : nullptr,
+                         reinterpret_cast<const float *>(ws + lay.partial),
+                         qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
 }
 
 } // namespace kernel

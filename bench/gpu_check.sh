@@ -4,8 +4,10 @@
 # the GPU machine needs no MLIR): build/bundles and build/lib (the runtime
 # library; carry both). Loads every bundle through the Python binding (NVRTC
 # for the device, cold and from the cache), checks it against a float64
-# reference, and times it against torch SDPA and FlexAttention. Prints one
-# table; exits 1 on a wrong result.
+# reference, and times it against torch SDPA and FlexAttention; then the
+# dynamic layers of minference-llm with bench/gpu_dynamic.py (against the CPU
+# runtime, timed at 128K-1M against SDPA's causal flash attention). Prints
+# the tables; exits 1 on a wrong result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bundles=${BUNDLES:-build/bundles}
@@ -21,4 +23,9 @@ if [ ! -f build/lib/libtessera_runtime.so ]; then
 fi
 export TESSERA_RUNTIME_LIB=$PWD/build/lib/libtessera_runtime.so
 out=${OUT:-build}
-timeout 480 python3 bench/gpu_check.py "$bundles"/*/ "$@" | tee "$out/gpu_check.txt"
+timeout 420 python3 bench/gpu_check.py "$bundles"/*/ "$@" | tee "$out/gpu_check.txt"
+# Dynamic layers (index kernels and attention over the index) at 128K-1M.
+if [ -f "$bundles/minference-llm/manifest.json" ]; then
+  timeout 300 python3 bench/gpu_dynamic.py "$bundles/minference-llm" \
+    --repeats 2 | tee "$out/gpu_dynamic.txt"
+fi

@@ -2,6 +2,8 @@
 
 #include "Manifest.h"
 
+#include "tessera/kernel/DynamicKernels.h"
+
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/JSON.h"
 #include "llvm/Support/SHA256.h"
@@ -185,27 +187,6 @@ std::string parseSideProgram(const json::Object &g, llvm::StringRef key,
   return "";
 }
 
-/// The kernels of a dynamic group of family `f` for (dtype, head_dim):
-/// the same list as the emitter's dynamicKernels.
-std::vector<std::string> dynamicKernelNames(k::i64 f, const std::string &dt,
-                                            k::i64 d, bool merge) {
-  std::string typed = "_" + dt, sized = typed + "_d" + std::to_string(d);
-  if (f == k::kVerticalSlash)
-    return {"tessera_vs_scores" + sized, "tessera_vs_softmax",
-            "tessera_vs_sums", "tessera_vs_select",
-            "tessera_vs_attend" + sized};
-  if (f == k::kBlockTopk)
-    return {"tessera_bt_pool" + typed, "tessera_bt_scores", "tessera_bt_take",
-            "tessera_bt_select", "tessera_bt_attend" + sized};
-  std::vector<std::string> names = {
-      "tessera_rt_seed" + typed,          "tessera_rt_assign_keys" + typed,
-      "tessera_rt_update" + typed,        "tessera_rt_assign_queries" + typed,
-      "tessera_rt_sort",                  "tessera_rt_attend" + sized};
-  if (merge)
-    names.push_back("tessera_rt_rest" + sized);
-  return names;
-}
-
 /// A dynamic group: every parameter in the range the dialect verifies and
 /// the bundles' kernels support.
 std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
@@ -273,7 +254,7 @@ std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
   if (a.family != k::kRouting && g.get("merge_without"))
     return "merge_without belongs to routing groups only";
   std::vector<std::string> want =
-      dynamicKernelNames(a.family, l.dtype, l.headDim, a.merge != 0);
+      k::dynamicKernelNames(family->str(), l.dtype, l.headDim, a.merge != 0);
   const json::Array *ks = g.getArray("kernels");
   if (!ks || ks->size() != want.size())
     return "a dynamic group's kernels are not those of its family";

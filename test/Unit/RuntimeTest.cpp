@@ -49,6 +49,32 @@ tessera_tensor tensor(void *data, tessera_dtype t, int64_t b, int64_t s,
   return tessera_tensor{data, t, b, s, h, d, s * h * d, h * d, d};
 }
 
+/// Runs layer 0 of a loaded bundle on N tokens of f32 inputs (q varied, k
+/// and v constant) with the centroids its routing groups ask for.
+tessera_status runSmall(tessera_bundle *b, const tessera_layer_info &info,
+                        int64_t N) {
+  std::vector<float> q(N * info.num_heads * info.head_dim, 0.5f),
+      k(N * info.num_kv_heads * info.head_dim, 0.25f), v = k, o = q;
+  for (size_t j = 0; j < q.size(); ++j)
+    q[j] = float((j * 7919) % 13) / 13.0f - 0.5f;
+  std::vector<float> cent(
+      size_t(info.num_heads * std::max<int64_t>(info.centroid_clusters, 1) *
+             info.head_dim),
+      0.1f);
+  tessera_dynamic_inputs dyn{cent.data(), info.num_heads,
+                             info.centroid_clusters, info.head_dim};
+  tessera_tensor tq = tensor(q.data(), TESSERA_DTYPE_F32, 1, N,
+                             info.num_heads, info.head_dim);
+  tessera_tensor tk = tensor(k.data(), TESSERA_DTYPE_F32, 1, N,
+                             info.num_kv_heads, info.head_dim);
+  tessera_tensor tv = tensor(v.data(), TESSERA_DTYPE_F32, 1, N,
+                             info.num_kv_heads, info.head_dim);
+  tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_F32, 1, N,
+                             info.num_heads, info.head_dim);
+  return tessera_attention_dynamic(b, 0, &tq, &tk, &tv, &to, nullptr, 0,
+                                   &dyn, nullptr);
+}
+
 struct Fixture : ::testing::Test {
   void SetUp() override {
     ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK)
@@ -441,20 +467,7 @@ TEST(RuntimeBundles, DamagedManifestsNeverCrash) {
     // Accepted: it must run (the mutation hit something harmless).
     tessera_layer_info info;
     ASSERT_EQ(tessera_bundle_layer_info(b, 0, &info), TESSERA_OK);
-    int64_t N = 40;
-    std::vector<float> q(N * info.num_heads * info.head_dim, 0.5f),
-        k(N * info.num_kv_heads * info.head_dim, 0.25f), v = k, o = q;
-    tessera_tensor tq = tensor(q.data(), TESSERA_DTYPE_F32, 1, N,
-                               info.num_heads, info.head_dim);
-    tessera_tensor tk = tensor(k.data(), TESSERA_DTYPE_F32, 1, N,
-                               info.num_kv_heads, info.head_dim);
-    tessera_tensor tv = tensor(v.data(), TESSERA_DTYPE_F32, 1, N,
-                               info.num_kv_heads, info.head_dim);
-    tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_F32, 1, N,
-                               info.num_heads, info.head_dim);
-    EXPECT_EQ(tessera_attention(b, 0, &tq, &tk, &tv, &to, nullptr, 0, nullptr),
-              TESSERA_OK)
-        << tessera_last_error();
+    EXPECT_EQ(runSmall(b, info, 40), TESSERA_OK) << tessera_last_error();
     tessera_bundle_destroy(b);
   }
   EXPECT_GT(rejected, 200);
@@ -1071,29 +1084,7 @@ TEST(RuntimeBundles, DamagedDynamicManifestsNeverCrash) {
       tessera_bundle_destroy(b);
       continue;
     }
-    int64_t N = 70;
-    std::vector<float> q(N * info.num_heads * info.head_dim, 0.5f),
-        k(N * info.num_kv_heads * info.head_dim, 0.25f), v = k, o = q;
-    for (size_t j = 0; j < q.size(); ++j)
-      q[j] = float((j * 7919) % 13) / 13.0f - 0.5f;
-    std::vector<float> cent(
-        size_t(info.num_heads * std::max<int64_t>(info.centroid_clusters, 1) *
-               info.head_dim),
-        0.1f);
-    tessera_dynamic_inputs dyn{cent.data(), info.num_heads,
-                               info.centroid_clusters, info.head_dim};
-    tessera_tensor tq = tensor(q.data(), TESSERA_DTYPE_F32, 1, N,
-                               info.num_heads, info.head_dim);
-    tessera_tensor tk = tensor(k.data(), TESSERA_DTYPE_F32, 1, N,
-                               info.num_kv_heads, info.head_dim);
-    tessera_tensor tv = tensor(v.data(), TESSERA_DTYPE_F32, 1, N,
-                               info.num_kv_heads, info.head_dim);
-    tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_F32, 1, N,
-                               info.num_heads, info.head_dim);
-    EXPECT_EQ(tessera_attention_dynamic(b, 0, &tq, &tk, &tv, &to, nullptr, 0,
-                                        &dyn, nullptr),
-              TESSERA_OK)
-        << tessera_last_error();
+    EXPECT_EQ(runSmall(b, info, 70), TESSERA_OK) << tessera_last_error();
     ++ran;
     tessera_bundle_destroy(b);
   }

@@ -9,6 +9,7 @@
 #include "tessera/Transforms/RunOps.h"
 
 #include "EmbeddedKernel.h"
+#include "tessera/kernel/DynamicKernels.h"
 
 #include "tessera/Dialect/Attn/AttnAttributes.h"
 
@@ -64,27 +65,6 @@ json::Array toJson(llvm::ArrayRef<int64_t> values) {
 
 constexpr llvm::StringLiteral kDynamicHeadersMarker =
     "// @@TESSERA_DYNAMIC_HEADERS@@\n";
-
-/// The kernels of a dynamic group, in launch order (docs/bundles.md).
-std::vector<std::string> dynamicKernels(llvm::StringRef family,
-                                        llvm::StringRef dt, int64_t d,
-                                        bool merge) {
-  std::string typed = "_" + dt.str(), sized = typed + "_d" + std::to_string(d);
-  if (family == "vertical_slash")
-    return {"tessera_vs_scores" + sized, "tessera_vs_softmax",
-            "tessera_vs_sums", "tessera_vs_select",
-            "tessera_vs_attend" + sized};
-  if (family == "block_topk")
-    return {"tessera_bt_pool" + typed, "tessera_bt_scores", "tessera_bt_take",
-            "tessera_bt_select", "tessera_bt_attend" + sized};
-  std::vector<std::string> names = {
-      "tessera_rt_seed" + typed,          "tessera_rt_assign_keys" + typed,
-      "tessera_rt_update" + typed,        "tessera_rt_assign_queries" + typed,
-      "tessera_rt_sort",                  "tessera_rt_attend" + sized};
-  if (merge)
-    names.push_back("tessera_rt_rest" + sized);
-  return names;
-}
 
 /// The family and parameters of a dynamic group's leaf, or why a bundle
 /// cannot hold it.
@@ -263,7 +243,7 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
       bool merge = entry.getBoolean("merge_without").value_or(false);
       dynMerge[{dtypeName(dtype), d}] |= merge;
       for (const std::string &k :
-           dynamicKernels(family, dtypeName(dtype), d, merge))
+           kernel::dynamicKernelNames(family, dtypeName(dtype), d, merge))
         kernelNames.push_back(k);
       entry["kernels"] = std::move(kernelNames);
       entry["heads"] = toJson(g.getHeads());

@@ -300,13 +300,8 @@ template <int D>
 __device__ __forceinline__ void flashStorePartial(FlashAcc<D> &acc,
                                                   float *part, i64 row0,
                                                   i64 row1) {
-  const float negInf = __int_as_float(0xff800000);
   const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    acc.l[h] += __shfl_xor_sync(0xffffffff, acc.l[h], 1);
-    acc.l[h] += __shfl_xor_sync(0xffffffff, acc.l[h], 2);
-  }
+  flashRowSums<D>(acc);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const i64 qi = h ? row1 : row0;
@@ -320,9 +315,7 @@ __device__ __forceinline__ void flashStorePartial(FlashAcc<D> &acc,
       row[dn * 8 + c2 + 1] = acc.o[dn][2 * h + 1] * inv;
     }
     if ((lane % 4) == 0)
-      row[D] = acc.l[h] > 0.f
-                   ? (acc.m[h] + log2f(acc.l[h])) * 0.6931471805599453f
-                   : negInf;
+      row[D] = flashRowLse<D>(acc, h);
   }
 }
 
@@ -335,11 +328,7 @@ flashStoreMerged(FlashAcc<D> &acc, u16 *oBase, i64 oStrideS, float *lseBase,
   const float negInf = __int_as_float(0xff800000);
   const float ln2 = 0.6931471805599453f, log2e = 1.4426950408889634f;
   const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    acc.l[h] += __shfl_xor_sync(0xffffffff, acc.l[h], 1);
-    acc.l[h] += __shfl_xor_sync(0xffffffff, acc.l[h], 2);
-  }
+  flashRowSums<D>(acc);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const i64 qi = h ? row1 : row0;
@@ -347,8 +336,7 @@ flashStoreMerged(FlashAcc<D> &acc, u16 *oBase, i64 oStrideS, float *lseBase,
       continue;
     const float *prow = part + qi * (D + 1);
     const float lse1 = prow[D];
-    const float lse2 =
-        acc.l[h] > 0.f ? (acc.m[h] + log2f(acc.l[h])) * ln2 : negInf;
+    const float lse2 = flashRowLse<D>(acc, h);
     const float mx = fmaxf(lse1, lse2);
     float w1 = 0.f, w2 = 0.f, lse = negInf;
     if (mx != negInf) {

@@ -244,6 +244,22 @@ __device__ __forceinline__ void flashTile(const u32 (&qf)[D / 16][4],
   }
 }
 
+/// Completes this thread's row sums over the four lanes sharing its rows.
+template <int D> __device__ __forceinline__ void flashRowSums(FlashAcc<D> &acc) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    acc.l[h] += __shfl_xor_sync(0xffffffff, acc.l[h], 1);
+    acc.l[h] += __shfl_xor_sync(0xffffffff, acc.l[h], 2);
+  }
+}
+
+/// The natural-log LSE of row h after flashRowSums; -inf when it has no key.
+template <int D>
+__device__ __forceinline__ float flashRowLse(const FlashAcc<D> &acc, int h) {
+  return acc.l[h] > 0.f ? (acc.m[h] + log2f(acc.l[h])) * 0.6931471805599453f
+                        : __int_as_float(0xff800000);
+}
+
 /// Normalises and stores this thread's rows: row0 and row1 are the query
 /// indices of its rows lane / 4 and lane / 4 + 8 of its warp, or -1 for
 /// none; oBase and lseBase (null: no LSE) point at the head's output rows.
@@ -251,13 +267,8 @@ template <int E, int D>
 __device__ __forceinline__ void flashStore(FlashAcc<D> &acc, u16 *oBase,
                                            i64 oStrideS, float *lseBase,
                                            i64 row0, i64 row1) {
-  const float negInf = __int_as_float(0xff800000);
   const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    acc.l[h] += __shfl_xor_sync(0xffffffff, acc.l[h], 1);
-    acc.l[h] += __shfl_xor_sync(0xffffffff, acc.l[h], 2);
-  }
+  flashRowSums<D>(acc);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const i64 qi = h ? row1 : row0;
@@ -270,9 +281,7 @@ __device__ __forceinline__ void flashStore(FlashAcc<D> &acc, u16 *oBase,
       *reinterpret_cast<u32 *>(orow + dn * 8 + c2) = packFloats<E>(
           acc.o[dn][2 * h] * inv, acc.o[dn][2 * h + 1] * inv);
     if (lseBase && (lane % 4) == 0)
-      lseBase[qi] = acc.l[h] > 0.f
-                        ? (acc.m[h] + log2f(acc.l[h])) * 0.6931471805599453f
-                        : negInf;
+      lseBase[qi] = flashRowLse<D>(acc, h);
   }
 }
 

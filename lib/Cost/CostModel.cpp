@@ -62,6 +62,8 @@ Target gpuTarget(const char *name, const char *spec, int64_t sms, double flops,
   t.rowBlockS = 0.5 * t.fullTileS;
   t.launchS = 5e-6;
   t.groupS = 0;
+  // Index passes stream fp32 elements: all slots together at the bandwidth.
+  t.indexElementS = 4.0 * double(t.units * t.slotsPerUnit) / bandwidth;
   return t;
 }
 
@@ -119,6 +121,8 @@ std::string validateTarget(const Target &t) {
            "seconds";
   if (bad(t.tileFixedShare, 0, 1))
     return "'tile_fixed_share' must be in [0, 1]";
+  if (bad(t.indexElementS, 0, 1e-3))
+    return "'index_element_s' must be in [0, 1e-3] seconds (0: derived)";
   if (bad(t.tensorFlops, 0, 1e18) || bad(t.memoryBandwidth, 0, 1e15) ||
       bad(t.efficiency, 0, 1))
     return "'tensor_flops', 'memory_bandwidth' and 'efficiency' must be "
@@ -198,6 +202,7 @@ bool loadTarget(const std::string &nameOrPath, Target &out,
   num("tensor_flops", t.tensorFlops, false);
   num("memory_bandwidth", t.memoryBandwidth, false);
   num("efficiency", t.efficiency, false);
+  num("index_element_s", t.indexElementS, false);
   if (!missing.empty()) {
     error = "target file " + nameOrPath + " lacks (or mistypes) " + missing;
     return false;
@@ -230,7 +235,8 @@ std::string targetToJson(const Target &t) {
                        {"tile_fixed_share", t.tileFixedShare},
                        {"tensor_flops", t.tensorFlops},
                        {"memory_bandwidth", t.memoryBandwidth},
-                       {"efficiency", t.efficiency}};
+                       {"efficiency", t.efficiency},
+                       {"index_element_s", t.indexElementS}};
   std::string text;
   llvm::raw_string_ostream os(text);
   os << llvm::formatv("{0:2}", llvm::json::Value(std::move(o))) << "\n";
@@ -281,6 +287,15 @@ void countTiles(const k::ProgramRuns &runs, int64_t head, int64_t numHeads,
 
 bool predictLayer(const Target &target,
                   const std::vector<schedule::HeadGroup> &groups,
+                  int64_t numHeads, int64_t nq, int64_t nk, int64_t batch,
+                  int64_t headDim, LayerCost &out, std::string &error) {
+  return predictLayer(target, groups, {}, numHeads, nq, nk, batch, headDim,
+                      out, error);
+}
+
+bool predictLayer(const Target &target,
+                  const std::vector<schedule::HeadGroup> &groups,
+                  const std::vector<DynamicHeadGroup> &dynamicGroups,
                   int64_t numHeads, int64_t nq, int64_t nk, int64_t batch,
                   int64_t headDim, LayerCost &out, std::string &error) {
   constexpr int64_t kMaxLen = int64_t(1) << 40;
@@ -346,6 +361,115 @@ bool predictLayer(const Target &target,
     out.groups.push_back(gc);
   }
 
+  // Dynamic groups: attention items estimated from the budgets, index work
+  // spread over every slot before the attention.
+  const double element =
+      target.indexElementS > 0
+          ? target.indexElementS
+          : target.rowBlockS / (2.0 * 64 * double(target.headDim));
+  double indexWork = 0;
+  int64_t indexLaunches = 0;
+  auto ceilDiv = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  for (const DynamicHeadGroup &g : dynamicGroups) {
+    GroupCost gc;
+    gc.heads = int64_t(g.heads.size());
+    gc.estimated = true;
+    ++numGroups;
+    const kernel::DynArgs &a = g.leaf;
+    auto tilesOf = [&](const s::Pattern &p, int64_t head,
+                       std::vector<int64_t> &f, std::vector<int64_t> &pt) {
+      schedule::Program program;
+      if (!schedule::lowerPattern(p, program, error))
+        return false;
+      k::ProgramRuns runs(program.nodes.data(), int64_t(program.nodes.size()),
+                          program.data.data());
+      countTiles(runs, head, numHeads, nq, nk, bq, bk, f, pt);
+      return true;
+    };
+    // Index work of one head (one slot's time): score tiles (Q K^T only,
+    // half a full tile) and element passes.
+    double qkTiles = 0, elements = 0;
+    if (a.family == kernel::kVerticalSlash) {
+      int64_t L = std::min<int64_t>(a.lastQ, nq);
+      qkTiles = double(ceilDiv(L, 64) * ceilDiv(nk, 64));
+      elements = double(nk) * double(5 * L + 70);
+    } else if (a.family == kernel::kBlockTopk) {
+      int64_t tqb = ceilDiv(nq, a.block), tkb = ceilDiv(nk, a.block);
+      qkTiles = double(tqb) * double(tkb) / 4096.0;
+      elements = double(nq + nk) * double(headDim) +
+                 double(tqb) * double(tkb) * 70.0;
+    } else {
+      qkTiles = double(nk * (a.iterations + 1) + nq) * double(a.clusters) /
+                4096.0;
+      elements = double(a.iterations * a.clusters * nk) +
+                 double(nq + nk) * 130.0;
+    }
+    const double headIndex = 0.5 * qkTiles * full + elements * element;
+    for (size_t i = 0; i < g.heads.size(); ++i) {
+      const int64_t head = g.heads[i];
+      std::vector<int64_t> f, p, wf, wp;
+      std::vector<double> items;
+      if (a.family == kernel::kVerticalSlash) {
+        // The kept diagonals as the `slash` nearest the query, within
+        // `with`, the columns gathered; plus `without`'s runs.
+        s::Pattern est{s::Union{
+            {s::Pattern{s::Intersect{
+                 {g.with, s::Pattern{s::Window{std::max<int64_t>(
+                                                   0, a.slash - 1),
+                                               0}}}}},
+             g.without}}};
+        if (!tilesOf(est, head, f, p))
+          return false;
+        const int64_t gathered = ceilDiv(std::min<int64_t>(a.vertical, nk), bk);
+        for (int64_t qb = 0; qb < tq; ++qb)
+          p[size_t(qb)] += gathered;
+      } else if (a.family == kernel::kBlockTopk) {
+        // `kept` key blocks (of block / 64 tiles each) within `with`.
+        int64_t tkb = ceilDiv(nk, a.block);
+        int64_t kept = a.topK > 0 ? a.topK : (a.maxBlocks > 0 ? a.maxBlocks
+                                                                : tkb);
+        int64_t perBlock = ceilDiv(a.block, bk);
+        if (!tilesOf(g.with, head, wf, wp) || !tilesOf(g.without, head, f, p))
+          return false;
+        for (int64_t qb = 0; qb < tq; ++qb) {
+          int64_t cap = std::min(kept, tkb) * perBlock;
+          int64_t full_ = std::min(cap, wf[size_t(qb)]);
+          int64_t part = std::min(cap - full_, wp[size_t(qb)]);
+          f[size_t(qb)] += full_;
+          p[size_t(qb)] += part;
+        }
+      } else {
+        // Balanced clusters: routingTiles query tiles, each over its
+        // cluster's keys; then `without`'s runs when merging.
+        f.assign(size_t(tq), 0);
+        p.assign(size_t(tq), 0);
+        if (a.merge && !tilesOf(g.without, head, f, p))
+          return false;
+        int64_t segTiles = tq + std::min<int64_t>(a.clusters, nq);
+        int64_t keyTiles = ceilDiv(ceilDiv(nk, a.clusters), bk);
+        for (int64_t t = 0; t < segTiles; ++t) {
+          items.push_back(row + double(keyTiles) * partial);
+          gc.partialTiles += keyTiles * batch;
+        }
+      }
+      for (int64_t qb = 0; qb < tq; ++qb) {
+        if (a.family == kernel::kRouting && !a.merge)
+          break;
+        items.push_back(row + double(f[size_t(qb)]) * full +
+                        double(p[size_t(qb)]) * partial);
+        gc.fullTiles += f[size_t(qb)] * batch;
+        gc.partialTiles += p[size_t(qb)] * batch;
+      }
+      for (double c : items)
+        gc.workS += c * double(batch);
+      gc.indexS += headIndex * double(batch);
+      headItems.push_back(std::move(items));
+    }
+    indexWork += gc.indexS;
+    indexLaunches += kernel::dynLaunchCount(a);
+    out.groups.push_back(gc);
+  }
+
   // List scheduling in launch order over units x slots identical slots.
   int64_t slots = target.units * target.slotsPerUnit;
   std::priority_queue<double, std::vector<double>, std::greater<double>> free;
@@ -362,7 +486,12 @@ bool predictLayer(const Target &target,
         out.workS += c;
         ++out.items;
       }
-  out.seconds = end + target.launchS + target.groupS * double(numGroups);
+  // The index kernels run before the attention, over every slot.
+  const double indexS =
+      indexWork / double(slots) + double(indexLaunches) * target.launchS;
+  out.workS += indexWork;
+  out.seconds =
+      end + indexS + target.launchS + target.groupS * double(numGroups);
   return true;
 }
 

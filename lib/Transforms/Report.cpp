@@ -26,6 +26,46 @@ using namespace tessera::attn;
 
 namespace {
 
+/// A dynamic pattern as the cost model takes it: the leaf's parameters and
+/// the pattern with the leaf read as dense and as skip.
+bool dynamicGroup(PatternAttrInterface pattern, cost::DynamicHeadGroup &g,
+                  std::string &why) {
+  semantics::DynamicSplit split;
+  if (!semantics::splitDynamic(pattern, split, why))
+    return false;
+  g.with = std::move(split.with);
+  g.without = std::move(split.without);
+  kernel::DynArgs &a = g.leaf;
+  if (auto vs = llvm::dyn_cast<VerticalSlashAttr>(split.leaf)) {
+    a.family = kernel::kVerticalSlash;
+    a.lastQ = vs.getLastQ();
+    a.vertical = std::max(vs.getVertical(), vs.getFirstColumns());
+    a.slash = std::max(vs.getSlash(), vs.getLastDiagonals());
+  } else if (auto bt = llvm::dyn_cast<BlockTopkAttr>(split.leaf)) {
+    if (bt.getTau().value != 0) {
+      why = "block_topk with tau > 0 (FlexPrefill's per-head choice) is not "
+            "modelled";
+      return false;
+    }
+    a.family = kernel::kBlockTopk;
+    a.block = bt.getBlock();
+    a.topK = bt.getTopK();
+    a.minBlocks = bt.getMinBlocks();
+    a.maxBlocks = bt.getMaxBlocks();
+  } else {
+    auto rt = llvm::cast<RoutingAttr>(split.leaf);
+    a.family = kernel::kRouting;
+    a.clusters = rt.getClusters();
+    a.iterations = rt.getKmeansIterations();
+    a.merge = split.required ? 0 : 1;
+  }
+  return true;
+}
+
+} // namespace
+
+namespace {
+
 /// Exact counting visits Nq * Nk pairs per distinct pattern; keep it bounded.
 constexpr int64_t kMaxPairs = int64_t(1) << 28;
 
@@ -109,32 +149,49 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
       for (auto layer : model.getBody().front().getOps<LayerOp>()) {
         progress.step(done++, fmt::format("layer {}", layer.getIndex()));
         std::vector<schedule::HeadGroup> groups;
-        std::vector<HeadsOp> ops;
+        std::vector<cost::DynamicHeadGroup> dynamicGroups;
+        std::vector<HeadsOp> ops, dynamicOps;
         for (auto heads : layer.getBody().front().getOps<HeadsOp>()) {
-          if (!heads.getPattern().isStatic())
-            return mlir::emitError(heads.getLoc())
-                   << "attn-report: the cost model prices static patterns "
-                      "only; head "
-                   << heads.getHeads().front() << " has a dynamic one";
+          std::vector<int64_t> list(heads.getHeads().begin(),
+                                    heads.getHeads().end());
+          if (!heads.getPattern().isStatic()) {
+            cost::DynamicHeadGroup g;
+            std::string why;
+            if (!dynamicGroup(heads.getPattern(), g, why))
+              return mlir::emitError(heads.getLoc())
+                     << "attn-report: head " << list.front() << ": " << why;
+            g.heads = std::move(list);
+            dynamicGroups.push_back(std::move(g));
+            dynamicOps.push_back(heads);
+            continue;
+          }
           groups.push_back({semantics::fromAttr(heads.getPattern()),
-                            std::vector<int64_t>(heads.getHeads().begin(),
-                                                 heads.getHeads().end())});
+                            std::move(list)});
           ops.push_back(heads);
         }
+        ops.insert(ops.end(), dynamicOps.begin(), dynamicOps.end());
         cost::LayerCost sparse, dense;
         std::string error;
-        if (!cost::predictLayer(t, groups, layer.getNumHeads(), nq, nk, batch,
-                                layer.getHeadDim(), sparse, error) ||
+        if (!cost::predictLayer(t, groups, dynamicGroups, layer.getNumHeads(),
+                                nq, nk, batch, layer.getHeadDim(), sparse,
+                                error) ||
             !cost::predictDense(t, layer.getNumHeads(), nq, nk, batch,
                                 layer.getHeadDim(), dense, error))
           return mlir::emitError(layer.getLoc()) << "attn-report: " << error;
         for (size_t i = 0; i < ops.size(); ++i) {
           const cost::GroupCost &g = sparse.groups[i];
+          // Dynamic groups: tiles estimated from the budgets ("~"), and the
+          // index kernels' work.
+          std::string mark = g.estimated ? "~" : "";
           os << fmt::format(
-              "{:>5}  {:>10}  {:>10}  {:>12.3f}  {:>5}  {} [{}]\n",
-              layer.getIndex(), g.fullTiles, g.partialTiles, 1e3 * g.workS,
-              g.heads, llvm::to_string(ops[i].getPattern()),
-              formatHeads(ops[i].getHeads()));
+              "{:>5}  {:>10}  {:>10}  {:>12.3f}  {:>5}  {} [{}]{}\n",
+              layer.getIndex(), mark + std::to_string(g.fullTiles),
+              mark + std::to_string(g.partialTiles),
+              1e3 * (g.workS + g.indexS), g.heads,
+              llvm::to_string(ops[i].getPattern()),
+              formatHeads(ops[i].getHeads()),
+              g.estimated ? fmt::format("  (index {:.3f} ms)", 1e3 * g.indexS)
+                          : std::string());
         }
         os << fmt::format("layer {}: predicted {:.3f} ms, dense {:.3f} ms "
                           "({:.2f}x)\n",

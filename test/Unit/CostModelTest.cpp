@@ -248,3 +248,65 @@ TEST(CostModel, BadShapesAreRefused) {
 }
 
 } // namespace
+
+/// Dynamic groups priced from their budgets, by hand (docs/cost-model.md).
+TEST(CostModel, DynamicGroupsFromTheirBudgets) {
+  cost::Target t = toy();
+  t.units = 1;               // one slot: times add up
+  t.indexElementS = 1e-6;    // 0.001 ms per index element
+  cost::LayerCost c;
+  std::string error;
+  // intersect<causal, vertical_slash<last_q = 4, vertical = 4, slash = 4>>
+  // at Nq = Nk = 8 in 4 x 4 tiles: the slash budget as the window d in
+  // [-3, 0] within causal is partial in tile (0,0), (1,0) and (1,1); one
+  // gathered tile of columns per query block: items 0.5 + 2 * 2 and
+  // 0.5 + 3 * 2 = 11. Index: one score tile at half a full tile (0.5) and
+  // 8 * (5 * 4 + 70) = 720 elements (0.72); 5 launches (50).
+  cost::DynamicHeadGroup vs;
+  vs.leaf.family = kernel::kVerticalSlash;
+  vs.leaf.lastQ = 4;
+  vs.leaf.vertical = 4;
+  vs.leaf.slash = 4;
+  vs.with = s::Pattern{s::Intersect{{causal(), dense()}}};
+  vs.without = s::Pattern{s::Intersect{{causal(), s::Pattern{s::Skip{}}}}};
+  vs.heads = {0};
+  ASSERT_TRUE(cost::predictLayer(t, {}, {vs}, 1, 8, 8, 1, 64, c, error))
+      << error;
+  ASSERT_EQ(c.groups.size(), 1u);
+  EXPECT_TRUE(c.groups[0].estimated);
+  EXPECT_EQ(c.groups[0].fullTiles, 0);
+  EXPECT_EQ(c.groups[0].partialTiles, 5);
+  EXPECT_NEAR(c.groups[0].indexS / kMs, 1.22, 1e-9);
+  EXPECT_NEAR(c.seconds / kMs, 11 + 1.22 + 50 + 10 + 3, 1e-9);
+
+  // intersect<causal, routing<clusters = 2>>: balanced clusters, 2 + 2
+  // query tiles of one partial key tile each (2.5 each); index: (8 + 8)
+  // dot products with 2 centroids (32 / 4096 of a score tile, half a full
+  // tile each) and 16 * 130 sort elements; 5 launches.
+  cost::DynamicHeadGroup rt;
+  rt.leaf.family = kernel::kRouting;
+  rt.leaf.clusters = 2;
+  rt.with = vs.with;
+  rt.without = vs.without;
+  rt.heads = {0};
+  ASSERT_TRUE(cost::predictLayer(t, {}, {rt}, 1, 8, 8, 1, 64, c, error))
+      << error;
+  double index = 0.5 * 32.0 / 4096.0 + 2.08;
+  EXPECT_EQ(c.groups[0].partialTiles, 4);
+  EXPECT_NEAR(c.groups[0].indexS / kMs, index, 1e-9);
+  EXPECT_NEAR(c.seconds / kMs, 4 * 2.5 + index + 50 + 10 + 3, 1e-9);
+
+  // A target file keeps the field (written and read back); a negative one
+  // is refused.
+  char path[] = "/tmp/tessera-target-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  std::ofstream(path) << cost::targetToJson(t);
+  cost::Target back;
+  ASSERT_TRUE(cost::loadTarget(path, back, error)) << error;
+  std::remove(path);
+  EXPECT_DOUBLE_EQ(back.indexElementS, t.indexElementS);
+  t.indexElementS = -1;
+  EXPECT_NE(cost::validateTarget(t), "");
+}

@@ -57,5 +57,5 @@ attn.model @dynamic {
 // REPORT: 0        dynamic      1  #attn.vertical_slash<last_q = 64, vertical = 1000, slash = 6096> [0]
 // REPORT: 0         50.78%      1  #attn.causal [7]
 // REPORT: mean density over 1 heads: 50.78%
-// COST: error: attn-report: the cost model prices static patterns only; head 0 has a dynamic one
+// COST: error: attn-report: head 3: block_topk with tau > 0 (FlexPrefill's per-head choice) is not modelled
 // VIZ: attn-viz: error: head 1 has a dynamic pattern (its keys depend on the input); attn-viz draws static patterns only

@@ -23,6 +23,8 @@
 #define TESSERA_COST_COSTMODEL_H
 
 #include "tessera/Schedule/Lower.h"
+#include "tessera/kernel/Program.h"
+#include "tessera/kernel/DynamicArgs.h"
 
 #include <cstdint>
 #include <string>
@@ -48,6 +50,10 @@ struct Target {
   double tensorFlops = 0;     ///< dense fp16/bf16 tensor rate, FLOP/s
   double memoryBandwidth = 0; ///< bytes/s
   double efficiency = 0;      ///< assumed share of the tensor rate reached
+  /// One element of the dynamic patterns' index passes (a score read and
+  /// updated, a sum, a comparison) on one slot; 0: derived from rowBlockS
+  /// (a row block moves 2 x 64 x head_dim elements).
+  double indexElementS = 0;
 };
 
 /// The built-in targets: "a100", "h100", "h200" (published specifications,
@@ -66,6 +72,8 @@ std::string targetToJson(const Target &t);
 
 struct GroupCost {
   int64_t heads = 0;
+  bool estimated = false;  ///< a dynamic group: tiles from its budgets
+  double indexS = 0;       ///< its index kernels' work (one slot's time)
   int64_t fullTiles = 0, partialTiles = 0; ///< over all its heads and batch
   double workS = 0; ///< the group's items summed (one slot's time)
 };
@@ -87,6 +95,30 @@ bool predictLayer(const Target &target,
                   int64_t headDim, LayerCost &out, std::string &error);
 
 /// The same layer with every head dense.
+/// A dynamic head group: its leaf's family and parameters (DynArgs' fields)
+/// and its pattern with the leaf read as dense (`with`) and as skip
+/// (`without`), as semantics::splitDynamic gives them.
+struct DynamicHeadGroup {
+  kernel::DynArgs leaf{};
+  semantics::Pattern with, without;
+  std::vector<int64_t> heads;
+};
+
+/// predictLayer with dynamic groups too (after the static ones in `groups`
+/// of the result). Their tiles are estimated from the budgets, not known
+/// before the input (docs/cost-model.md, "Dynamic patterns"): vertical-slash
+/// as its `slash` diagonals next to the query (a window, intersected with
+/// `with`) plus `vertical` gathered columns per query block; block top-k as
+/// top_k (else max_blocks, else every) key blocks per query block within
+/// `with`; routing as balanced clusters; plus the static runs of `without`.
+/// Their index kernels' work (score tiles at half a full tile, element
+/// passes at indexElementS) runs on all slots before the attention.
+bool predictLayer(const Target &target,
+                  const std::vector<schedule::HeadGroup> &groups,
+                  const std::vector<DynamicHeadGroup> &dynamicGroups,
+                  int64_t numHeads, int64_t nq, int64_t nk, int64_t batch,
+                  int64_t headDim, LayerCost &out, std::string &error);
+
 bool predictDense(const Target &target, int64_t numHeads, int64_t nq,
                   int64_t nk, int64_t batch, int64_t headDim, LayerCost &out,
                   std::string &error);

@@ -1,6 +1,7 @@
 //===- Report.cpp - print each head group's pattern and density -----------===//
 
 #include "tessera/Cost/CostModel.h"
+#include "tessera/Transforms/DynamicCost.h"
 #include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/Semantics/FromAttr.h"
 #include "tessera/Support/Progress.h"
@@ -23,46 +24,6 @@ namespace tessera {
 using namespace mlir;
 using namespace tessera;
 using namespace tessera::attn;
-
-namespace {
-
-/// A dynamic pattern as the cost model takes it: the leaf's parameters and
-/// the pattern with the leaf read as dense and as skip.
-bool dynamicGroup(PatternAttrInterface pattern, cost::DynamicHeadGroup &g,
-                  std::string &why) {
-  semantics::DynamicSplit split;
-  if (!semantics::splitDynamic(pattern, split, why))
-    return false;
-  g.with = std::move(split.with);
-  g.without = std::move(split.without);
-  kernel::DynArgs &a = g.leaf;
-  if (auto vs = llvm::dyn_cast<VerticalSlashAttr>(split.leaf)) {
-    a.family = kernel::kVerticalSlash;
-    a.lastQ = vs.getLastQ();
-    a.vertical = std::max(vs.getVertical(), vs.getFirstColumns());
-    a.slash = std::max(vs.getSlash(), vs.getLastDiagonals());
-  } else if (auto bt = llvm::dyn_cast<BlockTopkAttr>(split.leaf)) {
-    if (bt.getTau().value != 0) {
-      why = "block_topk with tau > 0 (FlexPrefill's per-head choice) is not "
-            "modelled";
-      return false;
-    }
-    a.family = kernel::kBlockTopk;
-    a.block = bt.getBlock();
-    a.topK = bt.getTopK();
-    a.minBlocks = bt.getMinBlocks();
-    a.maxBlocks = bt.getMaxBlocks();
-  } else {
-    auto rt = llvm::cast<RoutingAttr>(split.leaf);
-    a.family = kernel::kRouting;
-    a.clusters = rt.getClusters();
-    a.iterations = rt.getKmeansIterations();
-    a.merge = split.required ? 0 : 1;
-  }
-  return true;
-}
-
-} // namespace
 
 namespace {
 
@@ -157,7 +118,7 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
           if (!heads.getPattern().isStatic()) {
             cost::DynamicHeadGroup g;
             std::string why;
-            if (!dynamicGroup(heads.getPattern(), g, why))
+            if (!dynamicCostGroup(heads.getPattern(), g, why))
               return mlir::emitError(heads.getLoc())
                      << "attn-report: head " << list.front() << ": " << why;
             g.heads = std::move(list);

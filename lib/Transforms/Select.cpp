@@ -9,6 +9,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "tessera/Cost/CostModel.h"
+#include "tessera/Transforms/DynamicCost.h"
 #include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/Semantics/FromAttr.h"
 #include "tessera/Transforms/Passes.h"
@@ -106,18 +107,28 @@ LogicalResult loadCalibration(MLIRContext *ctx, Operation *where,
   if (!ref)
     return fail("needs the 'reference' pattern recall is measured against");
   out.reference = ref->str();
+  // Candidates may be dynamic (priced from their budgets); the reference
+  // recall is measured against is static.
   auto parsePattern = [&](const std::string &text, PatternAttrInterface &p,
-                          const llvm::Twine &what) -> LogicalResult {
+                          const llvm::Twine &what,
+                          bool dynamicOk) -> LogicalResult {
     size_t read = 0;
     Attribute attr = parseAttribute(text, ctx, Type(), &read);
     p = llvm::dyn_cast_or_null<PatternAttrInterface>(attr);
     if (!p || read != text.size())
       return fail(what + " '" + text + "' is not an attn pattern");
-    if (!p.isStatic())
-      return fail(what + " '" + text + "' is not a static pattern");
+    if (!p.isStatic()) {
+      if (!dynamicOk)
+        return fail(what + " '" + text + "' is not a static pattern");
+      cost::DynamicHeadGroup g;
+      std::string why;
+      if (!dynamicCostGroup(p, g, why))
+        return fail(what + " '" + text + "': " + why);
+    }
     return success();
   };
-  if (failed(parsePattern(out.reference, out.referencePattern, "reference")))
+  if (failed(parsePattern(out.reference, out.referencePattern, "reference",
+                          false)))
     return failure();
   const llvm::json::Array *layers = root->getArray("layers");
   if (!layers || layers->empty())
@@ -159,7 +170,7 @@ LogicalResult loadCalibration(MLIRContext *ctx, Operation *where,
       c.text = text->str();
       if (!seen.insert(c.text).second)
         return fail(where + "candidate '" + c.text + "' appears twice");
-      if (failed(parsePattern(c.text, c.pattern, where + "candidate")))
+      if (failed(parsePattern(c.text, c.pattern, where + "candidate", true)))
         return failure();
       std::string problem = readNumbers(*co, "recall", *heads, true, c.recall);
       if (problem.empty())
@@ -246,12 +257,14 @@ struct AttnSelectPass : tessera::impl::AttnSelectBase<AttnSelectPass> {
   FailureOr<cost::LayerCost> predict(LayerOp layer, const CalibratedLayer &cl,
                                      const Assignment &a) {
     std::vector<schedule::HeadGroup> groups;
-    for (auto &[p, heads] : groupsOf(cl, a))
-      groups.push_back({semantics::fromAttr(p), heads});
-    cost::LayerCost c;
+    std::vector<cost::DynamicHeadGroup> dynamics;
     std::string error;
-    if (!cost::predictLayer(costTarget, groups, layer.getNumHeads(), length,
-                            length, batch, layer.getHeadDim(), c, error))
+    if (!costGroups(groupsOf(cl, a), groups, dynamics, error))
+      return mlir::emitError(layer.getLoc()) << "attn-select: " << error;
+    cost::LayerCost c;
+    if (!cost::predictLayer(costTarget, groups, dynamics, layer.getNumHeads(),
+                            length, length, batch, layer.getHeadDim(), c,
+                            error))
       return mlir::emitError(layer.getLoc()) << "attn-select: " << error;
     return c;
   }

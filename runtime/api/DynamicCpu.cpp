@@ -109,29 +109,48 @@ void storeHead(const cpu::LayerArgs &args, int64_t b, int64_t h,
   }
 }
 
-/// What a program allows, where it is one of the two shapes the fast paths
-/// take: every pair, causal pairs, or something else.
-enum class Shape { All, Causal, Other };
+/// What a program allows, where it is one of the shapes the fast paths
+/// take: nothing, every pair, causal pairs; or something else. Combinators
+/// fold (an intersection with nothing allows nothing, and so on), so that
+/// the programs of `with` and `without` as lowered (e.g. intersect<causal,
+/// skip>) are recognised.
+enum class Shape { None, All, Causal, Other };
 Shape shapeOf(const k::ProgramArrays &p) {
   std::vector<Shape> stack;
   for (const k::Node &n : p.nodes) {
     if (n.kind == k::kAll) {
       stack.push_back(Shape::All);
+    } else if (n.kind == k::kNone) {
+      stack.push_back(Shape::None);
     } else if (n.kind == k::kBand && n.axis == k::kAxisD &&
                n.a == -k::kUnbounded && n.b == 0) {
       stack.push_back(Shape::Causal);
-    } else if (n.kind == k::kIntersect &&
-               n.axis <= static_cast<k::i64>(stack.size())) {
-      Shape s = Shape::All;
-      for (k::i64 i = 0; i < n.axis; ++i) {
-        Shape c = stack.back();
-        stack.pop_back();
-        if (c == Shape::Other || s == Shape::Other)
-          s = Shape::Other;
-        else if (c == Shape::Causal)
-          s = Shape::Causal;
+    } else if (n.kind >= k::kUnion && n.kind <= k::kDifference &&
+               n.axis >= 1 && n.axis <= static_cast<k::i64>(stack.size())) {
+      std::vector<Shape> parts(stack.end() - n.axis, stack.end());
+      stack.resize(stack.size() - size_t(n.axis));
+      auto any = [&](Shape s) {
+        return std::find(parts.begin(), parts.end(), s) != parts.end();
+      };
+      Shape r = Shape::Other;
+      if (n.kind == k::kIntersect) {
+        r = any(Shape::None)    ? Shape::None
+            : any(Shape::Other) ? Shape::Other
+            : any(Shape::Causal) ? Shape::Causal
+                                 : Shape::All;
+      } else if (n.kind == k::kUnion) {
+        bool allNone = std::all_of(parts.begin(), parts.end(),
+                                   [](Shape s) { return s == Shape::None; });
+        r = allNone             ? Shape::None
+            : any(Shape::All)   ? Shape::All
+            : any(Shape::Other) ? Shape::Other
+                                : Shape::Causal;
+      } else if (parts.size() == 2) { // difference
+        r = parts[0] == Shape::None || parts[1] == Shape::All ? Shape::None
+            : parts[1] == Shape::None                         ? parts[0]
+                                                              : Shape::Other;
       }
-      stack.push_back(s);
+      stack.push_back(r);
     } else {
       return Shape::Other;
     }
@@ -140,7 +159,7 @@ Shape shapeOf(const k::ProgramArrays &p) {
 }
 
 bool allowsNothing(const k::ProgramArrays &p) {
-  return p.nodes.size() == 1 && p.nodes[0].kind == k::kNone;
+  return shapeOf(p) == Shape::None;
 }
 
 k::Node combinator(k::i64 kind, k::i64 arity) {
@@ -175,7 +194,7 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
           members[size_t(index.keyCluster[size_t(key)])].push_back(key);
         const bool withoutNone = allowsNothing(g.without);
         const Shape with = shapeOf(g.with);
-        if (withoutNone && with != Shape::Other) {
+        if (withoutNone && (with == Shape::All || with == Shape::Causal)) {
           // Alone or with causality: by segments (tokens permuted by
           // cluster, tiles within a segment, the inverse permutation).
           std::vector<float> out(static_cast<size_t>(nq * d));
@@ -225,7 +244,8 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
         cpu::VerticalSlashIndex index =
             cpu::buildVerticalSlash(qr, kr, d, scale, vp);
         const Shape with = shapeOf(g.with);
-        if (allowsNothing(g.without) && with != Shape::Other) {
+        if (allowsNothing(g.without) &&
+            (with == Shape::All || with == Shape::Causal)) {
           // Alone or with causality: the diagonals' key ranges in
           // contiguous tiles, the other columns gathered.
           std::vector<float> vf = headRows(args.v, b, h / ratio);

@@ -5,14 +5,13 @@
 //   allowed = (leaf and with) or (not leaf and without)
 // (the manifest's programs). Vertical-slash and block top-k indices are
 // specialised to static patterns (tessera/Schedule/Specialize.h) and the
-// whole expression runs through the block-schedule executor as one
-// program, except where the leaf is alone or intersected with causal:
-// vertical-slash then attends in contiguous and gathered tiles, routing by
-// segments (the library's fast paths); block top-k where Nk - Nq is a multiple of its block: its query
-// blocks are of q, a block_sparse pattern's of the position p = q + Nk -
-// Nq); routing, and block top-k otherwise, attend each query row to its
-// keys: the cluster's (every key where `without` allows some), the kept
-// blocks' and those `without` allows.
+// whole expression runs through the block-schedule executor as one program
+// (vertical-slash always; block top-k where Nk - Nq is a multiple of its
+// block: its query blocks are of q, a block_sparse pattern's of the
+// position p = q + Nk - Nq). Routing alone or with causality attends by
+// segments (the library's fast path); routing otherwise, and block top-k
+// where its blocks do not fall on position blocks, attend each query row to
+// its keys.
 //
 //===----------------------------------------------------------------------===//
 
@@ -243,22 +242,9 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
         vp.lastDiagonals = a.lastDiagonals;
         cpu::VerticalSlashIndex index =
             cpu::buildVerticalSlash(qr, kr, d, scale, vp);
-        const Shape with = shapeOf(g.with);
-        if (allowsNothing(g.without) &&
-            (with == Shape::All || with == Shape::Causal)) {
-          // Alone or with causality: the diagonals' key ranges in
-          // contiguous tiles, the other columns gathered.
-          std::vector<float> vf = headRows(args.v, b, h / ratio);
-          cpu::Rows vr{vf.data(), nk, d};
-          std::vector<float> out(static_cast<size_t>(nq * d));
-          std::vector<float> lse(static_cast<size_t>(nq));
-          cpu::attendVerticalSlashTiled(qr, kr, vr, out.data(), d, lse.data(),
-                                        d, scale, index,
-                                        with == Shape::Causal, 64,
-                                        args.numThreads);
-          storeHead(args, b, h, numHeads, out, lse);
-          continue;
-        }
+        // (The library's contiguous-and-gathered tiles were slower than
+        // the executor over the specialised pattern through the runtime:
+        // bench/dynamic_runtime.py, PERFORMANCE.md.)
         leaf = schedule::verticalSlashPattern(index.columns, index.diagonals);
       } else {
         std::vector<std::vector<int64_t>> lists =

@@ -406,6 +406,40 @@ __device__ __forceinline__ void stageQueries(DynWalk<E, D> &w, const u16 *qBase,
   flashInit<D>(w.acc);
 }
 
+/// One contiguous key tile [k0, k0 + count) of this query block, its
+/// elements kept where elem(h, c) holds (h the row half, c the column).
+template <int E, int D, class Elem>
+__device__ __forceinline__ void walkContiguous(DynWalk<E, D> &w, i64 k0,
+                                               int count, Elem elem) {
+  contiguousKeys<D>(*w.sh, k0, count);
+  walkTile<E, D>(w, count, true, [&]() {
+    return elementBits(w.c2, [&](int h, int c) {
+      return c < count && elem(h, c);
+    });
+  });
+}
+
+/// The key tiles of the static runs of generated pattern `id` for this
+/// query block: per tile, prepare(k0) (false: skip the tile), then
+/// walkContiguous with elem(h, c, k0).
+template <int E, int D, class Pats, class Prepare, class Elem>
+__device__ __forceinline__ void walkRuns(DynWalk<E, D> &w, const RunCtx &ctx,
+                                         i64 id, Prepare prepare, Elem elem) {
+  for (i64 next = 0;;) {
+    const Run run = Pats::runFrom(id, ctx, next);
+    if (!isRun(run))
+      break;
+    next = run.hi + 1;
+    for (i64 kb = run.lo; kb <= run.hi; ++kb) {
+      const i64 k0 = kb * 64;
+      if (!prepare(k0))
+        continue;
+      walkContiguous<E, D>(w, k0, (int)minI(64, w.p->nk - k0),
+                           [&](int h, int c) { return elem(h, c, k0); });
+    }
+  }
+}
+
 //===----------------------------------------------------------------------===//
 // vertical_slash
 //===----------------------------------------------------------------------===//
@@ -632,16 +666,13 @@ __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
     const i64 lo = maxI(0, p0 + groups[2 * gi]);
     const i64 hi = minI(p.nk - 1, p1 + groups[2 * gi + 1]);
     for (i64 k0 = lo; k0 <= hi; k0 += 64) {
-      const int count = (int)minI(64, hi + 1 - k0);
       const i64 dlo = flags(k0);
-      contiguousKeys<D>(sh, k0, count);
-      walkTile<E, D>(w, count, true, [&]() {
-        return elementBits(w.c2, [&](int h, int c) {
-          const i64 pos = rowPos + 8 * h, k = k0 + c;
-          return c < count && pos <= rowLimit &&
-                 (sh.colFlag[c] || sh.diagFlag[k - pos - dlo]) &&
-                 Pats::allowed(withId, pos, k, head, nh);
-        });
+      walkContiguous<E, D>(w, k0, (int)minI(64, hi + 1 - k0), [&](int h,
+                                                                  int c) {
+        const i64 pos = rowPos + 8 * h, k = k0 + c;
+        return pos <= rowLimit &&
+               (sh.colFlag[c] || sh.diagFlag[k - pos - dlo]) &&
+               Pats::allowed(withId, pos, k, head, nh);
       });
     }
   }
@@ -700,26 +731,19 @@ __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
   // Walk 2: the pattern's static runs with the leaf read as skip, minus the
   // leaf's pairs.
   const RunCtx ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, head, nh);
-  for (i64 next = 0;;) {
-    const Run run = Pats::runFrom(withoutId, ctx, next);
-    if (!isRun(run))
-      break;
-    next = run.hi + 1;
-    for (i64 kb = run.lo; kb <= run.hi; ++kb) {
-      const i64 k0 = kb * 64;
-      const int count = (int)minI(64, p.nk - k0);
-      const i64 dlo = flags(k0);
-      contiguousKeys<D>(sh, k0, count);
-      walkTile<E, D>(w, count, true, [&]() {
-        return elementBits(w.c2, [&](int h, int c) {
-          const i64 pos = rowPos + 8 * h, k = k0 + c;
-          return c < count && pos <= rowLimit &&
-                 !(sh.colFlag[c] || sh.diagFlag[k - pos - dlo]) &&
-                 Pats::allowed(withoutId, pos, k, head, nh);
-        });
+  i64 dlo = 0;
+  walkRuns<E, D, Pats>(
+      w, ctx, withoutId,
+      [&](i64 k0) {
+        dlo = flags(k0);
+        return true;
+      },
+      [&](int h, int c, i64 k0) {
+        const i64 pos = rowPos + 8 * h, k = k0 + c;
+        return pos <= rowLimit &&
+               !(sh.colFlag[c] || sh.diagFlag[k - pos - dlo]) &&
+               Pats::allowed(withoutId, pos, k, head, nh);
       });
-    }
-  }
   const i64 qi0 = q0 + warp * 16 + lane / 4, qi1 = qi0 + 8;
   dynStore<E, D>(w, b, head, qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
 }
@@ -918,38 +942,21 @@ __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
   const i64 withId = g.withId, withoutId = g.withoutId;
   for (i64 j = 0; j < n; ++j)
     for (i64 k0 = list[j] * a.block;
-         k0 < minI((list[j] + 1) * a.block, p.nk); k0 += 64) {
-      const int count = (int)minI(64, p.nk - k0);
-      contiguousKeys<D>(sh, k0, count);
-      walkTile<E, D>(w, count, true, [&]() {
-        return elementBits(w.c2, [&](int h, int c) {
-          const i64 pos = rowPos + 8 * h;
-          return c < count && pos <= rowLimit &&
-                 Pats::allowed(withId, pos, k0 + c, head, nh);
-        });
+         k0 < minI((list[j] + 1) * a.block, p.nk); k0 += 64)
+      walkContiguous<E, D>(w, k0, (int)minI(64, p.nk - k0), [&](int h, int c) {
+        const i64 pos = rowPos + 8 * h;
+        return pos <= rowLimit && Pats::allowed(withId, pos, k0 + c, head, nh);
       });
-    }
   const RunCtx ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, head, nh);
-  for (i64 next = 0;;) {
-    const Run run = Pats::runFrom(withoutId, ctx, next);
-    if (!isRun(run))
-      break;
-    next = run.hi + 1;
-    for (i64 kb = run.lo; kb <= run.hi; ++kb) {
-      const i64 k0 = kb * 64;
-      if (sortedContains(list, n, k0 / a.block))
-        continue; // the leaf allows the whole tile: walked above
-      const int count = (int)minI(64, p.nk - k0);
-      contiguousKeys<D>(sh, k0, count);
-      walkTile<E, D>(w, count, true, [&]() {
-        return elementBits(w.c2, [&](int h, int c) {
-          const i64 pos = rowPos + 8 * h;
-          return c < count && pos <= rowLimit &&
-                 Pats::allowed(withoutId, pos, k0 + c, head, nh);
-        });
+  walkRuns<E, D, Pats>(
+      w, ctx, withoutId,
+      // A kept block's tiles are the leaf's entirely: walked above.
+      [&](i64 k0) { return !sortedContains(list, n, k0 / a.block); },
+      [&](int h, int c, i64 k0) {
+        const i64 pos = rowPos + 8 * h;
+        return pos <= rowLimit &&
+               Pats::allowed(withoutId, pos, k0 + c, head, nh);
       });
-    }
-  }
   const i64 qi0 = q0 + warp * 16 + lane / 4, qi1 = qi0 + 8;
   dynStore<E, D>(w, b, head, qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
 }
@@ -1215,25 +1222,14 @@ __device__ __forceinline__ void rtRest(const AttnParams &p, const DynArgs &a,
   const i64 qi0 = q0 + warp * 16 + lane / 4, qi1 = qi0 + 8;
   const int c0 = qi0 < p.nq ? qc[qi0] : -1, c1 = qi1 < p.nq ? qc[qi1] : -1;
   const RunCtx ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, head, p.numHeads);
-  for (i64 next = 0;;) {
-    const Run run = Pats::runFrom(g.withoutId, ctx, next);
-    if (!isRun(run))
-      break;
-    next = run.hi + 1;
-    for (i64 kb = run.lo; kb <= run.hi; ++kb) {
-      const i64 k0 = kb * 64;
-      const int count = (int)minI(64, p.nk - k0);
-      contiguousKeys<D>(sh, k0, count);
-      walkTile<E, D>(w, count, true, [&]() {
-        return elementBits(w.c2, [&](int h, int c) {
-          const int cq = h ? c1 : c0;
-          return c < count && cq >= 0 && kc[k0 + c] != cq &&
-                 Pats::allowed(g.withoutId, (h ? qi1 : qi0) + shift, k0 + c,
-                               head, p.numHeads);
-        });
+  walkRuns<E, D, Pats>(
+      w, ctx, g.withoutId, [](i64) { return true; },
+      [&](int h, int c, i64 k0) {
+        const int cq = h ? c1 : c0;
+        return cq >= 0 && kc[k0 + c] != cq &&
+               Pats::allowed(g.withoutId, (h ? qi1 : qi0) + shift, k0 + c,
+                             head, p.numHeads);
       });
-    }
-  }
   flashStoreMerged<E, D>(w.acc, p.o + b * p.oStrideB + head * p.oStrideH,
                          p.oStrideS,
                          p.lse ? p.lse + (b * p.numHeads + head) * p.nq

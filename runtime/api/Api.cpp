@@ -698,21 +698,11 @@ tessera_status tessera_attention_dynamic(
     args.scale = scale;
     if (std::string e = cpu::runLayer(l->table(), args); !e.empty())
       return fail(TESSERA_ERROR_INTERNAL, e);
-    // Dynamic groups: the routing groups read centroids with one stride of
-    // the largest cluster count.
+    // Dynamic groups; routing groups read the engine's centroids with the
+    // stride of the layer's largest cluster count.
     for (const DynamicGroupDesc &g : l->dynamicGroups) {
-      std::vector<float> packed;
-      const float *c = nullptr;
-      if (g.args.family == kernel::kRouting && g.args.iterations == 0) {
-        packed.resize(size_t(l->numHeads * g.args.clusters * l->headDim));
-        for (int64_t h = 0; h < l->numHeads; ++h)
-          std::copy(centroids + h * needClusters * l->headDim,
-                    centroids + (h * needClusters + g.args.clusters) *
-                                    l->headDim,
-                    packed.begin() + h * g.args.clusters * l->headDim);
-        c = packed.data();
-      }
-      if (std::string e = runDynamicGroupCpu(g, args, l->numHeads, c);
+      if (std::string e = runDynamicGroupCpu(g, args, l->numHeads, centroids,
+                                             needClusters);
           !e.empty())
         return fail(TESSERA_ERROR_INTERNAL, e);
     }

@@ -170,7 +170,8 @@ k::Node combinator(k::i64 kind, k::i64 arity) {
 std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
                                                  const cpu::LayerArgs &args,
                                                  int64_t numHeads,
-                                                 const float *centroids) {
+                                                 const float *centroids,
+                                                 int64_t centroidStride) {
   const k::DynArgs &a = g.args;
   const int64_t nq = args.q.seq, nk = args.k.seq, d = args.q.headDim;
   const int64_t ratio = numHeads / args.k.heads;
@@ -186,7 +187,7 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
         cpu::Rows vr{vf.data(), nk, d};
         cpu::RoutingIndex index = cpu::buildRouting(
             qr, kr, d, a.clusters, a.iterations,
-            a.iterations ? nullptr : centroids + h * a.clusters * d);
+            a.iterations ? nullptr : centroids + h * centroidStride * d);
         // Keys by cluster, in position order.
         std::vector<std::vector<int64_t>> members(size_t(a.clusters));
         for (int64_t key = 0; key < nk; ++key)

@@ -13,11 +13,12 @@ namespace tessera::runtime {
 
 /// Attention of the heads of dynamic group `g` (validated shapes in `args`,
 /// every batch): the index built per (batch, head) on the CPU, then
-/// attention over it. `centroids`: fp32 [numHeads][clusters][headDim] for
-/// routing with kmeans_iterations = 0, else unused. Returns "" or an error.
+/// attention over it. `centroids`: fp32 [numHeads][centroidStride][headDim]
+/// (head h's first `clusters` rows) for routing with kmeans_iterations = 0,
+/// else unused. Returns "" or an error.
 std::string runDynamicGroupCpu(const DynamicGroupDesc &g,
                                const cpu::LayerArgs &args, int64_t numHeads,
-                               const float *centroids);
+                               const float *centroids, int64_t centroidStride);
 
 } // namespace tessera::runtime
 

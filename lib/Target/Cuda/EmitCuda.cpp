@@ -66,11 +66,10 @@ json::Array toJson(llvm::ArrayRef<int64_t> values) {
 constexpr llvm::StringLiteral kDynamicHeadersMarker =
     "// @@TESSERA_DYNAMIC_HEADERS@@\n";
 
-/// The family and parameters of a dynamic group's leaf, or why a bundle
-/// cannot hold it.
+/// The family and parameters of a dynamic group's leaf (and the pattern's
+/// split around it), or why a bundle cannot hold it.
 bool describeDynamic(PatternAttrInterface pattern, json::Object &out,
-                     std::string &why) {
-  semantics::DynamicSplit split;
+                     semantics::DynamicSplit &split, std::string &why) {
   if (!semantics::splitDynamic(pattern, split, why))
     return false;
   if (auto vs = dyn_cast<VerticalSlashAttr>(split.leaf)) {
@@ -196,14 +195,13 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
         continue;
       std::string why;
       json::Object entry;
-      if (!describeDynamic(g.getPattern(), entry, why)) {
+      semantics::DynamicSplit split;
+      if (!describeDynamic(g.getPattern(), entry, split, why)) {
         fail("head group " + llvm::Twine(g.getId()) + " (heads from " +
              llvm::Twine(g.getHeads().front()) + "): " + why);
         dynamicOk = false;
         continue;
       }
-      semantics::DynamicSplit split;
-      semantics::splitDynamic(g.getPattern(), split, why);
       std::string key = llvm::to_string(g.getPattern());
       int64_t ids[2];
       for (int side = 0; side < 2; ++side) {
@@ -479,72 +477,55 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
                                        {"args", "(AttnParams, int layer)"}});
   }
 
-  // The kernels of the dynamic groups: thin wrappers over
-  // DynamicIndex.cuh with the bundle's tables.
+  // The kernels of the dynamic groups: thin wrappers over DynamicIndex.cuh
+  // with the bundle's tables, one per name of dynamicKernelNames (the
+  // bodies below are in the same launch order).
   std::set<std::string> dynEmitted;
-  auto dynKernel = [&](const std::string &name, const std::string &body,
-                       const std::string &kind) {
-    if (!dynEmitted.insert(name).second)
-      return;
-    // Two blocks per SM at least, up to 255 registers (ptxas otherwise aims at
-    // more blocks with fewer registers and spills on sm_90).
-    os << "TESSERA_EXTERN_C __global__ void __launch_bounds__("
-       << "128, 2" << ")\n"
-       << name
-       << "(tessera::kernel::AttnParams p, tessera::kernel::DynArgs a) {\n"
-       << "  using namespace tessera::kernel;\n"
-       << "  const DynGroupTable &g = bundle::dynTables[a.layer][a.group];\n"
-       << "  (void)g;\n"
-       << body << "}\n\n";
-    kernelsJson.push_back(json::Object{{"name", name},
-                                       {"kind", kind},
-                                       {"threads", 128},
-                                       {"args", "(AttnParams, DynArgs)"}});
-  };
   for (auto &[key, families] : dynFamilies) {
     const auto &[dt, d] = key;
     std::string E = dt == "f16" ? "kF16" : "kBF16";
     std::string ED = E + ", " + std::to_string(d);
-    std::string typed = "_" + dt, sized = typed + "_d" + std::to_string(d);
     std::string smem = "  __shared__ __align__(16) DynShared<" +
                        std::to_string(d) + "> sh;\n";
+    auto attend = [&](const char *fn) {
+      return smem + "  " + fn + "<" + ED + ", bundle::DynPats>(p, a, g, sh);\n";
+    };
     for (const std::string &f : families) {
-      if (f == "vertical_slash") {
-        dynKernel("tessera_vs_scores" + sized,
-                  "  vsScores<" + ED + ">(p, a, g);\n", "index");
-        dynKernel("tessera_vs_softmax", "  vsSoftmax(p, a);\n", "index");
-        dynKernel("tessera_vs_sums", "  vsSums(p, a);\n", "index");
-        dynKernel("tessera_vs_select", "  vsSelect(p, a);\n", "index");
-        dynKernel("tessera_vs_attend" + sized,
-                  smem + "  vsAttend<" + ED + ", bundle::DynPats>(p, a, g, sh);\n",
-                  "dynamic_attention");
-      } else if (f == "block_topk") {
-        dynKernel("tessera_bt_pool" + typed,
-                  "  btPool<" + E + ">(p, a, g);\n", "index");
-        dynKernel("tessera_bt_scores", "  btScores(p, a);\n", "index");
-        dynKernel("tessera_bt_take", "  btTake(p, a);\n", "index");
-        dynKernel("tessera_bt_select", "  btSelect(p, a);\n", "index");
-        dynKernel("tessera_bt_attend" + sized,
-                  smem + "  btAttend<" + ED + ", bundle::DynPats>(p, a, g, sh);\n",
-                  "dynamic_attention");
-      } else {
-        dynKernel("tessera_rt_seed" + typed, "  rtSeed<" + E + ">(p, a, g);\n",
-                  "index");
-        dynKernel("tessera_rt_assign_keys" + typed,
-                  "  rtAssign<" + E + ">(p, a, g, 0);\n", "index");
-        dynKernel("tessera_rt_update" + typed,
-                  "  rtUpdate<" + E + ">(p, a, g);\n", "index");
-        dynKernel("tessera_rt_assign_queries" + typed,
-                  "  rtAssign<" + E + ">(p, a, g, 1);\n", "index");
-        dynKernel("tessera_rt_sort", "  rtSort(p, a);\n", "index");
-        dynKernel("tessera_rt_attend" + sized,
-                  smem + "  rtAttend<" + ED + ", bundle::DynPats>(p, a, g, sh);\n",
-                  "dynamic_attention");
-        if (dynMerge[key])
-          dynKernel("tessera_rt_rest" + sized,
-                    smem + "  rtRest<" + ED +
-                        ", bundle::DynPats>(p, a, g, sh);\n",
-                    "dynamic_attention");
+      std::vector<std::string> bodies;
+      if (f == "vertical_slash")
+        bodies = {"  vsScores<" + ED + ">(p, a, g);\n", "  vsSoftmax(p, a);\n",
+                  "  vsSums(p, a);\n", "  vsSelect(p, a);\n",
+                  attend("vsAttend")};
+      else if (f == "block_topk")
+        bodies = {"  btPool<" + E + ">(p, a, g);\n", "  btScores(p, a);\n",
+                  "  btTake(p, a);\n", "  btSelect(p, a);\n",
+                  attend("btAttend")};
+      else
+        bodies = {"  rtSeed<" + E + ">(p, a, g);\n",
+                  "  rtAssign<" + E + ">(p, a, g, 0);\n",
+                  "  rtUpdate<" + E + ">(p, a, g);\n",
+                  "  rtAssign<" + E + ">(p, a, g, 1);\n", "  rtSort(p, a);\n",
+                  attend("rtAttend"), attend("rtRest")};
+      std::vector<std::string> names =
+          kernel::dynamicKernelNames(f, dt, d, dynMerge[key]);
+      for (size_t i = 0; i < names.size(); ++i) {
+        if (!dynEmitted.insert(names[i]).second)
+          continue;
+        // Two blocks per SM at least, up to 255 registers (ptxas otherwise
+        // aims at more blocks with fewer registers and spills on sm_90).
+        os << "TESSERA_EXTERN_C __global__ void __launch_bounds__(128, 2)\n"
+           << names[i]
+           << "(tessera::kernel::AttnParams p, tessera::kernel::DynArgs a) {\n"
+           << "  using namespace tessera::kernel;\n"
+           << "  const DynGroupTable &g = bundle::dynTables[a.layer][a.group];\n"
+           << "  (void)g;\n"
+           << bodies[i] << "}\n\n";
+        bool attention = bodies[i].rfind(smem, 0) == 0;
+        kernelsJson.push_back(
+            json::Object{{"name", names[i]},
+                         {"kind", attention ? "dynamic_attention" : "index"},
+                         {"threads", 128},
+                         {"args", "(AttnParams, DynArgs)"}});
       }
     }
   }

@@ -119,12 +119,7 @@ int main(int argc, char **argv) {
     }
   };
 
-  cpu::VerticalSlashParams vs;
-  vs.lastQ = 64;
-  vs.vertical = 1000;
-  vs.slash = 6096;
-  vs.firstColumns = 30;
-  vs.lastDiagonals = 100;
+  const cpu::VerticalSlashParams vs{64, 1000, 6096, 30, 100};
   cpu::VerticalSlashIndex index;
   std::vector<std::vector<int64_t>> blocks;
   std::vector<double> tVsIndex, tVsAttn, tBtIndex, tBtAttn, tDense, tRtIndex,

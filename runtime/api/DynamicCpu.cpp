@@ -235,12 +235,8 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
       // union(intersect(leaf, with), difference(without, leaf)).
       semantics::Pattern leaf;
       if (a.family == k::kVerticalSlash) {
-        cpu::VerticalSlashParams vp;
-        vp.lastQ = a.lastQ;
-        vp.vertical = a.vertical;
-        vp.slash = a.slash;
-        vp.firstColumns = a.firstColumns;
-        vp.lastDiagonals = a.lastDiagonals;
+        const cpu::VerticalSlashParams vp{a.lastQ, a.vertical, a.slash,
+                                          a.firstColumns, a.lastDiagonals};
         cpu::VerticalSlashIndex index =
             cpu::buildVerticalSlash(qr, kr, d, scale, vp);
         // (The library's contiguous-and-gathered tiles were slower than

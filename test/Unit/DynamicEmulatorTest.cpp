@@ -282,12 +282,8 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
             diags.assign(at<int64_t>(ws, int64_t(base) + lay.diags),
                          at<int64_t>(ws, int64_t(base) + lay.diags) +
                              counts[1]);
-            cpu::VerticalSlashParams vp;
-            vp.lastQ = a.lastQ;
-            vp.vertical = a.vertical;
-            vp.slash = a.slash;
-            vp.firstColumns = a.firstColumns;
-            vp.lastDiagonals = a.lastDiagonals;
+            const cpu::VerticalSlashParams vp{a.lastQ, a.vertical, a.slash,
+                                              a.firstColumns, a.lastDiagonals};
             cpu::VerticalSlashIndex ref =
                 cpu::buildVerticalSlash(qr, kr, d, float(scale), vp);
             // Planted and within budget (head 0 of layer 0): exactly the

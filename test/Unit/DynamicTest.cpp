@@ -65,12 +65,7 @@ TEST(Dynamic, VerticalSlashSpecialisedAllowsTheIndex) {
   for (auto [nq, nk, seed] :
        {std::tuple{60, 60, 1u}, {40, 90, 2u}, {90, 40, 3u}, {1, 70, 4u}}) {
     Inputs in = make(nq, nk, 8, seed);
-    cpu::VerticalSlashParams vs;
-    vs.lastQ = 8;
-    vs.vertical = 6;
-    vs.slash = 5;
-    vs.firstColumns = 2;
-    vs.lastDiagonals = 3;
+    const cpu::VerticalSlashParams vs{8, 6, 5, 2, 3};
     cpu::VerticalSlashIndex index =
         cpu::buildVerticalSlash(in.qr(), in.kr(), 8, 0.35f, vs);
     semantics::Pattern p =
@@ -113,12 +108,7 @@ TEST(Dynamic, TiledVerticalSlashMatchesKeyLists) {
   for (auto [nq, nk, seed] :
        {std::tuple{100, 100, 5u}, {50, 130, 6u}, {130, 50, 7u}}) {
     Inputs in = make(nq, nk, 8, seed);
-    cpu::VerticalSlashParams vs;
-    vs.lastQ = 10;
-    vs.vertical = 12;
-    vs.slash = 7;
-    vs.firstColumns = 3;
-    vs.lastDiagonals = 2;
+    const cpu::VerticalSlashParams vs{10, 12, 7, 3, 2};
     cpu::VerticalSlashIndex index =
         cpu::buildVerticalSlash(in.qr(), in.kr(), 8, 0.35f, vs);
     for (bool causal : {true, false}) {

@@ -8,6 +8,7 @@
 #include "tessera/Dialect/Attn/AttnAttributes.h"
 
 #include "tessera/Dialect/Attn/AttnDialect.h"
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 
@@ -358,9 +359,11 @@ void tessera::attn::printReal(AsmPrinter &p, Real real) {
   char buf[64];
   auto [end, ec] = std::to_chars(buf, buf + sizeof buf, value);
   std::string text(buf, ec == std::errc() ? end : buf);
-  // A decimal point keeps it a real number for the parser.
-  if (text.find_first_of(".e") == std::string::npos)
-    text += ".0";
+  // The shortest form that reads back as the same double; MLIR's lexer
+  // takes a real only with a decimal point before any exponent (`1e-05` is
+  // the integer 1 and an identifier), so `1e-05` prints as `1.0e-05`.
+  if (text.find('.') == std::string::npos)
+    text.insert(std::min(text.find('e'), text.size()), ".0");
   p << text;
 }
 
@@ -423,6 +426,10 @@ LogicalResult BlockTopkAttr::verify(EmitFn emitError, int64_t block,
   if (tau > 0 && topK > 0)
     return emitError() << "'block_topk' takes 'tau' (FlexPrefill's choice) "
                           "only with 'gamma'";
+  if (topK > 0 && (minBlocks > 0 || maxBlocks > 0))
+    return emitError() << "'block_topk' takes 'min_blocks' and 'max_blocks' "
+                          "only with 'gamma' ('top_k' keeps exactly top_k "
+                          "blocks)";
   if (maxBlocks > 0 && minBlocks > maxBlocks)
     return emitError() << "'block_topk' min_blocks " << minBlocks
                        << " exceeds max_blocks " << maxBlocks;

@@ -781,6 +781,25 @@ attn.model @m {
 
 // -----
 
+// top_k keeps exactly top_k blocks: a clamp beside it would be ignored.
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'block_topk' takes 'min_blocks' and 'max_blocks' only with 'gamma' ('top_k' keeps exactly top_k blocks)}}
+    attn.heads [0] = #attn.block_topk<block = 64, top_k = 3, min_blocks = 2>
+  }
+}
+
+// -----
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'block_topk' takes 'min_blocks' and 'max_blocks' only with 'gamma' ('top_k' keeps exactly top_k blocks)}}
+    attn.heads [0] = #attn.block_topk<block = 64, top_k = 3, max_blocks = 8>
+  }
+}
+
+// -----
+
 attn.model @m {
   attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
     // expected-error @+1 {{'block_topk' parameter 'tau' must be in [0, 1], got 2}}

@@ -121,7 +121,7 @@ int main(int argc, char **argv) {
 
   const cpu::VerticalSlashParams vs{64, 1000, 6096, 30, 100};
   cpu::VerticalSlashIndex index;
-  std::vector<std::vector<int64_t>> blocks;
+  cpu::BlockTopkIndex blocks;
   std::vector<double> tVsIndex, tVsAttn, tBtIndex, tBtAttn, tDense, tRtIndex,
       tRtAttn;
   cpu::RoutingIndex route;
@@ -145,7 +145,8 @@ int main(int argc, char **argv) {
           blocks = cpu::buildBlockTopk(qr, kr, d, scale, 64, 0.9, 0, 16, 0);
           bt = semantics::Pattern{
               semantics::Intersect{{semantics::Pattern{semantics::Causal{}},
-                                    schedule::blockTopkPattern(64, blocks)}}};
+                                    schedule::blockTopkPattern(64, blocks.firstBlock,
+                                                               blocks.lists)}}};
         },
         1));
     tBtAttn.push_back(bench::seconds([&] { runSchedule(bt); }, 1));
@@ -212,15 +213,15 @@ int main(int argc, char **argv) {
     return cpu::verticalSlashAllows(index, row, key, n, n);
   });
   double btRecall = recallOf([&](int64_t row, int64_t key) {
-    const auto &b = blocks[size_t(row / 64)];
+    const auto &b = blocks.lists[size_t(row / 64)]; // Nq = Nk
     return std::binary_search(b.begin(), b.end(), key / 64);
   });
   double rtRecall = recallOf([&](int64_t row, int64_t key) {
     return route.queryCluster[size_t(row)] == route.keyCluster[size_t(key)];
   });
   int64_t btTiles = 0;
-  for (size_t i = 0; i < blocks.size(); ++i)
-    for (int64_t b : blocks[i])
+  for (size_t i = 0; i < blocks.lists.size(); ++i)
+    for (int64_t b : blocks.lists[i])
       btTiles += b <= int64_t(i);
   double dense = median(tDense);
   llvm::outs() << llvm::formatv(

@@ -36,13 +36,13 @@ s::Pattern verticalSlashPattern(const std::vector<int64_t> &columns,
 }
 
 s::Pattern
-blockTopkPattern(int64_t block,
+blockTopkPattern(int64_t block, int64_t firstBlock,
                  const std::vector<std::vector<int64_t>> &keyBlocks) {
   s::BlockSparse bs;
   bs.blockQ = bs.blockK = block;
   for (std::size_t i = 0; i < keyBlocks.size(); ++i)
     for (int64_t kb : keyBlocks[i])
-      bs.blocks.push_back({int64_t(i), kb});
+      bs.blocks.push_back({firstBlock + int64_t(i), kb});
   return s::Pattern{bs};
 }
 

@@ -6,12 +6,9 @@
 // (the manifest's programs). Vertical-slash and block top-k indices are
 // specialised to static patterns (tessera/Schedule/Specialize.h) and the
 // whole expression runs through the block-schedule executor as one program
-// (vertical-slash always; block top-k where Nk - Nq is a multiple of its
-// block: its query blocks are of q, a block_sparse pattern's of the
-// position p = q + Nk - Nq). Routing alone or with causality attends by
-// segments (the library's fast path); routing otherwise, and block top-k
-// where its blocks do not fall on position blocks, attend each query row to
-// its keys.
+// (both take query blocks of positions p = q + Nk - Nq). Routing alone or
+// with causality attends by segments (the library's fast path); routing
+// otherwise attends each query row to its keys.
 //
 //===----------------------------------------------------------------------===//
 
@@ -244,33 +241,11 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
         // bench/dynamic_runtime.py, PERFORMANCE.md.)
         leaf = schedule::verticalSlashPattern(index.columns, index.diagonals);
       } else {
-        std::vector<std::vector<int64_t>> lists =
+        cpu::BlockTopkIndex index =
             cpu::buildBlockTopk(qr, kr, d, scale, a.block, a.gamma, a.topK,
                                 a.minBlocks, a.maxBlocks);
-        if ((nk - nq) % a.block != 0) {
-          // Query blocks (of q) do not fall on the position blocks a
-          // block_sparse pattern lists: each row's keys directly.
-          std::vector<float> vf = headRows(args.v, b, h / ratio);
-          cpu::Rows vr{vf.data(), nk, d};
-          std::vector<float> out(static_cast<size_t>(nq * d));
-          std::vector<float> lse(static_cast<size_t>(nq));
-          cpu::attendKeyLists(
-              qr, kr, vr, out.data(), d, lse.data(), d, scale,
-              [&](int64_t q, std::vector<int64_t> &keys) {
-                const std::vector<int64_t> &kept = lists[size_t(q / a.block)];
-                for (int64_t key = 0; key < nk; ++key) {
-                  bool in = std::binary_search(kept.begin(), kept.end(),
-                                               key / a.block);
-                  if (in ? allowsPair(g.with, q, key, nq, nk, h, numHeads)
-                         : allowsPair(g.without, q, key, nq, nk, h, numHeads))
-                    keys.push_back(key);
-                }
-              },
-              args.numThreads);
-          storeHead(args, b, h, numHeads, out, lse);
-          continue;
-        }
-        leaf = schedule::blockTopkPattern(a.block, lists);
+        leaf = schedule::blockTopkPattern(a.block, index.firstBlock,
+                                          index.lists);
       }
       k::ProgramArrays leafProgram;
       std::string error;

@@ -2,6 +2,10 @@
 
 #include "tessera/cpu/Dynamic.h"
 
+#include "tessera/kernel/Program.h"
+// (after Program.h, which it builds on)
+#include "tessera/kernel/DynamicArgs.h"
+
 #include "VecMath.h"
 
 #include <algorithm>
@@ -174,15 +178,17 @@ TESSERA_CPU_CLONES void pooledScoresBatch(const double *qb, int64_t rows,
 }
 } // namespace
 
-std::vector<std::vector<int64_t>>
-buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim, float scale,
-               int64_t block, double gamma, int64_t topK, int64_t minBlocks,
-               int64_t maxBlocks) {
-  auto pool = [&](const Rows &x) {
-    int64_t blocks = (x.count + block - 1) / block;
+BlockTopkIndex buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim,
+                              float scale, int64_t block, double gamma,
+                              int64_t topK, int64_t minBlocks,
+                              int64_t maxBlocks) {
+  namespace kn = tessera::kernel;
+  const int64_t nq = q.count, nk = k.count;
+  // Pools x over `blocks` blocks, block b over rows rows(b) = [r0, r1).
+  auto pool = [&](const Rows &x, int64_t blocks, auto rows) {
     std::vector<double> out(static_cast<size_t>(blocks * headDim), 0.0);
     for (int64_t b = 0; b < blocks; ++b) {
-      int64_t r0 = b * block, r1 = std::min(r0 + block, x.count);
+      auto [r0, r1] = rows(b);
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t i = 0; i < headDim; ++i)
           out[size_t(b * headDim + i)] += x.row(r)[i];
@@ -191,9 +197,15 @@ buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim, float scale,
     }
     return out;
   };
-  std::vector<double> qb = pool(q), kb = pool(k);
-  int64_t tq = (q.count + block - 1) / block,
-          tk = (k.count + block - 1) / block;
+  const int64_t tq = kn::btQueryBlocks(block, nq, nk),
+                tk = (nk + block - 1) / block;
+  std::vector<double> qb = pool(q, tq, [&](int64_t b) {
+    return std::pair{kn::btRowBegin(block, nq, nk, b),
+                     kn::btRowEnd(block, nq, nk, b)};
+  });
+  std::vector<double> kb = pool(k, tk, [&](int64_t b) {
+    return std::pair{b * block, std::min(b * block + block, nk)};
+  });
   // Pooled keys transposed, so that a query block's scores against all key
   // blocks accumulate over dimensions with key blocks innermost (the same
   // sums, in the same order, as one dot product per pair).
@@ -201,7 +213,10 @@ buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim, float scale,
   for (int64_t j = 0; j < tk; ++j)
     for (int64_t x = 0; x < headDim; ++x)
       kbT[size_t(x * tk + j)] = kb[size_t(j * headDim + x)];
-  std::vector<std::vector<int64_t>> out(static_cast<size_t>(tq));
+  BlockTopkIndex index;
+  index.firstBlock = kn::btFirstBlock(block, nq, nk);
+  std::vector<std::vector<int64_t>> &out = index.lists;
+  out.resize(static_cast<size_t>(tq));
   // Query blocks go in batches of kBatch through the pooled scores (the
   // transposed keys stream once per batch, not once per block); each
   // block's order is sorted only as far as its selection reads.
@@ -268,7 +283,7 @@ buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim, float scale,
     }
   };
   onThreads(0, batches, work);
-  return out;
+  return index;
 }
 
 namespace {

@@ -51,6 +51,9 @@ int main(int argc, char **argv) {
   const Case cases[] = {{"square", 200, 200, 32, false},
                         {"short-queries", 150, 200, 32, false},
                         {"long-queries", 230, 180, 16, false},
+                        // Nk - Nq a non-zero multiple of block top-k's
+                        // block (16): chunked prefill.
+                        {"chunk", 64, 192, 32, false},
                         {"planted", 256, 256, 32, true}};
   for (const Case &c : cases) {
     std::string dir = root + "/" + c.name;
@@ -124,7 +127,11 @@ int main(int argc, char **argv) {
     attendKeyLists(
         qr, kr, vr, o.data(), c.d, lse.data(), c.d, scale,
         [&](int64_t row, std::vector<int64_t> &keys) {
-          const std::vector<int64_t> &blocks = gamma[size_t(row / 16)];
+          // Query blocks of positions p = row + Nk - Nq.
+          const int64_t pos = row + c.nk - c.nq;
+          const int64_t qb = (pos >= 0 ? pos : pos - 15) / 16; // floor
+          const std::vector<int64_t> &blocks =
+              gamma.lists[size_t(qb - gamma.firstBlock)];
           for (int64_t b : blocks)
             for (int64_t key = b * 16;
                  key < std::min((b + 1) * 16, c.nk) && key <= causalEnd(row);
@@ -161,13 +168,15 @@ int main(int argc, char **argv) {
          << ", \"diagonals\": " << list(vsIndex.diagonals)
          << "},\n \"block_topk_gamma\": {"
          << "\"block\": 16, \"gamma\": 0.8, \"min_blocks\": 2, "
-            "\"max_blocks\": 6, \"blocks\": [";
-    for (size_t i = 0; i < gamma.size(); ++i)
-      json << (i ? ", " : "") << list(gamma[i]);
+            "\"max_blocks\": 6, \"first_block\": "
+         << gamma.firstBlock << ", \"blocks\": [";
+    for (size_t i = 0; i < gamma.lists.size(); ++i)
+      json << (i ? ", " : "") << list(gamma.lists[i]);
     json << "]},\n \"block_topk_fixed\": {\"block\": 16, \"top_k\": 3, "
-            "\"blocks\": [";
-    for (size_t i = 0; i < fixed.size(); ++i)
-      json << (i ? ", " : "") << list(fixed[i]);
+            "\"first_block\": "
+         << fixed.firstBlock << ", \"blocks\": [";
+    for (size_t i = 0; i < fixed.lists.size(); ++i)
+      json << (i ? ", " : "") << list(fixed.lists[i]);
     auto ints = [](const std::vector<int32_t> &v) {
       return list(std::vector<int64_t>(v.begin(), v.end()));
     };

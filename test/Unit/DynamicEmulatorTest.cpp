@@ -313,7 +313,7 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
                      std::binary_search(diags.begin(), diags.end(), key - pos);
             };
           } else if (a.family == k::kBlockTopk) {
-            int64_t tq = (nq + a.block - 1) / a.block;
+            const int64_t tq = k::btQueryBlocks(a.block, nq, nk);
             const int64_t *count =
                 at<int64_t>(ws, int64_t(base) + lay.listCount);
             const int64_t *list = at<int64_t>(ws, int64_t(base) + lay.lists);
@@ -324,10 +324,15 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
             for (int64_t i = 0; i < tq; ++i) {
               lists[size_t(i)].assign(list + i * lay.cap,
                                       list + i * lay.cap + count[i]);
-              EXPECT_EQ(lists[size_t(i)], ref[size_t(i)]) << "query block " << i;
+              EXPECT_EQ(lists[size_t(i)], ref.lists[size_t(i)])
+                  << "query block " << i;
             }
+            EXPECT_EQ(ref.firstBlock, k::btFirstBlock(a.block, nq, nk));
             leaf = [&](int64_t i, int64_t key) {
-              const auto &l = lists[size_t(i / a.block)];
+              // Query blocks of positions p = i + Nk - Nq.
+              const int64_t qb = k::floorDiv(i + nk - nq, a.block) -
+                                 ref.firstBlock;
+              const auto &l = lists[size_t(qb)];
               return std::binary_search(l.begin(), l.end(), key / a.block);
             };
           } else {
@@ -432,8 +437,14 @@ TEST(DynamicEmulatorBroken, DoubleVisitedPairsAreCaught) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DynamicEmulatorTest,
+                         // Nk - Nq: 0, 110 and -110 (query tiles over
+                         // two block top-k query blocks), and multiples of
+                         // 64 (chunked prefill; partial first blocks).
                          ::testing::Values(Case{2, 200, 200},
                                            Case{2, 150, 260},
-                                           Case{2, 260, 150}));
+                                           Case{2, 260, 150},
+                                           Case{1, 64, 192},
+                                           Case{1, 100, 228},
+                                           Case{1, 200, 136}));
 
 } // namespace

@@ -145,11 +145,13 @@ TEST(Dynamic, BlockTopkSpecialisedAllowsTheIndex) {
   Inputs in = make(100, 100, 8, 9);
   auto blocks =
       cpu::buildBlockTopk(in.qr(), in.kr(), 8, 0.35f, 16, 0.7, 0, 2, 4);
-  semantics::Pattern p = schedule::blockTopkPattern(16, blocks);
+  ASSERT_EQ(blocks.firstBlock, 0);
+  semantics::Pattern p =
+      schedule::blockTopkPattern(16, blocks.firstBlock, blocks.lists);
   int64_t kept = 0;
   for (int64_t q = 0; q < 100; ++q)
     for (int64_t k = 0; k < 100; ++k) {
-      const auto &kb = blocks[size_t(q / 16)];
+      const auto &kb = blocks.lists[size_t(q / 16)];
       bool want = std::binary_search(kb.begin(), kb.end(), k / 16);
       ASSERT_EQ(semantics::allowed(p, q, k, 0, 100, 100, 1), want);
       kept += want;

@@ -70,14 +70,18 @@ for case in sorted(os.listdir(root)):
     want = ref.block_topk_index(q, k, g["block"], gamma=g["gamma"],
                                 min_blocks=g["min_blocks"],
                                 max_blocks=g["max_blocks"])
-    check("  block_topk (gamma) blocks", want == g["blocks"])
+    first, _ = ref.query_blocks(nq, nk, g["block"])
+    check("  block_topk (gamma) blocks", want == g["blocks"] and
+          first == g["first_block"])
     f = idx["block_topk_fixed"]
     check("  block_topk (top_k) blocks", ref.block_topk_index(
-        q, k, f["block"], top_k=f["top_k"]) == f["blocks"])
-    bm = np.zeros((nq, nk), bool)
-    for i, blocks in enumerate(want):
-        for b in blocks:
-            bm[i * 16:(i + 1) * 16, b * 16:(b + 1) * 16] = True
+        q, k, f["block"], top_k=f["top_k"]) == f["blocks"] and
+        first == f["first_block"])
+    bm = ref.block_topk_mask(nq, nk, g["block"], want)
+    # Every query block keeps at least min_blocks key blocks, so no row is
+    # left without keys before causality (chunked prefill once emptied
+    # rows here).
+    check("  block_topk keeps keys for every row", bool(bm.any(1).all()))
     compare_attention("block_topk", q, k, v, bm & causal,
                       np.load(os.path.join(d, "o_block_topk.npy")),
                       np.load(os.path.join(d, "lse_block_topk.npy")))

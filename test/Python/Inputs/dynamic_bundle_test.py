@@ -2,7 +2,7 @@
 binding): every head against float64 attention masked by the float64 numpy
 references' index (dynamic_reference.py) composed with the static parts,
 f32 inputs (the builders see exactly the reference's numbers), Nq = Nk,
-Nq < Nk, Nq > Nk; then the errors of the engine's centroids."""
+Nq < Nk, Nq > Nk (Nk - Nq a multiple of block top-k's block and not); then the errors of the engine's centroids."""
 import sys
 
 import numpy as np
@@ -32,15 +32,14 @@ def window(nq, nk, before):
 
 
 def block_mask(nq, nk, block, lists):
-    m = np.zeros((nq, nk), bool)
-    for i, kept in enumerate(lists):
-        for j in kept:
-            m[i * block:(i + 1) * block, j * block:(j + 1) * block] = True
-    return m
+    return ref.block_topk_mask(nq, nk, block, lists)
 
 
 worst = 0.0
-for nq, nk in ((200, 200), (150, 260), (260, 150)):
+# Nk - Nq: 0, 110, -110, and multiples of block top-k's block (64): 128
+# (chunked prefill), 128 with a partial first query block, -64.
+for nq, nk in ((200, 200), (150, 260), (260, 150), (64, 192), (100, 228),
+               (200, 136)):
     q = rng.standard_normal((1, nq, H, D)).astype(np.float32)
     k = rng.standard_normal((1, nk, HKV, D)).astype(np.float32)
     v = rng.standard_normal((1, nk, HKV, D)).astype(np.float32)

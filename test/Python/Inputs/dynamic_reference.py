@@ -92,6 +92,29 @@ def pool(x, block):
     return np.stack([x[i:i + block].mean(0) for i in range(0, n, block)])
 
 
+def query_blocks(nq, nk, block):
+    """Block top-k's query blocks are blocks of positions p = q + Nk - Nq
+    (like every pattern that looks at a query): (first, rows) where rows[i]
+    is the range of rows with floor(p / block) == first + i."""
+    pos = np.arange(nq) + nk - nq
+    ids = pos // block  # floor division, also for negative positions
+    first = int(ids[0])
+    return first, [range(int(np.searchsorted(ids, j)),
+                         int(np.searchsorted(ids, j, side="right")))
+                   for j in range(first, int(ids[-1]) + 1)]
+
+
+def block_topk_mask(nq, nk, block, lists):
+    """The pairs a block top-k index allows: row q, key k when floor(k /
+    block) is kept by the query block of q's position."""
+    first, rows = query_blocks(nq, nk, block)
+    m = np.zeros((nq, nk), bool)
+    for i, r in enumerate(rows):
+        for b in lists[i]:
+            m[r.start:r.stop, b * block:(b + 1) * block] = True
+    return m
+
+
 def select_coverage(probs, gamma, min_blocks, max_blocks):
     """The fewest largest entries whose mass reaches gamma (ties: smaller
     index), clamped to [min_blocks, max_blocks] (0: no upper bound) and to
@@ -111,9 +134,13 @@ def select_coverage(probs, gamma, min_blocks, max_blocks):
 
 def block_topk_index(q, k, block, gamma=0.0, top_k=0, min_blocks=0,
                      max_blocks=0, scale=None):
-    """Per query block, the kept key blocks (sorted), query-aware mode."""
+    """Per query block (of positions, from query_blocks' first on), the kept
+    key blocks (sorted), query-aware mode. Q is pooled over the rows of each
+    query block present, K over the keys of each key block present."""
     s = _scale(q.shape[1], scale)
-    qb, kb = pool(q, block), pool(k, block)
+    _, rows = query_blocks(q.shape[0], k.shape[0], block)
+    qb = np.stack([q[r.start:r.stop].mean(0) for r in rows])
+    kb = pool(k, block)
     out = []
     for i in range(qb.shape[0]):
         logits = (kb @ qb[i]) * s

@@ -97,6 +97,32 @@ qq = np.zeros((6, 2))
 qq[0:2, 0] = 5.0
 check("gamma finds the planted block", ref.block_topk_index(
     qq, kk, 2, gamma=0.9, scale=1.0)[0], [2])
+# Query blocks are blocks of positions p = q + Nk - Nq (hand-derived).
+check("query blocks, Nq < Nk", (lambda f, r: (f, [(x.start, x.stop)
+      for x in r]))(*ref.query_blocks(3, 5, 2)), (1, [(0, 2), (2, 3)]))
+check("query blocks, Nq > Nk", (lambda f, r: (f, [(x.start, x.stop)
+      for x in r]))(*ref.query_blocks(5, 3, 2)), (-1, [(0, 2), (2, 4), (4, 5)]))
+check("query blocks, Nk - Nq a multiple", (lambda f, r: (f, [(x.start, x.stop)
+      for x in r]))(*ref.query_blocks(64, 128, 64)), (1, [(0, 64)]))
+# Nq = 64, Nk = 96, block 64, top_k 1: rows 0-31 (positions 32-63) pool to
+# +e0 and keep key block 0 (keys +e0); rows 32-63 (positions 64-95) pool to
+# -e0 and keep key block 1 (keys -e0). By row index, all 64 rows would pool
+# to 0 and tie to block 0.
+qp, kp = np.zeros((64, 2)), np.zeros((96, 2))
+qp[:32, 0], qp[32:, 0] = 1.0, -1.0
+kp[:64, 0], kp[64:, 0] = 1.0, -1.0
+lists = ref.block_topk_index(qp, kp, 64, top_k=1)
+check("block top-k by position: lists", lists, [[0], [1]])
+m = ref.block_topk_mask(64, 96, 64, lists)
+check("block top-k by position: rows 0-31 see key block 0",
+      bool(m[:32, :64].all() and not m[:32, 64:].any()), True)
+check("block top-k by position: rows 32-63 see key block 1",
+      bool(m[32:, 64:].all() and not m[32:, :64].any()), True)
+# Nq = 64, Nk = 128 (the review's case): one query block (1), never empty.
+check("block top-k, Nk - Nq = block: every row keeps a block", bool(
+    ref.block_topk_mask(64, 128, 64, ref.block_topk_index(
+        np.ones((64, 2)), np.ones((128, 2)), 64, top_k=1)).any(1).all()),
+    True)
 
 check("js: identical", ref.js_distance(np.array([0.5, 0.5]),
                                        np.array([0.5, 0.5])), 0.0)

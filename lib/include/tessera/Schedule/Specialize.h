@@ -26,12 +26,14 @@ namespace tessera::schedule {
 semantics::Pattern verticalSlashPattern(const std::vector<int64_t> &columns,
                                         const std::vector<int64_t> &diagonals);
 
-/// Per query block of `block` rows, its key blocks (ascending), as
-/// block_sparse<block_q = block, block_k = block>. Exact where Nk - Nq is
-/// a multiple of `block`: block top-k's query blocks are blocks of rows q,
-/// block_sparse's of positions p = q + Nk - Nq.
+/// Block top-k's index as block_sparse<block_q = block, block_k = block>:
+/// keyBlocks[i] (ascending) are the key blocks of position block
+/// firstBlock + i. Exact for every Nq and Nk: both take query blocks of
+/// positions p = q + Nk - Nq (firstBlock < 0 when Nq > Nk: the blocks of
+/// rows before the first key, which the internal pattern holds as listed
+/// blocks like any other).
 semantics::Pattern
-blockTopkPattern(int64_t block,
+blockTopkPattern(int64_t block, int64_t firstBlock,
                  const std::vector<std::vector<int64_t>> &keyBlocks);
 
 } // namespace tessera::schedule

@@ -50,15 +50,25 @@ VerticalSlashIndex buildVerticalSlash(const Rows &q, const Rows &k,
 bool verticalSlashAllows(const VerticalSlashIndex &index, int64_t q, int64_t k,
                          int64_t nq, int64_t nk);
 
-/// Per query block of `block` rows, the key blocks kept by adaptive block
-/// top-k (query-aware mode): Q and K mean-pooled over `block` tokens, the
-/// softmax of the pooled scores, the fewest largest key blocks reaching
-/// gamma clamped to [minBlocks, maxBlocks] (0: no bound), or the topK
-/// largest; ties to the smaller block. Ascending.
-std::vector<std::vector<int64_t>>
-buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim, float scale,
-               int64_t block, double gamma, int64_t topK, int64_t minBlocks,
-               int64_t maxBlocks);
+/// Adaptive block top-k's index (query-aware mode). Query blocks are
+/// blocks of positions p = q + Nk - Nq, like every pattern that looks at a
+/// query: lists[i] belongs to position block firstBlock + i, i.e. to the
+/// rows with floor(p / block) == firstBlock + i (the first and last such
+/// blocks may hold fewer than `block` rows).
+struct BlockTopkIndex {
+  int64_t firstBlock = 0; ///< floor((Nk - Nq) / block): the block of row 0
+  std::vector<std::vector<int64_t>> lists; ///< kept key blocks, ascending
+};
+
+/// Q mean-pooled per query block and K per `block` keys (each over the
+/// tokens present), the softmax of the pooled scores, then per query block
+/// the fewest largest key blocks reaching gamma clamped to [minBlocks,
+/// maxBlocks] (0: no bound), or the topK largest; ties to the smaller
+/// block.
+BlockTopkIndex buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim,
+                              float scale, int64_t block, double gamma,
+                              int64_t topK, int64_t minBlocks,
+                              int64_t maxBlocks);
 
 /// Routing clusters: each query and key goes to the centroid of largest dot
 /// product (ties: smaller index). `centroids` (clusters x headDim, row

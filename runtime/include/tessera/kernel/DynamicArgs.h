@@ -10,7 +10,7 @@
 // The workspace holds one slice per (batch, slot of the group): slice
 // s = b * numSlots + slot, each sliceBytes() long and 16-byte aligned. Its
 // size is O(what the index visits): O(lastQ * Nk) scores for vertical-slash,
-// O(Nq/B * Nk/B) pooled probabilities and kept-block lists for block top-k,
+// O((Nq/B + 1) * Nk/B) pooled probabilities and kept-block lists for block top-k,
 // O(Nq + Nk + clusters * head_dim) for routing; never O(Nq * Nk).
 //
 //===----------------------------------------------------------------------===//
@@ -82,6 +82,22 @@ TESSERA_HD i64 vsColCap(const DynArgs &a, i64 nk) {
 TESSERA_HD i64 vsDiagCap(const DynArgs &a, i64 nk) {
   return minI(maxI(a.slash, a.lastDiagonals), nk);
 }
+/// Block top-k's query blocks are blocks of positions p = q + Nk - Nq
+/// (docs/patterns.md), like every pattern that looks at a query: index
+/// entry i (0 <= i < btQueryBlocks) is position block btFirstBlock + i and
+/// holds rows [btRowBegin, btRowEnd); the first and last may be partial.
+TESSERA_HD i64 btFirstBlock(i64 block, i64 nq, i64 nk) {
+  return floorDiv(nk - nq, block);
+}
+TESSERA_HD i64 btQueryBlocks(i64 block, i64 nq, i64 nk) {
+  return floorDiv(nk - 1, block) - btFirstBlock(block, nq, nk) + 1;
+}
+TESSERA_HD i64 btRowBegin(i64 block, i64 nq, i64 nk, i64 i) {
+  return maxI((btFirstBlock(block, nq, nk) + i) * block - (nk - nq), 0);
+}
+TESSERA_HD i64 btRowEnd(i64 block, i64 nq, i64 nk, i64 i) {
+  return minI((btFirstBlock(block, nq, nk) + i + 1) * block - (nk - nq), nq);
+}
 TESSERA_HD i64 btCap(const DynArgs &a, i64 tk) {
   i64 cap = a.topK > 0 ? a.topK : (a.maxBlocks > 0 ? a.maxBlocks : tk);
   return minI(maxI(cap, 1), tk);
@@ -104,7 +120,7 @@ TESSERA_HD DynLayout dynLayout(const DynArgs &a, i64 nq, i64 nk) {
     l.groups = take(16 * vsDiagCap(a, nk));
     l.counts = take(8 * 4);
   } else if (a.family == kBlockTopk) {
-    i64 tq = dynCeilDiv(nq, a.block), tk = dynCeilDiv(nk, a.block);
+    i64 tq = btQueryBlocks(a.block, nq, nk), tk = dynCeilDiv(nk, a.block);
     l.cap = btCap(a, tk);
     l.pooledQ = take(4 * tq * a.headDim);
     l.pooledK = take(4 * tk * a.headDim);
@@ -157,7 +173,8 @@ TESSERA_HD void dynLaunch(const DynArgs &a, i64 nq, i64 nk, i64 i,
     return;
   }
   if (a.family == kBlockTopk) {
-    const i64 tq = dynCeilDiv(nq, a.block), tk = dynCeilDiv(nk, a.block);
+    const i64 tq = btQueryBlocks(a.block, nq, nk),
+              tk = dynCeilDiv(nk, a.block);
     const i64 grids[5] = {tq + tk, tq, tq, tq, dynCeilDiv(nq, 64)};
     kernel = i;
     gx = grids[i];

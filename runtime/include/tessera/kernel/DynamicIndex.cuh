@@ -752,8 +752,9 @@ __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
 // block_topk
 //===----------------------------------------------------------------------===//
 
-/// blockIdx.x < tq: pooled query block blockIdx.x; else pooled key block
-/// blockIdx.x - tq. Means in fp32, rows in order.
+/// blockIdx.x < tq: pooled query block blockIdx.x (of positions: its rows
+/// are btRowBegin..btRowEnd); else pooled key block blockIdx.x - tq. Means
+/// over the tokens present, in fp32, rows in order.
 template <int E>
 __device__ __forceinline__ void btPool(const AttnParams &p, const DynArgs &a,
                                        const DynGroupTable &g) {
@@ -761,7 +762,7 @@ __device__ __forceinline__ void btPool(const AttnParams &p, const DynArgs &a,
   const i64 b = sl.b, head = sl.head, kvHead = sl.kvHead;
   const DynLayout lay = sl.lay;
   unsigned char *ws = sl.ws;
-  const i64 tq = dynCeilDiv(p.nq, a.block);
+  const i64 tq = btQueryBlocks(a.block, p.nq, p.nk);
   const bool isQ = (i64)blockIdx.x < tq;
   const i64 blk = isQ ? blockIdx.x : blockIdx.x - tq;
   const i64 n = isQ ? p.nq : p.nk;
@@ -770,7 +771,9 @@ __device__ __forceinline__ void btPool(const AttnParams &p, const DynArgs &a,
   const i64 stride = isQ ? p.qStrideS : p.kStrideS;
   float *out = reinterpret_cast<float *>(ws + (isQ ? lay.pooledQ : lay.pooledK)) +
                blk * a.headDim;
-  const i64 r0 = blk * a.block, r1 = minI(r0 + a.block, n);
+  const i64 r0 = isQ ? btRowBegin(a.block, p.nq, p.nk, blk) : blk * a.block;
+  const i64 r1 = isQ ? btRowEnd(a.block, p.nq, p.nk, blk)
+                     : minI(r0 + a.block, n);
   for (i64 x = threadIdx.x; x < a.headDim; x += kDynThreads) {
     float s = 0.f;
     for (i64 r = r0; r < r1; ++r)
@@ -915,10 +918,13 @@ __device__ __forceinline__ void btSelect(const AttnParams &p,
     *countOut = minI(written, lay.cap);
 }
 
-/// Attention of one query block over its kept key blocks (block a multiple
-/// of 64, so that a 64-row query block lies in one pooled block and a
-/// 64-key tile in one key block), then the static runs of `without`
-/// outside the kept blocks.
+/// Attention of one 64-row query tile over the kept key blocks of its
+/// query blocks (blocks of positions; `block` a multiple of 64, so a 64-key
+/// tile lies in one key block and a query tile in at most two query
+/// blocks: rows before position `split` in the first, the rest in the
+/// second), then the static runs of `without` outside the kept blocks. The
+/// two lists are walked merged, each key tile once, every row masked by
+/// its own block's membership.
 template <int E, int D, class Pats>
 __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g,
@@ -936,22 +942,42 @@ __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
   const i64 shift = p.nk - p.nq;
   const i64 rowPos = q0 + warp * 16 + lane / 4 + shift;
   const i64 rowLimit = q1 - 1 + shift;
-  const i64 qb = q0 / a.block;
-  const i64 *list = reinterpret_cast<const i64 *>(ws + lay.lists) + qb * lay.cap;
-  const i64 n = reinterpret_cast<const i64 *>(ws + lay.listCount)[qb];
+  const i64 first = btFirstBlock(a.block, p.nq, p.nk);
+  const i64 qa = floorDiv(q0 + shift, a.block) - first;
+  const i64 qz = floorDiv(rowLimit, a.block) - first; // qa or qa + 1
+  const i64 split = (first + qz) * a.block;           // first row of qz
+  const i64 *listA = reinterpret_cast<const i64 *>(ws + lay.lists) + qa * lay.cap;
+  const i64 *listZ = reinterpret_cast<const i64 *>(ws + lay.lists) + qz * lay.cap;
+  const i64 *count = reinterpret_cast<const i64 *>(ws + lay.listCount);
+  const i64 na = count[qa], nz = qz == qa ? 0 : count[qz];
   const i64 withId = g.withId, withoutId = g.withoutId;
-  for (i64 j = 0; j < n; ++j)
-    for (i64 k0 = list[j] * a.block;
-         k0 < minI((list[j] + 1) * a.block, p.nk); k0 += 64)
+  for (i64 ia = 0, iz = 0; ia < na || iz < nz;) {
+    const i64 ka = ia < na ? listA[ia] : kUnbounded;
+    const i64 kz = iz < nz ? listZ[iz] : kUnbounded;
+    const i64 kb = minI(ka, kz);
+    // Membership of this key block per query block (one list only when
+    // the tile lies in one query block).
+    const bool inA = ka == kb, inZ = qz == qa ? inA : kz == kb;
+    ia += inA ? 1 : 0;
+    iz += (qz != qa && kz == kb) ? 1 : 0;
+    for (i64 k0 = kb * a.block; k0 < minI((kb + 1) * a.block, p.nk); k0 += 64)
       walkContiguous<E, D>(w, k0, (int)minI(64, p.nk - k0), [&](int h, int c) {
         const i64 pos = rowPos + 8 * h;
-        return pos <= rowLimit && Pats::allowed(withId, pos, k0 + c, head, nh);
+        if (pos > rowLimit)
+          return false;
+        return (pos < split ? inA : inZ)
+                   ? Pats::allowed(withId, pos, k0 + c, head, nh)
+                   : Pats::allowed(withoutId, pos, k0 + c, head, nh);
       });
+  }
   const RunCtx ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, head, nh);
   walkRuns<E, D, Pats>(
       w, ctx, withoutId,
-      // A kept block's tiles are the leaf's entirely: walked above.
-      [&](i64 k0) { return !sortedContains(list, n, k0 / a.block); },
+      // A block kept by either query block was walked above.
+      [&](i64 k0) {
+        return !sortedContains(listA, na, k0 / a.block) &&
+               !sortedContains(listZ, nz, k0 / a.block);
+      },
       [&](int h, int c, i64 k0) {
         const i64 pos = rowPos + 8 * h;
         return pos <= rowLimit &&

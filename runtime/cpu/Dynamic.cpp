@@ -376,10 +376,13 @@ maskedTile(const Rows &k, const Rows &v, const int64_t *keys, int64_t n,
            const float *qs, int64_t rows, int64_t rowsPad, int64_t d,
            int64_t dPad, const uint8_t *mask, float *kT, float *vb, float *s,
            int64_t ldk, float *acc, float *m, float *l) {
+  bool nonFiniteV = false; // then P V goes row by row over allowed keys
   for (int64_t j = 0; j < n; ++j) {
     const float *kr = k.row(keys[j]), *vr = v.row(keys[j]);
-    for (int64_t i = 0; i < d; ++i)
+    for (int64_t i = 0; i < d; ++i) {
       kT[i * ldk + j] = kr[i];
+      nonFiniteV |= !std::isfinite(vr[i]);
+    }
     std::copy(vr, vr + d, vb + j * dPad);
   }
   for (int64_t i = 0; i < d; ++i)
@@ -397,6 +400,9 @@ maskedTile(const Rows &k, const Rows &v, const int64_t *keys, int64_t n,
     }
     float *ar = acc + row * dPad;
     if (mx == -INFINITY) { // nothing yet: P = 0 keeps acc as it is
+      for (int64_t j = 0; j < n; ++j)
+        if (mr[j] && std::isnan(sr[j])) // a NaN the row sees: NaN row
+          l[row] = NAN;
       std::fill(sr, sr + ldk, 0.0f);
       continue;
     }
@@ -411,7 +417,15 @@ maskedTile(const Rows &k, const Rows &v, const int64_t *keys, int64_t n,
       ar[i] *= corr;
     l[row] = l[row] * corr + vec::horizontalSum(sum);
     m[row] = mx;
+    if (nonFiniteV) // select, don't multiply: 0 * inf is NaN
+      for (int64_t j = 0; j < n; ++j)
+        if (mr[j])
+          for (int64_t i = 0; i < dPad; i += vec::kLanes)
+            vec::storeVec(ar + i, vec::loadVec(ar + i) +
+                                      sr[j] * vec::loadVec(vb + j * dPad + i));
   }
+  if (nonFiniteV)
+    return;
   for (int64_t row = rows; row < rowsPad; ++row)
     std::fill(s + row * ldk, s + (row + 1) * ldk, 0.0f);
   vec::gemm(s, ldk, vb, dPad, acc, dPad, rowsPad, dPad, ldk, true);
@@ -453,6 +467,7 @@ struct TileBuffers {
   }
   /// Writes row r's output to out (d floats) and its LSE.
   void finish(int64_t r, int64_t d, float *out, float *lseOut) const {
+    // l == 0: no key; l NaN: the row saw a NaN, and O and LSE are NaN.
     if (l[size_t(r)] == 0.0f) {
       std::fill(out, out + d, 0.0f);
       if (lseOut)

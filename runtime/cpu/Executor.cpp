@@ -125,6 +125,10 @@ struct Worker {
   int64_t cachedBatch = -1, cachedKvHead = -1, slots = 0;
   std::vector<float> kT, vb;
   std::vector<int64_t> tag; ///< the key block in each slot, or -1
+  /// Per slot: whether its values hold a NaN or an infinity. Then a
+  /// partial tile adds P V row by row over the allowed keys only (0 * inf
+  /// would put NaN into rows that cannot see the value).
+  std::vector<uint8_t> nonFiniteV;
   std::vector<float> keyRows; ///< [kLanes][dPad] keys being transposed
 };
 
@@ -349,8 +353,17 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
           for (int64_t jj = 0; jj < kLanes; ++jj)
             kT[x * cp + j0 + jj] = rows16[jj * dp + x];
       }
+      // Non-finite values (the sum of x * 0 is NaN exactly then).
+      Vec poison = {};
+      for (int64_t j = 0; j < cols; ++j)
+        for (int64_t x = 0; x < dp; x += kLanes)
+          poison += loadVec(vb + j * dp + x) * 0.0f;
+      w.nonFiniteV[slot] = std::isnan(horizontalSum(poison));
       w.tag[slot] = kb;
     }
+    // Rows add P V through the allowed keys only (below) where a masked
+    // key's value could turn a probability of 0 into NaN.
+    const bool selectPV = cls == k::kPartial && w.nonFiniteV[slot];
     gemm(w.q.data(), dp, kT, cp, w.s.data(), cp, rowsPad,
          colsPad, d, /*accumulate=*/false);
     // The bias of row i, at biasBase + i * biasStep: 0 for a key that
@@ -388,15 +401,32 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
         for (int64_t j = 0; j < cols; ++j)
           bias[j] = k8[j] ? 0.0f : kNegInf;
       }
+      // Masked keys are selected to -inf, never added to: a NaN or an
+      // infinity in a key the row cannot see must not reach it. Full tiles
+      // without padding have nothing to mask.
       Vec vmax = Vec{} + kNegInf;
-      for (int64_t j = 0; j < colsPad; j += kLanes) {
-        Vec x = loadVec(s + j) * job.scale + loadVec(rowBias + j);
-        storeVec(s + j, x);
-        vmax = x > vmax ? x : vmax;
+      if (cls == k::kFull && colsPad == cols) {
+        for (int64_t j = 0; j < colsPad; j += kLanes) {
+          Vec x = loadVec(s + j) * job.scale;
+          storeVec(s + j, x);
+          vmax = x > vmax ? x : vmax;
+        }
+      } else {
+        for (int64_t j = 0; j < colsPad; j += kLanes) {
+          Vec b = loadVec(rowBias + j);
+          Vec x = b == 0.0f ? loadVec(s + j) * job.scale : b;
+          storeVec(s + j, x);
+          vmax = x > vmax ? x : vmax;
+        }
       }
-      float rowMax = horizontalMax(vmax);
+      float rowMax = horizontalMax(vmax); // NaN lanes ignored: never NaN
       if (rowMax == kNegInf) {
-        // Nothing allowed in this row of the tile: no contribution.
+        // Nothing finite allowed in this row of the tile: no contribution,
+        // unless an allowed score is NaN (a NaN the row sees): then the
+        // row is NaN (its sum NaN from here on).
+        for (int64_t j = 0; j < cols; ++j)
+          if (std::isnan(s[j]))
+            w.l[i] = std::numeric_limits<float>::quiet_NaN();
         std::fill(s, s + colsPad, 0.0f);
         continue;
       }
@@ -416,7 +446,17 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
         for (int64_t x = 0; x < dp; ++x)
           acc[x] *= correction;
       }
+      if (selectPV) {
+        float *acc = &w.acc[i * dp];
+        for (int64_t j = 0; j < cols; ++j)
+          if (rowBias[j] == 0.0f)
+            for (int64_t x = 0; x < dp; x += kLanes)
+              storeVec(acc + x,
+                       loadVec(acc + x) + s[j] * loadVec(vb + j * dp + x));
+      }
     }
+    if (selectPV)
+      continue;
     for (int64_t i = rows; i < rowsPad; ++i)
       std::fill(&w.s[i * cp], &w.s[i * cp] + colsPad, 0.0f);
     gemm(w.s.data(), cp, vb, dp, w.acc.data(), dp, rowsPad,
@@ -424,13 +464,15 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
   }
   for (int64_t i = 0; i < rows; ++i) {
     float *acc = &w.acc[i * dp];
-    float inv = w.l[i] > 0 ? 1.0f / w.l[i] : 0.0f;
+    // l == 0: no key (O = 0, LSE = -inf); l NaN: the row saw a NaN (or
+    // infinities that made one), and O and LSE are NaN.
+    float inv = w.l[i] != 0 ? 1.0f / w.l[i] : 0.0f;
     for (int64_t x = 0; x < d; ++x)
       acc[x] *= inv;
     store(a.o, offsetOf(a.o, b, q0 + i, head), d, acc);
     if (a.lse)
       a.lse[(b * a.q.heads + head) * nq + q0 + i] =
-          w.l[i] > 0 ? w.m[i] + std::log(w.l[i]) : kNegInf;
+          w.l[i] != 0 ? w.m[i] + std::log(w.l[i]) : kNegInf;
   }
   job.full += full;
   job.partial += partial;
@@ -521,6 +563,7 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
     w.kT.assign(w.slots * w.dPad * w.colsPad, 0.0f);
     w.vb.assign(w.slots * w.colsPad * w.dPad, 0.0f);
     w.tag.assign(w.slots, -1);
+    w.nonFiniteV.assign(w.slots, 0);
     w.keyRows.assign(kLanes * w.dPad, 0.0f);
     w.s.assign(w.rowsPad * w.colsPad, 0.0f);
     // One extra row: scratch for converting a key row.

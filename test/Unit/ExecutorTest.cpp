@@ -210,6 +210,134 @@ TEST_F(ExecutorTest, EmptyRowsGiveZeroAndMinusInfinity) {
   EXPECT_EQ(lseError, "");
 }
 
+/// Non-finite inputs (docs/runtime.md): a NaN or an infinity in a key or
+/// value that a row cannot see leaves the row as it is (masked lanes are
+/// selected, not multiplied); a NaN query or key that a row sees makes its
+/// output and LSE NaN, never an empty row (0, -inf). Random patterns with
+/// partial and full tiles, Nq != Nk, f32 and bf16, against the same run on
+/// clean inputs.
+TEST_F(ExecutorTest, NonFiniteInputsReachOnlyTheRowsThatSeeThem) {
+  PatternGen gen(&ctx, /*seed=*/77);
+  const float inf = std::numeric_limits<float>::infinity(),
+              nan = std::numeric_limits<float>::quiet_NaN();
+  for (int i = 0; i < 40; ++i) {
+    const int64_t nq = gen.uniform(1, 90), nk = gen.uniform(1, 90), d = 16;
+    const int64_t bq = gen.uniform(4, 32), bk = gen.uniform(4, 32);
+    // The review's case first: causal, v[5] = inf, k[2] = NaN.
+    semantics::Pattern head =
+        i == 0 ? semantics::Pattern{semantics::Causal{}}
+               : semantics::fromAttr(gen.pattern(2));
+    schedule::LayerSchedule sched;
+    std::string error;
+    ASSERT_TRUE(schedule::buildLayerSchedule({{head, {0}}}, 1, sched, error));
+    const cpu::DType dtype = i % 3 == 2 ? cpu::DType::BF16 : cpu::DType::F32;
+    std::mt19937_64 rng(500 + i);
+    Buffer q = randomBuffer(dtype, nq * d, rng),
+           k = randomBuffer(dtype, nk * d, rng),
+           v = randomBuffer(dtype, nk * d, rng);
+    auto set = [&](Buffer &b, size_t at, float x) {
+      if (dtype == cpu::DType::F32)
+        b.f32[at] = x;
+      else
+        b.u16[at] = cpu::floatToBf16(x);
+    };
+    auto run = [&](Buffer &qb, Buffer &kb, Buffer &vb,
+                   std::vector<double> &o, std::vector<float> &lse) {
+      Buffer ob = randomBuffer(dtype, nq * d, rng);
+      lse.assign(nq, 12345.0f);
+      cpu::LayerArgs a;
+      a.q = cpu::contiguous(qb.data(), dtype, 1, nq, 1, d);
+      a.k = cpu::contiguous(kb.data(), dtype, 1, nk, 1, d);
+      a.v = cpu::contiguous(vb.data(), dtype, 1, nk, 1, d);
+      a.o = cpu::contiguous(ob.data(), dtype, 1, nq, 1, d);
+      a.lse = lse.data();
+      a.blockQ = bq;
+      a.blockK = bk;
+      a.numThreads = 2;
+      ASSERT_EQ(cpu::runLayer(sched.table(), a), "");
+      o.resize(nq * d);
+      for (int64_t x = 0; x < nq * d; ++x)
+        o[x] = ob.at(x);
+    };
+    std::vector<double> clean, got;
+    std::vector<float> cleanLse, gotLse;
+    run(q, k, v, clean, cleanLse);
+    auto sees = [&](int64_t row, int64_t key) {
+      return semantics::allowed(head, row, key, 0, nq, nk, 1);
+    };
+    auto same = [&](int64_t row, int64_t x) {
+      double a = got[row * d + x], b = clean[row * d + x];
+      return std::abs(a - b) <= tolerance(dtype) * (1 + std::abs(b));
+    };
+    auto sameLse = [&](int64_t row) {
+      float a = gotLse[row], b = cleanLse[row];
+      return a == b || std::abs(a - b) <= 1e-4f * (1 + std::abs(b));
+    };
+    const int64_t kv = i == 0 ? std::min<int64_t>(5, nk - 1)
+                              : gen.uniform(0, nk - 1);
+    const int64_t kk = i == 0 ? std::min<int64_t>(2, nk - 1)
+                              : gen.uniform(0, nk - 1);
+    const int64_t qr = gen.uniform(0, nq - 1);
+    std::string where = "case " + std::to_string(i) + " Nq " +
+                        std::to_string(nq) + " Nk " + std::to_string(nk);
+    // An infinite value (dimension 0) of key kv.
+    {
+      Buffer vb = v;
+      set(vb, kv * d, inf);
+      run(q, k, vb, got, gotLse);
+      for (int64_t row = 0; row < nq; ++row) {
+        EXPECT_TRUE(sameLse(row)) << where << " row " << row;
+        if (sees(row, kv))
+          EXPECT_FALSE(std::isfinite(got[row * d])) << where << " row " << row;
+        else
+          EXPECT_TRUE(same(row, 0)) << where << " row " << row << " got "
+                                    << got[row * d] << " want "
+                                    << clean[row * d];
+        for (int64_t x = 1; x < d; ++x)
+          EXPECT_TRUE(sees(row, kv) || same(row, x)) << where << " row " << row;
+      }
+    }
+    // A NaN key kk.
+    {
+      Buffer kb = k;
+      for (int64_t x = 0; x < d; ++x)
+        set(kb, kk * d + x, nan);
+      run(q, kb, v, got, gotLse);
+      for (int64_t row = 0; row < nq; ++row) {
+        if (sees(row, kk)) {
+          EXPECT_TRUE(std::isnan(gotLse[row])) << where << " row " << row;
+          EXPECT_TRUE(std::isnan(got[row * d])) << where << " row " << row;
+          continue;
+        }
+        EXPECT_TRUE(sameLse(row)) << where << " row " << row;
+        for (int64_t x = 0; x < d; ++x)
+          EXPECT_TRUE(same(row, x)) << where << " row " << row;
+      }
+    }
+    // A NaN query row qr: NaN if it sees any key, else an empty row.
+    {
+      Buffer qb = q;
+      for (int64_t x = 0; x < d; ++x)
+        set(qb, qr * d + x, nan);
+      run(qb, k, v, got, gotLse);
+      bool any = false;
+      for (int64_t key = 0; key < nk; ++key)
+        any |= sees(qr, key);
+      for (int64_t row = 0; row < nq; ++row) {
+        if (row == qr && any) {
+          EXPECT_TRUE(std::isnan(gotLse[row])) << where;
+          for (int64_t x = 0; x < d; ++x)
+            EXPECT_TRUE(std::isnan(got[row * d + x])) << where;
+          continue;
+        }
+        EXPECT_TRUE(sameLse(row)) << where << " row " << row;
+        for (int64_t x = 0; x < d; ++x)
+          EXPECT_TRUE(same(row, x)) << where << " row " << row;
+      }
+    }
+  }
+}
+
 TEST_F(ExecutorTest, RejectsBadArguments) {
   std::vector<schedule::HeadGroup> groups = {
       {semantics::Pattern{semantics::Causal{}}, {0, 1}}};

@@ -307,7 +307,7 @@ __device__ __forceinline__ void flashStorePartial(FlashAcc<D> &acc,
     const i64 qi = h ? row1 : row0;
     if (qi < 0)
       continue;
-    const float inv = acc.l[h] > 0.f ? 1.f / acc.l[h] : 0.f;
+    const float inv = acc.l[h] != 0.f ? 1.f / acc.l[h] : 0.f; // NaN stays
     float *row = part + qi * (D + 1);
 #pragma unroll
     for (int dn = 0; dn < D / 8; ++dn) {
@@ -337,7 +337,9 @@ flashStoreMerged(FlashAcc<D> &acc, u16 *oBase, i64 oStrideS, float *lseBase,
     const float *prow = part + qi * (D + 1);
     const float lse1 = prow[D];
     const float lse2 = flashRowLse<D>(acc, h);
-    const float mx = fmaxf(lse1, lse2);
+    // A NaN part (a NaN its row saw) makes the row NaN (fmaxf drops NaN).
+    const float mx = lse1 != lse1 || lse2 != lse2 ? lse1 + lse2
+                                                  : fmaxf(lse1, lse2);
     float w1 = 0.f, w2 = 0.f, lse = negInf;
     if (mx != negInf) {
       w1 = exp2f((lse1 - mx) * log2e);
@@ -347,7 +349,7 @@ flashStoreMerged(FlashAcc<D> &acc, u16 *oBase, i64 oStrideS, float *lseBase,
       w1 /= z;
       w2 /= z;
     }
-    const float inv = acc.l[h] > 0.f ? w2 / acc.l[h] : 0.f;
+    const float inv = acc.l[h] != 0.f ? w2 / acc.l[h] : 0.f;
     u16 *orow = oBase + qi * oStrideS;
 #pragma unroll
     for (int dn = 0; dn < D / 8; ++dn)

@@ -253,10 +253,12 @@ template <int D> __device__ __forceinline__ void flashRowSums(FlashAcc<D> &acc) 
   }
 }
 
-/// The natural-log LSE of row h after flashRowSums; -inf when it has no key.
+/// The natural-log LSE of row h after flashRowSums; -inf when it has no key
+/// (l = 0), NaN when it saw a NaN (l = NaN: masked lanes are selected to
+/// -inf before the exponential, so only allowed pairs can make it).
 template <int D>
 __device__ __forceinline__ float flashRowLse(const FlashAcc<D> &acc, int h) {
-  return acc.l[h] > 0.f ? (acc.m[h] + log2f(acc.l[h])) * 0.6931471805599453f
+  return acc.l[h] != 0.f ? (acc.m[h] + log2f(acc.l[h])) * 0.6931471805599453f
                         : __int_as_float(0xff800000);
 }
 
@@ -274,7 +276,7 @@ __device__ __forceinline__ void flashStore(FlashAcc<D> &acc, u16 *oBase,
     const i64 qi = h ? row1 : row0;
     if (qi < 0)
       continue;
-    const float inv = acc.l[h] > 0.f ? 1.f / acc.l[h] : 0.f;
+    const float inv = acc.l[h] != 0.f ? 1.f / acc.l[h] : 0.f; // NaN stays
     u16 *orow = oBase + qi * oStrideS;
 #pragma unroll
     for (int dn = 0; dn < D / 8; ++dn)

@@ -12,17 +12,21 @@
 //       #attn.vertical_slash<last_q = 64, vertical = V, slash = S,
 //                            first_columns = 30, last_diagonals = 100>>
 //   stream_llm N L         -> #attn.a_shape<sink = N, before = L - 1>
+//                             (N = 0: #attn.window<before = L - 1>)
 //   block_sparse           -> #attn.intersect<#attn.causal,
 //                                 #attn.block_topk<block = 64, top_k = 100>>
 //
-// Every problem of the file (not JSON, a layer that is not an object, a head
-// index missing, repeated or out of range, an unknown type, a size that is
-// negative or not an integer) is an error naming the layer and the head.
+// Every problem of the file (not a regular file, over 16 MiB, nested past
+// 32 levels, not JSON, over 4096 layers or 2^18 heads in all, a layer that
+// is not an object, a head index missing, repeated (in any spelling),
+// written other than in plain decimal or out of range, an unknown type, a
+// size that is negative or not an integer) is an error naming the layer and
+// the head; so is an output that cannot be written.
 //
 //===----------------------------------------------------------------------===//
 
 #include "tessera/Dialect/Attn/AttnOps.h"
-#include "tessera/Support/InputFile.h"
+#include "tessera/Support/JsonFile.h"
 #include "tessera/Support/ToolOptions.h"
 
 #include "mlir/IR/BuiltinOps.h"
@@ -30,6 +34,7 @@
 #include "mlir/Parser/Parser.h"
 #include "mlir/Support/FileUtilities.h"
 #include "llvm/Support/CommandLine.h"
+#include "llvm/Support/FileSystem.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/JSON.h"
 #include "llvm/Support/SourceMgr.h"
@@ -86,6 +91,38 @@ static cl::opt<int64_t>
                        "(100)"),
               cl::init(100), cl::cat(toolOptions));
 
+/// The largest config, and the most layers and heads of all layers together
+/// it may list (published configs list up to 80 layers of 64 heads in
+/// under 1 MiB).
+constexpr uint64_t kMaxConfigBytes = uint64_t(16) << 20;
+constexpr size_t kMaxLayers = 4096;
+constexpr size_t kMaxEntries = size_t(1) << 18;
+
+/// Counts the objects and arrays in JSON `text` (brackets outside strings),
+/// so that a config of a million layers is refused before it is parsed (the
+/// parser allocates kilobytes per object).
+static void countContainers(llvm::StringRef text, size_t &objects,
+                            size_t &arrays) {
+  objects = arrays = 0;
+  bool inString = false, escaped = false;
+  for (char c : text) {
+    if (inString) {
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        inString = false;
+    } else if (c == '"') {
+      inString = true;
+    } else if (c == '{') {
+      ++objects;
+    } else if (c == '[') {
+      ++arrays;
+    }
+  }
+}
+
 static int fail(const llvm::Twine &message) {
   llvm::errs() << "attn-import: error: " << inputFile << ": " << message
                << "\n";
@@ -99,8 +136,10 @@ struct HeadEntry {
 };
 } // namespace
 
-/// The first key that appears twice in one layer object (JSON parsers keep
-/// one of them silently): "layer L, key K", or "".
+/// The first head that one layer object lists twice, however its keys are
+/// spelled ("0" and "\u0030" are one key; JSON parsers keep one of them
+/// silently): "layer L lists head 'K' twice", or "". `text` is a JSON list
+/// of objects (already parsed, so every string in it is well formed).
 static std::string duplicateKey(llvm::StringRef text) {
   int depth = 0;
   int64_t layer = -1;
@@ -108,22 +147,28 @@ static std::string duplicateKey(llvm::StringRef text) {
   for (size_t i = 0; i < text.size(); ++i) {
     char c = text[i];
     if (c == '"') {
-      std::string str;
-      for (++i; i < text.size() && text[i] != '"'; ++i) {
-        if (text[i] == '\\' && i + 1 < text.size())
+      size_t begin = i;
+      for (++i; i < text.size() && text[i] != '"'; ++i)
+        if (text[i] == '\\')
           ++i;
-        str += text[i];
-      }
       // A key of a layer object: a string at depth 2 followed by ':'.
       size_t j = i + 1;
       while (j < text.size() && isspace(static_cast<unsigned char>(text[j])))
         ++j;
-      if (depth == 2 && j < text.size() && text[j] == ':') {
-        if (std::find(keys.begin(), keys.end(), str) != keys.end())
-          return "layer " + std::to_string(layer) + " lists head '" + str +
-                 "' twice";
-        keys.push_back(str);
-      }
+      if (depth != 2 || j >= text.size() || text[j] != ':')
+        continue;
+      // The key as the parser reads it: its escapes decoded.
+      llvm::Expected<json::Value> decoded =
+          json::parse(text.slice(begin, i + 1));
+      std::string key;
+      if (decoded && decoded->getAsString())
+        key = decoded->getAsString()->str();
+      else
+        llvm::consumeError(decoded.takeError());
+      if (std::find(keys.begin(), keys.end(), key) != keys.end())
+        return "layer " + std::to_string(layer) + " lists head '" + key +
+               "' twice";
+      keys.push_back(key);
       continue;
     }
     if (c == '[' || c == '{') {
@@ -136,6 +181,18 @@ static std::string duplicateKey(llvm::StringRef text) {
     }
   }
   return "";
+}
+
+/// Whether `name` can follow '@' in MLIR as a bare symbol name: a letter or
+/// '_', then letters, digits, '_', '$' or '.' (MLIR's bare-id).
+static bool isSymbolName(llvm::StringRef name) {
+  if (name.empty() || !(isalpha(static_cast<unsigned char>(name[0])) ||
+                        name[0] == '_'))
+    return false;
+  return llvm::all_of(name, [](char c) {
+    return isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$' ||
+           c == '.';
+  });
 }
 
 /// The pattern of one MInference head; "" with `error` set if invalid.
@@ -160,6 +217,9 @@ static std::string patternOf(const HeadEntry &e, std::string &error) {
       error = "stream_llm needs slash_size (its local window) >= 1";
       return "";
     }
+    // No sinks: the local window alone.
+    if (e.vertical == 0)
+      return "#attn.window<before = " + std::to_string(e.slash - 1) + ">";
     return "#attn.a_shape<sink = " + std::to_string(e.vertical) +
            ", before = " + std::to_string(e.slash - 1) + ">";
   }
@@ -186,23 +246,53 @@ int main(int argc, char **argv) {
   if (lastQ < 1 || firstColumns < 0 || lastDiagonals < 0 || blockTopK < 1)
     return fail("--last-q and --block-topk must be >= 1, --first-columns "
                 "and --last-diagonals >= 0");
+  if (!isSymbolName(modelName))
+    return fail("--model must be a symbol name (a letter or '_', then "
+                "letters, digits, '_', '$' or '.'), got '" +
+                modelName + "'");
 
-  std::string error;
-  auto buffer = tessera::openPatternFile(inputFile, error);
-  if (!buffer) {
-    llvm::errs() << "attn-import: error: " << error << "\n";
-    return 1;
-  }
-  llvm::Expected<json::Value> root = json::parse(buffer->getBuffer());
+  // The whole file, bounded; its nesting is checked before it is parsed.
+  std::string error, config;
+  if (!tessera::readBoundedFile(inputFile, kMaxConfigBytes, config, error))
+    return fail(error);
+  // A config holds one object per layer and one array per head (and the
+  // list): the counts are bounded before parsing.
+  size_t objects, arrays;
+  countContainers(config, objects, arrays);
+  if (objects > kMaxLayers)
+    return fail("the config holds " + std::to_string(objects) +
+                " objects (one per layer), more than " +
+                std::to_string(kMaxLayers));
+  if (arrays > kMaxEntries + 1)
+    return fail("the config holds " + std::to_string(arrays) +
+                " lists (one per head), more than " +
+                std::to_string(kMaxEntries + 1));
+  std::optional<json::Value> root = tessera::parseJsonBounded(config, error);
   if (!root)
-    return fail("not JSON: " + llvm::toString(root.takeError()));
+    return fail(error);
   const json::Array *layers = root->getAsArray();
   if (!layers)
     return fail("an MInference config is a JSON list with one object per "
                 "layer");
   if (layers->empty())
     return fail("the config lists no layer");
-  std::string duplicate = duplicateKey(buffer->getBuffer());
+  if (layers->size() > kMaxLayers)
+    return fail("the config lists " + std::to_string(layers->size()) +
+                " layers, more than " + std::to_string(kMaxLayers));
+  size_t entries = 0;
+  for (size_t li = 0; li < layers->size(); ++li) {
+    const json::Object *heads = (*layers)[li].getAsObject();
+    if (!heads)
+      return fail("layer " + std::to_string(li) +
+                  " is not an object mapping head indices to "
+                  "[type, vertical_size, slash_size, score]");
+    entries += heads->size();
+  }
+  if (entries > kMaxEntries)
+    return fail("the config lists " + std::to_string(entries) +
+                " heads in all layers together, more than " +
+                std::to_string(kMaxEntries));
+  std::string duplicate = duplicateKey(config);
   if (!duplicate.empty())
     return fail(duplicate);
 
@@ -211,16 +301,16 @@ int main(int argc, char **argv) {
   for (size_t li = 0; li < layers->size(); ++li) {
     std::string where = "layer " + std::to_string(li);
     const json::Object *heads = (*layers)[li].getAsObject();
-    if (!heads)
-      return fail(where + " is not an object mapping head indices to "
-                          "[type, vertical_size, slash_size, score]");
     std::map<int64_t, HeadEntry> entries;
     for (const auto &kv : *heads) {
       llvm::StringRef key = kv.first;
       int64_t head;
-      if (key.getAsInteger(10, head) || head < 0 || head > 4095)
+      // One spelling per head: "7", never "07" or "+7".
+      if (key.getAsInteger(10, head) || head < 0 || head > 4095 ||
+          key != std::to_string(head))
         return fail(where + ": key '" + key +
-                    "' is not a head index in [0, 4096)");
+                    "' is not a head index in [0, 4096) written in decimal "
+                    "without sign or leading zeros");
       std::string at = where + ", head " + std::to_string(head);
       const json::Array *v = kv.second.getAsArray();
       if (!v || v->size() != 4)
@@ -317,10 +407,27 @@ int main(int argc, char **argv) {
       llvm::errs() << "attn-import: error: " << error << "\n";
       return 1;
     }
-    out->os() << "// Imported by attn-import from " << inputFile
-              << " (MInference config).\n";
+    llvm::raw_fd_ostream &file = out->os();
+    file << "// Imported by attn-import from " << inputFile
+         << " (MInference config).\n";
     for (Operation &op : module->getBody()->getOperations())
-      out->os() << op << "\n";
+      file << op << "\n";
+    // A failed write (a full disk, /dev/full, a closed pipe) is an error,
+    // not LLVM's abort when the stream is destroyed with its error set.
+    if (outputFile == "-")
+      file.flush();
+    else
+      file.close();
+    if (file.has_error()) {
+      std::string why = file.error().message();
+      file.clear_error();
+      // A partial regular file is removed; anything else (a device) stays.
+      if (!llvm::sys::fs::is_regular_file(outputFile))
+        out->keep();
+      llvm::errs() << "attn-import: error: cannot write " << outputFile
+                   << ": " << why << "\n";
+      return 1;
+    }
     out->keep();
   }
   return 0;

@@ -12,6 +12,7 @@
 #include "tessera/Transforms/DynamicCost.h"
 #include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/Semantics/FromAttr.h"
+#include "tessera/Support/JsonFile.h"
 #include "tessera/Transforms/Passes.h"
 
 #include "mlir/AsmParser/AsmParser.h"
@@ -86,15 +87,12 @@ LogicalResult loadCalibration(MLIRContext *ctx, Operation *where,
     return mlir::emitError(where->getLoc())
            << "attn-select: calibration file " << path << ": " << message;
   };
-  auto buffer = llvm::MemoryBuffer::getFile(path, /*IsText=*/true);
-  if (!buffer)
-    return fail("cannot be read: " + buffer.getError().message());
-  if ((*buffer)->getBufferSize() > (uint64_t(64) << 20))
-    return fail("is larger than 64 MiB");
-  llvm::Expected<llvm::json::Value> json =
-      llvm::json::parse((*buffer)->getBuffer());
+  // A regular file of at most 64 MiB, nested at most 32 deep.
+  std::string readError;
+  std::optional<llvm::json::Value> json =
+      tessera::readJsonFile(path, uint64_t(64) << 20, readError);
   if (!json)
-    return fail("is not JSON: " + llvm::toString(json.takeError()));
+    return fail(readError);
   const llvm::json::Object *root = json->getAsObject();
   if (!root ||
       root->getString("format") != llvm::StringRef("tessera-calibration"))

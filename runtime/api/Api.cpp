@@ -190,6 +190,52 @@ bool overlapsItself(const tessera_tensor &t) {
   return false;
 }
 
+/// The engine's centroids (`count` floats): fp32-aligned, and read while o
+/// and lse are written, so sharing memory with neither.
+tessera_status checkCentroids(const float *centroids, int64_t count,
+                              const tessera_tensor &o, const float *lse,
+                              int64_t lseCount) {
+  auto at = reinterpret_cast<uintptr_t>(centroids);
+  if (at % alignof(float))
+    return fail(TESSERA_ERROR_MISALIGNED,
+                "centroids must be 4-byte aligned (fp32)");
+  Extent c{at, at + sizeof(float) * uint64_t(count)};
+  if (overlap(c, extent(o)))
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "centroids overlap o (the output would overwrite centroids "
+                "still to be read)");
+  auto lseAt = reinterpret_cast<uintptr_t>(lse);
+  if (lse && overlap(c, {lseAt, lseAt + sizeof(float) * uint64_t(lseCount)}))
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "centroids overlap lse (the LSE would overwrite centroids "
+                "still to be read)");
+  return TESSERA_OK;
+}
+
+/// On the CPU: every centroid row a routing group of layer `l` reads (head
+/// h's first `clusters` rows, rows `stride` apart per head) is finite. A
+/// NaN or inf would silently move tokens between clusters.
+tessera_status checkCentroidsFinite(const LayerDesc &l, int64_t layer,
+                                    const float *centroids, int64_t stride) {
+  for (const DynamicGroupDesc &g : l.dynamicGroups) {
+    if (g.args.family != kernel::kRouting || g.args.iterations != 0)
+      continue;
+    for (int64_t h : g.heads)
+      for (int64_t j = 0; j < g.args.clusters; ++j) {
+        const float *row = centroids + (h * stride + j) * l.headDim;
+        for (int64_t x = 0; x < l.headDim; ++x)
+          if (!std::isfinite(row[x]))
+            return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                        "layer " + std::to_string(layer) + ": centroid " +
+                            std::to_string(j) + " of head " +
+                            std::to_string(h) +
+                            " is not finite (NaN or inf at element " +
+                            std::to_string(x) + ")");
+      }
+  }
+  return TESSERA_OK;
+}
+
 tessera_status checkTensor(const tessera_tensor *t, const char *name) {
   if (!t)
     return fail(TESSERA_ERROR_NULL_POINTER,
@@ -664,6 +710,12 @@ tessera_status tessera_attention_dynamic(
         return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                     std::string("lse overlaps ") + name);
   }
+  if (centroids)
+    if (tessera_status s = checkCentroids(centroids, l->numHeads * needClusters *
+                                                         l->headDim,
+                                          *o, lse, q->batch * l->numHeads *
+                                                       q->seq))
+      return s;
   if (!cuda) {
     // Where a CUDA driver is present, device memory handed to the CPU is
     // caught before it is dereferenced.
@@ -689,6 +741,10 @@ tessera_status tessera_attention_dynamic(
                       std::string(name) +
                           " is CUDA device memory; the context is the CPU");
       }
+    if (centroids)
+      if (tessera_status s =
+              checkCentroidsFinite(*l, layer, centroids, needClusters))
+        return s;
     cpu::LayerArgs args;
     args.q = toCpu(*q);
     args.k = toCpu(*k);

@@ -213,8 +213,10 @@ std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
         (e = param("slash", a.slash, 0, big)).empty() &&
         (e = param("first_columns", a.firstColumns, 0, big)).empty() &&
         (e = param("last_diagonals", a.lastDiagonals, 0, big)).empty() &&
-        a.vertical + a.slash < 1)
-      e = "vertical + slash must be at least 1";
+        a.vertical + a.slash + a.firstColumns + a.lastDiagonals < 1)
+      // As the verifier: forced columns or diagonals alone are an index.
+      e = "keeps nothing: vertical, slash, first_columns or last_diagonals "
+          "must be positive";
   } else if (*family == "block_topk") {
     a.family = k::kBlockTopk;
     std::optional<double> gamma = par->getNumber("gamma");
@@ -222,11 +224,18 @@ std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
         (e = param("top_k", a.topK, 0, big)).empty() &&
         (e = param("min_blocks", a.minBlocks, 0, big)).empty() &&
         (e = param("max_blocks", a.maxBlocks, 0, big)).empty()) {
+      const json::Value *tau = par->get("tau");
       if (a.block % 64)
         e = "block must be a multiple of 64";
       else if (!gamma || !(*gamma >= 0 && *gamma <= 1) ||
                (*gamma > 0) == (a.topK > 0))
         e = "exactly one of gamma (in (0, 1]) and top_k must be given";
+      else if (a.topK > 0 && (a.minBlocks > 0 || a.maxBlocks > 0))
+        e = "min_blocks and max_blocks go with gamma only (top_k keeps "
+            "exactly top_k blocks)";
+      else if (tau && tau->getAsNumber() != std::optional<double>(0.0))
+        e = "tau must be 0: bundles do not support FlexPrefill's per-head "
+            "choice (tau > 0) yet";
       else
         a.gamma = float(*gamma);
     }

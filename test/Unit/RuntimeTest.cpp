@@ -974,10 +974,12 @@ TEST(RuntimeBundles, DynamicGroupsAreValidated) {
        param(0, "last_q", 0)},
       {"negative vertical", "parameter vertical is missing or outside",
        param(0, "vertical", -1)},
-      {"nothing kept", "vertical + slash must be at least 1",
+      {"nothing kept", "keeps nothing: vertical, slash, first_columns or "
+                       "last_diagonals must be positive",
        [](Obj &l) {
-         (*dynGroup(l, 0).getObject("params"))["vertical"] = 0;
-         (*dynGroup(l, 0).getObject("params"))["slash"] = 0;
+         for (const char *key :
+              {"vertical", "slash", "first_columns", "last_diagonals"})
+           (*dynGroup(l, 0).getObject("params"))[key] = 0;
        }},
       {"block 96", "block must be a multiple of 64", param(2, "block", 96)},
       {"block 2048", "parameter block is missing or outside",
@@ -1090,5 +1092,392 @@ TEST(RuntimeBundles, DamagedDynamicManifestsNeverCrash) {
   }
   EXPECT_GT(rejected, 100);
   EXPECT_GT(ran, 10);
+  tessera_context_destroy(ctx);
+}
+
+namespace {
+
+/// Layer 0 of the dynamic-emulation bundle (6 heads over 3 kv heads, head
+/// dim 64; groups 0-5 are heads 0-5) with `edit` applied, on f32 inputs of
+/// Nq queries and Nk keys: q [1, Nq, 6, 64], k and v [1, Nk, 3, 64], zero
+/// until a test fills them, and the engine's centroids [6, 3, 64] for
+/// head 5's routing group.
+struct DynamicCall {
+  static constexpr int64_t H = 6, Hkv = 3, D = 64, C = 3;
+  int64_t nq, nk;
+  tessera_context *ctx = nullptr;
+  tessera_bundle *bundle = nullptr;
+  std::vector<float> q, k, v, o, lse, cent;
+  DynamicCall(int64_t nq, int64_t nk,
+              const std::function<void(llvm::json::Object &)> &edit =
+                  [](llvm::json::Object &) {})
+      : nq(nq), nk(nk), q(nq * H * D), k(nk * Hkv * D), v(nk * Hkv * D),
+        o(nq * H * D), lse(H * nq), cent(H * C * D, 0.0f) {
+    for (int64_t j = 0; j < H * C; ++j)
+      cent[j * D + j % D] = 1.0f;
+    EXPECT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx),
+              TESSERA_OK);
+    std::string m = editedDynamicManifest(edit);
+    std::string src = slurp(bundleDir("dynamic-emulation") + "/bundle.cu");
+    EXPECT_EQ(tessera_bundle_load_memory(ctx, m.data(), m.size(), src.data(),
+                                         src.size(), &bundle),
+              TESSERA_OK)
+        << tessera_last_error();
+  }
+  ~DynamicCall() {
+    if (bundle)
+      tessera_bundle_destroy(bundle);
+    tessera_context_destroy(ctx);
+  }
+  float *qRow(int64_t row, int64_t h) { return &q[(row * H + h) * D]; }
+  float *kRow(int64_t key, int64_t kvh) { return &k[(key * Hkv + kvh) * D]; }
+  float *vRow(int64_t key, int64_t kvh) { return &v[(key * Hkv + kvh) * D]; }
+  float *oRow(int64_t row, int64_t h) { return &o[(row * H + h) * D]; }
+  float lseOf(int64_t row, int64_t h) { return lse[h * nq + row]; }
+  tessera_status run(float scale, const float *centroids = nullptr) {
+    if (!bundle)
+      return TESSERA_ERROR_BAD_BUNDLE;
+    tessera_tensor tq = tensor(q.data(), TESSERA_DTYPE_F32, 1, nq, H, D);
+    tessera_tensor tk = tensor(k.data(), TESSERA_DTYPE_F32, 1, nk, Hkv, D);
+    tessera_tensor tv = tensor(v.data(), TESSERA_DTYPE_F32, 1, nk, Hkv, D);
+    tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_F32, 1, nq, H, D);
+    tessera_dynamic_inputs dyn{centroids ? centroids : cent.data(), H, C, D};
+    return tessera_attention_dynamic(bundle, 0, &tq, &tk, &tv, &to,
+                                     lse.data(), scale, &dyn, nullptr);
+  }
+  /// Random q, k and v in [-1, 1).
+  void randomInputs(unsigned seed) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (std::vector<float> *t : {&q, &k, &v})
+      for (float &x : *t)
+        x = u(rng);
+  }
+  /// Head h's rows against float64 attention over the keys `allowed(row,
+  /// key)` at `scale`: the largest error of o and of finite LSEs; rows
+  /// without keys must give o = 0 and LSE = -inf exactly.
+  double maxError(int64_t h, float scale,
+                  const std::function<bool(int64_t, int64_t)> &allowed) {
+    double worst = 0;
+    const int64_t kvh = h / (H / Hkv);
+    for (int64_t row = 0; row < nq; ++row) {
+      std::vector<double> logits;
+      std::vector<int64_t> keys;
+      double m = -INFINITY;
+      for (int64_t key = 0; key < nk; ++key) {
+        if (!allowed(row, key))
+          continue;
+        double s = 0;
+        for (int64_t x = 0; x < D; ++x)
+          s += double(qRow(row, h)[x]) * kRow(key, kvh)[x];
+        keys.push_back(key);
+        logits.push_back(s * scale);
+        m = std::max(m, logits.back());
+      }
+      if (keys.empty()) {
+        EXPECT_EQ(lseOf(row, h), -INFINITY) << "row " << row;
+        for (int64_t x = 0; x < D; ++x)
+          EXPECT_EQ(oRow(row, h)[x], 0.0f) << "row " << row;
+        continue;
+      }
+      double z = 0;
+      std::vector<double> out(D, 0.0);
+      for (size_t i = 0; i < keys.size(); ++i) {
+        double w = std::exp(logits[i] - m);
+        z += w;
+        for (int64_t x = 0; x < D; ++x)
+          out[x] += w * vRow(keys[i], kvh)[x];
+      }
+      for (int64_t x = 0; x < D; ++x)
+        worst = std::max(worst, std::abs(out[x] / z - oRow(row, h)[x]));
+      worst = std::max(worst, std::abs(m + std::log(z) - lseOf(row, h)));
+    }
+    return worst;
+  }
+};
+
+void setParam(llvm::json::Object &layer, size_t group, const char *key,
+              llvm::json::Value value) {
+  (*dynGroup(layer, group).getObject("params"))[key] = std::move(value);
+}
+
+} // namespace
+
+/// Forced columns and diagonals count towards `vertical` and `slash`
+/// (docs/patterns.md): with vertical = first_columns and slash =
+/// last_diagonals, and with vertical = slash = 0 (which the verifier
+/// accepts, and the manifest reader refused), head 0 (causal) sees exactly
+/// the first 4 columns and the diagonals -7 .. 0, whatever the scores.
+TEST(RuntimeDynamic, ForcedEntriesCountTowardsTheBudgets) {
+  for (int64_t budget : {0, 1}) {
+    DynamicCall call(40, 40, [&](llvm::json::Object &l) {
+      setParam(l, 0, "vertical", 4 * budget);
+      setParam(l, 0, "slash", 8 * budget);
+    });
+    ASSERT_NE(call.bundle, nullptr) << "budget " << budget;
+    call.randomInputs(7);
+    ASSERT_EQ(call.run(0), TESSERA_OK) << tessera_last_error();
+    EXPECT_LT(call.maxError(0, 0.125f,
+                            [](int64_t row, int64_t key) {
+                              return key <= row && (key < 4 || row - key < 8);
+                            }),
+              1e-4)
+        << "budget " << budget;
+  }
+}
+
+/// A slash budget above the Nk diagonals d in [-(Nk - 1), 0] keeps all of
+/// them: with causality, every key at or before the query's position
+/// (bottom-right aligned), at Nq = Nk, Nq < Nk and Nq > Nk.
+TEST(RuntimeDynamic, SlashBudgetAboveTheDiagonalsKeepsThemAll) {
+  for (auto [nq, nk] : {std::pair<int64_t, int64_t>{40, 40}, {24, 40},
+                        {40, 24}}) {
+    DynamicCall call(nq, nk, [](llvm::json::Object &l) {
+      setParam(l, 0, "vertical", 0);
+      setParam(l, 0, "slash", int64_t(1) << 40);
+      setParam(l, 0, "first_columns", 0);
+      setParam(l, 0, "last_diagonals", 0);
+    });
+    call.randomInputs(11);
+    ASSERT_EQ(call.run(0), TESSERA_OK) << tessera_last_error();
+    EXPECT_LT(call.maxError(0, 0.125f,
+                            [&, nq = nq, nk = nk](int64_t row, int64_t key) {
+                              return key <= row + nk - nq;
+                            }),
+              1e-4)
+        << nq << " x " << nk;
+  }
+}
+
+/// The index's softmax uses the call's scale (0: 1/sqrt(head_dim)).
+/// Vertical-slash with last_q = 2 and one column: row 6 scores every key
+/// alike; row 7 scores key 7 at 2 and key 0 at 1 (before the scale). At
+/// scale 1/8 column 0 has the largest sum (1/7 + 0.135 against 0.153 for
+/// key 7); at scale 8 row 7's softmax is all on key 7, which wins. Row 7
+/// sees its one kept column: o = v of that key.
+TEST(RuntimeDynamic, IndexScoresUseTheCallScale) {
+  for (float scale : {0.0f, 8.0f}) {
+    DynamicCall call(8, 8, [](llvm::json::Object &l) {
+      setParam(l, 0, "last_q", 2);
+      setParam(l, 0, "vertical", 1);
+      setParam(l, 0, "slash", 0);
+      setParam(l, 0, "first_columns", 0);
+      setParam(l, 0, "last_diagonals", 0);
+    });
+    call.qRow(7, 0)[0] = 1.0f;
+    call.kRow(0, 0)[0] = 1.0f;
+    call.kRow(7, 0)[0] = 2.0f;
+    for (int64_t key = 0; key < 8; ++key)
+      call.vRow(key, 0)[0] = float(key);
+    ASSERT_EQ(call.run(scale), TESSERA_OK) << tessera_last_error();
+    EXPECT_EQ(call.oRow(7, 0)[0], scale == 0 ? 0.0f : 7.0f)
+        << "scale " << scale;
+  }
+  // Block top-k (head 2, causal, gamma 0.8, blocks of 64): every query
+  // matches key block 0 at 1 and block 1 at 0. Block 0's pooled mass is
+  // 1 / (1 + e^-s): 0.53 at s = 1/8 (both blocks kept), 0.9997 at s = 8
+  // (block 0 alone). Values: 1 in block 0, 3 in block 1.
+  for (float scale : {0.0f, 8.0f}) {
+    DynamicCall call(128, 128);
+    for (int64_t row = 0; row < 128; ++row)
+      call.qRow(row, 2)[0] = 1.0f;
+    for (int64_t key = 0; key < 128; ++key) {
+      call.kRow(key, 1)[0] = key < 64 ? 1.0f : 0.0f;
+      call.vRow(key, 1)[0] = key < 64 ? 1.0f : 3.0f;
+    }
+    ASSERT_EQ(call.run(scale), TESSERA_OK) << tessera_last_error();
+    // Row 127 sees both blocks only where both are kept.
+    if (scale == 0)
+      EXPECT_GT(call.oRow(127, 2)[0], 1.5f);
+    else
+      EXPECT_EQ(call.oRow(127, 2)[0], 1.0f);
+  }
+}
+
+/// On the CPU, f32 inputs of a bf16 layer are used as given, not rounded:
+/// key 2 scores 1 + 2^-10 and key 1 scores 1 for the last query, which
+/// keeps one column. In f32 key 2 wins; rounded to bf16 (7 fraction bits)
+/// the two tie and the smaller column wins.
+TEST(RuntimeDynamic, F32InputsBuildTheIndexUnrounded) {
+  DynamicCall call(8, 8, [](llvm::json::Object &l) {
+    setParam(l, 0, "last_q", 1);
+    setParam(l, 0, "vertical", 1);
+    setParam(l, 0, "slash", 0);
+    setParam(l, 0, "first_columns", 0);
+    setParam(l, 0, "last_diagonals", 0);
+  });
+  call.qRow(7, 0)[0] = 1.0f;
+  call.kRow(1, 0)[0] = 1.0f;
+  call.kRow(2, 0)[0] = 1.0f + 1.0f / 1024;
+  for (int64_t key = 0; key < 8; ++key)
+    call.vRow(key, 0)[0] = float(key);
+  ASSERT_EQ(call.run(0), TESSERA_OK) << tessera_last_error();
+  EXPECT_EQ(call.oRow(7, 0)[0], 2.0f);
+  // The same values in bf16: key 2 rounds to 1.0, a tie, column 1.
+  auto bf16 = [](const std::vector<float> &x) {
+    std::vector<uint16_t> out(x.size());
+    for (size_t i = 0; i < x.size(); ++i)
+      out[i] = cpu::floatToBf16(x[i]);
+    return out;
+  };
+  std::vector<uint16_t> q = bf16(call.q), k = bf16(call.k), v = bf16(call.v),
+                        o(call.o.size());
+  const int64_t H = DynamicCall::H, Hkv = DynamicCall::Hkv, D = DynamicCall::D;
+  tessera_tensor tq = tensor(q.data(), TESSERA_DTYPE_BF16, 1, 8, H, D);
+  tessera_tensor tk = tensor(k.data(), TESSERA_DTYPE_BF16, 1, 8, Hkv, D);
+  tessera_tensor tv = tensor(v.data(), TESSERA_DTYPE_BF16, 1, 8, Hkv, D);
+  tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_BF16, 1, 8, H, D);
+  tessera_dynamic_inputs dyn{call.cent.data(), H, DynamicCall::C, D};
+  ASSERT_EQ(tessera_attention_dynamic(call.bundle, 0, &tq, &tk, &tv, &to,
+                                      nullptr, 0, &dyn, nullptr),
+            TESSERA_OK)
+      << tessera_last_error();
+  EXPECT_EQ(cpu::bf16ToFloat(o[(7 * H + 0) * D]), 1.0f);
+}
+
+/// k-means keeps an empty cluster's centroid. Head 4 (causal, routing with
+/// 2 k-means iterations; here 2 clusters) over keys k0 = (1, 0) and
+/// k1..15 = (2, -1): seeds k0 and k8; every key is nearer (dot product)
+/// to k8, so cluster 0 empties and keeps (1, 0) while cluster 1 becomes
+/// (31, -15) / 16. Query (0.5, 1) scores 0.5 against cluster 0 and 1/32
+/// against cluster 1: cluster 0, no keys (a zeroed centroid would send it
+/// to cluster 1). Query (-1, -1.5): -1 and -17/32: cluster 1, every key
+/// before it.
+TEST(RuntimeDynamic, RoutingKeepsAnEmptyClustersCentroid) {
+  DynamicCall call(16, 16, [](llvm::json::Object &l) {
+    setParam(l, 4, "clusters", 2);
+  });
+  call.randomInputs(5);
+  for (int64_t key = 0; key < 16; ++key) {
+    std::fill_n(call.kRow(key, 2), 64, 0.0f);
+    call.kRow(key, 2)[0] = key == 0 ? 1.0f : 2.0f;
+    call.kRow(key, 2)[1] = key == 0 ? 0.0f : -1.0f;
+  }
+  for (int64_t row = 0; row < 16; ++row) {
+    std::fill_n(call.qRow(row, 4), 64, 0.0f);
+    call.qRow(row, 4)[0] = row % 2 ? 0.5f : -1.0f;
+    call.qRow(row, 4)[1] = row % 2 ? 1.0f : -1.5f;
+  }
+  ASSERT_EQ(call.run(0), TESSERA_OK) << tessera_last_error();
+  EXPECT_LT(call.maxError(4, 0.125f,
+                          [](int64_t row, int64_t key) {
+                            return row % 2 == 0 && key <= row;
+                          }),
+            1e-5);
+}
+
+/// The engine's centroids may not share memory with o or lse (they are
+/// read while those are written), must be fp32-aligned, and every row a
+/// routing group reads must be finite (on the CPU; docs/runtime.md). Rows
+/// no group reads are not checked.
+TEST(RuntimeDynamic, CentroidsAreValidated) {
+  DynamicCall call(16, 16);
+  call.randomInputs(3);
+  ASSERT_EQ(call.run(0), TESSERA_OK) << tessera_last_error();
+  const int64_t H = 6, Hkv = 3, D = 64, C = 3, n = 16;
+  auto expectError = [&](tessera_status got, tessera_status want,
+                         const char *message) {
+    EXPECT_EQ(got, want) << message;
+    EXPECT_NE(std::string(tessera_last_error()).find(message),
+              std::string::npos)
+        << tessera_last_error();
+  };
+  tessera_tensor tq = tensor(call.q.data(), TESSERA_DTYPE_F32, 1, n, H, D);
+  tessera_tensor tk = tensor(call.k.data(), TESSERA_DTYPE_F32, 1, n, Hkv, D);
+  tessera_tensor tv = tensor(call.v.data(), TESSERA_DTYPE_F32, 1, n, Hkv, D);
+  // An arena holding o, then centroids whose start lies inside o.
+  std::vector<float> arena(n * H * D + H * C * D);
+  tessera_tensor to = tensor(arena.data(), TESSERA_DTYPE_F32, 1, n, H, D);
+  float *inO = arena.data() + n * H * D - D;
+  std::copy(call.cent.begin(), call.cent.end(), inO);
+  tessera_dynamic_inputs dyn{inO, H, C, D};
+  expectError(tessera_attention_dynamic(call.bundle, 0, &tq, &tk, &tv, &to,
+                                        nullptr, 0, &dyn, nullptr),
+              TESSERA_ERROR_INVALID_ARGUMENT, "centroids overlap o");
+  // Centroids holding lse.
+  std::vector<float> cent = call.cent;
+  tessera_tensor o = tensor(call.o.data(), TESSERA_DTYPE_F32, 1, n, H, D);
+  dyn = {cent.data(), H, C, D};
+  expectError(tessera_attention_dynamic(call.bundle, 0, &tq, &tk, &tv, &o,
+                                        cent.data() + 100, 0, &dyn, nullptr),
+              TESSERA_ERROR_INVALID_ARGUMENT, "centroids overlap lse");
+  // Misaligned.
+  std::vector<char> bytes(sizeof(float) * cent.size() + 8);
+  dyn.centroids = reinterpret_cast<const float *>(bytes.data() + 2);
+  expectError(tessera_attention_dynamic(call.bundle, 0, &tq, &tk, &tv, &o,
+                                        nullptr, 0, &dyn, nullptr),
+              TESSERA_ERROR_MISALIGNED, "centroids must be 4-byte aligned");
+  // NaN and inf in a row head 5's group reads (3 clusters); NaN in head
+  // 0's rows (a vertical-slash head) is never read.
+  for (float bad : {NAN, INFINITY, -INFINITY}) {
+    cent = call.cent;
+    cent[(5 * C + 2) * D + 7] = bad;
+    dyn = {cent.data(), H, C, D};
+    expectError(tessera_attention_dynamic(call.bundle, 0, &tq, &tk, &tv, &o,
+                                          nullptr, 0, &dyn, nullptr),
+                TESSERA_ERROR_INVALID_ARGUMENT,
+                "centroid 2 of head 5 is not finite");
+  }
+  cent = call.cent;
+  cent[(0 * C + 1) * D] = NAN;
+  dyn = {cent.data(), H, C, D};
+  EXPECT_EQ(tessera_attention_dynamic(call.bundle, 0, &tq, &tk, &tv, &o,
+                                      nullptr, 0, &dyn, nullptr),
+            TESSERA_OK)
+      << tessera_last_error();
+}
+
+/// The manifest reader agrees with the verifier and the bundles' limits:
+/// forced entries alone make a vertical-slash index; min_blocks and
+/// max_blocks go with gamma only; tau > 0 is not run by bundles yet (it
+/// was read and ignored).
+TEST(RuntimeBundles, DynamicParametersAgreeWithTheVerifier) {
+  std::string src = slurp(bundleDir("dynamic-emulation") + "/bundle.cu");
+  tessera_context *ctx;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+  auto load = [&](const std::function<void(llvm::json::Object &)> &edit) {
+    std::string m = editedDynamicManifest(edit);
+    tessera_bundle *b = nullptr;
+    tessera_status s = tessera_bundle_load_memory(ctx, m.data(), m.size(),
+                                                  src.data(), src.size(), &b);
+    if (b)
+      tessera_bundle_destroy(b);
+    return s;
+  };
+  // #attn.vertical_slash<last_q = 1, first_columns = 4>.
+  EXPECT_EQ(load([](llvm::json::Object &l) {
+              setParam(l, 0, "last_q", 1);
+              setParam(l, 0, "vertical", 0);
+              setParam(l, 0, "slash", 0);
+              setParam(l, 0, "last_diagonals", 0);
+            }),
+            TESSERA_OK)
+      << tessera_last_error();
+  EXPECT_EQ(load([](llvm::json::Object &l) {
+              setParam(l, 3, "max_blocks", 4);
+            }),
+            TESSERA_ERROR_BAD_BUNDLE);
+  EXPECT_NE(std::string(tessera_last_error())
+                .find("block_topk: min_blocks and max_blocks go with gamma "
+                      "only"),
+            std::string::npos)
+      << tessera_last_error();
+  EXPECT_EQ(load([](llvm::json::Object &l) {
+              setParam(l, 3, "min_blocks", 1);
+            }),
+            TESSERA_ERROR_BAD_BUNDLE);
+  for (llvm::json::Value tau : {llvm::json::Value(0.5), llvm::json::Value(1),
+                                llvm::json::Value("0")}) {
+    EXPECT_EQ(load([&](llvm::json::Object &l) { setParam(l, 2, "tau", tau); }),
+              TESSERA_ERROR_BAD_BUNDLE);
+    EXPECT_NE(std::string(tessera_last_error())
+                  .find("block_topk: tau must be 0: bundles do not support "
+                        "FlexPrefill's per-head choice (tau > 0) yet"),
+              std::string::npos)
+        << tessera_last_error();
+  }
+  EXPECT_EQ(load([](llvm::json::Object &l) { setParam(l, 2, "tau", 0.0); }),
+            TESSERA_OK)
+      << tessera_last_error();
   tessera_context_destroy(ctx);
 }

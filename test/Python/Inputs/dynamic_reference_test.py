@@ -166,5 +166,40 @@ out = ref.masked_attention(np.zeros((2, 2)), np.zeros((2, 2)),
                            np.array([[False, False], [True, True]]))
 check("attention: empty rows give 0", out.tolist(), [[0.0, 0.0], [2.0, 3.0]])
 
+# Documented edge cases (docs/patterns.md, "Dynamic patterns").
+# Forced entries alone: vertical = slash = 0 keeps the first columns and
+# the diagonals nearest the query, and nothing else.
+check("vs: forced entries alone", ref.select_vertical_slash(
+    [0.1, 0.5, 0.2, 0.5, 0.0, 0.9], diags, 0, 0, 4, 2),
+    ([0, 1, 2, 3], [-1, 0]))
+# A slash budget above the Nk diagonals d <= 0 keeps all of them: with
+# causality, every key at or before the query (Nq > Nk: rows before the
+# first key keep nothing).
+rng = np.random.default_rng(3)
+qa, ka = rng.standard_normal((9, 4)), rng.standard_normal((6, 4))
+_, da = ref.vertical_slash_index(qa, ka, 9, 0, 1 << 40)
+check("vs: slash above the diagonals keeps all", da, list(range(-5, 1)))
+p_of = np.arange(9)[:, None] + 6 - 9
+check("vs: all diagonals are the causal mask", ref.vertical_slash_mask(
+    9, 6, [], da).tolist(), (np.arange(6)[None, :] <= p_of).tolist())
+# The index's softmax uses the call's scale (RuntimeTest's
+# IndexScoresUseTheCallScale): row 6 scores all keys alike, row 7 key 7 at
+# 2 and key 0 at 1; one column: key 0 at scale 1/8, key 7 at scale 8.
+qs, ks = np.zeros((8, 64)), np.zeros((8, 64))
+qs[7, 0], ks[0, 0], ks[7, 0] = 1.0, 1.0, 2.0
+check("vs: scale 1/8 keeps column 0", ref.vertical_slash_index(
+    qs, ks, 2, 1, 0, scale=0.125)[0], [0])
+check("vs: scale 8 keeps column 7", ref.vertical_slash_index(
+    qs, ks, 2, 1, 0, scale=8.0)[0], [7])
+# k-means keeps an empty cluster's centroid (RuntimeTest's
+# RoutingKeepsAnEmptyClustersCentroid): every key is nearer (dot product)
+# to the seed (2, -1) than to (1, 0).
+ke = np.array([[1.0, 0.0]] + [[2.0, -1.0]] * 15)
+ce = ref.kmeans_centroids(ke, 2, 2)
+check("k-means: empty cluster keeps its centroid", ce.tolist(),
+      [[1.0, 0.0], [31 / 16, -15 / 16]])
+check("routing: query nearest the empty cluster", ref.routing_index(
+    np.array([[0.5, 1.0], [-1.0, -1.5]]), ke, 2, 2)[0].tolist(), [0, 1])
+
 print(f"{failures} failures")
 sys.exit(1 if failures else 0)

@@ -300,18 +300,24 @@ def Attn_VerticalSlashAttr : Attn_DynamicAttr<"VerticalSlash", "vertical_slash">
   let summary = "MInference's vertical-slash: top key columns and diagonals";
   let description = [{
     Chosen per head and input: the scores of the last `last_q` queries
-    against all keys (softmax per query, causal) are summed per key column
-    and per diagonal `d = k - p`; the head keeps the `vertical` columns and
-    the `slash` diagonals of largest total. The first `first_columns`
-    columns and the `last_diagonals` diagonals nearest the query
-    (`-last_diagonals < d <= 0`) are always among them, whatever their
-    scores (they count towards `vertical` and `slash`, as in MInference,
-    which forces 30 columns and 100 diagonals; where they are more than the
-    budget, they alone are kept). Ties go to the smaller column index and
-    to the diagonal nearer the query. The selected
-    set is not known before the input is: `isStatic()` is false, and the
-    pattern needs an index-building step (docs/patterns.md).
-    `last_q >= 1`; `vertical + slash >= 1`.
+    against the keys at or before their positions (softmax per query at
+    the call's scale) are summed per key column and per diagonal
+    `d = k - p` (`-(Nk - 1) <= d <= 0`); the head keeps the `vertical`
+    columns and the `slash` diagonals of largest total. The first
+    `first_columns` columns and the `last_diagonals` diagonals nearest the
+    query (`-last_diagonals < d <= 0`) are always among them, whatever
+    their scores: they count towards `vertical` and `slash`, as in
+    MInference, which forces 30 columns and 100 diagonals, so the head
+    keeps `max(vertical, first_columns)` columns and `max(slash,
+    last_diagonals)` diagonals, each at most `Nk` (a budget above `Nk`
+    keeps them all: `slash >= Nk` keeps every key at or before the query).
+    Ties go to the smaller column index and to the diagonal nearer the
+    query. The selected set is not known before the input is: `isStatic()`
+    is false, and the pattern needs an index-building step
+    (docs/patterns.md). `last_q >= 1`; at least one of `vertical`,
+    `slash`, `first_columns` and `last_diagonals` is positive (the forced
+    entries alone are an index: `last_q = 1, first_columns = 4` keeps
+    columns 0-3).
 
     ```mlir
     attn.heads [0] = #attn.vertical_slash<last_q = 64, vertical = 1000, slash = 6096>
@@ -331,7 +337,8 @@ def Attn_BlockTopkAttr : Attn_DynamicAttr<"BlockTopk", "block_topk"> {
   let description = [{
     Chosen per head, query block and input: queries and keys are mean-pooled
     over `block`-token blocks; per query block the pooled scores against
-    all key blocks are turned into a softmax, and the query block keeps
+    all key blocks are turned into a softmax (at the call's scale), and
+    the query block keeps
     the fewest key blocks (largest first) whose mass reaches `gamma`,
     clamped to `[min_blocks, max_blocks]` (`max_blocks = 0`: no upper
     bound), or exactly the `top_k` largest. With `tau > 0`, FlexPrefill's
@@ -340,7 +347,8 @@ def Attn_BlockTopkAttr : Attn_DynamicAttr<"BlockTopk", "block_topk"> {
     `tau`, the head uses vertical-slash budgets reaching `gamma` instead of
     query-aware blocks. Ties go to the smaller key block. Exactly one of
     `gamma` (in (0, 1]) and `top_k` (>= 1) is given; `block` in [1, 1024];
-    `tau` in [0, 1] and only with `gamma`.
+    `tau` in [0, 1], and `min_blocks` and `max_blocks`, only with `gamma`
+    (`top_k` keeps exactly `top_k` blocks).
 
     ```mlir
     attn.heads [0] = #attn.block_topk<block = 64, gamma = 0.9, min_blocks = 2, max_blocks = 256>
@@ -360,11 +368,13 @@ def Attn_RoutingAttr : Attn_DynamicAttr<"Routing", "routing"> {
   let summary = "Routing Transformer clusters: attend within your cluster";
   let description = [{
     Chosen per head and input: queries and keys are assigned to the nearest
-    of `clusters` centroids (by dot product; ties to the smaller centroid
-    index), and a query attends to the keys of its own cluster. The
-    centroids come from the engine (a tensor passed with the call) when
-    `kmeans_iterations = 0`, else from that many k-means iterations on the
-    keys at run time, seeded with evenly spaced keys. Executed by permuting
+    of `clusters` centroids (by dot product, unscaled; ties to the smaller
+    centroid index), and a query attends to the keys of its own cluster.
+    The centroids come from the engine (a tensor passed with the call,
+    finite) when `kmeans_iterations = 0`, else from that many k-means
+    iterations on the keys at run time, seeded with evenly spaced keys
+    (each iteration moves a centroid to the mean of its keys; one left
+    without keys keeps its previous value). Executed by permuting
     tokens by cluster into contiguous segments, block-diagonal attention
     over the segments, and the inverse permutation of the output. Compose
     with causal through `#attn.intersect`. `clusters` in [1, 65536],

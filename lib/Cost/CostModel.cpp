@@ -2,8 +2,10 @@
 
 #include "tessera/Cost/CostModel.h"
 
+#include "tessera/Support/JsonFile.h"
 #include "tessera/kernel/ProgramRuns.h"
 
+#include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/JSON.h"
 #include "llvm/Support/MemoryBuffer.h"
@@ -136,23 +138,20 @@ bool loadTarget(const std::string &nameOrPath, Target &out,
     out = *t;
     return true;
   }
-  auto buffer = llvm::MemoryBuffer::getFile(nameOrPath, /*IsText=*/true);
-  if (!buffer) {
+  llvm::sys::fs::file_status status;
+  if (std::error_code ec = llvm::sys::fs::status(nameOrPath, status)) {
     error = "target '" + nameOrPath +
             "' is neither a built-in target (a100, h100, h200) nor a "
             "readable file: " +
-            buffer.getError().message();
+            ec.message();
     return false;
   }
-  if ((*buffer)->getBufferSize() > (1 << 20)) {
-    error = "target file " + nameOrPath + " is larger than 1 MiB";
-    return false;
-  }
-  llvm::Expected<llvm::json::Value> json =
-      llvm::json::parse((*buffer)->getBuffer());
+  // A regular file of at most 1 MiB, nested at most 32 deep.
+  std::string why;
+  std::optional<llvm::json::Value> json =
+      readJsonFile(nameOrPath, 1 << 20, why);
   if (!json) {
-    error = "target file " + nameOrPath +
-            " is not JSON: " + llvm::toString(json.takeError());
+    error = "target file " + nameOrPath + " " + why;
     return false;
   }
   const llvm::json::Object *o = json->getAsObject();
@@ -165,25 +164,44 @@ bool loadTarget(const std::string &nameOrPath, Target &out,
         "target file " + nameOrPath + " lacks \"format\": \"tessera-target\"";
     return false;
   }
+  // Every field is type-checked: a present field of the wrong type is an
+  // error naming it, never a default.
   Target t;
-  std::string missing;
-  auto str = [&](const char *key, std::string &v) {
-    if (auto x = o->getString(key))
-      v = x->str();
-    else
+  std::string missing, mistyped;
+  auto lookup = [&](const char *key,
+                    bool required) -> const llvm::json::Value * {
+    const llvm::json::Value *v = o->get(key);
+    if (!v && required)
       missing += std::string(missing.empty() ? "" : ", ") + key;
+    return v;
+  };
+  auto wrongType = [&](const char *key, const char *type) {
+    if (mistyped.empty())
+      mistyped = "'" + std::string(key) + "' must be " + type;
+  };
+  auto str = [&](const char *key, std::string &v) {
+    if (const llvm::json::Value *x = lookup(key, true)) {
+      if (auto s = x->getAsString())
+        v = s->str();
+      else
+        wrongType(key, "a string");
+    }
   };
   auto num = [&](const char *key, double &v, bool required) {
-    if (auto x = o->getNumber(key))
-      v = *x;
-    else if (required)
-      missing += std::string(missing.empty() ? "" : ", ") + key;
+    if (const llvm::json::Value *x = lookup(key, required)) {
+      if (auto d = x->getAsNumber())
+        v = *d;
+      else
+        wrongType(key, "a number");
+    }
   };
   auto integer = [&](const char *key, int64_t &v) {
-    if (auto x = o->getInteger(key))
-      v = *x;
-    else
-      missing += std::string(missing.empty() ? "" : ", ") + key;
+    if (const llvm::json::Value *x = lookup(key, true)) {
+      if (auto i = x->getAsInteger())
+        v = *i;
+      else
+        wrongType(key, "an integer");
+    }
   };
   str("name", t.name);
   str("kind", t.kind);
@@ -203,8 +221,12 @@ bool loadTarget(const std::string &nameOrPath, Target &out,
   num("memory_bandwidth", t.memoryBandwidth, false);
   num("efficiency", t.efficiency, false);
   num("index_element_s", t.indexElementS, false);
+  if (!mistyped.empty()) {
+    error = "target file " + nameOrPath + ": " + mistyped;
+    return false;
+  }
   if (!missing.empty()) {
-    error = "target file " + nameOrPath + " lacks (or mistypes) " + missing;
+    error = "target file " + nameOrPath + " lacks " + missing;
     return false;
   }
   std::string problem = validateTarget(t);

@@ -186,8 +186,8 @@ static std::string duplicateKey(llvm::StringRef text) {
 /// Whether `name` can follow '@' in MLIR as a bare symbol name: a letter or
 /// '_', then letters, digits, '_', '$' or '.' (MLIR's bare-id).
 static bool isSymbolName(llvm::StringRef name) {
-  if (name.empty() || !(isalpha(static_cast<unsigned char>(name[0])) ||
-                        name[0] == '_'))
+  if (name.empty() ||
+      !(isalpha(static_cast<unsigned char>(name[0])) || name[0] == '_'))
     return false;
   return llvm::all_of(name, [](char c) {
     return isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$' ||
@@ -424,8 +424,8 @@ int main(int argc, char **argv) {
       // A partial regular file is removed; anything else (a device) stays.
       if (!llvm::sys::fs::is_regular_file(outputFile))
         out->keep();
-      llvm::errs() << "attn-import: error: cannot write " << outputFile
-                   << ": " << why << "\n";
+      llvm::errs() << "attn-import: error: cannot write " << outputFile << ": "
+                   << why << "\n";
       return 1;
     }
     out->keep();

@@ -1,4 +1,4 @@
-//===- JsonFile.h - bounded reads of the JSON files Tessera reads -*- C++ -*-===//
+//===- JsonFile.h - bounded reads of JSON files ----------------*- C++ -*-===//
 //
 // Every JSON file the compiler and its tools read (MInference configs,
 // target descriptions, calibration files) goes through readJsonFile: a path

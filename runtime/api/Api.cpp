@@ -711,10 +711,9 @@ tessera_status tessera_attention_dynamic(
                     std::string("lse overlaps ") + name);
   }
   if (centroids)
-    if (tessera_status s = checkCentroids(centroids, l->numHeads * needClusters *
-                                                         l->headDim,
-                                          *o, lse, q->batch * l->numHeads *
-                                                       q->seq))
+    if (tessera_status s =
+            checkCentroids(centroids, l->numHeads * needClusters * l->headDim,
+                           *o, lse, q->batch * l->numHeads * q->seq))
       return s;
   if (!cuda) {
     // Where a CUDA driver is present, device memory handed to the CPU is

@@ -974,8 +974,9 @@ TEST(RuntimeBundles, DynamicGroupsAreValidated) {
        param(0, "last_q", 0)},
       {"negative vertical", "parameter vertical is missing or outside",
        param(0, "vertical", -1)},
-      {"nothing kept", "keeps nothing: vertical, slash, first_columns or "
-                       "last_diagonals must be positive",
+      {"nothing kept",
+       "keeps nothing: vertical, slash, first_columns or "
+       "last_diagonals must be positive",
        [](Obj &l) {
          for (const char *key :
               {"vertical", "slash", "first_columns", "last_diagonals"})
@@ -1108,15 +1109,15 @@ struct DynamicCall {
   tessera_context *ctx = nullptr;
   tessera_bundle *bundle = nullptr;
   std::vector<float> q, k, v, o, lse, cent;
-  DynamicCall(int64_t nq, int64_t nk,
-              const std::function<void(llvm::json::Object &)> &edit =
-                  [](llvm::json::Object &) {})
+  DynamicCall(
+      int64_t nq, int64_t nk,
+      const std::function<void(llvm::json::Object &)> &edit =
+          [](llvm::json::Object &) {})
       : nq(nq), nk(nk), q(nq * H * D), k(nk * Hkv * D), v(nk * Hkv * D),
         o(nq * H * D), lse(H * nq), cent(H * C * D, 0.0f) {
     for (int64_t j = 0; j < H * C; ++j)
       cent[j * D + j % D] = 1.0f;
-    EXPECT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx),
-              TESSERA_OK);
+    EXPECT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
     std::string m = editedDynamicManifest(edit);
     std::string src = slurp(bundleDir("dynamic-emulation") + "/bundle.cu");
     EXPECT_EQ(tessera_bundle_load_memory(ctx, m.data(), m.size(), src.data(),
@@ -1142,8 +1143,8 @@ struct DynamicCall {
     tessera_tensor tv = tensor(v.data(), TESSERA_DTYPE_F32, 1, nk, Hkv, D);
     tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_F32, 1, nq, H, D);
     tessera_dynamic_inputs dyn{centroids ? centroids : cent.data(), H, C, D};
-    return tessera_attention_dynamic(bundle, 0, &tq, &tk, &tv, &to,
-                                     lse.data(), scale, &dyn, nullptr);
+    return tessera_attention_dynamic(bundle, 0, &tq, &tk, &tv, &to, lse.data(),
+                                     scale, &dyn, nullptr);
   }
   /// Random q, k and v in [-1, 1).
   void randomInputs(unsigned seed) {
@@ -1230,8 +1231,8 @@ TEST(RuntimeDynamic, ForcedEntriesCountTowardsTheBudgets) {
 /// them: with causality, every key at or before the query's position
 /// (bottom-right aligned), at Nq = Nk, Nq < Nk and Nq > Nk.
 TEST(RuntimeDynamic, SlashBudgetAboveTheDiagonalsKeepsThemAll) {
-  for (auto [nq, nk] : {std::pair<int64_t, int64_t>{40, 40}, {24, 40},
-                        {40, 24}}) {
+  for (auto [nq, nk] :
+       {std::pair<int64_t, int64_t>{40, 40}, {24, 40}, {40, 24}}) {
     DynamicCall call(nq, nk, [](llvm::json::Object &l) {
       setParam(l, 0, "vertical", 0);
       setParam(l, 0, "slash", int64_t(1) << 40);
@@ -1344,9 +1345,8 @@ TEST(RuntimeDynamic, F32InputsBuildTheIndexUnrounded) {
 /// to cluster 1). Query (-1, -1.5): -1 and -17/32: cluster 1, every key
 /// before it.
 TEST(RuntimeDynamic, RoutingKeepsAnEmptyClustersCentroid) {
-  DynamicCall call(16, 16, [](llvm::json::Object &l) {
-    setParam(l, 4, "clusters", 2);
-  });
+  DynamicCall call(
+      16, 16, [](llvm::json::Object &l) { setParam(l, 4, "clusters", 2); });
   call.randomInputs(5);
   for (int64_t key = 0; key < 16; ++key) {
     std::fill_n(call.kRow(key, 2), 64, 0.0f);
@@ -1453,21 +1453,19 @@ TEST(RuntimeBundles, DynamicParametersAgreeWithTheVerifier) {
             }),
             TESSERA_OK)
       << tessera_last_error();
-  EXPECT_EQ(load([](llvm::json::Object &l) {
-              setParam(l, 3, "max_blocks", 4);
-            }),
-            TESSERA_ERROR_BAD_BUNDLE);
+  EXPECT_EQ(
+      load([](llvm::json::Object &l) { setParam(l, 3, "max_blocks", 4); }),
+      TESSERA_ERROR_BAD_BUNDLE);
   EXPECT_NE(std::string(tessera_last_error())
                 .find("block_topk: min_blocks and max_blocks go with gamma "
                       "only"),
             std::string::npos)
       << tessera_last_error();
-  EXPECT_EQ(load([](llvm::json::Object &l) {
-              setParam(l, 3, "min_blocks", 1);
-            }),
-            TESSERA_ERROR_BAD_BUNDLE);
-  for (llvm::json::Value tau : {llvm::json::Value(0.5), llvm::json::Value(1),
-                                llvm::json::Value("0")}) {
+  EXPECT_EQ(
+      load([](llvm::json::Object &l) { setParam(l, 3, "min_blocks", 1); }),
+      TESSERA_ERROR_BAD_BUNDLE);
+  for (llvm::json::Value tau :
+       {llvm::json::Value(0.5), llvm::json::Value(1), llvm::json::Value("0")}) {
     EXPECT_EQ(load([&](llvm::json::Object &l) { setParam(l, 2, "tau", tau); }),
               TESSERA_ERROR_BAD_BUNDLE);
     EXPECT_NE(std::string(tessera_last_error())

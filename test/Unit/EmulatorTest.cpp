@@ -8,8 +8,9 @@
 // largest reference value; LSE 1e-3 absolute plus relative). Lengths are not
 // tile multiples, Nq != Nk, tensors are strided (padded heads and rows), both
 // load paths run (16-byte vector loads and element loads), skipped heads and
-// empty rows give O = 0 and LSE = -inf. Three deliberately broken copies of
-// a bundle must fail the same comparison.
+// empty rows give O = 0 and LSE = -inf; non-finite inputs reach only the
+// rows that see them. Four deliberately broken copies of a bundle must fail
+// the same comparison.
 //
 // How a new kernel gets an emulated test: emit it into a bundle whose kernels
 // are registered (the emitter writes TESSERA_EMU_KERNEL(name) under
@@ -49,13 +50,22 @@ struct Shape {
 struct Result {
   double outErr = 0, lseErr = 0;
   std::string where;
+  int64_t nonFiniteRows = 0; ///< rows that saw a poisoned input (checked)
+};
+
+/// Non-finite inputs planted in every batch and head (-1: none): value
+/// element 0 of key vKey infinite, key kKey NaN, query row qRow NaN. A row
+/// that sees one must come out non-finite where the float64 reference is
+/// (all NaN with LSE NaN for a NaN score), every other row as without it.
+struct Poison {
+  int64_t vKey = -1, kKey = -1, qRow = -1;
 };
 
 /// Runs every layer of a bundle on `shape` under the emulator; returns the
 /// worst output and LSE errors (relative to the tolerance of each layer's
 /// dtype: 1 is the limit).
 Result runBundle(const std::string &name, const Shape &shape,
-                 mlir::MLIRContext &ctx) {
+                 mlir::MLIRContext &ctx, const Poison &poison = {}) {
   std::string dir = std::string(TESSERA_BINARY_DIR) + "/test/bundles/" + name;
   auto buf = llvm::MemoryBuffer::getFile(dir + "/manifest.json");
   EXPECT_TRUE(bool(buf)) << dir;
@@ -106,6 +116,18 @@ Result runBundle(const std::string &name, const Shape &shape,
       for (uint16_t &x : *t)
         x = round(dist(rng));
     std::vector<float> lse(shape.batch * hq * shape.nq, 7.0f);
+    for (int64_t b = 0; b < shape.batch; ++b) {
+      for (int64_t h = 0; h < hkv; ++h) {
+        if (poison.vKey >= 0)
+          v[b * sk[0] + poison.vKey * sk[1] + h * sk[2]] =
+              round(std::numeric_limits<float>::infinity());
+        for (int64_t x = 0; poison.kKey >= 0 && x < d; ++x)
+          k[b * sk[0] + poison.kKey * sk[1] + h * sk[2] + x] = round(NAN);
+      }
+      for (int64_t h = 0; h < hq; ++h)
+        for (int64_t x = 0; poison.qRow >= 0 && x < d; ++x)
+          q[b * sq[0] + poison.qRow * sq[1] + h * sq[2] + x] = round(NAN);
+    }
 
     kernel::AttnParams p{};
     p.q = q.data();
@@ -152,6 +174,7 @@ Result runBundle(const std::string &name, const Shape &shape,
     const double inf = std::numeric_limits<double>::infinity();
     int64_t group = hq / hkv;
     std::vector<double> s(shape.nk), out(d);
+    bool sawNan = false;
     for (int64_t b = 0; b < shape.batch; ++b) {
       double maxRef = 0, maxErr = 0, lseErr = 0;
       std::string where;
@@ -171,6 +194,18 @@ Result runBundle(const std::string &name, const Shape &shape,
               dot += value(qi[x]) * value(kj[x]);
             s[j] = dot * scale;
             m = std::max(m, s[j]);
+            sawNan |= std::isnan(s[j]);
+          }
+          const uint16_t *oi = &o[b * sq[0] + i * sq[1] + h * sq[2]];
+          if (sawNan) { // a NaN score this row sees: NaN output and LSE
+            sawNan = false;
+            ++worst.nonFiniteRows;
+            bool allNan = std::isnan(lse[(b * hq + h) * shape.nq + i]);
+            for (int64_t x = 0; x < d; ++x)
+              allNan &= std::isnan(value(oi[x]));
+            if (!allNan)
+              worst.lseErr = inf, worst.where = "a NaN row is not NaN";
+            continue;
           }
           double l = 0;
           std::fill(out.begin(), out.end(), 0.0);
@@ -185,13 +220,20 @@ Result runBundle(const std::string &name, const Shape &shape,
               for (int64_t x = 0; x < d; ++x)
                 out[x] += e * value(vj[x]);
             }
-          const uint16_t *oi = &o[b * sq[0] + i * sq[1] + h * sq[2]];
+          bool counted = false;
           for (int64_t x = 0; x < d; ++x) {
             double r = l > 0 ? out[x] / l : 0.0;
+            if (!std::isfinite(r)) { // an infinite value this row sees
+              if (std::isfinite(value(oi[x])))
+                worst.outErr = inf, worst.where = "an inf value is lost";
+              worst.nonFiniteRows += counted ? 0 : 1;
+              counted = true;
+              continue;
+            }
             maxRef = std::max(maxRef, std::abs(r));
             double e = std::abs(value(oi[x]) - r);
-            if (l == 0 && value(oi[x]) != 0)
-              e = inf; // an empty row must be exactly 0
+            if ((l == 0 && value(oi[x]) != 0) || std::isnan(e))
+              e = inf; // an empty row must be exactly 0; NaN is never close
             if (e > maxErr) {
               maxErr = e;
               where = "b=" + std::to_string(b) + " h=" + std::to_string(h) +
@@ -203,7 +245,7 @@ Result runBundle(const std::string &name, const Shape &shape,
           double le = refLse == -inf ? (got == -inf ? 0 : inf)
                                      : std::abs(got - refLse) /
                                            (1e-3 * (1 + std::abs(refLse)));
-          lseErr = std::max(lseErr, le);
+          lseErr = std::max(lseErr, std::isnan(le) ? inf : le);
         }
       double rel = maxErr / std::max(maxRef, 1e-30) / tol;
       if (rel > worst.outErr) {
@@ -242,6 +284,26 @@ TEST_F(EmulatorTest, ShippedBundlesMatchFloat64) {
     EXPECT_LE(r.outErr, 1.0) << r.where;
     EXPECT_LE(r.lseErr, 1.0) << r.where;
   }
+}
+
+/// Non-finite inputs reach only the rows that see them (docs/runtime.md):
+/// an infinite value, a NaN key and a NaN query row, each in partial tiles
+/// (the keys sit on the diagonal tile of causal heads and inside windows)
+/// and full ones, on every layer of the variants bundle and tiny-mix.
+TEST_F(EmulatorTest, NonFiniteInputsReachOnlyTheRowsThatSeeThem) {
+  for (const char *name : {"emulation", "tiny-mix"})
+    for (Poison poison : {Poison{70, -1, -1}, Poison{-1, 67, -1},
+                          Poison{-1, -1, 40}, Poison{3, 90, 99}}) {
+      Result r = runBundle(name, Shape{1, 100, 130, true}, ctx, poison);
+      EXPECT_LE(r.outErr, 1.0) << name << " " << r.where;
+      EXPECT_LE(r.lseErr, 1.0) << name << " " << r.where;
+      EXPECT_GT(r.nonFiniteRows, 0) << name; // the check saw poisoned rows
+    }
+  // Without the guard of partial tiles, the infinite value reaches rows
+  // that cannot see it (0 * inf in P V).
+  Result r = runBundle("broken-guard", Shape{1, 100, 130, true}, ctx,
+                       Poison{70, -1, -1});
+  EXPECT_GT(r.outErr, 1.0);
 }
 
 /// The comparison catches layout, reduction and barrier bugs: the same

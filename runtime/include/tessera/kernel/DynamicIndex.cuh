@@ -381,9 +381,11 @@ __device__ __forceinline__ void walkTile(DynWalk<E, D> &w, int count,
   }
   __syncthreads();
   const u32 keep = keepOf();
-  if (blockAny(keep != 0))
+  if (blockAny(keep != 0)) {
+    guardValues<E, D>(sh.tiles.vs, keep, w.acc);
     flashTile<E, D>(w.qf, sh.tiles.ks, sh.tiles.vs, keep, w.p->scaleLog2,
                     w.acc);
+  }
   __syncthreads();
 }
 

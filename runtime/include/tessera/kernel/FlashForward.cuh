@@ -244,6 +244,74 @@ __device__ __forceinline__ void flashTile(const u32 (&qf)[D / 16][4],
   }
 }
 
+/// The keep bits of this thread's row half h (0: row lane / 4, 1: + 8) over
+/// all 64 tile columns, ORed over the four lanes that share the row (in
+/// 16-bit pieces through float shuffles, which carry them exactly).
+__device__ __forceinline__ unsigned long long rowKeep(u32 keep, int h,
+                                                      int c2) {
+  unsigned long long m = 0;
+  for (int i = 0; i < 32; ++i)
+    if (((i & 3) >= 2) == (h == 1) && ((keep >> i) & 1u))
+      m |= 1ull << ((i >> 2) * 8 + c2 + (i & 1));
+  for (int s = 1; s <= 2; s <<= 1) {
+    unsigned long long o = 0;
+    for (int piece = 0; piece < 4; ++piece) {
+      const float f = (float)(u32)((m >> (16 * piece)) & 0xffffu);
+      o |= (unsigned long long)(u32)__shfl_xor_sync(0xffffffff, f, s)
+           << (16 * piece);
+    }
+    m |= o;
+  }
+  return m;
+}
+
+/// Non-finite values in a masked tile (docs/runtime.md): a masked key's P is
+/// 0, and 0 * inf or 0 * NaN in the tensor-core product P V would make NaN
+/// in rows that cannot see the key. After the value tile `vs` (64 rows of
+/// pitch D + 8) is in shared memory, with the tile's `keep` bits, whole
+/// block (128 threads): when some value is NaN or infinite, the output
+/// elements of the rows that see it become NaN and the value is zeroed for
+/// the product. Every value finite (the usual case): one pass over the
+/// tile and two barriers. Full tiles need none of it (every lane is seen).
+template <int E, int D>
+__device__ __forceinline__ void guardValues(u16 *vs, u32 keep,
+                                            FlashAcc<D> &acc) {
+  const int P = D + 8;
+  const u32 ex = E == kF16 ? 0x7c00u : 0x7f80u; // exponent all ones
+  const int vr = threadIdx.x / 2, x0 = (threadIdx.x % 2) * (D / 2);
+  bool mine = false;
+  for (int x = x0; x < x0 + D / 2; x += 2) {
+    const u32 w = ld32(vs + vr * P + x);
+    mine |= (w & ex) == ex || ((w >> 16) & ex) == ex;
+  }
+  __shared__ int found;
+  if (threadIdx.x == 0)
+    found = 0;
+  __syncthreads();
+  if (mine)
+    found = 1;
+  __syncthreads();
+  if (!found)
+    return;
+  const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
+  const float nan = __int_as_float(0x7fc00000);
+  for (int h = 0; h < 2; ++h) {
+    const unsigned long long sees = rowKeep(keep, h, c2);
+    for (int c = 0; c < 64; ++c)
+      if ((sees >> c) & 1ull)
+        for (int dn = 0; dn < D / 8; ++dn)
+          for (int e = 0; e < 2; ++e)
+            if ((vs[c * P + dn * 8 + c2 + e] & ex) == ex)
+              acc.o[dn][2 * h + e] = nan;
+  }
+  __syncthreads();
+  if (mine)
+    for (int x = x0; x < x0 + D / 2; ++x)
+      if ((vs[vr * P + x] & ex) == ex)
+        vs[vr * P + x] = 0;
+  __syncthreads();
+}
+
 /// Completes this thread's row sums over the four lanes sharing its rows.
 template <int D> __device__ __forceinline__ void flashRowSums(FlashAcc<D> &acc) {
 #pragma unroll
@@ -345,6 +413,8 @@ __device__ __forceinline__ void flashForward(const LayerTable &t,
           cls == kPartial
               ? Groups::keep(pattern, rowPos, k0, c2, p.nk, head, t.numHeads)
               : columnBits(c2, p.nk - k0);
+      if (cls == kPartial)
+        guardValues<E, D>(vs, keep, acc);
       flashTile<E, D>(qf, ks, vs, keep, p.scaleLog2, acc);
       __syncthreads();
     }

@@ -1366,6 +1366,35 @@ TEST(RuntimeDynamic, RoutingKeepsAnEmptyClustersCentroid) {
             1e-5);
 }
 
+/// A value no row may see never changes a row (docs/runtime.md, non-finite
+/// inputs): an infinite value at key 40 of every kv head reaches, under
+/// causality, no row before 40, on every dynamic path of layer 0
+/// (vertical-slash and block top-k through the executor, routing by
+/// segments); the index does not read values, so it is the same.
+TEST(RuntimeDynamic, InfiniteValuesReachOnlyTheRowsThatSeeThem) {
+  DynamicCall call(100, 100);
+  call.randomInputs(21);
+  ASSERT_EQ(call.run(0), TESSERA_OK) << tessera_last_error();
+  const std::vector<float> clean = call.o, cleanLse = call.lse;
+  for (int64_t kvh = 0; kvh < DynamicCall::Hkv; ++kvh)
+    call.vRow(40, kvh)[0] = INFINITY;
+  ASSERT_EQ(call.run(0), TESSERA_OK) << tessera_last_error();
+  int64_t poisoned = 0;
+  for (int64_t h : {0, 2, 4}) // causal heads
+    for (int64_t row = 0; row < call.nq; ++row) {
+      EXPECT_EQ(call.lseOf(row, h), cleanLse[h * call.nq + row]) << row;
+      for (int64_t x = 0; x < DynamicCall::D; ++x) {
+        float got = call.oRow(row, h)[x];
+        float want = clean[(row * DynamicCall::H + h) * DynamicCall::D + x];
+        if (row < 40)
+          EXPECT_NEAR(got, want, 1e-5f) << "head " << h << " row " << row;
+        else if (x == 0)
+          poisoned += !std::isfinite(got);
+      }
+    }
+  EXPECT_GT(poisoned, 0); // some rows do see key 40
+}
+
 /// The engine's centroids may not share memory with o or lse (they are
 /// read while those are written), must be fp32-aligned, and every row a
 /// routing group reads must be finite (on the CPU; docs/runtime.md). Rows

@@ -25,6 +25,7 @@
 
 #include <cmath>
 #include <map>
+#include <queue>
 #include <set>
 
 namespace tessera {
@@ -45,6 +46,9 @@ struct Candidate {
   std::string text;
   PatternAttrInterface pattern;
   std::vector<double> recall, error; ///< per head
+  /// Per head, ||O_C,h - O_R,h||^2 / sum_g ||O_R,g||^2 (the head's share of
+  /// the layer's squared error); empty if the file does not give it.
+  std::vector<double> errorShare;
 };
 
 struct CalibratedLayer {
@@ -173,6 +177,8 @@ LogicalResult loadCalibration(MLIRContext *ctx, Operation *where,
       std::string problem = readNumbers(*co, "recall", *heads, true, c.recall);
       if (problem.empty())
         problem = readNumbers(*co, "error", *heads, false, c.error);
+      if (problem.empty() && co->get("error_share"))
+        problem = readNumbers(*co, "error_share", *heads, false, c.errorShare);
       if (!problem.empty())
         return fail(where + "candidate '" + c.text + "' " + problem);
       layer.candidates.push_back(std::move(c));
@@ -195,12 +201,13 @@ struct AttnSelectPass : tessera::impl::AttnSelectBase<AttnSelectPass> {
       return signalPassFailure();
     }
     if (!(minRecall >= 0 && minRecall <= 1) || !(maxError >= 0) ||
-        !(skipBelow >= 0 && skipBelow <= 1) || !(minGain >= 0 && minGain < 1) ||
-        batch < 1 || batch > (1 << 20) || seqLen < 0 ||
-        seqLen > (int64_t(1) << 40)) {
+        !(maxLayerError >= 0) || !(skipBelow >= 0 && skipBelow <= 1) ||
+        !(minGain >= 0 && minGain < 1) || batch < 1 || batch > (1 << 20) ||
+        seqLen < 0 || seqLen > (int64_t(1) << 40)) {
       mlir::emitError(module.getLoc())
           << "attn-select: min-recall and skip-below must be in [0, 1], "
-             "min-gain in [0, 1), max-error >= 0, batch in [1, 2^20], "
+             "min-gain in [0, 1), max-error and max-layer-error >= 0, "
+             "batch in [1, 2^20], "
              "seq-len in [0, 2^40]";
       return signalPassFailure();
     }
@@ -265,6 +272,47 @@ struct AttnSelectPass : tessera::impl::AttnSelectBase<AttnSelectPass> {
                             error))
       return mlir::emitError(layer.getLoc()) << "attn-select: " << error;
     return c;
+  }
+
+  /// Whether a layer's error is predicted from shares of its squared error
+  /// (the file gives contributions, or every candidate's error_share);
+  /// otherwise only its largest head error bounds it.
+  static bool haveShares(const CalibratedLayer &cl) {
+    return !cl.contribution.empty() ||
+           llvm::all_of(cl.candidates, [](const Candidate &c) {
+             return !c.errorShare.empty();
+           });
+  }
+
+  /// Head h's term of the layer error under choice c: its share of the
+  /// layer's squared error (with shares) or its relative error (without).
+  /// The reference adds nothing; a skipped head loses its whole output, its
+  /// contribution (skips need contributions).
+  static double headError(const CalibratedLayer &cl, bool shares, int64_t c,
+                          int64_t h) {
+    if (c == -1)
+      return 0;
+    if (c == -2)
+      return cl.contribution[h];
+    const Candidate &cand = cl.candidates[c];
+    if (!shares)
+      return cand.error[h];
+    if (!cand.errorShare.empty())
+      return cand.errorShare[h];
+    return cl.contribution[h] * cand.error[h] * cand.error[h];
+  }
+
+  /// The predicted relative Frobenius error of the layer's output over all
+  /// heads, sqrt(sum_h share_h); without shares, its bound max_h error_h.
+  static double layerError(const CalibratedLayer &cl, bool shares,
+                           const Assignment &a) {
+    double sum = 0, worst = 0;
+    for (int64_t h = 0; h < int64_t(a.size()); ++h) {
+      double e = headError(cl, shares, a[h], h);
+      sum += e;
+      worst = std::max(worst, e);
+    }
+    return shares ? std::sqrt(sum) : worst;
   }
 
   LogicalResult selectLayer(LayerOp layer) {
@@ -340,11 +388,28 @@ struct AttnSelectPass : tessera::impl::AttnSelectBase<AttnSelectPass> {
           << calib.reference;
     }
 
-    // Merge groups while the predicted layer time does not grow.
     auto feasible = [&](int64_t c, int64_t h) {
       return c >= 0 && cl.candidates[c].recall[h] >= minRecall &&
              cl.candidates[c].error[h] <= maxError;
     };
+
+    // The layer budget: per-head choices (skips included) may each pass
+    // and still lose the layer's output together.
+    bool shares = haveShares(cl);
+    Assignment perHead = a;
+    if (layerError(cl, shares, a) > maxLayerError &&
+        failed(meetLayerBudget(cl, shares, a, feasible, headWork)))
+      return failure();
+    int64_t madeAccurate = 0;
+    skipped.clear();
+    for (int64_t h = 0; h < H; ++h) {
+      madeAccurate += a[h] != perHead[h];
+      if (a[h] == -2)
+        skipped.push_back(h);
+    }
+
+    // Merge groups while the predicted layer time does not grow (and the
+    // layer stays within its budget).
     FailureOr<cost::LayerCost> current = predict(layer, cl, a);
     if (failed(current))
       return failure();
@@ -367,7 +432,7 @@ struct AttnSelectPass : tessera::impl::AttnSelectBase<AttnSelectPass> {
               fits = feasible(to, h);
               trial[h] = to;
             }
-          if (!fits)
+          if (!fits || layerError(cl, shares, trial) > maxLayerError)
             continue;
           FailureOr<cost::LayerCost> t = predict(layer, cl, trial);
           if (failed(t))
@@ -407,18 +472,127 @@ struct AttnSelectPass : tessera::impl::AttnSelectBase<AttnSelectPass> {
       HeadsOp::create(b, layer.getLoc(), b.getDenseI64ArrayAttr(heads), p);
       ++numGroups;
     }
+    int64_t atReference = keep ? 0 : llvm::count(a, int64_t(-1));
+    // The predicted error of what is written: per-head terms (skips
+    // included) summed over the layer.
+    std::string budget = fmt::format(
+        "; predicted output error {}{:.4f} (max-layer-error {}{}){}",
+        shares ? "" : "at most ", layerError(cl, shares, a),
+        double(maxLayerError),
+        shares ? "" : "; the largest head's: no contributions",
+        keep || madeAccurate == 0
+            ? ""
+            : fmt::format(", {} heads changed to meet it", madeAccurate));
     mlir::emitRemark(layer.getLoc()) << fmt::format(
         "attn-select: layer {}: {} at {} tokens: predicted {:.3f} ms, "
-        "reference {:.3f} ms ({:.2f}x); {} head groups{}{}",
+        "reference {:.3f} ms ({:.2f}x); {} head groups{}{}{}",
         layer.getIndex(),
         keep ? "sparse does not pay, the reference is kept" : "sparse", length,
         1e3 * (keep ? ref->seconds : current->seconds), 1e3 * ref->seconds,
         ref->seconds / (keep ? ref->seconds : current->seconds), numGroups,
         skipped.empty() ? ""
                         : fmt::format(", {} heads skipped", skipped.size()),
-        unserved.empty()
+        atReference == 0
             ? ""
-            : fmt::format(", {} heads at the reference", unserved.size()));
+            : fmt::format(", {} heads at the reference", atReference),
+        budget);
+    return success();
+  }
+
+  /// Moves heads to more accurate options until the layer's predicted error
+  /// is within max-layer-error. With shares: the head whose next option on
+  /// its (work, share) lower convex hull adds the least work per unit of
+  /// share removed moves first. Without: each head above the budget takes
+  /// its cheapest option within it. The reference (error 0) is every head's
+  /// last option, so the budget is always met.
+  template <typename Feasible, typename HeadWork>
+  LogicalResult meetLayerBudget(const CalibratedLayer &cl, bool shares,
+                                Assignment &a, Feasible feasible,
+                                HeadWork headWork) {
+    struct Option {
+      double work, err;
+      int64_t choice;
+    };
+    int64_t H = int64_t(a.size());
+    std::vector<std::vector<Option>> hulls(static_cast<size_t>(H));
+    for (int64_t h = 0; h < H; ++h) {
+      auto option = [&](int64_t c) -> FailureOr<Option> {
+        FailureOr<double> w = c == -2 ? FailureOr<double>(0.0) : headWork(c, h);
+        if (failed(w))
+          return failure();
+        return Option{*w, headError(cl, shares, c, h), c};
+      };
+      FailureOr<Option> cur = option(a[h]);
+      if (failed(cur))
+        return failure();
+      std::vector<Option> opts{*cur};
+      for (int64_t c = -1; c < int64_t(cl.candidates.size()); ++c) {
+        if (c == a[h] || (c >= 0 && !feasible(c, h)))
+          continue;
+        FailureOr<Option> o = option(c);
+        if (failed(o))
+          return failure();
+        if (o->err < cur->err)
+          opts.push_back(*o);
+      }
+      llvm::stable_sort(opts, [](const Option &x, const Option &y) {
+        return x.work < y.work || (x.work == y.work && x.err < y.err);
+      });
+      // The options whose error falls as their work grows; with shares,
+      // their lower convex hull (the greedy's steps).
+      std::vector<Option> &hull = hulls[h];
+      for (const Option &o : opts) {
+        if (!hull.empty() && o.err >= hull.back().err)
+          continue;
+        while (shares && hull.size() >= 2) {
+          const Option &p = hull[hull.size() - 2], &q = hull.back();
+          if ((q.work - p.work) * (o.err - p.err) -
+                  (q.err - p.err) * (o.work - p.work) >
+              0)
+            break;
+          hull.pop_back();
+        }
+        hull.push_back(o);
+      }
+      // The cheapest option is at most as dear and as wrong as the
+      // current one: take it.
+      a[h] = hull.front().choice;
+    }
+    if (!shares) {
+      for (int64_t h = 0; h < H; ++h)
+        for (const Option &o : hulls[h])
+          if (o.err <= maxLayerError) {
+            a[h] = o.choice;
+            break;
+          }
+      return success();
+    }
+    // Each head's next step, cheapest per unit of share first (ties: the
+    // lower head).
+    std::vector<size_t> at(size_t(H), 0);
+    using Step = std::pair<double, int64_t>; // (added work / removed share, h)
+    std::priority_queue<Step, std::vector<Step>, std::greater<Step>> steps;
+    auto push = [&](int64_t h) {
+      const std::vector<Option> &hull = hulls[h];
+      if (at[h] + 1 < hull.size())
+        steps.push({(hull[at[h] + 1].work - hull[at[h]].work) /
+                        (hull[at[h]].err - hull[at[h] + 1].err),
+                    h});
+    };
+    double sum = 0;
+    for (int64_t h = 0; h < H; ++h) {
+      sum += hulls[h].front().err;
+      push(h);
+    }
+    while (std::sqrt(sum) > maxLayerError && !steps.empty()) {
+      int64_t h = steps.top().second;
+      steps.pop();
+      sum -= hulls[h][at[h]].err;
+      ++at[h];
+      sum += hulls[h][at[h]].err;
+      a[h] = hulls[h][at[h]].choice;
+      push(h);
+    }
     return success();
   }
 

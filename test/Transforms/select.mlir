@@ -1,7 +1,8 @@
 // RUN: attn-opt %s --attn-select="target=%S/Inputs/select-target.json calibration=%S/Inputs/select-calib.json" 2>&1 | FileCheck %s
 // RUN: attn-opt %s --attn-select="target=%S/Inputs/select-target.json calibration=%S/Inputs/select-calib.json min-gain=0.1" 2>&1 | FileCheck %s --check-prefix=GAIN
 // RUN: attn-opt %s --attn-select="target=%S/Inputs/select-target.json calibration=%S/Inputs/select-calib.json skip-below=0.02" 2>&1 | FileCheck %s --check-prefix=SKIP
-// RUN: attn-opt %s --attn-select="target=%S/Inputs/select-target.json calibration=%S/Inputs/select-calib.json min-recall=0.5" 2>&1 | FileCheck %s --check-prefix=LOW
+// RUN: attn-opt %s --attn-select="target=%S/Inputs/select-target.json calibration=%S/Inputs/select-calib.json min-recall=0.5 max-layer-error=1" 2>&1 | FileCheck %s --check-prefix=LOW
+// RUN: attn-opt %s --attn-select="target=%S/Inputs/select-target.json calibration=%S/Inputs/select-calib.json min-recall=0.5" 2>&1 | FileCheck %s --check-prefix=LOWBUDGET
 // RUN: attn-opt %s --attn-select="target=%S/Inputs/select-target.json calibration=%S/Inputs/select-calib.json max-error=0.02" 2>&1 | FileCheck %s --check-prefix=ERR
 // RUN: not attn-opt %s --attn-select="target=%S/Inputs/select-target.json calibration=%S/Inputs/select-calib.json fallback=error" 2>&1 | FileCheck %s --check-prefix=STRICT
 //
@@ -37,17 +38,30 @@ attn.model @m {
 // GAIN: remark: attn-select: layer 0: sparse does not pay, the reference is kept at 256 tokens: predicted 48.000 ms, reference 48.000 ms (1.00x); 1 head groups
 // GAIN: attn.heads [0 to 3] = #attn.causal
 
-// Head 3 contributes 0.01 < 0.02: skipped; 10.5 + 12 + 12 = 34.5 ms against
-// 36 ms (the reference keeps the skip).
-// SKIP: predicted 34.500 ms, reference 36.000 ms (1.04x); 4 head groups, 1 heads skipped, 1 heads at the reference
-// SKIP: attn.heads [0] = #attn.window<before = 64>
-// SKIP-NEXT: attn.heads [1] = #attn.window<before = 128>
-// SKIP-NEXT: attn.heads [2] = #attn.causal
-// SKIP-NEXT: attn.heads [3] = #attn.skip
+// Head 3 contributes 0.01 < 0.02: skipped, but that alone loses
+// sqrt(0.01) = 0.1 of the layer; with heads 0 and 1 (shares 0.4 * 0.01^2,
+// 0.3 * 0.04^2) the predicted error is sqrt(0.010536) = 0.1026, above
+// max-layer-error 0.1 (select-budget.mlir). Head 1's reference costs what
+// its window<before = 128> does (12 ms) with error 0: it moves there first,
+// free; head 3 then leaves the skip for its window<before = 64> (share
+// 0.01 * 0.04^2): sqrt(0.00004 + 0.000016) = 0.0075.
+// SKIP: predicted 45.000 ms, reference 48.000 ms (1.07x); 2 head groups, 2 heads at the reference; predicted output error 0.0075 (max-layer-error 0.1), 2 heads changed to meet it
+// SKIP: attn.heads [0, 3] = #attn.window<before = 64>
+// SKIP-NEXT: attn.heads [1, 2] = #attn.causal
 
-// At min-recall 0.5 the 64-key window serves every head: 42 ms.
-// LOW: predicted 42.000 ms, reference 48.000 ms (1.14x); 1 head groups
+// At min-recall 0.5 (and no layer budget) the 64-key window serves every
+// head: 42 ms, but the layer's predicted error is sqrt(0.4 * 0.01^2 + 0.3 *
+// 0.2^2 + 0.29 * 0.5^2 + 0.01 * 0.04^2) = sqrt(0.084556) = 0.2908.
+// LOW: predicted 42.000 ms, reference 48.000 ms (1.14x); 1 head groups; predicted output error 0.2908 (max-layer-error 1)
 // LOW: attn.heads [0 to 3] = #attn.window<before = 64>
+
+// Within the default budget 0.1 (shares up to 0.01): head 2 (share 0.0725)
+// moves to causal first (1.5 ms more for 0.0725: window<before = 128>, as
+// dear, errs), leaving 0.012056 (0.1098); then head 1 (share 0.012):
+// sqrt(0.00004 + 0.000016) = 0.0075.
+// LOWBUDGET: predicted 45.000 ms, reference 48.000 ms (1.07x); 2 head groups, 2 heads at the reference; predicted output error 0.0075 (max-layer-error 0.1), 2 heads changed to meet it
+// LOWBUDGET: attn.heads [0, 3] = #attn.window<before = 64>
+// LOWBUDGET-NEXT: attn.heads [1, 2] = #attn.causal
 
 // At max-error 0.02: head 0 -> window 64; heads 1 and 2 -> none (the
 // reference); head 3 -> window 128 (a_shape also fits, dearer): 46.5 ms.

@@ -52,8 +52,14 @@ def AttnSelect : Pass<"attn-select", "::mlir::ModuleOp"> {
     `min-gain`) keeps the reference for every head. A head is skipped only
     when `skip-below` > 0 and its measured contribution is below it. A head
     with no feasible candidate keeps the reference with a warning (or, with
-    `fallback=error`, the pass fails). The result is an ordinary pattern
-    file. Remarks report each layer's choice and its predicted time.
+    `fallback=error`, the pass fails). Each layer's predicted output error
+    (the relative Frobenius error over all its heads, skipped ones
+    included, on the calibration sample) must stay within
+    `max-layer-error`: where the per-head choices together pass it, heads
+    move to more accurate candidates (or the reference), those that add the
+    least work per unit of squared error removed first, and merges keep it.
+    The result is an ordinary pattern file. Remarks report each layer's
+    choice, its predicted time and its predicted error.
 
     ```
     attn-opt model.mlir --attn-select="target=cpu.json calibration=calib.json seq-len=8192 min-recall=0.95"
@@ -73,6 +79,9 @@ def AttnSelect : Pass<"attn-select", "::mlir::ModuleOp"> {
     Option<"maxError", "max-error", "double", "1.0",
            "ceiling of the relative output error ||O - O_dense|| / "
            "||O_dense||">,
+    Option<"maxLayerError", "max-layer-error", "double", "0.1",
+           "ceiling of the layer's predicted relative output error over "
+           "all heads, skipped heads included (docs/cost-model.md)">,
     Option<"skipBelow", "skip-below", "double", "0.0",
            "skip heads whose contribution is below this (0: never)">,
     Option<"minGain", "min-gain", "double", "0.0",

@@ -34,13 +34,13 @@ cmake -G Ninja -S . -B $build -DCMAKE_C_COMPILER=clang-22 \
   -DMLIR_DIR=/usr/lib/llvm-22/lib/cmake/mlir \
   -DLLVM_EXTERNAL_LIT=/usr/lib/llvm-22/bin/lit >$build.cmake.log 2>&1 ||
   { cat $build.cmake.log; exit 1; }
-ninja -C $build PatternFuzzer ManifestFuzzer AttentionFuzzer attn-translate \
-  >/dev/null
+ninja -C $build PatternFuzzer ManifestFuzzer AttentionFuzzer ImportFuzzer \
+  LspFramingFuzzer attn-translate >/dev/null
 
 # Seeds: pattern files, split at lit's "// -----"; manifests with their
 # checksum replaced by @SHA@.
 corpus=$build/corpus
-rm -rf "$corpus" && mkdir -p "$corpus"/{pattern,manifest,attention} \
+rm -rf "$corpus" && mkdir -p "$corpus"/{pattern,manifest,attention,import,lsp} \
   $build/findings $build/seed-bundles
 n=0
 for f in patterns/*.mlir test/Dialect/Attn/*.mlir test/Transforms/*.mlir \
@@ -60,14 +60,33 @@ for f in patterns/*.mlir test/Unit/Inputs/emulation.mlir \
     "$b/manifest.json" >"$corpus/manifest/$(basename "$f" .mlir)"
 done
 head -c 64 /dev/urandom >"$corpus/attention/random"
+# MInference configs: the test inputs and a few hostile ones.
+cp test/Tools/Inputs/minference-*.json "$corpus/import/"
+printf '[{"0": ["stream_llm", 0, 8, 1], "\\u0030": ["block_sparse", 1, 1, 0.5]}]' \
+  >"$corpus/import/escaped"
+printf '[{"0": ["vertical_and_slash", 1000, 6096, 0.8], "1": ["stream_llm", 100, 800, 1]}]' \
+  >"$corpus/import/small"
+# LSP streams: the first byte picks the style (bit 0: delimited) and the
+# read size; the hostile frames of lsp-hostile.test and the lit session.
+for c in deep deep-delimited bad-length zero-length huge-length no-header \
+         no-length truncated cut-headers long-header; do
+  style='\000'
+  [ $c = deep-delimited ] && style='\001'
+  { printf "$style"; python3 test/Tools/Inputs/lsp_frames.py $c; } \
+    >"$corpus/lsp/$c"
+done
+{ printf '\001'; cat test/Tools/lsp-server.test; } >"$corpus/lsp/lit-session"
 
 status=0
 echo "| harness | seconds | executions | executions/s | findings |"
 echo "|---|---|---|---|---|"
-for h in PatternFuzzer ManifestFuzzer AttentionFuzzer; do
+for h in PatternFuzzer ManifestFuzzer AttentionFuzzer ImportFuzzer \
+         LspFramingFuzzer; do
   case $h in
     PatternFuzzer) c=$corpus/pattern ;;
     ManifestFuzzer) c=$corpus/manifest ;;
+    ImportFuzzer) c=$corpus/import ;;
+    LspFramingFuzzer) c=$corpus/lsp ;;
     *) c=$corpus/attention ;;
   esac
   log=$build/$h.log

@@ -25,6 +25,8 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "Import.h"
+
 #include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/Support/JsonFile.h"
 #include "tessera/Support/ToolOptions.h"
@@ -36,20 +38,14 @@
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/InitLLVM.h"
-#include "llvm/Support/JSON.h"
 #include "llvm/Support/SourceMgr.h"
 #include "llvm/Support/ToolOutputFile.h"
 
-#include <algorithm>
-#include <cctype>
-#include <map>
-#include <optional>
 #include <string>
-#include <vector>
 
 using namespace mlir;
+using namespace tessera;
 namespace cl = llvm::cl;
-namespace json = llvm::json;
 
 static cl::OptionCategory toolOptions("attn-import options");
 static cl::opt<std::string> inputFile(cl::Positional,
@@ -91,148 +87,10 @@ static cl::opt<int64_t>
                        "(100)"),
               cl::init(100), cl::cat(toolOptions));
 
-/// The largest config, and the most layers and heads of all layers together
-/// it may list (published configs list up to 80 layers of 64 heads in
-/// under 1 MiB).
-constexpr uint64_t kMaxConfigBytes = uint64_t(16) << 20;
-constexpr size_t kMaxLayers = 4096;
-constexpr size_t kMaxEntries = size_t(1) << 18;
-
-/// Counts the objects and arrays in JSON `text` (brackets outside strings),
-/// so that a config of a million layers is refused before it is parsed (the
-/// parser allocates kilobytes per object).
-static void countContainers(llvm::StringRef text, size_t &objects,
-                            size_t &arrays) {
-  objects = arrays = 0;
-  bool inString = false, escaped = false;
-  for (char c : text) {
-    if (inString) {
-      if (escaped)
-        escaped = false;
-      else if (c == '\\')
-        escaped = true;
-      else if (c == '"')
-        inString = false;
-    } else if (c == '"') {
-      inString = true;
-    } else if (c == '{') {
-      ++objects;
-    } else if (c == '[') {
-      ++arrays;
-    }
-  }
-}
-
 static int fail(const llvm::Twine &message) {
   llvm::errs() << "attn-import: error: " << inputFile << ": " << message
                << "\n";
   return 1;
-}
-
-namespace {
-struct HeadEntry {
-  std::string type;
-  int64_t vertical = 0, slash = 0;
-};
-} // namespace
-
-/// The first head that one layer object lists twice, however its keys are
-/// spelled ("0" and "\u0030" are one key; JSON parsers keep one of them
-/// silently): "layer L lists head 'K' twice", or "". `text` is a JSON list
-/// of objects (already parsed, so every string in it is well formed).
-static std::string duplicateKey(llvm::StringRef text) {
-  int depth = 0;
-  int64_t layer = -1;
-  std::vector<std::string> keys;
-  for (size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (c == '"') {
-      size_t begin = i;
-      for (++i; i < text.size() && text[i] != '"'; ++i)
-        if (text[i] == '\\')
-          ++i;
-      // A key of a layer object: a string at depth 2 followed by ':'.
-      size_t j = i + 1;
-      while (j < text.size() && isspace(static_cast<unsigned char>(text[j])))
-        ++j;
-      if (depth != 2 || j >= text.size() || text[j] != ':')
-        continue;
-      // The key as the parser reads it: its escapes decoded.
-      llvm::Expected<json::Value> decoded =
-          json::parse(text.slice(begin, i + 1));
-      std::string key;
-      if (decoded && decoded->getAsString())
-        key = decoded->getAsString()->str();
-      else
-        llvm::consumeError(decoded.takeError());
-      if (std::find(keys.begin(), keys.end(), key) != keys.end())
-        return "layer " + std::to_string(layer) + " lists head '" + key +
-               "' twice";
-      keys.push_back(key);
-      continue;
-    }
-    if (c == '[' || c == '{') {
-      if (++depth == 2 && c == '{') {
-        ++layer;
-        keys.clear();
-      }
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return "";
-}
-
-/// Whether `name` can follow '@' in MLIR as a bare symbol name: a letter or
-/// '_', then letters, digits, '_', '$' or '.' (MLIR's bare-id).
-static bool isSymbolName(llvm::StringRef name) {
-  if (name.empty() ||
-      !(isalpha(static_cast<unsigned char>(name[0])) || name[0] == '_'))
-    return false;
-  return llvm::all_of(name, [](char c) {
-    return isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$' ||
-           c == '.';
-  });
-}
-
-/// The pattern of one MInference head; "" with `error` set if invalid.
-static std::string patternOf(const HeadEntry &e, std::string &error) {
-  if (e.type == "vertical_and_slash") {
-    if (e.vertical + e.slash == 0) {
-      error = "vertical_and_slash with vertical_size and slash_size 0 keeps "
-              "nothing";
-      return "";
-    }
-    return "#attn.intersect<#attn.causal, #attn.vertical_slash<last_q = " +
-           std::to_string(lastQ) +
-           ", vertical = " + std::to_string(e.vertical) +
-           ", slash = " + std::to_string(e.slash) +
-           ", first_columns = " + std::to_string(firstColumns) +
-           ", last_diagonals = " + std::to_string(lastDiagonals) + ">>";
-  }
-  if (e.type == "stream_llm") {
-    // StreamingLLM: n_init = vertical_size sinks, n_local = slash_size
-    // recent keys (the query's own included).
-    if (e.slash < 1) {
-      error = "stream_llm needs slash_size (its local window) >= 1";
-      return "";
-    }
-    // No sinks: the local window alone.
-    if (e.vertical == 0)
-      return "#attn.window<before = " + std::to_string(e.slash - 1) + ">";
-    return "#attn.a_shape<sink = " + std::to_string(e.vertical) +
-           ", before = " + std::to_string(e.slash - 1) + ">";
-  }
-  if (e.type == "block_sparse")
-    // MInference's block-sparse kernel keeps a fixed top-k of 64-key blocks
-    // (its sizes are unused).
-    return "#attn.intersect<#attn.causal, #attn.block_topk<block = 64, "
-           "top_k = " +
-           std::to_string(blockTopK) + ">>";
-  error = "unknown type '" + e.type +
-          "' (MInference's are vertical_and_slash, stream_llm and "
-          "block_sparse)";
-  return "";
 }
 
 int main(int argc, char **argv) {
@@ -241,148 +99,27 @@ int main(int argc, char **argv) {
   tessera::setVersionPrinter("attn-import");
   cl::ParseCommandLineOptions(
       argc, argv, "Writes Tessera pattern files from MInference configs\n");
-  if (dtype != "f16" && dtype != "bf16" && dtype != "f32")
-    return fail("--dtype must be f16, bf16 or f32, got " + dtype);
-  if (lastQ < 1 || firstColumns < 0 || lastDiagonals < 0 || blockTopK < 1)
-    return fail("--last-q and --block-topk must be >= 1, --first-columns "
-                "and --last-diagonals >= 0");
-  if (!isSymbolName(modelName))
-    return fail("--model must be a symbol name (a letter or '_', then "
-                "letters, digits, '_', '$' or '.'), got '" +
-                modelName + "'");
+  minference::ImportOptions options;
+  options.heads = numHeads;
+  options.kvHeads = numKvHeads;
+  options.headDim = headDim;
+  options.dtype = dtype;
+  options.model = modelName;
+  options.lastQ = lastQ;
+  options.firstColumns = firstColumns;
+  options.lastDiagonals = lastDiagonals;
+  options.blockTopK = blockTopK;
+  std::string error = minference::checkOptions(options);
+  if (!error.empty())
+    return fail(error);
 
   // The whole file, bounded; its nesting is checked before it is parsed.
-  std::string error, config;
-  if (!tessera::readBoundedFile(inputFile, kMaxConfigBytes, config, error))
+  std::string config, text;
+  if (!tessera::readBoundedFile(inputFile, minference::kMaxConfigBytes, config,
+                                error))
     return fail(error);
-  // A config holds one object per layer and one array per head (and the
-  // list): the counts are bounded before parsing.
-  size_t objects, arrays;
-  countContainers(config, objects, arrays);
-  if (objects > kMaxLayers)
-    return fail("the config holds " + std::to_string(objects) +
-                " objects (one per layer), more than " +
-                std::to_string(kMaxLayers));
-  if (arrays > kMaxEntries + 1)
-    return fail("the config holds " + std::to_string(arrays) +
-                " lists (one per head), more than " +
-                std::to_string(kMaxEntries + 1));
-  std::optional<json::Value> root = tessera::parseJsonBounded(config, error);
-  if (!root)
+  if (!minference::importConfig(config, options, text, error))
     return fail(error);
-  const json::Array *layers = root->getAsArray();
-  if (!layers)
-    return fail("an MInference config is a JSON list with one object per "
-                "layer");
-  if (layers->empty())
-    return fail("the config lists no layer");
-  if (layers->size() > kMaxLayers)
-    return fail("the config lists " + std::to_string(layers->size()) +
-                " layers, more than " + std::to_string(kMaxLayers));
-  size_t entries = 0;
-  for (size_t li = 0; li < layers->size(); ++li) {
-    const json::Object *heads = (*layers)[li].getAsObject();
-    if (!heads)
-      return fail("layer " + std::to_string(li) +
-                  " is not an object mapping head indices to "
-                  "[type, vertical_size, slash_size, score]");
-    entries += heads->size();
-  }
-  if (entries > kMaxEntries)
-    return fail("the config lists " + std::to_string(entries) +
-                " heads in all layers together, more than " +
-                std::to_string(kMaxEntries));
-  std::string duplicate = duplicateKey(config);
-  if (!duplicate.empty())
-    return fail(duplicate);
-
-  // layer -> head -> entry
-  std::vector<std::map<int64_t, HeadEntry>> model;
-  for (size_t li = 0; li < layers->size(); ++li) {
-    std::string where = "layer " + std::to_string(li);
-    const json::Object *heads = (*layers)[li].getAsObject();
-    std::map<int64_t, HeadEntry> entries;
-    for (const auto &kv : *heads) {
-      llvm::StringRef key = kv.first;
-      int64_t head;
-      // One spelling per head: "7", never "07" or "+7".
-      if (key.getAsInteger(10, head) || head < 0 || head > 4095 ||
-          key != std::to_string(head))
-        return fail(where + ": key '" + key +
-                    "' is not a head index in [0, 4096) written in decimal "
-                    "without sign or leading zeros");
-      std::string at = where + ", head " + std::to_string(head);
-      const json::Array *v = kv.second.getAsArray();
-      if (!v || v->size() != 4)
-        return fail(at + ": expected [type, vertical_size, slash_size, "
-                         "score]");
-      std::optional<llvm::StringRef> type = (*v)[0].getAsString();
-      std::optional<int64_t> vertical = (*v)[1].getAsInteger();
-      std::optional<int64_t> slash = (*v)[2].getAsInteger();
-      if (!type)
-        return fail(at + ": the type must be a string");
-      if (!vertical || !slash)
-        return fail(at + ": vertical_size and slash_size must be integers");
-      if (*vertical < 0 || *slash < 0 || *vertical > (int64_t(1) << 40) ||
-          *slash > (int64_t(1) << 40))
-        return fail(at + ": sizes must be in [0, 2^40], got " +
-                    std::to_string(*vertical) + " and " +
-                    std::to_string(*slash));
-      if (!(*v)[3].getAsNumber())
-        return fail(at + ": the score must be a number");
-      entries[head] = HeadEntry{type->str(), *vertical, *slash};
-    }
-    model.push_back(std::move(entries));
-  }
-
-  int64_t heads = numHeads ? int64_t(numHeads) : int64_t(model[0].size());
-  if (heads < 1 || heads > 4096)
-    return fail("--heads must be in [1, 4096], got " + std::to_string(heads));
-  int64_t kvHeads = numKvHeads ? int64_t(numKvHeads) : heads;
-  std::string source = numHeads ? "--heads" : "layer 0";
-  for (size_t li = 0; li < model.size(); ++li) {
-    std::string where = "layer " + std::to_string(li);
-    if (model[li].empty())
-      return fail(where + " lists no head");
-    if (model[li].rbegin()->first >= heads)
-      return fail(where + " has head " +
-                  std::to_string(model[li].rbegin()->first) +
-                  ", but the model has " + std::to_string(heads) + " heads (" +
-                  source + ")");
-    for (int64_t h = 0; h < heads; ++h)
-      if (!model[li].count(h))
-        return fail(where + " lacks head " + std::to_string(h) + " of " +
-                    std::to_string(heads) + " (" + source + ")");
-  }
-
-  // The pattern file: heads with the same pattern share one attn.heads op.
-  std::string text = "attn.model @" + modelName + " {\n";
-  for (size_t li = 0; li < model.size(); ++li) {
-    text += "  attn.layer " + std::to_string(li) +
-            " heads = " + std::to_string(heads) +
-            " kv_heads = " + std::to_string(kvHeads) +
-            " head_dim = " + std::to_string(headDim) + " dtype = " + dtype +
-            " {\n";
-    std::map<std::string, std::vector<int64_t>> groups;
-    std::vector<std::string> order;
-    for (auto &[head, entry] : model[li]) {
-      std::string pattern = patternOf(entry, error);
-      if (pattern.empty())
-        return fail("layer " + std::to_string(li) + ", head " +
-                    std::to_string(head) + ": " + error);
-      if (groups[pattern].empty())
-        order.push_back(pattern);
-      groups[pattern].push_back(head);
-    }
-    for (const std::string &pattern : order) {
-      text += "    attn.heads [";
-      for (size_t i = 0; i < groups[pattern].size(); ++i)
-        text += (i ? ", " : "") + std::to_string(groups[pattern][i]);
-      text += "] = " + pattern + "\n";
-    }
-    text += "  }\n";
-  }
-  text += "}\n";
 
   // Parse what was written: the verifier checks the model (GQA, ranges),
   // and the printer gives the canonical form (head ranges).

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Runs attn-opt, attn-viz and attn-translate on damaged pattern files.
+"""Runs attn-opt, attn-viz and attn-translate on damaged pattern files, and
+attn-import on damaged MInference configs (--import, --config).
 
 Each damaged file is a truncation, a few mutated bytes, or a number replaced by
 a huge or negative value. A run passes when the tool exits with 0 or 1 and
@@ -27,7 +28,7 @@ def damage(text, rng):
     if kind == 1:
         chars = list(text)
         for _ in range(rng.randint(1, 4)):
-            chars[rng.randrange(len(chars))] = rng.choice("<>[](){},=#@.-0123456789 \n\"x")
+            chars[rng.randrange(len(chars))] = rng.choice("<>[](){},=#@.-0123456789 \n\"x\\u")
         return "".join(chars)
     numbers = list(re.finditer(r"-?\d+", text))
     if not numbers:
@@ -52,6 +53,8 @@ def main():
     ap.add_argument("--opt", required=True)
     ap.add_argument("--viz", required=True)
     ap.add_argument("--translate", required=True)
+    ap.add_argument("--import", dest="import_bin")
+    ap.add_argument("--config", action="append", default=[])
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -70,6 +73,13 @@ def main():
              str(rng.randrange(4)), "--q-len", "9", "--k-len", "11"],
             [args.translate, path, "--emit=manifest"],
         ]
+        if args.import_bin and args.config:
+            config = damage(open(rng.choice(args.config)).read(), rng)
+            config_path = os.path.join(args.out, f"case{i}.json")
+            with open(config_path, "w") as f:
+                f.write(config)
+            cmds.append([args.import_bin, config_path, "--kv-heads",
+                         str(rng.choice([1, 2, 4])), "-o", os.devnull])
         for cmd in cmds:
             ok, code, err = run(cmd)
             runs += 1

@@ -220,6 +220,21 @@ TESSERA_HD void listedRows(const i64 *ids, i64 rows, i64 qb0, i64 qb1,
   last = a;
 }
 
+/// The keys of shard (head + offset) mod shards of blocks of `block` keys:
+/// those with (k - phase) mod period < block, period = block * shards,
+/// phase = shard * block. Both products may pass 2^62 (the factors are up to
+/// 2^41): they are saturated, and a saturated period (>= kUnbounded) means
+/// the shard's keys are the one block [phase, phase + block - 1], since the
+/// next period starts past every key (< 2^41) and the previous one ends
+/// before key 0. A saturated phase is then past every key too. (Taking a
+/// saturated phase modulo a saturated period is not exact: 2^62 mod 2^62
+/// is 0.)
+TESSERA_HD void shardKeys(i64 block, i64 shards, i64 offset, i64 head,
+                          i64 &period, i64 &phase) {
+  period = mulSat(block, shards);
+  phase = mulSat(floorMod(head + offset, shards), block);
+}
+
 TESSERA_HD int classifyLeaf(const Node &n, const i64 *data, const Tile &t) {
   switch (n.kind) {
   case kAll:
@@ -242,11 +257,11 @@ TESSERA_HD int classifyLeaf(const Node &n, const i64 *data, const Tile &t) {
     return classifyPeriodic(n.a, n.b, n.c, lo, hi);
   }
   case kShards: {
-    i64 shard = floorMod(t.head + n.c, n.b);
-    // block * shards may pass 2^62 (both up to 2^40): saturated, the period
-    // is still longer than any sequence, so the tile's class is exact.
-    return classifyPeriodic(mulSat(n.a, n.b), n.a, mulSat(shard, n.a), t.k0,
-                            t.k1 - 1);
+    i64 period, phase;
+    shardKeys(n.a, n.b, n.c, t.head, period, phase);
+    if (period >= kUnbounded)
+      return classifyBand(phase, phase + n.a - 1, t.k0, t.k1 - 1);
+    return classifyPeriodic(period, n.a, phase, t.k0, t.k1 - 1);
   }
   case kGroups: {
     i64 s = t.head >= t.numHeads / 2 ? n.b : 0;
@@ -552,9 +567,11 @@ TESSERA_HD Run periodicPRun(const RunCtx &c, i64 kb, i64 period, i64 width,
 /// Keys in shard (head + offset) mod shards of blocks of `block` keys.
 TESSERA_HD Run shardsRun(const RunCtx &c, i64 kb, i64 block, i64 shards,
                          i64 offset) {
-  i64 shard = floorMod(c.head + offset, shards);
-  return periodicKRun(c, kb, mulSat(block, shards), block,
-                      mulSat(shard, block));
+  i64 period, phase;
+  shardKeys(block, shards, offset, c.head, period, phase);
+  if (period >= kUnbounded)
+    return bandKRun(c, kb, phase, phase + block - 1);
+  return periodicKRun(c, kb, period, block, phase);
 }
 
 /// group(p) == group(k), group(x) = floor((x - s) / size), s = shift for the

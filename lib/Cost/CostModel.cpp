@@ -288,21 +288,77 @@ bool headDependent(const s::Pattern &p) {
       p.node);
 }
 
-/// Full and partial tiles of every query block of one head.
-void countTiles(const k::ProgramRuns &runs, int64_t head, int64_t numHeads,
+/// A head's run walks take about this many runs in all (at least
+/// kMinRunsPerBlock per query block): a query block whose walk does not end
+/// within its share is walked exactly that far and estimated beyond, from
+/// kSampleWindows windows spread over the rest, each walked for an equal
+/// part of the share. A prediction's cost then follows the runs it walks,
+/// not the length: periodic patterns have one run per period, 2^34 of them
+/// a head at 2^40 keys.
+constexpr int64_t kRunsPerHead = int64_t(1) << 14;
+constexpr int64_t kMinRunsPerBlock = 32, kSampleWindows = 4;
+
+/// Adds the full and partial tiles of key blocks [from, to) of the query
+/// block `ctx` to `full` and `partial`, walking at most `budget` runs;
+/// returns the key block where the walk stopped (`to` when it reached it,
+/// else the first block of the next run: the blocks before it are counted),
+/// and in `first` the first block of the first run (or `to`).
+int64_t walkRuns(const k::ProgramRuns &runs, const k::RunCtx &ctx,
+                 int64_t from, int64_t to, int64_t budget, int64_t &full,
+                 int64_t &partial, int64_t &first) {
+  first = to;
+  for (int64_t kb = from, n = 0; kb < to; ++n) {
+    k::Run r = runs.runFrom(ctx, kb);
+    if (!k::isRun(r) || r.lo >= to)
+      return to;
+    if (n == 0)
+      first = r.lo;
+    if (n == budget)
+      return r.lo;
+    int64_t hi = std::min<int64_t>(r.hi, to - 1);
+    (r.cls == k::kFull ? full : partial) += hi - r.lo + 1;
+    kb = hi + 1;
+  }
+  return to;
+}
+
+/// Full and partial tiles of every query block of one head; true when some
+/// were estimated (a walk past its share of kRunsPerHead).
+bool countTiles(const k::ProgramRuns &runs, int64_t head, int64_t numHeads,
                 int64_t nq, int64_t nk, int64_t bq, int64_t bk,
                 std::vector<int64_t> &full, std::vector<int64_t> &partial) {
-  int64_t tq = (nq + bq - 1) / bq;
+  int64_t tq = (nq + bq - 1) / bq, nkb = (nk + bk - 1) / bk;
+  int64_t budget = std::max(kMinRunsPerBlock, kRunsPerHead / tq);
+  bool estimated = false;
   full.assign(size_t(tq), 0);
   partial.assign(size_t(tq), 0);
   for (int64_t qb = 0; qb < tq; ++qb) {
     int64_t q0 = qb * bq, q1 = std::min(q0 + bq, nq);
     k::RunCtx ctx = k::makeRunCtx(q0, q1, nq, nk, bk, head, numHeads);
-    runs.forEachRun(ctx, [&](const k::Run &r) {
-      (r.cls == k::kFull ? full : partial)[size_t(qb)] +=
-          int64_t(r.hi - r.lo + 1);
-    });
+    int64_t &f = full[size_t(qb)], &p = partial[size_t(qb)];
+    int64_t first;
+    int64_t stop = walkRuns(runs, ctx, 0, nkb, budget, f, p, first);
+    if (stop == nkb)
+      continue;
+    // The rest [stop, nkb) at the tile densities of the sampled windows: a
+    // window walked to its end counts whole; one cut short counts from its
+    // first run to the run it stopped at, whole runs and the gaps between
+    // them (exact for periodic runs, wherever the window starts).
+    estimated = true;
+    int64_t rest = nkb - stop, seen = 0, sf = 0, sp = 0;
+    for (int64_t i = 0; i < kSampleWindows; ++i) {
+      int64_t a = stop + rest / kSampleWindows * i;
+      int64_t b = i + 1 == kSampleWindows ? nkb : a + rest / kSampleWindows;
+      if (a == b)
+        continue;
+      int64_t end =
+          walkRuns(runs, ctx, a, b, budget / kSampleWindows, sf, sp, first);
+      seen += end == b ? b - a : end - first;
+    }
+    f += std::llround(double(sf) * double(rest) / double(seen));
+    p += std::llround(double(sp) * double(rest) / double(seen));
   }
+  return estimated;
 }
 
 } // namespace
@@ -368,8 +424,9 @@ bool predictLayer(const Target &target,
     bool perHead = headDependent(g.pattern);
     std::vector<int64_t> f, p;
     for (size_t i = 0; i < g.heads.size(); ++i) {
-      if (i == 0 || perHead)
-        countTiles(runs, g.heads[i], numHeads, nq, nk, bq, bk, f, p);
+      if ((i == 0 || perHead) &&
+          countTiles(runs, g.heads[i], numHeads, nq, nk, bq, bk, f, p))
+        gc.estimated = true;
       std::vector<double> items(static_cast<size_t>(tq), 0.0);
       for (int64_t qb = 0; qb < tq; ++qb) {
         items[size_t(qb)] = row + double(f[size_t(qb)]) * full +

@@ -141,8 +141,10 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
           return mlir::emitError(layer.getLoc()) << "attn-report: " << error;
         for (size_t i = 0; i < ops.size(); ++i) {
           const cost::GroupCost &g = sparse.groups[i];
-          // Dynamic groups: tiles estimated from the budgets ("~"), and the
-          // index kernels' work.
+          // Estimated tiles ("~"): dynamic groups' from their budgets (and
+          // their index kernels' work), static groups' past the run walks'
+          // budget from samples.
+          bool dynamic = i >= groups.size();
           std::string mark = g.estimated ? "~" : "";
           os << fmt::format(
               "{:>5}  {:>10}  {:>10}  {:>12.3f}  {:>5}  {} [{}]{}\n",
@@ -151,7 +153,7 @@ struct AttnReportPass : tessera::impl::AttnReportBase<AttnReportPass> {
               1e3 * (g.workS + g.indexS), g.heads,
               llvm::to_string(ops[i].getPattern()),
               formatHeads(ops[i].getHeads()),
-              g.estimated ? fmt::format("  (index {:.3f} ms)", 1e3 * g.indexS)
+              dynamic ? fmt::format("  (index {:.3f} ms)", 1e3 * g.indexS)
                           : std::string());
         }
         os << fmt::format("layer {}: predicted {:.3f} ms, dense {:.3f} ms "

@@ -30,7 +30,11 @@
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <cstdint>
+#include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 using namespace mlir;
 using namespace tessera;
@@ -81,6 +85,18 @@ static cl::opt<int64_t> pixels(
     cl::desc("longer side of a picture in cells (one head: 512; overview "
              "thumbnails: 128); element level up to this length"),
     cl::init(0), cl::cat(toolOptions));
+
+// The picture's budgets (tessera/Viz/Picture.h), for tests that reach the
+// sampled shades and the tile tests at small sizes.
+static cl::opt<int64_t> pairBudget("pair-budget", cl::Hidden,
+                                   cl::init(viz::kPairBudget),
+                                   cl::cat(toolOptions));
+static cl::opt<int64_t> runBudget("run-budget", cl::Hidden,
+                                  cl::init(viz::kRunBudget),
+                                  cl::cat(toolOptions));
+static cl::opt<int64_t> testBudget("test-budget", cl::Hidden,
+                                   cl::init(viz::kTestBudget),
+                                   cl::cat(toolOptions));
 
 static int fail(const llvm::Twine &message) {
   llvm::errs() << "attn-viz: error: " << message << "\n";
@@ -204,21 +220,60 @@ int main(int argc, char **argv) {
                 " heads at --size " + llvm::Twine(size) + " would hold " +
                 llvm::Twine(cells) + " cells, more than " +
                 llvm::Twine(kMaxCells) + ": use a smaller --size or one --head");
-  Progress progress("attn-viz", endHead - firstHead);
+  // Heads with the same pattern that does not depend on the head have the
+  // same grid: draw it once. The pair and run budgets are the picture's,
+  // shared by the grids drawn.
+  using GridKey = std::pair<const void *, std::vector<int64_t>>;
+  auto gridKey = [&](int64_t h, const semantics::Pattern &meaning) {
+    Attribute attr = layer.getHeadPattern(h);
+    return GridKey(attr.getAsOpaquePointer(),
+                   viz::headSignature(meaning, h, numHeads));
+  };
+  std::vector<semantics::Pattern> meanings;
+  std::map<GridKey, size_t> drawn; // key -> index in panels
   for (int64_t h = firstHead; h < endHead; ++h) {
-    progress.step(h - firstHead, "head " + std::to_string(h));
+    meanings.push_back(semantics::fromAttr(layer.getHeadPattern(h)));
+    drawn.emplace(gridKey(h, meanings.back()), SIZE_MAX);
+  }
+  int64_t grids = int64_t(drawn.size()), done = 0;
+  viz::DrawOptions options;
+  if (pairBudget < 1 || pairBudget > viz::kPairBudget || runBudget < 1 ||
+      runBudget > viz::kRunBudget || testBudget < 1 ||
+      testBudget > viz::kTestBudget)
+    return fail("--pair-budget, --run-budget and --test-budget must be in "
+                "[1, their defaults]");
+  options.pairBudget = std::max<int64_t>(1, pairBudget / grids);
+  options.runBudget = std::max<int64_t>(1, runBudget / grids);
+  options.testBudget = std::max<int64_t>(1, testBudget / grids);
+  // Progress in thousandths of the grids to draw.
+  Progress progress("attn-viz", 1000 * grids);
+  for (int64_t h = firstHead; h < endHead; ++h) {
     attn::PatternAttrInterface attr = layer.getHeadPattern(h);
+    const semantics::Pattern &meaning = meanings[size_t(h - firstHead)];
     viz::Panel panel;
     panel.head = h;
     panel.title =
         "layer " + std::to_string(layerIndex) + " head " + std::to_string(h);
     panel.subtitle = patternText(attr);
-    if (!viz::drawHead(semantics::fromAttr(attr), h, numHeads, nq, nk, blockQ,
-                       blockK, size, panel.grid, error))
+    size_t &same = drawn[gridKey(h, meaning)];
+    if (same != SIZE_MAX) {
+      panel.grid = panels[same].grid;
+      panels.push_back(std::move(panel));
+      continue;
+    }
+    std::string detail = "head " + std::to_string(h);
+    options.progress = [&](double share) {
+      progress.step(1000 * done + int64_t(1000 * share), detail);
+    };
+    progress.step(1000 * done, detail);
+    if (!viz::drawHead(meaning, h, numHeads, nq, nk, blockQ, blockK, size,
+                       panel.grid, error, options))
       return fail("head " + llvm::Twine(h) + ": " + error);
+    ++done;
+    same = panels.size();
     panels.push_back(std::move(panel));
   }
-  progress.step(endHead - firstHead);
+  progress.step(1000 * grids);
   progress.finish();
   viz::Layout layout;
   layout.columns = overview ? std::min<int64_t>(numHeads, 8) : 1;

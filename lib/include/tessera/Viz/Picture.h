@@ -17,6 +17,7 @@
 #include "tessera/Semantics/Pattern.h"
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,10 +26,17 @@ namespace tessera::viz {
 
 /// The longest sequence a picture is drawn for (queries and keys).
 constexpr int64_t kMaxPictureLength = int64_t(1) << 22;
-/// Partial tiles are counted exactly up to this many pairs in all; above it
-/// each partial tile's density is estimated from an even grid of samples
-/// (the caption says so with a "~").
-constexpr int64_t kMaxCountedPairs = int64_t(1) << 26;
+/// The pairs one picture evaluates for the shades of its partial cells: the
+/// pairs of the partial tiles are counted exactly while they are at most
+/// this many, else each cell's are estimated from about kPairBudget / (cells
+/// with partial tiles) sampled pairs (the caption says so with a "~").
+constexpr int64_t kPairBudget = int64_t(1) << 26;
+/// The query blocks and runs one picture's schedule walks may visit. A
+/// schedule with more is classified by tile tests instead (classifyTile on
+/// squares of tiles, halved until they decide a cell), at most kTestBudget
+/// of them per picture, or the picture is refused.
+constexpr int64_t kRunBudget = int64_t(1) << 24;
+constexpr int64_t kTestBudget = int64_t(1) << 26;
 
 enum CellClass : uint8_t { kCellEmpty = 0, kCellPartial = 1, kCellFull = 2 };
 
@@ -41,19 +49,42 @@ struct HeadGrid {
   std::vector<uint8_t> cls;         ///< rows x cols CellClass
   std::vector<float> density;       ///< rows x cols, allowed share of a cell
   double totalDensity = 0;          ///< allowed share of all Nq x Nk pairs
-  bool sampled = false;             ///< some partial tiles were sampled
-  int64_t tiles[3] = {0, 0, 0};     ///< empty, partial, full tiles
+  bool sampled = false;             ///< some partial cells were sampled
+  int64_t walked = 0; ///< query blocks + runs the schedule walk visited
+};
+
+/// How much work one head's picture may do, and where it reports progress.
+struct DrawOptions {
+  /// Pair evaluations for the shades of partial cells (see kPairBudget).
+  int64_t pairBudget = kPairBudget;
+  /// Query blocks + runs the schedule walk may visit (see kRunBudget).
+  int64_t runBudget = kRunBudget;
+  /// Tile tests without the walk; drawHead fails above.
+  int64_t testBudget = kTestBudget;
+  /// Called now and then with the share of the head's work done, in [0, 1].
+  std::function<void(double)> progress;
 };
 
 /// Draws head `head` of a layer with `numHeads` heads at Nq x Nk. The element
 /// level is used when Nq and Nk are at most `maxCells`, else the block level
-/// with blockQ x blockK tiles, at most maxCells x maxCells cells. False with
-/// `error` set for lengths outside [1, kMaxPictureLength], tiles outside
-/// [1, 1024], maxCells outside [1, 4096] or a pattern whose schedule cannot be
-/// built.
+/// with blockQ x blockK tiles, at most maxCells x maxCells cells. The block
+/// level costs O(min(query blocks + runs, runBudget) + cells + testBudget +
+/// pairBudget): its classes come from the schedule's runs (or the same
+/// classes from tile tests), full pairs are counted per run, and only the
+/// pairs of partial tiles or cells are evaluated (all of them, or a sample).
+/// False with `error` set for lengths outside [1, kMaxPictureLength], tiles
+/// outside [1, 1024], maxCells outside [1, 4096], a pattern whose schedule
+/// cannot be built, or tile tests over options.testBudget.
 bool drawHead(const semantics::Pattern &pattern, int64_t head, int64_t numHeads,
               int64_t nq, int64_t nk, int64_t blockQ, int64_t blockK,
-              int64_t maxCells, HeadGrid &out, std::string &error);
+              int64_t maxCells, HeadGrid &out, std::string &error,
+              const DrawOptions &options = DrawOptions());
+
+/// What a pattern's mask takes from the head (the shard of each strided
+/// shards leaf, the half of each shifted groups leaf): heads with the same
+/// pattern and signature have the same picture.
+std::vector<int64_t> headSignature(const semantics::Pattern &pattern,
+                                   int64_t head, int64_t numHeads);
 
 /// One panel of a picture: a head's grid and its caption.
 struct Panel {

@@ -8,8 +8,9 @@ For every panel: at the element level every cell must be the allowed colour
 exactly where the reference allows the pair; at the block level each cell's
 tiles are counted from the reference mask: a full cell must be all allowed, an
 empty one none, a cell with some allowed and some not must be partial, and a
-partial cell's shade must be the one of its exact density. The caption's
-density must be the reference's. The PNG is decoded here (zlib and the five
+partial cell's shade must be the one of its exact density (with --tolerance,
+of a density that close to it: sampled pictures). The caption's density must
+be the reference's (with --tolerance, a '~' caption that close to it). The PNG is decoded here (zlib and the five
 PNG filters), without libpng.
 """
 import argparse
@@ -48,8 +49,17 @@ def cell_stats(mask, r, c, row_span, col_span):
     return allowed, total
 
 
+def shade_near(got, density, tolerance):
+    """Whether `got` is the shade of a density within `tolerance` of
+    `density` (each channel is monotone in the density; +-1 for rounding)."""
+    lo = shade(max(density - tolerance, 0.0))
+    hi = shade(min(density + tolerance, 1.0))
+    return all(min(a, b) - 1 <= g <= max(a, b) + 1
+               for g, a, b in zip(got, lo, hi))
+
+
 def check_panel(mask, level, rows, cols, row_span, col_span, colour_at,
-                where, errors):
+                where, errors, tolerance=0.0):
     nq, nk = len(mask), len(mask[0])
     if level == "element" and (rows, cols, row_span, col_span) != (nq, nk, 1,
                                                                    1):
@@ -70,9 +80,8 @@ def check_panel(mask, level, rows, cols, row_span, col_span, colour_at,
             elif allowed == 0:
                 ok = got == WHITE or (level == "block" and got == shade(0.0))
             else:
-                want = shade(allowed / total)
-                ok = level == "block" and all(
-                    abs(a - b) <= 1 for a, b in zip(got, want))
+                ok = level == "block" and shade_near(got, allowed / total,
+                                                     tolerance)
             if not ok:
                 errors.append(f"{where}: cell ({r}, {c}) is {got}, the "
                               f"reference allows {allowed} of {total} pairs")
@@ -80,7 +89,20 @@ def check_panel(mask, level, rows, cols, row_span, col_span, colour_at,
                     return
 
 
-def check_svg(path, masks, errors):
+def caption_ok(texts, head, density, tolerance):
+    """A caption ending in 'head H (D%)', or '(~D%)' within `tolerance`."""
+    exact = f"head {head} ({100 * density:.2f}%)"
+    if any(t and t.endswith(exact) for t in texts):
+        return True
+    for t in texts:
+        m = re.search(rf"head {head} \(~([0-9.]+)%\)$", t or "")
+        if m and tolerance > 0 and \
+                abs(float(m.group(1)) - 100 * density) <= 100 * tolerance:
+            return True
+    return False
+
+
+def check_svg(path, masks, errors, tolerance):
     root = ET.parse(path).getroot()
     ns = "{http://www.w3.org/2000/svg}"
     panels = [g for g in root.iter(ns + "g") if g.get("class") == "cells"]
@@ -105,11 +127,11 @@ def check_svg(path, masks, errors):
         check_panel(mask, g.get("data-level"), rows, cols,
                     int(g.get("data-row-span")), int(g.get("data-col-span")),
                     lambda r, c: colours.get((r, c), WHITE),
-                    f"head {head}", errors)
+                    f"head {head}", errors, tolerance)
         density = sum(map(sum, mask)) / (len(mask) * len(mask[0]))
-        caption = f"head {head} ({100 * density:.2f}%)"
-        if not any(t and t.endswith(caption) for t in texts):
-            errors.append(f"no caption ending in '{caption}'")
+        if not caption_ok(texts, head, density, tolerance):
+            errors.append(f"no caption for head {head} at "
+                          f"{100 * density:.2f}%")
 
 
 def read_png(path):
@@ -159,7 +181,7 @@ def read_png(path):
     return width, height, pixels, text
 
 
-def check_png(path, masks, errors):
+def check_png(path, masks, errors, tolerance):
     width, height, pixels, text = read_png(path)
     panels = text.get("Tessera-Cells", [])
     if len(panels) != len(masks):
@@ -179,7 +201,7 @@ def check_png(path, masks, errors):
         # Grid lines are drawn only between cells of at least 4 pixels, on a
         # cell's first row or column: never on its centre pixel.
         check_panel(mask, level, rows, cols, rspan, cspan, colour_at,
-                    f"head {head}", errors)
+                    f"head {head}", errors, tolerance)
 
 
 def main():
@@ -193,6 +215,9 @@ def main():
     ap.add_argument("--head", type=int)
     ap.add_argument("--q-len", type=int, required=True)
     ap.add_argument("--k-len", type=int)
+    ap.add_argument("--tolerance", type=float, default=0.0,
+                    help="sampled pictures: how far a partial cell's shade "
+                    "and a '~' caption may be from the exact density")
     a = ap.parse_args()
     nk = a.k_len or a.q_len
     heads = [a.head] if a.head is not None else range(a.heads)
@@ -200,9 +225,9 @@ def main():
              for h in heads}
     errors = []
     if a.picture.endswith(".svg"):
-        check_svg(a.picture, masks, errors)
+        check_svg(a.picture, masks, errors, a.tolerance)
     else:
-        check_png(a.picture, masks, errors)
+        check_png(a.picture, masks, errors, a.tolerance)
     for e in errors[:20]:
         print("error:", e)
     if errors:

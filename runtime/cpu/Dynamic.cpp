@@ -369,13 +369,14 @@ namespace {
 /// are qs ([rowsPad][dPad]); mask[row * ldk + j] says whether the row sees
 /// key j. S = Q K^T and O += P V through the executor's register-blocked
 /// microkernel; padding scores are -inf, padded keys and dimensions zero.
-/// Updates the online softmax state m, l and acc ([rowsPad][dPad]).
+/// Updates the online softmax state m, l and out ([rowsPad][dPad]; l and
+/// out in double across tiles, the tile's P V in float in acc).
 /// Compiled for several x86-64 levels like the executor's loops.
 TESSERA_CPU_CLONES void
 maskedTile(const Rows &k, const Rows &v, const int64_t *keys, int64_t n,
            const float *qs, int64_t rows, int64_t rowsPad, int64_t d,
            int64_t dPad, const uint8_t *mask, float *kT, float *vb, float *s,
-           int64_t ldk, float *acc, float *m, float *l) {
+           int64_t ldk, float *acc, double *out, float *m, double *l) {
   bool nonFiniteV = false; // then P V goes row by row over allowed keys
   for (int64_t j = 0; j < n; ++j) {
     const float *kr = k.row(keys[j]), *vr = v.row(keys[j]);
@@ -399,22 +400,24 @@ maskedTile(const Rows &k, const Rows &v, const int64_t *keys, int64_t n,
       mx = std::max(mx, sr[j]);
     }
     float *ar = acc + row * dPad;
-    if (mx == -INFINITY) { // nothing yet: P = 0 keeps acc as it is
+    if (nonFiniteV) // this tile's P V, row by row below
+      std::fill(ar, ar + dPad, 0.0f);
+    if (mx == -INFINITY) { // nothing yet: P = 0 keeps out as it is
       for (int64_t j = 0; j < n; ++j)
         if (mr[j] && std::isnan(sr[j])) // a NaN the row sees: NaN row
           l[row] = NAN;
       std::fill(sr, sr + ldk, 0.0f);
       continue;
     }
-    float corr = std::exp(m[row] - mx);
+    const double corr = std::exp(double(m[row]) - mx);
     vec::Vec sum{};
     for (int64_t c = 0; c < ldk; c += vec::kLanes) {
       vec::Vec e = vec::expVec(vec::loadVec(sr + c) - mx);
       sum += e;
       vec::storeVec(sr + c, e);
     }
-    for (int64_t i = 0; i < dPad; ++i)
-      ar[i] *= corr;
+    for (int64_t i = 0; i < d; ++i)
+      out[row * dPad + i] *= corr;
     l[row] = l[row] * corr + vec::horizontalSum(sum);
     m[row] = mx;
     if (nonFiniteV) // select, don't multiply: 0 * inf is NaN
@@ -424,17 +427,21 @@ maskedTile(const Rows &k, const Rows &v, const int64_t *keys, int64_t n,
             vec::storeVec(ar + i, vec::loadVec(ar + i) +
                                       sr[j] * vec::loadVec(vb + j * dPad + i));
   }
-  if (nonFiniteV)
-    return;
-  for (int64_t row = rows; row < rowsPad; ++row)
-    std::fill(s + row * ldk, s + (row + 1) * ldk, 0.0f);
-  vec::gemm(s, ldk, vb, dPad, acc, dPad, rowsPad, dPad, ldk, true);
+  if (!nonFiniteV) {
+    for (int64_t row = rows; row < rowsPad; ++row)
+      std::fill(s + row * ldk, s + (row + 1) * ldk, 0.0f);
+    vec::gemm(s, ldk, vb, dPad, acc, dPad, rowsPad, dPad, ldk, false);
+  }
+  for (int64_t row = 0; row < rows; ++row)
+    for (int64_t i = 0; i < d; ++i)
+      out[row * dPad + i] += acc[row * dPad + i];
 }
 
 /// The per-thread buffers of the tiled attention over dynamic indices.
 struct TileBuffers {
   int64_t ldk, dPad, rowsPad;
-  std::vector<float> kT, vb, s, acc, qs, m, l;
+  std::vector<float> kT, vb, s, acc, qs, m;
+  std::vector<double> out, l;
   std::vector<uint8_t> mask;
   std::vector<int64_t> keys;
   TileBuffers(int64_t block, int64_t d)
@@ -446,6 +453,7 @@ struct TileBuffers {
     vb.resize(lds * dps);
     s.resize(rps * lds);
     acc.resize(rps * dps);
+    out.resize(rps * dps);
     qs.resize(rps * dps);
     m.resize(rps);
     l.resize(rps);
@@ -455,9 +463,9 @@ struct TileBuffers {
   /// Starts a query block of `rows` rows: rowQ(r) gives row r's query.
   template <typename RowQ>
   void start(int64_t rows, int64_t d, float scale, RowQ rowQ) {
-    std::fill(acc.begin(), acc.end(), 0.0f);
+    std::fill(out.begin(), out.end(), 0.0);
     std::fill(m.begin(), m.end(), -INFINITY);
-    std::fill(l.begin(), l.end(), 0.0f);
+    std::fill(l.begin(), l.end(), 0.0);
     std::fill(qs.begin(), qs.end(), 0.0f);
     for (int64_t r = 0; r < rows; ++r) {
       const float *qr = rowQ(r);
@@ -475,14 +483,14 @@ struct TileBuffers {
       return;
     }
     for (int64_t i = 0; i < d; ++i)
-      out[i] = acc[size_t(r * dPad + i)] / l[size_t(r)];
+      out[i] = float(this->out[size_t(r * dPad + i)] / l[size_t(r)]);
     if (lseOut)
-      *lseOut = m[size_t(r)] + std::log(l[size_t(r)]);
+      *lseOut = float(m[size_t(r)] + std::log(l[size_t(r)]));
   }
   void tile(const Rows &k, const Rows &v, int64_t n, int64_t rows, int64_t d) {
     maskedTile(k, v, keys.data(), n, qs.data(), rows, rowsPad, d, dPad,
                mask.data(), kT.data(), vb.data(), s.data(), ldk, acc.data(),
-               m.data(), l.data());
+               out.data(), m.data(), l.data());
   }
 };
 

@@ -110,8 +110,11 @@ struct Worker {
   int64_t rowsPad = 0, colsPad = 0, dPad = 0;
   std::vector<float> q;   ///< [rowsPad][dPad] query rows
   std::vector<float> s;   ///< [rowsPad][colsPad] scores, then probabilities
-  std::vector<float> acc; ///< [rowsPad][dPad] output accumulators
-  std::vector<float> m, l;
+  std::vector<float> acc; ///< [rowsPad][dPad] one tile's P V
+  /// Across tiles in double: the output accumulators ([rows][dPad]) and the
+  /// row sums (a float running sum over 2^20 keys drifts by percents).
+  std::vector<double> out, l;
+  std::vector<float> m, corr; ///< row maxima; this tile's rescaling
   std::vector<uint8_t> keep; ///< [rowsPad][colsPad] element mask of a tile
   std::vector<float> bias;   ///< [colsPad] 0 or -inf per key of one row
   std::vector<float> biasLine; ///< a diagonal's or a row's bias, shared
@@ -309,9 +312,9 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
 
   for (int64_t i = 0; i < rows; ++i)
     load(a.q, offsetOf(a.q, b, q0 + i, head), d, &w.q[i * dp]);
-  std::fill(w.acc.begin(), w.acc.begin() + rowsPad * dp, 0.0f);
+  std::fill(w.out.begin(), w.out.begin() + rows * dp, 0.0);
   std::fill(w.m.begin(), w.m.begin() + rows, kNegInf);
-  std::fill(w.l.begin(), w.l.begin() + rows, 0.0f);
+  std::fill(w.l.begin(), w.l.begin() + rows, 0.0);
 
   if (w.cachedBatch != b || w.cachedKvHead != kvHead) {
     std::fill(w.tag.begin(), w.tag.end(), -1);
@@ -364,6 +367,8 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
     // Rows add P V through the allowed keys only (below) where a masked
     // key's value could turn a probability of 0 into NaN.
     const bool selectPV = cls == k::kPartial && w.nonFiniteV[slot];
+    if (selectPV)
+      std::fill(w.acc.begin(), w.acc.begin() + rows * dp, 0.0f);
     gemm(w.q.data(), dp, kT, cp, w.s.data(), cp, rowsPad,
          colsPad, d, /*accumulate=*/false);
     // The bias of row i, at biasBase + i * biasStep: 0 for a key that
@@ -426,8 +431,9 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
         // row is NaN (its sum NaN from here on).
         for (int64_t j = 0; j < cols; ++j)
           if (std::isnan(s[j]))
-            w.l[i] = std::numeric_limits<float>::quiet_NaN();
+            w.l[i] = std::numeric_limits<double>::quiet_NaN();
         std::fill(s, s + colsPad, 0.0f);
+        w.corr[i] = 1.0f;
         continue;
       }
       float mOld = w.m[i], mNew = std::max(mOld, rowMax);
@@ -441,11 +447,7 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
       }
       w.l[i] = w.l[i] * correction + horizontalSum(vsum);
       w.m[i] = mNew;
-      if (correction != 1.0f) {
-        float *acc = &w.acc[i * dp];
-        for (int64_t x = 0; x < dp; ++x)
-          acc[x] *= correction;
-      }
+      w.corr[i] = correction;
       if (selectPV) {
         float *acc = &w.acc[i * dp];
         for (int64_t j = 0; j < cols; ++j)
@@ -455,24 +457,33 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
                        loadVec(acc + x) + s[j] * loadVec(vb + j * dp + x));
       }
     }
-    if (selectPV)
-      continue;
-    for (int64_t i = rows; i < rowsPad; ++i)
-      std::fill(&w.s[i * cp], &w.s[i * cp] + colsPad, 0.0f);
-    gemm(w.s.data(), cp, vb, dp, w.acc.data(), dp, rowsPad,
-         dp, colsPad, /*accumulate=*/true);
+    if (!selectPV) {
+      for (int64_t i = rows; i < rowsPad; ++i)
+        std::fill(&w.s[i * cp], &w.s[i * cp] + colsPad, 0.0f);
+      gemm(w.s.data(), cp, vb, dp, w.acc.data(), dp, rowsPad, dp, colsPad,
+           /*accumulate=*/false);
+    }
+    // This tile's P V into the double accumulators, rescaled by the row's
+    // correction (rows that saw nothing here: a zero P row, correction 1).
+    for (int64_t i = 0; i < rows; ++i) {
+      const double c = w.corr[i];
+      double *o = &w.out[i * dp];
+      const float *pv = &w.acc[i * dp];
+      for (int64_t x = 0; x < d; ++x)
+        o[x] = o[x] * c + pv[x];
+    }
   }
   for (int64_t i = 0; i < rows; ++i) {
     float *acc = &w.acc[i * dp];
     // l == 0: no key (O = 0, LSE = -inf); l NaN: the row saw a NaN (or
     // infinities that made one), and O and LSE are NaN.
-    float inv = w.l[i] != 0 ? 1.0f / w.l[i] : 0.0f;
+    double inv = w.l[i] != 0 ? 1.0 / w.l[i] : 0.0;
     for (int64_t x = 0; x < d; ++x)
-      acc[x] *= inv;
+      acc[x] = float(w.out[i * dp + x] * inv);
     store(a.o, offsetOf(a.o, b, q0 + i, head), d, acc);
     if (a.lse)
       a.lse[(b * a.q.heads + head) * nq + q0 + i] =
-          w.l[i] != 0 ? w.m[i] + std::log(w.l[i]) : kNegInf;
+          w.l[i] != 0 ? float(double(w.m[i]) + std::log(w.l[i])) : kNegInf;
   }
   job.full += full;
   job.partial += partial;
@@ -570,6 +581,8 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
     w.acc.assign((w.rowsPad + 1) * w.dPad, 0.0f);
     w.m.resize(a.blockQ);
     w.l.resize(a.blockQ);
+    w.corr.resize(a.blockQ);
+    w.out.assign(w.rowsPad * w.dPad, 0.0);
     w.keep.resize(w.rowsPad * w.colsPad);
     w.bias.resize(w.colsPad);
     w.biasLine.resize(w.rowsPad + w.colsPad);

@@ -1366,6 +1366,59 @@ TEST(RuntimeDynamic, RoutingKeepsAnEmptyClustersCentroid) {
             1e-5);
 }
 
+/// One query against 2^19 equal keys and values (stride 0): every row that
+/// sees keys must give exactly the value row up to rounding, on the static
+/// executor (tiny-mix: bands, grids, shards over half a million keys) and
+/// on the dynamic paths (2^18 keys: vertical-slash, block top-k, routing by
+/// segments). Row sums and outputs accumulate across tiles in double: in
+/// float they drifted by 2.8% at 2^20 keys.
+TEST(RuntimeLimits, ManyEqualKeysGiveTheValueExactly) {
+  tessera_context *ctx = nullptr;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+  auto check = [&](tessera_bundle *b, int64_t h, int64_t hkv, int64_t nk,
+                   const float *centroids, int64_t clusters) {
+    const int64_t d = 64;
+    std::vector<float> q(h * d), kv(hkv * d), v(hkv * d), o(h * d),
+        lse(h);
+    std::mt19937 rng(3);
+    std::normal_distribution<float> n01;
+    for (float &x : q)
+      x = n01(rng);
+    for (float &x : kv)
+      x = n01(rng);
+    for (float &x : v)
+      x = n01(rng);
+    tessera_tensor tq = tensor(q.data(), TESSERA_DTYPE_F32, 1, 1, h, d);
+    tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_F32, 1, 1, h, d);
+    tessera_tensor tk{kv.data(), TESSERA_DTYPE_F32, 1, nk, hkv, d, 0, 0, d};
+    tessera_tensor tv{v.data(), TESSERA_DTYPE_F32, 1, nk, hkv, d, 0, 0, d};
+    tessera_dynamic_inputs dyn{centroids, h, clusters, d};
+    ASSERT_EQ(centroids ? tessera_attention_dynamic(b, 0, &tq, &tk, &tv, &to,
+                                                    lse.data(), 0, &dyn,
+                                                    nullptr)
+                        : tessera_attention(b, 0, &tq, &tk, &tv, &to,
+                                            lse.data(), 0, nullptr),
+              TESSERA_OK)
+        << tessera_last_error();
+    for (int64_t head = 0; head < h; ++head) {
+      if (lse[head] == -INFINITY)
+        continue; // this head's pattern gives the row no key
+      const float *want = &v[(head / (h / hkv)) * d];
+      for (int64_t x = 0; x < d; ++x)
+        EXPECT_NEAR(o[head * d + x], want[x], 2e-6f * (1 + std::abs(want[x])))
+            << "head " << head << " element " << x;
+    }
+  };
+  tessera_bundle *mix = nullptr;
+  ASSERT_EQ(tessera_bundle_load_file(ctx, bundleDir("tiny-mix").c_str(), &mix),
+            TESSERA_OK);
+  check(mix, 6, 2, int64_t(1) << 19, nullptr, 0);
+  tessera_bundle_destroy(mix);
+  tessera_context_destroy(ctx);
+  DynamicCall dyn(1, 1);
+  check(dyn.bundle, 6, 3, int64_t(1) << 18, dyn.cent.data(), 3);
+}
+
 /// A value no row may see never changes a row (docs/runtime.md, non-finite
 /// inputs): an infinite value at key 40 of every kv head reaches, under
 /// causality, no row before 40, on every dynamic path of layer 0

@@ -20,9 +20,13 @@
       or mixed, at several lengths, and fits the target's tile costs (least
       squares over the measured runs).
 
-Sample files (.npz): q<L>, k<L>, v<L> float32 arrays [N, H, D], [N, Hkv, D]
-for layers L = 0, 1, ...; an optional 'meta' JSON string. Formats of the
-outputs: docs/cost-model.md. Progress goes to stderr on a terminal.
+Sample files (.npz, a regular file): q<L>, k<L>, v<L> real arrays [N, H, D],
+[N, Hkv, D] for layers L = 0, 1, ... (N <= 2^20, H <= 4096, Hkv dividing H,
+D 64 or 128, at most 16 GiB an array, finite in float32); an optional
+'meta' JSON object string (at most 1 MiB, nested at most 32 deep). Outputs
+are written to exactly the path given, as standard JSON (a result that is
+not finite is an error). Formats and limits: docs/cost-model.md. Progress
+goes to stderr on a terminal.
 """
 import argparse
 import datetime
@@ -31,10 +35,12 @@ import math
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Where the build put this script's neighbours (attn-translate) and the
@@ -47,6 +53,10 @@ class Error(Exception):
     pass
 
 
+# The runtime's exception class, once the tessera package is imported.
+RuntimeFailure = Error
+
+
 def import_tessera():
     try:
         import tessera  # noqa: F401 (installed with pip install ./python)
@@ -54,6 +64,8 @@ def import_tessera():
         if PYTHON_DIR and not PYTHON_DIR.startswith("@"):
             sys.path.insert(0, PYTHON_DIR)
         import tessera  # noqa: F811
+    global RuntimeFailure
+    RuntimeFailure = tessera.TesseraError
     return tessera
 
 
@@ -110,10 +122,11 @@ def synth(args):
     if not (1 <= args.layers <= 64 and 1 <= args.heads <= 256 and
             1 <= args.kv_heads <= args.heads and
             args.heads % args.kv_heads == 0 and
-            args.head_dim in (16, 32, 64, 128) and 64 <= args.len <= 65536):
+            args.head_dim in HEAD_DIMS and 64 <= args.len <= 65536 and
+            0 <= args.seed < 1 << 63):
         raise Error("synth: layers in [1, 64], heads in [1, 256], kv-heads "
-                    "dividing heads, head-dim 16/32/64/128, seq-len in "
-                    "[64, 65536]")
+                    "dividing heads, head-dim 64 or 128, seq-len in "
+                    "[64, 65536], seed in [0, 2^63)")
     rng = np.random.default_rng(args.seed)
     n, h, hkv, d = args.len, args.heads, args.kv_heads, args.head_dim
     kinds_cycle = LLM_KINDS if args.kind == "llm" else VIDEO_KINDS
@@ -176,7 +189,12 @@ def synth(args):
         arrays[f"v{layer}"] = v
         meta["layers"].append({"kv_head_kinds": kinds})
     arrays["meta"] = np.array(json.dumps(meta))
-    np.savez(args.output, **arrays)
+    # Into memory first: numpy appends '.npz' to a file name without it,
+    # and a zip writer that fails half-way complains again when collected.
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_output(args.output, lambda f: f.write(buf.getbuffer()))
     print(f"wrote {args.output}: {args.layers} layers of {h} heads "
           f"({hkv} kv heads), head_dim {d}, {n} tokens, {args.kind}")
 
@@ -220,6 +238,12 @@ def default_candidates(n, causal, frame):
 
 def build_bundle(translate, patterns, heads, kv_heads, head_dim, workdir):
     """A bundle with one layer per pattern (every head the same)."""
+    for p in patterns:
+        # One pattern a layer: text that could close the layer (or open
+        # another) is not a pattern.
+        if any(c in p for c in "{}\n\r"):
+            raise Error(f"{p!r} is not one attn pattern (it holds a brace "
+                        "or a line break)")
     lines = ["attn.model @calibration {"]
     for i, p in enumerate(patterns):
         lines.append(f"  attn.layer {i} heads = {heads} kv_heads = {kv_heads}"
@@ -234,43 +258,199 @@ def build_bundle(translate, patterns, heads, kv_heads, head_dim, workdir):
     r = subprocess.run([translate, src, "-o", out], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True)
     if r.returncode != 0:
-        raise Error("attn-translate rejected the candidates:\n" + r.stdout)
+        # The first error, on one line, with the pattern of its layer (layer
+        # i spans lines 2 + 3 i .. 4 + 3 i of the file).
+        import re
+        first = next((x for x in r.stdout.splitlines() if "error:" in x),
+                     r.stdout.strip().splitlines()[0] if r.stdout.strip()
+                     else f"exit status {r.returncode}")
+        m = re.match(r".*candidates\.mlir:(\d+):\d+: error: (.*)", first)
+        if m and 0 <= (int(m.group(1)) - 2) // 3 < len(patterns):
+            first = (f"'{patterns[(int(m.group(1)) - 2) // 3]}': "
+                     f"{m.group(2)}")
+        raise Error("attn-translate rejected the candidates: " + first)
     return out
+
+
+# Limits on what a sample may declare (docs/cost-model.md): the arrays are
+# read only after their headers fit these and the bytes the file holds.
+MAX_TOKENS = 1 << 20
+MAX_HEADS = 4096           # as --attn-select's calibration files
+HEAD_DIMS = (64, 128)      # what the bundle's kernels support
+MAX_ARRAY_BYTES = 1 << 34  # 16 GiB an array
+MAX_META_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32        # as the runtime's manifests
+MAX_LIST_BYTES = 1 << 20   # a candidate list
+MAX_CANDIDATES = 256       # as --attn-select's calibration files
+
+
+def regular_file(path, what):
+    """Refuses what is not a regular file (a FIFO would block, a device
+    would be read without end) before it is opened."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise Error(f"{path}: cannot read the {what}: {e.strerror}")
+    if not stat.S_ISREG(st.st_mode):
+        raise Error(f"{path}: the {what} is not a regular file")
+    return st.st_size
+
+
+def json_depth(text, limit):
+    """The nesting depth of arrays and objects in JSON text, strings
+    skipped; stops counting past `limit` (as the runtime's manifest
+    reader: the parser recurses)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for c in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def read_member(zf, path, name, max_bytes):
+    """Array `name` of the .npz `zf`: its header checked (a numeric dtype,
+    no more bytes than `max_bytes` and than the member holds) before its
+    data is read."""
+    import numpy as np
+    fmt = np.lib.format
+    info = zf.getinfo(name + ".npy")
+    try:
+        with zf.open(info) as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            if dtype.hasobject:
+                raise Error(f"{path}: {name} holds Python objects")
+            count = 1
+            for x in shape:
+                count *= x
+            size = count * dtype.itemsize
+            if size > max_bytes:
+                raise Error(f"{path}: {name} declares shape {shape} of "
+                            f"{dtype} ({size} bytes), more than {max_bytes}")
+            if size > info.file_size:
+                raise Error(f"{path}: {name} declares shape {shape} of "
+                            f"{dtype} ({size} bytes) but the file holds "
+                            f"{info.file_size}")
+            data = f.read(size)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile,
+            NotImplementedError, RuntimeError) as e:
+        raise Error(f"{path}: {name} is not a readable .npy array ({e})")
+    if len(data) != size:
+        raise Error(f"{path}: {name} is truncated ({len(data)} of {size} "
+                    "bytes)")
+    return np.frombuffer(data, dtype=dtype).reshape(
+        shape, order="F" if fortran else "C")
+
+
+def read_meta(zf, path):
+    """The sample's optional 'meta' JSON object, bounded in size and depth
+    and with its fields typed."""
+    import numpy as np
+    if "meta.npy" not in zf.namelist():
+        return {}
+    m = read_member(zf, path, "meta", MAX_META_BYTES)
+    if m.shape != () or m.dtype.kind not in "US":
+        raise Error(f"{path}: 'meta' must be one string (got {m.dtype} "
+                    f"of shape {m.shape})")
+    text = m[()]
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Error(f"{path}: 'meta' is not UTF-8")
+    text = str(text)
+    if json_depth(text, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise Error(f"{path}: 'meta' nests arrays and objects more than "
+                    f"{MAX_JSON_DEPTH} deep")
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise Error(f"{path}: 'meta' is not JSON ({e})")
+    if not isinstance(meta, dict):
+        raise Error(f"{path}: 'meta' is not a JSON object")
+    if "causal" in meta and not isinstance(meta["causal"], bool):
+        raise Error(f"{path}: 'meta' field 'causal' must be true or false")
+    frame = meta.get("frame")
+    if frame is not None and (isinstance(frame, bool) or
+                              not isinstance(frame, int) or
+                              not 1 <= frame <= 1 << 40):
+        raise Error(f"{path}: 'meta' field 'frame' must be an integer in "
+                    "[1, 2^40]")
+    for key in ("kind", "seed"):
+        if isinstance(meta.get(key), (dict, list)):
+            raise Error(f"{path}: 'meta' field '{key}' must be a scalar")
+    return meta
 
 
 def load_sample(path):
     import numpy as np
+    regular_file(path, "sample")
     try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise Error(f"{path}: not a readable .npz/.npy file ({e})")
-    if isinstance(data, np.ndarray):
-        raise Error(f"{path}: a sample is an .npz with q0, k0, v0, ...")
-    meta = {}
-    if "meta" in data.files:
-        try:
-            meta = json.loads(str(data["meta"]))
-        except ValueError:
-            raise Error(f"{path}: 'meta' is not JSON")
-    layers = []
-    i = 0
-    while f"q{i}" in data.files:
-        q, k, v = (data.get(f"{x}{i}") for x in "qkv")
-        if k is None or v is None:
-            raise Error(f"{path}: layer {i} has q{i} but lacks k{i} or v{i}")
-        for name, x in (("q", q), ("k", k), ("v", v)):
-            if x.ndim != 3:
-                raise Error(f"{path}: {name}{i} must be [N, heads, head_dim],"
-                            f" got shape {x.shape}")
-            if not np.isfinite(x).all():
-                raise Error(f"{path}: {name}{i} holds NaN or infinity")
-        if k.shape != v.shape or q.shape[2] != k.shape[2] or \
-                q.shape[1] % k.shape[1]:
-            raise Error(f"{path}: layer {i}: q {q.shape}, k {k.shape}, "
-                        f"v {v.shape} do not fit (kv heads must divide heads)")
-        layers.append((q.astype(np.float32), k.astype(np.float32),
-                       v.astype(np.float32)))
-        i += 1
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise Error(f"{path}: not a readable .npz file ({e})")
+    with zf:
+        names = set(zf.namelist())
+        meta = read_meta(zf, path)
+        layers = []
+        i = 0
+        while f"q{i}.npy" in names:
+            if f"k{i}.npy" not in names or f"v{i}.npy" not in names:
+                raise Error(f"{path}: layer {i} has q{i} but lacks k{i} or "
+                            f"v{i}")
+            arrays = []
+            for x in "qkv":
+                a = read_member(zf, path, f"{x}{i}", MAX_ARRAY_BYTES)
+                if a.ndim != 3:
+                    raise Error(f"{path}: {x}{i} must be [N, heads, "
+                                f"head_dim], got shape {a.shape}")
+                if a.dtype.kind not in "fiu":
+                    raise Error(f"{path}: {x}{i} holds {a.dtype}, not real "
+                                "numbers")
+                arrays.append(a)
+            q, k, v = arrays
+            n, h, d = q.shape
+            hkv = k.shape[1]
+            if not (1 <= n <= MAX_TOKENS and 1 <= h <= MAX_HEADS and
+                    1 <= hkv <= h and h % hkv == 0 and d in HEAD_DIMS) or \
+                    k.shape != (n, hkv, d) or v.shape != k.shape:
+                raise Error(
+                    f"{path}: layer {i}: q {q.shape}, k {k.shape}, v "
+                    f"{v.shape} do not fit: q is [N, heads, head_dim], k "
+                    f"and v [N, kv_heads, head_dim] with N in [1, "
+                    f"{MAX_TOKENS}], heads in [1, {MAX_HEADS}], kv heads "
+                    f"dividing heads, head_dim "
+                    f"{' or '.join(map(str, HEAD_DIMS))}")
+            out = []
+            for x, a in zip("qkv", arrays):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    a = a.astype(np.float32)
+                if not np.isfinite(a).all():
+                    raise Error(f"{path}: {x}{i} holds NaN or infinity (in "
+                                "float32)")
+                out.append(a)
+            layers.append(tuple(out))
+            i += 1
     if not layers:
         raise Error(f"{path}: holds no q0/k0/v0 arrays")
     shapes = {(q.shape[0], q.shape[1], k.shape[1], q.shape[2])
@@ -278,6 +458,51 @@ def load_sample(path):
     if len(shapes) != 1:
         raise Error(f"{path}: layers differ in shape: {sorted(shapes)}")
     return layers, meta
+
+
+def read_candidates(path):
+    """One pattern per line, '//' comments; a bounded regular file."""
+    size = regular_file(path, "candidate list")
+    if size > MAX_LIST_BYTES:
+        raise Error(f"{path}: the candidate list is larger than "
+                    f"{MAX_LIST_BYTES} bytes")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(MAX_LIST_BYTES + 1)
+    except (OSError, UnicodeDecodeError) as e:
+        raise Error(f"cannot read the candidate list {path}: {e}")
+    cands = [x.strip() for x in text.splitlines() if x.strip() and
+             not x.lstrip().startswith("//")]
+    if not cands:
+        raise Error(f"{path} lists no candidate")
+    if len(cands) > MAX_CANDIDATES:
+        raise Error(f"{path} lists {len(cands)} candidates, more than "
+                    f"{MAX_CANDIDATES} (--attn-select's limit)")
+    return cands
+
+
+def write_output(path, write):
+    """Runs write(file) on `path` opened for binary writing; a failure is an
+    Error naming the path."""
+    try:
+        with open(path, "wb") as f:
+            write(f)
+    except OSError as e:
+        raise Error(f"cannot write {path}: {e.strerror or e}")
+
+
+def write_json(path, value):
+    """Standard JSON only: a NaN or an infinity is an error, not 'NaN'."""
+    try:
+        text = json.dumps(value, indent=1, allow_nan=False) + "\n"
+    except ValueError:
+        raise Error(f"{path}: a result is not finite; nothing written")
+    write_output(path, lambda f: f.write(text.encode()))
+
+
+def sig6(x):
+    """x with 6 significant digits (small shares keep their precision)."""
+    return float(f"{x:.6g}")
 
 
 def accuracy(args):
@@ -289,16 +514,9 @@ def accuracy(args):
     causal = meta.get("causal", True)
     reference = args.reference or ("#attn.causal" if causal else "#attn.dense")
     if args.candidates:
-        try:
-            with open(args.candidates) as f:
-                cands = [x.strip() for x in f if x.strip() and
-                         not x.lstrip().startswith("//")]
-        except OSError as e:
-            raise Error(f"cannot read the candidate list: {e}")
-        if not cands:
-            raise Error(f"{args.candidates} lists no candidate")
+        cands = read_candidates(args.candidates)
     else:
-        cands = default_candidates(n, causal, int(meta.get("frame", n // 16)))
+        cands = default_candidates(n, causal, int(meta.get("frame", max(1, n // 16))))
     if len(set(cands)) != len(cands):
         raise Error("the candidate list names a pattern twice")
     translate = find_translate(args.translate)
@@ -310,6 +528,16 @@ def accuracy(args):
     patterns = [reference] + cands + \
         [f"#attn.intersect<{c}, {reference}>" for c in cands]
     m = len(cands)
+
+    def finite(o, lse, li, p):
+        # Scores that overflow float32 (|q . k| scale near 3e38) make the
+        # softmax NaN: refuse rather than record it.
+        if not np.isfinite(o).all() or np.isnan(lse).any() or \
+                (lse == np.inf).any():
+            raise Error(f"layer {li}: the output of {p} is not finite (the "
+                        "scores q . k / sqrt(head_dim) overflow float32); "
+                        "scale Q and K down")
+
     with tempfile.TemporaryDirectory() as work:
         bundle_dir = build_bundle(translate, patterns, h, hkv, d, work)
         bundle = tessera.Context("cpu").load(bundle_dir)
@@ -319,11 +547,14 @@ def accuracy(args):
         for li, (q, k, v) in enumerate(layers):
             qb, kb, vb = q[None], k[None], v[None]
             o_ref, lse_ref = bundle.attention(0, qb, kb, vb)
+            finite(o_ref, lse_ref, li, f"the reference {reference}")
             o_ref, lse_ref = o_ref[0].astype(np.float64), lse_ref[0]
-            norms = np.array([np.linalg.norm(o_ref[:, x]) for x in range(h)])
-            total = float((norms ** 2).sum())
-            contribution = (norms ** 2 / total if total > 0 else
-                            np.full(h, 1.0 / h))
+            sq = np.array([float(np.sum(o_ref[:, x] ** 2)) for x in range(h)])
+            norms = np.sqrt(sq)
+            total = float(sq.sum())
+            # A reference whose output is zero (it allows no key, or V is
+            # zero there) has nothing to share: every contribution is 0.
+            contribution = sq / total if total > 0 else np.zeros(h)
             rows = np.isfinite(lse_ref)                  # [H, N]
             cand_out = []
             for ci, p in enumerate(patterns[:m + 1]):
@@ -332,21 +563,34 @@ def accuracy(args):
                     o, lse = o_ref, lse_ref
                 else:
                     o, _ = bundle.attention(ci, qb, kb, vb, lse=False)
-                    o = o[0].astype(np.float64)
                     _, lse = bundle.attention(m + ci, qb, kb, vb)
-                    lse = lse[0]
+                    finite(o, lse, li, p)
+                    o, lse = o[0].astype(np.float64), lse[0]
                 with np.errstate(over="ignore", invalid="ignore"):
                     kept = np.where(rows, np.exp(np.minimum(
                         lse - np.where(rows, lse_ref, 0), 0.0)), 0.0)
+                # A row where the reference allows no key has no mass to
+                # keep: recall 1 (a head with no such row: 1).
                 recall = [float(kept[x][rows[x]].mean()) if rows[x].any()
                           else 1.0 for x in range(h)]
-                error = [float(np.linalg.norm(o[:, x] - o_ref[:, x]) /
-                               max(norms[x], 1e-30)) for x in range(h)]
+                diff = np.array([float(np.sum((o[:, x] - o_ref[:, x]) ** 2))
+                                 for x in range(h)])
+                # Relative error; against a zero reference output it is 0
+                # when the candidate's output is zero too and 1 otherwise
+                # (all of it is error). The share of the layer's squared
+                # error, ||O_C,h - O_R,h||^2 / sum_g ||O_R,g||^2, predicts
+                # the layer error of any mix of candidates; with a zero
+                # layer reference a head with output counts 1.
+                error = [float(np.sqrt(diff[x]) / norms[x]) if norms[x] > 0
+                         else float(diff[x] > 0) for x in range(h)]
+                share = diff / total if total > 0 else \
+                    (diff > 0).astype(np.float64)
                 cand_out.append({"pattern": p,
-                                 "recall": [round(x, 6) for x in recall],
-                                 "error": [round(x, 6) for x in error]})
+                                 "recall": [sig6(x) for x in recall],
+                                 "error": [sig6(x) for x in error],
+                                 "error_share": [sig6(x) for x in share]})
             out_layers.append({"index": li, "num_heads": h,
-                               "contribution": [round(float(x), 6)
+                               "contribution": [sig6(float(x))
                                                 for x in contribution],
                                "candidates": cand_out})
         progress.finish()
@@ -356,9 +600,7 @@ def accuracy(args):
                         f"{meta.get('seed', '-')})",
               "seq_len": n, "heads": h, "kv_heads": hkv, "head_dim": d,
               "reference": reference, "layers": out_layers}
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
+    write_json(args.output, result)
     print(f"wrote {args.output}: {len(layers)} layers x {m + 1} "
           f"candidates (reference {reference}) at {n} tokens")
 
@@ -500,9 +742,7 @@ def _target_fit(args, tessera, translate, threads, heads, lengths, rng):
                      "head_dim": 128 if i < len(rows) else 64,
                      "seconds": r[3], "predicted": float(p)}
                     for i, (r, p) in enumerate(zip(allrows, pred))]}
-    with open(args.output, "w") as f:
-        json.dump(tgt, f, indent=1)
-        f.write("\n")
+    write_json(args.output, tgt)
     print(f"wrote {args.output}: full tile {1e6 * full_s:.1f} us, partial "
           f"{1e6 * partial_s:.1f} us, per item {1e6 * row_s:.1f} us at "
           f"head_dim 128 ({100 * fixed:.0f}% of it independent of head_dim), "
@@ -567,6 +807,17 @@ def main():
     except Error as e:
         print(f"attn-calibrate: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except RuntimeFailure as e:
+        print(f"attn-calibrate: error: the runtime refused: {e}",
+              file=sys.stderr)
+        sys.exit(1)
+    except MemoryError:
+        print("attn-calibrate: error: out of memory (a smaller sample, "
+              "fewer layers or candidates fit)", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("attn-calibrate: error: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

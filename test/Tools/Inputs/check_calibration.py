@@ -1,7 +1,8 @@
 """Checks an attn-calibrate accuracy file against float64 numpy: for every
 layer, candidate and head, the recall (share of the reference's softmax mass
-on the keys the candidate allows), the output error ||O - O_ref|| / ||O_ref||
-and the contribution (share of the squared output norm), with masks from
+on the keys the candidate allows), the output error ||O - O_ref|| / ||O_ref||,
+the error share ||O_h - O_ref,h||^2 / ||O_ref||^2 (over the layer) and the
+contribution (share of the squared output norm), with masks from
 attn-viz (the reference semantics), not from Tessera's executor.
 
   check_calibration.py SAMPLE.npz CALIB.json ATTN_VIZ
@@ -48,7 +49,7 @@ def attend(q, k, v, m):
     return p, np.einsum("hqk,khd->qhd", p, np.repeat(v, rep, 1))
 
 
-worst = {"recall": 0.0, "error": 0.0, "contribution": 0.0}
+worst = {"recall": 0.0, "error": 0.0, "contribution": 0.0, "share": 0.0}
 n = calib["seq_len"]
 for layer in calib["layers"]:
     li = layer["index"]
@@ -72,9 +73,14 @@ for layer in calib["layers"]:
             recall - np.array(cand["recall"])).max()))
         worst["error"] = max(worst["error"], float(np.abs(
             error - np.array(cand["error"])).max()))
+        share = np.array([np.sum((o[:, x] - o_ref[:, x]) ** 2)
+                          for x in range(h)]) / (norms ** 2).sum()
+        worst["share"] = max(worst["share"], float(np.abs(
+            share - np.array(cand["error_share"])).max()))
 ok = worst["recall"] < 1e-4 and worst["error"] < 1e-3 and \
-    worst["contribution"] < 1e-4
+    worst["contribution"] < 1e-4 and worst["share"] < 1e-5
 print(f"largest differences: recall {worst['recall']:.1e}, error "
-      f"{worst['error']:.1e}, contribution {worst['contribution']:.1e}")
+      f"{worst['error']:.1e}, contribution {worst['contribution']:.1e}, "
+      f"error share {worst['share']:.1e}")
 print("calibration matches float64: " + ("yes" if ok else "NO"))
 sys.exit(0 if ok else 1)

@@ -446,5 +446,11 @@ LogicalResult RoutingAttr::verify(EmitFn emitError, int64_t clusters,
     return emitError() << "'routing' parameter 'kmeans_iterations' must be "
                           "in [0, 100], got "
                        << kmeansIterations;
+  // k-means costs clusters x iterations x head_dim multiply-adds per key:
+  // bounded per token, so its time follows the sequence length.
+  if (clusters * kmeansIterations > 65536)
+    return emitError() << "'routing' clusters x kmeans_iterations must be at "
+                          "most 65536 (k-means' work per key), got "
+                       << clusters << " x " << kmeansIterations;
   return success();
 }

@@ -302,6 +302,31 @@ cpu::Tensor toCpu(const tessera_tensor &t) {
 
 } // namespace
 
+static tessera_status
+attentionDynamic(tessera_bundle *bundle, int64_t layer, const tessera_tensor *q,
+                 const tessera_tensor *k, const tessera_tensor *v,
+                 const tessera_tensor *o, float *lse, float scale,
+                 const tessera_dynamic_inputs *inputs, void *cuda_stream);
+
+/// Runs f(), turning anything thrown into a status: nothing is thrown out
+/// of the C API (STYLE.md: a runtime function never aborts the host).
+template <typename F> static tessera_status guarded(F f) {
+  try {
+    return f();
+  } catch (const std::bad_alloc &) {
+    return fail(TESSERA_ERROR_INTERNAL, "out of host memory");
+  } catch (const std::exception &e) {
+    return fail(TESSERA_ERROR_INTERNAL, e.what());
+  }
+}
+
+/// Bytes as GiB, for messages.
+static std::string gib(double bytes) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.3g GiB", bytes / double(1 << 30));
+  return buf;
+}
+
 extern "C" {
 
 uint32_t tessera_api_version(void) { return TESSERA_API_VERSION; }
@@ -425,7 +450,7 @@ tessera_status tessera_bundle_load_file(tessera_context *context,
       !jit::readRegularFile(dir + "/bundle.cu", kMaxBundleFileBytes, source,
                             error))
     return fail(TESSERA_ERROR_IO, "cannot read the bundle: " + error);
-  return loadBundle(context, manifest, source, out);
+  return guarded([&] { return loadBundle(context, manifest, source, out); });
 }
 
 tessera_status
@@ -437,8 +462,10 @@ tessera_bundle_load_memory(tessera_context *context, const char *manifest,
     return fail(TESSERA_ERROR_NULL_POINTER, "context, manifest, source and "
                                             "out must not be null");
   *out = nullptr;
-  return loadBundle(context, std::string(manifest, manifest_size),
-                    std::string(source, source_size), out);
+  return guarded([&] {
+    return loadBundle(context, std::string(manifest, manifest_size),
+                      std::string(source, source_size), out);
+  });
 }
 
 tessera_status tessera_bundle_destroy(tessera_bundle *bundle) {
@@ -599,6 +626,19 @@ tessera_status tessera_attention_dynamic(
     const tessera_tensor *k, const tessera_tensor *v, const tessera_tensor *o,
     float *lse, float scale, const tessera_dynamic_inputs *inputs,
     void *cuda_stream) {
+  return guarded([&] {
+    return attentionDynamic(bundle, layer, q, k, v, o, lse, scale, inputs,
+                            cuda_stream);
+  });
+}
+
+} // extern "C"
+
+static tessera_status attentionDynamic(
+    tessera_bundle *bundle, int64_t layer, const tessera_tensor *q,
+    const tessera_tensor *k, const tessera_tensor *v, const tessera_tensor *o,
+    float *lse, float scale, const tessera_dynamic_inputs *inputs,
+    void *cuda_stream) {
   lastError.clear();
   if (!bundle)
     return fail(TESSERA_ERROR_NULL_POINTER, "bundle is null");
@@ -754,7 +794,23 @@ tessera_status tessera_attention_dynamic(
     if (std::string e = cpu::runLayer(l->table(), args); !e.empty())
       return fail(TESSERA_ERROR_INTERNAL, e);
     // Dynamic groups; routing groups read the engine's centroids with the
-    // stride of the layer's largest cluster count.
+    // stride of the layer's largest cluster count. Each needs host memory
+    // for its index (docs/runtime.md): refused before anything is
+    // allocated where it would not fit.
+    const double limit = dynamicCpuMemoryLimit();
+    for (const DynamicGroupDesc &g : l->dynamicGroups) {
+      const double need =
+          dynamicGroupCpuBytes(g.args, q->seq, k->seq, l->headDim);
+      if (need > limit)
+        return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                    "layer " + std::to_string(layer) + ": the dynamic group "
+                    "of head " + std::to_string(g.heads.front()) + " needs " +
+                    gib(need) + " of host memory per head at Nq = " +
+                    std::to_string(q->seq) + ", Nk = " +
+                    std::to_string(k->seq) + ", more than the limit of " +
+                    gib(limit) + " (half the physical memory, or "
+                    "TESSERA_CPU_INDEX_MEMORY)");
+    }
     for (const DynamicGroupDesc &g : l->dynamicGroups) {
       if (std::string e = runDynamicGroupCpu(g, args, l->numHeads, centroids,
                                              needClusters);
@@ -855,10 +911,16 @@ tessera_status tessera_attention_dynamic(
                   "share one cluster count");
     kernel::DynLayout lay = kernel::dynLayout(a, q->seq, k->seq);
     uint64_t bytes;
-    if (__builtin_mul_overflow(uint64_t(lay.size),
-                               uint64_t(a.numSlots * q->batch), &bytes))
-      return fail(TESSERA_ERROR_SHAPE_MISMATCH,
-                  "the dynamic index's workspace overflows");
+    if (lay.size >= kernel::kUnbounded ||
+        __builtin_mul_overflow(uint64_t(lay.size),
+                               uint64_t(a.numSlots * q->batch), &bytes) ||
+        bytes >= uint64_t(kernel::kUnbounded))
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                  "layer " + std::to_string(layer) +
+                      ": the dynamic index's workspace (docs/bundles.md) "
+                      "does not fit in 2^62 bytes at Nq = " +
+                      std::to_string(q->seq) +
+                      ", Nk = " + std::to_string(k->seq));
     unsigned long long ws = 0;
     if (int rc = d.memAllocAsync(&ws, bytes, cuda_stream))
       return fail(TESSERA_ERROR_CUDA, d.message("cuMemAllocAsync", rc));
@@ -893,5 +955,3 @@ tessera_status tessera_attention_dynamic(
   }
   return TESSERA_OK;
 }
-
-} // extern "C"

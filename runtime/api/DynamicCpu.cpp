@@ -21,6 +21,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <unistd.h>
 
 using namespace tessera;
 namespace k = tessera::kernel;
@@ -163,6 +165,49 @@ k::Node combinator(k::i64 kind, k::i64 arity) {
 }
 
 } // namespace
+
+double tessera::runtime::dynamicGroupCpuBytes(const k::DynArgs &a, int64_t nq,
+                                              int64_t nk, int64_t headDim) {
+  const double q = double(nq), n = double(nk), d = double(headDim);
+  // The head's rows as fp32 (q, k, v).
+  double bytes = 4 * d * (q + 2 * n);
+  if (a.family == k::kVerticalSlash) {
+    // The logits of L scored rows, then column and diagonal sums, weights
+    // and selection orders in double.
+    const double rows = std::min(double(a.lastQ), q);
+    bytes += 4 * rows * n + 64 * n;
+  } else if (a.family == k::kBlockTopk) {
+    // Pooled Q and K (and K transposed) in double, the probabilities of a
+    // batch of 8 query blocks, the sort keys, the kept lists and the
+    // block_sparse program over them.
+    const double b = double(a.block), tq = std::floor((n - 1) / b) -
+                                               std::floor((n - q) / b) + 1,
+                 tk = std::ceil(n / b);
+    const double cap =
+        std::min(a.topK > 0 ? double(a.topK)
+                            : (a.maxBlocks > 0 ? double(a.maxBlocks) : tk),
+                 tk);
+    bytes += 8 * d * (tq + 2 * tk) + 80 * tk + 64 * tq * std::max(cap, 1.0);
+  } else {
+    // Centroids in double (and transposed), the clusters of every token,
+    // key lists per cluster, and the segments' permuted rows.
+    const double c = double(a.clusters);
+    bytes += 16 * c * d + 16 * (q + n) + 4 * d * (q + 2 * n);
+  }
+  return bytes;
+}
+
+double tessera::runtime::dynamicCpuMemoryLimit() {
+  if (const char *env = std::getenv("TESSERA_CPU_INDEX_MEMORY")) {
+    char *end = nullptr;
+    double v = std::strtod(env, &end);
+    if (end != env && *end == 0 && v > 0)
+      return v;
+  }
+  const long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && size > 0 ? 0.5 * double(pages) * double(size)
+                               : double(int64_t(1) << 32);
+}
 
 std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
                                                  const cpu::LayerArgs &args,

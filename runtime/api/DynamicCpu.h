@@ -20,6 +20,16 @@ std::string runDynamicGroupCpu(const DynamicGroupDesc &g,
                                const cpu::LayerArgs &args, int64_t numHeads,
                                const float *centroids, int64_t centroidStride);
 
+/// The host memory (bytes) that dynamic group `g` needs per (batch, head)
+/// on the CPU at Nq, Nk (docs/runtime.md gives the formula), in double so
+/// that it never overflows.
+double dynamicGroupCpuBytes(const kernel::DynArgs &a, int64_t nq, int64_t nk,
+                            int64_t headDim);
+
+/// The most a dynamic group may need (bytes): TESSERA_CPU_INDEX_MEMORY when
+/// set to a positive number, else half the machine's physical memory.
+double dynamicCpuMemoryLimit();
+
 } // namespace tessera::runtime
 
 #endif // TESSERA_RUNTIME_DYNAMICCPU_H

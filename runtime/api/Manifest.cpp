@@ -243,6 +243,9 @@ std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
     a.family = k::kRouting;
     if ((e = param("clusters", a.clusters, 1, 65536)).empty())
       e = param("kmeans_iterations", a.iterations, 0, 100);
+    if (e.empty() && a.clusters * a.iterations > 65536)
+      e = "routing: clusters x kmeans_iterations must be at most 65536 (the "
+          "verifier's bound on k-means' work per key)";
     if (const json::Value *m = g.get("merge_without")) {
       std::optional<bool> merge = m->getAsBoolean();
       if (!merge)

@@ -1419,6 +1419,58 @@ TEST(RuntimeLimits, ManyEqualKeysGiveTheValueExactly) {
   check(dyn.bundle, 6, 3, int64_t(1) << 18, dyn.cent.data(), 3);
 }
 
+/// A dynamic layer whose index would not fit in host memory is refused
+/// before anything is allocated (docs/runtime.md gives the formula and the
+/// limit), for every family: one query against 2^26 .. 2^40 equal keys
+/// (stride 0), and vertical-slash with last_q = 2^40 at 65536 tokens. They
+/// used to throw std::bad_alloc out of the C API and abort the process.
+TEST(RuntimeDynamic, IndexesThatDoNotFitAreRefused) {
+  ::setenv("TESSERA_CPU_INDEX_MEMORY", "4294967296", 1); // 4 GiB
+  const int64_t H = DynamicCall::H, Hkv = DynamicCall::Hkv,
+                D = DynamicCall::D;
+  auto call = [&](tessera_bundle *b, int64_t nq, int64_t nk, float *qData,
+                  const float *cent) {
+    std::vector<float> kv(Hkv * D, 0.5f), o(nq * H * D), lse(H * nq);
+    tessera_tensor tq{qData, TESSERA_DTYPE_F32, 1, nq, H, D, 0, H * D, D};
+    tessera_tensor tk{kv.data(), TESSERA_DTYPE_F32, 1, nk, Hkv, D, 0, 0, D};
+    tessera_tensor to = tensor(o.data(), TESSERA_DTYPE_F32, 1, nq, H, D);
+    tessera_dynamic_inputs dyn{cent, H, DynamicCall::C, D};
+    return tessera_attention_dynamic(b, 0, &tq, &tk, &tk, &to, lse.data(), 0,
+                                     &dyn, nullptr);
+  };
+  {
+    DynamicCall small(1, 1);
+    std::vector<float> q(H * D, 0.25f);
+    EXPECT_EQ(call(small.bundle, 1, 4096, q.data(), small.cent.data()),
+              TESSERA_OK)
+        << tessera_last_error();
+    for (int shift : {26, 30, 34, 40}) {
+      EXPECT_EQ(call(small.bundle, 1, int64_t(1) << shift, q.data(),
+                     small.cent.data()),
+                TESSERA_ERROR_INVALID_ARGUMENT)
+          << shift;
+      EXPECT_NE(std::string(tessera_last_error()).find("of host memory per "
+                                                       "head"),
+                std::string::npos)
+          << tessera_last_error();
+    }
+    // Every family is measured: layer 0's first group is vertical-slash;
+    // at 2^26 keys routing alone (the rows, 4 D (Nq + 2 Nk)) is too big.
+  }
+  {
+    DynamicCall wide(1, 1, [](llvm::json::Object &l) {
+      setParam(l, 0, "last_q", int64_t(1) << 40);
+    });
+    std::vector<float> q(65536 * H * D, 0.25f);
+    EXPECT_EQ(call(wide.bundle, 65536, 65536, q.data(), wide.cent.data()),
+              TESSERA_ERROR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(tessera_last_error()).find("head 0 needs 16"),
+              std::string::npos)
+        << tessera_last_error();
+  }
+  ::unsetenv("TESSERA_CPU_INDEX_MEMORY");
+}
+
 /// A value no row may see never changes a row (docs/runtime.md, non-finite
 /// inputs): an infinite value at key 40 of every kv head reaches, under
 /// causality, no row before 40, on every dynamic path of layer 0

@@ -833,3 +833,23 @@ attn.model @m {
     attn.heads [0] = #attn.routing<clusters = 4, kmeans_iterations = 101>
   }
 }
+
+// -----
+
+// k-means' work per key is bounded (65536 x 100 took minutes at 4096 tokens).
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    // expected-error @+1 {{'routing' clusters x kmeans_iterations must be at most 65536 (k-means' work per key), got 65536 x 100}}
+    attn.heads [0] = #attn.routing<clusters = 65536, kmeans_iterations = 100>
+  }
+}
+
+// -----
+
+// At the bound: accepted.
+attn.model @m {
+  attn.layer 0 heads = 2 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    attn.heads [0] = #attn.routing<clusters = 655, kmeans_iterations = 100>
+    attn.heads [1] = #attn.routing<clusters = 65536, kmeans_iterations = 1>
+  }
+}

@@ -103,16 +103,21 @@ TESSERA_HD i64 btCap(const DynArgs &a, i64 tk) {
   return minI(maxI(cap, 1), tk);
 }
 
+/// Offsets and size of a slice. Products and sums saturate at kUnbounded
+/// (2^62), so that parameters up to 2^40 never overflow: a size of
+/// kUnbounded means "does not fit" (the runtime refuses it).
 TESSERA_HD DynLayout dynLayout(const DynArgs &a, i64 nq, i64 nk) {
   DynLayout l = {};
   i64 at = 0;
   auto take = [&at](i64 bytes) {
     i64 here = at;
-    at = alignUp16(at + bytes);
+    at = bytes >= kUnbounded - at ? kUnbounded : minI(alignUp16(at + bytes),
+                                                      kUnbounded);
     return here;
   };
+  auto mul3 = [](i64 x, i64 y, i64 z) { return mulSat(mulSat(x, y), z); };
   if (a.family == kVerticalSlash) {
-    l.scores = take(4 * vsRows(a, nq) * nk);
+    l.scores = take(mul3(4, vsRows(a, nq), nk));
     l.colSum = take(4 * nk);
     l.diagSum = take(4 * nk);
     l.cols = take(8 * vsColCap(a, nk));
@@ -122,10 +127,10 @@ TESSERA_HD DynLayout dynLayout(const DynArgs &a, i64 nq, i64 nk) {
   } else if (a.family == kBlockTopk) {
     i64 tq = btQueryBlocks(a.block, nq, nk), tk = dynCeilDiv(nk, a.block);
     l.cap = btCap(a, tk);
-    l.pooledQ = take(4 * tq * a.headDim);
-    l.pooledK = take(4 * tk * a.headDim);
-    l.probs = take(4 * tq * tk);
-    l.lists = take(8 * tq * l.cap);
+    l.pooledQ = take(mul3(4, tq, a.headDim));
+    l.pooledK = take(mul3(4, tk, a.headDim));
+    l.probs = take(mul3(4, tq, tk));
+    l.lists = take(mul3(8, tq, l.cap));
     l.listCount = take(8 * tq);
   } else {
     i64 c = a.clusters;
@@ -140,7 +145,7 @@ TESSERA_HD DynLayout dynLayout(const DynArgs &a, i64 nq, i64 nk) {
     l.permQ = take(8 * nq);
     l.permK = take(8 * nk);
     // Merging: the segments' normalised rows and their LSE, fp32.
-    l.partial = a.merge ? take(4 * nq * (a.headDim + 1)) : 0;
+    l.partial = a.merge ? take(mul3(4, nq, a.headDim + 1)) : 0;
   }
   l.size = at;
   return l;

@@ -478,9 +478,9 @@ static bool drawBlocks(const s::Pattern &pattern, int64_t head,
   // The walk over the schedule's runs while it fits options.runBudget (the
   // shades then count the pairs of partial tiles only), else tile tests.
   // Every walk step, tile test and pair costs O(program nodes): the budgets
-  // are in node visits.
+  // are for programs of up to 4 nodes, and shrink for larger ones.
   DrawOptions scaled = options;
-  int64_t nodes = std::max<int64_t>(1, int64_t(program.nodes.size()));
+  int64_t nodes = ceilDiv(std::max<int64_t>(1, int64_t(program.nodes.size())), 4);
   scaled.runBudget = std::max<int64_t>(1, options.runBudget / nodes);
   scaled.testBudget = std::max<int64_t>(1, options.testBudget / nodes);
   scaled.pairBudget = std::max<int64_t>(1, options.pairBudget / nodes);
@@ -606,10 +606,16 @@ Rgb cellColour(const HeadGrid &g, size_t at) {
   }
 }
 
+bool operator==(Rgb a, Rgb b) { return a.r == b.r && a.g == b.g && a.b == b.b; }
+
 std::string hex(Rgb c) {
-  char buf[8];
-  std::snprintf(buf, sizeof buf, "#%02x%02x%02x", c.r, c.g, c.b);
-  return buf;
+  static const char digits[] = "0123456789abcdef";
+  std::string out = "#";
+  for (uint8_t v : {c.r, c.g, c.b}) {
+    out += digits[v >> 4];
+    out += digits[v & 15];
+  }
+  return out;
 }
 
 /// Pixels per cell: the largest whole number that keeps the longer side
@@ -725,10 +731,11 @@ std::string renderSvg(const std::vector<Panel> &panels, const Layout &layout) {
           c = e;
           continue;
         }
-        std::string colour = hex(cellColour(g, at));
+        Rgb rgb = cellColour(g, at);
         while (e < g.cols && g.cls[size_t(r * g.cols + e)] == g.cls[at] &&
-               hex(cellColour(g, size_t(r * g.cols + e))) == colour)
+               cellColour(g, size_t(r * g.cols + e)) == rgb)
           ++e;
+        std::string colour = hex(rgb);
         os << "<rect class=\"" << (g.cls[at] == kCellFull ? "full" : "partial")
            << "\" x=\"" << c * scale << "\" y=\"" << r * scale << "\" width=\""
            << (e - c) * scale << "\" height=\"" << scale << "\" fill=\""

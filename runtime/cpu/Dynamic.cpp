@@ -287,6 +287,145 @@ BlockTopkIndex buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim,
 }
 
 namespace {
+/// The fewest largest entries of `mass` whose sum reaches gamma (ties to
+/// the smaller index), clamped to [minBlocks, maxBlocks] (0: no bound) and
+/// to the entries; ascending.
+std::vector<int64_t> coverage(const std::vector<double> &mass, double gamma,
+                              int64_t minBlocks, int64_t maxBlocks) {
+  const int64_t n = int64_t(mass.size());
+  std::vector<int64_t> order = top(mass, n, [](int64_t i) { return i; });
+  double total = 0;
+  int64_t take = 0;
+  for (int64_t i : order) {
+    total += mass[size_t(i)];
+    ++take;
+    if (total >= gamma - 1e-12)
+      break;
+  }
+  take = std::max(take, minBlocks);
+  if (maxBlocks > 0)
+    take = std::min(take, maxBlocks);
+  order.resize(size_t(std::min(take, n)));
+  std::sort(order.begin(), order.end());
+  return order;
+}
+} // namespace
+
+BlockTopkIndex buildBlockTopkFlex(const Rows &q, const Rows &k, int64_t headDim,
+                                  float scale, int64_t block, double gamma,
+                                  int64_t minBlocks, int64_t maxBlocks,
+                                  double tau) {
+  namespace kn = tessera::kernel;
+  const int64_t nq = q.count, nk = k.count, d = headDim;
+  const int64_t tq = kn::btQueryBlocks(block, nq, nk),
+                tk = (nk + block - 1) / block;
+  // The last query block (position Nk - 1's): rows [r0, r1), all at
+  // positions >= 0.
+  const int64_t r0 = kn::btRowBegin(block, nq, nk, tq - 1),
+                r1 = kn::btRowEnd(block, nq, nk, tq - 1), rows = r1 - r0;
+  // Its logits (rows <= block <= 1024, O(block * Nk) floats) in float
+  // through the microkernel on all threads; the softmax and sums in double.
+  std::vector<float> logits(static_cast<size_t>(rows * nk));
+  {
+    const int64_t chunk = 16, chunks = (rows + chunk - 1) / chunk;
+    std::atomic<int64_t> next{0};
+    onThreads(0, chunks, [&]() {
+      for (int64_t c; (c = next++) < chunks;) {
+        const int64_t a = c * chunk, n = std::min(chunk, rows - a);
+        scoreRows(q, k, r0 + a, n, d, scale, &logits[size_t(a * nk)]);
+      }
+    });
+  }
+  // The true attention per key block (columns) and per diagonal group
+  // u = floor((p - k) / block) (slashes), averaged over the rows.
+  std::vector<double> cols(static_cast<size_t>(tk), 0.0),
+      slashes(static_cast<size_t>(tk), 0.0), w(static_cast<size_t>(nk));
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t p = row + nk - nq, keys = p + 1;
+    const float *lr = &logits[size_t((row - r0) * nk)];
+    double m = -INFINITY, z = 0;
+    for (int64_t key = 0; key < keys; ++key)
+      m = std::max(m, double(lr[key]));
+    for (int64_t key = 0; key < keys; ++key)
+      z += (w[size_t(key)] = std::exp(double(lr[key]) - m));
+    for (int64_t key = 0; key < keys; ++key) {
+      cols[size_t(key / block)] += w[size_t(key)] / z;
+      slashes[size_t((p - key) / block)] += w[size_t(key)] / z;
+    }
+  }
+  for (int64_t j = 0; j < tk; ++j) {
+    cols[size_t(j)] /= double(rows);
+    slashes[size_t(j)] /= double(rows);
+  }
+  // The pooled estimate of the same block: its mean query against the
+  // mean keys of each key block (buildBlockTopk's scores, in the same
+  // order of sums).
+  std::vector<double> qm(static_cast<size_t>(d), 0.0),
+      km(static_cast<size_t>(d)), est(static_cast<size_t>(tk));
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t x = 0; x < d; ++x)
+      qm[size_t(x)] += q.row(r)[x];
+  for (double &x : qm)
+    x /= double(rows);
+  double m = -INFINITY, z = 0;
+  for (int64_t j = 0; j < tk; ++j) {
+    const int64_t k0 = j * block, k1 = std::min(k0 + block, nk);
+    std::fill(km.begin(), km.end(), 0.0);
+    for (int64_t key = k0; key < k1; ++key)
+      for (int64_t x = 0; x < d; ++x)
+        km[size_t(x)] += k.row(key)[x];
+    double s = 0;
+    for (int64_t x = 0; x < d; ++x)
+      s += qm[size_t(x)] * (km[size_t(x)] / double(k1 - k0));
+    est[size_t(j)] = s * double(scale);
+    m = std::max(m, est[size_t(j)]);
+  }
+  for (double &e : est)
+    z += (e = std::exp(e - m));
+  // Jensen-Shannon distance (natural log) between the two.
+  double js = 0;
+  for (int64_t j = 0; j < tk; ++j) {
+    const double a = cols[size_t(j)], b = est[size_t(j)] / z,
+                 mid = 0.5 * (a + b);
+    if (a > 0)
+      js += 0.5 * a * std::log(a / mid);
+    if (b > 0)
+      js += 0.5 * b * std::log(b / mid);
+  }
+  const double distance = std::sqrt(std::max(js, 0.0));
+  if (!(distance > tau)) {
+    BlockTopkIndex index = buildBlockTopk(q, k, headDim, scale, block, gamma, 0,
+                                          minBlocks, maxBlocks);
+    index.distance = distance;
+    return index;
+  }
+  const std::vector<int64_t> keptCols =
+      coverage(cols, gamma, minBlocks, maxBlocks);
+  const std::vector<int64_t> keptSlashes =
+      coverage(slashes, gamma, minBlocks, maxBlocks);
+  BlockTopkIndex index;
+  index.firstBlock = kn::btFirstBlock(block, nq, nk);
+  index.distance = distance;
+  index.verticalSlash = true;
+  index.lists.resize(static_cast<size_t>(tq));
+  std::vector<char> kept(static_cast<size_t>(tk));
+  for (int64_t i = 0; i < tq; ++i) {
+    const int64_t at = index.firstBlock + i;
+    std::fill(kept.begin(), kept.end(), 0);
+    for (int64_t j : keptCols)
+      kept[size_t(j)] = 1;
+    for (int64_t u : keptSlashes)
+      for (int64_t j : {at - u - 1, at - u})
+        if (j >= 0 && j < tk)
+          kept[size_t(j)] = 1;
+    for (int64_t j = 0; j < tk; ++j)
+      if (kept[size_t(j)])
+        index.lists[size_t(i)].push_back(j);
+  }
+  return index;
+}
+
+namespace {
 /// sc[j] = sum_x row[x] * cT[x][j], summed over x in order.
 TESSERA_CPU_CLONES void nearestScores(const float *row, const double *cT,
                                       int64_t d, int64_t clusters,

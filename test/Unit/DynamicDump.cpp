@@ -102,6 +102,10 @@ int main(int argc, char **argv) {
     VerticalSlashIndex vsIndex = buildVerticalSlash(qr, kr, c.d, scale, vs);
     auto gamma = buildBlockTopk(qr, kr, c.d, scale, 16, 0.8, 0, 2, 6);
     auto fixed = buildBlockTopk(qr, kr, c.d, scale, 16, 0.0, 3, 0, 0);
+    // FlexPrefill's per-head choice at tau = 0.2: the planted case's last
+    // block attends its sinks and diagonal (vertical-slash), the random
+    // ones spread their mass as the pooled estimate does (query-aware).
+    auto flex = buildBlockTopkFlex(qr, kr, c.d, scale, 16, 0.8, 1, 0, 0.2);
     RoutingIndex kmeans = buildRouting(qr, kr, c.d, 4, 3, nullptr);
     std::vector<float> cents(static_cast<size_t>(4 * c.d));
     for (float &e : cents)
@@ -140,6 +144,19 @@ int main(int argc, char **argv) {
         });
     writeNpy(dir + "/o_block_topk.npy", o, {c.nq, c.d});
     writeNpy(dir + "/lse_block_topk.npy", lse, {c.nq});
+    attendKeyLists(
+        qr, kr, vr, o.data(), c.d, lse.data(), c.d, scale,
+        [&](int64_t row, std::vector<int64_t> &keys) {
+          const int64_t pos = row + c.nk - c.nq;
+          const int64_t qb = (pos >= 0 ? pos : pos - 15) / 16; // floor
+          for (int64_t b : flex.lists[size_t(qb - flex.firstBlock)])
+            for (int64_t key = b * 16;
+                 key < std::min((b + 1) * 16, c.nk) && key <= causalEnd(row);
+                 ++key)
+              keys.push_back(key);
+        });
+    writeNpy(dir + "/o_block_topk_tau.npy", o, {c.nq, c.d});
+    writeNpy(dir + "/lse_block_topk_tau.npy", lse, {c.nq});
     attendKeyLists(qr, kr, vr, o.data(), c.d, lse.data(), c.d, scale,
                    [&](int64_t row, std::vector<int64_t> &keys) {
                      for (int64_t key = 0; key <= causalEnd(row); ++key)
@@ -177,6 +194,15 @@ int main(int argc, char **argv) {
          << fixed.firstBlock << ", \"blocks\": [";
     for (size_t i = 0; i < fixed.lists.size(); ++i)
       json << (i ? ", " : "") << list(fixed.lists[i]);
+    char distance[32];
+    std::snprintf(distance, sizeof distance, "%.17g", flex.distance);
+    json << "]},\n \"block_topk_tau\": {\"block\": 16, \"gamma\": 0.8, "
+            "\"min_blocks\": 1, \"tau\": 0.2, \"distance\": "
+         << distance << ", \"mode\": \""
+         << (flex.verticalSlash ? "vertical_slash" : "query_aware")
+         << "\", \"blocks\": [";
+    for (size_t i = 0; i < flex.lists.size(); ++i)
+      json << (i ? ", " : "") << list(flex.lists[i]);
     auto ints = [](const std::vector<int32_t> &v) {
       return list(std::vector<int64_t>(v.begin(), v.end()));
     };

@@ -86,6 +86,20 @@ for case in sorted(os.listdir(root)):
                       np.load(os.path.join(d, "o_block_topk.npy")),
                       np.load(os.path.join(d, "lse_block_topk.npy")))
 
+    t = idx["block_topk_tau"]
+    dist = ref.flexprefill_distance(q, k, t["block"])
+    mode = "vertical_slash" if dist > t["tau"] else "query_aware"
+    want = ref.flexprefill_index(q, k, t["block"], t["gamma"], t["tau"],
+                                 min_blocks=t["min_blocks"])
+    check(f"  block_topk (tau) distance and mode ({mode})",
+          abs(dist - t["distance"]) < 1e-6 and mode == t["mode"],
+          f"({t['distance']:.4f})")
+    check("  block_topk (tau) blocks", want == t["blocks"])
+    compare_attention("block_topk (tau)", q, k, v,
+                      ref.block_topk_mask(nq, nk, t["block"], want) & causal,
+                      np.load(os.path.join(d, "o_block_topk_tau.npy")),
+                      np.load(os.path.join(d, "lse_block_topk_tau.npy")))
+
     rk = idx["routing_kmeans"]
     qc, kc = ref.routing_index(q, k, rk["clusters"], rk["iterations"])
     check("  routing (k-means) clusters", qc.tolist() == rk["queries"] and

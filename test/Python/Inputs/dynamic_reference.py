@@ -164,25 +164,78 @@ def js_distance(a, b):
     return np.sqrt(max(0.5 * kl(a, m) + 0.5 * kl(b, m), 0.0))
 
 
-def flexprefill_mode(q, k, block, tau, scale=None):
-    """'query_aware' or 'vertical_slash': the distance between the last
-    query block's true attention (averaged over its rows, summed per key
-    block) and the pooled estimate, against tau."""
+def flexprefill_masses(q, k, block, scale=None):
+    """The last query block's true attention (the block of position Nk - 1,
+    its rows present): each row's softmax over the keys at or before its
+    position, averaged over the rows; (columns, slashes), both
+    [ceil(Nk / block)]: columns[j] the mass on key block j, slashes[u] the
+    mass on the keys with floor((p - k) / block) == u (u = 0: the block of
+    diagonals nearest the query)."""
     s = _scale(q.shape[1], scale)
     nq, nk = q.shape[0], k.shape[0]
-    last = range(((nq - 1) // block) * block, nq)
-    true = np.zeros((nk + block - 1) // block)
+    tk = (nk + block - 1) // block
+    last = query_blocks(nq, nk, block)[1][-1]
+    cols, slashes = np.zeros(tk), np.zeros(tk)
     for row in last:
-        logits = (k @ q[row]) * s
+        p = row + nk - nq  # >= 0: the last block holds position Nk - 1
+        logits = (k[:p + 1] @ q[row]) * s
         w = np.exp(logits - logits.max())
         w /= w.sum()
-        true += np.array([w[j:j + block].sum() for j in range(0, nk, block)])
-    true /= len(last)
-    qb, kb = pool(q[last.start:], block)[0], pool(k, block)
-    logits = (kb @ qb) * s
+        for key in range(p + 1):
+            cols[key // block] += w[key]
+            slashes[(p - key) // block] += w[key]
+    return cols / len(last), slashes / len(last)
+
+
+def flexprefill_distance(q, k, block, scale=None):
+    """The Jensen-Shannon distance between the last query block's true
+    attention per key block and its pooled estimate (the softmax of its
+    mean query against the mean keys, block_topk_index's scores)."""
+    s = _scale(q.shape[1], scale)
+    nq, nk = q.shape[0], k.shape[0]
+    true, _ = flexprefill_masses(q, k, block, scale)
+    last = query_blocks(nq, nk, block)[1][-1]
+    logits = (pool(k, block) @ q[last.start:last.stop].mean(0)) * s
     est = np.exp(logits - logits.max())
     est /= est.sum()
-    return "vertical_slash" if js_distance(true, est) > tau else "query_aware"
+    return js_distance(true, est)
+
+
+def flexprefill_mode(q, k, block, tau, scale=None):
+    """'vertical_slash' when the distance exceeds tau, else
+    'query_aware'."""
+    d = flexprefill_distance(q, k, block, scale)
+    return "vertical_slash" if d > tau else "query_aware"
+
+
+def flexprefill_index(q, k, block, gamma, tau, min_blocks=0, max_blocks=0,
+                      scale=None):
+    """block_topk with tau > 0, per query block (as block_topk_index) its
+    kept key blocks. Query-aware heads: block_topk_index. Vertical-slash
+    heads: the fewest largest columns and the fewest largest slash groups
+    of the last block's true attention reaching gamma (each clamped to
+    [min_blocks, max_blocks], ties to the smaller index); query block I
+    (of positions) keeps the kept columns and, per kept group u, key
+    blocks I - u - 1 and I - u (those that exist): every pair (p, k) of
+    the block with floor((p - k) / block) == u lies in them."""
+    if flexprefill_mode(q, k, block, tau, scale) == "query_aware":
+        return block_topk_index(q, k, block, gamma=gamma,
+                                min_blocks=min_blocks,
+                                max_blocks=max_blocks, scale=scale)
+    nq, nk = q.shape[0], k.shape[0]
+    tk = (nk + block - 1) // block
+    cols, slashes = flexprefill_masses(q, k, block, scale)
+    kc = select_coverage(cols, gamma, min_blocks, max_blocks)
+    ks = select_coverage(slashes, gamma, min_blocks, max_blocks)
+    first, rows = query_blocks(nq, nk, block)
+    out = []
+    for i in range(len(rows)):
+        kept = set(kc)
+        for u in ks:
+            kept.update(j for j in (first + i - u - 1, first + i - u)
+                        if 0 <= j < tk)
+        out.append(sorted(kept))
+    return out
 
 
 #===----------------------------------------------------------------------===#

@@ -140,6 +140,25 @@ qv = np.zeros((8, 2))
 qv[6:, 0] = 3.0
 check("flexprefill: concentrated is vertical-slash", ref.flexprefill_mode(
     qv, kq, 2, 0.1, scale=1.0), "vertical_slash")
+# The last query block's true attention, by hand: block 2, zero queries
+# (uniform over the keys at or before each position); the last block holds
+# positions 4 and 5: row 4 spreads 1/5 over keys 0-4, row 5 1/6 over 0-5.
+# Columns: blocks {0,1}, {2,3}: (2/5 + 2/6) / 2; block {4,5}: (1/5 + 2/6)
+# / 2. Slash groups u = floor((p - k) / 2) the same by symmetry.
+hand = np.array([(0.4 + 1 / 3) / 2, (0.4 + 1 / 3) / 2, (0.2 + 1 / 3) / 2])
+for nq in (6, 3):  # Nq = 3: rows 1, 2 at positions 4, 5 (the same block)
+    c, sl = ref.flexprefill_masses(np.zeros((nq, 2)), np.zeros((6, 2)), 2)
+    check(f"flexprefill masses by hand (Nq {nq})",
+          bool(np.allclose(c, hand) and np.allclose(sl, hand)), True)
+# The concentrated case's index: the last block (positions 6, 7) puts its
+# mass on key 1: column block 0; slash groups u = 2 (p - k = 5) and u = 3
+# (6), nearly half each, both needed for gamma 0.9. Query block I keeps
+# block 0 and I - u - 1, I - u: block 3 also key block 1 (from u = 2).
+check("flexprefill index, vertical-slash mode", ref.flexprefill_index(
+    qv, kq, 2, 0.9, 0.1, scale=1.0), [[0], [0], [0], [0, 1]])
+check("flexprefill index, query-aware mode is block_topk_index",
+      ref.flexprefill_index(qv, kq, 2, 0.9, 0.9, scale=1.0) ==
+      ref.block_topk_index(qv, kq, 2, gamma=0.9, scale=1.0), True)
 
 # Routing: nearest centroid by dot product, ties to the smaller index.
 cents = np.array([[1.0, 0.0], [0.0, 1.0]])

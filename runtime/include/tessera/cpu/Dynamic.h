@@ -58,6 +58,10 @@ bool verticalSlashAllows(const VerticalSlashIndex &index, int64_t q, int64_t k,
 struct BlockTopkIndex {
   int64_t firstBlock = 0; ///< floor((Nk - Nq) / block): the block of row 0
   std::vector<std::vector<int64_t>> lists; ///< kept key blocks, ascending
+  /// With tau > 0 (buildBlockTopkFlex): FlexPrefill's Jensen-Shannon
+  /// distance and whether the head took the vertical-slash-like selection.
+  double distance = 0;
+  bool verticalSlash = false;
 };
 
 /// Q mean-pooled per query block and K per `block` keys (each over the
@@ -69,6 +73,20 @@ BlockTopkIndex buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim,
                               float scale, int64_t block, double gamma,
                               int64_t topK, int64_t minBlocks,
                               int64_t maxBlocks);
+
+/// Block top-k with FlexPrefill's per-head choice (tau > 0; gamma only,
+/// docs/patterns.md). The last query block's true attention (each row's
+/// softmax over the keys at or before its position, averaged over its
+/// rows) per key block against its pooled estimate: at a Jensen-Shannon
+/// distance above tau the head keeps, for every query block I, the fewest
+/// largest key-block columns and the fewest largest diagonal groups u
+/// (floor((p - k) / block)) of that true attention reaching gamma, each
+/// clamped to [minBlocks, maxBlocks], a group as key blocks I - u - 1 and
+/// I - u; otherwise buildBlockTopk's query-aware lists.
+BlockTopkIndex buildBlockTopkFlex(const Rows &q, const Rows &k, int64_t headDim,
+                                  float scale, int64_t block, double gamma,
+                                  int64_t minBlocks, int64_t maxBlocks,
+                                  double tau);
 
 /// Routing clusters: each query and key goes to the centroid of largest dot
 /// product (ties: smaller index). `centroids` (clusters x headDim, row

@@ -1,6 +1,7 @@
 //===- dynamic_bench.cpp - dynamic patterns on the CPU: index and attention ==//
 //
 //   tessera-dynamic-bench --len 32768 [--head-dim 128] [--repeats 3]
+//                         [--families vs,bt,rt,dense]
 //
 // One head of LLM-like Q/K/V (locality of ~64 tokens from random Fourier
 // features, 4 attention sinks and 16 vertical key columns planted, noise
@@ -44,6 +45,11 @@ namespace cl = llvm::cl;
 static cl::opt<int64_t> len("len", cl::init(32768));
 static cl::opt<int64_t> headDimOpt("head-dim", cl::init(128));
 static cl::opt<int> repeats("repeats", cl::init(3));
+static cl::opt<std::string>
+    families("families", cl::init("vs,bt,rt,dense"),
+             cl::desc("what to time (comma-separated: vs, bt, rt, dense); "
+                      "skipped ones print 0 (long lengths: dense and the "
+                      "vertical-slash attention take minutes)"));
 static cl::opt<std::string>
     dumpDir("dump",
             cl::desc("also write q, k, v, the vertical-slash index "
@@ -128,8 +134,16 @@ int main(int argc, char **argv) {
   int64_t routeTiles = 0;
   cpu::TileCounts tiles;
   Progress progress("tessera-dynamic-bench", repeats);
+  auto timed = [&](const char *family) {
+    return ("," + families + ",").find(std::string(",") + family + ",") !=
+           std::string::npos;
+  };
   for (int r = 0; r < repeats; ++r) {
     progress.step(r, "repeat " + std::to_string(r + 1));
+    if (!timed("vs")) {
+      for (auto *t : {&tVsIndex, &tVsAttn})
+        t->push_back(0);
+    } else {
     tVsIndex.push_back(bench::seconds(
         [&] { index = cpu::buildVerticalSlash(qr, kr, d, scale, vs); }, 1));
     tVsAttn.push_back(bench::seconds(
@@ -139,7 +153,12 @@ int main(int argc, char **argv) {
                                                 /*causal=*/true);
         },
         1));
+    }
     semantics::Pattern bt;
+    if (!timed("bt")) {
+      for (auto *t : {&tBtIndex, &tBtAttn})
+        t->push_back(0);
+    } else {
     tBtIndex.push_back(bench::seconds(
         [&] {
           blocks = cpu::buildBlockTopk(qr, kr, d, scale, 64, 0.9, 0, 16, 0);
@@ -150,6 +169,11 @@ int main(int argc, char **argv) {
         },
         1));
     tBtAttn.push_back(bench::seconds([&] { runSchedule(bt); }, 1));
+    }
+    if (!timed("rt")) {
+      for (auto *t : {&tRtIndex, &tRtAttn})
+        t->push_back(0);
+    } else {
     tRtIndex.push_back(bench::seconds(
         [&] { route = cpu::buildRouting(qr, kr, d, 16, 2, nullptr); }, 1));
     tRtAttn.push_back(bench::seconds(
@@ -159,8 +183,14 @@ int main(int argc, char **argv) {
                                          scale, route, 16, /*causal=*/true);
         },
         1));
-    tDense.push_back(bench::seconds(
-        [&] { runSchedule(semantics::Pattern{semantics::Causal{}}); }, 1));
+    }
+    tDense.push_back(timed("dense") ? bench::seconds(
+                                          [&] {
+                                            runSchedule(semantics::Pattern{
+                                                semantics::Causal{}});
+                                          },
+                                          1)
+                                    : 0.0);
   }
   progress.finish();
 
@@ -209,14 +239,14 @@ int main(int argc, char **argv) {
     }
     return total / double(rows);
   };
-  double vsRecall = recallOf([&](int64_t row, int64_t key) {
+  double vsRecall = !timed("vs") ? 0 : recallOf([&](int64_t row, int64_t key) {
     return cpu::verticalSlashAllows(index, row, key, n, n);
   });
-  double btRecall = recallOf([&](int64_t row, int64_t key) {
+  double btRecall = !timed("bt") ? 0 : recallOf([&](int64_t row, int64_t key) {
     const auto &b = blocks.lists[size_t(row / 64)]; // Nq = Nk
     return std::binary_search(b.begin(), b.end(), key / 64);
   });
-  double rtRecall = recallOf([&](int64_t row, int64_t key) {
+  double rtRecall = !timed("rt") ? 0 : recallOf([&](int64_t row, int64_t key) {
     return route.queryCluster[size_t(row)] == route.keyCluster[size_t(key)];
   });
   int64_t btTiles = 0;

@@ -599,8 +599,10 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
   for (std::thread &th : pool)
     th.join();
   if (stats) {
-    stats->tilesTotal = a.q.batch * table.numHeads * job.numQBlocks *
-                        ((a.k.seq + a.blockK - 1) / a.blockK);
+    // Saturated (stride-0 shapes reach 2^40 key blocks).
+    stats->tilesTotal = k::mulSat(
+        k::mulSat(a.q.batch * table.numHeads, job.numQBlocks),
+        (a.k.seq + a.blockK - 1) / a.blockK);
     stats->tilesFull = job.full;
     stats->tilesPartial = job.partial;
   }

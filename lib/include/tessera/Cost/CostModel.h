@@ -72,7 +72,9 @@ std::string targetToJson(const Target &t);
 
 struct GroupCost {
   int64_t heads = 0;
-  bool estimated = false;  ///< a dynamic group: tiles from its budgets
+  bool estimated = false;  ///< tiles estimated, not counted: a dynamic
+                           ///< group (from its budgets), or a static one
+                           ///< whose runs exceeded the walk's budget
   double indexS = 0;       ///< its index kernels' work (one slot's time)
   int64_t fullTiles = 0, partialTiles = 0; ///< over all its heads and batch
   double workS = 0; ///< the group's items summed (one slot's time)

@@ -44,6 +44,10 @@ namespace cl = llvm::cl;
 static constexpr int64_t kMaxPrinted = 16384;
 /// The most cells (heads x size x size) one SVG or PNG holds.
 static constexpr int64_t kMaxCells = int64_t(1) << 24;
+/// SVG spends about 80 bytes a cell (one element each): a quarter as many
+/// cells keep its files and time bounded like PNG's (2^24 cells in SVG
+/// were a 1.3 GB file and 10 s here).
+static constexpr int64_t kMaxSvgCells = int64_t(1) << 22;
 
 enum class Format { Text, Svg, Png };
 
@@ -215,11 +219,16 @@ int main(int argc, char **argv) {
   // A picture holds at most kMaxCells cells (and about as many pixels):
   // bounded memory and files, whatever the layer's head count.
   int64_t cells = (endHead - firstHead) * size * size;
-  if (cells > kMaxCells)
+  const int64_t maxCells = format == Format::Svg ? kMaxSvgCells : kMaxCells;
+  if (cells > maxCells)
     return fail("a picture of " + llvm::Twine(endHead - firstHead) +
                 " heads at --size " + llvm::Twine(size) + " would hold " +
                 llvm::Twine(cells) + " cells, more than " +
-                llvm::Twine(kMaxCells) + ": use a smaller --size or one --head");
+                llvm::Twine(maxCells) + " (" +
+                (format == Format::Svg ? "SVG" : "PNG") +
+                (format == Format::Svg
+                     ? "): use a smaller --size, one --head or --format=png"
+                     : "): use a smaller --size or one --head"));
   // Heads with the same pattern that does not depend on the head have the
   // same grid: draw it once. The pair and run budgets are the picture's,
   // shared by the grids drawn.

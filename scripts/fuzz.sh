@@ -60,6 +60,17 @@ for f in patterns/*.mlir test/Unit/Inputs/emulation.mlir \
     "$b/manifest.json" >"$corpus/manifest/$(basename "$f" .mlir)"
 done
 head -c 64 /dev/urandom >"$corpus/attention/random"
+# Dynamic calls (AttentionFuzzer's odd first byte; the byte layout is in
+# fuzz/AttentionFuzzer.cpp): each layer of the dynamic test bundle (the
+# second byte modulo the layer count) at Nq = 1 and Nk = 2^12, 2^16, 2^20
+# or 2^40 with stride-0 K/V, contiguous q and o, an lse and finite
+# centroids.
+for layer in 8 9 10 11; do
+  for nk in 4 8 12 32; do
+    printf "\x01\x$(printf %02x $layer)\x06\x00\x00\x00\x00\x83\x00\x$(printf %02x $nk)\x00\x00\x00\x00\x02\x00\x10\x00\x02\x00\x20\x00\x00\x00\x30\x00\x00\x00\x00\x00\x00\x00\x01\x07" \
+      >"$corpus/attention/dynamic-$layer-$nk"
+  done
+done
 # MInference configs: the test inputs and a few hostile ones.
 cp test/Tools/Inputs/minference-*.json "$corpus/import/"
 printf '[{"0": ["stream_llm", 0, 8, 1], "\\u0030": ["block_sparse", 1, 1, 0.5]}]' \
@@ -93,6 +104,7 @@ for h in PatternFuzzer ManifestFuzzer AttentionFuzzer ImportFuzzer \
   start=$(date +%s)
   set +e
   TESSERA_FUZZ_BUNDLE=$build/seed-bundles/tiny-mix \
+    TESSERA_FUZZ_DYNAMIC_BUNDLE=$build/seed-bundles/dynamic-emulation \
     ASAN_OPTIONS=detect_leaks=0:allow_user_poisoning=0 \
     UBSAN_OPTIONS=print_stacktrace=1 \
     $build/fuzz/$h "$c" -max_total_time="$seconds" ${runs:+-runs=$runs} \

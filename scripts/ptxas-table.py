@@ -252,15 +252,18 @@ def main():
                     generated = f.read()
             except OSError as e:
                 raise Failure(f"cannot read {args.table}: {e.strerror}", 2)
+            if BEGIN in generated:  # a document: its block
+                generated = block_of(generated, args.table).strip() + "\n"
         else:
             generated = generate(args.bin_dir, args.out,
                                  "scripts/ptxas-table.py")
-        if not args.check and not args.write:
-            sys.stdout.write(generated)
-            spills = [k for k, c in parse(generated)[1].items() if c[4] != "0"]
+        spills = [k for k, c in parse(generated)[1].items() if c[4] != "0"]
+        if not args.check:
             for key in spills:
                 print(f"ptxas-table: {key[0]} {key[1]} spills",
                       file=sys.stderr)
+        if not args.check and not args.write:
+            sys.stdout.write(generated)
             return 1 if spills else 0
         doc = args.check or args.write
         try:
@@ -274,7 +277,7 @@ def main():
             with open(doc, "w") as f:
                 f.write(text[:start] + "\n" + generated + "\n" +
                         text[start + len(old):])
-            return 0
+            return 1 if spills else 0
         problems, notes = compare(old, generated, doc)
         for note in notes:
             print(note, file=sys.stderr)

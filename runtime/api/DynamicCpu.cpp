@@ -183,10 +183,16 @@ double tessera::runtime::dynamicGroupCpuBytes(const k::DynArgs &a, int64_t nq,
     const double b = double(a.block), tq = std::floor((n - 1) / b) -
                                                std::floor((n - q) / b) + 1,
                  tk = std::ceil(n / b);
-    const double cap =
+    double cap =
         std::min(a.topK > 0 ? double(a.topK)
                             : (a.maxBlocks > 0 ? double(a.maxBlocks) : tk),
                  tk);
+    // tau > 0: the last query block's logits (at most `block` rows) and
+    // its masses; lists of columns and two blocks per slash group.
+    if (a.tau > 0) {
+      cap = std::min(3 * cap, tk);
+      bytes += 4 * std::min(b, q) * n + 8 * n + 64 * tk;
+    }
     bytes += 8 * d * (tq + 2 * tk) + 80 * tk + 64 * tq * std::max(cap, 1.0);
   } else {
     // Centroids in double (and transposed), the clusters of every token,
@@ -286,9 +292,13 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
         // bench/dynamic_runtime.py, PERFORMANCE.md.)
         leaf = schedule::verticalSlashPattern(index.columns, index.diagonals);
       } else {
+        // tau > 0: FlexPrefill's per-head choice (docs/patterns.md).
         cpu::BlockTopkIndex index =
-            cpu::buildBlockTopk(qr, kr, d, scale, a.block, a.gamma, a.topK,
-                                a.minBlocks, a.maxBlocks);
+            a.tau > 0
+                ? cpu::buildBlockTopkFlex(qr, kr, d, scale, a.block, a.gamma,
+                                          a.minBlocks, a.maxBlocks, a.tau)
+                : cpu::buildBlockTopk(qr, kr, d, scale, a.block, a.gamma,
+                                      a.topK, a.minBlocks, a.maxBlocks);
         leaf = schedule::blockTopkPattern(a.block, index.firstBlock,
                                           index.lists);
       }

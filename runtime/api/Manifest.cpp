@@ -8,6 +8,8 @@
 #include "llvm/Support/JSON.h"
 #include "llvm/Support/SHA256.h"
 
+#include <algorithm>
+#include <limits>
 #include <set>
 
 using namespace tessera;
@@ -233,11 +235,20 @@ std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
       else if (a.topK > 0 && (a.minBlocks > 0 || a.maxBlocks > 0))
         e = "min_blocks and max_blocks go with gamma only (top_k keeps "
             "exactly top_k blocks)";
-      else if (tau && tau->getAsNumber() != std::optional<double>(0.0))
-        e = "tau must be 0: bundles do not support FlexPrefill's per-head "
-            "choice (tau > 0) yet";
-      else
+      else if (tau && !(tau->getAsNumber() && *tau->getAsNumber() >= 0 &&
+                        *tau->getAsNumber() <= 1))
+        e = "tau must be a number in [0, 1]";
+      else if (tau && *tau->getAsNumber() > 0 && a.topK > 0)
+        e = "tau (FlexPrefill's per-head choice) goes with gamma only";
+      else {
         a.gamma = float(*gamma);
+        // (A tau below float's range stays positive: the kernels and the
+        // emitter agree that the group makes FlexPrefill's choice.)
+        const double t = tau ? *tau->getAsNumber() : 0.0;
+        a.tau = t > 0 ? std::max(float(t),
+                                 std::numeric_limits<float>::denorm_min())
+                      : 0.0f;
+      }
     }
   } else if (*family == "routing") {
     a.family = k::kRouting;
@@ -265,8 +276,8 @@ std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
     return "a dynamic group: " + e;
   if (a.family != k::kRouting && g.get("merge_without"))
     return "merge_without belongs to routing groups only";
-  std::vector<std::string> want =
-      k::dynamicKernelNames(family->str(), l.dtype, l.headDim, a.merge != 0);
+  std::vector<std::string> want = k::dynamicKernelNames(
+      family->str(), l.dtype, l.headDim, a.merge != 0, a.tau > 0);
   const json::Array *ks = g.getArray("kernels");
   if (!ks || ks->size() != want.size())
     return "a dynamic group's kernels are not those of its family";

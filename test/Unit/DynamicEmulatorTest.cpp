@@ -88,6 +88,7 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
   std::mt19937_64 rng(11);
   std::normal_distribution<float> dist(0, 1);
   int groupsChecked = 0;
+  int flexModes[2] = {0, 0}; // heads with tau > 0: query-aware, vertical-slash
   for (const json::Value &lv : *manifest->getAsObject()->getArray("layers")) {
     const json::Object &layer = *lv.getAsObject();
     const json::Array *dyn = layer.getArray("dynamic_groups");
@@ -108,7 +109,10 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
     // Contiguous [B, seq, heads, d]; planted structure: keys 7 and 100
     // share a direction every query leans to, query i resembles key i - 13;
     // in layer 0 the last kv head (and its query heads: the routing groups)
-    // has tokens from four separated clusters (position mod 4) instead.
+    // has tokens from four separated clusters (position mod 4) instead; in
+    // layer 3 the odd kv heads' queries all lean to the first 64 keys (the
+    // pooled estimate is then the true attention: FlexPrefill's
+    // query-aware mode, the planted heads its vertical-slash-like one).
     std::vector<float> dirs(static_cast<size_t>(4 * d)), sink(static_cast<size_t>(d));
     for (float &x : dirs)
       x = 1.5f * dist(rng);
@@ -125,6 +129,7 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
     auto clustered = [&](int64_t kvh) {
       return (position == 0 && kvh == hkv - 1) || position == 2;
     };
+    auto plain = [&](int64_t kvh) { return position == 3 && kvh % 2 == 1; };
     for (int64_t b = 0; b < B; ++b)
       for (int64_t s = 0; s < nk; ++s)
         for (int64_t h = 0; h < hkv; ++h)
@@ -132,6 +137,8 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
             float val = 0.5f * dist(rng);
             if (clustered(h))
               val += dirs[size_t((s % 4) * d + x)];
+            else if (plain(h))
+              val += s < 64 ? dirs[size_t(x)] : 0.f;
             else if (s == 7 || s == 100)
               val += 0.5f * sink[size_t(x)];
             kf[kIdx(b, s, h) + x] = val;
@@ -145,6 +152,8 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
             float val = 0.5f * dist(rng);
             if (clustered(kvh))
               val += dirs[size_t((s % 4) * d + x)];
+            else if (plain(kvh))
+              val += dirs[size_t(x)];
             else {
               val += sink[size_t(x)];
               if (src >= 0 && src < nk)
@@ -219,6 +228,7 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
         a.topK = *par.getInteger("top_k");
         a.minBlocks = *par.getInteger("min_blocks");
         a.maxBlocks = *par.getInteger("max_blocks");
+        a.tau = float(par.getNumber("tau").value_or(0));
       } else {
         a.family = k::kRouting;
         a.clusters = *par.getInteger("clusters");
@@ -317,9 +327,25 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
             const int64_t *count =
                 at<int64_t>(ws, int64_t(base) + lay.listCount);
             const int64_t *list = at<int64_t>(ws, int64_t(base) + lay.lists);
-            auto ref = cpu::buildBlockTopk(qr, kr, d, float(scale), a.block,
-                                           a.gamma, a.topK, a.minBlocks,
-                                           a.maxBlocks);
+            auto ref =
+                a.tau > 0
+                    ? cpu::buildBlockTopkFlex(qr, kr, d, float(scale), a.block,
+                                              a.gamma, a.minBlocks,
+                                              a.maxBlocks, a.tau)
+                    : cpu::buildBlockTopk(qr, kr, d, float(scale), a.block,
+                                          a.gamma, a.topK, a.minBlocks,
+                                          a.maxBlocks);
+            if (a.tau > 0) {
+              // FlexPrefill's choice: the kernels' distance (fp32) and
+              // mode against the CPU builder's (double).
+              const int64_t mode =
+                  *at<int64_t>(ws, int64_t(base) + lay.flexMode);
+              const float dist =
+                  *at<float>(ws, int64_t(base) + lay.flexMode + 8);
+              EXPECT_EQ(mode != 0, ref.verticalSlash) << "head " << h;
+              EXPECT_NEAR(dist, ref.distance, 1e-3) << "head " << h;
+              ++flexModes[ref.verticalSlash ? 1 : 0];
+            }
             lists.resize(size_t(tq));
             for (int64_t i = 0; i < tq; ++i) {
               lists[size_t(i)].assign(list + i * lay.cap,
@@ -328,10 +354,10 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
                   << "query block " << i;
             }
             EXPECT_EQ(ref.firstBlock, k::btFirstBlock(a.block, nq, nk));
-            leaf = [&](int64_t i, int64_t key) {
+            // (ref ends with this branch: its first block by value.)
+            leaf = [&, first = ref.firstBlock](int64_t i, int64_t key) {
               // Query blocks of positions p = i + Nk - Nq.
-              const int64_t qb = k::floorDiv(i + nk - nq, a.block) -
-                                 ref.firstBlock;
+              const int64_t qb = k::floorDiv(i + nk - nq, a.block) - first;
               const auto &l = lists[size_t(qb)];
               return std::binary_search(l.begin(), l.end(), key / a.block);
             };
@@ -409,7 +435,10 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
       ++groupsChecked;
     }
   }
-  EXPECT_EQ(groupsChecked, 10);
+  EXPECT_EQ(groupsChecked, 12);
+  // The tau > 0 heads took both of FlexPrefill's modes.
+  EXPECT_GT(flexModes[0], 0);
+  EXPECT_GT(flexModes[1], 0);
 }
 
 class DynamicEmulatorTest : public ::testing::TestWithParam<Case> {};

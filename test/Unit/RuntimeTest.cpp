@@ -1563,8 +1563,9 @@ TEST(RuntimeDynamic, CentroidsAreValidated) {
 
 /// The manifest reader agrees with the verifier and the bundles' limits:
 /// forced entries alone make a vertical-slash index; min_blocks and
-/// max_blocks go with gamma only; tau > 0 is not run by bundles yet (it
-/// was read and ignored).
+/// max_blocks go with gamma only; tau in [0, 1] with gamma only, and a
+/// group with tau > 0 needs FlexPrefill's kernels (tau was once read and
+/// ignored).
 TEST(RuntimeBundles, DynamicParametersAgreeWithTheVerifier) {
   std::string src = slurp(bundleDir("dynamic-emulation") + "/bundle.cu");
   tessera_context *ctx;
@@ -1598,15 +1599,40 @@ TEST(RuntimeBundles, DynamicParametersAgreeWithTheVerifier) {
   EXPECT_EQ(
       load([](llvm::json::Object &l) { setParam(l, 3, "min_blocks", 1); }),
       TESSERA_ERROR_BAD_BUNDLE);
-  for (llvm::json::Value tau :
-       {llvm::json::Value(0.5), llvm::json::Value(1), llvm::json::Value("0")}) {
-    EXPECT_EQ(load([&](llvm::json::Object &l) { setParam(l, 2, "tau", tau); }),
-              TESSERA_ERROR_BAD_BUNDLE);
-    EXPECT_NE(std::string(tessera_last_error())
-                  .find("block_topk: tau must be 0: bundles do not support "
-                        "FlexPrefill's per-head choice (tau > 0) yet"),
+  // tau: a number in [0, 1], with gamma only; a group with tau > 0 lists
+  // FlexPrefill's two kernels after the scores (tau set on a group
+  // without them is refused, and with them it loads; a tau below float's
+  // range stays a choice).
+  auto expectError = [&](const std::string &message) {
+    EXPECT_NE(std::string(tessera_last_error()).find(message),
               std::string::npos)
         << tessera_last_error();
+  };
+  for (llvm::json::Value tau : {llvm::json::Value(1.5),
+                                llvm::json::Value(-0.1),
+                                llvm::json::Value("0")}) {
+    EXPECT_EQ(load([&](llvm::json::Object &l) { setParam(l, 2, "tau", tau); }),
+              TESSERA_ERROR_BAD_BUNDLE);
+    expectError("block_topk: tau must be a number in [0, 1]");
+  }
+  EXPECT_EQ(load([](llvm::json::Object &l) { setParam(l, 3, "tau", 0.5); }),
+            TESSERA_ERROR_BAD_BUNDLE);
+  expectError("block_topk: tau (FlexPrefill's per-head choice) goes with "
+              "gamma only");
+  EXPECT_EQ(load([](llvm::json::Object &l) { setParam(l, 2, "tau", 0.5); }),
+            TESSERA_ERROR_BAD_BUNDLE);
+  expectError("a dynamic group's kernels are not those of its family");
+  for (double tau : {0.5, 1.0, 1e-50}) {
+    EXPECT_EQ(load([&](llvm::json::Object &l) {
+                setParam(l, 2, "tau", tau);
+                dynGroup(l, 2)["kernels"] = llvm::json::Array{
+                    "tessera_bt_pool_bf16", "tessera_bt_scores",
+                    "tessera_bt_flex_rows_bf16", "tessera_bt_flex_mode",
+                    "tessera_bt_take", "tessera_bt_select",
+                    "tessera_bt_attend_bf16_d64"};
+              }),
+              TESSERA_OK)
+        << tau << ": " << tessera_last_error();
   }
   EXPECT_EQ(load([](llvm::json::Object &l) { setParam(l, 2, "tau", 0.0); }),
             TESSERA_OK)

@@ -88,17 +88,13 @@ bool describeDynamic(PatternAttrInterface pattern, json::Object &out,
             "in one pooled block)";
       return false;
     }
-    if (bt.getTau().value != 0) {
-      why = "block_topk with tau > 0 (FlexPrefill's per-head choice) is not "
-            "built by the bundles' index kernels yet";
-      return false;
-    }
     out["family"] = "block_topk";
     out["params"] = json::Object{{"block", bt.getBlock()},
                                  {"gamma", bt.getGamma().value},
                                  {"top_k", bt.getTopK()},
                                  {"min_blocks", bt.getMinBlocks()},
-                                 {"max_blocks", bt.getMaxBlocks()}};
+                                 {"max_blocks", bt.getMaxBlocks()},
+                                 {"tau", bt.getTau().value}};
     return true;
   }
   auto rt = cast<RoutingAttr>(split.leaf);
@@ -156,7 +152,7 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
   // the families per kernel (dtype, head_dim), their head lists and tables.
   std::set<int64_t> dynPatterns;
   std::map<std::pair<std::string, int64_t>, std::set<std::string>> dynFamilies;
-  std::map<std::pair<std::string, int64_t>, bool> dynMerge;
+  std::map<std::pair<std::string, int64_t>, bool> dynMerge, dynFlex;
   std::string dynHeads, dynTables;
   llvm::raw_string_ostream dynHeadsOs(dynHeads), dynTablesOs(dynTables);
   std::vector<std::string> dynTableNames;
@@ -240,8 +236,11 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
       json::Array kernelNames;
       bool merge = entry.getBoolean("merge_without").value_or(false);
       dynMerge[{dtypeName(dtype), d}] |= merge;
+      // Block top-k with tau > 0: FlexPrefill's two extra index kernels.
+      bool flex = entry.getObject("params")->getNumber("tau").value_or(0) > 0;
+      dynFlex[{dtypeName(dtype), d}] |= flex;
       for (const std::string &k :
-           kernel::dynamicKernelNames(family, dtypeName(dtype), d, merge))
+           kernel::dynamicKernelNames(family, dtypeName(dtype), d, merge, flex))
         kernelNames.push_back(k);
       entry["kernels"] = std::move(kernelNames);
       entry["heads"] = toJson(g.getHeads());
@@ -496,6 +495,14 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
         bodies = {"  vsScores<" + ED + ">(p, a, g);\n", "  vsSoftmax(p, a);\n",
                   "  vsSums(p, a);\n", "  vsSelect(p, a);\n",
                   attend("vsAttend")};
+      else if (f == "block_topk" && dynFlex[key])
+        bodies = {"  btPool<" + E + ">(p, a, g);\n",
+                  "  btScores(p, a);\n",
+                  "  btFlexRows<" + E + ">(p, a, g);\n",
+                  "  btFlexMode(p, a);\n",
+                  "  btTake(p, a);\n",
+                  "  btSelect(p, a);\n",
+                  attend("btAttend")};
       else if (f == "block_topk")
         bodies = {"  btPool<" + E + ">(p, a, g);\n", "  btScores(p, a);\n",
                   "  btTake(p, a);\n", "  btSelect(p, a);\n",
@@ -507,7 +514,7 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
                   "  rtAssign<" + E + ">(p, a, g, 1);\n", "  rtSort(p, a);\n",
                   attend("rtAttend"), attend("rtRest")};
       std::vector<std::string> names =
-          kernel::dynamicKernelNames(f, dt, d, dynMerge[key]);
+          kernel::dynamicKernelNames(f, dt, d, dynMerge[key], dynFlex[key]);
       for (size_t i = 0; i < names.size(); ++i) {
         if (!dynEmitted.insert(names[i]).second)
           continue;

@@ -15,4 +15,10 @@ attn.model @dynamic_bundle {
     attn.heads [1] = #attn.intersect<#attn.window<before = 40>, #attn.vertical_slash<last_q = 16, vertical = 10, slash = 6, first_columns = 2>>
     attn.heads [2] = #attn.union<#attn.window<before = 8>, #attn.routing<clusters = 3, kmeans_iterations = 1>>
   }
+  // Block top-k with FlexPrefill's per-head choice (tau > 0): in each group
+  // one head planted for each mode (dynamic_bundle_test.py).
+  attn.layer 2 heads = 4 kv_heads = 2 head_dim = 64 dtype = bf16 {
+    attn.heads [0, 1] = #attn.intersect<#attn.causal, #attn.block_topk<block = 64, gamma = 0.9, tau = 0.04>>
+    attn.heads [2, 3] = #attn.union<#attn.window<before = 8>, #attn.block_topk<block = 64, gamma = 0.8, min_blocks = 1, max_blocks = 2, tau = 0.04>>
+  }
 }

@@ -16,6 +16,11 @@ attn.model @dyn {
     attn.heads [2] = #attn.intersect<#attn.causal, #attn.routing<clusters = 16, kmeans_iterations = 3>>
     attn.heads [3] = #attn.union<#attn.sink<4>, #attn.routing<clusters = 8>>
   }
+  // FlexPrefill's per-head choice (tau > 0): two more index kernels after
+  // the scores.
+  attn.layer 1 heads = 2 kv_heads = 1 head_dim = 64 dtype = f16 {
+    attn.heads [0, 1] = #attn.intersect<#attn.causal, #attn.block_topk<block = 64, gamma = 0.9, tau = 0.1>>
+  }
 }
 
 // CHECK: "computed_heads": [],
@@ -41,6 +46,7 @@ attn.model @dyn {
 // CHECK-NEXT: "gamma": 0.90000000000000002,
 // CHECK-NEXT: "max_blocks": 64,
 // CHECK-NEXT: "min_blocks": 2,
+// CHECK-NEXT: "tau": 0,
 // CHECK-NEXT: "top_k": 0
 // CHECK: "family": "routing",
 // CHECK: "tessera_rt_attend_bf16_d128"
@@ -54,6 +60,17 @@ attn.model @dyn {
 // CHECK-NEXT: "tessera_rt_rest_bf16_d128"
 // CHECK-NEXT: ],
 // CHECK: "merge_without": true,
+// Layer 1: tau > 0.
+// CHECK: "family": "block_topk",
+// CHECK: "kernels": [
+// CHECK-NEXT: "tessera_bt_pool_f16",
+// CHECK-NEXT: "tessera_bt_scores",
+// CHECK-NEXT: "tessera_bt_flex_rows_f16",
+// CHECK-NEXT: "tessera_bt_flex_mode",
+// CHECK-NEXT: "tessera_bt_take",
+// CHECK-NEXT: "tessera_bt_select",
+// CHECK-NEXT: "tessera_bt_attend_f16_d64"
+// CHECK: "tau": 0.10000000000000001,
 
 // CU: #define TESSERA_KERNEL_DYNAMICINDEX_CUH
 // CU: // P{{[0-9]+}}: #attn.intersect<#attn.causal, #attn.vertical_slash<{{.*}}>> [leaf: dense]
@@ -61,8 +78,15 @@ attn.model @dyn {
 // CU: __device__ const DynGroupTable dynGroups_l0[] = {{[{][{]}}dynHeads_l0_g0, 1,
 // CU: struct DynPats {
 // CU: tessera_vs_attend_bf16_d128(tessera::kernel::AttnParams p, tessera::kernel::DynArgs a) {
+// CU: tessera_bt_flex_rows_f16(tessera::kernel::AttnParams p, tessera::kernel::DynArgs a) {
+// CU: btFlexRows<kF16>(p, a, g);
+// CU: tessera_bt_flex_mode(tessera::kernel::AttnParams p, tessera::kernel::DynArgs a) {
+// CU-NEXT: using namespace
+// CU-NEXT: const DynGroupTable
+// CU-NEXT: (void)g;
+// CU-NEXT: btFlexMode(p, a);
 // CU: TESSERA_EMU_DYN_KERNEL(tessera_rt_attend_bf16_d128)
 
 // ERR: error: layer 0: head group 0 (heads from 0): block_topk with block = 96: the CUDA kernels need a multiple of 64
 // ERR: error: layer 0: head group 1 (heads from 1): the pattern has 2 dynamic leaves; a head group's index is built for one
-// ERR: error: layer 0: head group 2 (heads from 2): block_topk with tau > 0 (FlexPrefill's per-head choice) is not built by the bundles' index kernels yet
+// ERR-NOT: tau

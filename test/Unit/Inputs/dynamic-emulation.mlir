@@ -21,4 +21,12 @@ attn.model @dynamic_emulation {
     attn.heads [0] = #attn.union<#attn.window<before = 8>, #attn.intersect<#attn.causal, #attn.routing<clusters = 4, kmeans_iterations = 1>>>
     attn.heads [1] = #attn.difference<#attn.causal, #attn.routing<clusters = 3, kmeans_iterations = 2>>
   }
+  // Block top-k with FlexPrefill's per-head choice (tau > 0): kv heads 0
+  // and 2 planted (sinks and a diagonal: vertical-slash-like), 1 and 3
+  // leaning to the first key block (query-aware), so that each group's
+  // heads take both modes.
+  attn.layer 3 heads = 4 kv_heads = 4 head_dim = 64 dtype = bf16 {
+    attn.heads [0, 1] = #attn.intersect<#attn.causal, #attn.block_topk<block = 64, gamma = 0.9, tau = 0.15>>
+    attn.heads [2, 3] = #attn.union<#attn.window<before = 8>, #attn.block_topk<block = 64, gamma = 0.8, min_blocks = 1, max_blocks = 2, tau = 0.15>>
+  }
 }

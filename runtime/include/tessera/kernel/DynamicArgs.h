@@ -10,7 +10,8 @@
 // The workspace holds one slice per (batch, slot of the group): slice
 // s = b * numSlots + slot, each sliceBytes() long and 16-byte aligned. Its
 // size is O(what the index visits): O(lastQ * Nk) scores for vertical-slash,
-// O((Nq/B + 1) * Nk/B) pooled probabilities and kept-block lists for block top-k,
+// O((Nq/B + 1) * Nk/B) pooled probabilities and kept-block lists for block top-k
+// (with tau > 0 also O(Nk) masses of the last query block's rows),
 // O(Nq + Nk + clusters * head_dim) for routing; never O(Nq * Nk).
 //
 //===----------------------------------------------------------------------===//
@@ -36,6 +37,7 @@ struct DynArgs {
   // block_topk
   i64 block, topK, minBlocks, maxBlocks;
   float gamma;
+  float tau; ///< > 0: FlexPrefill's per-head choice (docs/patterns.md)
   // routing
   i64 clusters, iterations;
   i64 merge; ///< routing whose pattern allows pairs outside the clusters:
@@ -66,7 +68,11 @@ struct DynLayout {
   i64 scores, colSum, diagSum, cols, diags, groups, counts;
   // block_topk: pooled Q [tq][D], pooled K [tk][D], probabilities [tq][tk],
   // per query block its kept key blocks (capacity cap) and their count.
+  // With tau > 0: per row of the last query block its column and slash
+  // masses [rows][2 tk], their means [2 tk], the kept columns' and slash
+  // groups' flags (int [2 tk]), and the choice (i64 mode, float distance).
   i64 pooledQ, pooledK, probs, lists, listCount, cap;
+  i64 flexRows, flexMass, flexFlags, flexMode;
   // routing: centroids [C][D], new centroids, clusters of queries and keys,
   // per-cluster query/key counts and segment starts (C + 1), query-tile
   // starts (C + 1), permutations (segment order -> position).
@@ -98,9 +104,18 @@ TESSERA_HD i64 btRowBegin(i64 block, i64 nq, i64 nk, i64 i) {
 TESSERA_HD i64 btRowEnd(i64 block, i64 nq, i64 nk, i64 i) {
   return minI((btFirstBlock(block, nq, nk) + i + 1) * block - (nk - nq), nq);
 }
+/// A kept list's capacity: top_k or max_blocks (else every key block);
+/// with tau > 0 the vertical-slash-like lists hold up to that many
+/// columns and two key blocks per slash group.
 TESSERA_HD i64 btCap(const DynArgs &a, i64 tk) {
   i64 cap = a.topK > 0 ? a.topK : (a.maxBlocks > 0 ? a.maxBlocks : tk);
-  return minI(maxI(cap, 1), tk);
+  cap = minI(maxI(cap, 1), tk);
+  return a.tau > 0 ? minI(3 * cap, tk) : cap;
+}
+/// With tau > 0: the rows of the last query block (position Nk - 1's).
+TESSERA_HD i64 btLastRows(i64 block, i64 nq, i64 nk) {
+  const i64 last = btQueryBlocks(block, nq, nk) - 1;
+  return btRowEnd(block, nq, nk, last) - btRowBegin(block, nq, nk, last);
 }
 
 /// Offsets and size of a slice. Products and sums saturate at kUnbounded
@@ -132,6 +147,12 @@ TESSERA_HD DynLayout dynLayout(const DynArgs &a, i64 nq, i64 nk) {
     l.probs = take(mul3(4, tq, tk));
     l.lists = take(mul3(8, tq, l.cap));
     l.listCount = take(8 * tq);
+    if (a.tau > 0) {
+      l.flexRows = take(mul3(8, btLastRows(a.block, nq, nk), tk));
+      l.flexMass = take(mulSat(8, tk));
+      l.flexFlags = take(mulSat(8, tk));
+      l.flexMode = take(16);
+    }
   } else {
     i64 c = a.clusters;
     l.cent = take(4 * c * a.headDim);
@@ -159,10 +180,13 @@ TESSERA_HD i64 routingTiles(const DynArgs &a, i64 nq) {
 
 /// The launches of a dynamic group, in order (grid y: the group's heads,
 /// z: the batch; 128 threads): vertical_slash scores, softmax, sums,
-/// select, attend; block_topk pool, scores, take, select, attend; routing
+/// select, attend; block_topk pool, scores, (with tau > 0: flex rows, flex
+/// mode,) take, select, attend; routing
 /// seed, (assign keys, update) per k-means iteration, assign keys, assign
 /// queries, sort, attend, and rest when merging.
 TESSERA_HD i64 dynLaunchCount(const DynArgs &a) {
+  if (a.family == kBlockTopk)
+    return a.tau > 0 ? 7 : 5;
   return a.family == kRouting ? 5 + (a.merge ? 1 : 0) + 2 * a.iterations : 5;
 }
 
@@ -181,8 +205,12 @@ TESSERA_HD void dynLaunch(const DynArgs &a, i64 nq, i64 nk, i64 i,
     const i64 tq = btQueryBlocks(a.block, nq, nk),
               tk = dynCeilDiv(nk, a.block);
     const i64 grids[5] = {tq + tk, tq, tq, tq, dynCeilDiv(nq, 64)};
+    // tau > 0: flex rows (one block per row of the last query block) and
+    // flex mode (one block) after the scores, kernels 2 and 3.
+    const i64 flex[7] = {tq + tk, tq, btLastRows(a.block, nq, nk), 1, tq, tq,
+                         dynCeilDiv(nq, 64)};
     kernel = i;
-    gx = grids[i];
+    gx = a.tau > 0 ? flex[i] : grids[i];
     return;
   }
   // Routing: kernels seed 0, assign keys 1, update 2, assign queries 3,

@@ -13,8 +13,12 @@
 //   groups: diagonals closer than 64 merged into one key range per query
 //   block), vsAttend.
 // block_topk: btPool (mean-pooled Q and K blocks), btScores (the pooled
-//   softmax per query block), btTake (how many key blocks: top_k, or the
-//   fewest reaching gamma, clamped), btSelect (which), btAttend.
+//   softmax per query block), with tau > 0 btFlexRows (the last query
+//   block's true attention per row: column and slash masses) and
+//   btFlexMode (FlexPrefill's Jensen-Shannon choice; the kept columns and
+//   slash groups), btTake (how many key blocks: top_k, or the fewest
+//   reaching gamma, clamped; or the vertical-slash-like lists' sizes),
+//   btSelect (which), btAttend.
 // routing: rtSeed (centroids from the engine or seeded with keys),
 //   rtAssign (nearest centroid of keys or queries), rtUpdate (k-means
 //   means), rtSort (stable counting sort of tokens by cluster: segments and
@@ -816,15 +820,11 @@ __device__ __forceinline__ void btScores(const AttnParams &p,
     row[j] = exp2f(row[j] - m) * inv;
 }
 
-/// Query block blockIdx.x: how many key blocks it keeps (listCount[i]).
-__device__ __forceinline__ void btTake(const AttnParams &p,
-                                         const DynArgs &a) {
-  const i64 i = blockIdx.x;
-  const DynSlice sl = dynSlice(p, a, nullptr);
-  const DynLayout lay = sl.lay;
-  unsigned char *ws = sl.ws;
-  const i64 tk = dynCeilDiv(p.nk, a.block);
-  const float *row = reinterpret_cast<const float *>(ws + lay.probs) + i * tk;
+/// How many of row[0, tk) block top-k keeps: top_k, or the fewest largest
+/// entries whose mass reaches gamma, clamped to [min_blocks, max_blocks].
+/// Whole block; every thread gets the count.
+__device__ __forceinline__ i64 btCoverCount(const float *row, i64 tk,
+                                            const DynArgs &a) {
   auto key = [=](i64 j) { return orderKey(row[j]); };
   i64 take;
   if (a.topK > 0) {
@@ -886,6 +886,167 @@ __device__ __forceinline__ void btTake(const AttnParams &p,
       take = minI(take, a.maxBlocks);
     take = minI(take, tk);
   }
+  return take;
+}
+
+/// FlexPrefill (tau > 0): whether query block i (index entry) keeps key
+/// block j in the vertical-slash-like mode: a kept column, or a kept
+/// slash group u = I - j or I - j - 1 (I = btFirstBlock + i).
+__device__ __forceinline__ bool btFlexKeeps(const int *flags, i64 tk,
+                                            i64 at, i64 j) {
+  const i64 u = at - j;
+  return flags[j] || (u >= 0 && u < tk && flags[tk + u]) ||
+         (u - 1 >= 0 && u - 1 < tk && flags[tk + u - 1]);
+}
+
+/// Row blockIdx.x of the last query block (FlexPrefill, tau > 0): its
+/// softmax (base 2) over the keys at or before its position (an online
+/// maximum and sum per thread, then merged), summed per key block j into
+/// flexRows[r][j] and per diagonal group u = floor((p - k) / B) into
+/// flexRows[r][tk + u], key blocks in order (fp32, a fixed order). The
+/// query row is staged in shared memory (head_dim <= 128).
+template <int E>
+__device__ __forceinline__ void btFlexRows(const AttnParams &p,
+                                           const DynArgs &a,
+                                           const DynGroupTable &g) {
+  const DynSlice sl = dynSlice(p, a, g.heads);
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
+  const i64 tq = btQueryBlocks(a.block, p.nq, p.nk),
+            tk = dynCeilDiv(p.nk, a.block), B = a.block;
+  const i64 row = btRowBegin(B, p.nq, p.nk, tq - 1) + blockIdx.x;
+  const i64 pos = row + p.nk - p.nq; // >= 0 in the last block
+  const u16 *qRow = p.q + sl.b * p.qStrideB + sl.head * p.qStrideH +
+                    row * p.qStrideS;
+  const u16 *kBase = p.k + sl.b * p.kStrideB + sl.kvHead * p.kStrideH;
+  float *out = reinterpret_cast<float *>(ws + lay.flexRows) +
+               (i64)blockIdx.x * 2 * tk;
+  __shared__ float qs[128];
+  const int t = threadIdx.x;
+  for (i64 x = t; x < a.headDim; x += kDynThreads)
+    qs[x] = loadFloat<E>(qRow[x]);
+  for (i64 j = t; j < 2 * tk; j += kDynThreads)
+    out[j] = 0.f;
+  __syncthreads();
+  auto logit = [&](i64 key) {
+    float s = 0.f;
+    for (i64 x = 0; x < a.headDim; ++x)
+      s += qs[x] * loadFloat<E>(kBase[key * p.kStrideS + x]);
+    return s * p.scaleLog2;
+  };
+  const float negInf = __int_as_float(0xff800000);
+  float m = negInf, z = 0.f;
+  for (i64 key = t; key <= pos; key += kDynThreads) {
+    const float s = logit(key);
+    if (s > m) {
+      z = z * exp2f(m - s) + 1.f;
+      m = s;
+    } else {
+      z += exp2f(s - m);
+    }
+  }
+  const float mAll = blockMax(m);
+  const float inv =
+      1.f / blockSum(m == negInf ? 0.f : z * exp2f(m - mAll));
+  for (i64 j = 0; j * B <= pos; ++j) {
+    // Keys of block j at or before the row: groups hi = floor((p - jB) / B)
+    // and hi - 1.
+    const i64 hi = (pos - j * B) / B;
+    float col = 0.f, inHi = 0.f;
+    for (i64 key = j * B + t; key < minI(j * B + B, pos + 1);
+         key += kDynThreads) {
+      const float w = exp2f(logit(key) - mAll) * inv;
+      col += w;
+      inHi += (pos - key) / B == hi ? w : 0.f;
+    }
+    col = blockSum(col);
+    inHi = blockSum(inHi);
+    if (t == 0) {
+      out[j] = col;
+      out[tk + hi] += inHi;
+      if (hi > 0)
+        out[tk + hi - 1] += col - inHi;
+    }
+  }
+}
+
+/// FlexPrefill's choice (tau > 0) for this (batch, head), one block: the
+/// true attention's column and slash masses (flexRows averaged over the
+/// rows in order), the Jensen-Shannon distance (natural log) of the
+/// columns from the estimate (the last query block's row of probs); above
+/// tau the vertical-slash-like mode (flexMode = 1) with the kept columns'
+/// and slash groups' flags, each as btCoverCount and selectTop choose.
+__device__ __forceinline__ void btFlexMode(const AttnParams &p,
+                                           const DynArgs &a) {
+  const DynSlice sl = dynSlice(p, a, nullptr);
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
+  const i64 tq = btQueryBlocks(a.block, p.nq, p.nk),
+            tk = dynCeilDiv(p.nk, a.block);
+  const i64 rows = btLastRows(a.block, p.nq, p.nk);
+  const float *perRow = reinterpret_cast<const float *>(ws + lay.flexRows);
+  float *mass = reinterpret_cast<float *>(ws + lay.flexMass);
+  int *flags = reinterpret_cast<int *>(ws + lay.flexFlags);
+  const float *est = reinterpret_cast<const float *>(ws + lay.probs) +
+                     (tq - 1) * tk;
+  for (i64 j = threadIdx.x; j < 2 * tk; j += kDynThreads) {
+    float s = 0.f;
+    for (i64 r = 0; r < rows; ++r)
+      s += perRow[r * 2 * tk + j];
+    mass[j] = s / (float)rows;
+    flags[j] = 0;
+  }
+  __syncthreads();
+  float js = 0.f;
+  for (i64 j = threadIdx.x; j < tk; j += kDynThreads) {
+    const float x = mass[j], y = est[j], mid = 0.5f * (x + y);
+    if (x > 0.f)
+      js += 0.5f * x * logf(x / mid);
+    if (y > 0.f)
+      js += 0.5f * y * logf(y / mid);
+  }
+  const float distance = sqrtf(fmaxf(blockSum(js), 0.f));
+  const bool vs = distance > a.tau;
+  if (vs)
+    for (int part = 0; part < 2; ++part) {
+      const float *row = mass + part * tk;
+      auto key = [=](i64 j) { return orderKey(row[j]); };
+      const i64 take = btCoverCount(row, tk, a);
+      u32 above;
+      i64 lastEqual;
+      selectTop(key, tk, take, above, lastEqual);
+      for (i64 j = threadIdx.x; j < tk; j += kDynThreads)
+        flags[part * tk + j] =
+            key(j) > above || (key(j) == above && j <= lastEqual);
+      __syncthreads();
+    }
+  if (threadIdx.x == 0) {
+    *reinterpret_cast<i64 *>(ws + lay.flexMode) = vs ? 1 : 0;
+    *reinterpret_cast<float *>(ws + lay.flexMode + 8) = distance;
+  }
+}
+
+/// Query block blockIdx.x: how many key blocks it keeps (listCount[i]).
+__device__ __forceinline__ void btTake(const AttnParams &p,
+                                         const DynArgs &a) {
+  const i64 i = blockIdx.x;
+  const DynSlice sl = dynSlice(p, a, nullptr);
+  const DynLayout lay = sl.lay;
+  unsigned char *ws = sl.ws;
+  const i64 tk = dynCeilDiv(p.nk, a.block);
+  i64 take;
+  if (a.tau > 0 && *reinterpret_cast<const i64 *>(ws + lay.flexMode)) {
+    const int *flags = reinterpret_cast<const int *>(ws + lay.flexFlags);
+    const i64 blockAt = btFirstBlock(a.block, p.nq, p.nk) + i;
+    i64 c = 0;
+    for (i64 j = threadIdx.x; j < tk; j += kDynThreads)
+      c += btFlexKeeps(flags, tk, blockAt, j) ? 1 : 0;
+    take = blockScanTotal(c);
+  } else {
+    take = btCoverCount(reinterpret_cast<const float *>(ws + lay.probs) +
+                            i * tk,
+                        tk, a);
+  }
   if (threadIdx.x == 0)
     reinterpret_cast<i64 *>(ws + lay.listCount)[i] = take;
 }
@@ -903,15 +1064,24 @@ __device__ __forceinline__ void btSelect(const AttnParams &p,
   i64 *countOut = reinterpret_cast<i64 *>(ws + lay.listCount) + i;
   const i64 take = *countOut;
   __syncthreads(); // everyone has read the count before it is rewritten
-  u32 above;
-  i64 lastEqual;
-  selectTop(key, tk, take, above, lastEqual);
+  // FlexPrefill's vertical-slash-like mode (tau > 0): the flagged columns
+  // and slash groups' blocks; else the `take` largest probabilities.
+  const bool flex =
+      a.tau > 0 && *reinterpret_cast<const i64 *>(ws + lay.flexMode);
+  const int *flags = reinterpret_cast<const int *>(ws + lay.flexFlags);
+  const i64 blockAt = btFirstBlock(a.block, p.nq, p.nk) + i;
+  u32 above = 0;
+  i64 lastEqual = -1;
+  if (!flex)
+    selectTop(key, tk, take, above, lastEqual);
   i64 *out = reinterpret_cast<i64 *>(ws + lay.lists) + i * lay.cap;
   i64 written = 0;
   for (i64 base = 0; base < tk; base += kDynThreads) {
     const i64 j = base + threadIdx.x;
-    const bool sel = j < tk && take > 0 &&
-                     (key(j) > above || (key(j) == above && j <= lastEqual));
+    const bool sel =
+        j < tk && take > 0 &&
+        (flex ? btFlexKeeps(flags, tk, blockAt, j)
+              : (key(j) > above || (key(j) == above && j <= lastEqual)));
     i64 total;
     const i64 at = written + blockScan(sel ? 1 : 0, total);
     if (sel && at < lay.cap)

@@ -17,17 +17,23 @@
 namespace tessera::kernel {
 
 /// family: "vertical_slash", "block_topk" or "routing"; dtype "f16" or
-/// "bf16"; merge: routing with the rest of the pattern merged (rt_rest).
-inline std::vector<std::string> dynamicKernelNames(const std::string &family,
-                                                   const std::string &dtype,
-                                                   int64_t headDim,
-                                                   bool merge) {
+/// "bf16"; merge: routing with the rest of the pattern merged (rt_rest);
+/// flex: block top-k with tau > 0 (FlexPrefill's choice: bt_flex_rows and
+/// bt_flex_mode after the scores).
+inline std::vector<std::string>
+dynamicKernelNames(const std::string &family, const std::string &dtype,
+                   int64_t headDim, bool merge, bool flex = false) {
   std::string typed = "_" + dtype,
               sized = typed + "_d" + std::to_string(headDim);
   if (family == "vertical_slash")
     return {"tessera_vs_scores" + sized, "tessera_vs_softmax",
             "tessera_vs_sums", "tessera_vs_select",
             "tessera_vs_attend" + sized};
+  if (family == "block_topk" && flex)
+    return {"tessera_bt_pool" + typed,      "tessera_bt_scores",
+            "tessera_bt_flex_rows" + typed, "tessera_bt_flex_mode",
+            "tessera_bt_take",              "tessera_bt_select",
+            "tessera_bt_attend" + sized};
   if (family == "block_topk")
     return {"tessera_bt_pool" + typed, "tessera_bt_scores", "tessera_bt_take",
             "tessera_bt_select", "tessera_bt_attend" + sized};

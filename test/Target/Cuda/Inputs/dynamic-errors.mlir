@@ -3,7 +3,6 @@ attn.model @bad {
   attn.layer 0 heads = 4 kv_heads = 1 head_dim = 64 dtype = bf16 {
     attn.heads [0] = #attn.block_topk<block = 96, top_k = 4>
     attn.heads [1] = #attn.union<#attn.vertical_slash<last_q = 8, vertical = 4>, #attn.block_topk<block = 64, top_k = 2>>
-    attn.heads [2] = #attn.block_topk<block = 128, gamma = 0.9, tau = 0.2>
-    attn.heads [3] = #attn.window<before = 4>
+    attn.heads [2, 3] = #attn.window<before = 4>
   }
 }

@@ -477,6 +477,16 @@ bool predictLayer(const Target &target,
       qkTiles = double(tqb) * double(tkb) / 4096.0;
       elements = double(nq + nk) * double(headDim) +
                  double(tqb) * double(tkb) * 70.0;
+      if (a.tau > 0) {
+        // FlexPrefill's choice: the last query block's R = min(block, Nq)
+        // rows against the keys before them, their logits computed twice
+        // (the online softmax, then the masses), softmax and sums per
+        // element, the mode's averages, distance and two selections.
+        const int64_t rows = std::min<int64_t>(a.block, nq);
+        qkTiles += 2.0 * double(ceilDiv(rows, 64) * ceilDiv(nk, 64));
+        elements += 8.0 * double(rows) * double(nk) +
+                    double(tkb) * (double(rows) + 140.0);
+      }
     } else {
       qkTiles = double(nk * (a.iterations + 1) + nq) * double(a.clusters) /
                 4096.0;
@@ -507,6 +517,10 @@ bool predictLayer(const Target &target,
         int64_t tkb = ceilDiv(nk, a.block);
         int64_t kept = a.topK > 0 ? a.topK : (a.maxBlocks > 0 ? a.maxBlocks
                                                                 : tkb);
+        // tau > 0: FlexPrefill's vertical-slash-like lists hold the columns
+        // and two blocks per slash group (btCap).
+        if (a.tau > 0)
+          kept = std::min(3 * std::min(kept, tkb), tkb);
         int64_t perBlock = ceilDiv(a.block, bk);
         if (!tilesOf(g.with, head, wf, wp) || !tilesOf(g.without, head, f, p))
           return false;

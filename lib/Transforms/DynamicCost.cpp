@@ -24,12 +24,9 @@ bool tessera::dynamicCostGroup(PatternAttrInterface pattern,
     a.vertical = std::max(vs.getVertical(), vs.getFirstColumns());
     a.slash = std::max(vs.getSlash(), vs.getLastDiagonals());
   } else if (auto bt = llvm::dyn_cast<BlockTopkAttr>(split.leaf)) {
-    if (bt.getTau().value != 0) {
-      why = "block_topk with tau > 0 (FlexPrefill's per-head choice) is not "
-            "modelled";
-      return false;
-    }
     a.family = kernel::kBlockTopk;
+    // tau > 0: FlexPrefill's choice, priced by CostModel.cpp.
+    a.tau = float(bt.getTau().value);
     a.block = bt.getBlock();
     a.topK = bt.getTopK();
     a.minBlocks = bt.getMinBlocks();

@@ -10,8 +10,8 @@
 // The workspace holds one slice per (batch, slot of the group): slice
 // s = b * numSlots + slot, each sliceBytes() long and 16-byte aligned. Its
 // size is O(what the index visits): O(lastQ * Nk) scores for vertical-slash,
-// O((Nq/B + 1) * Nk/B) pooled probabilities and kept-block lists for block top-k
-// (with tau > 0 also O(Nk) masses of the last query block's rows),
+// O((Nq/B + 1) * Nk/B) pooled probabilities and kept-block lists for block
+// top-k (with tau > 0 also O(Nk) masses of the last query block's rows),
 // O(Nq + Nk + clusters * head_dim) for routing; never O(Nq * Nk).
 //
 //===----------------------------------------------------------------------===//

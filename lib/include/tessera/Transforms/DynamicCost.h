@@ -12,9 +12,8 @@ namespace tessera {
 
 /// A dynamic pattern as the cost model takes it (cost::DynamicHeadGroup,
 /// heads left empty): the leaf's parameters and the pattern split as
-/// (leaf and with) or (not leaf and without). False, with `why`, for more
-/// than one dynamic leaf and for what the model does not price (block top-k
-/// with tau > 0).
+/// (leaf and with) or (not leaf and without). False, with `why`, only for
+/// more than one dynamic leaf.
 bool dynamicCostGroup(attn::PatternAttrInterface pattern,
                       cost::DynamicHeadGroup &out, std::string &why);
 

@@ -2,6 +2,7 @@
 
 #include "Manifest.h"
 
+#include "tessera/Support/JsonFile.h"
 #include "tessera/kernel/DynamicKernels.h"
 
 #include "llvm/ADT/StringExtras.h"
@@ -369,43 +370,14 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
   return "";
 }
 
-/// The deepest nesting of arrays and objects a manifest may have (a real one
-/// has 5): the JSON parser recurses, and 50,000 nested brackets would
-/// overflow the stack.
-constexpr int kMaxJsonDepth = 32;
-
-/// The nesting depth of arrays and objects in JSON text, strings skipped
-/// (stops counting past `limit`).
-int jsonDepth(const std::string &text, int limit) {
-  int depth = 0, deepest = 0;
-  bool inString = false, escaped = false;
-  for (char c : text) {
-    if (inString) {
-      if (escaped)
-        escaped = false;
-      else if (c == '\\')
-        escaped = true;
-      else if (c == '"')
-        inString = false;
-      continue;
-    }
-    if (c == '"')
-      inString = true;
-    else if (c == '[' || c == '{')
-      deepest = std::max(deepest, ++depth);
-    else if (c == ']' || c == '}')
-      --depth;
-    if (deepest > limit)
-      break;
-  }
-  return deepest;
-}
-
 } // namespace
 
 std::string tessera::runtime::parseManifest(const std::string &text,
                                             const std::string &source,
                                             BundleDesc &out) {
+  // A real manifest nests 5 deep; the JSON parser recurses, and 50,000
+  // nested brackets would overflow the stack (the limit of every JSON the
+  // project reads: tessera/Support/JsonFile.h).
   if (jsonDepth(text, kMaxJsonDepth) > kMaxJsonDepth)
     return "the manifest nests arrays and objects more than " +
            std::to_string(kMaxJsonDepth) + " deep";

@@ -36,6 +36,16 @@ std::vector<int64_t> top(const std::vector<double> &scores, int64_t count,
   return order;
 }
 
+/// A coverage count clamped to [minBlocks, maxBlocks] (maxBlocks 0: no
+/// bound) and to the n entries there are.
+int64_t clampCount(int64_t take, int64_t minBlocks, int64_t maxBlocks,
+                   int64_t n) {
+  take = std::max(take, minBlocks);
+  if (maxBlocks > 0)
+    take = std::min(take, maxBlocks);
+  return std::min(take, n);
+}
+
 /// Runs work() on `threads` threads (0: all hardware threads).
 template <typename Work> void onThreads(int threads, int64_t items, Work work) {
   if (threads <= 0)
@@ -300,10 +310,7 @@ BlockTopkIndex buildBlockTopk(const Rows &q, const Rows &k, int64_t headDim,
             if (total >= gamma - 1e-12)
               break;
           }
-          take = std::max(take, minBlocks);
-          if (maxBlocks > 0)
-            take = std::min(take, maxBlocks);
-          take = std::min(take, tk);
+          take = clampCount(take, minBlocks, maxBlocks, tk);
           ensure(size_t(take));
         }
         std::vector<int64_t> &kept = out[size_t(i0 + r)];
@@ -334,10 +341,7 @@ std::vector<int64_t> coverage(const std::vector<double> &mass, double gamma,
     if (total >= gamma - 1e-12)
       break;
   }
-  take = std::max(take, minBlocks);
-  if (maxBlocks > 0)
-    take = std::min(take, maxBlocks);
-  order.resize(size_t(std::min(take, n)));
+  order.resize(size_t(clampCount(take, minBlocks, maxBlocks, n)));
   std::sort(order.begin(), order.end());
   return order;
 }

@@ -52,23 +52,11 @@ constexpr size_t kMaxEntries = size_t(1) << 18;
 inline void countContainers(llvm::StringRef text, size_t &objects,
                             size_t &arrays) {
   objects = arrays = 0;
-  bool inString = false, escaped = false;
-  for (char c : text) {
-    if (inString) {
-      if (escaped)
-        escaped = false;
-      else if (c == '\\')
-        escaped = true;
-      else if (c == '"')
-        inString = false;
-    } else if (c == '"') {
-      inString = true;
-    } else if (c == '{') {
-      ++objects;
-    } else if (c == '[') {
-      ++arrays;
-    }
-  }
+  forEachOutsideStrings(text, [&](char c) {
+    objects += c == '{';
+    arrays += c == '[';
+    return true;
+  });
 }
 
 struct HeadEntry {

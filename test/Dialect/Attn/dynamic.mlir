@@ -5,7 +5,7 @@
 // RUN: attn-opt %s --attn-report=q-len=64 -o /dev/null | FileCheck %s --check-prefix=REPORT
 // RUN: not attn-opt %s --attn-report="q-len=64 target=h100" -o /dev/null 2>&1 | FileCheck %s --check-prefix=COST
 // RUN: not attn-viz %s --layer 0 --head 1 --q-len 8 2>&1 | FileCheck %s --check-prefix=VIZ
-// RUN: not attn-translate %s -o %t 2>&1 | FileCheck %s --check-prefix=EMIT
+// RUN: rm -rf %t && attn-translate %s -o %t && FileCheck %s --check-prefix=EMIT < %t/manifest.json
 //
 // Dynamic patterns (keys chosen from the input at run time) parse, print,
 // verify, compose with the static ones and canonicalize; schedules show
@@ -52,10 +52,16 @@ attn.model @dynamic {
 }
 
 // SCHED: attn.build_index #attn.vertical_slash<last_q = 64, vertical = 1000, slash = 6096> layout "columns_and_diagonals"
-// EMIT: error: layer 0: head group 3 (heads from 3): block_topk with tau > 0 (FlexPrefill's per-head choice) is not built by the bundles' index kernels yet
-// EMIT-NOT: head group 6
+// Bundles take every head here (head 4 of layer 1 after canonicalization,
+// which folds its two identical routing leaves into one), block top-k with
+// tau > 0 among them (FlexPrefill's kernels).
+// EMIT: "family": "block_topk"
+// EMIT-DAG: "tessera_bt_flex_rows
+// EMIT-DAG: "tau": 0.1
 // REPORT: 0        dynamic      1  #attn.vertical_slash<last_q = 64, vertical = 1000, slash = 6096> [0]
 // REPORT: 0         50.78%      1  #attn.causal [7]
 // REPORT: mean density over 1 heads: 50.78%
-// COST: error: attn-report: head 3: block_topk with tau > 0 (FlexPrefill's per-head choice) is not modelled
+// The cost model prices tau > 0; it refuses a pattern with two dynamic
+// leaves (the report does not canonicalize first).
+// COST: error: attn-report: head 4: the pattern has 2 dynamic leaves; a head group's index is built for one
 // VIZ: attn-viz: error: head 1 has a dynamic pattern (its keys depend on the input); attn-viz draws static patterns only

@@ -34,10 +34,10 @@ namespace tessera {
 /// project's files nest at most 5 deep).
 constexpr int kMaxJsonDepth = 32;
 
-/// The nesting depth of arrays and objects in JSON `text`, brackets inside
-/// strings skipped; stops counting once it passes `limit`.
-inline int jsonDepth(llvm::StringRef text, int limit) {
-  int depth = 0, deepest = 0;
+/// Calls f(c) for each character of JSON `text` outside strings (a string's
+/// quotes and contents, escapes included, skipped) until f returns false.
+/// The cheap scans run before parsing (depth, container counts) share it.
+template <typename F> void forEachOutsideStrings(llvm::StringRef text, F f) {
   bool inString = false, escaped = false;
   for (char c : text) {
     if (inString) {
@@ -51,13 +51,22 @@ inline int jsonDepth(llvm::StringRef text, int limit) {
     }
     if (c == '"')
       inString = true;
-    else if (c == '[' || c == '{')
+    else if (!f(c))
+      return;
+  }
+}
+
+/// The nesting depth of arrays and objects in JSON `text`, brackets inside
+/// strings skipped; stops counting once it passes `limit`.
+inline int jsonDepth(llvm::StringRef text, int limit) {
+  int depth = 0, deepest = 0;
+  forEachOutsideStrings(text, [&](char c) {
+    if (c == '[' || c == '{')
       deepest = std::max(deepest, ++depth);
     else if (c == ']' || c == '}')
       --depth;
-    if (deepest > limit)
-      break;
-  }
+    return deepest <= limit;
+  });
   return deepest;
 }
 

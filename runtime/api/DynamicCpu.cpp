@@ -180,20 +180,17 @@ double tessera::runtime::dynamicGroupCpuBytes(const k::DynArgs &a, int64_t nq,
     // Pooled Q and K (and K transposed) in double, the probabilities of a
     // batch of 8 query blocks, the sort keys, the kept lists and the
     // block_sparse program over them.
-    const double b = double(a.block), tq = std::floor((n - 1) / b) -
-                                               std::floor((n - q) / b) + 1,
-                 tk = std::ceil(n / b);
-    double cap =
-        std::min(a.topK > 0 ? double(a.topK)
-                            : (a.maxBlocks > 0 ? double(a.maxBlocks) : tk),
-                 tk);
+    // The block counts and list capacity are the kernels' (DynamicArgs.h;
+    // exact in int64 for lengths up to 2^40).
+    const int64_t tkBlocks = k::dynCeilDiv(nk, a.block);
+    const double b = double(a.block),
+                 tq = double(k::btQueryBlocks(a.block, nq, nk)),
+                 tk = double(tkBlocks), cap = double(k::btCap(a, tkBlocks));
     // tau > 0: the last query block's logits (at most `block` rows) and
-    // its masses; lists of columns and two blocks per slash group.
-    if (a.tau > 0) {
-      cap = std::min(3 * cap, tk);
+    // its masses; lists of columns and two blocks per slash group (cap).
+    if (a.tau > 0)
       bytes += 4 * std::min(b, q) * n + 8 * n + 64 * tk;
-    }
-    bytes += 8 * d * (tq + 2 * tk) + 80 * tk + 64 * tq * std::max(cap, 1.0);
+    bytes += 8 * d * (tq + 2 * tk) + 80 * tk + 64 * tq * cap;
   } else {
     // Centroids in double (and transposed), the clusters of every token,
     // key lists per cluster, and the segments' permuted rows.

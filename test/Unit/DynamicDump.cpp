@@ -12,6 +12,7 @@
 
 #include "tessera/Support/Npy.h"
 #include "tessera/cpu/Dynamic.h"
+#include "tessera/kernel/Program.h"
 
 #include <cmath>
 #include <cstdio>
@@ -128,33 +129,25 @@ int main(int argc, char **argv) {
                    });
     writeNpy(dir + "/o_vertical_slash.npy", o, {c.nq, c.d});
     writeNpy(dir + "/lse_vertical_slash.npy", lse, {c.nq});
-    attendKeyLists(
-        qr, kr, vr, o.data(), c.d, lse.data(), c.d, scale,
-        [&](int64_t row, std::vector<int64_t> &keys) {
-          // Query blocks of positions p = row + Nk - Nq.
-          const int64_t pos = row + c.nk - c.nq;
-          const int64_t qb = (pos >= 0 ? pos : pos - 15) / 16; // floor
-          const std::vector<int64_t> &blocks =
-              gamma.lists[size_t(qb - gamma.firstBlock)];
-          for (int64_t b : blocks)
-            for (int64_t key = b * 16;
-                 key < std::min((b + 1) * 16, c.nk) && key <= causalEnd(row);
-                 ++key)
-              keys.push_back(key);
-        });
+    // A block top-k index's keys of a row (block 16), with causality; its
+    // query blocks are of positions p = row + Nk - Nq.
+    auto blockTopkKeys = [&](const BlockTopkIndex &index) {
+      return [&](int64_t row, std::vector<int64_t> &keys) {
+        const int64_t qb =
+            tessera::kernel::floorDiv(row + c.nk - c.nq, 16) - index.firstBlock;
+        for (int64_t b : index.lists[size_t(qb)])
+          for (int64_t key = b * 16;
+               key < std::min((b + 1) * 16, c.nk) && key <= causalEnd(row);
+               ++key)
+            keys.push_back(key);
+      };
+    };
+    attendKeyLists(qr, kr, vr, o.data(), c.d, lse.data(), c.d, scale,
+                   blockTopkKeys(gamma));
     writeNpy(dir + "/o_block_topk.npy", o, {c.nq, c.d});
     writeNpy(dir + "/lse_block_topk.npy", lse, {c.nq});
-    attendKeyLists(
-        qr, kr, vr, o.data(), c.d, lse.data(), c.d, scale,
-        [&](int64_t row, std::vector<int64_t> &keys) {
-          const int64_t pos = row + c.nk - c.nq;
-          const int64_t qb = (pos >= 0 ? pos : pos - 15) / 16; // floor
-          for (int64_t b : flex.lists[size_t(qb - flex.firstBlock)])
-            for (int64_t key = b * 16;
-                 key < std::min((b + 1) * 16, c.nk) && key <= causalEnd(row);
-                 ++key)
-              keys.push_back(key);
-        });
+    attendKeyLists(qr, kr, vr, o.data(), c.d, lse.data(), c.d, scale,
+                   blockTopkKeys(flex));
     writeNpy(dir + "/o_block_topk_tau.npy", o, {c.nq, c.d});
     writeNpy(dir + "/lse_block_topk_tau.npy", lse, {c.nq});
     attendKeyLists(qr, kr, vr, o.data(), c.d, lse.data(), c.d, scale,

@@ -35,9 +35,7 @@ The model (all stated, none fitted):
 """
 import argparse
 import collections
-import ctypes
 import datetime
-import glob
 import math
 import os
 import re
@@ -46,6 +44,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import sasslib  # noqa: E402
 
 # The GPUs (public figures; the clock is the boost clock).
 GPUS = {
@@ -266,50 +266,12 @@ def die(msg):
 
 def nvrtc_compile(source, arch):
     """The cubin of `source` as the runtime compiles it, NVRTC's version,
-    and the registers / shared memory of each kernel (ptxas report)."""
-    names = [os.environ.get("TESSERA_NVRTC", "")] + sorted(
-        glob.glob("/usr/local/cuda/lib64/libnvrtc.so*"))
-    lib = None
-    for name in [n for n in names if n] + ["libnvrtc.so"]:
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    if lib is None:
-        die("cannot load libnvrtc (set TESSERA_NVRTC to its path)")
-    major, minor = ctypes.c_int(), ctypes.c_int()
-    lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
-    prog = ctypes.c_void_p()
-    if lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(),
-                              b"bundle.cu", 0, None, None):
-        die("nvrtcCreateProgram failed")
-    opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17",
-            b"--ptxas-options=-v"]
-    rc = lib.nvrtcCompileProgram(prog, len(opts),
-                                 (ctypes.c_char_p * len(opts))(*opts))
-    size = ctypes.c_size_t()
-    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-    log = ctypes.create_string_buffer(size.value)
-    lib.nvrtcGetProgramLog(prog, log)
-    log = log.value.decode(errors="replace")
-    if rc:
-        die(f"NVRTC could not compile the bundle:\n{log}")
-    lib.nvrtcGetCUBINSize(prog, ctypes.byref(size))
-    cubin = ctypes.create_string_buffer(size.value)
-    lib.nvrtcGetCUBIN(prog, cubin)
-    res, cur = {}, None
-    for line in log.splitlines():
-        m = re.search(r"Compiling entry function '(\w+)'", line)
-        if m:
-            cur = m.group(1)
-            res[cur] = dict(regs=0, smem=0)
-        m = re.search(r"Used (\d+) registers", line)
-        if m and cur:
-            res[cur]["regs"] = int(m.group(1))
-            s = re.search(r"(\d+) bytes smem", line)
-            res[cur]["smem"] = int(s.group(1)) if s else 0
-    return cubin.raw, f"{major.value}.{minor.value}", res
+    and the registers / shared memory of each kernel (ptxas report):
+    scripts/sasslib.py's."""
+    try:
+        return sasslib.nvrtc_compile(source, arch)
+    except sasslib.Error as e:
+        die(str(e))
 
 
 def parse_sass(text):
@@ -520,17 +482,11 @@ def attention_time(k, family, n, gpu, res):
 
 
 def find_nvdisasm(given):
-    cands = [given] if given else []
-    cands += glob.glob(os.path.join(ROOT, "build", "sass-venv", "lib",
-                                    "python3*", "site-packages", "nvidia",
-                                    "cu*", "bin", "nvdisasm"))
-    cands += ["/usr/local/cuda/bin/nvdisasm"]
-    for c in cands:
-        if c and os.access(c, os.X_OK):
-            return c
-    die("no nvdisasm: pip install nvidia-cuda-nvdisasm into build/sass-venv "
-        "(python3 -m venv build/sass-venv && build/sass-venv/bin/pip install "
-        "nvidia-cuda-nvdisasm), or pass --nvdisasm PATH")
+    try:
+        return sasslib.find_nvdisasm(os.path.join(ROOT, "build"),
+                                     given or None)
+    except sasslib.Error as e:
+        die(str(e))
 
 
 def main():

@@ -6,6 +6,9 @@ set -uo pipefail
 
 build=${1:-build}
 lit=${LIT:-/usr/lib/llvm-22/bin/lit}
+# nvdisasm (PyPI) for the SASS tests, installed into $build/sass-venv once.
+"$(dirname "$0")/sass-setup.sh" "$build" ||
+  echo "tessera: nvdisasm is not installed; the SASS tests will fail" >&2
 passed=0
 failed=0
 skipped=0

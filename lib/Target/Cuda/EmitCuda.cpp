@@ -29,7 +29,28 @@ namespace json = llvm::json;
 namespace {
 
 constexpr int64_t kTile = 64;
-constexpr int64_t kThreads = 128;
+
+/// The attention kernel's shape per head_dim: warps of 16 query rows each
+/// (the query block is 16 x warps rows, the block 32 x warps threads) and
+/// the blocks per SM asked of ptxas (__launch_bounds__). 128-row blocks
+/// where the registers of a 16-row warp allow (docs/PERFORMANCE.md, the
+/// ptxas table: no spills, 8 warps per SM at least).
+struct KernelShape {
+  int64_t warps, minBlocks;
+  int64_t threads() const { return 32 * warps; }
+  int64_t blockQ() const { return 16 * warps; }
+};
+
+KernelShape kernelShape(int64_t headDim) {
+  switch (headDim) {
+  case 64:
+  case 96:
+  case 128:
+    return {8, 1};
+  default:
+    return {4, 1};
+  }
+}
 
 std::string dtypeName(Type t) { return t.isF16() ? "f16" : "bf16"; }
 
@@ -389,7 +410,11 @@ private:
         {"dtype", dtypeName(dtype)},
         {"block_q", kTile},
         {"block_k", kTile},
-        {"grid", json::Object{{"x", "ceil(Nq / 64)"},
+        {"kernel_block_q", kernelShape(d).blockQ()},
+        {"kernel_threads", kernelShape(d).threads()},
+        {"grid", json::Object{{"x", "ceil(Nq / " +
+                                        std::to_string(kernelShape(d).blockQ()) +
+                                        ")"},
                               {"y", int64_t(table.computedHead.size())},
                               {"z", "batch"}}},
         {"computed_heads", list(table.computedHead)},
@@ -473,14 +498,15 @@ private:
       os << "    default:\n      return 0;\n    }\n  }\n};\n"
          << "} // namespace bundle\n} // namespace kernel\n"
          << "} // namespace tessera\n\n";
-      os << "TESSERA_EXTERN_C __global__ void __launch_bounds__(" << kThreads
-         << ", 2)\n"
+      const KernelShape shape = kernelShape(d);
+      os << "TESSERA_EXTERN_C __global__ void __launch_bounds__("
+         << shape.threads() << ", " << shape.minBlocks << ")\n"
          << name << "(tessera::kernel::AttnParams p, int layer) {\n"
          << "  using namespace tessera::kernel;\n"
          << "  const LayerTable &t = *bundle::tables[layer];\n"
-         << "  __shared__ __align__(16) SharedTiles<" << d << "> smem;\n"
-         << "  flashForward<k" << (dt == "f16" ? "F16" : "BF16") << ", " << d
-         << ", bundle::" << groups
+         << "  __shared__ __align__(128) PipeTiles<" << d << "> smem;\n"
+         << "  pipeForward<k" << (dt == "f16" ? "F16" : "BF16") << ", " << d
+         << ", " << shape.warps << ", bundle::" << groups
          << ">(t, p, smem, bundle::patternOf[layer][t.headGroup[blockIdx.y]]);"
             "\n"
          << "}\n\n";
@@ -488,8 +514,8 @@ private:
                                          {"kind", "attention"},
                                          {"dtype", dt},
                                          {"head_dim", d},
-                                         {"threads", kThreads},
-                                         {"block_q", kTile},
+                                         {"threads", shape.threads()},
+                                         {"block_q", shape.blockQ()},
                                          {"block_k", kTile},
                                          {"args", "(AttnParams, int layer)"}});
     }

@@ -878,21 +878,24 @@ static tessera_status attentionDynamic(
   if (q->batch > 65535)
     return fail(TESSERA_ERROR_SHAPE_MISMATCH,
                 "batch must be at most 65535 on CUDA");
-  // The attention kernel over the computed heads, then the fill kernel over
-  // the skipped ones; 128 threads each.
+  // The attention kernel over the computed heads (the manifest's rows and
+  // threads per block), then the fill kernel over the skipped ones (128
+  // rows, 128 threads).
   auto launch = [&](const std::string &kernel, int64_t rowsPerBlock,
-                    size_t heads) -> int {
+                    unsigned threads, size_t heads) -> int {
     if (heads == 0)
       return 0;
     return d.launchKernel(
         bundle->functions.at(kernel),
         static_cast<unsigned>((q->seq + rowsPerBlock - 1) / rowsPerBlock),
-        static_cast<unsigned>(heads), static_cast<unsigned>(q->batch), 128, 1,
-        1, 0, cuda_stream, args, nullptr);
+        static_cast<unsigned>(heads), static_cast<unsigned>(q->batch),
+        threads, 1, 1, 0, cuda_stream, args, nullptr);
   };
-  if (int rc = launch(l->kernel, 64, l->computedHead.size()))
+  if (int rc = launch(l->kernel, l->kernelBlockQ,
+                      static_cast<unsigned>(l->kernelThreads),
+                      l->computedHead.size()))
     return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
-  if (int rc = launch(l->fillKernel, 128, l->skippedHeads.size()))
+  if (int rc = launch(l->fillKernel, 128, 128, l->skippedHeads.size()))
     return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
   // Dynamic groups: the index kernels, then the attention over the index,
   // in stream order, with a stream-ordered workspace (docs/runtime.md).

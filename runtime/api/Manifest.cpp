@@ -317,6 +317,14 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
     return where + "bad head counts";
   if (l.headDim != 64 && l.headDim != 128)
     return where + "head_dim must be 64 or 128";
+  if (!integer("kernel_block_q", l.kernelBlockQ) ||
+      !integer("kernel_threads", l.kernelThreads))
+    return where + "kernel_block_q or kernel_threads missing (a bundle from "
+                   "before the pipelined kernels: emit it again)";
+  if ((l.kernelBlockQ != 64 && l.kernelBlockQ != 128) ||
+      l.kernelThreads != 2 * l.kernelBlockQ)
+    return where + "kernel_block_q must be 64 or 128 and kernel_threads "
+                   "twice it";
   if (!intArray(o, "computed_heads", l.computedHead) ||
       !intArray(o, "head_groups", l.headGroup) ||
       !intArray(o, "skipped_heads", l.skippedHeads))

@@ -32,6 +32,9 @@ struct LayerDesc : kernel::OwnedLayerTable {
   std::vector<DynamicGroupDesc> dynamicGroups;
   int64_t index = 0, position = 0;
   int64_t numKvHeads = 0, headDim = 0;
+  /// The attention kernel's query rows and threads per block (the emitter's
+  /// choice per head_dim: 64 and 128, or 128 and 256).
+  int64_t kernelBlockQ = 0, kernelThreads = 0;
   std::string dtype; ///< "f16" or "bf16"
   std::string kernel, fillKernel;
 };

@@ -154,10 +154,14 @@ Result runBundle(const std::string &name, const Shape &shape,
     EXPECT_NE(fn, reg.end()) << name << "/" << kernel;
     if (fn == reg.end())
       return worst;
+    // The kernel's query rows and threads per block, as the runtime reads
+    // them from the manifest.
+    int64_t rows = *layer.getInteger("kernel_block_q");
+    int64_t threads = *layer.getInteger("kernel_threads");
     tessera_emu::launch([&] { fn->second(&p, int(position)); },
-                        dim3{unsigned((shape.nq + 63) / 64), unsigned(computed),
-                             unsigned(shape.batch)},
-                        dim3{128, 1, 1});
+                        dim3{unsigned((shape.nq + rows - 1) / rows),
+                             unsigned(computed), unsigned(shape.batch)},
+                        dim3{unsigned(threads), 1, 1});
     if (!skipped.empty()) {
       auto fill = reg.find(name + "/" + layer.getString("fill_kernel")->str());
       EXPECT_NE(fill, reg.end());
@@ -306,12 +310,17 @@ TEST_F(EmulatorTest, NonFiniteInputsReachOnlyTheRowsThatSeeThem) {
   EXPECT_GT(r.outErr, 1.0);
 }
 
-/// The comparison catches layout, reduction and barrier bugs: the same
-/// bundle with the row maximum reduced over one lane too few, with the two
-/// halves of the key fragment swapped, or without the barrier between
-/// loading a key/value tile and reading it, is far off.
+/// The comparison catches layout, reduction, barrier and pipeline bugs: the
+/// same bundle with the row maximum reduced over one lane too few, with the
+/// two halves of the key fragment swapped, without the barrier after the key
+/// tile's copy, without the wait for the value tile's copies, with the wait
+/// before S = Q K^T one group short (an off-by-one stage), with unswizzled
+/// copies read swizzled, or with the .trans matrices' addresses swapped
+/// between lanes, is far off (test/Unit/CMakeLists.txt makes them).
 TEST_F(EmulatorTest, BrokenKernelsFail) {
-  for (const char *name : {"broken-shfl", "broken-mma", "broken-sync"}) {
+  for (const char *name :
+       {"broken-shfl", "broken-mma", "broken-sync", "broken-wait",
+        "broken-stage", "broken-swizzle", "broken-trans"}) {
     Result r = runBundle(name, Shape{1, 100, 130, true}, ctx);
     EXPECT_GT(std::max(r.outErr, r.lseErr), 1.0) << name;
   }

@@ -669,8 +669,9 @@ struct EmuGroups {
 };
 
 void emuShardsKernel(const kn::LayerTable &t, const kn::AttnParams &p) {
-  __shared__ __align__(16) kn::SharedTiles<64> smem;
-  kn::flashForward<kn::kBF16, 64, EmuGroups>(t, p, smem, 0);
+  // Four warps (64-row blocks): the emitted bundles use eight at d64.
+  __shared__ __align__(128) kn::PipeTiles<64> smem;
+  kn::pipeForward<kn::kBF16, 64, 4, EmuGroups>(t, p, smem, 0);
 }
 
 TEST(Limits, ShardsNearTheLimitInTheGeneratedCodeAndTheEmulatedKernel) {

@@ -426,6 +426,423 @@ __device__ __forceinline__ void flashForward(const LayerTable &t,
                    qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
 }
 
+/// The shared-window address of a pointer into shared memory (for the
+/// shared-state-space instructions: cp.async, ldmatrix).
+__device__ __forceinline__ u32 sharedAddress(const void *ptr) {
+#ifdef TESSERA_EMULATE
+  (void)ptr;
+  return 0;
+#else
+  return (u32)__cvta_generic_to_shared(ptr);
+#endif
+}
+
+//===----------------------------------------------------------------------===//
+// The pipelined forward (issue 17): cp.async, ldmatrix, a swizzled layout.
+//===----------------------------------------------------------------------===//
+
+/// cp.async.cg.shared.global of 16 bytes; `valid` false: the bytes land as
+/// zeros and nothing is read from `src`.
+__device__ __forceinline__ void cpAsync16(u16 *dst, const u16 *src,
+                                          bool valid) {
+#ifdef TESSERA_EMULATE
+  tessera_emu::cpAsync16(dst, src, valid ? 16 : 0);
+#else
+  const u32 d = sharedAddress(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d),
+               "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+#endif
+}
+
+/// cp.async.commit_group: the copies issued since the last commit form a
+/// group.
+__device__ __forceinline__ void cpAsyncCommit() {
+#ifdef TESSERA_EMULATE
+  tessera_emu::cpAsyncCommit();
+#else
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+/// cp.async.wait_group N: every group but the newest N has landed (for this
+/// thread; other threads see the bytes after the next barrier).
+template <int N> __device__ __forceinline__ void cpAsyncWait() {
+#ifdef TESSERA_EMULATE
+  tessera_emu::cpAsyncWait(N);
+#else
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
+/// ldmatrix.x4: lane l gives the address of row l % 8 of matrix l / 8; r[j]
+/// receives this lane's fragment of matrix j (row lane / 4, elements
+/// 2 (lane % 4) and + 1), or of its transpose with `.trans`.
+__device__ __forceinline__ void ldsm4(u32 (&r)[4], const u16 *row) {
+#ifdef TESSERA_EMULATE
+  tessera_emu::ldmatrixX4(r, row);
+#else
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(sharedAddress(row))
+               : "memory");
+#endif
+}
+
+__device__ __forceinline__ void ldsm4Trans(u32 (&r)[4], const u16 *row) {
+#ifdef TESSERA_EMULATE
+  tessera_emu::ldmatrixX4Trans(r, row);
+#else
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(sharedAddress(row))
+      : "memory");
+#endif
+}
+
+/// 2^x by ex2.approx.ftz.f32 (the emulator models its documented error).
+__device__ __forceinline__ float ex2(float x) {
+#ifdef TESSERA_EMULATE
+  return tessera_emu::ex2Approx(x);
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
+/// The shared layout of a tile of rows of D 16-bit elements. D a multiple of
+/// 64: rows of D elements, the 16-byte chunk c of row r stored at chunk
+/// c ^ (r % 8) (an XOR swizzle inside each group of 8 chunks), so that the
+/// 8 rows an ldmatrix matrix reads, and the 8 chunks a quarter warp's
+/// cp.async writes, fall in 8 different 4-bank groups. Other D (96): rows
+/// padded to D + 8 elements, which spreads 8 consecutive rows over the
+/// banks the same way.
+template <int D> struct TileLayout {
+  static constexpr bool kSwizzled = D % 64 == 0;
+  static constexpr int kPitch = kSwizzled ? D : D + 8;
+  /// The element offset of chunk `chunk` (8 elements) of row `row`.
+  static __device__ __forceinline__ int at(int row, int chunk) {
+    return row * kPitch + (kSwizzled ? (chunk ^ (row & 7)) : chunk) * 8;
+  }
+};
+
+/// The shared memory of the pipelined kernels: a key tile and a value tile
+/// of 64 rows each, adjacent (a Q tile of up to 128 rows is staged across
+/// both before the loop).
+template <int D> struct PipeTiles {
+  u16 buf[2 * 64 * TileLayout<D>::kPitch];
+  __device__ __forceinline__ u16 *k() { return buf; }
+  __device__ __forceinline__ u16 *v() { return buf + 64 * TileLayout<D>::kPitch; }
+};
+
+/// Starts the copy of rows [r0, r0 + ROWS) of a [seq, D] slice (row stride
+/// `stride`) into `dst` in TileLayout<D>, rows at or beyond `limit` as zeros,
+/// by the NT threads of the block: cp.async of 16-byte chunks when every row
+/// start is 16-byte aligned (`vec`), otherwise a synchronous copy of elements
+/// (either way, the tile is usable after cpAsyncWait and a barrier).
+template <int D, int ROWS, int NT>
+__device__ __forceinline__ void copyTile(u16 *dst, const u16 *src, i64 stride,
+                                         i64 r0, i64 limit, bool vec) {
+  constexpr int kChunksPerRow = D / 8, kChunks = ROWS * kChunksPerRow;
+  static_assert(kChunks % NT == 0, "a tile's chunks split evenly");
+  if (vec) {
+#pragma unroll
+    for (int j = 0; j < kChunks / NT; ++j) {
+      const int i = (int)threadIdx.x + j * NT;
+      const int row = i / kChunksPerRow, chunk = i % kChunksPerRow;
+      const bool in = r0 + row < limit;
+      cpAsync16(dst + TileLayout<D>::at(row, chunk),
+                src + (in ? r0 + row : r0) * stride + chunk * 8, in);
+    }
+  } else {
+    for (int i = threadIdx.x; i < ROWS * D; i += NT) {
+      const int row = i / D, x = i % D;
+      dst[TileLayout<D>::at(row, x / 8) + x % 8] =
+          r0 + row < limit ? src[(r0 + row) * stride + x] : 0;
+    }
+  }
+}
+
+/// This warp's Q fragments (its 16 rows of the staged Q tile) by ldmatrix:
+/// matrices (rows 0-7, 8-15) x (columns 16 kk + 0-7, + 8-15) are a0-a3 of
+/// the m16n8k16 A operand.
+template <int D>
+__device__ __forceinline__ void pipeQFragments(const u16 *qs,
+                                               u32 (&qf)[D / 16][4]) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+    ldsm4(qf[kk], qs + TileLayout<D>::at(row, 2 * kk + (lane >> 4)));
+}
+
+/// S = Q K^T of this warp's 16 rows against the 64 keys of `ks`: the
+/// accumulators s[nt] hold keys 8 nt + 2 (lane % 4) + {0, 1}. K fragments by
+/// ldmatrix: matrices (keys 8 nt + 0-7, 8 (nt + 1) + 0-7) x (columns
+/// 16 kk + 0-7, + 8-15) are the B operands of n-tiles nt and nt + 1.
+template <int E, int D>
+__device__ __forceinline__ void pipeScores(const u32 (&qf)[D / 16][4],
+                                           const u16 *ks, float (&s)[8][4]) {
+  const int lane = threadIdx.x % 32;
+  const int rowInPair = (lane & 7) + (lane >> 4) * 8, half = (lane >> 3) & 1;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+    s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+  for (int np = 0; np < 4; ++np)
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      u32 b[4];
+      ldsm4(b, ks + TileLayout<D>::at(16 * np + rowInPair, 2 * kk + half));
+      mma16816<E>(s[2 * np], qf[kk], b[0], b[1]);
+      mma16816<E>(s[2 * np + 1], qf[kk], b[2], b[3]);
+    }
+}
+
+/// The online-softmax step of one tile: `s` holds raw scores (masked ones
+/// -inf); m is kept in base-2 units (scaled), so each probability is one
+/// FFMA and one ex2: p = 2^(s * scaleLog2 - m). Returns P packed as the
+/// m16n8k16 A operands of the four 16-key steps of O += P V.
+template <int E, int D>
+__device__ __forceinline__ void pipeSoftmax(float (&s)[8][4], float scaleLog2,
+                                            FlashAcc<D> &acc,
+                                            u32 (&pa)[4][4]) {
+  const float negInf = __int_as_float(0xff800000);
+  float tileMax[2] = {negInf, negInf};
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      tileMax[e >> 1] = fmaxf(tileMax[e >> 1], s[nt][e]);
+  float corr[2], negBase[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    tileMax[h] = fmaxf(tileMax[h], __shfl_xor_sync(0xffffffff, tileMax[h], 1));
+    tileMax[h] = fmaxf(tileMax[h], __shfl_xor_sync(0xffffffff, tileMax[h], 2));
+    const float mNew = fmaxf(acc.m[h], tileMax[h] * scaleLog2);
+    const float base = mNew == negInf ? 0.f : mNew;
+    corr[h] = ex2(acc.m[h] - base);
+    acc.m[h] = mNew;
+    negBase[h] = -base;
+    acc.l[h] *= corr[h];
+  }
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[nt][e] = ex2(fmaf(s[nt][e], scaleLog2, negBase[e >> 1]));
+      acc.l[e >> 1] += s[nt][e];
+    }
+#pragma unroll
+  for (int dn = 0; dn < D / 8; ++dn) {
+    acc.o[dn][0] *= corr[0];
+    acc.o[dn][1] *= corr[0];
+    acc.o[dn][2] *= corr[1];
+    acc.o[dn][3] *= corr[1];
+  }
+#pragma unroll
+  for (int kt = 0; kt < 4; ++kt) {
+    pa[kt][0] = packFloats<E>(s[2 * kt][0], s[2 * kt][1]);
+    pa[kt][1] = packFloats<E>(s[2 * kt][2], s[2 * kt][3]);
+    pa[kt][2] = packFloats<E>(s[2 * kt + 1][0], s[2 * kt + 1][1]);
+    pa[kt][3] = packFloats<E>(s[2 * kt + 1][2], s[2 * kt + 1][3]);
+  }
+}
+
+/// O += P V with V fragments by ldmatrix.trans: matrices (keys 16 kt + 0-7,
+/// + 8-15) x (columns 8 dn + 0-7, 8 (dn + 1) + 0-7) of the value tile,
+/// transposed, are the B operands of n-tiles dn and dn + 1.
+template <int E, int D>
+__device__ __forceinline__ void pipeValues(const u32 (&pa)[4][4],
+                                           const u16 *vs, FlashAcc<D> &acc) {
+  const int lane = threadIdx.x % 32;
+  const int key = (lane & 7) + ((lane >> 3) & 1) * 8, second = lane >> 4;
+#pragma unroll
+  for (int kt = 0; kt < 4; ++kt)
+#pragma unroll
+    for (int dn = 0; dn < D / 8; dn += 2) {
+      u32 b[4];
+      ldsm4Trans(b, vs + TileLayout<D>::at(16 * kt + key, dn + second));
+      mma16816<E>(acc.o[dn], pa[kt], b[0], b[1]);
+      mma16816<E>(acc.o[dn + 1], pa[kt], b[2], b[3]);
+    }
+}
+
+/// Selects -inf into the scores whose bit in `keep` is clear.
+__device__ __forceinline__ void applyKeep(float (&s)[8][4], u32 keep) {
+  const float negInf = __int_as_float(0xff800000);
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (!((keep >> (4 * nt + e)) & 1u))
+        s[nt][e] = negInf;
+}
+
+/// Bit 15 (31) of the result set when the lower (upper) 16-bit value of any
+/// word ORed in is NaN or infinite: (x & exponent) + one exponent step
+/// carries into the sign bit only from an all-ones exponent.
+template <int E> __device__ __forceinline__ u32 nonFiniteBits(u32 w) {
+  const u32 ex = E == kF16 ? 0x7c007c00u : 0x7f807f80u;
+  const u32 step = E == kF16 ? 0x04000400u : 0x00800080u;
+  return ((w & ex) + step) & 0x80008000u;
+}
+
+/// guardValues (above) for the pipelined layout and NT threads: non-finite
+/// values of a partial tile reach only the rows that see them. Every value
+/// finite: one pass of 128-bit loads and one barrier (__syncthreads_or).
+template <int E, int D, int NT>
+__device__ __forceinline__ void pipeGuard(u16 *vs, u32 keep, FlashAcc<D> &acc) {
+  using L = TileLayout<D>;
+  constexpr int kPerRow = NT / 64, kSpan = D / kPerRow; // elements
+  static_assert(kSpan % 8 == 0, "whole chunks per thread");
+  const int vr = threadIdx.x / kPerRow, x0 = (threadIdx.x % kPerRow) * kSpan;
+  // A row's D elements are the first D of its pitch, in some chunk order.
+  const u16 *mineAt = vs + vr * L::kPitch + x0;
+  u32 bits = 0;
+#pragma unroll
+  for (int c = 0; c < kSpan / 8; ++c) {
+    const uint4 w = *reinterpret_cast<const uint4 *>(mineAt + 8 * c);
+    bits |= nonFiniteBits<E>(w.x) | nonFiniteBits<E>(w.y) |
+            nonFiniteBits<E>(w.z) | nonFiniteBits<E>(w.w);
+  }
+  if (!__syncthreads_or(bits != 0))
+    return;
+  const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
+  const float nan = __int_as_float(0x7fc00000);
+  for (int h = 0; h < 2; ++h) {
+    const unsigned long long sees = rowKeep(keep, h, c2);
+    for (int c = 0; c < 64; ++c)
+      if ((sees >> c) & 1ull)
+        for (int dn = 0; dn < D / 8; ++dn) {
+          const u32 w = nonFiniteBits<E>(ld32(vs + L::at(c, dn) + c2));
+          if (w & 0x8000u)
+            acc.o[dn][2 * h] = nan;
+          if (w & 0x80000000u)
+            acc.o[dn][2 * h + 1] = nan;
+        }
+  }
+  __syncthreads();
+  if (bits)
+    for (int x = 0; x < kSpan; x += 2) {
+      u32 *w = reinterpret_cast<u32 *>(vs + vr * L::kPitch + x0 + x);
+      const u32 nf = nonFiniteBits<E>(*w);
+      *w &= (nf & 0x8000u ? 0xffff0000u : 0xffffffffu) &
+            (nf & 0x80000000u ? 0x0000ffffu : 0xffffffffu);
+    }
+  __syncthreads();
+}
+
+/// The attention of one query block of BQ = 16 WARPS rows of one head, the
+/// pipelined loop (docs/bundles.md, "The kernel loop"). `Groups` is
+/// generated per kernel: Groups::runFrom(pattern, ctx, kb) and
+/// Groups::keep(pattern, ...) switch (uniformly per block) to the run
+/// enumeration and the partial-tile masks of the head group's pattern.
+///
+/// One key tile and one value tile in shared memory, filled by cp.async in
+/// FlashAttention-2's order: the value tile of tile j loads while the
+/// scores of j are computed, the key tile of the next visited tile (from the
+/// run enumeration, across run boundaries) while O += P V of j runs. Full
+/// tiles do no mask work but the Nk edge of the last key tile.
+template <int E, int D, int WARPS, class Groups>
+__device__ __forceinline__ void pipeForward(const LayerTable &t,
+                                            const AttnParams &p,
+                                            PipeTiles<D> &smem, i64 pattern) {
+  constexpr int NT = 32 * WARPS, BQ = 16 * WARPS, BK = 64;
+  static_assert(BQ <= 128, "the Q tile is staged in the two tiles");
+  u16 *const ks = smem.k();
+  u16 *const vs = smem.v();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int c2 = (lane % 4) * 2;
+  const i64 slot = blockIdx.y, b = blockIdx.z;
+  const i64 head = t.computedHead[slot];
+  const i64 kvHead = head / (p.numHeads / p.numKvHeads);
+  const i64 q0 = (i64)blockIdx.x * BQ;
+  const i64 q1 = minI(q0 + BQ, p.nq);
+  const bool vec = p.vectorLoads != 0;
+  const u16 *qBase = p.q + b * p.qStrideB + head * p.qStrideH;
+  const u16 *kBase = p.k + b * p.kStrideB + kvHead * p.kStrideH;
+  const u16 *vBase = p.v + b * p.vStrideB + kvHead * p.vStrideH;
+
+  // Q fragments of this warp's 16 rows, staged across both tiles.
+  copyTile<D, BQ, NT>(smem.buf, qBase, p.qStrideS, q0, p.nq, vec);
+  cpAsyncCommit();
+  cpAsyncWait<0>();
+  __syncthreads();
+  u32 qf[D / 16][4];
+  pipeQFragments<D>(smem.buf, qf);
+  __syncthreads();
+
+  FlashAcc<D> acc;
+  flashInit<D>(acc);
+  const int row0 = warp * 16 + lane / 4;
+  const RunCtx ctx = makeRunCtx(q0, q1, p.nq, p.nk, BK, head, t.numHeads);
+  const i64 rowPos = q0 + row0 + p.nk - p.nq; // aligned position of row0
+
+  // The tile whose scores are done and whose values have landed (pending
+  // O += P V), and the cursor of the enumeration: `run` and the next block.
+  bool pending = false;
+  int pendingCls = kFull;
+  u32 pendingKeep = 0;
+  u32 pa[4][4];
+  Run run = noRun();
+  i64 kb = 0, next = 0;
+  for (;;) {
+    // The next visited key block: within the run, or the next run (the one
+    // call site of the run enumeration: its code is inlined once).
+    bool have = true;
+    if (kb < run.hi) {
+      ++kb;
+    } else {
+      run = Groups::runFrom(pattern, ctx, next);
+      have = isRun(run);
+      if (have) {
+        kb = run.lo;
+        next = run.hi + 1;
+      }
+    }
+    if (have) {
+      copyTile<D, BK, NT>(ks, kBase, p.kStrideS, kb * BK, p.nk, vec);
+      cpAsyncCommit();
+    }
+    if (pending) {
+      if (pendingCls == kPartial)
+        pipeGuard<E, D, NT>(vs, pendingKeep, acc);
+      pipeValues<E, D>(pa, vs, acc);
+    }
+    if (!have)
+      break;
+    cpAsyncWait<0>();
+    __syncthreads(); // K landed; every warp is done with the values
+    const i64 k0 = kb * BK;
+    copyTile<D, BK, NT>(vs, vBase, p.vStrideS, k0, p.nk, vec);
+    cpAsyncCommit();
+    float s[8][4];
+    pipeScores<E, D>(qf, ks, s);
+    const int cls = run.cls;
+    u32 keep = 0xffffffffu;
+    if (cls == kPartial)
+      keep = Groups::keep(pattern, rowPos, k0, c2, p.nk, head, t.numHeads);
+    else if (k0 + BK > p.nk)
+      keep = columnBits(c2, p.nk - k0);
+    if (cls == kPartial || k0 + BK > p.nk)
+      applyKeep(s, keep);
+    pipeSoftmax<E, D>(s, p.scaleLog2, acc, pa);
+    pending = true;
+    pendingCls = cls;
+    pendingKeep = keep;
+    cpAsyncWait<0>();
+    __syncthreads(); // V landed; every warp is done with the keys
+  }
+
+  const i64 qi0 = q0 + row0, qi1 = q0 + row0 + 8;
+  flashStore<E, D>(acc, p.o + b * p.oStrideB + head * p.oStrideH, p.oStrideS,
+                   p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
+                   qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
+}
+
 /// Writes O = 0 and LSE = -inf for the layer's skipped heads:
 /// grid (ceil(Nq / 128), number of skipped heads, batch), 128 threads.
 template <int D>

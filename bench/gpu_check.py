@@ -1,33 +1,99 @@
 #!/usr/bin/env python3
-"""Runs Tessera's CUDA bundles on a GPU and checks and times them.
+"""Checks Tessera's bundles on a GPU against float64 and times them against
+PyTorch SDPA (flash backend), FlexAttention, FlashAttention-2 (flash_attn)
+and FlashInfer. Run by bench/gpu_check.sh (docs/PERFORMANCE.md, "The GPU
+check"); usable alone:
 
-For every bundle directory given (made by `make bundles`: bundle.cu and
-manifest.json), on the current CUDA device, through the Python binding
-(python/tessera, over libtessera_runtime):
-  1. loads the bundle on a CUDA context: NVRTC compiles it for the device
-     (cold, into a fresh cache directory), then a second load reads the
-     cache (warm);
-  2. for each distinct layer, runs it on random inputs (Nq != Nk) and
-     compares O and LSE with a float64 attention whose mask is evaluated from
-     the manifest's schedule program (an independent, vectorised reading of
-     the encoding in runtime/include/tessera/kernel/Program.h);
-  3. times it against torch SDPA (dense) and FlexAttention with a block mask
-     built from the same mask.
-Prints one table; exits 1 if a check fails.
+  bench/gpu_check.py BUNDLE_DIR... [--device cuda|cpu] [--budget S]
+      [--check-len N] [--time-lens N,...] [--repeats R]
+      [--cases auto|BUNDLE:LAYER,...] [--max-cases-per-bundle K]
+      [--flex compile|eager|off] [--json FILE] [--inject-error]
+  bench/gpu_check.py --write-reference DIR --translate ATTN_TRANSLATE
+
+Phases, each with a share of --budget seconds (unused time carries over;
+work left when a phase's time is out is reported as skipped, not run):
+  load (20%)  every bundle, and a copy per kernel path (below), loaded on a
+              fresh cache: NVRTC compiles it for the device (cold), then a
+              second load reads the cache (warm);
+  check (20%) every distinct static layer at Nq = N-5, Nk = N+37 and at
+              Nq = N+37, Nk = N-5 (N = --check-len; more queries than keys
+              gives rows with no key) against a float64 attention whose mask
+              is evaluated from the manifest's program (an independent,
+              vectorised reading of runtime/include/tessera/kernel/Program.h);
+              O within 2e-2 (bf16) / 5e-3 (f16) / 2e-3 (f32, the CPU) of the
+              largest |O|, LSE within 1e-2, -inf exactly on empty rows;
+  time (60%)  the timing cases (below) at each --time-lens length, Nq = Nk,
+              batch 1: Tessera per kernel path, Tessera's dense kernel of the
+              same shape (the gpu-reference bundle), SDPA with the flash
+              backend forced (torch.nn.attention.sdpa_kernel), FlexAttention
+              with the layer's BlockMask (tessera.torch.block_mask, same
+              pattern; torch.compile'd), flash_attn and FlashInfer where they
+              import. SDPA, flash_attn and FlashInfer compute the pattern
+              where it is dense or causal, else dense attention (said in the
+              table). Each timing: warm-up, then up to R calls (fewer where
+              one call is long), the median. Tessera's output at the timing
+              length is checked on 64 sampled query rows against float64.
+
+Timing cases (--cases auto): the causal d128 bf16 layer of the
+gpu-reference bundle (the headline, 32 heads, 8 KV heads at 16K), its dense
+layer, then from each other bundle up to K static layers with distinct
+patterns or shapes. FLOPs are counted from the attended (query, key) pairs:
+4 * head_dim * pairs (QK^T and PV, one multiply-add = 2 FLOPs; softmax not
+counted), the pairs exactly: the full tiles' areas plus the partial tiles'
+allowed pairs evaluated with the layer's program; a dense peer counts
+heads * Nq * Nk. The same count for every implementation computing the same
+thing, so TFLOP/s compare like for like.
+
+Goals (reported, not the exit status): the headline causal layer at the
+longest length at least 0.9x the speed of FlashAttention-2 (flash_attn, or
+SDPA's flash backend, which is FlashAttention-2's kernel, where flash_attn
+is absent); each non-dense case at most (visited tile fraction + 0.05) x the
+time of Tessera's dense kernel of the same shape, tiles counted at the
+kernel's block_q x block_k.
+
+Kernel paths: a bundle whose manifest's kernels carry a "path" (or "arch")
+field with more than one value is loaded, checked and timed once per path
+from a copy whose manifest keeps that path's kernels (and untagged ones) and
+points each layer's "kernel" at that path's kernel of the same kind, dtype
+and head_dim. A path whose "arch" (sm_XY, sm_XYa) the device cannot run is
+reported and skipped. On CUDA the profiler lists the tessera_ kernels that
+ran for each timed case. No field, or one value: one path.
+
+--device cpu: the same code paths on the CPU with tiny shapes (float32,
+the runtime's CPU executor, SDPA's CPU flash backend, eager FlexAttention):
+a dry run that make check runs (test/Python/gpu-check.test).
+--inject-error perturbs one Tessera output element of the first checked
+layer: the check must then fail (the test of the failure path).
+--write-reference DIR writes DIR/gpu-reference.mlir (a dense layer for each
+distinct static shape of DIR/*/manifest.json, and the dense and causal
+layers of the headline shape) and translates it into DIR/gpu-reference.
+
+Prints the environment and the tables; exits 0 when every check passed, 1
+on a wrong result, 4 when cut short by SIGTERM (the shell's hard timeout)
+with no wrong result seen.
 """
 
 import argparse
-import tempfile
 import json
 import math
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 
-import torch
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "python"))
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-import tessera  # noqa: E402
+# torch and tessera are imported in main(): --write-reference needs neither.
+torch = None
+tessera = None
+
+# The headline shape (a Llama-3-8B layer): heads, kv heads, head_dim, dtype.
+HEADLINE = (32, 8, 128, "bf16")
+REFERENCE = "gpu-reference"
 
 # Node kinds and axes of Program.h.
 ALL, NONE, INTERVALS, BAND, PERIODIC, SHARDS, GROUPS, BLOCKS = range(8)
@@ -35,13 +101,32 @@ UNION, INTERSECT, DIFFERENCE = 8, 9, 10
 AXIS_K, AXIS_P, AXIS_D, AXIS_NEGD = range(4)
 
 
-def program_mask(nodes, data, nq, nk, head, num_heads, device):
-    """The [nq, nk] bool mask of one group's program (postfix nodes)."""
-    q = torch.arange(nq, device=device, dtype=torch.int64)[:, None]
+class Overrun(Exception):
+    """SIGTERM from the shell's hard timeout."""
+
+
+def log(msg):
+    print(f"[gpu_check {time.perf_counter() - T0:6.1f}s] {msg}",
+          file=sys.stderr, flush=True)
+
+
+T0 = time.perf_counter()
+
+
+# ===------------------------------------------------------------------=== #
+# The float64 reference
+# ===------------------------------------------------------------------=== #
+
+def program_mask(nodes, data, nq, nk, head, num_heads, device, rows=None):
+    """The [len(rows), nk] bool mask of one group's program (postfix nodes)
+    for query rows `rows` (default all nq)."""
+    if rows is None:
+        rows = torch.arange(nq, device=device, dtype=torch.int64)
+    q = rows.to(device=device, dtype=torch.int64)[:, None]
     k = torch.arange(nk, device=device, dtype=torch.int64)[None, :]
     p = q + (nk - nq)
     axes = {AXIS_K: k, AXIS_P: p, AXIS_D: k - p, AXIS_NEGD: p - k}
-    full = torch.ones(nq, nk, dtype=torch.bool, device=device)
+    full = torch.ones(q.shape[0], nk, dtype=torch.bool, device=device)
     stack = []
     for kind, axis, a, b, c, begin, size in nodes:
         if kind == ALL:
@@ -67,17 +152,17 @@ def program_mask(nodes, data, nq, nk, head, num_heads, device):
             s = b if head >= num_heads // 2 else 0
             gp = torch.div(p - s, a, rounding_mode="floor")
             gk = torch.div(k - s, a, rounding_mode="floor")
-            stack.append(gp == gk)
+            stack.append((gp == gk) & full)
         elif kind == BLOCKS:
             # c listed query-block ids, their c + 1 row starts, the columns.
-            rows = c
-            ids = data[begin:begin + rows]
-            row_start = data[begin + rows:begin + 2 * rows + 1]
-            cols = data[begin + 2 * rows + 1:begin + size]
-            qb = torch.div(p, a, rounding_mode="floor").expand(nq, nk)
-            kb = torch.div(k, b, rounding_mode="floor").expand(nq, nk)
-            m = torch.zeros(nq, nk, dtype=torch.bool, device=device)
-            for r in range(rows):
+            n_rows = c
+            ids = data[begin:begin + n_rows]
+            row_start = data[begin + n_rows:begin + 2 * n_rows + 1]
+            cols = data[begin + 2 * n_rows + 1:begin + size]
+            qb = torch.div(p, a, rounding_mode="floor").expand_as(full)
+            kb = torch.div(k, b, rounding_mode="floor").expand_as(full)
+            m = ~full
+            for r in range(n_rows):
                 for j in range(row_start[r], row_start[r + 1]):
                     m |= (qb == ids[r]) & (kb == cols[j])
             stack.append(m)
@@ -99,20 +184,23 @@ def program_mask(nodes, data, nq, nk, head, num_heads, device):
     return stack[0]
 
 
-def layer_masks(layer, nq, nk, device):
-    """[heads, nq, nk] bool masks of a manifest layer (skipped heads: none)."""
+def layer_masks(layer, nq, nk, device, rows=None):
+    """[heads, rows, nk] bool masks of a manifest layer (skipped heads:
+    none)."""
     prog = layer["program"]
     nodes, data, gb = prog["nodes"], prog["data"], prog["group_begin"]
     h = layer["num_heads"]
-    masks = torch.zeros(h, nq, nk, dtype=torch.bool, device=device)
+    n_rows = nq if rows is None else len(rows)
+    masks = torch.zeros(h, n_rows, nk, dtype=torch.bool, device=device)
     for head, group in zip(layer["computed_heads"], layer["head_groups"]):
         masks[head] = program_mask(nodes[gb[group]:gb[group + 1]], data, nq,
-                                   nk, head, h, device)
+                                   nk, head, h, device, rows)
     return masks
 
 
 def reference(q, k, v, masks, group):
-    """float64 attention with masks [H, nq, nk]; rows with no key give 0."""
+    """float64 attention with masks [H, nq, nk] (q: [1, nq, H, D]); rows
+    with no key give 0 and LSE -inf."""
     qd = q.double().transpose(1, 2)
     kd = k.double().transpose(1, 2).repeat_interleave(group, dim=1)
     vd = v.double().transpose(1, 2).repeat_interleave(group, dim=1)
@@ -126,99 +214,1001 @@ def reference(q, k, v, masks, group):
     return o.transpose(1, 2), lse
 
 
-def cuda_time(fn, repeats=10):
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / repeats / 1000.0
+def o_tolerance(dtype):
+    return {torch.bfloat16: 2e-2, torch.float16: 5e-3}.get(dtype, 2e-3)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("bundles", nargs="+")
-    ap.add_argument("--check-len", type=int, default=2048)
-    ap.add_argument("--time-lens", default="4096,16384")
-    ap.add_argument("--no-flex", action="store_true")
-    args = ap.parse_args()
-    dev = torch.device("cuda")
-    torch.manual_seed(0)
-    os.environ["TESSERA_CACHE_DIR"] = tempfile.mkdtemp(prefix="tessera-cache-")
-    ctx = tessera.Context("cuda")
-    rows, failures = [], 0
-    for bdir in args.bundles:
-        manifest = json.load(open(os.path.join(bdir, "manifest.json")))
-        t = time.perf_counter()
-        bundle = ctx.load(bdir)
-        cold = time.perf_counter() - t
-        t = time.perf_counter()
-        ctx.load(bdir)
-        warm = time.perf_counter() - t
-        seen = set()
-        for layer in manifest["layers"]:
-            if layer.get("dynamic_groups"):
-                continue  # their masks depend on the input: bench/gpu_dynamic.py
-            key = json.dumps([layer["groups"], layer["computed_heads"], layer["skipped_heads"]])
-            if key in seen:
-                continue
-            seen.add(key)
-            dt = torch.float16 if layer["dtype"] == "f16" else torch.bfloat16
-            H, Hkv, D = layer["num_heads"], layer["num_kv_heads"], layer["head_dim"]
-            group = H // Hkv
-            nk, nq = args.check_len + 37, args.check_len - 5
-            q = torch.randn(1, nq, H, D, device=dev, dtype=dt)
-            k = torch.randn(1, nk, Hkv, D, device=dev, dtype=dt)
-            v = torch.randn(1, nk, Hkv, D, device=dev, dtype=dt)
-            o, lse = bundle.attention(layer["index"], q, k, v)
+# ===------------------------------------------------------------------=== #
+# Devices: Tessera through the binding, timers
+# ===------------------------------------------------------------------=== #
+
+class Device:
+    """CUDA: the layer's dtype, torch tensors; CPU (the dry run): float32,
+    numpy through the binding's CPU context."""
+
+    def __init__(self, name):
+        self.name = name
+        self.cuda = name == "cuda"
+        self.torch = torch.device(name)
+
+    def dtype(self, layer):
+        if not self.cuda:
+            return torch.float32
+        return torch.float16 if layer["dtype"] == "f16" else torch.bfloat16
+
+    def sync(self):
+        if self.cuda:
             torch.cuda.synchronize()
-            masks = layer_masks(layer, nq, nk, dev)
-            ref_o, ref_lse = reference(q, k, v, masks, group)
-            err = ((o.double() - ref_o).abs().max() / ref_o.abs().max()).item()
-            finite = torch.isfinite(ref_lse)
-            lse_err = (lse.double()[finite] - ref_lse[finite]).abs().max().item() if finite.any() else 0.0
-            lse_ok = bool(torch.equal(torch.isinf(lse.double()), ~finite))
-            tol = 2e-2 if dt == torch.bfloat16 else 5e-3
-            ok = err <= tol and lse_err <= 1e-2 and lse_ok and not torch.isnan(o).any().item()
-            failures += not ok
-            for n in [int(x) for x in args.time_lens.split(",")]:
-                q = torch.randn(1, n, H, D, device=dev, dtype=dt)
-                k = torch.randn(1, n, Hkv, D, device=dev, dtype=dt)
-                v = torch.randn(1, n, Hkv, D, device=dev, dtype=dt)
-                out = torch.empty_like(q)
-                t_ours = cuda_time(lambda: bundle.attention(layer["index"], q, k, v, out=out, lse=False))
-                qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-                t_sdpa = cuda_time(lambda: torch.nn.functional.scaled_dot_product_attention(
-                    qt, kt, vt, enable_gqa=group > 1))
-                t_flex = float("nan")
-                m = layer_masks(layer, n, n, dev)
-                if not args.no_flex:
-                    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-                    def mask_mod(b, h, qi, kv):
-                        return m[h, qi, kv]
-                    bm = create_block_mask(mask_mod, 1, H, n, n, device="cuda")
-                    flex = torch.compile(flex_attention)
-                    t_flex = cuda_time(lambda: flex(qt, kt, vt, block_mask=bm, enable_gqa=group > 1))
-                rows.append((manifest["model"], layer["index"], n, f"{err:.1e}", "ok" if ok else "FAIL",
-                             f"{cold:.2f}", f"{warm * 1e3:.1f}", f"{t_ours * 1e3:.3f}",
-                             f"{t_sdpa * 1e3:.3f}", f"{t_flex * 1e3:.3f}",
-                             f"{t_sdpa / t_ours:.2f}", f"{t_flex / t_ours:.2f}",
-                             f"{m.float().mean().item():.3f}"))
-    major, minor = torch.cuda.get_device_capability()
-    print(f"device: {torch.cuda.get_device_name()} (sm_{major}{minor}), torch {torch.__version__}")
-    header = ("model", "layer", "len", "max rel err (Nq=len-5, Nk=len+37 at check-len)", "check",
-              "cold load s", "warm load ms", "tessera ms", "sdpa dense ms", "flex ms",
-              "sdpa/tessera", "flex/tessera", "mask density")
+    def inputs(self, layer, nq, nk, seed):
+        g = torch.Generator(device=self.torch).manual_seed(seed)
+        h, hkv, d = layer["num_heads"], layer["num_kv_heads"], layer["head_dim"]
+        shapes = ((1, nq, h, d), (1, nk, hkv, d), (1, nk, hkv, d))
+        return tuple(torch.randn(s, generator=g, device=self.torch)
+                     .to(self.dtype(layer)) for s in shapes)
+
+    def tessera(self, bundle, idx, q, k, v, out=None, lse=True):
+        """A callable-free run: (o, lse or None) as torch tensors."""
+        if self.cuda:
+            return bundle.attention(idx, q, k, v, out=out, lse=lse)
+        o = torch.empty_like(q) if out is None else out
+        _, l = bundle.attention(idx, q.numpy(), k.numpy(), v.numpy(),
+                                out=o.numpy(), lse=lse)
+        return o, None if l is None else torch.from_numpy(l)
+
+    def tessera_fn(self, bundle, idx, q, k, v):
+        """A call for the timer, inputs converted once."""
+        out = torch.empty_like(q)
+        if self.cuda:
+            return lambda: bundle.attention(idx, q, k, v, out=out, lse=False)[0]
+        qn, kn, vn, on = q.numpy(), k.numpy(), v.numpy(), out.numpy()
+
+        def run():
+            bundle.attention(idx, qn, kn, vn, out=on, lse=False)
+            return out
+        return run
+
+    def time(self, fn, repeats, warmups=1, target_s=1.0):
+        """(median seconds, calls timed, first call's seconds): warm-up,
+        then up to `repeats` calls, fewer when one call is long."""
+        t = time.perf_counter()
+        fn()
+        self.sync()
+        first = est = time.perf_counter() - t
+        # The first call may compile or load: on CUDA time one more (on
+        # the CPU dry run the first call is estimate enough).
+        if warmups > 1 or self.cuda:
+            for _ in range(warmups - 1):
+                fn()
+            self.sync()
+            t = time.perf_counter()
+            fn()
+            self.sync()
+            est = time.perf_counter() - t
+        n = max(2, min(repeats, int(target_s / max(est, 1e-6))))
+        times = []
+        if self.cuda:
+            ev = [(torch.cuda.Event(enable_timing=True),
+                   torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+            for s, e in ev:
+                s.record()
+                fn()
+                e.record()
+            torch.cuda.synchronize()
+            times = [s.elapsed_time(e) / 1e3 for s, e in ev]
+        else:
+            for _ in range(n):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+        times.sort()
+        return times[len(times) // 2], n, first
+
+
+def launched_kernels(dev, fn):
+    """Names of the tessera_ kernels one call launches (CUDA profiler)."""
+    if not dev.cuda:
+        return "cpu executor"
+    from torch.profiler import ProfilerActivity, profile
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+    except Exception as e:  # no CUPTI: the timing stands without the names
+        return f"profiler unavailable ({type(e).__name__})"
+    names = sorted({e.key for e in prof.key_averages()
+                    if e.key.startswith("tessera_")})
+    return ",".join(names) or "none seen"
+
+
+# ===------------------------------------------------------------------=== #
+# Environment
+# ===------------------------------------------------------------------=== #
+
+def _version(module):
+    try:
+        m = __import__(module)
+    except Exception as e:  # an absent peer is a finding, not an error
+        return None, f"absent ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return m, getattr(m, "__version__", "unknown version")
+
+
+def _nvrtc_version():
+    import ctypes
+    names = [os.environ.get("TESSERA_NVRTC"), "libnvrtc.so", "libnvrtc.so.13",
+             "libnvrtc.so.12"]
+    for root in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if root:
+            names.append(os.path.join(root, "lib64", "libnvrtc.so"))
+    for n in names:
+        if not n:
+            continue
+        try:
+            lib = ctypes.CDLL(n)
+        except OSError:
+            continue
+        major, minor = ctypes.c_int(), ctypes.c_int()
+        if lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)) == 0:
+            return f"{major.value}.{minor.value} ({n})"
+    return "not found (set TESSERA_NVRTC)"
+
+
+def environment(dev, bundle_dirs):
+    env = {"python": sys.version.split()[0],
+           "torch": torch.__version__ + (f", CUDA {torch.version.cuda}"
+                                         if torch.version.cuda else ""),
+           "tessera runtime": tessera.library_path()}
+    _, env["triton"] = _version("triton")
+    for d in bundle_dirs:
+        stamp = os.path.join(os.path.dirname(os.path.normpath(d)), "..",
+                             "prepared.txt")
+        if os.path.exists(stamp):
+            env["prepared"] = open(stamp).read().strip().replace("\n", "; ")
+            break
+    if dev.cuda:
+        p = torch.cuda.get_device_properties(0)
+        env["device"] = (f"{p.name}, sm_{p.major}{p.minor}, "
+                         f"{p.multi_processor_count} SMs, "
+                         f"{p.total_memory / 2**30:.0f} GiB")
+        try:
+            smi = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,"
+                 "power.limit", "--format=csv,noheader"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                timeout=20).stdout.strip().splitlines()
+            env["driver (nvidia-smi: version, max SM clock, power limit)"] = \
+                smi[0] if smi else "nvidia-smi printed nothing"
+        except (OSError, subprocess.SubprocessError) as e:
+            env["driver (nvidia-smi)"] = f"unavailable ({e})"
+        try:
+            import ctypes
+            v = ctypes.c_int()
+            ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(v))
+            env["CUDA driver API"] = f"{v.value // 1000}.{v.value % 1000 // 10}"
+        except OSError as e:
+            env["CUDA driver API"] = f"unavailable ({e})"
+        env["NVRTC"] = _nvrtc_version()
+    else:
+        env["device"] = f"CPU (dry run), {os.cpu_count()} cores"
+    for name in ("flash_attn", "flashinfer"):
+        _, env[name] = _version(name)
+    return env
+
+
+# ===------------------------------------------------------------------=== #
+# Kernel paths
+# ===------------------------------------------------------------------=== #
+
+def _tag(kernel):
+    return kernel.get("path") or kernel.get("arch")
+
+
+def arch_runnable(arch, cc):
+    """Whether a device of compute capability cc (e.g. 90) runs `arch`
+    (sm_XY: XY <= cc; sm_XYa: XY == cc)."""
+    if not arch or not arch.startswith("sm_"):
+        return True
+    num = arch[3:].rstrip("af")
+    if not num.isdigit():
+        return True
+    return int(num) == cc if arch[-1] in "af" else int(num) <= cc
+
+
+def kernel_paths(manifest):
+    """The distinct path tags of the manifest's kernels, in order."""
+    tags = []
+    for k in manifest.get("kernels", []):
+        t = _tag(k)
+        if t and t not in tags:
+            tags.append(t)
+    return tags
+
+
+def path_variants(bdir, manifest, workdir):
+    """[(path name, bundle dir, manifest, arch or None)]: the bundle itself
+    for one path, else one rewritten copy per path."""
+    tags = kernel_paths(manifest)
+    if len(tags) <= 1:
+        arch = next((k.get("arch") for k in manifest.get("kernels", [])
+                     if k.get("arch")), None)
+        return [(tags[0] if tags else "default", bdir, manifest, arch)]
+    by_name = {k["name"]: k for k in manifest["kernels"]}
+    out = []
+    for tag in tags:
+        kept = [k for k in manifest["kernels"] if _tag(k) in (None, tag)]
+        m = json.loads(json.dumps(manifest))
+        m["kernels"] = kept
+        for layer in m["layers"]:
+            cur = by_name.get(layer.get("kernel"))
+            if cur is None or _tag(cur) in (None, tag):
+                continue
+            same = [k for k in kept if _tag(k) == tag and all(
+                k.get(f) == cur.get(f) for f in ("kind", "dtype", "head_dim"))]
+            if same:
+                layer["kernel"] = same[0]["name"]
+            if isinstance(layer.get("kernels"), list):
+                layer["kernels"] = [n for n in layer["kernels"]
+                                    if _tag(by_name.get(n, {})) in (None, tag)]
+        d = os.path.join(workdir, f"{os.path.basename(os.path.normpath(bdir))}@{tag}")
+        os.makedirs(d, exist_ok=True)
+        shutil.copy(os.path.join(bdir, manifest.get("source", "bundle.cu")), d)
+        with open(os.path.join(d, "manifest.json"), "w") as f:
+            json.dump(m, f)
+        arch = next((k.get("arch") for k in kept if _tag(k) == tag
+                     and k.get("arch")), None)
+        out.append((tag, d, m, arch))
+    return out
+
+
+def kernel_blocks(manifest, layer):
+    """(block_q, block_k) of the tiles the layer's kernel visits, in this
+    manifest (a path's copy names its own kernel)."""
+    layer = next((l for l in manifest["layers"]
+                  if l["index"] == layer["index"]), layer)
+    k = next((k for k in manifest.get("kernels", [])
+              if k.get("name") == layer.get("kernel")), {})
+    bq = k.get("block_q") or layer.get("kernel_block_q") or layer["block_q"]
+    bk = k.get("block_k") or layer["block_k"]
+    return int(bq), int(bk)
+
+
+# ===------------------------------------------------------------------=== #
+# Layers, cases and attended pairs
+# ===------------------------------------------------------------------=== #
+
+def layer_kind(layer):
+    pats = {g["pattern"] for g in layer["groups"]}
+    if layer["skipped_heads"] or len(pats) != 1:
+        return "sparse"
+    return {"#attn.dense": "dense", "#attn.causal": "causal"}.get(
+        pats.pop(), "sparse")
+
+
+def layer_shape(layer):
+    return (layer["num_heads"], layer["num_kv_heads"], layer["head_dim"],
+            layer["dtype"])
+
+
+def layer_key(layer):
+    return (tuple(sorted({g["pattern"] for g in layer["groups"]})),
+            len(layer["skipped_heads"])) + layer_shape(layer)
+
+
+def attended_pairs(cpu_bundle, bdir, layer, n, bq, bk, device):
+    """The attended pairs at Nq = Nk = n: the full tiles' areas
+    plus the allowed pairs of the partial tiles, evaluated with the layer's
+    program (tessera.torch.mask_mod) on `device`."""
+    import numpy as np
+    import tessera.torch as tt
+    cls = cpu_bundle.tile_classes(layer["index"], n, n, bq, bk)
+    tq, tk = cls.shape[1], cls.shape[2]
+    rows = np.minimum(bq, n - np.arange(tq) * bq)
+    cols = np.minimum(bk, n - np.arange(tk) * bk)
+    full = (cls == 2)
+    pairs = int(np.einsum("hij,i,j->", full.astype(np.int64), rows, cols))
+    part = np.argwhere(cls == 1)
+    if len(part):
+        mod = tt.mask_mod(bdir, layer["index"], n, n, device=device)
+        ar_q = torch.arange(bq, device=device)
+        ar_k = torch.arange(bk, device=device)
+        step = max(1, (1 << 24) // (bq * bk))
+        for s in range(0, len(part), step):
+            t = torch.from_numpy(part[s:s + step]).to(device)
+            h = t[:, 0, None, None]
+            qi = t[:, 1, None, None] * bq + ar_q[None, :, None]
+            ki = t[:, 2, None, None] * bk + ar_k[None, None, :]
+            m = mod(0, h, qi, ki) & (qi < n) & (ki < n)
+            pairs += int(m.sum().item())
+    return pairs
+
+
+def select_cases(bundles, spec, per_bundle):
+    """[(bundle name, layer)]: the timing cases."""
+    if spec != "auto":
+        out = []
+        for item in spec.split(","):
+            name, idx = item.rsplit(":", 1)
+            b = bundles.get(name)
+            if b is None:
+                raise SystemExit(f"gpu_check: --cases names no loaded bundle {name}")
+            layer = next((l for l in b["manifest"]["layers"]
+                          if l["index"] == int(idx)), None)
+            if layer is None or layer.get("dynamic_groups"):
+                raise SystemExit(f"gpu_check: {item} is no static layer")
+            out.append((name, layer))
+        return out
+    out, seen = [], set()
+    ref = bundles.get(REFERENCE)
+    if ref:
+        for kind in ("causal", "dense"):
+            for layer in ref["manifest"]["layers"]:
+                if layer_kind(layer) == kind and layer_shape(layer) == HEADLINE:
+                    out.append((REFERENCE, layer))
+                    seen.add(layer_key(layer))
+                    break
+    for name, b in bundles.items():
+        if name == REFERENCE:
+            continue
+        taken = 0
+        for layer in b["manifest"]["layers"]:
+            if layer.get("dynamic_groups") or layer_key(layer) in seen:
+                continue
+            if taken == per_bundle:
+                break
+            seen.add(layer_key(layer))
+            out.append((name, layer))
+            taken += 1
+    return out
+
+
+# ===------------------------------------------------------------------=== #
+# Peers
+# ===------------------------------------------------------------------=== #
+
+class NotHere(Exception):
+    """A peer that is absent or cannot compute this case: reported as such."""
+
+
+def peer_calls(name, dev, kind, q, k, v, flex_mode, block_mask_fn):
+    """(what it computes, fn returning O as [B, N, H, D]) of a peer, or
+    NotHere. kind: the layer's kind (dense, causal, sparse)."""
+    gqa = q.shape[2] != k.shape[2]
+    causal = kind == "causal"
+    computes = "same pattern" if kind in ("dense", "causal") else "dense"
+    if name == "sdpa-flash":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+        F = torch.nn.functional
+
+        def run():
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(
+                    qt, kt, vt, is_causal=causal, enable_gqa=gqa).transpose(1, 2)
+        try:
+            run()
+        except RuntimeError:
+            # A flash backend without GQA: K and V repeated per query head.
+            rep = q.shape[2] // k.shape[2]
+            kt, vt = (x.repeat_interleave(rep, 1).contiguous() for x in (kt, vt))
+            gqa = False
+            computes += ", K/V repeated (no GQA in this flash backend)"
+        return computes, run
+    if name == "flex":
+        if flex_mode == "off":
+            raise NotHere("off (--flex off)")
+        from torch.nn.attention.flex_attention import flex_attention
+        qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+        fn = FLEX_COMPILED if flex_mode == "compile" else flex_attention
+        bm = block_mask_fn()
+        return "same pattern", lambda: fn(qt, kt, vt, block_mask=bm,
+                                          enable_gqa=gqa).transpose(1, 2)
+    # flash_attn and FlashInfer run on CUDA; on the CPU dry run they are
+    # absent, or test stand-ins (test/Python/Inputs/gpu_check_stubs).
+    if name == "flash_attn":
+        mod, ver = _version("flash_attn")
+        if mod is None:
+            raise NotHere(ver)
+        from flash_attn import flash_attn_func
+        return computes, lambda: flash_attn_func(q, k, v, causal=causal)
+    if name == "flashinfer":
+        mod, ver = _version("flashinfer")
+        if mod is None:
+            raise NotHere(ver)
+        return computes, lambda: mod.single_prefill_with_kv_cache(
+            q[0], k[0], v[0], causal=causal, kv_layout="NHD")[None]
+    raise ValueError(name)
+
+
+FLEX_COMPILED = None
+PEERS = ("sdpa-flash", "flash_attn", "flashinfer", "flex")
+
+
+# ===------------------------------------------------------------------=== #
+# Budget
+# ===------------------------------------------------------------------=== #
+
+class Budget:
+    """Phases with shares of a total; a phase's unused time carries over."""
+
+    def __init__(self, total):
+        self.total = total
+        self.deadline = self.start_time = time.perf_counter()
+
+    def start(self, share):
+        self.deadline = max(self.deadline, time.perf_counter()) + share * self.total
+
+    def left(self):
+        return self.deadline - time.perf_counter()
+
+    def total_left(self):
+        return self.start_time + self.total - time.perf_counter()
+
+
+# ===------------------------------------------------------------------=== #
+# Phases
+# ===------------------------------------------------------------------=== #
+
+def phase_load(args, dev, ctx, cpu_ctx, budget, workdir, report):
+    bundles = {}
+    cc = 0
+    if dev.cuda:
+        major, minor = torch.cuda.get_device_capability()
+        cc = major * 10 + minor
+    dirs = sorted(args.bundles, key=lambda d: (os.path.basename(
+        os.path.normpath(d)) != REFERENCE, d))
+    for bdir in dirs:
+        name = os.path.basename(os.path.normpath(bdir))
+        manifest = json.load(open(os.path.join(bdir, "manifest.json")))
+        paths = []
+        for tag, pdir, pman, arch in path_variants(bdir, manifest, workdir):
+            row = {"bundle": name, "path": tag, "kernels": len(pman.get("kernels", []))}
+            report["loads"].append(row)
+            if dev.cuda and not arch_runnable(arch, cc):
+                row["status"] = f"skipped: {arch} does not run on sm_{cc}"
+                continue
+            # A bundle not loaded is neither checked nor timed: loads stop
+            # only when the whole budget is spent.
+            if budget.total_left() <= 0:
+                row["status"] = "skipped (budget)"
+                continue
+            log(f"load {name} path {tag}")
+            try:
+                t = time.perf_counter()
+                b = ctx.load(pdir)
+                row["cold_s"] = time.perf_counter() - t
+                t = time.perf_counter()
+                ctx.load(pdir)
+                row["warm_s"] = time.perf_counter() - t
+            except tessera.TesseraError as e:
+                row["status"] = f"FAIL: {e}"
+                report["failures"] += 1
+                continue
+            row["status"] = "ok"
+            paths.append({"path": tag, "dir": pdir, "manifest": pman,
+                          "bundle": b, "cpu": cpu_ctx.load(pdir)})
+        if paths:
+            bundles[name] = {"manifest": manifest, "paths": paths}
+    return bundles
+
+
+def check_layer(args, dev, pth, layer, nq, nk, seed, inject):
+    idx = layer["index"]
+    q, k, v = dev.inputs(layer, nq, nk, seed)
+    o, lse = dev.tessera(pth["bundle"], idx, q, k, v)
+    dev.sync()
+    if inject:
+        o[0, -1, 0, 0] += 1.0
+    masks = layer_masks(layer, nq, nk, dev.torch)
+    ref_o, ref_lse = reference(q, k, v, masks,
+                               layer["num_heads"] // layer["num_kv_heads"])
+    err = ((o.double() - ref_o).abs().max() / ref_o.abs().max().clamp_min(1e-30)).item()
+    finite = torch.isfinite(ref_lse)
+    lse_d = lse.double()
+    lse_err = (lse_d[finite] - ref_lse[finite]).abs().max().item() if finite.any() else 0.0
+    empty_ok = bool(torch.equal(torch.isneginf(lse_d), ~finite))
+    ok = (err <= o_tolerance(q.dtype) and lse_err <= 1e-2 and empty_ok
+          and not torch.isnan(o).any().item())
+    return {"layer": idx, "nq": nq, "nk": nk, "err": err, "lse_err": lse_err,
+            "empty_rows": int((~finite).sum().item()), "empty_ok": empty_ok,
+            "ok": ok}
+
+
+def phase_check(args, dev, bundles, budget, report):
+    inject = args.inject_error
+    for name, b in bundles.items():
+        for pth in b["paths"]:
+            summary = {"bundle": name, "path": pth["path"], "layers": 0,
+                       "skipped": 0, "worst": None, "failed": []}
+            report["checks"].append(summary)
+            seen = set()
+            for layer in pth["manifest"]["layers"]:
+                if layer.get("dynamic_groups"):
+                    continue  # input-dependent masks: bench/gpu_dynamic.py
+                key = json.dumps([layer["groups"], layer["computed_heads"],
+                                  layer["skipped_heads"]])
+                if key in seen:
+                    continue
+                seen.add(key)
+                if budget.left() <= 0:
+                    summary["skipped"] += 1
+                    continue
+                log(f"check {name} path {pth['path']} layer {layer['index']}")
+                c = args.check_len
+                for nq, nk in ((c - 5, c + 37), (c + 37, c - 5)):
+                    try:
+                        r = check_layer(args, dev, pth, layer, nq, nk,
+                                        layer["index"], inject)
+                    except tessera.TesseraError as e:
+                        r = {"layer": layer["index"], "nq": nq, "nk": nk,
+                             "err": float("inf"), "lse_err": float("inf"),
+                             "empty_rows": 0, "empty_ok": False, "ok": False,
+                             "error": brief(e)}
+                    inject = False
+                    if summary["worst"] is None or r["err"] > summary["worst"]["err"]:
+                        summary["worst"] = r
+                    if not r["ok"]:
+                        summary["failed"].append(r)
+                        report["failures"] += 1
+                summary["layers"] += 1
+
+
+def sampled_check(dev, layer, q, k, v, o, n):
+    """Tessera's O at the timing length on 64 query rows vs float64."""
+    g = torch.Generator(device="cpu").manual_seed(n)
+    rows = torch.cat([torch.arange(min(8, n)), torch.arange(max(0, n - 8), n),
+                      torch.randint(0, n, (48,), generator=g)]).unique()
+    rows = rows.to(dev.torch)
+    masks = layer_masks(layer, n, n, dev.torch, rows)
+    ref, _ = reference(q[:, rows], k, v, masks,
+                       layer["num_heads"] // layer["num_kv_heads"])
+    got = o[:, rows].double()
+    err = ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+    ok = err <= o_tolerance(q.dtype) and not torch.isnan(got).any().item()
+    return {"rows": len(rows), "err": err, "ok": ok}
+
+
+def dense_reference(bundles, layer):
+    """(bundle name, layer) of a dense layer of the same shape."""
+    order = [REFERENCE] + [n for n in bundles if n != REFERENCE]
+    for name in order:
+        b = bundles.get(name)
+        if not b:
+            continue
+        for l in b["manifest"]["layers"]:
+            if layer_kind(l) == "dense" and layer_shape(l) == layer_shape(layer) \
+                    and not l.get("dynamic_groups"):
+                return name, l
+    return None, None
+
+
+def brief(e):
+    """One line of an exception, for a table cell."""
+    text = str(e).splitlines()[0][:160] if str(e) else ""
+    return f"{type(e).__name__}: {text}"
+
+
+class Timer:
+    """The timing phase's state: what was timed (Tessera calls are timed
+    once per bundle, layer and length: the dense kernel serves several
+    cases) and whether FlexAttention has compiled once."""
+
+    def __init__(self, args, dev, bundles, budget, report):
+        self.args, self.dev, self.bundles = args, dev, bundles
+        self.budget, self.report = budget, report
+        self.memo = {}
+        self.flex_compiled = False
+
+    def row(self, row, status):
+        row["status"] = status
+        self.report["timings"].append(row)
+
+    def tessera(self, pth, layer, n, q, k, v, row):
+        """Times a Tessera layer into `row`; returns (seconds, a call on
+        these inputs), or None when the runtime refused (a failure)."""
+        fn = self.dev.tessera_fn(pth["bundle"], layer["index"], q, k, v)
+        key = (pth["dir"], layer["index"], n)
+        try:
+            if key not in self.memo:
+                t, reps, _ = self.dev.time(fn, self.args.repeats)
+                self.memo[key] = {"s": t, "reps": reps,
+                                  "kernels": launched_kernels(self.dev, fn)}
+        except tessera.TesseraError as e:
+            self.report["failures"] += 1
+            self.row(row, f"FAIL: {brief(e)}")
+            return None
+        m = self.memo[key]
+        row.update(s=m["s"], reps=m["reps"], note=m["kernels"])
+        if not any(r["case"] == row["case"] and r["n"] == n and
+                   r["impl"] == row["impl"] for r in self.report["timings"]):
+            self.row(row, "ok")
+        return m["s"], fn
+
+    def paths(self, case, name, layer, n, q, k, v, flops):
+        """Tessera on each kernel path of the case's bundle, its output
+        checked on sampled rows, and the dense kernel of the same shape."""
+        label, kind = case["case"], case["kind"]
+        dname, dlayer = dense_reference(self.bundles, layer)
+        dense_flops = 4 * layer["head_dim"] * layer["num_heads"] * n * n
+        for pth in self.bundles[name]["paths"]:
+            bq, bk = kernel_blocks(pth["manifest"], layer)
+            cls = pth["cpu"].tile_classes(layer["index"], n, n, bq, bk)
+            pc = {"path": pth["path"], "tile": f"{bq}x{bk}",
+                  "visited": float((cls != 0).mean()) if cls.size else 0.0}
+            case["paths"].append(pc)
+            row = {"case": label, "n": n, "impl": f"tessera [{pth['path']}]",
+                   "computes": "same pattern", "flops": flops}
+            if self.budget.left() <= 0:
+                self.row(row, "skipped (budget)")
+                continue
+            timed = self.tessera(pth, layer, n, q, k, v, row)
+            if timed is None:
+                continue
+            pc["s"], fn = timed
+            o = fn()
+            self.dev.sync()
+            chk = sampled_check(self.dev, layer, q, k, v, o, n)
+            chk.update(case=label, path=pth["path"], n=n)
+            self.report["sampled"].append(chk)
+            self.report["failures"] += not chk["ok"]
+            pc["out"] = o.clone()
+            if kind == "dense":
+                pc["dense_s"] = pc["s"]
+            if kind == "dense" or dname is None:
+                continue
+            dpaths = self.bundles[dname]["paths"]
+            dp = next((x for x in dpaths if x["path"] == pth["path"]), dpaths[0])
+            drow = {"case": label, "n": n, "computes": "dense",
+                    "flops": dense_flops,
+                    "impl": f"tessera dense [{dp['path']}] ({dname}:{dlayer['index']})"}
+            if self.budget.left() <= 0:
+                self.row(drow, "skipped (budget)")
+                continue
+            timed = self.tessera(dp, dlayer, n, q, k, v, drow)
+            if timed is not None:
+                pc["dense_s"] = timed[0]
+
+    def peers(self, case, pdir, layer, n, q, k, v, flops):
+        """The other implementations, each against Tessera's output where
+        it computes the same pattern."""
+        import tessera.torch as tt
+        label, kind = case["case"], case["kind"]
+        ref = next((pc["out"] for pc in case["paths"] if "out" in pc), None)
+        dense_flops = 4 * layer["head_dim"] * layer["num_heads"] * n * n
+        for pname in PEERS:
+            row = {"case": label, "n": n, "impl": pname}
+            # torch.compile's first FlexAttention takes longest.
+            reserve = 0.0
+            if pname == "flex" and self.args.flex == "compile":
+                reserve = 30.0 if self.flex_compiled else 60.0
+            if self.budget.left() <= reserve:
+                self.row(row, "skipped (budget)")
+                continue
+            try:
+                computes, fn = peer_calls(
+                    pname, self.dev, kind, q, k, v, self.args.flex,
+                    lambda: tt.block_mask(pdir, layer["index"], n, n,
+                                          block_size=128, device=self.dev.torch))
+                log(f"  {pname}")
+                t, reps, first = self.dev.time(
+                    fn, self.args.repeats, warmups=2 if pname == "flex" else 1)
+                out = fn()
+                self.dev.sync()
+            except NotHere as e:
+                self.row(row, str(e))
+                continue
+            except Exception as e:  # a peer's failure is not Tessera's
+                self.row(row, f"failed: {brief(e)}")
+                continue
+            self.flex_compiled |= pname == "flex"
+            row.update(computes=computes, s=t, reps=reps,
+                       flops=flops if computes.startswith("same") else dense_flops)
+            notes = []
+            if pname == "flex":
+                notes.append(f"first call {first:.1f} s ({self.args.flex})")
+            if computes.startswith("same") and ref is not None:
+                d = ((out.double() - ref.double()).abs().max()
+                     / ref.double().abs().max().clamp_min(1e-30)).item()
+                notes.append(f"max rel diff vs tessera {d:.1e}")
+            row["note"] = "; ".join(notes)
+            self.row(row, "ok")
+
+    def case(self, name, layer, n, headline):
+        kind = layer_kind(layer)
+        label = (f"{name}:{layer['index']} ({kind}, H{layer['num_heads']}/"
+                 f"{layer['num_kv_heads']} d{layer['head_dim']} {layer['dtype']})")
+        case = {"case": label, "bundle": name, "layer": layer["index"],
+                "kind": kind, "n": n, "headline": headline, "paths": []}
+        self.report["cases"].append(case)
+        if self.budget.left() <= 0:
+            case["status"] = "skipped (budget)"
+            return
+        log(f"time {label} at {n}")
+        q, k, v = self.dev.inputs(layer, n, n, n)
+        # The pairs do not depend on the path (the visited tiles do).
+        p0 = self.bundles[name]["paths"][0]
+        pairs = attended_pairs(p0["cpu"], p0["dir"], layer, n,
+                               *kernel_blocks(p0["manifest"], layer),
+                               self.dev.torch)
+        case["pairs"] = pairs
+        case["density"] = pairs / (layer["num_heads"] * n * n)
+        flops = 4 * layer["head_dim"] * pairs
+        self.paths(case, name, layer, n, q, k, v, flops)
+        self.peers(case, p0["dir"], layer, n, q, k, v, flops)
+        first = next((pc["s"] for pc in case["paths"] if pc.get("s")), None)
+        for pc in case["paths"]:
+            pc.pop("out", None)
+        for row in self.report["timings"]:
+            if first and row["case"] == label and row["n"] == n and row.get("s"):
+                row["vs_tessera"] = row["s"] / first
+        if self.dev.cuda:
+            torch.cuda.empty_cache()
+
+
+def phase_time(args, dev, bundles, budget, report):
+    global FLEX_COMPILED
+    if args.flex == "compile":
+        import torch._dynamo
+        # Every case's mask_mod is a new function: room for all of them, so
+        # that none falls back to eager (which materialises the scores).
+        for knob in ("cache_size_limit", "recompile_limit",
+                     "accumulated_cache_size_limit",
+                     "accumulated_recompile_limit"):
+            if hasattr(torch._dynamo.config, knob):
+                setattr(torch._dynamo.config, knob, 256)
+        from torch.nn.attention.flex_attention import flex_attention
+        FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
+    timer = Timer(args, dev, bundles, budget, report)
+    lens = [int(x) for x in args.time_lens.split(",") if x]
+    for name, layer in select_cases(bundles, args.cases,
+                                    args.max_cases_per_bundle):
+        for n in lens:
+            headline = name == REFERENCE and layer_kind(layer) == "causal" \
+                and layer_shape(layer) == HEADLINE and n == max(lens)
+            timer.case(name, layer, n, headline)
+
+
+# ===------------------------------------------------------------------=== #
+# Report
+# ===------------------------------------------------------------------=== #
+
+def table(header, rows):
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         print("| " + " | ".join(str(x) for x in r) + " |")
-    return 1 if failures else 0
+    print()
+
+
+def goals(report):
+    """(headline rows, sparse rows) of the goals table."""
+    head, sparse = [], []
+    by_case = {}
+    for row in report["timings"]:
+        by_case.setdefault((row["case"], row["n"]), []).append(row)
+    for case in report["cases"]:
+        rows = by_case.get((case["case"], case["n"]), [])
+        if case["headline"]:
+            fa = next((r for r in rows if r["impl"] == "flash_attn" and r.get("s")), None)
+            which = f"flash_attn {_version('flash_attn')[1]}"
+            if fa is None:
+                fa = next((r for r in rows if r["impl"] == "sdpa-flash" and r.get("s")), None)
+                which = "SDPA flash backend (FlashAttention-2's kernel; flash_attn absent)"
+            for pc in case["paths"]:
+                if pc.get("s") and fa:
+                    ratio = fa["s"] / pc["s"]
+                    head.append((case["case"], pc["path"], case["n"],
+                                 f"{pc['s'] * 1e3:.3f}", f"{fa['s'] * 1e3:.3f}", which,
+                                 f"{ratio:.2f}", ">= 0.90",
+                                 "met" if ratio >= 0.9 else "not met"))
+                else:
+                    head.append((case["case"], pc["path"], case["n"], "-", "-",
+                                 "-", "-", ">= 0.90", "not timed"))
+        if case["kind"] == "dense":
+            continue
+        for pc in case["paths"]:
+            if pc.get("s") and pc.get("dense_s"):
+                ratio = pc["s"] / pc["dense_s"]
+                limit = pc["visited"] + 0.05
+                sparse.append((case["case"], pc["path"], case["n"], pc["tile"],
+                               f"{pc['visited']:.3f}", f"{case['density']:.3f}",
+                               f"{pc['s'] * 1e3:.3f}", f"{pc['dense_s'] * 1e3:.3f}",
+                               f"{ratio:.3f}", f"<= {limit:.3f}",
+                               "met" if ratio <= limit else "not met"))
+            else:
+                sparse.append((case["case"], pc["path"], case["n"], pc["tile"],
+                               f"{pc['visited']:.3f}",
+                               f"{case.get('density', float('nan')):.3f}",
+                               "-", "-", "-", "-", "not timed"))
+    return head, sparse
+
+
+def print_report(report, cut):
+    print("## GPU check" + (" (CUT SHORT by the hard timeout)" if cut else ""))
+    print()
+    for k, v in report["env"].items():
+        print(f"- {k}: {v}")
+    print()
+    print("### Loads")
+    table(("bundle", "path", "kernels", "cold load s", "warm load ms", "status"),
+          [(r["bundle"], r["path"], r["kernels"],
+            f"{r['cold_s']:.2f}" if "cold_s" in r else "-",
+            f"{r['warm_s'] * 1e3:.1f}" if "warm_s" in r else "-",
+            r.get("status", "not reached")) for r in report["loads"]])
+    print("### Checks against float64 (static layers; dynamic: gpu_dynamic.py)")
+    rows = []
+    for s in report["checks"]:
+        w = s["worst"]
+        rows.append((s["bundle"], s["path"], s["layers"], s["skipped"],
+                     f"{w['err']:.1e} (layer {w['layer']}, {w['nq']}x{w['nk']})" if w else "-",
+                     len(s["failed"]), "FAIL" if s["failed"] else
+                     ("ok" if s["layers"] else "not run")))
+    table(("bundle", "path", "distinct layers checked", "skipped (budget)",
+           "worst max rel err of O", "failed shapes", "check"), rows)
+    for s in report["checks"]:
+        for r in s["failed"]:
+            what = r.get("error") or (
+                f"rel err {r['err']:.2e}, LSE err {r['lse_err']:.2e}, empty "
+                f"rows {r['empty_rows']} ({'ok' if r['empty_ok'] else 'wrong'})")
+            print(f"FAIL {s['bundle']} [{s['path']}] layer {r['layer']} "
+                  f"Nq={r['nq']} Nk={r['nk']}: {what}")
+    if report["sampled"]:
+        print("### Checks at the timing length (sampled query rows vs float64)")
+        table(("case", "path", "N", "rows", "max rel err of O", "check"),
+              [(r["case"], r["path"], r["n"], r["rows"], f"{r['err']:.1e}",
+                "ok" if r["ok"] else "FAIL") for r in report["sampled"]])
+    print("### Timings (Nq = Nk = N, batch 1)")
+    rows = []
+    for r in report["timings"]:
+        s = r.get("s")
+        rows.append((r["case"], r["n"], r["impl"], r.get("computes", "-"),
+                     f"{s * 1e3:.3f}" if s else "-",
+                     f"{r['flops'] / s / 1e12:.4g}" if s else "-",
+                     f"{r['vs_tessera']:.2f}" if r.get("vs_tessera") else "-",
+                     r.get("reps", "-"),
+                     r.get("note", "") if r.get("status") == "ok" else r.get("status", "")))
+    table(("case", "N", "implementation", "computes", "ms (median)", "TFLOP/s",
+           "time / tessera", "calls", "note"), rows)
+    print("TFLOP/s = 4 * head_dim * attended pairs / time: pairs counted "
+          "exactly (full tiles' areas plus the partial tiles' allowed pairs "
+          "from the layer's program); a row computing 'dense' counts heads * "
+          "N * N; softmax FLOPs not counted.")
+    print()
+    for c in report["cases"]:
+        if "pairs" in c:
+            print(f"- {c['case']} at {c['n']}: {c['pairs']:,} attended pairs "
+                  f"(density {c['density']:.4f})")
+    print()
+    head, sparse = goals(report)
+    print("### Goals")
+    table(("headline case", "path", "N", "tessera ms", "FA2 ms", "FA2 source",
+           "tessera speed / FA2", "goal", "result"), head)
+    table(("case", "path", "N", "tile", "visited tiles", "pair density",
+           "tessera ms", "tessera dense ms", "time / dense",
+           "goal (visited + 0.05)", "result"), sparse)
+    skipped = sum(1 for r in report["timings"] + report["loads"]
+                  if r.get("status") == "skipped (budget)")
+    skipped += sum(s["skipped"] for s in report["checks"])
+    skipped += sum(1 for c in report["cases"] if c.get("status"))
+    met = sum(1 for r in head + sparse if r[-1] == "met")
+    print(f"wrong results: {report['failures']}; skipped for the budget: "
+          f"{skipped}; goals met: {met} of {len(head) + len(sparse)}")
+
+
+# ===------------------------------------------------------------------=== #
+# --write-reference
+# ===------------------------------------------------------------------=== #
+
+def write_reference(dirpath, translate):
+    """The gpu-reference pattern file and bundle (see the module doc)."""
+    shapes = [HEADLINE]
+    for m in sorted(os.listdir(dirpath)):
+        mf = os.path.join(dirpath, m, "manifest.json")
+        if m == REFERENCE or not os.path.exists(mf):
+            continue
+        for layer in json.load(open(mf))["layers"]:
+            if not layer.get("dynamic_groups") and layer_shape(layer) not in shapes:
+                shapes.append(layer_shape(layer))
+    lines = ["// Written by bench/gpu_check.py --write-reference: Tessera's dense",
+             "// kernel for each static shape of the bundles beside it, and the",
+             "// headline dense causal layer.",
+             "attn.model @gpu_reference {"]
+    layers = [(s, "dense") for s in shapes] + [(HEADLINE, "causal")]
+    for i, ((h, hkv, d, dt), pat) in enumerate(layers):
+        lines += [f"  attn.layer {i} heads = {h} kv_heads = {hkv} head_dim = {d} dtype = {dt} {{",
+                  f"    attn.heads [0 to {h - 1}] = #attn.{pat}", "  }"]
+    lines.append("}")
+    src = os.path.join(dirpath, REFERENCE + ".mlir")
+    with open(src, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    out = os.path.join(dirpath, REFERENCE)
+    return subprocess.run([translate, src, "-o", out]).returncode
+
+
+# ===------------------------------------------------------------------=== #
+
+def main():
+    global torch, tessera
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundles", nargs="*")
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    ap.add_argument("--budget", type=float, default=300.0,
+                    help="soft seconds for all phases (default 300)")
+    ap.add_argument("--check-len", type=int, default=None,
+                    help="default 2048 (cuda), 64 (cpu)")
+    ap.add_argument("--time-lens", default=None,
+                    help="default 16384 (cuda), 128 (cpu)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed calls, at most (default 10 cuda, 2 cpu)")
+    ap.add_argument("--cases", default="auto")
+    ap.add_argument("--max-cases-per-bundle", type=int, default=2)
+    ap.add_argument("--flex", choices=("compile", "eager", "off"), default=None,
+                    help="default compile (cuda), eager (cpu)")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--inject-error", action="store_true")
+    ap.add_argument("--write-reference", metavar="DIR")
+    ap.add_argument("--translate", default="build/bin/attn-translate")
+    args = ap.parse_args()
+    if args.write_reference:
+        return write_reference(args.write_reference, args.translate)
+    if not args.bundles:
+        ap.error("no bundle directories")
+    cuda = args.device == "cuda"
+    if args.check_len is None:
+        args.check_len = 2048 if cuda else 64
+    if args.time_lens is None:
+        args.time_lens = "16384" if cuda else "128"
+    if args.repeats is None:
+        args.repeats = 10 if cuda else 2
+    if args.flex is None:
+        args.flex = "compile" if cuda else "eager"
+
+    import torch as _torch
+    torch = _torch
+    import tessera as _tessera
+    tessera = _tessera
+
+    def on_term(signum, frame):
+        raise Overrun()
+    signal.signal(signal.SIGTERM, on_term)
+
+    dev = Device(args.device)
+    if cuda and not torch.cuda.is_available():
+        print("gpu_check: PyTorch sees no CUDA device", file=sys.stderr)
+        return 3
+    torch.manual_seed(0)
+    if not os.environ.get("TESSERA_CACHE_DIR"):
+        os.environ["TESSERA_CACHE_DIR"] = tempfile.mkdtemp(prefix="tessera-cache-")
+    workdir = tempfile.mkdtemp(prefix="tessera-gpu-check-")
+    report = {"env": environment(dev, args.bundles), "loads": [], "checks": [],
+              "sampled": [], "timings": [], "cases": [], "failures": 0}
+    report["env"]["settings"] = (
+        f"check length {args.check_len}, timing lengths {args.time_lens}, "
+        f"at most {args.repeats} timed calls, FlexAttention {args.flex}, "
+        f"budget {args.budget:.0f} s")
+    budget = Budget(args.budget)
+    cut = False
+    try:
+        ctx = tessera.Context(args.device)
+        cpu_ctx = tessera.Context("cpu")
+        budget.start(0.2)
+        bundles = phase_load(args, dev, ctx, cpu_ctx, budget, workdir, report)
+        budget.start(0.2)
+        phase_check(args, dev, bundles, budget, report)
+        budget.start(0.6)
+        phase_time(args, dev, bundles, budget, report)
+    except Overrun:
+        cut = True
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    print_report(report, cut)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({k: v for k, v in report.items()}, f, indent=1,
+                      default=str)
+    shutil.rmtree(workdir, ignore_errors=True)
+    if report["failures"]:
+        return 1
+    return 4 if cut else 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@
 # minference-llm (check against the CPU runtime, time at 32K and 128K).
 # Output: the tables on stdout, and in $OUT (default DIR): gpu_check.txt,
 # gpu_check.json, gpu_dynamic.txt. Environment:
-#   GPU_CHECK_BUDGET  whole run's seconds, default 450 (cuda) / 240 (cpu):
+#   GPU_CHECK_BUDGET  whole run's seconds, default 430 (cuda) / 240 (cpu):
 #                     70% to gpu_check.py, the rest to gpu_dynamic.py, each
 #                     a hard timeout with a soft budget 25 s inside it;
 #   PYTHON            the Python with torch (default python3);
@@ -123,7 +123,7 @@ PY
     [ -n "$nvrtc" ] && export TESSERA_NVRTC=$nvrtc
   fi
 fi
-budget=${GPU_CHECK_BUDGET:-$([ "$device" = cuda ] && echo 450 || echo 240)}
+budget=${GPU_CHECK_BUDGET:-$([ "$device" = cuda ] && echo 430 || echo 240)}
 t_static=$((budget * 7 / 10))
 t_dynamic=$((budget - t_static - 5))
 out=${OUT:-$dir}

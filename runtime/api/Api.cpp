@@ -129,6 +129,19 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
         }
         b->functions[name] = f;
       }
+      // Tiles above the 48 KiB a kernel gets by default (head_dim 256).
+      if (l.kernelDynamicShared > 48 * 1024)
+        if (int rc = d.funcSetAttribute(b->functions.at(l.kernel),
+                                        kFuncAttrMaxDynamicSharedSize,
+                                        static_cast<int>(l.kernelDynamicShared))) {
+          d.moduleUnload(b->module);
+          return fail(TESSERA_ERROR_CUDA,
+                      "layer " + std::to_string(l.index) + " needs " +
+                          std::to_string(l.kernelDynamicShared) +
+                          " bytes of shared memory per block, which this "
+                          "device does not grant: " +
+                          d.message("cuFuncSetAttribute", rc));
+        }
     }
   }
   {
@@ -882,20 +895,21 @@ static tessera_status attentionDynamic(
   // threads per block), then the fill kernel over the skipped ones (128
   // rows, 128 threads).
   auto launch = [&](const std::string &kernel, int64_t rowsPerBlock,
-                    unsigned threads, size_t heads) -> int {
+                    unsigned threads, unsigned shared, size_t heads) -> int {
     if (heads == 0)
       return 0;
     return d.launchKernel(
         bundle->functions.at(kernel),
         static_cast<unsigned>((q->seq + rowsPerBlock - 1) / rowsPerBlock),
         static_cast<unsigned>(heads), static_cast<unsigned>(q->batch),
-        threads, 1, 1, 0, cuda_stream, args, nullptr);
+        threads, 1, 1, shared, cuda_stream, args, nullptr);
   };
   if (int rc = launch(l->kernel, l->kernelBlockQ,
                       static_cast<unsigned>(l->kernelThreads),
+                      static_cast<unsigned>(l->kernelDynamicShared),
                       l->computedHead.size()))
     return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
-  if (int rc = launch(l->fillKernel, 128, 128, l->skippedHeads.size()))
+  if (int rc = launch(l->fillKernel, 128, 128, 0, l->skippedHeads.size()))
     return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
   // Dynamic groups: the index kernels, then the attention over the index,
   // in stream order, with a stream-ordered workspace (docs/runtime.md).

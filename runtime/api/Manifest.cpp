@@ -315,12 +315,17 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
   if (l.numHeads < 1 || l.numHeads > 4096 || l.numKvHeads < 1 ||
       l.numHeads % l.numKvHeads != 0)
     return where + "bad head counts";
-  if (l.headDim != 64 && l.headDim != 128)
-    return where + "head_dim must be 64 or 128";
+  if (l.headDim != 64 && l.headDim != 96 && l.headDim != 128 &&
+      l.headDim != 256)
+    return where + "head_dim must be 64, 96, 128 or 256";
   if (!integer("kernel_block_q", l.kernelBlockQ) ||
-      !integer("kernel_threads", l.kernelThreads))
-    return where + "kernel_block_q or kernel_threads missing (a bundle from "
-                   "before the pipelined kernels: emit it again)";
+      !integer("kernel_threads", l.kernelThreads) ||
+      !integer("kernel_dynamic_shared", l.kernelDynamicShared))
+    return where + "kernel_block_q, kernel_threads or kernel_dynamic_shared "
+                   "missing (a bundle from before the pipelined kernels: emit "
+                   "it again)";
+  if (l.kernelDynamicShared < 0 || l.kernelDynamicShared > 227 * 1024)
+    return where + "kernel_dynamic_shared must be in [0, 227 KiB]";
   if ((l.kernelBlockQ != 64 && l.kernelBlockQ != 128) ||
       l.kernelThreads != 2 * l.kernelBlockQ)
     return where + "kernel_block_q must be 64 or 128 and kernel_threads "

@@ -35,6 +35,9 @@ struct LayerDesc : kernel::OwnedLayerTable {
   /// The attention kernel's query rows and threads per block (the emitter's
   /// choice per head_dim: 64 and 128, or 128 and 256).
   int64_t kernelBlockQ = 0, kernelThreads = 0;
+  /// Dynamic shared memory of the attention kernel's launch (bytes; 0: its
+  /// tiles are static).
+  int64_t kernelDynamicShared = 0;
   std::string dtype; ///< "f16" or "bf16"
   std::string kernel, fillKernel;
 };

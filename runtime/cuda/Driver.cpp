@@ -45,6 +45,7 @@ const Driver *Driver::get(std::string &error) {
     sym(driver.getErrorString, "cuGetErrorString");
     sym(driver.memAllocAsync, "cuMemAllocAsync");
     sym(driver.memFreeAsync, "cuMemFreeAsync");
+    sym(driver.funcSetAttribute, "cuFuncSetAttribute");
     if (!all) {
       loadError = "the CUDA driver lacks an entry point Tessera needs";
       return;

@@ -27,6 +27,7 @@ struct Driver {
   int (*getErrorString)(int, const char **) = nullptr;
   int (*memAllocAsync)(unsigned long long *, size_t, void *) = nullptr;
   int (*memFreeAsync)(unsigned long long, void *) = nullptr;
+  int (*funcSetAttribute)(void *, int, int) = nullptr;
 
   /// The driver, or null with `error` set when libcuda.so.1 cannot be
   /// opened or lacks an entry point.
@@ -44,6 +45,7 @@ enum : int {
   kPointerAttrIsManaged = 8,
   kPointerAttrDeviceOrdinal = 9,
   kMemoryTypeDevice = 2,
+  kFuncAttrMaxDynamicSharedSize = 8,
 };
 
 } // namespace tessera::runtime

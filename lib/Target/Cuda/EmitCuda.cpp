@@ -35,21 +35,29 @@ constexpr int64_t kTile = 64;
 /// the blocks per SM asked of ptxas (__launch_bounds__). 128-row blocks
 /// where the registers of a 16-row warp allow (docs/PERFORMANCE.md, the
 /// ptxas table: no spills, 8 warps per SM at least).
+/// Head_dim 256 keeps Q in shared memory (its fragments would take the
+/// registers O needs) and so needs more than the 48 KiB of static shared
+/// memory: its tiles are dynamic shared memory, sized in the manifest.
 struct KernelShape {
-  int64_t warps, minBlocks;
+  int64_t headDim, warps, minBlocks;
+  bool qResident;
   int64_t threads() const { return 32 * warps; }
   int64_t blockQ() const { return 16 * warps; }
+  /// The tiles' bytes (PipeTiles: Q rows if resident, a key and a value
+  /// tile of 64 rows; rows of head_dim elements, or head_dim + 8 when
+  /// head_dim is not a multiple of 64).
+  int64_t sharedBytes() const {
+    int64_t pitch = headDim % 64 == 0 ? headDim : headDim + 8;
+    return ((qResident ? blockQ() : 0) + 128) * pitch * 2;
+  }
+  /// Dynamic shared memory the launch passes (0: the tiles are static).
+  int64_t dynamicShared() const { return qResident ? sharedBytes() : 0; }
 };
 
 KernelShape kernelShape(int64_t headDim) {
-  switch (headDim) {
-  case 64:
-  case 96:
-  case 128:
-    return {8, 1};
-  default:
-    return {4, 1};
-  }
+  if (headDim == 256)
+    return {headDim, 4, 1, true};
+  return {headDim, 8, 1, false};
 }
 
 std::string dtypeName(Type t) { return t.isF16() ? "f16" : "bf16"; }
@@ -208,8 +216,9 @@ private:
     int64_t d = sched.getHeadDim();
     if (!dtype.isF16() && !dtype.isBF16())
       return fail(sched, "the CUDA kernel supports f16 and bf16, not f32");
-    if (d != 64 && d != 128)
-      return fail(sched, "the CUDA kernel supports head_dim 64 and 128, not " +
+    if (d != 64 && d != 96 && d != 128 && d != 256)
+      return fail(sched, "the CUDA kernel supports head_dim 64, 96, 128 and "
+                         "256, not " +
                              llvm::Twine(d));
     if (sched.getBlockQ() != kTile || sched.getBlockK() != kTile)
       return fail(sched, "the CUDA kernel uses 64 x 64 tiles; schedule with "
@@ -412,6 +421,7 @@ private:
         {"block_k", kTile},
         {"kernel_block_q", kernelShape(d).blockQ()},
         {"kernel_threads", kernelShape(d).threads()},
+        {"kernel_dynamic_shared", kernelShape(d).dynamicShared()},
         {"grid", json::Object{{"x", "ceil(Nq / " +
                                         std::to_string(kernelShape(d).blockQ()) +
                                         ")"},
@@ -504,9 +514,15 @@ private:
          << name << "(tessera::kernel::AttnParams p, int layer) {\n"
          << "  using namespace tessera::kernel;\n"
          << "  const LayerTable &t = *bundle::tables[layer];\n"
-         << "  __shared__ __align__(128) PipeTiles<" << d << "> smem;\n"
+         << (shape.qResident
+                 ? "  TESSERA_DYNAMIC_TILES(smem, PipeTiles<" +
+                       std::to_string(d) + ", " +
+                       std::to_string(shape.blockQ()) + ">);\n"
+                 : "  __shared__ __align__(128) PipeTiles<" +
+                       std::to_string(d) + "> smem;\n")
          << "  pipeForward<k" << (dt == "f16" ? "F16" : "BF16") << ", " << d
-         << ", " << shape.warps << ", bundle::" << groups
+         << ", " << shape.warps << ", "
+         << (shape.qResident ? "true" : "false") << ", bundle::" << groups
          << ">(t, p, smem, bundle::patternOf[layer][t.headGroup[blockIdx.y]]);"
             "\n"
          << "}\n\n";
@@ -516,6 +532,9 @@ private:
                                          {"head_dim", d},
                                          {"threads", shape.threads()},
                                          {"block_q", shape.blockQ()},
+                                         {"shared_bytes", shape.sharedBytes()},
+                                         {"dynamic_shared",
+                                          shape.dynamicShared()},
                                          {"block_k", kTile},
                                          {"args", "(AttnParams, int layer)"}});
     }

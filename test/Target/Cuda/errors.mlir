@@ -13,8 +13,8 @@ attn.model @m {
   attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = f32 {
     attn.heads [0] = #attn.causal
   }
-  // CHECK: errors.mlir:[[@LINE+1]]:3: error: layer 1: the CUDA kernel supports head_dim 64 and 128, not 96
-  attn.layer 1 heads = 1 kv_heads = 1 head_dim = 96 dtype = bf16 {
+  // CHECK: errors.mlir:[[@LINE+1]]:3: error: layer 1: the CUDA kernel supports head_dim 64, 96, 128 and 256, not 80
+  attn.layer 1 heads = 1 kv_heads = 1 head_dim = 80 dtype = bf16 {
     attn.heads [0] = #attn.causal
   }
 }

@@ -1,5 +1,6 @@
 // The kernel variants the emulator test runs beyond the shipped bundles:
-// f16 and bf16, head_dim 64 and 128, GQA, skipped heads, head-dependent
+// f16 and bf16, head_dim 64, 96 (padded rows), 128 and 256 (Q resident in
+// dynamic shared memory, 64-row blocks), GQA, skipped heads, head-dependent
 // patterns, empty rows (the horizontal stripe's rows past 20, the block list's
 // unlisted rows), diagonal-only rows.
 attn.model @emulation {
@@ -24,5 +25,13 @@ attn.model @emulation {
     attn.heads [0] = #attn.dense
     attn.heads [1] = #attn.union<#attn.grid<stride = 16, vertical_width = 1, slash_width = 2>, #attn.vertical_stripe<ranges = [0, 3, 9, 11, 40, 44, 60, 61, 90, 99]>>
     attn.heads [2] = #attn.difference<#attn.dense, #attn.window<before = 30, after = 30>>
+  }
+  attn.layer 5 heads = 2 kv_heads = 1 head_dim = 96 dtype = f16 {
+    attn.heads [0] = #attn.causal
+    attn.heads [1] = #attn.window<before = 40, after = 8>
+  }
+  attn.layer 6 heads = 2 kv_heads = 1 head_dim = 256 dtype = bf16 {
+    attn.heads [0] = #attn.a_shape<sink = 4, before = 40>
+    attn.heads [1] = #attn.dense
   }
 }

@@ -528,14 +528,30 @@ template <int D> struct TileLayout {
   }
 };
 
-/// The shared memory of the pipelined kernels: a key tile and a value tile
-/// of 64 rows each, adjacent (a Q tile of up to 128 rows is staged across
-/// both before the loop).
-template <int D> struct PipeTiles {
-  u16 buf[2 * 64 * TileLayout<D>::kPitch];
-  __device__ __forceinline__ u16 *k() { return buf; }
-  __device__ __forceinline__ u16 *v() { return buf + 64 * TileLayout<D>::kPitch; }
+/// The shared memory of the pipelined kernels: QROWS rows of a resident Q
+/// tile (0: Q lives in registers and is staged across the other two before
+/// the loop), then a key tile and a value tile of 64 rows each.
+template <int D, int QROWS = 0> struct PipeTiles {
+  static constexpr int kPitch = TileLayout<D>::kPitch;
+  u16 buf[(QROWS + 2 * 64) * kPitch];
+  __device__ __forceinline__ u16 *q() { return buf; }
+  __device__ __forceinline__ u16 *k() { return buf + QROWS * kPitch; }
+  __device__ __forceinline__ u16 *v() { return buf + (QROWS + 64) * kPitch; }
 };
+
+/// Declares `name`, a reference to the kernel's tiles of type `...` (a
+/// template-id, hence last): in dynamic shared memory (the launch passes
+/// its size; above 48 KiB the runtime raises the kernel's limit first), a
+/// static object under the emulator.
+#ifdef TESSERA_EMULATE
+#define TESSERA_DYNAMIC_TILES(name, ...)                                       \
+  static __VA_ARGS__ name##Storage;                                            \
+  __VA_ARGS__ &name = name##Storage
+#else
+#define TESSERA_DYNAMIC_TILES(name, ...)                                       \
+  extern __shared__ __align__(128) unsigned char name##Bytes[];                \
+  __VA_ARGS__ &name = *reinterpret_cast<__VA_ARGS__ *>(name##Bytes)
+#endif
 
 /// Starts the copy of rows [r0, r0 + ROWS) of a [seq, D] slice (row stride
 /// `stride`) into `dst` in TileLayout<D>, rows at or beyond `limit` as zeros,
@@ -670,6 +686,32 @@ __device__ __forceinline__ void pipeValues(const u32 (&pa)[4][4],
     }
 }
 
+/// pipeScores with Q fragments read from the resident Q tile `qs` (this
+/// warp's 16 rows) each tile instead of held in registers (head_dim 256:
+/// registers for O, not Q).
+template <int E, int D>
+__device__ __forceinline__ void pipeScoresSharedQ(const u16 *qs, const u16 *ks,
+                                                  float (&s)[8][4]) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int qRow = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int rowInPair = (lane & 7) + (lane >> 4) * 8, half = (lane >> 3) & 1;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+    s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    u32 a[4];
+    ldsm4(a, qs + TileLayout<D>::at(qRow, 2 * kk + (lane >> 4)));
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      u32 b[4];
+      ldsm4(b, ks + TileLayout<D>::at(16 * np + rowInPair, 2 * kk + half));
+      mma16816<E>(s[2 * np], a, b[0], b[1]);
+      mma16816<E>(s[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
 /// Selects -inf into the scores whose bit in `keep` is clear.
 __device__ __forceinline__ void applyKeep(float (&s)[8][4], u32 keep) {
   const float negInf = __int_as_float(0xff800000);
@@ -746,12 +788,16 @@ __device__ __forceinline__ void pipeGuard(u16 *vs, u32 keep, FlashAcc<D> &acc) {
 /// scores of j are computed, the key tile of the next visited tile (from the
 /// run enumeration, across run boundaries) while O += P V of j runs. Full
 /// tiles do no mask work but the Nk edge of the last key tile.
-template <int E, int D, int WARPS, class Groups>
-__device__ __forceinline__ void pipeForward(const LayerTable &t,
-                                            const AttnParams &p,
-                                            PipeTiles<D> &smem, i64 pattern) {
+///
+/// QRES: the Q tile stays in shared memory (PipeTiles<D, BQ>) and its
+/// fragments are read by ldmatrix every tile, for head dims whose Q
+/// fragments and O accumulators would not both fit in registers (256).
+template <int E, int D, int WARPS, bool QRES, class Groups>
+__device__ __forceinline__ void
+pipeForward(const LayerTable &t, const AttnParams &p,
+            PipeTiles<D, QRES ? 16 * WARPS : 0> &smem, i64 pattern) {
   constexpr int NT = 32 * WARPS, BQ = 16 * WARPS, BK = 64;
-  static_assert(BQ <= 128, "the Q tile is staged in the two tiles");
+  static_assert(QRES || BQ <= 128, "the Q tile is staged in the two tiles");
   u16 *const ks = smem.k();
   u16 *const vs = smem.v();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -766,14 +812,17 @@ __device__ __forceinline__ void pipeForward(const LayerTable &t,
   const u16 *kBase = p.k + b * p.kStrideB + kvHead * p.kStrideH;
   const u16 *vBase = p.v + b * p.vStrideB + kvHead * p.vStrideH;
 
-  // Q fragments of this warp's 16 rows, staged across both tiles.
-  copyTile<D, BQ, NT>(smem.buf, qBase, p.qStrideS, q0, p.nq, vec);
+  // The Q tile: resident, or staged across both tiles for this warp's
+  // fragments in registers.
+  copyTile<D, BQ, NT>(smem.q(), qBase, p.qStrideS, q0, p.nq, vec);
   cpAsyncCommit();
   cpAsyncWait<0>();
   __syncthreads();
-  u32 qf[D / 16][4];
-  pipeQFragments<D>(smem.buf, qf);
-  __syncthreads();
+  u32 qf[QRES ? 1 : D / 16][4];
+  if constexpr (!QRES) {
+    pipeQFragments<D>(smem.q(), qf);
+    __syncthreads();
+  }
 
   FlashAcc<D> acc;
   flashInit<D>(acc);
@@ -820,7 +869,10 @@ __device__ __forceinline__ void pipeForward(const LayerTable &t,
     copyTile<D, BK, NT>(vs, vBase, p.vStrideS, k0, p.nk, vec);
     cpAsyncCommit();
     float s[8][4];
-    pipeScores<E, D>(qf, ks, s);
+    if constexpr (QRES)
+      pipeScoresSharedQ<E, D>(smem.q(), ks, s);
+    else
+      pipeScores<E, D>(qf, ks, s);
     const int cls = run.cls;
     u32 keep = 0xffffffffu;
     if (cls == kPartial)

@@ -1105,7 +1105,8 @@ def print_verbose(results):
                     for op, n in ops.items():
                         stem = op.split(".")[0]
                         if stem in ("LDS", "STS", "LDSM", "LDG", "LDGSTS",
-                                    "BAR", "HMMA", "MUFU", "SHFL"):
+                                    "LDGDEPBAR", "DEPBAR", "BAR", "HMMA",
+                                    "MUFU", "SHFL", "LDL", "STL"):
                             groups[op] += n
                     detail = ", ".join(f"{op} {n}" for op, n in
                                        sorted(groups.items()))

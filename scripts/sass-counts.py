@@ -6,6 +6,9 @@ item 8), their registers and occupancy, for docs/PERFORMANCE.md.
                          [--arch sm_80 --arch sm_90] [--nvdisasm PATH]
                          [--only CASE ...] [--verbose]       print the block
   scripts/sass-counts.py --write docs/PERFORMANCE.md         replace it there
+  scripts/sass-counts.py --cu FILE.cu [--head-dim 64]
+      each tile loop of each kernel of a CUDA file (code inside
+      `#ifndef TESSERA_KERNEL_*` guards stands for the pasted headers)
   scripts/sass-counts.py --check docs/PERFORMANCE.md [--table FILE]
       compare the block there with what the kernels give now (or with a
       block printed earlier into FILE); exit 1 naming each differing row
@@ -783,6 +786,7 @@ def same_code(a, b):
 def measure(job):
     """One (bundle, arch): {kernel: figures} for its attention kernels."""
     name, source, options, manifest, arch, nvdisasm, verify = job
+    every = manifest.get("cu_head_dim") is not None
     try:
         cubin, version, report = sasslib.nvrtc_compile(
             source, arch, options, extra=["-lineinfo"])
@@ -800,11 +804,13 @@ def measure(job):
     kinfo = {k["name"]: k for k in manifest.get("kernels", [])}
     out = {}
     for kernel, fn in sasslib.parse_sass(text).items():
-        if not (kernel.startswith("tessera_attn_") or ATTEND.match(kernel)):
+        if not (every or kernel.startswith("tessera_attn_") or
+                ATTEND.match(kernel)):
             continue
         info = kinfo.get(kernel, {})
         m = re.search(r"_d(\d+)$", kernel)
-        head_dim = info.get("head_dim", int(m.group(1)) if m else 0)
+        head_dim = info.get("head_dim") or manifest.get("cu_head_dim") or (
+            int(m.group(1)) if m else 0)
         threads = info.get("threads") or launch_bounds(source, kernel)
         tiles = analyse_kernel(fn, smap, threads, head_dim,
                                info.get("block_k", 64))
@@ -1092,7 +1098,7 @@ def jobs_for(args, tmp, nvdisasm):
     return out
 
 
-def print_verbose(results):
+def print_verbose(results, stream=sys.stderr):
     for (name, arch), kernels in sorted(results.items()):
         for kernel, k in kernels.items():
             for t in k["tiles"]:
@@ -1112,7 +1118,7 @@ def print_verbose(results):
                                        sorted(groups.items()))
                     print(f"{name} {arch} {kernel} [{t['label']}] {what}: "
                           f"{fmt_count(s)} instructions, {s['hmma']} HMMA; "
-                          f"{detail}", file=sys.stderr)
+                          f"{detail}", file=stream)
 
 
 def main():
@@ -1134,6 +1140,11 @@ def main():
                     help="with --check or --write: this printed block "
                     "instead of measuring")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--cu", metavar="FILE",
+                    help="analyse every kernel of this CUDA file instead "
+                    "(prints each tile loop as --verbose does)")
+    ap.add_argument("--head-dim", type=int, default=64,
+                    help="with --cu: the head_dim of its K/V tiles")
     ap.add_argument("--verbose", action="store_true",
                     help="each tile's shared/global/MMA instructions on "
                     "stderr")
@@ -1151,6 +1162,8 @@ def main():
         for a in args.arch:
             if a not in SM:
                 raise Failure(f"bad --arch {a} ({', '.join(SM)})", 2)
+        if args.cu:
+            return measure_cu(args, build)
         if args.table:
             if not (args.check or args.write):
                 raise Failure("--table goes with --check or --write", 2)
@@ -1187,6 +1200,27 @@ def main():
     except sasslib.Error as e:
         print(f"sass-counts: error: {e}", file=sys.stderr)
         return e.code
+
+
+def measure_cu(args, build):
+    """--cu: each tile loop of each kernel of a CUDA file, on stdout."""
+    try:
+        nvdisasm = sasslib.find_nvdisasm(build, args.nvdisasm)
+        with open(args.cu) as f:
+            source = f.read()
+    except (sasslib.Error, OSError) as e:
+        raise Failure(str(e), getattr(e, "code", 2))
+    name = os.path.basename(args.cu)
+    results = {}
+    for k, arch in enumerate(args.arch):
+        _, _, out, err = measure((name, source, ["-std=c++17"],
+                                  {"cu_head_dim": args.head_dim}, arch,
+                                  nvdisasm, k == 0))
+        if err:
+            raise Failure(err, 1)
+        results[(name, arch)] = out
+    print_verbose(results, sys.stdout)
+    return 0
 
 
 def measure_all(args, build):

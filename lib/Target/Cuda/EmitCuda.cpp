@@ -4,6 +4,7 @@
 
 #include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/Schedule/Lower.h"
+#include "tessera/Schedule/Masks.h"
 #include "tessera/Schedule/Runs.h"
 #include "tessera/Semantics/FromAttr.h"
 #include "tessera/Transforms/RunOps.h"
@@ -185,6 +186,7 @@ private:
        << "#endif\n\n"
        << tessera::embedded::kProgramH << "\n"
        << tessera::embedded::kFlashForwardCuh << "\n"
+       << tessera::embedded::kMasksCuh << "\n"
        << kDynamicHeadersMarker
        << "namespace tessera {\nnamespace kernel {\nnamespace bundle {\n\n";
   }
@@ -196,7 +198,9 @@ private:
 
   /// The id of the generated code of the pattern named `key` (shared by
   /// every group, layer and kernel that has it), its code emitted the first
-  /// time (from `runs`, or the pattern's own runs where null).
+  /// time (from `runs`, or the pattern's own runs where null). Static
+  /// groups (`runs` given) also get their partial-tile masks, P<id>Mask,
+  /// for the attention kernels' Groups::keep; dynamic kernels use none.
   int64_t patternCode(const std::string &key, const semantics::Pattern &pat,
                       const schedule::RunExpr *runs) {
     auto [it, fresh] =
@@ -207,6 +211,12 @@ private:
                    schedule::emitGroupCode(
                        pat, runs ? *runs : schedule::buildRuns(pat), name) +
                    "\n";
+      if (runs)
+        groupCode += "// " + name +
+                     "Mask: the partial-tile masks of " + name +
+                     ", from the closed form of each leaf of its runs "
+                     "(Masks.cuh).\n" +
+                     schedule::emitMaskCode(*runs, name + "Mask") + "\n";
     }
     return it->second;
   }
@@ -503,8 +513,8 @@ private:
             "rowPos, i64 k0, int c2, i64 nk, i64 head, i64 numHeads) {\n"
          << "    switch (pattern) {\n";
       for (int64_t id : kernelPatterns[{dt, d}])
-        os << "    case " << id << ":\n      return keepBits<P" << id
-           << ">(rowPos, k0, c2, nk, head, numHeads);\n";
+        os << "    case " << id << ":\n      return P" << id
+           << "Mask::keep(rowPos, k0, c2, nk, head, numHeads);\n";
       os << "    default:\n      return 0;\n    }\n  }\n};\n"
          << "} // namespace bundle\n} // namespace kernel\n"
          << "} // namespace tessera\n\n";

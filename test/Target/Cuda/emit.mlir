@@ -55,6 +55,8 @@ attn.model @small {
 // CHECK: Run runFrom(const RunCtx &ctx, i64 kb) {
 // CHECK-NEXT: auto r0 = [&](i64 x) -> Run { return intervalRun(ctx, x, 0LL, ctx.p1, 0LL, ctx.p0); };
 // CHECK-NEXT: return r0(kb);
+// CHECK-LABEL: struct P0Mask {
+// CHECK: // leaf 0: interval, keys [0, p]
 
 // A-shape: the sink interval (keys [0, min(3, p1)]) united with the window.
 // CHECK-LABEL: // P1: #attn.a_shape<sink = 4, before = 16>
@@ -77,7 +79,8 @@ attn.model @small {
 // CHECK-NEXT: return P0::runFrom(ctx, kb);
 // CHECK: case 1:
 // CHECK-NEXT: return P1::runFrom(ctx, kb);
-// CHECK: return keepBits<P0>(rowPos, k0, c2, nk, head, numHeads);
+// Partial tiles take each pattern's generated masks (test/Target/Cuda/masks.mlir).
+// CHECK: return P0Mask::keep(rowPos, k0, c2, nk, head, numHeads);
 // Eight warps of 16 rows (128-row query blocks) at head_dim 64 and 128.
 // CHECK: __launch_bounds__(256, 1)
 // CHECK-NEXT: tessera_attn_bf16_d64(tessera::kernel::AttnParams p, int layer) {

@@ -135,9 +135,17 @@ TESSERA_HD u64 listedBits(const i64 *r, i64 count, i64 x) {
 /// query-block ids, their CSR row starts, then the columns).
 TESSERA_HD u64 blockRowBits(const i64 *ids, i64 rows, i64 blockQ, i64 blockK,
                             i64 p, i64 kb) {
-  i64 first, last;
-  listedRows(ids, rows, floorDiv(p, blockQ), floorDiv(p, blockQ), first, last);
-  if (first == last)
+  // The row's position among the listed query blocks: one lower bound.
+  const i64 qb = floorDiv(p, blockQ);
+  i64 first = 0, last = rows;
+  while (first < last) {
+    const i64 m = (first + last) / 2;
+    if (ids[m] < qb)
+      first = m + 1;
+    else
+      last = m;
+  }
+  if (first == rows || ids[first] != qb)
     return 0;
   const i64 *rowStart = ids + rows;
   const i64 *cols = rowStart + rows + 1;

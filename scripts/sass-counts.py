@@ -43,12 +43,15 @@ The method, per kernel:
   4. Full tile: the cheapest such path (full tiles do no mask work; the
      path that changes runs costs more and is never the cheapest).
      Masked tile (partial, or a dynamic tile): of the paths that run the
-     most mask instructions, the cheapest. Mask instructions are those
-     whose inlined source (nvdisasm -gi) lies in the bundle's generated
-     code (outside the pasted headers' include guards), other than the
-     kernel functions and the run enumeration (runFrom); a bundle's mask
-     code is generated per leaf, so this is the leaf's predicate or bit
-     mask evaluated for every element. Where no path runs more mask code
+     most mask instructions, the cheapest that also runs the partial-only
+     template code (PARTIAL_FUNCTIONS: the non-finite guard, which the
+     pipelined loop runs one iteration later; in steady state a partial
+     tile's iteration runs both). Mask instructions are those whose
+     inlined source (nvdisasm -gi) lies in the bundle's generated code
+     (outside the pasted headers' include guards), other than the kernel
+     functions and the run enumeration (runFrom); a bundle's mask code is
+     generated per leaf, so this is the leaf's predicate or bit mask
+     evaluated for every element. Where no path runs more mask code
      than the full tile, there is no masked tile ("-").
   5. Instructions are SASS instructions a warp issues on the path (every
      instruction of a block once, predicated or not, NOPs included; a
@@ -85,6 +88,11 @@ END = "<!-- end sass-counts -->"
 ARCHS = ("sm_80", "sm_90")
 HEAD_DIMS = (64, 128)
 RUN_FUNCTIONS = ("runFrom",)
+# Template code that runs for partial tiles only, besides the generated
+# mask: the non-finite guard (FlashForward.cuh). In the pipelined loop it
+# runs one iteration after the mask (with O += P V of the pending tile), so
+# a partial tile's iteration is made to run it (its cheapest path).
+PARTIAL_FUNCTIONS = ("guardValues", "pipeGuard")
 
 # (case, leaf kind, pattern). One head of bf16; each becomes a bundle of
 # its own per head_dim.
@@ -273,6 +281,11 @@ class SourceMap:
         return any(f[1] in RUN_FUNCTIONS for ln in lines
                    for f in self.functions(ln))
 
+    def is_partial(self, lines):
+        """Whether an instruction lies in partial-only template code."""
+        return any(f[1] in PARTIAL_FUNCTIONS for ln in lines
+                   for f in self.functions(ln))
+
     def is_mask(self, lines):
         """Whether an instruction with this inline chain is mask code."""
         if self.is_run(lines):
@@ -316,6 +329,7 @@ class Block:
         self.hmma = sum(1 for i in ins if i.stem in ("HMMA", "HGMMA"))
         self.mask = 0  # mask instructions
         self.loads = 0  # index loads (global loads other than copies)
+        self.guard = 0  # partial-only template code (PARTIAL_FUNCTIONS)
 
 
 def build_cfg(fn):
@@ -584,21 +598,22 @@ def infer_trips(blocks, lp, fn_ins, threads):
 class Path:
     """A path's totals; `steps` a linked list (step, previous) of blocks
     and nested loops, for --verbose."""
-    __slots__ = ("cost", "bytes", "hmma", "mask", "loads", "unknown",
-                 "steps")
+    __slots__ = ("cost", "bytes", "hmma", "mask", "loads", "guard",
+                 "unknown", "steps")
 
-    def __init__(self, cost, nbytes, hmma, mask, loads, unknown, steps):
+    def __init__(self, cost, nbytes, hmma, mask, loads, guard, unknown,
+                 steps):
         self.cost, self.bytes, self.hmma = cost, nbytes, hmma
-        self.mask, self.loads = mask, loads
+        self.mask, self.loads, self.guard = mask, loads, guard
         self.unknown, self.steps = unknown, steps
 
 
 def _keep_pareto(table):
-    """Per (bytes, hmma): the paths no other beats in mask instructions
-    (more), index loads (more) and cost (less)."""
+    """Per (bytes, hmma, guard run or not): the paths no other beats in
+    mask instructions (more), index loads (more) and cost (less)."""
     groups = collections.defaultdict(list)
     for key, p in table.items():
-        groups[key[:2]].append((key, p))
+        groups[key[:3]].append((key, p))
     out = {}
     for items in groups.values():
         items.sort(key=lambda x: (-x[1].mask, -x[1].loads, x[1].cost))
@@ -624,7 +639,8 @@ def iteration_paths(blocks, lp, trips_of, cap):
         n = 1 if t is None else t
         child_paths[ch.header] = [
             Path(p.cost * n, p.bytes * n, p.hmma * n, p.mask * n, p.loads * n,
-                 p.unknown + (t is None), (("loop", ch.header, n, p), None))
+                 p.guard * n, p.unknown + (t is None),
+                 (("loop", ch.header, n, p), None))
             for p in iteration_paths(blocks, ch, trips_of, None).values()]
 
     def node_of(b):
@@ -662,12 +678,12 @@ def iteration_paths(blocks, lp, trips_of, cap):
     order = _dfs_postorder(start, lambda v: [w for w in succs(v)
                                              if w != "END"])[::-1]
     states = collections.defaultdict(dict)
-    states[start][(0, 0, 0, 0)] = Path(0, 0, 0, 0, 0, 0, None)
+    states[start][(0, 0, 0, 0, 0)] = Path(0, 0, 0, 0, 0, 0, 0, None)
     end = {}
 
     def add(table, p):
-        key = (p.bytes if cap is None else min(p.bytes, cap), p.hmma, p.mask,
-               p.loads)
+        key = (p.bytes if cap is None else min(p.bytes, cap), p.hmma,
+               min(p.guard, 1), p.mask, p.loads)
         old = table.get(key)
         if old is None or (p.cost, p.unknown) < (old.cost, old.unknown):
             table[key] = p
@@ -675,8 +691,8 @@ def iteration_paths(blocks, lp, trips_of, cap):
     for node in order:
         if node[0] == "B":
             b = blocks[node[1]]
-            steps = [Path(b.cost, b.bytes, b.hmma, b.mask, b.loads, 0,
-                          (("block", b.idx), None))]
+            steps = [Path(b.cost, b.bytes, b.hmma, b.mask, b.loads, b.guard,
+                          0, (("block", b.idx), None))]
         else:
             steps = child_paths[node[1]]
         here = _keep_pareto(states.pop(node, {}))
@@ -685,7 +701,8 @@ def iteration_paths(blocks, lp, trips_of, cap):
             for s in steps:
                 q = Path(p.cost + s.cost, p.bytes + s.bytes, p.hmma + s.hmma,
                          p.mask + s.mask, p.loads + s.loads,
-                         p.unknown + s.unknown, (s.steps[0], p.steps))
+                         p.guard + s.guard, p.unknown + s.unknown,
+                         (s.steps[0], p.steps))
                 for nx in nexts:
                     add(end if nx == "END" else states[nx], q)
     return _keep_pareto(end)
@@ -724,6 +741,7 @@ def analyse_kernel(fn, smap, threads, head_dim, block_k):
     blocks = build_cfg(fn)
     for b in blocks:
         b.mask = sum(1 for i in b.ins if smap.is_mask(i.lines))
+        b.guard = sum(1 for i in b.ins if smap.is_partial(i.lines))
         b.loads = sum(1 for i in b.ins if i.stem == "LDG" and
                     not copy_bytes(i.op) and not smap.is_mask(i.lines) and
                     not smap.is_run(i.lines))
@@ -754,8 +772,10 @@ def analyse_kernel(fn, smap, threads, head_dim, block_k):
         top = max(p.mask for p in valid)
         masked = None
         if top > full.mask:
-            masked = min((p for p in valid if p.mask == top),
-                         key=lambda p: (-p.loads, p.cost))
+            tops = [p for p in valid if p.mask == top]
+            if any(p.guard for p in tops):
+                tops = [p for p in tops if p.guard]
+            masked = min(tops, key=lambda p: (-p.loads, p.cost))
         # The label: the line of the call into the tile code in the
         # outermost function below the kernel (the walk it belongs to).
         h = next(i for b in sorted(lp.body) for i in blocks[b].ins

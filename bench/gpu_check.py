@@ -54,7 +54,7 @@ kernel's block_q x block_k.
 Kernel paths: a bundle whose manifest's kernels carry a "path" (or "arch")
 field with more than one value is loaded, checked and timed once per path
 from a copy whose manifest keeps that path's kernels (and untagged ones) and
-points each layer's "kernel" at that path's kernel of the same kind, dtype
+points each layer's "kernels" at that path's kernels of the same kind, dtype
 and head_dim. A path whose "arch" (sm_XY, sm_XYa) the device cannot run is
 reported and skipped. On CUDA the profiler lists the tessera_ kernels that
 ran for each timed case. No field, or one value: one path.
@@ -77,6 +77,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -424,6 +425,13 @@ def kernel_paths(manifest):
     return tags
 
 
+def _part(name):
+    """The part of a split attention kernel: N of a name's "_pN" (0 for
+    none), before a path suffix."""
+    m = re.search(r"_p(\d+)(?:_|$)", name)
+    return int(m.group(1)) if m else 0
+
+
 def path_variants(bdir, manifest, workdir):
     """[(path name, bundle dir, manifest, arch or None)]: the bundle itself
     for one path, else one rewritten copy per path."""
@@ -439,16 +447,19 @@ def path_variants(bdir, manifest, workdir):
         m = json.loads(json.dumps(manifest))
         m["kernels"] = kept
         for layer in m["layers"]:
-            cur = by_name.get(layer.get("kernel"))
-            if cur is None or _tag(cur) in (None, tag):
-                continue
-            same = [k for k in kept if _tag(k) == tag and all(
-                k.get(f) == cur.get(f) for f in ("kind", "dtype", "head_dim"))]
-            if same:
-                layer["kernel"] = same[0]["name"]
-            if isinstance(layer.get("kernels"), list):
-                layer["kernels"] = [n for n in layer["kernels"]
-                                    if _tag(by_name.get(n, {})) in (None, tag)]
+            # A layer's attention kernels ({"name", "slots"}, several where
+            # its patterns are split): each replaced by this path's kernel
+            # of the same kind, dtype, head_dim and part.
+            for entry in layer.get("kernels", []):
+                cur = by_name.get(entry["name"])
+                if cur is None or _tag(cur) in (None, tag):
+                    continue
+                same = [k for k in kept if _tag(k) == tag and all(
+                    k.get(f) == cur.get(f)
+                    for f in ("kind", "dtype", "head_dim"))
+                    and _part(k["name"]) == _part(cur["name"])]
+                if same:
+                    entry["name"] = same[0]["name"]
         d = os.path.join(workdir, f"{os.path.basename(os.path.normpath(bdir))}@{tag}")
         os.makedirs(d, exist_ok=True)
         shutil.copy(os.path.join(bdir, manifest.get("source", "bundle.cu")), d)
@@ -465,8 +476,9 @@ def kernel_blocks(manifest, layer):
     manifest (a path's copy names its own kernel)."""
     layer = next((l for l in manifest["layers"]
                   if l["index"] == layer["index"]), layer)
+    first = (layer.get("kernels") or [{}])[0].get("name")
     k = next((k for k in manifest.get("kernels", [])
-              if k.get("name") == layer.get("kernel")), {})
+              if k.get("name") == first), {})
     bq = k.get("block_q") or layer.get("kernel_block_q") or layer["block_q"]
     bk = k.get("block_k") or layer["block_k"]
     return int(bq), int(bk)

@@ -114,7 +114,9 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
     if (int rc = d.moduleLoadData(&b->module, c.binary.data()))
       return fail(TESSERA_ERROR_CUDA, d.message("cuModuleLoadData", rc));
     for (const LayerDesc &l : b->desc.layers) {
-      std::vector<std::string> names = {l.kernel, l.fillKernel};
+      std::vector<std::string> names = {l.fillKernel};
+      for (const auto &k : l.kernels)
+        names.push_back(k.first);
       for (const DynamicGroupDesc &g : l.dynamicGroups)
         names.insert(names.end(), g.kernels.begin(), g.kernels.end());
       for (const std::string &name : names) {
@@ -130,10 +132,12 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
         b->functions[name] = f;
       }
       // Tiles above the 48 KiB a kernel gets by default (head_dim 256).
-      if (l.kernelDynamicShared > 48 * 1024)
-        if (int rc = d.funcSetAttribute(b->functions.at(l.kernel),
-                                        kFuncAttrMaxDynamicSharedSize,
-                                        static_cast<int>(l.kernelDynamicShared))) {
+      for (const auto &k : l.kernels) {
+        if (l.kernelDynamicShared <= 48 * 1024)
+          break;
+        if (int rc = d.funcSetAttribute(
+                b->functions.at(k.first), kFuncAttrMaxDynamicSharedSize,
+                static_cast<int>(l.kernelDynamicShared))) {
           d.moduleUnload(b->module);
           return fail(TESSERA_ERROR_CUDA,
                       "layer " + std::to_string(l.index) + " needs " +
@@ -142,6 +146,7 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
                           "device does not grant: " +
                           d.message("cuFuncSetAttribute", rc));
         }
+      }
     }
   }
   {
@@ -904,11 +909,12 @@ static tessera_status attentionDynamic(
         static_cast<unsigned>(heads), static_cast<unsigned>(q->batch),
         threads, 1, 1, shared, cuda_stream, args, nullptr);
   };
-  if (int rc = launch(l->kernel, l->kernelBlockQ,
-                      static_cast<unsigned>(l->kernelThreads),
-                      static_cast<unsigned>(l->kernelDynamicShared),
-                      l->computedHead.size()))
-    return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
+  for (const auto &[kernel, slots] : l->kernels)
+    if (int rc = launch(kernel, l->kernelBlockQ,
+                        static_cast<unsigned>(l->kernelThreads),
+                        static_cast<unsigned>(l->kernelDynamicShared),
+                        size_t(slots)))
+      return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
   if (int rc = launch(l->fillKernel, 128, 128, 0, l->skippedHeads.size()))
     return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
   // Dynamic groups: the index kernels, then the attention over the index,

@@ -302,11 +302,18 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
     return "a layer lacks index, position, num_heads, num_kv_heads or "
            "head_dim";
   std::optional<llvm::StringRef> dtype = o.getString("dtype");
-  std::optional<llvm::StringRef> kernel = o.getString("kernel");
-  if (!dtype || !kernel)
-    return "a layer lacks dtype or kernel";
+  const json::Array *kernels = o.getArray("kernels");
+  if (!dtype || !kernels)
+    return "a layer lacks dtype or kernels";
   l.dtype = dtype->str();
-  l.kernel = kernel->str();
+  for (const json::Value &v : *kernels) {
+    const json::Object *k = v.getAsObject();
+    std::optional<llvm::StringRef> name = k ? k->getString("name") : std::nullopt;
+    std::optional<int64_t> slots = k ? k->getInteger("slots") : std::nullopt;
+    if (!name || name->empty() || !slots || *slots < 1)
+      return "a layer's kernel lacks a name or a positive slot count";
+    l.kernels.push_back({name->str(), *slots});
+  }
   if (std::optional<llvm::StringRef> fill = o.getString("fill_kernel"))
     l.fillKernel = fill->str();
   std::string where = "layer " + std::to_string(l.index) + ": ";
@@ -376,6 +383,15 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
     return where + "some heads are in no group and not skipped";
   if (!l.skippedHeads.empty() && l.fillKernel.empty())
     return where + "skipped heads need a fill_kernel";
+  // The kernels' launches cover the computed heads' slots exactly once
+  // (each kernel's slot table, in the source, lists its own).
+  int64_t slots = 0;
+  for (const auto &[name, count] : l.kernels)
+    if (__builtin_add_overflow(slots, count, &slots))
+      return where + "the kernels' slot counts overflow";
+  if (slots != static_cast<int64_t>(l.computedHead.size()))
+    return where + "the kernels' slot counts do not add up to the computed "
+                   "heads";
   // Keep the data array non-empty so that data() is never null; slices
   // index it, and none reaches past its validated size.
   if (l.data.empty())
@@ -402,8 +418,9 @@ std::string tessera::runtime::parseManifest(const std::string &text,
     return "the manifest is not a JSON object";
   if (o->getString("format") != llvm::StringRef("tessera-bundle"))
     return "the manifest's format is not \"tessera-bundle\"";
-  if (o->getInteger("version") != int64_t(1))
-    return "the manifest's version is not 1 (this runtime reads version 1)";
+  if (o->getInteger("version") != int64_t(2))
+    return "the manifest's version is not 2 (this runtime reads version 2: "
+           "emit the bundle again)";
   std::optional<llvm::StringRef> sha = o->getString("source_sha256");
   if (!sha)
     return "the manifest lacks source_sha256";

@@ -39,7 +39,11 @@ struct LayerDesc : kernel::OwnedLayerTable {
   /// tiles are static).
   int64_t kernelDynamicShared = 0;
   std::string dtype; ///< "f16" or "bf16"
-  std::string kernel, fillKernel;
+  /// The attention kernels and their launch slots (grid.y) in launch order:
+  /// a layer whose patterns do not fit one kernel's registers has several
+  /// (docs/bundles.md, "Split kernels").
+  std::vector<std::pair<std::string, int64_t>> kernels;
+  std::string fillKernel;
 };
 
 struct BundleDesc {

@@ -81,7 +81,12 @@ Result runBundle(const std::string &name, const Shape &shape,
     int64_t d = *layer.getInteger("head_dim");
     int64_t position = *layer.getInteger("position");
     bool f16 = *layer.getString("dtype") == "f16";
-    std::string kernel = layer.getString("kernel")->str();
+    // The layer's attention kernels (several where its patterns are split)
+    // and their slot counts.
+    std::vector<std::pair<std::string, int64_t>> kernels;
+    for (const json::Value &k : *layer.getArray("kernels"))
+      kernels.push_back({k.getAsObject()->getString("name")->str(),
+                         *k.getAsObject()->getInteger("slots")});
     // The reference pattern of every head; skipped heads have none.
     std::vector<std::optional<semantics::Pattern>> ref(hq);
     for (const json::Value &g : *layer.getArray("groups")) {
@@ -150,18 +155,23 @@ Result runBundle(const std::string &name, const Shape &shape,
     p.vectorLoads = shape.vectorLoads ? 1 : 0;
 
     auto &reg = tessera_emu::registry();
-    auto fn = reg.find(name + "/" + kernel);
-    EXPECT_NE(fn, reg.end()) << name << "/" << kernel;
-    if (fn == reg.end())
-      return worst;
     // The kernel's query rows and threads per block, as the runtime reads
     // them from the manifest.
     int64_t rows = *layer.getInteger("kernel_block_q");
     int64_t threads = *layer.getInteger("kernel_threads");
-    tessera_emu::launch([&] { fn->second(&p, int(position)); },
-                        dim3{unsigned((shape.nq + rows - 1) / rows),
-                             unsigned(computed), unsigned(shape.batch)},
-                        dim3{unsigned(threads), 1, 1});
+    int64_t slots = 0;
+    for (const auto &[kernel, count] : kernels) {
+      auto fn = reg.find(name + "/" + kernel);
+      EXPECT_NE(fn, reg.end()) << name << "/" << kernel;
+      if (fn == reg.end())
+        return worst;
+      tessera_emu::launch([&] { fn->second(&p, int(position)); },
+                          dim3{unsigned((shape.nq + rows - 1) / rows),
+                               unsigned(count), unsigned(shape.batch)},
+                          dim3{unsigned(threads), 1, 1});
+      slots += count;
+    }
+    EXPECT_EQ(slots, computed) << name;
     if (!skipped.empty()) {
       auto fill = reg.find(name + "/" + layer.getString("fill_kernel")->str());
       EXPECT_NE(fill, reg.end());

@@ -671,7 +671,7 @@ struct EmuGroups {
 void emuShardsKernel(const kn::LayerTable &t, const kn::AttnParams &p) {
   // Four warps (64-row blocks): the emitted bundles use eight at d64.
   __shared__ __align__(128) kn::PipeTiles<64> smem;
-  kn::pipeForward<kn::kBF16, 64, 4, false, EmuGroups>(t, p, smem, 0);
+  kn::pipeForward<kn::kBF16, 64, 4, false, EmuGroups>(t, p, smem, blockIdx.y, 0);
 }
 
 TEST(Limits, ShardsNearTheLimitInTheGeneratedCodeAndTheEmulatedKernel) {

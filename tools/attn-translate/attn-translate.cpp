@@ -50,6 +50,13 @@ static cl::opt<Emit> emit(
                clEnumValN(Emit::Manifest, "manifest",
                           "the manifest, to stdout")));
 
+static cl::opt<int64_t> partBudget(
+    "part-budget",
+    cl::desc("split attention kernels at this many run-expression nodes of "
+             "patterns per kernel (default: per head_dim; docs/bundles.md, "
+             "\"Split kernels\")"),
+    cl::value_desc("n"), cl::init(0), cl::cat(toolOptions));
+
 static int fail(const llvm::Twine &message) {
   llvm::errs() << "attn-translate: error: " << message << "\n";
   return 1;
@@ -75,6 +82,9 @@ int main(int argc, char **argv) {
                               "Emits CUDA bundles from attention patterns\n");
   if (emit == Emit::Bundle && output.empty())
     return fail("a bundle needs an output directory: -o DIR");
+  if (partBudget < 0)
+    return fail("--part-budget must be 0 (the default budgets) or positive, "
+                "not " + llvm::Twine(int64_t(partBudget)));
 
   MLIRContext context;
   context.getOrLoadDialect<tessera::attn::AttnDialect>();
@@ -99,7 +109,8 @@ int main(int argc, char **argv) {
     return 1;
 
   FailureOr<tessera::Bundle> bundle =
-      tessera::emitCudaBundle(*module, llvm::sys::path::filename(inputFile));
+      tessera::emitCudaBundle(*module, llvm::sys::path::filename(inputFile),
+                              partBudget);
   if (failed(bundle))
     return 1;
   std::string manifest;

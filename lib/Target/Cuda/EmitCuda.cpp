@@ -61,11 +61,27 @@ KernelShape kernelShape(int64_t headDim) {
   return {headDim, 8, 1, false};
 }
 
-std::string dtypeName(Type t) { return t.isF16() ? "f16" : "bf16"; }
+/// The register budget of one attention kernel, in run-expression nodes of
+/// the patterns it dispatches to (each pattern's enumeration and masks are
+/// inlined into the kernel, and their live values add up). A kernel whose
+/// patterns would pass it is split into several kernels (parts), each
+/// launched over its own heads. Calibrated with NVRTC (docs/bundles.md,
+/// "Split kernels"): no part of test/Target/Cuda/split.mlir's 16-pattern
+/// layer or of the catalogue spills at head_dim 64 to 256.
+/// At head_dim 256 the O accumulators alone take 128 registers a thread:
+/// one pattern per kernel (two of the 16 patterns of split.test's layer
+/// together already spill there).
+int64_t partBudget(int64_t headDim) { return headDim == 256 ? 1 : 24; }
 
-std::string kernelName(Type dtype, int64_t headDim) {
-  return "tessera_attn_" + dtypeName(dtype) + "_d" + std::to_string(headDim);
+/// A pattern's weight against partBudget: its run expression's nodes.
+int64_t runWeight(const schedule::RunExpr &e) {
+  int64_t w = 1;
+  for (const schedule::RunExpr &c : e.children)
+    w += runWeight(c);
+  return w;
 }
+
+std::string dtypeName(Type t) { return t.isF16() ? "f16" : "bf16"; }
 
 std::string fillName(int64_t headDim) {
   return "tessera_fill_skipped_d" + std::to_string(headDim);
@@ -145,8 +161,9 @@ bool describeDynamic(PatternAttrInterface pattern, json::Object &out,
 /// order the bundle holds them.
 class BundleEmitter {
 public:
-  BundleEmitter(ModelOp model, llvm::StringRef sourceName)
-      : model(model), sourceName(sourceName), os(bundle.source),
+  BundleEmitter(ModelOp model, llvm::StringRef sourceName, int64_t budget)
+      : model(model), sourceName(sourceName), budgetOverride(budget),
+        os(bundle.source),
         dynHeadsOs(dynHeads), dynTablesOs(dynTables) {}
 
   FailureOr<Bundle> run() {
@@ -159,6 +176,7 @@ public:
       model.emitError("the model has no layer to emit");
       return failure();
     }
+    splitKernels();
     emitLayerIndexes();
     emitGroupCode();
     os << "} // namespace bundle\n} // namespace kernel\n"
@@ -212,6 +230,8 @@ private:
                        pat, runs ? *runs : schedule::buildRuns(pat), name) +
                    "\n";
       if (runs)
+        patternWeight[it->second] = runWeight(*runs);
+      if (runs)
         groupCode += "// " + name +
                      "Mask: the partial-tile masks of " + name +
                      ", from the closed form of each leaf of its runs "
@@ -255,6 +275,10 @@ private:
     std::string p = "l" + std::to_string(position);
     emitLayerTable(sched, table, groupPattern, p);
     kernels.insert({dtypeName(dtype), d});
+    std::vector<int64_t> slotPattern;
+    for (int64_t g : table.headGroup)
+      slotPattern.push_back(groupPattern[size_t(g)]);
+    layerSlots.push_back({{dtypeName(dtype), d}, std::move(slotPattern)});
     if (!table.skippedHeads.empty())
       fillDims.insert(d);
     json::Object layer = layerManifest(sched, table, std::move(groupsJson));
@@ -422,7 +446,6 @@ private:
     json::Object layer{
         {"index", sched.getIndex()},
         {"position", position},
-        {"kernel", kernelName(dtype, d)},
         {"num_heads", sched.getNumHeads()},
         {"num_kv_heads", sched.getNumKvHeads()},
         {"head_dim", d},
@@ -464,6 +487,76 @@ private:
     for (int64_t i = 0; i < position; ++i)
       os << (i ? ", " : "") << "patternOf_l" << i;
     os << "};\n\n";
+    emitSlotTables();
+  }
+
+  /// Splits each (dtype, head_dim)'s patterns into parts of at most
+  /// partBudget (a heavier pattern alone), in pattern order, and gives
+  /// every layer its kernels: the parts it uses with their launch slots.
+  void splitKernels() {
+    for (const KernelKey &key : kernels) {
+      std::vector<std::vector<int64_t>> &parts = kernelParts[key];
+      int64_t used = 0;
+      for (int64_t id : kernelPatterns[key]) {
+        int64_t w = patternWeight.count(id) ? patternWeight[id] : 1;
+        if (parts.empty() ||
+            (used + w > (budgetOverride > 0 ? budgetOverride
+                                            : partBudget(key.second)) &&
+             !parts.back().empty())) {
+          parts.emplace_back();
+          used = 0;
+        }
+        parts.back().push_back(id);
+        partOf[{key, id}] = int64_t(parts.size()) - 1;
+        used += w;
+      }
+    }
+    for (size_t i = 0; i < layerSlots.size(); ++i) {
+      const auto &[key, slotPattern] = layerSlots[i];
+      std::vector<std::vector<int64_t>> slots(kernelParts[key].size());
+      for (size_t s = 0; s < slotPattern.size(); ++s)
+        slots[size_t(partOf[{key, slotPattern[s]}])].push_back(int64_t(s));
+      json::Array launches;
+      for (size_t part = 0; part < slots.size(); ++part)
+        if (!slots[part].empty())
+          launches.push_back(json::Object{
+              {"name", partName(key, part)},
+              {"slots", int64_t(slots[part].size())}});
+      layersJson[i].getAsObject()->insert({"kernels", std::move(launches)});
+      layerPartSlots.push_back(std::move(slots));
+    }
+  }
+
+  /// The attention kernel of part `part` of `key`: tessera_attn_<dtype>_d<D>
+  /// for the first part, with _p<part> after it for the others.
+  std::string partName(const KernelKey &key, size_t part) const {
+    return "tessera_attn_" + key.first + "_d" + std::to_string(key.second) +
+           (part ? "_p" + std::to_string(part) : "");
+  }
+
+  /// Each attention kernel's launch slots per layer (its blockIdx.y picks
+  /// one): slots_<kernel>[layer][y], null where the layer does not launch
+  /// it.
+  void emitSlotTables() {
+    for (const KernelKey &key : kernels)
+      for (size_t part = 0; part < kernelParts[key].size(); ++part) {
+        std::string name = partName(key, part);
+        std::vector<std::string> perLayer;
+        for (size_t i = 0; i < layerSlots.size(); ++i) {
+          if (layerSlots[i].first != key || layerPartSlots[i][part].empty()) {
+            perLayer.push_back("nullptr");
+            continue;
+          }
+          std::string table = "slots_l" + std::to_string(i) + "_" + name;
+          printArray(os, "i64", table, layerPartSlots[i][part]);
+          perLayer.push_back(table);
+        }
+        os << "__device__ const i64 *const slots_" << name << "[] = {";
+        for (size_t i = 0; i < perLayer.size(); ++i)
+          os << (i ? ", " : "") << perLayer[i];
+        os << "};\n";
+      }
+    os << "\n";
   }
 
   /// The groups' generated code, then the dynamic groups' tables and one
@@ -479,40 +572,59 @@ private:
        << "__device__ const DynGroupTable *const dynTables[] = {";
     for (size_t i = 0; i < dynTableNames.size(); ++i)
       os << (i ? ", " : "") << dynTableNames[i];
+    // The dynamic kernels' view of the `with` and `without` patterns: runs,
+    // keep bits of a contiguous tile, and of a gathered one (each pattern's
+    // code inside the switch, so that the pair loops run without it).
     os << "};\n\nstruct DynPats {\n"
-       << "  static __device__ __forceinline__ bool allowed(i64 id, i64 p, i64 "
-          "k, i64 head, i64 numHeads) {\n    switch (id) {\n";
-    for (int64_t id : dynPatterns)
-      os << "    case " << id << ":\n      return P" << id
-         << "::allowed(p, k, head, numHeads);\n";
-    os << "    default:\n      return false;\n    }\n  }\n"
        << "  static __device__ __forceinline__ Run runFrom(i64 id, const "
           "RunCtx &ctx, i64 kb) {\n    switch (id) {\n";
     for (int64_t id : dynPatterns)
       os << "    case " << id << ":\n      return P" << id
          << "::runFrom(ctx, kb);\n";
-    os << "    default:\n      return noRun();\n    }\n  }\n};\n\n";
+    os << "    default:\n      return noRun();\n    }\n  }\n"
+       << "  static __device__ __forceinline__ u32 keep(i64 id, i64 rowPos, "
+          "i64 k0, int c2, i64 nk, i64 head, i64 numHeads) {\n"
+          "    switch (id) {\n";
+    for (int64_t id : dynPatterns)
+      os << "    case " << id << ":\n      return keepBits<P" << id
+         << ">(rowPos, k0, c2, nk, head, numHeads);\n";
+    os << "    default:\n      return 0;\n    }\n  }\n"
+       << "  static __device__ __forceinline__ u32 keepGathered(i64 id, i64 "
+          "pos0, i64 pos1, const i64 *keys, int count, int c2, i64 head, i64 "
+          "numHeads) {\n    switch (id) {\n";
+    for (int64_t id : dynPatterns)
+      os << "    case " << id << ":\n      return gatheredBits<P" << id
+         << ">(pos0, pos1, keys, count, c2, head, numHeads);\n";
+    os << "    default:\n      return 0;\n    }\n  }\n};\n\n";
   }
 
   /// One attention kernel per (dtype, head_dim): one launch serves every
   /// group of a layer (the pattern switches are uniform per thread block,
   /// its launch slot's group).
   void emitAttentionKernels() {
-    for (auto [dt, d] : kernels) {
-      std::string name = "tessera_attn_" + dt + "_d" + std::to_string(d);
-      std::string groups = "Groups_" + dt + "_d" + std::to_string(d);
+    for (const KernelKey &key : kernels)
+      for (size_t part = 0; part < kernelParts[key].size(); ++part)
+        emitAttentionKernel(key, part);
+  }
+
+  void emitAttentionKernel(const KernelKey &key, size_t part) {
+    {
+      const auto &[dt, d] = key;
+      std::string name = partName(key, part);
+      std::string groups =
+          "Groups" + name.substr(std::string("tessera_attn").size());
       os << "namespace tessera {\nnamespace kernel {\nnamespace bundle {\n"
          << "struct " << groups << " {\n"
          << "  static __device__ __forceinline__ Run runFrom(i64 pattern, "
             "const RunCtx &ctx, i64 kb) {\n    switch (pattern) {\n";
-      for (int64_t id : kernelPatterns[{dt, d}])
+      for (int64_t id : kernelParts[key][part])
         os << "    case " << id << ":\n      return P" << id
            << "::runFrom(ctx, kb);\n";
       os << "    default:\n      return noRun();\n    }\n  }\n"
          << "  static __device__ __forceinline__ u32 keep(i64 pattern, i64 "
             "rowPos, i64 k0, int c2, i64 nk, i64 head, i64 numHeads) {\n"
          << "    switch (pattern) {\n";
-      for (int64_t id : kernelPatterns[{dt, d}])
+      for (int64_t id : kernelParts[key][part])
         os << "    case " << id << ":\n      return P" << id
            << "Mask::keep(rowPos, k0, c2, nk, head, numHeads);\n";
       os << "    default:\n      return 0;\n    }\n  }\n};\n"
@@ -524,6 +636,8 @@ private:
          << name << "(tessera::kernel::AttnParams p, int layer) {\n"
          << "  using namespace tessera::kernel;\n"
          << "  const LayerTable &t = *bundle::tables[layer];\n"
+         << "  const i64 slot = bundle::slots_" << name
+         << "[layer][blockIdx.y];\n"
          << (shape.qResident
                  ? "  TESSERA_DYNAMIC_TILES(smem, PipeTiles<" +
                        std::to_string(d) + ", " +
@@ -533,7 +647,7 @@ private:
          << "  pipeForward<k" << (dt == "f16" ? "F16" : "BF16") << ", " << d
          << ", " << shape.warps << ", "
          << (shape.qResident ? "true" : "false") << ", bundle::" << groups
-         << ">(t, p, smem, bundle::patternOf[layer][t.headGroup[blockIdx.y]]);"
+         << ">(t, p, smem, slot, bundle::patternOf[layer][t.headGroup[slot]]);"
             "\n"
          << "}\n\n";
       kernelsJson.push_back(json::Object{{"name", name},
@@ -669,7 +783,7 @@ private:
       archs.push_back(a);
     bundle.manifest = json::Object{
         {"format", "tessera-bundle"},
-        {"version", 1},
+        {"version", 2},
         {"model", model.getSymName().str()},
         {"source", "bundle.cu"},
         {"source_sha256", llvm::toHex(hash.final(), /*LowerCase=*/true)},
@@ -682,6 +796,7 @@ private:
 
   ModelOp model;
   llvm::StringRef sourceName;
+  int64_t budgetOverride; ///< > 0: every kernel's part budget
   Bundle bundle;
   llvm::raw_string_ostream os;
   bool ok = true;
@@ -692,6 +807,14 @@ private:
   /// The generated code of each distinct group pattern: pattern text -> id.
   std::map<std::string, int64_t> patternIds;
   std::map<KernelKey, std::set<int64_t>> kernelPatterns;
+  /// Split kernels: each pattern's weight, each kernel's parts (pattern ids)
+  /// and each pattern's part; per layer its kernel and slot patterns, and
+  /// the slots of each part.
+  std::map<int64_t, int64_t> patternWeight;
+  std::map<KernelKey, std::vector<std::vector<int64_t>>> kernelParts;
+  std::map<std::pair<KernelKey, int64_t>, int64_t> partOf;
+  std::vector<std::pair<KernelKey, std::vector<int64_t>>> layerSlots;
+  std::vector<std::vector<std::vector<int64_t>>> layerPartSlots;
   std::string groupCode;
   /// Dynamic groups: the code ids of their with/without patterns, the
   /// families (and their variants) per kernel, their head lists and tables.
@@ -706,7 +829,8 @@ private:
 } // namespace
 
 FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
-                                          llvm::StringRef sourceName) {
+                                          llvm::StringRef sourceName,
+                                          int64_t partBudget) {
   SmallVector<ModelOp> models(module.getOps<ModelOp>());
   if (models.size() != 1) {
     module.emitError("a bundle holds exactly one attn.model, the input has ")
@@ -721,5 +845,5 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
                    "--attn-schedule first");
     return failure();
   }
-  return BundleEmitter(model, sourceName).run();
+  return BundleEmitter(model, sourceName, partBudget).run();
 }

@@ -37,7 +37,7 @@ print("paths:", gpu_check.kernel_paths(m))
 work = tempfile.mkdtemp()
 for tag, d, vm, arch in gpu_check.path_variants(out, m, work):
     print(f"variant {tag}: arch {arch}, dir {os.path.basename(d)}, layer "
-          f"kernels {[l['kernel'] for l in vm['layers']]}, kernels "
+          f"kernels {[k['name'] for l in vm['layers'] for k in l['kernels']]}, kernels "
           f"{sorted(k['name'] for k in vm['kernels'])}")
 shutil.rmtree(work)
 for arch in ("sm_80", "sm_90", "sm_90a", "sm_100a", None):

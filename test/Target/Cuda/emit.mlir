@@ -85,7 +85,7 @@ attn.model @small {
 // CHECK: __launch_bounds__(256, 1)
 // CHECK-NEXT: tessera_attn_bf16_d64(tessera::kernel::AttnParams p, int layer) {
 // CHECK: __shared__ __align__(128) PipeTiles<64> smem;
-// CHECK-NEXT: pipeForward<kBF16, 64, 8, false, bundle::Groups_bf16_d64>(t, p, smem, bundle::patternOf[layer][t.headGroup[blockIdx.y]]);
+// CHECK-NEXT: pipeForward<kBF16, 64, 8, false, bundle::Groups_bf16_d64>(t, p, smem, slot, bundle::patternOf[layer][t.headGroup[slot]]);
 // CHECK-LABEL: struct Groups_f16_d128 {
 // CHECK-NOT: case 1:
 // CHECK: case 0:

@@ -29,8 +29,12 @@ inline constexpr const char *kBundleArchs[] = {"sm_80", "sm_86", "sm_89",
 /// Emits the bundle of the single attn.model in `module`, whose layers must
 /// already be block schedules (`--attn-schedule`). Reports unsupported
 /// layers (dtype, head_dim, tile sizes) as errors at their location.
+/// `partBudget` > 0 replaces the per-head_dim register budget of one
+/// attention kernel, in run-expression nodes (docs/bundles.md, "Split
+/// kernels"; tests use a small one to split small layers).
 mlir::FailureOr<Bundle> emitCudaBundle(mlir::ModuleOp module,
-                                       llvm::StringRef sourceName);
+                                       llvm::StringRef sourceName,
+                                       int64_t partBudget = 0);
 
 } // namespace tessera
 

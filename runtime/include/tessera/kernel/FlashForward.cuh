@@ -522,9 +522,13 @@ __device__ __forceinline__ float ex2(float x) {
 template <int D> struct TileLayout {
   static constexpr bool kSwizzled = D % 64 == 0;
   static constexpr int kPitch = kSwizzled ? D : D + 8;
-  /// The element offset of chunk `chunk` (8 elements) of row `row`.
+  /// The element offset of chunk `chunk` (8 elements) of row `row`. Written
+  /// as the chunk's group of 8 plus its swizzled place in the group, so that
+  /// an unrolled loop over chunks whose low bits are few per-lane values
+  /// needs few address registers (the rest are immediate offsets).
   static __device__ __forceinline__ int at(int row, int chunk) {
-    return row * kPitch + (kSwizzled ? (chunk ^ (row & 7)) : chunk) * 8;
+    return row * kPitch +
+           (kSwizzled ? (chunk & ~7) + ((chunk & 7) ^ (row & 7)) : chunk) * 8;
   }
 };
 
@@ -563,7 +567,22 @@ __device__ __forceinline__ void copyTile(u16 *dst, const u16 *src, i64 stride,
                                          i64 r0, i64 limit, bool vec) {
   constexpr int kChunksPerRow = D / 8, kChunks = ROWS * kChunksPerRow;
   static_assert(kChunks % NT == 0, "a tile's chunks split evenly");
-  if (vec) {
+  if (vec && NT % kChunksPerRow == 0) {
+    // Each thread copies one chunk column, every kStep-th row: one running
+    // source pointer (not a hoisted 64-bit address per row).
+    constexpr int kStep = NT / kChunksPerRow;
+    const int row0 = threadIdx.x / kChunksPerRow;
+    const int chunk = threadIdx.x % kChunksPerRow;
+    const u16 *from = src + (r0 + row0) * stride + chunk * 8;
+    const i64 step = kStep * stride;
+#pragma unroll
+    for (int j = 0; j < ROWS / kStep; ++j) {
+      const int row = row0 + j * kStep;
+      const bool in = r0 + row < limit;
+      cpAsync16(dst + TileLayout<D>::at(row, chunk), in ? from : src, in);
+      from += step;
+    }
+  } else if (vec) {
 #pragma unroll
     for (int j = 0; j < kChunks / NT; ++j) {
       const int i = (int)threadIdx.x + j * NT;
@@ -754,10 +773,15 @@ __device__ __forceinline__ void pipeGuard(u16 *vs, u32 keep, FlashAcc<D> &acc) {
     return;
   const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
   const float nan = __int_as_float(0x7fc00000);
+  // acc.o is indexed by constants only (unrolled), or it would live in
+  // local memory.
+#pragma unroll
   for (int h = 0; h < 2; ++h) {
     const unsigned long long sees = rowKeep(keep, h, c2);
+#pragma unroll 1
     for (int c = 0; c < 64; ++c)
       if ((sees >> c) & 1ull)
+#pragma unroll
         for (int dn = 0; dn < D / 8; ++dn) {
           const u32 w = nonFiniteBits<E>(ld32(vs + L::at(c, dn) + c2));
           if (w & 0x8000u)
@@ -777,7 +801,8 @@ __device__ __forceinline__ void pipeGuard(u16 *vs, u32 keep, FlashAcc<D> &acc) {
   __syncthreads();
 }
 
-/// The attention of one query block of BQ = 16 WARPS rows of one head, the
+/// The attention of one query block of BQ = 16 WARPS rows of the head of
+/// launch slot `slot` (the kernel's slot table maps blockIdx.y to it), the
 /// pipelined loop (docs/bundles.md, "The kernel loop"). `Groups` is
 /// generated per kernel: Groups::runFrom(pattern, ctx, kb) and
 /// Groups::keep(pattern, ...) switch (uniformly per block) to the run
@@ -795,14 +820,14 @@ __device__ __forceinline__ void pipeGuard(u16 *vs, u32 keep, FlashAcc<D> &acc) {
 template <int E, int D, int WARPS, bool QRES, class Groups>
 __device__ __forceinline__ void
 pipeForward(const LayerTable &t, const AttnParams &p,
-            PipeTiles<D, QRES ? 16 * WARPS : 0> &smem, i64 pattern) {
+            PipeTiles<D, QRES ? 16 * WARPS : 0> &smem, i64 slot, i64 pattern) {
   constexpr int NT = 32 * WARPS, BQ = 16 * WARPS, BK = 64;
   static_assert(QRES || BQ <= 128, "the Q tile is staged in the two tiles");
   u16 *const ks = smem.k();
   u16 *const vs = smem.v();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int c2 = (lane % 4) * 2;
-  const i64 slot = blockIdx.y, b = blockIdx.z;
+  const i64 b = blockIdx.z;
   const i64 head = t.computedHead[slot];
   const i64 kvHead = head / (p.numHeads / p.numKvHeads);
   const i64 q0 = (i64)blockIdx.x * BQ;

@@ -89,7 +89,34 @@ public:
   MaskEmitter(const std::string &name, const MaskOptions &options)
       : name(name), options(options) {}
 
-  Rows node(const RunExpr &e) {
+  /// Whether Nk's edge can be folded into the closed forms of `e` (the ends
+  /// of its intervals), so that the root needs no mask of its own for it.
+  bool clips(const RunExpr &e) const {
+    if (!options.closedForms)
+      return false;
+    switch (e.kind) {
+    case RunExpr::Interval:
+    case RunExpr::Groups:
+      return true;
+    case RunExpr::Union:
+      for (const RunExpr &c : e.children)
+        if (!clips(c))
+          return false;
+      return !e.children.empty();
+    case RunExpr::Intersect:
+      for (const RunExpr &c : e.children)
+        if (clips(c))
+          return true;
+      return false;
+    case RunExpr::Difference:
+      return clips(e.children[0]);
+    default:
+      return false;
+    }
+  }
+
+  /// The row masks of `e`; with `clip` (where clips(e)) only keys below Nk.
+  Rows node(const RunExpr &e, bool clip = false) {
     switch (e.kind) {
     case RunExpr::All:
       leaf(MaskForm::All, "every key");
@@ -100,7 +127,7 @@ public:
     case RunExpr::Union:
     case RunExpr::Intersect:
     case RunExpr::Difference:
-      return combinator(e);
+      return combinator(e, clip);
     default:
       break;
     }
@@ -108,7 +135,7 @@ public:
       return predicate(e);
     switch (e.kind) {
     case RunExpr::Interval:
-      return interval(e);
+      return interval(e, clip);
     case RunExpr::PeriodicK:
     case RunExpr::PeriodicD:
       return periodic(
@@ -123,7 +150,7 @@ public:
     case RunExpr::Shards:
       return shards(e);
     case RunExpr::Groups:
-      return groups(e);
+      return groups(e, clip);
     case RunExpr::Blocks:
       return blocks(e);
     default:
@@ -197,17 +224,17 @@ private:
 
   /// keys [max(lo), min(hi)] of each row (p0 = p1 = the row's position):
   /// bit j = key - kb, so an atom c is bit c - kb and p + c is bit
-  /// c + 8 h - d in row h.
-  Rows interval(const RunExpr &e) {
+  /// c + 8 h - d in row h. `clip`: the end is also at most Nk's (t.ec).
+  Rows interval(const RunExpr &e, bool clip) {
     bool perRow = false, wide = false;
     for (const Bound *b : {&e.lo, &e.hi})
       for (const Atom &a : *b) {
         perRow |= a.var != Atom::Const;
         wide |= !small(a.c) || !small(a.c + 9);
       }
-    leaf(MaskForm::Interval, "keys [" + boundText(e.lo, false) + ", " +
-                                 boundText(e.hi, true) + "]" +
-                                 (wide ? ", 64-bit" : ""));
+    leaf(MaskForm::Interval,
+         "keys [" + boundText(e.lo, false) + ", " + boundText(e.hi, true) +
+             "]" + (wide ? ", 64-bit" : "") + (clip ? ", clipped at Nk" : ""));
     auto bit = [&](const Atom &a, int h, int64_t plus) {
       int64_t c = a.c + plus + (a.var == Atom::Const ? 0 : 8 * h);
       std::string base = a.var == Atom::Const ? (wide ? "t.kb" : "t.kbc")
@@ -216,13 +243,14 @@ private:
     };
     auto bound = [&](const Bound &b, bool upper, int h) {
       if (b.empty())
-        return std::string(upper ? "63" : "0");
+        return std::string(upper ? (clip ? "t.ec" : "63") : "0");
       std::string s = bit(b[0], h, upper ? 1 : 0);
       for (size_t i = 1; i < b.size(); ++i)
         s = std::string(wide ? (upper ? "minI(" : "maxI(")
                              : (upper ? "minInt(" : "maxInt(")) +
             s + ", " + bit(b[i], h, upper ? 1 : 0) + ")";
-      return (wide ? "clampBit64(" : "clampBit(") + s + ")";
+      s = (wide ? "clampBit64(" : "clampBit(") + s + ")";
+      return upper && clip ? "minInt(" + s + ", t.ec)" : s;
     };
     auto row = [&](int h) {
       return "bitSpan(" + bound(e.lo, false, h) + ", " + bound(e.hi, true, h) +
@@ -368,12 +396,14 @@ private:
   }
 
   /// Row p's group is the keys [p - m, p - m + size - 1], m = (p - s) mod
-  /// size: bits from 8 h - d - m, one phase m per row.
-  Rows groups(const RunExpr &e) {
+  /// size: bits from 8 h - d - m, one phase m per row. `clip`: the end is
+  /// also at most Nk's.
+  Rows groups(const RunExpr &e, bool clip) {
     bool wide = e.a > kn::kMaskSmall;
     leaf(MaskForm::Interval, "shifted groups: size " + std::to_string(e.a) +
                                  ", shift " + std::to_string(e.b) +
-                                 (wide ? ", 64-bit" : ""));
+                                 (wide ? ", 64-bit" : "") +
+                                 (clip ? ", clipped at Nk" : ""));
     std::string s =
         e.b == 0 ? "0LL" : "(head >= numHeads / 2 ? " + lit64(e.b) + " : 0LL)";
     std::string type = wide ? "i64" : "int";
@@ -390,8 +420,11 @@ private:
                        (wide ? "t.d" : "t.dc") + " - " + g + "_" +
                        std::to_string(h) + ")";
       const char *clamp = wide ? "clampBit64(" : "clampBit(";
-      return "bitSpan(" + std::string(clamp) + lo + "), " + clamp + lo + " + " +
-             (wide ? lit64(e.a) : lit32(e.a)) + "))";
+      std::string end = std::string(clamp) + lo + " + " +
+                        (wide ? lit64(e.a) : lit32(e.a)) + ")";
+      if (clip)
+        end = "minInt(" + end + ", t.ec)";
+      return "bitSpan(" + std::string(clamp) + lo + "), " + end + ")";
     };
     return two(row(0), row(1));
   }
@@ -489,10 +522,21 @@ private:
   // Combinators
   //===--------------------------------------------------------------------===//
 
-  Rows combinator(const RunExpr &e) {
+  /// `clip`: Nk's edge goes into every part of a union, into one part of
+  /// an intersection (the first that can take it) and into the left part of
+  /// a difference.
+  Rows combinator(const RunExpr &e, bool clip) {
     std::vector<Rows> parts;
-    for (const RunExpr &c : e.children)
-      parts.push_back(node(c));
+    bool clipped = false;
+    for (size_t i = 0; i < e.children.size(); ++i) {
+      const RunExpr &c = e.children[i];
+      bool here =
+          clip && (e.kind == RunExpr::Union ||
+                   (e.kind == RunExpr::Intersect && !clipped && clips(c)) ||
+                   (e.kind == RunExpr::Difference && i == 0));
+      clipped |= here;
+      parts.push_back(node(c, here));
+    }
     bool perRow = false;
     for (const Rows &r : parts)
       perRow |= r.r0 != r.r1;
@@ -531,14 +575,17 @@ std::string tessera::schedule::emitMaskCode(const RunExpr &runs,
                                             const std::string &name,
                                             const MaskOptions &options) {
   MaskEmitter em(name, options);
-  Rows root = em.node(runs);
+  // Nk's edge in the intervals' ends where they can take it, else one mask.
+  bool clip = em.clips(runs);
+  Rows root = em.node(runs, clip);
+  std::string edge = clip ? "" : " & t.edge";
   std::ostringstream os;
   os << em.decls.str() << "struct " << name << " {\n"
      << "  static TESSERA_HD u32 keep(i64 rowPos, i64 k0, int c2, i64 nk, "
         "i64 head, i64 numHeads) {\n"
      << "    const MaskTile t = maskTile(rowPos, k0, c2, nk);\n"
      << "    (void)t;\n    (void)head;\n    (void)numHeads;\n"
-     << em.code.str() << "    return threadBits(" << root.r0 << " & t.edge, "
-     << root.r1 << " & t.edge);\n  }\n};\n";
+     << em.code.str() << "    return threadBits(" << root.r0 << edge << ", "
+     << root.r1 << edge << ");\n  }\n};\n";
   return os.str();
 }

@@ -33,29 +33,31 @@ attn.model @masks {
 // CHECK: #ifndef TESSERA_KERNEL_MASKS_CUH
 // CHECK: TESSERA_HD u32 threadBits(u64 row0, u64 row1) {
 
-// Causal: one interval per row, its end from the clamped offset.
+// Causal: one interval per row, its end from the clamped offset and Nk's
+// (t.ec), which spares the root a mask of its own.
 // CHECK-LABEL: struct P0Mask {
 // CHECK-NEXT: static TESSERA_HD u32 keep(i64 rowPos, i64 k0, int c2, i64 nk, i64 head, i64 numHeads) {
 // CHECK-NEXT: const MaskTile t = maskTile(rowPos, k0, c2, nk);
-// CHECK: // leaf 0: interval, keys [0, p]
-// CHECK-NEXT: const u64 [[C0:m[0-9]+]]_0 = bitSpan(0, clampBit((1 - t.dc)));
-// CHECK-NEXT: const u64 [[C0]]_1 = bitSpan(0, clampBit((9 - t.dc)));
-// CHECK-NEXT: return threadBits([[C0]]_0 & t.edge, [[C0]]_1 & t.edge);
+// CHECK: // leaf 0: interval, keys [0, p], clipped at Nk
+// CHECK-NEXT: const u64 [[C0:m[0-9]+]]_0 = bitSpan(0, minInt(clampBit((1 - t.dc)), t.ec));
+// CHECK-NEXT: const u64 [[C0]]_1 = bitSpan(0, minInt(clampBit((9 - t.dc)), t.ec));
+// CHECK-NEXT: return threadBits([[C0]]_0, [[C0]]_1);
 
-// A-shape: two intervals (the sink's end is min(63, p)), united.
+// A-shape: two intervals (the sink's end is min(63, p)), united; both
+// clipped at Nk.
 // CHECK-LABEL: struct P1Mask {
-// CHECK: // leaf 0: interval, keys [0, min(63, p)]
-// CHECK-NEXT: bitSpan(0, clampBit(minInt((64 - t.kbc), (1 - t.dc))));
-// CHECK: // leaf 1: interval, keys [p - 1024, p]
-// CHECK-NEXT: bitSpan(clampBit(((-1024) - t.dc)), clampBit((1 - t.dc)));
+// CHECK: // leaf 0: interval, keys [0, min(63, p)], clipped at Nk
+// CHECK-NEXT: bitSpan(0, minInt(clampBit(minInt((64 - t.kbc), (1 - t.dc))), t.ec));
+// CHECK: // leaf 1: interval, keys [p - 1024, p], clipped at Nk
+// CHECK-NEXT: bitSpan(clampBit(((-1024) - t.dc)), minInt(clampBit((1 - t.dc)), t.ec));
 // CHECK: // union
 // CHECK-NEXT: const u64 [[U:m[0-9]+]]_0 = [[A:m[0-9]+]]_0 | [[B:m[0-9]+]]_0;
 // CHECK-NEXT: const u64 [[U]]_1 = [[A]]_1 | [[B]]_1;
 
 // A window of 2^40: 64-bit offsets.
 // CHECK-LABEL: struct P2Mask {
-// CHECK: // leaf 0: interval, keys [p - 1099511627776, p], 64-bit
-// CHECK-NEXT: bitSpan(clampBit64(((-1099511627776LL) - t.d)), clampBit64((1LL - t.d)));
+// CHECK: // leaf 0: interval, keys [p - 1099511627776, p], 64-bit, clipped at Nk
+// CHECK-NEXT: bitSpan(clampBit64(((-1099511627776LL) - t.d)), minInt(clampBit64((1LL - t.d)), t.ec));
 
 // A period of at most 62: one phase per row (row 1's by a step), then a
 // shifted constant.
@@ -93,15 +95,16 @@ attn.model @masks {
 
 // Shifted groups: the row's group from its phase, row 1 by a step.
 // CHECK-LABEL: struct P8Mask {
-// CHECK: // leaf 0: interval, shifted groups: size 1024, shift 512
+// CHECK: // leaf 0: interval, shifted groups: size 1024, shift 512, clipped at Nk
 // CHECK-NEXT: const int [[G:g[0-9]+]]_0 = (int)floorMod(t.p - (head >= numHeads / 2 ? 512LL : 0LL), 1024LL);
 // CHECK-NEXT: const int [[G]]_1 = stepMod([[G]]_0, 8, 1024);
-// CHECK-NEXT: bitSpan(clampBit((0 - t.dc - [[G]]_0)), clampBit((0 - t.dc - [[G]]_0) + 1024));
+// CHECK-NEXT: bitSpan(clampBit((0 - t.dc - [[G]]_0)), minInt(clampBit((0 - t.dc - [[G]]_0) + 1024), t.ec));
 
-// Horizontal stripes: all or nothing per row.
+// Horizontal stripes: all or nothing per row; Nk's edge as a mask.
 // CHECK-LABEL: struct P9Mask {
 // CHECK: // leaf 0: row, rows p with p mod 256 < 16
 // CHECK: rowAll({{r[0-9]+}}_1 < 16);
+// CHECK-NEXT: return threadBits({{m[0-9]+}}_0 & t.edge, {{m[0-9]+}}_1 & t.edge);
 
 // More than four diagonal bands: the ranges that meet the tile.
 // CHECK: TESSERA_CONST i64 [[D10:P10Mask_d[0-9]+]][] = {(-4112LL), (-4079LL),
@@ -115,15 +118,18 @@ attn.model @masks {
 // CHECK: // leaf 0: listed, blocks 32 x 32, 3 listed
 // CHECK: blockRowsBits(P11Mask_d0, 2LL, 32LL, 32LL, t,
 
-// Combinators: | & and & ~ of the leaves' masks.
+// Combinators: | & and & ~ of the leaves' masks; Nk's edge in one part of
+// an intersection, the left part of a difference.
 // CHECK-LABEL: struct P12Mask {
-// CHECK: // leaf 0: interval, keys [0, p]
-// CHECK: // leaf 1: interval, keys [p - 512, p]
+// CHECK: // leaf 0: interval, keys [0, p], clipped at Nk
+// CHECK: // leaf 1: interval, keys [p - 512, p]{{$}}
 // CHECK: // leaf 2: periodic, shards: block 64, shards 8, offset 0
 // CHECK: // union
 // CHECK: // intersection
 // CHECK-NEXT: = {{m[0-9]+}}_0 & {{m[0-9]+}}_0;
 // CHECK-LABEL: struct P13Mask {
+// CHECK: // leaf 0: interval, keys [0, p], clipped at Nk
+// CHECK: // leaf 1: interval, keys [0, min(3, p)]{{$}}
 // CHECK: // difference
 // CHECK-NEXT: = {{m[0-9]+}}_0 & ~{{m[0-9]+}}_0;
 

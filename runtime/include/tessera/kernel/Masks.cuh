@@ -70,7 +70,8 @@ struct MaskTile {
   i64 p;    ///< rowPos (row 1: + 8)
   int kbc;  ///< min(kb, 2^30)
   int dc;   ///< d clamped to [-2^30, 2^30]
-  u64 edge; ///< the keys below Nk
+  int ec;   ///< the keys below Nk are bits [0, ec) (ec in [0, 63])
+  u64 edge; ///< those bits, for roots that cannot take ec into their ends
 };
 
 /// For a tile that holds a key: k0 < nk (the kernels call keep for such
@@ -84,7 +85,8 @@ TESSERA_HD MaskTile maskTile(i64 rowPos, i64 k0, int c2, i64 nk) {
   t.dc = (int)maxI(minI(t.d, kMaskClamp), -kMaskClamp);
   // The tile holds a key (k0 < nk), so nk - kb > -8: its minimum with 63
   // fits an int, and one 64-bit minimum is all the edge needs.
-  t.edge = bitSpan(0, maxInt((int)minI(nk - t.kb, 63), 0));
+  t.ec = maxInt((int)minI(nk - t.kb, 63), 0);
+  t.edge = bitSpan(0, t.ec);
   return t;
 }
 

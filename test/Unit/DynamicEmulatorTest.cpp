@@ -11,7 +11,10 @@
 //  * the output against float64 attention masked by that index through the
 //    manifest's programs, allowed = (leaf and with) or (not leaf and
 //    without): every allowed pair visited once, nothing else.
-// Lengths are not tile multiples; Nq < Nk, Nq > Nk and Nq = Nk; batch 2.
+// Lengths are not tile multiples; Nq < Nk, Nq > Nk and Nq = Nk; batch 2;
+// rows copied by cp.async and, unaligned, element by element. The
+// attention's copies are all waited for and its shared-memory requests
+// conflict-free.
 //
 //===----------------------------------------------------------------------===//
 
@@ -71,6 +74,7 @@ Program programOf(const json::Object &o) {
 
 struct Case {
   int64_t batch, nq, nk;
+  bool vec = true; ///< rows 16-byte aligned: cp.async copies
 };
 
 template <typename T> T *at(std::vector<unsigned char> &ws, int64_t offset) {
@@ -189,7 +193,7 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
     p.scaleLog2 = float(scale * 1.4426950408889634);
     p.numHeads = int(hq);
     p.numKvHeads = int(hkv);
-    p.vectorLoads = 1;
+    p.vectorLoads = shape.vec ? 1 : 0;
 
     int groupIndex = 0;
     for (const json::Value &gv : *dyn) {
@@ -254,6 +258,8 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
       } args{p, a};
       auto &reg = tessera_emu::registry();
       std::vector<int> launches(kernels.size(), 0);
+      tessera_emu::resetBankCounts();
+      tessera_emu::resetLeftoverCopies();
       for (int64_t i = 0; i < k::dynLaunchCount(a); ++i) {
         k::i64 kernel, gx;
         k::dynLaunch(a, nq, nk, i, kernel, gx);
@@ -265,6 +271,19 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
                             dim3{unsigned(gx), unsigned(a.numSlots),
                                  unsigned(B)},
                             dim3{128, 1, 1});
+      }
+
+      // The attention's copies all waited for, and its shared-memory
+      // requests (cp.async of contiguous and gathered rows into the
+      // swizzled layout, ldmatrix of Q and K, ldmatrix.trans of V)
+      // conflict-free.
+      EXPECT_EQ(tessera_emu::leftoverCopies(), 0u);
+      for (int kind : {tessera_emu::BankLdmatrix, tessera_emu::BankCpAsync}) {
+        const tessera_emu::BankCounts c = tessera_emu::bankCounts(kind);
+        if (shape.vec || kind == tessera_emu::BankLdmatrix) {
+          EXPECT_GT(c.requests, 0u) << "kind " << kind;
+        }
+        EXPECT_EQ(c.wavefronts, c.ideal) << "kind " << kind;
       }
 
       // Each kernel once, k-means' two once per iteration.
@@ -474,6 +493,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DynamicEmulatorTest,
                                            Case{2, 260, 150},
                                            Case{1, 64, 192},
                                            Case{1, 100, 228},
-                                           Case{1, 200, 136}));
+                                           Case{1, 200, 136},
+                                           // Element copies (no cp.async).
+                                           Case{1, 150, 260, false}));
 
 } // namespace

@@ -717,7 +717,7 @@ private:
     std::set<std::string> dynEmitted;
     for (auto &[key, families] : dynFamilies) {
       const auto &[dt, d] = key;
-      std::string smem = "  __shared__ __align__(16) DynShared<" +
+      std::string smem = "  __shared__ __align__(128) DynTiles<" +
                          std::to_string(d) + "> sh;\n";
       for (const std::string &f : families) {
         std::vector<std::string> bodies =

@@ -64,8 +64,10 @@ TESSERA_HD i64 dynCeilDiv(i64 a, i64 b) { return (a + b - 1) / b; }
 struct DynLayout {
   // vertical_slash: L = min(lastQ, Nq) score rows, then per key column /
   // diagonal (i = -d) sums, the kept columns (ascending), diagonals
-  // (ascending d), diagonal groups (pairs dFirst, dLast) and three counts.
-  i64 scores, colSum, diagSum, cols, diags, groups, counts;
+  // (ascending d), diagonal groups (pairs dFirst, dLast), three counts, and
+  // the kept columns and diagonals as bitmaps (u32 words, vsBitmapWords;
+  // the diagonals' bit j is i = Nk - 1 - j).
+  i64 scores, colSum, diagSum, cols, diags, groups, counts, colBits, diagBits;
   // block_topk: pooled Q [tq][D], pooled K [tk][D], probabilities [tq][tk],
   // per query block its kept key blocks (capacity cap) and their count.
   // With tau > 0: per row of the last query block its column and slash
@@ -88,6 +90,9 @@ TESSERA_HD i64 vsColCap(const DynArgs &a, i64 nk) {
 TESSERA_HD i64 vsDiagCap(const DynArgs &a, i64 nk) {
   return minI(maxI(a.slash, a.lastDiagonals), nk);
 }
+/// The u32 words of a vertical-slash bitmap: Nk bits, whole 128-bit chunks
+/// (vsSelect writes one chunk per pass of its 128 threads).
+TESSERA_HD i64 vsBitmapWords(i64 nk) { return dynCeilDiv(nk, 128) * 4; }
 /// Block top-k's query blocks are blocks of positions p = q + Nk - Nq
 /// (docs/patterns.md), like every pattern that looks at a query: index
 /// entry i (0 <= i < btQueryBlocks) is position block btFirstBlock + i and
@@ -139,6 +144,8 @@ TESSERA_HD DynLayout dynLayout(const DynArgs &a, i64 nq, i64 nk) {
     l.diags = take(8 * vsDiagCap(a, nk));
     l.groups = take(16 * vsDiagCap(a, nk));
     l.counts = take(8 * 4);
+    l.colBits = take(4 * vsBitmapWords(nk));
+    l.diagBits = take(4 * vsBitmapWords(nk));
   } else if (a.family == kBlockTopk) {
     i64 tq = btQueryBlocks(a.block, nq, nk), tk = dynCeilDiv(nk, a.block);
     l.cap = btCap(a, tk);

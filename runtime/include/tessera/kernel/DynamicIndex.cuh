@@ -9,9 +9,9 @@
 // vertical_slash: vsScores (the last L queries' logits against all keys),
 //   vsSoftmax (one block per scored row), vsSums (per key column and per
 //   diagonal, in a fixed order), vsSelect (the kept columns and diagonals,
-//   forced ones first, ties as docs/patterns.md says; then the diagonal
-//   groups: diagonals closer than 64 merged into one key range per query
-//   block), vsAttend.
+//   forced ones first, ties as docs/patterns.md says, as lists and as
+//   bitmaps; then the diagonal groups: diagonals closer than 64 merged into
+//   one key range per query block), vsAttend.
 // block_topk: btPool (mean-pooled Q and K blocks), btScores (the pooled
 //   softmax per query block), with tau > 0 btFlexRows (the last query
 //   block's true attention per row: column and slash masses) and
@@ -29,8 +29,8 @@
 //
 // The attention kernels walk the index (and, for the parts of the pattern
 // that do not depend on the index, the static runs of the pattern with the
-// leaf read as skip) through FlashForward's tile step: every allowed pair
-// is visited exactly once, masked as
+// leaf read as skip) through FlashForward's pipelined tile step
+// (dynPipeline): every allowed pair is visited exactly once, masked as
 //   allowed = (leaf and with) or (not leaf and without).
 // Sums of the index builders are fp32 in a fixed order (deterministic; the
 // CPU builders sum in double, so exact ties may resolve differently).
@@ -118,29 +118,6 @@ __device__ __forceinline__ i64 blockScanTotal(i64 v) {
   return total;
 }
 
-__device__ __forceinline__ i64 blockCount(bool flag) {
-  i64 total;
-  blockScan(flag ? 1 : 0, total);
-  return total;
-}
-
-__device__ __forceinline__ bool blockAny(bool flag) {
-  return blockCount(flag) > 0;
-}
-
-/// Whether x is in the ascending array a[0, n).
-__device__ __forceinline__ bool sortedContains(const i64 *a, i64 n, i64 x) {
-  i64 lo = 0, hi = n;
-  while (lo < hi) {
-    const i64 mid = (lo + hi) / 2;
-    if (a[mid] < x)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return lo < n && a[lo] == x;
-}
-
 /// The selection of the `count` largest of key(0..n-1) by (key desc, index
 /// asc), as a threshold: the entries with key > `above`, and those with
 /// key == `above` and index <= `lastEqual`. Whole block.
@@ -216,83 +193,333 @@ __device__ __forceinline__ DynSlice dynSlice(const AttnParams &p,
 }
 
 //===----------------------------------------------------------------------===//
-// Shared pieces of the attention kernels
+// The attention over the index: FlashForward's pipelined tile step
 //===----------------------------------------------------------------------===//
+//
+// Every attention kernel here is one pipelined loop (dynPipeline, the order
+// of FlashForward's pipeForward) over the tiles that a walk over the index
+// yields: the key rows of the next tile are in flight (cp.async into the
+// swizzled layout, contiguous or gathered rows) while O += P V of the
+// current one runs, its value rows while its scores are computed.
+//
+// A walk (VsWalk, BtWalk, RtWalk, RestWalk) lives in shared memory: its
+// constants, set once per block, and its cursor over the index (list
+// positions, run cursors of the generated code: computed once per block
+// and advanced, never searched per tile), which thread 0 alone advances
+// (next(): the tile after the current one, written to a double-buffered
+// descriptor that the next barrier publishes), so that no cursor takes a
+// register of the tile step. keep() gives each thread its keep bits of a
+// masked tile from the descriptor and the index (bitmaps, lists, the
+// generated code of the pattern's `with` and `without` parts), without
+// another barrier: the barrier after the keys land is also the empty-tile
+// test (__syncthreads_or).
 
-/// Rows rows[i] (i < count, the list in shared memory) of a [seq, D] slice
-/// into shared memory with pitch P; the other rows of the 64 are zeros.
-template <int D, int P>
-__device__ __forceinline__ void loadRows(u16 *dst, const u16 *src, i64 stride,
-                                         const i64 *rows, int count,
-                                         bool vec) {
+typedef unsigned long long u64;
+
+/// A tile of a walk (the descriptor next() writes): 64 key rows, contiguous
+/// (keys k0 .. k0 + count - 1) or gathered (keys list[0 .. count), a global
+/// array), the other rows zeros; count = 0: the walk has ended. masked: its
+/// pairs need keep bits (else every pair of its count keys is allowed).
+/// mode and flags: what the walk's keep() needs. Uniform over the block.
+struct DynTile {
+  i64 k0;
+  const i64 *list;
+  int count, masked, mode, flags;
+};
+
+/// Starts the copy of rows rows[0, count) of a [seq, D] slice (row stride
+/// `stride`) into `dst` (TileLayout<D>, 64 rows), the other rows as zeros:
+/// a gathered row is D / 8 cp.async chunks of 16 bytes when every row start
+/// is 16-byte aligned (`vec`), otherwise a synchronous copy of elements.
+template <int D, int NT>
+__device__ __forceinline__ void copyRows(u16 *dst, const u16 *src, i64 stride,
+                                         const i64 *rows, int count, bool vec) {
+  constexpr int kChunksPerRow = D / 8, kChunks = 64 * kChunksPerRow;
+  static_assert(kChunks % NT == 0, "a tile's chunks split evenly");
   if (vec) {
-    for (int c = threadIdx.x; c < 64 * D / 8; c += blockDim.x) {
-      const int row = c / (D / 8), col = (c % (D / 8)) * 8;
-      uint4 val = make_uint4(0, 0, 0, 0);
-      if (row < count)
-        val = *reinterpret_cast<const uint4 *>(src + rows[row] * stride + col);
-      *reinterpret_cast<uint4 *>(dst + row * P + col) = val;
+#pragma unroll
+    for (int j = 0; j < kChunks / NT; ++j) {
+      const int i = (int)threadIdx.x + j * NT;
+      const int row = i / kChunksPerRow, chunk = i % kChunksPerRow;
+      const bool in = row < count;
+      cpAsync16(dst + TileLayout<D>::at(row, chunk),
+                src + (in ? rows[row] : 0) * stride + chunk * 8, in);
     }
   } else {
-    for (int c = threadIdx.x; c < 64 * D; c += blockDim.x) {
-      const int row = c / D, col = c % D;
-      dst[row * P + col] = row < count ? src[rows[row] * stride + col] : 0;
+    for (int i = threadIdx.x; i < 64 * D; i += NT) {
+      const int row = i / D, x = i % D;
+      dst[TileLayout<D>::at(row, x / 8) + x % 8] =
+          row < count ? src[rows[row] * stride + x] : 0;
     }
   }
 }
 
-/// Bits (FlashForward's element order) of this thread's 32 accumulator
-/// elements for which f(h, c) holds: h = 0 or 1 the row (lane / 4 + 8 h of
-/// the warp), c the tile column.
-template <class F> __device__ __forceinline__ u32 elementBits(int c2, F f) {
+/// Starts the copy of tile t's rows of a [seq, D] slice into `dst`.
+template <int D>
+__device__ __forceinline__ void
+copyDynTile(u16 *dst, const u16 *src, i64 stride, const DynTile &t, bool vec) {
+  if (t.list)
+    copyRows<D, kDynThreads>(dst, src, stride, t.list, t.count, vec);
+  else
+    copyTile<D, 64, kDynThreads>(dst, src, stride, t.k0, t.k0 + t.count, vec);
+}
+
+/// Where the query fragments live: the first kRegs of the D / 16 16-column
+/// steps in registers, the other kCols columns in shared memory (read by
+/// ldmatrix for every tile). All in registers up to head_dim 96; half at
+/// head_dim 128, so that the walks' tile steps keep registers to spare
+/// (ptxas reports no spills with any bundle's generated code in keep()).
+template <int D> struct DynQ {
+  static constexpr int kRegs = D <= 96 ? D / 16 : D / 32;
+  static constexpr int kCols = D - 16 * kRegs;
+};
+
+/// The shared memory of the dynamic attention kernels: a key tile and a
+/// value tile of 64 rows in TileLayout<D> (the query tile is staged in the
+/// key tile before the walk), then the query columns DynQ keeps in shared
+/// memory, 64 rows in TileLayout<kCols>.
+template <int D> struct DynTiles {
+  static constexpr int kRows = 64 * TileLayout<D>::kPitch;
+  static constexpr int kCols = DynQ<D>::kCols;
+  u16 buf[2 * kRows + (kCols ? 64 * TileLayout<kCols>::kPitch : 0)];
+  __device__ __forceinline__ u16 *k() { return buf; }
+  __device__ __forceinline__ u16 *v() { return buf + kRows; }
+  __device__ __forceinline__ u16 *q() { return buf + 2 * kRows; }
+};
+
+/// Stages the block's query tile (contiguous rows [q0, q0 + 64) below nq,
+/// or the gathered rows rows[0, count) when `rows` is not null) through the
+/// key tile: this warp's register fragments by ldmatrix (matrices rows
+/// 0-7, 8-15 x columns 16 kk + 0-7, + 8-15 are a0-a3 of the m16n8k16 A
+/// operand), the other columns copied to sm.q().
+template <int D>
+__device__ __forceinline__ void
+stageQ(DynTiles<D> &sm, const u16 *qBase, i64 stride, i64 q0, i64 nq,
+       const i64 *rows, int count, bool vec, u32 (&qf)[DynQ<D>::kRegs][4]) {
+  using Q = DynQ<D>;
+  if (rows)
+    copyRows<D, kDynThreads>(sm.k(), qBase, stride, rows, count, vec);
+  else
+    copyTile<D, 64, kDynThreads>(sm.k(), qBase, stride, q0, nq, vec);
+  cpAsyncCommit();
+  cpAsyncWait<0>();
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+  for (int kk = 0; kk < Q::kRegs; ++kk)
+    ldsm4(qf[kk], sm.k() + TileLayout<D>::at(row, 2 * kk + (lane >> 4)));
+  if (Q::kCols) {
+    constexpr int kChunks = Q::kCols / 8;
+#pragma unroll
+    for (int j = 0; j < 64 * kChunks / kDynThreads; ++j) {
+      const int i = (int)threadIdx.x + j * kDynThreads;
+      const int r = i / kChunks, c = i % kChunks;
+      *reinterpret_cast<uint4 *>(sm.q() + TileLayout<Q::kCols>::at(r, c)) =
+          *reinterpret_cast<const uint4 *>(
+              sm.k() + TileLayout<D>::at(r, 2 * Q::kRegs + c));
+    }
+  }
+  __syncthreads();
+}
+
+/// FlashForward's pipeScores with this warp's Q fragments from registers
+/// (qf) and, beyond DynQ's kRegs steps, by ldmatrix from sm.q(): S = Q K^T
+/// of its 16 rows against the 64 keys of `ks`.
+template <int E, int D>
+__device__ __forceinline__ void dynScores(const u32 (&qf)[DynQ<D>::kRegs][4],
+                                          const u16 *qs, const u16 *ks,
+                                          float (&s)[8][4]) {
+  using Q = DynQ<D>;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int qRow = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int kRow = (lane & 7) + (lane >> 4) * 8, half = (lane >> 3) & 1;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+    s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    u32 a[4];
+    if (kk < Q::kRegs) {
+      const int r = kk < Q::kRegs ? kk : 0; // (in range when not taken)
+      a[0] = qf[r][0];
+      a[1] = qf[r][1];
+      a[2] = qf[r][2];
+      a[3] = qf[r][3];
+    } else {
+      ldsm4(a, qs + TileLayout<(Q::kCols ? Q::kCols : 64)>::at(
+                        qRow, 2 * (kk - Q::kRegs) + (lane >> 4)));
+    }
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      u32 b[4];
+      ldsm4(b, ks + TileLayout<D>::at(16 * np + kRow, 2 * kk + half));
+      mma16816<E>(s[2 * np], a, b[0], b[1]);
+      mma16816<E>(s[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+/// The 64 bits [at, at + 64) of a bitmap of `words` u32 words (bit i in
+/// word i / 32); bits outside the bitmap are zeros.
+__device__ __forceinline__ u64 bitmapBits(const u32 *bm, i64 words, i64 at) {
+  const i64 w = at >> 5; // floor(at / 32), also for negative positions
+  const int s = (int)(at & 31);
+  const u64 w0 = w >= 0 && w < words ? bm[w] : 0u;
+  const u64 w1 = w + 1 >= 0 && w + 1 < words ? bm[w + 1] : 0u;
+  const u64 w2 = w + 2 >= 0 && w + 2 < words ? bm[w + 2] : 0u;
+  const u64 lo = w0 | w1 << 32;
+  return s ? lo >> s | w2 << (64 - s) : lo;
+}
+
+/// Bits 8 nt + {0, 1} of x (nt = 0..7) moved to bits 4 nt + {0, 1}.
+__device__ __forceinline__ u32 pairBits(u64 x) {
+  x &= 0x0303030303030303ull;
+  x = (x | x >> 4) & 0x00ff00ff00ff00ffull;
+  x = (x | x >> 8) & 0x0000ffff0000ffffull;
+  return (u32)(x | x >> 16);
+}
+
+/// The keep bits (FlashForward's element order: bit 4 nt + e is row half
+/// e / 2, column nt * 8 + c2 + e % 2) of this thread from the 64-column
+/// masks of its rows (bit c: tile column c allowed).
+__device__ __forceinline__ u32 rowsKeep(u64 m0, u64 m1, int c2) {
+  return pairBits(m0 >> c2) | pairBits(m1 >> c2) << 2;
+}
+
+/// The columns below `count` of a 64-column mask.
+__device__ __forceinline__ u64 columnsBelow(int count) {
+  return count >= 64 ? ~0ull : (1ull << count) - 1;
+}
+
+/// The keep bits of generated pattern P over a gathered tile: the pairs
+/// (pos0 or pos1, keys[c]) that P allows, for the columns c < count of this
+/// thread. The generic predicate per pair (the keys have no closed form).
+template <class P>
+__device__ __forceinline__ u32 gatheredBits(i64 pos0, i64 pos1, const i64 *keys,
+                                            int count, int c2, i64 head,
+                                            i64 numHeads) {
   u32 bits = 0;
 #pragma unroll 1
-  for (int i = 0; i < 32; ++i)
-    if (f((i & 3) >= 2 ? 1 : 0, (i >> 2) * 8 + c2 + (i & 1)))
-      bits |= 1u << i;
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int c = nt * 8 + c2 + e;
+      if (c < count) {
+        const i64 k = keys[c];
+        if (P::allowed(pos0, k, head, numHeads))
+          bits |= 1u << (4 * nt + e);
+        if (P::allowed(pos1, k, head, numHeads))
+          bits |= 1u << (4 * nt + 2 + e);
+      }
+    }
   return bits;
 }
 
-/// The shared memory of the dynamic attention kernels.
-template <int D> struct DynShared {
-  SharedTiles<D> tiles;
-  i64 keys[64];       ///< the key of each tile column (-1: none)
-  i64 rows[64];       ///< gathered query rows (routing)
-  i64 pending[192];   ///< gathered columns waiting for a tile
-  unsigned char diagFlag[128], colFlag[64];
+/// This thread's first row in its block (warp * 16 + lane / 4; its second
+/// is + 8) and its first column pair of a tile (c2).
+__device__ __forceinline__ int dynRow() {
+  return (int)(threadIdx.x / 32 * 16 + threadIdx.x % 32 / 4);
+}
+__device__ __forceinline__ int dynC2() { return (int)(threadIdx.x % 4 * 2); }
+
+/// The run cursor of a walk (thread 0): runs of generated patterns at
+/// non-decreasing key blocks (per reset), the next one enumerated only when
+/// the current one is passed.
+template <class Pats> struct DynRuns {
+  RunCtx ctx;
+  Run run;
+  /// Forgets the current run (before a walk visits keys in order again).
+  __device__ __forceinline__ void reset() { run = makeRun(1, -1, kEmpty); }
+  /// The class of key block kb in pattern `id`; `run` is then the first
+  /// run ending at or after kb (lo = kUnbounded: none).
+  __device__ __forceinline__ int classAt(i64 id, i64 kb) {
+    if (kb > run.hi) {
+      run = Pats::runFrom(id, ctx, kb);
+      if (!isRun(run))
+        run = makeRun(kUnbounded, kUnbounded, kEmpty);
+    }
+    return kb >= run.lo ? run.cls : kEmpty;
+  }
+  /// Tile: the contiguous keys of key block kb.
+  __device__ __forceinline__ void contiguous(DynTile &t, i64 kb,
+                                             bool masked) const {
+    t.k0 = kb * 64;
+    t.list = nullptr;
+    t.count = (int)minI(64, ctx.nk - t.k0);
+    t.masked = masked || t.count < 64;
+  }
 };
 
-/// Everything one query block's walk needs.
-template <int E, int D> struct DynWalk {
-  const AttnParams *p;
-  DynShared<D> *sh;
-  const u16 *kBase, *vBase;
-  u32 qf[D / 16][4];
-  FlashAcc<D> acc;
-  int c2;
-  bool vec;
-};
-
-/// A walk over the key and value rows of batch b, kv head kvHead.
-template <int E, int D>
-__device__ __forceinline__ void beginWalk(DynWalk<E, D> &w,
-                                          const AttnParams &p,
-                                          DynShared<D> &sh, i64 b, i64 kvHead) {
-  w.p = &p;
-  w.sh = &sh;
-  w.kBase = p.k + b * p.kStrideB + kvHead * p.kStrideH;
-  w.vBase = p.v + b * p.vStrideB + kvHead * p.vStrideH;
-  w.vec = p.vectorLoads != 0;
-  w.c2 = (threadIdx.x % 32 % 4) * 2;
+/// The pipelined attention of this block's 64 query rows (Q fragments qf)
+/// over the tiles of walk `w` (shared memory) into `acc`. `tiles`: the
+/// double-buffered descriptors (shared memory). In FlashForward's order: the
+/// key rows of a tile start loading before O += P V of the one before, its
+/// value rows before its scores; thread 0 writes the next descriptor
+/// meanwhile. A masked tile no thread keeps is skipped after its keys land
+/// (the barrier that waits for them is the test): no values, no scores.
+template <int E, int D, class Walk>
+__device__ __forceinline__ void
+dynPipeline(Walk &w, DynTile (&tiles)[2], DynTiles<D> &sm, const u16 *kBase,
+            i64 kStride, const u16 *vBase, i64 vStride, bool vec,
+            const u32 (&qf)[DynQ<D>::kRegs][4], float scaleLog2,
+            FlashAcc<D> &acc) {
+  u16 *const ks = sm.k();
+  u16 *const vs = sm.v();
+  if (threadIdx.x == 0)
+    w.next(tiles[0]);
+  __syncthreads();
+  bool pending = false, pendingMasked = false;
+  u32 pendingKeep = 0;
+  u32 pa[4][4];
+  for (int at = 0;; at ^= 1) {
+    // Tile descriptor `at` was written before the last barrier, and
+    // descriptor at ^ 1 last read before the one before it.
+    const DynTile t = tiles[at];
+    if (t.count) {
+      copyDynTile<D>(ks, kBase, kStride, t, vec);
+      cpAsyncCommit();
+      if (threadIdx.x == 0)
+        w.next(tiles[at ^ 1]);
+    }
+    if (pending) {
+      if (pendingMasked)
+        pipeGuard<E, D, kDynThreads>(vs, pendingKeep, acc);
+      pipeValues<E, D>(pa, vs, acc);
+      pending = false;
+    }
+    if (!t.count)
+      break;
+    // (After O += P V: its operands' registers are free again.)
+    const u32 keep = t.masked ? w.keep(t) : 0xffffffffu;
+    cpAsyncWait<0>();
+    // The keys landed; every warp is done with the values.
+    if (t.masked) {
+      if (!__syncthreads_or(keep != 0))
+        continue; // nothing to keep: no values, no scores
+    } else {
+      __syncthreads();
+    }
+    copyDynTile<D>(vs, vBase, vStride, t, vec);
+    cpAsyncCommit();
+    float s[8][4];
+    dynScores<E, D>(qf, sm.q(), ks, s);
+    if (t.masked)
+      applyKeep(s, keep);
+    pipeSoftmax<E, D>(s, scaleLog2, acc, pa);
+    pending = true;
+    pendingMasked = t.masked;
+    pendingKeep = keep;
+    cpAsyncWait<0>();
+    __syncthreads(); // the values landed; every warp is done with the keys
+  }
 }
 
 /// Stores this thread's rows (query indices, -1 for none) of (b, head).
 template <int E, int D>
-__device__ __forceinline__ void dynStore(DynWalk<E, D> &w, i64 b, i64 head,
-                                         i64 row0, i64 row1) {
-  const AttnParams &p = *w.p;
-  flashStore<E, D>(w.acc, p.o + b * p.oStrideB + head * p.oStrideH,
-                   p.oStrideS,
+__device__ __forceinline__ void dynStore(FlashAcc<D> &acc, const AttnParams &p,
+                                         i64 b, i64 head, i64 row0, i64 row1) {
+  flashStore<E, D>(acc, p.o + b * p.oStrideB + head * p.oStrideH, p.oStrideS,
                    p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
                    row0, row1);
 }
@@ -362,89 +589,6 @@ flashStoreMerged(FlashAcc<D> &acc, u16 *oBase, i64 oStrideS, float *lseBase,
           acc.o[dn][2 * h + 1] * inv + prow[dn * 8 + c2 + 1] * w1);
     if (lseBase && (lane % 4) == 0)
       lseBase[qi] = lse;
-  }
-}
-
-/// Loads the key and value rows of sh.keys (count of them) and runs one
-/// tile step with `keep` (computed by the caller after the barrier).
-template <int E, int D, class Keep>
-__device__ __forceinline__ void walkTile(DynWalk<E, D> &w, int count,
-                                         bool contiguous, Keep keepOf) {
-  const int P = D + 8;
-  DynShared<D> &sh = *w.sh;
-  if (contiguous) {
-    loadTile<D, P, 64>(sh.tiles.ks, w.kBase, w.p->kStrideS, sh.keys[0],
-                       sh.keys[0] + count, w.vec);
-    loadTile<D, P, 64>(sh.tiles.vs, w.vBase, w.p->vStrideS, sh.keys[0],
-                       sh.keys[0] + count, w.vec);
-  } else {
-    loadRows<D, P>(sh.tiles.ks, w.kBase, w.p->kStrideS, sh.keys, count,
-                   w.vec);
-    loadRows<D, P>(sh.tiles.vs, w.vBase, w.p->vStrideS, sh.keys, count,
-                   w.vec);
-  }
-  __syncthreads();
-  const u32 keep = keepOf();
-  if (blockAny(keep != 0)) {
-    guardValues<E, D>(sh.tiles.vs, keep, w.acc);
-    flashTile<E, D>(w.qf, sh.tiles.ks, sh.tiles.vs, keep, w.p->scaleLog2,
-                    w.acc);
-  }
-  __syncthreads();
-}
-
-/// Fills sh.keys with k0 .. k0 + count - 1 (then -1).
-template <int D>
-__device__ __forceinline__ void contiguousKeys(DynShared<D> &sh, i64 k0,
-                                               int count) {
-  if (threadIdx.x < 64)
-    sh.keys[threadIdx.x] = (int)threadIdx.x < count ? k0 + threadIdx.x : -1;
-  __syncthreads();
-}
-
-/// Stages a contiguous query block and this warp's Q fragments.
-template <int E, int D>
-__device__ __forceinline__ void stageQueries(DynWalk<E, D> &w, const u16 *qBase,
-                                             i64 q0) {
-  const int P = D + 8;
-  loadTile<D, P, 64>(w.sh->tiles.ks, qBase, w.p->qStrideS, q0, w.p->nq, w.vec);
-  __syncthreads();
-  loadQFragments<D>(w.sh->tiles.ks, w.qf);
-  __syncthreads();
-  flashInit<D>(w.acc);
-}
-
-/// One contiguous key tile [k0, k0 + count) of this query block, its
-/// elements kept where elem(h, c) holds (h the row half, c the column).
-template <int E, int D, class Elem>
-__device__ __forceinline__ void walkContiguous(DynWalk<E, D> &w, i64 k0,
-                                               int count, Elem elem) {
-  contiguousKeys<D>(*w.sh, k0, count);
-  walkTile<E, D>(w, count, true, [&]() {
-    return elementBits(w.c2, [&](int h, int c) {
-      return c < count && elem(h, c);
-    });
-  });
-}
-
-/// The key tiles of the static runs of generated pattern `id` for this
-/// query block: per tile, prepare(k0) (false: skip the tile), then
-/// walkContiguous with elem(h, c, k0).
-template <int E, int D, class Pats, class Prepare, class Elem>
-__device__ __forceinline__ void walkRuns(DynWalk<E, D> &w, const RunCtx &ctx,
-                                         i64 id, Prepare prepare, Elem elem) {
-  for (i64 next = 0;;) {
-    const Run run = Pats::runFrom(id, ctx, next);
-    if (!isRun(run))
-      break;
-    next = run.hi + 1;
-    for (i64 kb = run.lo; kb <= run.hi; ++kb) {
-      const i64 k0 = kb * 64;
-      if (!prepare(k0))
-        continue;
-      walkContiguous<E, D>(w, k0, (int)minI(64, w.p->nk - k0),
-                           [&](int h, int c) { return elem(h, c, k0); });
-    }
   }
 }
 
@@ -577,17 +721,31 @@ __device__ __forceinline__ void vsSelect(const AttnParams &p,
     return count > 0 && (k > above || (k == above && i <= lastEqual));
   };
   // Ascending output: columns by k; diagonals by d = -i, i.e. i descending.
+  // The same in bitmaps for the attention's masks: bit j of the column
+  // bitmap is column j, of the diagonal bitmap diagonal i = Nk - 1 - j (so
+  // that a row's diagonals run in key order), 32 bits a word.
   i64 *out = reinterpret_cast<i64 *>(ws + (diag ? lay.diags : lay.cols));
+  u32 *bitmap =
+      reinterpret_cast<u32 *>(ws + (diag ? lay.diagBits : lay.colBits));
+  __shared__ unsigned char selFlag[kDynThreads];
   i64 written = 0;
   for (i64 base = 0; base < nk; base += kDynThreads) {
     const i64 j = base + threadIdx.x;
     const i64 i = diag ? nk - 1 - j : j;
     const bool sel = j < nk && kept(i);
+    selFlag[threadIdx.x] = sel ? 1 : 0;
     i64 total;
-    const i64 at = written + blockScan(sel ? 1 : 0, total);
+    const i64 at = written + blockScan(sel ? 1 : 0, total); // (barriers)
     if (sel)
       out[at] = diag ? -i : i;
     written += total;
+    if (threadIdx.x < kDynThreads / 32) {
+      u32 word = 0;
+      for (int x = 0; x < 32; ++x)
+        word |= (u32)selFlag[32 * threadIdx.x + x] << x;
+      bitmap[base / 32 + threadIdx.x] = word;
+    }
+    __syncthreads(); // the flags are read before the next chunk's
   }
   __syncthreads();
   if (!diag) {
@@ -631,129 +789,191 @@ __device__ __forceinline__ void vsSelect(const AttnParams &p,
   }
 }
 
-/// Attention of one query block over the vertical-slash index: the key
-/// ranges of the diagonal groups, then the kept columns outside them
-/// (gathered, 64 at a time), then the static runs of `without`.
+/// The walk of vsAttend over one query block (positions p0..p1), in three
+/// phases: 0, the key tiles that the diagonal groups' ranges touch, for the
+/// pairs on a kept diagonal and not on a kept column; 1, the kept columns,
+/// gathered 64 at a time; 2, the static runs of `without` minus the leaf's
+/// pairs. Phases 0 and 1 within `with`: its runs class each tile (an empty
+/// one is never loaded, a full one needs no pair test). A tile's mode is
+/// its phase, its flags 1 where it needs the pair test of `with`
+/// (`without` in phase 2).
+template <class Pats> struct VsWalk {
+  // The block's constants.
+  const i64 *cols, *groups;
+  const u32 *colBits, *diagBits; ///< bitmaps of vsSelect
+  i64 nc, ng, words, p0, p1, head, nh, withId, withoutId;
+  // The cursor (thread 0).
+  DynRuns<Pats> runs;
+  i64 at, end; ///< 0: the tile and its range's last; 1: the next column
+               ///< entry; 2: the key block
+  i64 gi;      ///< 0: the next group
+  int phase;
+
+  __device__ __forceinline__ void begin() {
+    runs.reset();
+    at = end = -1;
+    gi = 0;
+    phase = 0;
+  }
+
+  __device__ __forceinline__ bool next(DynTile &t) {
+    t.count = 0;
+    for (;;) {
+      i64 id = withId, kb;
+      if (phase == 0) {
+        if (at < end) {
+          ++at;
+        } else if (gi < ng) {
+          // The range of group gi: its diagonals' keys for rows p0..p1.
+          const i64 lo = maxI(0, p0 + groups[2 * gi]);
+          const i64 hi = minI(runs.ctx.nk - 1, p1 + groups[2 * gi + 1]);
+          ++gi;
+          if (lo <= hi) {
+            // Ranges ascend; a tile two of them touch is visited once
+            // (`at` is the last tile considered).
+            at = maxI(lo / 64, at + 1) - 1;
+            end = hi / 64;
+          }
+          continue;
+        } else {
+          phase = 1;
+          at = 0;
+          runs.reset();
+          continue;
+        }
+        kb = at;
+      } else if (phase == 1) {
+        if (at >= nc) {
+          phase = 2;
+          at = -1;
+          runs.reset();
+          continue;
+        }
+        kb = cols[at] / 64;
+      } else if (phase == 2) {
+        id = withoutId;
+        kb = at + 1;
+      } else {
+        return false;
+      }
+      // The one call site of the run enumeration.
+      const int cls = runs.classAt(id, kb);
+      t.mode = phase;
+      if (phase == 0) {
+        if (cls == kEmpty)
+          continue;
+        runs.contiguous(t, kb, true);
+        t.flags = cls == kPartial;
+        return true;
+      }
+      if (phase == 1) {
+        const int count = (int)minI(64, nc - at);
+        const i64 lastKb = cols[at + count - 1] / 64;
+        at += 64;
+        if (cls == kEmpty && lastKb < runs.run.lo) {
+          // No key of these columns in a run of `with`; none after when
+          // `with` has no run left.
+          if (runs.run.lo >= kUnbounded)
+            at = nc;
+          continue;
+        }
+        t.k0 = 0;
+        t.list = cols + (at - 64);
+        t.count = count;
+        t.masked = true;
+        // Every key in one full run of `with`: no pair test.
+        t.flags = !(cls == kFull && lastKb <= runs.run.hi);
+        return true;
+      }
+      if (cls == kEmpty) {
+        if (runs.run.lo >= kUnbounded) {
+          phase = 3;
+          return false;
+        }
+        kb = runs.run.lo;
+      }
+      at = kb;
+      runs.contiguous(t, kb, true);
+      t.flags = runs.run.cls == kPartial;
+      return true;
+    }
+  }
+
+  __device__ __forceinline__ u32 keep(const DynTile &t) const {
+    const i64 rowPos = p0 + dynRow();
+    const int c2 = dynC2();
+    const u64 edge = columnsBelow(t.count);
+    if (t.mode == 1)
+      return t.flags ? Pats::keepGathered(withId, rowPos, rowPos + 8, t.list,
+                                          t.count, c2, head, nh)
+                     : rowsKeep(edge, edge, c2);
+    // Row masks of the leaf: the kept columns, and the kept diagonals
+    // i = p - k of each row (bit j of diagBits: i = Nk - 1 - j).
+    const i64 nk = runs.ctx.nk;
+    const u64 col = bitmapBits(colBits, words, t.k0);
+    const i64 j0 = nk - 1 - rowPos + t.k0;
+    const u64 d0 = bitmapBits(diagBits, words, j0);
+    const u64 d1 = bitmapBits(diagBits, words, j0 - 8);
+    u64 m0, m1;
+    if (t.mode == 0) {
+      // On a kept diagonal and not on a kept column (phase 1's).
+      m0 = d0 & ~col;
+      m1 = d1 & ~col;
+    } else {
+      // Outside the leaf.
+      m0 = ~(d0 | col);
+      m1 = ~(d1 | col);
+    }
+    u32 bits = rowsKeep(m0 & edge, m1 & edge, c2);
+    if (t.flags)
+      bits &= Pats::keep(t.mode == 0 ? withId : withoutId, rowPos, t.k0, c2, nk,
+                         head, nh);
+    return bits;
+  }
+};
+
+/// Attention of one query block over the vertical-slash index (VsWalk).
 template <int E, int D, class Pats>
 __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g,
-                                         DynShared<D> &sh) {
+                                         DynTiles<D> &sh) {
   const DynSlice sl = dynSlice(p, a, g.heads);
-  const i64 b = sl.b, head = sl.head, kvHead = sl.kvHead;
-  const DynLayout lay = sl.lay;
-  unsigned char *ws = sl.ws;
-  const i64 *cols = reinterpret_cast<const i64 *>(ws + lay.cols);
-  const i64 *diags = reinterpret_cast<const i64 *>(ws + lay.diags);
-  const i64 *groups = reinterpret_cast<const i64 *>(ws + lay.groups);
-  const i64 *counts = reinterpret_cast<const i64 *>(ws + lay.counts);
-  const i64 nc = counts[0], nd = counts[1], ng = counts[2];
-  const i64 nh = p.numHeads;
-
-  DynWalk<E, D> w;
-  beginWalk<E, D>(w, p, sh, b, kvHead);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
-  stageQueries<E, D>(w, p.q + b * p.qStrideB + head * p.qStrideH, q0);
   const i64 shift = p.nk - p.nq;
-  const i64 p0 = q0 + shift, p1 = q1 - 1 + shift;
-  const i64 rowPos = q0 + warp * 16 + lane / 4 + shift;
-  const i64 rowLimit = p1; // rows beyond q1 are padding
-  const i64 withId = g.withId, withoutId = g.withoutId;
-
-  // The leaf's flags over a contiguous tile: diagonals d in [dlo, dlo + 127]
-  // and columns k0 .. k0 + 63.
-  auto flags = [&](i64 k0) {
-    const i64 dlo = k0 - (p0 + 63);
-    sh.diagFlag[threadIdx.x] = sortedContains(diags, nd, dlo + threadIdx.x);
-    if (threadIdx.x < 64)
-      sh.colFlag[threadIdx.x] = sortedContains(cols, nc, k0 + threadIdx.x);
-    return dlo;
-  };
-  // Walk 1a: the diagonal groups' key ranges.
-  for (i64 gi = 0; gi < ng; ++gi) {
-    const i64 lo = maxI(0, p0 + groups[2 * gi]);
-    const i64 hi = minI(p.nk - 1, p1 + groups[2 * gi + 1]);
-    for (i64 k0 = lo; k0 <= hi; k0 += 64) {
-      const i64 dlo = flags(k0);
-      walkContiguous<E, D>(w, k0, (int)minI(64, hi + 1 - k0), [&](int h,
-                                                                  int c) {
-        const i64 pos = rowPos + 8 * h, k = k0 + c;
-        return pos <= rowLimit &&
-               (sh.colFlag[c] || sh.diagFlag[k - pos - dlo]) &&
-               Pats::allowed(withId, pos, k, head, nh);
-      });
-    }
+  __shared__ VsWalk<Pats> w;
+  __shared__ DynTile tiles[2];
+  if (threadIdx.x == 0) {
+    const DynLayout &lay = sl.lay;
+    const i64 *counts = reinterpret_cast<const i64 *>(sl.ws + lay.counts);
+    w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
+    w.cols = reinterpret_cast<const i64 *>(sl.ws + lay.cols);
+    w.groups = reinterpret_cast<const i64 *>(sl.ws + lay.groups);
+    w.colBits = reinterpret_cast<const u32 *>(sl.ws + lay.colBits);
+    w.diagBits = reinterpret_cast<const u32 *>(sl.ws + lay.diagBits);
+    w.nc = counts[0];
+    w.ng = counts[2];
+    w.words = vsBitmapWords(p.nk);
+    w.p0 = q0 + shift;
+    w.p1 = q1 - 1 + shift;
+    w.head = sl.head;
+    w.nh = p.numHeads;
+    w.withId = g.withId;
+    w.withoutId = g.withoutId;
+    w.begin();
   }
-  // Walk 1b: kept columns outside every range, gathered.
-  auto covered = [&](i64 k) {
-    // The last group with p0 + dFirst <= k.
-    i64 lo = 0, hi = ng;
-    while (lo < hi) {
-      const i64 mid = (lo + hi) / 2;
-      if (p0 + groups[2 * mid] <= k)
-        lo = mid + 1;
-      else
-        hi = mid;
-    }
-    return lo > 0 && k <= p1 + groups[2 * (lo - 1) + 1] &&
-           k >= maxI(0, p0 + groups[2 * (lo - 1)]);
-  };
-  auto gatheredTile = [&](int count) {
-    if (threadIdx.x < 64)
-      sh.keys[threadIdx.x] =
-          (int)threadIdx.x < count ? sh.pending[threadIdx.x] : -1;
-    __syncthreads();
-    walkTile<E, D>(w, count, false, [&]() {
-      return elementBits(w.c2, [&](int h, int c) {
-        const i64 pos = rowPos + 8 * h;
-        return c < count && pos <= rowLimit &&
-               Pats::allowed(withId, pos, sh.keys[c], head, nh);
-      });
-    });
-  };
-  i64 pending = 0;
-  for (i64 base = 0; base < nc; base += kDynThreads) {
-    const i64 j = base + threadIdx.x;
-    const bool take = j < nc && !covered(cols[j]);
-    i64 total;
-    const i64 at = pending + blockScan(take ? 1 : 0, total);
-    if (take)
-      sh.pending[at] = cols[j];
-    pending += total;
-    __syncthreads();
-    while (pending >= 64) {
-      gatheredTile(64);
-      // Move the rest (at most 127) to the front.
-      i64 rest = pending - 64, moved = 0;
-      if (threadIdx.x < rest)
-        moved = sh.pending[64 + threadIdx.x];
-      __syncthreads();
-      if (threadIdx.x < rest)
-        sh.pending[threadIdx.x] = moved;
-      __syncthreads();
-      pending = rest;
-    }
-  }
-  if (pending > 0)
-    gatheredTile((int)pending);
-  // Walk 2: the pattern's static runs with the leaf read as skip, minus the
-  // leaf's pairs.
-  const RunCtx ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, head, nh);
-  i64 dlo = 0;
-  walkRuns<E, D, Pats>(
-      w, ctx, withoutId,
-      [&](i64 k0) {
-        dlo = flags(k0);
-        return true;
-      },
-      [&](int h, int c, i64 k0) {
-        const i64 pos = rowPos + 8 * h, k = k0 + c;
-        return pos <= rowLimit &&
-               !(sh.colFlag[c] || sh.diagFlag[k - pos - dlo]) &&
-               Pats::allowed(withoutId, pos, k, head, nh);
-      });
-  const i64 qi0 = q0 + warp * 16 + lane / 4, qi1 = qi0 + 8;
-  dynStore<E, D>(w, b, head, qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
+  const bool vec = p.vectorLoads != 0;
+  u32 qf[DynQ<D>::kRegs][4];
+  stageQ<D>(sh, p.q + sl.b * p.qStrideB + sl.head * p.qStrideH, p.qStrideS, q0,
+            p.nq, nullptr, 0, vec, qf); // (its barriers publish w)
+  FlashAcc<D> acc;
+  flashInit<D>(acc);
+  dynPipeline<E, D>(
+      w, tiles, sh, p.k + sl.b * p.kStrideB + sl.kvHead * p.kStrideH,
+      p.kStrideS, p.v + sl.b * p.vStrideB + sl.kvHead * p.vStrideH, p.vStrideS,
+      vec, qf, p.scaleLog2, acc);
+  const i64 qi = q0 + dynRow();
+  dynStore<E, D>(acc, p, sl.b, sl.head, qi < p.nq ? qi : -1,
+                 qi + 8 < p.nq ? qi + 8 : -1);
 }
 
 //===----------------------------------------------------------------------===//
@@ -1092,73 +1312,177 @@ __device__ __forceinline__ void btSelect(const AttnParams &p,
     *countOut = minI(written, lay.cap);
 }
 
-/// Attention of one 64-row query tile over the kept key blocks of its
-/// query blocks (blocks of positions; `block` a multiple of 64, so a 64-key
-/// tile lies in one key block and a query tile in at most two query
-/// blocks: rows before position `split` in the first, the rest in the
-/// second), then the static runs of `without` outside the kept blocks. The
-/// two lists are walked merged, each key tile once, every row masked by
-/// its own block's membership.
+/// The walk of btAttend over one 64-row query tile. Its rows lie in at most
+/// two query blocks (blocks of positions; `block` a multiple of 64, so a
+/// key tile lies in one key block): rows before position `split` in the
+/// first (list A), the rest in the second (list Z). Phase 0: the key tiles
+/// of the blocks either list keeps, the lists merged in key order, each
+/// tile once; a row whose own block keeps the tile takes `with`, another
+/// `without` (both only in a tile of two query blocks that one of them
+/// keeps); a tile every row takes `with` for is classed by its runs (an
+/// empty one never loaded, a full one unmasked). Phase 1: the static runs
+/// of `without` outside the kept blocks, classed by their runs. A tile's
+/// mode: kFull, kPartial (its one pattern's pair test) or kMixed; flags:
+/// bit 0 list A keeps it, bit 1 list Z, bit 2 phase 1.
+template <class Pats> struct BtWalk {
+  static const int kMixed = 3;
+  // The block's constants.
+  const i64 *listA, *listZ;
+  i64 na, nz; ///< list Z empty when the tile lies in one query block
+  i64 block, split, p0, head, nh, withId, withoutId;
+  bool two; ///< the tile's rows lie in two query blocks
+  // The cursor (thread 0).
+  DynRuns<Pats> runs;
+  i64 ia, iz;  ///< list positions
+  i64 at, end; ///< 0: the tile and its key block's last; 1: the key block
+  int phase, kept;
+
+  __device__ __forceinline__ void begin() {
+    runs.reset();
+    ia = iz = 0;
+    at = end = -1;
+    phase = kept = 0;
+  }
+
+  __device__ __forceinline__ bool next(DynTile &t) {
+    t.count = 0;
+    for (;;) {
+      i64 id = withId, kb;
+      if (phase == 0) {
+        if (at < end) {
+          ++at;
+        } else if (ia < na || iz < nz) {
+          const i64 ka = ia < na ? listA[ia] : kUnbounded;
+          const i64 kz = iz < nz ? listZ[iz] : kUnbounded;
+          const i64 blk = minI(ka, kz);
+          const bool inA = ka == blk, inZ = two ? kz == blk : inA;
+          kept = (inA ? 1 : 0) | (inZ ? 2 : 0);
+          ia += ka == blk ? 1 : 0;
+          iz += kz == blk ? 1 : 0;
+          at = blk * block / 64;
+          end = (minI((blk + 1) * block, runs.ctx.nk) - 1) / 64;
+        } else {
+          phase = 1;
+          at = -1;
+          ia = iz = 0;
+          runs.reset();
+          continue;
+        }
+        kb = at;
+      } else if (phase == 1) {
+        id = withoutId;
+        kb = at + 1;
+      } else {
+        return false;
+      }
+      // The one call site of the run enumeration.
+      const int cls = runs.classAt(id, kb);
+      if (phase == 0) {
+        if (kept == 3) {
+          if (cls == kEmpty)
+            continue;
+          t.mode = cls;
+        } else {
+          t.mode = kMixed;
+        }
+        t.flags = kept;
+        runs.contiguous(t, kb, t.mode != kFull);
+        return true;
+      }
+      if (cls == kEmpty) {
+        if (runs.run.lo >= kUnbounded) {
+          phase = 2;
+          return false;
+        }
+        kb = runs.run.lo;
+      }
+      at = kb;
+      // Blocks kept by either query block were walked in phase 0.
+      const i64 blk = kb * 64 / block;
+      while (ia < na && listA[ia] < blk)
+        ++ia;
+      while (iz < nz && listZ[iz] < blk)
+        ++iz;
+      if ((ia < na && listA[ia] == blk) || (iz < nz && listZ[iz] == blk))
+        continue;
+      t.mode = runs.run.cls;
+      t.flags = 4;
+      runs.contiguous(t, kb, t.mode != kFull);
+      return true;
+    }
+  }
+
+  __device__ __forceinline__ u32 keep(const DynTile &t) const {
+    const int c2 = dynC2();
+    if (t.mode == kFull) {
+      const u64 edge = columnsBelow(t.count);
+      return rowsKeep(edge, edge, c2);
+    }
+    // The rows (their keep bits) that take `with`: all of them, none
+    // (phase 1), or those whose query block keeps the key block.
+    const i64 rowPos = p0 + dynRow();
+    u32 rowsWith = t.flags & 4 ? 0u : 0xffffffffu;
+    if (t.mode == kMixed)
+      rowsWith =
+          ((t.flags >> (rowPos < split ? 0 : 1)) & 1 ? 0x33333333u : 0u) |
+          ((t.flags >> (rowPos + 8 < split ? 0 : 1)) & 1 ? 0xccccccccu : 0u);
+    u32 bits = 0;
+#pragma unroll 1
+    for (int side = 0; side < 2; ++side) {
+      const u32 rows = side ? ~rowsWith : rowsWith;
+      if (rows)
+        bits |= rows & Pats::keep(side ? withoutId : withId, rowPos, t.k0, c2,
+                                  runs.ctx.nk, head, nh);
+    }
+    return bits;
+  }
+};
+
+/// Attention of one 64-row query tile over the block top-k index (BtWalk).
 template <int E, int D, class Pats>
 __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g,
-                                         DynShared<D> &sh) {
+                                         DynTiles<D> &sh) {
   const DynSlice sl = dynSlice(p, a, g.heads);
-  const i64 b = sl.b, head = sl.head, kvHead = sl.kvHead;
-  const DynLayout lay = sl.lay;
-  unsigned char *ws = sl.ws;
-  const i64 nh = p.numHeads;
-  DynWalk<E, D> w;
-  beginWalk<E, D>(w, p, sh, b, kvHead);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
-  stageQueries<E, D>(w, p.q + b * p.qStrideB + head * p.qStrideH, q0);
   const i64 shift = p.nk - p.nq;
-  const i64 rowPos = q0 + warp * 16 + lane / 4 + shift;
-  const i64 rowLimit = q1 - 1 + shift;
-  const i64 first = btFirstBlock(a.block, p.nq, p.nk);
-  const i64 qa = floorDiv(q0 + shift, a.block) - first;
-  const i64 qz = floorDiv(rowLimit, a.block) - first; // qa or qa + 1
-  const i64 split = (first + qz) * a.block;           // first row of qz
-  const i64 *listA = reinterpret_cast<const i64 *>(ws + lay.lists) + qa * lay.cap;
-  const i64 *listZ = reinterpret_cast<const i64 *>(ws + lay.lists) + qz * lay.cap;
-  const i64 *count = reinterpret_cast<const i64 *>(ws + lay.listCount);
-  const i64 na = count[qa], nz = qz == qa ? 0 : count[qz];
-  const i64 withId = g.withId, withoutId = g.withoutId;
-  for (i64 ia = 0, iz = 0; ia < na || iz < nz;) {
-    const i64 ka = ia < na ? listA[ia] : kUnbounded;
-    const i64 kz = iz < nz ? listZ[iz] : kUnbounded;
-    const i64 kb = minI(ka, kz);
-    // Membership of this key block per query block (one list only when
-    // the tile lies in one query block).
-    const bool inA = ka == kb, inZ = qz == qa ? inA : kz == kb;
-    ia += inA ? 1 : 0;
-    iz += (qz != qa && kz == kb) ? 1 : 0;
-    for (i64 k0 = kb * a.block; k0 < minI((kb + 1) * a.block, p.nk); k0 += 64)
-      walkContiguous<E, D>(w, k0, (int)minI(64, p.nk - k0), [&](int h, int c) {
-        const i64 pos = rowPos + 8 * h;
-        if (pos > rowLimit)
-          return false;
-        return (pos < split ? inA : inZ)
-                   ? Pats::allowed(withId, pos, k0 + c, head, nh)
-                   : Pats::allowed(withoutId, pos, k0 + c, head, nh);
-      });
+  __shared__ BtWalk<Pats> w;
+  __shared__ DynTile tiles[2];
+  if (threadIdx.x == 0) {
+    const DynLayout &lay = sl.lay;
+    const i64 first = btFirstBlock(a.block, p.nq, p.nk);
+    const i64 qa = floorDiv(q0 + shift, a.block) - first;
+    const i64 qz = floorDiv(q1 - 1 + shift, a.block) - first; // qa, qa + 1
+    const i64 *lists = reinterpret_cast<const i64 *>(sl.ws + lay.lists);
+    const i64 *count = reinterpret_cast<const i64 *>(sl.ws + lay.listCount);
+    w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
+    w.listA = lists + qa * lay.cap;
+    w.listZ = lists + qz * lay.cap;
+    w.na = count[qa];
+    w.two = qz != qa;
+    w.nz = w.two ? count[qz] : 0;
+    w.block = a.block;
+    w.split = (first + qz) * a.block; // the first position of block qz
+    w.p0 = q0 + shift;
+    w.head = sl.head;
+    w.nh = p.numHeads;
+    w.withId = g.withId;
+    w.withoutId = g.withoutId;
+    w.begin();
   }
-  const RunCtx ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, head, nh);
-  walkRuns<E, D, Pats>(
-      w, ctx, withoutId,
-      // A block kept by either query block was walked above.
-      [&](i64 k0) {
-        return !sortedContains(listA, na, k0 / a.block) &&
-               !sortedContains(listZ, nz, k0 / a.block);
-      },
-      [&](int h, int c, i64 k0) {
-        const i64 pos = rowPos + 8 * h;
-        return pos <= rowLimit &&
-               Pats::allowed(withoutId, pos, k0 + c, head, nh);
-      });
-  const i64 qi0 = q0 + warp * 16 + lane / 4, qi1 = qi0 + 8;
-  dynStore<E, D>(w, b, head, qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
+  const bool vec = p.vectorLoads != 0;
+  u32 qf[DynQ<D>::kRegs][4];
+  stageQ<D>(sh, p.q + sl.b * p.qStrideB + sl.head * p.qStrideH, p.qStrideS, q0,
+            p.nq, nullptr, 0, vec, qf); // (its barriers publish w)
+  FlashAcc<D> acc;
+  flashInit<D>(acc);
+  dynPipeline<E, D>(
+      w, tiles, sh, p.k + sl.b * p.kStrideB + sl.kvHead * p.kStrideH,
+      p.kStrideS, p.v + sl.b * p.vStrideB + sl.kvHead * p.vStrideH, p.vStrideS,
+      vec, qf, p.scaleLog2, acc);
+  const i64 qi = q0 + dynRow();
+  dynStore<E, D>(acc, p, sl.b, sl.head, qi < p.nq ? qi : -1,
+                 qi + 8 < p.nq ? qi + 8 : -1);
 }
 
 //===----------------------------------------------------------------------===//
@@ -1328,114 +1652,192 @@ __device__ __forceinline__ void rtSort(const AttnParams &p, const DynArgs &a) {
   }
 }
 
+/// The walk of rtAttend: the keys of one cluster's segment, gathered 64 at
+/// a time (permK), every pair tested against `with` on the original
+/// positions.
+template <class Pats> struct RtWalk {
+  // The block's constants.
+  const i64 *permK;
+  i64 rowQ[64]; ///< the query tile's rows (query indices, -1: none)
+  i64 shift, head, nh, withId;
+  // The cursor (thread 0).
+  i64 at, end; ///< the segment's next key entry and its end
+
+  __device__ __forceinline__ bool next(DynTile &t) {
+    t.count = 0;
+    if (at >= end)
+      return false;
+    t.k0 = 0;
+    t.list = permK + at;
+    t.count = (int)minI(64, end - at);
+    t.masked = true;
+    at += 64;
+    return true;
+  }
+
+  __device__ __forceinline__ u32 keep(const DynTile &t) const {
+    const int row = dynRow();
+    const i64 r0 = rowQ[row], r1 = rowQ[row + 8];
+    const u32 rows =
+        (r0 >= 0 ? 0x33333333u : 0u) | (r1 >= 0 ? 0xccccccccu : 0u);
+    return rows & Pats::keepGathered(withId, r0 + shift, r1 + shift, t.list,
+                                     t.count, dynC2(), head, nh);
+  }
+};
+
 /// Query tile blockIdx.x of the segments (grid routingTiles()): its rows
-/// gathered from Q, the keys of its cluster 64 at a time, `with` on the
-/// original positions; rows stored through the permutation.
+/// gathered from Q, the keys of its cluster (RtWalk); rows stored through
+/// the permutation.
 template <int E, int D, class Pats>
 __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g,
-                                         DynShared<D> &sh) {
-  const int P = D + 8;
+                                         DynTiles<D> &sh) {
   const DynSlice sl = dynSlice(p, a, g.heads);
-  const i64 b = sl.b, head = sl.head, kvHead = sl.kvHead;
-  const DynLayout lay = sl.lay;
-  unsigned char *ws = sl.ws;
-  const i64 *tiles = reinterpret_cast<const i64 *>(ws + lay.tileStart);
-  const i64 *qStart = reinterpret_cast<const i64 *>(ws + lay.qStart);
-  const i64 *kStart = reinterpret_cast<const i64 *>(ws + lay.kStart);
-  const i64 *permQ = reinterpret_cast<const i64 *>(ws + lay.permQ);
-  const i64 *permK = reinterpret_cast<const i64 *>(ws + lay.permK);
+  const DynLayout &lay = sl.lay;
+  const i64 *tileStart = reinterpret_cast<const i64 *>(sl.ws + lay.tileStart);
+  const i64 *qStart = reinterpret_cast<const i64 *>(sl.ws + lay.qStart);
+  const i64 *kStart = reinterpret_cast<const i64 *>(sl.ws + lay.kStart);
+  const i64 *permQ = reinterpret_cast<const i64 *>(sl.ws + lay.permQ);
   const i64 C = a.clusters, x = blockIdx.x;
-  if (x >= tiles[C])
+  if (x >= tileStart[C])
     return; // beyond the segments' tiles (uniform per block)
-  // The cluster: the last c with tiles[c] <= x.
+  // The cluster: the last c with tileStart[c] <= x.
   i64 lo = 0, hi = C;
   while (lo < hi) {
     const i64 mid = (lo + hi + 1) / 2;
-    if (tiles[mid] <= x)
+    if (tileStart[mid] <= x)
       lo = mid;
     else
       hi = mid - 1;
   }
   const i64 c = lo;
-  const i64 r0 = qStart[c] + (x - tiles[c]) * 64;
+  const i64 r0 = qStart[c] + (x - tileStart[c]) * 64;
   const int rows = (int)minI(64, qStart[c + 1] - r0);
-  DynWalk<E, D> w;
-  beginWalk<E, D>(w, p, sh, b, kvHead);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __shared__ RtWalk<Pats> w;
+  __shared__ DynTile tiles[2];
   if (threadIdx.x < 64)
-    sh.rows[threadIdx.x] = (int)threadIdx.x < rows ? permQ[r0 + threadIdx.x] : -1;
-  __syncthreads();
-  loadRows<D, P>(sh.tiles.ks, p.q + b * p.qStrideB + head * p.qStrideH,
-                 p.qStrideS, sh.rows, rows, w.vec);
-  __syncthreads();
-  loadQFragments<D>(sh.tiles.ks, w.qf);
-  __syncthreads();
-  flashInit<D>(w.acc);
-  const int myRow = warp * 16 + lane / 4;
-  const i64 shift = p.nk - p.nq;
-  const i64 rowQ0 = myRow < rows ? sh.rows[myRow] : -1;
-  const i64 rowQ1 = myRow + 8 < rows ? sh.rows[myRow + 8] : -1;
-  const i64 withId = g.withId;
-  for (i64 k0 = kStart[c]; k0 < kStart[c + 1]; k0 += 64) {
-    const int count = (int)minI(64, kStart[c + 1] - k0);
-    if (threadIdx.x < 64)
-      sh.keys[threadIdx.x] =
-          (int)threadIdx.x < count ? permK[k0 + threadIdx.x] : -1;
-    __syncthreads();
-    walkTile<E, D>(w, count, false, [&]() {
-      return elementBits(w.c2, [&](int h, int col) {
-        const i64 rq = h ? rowQ1 : rowQ0;
-        return col < count && rq >= 0 &&
-               Pats::allowed(withId, rq + shift, sh.keys[col], head,
-                             p.numHeads);
-      });
-    });
+    w.rowQ[threadIdx.x] =
+        (int)threadIdx.x < rows ? permQ[r0 + threadIdx.x] : -1;
+  if (threadIdx.x == 0) {
+    w.permK = reinterpret_cast<const i64 *>(sl.ws + lay.permK);
+    w.shift = p.nk - p.nq;
+    w.head = sl.head;
+    w.nh = p.numHeads;
+    w.withId = g.withId;
+    w.at = kStart[c];
+    w.end = kStart[c + 1];
   }
+  const bool vec = p.vectorLoads != 0;
+  u32 qf[DynQ<D>::kRegs][4];
+  stageQ<D>(sh, p.q + sl.b * p.qStrideB + sl.head * p.qStrideH, p.qStrideS, 0,
+            p.nq, permQ + r0, rows, vec, qf); // (its barriers publish w)
+  FlashAcc<D> acc;
+  flashInit<D>(acc);
+  dynPipeline<E, D>(
+      w, tiles, sh, p.k + sl.b * p.kStrideB + sl.kvHead * p.kStrideH,
+      p.kStrideS, p.v + sl.b * p.vStrideB + sl.kvHead * p.vStrideH, p.vStrideS,
+      vec, qf, p.scaleLog2, acc);
+  const int row = dynRow();
   if (a.merge)
-    flashStorePartial<D>(w.acc,
-                         reinterpret_cast<float *>(ws + lay.partial), rowQ0,
-                         rowQ1);
+    flashStorePartial<D>(acc, reinterpret_cast<float *>(sl.ws + lay.partial),
+                         w.rowQ[row], w.rowQ[row + 8]);
   else
-    dynStore<E, D>(w, b, head, rowQ0, rowQ1);
+    dynStore<E, D>(acc, p, sl.b, sl.head, w.rowQ[row], w.rowQ[row + 8]);
 }
 
+/// The walk of rtRest: the static runs of `without` for one 64-row query
+/// block, minus the pairs within a cluster. A tile's flags: 1 where the run
+/// is partial (`without`'s pair test too).
+template <class Pats> struct RestWalk {
+  // The block's constants.
+  const int *kCluster;
+  int rowCluster[64]; ///< the clusters of the block's rows (-1: none)
+  i64 p0, head, nh, withoutId;
+  // The cursor (thread 0).
+  DynRuns<Pats> runs;
+  i64 at;
+
+  __device__ __forceinline__ bool next(DynTile &t) {
+    t.count = 0;
+    i64 kb = at + 1;
+    if (runs.classAt(withoutId, kb) == kEmpty) {
+      if (runs.run.lo >= kUnbounded)
+        return false;
+      kb = runs.run.lo;
+    }
+    at = kb;
+    t.flags = runs.run.cls == kPartial;
+    runs.contiguous(t, kb, true);
+    return true;
+  }
+
+  __device__ __forceinline__ u32 keep(const DynTile &t) const {
+    const int row = dynRow(), c2 = dynC2();
+    const int c0 = rowCluster[row], c1 = rowCluster[row + 8];
+    u32 bits = 0;
+#pragma unroll 1
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = nt * 8 + c2 + e;
+        if (c < t.count) {
+          const int kc = kCluster[t.k0 + c];
+          if (c0 >= 0 && kc != c0)
+            bits |= 1u << (4 * nt + e);
+          if (c1 >= 0 && kc != c1)
+            bits |= 1u << (4 * nt + 2 + e);
+        }
+      }
+    if (t.flags)
+      bits &= Pats::keep(withoutId, p0 + row, t.k0, c2, runs.ctx.nk, head, nh);
+    return bits;
+  }
+};
+
 /// Routing under a union (or the right of a difference): per 64-row query
-/// block, the static runs of `without` minus the pairs within a cluster,
-/// merged with the segments' rows (the partial workspace) by their LSE.
+/// block, the static runs of `without` minus the pairs within a cluster
+/// (RestWalk), merged with the segments' rows (the partial workspace) by
+/// their LSE.
 template <int E, int D, class Pats>
 __device__ __forceinline__ void rtRest(const AttnParams &p, const DynArgs &a,
                                        const DynGroupTable &g,
-                                       DynShared<D> &sh) {
+                                       DynTiles<D> &sh) {
   const DynSlice sl = dynSlice(p, a, g.heads);
-  const i64 b = sl.b, head = sl.head, kvHead = sl.kvHead;
-  const DynLayout lay = sl.lay;
-  unsigned char *ws = sl.ws;
-  const int *qc = reinterpret_cast<const int *>(ws + lay.qCluster);
-  const int *kc = reinterpret_cast<const int *>(ws + lay.kCluster);
-  DynWalk<E, D> w;
-  beginWalk<E, D>(w, p, sh, b, kvHead);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const DynLayout &lay = sl.lay;
   const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
-  stageQueries<E, D>(w, p.q + b * p.qStrideB + head * p.qStrideH, q0);
-  const i64 shift = p.nk - p.nq;
-  const i64 qi0 = q0 + warp * 16 + lane / 4, qi1 = qi0 + 8;
-  const int c0 = qi0 < p.nq ? qc[qi0] : -1, c1 = qi1 < p.nq ? qc[qi1] : -1;
-  const RunCtx ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, head, p.numHeads);
-  walkRuns<E, D, Pats>(
-      w, ctx, g.withoutId, [](i64) { return true; },
-      [&](int h, int c, i64 k0) {
-        const int cq = h ? c1 : c0;
-        return cq >= 0 && kc[k0 + c] != cq &&
-               Pats::allowed(g.withoutId, (h ? qi1 : qi0) + shift, k0 + c,
-                             head, p.numHeads);
-      });
-  flashStoreMerged<E, D>(w.acc, p.o + b * p.oStrideB + head * p.oStrideH,
-                         p.oStrideS,
-                         p.lse ? p.lse + (b * p.numHeads + head) * p.nq
-                               : nullptr,
-                         reinterpret_cast<const float *>(ws + lay.partial),
-                         qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
+  __shared__ RestWalk<Pats> w;
+  __shared__ DynTile tiles[2];
+  if (threadIdx.x < 64) {
+    const int *qc = reinterpret_cast<const int *>(sl.ws + lay.qCluster);
+    const i64 qi = q0 + threadIdx.x;
+    w.rowCluster[threadIdx.x] = qi < p.nq ? qc[qi] : -1;
+  }
+  if (threadIdx.x == 0) {
+    w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
+    w.runs.reset();
+    w.kCluster = reinterpret_cast<const int *>(sl.ws + lay.kCluster);
+    w.p0 = q0 + p.nk - p.nq;
+    w.head = sl.head;
+    w.nh = p.numHeads;
+    w.withoutId = g.withoutId;
+    w.at = -1;
+  }
+  const bool vec = p.vectorLoads != 0;
+  u32 qf[DynQ<D>::kRegs][4];
+  stageQ<D>(sh, p.q + sl.b * p.qStrideB + sl.head * p.qStrideH, p.qStrideS, q0,
+            p.nq, nullptr, 0, vec, qf); // (its barriers publish w)
+  FlashAcc<D> acc;
+  flashInit<D>(acc);
+  dynPipeline<E, D>(
+      w, tiles, sh, p.k + sl.b * p.kStrideB + sl.kvHead * p.kStrideH,
+      p.kStrideS, p.v + sl.b * p.vStrideB + sl.kvHead * p.vStrideH, p.vStrideS,
+      vec, qf, p.scaleLog2, acc);
+  const i64 qi = q0 + dynRow();
+  flashStoreMerged<E, D>(
+      acc, p.o + sl.b * p.oStrideB + sl.head * p.oStrideH, p.oStrideS,
+      p.lse ? p.lse + (sl.b * p.numHeads + sl.head) * p.nq : nullptr,
+      reinterpret_cast<const float *>(sl.ws + lay.partial), qi < p.nq ? qi : -1,
+      qi + 8 < p.nq ? qi + 8 : -1);
 }
 
 } // namespace kernel

@@ -412,6 +412,11 @@ struct PatternBundle {
     layer["num_kv_heads"] = 1;
     layer["computed_heads"] = array(sched.computedHead);
     layer["head_groups"] = array(sched.headGroup);
+    // One launch over every computed head (the CPU path launches none).
+    std::string kernel =
+        (*layer.getArray("kernels"))[0].getAsObject()->getString("name")->str();
+    layer["kernels"] = json::Array{json::Object{
+        {"name", kernel}, {"slots", int64_t(sched.computedHead.size())}}};
     layer["skipped_heads"] = array(sched.skippedHeads);
     layer["program"] = json::Object{{"nodes", std::move(nodes)},
                                     {"data", array(sched.data)},

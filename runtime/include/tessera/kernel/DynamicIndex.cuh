@@ -1330,7 +1330,8 @@ template <class Pats> struct BtWalk {
   const i64 *listA, *listZ;
   i64 na, nz; ///< list Z empty when the tile lies in one query block
   i64 block, split, p0, head, nh, withId, withoutId;
-  bool two; ///< the tile's rows lie in two query blocks
+  int two; ///< the tile's rows lie in two query blocks (an int: the SASS
+           ///< check allows no sub-word shared loads)
   // The cursor (thread 0).
   DynRuns<Pats> runs;
   i64 ia, iz;  ///< list positions

@@ -9,11 +9,12 @@ nvrtc_options; runtime/jit/Nvrtc.cpp), disassembles the cubin with nvdisasm
 checks every kernel that has tensor-core instructions:
 
   HMMA (mma.sync) kernels   LDGSTS (cp.async copies K/V), LDSM (ldmatrix
-                            fragments), no sub-word shared loads (LDS.U16,
-                            LDS.S16, LDS.U8, LDS.S8), no local memory (LDL,
-                            STL)
-  HGMMA (wgmma) kernels     UTMALDG or LDGSTS, no sub-word shared loads,
-                            no local memory
+                            fragments), no 16-bit shared loads (LDS.U16,
+                            LDS.S16), no local memory (LDL, STL)
+  HGMMA (wgmma) kernels     UTMALDG or LDGSTS, no 16-bit shared loads, no
+                            local memory
+
+8-bit shared loads (a flag byte) are counted in the summary, not refused.
 
 It prints one line per kernel and architecture, then a summary; a failing
 kernel's line names the kernel and every rule it breaks.
@@ -39,7 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sasslib  # noqa: E402
 
 ARCHS = ("sm_80", "sm_90")
-SUBWORD_LDS = re.compile(r"^LDS(\.\w+)*\.(U16|S16|U8|S8)\b")
+HALF_LDS = re.compile(r"^LDS(\.\w+)*\.(U16|S16)\b")
+BYTE_LDS = re.compile(r"^LDS(\.\w+)*\.(U8|S8)\b")
 LOCAL = re.compile(r"^(LDL|STL)\b")
 
 
@@ -50,7 +52,8 @@ def check_function(fn):
     count = {}
     for stem in ("HMMA", "HGMMA", "LDGSTS", "LDSM", "UTMALDG"):
         count[stem] = sum(1 for o in ops if o.split(".")[0] == stem)
-    subword = sum(1 for o in ops if SUBWORD_LDS.match(o))
+    half = sum(1 for o in ops if HALF_LDS.match(o))
+    byte = sum(1 for o in ops if BYTE_LDS.match(o))
     local = sum(1 for o in ops if LOCAL.match(o))
     if not count["HMMA"] and not count["HGMMA"]:
         return None, []
@@ -62,13 +65,13 @@ def check_function(fn):
             broken.append("no LDSM (fragments not loaded with ldmatrix)")
     if count["HGMMA"] and not count["UTMALDG"] and not count["LDGSTS"]:
         broken.append("HGMMA without UTMALDG or LDGSTS")
-    if subword:
-        broken.append(f"{subword} sub-word shared loads (LDS.U16/S16/U8/S8)")
+    if half:
+        broken.append(f"{half} 16-bit shared loads (LDS.U16/S16)")
     if local:
         broken.append(f"{local} local-memory instructions (LDL/STL)")
     parts = [f"{k} {v}" for k, v in count.items() if v or k in
              ("LDGSTS", "LDSM")]
-    parts += [f"sub-word LDS {subword}", f"LDL/STL {local}"]
+    parts += [f"16-bit LDS {half}", f"8-bit LDS {byte}", f"LDL/STL {local}"]
     return ", ".join(parts), broken
 
 

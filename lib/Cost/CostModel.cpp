@@ -27,16 +27,20 @@ namespace k = tessera::kernel;
 //===----------------------------------------------------------------------===//
 
 namespace {
-/// A GPU target from published figures. Our kernel (FlashForward.cuh) runs
-/// 64 x 64 tiles with 128 threads; at head_dim 128 it holds 229 registers per
-/// thread, so 2 thread blocks are resident per SM (the ptxas report in
-/// docs/PERFORMANCE.md). A tile is 4 * 64 * 64 * 128 FLOP (QK^T and PV) on
-/// the tensor cores at `efficiency` of the peak, shared by the SM's resident
-/// blocks; its K and V (2 * 64 * 128 * 2 bytes) come from HBM at the SM's
-/// share of the bandwidth with an assumed 8-fold reuse in L2 (the query
-/// blocks of one head run side by side). The slower of the two is the tile
-/// time. Partial tiles add the generated predicate and masking: assumed 20%.
-/// The per-item cost (Q load, O and LSE store) is assumed half a tile.
+/// A GPU target from published figures and the kernel's SASS (a model,
+/// docs/PERFORMANCE.md "GPU estimate"; not measured on a GPU). The
+/// pipelined kernel (FlashForward.cuh) runs 128-row query blocks of 8 warps
+/// against 64-key tiles; at head_dim 128 it holds 211 registers a thread, so
+/// one block (8 warps) is resident per SM. A tile is 4 * 128 * 64 * 128 FLOP
+/// (QK^T and PV) on the tensor cores at `efficiency` of the dense peak (the
+/// estimate's rate of mma.sync at 6.0 SASS instructions per HMMA, derated
+/// for barriers); its K and V (2 * 64 * 128 * 2 bytes) come
+/// from HBM at the SM's share of the bandwidth with an assumed 8-fold reuse
+/// in L2 (the query blocks of one head run side by side). The slower of the
+/// two is the tile time. Partial tiles cost 1.14 full ones (the closed-form
+/// masks and the non-finite guard: scripts/sass-counts.py, dense d128 on
+/// sm_90). The per-item cost (Q load, O and LSE store) is assumed half a
+/// tile.
 Target gpuTarget(const char *name, const char *spec, int64_t sms, double flops,
                  double bandwidth, double efficiency) {
   Target t;
@@ -46,13 +50,14 @@ Target gpuTarget(const char *name, const char *spec, int64_t sms, double flops,
              "), efficiency " + std::to_string(efficiency).substr(0, 4) +
              " assumed; not measured on a GPU";
   t.units = sms;
-  t.slotsPerUnit = 2;
-  t.blockQ = t.blockK = 64;
+  t.slotsPerUnit = 1;
+  t.blockQ = 128;
+  t.blockK = 64;
   t.headDim = 128;
   t.tensorFlops = flops;
   t.memoryBandwidth = bandwidth;
   t.efficiency = efficiency;
-  double tileFlops = 4.0 * 64 * 64 * 128;
+  double tileFlops = 4.0 * 128 * 64 * 128;
   double perSlotRate =
       flops / double(sms) * efficiency / double(t.slotsPerUnit);
   double compute = tileFlops / perSlotRate;
@@ -60,7 +65,7 @@ Target gpuTarget(const char *name, const char *spec, int64_t sms, double flops,
   double perSlotBandwidth = bandwidth / double(sms * t.slotsPerUnit);
   double memory = tileBytes / perSlotBandwidth / 8.0;
   t.fullTileS = std::max(compute, memory);
-  t.partialTileS = 1.2 * t.fullTileS;
+  t.partialTileS = 1.14 * t.fullTileS;
   t.rowBlockS = 0.5 * t.fullTileS;
   t.launchS = 5e-6;
   t.groupS = 0;
@@ -73,15 +78,15 @@ const std::vector<Target> &builtins() {
   static const std::vector<Target> targets = {
       gpuTarget("a100",
                 "A100 SXM4 80GB: 108 SMs, 312 TFLOP/s dense bf16, 2.04 TB/s",
-                108, 312e12, 2.039e12, 0.55),
+                108, 312e12, 2.039e12, 0.60),
       gpuTarget("h100",
                 "H100 SXM5: 132 SMs, 989 TFLOP/s dense bf16, 3.35 TB/s; "
                 "our mma.sync kernel, no wgmma",
-                132, 989.4e12, 3.35e12, 0.35),
+                132, 989.4e12, 3.35e12, 0.40),
       gpuTarget("h200",
                 "H200 SXM: 132 SMs, 989 TFLOP/s dense bf16, 4.8 TB/s; "
                 "our mma.sync kernel, no wgmma",
-                132, 989.4e12, 4.8e12, 0.35),
+                132, 989.4e12, 4.8e12, 0.40),
   };
   return targets;
 }

@@ -275,9 +275,13 @@ private:
     std::string p = "l" + std::to_string(position);
     emitLayerTable(sched, table, groupPattern, p);
     kernels.insert({dtypeName(dtype), d});
+    // A group that failed (diagnosed) has no pattern id: the bundle is not
+    // emitted, but the other layers are still checked.
     std::vector<int64_t> slotPattern;
     for (int64_t g : table.headGroup)
-      slotPattern.push_back(groupPattern[size_t(g)]);
+      slotPattern.push_back(size_t(g) < groupPattern.size()
+                                ? groupPattern[size_t(g)]
+                                : -1);
     layerSlots.push_back({{dtypeName(dtype), d}, std::move(slotPattern)});
     if (!table.skippedHeads.empty())
       fillDims.insert(d);

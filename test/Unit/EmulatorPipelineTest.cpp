@@ -6,7 +6,10 @@
 // lookup), cp.async's deferred completion (poison until the covering
 // wait_group, zero fill that reads nothing, copies left pending), the error
 // bound and special values of ex2.approx, __syncthreads_or, and the
-// shared-memory bank counter with wavefront counts worked out by hand.
+// shared-memory bank counter with wavefront counts worked out by hand. Then
+// the scheduling of a block's threads (fibers): a missing barrier shows
+// under every seed, the seed fixes the order, a warp runs ahead to its next
+// wait, and threads waiting at different barriers are reported, not hung.
 //
 //===----------------------------------------------------------------------===//
 
@@ -14,6 +17,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -22,8 +26,6 @@ namespace {
 
 using tessera_emu::bankCounts;
 using tessera_emu::BankCounts;
-
-constexpr uint16_t Poison16 = 0xffff;
 
 /// The 16-bit element of matrix j at (row, col): distinct for every
 /// element of the four matrices.
@@ -460,6 +462,175 @@ TEST(EmulatorPipeline, CpAsyncBankConflicts) {
       copyTile([](int lane, int k) { return 8 * lane + (k ^ lane % 8); });
   EXPECT_EQ(swizzled.wavefronts, 12u * 4);
   EXPECT_EQ(bankCounts(tessera_emu::BankLdmatrix).requests, 0u);
+}
+
+//===----------------------------------------------------------------------===//
+// Scheduling: the fibers of a block, their order, deadlocks
+//===----------------------------------------------------------------------===//
+
+/// Sets the scheduling seed for a scope.
+struct SeedScope {
+  uint64_t saved = tessera_emu::scheduleSeed();
+  explicit SeedScope(uint64_t seed) { tessera_emu::setScheduleSeed(seed); }
+  ~SeedScope() { tessera_emu::setScheduleSeed(saved); }
+};
+
+/// Two warps each write their cells, then read the other warp's: without a
+/// barrier between, some reads come before the write they need under every
+/// seed (a thread runs until it waits, so the first one to run reads cells
+/// nobody else has written yet); with the barrier, none do. Three blocks,
+/// each writing its own tag over the previous block's data.
+TEST(EmulatorSchedule, AMissingBarrierShowsUnderEverySeed) {
+  for (uint64_t seed : {0, 1, 2, 3, 4, 5, 6, 7, 1234567}) {
+    SeedScope scope(seed);
+    for (bool barrier : {false, true}) {
+      int stale = 0;
+      tessera_emu::launch(
+          [&] {
+            __shared__ int cell[64];
+            int t = int(threadIdx.x), tag = int(blockIdx.x) + 1;
+            cell[t] = tag;
+            if (barrier)
+              __syncthreads();
+            stale += cell[t ^ 32] != tag;
+          },
+          dim3{3, 1, 1}, dim3{64, 1, 1});
+      if (barrier)
+        EXPECT_EQ(stale, 0) << "seed " << seed;
+      else
+        EXPECT_GE(stale, 3) << "seed " << seed; // at least one a block
+    }
+  }
+}
+
+/// The order in which threads pass the code between two barriers: the same
+/// for the same seed, another for another seed, thread order for seed 0,
+/// and a new order after every barrier.
+std::vector<int> passOrder(uint64_t seed) {
+  SeedScope scope(seed);
+  std::vector<int> order;
+  tessera_emu::launch(
+      [&] {
+        for (int round = 0; round < 3; ++round) {
+          order.push_back(int(threadIdx.x));
+          __syncthreads();
+        }
+      },
+      dim3{2, 1, 1}, dim3{64, 1, 1});
+  return order;
+}
+
+TEST(EmulatorSchedule, TheSeedFixesTheOrder) {
+  std::vector<int> zero = passOrder(0);
+  ASSERT_EQ(zero.size(), 2u * 3 * 64);
+  for (size_t i = 0; i < zero.size(); ++i)
+    EXPECT_EQ(zero[i], int(i % 64)) << i;
+  std::vector<int> a = passOrder(7);
+  EXPECT_EQ(a, passOrder(7));
+  EXPECT_NE(a, passOrder(8));
+  ASSERT_EQ(a.size(), zero.size());
+  // Every round is a permutation of the 64 threads, and not always the same.
+  bool differ = false;
+  for (size_t r = 0; r < 6; ++r) {
+    std::vector<int> round(a.begin() + 64 * r, a.begin() + 64 * (r + 1));
+    differ |= r > 0 && !std::equal(round.begin(), round.end(), a.begin());
+    std::sort(round.begin(), round.end());
+    for (int i = 0; i < 64; ++i)
+      EXPECT_EQ(round[i], i) << "round " << r;
+  }
+  EXPECT_TRUE(differ);
+}
+
+/// A warp collective completes when its last lane arrives, and the warp
+/// runs on to its next wait before a warp later in the order starts: with
+/// seed 0 (lowest thread first), warp 0 does all its shuffles before warp 1
+/// does any.
+TEST(EmulatorSchedule, AWarpRunsAheadToItsNextWait) {
+  SeedScope scope(0);
+  std::vector<int> shufflesOfWarp1SeenByWarp0(32, -1);
+  tessera_emu::launch(
+      [&] {
+        __shared__ int done[2];
+        int t = int(threadIdx.x), w = t / 32;
+        if (t < 2)
+          done[t] = 0;
+        __syncthreads();
+        float v = float(t);
+        for (int i = 0; i < 4; ++i) {
+          v = __shfl_xor_sync(0xffffffffu, v, 1);
+          if (t % 32 == 0)
+            ++done[w];
+        }
+        if (w == 0)
+          shufflesOfWarp1SeenByWarp0[t] = done[1];
+      },
+      dim3{1, 1, 1}, dim3{64, 1, 1});
+  for (int l = 0; l < 32; ++l)
+    EXPECT_EQ(shufflesOfWarp1SeenByWarp0[l], 0) << l;
+}
+
+/// Threads waiting at different barriers are reported at once (and abort)
+/// instead of hanging: a lane that skips a shuffle, ...
+TEST(EmulatorScheduleDeathTest, ALaneSkippingACollective) {
+  EXPECT_DEATH(tessera_emu::launch(
+                   [] {
+                     if (threadIdx.x != 5)
+                       (void)__shfl_xor_sync(0xffffffffu, 1.0f, 1);
+                   },
+                   dim3{1, 1, 1}, dim3{32, 1, 1}),
+               "deadlock in block \\(0, 0, 0\\).* 0 at __syncthreads, 0 at "
+               "__syncthreads_or, 31 at a warp collective, 1 finished");
+}
+
+/// ... a barrier that some threads pass once more than others (in the
+/// second block), ...
+TEST(EmulatorScheduleDeathTest, ABarrierInABranch) {
+  EXPECT_DEATH(tessera_emu::launch(
+                   [] {
+                     __syncthreads();
+                     if (blockIdx.x == 1 && threadIdx.x < 32)
+                       __syncthreads();
+                   },
+                   dim3{2, 1, 1}, dim3{64, 1, 1}),
+               "deadlock in block \\(1, 0, 0\\).* 32 at __syncthreads, 0 at "
+               "__syncthreads_or, 0 at a warp collective, 32 finished");
+}
+
+/// ... __syncthreads meeting __syncthreads_or, ...
+TEST(EmulatorScheduleDeathTest, SyncthreadsMeetingSyncthreadsOr) {
+  EXPECT_DEATH(tessera_emu::launch(
+                   [] {
+                     if (threadIdx.x == 3)
+                       (void)__syncthreads_or(1);
+                     else
+                       __syncthreads();
+                   },
+                   dim3{1, 1, 1}, dim3{64, 1, 1}),
+               "deadlock.* 63 at __syncthreads, 1 at __syncthreads_or");
+}
+
+/// ... lanes of a warp at different collectives, ...
+TEST(EmulatorScheduleDeathTest, LanesAtDifferentCollectives) {
+  alignas(16) static uint16_t rows[32][8];
+  EXPECT_DEATH(tessera_emu::launch(
+                   [] {
+                     uint32_t r[4];
+                     if (threadIdx.x == 9)
+                       (void)__shfl_xor_sync(0xffffffffu, 1.0f, 1);
+                     else
+                       tessera_emu::ldmatrixX4(r, rows[threadIdx.x]);
+                   },
+                   dim3{1, 1, 1}, dim3{32, 1, 1}),
+               "lanes of warp 0 at different warp collectives \\(ldmatrix "
+               "and shfl.sync\\)");
+}
+
+/// ... and a collective in a warp of fewer than 32 threads.
+TEST(EmulatorScheduleDeathTest, ACollectiveInAPartialWarp) {
+  EXPECT_DEATH(
+      tessera_emu::launch([] { (void)__shfl_xor_sync(0xffffffffu, 1.0f, 1); },
+                          dim3{1, 1, 1}, dim3{48, 1, 1}),
+      "a warp collective in a warp of 16 threads");
 }
 
 } // namespace

@@ -7,15 +7,30 @@
 // TESSERA_EMULATE instead of its inline PTX).
 //
 // What is modelled:
-// * A launch runs the grid block by block; the block's threads are real,
-//   concurrent threads (std::thread), so a missing __syncthreads can show.
+// * A launch runs the grid block by block on the calling thread. A block's
+//   threads are fibers (a stack each): one runs at a time, until it waits
+//   at __syncthreads, __syncthreads_or, a warp collective or the end of the
+//   block; then the ready thread first in the scheduling order runs. The
+//   order is drawn from a seed (scheduleSeed(); TESSERA_EMU_SEED) at the
+//   start of every block and at every __syncthreads, so that a warp runs
+//   ahead of the others to its next barrier: a missing __syncthreads or
+//   cp.async wait shows as stale data or poison in the reader, the same for
+//   the same seed on every run. Seed 0: lowest thread index first.
 //   __syncthreads is a barrier of the block's threads; __syncthreads_or(p)
 //   is one that also returns nonzero everywhere when any thread's p is.
-//   __shared__ variables are statics (one block runs at a time, so the
-//   block's threads share them, and the next block finds the previous one's
-//   data, as on a GPU).
+//   Threads waiting at different barriers (a warp collective that some lane
+//   skips, __syncthreads in a branch, threads that finished the block while
+//   others wait at __syncthreads, __syncthreads meeting __syncthreads_or)
+//   are a deadlock: reported at once, with where the threads wait, and the
+//   process aborts. __shared__ variables are statics (one block runs at a
+//   time, so the block's threads share them, and the next block finds the
+//   previous one's data, as on a GPU); blocks cannot run in parallel for
+//   the same reason.
 // * Warp collectives (__shfl_xor_sync, mma.sync, ldmatrix) exchange values
-//   through a per-warp buffer with a barrier of the warp's 32 threads.
+//   through a per-warp buffer: every lane publishes its words and waits;
+//   the last lane to arrive computes what is computed once for the warp
+//   (the product of mma.sync) and releases the warp. Lanes at different
+//   collectives, or a collective in a warp of fewer than 32 threads, abort.
 // * mma.sync.m16n8k16 (.row.col, f16 or bf16 in, f32 accumulators) follows
 //   the PTX ISA's fragment layouts; the f32 -> f16x2 / bf16x2 conversions
 //   (cvt.rn) round to nearest even.
@@ -29,7 +44,7 @@
 //   of the issuing thread covers its group, so a read before the covering
 //   wait (or, for another thread, before the barrier after it) sees NaN.
 //   The source is read at issue (src-size 0: never). Copies still pending
-//   when a thread finishes a block are a kernel bug: they are counted
+//   when the block ends are a kernel bug: they are counted
 //   (leftoverCopies()) and landed, so the next block starts sane.
 // * ex2.approx.ftz.f32 (ex2Approx) with the full error the PTX ISA allows,
 //   so that a test passing here tolerates the real instruction.
@@ -45,10 +60,12 @@
 //   atomics: reset them, launch, read them.
 //
 // What this cannot show: timing, the real scheduling of warps beyond the
-// barriers, memory-model effects (every access here is coherent at once; a
-// cp.async's data lands at the wait, never earlier or later), bank
-// conflicts of ordinary loads and stores, the exact ex2.approx values (only
-// their error bound), and register or shared-memory limits.
+// barriers (only the orders the seed draws), memory-model effects (every
+// access here is coherent at once; a cp.async's data lands at the wait,
+// never earlier or later), races between two barriers that need threads to
+// interleave finer than between their waits, bank conflicts of ordinary
+// loads and stores, the exact ex2.approx values (only their error bound),
+// and register or shared-memory limits.
 //
 //===----------------------------------------------------------------------===//
 
@@ -59,9 +76,7 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -71,10 +86,45 @@
 #include <limits>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+// The fibers switch stacks by a few instructions on x86-64 (see
+// fiber::switchStack); elsewhere, with a shadow stack (-fcf-protection=return
+// or full), or with TESSERA_EMU_UCONTEXT defined, by POSIX swapcontext.
+#if defined(__x86_64__) && !defined(TESSERA_EMU_UCONTEXT) &&                   \
+    !(defined(__CET__) && (__CET__ & 2))
+#define TESSERA_EMU_STACK_SWITCH 1
+#else
+#define TESSERA_EMU_STACK_SWITCH 0
+#include <ucontext.h>
+#endif
+
+// Sanitizers must be told about every stack switch.
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TESSERA_EMU_ASAN 1
+#endif
+#if __has_feature(thread_sanitizer)
+#define TESSERA_EMU_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) && !defined(TESSERA_EMU_ASAN)
+#define TESSERA_EMU_ASAN 1
+#endif
+#if defined(__SANITIZE_THREAD__) && !defined(TESSERA_EMU_TSAN)
+#define TESSERA_EMU_TSAN 1
+#endif
+#ifdef TESSERA_EMU_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+#ifdef TESSERA_EMU_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
 
 #define TESSERA_EMULATE 1
 #define __global__
@@ -114,62 +164,168 @@ using std::log2f;
 
 namespace tessera_emu {
 
-/// A reusable barrier of `count` threads. Waiting threads yield the CPU
-/// until the last one arrives (the threads outnumber the cores many times
-/// over: sleeping on a futex costs more). A wait longer than a minute means
-/// a deadlock (threads of a block waiting at different barriers): abort.
-class Barrier {
-public:
-  explicit Barrier(int count) : count(count) {}
-  void wait() {
-    long gen = generation.load(std::memory_order_acquire);
-    if (arrived.fetch_add(1, std::memory_order_acq_rel) + 1 == count) {
-      arrived.store(0, std::memory_order_relaxed);
-      generation.store(gen + 1, std::memory_order_release);
-      return;
-    }
-    auto start = std::chrono::steady_clock::now();
-    for (unsigned spins = 0;
-         generation.load(std::memory_order_acquire) == gen; ++spins) {
-      std::this_thread::yield();
-      if ((spins & 0xffff) == 0xffff &&
-          std::chrono::steady_clock::now() - start > std::chrono::seconds(60)) {
-        std::fprintf(stderr, "tessera emulator: a barrier waited 60 s "
-                             "(threads of a block at different barriers)\n");
+//===----------------------------------------------------------------------===//
+// Fibers: the emulated threads of a block on the launching OS thread
+//===----------------------------------------------------------------------===//
+
+namespace fiber {
+
+/// Stack bytes of one emulated thread, below a guard page; committed by the
+/// kernel as touched, so mostly never.
+constexpr size_t kStackBytes = size_t(1) << 20;
+
+/// Where a suspended fiber (or the launching thread) resumes.
+struct Context {
+#if TESSERA_EMU_STACK_SWITCH
+  void *sp = nullptr; ///< its saved registers are at the top of its stack
+#else
+  ucontext_t uc;
+#endif
+  /// The stack, for the sanitizers (the launching thread's is learnt at the
+  /// first switch away from it).
+  const void *stackBottom = nullptr;
+  size_t stackSize = 0;
+  void *tsanFiber = nullptr;
+};
+
+#if TESSERA_EMU_STACK_SWITCH
+/// Saves the registers the System V x86-64 ABI has a callee preserve (rbx,
+/// rbp, r12-r15, the control bits of MXCSR and of the x87 control word) on
+/// the current stack, stores the stack pointer in *from (rdi), loads `to`
+/// (rsi), restores the registers saved there and returns into that context.
+/// swapcontext does the same plus a sigprocmask system call, which costs
+/// more than the emulated work between two switches.
+__attribute__((naked, noinline)) inline void switchStack(void ** /*from*/,
+                                                         void * /*to*/) {
+  __asm__("pushq %rbp\n\t"
+          "pushq %rbx\n\t"
+          "pushq %r12\n\t"
+          "pushq %r13\n\t"
+          "pushq %r14\n\t"
+          "pushq %r15\n\t"
+          "subq $8, %rsp\n\t"
+          "stmxcsr (%rsp)\n\t"
+          "fnstcw 4(%rsp)\n\t"
+          "movq %rsp, (%rdi)\n\t"
+          "movq %rsi, %rsp\n\t"
+          "ldmxcsr (%rsp)\n\t"
+          "fldcw 4(%rsp)\n\t"
+          "addq $8, %rsp\n\t"
+          "popq %r15\n\t"
+          "popq %r14\n\t"
+          "popq %r13\n\t"
+          "popq %r12\n\t"
+          "popq %rbx\n\t"
+          "popq %rbp\n\t"
+          "ret\n\t");
+}
+#endif
+
+/// The context we are switching away from, for the sanitizer bookkeeping
+/// of the one we switch to.
+inline thread_local Context *switchedFrom = nullptr;
+
+/// Completes a switch on the stack switched to (ASan's half of it).
+inline void arrived(void *fakeStack) {
+#ifdef TESSERA_EMU_ASAN
+  const void *bottom;
+  size_t size;
+  __sanitizer_finish_switch_fiber(fakeStack, &bottom, &size);
+  if (switchedFrom && !switchedFrom->stackBottom) {
+    switchedFrom->stackBottom = bottom;
+    switchedFrom->stackSize = size;
+  }
+#else
+  (void)fakeStack;
+#endif
+}
+
+/// Suspends the running context into `from` and resumes `to`. `leaving`:
+/// `from` is never resumed.
+inline void jump(Context &from, Context &to, bool leaving) {
+  switchedFrom = &from;
+#ifdef TESSERA_EMU_ASAN
+  void *fakeStack = nullptr;
+  __sanitizer_start_switch_fiber(leaving ? nullptr : &fakeStack, to.stackBottom,
+                                 to.stackSize);
+#else
+  (void)leaving;
+  void *fakeStack = nullptr;
+#endif
+#ifdef TESSERA_EMU_TSAN
+  __tsan_switch_to_fiber(to.tsanFiber, 0); // 0: a happens-before edge
+#endif
+#if TESSERA_EMU_STACK_SWITCH
+  switchStack(&from.sp, to.sp);
+#else
+  swapcontext(&from.uc, &to.uc);
+#endif
+  arrived(fakeStack);
+}
+
+/// Stacks for the fibers, kept by the launching thread from one launch to
+/// the next (a stack's touched pages stay committed; mapping anew per launch
+/// would fault them in again).
+struct StackPool {
+  std::vector<unsigned char *> stacks; ///< usable bottom, above the guard
+  size_t page = size_t(sysconf(_SC_PAGESIZE));
+  unsigned char *get(size_t i) {
+    while (stacks.size() <= i) {
+      void *m = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (m == MAP_FAILED) {
+        std::fprintf(stderr, "tessera emulator: no memory for a stack\n");
         std::abort();
       }
+      mprotect(m, page, PROT_NONE); // an overflow faults, never corrupts
+      stacks.push_back(static_cast<unsigned char *>(m) + page);
     }
+    return stacks[i];
   }
-
-private:
-  const int count;
-  std::atomic<int> arrived{0};
-  std::atomic<long> generation{0};
+  ~StackPool() {
+    for (unsigned char *s : stacks)
+      munmap(s - page, kStackBytes + page);
+  }
 };
+inline thread_local StackPool stackPool;
 
-/// Values a warp exchanges in one collective: up to 10 words per lane,
-/// double-buffered so that one barrier per collective suffices (a lane
-/// writes a buffer again only after everyone passed the next barrier, hence
-/// finished reading it). copyLog holds each lane's cp.async destinations of
-/// a finished block, double-buffered by block parity for the same reason:
-/// lane 0 evaluates block n's logs between the block-end barriers n and
-/// n + 1, and a lane writes that buffer again only at the end of block
-/// n + 2.
-struct Warp {
-  Warp() : barrier(32) {}
-  Barrier barrier;
-  uint32_t words[2][32][10];
-  std::vector<uintptr_t> copyLog[2][32];
-};
+/// Prepares `c` to run `entry` on the stack [bottom, bottom + kStackBytes)
+/// at its first resumption; `entry` must never return.
+inline void create(Context &c, unsigned char *bottom, void (*entry)()) {
+  c.stackBottom = bottom;
+  c.stackSize = kStackBytes;
+#ifdef TESSERA_EMU_ASAN
+  // A stack used before may keep the redzones of frames abandoned there.
+  __asan_unpoison_memory_region(bottom, kStackBytes);
+#endif
+#if TESSERA_EMU_STACK_SWITCH
+  // The frame switchStack pops: the control words, six registers, and the
+  // return address `entry`; above it a null return address for `entry`,
+  // whose stack pointer is then 8 below a multiple of 16, as after a call.
+  auto *sp = reinterpret_cast<uint64_t *>(bottom + kStackBytes);
+  *--sp = 0;
+  *--sp = reinterpret_cast<uint64_t>(entry);
+  for (int i = 0; i < 6; ++i)
+    *--sp = 0;
+  uint32_t mxcsr;
+  uint16_t x87;
+  __asm__("stmxcsr %0" : "=m"(mxcsr));
+  __asm__("fnstcw %0" : "=m"(x87));
+  *--sp = uint64_t(mxcsr) | uint64_t(x87) << 32;
+  c.sp = sp;
+#else
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = bottom;
+  c.uc.uc_stack.ss_size = kStackBytes;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+#endif
+#ifdef TESSERA_EMU_TSAN
+  c.tsanFiber = __tsan_create_fiber(0);
+#endif
+}
 
-struct Block {
-  explicit Block(int threads)
-      : barrier(threads), warps((threads + 31) / 32) {}
-  Barrier barrier;
-  std::vector<Warp> warps;
-  /// __syncthreads_or's flags, one per call in rotation (see there).
-  std::atomic<int> orFlags[3] = {0, 0, 0};
-};
+} // namespace fiber
 
 /// One cp.async in flight: where its 16 bytes go and what they are.
 struct AsyncCopy {
@@ -177,22 +333,64 @@ struct AsyncCopy {
   unsigned char bytes[16];
 };
 
+/// What an emulated thread waits for, if anything.
+enum class Wait : uint8_t {
+  None,     ///< ready or running
+  Sync,     ///< __syncthreads
+  SyncOr,   ///< __syncthreads_or
+  Warp,     ///< a warp collective (shfl, mma, ldmatrix)
+  BlockEnd, ///< finished the block
+};
+
 struct Thread {
   dim3 threadIdx, blockIdx;
   unsigned linear = 0; // the thread's index in its block
-  Block *block = nullptr;
-  int phase = 0;
-  unsigned orCalls = 0; // __syncthreads_or calls so far
+  int phase = 0;       // which of its warp's exchange buffers it uses next
   /// cp.async copies issued since the last commit, the committed groups
   /// (oldest first), and this block's destinations for the bank counter.
   std::vector<AsyncCopy> openCopies;
   std::deque<std::vector<AsyncCopy>> copyGroups;
   std::vector<uintptr_t> copyDsts;
+  Wait wait = Wait::None;
+  unsigned rank = 0; // its place in the scheduling order (0 runs first)
+  fiber::Context context;
   unsigned lane() const { return linear % 32; }
-  Warp &warp() { return block->warps[linear / 32]; }
+};
+
+/// Values a warp exchanges in one collective: up to 10 words per lane,
+/// double-buffered (by Thread::phase). Lanes read a collective's buffer
+/// between their release and their next collective; a lane writes that
+/// buffer again on arriving at the collective after next, which it reaches
+/// only once every lane has arrived at the next one, hence finished
+/// reading.
+struct Warp {
+  uint32_t words[2][32][10];
+  int lanes = 32;  // threads in the warp (fewer in a partial last warp)
+  int arrived = 0; // lanes waiting at the current collective
+  const char *kind = nullptr; // which collective they wait at
+};
+
+/// The state of one launch: the block's threads as fibers, one block at a
+/// time, and what they wait for.
+struct Launch {
+  const std::function<void()> *kernel = nullptr;
+  dim3 grid, block;
+  int threads = 0;
+  uint64_t blocks = 0, blockNumber = 0; // x fastest, then y, then z
+  std::vector<Thread> thread;
+  std::vector<Warp> warps;
+  fiber::Context host; // the launching thread
+  int atSync = 0, atSyncOr = 0, atEnd = 0;
+  int orPending = 0, orResult = 0; // __syncthreads_or of the current barrier
+  /// byRank[r]: the thread of rank r; ready: bit r set when that thread can
+  /// run (and is not running).
+  std::vector<unsigned> byRank;
+  std::vector<uint64_t> ready;
+  uint64_t rng = 0;
 };
 
 inline thread_local Thread *self = nullptr;
+inline thread_local Launch *running = nullptr;
 inline dim3 launchBlockDim, launchGridDim;
 
 //===----------------------------------------------------------------------===//
@@ -236,8 +434,25 @@ inline void resetLeftoverCopies() { leftoverCopyCount.store(0); }
 /// Wavefronts of one phase of a request: lanes access 16 bytes each at
 /// `addrs`; a bank serves one 4-byte word per wavefront, and lanes reading
 /// the same word share it (broadcast), so the phase takes as many
-/// wavefronts as the busiest bank has distinct words.
+/// wavefronts as the busiest bank has distinct words. The 16 bytes at a
+/// 16-byte aligned address are one word in each bank of the group of 4
+/// (address / 16) % 8, so then that is the most distinct addresses in one
+/// group.
 inline unsigned phaseWavefronts(const uintptr_t *addrs, int lanes) {
+  bool aligned = true;
+  for (int l = 0; l < lanes; ++l)
+    aligned &= addrs[l] % 16 == 0;
+  if (aligned) {
+    unsigned perGroup[8] = {}, most = 0;
+    for (int l = 0; l < lanes; ++l) {
+      bool seen = false;
+      for (int i = 0; i < l && !seen; ++i)
+        seen = addrs[i] == addrs[l];
+      if (!seen)
+        most = std::max(most, ++perGroup[addrs[l] / 16 % 8]);
+    }
+    return most;
+  }
   uintptr_t words[32];
   int distinct = 0;
   for (int l = 0; l < lanes; ++l)
@@ -276,95 +491,305 @@ inline void countRequest(int kind, const uintptr_t (&addrs)[32]) {
   bankCounters[kind][2].fetch_add(ideal, std::memory_order_relaxed);
 }
 
-/// The cp.async requests of a warp's finished block: the k-th destination
-/// of every lane forms request k.
-inline void countCopyRequests(Warp &w, int parity) {
-  size_t most = 0;
-  for (const std::vector<uintptr_t> &log : w.copyLog[parity])
-    most = std::max(most, log.size());
-  for (size_t k = 0; k < most; ++k) {
-    uintptr_t addrs[32] = {};
-    for (int l = 0; l < 32; ++l)
-      if (k < w.copyLog[parity][l].size())
-        addrs[l] = w.copyLog[parity][l][k];
-    countRequest(BankCpAsync, addrs);
-  }
-  for (std::vector<uintptr_t> &log : w.copyLog[parity])
-    log.clear();
+//===----------------------------------------------------------------------===//
+// Scheduling
+//===----------------------------------------------------------------------===//
+
+inline uint64_t &scheduleSeedSlot() {
+  static uint64_t seed = [] {
+    const char *s = std::getenv("TESSERA_EMU_SEED");
+    return s ? uint64_t(std::strtoull(s, nullptr, 0)) : uint64_t(1);
+  }();
+  return seed;
 }
 
-/// The end of a block for one thread: lands (and counts) the copies it left
-/// pending and hands its cp.async destinations to its warp's log.
-inline void finishBlock(Thread &t, int parity) {
-  uint64_t left = t.openCopies.size();
-  for (const std::vector<AsyncCopy> &g : t.copyGroups)
-    left += g.size();
-  if (left) {
-    leftoverCopyCount.fetch_add(left, std::memory_order_relaxed);
+/// The seed of the order in which ready threads run (see launch()): 0 runs
+/// them lowest linear index first; any other value draws a pseudo-random
+/// order from it at the start of every block and at every __syncthreads.
+/// The same seed gives the same interleaving, hence the same results. The
+/// default is 1, or TESSERA_EMU_SEED from the environment (read once).
+inline uint64_t scheduleSeed() { return scheduleSeedSlot(); }
+inline void setScheduleSeed(uint64_t seed) { scheduleSeedSlot() = seed; }
+
+/// splitmix64: a small generator whose every seed gives a good sequence.
+inline uint64_t nextRandom(uint64_t &state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/// Draws the scheduling order and makes every thread ready (at the start of
+/// a block and when a block barrier releases: every thread waits there).
+inline void releaseAll(Launch &l) {
+  for (int i = 0; i < l.threads; ++i)
+    l.byRank[i] = unsigned(i);
+  if (scheduleSeed() != 0)
+    for (int i = l.threads - 1; i > 0; --i)
+      std::swap(l.byRank[i], l.byRank[nextRandom(l.rng) % uint64_t(i + 1)]);
+  for (int r = 0; r < l.threads; ++r) {
+    Thread &t = l.thread[l.byRank[r]];
+    t.rank = unsigned(r);
+    t.wait = Wait::None;
+  }
+  std::fill(l.ready.begin(), l.ready.end(), 0);
+  for (int r = 0; r < l.threads; ++r)
+    l.ready[r / 64] |= uint64_t(1) << (r % 64);
+}
+
+inline void makeReady(Launch &l, Thread &t) {
+  t.wait = Wait::None;
+  l.ready[t.rank / 64] |= uint64_t(1) << (t.rank % 64);
+}
+
+/// The ready thread of the lowest rank (no longer marked ready: it runs
+/// next), or null.
+inline Thread *takeNext(Launch &l) {
+  for (size_t w = 0; w < l.ready.size(); ++w)
+    if (uint64_t bits = l.ready[w]) {
+      int bit = __builtin_ctzll(bits);
+      l.ready[w] = bits & (bits - 1);
+      return &l.thread[l.byRank[w * 64 + size_t(bit)]];
+    }
+  return nullptr;
+}
+
+/// No thread can run, yet some wait: the threads of the block wait at
+/// different barriers (or finished the block while others wait at a
+/// barrier). On a GPU the block would hang or go wrong; here it is reported.
+[[noreturn]] inline void deadlock(Launch &l) {
+  int sync = 0, syncOr = 0, warp = 0, end = 0;
+  for (const Thread &t : l.thread) {
+    sync += t.wait == Wait::Sync;
+    syncOr += t.wait == Wait::SyncOr;
+    warp += t.wait == Wait::Warp;
+    end += t.wait == Wait::BlockEnd;
+  }
+  const dim3 b = l.thread[0].blockIdx;
+  std::fprintf(stderr,
+               "tessera emulator: deadlock in block (%u, %u, %u): threads "
+               "at different barriers: %d at __syncthreads, %d at "
+               "__syncthreads_or, %d at a warp collective, %d finished the "
+               "block\n",
+               b.x, b.y, b.z, sync, syncOr, warp, end);
+  for (size_t w = 0; w < l.warps.size(); ++w)
+    if (l.warps[w].arrived)
+      std::fprintf(stderr, "  warp %zu: %d of %d lanes at a collective\n", w,
+                   l.warps[w].arrived, l.warps[w].lanes);
+  std::abort();
+}
+
+/// The running thread `me` waits (or has just been released): runs the
+/// next ready thread, which may be `me` itself. `leaving`: `me` is never
+/// resumed (it finished the last block).
+inline void schedule(Launch &l, Thread &me, bool leaving = false) {
+  Thread *next = takeNext(l);
+  if (!next)
+    deadlock(l);
+  if (next == &me)
+    return;
+  self = next;
+  fiber::jump(me.context, next->context, leaving);
+}
+
+/// The end of a block: lands (and counts) the copies each thread left
+/// pending, and counts the block's cp.async requests: the k-th destination
+/// of every lane of a warp forms request k.
+inline void finishBlock(Launch &l) {
+  for (Thread &t : l.thread) {
+    uint64_t left = t.openCopies.size();
     for (const std::vector<AsyncCopy> &g : t.copyGroups)
-      for (const AsyncCopy &c : g)
+      left += g.size();
+    if (left) {
+      leftoverCopyCount.fetch_add(left, std::memory_order_relaxed);
+      for (const std::vector<AsyncCopy> &g : t.copyGroups)
+        for (const AsyncCopy &c : g)
+          std::memcpy(c.dst, c.bytes, 16);
+      for (const AsyncCopy &c : t.openCopies)
         std::memcpy(c.dst, c.bytes, 16);
-    for (const AsyncCopy &c : t.openCopies)
-      std::memcpy(c.dst, c.bytes, 16);
+    }
+    t.copyGroups.clear();
+    t.openCopies.clear();
   }
-  t.copyGroups.clear();
-  t.openCopies.clear();
-  t.warp().copyLog[parity][t.lane()].swap(t.copyDsts);
-  t.copyDsts.clear();
+  for (size_t w = 0; w < l.warps.size(); ++w) {
+    Thread *lanes = &l.thread[32 * w];
+    size_t most = 0;
+    for (int i = 0; i < l.warps[w].lanes; ++i)
+      most = std::max(most, lanes[i].copyDsts.size());
+    for (size_t k = 0; k < most; ++k) {
+      uintptr_t addrs[32] = {};
+      for (int i = 0; i < l.warps[w].lanes; ++i)
+        if (k < lanes[i].copyDsts.size())
+          addrs[i] = lanes[i].copyDsts[k];
+      countRequest(BankCpAsync, addrs);
+    }
+    for (int i = 0; i < l.warps[w].lanes; ++i)
+      lanes[i].copyDsts.clear();
+  }
 }
 
-/// Runs `kernel` on every block of `grid` in order, with block.x threads.
-inline void launch(const std::function<void()> &kernel, dim3 grid,
-                   dim3 block) {
-  int n = int(block.x * block.y * block.z);
-  Block b(n);
+/// Block number `n` of the grid (x fastest) begins: every thread ready.
+inline void startBlock(Launch &l) {
+  uint64_t n = l.blockNumber;
+  dim3 idx{unsigned(n % l.grid.x), unsigned(n / l.grid.x % l.grid.y),
+           unsigned(n / (uint64_t(l.grid.x) * l.grid.y))};
+  for (Thread &t : l.thread) {
+    t.blockIdx = idx;
+    t.phase = 0;
+  }
+  l.atSync = l.atSyncOr = l.atEnd = 0;
+  l.orPending = l.orResult = 0;
+  releaseAll(l);
+}
+
+/// The running thread has finished its block. The last one to finish ends
+/// the block and starts the next (or, after the last block, returns to the
+/// launching thread); the others wait for that.
+inline void endBlock(Launch &l, Thread &me) {
+  const bool lastBlock = l.blockNumber + 1 == l.blocks;
+  me.wait = Wait::BlockEnd;
+  if (++l.atEnd == l.threads) {
+    finishBlock(l);
+    if (lastBlock) {
+      self = nullptr;
+      fiber::jump(me.context, l.host, /*leaving=*/true);
+    }
+    ++l.blockNumber;
+    startBlock(l);
+  }
+  schedule(l, me, lastBlock);
+}
+
+/// Where every fiber starts: the kernel, block after block.
+[[noreturn]] inline void fiberMain() {
+  fiber::arrived(nullptr);
+  for (;;) {
+    (*running->kernel)();
+    endBlock(*running, *self);
+  }
+}
+
+/// Runs `kernel` on every block of `grid` in order (x fastest), with
+/// block.x * block.y * block.z threads. The block's threads are fibers on
+/// the calling thread: each runs until it waits (at __syncthreads,
+/// __syncthreads_or, a warp collective, or the end of the block), then the
+/// ready thread first in the scheduling order runs (see scheduleSeed()).
+/// A block whose threads wait at different barriers aborts with a message.
+inline void launch(const std::function<void()> &kernel, dim3 grid, dim3 block) {
+  if (running) {
+    std::fprintf(stderr, "tessera emulator: launch() inside a kernel\n");
+    std::abort();
+  }
+  Launch l;
+  l.kernel = &kernel;
+  l.grid = grid;
+  l.block = block;
+  l.threads = int(block.x * block.y * block.z);
+  l.blocks = uint64_t(grid.x) * grid.y * grid.z;
   launchBlockDim = block;
   launchGridDim = grid;
-  std::vector<Thread> threads(n);
-  std::vector<std::thread> pool;
-  for (int t = 0; t < n; ++t)
-    pool.emplace_back([&, t] {
-      Thread &me = threads[t];
-      me.threadIdx = dim3{unsigned(t) % block.x,
-                          unsigned(t) / block.x % block.y,
-                          unsigned(t) / (block.x * block.y)};
-      me.linear = unsigned(t);
-      me.block = &b;
-      self = &me;
-      int parity = 0;
-      for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-          for (unsigned x = 0; x < grid.x; ++x) {
-            me.blockIdx = dim3{x, y, z};
-            kernel();
-            finishBlock(me, parity);
-            b.barrier.wait(); // the next block reuses the shared statics
-            if (me.lane() == 0)
-              countCopyRequests(me.warp(), parity);
-            parity ^= 1;
-          }
-      self = nullptr;
-    });
-  for (std::thread &t : pool)
-    t.join();
+  if (l.threads == 0 || l.blocks == 0)
+    return;
+  l.thread.resize(size_t(l.threads));
+  l.warps.resize(size_t((l.threads + 31) / 32));
+  for (size_t w = 0; w < l.warps.size(); ++w)
+    l.warps[w].lanes = std::min(32, l.threads - 32 * int(w));
+  l.byRank.resize(size_t(l.threads));
+  l.ready.resize(size_t((l.threads + 63) / 64));
+  l.rng = scheduleSeed();
+  for (int i = 0; i < l.threads; ++i) {
+    Thread &t = l.thread[size_t(i)];
+    t.linear = unsigned(i);
+    t.threadIdx = dim3{unsigned(i) % block.x, unsigned(i) / block.x % block.y,
+                       unsigned(i) / (block.x * block.y)};
+    fiber::create(t.context, fiber::stackPool.get(size_t(i)), fiberMain);
+  }
+#ifdef TESSERA_EMU_TSAN
+  l.host.tsanFiber = __tsan_get_current_fiber();
+#endif
+  running = &l;
+  startBlock(l);
+  Thread *first = takeNext(l);
+  self = first;
+  fiber::jump(l.host, first->context, /*leaving=*/false);
+  running = nullptr;
+  self = nullptr;
+#ifdef TESSERA_EMU_TSAN
+  for (Thread &t : l.thread)
+    __tsan_destroy_fiber(t.context.tsanFiber);
+#endif
 }
 
-/// One warp collective: publishes this lane's words, waits for the warp,
-/// returns the buffer holding every lane's words.
-inline uint32_t (*exchange(const uint32_t *mine, int n))[10] {
+/// One warp collective (`kind` names it): publishes this lane's words, waits
+/// for the warp, returns the buffer holding every lane's words. `complete`,
+/// if given, runs once on that buffer when the last lane arrives (before
+/// any lane reads it), for work done once for the whole warp. Lanes at
+/// different collectives abort: on a GPU the warp would hang or mix them.
+inline uint32_t (*exchange(const char *kind, const uint32_t *mine, int n,
+                           void (*complete)(uint32_t (*)[10]) = nullptr))[10] {
+  Launch &l = *running;
   Thread &t = *self;
-  Warp &w = t.warp();
-  std::memcpy(w.words[t.phase][t.lane()], mine, n * sizeof(uint32_t));
-  w.barrier.wait();
+  Warp &w = l.warps[t.linear / 32];
+  if (w.lanes != 32) {
+    std::fprintf(stderr,
+                 "tessera emulator: a warp collective in a warp of "
+                 "%d threads (the block is not a multiple of 32)\n",
+                 w.lanes);
+    std::abort();
+  }
+  if (w.arrived == 0) {
+    w.kind = kind;
+  } else if (w.kind != kind && std::strcmp(w.kind, kind) != 0) {
+    std::fprintf(stderr,
+                 "tessera emulator: lanes of warp %u at different warp "
+                 "collectives (%s and %s) in block (%u, %u, %u)\n",
+                 t.linear / 32, w.kind, kind, t.blockIdx.x, t.blockIdx.y,
+                 t.blockIdx.z);
+    std::abort();
+  }
+  std::memcpy(w.words[t.phase][t.lane()], mine, size_t(n) * sizeof(uint32_t));
+  t.wait = Wait::Warp;
+  if (++w.arrived == 32) {
+    w.arrived = 0;
+    if (complete)
+      complete(w.words[t.phase]);
+    for (Thread *lane = &l.thread[t.linear - t.lane()], *e = lane + 32;
+         lane != e; ++lane)
+      makeReady(l, *lane);
+  }
+  schedule(l, t);
   uint32_t(*all)[10] = w.words[t.phase];
   t.phase ^= 1;
   return all;
 }
 
+/// __syncthreads (orBarrier false) and __syncthreads_or(pred) (true): waits
+/// for every thread of the block; returns nonzero when any thread's `pred`
+/// was (for __syncthreads_or). The result stays valid until this thread
+/// arrives at the next barrier, the earliest the next one can release.
+inline int blockBarrier(bool orBarrier, int pred) {
+  Launch &l = *running;
+  Thread &t = *self;
+  t.wait = orBarrier ? Wait::SyncOr : Wait::Sync;
+  ++(orBarrier ? l.atSyncOr : l.atSync);
+  if (pred)
+    l.orPending = 1;
+  if (l.atSync + l.atSyncOr == l.threads) {
+    if (l.atSync && l.atSyncOr)
+      deadlock(l); // __syncthreads and __syncthreads_or meet: a wrong pair
+    l.orResult = l.orPending;
+    l.orPending = 0;
+    l.atSync = l.atSyncOr = 0;
+    releaseAll(l);
+  }
+  schedule(l, t);
+  return l.orResult;
+}
+
 inline float shflXor(float v, int laneMask) {
   uint32_t bits;
   std::memcpy(&bits, &v, 4);
-  uint32_t(*all)[10] = exchange(&bits, 1);
+  uint32_t(*all)[10] = exchange("shfl.sync", &bits, 1);
   float r;
   std::memcpy(&r, &all[self->lane() ^ unsigned(laneMask)][0], 4);
   return r;
@@ -382,6 +807,53 @@ template <int E> inline float halfToFloat(uint16_t h) {
   return E == 0 ? tessera::cpu::f16ToFloat(h) : tessera::cpu::bf16ToFloat(h);
 }
 
+/// The whole warp's product, once, when its last lane has arrived: lane
+/// l's words are its a0-a3, b0, b1 and c0-c3 (float bits); its d0-d3
+/// replace words 0-3. Each element is c + sum over k of A B in this order,
+/// in float, as one lane computing its own would.
+template <int E> inline void mmaWarp(uint32_t (*all)[10]) {
+  auto half = [](uint32_t w, int upper) {
+    return halfToFloat<E>(uint16_t(upper ? w >> 16 : w & 0xffffu));
+  };
+  // A[r][k] is in lane 4 (r mod 8) + (k mod 8) / 2, register a0 (r < 8,
+  // k < 8), a1 (r >= 8, k < 8), a2 (r < 8, k >= 8) or a3, half k mod 2.
+  float A[16][16];
+  for (int r = 0; r < 16; ++r)
+    for (int k = 0; k < 16; ++k)
+      A[r][k] = half(
+          all[4 * (r % 8) + (k % 8) / 2][(r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)],
+          k % 2);
+  // B[k][n] is in lane 4 n + (k mod 8) / 2, register b0 (k < 8) or b1;
+  // columns 0-3 and 4-7 of a row side by side.
+  using F4 = float __attribute__((vector_size(16)));
+  F4 B[16][2];
+  for (int k = 0; k < 16; ++k)
+    for (int n = 0; n < 8; ++n)
+      B[k][n / 4][n % 4] =
+          half(all[4 * n + (k % 8) / 2][4 + (k >= 8 ? 1 : 0)], k % 2);
+  // D[r][n] (C[r][n] before) is in lane 4 (r mod 8) + n / 2, register
+  // (r >= 8 ? 2 : 0) + n mod 2. Each element accumulates over k in order
+  // (d += a * b, as a lane would): the 8 columns of a row at once.
+  for (int r = 0; r < 16; ++r) {
+    F4 d[2];
+    for (int n = 0; n < 8; ++n) {
+      float x;
+      std::memcpy(&x, &all[4 * (r % 8) + n / 2][6 + (r >= 8 ? 2 : 0) + n % 2],
+                  4);
+      d[n / 4][n % 4] = x;
+    }
+    for (int k = 0; k < 16; ++k) {
+      const F4 a = {A[r][k], A[r][k], A[r][k], A[r][k]};
+      d[0] += a * B[k][0];
+      d[1] += a * B[k][1];
+    }
+    for (int n = 0; n < 8; ++n) {
+      float x = d[n / 4][n % 4];
+      std::memcpy(&all[4 * (r % 8) + n / 2][(r >= 8 ? 2 : 0) + n % 2], &x, 4);
+    }
+  }
+}
+
 /// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32:
 /// D = A B + C for the warp, each lane holding its fragments (PTX ISA,
 /// "Matrix Fragments for mma.m16n8k16 with floating point type"), with
@@ -394,29 +866,11 @@ template <int E> inline float halfToFloat(uint16_t h) {
 template <int E>
 inline void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                      uint32_t b1) {
-  uint32_t mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
-  uint32_t(*all)[10] = exchange(mine, 6);
-  auto half = [](uint32_t w, int upper) {
-    return halfToFloat<E>(uint16_t(upper ? w >> 16 : w & 0xffffu));
-  };
-  // A[r][k] is in lane 4 (r mod 8) + (k mod 8) / 2, register a0 (r < 8,
-  // k < 8), a1 (r >= 8, k < 8), a2 (r < 8, k >= 8) or a3, half k mod 2.
-  auto A = [&](int r, int k) {
-    int reg = (r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
-    return half(all[4 * (r % 8) + (k % 8) / 2][reg], k % 2);
-  };
-  // B[k][n] is in lane 4 n + (k mod 8) / 2, register b0 (k < 8) or b1.
-  auto B = [&](int k, int n) {
-    return half(all[4 * n + (k % 8) / 2][4 + (k >= 8 ? 1 : 0)], k % 2);
-  };
-  int g = int(self->lane()) / 4, t = int(self->lane()) % 4;
-  for (int i = 0; i < 4; ++i) {
-    int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
-    float sum = c[i];
-    for (int k = 0; k < 16; ++k)
-      sum += A(row, k) * B(k, col);
-    c[i] = sum;
-  }
+  uint32_t mine[10] = {a[0], a[1], a[2], a[3], b0, b1};
+  std::memcpy(&mine[6], c, sizeof c);
+  uint32_t(*all)[10] =
+      exchange(E == 0 ? "mma.sync f16" : "mma.sync bf16", mine, 10, mmaWarp<E>);
+  std::memcpy(c, &all[self->lane()][0], sizeof c);
 }
 
 [[noreturn]] inline void fail(const char *what, const void *address) {
@@ -439,7 +893,7 @@ inline void ldmatrixX4Impl(uint32_t (&r)[4], const void *smemRow) {
   if (address % 16)
     fail("ldmatrix row address not 16-byte aligned", smemRow);
   uint32_t mine[2] = {uint32_t(address), uint32_t(uint64_t(address) >> 32)};
-  uint32_t(*all)[10] = exchange(mine, 2);
+  uint32_t(*all)[10] = exchange(Trans ? "ldmatrix.trans" : "ldmatrix", mine, 2);
   auto rowOf = [&](int lane) {
     return reinterpret_cast<const unsigned char *>(
         uintptr_t(uint64_t(all[lane][0]) | uint64_t(all[lane][1]) << 32));
@@ -576,23 +1030,13 @@ struct Registration {
 #define blockDim (::tessera_emu::launchBlockDim)
 #define gridDim (::tessera_emu::launchGridDim)
 
-inline void __syncthreads() { ::tessera_emu::self->block->barrier.wait(); }
+inline void __syncthreads() { ::tessera_emu::blockBarrier(false, 0); }
 /// A barrier that returns nonzero in every thread when any thread's `pred`
-/// is nonzero. Call k uses flag k % 3: it is set before the barrier and read
-/// after it; flag (k + 2) % 3, last read in call k - 1 (before this
-/// barrier), is cleared after it, and is set again only in call k + 2, after
-/// every thread has passed the barrier of call k + 1 and so cleared it.
+/// is nonzero.
 inline int __syncthreads_or(int pred) {
-  ::tessera_emu::Thread &t = *::tessera_emu::self;
-  std::atomic<int> *flags = t.block->orFlags;
-  unsigned k = t.orCalls++;
-  if (pred)
-    flags[k % 3].store(1, std::memory_order_relaxed);
-  t.block->barrier.wait();
-  int any = flags[k % 3].load(std::memory_order_relaxed);
-  flags[(k + 2) % 3].store(0, std::memory_order_relaxed);
-  return any;
+  return ::tessera_emu::blockBarrier(true, pred);
 }
+
 inline float __shfl_xor_sync(unsigned, float v, int laneMask) {
   return ::tessera_emu::shflXor(v, laneMask);
 }

@@ -652,6 +652,80 @@ tessera_status tessera_attention_dynamic(
 
 } // extern "C"
 
+/// The launches of dynamic group `g` of layer `layer` (its index kernels,
+/// then the attention over the index; `a` its arguments but the workspace
+/// and the chunk) on `stream`: in chunks of heads, batch entries and (block
+/// top-k) query blocks whose workspace stays within the budget
+/// (kernel::dynChunkPlan, docs/bundles.md), one workspace reused by every
+/// chunk in stream order.
+static tessera_status launchDynamicGroup(tessera_bundle *bundle, int64_t layer,
+                                         const DynamicGroupDesc &g,
+                                         kernel::DynArgs a,
+                                         kernel::AttnParams &p, int64_t batch,
+                                         void *stream) {
+  const Driver &d = *bundle->context->driver;
+  const int64_t slots = static_cast<int64_t>(g.heads.size());
+  const int64_t budget = dynamicWorkspaceBudget();
+  kernel::DynChunks plan;
+  if (!kernel::dynChunkPlan(a, p.nq, p.nk, slots, batch, budget, plan)) {
+    const kernel::i64 least = kernel::dynMinWorkspace(a, p.nq, p.nk);
+    return fail(
+        TESSERA_ERROR_INVALID_ARGUMENT,
+        "layer " + std::to_string(layer) + ": the dynamic group of head " +
+            std::to_string(g.heads.front()) + " needs at least " +
+            (least >= kernel::kUnbounded ? std::string("2^62 bytes")
+                                         : gib(double(least))) +
+            " of CUDA workspace at Nq = " + std::to_string(p.nq) +
+            ", Nk = " + std::to_string(p.nk) + " (one head's index" +
+            (a.family == kernel::kBlockTopk ? ", one query block at a time"
+                                            : "") +
+            "), more than the budget of " + gib(double(budget)) +
+            " (TESSERA_DYNAMIC_WORKSPACE; docs/bundles.md)");
+  }
+  unsigned long long ws = 0;
+  if (int rc = d.memAllocAsync(&ws, size_t(plan.bytes), stream))
+    return fail(TESSERA_ERROR_CUDA, d.message("cuMemAllocAsync", rc));
+  a.ws = reinterpret_cast<unsigned char *>(ws);
+  a.qChunk = plan.qChunk;
+  a.qChunks = plan.qChunks;
+  void *args[] = {&p, &a};
+  int failed = 0;
+  for (int64_t b0 = 0; b0 < batch && !failed; b0 += plan.batches)
+    for (int64_t s0 = 0; s0 < slots && !failed; s0 += plan.slots) {
+      a.batch0 = b0;
+      a.slot0 = s0;
+      a.numSlots = std::min<int64_t>(plan.slots, slots - s0);
+      const int64_t batches = std::min<int64_t>(plan.batches, batch - b0);
+      for (int64_t i = 0; i < kernel::dynLaunchCount(a) && !failed; ++i) {
+        kernel::i64 kern, gx, qBlock0;
+        kernel::dynLaunch(a, p.nq, p.nk, i, kern, gx, qBlock0);
+        if (kern < 0 || size_t(kern) >= g.kernels.size()) {
+          d.memFreeAsync(ws, stream);
+          return fail(TESSERA_ERROR_INTERNAL,
+                      "a dynamic group's launch plan names a kernel it lacks");
+        }
+        if (gx < 1)
+          continue;
+        a.qBlock0 = qBlock0; // (the arguments are copied at the launch)
+        if (gx > 0x7fffffff)
+          failed = -1;
+        else
+          failed = d.launchKernel(bundle->functions.at(g.kernels[size_t(kern)]),
+                                  static_cast<unsigned>(gx),
+                                  static_cast<unsigned>(a.numSlots),
+                                  static_cast<unsigned>(batches), 128, 1, 1, 0,
+                                  stream, args, nullptr);
+      }
+    }
+  d.memFreeAsync(ws, stream);
+  if (failed < 0)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "a dynamic kernel's grid exceeds 2^31 - 1 blocks");
+  if (failed)
+    return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", failed));
+  return TESSERA_OK;
+}
+
 static tessera_status attentionDynamic(
     tessera_bundle *bundle, int64_t layer, const tessera_tensor *q,
     const tessera_tensor *k, const tessera_tensor *v, const tessera_tensor *o,
@@ -922,7 +996,6 @@ static tessera_status attentionDynamic(
   for (size_t gi = 0; gi < l->dynamicGroups.size(); ++gi) {
     const DynamicGroupDesc &g = l->dynamicGroups[gi];
     kernel::DynArgs a = g.args;
-    a.numSlots = static_cast<int64_t>(g.heads.size());
     a.headDim = l->headDim;
     a.layer = position;
     a.group = static_cast<int>(gi);
@@ -932,49 +1005,9 @@ static tessera_status attentionDynamic(
       return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                   "on CUDA, a layer's routing groups that take centroids must "
                   "share one cluster count");
-    kernel::DynLayout lay = kernel::dynLayout(a, q->seq, k->seq);
-    uint64_t bytes;
-    if (lay.size >= kernel::kUnbounded ||
-        __builtin_mul_overflow(uint64_t(lay.size),
-                               uint64_t(a.numSlots * q->batch), &bytes) ||
-        bytes >= uint64_t(kernel::kUnbounded))
-      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                  "layer " + std::to_string(layer) +
-                      ": the dynamic index's workspace (docs/bundles.md) "
-                      "does not fit in 2^62 bytes at Nq = " +
-                      std::to_string(q->seq) +
-                      ", Nk = " + std::to_string(k->seq));
-    unsigned long long ws = 0;
-    if (int rc = d.memAllocAsync(&ws, bytes, cuda_stream))
-      return fail(TESSERA_ERROR_CUDA, d.message("cuMemAllocAsync", rc));
-    a.ws = reinterpret_cast<unsigned char *>(ws);
-    void *dynArgs[] = {&p, &a};
-    int failed = 0;
-    for (int64_t i = 0; i < kernel::dynLaunchCount(a) && !failed; ++i) {
-      kernel::i64 kern, gx;
-      kernel::dynLaunch(a, q->seq, k->seq, i, kern, gx);
-      if (kern < 0 || size_t(kern) >= g.kernels.size()) {
-        d.memFreeAsync(ws, cuda_stream);
-        return fail(TESSERA_ERROR_INTERNAL,
-                    "a dynamic group's launch plan names a kernel it lacks");
-      }
-      if (gx < 1)
-        continue;
-      if (gx > 0x7fffffff)
-        failed = -1;
-      else
-        failed = d.launchKernel(bundle->functions.at(g.kernels[size_t(kern)]),
-                                static_cast<unsigned>(gx),
-                                static_cast<unsigned>(a.numSlots),
-                                static_cast<unsigned>(q->batch), 128, 1, 1, 0,
-                                cuda_stream, dynArgs, nullptr);
-    }
-    d.memFreeAsync(ws, cuda_stream);
-    if (failed < 0)
-      return fail(TESSERA_ERROR_SHAPE_MISMATCH,
-                  "a dynamic kernel's grid exceeds 2^31 - 1 blocks");
-    if (failed)
-      return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", failed));
+    if (tessera_status s =
+            launchDynamicGroup(bundle, layer, g, a, p, q->batch, cuda_stream))
+      return s;
   }
   return TESSERA_OK;
 }

@@ -212,6 +212,16 @@ double tessera::runtime::dynamicCpuMemoryLimit() {
                                : double(int64_t(1) << 32);
 }
 
+int64_t tessera::runtime::dynamicWorkspaceBudget() {
+  if (const char *env = std::getenv("TESSERA_DYNAMIC_WORKSPACE")) {
+    char *end = nullptr;
+    const long long v = std::strtoll(env, &end, 10);
+    if (end != env && *end == 0 && v > 0)
+      return v;
+  }
+  return kDynamicWorkspaceDefault;
+}
+
 std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
                                                  const cpu::LayerArgs &args,
                                                  int64_t numHeads,

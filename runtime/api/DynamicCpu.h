@@ -30,6 +30,13 @@ double dynamicGroupCpuBytes(const kernel::DynArgs &a, int64_t nq, int64_t nk,
 /// set to a positive number, else half the machine's physical memory.
 double dynamicCpuMemoryLimit();
 
+/// The most CUDA workspace (bytes) a dynamic group's launches may hold at
+/// once (the budget of kernel::dynChunkPlan, docs/bundles.md):
+/// TESSERA_DYNAMIC_WORKSPACE when set to a positive number of bytes, else
+/// kDynamicWorkspaceDefault.
+constexpr int64_t kDynamicWorkspaceDefault = int64_t(2) << 30;
+int64_t dynamicWorkspaceBudget();
+
 } // namespace tessera::runtime
 
 #endif // TESSERA_RUNTIME_DYNAMICCPU_H

@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <set>
@@ -79,6 +80,62 @@ struct Case {
 
 template <typename T> T *at(std::vector<unsigned char> &ws, int64_t offset) {
   return reinterpret_cast<T *>(ws.data() + offset);
+}
+
+/// Runs a dynamic group's launches (bundle `name`, the group's kernel list)
+/// as the runtime does: in the chunks of heads, batch entries and (block
+/// top-k) query blocks that dynChunkPlan gives for `budget`, one workspace
+/// `ws` reused by every chunk (after the run it holds the last chunk's
+/// slices). Counts each kernel's launches; returns the chunks run.
+int runGroup(const std::string &name, const std::vector<std::string> &kernels,
+             const k::AttnParams &p, k::DynArgs a, int64_t slots, int64_t batch,
+             int64_t budget, std::vector<unsigned char> &ws,
+             std::vector<int> &launches) {
+  k::DynChunks plan;
+  if (!k::dynChunkPlan(a, p.nq, p.nk, slots, batch, budget, plan)) {
+    ADD_FAILURE() << "no chunks within " << budget << " bytes";
+    return 0;
+  }
+  EXPECT_LE(plan.bytes, budget);
+  ws.assign(size_t(plan.bytes) + 16, 0);
+  a.ws = ws.data();
+  a.qChunk = plan.qChunk;
+  a.qChunks = plan.qChunks;
+  launches.assign(kernels.size(), 0);
+  auto &reg = tessera_emu::registry();
+  int chunks = 0;
+  for (int64_t b0 = 0; b0 < batch; b0 += plan.batches)
+    for (int64_t s0 = 0; s0 < slots; s0 += plan.slots) {
+      a.batch0 = b0;
+      a.slot0 = s0;
+      a.numSlots = std::min<int64_t>(plan.slots, slots - s0);
+      const int64_t batches = std::min<int64_t>(plan.batches, batch - b0);
+      chunks += int(plan.qChunks);
+      for (int64_t i = 0; i < k::dynLaunchCount(a); ++i) {
+        k::i64 kernel, gx, qBlock0;
+        k::dynLaunch(a, p.nq, p.nk, i, kernel, gx, qBlock0);
+        if (size_t(kernel) >= kernels.size()) {
+          ADD_FAILURE() << "launch " << i << " names kernel " << kernel;
+          return chunks;
+        }
+        ++launches[size_t(kernel)];
+        auto fn = reg.find(name + "/" + kernels[size_t(kernel)]);
+        if (fn == reg.end()) {
+          ADD_FAILURE() << "no kernel " << kernels[size_t(kernel)];
+          return chunks;
+        }
+        a.qBlock0 = qBlock0;
+        struct {
+          k::AttnParams p;
+          k::DynArgs a;
+        } args{p, a};
+        tessera_emu::launch(
+            [&] { fn->second(&args, 0); },
+            dim3{unsigned(gx), unsigned(a.numSlots), unsigned(batches)},
+            dim3{128, 1, 1});
+      }
+    }
+  return chunks;
 }
 
 /// Runs every dynamic group of bundle `name` (built from
@@ -249,29 +306,17 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
           a.centroids = centroids.data();
         }
       }
+      // One chunk (every head and batch entry: the workspace holds every
+      // slice for the index checks below).
+      const int64_t slots = int64_t(heads.size());
       k::DynLayout lay = k::dynLayout(a, nq, nk);
-      std::vector<unsigned char> ws(size_t(lay.size * a.numSlots * B) + 16);
-      a.ws = ws.data();
-      struct {
-        k::AttnParams p;
-        k::DynArgs a;
-      } args{p, a};
-      auto &reg = tessera_emu::registry();
-      std::vector<int> launches(kernels.size(), 0);
+      std::vector<unsigned char> ws;
+      std::vector<int> launches;
       tessera_emu::resetBankCounts();
       tessera_emu::resetLeftoverCopies();
-      for (int64_t i = 0; i < k::dynLaunchCount(a); ++i) {
-        k::i64 kernel, gx;
-        k::dynLaunch(a, nq, nk, i, kernel, gx);
-        ASSERT_LT(size_t(kernel), kernels.size());
-        ++launches[size_t(kernel)];
-        auto fn = reg.find(name + "/" + kernels[size_t(kernel)]);
-        ASSERT_NE(fn, reg.end()) << kernels[size_t(kernel)];
-        tessera_emu::launch([&] { fn->second(&args, 0); },
-                            dim3{unsigned(gx), unsigned(a.numSlots),
-                                 unsigned(B)},
-                            dim3{128, 1, 1});
-      }
+      ASSERT_EQ(runGroup(name, kernels, p, a, slots, B, k::kUnbounded - 1, ws,
+                         launches),
+                1);
 
       // The attention's copies all waited for, and its shared-memory
       // requests (cp.async of contiguous and gathered rows into the
@@ -451,6 +496,40 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
               << "batch " << b << " head " << h;
           EXPECT_LE(lseErr, 1.0) << "batch " << b << " head " << h;
         }
+      // The workspace bounded: the smallest chunks it allows (one
+      // (batch, head) slice; block top-k one query block at a time) and
+      // chunks of two slices give bit-identical outputs.
+      const std::vector<uint16_t> oOne = o;
+      const std::vector<float> lseOne = lse;
+      const int64_t least = k::dynMinWorkspace(a, nq, nk);
+      for (int64_t budget :
+           {least, int64_t(2 * k::dynSliceBytes(a, nq, nk, 0) + 100)}) {
+        std::fill(o.begin(), o.end(), round(7.0f));
+        std::fill(lse.begin(), lse.end(), 7.0f);
+        std::vector<unsigned char> ws2;
+        std::vector<int> launches2;
+        const int chunks =
+            runGroup(name, kernels, p, a, slots, B, budget, ws2, launches2);
+        if (budget == least) {
+          EXPECT_EQ(chunks, B * slots *
+                                (a.family == k::kBlockTopk
+                                     ? k::btQueryBlocks(a.block, nq, nk)
+                                     : 1));
+        }
+        int64_t differ = 0;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t h : heads)
+            for (int64_t i = 0; i < nq; ++i) {
+              for (int64_t x = 0; x < d; ++x)
+                differ += o[qIdx(b, i, h) + x] != oOne[qIdx(b, i, h) + x];
+              const size_t at = size_t((b * hq + h) * nq + i);
+              differ += std::memcmp(&lse[at], &lseOne[at], 4) != 0;
+            }
+        EXPECT_EQ(differ, 0)
+            << chunks << " chunks within " << budget << " bytes";
+      }
+      std::copy(oOne.begin(), oOne.end(), o.begin());
+      std::copy(lseOne.begin(), lseOne.end(), lse.begin());
       ++groupsChecked;
     }
   }
@@ -458,6 +537,167 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
   // The tau > 0 heads took both of FlexPrefill's modes.
   EXPECT_GT(flexModes[0], 0);
   EXPECT_GT(flexModes[1], 0);
+}
+
+/// The dynamic groups of patterns/minference-llm.mlir (head_dim 128): the
+/// families of the workspace formula.
+std::vector<std::pair<k::DynArgs, int64_t>> minferenceGroups() {
+  k::DynArgs vs{}, bt{}, gamma{}, rt{};
+  vs.family = k::kVerticalSlash;
+  vs.lastQ = 64;
+  vs.vertical = 1000;
+  vs.slash = 6096;
+  vs.firstColumns = 30;
+  vs.lastDiagonals = 100;
+  bt.family = gamma.family = k::kBlockTopk;
+  bt.block = 64;
+  bt.topK = 100;
+  gamma.block = 128;
+  gamma.gamma = 0.9f;
+  gamma.minBlocks = 4;
+  gamma.maxBlocks = 512;
+  k::DynArgs flex = gamma;
+  flex.tau = 0.1f;
+  rt.family = k::kRouting;
+  rt.clusters = 16;
+  rt.iterations = 2;
+  rt.merge = 1;
+  std::vector<std::pair<k::DynArgs, int64_t>> groups = {
+      {vs, 20}, {bt, 4}, {gamma, 16}, {flex, 16}, {rt, 8}};
+  for (auto &g : groups)
+    g.first.headDim = 128;
+  return groups;
+}
+
+/// dynChunkPlan keeps a chunk's workspace within the budget and covers
+/// every (batch, head) and query block, takes the most that fit, and
+/// refuses a budget below one slice (block top-k: of one query block).
+/// The example: minference-llm's layer 0 at 4M tokens needs about
+/// 85 GiB with every head's index at once, and chunks within the default
+/// 2 GiB.
+TEST(DynamicChunks, WorkspaceWithinTheBudgetOrRefused) {
+  const int64_t big = int64_t(4) << 20;
+  for (auto [nq, nk] :
+       {std::pair<int64_t, int64_t>{200, 260}, {4000, 4000}, {big, big}})
+    for (auto [a, heads] : minferenceGroups())
+      for (int64_t batch : {1, 3}) {
+        const int64_t full = k::dynSliceBytes(a, nq, nk, 0);
+        const int64_t least = k::dynMinWorkspace(a, nq, nk);
+        const int64_t tq =
+            a.family == k::kBlockTopk ? k::btQueryBlocks(a.block, nq, nk) : 1;
+        SCOPED_TRACE("family " + std::to_string(a.family) + " Nq " +
+                     std::to_string(nq) + " batch " + std::to_string(batch));
+        for (int64_t budget : {least - 1, least, least + full / 3, 2 * full,
+                               full * heads * batch - 1, full * heads * batch,
+                               int64_t(2) << 30}) {
+          k::DynChunks c;
+          const bool ok = k::dynChunkPlan(a, nq, nk, heads, batch, budget, c);
+          EXPECT_EQ(ok, budget >= least) << budget;
+          if (!ok)
+            continue;
+          EXPECT_LE(c.bytes, budget);
+          EXPECT_EQ(c.bytes, c.slots * c.batches * c.sliceBytes);
+          EXPECT_TRUE(c.slots >= 1 && c.slots <= heads && c.batches >= 1 &&
+                      c.batches <= batch);
+          if (c.qChunk == 0) {
+            // Whole slices: as many as fit, every batch entry first.
+            EXPECT_EQ(c.sliceBytes, full);
+            EXPECT_EQ(c.qChunks, 1);
+            const int64_t fit = budget / full;
+            EXPECT_EQ(c.slots * c.batches, fit >= heads * batch ? heads * batch
+                                           : fit >= batch ? fit / batch * batch
+                                                          : fit);
+          } else {
+            // Block top-k, one slice of the most query blocks that fit.
+            EXPECT_EQ(a.family, k::kBlockTopk);
+            EXPECT_GT(full, budget);
+            EXPECT_EQ(c.slots * c.batches, 1);
+            EXPECT_EQ(c.sliceBytes, k::dynSliceBytes(a, nq, nk, c.qChunk));
+            EXPECT_LT(c.qChunk, tq);
+            EXPECT_GT(k::dynSliceBytes(a, nq, nk, c.qChunk + 1), budget);
+            EXPECT_EQ(c.qChunks, (tq + c.qChunk - 1) / c.qChunk);
+          }
+        }
+      }
+  // Layer 0 (20 vertical-slash heads, 4 block top-k heads), batch 1.
+  const auto groups = minferenceGroups();
+  const double gib = double(int64_t(1) << 30);
+  const double atOnce =
+      double(k::dynSliceBytes(groups[0].first, big, big, 0) * groups[0].second +
+             k::dynSliceBytes(groups[1].first, big, big, 0) * groups[1].second);
+  EXPECT_GT(atOnce, 84 * gib);
+  EXPECT_LT(atOnce, 86 * gib);
+  for (int i : {0, 1}) {
+    k::DynChunks c;
+    ASSERT_TRUE(k::dynChunkPlan(groups[i].first, big, big, groups[i].second, 1,
+                                int64_t(2) << 30, c));
+    EXPECT_LE(double(c.bytes), 2 * gib);
+  }
+}
+
+/// The launch plan of block top-k in query-block chunks: every query
+/// block's scores, take and select once, in that order within its chunk
+/// (which the probabilities' rows hold), FlexPrefill's two kernels after
+/// the scores of the chunk holding the last query block and before any
+/// take; pool first, attend last.
+TEST(DynamicChunks, LaunchPlanCoversEveryQueryBlock) {
+  for (const auto &g : minferenceGroups()) {
+    k::DynArgs a = g.first;
+    if (a.family != k::kBlockTopk)
+      continue;
+    const int64_t nq = 5000, nk = 5300;
+    const int64_t tq = k::btQueryBlocks(a.block, nq, nk);
+    const bool flex = a.tau > 0;
+    for (int64_t chunk : {int64_t(0), int64_t(1), int64_t(3), tq - 1}) {
+      a.qChunk = chunk;
+      a.qChunks = chunk ? (tq + chunk - 1) / chunk : 1;
+      std::vector<int> scored(size_t(tq), 0), taken(size_t(tq), 0),
+          selected(size_t(tq), 0);
+      bool flexDone = !flex, tookAny = false;
+      const int64_t n = k::dynLaunchCount(a);
+      for (int64_t i = 0; i < n; ++i) {
+        k::i64 kernel, gx, q0;
+        k::dynLaunch(a, nq, nk, i, kernel, gx, q0);
+        const int64_t take = flex ? 4 : 2;
+        if (i == 0 || i == n - 1) {
+          EXPECT_EQ(kernel, i == 0 ? 0 : take + 2);
+          continue;
+        }
+        if (flex && (kernel == 2 || kernel == 3)) {
+          // The probabilities of the last query block are there.
+          EXPECT_EQ(scored[size_t(tq - 1)], 1);
+          EXPECT_LE(q0, tq - 1);
+          EXPECT_GT(q0 + (chunk ? chunk : tq), tq - 1);
+          EXPECT_FALSE(tookAny);
+          flexDone |= kernel == 3;
+          continue;
+        }
+        ASSERT_GE(gx, 1);
+        ASSERT_LE(q0 + gx, tq);
+        if (chunk) {
+          EXPECT_LE(gx, chunk);
+        }
+        for (int64_t qb = q0; qb < q0 + gx; ++qb) {
+          if (kernel == 1) {
+            ++scored[size_t(qb)];
+          } else if (kernel == take) {
+            EXPECT_TRUE(flexDone);
+            tookAny = true;
+            EXPECT_EQ(scored[size_t(qb)], 1);
+            ++taken[size_t(qb)];
+          } else {
+            EXPECT_EQ(kernel, take + 1);
+            EXPECT_EQ(taken[size_t(qb)], 1);
+            ++selected[size_t(qb)];
+          }
+        }
+      }
+      for (int64_t qb = 0; qb < tq; ++qb)
+        EXPECT_TRUE(scored[size_t(qb)] == 1 && taken[size_t(qb)] == 1 &&
+                    selected[size_t(qb)] == 1)
+            << "query block " << qb << " of " << tq << ", chunks of " << chunk;
+    }
+  }
 }
 
 class DynamicEmulatorTest : public ::testing::TestWithParam<Case> {};

@@ -7,12 +7,16 @@
 // pastes this file into bundles with dynamic groups, after Program.h).
 // Plain C++14 like Program.h: no standard headers.
 //
-// The workspace holds one slice per (batch, slot of the group): slice
-// s = b * numSlots + slot, each sliceBytes() long and 16-byte aligned. Its
-// size is O(what the index visits): O(lastQ * Nk) scores for vertical-slash,
-// O((Nq/B + 1) * Nk/B) pooled probabilities and kept-block lists for block
-// top-k (with tau > 0 also O(Nk) masses of the last query block's rows),
-// O(Nq + Nk + clusters * head_dim) for routing; never O(Nq * Nk).
+// The workspace holds one slice per (batch, slot) of the chunk a launch
+// covers: slice s = (b - batch0) * numSlots + (slot - slot0), each
+// dynLayout().size bytes and 16-byte aligned. A slice's size is O(what the
+// index visits): O(lastQ * Nk) scores for vertical-slash, O(qChunk * Nk/B)
+// pooled probabilities (qChunk of the Nq/B + 1 query blocks at a time) and
+// kept-block lists for block top-k (with tau > 0 also O(Nk) masses of the
+// last query block's rows), O(Nq + Nk + clusters * head_dim) for routing;
+// never O(Nq * Nk). The runtime splits a group's launches into chunks of
+// slots, batch entries and (block top-k) query blocks so that the
+// workspace stays within a budget (dynChunkPlan, docs/bundles.md).
 //
 //===----------------------------------------------------------------------===//
 
@@ -26,11 +30,13 @@ enum DynFamily : i64 { kVerticalSlash = 0, kBlockTopk = 1, kRouting = 2 };
 
 /// The parameters of one dynamic group's launches (passed by value).
 struct DynArgs {
-  unsigned char *ws;      ///< the workspace: numSlots * batch slices
+  unsigned char *ws;      ///< the workspace: the chunk's slices
   const float *centroids; ///< routing with iterations = 0: fp32
                           ///< [numHeads][clusters][headDim]; else null
   i64 family;
-  i64 numSlots; ///< heads of the group (grid y)
+  i64 numSlots; ///< slots (heads) of this launch's chunk (grid y)
+  i64 slot0;    ///< the chunk's first slot: grid y is slots slot0 + y
+  i64 batch0;   ///< the chunk's first batch entry: grid z is batch0 + z
   i64 headDim;
   // vertical_slash
   i64 lastQ, vertical, slash, firstColumns, lastDiagonals;
@@ -38,6 +44,9 @@ struct DynArgs {
   i64 block, topK, minBlocks, maxBlocks;
   float gamma;
   float tau; ///< > 0: FlexPrefill's per-head choice (docs/patterns.md)
+  i64 qChunk;  ///< query blocks whose probabilities a slice holds (0: all)
+  i64 qChunks; ///< the chunks of query blocks (0 or 1: one)
+  i64 qBlock0; ///< this launch's first query block (scores, take, select)
   // routing
   i64 clusters, iterations;
   i64 merge; ///< routing whose pattern allows pairs outside the clusters:
@@ -68,8 +77,9 @@ struct DynLayout {
   // the kept columns and diagonals as bitmaps (u32 words, vsBitmapWords;
   // the diagonals' bit j is i = Nk - 1 - j).
   i64 scores, colSum, diagSum, cols, diags, groups, counts, colBits, diagBits;
-  // block_topk: pooled Q [tq][D], pooled K [tk][D], probabilities [tq][tk],
-  // per query block its kept key blocks (capacity cap) and their count.
+  // block_topk: pooled Q [tq][D], pooled K [tk][D], probabilities of the
+  // chunk's query blocks [btProbRows][tk], per query block its kept key
+  // blocks (capacity cap) and their count.
   // With tau > 0: per row of the last query block its column and slash
   // masses [rows][2 tk], their means [2 tk], the kept columns' and slash
   // groups' flags (int [2 tk]), and the choice (i64 mode, float distance).
@@ -117,6 +127,11 @@ TESSERA_HD i64 btCap(const DynArgs &a, i64 tk) {
   cap = minI(maxI(cap, 1), tk);
   return a.tau > 0 ? minI(3 * cap, tk) : cap;
 }
+/// The query blocks whose probabilities a slice holds at once.
+TESSERA_HD i64 btProbRows(const DynArgs &a, i64 nq, i64 nk) {
+  const i64 tq = btQueryBlocks(a.block, nq, nk);
+  return a.qChunk > 0 ? minI(a.qChunk, tq) : tq;
+}
 /// With tau > 0: the rows of the last query block (position Nk - 1's).
 TESSERA_HD i64 btLastRows(i64 block, i64 nq, i64 nk) {
   const i64 last = btQueryBlocks(block, nq, nk) - 1;
@@ -151,7 +166,7 @@ TESSERA_HD DynLayout dynLayout(const DynArgs &a, i64 nq, i64 nk) {
     l.cap = btCap(a, tk);
     l.pooledQ = take(mul3(4, tq, a.headDim));
     l.pooledK = take(mul3(4, tk, a.headDim));
-    l.probs = take(mul3(4, tq, tk));
+    l.probs = take(mul3(4, btProbRows(a, nq, nk), tk));
     l.lists = take(mul3(8, tq, l.cap));
     l.listCount = take(8 * tq);
     if (a.tau > 0) {
@@ -185,22 +200,28 @@ TESSERA_HD i64 routingTiles(const DynArgs &a, i64 nq) {
   return dynCeilDiv(nq, 64) + minI(a.clusters, nq);
 }
 
-/// The launches of a dynamic group, in order (grid y: the group's heads,
-/// z: the batch; 128 threads): vertical_slash scores, softmax, sums,
-/// select, attend; block_topk pool, scores, (with tau > 0: flex rows, flex
-/// mode,) take, select, attend; routing
-/// seed, (assign keys, update) per k-means iteration, assign keys, assign
-/// queries, sort, attend, and rest when merging.
+/// The launches of a dynamic group's chunk, in order (grid y: the chunk's
+/// slots, z: its batch entries; 128 threads): vertical_slash scores,
+/// softmax, sums, select, attend; block_topk pool, then per chunk of query
+/// blocks scores, (with tau > 0, in the chunk holding the last query block,
+/// which goes first: flex rows, flex mode,) take, select, then attend;
+/// routing seed, (assign keys, update) per k-means iteration, assign keys,
+/// assign queries, sort, attend, and rest when merging.
 TESSERA_HD i64 dynLaunchCount(const DynArgs &a) {
-  if (a.family == kBlockTopk)
-    return a.tau > 0 ? 7 : 5;
+  if (a.family == kBlockTopk) {
+    const i64 chunks = a.qChunks > 1 ? a.qChunks : 1;
+    return (a.tau > 0 ? 4 : 2) + 3 * chunks;
+  }
   return a.family == kRouting ? 5 + (a.merge ? 1 : 0) + 2 * a.iterations : 5;
 }
 
 /// Launch i: `kernel` indexes the group's kernel list (the manifest's
-/// "kernels", in the order of dynamicKernels), gx is grid x.
-TESSERA_HD void dynLaunch(const DynArgs &a, i64 nq, i64 nk, i64 i,
-                          i64 &kernel, i64 &gx) {
+/// "kernels", in the order of dynamicKernels), gx is grid x, qBlock0 the
+/// first query block of a block top-k launch (DynArgs::qBlock0; 0 for the
+/// others).
+TESSERA_HD void dynLaunch(const DynArgs &a, i64 nq, i64 nk, i64 i, i64 &kernel,
+                          i64 &gx, i64 &qBlock0) {
+  qBlock0 = 0;
   if (a.family == kVerticalSlash) {
     const i64 grids[5] = {dynCeilDiv(nk, 128), vsRows(a, nq),
                           dynCeilDiv(nk, 128), 2, dynCeilDiv(nq, 64)};
@@ -211,13 +232,44 @@ TESSERA_HD void dynLaunch(const DynArgs &a, i64 nq, i64 nk, i64 i,
   if (a.family == kBlockTopk) {
     const i64 tq = btQueryBlocks(a.block, nq, nk),
               tk = dynCeilDiv(nk, a.block);
-    const i64 grids[5] = {tq + tk, tq, tq, tq, dynCeilDiv(nq, 64)};
-    // tau > 0: flex rows (one block per row of the last query block) and
-    // flex mode (one block) after the scores, kernels 2 and 3.
-    const i64 flex[7] = {tq + tk, tq, btLastRows(a.block, nq, nk), 1, tq, tq,
-                         dynCeilDiv(nq, 64)};
-    kernel = i;
-    gx = a.tau > 0 ? flex[i] : grids[i];
+    const bool flex = a.tau > 0;
+    const i64 chunks = a.qChunks > 1 ? a.qChunks : 1;
+    const i64 size = a.qChunk > 0 ? a.qChunk : tq;
+    // Kernels: pool 0, scores 1, (flex rows 2, flex mode 3,) take, select,
+    // attend.
+    const i64 take = flex ? 4 : 2;
+    if (i == 0) {
+      kernel = 0;
+      gx = tq + tk;
+      return;
+    }
+    if (i == dynLaunchCount(a) - 1) {
+      kernel = take + 2;
+      gx = dynCeilDiv(nq, 64);
+      return;
+    }
+    // The steps of the first chunk processed (the last one, which holds
+    // the last query block that FlexPrefill's choice reads): scores,
+    // (flex rows, flex mode,) take, select; then 3 per other chunk.
+    const i64 first = flex ? 5 : 3;
+    i64 chunk, step;
+    if (i <= first) {
+      chunk = chunks - 1;
+      step = i - 1;
+    } else {
+      chunk = (i - first - 1) / 3;
+      step = (i - first - 1) % 3;
+      step = step == 0 ? 0 : step + (flex ? 2 : 0);
+    }
+    qBlock0 = chunk * size;
+    const i64 rows = minI(tq, qBlock0 + size) - qBlock0;
+    kernel = 1 + step;
+    if (flex && kernel == 2)
+      gx = btLastRows(a.block, nq, nk);
+    else if (flex && kernel == 3)
+      gx = 1;
+    else
+      gx = rows;
     return;
   }
   // Routing: kernels seed 0, assign keys 1, update 2, assign queries 3,
@@ -245,6 +297,71 @@ TESSERA_HD void dynLaunch(const DynArgs &a, i64 nq, i64 nk, i64 i,
     kernel = 6;
     gx = dynCeilDiv(nq, 64);
   }
+}
+
+/// How a dynamic group's launches are split so that its workspace stays
+/// within a budget: chunks of `slots` slots x `batches` batch entries, each
+/// (batch, slot) a slice of sliceBytes; block top-k whose one slice does
+/// not fit holds the probabilities of qChunk query blocks at a time
+/// (qChunks chunks of them, in turn). bytes = slots x batches x sliceBytes
+/// is the workspace to allocate (reused by every chunk, in stream order).
+struct DynChunks {
+  i64 slots, batches, qChunk, qChunks, sliceBytes, bytes;
+};
+
+/// The bytes of one slice (block top-k: holding qChunk query blocks'
+/// probabilities, 0: all of them); kUnbounded when it does not fit in 2^62.
+TESSERA_HD i64 dynSliceBytes(DynArgs a, i64 nq, i64 nk, i64 qChunk) {
+  a.qChunk = qChunk;
+  return dynLayout(a, nq, nk).size;
+}
+
+/// The least workspace a group needs at Nq, Nk: one slice, of one query
+/// block's probabilities for block top-k.
+TESSERA_HD i64 dynMinWorkspace(const DynArgs &a, i64 nq, i64 nk) {
+  return dynSliceBytes(a, nq, nk, a.family == kBlockTopk ? 1 : 0);
+}
+
+/// The chunks of a group of `slots` slots over `batch` batch entries whose
+/// workspace is at most `budget` bytes: as many whole slices as fit
+/// (S = full slice): floor(budget / S) slices, every batch entry of as
+/// many slots as fit, else one slot of as many batch entries as fit; when
+/// not even one slice fits, block top-k takes the most query blocks q with
+/// slice(q) <= budget. false where even dynMinWorkspace does not fit.
+TESSERA_HD bool dynChunkPlan(const DynArgs &a, i64 nq, i64 nk, i64 slots,
+                             i64 batch, i64 budget, DynChunks &c) {
+  c.slots = c.batches = c.qChunks = 1;
+  c.qChunk = 0;
+  c.sliceBytes = dynSliceBytes(a, nq, nk, 0);
+  if (c.sliceBytes < kUnbounded && c.sliceBytes <= budget) {
+    const i64 fit = budget / c.sliceBytes; // whole slices, >= 1
+    if (fit >= mulSat(slots, batch)) {
+      c.slots = slots;
+      c.batches = batch;
+    } else if (fit >= batch) {
+      c.slots = fit / batch;
+      c.batches = batch;
+    } else {
+      c.batches = fit;
+    }
+  } else {
+    if (a.family != kBlockTopk || dynMinWorkspace(a, nq, nk) > budget)
+      return false;
+    // The slice grows with its query blocks: the largest q that fits.
+    i64 lo = 1, hi = btQueryBlocks(a.block, nq, nk);
+    while (lo < hi) {
+      const i64 mid = lo + (hi - lo + 1) / 2;
+      if (dynSliceBytes(a, nq, nk, mid) <= budget)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    c.qChunk = lo;
+    c.qChunks = dynCeilDiv(btQueryBlocks(a.block, nq, nk), lo);
+    c.sliceBytes = dynSliceBytes(a, nq, nk, lo);
+  }
+  c.bytes = c.slots * c.batches * c.sliceBytes; // <= budget
+  return true;
 }
 
 } // namespace kernel

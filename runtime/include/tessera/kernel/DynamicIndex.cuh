@@ -170,7 +170,9 @@ __device__ __forceinline__ void selectTop(Key key, i64 n, i64 count,
   __syncthreads();
 }
 
-/// This block's (batch, head) slice of a dynamic group's workspace.
+/// This block's (batch, head) slice of a dynamic group's workspace: the
+/// launch covers a chunk of slots (a.slot0 + grid y) and batch entries
+/// (a.batch0 + grid z), one slice each.
 struct DynSlice {
   i64 b, head, kvHead;
   DynLayout lay;
@@ -183,12 +185,11 @@ __device__ __forceinline__ DynSlice dynSlice(const AttnParams &p,
                                              const DynArgs &a,
                                              const i64 *heads) {
   DynSlice s;
-  const i64 slot = blockIdx.y;
-  s.b = blockIdx.z;
-  s.head = heads ? heads[slot] : 0;
+  s.b = a.batch0 + blockIdx.z;
+  s.head = heads ? heads[a.slot0 + blockIdx.y] : 0;
   s.kvHead = s.head / (p.numHeads / p.numKvHeads);
   s.lay = dynLayout(a, p.nq, p.nk);
-  s.ws = a.ws + (s.b * a.numSlots + slot) * s.lay.size;
+  s.ws = a.ws + ((i64)blockIdx.z * a.numSlots + blockIdx.y) * s.lay.size;
   return s;
 }
 
@@ -1010,11 +1011,11 @@ __device__ __forceinline__ void btPool(const AttnParams &p, const DynArgs &a,
   }
 }
 
-/// Query block blockIdx.x: the softmax of its pooled scores (base 2)
-/// against every key block.
+/// Query block a.qBlock0 + blockIdx.x: the softmax of its pooled scores
+/// (base 2) against every key block, in probability row blockIdx.x.
 __device__ __forceinline__ void btScores(const AttnParams &p,
                                          const DynArgs &a) {
-  const i64 i = blockIdx.x;
+  const i64 i = a.qBlock0 + blockIdx.x;
   const DynSlice sl = dynSlice(p, a, nullptr);
   const DynLayout lay = sl.lay;
   unsigned char *ws = sl.ws;
@@ -1022,7 +1023,7 @@ __device__ __forceinline__ void btScores(const AttnParams &p,
   const float *qb = reinterpret_cast<const float *>(ws + lay.pooledQ) +
                     i * a.headDim;
   const float *kb = reinterpret_cast<const float *>(ws + lay.pooledK);
-  float *row = reinterpret_cast<float *>(ws + lay.probs) + i * tk;
+  float *row = reinterpret_cast<float *>(ws + lay.probs) + blockIdx.x * tk;
   float m = __int_as_float(0xff800000);
   for (i64 j = threadIdx.x; j < tk; j += kDynThreads) {
     float s = 0.f;
@@ -1193,7 +1194,8 @@ __device__ __forceinline__ void btFlexRows(const AttnParams &p,
 /// FlexPrefill's choice (tau > 0) for this (batch, head), one block: the
 /// true attention's column and slash masses (flexRows averaged over the
 /// rows in order), the Jensen-Shannon distance (natural log) of the
-/// columns from the estimate (the last query block's row of probs); above
+/// columns from the estimate (the last query block's row of probs: the
+/// launch's chunk of query blocks holds it); above
 /// tau the vertical-slash-like mode (flexMode = 1) with the kept columns'
 /// and slash groups' flags, each as btCoverCount and selectTop choose.
 __device__ __forceinline__ void btFlexMode(const AttnParams &p,
@@ -1208,7 +1210,7 @@ __device__ __forceinline__ void btFlexMode(const AttnParams &p,
   float *mass = reinterpret_cast<float *>(ws + lay.flexMass);
   int *flags = reinterpret_cast<int *>(ws + lay.flexFlags);
   const float *est = reinterpret_cast<const float *>(ws + lay.probs) +
-                     (tq - 1) * tk;
+                     (tq - 1 - a.qBlock0) * tk;
   for (i64 j = threadIdx.x; j < 2 * tk; j += kDynThreads) {
     float s = 0.f;
     for (i64 r = 0; r < rows; ++r)
@@ -1246,10 +1248,11 @@ __device__ __forceinline__ void btFlexMode(const AttnParams &p,
   }
 }
 
-/// Query block blockIdx.x: how many key blocks it keeps (listCount[i]).
+/// Query block i = a.qBlock0 + blockIdx.x (probability row blockIdx.x):
+/// how many key blocks it keeps (listCount[i]).
 __device__ __forceinline__ void btTake(const AttnParams &p,
                                          const DynArgs &a) {
-  const i64 i = blockIdx.x;
+  const i64 i = a.qBlock0 + blockIdx.x;
   const DynSlice sl = dynSlice(p, a, nullptr);
   const DynLayout lay = sl.lay;
   unsigned char *ws = sl.ws;
@@ -1264,22 +1267,24 @@ __device__ __forceinline__ void btTake(const AttnParams &p,
     take = blockScanTotal(c);
   } else {
     take = btCoverCount(reinterpret_cast<const float *>(ws + lay.probs) +
-                            i * tk,
+                            blockIdx.x * tk,
                         tk, a);
   }
   if (threadIdx.x == 0)
     reinterpret_cast<i64 *>(ws + lay.listCount)[i] = take;
 }
 
-/// Query block blockIdx.x: its kept key blocks, ascending.
+/// Query block i = a.qBlock0 + blockIdx.x (probability row blockIdx.x):
+/// its kept key blocks, ascending.
 __device__ __forceinline__ void btSelect(const AttnParams &p,
                                          const DynArgs &a) {
-  const i64 i = blockIdx.x;
+  const i64 i = a.qBlock0 + blockIdx.x;
   const DynSlice sl = dynSlice(p, a, nullptr);
   const DynLayout lay = sl.lay;
   unsigned char *ws = sl.ws;
   const i64 tk = dynCeilDiv(p.nk, a.block);
-  const float *row = reinterpret_cast<const float *>(ws + lay.probs) + i * tk;
+  const float *row =
+      reinterpret_cast<const float *>(ws + lay.probs) + blockIdx.x * tk;
   auto key = [=](i64 j) { return orderKey(row[j]); };
   i64 *countOut = reinterpret_cast<i64 *>(ws + lay.listCount) + i;
   const i64 take = *countOut;

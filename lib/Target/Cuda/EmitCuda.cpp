@@ -216,27 +216,27 @@ private:
 
   /// The id of the generated code of the pattern named `key` (shared by
   /// every group, layer and kernel that has it), its code emitted the first
-  /// time (from `runs`, or the pattern's own runs where null). Static
-  /// groups (`runs` given) also get their partial-tile masks, P<id>Mask,
-  /// for the attention kernels' Groups::keep; dynamic kernels use none.
+  /// time (from `runs`, or the pattern's own runs where null), with its
+  /// partial-tile masks, P<id>Mask, from the same runs: the attention
+  /// kernels' Groups::keep, and the dynamic kernels' DynPats::keep for a
+  /// dynamic group's `with` and `without`.
   int64_t patternCode(const std::string &key, const semantics::Pattern &pat,
                       const schedule::RunExpr *runs) {
     auto [it, fresh] =
         patternIds.insert({key, static_cast<int64_t>(patternIds.size())});
     if (fresh) {
       std::string name = "P" + std::to_string(it->second);
+      const schedule::RunExpr own = runs ? schedule::RunExpr()
+                                         : schedule::buildRuns(pat);
+      const schedule::RunExpr &expr = runs ? *runs : own;
       groupCode += "// " + name + ": " + key + "\n" +
-                   schedule::emitGroupCode(
-                       pat, runs ? *runs : schedule::buildRuns(pat), name) +
-                   "\n";
+                   schedule::emitGroupCode(pat, expr, name) + "\n";
       if (runs)
         patternWeight[it->second] = runWeight(*runs);
-      if (runs)
-        groupCode += "// " + name +
-                     "Mask: the partial-tile masks of " + name +
-                     ", from the closed form of each leaf of its runs "
-                     "(Masks.cuh).\n" +
-                     schedule::emitMaskCode(*runs, name + "Mask") + "\n";
+      groupCode += "// " + name + "Mask: the partial-tile masks of " + name +
+                   ", from the closed form of each leaf of its runs "
+                   "(Masks.cuh).\n" +
+                   schedule::emitMaskCode(expr, name + "Mask") + "\n";
     }
     return it->second;
   }
@@ -590,8 +590,8 @@ private:
           "i64 k0, int c2, i64 nk, i64 head, i64 numHeads) {\n"
           "    switch (id) {\n";
     for (int64_t id : dynPatterns)
-      os << "    case " << id << ":\n      return keepBits<P" << id
-         << ">(rowPos, k0, c2, nk, head, numHeads);\n";
+      os << "    case " << id << ":\n      return P" << id
+         << "Mask::keep(rowPos, k0, c2, nk, head, numHeads);\n";
     os << "    default:\n      return 0;\n    }\n  }\n"
        << "  static __device__ __forceinline__ u32 keepGathered(i64 id, i64 "
           "pos0, i64 pos1, const i64 *keys, int count, int c2, i64 head, i64 "

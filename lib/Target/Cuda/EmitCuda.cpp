@@ -226,8 +226,8 @@ private:
         patternIds.insert({key, static_cast<int64_t>(patternIds.size())});
     if (fresh) {
       std::string name = "P" + std::to_string(it->second);
-      const schedule::RunExpr own = runs ? schedule::RunExpr()
-                                         : schedule::buildRuns(pat);
+      const schedule::RunExpr own =
+          runs ? schedule::RunExpr() : schedule::buildRuns(pat);
       const schedule::RunExpr &expr = runs ? *runs : own;
       groupCode += "// " + name + ": " + key + "\n" +
                    schedule::emitGroupCode(pat, expr, name) + "\n";

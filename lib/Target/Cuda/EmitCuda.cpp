@@ -311,7 +311,12 @@ private:
       std::string why;
       json::Object entry;
       semantics::DynamicSplit split;
-      if (!describeDynamic(g.getPattern(), entry, split, why)) {
+      // The dynamic kernels' tiles (DynTiles: K, V and half of Q at 128)
+      // are static shared memory: 48 KiB at most.
+      if (key.second > 128)
+        why = "the dynamic kernels support head_dim 64, 96 and 128, not " +
+              std::to_string(key.second);
+      if (!why.empty() || !describeDynamic(g.getPattern(), entry, split, why)) {
         fail(sched, "head group " + llvm::Twine(g.getId()) + " (heads from " +
                         llvm::Twine(g.getHeads().front()) + "): " + why);
         dynamicOk = false;

@@ -89,4 +89,5 @@ attn.model @dyn {
 
 // ERR: error: layer 0: head group 0 (heads from 0): block_topk with block = 96: the CUDA kernels need a multiple of 64
 // ERR: error: layer 0: head group 1 (heads from 1): the pattern has 2 dynamic leaves; a head group's index is built for one
+// ERR: error: layer 1: head group 0 (heads from 0): the dynamic kernels support head_dim 64, 96 and 128, not 256
 // ERR-NOT: tau

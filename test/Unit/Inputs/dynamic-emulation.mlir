@@ -1,6 +1,7 @@
 // The dynamic groups of DynamicEmulatorTest: each family alone and under
 // the combinators (the walks over the index, the gathered columns, and the
-// static runs with the leaf read as skip), two dtypes and head dims.
+// static runs with the leaf read as skip), two dtypes, head dims 64, 96
+// and 128.
 attn.model @dynamic_emulation {
   attn.layer 0 heads = 6 kv_heads = 3 head_dim = 64 dtype = bf16 {
     attn.heads [0] = #attn.intersect<#attn.causal, #attn.vertical_slash<last_q = 16, vertical = 6, slash = 9, first_columns = 4, last_diagonals = 8>>
@@ -28,5 +29,11 @@ attn.model @dynamic_emulation {
   attn.layer 3 heads = 4 kv_heads = 4 head_dim = 64 dtype = bf16 {
     attn.heads [0, 1] = #attn.intersect<#attn.causal, #attn.block_topk<block = 64, gamma = 0.9, tau = 0.15>>
     attn.heads [2, 3] = #attn.union<#attn.window<before = 8>, #attn.block_topk<block = 64, gamma = 0.8, min_blocks = 1, max_blocks = 2, tau = 0.15>>
+  }
+  // Head_dim 96 (rows padded to 104 elements; every Q fragment in
+  // registers): a contiguous and a gathered walk.
+  attn.layer 4 heads = 2 kv_heads = 1 head_dim = 96 dtype = f16 {
+    attn.heads [0] = #attn.intersect<#attn.causal, #attn.block_topk<block = 64, top_k = 2>>
+    attn.heads [1] = #attn.union<#attn.window<before = 8>, #attn.vertical_slash<last_q = 16, vertical = 8, slash = 8, first_columns = 2, last_diagonals = 4>>
   }
 }

@@ -311,9 +311,9 @@ stageQ(DynTiles<D> &sm, const u16 *qBase, i64 stride, i64 q0, i64 nq,
   for (int kk = 0; kk < Q::kRegs; ++kk)
     ldsm4(qf[kk], sm.k() + TileLayout<D>::at(row, 2 * kk + (lane >> 4)));
   if (Q::kCols) {
-    constexpr int kChunks = Q::kCols / 8;
+    constexpr int kChunks = Q::kCols ? Q::kCols / 8 : 1; // (no / 0 at 0)
 #pragma unroll
-    for (int j = 0; j < 64 * kChunks / kDynThreads; ++j) {
+    for (int j = 0; j < (Q::kCols ? 64 * kChunks / kDynThreads : 0); ++j) {
       const int i = (int)threadIdx.x + j * kDynThreads;
       const int r = i / kChunks, c = i % kChunks;
       *reinterpret_cast<uint4 *>(sm.q() + TileLayout<Q::kCols>::at(r, c)) =

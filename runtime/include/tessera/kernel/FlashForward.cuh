@@ -6,14 +6,18 @@
 // and bf16 are handled as raw 16-bit values with PTX conversions, so NVRTC
 // compiles it without the CUDA include directory.
 //
-// One thread block computes BQ = 64 query rows of one (batch, head) with four
-// warps (16 rows each). It walks the key blocks of the schedule (BK = 64
+// pipeForward: one thread block computes BQ = 16 x WARPS query rows of one
+// (batch, head) (128 rows of 8 warps at head_dim 64-128; 64 rows of 4 warps,
+// Q resident in shared memory, at 256). It walks the key blocks (BK = 64
 // keys) of the runs its head group's generated code enumerates (EMPTY tiles
-// are never visited), FULL tiles unmasked, PARTIAL tiles through the group's
-// generated element predicate. S = Q K^T and O += P V use the tensor-core
-// instruction mma.sync.m16n8k16 (sm_80 and later) with fp32 accumulation and
-// an online softmax in base 2. Rows with no allowed key give O = 0 and
-// LSE = -inf.
+// are never visited), FULL tiles unmasked, PARTIAL tiles through the
+// group's closed-form masks (Masks.cuh). K and V move by cp.async in
+// FlashAttention-2's order (docs/bundles.md, "The kernel"), fragments by
+// ldmatrix from an XOR-swizzled layout; S = Q K^T and O += P V use the
+// tensor-core instruction mma.sync.m16n8k16 (sm_80 and later) with fp32
+// accumulation and an online softmax in base 2 (ex2.approx). Rows with no
+// allowed key give O = 0 and LSE = -inf. The dynamic kernels
+// (DynamicIndex.cuh) use the same building blocks.
 //
 //===----------------------------------------------------------------------===//
 

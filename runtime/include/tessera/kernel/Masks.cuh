@@ -44,7 +44,7 @@ typedef unsigned long long u64;
 
 /// Constants of at most this magnitude are combined with the clamped 32-bit
 /// offsets (kbc, dc); larger ones with the 64-bit ones.
-static const i64 kMaskSmall = 1LL << 29;
+enum : i64 { kMaskSmall = 1LL << 29 }; // an enumerator: no unused-variable warning in device code
 /// The clamp of the 32-bit offsets.
 static const i64 kMaskClamp = 1LL << 30;
 

@@ -81,6 +81,21 @@ int64_t runWeight(const schedule::RunExpr &e) {
   return w;
 }
 
+/// One member function of a dispatch struct: `signature` switching on `var`
+/// over pattern ids, each case returning `before` + P<id> + `after`, others
+/// `fallback`.
+template <class Ids>
+void emitSwitch(llvm::raw_ostream &os, llvm::StringRef signature,
+                llvm::StringRef var, const Ids &ids, llvm::StringRef before,
+                llvm::StringRef after, llvm::StringRef fallback) {
+  os << "  static __device__ __forceinline__ " << signature << " {\n"
+     << "    switch (" << var << ") {\n";
+  for (int64_t id : ids)
+    os << "    case " << id << ":\n      return " << before << "P" << id
+       << after << ";\n";
+  os << "    default:\n      return " << fallback << ";\n    }\n  }\n";
+}
+
 std::string dtypeName(Type t) { return t.isF16() ? "f16" : "bf16"; }
 
 std::string fillName(int64_t headDim) {
@@ -584,27 +599,20 @@ private:
     // The dynamic kernels' view of the `with` and `without` patterns: runs,
     // keep bits of a contiguous tile, and of a gathered one (each pattern's
     // code inside the switch, so that the pair loops run without it).
-    os << "};\n\nstruct DynPats {\n"
-       << "  static __device__ __forceinline__ Run runFrom(i64 id, const "
-          "RunCtx &ctx, i64 kb) {\n    switch (id) {\n";
-    for (int64_t id : dynPatterns)
-      os << "    case " << id << ":\n      return P" << id
-         << "::runFrom(ctx, kb);\n";
-    os << "    default:\n      return noRun();\n    }\n  }\n"
-       << "  static __device__ __forceinline__ u32 keep(i64 id, i64 rowPos, "
-          "i64 k0, int c2, i64 nk, i64 head, i64 numHeads) {\n"
-          "    switch (id) {\n";
-    for (int64_t id : dynPatterns)
-      os << "    case " << id << ":\n      return P" << id
-         << "Mask::keep(rowPos, k0, c2, nk, head, numHeads);\n";
-    os << "    default:\n      return 0;\n    }\n  }\n"
-       << "  static __device__ __forceinline__ u32 keepGathered(i64 id, i64 "
-          "pos0, i64 pos1, const i64 *keys, int count, int c2, i64 head, i64 "
-          "numHeads) {\n    switch (id) {\n";
-    for (int64_t id : dynPatterns)
-      os << "    case " << id << ":\n      return gatheredBits<P" << id
-         << ">(pos0, pos1, keys, count, c2, head, numHeads);\n";
-    os << "    default:\n      return 0;\n    }\n  }\n};\n\n";
+    os << "};\n\nstruct DynPats {\n";
+    emitSwitch(os, "Run runFrom(i64 id, const RunCtx &ctx, i64 kb)", "id",
+               dynPatterns, "", "::runFrom(ctx, kb)", "noRun()");
+    emitSwitch(os,
+               "u32 keep(i64 id, i64 rowPos, i64 k0, int c2, i64 nk, i64 "
+               "head, i64 numHeads)",
+               "id", dynPatterns, "",
+               "Mask::keep(rowPos, k0, c2, nk, head, numHeads)", "0");
+    emitSwitch(os,
+               "u32 keepGathered(i64 id, i64 pos0, i64 pos1, const i64 *keys, "
+               "int count, int c2, i64 head, i64 numHeads)",
+               "id", dynPatterns, "gatheredBits<",
+               ">(pos0, pos1, keys, count, c2, head, numHeads)", "0");
+    os << "};\n\n";
   }
 
   /// One attention kernel per (dtype, head_dim): one launch serves every
@@ -623,20 +631,16 @@ private:
       std::string groups =
           "Groups" + name.substr(std::string("tessera_attn").size());
       os << "namespace tessera {\nnamespace kernel {\nnamespace bundle {\n"
-         << "struct " << groups << " {\n"
-         << "  static __device__ __forceinline__ Run runFrom(i64 pattern, "
-            "const RunCtx &ctx, i64 kb) {\n    switch (pattern) {\n";
-      for (int64_t id : kernelParts[key][part])
-        os << "    case " << id << ":\n      return P" << id
-           << "::runFrom(ctx, kb);\n";
-      os << "    default:\n      return noRun();\n    }\n  }\n"
-         << "  static __device__ __forceinline__ u32 keep(i64 pattern, i64 "
-            "rowPos, i64 k0, int c2, i64 nk, i64 head, i64 numHeads) {\n"
-         << "    switch (pattern) {\n";
-      for (int64_t id : kernelParts[key][part])
-        os << "    case " << id << ":\n      return P" << id
-           << "Mask::keep(rowPos, k0, c2, nk, head, numHeads);\n";
-      os << "    default:\n      return 0;\n    }\n  }\n};\n"
+         << "struct " << groups << " {\n";
+      emitSwitch(os, "Run runFrom(i64 pattern, const RunCtx &ctx, i64 kb)",
+                 "pattern", kernelParts[key][part], "", "::runFrom(ctx, kb)",
+                 "noRun()");
+      emitSwitch(os,
+                 "u32 keep(i64 pattern, i64 rowPos, i64 k0, int c2, i64 nk, "
+                 "i64 head, i64 numHeads)",
+                 "pattern", kernelParts[key][part], "",
+                 "Mask::keep(rowPos, k0, c2, nk, head, numHeads)", "0");
+      os << "};\n"
          << "} // namespace bundle\n} // namespace kernel\n"
          << "} // namespace tessera\n\n";
       const KernelShape shape = kernelShape(d);

@@ -15,6 +15,8 @@
 #include <cstring>
 #include <fstream>
 #include <algorithm>
+#include <atomic>
+#include <cstddef>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -35,6 +37,8 @@ struct tessera_context {
   std::mutex lifetime;
   int64_t liveBundles = 0;
   bool destroyed = false;
+  /// CPU calls' threads (0: every hardware thread).
+  std::atomic<int> numThreads{0};
 };
 
 struct tessera_bundle {
@@ -320,11 +324,8 @@ cpu::Tensor toCpu(const tessera_tensor &t) {
 
 } // namespace
 
-static tessera_status
-attentionDynamic(tessera_bundle *bundle, int64_t layer, const tessera_tensor *q,
-                 const tessera_tensor *k, const tessera_tensor *v,
-                 const tessera_tensor *o, float *lse, float scale,
-                 const tessera_dynamic_inputs *inputs, void *cuda_stream);
+static tessera_status attentionRun(tessera_bundle *bundle,
+                                   const tessera_attention_desc *desc);
 
 /// Runs f(), turning anything thrown into a status: nothing is thrown out
 /// of the C API (STYLE.md: a runtime function never aborts the host).
@@ -629,6 +630,32 @@ tessera_status tessera_bundle_tile_classes(const tessera_bundle *bundle,
   return TESSERA_OK;
 }
 
+void tessera_attention_desc_init(tessera_attention_desc *desc) {
+  if (!desc)
+    return;
+  std::memset(desc, 0, sizeof *desc);
+  desc->struct_size = sizeof *desc;
+}
+
+tessera_status tessera_attention_run(tessera_bundle *bundle,
+                                     const tessera_attention_desc *desc) {
+  return guarded([&] { return attentionRun(bundle, desc); });
+}
+
+tessera_status tessera_context_set_num_threads(tessera_context *context,
+                                               int num_threads) {
+  lastError.clear();
+  if (!context)
+    return fail(TESSERA_ERROR_NULL_POINTER, "context is null");
+  if (num_threads < 0 || num_threads > 4096)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "num_threads must be in [0, 4096] (0: every hardware "
+                "thread), got " +
+                    std::to_string(num_threads));
+  context->numThreads = num_threads;
+  return TESSERA_OK;
+}
+
 tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
                                  const tessera_tensor *q,
                                  const tessera_tensor *k,
@@ -639,15 +666,31 @@ tessera_status tessera_attention(tessera_bundle *bundle, int64_t layer,
                                    nullptr, cuda_stream);
 }
 
+/// The version 3 call: a dense description. A null tensor pointer is
+/// reported by name (the description holds tensors by value, where a
+/// missing one is a null data pointer).
 tessera_status tessera_attention_dynamic(
     tessera_bundle *bundle, int64_t layer, const tessera_tensor *q,
     const tessera_tensor *k, const tessera_tensor *v, const tessera_tensor *o,
     float *lse, float scale, const tessera_dynamic_inputs *inputs,
     void *cuda_stream) {
-  return guarded([&] {
-    return attentionDynamic(bundle, layer, q, k, v, o, lse, scale, inputs,
-                            cuda_stream);
-  });
+  lastError.clear();
+  if (bundle)
+    for (auto [t, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}})
+      if (!t)
+        return fail(TESSERA_ERROR_NULL_POINTER,
+                    std::string(name) + " is a null tensor pointer");
+  tessera_attention_desc d;
+  tessera_attention_desc_init(&d);
+  d.layer = layer;
+  if (bundle) {
+    d.q = *q, d.k = *k, d.v = *v, d.o = *o;
+  }
+  d.lse = lse;
+  d.scale = scale;
+  d.dynamic_inputs = inputs;
+  d.cuda_stream = cuda_stream;
+  return tessera_attention_run(bundle, &d);
 }
 
 } // extern "C"
@@ -726,250 +769,706 @@ static tessera_status launchDynamicGroup(tessera_bundle *bundle, int64_t layer,
   return TESSERA_OK;
 }
 
-static tessera_status attentionDynamic(
-    tessera_bundle *bundle, int64_t layer, const tessera_tensor *q,
-    const tessera_tensor *k, const tessera_tensor *v, const tessera_tensor *o,
-    float *lse, float scale, const tessera_dynamic_inputs *inputs,
-    void *cuda_stream) {
-  lastError.clear();
-  if (!bundle)
-    return fail(TESSERA_ERROR_NULL_POINTER, "bundle is null");
-  if (contextGone(bundle))
+//===----------------------------------------------------------------------===//
+// Attention calls: validate, plan, run
+//===----------------------------------------------------------------------===//
+//
+// tessera_attention_run checks a whole description in one place
+// (validateCall: every field, each error naming it), then runs it on the
+// context's device (runCpu: the executor's plan of sequences; runCuda: the
+// launches of the dense call). Nothing is read from the engine's arrays
+// before the field that describes them has been checked.
+
+namespace {
+
+constexpr int64_t kMaxPosition = int64_t(1) << 40;
+
+/// A call description once validated, with what validation derived.
+struct Call {
+  tessera_attention_desc d{};
+  tessera_bundle *bundle = nullptr;
+  const LayerDesc *l = nullptr;
+  bool cuda = false;
+  int64_t numSeqs = 0;           ///< sequences
+  int64_t heads = 0, kvHeads = 0; ///< in the tensors
+  int64_t lseCount = 0;          ///< floats the LSE holds
+  const float *centroids = nullptr;
+  int64_t needClusters = 0;
+
+  /// A call of version 3: one dense batch, every head, bottom-right.
+  bool dense() const {
+    return !d.cu_seqlens_q && !d.cu_seqlens_k && !d.seq_lens_k &&
+           !d.block_table && !d.q_start && !d.k_start && d.head_count == 0;
+  }
+  std::string layerName() const { return "layer " + std::to_string(d.layer); }
+};
+
+/// The caller's description: the fields its struct_size covers, the rest
+/// zero. A description larger than this library's may only add fields
+/// left zero (else it asks for something this library cannot do).
+tessera_status readDesc(const tessera_attention_desc *desc, Call &c) {
+  if (!desc)
+    return fail(TESSERA_ERROR_NULL_POINTER, "desc is null");
+  constexpr size_t kMin = offsetof(tessera_attention_desc, head_count) +
+                          sizeof(int64_t);
+  size_t size = desc->struct_size;
+  if (size < kMin || size > 65536)
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                "the bundle's context has been destroyed");
-  const LayerDesc *l = findLayer(bundle, layer);
-  if (!l)
-    return fail(TESSERA_ERROR_LAYER_OUT_OF_RANGE,
-                "the bundle has no layer " + std::to_string(layer));
-  for (auto [t, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}})
+                "desc->struct_size is " + std::to_string(size) +
+                    ": call tessera_attention_desc_init first (version 4 "
+                    "descriptions have " +
+                    std::to_string(kMin) + " bytes or more)");
+  const auto *bytes = reinterpret_cast<const unsigned char *>(desc);
+  for (size_t i = sizeof(tessera_attention_desc); i < size; ++i)
+    if (bytes[i])
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                  "desc sets fields past the " +
+                      std::to_string(sizeof(tessera_attention_desc)) +
+                      " bytes this library knows (API version " +
+                      std::to_string(TESSERA_API_VERSION) +
+                      "): the caller's header is newer");
+  std::memcpy(&c.d, desc, std::min(size, sizeof(tessera_attention_desc)));
+  return TESSERA_OK;
+}
+
+/// The four tensors: each well formed, of one dtype (the layer's, or f32
+/// on the CPU) and of the layer's head_dim.
+tessera_status validateTensors(Call &c) {
+  const tessera_attention_desc &d = c.d;
+  for (auto [t, name] :
+       {std::pair{&d.q, "q"}, {&d.k, "k"}, {&d.v, "v"}, {&d.o, "o"}})
     if (tessera_status s = checkTensor(t, name))
       return s;
-  bool cuda = bundle->context->kind == TESSERA_DEVICE_CUDA;
   tessera_dtype layerType =
-      l->dtype == "f16" ? TESSERA_DTYPE_F16 : TESSERA_DTYPE_BF16;
-  if (k->dtype != q->dtype || v->dtype != q->dtype || o->dtype != q->dtype)
+      c.l->dtype == "f16" ? TESSERA_DTYPE_F16 : TESSERA_DTYPE_BF16;
+  if (d.k.dtype != d.q.dtype || d.v.dtype != d.q.dtype ||
+      d.o.dtype != d.q.dtype)
     return fail(TESSERA_ERROR_UNSUPPORTED_DTYPE,
                 "q, k, v and o must have one dtype");
-  if (q->dtype != layerType && (cuda || q->dtype != TESSERA_DTYPE_F32))
+  if (d.q.dtype != layerType && (c.cuda || d.q.dtype != TESSERA_DTYPE_F32))
     return fail(TESSERA_ERROR_UNSUPPORTED_DTYPE,
-                std::string("layer ") + std::to_string(layer) + " takes " +
-                    dtypeName(layerType) +
-                    (cuda ? "" : " (or f32 on the CPU)") + ", not " +
-                    dtypeName(q->dtype));
-  for (auto [t, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}})
-    if (t->head_dim != l->headDim)
+                c.layerName() + " takes " + dtypeName(layerType) +
+                    (c.cuda ? "" : " (or f32 on the CPU)") + ", not " +
+                    dtypeName(d.q.dtype));
+  for (auto [t, name] :
+       {std::pair{&d.q, "q"}, {&d.k, "k"}, {&d.v, "v"}, {&d.o, "o"}})
+    if (t->head_dim != c.l->headDim)
       return fail(TESSERA_ERROR_UNSUPPORTED_HEAD_DIM,
                   std::string(name) + " has head_dim " +
-                      std::to_string(t->head_dim) + "; layer " +
-                      std::to_string(layer) + " has " +
-                      std::to_string(l->headDim));
-  if (q->heads != l->numHeads || o->heads != l->numHeads)
-    return fail(TESSERA_ERROR_SHAPE_MISMATCH, "q and o must have the layer's " +
-                                                  std::to_string(l->numHeads) +
-                                                  " heads");
-  if (k->heads != l->numKvHeads || v->heads != l->numKvHeads)
+                      std::to_string(t->head_dim) + "; " + c.layerName() +
+                      " has " + std::to_string(c.l->headDim));
+  return TESSERA_OK;
+}
+
+/// head_start / head_count, and the heads of q, o (the range) and of k, v
+/// (the kv heads the range reads).
+tessera_status validateHeads(Call &c) {
+  const tessera_attention_desc &d = c.d;
+  const int64_t H = c.l->numHeads, G = H / c.l->numKvHeads;
+  if (d.head_count == 0 && d.head_start != 0)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "head_start is " + std::to_string(d.head_start) +
+                    " with head_count 0 (every head): set head_count");
+  if (d.head_count < 0 || d.head_start < 0 || d.head_count > H ||
+      d.head_start > H - d.head_count)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "head_start " + std::to_string(d.head_start) +
+                    " and head_count " + std::to_string(d.head_count) +
+                    " are outside the " + std::to_string(H) + " heads of " +
+                    c.layerName());
+  const int64_t h0 = d.head_start, n = d.head_count ? d.head_count : H;
+  c.heads = n;
+  c.kvHeads = (h0 + n - 1) / G - h0 / G + 1;
+  if (d.q.heads != n || d.o.heads != n)
     return fail(TESSERA_ERROR_SHAPE_MISMATCH,
-                "k and v must have the layer's " +
-                    std::to_string(l->numKvHeads) + " kv heads");
-  if (k->batch != q->batch || v->batch != q->batch || o->batch != q->batch)
+                d.head_count ? "q.heads and o.heads must be head_count (" +
+                                   std::to_string(n) + ")"
+                             : "q and o must have the layer's " +
+                                   std::to_string(H) + " heads");
+  if (d.k.heads != c.kvHeads || d.v.heads != c.kvHeads)
     return fail(TESSERA_ERROR_SHAPE_MISMATCH,
-                "q, k, v and o must have one batch size");
-  if (v->seq != k->seq)
+                d.head_count
+                    ? "k.heads and v.heads must be " +
+                          std::to_string(c.kvHeads) + " (kv heads " +
+                          std::to_string(h0 / G) + " to " +
+                          std::to_string((h0 + n - 1) / G) +
+                          ", read by heads " + std::to_string(h0) + " to " +
+                          std::to_string(h0 + n - 1) + ")"
+                    : "k and v must have the layer's " +
+                          std::to_string(c.l->numKvHeads) + " kv heads");
+  return TESSERA_OK;
+}
+
+/// A cu_seqlens array: num_seqs + 1 offsets from 0 or more, never
+/// decreasing, ending within `rows`.
+tessera_status checkCuSeqlens(const int32_t *cu, int64_t numSeqs,
+                              int64_t rows, const char *name,
+                              const char *tensor) {
+  if (cu[0] < 0)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                std::string(name) + "[0] is negative (" +
+                    std::to_string(cu[0]) + ")");
+  for (int64_t s = 0; s < numSeqs; ++s)
+    if (cu[s + 1] < cu[s])
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                  std::string(name) + " decreases at sequence " +
+                      std::to_string(s) + " (" + std::to_string(cu[s]) +
+                      " then " + std::to_string(cu[s + 1]) + ")");
+  if (cu[numSeqs] > rows)
     return fail(TESSERA_ERROR_SHAPE_MISMATCH,
-                "k and v must have one sequence length");
-  if (o->seq != q->seq)
+                std::string(name) + "[num_seqs] = " +
+                    std::to_string(cu[numSeqs]) + " is past the " +
+                    std::to_string(rows) + " rows of " + tensor + ".seq");
+  return TESSERA_OK;
+}
+
+/// The queries: dense (num_seqs 0 or q.batch) or packed (cu_seqlens_q).
+tessera_status validateQueries(Call &c) {
+  const tessera_attention_desc &d = c.d;
+  if (d.num_seqs < 0 || d.num_seqs > INT32_MAX - 1)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "num_seqs must be in [0, 2^31 - 2], got " +
+                    std::to_string(d.num_seqs));
+  if (d.o.seq != d.q.seq)
     return fail(TESSERA_ERROR_SHAPE_MISMATCH,
                 "o must have the query length of q");
-  if (!(scale >= 0) || scale > kMaxScale)
+  if (!d.cu_seqlens_q) {
+    if (d.num_seqs != 0 && d.num_seqs != d.q.batch)
+      return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                  "num_seqs (" + std::to_string(d.num_seqs) +
+                      ") must be q.batch (" + std::to_string(d.q.batch) +
+                      ") or 0 for dense queries");
+    c.numSeqs = d.q.batch;
+    if (d.o.batch != d.q.batch)
+      return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                  "q, k, v and o must have one batch size");
+    c.lseCount = d.q.batch * c.heads * d.q.seq;
+    return TESSERA_OK;
+  }
+  if (d.num_seqs < 1)
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                "scale must be in [0, 65536] (0: 1/sqrt(head_dim)); larger "
-                "scales overflow the fp32 scores");
-  // The engine's centroids, where a routing group takes them.
-  int64_t needClusters = 0;
+                "num_seqs must be at least 1 with cu_seqlens_q");
+  if (d.q.batch != 1 || d.o.batch != 1)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "q.batch and o.batch must be 1 with cu_seqlens_q (packed "
+                "queries [1, T, H, D])");
+  c.numSeqs = d.num_seqs;
+  c.lseCount = c.heads * d.q.seq;
+  return checkCuSeqlens(d.cu_seqlens_q, d.num_seqs, d.q.seq, "cu_seqlens_q",
+                        "q");
+}
+
+/// Whether two pages in the first `count` entries of a block table row are
+/// the same; `seen` is scratch (one stamp per page, reused across rows).
+bool repeatsPage(const int32_t *row, int64_t count, int64_t numPages,
+                 std::vector<uint32_t> &seen, uint32_t stamp, int64_t &at) {
+  if (numPages <= (int64_t(1) << 24)) {
+    for (at = 0; at < count; ++at) {
+      if (seen[size_t(row[at])] == stamp)
+        return true;
+      seen[size_t(row[at])] = stamp;
+    }
+    return false;
+  }
+  std::vector<int32_t> sorted(row, row + count);
+  std::sort(sorted.begin(), sorted.end());
+  auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+  if (dup == sorted.end())
+    return false;
+  at = std::find(row, row + count, *dup) - row;
+  at = std::find(row + at + 1, row + count, *dup) - row;
+  return true;
+}
+
+/// A paged cache: page size, block table and lengths.
+tessera_status validatePages(Call &c) {
+  const tessera_attention_desc &d = c.d;
+  const int64_t pageSize = d.k.seq, numPages = d.k.batch;
+  if (d.cu_seqlens_k)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "cu_seqlens_k and block_table exclude each other (packed or "
+                "paged keys)");
+  if (pageSize < 16 || pageSize > 256)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "the page size (k.seq of a paged cache) must be in [16, "
+                "256], got " +
+                    std::to_string(pageSize));
+  if (!d.seq_lens_k)
+    return fail(TESSERA_ERROR_NULL_POINTER,
+                "seq_lens_k is null: a paged cache needs each sequence's "
+                "length");
+  if (d.max_pages_per_seq < 1 || d.max_pages_per_seq > INT32_MAX)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "max_pages_per_seq must be in [1, 2^31 - 1], got " +
+                    std::to_string(d.max_pages_per_seq));
+  const int64_t stride =
+      d.block_table_stride ? d.block_table_stride : d.max_pages_per_seq;
+  if (stride < d.max_pages_per_seq || stride > INT32_MAX)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "block_table_stride (" + std::to_string(stride) +
+                    ") must be at least max_pages_per_seq (" +
+                    std::to_string(d.max_pages_per_seq) + ")");
+  thread_local std::vector<uint32_t> seen;
+  thread_local uint32_t stamp = 0;
+  if (numPages <= (int64_t(1) << 24) && seen.size() < size_t(numPages))
+    seen.assign(size_t(numPages), 0), stamp = 0;
+  for (int64_t s = 0; s < c.numSeqs; ++s) {
+    const int64_t len = d.seq_lens_k[s];
+    const std::string seq = "[" + std::to_string(s) + "]";
+    if (len < 0)
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                  "seq_lens_k" + seq + " is negative (" +
+                      std::to_string(len) + ")");
+    const int64_t pages = (len + pageSize - 1) / pageSize;
+    if (pages > d.max_pages_per_seq)
+      return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                  "seq_lens_k" + seq + " = " + std::to_string(len) +
+                      " needs " + std::to_string(pages) +
+                      " pages, past the block table's max_pages_per_seq (" +
+                      std::to_string(d.max_pages_per_seq) + ")");
+    const int32_t *row = d.block_table + s * stride;
+    for (int64_t j = 0; j < pages; ++j)
+      if (row[j] < 0 || row[j] >= numPages)
+        return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                    "block_table" + seq + "[" + std::to_string(j) + "] = " +
+                        std::to_string(row[j]) + " is not a page of k (" +
+                        std::to_string(numPages) + " pages)");
+    if (++stamp == 0) // wrapped: start the stamps afresh
+      std::fill(seen.begin(), seen.end(), 0), stamp = 1;
+    int64_t at = 0;
+    if (repeatsPage(row, pages, numPages, seen, stamp, at))
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                  "block_table" + seq + " lists page " +
+                      std::to_string(row[at]) + " twice (entry " +
+                      std::to_string(at) +
+                      "): a sequence's pages must be distinct");
+  }
+  return TESSERA_OK;
+}
+
+/// The keys and values: dense, packed (cu_seqlens_k) or paged.
+tessera_status validateKeys(Call &c) {
+  const tessera_attention_desc &d = c.d;
+  if (!d.cu_seqlens_q && !d.cu_seqlens_k && !d.block_table &&
+      (d.k.batch != d.q.batch || d.v.batch != d.q.batch))
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "q, k, v and o must have one batch size");
+  if (d.v.batch != d.k.batch || d.v.seq != d.k.seq)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                d.block_table ? "k and v must have one number of pages and "
+                                "page size"
+                              : "k and v must have one sequence length");
+  if (d.block_table)
+    return validatePages(c);
+  if (d.cu_seqlens_k) {
+    if (c.numSeqs < 1 || (!d.cu_seqlens_q && d.num_seqs == 0))
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                  "num_seqs must be set (at least 1) with cu_seqlens_k");
+    if (d.k.batch != 1)
+      return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                  "k.batch and v.batch must be 1 with cu_seqlens_k (packed "
+                  "keys [1, T, Hkv, D])");
+    if (tessera_status s = checkCuSeqlens(d.cu_seqlens_k, c.numSeqs,
+                                          d.k.seq, "cu_seqlens_k", "k"))
+      return s;
+  } else if (d.k.batch != c.numSeqs) {
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "k.batch (" + std::to_string(d.k.batch) +
+                    ") must be num_seqs (" + std::to_string(c.numSeqs) +
+                    ") for dense keys");
+  }
+  for (int64_t s = 0; d.seq_lens_k && s < c.numSeqs; ++s) {
+    int64_t most = d.cu_seqlens_k ? d.cu_seqlens_k[s + 1] - d.cu_seqlens_k[s]
+                                  : d.k.seq;
+    if (d.seq_lens_k[s] < 0 || d.seq_lens_k[s] > most)
+      return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                  "seq_lens_k[" + std::to_string(s) + "] = " +
+                      std::to_string(d.seq_lens_k[s]) + " is outside [0, " +
+                      std::to_string(most) + "] (the sequence's keys)");
+  }
+  return TESSERA_OK;
+}
+
+/// Sequence s's query rows and keys.
+int64_t queryCount(const Call &c, int64_t s) {
+  const tessera_attention_desc &d = c.d;
+  return d.cu_seqlens_q ? d.cu_seqlens_q[s + 1] - d.cu_seqlens_q[s] : d.q.seq;
+}
+int64_t keyCount(const Call &c, int64_t s) {
+  const tessera_attention_desc &d = c.d;
+  return d.seq_lens_k    ? d.seq_lens_k[s]
+         : d.cu_seqlens_k ? d.cu_seqlens_k[s + 1] - d.cu_seqlens_k[s]
+                          : d.k.seq;
+}
+
+/// q_start and k_start: non-negative, positions below 2^40.
+tessera_status validatePositions(Call &c) {
+  const tessera_attention_desc &d = c.d;
+  for (auto [starts, name] :
+       {std::pair{d.q_start, "q_start"}, {d.k_start, "k_start"}}) {
+    for (int64_t s = 0; starts && s < c.numSeqs; ++s) {
+      int64_t n = starts == d.q_start ? queryCount(c, s) : keyCount(c, s);
+      if (starts[s] < 0 || starts[s] > kMaxPosition - n)
+        return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                    std::string(name) + "[" + std::to_string(s) + "] = " +
+                        std::to_string(starts[s]) +
+                        (starts[s] < 0 ? " is negative"
+                                       : " puts positions past 2^40"));
+    }
+  }
+  return TESSERA_OK;
+}
+
+/// The engine's centroids, where a routing group takes them.
+tessera_status validateCentroids(Call &c) {
+  const LayerDesc &l = *c.l;
   const DynamicGroupDesc *needing = nullptr;
-  for (const DynamicGroupDesc &g : l->dynamicGroups)
+  for (const DynamicGroupDesc &g : l.dynamicGroups)
     if (g.args.family == kernel::kRouting && g.args.iterations == 0 &&
-        g.args.clusters > needClusters) {
-      needClusters = g.args.clusters;
+        g.args.clusters > c.needClusters) {
+      c.needClusters = g.args.clusters;
       needing = &g;
     }
-  const float *centroids = nullptr;
-  if (needing) {
-    std::string want = "[" + std::to_string(l->numHeads) + ", " +
-                       std::to_string(needClusters) + ", " +
-                       std::to_string(l->headDim) + "]";
-    if (!inputs || !inputs->centroids)
-      return fail(TESSERA_ERROR_NULL_POINTER,
-                  "layer " + std::to_string(layer) +
-                      ": the routing group of head " +
-                      std::to_string(needing->heads.front()) +
-                      " takes the engine's centroids (kmeans_iterations = "
-                      "0): pass tessera_dynamic_inputs with fp32 centroids " +
-                      want + " to tessera_attention_dynamic");
-    if (inputs->centroid_heads != l->numHeads ||
-        inputs->centroid_clusters != needClusters ||
-        inputs->centroid_head_dim != l->headDim)
-      return fail(TESSERA_ERROR_SHAPE_MISMATCH,
-                  "layer " + std::to_string(layer) + ": centroids must be " +
-                      want + ", got [" +
-                      std::to_string(inputs->centroid_heads) + ", " +
-                      std::to_string(inputs->centroid_clusters) + ", " +
-                      std::to_string(inputs->centroid_head_dim) + "]");
-    centroids = inputs->centroids;
-  }
-  // (After the shape checks: the extents below assume consistent shapes.)
-  // o is written while q, k and v are read: it may not share memory with k
-  // or v, nor with q unless it is q itself (each query block reads its own
-  // rows before writing them), nor write one element twice; lse neither.
-  if (overlapsItself(*o))
+  if (!needing)
+    return TESSERA_OK;
+  const tessera_dynamic_inputs *in = c.d.dynamic_inputs;
+  std::string want = "[" + std::to_string(l.numHeads) + ", " +
+                     std::to_string(c.needClusters) + ", " +
+                     std::to_string(l.headDim) + "]";
+  if (!in || !in->centroids)
+    return fail(TESSERA_ERROR_NULL_POINTER,
+                c.layerName() + ": the routing group of head " +
+                    std::to_string(needing->heads.front()) +
+                    " takes the engine's centroids (kmeans_iterations = "
+                    "0): pass tessera_dynamic_inputs with fp32 centroids " +
+                    want + " to tessera_attention_dynamic");
+  if (in->centroid_heads != l.numHeads ||
+      in->centroid_clusters != c.needClusters ||
+      in->centroid_head_dim != l.headDim)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                c.layerName() + ": centroids must be " + want + ", got [" +
+                    std::to_string(in->centroid_heads) + ", " +
+                    std::to_string(in->centroid_clusters) + ", " +
+                    std::to_string(in->centroid_head_dim) + "]");
+  c.centroids = in->centroids;
+  return TESSERA_OK;
+}
+
+/// o is written while q, k and v are read: it may not share memory with k
+/// or v, nor with q unless it is q itself (each query block reads its own
+/// rows before writing them), nor write one element twice; lse neither.
+tessera_status validateAliasing(const Call &c) {
+  const tessera_attention_desc &d = c.d;
+  if (overlapsItself(d.o))
     return fail(TESSERA_ERROR_BAD_STRIDES,
                 "o has overlapping elements (a zero or short stride)");
-  for (auto [t, name] : {std::pair{k, "k"}, {v, "v"}})
-    if (overlap(extent(*o), extent(*t)))
+  for (auto [t, name] : {std::pair{&d.k, "k"}, {&d.v, "v"}})
+    if (overlap(extent(d.o), extent(*t)))
       return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                   std::string("o overlaps ") + name +
                       " (the output would overwrite inputs still to be read)");
-  if (overlap(extent(*o), extent(*q)) && !sameLayout(*o, *q))
+  if (overlap(extent(d.o), extent(d.q)) && !sameLayout(d.o, d.q))
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                 "o overlaps q without being q itself");
-  if (lse) {
-    Extent lseExtent{reinterpret_cast<uintptr_t>(lse),
-                     reinterpret_cast<uintptr_t>(lse) +
-                         sizeof(float) * uint64_t(q->batch) * l->numHeads *
-                             uint64_t(q->seq)};
-    for (auto [t, name] : {std::pair{q, "q"}, {k, "k"}, {v, "v"}, {o, "o"}})
-      if (overlap(lseExtent, extent(*t)))
+  if (d.lse) {
+    auto at = reinterpret_cast<uintptr_t>(d.lse);
+    Extent lse{at, at + sizeof(float) * uint64_t(c.lseCount)};
+    for (auto [t, name] :
+         {std::pair{&d.q, "q"}, {&d.k, "k"}, {&d.v, "v"}, {&d.o, "o"}})
+      if (overlap(lse, extent(*t)))
         return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                     std::string("lse overlaps ") + name);
   }
-  if (centroids)
-    if (tessera_status s =
-            checkCentroids(centroids, l->numHeads * needClusters * l->headDim,
-                           *o, lse, q->batch * l->numHeads * q->seq))
+  if (c.centroids)
+    return checkCentroids(c.centroids,
+                          c.l->numHeads * c.needClusters * c.l->headDim, d.o,
+                          d.lse, c.lseCount);
+  return TESSERA_OK;
+}
+
+/// Which modes a device and the layer's dynamic groups take.
+tessera_status validateModes(const Call &c) {
+  const tessera_attention_desc &d = c.d;
+  if (c.cuda && !c.dense())
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "the CUDA kernels do not take packed (cu_seqlens), paged "
+                "(block_table), length (seq_lens_k), position (q_start, "
+                "k_start) or head-range calls yet: on CUDA only dense calls "
+                "run (the CPU context takes every mode)");
+  if (!c.l->dynamicGroups.empty() &&
+      (d.block_table || d.q_start || d.k_start || d.head_count))
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                c.layerName() + " has dynamic heads (from head " +
+                    std::to_string(c.l->dynamicGroups.front().heads.front()) +
+                    "): their index is built from a sequence's own queries "
+                    "and keys, bottom-right aligned, so they take dense and "
+                    "packed calls only (no block_table, q_start, k_start or "
+                    "head range)");
+  return TESSERA_OK;
+}
+
+/// Everything about a call that does not depend on the device's memory.
+tessera_status validateCall(tessera_bundle *bundle,
+                            const tessera_attention_desc *desc, Call &c) {
+  if (!bundle)
+    return fail(TESSERA_ERROR_NULL_POINTER, "bundle is null");
+  if (tessera_status s = readDesc(desc, c))
+    return s;
+  if (contextGone(bundle))
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "the bundle's context has been destroyed");
+  c.bundle = bundle;
+  c.cuda = bundle->context->kind == TESSERA_DEVICE_CUDA;
+  c.l = findLayer(bundle, c.d.layer);
+  if (!c.l)
+    return fail(TESSERA_ERROR_LAYER_OUT_OF_RANGE,
+                "the bundle has no layer " + std::to_string(c.d.layer));
+  if (!(c.d.scale >= 0) || c.d.scale > kMaxScale)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "scale must be in [0, 65536] (0: 1/sqrt(head_dim)); larger "
+                "scales overflow the fp32 scores");
+  for (auto step : {validateTensors, validateHeads})
+    if (tessera_status s = step(c))
       return s;
-  if (!cuda) {
-    // Where a CUDA driver is present, device memory handed to the CPU is
-    // caught before it is dereferenced.
-    std::string ignored;
-    if (const Driver *d = Driver::get(ignored))
-      for (auto [ptr, name] : {std::pair{q->data, "q"},
-                               {k->data, "k"},
-                               {v->data, "v"},
-                               {o->data, "o"},
-                               {static_cast<void *>(lse), "lse"},
-                               {const_cast<float *>(centroids), "centroids"}}) {
-        unsigned type = 0, managed = 0;
-        auto at = reinterpret_cast<unsigned long long>(ptr);
-        // Managed memory is host-accessible: only plain device memory is
-        // refused.
-        if (ptr &&
-            d->pointerGetAttribute(&type, kPointerAttrMemoryType, at) == 0 &&
-            type == kMemoryTypeDevice &&
-            !(d->pointerGetAttribute(&managed, kPointerAttrIsManaged, at) ==
-                  0 &&
-              managed))
-          return fail(TESSERA_ERROR_WRONG_DEVICE,
-                      std::string(name) +
-                          " is CUDA device memory; the context is the CPU");
-      }
-    if (centroids)
-      if (tessera_status s =
-              checkCentroidsFinite(*l, layer, centroids, needClusters))
-        return s;
-    cpu::LayerArgs args;
-    args.q = toCpu(*q);
-    args.k = toCpu(*k);
-    args.v = toCpu(*v);
-    args.o = toCpu(*o);
-    args.lse = lse;
-    args.scale = scale;
-    if (std::string e = cpu::runLayer(l->table(), args); !e.empty())
-      return fail(TESSERA_ERROR_INTERNAL, e);
-    // Dynamic groups; routing groups read the engine's centroids with the
-    // stride of the layer's largest cluster count. Each needs host memory
-    // for its index (docs/runtime.md): refused before anything is
-    // allocated where it would not fit.
-    const double limit = dynamicCpuMemoryLimit();
-    for (const DynamicGroupDesc &g : l->dynamicGroups) {
-      const double need =
-          dynamicGroupCpuBytes(g.args, q->seq, k->seq, l->headDim);
+  if (tessera_status s = validateModes(c))
+    return s;
+  for (auto step : {validateQueries, validateKeys, validatePositions,
+                    validateCentroids})
+    if (tessera_status s = step(c))
+      return s;
+  return validateAliasing(c);
+}
+
+//===- The CPU ------------------------------------------------------------===//
+
+/// On the CPU: host memory (where a CUDA driver is present, device memory
+/// handed to the CPU is caught before it is dereferenced), finite
+/// centroids.
+tessera_status checkHostMemory(const Call &c) {
+  const tessera_attention_desc &d = c.d;
+  std::string ignored;
+  if (const Driver *drv = Driver::get(ignored))
+    for (auto [ptr, name] :
+         {std::pair{static_cast<const void *>(d.q.data), "q"},
+          {d.k.data, "k"},
+          {d.v.data, "v"},
+          {d.o.data, "o"},
+          {d.lse, "lse"},
+          {c.centroids, "centroids"}}) {
+      unsigned type = 0, managed = 0;
+      auto at = reinterpret_cast<unsigned long long>(ptr);
+      // Managed memory is host-accessible: only plain device memory is
+      // refused.
+      if (ptr &&
+          drv->pointerGetAttribute(&type, kPointerAttrMemoryType, at) == 0 &&
+          type == kMemoryTypeDevice &&
+          !(drv->pointerGetAttribute(&managed, kPointerAttrIsManaged, at) ==
+                0 &&
+            managed))
+        return fail(TESSERA_ERROR_WRONG_DEVICE,
+                    std::string(name) +
+                        " is CUDA device memory; the context is the CPU");
+    }
+  if (c.centroids)
+    return checkCentroidsFinite(*c.l, c.d.layer, c.centroids, c.needClusters);
+  return TESSERA_OK;
+}
+
+/// The executor's arguments for a validated call.
+cpu::LayerArgs planCpu(const Call &c) {
+  const tessera_attention_desc &d = c.d;
+  cpu::LayerArgs a;
+  a.q = toCpu(d.q);
+  a.k = toCpu(d.k);
+  a.v = toCpu(d.v);
+  a.o = toCpu(d.o);
+  a.lse = d.lse;
+  a.scale = d.scale;
+  // The query block of the CUDA kernels (and of the cost model).
+  a.blockQ = c.l->kernelBlockQ > 0 ? c.l->kernelBlockQ : 64;
+  a.numThreads = c.bundle->context->numThreads;
+  a.headStart = d.head_start;
+  a.numKvHeads = c.l->numKvHeads;
+  if (!c.dense()) {
+    a.seqs.count = c.numSeqs;
+    a.seqs.cuQ = d.cu_seqlens_q;
+    a.seqs.cuK = d.cu_seqlens_k;
+    a.seqs.lensK = d.seq_lens_k;
+    a.seqs.pages = d.block_table;
+    a.seqs.pageStride =
+        d.block_table_stride ? d.block_table_stride : d.max_pages_per_seq;
+    a.seqs.qStart = d.q_start;
+    a.seqs.kStart = d.k_start;
+  }
+  return a;
+}
+
+/// A tensor's rows [row0, row0 + rows) of batch entry b as a batch-1 view.
+cpu::Tensor rowsView(const cpu::Tensor &t, int64_t b, int64_t row0,
+                     int64_t rows) {
+  cpu::Tensor v = t;
+  size_t size = t.dtype == cpu::DType::F32 ? 4 : 2;
+  v.data = static_cast<char *>(t.data) +
+           size_t(b * t.strideBatch + row0 * t.strideSeq) * size;
+  v.batch = 1;
+  v.seq = rows;
+  return v;
+}
+
+/// Dynamic group g over one sequence s of a packed or length call: the
+/// sequence as a dense batch-1 call (its index is built from its own rows),
+/// LSE through a buffer in the dense layout.
+tessera_status runDynamicSequence(const Call &c, const cpu::LayerArgs &a,
+                                  const DynamicGroupDesc &g, int64_t s) {
+  const tessera_attention_desc &d = c.d;
+  const int64_t nq = queryCount(c, s), nk = keyCount(c, s), H = c.heads;
+  const int64_t q0 = d.cu_seqlens_q ? d.cu_seqlens_q[s] : 0,
+                qb = d.cu_seqlens_q ? 0 : s;
+  const int64_t k0 = d.cu_seqlens_k ? d.cu_seqlens_k[s] : 0,
+                kb = d.cu_seqlens_k ? 0 : s;
+  if (nq == 0 || nk == 0) // no rows, or rows without keys (already 0, -inf)
+    return TESSERA_OK;
+  cpu::LayerArgs one = a;
+  one.seqs = cpu::Sequences{};
+  one.q = rowsView(a.q, qb, q0, nq);
+  one.o = rowsView(a.o, qb, q0, nq);
+  one.k = rowsView(a.k, kb, k0, nk);
+  one.v = rowsView(a.v, kb, k0, nk);
+  std::vector<float> lse(d.lse ? size_t(H * nq) : 0);
+  one.lse = d.lse ? lse.data() : nullptr;
+  if (std::string e = runDynamicGroupCpu(g, one, c.l->numHeads, c.centroids,
+                                         c.needClusters);
+      !e.empty())
+    return fail(TESSERA_ERROR_INTERNAL, e);
+  const int64_t base = d.cu_seqlens_q ? q0 : s * H * d.q.seq;
+  for (kernel::i64 h : g.heads)
+    for (int64_t i = 0; d.lse && i < nq; ++i)
+      d.lse[base + h * d.q.seq + i] = lse[size_t(h * nq + i)];
+  return TESSERA_OK;
+}
+
+/// The dynamic groups of the layer: each needs host memory for its index
+/// (docs/runtime.md), refused before anything is allocated where it would
+/// not fit.
+tessera_status runDynamicCpu(const Call &c, const cpu::LayerArgs &a) {
+  const double limit = dynamicCpuMemoryLimit();
+  for (const DynamicGroupDesc &g : c.l->dynamicGroups)
+    for (int64_t s = 0; s < c.numSeqs; ++s) {
+      const int64_t nq = queryCount(c, s), nk = keyCount(c, s);
+      const double need = dynamicGroupCpuBytes(g.args, nq, nk, c.l->headDim);
       if (need > limit)
         return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                    "layer " + std::to_string(layer) + ": the dynamic group "
-                    "of head " + std::to_string(g.heads.front()) + " needs " +
-                    gib(need) + " of host memory per head at Nq = " +
-                    std::to_string(q->seq) + ", Nk = " +
-                    std::to_string(k->seq) + ", more than the limit of " +
-                    gib(limit) + " (half the physical memory, or "
-                    "TESSERA_CPU_INDEX_MEMORY)");
+                    c.layerName() + ": the dynamic group of head " +
+                        std::to_string(g.heads.front()) + " needs " +
+                        gib(need) + " of host memory per head at Nq = " +
+                        std::to_string(nq) + ", Nk = " + std::to_string(nk) +
+                        ", more than the limit of " + gib(limit) +
+                        " (half the physical memory, or "
+                        "TESSERA_CPU_INDEX_MEMORY)");
+      if (c.dense())
+        break; // the same lengths for every batch entry
     }
-    for (const DynamicGroupDesc &g : l->dynamicGroups) {
-      if (std::string e = runDynamicGroupCpu(g, args, l->numHeads, centroids,
-                                             needClusters);
+  for (const DynamicGroupDesc &g : c.l->dynamicGroups) {
+    if (c.dense()) {
+      if (std::string e = runDynamicGroupCpu(g, a, c.l->numHeads,
+                                             c.centroids, c.needClusters);
           !e.empty())
         return fail(TESSERA_ERROR_INTERNAL, e);
+      continue;
     }
-    return TESSERA_OK;
+    for (int64_t s = 0; s < c.numSeqs; ++s)
+      if (tessera_status st = runDynamicSequence(c, a, g, s))
+        return st;
   }
+  return TESSERA_OK;
+}
 
-  // CUDA: alignment, device residency, launch.
-  if (reinterpret_cast<uintptr_t>(o->data) % 4 || o->stride_batch % 2 ||
-      o->stride_seq % 2 || o->stride_head % 2)
+tessera_status runCpu(const Call &c) {
+  if (tessera_status s = checkHostMemory(c))
+    return s;
+  cpu::LayerArgs a = planCpu(c);
+  if (std::string e = cpu::runLayer(c.l->table(), a); !e.empty())
+    return fail(TESSERA_ERROR_INTERNAL, e);
+  return runDynamicCpu(c, a);
+}
+
+//===- CUDA ---------------------------------------------------------------===//
+
+/// On CUDA: o's alignment, every pointer on the context's device.
+tessera_status checkDeviceMemory(const Call &c) {
+  const tessera_attention_desc &d = c.d;
+  if (reinterpret_cast<uintptr_t>(d.o.data) % 4 || d.o.stride_batch % 2 ||
+      d.o.stride_seq % 2 || d.o.stride_head % 2)
     return fail(TESSERA_ERROR_MISALIGNED,
                 "o must be 4-byte aligned with even strides on CUDA");
-  const Driver &d = *bundle->context->driver;
-  CudaScope scope(bundle->context);
-  for (auto [ptr, name] : {std::pair{q->data, "q"},
-                           {k->data, "k"},
-                           {v->data, "v"},
-                           {o->data, "o"},
-                           {static_cast<void *>(lse), "lse"},
-                           {const_cast<float *>(centroids), "centroids"}}) {
+  if (d.q.batch > 65535)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "batch must be at most 65535 on CUDA");
+  const Driver &drv = *c.bundle->context->driver;
+  for (auto [ptr, name] :
+       {std::pair{static_cast<const void *>(d.q.data), "q"},
+        {d.k.data, "k"},
+        {d.v.data, "v"},
+        {d.o.data, "o"},
+        {d.lse, "lse"},
+        {c.centroids, "centroids"}}) {
     if (!ptr)
       continue;
     unsigned type = 0;
     int ordinal = -1;
-    if (d.pointerGetAttribute(&type, kPointerAttrMemoryType,
-                              reinterpret_cast<unsigned long long>(ptr)) ||
+    auto at = reinterpret_cast<unsigned long long>(ptr);
+    if (drv.pointerGetAttribute(&type, kPointerAttrMemoryType, at) ||
         type != kMemoryTypeDevice ||
-        d.pointerGetAttribute(&ordinal, kPointerAttrDeviceOrdinal,
-                              reinterpret_cast<unsigned long long>(ptr)) ||
-        ordinal != bundle->context->device)
+        drv.pointerGetAttribute(&ordinal, kPointerAttrDeviceOrdinal, at) ||
+        ordinal != c.bundle->context->device)
       return fail(TESSERA_ERROR_WRONG_DEVICE,
                   std::string(name) + " is not memory of CUDA device " +
-                      std::to_string(bundle->context->device));
+                      std::to_string(c.bundle->context->device));
   }
+  return TESSERA_OK;
+}
+
+/// The kernels' arguments for a validated dense call.
+kernel::AttnParams planCuda(const Call &c) {
+  const tessera_attention_desc &d = c.d;
   bool vec = true;
-  for (const tessera_tensor *t : {q, k, v})
+  for (const tessera_tensor *t : {&d.q, &d.k, &d.v})
     vec = vec && reinterpret_cast<uintptr_t>(t->data) % 16 == 0 &&
           t->stride_batch % 8 == 0 && t->stride_seq % 8 == 0 &&
           t->stride_head % 8 == 0;
   kernel::AttnParams p{};
-  p.q = static_cast<const kernel::u16 *>(q->data);
-  p.k = static_cast<const kernel::u16 *>(k->data);
-  p.v = static_cast<const kernel::u16 *>(v->data);
-  p.o = static_cast<kernel::u16 *>(o->data);
-  p.lse = lse;
-  p.nq = q->seq;
-  p.nk = k->seq;
-  p.qStrideB = q->stride_batch, p.qStrideS = q->stride_seq,
-  p.qStrideH = q->stride_head;
-  p.kStrideB = k->stride_batch, p.kStrideS = k->stride_seq,
-  p.kStrideH = k->stride_head;
-  p.vStrideB = v->stride_batch, p.vStrideS = v->stride_seq,
-  p.vStrideH = v->stride_head;
-  p.oStrideB = o->stride_batch, p.oStrideS = o->stride_seq,
-  p.oStrideH = o->stride_head;
-  float s = scale > 0 ? scale : 1.0f / std::sqrt(float(l->headDim));
+  p.q = static_cast<const kernel::u16 *>(d.q.data);
+  p.k = static_cast<const kernel::u16 *>(d.k.data);
+  p.v = static_cast<const kernel::u16 *>(d.v.data);
+  p.o = static_cast<kernel::u16 *>(d.o.data);
+  p.lse = d.lse;
+  p.nq = d.q.seq;
+  p.nk = d.k.seq;
+  p.qStrideB = d.q.stride_batch, p.qStrideS = d.q.stride_seq,
+  p.qStrideH = d.q.stride_head;
+  p.kStrideB = d.k.stride_batch, p.kStrideS = d.k.stride_seq,
+  p.kStrideH = d.k.stride_head;
+  p.vStrideB = d.v.stride_batch, p.vStrideS = d.v.stride_seq,
+  p.vStrideH = d.v.stride_head;
+  p.oStrideB = d.o.stride_batch, p.oStrideS = d.o.stride_seq,
+  p.oStrideH = d.o.stride_head;
+  float s = d.scale > 0 ? d.scale : 1.0f / std::sqrt(float(c.l->headDim));
   p.scaleLog2 = s * 1.4426950408889634f;
-  p.numHeads = static_cast<int>(l->numHeads);
-  p.numKvHeads = static_cast<int>(l->numKvHeads);
+  p.numHeads = static_cast<int>(c.l->numHeads);
+  p.numKvHeads = static_cast<int>(c.l->numKvHeads);
   p.vectorLoads = vec ? 1 : 0;
-  int position = static_cast<int>(l->position);
+  return p;
+}
+
+tessera_status runCuda(const Call &c) {
+  CudaScope scope(c.bundle->context);
+  if (tessera_status s = checkDeviceMemory(c))
+    return s;
+  const Driver &drv = *c.bundle->context->driver;
+  const LayerDesc &l = *c.l;
+  kernel::AttnParams p = planCuda(c);
+  int position = static_cast<int>(l.position);
   void *args[] = {&p, &position};
-  if (q->batch > 65535)
-    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
-                "batch must be at most 65535 on CUDA");
   // The attention kernel over the computed heads (the manifest's rows and
   // threads per block), then the fill kernel over the skipped ones (128
   // rows, 128 threads).
@@ -977,37 +1476,48 @@ static tessera_status attentionDynamic(
                     unsigned threads, unsigned shared, size_t heads) -> int {
     if (heads == 0)
       return 0;
-    return d.launchKernel(
-        bundle->functions.at(kernel),
-        static_cast<unsigned>((q->seq + rowsPerBlock - 1) / rowsPerBlock),
-        static_cast<unsigned>(heads), static_cast<unsigned>(q->batch),
-        threads, 1, 1, shared, cuda_stream, args, nullptr);
+    return drv.launchKernel(
+        c.bundle->functions.at(kernel),
+        static_cast<unsigned>((p.nq + rowsPerBlock - 1) / rowsPerBlock),
+        static_cast<unsigned>(heads), static_cast<unsigned>(c.d.q.batch),
+        threads, 1, 1, shared, c.d.cuda_stream, args, nullptr);
   };
-  for (const auto &[kernel, slots] : l->kernels)
-    if (int rc = launch(kernel, l->kernelBlockQ,
-                        static_cast<unsigned>(l->kernelThreads),
-                        static_cast<unsigned>(l->kernelDynamicShared),
+  for (const auto &[kernel, slots] : l.kernels)
+    if (int rc = launch(kernel, l.kernelBlockQ,
+                        static_cast<unsigned>(l.kernelThreads),
+                        static_cast<unsigned>(l.kernelDynamicShared),
                         size_t(slots)))
-      return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
-  if (int rc = launch(l->fillKernel, 128, 128, 0, l->skippedHeads.size()))
-    return fail(TESSERA_ERROR_CUDA, d.message("cuLaunchKernel", rc));
+      return fail(TESSERA_ERROR_CUDA, drv.message("cuLaunchKernel", rc));
+  if (int rc = launch(l.fillKernel, 128, 128, 0, l.skippedHeads.size()))
+    return fail(TESSERA_ERROR_CUDA, drv.message("cuLaunchKernel", rc));
   // Dynamic groups: the index kernels, then the attention over the index,
   // in stream order, with a stream-ordered workspace (docs/runtime.md).
-  for (size_t gi = 0; gi < l->dynamicGroups.size(); ++gi) {
-    const DynamicGroupDesc &g = l->dynamicGroups[gi];
+  for (size_t gi = 0; gi < l.dynamicGroups.size(); ++gi) {
+    const DynamicGroupDesc &g = l.dynamicGroups[gi];
     kernel::DynArgs a = g.args;
-    a.headDim = l->headDim;
+    a.headDim = l.headDim;
     a.layer = position;
     a.group = static_cast<int>(gi);
-    a.centroids = centroids;
+    a.centroids = c.centroids;
     if (a.family == kernel::kRouting && a.iterations == 0 &&
-        a.clusters != needClusters)
+        a.clusters != c.needClusters)
       return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                   "on CUDA, a layer's routing groups that take centroids must "
                   "share one cluster count");
-    if (tessera_status s =
-            launchDynamicGroup(bundle, layer, g, a, p, q->batch, cuda_stream))
+    if (tessera_status s = launchDynamicGroup(c.bundle, c.d.layer, g, a, p,
+                                              c.d.q.batch, c.d.cuda_stream))
       return s;
   }
   return TESSERA_OK;
+}
+
+} // namespace
+
+static tessera_status attentionRun(tessera_bundle *bundle,
+                                   const tessera_attention_desc *desc) {
+  lastError.clear();
+  Call c;
+  if (tessera_status s = validateCall(bundle, desc, c))
+    return s;
+  return c.cuda ? runCuda(c) : runCpu(c);
 }

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -83,10 +84,6 @@ void store(const Tensor &t, int64_t offset, int64_t n, const float *src) {
   }
 }
 
-int64_t offsetOf(const Tensor &t, int64_t b, int64_t s, int64_t h) {
-  return b * t.strideBatch + s * t.strideSeq + h * t.strideHead;
-}
-
 std::string checkTensor(const Tensor &t, const char *name) {
   std::string n(name);
   if (!t.data)
@@ -103,6 +100,15 @@ constexpr int64_t kCacheBytes = int64_t(64) << 20;
 
 
 int64_t roundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+/// A float array left uninitialised: the key/value cache is up to 64 MiB,
+/// which std::vector would zero on every call (milliseconds for a decode
+/// step over a long cache). Every element is written before it is read.
+struct RawFloats {
+  std::unique_ptr<float[]> p;
+  void resize(int64_t n) { p.reset(new float[size_t(n)]); }
+  float &operator[](int64_t i) { return p[size_t(i)]; }
+};
 
 /// The work of one thread: scratch buffers reused across tasks. Row counts
 /// are padded to kRows and column counts to kLanes, the padding kept zero.
@@ -126,7 +132,7 @@ struct Worker {
   /// (kCacheBytes), not O(Nk): a walk's contiguous runs map to distinct
   /// slots.
   int64_t cachedBatch = -1, cachedKvHead = -1, slots = 0;
-  std::vector<float> kT, vb;
+  RawFloats kT, vb;
   std::vector<int64_t> tag; ///< the key block in each slot, or -1
   /// Per slot: whether its values hold a NaN or an infinity. Then a
   /// partial tile adds P V row by row over the allowed keys only (0 * inf
@@ -286,82 +292,135 @@ MaskRows partialTileMask(MaskShape shape, const k::ProgramRuns &runs,
   return {mask, ld};
 }
 
+/// Where a sequence's rows and keys are, precomputed once per call.
+struct SeqPlan {
+  int64_t nq = 0, nk = 0;        ///< its query rows and keys
+  int64_t pStart = 0, kStart = 0; ///< positions of row 0 and key 0
+  int64_t qBase = 0, oBase = 0;   ///< element offsets of row 0
+  int64_t kBase = 0, vBase = 0;   ///< of key 0 (dense and packed keys)
+  int64_t lseBase = 0;            ///< LSE index of row 0 of head 0
+  int64_t firstTask = 0;          ///< tasks of earlier sequences
+};
+
 struct Job {
   const k::LayerTable &table;
   const std::vector<k::ProgramRuns> &runs; ///< per head group
   const LayerArgs &a;
-  int64_t nq, nk, d, numQBlocks, groupSize;
-  float scale;
+  std::vector<SeqPlan> seqs;
+  std::vector<int64_t> slots; ///< the launch slots of the tensors' heads
+  int64_t d = 0, groupSize = 1, kvHead0 = 0, lseHeadStride = 0;
+  int64_t pageSize = 0; ///< paged keys: rows per page
+  float scale = 0;
   std::atomic<int64_t> full{0}, partial{0};
+
+  Job(const k::LayerTable &table, const std::vector<k::ProgramRuns> &runs,
+      const LayerArgs &a)
+      : table(table), runs(runs), a(a) {}
+
+  /// The element offset of key j of sequence s in `t` (k or v; head 0).
+  int64_t keyOffset(const Tensor &t, int64_t base, int64_t s,
+                    int64_t j) const {
+    if (!a.seqs.pages)
+      return base + j * t.strideSeq;
+    int64_t page = a.seqs.pages[s * a.seqs.pageStride + j / pageSize];
+    return page * t.strideBatch + (j % pageSize) * t.strideSeq;
+  }
 };
 
-/// One (batch, launch slot, query block) task.
+/// Converts key block kb's keys [k0, k1) (global positions; key j of the
+/// sequence at position kStart + j) of sequence s and kv head `kvLocal`
+/// into cache slot `slot`: keys transposed, values as rows, padding zero
+/// (padded keys' scores are masked, their values meet zero probabilities).
+void convertBlock(const Job &job, Worker &w, const SeqPlan &sp, int64_t s,
+                  int64_t kvLocal, int64_t k0, int64_t k1, int64_t slot) {
+  const LayerArgs &a = job.a;
+  int64_t d = job.d, dp = w.dPad, cp = w.colsPad, cols = k1 - k0;
+  float *kT = &w.kT[slot * dp * cp], *vb = &w.vb[slot * cp * dp];
+  // Keys go through kLanes rows at a time, so that the transposed block
+  // is written kLanes contiguous floats at a time.
+  float *rows16 = w.keyRows.data();
+  for (int64_t j0 = 0; j0 < cp; j0 += kLanes) {
+    for (int64_t j = j0; j < j0 + kLanes; ++j) {
+      float *row = rows16 + (j - j0) * dp;
+      float *vrow = vb + j * dp;
+      if (j < cols) {
+        int64_t key = k0 - sp.kStart + j;
+        load(a.k, job.keyOffset(a.k, sp.kBase, s, key) + kvLocal * a.k.strideHead,
+             d, row);
+        load(a.v, job.keyOffset(a.v, sp.vBase, s, key) + kvLocal * a.v.strideHead,
+             d, vrow);
+      } else {
+        std::fill(row, row + d, 0.0f);
+        std::fill(vrow, vrow + d, 0.0f);
+      }
+      std::fill(vrow + d, vrow + dp, 0.0f);
+    }
+    for (int64_t x = 0; x < d; ++x)
+      for (int64_t jj = 0; jj < kLanes; ++jj)
+        kT[x * cp + j0 + jj] = rows16[jj * dp + x];
+  }
+  // Non-finite values (the sum of x * 0 is NaN exactly then).
+  Vec poison = {};
+  for (int64_t j = 0; j < cols; ++j)
+    for (int64_t x = 0; x < dp; x += kLanes)
+      poison += loadVec(vb + j * dp + x) * 0.0f;
+  w.nonFiniteV[slot] = std::isnan(horizontalSum(poison));
+}
+
+/// One (sequence, launch slot, query block) task. The walk and the masks
+/// take positions: rows [q0, q1) of the sequence sit at pStart + q0 on,
+/// and key block kb covers positions [kb * bk, kb * bk + bk) clipped to the
+/// sequence's keys [kStart, kStart + Nk). With nq = nk = kStart + Nk in the
+/// run context and the tiles, Program.h's alignment p = q + Nk - Nq is the
+/// identity, so its closed forms run on the positions themselves.
 TESSERA_CPU_CLONES
-void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
+void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb) {
   const LayerArgs &a = job.a;
   const k::LayerTable &t = job.table;
-  int64_t d = job.d, nq = job.nq, nk = job.nk;
+  const SeqPlan &sp = job.seqs[s];
+  int64_t d = job.d, kEnd = sp.kStart + sp.nk;
   int64_t bq = a.blockQ, bk = a.blockK;
   int64_t dp = w.dPad, cp = w.colsPad;
   int64_t head = t.computedHead[slot], group = t.headGroup[slot];
-  int64_t kvHead = head / job.groupSize;
+  int64_t kvLocal = head / job.groupSize - job.kvHead0;
+  int64_t headLocal = head - a.headStart;
   const k::Node *nodes = t.nodes + t.groupBegin[group];
   k::i64 count = t.groupBegin[group + 1] - t.groupBegin[group];
-  int64_t q0 = qb * bq, q1 = std::min(q0 + bq, nq), rows = q1 - q0;
+  int64_t q0 = qb * bq, q1 = std::min(q0 + bq, sp.nq), rows = q1 - q0;
+  int64_t p0 = sp.pStart + q0, p1 = sp.pStart + q1; // positions [p0, p1)
   int64_t rowsPad = roundUp(rows, kRows);
 
   for (int64_t i = 0; i < rows; ++i)
-    load(a.q, offsetOf(a.q, b, q0 + i, head), d, &w.q[i * dp]);
+    load(a.q,
+         sp.qBase + (q0 + i) * a.q.strideSeq + headLocal * a.q.strideHead, d,
+         &w.q[i * dp]);
   std::fill(w.out.begin(), w.out.begin() + rows * dp, 0.0);
   std::fill(w.m.begin(), w.m.begin() + rows, kNegInf);
   std::fill(w.l.begin(), w.l.begin() + rows, 0.0);
 
-  if (w.cachedBatch != b || w.cachedKvHead != kvHead) {
+  if (w.cachedBatch != s || w.cachedKvHead != kvLocal) {
     std::fill(w.tag.begin(), w.tag.end(), -1);
-    w.cachedBatch = b;
-    w.cachedKvHead = kvHead;
+    w.cachedBatch = s;
+    w.cachedKvHead = kvLocal;
   }
   int64_t full = 0, partial = 0;
   // The tiles of this query block: the group's runs, in key order, as the
   // CUDA kernel walks them.
   const k::ProgramRuns &runs = job.runs[group];
-  k::RunCtx ctx = k::makeRunCtx(q0, q1, nq, nk, bk, head, t.numHeads);
-  k::Run run = runs.runFrom(ctx, 0);
+  k::RunCtx ctx{p0,   p1,   p0,   p1 - 1,           kEnd,
+                kEnd, bk,   (kEnd + bk - 1) / bk, head, t.numHeads};
+  k::Run run = sp.nk > 0 ? runs.runFrom(ctx, sp.kStart / bk) : k::noRun();
   for (int64_t kb = run.lo; k::isRun(run);
        kb < run.hi ? ++kb : (run = runs.runFrom(ctx, kb + 1), kb = run.lo)) {
     int cls = run.cls;
-    int64_t k0 = kb * bk, k1 = std::min(k0 + bk, nk), cols = k1 - k0;
+    int64_t k0 = std::max(kb * bk, sp.kStart), k1 = std::min(kb * bk + bk, kEnd);
+    int64_t cols = k1 - k0;
     int64_t colsPad = roundUp(cols, kLanes);
     (cls == k::kFull ? full : partial) += 1;
     int64_t slot = kb % w.slots;
     float *kT = &w.kT[slot * dp * cp], *vb = &w.vb[slot * cp * dp];
     if (w.tag[slot] != kb) {
-      // Convert the block; keys past Nk stay zero (their scores are masked,
-      // their values meet zero probabilities).
-      // Keys go through kLanes rows at a time, so that the transposed
-      // block is written kLanes contiguous floats at a time.
-      float *rows16 = w.keyRows.data();
-      for (int64_t j0 = 0; j0 < cp; j0 += kLanes) {
-        for (int64_t j = j0; j < j0 + kLanes; ++j) {
-          float *row = rows16 + (j - j0) * dp;
-          if (j < cols) {
-            load(a.k, offsetOf(a.k, b, k0 + j, kvHead), d, row);
-            load(a.v, offsetOf(a.v, b, k0 + j, kvHead), d, vb + j * dp);
-          } else {
-            std::fill(row, row + d, 0.0f);
-            std::fill(vb + j * dp, vb + j * dp + d, 0.0f);
-          }
-        }
-        for (int64_t x = 0; x < d; ++x)
-          for (int64_t jj = 0; jj < kLanes; ++jj)
-            kT[x * cp + j0 + jj] = rows16[jj * dp + x];
-      }
-      // Non-finite values (the sum of x * 0 is NaN exactly then).
-      Vec poison = {};
-      for (int64_t j = 0; j < cols; ++j)
-        for (int64_t x = 0; x < dp; x += kLanes)
-          poison += loadVec(vb + j * dp + x) * 0.0f;
-      w.nonFiniteV[slot] = std::isnan(horizontalSum(poison));
+      convertBlock(job, w, sp, s, kvLocal, k0, k1, slot);
       w.tag[slot] = kb;
     }
     // Rows add P V through the allowed keys only (below) where a masked
@@ -384,8 +443,8 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
     if (cls == k::kPartial) {
       keep = partialTileMask(
           maskShape(nodes, count, t.data,
-                    k::Tile{q0, q1, k0, k1, nq, nk, head, t.numHeads}),
-          runs, nodes, count, t.data, q0, k0, q1, k1, nq, nk, head,
+                    k::Tile{p0, p1, k0, k1, kEnd, kEnd, head, t.numHeads}),
+          runs, nodes, count, t.data, p0, k0, p1, k1, kEnd, kEnd, head,
           t.numHeads, w.keep.data(), cp, w.line);
       if (keep.step <= 0 && colsPad == cols) {
         int64_t first = keep.step < 0 ? rows - 1 : 0;
@@ -480,63 +539,140 @@ void runTask(Job &job, Worker &w, int64_t b, int64_t slot, int64_t qb) {
     double inv = w.l[i] != 0 ? 1.0 / w.l[i] : 0.0;
     for (int64_t x = 0; x < d; ++x)
       acc[x] = float(w.out[i * dp + x] * inv);
-    store(a.o, offsetOf(a.o, b, q0 + i, head), d, acc);
+    store(a.o,
+          sp.oBase + (q0 + i) * a.o.strideSeq + headLocal * a.o.strideHead, d,
+          acc);
     if (a.lse)
-      a.lse[(b * a.q.heads + head) * nq + q0 + i] =
+      a.lse[sp.lseBase + headLocal * job.lseHeadStride + q0 + i] =
           w.l[i] != 0 ? float(double(w.m[i]) + std::log(w.l[i])) : kNegInf;
   }
   job.full += full;
   job.partial += partial;
 }
 
-} // namespace
+/// The sequences of a call: their lengths, positions and offsets, and the
+/// tasks (query blocks times launch slots) before each.
+void planSequences(Job &job) {
+  const LayerArgs &a = job.a;
+  const Sequences &q = a.seqs;
+  int64_t n = q.count > 0 ? q.count : a.q.batch;
+  job.seqs.resize(size_t(n));
+  job.lseHeadStride = a.q.seq; // [B, H, Nq] or [H, T]
+  int64_t tasks = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    SeqPlan &p = job.seqs[size_t(s)];
+    int64_t row0 = q.cuQ ? q.cuQ[s] : 0;
+    p.nq = q.cuQ ? q.cuQ[s + 1] - q.cuQ[s] : a.q.seq;
+    p.qBase = q.cuQ ? row0 * a.q.strideSeq : s * a.q.strideBatch;
+    p.oBase = q.cuQ ? row0 * a.o.strideSeq : s * a.o.strideBatch;
+    p.lseBase = q.cuQ ? row0 : s * a.q.heads * a.q.seq;
+    int64_t key0 = q.cuK ? q.cuK[s] : 0;
+    p.nk = q.lensK ? q.lensK[s] : q.cuK ? q.cuK[s + 1] - q.cuK[s] : a.k.seq;
+    p.kBase = q.cuK ? key0 * a.k.strideSeq : s * a.k.strideBatch;
+    p.vBase = q.cuK ? key0 * a.v.strideSeq : s * a.v.strideBatch;
+    p.kStart = q.kStart ? q.kStart[s] : 0;
+    p.pStart = q.qStart ? q.qStart[s] : p.kStart + p.nk - p.nq;
+    p.firstTask = tasks;
+    tasks += (p.nq + a.blockQ - 1) / a.blockQ * int64_t(job.slots.size());
+  }
+}
 
-std::string tessera::cpu::runLayer(const k::LayerTable &table,
-                                   const LayerArgs &a, RunStats *stats) {
+/// The scratch of one worker for the call's largest tiles; the key/value
+/// cache holds as many blocks as the longest sequence spans (at most
+/// kCacheBytes), left uninitialised: every slot is written before it is
+/// read.
+void prepareWorker(const Job &job, Worker &w) {
+  const LayerArgs &a = job.a;
+  w.rowsPad = roundUp(a.blockQ, kRows);
+  w.colsPad = roundUp(a.blockK, kLanes);
+  w.dPad = roundUp(job.d, kLanes);
+  w.q.assign(w.rowsPad * w.dPad, 0.0f);
+  int64_t span = 1;
+  for (const SeqPlan &p : job.seqs)
+    span = std::max(span, (p.kStart % a.blockK + p.nk + a.blockK - 1) /
+                              a.blockK);
+  int64_t blockBytes = 2 * w.dPad * w.colsPad * int64_t(sizeof(float));
+  w.slots = std::max<int64_t>(1, std::min(span, kCacheBytes / blockBytes));
+  w.kT.resize(w.slots * w.dPad * w.colsPad);
+  w.vb.resize(w.slots * w.colsPad * w.dPad);
+  w.tag.assign(w.slots, -1);
+  w.nonFiniteV.assign(w.slots, 0);
+  w.keyRows.assign(kLanes * w.dPad, 0.0f);
+  w.s.assign(w.rowsPad * w.colsPad, 0.0f);
+  w.acc.assign((w.rowsPad + 1) * w.dPad, 0.0f);
+  w.m.resize(a.blockQ);
+  w.l.resize(a.blockQ);
+  w.corr.resize(a.blockQ);
+  w.out.assign(w.rowsPad * w.dPad, 0.0);
+  w.keep.resize(w.rowsPad * w.colsPad);
+  w.bias.resize(w.colsPad);
+  w.biasLine.resize(w.rowsPad + w.colsPad);
+}
+
+/// Skipped heads of the tensors' range: O = 0 and LSE = -inf on every row.
+void writeSkippedHeads(const Job &job) {
+  const LayerArgs &a = job.a;
+  const k::LayerTable &t = job.table;
+  std::vector<bool> computed(size_t(t.numHeads), false);
+  for (int64_t i = 0; i < t.numComputed; ++i)
+    computed[size_t(t.computedHead[i])] = true;
+  std::vector<float> zeros(size_t(job.d), 0.0f);
+  for (const SeqPlan &p : job.seqs)
+    for (int64_t hl = 0; hl < a.q.heads; ++hl) {
+      if (computed[size_t(a.headStart + hl)])
+        continue;
+      for (int64_t i = 0; i < p.nq; ++i) {
+        store(a.o, p.oBase + i * a.o.strideSeq + hl * a.o.strideHead, job.d,
+              zeros.data());
+        if (a.lse)
+          a.lse[p.lseBase + hl * job.lseHeadStride + i] = kNegInf;
+      }
+    }
+}
+
+std::string checkArgs(const k::LayerTable &table, const LayerArgs &a) {
   for (auto [t, name] :
        {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.o, "o"}})
     if (std::string e = checkTensor(*t, name); !e.empty())
       return e;
-  if (a.q.heads != table.numHeads || a.o.heads != table.numHeads)
+  int64_t kvHeads = a.numKvHeads > 0 ? a.numKvHeads : a.k.heads;
+  if (a.headStart < 0 || a.q.heads > table.numHeads - a.headStart ||
+      a.o.heads != a.q.heads)
     return "q and o must have " + std::to_string(table.numHeads) +
-           " heads (the layer's), got " + std::to_string(a.q.heads) + " and " +
-           std::to_string(a.o.heads);
-  if (a.k.heads != a.v.heads || a.k.heads < 1 ||
-      table.numHeads % a.k.heads != 0)
+           " heads (the layer's) or a range of them, got " +
+           std::to_string(a.q.heads) + " and " + std::to_string(a.o.heads) +
+           " from head " + std::to_string(a.headStart);
+  if (a.k.heads != a.v.heads || kvHeads < 1 || table.numHeads % kvHeads != 0)
     return "k and v must have the same number of heads, dividing the " +
            std::to_string(table.numHeads) + " query heads";
-  if (a.k.seq != a.v.seq)
-    return "k and v must have the same sequence length";
-  if (a.o.seq != a.q.seq)
-    return "o must have the query length";
+  int64_t g = table.numHeads / kvHeads;
+  if (a.k.heads != (a.headStart + a.q.heads - 1) / g - a.headStart / g + 1)
+    return "k and v must have the kv heads that q's heads read";
+  if (a.seqs.count == 0) {
+    if (a.k.seq != a.v.seq)
+      return "k and v must have the same sequence length";
+    if (a.o.seq != a.q.seq)
+      return "o must have the query length";
+    if (a.q.batch != a.k.batch || a.q.batch != a.v.batch ||
+        a.q.batch != a.o.batch)
+      return "q, k, v and o must have the same batch size";
+  }
   if (a.q.headDim != a.k.headDim || a.q.headDim != a.v.headDim ||
       a.q.headDim != a.o.headDim)
     return "q, k, v and o must have the same head_dim";
-  if (a.q.batch != a.k.batch || a.q.batch != a.v.batch ||
-      a.q.batch != a.o.batch)
-    return "q, k, v and o must have the same batch size";
   if (a.blockQ < 1 || a.blockK < 1 || a.blockQ > 1024 || a.blockK > 1024)
     return "block sizes must be in [1, 1024]";
   if (!(a.scale >= 0) || std::isinf(a.scale))
     return "scale must be finite and not negative (0 selects 1/sqrt(d))";
+  return "";
+}
 
-  int64_t nq = a.q.seq, d = a.q.headDim;
-  std::vector<float> zeros(d, 0.0f);
-  // Skipped heads: O = 0 and LSE = -inf.
-  std::vector<bool> computed(table.numHeads, false);
-  for (int64_t i = 0; i < table.numComputed; ++i)
-    computed[table.computedHead[i]] = true;
-  for (int64_t b = 0; b < a.q.batch && a.writeSkipped; ++b)
-    for (int64_t h = 0; h < table.numHeads; ++h) {
-      if (computed[h])
-        continue;
-      for (int64_t s = 0; s < nq; ++s) {
-        store(a.o, offsetOf(a.o, b, s, h), d, zeros.data());
-        if (a.lse)
-          a.lse[(b * table.numHeads + h) * nq + s] = kNegInf;
-      }
-    }
+} // namespace
 
+std::string tessera::cpu::runLayer(const k::LayerTable &table,
+                                   const LayerArgs &a, RunStats *stats) {
+  if (std::string e = checkArgs(table, a); !e.empty())
+    return e;
   // Each head group's run walker, shared by every worker.
   int64_t numGroups = 0;
   for (int64_t i = 0; i < table.numComputed; ++i)
@@ -546,16 +682,24 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
     groupRuns.emplace_back(table.nodes + table.groupBegin[g],
                            table.groupBegin[g + 1] - table.groupBegin[g],
                            table.data);
-  Job job{table,
-          groupRuns,
-          a,
-          nq,
-          a.k.seq,
-          d,
-          (nq + a.blockQ - 1) / a.blockQ,
-          table.numHeads / a.k.heads,
-          a.scale > 0 ? a.scale : 1.0f / std::sqrt(float(d))};
-  int64_t tasks = a.q.batch * table.numComputed * job.numQBlocks;
+  Job job(table, groupRuns, a);
+  job.d = a.q.headDim;
+  job.groupSize = table.numHeads / (a.numKvHeads > 0 ? a.numKvHeads : a.k.heads);
+  job.kvHead0 = a.headStart / job.groupSize;
+  job.pageSize = a.k.seq;
+  job.scale = a.scale > 0 ? a.scale : 1.0f / std::sqrt(float(job.d));
+  for (int64_t i = 0; i < table.numComputed; ++i)
+    if (table.computedHead[i] >= a.headStart &&
+        table.computedHead[i] < a.headStart + a.q.heads)
+      job.slots.push_back(i);
+  planSequences(job);
+  if (a.writeSkipped)
+    writeSkippedHeads(job);
+
+  const int64_t numSlots = int64_t(job.slots.size());
+  int64_t tasks = 0;
+  for (const SeqPlan &p : job.seqs)
+    tasks = p.firstTask + (p.nq + a.blockQ - 1) / a.blockQ * numSlots;
   int threads = a.numThreads > 0
                     ? a.numThreads
                     : std::max(1u, std::thread::hardware_concurrency());
@@ -563,33 +707,20 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
   std::atomic<int64_t> next{0};
   auto work = [&]() {
     Worker w;
-    w.rowsPad = roundUp(a.blockQ, kRows);
-    w.colsPad = roundUp(a.blockK, kLanes);
-    w.dPad = roundUp(d, kLanes);
-    w.q.assign(w.rowsPad * w.dPad, 0.0f);
-    int64_t blockBytes = 2 * w.dPad * w.colsPad * int64_t(sizeof(float));
-    w.slots = std::max<int64_t>(
-        1, std::min((job.nk + a.blockK - 1) / a.blockK,
-                    kCacheBytes / blockBytes));
-    w.kT.assign(w.slots * w.dPad * w.colsPad, 0.0f);
-    w.vb.assign(w.slots * w.colsPad * w.dPad, 0.0f);
-    w.tag.assign(w.slots, -1);
-    w.nonFiniteV.assign(w.slots, 0);
-    w.keyRows.assign(kLanes * w.dPad, 0.0f);
-    w.s.assign(w.rowsPad * w.colsPad, 0.0f);
-    // One extra row: scratch for converting a key row.
-    w.acc.assign((w.rowsPad + 1) * w.dPad, 0.0f);
-    w.m.resize(a.blockQ);
-    w.l.resize(a.blockQ);
-    w.corr.resize(a.blockQ);
-    w.out.assign(w.rowsPad * w.dPad, 0.0);
-    w.keep.resize(w.rowsPad * w.colsPad);
-    w.bias.resize(w.colsPad);
-    w.biasLine.resize(w.rowsPad + w.colsPad);
+    prepareWorker(job, w);
+    size_t s = 0;
     for (int64_t i; (i = next++) < tasks;) {
-      int64_t qb = i % job.numQBlocks;
-      int64_t rest = i / job.numQBlocks;
-      runTask(job, w, rest / table.numComputed, rest % table.numComputed, qb);
+      // Task i: sequence s (the last whose first task is at or before i),
+      // then slot-major query blocks, so that a worker's consecutive tasks
+      // share keys.
+      while (s + 1 < job.seqs.size() && job.seqs[s + 1].firstTask <= i)
+        ++s;
+      while (job.seqs[s].firstTask > i)
+        --s;
+      int64_t rest = i - job.seqs[s].firstTask;
+      int64_t qBlocks = (job.seqs[s].nq + a.blockQ - 1) / a.blockQ;
+      runTask(job, w, int64_t(s), job.slots[size_t(rest / qBlocks)],
+              rest % qBlocks);
     }
   };
   std::vector<std::thread> pool;
@@ -600,9 +731,13 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
     th.join();
   if (stats) {
     // Saturated (stride-0 shapes reach 2^40 key blocks).
-    stats->tilesTotal = k::mulSat(
-        k::mulSat(a.q.batch * table.numHeads, job.numQBlocks),
-        (a.k.seq + a.blockK - 1) / a.blockK);
+    int64_t total = 0;
+    for (const SeqPlan &p : job.seqs)
+      total = std::min(k::kUnbounded,
+                       total + k::mulSat(k::mulSat(a.q.heads, (p.nq + a.blockQ -
+                                                               1) / a.blockQ),
+                                         (p.nk + a.blockK - 1) / a.blockK));
+    stats->tilesTotal = total;
     stats->tilesFull = job.full;
     stats->tilesPartial = job.partial;
   }

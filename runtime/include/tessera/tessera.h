@@ -31,8 +31,10 @@ extern "C" {
 /* The API version this header describes. Bumped when a function is added or
  * changed; tessera_api_version() returns the library's. Version 2 added
  * tessera_bundle_tile_classes; version 3 tessera_attention_dynamic and the
- * dynamic fields of tessera_layer_info. */
-#define TESSERA_API_VERSION 3
+ * dynamic fields of tessera_layer_info; version 4 tessera_attention_desc
+ * (packed, paged, positioned and head-range calls), tessera_attention_run
+ * and tessera_context_set_num_threads. */
+#define TESSERA_API_VERSION 4
 
 typedef enum tessera_status {
   TESSERA_OK = 0,
@@ -138,11 +140,13 @@ TESSERA_API tessera_status tessera_bundle_layer_index(
 TESSERA_API tessera_status tessera_bundle_layer_info(
     const tessera_bundle *bundle, int64_t layer, tessera_layer_info *out);
 
-/* O = attention(Q, K, V) for `layer`. q: [B, Nq, H, D], k and v:
+/* O = attention(Q, K, V) for `layer` (a dense tessera_attention_desc).
+ * q: [B, Nq, H, D], k and v:
  * [B, Nk, Hkv, D], o: [B, Nq, H, D], all of the layer's dtype (the CPU also
  * takes f32), lse: null or [B, H, Nq] float32. scale: 0 selects
  * 1/sqrt(D). On CUDA the work is queued on `cuda_stream` (a CUstream; null
- * is the default stream); on the CPU it runs now, on all cores. */
+ * is the default stream); on the CPU it runs now, on the context's threads
+ * (tessera_context_set_num_threads). */
 TESSERA_API tessera_status tessera_attention(
     tessera_bundle *bundle, int64_t layer, const tessera_tensor *q,
     const tessera_tensor *k, const tessera_tensor *v, const tessera_tensor *o,
@@ -155,6 +159,81 @@ TESSERA_API tessera_status tessera_attention_dynamic(
     const tessera_tensor *k, const tessera_tensor *v, const tessera_tensor *o,
     float *lse, float scale, const tessera_dynamic_inputs *inputs,
     void *cuda_stream);
+
+/* One attention call, described (docs/runtime.md, "Calls"). Fill it with
+ * tessera_attention_desc_init, which zeroes it and sets struct_size to this
+ * header's sizeof: a library built from a newer header reads only the
+ * fields an older caller knows (the rest keep their defaults), and a
+ * library older than the caller's header refuses a description that sets
+ * fields it does not know. A null pointer or a zero count is "not used".
+ *
+ * Sequences. Dense (cu_seqlens_q, cu_seqlens_k, seq_lens_k and block_table
+ * null): q, o [B, Nq, H, D], k, v [B, Nk, Hkv, D], B sequences. Otherwise
+ * num_seqs sequences, each part chosen on its own:
+ *  - queries: cu_seqlens_q null: q, o dense, num_seqs = q.batch; else
+ *    packed: q, o [1, T, H, D], sequence s's rows are
+ *    [cu_seqlens_q[s], cu_seqlens_q[s + 1]) (int32 [num_seqs + 1],
+ *    non-decreasing, from 0 or more, ending at T at most; FlashAttention's
+ *    varlen convention); empty sequences allowed;
+ *  - keys and values: dense (k.batch = num_seqs, Nk keys each, or
+ *    seq_lens_k[s] <= Nk of them: a static cache filled in part); packed
+ *    with cu_seqlens_k like the queries (k, v [1, Tk, Hkv, D]); or paged:
+ *    block_table non-null, k and v [num_pages, page_size, Hkv, D] as
+ *    tessera_tensor batch = num_pages, seq = page_size (16 to 256), the
+ *    caches of vLLM and FlashInfer; sequence s's key j is row j % page_size
+ *    of page block_table[s * block_table_stride + j / page_size]; int32
+ *    block table [num_seqs, max_pages_per_seq], rows block_table_stride
+ *    (>= max_pages_per_seq) apart; seq_lens_k[s] keys (required); a
+ *    sequence's pages are distinct, and only its first
+ *    ceil(seq_lens_k[s] / page_size) entries are read.
+ * Positions. Query row i of sequence s sits at position q_start[s] + i and
+ * key j at k_start[s] + j (int64 [num_seqs], each >= 0; positions below
+ * 2^40); the pattern is evaluated on these positions. Null q_start:
+ * bottom-right alignment, q_start[s] = k_start[s] + Nk_s - Nq_s (today's
+ * rule); null k_start: 0. Chunked prefill: q_start = tokens already cached,
+ * k_start null; context parallelism: the chunk's own offsets.
+ * Heads. head_count = 0: every head of the layer. Otherwise q and o hold
+ * the layer's heads [head_start, head_start + head_count), and k and v the
+ * kv heads they read, [head_start / G, (head_start + head_count - 1) / G]
+ * (G = num_heads / num_kv_heads); patterns and GQA take the layer's head
+ * index.
+ * LSE (float32, natural log; -inf for a row without keys): dense queries
+ * [B, head_count or H, Nq]; packed queries [head_count or H, T], row t the
+ * packed row. Results of two calls over disjoint key sets of the same
+ * queries merge as O = sum_i exp(lse_i - lse) O_i, lse = log sum_i
+ * exp(lse_i).
+ * On CUDA only dense calls run for now: any other mode is
+ * TESSERA_ERROR_INVALID_ARGUMENT. Dynamic patterns take dense and packed
+ * calls on the CPU (no paged keys, positions or head range). */
+typedef struct tessera_attention_desc {
+  size_t struct_size; /* sizeof(tessera_attention_desc) of the caller */
+  int64_t layer;
+  tessera_tensor q, k, v, o;
+  float *lse;
+  float scale; /* 0: 1/sqrt(D) */
+  const tessera_dynamic_inputs *dynamic_inputs;
+  void *cuda_stream;
+  int64_t num_seqs;
+  const int32_t *cu_seqlens_q, *cu_seqlens_k, *seq_lens_k;
+  const int32_t *block_table;
+  int64_t max_pages_per_seq, block_table_stride;
+  const int64_t *q_start, *k_start;
+  int64_t head_start, head_count;
+} tessera_attention_desc;
+
+/* Zeroes *desc and sets its struct_size. */
+TESSERA_API void tessera_attention_desc_init(tessera_attention_desc *desc);
+
+/* Validates *desc (every field, each error naming its field), then runs
+ * it: on the CPU before returning, on CUDA queued on desc->cuda_stream. */
+TESSERA_API tessera_status tessera_attention_run(
+    tessera_bundle *bundle, const tessera_attention_desc *desc);
+
+/* The number of threads a CPU context's calls use (0, the default: every
+ * hardware thread). Takes effect from the next call; safe to call while
+ * other threads run calls. A CUDA context ignores it. */
+TESSERA_API tessera_status
+tessera_context_set_num_threads(tessera_context *context, int num_threads);
 
 /* The tile classes the kernels see for every head of `layer` at Nq = q_len,
  * Nk = k_len in block_q x block_k tiles: out[(h * Tq + i) * Tk + j] is 0

@@ -33,12 +33,44 @@ struct Tensor {
 Tensor contiguous(void *data, DType dtype, int64_t batch, int64_t seq,
                   int64_t heads, int64_t headDim);
 
+/// How a call's rows form sequences (tessera_attention_desc's modes), and
+/// where each sequence sits. Everything here is trusted: the C API's
+/// validate step checks it (lengths within the tensors and the block
+/// table, pages in range, positions below 2^40) before the executor runs.
+/// The default is dense: sequence s is batch entry s of q, k, v and o, its
+/// queries bottom-right aligned with its keys.
+struct Sequences {
+  int64_t count = 0; ///< 0: dense (q.batch sequences)
+  /// Packed queries: q and o have batch 1, sequence s's rows are
+  /// [cuQ[s], cuQ[s + 1]). Null: dense, Nq = q.seq each.
+  const int32_t *cuQ = nullptr;
+  /// Packed keys and values (batch 1), like cuQ. Null: dense or paged.
+  const int32_t *cuK = nullptr;
+  /// Keys per sequence (dense keys: at most k.seq; paged: required). Null:
+  /// every key of the sequence's rows.
+  const int32_t *lensK = nullptr;
+  /// Paged keys and values: k and v are [pages, page size, kv heads, D];
+  /// sequence s's key j is row j % page size of page
+  /// pages[s * pageStride + j / page size].
+  const int32_t *pages = nullptr;
+  int64_t pageStride = 0;
+  /// Positions: query row i of sequence s at qStart[s] + i, key j at
+  /// kStart[s] + j. Null qStart: kStart + Nk - Nq; null kStart: 0.
+  const int64_t *qStart = nullptr, *kStart = nullptr;
+};
+
 struct LayerArgs {
   Tensor q, k, v; ///< read only
   Tensor o;       ///< written for every query head
-  /// Optional [batch, heads, Nq] fp32, natural-log LSE; -inf for rows with no
-  /// allowed key.
+  /// Optional fp32, natural-log LSE; -inf for rows with no allowed key.
+  /// Dense queries: [batch, q.heads, Nq]; packed ones: [q.heads, q.seq].
   float *lse = nullptr;
+  Sequences seqs;
+  /// q and o hold the layer's heads [headStart, headStart + q.heads), k
+  /// and v the kv heads those read, from headStart / G on (G = the
+  /// layer's heads / numKvHeads).
+  int64_t headStart = 0;
+  int64_t numKvHeads = 0; ///< the layer's kv heads; 0: k.heads
   float scale = 0; ///< 0: 1 / sqrt(head_dim)
   int64_t blockQ = 64, blockK = 64;
   int numThreads = 0; ///< 0: all hardware threads
@@ -54,8 +86,11 @@ struct RunStats {
   int64_t tilesPartial = 0; ///< visited with the element predicate
 };
 
-/// Computes attention for every head of the layer described by `table`.
-/// Heads the table does not compute (skipped heads) get O = 0 and LSE = -inf.
+/// Computes attention for every head of `args.q` (of the layer described by
+/// `table`), the pattern evaluated at each sequence's positions. Heads the
+/// table does not compute (skipped heads) get O = 0 and LSE = -inf.
+/// Keys and values are converted to fp32 a tile at a time as the walk
+/// visits them (never the whole tensor or cache).
 /// Returns "" on success, else a message naming the problem (shapes, dtypes,
 /// strides, null pointers); nothing is written then.
 std::string runLayer(const kernel::LayerTable &table, const LayerArgs &args,

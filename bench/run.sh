@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU benchmark of docs/PERFORMANCE.md. Builds tessera-cpu-bench, sets up
-# its own Python environment with PyTorch from PyPI (not needed by make
-# check), and for each shipped pattern file and length runs, in one go:
+# its Python environment with PyTorch from PyPI (scripts/torch-setup.sh: the
+# one make check uses), and for each shipped pattern file and length runs, in
+# one go:
 # Tessera's sparse executor, its dense path, PyTorch SDPA (dense) and
 # FlexAttention with the identical block mask. Prints a Markdown table.
 #
@@ -15,7 +16,9 @@ venv=${BENCH_VENV:-$build/bench-venv}
 
 make -s configure >/dev/null
 ninja -C "$build" tessera-cpu-bench >/dev/null
-if [ ! -x "$venv/bin/python" ]; then
+if [ "$venv" = "$build/bench-venv" ]; then
+  scripts/torch-setup.sh "$build"   # the venv make check uses
+elif [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q torch numpy
 fi

@@ -9,6 +9,11 @@ lit=${LIT:-/usr/lib/llvm-22/bin/lit}
 # nvdisasm (PyPI) for the SASS tests, installed into $build/sass-venv once.
 "$(dirname "$0")/sass-setup.sh" "$build" ||
   echo "tessera: nvdisasm is not installed; the SASS tests will fail" >&2
+# PyTorch, numpy and transformers (PyPI) for the tessera.torch and
+# tessera.transformers tests, into $build/bench-venv once; lit's
+# require_torch makes those tests fail, not skip, where they are missing.
+"$(dirname "$0")/torch-setup.sh" "$build" ||
+  echo "tessera: PyTorch is not installed; the PyTorch tests will fail" >&2
 passed=0
 failed=0
 skipped=0
@@ -44,8 +49,8 @@ run() {
   rm -f "$log"
 }
 
-run -sv "$build/test" "$build/test/Unit"
-run -sv --param verify_roundtrip=1 "$build/test"
+run -sv --param require_torch=1 "$build/test" "$build/test/Unit"
+run -sv --param require_torch=1 --param verify_roundtrip=1 "$build/test"
 
 if [ "$skipped" -gt 0 ]; then
   echo "$passed passed, $failed failed, $skipped skipped"

@@ -75,18 +75,30 @@ if os.geteuid() == 0:
     if probe.returncode == 0:
         config.available_features.add("nobody-can-run-tools")
 
-# PyTorch is not needed by `make check`: the tests of tessera.torch say
-# `REQUIRES: torch` and run where a Python with torch is found
-# ($TESSERA_TORCH_PYTHON, else the benchmark's build/bench-venv); elsewhere
-# lit reports them unsupported (counted as skipped).
+# The tests of tessera.torch and tessera.transformers say `REQUIRES: torch`
+# and run in a Python with torch, numpy and transformers:
+# $TESSERA_TORCH_PYTHON, else build/bench-venv (scripts/torch-setup.sh
+# installs it; `make check` runs that first). `make check` passes
+# `--param require_torch=1`: there a missing torch fails those tests, so CI
+# cannot pass by skipping them; a plain lit run reports them unsupported
+# (counted as skipped).
 torch_python = os.environ.get("TESSERA_TORCH_PYTHON") or os.path.join(
     config.tessera_obj_root, "bench-venv", "bin", "python")
 if os.path.exists(torch_python) and subprocess.run(
-        [torch_python, "-c", "import torch, numpy"],
+        [torch_python, "-c", "import torch, numpy, transformers"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
     config.available_features.add("torch")
     config.substitutions.append(("%torch_python", torch_python))
+elif lit_config.params.get("require_torch", "0") == "1":
+    why = ("no Python with torch, numpy and transformers at " + torch_python +
+           " (run scripts/torch-setup.sh or set TESSERA_TORCH_PYTHON)")
+    lit_config.warning(why + "; the PyTorch tests fail")
+    config.available_features.add("torch")
+    # Each test that needs it fails, saying why.
+    config.substitutions.append(
+        ("%torch_python", "sh -c 'echo \"tessera: " + why + "\" >&2; "
+         "exit 1' torch_python"))
 else:
-    lit_config.note("no Python with torch and numpy (set TESSERA_TORCH_PYTHON "
-                    "or run bench/run.sh once); the tessera.torch tests are "
-                    "unsupported here")
+    lit_config.note("no Python with torch, numpy and transformers (set "
+                    "TESSERA_TORCH_PYTHON or run scripts/torch-setup.sh); the "
+                    "PyTorch tests are unsupported here")

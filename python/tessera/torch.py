@@ -7,11 +7,13 @@
 
 `torch.ops.tessera.attention` is a `torch.library` custom op with CPU and
 CUDA kernels and a fake (meta) implementation, so `torch.compile` traces
-through it (fullgraph). CPU: float32 runs as it is, and float16 on float16
-layers; other float16 and bfloat16 inputs are computed in float32 and the
-output cast back. CUDA: the layer's dtype (float16 or bfloat16), on the
-current stream. The op is forward-only (prefill and
-inference): it has no autograd formula, so backward raises.
+through it (fullgraph). q, k and v may be strided views (head_dim
+contiguous, e.g. SDPA-layout tensors transposed); o and lse are always
+contiguous. CPU: float32 runs as it is, and float16 on float16 layers; other
+float16 and bfloat16 inputs are computed in float32 and the output cast
+back. CUDA: the layer's dtype (float16 or bfloat16), on the current stream.
+The op is forward-only (prefill and inference): it has no autograd
+formula, so backward raises.
 
 `block_mask(bundle, layer, q_len, kv_len)` gives a layer's schedule as a
 FlexAttention BlockMask: the tiles the kernels skip, the full tiles (no mask
@@ -101,15 +103,19 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return o.to(q.dtype), torch.from_numpy(lse)
     cd = None if centroids is None else \
         centroids.detach().to(device=q.device, dtype=torch.float32).contiguous()
+    # A contiguous output whatever q's strides (empty_like would copy a
+    # transposed q's): the fake implementation promises exactly that.
     o, lse = b.attention(layer, q.detach(), k.detach(), v.detach(),
-                         scale=scale, centroids=cd)
+                         out=q.new_empty(q.shape), scale=scale, centroids=cd)
     return o, lse
 
 
 @_attention_op.register_fake
 def _(q, k, v, bundle, layer, scale, centroids=None):
+    # Contiguous outputs, as both real kernels give, also for transposed
+    # (non-contiguous) q, k and v such as transformers passes.
     _check_shapes(q, k, v)
-    return (torch.empty_like(q),
+    return (q.new_empty(q.shape),
             q.new_empty((q.shape[0], q.shape[2], q.shape[1]),
                         dtype=torch.float32))
 

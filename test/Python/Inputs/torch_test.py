@@ -92,6 +92,38 @@ torch.library.opcheck(torch.ops.tessera.attention.default,
                       test_utils=("test_schema", "test_faketensor"))
 check("opcheck schema and fake tensor", True)
 
+# Transposed inputs, as transformers passes them ([B, H, N, D] tensors seen
+# as [B, N, H, D]): the fake implementation's outputs have the real op's
+# strides, so a view that eager allows also traces.
+qt, kt, vt = (torch.randn(2, h, 80, D).transpose(1, 2)
+              for h in (H, HKV, HKV))
+real = tt.attention(qt, kt, vt, bundle, layer)
+from torch._subclasses.fake_tensor import FakeTensorMode
+with FakeTensorMode() as mode:
+    fake = tt.attention(*(mode.from_tensor(x) for x in (qt, kt, vt)), bundle,
+                        layer)
+    check("fake strides equal the real op's on transposed inputs",
+          [x.stride() for x in fake] == [x.stride() for x in real],
+          f"(real {[x.stride() for x in real]}, "
+          f"fake {[x.stride() for x in fake]})")
+check("op on transposed inputs equals the op on contiguous copies",
+      torch.equal(real[0], tt.attention(qt.contiguous(), kt.contiguous(),
+                                        vt.contiguous(), bundle, layer)[0]))
+
+
+def flat(q, k, v):
+    o, _ = tt.attention(q, k, v, bundle, layer)
+    return o.view(o.shape[0], o.shape[1], -1)
+
+
+check("torch.compile(fullgraph) with a view of the transposed inputs' output",
+      torch.equal(torch.compile(flat, fullgraph=True,
+                                backend="aot_eager")(qt, kt, vt),
+                  flat(qt, kt, vt)))
+torch.library.opcheck(torch.ops.tessera.attention.default,
+                      (qt, kt, vt, bundle, layer, 0.0))
+check("opcheck on transposed inputs", True)
+
 # FlexAttention: the mask_mod reproduces the reference masks exactly, the
 # blocks are the schedule's, and flex_attention computes the op's output.
 from torch.nn.attention.flex_attention import create_mask, flex_attention

@@ -1,0 +1,455 @@
+//===- BackwardTest.cpp - the CPU backward against float64 ----------------===//
+//
+// cpu::runLayerBackward's dQ, dK and dV against a dense float64 backward
+// that masks with the reference semantics (semantics::allowed), itself
+// checked against central finite differences of the float64 forward. The
+// forward's O and LSE come from the CPU executor, as they would in training.
+// Error = max |got - ref| / max |ref| per gradient. Tolerances: fp32 1e-5
+// (P recomputed in fp32 from an fp32 LSE; seen: 7e-7); fp16 2e-3 and bf16
+// 2e-2 (inputs and O in that type: D = rowsum(dO * O) carries O's rounding,
+// 2^-11 and 2^-8 relative, and the gradients are rounded to it; seen: 5e-4
+// and 9e-3).
+//
+//===----------------------------------------------------------------------===//
+
+#include "PatternGen.h"
+
+#include "tessera/Dialect/Attn/AttnDialect.h"
+#include "tessera/Schedule/Lower.h"
+#include "tessera/Semantics/FromAttr.h"
+#include "tessera/cpu/Backward.h"
+#include "tessera/cpu/Half.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <random>
+
+using namespace tessera;
+using tessera::test::PatternGen;
+
+namespace {
+
+struct Shape {
+  int64_t batch, hq, hkv, d, nq, nk, bq, bk;
+  cpu::DType dtype;
+};
+
+/// Values of one dtype, read back as doubles.
+struct Buf {
+  cpu::DType dtype;
+  std::vector<float> f32;
+  std::vector<uint16_t> u16;
+
+  Buf(cpu::DType t, size_t n) : dtype(t) {
+    if (t == cpu::DType::F32)
+      f32.assign(n, 0.0f);
+    else
+      u16.assign(n, 0);
+  }
+  void *data() {
+    return dtype == cpu::DType::F32 ? (void *)f32.data() : (void *)u16.data();
+  }
+  double at(size_t i) const {
+    if (dtype == cpu::DType::F32)
+      return f32[i];
+    return dtype == cpu::DType::F16 ? cpu::f16ToFloat(u16[i])
+                                    : cpu::bf16ToFloat(u16[i]);
+  }
+  void set(size_t i, float x) {
+    if (dtype == cpu::DType::F32)
+      f32[i] = x;
+    else if (dtype == cpu::DType::F16)
+      u16[i] = cpu::floatToF16(x);
+    else
+      u16[i] = cpu::floatToBf16(x);
+  }
+  size_t size() const {
+    return dtype == cpu::DType::F32 ? f32.size() : u16.size();
+  }
+};
+
+Buf randomBuf(cpu::DType t, size_t n, std::mt19937_64 &rng) {
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  Buf b(t, n);
+  for (size_t i = 0; i < n; ++i)
+    b.set(i, dist(rng));
+  return b;
+}
+
+/// Contiguous [B, N, H, D] indexing.
+size_t at(const Shape &s, int64_t n, int64_t heads, int64_t b, int64_t i,
+          int64_t h, int64_t x) {
+  return ((b * n + i) * heads + h) * s.d + x;
+}
+
+/// The float64 gradients of L = sum(dO * O) by q, k and v.
+struct Grads {
+  std::vector<double> dq, dk, dv;
+};
+
+/// Dense float64 attention of (b, h) row i: the probabilities over all keys
+/// (0 where masked) and O; empty rows have p = 0 and O = 0.
+void forwardRow(const Shape &s, const std::vector<semantics::Pattern> &heads,
+                const std::function<double(int, size_t)> &val, int64_t b,
+                int64_t h, int64_t i, double scale, std::vector<double> &p,
+                std::vector<double> &o) {
+  const int64_t g = s.hq / s.hkv;
+  double m = -std::numeric_limits<double>::infinity();
+  p.assign(s.nk, 0.0);
+  std::vector<bool> on(s.nk, false);
+  for (int64_t j = 0; j < s.nk; ++j) {
+    if (!semantics::allowed(heads[h], i, j, h, s.nq, s.nk, s.hq))
+      continue;
+    on[j] = true;
+    double dot = 0;
+    for (int64_t x = 0; x < s.d; ++x)
+      dot += val(0, at(s, s.nq, s.hq, b, i, h, x)) *
+             val(1, at(s, s.nk, s.hkv, b, j, h / g, x));
+    p[j] = dot * scale;
+    m = std::max(m, p[j]);
+  }
+  double l = 0;
+  for (int64_t j = 0; j < s.nk; ++j)
+    l += on[j] ? (p[j] = std::exp(p[j] - m)) : (p[j] = 0.0);
+  o.assign(s.d, 0.0);
+  for (int64_t j = 0; j < s.nk; ++j) {
+    if (!on[j])
+      continue;
+    p[j] /= l;
+    for (int64_t x = 0; x < s.d; ++x)
+      o[x] += p[j] * val(2, at(s, s.nk, s.hkv, b, j, h / g, x));
+  }
+}
+
+/// val(t, i): tensor t (0 q, 1 k, 2 v, 3 dO) at element i.
+Grads referenceGrads(const Shape &s,
+                     const std::vector<semantics::Pattern> &heads,
+                     const std::function<double(int, size_t)> &val) {
+  const double scale = 1.0 / std::sqrt(double(s.d));
+  const int64_t g = s.hq / s.hkv;
+  Grads r;
+  r.dq.assign(s.batch * s.nq * s.hq * s.d, 0.0);
+  r.dk.assign(s.batch * s.nk * s.hkv * s.d, 0.0);
+  r.dv.assign(r.dk.size(), 0.0);
+  std::vector<double> p, o, dp(s.nk);
+  for (int64_t b = 0; b < s.batch; ++b)
+    for (int64_t h = 0; h < s.hq; ++h)
+      for (int64_t i = 0; i < s.nq; ++i) {
+        forwardRow(s, heads, val, b, h, i, scale, p, o);
+        double delta = 0;
+        for (int64_t x = 0; x < s.d; ++x)
+          delta += val(3, at(s, s.nq, s.hq, b, i, h, x)) * o[x];
+        for (int64_t j = 0; j < s.nk; ++j) {
+          if (p[j] == 0.0)
+            continue;
+          double dpj = 0;
+          for (int64_t x = 0; x < s.d; ++x) {
+            double dO = val(3, at(s, s.nq, s.hq, b, i, h, x));
+            dpj += dO * val(2, at(s, s.nk, s.hkv, b, j, h / g, x));
+            r.dv[at(s, s.nk, s.hkv, b, j, h / g, x)] += p[j] * dO;
+          }
+          double ds = p[j] * (dpj - delta) * scale;
+          for (int64_t x = 0; x < s.d; ++x) {
+            r.dq[at(s, s.nq, s.hq, b, i, h, x)] +=
+                ds * val(1, at(s, s.nk, s.hkv, b, j, h / g, x));
+            r.dk[at(s, s.nk, s.hkv, b, j, h / g, x)] +=
+                ds * val(0, at(s, s.nq, s.hq, b, i, h, x));
+          }
+        }
+      }
+  return r;
+}
+
+double normwise(const Buf &got, const std::vector<double> &ref) {
+  double err = 0, mag = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    err = std::max(err, std::abs(got.at(i) - ref[i]));
+    mag = std::max(mag, std::abs(ref[i]));
+  }
+  return mag > 0 ? err / mag : err;
+}
+
+/// Inputs, the forward's outputs and the backward's gradients of one case.
+struct Case {
+  Buf q, k, v, dO, o, dq, dk, dv;
+  std::vector<float> lse;
+  std::string forwardError, backwardError;
+  cpu::BackwardStats stats;
+
+  Case(const Shape &s, std::mt19937_64 &rng)
+      : q(randomBuf(s.dtype, s.batch * s.nq * s.hq * s.d, rng)),
+        k(randomBuf(s.dtype, s.batch * s.nk * s.hkv * s.d, rng)),
+        v(randomBuf(s.dtype, k.size(), rng)),
+        dO(randomBuf(s.dtype, q.size(), rng)), o(s.dtype, q.size()),
+        dq(randomBuf(s.dtype, q.size(), rng)),
+        dk(randomBuf(s.dtype, k.size(), rng)),
+        dv(randomBuf(s.dtype, k.size(), rng)) {}
+
+  void run(const Shape &s, const kernel::LayerTable &table) {
+    auto view = [&](Buf &x, int64_t n, int64_t h) {
+      return cpu::contiguous(x.data(), s.dtype, s.batch, n, h, s.d);
+    };
+    cpu::LayerArgs f;
+    f.q = view(q, s.nq, s.hq);
+    f.k = view(k, s.nk, s.hkv);
+    f.v = view(v, s.nk, s.hkv);
+    f.o = view(o, s.nq, s.hq);
+    lse.assign(s.batch * s.hq * s.nq, 0.0f);
+    f.lse = lse.data();
+    f.blockQ = s.bq;
+    f.blockK = s.bk;
+    f.numThreads = 2;
+    forwardError = cpu::runLayer(table, f);
+    cpu::BackwardArgs a;
+    a.q = f.q;
+    a.k = f.k;
+    a.v = f.v;
+    a.o = f.o;
+    a.dO = view(dO, s.nq, s.hq);
+    a.lse = lse.data();
+    a.dq = view(dq, s.nq, s.hq);
+    a.dk = view(dk, s.nk, s.hkv);
+    a.dv = view(dv, s.nk, s.hkv);
+    a.blockQ = s.bq;
+    a.blockK = s.bk;
+    a.numThreads = 2;
+    backwardError = cpu::runLayerBackward(table, a, &stats);
+  }
+
+  std::function<double(int, size_t)> values() const {
+    return [this](int t, size_t i) {
+      return t == 0 ? q.at(i) : t == 1 ? k.at(i) : t == 2 ? v.at(i) : dO.at(i);
+    };
+  }
+};
+
+double tolerance(cpu::DType t) {
+  return t == cpu::DType::F32 ? 1e-5 : t == cpu::DType::F16 ? 2e-3 : 2e-2;
+}
+
+schedule::LayerSchedule scheduleOf(const std::vector<semantics::Pattern> &ps,
+                                   int64_t hq) {
+  std::vector<schedule::HeadGroup> groups;
+  for (int64_t h = 0; h < hq; ++h)
+    groups.push_back({ps[h], {h}});
+  schedule::LayerSchedule sched;
+  std::string error;
+  EXPECT_TRUE(schedule::buildLayerSchedule(groups, hq, sched, error)) << error;
+  return sched;
+}
+
+class BackwardTest : public ::testing::Test {
+protected:
+  BackwardTest() { ctx.getOrLoadDialect<attn::AttnDialect>(); }
+  mlir::MLIRContext ctx;
+};
+
+/// The reference itself: its gradients against central finite differences
+/// of the float64 loss sum(dO * O), on a small sparse case.
+TEST_F(BackwardTest, ReferenceMatchesFiniteDifferences) {
+  Shape s{1, 2, 1, 4, 7, 9, 4, 4, cpu::DType::F32};
+  std::vector<semantics::Pattern> heads = {
+      {semantics::Causal{}}, {semantics::Window{2, 1}}};
+  std::mt19937_64 rng(11);
+  std::vector<std::vector<double>> t(4);
+  for (int i = 0; i < 4; ++i) {
+    size_t n = (i == 0 || i == 3 ? s.nq * s.hq : s.nk * s.hkv) * s.d;
+    std::normal_distribution<double> dist;
+    for (size_t x = 0; x < n; ++x)
+      t[i].push_back(dist(rng));
+  }
+  auto val = [&](int i, size_t x) { return t[i][x]; };
+  Grads g = referenceGrads(s, heads, val);
+  auto loss = [&]() {
+    double l = 0;
+    std::vector<double> p, o;
+    for (int64_t h = 0; h < s.hq; ++h)
+      for (int64_t i = 0; i < s.nq; ++i) {
+        forwardRow(s, heads, val, 0, h, i, 1.0 / 2.0, p, o);
+        for (int64_t x = 0; x < s.d; ++x)
+          l += t[3][at(s, s.nq, s.hq, 0, i, h, x)] * o[x];
+      }
+    return l;
+  };
+  const double eps = 1e-6;
+  std::vector<double> *grads[3] = {&g.dq, &g.dk, &g.dv};
+  for (int i = 0; i < 3; ++i)
+    for (size_t x = 0; x < t[i].size(); ++x) {
+      double keep = t[i][x];
+      t[i][x] = keep + eps;
+      double up = loss();
+      t[i][x] = keep - eps;
+      double down = loss();
+      t[i][x] = keep;
+      EXPECT_NEAR((up - down) / (2 * eps), (*grads[i])[x], 1e-6)
+          << "tensor " << i << " element " << x;
+    }
+}
+
+/// Random patterns (leaves and combinators), shapes with Nq < Nk and
+/// Nq > Nk, GQA, block sizes that do and do not divide the lengths, every
+/// dtype.
+TEST_F(BackwardTest, RandomPatternsMatchFloat64) {
+  PatternGen gen(&ctx, /*seed=*/4242);
+  for (int c = 0; c < 60; ++c) {
+    Shape s;
+    s.batch = gen.uniform(1, 2);
+    s.hkv = gen.uniform(1, 2);
+    s.hq = s.hkv * gen.uniform(1, 3);
+    s.d = 8 * gen.uniform(1, 3);
+    s.nq = gen.uniform(1, 60);
+    s.nk = gen.uniform(1, 60);
+    s.bq = gen.uniform(1, 17);
+    s.bk = gen.uniform(1, 17);
+    s.dtype = std::array{cpu::DType::F32, cpu::DType::F16,
+                         cpu::DType::BF16}[gen.uniform(0, 2)];
+    std::vector<semantics::Pattern> heads;
+    std::string text;
+    for (int64_t h = 0; h < s.hq; ++h) {
+      attn::PatternAttrInterface p = gen.pattern(2);
+      llvm::raw_string_ostream(text) << p << "\n";
+      heads.push_back(semantics::fromAttr(p));
+    }
+    schedule::LayerSchedule sched = scheduleOf(heads, s.hq);
+    std::mt19937_64 rng(9000 + c);
+    Case r(s, rng);
+    r.run(s, sched.table());
+    ASSERT_EQ(r.forwardError, "");
+    ASSERT_EQ(r.backwardError, "");
+    Grads g = referenceGrads(s, heads, r.values());
+    std::string where = "case " + std::to_string(c) +
+                        " Nq=" + std::to_string(s.nq) +
+                        " Nk=" + std::to_string(s.nk) + "\n" + text;
+    EXPECT_LE(normwise(r.dq, g.dq), tolerance(s.dtype)) << "dq " << where;
+    EXPECT_LE(normwise(r.dk, g.dk), tolerance(s.dtype)) << "dk " << where;
+    EXPECT_LE(normwise(r.dv, g.dv), tolerance(s.dtype)) << "dv " << where;
+  }
+}
+
+/// Skipped heads get zero dq (and add nothing to dk, dv); rows without keys
+/// (causal with Nq > Nk) get zero dq; keys no row sees get zero dk and dv.
+/// The key-major pass visits each non-empty tile of a computed head once.
+TEST_F(BackwardTest, SkippedHeadsEmptyRowsAndUnseenKeysGetZeros) {
+  semantics::IndexSet firstKeys;
+  firstKeys.ranges = {{0, 3}};
+  std::vector<semantics::Pattern> heads = {
+      {semantics::Causal{}},
+      {semantics::Skip{}},
+      {semantics::VerticalStripe{firstKeys}},
+      {semantics::Skip{}}};
+  Shape s{1, 4, 2, 16, 40, 25, 8, 8, cpu::DType::F32};
+  schedule::LayerSchedule sched = scheduleOf(heads, s.hq);
+  std::mt19937_64 rng(3);
+  Case r(s, rng);
+  r.run(s, sched.table());
+  ASSERT_EQ(r.backwardError, "");
+  Grads g = referenceGrads(s, heads, r.values());
+  EXPECT_LE(normwise(r.dq, g.dq), 1e-4);
+  EXPECT_LE(normwise(r.dk, g.dk), 1e-4);
+  EXPECT_LE(normwise(r.dv, g.dv), 1e-4);
+  for (int64_t i = 0; i < s.nq; ++i)
+    for (int64_t x = 0; x < s.d; ++x) {
+      // Head 1 and 3 skipped; causal head 0's first Nq - Nk rows see nothing.
+      EXPECT_EQ(r.dq.at(at(s, s.nq, s.hq, 0, i, 1, x)), 0.0);
+      EXPECT_EQ(r.dq.at(at(s, s.nq, s.hq, 0, i, 3, x)), 0.0);
+      if (i < s.nq - s.nk) {
+        EXPECT_EQ(r.dq.at(at(s, s.nq, s.hq, 0, i, 0, x)), 0.0);
+      }
+    }
+  // Kv head 1 serves heads 2 (keys [0, 3)) and 3 (skipped).
+  for (int64_t j = 3; j < s.nk; ++j)
+    for (int64_t x = 0; x < s.d; ++x) {
+      EXPECT_EQ(r.dk.at(at(s, s.nk, s.hkv, 0, j, 1, x)), 0.0);
+      EXPECT_EQ(r.dv.at(at(s, s.nk, s.hkv, 0, j, 1, x)), 0.0);
+    }
+  // Causal over 5 x 4 tiles of 8 (bottom-right: row q sees keys <= q - 15)
+  // visits 1 + 2 + 3 + 4 tiles; the stripe head the first key block of every query
+  // block (5); each pass visits the same tiles.
+  EXPECT_EQ(r.stats.keyMajorTiles, 10 + 5);
+  EXPECT_EQ(r.stats.queryMajorTiles, 10 + 5);
+}
+
+/// A NaN or an infinity where no row looks (a key outside every row's
+/// pattern, the query and dO of a row without keys) leaves every gradient
+/// finite and equal to the clean run's (docs/runtime.md: masked pairs are
+/// skipped, not multiplied by 0).
+TEST_F(BackwardTest, NonFiniteValuesNoRowSeesDoNotLeak) {
+  semantics::IndexSet stripe;
+  stripe.ranges = {{0, 5}};
+  semantics::Pattern head{semantics::Intersect{
+      {semantics::Pattern{semantics::Causal{}},
+       semantics::Pattern{semantics::VerticalStripe{stripe}}}}};
+  for (cpu::DType t : {cpu::DType::F32, cpu::DType::BF16}) {
+    Shape s{1, 1, 1, 16, 50, 40, 16, 16, t};
+    schedule::LayerSchedule sched = scheduleOf({head}, 1);
+    std::mt19937_64 rng(21);
+    Case clean(s, rng);
+    Case dirty = clean;
+    const float inf = std::numeric_limits<float>::infinity(),
+                nan = std::numeric_limits<float>::quiet_NaN();
+    // Keys 5-15 share the visited key block 0 with the stripe, no row sees
+    // them; rows 0-9 see no key (p = q - 10) and share query block 0 with
+    // rows that do.
+    dirty.v.set(at(s, s.nk, 1, 0, 9, 0, 3), inf);
+    dirty.k.set(at(s, s.nk, 1, 0, 7, 0, 5), nan);
+    dirty.k.set(at(s, s.nk, 1, 0, 30, 0, 5), nan); // in no visited tile
+    dirty.q.set(at(s, s.nq, 1, 0, 2, 0, 0), inf);
+    dirty.dO.set(at(s, s.nq, 1, 0, 4, 0, 1), nan);
+    clean.run(s, sched.table());
+    dirty.run(s, sched.table());
+    ASSERT_EQ(dirty.backwardError, "");
+    for (const auto &[got, want, name] :
+         {std::tuple{&dirty.dq, &clean.dq, "dq"},
+          {&dirty.dk, &clean.dk, "dk"},
+          {&dirty.dv, &clean.dv, "dv"}})
+      for (size_t i = 0; i < got->size(); ++i) {
+        ASSERT_TRUE(std::isfinite(got->at(i))) << name << "[" << i << "]";
+        ASSERT_NEAR(got->at(i), want->at(i),
+                    1e-5 + 1e-2 * std::abs(want->at(i)))
+            << name << "[" << i << "]";
+      }
+  }
+}
+
+TEST_F(BackwardTest, BadArgumentsAreNamed) {
+  std::vector<semantics::Pattern> heads = {{semantics::Causal{}}};
+  schedule::LayerSchedule sched = scheduleOf(heads, 1);
+  Shape s{1, 1, 1, 8, 4, 4, 4, 4, cpu::DType::F32};
+  std::mt19937_64 rng(1);
+  Case r(s, rng);
+  auto view = [&](Buf &x, int64_t n) {
+    return cpu::contiguous(x.data(), s.dtype, 1, n, 1, s.d);
+  };
+  std::vector<float> lse(4, 0.0f);
+  cpu::BackwardArgs a;
+  a.q = view(r.q, 4);
+  a.k = view(r.k, 4);
+  a.v = view(r.v, 4);
+  a.o = view(r.o, 4);
+  a.dO = view(r.dO, 4);
+  a.dq = view(r.dq, 4);
+  a.dk = view(r.dk, 4);
+  a.dv = view(r.dv, 4);
+  a.lse = lse.data();
+  EXPECT_EQ(cpu::runLayerBackward(sched.table(), a), "");
+  cpu::BackwardArgs bad = a;
+  bad.lse = nullptr;
+  EXPECT_NE(cpu::runLayerBackward(sched.table(), bad).find("lse"),
+            std::string::npos);
+  bad = a;
+  bad.dk.seq = 3;
+  EXPECT_NE(cpu::runLayerBackward(sched.table(), bad).find("dk"),
+            std::string::npos);
+  bad = a;
+  bad.dO.data = nullptr;
+  EXPECT_EQ(cpu::runLayerBackward(sched.table(), bad), "do is a null pointer");
+  bad = a;
+  bad.scale = -1;
+  EXPECT_NE(cpu::runLayerBackward(sched.table(), bad).find("scale"),
+            std::string::npos);
+}
+
+} // namespace

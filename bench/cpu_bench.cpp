@@ -1,12 +1,16 @@
 //===- cpu_bench.cpp - the CPU executor on shipped patterns ---------------===//
 //
 //   tessera-cpu-bench FILE --layer L --heads N --len 4096 [--dump DIR]
+//                     [--backward]
 //
 // Times one layer of a pattern file (its first N computed heads; batch 1,
 // fp32, head_dim 128) on the CPU executor with the layer's block schedule and
-// with a dense schedule, and prints one JSON line. With --dump it writes what
+// with a dense schedule, and prints one JSON line. With --backward it also
+// times the backward (cpu::runLayerBackward, sparse and dense, from the
+// forward's LSE and a random dO). With --dump it writes what
 // bench/torch_bench.py needs to run PyTorch on the same inputs and mask:
-// q, k, v, our output (float32), the 64 x 64 tile classes and the dense mask.
+// q, k, v, our output (float32), the 64 x 64 tile classes and the dense mask,
+// and with --backward dO and our dQ, dK, dV.
 //
 //===----------------------------------------------------------------------===//
 
@@ -18,6 +22,7 @@
 #include "tessera/Semantics/FromAttr.h"
 #include "tessera/Support/Progress.h"
 #include "tessera/Transforms/HeadGroups.h"
+#include "tessera/cpu/Backward.h"
 #include "tessera/cpu/Executor.h"
 
 #include "mlir/IR/BuiltinOps.h"
@@ -41,6 +46,7 @@ static cl::opt<int64_t> maxHeads("heads", cl::init(4));
 static cl::opt<int64_t> len("len", cl::init(4096));
 static cl::opt<int> repeats("repeats", cl::init(3));
 static cl::opt<std::string> dump("dump", cl::init(""));
+static cl::opt<bool> backward("backward", cl::init(false));
 
 using tessera::bench::seconds;
 
@@ -157,6 +163,59 @@ int main(int argc, char **argv) {
     return v[v.size() / 2];
   };
   double tSparse = median(ts), tDense = median(td), speedup = median(ratio);
+  // The backward, sparse and dense alternating like the forward, each from
+  // its own forward's LSE.
+  std::vector<float> dO(elems), dq(elems), dk(elems), dv(elems);
+  std::vector<float> lseSparse(size_t(numHeads) * L), lseDense(lseSparse);
+  double tSparseBwd = 0, tDenseBwd = 0, bwdSpeedup = 0;
+  if (backward) {
+    for (float &f : dO)
+      f = dist(rng);
+    cpu::LayerArgs f = args;
+    f.lse = lseSparse.data();
+    cpu::runLayer(sparse.table(), f);
+    oSparse = o;
+    f.lse = lseDense.data();
+    std::vector<float> oDense(elems);
+    f.o = cpu::contiguous(oDense.data(), cpu::DType::F32, 1, L, numHeads, d);
+    cpu::runLayer(dense.table(), f);
+    cpu::BackwardArgs b;
+    b.q = args.q;
+    b.k = args.k;
+    b.v = args.v;
+    b.dO = cpu::contiguous(dO.data(), cpu::DType::F32, 1, L, numHeads, d);
+    b.dq = cpu::contiguous(dq.data(), cpu::DType::F32, 1, L, numHeads, d);
+    b.dk = cpu::contiguous(dk.data(), cpu::DType::F32, 1, L, numHeads, d);
+    b.dv = cpu::contiguous(dv.data(), cpu::DType::F32, 1, L, numHeads, d);
+    b.blockQ = bq;
+    b.blockK = bk;
+    cpu::BackwardArgs bd = b;
+    b.o = args.o;
+    b.lse = lseSparse.data();
+    bd.o = f.o;
+    bd.lse = lseDense.data();
+    std::vector<float> dqKeep, dkKeep, dvKeep;
+    std::vector<double> bs, bdn, bratio;
+    Progress bprogress("tessera-cpu-bench backward", repeats);
+    for (int r = 0; r < repeats; ++r) {
+      bprogress.step(r, "sparse/dense backward pair " + std::to_string(r + 1));
+      bs.push_back(
+          seconds([&] { err = cpu::runLayerBackward(sparse.table(), b); }, 1));
+      if (!err.empty()) {
+        llvm::errs() << err << "\n";
+        return 1;
+      }
+      dqKeep = dq, dkKeep = dk, dvKeep = dv;
+      bdn.push_back(
+          seconds([&] { cpu::runLayerBackward(dense.table(), bd); }, 1));
+      bratio.push_back(bdn.back() / bs.back());
+    }
+    bprogress.finish();
+    dq = dqKeep, dk = dkKeep, dv = dvKeep;
+    tSparseBwd = median(bs);
+    tDenseBwd = median(bdn);
+    bwdSpeedup = median(bratio);
+  }
   int64_t tiles = n * ((L + bq - 1) / bq) * ((L + bk - 1) / bk);
   double visited = double(stats.tilesFull + stats.tilesPartial) / tiles;
   int64_t allowed = 0;
@@ -167,11 +226,14 @@ int main(int argc, char **argv) {
       "{\"file\": \"%s\", \"layer\": %lld, \"heads\": %lld, \"len\": %lld, "
       "\"sparse_s\": %.6f, \"dense_s\": %.6f, \"speedup\": %.4f, "
       "\"tile_density\": %.6f, "
-      "\"partial_tiles\": %.6f, \"mask_density\": %.6f}\n",
+      "\"partial_tiles\": %.6f, \"mask_density\": %.6f, "
+      "\"sparse_bwd_s\": %.6f, \"dense_bwd_s\": %.6f, "
+      "\"bwd_speedup\": %.4f}\n",
       file.c_str(), (long long)layerIndex.getValue(), (long long)n,
       (long long)L, tSparse, tDense, speedup, visited,
       double(stats.tilesPartial) / tiles,
-      double(allowed) / (double(n) * L * L));
+      double(allowed) / (double(n) * L * L), tSparseBwd, tDenseBwd,
+      bwdSpeedup);
 
   if (!dump.empty()) {
     llvm::sys::fs::create_directories(dump);
@@ -185,7 +247,10 @@ int main(int argc, char **argv) {
       return out;
     };
     for (auto [name, x] :
-         {std::pair{"q", &q}, {"k", &k}, {"v", &v}, {"o", &oSparse}}) {
+         {std::pair{"q", &q}, {"k", &k}, {"v", &v}, {"o", &oSparse},
+          {"do", &dO}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}}) {
+      if (!backward && name[0] == 'd')
+        continue;
       std::vector<float> p = pick(*x);
       write(dump + "/" + name + ".f32", p.data(), p.size() * 4);
     }
@@ -222,7 +287,8 @@ int main(int argc, char **argv) {
     write(dump + "/mask.u8", mask.data(), mask.size());
     std::ofstream(dump + "/meta.json")
         << "{\"len\": " << L << ", \"heads\": " << n << ", \"head_dim\": " << d
-        << ", \"block\": 64}\n";
+        << ", \"block\": 64, \"backward\": " << (backward ? "true" : "false")
+        << "}\n";
   }
   return 0;
 }

@@ -75,12 +75,54 @@ def main():
     t_sdpa = median_time(
         lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
         args.repeats)
-    print(json.dumps({"len": L, "heads": H, "sdpa_dense_s": t_sdpa,
-                      "flex_s": t_flex, "flex_first_call_s": compile_s,
-                      "flex_vs_tessera_rel_err": err,
-                      "blocks_full": full, "blocks_partial": partial,
-                      "torch": torch.__version__}))
+    out = {"len": L, "heads": H, "sdpa_dense_s": t_sdpa,
+           "flex_s": t_flex, "flex_first_call_s": compile_s,
+           "flex_vs_tessera_rel_err": err,
+           "blocks_full": full, "blocks_partial": partial,
+           "torch": torch.__version__}
+    if meta.get("backward"):
+        out.update(backward(args, load, L, H, D, q, k, v, mask, block_mask,
+                            flex, t_flex, t_sdpa))
+    print(json.dumps(out))
     return 0
+
+
+def backward(args, load, L, H, D, q, k, v, mask, block_mask, flex, t_flex,
+             t_sdpa):
+    """Backward timings, (forward + backward) - forward, and the masked SDPA's
+    gradients against Tessera's (max |a - b| / max |b| over dq, dk, dv)."""
+    do, dq, dk, dv = (load(n + ".f32", np.float32, (1, L, H, D)).transpose(1, 2).contiguous()
+                      for n in ("do", "dq", "dk", "dv"))
+    qg, kg, vg = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    attn_mask = mask.unsqueeze(0)
+
+    def fwd_bwd(fn):
+        def run():
+            for x in (qg, kg, vg):
+                x.grad = None
+            fn().backward(do)
+        return run
+
+    out = {"sdpa_dense_bwd_s": median_time(fwd_bwd(lambda: sdpa(qg, kg, vg)), args.repeats) - t_sdpa}
+    # The masked math path holds H x L x L probabilities and their gradient
+    # in fp32: 8 GiB at 16K tokens and 4 heads; past 8K it is left out.
+    if L <= 8192:
+        masked = fwd_bwd(lambda: sdpa(qg, kg, vg, attn_mask=attn_mask))
+        masked()
+        out["sdpa_masked_vs_tessera_grad_rel_err"] = max(
+            ((g - ours).abs().max() / ours.abs().max()).item()
+            for g, ours in ((qg.grad, dq), (kg.grad, dk), (vg.grad, dv)))
+        t_masked_fwd = median_time(lambda: sdpa(q, k, v, attn_mask=attn_mask), args.repeats)
+        out["sdpa_masked_bwd_s"] = median_time(masked, args.repeats) - t_masked_fwd
+    try:
+        flex_run = fwd_bwd(lambda: flex(qg, kg, vg, block_mask=block_mask))
+        flex_run()  # compiles the backward
+        out["flex_bwd_s"] = median_time(flex_run, args.repeats) - t_flex
+    except NotImplementedError as e:
+        out["flex_bwd_s"] = None
+        out["flex_bwd_missing"] = str(e).split(".")[0]
+    return out
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ window of the model, a bidirectional or custom 4-D mask, an additive bias) is
 refused with a ValueError, as are dropout, softcapping and attention sinks.
 
 Each padded sequence is one call of the op; batches without padding are one
-call. The mask is checked with data-dependent operations, so the function
-does not trace under torch.compile(fullgraph) (generate with a static cache
-compiles on GPUs: pass `disable_compile=True`).
+call. The mask is read with data-dependent operations: under torch.compile
+the function runs with graph breaks, and fullgraph=True fails. On GPUs,
+generate with a static cache compiles the model (untested):
+`disable_compile=True` keeps it eager.
 """
 
 import os

@@ -414,6 +414,83 @@ TEST_F(BackwardTest, NonFiniteValuesNoRowSeesDoNotLeak) {
   }
 }
 
+/// Tensors laid out [B, H, N, D] (the strides PyTorch's attention layout
+/// gives a [B, N, H, D] view) and an explicit softmax scale: the same
+/// gradients as the reference with that scale.
+TEST_F(BackwardTest, StridesAndScale) {
+  std::vector<semantics::Pattern> heads = {
+      {semantics::Window{5, 2}}, {semantics::Causal{}}};
+  schedule::LayerSchedule sched = scheduleOf(heads, 2);
+  const int64_t H = 2, N = 37, D = 16;
+  const float scale = 0.31f;
+  std::mt19937_64 rng(8);
+  // Element (b=0, s, h, x) at h * N * D + s * D + x.
+  auto view = [&](std::vector<float> &x) {
+    cpu::Tensor t = cpu::contiguous(x.data(), cpu::DType::F32, 1, N, H, D);
+    t.strideHead = N * D;
+    t.strideSeq = D;
+    t.strideBatch = H * N * D;
+    return t;
+  };
+  std::normal_distribution<float> dist;
+  std::vector<std::vector<float>> in(4, std::vector<float>(H * N * D));
+  for (auto &x : in)
+    for (float &f : x)
+      f = dist(rng);
+  std::vector<float> o(H * N * D), dq(o.size()), dk(o.size()), dv(o.size());
+  std::vector<float> lse(H * N);
+  cpu::LayerArgs f;
+  f.q = view(in[0]);
+  f.k = view(in[1]);
+  f.v = view(in[2]);
+  f.o = view(o);
+  f.lse = lse.data();
+  f.scale = scale;
+  f.blockQ = 16;
+  f.blockK = 8;
+  f.numThreads = 2;
+  ASSERT_EQ(cpu::runLayer(sched.table(), f), "");
+  cpu::BackwardArgs a;
+  a.q = f.q;
+  a.k = f.k;
+  a.v = f.v;
+  a.o = f.o;
+  a.dO = view(in[3]);
+  a.lse = lse.data();
+  a.dq = view(dq);
+  a.dk = view(dk);
+  a.dv = view(dv);
+  a.scale = scale;
+  a.blockQ = 16;
+  a.blockK = 8;
+  ASSERT_EQ(cpu::runLayerBackward(sched.table(), a), "");
+  // The reference reads [B, N, H, D]; its scale is 1/sqrt(D) unless the
+  // head_dim is chosen so that 1/sqrt(D') = scale: instead scale q by
+  // scale * sqrt(D), which gives the same scores and dq scaled back.
+  Shape s{1, H, H, D, N, N, 16, 8, cpu::DType::F32};
+  const double qf = scale * std::sqrt(double(D));
+  auto val = [&](int t, size_t i) {
+    size_t x = i % D, h = (i / D) % H, n = i / (D * H);
+    double v = in[t][h * N * D + n * D + x];
+    return t == 0 ? v * qf : v;
+  };
+  Grads g = referenceGrads(s, heads, val);
+  double err = 0, mag = 0;
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t x = 0; x < D; ++x) {
+        size_t r = (n * H + h) * D + x, ours = h * N * D + n * D + x;
+        // d/dq of the unscaled q is qf times the reference's.
+        for (auto [got, want] : {std::pair{double(dq[ours]), g.dq[r] * qf},
+                                 {double(dk[ours]), g.dk[r]},
+                                 {double(dv[ours]), g.dv[r]}}) {
+          err = std::max(err, std::abs(got - want));
+          mag = std::max(mag, std::abs(want));
+        }
+      }
+  EXPECT_LE(err / mag, 1e-5);
+}
+
 TEST_F(BackwardTest, BadArgumentsAreNamed) {
   std::vector<semantics::Pattern> heads = {{semantics::Causal{}}};
   schedule::LayerSchedule sched = scheduleOf(heads, 1);

@@ -89,7 +89,7 @@ def _forward(path, layers, module, query, key, value, mask, scaling, dropout,
     [B, Hkv, Nk, D]; returns ([B, Nq, H, D], None)."""
     _refuse_unsupported(module, dropout, kwargs)
     layer = _bundle_layer(layers, module)
-    _check_layer(path, layer, query, key)
+    _check_layer(path, layer, module.layer_idx, query, key)
     batch, heads, nq, dim = query.shape
     nk = key.shape[2]
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))
@@ -152,7 +152,7 @@ def _bundle_layer(layers, module):
     return int(layers(index))
 
 
-def _check_layer(path, layer, query, key):
+def _check_layer(path, layer, model_layer, query, key):
     """The bundle layer must have the model layer's heads and head_dim."""
     bundle = _tt._bundle(path, query.device)
     if layer not in bundle.layers():
@@ -165,7 +165,8 @@ def _check_layer(path, layer, query, key):
                             ("head_dim", info["head_dim"], query.shape[3])):
         if want != got:
             raise ValueError(f"tessera.transformers: bundle layer {layer} has "
-                             f"{what} = {want}, the model's layer {got}")
+                             f"{what} = {want}, model layer {model_layer} "
+                             f"{got}")
 
 
 #===----------------------------------------------------------------------===#
@@ -210,24 +211,26 @@ def _run(index):
 
 
 # The last mask read and what it gave: every layer of a forward gets the same
-# mask object.
-_memo = [None, None]
+# mask object. One tuple, replaced whole, so that threads never see a mask
+# paired with another's result.
+_memo = None
 
 
 def _sequences(mask, batch, heads, nq, nk, device):
     """Per sequence (query rows, keys), each a slice or an index tensor; rows
     None for a sequence without a valid query."""
+    global _memo
     if mask is None:
         # SDPA's rule for no mask: one query sees every key; Nq > 1 queries
         # are causal from slot 0 (a static cache's later slots are unfilled).
         keys = slice(0, nk if nq == 1 or nq == nk else nq)
         return [(slice(0, nq), keys)] * batch
-    memo = (id(mask), mask._version, batch, heads, nq, nk, str(device))
-    if _memo[0] is not None and _memo[0][1:] == memo[1:] and \
-            _memo[0][0] is mask:
-        return _memo[1]
+    key = (mask._version, batch, heads, nq, nk, str(device))
+    memo = _memo
+    if memo is not None and memo[0] is mask and memo[1] == key:
+        return memo[2]
     seqs = _read_mask(mask, batch, heads, nq, nk, device)
-    _memo[0], _memo[1] = (mask,) + memo[1:], seqs
+    _memo = (mask, key, seqs)
     return seqs
 
 

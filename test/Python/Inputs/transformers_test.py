@@ -277,5 +277,24 @@ for what, fn in (
         dropout(0.0)
         model.eval()
 
+# A model whose layers do not match the bundle's, and a layer map to a
+# layer the bundle lacks.
+mha = LlamaForCausalLM(LlamaConfig(**{**config.to_dict(),
+                                      "num_key_value_heads": 4})).eval()
+mha.set_attn_implementation(name)
+missing = ttf.register(bundle, name="tessera_missing_layer",
+                       layers=lambda i: i + 5)
+for what, fn, want in (
+        ("kv heads differ from the bundle layer's", lambda: mha(ids),
+         "num_kv_heads = 2"),
+        ("a layer the bundle lacks",
+         lambda: run(missing, lambda: model(ids)), "no layer 5")):
+    try:
+        with torch.no_grad():
+            fn()
+        check(f"refused: {what}", False, "(no error)")
+    except ValueError as e:
+        check(f"refused: {what}", want in str(e), f"({e})")
+
 print(f"{failures} failures")
 sys.exit(1 if failures else 0)

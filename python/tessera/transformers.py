@@ -223,8 +223,15 @@ def _sequences(mask, batch, heads, nq, nk, device):
     if mask is None:
         # SDPA's rule for no mask: one query sees every key; Nq > 1 queries
         # are causal from slot 0 (a static cache's later slots are unfilled).
+        if nq > nk:
+            raise ValueError(f"tessera.transformers: {nq} queries against "
+                             f"{nk} keys without a mask")
         keys = slice(0, nk if nq == 1 or nq == nk else nq)
         return [(slice(0, nq), keys)] * batch
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"tessera.transformers: attention mask of type "
+                         f"{type(mask).__name__} (a tensor expected: the "
+                         f"implementation registers SDPA's mask builder)")
     key = (mask._version, batch, heads, nq, nk, str(device))
     memo = _memo
     if memo is not None and memo[0] is mask and memo[1] == key:

@@ -1,8 +1,8 @@
 """tessera.transformers on the CPU: a small Llama-shaped model (random
 weights, built from a LlamaConfig) running a bundle's attention, against the
 same model with SDPA and the equivalent explicit mask: prefill, batches with
-left and right padding, a decode step after right padding, and generate with
-the dynamic and the static cache. Logits agree to 1e-4 (f32) and generated
+left and right padding, a decode step after right padding, a chunked prefill
+and generate with the dynamic and the static cache. Logits agree to 1e-4 (f32) and generated
 tokens are equal.
 
 The reference of the causal layer is transformers' own SDPA attention with
@@ -70,9 +70,9 @@ def strided_local(h, p, k):
 PATTERNS = {1: [causal, a_shape(2, 3), window(4), sink(3)],
             2: [strided_local] * 4}
 
-# Each layer's key positions so far, per sequence: a prefill (Nq > 1) starts
-# anew, a decode step appends its queries' positions (the dynamic cache
-# appends its keys, the static cache fills its slots in order).
+# Each layer's key positions so far, per sequence: every forward appends its
+# queries' positions (the dynamic cache appends its keys, the static cache
+# fills its slots in order); run() starts anew.
 key_positions = {}
 
 
@@ -86,7 +86,7 @@ def reference(module, query, key, value, attention_mask, scaling=None,
     batch, heads, nq, _ = query.shape
     nk = key.shape[2]
     pq = kwargs["position_ids"].expand(batch, nq)
-    if nq > 1 or layer not in key_positions:
+    if layer not in key_positions:
         key_positions[layer] = pq
     else:
         key_positions[layer] = torch.cat([key_positions[layer], pq], 1)
@@ -132,7 +132,8 @@ if broken == "padding":
         seqs = read(mask, batch, heads, nq, nk, device)
         out = []
         for rows, keys in seqs:
-            stop = keys.stop if isinstance(keys, slice) else int(keys[-1]) + 1
+            stop = nk if keys is None else keys.stop \
+                if isinstance(keys, slice) else int(keys[-1]) + 1
             out.append((slice(0, nq), slice(0, stop)))
         return out
     ttf._read_mask = all_slots
@@ -158,6 +159,7 @@ with torch.no_grad():
 
 
 def run(impl, fn):
+    key_positions.clear()
     model.set_attn_implementation(impl)
     with torch.no_grad():
         return fn()
@@ -229,6 +231,21 @@ def decode_after_right_padding():
 
 torch.manual_seed(1)
 compare("decode step after right padding", decode_after_right_padding)
+
+# Chunked prefill of a left-padded batch: 12 slots, then 8 against the
+# cache (the shortest sequence has no token in the first chunk).
+ids, mask, pos = batch(lengths, left=True)
+
+
+def chunked_prefill():
+    out = model(ids[:, :12], attention_mask=mask[:, :12],
+                position_ids=pos[:, :12], use_cache=True)
+    return model(ids[:, 12:], attention_mask=mask, position_ids=pos[:, 12:],
+                 cache=out.cache).logits
+
+
+compare("chunked prefill, left padding", chunked_prefill,
+        valid=mask[:, 12:].bool())
 
 # Generation: greedy, with the dynamic and the static cache, from a prompt
 # alone and from a left-padded batch.

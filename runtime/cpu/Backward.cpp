@@ -204,16 +204,16 @@ void keyBlockTask(Plan &pl, Scratch &w, int64_t b, int64_t kvHead,
     int64_t slot = pl.slotOf[head];
     if (slot < 0)
       continue;
-    for (int64_t qb = 0; qb < pl.tq; ++qb) {
+    // The transposed schedule: the runs of query blocks whose tile with kb
+    // is not empty, in closed form (O(runs), empty tiles never looked at).
+    const k::ProgramRuns &runs = pl.runs[pl.t.headGroup[slot]];
+    k::TRunCtx ctx = k::makeTRunCtx(k0, k0 + cols, pl.nq, pl.nk, bq, head,
+                                    pl.t.numHeads);
+    k::Run run = runs.runFrom(ctx, 0);
+    for (int64_t qb = run.lo; k::isRun(run);
+         qb < run.hi ? ++qb : (run = runs.runFrom(ctx, qb + 1), qb = run.lo)) {
       const int64_t q0 = qb * bq, rows = std::min(bq, pl.nq - q0);
-      // The transposed schedule: the query blocks whose tile with kb is
-      // not empty, by the same classifier as the forward's runs.
-      k::Tile tile{q0, q0 + rows, k0, k0 + cols, pl.nq, pl.nk, head,
-                   pl.t.numHeads};
-      int cls = k::classifyTile(pl.nodes(slot), pl.count(slot), pl.t.data,
-                                tile);
-      if (cls == k::kEmpty)
-        continue;
+      const int cls = run.cls;
       ++tiles;
       bool rowsNonFinite =
           loadRows(a.q, b, q0, rows, head, d, w.q.data(), dp, w.rp);

@@ -741,6 +741,276 @@ TESSERA_HD Run leafRunFrom(const Node &n, const i64 *data, const RunCtx &c,
   return allRun(c, kb, kPartial); // not produced by the lowering: masked
 }
 
+//===----------------------------------------------------------------------===//
+// Transposed runs: the query blocks that see a key block, in closed form
+//===----------------------------------------------------------------------===//
+//
+// The backward's key-major pass serves one key block [k0, k1] and needs the
+// query blocks whose tile with it is not empty: the transposed schedule. The
+// same run algebra applies (a run source is now `runFrom(qb)` over query
+// blocks; unionOf, intersectRuns and differenceRuns do not look at the axis),
+// and each leaf transposes in closed form:
+//   - an offset band d in [a, b] allows the positions p in [k - b, k - a]:
+//     for the block, positions [k0 - b, k1 - a], every key seen by the
+//     positions [k1 - b, k0 - a] (causal, d <= 0: [k0, inf), full from k1);
+//   - periodic and listed offsets are families of such bands (a period in d
+//     is a period in p with the order reversed);
+//   - key-axis leaves (vertical stripes, sinks' key bound, shards) are one
+//     class for the whole key block: every query block, full, partial or
+//     none as the block meets the key set;
+//   - position-axis leaves (horizontal stripes) are sets of positions;
+//   - shifted groups are symmetric in (p, k);
+//   - a block list reads its column-major transpose (blockListT).
+// Positions p become rows q = p - (Nk - Nq), clipped to [0, Nq), and rows
+// become query blocks of `bq` rows. As in the forward, the tiles a walk
+// visits and their classes are exactly those classifyTile gives.
+
+/// The key block a transposed walk serves: keys [k0, k1] (inclusive, inside
+/// [0, Nk)), the query block size and the number of query blocks.
+struct TRunCtx {
+  i64 k0, k1;
+  i64 nq, nk, bq, nqb, shift; ///< shift = Nk - Nq: p = q + shift
+  i64 head, numHeads;
+};
+
+TESSERA_HD TRunCtx makeTRunCtx(i64 k0, i64 k1, i64 nq, i64 nk, i64 bq,
+                               i64 head, i64 numHeads) {
+  TRunCtx c = {k0, k1 - 1, nq, nk, bq, (nq + bq - 1) / bq, nk - nq,
+               head, numHeads};
+  return c;
+}
+
+/// The aligned position of query block qb's first row.
+TESSERA_HD i64 firstPosition(const TRunCtx &c, i64 qb) {
+  return mulSat(maxI(qb, 0), c.bq) + c.shift;
+}
+
+/// The blocks of `bs` items (n in all) that meet [vlo, vhi], from block
+/// `from` on: FULL where the block's items (clipped to n) lie in
+/// [flo, fhi], PARTIAL elsewhere. intervalRun's rule on any axis.
+TESSERA_HD Run spanRun(i64 n, i64 bs, i64 from, i64 vlo, i64 vhi, i64 flo,
+                       i64 fhi) {
+  vlo = maxI(vlo, 0);
+  vhi = minI(vhi, n - 1);
+  if (vlo > vhi)
+    return noRun();
+  i64 b0 = maxI(from, vlo / bs), bEnd = vhi / bs;
+  if (b0 > bEnd)
+    return noRun();
+  flo = maxI(flo, 0);
+  fhi = minI(fhi, n - 1);
+  if (flo <= fhi) {
+    i64 ffb = ceilDiv(flo, bs);
+    i64 flb = fhi == n - 1 ? fhi / bs : (fhi + 1) / bs - 1;
+    if (ffb <= flb) {
+      if (b0 < ffb)
+        return makeRun(b0, minI(ffb - 1, bEnd), kPartial);
+      if (b0 <= flb)
+        return makeRun(b0, flb, kFull);
+    }
+  }
+  return makeRun(b0, bEnd, kPartial);
+}
+
+/// Positions [vlo, vhi] see some key of the block, [flo, fhi] every key.
+TESSERA_HD Run positionRunT(const TRunCtx &c, i64 qb, i64 vlo, i64 vhi,
+                            i64 flo, i64 fhi) {
+  return spanRun(c.nq, c.bq, qb, vlo - c.shift, vhi - c.shift, flo - c.shift,
+                 fhi - c.shift);
+}
+
+/// Every query block from qb on, of class `cls` (kEmpty: no run).
+TESSERA_HD Run allRunT(const TRunCtx &c, i64 qb, int cls) {
+  if (cls == kEmpty || qb >= c.nqb)
+    return noRun();
+  return makeRun(maxI(qb, 0), c.nqb - 1, cls);
+}
+
+/// Offsets d = k - p in [a, b] (a may be -kUnbounded, b kUnbounded).
+TESSERA_HD Run bandDRunT(const TRunCtx &c, i64 qb, i64 a, i64 b) {
+  return positionRunT(c, qb, c.k0 - b, c.k1 - a, c.k1 - b, c.k0 - a);
+}
+
+/// Positions in sorted disjoint half-open ranges r[0, 2 * count).
+TESSERA_HD Run intervalsPRunT(const TRunCtx &c, i64 qb, const i64 *r,
+                              i64 count) {
+  i64 first = firstRangeEndingAfter(r, count, firstPosition(c, qb));
+  if (first == count)
+    return noRun();
+  i64 lo = r[2 * first], hi = r[2 * first + 1] - 1;
+  return positionRunT(c, qb, lo, hi, lo, hi);
+}
+
+/// Offsets in sorted disjoint half-open ranges: the band with the lowest
+/// positions that reaches query block qb is the last one starting at or
+/// before k1 - firstPosition (larger offsets, lower positions).
+TESSERA_HD Run intervalsDRunT(const TRunCtx &c, i64 qb, const i64 *r,
+                              i64 count) {
+  i64 x = c.k1 - firstPosition(c, qb);
+  i64 a = 0, b = count; // the first range starting after x
+  while (a < b) {
+    i64 m = (a + b) / 2;
+    if (r[2 * m] <= x)
+      a = m + 1;
+    else
+      b = m;
+  }
+  if (a == 0)
+    return noRun();
+  return bandDRunT(c, qb, r[2 * (a - 1)], r[2 * (a - 1) + 1] - 1);
+}
+
+/// Positions with (p - phase) mod period < width.
+TESSERA_HD Run periodicPRunT(const TRunCtx &c, i64 qb, i64 period, i64 width,
+                             i64 phase) {
+  if (width >= period)
+    return allRunT(c, qb, kFull);
+  i64 j = ceilDiv(firstPosition(c, qb) - phase - width + 1, period);
+  i64 lo = phase + mulSat(j, period);
+  return positionRunT(c, qb, lo, lo + width - 1, lo, lo + width - 1);
+}
+
+/// Offsets with (d - phase) mod period < width: the bands
+/// [phase + j period, phase + j period + width - 1]; the one with the
+/// lowest positions reaching qb has the largest j with
+/// phase + j period <= k1 - firstPosition.
+TESSERA_HD Run periodicDRunT(const TRunCtx &c, i64 qb, i64 period, i64 width,
+                             i64 phase) {
+  if (width >= period)
+    return allRunT(c, qb, kFull);
+  i64 j = floorDiv(c.k1 - firstPosition(c, qb) - phase, period);
+  i64 lo = phase + mulSat(j, period);
+  return bandDRunT(c, qb, lo, lo + width - 1);
+}
+
+/// group(p) == group(k): the key block spans groups [g0, g1]; positions in
+/// them see it, and all of its keys only when g0 == g1.
+TESSERA_HD Run groupsRunT(const TRunCtx &c, i64 qb, i64 size, i64 shift) {
+  i64 s = c.head >= c.numHeads / 2 ? shift : 0;
+  i64 g0 = floorDiv(c.k0 - s, size), g1 = floorDiv(c.k1 - s, size);
+  i64 lo = mulSat(g0, size) + s, hi = mulSat(g1, size) + s + size - 1;
+  if (g0 == g1)
+    return positionRunT(c, qb, lo, hi, lo, hi);
+  return positionRunT(c, qb, lo, hi, 1, 0);
+}
+
+/// The key tile of the block with one row, for leaves that look at keys
+/// only (their class is the same for every query block).
+TESSERA_HD Tile keyTileT(const TRunCtx &c) {
+  Tile t = {0, 1, c.k0, c.k1 + 1, c.nq, c.nk, c.head, c.numHeads};
+  return t;
+}
+
+/// Listed (query block, key block) pairs of blockQ x blockK. `ids` is the
+/// kBlocks layout (`rows` listed query-block ids first); `tids`, when not
+/// null, its transpose (blockListT: `cols` listed key-block ids, their CSR
+/// starts, then the query-block ids of each). One run per visited tile, its
+/// class by classifyLeaf. Without `tids` the listed rows are searched in
+/// order from qb's (O(listed rows) at worst).
+TESSERA_HD Run blocksRunT(const TRunCtx &c, i64 qb, i64 blockQ, i64 blockK,
+                          i64 rows, const i64 *ids, i64 cols,
+                          const i64 *tids) {
+  if (qb >= c.nqb)
+    return noRun();
+  i64 from = firstPosition(c, qb), minRow = floorDiv(from, blockQ);
+  i64 kc0 = c.k0 / blockK, kc1 = c.k1 / blockK;
+  i64 best = kUnbounded;
+  if (tids) {
+    const i64 *colStart = tids + cols;
+    const i64 *qids = colStart + cols + 1;
+    i64 first, last;
+    listedRows(tids, cols, kc0, kc1, first, last);
+    for (i64 col = first; col < last; ++col) {
+      i64 a = colStart[col], b = colStart[col + 1];
+      while (a < b) {
+        i64 m = (a + b) / 2;
+        if (qids[m] < minRow)
+          a = m + 1;
+        else
+          b = m;
+      }
+      if (a < colStart[col + 1])
+        best = minI(best, maxI(from, mulSat(qids[a], blockQ)));
+    }
+  } else {
+    i64 first, last;
+    listedRows(ids, rows, minRow, kUnbounded, first, last);
+    for (i64 r = first; r < last && best == kUnbounded; ++r)
+      if (countInRow(ids + rows, ids + 2 * rows + 1, r, kc0, kc1) != 0)
+        best = maxI(from, mulSat(ids[r], blockQ));
+  }
+  if (best >= kUnbounded || best - c.shift >= c.nq)
+    return noRun();
+  i64 b0 = (best - c.shift) / c.bq;
+  Node n = {kBlocks, kAxisP, blockQ, blockK, rows, 0, 0, 0};
+  Tile t = {b0 * c.bq, minI(b0 * c.bq + c.bq, c.nq), c.k0, c.k1 + 1,
+            c.nq, c.nk, c.head, c.numHeads};
+  return makeRun(b0, b0, classifyLeaf(n, ids, t));
+}
+
+/// The first non-empty tile of a leaf at or after query block qb, by
+/// classification: for leaves the lowering does not produce.
+TESSERA_HD Run scanRunT(const Node &n, const i64 *data, const TRunCtx &c,
+                        i64 qb) {
+  for (i64 b = maxI(qb, 0); b < c.nqb; ++b) {
+    Tile t = {b * c.bq, minI(b * c.bq + c.bq, c.nq), c.k0, c.k1 + 1,
+              c.nq, c.nk, c.head, c.numHeads};
+    int cls = classifyLeaf(n, data, t);
+    if (cls != kEmpty)
+      return makeRun(b, b, cls);
+  }
+  return noRun();
+}
+
+/// The transposed run of one program leaf. `tblocks`: for a kBlocks leaf,
+/// its transposed list (blockListT) or null.
+TESSERA_HD Run leafRunFromT(const Node &n, const i64 *data, const TRunCtx &c,
+                            i64 qb, const i64 *tblocks, i64 tcols) {
+  switch (n.kind) {
+  case kAll:
+    return allRunT(c, qb, kFull);
+  case kNone:
+    return noRun();
+  case kShards:
+    return allRunT(c, qb, classifyLeaf(n, data, keyTileT(c)));
+  case kGroups:
+    return groupsRunT(c, qb, n.a, n.b);
+  case kBlocks:
+    return blocksRunT(c, qb, n.a, n.b, n.c, data + n.dataBegin, tcols,
+                      tblocks);
+  case kIntervals:
+  case kBand:
+  case kPeriodic:
+    break;
+  default:
+    return scanRunT(n, data, c, qb);
+  }
+  if (n.axis == kAxisK)
+    return allRunT(c, qb, classifyLeaf(n, data, keyTileT(c)));
+  if (n.kind == kIntervals) {
+    const i64 *r = data + n.dataBegin;
+    i64 count = n.dataSize / 2;
+    if (n.axis == kAxisP)
+      return intervalsPRunT(c, qb, r, count);
+    if (n.axis == kAxisD)
+      return intervalsDRunT(c, qb, r, count);
+    return scanRunT(n, data, c, qb);
+  }
+  if (n.kind == kBand) {
+    if (n.axis == kAxisP)
+      return positionRunT(c, qb, n.a, n.b, n.a, n.b);
+    if (n.axis == kAxisD)
+      return bandDRunT(c, qb, n.a, n.b);
+    return bandDRunT(c, qb, n.b <= -kUnbounded ? kUnbounded : -n.b,
+                     n.a >= kUnbounded ? -kUnbounded : -n.a);
+  }
+  if (n.axis == kAxisP)
+    return periodicPRunT(c, qb, n.a, n.b, n.c);
+  if (n.axis == kAxisD)
+    return periodicDRunT(c, qb, n.a, n.b, n.c);
+  return periodicDRunT(c, qb, n.a, n.b, 1 - n.b - n.c);
+}
+
 typedef unsigned short u16;
 
 /// Kernel arguments, passed by value. Strides are in elements; head_dim is

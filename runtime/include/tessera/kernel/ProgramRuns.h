@@ -5,13 +5,17 @@
 // (leafRunFrom) and the same run algebra (unionOf, intersection, difference)
 // as the code the emitter generates for the GPU, evaluated over the program's
 // tree. The CPU executor walks these runs, so it visits exactly the tiles the
-// CUDA kernels visit, in the same classes. Host-only.
+// CUDA kernels visit, in the same classes. The transposed walk (for a key
+// block, the runs of query blocks that see it; the backward's key-major
+// pass) is the same tree over the transposed leaves (leafRunFromT), with the
+// column-major lists of block-sparse leaves built once here. Host-only.
 //
 //===----------------------------------------------------------------------===//
 
 #ifndef TESSERA_KERNEL_PROGRAMRUNS_H
 #define TESSERA_KERNEL_PROGRAMRUNS_H
 
+#include "tessera/kernel/OwnedTable.h"
 #include "tessera/kernel/Program.h"
 
 #include <vector>
@@ -34,6 +38,7 @@ public:
       stack.push_back(i);
     }
     root = stack.empty() ? -1 : stack.back();
+    transposeBlockLists(count);
   }
 
   /// Calls fn(run) for every run of the query block `c`, in key order.
@@ -47,8 +52,33 @@ public:
     return root < 0 ? noRun() : eval(root, c, kb);
   }
 
+  /// Calls fn(run) for every run of query blocks that see the key block
+  /// `c`, in query order.
+  template <typename Fn> void forEachRun(const TRunCtx &c, Fn fn) const {
+    for (Run r = runFrom(c, 0); isRun(r); r = runFrom(c, r.hi + 1))
+      fn(r);
+  }
+
+  /// The first run of query blocks at or after qb that see the key block
+  /// `c`: the transposed schedule.
+  Run runFrom(const TRunCtx &c, i64 qb) const {
+    return root < 0 ? noRun() : eval(root, c, qb);
+  }
+
 private:
-  Run eval(i64 i, const RunCtx &c, i64 kb) const {
+  Run leaf(i64 i, const RunCtx &c, i64 kb) const {
+    return leafRunFrom(nodes[i], data, c, kb);
+  }
+
+  Run leaf(i64 i, const TRunCtx &c, i64 qb) const {
+    const TransposedList &t = transposed[i];
+    return leafRunFromT(nodes[i], data, c, qb,
+                        t.cols ? tdata.data() + t.begin : nullptr, t.cols);
+  }
+
+  /// The run algebra over the tree; Ctx selects the forward or the
+  /// transposed leaves.
+  template <typename Ctx> Run eval(i64 i, const Ctx &c, i64 kb) const {
     const Node &n = nodes[i];
     const std::vector<i64> &ch = children[i];
     switch (n.kind) {
@@ -85,13 +115,38 @@ private:
           [&](i64 x) { return eval(ch[0], c, x); },
           [&](i64 x) { return eval(ch[1], c, x); }, kb);
     default:
-      return leafRunFrom(n, data, c, kb);
+      return leaf(i, c, kb);
     }
   }
+
+  /// The column-major list of each kBlocks leaf (the kBlocks layout with
+  /// the roles of query and key blocks swapped), in `tdata`.
+  void transposeBlockLists(i64 count) {
+    transposed.resize(count);
+    for (i64 i = 0; i < count; ++i) {
+      const Node &n = nodes[i];
+      if (n.kind != kBlocks || n.c == 0)
+        continue;
+      const i64 *ids = data + n.dataBegin;
+      const i64 *rowStart = ids + n.c, *cols = rowStart + n.c + 1;
+      std::vector<std::pair<i64, i64>> swapped;
+      for (i64 r = 0; r < n.c; ++r)
+        for (i64 j = rowStart[r]; j < rowStart[r + 1]; ++j)
+          swapped.push_back({cols[j], ids[r]});
+      transposed[i].begin = static_cast<i64>(tdata.size());
+      transposed[i].cols = appendBlockList(std::move(swapped), tdata);
+    }
+  }
+
+  struct TransposedList {
+    i64 begin = 0, cols = 0;
+  };
 
   const Node *nodes;
   const i64 *data;
   std::vector<std::vector<i64>> children;
+  std::vector<TransposedList> transposed; ///< per node
+  std::vector<i64> tdata;
   i64 root = -1;
 };
 

@@ -228,26 +228,85 @@ struct DynTile {
   int count, masked, mode, flags;
 };
 
+/// The keep bits (FlashForward's element order) of this thread's columns
+/// below `count`, for both of its rows: column 8 nt + c2 + e is below
+/// count for nt < n_e = ceil((count - c2 - e) / 8).
+__device__ __forceinline__ u32 columnsKeep(int count, int c2) {
+  const int n0 = count - c2 + 7 <= 0 ? 0 : (count - c2 + 7) >> 3;
+  const int n1 = count - c2 + 6 <= 0 ? 0 : (count - c2 + 6) >> 3;
+  const u32 below0 = n0 >= 8 ? ~0u : (1u << 4 * n0) - 1;
+  const u32 below1 = n1 >= 8 ? ~0u : (1u << 4 * n1) - 1;
+  return (0x55555555u & below0) | (0xaaaaaaaau & below1);
+}
+
+/// Which tiles a walk yields: contiguous only (block top-k, routing's
+/// rest), gathered only (routing's segments), or both (vertical-slash).
+/// The pipeline compiles only the copies and row staging a walk can need.
+enum DynRowsKind { kContiguousRows = 0, kSomeGathered = 1, kAllGathered = 2 };
+
+/// The rows of a gathered tile, staged in shared memory by the block once
+/// per tile from the walk's global list (rows past its count: the last
+/// key, and the slices' first rows): the keys, for the pair tests of
+/// keep(), where their rows start in the K and V slices, for the two
+/// copies, and the keep bits of the columns below the count for each c2
+/// (edge[c2 / 2], columnsKeep), which cut the pair tests' bits.
+struct DynRows {
+  __align__(16) i64 key[64];
+  const u16 *kRow[64], *vRow[64];
+  u32 edge[4];
+};
+
+/// A walk's double-buffered tile descriptors (written by next(), thread 0)
+/// and, for walks that gather, the rows of each (stageRows).
+template <int Kind> struct DynRing {
+  DynTile tiles[2];
+  DynRows rows[2];
+};
+template <> struct DynRing<kContiguousRows> {
+  DynTile tiles[2];
+};
+
+/// Stages the rows of gathered tile t of the [seq, D] slices kBase and
+/// vBase (row strides kStride, vStride) into `r` (threads 0-63, one row
+/// each; nothing for a contiguous tile or the end of the walk). Published
+/// by the next barrier.
+__device__ __forceinline__ void stageRows(DynRows &r, const DynTile &t,
+                                          const u16 *kBase, i64 kStride,
+                                          const u16 *vBase, i64 vStride) {
+  const int i = (int)threadIdx.x;
+  if (i < 64 && t.count && t.list) {
+    const bool in = i < t.count;
+    const i64 key = t.list[in ? i : t.count - 1];
+    r.key[i] = key;
+    r.kRow[i] = in ? kBase + key * kStride : kBase;
+    r.vRow[i] = in ? vBase + key * vStride : vBase;
+    if (i < 4)
+      r.edge[i] = columnsKeep(t.count, 2 * i);
+  }
+}
+
 /// Starts the copy of rows rows[0, count) of a [seq, D] slice (row stride
-/// `stride`) into `dst` (TileLayout<D>, 64 rows), the other rows as zeros:
-/// a gathered row is D / 8 cp.async chunks of 16 bytes when every row start
-/// is 16-byte aligned (`vec`), otherwise a synchronous copy of elements.
-template <int D, int NT>
+/// `stride`) into `dst` (TileLayout<D>, 64 rows), the other rows as zeros,
+/// by the block's threads: a gathered row is D / 8 cp.async chunks of 16
+/// bytes when every row start is 16-byte aligned (`vec`), otherwise a
+/// synchronous copy of elements. (Once per block: the query rows of a
+/// routing tile; the key tiles stage their rows first, copyGathered.)
+template <int D>
 __device__ __forceinline__ void copyRows(u16 *dst, const u16 *src, i64 stride,
                                          const i64 *rows, int count, bool vec) {
   constexpr int kChunksPerRow = D / 8, kChunks = 64 * kChunksPerRow;
-  static_assert(kChunks % NT == 0, "a tile's chunks split evenly");
+  static_assert(kChunks % kDynThreads == 0, "a tile's chunks split evenly");
   if (vec) {
 #pragma unroll
-    for (int j = 0; j < kChunks / NT; ++j) {
-      const int i = (int)threadIdx.x + j * NT;
+    for (int j = 0; j < kChunks / kDynThreads; ++j) {
+      const int i = (int)threadIdx.x + j * kDynThreads;
       const int row = i / kChunksPerRow, chunk = i % kChunksPerRow;
       const bool in = row < count;
       cpAsync16(dst + TileLayout<D>::at(row, chunk),
                 src + (in ? rows[row] : 0) * stride + chunk * 8, in);
     }
   } else {
-    for (int i = threadIdx.x; i < 64 * D; i += NT) {
+    for (int i = threadIdx.x; i < 64 * D; i += kDynThreads) {
       const int row = i / D, x = i % D;
       dst[TileLayout<D>::at(row, x / 8) + x % 8] =
           row < count ? src[rows[row] * stride + x] : 0;
@@ -255,110 +314,137 @@ __device__ __forceinline__ void copyRows(u16 *dst, const u16 *src, i64 stride,
   }
 }
 
-/// Starts the copy of tile t's rows of a [seq, D] slice into `dst`.
-template <int D>
-__device__ __forceinline__ void
-copyDynTile(u16 *dst, const u16 *src, i64 stride, const DynTile &t, bool vec) {
-  if (t.list)
-    copyRows<D, kDynThreads>(dst, src, stride, t.list, t.count, vec);
-  else
-    copyTile<D, 64, kDynThreads>(dst, src, stride, t.k0, t.k0 + t.count, vec);
-}
-
-/// Where the query fragments live: the first kRegs of the D / 16 16-column
-/// steps in registers, the other kCols columns in shared memory (read by
-/// ldmatrix for every tile). All in registers up to head_dim 96; half at
-/// head_dim 128, so that the walks' tile steps keep registers to spare
-/// (ptxas reports no spills with any bundle's generated code in keep()).
-template <int D> struct DynQ {
-  static constexpr int kRegs = D <= 96 ? D / 16 : D / 32;
-  static constexpr int kCols = D - 16 * kRegs;
+/// How the block's threads split a 64-row tile of head_dim D into 16-byte
+/// chunks: each thread one chunk column, every kStep-th row (kPer rows).
+/// kStep a multiple of 8 keeps a row's swizzle (row % 8) fixed per thread,
+/// so that its destinations are one address plus immediates (head_dim 64
+/// and 128; 96, padded, does not split so: copyTile's general loop).
+template <int D> struct DynSplit {
+  static constexpr int kChunksPerRow = D / 8;
+  static constexpr bool kColumns = kDynThreads % kChunksPerRow == 0 &&
+                                   (kDynThreads / kChunksPerRow) % 8 == 0;
+  static constexpr int kStep = kColumns ? kDynThreads / kChunksPerRow : 1;
+  static constexpr int kPer = 64 / kStep;
 };
 
+/// Starts the copy of keys [k0, k0 + count) of a [seq, D] slice (row
+/// stride `stride`) into `dst` (TileLayout<D>), rows past count as zeros:
+/// FlashForward's copyTile, with one running source pointer and 32-bit
+/// row tests, and none for a whole tile.
+template <int D>
+__device__ __forceinline__ void copyRun(u16 *dst, const u16 *src, i64 stride,
+                                        i64 k0, int count, bool vec) {
+  using S = DynSplit<D>;
+  if (!S::kColumns || !vec) {
+    copyTile<D, 64, kDynThreads>(dst, src, stride, k0, k0 + count, vec);
+    return;
+  }
+  const int row0 = (int)threadIdx.x / S::kChunksPerRow;
+  const int chunk = (int)threadIdx.x % S::kChunksPerRow;
+  const u16 *from = src + (k0 + row0) * stride + chunk * 8;
+  const i64 step = S::kStep * stride;
+  u16 *const to = dst + TileLayout<D>::at(row0, chunk);
+  constexpr int kRowStep = S::kStep * TileLayout<D>::kPitch;
+  if (count == 64) {
+#pragma unroll
+    for (int j = 0; j < S::kPer; ++j) {
+      cpAsync16(to + j * kRowStep, from, true);
+      from += step;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < S::kPer; ++j) {
+      const bool in = row0 + j * S::kStep < count;
+      cpAsync16(to + j * kRowStep, in ? from : src, in);
+      from += step;
+    }
+  }
+}
+
+/// Starts the copy of a gathered tile's rows into `dst` (TileLayout<D>):
+/// row r from rows[r] (staged by stageRows; rows at or past `count` land
+/// as zeros). The row starts are read before the first cp.async, so that
+/// the copies issue back to back.
+template <int D>
+__device__ __forceinline__ void copyGathered(u16 *dst, const u16 *const *rows,
+                                             int count, bool vec) {
+  using S = DynSplit<D>;
+  if (S::kColumns && vec) {
+    const int row0 = (int)threadIdx.x / S::kChunksPerRow;
+    const int chunk = (int)threadIdx.x % S::kChunksPerRow;
+    u16 *const to = dst + TileLayout<D>::at(row0, chunk);
+    constexpr int kRowStep = S::kStep * TileLayout<D>::kPitch;
+    const u16 *from[S::kPer];
+#pragma unroll
+    for (int j = 0; j < S::kPer; ++j)
+      from[j] = rows[row0 + j * S::kStep] + chunk * 8;
+    if (count == 64) {
+#pragma unroll
+      for (int j = 0; j < S::kPer; ++j)
+        cpAsync16(to + j * kRowStep, from[j], true);
+    } else {
+#pragma unroll
+      for (int j = 0; j < S::kPer; ++j)
+        cpAsync16(to + j * kRowStep, from[j], row0 + j * S::kStep < count);
+    }
+  } else if (vec) {
+    constexpr int kChunks = 64 * S::kChunksPerRow;
+    static_assert(kChunks % kDynThreads == 0, "a tile's chunks split evenly");
+#pragma unroll
+    for (int j = 0; j < kChunks / kDynThreads; ++j) {
+      const int i = (int)threadIdx.x + j * kDynThreads;
+      const int row = i / S::kChunksPerRow, chunk = i % S::kChunksPerRow;
+      cpAsync16(dst + TileLayout<D>::at(row, chunk), rows[row] + chunk * 8,
+                row < count);
+    }
+  } else {
+    for (int i = threadIdx.x; i < 64 * D; i += kDynThreads) {
+      const int row = i / D, x = i % D;
+      dst[TileLayout<D>::at(row, x / 8) + x % 8] =
+          row < count ? rows[row][x] : 0;
+    }
+  }
+}
+
+/// Starts the copy of tile t's rows of a [seq, D] slice (row stride
+/// `stride`; gathered: the row starts `rows` from stageRows) into `dst`.
+template <int D, int Kind>
+__device__ __forceinline__ void copyWalkTile(u16 *dst, const u16 *src,
+                                             i64 stride, const DynTile &t,
+                                             const u16 *const *rows, bool vec) {
+  if (Kind == kAllGathered || (Kind == kSomeGathered && t.list))
+    copyGathered<D>(dst, rows, t.count, vec);
+  else
+    copyRun<D>(dst, src, stride, t.k0, t.count, vec);
+}
+
 /// The shared memory of the dynamic attention kernels: a key tile and a
-/// value tile of 64 rows in TileLayout<D> (the query tile is staged in the
-/// key tile before the walk), then the query columns DynQ keeps in shared
-/// memory, 64 rows in TileLayout<kCols>.
+/// value tile of 64 rows in TileLayout<D> (the query tile is staged in
+/// them before the walk; its fragments stay in registers).
 template <int D> struct DynTiles {
   static constexpr int kRows = 64 * TileLayout<D>::kPitch;
-  static constexpr int kCols = DynQ<D>::kCols;
-  u16 buf[2 * kRows + (kCols ? 64 * TileLayout<kCols>::kPitch : 0)];
+  u16 buf[2 * kRows];
   __device__ __forceinline__ u16 *k() { return buf; }
   __device__ __forceinline__ u16 *v() { return buf + kRows; }
-  __device__ __forceinline__ u16 *q() { return buf + 2 * kRows; }
 };
 
 /// Stages the block's query tile (contiguous rows [q0, q0 + 64) below nq,
 /// or the gathered rows rows[0, count) when `rows` is not null) through the
-/// key tile: this warp's register fragments by ldmatrix (matrices rows
-/// 0-7, 8-15 x columns 16 kk + 0-7, + 8-15 are a0-a3 of the m16n8k16 A
-/// operand), the other columns copied to sm.q().
+/// key tile, and loads this warp's fragments (pipeQFragments).
 template <int D>
-__device__ __forceinline__ void
-stageQ(DynTiles<D> &sm, const u16 *qBase, i64 stride, i64 q0, i64 nq,
-       const i64 *rows, int count, bool vec, u32 (&qf)[DynQ<D>::kRegs][4]) {
-  using Q = DynQ<D>;
+__device__ __forceinline__ void stageQ(DynTiles<D> &sm, const u16 *qBase,
+                                       i64 stride, i64 q0, i64 nq,
+                                       const i64 *rows, int count, bool vec,
+                                       u32 (&qf)[D / 16][4]) {
   if (rows)
-    copyRows<D, kDynThreads>(sm.k(), qBase, stride, rows, count, vec);
+    copyRows<D>(sm.k(), qBase, stride, rows, count, vec);
   else
     copyTile<D, 64, kDynThreads>(sm.k(), qBase, stride, q0, nq, vec);
   cpAsyncCommit();
   cpAsyncWait<0>();
   __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-#pragma unroll
-  for (int kk = 0; kk < Q::kRegs; ++kk)
-    ldsm4(qf[kk], sm.k() + TileLayout<D>::at(row, 2 * kk + (lane >> 4)));
-  if (Q::kCols) {
-    constexpr int kChunks = Q::kCols ? Q::kCols / 8 : 1; // (no / 0 at 0)
-#pragma unroll
-    for (int j = 0; j < (Q::kCols ? 64 * kChunks / kDynThreads : 0); ++j) {
-      const int i = (int)threadIdx.x + j * kDynThreads;
-      const int r = i / kChunks, c = i % kChunks;
-      *reinterpret_cast<uint4 *>(sm.q() + TileLayout<Q::kCols>::at(r, c)) =
-          *reinterpret_cast<const uint4 *>(
-              sm.k() + TileLayout<D>::at(r, 2 * Q::kRegs + c));
-    }
-  }
+  pipeQFragments<D>(sm.k(), qf);
   __syncthreads();
-}
-
-/// FlashForward's pipeScores with this warp's Q fragments from registers
-/// (qf) and, beyond DynQ's kRegs steps, by ldmatrix from sm.q(): S = Q K^T
-/// of its 16 rows against the 64 keys of `ks`.
-template <int E, int D>
-__device__ __forceinline__ void dynScores(const u32 (&qf)[DynQ<D>::kRegs][4],
-                                          const u16 *qs, const u16 *ks,
-                                          float (&s)[8][4]) {
-  using Q = DynQ<D>;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int qRow = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-  const int kRow = (lane & 7) + (lane >> 4) * 8, half = (lane >> 3) & 1;
-#pragma unroll
-  for (int nt = 0; nt < 8; ++nt)
-    s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    u32 a[4];
-    if (kk < Q::kRegs) {
-      const int r = kk < Q::kRegs ? kk : 0; // (in range when not taken)
-      a[0] = qf[r][0];
-      a[1] = qf[r][1];
-      a[2] = qf[r][2];
-      a[3] = qf[r][3];
-    } else {
-      ldsm4(a, qs + TileLayout<(Q::kCols ? Q::kCols : 64)>::at(
-                        qRow, 2 * (kk - Q::kRegs) + (lane >> 4)));
-    }
-#pragma unroll
-    for (int np = 0; np < 4; ++np) {
-      u32 b[4];
-      ldsm4(b, ks + TileLayout<D>::at(16 * np + kRow, 2 * kk + half));
-      mma16816<E>(s[2 * np], a, b[0], b[1]);
-      mma16816<E>(s[2 * np + 1], a, b[2], b[3]);
-    }
-  }
 }
 
 /// The 64 bits [at, at + 64) of a bitmap of `words` u32 words (bit i in
@@ -394,26 +480,31 @@ __device__ __forceinline__ u64 columnsBelow(int count) {
 }
 
 /// The keep bits of generated pattern P over a gathered tile: the pairs
-/// (pos0 or pos1, keys[c]) that P allows, for the columns c < count of this
-/// thread. The generic predicate per pair (the keys have no closed form).
+/// (pos0 or pos1, keys[c]) that P allows, for every column c of this
+/// thread. The generic predicate per pair (the keys have no closed form),
+/// unrolled; `keys` is the tile's staged DynRows::key (64 valid keys, the
+/// last repeated past the tile's count, which the caller's DynRows::edge
+/// cuts, so that no column is tested twice), read 16 bytes (a column pair)
+/// at a time.
 template <class P>
 __device__ __forceinline__ u32 gatheredBits(i64 pos0, i64 pos1, const i64 *keys,
                                             int count, int c2, i64 head,
                                             i64 numHeads) {
   u32 bits = 0;
-#pragma unroll 1
-  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    const uint4 w = *reinterpret_cast<const uint4 *>(keys + nt * 8 + c2);
+    const i64 k[2] = {(i64)((u64)w.y << 32 | w.x),
+                      (i64)((u64)w.w << 32 | w.z)};
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const int c = nt * 8 + c2 + e;
-      if (c < count) {
-        const i64 k = keys[c];
-        if (P::allowed(pos0, k, head, numHeads))
-          bits |= 1u << (4 * nt + e);
-        if (P::allowed(pos1, k, head, numHeads))
-          bits |= 1u << (4 * nt + 2 + e);
-      }
+      if (P::allowed(pos0, k[e], head, numHeads))
+        bits |= 1u << (4 * nt + e);
+      if (P::allowed(pos1, k[e], head, numHeads))
+        bits |= 1u << (4 * nt + 2 + e);
     }
+  }
+  (void)count;
   return bits;
 }
 
@@ -453,32 +544,51 @@ template <class Pats> struct DynRuns {
 };
 
 /// The pipelined attention of this block's 64 query rows (Q fragments qf)
-/// over the tiles of walk `w` (shared memory) into `acc`. `tiles`: the
-/// double-buffered descriptors (shared memory). In FlashForward's order: the
-/// key rows of a tile start loading before O += P V of the one before, its
-/// value rows before its scores; thread 0 writes the next descriptor
-/// meanwhile. A masked tile no thread keeps is skipped after its keys land
-/// (the barrier that waits for them is the test): no values, no scores.
+/// over the tiles of walk `w` (shared memory) into `acc`. `ring`: the
+/// double-buffered descriptors and, for a walk that gathers, their staged
+/// rows (shared memory). In FlashForward's order: the key rows of a tile
+/// start loading before O += P V of the one before, its value rows before
+/// its scores; thread 0 writes the next descriptor meanwhile, and after the
+/// next barrier (the keys landed) threads 0-63 stage its rows, published by
+/// the barrier after that. A masked tile no thread keeps is skipped after
+/// its keys land (the barrier that waits for them is the test): no values,
+/// no scores.
 template <int E, int D, class Walk>
 __device__ __forceinline__ void
-dynPipeline(Walk &w, DynTile (&tiles)[2], DynTiles<D> &sm, const u16 *kBase,
-            i64 kStride, const u16 *vBase, i64 vStride, bool vec,
-            const u32 (&qf)[DynQ<D>::kRegs][4], float scaleLog2,
+dynPipeline(Walk &w, DynRing<Walk::kRows> &ring, DynTiles<D> &sm,
+            const u16 *kBase, i64 kStride, const u16 *vBase, i64 vStride,
+            bool vec, const u32 (&qf)[D / 16][4], float scaleLog2,
             FlashAcc<D> &acc) {
+  constexpr int kKind = Walk::kRows;
+  constexpr bool kGathers = kKind != kContiguousRows;
+  DynTile(&tiles)[2] = ring.tiles;
   u16 *const ks = sm.k();
   u16 *const vs = sm.v();
   if (threadIdx.x == 0)
     w.next(tiles[0]);
   __syncthreads();
+  if constexpr (kGathers) {
+    stageRows(ring.rows[0], tiles[0], kBase, kStride, vBase, vStride);
+    __syncthreads();
+  }
+  // This thread's constants of keep() (its rows), in registers.
+  const typename Walk::Lane lane = w.lane();
   bool pending = false, pendingMasked = false;
   u32 pendingKeep = 0;
   u32 pa[4][4];
   for (int at = 0;; at ^= 1) {
-    // Tile descriptor `at` was written before the last barrier, and
-    // descriptor at ^ 1 last read before the one before it.
+    // Tile descriptor `at` (and its rows) was written before the last
+    // barrier, and descriptor at ^ 1 last read before the one before it.
     const DynTile t = tiles[at];
+    const DynRows *rows = nullptr;
+    const u16 *const *kRows = nullptr, *const *vRows = nullptr;
+    if constexpr (kGathers) {
+      rows = &ring.rows[at];
+      kRows = rows->kRow;
+      vRows = rows->vRow;
+    }
     if (t.count) {
-      copyDynTile<D>(ks, kBase, kStride, t, vec);
+      copyWalkTile<D, kKind>(ks, kBase, kStride, t, kRows, vec);
       cpAsyncCommit();
       if (threadIdx.x == 0)
         w.next(tiles[at ^ 1]);
@@ -492,19 +602,29 @@ dynPipeline(Walk &w, DynTile (&tiles)[2], DynTiles<D> &sm, const u16 *kBase,
     if (!t.count)
       break;
     // (After O += P V: its operands' registers are free again.)
-    const u32 keep = t.masked ? w.keep(t) : 0xffffffffu;
+    const u32 keep = t.masked ? w.keep(t, rows, lane) : 0xffffffffu;
     cpAsyncWait<0>();
     // The keys landed; every warp is done with the values.
     if (t.masked) {
-      if (!__syncthreads_or(keep != 0))
-        continue; // nothing to keep: no values, no scores
+      if (!__syncthreads_or(keep != 0)) {
+        // Nothing to keep: no values, no scores.
+        if constexpr (kGathers) {
+          stageRows(ring.rows[at ^ 1], tiles[at ^ 1], kBase, kStride, vBase,
+                    vStride);
+          __syncthreads();
+        }
+        continue;
+      }
     } else {
       __syncthreads();
     }
-    copyDynTile<D>(vs, vBase, vStride, t, vec);
+    if constexpr (kGathers)
+      stageRows(ring.rows[at ^ 1], tiles[at ^ 1], kBase, kStride, vBase,
+                    vStride);
+    copyWalkTile<D, kKind>(vs, vBase, vStride, t, vRows, vec);
     cpAsyncCommit();
     float s[8][4];
-    dynScores<E, D>(qf, sm.q(), ks, s);
+    pipeScores<E, D>(qf, ks, s);
     if (t.masked)
       applyKeep(s, keep);
     pipeSoftmax<E, D>(s, scaleLog2, acc, pa);
@@ -514,6 +634,26 @@ dynPipeline(Walk &w, DynTile (&tiles)[2], DynTiles<D> &sm, const u16 *kBase,
     cpAsyncWait<0>();
     __syncthreads(); // the values landed; every warp is done with the keys
   }
+}
+
+/// The attention of this block's query tile (contiguous rows from q0, or
+/// the gathered rows rows[0, count)) of head sl.head over walk `w` into
+/// `acc`: the query fragments staged (stageQ, whose barriers also publish
+/// what thread 0 wrote into the walk before), then dynPipeline.
+template <int E, int D, class Walk>
+__device__ __forceinline__ void
+dynAttendTiles(const AttnParams &p, const DynSlice &sl, Walk &w,
+               DynRing<Walk::kRows> &ring, DynTiles<D> &sh, i64 q0,
+               const i64 *rows, int count, FlashAcc<D> &acc) {
+  const bool vec = p.vectorLoads != 0;
+  u32 qf[D / 16][4];
+  stageQ<D>(sh, p.q + sl.b * p.qStrideB + sl.head * p.qStrideH, p.qStrideS, q0,
+            p.nq, rows, count, vec, qf);
+  flashInit<D>(acc);
+  dynPipeline<E, D>(
+      w, ring, sh, p.k + sl.b * p.kStrideB + sl.kvHead * p.kStrideH,
+      p.kStrideS, p.v + sl.b * p.vStrideB + sl.kvHead * p.vStrideH, p.vStrideS,
+      vec, qf, p.scaleLog2, acc);
 }
 
 /// Stores this thread's rows (query indices, -1 for none) of (b, head).
@@ -799,6 +939,7 @@ __device__ __forceinline__ void vsSelect(const AttnParams &p,
 /// its phase, its flags 1 where it needs the pair test of `with`
 /// (`without` in phase 2).
 template <class Pats> struct VsWalk {
+  static constexpr int kRows = kSomeGathered;
   // The block's constants.
   const i64 *cols, *groups;
   const u32 *colBits, *diagBits; ///< bitmaps of vsSelect
@@ -900,14 +1041,22 @@ template <class Pats> struct VsWalk {
     }
   }
 
-  __device__ __forceinline__ u32 keep(const DynTile &t) const {
-    const i64 rowPos = p0 + dynRow();
+  /// This thread's constants of keep(): its first row's position.
+  struct Lane {
+    i64 rowPos;
+  };
+  __device__ __forceinline__ Lane lane() const { return {p0 + dynRow()}; }
+
+  __device__ __forceinline__ u32 keep(const DynTile &t, const DynRows *rows,
+                                      const Lane &l) const {
+    const i64 rowPos = l.rowPos;
     const int c2 = dynC2();
-    const u64 edge = columnsBelow(t.count);
     if (t.mode == 1)
-      return t.flags ? Pats::keepGathered(withId, rowPos, rowPos + 8, t.list,
-                                          t.count, c2, head, nh)
-                     : rowsKeep(edge, edge, c2);
+      return t.flags ? rows->edge[c2 / 2] &
+                           Pats::keepGathered(withId, rowPos, rowPos + 8,
+                                              rows->key, t.count, c2, head, nh)
+                     : rows->edge[c2 / 2];
+    const u64 edge = columnsBelow(t.count);
     // Row masks of the leaf: the kept columns, and the kept diagonals
     // i = p - k of each row (bit j of diagBits: i = Nk - 1 - j).
     const i64 nk = runs.ctx.nk;
@@ -942,7 +1091,7 @@ __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
   const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
   const i64 shift = p.nk - p.nq;
   __shared__ VsWalk<Pats> w;
-  __shared__ DynTile tiles[2];
+  __shared__ DynRing<VsWalk<Pats>::kRows> ring;
   if (threadIdx.x == 0) {
     const DynLayout &lay = sl.lay;
     const i64 *counts = reinterpret_cast<const i64 *>(sl.ws + lay.counts);
@@ -962,16 +1111,8 @@ __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
     w.withoutId = g.withoutId;
     w.begin();
   }
-  const bool vec = p.vectorLoads != 0;
-  u32 qf[DynQ<D>::kRegs][4];
-  stageQ<D>(sh, p.q + sl.b * p.qStrideB + sl.head * p.qStrideH, p.qStrideS, q0,
-            p.nq, nullptr, 0, vec, qf); // (its barriers publish w)
   FlashAcc<D> acc;
-  flashInit<D>(acc);
-  dynPipeline<E, D>(
-      w, tiles, sh, p.k + sl.b * p.kStrideB + sl.kvHead * p.kStrideH,
-      p.kStrideS, p.v + sl.b * p.vStrideB + sl.kvHead * p.vStrideH, p.vStrideS,
-      vec, qf, p.scaleLog2, acc);
+  dynAttendTiles<E, D>(p, sl, w, ring, sh, q0, nullptr, 0, acc);
   const i64 qi = q0 + dynRow();
   dynStore<E, D>(acc, p, sl.b, sl.head, qi < p.nq ? qi : -1,
                  qi + 8 < p.nq ? qi + 8 : -1);
@@ -1330,6 +1471,7 @@ __device__ __forceinline__ void btSelect(const AttnParams &p,
 /// mode: kFull, kPartial (its one pattern's pair test) or kMixed; flags:
 /// bit 0 list A keeps it, bit 1 list Z, bit 2 phase 1.
 template <class Pats> struct BtWalk {
+  static constexpr int kRows = kContiguousRows;
   static const int kMixed = 3;
   // The block's constants.
   const i64 *listA, *listZ;
@@ -1418,20 +1560,29 @@ template <class Pats> struct BtWalk {
     }
   }
 
-  __device__ __forceinline__ u32 keep(const DynTile &t) const {
+  /// This thread's constants of keep(): its first row's position, and the
+  /// keep bits of its rows in the first query block (list A's).
+  struct Lane {
+    i64 rowPos;
+    u32 rowsA;
+  };
+  __device__ __forceinline__ Lane lane() const {
+    const i64 rowPos = p0 + dynRow();
+    return {rowPos, (rowPos < split ? 0x33333333u : 0u) |
+                        (rowPos + 8 < split ? 0xccccccccu : 0u)};
+  }
+
+  __device__ __forceinline__ u32 keep(const DynTile &t, const DynRows *,
+                                      const Lane &l) const {
     const int c2 = dynC2();
-    if (t.mode == kFull) {
-      const u64 edge = columnsBelow(t.count);
-      return rowsKeep(edge, edge, c2);
-    }
+    if (t.mode == kFull)
+      return columnsKeep(t.count, c2);
     // The rows (their keep bits) that take `with`: all of them, none
     // (phase 1), or those whose query block keeps the key block.
-    const i64 rowPos = p0 + dynRow();
+    const i64 rowPos = l.rowPos;
     u32 rowsWith = t.flags & 4 ? 0u : 0xffffffffu;
     if (t.mode == kMixed)
-      rowsWith =
-          ((t.flags >> (rowPos < split ? 0 : 1)) & 1 ? 0x33333333u : 0u) |
-          ((t.flags >> (rowPos + 8 < split ? 0 : 1)) & 1 ? 0xccccccccu : 0u);
+      rowsWith = (t.flags & 1 ? l.rowsA : 0u) | (t.flags & 2 ? ~l.rowsA : 0u);
     u32 bits = 0;
 #pragma unroll 1
     for (int side = 0; side < 2; ++side) {
@@ -1453,7 +1604,7 @@ __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
   const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
   const i64 shift = p.nk - p.nq;
   __shared__ BtWalk<Pats> w;
-  __shared__ DynTile tiles[2];
+  __shared__ DynRing<BtWalk<Pats>::kRows> ring;
   if (threadIdx.x == 0) {
     const DynLayout &lay = sl.lay;
     const i64 first = btFirstBlock(a.block, p.nq, p.nk);
@@ -1476,16 +1627,8 @@ __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
     w.withoutId = g.withoutId;
     w.begin();
   }
-  const bool vec = p.vectorLoads != 0;
-  u32 qf[DynQ<D>::kRegs][4];
-  stageQ<D>(sh, p.q + sl.b * p.qStrideB + sl.head * p.qStrideH, p.qStrideS, q0,
-            p.nq, nullptr, 0, vec, qf); // (its barriers publish w)
   FlashAcc<D> acc;
-  flashInit<D>(acc);
-  dynPipeline<E, D>(
-      w, tiles, sh, p.k + sl.b * p.kStrideB + sl.kvHead * p.kStrideH,
-      p.kStrideS, p.v + sl.b * p.vStrideB + sl.kvHead * p.vStrideH, p.vStrideS,
-      vec, qf, p.scaleLog2, acc);
+  dynAttendTiles<E, D>(p, sl, w, ring, sh, q0, nullptr, 0, acc);
   const i64 qi = q0 + dynRow();
   dynStore<E, D>(acc, p, sl.b, sl.head, qi < p.nq ? qi : -1,
                  qi + 8 < p.nq ? qi + 8 : -1);
@@ -1662,6 +1805,7 @@ __device__ __forceinline__ void rtSort(const AttnParams &p, const DynArgs &a) {
 /// a time (permK), every pair tested against `with` on the original
 /// positions.
 template <class Pats> struct RtWalk {
+  static constexpr int kRows = kAllGathered;
   // The block's constants.
   const i64 *permK;
   i64 rowQ[64]; ///< the query tile's rows (query indices, -1: none)
@@ -1681,13 +1825,25 @@ template <class Pats> struct RtWalk {
     return true;
   }
 
-  __device__ __forceinline__ u32 keep(const DynTile &t) const {
+  /// This thread's constants of keep(): its rows' positions and their
+  /// keep bits (rows past the segment have none).
+  struct Lane {
+    i64 pos0, pos1;
+    u32 rows;
+  };
+  __device__ __forceinline__ Lane lane() const {
     const int row = dynRow();
     const i64 r0 = rowQ[row], r1 = rowQ[row + 8];
-    const u32 rows =
-        (r0 >= 0 ? 0x33333333u : 0u) | (r1 >= 0 ? 0xccccccccu : 0u);
-    return rows & Pats::keepGathered(withId, r0 + shift, r1 + shift, t.list,
-                                     t.count, dynC2(), head, nh);
+    return {r0 + shift, r1 + shift,
+            (r0 >= 0 ? 0x33333333u : 0u) | (r1 >= 0 ? 0xccccccccu : 0u)};
+  }
+
+  __device__ __forceinline__ u32 keep(const DynTile &t, const DynRows *rows,
+                                      const Lane &l) const {
+    const int c2 = dynC2();
+    return l.rows & rows->edge[c2 / 2] &
+           Pats::keepGathered(withId, l.pos0, l.pos1, rows->key, t.count, c2,
+                              head, nh);
   }
 };
 
@@ -1720,7 +1876,7 @@ __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
   const i64 r0 = qStart[c] + (x - tileStart[c]) * 64;
   const int rows = (int)minI(64, qStart[c + 1] - r0);
   __shared__ RtWalk<Pats> w;
-  __shared__ DynTile tiles[2];
+  __shared__ DynRing<RtWalk<Pats>::kRows> ring;
   if (threadIdx.x < 64)
     w.rowQ[threadIdx.x] =
         (int)threadIdx.x < rows ? permQ[r0 + threadIdx.x] : -1;
@@ -1733,16 +1889,8 @@ __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
     w.at = kStart[c];
     w.end = kStart[c + 1];
   }
-  const bool vec = p.vectorLoads != 0;
-  u32 qf[DynQ<D>::kRegs][4];
-  stageQ<D>(sh, p.q + sl.b * p.qStrideB + sl.head * p.qStrideH, p.qStrideS, 0,
-            p.nq, permQ + r0, rows, vec, qf); // (its barriers publish w)
   FlashAcc<D> acc;
-  flashInit<D>(acc);
-  dynPipeline<E, D>(
-      w, tiles, sh, p.k + sl.b * p.kStrideB + sl.kvHead * p.kStrideH,
-      p.kStrideS, p.v + sl.b * p.vStrideB + sl.kvHead * p.vStrideH, p.vStrideS,
-      vec, qf, p.scaleLog2, acc);
+  dynAttendTiles<E, D>(p, sl, w, ring, sh, 0, permQ + r0, rows, acc);
   const int row = dynRow();
   if (a.merge)
     flashStorePartial<D>(acc, reinterpret_cast<float *>(sl.ws + lay.partial),
@@ -1755,6 +1903,7 @@ __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
 /// block, minus the pairs within a cluster. A tile's flags: 1 where the run
 /// is partial (`without`'s pair test too).
 template <class Pats> struct RestWalk {
+  static constexpr int kRows = kContiguousRows;
   // The block's constants.
   const int *kCluster;
   int rowCluster[64]; ///< the clusters of the block's rows (-1: none)
@@ -1777,9 +1926,19 @@ template <class Pats> struct RestWalk {
     return true;
   }
 
-  __device__ __forceinline__ u32 keep(const DynTile &t) const {
+  /// This thread's constants of keep(): its rows' clusters.
+  struct Lane {
+    int c0, c1;
+  };
+  __device__ __forceinline__ Lane lane() const {
+    const int row = dynRow();
+    return {rowCluster[row], rowCluster[row + 8]};
+  }
+
+  __device__ __forceinline__ u32 keep(const DynTile &t, const DynRows *,
+                                      const Lane &l) const {
     const int row = dynRow(), c2 = dynC2();
-    const int c0 = rowCluster[row], c1 = rowCluster[row + 8];
+    const int c0 = l.c0, c1 = l.c1;
     u32 bits = 0;
 #pragma unroll 1
     for (int nt = 0; nt < 8; ++nt)
@@ -1812,7 +1971,7 @@ __device__ __forceinline__ void rtRest(const AttnParams &p, const DynArgs &a,
   const DynLayout &lay = sl.lay;
   const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
   __shared__ RestWalk<Pats> w;
-  __shared__ DynTile tiles[2];
+  __shared__ DynRing<RestWalk<Pats>::kRows> ring;
   if (threadIdx.x < 64) {
     const int *qc = reinterpret_cast<const int *>(sl.ws + lay.qCluster);
     const i64 qi = q0 + threadIdx.x;
@@ -1828,16 +1987,8 @@ __device__ __forceinline__ void rtRest(const AttnParams &p, const DynArgs &a,
     w.withoutId = g.withoutId;
     w.at = -1;
   }
-  const bool vec = p.vectorLoads != 0;
-  u32 qf[DynQ<D>::kRegs][4];
-  stageQ<D>(sh, p.q + sl.b * p.qStrideB + sl.head * p.qStrideH, p.qStrideS, q0,
-            p.nq, nullptr, 0, vec, qf); // (its barriers publish w)
   FlashAcc<D> acc;
-  flashInit<D>(acc);
-  dynPipeline<E, D>(
-      w, tiles, sh, p.k + sl.b * p.kStrideB + sl.kvHead * p.kStrideH,
-      p.kStrideS, p.v + sl.b * p.vStrideB + sl.kvHead * p.vStrideH, p.vStrideS,
-      vec, qf, p.scaleLog2, acc);
+  dynAttendTiles<E, D>(p, sl, w, ring, sh, q0, nullptr, 0, acc);
   const i64 qi = q0 + dynRow();
   flashStoreMerged<E, D>(
       acc, p.o + sl.b * p.oStrideB + sl.head * p.oStrideH, p.oStrideS,

@@ -331,6 +331,7 @@ struct Job {
 /// sequence at position kStart + j) of sequence s and kv head `kvLocal`
 /// into cache slot `slot`: keys transposed, values as rows, padding zero
 /// (padded keys' scores are masked, their values meet zero probabilities).
+TESSERA_CPU_CLONES
 void convertBlock(const Job &job, Worker &w, const SeqPlan &sp, int64_t s,
                   int64_t kvLocal, int64_t k0, int64_t k1, int64_t slot) {
   const LayerArgs &a = job.a;
@@ -388,7 +389,6 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb) {
   k::i64 count = t.groupBegin[group + 1] - t.groupBegin[group];
   int64_t q0 = qb * bq, q1 = std::min(q0 + bq, sp.nq), rows = q1 - q0;
   int64_t p0 = sp.pStart + q0, p1 = sp.pStart + q1; // positions [p0, p1)
-  int64_t rowsPad = roundUp(rows, kRows);
 
   for (int64_t i = 0; i < rows; ++i)
     load(a.q,
@@ -428,8 +428,8 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb) {
     const bool selectPV = cls == k::kPartial && w.nonFiniteV[slot];
     if (selectPV)
       std::fill(w.acc.begin(), w.acc.begin() + rows * dp, 0.0f);
-    gemm(w.q.data(), dp, kT, cp, w.s.data(), cp, rowsPad,
-         colsPad, d, /*accumulate=*/false);
+    gemm(w.q.data(), dp, kT, cp, w.s.data(), cp, rows, colsPad, d,
+         /*accumulate=*/false);
     // The bias of row i, at biasBase + i * biasStep: 0 for a key that
     // counts, -inf for a masked or padding key. Full tiles share one row;
     // a partial tile whose rows are one line (diagonal) or one row
@@ -516,12 +516,9 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb) {
                        loadVec(acc + x) + s[j] * loadVec(vb + j * dp + x));
       }
     }
-    if (!selectPV) {
-      for (int64_t i = rows; i < rowsPad; ++i)
-        std::fill(&w.s[i * cp], &w.s[i * cp] + colsPad, 0.0f);
-      gemm(w.s.data(), cp, vb, dp, w.acc.data(), dp, rowsPad, dp, colsPad,
+    if (!selectPV)
+      gemm(w.s.data(), cp, vb, dp, w.acc.data(), dp, rows, dp, colsPad,
            /*accumulate=*/false);
-    }
     // This tile's P V into the double accumulators, rescaled by the row's
     // correction (rows that saw nothing here: a zero P row, correction 1).
     for (int64_t i = 0; i < rows; ++i) {
@@ -583,7 +580,12 @@ void planSequences(Job &job) {
 /// read.
 void prepareWorker(const Job &job, Worker &w) {
   const LayerArgs &a = job.a;
-  w.rowsPad = roundUp(a.blockQ, kRows);
+  // Rows for the largest query block of the call (a decode step's one row
+  // needs kRows, not blockQ).
+  int64_t rows = 1;
+  for (const SeqPlan &p : job.seqs)
+    rows = std::max(rows, std::min(p.nq, a.blockQ));
+  w.rowsPad = roundUp(rows, kRows);
   w.colsPad = roundUp(a.blockK, kLanes);
   w.dPad = roundUp(job.d, kLanes);
   w.q.assign(w.rowsPad * w.dPad, 0.0f);
@@ -600,9 +602,9 @@ void prepareWorker(const Job &job, Worker &w) {
   w.keyRows.assign(kLanes * w.dPad, 0.0f);
   w.s.assign(w.rowsPad * w.colsPad, 0.0f);
   w.acc.assign((w.rowsPad + 1) * w.dPad, 0.0f);
-  w.m.resize(a.blockQ);
-  w.l.resize(a.blockQ);
-  w.corr.resize(a.blockQ);
+  w.m.resize(w.rowsPad);
+  w.l.resize(w.rowsPad);
+  w.corr.resize(w.rowsPad);
   w.out.assign(w.rowsPad * w.dPad, 0.0);
   w.keep.resize(w.rowsPad * w.colsPad);
   w.bias.resize(w.colsPad);

@@ -88,32 +88,86 @@ __attribute__((always_inline)) inline float horizontalSum(const Vec &v) {
   return s;
 }
 
-/// Rows of the register-blocked microkernel.
+/// Rows the callers pad their row blocks to (the microkernel takes any
+/// count).
 constexpr int64_t kRows = 8;
 
+/// Half a Vec: the microkernel's accumulators are 8-float vectors, one AVX
+/// register each. (GCC keeps an array of 16-float vectors on the stack when
+/// the target has 8-float registers, storing every accumulator on every
+/// step: 2 to 8 times slower on AVX2.)
+typedef float Vec8 __attribute__((vector_size(8 * sizeof(float))));
+
+__attribute__((always_inline)) inline Vec8 loadVec8(const float *p) {
+  Vec8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+__attribute__((always_inline)) inline void storeVec8(float *p, Vec8 v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+/// R rows of C[R][N] (+)= A[R][K] * B[K][N], N a multiple of kLanes: for
+/// each kLanes columns, 2 R accumulators in registers (R <= 6 leaves room
+/// for B's two halves and A's broadcast in AVX2's 16 registers). Always
+/// inlined, so that it takes the ISA of the clone that calls it. Every
+/// element is the same chain of multiply-adds over x whatever R is.
+template <int R>
+__attribute__((always_inline)) inline void
+gemmRows(const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
+         int64_t ldc, int64_t n, int64_t k, bool accumulate) {
+  for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
+    float *c0 = c + j0;
+    Vec8 lo[R], hi[R];
+    for (int r = 0; r < R; ++r) {
+      lo[r] = accumulate ? loadVec8(c0 + r * ldc) : Vec8{};
+      hi[r] = accumulate ? loadVec8(c0 + r * ldc + 8) : Vec8{};
+    }
+    for (int64_t x = 0; x < k; ++x) {
+      Vec8 b0 = loadVec8(b + x * ldb + j0), b1 = loadVec8(b + x * ldb + j0 + 8);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        float ax = a[r * lda + x];
+        lo[r] += ax * b0;
+        hi[r] += ax * b1;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      storeVec8(c0 + r * ldc, lo[r]);
+      storeVec8(c0 + r * ldc + 8, hi[r]);
+    }
+  }
+}
+
 /// Same microkernel for S = Q K^T and O += P V:
-/// C[M][N] (+)= A[M][K] * B[K][N], M a multiple of kRows, N of kLanes.
-/// The kRows x kLanes block of C stays in vector registers.
+/// C[M][N] (+)= A[M][K] * B[K][N], N a multiple of kLanes, any M: blocks of
+/// six rows, then the rest in one block (a decode step's single query row
+/// costs one row, not kRows).
 TESSERA_CPU_CLONES
 inline void gemm(const float *a, int64_t lda, const float *b, int64_t ldb,
                  float *c, int64_t ldc, int64_t m, int64_t n, int64_t k,
                  bool accumulate) {
-  for (int64_t i0 = 0; i0 < m; i0 += kRows)
-    for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
-      float *c0 = c + i0 * ldc + j0;
-      Vec t[kRows];
-      for (int64_t r = 0; r < kRows; ++r)
-        t[r] = accumulate ? loadVec(c0 + r * ldc) : Vec{};
-      const float *a0 = a + i0 * lda;
-      for (int64_t x = 0; x < k; ++x) {
-        Vec bx = loadVec(b + x * ldb + j0);
-#pragma GCC unroll 8
-        for (int64_t r = 0; r < kRows; ++r)
-          t[r] += a0[r * lda + x] * bx;
-      }
-      for (int64_t r = 0; r < kRows; ++r)
-        storeVec(c0 + r * ldc, t[r]);
-    }
+  constexpr int64_t kBlock = 6;
+  int64_t i0 = 0;
+  for (; i0 + kBlock <= m; i0 += kBlock)
+    gemmRows<kBlock>(a + i0 * lda, lda, b, ldb, c + i0 * ldc, ldc, n, k,
+                     accumulate);
+  a += i0 * lda, c += i0 * ldc;
+  switch (m - i0) {
+  case 1:
+    return gemmRows<1>(a, lda, b, ldb, c, ldc, n, k, accumulate);
+  case 2:
+    return gemmRows<2>(a, lda, b, ldb, c, ldc, n, k, accumulate);
+  case 3:
+    return gemmRows<3>(a, lda, b, ldb, c, ldc, n, k, accumulate);
+  case 4:
+    return gemmRows<4>(a, lda, b, ldb, c, ldc, n, k, accumulate);
+  case 5:
+    return gemmRows<5>(a, lda, b, ldb, c, ldc, n, k, accumulate);
+  default:
+    return;
+  }
 }
 
 } // namespace tessera::cpu::vec

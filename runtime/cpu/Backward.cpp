@@ -399,6 +399,8 @@ std::string tessera::cpu::runLayerBackward(const k::LayerTable &t,
       double sum = 0;
       for (int64_t x = 0; x < d; ++x)
         sum += double(w.q[x]) * w.dO[x];
+      if (a.dLse)
+        sum -= a.dLse[i * nq + s];
       pl.delta[i * nq + s] = float(sum);
     }
   });

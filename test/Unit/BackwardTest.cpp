@@ -92,10 +92,10 @@ struct Grads {
 
 /// Dense float64 attention of (b, h) row i: the probabilities over all keys
 /// (0 where masked) and O; empty rows have p = 0 and O = 0.
-void forwardRow(const Shape &s, const std::vector<semantics::Pattern> &heads,
-                const std::function<double(int, size_t)> &val, int64_t b,
-                int64_t h, int64_t i, double scale, std::vector<double> &p,
-                std::vector<double> &o) {
+double forwardRow(const Shape &s, const std::vector<semantics::Pattern> &heads,
+                  const std::function<double(int, size_t)> &val, int64_t b,
+                  int64_t h, int64_t i, double scale, std::vector<double> &p,
+                  std::vector<double> &o) {
   const int64_t g = s.hq / s.hkv;
   double m = -std::numeric_limits<double>::infinity();
   p.assign(s.nk, 0.0);
@@ -122,12 +122,15 @@ void forwardRow(const Shape &s, const std::vector<semantics::Pattern> &heads,
     for (int64_t x = 0; x < s.d; ++x)
       o[x] += p[j] * val(2, at(s, s.nk, s.hkv, b, j, h / g, x));
   }
+  return l > 0 ? m + std::log(l) : -std::numeric_limits<double>::infinity();
 }
 
-/// val(t, i): tensor t (0 q, 1 k, 2 v, 3 dO) at element i.
+/// val(t, i): tensor t (0 q, 1 k, 2 v, 3 dO) at element i; dLse: null or
+/// the gradient by the LSE, [B, H, Nq] (the loss adds sum(dLse * LSE)).
 Grads referenceGrads(const Shape &s,
                      const std::vector<semantics::Pattern> &heads,
-                     const std::function<double(int, size_t)> &val) {
+                     const std::function<double(int, size_t)> &val,
+                     const std::vector<double> *dLse = nullptr) {
   const double scale = 1.0 / std::sqrt(double(s.d));
   const int64_t g = s.hq / s.hkv;
   Grads r;
@@ -151,7 +154,8 @@ Grads referenceGrads(const Shape &s,
             dpj += dO * val(2, at(s, s.nk, s.hkv, b, j, h / g, x));
             r.dv[at(s, s.nk, s.hkv, b, j, h / g, x)] += p[j] * dO;
           }
-          double ds = p[j] * (dpj - delta) * scale;
+          double gLse = dLse ? (*dLse)[(b * s.hq + h) * s.nq + i] : 0.0;
+          double ds = p[j] * (dpj - delta + gLse) * scale;
           for (int64_t x = 0; x < s.d; ++x) {
             r.dq[at(s, s.nq, s.hq, b, i, h, x)] +=
                 ds * val(1, at(s, s.nk, s.hkv, b, j, h / g, x));
@@ -176,6 +180,7 @@ double normwise(const Buf &got, const std::vector<double> &ref) {
 struct Case {
   Buf q, k, v, dO, o, dq, dk, dv;
   std::vector<float> lse;
+  const float *dLse = nullptr;
   std::string forwardError, backwardError;
   cpu::BackwardStats stats;
 
@@ -210,6 +215,7 @@ struct Case {
     a.o = f.o;
     a.dO = view(dO, s.nq, s.hq);
     a.lse = lse.data();
+    a.dLse = dLse;
     a.dq = view(dq, s.nq, s.hq);
     a.dk = view(dk, s.nk, s.hkv);
     a.dv = view(dv, s.nk, s.hkv);
@@ -248,7 +254,8 @@ protected:
 };
 
 /// The reference itself: its gradients against central finite differences
-/// of the float64 loss sum(dO * O), on a small sparse case.
+/// of the float64 loss sum(dO * O) + sum(dLse * LSE), on a small sparse
+/// case.
 TEST_F(BackwardTest, ReferenceMatchesFiniteDifferences) {
   Shape s{1, 2, 1, 4, 7, 9, 4, 4, cpu::DType::F32};
   std::vector<semantics::Pattern> heads = {
@@ -262,13 +269,18 @@ TEST_F(BackwardTest, ReferenceMatchesFiniteDifferences) {
       t[i].push_back(dist(rng));
   }
   auto val = [&](int i, size_t x) { return t[i][x]; };
-  Grads g = referenceGrads(s, heads, val);
+  std::vector<double> dLse(s.hq * s.nq);
+  for (double &x : dLse)
+    x = std::normal_distribution<double>()(rng);
+  Grads g = referenceGrads(s, heads, val, &dLse);
   auto loss = [&]() {
     double l = 0;
     std::vector<double> p, o;
     for (int64_t h = 0; h < s.hq; ++h)
       for (int64_t i = 0; i < s.nq; ++i) {
-        forwardRow(s, heads, val, 0, h, i, 1.0 / 2.0, p, o);
+        double lse = forwardRow(s, heads, val, 0, h, i, 1.0 / 2.0, p, o);
+        if (std::isfinite(lse))
+          l += dLse[h * s.nq + i] * lse;
         for (int64_t x = 0; x < s.d; ++x)
           l += t[3][at(s, s.nq, s.hq, 0, i, h, x)] * o[x];
       }
@@ -291,7 +303,7 @@ TEST_F(BackwardTest, ReferenceMatchesFiniteDifferences) {
 
 /// Random patterns (leaves and combinators), shapes with Nq < Nk and
 /// Nq > Nk, GQA, block sizes that do and do not divide the lengths, every
-/// dtype.
+/// dtype, with and without a gradient by the LSE.
 TEST_F(BackwardTest, RandomPatternsMatchFloat64) {
   PatternGen gen(&ctx, /*seed=*/4242);
   for (int c = 0; c < 60; ++c) {
@@ -316,10 +328,21 @@ TEST_F(BackwardTest, RandomPatternsMatchFloat64) {
     schedule::LayerSchedule sched = scheduleOf(heads, s.hq);
     std::mt19937_64 rng(9000 + c);
     Case r(s, rng);
+    // Every other case also differentiates through the LSE.
+    std::vector<float> dLse;
+    std::vector<double> dLse64;
+    if (c % 2) {
+      std::normal_distribution<float> dist;
+      for (int64_t i = 0; i < s.batch * s.hq * s.nq; ++i) {
+        dLse.push_back(dist(rng));
+        dLse64.push_back(dLse.back());
+      }
+      r.dLse = dLse.data();
+    }
     r.run(s, sched.table());
     ASSERT_EQ(r.forwardError, "");
     ASSERT_EQ(r.backwardError, "");
-    Grads g = referenceGrads(s, heads, r.values());
+    Grads g = referenceGrads(s, heads, r.values(), c % 2 ? &dLse64 : nullptr);
     std::string where = "case " + std::to_string(c) +
                         " Nq=" + std::to_string(s.nq) +
                         " Nk=" + std::to_string(s.nk) + "\n" + text;

@@ -33,6 +33,10 @@ struct BackwardArgs {
   /// The forward's [batch, heads, Nq] fp32 natural-log LSE (required: P is
   /// recomputed from it). Rows with LSE = -inf saw no key: zero gradients.
   const float *lse = nullptr;
+  /// Optional [batch, heads, Nq] fp32: the gradient of the loss by the
+  /// forward's LSE (where the loss reads it, e.g. a log-sum-exp merge):
+  /// it adds dLse_i * P to dS (D_i becomes rowsum(dO * O) - dLse_i).
+  const float *dLse = nullptr;
   /// Written in full: dq like q (skipped heads and rows without keys get
   /// zeros), dk and dv like k and v (the sums over the query heads of each
   /// kv head; keys no row sees get zeros).

@@ -7,6 +7,7 @@
 #include "Manifest.h"
 #include "tessera/kernel/ProgramRuns.h"
 
+#include "tessera/cpu/Backward.h"
 #include "tessera/cpu/Executor.h"
 #include "tessera/jit/Cache.h"
 
@@ -326,6 +327,11 @@ cpu::Tensor toCpu(const tessera_tensor &t) {
 
 static tessera_status attentionRun(tessera_bundle *bundle,
                                    const tessera_attention_desc *desc);
+static tessera_status
+attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
+                  const tessera_tensor *dO, const float *dLse,
+                  const tessera_tensor *dq, const tessera_tensor *dk,
+                  const tessera_tensor *dv);
 
 /// Runs f(), turning anything thrown into a status: nothing is thrown out
 /// of the C API (STYLE.md: a runtime function never aborts the host).
@@ -640,6 +646,15 @@ void tessera_attention_desc_init(tessera_attention_desc *desc) {
 tessera_status tessera_attention_run(tessera_bundle *bundle,
                                      const tessera_attention_desc *desc) {
   return guarded([&] { return attentionRun(bundle, desc); });
+}
+
+tessera_status tessera_attention_backward(
+    tessera_bundle *bundle, const tessera_attention_desc *desc,
+    const tessera_tensor *d_o, const float *d_lse, const tessera_tensor *dq,
+    const tessera_tensor *dk, const tessera_tensor *dv) {
+  return guarded([&] {
+    return attentionBackward(bundle, desc, d_o, d_lse, dq, dk, dv);
+  });
 }
 
 tessera_status tessera_context_set_num_threads(tessera_context *context,
@@ -1520,4 +1535,123 @@ static tessera_status attentionRun(tessera_bundle *bundle,
   if (tessera_status s = validateCall(bundle, desc, c))
     return s;
   return c.cuda ? runCuda(c) : runCpu(c);
+}
+
+//===- The backward -------------------------------------------------------===//
+
+namespace {
+
+/// What the backward takes beyond its forward call: the device, the mode,
+/// the layer's heads, and the forward's LSE.
+tessera_status validateBackwardCall(const Call &c) {
+  if (c.cuda)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "the backward runs on CPU contexts only for now (there are "
+                "no CUDA backward kernels yet: docs/backward.md)");
+  if (!c.dense())
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "the backward takes dense calls only for now: desc sets "
+                "cu_seqlens_q, cu_seqlens_k, seq_lens_k, block_table, "
+                "q_start, k_start or a head range");
+  if (!c.l->dynamicGroups.empty())
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                c.layerName() + " has dynamic heads (from head " +
+                    std::to_string(c.l->dynamicGroups.front().heads.front()) +
+                    "): the backward runs static patterns only for now");
+  if (!c.d.lse)
+    return fail(TESSERA_ERROR_NULL_POINTER,
+                "desc->lse is null: the backward recomputes the "
+                "probabilities from the forward's LSE");
+  return TESSERA_OK;
+}
+
+/// d_o like o, dq like q, dk and dv like k, all of q's dtype; the outputs
+/// write each element once and overlap nothing else of the call.
+tessera_status validateGradients(const Call &c, const tessera_tensor *dO,
+                                 const float *dLse, const tessera_tensor *dq,
+                                 const tessera_tensor *dk,
+                                 const tessera_tensor *dv) {
+  const tessera_attention_desc &d = c.d;
+  for (auto [t, like, name, likeName] :
+       {std::tuple{dO, &d.o, "d_o", "o"},
+        {dq, &d.q, "dq", "q"},
+        {dk, &d.k, "dk", "k"},
+        {dv, &d.k, "dv", "k"}}) {
+    if (tessera_status s = checkTensor(t, name))
+      return s;
+    if (t->dtype != d.q.dtype)
+      return fail(TESSERA_ERROR_UNSUPPORTED_DTYPE,
+                  std::string(name) + " must have q's dtype (" +
+                      dtypeName(d.q.dtype) + "), got " + dtypeName(t->dtype));
+    if (t->batch != like->batch || t->seq != like->seq ||
+        t->heads != like->heads || t->head_dim != like->head_dim)
+      return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                  std::string(name) + " must have " + likeName + "'s shape");
+  }
+  std::vector<std::pair<Extent, const char *>> inputs = {
+      {extent(d.q), "q"}, {extent(d.k), "k"}, {extent(d.v), "v"},
+      {extent(d.o), "o"}, {extent(*dO), "d_o"}};
+  auto floats = [](const float *p, int64_t n) {
+    auto at = reinterpret_cast<uintptr_t>(p);
+    return Extent{at, at + sizeof(float) * uint64_t(n)};
+  };
+  inputs.push_back({floats(d.lse, c.lseCount), "lse"});
+  if (dLse)
+    inputs.push_back({floats(dLse, c.lseCount), "d_lse"});
+  std::vector<std::pair<Extent, const char *>> outputs = {
+      {extent(*dq), "dq"}, {extent(*dk), "dk"}, {extent(*dv), "dv"}};
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const tessera_tensor *t = i == 0 ? dq : i == 1 ? dk : dv;
+    if (overlapsItself(*t))
+      return fail(TESSERA_ERROR_BAD_STRIDES,
+                  std::string(outputs[i].second) +
+                      " has overlapping elements (a zero or short stride)");
+    for (const auto &[e, name] : inputs)
+      if (overlap(outputs[i].first, e))
+        return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                    std::string(outputs[i].second) + " overlaps " + name);
+    for (size_t j = 0; j < i; ++j)
+      if (overlap(outputs[i].first, outputs[j].first))
+        return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                    std::string(outputs[i].second) + " overlaps " +
+                        outputs[j].second);
+  }
+  return TESSERA_OK;
+}
+
+} // namespace
+
+static tessera_status
+attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
+                  const tessera_tensor *dO, const float *dLse,
+                  const tessera_tensor *dq, const tessera_tensor *dk,
+                  const tessera_tensor *dv) {
+  lastError.clear();
+  Call c;
+  if (tessera_status s = validateCall(bundle, desc, c))
+    return s;
+  if (tessera_status s = validateBackwardCall(c))
+    return s;
+  if (tessera_status s = validateGradients(c, dO, dLse, dq, dk, dv))
+    return s;
+  if (tessera_status s = checkHostMemory(c))
+    return s;
+  cpu::LayerArgs f = planCpu(c);
+  cpu::BackwardArgs a;
+  a.q = f.q;
+  a.k = f.k;
+  a.v = f.v;
+  a.o = f.o;
+  a.dO = toCpu(*dO);
+  a.lse = c.d.lse;
+  a.dLse = dLse;
+  a.dq = toCpu(*dq);
+  a.dk = toCpu(*dk);
+  a.dv = toCpu(*dv);
+  a.scale = c.d.scale;
+  a.blockQ = f.blockQ;
+  a.numThreads = f.numThreads;
+  if (std::string e = cpu::runLayerBackward(c.l->table(), a); !e.empty())
+    return fail(TESSERA_ERROR_INTERNAL, e);
+  return TESSERA_OK;
 }

@@ -17,8 +17,13 @@
 #include "tessera/Dialect/Attn/AttnDialect.h"
 #include "tessera/Schedule/Lower.h"
 #include "tessera/Semantics/FromAttr.h"
+#include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/cpu/Backward.h"
 #include "tessera/cpu/Half.h"
+#include "tessera/tessera.h"
+
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/Parser/Parser.h"
 
 #include <gtest/gtest.h>
 
@@ -552,4 +557,119 @@ TEST_F(BackwardTest, BadArgumentsAreNamed) {
             std::string::npos);
 }
 
+/// A contiguous f32 [B, N, H, D] tessera_tensor over `x`.
+tessera_tensor cTensor(std::vector<float> &x, int64_t b, int64_t n, int64_t h,
+                       int64_t d) {
+  return tessera_tensor{x.data(), TESSERA_DTYPE_F32, b, n, h, d,
+                        n * h * d,    h * d,             d};
+}
+
+/// tessera_attention_backward on the CPU: tiny-mix's bundle (A-shape,
+/// multi-diagonal, grid, causal strided shards, shifted groups; GQA 6 / 2)
+/// at lengths that are not multiples of the tiles, against the reference
+/// from the pattern file; with and without d_lse; then its refusals.
+TEST_F(BackwardTest, CApiMatchesFloat64AndNamesBadArguments) {
+  std::string src = std::string(TESSERA_SOURCE_DIR) + "/patterns/tiny-mix.mlir";
+  mlir::OwningOpRef<mlir::ModuleOp> module =
+      mlir::parseSourceFile<mlir::ModuleOp>(src, &ctx);
+  ASSERT_TRUE(module);
+  std::vector<semantics::Pattern> heads;
+  module->walk([&](attn::LayerOp layer) {
+    for (int64_t h = 0; h < layer.getNumHeads(); ++h)
+      heads.push_back(semantics::fromAttr(layer.getHeadPattern(h)));
+  });
+  ASSERT_EQ(heads.size(), 6u);
+  tessera_context *cx = nullptr;
+  tessera_bundle *bundle = nullptr;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &cx), TESSERA_OK);
+  std::string dir = std::string(TESSERA_BINARY_DIR) + "/test/bundles/tiny-mix";
+  ASSERT_EQ(tessera_bundle_load_file(cx, dir.c_str(), &bundle), TESSERA_OK)
+      << tessera_last_error();
+
+  for (auto [nq, nk] : {std::pair<int64_t, int64_t>{150, 170}, {97, 61}}) {
+    Shape s{2, 6, 2, 64, nq, nk, 64, 64, cpu::DType::F32};
+    std::mt19937_64 rng(nq);
+    std::normal_distribution<float> dist;
+    auto random = [&](size_t n) {
+      std::vector<float> x(n);
+      for (float &f : x)
+        f = dist(rng);
+      return x;
+    };
+    const size_t qn = s.batch * nq * s.hq * s.d, kn = s.batch * nk * s.hkv * s.d;
+    std::vector<float> q = random(qn), k = random(kn), v = random(kn),
+                       dO = random(qn), o(qn), dq(qn), dk(kn), dv(kn);
+    std::vector<float> lse(s.batch * s.hq * nq), dLse = random(lse.size());
+    tessera_attention_desc d;
+    tessera_attention_desc_init(&d);
+    d.layer = 0;
+    d.q = cTensor(q, s.batch, nq, s.hq, s.d);
+    d.k = cTensor(k, s.batch, nk, s.hkv, s.d);
+    d.v = cTensor(v, s.batch, nk, s.hkv, s.d);
+    d.o = cTensor(o, s.batch, nq, s.hq, s.d);
+    d.lse = lse.data();
+    ASSERT_EQ(tessera_attention_run(bundle, &d), TESSERA_OK)
+        << tessera_last_error();
+    tessera_tensor tdO = cTensor(dO, s.batch, nq, s.hq, s.d),
+                   tdq = cTensor(dq, s.batch, nq, s.hq, s.d),
+                   tdk = cTensor(dk, s.batch, nk, s.hkv, s.d),
+                   tdv = cTensor(dv, s.batch, nk, s.hkv, s.d);
+    auto val = [&](int t, size_t i) -> double {
+      return t == 0 ? q[i] : t == 1 ? k[i] : t == 2 ? v[i] : dO[i];
+    };
+    for (bool withLse : {false, true}) {
+      ASSERT_EQ(tessera_attention_backward(bundle, &d, &tdO,
+                                           withLse ? dLse.data() : nullptr,
+                                           &tdq, &tdk, &tdv),
+                TESSERA_OK)
+          << tessera_last_error();
+      std::vector<double> g64(dLse.begin(), dLse.end());
+      Grads g = referenceGrads(s, heads, val, withLse ? &g64 : nullptr);
+      auto err = [](const std::vector<float> &got,
+                    const std::vector<double> &ref) {
+        double e = 0, m = 0;
+        for (size_t i = 0; i < ref.size(); ++i) {
+          e = std::max(e, std::abs(got[i] - ref[i]));
+          m = std::max(m, std::abs(ref[i]));
+        }
+        return e / m;
+      };
+      EXPECT_LE(err(dq, g.dq), 1e-5) << nq << "x" << nk << " lse " << withLse;
+      EXPECT_LE(err(dk, g.dk), 1e-5) << nq << "x" << nk << " lse " << withLse;
+      EXPECT_LE(err(dv, g.dv), 1e-5) << nq << "x" << nk << " lse " << withLse;
+    }
+
+    // Refusals, each naming its field.
+    auto refused = [&](tessera_attention_desc dd, const tessera_tensor *a,
+                       const tessera_tensor *b, const tessera_tensor *c,
+                       const tessera_tensor *e, const char *what) {
+      EXPECT_NE(tessera_attention_backward(bundle, &dd, a, nullptr, b, c, e),
+                TESSERA_OK)
+          << what;
+      EXPECT_NE(std::string(tessera_last_error()).find(what),
+                std::string::npos)
+          << tessera_last_error();
+    };
+    tessera_attention_desc noLse = d;
+    noLse.lse = nullptr;
+    refused(noLse, &tdO, &tdq, &tdk, &tdv, "desc->lse is null");
+    tessera_tensor shortK = tdk;
+    shortK.seq -= 1;
+    refused(d, &tdO, &tdq, &shortK, &tdv, "dk must have k's shape");
+    refused(d, &tdO, &d.q, &tdk, &tdv, "dq overlaps q");
+    refused(d, &tdO, &tdq, &tdk, &tdk, "dv overlaps dk");
+    tessera_tensor halfO = tdO;
+    halfO.dtype = TESSERA_DTYPE_F16;
+    refused(d, &halfO, &tdq, &tdk, &tdv, "d_o must have q's dtype");
+    refused(d, nullptr, &tdq, &tdk, &tdv, "d_o is a null tensor pointer");
+    std::vector<int64_t> starts(s.batch, 0);
+    tessera_attention_desc positioned = d;
+    positioned.k_start = starts.data();
+    refused(positioned, &tdO, &tdq, &tdk, &tdv, "dense calls only");
+  }
+  EXPECT_EQ(tessera_bundle_destroy(bundle), TESSERA_OK);
+  EXPECT_EQ(tessera_context_destroy(cx), TESSERA_OK);
+}
+
 } // namespace
+

@@ -33,8 +33,9 @@ extern "C" {
  * tessera_bundle_tile_classes; version 3 tessera_attention_dynamic and the
  * dynamic fields of tessera_layer_info; version 4 tessera_attention_desc
  * (packed, paged, positioned and head-range calls), tessera_attention_run
- * and tessera_context_set_num_threads. */
-#define TESSERA_API_VERSION 4
+ * and tessera_context_set_num_threads; version 5 tessera_attention_backward.
+ */
+#define TESSERA_API_VERSION 5
 
 typedef enum tessera_status {
   TESSERA_OK = 0,
@@ -228,6 +229,22 @@ TESSERA_API void tessera_attention_desc_init(tessera_attention_desc *desc);
  * it: on the CPU before returning, on CUDA queued on desc->cuda_stream. */
 TESSERA_API tessera_status tessera_attention_run(
     tessera_bundle *bundle, const tessera_attention_desc *desc);
+
+/* The backward of a forward call (docs/backward.md): from the forward's
+ * description `desc` (its q, k, v, o, and lse, required: the probabilities
+ * are recomputed from it; layer and scale as in the forward) and d_o, the
+ * gradient of the loss by o (o's shape), writes every element of dq (q's
+ * shape), dk and dv (k's shape; with grouped-query attention the sums over
+ * each kv head's query heads). d_lse: null, or the gradient of the loss by
+ * the LSE ([B, H, Nq] float32), for losses that read it. All tensors of the
+ * forward's dtype. For now: CPU contexts, dense calls (no cu_seqlens,
+ * seq_lens_k, block_table, q_start, k_start or head range) and layers
+ * without dynamic heads; anything else is TESSERA_ERROR_INVALID_ARGUMENT
+ * saying which. */
+TESSERA_API tessera_status tessera_attention_backward(
+    tessera_bundle *bundle, const tessera_attention_desc *desc,
+    const tessera_tensor *d_o, const float *d_lse, const tessera_tensor *dq,
+    const tessera_tensor *dk, const tessera_tensor *dv);
 
 /* The number of threads a CPU context's calls use (0, the default: every
  * hardware thread). Takes effect from the next call; safe to call while

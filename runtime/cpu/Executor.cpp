@@ -338,9 +338,10 @@ void convertBlock(const Job &job, Worker &w, const SeqPlan &sp, int64_t s,
   int64_t d = job.d, dp = w.dPad, cp = w.colsPad, cols = k1 - k0;
   float *kT = &w.kT[slot * dp * cp], *vb = &w.vb[slot * cp * dp];
   // Keys go through kLanes rows at a time, so that the transposed block
-  // is written kLanes contiguous floats at a time.
+  // is written kLanes contiguous floats at a time; only the columns the
+  // tile's products read (its keys rounded up to kLanes).
   float *rows16 = w.keyRows.data();
-  for (int64_t j0 = 0; j0 < cp; j0 += kLanes) {
+  for (int64_t j0 = 0; j0 < roundUp(cols, kLanes); j0 += kLanes) {
     for (int64_t j = j0; j < j0 + kLanes; ++j) {
       float *row = rows16 + (j - j0) * dp;
       float *vrow = vb + j * dp;
@@ -360,12 +361,16 @@ void convertBlock(const Job &job, Worker &w, const SeqPlan &sp, int64_t s,
       for (int64_t jj = 0; jj < kLanes; ++jj)
         kT[x * cp + j0 + jj] = rows16[jj * dp + x];
   }
-  // Non-finite values (the sum of x * 0 is NaN exactly then).
-  Vec poison = {};
+  // Non-finite values (the sum of x * 0 is NaN exactly then; in one
+  // register-sized accumulator, which GCC keeps in a register).
+  Vec8 poison = {};
   for (int64_t j = 0; j < cols; ++j)
-    for (int64_t x = 0; x < dp; x += kLanes)
-      poison += loadVec(vb + j * dp + x) * 0.0f;
-  w.nonFiniteV[slot] = std::isnan(horizontalSum(poison));
+    for (int64_t x = 0; x < dp; x += 8)
+      poison += loadVec8(vb + j * dp + x) * 0.0f;
+  float sum = 0;
+  for (int i = 0; i < 8; ++i)
+    sum += poison[i];
+  w.nonFiniteV[slot] = std::isnan(sum);
 }
 
 /// One (sequence, launch slot, query block) task. The walk and the masks
@@ -705,7 +710,14 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
   int threads = a.numThreads > 0
                     ? a.numThreads
                     : std::max(1u, std::thread::hardware_concurrency());
-  threads = int(std::min<int64_t>(threads, std::max<int64_t>(tasks, 1)));
+  // A thread starts in tens of microseconds: small calls (a decode step
+  // over a short cache) keep to the threads that 16 key tiles each pay for.
+  int64_t tiles = 0;
+  for (const SeqPlan &p : job.seqs)
+    tiles += (p.nq + a.blockQ - 1) / a.blockQ * numSlots *
+             ((p.kStart % a.blockK + p.nk + a.blockK - 1) / a.blockK);
+  threads = int(std::min<int64_t>(
+      threads, std::max<int64_t>(1, std::min(tasks, tiles / 16))));
   std::atomic<int64_t> next{0};
   auto work = [&]() {
     Worker w;

@@ -12,6 +12,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "tessera/tessera.h"
+#include "tessera/tessera.hpp"
 
 #include "tessera/cpu/Executor.h"
 #include "tessera/cpu/Half.h"
@@ -559,6 +560,31 @@ TEST_F(AttentionDesc, ThreadCountsGiveIdenticalResults) {
             std::string::npos);
   EXPECT_EQ(tessera_context_set_num_threads(nullptr, 1),
             TESSERA_ERROR_NULL_POINTER);
+}
+
+/// The C++ wrapper runs a description as the C call does, bit for bit.
+TEST_F(AttentionDesc, CppWrapperRunsDescriptions) {
+  Logical l = makeLogical({{9, 40}, {0, 3}, {30, 17}}, 65);
+  Layout lay{QLayout::Packed, KLayout::Paged, 16};
+  Built c = build(l, lay), cpp = build(l, lay);
+  ASSERT_EQ(tessera_attention_run(bundle, &c.d), TESSERA_OK);
+  auto context = tessera::Context::create(TESSERA_DEVICE_CPU);
+  ASSERT_TRUE(context);
+  ASSERT_TRUE(context.value.setNumThreads(1));
+  auto loaded = context.value.load(std::string(TESSERA_BINARY_DIR) +
+                                   "/test/bundles/tiny-mix");
+  ASSERT_TRUE(loaded) << loaded.result.message;
+  tessera_attention_desc d = tessera::Bundle::attentionDesc(0);
+  EXPECT_EQ(d.struct_size, sizeof(tessera_attention_desc));
+  d = cpp.d;
+  tessera::Result r = loaded.value.run(d);
+  ASSERT_TRUE(r) << r.message;
+  EXPECT_EQ(std::memcmp(c.o.data(), cpp.o.data(), 4 * c.o.size()), 0);
+  d.max_pages_per_seq = 0;
+  r = loaded.value.run(d);
+  EXPECT_FALSE(r);
+  EXPECT_NE(r.message.find("max_pages_per_seq"), std::string::npos);
+  EXPECT_FALSE(context.value.setNumThreads(-2));
 }
 
 /// The descriptor's version handling: an uninitialised size, a newer

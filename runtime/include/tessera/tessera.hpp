@@ -60,6 +60,18 @@ public:
     return Result::from(tessera_attention(handle.get(), layer, &q, &k, &v, &o,
                                           lse, scale, cudaStream));
   }
+  /// Runs a call description (packed, paged, positioned, head-range
+  /// calls); see tessera_attention_run. Start from attentionDesc().
+  Result run(const tessera_attention_desc &desc) {
+    return Result::from(tessera_attention_run(handle.get(), &desc));
+  }
+  /// An initialised description (every mode off) for `layer`.
+  static tessera_attention_desc attentionDesc(int64_t layer) {
+    tessera_attention_desc d;
+    tessera_attention_desc_init(&d);
+    d.layer = layer;
+    return d;
+  }
   tessera_bundle *get() const { return handle.get(); }
 
 private:
@@ -85,6 +97,10 @@ public:
     Result r =
         Result::from(tessera_bundle_load_file(handle.get(), path.c_str(), &b));
     return {r, Bundle(b)};
+  }
+  /// The threads of CPU calls (0: every hardware thread).
+  Result setNumThreads(int n) const {
+    return Result::from(tessera_context_set_num_threads(handle.get(), n));
   }
   tessera_context *get() const { return handle.get(); }
 

@@ -57,6 +57,24 @@ class _DynamicInputs(ctypes.Structure):
                 ("centroid_head_dim", ctypes.c_int64)]
 
 
+class _AttentionDesc(ctypes.Structure):
+    """tessera_attention_desc (tessera.h); filled by
+    tessera_attention_desc_init."""
+    _fields_ = [("struct_size", ctypes.c_size_t), ("layer", ctypes.c_int64),
+                ("q", _Tensor), ("k", _Tensor), ("v", _Tensor), ("o", _Tensor),
+                ("lse", ctypes.c_void_p), ("scale", ctypes.c_float),
+                ("dynamic_inputs", ctypes.c_void_p),
+                ("cuda_stream", ctypes.c_void_p), ("num_seqs", ctypes.c_int64),
+                ("cu_seqlens_q", ctypes.c_void_p),
+                ("cu_seqlens_k", ctypes.c_void_p),
+                ("seq_lens_k", ctypes.c_void_p),
+                ("block_table", ctypes.c_void_p),
+                ("max_pages_per_seq", ctypes.c_int64),
+                ("block_table_stride", ctypes.c_int64),
+                ("q_start", ctypes.c_void_p), ("k_start", ctypes.c_void_p),
+                ("head_start", ctypes.c_int64), ("head_count", ctypes.c_int64)]
+
+
 class TesseraError(RuntimeError):
     def __init__(self, status, message):
         super().__init__(f"{status}: {message}")
@@ -181,7 +199,13 @@ def _load_library():
     lib.tessera_attention_dynamic.argtypes = [vp, i64, p(_Tensor), p(_Tensor),
                                               p(_Tensor), p(_Tensor), vp,
                                               ctypes.c_float, p(_DynamicInputs), vp]
-    for name in ("tessera_context_create", "tessera_context_destroy",
+    lib.tessera_attention_desc_init.argtypes = [p(_AttentionDesc)]
+    lib.tessera_attention_desc_init.restype = None
+    lib.tessera_attention_backward.argtypes = [vp, p(_AttentionDesc), p(_Tensor),
+                                               vp, p(_Tensor), p(_Tensor),
+                                               p(_Tensor)]
+    for name in ("tessera_attention_backward",
+                 "tessera_context_create", "tessera_context_destroy",
                  "tessera_bundle_load_file", "tessera_bundle_destroy",
                  "tessera_bundle_num_layers", "tessera_bundle_layer_index",
                  "tessera_bundle_layer_info", "tessera_bundle_tile_classes",
@@ -367,6 +391,46 @@ class Bundle:
             ctypes.byref(to), lptr, float(scale),
             ctypes.byref(dyn) if dyn is not None else None, stream))
         return o, l
+
+
+    def attention_backward(self, layer, q, k, v, o, lse, do, dlse=None,
+                           scale=0.0):
+        """(dq, dk, dv) of a forward call attention(layer, q, k, v) that gave
+        o and lse (required), for the gradient do of the loss by o, and
+        dlse (float32 [B, H, Nq]) by lse where the loss reads it. numpy
+        arrays of one dtype on a CPU context (docs/backward.md); dq like q,
+        dk and dv like k, contiguous."""
+        import numpy as np
+        if self.context.device != _CPU:
+            raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
+                               "the backward runs on CPU contexts only for now")
+        d = _AttentionDesc()
+        _lib.tessera_attention_desc_init(ctypes.byref(d))
+        d.layer = _int64("layer", layer)
+        d.q, d.k, d.v = (_describe(x, _CPU, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+        d.o = _describe(o, _CPU, "o")
+        for name, x in (("lse", lse), ("dlse", dlse)):
+            if x is None and name == "dlse":
+                continue
+            if not isinstance(x, np.ndarray) or x.dtype != np.float32 or \
+                    not x.flags["C_CONTIGUOUS"]:
+                raise ValueError(f"{name} must be a C-contiguous float32 array")
+            if x.shape != (q.shape[0], q.shape[2], q.shape[1]):
+                raise ValueError(f"{name} must be [batch, heads, Nq] = "
+                                 f"{(q.shape[0], q.shape[2], q.shape[1])}, "
+                                 f"got {x.shape}")
+        d.lse = lse.ctypes.data
+        d.scale = float(scale)
+        dq, dk, dv = np.empty_like(q, order="C"), np.empty_like(k, order="C"), \
+            np.empty_like(k, order="C")
+        tdo = _describe(do, _CPU, "do")
+        tdq, tdk, tdv = (_describe(x, _CPU, n, output=True)
+                         for x, n in ((dq, "dq"), (dk, "dk"), (dv, "dv")))
+        _check(_lib.tessera_attention_backward(
+            self._h, ctypes.byref(d), ctypes.byref(tdo),
+            None if dlse is None else dlse.ctypes.data,
+            ctypes.byref(tdq), ctypes.byref(tdk), ctypes.byref(tdv)))
+        return dq, dk, dv
 
 
 class Context:

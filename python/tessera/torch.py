@@ -12,8 +12,13 @@ contiguous, e.g. SDPA-layout tensors transposed); o and lse are always
 contiguous. CPU: float32 runs as it is, and float16 on float16 layers; other
 float16 and bfloat16 inputs are computed in float32 and the output cast
 back. CUDA: the layer's dtype (float16 or bfloat16), on the current stream.
-The op is forward-only (prefill and inference): it has no autograd
-formula, so backward raises.
+
+Autograd: the op's backward is `torch.ops.tessera.attention_backward`
+(the runtime's tessera_attention_backward, docs/backward.md): dq, dk, dv
+from q, k, v, the forward's o and lse, and the gradients by o and by lse
+(a loss may read both). It runs on the CPU, in float32 (gradients cast back
+to the inputs' dtypes), for layers without dynamic heads; on CUDA, and for
+dynamic heads, backward raises saying so.
 
 `block_mask(bundle, layer, q_len, kv_len)` gives a layer's schedule as a
 FlexAttention BlockMask: the tiles the kernels skip, the full tiles (no mask
@@ -118,6 +123,57 @@ def _(q, k, v, bundle, layer, scale, centroids=None):
     return (q.new_empty(q.shape),
             q.new_empty((q.shape[0], q.shape[2], q.shape[1]),
                         dtype=torch.float32))
+
+
+@torch.library.custom_op("tessera::attention_backward", mutates_args=(),
+                         device_types=("cpu", "cuda"))
+def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           o: torch.Tensor, lse: torch.Tensor,
+                           grad_o: torch.Tensor, grad_lse: Optional[torch.Tensor],
+                           bundle: str, layer: int, scale: float
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if q.device.type != "cpu":
+        raise NotImplementedError(
+            "tessera.attention: the backward runs on the CPU only for now "
+            "(no CUDA backward kernels yet; docs/backward.md)")
+    b = _bundle(bundle, q.device)
+    # float32 views where head_dim is contiguous, else copies (autograd's
+    # gradients may be expanded: a sum's is all strides 0).
+    f32 = [x.detach().to(torch.float32) for x in (q, k, v, o, grad_o)]
+    f32 = [x if x.stride(3) == 1 or x.shape[3] == 1 else x.contiguous()
+           for x in f32]
+    qn, kn, vn, on, gn = (x.numpy() for x in f32)
+    lsen = lse.detach().to(torch.float32).contiguous().numpy()
+    gl = None if grad_lse is None else \
+        grad_lse.detach().to(torch.float32).contiguous().numpy()
+    dq, dk, dv = b.attention_backward(layer, qn, kn, vn, on, lsen, gn,
+                                      dlse=gl, scale=scale)
+    return (torch.from_numpy(dq).to(q.dtype), torch.from_numpy(dk).to(k.dtype),
+            torch.from_numpy(dv).to(v.dtype))
+
+
+@_attention_backward_op.register_fake
+def _(q, k, v, o, lse, grad_o, grad_lse, bundle, layer, scale):
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, bundle, layer, scale, _centroids = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.args = (bundle, layer, scale)
+
+
+def _backward(ctx, grad_o, grad_lse):
+    q, k, v, o, lse = ctx.saved_tensors
+    if grad_o is None:
+        grad_o = torch.zeros_like(o)
+    dq, dk, dv = torch.ops.tessera.attention_backward(
+        q, k, v, o, lse, grad_o, grad_lse, *ctx.args)
+    return dq, dk, dv, None, None, None, None
+
+
+_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def attention(q, k, v, bundle, layer, scale=0.0, centroids=None):

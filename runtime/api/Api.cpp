@@ -1553,11 +1553,6 @@ tessera_status validateBackwardCall(const Call &c) {
                 "the backward takes dense calls only for now: desc sets "
                 "cu_seqlens_q, cu_seqlens_k, seq_lens_k, block_table, "
                 "q_start, k_start or a head range");
-  if (!c.l->dynamicGroups.empty())
-    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                c.layerName() + " has dynamic heads (from head " +
-                    std::to_string(c.l->dynamicGroups.front().heads.front()) +
-                    "): the backward runs static patterns only for now");
   if (!c.d.lse)
     return fail(TESSERA_ERROR_NULL_POINTER,
                 "desc->lse is null: the backward recomputes the "
@@ -1628,6 +1623,17 @@ attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
                   const tessera_tensor *dv) {
   lastError.clear();
   Call c;
+  // Dynamic heads first: their forward inputs (centroids) do not matter
+  // to a backward that refuses them.
+  const LayerDesc *l =
+      bundle && desc && !contextGone(bundle) ? findLayer(bundle, desc->layer)
+                                             : nullptr;
+  if (l && !l->dynamicGroups.empty())
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "layer " + std::to_string(desc->layer) +
+                    " has dynamic heads (from head " +
+                    std::to_string(l->dynamicGroups.front().heads.front()) +
+                    "): the backward runs static patterns only for now");
   if (tessera_status s = validateCall(bundle, desc, c))
     return s;
   if (tessera_status s = validateBackwardCall(c))

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <initializer_list>
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
@@ -1222,6 +1223,8 @@ tessera_status validateModes(const Call &c) {
   return TESSERA_OK;
 }
 
+tessera_status checkHostArrays(const Call &c);
+
 /// Everything about a call that does not depend on the device's memory.
 tessera_status validateCall(tessera_bundle *bundle,
                             const tessera_attention_desc *desc, Call &c) {
@@ -1247,6 +1250,9 @@ tessera_status validateCall(tessera_bundle *bundle,
       return s;
   if (tessera_status s = validateModes(c))
     return s;
+  if (!c.cuda)
+    if (tessera_status s = checkHostArrays(c))
+      return s;
   for (auto step : {validateQueries, validateKeys, validatePositions,
                     validateCentroids})
     if (tessera_status s = step(c))
@@ -1256,34 +1262,52 @@ tessera_status validateCall(tessera_bundle *bundle,
 
 //===- The CPU ------------------------------------------------------------===//
 
-/// On the CPU: host memory (where a CUDA driver is present, device memory
-/// handed to the CPU is caught before it is dereferenced), finite
-/// centroids.
+/// On a CPU context where a CUDA driver is present: none of `pointers` is
+/// plain device memory (managed memory is host-accessible), so that device
+/// memory handed to the CPU is caught before it is dereferenced.
+tessera_status refuseDeviceMemory(
+    std::initializer_list<std::pair<const void *, const char *>> pointers) {
+  std::string ignored;
+  const Driver *drv = Driver::get(ignored);
+  if (!drv)
+    return TESSERA_OK;
+  for (auto [ptr, name] : pointers) {
+    unsigned type = 0, managed = 0;
+    auto at = reinterpret_cast<unsigned long long>(ptr);
+    if (ptr &&
+        drv->pointerGetAttribute(&type, kPointerAttrMemoryType, at) == 0 &&
+        type == kMemoryTypeDevice &&
+        !(drv->pointerGetAttribute(&managed, kPointerAttrIsManaged, at) == 0 &&
+          managed))
+      return fail(TESSERA_ERROR_WRONG_DEVICE,
+                  std::string(name) +
+                      " is CUDA device memory; the context is the CPU");
+  }
+  return TESSERA_OK;
+}
+
+/// On the CPU, before validation reads them: the sequence arrays are host
+/// memory.
+tessera_status checkHostArrays(const Call &c) {
+  const tessera_attention_desc &d = c.d;
+  return refuseDeviceMemory({{d.cu_seqlens_q, "cu_seqlens_q"},
+                             {d.cu_seqlens_k, "cu_seqlens_k"},
+                             {d.seq_lens_k, "seq_lens_k"},
+                             {d.block_table, "block_table"},
+                             {d.q_start, "q_start"},
+                             {d.k_start, "k_start"}});
+}
+
+/// On the CPU: the tensors are host memory, the centroids finite.
 tessera_status checkHostMemory(const Call &c) {
   const tessera_attention_desc &d = c.d;
-  std::string ignored;
-  if (const Driver *drv = Driver::get(ignored))
-    for (auto [ptr, name] :
-         {std::pair{static_cast<const void *>(d.q.data), "q"},
-          {d.k.data, "k"},
-          {d.v.data, "v"},
-          {d.o.data, "o"},
-          {d.lse, "lse"},
-          {c.centroids, "centroids"}}) {
-      unsigned type = 0, managed = 0;
-      auto at = reinterpret_cast<unsigned long long>(ptr);
-      // Managed memory is host-accessible: only plain device memory is
-      // refused.
-      if (ptr &&
-          drv->pointerGetAttribute(&type, kPointerAttrMemoryType, at) == 0 &&
-          type == kMemoryTypeDevice &&
-          !(drv->pointerGetAttribute(&managed, kPointerAttrIsManaged, at) ==
-                0 &&
-            managed))
-        return fail(TESSERA_ERROR_WRONG_DEVICE,
-                    std::string(name) +
-                        " is CUDA device memory; the context is the CPU");
-    }
+  if (tessera_status s = refuseDeviceMemory({{d.q.data, "q"},
+                                             {d.k.data, "k"},
+                                             {d.v.data, "v"},
+                                             {d.o.data, "o"},
+                                             {d.lse, "lse"},
+                                             {c.centroids, "centroids"}}))
+    return s;
   if (c.centroids)
     return checkCentroidsFinite(*c.l, c.d.layer, c.centroids, c.needClusters);
   return TESSERA_OK;

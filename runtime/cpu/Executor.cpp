@@ -714,8 +714,11 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
   // over a short cache) keep to the threads that 16 key tiles each pay for.
   int64_t tiles = 0;
   for (const SeqPlan &p : job.seqs)
-    tiles += (p.nq + a.blockQ - 1) / a.blockQ * numSlots *
-             ((p.kStart % a.blockK + p.nk + a.blockK - 1) / a.blockK);
+    tiles = std::min(
+        k::kUnbounded,
+        tiles + k::mulSat(k::mulSat((p.nq + a.blockQ - 1) / a.blockQ, numSlots),
+                          (p.kStart % a.blockK + p.nk + a.blockK - 1) /
+                              a.blockK));
   threads = int(std::min<int64_t>(
       threads, std::max<int64_t>(1, std::min(tasks, tiles / 16))));
   std::atomic<int64_t> next{0};

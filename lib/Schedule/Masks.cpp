@@ -1,10 +1,11 @@
 //===- Masks.cpp - partial-tile mask code from run expressions ------------===//
 //
 // Each leaf of a run expression becomes the code of its two row masks (the
-// thread's rows rowPos and rowPos + 8; one mask where the leaf does not
-// depend on the row), each combinator their |, & or & ~, and the root the
-// thread's keep bits (threadBits). See tessera/kernel/Masks.cuh for the
-// helpers and the choice between 32-bit and 64-bit arithmetic.
+// thread's rows rowPos and rowPos + 8, each in its own frame; a key mask
+// is computed once and shifted to row 1's), each combinator their |, & or
+// & ~, and the root P<id>Mask::rows (the kernels' form) and ::keep (the
+// u32 keep bits). See tessera/kernel/Masks.cuh for the frames, the helpers
+// and the choice between 32-bit and 64-bit arithmetic.
 //
 //===----------------------------------------------------------------------===//
 
@@ -14,6 +15,7 @@
 // The helpers' constants (kMaskSmall); host-compilable like Program.h.
 #include "tessera/kernel/Masks.cuh"
 
+#include <optional>
 #include <sstream>
 
 using namespace tessera;
@@ -184,11 +186,24 @@ private:
     forms.push_back(form);
   }
 
+  /// A mask that is the same in both rows' frames (all or no keys).
   Rows one(const std::string &expr) {
     std::string n = fresh("m");
     code << "    const u64 " << n << " = " << expr << ";\n";
     return {n, n};
   }
+
+  /// A mask of keys, the same for both rows: `expr` in row 0's frame, row
+  /// 1's two bits higher.
+  Rows keys(const std::string &expr) {
+    std::string n = fresh("m");
+    code << "    const u64 " << n << "_0 = " << expr << ";\n"
+         << "    const u64 " << n << "_1 = " << n << "_0 << 2;\n";
+    return {n + "_0", n + "_1"};
+  }
+
+  /// Row h's Nk end (t.ec, t.ec1).
+  static std::string ecOf(int h) { return h ? "t.ec1" : "t.ec"; }
 
   Rows two(const std::string &e0, const std::string &e1) {
     std::string n = fresh("m");
@@ -223,8 +238,9 @@ private:
   //===--------------------------------------------------------------------===//
 
   /// keys [max(lo), min(hi)] of each row (p0 = p1 = the row's position):
-  /// bit j = key - kb, so an atom c is bit c - kb and p + c is bit
-  /// c + 8 h - d in row h. `clip`: the end is also at most Nk's (t.ec).
+  /// in row h's frame bit j is key kb + j - 2 h (kb = t.kb), so an atom c is
+  /// bit c + 2 h - kb and p + c is bit c + 10 h - d in row h. `clip`: the
+  /// end is also at most Nk's (t.ec, t.ec1).
   Rows interval(const RunExpr &e, bool clip) {
     bool perRow = false, wide = false;
     for (const Bound *b : {&e.lo, &e.hi})
@@ -236,27 +252,30 @@ private:
          "keys [" + boundText(e.lo, false) + ", " + boundText(e.hi, true) +
              "]" + (wide ? ", 64-bit" : "") + (clip ? ", clipped at Nk" : ""));
     auto bit = [&](const Atom &a, int h, int64_t plus) {
-      int64_t c = a.c + plus + (a.var == Atom::Const ? 0 : 8 * h);
+      int64_t c = a.c + plus + (a.var == Atom::Const ? 2 * h : 10 * h);
       std::string base = a.var == Atom::Const ? (wide ? "t.kb" : "t.kbc")
                                               : (wide ? "t.d" : "t.dc");
       return "(" + (wide ? lit64(c) : lit32(c)) + " - " + base + ")";
     };
+    // 32-bit bounds go to bitRange as they are (it clamps them); 64-bit
+    // ones are clamped to bit indices first.
     auto bound = [&](const Bound &b, bool upper, int h) {
       if (b.empty())
-        return std::string(upper ? (clip ? "t.ec" : "63") : "0");
+        return std::string(upper ? (clip ? "t.ec" : "64") : "0");
       std::string s = bit(b[0], h, upper ? 1 : 0);
       for (size_t i = 1; i < b.size(); ++i)
         s = std::string(wide ? (upper ? "minI(" : "maxI(")
                              : (upper ? "minInt(" : "maxInt(")) +
             s + ", " + bit(b[i], h, upper ? 1 : 0) + ")";
-      s = (wide ? "clampBit64(" : "clampBit(") + s + ")";
-      return upper && clip ? "minInt(" + s + ", t.ec)" : s;
+      if (wide)
+        s = "clampBit64(" + s + ")";
+      return upper && clip ? "minInt(" + s + ", " + ecOf(h) + ")" : s;
     };
     auto row = [&](int h) {
-      return "bitSpan(" + bound(e.lo, false, h) + ", " + bound(e.hi, true, h) +
-             ")";
+      return "bitRange(" + bound(e.lo, false, h) + ", " +
+             bound(e.hi, true, h) + ")";
     };
-    return perRow ? two(row(0), row(1)) : one(row(0));
+    return perRow ? two(row(0), row(1)) : keys(row(0));
   }
 
   static std::string boundText(const Bound &b, bool upper) {
@@ -279,7 +298,8 @@ private:
   }
 
   /// The bits of {x : (x - phase) mod period < width} of a row whose bit 0
-  /// is x = kb (keys) or x = d (diagonals; row 1: d - 8). `phase` is an i64
+  /// is x = kb (keys; row 1: the same two bits higher) or x = d
+  /// (diagonals; row 1: d - 10, 8 rows later and its frame 2 bits lower). `phase` is an i64
   /// expression in [0, 2^62]. One phase r per row (row 1's by one step
   /// from row 0's), then a shifted constant (period <= 62) or the two
   /// occurrences that can meet the row (larger periods).
@@ -291,33 +311,64 @@ private:
     }
     bool narrow = period <= 62, wide = period > kn::kMaskSmall;
     leaf(MaskForm::Periodic, what + (wide ? ", 64-bit" : ""));
-    std::string type = wide ? "i64" : "int";
     std::string r = fresh("r");
-    code << "    const " << type << " " << r << "_0 = " << (wide ? "" : "(int)")
-         << "floorMod(" << (diagonal ? "t.d" : "t.kb") << " - " << phase << ", "
-         << lit64(period) << ");\n";
-    // Row 1: d - 8, so r - 8 modulo the period.
-    int64_t step = kn::floorMod(-8, period);
-    if (diagonal)
-      code << "    const " << type << " " << r
-           << "_1 = " << (wide ? "stepMod64(" : "stepMod(") << r << "_0, "
-           << (wide ? lit64(step) : lit32(step)) << ", "
-           << (wide ? lit64(period) : lit32(period)) << ");\n";
+    phases(r, diagonal ? "t.d" : "t.kb", phase, period, wide,
+           diagonal ? kn::floorMod(-10, period) : -1);
     auto bits = [&](const std::string &rr) {
       if (narrow) {
         uint64_t pattern = periodPattern(period, width);
         return "periodicSmall(" + hex(pattern) + ", " + hex(pattern << 1) +
                ", " + std::to_string(period * (64 / period)) + ", " + rr + ")";
       }
-      if (!wide)
-        return "periodicLarge(" + rr + ", " + lit32(period) + ", " +
-               lit32(width) + ")";
-      return "periodicLarge64(" + rr + ", " + lit64(period) + ", " +
-             lit64(width) + ")";
+      if (wide)
+        return "periodicLarge64(" + rr + ", " + lit64(period) + ", " +
+               lit64(width) + ")";
+      if (width <= 64)
+        return "periodicRun(" + hex(lowBits(width)) + ", " + rr + ", " +
+               lit32(period) + ")";
+      return "periodicLarge(" + rr + ", " + lit32(period) + ", " +
+             lit32(width) + ")";
     };
     if (diagonal)
       return two(bits(r + "_0"), bits(r + "_1"));
-    return one(bits(r + "_0"));
+    return keys(bits(r + "_0"));
+  }
+
+  static uint64_t lowBits(int64_t width) {
+    return width >= 64 ? ~uint64_t(0) : (uint64_t(1) << width) - 1;
+  }
+
+  static bool powerOfTwo(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
+  /// Declares `r`_0 = (x - phase) mod period (x an i64 of the tile, phase
+  /// an i64 expression) and, with step >= 0, `r`_1 = (`r`_0 + step) mod
+  /// period: int, or i64 where `wide`. A power-of-two period takes the low
+  /// bits of x - phase (exact for any x, and 32-bit below 2^32), others one
+  /// 64-bit floor modulo.
+  void phases(const std::string &r, const std::string &x,
+              const std::string &phase, int64_t period, bool wide,
+              int64_t step) {
+    std::string type = wide ? "i64" : "int";
+    std::string p = wide ? lit64(period) : lit32(period);
+    if (powerOfTwo(period)) {
+      std::string mask = wide ? hex(uint64_t(period - 1))
+                              : std::to_string(period - 1) + "u";
+      std::string cast = wide ? "(u64)" : "(u32)";
+      code << "    const " << type << " " << r << "_0 = (" << type << ")("
+           << cast << "(" << x << " - " << phase << ") & " << mask << ");\n";
+      if (step >= 0)
+        code << "    const " << type << " " << r << "_1 = (" << type << ")(("
+             << cast << r << "_0 + " << (wide ? lit64(step) : lit32(step))
+             << ") & " << mask << ");\n";
+      return;
+    }
+    code << "    const " << type << " " << r << "_0 = " << (wide ? "" : "(int)")
+         << "floorMod(" << x << " - " << phase << ", " << lit64(period)
+         << ");\n";
+    if (step >= 0)
+      code << "    const " << type << " " << r
+           << "_1 = " << (wide ? "stepMod64(" : "stepMod(") << r << "_0, "
+           << (wide ? lit64(step) : lit32(step)) << ", " << p << ");\n";
   }
 
   /// Rows with (p - phase) mod period < width: all keys or none per row.
@@ -329,15 +380,8 @@ private:
     }
     bool wide = e.a > kn::kMaskSmall;
     leaf(MaskForm::Row, what + (wide ? ", 64-bit" : ""));
-    std::string type = wide ? "i64" : "int";
     std::string r = fresh("r");
-    int64_t step = kn::floorMod(8, e.a);
-    code << "    const " << type << " " << r << "_0 = " << (wide ? "" : "(int)")
-         << "floorMod(t.p - " << lit64(e.c) << ", " << lit64(e.a) << ");\n"
-         << "    const " << type << " " << r
-         << "_1 = " << (wide ? "stepMod64(" : "stepMod(") << r << "_0, "
-         << (wide ? lit64(step) : lit32(step)) << ", "
-         << (wide ? lit64(e.a) : lit32(e.a)) << ");\n";
+    phases(r, "t.p", lit64(e.c), e.a, wide, kn::floorMod(8, e.a));
     std::string w = wide ? lit64(e.b) : lit32(e.b);
     return two("rowAll(" + r + "_0 < " + w + ")",
                "rowAll(" + r + "_1 < " + w + ")");
@@ -351,12 +395,12 @@ private:
             : rangesArray(e.ranges);
     if (e.kind == RunExpr::ListedK) {
       leaf(MaskForm::Listed, n + " key ranges");
-      return one("listedBits(" + arr + ", " + n + ", t.kb)");
+      return keys("listedBits(" + arr + ", " + n + ", t.kb)");
     }
     if (e.kind == RunExpr::ListedD) {
       leaf(MaskForm::Listed, n + " diagonal ranges");
       return two("listedBits(" + arr + ", " + n + ", t.d)",
-                 "listedBits(" + arr + ", " + n + ", t.d - 8)");
+                 "listedBits(" + arr + ", " + n + ", t.d - 10)");
     }
     leaf(MaskForm::Row, n + " row ranges");
     if (e.ranges.size() > kInlineRowRanges)
@@ -387,7 +431,7 @@ private:
       std::string ph = fresh("ph");
       code << "    const i64 " << ph << " = mulSat(" << shard << ", "
            << lit64(e.a) << ");\n";
-      return one("bitSpan(clampBit64(" + ph + " - t.kb), clampBit64(" + ph +
+      return keys("bitRange(clampBit64(" + ph + " - t.kb), clampBit64(" + ph +
                  " + " + lit64(e.a) + " - t.kb))");
     }
     // The phase is below the period: the product is exact.
@@ -406,44 +450,95 @@ private:
                                  (clip ? ", clipped at Nk" : ""));
     std::string s =
         e.b == 0 ? "0LL" : "(head >= numHeads / 2 ? " + lit64(e.b) + " : 0LL)";
-    std::string type = wide ? "i64" : "int";
     std::string g = fresh("g");
-    int64_t step = kn::floorMod(8, e.a);
-    code << "    const " << type << " " << g << "_0 = " << (wide ? "" : "(int)")
-         << "floorMod(t.p - " << s << ", " << lit64(e.a) << ");\n"
-         << "    const " << type << " " << g
-         << "_1 = " << (wide ? "stepMod64(" : "stepMod(") << g << "_0, "
-         << (wide ? lit64(step) : lit32(step)) << ", "
-         << (wide ? lit64(e.a) : lit32(e.a)) << ");\n";
+    phases(g, "t.p", s, e.a, wide, kn::floorMod(8, e.a));
     auto row = [&](int h) {
-      std::string lo = "(" + std::to_string(8 * h) + " - " +
+      std::string lo = "(" + std::to_string(10 * h) + " - " +
                        (wide ? "t.d" : "t.dc") + " - " + g + "_" +
                        std::to_string(h) + ")";
-      const char *clamp = wide ? "clampBit64(" : "clampBit(";
-      std::string end = std::string(clamp) + lo + " + " +
-                        (wide ? lit64(e.a) : lit32(e.a)) + ")";
+      std::string end = lo + " + " + (wide ? lit64(e.a) : lit32(e.a));
+      if (wide) {
+        lo = "clampBit64(" + lo + ")";
+        end = "clampBit64(" + end + ")";
+      }
       if (clip)
-        end = "minInt(" + end + ", t.ec)";
-      return "bitSpan(" + std::string(clamp) + lo + "), " + end + ")";
+        end = "minInt(" + end + ", " + ecOf(h) + ")";
+      return "bitRange(" + lo + ", " + end + ")";
     };
     return two(row(0), row(1));
   }
 
+  /// Listed blocks of blockQ x blockK. A list whose query blocks and keys
+  /// span at most kMaxBlockTable words of 64 keys: its tile table (each
+  /// listed row's keys, 64 a word: blockTableBits), two words a row. A
+  /// longer one: its CSR list, searched per row (blockRowsBits).
   Rows blocks(const RunExpr &e) {
+    std::string what = "blocks " + std::to_string(e.a) + " x " +
+                       std::to_string(e.b) + ", " +
+                       std::to_string(e.blocks.size()) + " listed";
+    if (std::optional<Rows> r = blockTable(e, what))
+      return *r;
     std::vector<kn::i64> data;
     int64_t rows = kn::appendBlockList(std::vector<std::pair<kn::i64, kn::i64>>(
                                            e.blocks.begin(), e.blocks.end()),
                                        data);
     std::string arr = array(std::vector<int64_t>(data.begin(), data.end()));
-    leaf(MaskForm::Listed, "blocks " + std::to_string(e.a) + " x " +
-                               std::to_string(e.b) + ", " +
-                               std::to_string(e.blocks.size()) + " listed");
+    leaf(MaskForm::Listed, what);
     std::string n = fresh("m");
     code << "    u64 " << n << "_0, " << n << "_1;\n"
          << "    blockRowsBits(" << arr << ", " << lit64(rows) << ", "
          << lit64(e.a) << ", " << lit64(e.b) << ", t, " << n << "_0, " << n
-         << "_1);\n";
+         << "_1);\n"
+         << "    " << n << "_1 <<= 2;\n";
     return {n + "_0", n + "_1"};
+  }
+
+  std::optional<Rows> blockTable(const RunExpr &e, const std::string &what) {
+    constexpr int64_t kMaxBlockTable = 8192;
+    if (e.blocks.empty() || e.a <= 0 || e.b <= 0)
+      return std::nullopt;
+    int64_t qmin = e.blocks[0].first, qmax = qmin, kmax = 0;
+    for (auto [qb, kb] : e.blocks) {
+      if (qb < 0 || kb < 0)
+        return std::nullopt;
+      qmin = std::min(qmin, qb);
+      qmax = std::max(qmax, qb);
+      kmax = std::max(kmax, kb);
+    }
+    int64_t keyEnd = kn::mulSat(kmax + 1, e.b);
+    if (keyEnd >= kn::kUnbounded || kn::mulSat(qmax + 1, e.a) >= kn::kUnbounded)
+      return std::nullopt;
+    int64_t rows = qmax - qmin + 1, tiles = (keyEnd + 63) / 64;
+    if (rows > kMaxBlockTable || tiles > kMaxBlockTable / rows)
+      return std::nullopt;
+    std::vector<uint64_t> table(size_t(rows * tiles), 0);
+    for (auto [qb, kb] : e.blocks)
+      for (int64_t k = kb * e.b; k < (kb + 1) * e.b; ++k)
+        table[size_t((qb - qmin) * tiles + k / 64)] |= uint64_t(1) << (k % 64);
+    std::string n = name + "_d" + std::to_string(arrays++);
+    decls << "TESSERA_CONST u64 " << n << "[] = {";
+    for (size_t i = 0; i < table.size(); ++i)
+      decls << (i ? ", " : "") << hex(table[i]);
+    decls << "};\n";
+    leaf(MaskForm::Listed, what + ", tile table");
+    // The row's query block, less the first listed one.
+    auto row = [&](const std::string &p, const std::string &sh) {
+      std::string qb = powerOfTwo(e.a) ? "(" + p + " >> " +
+                                             std::to_string(log2(e.a)) + ")"
+                                       : "floorDiv(" + p + ", " + lit64(e.a) +
+                                             ")";
+      return "blockTableBits(" + n + ", " + lit64(rows) + ", " +
+             lit64(tiles) + ", " + qb + " - " + lit64(qmin) + ", t.tile, " +
+             sh + ", t.off)";
+    };
+    return two(row("t.p", "t.sh"), row("(t.p + 8)", "(t.sh - 2)"));
+  }
+
+  static int log2(int64_t v) {
+    int n = 0;
+    while ((int64_t(1) << n) < v)
+      ++n;
+    return n;
   }
 
   //===--------------------------------------------------------------------===//
@@ -514,8 +609,8 @@ private:
     std::string f = fresh("f");
     code << "    auto " << f << " = [&](i64 p, i64 k) -> bool { return "
          << leafPredicate(e) << "; };\n";
-    return two("predicateBits(" + f + ", t.p, t.kb)",
-               "predicateBits(" + f + ", t.p + 8, t.kb)");
+    return two("predicateBits(" + f + ", t.p, t.kb, 1)",
+               "predicateBits(" + f + ", t.p + 8, t.kb - 2, 3)");
   }
 
   //===--------------------------------------------------------------------===//
@@ -578,14 +673,18 @@ std::string tessera::schedule::emitMaskCode(const RunExpr &runs,
   // Nk's edge in the intervals' ends where they can take it, else one mask.
   bool clip = em.clips(runs);
   Rows root = em.node(runs, clip);
-  std::string edge = clip ? "" : " & t.edge";
+  std::string edge0 = clip ? "" : " & t.edge", edge1 = clip ? "" : " & t.edge1";
   std::ostringstream os;
   os << em.decls.str() << "struct " << name << " {\n"
+     << "  static TESSERA_HD RowMasks rows(const MaskTile &t, i64 head, "
+        "i64 numHeads) {\n"
+     << "    (void)t;\n    (void)head;\n    (void)numHeads;\n"
+     << em.code.str() << "    return {" << root.r0 << edge0 << ", "
+     << root.r1 << edge1 << "};\n  }\n"
      << "  static TESSERA_HD u32 keep(i64 rowPos, i64 k0, int c2, i64 nk, "
         "i64 head, i64 numHeads) {\n"
-     << "    const MaskTile t = maskTile(rowPos, k0, c2, nk);\n"
-     << "    (void)t;\n    (void)head;\n    (void)numHeads;\n"
-     << em.code.str() << "    return threadBits(" << root.r0 << edge << ", "
-     << root.r1 << edge << ");\n  }\n};\n";
+     << "    const RowMasks m = rows(maskTile(rowPos, k0, c2, nk), head, "
+        "numHeads);\n"
+     << "    return threadBits(m.r0 >> 1, m.r1 >> 3);\n  }\n};\n";
   return os.str();
 }

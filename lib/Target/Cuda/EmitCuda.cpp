@@ -640,6 +640,14 @@ private:
                  "i64 head, i64 numHeads)",
                  "pattern", kernelParts[key][part], "",
                  "Mask::keep(rowPos, k0, c2, nk, head, numHeads)", "0");
+      // The same bits in the form pipeForward's selects read (KeepNibbles).
+      emitSwitch(os,
+                 "KeepNibbles keepNibbles(i64 pattern, i64 rowPos, i64 k0, "
+                 "int c2, int room, i64 head, i64 numHeads)",
+                 "pattern", kernelParts[key][part], "rowNibbles(",
+                 "Mask::rows(maskTileRoom(rowPos, k0, c2, room), head, "
+                 "numHeads))",
+                 "KeepNibbles{0u, 0u}");
       os << "};\n"
          << "} // namespace bundle\n} // namespace kernel\n"
          << "} // namespace tessera\n\n";

@@ -1,12 +1,13 @@
 // RUN: attn-translate %s --emit=cuda | FileCheck %s
 // RUN: attn-translate %s --emit=cuda | FileCheck %s --check-prefix=CLOSED
 
-// Partial-tile masks: each static pattern gets P<id>Mask::keep, built from
-// the closed form of each leaf of its runs (lib/Schedule/Masks.cpp, helpers
-// in runtime/include/tessera/kernel/Masks.cuh), one comment per leaf naming
-// its form. Row masks are 64-bit (bit j: key k0 + c2 + j) for the thread's
-// rows p and p + 8; offsets are clamped 32-bit (t.kbc, t.dc) where the
-// leaf's constants are below 2^29, 64-bit (t.kb, t.d) otherwise.
+// Partial-tile masks: each static pattern gets P<id>Mask::rows (and keep,
+// its u32 form), built from the closed form of each leaf of its runs
+// (lib/Schedule/Masks.cpp, helpers in runtime/include/tessera/kernel/
+// Masks.cuh), one comment per leaf naming its form. Row masks are 64-bit
+// for the thread's rows p and p + 8 (row h's bit j + 1 + 2 h: key
+// k0 + c2 + j); offsets are clamped 32-bit (t.kbc, t.dc) where the leaf's
+// constants are below 2^29, 64-bit (t.kb, t.d) otherwise.
 
 attn.model @masks {
   attn.layer 0 heads = 16 kv_heads = 1 head_dim = 64 dtype = bf16 {
@@ -36,20 +37,22 @@ attn.model @masks {
 // Causal: one interval per row, its end from the clamped offset and Nk's
 // (t.ec), which spares the root a mask of its own.
 // CHECK-LABEL: struct P0Mask {
-// CHECK-NEXT: static TESSERA_HD u32 keep(i64 rowPos, i64 k0, int c2, i64 nk, i64 head, i64 numHeads) {
-// CHECK-NEXT: const MaskTile t = maskTile(rowPos, k0, c2, nk);
+// CHECK-NEXT: static TESSERA_HD RowMasks rows(const MaskTile &t, i64 head, i64 numHeads) {
 // CHECK: // leaf 0: interval, keys [0, p], clipped at Nk
-// CHECK-NEXT: const u64 [[C0:m[0-9]+]]_0 = bitSpan(0, minInt(clampBit((1 - t.dc)), t.ec));
-// CHECK-NEXT: const u64 [[C0]]_1 = bitSpan(0, minInt(clampBit((9 - t.dc)), t.ec));
-// CHECK-NEXT: return threadBits([[C0]]_0, [[C0]]_1);
+// CHECK-NEXT: const u64 [[C0:m[0-9]+]]_0 = bitRange(0, minInt((1 - t.dc), t.ec));
+// CHECK-NEXT: const u64 [[C0]]_1 = bitRange(0, minInt((11 - t.dc), t.ec1));
+// CHECK-NEXT: return {[[C0]]_0, [[C0]]_1};
+// CHECK: static TESSERA_HD u32 keep(i64 rowPos, i64 k0, int c2, i64 nk, i64 head, i64 numHeads) {
+// CHECK-NEXT: const RowMasks m = rows(maskTile(rowPos, k0, c2, nk), head, numHeads);
+// CHECK-NEXT: return threadBits(m.r0 >> 1, m.r1 >> 3);
 
 // A-shape: two intervals (the sink's end is min(63, p)), united; both
 // clipped at Nk.
 // CHECK-LABEL: struct P1Mask {
 // CHECK: // leaf 0: interval, keys [0, min(63, p)], clipped at Nk
-// CHECK-NEXT: bitSpan(0, minInt(clampBit(minInt((64 - t.kbc), (1 - t.dc))), t.ec));
+// CHECK-NEXT: bitRange(0, minInt(minInt((64 - t.kbc), (1 - t.dc)), t.ec));
 // CHECK: // leaf 1: interval, keys [p - 1024, p], clipped at Nk
-// CHECK-NEXT: bitSpan(clampBit(((-1024) - t.dc)), minInt(clampBit((1 - t.dc)), t.ec));
+// CHECK-NEXT: bitRange(((-1024) - t.dc), minInt((1 - t.dc), t.ec));
 // CHECK: // union
 // CHECK-NEXT: const u64 [[U:m[0-9]+]]_0 = [[A:m[0-9]+]]_0 | [[B:m[0-9]+]]_0;
 // CHECK-NEXT: const u64 [[U]]_1 = [[A]]_1 | [[B]]_1;
@@ -57,38 +60,40 @@ attn.model @masks {
 // A window of 2^40: 64-bit offsets.
 // CHECK-LABEL: struct P2Mask {
 // CHECK: // leaf 0: interval, keys [p - 1099511627776, p], 64-bit, clipped at Nk
-// CHECK-NEXT: bitSpan(clampBit64(((-1099511627776LL) - t.d)), minInt(clampBit64((1LL - t.d)), t.ec));
+// CHECK-NEXT: bitRange(clampBit64(((-1099511627776LL) - t.d)), minInt(clampBit64((1LL - t.d)), t.ec));
 
-// A period of at most 62: one phase per row (row 1's by a step), then a
-// shifted constant.
+// A period of at most 62: one phase per row (row 1's by a step; a power of
+// two by its low bits), then a shifted constant.
 // CHECK-LABEL: struct P3Mask {
 // CHECK: // leaf 0: periodic, diagonals d with (d + 1) mod 8 < 3
-// CHECK-NEXT: const int [[R:r[0-9]+]]_0 = (int)floorMod(t.d - (-1LL), 8LL);
-// CHECK-NEXT: const int [[R]]_1 = stepMod([[R]]_0, 0, 8);
+// CHECK-NEXT: const int [[R:r[0-9]+]]_0 = (int)((u32)(t.d - (-1LL)) & 7u);
+// CHECK-NEXT: const int [[R]]_1 = (int)(((u32)[[R]]_0 + 6) & 7u);
 // CHECK-NEXT: periodicSmall(0x707070707070707ull, 0xe0e0e0e0e0e0e0eull, 64, [[R]]_0);
 
-// Grid: vertical lines (one phase per thread) and slash lines (per row);
-// past 62, the two occurrences that can meet the tile.
+// Grid: vertical lines (one phase per thread, row 1's mask two bits up)
+// and slash lines (per row); past 62, the two occurrences of the run that
+// can meet the tile.
 // CHECK-LABEL: struct P4Mask {
 // CHECK: // leaf 0: periodic, keys k with k mod 1024 < 64
-// CHECK-NEXT: const int [[K:r[0-9]+]]_0 = (int)floorMod(t.kb - 0LL, 1024LL);
-// CHECK-NEXT: const u64 [[KM:m[0-9]+]] = periodicLarge([[K]]_0, 1024, 64);
+// CHECK-NEXT: const int [[K:r[0-9]+]]_0 = (int)((u32)(t.kb - 0LL) & 1023u);
+// CHECK-NEXT: const u64 [[KM:m[0-9]+]]_0 = periodicRun(0xffffffffffffffffull, [[K]]_0, 1024);
+// CHECK-NEXT: const u64 [[KM]]_1 = [[KM]]_0 << 2;
 // CHECK: // leaf 1: periodic, diagonals d with (d + 63) mod 1024 < 64
-// CHECK: stepMod({{r[0-9]+}}_0, 1016, 1024);
+// CHECK: (int)(((u32){{r[0-9]+}}_0 + 1014) & 1023u);
 // CHECK: // union
-// CHECK-NEXT: = [[KM]] | {{m[0-9]+}}_0;
+// CHECK-NEXT: = [[KM]]_0 | {{m[0-9]+}}_0;
 
 // CHECK-LABEL: struct P5Mask {
 // CHECK: // leaf 0: periodic, diagonals d with (d + 32) mod 1099511627776 < 65, 64-bit
-// CHECK-NEXT: const i64 [[R5:r[0-9]+]]_0 = floorMod(t.d - (-32LL), 1099511627776LL);
-// CHECK-NEXT: stepMod64([[R5]]_0, 1099511627768LL, 1099511627776LL);
+// CHECK-NEXT: const i64 [[R5:r[0-9]+]]_0 = (i64)((u64)(t.d - (-32LL)) & 0xffffffffffull);
+// CHECK-NEXT: (i64)(((u64)[[R5]]_0 + 1099511627766LL) & 0xffffffffffull);
 // CHECK-NEXT: periodicLarge64([[R5]]_0, 1099511627776LL, 65LL);
 
 // Strided shards: a periodic key set with the head's phase; a period past
 // 2^62 is the shard's one block.
 // CHECK-LABEL: struct P6Mask {
 // CHECK: // leaf 0: periodic, shards: block 64, shards 8, offset 0
-// CHECK-NEXT: (int)floorMod(t.kb - (floorMod(head + 0LL, 8LL) * 64LL), 512LL);
+// CHECK-NEXT: (int)((u32)(t.kb - (floorMod(head + 0LL, 8LL) * 64LL)) & 511u);
 // CHECK-LABEL: struct P7Mask {
 // CHECK: // leaf 0: interval, shards: block 1099511627776, shards 1099511627776, offset 0, one block, 64-bit
 // CHECK-NEXT: mulSat(floorMod(head + 0LL, 1099511627776LL), 1099511627776LL);
@@ -96,27 +101,29 @@ attn.model @masks {
 // Shifted groups: the row's group from its phase, row 1 by a step.
 // CHECK-LABEL: struct P8Mask {
 // CHECK: // leaf 0: interval, shifted groups: size 1024, shift 512, clipped at Nk
-// CHECK-NEXT: const int [[G:g[0-9]+]]_0 = (int)floorMod(t.p - (head >= numHeads / 2 ? 512LL : 0LL), 1024LL);
-// CHECK-NEXT: const int [[G]]_1 = stepMod([[G]]_0, 8, 1024);
-// CHECK-NEXT: bitSpan(clampBit((0 - t.dc - [[G]]_0)), minInt(clampBit((0 - t.dc - [[G]]_0) + 1024), t.ec));
+// CHECK-NEXT: const int [[G:g[0-9]+]]_0 = (int)((u32)(t.p - (head >= numHeads / 2 ? 512LL : 0LL)) & 1023u);
+// CHECK-NEXT: const int [[G]]_1 = (int)(((u32)[[G]]_0 + 8) & 1023u);
+// CHECK-NEXT: bitRange((0 - t.dc - [[G]]_0), minInt((0 - t.dc - [[G]]_0) + 1024, t.ec));
 
 // Horizontal stripes: all or nothing per row; Nk's edge as a mask.
 // CHECK-LABEL: struct P9Mask {
 // CHECK: // leaf 0: row, rows p with p mod 256 < 16
 // CHECK: rowAll({{r[0-9]+}}_1 < 16);
-// CHECK-NEXT: return threadBits({{m[0-9]+}}_0 & t.edge, {{m[0-9]+}}_1 & t.edge);
+// CHECK-NEXT: return {{[{]}}{{m[0-9]+}}_0 & t.edge, {{m[0-9]+}}_1 & t.edge1};
 
 // More than four diagonal bands: the ranges that meet the tile.
 // CHECK: TESSERA_CONST i64 [[D10:P10Mask_d[0-9]+]][] = {(-4112LL), (-4079LL),
 // CHECK-LABEL: struct P10Mask {
 // CHECK: // leaf 0: listed, 6 diagonal ranges
 // CHECK-NEXT: listedBits([[D10]], 6, t.d);
-// CHECK-NEXT: listedBits([[D10]], 6, t.d - 8);
+// CHECK-NEXT: listedBits([[D10]], 6, t.d - 10);
 
-// Listed blocks: the row's listed key blocks.
+// Listed blocks: a table of each listed query block's keys, 64 a word; a
+// row's mask is one word, shifted.
+// CHECK: TESSERA_CONST u64 P11Mask_d0[] = {0xffffffffull, 0xffffffffffffffffull};
 // CHECK-LABEL: struct P11Mask {
-// CHECK: // leaf 0: listed, blocks 32 x 32, 3 listed
-// CHECK: blockRowsBits(P11Mask_d0, 2LL, 32LL, 32LL, t,
+// CHECK: // leaf 0: listed, blocks 32 x 32, 3 listed, tile table
+// CHECK-NEXT: blockTableBits(P11Mask_d0, 2LL, 1LL, (t.p >> 5) - 0LL, t.tile, t.sh, t.off);
 
 // Combinators: | & and & ~ of the leaves' masks; Nk's edge in one part of
 // an intersection, the left part of a difference.
@@ -140,11 +147,16 @@ attn.model @masks {
 // CHECK-LABEL: struct P15Mask {
 // CHECK: // leaf 0: all, every key
 
-// The kernels' dispatch (Groups*::keep): a case per pattern.
+// The kernels' dispatch (Groups*::keep, and keepNibbles, the form the
+// kernel's selects read): a case per pattern.
 // CHECK: u32 keep(i64 pattern, i64 rowPos, i64 k0, int c2, i64 nk, i64 head, i64 numHeads) {
 // CHECK-NEXT: switch (pattern) {
 // CHECK-NEXT: case 0:
 // CHECK-NEXT: return P0Mask::keep(rowPos, k0, c2, nk, head, numHeads);
+// CHECK: KeepNibbles keepNibbles(i64 pattern, i64 rowPos, i64 k0, int c2, int room, i64 head, i64 numHeads) {
+// CHECK-NEXT: switch (pattern) {
+// CHECK-NEXT: case 0:
+// CHECK-NEXT: return rowNibbles(P0Mask::rows(maskTileRoom(rowPos, k0, c2, room), head, numHeads));
 // CHECK: return P15Mask::keep(rowPos, k0, c2, nk, head, numHeads);
 
 // No leaf falls back to the element predicate, and the former loop over it

@@ -495,6 +495,102 @@ __device__ __forceinline__ void applyKeep(float (&s)[8][4], u32 keep) {
         s[nt][e] = negInf;
 }
 
+/// A partial tile's keep bits in the form the selects read fastest: bit
+/// 8 b + 1 + e of `lo` (b = 0..3, e = 0..3) is bit 4 b + e of the u32 form
+/// (n-tile b, element e), `hi` the same for n-tiles 4..7; bits 0 and 5-7 of
+/// each byte are unspecified. Each byte is one R2P (predicates P1-P4, as P0
+/// is often taken) for four selects, where the u32 form needs its bytes'
+/// top bits extracted one by one.
+struct KeepNibbles {
+  u32 lo, hi;
+};
+
+/// applyKeep for the nibble form.
+__device__ __forceinline__ void applyKeepNibbles(float (&s)[8][4],
+                                                 KeepNibbles k) {
+  const float negInf = __int_as_float(0xff800000);
+  u32 lo = k.lo, hi = k.hi;
+#ifndef TESSERA_EMULATE
+  // Opaque words: else the compiler tests the row masks' bits one by one
+  // (a LOP3 each) instead of one R2P a byte.
+  asm("" : "+r"(lo), "+r"(hi));
+#endif
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (!((((nt < 4) ? lo : hi) >> (8 * (nt & 3) + 1 + e)) & 1u))
+        s[nt][e] = negInf;
+}
+
+/// The nibble form from the two row masks of the generated code (Masks.cuh's
+/// RowMasks: bit 8 nt + 1 + 2 h + e of row h is its column e of n-tile nt,
+/// so that the bytes need no shift): row 0's bits 1-2 of each byte, row 1's
+/// 3-4, one LOP3 a word.
+template <class R>
+__device__ __forceinline__ KeepNibbles rowNibbles(const R &m) {
+  constexpr u32 kRow0 = 0x06060606u; // bits 1-2 of each byte
+  return {((u32)m.r0 & kRow0) | ((u32)m.r1 & ~kRow0),
+          ((u32)(m.r0 >> 32) & kRow0) | ((u32)(m.r1 >> 32) & ~kRow0)};
+}
+
+/// The nibble form of u32 keep bits, and back.
+__device__ __forceinline__ KeepNibbles nibblesOf(u32 keep) {
+  auto spread = [](u32 x) { // 16 bits -> bits 1-4 of four bytes
+    x = (x | (x << 8)) & 0x00ff00ffu;
+    return ((x | (x << 4)) & 0x0f0f0f0fu) << 1;
+  };
+  return {spread(keep & 0xffffu), spread(keep >> 16)};
+}
+__device__ __forceinline__ u32 keepOf(KeepNibbles k) {
+  auto pack = [](u32 x) { // bits 1-4 of four bytes -> 16 bits
+    x = (x >> 1) & 0x0f0f0f0fu;
+    x = (x | (x >> 4)) & 0x00ff00ffu;
+    return (x | (x >> 8)) & 0xffffu;
+  };
+  return pack(k.lo) | (pack(k.hi) << 16);
+}
+
+/// The partial-tile keep bits of group `pattern` in the nibble form: from
+/// the generated Groups::keepNibbles where the kernel's code has it (the
+/// emitted bundles), else from Groups::keep (hand-written groups).
+template <class G, class = void> struct HasKeepNibbles {
+  static constexpr bool value = false;
+};
+template <class G>
+struct HasKeepNibbles<G, decltype((void)&G::keepNibbles)> {
+  static constexpr bool value = true;
+};
+/// `room`: min(Nk - k0, 64), the keys of the tile below Nk.
+template <class Groups>
+__device__ __forceinline__ KeepNibbles partialKeep(i64 pattern, i64 rowPos,
+                                                   i64 k0, int c2, int room,
+                                                   i64 head, i64 numHeads) {
+  if constexpr (HasKeepNibbles<Groups>::value)
+    return Groups::keepNibbles(pattern, rowPos, k0, c2, room, head, numHeads);
+  else
+    return nibblesOf(
+        Groups::keep(pattern, rowPos, k0, c2, k0 + room, head, numHeads));
+}
+
+/// x, opaque to the compiler: a value computed once before the tile loop
+/// stays in its register instead of being recomputed in the loop.
+template <class T> __device__ __forceinline__ T pinned(T x) {
+#ifndef TESSERA_EMULATE
+  if constexpr (sizeof(T) == 8) {
+    unsigned long long v = (unsigned long long)x;
+    asm("" : "+l"(v));
+    return (T)v;
+  } else {
+    unsigned v = (unsigned)x;
+    asm("" : "+r"(v));
+    return (T)v;
+  }
+#else
+  return x;
+#endif
+}
+
 /// Bit 15 (31) of the result set when the lower (upper) 16-bit value of any
 /// word ORed in is NaN or infinite: (x & exponent) + one exponent step
 /// carries into the sign bit only from an all-ones exponent.
@@ -502,6 +598,53 @@ template <int E> __device__ __forceinline__ u32 nonFiniteBits(u32 w) {
   const u32 ex = E == kF16 ? 0x7c007c00u : 0x7f807f80u;
   const u32 step = E == kF16 ? 0x04000400u : 0x00800080u;
   return ((w & ex) + step) & 0x80008000u;
+}
+
+/// fma(a, b, c) on the two 16-bit values of each word (fma.rn.f16x2 or
+/// .bf16x2). Not finite where an operand is not (0 * inf and 0 * NaN are
+/// NaN, inf * x is inf, and a non-finite c stays so); finite otherwise, but
+/// where the product or the sum overflows (a false alarm, never a miss).
+template <int E>
+__device__ __forceinline__ u32 fmaPairs(u32 a, u32 b, u32 c) {
+#ifdef TESSERA_EMULATE
+  auto f = [](u32 w, int hi) {
+    return tessera_emu::halfToFloat<E>((u16)(hi ? w >> 16 : w & 0xffffu));
+  };
+  return tessera_emu::packHalf2<E>(fmaf(f(a, 0), f(b, 0), f(c, 0)),
+                                   fmaf(f(a, 1), f(b, 1), f(c, 1)));
+#else
+  u32 r;
+  if (E == kF16)
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  else
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  return r;
+#endif
+}
+
+/// Whether some 16-bit value of the N words is NaN or infinite, per thread:
+/// one fma chain through them, whose end is non-finite iff some value is
+/// (fmaPairs). bf16 multiplies two words an instruction (a false alarm
+/// needs products past 3e38, values past 1.8e19); f16 multiplies by zero,
+/// one word an instruction, as its products overflow from 256 squared. A
+/// false alarm costs the guard's exact pass, never a wrong result.
+template <int E, int N>
+__device__ __forceinline__ bool anyNonFinite(const u32 (&w)[N]) {
+  static_assert(N >= 3, "a chain starts from three words");
+  u32 chain;
+  if (E == kBF16) {
+    chain = fmaPairs<E>(w[0], w[1], w[2]);
+#pragma unroll
+    for (int i = 3; i < N; i += 2)
+      chain = fmaPairs<E>(w[i], i + 1 < N ? w[i + 1] : 0u, chain);
+  } else {
+    chain = fmaPairs<E>(w[0], 0u, w[1]);
+#pragma unroll
+    for (int i = 2; i < N; ++i)
+      chain = fmaPairs<E>(w[i], 0u, chain);
+  }
+  // fma(chain, 0, 0): +0 iff the chain is finite.
+  return fmaPairs<E>(chain, 0u, 0u) != 0u;
 }
 
 /// Non-finite values in a masked tile (docs/runtime.md): a masked key's P is
@@ -513,23 +656,38 @@ template <int E> __device__ __forceinline__ u32 nonFiniteBits(u32 w) {
 /// values of a partial tile reach only the rows that see them. Every value
 /// finite (the usual case): one pass of 128-bit loads and one barrier
 /// (__syncthreads_or). Full tiles need none of it (every lane is seen).
-template <int E, int D, int NT>
-__device__ __forceinline__ void pipeGuard(u16 *vs, u32 keep, FlashAcc<D> &acc) {
-  using L = TileLayout<D>;
+template <int D, int NT>
+__device__ __forceinline__ const u16 *guardPart(const u16 *vs) {
   constexpr int kPerRow = NT / 64, kSpan = D / kPerRow; // elements
   static_assert(kSpan % 8 == 0, "whole chunks per thread");
   const int vr = threadIdx.x / kPerRow, x0 = (threadIdx.x % kPerRow) * kSpan;
   // A row's D elements are the first D of its pitch, in some chunk order.
-  const u16 *mineAt = vs + vr * L::kPitch + x0;
-  u32 bits = 0;
+  return vs + vr * TileLayout<D>::kPitch + x0;
+}
+
+/// The scan of the guard: whether some value of the tile is not finite,
+/// from the thread's part of it (guardPart).
+template <int E, int D, int NT>
+__device__ __forceinline__ bool guardScan(const u16 *mineAt) {
+  constexpr int kSpan = D / (NT / 64);
+  u32 w[kSpan / 2];
 #pragma unroll
   for (int c = 0; c < kSpan / 8; ++c) {
-    const uint4 w = *reinterpret_cast<const uint4 *>(mineAt + 8 * c);
-    bits |= nonFiniteBits<E>(w.x) | nonFiniteBits<E>(w.y) |
-            nonFiniteBits<E>(w.z) | nonFiniteBits<E>(w.w);
+    const uint4 v = *reinterpret_cast<const uint4 *>(mineAt + 8 * c);
+    w[4 * c] = v.x;
+    w[4 * c + 1] = v.y;
+    w[4 * c + 2] = v.z;
+    w[4 * c + 3] = v.w;
   }
-  if (!__syncthreads_or(bits != 0))
-    return;
+  return __syncthreads_or(anyNonFinite<E>(w));
+}
+
+/// The guard's rare part, after guardScan found a non-finite value.
+template <int E, int D, int NT>
+__device__ __forceinline__ void guardFix(u16 *vs, u32 keep, FlashAcc<D> &acc) {
+  using L = TileLayout<D>;
+  constexpr int kPerRow = NT / 64, kSpan = D / kPerRow; // elements
+  const int vr = threadIdx.x / kPerRow, x0 = (threadIdx.x % kPerRow) * kSpan;
   const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
   const float nan = __int_as_float(0x7fc00000);
   // acc.o is indexed by constants only (unrolled), or it would live in
@@ -550,14 +708,33 @@ __device__ __forceinline__ void pipeGuard(u16 *vs, u32 keep, FlashAcc<D> &acc) {
         }
   }
   __syncthreads();
-  if (bits)
-    for (int x = 0; x < kSpan; x += 2) {
-      u32 *w = reinterpret_cast<u32 *>(vs + vr * L::kPitch + x0 + x);
-      const u32 nf = nonFiniteBits<E>(*w);
-      *w &= (nf & 0x8000u ? 0xffff0000u : 0xffffffffu) &
-            (nf & 0x80000000u ? 0x0000ffffu : 0xffffffffu);
-    }
+  for (int x = 0; x < kSpan; x += 2) {
+    u32 *w = reinterpret_cast<u32 *>(vs + vr * L::kPitch + x0 + x);
+    const u32 nf = nonFiniteBits<E>(*w);
+    *w &= (nf & 0x8000u ? 0xffff0000u : 0xffffffffu) &
+          (nf & 0x80000000u ? 0x0000ffffu : 0xffffffffu);
+  }
   __syncthreads();
+}
+
+template <int E, int D, int NT>
+__device__ __forceinline__ void pipeGuard(u16 *vs, u32 keep, FlashAcc<D> &acc) {
+  if (guardScan<E, D, NT>(guardPart<D, NT>(vs)))
+    guardFix<E, D, NT>(vs, keep, acc);
+}
+/// What pipeForward keeps of a partial tile for its guard: the keep bits in
+/// the nibble form and the thread's part of the value tile (guardPart,
+/// computed once before the loop).
+struct GuardKeep {
+  KeepNibbles keep;
+  const u16 *mine;
+};
+
+template <int E, int D, int NT>
+__device__ __forceinline__ void pipeGuard(u16 *vs, GuardKeep k,
+                                          FlashAcc<D> &acc) {
+  if (guardScan<E, D, NT>(k.mine))
+    guardFix<E, D, NT>(vs, keepOf(k.keep), acc);
 }
 
 /// The attention of one query block of BQ = 16 WARPS rows of the head of
@@ -584,6 +761,7 @@ pipeForward(const LayerTable &t, const AttnParams &p,
   static_assert(QRES || BQ <= 128, "the Q tile is staged in the two tiles");
   u16 *const ks = smem.k();
   u16 *const vs = smem.v();
+
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int c2 = (lane % 4) * 2;
   const i64 b = blockIdx.z;
@@ -612,13 +790,15 @@ pipeForward(const LayerTable &t, const AttnParams &p,
   flashInit<D>(acc);
   const int row0 = warp * 16 + lane / 4;
   const RunCtx ctx = makeRunCtx(q0, q1, p.nq, p.nk, BK, head, t.numHeads);
-  const i64 rowPos = q0 + row0 + p.nk - p.nq; // aligned position of row0
+  // The aligned position of row0, and c2, for the masks.
+  const i64 rowPos = pinned(q0 + row0 + p.nk - p.nq);
+  const int maskC2 = pinned(c2);
 
   // The tile whose scores are done and whose values have landed (pending
   // O += P V), and the cursor of the enumeration: `run` and the next block.
   bool pending = false;
   int pendingCls = kFull;
-  u32 pendingKeep = 0;
+  GuardKeep pendingKeep = {{0, 0}, pinned(guardPart<D, NT>(vs))};
   u32 pa[4][4];
   Run run = noRun();
   i64 kb = 0, next = 0;
@@ -658,17 +838,17 @@ pipeForward(const LayerTable &t, const AttnParams &p,
     else
       pipeScores<E, D>(qf, ks, s);
     const int cls = run.cls;
-    u32 keep = 0xffffffffu;
-    if (cls == kPartial)
-      keep = Groups::keep(pattern, rowPos, k0, c2, p.nk, head, t.numHeads);
-    else if (k0 + BK > p.nk)
-      keep = columnBits(c2, p.nk - k0);
-    if (cls == kPartial || k0 + BK > p.nk)
-      applyKeep(s, keep);
+    const int room = (int)minI(p.nk - k0, BK); // the keys below Nk
+    if (cls == kPartial) {
+      pendingKeep.keep = partialKeep<Groups>(pattern, rowPos, k0, maskC2,
+                                             room, head, t.numHeads);
+      applyKeepNibbles(s, pendingKeep.keep);
+    } else if (room < BK) {
+      applyKeep(s, columnBits(c2, room));
+    }
     pipeSoftmax<E, D>(s, p.scaleLog2, acc, pa);
     pending = true;
     pendingCls = cls;
-    pendingKeep = keep;
     cpAsyncWait<0>();
     __syncthreads(); // V landed; every warp is done with the keys
   }

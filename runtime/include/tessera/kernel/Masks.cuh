@@ -14,22 +14,27 @@
 // whether the pair (row position rowPos + (e >= 2 ? 8 : 0), key
 // k0 + nt * 8 + c2 + (e & 1)) is allowed and the key is below Nk.
 //
-// Row masks. The generated code works on one 64-bit mask per row: bit j is
-// key kb + j, kb = k0 + c2 (the thread's first column), so the thread's 16
-// columns are bits 8 * nt + {0, 1} and no shift by c2 is needed. Bits 58 to
-// 63 are never read (the last column is bit 57): a span ends at bit 62 at
-// most, so that its shifts stay within [0, 63], and other forms may leave
-// anything in the unread bits.
+// Row masks. The generated code works on one 64-bit mask per row
+// (P<id>Mask::rows): row h's bit j + 1 + 2 h is key k0 + c2 + j, so that the
+// thread's columns of row 0 are bits 8 nt + {1, 2} and row 1's
+// 8 nt + {3, 4}, and one LOP3 a 32-bit half merges the two rows into the
+// bytes the kernel's selects read (FlashForward.cuh's KeepNibbles, one R2P
+// a byte). MaskTile's kb is the key of row 0's bit 0 (k0 + c2 - 1; row 1's
+// is kb - 2) and d = kb - rowPos its diagonal offset (row 1's: d - 10).
+// Only bits 1-4 of each byte are read (of row 0: 1-2, up to bit 58; of row
+// 1: 3-4, up to bit 60): forms may leave anything in the others, and the
+// lowest bits of a frame may come from keys below the thread's first. Spans
+// take any ends (bitRange: PTX's shifts saturate). keep() gives the u32
+// form from the same masks (threadBits of r0 >> 1 and r1 >> 3).
 //
 // 32-bit arithmetic. Positions and parameters reach 2^41, so the tile's
-// offsets are computed once in 64 bits (MaskTile): kb and d = kb - rowPos
-// (the diagonal offset of bit 0 of row 0). Their clamped 32-bit copies
-// (kbc = min(kb, 2^30), dc = d clamped to +-2^30) serve every leaf whose
+// offsets are computed once in 64 bits (MaskTile): kb and d. Their clamped
+// 32-bit copies (kbc, dc: clamped to +-2^30) serve every leaf whose
 // constants are below kMaskSmall = 2^29 in magnitude: a bit index computed
-// from them is exact whenever it lies in [0, 63], and on the same side of
+// from them is exact whenever it lies in [0, 64], and on the same side of
 // that range otherwise (|c| + 2^30 + 16 < 2^31, no overflow), which is all
-// a clamp to [0, 63] needs. Leaves with larger constants use the 64-bit
-// values, then clamp.
+// a span needs. Leaves with larger constants use the 64-bit values, then
+// clamp. A power-of-two period takes its phase from the low 32 bits.
 //
 //===----------------------------------------------------------------------===//
 
@@ -52,7 +57,6 @@ TESSERA_HD int minInt(int a, int b) { return a < b ? a : b; }
 TESSERA_HD int maxInt(int a, int b) { return a > b ? a : b; }
 
 /// x clamped to the bit indices [0, 63].
-TESSERA_HD int clampBit(int x) { return x < 0 ? 0 : (x > 63 ? 63 : x); }
 TESSERA_HD int clampBit64(i64 x) { return x < 0 ? 0 : (x > 63 ? 63 : (int)x); }
 
 /// Bits [lo, end) for 0 <= lo, end <= 63 (empty when end <= lo).
@@ -60,33 +64,95 @@ TESSERA_HD u64 bitSpan(int lo, int end) {
   return (~0ull << lo) & ~(~0ull << end);
 }
 
+/// x << n and x >> n for any n: 0 where n >= 64 or n < 0 (PTX's shifts
+/// read the amount unsigned and clamp it: the same two SHF instructions as
+/// a plain shift, where C++ would leave those amounts undefined).
+TESSERA_HD u64 shlSat(u64 x, int n) {
+#if defined(__CUDA_ARCH__)
+  u64 r;
+  asm("shl.b64 %0, %1, %2;" : "=l"(r) : "l"(x), "r"(n));
+  return r;
+#else
+  return (unsigned)n >= 64u ? 0ull : x << n;
+#endif
+}
+TESSERA_HD u64 shrSat(u64 x, int n) {
+#if defined(__CUDA_ARCH__)
+  u64 r;
+  asm("shr.b64 %0, %1, %2;" : "=l"(r) : "l"(x), "r"(n));
+  return r;
+#else
+  return (unsigned)n >= 64u ? 0ull : x >> n;
+#endif
+}
+
+/// Bits [lo, end) for any lo and end (empty when end <= lo): one clamp a
+/// bound, as the saturating shifts take amounts past 63.
+TESSERA_HD u64 bitRange(int lo, int end) {
+  return shlSat(~0ull, maxInt(lo, 0)) & ~shlSat(~0ull, maxInt(end, 0));
+}
+
+/// The run of bits `run` (bits [0, w), w <= 64) moved to start at bit x,
+/// for any x: bits [x, x + w) of the row.
+TESSERA_HD u64 runAt(u64 run, int x) {
+  return shlSat(run, x) | shrSat(run, -x);
+}
+
 /// Every bit of a row when `on`, else none.
 TESSERA_HD u64 rowAll(bool on) { return 0ull - (u64)on; }
 
 /// The offsets of one thread in one tile: see the file comment.
 struct MaskTile {
-  i64 kb;   ///< the thread's first key, k0 + c2
-  i64 d;    ///< kb - rowPos: the offset k - p of bit 0 of row 0 (row 1: - 8)
-  i64 p;    ///< rowPos (row 1: + 8)
-  int kbc;  ///< min(kb, 2^30)
-  int dc;   ///< d clamped to [-2^30, 2^30]
-  int ec;   ///< the keys below Nk are bits [0, ec) (ec in [0, 63])
-  u64 edge; ///< those bits, for roots that cannot take ec into their ends
+  i64 kb;    ///< the key of bit 0 of row 0: k0 + c2 - 1 (row 1: - 2)
+  i64 d;     ///< kb - rowPos: the offset k - p of bit 0 of row 0 (row 1: - 10)
+  i64 p;     ///< rowPos (row 1: + 8)
+  int kbc;   ///< kb clamped to [-2^30, 2^30]
+  int dc;    ///< d clamped to [-2^30, 2^30]
+  int ec;    ///< row 0's keys below Nk are bits [0, ec) (ec in [-6, 65])
+  int ec1;   ///< row 1's: ec + 2
+  u64 edge;  ///< row 0's bits [0, ec), for roots that cannot take ec
+  u64 edge1; ///< row 1's
+  i64 tile;  ///< floor(k0 / 64)
+  int off;   ///< k0 - 64 tile (0 in the kernels: their k0 are multiples of 64)
+  int sh;    ///< off + c2 - 1: row 0's bit j is bit j + sh of its tile's keys
 };
+
+/// x clamped to [-2^30, 2^30] as an int. On the device a conversion through
+/// double (exact below 2^53 in magnitude, and the conversion back saturates)
+/// and two 32-bit clamps, fewer instructions than 64-bit compares.
+TESSERA_HD int clampOffset(i64 x) {
+#if defined(__CUDA_ARCH__)
+  const int s = __double2int_rz((double)x);
+#else
+  const int s = (int)maxI(minI(x, kMaskClamp), -kMaskClamp);
+#endif
+  return maxInt(minInt(s, (int)kMaskClamp), -(int)kMaskClamp);
+}
 
 /// For a tile that holds a key: k0 < nk (the kernels call keep for such
 /// tiles only).
-TESSERA_HD MaskTile maskTile(i64 rowPos, i64 k0, int c2, i64 nk) {
+/// `room`: min(nk - k0, 64), in [1, 64] (the tile holds a key); k0 a
+/// multiple of 64 (the kernels' tiles; maskTile takes any k0).
+TESSERA_HD MaskTile maskTileRoom(i64 rowPos, i64 k0, int c2, int room) {
   MaskTile t;
-  t.kb = k0 + c2;
+  t.kb = k0 + c2 - 1;
   t.d = t.kb - rowPos;
   t.p = rowPos;
-  t.kbc = (int)minI(t.kb, kMaskClamp);
-  t.dc = (int)maxI(minI(t.d, kMaskClamp), -kMaskClamp);
-  // The tile holds a key (k0 < nk), so nk - kb > -8: its minimum with 63
-  // fits an int, and one 64-bit minimum is all the edge needs.
-  t.ec = maxInt((int)minI(nk - t.kb, 63), 0);
-  t.edge = bitSpan(0, t.ec);
+  t.kbc = clampOffset(t.kb);
+  t.dc = clampOffset(t.d);
+  t.ec = room - c2 + 1;
+  t.ec1 = t.ec + 2;
+  t.edge = bitRange(0, t.ec);
+  t.edge1 = bitRange(0, t.ec1);
+  t.tile = k0 >> 6;
+  t.off = 0;
+  t.sh = c2 - 1;
+  return t;
+}
+TESSERA_HD MaskTile maskTile(i64 rowPos, i64 k0, int c2, i64 nk) {
+  MaskTile t = maskTileRoom(rowPos, k0, c2, (int)minI(nk - k0, 64));
+  t.off = (int)(k0 & 63);
+  t.sh = t.off + c2 - 1;
   return t;
 }
 
@@ -114,8 +180,13 @@ TESSERA_HD u64 periodicSmall(u64 pattern, u64 pattern1, int whole, int r) {
 /// The same for a period of at least 63 (at most two occurrences meet the
 /// 63 bits: the one holding bit 0, and the next at period - r).
 TESSERA_HD u64 periodicLarge(int r, int period, int width) {
-  return bitSpan(0, clampBit(width - r)) |
-         bitSpan(clampBit(period - r), clampBit(period - r + width));
+  return bitRange(0, width - r) | bitRange(period - r, period - r + width);
+}
+/// periodicLarge for a width of at most 64: `run` is bits [0, width), the
+/// occurrence holding bit 0 is run >> r, the next run << (period - r)
+/// (past 63, or r past the width, a saturating shift gives no bit).
+TESSERA_HD u64 periodicRun(u64 run, int r, int period) {
+  return shrSat(run, r) | shlSat(run, period - r);
 }
 TESSERA_HD u64 periodicLarge64(i64 r, i64 period, i64 width) {
   return bitSpan(0, clampBit64(width - r)) |
@@ -180,20 +251,44 @@ TESSERA_HD void blockRowsBits(const i64 *ids, i64 rows, i64 blockQ, i64 blockK,
            : blockRowBits(ids, rows, blockQ, blockK, t.p + 8, t.kb);
 }
 
+/// The listed-block keys of a row from the leaf's tile table (word T of a
+/// table row holds keys [64 T, 64 T + 64) of the blocks listed in one query
+/// block, `tiles` words a row): table row `row` (any value: rows outside
+/// [0, rows) list no key), shifted so that bit j is key 64 tile + sh + j
+/// (sh in [-3, 68]; bits below 0 come out as zeros, where the masks' frames
+/// are unread). With off = 0 (k0 a multiple of 64: sh <= 5 and bit 60, the
+/// last read, within the word) one word; else its successor too.
+TESSERA_HD u64 blockTableBits(const u64 *table, i64 rows, i64 tiles, i64 row,
+                              i64 tile, int sh, int off) {
+  const bool in = (u64)row < (u64)rows && (u64)tile < (u64)tiles;
+  const u64 *w = table + (in ? row * tiles + tile : 0);
+  const u64 lo = in ? w[0] : 0ull;
+  const u64 hi = off != 0 && in && (u64)(tile + 1) < (u64)tiles ? w[1] : 0ull;
+  return shrSat(lo, sh) | shlSat(lo, -sh) | shlSat(hi, 64 - sh) |
+         shrSat(hi, sh - 64);
+}
+
 /// The generic form, for a leaf without a closed form: the leaf's element
-/// predicate f(p, k) on this thread's 16 columns of one row.
-template <class F> TESSERA_HD u64 predicateBits(const F &f, i64 p, i64 kb) {
+/// predicate f(p, k) on this thread's 16 columns of one row, whose frame
+/// puts key kb + j at bit j (the columns at bits 8 nt + {0, 1} + s).
+template <class F>
+TESSERA_HD u64 predicateBits(const F &f, i64 p, i64 kb, int s) {
   u64 m = 0;
 #if defined(__CUDA_ARCH__)
 #pragma unroll 1
 #endif
   for (int i = 0; i < 16; ++i) {
-    const int j = (i >> 1) * 8 + (i & 1);
+    const int j = (i >> 1) * 8 + (i & 1) + s;
     if (f(p, kb + j))
       m |= 1ull << j;
   }
   return m;
 }
+
+/// The two row masks of a thread (rows rowPos and rowPos + 8).
+struct RowMasks {
+  u64 r0, r1;
+};
 
 /// Bytes 0 and 2 of a, then bytes 0 and 2 of b (PRMT with selector 0x6420
 /// on the device: one instruction where the shifts and masks take six).

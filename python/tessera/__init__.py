@@ -204,7 +204,10 @@ def _load_library():
     lib.tessera_attention_backward.argtypes = [vp, p(_AttentionDesc), p(_Tensor),
                                                vp, p(_Tensor), p(_Tensor),
                                                p(_Tensor)]
-    for name in ("tessera_attention_backward",
+    lib.tessera_attention_run.argtypes = [vp, p(_AttentionDesc)]
+    lib.tessera_context_set_num_threads.argtypes = [vp, ctypes.c_int]
+    for name in ("tessera_attention_run", "tessera_context_set_num_threads",
+                 "tessera_attention_backward",
                  "tessera_context_create", "tessera_context_destroy",
                  "tessera_bundle_load_file", "tessera_bundle_destroy",
                  "tessera_bundle_num_layers", "tessera_bundle_layer_index",
@@ -393,6 +396,70 @@ class Bundle:
         return o, l
 
 
+    def attention_run(self, layer, q, k, v, out, lse=None, scale=0.0,
+                      num_seqs=0, cu_seqlens_q=None, cu_seqlens_k=None,
+                      seq_lens_k=None, block_table=None, q_start=None,
+                      k_start=None, head_start=0, head_count=0):
+        """tessera_attention_run (docs/runtime.md, "Calls") on numpy arrays
+        (CPU): q, k, v, out 4-D as the mode wants them (packed: batch 1;
+        paged k and v: [num_pages, page_size, Hkv, D]); out and lse (float32,
+        the mode's layout, or None) are written in place. cu_seqlens_*,
+        seq_lens_k and block_table ([num_seqs, max_pages_per_seq], rows
+        may be strided) int32; q_start, k_start int64. Returns out."""
+        import numpy as np
+        if self.context.device != _CPU:
+            raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
+                               "attention_run takes numpy arrays on CPU "
+                               "contexts (use attention() on CUDA)")
+        d = _AttentionDesc()
+        _lib.tessera_attention_desc_init(ctypes.byref(d))
+        d.layer = _int64("layer", layer)
+        d.q, d.k, d.v = (_describe(x, _CPU, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+        d.o = _describe(out, _CPU, "out", output=True)
+        d.scale = float(scale)
+        d.num_seqs = _int64("num_seqs", num_seqs)
+        d.head_start = _int64("head_start", head_start)
+        d.head_count = _int64("head_count", head_count)
+        seqs = d.num_seqs if d.num_seqs > 0 else q.shape[0]
+        # The library reads these arrays through raw pointers: their lengths
+        # are checked here.
+        arrays = (("cu_seqlens_q", cu_seqlens_q, np.int32, seqs + 1),
+                  ("cu_seqlens_k", cu_seqlens_k, np.int32, seqs + 1),
+                  ("seq_lens_k", seq_lens_k, np.int32, seqs),
+                  ("q_start", q_start, np.int64, seqs),
+                  ("k_start", k_start, np.int64, seqs))
+        for name, x, dtype, n in arrays:
+            if x is None:
+                continue
+            if not isinstance(x, np.ndarray) or x.dtype != dtype or x.ndim != 1 \
+                    or not x.flags["C_CONTIGUOUS"] or x.shape[0] < n:
+                raise ValueError(f"{name} must be a contiguous 1-D "
+                                 f"{np.dtype(dtype).name} array of at least "
+                                 f"{n} entries")
+            setattr(d, name, x.ctypes.data)
+        if block_table is not None:
+            t = block_table
+            if not isinstance(t, np.ndarray) or t.dtype != np.int32 or t.ndim != 2 \
+                    or t.shape[0] < seqs or t.shape[1] < 1 or t.strides[1] != 4 \
+                    or t.strides[0] % 4 or t.strides[0] < 4 * t.shape[1]:
+                raise ValueError(f"block_table must be an int32 array [num_seqs, "
+                                 f"max_pages_per_seq] with contiguous rows and "
+                                 f"at least {seqs} rows")
+            d.block_table = t.ctypes.data
+            d.max_pages_per_seq = t.shape[1]
+            d.block_table_stride = t.strides[0] // 4
+        if lse is not None:
+            if not isinstance(lse, np.ndarray) or lse.dtype != np.float32 or \
+                    not lse.flags["C_CONTIGUOUS"] or not lse.flags.writeable:
+                raise ValueError("lse must be a writable C-contiguous float32 array")
+            heads = head_count if head_count else q.shape[2]
+            want = heads * q.shape[1] * (1 if cu_seqlens_q is not None else q.shape[0])
+            if lse.size < want:
+                raise ValueError(f"lse holds {lse.size} floats; the call writes {want}")
+            d.lse = lse.ctypes.data
+        _check(_lib.tessera_attention_run(self._h, ctypes.byref(d)))
+        return out
+
     def attention_backward(self, layer, q, k, v, o, lse, do, dlse=None,
                            scale=0.0):
         """(dq, dk, dv) of a forward call attention(layer, q, k, v) that gave
@@ -449,6 +516,11 @@ class Context:
         if getattr(self, "_h", None):
             _lib.tessera_context_destroy(self._h)
             self._h = None
+
+    def set_num_threads(self, n):
+        """The threads of this CPU context's calls (0: every hardware
+        thread)."""
+        _check(_lib.tessera_context_set_num_threads(self._h, int(n)))
 
     def load(self, path):
         """Loads a bundle directory (str, bytes or os.PathLike)."""

@@ -283,7 +283,7 @@ LogicalResult ScheduleOp::verifyRegions() {
 static bool isRunOp(Operation *op) {
   return isa<RunIntervalOp, RunPeriodicOp, RunListedOp, RunShardsOp,
              RunGroupsOp, RunBlocksOp, RunAllOp, RunUnionOp, RunIntersectOp,
-             RunDifferenceOp, BuildIndexOp>(op);
+             RunDifferenceOp, BuildIndexOp, RunPositionsOp>(op);
 }
 
 /// The ops of a region holding run expressions: all run ops, between `min`
@@ -335,7 +335,32 @@ LogicalResult BuildIndexOp::verify() {
 }
 
 LogicalResult GroupOp::verifyRegions() {
-  return verifyRunRegion(*this, getRuns(), 1, 1);
+  Region &runs = getRuns();
+  if (runs.empty() || runs.front().empty() ||
+      !isa<RunTransposedOp>(runs.front().back()))
+    return verifyRunRegion(*this, runs, 1, 1);
+  // The forward runs, then their transpose.
+  Block &body = runs.front();
+  if (body.getOperations().size() != 2)
+    return emitOpError("needs 1 run op before 'attn.run_transposed', got ")
+           << body.getOperations().size() - 1;
+  if (!isRunOp(&body.front()))
+    return body.front().emitOpError("is not a run op ('attn.run_*')");
+  return success();
+}
+
+LogicalResult RunTransposedOp::verifyRegions() {
+  if (failed(verifyRunRegion(*this, getBody(), 1, 1)))
+    return failure();
+  WalkResult r = getBody().walk([](Operation *op) {
+    if (isa<RunIntervalOp, BuildIndexOp>(op)) {
+      op->emitOpError("has no transposed meaning: inside "
+                      "'attn.run_transposed' use 'attn.run_positions'");
+      return WalkResult::interrupt();
+    }
+    return WalkResult::advance();
+  });
+  return failure(r.wasInterrupted());
 }
 
 LogicalResult RunUnionOp::verifyRegions() {
@@ -386,11 +411,16 @@ LogicalResult RunListedOp::verify() {
 
 // Bounds: (variable, constant) pairs for keys (variable 0: none, 1: p0,
 // 2: p1) and (coefficient of i, constant) pairs for blocks. Lower bounds are
-// maxima, upper bounds minima.
+// maxima, upper bounds minima. The transposed forms: positions (1: k0,
+// 2: k1) and query blocks (coefficient of j).
 
 namespace {
-enum class BoundForm { Keys, Blocks };
+enum class BoundForm { Keys, Blocks, Positions, QueryBlocks };
 } // namespace
+
+static bool isBlockForm(BoundForm form) {
+  return form == BoundForm::Blocks || form == BoundForm::QueryBlocks;
+}
 
 static void printAtom(OpAsmPrinter &p, BoundForm form, int64_t var,
                       int64_t c) {
@@ -398,12 +428,15 @@ static void printAtom(OpAsmPrinter &p, BoundForm form, int64_t var,
     p << c;
     return;
   }
+  const char *index = form == BoundForm::QueryBlocks ? "j" : "i";
   if (form == BoundForm::Keys)
     p << (var == 1 ? "p0" : "p1");
+  else if (form == BoundForm::Positions)
+    p << (var == 1 ? "k0" : "k1");
   else if (var == 1)
-    p << "i";
+    p << index;
   else
-    p << var << " * i";
+    p << var << " * " << index;
   if (c != 0)
     p << (c < 0 ? " - " : " + ") << (c < 0 ? -c : c);
 }
@@ -411,7 +444,8 @@ static void printAtom(OpAsmPrinter &p, BoundForm form, int64_t var,
 static void printBound(OpAsmPrinter &p, BoundForm form, ArrayRef<int64_t> b,
                        bool upper) {
   if (b.empty()) {
-    p << (upper ? "end" : "0");
+    // Positions are not clipped at 0 (they are before row 0 when Nq > Nk).
+    p << (upper ? "end" : form == BoundForm::Positions ? "begin" : "0");
     return;
   }
   if (b.size() > 2)
@@ -433,8 +467,8 @@ static ParseResult parseAtom(OpAsmParser &parser, BoundForm form,
   if (num.has_value()) {
     if (failed(*num))
       return failure();
-    if (form == BoundForm::Blocks && succeeded(parser.parseOptionalStar())) {
-      if (parser.parseKeyword("i"))
+    if (isBlockForm(form) && succeeded(parser.parseOptionalStar())) {
+      if (parser.parseKeyword(form == BoundForm::Blocks ? "i" : "j"))
         return failure();
       var = value;
     } else {
@@ -448,11 +482,18 @@ static ParseResult parseAtom(OpAsmParser &parser, BoundForm form,
       return failure();
     if (form == BoundForm::Keys && (name == "p0" || name == "p1"))
       var = name == "p0" ? 1 : 2;
+    else if (form == BoundForm::Positions && (name == "k0" || name == "k1"))
+      var = name == "k0" ? 1 : 2;
     else if (form == BoundForm::Blocks && name == "i")
+      var = 1;
+    else if (form == BoundForm::QueryBlocks && name == "j")
       var = 1;
     else
       return parser.emitError(loc, "expected ")
-             << (form == BoundForm::Keys ? "'p0' or 'p1'" : "'i'")
+             << (form == BoundForm::Keys        ? "'p0' or 'p1'"
+                 : form == BoundForm::Positions ? "'k0' or 'k1'"
+                 : form == BoundForm::Blocks    ? "'i'"
+                                                : "'j'")
              << " or an integer, got '" << name << "'";
   }
   bool minus = succeeded(parser.parseOptionalMinus());
@@ -470,6 +511,9 @@ static ParseResult parseBound(OpAsmParser &parser, BoundForm form, bool upper,
                               SmallVectorImpl<int64_t> &out) {
   if (upper && succeeded(parser.parseOptionalKeyword("end")))
     return success();
+  if (!upper && form == BoundForm::Positions &&
+      succeeded(parser.parseOptionalKeyword("begin")))
+    return success();
   if (succeeded(parser.parseOptionalKeyword(upper ? "min" : "max"))) {
     if (parser.parseLParen())
       return failure();
@@ -481,8 +525,10 @@ static ParseResult parseBound(OpAsmParser &parser, BoundForm form, bool upper,
   }
   if (parseAtom(parser, form, out))
     return failure();
-  // A lower bound 0 is the clip itself: the canonical form is empty.
-  if (!upper && out.size() == 2 && out[0] == 0 && out[1] == 0)
+  // A lower bound 0 is the clip itself: the canonical form is empty (not
+  // for positions, which are not clipped at 0).
+  if (!upper && form != BoundForm::Positions && out.size() == 2 &&
+      out[0] == 0 && out[1] == 0)
     out.clear();
   return success();
 }
@@ -622,6 +668,90 @@ LogicalResult RunIntervalOp::verify() {
   for (int i = 0; i < 4; ++i)
     if (ArrayRef<int64_t>(expected[i]) != actual[i])
       return emitOpError("block bounds do not follow from the key bounds at ")
+             << bq << " x " << bk << " tiles";
+  return success();
+}
+
+ParseResult RunPositionsOp::parse(OpAsmParser &parser,
+                                  OperationState &result) {
+  SmallVector<int64_t> lists[8];
+  if (parseRange(parser, BoundForm::Positions, lists[0], lists[1]) ||
+      parser.parseKeyword("full") ||
+      parseRange(parser, BoundForm::Positions, lists[2], lists[3]))
+    return failure();
+  bool blocks = succeeded(parser.parseOptionalKeyword("blocks"));
+  if (blocks &&
+      (parseRange(parser, BoundForm::QueryBlocks, lists[4], lists[5]) ||
+       parser.parseKeyword("full") ||
+       parseRange(parser, BoundForm::QueryBlocks, lists[6], lists[7])))
+    return failure();
+  Builder &b = parser.getBuilder();
+  const char *names[8] = {"lo",        "hi",        "full_lo",
+                          "full_hi",   "blocks_lo", "blocks_hi",
+                          "full_blocks_lo", "full_blocks_hi"};
+  for (int i = 0; i < (blocks ? 8 : 4); ++i)
+    result.addAttribute(names[i], b.getDenseI64ArrayAttr(lists[i]));
+  return parser.parseOptionalAttrDict(result.attributes);
+}
+
+void RunPositionsOp::print(OpAsmPrinter &p) {
+  auto range = [&](BoundForm form, ArrayRef<int64_t> lo, ArrayRef<int64_t> hi) {
+    p << "[";
+    printBound(p, form, lo, false);
+    p << ", ";
+    printBound(p, form, hi, true);
+    p << "]";
+  };
+  p << " ";
+  range(BoundForm::Positions, getLo(), getHi());
+  p << " full ";
+  range(BoundForm::Positions, getFullLo(), getFullHi());
+  if (getBlocksLo()) {
+    p << " blocks ";
+    range(BoundForm::QueryBlocks, *getBlocksLo(), *getBlocksHi());
+    p << " full ";
+    range(BoundForm::QueryBlocks, *getFullBlocksLo(), *getFullBlocksHi());
+  }
+  p.printOptionalAttrDict((*this)->getAttrs(),
+                          {"lo", "hi", "full_lo", "full_hi", "blocks_lo",
+                           "blocks_hi", "full_blocks_lo", "full_blocks_hi"});
+}
+
+LogicalResult RunPositionsOp::verify() {
+  if (!(*this)->getParentOfType<RunTransposedOp>())
+    return emitOpError("is only meaningful inside 'attn.run_transposed'");
+  for (ArrayRef<int64_t> b : {getLo(), getHi(), getFullLo(), getFullHi()}) {
+    if (b.size() % 2 != 0)
+      return emitOpError("bounds must hold (variable, constant) pairs");
+    for (size_t i = 0; i < b.size(); i += 2)
+      if (b[i] < 0 || b[i] > 2)
+        return emitOpError("bound variables are 0 (none), 1 (k0), 2 (k1)");
+  }
+  bool any = getBlocksLo() || getBlocksHi() || getFullBlocksLo() ||
+             getFullBlocksHi();
+  bool all = getBlocksLo() && getBlocksHi() && getFullBlocksLo() &&
+             getFullBlocksHi();
+  if (!any)
+    return success();
+  if (!all)
+    return emitOpError("needs all four block bounds or none");
+  auto schedule = (*this)->getParentOfType<ScheduleOp>();
+  if (!schedule)
+    return emitOpError("block bounds need an enclosing 'attn.schedule'");
+  int64_t bq = schedule.getBlockQ(), bk = schedule.getBlockK();
+  if (bk % bq != 0)
+    return emitOpError("block bounds need block_k to be a multiple of "
+                       "block_q, the schedule has ")
+           << bq << " x " << bk;
+  // Key block j of Nq = Nk: k0 = j * bk, k1 = j * bk + bk - 1, the roles
+  // of the forward's p0 and p1 with the block sizes swapped.
+  auto expected = RunIntervalOp::deriveBlocks(getLo(), getHi(), getFullLo(),
+                                              getFullHi(), bk, bq);
+  ArrayRef<int64_t> actual[4] = {*getBlocksLo(), *getBlocksHi(),
+                                 *getFullBlocksLo(), *getFullBlocksHi()};
+  for (int i = 0; i < 4; ++i)
+    if (ArrayRef<int64_t>(expected[i]) != actual[i])
+      return emitOpError("block bounds do not follow from the positions at ")
              << bq << " x " << bk << " tiles";
   return success();
 }

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <sstream>
 
 using namespace tessera;
@@ -369,6 +370,9 @@ public:
     case RunExpr::Groups:
       body = "groupsRun(ctx, x, " + lit(e.a) + ", " + lit(e.b) + ")";
       break;
+    case RunExpr::Positions: // transposed runs only: never emitted here
+      body = "allRun(ctx, x, kPartial)";
+      break;
     case RunExpr::Blocks: {
       auto [rowsName, rows] = csr(e.blocks);
       body = "blocksRun(ctx, x, " + lit(e.a) + ", " + lit(e.b) + ", " +
@@ -422,12 +426,14 @@ public:
 } // namespace
 
 void tessera::schedule::normalizeBounds(RunExpr &e) {
+  for (RunExpr &c : e.children)
+    normalizeBounds(c);
+  if (e.kind == RunExpr::Positions)
+    return; // positions are not clipped at 0
   normalize(e.lo, false);
   normalize(e.hi, true);
   normalize(e.flo, false);
   normalize(e.fhi, true);
-  for (RunExpr &c : e.children)
-    normalizeBounds(c);
 }
 
 void tessera::schedule::simplifyRuns(RunExpr &e) {
@@ -520,7 +526,8 @@ std::string tessera::schedule::printBound(const Bound &b, bool upper) {
   auto one = [](const Atom &a) {
     if (a.var == Atom::Const)
       return std::to_string(a.c);
-    std::string v = a.var == Atom::P0 ? "p0" : "p1";
+    static const char *names[] = {"", "p0", "p1", "k0", "k1"};
+    std::string v = names[a.var];
     if (a.c == 0)
       return v;
     return v + (a.c < 0 ? " - " : " + ") + std::to_string(a.c < 0 ? -a.c : a.c);
@@ -533,4 +540,141 @@ std::string tessera::schedule::printBound(const Bound &b, bool upper) {
   for (size_t i = 0; i < b.size(); ++i)
     s += (i ? ", " : "") + one(b[i]);
   return s + ")";
+}
+
+namespace {
+
+/// The tightest atom per variable (a maximum for lower bounds, a minimum
+/// for upper ones), constants included: positions have no implied clip.
+void tightenPositions(Bound &b, bool upper) {
+  std::map<int64_t, int64_t> best;
+  for (const Atom &x : b) {
+    auto [it, fresh] = best.insert({x.var, x.c});
+    if (!fresh)
+      it->second = upper ? std::min(it->second, x.c) : std::max(it->second, x.c);
+  }
+  b.clear();
+  for (auto [var, c] : best)
+    b.push_back(Atom{var, c});
+}
+
+/// An Interval's constraints, transposed. Its constant atoms bound the keys
+/// (k >= c, k <= c); its p atoms bound the offset d = k - p (keys from
+/// p + c: d >= c; keys up to p + c: d <= c). With d in [a, b] and keys in
+/// [cLo, cHi] the block's keys that count are [max(k0, cLo), min(k1, cHi)],
+/// seen by the positions [max(k0, cLo) - b, min(k1, cHi) - a], all of
+/// them (when the block lies in the key range) by [k1 - b, k0 - a]: the
+/// query blocks the forward's interval visits, FULL where it says FULL.
+RunExpr transposeInterval(const RunExpr &e) {
+  std::optional<int64_t> keyLo, keyHi, a, b;
+  auto tighter = [](std::optional<int64_t> &v, int64_t x, bool upper) {
+    v = !v ? x : upper ? std::min(*v, x) : std::max(*v, x);
+  };
+  for (const Atom &x : e.lo)
+    tighter(x.var == Atom::Const ? keyLo : a, x.c, false);
+  for (const Atom &x : e.hi)
+    tighter(x.var == Atom::Const ? keyHi : b, x.c, true);
+  // Contradictory offsets allow no pair (the forward's interval may still
+  // visit blocks, every one of them empty).
+  if ((a && b && *a > *b) || (keyLo && keyHi && *keyLo > *keyHi))
+    return make(RunExpr::None);
+  RunExpr pos = make(RunExpr::Positions);
+  if (b) { // p >= k - b
+    pos.lo.push_back(atom(Atom::K0, -*b));
+    if (keyLo && *keyLo > 0)
+      pos.lo.push_back(atom(Atom::Const, *keyLo - *b));
+    pos.flo.push_back(atom(Atom::K1, -*b));
+  }
+  if (a) { // p <= k - a
+    pos.hi.push_back(atom(Atom::K1, -*a));
+    if (keyHi)
+      pos.hi.push_back(atom(Atom::Const, *keyHi - *a));
+    pos.fhi.push_back(atom(Atom::K0, -*a));
+  }
+  for (auto [bound, upper] : {std::pair{&pos.lo, false}, {&pos.hi, true},
+                              {&pos.flo, false}, {&pos.fhi, true}})
+    tightenPositions(*bound, upper);
+  bool keyBound = keyHi || (keyLo && *keyLo > 0);
+  RunExpr keys = make(RunExpr::ListedK);
+  keys.ranges = {{keyLo ? std::max<int64_t>(*keyLo, 0) : 0,
+                  keyHi ? *keyHi + 1 : kernel::kUnbounded}};
+  bool posBound = a || b;
+  if (keyBound && posBound)
+    return combine(RunExpr::Intersect, {std::move(keys), std::move(pos)});
+  if (keyBound)
+    return keys;
+  if (posBound)
+    return pos;
+  return make(RunExpr::All);
+}
+
+/// Flattens nested unions and intersections, merges the positions of an
+/// intersection into one (intervals: the bounds' maxima and minima).
+void simplifyTransposed(RunExpr &e) {
+  for (RunExpr &c : e.children)
+    simplifyTransposed(c);
+  if (e.kind != RunExpr::Union && e.kind != RunExpr::Intersect)
+    return;
+  std::vector<RunExpr> flat;
+  for (RunExpr &c : e.children) {
+    if (c.kind == e.kind)
+      for (RunExpr &g : c.children)
+        flat.push_back(std::move(g));
+    else
+      flat.push_back(std::move(c));
+  }
+  std::vector<RunExpr> kept;
+  int merged = -1;
+  for (RunExpr &c : flat) {
+    if (e.kind == RunExpr::Intersect && c.kind == RunExpr::Positions &&
+        merged >= 0) {
+      RunExpr &m = kept[merged];
+      for (auto [dst, src] : {std::pair{&m.lo, &c.lo}, {&m.hi, &c.hi},
+                              {&m.flo, &c.flo}, {&m.fhi, &c.fhi}})
+        dst->insert(dst->end(), src->begin(), src->end());
+      for (auto [b, upper] : {std::pair{&m.lo, false}, {&m.hi, true},
+                              {&m.flo, false}, {&m.fhi, true}})
+        tightenPositions(*b, upper);
+      continue;
+    }
+    if (e.kind == RunExpr::Intersect && c.kind == RunExpr::Positions)
+      merged = static_cast<int>(kept.size());
+    kept.push_back(std::move(c));
+  }
+  if (kept.size() == 1)
+    e = std::move(kept[0]);
+  else
+    e.children = std::move(kept);
+}
+
+RunExpr transposeNode(const RunExpr &e) {
+  switch (e.kind) {
+  case RunExpr::Interval:
+    return transposeInterval(e);
+  case RunExpr::Blocks: {
+    RunExpr t = e;
+    for (auto &[qb, kb] : t.blocks)
+      std::swap(qb, kb);
+    std::sort(t.blocks.begin(), t.blocks.end());
+    return t;
+  }
+  case RunExpr::Union:
+  case RunExpr::Intersect:
+  case RunExpr::Difference: {
+    RunExpr t = make(e.kind);
+    for (const RunExpr &c : e.children)
+      t.children.push_back(transposeNode(c));
+    return t;
+  }
+  default:
+    return e; // the same set, walked the transposed way
+  }
+}
+
+} // namespace
+
+RunExpr tessera::schedule::transposeRuns(const RunExpr &forward) {
+  RunExpr t = transposeNode(forward);
+  simplifyTransposed(t);
+  return t;
 }

@@ -46,6 +46,20 @@ void buildMixed(OpBuilder &b, Location loc, PatternAttrInterface p,
                          b.getStringAttr(BuildIndexOp::layoutFor(p)));
 }
 
+/// The transposed schedule of a static group, after its forward runs: for
+/// each key block, the runs of query blocks that see it.
+void buildTransposed(OpBuilder &b, Location loc, PatternAttrInterface p,
+                     int64_t blockQ, int64_t blockK) {
+  auto op = RunTransposedOp::create(b, loc);
+  Block *body = new Block();
+  op.getBody().push_back(body);
+  OpBuilder inner = OpBuilder::atBlockEnd(body);
+  buildRunOps(inner, loc,
+              schedule::transposeRuns(
+                  schedule::buildRuns(semantics::fromAttr(p))),
+              blockQ, blockK);
+}
+
 struct AttnLowerRunsPass
     : tessera::impl::AttnLowerRunsBase<AttnLowerRunsPass> {
   void runOnOperation() override {
@@ -58,6 +72,9 @@ struct AttnLowerRunsPass
       OpBuilder b = OpBuilder::atBlockEnd(body);
       buildMixed(b, group.getLoc(), group.getPattern(), schedule.getBlockQ(),
                  schedule.getBlockK());
+      if (group.getPattern().isStatic())
+        buildTransposed(b, group.getLoc(), group.getPattern(),
+                        schedule.getBlockQ(), schedule.getBlockK());
     });
   }
 };

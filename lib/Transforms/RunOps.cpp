@@ -27,6 +27,22 @@ Bound unflatten(ArrayRef<int64_t> flat) {
   return b;
 }
 
+/// Positions' atoms k0 + c and k1 + c are variables 1 and 2 in the op.
+SmallVector<int64_t> flattenPositions(const Bound &b) {
+  SmallVector<int64_t> out;
+  for (const Atom &a : b)
+    out.append({a.var == Atom::Const ? 0 : a.var - Atom::K0 + 1, a.c});
+  return out;
+}
+
+Bound unflattenPositions(ArrayRef<int64_t> flat) {
+  Bound b;
+  for (size_t i = 0; i + 1 < flat.size(); i += 2)
+    b.push_back(Atom{flat[i] == 0 ? Atom::Const : flat[i] - 1 + Atom::K0,
+                     flat[i + 1]});
+  return b;
+}
+
 SmallVector<int64_t> flattenPairs(
     const std::vector<std::pair<int64_t, int64_t>> &pairs) {
   SmallVector<int64_t> out;
@@ -96,6 +112,26 @@ void tessera::buildRunOps(OpBuilder &b, Location loc, const RunExpr &e,
     }
     return;
   }
+  case RunExpr::Positions: {
+    SmallVector<int64_t> lo = flattenPositions(e.lo),
+                         hi = flattenPositions(e.hi),
+                         flo = flattenPositions(e.flo),
+                         fhi = flattenPositions(e.fhi);
+    auto op = RunPositionsOp::create(
+        b, loc, b.getDenseI64ArrayAttr(lo), b.getDenseI64ArrayAttr(hi),
+        b.getDenseI64ArrayAttr(flo), b.getDenseI64ArrayAttr(fhi), nullptr,
+        nullptr, nullptr, nullptr);
+    if (bk % bq == 0) {
+      // Key block j plays the forward's query block i, with the block
+      // sizes swapped.
+      auto blocks = RunIntervalOp::deriveBlocks(lo, hi, flo, fhi, bk, bq);
+      op.setBlocksLo(blocks[0]);
+      op.setBlocksHi(blocks[1]);
+      op.setFullBlocksLo(blocks[2]);
+      op.setFullBlocksHi(blocks[3]);
+    }
+    return;
+  }
   case RunExpr::PeriodicK:
   case RunExpr::PeriodicD:
   case RunExpr::PeriodicP:
@@ -149,6 +185,12 @@ FailureOr<RunExpr> tessera::runExprFromOp(Operation *op) {
     e.hi = unflatten(i.getKeysHi());
     e.flo = unflatten(i.getFullLo());
     e.fhi = unflatten(i.getFullHi());
+  } else if (auto ps = dyn_cast<RunPositionsOp>(op)) {
+    e.kind = RunExpr::Positions;
+    e.lo = unflattenPositions(ps.getLo());
+    e.hi = unflattenPositions(ps.getHi());
+    e.flo = unflattenPositions(ps.getFullLo());
+    e.fhi = unflattenPositions(ps.getFullHi());
   } else if (auto p = dyn_cast<RunPeriodicOp>(op)) {
     e.kind = axisKind(p.getAxis(), RunExpr::PeriodicK, RunExpr::PeriodicD,
                       RunExpr::PeriodicP);

@@ -16,6 +16,10 @@ attn.model @empty {
 // CHECK: attn.group 0 heads [0] = #attn.intersect<#attn.skip, #attn.window<before = 3>> runs {
 // CHECK-NEXT: attn.run_union {
 // CHECK-NEXT: }
+// CHECK-NEXT: attn.run_transposed {
+// CHECK-NEXT: attn.run_union {
+// CHECK-NEXT: }
+// CHECK-NEXT: }
 // CHECK-NEXT: }
 // CHECK-NEXT: attn.group 1 heads [1] = #attn.union<#attn.skip, #attn.window<before = 3>> runs {
 // CHECK-NEXT: attn.run_interval keys [p0 - 3, p1]

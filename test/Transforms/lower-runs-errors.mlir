@@ -107,7 +107,7 @@ attn.model @m {
 
 attn.model @m {
   attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
-    // expected-error @+1 {{'attn.run_all' op expects parent op to be one of 'attn.group, attn.run_union, attn.run_intersect, attn.run_difference'}}
+    // expected-error @+1 {{'attn.run_all' op expects parent op to be one of 'attn.group, attn.run_union, attn.run_intersect, attn.run_difference, attn.run_transposed'}}
     attn.run_all
   }
 }

@@ -33,7 +33,8 @@ attn.model @catalogue {
 // [i - 4, i], the first and the last partial.
 // CHECK-LABEL: attn.group 0 heads [0] = #attn.window<before = 256> runs {
 // CHECK-NEXT: attn.run_interval keys [p0 - 256, p1] full [p1 - 256, p0] blocks [i - 4, i] full [i - 3, i - 1]
-// CHECK-NEXT: }
+// Then its transpose (test/Transforms/lower-runs-transposed.mlir).
+// CHECK-NEXT: attn.run_transposed {
 // WIDE-LABEL: attn.group 0 heads [0] = #attn.window<before = 256> runs {
 // WIDE-NEXT: attn.run_interval keys [p0 - 256, p1] full [p1 - 256, p0] blocks [2 * i - 4, 2 * i + 1] full [2 * i - 2, 2 * i - 1]
 // No block form where block_q is not a multiple of block_k.

@@ -12,12 +12,15 @@
 
 #include "tessera/Dialect/Attn/AttnDialect.h"
 #include "tessera/Schedule/Lower.h"
+#include "tessera/Schedule/Runs.h"
 #include "tessera/Semantics/FromAttr.h"
+#include "tessera/kernel/OwnedTable.h"
 #include "tessera/kernel/ProgramRuns.h"
 
 #include <gtest/gtest.h>
 
 #include <array>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -339,6 +342,279 @@ TEST_F(TransposedRunsTest, BlockListWithoutTranspose) {
     ASSERT_EQ(firstDifference(got, want), "") << s.str() << " " << str(attr);
   }
   EXPECT_GT(checked, 100);
+}
+
+/// A bound of a forward Interval for the query block of `c` (the generated
+/// code's boundCode).
+k::i64 boundValue(const schedule::Bound &b, const k::RunCtx &c, bool upper) {
+  if (b.empty())
+    return upper ? k::kUnbounded : 0;
+  k::i64 v = upper ? k::kUnbounded : -k::kUnbounded;
+  for (const schedule::Atom &a : b) {
+    k::i64 x = a.c + (a.var == schedule::Atom::P0   ? c.p0
+                      : a.var == schedule::Atom::P1 ? c.p1
+                                                    : 0);
+    v = upper ? std::min(v, x) : std::max(v, x);
+  }
+  return v;
+}
+
+/// Intersections and differences fold left over the children, as the
+/// emitted code does.
+template <typename Ctx, typename Eval>
+k::Run foldRuns(const schedule::RunExpr &e, const Ctx &c, k::i64 x,
+                Eval eval) {
+  std::function<k::Run(size_t, k::i64)> fold = [&](size_t n, k::i64 y) {
+    if (n == 0)
+      return eval(e.children[0], c, y);
+    auto lhs = [&](k::i64 z) { return fold(n - 1, z); };
+    auto rhs = [&](k::i64 z) { return eval(e.children[n], c, z); };
+    return e.kind == schedule::RunExpr::Intersect
+               ? k::intersectRuns(lhs, rhs, y)
+               : k::differenceRuns(lhs, rhs, y);
+  };
+  return fold(e.children.size() - 1, x);
+}
+
+/// Walks a forward run expression by its closed forms, as the code
+/// emitGroupCode generates from it does.
+k::Run evalF(const schedule::RunExpr &e, const k::RunCtx &c, k::i64 kb) {
+  using E = schedule::RunExpr;
+  std::vector<k::i64> ranges;
+  for (auto [lo, hi] : e.ranges)
+    ranges.insert(ranges.end(), {lo, hi});
+  k::i64 count = static_cast<k::i64>(e.ranges.size());
+  switch (e.kind) {
+  case E::All:
+    return k::allRun(c, kb, k::kFull);
+  case E::None:
+    return k::noRun();
+  case E::Interval:
+    return k::intervalRun(c, kb, boundValue(e.lo, c, false),
+                          boundValue(e.hi, c, true),
+                          boundValue(e.flo, c, false),
+                          boundValue(e.fhi, c, true));
+  case E::ListedK:
+    return k::intervalsKRun(c, kb, ranges.data(), count);
+  case E::ListedD:
+    return k::intervalsDRun(c, kb, ranges.data(), count);
+  case E::ListedP:
+    return k::intervalsPRun(c, kb, ranges.data(), count);
+  case E::PeriodicK:
+    return k::periodicKRun(c, kb, e.a, e.b, e.c);
+  case E::PeriodicD:
+    return k::periodicDRun(c, kb, e.a, e.b, e.c);
+  case E::PeriodicP:
+    return k::periodicPRun(c, kb, e.a, e.b, e.c);
+  case E::Shards:
+    return k::shardsRun(c, kb, e.a, e.b, e.c);
+  case E::Groups:
+    return k::groupsRun(c, kb, e.a, e.b);
+  case E::Blocks: {
+    std::vector<k::i64> data;
+    k::i64 rows = k::appendBlockList(
+        std::vector<std::pair<k::i64, k::i64>>(e.blocks.begin(),
+                                               e.blocks.end()),
+        data);
+    return k::blocksRun(c, kb, e.a, e.b, rows, data.data());
+  }
+  case E::Union: {
+    k::Run r = k::noRun();
+    for (const E &x : e.children)
+      r = k::unionOf(r, evalF(x, c, kb));
+    return r;
+  }
+  case E::Intersect:
+  case E::Difference:
+    return foldRuns(e, c, kb, evalF);
+  default:
+    ADD_FAILURE() << "a transposed-only node in a forward expression";
+    return k::noRun();
+  }
+}
+
+/// A bound of a transposed Positions node for the key block of `c`.
+k::i64 boundValue(const schedule::Bound &b, const k::TRunCtx &c, bool upper) {
+  k::i64 v = upper ? k::kUnbounded : -k::kUnbounded;
+  for (const schedule::Atom &a : b) {
+    k::i64 x = a.c + (a.var == schedule::Atom::K0   ? c.k0
+                      : a.var == schedule::Atom::K1 ? c.k1
+                                                    : 0);
+    v = upper ? std::min(v, x) : std::max(v, x);
+  }
+  return v;
+}
+
+/// Walks a transposed run expression (schedule::transposeRuns) the way
+/// code generated from the IR form would: each node by its closed form.
+k::Run evalT(const schedule::RunExpr &e, const k::TRunCtx &c, k::i64 qb) {
+  using E = schedule::RunExpr;
+  auto keyClass = [&](k::Node n, const k::i64 *data) {
+    return k::allRunT(c, qb, k::classifyLeaf(n, data, k::keyTileT(c)));
+  };
+  std::vector<k::i64> ranges;
+  for (auto [lo, hi] : e.ranges)
+    ranges.insert(ranges.end(), {lo, hi});
+  k::i64 count = static_cast<k::i64>(e.ranges.size());
+  switch (e.kind) {
+  case E::All:
+    return k::allRunT(c, qb, k::kFull);
+  case E::None:
+    return k::noRun();
+  case E::Positions:
+    return k::positionRunT(c, qb, boundValue(e.lo, c, false),
+                           boundValue(e.hi, c, true),
+                           boundValue(e.flo, c, false),
+                           boundValue(e.fhi, c, true));
+  case E::ListedK:
+    return k::allRunT(c, qb, k::classifyIntervals(ranges.data(), count, c.k0,
+                                                  c.k1));
+  case E::ListedD:
+    return k::intervalsDRunT(c, qb, ranges.data(), count);
+  case E::ListedP:
+    return k::intervalsPRunT(c, qb, ranges.data(), count);
+  case E::PeriodicK:
+    return k::allRunT(c, qb, k::classifyPeriodic(e.a, e.b, e.c, c.k0, c.k1));
+  case E::PeriodicD:
+    return k::periodicDRunT(c, qb, e.a, e.b, e.c);
+  case E::PeriodicP:
+    return k::periodicPRunT(c, qb, e.a, e.b, e.c);
+  case E::Shards:
+    return keyClass(k::Node{k::kShards, k::kAxisK, e.a, e.b, e.c, 0, 0, 0},
+                    nullptr);
+  case E::Groups:
+    return k::groupsRunT(c, qb, e.a, e.b);
+  case E::Blocks: {
+    // e.blocks are (key block, query block) pairs: the transposed list.
+    std::vector<std::pair<k::i64, k::i64>> t(e.blocks.begin(),
+                                             e.blocks.end()),
+        f;
+    for (auto [kb, qbl] : t)
+      f.push_back({qbl, kb});
+    std::vector<k::i64> fdata, tdata;
+    k::i64 rows = k::appendBlockList(f, fdata);
+    k::i64 cols = k::appendBlockList(t, tdata);
+    return k::blocksRunT(c, qb, e.a, e.b, rows, fdata.data(), cols,
+                         tdata.data());
+  }
+  case E::Union: {
+    k::Run r = k::noRun();
+    for (const E &x : e.children)
+      r = k::unionOf(r, evalT(x, c, qb));
+    return r;
+  }
+  case E::Intersect:
+  case E::Difference:
+    return foldRuns(e, c, qb, evalT);
+  default:
+    ADD_FAILURE() << "a forward-only node in a transposed expression";
+    return k::noRun();
+  }
+}
+
+} // namespace
+
+namespace {
+
+/// The transposed run expression the IR shows (transposeRuns of the
+/// forward runs), walked by its closed forms, visits the tiles the forward
+/// run expression visits (the generated forward code's), in the same
+/// classes, except empty tiles the forward visits where an intersection's
+/// offset bounds contradict; every tile holding an allowed pair (the
+/// reference semantics) is visited, and a FULL tile allows every pair.
+TEST_F(TransposedRunsTest, IrFormMatchesTheForwardRunExpression) {
+  PatternGen gen(&ctx, /*seed=*/5150);
+  int64_t tiles = 0, leftOut = 0;
+  for (int i = 0; i < 4000; ++i) {
+    attn::PatternAttrInterface attr = gen.pattern(3);
+    if (i % 4 == 0) // key bounds and offset bounds in one interval
+      attr = attn::IntersectAttr::get(
+          &ctx, {attn::SinkAttr::get(&ctx, gen.uniform(1, 20)),
+                 attn::WindowAttr::get(&ctx, gen.uniform(0, 20),
+                                       gen.uniform(0, 5)),
+                 gen.pattern(1)});
+    semantics::Pattern ref = semantics::fromAttr(attr);
+    if (std::holds_alternative<semantics::Skip>(ref.node))
+      continue;
+    schedule::RunExpr t = schedule::transposeRuns(schedule::buildRuns(ref));
+    Shape s{gen.uniform(1, 50), gen.uniform(1, 50), gen.uniform(1, 10),
+            gen.uniform(1, 10), 0, 1};
+    if (i % 3 == 0)
+      s.nk = s.nq;
+    if (i % 4 == 0)
+      s.bq = 2 * s.bk;
+    s.numHeads = gen.uniform(1, 6);
+    s.head = gen.uniform(0, s.numHeads - 1);
+    TileMap got;
+    int64_t nqb = (s.nq + s.bq - 1) / s.bq;
+    for (int64_t k0 = 0; k0 < s.nk; k0 += s.bk) {
+      k::TRunCtx c = k::makeTRunCtx(k0, std::min(k0 + s.bk, s.nk), s.nq,
+                                    s.nk, s.bq, s.head, s.numHeads);
+      int64_t calls = 0;
+      for (k::Run r = evalT(t, c, 0); k::isRun(r);
+           r = evalT(t, c, r.hi + 1)) {
+        ASSERT_LE(++calls, nqb) << s.str() << " " << str(attr);
+        for (int64_t b = r.lo; b <= r.hi; ++b)
+          got[{b, k0 / s.bk}] = r.cls;
+      }
+    }
+    schedule::RunExpr f = schedule::buildRuns(ref);
+    TileMap forward;
+    for (int64_t q0 = 0; q0 < s.nq; q0 += s.bq) {
+      k::RunCtx c = k::makeRunCtx(q0, std::min(q0 + s.bq, s.nq), s.nq, s.nk,
+                                  s.bk, s.head, s.numHeads);
+      for (k::Run r = evalF(f, c, 0); k::isRun(r); r = evalF(f, c, r.hi + 1))
+        for (int64_t b = r.lo; b <= r.hi; ++b)
+          forward[{q0 / s.bq, b}] = r.cls;
+    }
+    // The forward's tiles, less those of contradictory offset bounds that
+    // the forward visits although they hold no pair (the loop below checks
+    // that every tile left out is empty).
+    for (auto [tile, cls] : got) {
+      auto it = forward.find(tile);
+      ASSERT_TRUE(it != forward.end() && it->second == cls)
+          << s.str() << " tile (qb " << tile.first << ", kb " << tile.second
+          << ") class " << cls << ", forward "
+          << (it == forward.end() ? -1 : it->second) << " pattern "
+          << str(attr);
+    }
+    leftOut += forward.size() - got.size();
+    for (int64_t q = 0; q < s.nq; ++q)
+      for (int64_t kk = 0; kk < s.nk; ++kk) {
+        bool allowed =
+            semantics::allowed(ref, q, kk, s.head, s.nq, s.nk, s.numHeads);
+        auto it = got.find({q / s.bq, kk / s.bk});
+        int cls = it == got.end() ? k::kEmpty : it->second;
+        ASSERT_TRUE(allowed ? cls != k::kEmpty : cls != k::kFull)
+            << s.str() << " q=" << q << " k=" << kk << " class " << cls
+            << " pattern " << str(attr);
+      }
+    tiles += got.size();
+  }
+  EXPECT_GT(tiles, 30000);
+  EXPECT_LT(leftOut * 100, tiles); // rare
+}
+
+} // namespace
+
+namespace {
+
+/// Sinks of 16 keys within a 200-key window, one interval of the forward
+/// (keys [max(0, p0 - 200), min(15, p1)]): key block 0 counts for its keys
+/// 0..15 only, seen by the positions [0, 215], query blocks 0..3 at 64 x 64
+/// (block 4, positions 256..319, sees none of them).
+TEST_F(TransposedRunsTest, IrFormKeepsKeyAndOffsetBoundsTogether) {
+  using namespace semantics;
+  schedule::RunExpr t = schedule::transposeRuns(schedule::buildRuns(
+      Pattern{Intersect{{Pattern{Sink{16}}, Pattern{Window{200, 0}}}}}));
+  k::TRunCtx c = k::makeTRunCtx(0, 64, 1024, 1024, 64, 0, 1);
+  std::vector<int64_t> classes(16, k::kEmpty);
+  for (k::Run r = evalT(t, c, 0); k::isRun(r); r = evalT(t, c, r.hi + 1))
+    for (int64_t b = r.lo; b <= r.hi; ++b)
+      classes[b] = r.cls;
+  std::vector<int64_t> expected(16, k::kEmpty);
+  std::fill(expected.begin(), expected.begin() + 4, P);
+  EXPECT_EQ(classes, expected);
 }
 
 } // namespace

@@ -22,9 +22,10 @@
 
 namespace tessera::schedule {
 
-/// c, p0 + c or p1 + c.
+/// c, p0 + c or p1 + c; in the transposed runs (Positions), c, k0 + c or
+/// k1 + c.
 struct Atom {
-  enum Var : int64_t { Const = 0, P0 = 1, P1 = 2 };
+  enum Var : int64_t { Const = 0, P0 = 1, P1 = 2, K0 = 3, K1 = 4 };
   int64_t var = Const;
   int64_t c = 0;
   bool operator==(const Atom &o) const { return var == o.var && c == o.c; }
@@ -52,6 +53,10 @@ struct RunExpr {
     Union,
     Intersect,
     Difference,
+    /// Transposed runs only: for the key block [k0, k1], the query
+    /// positions [lo, hi] see some key, [flo, fhi] every key (atoms Const,
+    /// K0, K1; an empty bound is the first or the last query's position).
+    Positions,
   };
   Kind kind = All;
   Bound lo, hi, flo, fhi;     ///< Interval
@@ -65,6 +70,16 @@ struct RunExpr {
 
 /// The simplified run expression of a pattern (not `skip`).
 RunExpr buildRuns(const semantics::Pattern &pattern);
+
+/// The transposed run expression of a forward one (as buildRuns makes it):
+/// walked per key block [k0, k1], it yields the runs of query blocks that
+/// see the block. Offset constraints of an Interval become Positions (d in
+/// [a, b]: positions [k0 - b, k1 - a], full [k1 - b, k0 - a]); its key
+/// constraints a ListedK leaf (one class for the whole key block); a
+/// block list is transposed to (key block, query block) pairs; every other
+/// leaf keeps its set (its walk is the transposed one, see
+/// kernel::leafRunFromT); combinators stay.
+RunExpr transposeRuns(const RunExpr &forward);
 
 /// Simplifies in place: flattens nested unions and intersections, drops
 /// neutral children, merges the intervals of an intersection into one.
@@ -81,8 +96,8 @@ void normalizeBounds(RunExpr &e);
 std::string emitGroupCode(const semantics::Pattern &pattern,
                           const RunExpr &runs, const std::string &name);
 
-/// "p0 - 256", "min(p1, 63)": a bound as printed in the IR. `upper` selects
-/// min and the empty form "end".
+/// "p0 - 256", "min(p1, 63)", "k1 + 256": a bound as printed in the IR.
+/// `upper` selects min and the empty form "end".
 std::string printBound(const Bound &b, bool upper);
 
 } // namespace tessera::schedule

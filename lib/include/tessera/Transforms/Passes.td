@@ -133,7 +133,10 @@ def AttnLowerRuns : Pass<"attn-lower-runs", "::mlir::ModuleOp"> {
     `attn.run_intersect` and `attn.run_difference` after simplification
     (an intersection of intervals is one interval). Intervals also show
     their key blocks for query block `i` when `block_q` is a multiple of
-    `block_k` (Nq = Nk). Existing run regions are replaced.
+    `block_k` (Nq = Nk). A static group's runs are followed by their
+    transpose (`attn.run_transposed`): for a key block with keys k0 to k1,
+    the runs of query blocks that see it, which the backward walks. Existing
+    run regions are replaced.
 
     ```
     attn-opt patterns/video-dit.mlir --attn-schedule --attn-lower-runs

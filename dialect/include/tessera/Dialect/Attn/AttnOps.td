@@ -155,8 +155,16 @@ def Attn_GroupOp : Attn_Op<"group", [HasParent<"ScheduleOp">, NoTerminator,
     attn.group 0 heads [0] = #attn.window<before = 256> runs {
       attn.run_interval keys [p0 - 256, p1] full [p1 - 256, p0]
           blocks [i - 4, i] full [i - 3, i - 1]
+      attn.run_transposed {
+        attn.run_positions [k0, k1 + 256] full [k1, k0 + 256]
+            blocks [j, j + 4] full [j + 1, j + 3]
+      }
     }
     ```
+
+    A static group's region may end with an `attn.run_transposed`: the
+    transposed schedule the backward walks (for each key block, the runs of
+    query blocks that see it).
   }];
   let arguments = (ins Attn_I64Attr:$id, DenseI64ArrayAttr:$heads,
                        Attn_PatternAttrInterface:$pattern);
@@ -171,7 +179,7 @@ def Attn_GroupOp : Attn_Op<"group", [HasParent<"ScheduleOp">, NoTerminator,
 
 /// Ops that hold run expressions: a group and the run combinators.
 defvar Attn_RunParents = ["GroupOp", "RunUnionOp", "RunIntersectOp",
-                          "RunDifferenceOp"];
+                          "RunDifferenceOp", "RunTransposedOp"];
 
 class Attn_RunOp<string mnemonic, list<Trait> traits = []>
     : Attn_Op<mnemonic, !listconcat([ParentOneOf<Attn_RunParents>], traits)>;
@@ -359,6 +367,75 @@ def Attn_BuildIndexOp : Attn_RunOp<"build_index"> {
     static ::llvm::StringRef layoutFor(
         ::tessera::attn::PatternAttrInterface pattern);
   }];
+}
+
+def Attn_RunTransposedOp : Attn_Op<"run_transposed", [HasParent<"GroupOp">,
+    NoTerminator, SingleBlock, NoRegionArguments]> {
+  let summary = "The transposed schedule: the query blocks each key block meets";
+  let description = [{
+    Follows a static group's forward runs. Its one run expression is walked
+    per key block, whose keys are `k0` to `k1`, and yields runs of query
+    blocks, each FULL or PARTIAL (the backward's key-major pass). Inside it
+    the run ops keep their sets and change their walk:
+
+    * `attn.run_positions`: the query positions (p = q + Nk - Nq) that see
+      some key of the block, and those that see all of them, affine in
+      `k0` and `k1` (an offset band d = k - p in [a, b] gives
+      [k0 - b, k1 - a], full [k1 - b, k0 - a]);
+    * key sets (`attn.run_listed "key"`, `attn.run_periodic "key"`,
+      `attn.run_shards`) are one class for the whole key block: every
+      query block FULL, every one PARTIAL, or none;
+    * row sets (`"row"`) are walked as runs of positions; offset families
+      (`"diagonal"`) as their bands, in reverse order (a larger offset is
+      seen by lower positions);
+    * `attn.run_groups` is symmetric in (p, k);
+    * `attn.run_blocks` lists (key block, query block) pairs: the
+      column-major transpose of the forward's list;
+    * the combinators combine runs exactly as in the forward.
+
+    ```mlir
+    attn.run_transposed {
+      attn.run_intersect {
+        attn.run_listed "key" ranges = [0, 64]
+        attn.run_positions [k0, end] full [k1, end] blocks [j, end] full [j + 1, end]
+      }
+    }
+    ```
+  }];
+  let regions = (region SizedRegion<1>:$body);
+  let assemblyFormat = "attr-dict-with-keyword $body";
+  let hasRegionVerifier = 1;
+}
+
+def Attn_RunPositionsOp : Attn_RunOp<"run_positions"> {
+  let summary = "Transposed runs of one position interval affine in the key block";
+  let description = [{
+    Only inside `attn.run_transposed`. For the key block with keys `k0` to
+    `k1`, the query positions `[lo, hi]` see some of its keys (each of them
+    sees at least one) and the positions `full [flo, fhi]` see every one.
+    A bound is a constant, `k0 + c`, `k1 + c`, or the `max` (lower bounds)
+    or `min` (upper bounds) of such terms; `begin` and `end` are the first
+    and the last query's positions. Positions become rows
+    q = p - (Nk - Nq), clipped to [0, Nq); query blocks inside `full` are
+    FULL tiles, the other query blocks meeting `[lo, hi]` PARTIAL.
+
+    The optional `blocks [..] full [..]` is the same in query blocks for
+    key block `j` of a sequence with Nq = Nk, when `block_k` is a multiple
+    of `block_q`; the verifier checks it against the positions.
+
+    ```mlir
+    attn.run_positions [k0, k1 + 256] full [k1, k0 + 256]
+        blocks [j, j + 4] full [j + 1, j + 3]
+    ```
+  }];
+  let arguments = (ins DenseI64ArrayAttr:$lo, DenseI64ArrayAttr:$hi,
+                       DenseI64ArrayAttr:$full_lo, DenseI64ArrayAttr:$full_hi,
+                       OptionalAttr<DenseI64ArrayAttr>:$blocks_lo,
+                       OptionalAttr<DenseI64ArrayAttr>:$blocks_hi,
+                       OptionalAttr<DenseI64ArrayAttr>:$full_blocks_lo,
+                       OptionalAttr<DenseI64ArrayAttr>:$full_blocks_hi);
+  let hasCustomAssemblyFormat = 1;
+  let hasVerifier = 1;
 }
 
 def Attn_RunUnionOp : Attn_RunCombinatorOp<"run_union", "union"> {

@@ -364,12 +364,27 @@ __device__ __forceinline__ void copyRun(u16 *dst, const u16 *src, i64 stride,
 /// Starts the copy of a gathered tile's rows into `dst` (TileLayout<D>):
 /// row r from rows[r] (staged by stageRows; rows at or past `count` land
 /// as zeros). The row starts are read before the first cp.async, so that
-/// the copies issue back to back.
+/// the copies issue back to back. Head_dim 64: DynSplit's chunk columns
+/// (a thread's destinations are one address plus immediates). 128: two
+/// threads a row, so that a thread reads one row start and its sources
+/// are that start plus immediates; part p takes chunks 8 (j / 4) + 4 p +
+/// j % 4, so that a quarter warp's copies (4 rows x 2 parts) still fall in
+/// 8 different 4-bank groups.
 template <int D>
 __device__ __forceinline__ void copyGathered(u16 *dst, const u16 *const *rows,
                                              int count, bool vec) {
   using S = DynSplit<D>;
-  if (S::kColumns && vec) {
+  static_assert(kDynThreads == 128, "two threads a row");
+  if (D % 128 == 0 && vec) {
+    const int row = (int)threadIdx.x / 2, part = (int)threadIdx.x % 2;
+    const u16 *const from = rows[row];
+    const bool in = row < count;
+#pragma unroll
+    for (int j = 0; j < S::kChunksPerRow / 2; ++j) {
+      const int chunk = 8 * (j / 4) + 4 * part + j % 4;
+      cpAsync16(dst + TileLayout<D>::at(row, chunk), from + chunk * 8, in);
+    }
+  } else if (S::kColumns && vec) {
     const int row0 = (int)threadIdx.x / S::kChunksPerRow;
     const int chunk = (int)threadIdx.x % S::kChunksPerRow;
     u16 *const to = dst + TileLayout<D>::at(row0, chunk);

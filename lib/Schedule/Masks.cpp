@@ -326,7 +326,7 @@ private:
       if (width <= 64)
         return "periodicRun(" + hex(lowBits(width)) + ", " + rr + ", " +
                lit32(period) + ")";
-      return "periodicLarge(" + rr + ", " + lit32(period) + ", " +
+      return "periodicWide(" + rr + ", " + lit32(period) + ", " +
              lit32(width) + ")";
     };
     if (diagonal)

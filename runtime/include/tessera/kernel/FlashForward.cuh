@@ -656,13 +656,13 @@ __device__ __forceinline__ bool anyNonFinite(const u32 (&w)[N]) {
 /// values of a partial tile reach only the rows that see them. Every value
 /// finite (the usual case): one pass of 128-bit loads and one barrier
 /// (__syncthreads_or). Full tiles need none of it (every lane is seen).
-template <int D, int NT>
-__device__ __forceinline__ const u16 *guardPart(const u16 *vs) {
+/// The offset of the thread's part of the value tile for the guard's scan.
+template <int D, int NT> __device__ __forceinline__ int guardPart() {
   constexpr int kPerRow = NT / 64, kSpan = D / kPerRow; // elements
   static_assert(kSpan % 8 == 0, "whole chunks per thread");
   const int vr = threadIdx.x / kPerRow, x0 = (threadIdx.x % kPerRow) * kSpan;
   // A row's D elements are the first D of its pitch, in some chunk order.
-  return vs + vr * TileLayout<D>::kPitch + x0;
+  return vr * TileLayout<D>::kPitch + x0;
 }
 
 /// The scan of the guard: whether some value of the tile is not finite,
@@ -719,21 +719,21 @@ __device__ __forceinline__ void guardFix(u16 *vs, u32 keep, FlashAcc<D> &acc) {
 
 template <int E, int D, int NT>
 __device__ __forceinline__ void pipeGuard(u16 *vs, u32 keep, FlashAcc<D> &acc) {
-  if (guardScan<E, D, NT>(guardPart<D, NT>(vs)))
+  if (guardScan<E, D, NT>(vs + guardPart<D, NT>()))
     guardFix<E, D, NT>(vs, keep, acc);
 }
 /// What pipeForward keeps of a partial tile for its guard: the keep bits in
-/// the nibble form and the thread's part of the value tile (guardPart,
-/// computed once before the loop).
+/// the nibble form and the offset of the thread's part of the value tile
+/// (guardPart, computed once before the loop).
 struct GuardKeep {
   KeepNibbles keep;
-  const u16 *mine;
+  int mine;
 };
 
 template <int E, int D, int NT>
 __device__ __forceinline__ void pipeGuard(u16 *vs, GuardKeep k,
                                           FlashAcc<D> &acc) {
-  if (guardScan<E, D, NT>(k.mine))
+  if (guardScan<E, D, NT>(vs + k.mine))
     guardFix<E, D, NT>(vs, keepOf(k.keep), acc);
 }
 
@@ -798,7 +798,7 @@ pipeForward(const LayerTable &t, const AttnParams &p,
   // O += P V), and the cursor of the enumeration: `run` and the next block.
   bool pending = false;
   int pendingCls = kFull;
-  GuardKeep pendingKeep = {{0, 0}, pinned(guardPart<D, NT>(vs))};
+  GuardKeep pendingKeep = {{0, 0}, pinned(guardPart<D, NT>())};
   u32 pa[4][4];
   Run run = noRun();
   i64 kb = 0, next = 0;

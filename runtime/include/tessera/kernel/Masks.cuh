@@ -177,17 +177,24 @@ TESSERA_HD u64 periodicSmall(u64 pattern, u64 pattern1, int whole, int r) {
   return (pattern >> r) | (pattern1 << (whole - 1 - r));
 }
 
-/// The same for a period of at least 63 (at most two occurrences meet the
-/// 63 bits: the one holding bit 0, and the next at period - r).
+/// The same for a period of at least 63: at most two occurrences meet the
+/// 64 bits, the one holding bit 0 (bits [0, width - r)) and the next at
+/// period - r. The generated code takes the two cheaper forms below.
 TESSERA_HD u64 periodicLarge(int r, int period, int width) {
   return bitRange(0, width - r) | bitRange(period - r, period - r + width);
 }
-/// periodicLarge for a width of at most 64: `run` is bits [0, width), the
-/// occurrence holding bit 0 is run >> r, the next run << (period - r)
-/// (past 63, or r past the width, a saturating shift gives no bit).
+/// For a width of at most 64 (`run` = bits [0, width)): run >> r
+/// and run << (period - r) (past 63, or r past the width, a saturating
+/// shift gives no bit).
 TESSERA_HD u64 periodicRun(u64 run, int r, int period) {
   return shrSat(run, r) | shlSat(run, period - r);
 }
+/// For a width of at least 64: the occurrence at period - r (>= 1) reaches
+/// past bit 63, so it is every bit from there.
+TESSERA_HD u64 periodicWide(int r, int period, int width) {
+  return ~shlSat(~0ull, maxInt(width - r, 0)) | shlSat(~0ull, period - r);
+}
+/// Both in 64 bits, for periods past 2^29.
 TESSERA_HD u64 periodicLarge64(i64 r, i64 period, i64 width) {
   return bitSpan(0, clampBit64(width - r)) |
          bitSpan(clampBit64(period - r), clampBit64(period - r + width));

@@ -345,11 +345,7 @@ std::string validate(const k::LayerTable &t, const BackwardArgs &a) {
   if (t.numHeads % a.k.heads != 0)
     return "k's " + std::to_string(a.k.heads) +
            " heads must divide the layer's " + std::to_string(t.numHeads);
-  if (a.blockQ < 1 || a.blockK < 1 || a.blockQ > 1024 || a.blockK > 1024)
-    return "block sizes must be in [1, 1024]";
-  if (!(a.scale >= 0) || std::isinf(a.scale))
-    return "scale must be finite and not negative (0 selects 1/sqrt(d))";
-  return "";
+  return checkBlocksAndScale(a.blockQ, a.blockK, a.scale);
 }
 
 } // namespace

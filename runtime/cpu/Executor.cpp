@@ -2,6 +2,7 @@
 
 #include "tessera/cpu/Executor.h"
 
+#include "TensorIO.h"
 #include "VecMath.h"
 #include "tessera/cpu/Half.h"
 #include "tessera/kernel/ProgramRuns.h"
@@ -36,64 +37,11 @@ Tensor tessera::cpu::contiguous(void *data, DType dtype, int64_t batch,
 
 
 using namespace tessera::cpu::vec;
+using namespace tessera::cpu::io;
 
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-/// Reads `n` elements at `src` (of `dtype`) into floats.
-void load(const Tensor &t, int64_t offset, int64_t n, float *dst) {
-  switch (t.dtype) {
-  case DType::F32: {
-    const float *s = static_cast<const float *>(t.data) + offset;
-    std::copy(s, s + n, dst);
-    return;
-  }
-  case DType::F16: {
-    const uint16_t *s = static_cast<const uint16_t *>(t.data) + offset;
-    for (int64_t i = 0; i < n; ++i)
-      dst[i] = f16ToFloat(s[i]);
-    return;
-  }
-  case DType::BF16: {
-    const uint16_t *s = static_cast<const uint16_t *>(t.data) + offset;
-    for (int64_t i = 0; i < n; ++i)
-      dst[i] = bf16ToFloat(s[i]);
-    return;
-  }
-  }
-}
-
-void store(const Tensor &t, int64_t offset, int64_t n, const float *src) {
-  switch (t.dtype) {
-  case DType::F32:
-    std::copy(src, src + n, static_cast<float *>(t.data) + offset);
-    return;
-  case DType::F16: {
-    uint16_t *d = static_cast<uint16_t *>(t.data) + offset;
-    for (int64_t i = 0; i < n; ++i)
-      d[i] = floatToF16(src[i]);
-    return;
-  }
-  case DType::BF16: {
-    uint16_t *d = static_cast<uint16_t *>(t.data) + offset;
-    for (int64_t i = 0; i < n; ++i)
-      d[i] = floatToBf16(src[i]);
-    return;
-  }
-  }
-}
-
-std::string checkTensor(const Tensor &t, const char *name) {
-  std::string n(name);
-  if (!t.data)
-    return n + " is a null pointer";
-  if (t.batch < 1 || t.seq < 1 || t.heads < 1 || t.headDim < 1)
-    return n + " has an empty or negative dimension";
-  if (t.strideBatch < 0 || t.strideSeq < 0 || t.strideHead < 0)
-    return n + " has a negative stride";
-  return "";
-}
 
 /// The most memory a worker's key/value block cache takes.
 constexpr int64_t kCacheBytes = int64_t(64) << 20;
@@ -667,11 +615,7 @@ std::string checkArgs(const k::LayerTable &table, const LayerArgs &a) {
   if (a.q.headDim != a.k.headDim || a.q.headDim != a.v.headDim ||
       a.q.headDim != a.o.headDim)
     return "q, k, v and o must have the same head_dim";
-  if (a.blockQ < 1 || a.blockK < 1 || a.blockQ > 1024 || a.blockK > 1024)
-    return "block sizes must be in [1, 1024]";
-  if (!(a.scale >= 0) || std::isinf(a.scale))
-    return "scale must be finite and not negative (0 selects 1/sqrt(d))";
-  return "";
+  return checkBlocksAndScale(a.blockQ, a.blockK, a.scale);
 }
 
 } // namespace

@@ -1,7 +1,8 @@
 //===- TensorIO.h - rows of CPU tensors as floats (internal) ----*- C++ -*-===//
 //
 // Reading and writing rows of the [batch, seq, heads, head_dim] tensors of
-// the CPU paths in fp32, whatever their element type. Not installed.
+// the CPU paths in fp32, whatever their element type, and the argument
+// checks the executor and the backward share. Not installed.
 //
 //===----------------------------------------------------------------------===//
 
@@ -12,6 +13,7 @@
 #include "tessera/cpu/Half.h"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 namespace tessera::cpu::io {
@@ -69,6 +71,16 @@ inline std::string checkTensor(const Tensor &t, const char *name) {
     return n + " has an empty or negative dimension";
   if (t.strideBatch < 0 || t.strideSeq < 0 || t.strideHead < 0)
     return n + " has a negative stride";
+  return "";
+}
+
+/// "" if the tile sizes and the softmax scale are usable, else what is not.
+inline std::string checkBlocksAndScale(int64_t blockQ, int64_t blockK,
+                                       float scale) {
+  if (blockQ < 1 || blockK < 1 || blockQ > 1024 || blockK > 1024)
+    return "block sizes must be in [1, 1024]";
+  if (!(scale >= 0) || std::isinf(scale))
+    return "scale must be finite and not negative (0 selects 1/sqrt(d))";
   return "";
 }
 

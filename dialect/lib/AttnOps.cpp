@@ -543,49 +543,73 @@ static ParseResult parseRange(OpAsmParser &parser, BoundForm form,
   return success();
 }
 
-ParseResult RunIntervalOp::parse(OpAsmParser &parser, OperationState &result) {
+/// The interval form attn.run_interval and attn.run_positions share:
+/// `[lo, hi] full [flo, fhi]` in `form`, then optionally
+/// `blocks [blo, bhi] full [fblo, fbhi]` in `blockForm`; the bounds become
+/// the attributes `names` (eight, the block ones last).
+static ParseResult parseIntervalForm(OpAsmParser &parser,
+                                     OperationState &result, BoundForm form,
+                                     BoundForm blockForm,
+                                     const char *const (&names)[8]) {
   SmallVector<int64_t> lists[8];
-  if (parser.parseKeyword("keys") ||
-      parseRange(parser, BoundForm::Keys, lists[0], lists[1]) ||
+  if (parseRange(parser, form, lists[0], lists[1]) ||
       parser.parseKeyword("full") ||
-      parseRange(parser, BoundForm::Keys, lists[2], lists[3]))
+      parseRange(parser, form, lists[2], lists[3]))
     return failure();
   bool blocks = succeeded(parser.parseOptionalKeyword("blocks"));
-  if (blocks && (parseRange(parser, BoundForm::Blocks, lists[4], lists[5]) ||
+  if (blocks && (parseRange(parser, blockForm, lists[4], lists[5]) ||
                  parser.parseKeyword("full") ||
-                 parseRange(parser, BoundForm::Blocks, lists[6], lists[7])))
+                 parseRange(parser, blockForm, lists[6], lists[7])))
     return failure();
   Builder &b = parser.getBuilder();
-  const char *names[8] = {"keys_lo",   "keys_hi",   "full_lo",
-                          "full_hi",   "blocks_lo", "blocks_hi",
-                          "full_blocks_lo", "full_blocks_hi"};
   for (int i = 0; i < (blocks ? 8 : 4); ++i)
     result.addAttribute(names[i], b.getDenseI64ArrayAttr(lists[i]));
   return parser.parseOptionalAttrDict(result.attributes);
 }
 
-void RunIntervalOp::print(OpAsmPrinter &p) {
-  auto range = [&](BoundForm form, ArrayRef<int64_t> lo, ArrayRef<int64_t> hi) {
+/// Prints what parseIntervalForm reads (after the op's keyword, if any).
+static void printIntervalForm(OpAsmPrinter &p, Operation *op, BoundForm form,
+                              BoundForm blockForm,
+                              const char *const (&names)[8]) {
+  auto bounds = [&](int i) {
+    auto a = op->getAttrOfType<DenseI64ArrayAttr>(names[i]);
+    return a ? a.asArrayRef() : ArrayRef<int64_t>();
+  };
+  auto range = [&](BoundForm f, int i) {
     p << "[";
-    printBound(p, form, lo, false);
+    printBound(p, f, bounds(i), false);
     p << ", ";
-    printBound(p, form, hi, true);
+    printBound(p, f, bounds(i + 1), true);
     p << "]";
   };
-  p << " keys ";
-  range(BoundForm::Keys, getKeysLo(), getKeysHi());
+  range(form, 0);
   p << " full ";
-  range(BoundForm::Keys, getFullLo(), getFullHi());
-  if (getBlocksLo()) {
+  range(form, 2);
+  if (op->getAttr(names[4])) {
     p << " blocks ";
-    range(BoundForm::Blocks, *getBlocksLo(), *getBlocksHi());
+    range(blockForm, 4);
     p << " full ";
-    range(BoundForm::Blocks, *getFullBlocksLo(), *getFullBlocksHi());
+    range(blockForm, 6);
   }
-  p.printOptionalAttrDict(
-      (*this)->getAttrs(),
-      {"keys_lo", "keys_hi", "full_lo", "full_hi", "blocks_lo", "blocks_hi",
-       "full_blocks_lo", "full_blocks_hi"});
+  SmallVector<StringRef> elided(std::begin(names), std::end(names));
+  p.printOptionalAttrDict(op->getAttrs(), elided);
+}
+
+static const char *const kIntervalNames[8] = {
+    "keys_lo",   "keys_hi",   "full_lo",        "full_hi",
+    "blocks_lo", "blocks_hi", "full_blocks_lo", "full_blocks_hi"};
+
+ParseResult RunIntervalOp::parse(OpAsmParser &parser, OperationState &result) {
+  if (parser.parseKeyword("keys"))
+    return failure();
+  return parseIntervalForm(parser, result, BoundForm::Keys, BoundForm::Blocks,
+                           kIntervalNames);
+}
+
+void RunIntervalOp::print(OpAsmPrinter &p) {
+  p << " keys ";
+  printIntervalForm(p, *this, BoundForm::Keys, BoundForm::Blocks,
+                    kIntervalNames);
 }
 
 static int64_t floorDivI(int64_t a, int64_t b) {
@@ -672,49 +696,20 @@ LogicalResult RunIntervalOp::verify() {
   return success();
 }
 
+static const char *const kPositionNames[8] = {
+    "lo",        "hi",        "full_lo",        "full_hi",
+    "blocks_lo", "blocks_hi", "full_blocks_lo", "full_blocks_hi"};
+
 ParseResult RunPositionsOp::parse(OpAsmParser &parser,
                                   OperationState &result) {
-  SmallVector<int64_t> lists[8];
-  if (parseRange(parser, BoundForm::Positions, lists[0], lists[1]) ||
-      parser.parseKeyword("full") ||
-      parseRange(parser, BoundForm::Positions, lists[2], lists[3]))
-    return failure();
-  bool blocks = succeeded(parser.parseOptionalKeyword("blocks"));
-  if (blocks &&
-      (parseRange(parser, BoundForm::QueryBlocks, lists[4], lists[5]) ||
-       parser.parseKeyword("full") ||
-       parseRange(parser, BoundForm::QueryBlocks, lists[6], lists[7])))
-    return failure();
-  Builder &b = parser.getBuilder();
-  const char *names[8] = {"lo",        "hi",        "full_lo",
-                          "full_hi",   "blocks_lo", "blocks_hi",
-                          "full_blocks_lo", "full_blocks_hi"};
-  for (int i = 0; i < (blocks ? 8 : 4); ++i)
-    result.addAttribute(names[i], b.getDenseI64ArrayAttr(lists[i]));
-  return parser.parseOptionalAttrDict(result.attributes);
+  return parseIntervalForm(parser, result, BoundForm::Positions,
+                           BoundForm::QueryBlocks, kPositionNames);
 }
 
 void RunPositionsOp::print(OpAsmPrinter &p) {
-  auto range = [&](BoundForm form, ArrayRef<int64_t> lo, ArrayRef<int64_t> hi) {
-    p << "[";
-    printBound(p, form, lo, false);
-    p << ", ";
-    printBound(p, form, hi, true);
-    p << "]";
-  };
   p << " ";
-  range(BoundForm::Positions, getLo(), getHi());
-  p << " full ";
-  range(BoundForm::Positions, getFullLo(), getFullHi());
-  if (getBlocksLo()) {
-    p << " blocks ";
-    range(BoundForm::QueryBlocks, *getBlocksLo(), *getBlocksHi());
-    p << " full ";
-    range(BoundForm::QueryBlocks, *getFullBlocksLo(), *getFullBlocksHi());
-  }
-  p.printOptionalAttrDict((*this)->getAttrs(),
-                          {"lo", "hi", "full_lo", "full_hi", "blocks_lo",
-                           "blocks_hi", "full_blocks_lo", "full_blocks_hi"});
+  printIntervalForm(p, *this, BoundForm::Positions, BoundForm::QueryBlocks,
+                    kPositionNames);
 }
 
 LogicalResult RunPositionsOp::verify() {

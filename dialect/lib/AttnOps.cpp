@@ -660,40 +660,64 @@ RunIntervalOp::deriveBlocks(ArrayRef<int64_t> keysLo, ArrayRef<int64_t> keysHi,
           map(fullHi, true, 2)};
 }
 
-LogicalResult RunIntervalOp::verify() {
-  for (ArrayRef<int64_t> b : {getKeysLo(), getKeysHi(), getFullLo(),
-                              getFullHi()}) {
+/// The checks attn.run_interval and attn.run_positions share. `bounds`:
+/// lo, hi, full lo, full hi as (variable, constant) pairs whose variables
+/// are 0 (none), 1 and 2 (named in `vars`); `blocks`: the four block bounds,
+/// all or none, which must follow from the bounds at the enclosing
+/// schedule's tiles. The forward's bounds count keys (their blocks are query
+/// blocks' key blocks, block_q a multiple of block_k); the transposed ones
+/// (`transposed`) count positions of a key block (block_k a multiple of
+/// block_q), the roles of the block sizes swapped.
+static LogicalResult
+verifyIntervalForm(Operation *op, const ArrayRef<int64_t> (&bounds)[4],
+                   const std::optional<ArrayRef<int64_t>> (&blocks)[4],
+                   const char *vars, bool transposed) {
+  for (ArrayRef<int64_t> b : bounds) {
     if (b.size() % 2 != 0)
-      return emitOpError("bounds must hold (variable, constant) pairs");
+      return op->emitOpError("bounds must hold (variable, constant) pairs");
     for (size_t i = 0; i < b.size(); i += 2)
       if (b[i] < 0 || b[i] > 2)
-        return emitOpError("bound variables are 0 (none), 1 (p0), 2 (p1)");
+        return op->emitOpError("bound variables are ") << vars;
   }
-  bool any = getBlocksLo() || getBlocksHi() || getFullBlocksLo() ||
-             getFullBlocksHi();
-  bool all = getBlocksLo() && getBlocksHi() && getFullBlocksLo() &&
-             getFullBlocksHi();
-  if (!any)
+  int present = 0;
+  for (const auto &b : blocks)
+    present += b.has_value();
+  if (present == 0)
     return success();
-  if (!all)
-    return emitOpError("needs all four block bounds or none");
-  auto schedule = (*this)->getParentOfType<ScheduleOp>();
+  if (present != 4)
+    return op->emitOpError("needs all four block bounds or none");
+  auto schedule = op->getParentOfType<ScheduleOp>();
   if (!schedule)
-    return emitOpError("block bounds need an enclosing 'attn.schedule'");
+    return op->emitOpError("block bounds need an enclosing 'attn.schedule'");
   int64_t bq = schedule.getBlockQ(), bk = schedule.getBlockK();
-  if (bq % bk != 0)
-    return emitOpError("block bounds need block_q to be a multiple of "
-                       "block_k, the schedule has ")
+  int64_t rows = transposed ? bk : bq, cols = transposed ? bq : bk;
+  if (rows % cols != 0)
+    return op->emitOpError(transposed
+                               ? "block bounds need block_k to be a multiple "
+                                 "of block_q, the schedule has "
+                               : "block bounds need block_q to be a multiple "
+                                 "of block_k, the schedule has ")
            << bq << " x " << bk;
-  auto expected = deriveBlocks(getKeysLo(), getKeysHi(), getFullLo(),
-                               getFullHi(), bq, bk);
-  ArrayRef<int64_t> actual[4] = {*getBlocksLo(), *getBlocksHi(),
-                                 *getFullBlocksLo(), *getFullBlocksHi()};
+  // For the transposed form, key block j of Nq = Nk has k0 = j * bk and
+  // k1 = j * bk + bk - 1: the forward's p0 and p1 with the sizes swapped.
+  auto expected = RunIntervalOp::deriveBlocks(bounds[0], bounds[1], bounds[2],
+                                              bounds[3], rows, cols);
   for (int i = 0; i < 4; ++i)
-    if (ArrayRef<int64_t>(expected[i]) != actual[i])
-      return emitOpError("block bounds do not follow from the key bounds at ")
+    if (ArrayRef<int64_t>(expected[i]) != *blocks[i])
+      return op->emitOpError(transposed
+                                 ? "block bounds do not follow from the "
+                                   "positions at "
+                                 : "block bounds do not follow from the key "
+                                   "bounds at ")
              << bq << " x " << bk << " tiles";
   return success();
+}
+
+LogicalResult RunIntervalOp::verify() {
+  return verifyIntervalForm(
+      *this, {getKeysLo(), getKeysHi(), getFullLo(), getFullHi()},
+      {getBlocksLo(), getBlocksHi(), getFullBlocksLo(), getFullBlocksHi()},
+      "0 (none), 1 (p0), 2 (p1)", /*transposed=*/false);
 }
 
 static const char *const kPositionNames[8] = {
@@ -715,38 +739,8 @@ void RunPositionsOp::print(OpAsmPrinter &p) {
 LogicalResult RunPositionsOp::verify() {
   if (!(*this)->getParentOfType<RunTransposedOp>())
     return emitOpError("is only meaningful inside 'attn.run_transposed'");
-  for (ArrayRef<int64_t> b : {getLo(), getHi(), getFullLo(), getFullHi()}) {
-    if (b.size() % 2 != 0)
-      return emitOpError("bounds must hold (variable, constant) pairs");
-    for (size_t i = 0; i < b.size(); i += 2)
-      if (b[i] < 0 || b[i] > 2)
-        return emitOpError("bound variables are 0 (none), 1 (k0), 2 (k1)");
-  }
-  bool any = getBlocksLo() || getBlocksHi() || getFullBlocksLo() ||
-             getFullBlocksHi();
-  bool all = getBlocksLo() && getBlocksHi() && getFullBlocksLo() &&
-             getFullBlocksHi();
-  if (!any)
-    return success();
-  if (!all)
-    return emitOpError("needs all four block bounds or none");
-  auto schedule = (*this)->getParentOfType<ScheduleOp>();
-  if (!schedule)
-    return emitOpError("block bounds need an enclosing 'attn.schedule'");
-  int64_t bq = schedule.getBlockQ(), bk = schedule.getBlockK();
-  if (bk % bq != 0)
-    return emitOpError("block bounds need block_k to be a multiple of "
-                       "block_q, the schedule has ")
-           << bq << " x " << bk;
-  // Key block j of Nq = Nk: k0 = j * bk, k1 = j * bk + bk - 1, the roles
-  // of the forward's p0 and p1 with the block sizes swapped.
-  auto expected = RunIntervalOp::deriveBlocks(getLo(), getHi(), getFullLo(),
-                                              getFullHi(), bk, bq);
-  ArrayRef<int64_t> actual[4] = {*getBlocksLo(), *getBlocksHi(),
-                                 *getFullBlocksLo(), *getFullBlocksHi()};
-  for (int i = 0; i < 4; ++i)
-    if (ArrayRef<int64_t>(expected[i]) != actual[i])
-      return emitOpError("block bounds do not follow from the positions at ")
-             << bq << " x " << bk << " tiles";
-  return success();
+  return verifyIntervalForm(
+      *this, {getLo(), getHi(), getFullLo(), getFullHi()},
+      {getBlocksLo(), getBlocksHi(), getFullBlocksLo(), getFullBlocksHi()},
+      "0 (none), 1 (k0), 2 (k1)", /*transposed=*/true);
 }

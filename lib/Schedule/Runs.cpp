@@ -436,6 +436,21 @@ void tessera::schedule::normalizeBounds(RunExpr &e) {
   normalize(e.fhi, true);
 }
 
+/// The children of a union or intersection `e`, with those of the same kind
+/// spliced in (moved out of `e`); simplifyRuns and simplifyTransposed share
+/// it.
+static std::vector<RunExpr> flattenChildren(RunExpr &e) {
+  std::vector<RunExpr> flat;
+  for (RunExpr &c : e.children) {
+    if (c.kind == e.kind)
+      for (RunExpr &g : c.children)
+        flat.push_back(std::move(g));
+    else
+      flat.push_back(std::move(c));
+  }
+  return flat;
+}
+
 void tessera::schedule::simplifyRuns(RunExpr &e) {
   for (RunExpr &c : e.children)
     simplifyRuns(c);
@@ -443,14 +458,7 @@ void tessera::schedule::simplifyRuns(RunExpr &e) {
     bool isUnion = e.kind == RunExpr::Union;
     RunExpr::Kind neutral = isUnion ? RunExpr::None : RunExpr::All;
     RunExpr::Kind absorbing = isUnion ? RunExpr::All : RunExpr::None;
-    std::vector<RunExpr> flat;
-    for (RunExpr &c : e.children) {
-      if (c.kind == e.kind)
-        for (RunExpr &g : c.children)
-          flat.push_back(std::move(g));
-      else
-        flat.push_back(std::move(c));
-    }
+    std::vector<RunExpr> flat = flattenChildren(e);
     std::vector<RunExpr> kept;
     RunExpr merged = make(RunExpr::Interval);
     bool haveInterval = false;
@@ -615,14 +623,7 @@ void simplifyTransposed(RunExpr &e) {
     simplifyTransposed(c);
   if (e.kind != RunExpr::Union && e.kind != RunExpr::Intersect)
     return;
-  std::vector<RunExpr> flat;
-  for (RunExpr &c : e.children) {
-    if (c.kind == e.kind)
-      for (RunExpr &g : c.children)
-        flat.push_back(std::move(g));
-    else
-      flat.push_back(std::move(c));
-  }
+  std::vector<RunExpr> flat = flattenChildren(e);
   std::vector<RunExpr> kept;
   int merged = -1;
   for (RunExpr &c : flat) {

@@ -28,7 +28,7 @@ import os
 __all__ = ["Context", "Bundle", "TesseraError", "API_VERSION",
            "library_path"]
 
-API_VERSION = 5
+API_VERSION = 6
 
 _CPU, _CUDA = 0, 1
 _F32, _F16, _BF16 = 0, 1, 2
@@ -205,6 +205,8 @@ def _load_library():
                                                vp, p(_Tensor), p(_Tensor),
                                                p(_Tensor)]
     lib.tessera_attention_run.argtypes = [vp, p(_AttentionDesc)]
+    lib.tessera_bundle_visited_tiles.argtypes = [vp] + [i64] * 9 + [
+        vp, ctypes.c_size_t]
     lib.tessera_context_set_num_threads.argtypes = [vp, ctypes.c_int]
     for name in ("tessera_attention_run", "tessera_context_set_num_threads",
                  "tessera_attention_backward",
@@ -212,7 +214,8 @@ def _load_library():
                  "tessera_bundle_load_file", "tessera_bundle_destroy",
                  "tessera_bundle_num_layers", "tessera_bundle_layer_index",
                  "tessera_bundle_layer_info", "tessera_bundle_tile_classes",
-                 "tessera_attention", "tessera_attention_dynamic"):
+                 "tessera_attention", "tessera_attention_dynamic",
+                 "tessera_bundle_visited_tiles"):
         getattr(lib, name).restype = ctypes.c_int
     return lib
 
@@ -346,6 +349,24 @@ class Bundle:
         buf = out if out.size else np.zeros(1, np.uint8)
         _check(_lib.tessera_bundle_tile_classes(
             self._h, *args, buf.ctypes.data, out.size))
+        return out
+
+    def visited_tiles(self, layer, q_len, k_len, q_blocks, k_blocks,
+                      block_q=64, block_k=64):
+        """numpy int64 [H, 2]: the partial and full tiles head h visits in
+        query blocks q_blocks = (begin, end) x key blocks k_blocks of the
+        block_q x block_k grid of a call with Nq = q_len, Nk = k_len
+        (tessera_bundle_visited_tiles); -1 for dynamic heads."""
+        import numpy as np
+        args = [_int64(n, x) for n, x in (
+            ("layer", layer), ("q_len", q_len), ("k_len", k_len),
+            ("block_q", block_q), ("block_k", block_k),
+            ("q_blocks[0]", q_blocks[0]), ("q_blocks[1]", q_blocks[1]),
+            ("k_blocks[0]", k_blocks[0]), ("k_blocks[1]", k_blocks[1]))]
+        heads = self.layer_info(layer)["num_heads"]
+        out = np.zeros((heads, 2), np.int64)
+        _check(_lib.tessera_bundle_visited_tiles(
+            self._h, *args, out.ctypes.data, out.size))
         return out
 
     def attention(self, layer, q, k, v, out=None, lse=True, scale=0.0,

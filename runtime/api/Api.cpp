@@ -5,6 +5,7 @@
 #include "../cuda/Driver.h"
 #include "DynamicCpu.h"
 #include "Manifest.h"
+#include "Visited.h"
 #include "tessera/kernel/ProgramRuns.h"
 
 #include "tessera/cpu/Backward.h"
@@ -711,6 +712,18 @@ tessera_status tessera_attention_dynamic(
 
 } // extern "C"
 
+// The hooks of Visited.h (C++ linkage, for the C API's other files).
+const LayerDesc *tessera::runtime::bundleLayer(const tessera_bundle *bundle,
+                                               int64_t index) {
+  return findLayer(bundle, index);
+}
+
+tessera_status tessera::runtime::setLastError(tessera_status status,
+                                              const std::string &message) {
+  lastError = message;
+  return status;
+}
+
 /// The launches of dynamic group `g` of layer `layer` (its index kernels,
 /// then the attention over the index; `a` its arguments but the workspace
 /// and the chunk) on `stream`: in chunks of heads, batch entries and (block
@@ -1212,14 +1225,14 @@ tessera_status validateModes(const Call &c) {
                 "k_start) or head-range calls yet: on CUDA only dense calls "
                 "run (the CPU context takes every mode)");
   if (!c.l->dynamicGroups.empty() &&
-      (d.block_table || d.q_start || d.k_start || d.head_count))
+      (d.block_table || d.q_start || d.k_start))
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                 c.layerName() + " has dynamic heads (from head " +
                     std::to_string(c.l->dynamicGroups.front().heads.front()) +
                     "): their index is built from a sequence's own queries "
-                    "and keys, bottom-right aligned, so they take dense and "
-                    "packed calls only (no block_table, q_start, k_start or "
-                    "head range)");
+                    "and keys, bottom-right aligned, so they take dense, "
+                    "packed and head-range calls only (no block_table, "
+                    "q_start or k_start)");
   return TESSERA_OK;
 }
 
@@ -1380,9 +1393,13 @@ tessera_status runDynamicSequence(const Call &c, const cpu::LayerArgs &a,
       !e.empty())
     return fail(TESSERA_ERROR_INTERNAL, e);
   const int64_t base = d.cu_seqlens_q ? q0 : s * H * d.q.seq;
-  for (kernel::i64 h : g.heads)
+  for (kernel::i64 h : g.heads) {
+    const int64_t local = h - d.head_start; // the tensors' head
+    if (local < 0 || local >= H)
+      continue;
     for (int64_t i = 0; d.lse && i < nq; ++i)
-      d.lse[base + h * d.q.seq + i] = lse[size_t(h * nq + i)];
+      d.lse[base + local * d.q.seq + i] = lse[size_t(local * nq + i)];
+  }
   return TESSERA_OK;
 }
 

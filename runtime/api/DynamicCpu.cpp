@@ -91,11 +91,11 @@ bool allowsPair(const k::ProgramArrays &p, int64_t q, int64_t key, int64_t nq,
                         q, key, nq, nk, head, numHeads);
 }
 
-/// Rows of head h of batch b (out [Nq][D], lse [Nq]) into o and lse.
+/// Rows of the tensors' head h (local: the layer's head args.headStart + h)
+/// of batch b (out [Nq][D], lse [Nq]) into o and lse ([B, q.heads, Nq]).
 void storeHead(const cpu::LayerArgs &args, int64_t b, int64_t h,
-               int64_t numHeads, const std::vector<float> &out,
-               const std::vector<float> &lse) {
-  const int64_t nq = args.q.seq, d = args.q.headDim;
+               const std::vector<float> &out, const std::vector<float> &lse) {
+  const int64_t nq = args.q.seq, d = args.q.headDim, numHeads = args.q.heads;
   for (int64_t q = 0; q < nq; ++q) {
     for (int64_t x = 0; x < d; ++x)
       storeElement(args.o,
@@ -229,16 +229,24 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
                                                  int64_t centroidStride) {
   const k::DynArgs &a = g.args;
   const int64_t nq = args.q.seq, nk = args.k.seq, d = args.q.headDim;
-  const int64_t ratio = numHeads / args.k.heads;
+  // A head range: q and o hold heads [h0, h0 + q.heads), k and v the kv
+  // heads from h0 / ratio on. Each head's index is built from its own full
+  // rows, so a head's result does not depend on the range it is run in.
+  const int64_t ratio =
+      numHeads / (args.numKvHeads > 0 ? args.numKvHeads : args.k.heads);
+  const int64_t h0 = args.headStart, kv0 = h0 / ratio;
   const float scale =
       args.scale > 0 ? args.scale : 1.0f / std::sqrt(float(d));
   for (int64_t b = 0; b < args.q.batch; ++b)
     for (k::i64 h : g.heads) {
-      std::vector<float> qf = headRows(args.q, b, h),
-                         kf = headRows(args.k, b, h / ratio);
+      if (h < h0 || h >= h0 + args.q.heads)
+        continue;
+      const int64_t local = h - h0, kvLocal = h / ratio - kv0;
+      std::vector<float> qf = headRows(args.q, b, local),
+                         kf = headRows(args.k, b, kvLocal);
       cpu::Rows qr{qf.data(), nq, d}, kr{kf.data(), nk, d};
       if (a.family == k::kRouting) {
-        std::vector<float> vf = headRows(args.v, b, h / ratio);
+        std::vector<float> vf = headRows(args.v, b, kvLocal);
         cpu::Rows vr{vf.data(), nk, d};
         cpu::RoutingIndex index = cpu::buildRouting(
             qr, kr, d, a.clusters, a.iterations,
@@ -258,7 +266,7 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
                                      scale, index, a.clusters,
                                      with == Shape::Causal, 64,
                                      args.numThreads);
-          storeHead(args, b, h, numHeads, out, lse);
+          storeHead(args, b, local, out, lse);
           continue;
         }
         auto allows = [&](const k::ProgramArrays &p, int64_t q, int64_t key) {
@@ -283,7 +291,7 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
                   keys.push_back(key);
             },
             args.numThreads);
-        storeHead(args, b, h, numHeads, out, lse);
+        storeHead(args, b, local, out, lse);
         continue;
       }
       // The index as a static pattern, joined to the rest:
@@ -332,7 +340,7 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
       one.k = batchView(args.k, b);
       one.v = batchView(args.v, b);
       one.o = batchView(args.o, b);
-      one.lse = args.lse ? args.lse + b * numHeads * nq : nullptr;
+      one.lse = args.lse ? args.lse + b * args.q.heads * nq : nullptr;
       one.writeSkipped = false;
       if (std::string e = cpu::runLayer(t.table(), one); !e.empty())
         return e;

@@ -33,9 +33,11 @@ extern "C" {
  * tessera_bundle_tile_classes; version 3 tessera_attention_dynamic and the
  * dynamic fields of tessera_layer_info; version 4 tessera_attention_desc
  * (packed, paged, positioned and head-range calls), tessera_attention_run
- * and tessera_context_set_num_threads; version 5 tessera_attention_backward.
+ * and tessera_context_set_num_threads; version 5 tessera_attention_backward;
+ * version 6 tessera_bundle_visited_tiles, and head ranges for layers with
+ * dynamic heads.
  */
-#define TESSERA_API_VERSION 5
+#define TESSERA_API_VERSION 6
 
 typedef enum tessera_status {
   TESSERA_OK = 0,
@@ -205,7 +207,9 @@ TESSERA_API tessera_status tessera_attention_dynamic(
  * exp(lse_i).
  * On CUDA only dense calls run for now: any other mode is
  * TESSERA_ERROR_INVALID_ARGUMENT. Dynamic patterns take dense and packed
- * calls on the CPU (no paged keys, positions or head range). */
+ * calls on the CPU, and (API 6) head ranges (no paged keys or positions):
+ * a head's index is built from its own full rows, so a head range gives
+ * those heads' results of the whole-layer call. */
 typedef struct tessera_attention_desc {
   size_t struct_size; /* sizeof(tessera_attention_desc) of the caller */
   int64_t layer;
@@ -265,6 +269,25 @@ tessera_context_set_num_threads(tessera_context *context, int num_threads);
 TESSERA_API tessera_status tessera_bundle_tile_classes(
     const tessera_bundle *bundle, int64_t layer, int64_t q_len, int64_t k_len,
     int64_t block_q, int64_t block_k, uint8_t *out, size_t out_size);
+
+/* The tiles `layer`'s schedule visits in the rectangle of query blocks
+ * [q_block_begin, q_block_end) x key blocks [k_block_begin, k_block_end) of
+ * a call with Nq = q_len, Nk = k_len (bottom-right aligned) in
+ * block_q x block_k tiles, per head: out[2 * h] partial tiles, out[2 * h + 1]
+ * full tiles of head h; skipped heads 0 and 0; dynamic heads -1 and -1
+ * (their tiles depend on the input). out_count (entries) must be at least
+ * 2 * heads. Lengths in [1, 2^40], tiles in [1, 2^20], 0 <= begin <= end <=
+ * the grid's blocks. Counted from the runs of each query block of the
+ * rectangle, started at its first key block: time proportional to the
+ * query blocks times their runs, never to the rectangle's area. For
+ * splitting a sequence over devices (docs/distributed.md): a
+ * (query shard, key shard) pair without a visited tile needs neither
+ * computing nor exchanging. */
+TESSERA_API tessera_status tessera_bundle_visited_tiles(
+    const tessera_bundle *bundle, int64_t layer, int64_t q_len, int64_t k_len,
+    int64_t block_q, int64_t block_k, int64_t q_block_begin,
+    int64_t q_block_end, int64_t k_block_begin, int64_t k_block_end,
+    int64_t *out, size_t out_count);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,7 @@
 
 #include "tessera/tessera.h"
 
+#include "../cpu/ThreadPool.h"
 #include "../cuda/Driver.h"
 #include "DynamicCpu.h"
 #include "Manifest.h"
@@ -42,6 +43,9 @@ struct tessera_context {
   bool destroyed = false;
   /// CPU calls' threads (0: every hardware thread).
   std::atomic<int> numThreads{0};
+  /// Those threads, started by the first call that needs them and kept
+  /// until the context is freed (tessera_context_set_num_threads resizes).
+  cpu::ThreadPool pool;
 };
 
 struct tessera_bundle {
@@ -670,6 +674,9 @@ tessera_status tessera_context_set_num_threads(tessera_context *context,
                 "thread), got " +
                     std::to_string(num_threads));
   context->numThreads = num_threads;
+  context->pool.resize(num_threads > 0
+                           ? num_threads
+                           : int(std::thread::hardware_concurrency()));
   return TESSERA_OK;
 }
 
@@ -1339,6 +1346,7 @@ cpu::LayerArgs planCpu(const Call &c) {
   // The query block of the CUDA kernels (and of the cost model).
   a.blockQ = c.l->kernelBlockQ > 0 ? c.l->kernelBlockQ : 64;
   a.numThreads = c.bundle->context->numThreads;
+  a.pool = &c.bundle->context->pool;
   a.headStart = d.head_start;
   a.numKvHeads = c.l->numKvHeads;
   if (!c.dense()) {

@@ -3,6 +3,7 @@
 #include "tessera/cpu/Executor.h"
 
 #include "TensorIO.h"
+#include "ThreadPool.h"
 #include "VecMath.h"
 #include "tessera/cpu/Half.h"
 #include "tessera/kernel/ProgramRuns.h"
@@ -10,9 +11,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <thread>
 #include <vector>
 
@@ -54,7 +57,13 @@ int64_t roundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 /// step over a long cache). Every element is written before it is read.
 struct RawFloats {
   std::unique_ptr<float[]> p;
-  void resize(int64_t n) { p.reset(new float[size_t(n)]); }
+  int64_t size = 0;
+  /// Grows only: a persistent worker keeps its buffer across calls.
+  void resize(int64_t n) {
+    if (n > size)
+      p.reset(new float[size_t(n)]), size = n;
+  }
+  void release() { p.reset(), size = 0; }
   float &operator[](int64_t i) { return p[size_t(i)]; }
 };
 
@@ -248,6 +257,34 @@ struct SeqPlan {
   int64_t kBase = 0, vBase = 0;   ///< of key 0 (dense and packed keys)
   int64_t lseBase = 0;            ///< LSE index of row 0 of head 0
   int64_t firstTask = 0;          ///< tasks of earlier sequences
+  int64_t numTasks = 0;           ///< its own
+  /// Split key walks (decode): this sequence's tasks are the chunks
+  /// Job::order[firstChunk, ...); -1: one task per (slot, query block).
+  int64_t firstChunk = -1;
+};
+
+/// Split-KV decode: sequences with at most kDecodeRows query rows cut each
+/// head's walk into chunks of visited tiles, run as separate tasks and
+/// merged by log-sum-exp. The chunk size follows the number of tiles the
+/// head visits (its key length and pattern), never the thread count, so
+/// the results do not depend on it: at least kMinChunkTiles tiles (the
+/// merge's cost stays small beside a chunk's), at most kMaxChunks chunks.
+constexpr int64_t kDecodeRows = 16;
+constexpr int64_t kMinChunkTiles = 8;
+constexpr int64_t kMaxChunks = 32;
+
+/// One task of a split walk: the visited tiles [tile0, tile1) of one
+/// (sequence, launch slot) in walk order, and where its partial result
+/// goes (`at` in Job::partials; -1: the pair's only chunk, which writes O
+/// and LSE itself).
+struct Chunk {
+  int64_t slot, tile0, tile1, at;
+};
+
+/// A (sequence, launch slot) pair whose chunks [first, first + count) of
+/// Job::chunks are merged once they have run.
+struct SplitPair {
+  int64_t s, slot, first, count;
 };
 
 struct Job {
@@ -259,7 +296,15 @@ struct Job {
   int64_t d = 0, groupSize = 1, kvHead0 = 0, lseHeadStride = 0;
   int64_t pageSize = 0; ///< paged keys: rows per page
   float scale = 0;
+  bool split = true; ///< split-KV decode allowed
   std::atomic<int64_t> full{0}, partial{0};
+  /// Split walks: chunks in (sequence, slot, chunk) order, the order tasks
+  /// run them in, the pairs to merge, and the partial results ([rows][d +
+  /// 2] doubles per chunk: the unnormalised output, the row max, the sum).
+  std::vector<Chunk> chunks;
+  std::vector<int64_t> order;
+  std::vector<SplitPair> pairs;
+  std::vector<double> partials;
 
   Job(const k::LayerTable &table, const std::vector<k::ProgramRuns> &runs,
       const LayerArgs &a)
@@ -327,8 +372,68 @@ void convertBlock(const Job &job, Worker &w, const SeqPlan &sp, int64_t s,
 /// sequence's keys [kStart, kStart + Nk). With nq = nk = kStart + Nk in the
 /// run context and the tiles, Program.h's alignment p = q + Nk - Nq is the
 /// identity, so its closed forms run on the positions themselves.
+k::RunCtx walkCtx(const Job &job, const SeqPlan &sp, int64_t slot,
+                  int64_t qb) {
+  int64_t bq = job.a.blockQ, bk = job.a.blockK, kEnd = sp.kStart + sp.nk;
+  int64_t p0 = sp.pStart + qb * bq,
+          p1 = sp.pStart + std::min(qb * bq + bq, sp.nq);
+  return k::RunCtx{p0,   p1, p0,   p1 - 1, kEnd,
+                   kEnd, bk, (kEnd + bk - 1) / bk, job.table.computedHead[slot],
+                   job.table.numHeads};
+}
+
+/// The run holding visited tile `tile` (in walk order) of a query block's
+/// walk, and that tile's key block; no run if the walk has fewer tiles.
+std::pair<k::Run, int64_t> seekTile(const k::ProgramRuns &runs,
+                                    const k::RunCtx &ctx, const SeqPlan &sp,
+                                    int64_t tile) {
+  k::Run run =
+      sp.nk > 0 ? runs.runFrom(ctx, sp.kStart / ctx.bk) : k::noRun();
+  for (; k::isRun(run) && run.hi - run.lo < tile;
+       run = runs.runFrom(ctx, run.hi + 1))
+    tile -= run.hi - run.lo + 1;
+  return {run, run.lo + tile};
+}
+
+/// The tiles a query block's walk visits: O(runs).
+int64_t visitedTiles(const Job &job, const SeqPlan &sp, int64_t slot) {
+  const k::ProgramRuns &runs =
+      job.runs[size_t(job.table.headGroup[slot])];
+  k::RunCtx ctx = walkCtx(job, sp, slot, 0);
+  int64_t n = 0;
+  for (k::Run run = seekTile(runs, ctx, sp, 0).first; k::isRun(run);
+       run = runs.runFrom(ctx, run.hi + 1))
+    n = std::min(k::kUnbounded, n + run.hi - run.lo + 1);
+  return n;
+}
+
+/// Writes rows [q0, q0 + rows) of one head from the accumulators `out`
+/// ([rows][dPad], unnormalised), the row maxima m and sums l; `staging`
+/// holds a row as floats.
+void writeRows(const Job &job, const SeqPlan &sp, int64_t headLocal,
+               int64_t q0, int64_t rows, const double *out, int64_t ldOut,
+               const float *m, const double *l, float *staging) {
+  const LayerArgs &a = job.a;
+  for (int64_t i = 0; i < rows; ++i) {
+    // l == 0: no key (O = 0, LSE = -inf); l NaN: the row saw a NaN (or
+    // infinities that made one), and O and LSE are NaN.
+    double inv = l[i] != 0 ? 1.0 / l[i] : 0.0;
+    for (int64_t x = 0; x < job.d; ++x)
+      staging[x] = float(out[i * ldOut + x] * inv);
+    store(a.o,
+          sp.oBase + (q0 + i) * a.o.strideSeq + headLocal * a.o.strideHead,
+          job.d, staging);
+    if (a.lse)
+      a.lse[sp.lseBase + headLocal * job.lseHeadStride + q0 + i] =
+          l[i] != 0 ? float(double(m[i]) + std::log(l[i])) : kNegInf;
+  }
+}
+
+/// One (sequence, launch slot, query block) task, or one chunk of its
+/// visited tiles (`chunk`; null: all of them).
 TESSERA_CPU_CLONES
-void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb) {
+void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
+             const Chunk *chunk = nullptr) {
   const LayerArgs &a = job.a;
   const k::LayerTable &t = job.table;
   const SeqPlan &sp = job.seqs[s];
@@ -360,11 +465,13 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb) {
   // The tiles of this query block: the group's runs, in key order, as the
   // CUDA kernel walks them.
   const k::ProgramRuns &runs = job.runs[group];
-  k::RunCtx ctx{p0,   p1,   p0,   p1 - 1,           kEnd,
-                kEnd, bk,   (kEnd + bk - 1) / bk, head, t.numHeads};
-  k::Run run = sp.nk > 0 ? runs.runFrom(ctx, sp.kStart / bk) : k::noRun();
-  for (int64_t kb = run.lo; k::isRun(run);
-       kb < run.hi ? ++kb : (run = runs.runFrom(ctx, kb + 1), kb = run.lo)) {
+  k::RunCtx ctx = walkCtx(job, sp, slot, qb);
+  int64_t tile = chunk ? chunk->tile0 : 0,
+          lastTile = chunk ? chunk->tile1 : k::kUnbounded;
+  auto [run, kb] = seekTile(runs, ctx, sp, tile);
+  for (; k::isRun(run) && tile < lastTile;
+       ++tile, kb < run.hi ? ++kb : (run = runs.runFrom(ctx, kb + 1),
+                                     kb = run.lo)) {
     int cls = run.cls;
     int64_t k0 = std::max(kb * bk, sp.kStart), k1 = std::min(kb * bk + bk, kEnd);
     int64_t cols = k1 - k0;
@@ -482,26 +589,123 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb) {
         o[x] = o[x] * c + pv[x];
     }
   }
-  for (int64_t i = 0; i < rows; ++i) {
-    float *acc = &w.acc[i * dp];
-    // l == 0: no key (O = 0, LSE = -inf); l NaN: the row saw a NaN (or
-    // infinities that made one), and O and LSE are NaN.
-    double inv = w.l[i] != 0 ? 1.0 / w.l[i] : 0.0;
-    for (int64_t x = 0; x < d; ++x)
-      acc[x] = float(w.out[i * dp + x] * inv);
-    store(a.o,
-          sp.oBase + (q0 + i) * a.o.strideSeq + headLocal * a.o.strideHead, d,
-          acc);
-    if (a.lse)
-      a.lse[sp.lseBase + headLocal * job.lseHeadStride + q0 + i] =
-          w.l[i] != 0 ? float(double(w.m[i]) + std::log(w.l[i])) : kNegInf;
+  if (chunk && chunk->at >= 0) {
+    // A chunk of a split walk: its state, merged later (mergePair).
+    double *part = &job.partials[size_t(chunk->at)];
+    for (int64_t i = 0; i < rows; ++i, part += d + 2) {
+      std::copy_n(&w.out[i * dp], d, part);
+      part[d] = w.m[i];
+      part[d + 1] = w.l[i];
+    }
+  } else {
+    writeRows(job, sp, headLocal, q0, rows, w.out.data(), dp, w.m.data(),
+              w.l.data(), w.acc.data());
   }
   job.full += full;
   job.partial += partial;
 }
 
+/// Merges the chunks of a split pair by log-sum-exp, in chunk order (the
+/// same order whichever threads ran them), and writes O and LSE.
+void mergePair(Job &job, Worker &w, const SplitPair &pair) {
+  const SeqPlan &sp = job.seqs[size_t(pair.s)];
+  const int64_t d = job.d, rows = sp.nq, dp = w.dPad;
+  const double *first = &job.partials[size_t(job.chunks[pair.first].at)];
+  for (int64_t i = 0; i < rows; ++i) {
+    // The largest chunk maximum among chunks that saw a key (l != 0).
+    double mMax = -std::numeric_limits<double>::infinity();
+    for (int64_t c = 0; c < pair.count; ++c) {
+      const double *part = first + (c * rows + i) * (d + 2);
+      if (part[d + 1] != 0)
+        mMax = std::max(mMax, part[d]);
+    }
+    double *out = &w.out[i * dp], l = 0;
+    std::fill_n(out, d, 0.0);
+    for (int64_t c = 0; c < pair.count; ++c) {
+      const double *part = first + (c * rows + i) * (d + 2);
+      if (part[d + 1] == 0)
+        continue; // saw no key; a NaN sum is not 0 and poisons the row
+      double scale = std::exp(part[d] - mMax);
+      l += part[d + 1] * scale;
+      for (int64_t x = 0; x < d; ++x)
+        out[x] += part[x] * scale;
+    }
+    w.l[i] = l;
+    w.m[i] = float(mMax);
+  }
+  // m as float loses nothing here: every chunk maximum is a float.
+  const int64_t head = job.table.computedHead[pair.slot];
+  writeRows(job, sp, head - job.a.headStart, 0, rows, w.out.data(), dp,
+            w.m.data(), w.l.data(), w.acc.data());
+}
+
+/// Splits sequence s's walks (one query block of at most kDecodeRows rows)
+/// into chunks: appends its chunks, its pairs and its task order to the
+/// job; returns its number of tasks.
+int64_t planSplit(Job &job, int64_t s) {
+  SeqPlan &sp = job.seqs[size_t(s)];
+  sp.firstChunk = int64_t(job.order.size());
+  const int64_t numSlots = int64_t(job.slots.size());
+  std::vector<int64_t> begin(size_t(numSlots) + 1); // each slot's chunks
+  int64_t mostChunks = 0;
+  for (int64_t si = 0; si < numSlots; ++si) {
+    const int64_t slot = job.slots[size_t(si)];
+    const int64_t visited = visitedTiles(job, sp, slot);
+    const int64_t size = std::max(kMinChunkTiles,
+                                  (visited + kMaxChunks - 1) / kMaxChunks);
+    const int64_t count = std::max<int64_t>(1, (visited + size - 1) / size);
+    mostChunks = std::max(mostChunks, count);
+    begin[size_t(si)] = int64_t(job.chunks.size());
+    if (count > 1)
+      job.pairs.push_back({s, slot, int64_t(job.chunks.size()), count});
+    for (int64_t c = 0; c < count; ++c) {
+      int64_t at = -1;
+      if (count > 1) {
+        at = int64_t(job.partials.size());
+        job.partials.resize(job.partials.size() +
+                            size_t(sp.nq * (job.d + 2)));
+      }
+      job.chunks.push_back(
+          {slot, c * size, std::min(visited, c * size + size), at});
+    }
+  }
+  begin[size_t(numSlots)] = int64_t(job.chunks.size());
+  // Tasks in (kv head, chunk, slot) order: the heads that share a kv head
+  // run the same chunk one after another, and a worker converts its key
+  // tiles once for all of them.
+  std::vector<int64_t> bySlot(static_cast<size_t>(numSlots));
+  std::iota(bySlot.begin(), bySlot.end(), 0);
+  auto kvOf = [&](int64_t si) {
+    return job.table.computedHead[job.slots[size_t(si)]] / job.groupSize;
+  };
+  std::stable_sort(bySlot.begin(), bySlot.end(),
+                   [&](int64_t x, int64_t y) { return kvOf(x) < kvOf(y); });
+  for (size_t g0 = 0; g0 < bySlot.size();) {
+    size_t g1 = g0;
+    while (g1 < bySlot.size() && kvOf(bySlot[g1]) == kvOf(bySlot[g0]))
+      ++g1;
+    for (int64_t c = 0; c < mostChunks; ++c)
+      for (size_t i = g0; i < g1; ++i) {
+        size_t si = size_t(bySlot[i]);
+        if (begin[si] + c < begin[si + 1])
+          job.order.push_back(begin[si] + c);
+      }
+    g0 = g1;
+  }
+  return int64_t(job.order.size()) - sp.firstChunk;
+}
+
+/// Whether sequence s's walks are split: a decode step (one query block of
+/// at most kDecodeRows rows) over more key tiles than one chunk takes.
+bool splits(const Job &job, const SeqPlan &sp) {
+  const int64_t bk = job.a.blockK;
+  return job.split && sp.nq > 0 && sp.nq <= kDecodeRows &&
+         sp.nq <= job.a.blockQ &&
+         (sp.kStart % bk + sp.nk + bk - 1) / bk > kMinChunkTiles;
+}
+
 /// The sequences of a call: their lengths, positions and offsets, and the
-/// tasks (query blocks times launch slots) before each.
+/// tasks (query blocks times launch slots, or chunks) before each.
 void planSequences(Job &job) {
   const LayerArgs &a = job.a;
   const Sequences &q = a.seqs;
@@ -523,15 +727,18 @@ void planSequences(Job &job) {
     p.kStart = q.kStart ? q.kStart[s] : 0;
     p.pStart = q.qStart ? q.qStart[s] : p.kStart + p.nk - p.nq;
     p.firstTask = tasks;
-    tasks += (p.nq + a.blockQ - 1) / a.blockQ * int64_t(job.slots.size());
+    p.numTasks = splits(job, p) ? planSplit(job, s)
+                                : (p.nq + a.blockQ - 1) / a.blockQ *
+                                      int64_t(job.slots.size());
+    tasks += p.numTasks;
   }
 }
 
 /// The scratch of one worker for the call's largest tiles; the key/value
-/// cache holds as many blocks as the longest sequence spans (at most
-/// kCacheBytes), left uninitialised: every slot is written before it is
-/// read.
-void prepareWorker(const Job &job, Worker &w) {
+/// cache (withCache: the walk's workers, not the merge's) holds as many
+/// blocks as the longest sequence spans (at most kCacheBytes), left
+/// uninitialised: every slot is written before it is read.
+void prepareWorker(const Job &job, Worker &w, bool withCache) {
   const LayerArgs &a = job.a;
   // Rows for the largest query block of the call (a decode step's one row
   // needs kRows, not blockQ).
@@ -542,16 +749,20 @@ void prepareWorker(const Job &job, Worker &w) {
   w.colsPad = roundUp(a.blockK, kLanes);
   w.dPad = roundUp(job.d, kLanes);
   w.q.assign(w.rowsPad * w.dPad, 0.0f);
-  int64_t span = 1;
-  for (const SeqPlan &p : job.seqs)
-    span = std::max(span, (p.kStart % a.blockK + p.nk + a.blockK - 1) /
-                              a.blockK);
-  int64_t blockBytes = 2 * w.dPad * w.colsPad * int64_t(sizeof(float));
-  w.slots = std::max<int64_t>(1, std::min(span, kCacheBytes / blockBytes));
-  w.kT.resize(w.slots * w.dPad * w.colsPad);
-  w.vb.resize(w.slots * w.colsPad * w.dPad);
-  w.tag.assign(w.slots, -1);
-  w.nonFiniteV.assign(w.slots, 0);
+  if (withCache) {
+    int64_t span = 1;
+    for (const SeqPlan &p : job.seqs)
+      span = std::max(span, (p.kStart % a.blockK + p.nk + a.blockK - 1) /
+                                a.blockK);
+    int64_t blockBytes = 2 * w.dPad * w.colsPad * int64_t(sizeof(float));
+    w.slots = std::max<int64_t>(1, std::min(span, kCacheBytes / blockBytes));
+    w.kT.resize(w.slots * w.dPad * w.colsPad);
+    w.vb.resize(w.slots * w.colsPad * w.dPad);
+    // The inputs may have changed since the worker's last call.
+    w.cachedBatch = w.cachedKvHead = -1;
+    w.tag.assign(w.slots, -1);
+    w.nonFiniteV.assign(w.slots, 0);
+  }
   w.keyRows.assign(kLanes * w.dPad, 0.0f);
   w.s.assign(w.rowsPad * w.colsPad, 0.0f);
   w.acc.assign((w.rowsPad + 1) * w.dPad, 0.0f);
@@ -583,6 +794,67 @@ void writeSkippedHeads(const Job &job) {
           a.lse[p.lseBase + hl * job.lseHeadStride + i] = kNegInf;
       }
     }
+}
+
+/// The key tiles of every (sequence, slot, query block), saturated.
+int64_t keyTiles(const Job &job) {
+  const int64_t bq = job.a.blockQ, bk = job.a.blockK;
+  int64_t tiles = 0;
+  for (const SeqPlan &p : job.seqs)
+    tiles = std::min(
+        k::kUnbounded,
+        tiles + k::mulSat(k::mulSat((p.nq + bq - 1) / bq,
+                                    int64_t(job.slots.size())),
+                          (p.kStart % bk + p.nk + bk - 1) / bk));
+  return tiles;
+}
+
+/// Runs task i; `s` is the sequence of the thread's previous task (tasks
+/// are taken in increasing order, so the search is short).
+void runTaskAt(Job &job, Worker &w, int64_t i, size_t &s) {
+  while (s + 1 < job.seqs.size() && job.seqs[s + 1].firstTask <= i)
+    ++s;
+  while (job.seqs[s].firstTask > i)
+    --s;
+  const SeqPlan &p = job.seqs[s];
+  int64_t rest = i - p.firstTask;
+  if (p.firstChunk >= 0) {
+    const Chunk &c = job.chunks[size_t(job.order[size_t(p.firstChunk + rest)])];
+    runTask(job, w, int64_t(s), c.slot, 0, &c);
+    return;
+  }
+  // Slot-major query blocks, so that a worker's consecutive tasks share
+  // keys.
+  int64_t qBlocks = (p.nq + job.a.blockQ - 1) / job.a.blockQ;
+  runTask(job, w, int64_t(s), job.slots[size_t(rest / qBlocks)],
+          rest % qBlocks);
+}
+
+/// This thread's worker, kept across calls (a persistent pool's threads
+/// and the caller's allocate their scratch once), prepared for `job`.
+Worker &threadWorker(const Job &job, bool withCache) {
+  thread_local Worker w;
+  prepareWorker(job, w, withCache);
+  return w;
+}
+
+/// A worker keeps at most this much key/value cache between calls (a long
+/// prefill's 64 MiB go back to the system).
+constexpr int64_t kKeptCacheBytes = int64_t(4) << 20;
+
+void releaseLargeCache(Worker &w) {
+  if ((w.kT.size + w.vb.size) * int64_t(sizeof(float)) > kKeptCacheBytes) {
+    w.kT.release();
+    w.vb.release();
+  }
+}
+
+/// TESSERA_CPU_SPLIT_KV=0 turns split-KV decode off (for benchmarks and
+/// tests that compare the two walks); read by each call (tens of
+/// nanoseconds).
+bool splitAllowedByEnvironment() {
+  const char *e = std::getenv("TESSERA_CPU_SPLIT_KV");
+  return !e || std::strcmp(e, "0") != 0;
 }
 
 std::string checkArgs(const k::LayerTable &table, const LayerArgs &a) {
@@ -643,53 +915,40 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
     if (table.computedHead[i] >= a.headStart &&
         table.computedHead[i] < a.headStart + a.q.heads)
       job.slots.push_back(i);
+  job.split = a.splitKeys && splitAllowedByEnvironment();
   planSequences(job);
   if (a.writeSkipped)
     writeSkippedHeads(job);
 
-  const int64_t numSlots = int64_t(job.slots.size());
-  int64_t tasks = 0;
-  for (const SeqPlan &p : job.seqs)
-    tasks = p.firstTask + (p.nq + a.blockQ - 1) / a.blockQ * numSlots;
+  const int64_t tasks = job.seqs.empty() ? 0
+                                         : job.seqs.back().firstTask +
+                                               job.seqs.back().numTasks;
   int threads = a.numThreads > 0
                     ? a.numThreads
                     : std::max(1u, std::thread::hardware_concurrency());
-  // A thread starts in tens of microseconds: small calls (a decode step
-  // over a short cache) keep to the threads that 16 key tiles each pay for.
-  int64_t tiles = 0;
-  for (const SeqPlan &p : job.seqs)
-    tiles = std::min(
-        k::kUnbounded,
-        tiles + k::mulSat(k::mulSat((p.nq + a.blockQ - 1) / a.blockQ, numSlots),
-                          (p.kStart % a.blockK + p.nk + a.blockK - 1) /
-                              a.blockK));
+  // Waking a thread costs microseconds: small calls (a decode step over a
+  // short cache) keep to the threads that 16 key tiles each pay for.
   threads = int(std::min<int64_t>(
-      threads, std::max<int64_t>(1, std::min(tasks, tiles / 16))));
+      threads, std::max<int64_t>(1, std::min(tasks, keyTiles(job) / 16))));
+  ThreadPool local; // no pool given: threads for this call only
+  ThreadPool &pool = a.pool ? *a.pool : local;
   std::atomic<int64_t> next{0};
-  auto work = [&]() {
-    Worker w;
-    prepareWorker(job, w);
+  pool.run(threads, [&] {
+    Worker &w = threadWorker(job, /*withCache=*/true);
     size_t s = 0;
-    for (int64_t i; (i = next++) < tasks;) {
-      // Task i: sequence s (the last whose first task is at or before i),
-      // then slot-major query blocks, so that a worker's consecutive tasks
-      // share keys.
-      while (s + 1 < job.seqs.size() && job.seqs[s + 1].firstTask <= i)
-        ++s;
-      while (job.seqs[s].firstTask > i)
-        --s;
-      int64_t rest = i - job.seqs[s].firstTask;
-      int64_t qBlocks = (job.seqs[s].nq + a.blockQ - 1) / a.blockQ;
-      runTask(job, w, int64_t(s), job.slots[size_t(rest / qBlocks)],
-              rest % qBlocks);
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int i = 1; i < threads; ++i)
-    pool.emplace_back(work);
-  work();
-  for (std::thread &th : pool)
-    th.join();
+    for (int64_t i; (i = next++) < tasks;)
+      runTaskAt(job, w, i, s);
+    releaseLargeCache(w);
+  });
+  // The split pairs' merges: a second pass once every chunk has run.
+  const int64_t merges = int64_t(job.pairs.size());
+  next = 0;
+  if (merges > 0)
+    pool.run(int(std::min<int64_t>(threads, merges)), [&] {
+      Worker &w = threadWorker(job, /*withCache=*/false);
+      for (int64_t i; (i = next++) < merges;)
+        mergePair(job, w, job.pairs[size_t(i)]);
+    });
   if (stats) {
     // Saturated (stride-0 shapes reach 2^40 key blocks).
     int64_t total = 0;

@@ -20,6 +20,8 @@ namespace tessera::cpu {
 
 enum class DType { F32, F16, BF16 };
 
+class ThreadPool;
+
 /// A [batch, seq, heads, head_dim] tensor with element strides for the first
 /// three dimensions; head_dim is contiguous.
 struct Tensor {
@@ -74,6 +76,13 @@ struct LayerArgs {
   float scale = 0; ///< 0: 1 / sqrt(head_dim)
   int64_t blockQ = 64, blockK = 64;
   int numThreads = 0; ///< 0: all hardware threads
+  /// The threads to run on (a context's, kept across calls); null: threads
+  /// started for this call.
+  ThreadPool *pool = nullptr;
+  /// Split-KV decode: sequences of 1-16 query rows cut long key walks into
+  /// chunks merged by log-sum-exp (the results do not depend on the
+  /// thread count either way); false: one task walks all of a head's keys.
+  bool splitKeys = true;
   /// false: heads the table does not compute are left as they are (a
   /// dynamic head group computes one head through its own table).
   bool writeSkipped = true;

@@ -8,6 +8,7 @@
 #include "Manifest.h"
 #include "Visited.h"
 #include "tessera/kernel/ProgramRuns.h"
+#include "tessera/kernel/SeqLaunch.h"
 
 #include "tessera/cpu/Backward.h"
 #include "tessera/cpu/Executor.h"
@@ -54,6 +55,9 @@ struct tessera_bundle {
   std::map<int64_t, size_t> byIndex; ///< layer index -> position
   void *module = nullptr;
   std::map<std::string, void *> functions;
+  /// CUDA: every attention and fill kernel has its per-sequence `_seq`
+  /// twin (bundles emitted before them have none: dense calls only).
+  bool seqKernels = false;
 };
 
 namespace {
@@ -94,6 +98,20 @@ const char *dtypeName(tessera_dtype t) {
                                   : "bf16";
 }
 
+/// The suffix of the per-sequence twin of an attention or fill kernel
+/// (EmitCuda.cpp's kSeqSuffix).
+constexpr const char *kSeqSuffix = "_seq";
+
+/// A layer's per-sequence twins: of its fill kernel and attention kernels.
+std::vector<std::string> seqTwins(const LayerDesc &l) {
+  std::vector<std::string> twins;
+  if (!l.fillKernel.empty())
+    twins.push_back(l.fillKernel + kSeqSuffix);
+  for (const auto &k : l.kernels)
+    twins.push_back(k.first + kSeqSuffix);
+  return twins;
+}
+
 tessera_status loadBundle(tessera_context *context, const std::string &manifest,
                           const std::string &source, tessera_bundle **out) {
   auto b = std::make_unique<tessera_bundle>();
@@ -130,6 +148,14 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
         names.push_back(k.first);
       for (const DynamicGroupDesc &g : l.dynamicGroups)
         names.insert(names.end(), g.kernels.begin(), g.kernels.end());
+      // The per-sequence twins of the attention and fill kernels, where
+      // the bundle has them (bundles emitted before them do not).
+      for (const std::string &twin : seqTwins(l)) {
+        void *f = nullptr;
+        if (!b->functions.count(twin) &&
+            d.moduleGetFunction(&f, b->module, twin.c_str()) == 0)
+          b->functions[twin] = f;
+      }
       for (const std::string &name : names) {
         if (name.empty() || b->functions.count(name))
           continue;
@@ -143,11 +169,14 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
         b->functions[name] = f;
       }
       // Tiles above the 48 KiB a kernel gets by default (head_dim 256).
-      for (const auto &k : l.kernels) {
-        if (l.kernelDynamicShared <= 48 * 1024)
-          break;
+      std::vector<std::string> big;
+      for (const auto &k : l.kernels)
+        for (std::string name : {k.first, k.first + kSeqSuffix})
+          if (l.kernelDynamicShared > 48 * 1024 && b->functions.count(name))
+            big.push_back(name);
+      for (const std::string &name : big) {
         if (int rc = d.funcSetAttribute(
-                b->functions.at(k.first), kFuncAttrMaxDynamicSharedSize,
+                b->functions.at(name), kFuncAttrMaxDynamicSharedSize,
                 static_cast<int>(l.kernelDynamicShared))) {
           d.moduleUnload(b->module);
           return fail(TESSERA_ERROR_CUDA,
@@ -159,6 +188,10 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
         }
       }
     }
+    b->seqKernels = true;
+    for (const LayerDesc &l : b->desc.layers)
+      for (const std::string &twin : seqTwins(l))
+        b->seqKernels = b->seqKernels && b->functions.count(twin);
   }
   {
     std::lock_guard<std::mutex> lock(context->lifetime);
@@ -990,6 +1023,8 @@ tessera_status validateQueries(Call &c) {
                 "queries [1, T, H, D])");
   c.numSeqs = d.num_seqs;
   c.lseCount = c.heads * d.q.seq;
+  if (c.cuda) // device memory: the kernels check it (seqView)
+    return TESSERA_OK;
   return checkCuSeqlens(d.cu_seqlens_q, d.num_seqs, d.q.seq, "cu_seqlens_q",
                         "q");
 }
@@ -1044,6 +1079,8 @@ tessera_status validatePages(Call &c) {
                 "block_table_stride (" + std::to_string(stride) +
                     ") must be at least max_pages_per_seq (" +
                     std::to_string(d.max_pages_per_seq) + ")");
+  if (c.cuda) // device memory: the kernels check lengths and pages
+    return TESSERA_OK;
   thread_local std::vector<uint32_t> seen;
   thread_local uint32_t stamp = 0;
   if (numPages <= (int64_t(1) << 24) && seen.size() < size_t(numPages))
@@ -1104,16 +1141,17 @@ tessera_status validateKeys(Call &c) {
       return fail(TESSERA_ERROR_SHAPE_MISMATCH,
                   "k.batch and v.batch must be 1 with cu_seqlens_k (packed "
                   "keys [1, T, Hkv, D])");
-    if (tessera_status s = checkCuSeqlens(d.cu_seqlens_k, c.numSeqs,
-                                          d.k.seq, "cu_seqlens_k", "k"))
-      return s;
+    if (!c.cuda)
+      if (tessera_status s = checkCuSeqlens(d.cu_seqlens_k, c.numSeqs,
+                                            d.k.seq, "cu_seqlens_k", "k"))
+        return s;
   } else if (d.k.batch != c.numSeqs) {
     return fail(TESSERA_ERROR_SHAPE_MISMATCH,
                 "k.batch (" + std::to_string(d.k.batch) +
                     ") must be num_seqs (" + std::to_string(c.numSeqs) +
                     ") for dense keys");
   }
-  for (int64_t s = 0; d.seq_lens_k && s < c.numSeqs; ++s) {
+  for (int64_t s = 0; !c.cuda && d.seq_lens_k && s < c.numSeqs; ++s) {
     int64_t most = d.cu_seqlens_k ? d.cu_seqlens_k[s + 1] - d.cu_seqlens_k[s]
                                   : d.k.seq;
     if (d.seq_lens_k[s] < 0 || d.seq_lens_k[s] > most)
@@ -1140,6 +1178,8 @@ int64_t keyCount(const Call &c, int64_t s) {
 /// q_start and k_start: non-negative, positions below 2^40.
 tessera_status validatePositions(Call &c) {
   const tessera_attention_desc &d = c.d;
+  if (c.cuda) // device memory: the kernels check it (seqView)
+    return TESSERA_OK;
   for (auto [starts, name] :
        {std::pair{d.q_start, "q_start"}, {d.k_start, "k_start"}}) {
     for (int64_t s = 0; starts && s < c.numSeqs; ++s) {
@@ -1225,12 +1265,18 @@ tessera_status validateAliasing(const Call &c) {
 /// Which modes a device and the layer's dynamic groups take.
 tessera_status validateModes(const Call &c) {
   const tessera_attention_desc &d = c.d;
-  if (c.cuda && !c.dense())
+  if (c.cuda && !c.dense() && !c.bundle->seqKernels)
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                "the CUDA kernels do not take packed (cu_seqlens), paged "
-                "(block_table), length (seq_lens_k), position (q_start, "
-                "k_start) or head-range calls yet: on CUDA only dense calls "
-                "run (the CPU context takes every mode)");
+                "the bundle has no per-sequence (_seq) kernels (emitted "
+                "before them): it takes dense calls only on CUDA; emit it "
+                "again with attn-translate for packed, paged, length, "
+                "position or head-range calls");
+  if (c.cuda && !c.dense() && !c.l->dynamicGroups.empty())
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                c.layerName() + " has dynamic heads (from head " +
+                    std::to_string(c.l->dynamicGroups.front().heads.front()) +
+                    "): on CUDA their kernels take dense calls only (the "
+                    "CPU context also takes packed calls)");
   if (!c.l->dynamicGroups.empty() &&
       (d.block_table || d.q_start || d.k_start))
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
@@ -1475,7 +1521,13 @@ tessera_status checkDeviceMemory(const Call &c) {
         {d.v.data, "v"},
         {d.o.data, "o"},
         {d.lse, "lse"},
-        {c.centroids, "centroids"}}) {
+        {c.centroids, "centroids"},
+        {d.cu_seqlens_q, "cu_seqlens_q"},
+        {d.cu_seqlens_k, "cu_seqlens_k"},
+        {d.seq_lens_k, "seq_lens_k"},
+        {d.block_table, "block_table"},
+        {d.q_start, "q_start"},
+        {d.k_start, "k_start"}}) {
     if (!ptr)
       continue;
     unsigned type = 0;
@@ -1492,36 +1544,48 @@ tessera_status checkDeviceMemory(const Call &c) {
   return TESSERA_OK;
 }
 
-/// The kernels' arguments for a validated dense call.
+/// The kernels' arguments for a validated call (SeqLaunch.h).
 kernel::AttnParams planCuda(const Call &c) {
-  const tessera_attention_desc &d = c.d;
-  bool vec = true;
-  for (const tessera_tensor *t : {&d.q, &d.k, &d.v})
-    vec = vec && reinterpret_cast<uintptr_t>(t->data) % 16 == 0 &&
-          t->stride_batch % 8 == 0 && t->stride_seq % 8 == 0 &&
-          t->stride_head % 8 == 0;
-  kernel::AttnParams p{};
-  p.q = static_cast<const kernel::u16 *>(d.q.data);
-  p.k = static_cast<const kernel::u16 *>(d.k.data);
-  p.v = static_cast<const kernel::u16 *>(d.v.data);
-  p.o = static_cast<kernel::u16 *>(d.o.data);
-  p.lse = d.lse;
-  p.nq = d.q.seq;
-  p.nk = d.k.seq;
-  p.qStrideB = d.q.stride_batch, p.qStrideS = d.q.stride_seq,
-  p.qStrideH = d.q.stride_head;
-  p.kStrideB = d.k.stride_batch, p.kStrideS = d.k.stride_seq,
-  p.kStrideH = d.k.stride_head;
-  p.vStrideB = d.v.stride_batch, p.vStrideS = d.v.stride_seq,
-  p.vStrideH = d.v.stride_head;
-  p.oStrideB = d.o.stride_batch, p.oStrideS = d.o.stride_seq,
-  p.oStrideH = d.o.stride_head;
-  float s = d.scale > 0 ? d.scale : 1.0f / std::sqrt(float(c.l->headDim));
-  p.scaleLog2 = s * 1.4426950408889634f;
-  p.numHeads = static_cast<int>(c.l->numHeads);
-  p.numKvHeads = static_cast<int>(c.l->numKvHeads);
-  p.vectorLoads = vec ? 1 : 0;
-  return p;
+  return kernel::makeAttnParams(c.d, c.l->numHeads, c.l->numKvHeads,
+                                c.l->headDim, c.dense() ? 0 : c.numSeqs);
+}
+
+/// A per-sequence call (static heads only: validateModes): the `_seq`
+/// twins of the layer's kernels, on SeqLaunch.h's grids. No host memory is
+/// read and nothing is allocated: the launches are all (CUDA-graph
+/// capturable, as the dense call).
+tessera_status runCudaSeq(const Call &c, kernel::AttnParams &p) {
+  const Driver &drv = *c.bundle->context->driver;
+  const LayerDesc &l = *c.l;
+  int position = static_cast<int>(l.position);
+  void *args[] = {&p, &position};
+  auto launch = [&](const std::string &kernel, kernel::SeqGrid g,
+                    unsigned threads, unsigned shared) -> tessera_status {
+    if (g.x == 0 || g.y == 0 || g.z == 0)
+      return TESSERA_OK;
+    if (g.x > INT32_MAX || g.z > 65535)
+      return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                  "the call needs " + std::to_string(g.x) + " x " +
+                      std::to_string(g.z) +
+                      " blocks: past CUDA's grid limits (2^31 - 1 x 65535)");
+    if (int rc = drv.launchKernel(
+            c.bundle->functions.at(kernel + kSeqSuffix), unsigned(g.x),
+            unsigned(g.y), unsigned(g.z), threads, 1, 1, shared,
+            c.d.cuda_stream, args, nullptr))
+      return fail(TESSERA_ERROR_CUDA, drv.message("cuLaunchKernel", rc));
+    return TESSERA_OK;
+  };
+  for (const auto &[kernel, slots] : l.kernels)
+    if (tessera_status s = launch(
+            kernel,
+            kernel::seqAttentionGrid(c.d, c.numSeqs, l.kernelBlockQ, slots),
+            static_cast<unsigned>(l.kernelThreads),
+            static_cast<unsigned>(l.kernelDynamicShared)))
+      return s;
+  return launch(l.fillKernel,
+                kernel::seqFillGrid(c.d, c.numSeqs,
+                                    int64_t(l.skippedHeads.size())),
+                128, 0);
 }
 
 tessera_status runCuda(const Call &c) {
@@ -1546,6 +1610,8 @@ tessera_status runCuda(const Call &c) {
         static_cast<unsigned>(heads), static_cast<unsigned>(c.d.q.batch),
         threads, 1, 1, shared, c.d.cuda_stream, args, nullptr);
   };
+  if (!c.dense())
+    return runCudaSeq(c, p);
   for (const auto &[kernel, slots] : l.kernels)
     if (int rc = launch(kernel, l.kernelBlockQ,
                         static_cast<unsigned>(l.kernelThreads),

@@ -98,6 +98,10 @@ void emitSwitch(llvm::raw_ostream &os, llvm::StringRef signature,
 
 std::string dtypeName(Type t) { return t.isF16() ? "f16" : "bf16"; }
 
+/// The per-sequence twin of each attention and fill kernel is named with
+/// this suffix (the runtime's per-sequence calls launch it; docs/bundles.md).
+constexpr const char *kSeqSuffix = "_seq";
+
 std::string fillName(int64_t headDim) {
   return "tessera_fill_skipped_d" + std::to_string(headDim);
 }
@@ -652,52 +656,62 @@ private:
          << "} // namespace bundle\n} // namespace kernel\n"
          << "} // namespace tessera\n\n";
       const KernelShape shape = kernelShape(d);
-      os << "TESSERA_EXTERN_C __global__ void __launch_bounds__("
-         << shape.threads() << ", " << shape.minBlocks << ")\n"
-         << name << "(tessera::kernel::AttnParams p, int layer) {\n"
-         << "  using namespace tessera::kernel;\n"
-         << "  const LayerTable &t = *bundle::tables[layer];\n"
-         << "  const i64 slot = bundle::slots_" << name
-         << "[layer][blockIdx.y];\n"
-         << (shape.qResident
-                 ? "  TESSERA_DYNAMIC_TILES(smem, PipeTiles<" +
-                       std::to_string(d) + ", " +
-                       std::to_string(shape.blockQ()) + ">);\n"
-                 : "  __shared__ __align__(128) PipeTiles<" +
-                       std::to_string(d) + "> smem;\n")
-         << "  pipeForward<k" << (dt == "f16" ? "F16" : "BF16") << ", " << d
-         << ", " << shape.warps << ", "
-         << (shape.qResident ? "true" : "false") << ", bundle::" << groups
-         << ">(t, p, smem, slot, bundle::patternOf[layer][t.headGroup[slot]]);"
-            "\n"
-         << "}\n\n";
-      kernelsJson.push_back(json::Object{{"name", name},
-                                         {"kind", "attention"},
-                                         {"dtype", dt},
-                                         {"head_dim", d},
-                                         {"threads", shape.threads()},
-                                         {"block_q", shape.blockQ()},
-                                         {"shared_bytes", shape.sharedBytes()},
-                                         {"dynamic_shared",
-                                          shape.dynamicShared()},
-                                         {"block_k", kTile},
-                                         {"args", "(AttnParams, int layer)"}});
+      // The dense kernel, then its per-sequence twin (packed, paged,
+      // positioned and head-range calls: pipeForward's SEQ), which reads
+      // the same slot table.
+      for (bool seq : {false, true}) {
+        os << "TESSERA_EXTERN_C __global__ void __launch_bounds__("
+           << shape.threads() << ", " << shape.minBlocks << ")\n"
+           << name << (seq ? kSeqSuffix : "")
+           << "(tessera::kernel::AttnParams p, int layer) {\n"
+           << "  using namespace tessera::kernel;\n"
+           << "  const LayerTable &t = *bundle::tables[layer];\n"
+           << "  const i64 slot = bundle::slots_" << name
+           << "[layer][blockIdx.y];\n"
+           << (shape.qResident
+                   ? "  TESSERA_DYNAMIC_TILES(smem, PipeTiles<" +
+                         std::to_string(d) + ", " +
+                         std::to_string(shape.blockQ()) + ">);\n"
+                   : "  __shared__ __align__(128) PipeTiles<" +
+                         std::to_string(d) + "> smem;\n")
+           << "  pipeForward<k" << (dt == "f16" ? "F16" : "BF16") << ", " << d
+           << ", " << shape.warps << ", "
+           << (shape.qResident ? "true" : "false") << ", bundle::" << groups
+           << (seq ? ", true" : "")
+           << ">(t, p, smem, slot, "
+              "bundle::patternOf[layer][t.headGroup[slot]]);\n"
+           << "}\n\n";
+        kernelsJson.push_back(
+            json::Object{{"name", name + (seq ? kSeqSuffix : "")},
+                         {"kind", seq ? "attention_seq" : "attention"},
+                         {"dtype", dt},
+                         {"head_dim", d},
+                         {"threads", shape.threads()},
+                         {"block_q", shape.blockQ()},
+                         {"shared_bytes", shape.sharedBytes()},
+                         {"dynamic_shared", shape.dynamicShared()},
+                         {"block_k", kTile},
+                         {"args", "(AttnParams, int layer)"}});
+      }
     }
   }
 
   /// The kernels that write O = 0 and LSE = -inf for skipped heads.
   void emitFillKernels() {
-    for (int64_t d : fillDims) {
-      os << "TESSERA_EXTERN_C __global__ void __launch_bounds__(128)\n"
-         << fillName(d) << "(tessera::kernel::AttnParams p, int layer) {\n"
-         << "  tessera::kernel::fillSkipped<" << d
-         << ">(*tessera::kernel::bundle::tables[layer], p);\n}\n\n";
-      kernelsJson.push_back(json::Object{{"name", fillName(d)},
-                                         {"kind", "fill_skipped"},
-                                         {"head_dim", d},
-                                         {"threads", 128},
-                                         {"args", "(AttnParams, int layer)"}});
-    }
+    for (int64_t d : fillDims)
+      for (bool seq : {false, true}) {
+        os << "TESSERA_EXTERN_C __global__ void __launch_bounds__(128)\n"
+           << fillName(d) << (seq ? kSeqSuffix : "")
+           << "(tessera::kernel::AttnParams p, int layer) {\n"
+           << "  tessera::kernel::" << (seq ? "fillSkippedSeq<" : "fillSkipped<")
+           << d << ">(*tessera::kernel::bundle::tables[layer], p);\n}\n\n";
+        kernelsJson.push_back(
+            json::Object{{"name", fillName(d) + (seq ? kSeqSuffix : "")},
+                         {"kind", seq ? "fill_skipped_seq" : "fill_skipped"},
+                         {"head_dim", d},
+                         {"threads", 128},
+                         {"args", "(AttnParams, int layer)"}});
+      }
   }
 
   /// The bodies of a dynamic family's kernels, in launch order (the order

@@ -205,8 +205,10 @@ TESSERA_API tessera_status tessera_attention_dynamic(
  * packed row. Results of two calls over disjoint key sets of the same
  * queries merge as O = sum_i exp(lse_i - lse) O_i, lse = log sum_i
  * exp(lse_i).
- * On CUDA only dense calls run for now: any other mode is
- * TESSERA_ERROR_INVALID_ARGUMENT. Dynamic patterns take dense and packed
+ * On CUDA the sequence arrays are device memory, which the host does not
+ * read: the kernels check them, and a sequence with an entry out of range
+ * gets NaN in its rows of o and lse (docs/runtime.md, "Devices"); static
+ * heads take every mode, dynamic heads dense calls only. Dynamic patterns take dense and packed
  * calls on the CPU, and (API 6) head ranges (no paged keys or positions):
  * a head's index is built from its own full rows, so a head range gives
  * those heads' results of the whole-layer call. */

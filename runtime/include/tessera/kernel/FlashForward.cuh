@@ -737,6 +737,158 @@ __device__ __forceinline__ void pipeGuard(u16 *vs, GuardKeep k,
     guardFix<E, D, NT>(vs, keepOf(k.keep), acc);
 }
 
+//===----------------------------------------------------------------------===//
+// Per-sequence calls (the `_seq` kernels): packed, paged, positioned and
+// head-range calls of tessera_attention_desc (docs/runtime.md, "Calls").
+//===----------------------------------------------------------------------===//
+
+/// Positions stay below this (as tessera_attention_desc documents).
+static const i64 kSeqMaxPosition = 1LL << 40;
+
+/// One sequence of a per-sequence call: its rows, keys and positions, read
+/// from the call's device arrays. The host cannot check arrays in device
+/// memory without a synchronisation, so the kernel does: a sequence whose
+/// entries are out of range (cu_seqlens decreasing or past the tensor, a
+/// length past the tensor or the table, a position negative or from 2^40
+/// on) is `bad`, visits no key, and its rows get NaN in O and LSE. A bad
+/// cu_seqlens_q leaves nq = 0 (no row it names can be trusted). A block
+/// table entry outside the cache is caught where a tile reads it
+/// (seqKeyRow): that query block's rows get NaN.
+struct SeqView {
+  i64 nq, nk;         ///< its query rows and keys
+  i64 pStart, kStart; ///< positions of row 0 and key 0
+  i64 qRow0, kRow0;   ///< packed: the rows of its first query and key
+  bool bad;
+};
+
+__device__ __forceinline__ SeqView seqView(const AttnParams &p, i64 s) {
+  SeqView v = {p.nq, p.nk, 0, 0, 0, 0, false};
+  if (p.cuQ) {
+    const i64 a = p.cuQ[s], b = p.cuQ[s + 1];
+    const bool ok = 0 <= a && a <= b && b <= p.nq;
+    v.qRow0 = ok ? a : 0;
+    v.nq = ok ? b - a : 0;
+    v.bad |= !ok;
+  }
+  if (p.cuK) {
+    const i64 a = p.cuK[s], b = p.cuK[s + 1];
+    const bool ok = 0 <= a && a <= b && b <= p.nk;
+    v.kRow0 = ok ? a : 0;
+    v.nk = ok ? b - a : 0;
+    v.bad |= !ok;
+  } else if (p.lensK) {
+    const i64 n = p.lensK[s];
+    const i64 limit = p.pages ? p.maxPages * p.pageSize : p.nk;
+    v.bad |= n < 0 || n > limit;
+    v.nk = n;
+  }
+  v.kStart = p.kStart ? p.kStart[s] : 0;
+  v.pStart = p.qStart ? p.qStart[s] : v.kStart + v.nk - v.nq;
+  v.bad |= v.kStart < 0 || v.kStart >= kSeqMaxPosition ||
+           (p.qStart && (v.pStart < 0 || v.pStart >= kSeqMaxPosition));
+  if (v.bad)
+    v.nk = 0;
+  return v;
+}
+
+/// The sequence and query block of this thread block. Dense queries: the
+/// sequence is blockIdx.z, the block blockIdx.x. Packed ones (grid.z = 1):
+/// sequence s owns the blocks [floor(cuQ[s] / BQ) + s, floor(cuQ[s + 1] /
+/// BQ) + s + 1) of blockIdx.x (at least its ceil(nq / BQ); the launch has
+/// floor(T / BQ) + num_seqs of them), found by a binary search; a block past
+/// its sequence's rows does nothing (qb = -1).
+template <int BQ>
+__device__ __forceinline__ void seqBlock(const AttnParams &p, i64 &s, i64 &qb) {
+  if (!p.cuQ) {
+    s = blockIdx.z;
+    qb = blockIdx.x;
+    return;
+  }
+  const i64 x = blockIdx.x;
+  i64 lo = 0, hi = p.numSeqs - 1; // the last s with start(s) <= x
+  while (lo < hi) {
+    const i64 mid = (lo + hi + 1) / 2;
+    if (floorDiv(p.cuQ[mid], BQ) + mid <= x)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  s = lo;
+  qb = x - (floorDiv(p.cuQ[lo], BQ) + lo);
+}
+
+/// The start of key position `pos`'s row (head 0) of sequence `s` in a
+/// key or value tensor, or null where the position holds no key of the
+/// sequence (or a page entry is out of range: `badPage` is set).
+__device__ __forceinline__ const u16 *seqKeyRow(const AttnParams &p,
+                                                const SeqView &v, i64 s,
+                                                const u16 *base, i64 strideB,
+                                                i64 strideS, i64 pos,
+                                                bool &badPage) {
+  const i64 j = pos - v.kStart;
+  if (j < 0 || j >= v.nk)
+    return nullptr;
+  if (!p.pages)
+    return base + (v.kRow0 + j) * strideS;
+  const i64 page = p.pages[s * p.pageStride + j / p.pageSize];
+  if (page < 0 || page >= p.numPages) {
+    badPage = true;
+    return nullptr;
+  }
+  return base + page * strideB + (j % p.pageSize) * strideS;
+}
+
+/// copyTile for the keys at positions [pos0, pos0 + ROWS) of a sequence:
+/// rows through seqKeyRow (dense, packed or paged), those holding no key as
+/// zeros. `base` points at the kv head of batch entry 0 (dense keys: of the
+/// sequence's batch entry).
+template <int D, int ROWS, int NT>
+__device__ __forceinline__ void copySeqTile(u16 *dst, const AttnParams &p,
+                                            const SeqView &v, i64 s,
+                                            const u16 *base, i64 strideB,
+                                            i64 strideS, i64 pos0, bool vec,
+                                            bool &badPage) {
+  constexpr int kChunksPerRow = D / 8, kChunks = ROWS * kChunksPerRow;
+  static_assert(kChunks % NT == 0, "a tile's chunks split evenly");
+  if (vec && NT % kChunksPerRow == 0) {
+    constexpr int kStep = NT / kChunksPerRow;
+    const int row0 = threadIdx.x / kChunksPerRow;
+    const int chunk = threadIdx.x % kChunksPerRow;
+#pragma unroll
+    for (int j = 0; j < ROWS / kStep; ++j) {
+      const int row = row0 + j * kStep;
+      const u16 *from =
+          seqKeyRow(p, v, s, base, strideB, strideS, pos0 + row, badPage);
+      cpAsync16(dst + TileLayout<D>::at(row, chunk),
+                from ? from + chunk * 8 : base, from != nullptr);
+    }
+  } else if (vec) {
+#pragma unroll
+    for (int j = 0; j < kChunks / NT; ++j) {
+      const int i = (int)threadIdx.x + j * NT;
+      const int row = i / kChunksPerRow, chunk = i % kChunksPerRow;
+      const u16 *from =
+          seqKeyRow(p, v, s, base, strideB, strideS, pos0 + row, badPage);
+      cpAsync16(dst + TileLayout<D>::at(row, chunk),
+                from ? from + chunk * 8 : base, from != nullptr);
+    }
+  } else {
+    for (int i = threadIdx.x; i < ROWS * D; i += NT) {
+      const int row = i / D, x = i % D;
+      const u16 *from =
+          seqKeyRow(p, v, s, base, strideB, strideS, pos0 + row, badPage);
+      dst[TileLayout<D>::at(row, x / 8) + x % 8] = from ? from[x] : 0;
+    }
+  }
+}
+
+/// Sets this thread's accumulators so that its rows store NaN in O and LSE
+/// (a bad sequence).
+template <int D> __device__ __forceinline__ void flashPoison(FlashAcc<D> &acc) {
+  const float nan = __int_as_float(0x7fc00000);
+  acc.l[0] = acc.l[1] = nan;
+}
+
 /// The attention of one query block of BQ = 16 WARPS rows of the head of
 /// launch slot `slot` (the kernel's slot table maps blockIdx.y to it), the
 /// pipelined loop (docs/bundles.md, "The kernel loop"). `Groups` is
@@ -753,7 +905,16 @@ __device__ __forceinline__ void pipeGuard(u16 *vs, GuardKeep k,
 /// QRES: the Q tile stays in shared memory (PipeTiles<D, BQ>) and its
 /// fragments are read by ldmatrix every tile, for head dims whose Q
 /// fragments and O accumulators would not both fit in registers (256).
-template <int E, int D, int WARPS, bool QRES, class Groups>
+///
+/// SEQ: a per-sequence call (the `_seq` kernels, AttnParams' sequence
+/// fields): the block's sequence and query block from seqBlock, heads
+/// outside the call's range do nothing, and the walk, the masks and the
+/// tiles are in positions (as the CPU executor's runTask): rows sit at
+/// pStart + i, key tile kb covers positions [64 kb, 64 kb + 64), clipped to
+/// the sequence's keys [kStart, kStart + nk), and the run context takes
+/// nq = nk = kStart + nk, so that the alignment is the identity. Without
+/// SEQ the code is the dense kernel's.
+template <int E, int D, int WARPS, bool QRES, class Groups, bool SEQ = false>
 __device__ __forceinline__ void
 pipeForward(const LayerTable &t, const AttnParams &p,
             PipeTiles<D, QRES ? 16 * WARPS : 0> &smem, i64 slot, i64 pattern) {
@@ -764,19 +925,42 @@ pipeForward(const LayerTable &t, const AttnParams &p,
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int c2 = (lane % 4) * 2;
-  const i64 b = blockIdx.z;
   const i64 head = t.computedHead[slot];
-  const i64 kvHead = head / (p.numHeads / p.numKvHeads);
-  const i64 q0 = (i64)blockIdx.x * BQ;
-  const i64 q1 = minI(q0 + BQ, p.nq);
+  const i64 group = p.numHeads / p.numKvHeads;
+  // Dense: batch entry blockIdx.z, query block blockIdx.x, every head.
+  i64 b = blockIdx.z, qb = blockIdx.x, headLocal = head, kvLocal = head / group;
+  SeqView sv = {p.nq, p.nk, 0, 0, 0, 0, false};
+  bool badPage = false;
+  if constexpr (SEQ) {
+    seqBlock<BQ>(p, b, qb);
+    if (p.headCount &&
+        (head < p.headStart || head >= (i64)p.headStart + p.headCount))
+      return;
+    headLocal = head - p.headStart;
+    kvLocal = head / group - p.headStart / group;
+    sv = seqView(p, b);
+    if (qb < 0 || qb * BQ >= sv.nq)
+      return;
+  }
+  const i64 q0 = qb * BQ;
+  const i64 q1 = minI(q0 + BQ, sv.nq);
   const bool vec = p.vectorLoads != 0;
-  const u16 *qBase = p.q + b * p.qStrideB + head * p.qStrideH;
-  const u16 *kBase = p.k + b * p.kStrideB + kvHead * p.kStrideH;
-  const u16 *vBase = p.v + b * p.vStrideB + kvHead * p.vStrideH;
+  // Dense and packed queries: batch entry b, or rows from qRow0 of entry 0.
+  const i64 qEntry = SEQ && p.cuQ ? 0 : b;
+  const u16 *qBase = p.q + qEntry * p.qStrideB + sv.qRow0 * p.qStrideS +
+                     headLocal * p.qStrideH;
+  // Dense keys: entry b; packed and paged (seqKeyRow): entry 0.
+  const i64 kEntry = SEQ && (p.cuK || p.pages) ? 0 : b;
+  const u16 *kBase = p.k + kEntry * p.kStrideB + kvLocal * p.kStrideH;
+  const u16 *vBase = p.v + kEntry * p.vStrideB + kvLocal * p.vStrideH;
+  // The run context's lengths: Nq and Nk, or the sequence's key end.
+  const i64 kEnd = sv.kStart + sv.nk;
+  const i64 ctxNq = SEQ ? kEnd : p.nq, ctxNk = SEQ ? kEnd : p.nk;
+  const i64 pos0 = SEQ ? sv.pStart + q0 : q0; // row 0's run-context row
 
   // The Q tile: resident, or staged across both tiles for this warp's
   // fragments in registers.
-  copyTile<D, BQ, NT>(smem.q(), qBase, p.qStrideS, q0, p.nq, vec);
+  copyTile<D, BQ, NT>(smem.q(), qBase, p.qStrideS, q0, sv.nq, vec);
   cpAsyncCommit();
   cpAsyncWait<0>();
   __syncthreads();
@@ -789,9 +973,10 @@ pipeForward(const LayerTable &t, const AttnParams &p,
   FlashAcc<D> acc;
   flashInit<D>(acc);
   const int row0 = warp * 16 + lane / 4;
-  const RunCtx ctx = makeRunCtx(q0, q1, p.nq, p.nk, BK, head, t.numHeads);
+  const RunCtx ctx = makeRunCtx(pos0, pos0 + (q1 - q0), ctxNq, ctxNk, BK, head,
+                                t.numHeads);
   // The aligned position of row0, and c2, for the masks.
-  const i64 rowPos = pinned(q0 + row0 + p.nk - p.nq);
+  const i64 rowPos = pinned(pos0 + row0 + ctxNk - ctxNq);
   const int maskC2 = pinned(c2);
 
   // The tile whose scores are done and whose values have landed (pending
@@ -801,7 +986,8 @@ pipeForward(const LayerTable &t, const AttnParams &p,
   GuardKeep pendingKeep = {{0, 0}, pinned(guardPart<D, NT>())};
   u32 pa[4][4];
   Run run = noRun();
-  i64 kb = 0, next = 0;
+  // SEQ: the walk starts at the sequence's first key tile (none: no key).
+  i64 kb = 0, next = SEQ ? (sv.nk > 0 ? sv.kStart / BK : ctx.nkb) : 0;
   for (;;) {
     // The next visited key block: within the run, or the next run (the one
     // call site of the run enumeration: its code is inlined once).
@@ -817,7 +1003,11 @@ pipeForward(const LayerTable &t, const AttnParams &p,
       }
     }
     if (have) {
-      copyTile<D, BK, NT>(ks, kBase, p.kStrideS, kb * BK, p.nk, vec);
+      if constexpr (SEQ)
+        copySeqTile<D, BK, NT>(ks, p, sv, b, kBase, p.kStrideB, p.kStrideS,
+                               kb * BK, vec, badPage);
+      else
+        copyTile<D, BK, NT>(ks, kBase, p.kStrideS, kb * BK, p.nk, vec);
       cpAsyncCommit();
     }
     if (pending) {
@@ -830,7 +1020,11 @@ pipeForward(const LayerTable &t, const AttnParams &p,
     cpAsyncWait<0>();
     __syncthreads(); // K landed; every warp is done with the values
     const i64 k0 = kb * BK;
-    copyTile<D, BK, NT>(vs, vBase, p.vStrideS, k0, p.nk, vec);
+    if constexpr (SEQ)
+      copySeqTile<D, BK, NT>(vs, p, sv, b, vBase, p.vStrideB, p.vStrideS, k0,
+                             vec, badPage);
+    else
+      copyTile<D, BK, NT>(vs, vBase, p.vStrideS, k0, p.nk, vec);
     cpAsyncCommit();
     float s[8][4];
     if constexpr (QRES)
@@ -838,14 +1032,18 @@ pipeForward(const LayerTable &t, const AttnParams &p,
     else
       pipeScores<E, D>(qf, ks, s);
     const int cls = run.cls;
-    const int room = (int)minI(p.nk - k0, BK); // the keys below Nk
+    const int room = (int)minI(ctxNk - k0, BK); // the keys below Nk
     if (cls == kPartial) {
       pendingKeep.keep = partialKeep<Groups>(pattern, rowPos, k0, maskC2,
                                              room, head, t.numHeads);
       applyKeepNibbles(s, pendingKeep.keep);
-    } else if (room < BK) {
-      applyKeep(s, columnBits(c2, room));
     }
+    if (room < BK) // the last key tile (partial masks leave Nk's edge here)
+      applyKeep(s, columnBits(c2, room));
+    // SEQ: the positions of the tile below the sequence's first key.
+    if constexpr (SEQ)
+      if (k0 < sv.kStart)
+        applyKeep(s, ~columnBits(c2, sv.kStart - k0));
     pipeSoftmax<E, D>(s, p.scaleLog2, acc, pa);
     pending = true;
     pendingCls = cls;
@@ -854,9 +1052,21 @@ pipeForward(const LayerTable &t, const AttnParams &p,
   }
 
   const i64 qi0 = q0 + row0, qi1 = q0 + row0 + 8;
-  flashStore<E, D>(acc, p.o + b * p.oStrideB + head * p.oStrideH, p.oStrideS,
-                   p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
-                   qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
+  // The LSE: [entries, heads, Nq] (dense queries), [heads, T] (packed).
+  float *lseBase = nullptr;
+  if (p.lse) {
+    const i64 heads = SEQ && p.headCount ? p.headCount : p.numHeads;
+    lseBase = SEQ && p.cuQ ? p.lse + headLocal * p.nq + sv.qRow0
+                           : p.lse + (b * heads + headLocal) * p.nq;
+  }
+  if constexpr (SEQ)
+    if (__syncthreads_or(sv.bad || badPage))
+      flashPoison<D>(acc);
+  flashStore<E, D>(acc,
+                   p.o + qEntry * p.oStrideB + sv.qRow0 * p.oStrideS +
+                       headLocal * p.oStrideH,
+                   p.oStrideS, lseBase, qi0 < sv.nq ? qi0 : -1,
+                   qi1 < sv.nq ? qi1 : -1);
 }
 
 /// Writes O = 0 and LSE = -inf for the layer's skipped heads:
@@ -873,6 +1083,29 @@ __device__ __forceinline__ void fillSkipped(const LayerTable &t,
     orow[x] = 0;
   if (p.lse)
     p.lse[(b * p.numHeads + head) * p.nq + qi] = __int_as_float(0xff800000);
+}
+
+/// fillSkipped for a per-sequence call: grid (ceil(rows / 128), number of
+/// skipped heads, dense queries' sequences or 1), rows = the tensor's (Nq
+/// each, or T packed: every packed row belongs to a sequence or to none,
+/// and a skipped head's rows are all zero either way); heads outside the
+/// call's range do nothing.
+template <int D>
+__device__ __forceinline__ void fillSkippedSeq(const LayerTable &t,
+                                               const AttnParams &p) {
+  const i64 qi = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  const i64 head = t.skippedHead[blockIdx.y], b = blockIdx.z;
+  if (qi >= p.nq || (p.headCount && (head < p.headStart ||
+                                     head >= (i64)p.headStart + p.headCount)))
+    return;
+  const i64 hl = head - p.headStart;
+  const i64 heads = p.headCount ? p.headCount : p.numHeads;
+  u16 *orow = p.o + b * p.oStrideB + hl * p.oStrideH + qi * p.oStrideS;
+  for (int x = 0; x < D; ++x)
+    orow[x] = 0;
+  if (p.lse)
+    p.lse[p.cuQ ? hl * p.nq + qi : (b * heads + hl) * p.nq + qi] =
+        __int_as_float(0xff800000);
 }
 
 } // namespace kernel

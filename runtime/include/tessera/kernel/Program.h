@@ -1029,6 +1029,24 @@ struct AttnParams {
   float scaleLog2; ///< softmax scale times log2(e)
   int numHeads, numKvHeads;
   int vectorLoads; ///< 1: every row start is 16-byte aligned
+
+  // Per-sequence calls (tessera_attention_desc's modes), read by the
+  // `_seq` kernels only; the dense kernels ignore them. Device arrays, null
+  // where not used; nq and nk are then the tensors' rows (q.seq: Nq, or T
+  // when packed; k.seq: Nk, Tk when packed, the page size when paged).
+  const int *cuQ;      ///< packed queries: sequence s's rows [cuQ[s], cuQ[s + 1])
+  const int *cuK;      ///< packed keys, likewise
+  const int *lensK;    ///< keys per sequence (dense-with-lengths or paged)
+  const int *pages;    ///< paged keys: the block table
+  const i64 *qStart;   ///< query row 0's position per sequence (null: bottom-right)
+  const i64 *kStart;   ///< key 0's position per sequence (null: 0)
+  i64 pageStride;      ///< block-table entries between rows
+  i64 maxPages;        ///< entries a sequence may use
+  i64 numPages;        ///< pages of k and v (k.batch)
+  int pageSize;        ///< keys per page (16 to 256)
+  int numSeqs;
+  int headStart;       ///< the tensors' first head (layer index)
+  int headCount;       ///< the tensors' heads (0: every head)
 };
 
 /// One layer's schedule tables: the programs of its head groups and the

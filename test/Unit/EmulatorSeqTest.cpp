@@ -1,0 +1,311 @@
+//===- EmulatorSeqTest.cpp - the `_seq` kernels under the emulator --------===//
+//
+// The per-sequence twins of the attention kernels (FlashForward.cuh's
+// pipeForward with SEQ) run every mode of tessera_attention_desc under the
+// thread-block emulator, with the runtime's own planning (SeqLaunch.h:
+// AttnParams and grids from the description), against SeqCalls.h's
+// float64 reference of the tiny-mix layer evaluated at each sequence's
+// positions: packed ragged batches with empty sequences, static caches
+// with NaN in unfilled rows, packed keys, paged caches with shuffled pages
+// (sizes 16 and 256) and NaN in unused ones, decode with 1 and 16 queries,
+// query and key offsets on and off multiples of 64, Nq < Nk and Nq > Nk,
+// head ranges, LSE layouts. Out-of-range device arrays (which the host
+// cannot read on CUDA) give NaN rows, never reads outside the tensors.
+// Deliberately wrong plans must fail the same comparison.
+//
+//===----------------------------------------------------------------------===//
+
+#include "tessera/kernel/Emulate.h"
+#include "tessera/kernel/Program.h"
+#include "tessera/kernel/SeqLaunch.h"
+
+#include "SeqCalls.h"
+
+#include "llvm/Support/JSON.h"
+#include "llvm/Support/MemoryBuffer.h"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+
+using namespace tessera;
+using namespace tessera::seqcalls;
+namespace json = llvm::json;
+
+namespace {
+
+/// tiny-mix's layer 0 as the runtime reads it from the manifest.
+struct LayerKernels {
+  std::vector<std::pair<std::string, int64_t>> kernels; ///< name, slots
+  std::string fill;
+  int64_t skipped = 0, blockQ = 0, threads = 0, position = 0;
+};
+
+LayerKernels tinyMixLayer0() {
+  LayerKernels l;
+  std::string path =
+      std::string(TESSERA_BINARY_DIR) + "/test/bundles/tiny-mix/manifest.json";
+  auto buf = llvm::MemoryBuffer::getFile(path);
+  EXPECT_TRUE(bool(buf)) << path;
+  if (!buf)
+    return l;
+  llvm::Expected<json::Value> m = json::parse((*buf)->getBuffer());
+  EXPECT_TRUE(bool(m));
+  if (!m)
+    return l;
+  const json::Object &layer =
+      *(*m->getAsObject()->getArray("layers"))[0].getAsObject();
+  for (const json::Value &k : *layer.getArray("kernels"))
+    l.kernels.push_back({k.getAsObject()->getString("name")->str(),
+                         *k.getAsObject()->getInteger("slots")});
+  l.fill = layer.getString("fill_kernel").value_or("").str();
+  l.skipped = int64_t(layer.getArray("skipped_heads")->size());
+  l.blockQ = *layer.getInteger("kernel_block_q");
+  l.threads = *layer.getInteger("kernel_threads");
+  l.position = *layer.getInteger("position");
+  return l;
+}
+
+/// Launches a built call's `_seq` kernels as runCudaSeq does; `tweak` may
+/// change the planned arguments (the broken plans).
+void launchSeq(const Built &b, int64_t numSeqs,
+               const std::function<void(kernel::AttnParams &)> &tweak = {}) {
+  LayerKernels l = tinyMixLayer0();
+  kernel::AttnParams p = kernel::makeAttnParams(b.d, H, Hkv, D, numSeqs);
+  if (tweak)
+    tweak(p);
+  auto &reg = tessera_emu::registry();
+  for (const auto &[name, slots] : l.kernels) {
+    auto fn = reg.find("tiny-mix/" + name + "_seq");
+    ASSERT_NE(fn, reg.end()) << name << "_seq";
+    kernel::SeqGrid g = kernel::seqAttentionGrid(b.d, numSeqs, l.blockQ, slots);
+    if (g.x == 0 || g.z == 0)
+      continue;
+    tessera_emu::launch([&] { fn->second(&p, int(l.position)); },
+                        dim3{unsigned(g.x), unsigned(g.y), unsigned(g.z)},
+                        dim3{unsigned(l.threads), 1, 1});
+  }
+  ASSERT_EQ(l.skipped, 0) << "tiny-mix layer 0 computes every head";
+}
+
+/// The inputs, already bf16 values (the kernels' dtype), so that the
+/// reference sees what the kernels read.
+Logical logical(std::vector<Seq> seqs, uint64_t seed) {
+  return makeLogical(std::move(seqs), seed, /*bf16=*/true);
+}
+
+int64_t seqCount(const Built &b) {
+  return b.d.cu_seqlens_q || b.d.num_seqs ? b.d.num_seqs : b.d.q.batch;
+}
+
+/// Runs `l` in layout `lay` (bf16: the kernels' dtype) and returns the
+/// number of output and LSE elements off the float64 reference (the first
+/// five reported when `report`); rows no sequence owns must keep the
+/// sentinel.
+int64_t mismatches(const Logical &l, Layout lay, bool report = true,
+                   const std::function<void(kernel::AttnParams &)> &tweak = {},
+                   const std::function<void(Built &)> &edit = {}) {
+  lay.bf16 = true;
+  Built b = build(l, lay);
+  if (edit)
+    edit(b);
+  launchSeq(b, seqCount(b), tweak);
+  Reference r = reference(l, 1.0 / std::sqrt(double(D)));
+  // bf16 inputs and probabilities (2^-9 relative each) on outputs of
+  // magnitude up to 2; the LSE from fp32 and ex2.approx.
+  const double tol = 3e-2;
+  int64_t bad = 0;
+  for (size_t s = 0; s < l.seqs.size(); ++s)
+    for (int64_t i = 0; i < l.seqs[s].nq; ++i)
+      for (int64_t hl = 0; hl < b.heads; ++hl) {
+        const int64_t h = lay.h0 + hl;
+        for (int64_t x = 0; x < D; ++x) {
+          double want = r.o[s][size_t((i * H + h) * D + x)];
+          float got = b.out(b.oAt(int64_t(s), i, hl) + size_t(x));
+          if (!(std::abs(got - want) <= tol) && bad++ < 5 && report)
+            ADD_FAILURE() << "o: sequence " << s << " row " << i << " head "
+                          << h << " element " << x << ": " << got << " vs "
+                          << want;
+        }
+        if (!lay.lse)
+          continue;
+        double want = r.lse[s][size_t(h * l.seqs[s].nq + i)];
+        float got = b.lse[b.lseAt(int64_t(s), i, hl)];
+        if (!(want == -kInf ? got == -kInf
+                            : std::abs(got - want) <=
+                                  1e-3 * (1 + std::abs(want))) &&
+            bad++ < 5 && report)
+          ADD_FAILURE() << "lse: sequence " << s << " row " << i << " head "
+                        << h << ": " << got << " vs " << want;
+      }
+  if (lay.q == QLayout::Packed)
+    for (int64_t row = b.cuQ.back(); row < b.rowsQ; ++row)
+      if (cpu::bf16ToFloat(b.oh[size_t(row * b.heads * D)]) != kSentinel &&
+          bad++ < 5 && report)
+        ADD_FAILURE() << "packed row " << row << " belongs to no sequence";
+  return bad;
+}
+
+void check(const Logical &l, const Layout &lay) {
+  EXPECT_EQ(mismatches(l, lay), 0);
+}
+
+TEST(EmulatorSeq, DenseWithPositions) {
+  // Bottom-right (no arrays) through the _seq kernel, then offsets on and
+  // off multiples of 64, Nq < Nk and Nq > Nk.
+  Layout withLse;
+  check(logical({{70, 70}, {70, 70}}, 1), withLse);
+  check(logical({{20, 150, 64, 0}, {20, 150, 300, 64}}, 2), withLse);
+  check(logical({{150, 40, 37, 5}, {150, 40, 200, 131}}, 3), withLse);
+  check(logical({{90, 200, 500, 333}}, 4), withLse);
+}
+
+TEST(EmulatorSeq, PackedRaggedBatches) {
+  Layout lay;
+  lay.q = QLayout::Packed;
+  lay.k = KLayout::Packed;
+  // Empty sequences, sequences shorter and longer than a block, one
+  // starting inside a block of the packed rows.
+  check(logical({{0, 0}, {130, 130}, {1, 7}, {0, 5}, {200, 60, 9, 100},
+                     {5, 300}},
+                    5),
+        lay);
+  lay.k = KLayout::Lengths;
+  check(logical({{40, 100}, {3, 0}, {129, 129}}, 6), lay);
+}
+
+TEST(EmulatorSeq, StaticCacheLengths) {
+  Layout lay;
+  lay.k = KLayout::Lengths; // rows past each length hold NaN
+  check(logical({{16, 90}, {16, 3}, {16, 200}}, 7), lay);
+  check(logical({{1, 77, 76, 0}, {1, 300, 299, 0}}, 8), lay); // decode
+}
+
+TEST(EmulatorSeq, PagedCaches) {
+  for (int64_t ps : {16, 256}) {
+    SCOPED_TRACE("page size " + std::to_string(ps));
+    Layout lay;
+    lay.k = KLayout::Paged;
+    lay.pageSize = ps;
+    // Decode with 1 and 16 queries (dense queries: one count a call).
+    check(logical({{1, 300}, {1, 555}, {1, 1}, {1, 40}}, 9), lay);
+    check(logical({{16, 300}, {16, 555}, {16, 16}}, 19), lay);
+    lay.q = QLayout::Packed;
+    check(logical({{1, 300}, {0, 12}, {16, 555, 700, 160},
+                       {100, 100, 0, 0}},
+                      10),
+          lay);
+  }
+}
+
+TEST(EmulatorSeq, HeadRanges) {
+  for (auto [h0, n] : {std::pair{0, 2}, {2, 3}, {4, 2}, {5, 1}}) {
+    SCOPED_TRACE("heads " + std::to_string(h0) + " + " + std::to_string(n));
+    Layout lay;
+    lay.h0 = h0;
+    lay.n = n;
+    check(logical({{70, 130, 61, 0}, {70, 130}}, 11), lay);
+    lay.q = QLayout::Packed;
+    lay.k = KLayout::Paged;
+    check(logical({{33, 90}, {0, 4}, {1, 200}}, 12), lay);
+  }
+}
+
+/// A bad device array cannot be refused by the host on CUDA: the kernels
+/// give the sequence's rows NaN (o and LSE) without reading through the
+/// bad entries; the other sequences are unaffected. A bad block-table entry
+/// is seen by the query blocks whose walk reaches it (`someRows`): their
+/// rows are NaN, the others' correct.
+TEST(EmulatorSeq, BadDeviceArraysGiveNaNRows) {
+  Logical l = logical({{20, 100}, {20, 100}}, 13);
+  auto nanRows = [&](const std::function<void(Built &)> &edit,
+                     const Layout &lay, bool someRows = false) {
+    Layout bf = lay;
+    bf.bf16 = true;
+    Built b = build(l, bf);
+    edit(b);
+    launchSeq(b, seqCount(b));
+    int64_t nan0 = 0, fine0 = 0, fine1 = 0;
+    Reference r = reference(l, 1.0 / std::sqrt(double(D)));
+    auto fine = [&](int64_t s, int64_t i, int64_t h) {
+      return std::abs(b.out(b.oAt(s, i, h)) -
+                      r.o[size_t(s)][size_t((i * H + h) * D)]) <= 3e-2;
+    };
+    for (int64_t i = 0; i < 20; ++i)
+      for (int64_t h = 0; h < H; ++h) {
+        nan0 += std::isnan(b.out(b.oAt(0, i, h))) &&
+                std::isnan(b.lse[b.lseAt(0, i, h)]);
+        fine0 += fine(0, i, h);
+        fine1 += fine(1, i, h);
+      }
+    if (someRows) {
+      EXPECT_GT(nan0, 0) << "a row that reads the bad entry is NaN";
+      EXPECT_EQ(nan0 + fine0, 20 * H) << "the others are correct";
+    } else {
+      EXPECT_EQ(nan0, 20 * H) << "sequence 0's rows are NaN";
+    }
+    EXPECT_EQ(fine1, 20 * H) << "sequence 1 is unaffected";
+  };
+  Layout paged;
+  paged.k = KLayout::Paged;
+  nanRows([](Built &b) { b.table[0] = 1 << 20; }, paged, true); // no page
+  nanRows([](Built &b) { b.table[1] = -1; }, paged, true);
+  nanRows([](Built &b) { b.lens[0] = 1 << 30; }, paged); // past the table
+  Layout lengths;
+  lengths.k = KLayout::Lengths;
+  nanRows([](Built &b) { b.lens[0] = -3; }, lengths);
+  Layout positioned;
+  nanRows(
+      [](Built &b) {
+        b.kStart[0] = -64;
+        b.d.k_start = b.kStart.data();
+      },
+      positioned);
+  nanRows(
+      [](Built &b) {
+        b.qStart[0] = int64_t(1) << 41;
+        b.d.q_start = b.qStart.data();
+      },
+      positioned);
+  Layout packed;
+  packed.q = QLayout::Packed;
+  packed.k = KLayout::Packed;
+  nanRows([](Built &b) { b.cuK[0] = b.cuK[1] + 1; }, packed); // decreasing
+}
+
+/// Plans that break one part of the mapping must fail the comparison: the
+/// test sees each field.
+TEST(EmulatorSeq, BrokenPlansFail) {
+  Logical l = logical({{20, 150, 64, 3}, {1, 300}, {16, 40}}, 14);
+  Layout paged;
+  paged.k = KLayout::Paged;
+  paged.q = QLayout::Packed;
+  EXPECT_EQ(mismatches(l, paged, true), 0);
+  // Table rows a wrong distance apart.
+  EXPECT_GT(mismatches(l, paged, false,
+                       [](kernel::AttnParams &p) { p.pageStride -= 1; }),
+            0);
+  // Key positions ignored (every sequence's keys from 0).
+  EXPECT_GT(mismatches(l, paged, false,
+                       [](kernel::AttnParams &p) { p.kStart = nullptr; }),
+            0);
+  // Query positions ignored (bottom-right alignment).
+  EXPECT_GT(mismatches(l, paged, false,
+                       [](kernel::AttnParams &p) { p.qStart = nullptr; }),
+            0);
+  // The head range read as the layer's first heads.
+  Layout range = paged;
+  range.h0 = 3;
+  range.n = 2;
+  EXPECT_EQ(mismatches(l, range, true), 0);
+  EXPECT_GT(mismatches(l, range, false,
+                       [](kernel::AttnParams &p) { p.headStart = 0; }),
+            0);
+  // Packed queries read as dense rows of entry 0.
+  EXPECT_GT(mismatches(l, paged, false,
+                       [](kernel::AttnParams &p) { p.numSeqs = 1; }),
+            0);
+}
+
+} // namespace

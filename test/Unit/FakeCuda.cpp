@@ -1,0 +1,182 @@
+//===- FakeCuda.cpp - libcuda's entry points over the emulator ------------===//
+//
+// A stand-in for libcuda.so.1 (the runtime opens it by TESSERA_LIBCUDA), so
+// that the runtime's CUDA path runs end to end without a GPU: one device of
+// compute capability 9.0; "device memory" is host memory the test
+// registers; a module is the tiny-mix bundle compiled into this library
+// for the host emulator (the NVRTC binary the runtime hands over is only
+// checked to be non-empty); cuLaunchKernel runs the named kernel on the
+// emulator at once. Every entry point appends its name to a log, so a test
+// can say which driver calls a step made (FakeDriverTest: the run step of
+// a call makes no synchronising call). Entry points the runtime does not
+// use are not defined: a synchronising call would fail to resolve.
+//
+//===----------------------------------------------------------------------===//
+
+#include "tessera/kernel/Emulate.h"
+#include "tessera/kernel/Program.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace {
+
+std::mutex mutex;
+std::vector<std::string> calls;
+std::map<uintptr_t, size_t> deviceRanges; ///< start -> bytes
+int liveModules = 0;
+
+void logCall(const char *name) {
+  std::lock_guard<std::mutex> lock(mutex);
+  calls.push_back(name);
+}
+
+bool isDevice(unsigned long long at) {
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = deviceRanges.upper_bound(uintptr_t(at));
+  if (it == deviceRanges.begin())
+    return false;
+  --it;
+  return at < it->first + it->second;
+}
+
+constexpr int kSuccess = 0, kInvalidValue = 1, kNotFound = 500;
+int moduleToken = 0;
+
+} // namespace
+
+extern "C" {
+
+// The test's side.
+__attribute__((visibility("default"))) void fakecuda_register(const void *p,
+                                                              size_t bytes) {
+  std::lock_guard<std::mutex> lock(mutex);
+  deviceRanges[uintptr_t(p)] = bytes;
+}
+__attribute__((visibility("default"))) void fakecuda_clear() {
+  std::lock_guard<std::mutex> lock(mutex);
+  deviceRanges.clear();
+  calls.clear();
+}
+/// The calls since the last clear, comma-separated.
+__attribute__((visibility("default"))) const char *fakecuda_calls() {
+  static std::string joined;
+  std::lock_guard<std::mutex> lock(mutex);
+  joined.clear();
+  for (const std::string &c : calls)
+    joined += (joined.empty() ? "" : ",") + c;
+  return joined.c_str();
+}
+
+// The driver's side (the signatures of runtime/cuda/Driver.h).
+int cuInit(unsigned) { return logCall("cuInit"), kSuccess; }
+int cuDeviceGetCount(int *n) {
+  logCall("cuDeviceGetCount");
+  *n = 1;
+  return kSuccess;
+}
+int cuDeviceGet(int *d, int ordinal) {
+  logCall("cuDeviceGet");
+  *d = ordinal;
+  return ordinal == 0 ? kSuccess : kInvalidValue;
+}
+int cuDeviceGetAttribute(int *v, int attr, int) {
+  logCall("cuDeviceGetAttribute");
+  *v = attr == 75 ? 9 : 0; // compute capability 9.0
+  return kSuccess;
+}
+int cuDevicePrimaryCtxRetain(void **ctx, int) {
+  logCall("cuDevicePrimaryCtxRetain");
+  static int token;
+  *ctx = &token;
+  return kSuccess;
+}
+int cuDevicePrimaryCtxRelease_v2(int) {
+  return logCall("cuDevicePrimaryCtxRelease"), kSuccess;
+}
+int cuCtxPushCurrent_v2(void *) { return logCall("cuCtxPushCurrent"), kSuccess; }
+int cuCtxPopCurrent_v2(void **ctx) {
+  logCall("cuCtxPopCurrent");
+  if (ctx)
+    *ctx = nullptr;
+  return kSuccess;
+}
+int cuModuleLoadData(void **module, const void *image) {
+  logCall("cuModuleLoadData");
+  if (!image)
+    return kInvalidValue;
+  ++liveModules;
+  *module = &moduleToken;
+  return kSuccess;
+}
+int cuModuleUnload(void *) {
+  logCall("cuModuleUnload");
+  --liveModules;
+  return kSuccess;
+}
+/// A function handle is its registry entry's name (kept alive by the map).
+int cuModuleGetFunction(void **f, void *, const char *name) {
+  logCall("cuModuleGetFunction");
+  static std::map<std::string, std::string> names;
+  std::string key = std::string(TESSERA_EMU_BUNDLE) + "/" + name;
+  if (!tessera_emu::registry().count(key))
+    return kNotFound;
+  std::lock_guard<std::mutex> lock(mutex);
+  *f = const_cast<char *>(names.emplace(key, key).first->second.c_str());
+  return kSuccess;
+}
+int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz,
+                   unsigned bx, unsigned by, unsigned bz, unsigned, void *,
+                   void **args, void **) {
+  logCall("cuLaunchKernel");
+  auto fn = tessera_emu::registry().find(static_cast<const char *>(f));
+  if (fn == tessera_emu::registry().end() || !args)
+    return kInvalidValue;
+  // (AttnParams, int layer): the attention and fill kernels.
+  const int layer = *static_cast<const int *>(args[1]);
+  tessera_emu::launch([&] { fn->second(args[0], layer); }, dim3{gx, gy, gz},
+                      dim3{bx, by, bz});
+  return kSuccess;
+}
+int cuPointerGetAttribute(void *out, int attr, unsigned long long at) {
+  logCall("cuPointerGetAttribute");
+  const bool device = isDevice(at);
+  if (attr == 2) // memory type
+    *static_cast<unsigned *>(out) = device ? 2u : 1u;
+  else if (attr == 8) // managed
+    *static_cast<unsigned *>(out) = 0;
+  else if (attr == 9) // ordinal
+    *static_cast<int *>(out) = 0;
+  else
+    return kInvalidValue;
+  return device || attr == 2 ? kSuccess : kInvalidValue;
+}
+int cuGetErrorString(int rc, const char **s) {
+  *s = rc == kNotFound ? "not found (fake driver)" : "error (fake driver)";
+  return kSuccess;
+}
+int cuMemAllocAsync(unsigned long long *p, size_t bytes, void *) {
+  logCall("cuMemAllocAsync");
+  void *m = std::malloc(bytes ? bytes : 1);
+  *p = reinterpret_cast<unsigned long long>(m);
+  fakecuda_register(m, bytes);
+  return kSuccess;
+}
+int cuMemFreeAsync(unsigned long long p, void *) {
+  logCall("cuMemFreeAsync");
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    deviceRanges.erase(uintptr_t(p));
+  }
+  std::free(reinterpret_cast<void *>(p));
+  return kSuccess;
+}
+int cuFuncSetAttribute(void *, int, int) {
+  return logCall("cuFuncSetAttribute"), kSuccess;
+}
+
+} // extern "C"

@@ -6,7 +6,7 @@ LLVM_PREFIX ?= /usr/lib/llvm-22
 CMAKE_FLAGS ?=
 TARGETS = attn-opt attn-viz attn-translate attn-nvrtc-check attn-lsp-server attn-import \
   TesseraUnitTests tessera-dynamic-dump \
-  TesseraEmulatorTests \
+  TesseraEmulatorTests TesseraFakeDriverTests \
   attn-docs tessera_runtime tessera-test-bundles
 
 .PHONY: all deps configure build demo check docs bundles fuzz sanitize clean

@@ -34,12 +34,15 @@ Ulysses, which gives the single-process result exactly; the ring and the
 all-gather refuse them.
 """
 
+import weakref
+
 import numpy as np
 import torch
 import torch.distributed as dist
 
 __all__ = ["contiguous", "zigzag", "balanced", "partition", "indices",
-           "modelled_work", "pair_tiles", "needed_pairs", "ring_attention",
+           "modelled_work", "balance_ratio", "exchanged_shards", "pair_tiles",
+           "needed_pairs", "ring_attention",
            "allgather_attention", "ulysses_attention", "usp_attention",
            "ContextParallelAttention"]
 
@@ -72,9 +75,12 @@ def zigzag(seq_len, world_size):
             for r in range(world_size)]
 
 
-def _tiles_work(tiles):
-    """Modelled work of visited_tiles' [H, 2] counts (dynamic heads, -1,
-    left out: their tiles depend on the input)."""
+def _tiles_work(tiles, heads=None):
+    """Modelled work of visited_tiles' [H, 2] counts of `heads` ((start,
+    count); None: all), dynamic heads (-1) left out: their tiles depend on
+    the input."""
+    if heads is not None:
+        tiles = tiles[heads[0]:heads[0] + heads[1]]
     t = tiles[tiles[:, 0] >= 0]
     return float(PARTIAL_COST * t[:, 0].sum() + t[:, 1].sum())
 
@@ -83,25 +89,33 @@ def _blocks(lo, hi, block):
     return lo // block, -(-hi // block)
 
 
-def chunk_work(bundle, layer, seq_len, chunks, block=BLOCK):
+def _range_work(bundle, layer, seq_len, lo, hi, heads, block):
+    """Modelled work of queries [lo, hi) against every key."""
+    if lo >= hi:
+        return 0.0
+    tk = -(-seq_len // block)
+    return _tiles_work(bundle.visited_tiles(
+        layer, seq_len, seq_len, _blocks(lo, hi, block), (0, tk), block,
+        block), heads)
+
+
+def chunk_work(bundle, layer, seq_len, chunks, heads=None, block=BLOCK):
     """Modelled work of each chunk of queries [b[i], b[i + 1]) (b =
     _bounds(seq_len, chunks)) against every key."""
     b = _bounds(seq_len, chunks)
-    tk = -(-seq_len // block)
-    return [_tiles_work(bundle.visited_tiles(
-        layer, seq_len, seq_len, _blocks(b[i], b[i + 1], block), (0, tk),
-        block, block)) if b[i] < b[i + 1] else 0.0 for i in range(chunks)]
+    return [_range_work(bundle, layer, seq_len, b[i], b[i + 1], heads, block)
+            for i in range(chunks)]
 
 
 def balanced(bundle, layer, seq_len, world_size, chunks_per_rank=4,
-             block=BLOCK):
+             heads=None, block=BLOCK):
     """W * chunks_per_rank equal chunks, dealt by modelled work: in each
     round the W heaviest chunks left go to the ranks, the heaviest to the
     least loaded (every rank gets the same number of tokens, +-1 per
     chunk). For a causal layer with 2 chunks a rank this is the zigzag."""
     c = world_size * chunks_per_rank
     b = _bounds(seq_len, c)
-    work = chunk_work(bundle, layer, seq_len, c, block)
+    work = chunk_work(bundle, layer, seq_len, c, heads, block)
     order = sorted(range(c), key=lambda i: (-work[i], i))
     load = [0.0] * world_size
     owned = [[] for _ in range(world_size)]
@@ -126,40 +140,60 @@ def _merge(ranges):
     return out
 
 
-def modelled_work(bundle, layer, seq_len, part, block=BLOCK):
+def modelled_work(bundle, layer, seq_len, part, heads=None, block=BLOCK):
     """Each rank's modelled work (visited tiles, partial ones weighted by
-    PARTIAL_COST) for its queries against every key."""
-    tk = -(-seq_len // block)
-    return [sum(_tiles_work(bundle.visited_tiles(
-        layer, seq_len, seq_len, _blocks(lo, hi, block), (0, tk), block,
-        block)) for lo, hi in ranges) for ranges in part]
+    PARTIAL_COST) for its queries against every key, over `heads` ((start,
+    count); None: every head)."""
+    return [sum(_range_work(bundle, layer, seq_len, lo, hi, heads, block)
+                for lo, hi in ranges) for ranges in part]
+
+
+def balance_ratio(work):
+    """max / mean of per-rank work (1.0 where there is none)."""
+    mean = sum(work) / len(work)
+    return max(work) / mean if mean > 0 else 1.0
+
+
+def exchanged_shards(need):
+    """Shards a ring sends under need[r][s] (r != s)."""
+    return sum(need[r][s] for r in range(len(need)) for s in range(len(need))
+               if r != s)
+
+
+# partition("auto") takes the partitions within this max / mean of the
+# modelled work and, of those, the one that exchanges the fewest shards.
+BALANCE_TARGET = 1.10
 
 
 def partition(bundle, layer, seq_len, world_size, strategy="auto",
-              chunks_per_rank=4, block=BLOCK):
-    """A partition for `layer`: "contiguous", "zigzag", "balanced", or
-    "auto": the one of the three with the smallest max / mean modelled work
-    (ties to the simpler). A plain list: part[r] = rank r's [start, end)
-    ranges in global order."""
+              chunks_per_rank=4, heads=None, block=BLOCK):
+    """A partition for `layer` (its `heads` range, if given: a Ulysses or
+    tensor-parallel rank's heads): "contiguous", "zigzag", "balanced", or
+    "auto": of the three, those whose max / mean modelled work is within
+    BALANCE_TARGET, the one whose ring exchanges the fewest shards (ties
+    to the simpler; none within: the best balanced). A plain list:
+    part[r] = rank r's [start, end) ranges in global order."""
     makers = {"contiguous": lambda: contiguous(seq_len, world_size),
               "zigzag": lambda: zigzag(seq_len, world_size),
               "balanced": lambda: balanced(bundle, layer, seq_len,
                                            world_size, chunks_per_rank,
-                                           block)}
+                                           heads, block)}
     if strategy != "auto":
         if strategy not in makers:
             raise ValueError(f"strategy must be auto, contiguous, zigzag or "
                              f"balanced, got {strategy!r}")
         return makers[strategy]()
-    best, best_ratio = None, None
-    for name in ("contiguous", "zigzag", "balanced"):
+    scored = []
+    for order, name in enumerate(("contiguous", "zigzag", "balanced")):
         p = makers[name]()
-        w = modelled_work(bundle, layer, seq_len, p, block)
-        mean = sum(w) / len(w)
-        ratio = max(w) / mean if mean > 0 else 1.0
-        if best is None or ratio < best_ratio - 1e-9:
-            best, best_ratio = p, ratio
-    return best
+        r = balance_ratio(modelled_work(bundle, layer, seq_len, p, heads,
+                                        block))
+        scored.append((r, order, p))
+    within = [x for x in scored if x[0] <= BALANCE_TARGET]
+    if len(within) <= 1:
+        return min(scored, key=lambda x: (x[0], x[1]))[2]
+    return min(within, key=lambda x: (exchanged_shards(needed_pairs(
+        bundle, layer, seq_len, x[2], heads, block)), x[1]))[2]
 
 
 def indices(part, rank):
@@ -204,12 +238,25 @@ def pair_tiles(bundle, layer, seq_len, q_range, k_range, heads=None,
     return int(t.sum())
 
 
+_NEED_CACHE = weakref.WeakKeyDictionary()  # bundle -> {key: need}
+
+
 def needed_pairs(bundle, layer, seq_len, part, heads=None, block=BLOCK):
-    """need[r][s]: rank r's queries visit a tile of rank s's keys."""
-    w = len(part)
-    return [[any(pair_tiles(bundle, layer, seq_len, a, b, heads, block)
+    """need[r][s]: rank r's queries visit a tile of rank s's keys. Kept per
+    (bundle, layer, length, partition, heads): every layer call of a
+    forward pass asks again."""
+    cache = _NEED_CACHE.setdefault(bundle, {})
+    heads = tuple(heads) if heads is not None else None
+    key = (layer, seq_len, tuple(tuple(r) for r in part), heads, block)
+    if key not in cache:
+        w = len(part)
+        if len(cache) > 256:
+            cache.clear()
+        cache[key] = [
+            [any(pair_tiles(bundle, layer, seq_len, a, b, heads, block)
                  for a in part[r] for b in part[s]) for s in range(w)]
             for r in range(w)]
+    return cache[key]
 
 
 #===- The local calls -------------------------------------------------------===#
@@ -257,12 +304,25 @@ def _local_rows(part, rank):
     return out
 
 
-def _layer(bundle, layer, q, heads):
+def _layer(bundle, layer, q):
     info = bundle.layer_info(layer)
     if q.dim() != 4:
         raise ValueError(f"q must be [batch, seq, heads, head_dim], got "
                          f"shape {tuple(q.shape)}")
     return info
+
+
+def _check_shard(q, k, v, part, rank):
+    """q, k, v hold rank's rows of the partition, in its order."""
+    n = sum(hi - lo for lo, hi in part[rank])
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 4 or x.shape[1] != n or x.shape[0] != q.shape[0]:
+            raise ValueError(
+                f"{name} must be [batch, {n}, heads, head_dim] (rank {rank}'s "
+                f"{n} tokens of the partition), got shape {tuple(x.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have one shape, got "
+                         f"{tuple(k.shape)} and {tuple(v.shape)}")
 
 
 def _refuse_dynamic(info, layer, how):
@@ -322,7 +382,7 @@ def _post(kv, shapes, dst, src, send, recv, group, stats, tag):
         reqs.append(dist.isend(kv, _global(group, dst), group=group, tag=tag))
         _count(stats, "bytes_sent", kv.numel() * kv.element_size())
         _count(stats, "shards_sent")
-    elif dst is not None:
+    else:
         _count(stats, "shards_skipped")
     if recv:
         buf = torch.empty(shapes[src], dtype=kv.dtype)
@@ -340,20 +400,18 @@ def ring_attention(bundle, layer, q, k, v, part, group=None, heads=None,
     lse [B, h, n] float32. stats (a dict): bytes sent, bytes a dense ring
     sends, shards sent and skipped, (query range, key range) pairs computed
     and skipped, on this rank."""
-    info = _layer(bundle, layer, q, heads)
+    info = _layer(bundle, layer, q)
     _refuse_dynamic(info, layer, "a ring")
     w, rank = _group_info(group)
     seq_len = sum(hi - lo for ranges in part for lo, hi in ranges)
     _check_partition(part, seq_len, w)
+    _check_shard(q, k, v, part, rank)
     need = needed_pairs(bundle, layer, seq_len, part, heads)
     _stats_init(stats)
     kv = torch.cat([k, v], dim=2).contiguous()  # one message a shard
     lens = [sum(hi - lo for lo, hi in ranges) for ranges in part]
     shapes = [(kv.shape[0], n) + tuple(kv.shape[2:]) for n in lens]
-    if stats is not None:
-        stats["bytes_dense"] = sum(
-            kv.element_size() * int(np.prod(shapes[(rank - t) % w]))
-            for t in range(1, w))
+    if stats is not None:  # a dense ring: this shard to every other rank
         stats["bytes_dense"] = kv.numel() * kv.element_size() * (w - 1)
     acc = [torch.zeros(q.shape, dtype=torch.float32),
            torch.full((q.shape[0], q.shape[2], q.shape[1]), -float("inf"))]
@@ -393,11 +451,12 @@ def allgather_attention(bundle, layer, q, k, v, part, group=None, heads=None,
     pair is needed and the shards are equal, point-to-point sends
     otherwise); then one call per query range against the keys in global
     order (shards not received are zeros the schedule never visits)."""
-    info = _layer(bundle, layer, q, heads)
+    info = _layer(bundle, layer, q)
     _refuse_dynamic(info, layer, "an all-gather of keys")
     w, rank = _group_info(group)
     seq_len = sum(hi - lo for ranges in part for lo, hi in ranges)
     _check_partition(part, seq_len, w)
+    _check_shard(q, k, v, part, rank)
     need = needed_pairs(bundle, layer, seq_len, part, heads)
     _stats_init(stats)
     kv = torch.cat([k, v], dim=2).contiguous()
@@ -484,13 +543,19 @@ def ulysses_attention(bundle, layer, q, k, v, part, group=None, heads=None,
     layer's head range q holds (None: all). inner(q, k, v, heads, ranges):
     what runs on the gathered rows instead (usp_attention's ring); ranges
     are the global ranges those rows hold, in order."""
-    info = _layer(bundle, layer, q, heads)
+    info = _layer(bundle, layer, q)
     w, rank = _group_info(group)
     h0, h = heads if heads is not None else (0, info["num_heads"])
     g = info["num_heads"] // info["num_kv_heads"]
     if h < w:
         raise ValueError(f"Ulysses over {w} ranks needs at least {w} heads; "
                          f"this rank holds {h}")
+    if len(part) != w:
+        raise ValueError(f"the partition has {len(part)} ranks, the group "
+                         f"{w}")
+    _check_shard(q, k, v, part, rank)
+    if q.shape[2] != h:
+        raise ValueError(f"q holds {q.shape[2]} heads; heads says {h}")
     _stats_init(stats)
     split = [(h0 + s, n) for s, n in _head_split(h, w)]
     kv0 = h0 // g
@@ -529,10 +594,7 @@ def ulysses_attention(bundle, layer, q, k, v, part, group=None, heads=None,
         if stats is not None:
             stats["pairs_computed"] += 1
     # Back: rank j's rows of my heads, o and lse in one float32 message.
-    at, back = {}, []
-    for (lo, hi), s, off in pieces:
-        at.setdefault(s, []).append((lo, hi, off))
-    pos = 0
+    back, pos = [], 0
     rows_of = {}
     for (lo, hi), s, off in pieces:
         rows_of.setdefault(s, []).append((pos, pos + hi - lo, off))

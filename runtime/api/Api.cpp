@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <initializer_list>
@@ -102,13 +103,22 @@ const char *dtypeName(tessera_dtype t) {
 /// (EmitCuda.cpp's kSeqSuffix).
 constexpr const char *kSeqSuffix = "_seq";
 
-/// A layer's per-sequence twins: of its fill kernel and attention kernels.
+/// The split-KV merge kernel of a layer with attention kernels
+/// (EmitCuda.cpp's mergeName).
+std::string mergeKernel(const LayerDesc &l) {
+  return "tessera_merge_" + l.dtype + "_d" + std::to_string(l.headDim);
+}
+
+/// A layer's per-sequence kernels: the twins of its fill kernel and
+/// attention kernels, and the merge of their splits.
 std::vector<std::string> seqTwins(const LayerDesc &l) {
   std::vector<std::string> twins;
   if (!l.fillKernel.empty())
     twins.push_back(l.fillKernel + kSeqSuffix);
   for (const auto &k : l.kernels)
     twins.push_back(k.first + kSeqSuffix);
+  if (!l.kernels.empty())
+    twins.push_back(mergeKernel(l));
   return twins;
 }
 
@@ -1552,14 +1562,26 @@ kernel::AttnParams planCuda(const Call &c) {
 
 /// A per-sequence call (static heads only: validateModes): the `_seq`
 /// twins of the layer's kernels, on SeqLaunch.h's grids. No host memory is
-/// read and nothing is allocated: the launches are all (CUDA-graph
-/// capturable, as the dense call).
+/// read and nothing synchronises: the launches are all (CUDA-graph
+/// capturable, as the dense call). A decode-like call may split each
+/// sequence's keys (SeqLaunch.h's planSplitKv): then the partial results go
+/// to a stream-ordered workspace (cuMemAllocAsync, which graphs capture as
+/// memory nodes), the merge kernel combines them, and the workspace is freed
+/// in stream order.
 tessera_status runCudaSeq(const Call &c, kernel::AttnParams &p) {
   const Driver &drv = *c.bundle->context->driver;
   const LayerDesc &l = *c.l;
   int position = static_cast<int>(l.position);
   void *args[] = {&p, &position};
-  auto launch = [&](const std::string &kernel, kernel::SeqGrid g,
+  int64_t computed = 0;
+  for (const auto &k : l.kernels)
+    computed += k.second;
+  const char *off = std::getenv("TESSERA_CUDA_SPLIT_KV");
+  const kernel::SplitPlan split =
+      l.kernels.empty() || (off && std::string(off) == "0")
+          ? kernel::SplitPlan{}
+          : kernel::planSplitKv(c.d, c.numSeqs, l.kernelBlockQ, computed);
+  auto launch = [&](const std::string &function, kernel::SeqGrid g,
                     unsigned threads, unsigned shared) -> tessera_status {
     if (g.x == 0 || g.y == 0 || g.z == 0)
       return TESSERA_OK;
@@ -1568,21 +1590,42 @@ tessera_status runCudaSeq(const Call &c, kernel::AttnParams &p) {
                   "the call needs " + std::to_string(g.x) + " x " +
                       std::to_string(g.z) +
                       " blocks: past CUDA's grid limits (2^31 - 1 x 65535)");
-    if (int rc = drv.launchKernel(
-            c.bundle->functions.at(kernel + kSeqSuffix), unsigned(g.x),
-            unsigned(g.y), unsigned(g.z), threads, 1, 1, shared,
-            c.d.cuda_stream, args, nullptr))
+    if (int rc = drv.launchKernel(c.bundle->functions.at(function),
+                                  unsigned(g.x), unsigned(g.y), unsigned(g.z),
+                                  threads, 1, 1, shared, c.d.cuda_stream, args,
+                                  nullptr))
       return fail(TESSERA_ERROR_CUDA, drv.message("cuLaunchKernel", rc));
     return TESSERA_OK;
   };
+  unsigned long long workspace = 0;
+  if (split.splits > 1) {
+    const int64_t bytes = kernel::splitWorkspaceBytes(
+        c.d, c.numSeqs, c.heads, l.headDim, split);
+    if (int rc = drv.memAllocAsync(&workspace, size_t(bytes), c.d.cuda_stream))
+      return fail(TESSERA_ERROR_CUDA,
+                  "the split-KV workspace (" + std::to_string(bytes) +
+                      " bytes): " + drv.message("cuMemAllocAsync", rc));
+    kernel::setSplitParams(p, c.d, c.numSeqs, l.kernelBlockQ, c.heads,
+                           l.headDim, split,
+                           reinterpret_cast<void *>(workspace));
+  }
+  tessera_status status = TESSERA_OK;
   for (const auto &[kernel, slots] : l.kernels)
-    if (tessera_status s = launch(
-            kernel,
-            kernel::seqAttentionGrid(c.d, c.numSeqs, l.kernelBlockQ, slots),
-            static_cast<unsigned>(l.kernelThreads),
-            static_cast<unsigned>(l.kernelDynamicShared)))
-      return s;
-  return launch(l.fillKernel,
+    if (!status)
+      status = launch(kernel + kSeqSuffix,
+                      kernel::seqAttentionGrid(c.d, c.numSeqs, l.kernelBlockQ,
+                                               slots, split.splits),
+                      static_cast<unsigned>(l.kernelThreads),
+                      static_cast<unsigned>(l.kernelDynamicShared));
+  if (!status && split.splits > 1)
+    status = launch(mergeKernel(l),
+                    kernel::seqMergeGrid(c.d, c.numSeqs, computed), 128, 0);
+  if (workspace)
+    if (int rc = drv.memFreeAsync(workspace, c.d.cuda_stream); rc && !status)
+      status = fail(TESSERA_ERROR_CUDA, drv.message("cuMemFreeAsync", rc));
+  if (status)
+    return status;
+  return launch(l.fillKernel + kSeqSuffix,
                 kernel::seqFillGrid(c.d, c.numSeqs,
                                     int64_t(l.skippedHeads.size())),
                 128, 0);

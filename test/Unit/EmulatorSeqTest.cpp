@@ -67,24 +67,48 @@ LayerKernels tinyMixLayer0() {
   return l;
 }
 
-/// Launches a built call's `_seq` kernels as runCudaSeq does; `tweak` may
-/// change the planned arguments (the broken plans).
+/// Launches a built call's `_seq` kernels as runCudaSeq does, split as
+/// `split` says (its workspace poisoned first: every entry the merge reads
+/// must have been written); `tweak` may change the planned arguments (the
+/// broken plans).
 void launchSeq(const Built &b, int64_t numSeqs,
-               const std::function<void(kernel::AttnParams &)> &tweak = {}) {
+               const std::function<void(kernel::AttnParams &)> &tweak = {},
+               kernel::SplitPlan split = {}) {
   LayerKernels l = tinyMixLayer0();
   kernel::AttnParams p = kernel::makeAttnParams(b.d, H, Hkv, D, numSeqs);
+  std::vector<float> workspace;
+  int64_t computed = 0;
+  for (const auto &k : l.kernels)
+    computed += k.second;
+  if (split.splits > 1) {
+    workspace.assign(size_t(kernel::splitWorkspaceBytes(b.d, numSeqs, b.heads,
+                                                        D, split) /
+                            4),
+                     std::numeric_limits<float>::quiet_NaN());
+    kernel::setSplitParams(p, b.d, numSeqs, l.blockQ, b.heads, D, split,
+                           workspace.data());
+  }
   if (tweak)
     tweak(p);
   auto &reg = tessera_emu::registry();
   for (const auto &[name, slots] : l.kernels) {
     auto fn = reg.find("tiny-mix/" + name + "_seq");
     ASSERT_NE(fn, reg.end()) << name << "_seq";
-    kernel::SeqGrid g = kernel::seqAttentionGrid(b.d, numSeqs, l.blockQ, slots);
+    kernel::SeqGrid g = kernel::seqAttentionGrid(b.d, numSeqs, l.blockQ, slots,
+                                                 split.splits);
     if (g.x == 0 || g.z == 0)
       continue;
     tessera_emu::launch([&] { fn->second(&p, int(l.position)); },
                         dim3{unsigned(g.x), unsigned(g.y), unsigned(g.z)},
                         dim3{unsigned(l.threads), 1, 1});
+  }
+  if (split.splits > 1) {
+    auto merge = reg.find("tiny-mix/tessera_merge_bf16_d64");
+    ASSERT_NE(merge, reg.end());
+    kernel::SeqGrid g = kernel::seqMergeGrid(b.d, numSeqs, computed);
+    if (g.x > 0)
+      tessera_emu::launch([&] { merge->second(&p, int(l.position)); },
+                          dim3{unsigned(g.x), 1, 1}, dim3{128, 1, 1});
   }
   ASSERT_EQ(l.skipped, 0) << "tiny-mix layer 0 computes every head";
 }
@@ -105,12 +129,10 @@ int64_t seqCount(const Built &b) {
 /// sentinel.
 int64_t mismatches(const Logical &l, Layout lay, bool report = true,
                    const std::function<void(kernel::AttnParams &)> &tweak = {},
-                   const std::function<void(Built &)> &edit = {}) {
+                   kernel::SplitPlan split = {}) {
   lay.bf16 = true;
   Built b = build(l, lay);
-  if (edit)
-    edit(b);
-  launchSeq(b, seqCount(b), tweak);
+  launchSeq(b, seqCount(b), tweak, split);
   Reference r = reference(l, 1.0 / std::sqrt(double(D)));
   // bf16 inputs and probabilities (2^-9 relative each) on outputs of
   // magnitude up to 2; the LSE from fp32 and ex2.approx.
@@ -210,6 +232,65 @@ TEST(EmulatorSeq, HeadRanges) {
     lay.k = KLayout::Paged;
     check(logical({{33, 90}, {0, 4}, {1, 200}}, 12), lay);
   }
+}
+
+/// Split-KV decode: each sequence's key tiles cut into ranges of 1, 2 or
+/// 3 tiles (ranges past a sequence's keys empty), partials merged by LSE;
+/// the same results as the reference, for dense and paged caches, packed
+/// and dense queries, positions and head ranges. The planner splits decode
+/// calls with few blocks and not prefill.
+TEST(EmulatorSeq, SplitKvDecode) {
+  for (int64_t tiles : {1, 2, 3}) {
+    SCOPED_TRACE("tiles per split " + std::to_string(tiles));
+    kernel::SplitPlan split{(700 + 63) / 64 / tiles + 2, tiles};
+    Layout paged;
+    paged.k = KLayout::Paged;
+    EXPECT_EQ(mismatches(logical({{1, 300}, {1, 555}, {1, 1}, {1, 40}}, 21),
+                         paged, true, {}, split),
+              0);
+    paged.q = QLayout::Packed;
+    EXPECT_EQ(mismatches(logical({{16, 300}, {0, 9}, {3, 555, 700, 160},
+                                  {1, 64, 0, 1}},
+                                 22),
+                         paged, true, {}, split),
+              0);
+    Layout range = paged;
+    range.h0 = 1;
+    range.n = 4;
+    EXPECT_EQ(mismatches(logical({{2, 130, 500, 37}, {1, 700}}, 23), range,
+                         true, {}, split),
+              0);
+    Layout dense;
+    EXPECT_EQ(mismatches(logical({{16, 200}, {16, 200}}, 24), dense, true, {},
+                         split),
+              0);
+  }
+  // Splits that cover too few tiles (1 a split where the plan has 2): the
+  // keys past them are lost.
+  kernel::SplitPlan split{8, 2};
+  Layout paged;
+  paged.k = KLayout::Paged;
+  EXPECT_GT(mismatches(logical({{1, 300}, {1, 555}}, 25), paged, false,
+                       [](kernel::AttnParams &p) { p.splitTiles = 1; }, split),
+            0);
+  // A bad sequence's NaN partials survive the merge; the others do not
+  // see them.
+  paged.bf16 = true;
+  Built b = build(logical({{1, 300}, {1, 555}}, 26), paged);
+  b.lens[1] = -7;
+  launchSeq(b, 2, {}, split);
+  for (int64_t h = 0; h < H; ++h) {
+    EXPECT_TRUE(std::isnan(b.out(b.oAt(1, 0, h))));
+    EXPECT_TRUE(std::isnan(b.lse[b.lseAt(1, 0, h)]));
+    EXPECT_FALSE(std::isnan(b.out(b.oAt(0, 0, h))));
+  }
+  // The planner: decode over a long cache splits, prefill does not.
+  tessera_attention_desc d{};
+  d.q.seq = 1;
+  d.k.seq = 32768;
+  EXPECT_GT(kernel::planSplitKv(d, 4, 128, 6).splits, 1);
+  d.q.seq = 512;
+  EXPECT_EQ(kernel::planSplitKv(d, 4, 128, 6).splits, 1);
 }
 
 /// A bad device array cannot be refused by the host on CUDA: the kernels

@@ -146,12 +146,14 @@ Logical logical(std::vector<Seq> seqs, uint64_t seed) {
 }
 
 /// Every mode through the runtime's CUDA path; each call's run step makes
-/// only context switches, pointer queries and launches: nothing that
-/// synchronises with the device or allocates (graph capture).
+/// only context switches, pointer queries and launches, and a split decode
+/// call one stream-ordered allocation and free of its workspace (graphs
+/// capture those as memory nodes): nothing that synchronises with the
+/// device.
 TEST_F(FakeDriver, EveryModeRunsWithoutSynchronising) {
-  const std::set<std::string> allowed = {"cuCtxPushCurrent", "cuCtxPopCurrent",
-                                         "cuPointerGetAttribute",
-                                         "cuLaunchKernel"};
+  const std::set<std::string> allowed = {
+      "cuCtxPushCurrent", "cuCtxPopCurrent", "cuPointerGetAttribute",
+      "cuLaunchKernel",   "cuMemAllocAsync", "cuMemFreeAsync"};
   Layout dense;
   Layout packedPaged;
   packedPaged.q = QLayout::Packed;
@@ -170,9 +172,20 @@ TEST_F(FakeDriver, EveryModeRunsWithoutSynchronising) {
     std::string log = check(logical(seqs, seqs.size() * 31 + seqs[0].nk), lay);
     std::set<std::string> made = callSet(log);
     EXPECT_TRUE(made.count("cuLaunchKernel")) << log;
+    EXPECT_FALSE(made.count("cuMemAllocAsync")) << "no split: " << log;
     for (const std::string &c : made)
       EXPECT_TRUE(allowed.count(c)) << c << " in the run step: " << log;
   }
+  // Decode over a longer paged cache: split, merged, workspace freed.
+  Layout paged;
+  paged.k = KLayout::Paged;
+  std::string log = check(logical({{1, 700}, {1, 300}}, 5), paged);
+  EXPECT_NE(log.find("cuMemAllocAsync"), std::string::npos) << log;
+  EXPECT_NE(log.find("cuMemFreeAsync"), std::string::npos) << log;
+  EXPECT_LT(log.find("cuMemAllocAsync"), log.find("cuLaunchKernel")) << log;
+  EXPECT_GT(log.rfind("cuMemFreeAsync"), log.rfind("cuLaunchKernel")) << log;
+  for (const std::string &c : callSet(log))
+    EXPECT_TRUE(allowed.count(c)) << c << " in the run step: " << log;
 }
 
 /// On CUDA the sequence arrays are device memory: a host array is refused

@@ -102,6 +102,12 @@ std::string dtypeName(Type t) { return t.isF16() ? "f16" : "bf16"; }
 /// this suffix (the runtime's per-sequence calls launch it; docs/bundles.md).
 constexpr const char *kSeqSuffix = "_seq";
 
+/// The split-KV merge kernel of a (dtype, head_dim) (runtime: Api.cpp's
+/// seqTwins, which builds the same name).
+std::string mergeName(const std::string &dtype, int64_t headDim) {
+  return "tessera_merge_" + dtype + "_d" + std::to_string(headDim);
+}
+
 std::string fillName(int64_t headDim) {
   return "tessera_fill_skipped_d" + std::to_string(headDim);
 }
@@ -202,6 +208,7 @@ public:
        << "} // namespace tessera\n\n";
     emitAttentionKernels();
     emitFillKernels();
+    emitMergeKernels();
     emitDynamicKernels();
     emitEmulatorRegistrations();
     os.flush();
@@ -693,6 +700,27 @@ private:
                          {"block_k", kTile},
                          {"args", "(AttnParams, int layer)"}});
       }
+    }
+  }
+
+  /// The split-KV merge of each (dtype, head_dim) of the attention kernels
+  /// (a per-sequence decode call's splits: FlashForward.cuh's
+  /// seqMergeSplits, launched after the layer's `_seq` kernels).
+  void emitMergeKernels() {
+    for (const KernelKey &key : kernels) {
+      const auto &[dt, d] = key;
+      std::string name = mergeName(dt, d);
+      os << "TESSERA_EXTERN_C __global__ void __launch_bounds__(128)\n"
+         << name << "(tessera::kernel::AttnParams p, int layer) {\n"
+         << "  tessera::kernel::seqMergeSplits<tessera::kernel::k"
+         << (dt == "f16" ? "F16" : "BF16") << ", " << d
+         << ">(*tessera::kernel::bundle::tables[layer], p);\n}\n\n";
+      kernelsJson.push_back(json::Object{{"name", name},
+                                         {"kind", "merge_splits"},
+                                         {"dtype", dt},
+                                         {"head_dim", d},
+                                         {"threads", 128},
+                                         {"args", "(AttnParams, int layer)"}});
     }
   }
 

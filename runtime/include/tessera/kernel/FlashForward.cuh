@@ -798,13 +798,13 @@ __device__ __forceinline__ SeqView seqView(const AttnParams &p, i64 s) {
 /// floor(T / BQ) + num_seqs of them), found by a binary search; a block past
 /// its sequence's rows does nothing (qb = -1).
 template <int BQ>
-__device__ __forceinline__ void seqBlock(const AttnParams &p, i64 &s, i64 &qb) {
+__device__ __forceinline__ void seqBlock(const AttnParams &p, i64 x, i64 &s,
+                                         i64 &qb) {
   if (!p.cuQ) {
     s = blockIdx.z;
-    qb = blockIdx.x;
+    qb = x;
     return;
   }
-  const i64 x = blockIdx.x;
   i64 lo = 0, hi = p.numSeqs - 1; // the last s with start(s) <= x
   while (lo < hi) {
     const i64 mid = (lo + hi + 1) / 2;
@@ -882,6 +882,46 @@ __device__ __forceinline__ void copySeqTile(u16 *dst, const AttnParams &p,
   }
 }
 
+/// The sequence of packed query row r (the last s with cuQ[s] <= r), or -1
+/// where no sequence owns the row.
+__device__ __forceinline__ i64 seqOfRow(const AttnParams &p, i64 r) {
+  i64 lo = 0, hi = p.numSeqs - 1;
+  while (lo < hi) {
+    const i64 mid = (lo + hi + 1) / 2;
+    if (p.cuQ[mid] <= r)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const SeqView v = seqView(p, lo);
+  return r >= v.qRow0 && r < v.qRow0 + v.nq ? lo : -1;
+}
+
+/// flashStore into a split's fp32 workspace rows (oBase: row 0, head; rows
+/// `heads * D` floats apart; lseBase: row 0, head; rows `heads` apart).
+template <int D>
+__device__ __forceinline__ void flashStoreSplit(FlashAcc<D> &acc, float *oBase,
+                                                float *lseBase, i64 heads,
+                                                i64 row0, i64 row1) {
+  const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
+  flashRowSums<D>(acc);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const i64 qi = h ? row1 : row0;
+    if (qi < 0)
+      continue;
+    const float inv = acc.l[h] != 0.f ? 1.f / acc.l[h] : 0.f; // NaN stays
+    float *orow = oBase + qi * heads * D;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      orow[dn * 8 + c2] = acc.o[dn][2 * h] * inv;
+      orow[dn * 8 + c2 + 1] = acc.o[dn][2 * h + 1] * inv;
+    }
+    if ((lane % 4) == 0)
+      lseBase[qi * heads] = flashRowLse<D>(acc, h);
+  }
+}
+
 /// Sets this thread's accumulators so that its rows store NaN in O and LSE
 /// (a bad sequence).
 template <int D> __device__ __forceinline__ void flashPoison(FlashAcc<D> &acc) {
@@ -931,8 +971,14 @@ pipeForward(const LayerTable &t, const AttnParams &p,
   i64 b = blockIdx.z, qb = blockIdx.x, headLocal = head, kvLocal = head / group;
   SeqView sv = {p.nq, p.nk, 0, 0, 0, 0, false};
   bool badPage = false;
+  i64 split = 0; // split-KV: this block's range of key tiles
   if constexpr (SEQ) {
-    seqBlock<BQ>(p, b, qb);
+    i64 x = blockIdx.x;
+    if (p.numSplits > 1) {
+      split = x / p.seqBlocks;
+      x -= split * p.seqBlocks;
+    }
+    seqBlock<BQ>(p, x, b, qb);
     if (p.headCount &&
         (head < p.headStart || head >= (i64)p.headStart + p.headCount))
       return;
@@ -986,8 +1032,11 @@ pipeForward(const LayerTable &t, const AttnParams &p,
   GuardKeep pendingKeep = {{0, 0}, pinned(guardPart<D, NT>())};
   u32 pa[4][4];
   Run run = noRun();
-  // SEQ: the walk starts at the sequence's first key tile (none: no key).
-  i64 kb = 0, next = SEQ ? (sv.nk > 0 ? sv.kStart / BK : ctx.nkb) : 0;
+  // SEQ: the walk starts at the sequence's first key tile (none: no key),
+  // or its split's, and a split ends at kbEnd.
+  const i64 kbFirst = sv.kStart / BK + split * p.splitTiles;
+  const i64 kbEnd = SEQ && p.numSplits > 1 ? kbFirst + p.splitTiles : ctx.nkb;
+  i64 kb = 0, next = SEQ ? (sv.nk > 0 ? kbFirst : ctx.nkb) : 0;
   for (;;) {
     // The next visited key block: within the run, or the next run (the one
     // call site of the run enumeration: its code is inlined once).
@@ -1002,6 +1051,8 @@ pipeForward(const LayerTable &t, const AttnParams &p,
         next = run.hi + 1;
       }
     }
+    if constexpr (SEQ)
+      have = have && kb < kbEnd;
     if (have) {
       if constexpr (SEQ)
         copySeqTile<D, BK, NT>(ks, p, sv, b, kBase, p.kStrideB, p.kStrideS,
@@ -1059,9 +1110,18 @@ pipeForward(const LayerTable &t, const AttnParams &p,
     lseBase = SEQ && p.cuQ ? p.lse + headLocal * p.nq + sv.qRow0
                            : p.lse + (b * heads + headLocal) * p.nq;
   }
-  if constexpr (SEQ)
+  if constexpr (SEQ) {
     if (__syncthreads_or(sv.bad || badPage))
       flashPoison<D>(acc);
+    if (p.numSplits > 1) {
+      const i64 heads = p.headCount ? p.headCount : p.numHeads;
+      const i64 row = (p.cuQ ? sv.qRow0 : b * p.nq) + split * p.splitRows;
+      flashStoreSplit<D>(acc, p.splitO + (row * heads + headLocal) * D,
+                         p.splitLse + row * heads + headLocal, heads,
+                         qi0 < sv.nq ? qi0 : -1, qi1 < sv.nq ? qi1 : -1);
+      return;
+    }
+  }
   flashStore<E, D>(acc,
                    p.o + qEntry * p.oStrideB + sv.qRow0 * p.oStrideS +
                        headLocal * p.oStrideH,
@@ -1083,6 +1143,61 @@ __device__ __forceinline__ void fillSkipped(const LayerTable &t,
     orow[x] = 0;
   if (p.lse)
     p.lse[(b * p.numHeads + head) * p.nq + qi] = __int_as_float(0xff800000);
+}
+
+/// The split-KV merge of a per-sequence call: one thread per (row, launch
+/// slot) of the layer, grid ceil(splitRows * t.numComputed / 128), 128
+/// threads. O = sum_c exp(lse_c - lse) O_c with lse = log sum_c
+/// exp(lse_c) over the splits (a NaN partial makes the row NaN; no key in
+/// any split, O = 0 and LSE = -inf). Packed rows no sequence owns, and heads
+/// outside the call's range, are left alone.
+template <int E, int D>
+__device__ __forceinline__ void seqMergeSplits(const LayerTable &t,
+                                               const AttnParams &p) {
+  const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= p.splitRows * t.numComputed)
+    return;
+  const i64 row = idx / t.numComputed, head = t.computedHead[idx % t.numComputed];
+  if (p.headCount &&
+      (head < p.headStart || head >= (i64)p.headStart + p.headCount))
+    return;
+  if (p.cuQ && seqOfRow(p, row) < 0)
+    return;
+  const i64 heads = p.headCount ? p.headCount : p.numHeads;
+  const i64 hl = head - p.headStart;
+  const float negInf = __int_as_float(0xff800000);
+  float m = negInf;
+  bool nan = false;
+  for (int c = 0; c < p.numSplits; ++c) {
+    const float l = p.splitLse[(c * p.splitRows + row) * heads + hl];
+    nan |= l != l;
+    m = fmaxf(m, l);
+  }
+  float sum = 0.f;
+  for (int c = 0; c < p.numSplits; ++c) {
+    const float l = p.splitLse[(c * p.splitRows + row) * heads + hl];
+    sum += m == negInf ? 0.f : expf(l - m);
+  }
+  const float nanF = __int_as_float(0x7fc00000);
+  // Dense: row = b * Nq + i; packed: the packed row.
+  const i64 b = p.cuQ ? 0 : row / p.nq, i = p.cuQ ? row : row % p.nq;
+  u16 *orow = p.o + b * p.oStrideB + i * p.oStrideS + hl * p.oStrideH;
+  for (int x = 0; x < D; x += 2) {
+    float o0 = 0.f, o1 = 0.f;
+    for (int c = 0; m != negInf && c < p.numSplits; ++c) {
+      const i64 at = (c * p.splitRows + row) * heads + hl;
+      const float w = expf(p.splitLse[at] - m) / sum;
+      if (w != 0.f) { // a split without keys holds O = 0, LSE = -inf
+        o0 += w * p.splitO[at * D + x];
+        o1 += w * p.splitO[at * D + x + 1];
+      }
+    }
+    *reinterpret_cast<u32 *>(orow + x) =
+        packFloats<E>(nan ? nanF : o0, nan ? nanF : o1);
+  }
+  if (p.lse)
+    p.lse[p.cuQ ? hl * p.nq + i : (b * heads + hl) * p.nq + i] =
+        nan ? nanF : (m == negInf ? negInf : m + logf(sum));
 }
 
 /// fillSkipped for a per-sequence call: grid (ceil(rows / 128), number of

@@ -1047,6 +1047,17 @@ struct AttnParams {
   int numSeqs;
   int headStart;       ///< the tensors' first head (layer index)
   int headCount;       ///< the tensors' heads (0: every head)
+  /// Split-KV (decode; `_seq` kernels): numSplits > 1 cuts each sequence's
+  /// key tiles from kStart / 64 on into ranges of splitTiles tiles, one
+  /// per split; blockIdx.x is query block + seqBlocks * split. Each block
+  /// writes its normalised partial O (fp32) and LSE to splitO / splitLse
+  /// ([numSplits, splitRows, heads, D] and [numSplits, splitRows, heads],
+  /// heads the tensors'; rows: numSeqs * Nq dense, T packed), and the
+  /// merge kernel (seqMergeSplits) combines them into o and lse.
+  float *splitO;
+  float *splitLse;
+  i64 splitRows;
+  int numSplits, splitTiles, seqBlocks;
 };
 
 /// One layer's schedule tables: the programs of its head groups and the

@@ -15,6 +15,7 @@
 #include "tessera/kernel/Program.h"
 #include "tessera/tessera.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -86,16 +87,98 @@ inline AttnParams makeAttnParams(const tessera_attention_desc &d,
   return p;
 }
 
-/// The grid of a `_seq` attention kernel of `blockQ` rows a block over
-/// `slots` launch slots: dense queries, (ceil(Nq / blockQ), slots,
-/// sequences); packed ones, (floor(T / blockQ) + sequences, slots, 1), the
+/// The query blocks of a `_seq` attention kernel of `blockQ` rows a block
+/// per launch slot and grid.z: dense queries ceil(Nq / blockQ) (grid.z the
+/// sequences), packed ones floor(T / blockQ) + sequences (grid.z 1), the
 /// blocks seqBlock spreads over the sequences.
+inline int64_t seqQueryBlocks(const tessera_attention_desc &d, int64_t numSeqs,
+                              int64_t blockQ) {
+  return d.cu_seqlens_q ? d.q.seq / blockQ + numSeqs
+                        : (d.q.seq + blockQ - 1) / blockQ;
+}
+
+/// Split-KV for decode (FlashForward.cuh's split fields): how many key
+/// ranges each (sequence, head) is cut into, and their tiles.
+struct SplitPlan {
+  int64_t splits = 1, tiles = 0;
+};
+
+/// Blocks a split call aims for (twice an H100's 132 SMs, rounded).
+constexpr int64_t kSplitTargetBlocks = 256;
+/// The fewest key tiles a split walks (below that, the merge costs more
+/// than the parallelism gives).
+constexpr int64_t kSplitMinTiles = 4;
+/// The most splits.
+constexpr int64_t kSplitMax = 64;
+
+/// The split of a call, from what the host knows without reading device
+/// arrays: decode-like queries (at most 16 rows a sequence: Nq dense, T /
+/// sequences packed) and a bound on each sequence's keys (Nk dense, Tk
+/// packed, max_pages_per_seq * page_size paged); splits only where the
+/// launch would have fewer than kSplitTargetBlocks blocks.
+inline SplitPlan planSplitKv(const tessera_attention_desc &d, int64_t numSeqs,
+                             int64_t blockQ, int64_t slots) {
+  SplitPlan plan;
+  const bool decode = d.cu_seqlens_q ? d.q.seq <= 16 * numSeqs : d.q.seq <= 16;
+  if (!decode || numSeqs < 1 || slots < 1)
+    return plan;
+  const int64_t keys = d.block_table ? d.max_pages_per_seq * d.k.seq : d.k.seq;
+  // The tiles a sequence's keys can meet (one more where k_start is not a
+  // multiple of 64).
+  const int64_t tiles = (keys + 63) / 64 + 1;
+  const int64_t blocks = seqQueryBlocks(d, numSeqs, blockQ) * slots *
+                         (d.cu_seqlens_q ? 1 : numSeqs);
+  int64_t splits = std::min({(tiles + kSplitMinTiles - 1) / kSplitMinTiles,
+                             (kSplitTargetBlocks + blocks - 1) / blocks,
+                             kSplitMax});
+  if (splits < 2)
+    return plan;
+  plan.tiles = (tiles + splits - 1) / splits;
+  plan.splits = (tiles + plan.tiles - 1) / plan.tiles;
+  return plan;
+}
+
+/// The rows of the split workspace: Nq per sequence dense, T packed.
+inline int64_t splitRows(const tessera_attention_desc &d, int64_t numSeqs) {
+  return d.cu_seqlens_q ? d.q.seq : numSeqs * d.q.seq;
+}
+
+/// The split workspace's bytes: partial O and LSE for every split, row and
+/// tensor head.
+inline int64_t splitWorkspaceBytes(const tessera_attention_desc &d,
+                                   int64_t numSeqs, int64_t heads,
+                                   int64_t headDim, const SplitPlan &plan) {
+  return plan.splits * splitRows(d, numSeqs) * heads * (headDim + 1) * 4;
+}
+
+/// Sets p's split fields for `plan`, its workspace at `workspace` (of
+/// splitWorkspaceBytes).
+inline void setSplitParams(AttnParams &p, const tessera_attention_desc &d,
+                           int64_t numSeqs, int64_t blockQ, int64_t heads,
+                           int64_t headDim, const SplitPlan &plan,
+                           void *workspace) {
+  p.numSplits = static_cast<int>(plan.splits);
+  p.splitTiles = static_cast<int>(plan.tiles);
+  p.seqBlocks = static_cast<int>(seqQueryBlocks(d, numSeqs, blockQ));
+  p.splitRows = splitRows(d, numSeqs);
+  p.splitO = static_cast<float *>(workspace);
+  p.splitLse = p.splitO + plan.splits * p.splitRows * heads * headDim;
+}
+
+/// The grid of a `_seq` attention kernel over `slots` launch slots, with
+/// `splits` key ranges.
 inline SeqGrid seqAttentionGrid(const tessera_attention_desc &d,
-                                int64_t numSeqs, int64_t blockQ,
-                                int64_t slots) {
-  if (d.cu_seqlens_q)
-    return {d.q.seq / blockQ + numSeqs, slots, 1};
-  return {(d.q.seq + blockQ - 1) / blockQ, slots, numSeqs};
+                                int64_t numSeqs, int64_t blockQ, int64_t slots,
+                                int64_t splits = 1) {
+  return {seqQueryBlocks(d, numSeqs, blockQ) * splits, slots,
+          d.cu_seqlens_q ? 1 : numSeqs};
+}
+
+/// The grid of the merge kernel (128 threads a block) over a layer's
+/// `computed` launch slots.
+inline SeqGrid seqMergeGrid(const tessera_attention_desc &d, int64_t numSeqs,
+                            int64_t computed) {
+  return {(splitRows(d, numSeqs) * computed + 127) / 128, 1, 1};
 }
 
 /// The grid of a `_seq` fill kernel (128 rows a block) over `skipped`

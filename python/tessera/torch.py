@@ -17,8 +17,9 @@ Autograd: the op's backward is `torch.ops.tessera.attention_backward`
 (the runtime's tessera_attention_backward, docs/backward.md): dq, dk, dv
 from q, k, v, the forward's o and lse, and the gradients by o and by lse
 (a loss may read both). It runs on the CPU, in float32 (gradients cast back
-to the inputs' dtypes), for layers without dynamic heads; on CUDA, and for
-dynamic heads, backward raises saying so.
+to the inputs' dtypes), for static heads and vertical-slash and block top-k
+dynamic heads (docs/backward.md); on CUDA, and for routing heads, backward
+raises saying so.
 
 `block_mask(bundle, layer, q_len, kv_len)` gives a layer's schedule as a
 FlexAttention BlockMask: the tiles the kernels skip, the full tiles (no mask

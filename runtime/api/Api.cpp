@@ -1774,6 +1774,42 @@ tessera_status validateGradients(const Call &c, const tessera_tensor *dO,
 
 } // namespace
 
+/// The backward of a layer with dynamic (vertical-slash, block top-k)
+/// heads: per batch entry, the layer's table with each dynamic head's index
+/// rebuilt from the same rows as in the forward (the same index: its
+/// selection carries no gradient, docs/backward.md), then the static
+/// backward over it.
+static tessera_status dynamicBackward(const Call &c,
+                                      const cpu::BackwardArgs &a) {
+  const float scale = c.d.scale > 0 ? c.d.scale
+                                    : 1.0f / std::sqrt(float(c.l->headDim));
+  auto entry = [](cpu::Tensor t, int64_t b) {
+    t.data = static_cast<char *>(t.data) +
+             size_t(b * t.strideBatch) * (t.dtype == cpu::DType::F32 ? 4 : 2);
+    t.batch = 1;
+    return t;
+  };
+  for (int64_t b = 0; b < c.d.q.batch; ++b) {
+    kernel::OwnedLayerTable t;
+    if (std::string e =
+            layerTableWithDynamicHeads(*c.l, a.q, a.k, b, scale, t);
+        !e.empty())
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT, c.layerName() + ": " + e);
+    cpu::BackwardArgs one = a;
+    for (auto [from, to] :
+         {std::pair{&a.q, &one.q}, {&a.k, &one.k}, {&a.v, &one.v},
+          {&a.o, &one.o}, {&a.dO, &one.dO}, {&a.dq, &one.dq},
+          {&a.dk, &one.dk}, {&a.dv, &one.dv}})
+      *to = entry(*from, b);
+    const int64_t rows = c.l->numHeads * c.d.q.seq;
+    one.lse = a.lse + b * rows;
+    one.dLse = a.dLse ? a.dLse + b * rows : nullptr;
+    if (std::string e = cpu::runLayerBackward(t.table(), one); !e.empty())
+      return fail(TESSERA_ERROR_INTERNAL, e);
+  }
+  return TESSERA_OK;
+}
+
 static tessera_status
 attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
                   const tessera_tensor *dO, const float *dLse,
@@ -1781,17 +1817,20 @@ attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
                   const tessera_tensor *dv) {
   lastError.clear();
   Call c;
-  // Dynamic heads first: their forward inputs (centroids) do not matter
+  // Routing heads first: their forward inputs (centroids) do not matter
   // to a backward that refuses them.
   const LayerDesc *l =
       bundle && desc && !contextGone(bundle) ? findLayer(bundle, desc->layer)
                                              : nullptr;
-  if (l && !l->dynamicGroups.empty())
-    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                "layer " + std::to_string(desc->layer) +
-                    " has dynamic heads (from head " +
-                    std::to_string(l->dynamicGroups.front().heads.front()) +
-                    "): the backward runs static patterns only for now");
+  for (const DynamicGroupDesc &g : l ? l->dynamicGroups
+                                     : std::vector<DynamicGroupDesc>{})
+    if (g.args.family == kernel::kRouting)
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                  "layer " + std::to_string(desc->layer) +
+                      " has routing heads (from head " +
+                      std::to_string(g.heads.front()) +
+                      "): the backward does not take them yet (static, "
+                      "vertical-slash and block top-k heads it does)");
   if (tessera_status s = validateCall(bundle, desc, c))
     return s;
   if (tessera_status s = validateBackwardCall(c))
@@ -1815,7 +1854,10 @@ attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
   a.scale = c.d.scale;
   a.blockQ = f.blockQ;
   a.numThreads = f.numThreads;
-  if (std::string e = cpu::runLayerBackward(c.l->table(), a); !e.empty())
-    return fail(TESSERA_ERROR_INTERNAL, e);
-  return TESSERA_OK;
+  if (c.l->dynamicGroups.empty()) {
+    if (std::string e = cpu::runLayerBackward(c.l->table(), a); !e.empty())
+      return fail(TESSERA_ERROR_INTERNAL, e);
+    return TESSERA_OK;
+  }
+  return dynamicBackward(c, a);
 }

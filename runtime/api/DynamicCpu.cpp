@@ -222,6 +222,85 @@ int64_t tessera::runtime::dynamicWorkspaceBudget() {
   return kDynamicWorkspaceDefault;
 }
 
+/// The program of one vertical-slash or block top-k head: the index built
+/// from its query and key rows `qr`, `kr` as a static pattern, joined to
+/// the group's other heads' patterns as union(intersect(leaf, with),
+/// difference(without, leaf)); appended to `out`.
+static std::string
+dynamicHeadProgram(const tessera::runtime::DynamicGroupDesc &g,
+                   const cpu::Rows &qr, const cpu::Rows &kr, int64_t d,
+                   float scale, k::ProgramArrays &out) {
+  const k::DynArgs &a = g.args;
+  semantics::Pattern leaf;
+  if (a.family == k::kVerticalSlash) {
+    const cpu::VerticalSlashParams vp{a.lastQ, a.vertical, a.slash,
+                                      a.firstColumns, a.lastDiagonals};
+    cpu::VerticalSlashIndex index =
+        cpu::buildVerticalSlash(qr, kr, d, scale, vp);
+    // (The library's contiguous-and-gathered tiles were slower than the
+    // executor over the specialised pattern through the runtime:
+    // bench/dynamic_runtime.py, PERFORMANCE.md.)
+    leaf = schedule::verticalSlashPattern(index.columns, index.diagonals);
+  } else {
+    // tau > 0: FlexPrefill's per-head choice (docs/patterns.md).
+    cpu::BlockTopkIndex index =
+        a.tau > 0 ? cpu::buildBlockTopkFlex(qr, kr, d, scale, a.block,
+                                            a.gamma, a.minBlocks, a.maxBlocks,
+                                            a.tau)
+                  : cpu::buildBlockTopk(qr, kr, d, scale, a.block, a.gamma,
+                                        a.topK, a.minBlocks, a.maxBlocks);
+    leaf = schedule::blockTopkPattern(a.block, index.firstBlock, index.lists);
+  }
+  k::ProgramArrays leafProgram;
+  std::string error;
+  if (!schedule::lowerPattern(leaf, leafProgram, error))
+    return error;
+  append(leafProgram, out);
+  append(g.with, out);
+  out.nodes.push_back(combinator(k::kIntersect, 2));
+  append(g.without, out);
+  append(leafProgram, out);
+  out.nodes.push_back(combinator(k::kDifference, 2));
+  out.nodes.push_back(combinator(k::kUnion, 2));
+  return "";
+}
+
+std::string tessera::runtime::layerTableWithDynamicHeads(
+    const LayerDesc &l, const cpu::Tensor &q, const cpu::Tensor &k,
+    int64_t b, float scale, k::OwnedLayerTable &out) {
+  out = k::OwnedLayerTable{};
+  out.numHeads = l.numHeads;
+  out.skippedHeads = l.skippedHeads;
+  // The static groups as they are.
+  out.nodes = l.nodes;
+  out.data = l.data;
+  out.groupBegin = l.groupBegin;
+  if (out.groupBegin.empty())
+    out.groupBegin.push_back(0);
+  out.computedHead = l.computedHead;
+  out.headGroup = l.headGroup;
+  const int64_t d = q.headDim, ratio = l.numHeads / l.numKvHeads;
+  for (const DynamicGroupDesc &g : l.dynamicGroups) {
+    if (g.args.family == k::kRouting)
+      return "the dynamic group of head " + std::to_string(g.heads.front()) +
+             " routes by clusters, which the backward does not take yet "
+             "(vertical-slash and block top-k heads it does)";
+    for (k::i64 h : g.heads) {
+      std::vector<float> qf = headRows(q, b, h), kf = headRows(k, b, h / ratio);
+      cpu::Rows qr{qf.data(), q.seq, d}, kr{kf.data(), k.seq, d};
+      if (std::string e = dynamicHeadProgram(g, qr, kr, d, scale, out);
+          !e.empty())
+        return e;
+      out.groupBegin.push_back(static_cast<k::i64>(out.nodes.size()));
+      out.computedHead.push_back(h);
+      out.headGroup.push_back(static_cast<k::i64>(out.groupBegin.size()) - 2);
+    }
+  }
+  if (out.data.empty())
+    out.data.push_back(0);
+  return "";
+}
+
 std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
                                                  const cpu::LayerArgs &args,
                                                  int64_t numHeads,
@@ -294,41 +373,10 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
         storeHead(args, b, local, out, lse);
         continue;
       }
-      // The index as a static pattern, joined to the rest:
-      // union(intersect(leaf, with), difference(without, leaf)).
-      semantics::Pattern leaf;
-      if (a.family == k::kVerticalSlash) {
-        const cpu::VerticalSlashParams vp{a.lastQ, a.vertical, a.slash,
-                                          a.firstColumns, a.lastDiagonals};
-        cpu::VerticalSlashIndex index =
-            cpu::buildVerticalSlash(qr, kr, d, scale, vp);
-        // (The library's contiguous-and-gathered tiles were slower than
-        // the executor over the specialised pattern through the runtime:
-        // bench/dynamic_runtime.py, PERFORMANCE.md.)
-        leaf = schedule::verticalSlashPattern(index.columns, index.diagonals);
-      } else {
-        // tau > 0: FlexPrefill's per-head choice (docs/patterns.md).
-        cpu::BlockTopkIndex index =
-            a.tau > 0
-                ? cpu::buildBlockTopkFlex(qr, kr, d, scale, a.block, a.gamma,
-                                          a.minBlocks, a.maxBlocks, a.tau)
-                : cpu::buildBlockTopk(qr, kr, d, scale, a.block, a.gamma,
-                                      a.topK, a.minBlocks, a.maxBlocks);
-        leaf = schedule::blockTopkPattern(a.block, index.firstBlock,
-                                          index.lists);
-      }
-      k::ProgramArrays leafProgram;
-      std::string error;
-      if (!schedule::lowerPattern(leaf, leafProgram, error))
-        return error;
       k::OwnedLayerTable t;
-      append(leafProgram, t);
-      append(g.with, t);
-      t.nodes.push_back(combinator(k::kIntersect, 2));
-      append(g.without, t);
-      append(leafProgram, t);
-      t.nodes.push_back(combinator(k::kDifference, 2));
-      t.nodes.push_back(combinator(k::kUnion, 2));
+      if (std::string e = dynamicHeadProgram(g, qr, kr, d, scale, t);
+          !e.empty())
+        return e;
       if (t.data.empty())
         t.data.push_back(0);
       t.numHeads = numHeads;

@@ -20,6 +20,17 @@ std::string runDynamicGroupCpu(const DynamicGroupDesc &g,
                                const cpu::LayerArgs &args, int64_t numHeads,
                                const float *centroids, int64_t centroidStride);
 
+/// The schedule of layer `l` for batch entry b of q and k (the whole layer's
+/// heads and kv heads) with each dynamic head's index built from its rows
+/// and added as a group of its own (the program the forward ran for it):
+/// the table the backward runs for a layer with dynamic heads. Routing
+/// groups are refused ("" or an error).
+std::string layerTableWithDynamicHeads(const LayerDesc &l,
+                                       const cpu::Tensor &q,
+                                       const cpu::Tensor &k, int64_t b,
+                                       float scale,
+                                       kernel::OwnedLayerTable &out);
+
 /// The host memory (bytes) that dynamic group `g` needs per (batch, head)
 /// on the CPU at Nq, Nk (docs/runtime.md gives the formula), in double so
 /// that it never overflows.

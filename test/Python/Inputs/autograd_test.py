@@ -133,16 +133,31 @@ def main():
     except Exception as e:  # noqa: BLE001 - report what opcheck says
         check("opcheck with requires_grad", False, str(e)[:400])
 
-    # A layer with dynamic heads: backward refuses, naming why.
+    # A layer with routing heads: backward refuses, naming why.
     qd = torch.randn(1, 128, 6, 64, requires_grad=True)
     kd = torch.randn(1, 128, 3, 64)
     vd = torch.randn(1, 128, 3, 64)
     try:
         o, _ = tt.attention(qd, kd, vd, dynamic, 0, centroids=torch.randn(6, 3, 64))
         o.sum().backward()
-        check("dynamic heads refused", False, "no error")
+        check("routing heads refused", False, "no error")
     except Exception as e:  # noqa: BLE001
-        check("dynamic heads refused", "dynamic heads" in str(e), str(e)[:300])
+        check("routing heads refused", "routing heads" in str(e), str(e)[:300])
+
+    # Block top-k heads (layer 2): gradients through the index the forward
+    # built, for every input (BackwardTest checks their values against
+    # differences of the forward).
+    qd = torch.randn(1, 160, 4, 64, requires_grad=True)
+    kd = torch.randn(1, 160, 2, 64, requires_grad=True)
+    vd = torch.randn(1, 160, 2, 64, requires_grad=True)
+    try:
+        o, _ = tt.attention(qd, kd, vd, dynamic, 2)
+        (o * torch.randn_like(o)).sum().backward()
+        ok = all(t.grad is not None and bool(torch.isfinite(t.grad).all())
+                 and float(t.grad.abs().max()) > 0 for t in (qd, kd, vd))
+        check("block top-k heads backward", ok, "missing or zero gradients")
+    except Exception as e:  # noqa: BLE001
+        check("block top-k heads backward", False, str(e)[:300])
 
     print(f"{failures} failures")
     return 1 if failures else 0

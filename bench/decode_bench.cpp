@@ -2,12 +2,17 @@
 //
 // The CPU time of one decode step (one sequence, 1 query per head) over a
 // paged bf16 cache, through the C API, for a bundle's layers: the per-call
-// overhead at short caches, and the cost per key at long ones.
+// overhead at short caches, and the cost per key at long ones, with the
+// key/value bytes the step reads (the layer's visited tiles, counted by
+// tessera_bundle_visited_tiles, times the bytes of a tile's keys and
+// values per kv head it reads).
 //
-//   tessera-decode-bench BUNDLE_DIR [LAYER...]
+//   tessera-decode-bench BUNDLE_DIR [--keys=N,...] [--threads=T,...]
+//                        [--split=1,0] [LAYER...]
 //
-// Prints one line per (layer, cache length, threads): the median of many
-// calls in microseconds.
+// Prints one line per (layer, cache length, threads, split): the median of
+// many calls in microseconds. threads 0: every hardware thread. split 0
+// runs with TESSERA_CPU_SPLIT_KV=0 (one task walks all of a head's keys).
 //
 //===----------------------------------------------------------------------===//
 
@@ -18,6 +23,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
@@ -68,11 +74,46 @@ double decodeStep(tessera_context *ctx, tessera_bundle *bundle, int64_t layer,
   return 1e6 * tessera::bench::seconds(step, reps);
 }
 
+/// The K/V bytes a decode step of `layer` over `nk` keys reads: for each
+/// query head the key and value rows of the tiles its walk visits (a kv
+/// head's tiles shared by its query heads counted once per query head, as
+/// the walk reads them), bf16.
+double bytesRead(tessera_bundle *bundle, int64_t layer, int64_t nk) {
+  tessera_layer_info info;
+  if (tessera_bundle_layer_info(bundle, layer, &info))
+    return -1;
+  const int64_t bk = 64, tk = (nk + bk - 1) / bk;
+  std::vector<int64_t> tiles(size_t(2 * info.num_heads));
+  if (tessera_bundle_visited_tiles(bundle, layer, 1, nk, 128, bk, 0, 1, 0, tk,
+                                   tiles.data(), tiles.size()))
+    return -1;
+  // Whole tiles of bk keys, but the last tile (which a decode row's walk
+  // always visits) holds only the keys up to nk.
+  double keys = 0;
+  for (int64_t h = 0; h < info.num_heads; ++h) {
+    int64_t visited = tiles[size_t(2 * h)] + tiles[size_t(2 * h + 1)];
+    if (visited > 0)
+      keys += double(visited * bk - (tk * bk - nk));
+  }
+  return keys * 2 * double(info.head_dim) * 2;
+}
+
+/// Comma-separated integers.
+std::vector<int64_t> parseList(const char *s) {
+  std::vector<int64_t> out;
+  for (char *end; *s; s = *end ? end + 1 : end)
+    out.push_back(std::strtoll(s, &end, 10));
+  return out;
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s BUNDLE_DIR [LAYER...]\n", argv[0]);
+    std::fprintf(stderr,
+                 "usage: %s BUNDLE_DIR [--keys=N,...] [--threads=T,...] "
+                 "[--split=1,0] [LAYER...]\n",
+                 argv[0]);
     return 2;
   }
   tessera_context *ctx;
@@ -82,20 +123,34 @@ int main(int argc, char **argv) {
     std::fprintf(stderr, "%s\n", tessera_last_error());
     return 1;
   }
-  std::vector<int64_t> layers;
-  for (int i = 2; i < argc; ++i)
-    layers.push_back(std::atoll(argv[i]));
+  std::vector<int64_t> layers, keys = {16, 256, 4096, 32768, 131072},
+                               threadCounts = {1, 0}, splits = {1};
+  for (int i = 2; i < argc; ++i) {
+    if (!std::strncmp(argv[i], "--keys=", 7))
+      keys = parseList(argv[i] + 7);
+    else if (!std::strncmp(argv[i], "--threads=", 10))
+      threadCounts = parseList(argv[i] + 10);
+    else if (!std::strncmp(argv[i], "--split=", 8))
+      splits = parseList(argv[i] + 8);
+    else
+      layers.push_back(std::atoll(argv[i]));
+  }
   if (layers.empty())
     layers.push_back(0);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
-  std::printf("layer  keys     threads  us/step\n");
+  std::printf("layer  keys     threads  split  KV MiB read  us/step\n");
   for (int64_t layer : layers)
-    for (int64_t nk : {16, 256, 4096, 32768, 131072})
-      for (int threads : {1, 0}) {
-        double us = decodeStep(ctx, bundle, layer, nk, threads);
-        std::printf("%-6lld %-8lld %-8s %.1f\n", (long long)layer,
-                    (long long)nk, threads ? "1" : "all", us);
-      }
+    for (int64_t nk : keys)
+      for (int64_t threads : threadCounts)
+        for (int64_t split : splits) {
+          setenv("TESSERA_CPU_SPLIT_KV", split ? "1" : "0", 1);
+          double us = decodeStep(ctx, bundle, layer, nk, int(threads));
+          std::printf("%-6lld %-8lld %-8s %-6lld %-12.2f %.1f\n",
+                      (long long)layer, (long long)nk,
+                      threads ? std::to_string(threads).c_str() : "all",
+                      (long long)split,
+                      bytesRead(bundle, layer, nk) / (1 << 20), us);
+        }
   tessera_bundle_destroy(bundle);
   tessera_context_destroy(ctx);
   return 0;

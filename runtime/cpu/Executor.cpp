@@ -96,6 +96,8 @@ struct Worker {
   /// would put NaN into rows that cannot see the value).
   std::vector<uint8_t> nonFiniteV;
   std::vector<float> keyRows; ///< [kLanes][dPad] keys being transposed
+  /// A one-row block's key and value rows of a tile (read in place).
+  std::vector<const char *> keyPtrs, valuePtrs;
 };
 
 
@@ -429,6 +431,93 @@ void writeRows(const Job &job, const SeqPlan &sp, int64_t headLocal,
   }
 }
 
+/// Whether a sequence of one query row (a decode step) reads its keys and
+/// values straight from the tensors (f32 or bf16 rows of whole vectors):
+/// converting and transposing a tile for one row's products costs more
+/// than the products. Only whole one-row sequences: a query block size of
+/// 1 still gives the same bits as any other (the tile products' order).
+bool readsDirect(const LayerArgs &a, const SeqPlan &sp) {
+  auto vectorRows = [&](const Tensor &t) {
+    return t.dtype != DType::F16 && t.headDim % kLanes == 0;
+  };
+  return sp.nq == 1 && vectorRows(a.k) && vectorRows(a.v);
+}
+
+typedef uint16_t VecH8 __attribute__((vector_size(8 * sizeof(uint16_t))));
+typedef uint32_t VecU8 __attribute__((vector_size(8 * sizeof(uint32_t))));
+
+/// 8 elements of a bf16 row at p as floats (one register on AVX2: a
+/// kLanes vector would be split and spilled).
+__attribute__((always_inline)) inline Vec8 bf16Lanes(const char *p) {
+  VecH8 h;
+  std::memcpy(&h, p, sizeof(h));
+  VecU8 u = __builtin_convertvector(h, VecU8) << 16;
+  Vec8 f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+__attribute__((always_inline)) inline Vec8 lanes8(const char *p, bool bf16) {
+  return bf16 ? bf16Lanes(p) : loadVec8(reinterpret_cast<const float *>(p));
+}
+
+/// The rows of keys [k0, k0 + cols) (positions of sequence s) of kv head
+/// kvLocal in `t`, as byte pointers; paged tensors step through the
+/// pages without a division per key.
+void directRows(const Job &job, const Tensor &t, int64_t base,
+                const SeqPlan &sp, int64_t s, int64_t kvLocal, int64_t k0,
+                int64_t cols, const char **rows) {
+  const int64_t esize = t.dtype == DType::F32 ? 4 : 2;
+  const char *data = static_cast<const char *>(t.data);
+  const int64_t j0 = k0 - sp.kStart, head = kvLocal * t.strideHead;
+  if (!job.a.seqs.pages) {
+    for (int64_t j = 0; j < cols; ++j)
+      rows[j] = data + (base + (j0 + j) * t.strideSeq + head) * esize;
+    return;
+  }
+  const int32_t *table = job.a.seqs.pages + s * job.a.seqs.pageStride;
+  int64_t page = j0 / job.pageSize, r = j0 % job.pageSize;
+  for (int64_t j = 0; j < cols; ++j) {
+    rows[j] = data + (table[page] * t.strideBatch + r * t.strideSeq + head) *
+                         esize;
+    if (++r == job.pageSize)
+      r = 0, ++page;
+  }
+}
+
+/// Scores of row 0 (w.q) against the key rows `rows` into w.s; the
+/// padding columns 0.
+TESSERA_CPU_CLONES
+void directScores(const Job &job, Worker &w, const char *const *rows,
+                  int64_t cols) {
+  const bool bf16 = job.a.k.dtype == DType::BF16;
+  const int64_t esize = bf16 ? 2 : 4;
+  const float *q = w.q.data();
+  float *scores = w.s.data();
+  for (int64_t j = 0; j < cols; ++j) {
+    Vec8 acc0 = {}, acc1 = {};
+    for (int64_t x = 0; x < job.d; x += 16) {
+      acc0 += loadVec8(q + x) * lanes8(rows[j] + x * esize, bf16);
+      acc1 += loadVec8(q + x + 8) * lanes8(rows[j] + (x + 8) * esize, bf16);
+    }
+    acc0 += acc1;
+    float sum = 0;
+    for (int i = 0; i < 8; ++i)
+      sum += acc0[i];
+    scores[j] = sum;
+  }
+  std::fill(scores + cols, scores + roundUp(cols, kLanes), 0.0f);
+}
+
+/// acc += p * the value row at v.
+__attribute__((always_inline)) inline void
+directAxpy(const Job &job, const char *v, float p, float *acc) {
+  const bool bf16 = job.a.v.dtype == DType::BF16;
+  const int64_t esize = bf16 ? 2 : 4;
+  for (int64_t x = 0; x < job.d; x += 8)
+    storeVec8(acc + x, loadVec8(acc + x) + p * lanes8(v + x * esize, bf16));
+}
+
 /// One (sequence, launch slot, query block) task, or one chunk of its
 /// visited tiles (`chunk`; null: all of them).
 TESSERA_CPU_CLONES
@@ -477,19 +566,31 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
     int64_t cols = k1 - k0;
     int64_t colsPad = roundUp(cols, kLanes);
     (cls == k::kFull ? full : partial) += 1;
-    int64_t slot = kb % w.slots;
-    float *kT = &w.kT[slot * dp * cp], *vb = &w.vb[slot * cp * dp];
-    if (w.tag[slot] != kb) {
-      convertBlock(job, w, sp, s, kvLocal, k0, k1, slot);
-      w.tag[slot] = kb;
+    const bool direct = readsDirect(a, sp);
+    const float *kT = nullptr, *vb = nullptr;
+    if (direct) {
+      directRows(job, a.k, sp.kBase, sp, s, kvLocal, k0, cols,
+                 w.keyPtrs.data());
+      directRows(job, a.v, sp.vBase, sp, s, kvLocal, k0, cols,
+                 w.valuePtrs.data());
+      directScores(job, w, w.keyPtrs.data(), cols);
+    } else {
+      int64_t slot = kb % w.slots;
+      kT = &w.kT[slot * dp * cp], vb = &w.vb[slot * cp * dp];
+      if (w.tag[slot] != kb) {
+        convertBlock(job, w, sp, s, kvLocal, k0, k1, slot);
+        w.tag[slot] = kb;
+      }
+      gemm(w.q.data(), dp, kT, cp, w.s.data(), cp, rows, colsPad, d,
+           /*accumulate=*/false);
     }
     // Rows add P V through the allowed keys only (below) where a masked
-    // key's value could turn a probability of 0 into NaN.
-    const bool selectPV = cls == k::kPartial && w.nonFiniteV[slot];
+    // key's value could turn a probability of 0 into NaN, and a direct
+    // row always (its values are not in the cache).
+    const bool selectPV =
+        direct || (cls == k::kPartial && w.nonFiniteV[kb % w.slots]);
     if (selectPV)
       std::fill(w.acc.begin(), w.acc.begin() + rows * dp, 0.0f);
-    gemm(w.q.data(), dp, kT, cp, w.s.data(), cp, rows, colsPad, d,
-         /*accumulate=*/false);
     // The bias of row i, at biasBase + i * biasStep: 0 for a key that
     // counts, -inf for a masked or padding key. Full tiles share one row;
     // a partial tile whose rows are one line (diagonal) or one row
@@ -569,11 +670,17 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
       w.corr[i] = correction;
       if (selectPV) {
         float *acc = &w.acc[i * dp];
-        for (int64_t j = 0; j < cols; ++j)
-          if (rowBias[j] == 0.0f)
-            for (int64_t x = 0; x < dp; x += kLanes)
-              storeVec(acc + x,
-                       loadVec(acc + x) + s[j] * loadVec(vb + j * dp + x));
+        for (int64_t j = 0; j < cols; ++j) {
+          if (rowBias[j] != 0.0f)
+            continue;
+          if (direct) {
+            directAxpy(job, w.valuePtrs[size_t(j)], s[j], acc);
+            continue;
+          }
+          const float *v = vb + j * dp;
+          for (int64_t x = 0; x < dp; x += kLanes)
+            storeVec(acc + x, loadVec(acc + x) + s[j] * loadVec(v + x));
+        }
       }
     }
     if (!selectPV)
@@ -764,6 +871,8 @@ void prepareWorker(const Job &job, Worker &w, bool withCache) {
     w.nonFiniteV.assign(w.slots, 0);
   }
   w.keyRows.assign(kLanes * w.dPad, 0.0f);
+  w.keyPtrs.resize(w.colsPad);
+  w.valuePtrs.resize(w.colsPad);
   w.s.assign(w.rowsPad * w.colsPad, 0.0f);
   w.acc.assign((w.rowsPad + 1) * w.dPad, 0.0f);
   w.m.resize(w.rowsPad);

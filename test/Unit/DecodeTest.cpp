@@ -15,6 +15,8 @@
 
 #include "tessera/tessera.h"
 
+#include "tessera/cpu/Half.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -28,6 +30,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+using namespace tessera;
 
 namespace {
 
@@ -104,9 +108,11 @@ struct Call {
   /// Per sequence: q [nq][n][D], k and v [nk][nkv][D].
   std::vector<std::vector<float>> q, k, v;
 
+  bool bf16 = false; ///< inputs bf16-exact, the call's tensors bf16
+
   Call(LayerCase lc, int64_t h0, int64_t n, std::vector<Seq> seqs,
-       uint64_t seed)
-      : lc(std::move(lc)), h0(h0), n(n), seqs(std::move(seqs)) {
+       uint64_t seed, bool bf16 = false)
+      : lc(std::move(lc)), h0(h0), n(n), seqs(std::move(seqs)), bf16(bf16) {
     const int64_t g = this->lc.heads / this->lc.kvHeads;
     D = this->lc.headDim;
     kv0 = h0 / g;
@@ -116,7 +122,7 @@ struct Call {
     auto fill = [&](int64_t count) {
       std::vector<float> x(static_cast<size_t>(count));
       for (float &e : x)
-        e = u(rng);
+        e = bf16 ? cpu::bf16ToFloat(cpu::floatToBf16(u(rng))) : u(rng);
       return x;
     };
     for (const Seq &s : this->seqs) {
@@ -181,7 +187,30 @@ struct Built {
   std::vector<int64_t> rowOf; ///< sequence s's first query row
   int64_t rowsQ = 0;
   tessera_attention_desc d;
+  std::vector<uint16_t> qh, kh, vh, oh; ///< bf16 calls' tensors
+
+  /// Output element i as a float (bf16 calls: read back from oh).
+  float out(size_t i) const {
+    return oh.empty() ? o[i] : cpu::bf16ToFloat(oh[i]);
+  }
 };
+
+/// Points the call at bf16 copies of its f32 buffers.
+void toBf16(Built &b) {
+  auto conv = [](const std::vector<float> &f, std::vector<uint16_t> &h) {
+    h.resize(f.size());
+    for (size_t i = 0; i < f.size(); ++i)
+      h[i] = cpu::floatToBf16(f[i]);
+  };
+  conv(b.q, b.qh), conv(b.k, b.kh), conv(b.v, b.vh), conv(b.o, b.oh);
+  for (auto [t, data] : {std::pair{&b.d.q, (void *)b.qh.data()},
+                         {&b.d.k, (void *)b.kh.data()},
+                         {&b.d.v, (void *)b.vh.data()},
+                         {&b.d.o, (void *)b.oh.data()}}) {
+    t->data = data;
+    t->dtype = TESSERA_DTYPE_BF16;
+  }
+}
 
 tessera_tensor tensor(float *data, int64_t b, int64_t s, int64_t h, int64_t D) {
   return tessera_tensor{data, TESSERA_DTYPE_F32, b,     s, h,
@@ -297,6 +326,8 @@ Built build(const Call &c, const Layout &lay) {
     b.d.k_start = b.kStart.data();
   }
   b.d.lse = b.lse.data();
+  if (c.bf16)
+    toBf16(b);
   return b;
 }
 
@@ -355,13 +386,16 @@ struct Decode : ::testing::Test {
       for (int64_t i = 0; i < c.seqs[size_t(s)].nq; ++i)
         for (int64_t hl = 0; hl < c.n; ++hl) {
           auto [o, lse] = c.reference(s, i, hl);
-          const float *got =
-              &b.o[size_t((b.rowOf[size_t(s)] + i) * rowLen + hl * c.D)];
+          const size_t at =
+              size_t((b.rowOf[size_t(s)] + i) * rowLen + hl * c.D);
+          // bf16 outputs: rounded to 8 bits of mantissa (|o| < 2).
+          const double tol = c.bf16 ? 1e-2 : 2e-5;
           for (int64_t x = 0; x < c.D; ++x)
-            if (!(std::abs(got[x] - o[size_t(x)]) <= 2e-5) && bad++ < 5)
+            if (!(std::abs(b.out(at + size_t(x)) - o[size_t(x)]) <= tol) &&
+                bad++ < 5)
               ADD_FAILURE() << "o: sequence " << s << " row " << i << " head "
-                            << c.h0 + hl << " element " << x << ": " << got[x]
-                            << " vs " << o[size_t(x)];
+                            << c.h0 + hl << " element " << x << ": "
+                            << b.out(at + size_t(x)) << " vs " << o[size_t(x)];
           float gotLse = b.lse[lseAt(c, lay, b, s, i, hl)];
           if (!(lse == -kInf ? gotLse == -kInf
                              : std::abs(gotLse - lse) <= 1e-4) &&
@@ -391,6 +425,18 @@ TEST_F(Decode, LlamaHeadsMatchTheReference) {
       SCOPED_TRACE("Nq = " + std::to_string(nq) + ", " + name(lay));
       check(Call(llamaLayer2(), 2, 6, {{nq, 3001}, {nq, 2100}}, 5 + nq), lay);
     }
+}
+
+// bf16 caches: a one-row block reads bf16 keys and values in place, a
+// 16-row block through the converted tiles.
+TEST_F(Decode, Bf16Caches) {
+  for (int64_t nq : {1, 16}) {
+    SCOPED_TRACE("Nq = " + std::to_string(nq));
+    check(Call(llamaLayer2(), 4, 4, {{nq, 2500}}, 71 + nq, /*bf16=*/true),
+          Layout{true, 16});
+    check(Call(tinyMix(), 0, 6, {{nq, 1100}}, 73 + nq, /*bf16=*/true),
+          Layout{});
+  }
 }
 
 // tiny-mix's heads: intersections and unions of leaves (multi-leaf), a

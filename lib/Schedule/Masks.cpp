@@ -91,34 +91,9 @@ public:
   MaskEmitter(const std::string &name, const MaskOptions &options)
       : name(name), options(options) {}
 
-  /// Whether Nk's edge can be folded into the closed forms of `e` (the ends
-  /// of its intervals), so that the root needs no mask of its own for it.
-  bool clips(const RunExpr &e) const {
-    if (!options.closedForms)
-      return false;
-    switch (e.kind) {
-    case RunExpr::Interval:
-    case RunExpr::Groups:
-      return true;
-    case RunExpr::Union:
-      for (const RunExpr &c : e.children)
-        if (!clips(c))
-          return false;
-      return !e.children.empty();
-    case RunExpr::Intersect:
-      for (const RunExpr &c : e.children)
-        if (clips(c))
-          return true;
-      return false;
-    case RunExpr::Difference:
-      return clips(e.children[0]);
-    default:
-      return false;
-    }
-  }
-
-  /// The row masks of `e`; with `clip` (where clips(e)) only keys below Nk.
-  Rows node(const RunExpr &e, bool clip = false) {
+  /// The row masks of `e`, for every key: Nk's edge is the caller's (keep
+  /// applies it; the kernels apply it to their last key tile only).
+  Rows node(const RunExpr &e) {
     switch (e.kind) {
     case RunExpr::All:
       leaf(MaskForm::All, "every key");
@@ -127,9 +102,13 @@ public:
       leaf(MaskForm::None, "no key");
       return one("0ull");
     case RunExpr::Union:
+      if (std::optional<Ranges> r = offsetTableRanges(e))
+        return offsetTable(*r, std::to_string(e.children.size()) +
+                                   " diagonal intervals");
+      return combinator(e);
     case RunExpr::Intersect:
     case RunExpr::Difference:
-      return combinator(e, clip);
+      return combinator(e);
     default:
       break;
     }
@@ -137,7 +116,7 @@ public:
       return predicate(e);
     switch (e.kind) {
     case RunExpr::Interval:
-      return interval(e, clip);
+      return interval(e);
     case RunExpr::PeriodicK:
     case RunExpr::PeriodicD:
       return periodic(
@@ -152,7 +131,7 @@ public:
     case RunExpr::Shards:
       return shards(e);
     case RunExpr::Groups:
-      return groups(e, clip);
+      return groups(e);
     case RunExpr::Blocks:
       return blocks(e);
     default:
@@ -202,9 +181,6 @@ private:
     return {n + "_0", n + "_1"};
   }
 
-  /// Row h's Nk end (t.ec, t.ec1).
-  static std::string ecOf(int h) { return h ? "t.ec1" : "t.ec"; }
-
   Rows two(const std::string &e0, const std::string &e1) {
     std::string n = fresh("m");
     code << "    const u64 " << n << "_0 = " << e0 << ";\n"
@@ -239,9 +215,8 @@ private:
 
   /// keys [max(lo), min(hi)] of each row (p0 = p1 = the row's position):
   /// in row h's frame bit j is key kb + j - 2 h (kb = t.kb), so an atom c is
-  /// bit c + 2 h - kb and p + c is bit c + 10 h - d in row h. `clip`: the
-  /// end is also at most Nk's (t.ec, t.ec1).
-  Rows interval(const RunExpr &e, bool clip) {
+  /// bit c + 2 h - kb and p + c is bit c + 10 h - d in row h.
+  Rows interval(const RunExpr &e) {
     bool perRow = false, wide = false;
     for (const Bound *b : {&e.lo, &e.hi})
       for (const Atom &a : *b) {
@@ -250,7 +225,7 @@ private:
       }
     leaf(MaskForm::Interval,
          "keys [" + boundText(e.lo, false) + ", " + boundText(e.hi, true) +
-             "]" + (wide ? ", 64-bit" : "") + (clip ? ", clipped at Nk" : ""));
+             "]" + (wide ? ", 64-bit" : ""));
     auto bit = [&](const Atom &a, int h, int64_t plus) {
       int64_t c = a.c + plus + (a.var == Atom::Const ? 2 * h : 10 * h);
       std::string base = a.var == Atom::Const ? (wide ? "t.kb" : "t.kbc")
@@ -261,7 +236,7 @@ private:
     // ones are clamped to bit indices first.
     auto bound = [&](const Bound &b, bool upper, int h) {
       if (b.empty())
-        return std::string(upper ? (clip ? "t.ec" : "64") : "0");
+        return std::string(upper ? "64" : "0");
       std::string s = bit(b[0], h, upper ? 1 : 0);
       for (size_t i = 1; i < b.size(); ++i)
         s = std::string(wide ? (upper ? "minI(" : "maxI(")
@@ -269,7 +244,7 @@ private:
             s + ", " + bit(b[i], h, upper ? 1 : 0) + ")";
       if (wide)
         s = "clampBit64(" + s + ")";
-      return upper && clip ? "minInt(" + s + ", " + ecOf(h) + ")" : s;
+      return s;
     };
     auto row = [&](int h) {
       return "bitRange(" + bound(e.lo, false, h) + ", " +
@@ -389,6 +364,8 @@ private:
 
   Rows listed(const RunExpr &e) {
     std::string n = std::to_string(e.ranges.size());
+    if (e.kind == RunExpr::ListedD && offsetTableFits(e.ranges))
+      return offsetTable(e.ranges, n + " diagonal ranges");
     std::string arr =
         e.kind == RunExpr::ListedP && e.ranges.size() <= kInlineRowRanges
             ? ""
@@ -440,14 +417,12 @@ private:
   }
 
   /// Row p's group is the keys [p - m, p - m + size - 1], m = (p - s) mod
-  /// size: bits from 8 h - d - m, one phase m per row. `clip`: the end is
-  /// also at most Nk's.
-  Rows groups(const RunExpr &e, bool clip) {
+  /// size: bits from 8 h - d - m, one phase m per row.
+  Rows groups(const RunExpr &e) {
     bool wide = e.a > kn::kMaskSmall;
     leaf(MaskForm::Interval, "shifted groups: size " + std::to_string(e.a) +
                                  ", shift " + std::to_string(e.b) +
-                                 (wide ? ", 64-bit" : "") +
-                                 (clip ? ", clipped at Nk" : ""));
+                                 (wide ? ", 64-bit" : ""));
     std::string s =
         e.b == 0 ? "0LL" : "(head >= numHeads / 2 ? " + lit64(e.b) + " : 0LL)";
     std::string g = fresh("g");
@@ -461,11 +436,110 @@ private:
         lo = "clampBit64(" + lo + ")";
         end = "clampBit64(" + end + ")";
       }
-      if (clip)
-        end = "minInt(" + end + ", " + ecOf(h) + ")";
       return "bitRange(" + lo + ", " + end + ")";
     };
     return two(row(0), row(1));
+  }
+
+  using Ranges = std::vector<std::pair<int64_t, int64_t>>;
+
+  /// Zero bits of the offset bitmap below the set and past it: a row (64
+  /// bits, row 0 ten further than row 1) whose index is clamped to either
+  /// end reads zeros only.
+  static constexpr int64_t kOffsetPad = 80;
+  /// The most entries (16 bytes each) of an offset table.
+  static constexpr int64_t kMaxOffsetTable = 2048;
+
+  /// Whether the offset set of half-open `ranges` (sorted or not, possibly
+  /// empty ones) fits a table: its span and the indices' constants small.
+  static bool offsetTableFits(const Ranges &ranges) {
+    if (ranges.empty())
+      return false;
+    int64_t lo = ranges[0].first, hi = ranges[0].second;
+    for (auto [a, b] : ranges) {
+      if (!small(a) || !small(b))
+        return false;
+      lo = std::min(lo, a);
+      hi = std::max(hi, b);
+    }
+    if (!small(lo - kOffsetPad - 10) || !small(hi + kOffsetPad))
+      return false;
+    return (hi - lo + kOffsetPad) / 16 + 1 <= kMaxOffsetTable;
+  }
+
+  /// The offset ranges of a union of intervals whose bounds are all
+  /// row-relative (keys [p + a, p + b]: a band of diagonals each), where
+  /// they fit a table; std::nullopt otherwise.
+  std::optional<Ranges> offsetTableRanges(const RunExpr &e) const {
+    if (!options.closedForms || e.kind != RunExpr::Union ||
+        e.children.size() < 2)
+      return std::nullopt;
+    Ranges r;
+    for (const RunExpr &c : e.children) {
+      if (c.kind != RunExpr::Interval || c.lo.empty() || c.hi.empty())
+        return std::nullopt;
+      int64_t lo = c.lo[0].c, hi = c.hi[0].c;
+      for (const Atom &a : c.lo) {
+        if (a.var == Atom::Const)
+          return std::nullopt;
+        lo = std::max(lo, a.c);
+      }
+      for (const Atom &a : c.hi) {
+        if (a.var == Atom::Const)
+          return std::nullopt;
+        hi = std::min(hi, a.c);
+      }
+      if (!small(lo) || !small(hi))
+        return std::nullopt;
+      if (lo <= hi)
+        r.push_back({lo, hi + 1});
+    }
+    if (!offsetTableFits(r))
+      return std::nullopt;
+    return r;
+  }
+
+  /// The offset set `ranges` (half-open, fits offsetTableFits) as a bit
+  /// table (Masks.cuh's OffsetEntry): bit i of its bitmap is offset i +
+  /// base, base = min - kOffsetPad, so that row 1's index d - 10 - base
+  /// clamped to [0, zmax] reads zeros wherever the rows meet no offset of
+  /// the set (zmax = max - base, kOffsetPad zero bits past it).
+  Rows offsetTable(const Ranges &ranges, const std::string &what) {
+    int64_t lo = ranges[0].first, hi = ranges[0].second;
+    for (auto [a, b] : ranges) {
+      lo = std::min(lo, a);
+      hi = std::max(hi, b);
+    }
+    const int64_t base = lo - kOffsetPad, zmax = hi - base;
+    const int64_t entries = zmax / 16 + 1;
+    std::vector<uint32_t> words(size_t(entries * 4), 0);
+    auto bit = [&](int64_t i) {
+      for (auto [a, b] : ranges)
+        if (i + base >= a && i + base < b)
+          return true;
+      return false;
+    };
+    for (int64_t m = 0; m < entries; ++m)
+      for (int64_t w = 0; w < 3; ++w)
+        for (int64_t j = 0; j < 32; ++j)
+          if (bit(16 * m + 32 * w + j))
+            words[size_t(4 * m + w)] |= uint32_t(1) << j;
+    std::string n = name + "_d" + std::to_string(arrays++);
+    decls << "TESSERA_CONST OffsetEntry " << n << "[] = {";
+    for (int64_t m = 0; m < entries; ++m) {
+      decls << (m ? ", " : "") << "{{";
+      for (int w = 0; w < 4; ++w)
+        decls << (w ? ", " : "") << "0x" << std::hex
+              << words[size_t(4 * m + w)] << std::dec << "u";
+      decls << "}}";
+    }
+    decls << "};\n";
+    leaf(MaskForm::Listed, what + ", offset table");
+    std::string m = fresh("t");
+    code << "    const RowMasks " << m << " = offsetTableRows(" << n
+         << ", minInt(maxInt(t.dc - " << lit32(10 + base) << ", 0), "
+         << zmax << "));\n";
+    return {m + ".r0", m + ".r1"};
   }
 
   /// Listed blocks of blockQ x blockK. A list whose query blocks and keys
@@ -617,21 +691,10 @@ private:
   // Combinators
   //===--------------------------------------------------------------------===//
 
-  /// `clip`: Nk's edge goes into every part of a union, into one part of
-  /// an intersection (the first that can take it) and into the left part of
-  /// a difference.
-  Rows combinator(const RunExpr &e, bool clip) {
+  Rows combinator(const RunExpr &e) {
     std::vector<Rows> parts;
-    bool clipped = false;
-    for (size_t i = 0; i < e.children.size(); ++i) {
-      const RunExpr &c = e.children[i];
-      bool here =
-          clip && (e.kind == RunExpr::Union ||
-                   (e.kind == RunExpr::Intersect && !clipped && clips(c)) ||
-                   (e.kind == RunExpr::Difference && i == 0));
-      clipped |= here;
-      parts.push_back(node(c, here));
-    }
+    for (const RunExpr &c : e.children)
+      parts.push_back(node(c));
     bool perRow = false;
     for (const Rows &r : parts)
       perRow |= r.r0 != r.r1;
@@ -670,21 +733,21 @@ std::string tessera::schedule::emitMaskCode(const RunExpr &runs,
                                             const std::string &name,
                                             const MaskOptions &options) {
   MaskEmitter em(name, options);
-  // Nk's edge in the intervals' ends where they can take it, else one mask.
-  bool clip = em.clips(runs);
-  Rows root = em.node(runs, clip);
-  std::string edge0 = clip ? "" : " & t.edge", edge1 = clip ? "" : " & t.edge1";
+  Rows root = em.node(runs);
   std::ostringstream os;
+  // rows: every key (the kernels apply Nk's edge to their last key tile
+  // only); keep: the keys below Nk.
   os << em.decls.str() << "struct " << name << " {\n"
      << "  static TESSERA_HD RowMasks rows(const MaskTile &t, i64 head, "
         "i64 numHeads) {\n"
      << "    (void)t;\n    (void)head;\n    (void)numHeads;\n"
-     << em.code.str() << "    return {" << root.r0 << edge0 << ", "
-     << root.r1 << edge1 << "};\n  }\n"
+     << em.code.str() << "    return {" << root.r0 << ", " << root.r1
+     << "};\n  }\n"
      << "  static TESSERA_HD u32 keep(i64 rowPos, i64 k0, int c2, i64 nk, "
         "i64 head, i64 numHeads) {\n"
-     << "    const RowMasks m = rows(maskTile(rowPos, k0, c2, nk), head, "
-        "numHeads);\n"
-     << "    return threadBits(m.r0 >> 1, m.r1 >> 3);\n  }\n};\n";
+     << "    const MaskTile t = maskTile(rowPos, k0, c2, nk);\n"
+     << "    const RowMasks m = rows(t, head, numHeads);\n"
+     << "    return threadBits((m.r0 & t.edge) >> 1, (m.r1 & t.edge1) >> 3);"
+        "\n  }\n};\n";
   return os.str();
 }

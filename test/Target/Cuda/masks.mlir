@@ -34,33 +34,34 @@ attn.model @masks {
 // CHECK: #ifndef TESSERA_KERNEL_MASKS_CUH
 // CHECK: TESSERA_HD u32 threadBits(u64 row0, u64 row1) {
 
-// Causal: one interval per row, its end from the clamped offset and Nk's
-// (t.ec), which spares the root a mask of its own.
+// Causal: one interval per row, its end from the clamped offset. rows
+// leaves Nk's edge out (the kernels apply it to their last key tile);
+// keep applies it (t.edge, t.edge1).
 // CHECK-LABEL: struct P0Mask {
 // CHECK-NEXT: static TESSERA_HD RowMasks rows(const MaskTile &t, i64 head, i64 numHeads) {
-// CHECK: // leaf 0: interval, keys [0, p], clipped at Nk
-// CHECK-NEXT: const u64 [[C0:m[0-9]+]]_0 = bitRange(0, minInt((1 - t.dc), t.ec));
-// CHECK-NEXT: const u64 [[C0]]_1 = bitRange(0, minInt((11 - t.dc), t.ec1));
+// CHECK: // leaf 0: interval, keys [0, p]{{$}}
+// CHECK-NEXT: const u64 [[C0:m[0-9]+]]_0 = bitRange(0, (1 - t.dc));
+// CHECK-NEXT: const u64 [[C0]]_1 = bitRange(0, (11 - t.dc));
 // CHECK-NEXT: return {[[C0]]_0, [[C0]]_1};
 // CHECK: static TESSERA_HD u32 keep(i64 rowPos, i64 k0, int c2, i64 nk, i64 head, i64 numHeads) {
-// CHECK-NEXT: const RowMasks m = rows(maskTile(rowPos, k0, c2, nk), head, numHeads);
-// CHECK-NEXT: return threadBits(m.r0 >> 1, m.r1 >> 3);
+// CHECK-NEXT: const MaskTile t = maskTile(rowPos, k0, c2, nk);
+// CHECK-NEXT: const RowMasks m = rows(t, head, numHeads);
+// CHECK-NEXT: return threadBits((m.r0 & t.edge) >> 1, (m.r1 & t.edge1) >> 3);
 
-// A-shape: two intervals (the sink's end is min(63, p)), united; both
-// clipped at Nk.
+// A-shape: two intervals (the sink's end is min(63, p)), united.
 // CHECK-LABEL: struct P1Mask {
-// CHECK: // leaf 0: interval, keys [0, min(63, p)], clipped at Nk
-// CHECK-NEXT: bitRange(0, minInt(minInt((64 - t.kbc), (1 - t.dc)), t.ec));
-// CHECK: // leaf 1: interval, keys [p - 1024, p], clipped at Nk
-// CHECK-NEXT: bitRange(((-1024) - t.dc), minInt((1 - t.dc), t.ec));
+// CHECK: // leaf 0: interval, keys [0, min(63, p)]{{$}}
+// CHECK-NEXT: bitRange(0, minInt((64 - t.kbc), (1 - t.dc)));
+// CHECK: // leaf 1: interval, keys [p - 1024, p]{{$}}
+// CHECK-NEXT: bitRange(((-1024) - t.dc), (1 - t.dc));
 // CHECK: // union
 // CHECK-NEXT: const u64 [[U:m[0-9]+]]_0 = [[A:m[0-9]+]]_0 | [[B:m[0-9]+]]_0;
 // CHECK-NEXT: const u64 [[U]]_1 = [[A]]_1 | [[B]]_1;
 
 // A window of 2^40: 64-bit offsets.
 // CHECK-LABEL: struct P2Mask {
-// CHECK: // leaf 0: interval, keys [p - 1099511627776, p], 64-bit, clipped at Nk
-// CHECK-NEXT: bitRange(clampBit64(((-1099511627776LL) - t.d)), minInt(clampBit64((1LL - t.d)), t.ec));
+// CHECK: // leaf 0: interval, keys [p - 1099511627776, p], 64-bit{{$}}
+// CHECK-NEXT: bitRange(clampBit64(((-1099511627776LL) - t.d)), clampBit64((1LL - t.d)));
 
 // A period of at most 62: one phase per row (row 1's by a step; a power of
 // two by its low bits), then a shifted constant.
@@ -100,23 +101,27 @@ attn.model @masks {
 
 // Shifted groups: the row's group from its phase, row 1 by a step.
 // CHECK-LABEL: struct P8Mask {
-// CHECK: // leaf 0: interval, shifted groups: size 1024, shift 512, clipped at Nk
+// CHECK: // leaf 0: interval, shifted groups: size 1024, shift 512{{$}}
 // CHECK-NEXT: const int [[G:g[0-9]+]]_0 = (int)((u32)(t.p - (head >= numHeads / 2 ? 512LL : 0LL)) & 1023u);
 // CHECK-NEXT: const int [[G]]_1 = (int)(((u32)[[G]]_0 + 8) & 1023u);
-// CHECK-NEXT: bitRange((0 - t.dc - [[G]]_0), minInt((0 - t.dc - [[G]]_0) + 1024, t.ec));
+// CHECK-NEXT: bitRange((0 - t.dc - [[G]]_0), (0 - t.dc - [[G]]_0) + 1024);
 
-// Horizontal stripes: all or nothing per row; Nk's edge as a mask.
+// Horizontal stripes: all or nothing per row.
 // CHECK-LABEL: struct P9Mask {
 // CHECK: // leaf 0: row, rows p with p mod 256 < 16
 // CHECK: rowAll({{r[0-9]+}}_1 < 16);
-// CHECK-NEXT: return {{[{]}}{{m[0-9]+}}_0 & t.edge, {{m[0-9]+}}_1 & t.edge1};
+// CHECK-NEXT: return {{[{]}}{{m[0-9]+}}_0, {{m[0-9]+}}_1};
 
-// More than four diagonal bands: the ranges that meet the tile.
-// CHECK: TESSERA_CONST i64 [[D10:P10Mask_d[0-9]+]][] = {(-4112LL), (-4079LL),
+// Diagonal bands (listed offsets, or a union of row-relative intervals)
+// whose span is small: the offsets' bitmap in a table of 16-byte entries
+// (entry m: bits [16 m, 16 m + 96); offset -4112 is bit 80, as 80 zero bits
+// pad either end), row 1's index d - 10 less the base clamped to the
+// table; one 128-bit load and four funnel shifts give both rows.
+// CHECK: TESSERA_CONST OffsetEntry [[D10:P10Mask_d[0-9]+]][] = {{[{][{][{]}}0x0u, 0x0u, 0xffff0000u, 0x0u{{[}][}]}},
 // CHECK-LABEL: struct P10Mask {
-// CHECK: // leaf 0: listed, 6 diagonal ranges
-// CHECK-NEXT: listedBits([[D10]], 6, t.d);
-// CHECK-NEXT: listedBits([[D10]], 6, t.d - 10);
+// CHECK: // leaf 0: listed, 6 diagonal ranges, offset table
+// CHECK-NEXT: const RowMasks [[T10:t[0-9]+]] = offsetTableRows([[D10]], minInt(maxInt(t.dc - (-4182), 0), 6257));
+// CHECK-NEXT: return {[[T10]].r0, [[T10]].r1};
 
 // Listed blocks: a table of each listed query block's keys, 64 a word; a
 // row's mask is one word, shifted.
@@ -125,17 +130,16 @@ attn.model @masks {
 // CHECK: // leaf 0: listed, blocks 32 x 32, 3 listed, tile table
 // CHECK-NEXT: blockTableBits(P11Mask_d0, 2LL, 1LL, (t.p >> 5) - 0LL, t.tile, t.sh, t.off);
 
-// Combinators: | & and & ~ of the leaves' masks; Nk's edge in one part of
-// an intersection, the left part of a difference.
+// Combinators: | & and & ~ of the leaves' masks.
 // CHECK-LABEL: struct P12Mask {
-// CHECK: // leaf 0: interval, keys [0, p], clipped at Nk
+// CHECK: // leaf 0: interval, keys [0, p]{{$}}
 // CHECK: // leaf 1: interval, keys [p - 512, p]{{$}}
 // CHECK: // leaf 2: periodic, shards: block 64, shards 8, offset 0
 // CHECK: // union
 // CHECK: // intersection
 // CHECK-NEXT: = {{m[0-9]+}}_0 & {{m[0-9]+}}_0;
 // CHECK-LABEL: struct P13Mask {
-// CHECK: // leaf 0: interval, keys [0, p], clipped at Nk
+// CHECK: // leaf 0: interval, keys [0, p]{{$}}
 // CHECK: // leaf 1: interval, keys [0, min(3, p)]{{$}}
 // CHECK: // difference
 // CHECK-NEXT: = {{m[0-9]+}}_0 & ~{{m[0-9]+}}_0;

@@ -561,7 +561,10 @@ template <class G>
 struct HasKeepNibbles<G, decltype((void)&G::keepNibbles)> {
   static constexpr bool value = true;
 };
-/// `room`: min(Nk - k0, 64), the keys of the tile below Nk.
+/// `room`: min(Nk - k0, 64), the keys of the tile below Nk. The generated
+/// keepNibbles leave Nk's edge out (the bits of keys past Nk are
+/// unspecified): the caller applies it to the last key tile, as for a full
+/// one.
 template <class Groups>
 __device__ __forceinline__ KeepNibbles partialKeep(i64 pattern, i64 rowPos,
                                                    i64 k0, int c2, int room,

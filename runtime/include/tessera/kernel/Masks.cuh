@@ -24,12 +24,15 @@
 // Only bits 1-4 of each byte are read (of row 0: 1-2, up to bit 58; of row
 // 1: 3-4, up to bit 60): forms may leave anything in the others, and the
 // lowest bits of a frame may come from keys below the thread's first. Spans
-// take any ends (bitRange: PTX's shifts saturate). keep() gives the u32
-// form from the same masks (threadBits of r0 >> 1 and r1 >> 3).
+// take any ends (bitRange: PTX's shifts saturate). rows() covers every key:
+// Nk's edge is left to the kernels, which apply it to their last key tile
+// only, full or partial. keep() gives the u32 form from the same masks,
+// with the edge (threadBits of (r0 & edge) >> 1 and (r1 & edge1) >> 3).
 //
 // 32-bit arithmetic. Positions and parameters reach 2^41, so the tile's
 // offsets are computed once in 64 bits (MaskTile): kb and d. Their clamped
-// 32-bit copies (kbc, dc: clamped to +-2^30) serve every leaf whose
+// 32-bit copies (kbc, dc: clamped to about +-2^30, through double
+// conversions, see maskTileRoom) serve every leaf whose
 // constants are below kMaskSmall = 2^29 in magnitude: a bit index computed
 // from them is exact whenever it lies in [0, 64], and on the same side of
 // that range otherwise (|c| + 2^30 + 16 < 2^31, no overflow), which is all
@@ -106,7 +109,7 @@ struct MaskTile {
   i64 kb;    ///< the key of bit 0 of row 0: k0 + c2 - 1 (row 1: - 2)
   i64 d;     ///< kb - rowPos: the offset k - p of bit 0 of row 0 (row 1: - 10)
   i64 p;     ///< rowPos (row 1: + 8)
-  int kbc;   ///< kb clamped to [-2^30, 2^30]
+  int kbc;   ///< kb clamped to [-1, 2^30 + 68] (k0 >= 0)
   int dc;    ///< d clamped to [-2^30, 2^30]
   int ec;    ///< row 0's keys below Nk are bits [0, ec) (ec in [-6, 65])
   int ec1;   ///< row 1's: ec + 2
@@ -117,20 +120,24 @@ struct MaskTile {
   int sh;    ///< off + c2 - 1: row 0's bit j is bit j + sh of its tile's keys
 };
 
-/// x clamped to [-2^30, 2^30] as an int. On the device a conversion through
-/// double (exact below 2^53 in magnitude, and the conversion back saturates)
-/// and two 32-bit clamps, fewer instructions than 64-bit compares.
-TESSERA_HD int clampOffset(i64 x) {
+/// x rounded toward zero to an int, saturating (x an integer below 2^53 in
+/// magnitude here). One F2I on the device, whose conversion saturates.
+TESSERA_HD int toIntSat(double x) {
 #if defined(__CUDA_ARCH__)
-  const int s = __double2int_rz((double)x);
+  return __double2int_rz(x);
 #else
-  const int s = (int)maxI(minI(x, kMaskClamp), -kMaskClamp);
+  return x >= 2147483647.0 ? 2147483647
+                           : (x <= -2147483648.0 ? (-2147483647 - 1) : (int)x);
 #endif
-  return maxInt(minInt(s, (int)kMaskClamp), -(int)kMaskClamp);
 }
 
-/// For a tile that holds a key: k0 < nk (the kernels call keep for such
-/// tiles only).
+/// x clamped to [-2^30, 2^30] as an int.
+TESSERA_HD int clampOffset(i64 x) {
+  return (int)maxI(minI(x, kMaskClamp), -kMaskClamp);
+}
+
+/// For a tile that holds a key: 0 <= k0 < nk (the kernels call keep for
+/// such tiles only).
 /// `room`: min(nk - k0, 64), in [1, 64] (the tile holds a key); k0 a
 /// multiple of 64 (the kernels' tiles; maskTile takes any k0).
 TESSERA_HD MaskTile maskTileRoom(i64 rowPos, i64 k0, int c2, int room) {
@@ -138,9 +145,19 @@ TESSERA_HD MaskTile maskTileRoom(i64 rowPos, i64 k0, int c2, int room) {
   t.kb = k0 + c2 - 1;
   t.d = t.kb - rowPos;
   t.p = rowPos;
-  t.kbc = clampOffset(t.kb);
-  t.dc = clampOffset(t.d);
-  t.ec = room - c2 + 1;
+  // The clamped copies. d through double (exact below 2^53): -d is
+  // (rowPos - c2 + 1 - rem) - 64 tile, one DFMA a tile on the device (in
+  // the kernels rem = 0 and the sum is loop invariant: converted once
+  // before the tile loop), one saturating F2I, two clamps; negated, so that
+  // the leaves' `c - t.dc` fold into one add. kb >= -1 (k0 >= 0): from the
+  // tile's F2I, its clamp at 2^24 tiles (kbc <= 2^30 + 68). Was two 64-bit
+  // subtractions, two I2F/F2I pairs and four clamps a tile.
+  const double tile = (double)(k0 >> 6);
+  const i64 rem = k0 & 63;
+  const int nd = toIntSat((double)(rowPos - c2 + 1 - rem) - 64.0 * tile);
+  t.kbc = minInt(toIntSat(tile), 1 << 24) * 64 + (int)rem + c2 - 1;
+  t.dc = -maxInt(minInt(nd, (int)kMaskClamp), -(int)kMaskClamp);
+  t.ec = room + (1 - c2);
   t.ec1 = t.ec + 2;
   t.edge = bitRange(0, t.ec);
   t.edge1 = bitRange(0, t.ec1);
@@ -258,6 +275,40 @@ TESSERA_HD void blockRowsBits(const i64 *ids, i64 rows, i64 blockQ, i64 blockK,
            : blockRowBits(ids, rows, blockQ, blockK, t.p + 8, t.kb);
 }
 
+/// The two row masks of a thread (rows rowPos and rowPos + 8).
+struct RowMasks {
+  u64 r0, r1;
+};
+
+/// A set of diagonal offsets (k - p) as a bit table: entry m holds bits
+/// [16 m, 16 m + 96) of the set's bitmap B (bit i: offset i + base, for the
+/// base the emitter chose; the fourth word is padding), so that any 64-bit
+/// window of B that starts in the entry's first 16 bits is two funnel
+/// shifts of its words.
+struct alignas(16) OffsetEntry {
+  u32 w[4];
+};
+
+/// Bits [x, x + 32) of the 64-bit value hi:lo, x in [0, 31] (one SHF).
+TESSERA_HD u32 funnelRight(u32 lo, u32 hi, int x) {
+  return (u32)((((u64)hi << 32) | lo) >> x);
+}
+
+/// The two row masks of an offset table: `z` is row 1's index into B (the
+/// offset of its bit 0, d - 10, less the base), clamped by the caller to
+/// [0, zmax], past which B is zero for 80 bits. Row 0's bit 0 is offset d,
+/// ten bits further: both rows lie in one entry (s + 10 + 63 < 96).
+TESSERA_HD RowMasks offsetTableRows(const OffsetEntry *table, int z) {
+  const OffsetEntry e = *reinterpret_cast<const OffsetEntry *>(
+      reinterpret_cast<const char *>(table) + (z & ~15));
+  const int s = z & 15;
+  auto window = [&](int x) {
+    return ((u64)funnelRight(e.w[1], e.w[2], x) << 32) |
+           funnelRight(e.w[0], e.w[1], x);
+  };
+  return {window(s + 10), window(s)};
+}
+
 /// The listed-block keys of a row from the leaf's tile table (word T of a
 /// table row holds keys [64 T, 64 T + 64) of the blocks listed in one query
 /// block, `tiles` words a row): table row `row` (any value: rows outside
@@ -291,11 +342,6 @@ TESSERA_HD u64 predicateBits(const F &f, i64 p, i64 kb, int s) {
   }
   return m;
 }
-
-/// The two row masks of a thread (rows rowPos and rowPos + 8).
-struct RowMasks {
-  u64 r0, r1;
-};
 
 /// Bytes 0 and 2 of a, then bytes 0 and 2 of b (PRMT with selector 0x6420
 /// on the device: one instruction where the shifts and masks take six).

@@ -7,7 +7,9 @@ One process: the dense call over the whole sequence (1 thread). Two
 processes: each holds half the sequence (the partition `partition` picks)
 and runs ring_attention, ulysses_attention and allgather_attention with 1
 thread each; the time is the slower rank's, median of REPEATS (default 3),
-after a warm-up call. Prints one line per mode.
+after a warm-up call: wall seconds, and the process's CPU seconds (which a
+machine shared with other work does not inflate as much). Prints one line
+per mode.
 """
 
 import os
@@ -32,15 +34,17 @@ def inputs(bundle, layer, n):
 
 
 def timed(fn, repeats, barrier=None):
+    """Median wall and CPU seconds (this process's) of fn."""
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
         if barrier:
             barrier()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def worker(rank, port, args, out):
@@ -62,9 +66,9 @@ def worker(rank, port, args, out):
                      ("allgather", td.allgather_attention)):
         t = timed(lambda: fn(b, layer, qs, ks, vs, part), repeats,
                   dist.barrier)
-        slow = torch.tensor([t])
+        slow = torch.tensor(t)
         dist.all_reduce(slow, op=dist.ReduceOp.MAX)
-        res[name] = slow.item()
+        res[name] = slow.tolist()
     dist.destroy_process_group()
     if rank == 0:
         out.put(res)
@@ -83,7 +87,7 @@ def main():
     lse = torch.empty(1, q.shape[2], n).numpy()
     one = timed(lambda: b.attention_run(layer, q.numpy(), k.numpy(),
                                         v.numpy(), o, lse), repeats)
-    print(f"1 process, 1 thread: {one:.3f} s")
+    print(f"1 process, 1 thread: {one[0]:.3f} s wall, {one[1]:.3f} s CPU")
     mpc = mp.get_context("spawn")
     out = mpc.Queue()
     with socket.socket() as s:
@@ -97,9 +101,10 @@ def main():
     res = out.get(timeout=1200)
     for p in procs:
         p.join()
-    for name, t in res.items():
-        print(f"2 processes ({name}), 1 thread each: {t:.3f} s "
-              f"({one / t:.2f}x)")
+    for name, (wall, cpu) in res.items():
+        print(f"2 processes ({name}), 1 thread each: {wall:.3f} s wall "
+              f"({one[0] / wall:.2f}x), slower rank {cpu:.3f} s CPU "
+              f"({one[1] / cpu:.2f}x)")
 
 
 if __name__ == "__main__":

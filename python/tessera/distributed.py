@@ -202,6 +202,11 @@ def indices(part, rank):
         if part[rank] else torch.zeros(0, dtype=torch.long)
 
 
+def _seq_len(part):
+    """The sequence a partition splits: up to its last range's end."""
+    return max((hi for ranges in part for _, hi in ranges), default=0)
+
+
 def _check_partition(part, seq_len, world_size):
     if len(part) != world_size:
         raise ValueError(f"the partition has {len(part)} ranks, the group "
@@ -403,7 +408,7 @@ def ring_attention(bundle, layer, q, k, v, part, group=None, heads=None,
     info = _layer(bundle, layer, q)
     _refuse_dynamic(info, layer, "a ring")
     w, rank = _group_info(group)
-    seq_len = sum(hi - lo for ranges in part for lo, hi in ranges)
+    seq_len = _seq_len(part)
     _check_partition(part, seq_len, w)
     _check_shard(q, k, v, part, rank)
     need = needed_pairs(bundle, layer, seq_len, part, heads)
@@ -454,7 +459,7 @@ def allgather_attention(bundle, layer, q, k, v, part, group=None, heads=None,
     info = _layer(bundle, layer, q)
     _refuse_dynamic(info, layer, "an all-gather of keys")
     w, rank = _group_info(group)
-    seq_len = sum(hi - lo for ranges in part for lo, hi in ranges)
+    seq_len = _seq_len(part)
     _check_partition(part, seq_len, w)
     _check_shard(q, k, v, part, rank)
     need = needed_pairs(bundle, layer, seq_len, part, heads)

@@ -180,6 +180,23 @@ def run_cases(rank, world, dirs, out):
     except ValueError as e:
         results.append(("dynamic ring refusal", str(e)))
 
+    # Bad input: named, not a hang or a crash.
+    q, k, v = inputs(dist_b, 0, 1, 64, 0)
+    part = td.contiguous(64, world)
+    bad = [("gap", lambda: td.ring_attention(
+                dist_b, 0, *(shard(x, part, rank) for x in (q, k, v)),
+                [[(1, 16)]] + part[1:])),
+           ("short q", lambda: td.allgather_attention(
+                dist_b, 0, shard(q, part, rank)[:, 1:],
+                *(shard(x, part, rank) for x in (k, v)), part)),
+           ("strategy", lambda: td.partition(dist_b, 0, 64, world, "zig"))]
+    for name, call in bad:
+        try:
+            call()
+            results.append((f"bad {name}", "not refused"))
+        except ValueError as e:
+            results.append((f"bad {name}", str(e)))
+
     # Skipped exchanges: bytes sent against the shards the definitions
     # need (A-shape: the sink's rank and the window's neighbour; causal:
     # the ranks before).

@@ -10,6 +10,8 @@
 // positions, packed batches with empty sequences; bit-identical results on
 // 1, 2 and 4 threads, agreement with the unsplit walk, and an A-shape head
 // that reads only its sink and window pages (every other page holds NaN).
+// Then the context's thread pool: threads kept across calls, a busy pool
+// running a call on its caller, no thread started by a call.
 //
 //===----------------------------------------------------------------------===//
 
@@ -527,6 +529,94 @@ TEST_F(Decode, AShapeHeadsReadOnlyTheirPages) {
     };
     check(c, lay, 2);
   }
+}
+
+} // namespace
+
+//===- The context's persistent threads -----------------------------------===//
+
+#include "../../runtime/cpu/ThreadPool.h"
+
+#include <atomic>
+#include <dirent.h>
+#include <mutex>
+#include <set>
+#include <thread>
+
+namespace {
+
+/// The threads of this process (entries of /proc/self/task).
+int processThreads() {
+  int n = 0;
+  if (DIR *d = opendir("/proc/self/task")) {
+    while (dirent *e = readdir(d))
+      n += e->d_name[0] != '.';
+    closedir(d);
+  }
+  return n;
+}
+
+// A call runs its loop on n threads (the caller's one of them); later
+// calls reuse the same threads; shrinking joins them, growing starts more.
+TEST(ThreadPool, ThreadsPersistAcrossCalls) {
+  cpu::ThreadPool pool;
+  std::mutex m;
+  std::set<std::thread::id> first, second;
+  auto runOn = [&](int n, std::set<std::thread::id> &ids) {
+    std::atomic<int> calls{0};
+    pool.run(n, [&] {
+      ++calls;
+      std::lock_guard<std::mutex> lock(m);
+      ids.insert(std::this_thread::get_id());
+    });
+    EXPECT_EQ(calls, n);
+  };
+  runOn(4, first);
+  EXPECT_EQ(first.size(), 4u);
+  EXPECT_EQ(pool.started(), 3);
+  runOn(4, second);
+  EXPECT_EQ(first, second) << "a call started new threads";
+  std::set<std::thread::id> fewer;
+  runOn(2, fewer);
+  EXPECT_EQ(fewer.size(), 2u);
+  EXPECT_EQ(pool.started(), 3) << "a smaller call keeps the pool";
+  pool.resize(2);
+  EXPECT_EQ(pool.started(), 0);
+  std::set<std::thread::id> grown;
+  runOn(3, grown);
+  EXPECT_EQ(pool.started(), 2);
+}
+
+// A call from inside a pool task finds the pool busy and runs on its own
+// thread, once, without waiting for the pool (no deadlock).
+TEST(ThreadPool, BusyPoolRunsOnTheCaller) {
+  cpu::ThreadPool pool;
+  std::atomic<int> inner{0};
+  std::atomic<bool> otherThread{false};
+  pool.run(2, [&] {
+    const std::thread::id self = std::this_thread::get_id();
+    pool.run(3, [&] {
+      ++inner;
+      otherThread = otherThread || std::this_thread::get_id() != self;
+    });
+  });
+  EXPECT_EQ(inner, 2); // once per outer loop, on that loop's thread
+  EXPECT_FALSE(otherThread);
+}
+
+// Through the C API: the context's threads start with the first call that
+// needs them and no later call starts another.
+TEST_F(Decode, CallsStartNoThreads) {
+  Layout lay{true, 16};
+  lay.packedQueries = true;
+  Call c(llamaLayer2(), 0, 8, {{1, 5000}}, 81);
+  load(c.lc.bundle);
+  const int before = processThreads();
+  run(c, lay, 2);
+  EXPECT_EQ(processThreads(), before + 1) << "the pool's thread is kept";
+  for (int i = 0; i < 5; ++i)
+    run(c, lay, 2);
+  EXPECT_EQ(processThreads(), before + 1);
 }
 
 } // namespace

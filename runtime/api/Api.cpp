@@ -1854,6 +1854,7 @@ attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
   a.scale = c.d.scale;
   a.blockQ = f.blockQ;
   a.numThreads = f.numThreads;
+  a.pool = &c.bundle->context->pool;
   if (c.l->dynamicGroups.empty()) {
     if (std::string e = cpu::runLayerBackward(c.l->table(), a); !e.empty())
       return fail(TESSERA_ERROR_INTERNAL, e);

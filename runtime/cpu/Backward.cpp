@@ -3,6 +3,7 @@
 #include "tessera/cpu/Backward.h"
 
 #include "TensorIO.h"
+#include "ThreadPool.h"
 #include "VecMath.h"
 #include "tessera/kernel/ProgramRuns.h"
 
@@ -312,12 +313,9 @@ void parallelFor(int64_t n, int threads, const Plan &pl, Fn fn) {
     for (int64_t i; (i = next++) < n;)
       fn(w, i);
   };
-  std::vector<std::thread> pool;
-  for (int i = 1; i < std::min<int64_t>(threads, n); ++i)
-    pool.emplace_back(work);
-  work();
-  for (std::thread &th : pool)
-    th.join();
+  ThreadPool local; // no pool given: threads for this call only
+  (pl.a.pool ? *pl.a.pool : local)
+      .run(int(std::min<int64_t>(threads, n)), work);
 }
 
 std::string validate(const k::LayerTable &t, const BackwardArgs &a) {

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace tessera::cpu {
@@ -35,9 +36,10 @@ public:
   /// Calls `loop()` on `threads` threads (the caller's included) and
   /// returns when every call has returned. `loop` must not throw.
   template <typename F> void run(int threads, F &&loop) {
+    using Callable = std::remove_reference_t<F>;
     runErased(
-        threads, [](void *f) { (*static_cast<F *>(f))(); },
-        static_cast<void *>(&loop));
+        threads, [](void *f) { (*static_cast<Callable *>(f))(); },
+        const_cast<void *>(static_cast<const void *>(&loop)));
   }
 
   /// Joins the threads past `threads - 1` (waiting for a running call);

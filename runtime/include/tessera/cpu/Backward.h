@@ -44,6 +44,7 @@ struct BackwardArgs {
   float scale = 0; ///< 0: 1 / sqrt(head_dim), as in the forward
   int64_t blockQ = 64, blockK = 64;
   int numThreads = 0; ///< 0: all hardware threads
+  ThreadPool *pool = nullptr; ///< the context's threads; null: per call
 };
 
 /// Tiles the two passes visited (each counted once per pass).

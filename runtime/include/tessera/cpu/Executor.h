@@ -1,10 +1,12 @@
 //===- Executor.h - block-sparse attention on the CPU -----------*- C++ -*-===//
 //
-// Runs one layer's block schedule on the CPU: threads over (batch, computed
-// head, query block); fp32 accumulation with an online softmax; only the
-// tiles the schedule visits are computed, and the element predicate is
-// applied on partial tiles only. The index math is tessera/kernel/Program.h,
-// the same source the CUDA kernels compile. MLIR-free.
+// Runs one layer's block schedule on the CPU: threads over (sequence,
+// computed head, query block), or for decode steps (1-16 rows a sequence)
+// over chunks of each head's visited key tiles merged by log-sum-exp; fp32
+// accumulation with an online softmax; only the tiles the schedule visits
+// are computed, and the element predicate is applied on partial tiles
+// only. The index math is tessera/kernel/Program.h, the same source the
+// CUDA kernels compile. MLIR-free.
 //
 //===----------------------------------------------------------------------===//
 

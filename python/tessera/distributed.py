@@ -449,32 +449,20 @@ def ring_attention(bundle, layer, q, k, v, part, group=None, heads=None,
 
 #===- All-gather -----------------------------------------------------------===#
 
-def allgather_attention(bundle, layer, q, k, v, part, group=None, heads=None,
-                        stats=None):
-    """Like ring_attention, but every key/value shard this rank's queries
-    visit arrives at once (and only those: a dense all-gather where every
-    pair is needed and the shards are equal, point-to-point sends
-    otherwise); then one call per query range against the keys in global
-    order (shards not received are zeros the schedule never visits)."""
-    info = _layer(bundle, layer, q)
-    _refuse_dynamic(info, layer, "an all-gather of keys")
+def _gather_needed(kv, part, need, seq_len, group, stats):
+    """The key/value shards this rank's queries need, laid out in global
+    order ([B, seq_len, ...]; shards not needed stay zero): a dense
+    all-gather where every pair is needed and shards are equal,
+    point-to-point sends of the needed shards otherwise."""
     w, rank = _group_info(group)
-    seq_len = _seq_len(part)
-    _check_partition(part, seq_len, w)
-    _check_shard(q, k, v, part, rank)
-    need = needed_pairs(bundle, layer, seq_len, part, heads)
-    _stats_init(stats)
-    kv = torch.cat([k, v], dim=2).contiguous()
     lens = [sum(hi - lo for lo, hi in ranges) for ranges in part]
-    shapes = [(kv.shape[0], n) + tuple(kv.shape[2:]) for n in lens]
-    if stats is not None:
-        stats["bytes_dense"] = kv.numel() * kv.element_size() * (w - 1)
     shards = [None] * w
     shards[rank] = kv
+    nbytes = kv.numel() * kv.element_size()
     if all(all(row) for row in need) and len(set(lens)) == 1:
         shards = [torch.empty_like(kv) for _ in range(w)]
         dist.all_gather(shards, kv, group=group)
-        _count(stats, "bytes_sent", kv.numel() * kv.element_size() * (w - 1))
+        _count(stats, "bytes_sent", nbytes * (w - 1))
         _count(stats, "shards_sent", w - 1)
     else:
         ops = []
@@ -483,12 +471,14 @@ def allgather_attention(bundle, layer, q, k, v, part, group=None, heads=None,
             if need[dst][rank]:
                 ops.append(dist.P2POp(dist.isend, kv, _global(group, dst),
                                       group))
-                _count(stats, "bytes_sent", kv.numel() * kv.element_size())
+                _count(stats, "bytes_sent", nbytes)
                 _count(stats, "shards_sent")
             else:
                 _count(stats, "shards_skipped")
             if need[rank][src]:
-                shards[src] = torch.empty(shapes[src], dtype=kv.dtype)
+                shards[src] = torch.empty(
+                    (kv.shape[0], lens[src]) + tuple(kv.shape[2:]),
+                    dtype=kv.dtype)
                 ops.append(dist.P2POp(dist.irecv, shards[src],
                                       _global(group, src), group))
         for r in dist.batch_isend_irecv(ops) if ops else []:
@@ -499,6 +489,27 @@ def allgather_attention(bundle, layer, q, k, v, part, group=None, heads=None,
         if shards[s] is not None:
             for (lo, hi), off in _local_rows(part, s):
                 full[:, lo:hi] = shards[s][:, off:off + hi - lo]
+    return full
+
+
+def allgather_attention(bundle, layer, q, k, v, part, group=None, heads=None,
+                        stats=None):
+    """Like ring_attention, but every key/value shard this rank's queries
+    visit arrives at once (and only those); then one call per query range
+    against the keys in global order (shards not received are zeros the
+    schedule never visits): no merge."""
+    info = _layer(bundle, layer, q)
+    _refuse_dynamic(info, layer, "an all-gather of keys")
+    w, rank = _group_info(group)
+    seq_len = _seq_len(part)
+    _check_partition(part, seq_len, w)
+    _check_shard(q, k, v, part, rank)
+    need = needed_pairs(bundle, layer, seq_len, part, heads)
+    _stats_init(stats)
+    kv = torch.cat([k, v], dim=2).contiguous()
+    if stats is not None:
+        stats["bytes_dense"] = kv.numel() * kv.element_size() * (w - 1)
+    full = _gather_needed(kv, part, need, seq_len, group, stats)
     hkv = k.shape[2]
     o = torch.zeros(q.shape, dtype=torch.float32)
     lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), -float("inf"))
@@ -539,6 +550,65 @@ def _all_to_all(chunks, recv_shapes, dtype, group, stats):
     return [x.reshape(s) for x, s in zip(recv.split(sizes_out), recv_shapes)]
 
 
+def _to_heads(q, k, v, part, split, kvr, h0, kv0, group, stats):
+    """The first all-to-all: this rank's rows of every head range go to the
+    range's rank; returns this rank's heads over the group's rows in global
+    order (q, k, v) and the pieces [(range, source rank, its offset)]."""
+    w, rank = _group_info(group)
+    lens = [sum(hi - lo for lo, hi in ranges) for ranges in part]
+    b, d = q.shape[0], q.shape[3]
+    nq, (klo, khi) = split[rank][1], kvr[rank]
+    nkv = khi - klo
+    chunks = [torch.cat([q[:, :, s - h0:s - h0 + n].reshape(-1),
+                         k[:, :, lo - kv0:hi - kv0].reshape(-1),
+                         v[:, :, lo - kv0:hi - kv0].reshape(-1)])
+              for (s, n), (lo, hi) in zip(split, kvr)]
+    got = _all_to_all(chunks, [(b * n * d * (nq + 2 * nkv),) for n in lens],
+                      q.dtype, group, stats)
+    qs, ks, vs = [], [], []
+    for x, n in zip(got, lens):
+        a, c = b * n * d * nq, b * n * d * nkv
+        qs.append(x[:a].reshape(b, n, nq, d))
+        ks.append(x[a:a + c].reshape(b, n, nkv, d))
+        vs.append(x[a + c:].reshape(b, n, nkv, d))
+    pieces = sorted(((lo, hi), s, off) for s in range(w)
+                    for (lo, hi), off in _local_rows(part, s))
+
+    def gather(xs):
+        return torch.cat([xs[s][:, off:off + hi - lo]
+                          for (lo, hi), s, off in pieces], dim=1)
+    return gather(qs), gather(ks), gather(vs), pieces
+
+
+def _to_sequence(o, lse, q, part, pieces, split, h0, group, stats):
+    """The second all-to-all: each rank's rows of this rank's heads (o and
+    lse in one float32 message) go back; returns this rank's rows of every
+    head, o [B, n, h, D] float32 and lse [B, h, n]."""
+    w, rank = _group_info(group)
+    rows_of, pos = {}, 0
+    for (lo, hi), s, off in pieces:
+        rows_of.setdefault(s, []).append((off, pos, pos + hi - lo))
+        pos += hi - lo
+    back = []
+    for s in range(w):
+        spans = sorted(rows_of.get(s, []))  # in rank s's own order
+        idx = torch.cat([torch.arange(p0, p1) for _, p0, p1 in spans]) \
+            if spans else torch.zeros(0, dtype=torch.long)
+        back.append(torch.cat([o[:, idx].to(torch.float32).reshape(-1),
+                               lse[:, :, idx].reshape(-1)]))
+    b, n, d = q.shape[0], q.shape[1], q.shape[3]
+    got = _all_to_all(back, [(b * n * ns * (d + 1),) for _, ns in split],
+                      torch.float32, group, stats)
+    out = torch.empty(q.shape, dtype=torch.float32)
+    out_lse = torch.empty((b, q.shape[2], n), dtype=torch.float32)
+    for (s0, ns), x in zip(split, got):
+        out[:, :, s0 - h0:s0 - h0 + ns] = x[:b * n * ns * d].reshape(
+            b, n, ns, d)
+        out_lse[:, s0 - h0:s0 - h0 + ns] = x[b * n * ns * d:].reshape(
+            b, ns, n)
+    return out, out_lse
+
+
 def ulysses_attention(bundle, layer, q, k, v, part, group=None, heads=None,
                       stats=None, inner=None):
     """This rank's (o, lse) by Ulysses: the group's sequence shards become
@@ -563,63 +633,20 @@ def ulysses_attention(bundle, layer, q, k, v, part, group=None, heads=None,
         raise ValueError(f"q holds {q.shape[2]} heads; heads says {h}")
     _stats_init(stats)
     split = [(h0 + s, n) for s, n in _head_split(h, w)]
-    kv0 = h0 // g
     kvr = [_kv_range(s, g) for s in split]
-    lens = [sum(hi - lo for lo, hi in ranges) for ranges in part]
-    b, d = q.shape[0], q.shape[3]
-    mine, (klo, khi) = split[rank], kvr[rank]
-    chunks = [torch.cat([q[:, :, s - h0:s - h0 + n].reshape(-1),
-                         k[:, :, lo - kv0:hi - kv0].reshape(-1),
-                         v[:, :, lo - kv0:hi - kv0].reshape(-1)])
-              for (s, n), (lo, hi) in zip(split, kvr)]
-    per = [b * n_i * d * (mine[1] + 2 * (khi - klo)) for n_i in lens]
-    got = _all_to_all(chunks, [(p,) for p in per], q.dtype, group, stats)
-    nq, nkv = mine[1], khi - klo
-    qs, ks, vs = [], [], []
-    for x, n_i in zip(got, lens):
-        a, c = b * n_i * d * nq, b * n_i * d * nkv
-        qs.append(x[:a].reshape(b, n_i, nq, d))
-        ks.append(x[a:a + c].reshape(b, n_i, nkv, d))
-        vs.append(x[a + c:].reshape(b, n_i, nkv, d))
-    # The group's rows in global order.
-    pieces = sorted(((lo, hi), s, off) for s in range(w)
-                    for (lo, hi), off in _local_rows(part, s))
-    def gather(xs):
-        return torch.cat([xs[s][:, off:off + hi - lo]
-                          for (lo, hi), s, off in pieces], dim=1)
-    qg, kg, vg = gather(qs), gather(ks), gather(vs)
+    qg, kg, vg, pieces = _to_heads(q, k, v, part, split, kvr, h0, h0 // g,
+                                   group, stats)
     ranges = _merge([r for r, _, _ in pieces])
     if inner is not None:
-        o, lse = inner(qg, kg, vg, mine, ranges)
+        o, lse = inner(qg, kg, vg, split[rank], ranges)
+    elif ranges != [(0, qg.shape[1])]:
+        raise ValueError("the group's ranges do not form the whole "
+                         "sequence: nest a ring (usp_attention)")
     else:
-        if ranges != [(0, sum(lens))]:
-            raise ValueError("the group's ranges do not form the whole "
-                             "sequence: nest a ring (usp_attention)")
-        o, lse = _run(bundle, layer, qg, kg, vg, heads=mine)
-        if stats is not None:
-            stats["pairs_computed"] += 1
-    # Back: rank j's rows of my heads, o and lse in one float32 message.
-    back, pos = [], 0
-    rows_of = {}
-    for (lo, hi), s, off in pieces:
-        rows_of.setdefault(s, []).append((pos, pos + hi - lo, off))
-        pos += hi - lo
-    for s in range(w):
-        idx = torch.cat([torch.arange(p0, p1) for p0, p1, _ in
-                         sorted(rows_of.get(s, []), key=lambda t: t[2])]) \
-            if rows_of.get(s) else torch.zeros(0, dtype=torch.long)
-        back.append(torch.cat([o[:, idx].to(torch.float32).reshape(-1),
-                               lse[:, :, idx].reshape(-1)]))
-    shapes = [(b * lens[rank] * split[s][1] * (d + 1),) for s in range(w)]
-    got = _all_to_all(back, shapes, torch.float32, group, stats)
-    out = torch.empty(q.shape, dtype=torch.float32)
-    out_lse = torch.empty((b, h, lens[rank]), dtype=torch.float32)
-    n = lens[rank]
-    for (s0, ns), x in zip(split, got):
-        out[:, :, s0 - h0:s0 - h0 + ns] = x[:b * n * ns * d].reshape(
-            b, n, ns, d)
-        out_lse[:, s0 - h0:s0 - h0 + ns] = x[b * n * ns * d:].reshape(
-            b, ns, n)
+        o, lse = _run(bundle, layer, qg, kg, vg, heads=split[rank])
+        _count(stats, "pairs_computed")
+    out, out_lse = _to_sequence(o, lse, q, part, pieces, split, h0, group,
+                                stats)
     return out.to(q.dtype), out_lse
 
 

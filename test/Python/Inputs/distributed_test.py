@@ -143,6 +143,19 @@ def run_cases(rank, world, dirs, out):
         o, lse = m(*(shard(x, m.part, rank) for x in (q, k, v)))
         report(f"{tag} module", error(o, lse, ro, rlse, m.part, rank))
 
+    # Equal shards that every rank needs: the all-gather collective.
+    q, k, v = inputs(tiny, 0, 1, 300, 3)
+    ro, rlse = reference(tiny, 0, q, k, v)
+    part = td.contiguous(300, world)
+    stats = {}
+    o, lse = td.allgather_attention(tiny, 0, *(shard(x, part, rank)
+                                               for x in (q, k, v)), part,
+                                    stats=stats)
+    e = error(o, lse, ro, rlse, part, rank)
+    report("tiny-mix allgather collective",
+           e if stats["shards_sent"] == world - 1 and
+           stats["bytes_sent"] == stats["bytes_dense"] else float("inf"))
+
     # USP (xDiT): Ulysses inside pairs of ranks, a ring across them.
     if world == 4:
         uly, ring = td.usp_groups(2)

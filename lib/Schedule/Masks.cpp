@@ -3,9 +3,12 @@
 // Each leaf of a run expression becomes the code of its two row masks (the
 // thread's rows rowPos and rowPos + 8, each in its own frame; a key mask
 // is computed once and shifted to row 1's), each combinator their |, & or
-// & ~, and the root P<id>Mask::rows (the kernels' form) and ::keep (the
-// u32 keep bits). See tessera/kernel/Masks.cuh for the frames, the helpers
-// and the choice between 32-bit and 64-bit arithmetic.
+// & ~, and the root P<id>Mask::rows (the kernels' form, every key: Nk's
+// edge is the kernel's) and ::keep (the u32 keep bits, below Nk). Diagonal
+// bands of a small span (listed offsets, or a union of row-relative
+// intervals) take one offset table instead of a leaf each. See
+// tessera/kernel/Masks.cuh for the frames, the helpers and the choice
+// between 32-bit and 64-bit arithmetic.
 //
 //===----------------------------------------------------------------------===//
 
@@ -746,8 +749,6 @@ std::string tessera::schedule::emitMaskCode(const RunExpr &runs,
      << "  static TESSERA_HD u32 keep(i64 rowPos, i64 k0, int c2, i64 nk, "
         "i64 head, i64 numHeads) {\n"
      << "    const MaskTile t = maskTile(rowPos, k0, c2, nk);\n"
-     << "    const RowMasks m = rows(t, head, numHeads);\n"
-     << "    return threadBits((m.r0 & t.edge) >> 1, (m.r1 & t.edge1) >> 3);"
-        "\n  }\n};\n";
+     << "    return keepBits(rows(t, head, numHeads), t);\n  }\n};\n";
   return os.str();
 }

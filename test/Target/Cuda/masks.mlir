@@ -36,7 +36,7 @@ attn.model @masks {
 
 // Causal: one interval per row, its end from the clamped offset. rows
 // leaves Nk's edge out (the kernels apply it to their last key tile);
-// keep applies it (t.edge, t.edge1).
+// keep applies it (keepBits: t.edge).
 // CHECK-LABEL: struct P0Mask {
 // CHECK-NEXT: static TESSERA_HD RowMasks rows(const MaskTile &t, i64 head, i64 numHeads) {
 // CHECK: // leaf 0: interval, keys [0, p]{{$}}
@@ -45,8 +45,7 @@ attn.model @masks {
 // CHECK-NEXT: return {[[C0]]_0, [[C0]]_1};
 // CHECK: static TESSERA_HD u32 keep(i64 rowPos, i64 k0, int c2, i64 nk, i64 head, i64 numHeads) {
 // CHECK-NEXT: const MaskTile t = maskTile(rowPos, k0, c2, nk);
-// CHECK-NEXT: const RowMasks m = rows(t, head, numHeads);
-// CHECK-NEXT: return threadBits((m.r0 & t.edge) >> 1, (m.r1 & t.edge1) >> 3);
+// CHECK-NEXT: return keepBits(rows(t, head, numHeads), t);
 
 // A-shape: two intervals (the sink's end is min(63, p)), united.
 // CHECK-LABEL: struct P1Mask {

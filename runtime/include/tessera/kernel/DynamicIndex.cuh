@@ -228,6 +228,13 @@ struct DynTile {
   int count, masked, mode, flags;
 };
 
+/// The tile's first key, a multiple of 64 (the walks' tiles are whole key
+/// tiles): said so to the mask code, whose offsets then need no sub-tile
+/// part (Masks.cuh's maskTileRoom; one AND here).
+__device__ __forceinline__ i64 tileKey0(const DynTile &t) {
+  return t.k0 & ~63LL;
+}
+
 /// The keep bits (FlashForward's element order) of this thread's columns
 /// below `count`, for both of its rows: column 8 nt + c2 + e is below
 /// count for nt < n_e = ceil((count - c2 - e) / 8).
@@ -1091,8 +1098,8 @@ template <class Pats> struct VsWalk {
     }
     u32 bits = rowsKeep(m0 & edge, m1 & edge, c2);
     if (t.flags)
-      bits &= Pats::keep(t.mode == 0 ? withId : withoutId, rowPos, t.k0, c2, nk,
-                         head, nh);
+      bits &= Pats::keep(t.mode == 0 ? withId : withoutId, rowPos, tileKey0(t),
+                         c2, nk, head, nh);
     return bits;
   }
 };
@@ -1603,8 +1610,8 @@ template <class Pats> struct BtWalk {
     for (int side = 0; side < 2; ++side) {
       const u32 rows = side ? ~rowsWith : rowsWith;
       if (rows)
-        bits |= rows & Pats::keep(side ? withoutId : withId, rowPos, t.k0, c2,
-                                  runs.ctx.nk, head, nh);
+        bits |= rows & Pats::keep(side ? withoutId : withId, rowPos,
+                                  tileKey0(t), c2, runs.ctx.nk, head, nh);
     }
     return bits;
   }
@@ -1969,7 +1976,8 @@ template <class Pats> struct RestWalk {
         }
       }
     if (t.flags)
-      bits &= Pats::keep(withoutId, p0 + row, t.k0, c2, runs.ctx.nk, head, nh);
+      bits &= Pats::keep(withoutId, p0 + row, tileKey0(t), c2, runs.ctx.nk,
+                         head, nh);
     return bits;
   }
 };

@@ -27,7 +27,7 @@
 // take any ends (bitRange: PTX's shifts saturate). rows() covers every key:
 // Nk's edge is left to the kernels, which apply it to their last key tile
 // only, full or partial. keep() gives the u32 form from the same masks,
-// with the edge (threadBits of (r0 & edge) >> 1 and (r1 & edge1) >> 3).
+// with the edge (keepBits).
 //
 // 32-bit arithmetic. Positions and parameters reach 2^41, so the tile's
 // offsets are computed once in 64 bits (MaskTile): kb and d. Their clamped
@@ -112,9 +112,7 @@ struct MaskTile {
   int kbc;   ///< kb clamped to [-1, 2^30 + 68] (k0 >= 0)
   int dc;    ///< d clamped to [-2^30, 2^30]
   int ec;    ///< row 0's keys below Nk are bits [0, ec) (ec in [-6, 65])
-  int ec1;   ///< row 1's: ec + 2
-  u64 edge;  ///< row 0's bits [0, ec), for roots that cannot take ec
-  u64 edge1; ///< row 1's
+  u64 edge;  ///< row 0's bits [0, ec) (row 1's keys below Nk: edge << 2)
   i64 tile;  ///< floor(k0 / 64)
   int off;   ///< k0 - 64 tile (0 in the kernels: their k0 are multiples of 64)
   int sh;    ///< off + c2 - 1: row 0's bit j is bit j + sh of its tile's keys
@@ -158,9 +156,7 @@ TESSERA_HD MaskTile maskTileRoom(i64 rowPos, i64 k0, int c2, int room) {
   t.kbc = minInt(toIntSat(tile), 1 << 24) * 64 + (int)rem + c2 - 1;
   t.dc = -maxInt(minInt(nd, (int)kMaskClamp), -(int)kMaskClamp);
   t.ec = room + (1 - c2);
-  t.ec1 = t.ec + 2;
   t.edge = bitRange(0, t.ec);
-  t.edge1 = bitRange(0, t.ec1);
   t.tile = k0 >> 6;
   t.off = 0;
   t.sh = c2 - 1;
@@ -363,6 +359,13 @@ TESSERA_HD u32 threadBits(u64 row0, u64 row1) {
   const u32 hi = ((u32)(row0 >> 32) & 0x03030303u) |
                  (((u32)(row1 >> 32) & 0x03030303u) << 2);
   return evenBytes(lo | (lo >> 4), hi | (hi >> 4));
+}
+
+/// The keep bits of a tile from its row masks and Nk's edge: row 1's bit
+/// j is key kb - 2 + j, so its mask shifted down two bits meets the edge
+/// at the same keys as row 0's (one edge for both rows).
+TESSERA_HD u32 keepBits(const RowMasks &m, const MaskTile &t) {
+  return threadBits((m.r0 & t.edge) >> 1, ((m.r1 >> 2) & t.edge) >> 1);
 }
 
 /// The former partial-tile mask (FlashForward.cuh's keepBits, kept rolled

@@ -619,4 +619,34 @@ TEST_F(Decode, CallsStartNoThreads) {
   EXPECT_EQ(processThreads(), before + 1);
 }
 
+// Two threads calling the same context at once: one call takes the pool,
+// the other runs on its own thread; both give the one-call bits.
+TEST_F(Decode, ConcurrentCallsOnOneContext) {
+  Layout lay{true, 16};
+  lay.packedQueries = true;
+  Call c(llamaLayer2(), 0, 8, {{1, 6000}, {4, 3000}}, 91);
+  Built alone = run(c, lay, 2);
+  tessera_bundle *bundle = load(c.lc.bundle);
+  // Moved, not copied: each description points into its own buffers.
+  std::vector<Built> built(2);
+  for (Built &b : built)
+    b = build(c, lay);
+  std::vector<tessera_status> status(2, TESSERA_ERROR_INTERNAL);
+  for (int round = 0; round < 3; ++round) {
+    std::vector<std::thread> callers;
+    for (size_t i = 0; i < 2; ++i)
+      callers.emplace_back(
+          [&, i] { status[i] = tessera_attention_run(bundle, &built[i].d); });
+    for (std::thread &t : callers)
+      t.join();
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_EQ(status[i], TESSERA_OK);
+      EXPECT_EQ(std::memcmp(built[i].o.data(), alone.o.data(),
+                            alone.o.size() * sizeof(float)),
+                0)
+          << "caller " << i;
+    }
+  }
+}
+
 } // namespace

@@ -2,8 +2,8 @@
 
   gpu_check_paths.py SRC_BUNDLE OUT_BUNDLE
 
-Copies SRC_BUNDLE to OUT_BUNDLE, tags its attention kernels "path":
-"mma_sync", "arch": "sm_80" and adds a copy of each named *_wgmma with
+Copies SRC_BUNDLE to OUT_BUNDLE, tags its attention kernels (and their
+per-sequence twins) "path": "mma_sync", "arch": "sm_80" and adds a copy of each named *_wgmma with
 "path": "wgmma", "arch": "sm_90a" and 64 x 128 tiles (the shape a Hopper
 path's manifest may take; the CPU executor runs the schedule, whichever
 kernel is named). Then prints what gpu_check.py makes of it: the paths,
@@ -26,8 +26,11 @@ path = os.path.join(out, "manifest.json")
 m = json.load(open(path))
 extra = []
 for k in m["kernels"]:
-    if k.get("kind") == "attention":
+    # The attention kernels and their per-sequence twins are mma.sync ones
+    # (the merge and fill kernels belong to no path).
+    if k.get("kind") in ("attention", "attention_seq"):
         k.update(path="mma_sync", arch="sm_80")
+    if k.get("kind") == "attention":
         extra.append(dict(k, name=k["name"] + "_wgmma", path="wgmma",
                           arch="sm_90a", block_q=64, block_k=128))
 m["kernels"] += extra

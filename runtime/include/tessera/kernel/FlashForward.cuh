@@ -820,11 +820,25 @@ __device__ __forceinline__ void seqBlock(const AttnParams &p, i64 x, i64 &s,
   qb = x - (floorDiv(p.cuQ[lo], BQ) + lo);
 }
 
-/// The start of key position `pos`'s row (head 0) of sequence `s` in a
-/// key or value tensor, or null where the position holds no key of the
-/// sequence (or a page entry is out of range: `badPage` is set).
+/// What a block of a per-sequence call reads after its prologue, in shared
+/// memory rather than registers (the tile loop needs every register it
+/// can get: the `_seq` kernels would spill otherwise).
+struct SeqShared {
+  i64 kStart, nk, kRow0; ///< the sequence's keys (SeqView's)
+  i64 kEnd;              ///< kStart + nk
+  i64 pageRow;           ///< its block-table row's first entry
+  i64 kbEnd;             ///< the last key tile of the walk, plus one
+  i64 qRow0, nq, q0;     ///< its rows, and the block's first row
+  i64 b, split;          ///< the sequence, the split
+  int bad;               ///< SeqView's
+  RunCtx ctx;            ///< the walk's (read once a run)
+};
+
+/// The start of key position `pos`'s row (head 0) of the block's sequence
+/// in a key or value tensor, or null where the position holds no key of
+/// the sequence (or a page entry is out of range: `badPage` is set).
 __device__ __forceinline__ const u16 *seqKeyRow(const AttnParams &p,
-                                                const SeqView &v, i64 s,
+                                                const SeqShared &v,
                                                 const u16 *base, i64 strideB,
                                                 i64 strideS, i64 pos,
                                                 bool &badPage) {
@@ -833,7 +847,7 @@ __device__ __forceinline__ const u16 *seqKeyRow(const AttnParams &p,
     return nullptr;
   if (!p.pages)
     return base + (v.kRow0 + j) * strideS;
-  const i64 page = p.pages[s * p.pageStride + j / p.pageSize];
+  const i64 page = p.pages[v.pageRow + j / p.pageSize];
   if (page < 0 || page >= p.numPages) {
     badPage = true;
     return nullptr;
@@ -847,7 +861,7 @@ __device__ __forceinline__ const u16 *seqKeyRow(const AttnParams &p,
 /// sequence's batch entry).
 template <int D, int ROWS, int NT>
 __device__ __forceinline__ void copySeqTile(u16 *dst, const AttnParams &p,
-                                            const SeqView &v, i64 s,
+                                            const SeqShared &v,
                                             const u16 *base, i64 strideB,
                                             i64 strideS, i64 pos0, bool vec,
                                             bool &badPage) {
@@ -861,7 +875,7 @@ __device__ __forceinline__ void copySeqTile(u16 *dst, const AttnParams &p,
     for (int j = 0; j < ROWS / kStep; ++j) {
       const int row = row0 + j * kStep;
       const u16 *from =
-          seqKeyRow(p, v, s, base, strideB, strideS, pos0 + row, badPage);
+          seqKeyRow(p, v, base, strideB, strideS, pos0 + row, badPage);
       cpAsync16(dst + TileLayout<D>::at(row, chunk),
                 from ? from + chunk * 8 : base, from != nullptr);
     }
@@ -871,7 +885,7 @@ __device__ __forceinline__ void copySeqTile(u16 *dst, const AttnParams &p,
       const int i = (int)threadIdx.x + j * NT;
       const int row = i / kChunksPerRow, chunk = i % kChunksPerRow;
       const u16 *from =
-          seqKeyRow(p, v, s, base, strideB, strideS, pos0 + row, badPage);
+          seqKeyRow(p, v, base, strideB, strideS, pos0 + row, badPage);
       cpAsync16(dst + TileLayout<D>::at(row, chunk),
                 from ? from + chunk * 8 : base, from != nullptr);
     }
@@ -879,7 +893,7 @@ __device__ __forceinline__ void copySeqTile(u16 *dst, const AttnParams &p,
     for (int i = threadIdx.x; i < ROWS * D; i += NT) {
       const int row = i / D, x = i % D;
       const u16 *from =
-          seqKeyRow(p, v, s, base, strideB, strideS, pos0 + row, badPage);
+          seqKeyRow(p, v, base, strideB, strideS, pos0 + row, badPage);
       dst[TileLayout<D>::at(row, x / 8) + x % 8] = from ? from[x] : 0;
     }
   }
@@ -1006,6 +1020,21 @@ pipeForward(const LayerTable &t, const AttnParams &p,
   const i64 kEnd = sv.kStart + sv.nk;
   const i64 ctxNq = SEQ ? kEnd : p.nq, ctxNk = SEQ ? kEnd : p.nk;
   const i64 pos0 = SEQ ? sv.pStart + q0 : q0; // row 0's run-context row
+  // SEQ: the walk starts at the sequence's first key tile (none: no key),
+  // or its split's, and a split ends at kbEnd.
+  const i64 kbFirst = sv.kStart / BK + split * p.splitTiles;
+  SeqShared *sh = nullptr;
+  if constexpr (SEQ) {
+    __shared__ SeqShared seqShared; // read after the barrier below
+    sh = &seqShared;
+    if (threadIdx.x == 0)
+      seqShared = {sv.kStart, sv.nk, sv.kRow0, kEnd, b * p.pageStride,
+                   p.numSplits > 1 ? kbFirst + p.splitTiles
+                                   : (kEnd + BK - 1) / BK,
+                   sv.qRow0, sv.nq, q0, b, split, sv.bad ? 1 : 0,
+                   makeRunCtx(pos0, pos0 + (q1 - q0), ctxNq, ctxNk, BK, head,
+                              t.numHeads)};
+  }
 
   // The Q tile: resident, or staged across both tiles for this warp's
   // fragments in registers.
@@ -1022,8 +1051,11 @@ pipeForward(const LayerTable &t, const AttnParams &p,
   FlashAcc<D> acc;
   flashInit<D>(acc);
   const int row0 = warp * 16 + lane / 4;
-  const RunCtx ctx = makeRunCtx(pos0, pos0 + (q1 - q0), ctxNq, ctxNk, BK, head,
-                                t.numHeads);
+  // SEQ: the run context from shared memory (SeqShared), not registers.
+  const RunCtx ctxLocal = SEQ ? RunCtx{}
+                              : makeRunCtx(pos0, pos0 + (q1 - q0), ctxNq,
+                                           ctxNk, BK, head, t.numHeads);
+  const RunCtx &ctx = SEQ ? sh->ctx : ctxLocal;
   // The aligned position of row0, and c2, for the masks.
   const i64 rowPos = pinned(pos0 + row0 + ctxNk - ctxNq);
   const int maskC2 = pinned(c2);
@@ -1035,10 +1067,6 @@ pipeForward(const LayerTable &t, const AttnParams &p,
   GuardKeep pendingKeep = {{0, 0}, pinned(guardPart<D, NT>())};
   u32 pa[4][4];
   Run run = noRun();
-  // SEQ: the walk starts at the sequence's first key tile (none: no key),
-  // or its split's, and a split ends at kbEnd.
-  const i64 kbFirst = sv.kStart / BK + split * p.splitTiles;
-  const i64 kbEnd = SEQ && p.numSplits > 1 ? kbFirst + p.splitTiles : ctx.nkb;
   i64 kb = 0, next = SEQ ? (sv.nk > 0 ? kbFirst : ctx.nkb) : 0;
   for (;;) {
     // The next visited key block: within the run, or the next run (the one
@@ -1055,10 +1083,10 @@ pipeForward(const LayerTable &t, const AttnParams &p,
       }
     }
     if constexpr (SEQ)
-      have = have && kb < kbEnd;
+      have = have && kb < sh->kbEnd;
     if (have) {
       if constexpr (SEQ)
-        copySeqTile<D, BK, NT>(ks, p, sv, b, kBase, p.kStrideB, p.kStrideS,
+        copySeqTile<D, BK, NT>(ks, p, *sh, kBase, p.kStrideB, p.kStrideS,
                                kb * BK, vec, badPage);
       else
         copyTile<D, BK, NT>(ks, kBase, p.kStrideS, kb * BK, p.nk, vec);
@@ -1075,7 +1103,7 @@ pipeForward(const LayerTable &t, const AttnParams &p,
     __syncthreads(); // K landed; every warp is done with the values
     const i64 k0 = kb * BK;
     if constexpr (SEQ)
-      copySeqTile<D, BK, NT>(vs, p, sv, b, vBase, p.vStrideB, p.vStrideS, k0,
+      copySeqTile<D, BK, NT>(vs, p, *sh, vBase, p.vStrideB, p.vStrideS, k0,
                              vec, badPage);
     else
       copyTile<D, BK, NT>(vs, vBase, p.vStrideS, k0, p.nk, vec);
@@ -1086,7 +1114,7 @@ pipeForward(const LayerTable &t, const AttnParams &p,
     else
       pipeScores<E, D>(qf, ks, s);
     const int cls = run.cls;
-    const int room = (int)minI(ctxNk - k0, BK); // the keys below Nk
+    const int room = (int)minI((SEQ ? sh->kEnd : p.nk) - k0, BK); // below Nk
     if (cls == kPartial) {
       pendingKeep.keep = partialKeep<Groups>(pattern, rowPos, k0, maskC2,
                                              room, head, t.numHeads);
@@ -1096,8 +1124,8 @@ pipeForward(const LayerTable &t, const AttnParams &p,
       applyKeep(s, columnBits(c2, room));
     // SEQ: the positions of the tile below the sequence's first key.
     if constexpr (SEQ)
-      if (k0 < sv.kStart)
-        applyKeep(s, ~columnBits(c2, sv.kStart - k0));
+      if (k0 < sh->kStart)
+        applyKeep(s, ~columnBits(c2, sh->kStart - k0));
     pipeSoftmax<E, D>(s, p.scaleLog2, acc, pa);
     pending = true;
     pendingCls = cls;
@@ -1105,31 +1133,36 @@ pipeForward(const LayerTable &t, const AttnParams &p,
     __syncthreads(); // V landed; every warp is done with the keys
   }
 
-  const i64 qi0 = q0 + row0, qi1 = q0 + row0 + 8;
-  // The LSE: [entries, heads, Nq] (dense queries), [heads, T] (packed).
-  float *lseBase = nullptr;
-  if (p.lse) {
-    const i64 heads = SEQ && p.headCount ? p.headCount : p.numHeads;
-    lseBase = SEQ && p.cuQ ? p.lse + headLocal * p.nq + sv.qRow0
-                           : p.lse + (b * heads + headLocal) * p.nq;
-  }
   if constexpr (SEQ) {
-    if (__syncthreads_or(sv.bad || badPage))
+    // From shared memory (SeqShared): the prologue's registers are free.
+    const SeqShared &st = *sh;
+    const i64 hl = head - p.headStart;
+    const i64 qi0 = st.q0 + row0, qi1 = st.q0 + row0 + 8;
+    const i64 r0 = qi0 < st.nq ? qi0 : -1, r1 = qi1 < st.nq ? qi1 : -1;
+    if (__syncthreads_or(st.bad || badPage))
       flashPoison<D>(acc);
+    const i64 heads = p.headCount ? p.headCount : p.numHeads;
     if (p.numSplits > 1) {
-      const i64 heads = p.headCount ? p.headCount : p.numHeads;
-      const i64 row = (p.cuQ ? sv.qRow0 : b * p.nq) + split * p.splitRows;
-      flashStoreSplit<D>(acc, p.splitO + (row * heads + headLocal) * D,
-                         p.splitLse + row * heads + headLocal, heads,
-                         qi0 < sv.nq ? qi0 : -1, qi1 < sv.nq ? qi1 : -1);
+      const i64 row = (p.cuQ ? st.qRow0 : st.b * p.nq) + st.split * p.splitRows;
+      flashStoreSplit<D>(acc, p.splitO + (row * heads + hl) * D,
+                         p.splitLse + row * heads + hl, heads, r0, r1);
       return;
     }
+    // The LSE: [sequences, heads, Nq] (dense queries), [heads, T] (packed).
+    float *lseBase = !p.lse   ? nullptr
+                     : p.cuQ ? p.lse + hl * p.nq + st.qRow0
+                             : p.lse + (st.b * heads + hl) * p.nq;
+    flashStore<E, D>(acc,
+                     p.o + (p.cuQ ? 0 : st.b) * p.oStrideB +
+                         st.qRow0 * p.oStrideS + hl * p.oStrideH,
+                     p.oStrideS, lseBase, r0, r1);
+  } else {
+    const i64 qi0 = q0 + row0, qi1 = q0 + row0 + 8;
+    flashStore<E, D>(acc, p.o + b * p.oStrideB + head * p.oStrideH,
+                     p.oStrideS,
+                     p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
+                     qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
   }
-  flashStore<E, D>(acc,
-                   p.o + qEntry * p.oStrideB + sv.qRow0 * p.oStrideS +
-                       headLocal * p.oStrideH,
-                   p.oStrideS, lseBase, qi0 < sv.nq ? qi0 : -1,
-                   qi1 < sv.nq ? qi1 : -1);
 }
 
 /// Writes O = 0 and LSE = -inf for the layer's skipped heads:

@@ -177,13 +177,113 @@ def _backward(ctx, grad_o, grad_lse):
 _attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def attention(q, k, v, bundle, layer, scale=0.0, centroids=None):
+def _seq_lse_shape(q, packed):
+    # [heads, T] for packed queries, else [B, heads, Nq] (docs/runtime.md).
+    return (q.shape[2], q.shape[1]) if packed else \
+        (q.shape[0], q.shape[2], q.shape[1])
+
+
+@torch.library.custom_op("tessera::attention_seq", mutates_args=(),
+                         device_types=("cpu",))
+def _attention_seq_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      bundle: str, layer: int, scale: float, num_seqs: int,
+                      cu_seqlens_q: Optional[torch.Tensor],
+                      cu_seqlens_k: Optional[torch.Tensor],
+                      seq_lens_k: Optional[torch.Tensor],
+                      block_table: Optional[torch.Tensor],
+                      q_start: Optional[torch.Tensor],
+                      k_start: Optional[torch.Tensor],
+                      head_start: int, head_count: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 4:
+            raise ValueError(f"tessera.attention: {name} must be 4-D, got "
+                             f"{tuple(x.shape)}")
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"tessera.attention: unsupported dtype {q.dtype} "
+                        f"on the CPU (float32, float16 or bfloat16)")
+    b = _bundle(bundle, q.device)
+    native = q.dtype == torch.float16 and b.layer_info(layer)["dtype"] == "f16"
+    work = q.dtype if q.dtype == torch.float32 or native else torch.float32
+    qn, kn, vn = (x.detach().to(work).numpy() for x in (q, k, v))
+    # Rows no sequence owns (packed) stay O = 0, LSE = -inf.
+    o = torch.zeros(q.shape, dtype=work)
+    lse = torch.full(_seq_lse_shape(q, cu_seqlens_q is not None),
+                     float("-inf"), dtype=torch.float32)
+
+    def ints(x, dtype):
+        return None if x is None else \
+            x.detach().to(device="cpu", dtype=dtype).contiguous().numpy()
+    b.attention_run(layer, qn, kn, vn, o.numpy(), lse=lse.numpy(),
+                    scale=scale, num_seqs=num_seqs,
+                    cu_seqlens_q=ints(cu_seqlens_q, torch.int32),
+                    cu_seqlens_k=ints(cu_seqlens_k, torch.int32),
+                    seq_lens_k=ints(seq_lens_k, torch.int32),
+                    block_table=ints(block_table, torch.int32),
+                    q_start=ints(q_start, torch.int64),
+                    k_start=ints(k_start, torch.int64),
+                    head_start=head_start, head_count=head_count)
+    return o.to(q.dtype), lse
+
+
+@_attention_seq_op.register_fake
+def _(q, k, v, bundle, layer, scale, num_seqs, cu_seqlens_q, cu_seqlens_k,
+      seq_lens_k, block_table, q_start, k_start, head_start, head_count):
+    return (q.new_empty(q.shape),
+            q.new_empty(_seq_lse_shape(q, cu_seqlens_q is not None),
+                        dtype=torch.float32))
+
+
+def _seq_backward(ctx, grad_o, grad_lse):
+    raise NotImplementedError(
+        "tessera.attention: the backward takes dense calls only for now (no "
+        "cu_seqlens, seq_lens_k, block_table, q_start, k_start or head "
+        "range; docs/backward.md)")
+
+
+def _seq_setup_context(ctx, inputs, output):
+    pass
+
+
+_attention_seq_op.register_autograd(_seq_backward,
+                                    setup_context=_seq_setup_context)
+
+
+def attention(q, k, v, bundle, layer, scale=0.0, centroids=None, *,
+              num_seqs=0, cu_seqlens_q=None, cu_seqlens_k=None,
+              seq_lens_k=None, block_table=None, q_start=None, k_start=None,
+              head_start=0, head_count=0):
     """(o, lse) of `layer` of the bundle at `bundle` (a directory written by
     attn-translate). q: [B, Nq, H, D]; k, v: [B, Nk, Hkv, D]; o like q; lse
     [B, H, Nq] float32. scale 0 selects 1/sqrt(D). centroids: [H, C, D]
-    for the layer's routing groups that take the engine's centroids."""
-    return torch.ops.tessera.attention(q, k, v, bundle, int(layer),
-                                       float(scale), centroids)
+    for the layer's routing groups that take the engine's centroids.
+
+    The keyword options are tessera_attention_desc's modes (docs/runtime.md,
+    "Calls"): packed queries and keys (cu_seqlens_q / cu_seqlens_k, int32
+    [num_seqs + 1]; q, o [1, T, H, D] and lse [H, T]), keys per sequence
+    (seq_lens_k), a paged cache (block_table int32 [num_seqs, pages]; k, v
+    [num_pages, page_size, Hkv, D]), positions (q_start, k_start int64
+    [num_seqs]) and a head range (head_start, head_count: q holds those
+    heads, k and v the kv heads they read). Such calls run on the CPU
+    (torch.ops.tessera.attention_seq) and have no backward yet."""
+    seq = (num_seqs or head_count or any(
+        x is not None for x in (cu_seqlens_q, cu_seqlens_k, seq_lens_k,
+                                block_table, q_start, k_start)))
+    if not seq:
+        return torch.ops.tessera.attention(q, k, v, bundle, int(layer),
+                                           float(scale), centroids)
+    if centroids is not None:
+        raise ValueError("tessera.attention: centroids with per-sequence "
+                         "options: pass dense calls for routing groups that "
+                         "take the engine's centroids")
+    if q.device.type != "cpu":
+        raise NotImplementedError(
+            "tessera.attention: per-sequence options run on the CPU from "
+            "torch for now (the C API takes them on CUDA with device arrays)")
+    return torch.ops.tessera.attention_seq(
+        q, k, v, bundle, int(layer), float(scale), int(num_seqs),
+        cu_seqlens_q, cu_seqlens_k, seq_lens_k, block_table, q_start,
+        k_start, int(head_start), int(head_count))
 
 
 #===----------------------------------------------------------------------===#

@@ -1,0 +1,135 @@
+"""tessera.torch.attention with tessera_attention_desc's options (CPU): a
+packed ragged batch, a paged cache of shuffled pages, and a head range give
+what one dense call per sequence (or of the whole layer) gives, bit for bit;
+positions give what the float64 reference of tiny-mix's heads at those
+positions gives; opcheck on the op; bad options and the backward refused by
+name."""
+import math
+import sys
+
+import torch
+from torch.library import opcheck
+
+import tessera.torch as tt
+
+bundle = sys.argv[1]
+H, HKV, D = 6, 2, 64
+torch.manual_seed(3)
+failures = 0
+
+
+def check(name, ok, detail=""):
+    global failures
+    print(f"{name}: {'ok' if ok else 'FAIL ' + detail}")
+    failures += 0 if ok else 1
+
+
+lens = [7, 0, 70, 33]
+cu = torch.tensor([0] + [sum(lens[:i + 1]) for i in range(len(lens))],
+                  dtype=torch.int32)
+T = int(cu[-1])
+q = torch.randn(1, T, H, D)
+k = torch.randn(1, T, HKV, D)
+v = torch.randn(1, T, HKV, D)
+o, lse = tt.attention(q, k, v, bundle, 0, num_seqs=len(lens),
+                      cu_seqlens_q=cu, cu_seqlens_k=cu)
+same = o.shape == q.shape and lse.shape == (H, T)
+for s, n in enumerate(lens):
+    if n == 0:
+        continue
+    r = slice(int(cu[s]), int(cu[s + 1]))
+    o1, l1 = tt.attention(q[:, r], k[:, r], v[:, r], bundle, 0)
+    same &= torch.equal(o1[0], o[0, r]) and torch.equal(l1[0], lse[:, r])
+check("packed equals per-sequence calls", same)
+
+# The keys in a paged cache of 16-row pages, shuffled; unused rows NaN.
+ps = 16
+pages = sum((n + ps - 1) // ps for n in lens) + 2
+order = torch.randperm(pages)
+kc = torch.full((pages, ps, HKV, D), float("nan"))
+vc = kc.clone()
+table = torch.full((len(lens), 8), -1, dtype=torch.int32)
+nxt = 0
+for s, n in enumerate(lens):
+    for j in range(n):
+        if j % ps == 0:
+            table[s, j // ps] = int(order[nxt])
+            nxt += 1
+        kc[table[s, j // ps], j % ps] = k[0, int(cu[s]) + j]
+        vc[table[s, j // ps], j % ps] = v[0, int(cu[s]) + j]
+op, lp = tt.attention(q, kc, vc, bundle, 0, num_seqs=len(lens),
+                      cu_seqlens_q=cu, block_table=table,
+                      seq_lens_k=torch.tensor(lens, dtype=torch.int32))
+check("paged equals packed", torch.equal(op, o) and torch.equal(lp, lse))
+
+# A head range of a dense call: those heads of the whole layer's call.
+qd, kd, vd = torch.randn(2, 50, H, D), torch.randn(2, 80, HKV, D), \
+    torch.randn(2, 80, HKV, D)
+ow, lw = tt.attention(qd, kd, vd, bundle, 0)
+orng, lrng = tt.attention(qd[:, :, 2:5], kd[:, :, 0:2], vd[:, :, 0:2], bundle,
+                          0, head_start=2, head_count=3)
+check("head range equals the layer's heads",
+      torch.equal(orng, ow[:, :, 2:5]) and torch.equal(lrng, lw[:, 2:5]))
+
+
+# Positions: queries at 100.., keys at 37.. against a float64 reference of
+# the heads' definitions (docs/patterns.md) at those positions.
+def allowed(h, p, kk):
+    d = kk - p
+    if h == 0:  # a_shape<sink = 2, before = 4>
+        return d <= 0 and (kk < 2 or d >= -4)
+    if h == 1:  # multi_diagonal<stride = 8, width = 1>
+        m = d % 8
+        return min(m, 8 - m) <= 1
+    if h == 2:  # grid<stride = 8, vertical_width = 1, slash_width = 1>
+        return kk % 8 < 1 or (-d) % 8 < 1
+    if h in (3, 4):  # causal and (window<before = 2> or strided shards)
+        return d <= 0 and (d >= -2 or (kk // 4) % 2 == h % 2)
+    return (p - 4) // 8 == (kk - 4) // 8  # shifted_groups<size = 8, shift = 4>
+
+
+nq, nk, qs, ks = 30, 90, 100, 37
+qp, kp, vp = torch.randn(1, nq, H, D), torch.randn(1, nk, HKV, D), \
+    torch.randn(1, nk, HKV, D)
+opos, lpos = tt.attention(qp, kp, vp, bundle, 0, q_start=torch.tensor([qs]),
+                          k_start=torch.tensor([ks]))
+worst = 0.0
+for h in range(H):
+    for i in range(nq):
+        keys = [j for j in range(nk) if allowed(h, qs + i, ks + j)]
+        if not keys:
+            worst = max(worst, float(opos[0, i, h].abs().max()))
+            continue
+        sc = torch.tensor([float((qp[0, i, h].double() @ kp[0, j, h // 3].double()))
+                           / math.sqrt(D) for j in keys], dtype=torch.float64)
+        p = torch.softmax(sc, 0)
+        ref = (p[:, None] * vp[0, keys, h // 3].double()).sum(0)
+        worst = max(worst, float((opos[0, i, h].double() - ref).abs().max()))
+check("positions against float64", worst < 1e-5, f"error {worst}")
+
+try:
+    opcheck(torch.ops.tessera.attention_seq.default,
+            (q, k, v, bundle, 0, 0.0, len(lens), cu, cu, None, None, None,
+             None, 0, 0))
+    check("opcheck", True)
+except Exception as e:  # noqa: BLE001 - report what opcheck says
+    check("opcheck", False, str(e)[:400])
+
+bad = cu.clone()
+bad[2] = 1
+try:
+    tt.attention(q, k, v, bundle, 0, num_seqs=len(lens), cu_seqlens_q=bad,
+                 cu_seqlens_k=cu)
+    check("bad cu_seqlens_q refused", False, "no error")
+except Exception as e:  # noqa: BLE001
+    check("bad cu_seqlens_q refused", "cu_seqlens_q" in str(e), str(e)[:200])
+try:
+    qg = q.clone().requires_grad_(True)
+    o2, _ = tt.attention(qg, k, v, bundle, 0, num_seqs=len(lens),
+                         cu_seqlens_q=cu, cu_seqlens_k=cu)
+    o2.sum().backward()
+    check("backward refused", False, "no error")
+except NotImplementedError as e:
+    check("backward refused", "dense calls only" in str(e), str(e)[:200])
+print(f"{failures} failures")
+sys.exit(1 if failures else 0)

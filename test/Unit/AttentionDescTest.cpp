@@ -64,37 +64,9 @@ struct AttentionDesc : ::testing::Test {
     EXPECT_EQ(tessera_attention_run(bundle, &b.d), TESSERA_OK)
         << tessera_last_error();
     Reference r = reference(l, 1.0 / std::sqrt(double(D)));
-    const double tol = lay.bf16 ? 2e-2 : 2e-5;
-    int64_t bad = 0;
-    for (size_t s = 0; s < l.seqs.size(); ++s)
-      for (int64_t i = 0; i < l.seqs[s].nq; ++i)
-        for (int64_t hl = 0; hl < b.heads; ++hl) {
-          const int64_t h = lay.h0 + hl;
-          for (int64_t x = 0; x < D; ++x) {
-            double want = r.o[s][size_t((i * H + h) * D + x)];
-            float got = b.out(b.oAt(int64_t(s), i, hl) + size_t(x));
-            if (!(std::abs(got - want) <= tol) && bad++ < 5) {
-              ADD_FAILURE() << "o: sequence " << s << " row " << i
-                            << " head " << h << " element " << x << ": "
-                            << got << " vs " << want;
-            }
-          }
-          if (!lay.lse)
-            continue;
-          double want = r.lse[s][size_t(h * l.seqs[s].nq + i)];
-          float got = b.lse[b.lseAt(int64_t(s), i, hl)];
-          if (!(want == -kInf ? got == -kInf : std::abs(got - want) <= 1e-4) &&
-              bad++ < 5) {
-            ADD_FAILURE() << "lse: sequence " << s << " row " << i << " head "
-                          << h << ": " << got << " vs " << want;
-          }
-        }
-    if (lay.q == QLayout::Packed && !lay.bf16) {
-      for (int64_t row = b.cuQ.back(); row < b.rowsQ; ++row) {
-        EXPECT_EQ(b.o[size_t(row * b.heads * D)], kSentinel)
-            << "packed row " << row << " belongs to no sequence";
-      }
-    }
+    const Tolerance tol{lay.bf16 ? 2e-2 : 2e-5, 1e-4, 0.0};
+    int64_t bad = countMismatches(
+        l, b, r, tol, [](const std::string &m) { ADD_FAILURE() << m; });
     EXPECT_EQ(bad, 0);
     return b;
   }

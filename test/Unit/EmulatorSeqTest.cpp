@@ -136,37 +136,11 @@ int64_t mismatches(const Logical &l, Layout lay, bool report = true,
   Reference r = reference(l, 1.0 / std::sqrt(double(D)));
   // bf16 inputs and probabilities (2^-9 relative each) on outputs of
   // magnitude up to 2; the LSE from fp32 and ex2.approx.
-  const double tol = 3e-2;
-  int64_t bad = 0;
-  for (size_t s = 0; s < l.seqs.size(); ++s)
-    for (int64_t i = 0; i < l.seqs[s].nq; ++i)
-      for (int64_t hl = 0; hl < b.heads; ++hl) {
-        const int64_t h = lay.h0 + hl;
-        for (int64_t x = 0; x < D; ++x) {
-          double want = r.o[s][size_t((i * H + h) * D + x)];
-          float got = b.out(b.oAt(int64_t(s), i, hl) + size_t(x));
-          if (!(std::abs(got - want) <= tol) && bad++ < 5 && report)
-            ADD_FAILURE() << "o: sequence " << s << " row " << i << " head "
-                          << h << " element " << x << ": " << got << " vs "
-                          << want;
-        }
-        if (!lay.lse)
-          continue;
-        double want = r.lse[s][size_t(h * l.seqs[s].nq + i)];
-        float got = b.lse[b.lseAt(int64_t(s), i, hl)];
-        if (!(want == -kInf ? got == -kInf
-                            : std::abs(got - want) <=
-                                  1e-3 * (1 + std::abs(want))) &&
-            bad++ < 5 && report)
-          ADD_FAILURE() << "lse: sequence " << s << " row " << i << " head "
-                        << h << ": " << got << " vs " << want;
-      }
-  if (lay.q == QLayout::Packed)
-    for (int64_t row = b.cuQ.back(); row < b.rowsQ; ++row)
-      if (cpu::bf16ToFloat(b.oh[size_t(row * b.heads * D)]) != kSentinel &&
-          bad++ < 5 && report)
-        ADD_FAILURE() << "packed row " << row << " belongs to no sequence";
-  return bad;
+  return countMismatches(l, b, r, Tolerance{3e-2, 1e-3, 1e-3},
+                         [&](const std::string &m) {
+                           if (report)
+                             ADD_FAILURE() << m;
+                         });
 }
 
 void check(const Logical &l, const Layout &lay) {

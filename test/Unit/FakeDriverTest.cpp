@@ -112,28 +112,9 @@ protected:
         << tessera_last_error();
     std::string log = Fake::get().calls();
     Reference r = reference(l, 1.0 / std::sqrt(double(D)));
-    int64_t bad = 0;
-    for (size_t s = 0; s < l.seqs.size(); ++s)
-      for (int64_t i = 0; i < l.seqs[s].nq; ++i)
-        for (int64_t hl = 0; hl < b.heads; ++hl) {
-          const int64_t h = lay.h0 + hl;
-          for (int64_t x = 0; x < D; ++x) {
-            double want = r.o[s][size_t((i * H + h) * D + x)];
-            float got = b.out(b.oAt(int64_t(s), i, hl) + size_t(x));
-            if (!(std::abs(got - want) <= 3e-2) && bad++ < 5)
-              ADD_FAILURE() << "o: sequence " << s << " row " << i << " head "
-                            << h << ": " << got << " vs " << want;
-          }
-          double want = r.lse[s][size_t(h * l.seqs[s].nq + i)];
-          float got = b.lse[b.lseAt(int64_t(s), i, hl)];
-          if (!(want == -kInf ? got == -kInf
-                              : std::abs(got - want) <=
-                                    1e-3 * (1 + std::abs(want))) &&
-              bad++ < 5)
-            ADD_FAILURE() << "lse: sequence " << s << " row " << i << " head "
-                          << h << ": " << got << " vs " << want;
-        }
-    EXPECT_EQ(bad, 0);
+    EXPECT_EQ(countMismatches(l, b, r, Tolerance{3e-2, 1e-3, 1e-3},
+                              [](const std::string &m) { ADD_FAILURE() << m; }),
+              0);
     return log;
   }
 

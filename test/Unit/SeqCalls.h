@@ -24,6 +24,7 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace tessera {
@@ -356,6 +357,55 @@ Built build(const Logical &l, const Layout &lay, uint64_t seed = 7) {
   if (lay.bf16)
     toBf16(b);
   return b;
+}
+
+/// Tolerances of a comparison with the reference: |o - ref| <= out, and
+/// |lse - ref| <= lseAbs + lseRel |ref| (an LSE of -inf must be -inf).
+struct Tolerance {
+  double out, lseAbs, lseRel;
+};
+
+/// The number of output and LSE elements of `b` (the tensors' heads of
+/// every sequence of `l`) off the reference `r`, plus packed rows no
+/// sequence owns that lost their sentinel; `report(message)` is called for
+/// the first five.
+template <class Report>
+int64_t countMismatches(const Logical &l, const Built &b, const Reference &r,
+                        const Tolerance &tol, Report report) {
+  int64_t bad = 0;
+  auto fail = [&](const std::string &message) {
+    if (bad++ < 5)
+      report(message);
+  };
+  for (size_t s = 0; s < l.seqs.size(); ++s)
+    for (int64_t i = 0; i < l.seqs[s].nq; ++i)
+      for (int64_t hl = 0; hl < b.heads; ++hl) {
+        const int64_t h = b.lay.h0 + hl;
+        const std::string where = "sequence " + std::to_string(s) + " row " +
+                                  std::to_string(i) + " head " +
+                                  std::to_string(h);
+        for (int64_t x = 0; x < D; ++x) {
+          double want = r.o[s][size_t((i * H + h) * D + x)];
+          float got = b.out(b.oAt(int64_t(s), i, hl) + size_t(x));
+          if (!(std::abs(got - want) <= tol.out))
+            fail("o: " + where + " element " + std::to_string(x) + ": " +
+                 std::to_string(got) + " vs " + std::to_string(want));
+        }
+        if (!b.lay.lse)
+          continue;
+        double want = r.lse[s][size_t(h * l.seqs[s].nq + i)];
+        float got = b.lse[b.lseAt(int64_t(s), i, hl)];
+        if (!(want == -kInf ? got == -kInf
+                            : std::abs(got - want) <=
+                                  tol.lseAbs + tol.lseRel * std::abs(want)))
+          fail("lse: " + where + ": " + std::to_string(got) + " vs " +
+               std::to_string(want));
+      }
+  if (b.lay.q == QLayout::Packed)
+    for (int64_t row = b.cuQ.back(); row < b.rowsQ; ++row)
+      if (b.out(size_t(row * b.heads * D)) != kSentinel)
+        fail("packed row " + std::to_string(row) + " belongs to no sequence");
+  return bad;
 }
 
 } // namespace

@@ -323,6 +323,12 @@ TEST(EmulatorSeq, BadDeviceArraysGiveNaNRows) {
         b.d.q_start = b.qStart.data();
       },
       positioned);
+  nanRows( // the first row below 2^40, the last one past it
+      [](Built &b) {
+        b.qStart[0] = (int64_t(1) << 40) - 5;
+        b.d.q_start = b.qStart.data();
+      },
+      positioned);
   Layout packed;
   packed.q = QLayout::Packed;
   packed.k = KLayout::Packed;

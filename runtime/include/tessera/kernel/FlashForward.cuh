@@ -753,7 +753,7 @@ static const i64 kSeqMaxPosition = 1LL << 40;
 /// memory without a synchronisation, so the kernel does: a sequence whose
 /// entries are out of range (cu_seqlens decreasing or past the tensor, a
 /// length past the tensor or the table, a position negative or from 2^40
-/// on) is `bad`, visits no key, and its rows get NaN in O and LSE. A bad
+/// on, the last row's or key's included) is `bad`, visits no key, and its rows get NaN in O and LSE. A bad
 /// cu_seqlens_q leaves nq = 0 (no row it names can be trusted). A block
 /// table entry outside the cache is caught where a tile reads it
 /// (seqKeyRow): that query block's rows get NaN.
@@ -787,8 +787,9 @@ __device__ __forceinline__ SeqView seqView(const AttnParams &p, i64 s) {
   }
   v.kStart = p.kStart ? p.kStart[s] : 0;
   v.pStart = p.qStart ? p.qStart[s] : v.kStart + v.nk - v.nq;
-  v.bad |= v.kStart < 0 || v.kStart >= kSeqMaxPosition ||
-           (p.qStart && (v.pStart < 0 || v.pStart >= kSeqMaxPosition));
+  // Every position below 2^40, as the CPU's validation requires.
+  v.bad |= v.kStart < 0 || v.kStart > kSeqMaxPosition - v.nk ||
+           (p.qStart && (v.pStart < 0 || v.pStart > kSeqMaxPosition - v.nq));
   if (v.bad)
     v.nk = 0;
   return v;

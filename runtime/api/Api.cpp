@@ -1706,11 +1706,16 @@ tessera_status validateBackwardCall(const Call &c) {
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                 "the backward runs on CPU contexts only for now (there are "
                 "no CUDA backward kernels yet: docs/backward.md)");
-  if (!c.dense())
+  const tessera_attention_desc &d = c.d;
+  if (d.block_table || d.q_start || d.k_start || d.head_count)
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                "the backward takes dense calls only for now: desc sets "
-                "cu_seqlens_q, cu_seqlens_k, seq_lens_k, block_table, "
+                "the backward takes dense, packed (cu_seqlens) and length "
+                "(seq_lens_k) calls only for now: desc sets block_table, "
                 "q_start, k_start or a head range");
+  if (!c.dense() && !c.l->dynamicGroups.empty())
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                c.layerName() + " has dynamic heads: their backward takes "
+                                "dense calls only for now");
   if (!c.d.lse)
     return fail(TESSERA_ERROR_NULL_POINTER,
                 "desc->lse is null: the backward recomputes the "
@@ -1773,6 +1778,64 @@ tessera_status validateGradients(const Call &c, const tessera_tensor *dO,
 }
 
 } // namespace
+
+/// Zeroes every element of a tensor (the gradients rows no sequence owns
+/// keep).
+static void zeroTensor(const cpu::Tensor &t) {
+  const size_t size = t.dtype == cpu::DType::F32 ? 4 : 2;
+  for (int64_t b = 0; b < t.batch; ++b)
+    for (int64_t i = 0; i < t.seq; ++i)
+      for (int64_t h = 0; h < t.heads; ++h)
+        std::memset(static_cast<char *>(t.data) +
+                        size_t(b * t.strideBatch + i * t.strideSeq +
+                               h * t.strideHead) *
+                            size,
+                    0, size_t(t.headDim) * size);
+}
+
+/// The backward of a packed or length call (static heads, bottom-right
+/// positions): each sequence as a dense batch-1 backward over its rows
+/// and keys, the LSE (and its gradient) through buffers in the dense
+/// layout; rows and keys no sequence owns get zero gradients.
+static tessera_status sequenceBackward(const Call &c,
+                                       const cpu::BackwardArgs &a) {
+  const tessera_attention_desc &d = c.d;
+  for (const cpu::Tensor *t : {&a.dq, &a.dk, &a.dv})
+    zeroTensor(*t);
+  const int64_t H = c.heads;
+  std::vector<float> lse, dLse;
+  for (int64_t s = 0; s < c.numSeqs; ++s) {
+    const int64_t nq = queryCount(c, s), nk = keyCount(c, s);
+    if (nq == 0 || nk == 0) // no rows, or rows without keys: zeros
+      continue;
+    const int64_t q0 = d.cu_seqlens_q ? d.cu_seqlens_q[s] : 0,
+                  qb = d.cu_seqlens_q ? 0 : s;
+    const int64_t k0 = d.cu_seqlens_k ? d.cu_seqlens_k[s] : 0,
+                  kb = d.cu_seqlens_k ? 0 : s;
+    cpu::BackwardArgs one = a;
+    for (auto [from, to] : {std::pair{&a.q, &one.q}, {&a.o, &one.o},
+                            {&a.dO, &one.dO}, {&a.dq, &one.dq}})
+      *to = rowsView(*from, qb, q0, nq);
+    for (auto [from, to] : {std::pair{&a.k, &one.k}, {&a.v, &one.v},
+                            {&a.dk, &one.dk}, {&a.dv, &one.dv}})
+      *to = rowsView(*from, kb, k0, nk);
+    // The LSE rows of the sequence: [H, T] packed, [B, H, Nq] dense.
+    const int64_t base = d.cu_seqlens_q ? q0 : s * H * d.q.seq;
+    lse.resize(size_t(H * nq));
+    dLse.resize(a.dLse ? size_t(H * nq) : 0);
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < nq; ++i) {
+        lse[size_t(h * nq + i)] = a.lse[base + h * d.q.seq + i];
+        if (a.dLse)
+          dLse[size_t(h * nq + i)] = a.dLse[base + h * d.q.seq + i];
+      }
+    one.lse = lse.data();
+    one.dLse = a.dLse ? dLse.data() : nullptr;
+    if (std::string e = cpu::runLayerBackward(c.l->table(), one); !e.empty())
+      return fail(TESSERA_ERROR_INTERNAL, e);
+  }
+  return TESSERA_OK;
+}
 
 /// The backward of a layer with dynamic (vertical-slash, block top-k)
 /// heads: per batch entry, the layer's table with each dynamic head's index
@@ -1855,6 +1918,8 @@ attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
   a.blockQ = f.blockQ;
   a.numThreads = f.numThreads;
   a.pool = &c.bundle->context->pool;
+  if (!c.dense())
+    return sequenceBackward(c, a);
   if (c.l->dynamicGroups.empty()) {
     if (std::string e = cpu::runLayerBackward(c.l->table(), a); !e.empty())
       return fail(TESSERA_ERROR_INTERNAL, e);

@@ -665,7 +665,7 @@ TEST_F(BackwardTest, CApiMatchesFloat64AndNamesBadArguments) {
     std::vector<int64_t> starts(s.batch, 0);
     tessera_attention_desc positioned = d;
     positioned.k_start = starts.data();
-    refused(positioned, &tdO, &tdq, &tdk, &tdv, "dense calls only");
+    refused(positioned, &tdO, &tdq, &tdk, &tdv, "q_start, k_start or a head range");
   }
   EXPECT_EQ(tessera_bundle_destroy(bundle), TESSERA_OK);
   EXPECT_EQ(tessera_context_destroy(cx), TESSERA_OK);
@@ -770,6 +770,185 @@ TEST_F(BackwardTest, DynamicHeadsMatchForwardDifferences) {
                                        &d.v),
             TESSERA_ERROR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(tessera_last_error()).find("routing heads"),
+            std::string::npos)
+      << tessera_last_error();
+  EXPECT_EQ(tessera_bundle_destroy(bundle), TESSERA_OK);
+  EXPECT_EQ(tessera_context_destroy(cx), TESSERA_OK);
+}
+
+
+/// Packed (cu_seqlens) and length (seq_lens_k) calls: each sequence's
+/// gradients equal a dense backward of that sequence alone, bit for bit,
+/// with and without d_lse; rows and keys no sequence owns get zeros;
+/// paged, positioned and head-range calls are refused by name.
+TEST_F(BackwardTest, PackedAndLengthCallsEqualPerSequenceCalls) {
+  tessera_context *cx = nullptr;
+  tessera_bundle *bundle = nullptr;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &cx), TESSERA_OK);
+  std::string dir = std::string(TESSERA_BINARY_DIR) + "/test/bundles/tiny-mix";
+  ASSERT_EQ(tessera_bundle_load_file(cx, dir.c_str(), &bundle), TESSERA_OK)
+      << tessera_last_error();
+  const int64_t H = 6, Hkv = 2, D = 64;
+  std::mt19937_64 rng(31);
+  std::normal_distribution<float> dist;
+  auto random = [&](size_t n) {
+    std::vector<float> x(n);
+    for (float &f : x)
+      f = dist(rng);
+    return x;
+  };
+  // Packed: ragged sequences (one empty, one without keys), two spare rows.
+  const std::vector<int32_t> nqs = {37, 0, 100, 5}, nks = {37, 4, 130, 0};
+  std::vector<int32_t> cuQ = {0}, cuK = {0};
+  for (size_t s = 0; s < nqs.size(); ++s) {
+    cuQ.push_back(cuQ.back() + nqs[s]);
+    cuK.push_back(cuK.back() + nks[s]);
+  }
+  const int64_t T = cuQ.back() + 2, Tk = cuK.back() + 2;
+  std::vector<float> q = random(size_t(T * H * D)),
+                     k = random(size_t(Tk * Hkv * D)), v = random(k.size()),
+                     G = random(q.size()), o(q.size()), dq(q.size(), 9.0f),
+                     dk(k.size(), 9.0f), dv(k.size(), 9.0f),
+                     lse(size_t(H * T)), dLse = random(lse.size());
+  tessera_attention_desc d;
+  tessera_attention_desc_init(&d);
+  d.q = cTensor(q, 1, T, H, D);
+  d.k = cTensor(k, 1, Tk, Hkv, D);
+  d.v = cTensor(v, 1, Tk, Hkv, D);
+  d.o = cTensor(o, 1, T, H, D);
+  d.lse = lse.data();
+  d.num_seqs = int64_t(nqs.size());
+  d.cu_seqlens_q = cuQ.data();
+  d.cu_seqlens_k = cuK.data();
+  ASSERT_EQ(tessera_attention_run(bundle, &d), TESSERA_OK)
+      << tessera_last_error();
+  tessera_tensor tG = cTensor(G, 1, T, H, D), tdq = cTensor(dq, 1, T, H, D),
+                 tdk = cTensor(dk, 1, Tk, Hkv, D),
+                 tdv = cTensor(dv, 1, Tk, Hkv, D);
+  for (bool withLse : {false, true}) {
+    ASSERT_EQ(tessera_attention_backward(bundle, &d, &tG,
+                                         withLse ? dLse.data() : nullptr,
+                                         &tdq, &tdk, &tdv),
+              TESSERA_OK)
+        << tessera_last_error();
+    for (size_t s = 0; s < nqs.size(); ++s) {
+      const int64_t nq = nqs[s], nk = nks[s], q0 = cuQ[s], k0 = cuK[s];
+      if (nq == 0)
+        continue;
+      auto rows = [&](std::vector<float> &x, int64_t r0, int64_t n,
+                      int64_t h) {
+        return std::vector<float>(x.begin() + r0 * h * D,
+                                  x.begin() + (r0 + n) * h * D);
+      };
+      std::vector<float> q1 = rows(q, q0, nq, H), k1 = rows(k, k0, nk, Hkv),
+                         v1 = rows(v, k0, nk, Hkv), o1 = rows(o, q0, nq, H),
+                         G1 = rows(G, q0, nq, H), dq1(q1.size()),
+                         dk1(k1.size()), dv1(k1.size()), l1(size_t(H * nq)),
+                         dl1(l1.size());
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < nq; ++i) {
+          l1[size_t(h * nq + i)] = lse[size_t(h * T + q0 + i)];
+          dl1[size_t(h * nq + i)] = dLse[size_t(h * T + q0 + i)];
+        }
+      if (nk == 0) { // rows without keys: zero gradients
+        for (int64_t i = 0; i < nq * H * D; ++i)
+          EXPECT_EQ(dq[size_t(q0 * H * D + i)], 0.0f) << "sequence " << s;
+        continue;
+      }
+      tessera_attention_desc d1;
+      tessera_attention_desc_init(&d1);
+      d1.q = cTensor(q1, 1, nq, H, D);
+      d1.k = cTensor(k1, 1, nk, Hkv, D);
+      d1.v = cTensor(v1, 1, nk, Hkv, D);
+      d1.o = cTensor(o1, 1, nq, H, D);
+      d1.lse = l1.data();
+      tessera_tensor tG1 = cTensor(G1, 1, nq, H, D),
+                     tdq1 = cTensor(dq1, 1, nq, H, D),
+                     tdk1 = cTensor(dk1, 1, nk, Hkv, D),
+                     tdv1 = cTensor(dv1, 1, nk, Hkv, D);
+      ASSERT_EQ(tessera_attention_backward(bundle, &d1, &tG1,
+                                           withLse ? dl1.data() : nullptr,
+                                           &tdq1, &tdk1, &tdv1),
+                TESSERA_OK)
+          << tessera_last_error();
+      EXPECT_TRUE(dq1 == rows(dq, q0, nq, H)) << "dq, sequence " << s;
+      EXPECT_TRUE(dk1 == rows(dk, k0, nk, Hkv)) << "dk, sequence " << s;
+      EXPECT_TRUE(dv1 == rows(dv, k0, nk, Hkv)) << "dv, sequence " << s;
+    }
+    // The spare rows and keys, owned by no sequence: zeros.
+    for (int64_t i = cuQ.back() * H * D; i < T * H * D; ++i)
+      ASSERT_EQ(dq[size_t(i)], 0.0f);
+    for (int64_t i = cuK.back() * Hkv * D; i < Tk * Hkv * D; ++i)
+      ASSERT_EQ(dk[size_t(i)] + dv[size_t(i)], 0.0f);
+  }
+  // Lengths over a dense cache: sequence b's first lens[b] keys (the rest
+  // hold NaN, never read, and get zero gradients).
+  {
+    const int64_t B = 2, N = 20, NK = 50;
+    const std::vector<int32_t> lens = {30, 50};
+    std::vector<float> q2 = random(size_t(B * N * H * D)),
+                       k2 = random(size_t(B * NK * Hkv * D)),
+                       v2 = random(k2.size()), G2 = random(q2.size()),
+                       o2(q2.size()), dq2(q2.size()), dk2(k2.size(), 9.0f),
+                       dv2(k2.size(), 9.0f), l2(size_t(B * H * N));
+    for (int64_t j = 30; j < NK; ++j)
+      for (int64_t x = 0; x < Hkv * D; ++x)
+        k2[size_t(j * Hkv * D + x)] = v2[size_t(j * Hkv * D + x)] = NAN;
+    tessera_attention_desc dl;
+    tessera_attention_desc_init(&dl);
+    dl.q = cTensor(q2, B, N, H, D);
+    dl.k = cTensor(k2, B, NK, Hkv, D);
+    dl.v = cTensor(v2, B, NK, Hkv, D);
+    dl.o = cTensor(o2, B, N, H, D);
+    dl.lse = l2.data();
+    dl.seq_lens_k = lens.data();
+    ASSERT_EQ(tessera_attention_run(bundle, &dl), TESSERA_OK)
+        << tessera_last_error();
+    tessera_tensor g2 = cTensor(G2, B, N, H, D), tq2 = cTensor(dq2, B, N, H, D),
+                   tk2 = cTensor(dk2, B, NK, Hkv, D),
+                   tv2 = cTensor(dv2, B, NK, Hkv, D);
+    ASSERT_EQ(tessera_attention_backward(bundle, &dl, &g2, nullptr, &tq2, &tk2,
+                                         &tv2),
+              TESSERA_OK)
+        << tessera_last_error();
+    // Sequence 0 alone over its 30 keys.
+    std::vector<float> q1(q2.begin(), q2.begin() + N * H * D),
+        k1(k2.begin(), k2.begin() + 30 * Hkv * D),
+        v1(v2.begin(), v2.begin() + 30 * Hkv * D),
+        o1(o2.begin(), o2.begin() + N * H * D),
+        G1(G2.begin(), G2.begin() + N * H * D), l1(l2.begin(), l2.begin() + H * N),
+        dq1(q1.size()), dk1(k1.size()), dv1(k1.size());
+    tessera_attention_desc d1;
+    tessera_attention_desc_init(&d1);
+    d1.q = cTensor(q1, 1, N, H, D);
+    d1.k = cTensor(k1, 1, 30, Hkv, D);
+    d1.v = cTensor(v1, 1, 30, Hkv, D);
+    d1.o = cTensor(o1, 1, N, H, D);
+    d1.lse = l1.data();
+    tessera_tensor g1 = cTensor(G1, 1, N, H, D), tq1 = cTensor(dq1, 1, N, H, D),
+                   tk1 = cTensor(dk1, 1, 30, Hkv, D),
+                   tv1 = cTensor(dv1, 1, 30, Hkv, D);
+    ASSERT_EQ(tessera_attention_backward(bundle, &d1, &g1, nullptr, &tq1, &tk1,
+                                         &tv1),
+              TESSERA_OK)
+        << tessera_last_error();
+    EXPECT_TRUE(std::equal(dq1.begin(), dq1.end(), dq2.begin()));
+    EXPECT_TRUE(std::equal(dk1.begin(), dk1.end(), dk2.begin()));
+    EXPECT_TRUE(std::equal(dv1.begin(), dv1.end(), dv2.begin()));
+    for (int64_t j = 30; j < NK; ++j)
+      for (int64_t x = 0; x < Hkv * D; ++x)
+        ASSERT_EQ(dk2[size_t(j * Hkv * D + x)] + dv2[size_t(j * Hkv * D + x)],
+                  0.0f)
+            << "key " << j << " past the length";
+  }
+  // Refused: positions, naming what the backward takes.
+  std::vector<int64_t> starts(nqs.size(), 0);
+  tessera_attention_desc positioned = d;
+  positioned.k_start = starts.data();
+  EXPECT_EQ(tessera_attention_backward(bundle, &positioned, &tG, nullptr, &tdq,
+                                       &tdk, &tdv),
+            TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tessera_last_error()).find("k_start"),
             std::string::npos)
       << tessera_last_error();
   EXPECT_EQ(tessera_bundle_destroy(bundle), TESSERA_OK);

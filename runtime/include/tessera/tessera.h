@@ -243,11 +243,14 @@ TESSERA_API tessera_status tessera_attention_run(
  * shape), dk and dv (k's shape; with grouped-query attention the sums over
  * each kv head's query heads). d_lse: null, or the gradient of the loss by
  * the LSE ([B, H, Nq] float32), for losses that read it. All tensors of the
- * forward's dtype. For now: CPU contexts, dense calls (no cu_seqlens,
- * seq_lens_k, block_table, q_start, k_start or head range), static heads
- * and vertical-slash and block top-k dynamic heads (their index rebuilt
- * from the same rows; the selection carries no gradient); routing heads
- * and anything else are TESSERA_ERROR_INVALID_ARGUMENT saying which. */
+ * forward's dtype. For now: CPU contexts; dense calls, and packed
+ * (cu_seqlens) and length (seq_lens_k) calls of static heads (each
+ * sequence's gradients those of its own dense call; rows and keys no
+ * sequence owns get zeros); no block_table, q_start, k_start or head
+ * range; static heads and vertical-slash and block top-k dynamic heads
+ * (their index rebuilt from the same rows; the selection carries no
+ * gradient); routing heads and anything else are
+ * TESSERA_ERROR_INVALID_ARGUMENT saying which. */
 TESSERA_API tessera_status tessera_attention_backward(
     tessera_bundle *bundle, const tessera_attention_desc *desc,
     const tessera_tensor *d_o, const float *d_lse, const tessera_tensor *dq,

@@ -564,6 +564,55 @@ tessera_tensor cTensor(std::vector<float> &x, int64_t b, int64_t n, int64_t h,
                         n * h * d,    h * d,             d};
 }
 
+/// A CPU context with one of the build's test bundles loaded, released at
+/// the end of the scope.
+struct LoadedBundle {
+  tessera_context *cx = nullptr;
+  tessera_bundle *bundle = nullptr;
+  explicit LoadedBundle(const char *name) {
+    EXPECT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &cx), TESSERA_OK);
+    std::string dir =
+        std::string(TESSERA_BINARY_DIR) + "/test/bundles/" + name;
+    EXPECT_EQ(tessera_bundle_load_file(cx, dir.c_str(), &bundle), TESSERA_OK)
+        << tessera_last_error();
+  }
+  ~LoadedBundle() {
+    if (bundle) {
+      EXPECT_EQ(tessera_bundle_destroy(bundle), TESSERA_OK);
+    }
+    if (cx) {
+      EXPECT_EQ(tessera_context_destroy(cx), TESSERA_OK);
+    }
+  }
+};
+
+/// n standard normal floats.
+std::vector<float> normals(size_t n, std::mt19937_64 &rng) {
+  std::normal_distribution<float> dist;
+  std::vector<float> x(n);
+  for (float &f : x)
+    f = dist(rng);
+  return x;
+}
+
+/// The description of a dense f32 forward call of `layer`: q and o
+/// [B, N, H, D], k and v [B, NK, Hkv, D], contiguous.
+tessera_attention_desc forwardDesc(int64_t layer, std::vector<float> &q,
+                                   std::vector<float> &k, std::vector<float> &v,
+                                   std::vector<float> &o, float *lse,
+                                   int64_t B, int64_t N, int64_t NK, int64_t H,
+                                   int64_t Hkv, int64_t D) {
+  tessera_attention_desc d;
+  tessera_attention_desc_init(&d);
+  d.layer = layer;
+  d.q = cTensor(q, B, N, H, D);
+  d.k = cTensor(k, B, NK, Hkv, D);
+  d.v = cTensor(v, B, NK, Hkv, D);
+  d.o = cTensor(o, B, N, H, D);
+  d.lse = lse;
+  return d;
+}
+
 /// tessera_attention_backward on the CPU: tiny-mix's bundle (A-shape,
 /// multi-diagonal, grid, causal strided shards, shifted groups; GQA 6 / 2)
 /// at lengths that are not multiples of the tiles, against the reference
@@ -579,35 +628,20 @@ TEST_F(BackwardTest, CApiMatchesFloat64AndNamesBadArguments) {
       heads.push_back(semantics::fromAttr(layer.getHeadPattern(h)));
   });
   ASSERT_EQ(heads.size(), 6u);
-  tessera_context *cx = nullptr;
-  tessera_bundle *bundle = nullptr;
-  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &cx), TESSERA_OK);
-  std::string dir = std::string(TESSERA_BINARY_DIR) + "/test/bundles/tiny-mix";
-  ASSERT_EQ(tessera_bundle_load_file(cx, dir.c_str(), &bundle), TESSERA_OK)
-      << tessera_last_error();
+  LoadedBundle loaded("tiny-mix");
+  tessera_bundle *bundle = loaded.bundle;
+  ASSERT_NE(bundle, nullptr);
 
   for (auto [nq, nk] : {std::pair<int64_t, int64_t>{150, 170}, {97, 61}}) {
     Shape s{2, 6, 2, 64, nq, nk, 64, 64, cpu::DType::F32};
     std::mt19937_64 rng(nq);
-    std::normal_distribution<float> dist;
-    auto random = [&](size_t n) {
-      std::vector<float> x(n);
-      for (float &f : x)
-        f = dist(rng);
-      return x;
-    };
+    auto random = [&](size_t n) { return normals(n, rng); };
     const size_t qn = s.batch * nq * s.hq * s.d, kn = s.batch * nk * s.hkv * s.d;
     std::vector<float> q = random(qn), k = random(kn), v = random(kn),
                        dO = random(qn), o(qn), dq(qn), dk(kn), dv(kn);
     std::vector<float> lse(s.batch * s.hq * nq), dLse = random(lse.size());
-    tessera_attention_desc d;
-    tessera_attention_desc_init(&d);
-    d.layer = 0;
-    d.q = cTensor(q, s.batch, nq, s.hq, s.d);
-    d.k = cTensor(k, s.batch, nk, s.hkv, s.d);
-    d.v = cTensor(v, s.batch, nk, s.hkv, s.d);
-    d.o = cTensor(o, s.batch, nq, s.hq, s.d);
-    d.lse = lse.data();
+    tessera_attention_desc d = forwardDesc(0, q, k, v, o, lse.data(), s.batch,
+                                           nq, nk, s.hq, s.hkv, s.d);
     ASSERT_EQ(tessera_attention_run(bundle, &d), TESSERA_OK)
         << tessera_last_error();
     tessera_tensor tdO = cTensor(dO, s.batch, nq, s.hq, s.d),
@@ -665,10 +699,9 @@ TEST_F(BackwardTest, CApiMatchesFloat64AndNamesBadArguments) {
     std::vector<int64_t> starts(s.batch, 0);
     tessera_attention_desc positioned = d;
     positioned.k_start = starts.data();
-    refused(positioned, &tdO, &tdq, &tdk, &tdv, "q_start, k_start or a head range");
+    refused(positioned, &tdO, &tdq, &tdk, &tdv,
+            "q_start, k_start or a head range");
   }
-  EXPECT_EQ(tessera_bundle_destroy(bundle), TESSERA_OK);
-  EXPECT_EQ(tessera_context_destroy(cx), TESSERA_OK);
 }
 
 
@@ -683,38 +716,22 @@ TEST_F(BackwardTest, CApiMatchesFloat64AndNamesBadArguments) {
 /// jump by thousands). Routing heads are refused by name. A backward that left the
 /// dynamic heads out (zero gradients for them) misses by tens.
 TEST_F(BackwardTest, DynamicHeadsMatchForwardDifferences) {
-  tessera_context *cx = nullptr;
-  tessera_bundle *bundle = nullptr;
-  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &cx), TESSERA_OK);
-  std::string dir =
-      std::string(TESSERA_BINARY_DIR) + "/test/bundles/dynamic-emulation";
-  ASSERT_EQ(tessera_bundle_load_file(cx, dir.c_str(), &bundle), TESSERA_OK)
-      << tessera_last_error();
+  LoadedBundle loaded("dynamic-emulation");
+  tessera_bundle *bundle = loaded.bundle;
+  ASSERT_NE(bundle, nullptr);
   for (int64_t layer : {1, 3, 4}) {
     tessera_layer_info info;
     ASSERT_EQ(tessera_bundle_layer_info(bundle, layer, &info), TESSERA_OK);
     const int64_t B = 2, N = 200, H = info.num_heads, Hkv = info.num_kv_heads,
                   D = info.head_dim;
     std::mt19937_64 rng(uint64_t(layer) * 7 + 1);
-    std::normal_distribution<float> dist;
-    auto random = [&](size_t n) {
-      std::vector<float> x(n);
-      for (float &f : x)
-        f = dist(rng);
-      return x;
-    };
+    auto random = [&](size_t n) { return normals(n, rng); };
     const size_t qn = size_t(B * N * H * D), kn = size_t(B * N * Hkv * D);
     std::vector<float> q = random(qn), k = random(kn), v = random(kn),
                        G = random(qn), o(qn), dq(qn), dk(kn), dv(kn),
                        lse(size_t(B * H * N));
-    tessera_attention_desc d;
-    tessera_attention_desc_init(&d);
-    d.layer = layer;
-    d.q = cTensor(q, B, N, H, D);
-    d.k = cTensor(k, B, N, Hkv, D);
-    d.v = cTensor(v, B, N, Hkv, D);
-    d.o = cTensor(o, B, N, H, D);
-    d.lse = lse.data();
+    tessera_attention_desc d =
+        forwardDesc(layer, q, k, v, o, lse.data(), B, N, N, H, Hkv, D);
     // L = sum(G * O) of the forward on the current inputs.
     auto loss = [&]() {
       std::vector<float> out(qn);
@@ -772,8 +789,6 @@ TEST_F(BackwardTest, DynamicHeadsMatchForwardDifferences) {
   EXPECT_NE(std::string(tessera_last_error()).find("routing heads"),
             std::string::npos)
       << tessera_last_error();
-  EXPECT_EQ(tessera_bundle_destroy(bundle), TESSERA_OK);
-  EXPECT_EQ(tessera_context_destroy(cx), TESSERA_OK);
 }
 
 
@@ -782,21 +797,12 @@ TEST_F(BackwardTest, DynamicHeadsMatchForwardDifferences) {
 /// with and without d_lse; rows and keys no sequence owns get zeros;
 /// paged, positioned and head-range calls are refused by name.
 TEST_F(BackwardTest, PackedAndLengthCallsEqualPerSequenceCalls) {
-  tessera_context *cx = nullptr;
-  tessera_bundle *bundle = nullptr;
-  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &cx), TESSERA_OK);
-  std::string dir = std::string(TESSERA_BINARY_DIR) + "/test/bundles/tiny-mix";
-  ASSERT_EQ(tessera_bundle_load_file(cx, dir.c_str(), &bundle), TESSERA_OK)
-      << tessera_last_error();
+  LoadedBundle loaded("tiny-mix");
+  tessera_bundle *bundle = loaded.bundle;
+  ASSERT_NE(bundle, nullptr);
   const int64_t H = 6, Hkv = 2, D = 64;
   std::mt19937_64 rng(31);
-  std::normal_distribution<float> dist;
-  auto random = [&](size_t n) {
-    std::vector<float> x(n);
-    for (float &f : x)
-      f = dist(rng);
-    return x;
-  };
+  auto random = [&](size_t n) { return normals(n, rng); };
   // Packed: ragged sequences (one empty, one without keys), two spare rows.
   const std::vector<int32_t> nqs = {37, 0, 100, 5}, nks = {37, 4, 130, 0};
   std::vector<int32_t> cuQ = {0}, cuK = {0};
@@ -810,13 +816,8 @@ TEST_F(BackwardTest, PackedAndLengthCallsEqualPerSequenceCalls) {
                      G = random(q.size()), o(q.size()), dq(q.size(), 9.0f),
                      dk(k.size(), 9.0f), dv(k.size(), 9.0f),
                      lse(size_t(H * T)), dLse = random(lse.size());
-  tessera_attention_desc d;
-  tessera_attention_desc_init(&d);
-  d.q = cTensor(q, 1, T, H, D);
-  d.k = cTensor(k, 1, Tk, Hkv, D);
-  d.v = cTensor(v, 1, Tk, Hkv, D);
-  d.o = cTensor(o, 1, T, H, D);
-  d.lse = lse.data();
+  tessera_attention_desc d =
+      forwardDesc(0, q, k, v, o, lse.data(), 1, T, Tk, H, Hkv, D);
   d.num_seqs = int64_t(nqs.size());
   d.cu_seqlens_q = cuQ.data();
   d.cu_seqlens_k = cuK.data();
@@ -855,13 +856,8 @@ TEST_F(BackwardTest, PackedAndLengthCallsEqualPerSequenceCalls) {
           EXPECT_EQ(dq[size_t(q0 * H * D + i)], 0.0f) << "sequence " << s;
         continue;
       }
-      tessera_attention_desc d1;
-      tessera_attention_desc_init(&d1);
-      d1.q = cTensor(q1, 1, nq, H, D);
-      d1.k = cTensor(k1, 1, nk, Hkv, D);
-      d1.v = cTensor(v1, 1, nk, Hkv, D);
-      d1.o = cTensor(o1, 1, nq, H, D);
-      d1.lse = l1.data();
+      tessera_attention_desc d1 =
+          forwardDesc(0, q1, k1, v1, o1, l1.data(), 1, nq, nk, H, Hkv, D);
       tessera_tensor tG1 = cTensor(G1, 1, nq, H, D),
                      tdq1 = cTensor(dq1, 1, nq, H, D),
                      tdk1 = cTensor(dk1, 1, nk, Hkv, D),
@@ -894,13 +890,8 @@ TEST_F(BackwardTest, PackedAndLengthCallsEqualPerSequenceCalls) {
     for (int64_t j = 30; j < NK; ++j)
       for (int64_t x = 0; x < Hkv * D; ++x)
         k2[size_t(j * Hkv * D + x)] = v2[size_t(j * Hkv * D + x)] = NAN;
-    tessera_attention_desc dl;
-    tessera_attention_desc_init(&dl);
-    dl.q = cTensor(q2, B, N, H, D);
-    dl.k = cTensor(k2, B, NK, Hkv, D);
-    dl.v = cTensor(v2, B, NK, Hkv, D);
-    dl.o = cTensor(o2, B, N, H, D);
-    dl.lse = l2.data();
+    tessera_attention_desc dl =
+        forwardDesc(0, q2, k2, v2, o2, l2.data(), B, N, NK, H, Hkv, D);
     dl.seq_lens_k = lens.data();
     ASSERT_EQ(tessera_attention_run(bundle, &dl), TESSERA_OK)
         << tessera_last_error();
@@ -918,13 +909,8 @@ TEST_F(BackwardTest, PackedAndLengthCallsEqualPerSequenceCalls) {
         o1(o2.begin(), o2.begin() + N * H * D),
         G1(G2.begin(), G2.begin() + N * H * D), l1(l2.begin(), l2.begin() + H * N),
         dq1(q1.size()), dk1(k1.size()), dv1(k1.size());
-    tessera_attention_desc d1;
-    tessera_attention_desc_init(&d1);
-    d1.q = cTensor(q1, 1, N, H, D);
-    d1.k = cTensor(k1, 1, 30, Hkv, D);
-    d1.v = cTensor(v1, 1, 30, Hkv, D);
-    d1.o = cTensor(o1, 1, N, H, D);
-    d1.lse = l1.data();
+    tessera_attention_desc d1 =
+        forwardDesc(0, q1, k1, v1, o1, l1.data(), 1, N, 30, H, Hkv, D);
     tessera_tensor g1 = cTensor(G1, 1, N, H, D), tq1 = cTensor(dq1, 1, N, H, D),
                    tk1 = cTensor(dk1, 1, 30, Hkv, D),
                    tv1 = cTensor(dv1, 1, 30, Hkv, D);
@@ -951,8 +937,6 @@ TEST_F(BackwardTest, PackedAndLengthCallsEqualPerSequenceCalls) {
   EXPECT_NE(std::string(tessera_last_error()).find("k_start"),
             std::string::npos)
       << tessera_last_error();
-  EXPECT_EQ(tessera_bundle_destroy(bundle), TESSERA_OK);
-  EXPECT_EQ(tessera_context_destroy(cx), TESSERA_OK);
 }
 
 } // namespace

@@ -1560,6 +1560,28 @@ kernel::AttnParams planCuda(const Call &c) {
                                 c.l->headDim, c.dense() ? 0 : c.numSeqs);
 }
 
+/// Launches `function` of the call's bundle over grid `g` (nothing for an
+/// empty grid) on the call's stream; an error names CUDA's grid limits or
+/// the driver's message.
+tessera_status launchGrid(const Call &c, const std::string &function,
+                          kernel::SeqGrid g, unsigned threads, unsigned shared,
+                          void **args) {
+  if (g.x == 0 || g.y == 0 || g.z == 0)
+    return TESSERA_OK;
+  if (g.x > INT32_MAX || g.z > 65535)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "the call needs " + std::to_string(g.x) + " x " +
+                    std::to_string(g.z) +
+                    " blocks: past CUDA's grid limits (2^31 - 1 x 65535)");
+  const Driver &drv = *c.bundle->context->driver;
+  if (int rc = drv.launchKernel(c.bundle->functions.at(function),
+                                unsigned(g.x), unsigned(g.y), unsigned(g.z),
+                                threads, 1, 1, shared, c.d.cuda_stream, args,
+                                nullptr))
+    return fail(TESSERA_ERROR_CUDA, drv.message("cuLaunchKernel", rc));
+  return TESSERA_OK;
+}
+
 /// A per-sequence call (static heads only: validateModes): the `_seq`
 /// twins of the layer's kernels, on SeqLaunch.h's grids. No host memory is
 /// read and nothing synchronises: the launches are all (CUDA-graph
@@ -1582,20 +1604,8 @@ tessera_status runCudaSeq(const Call &c, kernel::AttnParams &p) {
           ? kernel::SplitPlan{}
           : kernel::planSplitKv(c.d, c.numSeqs, l.kernelBlockQ, computed);
   auto launch = [&](const std::string &function, kernel::SeqGrid g,
-                    unsigned threads, unsigned shared) -> tessera_status {
-    if (g.x == 0 || g.y == 0 || g.z == 0)
-      return TESSERA_OK;
-    if (g.x > INT32_MAX || g.z > 65535)
-      return fail(TESSERA_ERROR_SHAPE_MISMATCH,
-                  "the call needs " + std::to_string(g.x) + " x " +
-                      std::to_string(g.z) +
-                      " blocks: past CUDA's grid limits (2^31 - 1 x 65535)");
-    if (int rc = drv.launchKernel(c.bundle->functions.at(function),
-                                  unsigned(g.x), unsigned(g.y), unsigned(g.z),
-                                  threads, 1, 1, shared, c.d.cuda_stream, args,
-                                  nullptr))
-      return fail(TESSERA_ERROR_CUDA, drv.message("cuLaunchKernel", rc));
-    return TESSERA_OK;
+                    unsigned threads, unsigned shared) {
+    return launchGrid(c, function, g, threads, shared, args);
   };
   unsigned long long workspace = 0;
   if (split.splits > 1) {
@@ -1635,34 +1645,29 @@ tessera_status runCuda(const Call &c) {
   CudaScope scope(c.bundle->context);
   if (tessera_status s = checkDeviceMemory(c))
     return s;
-  const Driver &drv = *c.bundle->context->driver;
   const LayerDesc &l = *c.l;
   kernel::AttnParams p = planCuda(c);
   int position = static_cast<int>(l.position);
   void *args[] = {&p, &position};
+  if (!c.dense())
+    return runCudaSeq(c, p);
   // The attention kernel over the computed heads (the manifest's rows and
   // threads per block), then the fill kernel over the skipped ones (128
   // rows, 128 threads).
-  auto launch = [&](const std::string &kernel, int64_t rowsPerBlock,
-                    unsigned threads, unsigned shared, size_t heads) -> int {
-    if (heads == 0)
-      return 0;
-    return drv.launchKernel(
-        c.bundle->functions.at(kernel),
-        static_cast<unsigned>((p.nq + rowsPerBlock - 1) / rowsPerBlock),
-        static_cast<unsigned>(heads), static_cast<unsigned>(c.d.q.batch),
-        threads, 1, 1, shared, c.d.cuda_stream, args, nullptr);
+  auto grid = [&](int64_t rowsPerBlock, int64_t heads) {
+    return kernel::SeqGrid{(p.nq + rowsPerBlock - 1) / rowsPerBlock, heads,
+                           c.d.q.batch};
   };
-  if (!c.dense())
-    return runCudaSeq(c, p);
   for (const auto &[kernel, slots] : l.kernels)
-    if (int rc = launch(kernel, l.kernelBlockQ,
-                        static_cast<unsigned>(l.kernelThreads),
-                        static_cast<unsigned>(l.kernelDynamicShared),
-                        size_t(slots)))
-      return fail(TESSERA_ERROR_CUDA, drv.message("cuLaunchKernel", rc));
-  if (int rc = launch(l.fillKernel, 128, 128, 0, l.skippedHeads.size()))
-    return fail(TESSERA_ERROR_CUDA, drv.message("cuLaunchKernel", rc));
+    if (tessera_status s = launchGrid(
+            c, kernel, grid(l.kernelBlockQ, slots),
+            static_cast<unsigned>(l.kernelThreads),
+            static_cast<unsigned>(l.kernelDynamicShared), args))
+      return s;
+  if (tessera_status s =
+          launchGrid(c, l.fillKernel,
+                     grid(128, int64_t(l.skippedHeads.size())), 128, 0, args))
+    return s;
   // Dynamic groups: the index kernels, then the attention over the index,
   // in stream order, with a stream-ordered workspace (docs/runtime.md).
   for (size_t gi = 0; gi < l.dynamicGroups.size(); ++gi) {
@@ -1846,12 +1851,6 @@ static tessera_status dynamicBackward(const Call &c,
                                       const cpu::BackwardArgs &a) {
   const float scale = c.d.scale > 0 ? c.d.scale
                                     : 1.0f / std::sqrt(float(c.l->headDim));
-  auto entry = [](cpu::Tensor t, int64_t b) {
-    t.data = static_cast<char *>(t.data) +
-             size_t(b * t.strideBatch) * (t.dtype == cpu::DType::F32 ? 4 : 2);
-    t.batch = 1;
-    return t;
-  };
   for (int64_t b = 0; b < c.d.q.batch; ++b) {
     kernel::OwnedLayerTable t;
     if (std::string e =
@@ -1863,7 +1862,7 @@ static tessera_status dynamicBackward(const Call &c,
          {std::pair{&a.q, &one.q}, {&a.k, &one.k}, {&a.v, &one.v},
           {&a.o, &one.o}, {&a.dO, &one.dO}, {&a.dq, &one.dq},
           {&a.dk, &one.dk}, {&a.dv, &one.dv}})
-      *to = entry(*from, b);
+      *to = rowsView(*from, b, 0, from->seq);
     const int64_t rows = c.l->numHeads * c.d.q.seq;
     one.lse = a.lse + b * rows;
     one.dLse = a.dLse ? a.dLse + b * rows : nullptr;

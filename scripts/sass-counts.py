@@ -43,10 +43,12 @@ The method, per kernel:
   4. Full tile: the cheapest such path (full tiles do no mask work; the
      path that changes runs costs more and is never the cheapest).
      Masked tile (partial, or a dynamic tile): of the paths that run the
-     most mask instructions, the cheapest that also runs the partial-only
-     template code (PARTIAL_FUNCTIONS: the non-finite guard, which the
-     pipelined loop runs one iteration later; in steady state a partial
-     tile's iteration runs both). Mask instructions are those whose
+     most mask instructions, the cheapest that does not run the
+     partial-only template code (PARTIAL_FUNCTIONS: the non-finite guard,
+     which runs only in a block's second, guarded pass over its tiles,
+     taken where the first pass left a non-finite output: never with
+     finite inputs; where every such path runs it, the cheapest of
+     them). Mask instructions are those whose
      inlined source (nvdisasm -gi) lies in the bundle's generated code
      (outside the pasted headers' include guards), other than the kernel
      functions and the run enumeration (runFrom); a bundle's mask code is
@@ -89,9 +91,9 @@ ARCHS = ("sm_80", "sm_90")
 HEAD_DIMS = (64, 128)
 RUN_FUNCTIONS = ("runFrom",)
 # Template code that runs for partial tiles only, besides the generated
-# mask: the non-finite guard (FlashForward.cuh). In the pipelined loop it
-# runs one iteration after the mask (with O += P V of the pending tile), so
-# a partial tile's iteration is made to run it (its cheapest path).
+# mask: the non-finite guard (FlashForward.cuh), in the guarded second pass
+# only (guardRerun), so that a masked tile of the usual pass is a path
+# without it.
 PARTIAL_FUNCTIONS = ("guardValues", "pipeGuard")
 
 # (case, leaf kind, pattern). One head of bf16; each becomes a bundle of
@@ -309,7 +311,8 @@ class SourceMap:
 def copy_bytes(op):
     """Bytes a K/V copy instruction moves for its thread: LDGSTS
     (cp.async), and the 16-byte and 16-bit global loads of the synchronous
-    copies; 32- and 64-bit loads (tables, index lists) are not copies."""
+    copies; 32- and 64-bit loads (tables, index lists) are not copies, nor
+    are the mask code's loads of any size (analyse_kernel)."""
     parts = op.split(".")
     sizes = {"128": 16, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1}
     size = next((sizes[m] for m in parts[1:] if m in sizes), 4)
@@ -740,6 +743,9 @@ class TileLoop:
 def analyse_kernel(fn, smap, threads, head_dim, block_k):
     blocks = build_cfg(fn)
     for b in blocks:
+        # A load of the generated mask code (a table) is never a copy.
+        b.bytes = sum(copy_bytes(i.op) for i in b.ins
+                      if not smap.is_mask(i.lines))
         b.mask = sum(1 for i in b.ins if smap.is_mask(i.lines))
         b.guard = sum(1 for i in b.ins if smap.is_partial(i.lines))
         b.loads = sum(1 for i in b.ins if i.stem == "LDG" and
@@ -773,8 +779,8 @@ def analyse_kernel(fn, smap, threads, head_dim, block_k):
         masked = None
         if top > full.mask:
             tops = [p for p in valid if p.mask == top]
-            if any(p.guard for p in tops):
-                tops = [p for p in tops if p.guard]
+            if not all(p.guard for p in tops):
+                tops = [p for p in tops if not p.guard]
             masked = min(tops, key=lambda p: (-p.loads, p.cost))
         # The label: the line of the call into the tile code in the
         # outermost function below the kernel (the walk it belongs to).

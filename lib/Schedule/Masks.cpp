@@ -546,8 +546,8 @@ private:
   }
 
   /// Listed blocks of blockQ x blockK. A list whose query blocks and keys
-  /// span at most kMaxBlockTable words of 64 keys: its tile table (each
-  /// listed row's keys, 64 a word: blockTableBits), two words a row. A
+  /// span at most kMaxBlockTable entries of 64 keys: its tile table (each
+  /// listed row's keys, 64 an entry of 16 bytes: blockTableBits). A
   /// longer one: its CSR list, searched per row (blockRowsBits).
   Rows blocks(const RunExpr &e) {
     std::string what = "blocks " + std::to_string(e.a) + " x " +
@@ -592,10 +592,15 @@ private:
     for (auto [qb, kb] : e.blocks)
       for (int64_t k = kb * e.b; k < (kb + 1) * e.b; ++k)
         table[size_t((qb - qmin) * tiles + k / 64)] |= uint64_t(1) << (k % 64);
+    // blockTableBits' entries (Masks.cuh): the keys shifted up by 8 in 96 bits.
     std::string n = name + "_d" + std::to_string(arrays++);
-    decls << "TESSERA_CONST u64 " << n << "[] = {";
-    for (size_t i = 0; i < table.size(); ++i)
-      decls << (i ? ", " : "") << hex(table[i]);
+    decls << "TESSERA_CONST OffsetEntry " << n << "[] = {";
+    for (size_t i = 0; i < table.size(); ++i) {
+      const uint64_t k = table[i];
+      decls << (i ? ", " : "") << "{{0x" << std::hex << uint32_t(k << 8)
+            << "u, 0x" << uint32_t(k >> 24) << "u, 0x" << uint32_t(k >> 56)
+            << "u, 0x0u}}" << std::dec;
+    }
     decls << "};\n";
     leaf(MaskForm::Listed, what + ", tile table");
     // The row's query block, less the first listed one.

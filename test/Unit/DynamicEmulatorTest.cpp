@@ -76,6 +76,11 @@ Program programOf(const json::Object &o) {
 struct Case {
   int64_t batch, nq, nk;
   bool vec = true; ///< rows 16-byte aligned: cp.async copies
+  /// Where >= 0: element 3 of this key's value is infinite in every batch
+  /// entry and kv head. The rows that see the key must get a non-finite
+  /// output element 3 and every other row and element stay right (the
+  /// guarded second pass over the tiles).
+  int64_t poisonKey = -1;
 };
 
 template <typename T> T *at(std::vector<unsigned char> &ws, int64_t offset) {
@@ -149,6 +154,7 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
   std::mt19937_64 rng(11);
   std::normal_distribution<float> dist(0, 1);
   int groupsChecked = 0;
+  int64_t poisonSeen = 0; // output elements a poisoned value reaches
   int flexModes[2] = {0, 0}; // heads with tau > 0: query-aware, vertical-slash
   for (const json::Value &lv : *manifest->getAsObject()->getArray("layers")) {
     const json::Object &layer = *lv.getAsObject();
@@ -231,6 +237,12 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
       kf[i] = value(kk[i] = round(kf[i]));
       vf[i] = value(v[i] = round(vf[i]));
     }
+    if (shape.poisonKey >= 0)
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < hkv; ++h) {
+          const size_t at = kIdx(b, shape.poisonKey, h) + 3;
+          vf[at] = value(v[at] = round(std::numeric_limits<float>::infinity()));
+        }
     std::vector<float> lse(size_t(B * hq * nq), 7.0f);
     k::AttnParams p{};
     p.q = q.data();
@@ -481,8 +493,14 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
             for (int64_t x = 0; x < d; ++x) {
               double r = l > 0 ? out[size_t(x)] / l : 0.0;
               double got = value(o[qIdx(b, i, h) + x]);
-              maxRef = std::max(maxRef, std::abs(r));
-              double e = std::abs(got - r);
+              double e;
+              if (!std::isfinite(r)) { // the row sees a poisoned value
+                ++poisonSeen;
+                e = std::isfinite(got) ? inf : 0.0;
+              } else {
+                maxRef = std::max(maxRef, std::abs(r));
+                e = std::isfinite(got) ? std::abs(got - r) : inf;
+              }
               if (l == 0 && got != 0)
                 e = inf;
               maxErr = std::max(maxErr, e);
@@ -538,6 +556,9 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
     }
   }
   EXPECT_EQ(groupsChecked, 14);
+  if (shape.poisonKey >= 0) {
+    EXPECT_GT(poisonSeen, 0); // the check saw poisoned rows
+  }
   // The tau > 0 heads took both of FlexPrefill's modes.
   EXPECT_GT(flexModes[0], 0);
   EXPECT_GT(flexModes[1], 0);
@@ -728,6 +749,24 @@ TEST(DynamicEmulatorBroken, DoubleVisitedPairsAreCaught) {
   EXPECT_GT(accuracy, 0);
 }
 
+/// A copy that never takes the guarded second pass: the infinite value of a
+/// masked key reaches rows that cannot see it (0 * inf in P V).
+TEST(DynamicEmulatorBroken, UnguardedNonFiniteValuesAreCaught) {
+  ::testing::TestPartResultArray failures;
+  {
+    ::testing::ScopedFakeTestPartResultReporter reporter(
+        ::testing::ScopedFakeTestPartResultReporter::
+            INTERCEPT_ONLY_CURRENT_THREAD,
+        &failures);
+    checkDynamicBundle("broken-dynamic-guard", Case{1, 200, 200, true, 70});
+  }
+  int accuracy = 0;
+  for (int i = 0; i < failures.size(); ++i)
+    accuracy += std::string(failures.GetTestPartResult(i).message())
+                        .find("maxErr") != std::string::npos;
+  EXPECT_GT(accuracy, 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, DynamicEmulatorTest,
                          // Nk - Nq: 0, 110 and -110 (query tiles over
                          // two block top-k query blocks), and multiples of
@@ -739,6 +778,10 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DynamicEmulatorTest,
                                            Case{1, 100, 228},
                                            Case{1, 200, 136},
                                            // Element copies (no cp.async).
-                                           Case{1, 150, 260, false}));
+                                           Case{1, 150, 260, false},
+                                           // An infinite value at key 70:
+                                           // in the diagonal tile of rows
+                                           // 64-127, masked for rows 64-69.
+                                           Case{1, 200, 200, true, 70}));
 
 } // namespace

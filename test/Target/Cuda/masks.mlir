@@ -122,9 +122,10 @@ attn.model @masks {
 // CHECK-NEXT: const RowMasks [[T10:t[0-9]+]] = offsetTableRows([[D10]], minInt(maxInt(t.dc - (-4182), 0), 6257));
 // CHECK-NEXT: return {[[T10]].r0, [[T10]].r1};
 
-// Listed blocks: a table of each listed query block's keys, 64 a word; a
-// row's mask is one word, shifted.
-// CHECK: TESSERA_CONST u64 P11Mask_d0[] = {0xffffffffull, 0xffffffffffffffffull};
+// Listed blocks: a table of each listed query block's keys, 64 an entry
+// of 96 bits, shifted up by 8 (keys 0-31, then keys 0-63); a row's mask is
+// one entry, shifted.
+// CHECK: TESSERA_CONST OffsetEntry P11Mask_d0[] = {{.}}{{.}}{{.}}0xffffff00u, 0xffu, 0x0u, 0x0u}}, {{.}}{{.}}0xffffff00u, 0xffffffffu, 0xffu, 0x0u}}};
 // CHECK-LABEL: struct P11Mask {
 // CHECK: // leaf 0: listed, blocks 32 x 32, 3 listed, tile table
 // CHECK-NEXT: blockTableBits(P11Mask_d0, 2LL, 1LL, (t.p >> 5) - 0LL, t.tile, t.sh, t.off);

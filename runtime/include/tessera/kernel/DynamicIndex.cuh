@@ -586,15 +586,25 @@ dynPipeline(Walk &w, DynRing<Walk::kRows> &ring, DynTiles<D> &sm,
   DynTile(&tiles)[2] = ring.tiles;
   u16 *const ks = sm.k();
   u16 *const vs = sm.v();
+  // The walk's state at its start, for a second, guarded pass (guardRerun).
+  __shared__ Walk start;
   if (threadIdx.x == 0)
+    start = w;
+  // This thread's constants of keep() (its rows), in registers.
+  const typename Walk::Lane lane = w.lane();
+#pragma unroll 1
+  for (bool guarded = false;; guarded = true) {
+  if (threadIdx.x == 0) {
+    if (guarded)
+      w = start;
     w.next(tiles[0]);
+  }
   __syncthreads();
   if constexpr (kGathers) {
     stageRows(ring.rows[0], tiles[0], kBase, kStride, vBase, vStride);
     __syncthreads();
   }
-  // This thread's constants of keep() (its rows), in registers.
-  const typename Walk::Lane lane = w.lane();
+  flashInit<D>(acc);
   bool pending = false, pendingMasked = false;
   u32 pendingKeep = 0;
   u32 pa[4][4];
@@ -616,7 +626,7 @@ dynPipeline(Walk &w, DynRing<Walk::kRows> &ring, DynTiles<D> &sm,
         w.next(tiles[at ^ 1]);
     }
     if (pending) {
-      if (pendingMasked)
+      if (guarded && pendingMasked)
         pipeGuard<E, D, kDynThreads>(vs, pendingKeep, acc);
       pipeValues<E, D>(pa, vs, acc);
       pending = false;
@@ -656,6 +666,9 @@ dynPipeline(Walk &w, DynRing<Walk::kRows> &ring, DynTiles<D> &sm,
     cpAsyncWait<0>();
     __syncthreads(); // the values landed; every warp is done with the keys
   }
+  if (!guardRerun<D>(guarded, acc))
+    break;
+  }
 }
 
 /// The attention of this block's query tile (contiguous rows from q0, or
@@ -671,7 +684,6 @@ dynAttendTiles(const AttnParams &p, const DynSlice &sl, Walk &w,
   u32 qf[D / 16][4];
   stageQ<D>(sh, p.q + sl.b * p.qStrideB + sl.head * p.qStrideH, p.qStrideS, q0,
             p.nq, rows, count, vec, qf);
-  flashInit<D>(acc);
   dynPipeline<E, D>(
       w, ring, sh, p.k + sl.b * p.kStrideB + sl.kvHead * p.kStrideH,
       p.kStrideS, p.v + sl.b * p.vStrideB + sl.kvHead * p.vStrideH, p.vStrideS,

@@ -740,6 +740,25 @@ __device__ __forceinline__ void pipeGuard(u16 *vs, GuardKeep k,
     guardFix<E, D, NT>(vs, keepOf(k.keep), acc);
 }
 
+/// Whether the block walks its tiles again with the guard (pipeGuard) on:
+/// after an unguarded pass (`guarded` false) that left some output element
+/// of the block NaN or infinite. Finite inputs, the usual case, cost this
+/// test once a block and no guard in any tile; a non-finite input costs a
+/// second pass, which gives exactly what a single guarded pass gives (the
+/// same operations in the same order). A barrier (__syncthreads_or): before
+/// a second pass rewrites the tiles, every warp is done with them.
+template <int D>
+__device__ __forceinline__ bool guardRerun(bool guarded, const FlashAcc<D> &acc) {
+  if (guarded)
+    return false;
+  float sum = 0.f; // 0 * (a non-finite term) keeps it non-finite
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i)
+    sum += 0.f * acc.o[i][0] + 0.f * acc.o[i][1] + 0.f * acc.o[i][2] +
+           0.f * acc.o[i][3];
+  return __syncthreads_or(sum != 0.f);
+}
+
 //===----------------------------------------------------------------------===//
 // Per-sequence calls (the `_seq` kernels): packed, paged, positioned and
 // head-range calls of tessera_attention_desc (docs/runtime.md, "Calls").
@@ -1050,7 +1069,6 @@ pipeForward(const LayerTable &t, const AttnParams &p,
   }
 
   FlashAcc<D> acc;
-  flashInit<D>(acc);
   const int row0 = warp * 16 + lane / 4;
   // SEQ: the run context from shared memory (SeqShared), not registers.
   const RunCtx ctxLocal = SEQ ? RunCtx{}
@@ -1061,11 +1079,17 @@ pipeForward(const LayerTable &t, const AttnParams &p,
   const i64 rowPos = pinned(pos0 + row0 + ctxNk - ctxNq);
   const int maskC2 = pinned(c2);
 
+  const int guardAt = pinned(guardPart<D, NT>());
+  // The walk runs once unguarded, and again with the guard of partial
+  // tiles only where the first pass left a non-finite output (guardRerun).
+#pragma unroll 1
+  for (bool guarded = false;; guarded = true) {
+  flashInit<D>(acc);
   // The tile whose scores are done and whose values have landed (pending
   // O += P V), and the cursor of the enumeration: `run` and the next block.
   bool pending = false;
   int pendingCls = kFull;
-  GuardKeep pendingKeep = {{0, 0}, pinned(guardPart<D, NT>())};
+  GuardKeep pendingKeep = {{0, 0}, guardAt};
   u32 pa[4][4];
   Run run = noRun();
   i64 kb = 0, next = SEQ ? (sv.nk > 0 ? kbFirst : ctx.nkb) : 0;
@@ -1094,7 +1118,7 @@ pipeForward(const LayerTable &t, const AttnParams &p,
       cpAsyncCommit();
     }
     if (pending) {
-      if (pendingCls == kPartial)
+      if (guarded && pendingCls == kPartial)
         pipeGuard<E, D, NT>(vs, pendingKeep, acc);
       pipeValues<E, D>(pa, vs, acc);
     }
@@ -1132,6 +1156,9 @@ pipeForward(const LayerTable &t, const AttnParams &p,
     pendingCls = cls;
     cpAsyncWait<0>();
     __syncthreads(); // V landed; every warp is done with the keys
+  }
+  if (!guardRerun<D>(guarded, acc))
+    break;
   }
 
   if constexpr (SEQ) {

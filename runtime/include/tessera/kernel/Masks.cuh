@@ -305,19 +305,38 @@ TESSERA_HD RowMasks offsetTableRows(const OffsetEntry *table, int z) {
   return {window(s + 10), window(s)};
 }
 
-/// The listed-block keys of a row from the leaf's tile table (word T of a
+/// The 64 keys of one tile-table entry (blockTableBits).
+TESSERA_HD u64 blockEntryKeys(const OffsetEntry &e) {
+  return ((u64)((e.w[1] >> 8) | (e.w[2] << 24)) << 32) |
+         ((e.w[0] >> 8) | (e.w[1] << 24));
+}
+
+/// The listed-block keys of a row from the leaf's tile table: entry T of a
 /// table row holds keys [64 T, 64 T + 64) of the blocks listed in one query
-/// block, `tiles` words a row): table row `row` (any value: rows outside
-/// [0, rows) list no key), shifted so that bit j is key 64 tile + sh + j
-/// (sh in [-3, 68]; bits below 0 come out as zeros, where the masks' frames
-/// are unread). With off = 0 (k0 a multiple of 64: sh <= 5 and bit 60, the
-/// last read, within the word) one word; else its successor too.
-TESSERA_HD u64 blockTableBits(const u64 *table, i64 rows, i64 tiles, i64 row,
-                              i64 tile, int sh, int off) {
+/// block (`tiles` entries a row), as 96 bits X of which bit b + 8 is key
+/// 64 T + b (w[0] = keys << 8, w[1] = keys >> 24, w[2] = keys >> 56; w[3]
+/// unused), so that every frame of the kernels' tiles is a right shift of
+/// X. Table row `row` (any value: rows outside [0, rows) list no key),
+/// shifted so that bit j is key 64 tile + sh + j (sh in [-3, 68]; bits
+/// below 0 come out as zeros, where the masks' frames are unread). With
+/// off = 0 (the kernels' tiles start at multiples of 64: sh in [-3, 5]) one
+/// 128-bit load and two funnel shifts; else the entry and its successor.
+TESSERA_HD u64 blockTableBits(const OffsetEntry *table, i64 rows, i64 tiles,
+                              i64 row, i64 tile, int sh, int off) {
   const bool in = (u64)row < (u64)rows && (u64)tile < (u64)tiles;
-  const u64 *w = table + (in ? row * tiles + tile : 0);
-  const u64 lo = in ? w[0] : 0ull;
-  const u64 hi = off != 0 && in && (u64)(tile + 1) < (u64)tiles ? w[1] : 0ull;
+  const int at = in ? (int)row * (int)tiles + (int)tile : 0;
+  OffsetEntry e = {{0u, 0u, 0u, 0u}};
+  if (in)
+    e = table[at];
+  if (off == 0 && sh >= -8 && sh < 24) {
+    const int x = sh + 8;
+    return ((u64)funnelRight(e.w[1], e.w[2], x) << 32) |
+           funnelRight(e.w[0], e.w[1], x);
+  }
+  const u64 lo = blockEntryKeys(e);
+  const u64 hi = in && (u64)(tile + 1) < (u64)tiles
+                     ? blockEntryKeys(table[at + 1])
+                     : 0ull;
   return shrSat(lo, sh) | shlSat(lo, -sh) | shlSat(hi, 64 - sh) |
          shrSat(hi, sh - 64);
 }

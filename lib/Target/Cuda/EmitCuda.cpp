@@ -67,13 +67,16 @@ KernelShape kernelShape(int64_t headDim) {
 /// patterns would pass it is split into several kernels (parts), each
 /// launched over its own heads. Calibrated with NVRTC (docs/bundles.md,
 /// "Split kernels"): no part of test/Target/Cuda/split.mlir's 16-pattern
-/// layer or of the catalogue spills at head_dim 64 to 256. (24 held until
-/// the kernels' guarded second pass (FlashForward.cuh's guardRerun) came:
-/// then split.test's d128 parts spilled on sm_80 at 24 and 20.)
+/// layer or of the catalogue spills at head_dim 64 to 256. (24 held at
+/// head_dim 96 and 128 until the kernels' guarded second pass
+/// (FlashForward.cuh's guardRerun) came: then split.test's d128 parts
+/// spilled at 24, 20 (sm_80) and 16 (sm_90); 12 holds.)
 /// At head_dim 256 the O accumulators alone take 128 registers a thread:
 /// one pattern per kernel (two of the 16 patterns of split.test's layer
 /// together already spill there).
-int64_t partBudget(int64_t headDim) { return headDim == 256 ? 1 : 16; }
+int64_t partBudget(int64_t headDim) {
+  return headDim == 256 ? 1 : (headDim == 64 ? 24 : 12);
+}
 
 /// A pattern's weight against partBudget: its run expression's nodes.
 int64_t runWeight(const schedule::RunExpr &e) {

@@ -300,6 +300,52 @@ def _describe(x, device, name, output=False):
     return _Tensor(x.data_ptr(), kinds[x.dtype], *x.shape, *x.stride()[:3])
 
 
+def _seq_options(d, q, num_seqs, cu_seqlens_q, cu_seqlens_k, seq_lens_k,
+                 block_table, q_start, k_start, head_start, head_count):
+    """Sets a desc's per-sequence options (docs/runtime.md, "Calls") from
+    numpy arrays, checking their types and lengths: the library reads them
+    through raw pointers. cu_seqlens_*, seq_lens_k and block_table
+    ([num_seqs, max_pages_per_seq], rows may be strided) int32; q_start,
+    k_start int64. The arrays must outlive the call."""
+    import numpy as np
+    d.num_seqs = _int64("num_seqs", num_seqs)
+    d.head_start = _int64("head_start", head_start)
+    d.head_count = _int64("head_count", head_count)
+    seqs = d.num_seqs if d.num_seqs > 0 else q.shape[0]
+    arrays = (("cu_seqlens_q", cu_seqlens_q, np.int32, seqs + 1),
+              ("cu_seqlens_k", cu_seqlens_k, np.int32, seqs + 1),
+              ("seq_lens_k", seq_lens_k, np.int32, seqs),
+              ("q_start", q_start, np.int64, seqs),
+              ("k_start", k_start, np.int64, seqs))
+    for name, x, dtype, n in arrays:
+        if x is None:
+            continue
+        if not isinstance(x, np.ndarray) or x.dtype != dtype or x.ndim != 1 \
+                or not x.flags["C_CONTIGUOUS"] or x.shape[0] < n:
+            raise ValueError(f"{name} must be a contiguous 1-D "
+                             f"{np.dtype(dtype).name} array of at least "
+                             f"{n} entries")
+        setattr(d, name, x.ctypes.data)
+    if block_table is not None:
+        t = block_table
+        if not isinstance(t, np.ndarray) or t.dtype != np.int32 or t.ndim != 2 \
+                or t.shape[0] < seqs or t.shape[1] < 1 or t.strides[1] != 4 \
+                or t.strides[0] % 4 or t.strides[0] < 4 * t.shape[1]:
+            raise ValueError(f"block_table must be an int32 array [num_seqs, "
+                             f"max_pages_per_seq] with contiguous rows and "
+                             f"at least {seqs} rows")
+        d.block_table = t.ctypes.data
+        d.max_pages_per_seq = t.shape[1]
+        d.block_table_stride = t.strides[0] // 4
+
+
+def _seq_lse_size(q, cu_seqlens_q, head_count):
+    """Floats of a per-sequence call's LSE: [heads, T] packed, else
+    [B, heads, Nq]."""
+    heads = head_count if head_count else q.shape[2]
+    return heads * q.shape[1] * (1 if cu_seqlens_q is not None else q.shape[0])
+
+
 class Bundle:
     def __init__(self, context, handle):
         self.context = context
@@ -438,43 +484,13 @@ class Bundle:
         d.q, d.k, d.v = (_describe(x, _CPU, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
         d.o = _describe(out, _CPU, "out", output=True)
         d.scale = float(scale)
-        d.num_seqs = _int64("num_seqs", num_seqs)
-        d.head_start = _int64("head_start", head_start)
-        d.head_count = _int64("head_count", head_count)
-        seqs = d.num_seqs if d.num_seqs > 0 else q.shape[0]
-        # The library reads these arrays through raw pointers: their lengths
-        # are checked here.
-        arrays = (("cu_seqlens_q", cu_seqlens_q, np.int32, seqs + 1),
-                  ("cu_seqlens_k", cu_seqlens_k, np.int32, seqs + 1),
-                  ("seq_lens_k", seq_lens_k, np.int32, seqs),
-                  ("q_start", q_start, np.int64, seqs),
-                  ("k_start", k_start, np.int64, seqs))
-        for name, x, dtype, n in arrays:
-            if x is None:
-                continue
-            if not isinstance(x, np.ndarray) or x.dtype != dtype or x.ndim != 1 \
-                    or not x.flags["C_CONTIGUOUS"] or x.shape[0] < n:
-                raise ValueError(f"{name} must be a contiguous 1-D "
-                                 f"{np.dtype(dtype).name} array of at least "
-                                 f"{n} entries")
-            setattr(d, name, x.ctypes.data)
-        if block_table is not None:
-            t = block_table
-            if not isinstance(t, np.ndarray) or t.dtype != np.int32 or t.ndim != 2 \
-                    or t.shape[0] < seqs or t.shape[1] < 1 or t.strides[1] != 4 \
-                    or t.strides[0] % 4 or t.strides[0] < 4 * t.shape[1]:
-                raise ValueError(f"block_table must be an int32 array [num_seqs, "
-                                 f"max_pages_per_seq] with contiguous rows and "
-                                 f"at least {seqs} rows")
-            d.block_table = t.ctypes.data
-            d.max_pages_per_seq = t.shape[1]
-            d.block_table_stride = t.strides[0] // 4
+        _seq_options(d, q, num_seqs, cu_seqlens_q, cu_seqlens_k, seq_lens_k,
+                     block_table, q_start, k_start, head_start, head_count)
         if lse is not None:
             if not isinstance(lse, np.ndarray) or lse.dtype != np.float32 or \
                     not lse.flags["C_CONTIGUOUS"] or not lse.flags.writeable:
                 raise ValueError("lse must be a writable C-contiguous float32 array")
-            heads = head_count if head_count else q.shape[2]
-            want = heads * q.shape[1] * (1 if cu_seqlens_q is not None else q.shape[0])
+            want = _seq_lse_size(q, cu_seqlens_q, head_count)
             if lse.size < want:
                 raise ValueError(f"lse holds {lse.size} floats; the call writes {want}")
             d.lse = lse.ctypes.data
@@ -482,12 +498,17 @@ class Bundle:
         return out
 
     def attention_backward(self, layer, q, k, v, o, lse, do, dlse=None,
-                           scale=0.0):
-        """(dq, dk, dv) of a forward call attention(layer, q, k, v) that gave
-        o and lse (required), for the gradient do of the loss by o, and
-        dlse (float32 [B, H, Nq]) by lse where the loss reads it. numpy
-        arrays of one dtype on a CPU context (docs/backward.md); dq like q,
-        dk and dv like k, contiguous."""
+                           scale=0.0, num_seqs=0, cu_seqlens_q=None,
+                           cu_seqlens_k=None, seq_lens_k=None,
+                           block_table=None, q_start=None, k_start=None,
+                           head_start=0, head_count=0):
+        """(dq, dk, dv) of a forward call attention(layer, q, k, v) (or
+        attention_run with the same per-sequence options) that gave o and lse
+        (required, the forward's layout: [B, H, Nq], or [H, T] packed), for
+        the gradient do of the loss by o, and dlse (float32, lse's shape) by
+        lse where the loss reads it. numpy arrays of one dtype on a CPU
+        context (docs/backward.md); dq like q, dk and dv like k, contiguous.
+        The library refuses the options it has no backward for by name."""
         import numpy as np
         if self.context.device != _CPU:
             raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
@@ -497,16 +518,20 @@ class Bundle:
         d.layer = _int64("layer", layer)
         d.q, d.k, d.v = (_describe(x, _CPU, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
         d.o = _describe(o, _CPU, "o")
+        _seq_options(d, q, num_seqs, cu_seqlens_q, cu_seqlens_k, seq_lens_k,
+                     block_table, q_start, k_start, head_start, head_count)
+        heads = head_count if head_count else q.shape[2]
+        want = (heads, q.shape[1]) if cu_seqlens_q is not None else \
+            (q.shape[0], heads, q.shape[1])
         for name, x in (("lse", lse), ("dlse", dlse)):
             if x is None and name == "dlse":
                 continue
             if not isinstance(x, np.ndarray) or x.dtype != np.float32 or \
                     not x.flags["C_CONTIGUOUS"]:
                 raise ValueError(f"{name} must be a C-contiguous float32 array")
-            if x.shape != (q.shape[0], q.shape[2], q.shape[1]):
-                raise ValueError(f"{name} must be [batch, heads, Nq] = "
-                                 f"{(q.shape[0], q.shape[2], q.shape[1])}, "
-                                 f"got {x.shape}")
+            if x.shape != want:
+                raise ValueError(f"{name} must be {'[heads, T]' if len(want) == 2 else '[batch, heads, Nq]'} = "
+                                 f"{want}, got {x.shape}")
         d.lse = lse.ctypes.data
         d.scale = float(scale)
         dq, dk, dv = np.empty_like(q, order="C"), np.empty_like(k, order="C"), \

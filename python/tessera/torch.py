@@ -211,17 +211,14 @@ def _attention_seq_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     lse = torch.full(_seq_lse_shape(q, cu_seqlens_q is not None),
                      float("-inf"), dtype=torch.float32)
 
-    def ints(x, dtype):
-        return None if x is None else \
-            x.detach().to(device="cpu", dtype=dtype).contiguous().numpy()
     b.attention_run(layer, qn, kn, vn, o.numpy(), lse=lse.numpy(),
                     scale=scale, num_seqs=num_seqs,
-                    cu_seqlens_q=ints(cu_seqlens_q, torch.int32),
-                    cu_seqlens_k=ints(cu_seqlens_k, torch.int32),
-                    seq_lens_k=ints(seq_lens_k, torch.int32),
-                    block_table=ints(block_table, torch.int32),
-                    q_start=ints(q_start, torch.int64),
-                    k_start=ints(k_start, torch.int64),
+                    cu_seqlens_q=_seq_ints(cu_seqlens_q, torch.int32),
+                    cu_seqlens_k=_seq_ints(cu_seqlens_k, torch.int32),
+                    seq_lens_k=_seq_ints(seq_lens_k, torch.int32),
+                    block_table=_seq_ints(block_table, torch.int32),
+                    q_start=_seq_ints(q_start, torch.int64),
+                    k_start=_seq_ints(k_start, torch.int64),
                     head_start=head_start, head_count=head_count)
     return o.to(q.dtype), lse
 
@@ -234,15 +231,80 @@ def _(q, k, v, bundle, layer, scale, num_seqs, cu_seqlens_q, cu_seqlens_k,
                         dtype=torch.float32))
 
 
-def _seq_backward(ctx, grad_o, grad_lse):
-    raise NotImplementedError(
-        "tessera.attention: the backward takes dense calls only for now (no "
-        "cu_seqlens, seq_lens_k, block_table, q_start, k_start or head "
-        "range; docs/backward.md)")
+def _seq_ints(x, dtype):
+    return None if x is None else \
+        x.detach().to(device="cpu", dtype=dtype).contiguous().numpy()
+
+
+@torch.library.custom_op("tessera::attention_seq_backward", mutates_args=(),
+                         device_types=("cpu",))
+def _attention_seq_backward_op(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+        lse: torch.Tensor, grad_o: torch.Tensor,
+        grad_lse: Optional[torch.Tensor], bundle: str, layer: int,
+        scale: float, num_seqs: int, cu_seqlens_q: Optional[torch.Tensor],
+        cu_seqlens_k: Optional[torch.Tensor],
+        seq_lens_k: Optional[torch.Tensor],
+        block_table: Optional[torch.Tensor], q_start: Optional[torch.Tensor],
+        k_start: Optional[torch.Tensor], head_start: int, head_count: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b = _bundle(bundle, q.device)
+    # float32 copies where head_dim is not contiguous (autograd's gradients
+    # may be expanded), as the dense backward does.
+    f32 = [x.detach().to(torch.float32) for x in (q, k, v, o, grad_o)]
+    f32 = [x if x.stride(3) == 1 or x.shape[3] == 1 else x.contiguous()
+           for x in f32]
+    qn, kn, vn, on, gn = (x.numpy() for x in f32)
+    lsen = lse.detach().to(torch.float32).contiguous().numpy()
+    gl = None if grad_lse is None else \
+        grad_lse.detach().to(torch.float32).contiguous().numpy()
+    dq, dk, dv = b.attention_backward(
+        layer, qn, kn, vn, on, lsen, gn, dlse=gl, scale=scale,
+        num_seqs=num_seqs, cu_seqlens_q=_seq_ints(cu_seqlens_q, torch.int32),
+        cu_seqlens_k=_seq_ints(cu_seqlens_k, torch.int32),
+        seq_lens_k=_seq_ints(seq_lens_k, torch.int32),
+        block_table=_seq_ints(block_table, torch.int32),
+        q_start=_seq_ints(q_start, torch.int64),
+        k_start=_seq_ints(k_start, torch.int64), head_start=head_start,
+        head_count=head_count)
+    return (torch.from_numpy(dq).to(q.dtype), torch.from_numpy(dk).to(k.dtype),
+            torch.from_numpy(dv).to(v.dtype))
+
+
+@_attention_seq_backward_op.register_fake
+def _(q, k, v, o, lse, grad_o, grad_lse, bundle, layer, scale, num_seqs,
+      cu_seqlens_q, cu_seqlens_k, seq_lens_k, block_table, q_start, k_start,
+      head_start, head_count):
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape))
+
+
+# The forward's inputs after q, k, v: their positions in `inputs`.
+_SEQ_TENSORS = (7, 8, 9, 10, 11, 12)  # cu_seqlens_q .. k_start
 
 
 def _seq_setup_context(ctx, inputs, output):
-    pass
+    q, k, v, bundle, layer, scale, num_seqs = inputs[:7]
+    o, lse = output
+    opts = [inputs[i] for i in _SEQ_TENSORS]
+    ctx.present = [x is not None for x in opts]
+    ctx.save_for_backward(q, k, v, o, lse,
+                          *[x for x in opts if x is not None])
+    ctx.args = (bundle, layer, scale, num_seqs)
+    ctx.heads = (inputs[13], inputs[14])
+
+
+def _seq_backward(ctx, grad_o, grad_lse):
+    """Packed (cu_seqlens) and length (seq_lens_k) calls: the library's
+    backward of each sequence (docs/backward.md); it refuses paged,
+    positioned and head-range calls by name."""
+    q, k, v, o, lse, *rest = ctx.saved_tensors
+    rest = iter(rest)
+    opts = [next(rest) if p else None for p in ctx.present]
+    if grad_o is None:
+        grad_o = torch.zeros_like(o)
+    dq, dk, dv = torch.ops.tessera.attention_seq_backward(
+        q, k, v, o, lse, grad_o, grad_lse, *ctx.args, *opts, *ctx.heads)
+    return (dq, dk, dv) + (None,) * 12
 
 
 _attention_seq_op.register_autograd(_seq_backward,
@@ -265,7 +327,8 @@ def attention(q, k, v, bundle, layer, scale=0.0, centroids=None, *,
     [num_pages, page_size, Hkv, D]), positions (q_start, k_start int64
     [num_seqs]) and a head range (head_start, head_count: q holds those
     heads, k and v the kv heads they read). Such calls run on the CPU
-    (torch.ops.tessera.attention_seq) and have no backward yet."""
+    (torch.ops.tessera.attention_seq); packed and length calls have a
+    backward (autograd), paged, positioned and head-range ones not yet."""
     seq = (num_seqs or head_count or any(
         x is not None for x in (cu_seqlens_q, cu_seqlens_k, seq_lens_k,
                                 block_table, q_start, k_start)))

@@ -2,8 +2,9 @@
 packed ragged batch, a paged cache of shuffled pages, and a head range give
 what one dense call per sequence (or of the whole layer) gives, bit for bit;
 positions give what the float64 reference of tiny-mix's heads at those
-positions gives; opcheck on the op; bad options and the backward refused by
-name."""
+positions gives; opcheck on the op; bad options refused by name; the
+backward of packed calls against float64 and of length calls against
+per-sequence calls, a paged call's backward refused by name."""
 import math
 import sys
 
@@ -123,13 +124,77 @@ try:
     check("bad cu_seqlens_q refused", False, "no error")
 except Exception as e:  # noqa: BLE001
     check("bad cu_seqlens_q refused", "cu_seqlens_q" in str(e), str(e)[:200])
+
+
+# Packed backward (autograd) against float64: each sequence's rows see its
+# own keys at positions 0.. (nq = nk: no shift), a loss reading o and lse.
+def ref_packed(qr, kr, vr):
+    o_ref = torch.zeros(T, H, D, dtype=torch.float64)
+    l_ref = torch.full((H, T), float("-inf"), dtype=torch.float64)
+    outs, lses = [], []
+    for s_, n in enumerate(lens):
+        a = int(cu[s_])
+        for h in range(H):
+            for i in range(n):
+                keys = [j for j in range(n) if allowed(h, i, j)]
+                sc = torch.stack([(qr[0, a + i, h] * kr[0, a + j, h // 3]).sum()
+                                  for j in keys]) / math.sqrt(D)
+                outs.append(((a + i, h), (torch.softmax(sc, 0)[:, None] *
+                                          vr[0, [a + j for j in keys], h // 3]).sum(0)))
+                lses.append(((h, a + i), torch.logsumexp(sc, 0)))
+    return outs, lses
+
+
+wo = torch.randn(1, T, H, D)
+wl = torch.randn(H, T)
+qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
+o2, l2 = tt.attention(qg, kg, vg, bundle, 0, num_seqs=len(lens),
+                      cu_seqlens_q=cu, cu_seqlens_k=cu)
+fin = torch.isfinite(l2)
+((o2 * wo).sum() + (torch.where(fin, l2, 0.0) * wl).sum()).backward()
+qd64, kd64, vd64 = (x.double().requires_grad_(True) for x in (q, k, v))
+outs, lses = ref_packed(qd64, kd64, vd64)
+loss = sum((val * wo[0, r, h].double()).sum() for (r, h), val in outs) + \
+    sum(val * float(wl[h, r]) for (h, r), val in lses)
+loss.backward()
+worst = max(float((a - b.grad).abs().max() / b.grad.abs().max())
+            for a, b in ((qg.grad, qd64), (kg.grad, kd64), (vg.grad, vd64)))
+check("packed backward against float64", worst < 1e-4, f"error {worst}")
+
+# Length calls (keys per sequence over a dense cache, NaN past them): each
+# batch entry's gradients are those of its dense call on its own keys, and
+# the keys past a length get zero gradients.
+ql = torch.randn(2, 20, H, D)
+kl, vl = torch.randn(2, 50, HKV, D), torch.randn(2, 50, HKV, D)
+lk = [30, 45]
+for b_, n in enumerate(lk):
+    kl[b_, n:] = float("nan")
+    vl[b_, n:] = float("nan")
+qg, kg, vg = (x.clone().requires_grad_(True) for x in (ql, kl, vl))
+o3, _ = tt.attention(qg, kg, vg, bundle, 0,
+                     seq_lens_k=torch.tensor(lk, dtype=torch.int32))
+w3 = torch.randn_like(o3)
+(o3 * w3).sum().backward()
+same = True
+for b_, n in enumerate(lk):
+    qb, kb, vb = (x.detach().clone().requires_grad_(True)
+                  for x in (ql[b_:b_ + 1], kl[b_:b_ + 1, :n], vl[b_:b_ + 1, :n]))
+    ob, _ = tt.attention(qb, kb, vb, bundle, 0)
+    (ob * w3[b_:b_ + 1]).sum().backward()
+    same &= torch.equal(qg.grad[b_], qb.grad[0]) and \
+        torch.equal(kg.grad[b_, :n], kb.grad[0]) and \
+        torch.equal(vg.grad[b_, :n], vb.grad[0]) and \
+        bool((kg.grad[b_, n:] == 0).all() and (vg.grad[b_, n:] == 0).all())
+check("length backward equals per-sequence calls", same)
+
 try:
-    qg = q.clone().requires_grad_(True)
-    o2, _ = tt.attention(qg, k, v, bundle, 0, num_seqs=len(lens),
-                         cu_seqlens_q=cu, cu_seqlens_k=cu)
-    o2.sum().backward()
-    check("backward refused", False, "no error")
-except NotImplementedError as e:
-    check("backward refused", "dense calls only" in str(e), str(e)[:200])
+    kcg = kc.clone().requires_grad_(True)
+    o4, _ = tt.attention(q, kcg, vc, bundle, 0, num_seqs=len(lens),
+                         cu_seqlens_q=cu, block_table=table,
+                         seq_lens_k=torch.tensor(lens, dtype=torch.int32))
+    o4.sum().backward()
+    check("paged backward refused", False, "no error")
+except Exception as e:  # noqa: BLE001 - the library's error, by name
+    check("paged backward refused", "block_table" in str(e), str(e)[:200])
 print(f"{failures} failures")
 sys.exit(1 if failures else 0)

@@ -1,0 +1,246 @@
+//===- HopperForward.cuh - the sm_90a attention kernel (issue 18) -*- CUDA -*-===//
+//
+// The attention of one head's 128-row query block on Hopper, built from
+// Hopper.cuh's primitives in FlashAttention-3's structure (written here):
+//
+//   warpgroup 0 (the producer; one thread works): loads the Q block once by
+//     TMA, then walks the block schedule (the same run enumeration as
+//     pipeForward: Groups::runFrom, across run boundaries) and for each
+//     visited key tile waits for a free stage of the ring, writes the tile's
+//     descriptor (its key block and class) into the stage, announces the
+//     stage's bytes on its `full` barrier and issues the TMA loads of the K
+//     and V tiles there. After the last tile it arrives on the next stage
+//     without bytes and a descriptor marked `last`.
+//   warpgroups 1 and 2 (the consumers): 64 query rows each. Per stage: wait
+//     `full`, S = Q K^T by wgmma (A = its 64 Q rows, B = the K tile, both
+//     K-major from the 128-byte-swizzled TMA tiles), masks exactly as
+//     pipeForward's (KeepNibbles: each warp's 16 x 64 scores have
+//     mma.m16n8k16's accumulator layout), the online softmax (pipeSoftmax,
+//     whose P fragments are wgmma's register A operand), O += P V by wgmma
+//     with P in registers and V from the stage (N-major: imm-trans-b 1),
+//     then one arrival per warp on the stage's `empty` barrier.
+//
+// Tiles: 128 query rows x 64 keys, as every other path (the run enumeration,
+// the masks, the CPU executor and the cost model share the 64-key tiles).
+// Shared memory (HopperTiles): the Q block and kStages stages of K and V,
+// each a [rows][64] panel per 64 head-dim elements in the TMA's 128-byte
+// swizzle (1024-byte aligned), then the barriers and descriptors.
+//
+// Status (issue 18): this file is the kernel's core; it is not yet emitted
+// into bundles nor launched by the runtime, and has not run under the
+// emulator (which learns the N-major B operand next). Not yet here: the
+// non-finite guard of partial tiles (FlashForward.cuh's guardRerun; until
+// it exists the runtime must not choose this kernel), the ping-pong of the
+// two consumers' softmax against the other's products (named barriers),
+// per-sequence calls, split-KV and the dynamic walks.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef TESSERA_KERNEL_HOPPERFORWARD_CUH
+#define TESSERA_KERNEL_HOPPERFORWARD_CUH
+
+namespace tessera {
+namespace kernel {
+
+/// The kernel's fixed shapes at head dim D (64 or 128).
+template <int D> struct HopperShape {
+  static_assert(D == 64 || D == 128, "the Hopper kernel: head_dim 64 or 128");
+  static constexpr int kBQ = 128, kBK = 64;
+  static constexpr int kConsumers = 2, kThreads = 128 * (1 + kConsumers);
+  /// 64-element (128-byte) panels of a row.
+  static constexpr int kPanels = D / 64;
+  /// Ring stages: K and V tiles of 8 KiB a panel each.
+  static constexpr int kStages = D == 64 ? 4 : 3;
+  static constexpr u32 kTileBytes = kBK * D * 2;
+};
+
+/// What the producer tells the consumers about a stage.
+struct HopperTileInfo {
+  i64 kb;   ///< the key block (tile index) of the stage's K and V
+  int cls;  ///< kFull or kPartial
+  int last; ///< 1: no tile; the walk is over
+};
+
+/// The kernel's dynamic shared memory (1024-byte aligned: the 128-byte
+/// swizzle repeats every 8 rows of 128 bytes, and the TMA and wgmma read
+/// the pattern from the absolute address).
+template <int D> struct alignas(1024) HopperTiles {
+  using S = HopperShape<D>;
+  u16 q[S::kBQ * D];               ///< kPanels panels of [128][64]
+  u16 k[S::kStages][S::kBK * D];   ///< per stage, kPanels panels of [64][64]
+  u16 v[S::kStages][S::kBK * D];
+  u64 qFull;                       ///< the Q block landed
+  u64 full[S::kStages];            ///< a stage's K and V landed
+  u64 empty[S::kStages];           ///< every consumer warp is done with it
+  HopperTileInfo info[S::kStages];
+};
+
+/// The tensor maps of a call (made on the host by cuTensorMapEncodeTiled
+/// over [B, N, H, D] with boxes {64, 1, rows, 1} and 128-byte swizzle:
+/// rows 128 for Q, 64 for K and V).
+struct HopperMaps {
+  TensorMap q, k, v;
+};
+
+/// Descriptor of a K-major operand in a 128-byte-swizzled [rows][64] panel
+/// set: rows from `row0`, k-step `kk` (16 elements) of the row.
+template <int ROWS>
+__device__ __forceinline__ u64 hopperKMajor(const u16 *panels, int row0,
+                                            int kk) {
+  const u16 *at = panels + (kk / 4) * ROWS * 64 + row0 * 64 + (kk % 4) * 16;
+  return smemDesc(at, 16, 1024, kDesc128B);
+}
+
+/// Descriptor of the value tile as wgmma's N-major B operand of k-step kt
+/// (keys 16 kt .. 16 kt + 15, every head-dim column): the 128-byte rows of
+/// a panel are keys, consecutive panels 64 columns apart.
+template <int D>
+__device__ __forceinline__ u64 hopperValues(const u16 *v, int kt) {
+  return smemDesc(v + kt * 16 * 64, HopperShape<D>::kBK * 128, 1024,
+                  kDesc128B);
+}
+
+/// The producer: one thread of warpgroup 0.
+template <int D, class Groups>
+__device__ __forceinline__ void
+hopperProduce(HopperTiles<D> &sm, const HopperMaps &maps, const RunCtx &ctx,
+              i64 pattern, int b, int head, int kvHead, int q0) {
+  using S = HopperShape<D>;
+  mbarArriveExpectTx(&sm.qFull, S::kBQ * D * 2);
+#pragma unroll
+  for (int pn = 0; pn < S::kPanels; ++pn)
+    tmaLoad(sm.q + pn * S::kBQ * 64, &maps.q, 64 * pn, head, q0, b,
+            &sm.qFull);
+  Run run = noRun();
+  i64 kb = 0, next = 0;
+  for (int i = 0;; ++i) {
+    bool have = true;
+    if (kb < run.hi) {
+      ++kb;
+    } else {
+      run = Groups::runFrom(pattern, ctx, next);
+      have = isRun(run);
+      if (have) {
+        kb = run.lo;
+        next = run.hi + 1;
+      }
+    }
+    const int st = i % S::kStages;
+    // The stage's previous use (i - kStages) must be released first.
+    if (i >= S::kStages)
+      mbarWait(&sm.empty[st], (u32)((i / S::kStages - 1) & 1));
+    sm.info[st] = {kb, run.cls, have ? 0 : 1};
+    if (!have) {
+      mbarArrive(&sm.full[st]);
+      return;
+    }
+    mbarArriveExpectTx(&sm.full[st], 2 * S::kTileBytes);
+#pragma unroll
+    for (int pn = 0; pn < S::kPanels; ++pn) {
+      tmaLoad(sm.k[st] + pn * S::kBK * 64, &maps.k, 64 * pn, kvHead,
+              (int)(kb * S::kBK), b, &sm.full[st]);
+      tmaLoad(sm.v[st] + pn * S::kBK * 64, &maps.v, 64 * pn, kvHead,
+              (int)(kb * S::kBK), b, &sm.full[st]);
+    }
+  }
+}
+
+/// A consumer warpgroup `c` (0 or 1): its 64 rows' attention into `acc`.
+template <int E, int D, class Groups>
+__device__ __forceinline__ void
+hopperConsume(HopperTiles<D> &sm, const AttnParams &p, i64 pattern, int c,
+              i64 rowPos, i64 head, i64 numHeads, FlashAcc<D> &acc) {
+  using S = HopperShape<D>;
+  const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
+  flashInit<D>(acc);
+  float(&o)[D / 2] = *reinterpret_cast<float(*)[D / 2]>(&acc.o[0][0]);
+  mbarWait(&sm.qFull, 0);
+  for (int i = 0;; ++i) {
+    const int st = i % S::kStages;
+    mbarWait(&sm.full[st], (u32)((i / S::kStages) & 1));
+    const HopperTileInfo ti = sm.info[st];
+    if (ti.last)
+      break;
+    float s[8][4];
+    float(&sf)[32] = *reinterpret_cast<float(*)[32]>(&s[0][0]);
+    wgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmmaSS<E, 64>(sf, hopperKMajor<S::kBQ>(sm.q, 64 * c, kk),
+                     hopperKMajor<S::kBK>(sm.k[st], 0, kk), kk > 0);
+    wgmmaCommit();
+    wgmmaWait<0>();
+    wgmmaFenceRegs(sf);
+    const i64 k0 = ti.kb * S::kBK;
+    const int room = (int)minI(p.nk - k0, S::kBK); // below Nk
+    if (ti.cls == kPartial)
+      applyKeepNibbles(s, partialKeep<Groups>(pattern, rowPos, k0, c2, room,
+                                              head, numHeads));
+    if (room < S::kBK) // the last key tile
+      applyKeep(s, columnBits(c2, room));
+    u32 pa[4][4];
+    pipeSoftmax<E, D>(s, p.scaleLog2, acc, pa);
+    wgmmaFenceRegs(o);
+    wgmmaFence();
+#pragma unroll
+    for (int kt = 0; kt < 4; ++kt)
+      wgmmaRSTransB<E, D>(o, pa[kt], hopperValues<D>(sm.v[st], kt), true);
+    wgmmaCommit();
+    wgmmaWait<0>();
+    wgmmaFenceRegs(o);
+    __syncwarp();
+    if (lane == 0)
+      mbarArrive(&sm.empty[st]);
+  }
+}
+
+/// The kernel body for one (batch entry, query block, head) of a static
+/// group: blockIdx.x the query block, blockIdx.z the batch entry, `slot`
+/// the launch slot (the head), kThreads threads.
+template <int E, int D, class Groups>
+__device__ __forceinline__ void
+hopperForward(const LayerTable &t, const AttnParams &p, const HopperMaps &maps,
+              HopperTiles<D> &sm, i64 slot, i64 pattern) {
+  using S = HopperShape<D>;
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4;
+  const int lane = threadIdx.x % 32;
+  const i64 head = t.computedHead[slot];
+  const i64 kvHead = head / (p.numHeads / p.numKvHeads);
+  const i64 b = blockIdx.z, qb = blockIdx.x;
+  const i64 q0 = qb * S::kBQ, q1 = minI(q0 + S::kBQ, p.nq);
+  if (threadIdx.x == 0) {
+    mbarInit(&sm.qFull, 1);
+    for (int st = 0; st < S::kStages; ++st) {
+      mbarInit(&sm.full[st], 1);
+      mbarInit(&sm.empty[st], 4 * S::kConsumers); // a lane 0 per warp
+    }
+    fenceBarrierInit();
+  }
+  __syncthreads();
+  if (wg == 0) {
+    setMaxNRegDec<56>();
+    if (threadIdx.x == 0) {
+      const RunCtx ctx =
+          makeRunCtx(q0, q1, p.nq, p.nk, S::kBK, head, t.numHeads);
+      hopperProduce<D, Groups>(sm, maps, ctx, pattern, (int)b, (int)head,
+                               (int)kvHead, (int)q0);
+    }
+    return;
+  }
+  setMaxNRegInc<224>();
+  const int c = wg - 1;
+  const int row0 = c * 64 + warp * 16 + lane / 4;
+  const i64 rowPos = q0 + row0 + p.nk - p.nq;
+  FlashAcc<D> acc;
+  hopperConsume<E, D, Groups>(sm, p, pattern, c, rowPos, head, t.numHeads,
+                              acc);
+  const i64 qi0 = q0 + row0, qi1 = qi0 + 8;
+  flashStore<E, D>(acc, p.o + b * p.oStrideB + head * p.oStrideH, p.oStrideS,
+                   p.lse ? p.lse + (b * p.numHeads + head) * p.nq : nullptr,
+                   qi0 < p.nq ? qi0 : -1, qi1 < p.nq ? qi1 : -1);
+}
+
+} // namespace kernel
+} // namespace tessera
+
+#endif // TESSERA_KERNEL_HOPPERFORWARD_CUH

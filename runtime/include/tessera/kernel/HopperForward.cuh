@@ -28,11 +28,18 @@
 //
 // Status (issue 18): this file is the kernel's core; it is not yet emitted
 // into bundles nor launched by the runtime, and has not run under the
-// emulator (which learns the N-major B operand next). Not yet here: the
-// non-finite guard of partial tiles (FlashForward.cuh's guardRerun; until
-// it exists the runtime must not choose this kernel), the ping-pong of the
-// two consumers' softmax against the other's products (named barriers),
-// per-sequence calls, split-KV and the dynamic walks.
+// emulator (which learns the N-major B operand and named barriers next).
+// Not yet here: the ping-pong of the two consumers' softmax against the
+// other's products (named barriers), per-sequence calls, split-KV and the
+// dynamic walks.
+//
+// Non-finite values (docs/runtime.md): as in pipeForward, the walk runs
+// once unguarded; where a consumer's output holds a NaN or infinity, both
+// consumers vote on the `verdict` barrier and, if either saw one, the
+// producer replays the walk and the consumers run it again guarded: on a
+// partial tile each consumer warpgroup copies the value tile into its own
+// buffer with non-finite values zeroed (P V reads the copy) and makes the
+// output elements of its rows that see such a value NaN (hopperGuard).
 //
 //===----------------------------------------------------------------------===//
 
@@ -69,11 +76,84 @@ template <int D> struct alignas(1024) HopperTiles {
   u16 q[S::kBQ * D];               ///< kPanels panels of [128][64]
   u16 k[S::kStages][S::kBK * D];   ///< per stage, kPanels panels of [64][64]
   u16 v[S::kStages][S::kBK * D];
+  /// The guarded pass's value tiles, one per consumer (hopperGuard).
+  u16 vFix[S::kConsumers][S::kBK * D];
   u64 qFull;                       ///< the Q block landed
   u64 full[S::kStages];            ///< a stage's K and V landed
   u64 empty[S::kStages];           ///< every consumer warp is done with it
+  u64 verdict;                     ///< every consumer warp has voted
+  int rerun;                       ///< some consumer saw a non-finite output
   HopperTileInfo info[S::kStages];
 };
+
+/// bar.sync `id`, `count`: a barrier of `count` threads (whole warps) of
+/// the block; id 0 is __syncthreads'.
+__device__ __forceinline__ void namedBarrier(int id, int count) {
+#ifdef TESSERA_EMULATE
+  tessera_emu::namedBarrier(id, count);
+#else
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
+#endif
+}
+
+/// The element (key `row`, column `col`) of a [64][D] tile in 128-byte
+/// swizzled panels: 16-byte chunk c of a row is stored at chunk c ^ (row % 8)
+/// (the panels are 1024-byte aligned, so the row's address bits 7-9 are
+/// row % 8).
+template <int ROWS>
+__device__ __forceinline__ int hopperAt(int row, int col) {
+  const int chunk = ((col % 64) / 8) ^ (row % 8);
+  return (col / 64) * ROWS * 64 + row * 64 + chunk * 8 + col % 8;
+}
+
+/// The guarded pass's partial tile for consumer `c`'s warpgroup: its value
+/// tile copied into sm.vFix[c] with NaN and infinite values zeroed (for P V,
+/// where 0 * inf would reach rows that cannot see the key), and the output
+/// elements of this thread's rows that see such a value made NaN. Returns
+/// the tile to read (vFix[c]).
+template <int E, int D>
+__device__ __forceinline__ const u16 *
+hopperGuard(HopperTiles<D> &sm, int st, int c, KeepNibbles keep,
+            FlashAcc<D> &acc) {
+  using S = HopperShape<D>;
+  const int t = threadIdx.x % 128, lane = threadIdx.x % 32;
+  const int c2 = (lane % 4) * 2;
+  const u16 *v = sm.v[st];
+  u16 *fix = sm.vFix[c];
+  // Every thread of the warpgroup is done with the previous tile's copy
+  // (its wgmmaWait ran) before it is rewritten.
+  namedBarrier(1 + c, 128);
+  for (int x = t; x < S::kBK * D / 2; x += 128) {
+    const u32 w = reinterpret_cast<const u32 *>(v)[x];
+    const u32 nf = nonFiniteBits<E>(w);
+    reinterpret_cast<u32 *>(fix)[x] =
+        w & (nf & 0x8000u ? 0xffff0000u : 0xffffffffu) &
+        (nf & 0x80000000u ? 0x0000ffffu : 0xffffffffu);
+  }
+  const float nan = __int_as_float(0x7fc00000);
+  const u32 bits = keepOf(keep);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const unsigned long long sees = rowKeep(bits, h, c2);
+#pragma unroll 1
+    for (int key = 0; key < S::kBK; ++key)
+      if ((sees >> key) & 1ull)
+#pragma unroll
+        for (int dn = 0; dn < D / 8; ++dn) {
+          const u32 nf = nonFiniteBits<E>(*reinterpret_cast<const u32 *>(
+              v + hopperAt<S::kBK>(key, 8 * dn + c2)));
+          if (nf & 0x8000u)
+            acc.o[dn][2 * h] = nan;
+          if (nf & 0x80000000u)
+            acc.o[dn][2 * h + 1] = nan;
+        }
+  }
+  // The copy, written through the generic proxy, is read by wgmma (the
+  // async proxy) after every thread of the warpgroup wrote its part.
+  fenceProxyAsync();
+  namedBarrier(1 + c, 128);
+  return fix;
+}
 
 /// The tensor maps of a call (made on the host by cuTensorMapEncodeTiled
 /// over [B, N, H, D] with boxes {64, 1, rows, 1} and 128-byte swizzle:
@@ -111,9 +191,11 @@ hopperProduce(HopperTiles<D> &sm, const HopperMaps &maps, const RunCtx &ctx,
   for (int pn = 0; pn < S::kPanels; ++pn)
     tmaLoad(sm.q + pn * S::kBQ * 64, &maps.q, 64 * pn, head, q0, b,
             &sm.qFull);
+  int i = 0;
+  for (int pass = 0; pass < 2; ++pass) {
   Run run = noRun();
   i64 kb = 0, next = 0;
-  for (int i = 0;; ++i) {
+  for (;; ++i) {
     bool have = true;
     if (kb < run.hi) {
       ++kb;
@@ -132,7 +214,8 @@ hopperProduce(HopperTiles<D> &sm, const HopperMaps &maps, const RunCtx &ctx,
     sm.info[st] = {kb, run.cls, have ? 0 : 1};
     if (!have) {
       mbarArrive(&sm.full[st]);
-      return;
+      ++i;
+      break;
     }
     mbarArriveExpectTx(&sm.full[st], 2 * S::kTileBytes);
 #pragma unroll
@@ -143,6 +226,14 @@ hopperProduce(HopperTiles<D> &sm, const HopperMaps &maps, const RunCtx &ctx,
               (int)(kb * S::kBK), b, &sm.full[st]);
     }
   }
+  // The consumers' vote: walk again (guarded) where one saw a non-finite
+  // output.
+  if (pass == 0) {
+    mbarWait(&sm.verdict, 0);
+    if (!sm.rerun)
+      return;
+  }
+  }
 }
 
 /// A consumer warpgroup `c` (0 or 1): its 64 rows' attention into `acc`.
@@ -152,15 +243,19 @@ hopperConsume(HopperTiles<D> &sm, const AttnParams &p, i64 pattern, int c,
               i64 rowPos, i64 head, i64 numHeads, FlashAcc<D> &acc) {
   using S = HopperShape<D>;
   const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
-  flashInit<D>(acc);
   float(&o)[D / 2] = *reinterpret_cast<float(*)[D / 2]>(&acc.o[0][0]);
   mbarWait(&sm.qFull, 0);
-  for (int i = 0;; ++i) {
+  int i = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+  flashInit<D>(acc);
+  for (;; ++i) {
     const int st = i % S::kStages;
     mbarWait(&sm.full[st], (u32)((i / S::kStages) & 1));
     const HopperTileInfo ti = sm.info[st];
-    if (ti.last)
+    if (ti.last) {
+      ++i;
       break;
+    }
     float s[8][4];
     float(&sf)[32] = *reinterpret_cast<float(*)[32]>(&s[0][0]);
     wgmmaFence();
@@ -173,24 +268,46 @@ hopperConsume(HopperTiles<D> &sm, const AttnParams &p, i64 pattern, int c,
     wgmmaFenceRegs(sf);
     const i64 k0 = ti.kb * S::kBK;
     const int room = (int)minI(p.nk - k0, S::kBK); // below Nk
-    if (ti.cls == kPartial)
-      applyKeepNibbles(s, partialKeep<Groups>(pattern, rowPos, k0, c2, room,
-                                              head, numHeads));
+    KeepNibbles keep = {0u, 0u};
+    if (ti.cls == kPartial) {
+      keep = partialKeep<Groups>(pattern, rowPos, k0, c2, room, head,
+                                 numHeads);
+      applyKeepNibbles(s, keep);
+    }
     if (room < S::kBK) // the last key tile
       applyKeep(s, columnBits(c2, room));
     u32 pa[4][4];
     pipeSoftmax<E, D>(s, p.scaleLog2, acc, pa);
+    const u16 *vt = sm.v[st];
+    if (pass == 1 && ti.cls == kPartial)
+      vt = hopperGuard<E, D>(sm, st, c, keep, acc);
     wgmmaFenceRegs(o);
     wgmmaFence();
 #pragma unroll
     for (int kt = 0; kt < 4; ++kt)
-      wgmmaRSTransB<E, D>(o, pa[kt], hopperValues<D>(sm.v[st], kt), true);
+      wgmmaRSTransB<E, D>(o, pa[kt], hopperValues<D>(vt, kt), true);
     wgmmaCommit();
     wgmmaWait<0>();
     wgmmaFenceRegs(o);
     __syncwarp();
     if (lane == 0)
       mbarArrive(&sm.empty[st]);
+  }
+  if (pass == 1)
+    return;
+  // The vote: one arrival per consumer warp, after its flag.
+  float sum = 0.f; // 0 * (a non-finite term) keeps it non-finite
+#pragma unroll
+  for (int x = 0; x < D / 2; ++x)
+    sum += 0.f * o[x];
+  if (__any_sync(0xffffffff, sum != 0.f) && lane == 0)
+    atomicOr(&sm.rerun, 1);
+  __syncwarp();
+  if (lane == 0)
+    mbarArrive(&sm.verdict);
+  mbarWait(&sm.verdict, 0);
+  if (!sm.rerun)
+    return;
   }
 }
 
@@ -214,6 +331,8 @@ hopperForward(const LayerTable &t, const AttnParams &p, const HopperMaps &maps,
       mbarInit(&sm.full[st], 1);
       mbarInit(&sm.empty[st], 4 * S::kConsumers); // a lane 0 per warp
     }
+    mbarInit(&sm.verdict, 4 * S::kConsumers);
+    sm.rerun = 0;
     fenceBarrierInit();
   }
   __syncthreads();

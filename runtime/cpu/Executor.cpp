@@ -98,6 +98,13 @@ struct Worker {
   std::vector<float> keyRows; ///< [kLanes][dPad] keys being transposed
   /// A one-row block's key and value rows of a tile (read in place).
   std::vector<const char *> keyPtrs, valuePtrs;
+  /// One-row blocks over bf16 keys: a ring of tiles converted to float
+  /// rows (keys and values [colsPad][dPad] each), tile kb in slot
+  /// kb % ringSlots, so that the query heads of a kv head (tasks one after
+  /// another) convert a tile once. Tagged like the cache above.
+  int64_t ringBatch = -1, ringKvHead = -1, ringSlots = 0;
+  RawFloats ringK, ringV;
+  std::vector<int64_t> ringTag;
 };
 
 
@@ -412,6 +419,43 @@ int64_t visitedTiles(const Job &job, const SeqPlan &sp, int64_t slot) {
   return n;
 }
 
+typedef uint16_t VecH8 __attribute__((vector_size(8 * sizeof(uint16_t))));
+typedef uint32_t VecU8 __attribute__((vector_size(8 * sizeof(uint32_t))));
+typedef double VecD4 __attribute__((vector_size(4 * sizeof(double))));
+typedef float Vec4 __attribute__((vector_size(4 * sizeof(float))));
+typedef int32_t VecI8 __attribute__((vector_size(8 * sizeof(int32_t))));
+
+/// Writes out[0, n) * inv, rounded to float and then to t's type, to
+/// element `offset` of t; `staging` holds the floats. bf16 rows of whole
+/// 8-element vectors are rounded 8 at a time, bit for bit as
+/// floatToBf16 (nearest even; a NaN stays a quiet NaN).
+TESSERA_CPU_CLONES
+void storeScaled(const Tensor &t, int64_t offset, int64_t n, const double *out,
+                 double inv, float *staging) {
+  if (t.dtype != DType::BF16 || n % 8 != 0) {
+    for (int64_t x = 0; x < n; ++x)
+      staging[x] = float(out[x] * inv);
+    store(t, offset, n, staging);
+    return;
+  }
+  uint16_t *h = static_cast<uint16_t *>(t.data) + offset;
+  for (int64_t x = 0; x < n; x += 8) {
+    VecD4 lo, hi;
+    std::memcpy(&lo, out + x, sizeof lo);
+    std::memcpy(&hi, out + x + 4, sizeof hi);
+    Vec4 flo = __builtin_convertvector(lo * inv, Vec4),
+         fhi = __builtin_convertvector(hi * inv, Vec4);
+    // Joined in registers: two 16-byte stores read back as one 32-byte
+    // load would stall on store forwarding.
+    VecU8 u = (VecU8)__builtin_shufflevector(flo, fhi, 0, 1, 2, 3, 4, 5, 6, 7);
+    VecI8 nan = (VecI8)(u & 0x7fffffffu) > 0x7f800000;
+    VecU8 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    VecU8 r = nan ? (u >> 16) | 0x40u : rounded;
+    VecH8 packed = __builtin_convertvector(r, VecH8);
+    std::memcpy(h + x, &packed, sizeof packed);
+  }
+}
+
 /// Writes rows [q0, q0 + rows) of one head from the accumulators `out`
 /// ([rows][dPad], unnormalised), the row maxima m and sums l; `staging`
 /// holds a row as floats.
@@ -423,11 +467,10 @@ void writeRows(const Job &job, const SeqPlan &sp, int64_t headLocal,
     // l == 0: no key (O = 0, LSE = -inf); l NaN: the row saw a NaN (or
     // infinities that made one), and O and LSE are NaN.
     double inv = l[i] != 0 ? 1.0 / l[i] : 0.0;
-    for (int64_t x = 0; x < job.d; ++x)
-      staging[x] = float(out[i * ldOut + x] * inv);
-    store(a.o,
-          sp.oBase + (q0 + i) * a.o.strideSeq + headLocal * a.o.strideHead,
-          job.d, staging);
+    storeScaled(a.o,
+                sp.oBase + (q0 + i) * a.o.strideSeq +
+                    headLocal * a.o.strideHead,
+                job.d, out + i * ldOut, inv, staging);
     if (a.lse)
       a.lse[sp.lseBase + headLocal * job.lseHeadStride + q0 + i] =
           l[i] != 0 ? float(double(m[i]) + std::log(l[i])) : kNegInf;
@@ -445,9 +488,6 @@ bool readsDirect(const LayerArgs &a, const SeqPlan &sp) {
   };
   return sp.nq == 1 && vectorRows(a.k) && vectorRows(a.v);
 }
-
-typedef uint16_t VecH8 __attribute__((vector_size(8 * sizeof(uint16_t))));
-typedef uint32_t VecU8 __attribute__((vector_size(8 * sizeof(uint32_t))));
 
 /// 8 elements of a bf16 row at p as floats (one register on AVX2: a
 /// kLanes vector would be split and spilled).
@@ -488,37 +528,190 @@ void directRows(const Job &job, const Tensor &t, int64_t base,
   }
 }
 
-/// Scores of row 0 (w.q) against the key rows `rows` into w.s; the
-/// padding columns 0.
-TESSERA_CPU_CLONES
-void directScores(const Job &job, Worker &w, const char *const *rows,
-                  int64_t cols) {
-  const bool bf16 = job.a.k.dtype == DType::BF16;
-  const int64_t esize = bf16 ? 2 : 4;
-  const float *q = w.q.data();
-  float *scores = w.s.data();
-  for (int64_t j = 0; j < cols; ++j) {
-    Vec8 acc0 = {}, acc1 = {};
-    for (int64_t x = 0; x < job.d; x += 16) {
-      acc0 += loadVec8(q + x) * lanes8(rows[j] + x * esize, bf16);
-      acc1 += loadVec8(q + x + 8) * lanes8(rows[j] + (x + 8) * esize, bf16);
+/// Row 0 (q) dotted with the key row at r: two 8-lane partial sums over
+/// alternate halves of each 16 elements, added. The element type is a
+/// template argument, so that the row's offsets are constants.
+template <bool BF16>
+__attribute__((always_inline)) inline Vec8 dotLanes(const float *q,
+                                                    const char *r, int64_t d) {
+  constexpr int64_t esize = BF16 ? 2 : 4;
+  Vec8 acc0 = {}, acc1 = {};
+  for (int64_t x = 0; x < d; x += 16) {
+    acc0 += loadVec8(q + x) * lanes8(r + x * esize, BF16);
+    acc1 += loadVec8(q + x + 8) * lanes8(r + (x + 8) * esize, BF16);
+  }
+  return acc0 + acc1;
+}
+
+/// out[j] = ((0 + a[j][0]) + a[j][1]) + ... + a[j][7] for 8 keys j: the
+/// same sums in the same order as one key at a time, through an 8 x 8
+/// transpose, so that 8 additions of vectors replace 64 dependent scalar
+/// ones.
+__attribute__((always_inline)) inline void sumLanes8(const Vec8 *a,
+                                                     float *out) {
+  Vec8 u[8], v[8];
+  for (int i = 0; i < 8; i += 2) {
+    u[i] = __builtin_shufflevector(a[i], a[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    u[i + 1] =
+        __builtin_shufflevector(a[i], a[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int h = 0; h < 2; ++h) {
+      v[i + 2 * h] = __builtin_shufflevector(u[i + h], u[i + h + 2], 0, 1, 8,
+                                             9, 4, 5, 12, 13);
+      v[i + 2 * h + 1] = __builtin_shufflevector(u[i + h], u[i + h + 2], 2, 3,
+                                                 10, 11, 6, 7, 14, 15);
     }
-    acc0 += acc1;
+  // v[i] (i < 4) holds lanes i and i + 4 of keys 0-3, v[i + 4] of keys 4-7.
+  Vec8 sum = Vec8{};
+  for (int i = 0; i < 4; ++i)
+    sum += __builtin_shufflevector(v[i], v[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+  for (int i = 0; i < 4; ++i)
+    sum += __builtin_shufflevector(v[i], v[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  storeVec8(out, sum);
+}
+
+/// Scores of row q against `cols` key rows into `scores`.
+template <bool BF16>
+__attribute__((always_inline)) inline void
+scoresOf(const float *q, const char *const *rows, int64_t cols, int64_t d,
+         float *scores) {
+  int64_t j = 0;
+  for (; j + 8 <= cols; j += 8) {
+    Vec8 a[8];
+    for (int i = 0; i < 8; ++i)
+      a[i] = dotLanes<BF16>(q, rows[j + i], d);
+    sumLanes8(a, scores + j);
+  }
+  for (; j < cols; ++j) {
+    Vec8 a = dotLanes<BF16>(q, rows[j], d);
     float sum = 0;
     for (int i = 0; i < 8; ++i)
-      sum += acc0[i];
+      sum += a[i];
     scores[j] = sum;
   }
+}
+
+/// Scores of row 0 (w.q) against the key rows `rows` (bf16 or f32) into
+/// w.s; the padding columns 0.
+TESSERA_CPU_CLONES
+void directScores(const Job &job, Worker &w, const char *const *rows,
+                  int64_t cols, bool bf16) {
+  float *scores = w.s.data();
+  if (bf16)
+    scoresOf<true>(w.q.data(), rows, cols, job.d, scores);
+  else
+    scoresOf<false>(w.q.data(), rows, cols, job.d, scores);
   std::fill(scores + cols, scores + roundUp(cols, kLanes), 0.0f);
 }
 
-/// acc += p * the value row at v.
+/// The most tiles a worker's ring of converted one-row tiles holds
+/// (512 KiB at head_dim 128): a split chunk's 8 tiles.
+constexpr int64_t kRingTiles = 8;
+
+/// Whether a one-row task over `tiles` key tiles at most goes through the
+/// ring (bf16 keys; f32 rows are read in place): each tile is converted
+/// once for the query heads of its kv head instead of once per head.
+bool usesRing(const Job &job, const Worker &w, int64_t tiles) {
+  return job.a.k.dtype == DType::BF16 && job.a.v.dtype == DType::BF16 &&
+         tiles <= w.ringSlots;
+}
+
+/// Converts the bf16 rows w.keyPtrs / w.valuePtrs [0, cols) into float
+/// rows kr and vr ([cols][dPad]); exact.
+TESSERA_CPU_CLONES
+void convertRing(const Job &job, Worker &w, int64_t cols, float *kr,
+                 float *vr) {
+  const int64_t d = job.d, dp = w.dPad;
+  const char *const *keys = w.keyPtrs.data(), *const *values =
+                                                  w.valuePtrs.data();
+  for (int64_t j = 0; j < cols; ++j) {
+    const char *key = keys[j], *value = values[j];
+    float *kRow = kr + j * dp, *vRow = vr + j * dp;
+    for (int64_t x = 0; x < d; x += 8) {
+      storeVec8(kRow + x, bf16Lanes(key + 2 * x));
+      storeVec8(vRow + x, bf16Lanes(value + 2 * x));
+    }
+  }
+}
+
+/// acc[x0, x0 + 8 R) = the sum over the allowed keys j (bias 0) of
+/// p[j] * value row j, in key order: R accumulators stay in registers
+/// across the keys (each element the same chain of multiply-adds from 0
+/// as one key at a time into memory).
+template <int R, bool BF16>
 __attribute__((always_inline)) inline void
-directAxpy(const Job &job, const char *v, float p, float *acc) {
-  const bool bf16 = job.a.v.dtype == DType::BF16;
-  const int64_t esize = bf16 ? 2 : 4;
-  for (int64_t x = 0; x < job.d; x += 8)
-    storeVec8(acc + x, loadVec8(acc + x) + p * lanes8(v + x * esize, bf16));
+directPVBlock(const char *const *vRows, const float *p, const float *bias,
+              int64_t cols, int64_t x0, float *acc) {
+  constexpr int64_t esize = BF16 ? 2 : 4;
+  Vec8 r[R];
+  for (int i = 0; i < R; ++i)
+    r[i] = Vec8{};
+  for (int64_t j = 0; j < cols; ++j) {
+    if (bias[j] != 0.0f)
+      continue;
+    const char *v = vRows[j] + x0 * esize;
+    const float pj = p[j];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i)
+      r[i] += pj * lanes8(v + 8 * i * esize, BF16);
+  }
+  for (int i = 0; i < R; ++i)
+    storeVec8(acc + x0 + 8 * i, r[i]);
+}
+
+/// A one-row block's P V over the allowed keys into acc (head_dim a
+/// multiple of 16): blocks of 64 columns, then 16 at a time.
+template <bool BF16>
+__attribute__((always_inline)) inline void
+directPVOf(const char *const *vRows, const float *p, const float *bias,
+           int64_t cols, int64_t d, float *acc) {
+  int64_t x0 = 0;
+  for (; x0 + 64 <= d; x0 += 64)
+    directPVBlock<8, BF16>(vRows, p, bias, cols, x0, acc);
+  for (; x0 < d; x0 += 16)
+    directPVBlock<2, BF16>(vRows, p, bias, cols, x0, acc);
+}
+
+__attribute__((always_inline)) inline void
+directPV(const Job &job, const char *const *vRows, const float *p,
+         const float *bias, int64_t cols, bool bf16, float *acc) {
+  if (bf16)
+    directPVOf<true>(vRows, p, bias, cols, job.d, acc);
+  else
+    directPVOf<false>(vRows, p, bias, cols, job.d, acc);
+}
+
+/// Points w.keyPtrs / w.valuePtrs at the key and value rows of a one-row
+/// block's tile kb (keys [k0, k0 + cols)) and computes its scores.
+/// Through the ring (`ring`), they are float rows converted once per
+/// (sequence, kv head, tile); else the tensors' own.
+void directTile(const Job &job, Worker &w, const SeqPlan &sp, int64_t s,
+                int64_t kvLocal, int64_t kb, int64_t k0, int64_t cols,
+                bool ring) {
+  const LayerArgs &a = job.a;
+  const char **keys = w.keyPtrs.data(), **values = w.valuePtrs.data();
+  float *kr = nullptr, *vr = nullptr;
+  bool fresh = true;
+  if (ring) {
+    const int64_t slot = kb % w.ringSlots, size = w.colsPad * w.dPad;
+    kr = &w.ringK[slot * size], vr = &w.ringV[slot * size];
+    fresh = w.ringTag[slot] != kb;
+    w.ringTag[slot] = kb;
+  }
+  if (fresh) {
+    directRows(job, a.k, sp.kBase, sp, s, kvLocal, k0, cols, keys);
+    directRows(job, a.v, sp.vBase, sp, s, kvLocal, k0, cols, values);
+  }
+  if (ring) {
+    if (fresh)
+      convertRing(job, w, cols, kr, vr);
+    for (int64_t j = 0; j < cols; ++j) {
+      keys[j] = reinterpret_cast<const char *>(kr + j * w.dPad);
+      values[j] = reinterpret_cast<const char *>(vr + j * w.dPad);
+    }
+  }
+  directScores(job, w, keys, cols, !ring && a.k.dtype == DType::BF16);
 }
 
 /// One (sequence, launch slot, query block) task, or one chunk of its
@@ -553,6 +746,18 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
     w.cachedBatch = s;
     w.cachedKvHead = kvLocal;
   }
+  const bool direct = readsDirect(a, sp);
+  // A chunk's tiles, or at most the sequence's span of tiles.
+  const bool ring =
+      direct && usesRing(job, w,
+                         chunk ? chunk->tile1 - chunk->tile0
+                               : (sp.kStart % bk + sp.nk + bk - 1) / bk);
+  if (ring && (w.ringBatch != s || w.ringKvHead != kvLocal)) {
+    std::fill(w.ringTag.begin(), w.ringTag.end(), -1);
+    w.ringBatch = s;
+    w.ringKvHead = kvLocal;
+  }
+  const bool valuesBf16 = !ring && a.v.dtype == DType::BF16; // direct rows
   int64_t full = 0, partial = 0;
   // The tiles of this query block: the group's runs, in key order, as the
   // CUDA kernel walks them.
@@ -569,14 +774,9 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
     int64_t cols = k1 - k0;
     int64_t colsPad = roundUp(cols, kLanes);
     (cls == k::kFull ? full : partial) += 1;
-    const bool direct = readsDirect(a, sp);
     const float *kT = nullptr, *vb = nullptr;
     if (direct) {
-      directRows(job, a.k, sp.kBase, sp, s, kvLocal, k0, cols,
-                 w.keyPtrs.data());
-      directRows(job, a.v, sp.vBase, sp, s, kvLocal, k0, cols,
-                 w.valuePtrs.data());
-      directScores(job, w, w.keyPtrs.data(), cols);
+      directTile(job, w, sp, s, kvLocal, kb, k0, cols, ring);
     } else {
       int64_t slot = kb % w.slots;
       kT = &w.kT[slot * dp * cp], vb = &w.vb[slot * cp * dp];
@@ -671,15 +871,14 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
       w.l[i] = w.l[i] * correction + horizontalSum(vsum);
       w.m[i] = mNew;
       w.corr[i] = correction;
-      if (selectPV) {
+      if (direct) {
+        directPV(job, w.valuePtrs.data(), s, rowBias, cols, valuesBf16,
+                 &w.acc[i * dp]);
+      } else if (selectPV) {
         float *acc = &w.acc[i * dp];
         for (int64_t j = 0; j < cols; ++j) {
           if (rowBias[j] != 0.0f)
             continue;
-          if (direct) {
-            directAxpy(job, w.valuePtrs[size_t(j)], s[j], acc);
-            continue;
-          }
           const float *v = vb + j * dp;
           for (int64_t x = 0; x < dp; x += kLanes)
             storeVec(acc + x, loadVec(acc + x) + s[j] * loadVec(v + x));
@@ -872,6 +1071,15 @@ void prepareWorker(const Job &job, Worker &w, bool withCache) {
     w.cachedBatch = w.cachedKvHead = -1;
     w.tag.assign(w.slots, -1);
     w.nonFiniteV.assign(w.slots, 0);
+    // One-row sequences' ring: at most the longest span of tiles.
+    bool anyDirect = false;
+    for (const SeqPlan &p : job.seqs)
+      anyDirect |= readsDirect(a, p);
+    w.ringSlots = anyDirect ? std::min(span, kRingTiles) : 0;
+    w.ringK.resize(w.ringSlots * w.colsPad * w.dPad);
+    w.ringV.resize(w.ringSlots * w.colsPad * w.dPad);
+    w.ringBatch = w.ringKvHead = -1;
+    w.ringTag.assign(w.ringSlots, -1);
   }
   w.keyRows.assign(kLanes * w.dPad, 0.0f);
   w.keyPtrs.resize(w.colsPad);

@@ -59,6 +59,52 @@
 //   the counts are complete when launch() returns). Counters are global
 //   atomics: reset them, launch, read them.
 //
+// * Hopper primitives (Hopper.cuh; sm_90a), each a call into this file:
+//   - wgmma.mma_async (wgmmaSS, wgmmaRS: m64nNk16, f32 += f16 / bf16, both
+//     operands K-major), wgmma.fence, commit_group and wait_group are
+//     warpgroup collectives of threads 128 g .. 128 g + 127 (the last to
+//     arrive computes; threads at different collectives, or a warpgroup the
+//     block does not fill, abort; a warpgroup where some threads never come
+//     is a deadlock). At issue the product is computed from the shared
+//     memory (and A fragments) as they are then, each element c + sum over
+//     k in order in f32 (the products of 16-bit inputs are exact), the
+//     descriptors decoded per the PTX ISA (start, LBO, SBO; no swizzle and
+//     the 32B, 64B and 128B swizzles by address; a nonzero base offset
+//     aborts); the accumulators turn NaN and receive the product only at a
+//     wgmma.wait_group of the thread that leaves its group complete (groups
+//     from commit_group; wait n completes all but the newest n), so reading
+//     them early sees NaN. A wgmma that accumulates into registers an
+//     earlier one still in flight writes chains after it. Operands must be
+//     equal across the warpgroup. Not modelled: a missing wgmma.fence
+//     (accepted silently), transposed operands, other types and shapes.
+//   - Descriptors address a 256 KiB shared window: __shared__ variables
+//     are statics here, so smemDesc's address comes from sharedWindow(),
+//     16 slots of 16 KiB each mapping a 16 KiB-aligned host block (assigned
+//     at first use in a launch, next to a neighbouring block's slot where
+//     free); more than 16 blocks in one launch abort.
+//   - mbarriers (mbarInit, mbarArrive, mbarArriveExpectTx, mbarTryWait,
+//     mbarWait) keep count, pending arrivals, tx-count and phase in a table
+//     of the block by address (use before mbarInit in the block aborts). A
+//     phase completes when no arrival and no transaction is pending;
+//     try_wait.parity(p) is true iff the current phase's parity differs
+//     from p. A wait that is not yet true suspends the thread (others run)
+//     until the phase completes, so try_wait never returns false here; if
+//     no thread can run, it is a deadlock, reported with each waited
+//     barrier's state. More arrivals than the count in one phase abort.
+//   - TMA (tmaLoad: cp.async.bulk.tensor.4d tile with complete_tx, on maps
+//     from encodeTensorMapTiled, which checks the driver's rules and
+//     returns CUDA_ERROR_INVALID_VALUE's code instead of aborting) reads the
+//     box at issue (out-of-bound elements zero, or NaN without oobZero),
+//     turns the destination to poison (0xff) and completes on its mbarrier
+//     only when a thread waits there (or an arrival finds the phase waiting
+//     for nothing else), then the bytes land in the map's swizzle and the
+//     tx-count drops; loads never completed land when the block ends,
+//     counted by leftoverCopies(). A missing wait reads poison; a stage
+//     refilled too early is poison or the wrong tile.
+//   - fence.proxy.async and fence.mbarrier_init are accepted (no-ops:
+//     every access here is coherent); setmaxnreg checks its count (a
+//     multiple of 8 in [24, 256]) and that the whole warpgroup executes it.
+//
 // What this cannot show: timing, the real scheduling of warps beyond the
 // barriers (only the orders the seed draws), memory-model effects (every
 // access here is coherent at once; a cp.async's data lands at the wait,
@@ -335,12 +381,56 @@ struct AsyncCopy {
 
 /// What an emulated thread waits for, if anything.
 enum class Wait : uint8_t {
-  None,     ///< ready or running
-  Sync,     ///< __syncthreads
-  SyncOr,   ///< __syncthreads_or
-  Warp,     ///< a warp collective (shfl, mma, ldmatrix)
-  BlockEnd, ///< finished the block
+  None,      ///< ready or running
+  Sync,      ///< __syncthreads
+  SyncOr,    ///< __syncthreads_or
+  Warp,      ///< a warp collective (shfl, mma, ldmatrix)
+  BlockEnd,  ///< finished the block
+  Mbarrier,  ///< an mbarrier phase (mbarTryWait / mbarWait)
+  WarpGroup, ///< a warpgroup collective (wgmma.*, setmaxnreg)
 };
+
+/// One wgmma.mma_async of a thread in flight: its accumulators and what
+/// they receive when the wgmma's group completes (at a covering wait).
+struct PendingMma {
+  float *d;
+  std::vector<float> value;
+};
+
+/// One TMA load in flight: the destination range (box bytes, 128-byte
+/// aligned) and what it holds once the load completes, already swizzled.
+struct TmaCopy {
+  unsigned char *dst;
+  std::vector<unsigned char> bytes;
+};
+
+/// The state of one mbarrier of the block (PTX ISA, "Parallel Synchronization
+/// and Communication Instructions: mbarrier"): the expected arrival count,
+/// the pending arrivals and the tx-count of the current phase, the number of
+/// completed phases (its parity is what try_wait.parity compares), the TMA
+/// loads that complete on it, and the threads waiting for its phase.
+struct Mbarrier {
+  uint32_t count = 0, pending = 0;
+  int64_t tx = 0;
+  uint32_t phase = 0;
+  std::vector<TmaCopy> copies;
+  std::vector<unsigned> waiters; // linear thread indices
+};
+
+/// A warpgroup collective in progress: which one, how many of the 128
+/// threads arrived, and what each published (a pointer into its stack,
+/// valid while it waits).
+struct WarpGroup {
+  int arrived = 0;
+  const char *kind = nullptr;
+  void *args[128] = {};
+};
+
+/// The emulated shared window that wgmma descriptors address (see
+/// sharedWindow()): 16 slots of 16 KiB, each mapping one 16 KiB-aligned
+/// block of host memory.
+constexpr unsigned kWindowSlots = 16;
+constexpr uintptr_t kWindowSlotBytes = 16384;
 
 struct Thread {
   dim3 threadIdx, blockIdx;
@@ -351,6 +441,10 @@ struct Thread {
   std::vector<AsyncCopy> openCopies;
   std::deque<std::vector<AsyncCopy>> copyGroups;
   std::vector<uintptr_t> copyDsts;
+  /// wgmma.mma_async issued since the last commit, and the committed groups
+  /// not yet waited for (oldest first).
+  std::vector<PendingMma> openMmas;
+  std::deque<std::vector<PendingMma>> mmaGroups;
   Wait wait = Wait::None;
   unsigned rank = 0; // its place in the scheduling order (0 runs first)
   fiber::Context context;
@@ -387,6 +481,12 @@ struct Launch {
   std::vector<unsigned> byRank;
   std::vector<uint64_t> ready;
   uint64_t rng = 0;
+  /// The block's warpgroups (threads 128 g .. 128 g + 127), its mbarriers by
+  /// address (forgotten when the block ends), and the host block of each
+  /// slot of the shared window (block index + 1; 0: free).
+  std::vector<WarpGroup> groups;
+  std::map<uintptr_t, Mbarrier> mbarriers;
+  uintptr_t windowBlock[kWindowSlots] = {};
 };
 
 inline thread_local Thread *self = nullptr;
@@ -427,7 +527,9 @@ inline void resetBankCounts() {
 }
 
 /// cp.async copies that were still pending (never covered by a wait, or
-/// never committed) when their thread finished a block, since the last reset.
+/// never committed) when their thread finished a block, and TMA loads that
+/// never completed (no thread waited on their mbarrier), since the last
+/// reset.
 inline uint64_t leftoverCopies() { return leftoverCopyCount.load(); }
 inline void resetLeftoverCopies() { leftoverCopyCount.store(0); }
 
@@ -558,24 +660,38 @@ inline Thread *takeNext(Launch &l) {
 /// different barriers (or finished the block while others wait at a
 /// barrier). On a GPU the block would hang or go wrong; here it is reported.
 [[noreturn]] inline void deadlock(Launch &l) {
-  int sync = 0, syncOr = 0, warp = 0, end = 0;
+  int sync = 0, syncOr = 0, warp = 0, end = 0, mbar = 0, group = 0;
   for (const Thread &t : l.thread) {
     sync += t.wait == Wait::Sync;
     syncOr += t.wait == Wait::SyncOr;
     warp += t.wait == Wait::Warp;
     end += t.wait == Wait::BlockEnd;
+    mbar += t.wait == Wait::Mbarrier;
+    group += t.wait == Wait::WarpGroup;
   }
   const dim3 b = l.thread[0].blockIdx;
   std::fprintf(stderr,
                "tessera emulator: deadlock in block (%u, %u, %u): threads "
                "at different barriers: %d at __syncthreads, %d at "
                "__syncthreads_or, %d at a warp collective, %d finished the "
-               "block\n",
-               b.x, b.y, b.z, sync, syncOr, warp, end);
+               "block, %d at an mbarrier wait, %d at a warpgroup "
+               "collective\n",
+               b.x, b.y, b.z, sync, syncOr, warp, end, mbar, group);
   for (size_t w = 0; w < l.warps.size(); ++w)
     if (l.warps[w].arrived)
       std::fprintf(stderr, "  warp %zu: %d of %d lanes at a collective\n", w,
                    l.warps[w].arrived, l.warps[w].lanes);
+  for (size_t g = 0; g < l.groups.size(); ++g)
+    if (l.groups[g].arrived)
+      std::fprintf(stderr, "  warpgroup %zu: %d of 128 threads at %s\n", g,
+                   l.groups[g].arrived, l.groups[g].kind);
+  for (const auto &[address, m] : l.mbarriers)
+    if (!m.waiters.empty())
+      std::fprintf(stderr,
+                   "  mbarrier %#llx: %zu threads wait for phase %u (parity "
+                   "%u): %u of %u arrivals pending, tx-count %lld\n",
+                   (unsigned long long)address, m.waiters.size(), m.phase,
+                   m.phase & 1, m.pending, m.count, (long long)m.tx);
   std::abort();
 }
 
@@ -596,6 +712,16 @@ inline void schedule(Launch &l, Thread &me, bool leaving = false) {
 /// pending, and counts the block's cp.async requests: the k-th destination
 /// of every lane of a warp forms request k.
 inline void finishBlock(Launch &l) {
+  for (auto &entry : l.mbarriers)
+    for (const TmaCopy &c : entry.second.copies) {
+      leftoverCopyCount.fetch_add(1, std::memory_order_relaxed);
+      std::memcpy(c.dst, c.bytes.data(), c.bytes.size());
+    }
+  l.mbarriers.clear();
+  for (Thread &t : l.thread) {
+    t.openMmas.clear();
+    t.mmaGroups.clear();
+  }
   for (Thread &t : l.thread) {
     uint64_t left = t.openCopies.size();
     for (const std::vector<AsyncCopy> &g : t.copyGroups)
@@ -694,6 +820,7 @@ inline void launch(const std::function<void()> &kernel, dim3 grid, dim3 block) {
   l.warps.resize(size_t((l.threads + 31) / 32));
   for (size_t w = 0; w < l.warps.size(); ++w)
     l.warps[w].lanes = std::min(32, l.threads - 32 * int(w));
+  l.groups.resize(size_t((l.threads + 127) / 128));
   l.byRank.resize(size_t(l.threads));
   l.ready.resize(size_t((l.threads + 63) / 64));
   l.rng = scheduleSeed();
@@ -1007,6 +1134,511 @@ inline float ex2Approx(float x) {
   yb = uint32_t(moved);
   std::memcpy(&y, &yb, 4);
   return y;
+}
+
+//===----------------------------------------------------------------------===//
+// Hopper: the shared window, warpgroup collectives, wgmma, mbarrier, TMA
+//===----------------------------------------------------------------------===//
+
+/// The shared-window address of `p` for a wgmma descriptor (Hopper.cuh's
+/// smemDesc): __shared__ variables are host statics here, so the window is
+/// a table of the launch: slot s (of 16, 16 KiB each) maps the 16 KiB-
+/// aligned host block assigned to it at its first use, next to the slot of
+/// an assigned neighbouring block where free, so that a tile spanning two
+/// blocks stays contiguous in the window. An address keeps its offset in
+/// its block, hence its low 14 bits: swizzle patterns (bits 4-9) computed
+/// on window or host addresses agree. More than 16 blocks abort.
+inline uint32_t sharedWindow(const void *p) {
+  Launch &l = *running;
+  const uintptr_t block = reinterpret_cast<uintptr_t>(p) / kWindowSlotBytes;
+  int slot = -1, free = -1;
+  for (unsigned s = 0; s < kWindowSlots && slot < 0; ++s)
+    if (l.windowBlock[s] == block + 1)
+      slot = int(s);
+  for (unsigned s = 0; s < kWindowSlots && slot < 0; ++s) {
+    if (l.windowBlock[s])
+      continue;
+    const bool after = s > 0 && l.windowBlock[s - 1] == block;
+    const bool before =
+        s + 1 < kWindowSlots && l.windowBlock[s + 1] == block + 2;
+    if (after || before)
+      slot = int(s);
+    else if (free < 0)
+      free = int(s);
+  }
+  if (slot < 0) {
+    if (free < 0)
+      fail("wgmma descriptors address more than 16 blocks of 16 KiB (the "
+           "emulated 256 KiB shared window)",
+           p);
+    slot = free;
+  }
+  l.windowBlock[slot] = block + 1;
+  return uint32_t(slot) * uint32_t(kWindowSlotBytes) +
+         uint32_t(reinterpret_cast<uintptr_t>(p) % kWindowSlotBytes);
+}
+
+/// The host address of shared-window address `w` (sharedWindow's inverse).
+inline unsigned char *sharedHost(uint32_t w) {
+  const Launch &l = *running;
+  const uint32_t slot = w / uint32_t(kWindowSlotBytes);
+  if (slot >= kWindowSlots || !l.windowBlock[slot])
+    fail("a wgmma descriptor's start address is not in the shared window "
+         "(not made by smemDesc in this launch)",
+         reinterpret_cast<void *>(uintptr_t(w)));
+  return reinterpret_cast<unsigned char *>((l.windowBlock[slot] - 1) *
+                                               kWindowSlotBytes +
+                                           w % kWindowSlotBytes);
+}
+
+/// A warpgroup collective (`kind` names it): publishes `mine`, waits for the
+/// 128 threads of this thread's warpgroup; the last to arrive runs
+/// `complete` on everyone's pointers (in thread order) and releases them.
+/// Threads at different collectives, or a warpgroup the block does not
+/// fill, abort.
+inline void groupCollective(const char *kind, void *mine,
+                            void (*complete)(void **args) = nullptr) {
+  Launch &l = *running;
+  Thread &t = *self;
+  const unsigned g = t.linear / 128;
+  if (int(128 * (g + 1)) > l.threads) {
+    std::fprintf(stderr,
+                 "tessera emulator: %s in a warpgroup of %d threads (a "
+                 "warpgroup collective needs all 128)\n",
+                 kind, l.threads - int(128 * g));
+    std::abort();
+  }
+  WarpGroup &wg = l.groups[g];
+  if (wg.arrived == 0) {
+    wg.kind = kind;
+  } else if (wg.kind != kind && std::strcmp(wg.kind, kind) != 0) {
+    std::fprintf(stderr,
+                 "tessera emulator: threads of warpgroup %u at different "
+                 "warpgroup collectives (%s and %s) in block (%u, %u, %u)\n",
+                 g, wg.kind, kind, t.blockIdx.x, t.blockIdx.y, t.blockIdx.z);
+    std::abort();
+  }
+  wg.args[t.linear % 128] = mine;
+  t.wait = Wait::WarpGroup;
+  if (++wg.arrived == 128) {
+    wg.arrived = 0;
+    if (complete)
+      complete(wg.args);
+    for (Thread *th = &l.thread[128 * g], *e = th + 128; th != e; ++th)
+      makeReady(l, *th);
+  }
+  schedule(l, t);
+}
+
+/// A K-major wgmma operand in shared memory, decoded from its descriptor
+/// (PTX ISA, "Matrix Descriptor Format" and "Shared Memory Matrix Layout").
+struct SmemMatrix {
+  const unsigned char *start; ///< host address of the start address
+  uint32_t startWindow, lbo, sbo;
+  uint32_t swizzleBytes; ///< 0 (none), 32, 64 or 128
+};
+
+inline SmemMatrix decodeDescriptor(uint64_t desc) {
+  if ((desc >> 49) & 7)
+    fail("a wgmma descriptor with a nonzero base offset (not modelled)",
+         reinterpret_cast<void *>(uintptr_t(desc)));
+  SmemMatrix m;
+  m.startWindow = uint32_t(desc & 0x3fff) << 4;
+  m.lbo = uint32_t((desc >> 16) & 0x3fff) << 4;
+  m.sbo = uint32_t((desc >> 32) & 0x3fff) << 4;
+  static const uint32_t bytes[4] = {0, 128, 64, 32};
+  m.swizzleBytes = bytes[desc >> 62];
+  m.start = sharedHost(m.startWindow);
+  return m;
+}
+
+/// The W-byte swizzle of a shared address: its 16-byte chunk index within
+/// a W-byte row (bits 4 .. 4 + log2(W / 16)) XOR the row's index modulo
+/// W / 16 (the bits from 7 up): CUTLASS's Swizzle<1|2|3, 4, 3>.
+inline uint64_t swizzleAddress(uint64_t a, uint32_t swizzleBytes) {
+  if (!swizzleBytes)
+    return a;
+  return a ^ (((a >> 7) & (swizzleBytes / 16 - 1)) << 4);
+}
+
+/// The 16-bit element (row, k) of a K-major operand (row < 64 or N, k < 16):
+/// without swizzle, 8 x 8 core matrices of 16-byte rows, SBO apart along
+/// the rows and LBO apart along k; with a W-byte swizzle, rows W bytes
+/// apart in groups of 8 SBO apart (LBO unused), then swizzled by address.
+inline uint16_t operandElement(const SmemMatrix &m, int row, int k) {
+  uint64_t a = m.startWindow + uint64_t(row / 8) * m.sbo;
+  if (!m.swizzleBytes)
+    a += uint64_t(row % 8) * 16 + uint64_t(k / 8) * m.lbo + uint64_t(k % 8) * 2;
+  else
+    a = swizzleAddress(a + uint64_t(row % 8) * m.swizzleBytes + 2 * k,
+                       m.swizzleBytes);
+  uint16_t e;
+  std::memcpy(&e, m.start + (int64_t(a) - int64_t(m.startWindow)), 2);
+  return e;
+}
+
+/// What a thread publishes at wgmma.mma_async: the operands (equal in the
+/// whole warpgroup but for `a` and `d`) and its accumulators.
+struct WgmmaArgs {
+  uint64_t descA, descB;
+  bool accumulate;
+  const uint32_t *a; ///< A fragment (wgmmaRS), else null
+  float *d;
+};
+
+/// The value a wgmma of `t` still in flight gives accumulators `d`, or null:
+/// a wgmma reading accumulators that an earlier one (of the same shape)
+/// writes chains after it, as on the GPU (the one access to accumulators
+/// in flight that the PTX ISA allows).
+inline const float *pendingAccumulators(const Thread &t, const float *d) {
+  for (auto p = t.openMmas.rbegin(); p != t.openMmas.rend(); ++p)
+    if (p->d == d)
+      return p->value.data();
+  for (auto g = t.mmaGroups.rbegin(); g != t.mmaGroups.rend(); ++g)
+    for (auto p = g->rbegin(); p != g->rend(); ++p)
+      if (p->d == d)
+        return p->value.data();
+  return nullptr;
+}
+
+/// The warpgroup's product, once, when its last thread has arrived:
+/// A (64 x 16) from the descriptor or the threads' A fragments, B (N x 16,
+/// K-major) from its descriptor, as they are now; each element c + sum
+/// over k of A B in this order in float (the products of 16-bit inputs are
+/// exact), c = 0 without `accumulate`, else the accumulators (or what a
+/// wgmma in flight will give them). The results wait in each thread's open
+/// group; its accumulators turn NaN until then.
+template <int E, int N> inline void wgmmaGroup(void **args) {
+  const WgmmaArgs &first = *static_cast<WgmmaArgs *>(args[0]);
+  for (int i = 1; i < 128; ++i) {
+    const WgmmaArgs &o = *static_cast<WgmmaArgs *>(args[i]);
+    if (o.descB != first.descB || o.accumulate != first.accumulate ||
+        (!first.a && o.descA != first.descA))
+      fail("wgmma operands (descriptors, scale-d) differ within the "
+           "warpgroup",
+           reinterpret_cast<void *>(uintptr_t(i)));
+  }
+  float A[64][16];
+  if (first.a) {
+    // Thread 32 w + 4 g + q holds A[16 w + g (+8)][2 q (+8), + 1].
+    for (int i = 0; i < 128; ++i) {
+      const uint32_t *a = static_cast<WgmmaArgs *>(args[i])->a;
+      const int r = 16 * (i / 32) + (i % 32) / 4, c = 2 * (i % 4);
+      for (int j = 0; j < 4; ++j)
+        for (int h = 0; h < 2; ++h)
+          A[r + 8 * (j % 2)][c + 8 * (j / 2) + h] =
+              halfToFloat<E>(uint16_t(a[j] >> (16 * h)));
+    }
+  } else {
+    const SmemMatrix ma = decodeDescriptor(first.descA);
+    for (int r = 0; r < 64; ++r)
+      for (int k = 0; k < 16; ++k)
+        A[r][k] = halfToFloat<E>(operandElement(ma, r, k));
+  }
+  const SmemMatrix mb = decodeDescriptor(first.descB);
+  std::vector<float> B(static_cast<size_t>(N) * 16);
+  for (int n = 0; n < N; ++n)
+    for (int k = 0; k < 16; ++k)
+      B[size_t(n) * 16 + size_t(k)] = halfToFloat<E>(operandElement(mb, n, k));
+  Launch &l = *running;
+  Thread *group = &l.thread[self->linear / 128 * 128];
+  for (int i = 0; i < 128; ++i) {
+    const WgmmaArgs &o = *static_cast<WgmmaArgs *>(args[i]);
+    const int r0 = 16 * (i / 32) + (i % 32) / 4, q = i % 4;
+    PendingMma p{o.d, std::vector<float>(size_t(N / 2))};
+    const float *pending = pendingAccumulators(group[i], o.d);
+    const float *c = pending ? pending : o.d;
+    for (int v = 0; v < N / 2; ++v) {
+      const int r = r0 + 8 * ((v / 2) % 2), n = 8 * (v / 4) + 2 * q + v % 2;
+      float x = o.accumulate ? c[v] : 0.0f;
+      for (int k = 0; k < 16; ++k)
+        x += A[r][k] * B[size_t(n) * 16 + size_t(k)];
+      p.value[size_t(v)] = x;
+    }
+    std::fill(o.d, o.d + N / 2, std::numeric_limits<float>::quiet_NaN());
+    group[i].openMmas.push_back(std::move(p));
+  }
+}
+
+/// The collective's name, which also tells N, the type and the form apart.
+template <int E, int N> inline const char *wgmmaKind(bool registerA) {
+  static const std::string ss = "wgmma.mma_async m64n" + std::to_string(N) +
+                                "k16 " + (E == 0 ? "f16" : "bf16") + " SS";
+  static const std::string rs = "wgmma.mma_async m64n" + std::to_string(N) +
+                                "k16 " + (E == 0 ? "f16" : "bf16") + " RS";
+  return registerA ? rs.c_str() : ss.c_str();
+}
+
+/// wgmma.mma_async.sync.aligned.m64nNk16.f32.{f16,bf16} (Hopper.cuh's
+/// wgmmaSS): a warpgroup collective; d lands at the covering wgmmaWait.
+template <int E, int N>
+inline void wgmmaSS(float *d, uint64_t descA, uint64_t descB,
+                    bool accumulate) {
+  WgmmaArgs args{descA, descB, accumulate, nullptr, d};
+  groupCollective(wgmmaKind<E, N>(false), &args, wgmmaGroup<E, N>);
+}
+
+/// The same with A from this thread's register fragment (wgmmaRS).
+template <int E, int N>
+inline void wgmmaRS(float *d, const uint32_t (&a)[4], uint64_t descB,
+                    bool accumulate) {
+  WgmmaArgs args{0, descB, accumulate, a, d};
+  groupCollective(wgmmaKind<E, N>(true), &args, wgmmaGroup<E, N>);
+}
+
+/// wgmma.fence.sync.aligned: only the collective (every access here is
+/// ordered already).
+inline void wgmmaFence() { groupCollective("wgmma.fence", nullptr); }
+
+/// wgmma.commit_group.sync.aligned: this thread's wgmma since the last
+/// commit form its newest group.
+inline void wgmmaCommit() {
+  groupCollective("wgmma.commit_group", nullptr);
+  Thread &t = *self;
+  t.mmaGroups.emplace_back();
+  t.mmaGroups.back().swap(t.openMmas);
+}
+
+/// wgmma.wait_group.sync.aligned n: the accumulators of every group but the
+/// newest n receive their products.
+inline void wgmmaWait(int n) {
+  int mine = n;
+  groupCollective("wgmma.wait_group", &mine, [](void **args) {
+    for (int i = 1; i < 128; ++i)
+      if (*static_cast<int *>(args[i]) != *static_cast<int *>(args[0]))
+        fail("wgmma.wait_group with different counts in a warpgroup",
+             args[i]);
+  });
+  Thread &t = *self;
+  while (t.mmaGroups.size() > size_t(std::max(n, 0))) {
+    for (const PendingMma &p : t.mmaGroups.front())
+      std::copy(p.value.begin(), p.value.end(), p.d);
+    t.mmaGroups.pop_front();
+  }
+}
+
+/// setmaxnreg.{inc,dec}.sync.aligned.u32 R: checked (R a multiple of 8 in
+/// [24, 256], the whole warpgroup), not modelled otherwise.
+inline void setMaxNReg(int r, bool inc) {
+  if (r % 8 != 0 || r < 24 || r > 256) {
+    std::fprintf(stderr,
+                 "tessera emulator: setmaxnreg with %d registers (a multiple "
+                 "of 8 in [24, 256])\n",
+                 r);
+    std::abort();
+  }
+  groupCollective(inc ? "setmaxnreg.inc" : "setmaxnreg.dec", nullptr);
+}
+
+/// The mbarrier at `bar`, which mbarInit must have set up in this block.
+inline Mbarrier &mbarrierAt(const void *bar) {
+  auto it = running->mbarriers.find(reinterpret_cast<uintptr_t>(bar));
+  if (it == running->mbarriers.end())
+    fail("an mbarrier used before mbarInit in this block", bar);
+  return it->second;
+}
+
+/// Moves `m` on: while threads wait on it (or when `land`), its TMA loads
+/// complete (their bytes land, the tx-count drops by them); when no
+/// arrival and no transaction is pending, the phase completes and its
+/// waiters run again.
+inline void mbarrierProgress(Launch &l, Mbarrier &m, bool land = false) {
+  if (land || !m.waiters.empty()) {
+    for (const TmaCopy &c : m.copies) {
+      std::memcpy(c.dst, c.bytes.data(), c.bytes.size());
+      m.tx -= int64_t(c.bytes.size());
+    }
+    m.copies.clear();
+  }
+  if (m.pending == 0 && m.tx == 0) {
+    ++m.phase;
+    m.pending = m.count;
+    for (unsigned w : m.waiters)
+      makeReady(l, l.thread[w]);
+    m.waiters.clear();
+  }
+}
+
+/// mbarrier.init: `count` arrivals (1 .. 2^20 - 1) per phase, phase 0.
+inline void mbarInit(unsigned long long *bar, uint32_t count) {
+  if (reinterpret_cast<uintptr_t>(bar) % 8)
+    fail("an mbarrier not 8-byte aligned", bar);
+  if (count == 0 || count >= (1u << 20))
+    fail("mbarInit with a count outside [1, 2^20 - 1]", bar);
+  Mbarrier &m = running->mbarriers[reinterpret_cast<uintptr_t>(bar)];
+  m = Mbarrier{};
+  m.count = m.pending = count;
+  *bar = 0; // the word itself is opaque; the state lives in the table
+}
+
+/// mbarrier.arrive.expect_tx (bytes > 0) or mbarrier.arrive (0). An
+/// arrival on a phase that only waits for its TMA loads first completes
+/// them (on a GPU they would have landed by then, no wait needed); more
+/// arrivals than the count in one phase abort (undefined in PTX).
+inline void mbarArriveExpectTx(unsigned long long *bar, uint32_t bytes) {
+  Mbarrier &m = mbarrierAt(bar);
+  if (m.pending == 0 && !m.copies.empty())
+    mbarrierProgress(*running, m, /*land=*/true);
+  if (m.pending == 0)
+    fail("more arrivals on an mbarrier than its count in one phase", bar);
+  m.tx += bytes;
+  --m.pending;
+  mbarrierProgress(*running, m);
+}
+
+inline void mbarArrive(unsigned long long *bar) { mbarArriveExpectTx(bar, 0); }
+
+/// mbarrier.try_wait.parity: true at once when the phase of parity `parity`
+/// has completed (the current phase's parity differs); otherwise the
+/// thread waits (other threads run; its TMA loads complete) until that
+/// phase completes, then true: the instruction's time limit taken as
+/// unbounded, so false is never returned. A block where that cannot happen
+/// is a deadlock, reported.
+inline bool mbarTryWait(unsigned long long *bar, uint32_t parity) {
+  Launch &l = *running;
+  Thread &t = *self;
+  Mbarrier &m = mbarrierAt(bar);
+  while ((m.phase & 1) == (parity & 1)) {
+    t.wait = Wait::Mbarrier;
+    m.waiters.push_back(t.linear);
+    mbarrierProgress(l, m);
+    schedule(l, t);
+  }
+  return true;
+}
+
+inline void mbarWait(unsigned long long *bar, uint32_t parity) {
+  (void)mbarTryWait(bar, parity);
+}
+
+/// A tensor map: CUtensorMap's size and alignment; what
+/// encodeTensorMapTiled validated, in TensorMapFields.
+struct alignas(64) TensorMap {
+  unsigned char bytes[128];
+};
+
+struct TensorMapFields {
+  uint32_t magic, dataType;
+  uint64_t global;
+  uint64_t dims[4], strides[3];
+  uint32_t box[4];
+  int32_t swizzle, oobZero;
+};
+static_assert(sizeof(TensorMap) == 128 && sizeof(TensorMapFields) <= 128,
+              "a tensor map is 128 bytes");
+constexpr uint32_t kTensorMapMagic = 0x544d4150; // "TMAP"
+
+/// CUtensorMapDataType values of the 16-bit types modelled.
+enum TensorMapDataType : int {
+  kTensorMapU16 = 1,
+  kTensorMapF16 = 6,
+  kTensorMapBF16 = 9
+};
+
+/// CUDA_SUCCESS / CUDA_ERROR_INVALID_VALUE, as cuTensorMapEncodeTiled.
+enum : int { kEncodeOk = 0, kEncodeInvalid = 1 };
+
+/// cuTensorMapEncodeTiled for a rank-4 tiled map of 16-bit elements, no
+/// interleave, element strides 1, no L2 promotion: `dims` innermost first,
+/// `strides` the bytes between consecutive indices of dims 1..3 (dim 0 is
+/// contiguous), `box` the elements of a load per dim, `swizzle` as
+/// CUtensorMapSwizzle (0 none, 1 32B, 2 64B, 3 128B), `oobZero` out-of-
+/// bound elements as zeros (else NaN, CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_
+/// REQUEST_ZERO_FMA). kEncodeInvalid where the driver returns
+/// CUDA_ERROR_INVALID_VALUE: another type or rank, a global address not
+/// 16-byte aligned, a dim of 0 or above 2^32, a stride not a multiple of
+/// 16 or from 2^40, a box dim of 0 or above 256, box[0] not a multiple of
+/// 16 bytes or, swizzled, above the swizzle span.
+inline int encodeTensorMapTiled(TensorMap *out, int dataType, int rank,
+                                void *global, const uint64_t dims[4],
+                                const uint64_t strides[3],
+                                const uint32_t box[4], int swizzle,
+                                bool oobZero) {
+  if (!out || !global || rank != 4 ||
+      (dataType != kTensorMapU16 && dataType != kTensorMapF16 &&
+       dataType != kTensorMapBF16) ||
+      reinterpret_cast<uintptr_t>(global) % 16 || swizzle < 0 || swizzle > 3)
+    return kEncodeInvalid;
+  for (int i = 0; i < 4; ++i)
+    if (dims[i] == 0 || dims[i] > (uint64_t(1) << 32) || box[i] == 0 ||
+        box[i] > 256)
+      return kEncodeInvalid;
+  for (int i = 0; i < 3; ++i)
+    if (strides[i] % 16 || strides[i] >= (uint64_t(1) << 40))
+      return kEncodeInvalid;
+  const uint32_t innerBytes = box[0] * 2;
+  if (innerBytes % 16 || (swizzle && innerBytes > (16u << swizzle)))
+    return kEncodeInvalid;
+  TensorMapFields f{};
+  f.magic = kTensorMapMagic;
+  f.dataType = uint32_t(dataType);
+  f.global = reinterpret_cast<uintptr_t>(global);
+  std::copy(dims, dims + 4, f.dims);
+  std::copy(strides, strides + 3, f.strides);
+  std::copy(box, box + 4, f.box);
+  f.swizzle = swizzle;
+  f.oobZero = oobZero;
+  std::memset(out->bytes, 0, sizeof out->bytes);
+  std::memcpy(out->bytes, &f, sizeof f);
+  return kEncodeOk;
+}
+
+/// cp.async.bulk.tensor.4d...tile.mbarrier::complete_tx::bytes (Hopper.cuh's
+/// tmaLoad): reads the box at (c0, c1, c2, c3) now (out-of-bound elements
+/// filled), lays it out as the map says (rows of box[0] elements one after
+/// another, 16-byte chunks swizzled by shared address: CU_TENSOR_MAP_
+/// SWIZZLE_32B / 64B / 128B as a W = 32 / 64 / 128 byte swizzle), turns the
+/// destination to poison (0xff) and leaves the load pending on `bar`: it
+/// completes when a thread waits on `bar` (or, counted as leftoverCopies(),
+/// when the block ends). Not named tmaLoad: TensorMap is this namespace's
+/// type, so argument-dependent lookup would make a kernel's unqualified
+/// tmaLoad (Hopper.cuh's) ambiguous.
+inline void tmaLoadTile4d(void *smemDst, const TensorMap *map, int c0, int c1,
+                    int c2, int c3, unsigned long long *bar) {
+  TensorMapFields f;
+  std::memcpy(&f, map->bytes, sizeof f);
+  if (f.magic != kTensorMapMagic)
+    fail("a TMA load with a tensor map not made by encodeTensorMapTiled",
+         map);
+  auto *dst = static_cast<unsigned char *>(smemDst);
+  if (reinterpret_cast<uintptr_t>(dst) % 128)
+    fail("a TMA destination not 128-byte aligned", smemDst);
+  Mbarrier &m = mbarrierAt(bar);
+  const uint32_t *b = f.box;
+  const size_t bytes = size_t(b[0]) * b[1] * b[2] * b[3] * 2;
+  const uint32_t swizzleBytes = f.swizzle ? 16u << f.swizzle : 0;
+  if (swizzleBytes && bytes % 128)
+    fail("a swizzled TMA box that is not a multiple of 128 bytes (not "
+         "modelled)",
+         smemDst);
+  const int64_t c[4] = {c0, c1, c2, c3};
+  const auto *global = reinterpret_cast<const unsigned char *>(f.global);
+  const uint16_t fill = f.oobZero ? 0 : 0x7fff; // a NaN in f16 and bf16
+  TmaCopy copy{dst, std::vector<unsigned char>(bytes)};
+  size_t o = 0;
+  for (uint32_t i3 = 0; i3 < b[3]; ++i3)
+    for (uint32_t i2 = 0; i2 < b[2]; ++i2)
+      for (uint32_t i1 = 0; i1 < b[1]; ++i1)
+        for (uint32_t i0 = 0; i0 < b[0]; ++i0, o += 2) {
+          const int64_t g[4] = {c[0] + i0, c[1] + i1, c[2] + i2, c[3] + i3};
+          bool inside = true;
+          for (int i = 0; i < 4; ++i)
+            inside &= g[i] >= 0 && uint64_t(g[i]) < f.dims[i];
+          uint16_t e = fill;
+          if (inside)
+            std::memcpy(&e,
+                        global + g[0] * 2 + g[1] * int64_t(f.strides[0]) +
+                            g[2] * int64_t(f.strides[1]) +
+                            g[3] * int64_t(f.strides[2]),
+                        2);
+          const uint64_t a = reinterpret_cast<uintptr_t>(dst) + o;
+          std::memcpy(&copy.bytes[swizzleAddress(a, swizzleBytes) -
+                                  reinterpret_cast<uintptr_t>(dst)],
+                      &e, 2);
+        }
+  std::memset(dst, 0xff, bytes);
+  m.copies.push_back(std::move(copy));
+  mbarrierProgress(*running, m);
 }
 
 /// Kernels of the bundles compiled in, by "bundle/kernel" name: the body one

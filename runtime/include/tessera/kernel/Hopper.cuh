@@ -408,7 +408,7 @@ __device__ __forceinline__ void tmaLoad(void *smemDst, const TensorMap *map,
                                         int c0, int c1, int c2, int c3,
                                         u64 *bar) {
 #ifdef TESSERA_EMULATE
-  tessera_emu::tmaLoad(smemDst, map, c0, c1, c2, c3, bar);
+  tessera_emu::tmaLoadTile4d(smemDst, map, c0, c1, c2, c3, bar);
 #else
   asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile"
                ".mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "

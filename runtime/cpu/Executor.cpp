@@ -67,8 +67,12 @@ struct RawFloats {
   float &operator[](int64_t i) { return p[size_t(i)]; }
 };
 
-/// The work of one thread: scratch buffers reused across tasks. Row counts
-/// are padded to kRows and column counts to kLanes, the padding kept zero.
+/// The work of one thread: scratch buffers reused across tasks and calls.
+/// Row counts are padded to kRows and column counts to kLanes; a task
+/// writes every element it reads (the products read `rows` rows and d
+/// columns of q, a tile's padding keys are zero in the cache, a tile's
+/// scores and P V are written whole), so the buffers are not cleared per
+/// call: clearing 27 KiB cost a decode step about a microsecond.
 struct Worker {
   int64_t rowsPad = 0, colsPad = 0, dPad = 0;
   std::vector<float> q;   ///< [rowsPad][dPad] query rows
@@ -394,6 +398,12 @@ k::RunCtx walkCtx(const Job &job, const SeqPlan &sp, int64_t slot,
                    job.table.numHeads};
 }
 
+/// The run after key block kb; none past the last key block without
+/// evaluating the pattern (a decode step's one-tile walk ends there).
+k::Run nextRun(const k::ProgramRuns &runs, const k::RunCtx &ctx, int64_t kb) {
+  return kb + 1 < ctx.nkb ? runs.runFrom(ctx, kb + 1) : k::noRun();
+}
+
 /// The run holding visited tile `tile` (in walk order) of a query block's
 /// walk, and that tile's key block; no run if the walk has fewer tiles.
 std::pair<k::Run, int64_t> seekTile(const k::ProgramRuns &runs,
@@ -402,7 +412,7 @@ std::pair<k::Run, int64_t> seekTile(const k::ProgramRuns &runs,
   k::Run run =
       sp.nk > 0 ? runs.runFrom(ctx, sp.kStart / ctx.bk) : k::noRun();
   for (; k::isRun(run) && run.hi - run.lo < tile;
-       run = runs.runFrom(ctx, run.hi + 1))
+       run = nextRun(runs, ctx, run.hi))
     tile -= run.hi - run.lo + 1;
   return {run, run.lo + tile};
 }
@@ -414,7 +424,7 @@ int64_t visitedTiles(const Job &job, const SeqPlan &sp, int64_t slot) {
   k::RunCtx ctx = walkCtx(job, sp, slot, 0);
   int64_t n = 0;
   for (k::Run run = seekTile(runs, ctx, sp, 0).first; k::isRun(run);
-       run = runs.runFrom(ctx, run.hi + 1))
+       run = nextRun(runs, ctx, run.hi))
     n = std::min(k::kUnbounded, n + run.hi - run.lo + 1);
   return n;
 }
@@ -500,6 +510,34 @@ __attribute__((always_inline)) inline Vec8 bf16Lanes(const char *p) {
   return f;
 }
 
+typedef uint16_t VecH16 __attribute__((vector_size(16 * sizeof(uint16_t))));
+
+/// 16 elements of a bf16 row at p as floats at out: one 32-byte load, each
+/// element interleaved with a zero (the float's low half).
+__attribute__((always_inline)) inline void bf16Lanes16(const char *p,
+                                                       float *out) {
+  VecH16 h, zero = {};
+  std::memcpy(&h, p, sizeof(h));
+  VecH16 lo = __builtin_shufflevector(zero, h, 0, 16, 1, 17, 2, 18, 3, 19, 4,
+                                      20, 5, 21, 6, 22, 7, 23),
+         hi = __builtin_shufflevector(zero, h, 8, 24, 9, 25, 10, 26, 11, 27,
+                                      12, 28, 13, 29, 14, 30, 15, 31);
+  std::memcpy(out, &lo, sizeof(lo));
+  std::memcpy(out + 8, &hi, sizeof(hi));
+}
+
+/// load(), with bf16 rows of whole 16-element vectors converted 16 at a
+/// time (the same floats).
+__attribute__((always_inline)) inline void loadRow(const Tensor &t,
+                                                   int64_t offset, int64_t n,
+                                                   float *dst) {
+  if (t.dtype != DType::BF16 || n % 16 != 0)
+    return load(t, offset, n, dst);
+  const char *src = static_cast<const char *>(t.data) + 2 * offset;
+  for (int64_t x = 0; x < n; x += 16)
+    bf16Lanes16(src + 2 * x, dst + x);
+}
+
 __attribute__((always_inline)) inline Vec8 lanes8(const char *p, bool bf16) {
   return bf16 ? bf16Lanes(p) : loadVec8(reinterpret_cast<const float *>(p));
 }
@@ -536,11 +574,31 @@ __attribute__((always_inline)) inline Vec8 dotLanes(const float *q,
                                                     const char *r, int64_t d) {
   constexpr int64_t esize = BF16 ? 2 : 4;
   Vec8 acc0 = {}, acc1 = {};
+#pragma GCC unroll 8
   for (int64_t x = 0; x < d; x += 16) {
     acc0 += loadVec8(q + x) * lanes8(r + x * esize, BF16);
     acc1 += loadVec8(q + x + 8) * lanes8(r + (x + 8) * esize, BF16);
   }
   return acc0 + acc1;
+}
+
+/// dotLanes for 4 key rows at once (each row's sums as dotLanes forms
+/// them): 8 independent chains of multiply-adds instead of 2.
+template <bool BF16>
+__attribute__((always_inline)) inline void
+dotLanes4(const float *q, const char *const *rows, int64_t d, Vec8 *out) {
+  constexpr int64_t esize = BF16 ? 2 : 4;
+  Vec8 acc0[4] = {}, acc1[4] = {};
+  for (int64_t x = 0; x < d; x += 16) {
+    const Vec8 q0 = loadVec8(q + x), q1 = loadVec8(q + x + 8);
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      acc0[i] += q0 * lanes8(rows[i] + x * esize, BF16);
+      acc1[i] += q1 * lanes8(rows[i] + (x + 8) * esize, BF16);
+    }
+  }
+  for (int i = 0; i < 4; ++i)
+    out[i] = acc0[i] + acc1[i];
 }
 
 /// out[j] = ((0 + a[j][0]) + a[j][1]) + ... + a[j][7] for 8 keys j: the
@@ -579,8 +637,8 @@ scoresOf(const float *q, const char *const *rows, int64_t cols, int64_t d,
   int64_t j = 0;
   for (; j + 8 <= cols; j += 8) {
     Vec8 a[8];
-    for (int i = 0; i < 8; ++i)
-      a[i] = dotLanes<BF16>(q, rows[j + i], d);
+    dotLanes4<BF16>(q, rows + j, d, a);
+    dotLanes4<BF16>(q, rows + j + 4, d, a + 4);
     sumLanes8(a, scores + j);
   }
   for (; j < cols; ++j) {
@@ -628,21 +686,22 @@ void convertRing(const Job &job, Worker &w, int64_t cols, float *kr,
   for (int64_t j = 0; j < cols; ++j) {
     const char *key = keys[j], *value = values[j];
     float *kRow = kr + j * dp, *vRow = vr + j * dp;
-    for (int64_t x = 0; x < d; x += 8) {
-      storeVec8(kRow + x, bf16Lanes(key + 2 * x));
-      storeVec8(vRow + x, bf16Lanes(value + 2 * x));
+    for (int64_t x = 0; x < d; x += 16) {
+      bf16Lanes16(key + 2 * x, kRow + x);
+      bf16Lanes16(value + 2 * x, vRow + x);
     }
   }
 }
 
-/// acc[x0, x0 + 8 R) = the sum over the allowed keys j (bias 0) of
-/// p[j] * value row j, in key order: R accumulators stay in registers
-/// across the keys (each element the same chain of multiply-adds from 0
-/// as one key at a time into memory).
+/// Columns [x0, x0 + 8 R) of P V, the sum over the allowed keys j (bias
+/// 0) of p[j] * value row j in key order, added to the double
+/// accumulators: o = o * c + P V. R accumulators stay in registers across
+/// the keys (each element the same chain of multiply-adds from 0 as one
+/// key at a time into memory, then the same o * c + P V as runTask's).
 template <int R, bool BF16>
 __attribute__((always_inline)) inline void
 directPVBlock(const char *const *vRows, const float *p, const float *bias,
-              int64_t cols, int64_t x0, float *acc) {
+              int64_t cols, int64_t x0, double *o, double c) {
   constexpr int64_t esize = BF16 ? 2 : 4;
   Vec8 r[R];
   for (int i = 0; i < R; ++i)
@@ -656,30 +715,39 @@ directPVBlock(const char *const *vRows, const float *p, const float *bias,
     for (int i = 0; i < R; ++i)
       r[i] += pj * lanes8(v + 8 * i * esize, BF16);
   }
-  for (int i = 0; i < R; ++i)
-    storeVec8(acc + x0 + 8 * i, r[i]);
+  for (int i = 0; i < R; ++i) {
+    const Vec4 half[2] = {__builtin_shufflevector(r[i], r[i], 0, 1, 2, 3),
+                          __builtin_shufflevector(r[i], r[i], 4, 5, 6, 7)};
+    for (int h = 0; h < 2; ++h) {
+      double *at = o + x0 + 8 * i + 4 * h;
+      VecD4 ov;
+      std::memcpy(&ov, at, sizeof ov);
+      ov = ov * c + __builtin_convertvector(half[h], VecD4);
+      std::memcpy(at, &ov, sizeof ov);
+    }
+  }
 }
 
-/// A one-row block's P V over the allowed keys into acc (head_dim a
-/// multiple of 16): blocks of 64 columns, then 16 at a time.
+/// A one-row block's P V over the allowed keys, into o = o * c + P V
+/// (head_dim a multiple of 16): blocks of 64 columns, then 16 at a time.
 template <bool BF16>
 __attribute__((always_inline)) inline void
 directPVOf(const char *const *vRows, const float *p, const float *bias,
-           int64_t cols, int64_t d, float *acc) {
+           int64_t cols, int64_t d, double *o, double c) {
   int64_t x0 = 0;
   for (; x0 + 64 <= d; x0 += 64)
-    directPVBlock<8, BF16>(vRows, p, bias, cols, x0, acc);
+    directPVBlock<8, BF16>(vRows, p, bias, cols, x0, o, c);
   for (; x0 < d; x0 += 16)
-    directPVBlock<2, BF16>(vRows, p, bias, cols, x0, acc);
+    directPVBlock<2, BF16>(vRows, p, bias, cols, x0, o, c);
 }
 
 __attribute__((always_inline)) inline void
 directPV(const Job &job, const char *const *vRows, const float *p,
-         const float *bias, int64_t cols, bool bf16, float *acc) {
+         const float *bias, int64_t cols, bool bf16, double *o, double c) {
   if (bf16)
-    directPVOf<true>(vRows, p, bias, cols, job.d, acc);
+    directPVOf<true>(vRows, p, bias, cols, job.d, o, c);
   else
-    directPVOf<false>(vRows, p, bias, cols, job.d, acc);
+    directPVOf<false>(vRows, p, bias, cols, job.d, o, c);
 }
 
 /// Points w.keyPtrs / w.valuePtrs at the key and value rows of a one-row
@@ -714,6 +782,10 @@ void directTile(const Job &job, Worker &w, const SeqPlan &sp, int64_t s,
   directScores(job, w, keys, cols, !ring && a.k.dtype == DType::BF16);
 }
 
+/// A row's correction once a direct row has added its tile's P V to the
+/// double accumulators itself (a correction is in [0, 1] or NaN).
+constexpr float kAccumulated = -1.0f;
+
 /// One (sequence, launch slot, query block) task, or one chunk of its
 /// visited tiles (`chunk`; null: all of them).
 TESSERA_CPU_CLONES
@@ -734,9 +806,9 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
   int64_t p0 = sp.pStart + q0, p1 = sp.pStart + q1; // positions [p0, p1)
 
   for (int64_t i = 0; i < rows; ++i)
-    load(a.q,
-         sp.qBase + (q0 + i) * a.q.strideSeq + headLocal * a.q.strideHead, d,
-         &w.q[i * dp]);
+    loadRow(a.q,
+            sp.qBase + (q0 + i) * a.q.strideSeq + headLocal * a.q.strideHead,
+            d, &w.q[i * dp]);
   std::fill(w.out.begin(), w.out.begin() + rows * dp, 0.0);
   std::fill(w.m.begin(), w.m.begin() + rows, kNegInf);
   std::fill(w.l.begin(), w.l.begin() + rows, 0.0);
@@ -767,7 +839,7 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
           lastTile = chunk ? chunk->tile1 : k::kUnbounded;
   auto [run, kb] = seekTile(runs, ctx, sp, tile);
   for (; k::isRun(run) && tile < lastTile;
-       ++tile, kb < run.hi ? ++kb : (run = runs.runFrom(ctx, kb + 1),
+       ++tile, kb < run.hi ? ++kb : (run = nextRun(runs, ctx, kb),
                                      kb = run.lo)) {
     int cls = run.cls;
     int64_t k0 = std::max(kb * bk, sp.kStart), k1 = std::min(kb * bk + bk, kEnd);
@@ -860,8 +932,10 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
         continue;
       }
       float mOld = w.m[i], mNew = std::max(mOld, rowMax);
-      // 0 when mOld is -inf.
-      float correction = expVec(Vec{} + (mOld - mNew))[0];
+      // 0 when mOld is -inf (as expVec gives it: the first tile a row
+      // sees needs no exponential).
+      float correction =
+          mOld == kNegInf ? 0.0f : expVec(Vec{} + (mOld - mNew))[0];
       Vec vsum = {};
       for (int64_t j = 0; j < colsPad; j += kLanes) {
         Vec e = expVec(loadVec(s + j) - mNew);
@@ -872,8 +946,11 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
       w.m[i] = mNew;
       w.corr[i] = correction;
       if (direct) {
+        // Straight into the double accumulators (the loop below skips
+        // the row).
         directPV(job, w.valuePtrs.data(), s, rowBias, cols, valuesBf16,
-                 &w.acc[i * dp]);
+                 &w.out[i * dp], correction);
+        w.corr[i] = kAccumulated;
       } else if (selectPV) {
         float *acc = &w.acc[i * dp];
         for (int64_t j = 0; j < cols; ++j) {
@@ -892,6 +969,8 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
     // correction (rows that saw nothing here: a zero P row, correction 1).
     for (int64_t i = 0; i < rows; ++i) {
       const double c = w.corr[i];
+      if (c == kAccumulated)
+        continue;
       double *o = &w.out[i * dp];
       const float *pv = &w.acc[i * dp];
       for (int64_t x = 0; x < d; ++x)
@@ -1057,7 +1136,7 @@ void prepareWorker(const Job &job, Worker &w, bool withCache) {
   w.rowsPad = roundUp(rows, kRows);
   w.colsPad = roundUp(a.blockK, kLanes);
   w.dPad = roundUp(job.d, kLanes);
-  w.q.assign(w.rowsPad * w.dPad, 0.0f);
+  w.q.resize(w.rowsPad * w.dPad);
   if (withCache) {
     int64_t span = 1;
     for (const SeqPlan &p : job.seqs)
@@ -1081,15 +1160,15 @@ void prepareWorker(const Job &job, Worker &w, bool withCache) {
     w.ringBatch = w.ringKvHead = -1;
     w.ringTag.assign(w.ringSlots, -1);
   }
-  w.keyRows.assign(kLanes * w.dPad, 0.0f);
+  w.keyRows.resize(kLanes * w.dPad);
   w.keyPtrs.resize(w.colsPad);
   w.valuePtrs.resize(w.colsPad);
-  w.s.assign(w.rowsPad * w.colsPad, 0.0f);
-  w.acc.assign((w.rowsPad + 1) * w.dPad, 0.0f);
+  w.s.resize(w.rowsPad * w.colsPad);
+  w.acc.resize((w.rowsPad + 1) * w.dPad);
   w.m.resize(w.rowsPad);
   w.l.resize(w.rowsPad);
   w.corr.resize(w.rowsPad);
-  w.out.assign(w.rowsPad * w.dPad, 0.0);
+  w.out.resize(w.rowsPad * w.dPad);
   w.keep.resize(w.rowsPad * w.colsPad);
   w.bias.resize(w.colsPad);
   w.biasLine.resize(w.rowsPad + w.colsPad);

@@ -124,6 +124,36 @@ uint64_t descOf(const uint16_t *tile, int mode, int rows, int s) {
   return smemDesc(start, 16, uint32_t(8 * w), mode);
 }
 
+/// Byte offset of element (n, k) of an N x K operand stored MN-major (n
+/// contiguous; wgmmaRSTransB's B). Swizzled (span W): column blocks of
+/// W / 2 n, each K lines of W bytes (line k), 16-byte chunks swizzled as in
+/// placeOf(). Unswizzled: core matrices of 8 k lines of 16 bytes (8 n),
+/// the k-groups of 8 next to each other (128 bytes), n-groups of 8 after
+/// K / 8 of them.
+size_t placeMNOf(int mode, int n, int k) {
+  const int w = spanOf(mode);
+  if (!w)
+    return size_t(n / 8) * (K / 8) * 128 + size_t(k / 8) * 128 +
+           size_t(k % 8) * 16 + size_t(n % 8) * 2;
+  const int perLine = w / 2;
+  const size_t line = (size_t(n / perLine) * K + size_t(k)) * size_t(w);
+  const int chunk = (n % perLine) * 2 / 16, index = int(line / 128);
+  return line + size_t((chunk ^ (index % (w / 16))) * 16) +
+         size_t((n % perLine) * 2 % 16);
+}
+
+/// Descriptor of k-step s of an operand placed by placeMNOf: the start 16
+/// k lines (swizzled) or two k-groups (128 bytes each) on; swizzled, LBO
+/// the next column block (K lines) and SBO 8 lines; unswizzled, LBO a
+/// k-group and SBO an n-group.
+uint64_t descMNOf(const uint16_t *tile, int mode, int s) {
+  const int w = spanOf(mode);
+  if (!w)
+    return smemDesc(tile + s * 2 * 64, 128, (K / 8) * 128, mode);
+  return smemDesc(tile + s * 16 * (w / 2), uint32_t(K * w), uint32_t(8 * w),
+                  mode);
+}
+
 /// This thread's element v of the D fragment: (row, column) of D (the PTX
 /// ISA's figure for wgmma .m64nNk16 D, as Hopper.cuh states it).
 void dPosition(int thread, int v, int &row, int &col) {
@@ -155,13 +185,21 @@ struct alignas(1024) MmaTiles {
 MmaTiles mmaTiles;
 
 /// D = A B^T over K = 64 by four wgmma k-steps (the first without
-/// accumulate), A from shared memory (RS false) or registers; returns D
-/// row-major, gathered from the threads' fragments.
-template <int E, int N, bool RS>
+/// accumulate), A from shared memory (RS false) or registers, B K-major or
+/// (TB, with RS) MN-major; returns D row-major, gathered from the threads'
+/// fragments.
+template <int E, int N, bool RS, bool TB = false>
 std::vector<float> runWgmma(int modeA, int modeB, const std::vector<float> &a,
                             const std::vector<float> &b) {
   place<E>(mmaTiles.a, modeA, a, 64);
-  place<E>(mmaTiles.b, modeB, b, N);
+  if (TB) {
+    for (int n = 0; n < N; ++n)
+      for (int k = 0; k < K; ++k)
+        mmaTiles.b[placeMNOf(modeB, n, k) / 2] =
+            toHalf<E>(b[size_t(n * K + k)]);
+  } else {
+    place<E>(mmaTiles.b, modeB, b, N);
+  }
   std::vector<float> out(size_t(64) * N, -1.0f);
   tessera_emu::launch(
       [&] {
@@ -169,11 +207,15 @@ std::vector<float> runWgmma(int modeA, int modeB, const std::vector<float> &a,
         float d[N / 2];
         wgmmaFence();
         for (int s = 0; s < K / 16; ++s) {
-          const uint64_t db = descOf(mmaTiles.b, modeB, N, s);
+          const uint64_t db = TB ? descMNOf(mmaTiles.b, modeB, s)
+                                 : descOf(mmaTiles.b, modeB, N, s);
           if (RS) {
             uint32_t regs[4];
             aFragment<E>(a, t, s, regs);
-            wgmmaRS<E, N>(d, regs, db, s > 0);
+            if (TB)
+              wgmmaRSTransB<E, N>(d, regs, db, s > 0);
+            else
+              wgmmaRS<E, N>(d, regs, db, s > 0);
           } else {
             wgmmaSS<E, N>(d, descOf(mmaTiles.a, modeA, 64, s), db, s > 0);
           }
@@ -201,13 +243,26 @@ size_t mismatches(const std::vector<float> &got,
 
 const int kModes[] = {kDescNoSwizzle, kDesc32B, kDesc64B, kDesc128B};
 
-template <int E, int N, bool RS> void checkEveryMode() {
+/// Runs `body` under each scheduling seed of `seeds` (0: lowest thread
+/// first), restoring the seed after.
+template <typename F>
+void underSeedsOf(std::initializer_list<uint64_t> seeds, F body) {
+  const uint64_t saved = tessera_emu::scheduleSeed();
+  for (uint64_t seed : seeds) {
+    tessera_emu::setScheduleSeed(seed);
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    body();
+  }
+  tessera_emu::setScheduleSeed(saved);
+}
+
+template <int E, int N, bool RS, bool TB = false> void checkEveryMode() {
   const std::vector<float> a = matrix(64, K, 1), b = matrix(N, K, 2);
   const std::vector<double> want = matmul(a, b, 64, N, K);
   for (int mode : kModes) {
     // A in the next mode round, so that A and B differ in layout too.
     const int modeA = kModes[(mode + 1) % 4];
-    EXPECT_EQ(mismatches(runWgmma<E, N, RS>(modeA, mode, a, b), want), 0u)
+    EXPECT_EQ(mismatches(runWgmma<E, N, RS, TB>(modeA, mode, a, b), want), 0u)
         << "N " << N << " B swizzle mode " << mode << " A mode " << modeA;
   }
 }
@@ -224,6 +279,46 @@ TEST(EmulatorHopper, WgmmaRSMatchesAMatmulInEverySwizzleMode) {
   checkEveryMode<kWgmmaBF16, 128, true>();
   checkEveryMode<kWgmmaF16, 64, true>();
   checkEveryMode<kWgmmaF16, 128, true>();
+}
+
+/// B MN-major (FlashAttention-3's V): the same products.
+TEST(EmulatorHopper, WgmmaRSTransBMatchesAMatmulInEverySwizzleMode) {
+  checkEveryMode<kWgmmaBF16, 64, true, true>();
+  checkEveryMode<kWgmmaBF16, 128, true, true>();
+  checkEveryMode<kWgmmaF16, 64, true, true>();
+  checkEveryMode<kWgmmaF16, 128, true, true>();
+}
+
+/// B placed MN-major but read K-major (the transpose flag forgotten): a
+/// wrong product.
+TEST(EmulatorHopper, AnMNMajorOperandReadKMajorGivesAWrongProduct) {
+  const std::vector<float> a = matrix(64, K, 1), b = matrix(64, K, 2);
+  const std::vector<double> want = matmul(a, b, 64, 64, K);
+  for (int n = 0; n < 64; ++n)
+    for (int k = 0; k < K; ++k)
+      mmaTiles.b[placeMNOf(kDesc128B, n, k) / 2] =
+          floatToBf16(b[size_t(n * K + k)]);
+  std::vector<float> out(64 * 64);
+  tessera_emu::launch(
+      [&] {
+        const int t = int(threadIdx.x);
+        float d[32];
+        for (int s = 0; s < K / 16; ++s) {
+          uint32_t regs[4];
+          aFragment<kWgmmaBF16>(a, t, s, regs);
+          wgmmaRS<kWgmmaBF16, 64>(d, regs, descMNOf(mmaTiles.b, kDesc128B, s),
+                                  s > 0);
+        }
+        wgmmaCommit();
+        wgmmaWait<0>();
+        for (int v = 0; v < 32; ++v) {
+          int row, col;
+          dPosition(t, v, row, col);
+          out[size_t(row * 64 + col)] = d[v];
+        }
+      },
+      dim3{1, 1, 1}, dim3{128, 1, 1});
+  EXPECT_GT(mismatches(out, want), 1000u);
 }
 
 /// A descriptor whose swizzle mode differs from the layout of the data
@@ -388,6 +483,49 @@ TEST(EmulatorHopper, SetmaxnregByAWholeWarpgroup) {
       },
       dim3{1, 1, 1}, dim3{256, 1, 1});
   EXPECT_EQ(passed, 256);
+}
+
+/// bar.sync id, count: each warpgroup on a barrier of its own; a thread
+/// passes only when its warpgroup's 128 arrived, round after round.
+TEST(EmulatorHopper, NamedBarriersReleaseTheirOwnThreads) {
+  underSeedsOf({0, 1, 7}, [] {
+    std::vector<int> seen(256 * 2);
+    int arrived[2][2] = {};
+    tessera_emu::launch(
+        [&] {
+          const int t = int(threadIdx.x), g = t / 128;
+          for (int round = 0; round < 2; ++round) {
+            ++arrived[round][g];
+            tessera_emu::namedBarrier(1 + g, 128);
+            seen[size_t(2 * t + round)] = arrived[round][g];
+          }
+        },
+        dim3{1, 1, 1}, dim3{256, 1, 1});
+    for (int v : seen)
+      EXPECT_EQ(v, 128);
+  });
+}
+
+TEST(EmulatorHopperDeathTest, NamedBarrierMisuses) {
+  // A warp that skips it leaves the others waiting.
+  EXPECT_DEATH(tessera_emu::launch(
+                   [] {
+                     if (threadIdx.x < 96)
+                       tessera_emu::namedBarrier(1, 128);
+                   },
+                   dim3{1, 1, 1}, dim3{128, 1, 1}),
+               "deadlock in block \\(0, 0, 0\\).* 32 finished the block, 0 at "
+               "an mbarrier wait, 0 at a warpgroup collective, 96 at a named "
+               "barrier(.|\n)*bar.sync 1: 96 of 128 threads");
+  EXPECT_DEATH(tessera_emu::launch(
+                   [] {
+                     tessera_emu::namedBarrier(2, threadIdx.x < 64 ? 128 : 64);
+                   },
+                   dim3{1, 1, 1}, dim3{128, 1, 1}),
+               "bar.sync 2 with counts (128 and 64|64 and 128)");
+  EXPECT_DEATH(tessera_emu::launch([] { tessera_emu::namedBarrier(1, 48); },
+                                   dim3{1, 1, 1}, dim3{128, 1, 1}),
+               "bar.sync 1, 48");
 }
 
 //===----------------------------------------------------------------------===//

@@ -76,7 +76,7 @@
 //     them early sees NaN. A wgmma that accumulates into registers an
 //     earlier one still in flight writes chains after it. Operands must be
 //     equal across the warpgroup. Not modelled: a missing wgmma.fence
-//     (accepted silently), transposed operands, other types and shapes.
+//     (accepted silently), a transposed A, other types and shapes.
 //   - Descriptors address a 256 KiB shared window: __shared__ variables
 //     are statics here, so smemDesc's address comes from sharedWindow(),
 //     16 slots of 16 KiB each mapping a 16 KiB-aligned host block (assigned
@@ -101,6 +101,9 @@
 //     tx-count drops; loads never completed land when the block ends,
 //     counted by leftoverCopies(). A missing wait reads poison; a stage
 //     refilled too early is poison or the wrong tile.
+//   - wgmmaRSTransB takes B MN-major (imm-trans-b 1; the layouts of
+//     operandElement()); named barriers (bar.sync id, count: namedBarrier)
+//     release once `count` threads arrived, and count in deadlock reports.
 //   - fence.proxy.async and fence.mbarrier_init are accepted (no-ops:
 //     every access here is coherent); setmaxnreg checks its count (a
 //     multiple of 8 in [24, 256]) and that the whole warpgroup executes it.
@@ -388,6 +391,14 @@ enum class Wait : uint8_t {
   BlockEnd,  ///< finished the block
   Mbarrier,  ///< an mbarrier phase (mbarTryWait / mbarWait)
   WarpGroup, ///< a warpgroup collective (wgmma.*, setmaxnreg)
+  Named,     ///< bar.sync id, count (namedBarrier)
+};
+
+/// A named barrier (bar.sync id, count): the count its current round
+/// needs, and the threads waiting in it.
+struct NamedBarrier {
+  int count = 0;
+  std::vector<unsigned> waiting; // linear thread indices
 };
 
 /// One wgmma.mma_async of a thread in flight: its accumulators and what
@@ -487,6 +498,7 @@ struct Launch {
   std::vector<WarpGroup> groups;
   std::map<uintptr_t, Mbarrier> mbarriers;
   uintptr_t windowBlock[kWindowSlots] = {};
+  NamedBarrier named[16]; ///< bar.sync's barriers 0-15
 };
 
 inline thread_local Thread *self = nullptr;
@@ -660,7 +672,8 @@ inline Thread *takeNext(Launch &l) {
 /// different barriers (or finished the block while others wait at a
 /// barrier). On a GPU the block would hang or go wrong; here it is reported.
 [[noreturn]] inline void deadlock(Launch &l) {
-  int sync = 0, syncOr = 0, warp = 0, end = 0, mbar = 0, group = 0;
+  int sync = 0, syncOr = 0, warp = 0, end = 0, mbar = 0, group = 0,
+      named = 0;
   for (const Thread &t : l.thread) {
     sync += t.wait == Wait::Sync;
     syncOr += t.wait == Wait::SyncOr;
@@ -668,6 +681,7 @@ inline Thread *takeNext(Launch &l) {
     end += t.wait == Wait::BlockEnd;
     mbar += t.wait == Wait::Mbarrier;
     group += t.wait == Wait::WarpGroup;
+    named += t.wait == Wait::Named;
   }
   const dim3 b = l.thread[0].blockIdx;
   std::fprintf(stderr,
@@ -675,8 +689,8 @@ inline Thread *takeNext(Launch &l) {
                "at different barriers: %d at __syncthreads, %d at "
                "__syncthreads_or, %d at a warp collective, %d finished the "
                "block, %d at an mbarrier wait, %d at a warpgroup "
-               "collective\n",
-               b.x, b.y, b.z, sync, syncOr, warp, end, mbar, group);
+               "collective, %d at a named barrier\n",
+               b.x, b.y, b.z, sync, syncOr, warp, end, mbar, group, named);
   for (size_t w = 0; w < l.warps.size(); ++w)
     if (l.warps[w].arrived)
       std::fprintf(stderr, "  warp %zu: %d of %d lanes at a collective\n", w,
@@ -685,6 +699,10 @@ inline Thread *takeNext(Launch &l) {
     if (l.groups[g].arrived)
       std::fprintf(stderr, "  warpgroup %zu: %d of 128 threads at %s\n", g,
                    l.groups[g].arrived, l.groups[g].kind);
+  for (int id = 0; id < 16; ++id)
+    if (!l.named[id].waiting.empty())
+      std::fprintf(stderr, "  bar.sync %d: %zu of %d threads\n", id,
+                   l.named[id].waiting.size(), l.named[id].count);
   for (const auto &[address, m] : l.mbarriers)
     if (!m.waiters.empty())
       std::fprintf(stderr,
@@ -1236,9 +1254,10 @@ struct SmemMatrix {
   const unsigned char *start; ///< host address of the start address
   uint32_t startWindow, lbo, sbo;
   uint32_t swizzleBytes; ///< 0 (none), 32, 64 or 128
+  bool mnMajor = false;  ///< imm-trans 1: the rows (m or n) contiguous
 };
 
-inline SmemMatrix decodeDescriptor(uint64_t desc) {
+inline SmemMatrix decodeDescriptor(uint64_t desc, bool mnMajor = false) {
   if ((desc >> 49) & 7)
     fail("a wgmma descriptor with a nonzero base offset (not modelled)",
          reinterpret_cast<void *>(uintptr_t(desc)));
@@ -1249,6 +1268,7 @@ inline SmemMatrix decodeDescriptor(uint64_t desc) {
   static const uint32_t bytes[4] = {0, 128, 64, 32};
   m.swizzleBytes = bytes[desc >> 62];
   m.start = sharedHost(m.startWindow);
+  m.mnMajor = mnMajor;
   return m;
 }
 
@@ -1265,12 +1285,30 @@ inline uint64_t swizzleAddress(uint64_t a, uint32_t swizzleBytes) {
 /// without swizzle, 8 x 8 core matrices of 16-byte rows, SBO apart along
 /// the rows and LBO apart along k; with a W-byte swizzle, rows W bytes
 /// apart in groups of 8 SBO apart (LBO unused), then swizzled by address.
+///
+/// MN-major (imm-trans 1; CUTLASS's canonical GMMA layouts): rows are the
+/// contiguous dimension. Without swizzle, core matrices of 8 k (16 bytes
+/// apart) by 8 rows (2 bytes apart), SBO apart along the rows and LBO
+/// apart along k; with a W-byte swizzle, W / 2 rows in a W-byte line, k
+/// lines W bytes apart in groups of 8 SBO apart, the next W / 2 rows LBO
+/// on, then swizzled by address.
 inline uint16_t operandElement(const SmemMatrix &m, int row, int k) {
-  uint64_t a = m.startWindow + uint64_t(row / 8) * m.sbo;
-  if (!m.swizzleBytes)
-    a += uint64_t(row % 8) * 16 + uint64_t(k / 8) * m.lbo + uint64_t(k % 8) * 2;
+  uint64_t a = m.startWindow;
+  const uint64_t w = m.swizzleBytes;
+  if (m.mnMajor && !w)
+    a += uint64_t(row / 8) * m.sbo + uint64_t(row % 8) * 2 +
+         uint64_t(k / 8) * m.lbo + uint64_t(k % 8) * 16;
+  else if (m.mnMajor)
+    a = swizzleAddress(a + uint64_t(row) / (w / 2) * m.lbo +
+                           uint64_t(row) % (w / 2) * 2 +
+                           uint64_t(k / 8) * m.sbo + uint64_t(k % 8) * w,
+                       m.swizzleBytes);
+  else if (!w)
+    a += uint64_t(row / 8) * m.sbo + uint64_t(row % 8) * 16 +
+         uint64_t(k / 8) * m.lbo + uint64_t(k % 8) * 2;
   else
-    a = swizzleAddress(a + uint64_t(row % 8) * m.swizzleBytes + 2 * k,
+    a = swizzleAddress(a + uint64_t(row / 8) * m.sbo + uint64_t(row % 8) * w +
+                           2 * uint64_t(k),
                        m.swizzleBytes);
   uint16_t e;
   std::memcpy(&e, m.start + (int64_t(a) - int64_t(m.startWindow)), 2);
@@ -1284,6 +1322,7 @@ struct WgmmaArgs {
   bool accumulate;
   const uint32_t *a; ///< A fragment (wgmmaRS), else null
   float *d;
+  bool transB; ///< B MN-major (imm-trans-b 1)
 };
 
 /// The value a wgmma of `t` still in flight gives accumulators `d`, or null:
@@ -1313,6 +1352,7 @@ template <int E, int N> inline void wgmmaGroup(void **args) {
   for (int i = 1; i < 128; ++i) {
     const WgmmaArgs &o = *static_cast<WgmmaArgs *>(args[i]);
     if (o.descB != first.descB || o.accumulate != first.accumulate ||
+        o.transB != first.transB ||
         (!first.a && o.descA != first.descA))
       fail("wgmma operands (descriptors, scale-d) differ within the "
            "warpgroup",
@@ -1335,7 +1375,7 @@ template <int E, int N> inline void wgmmaGroup(void **args) {
       for (int k = 0; k < 16; ++k)
         A[r][k] = halfToFloat<E>(operandElement(ma, r, k));
   }
-  const SmemMatrix mb = decodeDescriptor(first.descB);
+  const SmemMatrix mb = decodeDescriptor(first.descB, first.transB);
   std::vector<float> B(static_cast<size_t>(N) * 16);
   for (int n = 0; n < N; ++n)
     for (int k = 0; k < 16; ++k)
@@ -1361,12 +1401,14 @@ template <int E, int N> inline void wgmmaGroup(void **args) {
 }
 
 /// The collective's name, which also tells N, the type and the form apart.
-template <int E, int N> inline const char *wgmmaKind(bool registerA) {
-  static const std::string ss = "wgmma.mma_async m64n" + std::to_string(N) +
-                                "k16 " + (E == 0 ? "f16" : "bf16") + " SS";
-  static const std::string rs = "wgmma.mma_async m64n" + std::to_string(N) +
-                                "k16 " + (E == 0 ? "f16" : "bf16") + " RS";
-  return registerA ? rs.c_str() : ss.c_str();
+template <int E, int N>
+inline const char *wgmmaKind(bool registerA, bool transB = false) {
+  static const std::string base = "wgmma.mma_async m64n" + std::to_string(N) +
+                                   "k16 " + (E == 0 ? "f16" : "bf16");
+  static const std::string names[4] = {base + " SS", base + " RS",
+                                       base + " SS trans-b",
+                                       base + " RS trans-b"};
+  return names[(registerA ? 1 : 0) + (transB ? 2 : 0)].c_str();
 }
 
 /// wgmma.mma_async.sync.aligned.m64nNk16.f32.{f16,bf16} (Hopper.cuh's
@@ -1374,7 +1416,7 @@ template <int E, int N> inline const char *wgmmaKind(bool registerA) {
 template <int E, int N>
 inline void wgmmaSS(float *d, uint64_t descA, uint64_t descB,
                     bool accumulate) {
-  WgmmaArgs args{descA, descB, accumulate, nullptr, d};
+  WgmmaArgs args{descA, descB, accumulate, nullptr, d, false};
   groupCollective(wgmmaKind<E, N>(false), &args, wgmmaGroup<E, N>);
 }
 
@@ -1382,8 +1424,52 @@ inline void wgmmaSS(float *d, uint64_t descA, uint64_t descB,
 template <int E, int N>
 inline void wgmmaRS(float *d, const uint32_t (&a)[4], uint64_t descB,
                     bool accumulate) {
-  WgmmaArgs args{0, descB, accumulate, a, d};
+  WgmmaArgs args{0, descB, accumulate, a, d, false};
   groupCollective(wgmmaKind<E, N>(true), &args, wgmmaGroup<E, N>);
+}
+
+/// The same with B MN-major (imm-trans-b 1: FlashAttention-3's V, keys by
+/// head-dim columns with the columns contiguous; wgmmaRSTransB).
+template <int E, int N>
+inline void wgmmaRSTransB(float *d, const uint32_t (&a)[4], uint64_t descB,
+                          bool accumulate) {
+  WgmmaArgs args{0, descB, accumulate, a, d, true};
+  groupCollective(wgmmaKind<E, N>(true, true), &args, wgmmaGroup<E, N>);
+}
+
+/// bar.sync id, count: a barrier of `count` threads (a multiple of 32, at
+/// most the block's) on barrier `id` (0-15); the threads arriving at one
+/// round must agree on the count. Released threads run in the current
+/// order (no new draw, unlike __syncthreads). Barrier 0 here is apart from
+/// __syncthreads': do not mix them.
+inline void namedBarrier(int id, int count) {
+  Launch &l = *running;
+  Thread &t = *self;
+  if (id < 0 || id > 15 || count <= 0 || count % 32 || count > l.threads) {
+    std::fprintf(stderr,
+                 "tessera emulator: bar.sync %d, %d (ids 0-15, counts a "
+                 "multiple of 32 up to the block's %d threads)\n",
+                 id, count, l.threads);
+    std::abort();
+  }
+  NamedBarrier &b = l.named[id];
+  if (b.waiting.empty()) {
+    b.count = count;
+  } else if (b.count != count) {
+    std::fprintf(stderr,
+                 "tessera emulator: bar.sync %d with counts %d and %d in "
+                 "block (%u, %u, %u)\n",
+                 id, b.count, count, t.blockIdx.x, t.blockIdx.y, t.blockIdx.z);
+    std::abort();
+  }
+  t.wait = Wait::Named;
+  b.waiting.push_back(t.linear);
+  if (int(b.waiting.size()) == count) {
+    for (unsigned w : b.waiting)
+      makeReady(l, l.thread[w]);
+    b.waiting.clear();
+  }
+  schedule(l, t);
 }
 
 /// wgmma.fence.sync.aligned: only the collective (every access here is

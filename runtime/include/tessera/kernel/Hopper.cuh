@@ -3,8 +3,9 @@
 // The pieces the Hopper kernels (issue 18) are built from, each one
 // instruction or a short loop of them: the wgmma shared-memory matrix
 // descriptor, warpgroup MMA with A and B in shared memory (wgmmaSS) or A in
-// registers (wgmmaRS), its fence / commit / wait, mbarriers, the 4-D tiled
-// TMA load, the async-proxy fence and setmaxnreg. Pasted by the emitter
+// registers (wgmmaRS; wgmmaRSTransB with B MN-major), its fence / commit /
+// wait, mbarriers, the 4-D tiled TMA load, the async-proxy fence and
+// setmaxnreg. Pasted by the emitter
 // after FlashForward.cuh; needs no header, so NVRTC compiles it without the
 // CUDA include directory (for sm_90a: wgmma and setmaxnreg exist only
 // there). Under TESSERA_EMULATE each primitive calls its model in Emulate.h
@@ -202,58 +203,86 @@ __device__ __forceinline__ void wgmmaSS(float (&d)[N / 2], u64 descA,
 #endif
 }
 
+#ifndef TESSERA_EMULATE
+// wgmma with A in registers, imm-trans-b from TRANS_B (a constexpr bool in
+// scope), N / 2 accumulators `outs`.
+#define TESSERA_WGMMA_RS(shape, type, dregs, pred, operands, outs)             \
+  do {                                                                         \
+    if constexpr (TRANS_B)                                                     \
+      asm volatile(TESSERA_WGMMA(shape, type, dregs, pred, operands, "1")      \
+                   : outs                                                      \
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB),   \
+                     "r"(scale));                                              \
+    else                                                                       \
+      asm volatile(TESSERA_WGMMA(shape, type, dregs, pred, operands, "0")      \
+                   : outs                                                      \
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB),   \
+                     "r"(scale));                                              \
+  } while (0)
+#endif
+
+/// wgmmaRS and wgmmaRSTransB: A from registers, B from shared memory,
+/// K-major or (TRANS_B) MN-major.
+template <int E, int N, bool TRANS_B>
+__device__ __forceinline__ void wgmmaRSImpl(float (&d)[N / 2],
+                                            const u32 (&a)[4], u64 descB,
+                                            bool accumulate) {
+  static_assert(N == 64 || N == 128 || N == 256, "wgmma N: 64, 128 or 256");
+#ifdef TESSERA_EMULATE
+  if (TRANS_B)
+    tessera_emu::wgmmaRSTransB<E, N>(d, a, descB, accumulate);
+  else
+    tessera_emu::wgmmaRS<E, N>(d, a, descB, accumulate);
+#else
+  const u32 scale = accumulate ? 1u : 0u;
+  if constexpr (N == 64) {
+    if (E == kWgmmaF16)
+      TESSERA_WGMMA_RS("m64n64k16", "f16", TESSERA_WGMMA_D32, "%37",
+                       "{%32, %33, %34, %35}, %36", TESSERA_WGMMA_F32(d, 0));
+    else
+      TESSERA_WGMMA_RS("m64n64k16", "bf16", TESSERA_WGMMA_D32, "%37",
+                       "{%32, %33, %34, %35}, %36", TESSERA_WGMMA_F32(d, 0));
+  } else if constexpr (N == 128) {
+    if (E == kWgmmaF16)
+      TESSERA_WGMMA_RS("m64n128k16", "f16", TESSERA_WGMMA_D64, "%69",
+                       "{%64, %65, %66, %67}, %68", TESSERA_WGMMA_F64(d, 0));
+    else
+      TESSERA_WGMMA_RS("m64n128k16", "bf16", TESSERA_WGMMA_D64, "%69",
+                       "{%64, %65, %66, %67}, %68", TESSERA_WGMMA_F64(d, 0));
+  } else {
+    if (E == kWgmmaF16)
+      TESSERA_WGMMA_RS("m64n256k16", "f16", TESSERA_WGMMA_D128, "%133",
+                       "{%128, %129, %130, %131}, %132",
+                       TESSERA_WGMMA_F128(d, 0));
+    else
+      TESSERA_WGMMA_RS("m64n256k16", "bf16", TESSERA_WGMMA_D128, "%133",
+                       "{%128, %129, %130, %131}, %132",
+                       TESSERA_WGMMA_F128(d, 0));
+  }
+#endif
+}
+
 /// The same with A in registers (this thread's m64k16 A fragment, the
 /// layout in this file's header; FlashAttention-3's P in O += P V) and B in
 /// shared memory, K-major.
 template <int E, int N>
 __device__ __forceinline__ void wgmmaRS(float (&d)[N / 2], const u32 (&a)[4],
                                         u64 descB, bool accumulate) {
-  static_assert(N == 64 || N == 128 || N == 256, "wgmma N: 64, 128 or 256");
-#ifdef TESSERA_EMULATE
-  tessera_emu::wgmmaRS<E, N>(d, a, descB, accumulate);
-#else
-  const u32 scale = accumulate ? 1u : 0u;
-  if constexpr (N == 64) {
-    if (E == kWgmmaF16)
-      asm volatile(TESSERA_WGMMA("m64n64k16", "f16", TESSERA_WGMMA_D32, "%37",
-                                 "{%32, %33, %34, %35}, %36", "0")
-                   : TESSERA_WGMMA_F32(d, 0)
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB),
-                     "r"(scale));
-    else
-      asm volatile(TESSERA_WGMMA("m64n64k16", "bf16", TESSERA_WGMMA_D32, "%37",
-                                 "{%32, %33, %34, %35}, %36", "0")
-                   : TESSERA_WGMMA_F32(d, 0)
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB),
-                     "r"(scale));
-  } else if constexpr (N == 128) {
-    if (E == kWgmmaF16)
-      asm volatile(TESSERA_WGMMA("m64n128k16", "f16", TESSERA_WGMMA_D64, "%69",
-                                 "{%64, %65, %66, %67}, %68", "0")
-                   : TESSERA_WGMMA_F64(d, 0)
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB),
-                     "r"(scale));
-    else
-      asm volatile(TESSERA_WGMMA("m64n128k16", "bf16", TESSERA_WGMMA_D64,
-                                 "%69", "{%64, %65, %66, %67}, %68", "0")
-                   : TESSERA_WGMMA_F64(d, 0)
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB),
-                     "r"(scale));
-  } else {
-    if (E == kWgmmaF16)
-      asm volatile(TESSERA_WGMMA("m64n256k16", "f16", TESSERA_WGMMA_D128,
-                                 "%133", "{%128, %129, %130, %131}, %132", "0")
-                   : TESSERA_WGMMA_F128(d, 0)
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB),
-                     "r"(scale));
-    else
-      asm volatile(TESSERA_WGMMA("m64n256k16", "bf16", TESSERA_WGMMA_D128,
-                                 "%133", "{%128, %129, %130, %131}, %132", "0")
-                   : TESSERA_WGMMA_F128(d, 0)
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB),
-                     "r"(scale));
-  }
-#endif
+  wgmmaRSImpl<E, N, false>(d, a, descB, accumulate);
+}
+
+/// wgmmaRS with B MN-major (imm-trans-b 1): B's N dimension contiguous, as
+/// V [keys][head_dim] is for O += P V (keys are k, head-dim columns n).
+/// Layouts (CUTLASS's canonical GMMA MN-major ones): W-byte swizzle: W / 2
+/// columns in a W-byte line, the 16 keys of a k-step on lines W bytes apart
+/// in two groups SBO apart, the next W / 2 columns LBO on; no swizzle: core
+/// matrices of 8 keys (16 bytes apart) by 8 columns, SBO apart along n and
+/// LBO apart along k.
+template <int E, int N>
+__device__ __forceinline__ void wgmmaRSTransB(float (&d)[N / 2],
+                                              const u32 (&a)[4], u64 descB,
+                                              bool accumulate) {
+  wgmmaRSImpl<E, N, true>(d, a, descB, accumulate);
 }
 
 /// wgmma.fence.sync.aligned: orders this warpgroup's earlier register and

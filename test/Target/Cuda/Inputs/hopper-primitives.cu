@@ -3,7 +3,8 @@
 // ptxas must turn it into HGMMA, UTMALDG and SYNCS instructions. Not meant
 // to compute anything useful: one warpgroup of consumers, one producer warp
 // that loads a 64 x 64 tile by TMA into each of two stages, S = Q K^T by
-// wgmmaSS and O = P V by wgmmaRS, at N = 64, 128 and 256, f16 and bf16.
+// wgmmaSS and O = P V by wgmmaRS and wgmmaRSTransB, at N = 64, 128 and 256,
+// f16 and bf16.
 
 #include "tessera/kernel/Hopper.cuh"
 
@@ -31,6 +32,8 @@ __device__ void products(Tiles &t, int stage, float *out) {
     p[i] = __float_as_uint(d[i]);
   wgmmaFence();
   wgmmaRS<E, N>(d, p, b, true);
+  wgmmaRSTransB<E, N>(d, p, smemDesc(t.kv[stage], 8192, 1024, kDesc128B),
+                      true);
   wgmmaCommit();
   wgmmaWait<0>();
   wgmmaFenceRegs(d);

@@ -76,8 +76,10 @@ constexpr int K = 64; // four k-steps of 16
 
 /// The swizzle span in bytes of a descriptor mode (kDesc128B ...), 0 none.
 int spanOf(int mode) {
-  return mode == kDesc128B ? 128 : mode == kDesc64B ? 64 : mode == kDesc32B ? 32
-                                                                            : 0;
+  return mode == kDesc128B  ? 128
+         : mode == kDesc64B ? 64
+         : mode == kDesc32B ? 32
+                            : 0;
 }
 
 /// Byte offset in a 1024-byte aligned tile of element (r, k) of a
@@ -93,8 +95,8 @@ size_t placeOf(int mode, int rows, int r, int k) {
     return size_t(k / 8) * size_t(rows) * 16 + size_t(r) * 16 +
            size_t(k % 8) * 2;
   const int perRow = w / 2, block = k / perRow;
-  const size_t row = size_t(block) * size_t(rows) * size_t(w) +
-                     size_t(r) * size_t(w);
+  const size_t row =
+      size_t(block) * size_t(rows) * size_t(w) + size_t(r) * size_t(w);
   const int chunk = (k % perRow) * 2 / 16, line = int(row / 128);
   return row + size_t((chunk ^ (line % (w / 16))) * 16) +
          size_t((k % perRow) * 2 % 16);
@@ -431,9 +433,9 @@ TEST(EmulatorHopper, AccumulatorsAreNaNUntilTheCoveringWait) {
 //===----------------------------------------------------------------------===//
 
 TEST(EmulatorHopperDeathTest, AWgmmaInAPartialWarpgroup) {
-  EXPECT_DEATH(tessera_emu::launch([] { wgmmaFence(); }, dim3{1, 1, 1},
-                                   dim3{192, 1, 1}),
-               "wgmma.fence in a warpgroup of 64 threads");
+  EXPECT_DEATH(
+      tessera_emu::launch([] { wgmmaFence(); }, dim3{1, 1, 1}, dim3{192, 1, 1}),
+      "wgmma.fence in a warpgroup of 64 threads");
 }
 
 TEST(EmulatorHopperDeathTest, ThreadsOfAWarpgroupAtDifferentCollectives) {
@@ -517,12 +519,11 @@ TEST(EmulatorHopperDeathTest, NamedBarrierMisuses) {
                "deadlock in block \\(0, 0, 0\\).* 32 finished the block, 0 at "
                "an mbarrier wait, 0 at a warpgroup collective, 96 at a named "
                "barrier(.|\n)*bar.sync 1: 96 of 128 threads");
-  EXPECT_DEATH(tessera_emu::launch(
-                   [] {
-                     tessera_emu::namedBarrier(2, threadIdx.x < 64 ? 128 : 64);
-                   },
-                   dim3{1, 1, 1}, dim3{128, 1, 1}),
-               "bar.sync 2 with counts (128 and 64|64 and 128)");
+  EXPECT_DEATH(
+      tessera_emu::launch(
+          [] { tessera_emu::namedBarrier(2, threadIdx.x < 64 ? 128 : 64); },
+          dim3{1, 1, 1}, dim3{128, 1, 1}),
+      "bar.sync 2 with counts (128 and 64|64 and 128)");
   EXPECT_DEATH(tessera_emu::launch([] { tessera_emu::namedBarrier(1, 48); },
                                    dim3{1, 1, 1}, dim3{128, 1, 1}),
                "bar.sync 1, 48");
@@ -633,7 +634,9 @@ struct Tensor {
   uint16_t *base() { return data.data(); }
   size_t index(int b, int n, int h, int x) const {
     return ((size_t(b) * size_t(tokens) + size_t(n)) * size_t(heads) +
-            size_t(h)) * size_t(d) + size_t(x);
+            size_t(h)) *
+               size_t(d) +
+           size_t(x);
   }
 };
 
@@ -654,8 +657,8 @@ int encode(TensorMap &map, Tensor &t, uint32_t box0, uint32_t boxTokens,
   const uint64_t strides[3] = {dims[0] * 2, dims[0] * dims[1] * 2,
                                dims[0] * dims[1] * dims[2] * 2};
   const uint32_t box[4] = {box0, 1, boxTokens, 1};
-  return tessera_emu::encodeTensorMapTiled(&map, tessera_emu::kTensorMapBF16,
-                                           4, t.base(), dims, strides, box,
+  return tessera_emu::encodeTensorMapTiled(&map, tessera_emu::kTensorMapBF16, 4,
+                                           t.base(), dims, strides, box,
                                            swizzle, oobZero);
 }
 
@@ -737,8 +740,8 @@ TEST(EmulatorHopper, TensorMapEncodeRejectsWhatTheDriverRejects) {
   uint64_t dims[4] = {64, 2, 64, 1}, strides[3] = {128, 256, 16384};
   uint32_t box[4] = {64, 1, 64, 1};
   auto enc = [&](int type, int rank, void *g, int swizzle) {
-    return tessera_emu::encodeTensorMapTiled(&map, type, rank, g, dims,
-                                             strides, box, swizzle, true);
+    return tessera_emu::encodeTensorMapTiled(&map, type, rank, g, dims, strides,
+                                             box, swizzle, true);
   };
   const int bf16 = tessera_emu::kTensorMapBF16;
   EXPECT_EQ(enc(bf16, 4, t.base(), 3), 0);
@@ -821,10 +824,9 @@ std::vector<float> runRing(Ring mode, Tensor &q, Tensor &k) {
             if (i >= 2)
               mbarWait(mode == Ring::Reuse ? &r.full[s] : &r.empty[s],
                        uint32_t((i / 2 - 1) & 1));
-            mbarArriveExpectTx(&r.full[s], kTileBytes +
-                                               (mode == Ring::ExpectTooMuch
-                                                    ? 16
-                                                    : 0));
+            mbarArriveExpectTx(&r.full[s],
+                               kTileBytes +
+                                   (mode == Ring::ExpectTooMuch ? 16 : 0));
             tmaLoad(r.k[s], &kMap, 0, 1, 64 * i, 0, &r.full[s]);
           }
         }

@@ -672,8 +672,7 @@ inline Thread *takeNext(Launch &l) {
 /// different barriers (or finished the block while others wait at a
 /// barrier). On a GPU the block would hang or go wrong; here it is reported.
 [[noreturn]] inline void deadlock(Launch &l) {
-  int sync = 0, syncOr = 0, warp = 0, end = 0, mbar = 0, group = 0,
-      named = 0;
+  int sync = 0, syncOr = 0, warp = 0, end = 0, mbar = 0, group = 0, named = 0;
   for (const Thread &t : l.thread) {
     sync += t.wait == Wait::Sync;
     syncOr += t.wait == Wait::SyncOr;
@@ -1204,9 +1203,8 @@ inline unsigned char *sharedHost(uint32_t w) {
     fail("a wgmma descriptor's start address is not in the shared window "
          "(not made by smemDesc in this launch)",
          reinterpret_cast<void *>(uintptr_t(w)));
-  return reinterpret_cast<unsigned char *>((l.windowBlock[slot] - 1) *
-                                               kWindowSlotBytes +
-                                           w % kWindowSlotBytes);
+  return reinterpret_cast<unsigned char *>(
+      (l.windowBlock[slot] - 1) * kWindowSlotBytes + w % kWindowSlotBytes);
 }
 
 /// A warpgroup collective (`kind` names it): publishes `mine`, waits for the
@@ -1352,8 +1350,7 @@ template <int E, int N> inline void wgmmaGroup(void **args) {
   for (int i = 1; i < 128; ++i) {
     const WgmmaArgs &o = *static_cast<WgmmaArgs *>(args[i]);
     if (o.descB != first.descB || o.accumulate != first.accumulate ||
-        o.transB != first.transB ||
-        (!first.a && o.descA != first.descA))
+        o.transB != first.transB || (!first.a && o.descA != first.descA))
       fail("wgmma operands (descriptors, scale-d) differ within the "
            "warpgroup",
            reinterpret_cast<void *>(uintptr_t(i)));
@@ -1404,18 +1401,16 @@ template <int E, int N> inline void wgmmaGroup(void **args) {
 template <int E, int N>
 inline const char *wgmmaKind(bool registerA, bool transB = false) {
   static const std::string base = "wgmma.mma_async m64n" + std::to_string(N) +
-                                   "k16 " + (E == 0 ? "f16" : "bf16");
-  static const std::string names[4] = {base + " SS", base + " RS",
-                                       base + " SS trans-b",
-                                       base + " RS trans-b"};
+                                  "k16 " + (E == 0 ? "f16" : "bf16");
+  static const std::string names[4] = {
+      base + " SS", base + " RS", base + " SS trans-b", base + " RS trans-b"};
   return names[(registerA ? 1 : 0) + (transB ? 2 : 0)].c_str();
 }
 
 /// wgmma.mma_async.sync.aligned.m64nNk16.f32.{f16,bf16} (Hopper.cuh's
 /// wgmmaSS): a warpgroup collective; d lands at the covering wgmmaWait.
 template <int E, int N>
-inline void wgmmaSS(float *d, uint64_t descA, uint64_t descB,
-                    bool accumulate) {
+inline void wgmmaSS(float *d, uint64_t descA, uint64_t descB, bool accumulate) {
   WgmmaArgs args{descA, descB, accumulate, nullptr, d, false};
   groupCollective(wgmmaKind<E, N>(false), &args, wgmmaGroup<E, N>);
 }
@@ -1492,8 +1487,7 @@ inline void wgmmaWait(int n) {
   groupCollective("wgmma.wait_group", &mine, [](void **args) {
     for (int i = 1; i < 128; ++i)
       if (*static_cast<int *>(args[i]) != *static_cast<int *>(args[0]))
-        fail("wgmma.wait_group with different counts in a warpgroup",
-             args[i]);
+        fail("wgmma.wait_group with different counts in a warpgroup", args[i]);
   });
   Thread &t = *self;
   while (t.mmaGroups.size() > size_t(std::max(n, 0))) {
@@ -1680,12 +1674,11 @@ inline int encodeTensorMapTiled(TensorMap *out, int dataType, int rank,
 /// type, so argument-dependent lookup would make a kernel's unqualified
 /// tmaLoad (Hopper.cuh's) ambiguous.
 inline void tmaLoadTile4d(void *smemDst, const TensorMap *map, int c0, int c1,
-                    int c2, int c3, unsigned long long *bar) {
+                          int c2, int c3, unsigned long long *bar) {
   TensorMapFields f;
   std::memcpy(&f, map->bytes, sizeof f);
   if (f.magic != kTensorMapMagic)
-    fail("a TMA load with a tensor map not made by encodeTensorMapTiled",
-         map);
+    fail("a TMA load with a tensor map not made by encodeTensorMapTiled", map);
   auto *dst = static_cast<unsigned char *>(smemDst);
   if (reinterpret_cast<uintptr_t>(dst) % 128)
     fail("a TMA destination not 128-byte aligned", smemDst);
@@ -1783,7 +1776,7 @@ inline float __shfl_xor_sync(unsigned, float v, int laneMask) {
         tessera::kernel::AttnParams p;                                         \
         tessera::kernel::DynArgs a;                                            \
         std::memcpy(&p, params, sizeof p);                                     \
-        std::memcpy(&a, static_cast<const char *>(params) + sizeof p,         \
+        std::memcpy(&a, static_cast<const char *>(params) + sizeof p,          \
                     sizeof a);                                                 \
         name(p, a);                                                            \
       });

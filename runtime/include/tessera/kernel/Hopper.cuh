@@ -1,4 +1,4 @@
-//===- Hopper.cuh - sm_90a primitives: wgmma, mbarrier, TMA -----*- CUDA -*-===//
+//===- Hopper.cuh - sm_90a primitives: wgmma, mbarrier, TMA ---*- CUDA -*-===//
 //
 // The pieces the Hopper kernels (issue 18) are built from, each one
 // instruction or a short loop of them: the wgmma shared-memory matrix
@@ -90,42 +90,41 @@ __device__ __forceinline__ u64 smemDesc(const void *smem, u32 leadingBytes,
                                         u32 strideBytes, int swizzle) {
   return (u64)((smemWindowAddress(smem) >> 4) & 0x3fffu) |
          (u64)((leadingBytes >> 4) & 0x3fffu) << 16 |
-         (u64)((strideBytes >> 4) & 0x3fffu) << 32 |
-         (u64)(swizzle & 3) << 62;
+         (u64)((strideBytes >> 4) & 0x3fffu) << 32 | (u64)(swizzle & 3) << 62;
 }
 
 #ifndef TESSERA_EMULATE
 // Register lists of the accumulators (N / 2 of them) in the inline PTX.
-#define TESSERA_WGMMA_D32 \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, " \
-  "%8, %9, %10, %11, %12, %13, %14, %15, " \
-  "%16, %17, %18, %19, %20, %21, %22, %23, " \
+#define TESSERA_WGMMA_D32                                                      \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, "                                          \
+  "%8, %9, %10, %11, %12, %13, %14, %15, "                                     \
+  "%16, %17, %18, %19, %20, %21, %22, %23, "                                   \
   "%24, %25, %26, %27, %28, %29, %30, %31}"
-#define TESSERA_WGMMA_D64 \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, " \
-  "%8, %9, %10, %11, %12, %13, %14, %15, " \
-  "%16, %17, %18, %19, %20, %21, %22, %23, " \
-  "%24, %25, %26, %27, %28, %29, %30, %31, " \
-  "%32, %33, %34, %35, %36, %37, %38, %39, " \
-  "%40, %41, %42, %43, %44, %45, %46, %47, " \
-  "%48, %49, %50, %51, %52, %53, %54, %55, " \
+#define TESSERA_WGMMA_D64                                                      \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, "                                          \
+  "%8, %9, %10, %11, %12, %13, %14, %15, "                                     \
+  "%16, %17, %18, %19, %20, %21, %22, %23, "                                   \
+  "%24, %25, %26, %27, %28, %29, %30, %31, "                                   \
+  "%32, %33, %34, %35, %36, %37, %38, %39, "                                   \
+  "%40, %41, %42, %43, %44, %45, %46, %47, "                                   \
+  "%48, %49, %50, %51, %52, %53, %54, %55, "                                   \
   "%56, %57, %58, %59, %60, %61, %62, %63}"
-#define TESSERA_WGMMA_D128 \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, " \
-  "%8, %9, %10, %11, %12, %13, %14, %15, " \
-  "%16, %17, %18, %19, %20, %21, %22, %23, " \
-  "%24, %25, %26, %27, %28, %29, %30, %31, " \
-  "%32, %33, %34, %35, %36, %37, %38, %39, " \
-  "%40, %41, %42, %43, %44, %45, %46, %47, " \
-  "%48, %49, %50, %51, %52, %53, %54, %55, " \
-  "%56, %57, %58, %59, %60, %61, %62, %63, " \
-  "%64, %65, %66, %67, %68, %69, %70, %71, " \
-  "%72, %73, %74, %75, %76, %77, %78, %79, " \
-  "%80, %81, %82, %83, %84, %85, %86, %87, " \
-  "%88, %89, %90, %91, %92, %93, %94, %95, " \
-  "%96, %97, %98, %99, %100, %101, %102, %103, " \
-  "%104, %105, %106, %107, %108, %109, %110, %111, " \
-  "%112, %113, %114, %115, %116, %117, %118, %119, " \
+#define TESSERA_WGMMA_D128                                                     \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, "                                          \
+  "%8, %9, %10, %11, %12, %13, %14, %15, "                                     \
+  "%16, %17, %18, %19, %20, %21, %22, %23, "                                   \
+  "%24, %25, %26, %27, %28, %29, %30, %31, "                                   \
+  "%32, %33, %34, %35, %36, %37, %38, %39, "                                   \
+  "%40, %41, %42, %43, %44, %45, %46, %47, "                                   \
+  "%48, %49, %50, %51, %52, %53, %54, %55, "                                   \
+  "%56, %57, %58, %59, %60, %61, %62, %63, "                                   \
+  "%64, %65, %66, %67, %68, %69, %70, %71, "                                   \
+  "%72, %73, %74, %75, %76, %77, %78, %79, "                                   \
+  "%80, %81, %82, %83, %84, %85, %86, %87, "                                   \
+  "%88, %89, %90, %91, %92, %93, %94, %95, "                                   \
+  "%96, %97, %98, %99, %100, %101, %102, %103, "                               \
+  "%104, %105, %106, %107, %108, %109, %110, %111, "                           \
+  "%112, %113, %114, %115, %116, %117, %118, %119, "                           \
   "%120, %121, %122, %123, %124, %125, %126, %127}"
 
 // The accumulators as read-write operands, 4 / 16 / 32 / ... at a time.
@@ -159,8 +158,8 @@ __device__ __forceinline__ u64 smemDesc(const void *smem, u32 leadingBytes,
 /// Precede it by wgmmaFence when d (or, for wgmmaRS, a) was written by
 /// other instructions. E: kWgmmaF16 / kWgmmaBF16; N: 64, 128 or 256.
 template <int E, int N>
-__device__ __forceinline__ void wgmmaSS(float (&d)[N / 2], u64 descA,
-                                        u64 descB, bool accumulate) {
+__device__ __forceinline__ void wgmmaSS(float (&d)[N / 2], u64 descA, u64 descB,
+                                        bool accumulate) {
   static_assert(N == 64 || N == 128 || N == 256, "wgmma N: 64, 128 or 256");
 #ifdef TESSERA_EMULATE
   tessera_emu::wgmmaSS<E, N>(d, descA, descB, accumulate);
@@ -184,8 +183,8 @@ __device__ __forceinline__ void wgmmaSS(float (&d)[N / 2], u64 descA,
                    : TESSERA_WGMMA_F64(d, 0)
                    : "l"(descA), "l"(descB), "r"(scale));
     else
-      asm volatile(TESSERA_WGMMA("m64n128k16", "bf16", TESSERA_WGMMA_D64,
-                                 "%66", "%64, %65", "0, 0")
+      asm volatile(TESSERA_WGMMA("m64n128k16", "bf16", TESSERA_WGMMA_D64, "%66",
+                                 "%64, %65", "0, 0")
                    : TESSERA_WGMMA_F64(d, 0)
                    : "l"(descA), "l"(descB), "r"(scale));
   } else {
@@ -224,9 +223,8 @@ __device__ __forceinline__ void wgmmaSS(float (&d)[N / 2], u64 descA,
 /// wgmmaRS and wgmmaRSTransB: A from registers, B from shared memory,
 /// K-major or (TRANS_B) MN-major.
 template <int E, int N, bool TRANS_B>
-__device__ __forceinline__ void wgmmaRSImpl(float (&d)[N / 2],
-                                            const u32 (&a)[4], u64 descB,
-                                            bool accumulate) {
+__device__ __forceinline__ void
+wgmmaRSImpl(float (&d)[N / 2], const u32 (&a)[4], u64 descB, bool accumulate) {
   static_assert(N == 64 || N == 128 || N == 256, "wgmma N: 64, 128 or 256");
 #ifdef TESSERA_EMULATE
   if (TRANS_B)
@@ -320,8 +318,7 @@ template <int N> __device__ __forceinline__ void wgmmaWait() {
 /// Ties registers to this point for the compiler (no instruction): call it
 /// on the accumulators after wgmmaWait (and on d / a before a wgmma) so that
 /// no access to them moves across the asynchronous MMA.
-template <int K>
-__device__ __forceinline__ void wgmmaFenceRegs(float (&r)[K]) {
+template <int K> __device__ __forceinline__ void wgmmaFenceRegs(float (&r)[K]) {
 #ifdef TESSERA_EMULATE
   (void)r;
 #else
@@ -341,10 +338,10 @@ __device__ __forceinline__ void mbarInit(u64 *bar, u32 count) {
 #ifdef TESSERA_EMULATE
   tessera_emu::mbarInit(bar, count);
 #else
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(
-                   smemWindowAddress(bar)),
-               "r"(count)
-               : "memory");
+  asm volatile(
+      "mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smemWindowAddress(bar)),
+      "r"(count)
+      : "memory");
 #endif
 }
 
@@ -361,9 +358,9 @@ __device__ __forceinline__ void mbarArrive(u64 *bar) {
 #ifdef TESSERA_EMULATE
   tessera_emu::mbarArrive(bar);
 #else
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(
-                   smemWindowAddress(bar))
-               : "memory");
+  asm volatile(
+      "mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smemWindowAddress(bar))
+      : "memory");
 #endif
 }
 

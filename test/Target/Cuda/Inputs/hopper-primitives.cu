@@ -32,8 +32,7 @@ __device__ void products(Tiles &t, int stage, float *out) {
     p[i] = __float_as_uint(d[i]);
   wgmmaFence();
   wgmmaRS<E, N>(d, p, b, true);
-  wgmmaRSTransB<E, N>(d, p, smemDesc(t.kv[stage], 8192, 1024, kDesc128B),
-                      true);
+  wgmmaRSTransB<E, N>(d, p, smemDesc(t.kv[stage], 8192, 1024, kDesc128B), true);
   wgmmaCommit();
   wgmmaWait<0>();
   wgmmaFenceRegs(d);

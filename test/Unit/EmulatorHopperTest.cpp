@@ -1,10 +1,11 @@
 //===- EmulatorHopperTest.cpp - the emulator's Hopper primitives ----------===//
 //
 // Hopper.cuh's primitives under the emulator, with small hand-written
-// kernels: wgmmaSS and wgmmaRS at N = 64 and 128, f16 and bf16, against a
-// plain matmul in double, with operands placed in shared memory by this
-// file's own reading of the PTX ISA's canonical K-major layouts (every
-// swizzle mode) and A fragments built from the stated register layout; the
+// kernels: wgmmaSS, wgmmaRS and wgmmaRSTransB at N = 64, 128 (and 256), f16
+// and bf16, against a plain matmul in double, with operands placed in
+// shared memory by this file's own reading of the canonical K-major and
+// MN-major layouts (every swizzle mode) and A fragments built from the
+// stated register layout; named barriers; the
 // accumulate flag; accumulators NaN until the covering wgmmaWait; TMA loads
 // against the swizzle patterns written here, zeros past the tensor's end,
 // poison until an mbarrier wait, the driver's validity rules of
@@ -179,10 +180,10 @@ void aFragment(const std::vector<float> &a, int thread, int s,
   }
 }
 
-/// The shared memory of the wgmma tests: A (64 x K) and B (up to 128 x K).
+/// The shared memory of the wgmma tests: A (64 x K) and B (up to 256 x K).
 struct alignas(1024) MmaTiles {
   uint16_t a[64 * K];
-  uint16_t b[128 * K];
+  uint16_t b[256 * K];
 };
 MmaTiles mmaTiles;
 
@@ -274,6 +275,7 @@ TEST(EmulatorHopper, WgmmaSSMatchesAMatmulInEverySwizzleMode) {
   checkEveryMode<kWgmmaBF16, 128, false>();
   checkEveryMode<kWgmmaF16, 64, false>();
   checkEveryMode<kWgmmaF16, 128, false>();
+  checkEveryMode<kWgmmaBF16, 256, false>();
 }
 
 TEST(EmulatorHopper, WgmmaRSMatchesAMatmulInEverySwizzleMode) {
@@ -281,6 +283,7 @@ TEST(EmulatorHopper, WgmmaRSMatchesAMatmulInEverySwizzleMode) {
   checkEveryMode<kWgmmaBF16, 128, true>();
   checkEveryMode<kWgmmaF16, 64, true>();
   checkEveryMode<kWgmmaF16, 128, true>();
+  checkEveryMode<kWgmmaF16, 256, true>();
 }
 
 /// B MN-major (FlashAttention-3's V): the same products.

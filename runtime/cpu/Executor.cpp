@@ -693,22 +693,20 @@ void convertRing(const Job &job, Worker &w, int64_t cols, float *kr,
   }
 }
 
-/// Columns [x0, x0 + 8 R) of P V, the sum over the allowed keys j (bias
-/// 0) of p[j] * value row j in key order, added to the double
+/// Columns [x0, x0 + 8 R) of P V, the sum over the keys j of p[j] *
+/// value row j in key order, added to the double
 /// accumulators: o = o * c + P V. R accumulators stay in registers across
 /// the keys (each element the same chain of multiply-adds from 0 as one
 /// key at a time into memory, then the same o * c + P V as runTask's).
 template <int R, bool BF16>
 __attribute__((always_inline)) inline void
-directPVBlock(const char *const *vRows, const float *p, const float *bias,
-              int64_t cols, int64_t x0, double *o, double c) {
+directPVBlock(const char *const *vRows, const float *p, int64_t cols,
+              int64_t x0, double *o, double c) {
   constexpr int64_t esize = BF16 ? 2 : 4;
   Vec8 r[R];
   for (int i = 0; i < R; ++i)
     r[i] = Vec8{};
   for (int64_t j = 0; j < cols; ++j) {
-    if (bias[j] != 0.0f)
-      continue;
     const char *v = vRows[j] + x0 * esize;
     const float pj = p[j];
 #pragma GCC unroll 8
@@ -732,22 +730,30 @@ directPVBlock(const char *const *vRows, const float *p, const float *bias,
 /// (head_dim a multiple of 16): blocks of 64 columns, then 16 at a time.
 template <bool BF16>
 __attribute__((always_inline)) inline void
-directPVOf(const char *const *vRows, const float *p, const float *bias,
-           int64_t cols, int64_t d, double *o, double c) {
+directPVOf(const char *const *vRows, const float *p, int64_t cols, int64_t d,
+           double *o, double c) {
   int64_t x0 = 0;
   for (; x0 + 64 <= d; x0 += 64)
-    directPVBlock<8, BF16>(vRows, p, bias, cols, x0, o, c);
+    directPVBlock<8, BF16>(vRows, p, cols, x0, o, c);
   for (; x0 < d; x0 += 16)
-    directPVBlock<2, BF16>(vRows, p, bias, cols, x0, o, c);
+    directPVBlock<2, BF16>(vRows, p, cols, x0, o, c);
 }
 
+/// directPVOf over the keys the row may see (bias 0; a masked key's value
+/// may be infinite, and 0 * inf is NaN): their value rows and
+/// probabilities first packed to the front of vRows and p (in key order,
+/// so the sums are the same), which the caller no longer needs.
 __attribute__((always_inline)) inline void
-directPV(const Job &job, const char *const *vRows, const float *p,
-         const float *bias, int64_t cols, bool bf16, double *o, double c) {
+directPV(const Job &job, const char **vRows, float *p, const float *bias,
+         int64_t cols, bool bf16, double *o, double c) {
+  int64_t n = 0;
+  for (int64_t j = 0; j < cols; ++j)
+    if (bias[j] == 0.0f)
+      vRows[n] = vRows[j], p[n++] = p[j];
   if (bf16)
-    directPVOf<true>(vRows, p, bias, cols, job.d, o, c);
+    directPVOf<true>(vRows, p, n, job.d, o, c);
   else
-    directPVOf<false>(vRows, p, bias, cols, job.d, o, c);
+    directPVOf<false>(vRows, p, n, job.d, o, c);
 }
 
 /// Points w.keyPtrs / w.valuePtrs at the key and value rows of a one-row
@@ -864,7 +870,7 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
     // row always (its values are not in the cache).
     const bool selectPV =
         direct || (cls == k::kPartial && w.nonFiniteV[kb % w.slots]);
-    if (selectPV)
+    if (selectPV && !direct) // direct rows: only where they see nothing
       std::fill(w.acc.begin(), w.acc.begin() + rows * dp, 0.0f);
     // The bias of row i, at biasBase + i * biasStep: 0 for a key that
     // counts, -inf for a masked or padding key. Full tiles share one row;
@@ -928,6 +934,8 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
           if (std::isnan(s[j]))
             w.l[i] = std::numeric_limits<double>::quiet_NaN();
         std::fill(s, s + colsPad, 0.0f);
+        if (direct)
+          std::fill_n(&w.acc[i * dp], dp, 0.0f);
         w.corr[i] = 1.0f;
         continue;
       }

@@ -338,6 +338,127 @@ TEST_F(ExecutorTest, NonFiniteInputsReachOnlyTheRowsThatSeeThem) {
   }
 }
 
+/// Decode-shaped calls at the edges of the one-row paths (Executor.cpp's
+/// ring of converted bf16 tiles, f32 rows read in place, P V in register
+/// blocks, the vectorised bf16 store) and of the tile path (16 rows, f16):
+/// GQA groups of 1, 4 and 8, head_dim 64 and 128, 1 and 16 query rows,
+/// sequences of 77, 0, 600 (split into chunks), 16 and 1 keys (dense keys
+/// with per-sequence lengths, rows past a length NaN), causal and random
+/// patterns, split and unsplit walks, against float64.
+TEST_F(ExecutorTest, DecodeStepsAtTheEdges) {
+  PatternGen gen(&ctx, /*seed=*/1917);
+  const std::vector<int32_t> lens = {77, 0, 600, 16, 1};
+  const int64_t batch = int64_t(lens.size()), maxLen = 600, hkv = 2;
+  const double inf = std::numeric_limits<double>::infinity();
+  int trial = 0;
+  for (int64_t group : {1, 4, 8})
+    for (int64_t d : {64, 128})
+      for (int64_t nq : {1, 16})
+        for (cpu::DType dtype :
+             {cpu::DType::BF16, cpu::DType::F16, cpu::DType::F32})
+          for (bool split : {true, false}) {
+            if (dtype != cpu::DType::BF16 && !split)
+              continue; // the ring is bf16's only
+            SCOPED_TRACE("G=" + std::to_string(group) +
+                         " d=" + std::to_string(d) +
+                         " Nq=" + std::to_string(nq) + " dtype=" +
+                         std::to_string(int(dtype)) +
+                         (split ? " split" : " unsplit"));
+            const int64_t hq = hkv * group;
+            std::vector<semantics::Pattern> heads;
+            std::vector<schedule::HeadGroup> groups;
+            for (int64_t h = 0; h < hq; ++h) {
+              heads.push_back(h == 0 ? semantics::Pattern{semantics::Causal{}}
+                                     : semantics::fromAttr(gen.pattern(2)));
+              groups.push_back({heads.back(), {h}});
+            }
+            schedule::LayerSchedule sched;
+            std::string error;
+            ASSERT_TRUE(schedule::buildLayerSchedule(groups, hq, sched, error));
+            std::mt19937_64 rng(7000 + trial++);
+            const size_t qn = size_t(batch * nq * hq * d),
+                         kn = size_t(batch * maxLen * hkv * d);
+            Buffer q = randomBuffer(dtype, qn, rng),
+                   k = randomBuffer(dtype, kn, rng),
+                   v = randomBuffer(dtype, kn, rng),
+                   o = randomBuffer(dtype, qn, rng);
+            // Keys past a sequence's length are never read.
+            for (int64_t b = 0; b < batch; ++b)
+              for (size_t i = size_t((b * maxLen + lens[b]) * hkv * d);
+                   i < size_t((b + 1) * maxLen * hkv * d); ++i)
+                for (Buffer *t : {&k, &v}) {
+                  if (dtype == cpu::DType::F32)
+                    t->f32[i] = std::numeric_limits<float>::quiet_NaN();
+                  else
+                    t->u16[i] = 0x7fc0; // NaN in f16 and bf16
+                }
+            std::vector<float> lse(size_t(batch * hq * nq), 12345.0f);
+            cpu::LayerArgs args;
+            args.q = cpu::contiguous(q.data(), dtype, batch, nq, hq, d);
+            args.k = cpu::contiguous(k.data(), dtype, batch, maxLen, hkv, d);
+            args.v = cpu::contiguous(v.data(), dtype, batch, maxLen, hkv, d);
+            args.o = cpu::contiguous(o.data(), dtype, batch, nq, hq, d);
+            args.lse = lse.data();
+            args.seqs.lensK = lens.data();
+            args.blockQ = 64;
+            args.blockK = 64;
+            args.numThreads = 2;
+            args.splitKeys = split;
+            ASSERT_EQ(cpu::runLayer(sched.table(), args), "");
+
+            double maxErr = 0, maxRef = 0;
+            std::string lseError;
+            const double scale = 1.0 / std::sqrt(double(d));
+            for (int64_t b = 0; b < batch; ++b)
+              for (int64_t h = 0; h < hq; ++h)
+                for (int64_t i = 0; i < nq; ++i) {
+                  const int64_t nk = lens[size_t(b)], kv = h / group;
+                  std::vector<double> s(size_t(nk), -inf), out(size_t(d), 0.0);
+                  double m = -inf, l = 0;
+                  for (int64_t j = 0; j < nk; ++j) {
+                    if (!semantics::allowed(heads[size_t(h)], i, j, h, nq, nk,
+                                            hq))
+                      continue;
+                    double dot = 0;
+                    for (int64_t x = 0; x < d; ++x)
+                      dot += q.at(size_t(((b * nq + i) * hq + h) * d + x)) *
+                             k.at(size_t(((b * maxLen + j) * hkv + kv) * d + x));
+                    s[size_t(j)] = dot * scale;
+                    m = std::max(m, s[size_t(j)]);
+                  }
+                  for (int64_t j = 0; j < nk && m > -inf; ++j) {
+                    double p = std::exp(s[size_t(j)] - m);
+                    l += p;
+                    for (int64_t x = 0; x < d && p > 0; ++x)
+                      out[size_t(x)] +=
+                          p * v.at(size_t(((b * maxLen + j) * hkv + kv) * d + x));
+                  }
+                  for (int64_t x = 0; x < d; ++x) {
+                    double ref = l > 0 ? out[size_t(x)] / l : 0.0;
+                    double got = o.at(size_t(((b * nq + i) * hq + h) * d + x));
+                    maxErr = std::max(maxErr, std::abs(got - ref));
+                    if (std::isnan(got))
+                      maxErr = inf;
+                    maxRef = std::max(maxRef, std::abs(ref));
+                  }
+                  double refLse = l > 0 ? m + std::log(l) : -inf;
+                  float gotLse = lse[size_t((b * hq + h) * nq + i)];
+                  bool ok = l > 0 ? std::abs(gotLse - refLse) <=
+                                        1e-4 * std::max(1.0, std::abs(refLse))
+                                  : gotLse == -inf;
+                  if (!ok && lseError.empty())
+                    lseError = "LSE of sequence " + std::to_string(b) +
+                               " head " + std::to_string(h) + " row " +
+                               std::to_string(i) + ": " +
+                               std::to_string(gotLse) + " vs " +
+                               std::to_string(refLse);
+                }
+            EXPECT_LE(maxRef > 0 ? maxErr / maxRef : maxErr,
+                      tolerance(dtype));
+            EXPECT_EQ(lseError, "");
+          }
+}
+
 TEST_F(ExecutorTest, RejectsBadArguments) {
   std::vector<schedule::HeadGroup> groups = {
       {semantics::Pattern{semantics::Causal{}}, {0, 1}}};

@@ -431,6 +431,59 @@ TEST(EmulatorHopper, AccumulatorsAreNaNUntilTheCoveringWait) {
     EXPECT_EQ(seen[t], "NV NN VN VV ") << "thread " << t;
 }
 
+/// wgmma.fence is needed before the first wgmma of a block and after each
+/// wait_group (ordinary code then touches the registers); chained wgmma
+/// need none in between. The emulator counts the ones issued without.
+TEST(EmulatorHopper, WgmmaWithoutAFenceIsCounted) {
+  auto run = [](bool fenceFirst, bool fenceAfterWait) {
+    tessera_emu::resetUnfencedWgmmas();
+    tessera_emu::launch(
+        [&] {
+          float d[32];
+          const uint64_t da = descOf(mmaTiles.a, kDesc128B, 64, 0);
+          const uint64_t db = descOf(mmaTiles.b, kDesc128B, 64, 0);
+          if (fenceFirst)
+            wgmmaFence();
+          wgmmaSS<kWgmmaBF16, 64>(d, da, db, false);
+          wgmmaSS<kWgmmaBF16, 64>(d, da, db, true); // chained: no fence
+          wgmmaCommit();
+          wgmmaWait<0>();
+          d[0] *= 2.0f; // ordinary code on the accumulators
+          if (fenceAfterWait)
+            wgmmaFence();
+          wgmmaSS<kWgmmaBF16, 64>(d, da, db, true);
+          wgmmaCommit();
+          wgmmaWait<0>();
+        },
+        dim3{1, 1, 1}, dim3{256, 1, 1});
+    return tessera_emu::unfencedWgmmas();
+  };
+  EXPECT_EQ(run(true, true), 0u);
+  EXPECT_EQ(run(false, true), 4u); // two warpgroups, two chained wgmma each
+  EXPECT_EQ(run(true, false), 2u);
+}
+
+/// __syncwarp is a warp collective: every lane sees what every lane of its
+/// warp wrote before it.
+TEST(EmulatorHopper, SyncwarpOrdersTheWarp) {
+  underSeedsOf({0, 1, 7}, [] {
+    std::vector<int> written(64, 0), seen(64, -1);
+    tessera_emu::launch(
+        [&] {
+          const int t = int(threadIdx.x);
+          written[size_t(t)] = 1;
+          __syncwarp();
+          int sum = 0;
+          for (int l = 0; l < 32; ++l)
+            sum += written[size_t(t / 32 * 32 + l)];
+          seen[size_t(t)] = sum;
+        },
+        dim3{1, 1, 1}, dim3{64, 1, 1});
+    for (int v : seen)
+      EXPECT_EQ(v, 32);
+  });
+}
+
 //===----------------------------------------------------------------------===//
 // Warpgroup collectives misused
 //===----------------------------------------------------------------------===//
@@ -909,8 +962,10 @@ TEST(EmulatorHopper, ATwoStageRingGivesEveryTile) {
   const std::vector<double> want = ringReference(q, k);
   underSeeds([&] {
     tessera_emu::resetLeftoverCopies();
+    tessera_emu::resetUnfencedWgmmas();
     EXPECT_EQ(mismatches(runRing(Ring::Correct, q, k), want), 0u);
     EXPECT_EQ(tessera_emu::leftoverCopies(), 0u);
+    EXPECT_EQ(tessera_emu::unfencedWgmmas(), 0u);
   });
 }
 

@@ -26,11 +26,12 @@
 //   time, so the block's threads share them, and the next block finds the
 //   previous one's data, as on a GPU); blocks cannot run in parallel for
 //   the same reason.
-// * Warp collectives (__shfl_xor_sync, mma.sync, ldmatrix) exchange values
-//   through a per-warp buffer: every lane publishes its words and waits;
-//   the last lane to arrive computes what is computed once for the warp
-//   (the product of mma.sync) and releases the warp. Lanes at different
-//   collectives, or a collective in a warp of fewer than 32 threads, abort.
+// * Warp collectives (__shfl_xor_sync, __syncwarp, mma.sync, ldmatrix)
+//   exchange values through a per-warp buffer: every lane publishes its
+//   words and waits; the last lane to arrive computes what is computed once
+//   for the warp (the product of mma.sync) and releases the warp. Lanes at
+//   different collectives, or a collective in a warp of fewer than 32
+//   threads, abort.
 // * mma.sync.m16n8k16 (.row.col, f16 or bf16 in, f32 accumulators) follows
 //   the PTX ISA's fragment layouts; the f32 -> f16x2 / bf16x2 conversions
 //   (cvt.rn) round to nearest even.
@@ -75,8 +76,9 @@
 //     from commit_group; wait n completes all but the newest n), so reading
 //     them early sees NaN. A wgmma that accumulates into registers an
 //     earlier one still in flight writes chains after it. Operands must be
-//     equal across the warpgroup. Not modelled: a missing wgmma.fence
-//     (accepted silently), a transposed A, other types and shapes.
+//     equal across the warpgroup. A wgmma with no wgmma.fence since the
+//     block began or the last wait_group is counted (unfencedWgmmas()),
+//     not refused. Not modelled: a transposed A, other types and shapes.
 //   - Descriptors address a 256 KiB shared window: __shared__ variables
 //     are statics here, so smemDesc's address comes from sharedWindow(),
 //     16 slots of 16 KiB each mapping a 16 KiB-aligned host block (assigned
@@ -456,6 +458,8 @@ struct Thread {
   /// not yet waited for (oldest first).
   std::vector<PendingMma> openMmas;
   std::deque<std::vector<PendingMma>> mmaGroups;
+  /// A wgmma.fence since the block began or the last wgmma.wait_group.
+  bool wgmmaFenced = false;
   Wait wait = Wait::None;
   unsigned rank = 0; // its place in the scheduling order (0 runs first)
   fiber::Context context;
@@ -522,6 +526,7 @@ struct BankCounts {
 
 inline std::atomic<uint64_t> bankCounters[NumBankKinds][3];
 inline std::atomic<uint64_t> leftoverCopyCount{0};
+inline std::atomic<uint64_t> unfencedWgmmaCount{0};
 
 /// The counts of `kind` (a BankKind) since the last reset.
 inline BankCounts bankCounts(int kind) {
@@ -544,6 +549,14 @@ inline void resetBankCounts() {
 /// reset.
 inline uint64_t leftoverCopies() { return leftoverCopyCount.load(); }
 inline void resetLeftoverCopies() { leftoverCopyCount.store(0); }
+
+/// wgmma.mma_async issued (per warpgroup) with no wgmma.fence since the
+/// block began or the warpgroup's last wgmma.wait_group: the PTX ISA needs
+/// one before the first wgmma and between ordinary accesses to its
+/// registers (reading the accumulators after a wait, writing an A
+/// fragment) and a wgmma using them; since the last reset.
+inline uint64_t unfencedWgmmas() { return unfencedWgmmaCount.load(); }
+inline void resetUnfencedWgmmas() { unfencedWgmmaCount.store(0); }
 
 /// Wavefronts of one phase of a request: lanes access 16 bytes each at
 /// `addrs`; a bank serves one 4-byte word per wavefront, and lanes reading
@@ -738,6 +751,7 @@ inline void finishBlock(Launch &l) {
   for (Thread &t : l.thread) {
     t.openMmas.clear();
     t.mmaGroups.clear();
+    t.wgmmaFenced = false;
   }
   for (Thread &t : l.thread) {
     uint64_t left = t.openCopies.size();
@@ -1379,6 +1393,8 @@ template <int E, int N> inline void wgmmaGroup(void **args) {
       B[size_t(n) * 16 + size_t(k)] = halfToFloat<E>(operandElement(mb, n, k));
   Launch &l = *running;
   Thread *group = &l.thread[self->linear / 128 * 128];
+  if (!group[0].wgmmaFenced)
+    unfencedWgmmaCount.fetch_add(1, std::memory_order_relaxed);
   for (int i = 0; i < 128; ++i) {
     const WgmmaArgs &o = *static_cast<WgmmaArgs *>(args[i]);
     const int r0 = 16 * (i / 32) + (i % 32) / 4, q = i % 4;
@@ -1469,7 +1485,10 @@ inline void namedBarrier(int id, int count) {
 
 /// wgmma.fence.sync.aligned: only the collective (every access here is
 /// ordered already).
-inline void wgmmaFence() { groupCollective("wgmma.fence", nullptr); }
+inline void wgmmaFence() {
+  groupCollective("wgmma.fence", nullptr);
+  self->wgmmaFenced = true;
+}
 
 /// wgmma.commit_group.sync.aligned: this thread's wgmma since the last
 /// commit form its newest group.
@@ -1495,6 +1514,7 @@ inline void wgmmaWait(int n) {
       std::copy(p.value.begin(), p.value.end(), p.d);
     t.mmaGroups.pop_front();
   }
+  t.wgmmaFenced = false; // the accumulators may be touched from here
 }
 
 /// setmaxnreg.{inc,dec}.sync.aligned.u32 R: checked (R a multiple of 8 in
@@ -1750,6 +1770,20 @@ inline int __syncthreads_or(int pred) {
 
 inline float __shfl_xor_sync(unsigned, float v, int laneMask) {
   return ::tessera_emu::shflXor(v, laneMask);
+}
+
+/// __syncwarp: a warp collective of the whole warp (a partial mask is not
+/// modelled and aborts).
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  if (mask != 0xffffffffu) {
+    std::fprintf(stderr,
+                 "tessera emulator: __syncwarp(%#x): only the full "
+                 "mask is modelled\n",
+                 mask);
+    std::abort();
+  }
+  const uint32_t none = 0;
+  (void)::tessera_emu::exchange("__syncwarp", &none, 1);
 }
 
 #ifndef TESSERA_EMU_BUNDLE

@@ -484,6 +484,26 @@ TEST(EmulatorHopper, SyncwarpOrdersTheWarp) {
   });
 }
 
+/// __any_sync: every lane learns whether any lane of its warp voted; the
+/// other warp's vote does not count. atomicOr sets bits.
+TEST(EmulatorHopper, AnySyncVotesPerWarp) {
+  std::vector<int> got(64, -1);
+  int flags = 0;
+  tessera_emu::launch(
+      [&] {
+        const int t = int(threadIdx.x);
+        got[size_t(t)] = __any_sync(0xffffffffu, t == 37);
+        if (t == 37)
+          atomicOr(&flags, 4);
+        if (t == 3)
+          atomicOr(&flags, 1);
+      },
+      dim3{1, 1, 1}, dim3{64, 1, 1});
+  for (int t = 0; t < 64; ++t)
+    EXPECT_EQ(got[size_t(t)] != 0, t >= 32) << t;
+  EXPECT_EQ(flags, 5);
+}
+
 //===----------------------------------------------------------------------===//
 // Warpgroup collectives misused
 //===----------------------------------------------------------------------===//

@@ -26,12 +26,13 @@
 //   time, so the block's threads share them, and the next block finds the
 //   previous one's data, as on a GPU); blocks cannot run in parallel for
 //   the same reason.
-// * Warp collectives (__shfl_xor_sync, __syncwarp, mma.sync, ldmatrix)
-//   exchange values through a per-warp buffer: every lane publishes its
-//   words and waits; the last lane to arrive computes what is computed once
-//   for the warp (the product of mma.sync) and releases the warp. Lanes at
-//   different collectives, or a collective in a warp of fewer than 32
-//   threads, abort.
+// * Warp collectives (__shfl_xor_sync, __any_sync, __syncwarp, mma.sync,
+//   ldmatrix) exchange values through a per-warp buffer: every lane
+//   publishes its words and waits; the last lane to arrive computes what is
+//   computed once for the warp (the product of mma.sync) and releases the
+//   warp. Lanes at different collectives, or a collective in a warp of
+//   fewer than 32 threads, abort. atomicOr is a plain read-modify-write
+//   (one thread runs at a time).
 // * mma.sync.m16n8k16 (.row.col, f16 or bf16 in, f32 accumulators) follows
 //   the PTX ISA's fragment layouts; the f32 -> f16x2 / bf16x2 conversions
 //   (cvt.rn) round to nearest even.
@@ -1770,6 +1771,36 @@ inline int __syncthreads_or(int pred) {
 
 inline float __shfl_xor_sync(unsigned, float v, int laneMask) {
   return ::tessera_emu::shflXor(v, laneMask);
+}
+
+/// __any_sync: nonzero in every lane when any lane's `pred` is (a warp
+/// collective; a partial mask is not modelled and aborts).
+inline int __any_sync(unsigned mask, int pred) {
+  if (mask != 0xffffffffu) {
+    std::fprintf(stderr,
+                 "tessera emulator: __any_sync(%#x): only the full mask is "
+                 "modelled\n",
+                 mask);
+    std::abort();
+  }
+  const uint32_t mine = pred != 0;
+  uint32_t(*all)[10] = ::tessera_emu::exchange("vote.any", &mine, 1);
+  uint32_t any = 0;
+  for (int l = 0; l < 32; ++l)
+    any |= all[l][0];
+  return int(any);
+}
+
+/// atomicOr: one thread runs at a time here, so a plain read-modify-write.
+inline int atomicOr(int *address, int value) {
+  const int old = *address;
+  *address = old | value;
+  return old;
+}
+inline unsigned atomicOr(unsigned *address, unsigned value) {
+  const unsigned old = *address;
+  *address = old | value;
+  return old;
 }
 
 /// __syncwarp: a warp collective of the whole warp (a partial mask is not

@@ -109,6 +109,16 @@ struct Worker {
   int64_t ringBatch = -1, ringKvHead = -1, ringSlots = 0;
   RawFloats ringK, ringV;
   std::vector<int64_t> ringTag;
+  /// Per head group: the (sequence, query block, tile) of the last walk
+  /// start sought and its run and key block (firstTile).
+  struct WalkStart {
+    int64_t s = -1, qb = -1, tile = -1, kb = 0;
+    k::Run run;
+  };
+  std::vector<WalkStart> walkStarts;
+  /// This call's full and partial tiles, added to the job's once (an
+  /// atomic add per task costs a decode step about a microsecond).
+  int64_t full = 0, partial = 0;
 };
 
 
@@ -306,6 +316,9 @@ struct SplitPair {
 struct Job {
   const k::LayerTable &table;
   const std::vector<k::ProgramRuns> &runs; ///< per head group
+  /// Per head group: whether its walks are the same for every head (no
+  /// shards or shifted groups), so that its heads share a walk's start.
+  std::vector<uint8_t> headFree;
   const LayerArgs &a;
   std::vector<SeqPlan> seqs;
   std::vector<int64_t> slots; ///< the launch slots of the tensors' heads
@@ -417,6 +430,24 @@ std::pair<k::Run, int64_t> seekTile(const k::ProgramRuns &runs,
   return {run, run.lo + tile};
 }
 
+/// seekTile for task (s, slot of `group`, qb) from visited tile `tile`;
+/// the heads of a head-free group share one search (a decode step's
+/// pattern evaluation, once per group instead of once per head).
+std::pair<k::Run, int64_t> firstTile(const Job &job, Worker &w,
+                                     const k::ProgramRuns &runs,
+                                     const k::RunCtx &ctx, const SeqPlan &sp,
+                                     int64_t s, int64_t group, int64_t qb,
+                                     int64_t tile) {
+  if (!job.headFree[size_t(group)])
+    return seekTile(runs, ctx, sp, tile);
+  Worker::WalkStart &start = w.walkStarts[size_t(group)];
+  if (start.s != s || start.qb != qb || start.tile != tile) {
+    auto [run, kb] = seekTile(runs, ctx, sp, tile);
+    start = {s, qb, tile, kb, run};
+  }
+  return {start.run, start.kb};
+}
+
 /// The tiles a query block's walk visits: O(runs).
 int64_t visitedTiles(const Job &job, const SeqPlan &sp, int64_t slot) {
   const k::ProgramRuns &runs =
@@ -431,37 +462,48 @@ int64_t visitedTiles(const Job &job, const SeqPlan &sp, int64_t slot) {
 
 typedef uint16_t VecH8 __attribute__((vector_size(8 * sizeof(uint16_t))));
 typedef uint32_t VecU8 __attribute__((vector_size(8 * sizeof(uint32_t))));
+typedef uint16_t VecH16 __attribute__((vector_size(16 * sizeof(uint16_t))));
 typedef double VecD4 __attribute__((vector_size(4 * sizeof(double))));
 typedef float Vec4 __attribute__((vector_size(4 * sizeof(float))));
 typedef int32_t VecI8 __attribute__((vector_size(8 * sizeof(int32_t))));
 
+/// out[0, 8) * inv rounded to float and then to bf16 as floatToBf16 does
+/// (nearest even; a NaN stays a quiet NaN), in the low halves of 8 lanes.
+__attribute__((always_inline)) inline VecU8 bf16Round8(const double *out,
+                                                       double inv) {
+  VecD4 lo, hi;
+  std::memcpy(&lo, out, sizeof lo);
+  std::memcpy(&hi, out + 4, sizeof hi);
+  Vec4 flo = __builtin_convertvector(lo * inv, Vec4),
+       fhi = __builtin_convertvector(hi * inv, Vec4);
+  // Joined in registers: two 16-byte stores read back as one 32-byte load
+  // would stall on store forwarding.
+  VecU8 u = (VecU8)__builtin_shufflevector(flo, fhi, 0, 1, 2, 3, 4, 5, 6, 7);
+  VecI8 nan = (VecI8)(u & 0x7fffffffu) > 0x7f800000;
+  VecU8 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return nan ? (u >> 16) | 0x40u : rounded;
+}
+
 /// Writes out[0, n) * inv, rounded to float and then to t's type, to
 /// element `offset` of t; `staging` holds the floats. bf16 rows of whole
-/// 8-element vectors are rounded 8 at a time, bit for bit as
-/// floatToBf16 (nearest even; a NaN stays a quiet NaN).
+/// 16-element vectors are rounded 16 at a time, bit for bit as
+/// floatToBf16.
 TESSERA_CPU_CLONES
 void storeScaled(const Tensor &t, int64_t offset, int64_t n, const double *out,
                  double inv, float *staging) {
-  if (t.dtype != DType::BF16 || n % 8 != 0) {
+  if (t.dtype != DType::BF16 || n % 16 != 0) {
     for (int64_t x = 0; x < n; ++x)
       staging[x] = float(out[x] * inv);
     store(t, offset, n, staging);
     return;
   }
   uint16_t *h = static_cast<uint16_t *>(t.data) + offset;
-  for (int64_t x = 0; x < n; x += 8) {
-    VecD4 lo, hi;
-    std::memcpy(&lo, out + x, sizeof lo);
-    std::memcpy(&hi, out + x + 4, sizeof hi);
-    Vec4 flo = __builtin_convertvector(lo * inv, Vec4),
-         fhi = __builtin_convertvector(hi * inv, Vec4);
-    // Joined in registers: two 16-byte stores read back as one 32-byte
-    // load would stall on store forwarding.
-    VecU8 u = (VecU8)__builtin_shufflevector(flo, fhi, 0, 1, 2, 3, 4, 5, 6, 7);
-    VecI8 nan = (VecI8)(u & 0x7fffffffu) > 0x7f800000;
-    VecU8 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    VecU8 r = nan ? (u >> 16) | 0x40u : rounded;
-    VecH8 packed = __builtin_convertvector(r, VecH8);
+  for (int64_t x = 0; x < n; x += 16) {
+    // The low half of each 32-bit lane (little-endian: even elements).
+    VecH16 a = (VecH16)bf16Round8(out + x, inv),
+           b = (VecH16)bf16Round8(out + x + 8, inv);
+    VecH16 packed = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14,
+                                            16, 18, 20, 22, 24, 26, 28, 30);
     std::memcpy(h + x, &packed, sizeof packed);
   }
 }
@@ -510,7 +552,6 @@ __attribute__((always_inline)) inline Vec8 bf16Lanes(const char *p) {
   return f;
 }
 
-typedef uint16_t VecH16 __attribute__((vector_size(16 * sizeof(uint16_t))));
 
 /// 16 elements of a bf16 row at p as floats at out: one 32-byte load, each
 /// element interleaved with a zero (the float's low half).
@@ -843,7 +884,7 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
   k::RunCtx ctx = walkCtx(job, sp, slot, qb);
   int64_t tile = chunk ? chunk->tile0 : 0,
           lastTile = chunk ? chunk->tile1 : k::kUnbounded;
-  auto [run, kb] = seekTile(runs, ctx, sp, tile);
+  auto [run, kb] = firstTile(job, w, runs, ctx, sp, s, group, qb, tile);
   for (; k::isRun(run) && tile < lastTile;
        ++tile, kb < run.hi ? ++kb : (run = nextRun(runs, ctx, kb),
                                      kb = run.lo)) {
@@ -997,8 +1038,8 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
     writeRows(job, sp, headLocal, q0, rows, w.out.data(), dp, w.m.data(),
               w.l.data(), w.acc.data());
   }
-  job.full += full;
-  job.partial += partial;
+  w.full += full;
+  w.partial += partial;
 }
 
 /// Merges the chunks of a split pair by log-sum-exp, in chunk order (the
@@ -1142,6 +1183,8 @@ void prepareWorker(const Job &job, Worker &w, bool withCache) {
   for (const SeqPlan &p : job.seqs)
     rows = std::max(rows, std::min(p.nq, a.blockQ));
   w.rowsPad = roundUp(rows, kRows);
+  w.full = w.partial = 0;
+  w.walkStarts.assign(job.runs.size(), Worker::WalkStart{});
   w.colsPad = roundUp(a.blockK, kLanes);
   w.dPad = roundUp(job.d, kLanes);
   w.q.resize(w.rowsPad * w.dPad);
@@ -1313,6 +1356,13 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
                            table.groupBegin[g + 1] - table.groupBegin[g],
                            table.data);
   Job job(table, groupRuns, a);
+  for (int64_t g = 0; g < numGroups; ++g) {
+    bool free = true;
+    for (int64_t i = table.groupBegin[g]; i < table.groupBegin[g + 1]; ++i)
+      free &= table.nodes[i].kind != k::kShards &&
+              table.nodes[i].kind != k::kGroups;
+    job.headFree.push_back(free);
+  }
   job.d = a.q.headDim;
   job.groupSize = table.numHeads / (a.numKvHeads > 0 ? a.numKvHeads : a.k.heads);
   job.kvHead0 = a.headStart / job.groupSize;
@@ -1343,8 +1393,14 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
   pool.run(threads, [&] {
     Worker &w = threadWorker(job, /*withCache=*/true);
     size_t s = 0;
-    for (int64_t i; (i = next++) < tasks;)
-      runTaskAt(job, w, i, s);
+    if (threads == 1) // every task in order, without the shared counter
+      for (int64_t i = 0; i < tasks; ++i)
+        runTaskAt(job, w, i, s);
+    else
+      for (int64_t i; (i = next++) < tasks;)
+        runTaskAt(job, w, i, s);
+    job.full += w.full;
+    job.partial += w.partial;
     releaseLargeCache(w);
   });
   // The split pairs' merges: a second pass once every chunk has run.

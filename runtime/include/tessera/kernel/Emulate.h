@@ -1299,7 +1299,7 @@ inline uint64_t swizzleAddress(uint64_t a, uint32_t swizzleBytes) {
 /// the rows and LBO apart along k; with a W-byte swizzle, rows W bytes
 /// apart in groups of 8 SBO apart (LBO unused), then swizzled by address.
 ///
-/// MN-major (imm-trans 1; CUTLASS's canonical GMMA layouts): rows are the
+/// MN-major (imm-trans 1; the PTX ISA's "Canonical Layouts"): rows are the
 /// contiguous dimension. Without swizzle, core matrices of 8 k (16 bytes
 /// apart) by 8 rows (2 bytes apart), SBO apart along the rows and LBO
 /// apart along k; with a W-byte swizzle, W / 2 rows in a W-byte line, k

@@ -271,7 +271,7 @@ __device__ __forceinline__ void wgmmaRS(float (&d)[N / 2], const u32 (&a)[4],
 
 /// wgmmaRS with B MN-major (imm-trans-b 1): B's N dimension contiguous, as
 /// V [keys][head_dim] is for O += P V (keys are k, head-dim columns n).
-/// Layouts (CUTLASS's canonical GMMA MN-major ones): W-byte swizzle: W / 2
+/// Layouts (the PTX ISA's "Canonical Layouts", MN-major): W-byte swizzle: W / 2
 /// columns in a W-byte line, the 16 keys of a k-step on lines W bytes apart
 /// in two groups SBO apart, the next W / 2 columns LBO on; no swizzle: core
 /// matrices of 8 keys (16 bytes apart) by 8 columns, SBO apart along n and

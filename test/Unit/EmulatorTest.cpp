@@ -61,11 +61,44 @@ struct Poison {
   int64_t vKey = -1, kKey = -1, qRow = -1;
 };
 
+/// What the Hopper kernels take (test/Unit/HopperKernels.inc's
+/// HopperLaunch, laid out alike): the call's parameters and the tensor maps
+/// of q, k and v.
+struct HopperLaunch {
+  kernel::AttnParams p;
+  tessera_emu::TensorMap q, k, v;
+};
+
+/// A tensor map of a [batch, seq, heads, d] tensor with element strides
+/// `strides` (batch, seq, head) for the Hopper kernel: boxes of 64 elements
+/// of d, one head, `rows` rows and one batch entry, 128-byte swizzle, zeros
+/// past the ends.
+tessera_emu::TensorMap hopperMap(uint16_t *data, bool f16, int64_t batch,
+                                 int64_t seq, int64_t heads, int64_t d,
+                                 const std::array<int64_t, 3> &strides,
+                                 uint32_t rows) {
+  tessera_emu::TensorMap m;
+  const uint64_t dims[4] = {uint64_t(d), uint64_t(heads), uint64_t(seq),
+                            uint64_t(batch)};
+  const uint64_t bytes[3] = {uint64_t(strides[2]) * 2,
+                             uint64_t(strides[1]) * 2,
+                             uint64_t(strides[0]) * 2};
+  const uint32_t box[4] = {64, 1, rows, 1};
+  EXPECT_EQ(tessera_emu::encodeTensorMapTiled(
+                &m, f16 ? tessera_emu::kTensorMapF16 : tessera_emu::kTensorMapBF16,
+                4, data, dims, bytes, box, 3, true),
+            tessera_emu::kEncodeOk);
+  return m;
+}
+
 /// Runs every layer of a bundle on `shape` under the emulator; returns the
 /// worst output and LSE errors (relative to the tolerance of each layer's
-/// dtype: 1 is the limit).
+/// dtype: 1 is the limit). `hopper`: the layers of head_dim 64 and 128
+/// through the bundle's Hopper kernels (HopperKernels.inc: 128 x 64 tiles,
+/// 384 threads, tensor maps; 16-byte aligned rows), the others not run.
 Result runBundle(const std::string &name, const Shape &shape,
-                 mlir::MLIRContext &ctx, const Poison &poison = {}) {
+                 mlir::MLIRContext &ctx, const Poison &poison = {},
+                 bool hopper = false) {
   std::string dir = std::string(TESSERA_BINARY_DIR) + "/test/bundles/" + name;
   auto buf = llvm::MemoryBuffer::getFile(dir + "/manifest.json");
   EXPECT_TRUE(bool(buf)) << dir;
@@ -81,6 +114,8 @@ Result runBundle(const std::string &name, const Shape &shape,
     int64_t d = *layer.getInteger("head_dim");
     int64_t position = *layer.getInteger("position");
     bool f16 = *layer.getString("dtype") == "f16";
+    if (hopper && d != 64 && d != 128)
+      continue;
     // The layer's attention kernels (several where its patterns are split)
     // and their slot counts.
     std::vector<std::pair<std::string, int64_t>> kernels;
@@ -156,16 +191,24 @@ Result runBundle(const std::string &name, const Shape &shape,
 
     auto &reg = tessera_emu::registry();
     // The kernel's query rows and threads per block, as the runtime reads
-    // them from the manifest.
-    int64_t rows = *layer.getInteger("kernel_block_q");
-    int64_t threads = *layer.getInteger("kernel_threads");
+    // them from the manifest (the Hopper kernels': 128 and 384).
+    int64_t rows = hopper ? 128 : *layer.getInteger("kernel_block_q");
+    int64_t threads = hopper ? 384 : *layer.getInteger("kernel_threads");
+    HopperLaunch hl{p, {}, {}, {}};
+    if (hopper) {
+      hl.q = hopperMap(q.data(), f16, shape.batch, shape.nq, hq, d, sq, 128);
+      hl.k = hopperMap(k.data(), f16, shape.batch, shape.nk, hkv, d, sk, 64);
+      hl.v = hopperMap(v.data(), f16, shape.batch, shape.nk, hkv, d, sk, 64);
+    }
+    const void *params = hopper ? static_cast<const void *>(&hl) : &p;
     int64_t slots = 0;
     for (const auto &[kernel, count] : kernels) {
-      auto fn = reg.find(name + "/" + kernel);
-      EXPECT_NE(fn, reg.end()) << name << "/" << kernel;
+      const std::string full = name + (hopper ? "/hopper/" : "/") + kernel;
+      auto fn = reg.find(full);
+      EXPECT_NE(fn, reg.end()) << full;
       if (fn == reg.end())
         return worst;
-      tessera_emu::launch([&] { fn->second(&p, int(position)); },
+      tessera_emu::launch([&] { fn->second(params, int(position)); },
                           dim3{unsigned((shape.nq + rows - 1) / rows),
                                unsigned(count), unsigned(shape.batch)},
                           dim3{unsigned(threads), 1, 1});
@@ -288,6 +331,34 @@ TEST_F(EmulatorTest, VariantsMatchFloat64) {
     EXPECT_LE(r.outErr, 1.0) << r.where;
     EXPECT_LE(r.lseErr, 1.0) << r.where;
   }
+}
+
+/// HopperForward.cuh's kernel (issue 18: producer and consumer
+/// warpgroups, TMA into an mbarrier ring, wgmma) on the variants bundle's
+/// head_dim 64 and 128 layers: Nq < Nk, Nq > Nk, Nq = Nk, two batches.
+TEST_F(EmulatorTest, HopperKernelMatchesFloat64) {
+  for (Shape shape : {Shape{2, 100, 130, true}, Shape{1, 131, 70, true},
+                      Shape{1, 64, 64, true}}) {
+    Result r = runBundle("emulation", shape, ctx, {}, /*hopper=*/true);
+    EXPECT_LE(r.outErr, 1.0) << r.where;
+    EXPECT_LE(r.lseErr, 1.0) << r.where;
+  }
+  // Non-finite values reach only the rows that see them (the guarded
+  // second pass).
+  Result r = runBundle("emulation", Shape{1, 100, 130, true}, ctx,
+                       Poison{70, -1, -1}, /*hopper=*/true);
+  EXPECT_LE(r.outErr, 1.0) << r.where;
+  EXPECT_GT(r.nonFiniteRows, 0);
+  // Broken copies (test/Unit/CMakeLists.txt): the value tile's descriptor
+  // with its two offsets swapped, and no vote for the guarded pass.
+  EXPECT_GT(runBundle("broken-hopper-values", Shape{1, 100, 130, true}, ctx,
+                      {}, true)
+                .outErr,
+            1.0);
+  EXPECT_GT(runBundle("broken-hopper-vote", Shape{1, 100, 130, true}, ctx,
+                      Poison{70, -1, -1}, true)
+                .outErr,
+            1.0);
 }
 
 /// Every layer of every shipped bundle at a small length.

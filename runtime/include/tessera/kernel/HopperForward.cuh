@@ -26,12 +26,15 @@
 // each a [rows][64] panel per 64 head-dim elements in the TMA's 128-byte
 // swizzle (1024-byte aligned), then the barriers and descriptors.
 //
-// Status (issue 18): this file is the kernel's core; it is not yet emitted
-// into bundles nor launched by the runtime, and has not run under the
-// emulator (which learns the N-major B operand and named barriers next).
-// Not yet here: the ping-pong of the two consumers' softmax against the
-// other's products (named barriers), per-sequence calls, split-KV and the
-// dynamic walks.
+// Status (issue 18): not yet emitted into bundles nor launched by the
+// runtime. Under the emulator (EmulatorTest.HopperKernelMatchesFloat64,
+// through test/Unit/HopperKernels.inc) it matches float64 on every head_dim
+// 64 and 128 layer of the variants bundle (f16 and bf16, GQA, partial and
+// full tiles, Nq < Nk and Nq > Nk, two batches) and keeps a non-finite
+// value to the rows that see it; two broken copies fail (the value tile's
+// descriptor offsets swapped, no vote for the guarded pass). Not yet here:
+// the ping-pong of the two consumers' softmax against the other's products
+// (named barriers), per-sequence calls, split-KV and the dynamic walks.
 //
 // Non-finite values (docs/runtime.md): as in pipeForward, the walk runs
 // once unguarded; where a consumer's output holds a NaN or infinity, both
@@ -252,7 +255,10 @@ hopperConsume(HopperTiles<D> &sm, const AttnParams &p, i64 pattern, int c,
     const int st = i % S::kStages;
     mbarWait(&sm.full[st], (u32)((i / S::kStages) & 1));
     const HopperTileInfo ti = sm.info[st];
-    if (ti.last) {
+    if (ti.last) { // released too: the producer's next pass reuses it
+      __syncwarp();
+      if (lane == 0)
+        mbarArrive(&sm.empty[st]);
       ++i;
       break;
     }

@@ -623,22 +623,23 @@ __attribute__((always_inline)) inline Vec8 dotLanes(const float *q,
   return acc0 + acc1;
 }
 
-/// dotLanes for 4 key rows at once (each row's sums as dotLanes forms
-/// them): 8 independent chains of multiply-adds instead of 2.
-template <bool BF16>
+/// dotLanes for N key rows at once (each row's sums as dotLanes forms
+/// them): 2 N independent chains of multiply-adds instead of 2 (N = 6
+/// keeps AVX2's two multiply-add units busy: 12 chains, 16 registers).
+template <int N, bool BF16>
 __attribute__((always_inline)) inline void
-dotLanes4(const float *q, const char *const *rows, int64_t d, Vec8 *out) {
+dotLanesN(const float *q, const char *const *rows, int64_t d, Vec8 *out) {
   constexpr int64_t esize = BF16 ? 2 : 4;
-  Vec8 acc0[4] = {}, acc1[4] = {};
+  Vec8 acc0[N] = {}, acc1[N] = {};
   for (int64_t x = 0; x < d; x += 16) {
     const Vec8 q0 = loadVec8(q + x), q1 = loadVec8(q + x + 8);
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) {
+#pragma GCC unroll 8
+    for (int i = 0; i < N; ++i) {
       acc0[i] += q0 * lanes8(rows[i] + x * esize, BF16);
       acc1[i] += q1 * lanes8(rows[i] + (x + 8) * esize, BF16);
     }
   }
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < N; ++i)
     out[i] = acc0[i] + acc1[i];
 }
 
@@ -676,10 +677,18 @@ __attribute__((always_inline)) inline void
 scoresOf(const float *q, const char *const *rows, int64_t cols, int64_t d,
          float *scores) {
   int64_t j = 0;
+  for (; j + 16 <= cols; j += 16) {
+    Vec8 a[16];
+    dotLanesN<6, BF16>(q, rows + j, d, a);
+    dotLanesN<6, BF16>(q, rows + j + 6, d, a + 6);
+    dotLanesN<4, BF16>(q, rows + j + 12, d, a + 12);
+    sumLanes8(a, scores + j);
+    sumLanes8(a + 8, scores + j + 8);
+  }
   for (; j + 8 <= cols; j += 8) {
     Vec8 a[8];
-    dotLanes4<BF16>(q, rows + j, d, a);
-    dotLanes4<BF16>(q, rows + j + 4, d, a + 4);
+    dotLanesN<4, BF16>(q, rows + j, d, a);
+    dotLanesN<4, BF16>(q, rows + j + 4, d, a + 4);
     sumLanes8(a, scores + j);
   }
   for (; j < cols; ++j) {
@@ -739,10 +748,12 @@ void convertRing(const Job &job, Worker &w, int64_t cols, float *kr,
 /// accumulators: o = o * c + P V. R accumulators stay in registers across
 /// the keys (each element the same chain of multiply-adds from 0 as one
 /// key at a time into memory, then the same o * c + P V as runTask's).
+/// `first`: the row's first tile with a key (o is +0 and c is 0), so o is
+/// not read.
 template <int R, bool BF16>
 __attribute__((always_inline)) inline void
 directPVBlock(const char *const *vRows, const float *p, int64_t cols,
-              int64_t x0, double *o, double c) {
+              int64_t x0, double *o, double c, bool first) {
   constexpr int64_t esize = BF16 ? 2 : 4;
   Vec8 r[R];
   for (int i = 0; i < R; ++i)
@@ -759,9 +770,14 @@ directPVBlock(const char *const *vRows, const float *p, int64_t cols,
                           __builtin_shufflevector(r[i], r[i], 4, 5, 6, 7)};
     for (int h = 0; h < 2; ++h) {
       double *at = o + x0 + 8 * i + 4 * h;
+      const VecD4 pv = __builtin_convertvector(half[h], VecD4);
       VecD4 ov;
-      std::memcpy(&ov, at, sizeof ov);
-      ov = ov * c + __builtin_convertvector(half[h], VecD4);
+      if (first) {
+        ov = pv + 0.0; // +0 * 0 + P V: -0 becomes +0
+      } else {
+        std::memcpy(&ov, at, sizeof ov);
+        ov = ov * c + pv;
+      }
       std::memcpy(at, &ov, sizeof ov);
     }
   }
@@ -772,12 +788,12 @@ directPVBlock(const char *const *vRows, const float *p, int64_t cols,
 template <bool BF16>
 __attribute__((always_inline)) inline void
 directPVOf(const char *const *vRows, const float *p, int64_t cols, int64_t d,
-           double *o, double c) {
+           double *o, double c, bool first) {
   int64_t x0 = 0;
   for (; x0 + 64 <= d; x0 += 64)
-    directPVBlock<8, BF16>(vRows, p, cols, x0, o, c);
+    directPVBlock<8, BF16>(vRows, p, cols, x0, o, c, first);
   for (; x0 < d; x0 += 16)
-    directPVBlock<2, BF16>(vRows, p, cols, x0, o, c);
+    directPVBlock<2, BF16>(vRows, p, cols, x0, o, c, first);
 }
 
 /// directPVOf over the keys the row may see (bias 0; a masked key's value
@@ -786,15 +802,15 @@ directPVOf(const char *const *vRows, const float *p, int64_t cols, int64_t d,
 /// so the sums are the same), which the caller no longer needs.
 __attribute__((always_inline)) inline void
 directPV(const Job &job, const char **vRows, float *p, const float *bias,
-         int64_t cols, bool bf16, double *o, double c) {
+         int64_t cols, bool bf16, double *o, double c, bool first) {
   int64_t n = 0;
   for (int64_t j = 0; j < cols; ++j)
     if (bias[j] == 0.0f)
       vRows[n] = vRows[j], p[n++] = p[j];
   if (bf16)
-    directPVOf<true>(vRows, p, n, job.d, o, c);
+    directPVOf<true>(vRows, p, n, job.d, o, c, first);
   else
-    directPVOf<false>(vRows, p, n, job.d, o, c);
+    directPVOf<false>(vRows, p, n, job.d, o, c, first);
 }
 
 /// Points w.keyPtrs / w.valuePtrs at the key and value rows of a one-row
@@ -998,7 +1014,7 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
         // Straight into the double accumulators (the loop below skips
         // the row).
         directPV(job, w.valuePtrs.data(), s, rowBias, cols, valuesBf16,
-                 &w.out[i * dp], correction);
+                 &w.out[i * dp], correction, mOld == kNegInf);
         w.corr[i] = kAccumulated;
       } else if (selectPV) {
         float *acc = &w.acc[i * dp];
@@ -1351,11 +1367,13 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
   for (int64_t i = 0; i < table.numComputed; ++i)
     numGroups = std::max<int64_t>(numGroups, table.headGroup[i] + 1);
   std::vector<k::ProgramRuns> groupRuns;
+  groupRuns.reserve(size_t(numGroups)); // allocations cost a decode step
   for (int64_t g = 0; g < numGroups; ++g)
     groupRuns.emplace_back(table.nodes + table.groupBegin[g],
                            table.groupBegin[g + 1] - table.groupBegin[g],
                            table.data);
   Job job(table, groupRuns, a);
+  job.headFree.reserve(size_t(numGroups));
   for (int64_t g = 0; g < numGroups; ++g) {
     bool free = true;
     for (int64_t i = table.groupBegin[g]; i < table.groupBegin[g + 1]; ++i)
@@ -1368,6 +1386,7 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
   job.kvHead0 = a.headStart / job.groupSize;
   job.pageSize = a.k.seq;
   job.scale = a.scale > 0 ? a.scale : 1.0f / std::sqrt(float(job.d));
+  job.slots.reserve(size_t(table.numComputed));
   for (int64_t i = 0; i < table.numComputed; ++i)
     if (table.computedHead[i] >= a.headStart &&
         table.computedHead[i] < a.headStart + a.q.heads)

@@ -1712,11 +1712,11 @@ tessera_status validateBackwardCall(const Call &c) {
                 "the backward runs on CPU contexts only for now (there are "
                 "no CUDA backward kernels yet: docs/backward.md)");
   const tessera_attention_desc &d = c.d;
-  if (d.block_table || d.q_start || d.k_start || d.head_count)
+  if (d.block_table || d.q_start || d.k_start)
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                "the backward takes dense, packed (cu_seqlens) and length "
-                "(seq_lens_k) calls only for now: desc sets block_table, "
-                "q_start, k_start or a head range");
+                "the backward takes dense, packed (cu_seqlens), length "
+                "(seq_lens_k) and head-range calls only for now: desc sets "
+                "block_table, q_start or k_start");
   if (!c.dense() && !c.l->dynamicGroups.empty())
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                 c.layerName() + " has dynamic heads: their backward takes "
@@ -1914,6 +1914,8 @@ attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
   a.dk = toCpu(*dk);
   a.dv = toCpu(*dv);
   a.scale = c.d.scale;
+  a.headStart = c.d.head_start;
+  a.numKvHeads = c.l->numKvHeads;
   a.blockQ = f.blockQ;
   a.numThreads = f.numThreads;
   a.pool = &c.bundle->context->pool;

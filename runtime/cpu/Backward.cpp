@@ -31,12 +31,17 @@ struct Plan {
   const k::LayerTable &t;
   const BackwardArgs &a;
   int64_t nq, nk, d, tq, tk, groupSize;
+  int64_t h0, kv0; ///< the tensors' first head and kv head (a head range)
   float scale;
   std::vector<k::ProgramRuns> runs; ///< per head group
   std::vector<int64_t> slotOf;      ///< per head: its launch slot, or -1
-  std::vector<float> delta;         ///< [batch, heads, Nq]
+  std::vector<float> delta;         ///< [batch, q.heads, Nq]
   std::atomic<int64_t> keyTiles{0}, queryTiles{0};
 
+  /// The (batch, head) row of the LSE, dLse and delta (heads of the range).
+  int64_t lseRow(int64_t b, int64_t head) const {
+    return (b * a.q.heads + head - h0) * nq;
+  }
   const k::Node *nodes(int64_t slot) const {
     return t.nodes + t.groupBegin[t.headGroup[slot]];
   }
@@ -136,7 +141,7 @@ void tileGrads(const Plan &pl, Scratch &w, int64_t b, int64_t head,
        pl.d, /*accumulate=*/false);
   gemm(w.dO.data(), w.dp, w.vT.data(), w.cp, w.dP.data(), w.cp, w.rp, w.cp,
        pl.d, /*accumulate=*/false);
-  const int64_t row0 = (b * pl.t.numHeads + head) * pl.nq + q0;
+  const int64_t row0 = pl.lseRow(b, head) + q0;
   for (int64_t i = 0; i < w.rp; ++i) {
     float *p = &w.p[i * w.cp], *dP = &w.dP[i * w.cp], *dS = &w.dS[i * w.cp];
     const float *bias = &w.bias[i * w.cp];
@@ -178,17 +183,17 @@ void maskedAccumulate(const float *a, int64_t lda, const float *bm,
 /// transposes; returns whether a key or value is not finite.
 bool loadKeys(const Plan &pl, Scratch &w, int64_t b, int64_t kvHead,
               int64_t k0, int64_t cols, bool *keysNonFinite) {
-  *keysNonFinite =
-      loadRows(pl.a.k, b, k0, cols, kvHead, pl.d, w.kr.data(), w.dp, w.cp);
-  bool v = loadRows(pl.a.v, b, k0, cols, kvHead, pl.d, w.vr.data(), w.dp,
-                    w.cp);
+  *keysNonFinite = loadRows(pl.a.k, b, k0, cols, kvHead - pl.kv0, pl.d,
+                            w.kr.data(), w.dp, w.cp);
+  bool v = loadRows(pl.a.v, b, k0, cols, kvHead - pl.kv0, pl.d, w.vr.data(),
+                    w.dp, w.cp);
   transpose(w.kr.data(), w.dp, w.kT.data(), w.cp, w.cp, pl.d);
   transpose(w.vr.data(), w.dp, w.vT.data(), w.cp, w.cp, pl.d);
   return *keysNonFinite || v;
 }
 
 /// Pass 1: dK and dV of key block kb of (b, kvHead), over every computed
-/// head of the group and every query block that sees kb.
+/// head of the group in the range and every query block that sees kb.
 void keyBlockTask(Plan &pl, Scratch &w, int64_t b, int64_t kvHead,
                   int64_t kb) {
   const BackwardArgs &a = pl.a;
@@ -200,8 +205,9 @@ void keyBlockTask(Plan &pl, Scratch &w, int64_t b, int64_t kvHead,
   std::fill(dK.begin(), dK.end(), 0.0);
   std::fill(dV.begin(), dV.end(), 0.0);
   int64_t tiles = 0;
-  for (int64_t head = kvHead * pl.groupSize;
-       head < (kvHead + 1) * pl.groupSize; ++head) {
+  for (int64_t head = std::max(kvHead * pl.groupSize, pl.h0);
+       head < std::min((kvHead + 1) * pl.groupSize, pl.h0 + a.q.heads);
+       ++head) {
     int64_t slot = pl.slotOf[head];
     if (slot < 0)
       continue;
@@ -217,9 +223,9 @@ void keyBlockTask(Plan &pl, Scratch &w, int64_t b, int64_t kvHead,
       const int cls = run.cls;
       ++tiles;
       bool rowsNonFinite =
-          loadRows(a.q, b, q0, rows, head, d, w.q.data(), dp, w.rp);
+          loadRows(a.q, b, q0, rows, head - pl.h0, d, w.q.data(), dp, w.rp);
       rowsNonFinite |=
-          loadRows(a.dO, b, q0, rows, head, d, w.dO.data(), dp, w.rp);
+          loadRows(a.dO, b, q0, rows, head - pl.h0, d, w.dO.data(), dp, w.rp);
       tileBias(pl, w, slot, cls, q0, rows, k0, cols);
       tileGrads(pl, w, b, head, q0, rows);
       if (cls == k::kPartial && rowsNonFinite) {
@@ -251,10 +257,10 @@ void keyBlockTask(Plan &pl, Scratch &w, int64_t b, int64_t kvHead,
   for (int64_t j = 0; j < cols; ++j) {
     for (int64_t x = 0; x < d; ++x)
       w.tmp[x] = float(dK[j * dp + x]);
-    store(a.dk, offsetOf(a.dk, b, k0 + j, kvHead), d, w.tmp.data());
+    store(a.dk, offsetOf(a.dk, b, k0 + j, kvHead - pl.kv0), d, w.tmp.data());
     for (int64_t x = 0; x < d; ++x)
       w.tmp[x] = float(dV[j * dp + x]);
-    store(a.dv, offsetOf(a.dv, b, k0 + j, kvHead), d, w.tmp.data());
+    store(a.dv, offsetOf(a.dv, b, k0 + j, kvHead - pl.kv0), d, w.tmp.data());
   }
   pl.keyTiles += tiles;
 }
@@ -266,9 +272,11 @@ void queryBlockTask(Plan &pl, Scratch &w, int64_t b, int64_t slot,
   const BackwardArgs &a = pl.a;
   const int64_t bq = a.blockQ, bk = a.blockK, d = pl.d, dp = w.dp;
   const int64_t head = pl.t.computedHead[slot], kvHead = head / pl.groupSize;
+  if (head < pl.h0 || head >= pl.h0 + a.q.heads) // outside the range
+    return;
   const int64_t q0 = qb * bq, rows = std::min(bq, pl.nq - q0);
-  loadRows(a.q, b, q0, rows, head, d, w.q.data(), dp, w.rp);
-  loadRows(a.dO, b, q0, rows, head, d, w.dO.data(), dp, w.rp);
+  loadRows(a.q, b, q0, rows, head - pl.h0, d, w.q.data(), dp, w.rp);
+  loadRows(a.dO, b, q0, rows, head - pl.h0, d, w.dO.data(), dp, w.rp);
   std::fill(w.acc.begin(), w.acc.begin() + rows * dp, 0.0);
   const k::ProgramRuns &runs = pl.runs[pl.t.headGroup[slot]];
   k::RunCtx ctx = k::makeRunCtx(q0, q0 + rows, pl.nq, pl.nk, bk, head,
@@ -299,7 +307,7 @@ void queryBlockTask(Plan &pl, Scratch &w, int64_t b, int64_t slot,
   for (int64_t i = 0; i < rows; ++i) {
     for (int64_t x = 0; x < d; ++x)
       w.tmp[x] = float(w.acc[i * dp + x]);
-    store(a.dq, offsetOf(a.dq, b, q0 + i, head), d, w.tmp.data());
+    store(a.dq, offsetOf(a.dq, b, q0 + i, head - pl.h0), d, w.tmp.data());
   }
   pl.queryTiles += tiles;
 }
@@ -331,18 +339,27 @@ std::string validate(const k::LayerTable &t, const BackwardArgs &a) {
     return x.batch == y.batch && x.seq == y.seq && x.heads == y.heads &&
            x.headDim == y.headDim;
   };
-  if (a.q.heads != t.numHeads)
-    return "q must have " + std::to_string(t.numHeads) +
-           " heads (the layer's), got " + std::to_string(a.q.heads);
+  const int64_t kvHeads = a.numKvHeads ? a.numKvHeads : a.k.heads;
+  if (a.headStart < 0 || a.q.heads < 1 ||
+      a.q.heads > t.numHeads - a.headStart)
+    return "q's " + std::to_string(a.q.heads) + " heads from head " +
+           std::to_string(a.headStart) + " are not within the layer's " +
+           std::to_string(t.numHeads);
+  if (kvHeads < 1 || t.numHeads % kvHeads != 0)
+    return "the layer's kv heads (" + std::to_string(kvHeads) +
+           ") must divide its " + std::to_string(t.numHeads) + " heads";
+  const int64_t G = t.numHeads / kvHeads;
+  if (a.k.heads != (a.headStart + a.q.heads - 1) / G - a.headStart / G + 1)
+    return "k must hold the " +
+           std::to_string((a.headStart + a.q.heads - 1) / G -
+                          a.headStart / G + 1) +
+           " kv heads q's heads read, got " + std::to_string(a.k.heads);
   if (!same(a.o, a.q) || !same(a.dO, a.q) || !same(a.dq, a.q))
     return "o, do and dq must have q's shape";
   if (!same(a.v, a.k) || !same(a.dk, a.k) || !same(a.dv, a.k))
     return "v, dk and dv must have k's shape";
   if (a.k.batch != a.q.batch || a.k.headDim != a.q.headDim)
     return "k must have q's batch size and head_dim";
-  if (t.numHeads % a.k.heads != 0)
-    return "k's " + std::to_string(a.k.heads) +
-           " heads must divide the layer's " + std::to_string(t.numHeads);
   return checkBlocksAndScale(a.blockQ, a.blockK, a.scale);
 }
 
@@ -354,6 +371,8 @@ std::string tessera::cpu::runLayerBackward(const k::LayerTable &t,
   if (std::string e = validate(t, a); !e.empty())
     return e;
   const int64_t nq = a.q.seq, nk = a.k.seq, d = a.q.headDim;
+  const int64_t groupSize =
+      t.numHeads / (a.numKvHeads ? a.numKvHeads : a.k.heads);
   Plan pl{t,
           a,
           nq,
@@ -361,11 +380,13 @@ std::string tessera::cpu::runLayerBackward(const k::LayerTable &t,
           d,
           (nq + a.blockQ - 1) / a.blockQ,
           (nk + a.blockK - 1) / a.blockK,
-          t.numHeads / a.k.heads,
+          groupSize,
+          a.headStart,
+          a.headStart / groupSize,
           a.scale > 0 ? a.scale : 1.0f / std::sqrt(float(d)),
           {},
           std::vector<int64_t>(t.numHeads, -1),
-          std::vector<float>(a.q.batch * t.numHeads * nq, 0.0f)};
+          std::vector<float>(a.q.batch * a.q.heads * nq, 0.0f)};
   int64_t numGroups = 0;
   for (int64_t i = 0; i < t.numComputed; ++i) {
     numGroups = std::max<int64_t>(numGroups, t.headGroup[i] + 1);
@@ -378,13 +399,14 @@ std::string tessera::cpu::runLayerBackward(const k::LayerTable &t,
                     ? a.numThreads
                     : int(std::max(1u, std::thread::hardware_concurrency()));
 
-  // D = rowsum(dO * O) in double, per (batch, head); skipped heads' dq = 0.
-  const int64_t bh = a.q.batch * t.numHeads;
+  // D = rowsum(dO * O) in double, per (batch, head of the range);
+  // skipped heads' dq = 0.
+  const int64_t bh = a.q.batch * a.q.heads;
   parallelFor(bh, threads, pl, [&](Scratch &w, int64_t i) {
-    int64_t b = i / t.numHeads, h = i % t.numHeads;
+    int64_t b = i / a.q.heads, h = i % a.q.heads; // h: the tensors' head
     std::fill(w.tmp.begin(), w.tmp.begin() + d, 0.0f);
     for (int64_t s = 0; s < nq; ++s) {
-      if (pl.slotOf[h] < 0) {
+      if (pl.slotOf[pl.h0 + h] < 0) {
         store(a.dq, offsetOf(a.dq, b, s, h), d, w.tmp.data());
         continue;
       }
@@ -401,7 +423,8 @@ std::string tessera::cpu::runLayerBackward(const k::LayerTable &t,
   parallelFor(a.k.batch * a.k.heads * pl.tk, threads, pl,
               [&](Scratch &w, int64_t i) {
                 int64_t kb = i % pl.tk, rest = i / pl.tk;
-                keyBlockTask(pl, w, rest / a.k.heads, rest % a.k.heads, kb);
+                keyBlockTask(pl, w, rest / a.k.heads,
+                             pl.kv0 + rest % a.k.heads, kb);
               });
   parallelFor(a.q.batch * t.numComputed * pl.tq, threads, pl,
               [&](Scratch &w, int64_t i) {

@@ -699,8 +699,7 @@ TEST_F(BackwardTest, CApiMatchesFloat64AndNamesBadArguments) {
     std::vector<int64_t> starts(s.batch, 0);
     tessera_attention_desc positioned = d;
     positioned.k_start = starts.data();
-    refused(positioned, &tdO, &tdq, &tdk, &tdv,
-            "q_start, k_start or a head range");
+    refused(positioned, &tdO, &tdq, &tdk, &tdv, "block_table, q_start or k_start");
   }
 }
 
@@ -792,10 +791,107 @@ TEST_F(BackwardTest, DynamicHeadsMatchForwardDifferences) {
 }
 
 
+/// Head-range calls (tensor / Ulysses parallel training): q, o, dO and the
+/// LSE hold heads [h0, h0 + n), k and v the kv heads those read. dq of each
+/// head equals the whole layer's backward bit for bit; a range that holds a
+/// whole GQA group gives that kv head's dk and dv bit for bit, and ranges
+/// that split groups give dk and dv that sum (over a partition of the
+/// heads) to the layer's.
+TEST_F(BackwardTest, HeadRangeCallsEqualTheLayersHeads) {
+  LoadedBundle loaded("tiny-mix");
+  tessera_bundle *bundle = loaded.bundle;
+  ASSERT_NE(bundle, nullptr);
+  const int64_t B = 2, N = 50, NK = 80, H = 6, Hkv = 2, D = 64, G = H / Hkv;
+  std::mt19937_64 rng(47);
+  auto random = [&](size_t n) { return normals(n, rng); };
+  std::vector<float> q = random(size_t(B * N * H * D)),
+                     k = random(size_t(B * NK * Hkv * D)), v = random(k.size()),
+                     dO = random(q.size()), o(q.size()), lse(size_t(B * H * N)),
+                     dLse = random(lse.size()), dq(q.size()), dk(k.size()),
+                     dv(k.size());
+  tessera_attention_desc d =
+      forwardDesc(0, q, k, v, o, lse.data(), B, N, NK, H, Hkv, D);
+  ASSERT_EQ(tessera_attention_run(bundle, &d), TESSERA_OK)
+      << tessera_last_error();
+  tessera_tensor tG = cTensor(dO, B, N, H, D), tdq = cTensor(dq, B, N, H, D),
+                 tdk = cTensor(dk, B, NK, Hkv, D),
+                 tdv = cTensor(dv, B, NK, Hkv, D);
+  ASSERT_EQ(tessera_attention_backward(bundle, &d, &tG, dLse.data(), &tdq,
+                                       &tdk, &tdv),
+            TESSERA_OK)
+      << tessera_last_error();
+  // Heads [h0, h0 + n) of a [B, rows, heads, D] tensor, and of the LSE.
+  auto heads = [&](const std::vector<float> &x, int64_t rows, int64_t all,
+                   int64_t h0, int64_t n) {
+    std::vector<float> out;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t r = 0; r < rows; ++r)
+        out.insert(out.end(), x.begin() + ((b * rows + r) * all + h0) * D,
+                   x.begin() + ((b * rows + r) * all + h0 + n) * D);
+    return out;
+  };
+  auto lseHeads = [&](const std::vector<float> &x, int64_t h0, int64_t n) {
+    std::vector<float> out;
+    for (int64_t b = 0; b < B; ++b)
+      out.insert(out.end(), x.begin() + (b * H + h0) * N,
+                 x.begin() + (b * H + h0 + n) * N);
+    return out;
+  };
+  std::vector<double> dkSum(dk.size(), 0.0), dvSum(dv.size(), 0.0);
+  for (auto [h0, n] : {std::pair<int64_t, int64_t>{0, 2}, {2, 3}, {5, 1},
+                       {3, 3}}) {
+    const int64_t kv0 = h0 / G, nkv = (h0 + n - 1) / G - kv0 + 1;
+    std::vector<float> q1 = heads(q, N, H, h0, n), o1 = heads(o, N, H, h0, n),
+                       G1 = heads(dO, N, H, h0, n),
+                       k1 = heads(k, NK, Hkv, kv0, nkv),
+                       v1 = heads(v, NK, Hkv, kv0, nkv),
+                       l1 = lseHeads(lse, h0, n), dl1 = lseHeads(dLse, h0, n),
+                       dq1(q1.size(), 9.0f), dk1(k1.size(), 9.0f),
+                       dv1(k1.size(), 9.0f);
+    tessera_attention_desc d1 =
+        forwardDesc(0, q1, k1, v1, o1, l1.data(), B, N, NK, n, nkv, D);
+    d1.head_start = h0;
+    d1.head_count = n;
+    tessera_tensor tG1 = cTensor(G1, B, N, n, D), tdq1 = cTensor(dq1, B, N, n, D),
+                   tdk1 = cTensor(dk1, B, NK, nkv, D),
+                   tdv1 = cTensor(dv1, B, NK, nkv, D);
+    ASSERT_EQ(tessera_attention_backward(bundle, &d1, &tG1, dl1.data(), &tdq1,
+                                         &tdk1, &tdv1),
+              TESSERA_OK)
+        << tessera_last_error();
+    EXPECT_TRUE(dq1 == heads(dq, N, H, h0, n)) << "dq of heads from " << h0;
+    if (h0 % G == 0 && n == G) { // one whole group
+      EXPECT_TRUE(dk1 == heads(dk, NK, Hkv, kv0, 1)) << "dk of heads " << h0;
+      EXPECT_TRUE(dv1 == heads(dv, NK, Hkv, kv0, 1)) << "dv of heads " << h0;
+      continue;
+    }
+    // The partition {0, 1}, {2, 3, 4}, {5}: sum its dk and dv.
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t r = 0; r < NK; ++r)
+        for (int64_t j = 0; j < nkv; ++j)
+          for (int64_t x = 0; x < D; ++x) {
+            const size_t to = size_t(((b * NK + r) * Hkv + kv0 + j) * D + x),
+                         from = size_t(((b * NK + r) * nkv + j) * D + x);
+            dkSum[to] += dk1[from];
+            dvSum[to] += dv1[from];
+          }
+  }
+  double worstK = 0, worstV = 0, maxK = 0, maxV = 0;
+  for (size_t i = 0; i < dk.size(); ++i) {
+    worstK = std::max(worstK, std::abs(dkSum[i] - dk[i]));
+    worstV = std::max(worstV, std::abs(dvSum[i] - dv[i]));
+    maxK = std::max(maxK, double(std::abs(dk[i])));
+    maxV = std::max(maxV, double(std::abs(dv[i])));
+  }
+  EXPECT_LE(worstK, 1e-5 * maxK);
+  EXPECT_LE(worstV, 1e-5 * maxV);
+  EXPECT_GT(maxK, 0.0);
+}
+
 /// Packed (cu_seqlens) and length (seq_lens_k) calls: each sequence's
 /// gradients equal a dense backward of that sequence alone, bit for bit,
 /// with and without d_lse; rows and keys no sequence owns get zeros;
-/// paged, positioned and head-range calls are refused by name.
+/// paged and positioned calls are refused by name.
 TEST_F(BackwardTest, PackedAndLengthCallsEqualPerSequenceCalls) {
   LoadedBundle loaded("tiny-mix");
   tessera_bundle *bundle = loaded.bundle;

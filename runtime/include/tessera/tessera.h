@@ -244,10 +244,11 @@ TESSERA_API tessera_status tessera_attention_run(
  * each kv head's query heads). d_lse: null, or the gradient of the loss by
  * the LSE ([B, H, Nq] float32), for losses that read it. All tensors of the
  * forward's dtype. For now: CPU contexts; dense calls, and packed
- * (cu_seqlens) and length (seq_lens_k) calls of static heads (each
- * sequence's gradients those of its own dense call; rows and keys no
- * sequence owns get zeros); no block_table, q_start, k_start or head
- * range; static heads and vertical-slash and block top-k dynamic heads
+ * (cu_seqlens), length (seq_lens_k) and head-range calls of static heads
+ * (each sequence's gradients those of its own dense call; rows and keys no
+ * sequence owns get zeros; a head range's dk and dv sum over its own query
+ * heads); no block_table, q_start or k_start;
+ * static heads and vertical-slash and block top-k dynamic heads
  * (their index rebuilt from the same rows; the selection carries no
  * gradient); routing heads and anything else are
  * TESSERA_ERROR_INVALID_ARGUMENT saying which. */

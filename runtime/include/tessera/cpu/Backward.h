@@ -41,6 +41,12 @@ struct BackwardArgs {
   /// zeros), dk and dv like k and v (the sums over the query heads of each
   /// kv head; keys no row sees get zeros).
   Tensor dq, dk, dv;
+  /// q, o, dO and dq hold the layer's heads [headStart, headStart +
+  /// q.heads), k, v, dk and dv the kv heads those read, from headStart / G
+  /// on (G = the layer's heads / numKvHeads); lse and dLse are then
+  /// [batch, q.heads, Nq]. dk and dv sum over the range's query heads only.
+  int64_t headStart = 0;
+  int64_t numKvHeads = 0; ///< the layer's kv heads; 0: k.heads
   float scale = 0; ///< 0: 1 / sqrt(head_dim), as in the forward
   int64_t blockQ = 64, blockK = 64;
   int numThreads = 0; ///< 0: all hardware threads

@@ -294,9 +294,9 @@ def _seq_setup_context(ctx, inputs, output):
 
 
 def _seq_backward(ctx, grad_o, grad_lse):
-    """Packed (cu_seqlens) and length (seq_lens_k) calls: the library's
-    backward of each sequence (docs/backward.md); it refuses paged,
-    positioned and head-range calls by name."""
+    """Packed (cu_seqlens), length (seq_lens_k) and head-range calls: the
+    library's backward of each sequence (docs/backward.md); it refuses
+    paged and positioned calls by name."""
     q, k, v, o, lse, *rest = ctx.saved_tensors
     rest = iter(rest)
     opts = [next(rest) if p else None for p in ctx.present]
@@ -327,8 +327,8 @@ def attention(q, k, v, bundle, layer, scale=0.0, centroids=None, *,
     [num_pages, page_size, Hkv, D]), positions (q_start, k_start int64
     [num_seqs]) and a head range (head_start, head_count: q holds those
     heads, k and v the kv heads they read). Such calls run on the CPU
-    (torch.ops.tessera.attention_seq); packed and length calls have a
-    backward (autograd), paged, positioned and head-range ones not yet."""
+    (torch.ops.tessera.attention_seq); packed, length and head-range calls
+    have a backward (autograd), paged and positioned ones not yet."""
     seq = (num_seqs or head_count or any(
         x is not None for x in (cu_seqlens_q, cu_seqlens_k, seq_lens_k,
                                 block_table, q_start, k_start)))

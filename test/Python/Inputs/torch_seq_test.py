@@ -3,8 +3,9 @@ packed ragged batch, a paged cache of shuffled pages, and a head range give
 what one dense call per sequence (or of the whole layer) gives, bit for bit;
 positions give what the float64 reference of tiny-mix's heads at those
 positions gives; opcheck on the op; bad options refused by name; the
-backward of packed calls against float64 and of length calls against
-per-sequence calls, a paged call's backward refused by name."""
+backward of packed calls against float64, of length calls against
+per-sequence calls and of a head range against the layer's, a paged call's
+backward refused by name."""
 import math
 import sys
 
@@ -186,6 +187,21 @@ for b_, n in enumerate(lk):
         torch.equal(vg.grad[b_, :n], vb.grad[0]) and \
         bool((kg.grad[b_, n:] == 0).all() and (vg.grad[b_, n:] == 0).all())
 check("length backward equals per-sequence calls", same)
+
+# A head-range call's gradients: those of the whole layer's call for a loss
+# that reads the range's heads only (heads 3-5 are kv head 1's group).
+w5 = torch.randn(2, 50, 3, D)
+qg, kg, vg = (x.clone().requires_grad_(True) for x in (qd, kd, vd))
+ow2, _ = tt.attention(qg, kg, vg, bundle, 0)
+(ow2[:, :, 3:6] * w5).sum().backward()
+qr, kr, vr = (x.detach().clone().requires_grad_(True)
+              for x in (qd[:, :, 3:6], kd[:, :, 1:2], vd[:, :, 1:2]))
+orr, _ = tt.attention(qr, kr, vr, bundle, 0, head_start=3, head_count=3)
+(orr * w5).sum().backward()
+check("head range backward equals the layer's heads",
+      torch.equal(qr.grad, qg.grad[:, :, 3:6]) and
+      torch.equal(kr.grad, kg.grad[:, :, 1:2]) and
+      torch.equal(vr.grad, vg.grad[:, :, 1:2]))
 
 try:
     kcg = kc.clone().requires_grad_(True)

@@ -126,6 +126,20 @@ def _(q, k, v, bundle, layer, scale, centroids=None):
                         dtype=torch.float32))
 
 
+def _backward_arrays(q, k, v, o, grad_o, lse, grad_lse):
+    """The backward's numpy float32 arrays: q, k, v, o and grad_o as views
+    where head_dim is contiguous, else copies (autograd's gradients may be
+    expanded: a sum's is all strides 0); lse and grad_lse (or None)
+    contiguous."""
+    f32 = [x.detach().to(torch.float32) for x in (q, k, v, o, grad_o)]
+    f32 = [x if x.stride(3) == 1 or x.shape[3] == 1 else x.contiguous()
+           for x in f32]
+    lsen = lse.detach().to(torch.float32).contiguous().numpy()
+    gl = None if grad_lse is None else \
+        grad_lse.detach().to(torch.float32).contiguous().numpy()
+    return tuple(x.numpy() for x in f32) + (lsen, gl)
+
+
 @torch.library.custom_op("tessera::attention_backward", mutates_args=(),
                          device_types=("cpu", "cuda"))
 def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -138,15 +152,8 @@ def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             "tessera.attention: the backward runs on the CPU only for now "
             "(no CUDA backward kernels yet; docs/backward.md)")
     b = _bundle(bundle, q.device)
-    # float32 views where head_dim is contiguous, else copies (autograd's
-    # gradients may be expanded: a sum's is all strides 0).
-    f32 = [x.detach().to(torch.float32) for x in (q, k, v, o, grad_o)]
-    f32 = [x if x.stride(3) == 1 or x.shape[3] == 1 else x.contiguous()
-           for x in f32]
-    qn, kn, vn, on, gn = (x.numpy() for x in f32)
-    lsen = lse.detach().to(torch.float32).contiguous().numpy()
-    gl = None if grad_lse is None else \
-        grad_lse.detach().to(torch.float32).contiguous().numpy()
+    qn, kn, vn, on, gn, lsen, gl = _backward_arrays(q, k, v, o, grad_o, lse,
+                                                    grad_lse)
     dq, dk, dv = b.attention_backward(layer, qn, kn, vn, on, lsen, gn,
                                       dlse=gl, scale=scale)
     return (torch.from_numpy(dq).to(q.dtype), torch.from_numpy(dk).to(k.dtype),
@@ -249,15 +256,8 @@ def _attention_seq_backward_op(
         k_start: Optional[torch.Tensor], head_start: int, head_count: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b = _bundle(bundle, q.device)
-    # float32 copies where head_dim is not contiguous (autograd's gradients
-    # may be expanded), as the dense backward does.
-    f32 = [x.detach().to(torch.float32) for x in (q, k, v, o, grad_o)]
-    f32 = [x if x.stride(3) == 1 or x.shape[3] == 1 else x.contiguous()
-           for x in f32]
-    qn, kn, vn, on, gn = (x.numpy() for x in f32)
-    lsen = lse.detach().to(torch.float32).contiguous().numpy()
-    gl = None if grad_lse is None else \
-        grad_lse.detach().to(torch.float32).contiguous().numpy()
+    qn, kn, vn, on, gn, lsen, gl = _backward_arrays(q, k, v, o, grad_o, lse,
+                                                    grad_lse)
     dq, dk, dv = b.attention_backward(
         layer, qn, kn, vn, on, lsen, gn, dlse=gl, scale=scale,
         num_seqs=num_seqs, cu_seqlens_q=_seq_ints(cu_seqlens_q, torch.int32),

@@ -28,7 +28,7 @@ import os
 __all__ = ["Context", "Bundle", "TesseraError", "API_VERSION",
            "library_path"]
 
-API_VERSION = 6
+API_VERSION = 7
 
 _CPU, _CUDA = 0, 1
 _F32, _F16, _BF16 = 0, 1, 2
@@ -58,8 +58,10 @@ class _DynamicInputs(ctypes.Structure):
 
 
 class _AttentionDesc(ctypes.Structure):
-    """tessera_attention_desc (tessera.h); filled by
-    tessera_attention_desc_init."""
+    """tessera_attention_desc (tessera.h) up to head_count, the fields the
+    library's tessera_attention_desc_init symbol fills (API 7's workspace
+    fields are not exposed: CUDA calls from Python allocate the split-KV
+    workspace in stream order)."""
     _fields_ = [("struct_size", ctypes.c_size_t), ("layer", ctypes.c_int64),
                 ("q", _Tensor), ("k", _Tensor), ("v", _Tensor), ("o", _Tensor),
                 ("lse", ctypes.c_void_p), ("scale", ctypes.c_float),

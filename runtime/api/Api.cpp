@@ -376,6 +376,9 @@ cpu::Tensor toCpu(const tessera_tensor &t) {
 
 static tessera_status attentionRun(tessera_bundle *bundle,
                                    const tessera_attention_desc *desc);
+static tessera_status attentionWorkspaceSize(tessera_bundle *bundle,
+                                             const tessera_attention_desc *desc,
+                                             size_t *bytes);
 static tessera_status
 attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
                   const tessera_tensor *dO, const float *dLse,
@@ -685,16 +688,36 @@ tessera_status tessera_bundle_tile_classes(const tessera_bundle *bundle,
   return TESSERA_OK;
 }
 
-void tessera_attention_desc_init(tessera_attention_desc *desc) {
-  if (!desc)
-    return;
-  std::memset(desc, 0, sizeof *desc);
-  desc->struct_size = sizeof *desc;
+void tessera_attention_desc_init_size(tessera_attention_desc *desc,
+                                      size_t size) {
+  if (!desc || size < sizeof desc->struct_size || size > 65536)
+    return; // the run then refuses the uninitialised struct_size
+  std::memset(desc, 0, size);
+  desc->struct_size = size;
+}
+
+// The symbol itself (the header's macro of this name passes the caller's
+// sizeof): callers of API 4-6 and bindings calling it by name own the
+// struct up to head_count, never more.
+void(tessera_attention_desc_init)(tessera_attention_desc *desc) {
+  tessera_attention_desc_init_size(
+      desc, offsetof(tessera_attention_desc, head_count) + sizeof(int64_t));
 }
 
 tessera_status tessera_attention_run(tessera_bundle *bundle,
                                      const tessera_attention_desc *desc) {
   return guarded([&] { return attentionRun(bundle, desc); });
+}
+
+tessera_status
+tessera_attention_workspace_size(const tessera_bundle *bundle,
+                                 const tessera_attention_desc *desc,
+                                 size_t *bytes) {
+  // Validation takes the bundle as a run does; nothing here changes it.
+  return guarded([&] {
+    return attentionWorkspaceSize(const_cast<tessera_bundle *>(bundle), desc,
+                                  bytes);
+  });
 }
 
 tessera_status tessera_attention_backward(
@@ -1582,14 +1605,67 @@ tessera_status launchGrid(const Call &c, const std::string &function,
   return TESSERA_OK;
 }
 
+/// The split-KV plan of a validated CUDA call (SeqLaunch.h's planSplitKv;
+/// none for a dense call, a layer without computed heads, or with
+/// TESSERA_CUDA_SPLIT_KV=0) and the bytes of its workspace (0: none).
+/// tessera_attention_workspace_size and runCudaSeq both plan through it,
+/// so the size the caller is told is the size the run uses.
+kernel::SplitPlan planCudaSplit(const Call &c, int64_t &bytes) {
+  const LayerDesc &l = *c.l;
+  int64_t computed = 0;
+  for (const auto &k : l.kernels)
+    computed += k.second;
+  const char *off = std::getenv("TESSERA_CUDA_SPLIT_KV");
+  kernel::SplitPlan split;
+  if (c.cuda && !c.dense() && computed > 0 && !(off && std::string(off) == "0"))
+    split = kernel::planSplitKv(c.d, c.numSeqs, l.kernelBlockQ, computed);
+  bytes = split.splits > 1 ? kernel::splitWorkspaceBytes(c.d, c.numSeqs,
+                                                         c.heads, l.headDim,
+                                                         split)
+                           : 0;
+  return split;
+}
+
+/// The caller's workspace for `bytes` of split results (desc->workspace,
+/// API 7): large enough, 16-byte aligned (the kernels access it as floats
+/// today; 16 bytes keeps vector access open without an ABI change) and on
+/// the context's device; `out` null when the caller gave none.
+tessera_status callerWorkspace(const Call &c, int64_t bytes, void *&out) {
+  const tessera_attention_desc &d = c.d;
+  out = d.workspace;
+  if (!d.workspace)
+    return TESSERA_OK;
+  if (d.workspace_size < size_t(bytes))
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "desc->workspace_size is " + std::to_string(d.workspace_size) +
+                    " bytes; this call's split-KV decode needs " +
+                    std::to_string(bytes) +
+                    " (tessera_attention_workspace_size)");
+  if (reinterpret_cast<uintptr_t>(d.workspace) % 16)
+    return fail(TESSERA_ERROR_MISALIGNED,
+                "desc->workspace must be 16-byte aligned");
+  const Driver &drv = *c.bundle->context->driver;
+  unsigned type = 0;
+  int ordinal = -1;
+  auto at = reinterpret_cast<unsigned long long>(d.workspace);
+  if (drv.pointerGetAttribute(&type, kPointerAttrMemoryType, at) ||
+      type != kMemoryTypeDevice ||
+      drv.pointerGetAttribute(&ordinal, kPointerAttrDeviceOrdinal, at) ||
+      ordinal != c.bundle->context->device)
+    return fail(TESSERA_ERROR_WRONG_DEVICE,
+                "desc->workspace is not memory of CUDA device " +
+                    std::to_string(c.bundle->context->device));
+  return TESSERA_OK;
+}
+
 /// A per-sequence call (static heads only: validateModes): the `_seq`
 /// twins of the layer's kernels, on SeqLaunch.h's grids. No host memory is
 /// read and nothing synchronises: the launches are all (CUDA-graph
 /// capturable, as the dense call). A decode-like call may split each
-/// sequence's keys (SeqLaunch.h's planSplitKv): then the partial results go
-/// to a stream-ordered workspace (cuMemAllocAsync, which graphs capture as
-/// memory nodes), the merge kernel combines them, and the workspace is freed
-/// in stream order.
+/// sequence's keys (planCudaSplit): then the partial results go to the
+/// caller's workspace (desc->workspace), or without one to a stream-ordered
+/// allocation (cuMemAllocAsync, which graphs capture as memory nodes) freed
+/// in stream order after the merge kernel has combined them.
 tessera_status runCudaSeq(const Call &c, kernel::AttnParams &p) {
   const Driver &drv = *c.bundle->context->driver;
   const LayerDesc &l = *c.l;
@@ -1598,26 +1674,26 @@ tessera_status runCudaSeq(const Call &c, kernel::AttnParams &p) {
   int64_t computed = 0;
   for (const auto &k : l.kernels)
     computed += k.second;
-  const char *off = std::getenv("TESSERA_CUDA_SPLIT_KV");
-  const kernel::SplitPlan split =
-      l.kernels.empty() || (off && std::string(off) == "0")
-          ? kernel::SplitPlan{}
-          : kernel::planSplitKv(c.d, c.numSeqs, l.kernelBlockQ, computed);
+  int64_t bytes = 0;
+  const kernel::SplitPlan split = planCudaSplit(c, bytes);
   auto launch = [&](const std::string &function, kernel::SeqGrid g,
                     unsigned threads, unsigned shared) {
     return launchGrid(c, function, g, threads, shared, args);
   };
-  unsigned long long workspace = 0;
+  unsigned long long owned = 0; // a stream-ordered allocation of ours
   if (split.splits > 1) {
-    const int64_t bytes = kernel::splitWorkspaceBytes(
-        c.d, c.numSeqs, c.heads, l.headDim, split);
-    if (int rc = drv.memAllocAsync(&workspace, size_t(bytes), c.d.cuda_stream))
-      return fail(TESSERA_ERROR_CUDA,
-                  "the split-KV workspace (" + std::to_string(bytes) +
-                      " bytes): " + drv.message("cuMemAllocAsync", rc));
+    void *workspace = nullptr;
+    if (tessera_status s = callerWorkspace(c, bytes, workspace))
+      return s;
+    if (!workspace) {
+      if (int rc = drv.memAllocAsync(&owned, size_t(bytes), c.d.cuda_stream))
+        return fail(TESSERA_ERROR_CUDA,
+                    "the split-KV workspace (" + std::to_string(bytes) +
+                        " bytes): " + drv.message("cuMemAllocAsync", rc));
+      workspace = reinterpret_cast<void *>(owned);
+    }
     kernel::setSplitParams(p, c.d, c.numSeqs, l.kernelBlockQ, c.heads,
-                           l.headDim, split,
-                           reinterpret_cast<void *>(workspace));
+                           l.headDim, split, workspace);
   }
   tessera_status status = TESSERA_OK;
   for (const auto &[kernel, slots] : l.kernels)
@@ -1630,8 +1706,8 @@ tessera_status runCudaSeq(const Call &c, kernel::AttnParams &p) {
   if (!status && split.splits > 1)
     status = launch(mergeKernel(l),
                     kernel::seqMergeGrid(c.d, c.numSeqs, computed), 128, 0);
-  if (workspace)
-    if (int rc = drv.memFreeAsync(workspace, c.d.cuda_stream); rc && !status)
+  if (owned)
+    if (int rc = drv.memFreeAsync(owned, c.d.cuda_stream); rc && !status)
       status = fail(TESSERA_ERROR_CUDA, drv.message("cuMemFreeAsync", rc));
   if (status)
     return status;
@@ -1698,6 +1774,22 @@ static tessera_status attentionRun(tessera_bundle *bundle,
   if (tessera_status s = validateCall(bundle, desc, c))
     return s;
   return c.cuda ? runCuda(c) : runCpu(c);
+}
+
+static tessera_status attentionWorkspaceSize(tessera_bundle *bundle,
+                                             const tessera_attention_desc *desc,
+                                             size_t *bytes) {
+  lastError.clear();
+  if (!bytes)
+    return fail(TESSERA_ERROR_NULL_POINTER, "bytes is null");
+  *bytes = 0;
+  Call c;
+  if (tessera_status s = validateCall(bundle, desc, c))
+    return s;
+  int64_t need = 0;
+  planCudaSplit(c, need);
+  *bytes = size_t(need);
+  return TESSERA_OK;
 }
 
 //===- The backward -------------------------------------------------------===//

@@ -19,7 +19,10 @@
 
 #include <dlfcn.h>
 
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
+#include <limits>
 #include <set>
 #include <sstream>
 #include <string>
@@ -167,6 +170,131 @@ TEST_F(FakeDriver, EveryModeRunsWithoutSynchronising) {
   EXPECT_GT(log.rfind("cuMemFreeAsync"), log.rfind("cuLaunchKernel")) << log;
   for (const std::string &c : callSet(log))
     EXPECT_TRUE(allowed.count(c)) << c << " in the run step: " << log;
+}
+
+/// A split decode call with a caller-owned workspace (API 7): the size query
+/// gives the bytes of SeqLaunch.h's plan, worked out here by hand; a
+/// workspace of exactly that size is used (the run writes into it, and not
+/// past it) with no allocation or free, and no synchronising call; four bytes
+/// fewer are refused naming the field and the bytes needed, before any
+/// launch; host memory, a misaligned pointer and a CPU context as the
+/// header says.
+TEST_F(FakeDriver, CallerWorkspace) {
+  const std::set<std::string> allowed = {"cuCtxPushCurrent", "cuCtxPopCurrent",
+                                         "cuPointerGetAttribute",
+                                         "cuLaunchKernel"};
+  Layout paged;
+  paged.k = KLayout::Paged;
+  paged.bf16 = true;
+  Logical l = logical({{1, 700}, {1, 300}}, 5);
+  Built b = build(l, paged);
+  b.d.cuda_stream = reinterpret_cast<void *>(0x5eed);
+  // Pages of 16, 44 a sequence: 704 keys, 12 tiles of 64 reachable; 6 heads
+  // x 2 sequences x 1 query block = 12 blocks, so min(ceil(12 / 4),
+  // ceil(256 / 12), 64) = 3 splits of 4 tiles, each holding O (64 floats)
+  // and the LSE (1 float) of 2 rows x 6 heads.
+  const size_t expected = 3 * 2 * H * (D + 1) * 4;
+  size_t bytes = 0;
+  ASSERT_EQ(tessera_attention_workspace_size(bundle, &b.d, &bytes), TESSERA_OK)
+      << tessera_last_error();
+  EXPECT_EQ(bytes, expected);
+
+  // A NaN-filled buffer with a guard past the workspace.
+  const size_t guard = 64;
+  std::vector<float> ws((bytes + guard) / 4 + 4,
+                        std::numeric_limits<float>::quiet_NaN());
+  float *base = reinterpret_cast<float *>(
+      (reinterpret_cast<uintptr_t>(ws.data()) + 15) / 16 * 16);
+  onDevice(b);
+  Fake::get().registerRange(base, bytes + guard);
+  b.d.workspace = base;
+  b.d.workspace_size = bytes;
+  ASSERT_EQ(tessera_attention_run(bundle, &b.d), TESSERA_OK)
+      << tessera_last_error();
+  std::string log = Fake::get().calls();
+  EXPECT_NE(log.find("cuLaunchKernel"), std::string::npos) << log;
+  for (const std::string &c : callSet(log))
+    EXPECT_TRUE(allowed.count(c)) << c << " in the run step: " << log;
+  Reference r = reference(l, 1.0 / std::sqrt(double(D)));
+  EXPECT_EQ(countMismatches(l, b, r, Tolerance{3e-2, 1e-3, 1e-3},
+                            [](const std::string &m) { ADD_FAILURE() << m; }),
+            0);
+  int64_t written = 0;
+  for (size_t i = 0; i < bytes / 4; ++i)
+    written += !std::isnan(base[i]);
+  EXPECT_GT(written, int64_t(bytes / 8)) << "the run used its own memory";
+  for (size_t i = bytes / 4; i < (bytes + guard) / 4; ++i)
+    EXPECT_TRUE(std::isnan(base[i])) << "written past the workspace at " << i;
+
+  // Too small: refused before any launch, naming the field and the bytes.
+  onDevice(b);
+  Fake::get().registerRange(base, bytes + guard);
+  b.d.workspace_size = bytes - 4;
+  EXPECT_EQ(tessera_attention_run(bundle, &b.d),
+            TESSERA_ERROR_INVALID_ARGUMENT);
+  std::string e = tessera_last_error();
+  EXPECT_NE(e.find("workspace_size"), std::string::npos) << e;
+  EXPECT_NE(e.find(std::to_string(expected)), std::string::npos) << e;
+  EXPECT_EQ(std::string(Fake::get().calls()).find("cuLaunchKernel"),
+            std::string::npos);
+
+  // Host memory and a misaligned pointer.
+  b.d.workspace_size = bytes + guard;
+  onDevice(b); // the workspace not registered: host memory
+  EXPECT_EQ(tessera_attention_run(bundle, &b.d), TESSERA_ERROR_WRONG_DEVICE);
+  EXPECT_NE(std::string(tessera_last_error()).find("workspace"),
+            std::string::npos)
+      << tessera_last_error();
+  Fake::get().registerRange(base, bytes + guard);
+  b.d.workspace = base + 1;
+  b.d.workspace_size = bytes;
+  EXPECT_EQ(tessera_attention_run(bundle, &b.d), TESSERA_ERROR_MISALIGNED);
+
+  // A call that does not split needs none; so does any call on a CPU.
+  Built small = build(logical({{1, 100}, {1, 30}}, 6), paged);
+  ASSERT_EQ(tessera_attention_workspace_size(bundle, &small.d, &bytes),
+            TESSERA_OK)
+      << tessera_last_error();
+  EXPECT_EQ(bytes, 0u);
+  tessera_context *cpu = nullptr;
+  tessera_bundle *onCpu = nullptr;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &cpu), TESSERA_OK);
+  ASSERT_EQ(tessera_bundle_load_file(
+                cpu,
+                (std::string(TESSERA_BINARY_DIR) + "/test/bundles/tiny-mix")
+                    .c_str(),
+                &onCpu),
+            TESSERA_OK)
+      << tessera_last_error();
+  Built host = build(l, paged);
+  ASSERT_EQ(tessera_attention_workspace_size(onCpu, &host.d, &bytes),
+            TESSERA_OK)
+      << tessera_last_error();
+  EXPECT_EQ(bytes, 0u);
+  EXPECT_EQ(tessera_attention_workspace_size(onCpu, &host.d, nullptr),
+            TESSERA_ERROR_NULL_POINTER);
+  tessera_bundle_destroy(onCpu);
+  tessera_context_destroy(cpu);
+}
+
+/// The description's initialisers: the header's macro zeroes the caller's
+/// sizeof (workspace included); the library's symbol, which older callers
+/// and the Python binding call by name, writes the API 6 fields only.
+TEST(AttentionDescInit, WritesOnlyTheCallersStruct) {
+  tessera_attention_desc d;
+  std::memset(&d, 0xab, sizeof d);
+  tessera_attention_desc_init(&d);
+  EXPECT_EQ(d.struct_size, sizeof d);
+  EXPECT_EQ(d.workspace, nullptr);
+  EXPECT_EQ(d.workspace_size, 0u);
+  std::memset(&d, 0xab, sizeof d);
+  (tessera_attention_desc_init)(&d);
+  const size_t v6 = offsetof(tessera_attention_desc, head_count) + 8;
+  EXPECT_EQ(d.struct_size, v6);
+  EXPECT_EQ(d.head_count, 0);
+  const auto *bytes = reinterpret_cast<const unsigned char *>(&d);
+  for (size_t i = v6; i < sizeof d; ++i)
+    EXPECT_EQ(bytes[i], 0xab) << "byte " << i << " past the API 6 struct";
 }
 
 /// On CUDA the sequence arrays are device memory: a host array is refused

@@ -35,9 +35,11 @@ extern "C" {
  * (packed, paged, positioned and head-range calls), tessera_attention_run
  * and tessera_context_set_num_threads; version 5 tessera_attention_backward;
  * version 6 tessera_bundle_visited_tiles, and head ranges for layers with
- * dynamic heads.
+ * dynamic heads; version 7 a caller-owned workspace in
+ * tessera_attention_desc (workspace, workspace_size) and
+ * tessera_attention_workspace_size.
  */
-#define TESSERA_API_VERSION 6
+#define TESSERA_API_VERSION 7
 
 typedef enum tessera_status {
   TESSERA_OK = 0,
@@ -211,7 +213,19 @@ TESSERA_API tessera_status tessera_attention_dynamic(
  * heads take every mode, dynamic heads dense calls only. Dynamic patterns take dense and packed
  * calls on the CPU, and (API 6) head ranges (no paged keys or positions):
  * a head's index is built from its own full rows, so a head range gives
- * those heads' results of the whole-layer call. */
+ * those heads' results of the whole-layer call.
+ * Workspace (API 7). On CUDA a decode-like per-sequence call may split each
+ * sequence's keys and merge the partial results (docs/runtime.md, "Decode
+ * steps"), which needs tessera_attention_workspace_size bytes of device
+ * memory for them. workspace null: the run allocates and frees it in
+ * stream order (cuMemAllocAsync / cuMemFreeAsync, memory nodes in a
+ * captured graph); else workspace is device memory of the context's device,
+ * 16-byte aligned, of workspace_size bytes, which the call uses instead
+ * (no allocation at all), and too small a one is
+ * TESSERA_ERROR_INVALID_ARGUMENT naming the bytes needed. The caller owns
+ * it and must not reuse it until the call's work on cuda_stream is done.
+ * A CPU context ignores both fields (its executor's scratch is host
+ * memory of its own). */
 typedef struct tessera_attention_desc {
   size_t struct_size; /* sizeof(tessera_attention_desc) of the caller */
   int64_t layer;
@@ -226,15 +240,41 @@ typedef struct tessera_attention_desc {
   int64_t max_pages_per_seq, block_table_stride;
   const int64_t *q_start, *k_start;
   int64_t head_start, head_count;
+  void *workspace;       /* API 7: null, or caller-owned device memory */
+  size_t workspace_size; /* its bytes (0 with a null workspace) */
 } tessera_attention_desc;
 
-/* Zeroes *desc and sets its struct_size. */
+/* Zeroes the caller's `size` bytes of *desc (its sizeof, 64 KiB at most)
+ * and sets struct_size to `size` (API 7). */
+TESSERA_API void tessera_attention_desc_init_size(tessera_attention_desc *desc,
+                                                  size_t size);
+
+/* Zeroes *desc and sets its struct_size: through the macro below, this
+ * header's sizeof (tessera_attention_desc_init_size), so that a caller
+ * built against an older header is never written past its struct. The
+ * library's symbol of this name (for binaries built against API 4-6, and
+ * bindings that call it by name) initialises the API 6 fields only: such
+ * a description has no workspace. */
 TESSERA_API void tessera_attention_desc_init(tessera_attention_desc *desc);
+#define tessera_attention_desc_init(desc)                                      \
+  tessera_attention_desc_init_size((desc), sizeof *(desc))
 
 /* Validates *desc (every field, each error naming its field), then runs
  * it: on the CPU before returning, on CUDA queued on desc->cuda_stream. */
 TESSERA_API tessera_status tessera_attention_run(
     tessera_bundle *bundle, const tessera_attention_desc *desc);
+
+/* The bytes of workspace the run of *desc needs on the bundle's device
+ * (0: none, e.g. on a CPU context, for a dense call, or for a call that
+ * does not split its keys), for desc->workspace: validates *desc as
+ * tessera_attention_run does (its workspace fields excepted) and plans the
+ * call the same way, from shapes alone (no device memory is read). The
+ * answer depends on the shapes, num_seqs, the modes (which pointers are
+ * null), head_count and TESSERA_CUDA_SPLIT_KV, not on the data. */
+TESSERA_API tessera_status
+tessera_attention_workspace_size(const tessera_bundle *bundle,
+                                 const tessera_attention_desc *desc,
+                                 size_t *bytes);
 
 /* The backward of a forward call (docs/backward.md): from the forward's
  * description `desc` (its q, k, v, o, and lse, required: the probabilities

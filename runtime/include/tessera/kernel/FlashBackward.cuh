@@ -1,0 +1,413 @@
+//===- FlashBackward.cuh - block-sparse FlashAttention-2 backward -*- CUDA -*-===//
+//
+// The CUDA kernel bodies of the backward pass (issue 20; docs/backward.md,
+// "The CUDA kernels"), on the building blocks of FlashForward.cuh (mma.sync
+// m16n8k16, ldmatrix from the swizzled TileLayout, cp.async tiles, the
+// generated partial-tile masks). Pasted after FlashForward.cuh, like it
+// needs no header. Three kernels, no atomics:
+//
+// 1. bwdPreprocess: D_i = rowsum(dO * O) in f32, one thread a row.
+// 2. bwdKeyMajor: a block owns 64 keys of one kv head and batch entry and
+//    keeps dK and dV in registers; for each computed query head of the kv
+//    head it walks the *transposed* runs (the query blocks that see its key
+//    block, Groups::runFromT) and adds dV += P^T dO and dK += s dS^T Q. GQA
+//    sums over the group's heads inside the block. Keys past Nk are not
+//    stored; keys no row sees get dK = dV = 0.
+// 3. bwdQueryMajor: a block owns 64 query rows of one computed head and
+//    walks the forward's runs (Groups::runFrom), dQ += s dS K. Rows without
+//    keys (LSE = -inf) get dQ = 0.
+//
+// P = exp(s Q K^T - LSE) is recomputed in base 2 from the forward's
+// natural-log LSE (one FFMA and one ex2 a score); P and dS are rounded to
+// the input type for the tensor-core products, the sums are f32. FULL tiles
+// take no mask; PARTIAL ones take the group's closed-form masks
+// (Groups::keepNibbles, as the forward; the key-major kernel transposes
+// them through shared memory). Nq != Nk aligns bottom-right as the forward.
+//
+// `Groups` is the forward's generated class (runFrom, keep / keepNibbles)
+// plus runFromT(pattern, const TRunCtx &, qb), the transposed schedule of
+// the pattern's program. The emitter does not emit runFromT yet: the
+// emulator test's wrappers (test/Unit/BackwardKernels.inc) implement it
+// from the layer's program with Program.h's transposed leaves
+// (ProgramRuns), and they pass a Groups that covers every pattern of the
+// layer, since a kv head's query heads may sit in different forward
+// kernels. Not yet launched by the runtime.
+//
+// Head dims: 64, 96 and 128 (multiples of 32 up to 128 fit TileLayout;
+// 256 would need dK and dV partly in shared memory and is not built).
+// Skipped heads are the caller's: it zero-fills their dQ rows (they add
+// nothing to dK and dV, which bwdKeyMajor writes in full). Non-finite
+// inputs: no guard yet (the forward's second guarded pass is not
+// reproduced): a NaN or infinity in a masked pair of a partial tile can
+// reach gradients that do not depend on it.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef TESSERA_KERNEL_FLASHBACKWARD_CUH
+#define TESSERA_KERNEL_FLASHBACKWARD_CUH
+
+namespace tessera {
+namespace kernel {
+
+/// A [batch, seq, heads, D] tensor's strides in elements (D contiguous).
+struct BwdStrides {
+  i64 b, s, h;
+};
+
+/// The backward kernels' arguments, passed by value.
+struct BwdParams {
+  const u16 *q, *k, *v, *o, *dO; ///< the forward's tensors and dL/dO
+  const float *lse; ///< [batch, heads, Nq] natural-log LSE of the forward
+  float *delta;     ///< [batch, heads, Nq] D_i, written by bwdPreprocess
+  u16 *dq, *dk, *dv;
+  i64 nq, nk;
+  BwdStrides qs, ks, vs, os, dOs, dqs, dks, dvs;
+  float scale;     ///< the softmax scale s
+  float scaleLog2; ///< s log2(e)
+  int numHeads, numKvHeads;
+  int vectorLoads; ///< 1: every row start of q, k, v, dO is 16-byte aligned
+};
+
+/// A 16-bit value of type E as a float (exact).
+template <int E> __device__ __forceinline__ float bwdToFloat(u16 x) {
+#ifdef TESSERA_EMULATE
+  return tessera_emu::halfToFloat<E>(x);
+#else
+  if (E == kBF16)
+    return __int_as_float((int)((u32)x << 16));
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
+  return f;
+#endif
+}
+
+/// D_i = sum_x dO[i][x] * O[i][x] in f32: grid (ceil(Nq / 128), heads,
+/// batch), 128 threads, one thread a row.
+template <int E, int D>
+__device__ __forceinline__ void bwdPreprocess(const BwdParams &p) {
+  const i64 qi = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (qi >= p.nq)
+    return;
+  const i64 h = blockIdx.y, b = blockIdx.z;
+  const u16 *o = p.o + b * p.os.b + qi * p.os.s + h * p.os.h;
+  const u16 *g = p.dO + b * p.dOs.b + qi * p.dOs.s + h * p.dOs.h;
+  float sum = 0.f;
+  for (int x = 0; x < D; ++x)
+    sum = fmaf(bwdToFloat<E>(o[x]), bwdToFloat<E>(g[x]), sum);
+  p.delta[(b * p.numHeads + h) * p.nq + qi] = sum;
+}
+
+/// log2(e) LSE with -inf (no key) as +inf, so that P = 2^(x - it) is 0.
+__device__ __forceinline__ float bwdLse2(float lse) {
+  const float inf = __int_as_float(0x7f800000);
+  return lse == -inf ? inf : lse * 1.4426950408889634f;
+}
+
+/// The shared memory of bwdKeyMajor: the block's key and value tiles
+/// (resident), the query and dO tiles of the query block being visited,
+/// its rows' base-2 LSE and D, and a partial tile's mask in query-major
+/// form (allow[query row][key]).
+template <int D> struct alignas(128) BwdKeyTiles {
+  static constexpr int kPitch = TileLayout<D>::kPitch;
+  u16 buf[4 * 64 * kPitch];
+  float lse2[64], delta[64];
+  unsigned char allow[64][64];
+  __device__ __forceinline__ u16 *k() { return buf; }
+  __device__ __forceinline__ u16 *v() { return buf + 64 * kPitch; }
+  __device__ __forceinline__ u16 *q() { return buf + 2 * 64 * kPitch; }
+  __device__ __forceinline__ u16 *dO() { return buf + 3 * 64 * kPitch; }
+};
+
+/// Packs 16 x 64 f32 accumulators (rows of this warp, 64 columns) as the
+/// m16n8k16 A operands of four 16-column steps (pipeSoftmax's packing).
+template <int E>
+__device__ __forceinline__ void bwdPackA(const float (&s)[8][4],
+                                         u32 (&a)[4][4]) {
+#pragma unroll
+  for (int kt = 0; kt < 4; ++kt) {
+    a[kt][0] = packFloats<E>(s[2 * kt][0], s[2 * kt][1]);
+    a[kt][1] = packFloats<E>(s[2 * kt][2], s[2 * kt][3]);
+    a[kt][2] = packFloats<E>(s[2 * kt + 1][0], s[2 * kt + 1][1]);
+    a[kt][3] = packFloats<E>(s[2 * kt + 1][2], s[2 * kt + 1][3]);
+  }
+}
+
+/// Writes a partial tile's mask into `allow` (query-major), from the
+/// group's generated forward masks: warp w evaluates query rows 16 w ..
+/// 16 w + 15 of the tile as the forward's warp would. Keys past Nk get
+/// unspecified bits (their gradients are not stored).
+template <class Groups>
+__device__ __forceinline__ void bwdMaskRows(unsigned char (&allow)[64][64],
+                                            i64 pattern, i64 rowPos, i64 k0,
+                                            int room, i64 head,
+                                            i64 numHeads) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int c2 = (lane % 4) * 2, row = warp * 16 + lane / 4;
+  const u32 keep = keepOf(
+      partialKeep<Groups>(pattern, rowPos, k0, c2, room, head, numHeads));
+#pragma unroll
+  for (int i = 0; i < 32; ++i)
+    allow[row + ((i & 3) >= 2 ? 8 : 0)][(i >> 2) * 8 + c2 + (i & 1)] =
+        (unsigned char)((keep >> i) & 1u);
+}
+
+/// One tile of the key-major pass: the query block qb (class `cls`) of
+/// head `head` against the block's resident keys. K and V must have landed
+/// or be covered by the first wait here.
+template <int E, int D, class Groups>
+__device__ __forceinline__ void
+bwdKeyTile(BwdKeyTiles<D> &sm, const BwdParams &p, const u16 *qBase,
+           const u16 *dOBase, const float *lseRow, const float *deltaRow,
+           i64 qb, int cls, i64 pattern, i64 k0, i64 head, i64 numHeads,
+           FlashAcc<D> &dk, FlashAcc<D> &dv) {
+  constexpr int NT = 128, BQ = 64;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int c2 = (lane % 4) * 2;
+  const bool vec = p.vectorLoads != 0;
+  const i64 q0 = qb * BQ;
+  copyTile<D, BQ, NT>(sm.q(), qBase, p.qs.s, q0, p.nq, vec);
+  cpAsyncCommit();
+  if (threadIdx.x < BQ) {
+    const i64 i = q0 + threadIdx.x;
+    sm.lse2[threadIdx.x] =
+        i < p.nq ? bwdLse2(lseRow[i]) : __int_as_float(0x7f800000);
+  } else {
+    const i64 i = q0 + threadIdx.x - BQ;
+    sm.delta[threadIdx.x - BQ] = i < p.nq ? deltaRow[i] : 0.f;
+  }
+  if (cls == kPartial)
+    bwdMaskRows<Groups>(sm.allow, pattern,
+                        q0 + warp * 16 + lane / 4 + p.nk - p.nq, k0,
+                        (int)minI(p.nk - k0, 64), head, numHeads);
+  cpAsyncWait<0>();
+  __syncthreads(); // Q (and the first time K, V) landed; rows and mask set
+  copyTile<D, BQ, NT>(sm.dO(), dOBase, p.dOs.s, q0, p.nq, vec);
+  cpAsyncCommit();
+
+  // S^T = K Q^T: this warp's 16 keys (rows) against the 64 queries.
+  float s[8][4];
+  pipeScoresSharedQ<E, D>(sm.k(), sm.q(), s);
+  const float negInf = __int_as_float(0xff800000);
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int col = nt * 8 + c2 + (e & 1);
+      if (cls == kPartial &&
+          !sm.allow[col][warp * 16 + lane / 4 + (e >> 1) * 8])
+        s[nt][e] = negInf;
+      s[nt][e] = ex2(fmaf(s[nt][e], p.scaleLog2, -sm.lse2[col]));
+    }
+  u32 pa[4][4];
+  bwdPackA<E>(s, pa);
+  cpAsyncWait<0>();
+  __syncthreads(); // dO landed
+
+  pipeValues<E, D>(pa, sm.dO(), dv); // dV += P^T dO
+  float dp[8][4];                    // dP^T = V dO^T
+  pipeScoresSharedQ<E, D>(sm.v(), sm.dO(), dp);
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float dl = sm.delta[nt * 8 + c2 + (e & 1)];
+      dp[nt][e] = s[nt][e] * (dp[nt][e] - dl); // dS^T = P^T (dP^T - D)
+    }
+  bwdPackA<E>(dp, pa);
+  pipeValues<E, D>(pa, sm.q(), dk); // dK += dS^T Q (s applied at the end)
+  __syncthreads(); // every warp is done with Q, dO, the rows and the mask
+}
+
+/// The index of `head`'s launch slot in the layer's table, or -1 where the
+/// head is skipped.
+__device__ __forceinline__ i64 bwdSlotOf(const LayerTable &t, i64 head) {
+  for (i64 i = 0; i < t.numComputed; ++i)
+    if (t.computedHead[i] == head)
+      return i;
+  return -1;
+}
+
+/// Stores this thread's rows of a [16 x D] accumulator per warp, times
+/// `mul`, at rows r0 + warp * 16 + lane / 4 (+ 8) below `limit`.
+template <int E, int D>
+__device__ __forceinline__ void bwdStoreRows(const FlashAcc<D> &acc, float mul,
+                                             u16 *base, i64 strideS, i64 r0,
+                                             i64 limit) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int c2 = (lane % 4) * 2;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const i64 r = r0 + warp * 16 + lane / 4 + h * 8;
+    if (r >= limit)
+      continue;
+    u16 *row = base + r * strideS;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn)
+      *reinterpret_cast<u32 *>(row + dn * 8 + c2) = packFloats<E>(
+          acc.o[dn][2 * h] * mul, acc.o[dn][2 * h + 1] * mul);
+  }
+}
+
+/// dK and dV of key block blockIdx.x (64 keys) of kv head blockIdx.y of
+/// batch entry blockIdx.z: grid (ceil(Nk / 64), kv heads, batch), 128
+/// threads (4 warps, 16 keys each), shared memory BwdKeyTiles<D>.
+/// `patternOf`: the layer's pattern of each head group.
+template <int E, int D, class Groups>
+__device__ __forceinline__ void bwdKeyMajor(const LayerTable &t,
+                                            const i64 *patternOf,
+                                            const BwdParams &p,
+                                            BwdKeyTiles<D> &sm) {
+  constexpr int NT = 128, BK = 64, BQ = 64;
+  const i64 kvh = blockIdx.y, b = blockIdx.z;
+  const i64 k0 = (i64)blockIdx.x * BK;
+  const i64 group = p.numHeads / p.numKvHeads;
+  const bool vec = p.vectorLoads != 0;
+  copyTile<D, BK, NT>(sm.k(), p.k + b * p.ks.b + kvh * p.ks.h, p.ks.s, k0,
+                      p.nk, vec);
+  copyTile<D, BK, NT>(sm.v(), p.v + b * p.vs.b + kvh * p.vs.h, p.vs.s, k0,
+                      p.nk, vec);
+  cpAsyncCommit(); // waited for with the first query tile, or at the end
+
+  FlashAcc<D> dk, dv;
+  flashInit<D>(dk);
+  flashInit<D>(dv);
+#pragma unroll 1
+  for (i64 g = 0; g < group; ++g) {
+    const i64 head = kvh * group + g;
+    const i64 slot = bwdSlotOf(t, head);
+    if (slot < 0)
+      continue; // a skipped head adds nothing
+    const i64 pattern = patternOf[t.headGroup[slot]];
+    const TRunCtx ctx = makeTRunCtx(k0, minI(k0 + BK, p.nk), p.nq, p.nk, BQ,
+                                    head, t.numHeads);
+    const u16 *qBase = p.q + b * p.qs.b + head * p.qs.h;
+    const u16 *dOBase = p.dO + b * p.dOs.b + head * p.dOs.h;
+    const float *lseRow = p.lse + (b * p.numHeads + head) * p.nq;
+    const float *deltaRow = p.delta + (b * p.numHeads + head) * p.nq;
+    // The transposed walk: the query blocks that see this key block, run
+    // by run (empty tiles never visited).
+    Run run = noRun();
+    i64 qb = 0, next = 0;
+    for (;;) {
+      if (qb < run.hi) {
+        ++qb;
+      } else {
+        run = Groups::runFromT(pattern, ctx, next);
+        if (!isRun(run))
+          break;
+        qb = run.lo;
+        next = run.hi + 1; // the run after this one
+      }
+      bwdKeyTile<E, D, Groups>(sm, p, qBase, dOBase, lseRow, deltaRow, qb,
+                               run.cls, pattern, k0, head, t.numHeads, dk, dv);
+    }
+  }
+  cpAsyncWait<0>(); // K and V, where no tile was visited
+  bwdStoreRows<E, D>(dk, p.scale, p.dk + b * p.dks.b + kvh * p.dks.h, p.dks.s,
+                     k0, p.nk);
+  bwdStoreRows<E, D>(dv, 1.f, p.dv + b * p.dvs.b + kvh * p.dvs.h, p.dvs.s, k0,
+                     p.nk);
+}
+
+/// dQ of query block blockIdx.x (64 rows) of the head of launch slot `slot`
+/// of batch entry blockIdx.z: grid (ceil(Nq / 64), computed heads, batch),
+/// 128 threads (4 warps, 16 rows each), shared memory PipeTiles<D> (the
+/// query and dO tiles are staged in the key and value tiles). Walks the
+/// forward's runs of the pattern; V of a tile loads while its scores are
+/// computed.
+template <int E, int D, class Groups>
+__device__ __forceinline__ void bwdQueryMajor(const LayerTable &t,
+                                              const BwdParams &p,
+                                              PipeTiles<D> &sm, i64 slot,
+                                              i64 pattern) {
+  constexpr int NT = 128, BQ = 64, BK = 64;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int c2 = (lane % 4) * 2;
+  const i64 head = t.computedHead[slot], b = blockIdx.z;
+  const i64 kvh = head / (p.numHeads / p.numKvHeads);
+  const i64 q0 = (i64)blockIdx.x * BQ;
+  const bool vec = p.vectorLoads != 0;
+  const u16 *kBase = p.k + b * p.ks.b + kvh * p.ks.h;
+  const u16 *vBase = p.v + b * p.vs.b + kvh * p.vs.h;
+
+  // Q and dO fragments of this warp's rows, staged through the two tiles.
+  copyTile<D, BQ, NT>(sm.k(), p.q + b * p.qs.b + head * p.qs.h, p.qs.s, q0,
+                      p.nq, vec);
+  copyTile<D, BQ, NT>(sm.v(), p.dO + b * p.dOs.b + head * p.dOs.h, p.dOs.s,
+                      q0, p.nq, vec);
+  cpAsyncCommit();
+  cpAsyncWait<0>();
+  __syncthreads();
+  u32 qf[D / 16][4], gf[D / 16][4];
+  pipeQFragments<D>(sm.k(), qf);
+  pipeQFragments<D>(sm.v(), gf);
+  __syncthreads();
+
+  // This thread's two rows: base-2 LSE and D.
+  float lse2[2], dl[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const i64 i = q0 + warp * 16 + lane / 4 + h * 8;
+    const i64 at = (b * p.numHeads + head) * p.nq + i;
+    lse2[h] = i < p.nq ? bwdLse2(p.lse[at]) : __int_as_float(0x7f800000);
+    dl[h] = i < p.nq ? p.delta[at] : 0.f;
+  }
+  FlashAcc<D> dq;
+  flashInit<D>(dq);
+  const RunCtx ctx = makeRunCtx(q0, minI(q0 + BQ, p.nq), p.nq, p.nk, BK, head,
+                                t.numHeads);
+  const i64 rowPos = q0 + warp * 16 + lane / 4 + p.nk - p.nq;
+  Run run = noRun();
+  i64 kb = 0, next = 0;
+  for (;;) {
+    if (kb < run.hi) {
+      ++kb;
+    } else {
+      run = Groups::runFrom(pattern, ctx, next);
+      if (!isRun(run))
+        break;
+      kb = run.lo;
+      next = run.hi + 1;
+    }
+    const i64 k0 = kb * BK;
+    copyTile<D, BK, NT>(sm.k(), kBase, p.ks.s, k0, p.nk, vec);
+    cpAsyncCommit();
+    cpAsyncWait<0>();
+    __syncthreads(); // K landed
+    copyTile<D, BK, NT>(sm.v(), vBase, p.vs.s, k0, p.nk, vec);
+    cpAsyncCommit();
+    float s[8][4];
+    pipeScores<E, D>(qf, sm.k(), s); // S = Q K^T
+    const int room = (int)minI(p.nk - k0, BK);
+    if (run.cls == kPartial)
+      applyKeepNibbles(s, partialKeep<Groups>(pattern, rowPos, k0, c2, room,
+                                              head, t.numHeads));
+    if (room < BK)
+      applyKeep(s, columnBits(c2, room));
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        s[nt][e] = ex2(fmaf(s[nt][e], p.scaleLog2, -lse2[e >> 1]));
+    cpAsyncWait<0>();
+    __syncthreads(); // V landed
+    float dp[8][4];
+    pipeScores<E, D>(gf, sm.v(), dp); // dP = dO V^T
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        dp[nt][e] = s[nt][e] * (dp[nt][e] - dl[e >> 1]); // dS
+    u32 da[4][4];
+    bwdPackA<E>(dp, da);
+    pipeValues<E, D>(da, sm.k(), dq); // dQ += dS K (s applied at the end)
+    __syncthreads(); // every warp is done with K and V
+  }
+  bwdStoreRows<E, D>(dq, p.scale, p.dq + b * p.dqs.b + head * p.dqs.h,
+                     p.dqs.s, q0, p.nq);
+}
+
+} // namespace kernel
+} // namespace tessera
+
+#endif // TESSERA_KERNEL_FLASHBACKWARD_CUH

@@ -845,6 +845,17 @@ void directTile(const Job &job, Worker &w, const SeqPlan &sp, int64_t s,
   directScores(job, w, keys, cols, !ring && a.k.dtype == DType::BF16);
 }
 
+/// The largest lane of v, whose lanes are not NaN, in registers.
+__attribute__((always_inline)) inline float maxOf8(Vec8 v) {
+  Vec8 m = v, t = __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
+  m = m > t ? m : t;
+  t = __builtin_shufflevector(m, m, 2, 3, 0, 1, 6, 7, 4, 5);
+  m = m > t ? m : t;
+  t = __builtin_shufflevector(m, m, 1, 0, 3, 2, 5, 4, 7, 6);
+  m = m > t ? m : t;
+  return m[0];
+}
+
 /// A row's correction once a direct row has added its tile's P V to the
 /// double accumulators itself (a correction is in [0, 1] or NaN).
 constexpr float kAccumulated = -1.0f;
@@ -966,23 +977,26 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
       }
       // Masked keys are selected to -inf, never added to: a NaN or an
       // infinity in a key the row cannot see must not reach it. Full tiles
-      // without padding have nothing to mask.
-      Vec vmax = Vec{} + kNegInf;
+      // without padding have nothing to mask. 8 floats at a time: GCC
+      // lowers a select on a whole Vec for AVX2 to scalar code through the
+      // stack.
+      const float scale = job.scale;
+      Vec8 vmax = Vec8{} + kNegInf;
       if (cls == k::kFull && colsPad == cols) {
-        for (int64_t j = 0; j < colsPad; j += kLanes) {
-          Vec x = loadVec(s + j) * job.scale;
-          storeVec(s + j, x);
+        for (int64_t j = 0; j < colsPad; j += 8) {
+          Vec8 x = loadVec8(s + j) * scale;
+          storeVec8(s + j, x);
           vmax = x > vmax ? x : vmax;
         }
       } else {
-        for (int64_t j = 0; j < colsPad; j += kLanes) {
-          Vec b = loadVec(rowBias + j);
-          Vec x = b == 0.0f ? loadVec(s + j) * job.scale : b;
-          storeVec(s + j, x);
+        for (int64_t j = 0; j < colsPad; j += 8) {
+          Vec8 b = loadVec8(rowBias + j);
+          Vec8 x = b == 0.0f ? loadVec8(s + j) * scale : b;
+          storeVec8(s + j, x);
           vmax = x > vmax ? x : vmax;
         }
       }
-      float rowMax = horizontalMax(vmax); // NaN lanes ignored: never NaN
+      float rowMax = maxOf8(vmax); // NaN lanes ignored: never NaN
       if (rowMax == kNegInf) {
         // Nothing finite allowed in this row of the tile: no contribution,
         // unless an allowed score is NaN (a NaN the row sees): then the
@@ -1001,13 +1015,24 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
       // sees needs no exponential).
       float correction =
           mOld == kNegInf ? 0.0f : expVec(Vec{} + (mOld - mNew))[0];
-      Vec vsum = {};
+      // Lane i of sum0 / sum1 adds columns i and 8 + i of each kLanes
+      // columns, and their 16 lanes are added in order: a Vec's sums and
+      // horizontalSum's order, in registers.
+      Vec8 sum0 = {}, sum1 = {};
       for (int64_t j = 0; j < colsPad; j += kLanes) {
-        Vec e = expVec(loadVec(s + j) - mNew);
-        storeVec(s + j, e);
-        vsum += e;
+        Vec8 e0 = expLanes(loadVec8(s + j) - mNew),
+             e1 = expLanes(loadVec8(s + j + 8) - mNew);
+        storeVec8(s + j, e0);
+        storeVec8(s + j + 8, e1);
+        sum0 += e0;
+        sum1 += e1;
       }
-      w.l[i] = w.l[i] * correction + horizontalSum(vsum);
+      float rowSum = 0;
+      for (int x = 0; x < 8; ++x)
+        rowSum += sum0[x];
+      for (int x = 0; x < 8; ++x)
+        rowSum += sum1[x];
+      w.l[i] = w.l[i] * correction + rowSum;
       w.m[i] = mNew;
       w.corr[i] = correction;
       if (direct) {

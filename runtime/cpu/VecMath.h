@@ -49,16 +49,20 @@ __attribute__((always_inline)) inline void storeVec(float *p, const Vec &v) {
 typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t))));
 typedef uint32_t VecU __attribute__((vector_size(kLanes * sizeof(uint32_t))));
 
-/// exp(x) for x <= 0, on kLanes floats at once: about 2 ulp, exactly 0
-/// below -87 (and for -inf); branch-free.
-__attribute__((always_inline)) inline Vec expVec(const Vec &x) {
+/// exp(x) for x <= 0, on the lanes of a float vector V at once: about 2
+/// ulp, exactly 0 below -87 (and for -inf); branch-free. Each lane's
+/// result depends on that lane alone, whatever V's width.
+template <typename V>
+__attribute__((always_inline)) inline V expLanes(const V &x) {
+  typedef int32_t VI __attribute__((vector_size(sizeof(V))));
+  typedef uint32_t VU __attribute__((vector_size(sizeof(V))));
   const float log2e = 1.44269504088896341f;
   const float shifter = 12582912.0f; // 1.5 * 2^23: adds round to integers
-  Vec xc = x < -87.0f ? Vec{} - 87.0f : x;
-  Vec n = (xc * log2e + shifter) - shifter;
-  Vec r = xc - n * 0.693145751953125f;
+  V xc = x < -87.0f ? V{} - 87.0f : x;
+  V n = (xc * log2e + shifter) - shifter;
+  V r = xc - n * 0.693145751953125f;
   r = r - n * 1.428606765330187045e-06f;
-  Vec p = Vec{} + 1.0f / 5040;
+  V p = V{} + 1.0f / 5040;
   p = p * r + 1.0f / 720;
   p = p * r + 1.0f / 120;
   p = p * r + 1.0f / 24;
@@ -66,12 +70,17 @@ __attribute__((always_inline)) inline Vec expVec(const Vec &x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  VecU bits;
+  VU bits;
   std::memcpy(&bits, &p, sizeof(bits));
-  bits += (VecU) __builtin_convertvector(n, VecI) << 23;
-  Vec e;
+  bits += (VU) __builtin_convertvector(n, VI) << 23;
+  V e;
   std::memcpy(&e, &bits, sizeof(e));
-  return x < -87.0f ? Vec{} : e;
+  return x < -87.0f ? V{} : e;
+}
+
+/// expLanes on kLanes floats.
+__attribute__((always_inline)) inline Vec expVec(const Vec &x) {
+  return expLanes(x);
 }
 
 __attribute__((always_inline)) inline float horizontalMax(const Vec &v) {

@@ -1287,16 +1287,20 @@ void writeSkippedHeads(const Job &job) {
     }
 }
 
-/// The key tiles of every (sequence, slot, query block), saturated.
+/// The key tiles of every (sequence, slot, query block), saturated, for
+/// sizing a call's threads: a sequence of at most kDecodeRows rows (a
+/// decode step's) counts a quarter of its tiles, whose one to 16 rows cost
+/// a fraction of a full query block's.
 int64_t keyTiles(const Job &job) {
   const int64_t bq = job.a.blockQ, bk = job.a.blockK;
   int64_t tiles = 0;
-  for (const SeqPlan &p : job.seqs)
-    tiles = std::min(
-        k::kUnbounded,
-        tiles + k::mulSat(k::mulSat((p.nq + bq - 1) / bq,
-                                    int64_t(job.slots.size())),
-                          (p.kStart % bk + p.nk + bk - 1) / bk));
+  for (const SeqPlan &p : job.seqs) {
+    const int64_t n = k::mulSat(
+        k::mulSat((p.nq + bq - 1) / bq, int64_t(job.slots.size())),
+        (p.kStart % bk + p.nk + bk - 1) / bk);
+    tiles = std::min<int64_t>(k::kUnbounded,
+                              tiles + (p.nq <= kDecodeRows ? (n + 3) / 4 : n));
+  }
   return tiles;
 }
 
@@ -1338,6 +1342,14 @@ void releaseLargeCache(Worker &w) {
     w.kT.release();
     w.vb.release();
   }
+}
+
+/// The hardware threads, counted once: std::thread::hardware_concurrency
+/// reads /sys on every call (6 us on the 2-core machine of
+/// docs/PERFORMANCE.md, a third of a decode step over a short cache).
+int hardwareThreads() {
+  static const int n = int(std::max(1u, std::thread::hardware_concurrency()));
+  return n;
 }
 
 /// TESSERA_CPU_SPLIT_KV=0 turns split-KV decode off (for benchmarks and
@@ -1424,11 +1436,11 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
   const int64_t tasks = job.seqs.empty() ? 0
                                          : job.seqs.back().firstTask +
                                                job.seqs.back().numTasks;
-  int threads = a.numThreads > 0
-                    ? a.numThreads
-                    : std::max(1u, std::thread::hardware_concurrency());
-  // Waking a thread costs microseconds: small calls (a decode step over a
-  // short cache) keep to the threads that 16 key tiles each pay for.
+  int threads = a.numThreads > 0 ? a.numThreads : hardwareThreads();
+  // Waking a thread costs microseconds: small calls keep to the threads
+  // that 16 key tiles each pay for (64 of a decode step's, keyTiles: its
+  // 32 one-row tiles over a 16-key cache took 18.8 us on one thread, 24.1
+  // us on two, 2026-12-06; 128 of them, 250 and 244 us).
   threads = int(std::min<int64_t>(
       threads, std::max<int64_t>(1, std::min(tasks, keyTiles(job) / 16))));
   ThreadPool local; // no pool given: threads for this call only

@@ -97,9 +97,8 @@ Result runBackward(const std::string &bundle, const Shape &shape,
     const bool f16 = *layer.getString("dtype") == "f16";
     if (d != 64 && d != 96 && d != 128)
       continue;
-    const std::string prefix = bundle + "/backward/" +
-                               (f16 ? "f16" : "bf16") + "_d" +
-                               std::to_string(d) + "/";
+    const std::string prefix = bundle + "/backward/" + (f16 ? "f16" : "bf16") +
+                               "_d" + std::to_string(d) + "/";
     // The reference pattern of every head; skipped heads have none.
     std::vector<std::optional<semantics::Pattern>> ref(hq);
     for (const json::Value &g : *layer.getArray("groups")) {
@@ -168,8 +167,8 @@ Result runBackward(const std::string &bundle, const Shape &shape,
           double m = -inf;
           for (int64_t j = 0; j < shape.nk; ++j) {
             s[j] = -inf;
-            if (!ref[h] || !semantics::allowed(*ref[h], i, j, h, shape.nq,
-                                               shape.nk, hq))
+            if (!ref[h] ||
+                !semantics::allowed(*ref[h], i, j, h, shape.nq, shape.nk, hq))
               continue;
             double dot = 0;
             for (int64_t x = 0; x < d; ++x)
@@ -192,7 +191,8 @@ Result runBackward(const std::string &bundle, const Shape &shape,
           double di = 0; // D_i from O as the kernels read it
           for (int64_t x = 0; x < d; ++x) {
             o[at(sq, b, i, h) + x] = round(out[x]);
-            di += value(dO[at(sq, b, i, h) + x]) * value(o[at(sq, b, i, h) + x]);
+            di +=
+                value(dO[at(sq, b, i, h) + x]) * value(o[at(sq, b, i, h) + x]);
           }
           if (!ref[h])
             continue;
@@ -206,7 +206,8 @@ Result runBackward(const std::string &bundle, const Shape &shape,
                     value(v[at(sk, b, j, kvh) + x]);
             const double ds = p[j] * (dp - di);
             for (int64_t x = 0; x < d; ++x) {
-              rv[at(sk, b, j, kvh) + x] += p[j] * value(dO[at(sq, b, i, h) + x]);
+              rv[at(sk, b, j, kvh) + x] +=
+                  p[j] * value(dO[at(sq, b, i, h) + x]);
               rk[at(sk, b, j, kvh) + x] +=
                   scale * ds * value(q[at(sq, b, i, h) + x]);
               rq[at(sq, b, i, h) + x] +=
@@ -250,15 +251,19 @@ Result runBackward(const std::string &bundle, const Shape &shape,
         return worst;
       }
     reg[bundle + "/backward/program"](&l, int(position));
-    auto run = [&](const char *kind, unsigned gx, unsigned gy) {
+    auto run = [&](const char *kind, unsigned gx, unsigned gy,
+                   unsigned threads) {
       auto &fn = reg[prefix + kind];
       tessera_emu::launch([&] { fn(&l, int(position)); },
                           dim3{gx, gy, unsigned(shape.batch)},
-                          dim3{128, 1, 1});
+                          dim3{threads, 1, 1});
     };
-    run("pre", unsigned((shape.nq + 127) / 128), unsigned(hq));
-    run("dkdv", unsigned((shape.nk + 63) / 64), unsigned(hkv));
-    run("dq", unsigned((shape.nq + 63) / 64), unsigned(numComputed));
+    run("pre", unsigned((shape.nq + 127) / 128), unsigned(hq), 128);
+    // BwdKeyShape: above head_dim 64, two sets of 4 warps split dK and dV's
+    // columns.
+    run("dkdv", unsigned((shape.nk + 63) / 64), unsigned(hkv),
+        d > 64 ? 256 : 128);
+    run("dq", unsigned((shape.nq + 63) / 64), unsigned(numComputed), 128);
     ++worst.layers;
 
     // Compare: per tensor, the largest error over the largest reference
@@ -289,12 +294,11 @@ Result runBackward(const std::string &bundle, const Shape &shape,
               maxRef = std::max(maxRef, std::abs(r));
               if (e > maxErr) {
                 maxErr = e;
-                where = std::string(name) + " layer " +
-                        std::to_string(position) + " b=" + std::to_string(b) +
-                        " h=" + std::to_string(h) + " row " +
-                        std::to_string(i) + " x=" + std::to_string(x) +
-                        " got " + std::to_string(g) + " want " +
-                        std::to_string(r);
+                where =
+                    std::string(name) + " layer " + std::to_string(position) +
+                    " b=" + std::to_string(b) + " h=" + std::to_string(h) +
+                    " row " + std::to_string(i) + " x=" + std::to_string(x) +
+                    " got " + std::to_string(g) + " want " + std::to_string(r);
               }
             }
             if (zero)

@@ -1,4 +1,4 @@
-//===- FlashBackward.cuh - block-sparse FlashAttention-2 backward -*- CUDA -*-===//
+//===- FlashBackward.cuh - block-sparse attention backward ----*- CUDA -*-===//
 //
 // The CUDA kernel bodies of the backward pass (issue 20; docs/backward.md,
 // "The CUDA kernels"), on the building blocks of FlashForward.cuh (mma.sync
@@ -97,6 +97,17 @@ __device__ __forceinline__ void bwdPreprocess(const BwdParams &p) {
   p.delta[(b * p.numHeads + h) * p.nq + qi] = sum;
 }
 
+/// `p`, opaque to the compiler, per call: shared-memory addresses derived
+/// from it inside a tile loop are recomputed each tile instead of being
+/// hoisted out of the loop into registers (dozens of swizzled ldmatrix
+/// addresses, which would spill).
+template <class T> __device__ __forceinline__ T *bwdOpaque(T *p) {
+#ifndef TESSERA_EMULATE
+  asm volatile("" : "+l"(p));
+#endif
+  return p;
+}
+
 /// log2(e) LSE with -inf (no key) as +inf, so that P = 2^(x - it) is 0.
 __device__ __forceinline__ float bwdLse2(float lse) {
   const float inf = __int_as_float(0x7f800000);
@@ -132,6 +143,16 @@ __device__ __forceinline__ void bwdPackA(const float (&s)[8][4],
   }
 }
 
+/// Element e of n-tile nt of accumulators packed by bwdPackA, as a float:
+/// P is kept packed only (its f32 form dies after the packing, which frees
+/// 32 registers), so dS = P (dP - D) reads P as the products read it.
+template <int E>
+__device__ __forceinline__ float bwdUnpack(const u32 (&a)[4][4], int nt,
+                                           int e) {
+  const u32 w = a[nt >> 1][(nt & 1) * 2 + (e >> 1)];
+  return bwdToFloat<E>((u16)((e & 1) ? w >> 16 : w & 0xffffu));
+}
+
 /// Writes a partial tile's mask into `allow` (query-major), from the
 /// group's generated forward masks: warp w evaluates query rows 16 w ..
 /// 16 w + 15 of the tile as the forward's warp would. Keys past Nk get
@@ -139,8 +160,7 @@ __device__ __forceinline__ void bwdPackA(const float (&s)[8][4],
 template <class Groups>
 __device__ __forceinline__ void bwdMaskRows(unsigned char (&allow)[64][64],
                                             i64 pattern, i64 rowPos, i64 k0,
-                                            int room, i64 head,
-                                            i64 numHeads) {
+                                            int room, i64 head, i64 numHeads) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int c2 = (lane % 4) * 2, row = warp * 16 + lane / 4;
   const u32 keep = keepOf(
@@ -151,18 +171,91 @@ __device__ __forceinline__ void bwdMaskRows(unsigned char (&allow)[64][64],
         (unsigned char)((keep >> i) & 1u);
 }
 
+/// The key-major kernel's threads: 4 warps of 16 keys each; above head_dim
+/// 64, two such sets, each accumulating half of dK's and dV's columns (a
+/// thread's dK and dV at head_dim 128 would be 128 registers, and the tile
+/// loop spills). Both sets compute the same S^T and dP^T, so above 64 a
+/// tile costs 6 products of 64 x 64 x D / 2 instead of 4.
+template <int D> struct BwdKeyShape {
+  static constexpr int kSplit = D > 64 ? 2 : 1;
+  static constexpr int kThreads = 128 * kSplit;
+  static constexpr int kCols = D / kSplit; ///< the columns of a set
+};
+
+/// pipeScoresSharedQ with the A rows of key warp `rw` (16 rw ..): S^T =
+/// A B^T of 16 rows of `as` against the 64 rows of `bs`.
+template <int E, int D>
+__device__ __forceinline__ void bwdScoresT(const u16 *as, const u16 *bs, int rw,
+                                           float (&s)[8][4]) {
+  const int lane = threadIdx.x % 32;
+  const int aRow = rw * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int rowInPair = (lane & 7) + (lane >> 4) * 8, half = (lane >> 3) & 1;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+    s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    u32 a[4];
+    ldsm4(a, as + TileLayout<D>::at(aRow, 2 * kk + (lane >> 4)));
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      u32 b[4];
+      ldsm4(b, bs + TileLayout<D>::at(16 * np + rowInPair, 2 * kk + half));
+      mma16816<E>(s[2 * np], a, b[0], b[1]);
+      mma16816<E>(s[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+/// pipeValues over columns [c0, c0 + C) of a tile of D columns: acc (C
+/// columns) += A B, B the 64 x C block of `bs` read transposed.
+template <int E, int D, int C>
+__device__ __forceinline__ void bwdValues(const u32 (&a)[4][4], const u16 *bs,
+                                          int c0, FlashAcc<C> &acc) {
+  const int lane = threadIdx.x % 32;
+  const int key = (lane & 7) + ((lane >> 3) & 1) * 8, second = lane >> 4;
+#pragma unroll
+  for (int kt = 0; kt < 4; ++kt)
+#pragma unroll
+    for (int dn = 0; dn < C / 8; dn += 2) {
+      u32 b[4];
+      ldsm4Trans(b,
+                 bs + TileLayout<D>::at(16 * kt + key, c0 / 8 + dn + second));
+      mma16816<E>(acc.o[dn], a[kt], b[0], b[1]);
+      mma16816<E>(acc.o[dn + 1], a[kt], b[2], b[3]);
+    }
+}
+
+/// The keep bits (applyKeep's form) of this thread's accumulator elements
+/// of a transposed tile, key rows `row` and `row` + 8, query columns
+/// 8 nt + c2 + (e & 1), read from the query-major `allow`.
+__device__ __forceinline__ u32 bwdKeepT(const unsigned char (&allow)[64][64],
+                                        int row, int c2) {
+  u32 keep = 0;
+#pragma unroll
+  for (int i = 0; i < 32; ++i)
+    keep |=
+        (u32)allow[(i >> 2) * 8 + c2 + (i & 1)][row + ((i & 3) >= 2 ? 8 : 0)]
+        << i;
+  return keep;
+}
+
 /// One tile of the key-major pass: the query block qb (class `cls`) of
 /// head `head` against the block's resident keys. K and V must have landed
 /// or be covered by the first wait here.
 template <int E, int D, class Groups>
 __device__ __forceinline__ void
-bwdKeyTile(BwdKeyTiles<D> &sm, const BwdParams &p, const u16 *qBase,
+bwdKeyTile(BwdKeyTiles<D> &tiles, const BwdParams &p, const u16 *qBase,
            const u16 *dOBase, const float *lseRow, const float *deltaRow,
            i64 qb, int cls, i64 pattern, i64 k0, i64 head, i64 numHeads,
-           FlashAcc<D> &dk, FlashAcc<D> &dv) {
-  constexpr int NT = 128, BQ = 64;
+           FlashAcc<BwdKeyShape<D>::kCols> &dk,
+           FlashAcc<BwdKeyShape<D>::kCols> &dv) {
+  using Shape = BwdKeyShape<D>;
+  constexpr int NT = Shape::kThreads, BQ = 64, C = Shape::kCols;
+  BwdKeyTiles<D> &sm = *bwdOpaque(&tiles);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int c2 = (lane % 4) * 2;
+  const int rw = warp % 4, c0 = (warp / 4) * C; // key rows, dK / dV columns
   const bool vec = p.vectorLoads != 0;
   const i64 q0 = qb * BQ;
   copyTile<D, BQ, NT>(sm.q(), qBase, p.qs.s, q0, p.nq, vec);
@@ -171,11 +264,11 @@ bwdKeyTile(BwdKeyTiles<D> &sm, const BwdParams &p, const u16 *qBase,
     const i64 i = q0 + threadIdx.x;
     sm.lse2[threadIdx.x] =
         i < p.nq ? bwdLse2(lseRow[i]) : __int_as_float(0x7f800000);
-  } else {
+  } else if (threadIdx.x < 2 * BQ) {
     const i64 i = q0 + threadIdx.x - BQ;
     sm.delta[threadIdx.x - BQ] = i < p.nq ? deltaRow[i] : 0.f;
   }
-  if (cls == kPartial)
+  if (cls == kPartial && warp < 4)
     bwdMaskRows<Groups>(sm.allow, pattern,
                         q0 + warp * 16 + lane / 4 + p.nk - p.nq, k0,
                         (int)minI(p.nk - k0, 64), head, numHeads);
@@ -186,35 +279,33 @@ bwdKeyTile(BwdKeyTiles<D> &sm, const BwdParams &p, const u16 *qBase,
 
   // S^T = K Q^T: this warp's 16 keys (rows) against the 64 queries.
   float s[8][4];
-  pipeScoresSharedQ<E, D>(sm.k(), sm.q(), s);
-  const float negInf = __int_as_float(0xff800000);
+  bwdScoresT<E, D>(sm.k(), sm.q(), rw, s);
+  if (cls == kPartial) // the mask, transposed: key rows, query columns
+    applyKeep(s, bwdKeepT(sm.allow, rw * 16 + lane / 4, c2));
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int col = nt * 8 + c2 + (e & 1);
-      if (cls == kPartial &&
-          !sm.allow[col][warp * 16 + lane / 4 + (e >> 1) * 8])
-        s[nt][e] = negInf;
-      s[nt][e] = ex2(fmaf(s[nt][e], p.scaleLog2, -sm.lse2[col]));
-    }
+    for (int e = 0; e < 4; ++e)
+      s[nt][e] =
+          ex2(fmaf(s[nt][e], p.scaleLog2, -sm.lse2[nt * 8 + c2 + (e & 1)]));
   u32 pa[4][4];
   bwdPackA<E>(s, pa);
   cpAsyncWait<0>();
   __syncthreads(); // dO landed
 
-  pipeValues<E, D>(pa, sm.dO(), dv); // dV += P^T dO
-  float dp[8][4];                    // dP^T = V dO^T
-  pipeScoresSharedQ<E, D>(sm.v(), sm.dO(), dp);
+  bwdValues<E, D, C>(pa, sm.dO(), c0, dv); // dV += P^T dO
+  float dp[8][4];                          // dP^T = V dO^T
+  bwdScoresT<E, D>(sm.v(), sm.dO(), rw, dp);
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const float dl = sm.delta[nt * 8 + c2 + (e & 1)];
-      dp[nt][e] = s[nt][e] * (dp[nt][e] - dl); // dS^T = P^T (dP^T - D)
+      const float pt = bwdUnpack<E>(pa, nt, e);
+      dp[nt][e] = pt * (dp[nt][e] - dl); // dS^T = P^T (dP^T - D)
     }
   bwdPackA<E>(dp, pa);
-  pipeValues<E, D>(pa, sm.q(), dk); // dK += dS^T Q (s applied at the end)
+  bwdValues<E, D, C>(pa, sm.q(), c0, dk); // dK += dS^T Q (s at the end)
   __syncthreads(); // every warp is done with Q, dO, the rows and the mask
 }
 
@@ -227,50 +318,52 @@ __device__ __forceinline__ i64 bwdSlotOf(const LayerTable &t, i64 head) {
   return -1;
 }
 
-/// Stores this thread's rows of a [16 x D] accumulator per warp, times
-/// `mul`, at rows r0 + warp * 16 + lane / 4 (+ 8) below `limit`.
+/// Stores this thread's rows of a [16 x D] accumulator of row warp `rw`,
+/// times `mul`, at rows r0 + rw * 16 + lane / 4 (+ 8) below `limit`.
 template <int E, int D>
 __device__ __forceinline__ void bwdStoreRows(const FlashAcc<D> &acc, float mul,
                                              u16 *base, i64 strideS, i64 r0,
-                                             i64 limit) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+                                             int rw, i64 limit) {
+  const int lane = threadIdx.x % 32;
   const int c2 = (lane % 4) * 2;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const i64 r = r0 + warp * 16 + lane / 4 + h * 8;
+    const i64 r = r0 + rw * 16 + lane / 4 + h * 8;
     if (r >= limit)
       continue;
     u16 *row = base + r * strideS;
 #pragma unroll
     for (int dn = 0; dn < D / 8; ++dn)
-      *reinterpret_cast<u32 *>(row + dn * 8 + c2) = packFloats<E>(
-          acc.o[dn][2 * h] * mul, acc.o[dn][2 * h + 1] * mul);
+      *reinterpret_cast<u32 *>(row + dn * 8 + c2) =
+          packFloats<E>(acc.o[dn][2 * h] * mul, acc.o[dn][2 * h + 1] * mul);
   }
 }
 
 /// dK and dV of key block blockIdx.x (64 keys) of kv head blockIdx.y of
-/// batch entry blockIdx.z: grid (ceil(Nk / 64), kv heads, batch), 128
-/// threads (4 warps, 16 keys each), shared memory BwdKeyTiles<D>.
+/// batch entry blockIdx.z: grid (ceil(Nk / 64), kv heads, batch),
+/// BwdKeyShape<D>::kThreads threads (4 warps of 16 keys each, or two such
+/// sets of 4 for the two halves of the columns), shared memory
+/// BwdKeyTiles<D>.
 /// `patternOf`: the layer's pattern of each head group.
 template <int E, int D, class Groups>
-__device__ __forceinline__ void bwdKeyMajor(const LayerTable &t,
-                                            const i64 *patternOf,
-                                            const BwdParams &p,
-                                            BwdKeyTiles<D> &sm) {
-  constexpr int NT = 128, BK = 64, BQ = 64;
+__device__ __forceinline__ void
+bwdKeyMajor(const LayerTable &t, const i64 *patternOf, const BwdParams &p,
+            BwdKeyTiles<D> &sm) {
+  using Shape = BwdKeyShape<D>;
+  constexpr int NT = Shape::kThreads, BK = 64, BQ = 64, C = Shape::kCols;
   const i64 kvh = blockIdx.y, b = blockIdx.z;
   const i64 k0 = (i64)blockIdx.x * BK;
   const i64 group = p.numHeads / p.numKvHeads;
   const bool vec = p.vectorLoads != 0;
-  copyTile<D, BK, NT>(sm.k(), p.k + b * p.ks.b + kvh * p.ks.h, p.ks.s, k0,
-                      p.nk, vec);
-  copyTile<D, BK, NT>(sm.v(), p.v + b * p.vs.b + kvh * p.vs.h, p.vs.s, k0,
-                      p.nk, vec);
+  copyTile<D, BK, NT>(sm.k(), p.k + b * p.ks.b + kvh * p.ks.h, p.ks.s, k0, p.nk,
+                      vec);
+  copyTile<D, BK, NT>(sm.v(), p.v + b * p.vs.b + kvh * p.vs.h, p.vs.s, k0, p.nk,
+                      vec);
   cpAsyncCommit(); // waited for with the first query tile, or at the end
 
-  FlashAcc<D> dk, dv;
-  flashInit<D>(dk);
-  flashInit<D>(dv);
+  FlashAcc<C> dk, dv;
+  flashInit<C>(dk);
+  flashInit<C>(dv);
 #pragma unroll 1
   for (i64 g = 0; g < group; ++g) {
     const i64 head = kvh * group + g;
@@ -278,8 +371,8 @@ __device__ __forceinline__ void bwdKeyMajor(const LayerTable &t,
     if (slot < 0)
       continue; // a skipped head adds nothing
     const i64 pattern = patternOf[t.headGroup[slot]];
-    const TRunCtx ctx = makeTRunCtx(k0, minI(k0 + BK, p.nk), p.nq, p.nk, BQ,
-                                    head, t.numHeads);
+    const TRunCtx ctx =
+        makeTRunCtx(k0, minI(k0 + BK, p.nk), p.nq, p.nk, BQ, head, t.numHeads);
     const u16 *qBase = p.q + b * p.qs.b + head * p.qs.h;
     const u16 *dOBase = p.dO + b * p.dOs.b + head * p.dOs.h;
     const float *lseRow = p.lse + (b * p.numHeads + head) * p.nq;
@@ -303,10 +396,11 @@ __device__ __forceinline__ void bwdKeyMajor(const LayerTable &t,
     }
   }
   cpAsyncWait<0>(); // K and V, where no tile was visited
-  bwdStoreRows<E, D>(dk, p.scale, p.dk + b * p.dks.b + kvh * p.dks.h, p.dks.s,
-                     k0, p.nk);
-  bwdStoreRows<E, D>(dv, 1.f, p.dv + b * p.dvs.b + kvh * p.dvs.h, p.dvs.s, k0,
-                     p.nk);
+  const int warp = threadIdx.x / 32, c0 = (warp / 4) * C;
+  bwdStoreRows<E, C>(dk, p.scale, p.dk + b * p.dks.b + kvh * p.dks.h + c0,
+                     p.dks.s, k0, warp % 4, p.nk);
+  bwdStoreRows<E, C>(dv, 1.f, p.dv + b * p.dvs.b + kvh * p.dvs.h + c0, p.dvs.s,
+                     k0, warp % 4, p.nk);
 }
 
 /// dQ of query block blockIdx.x (64 rows) of the head of launch slot `slot`
@@ -316,10 +410,9 @@ __device__ __forceinline__ void bwdKeyMajor(const LayerTable &t,
 /// forward's runs of the pattern; V of a tile loads while its scores are
 /// computed.
 template <int E, int D, class Groups>
-__device__ __forceinline__ void bwdQueryMajor(const LayerTable &t,
-                                              const BwdParams &p,
-                                              PipeTiles<D> &sm, i64 slot,
-                                              i64 pattern) {
+__device__ __forceinline__ void
+bwdQueryMajor(const LayerTable &t, const BwdParams &p, PipeTiles<D> &sm,
+              i64 slot, i64 pattern) {
   constexpr int NT = 128, BQ = 64, BK = 64;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int c2 = (lane % 4) * 2;
@@ -333,8 +426,8 @@ __device__ __forceinline__ void bwdQueryMajor(const LayerTable &t,
   // Q and dO fragments of this warp's rows, staged through the two tiles.
   copyTile<D, BQ, NT>(sm.k(), p.q + b * p.qs.b + head * p.qs.h, p.qs.s, q0,
                       p.nq, vec);
-  copyTile<D, BQ, NT>(sm.v(), p.dO + b * p.dOs.b + head * p.dOs.h, p.dOs.s,
-                      q0, p.nq, vec);
+  copyTile<D, BQ, NT>(sm.v(), p.dO + b * p.dOs.b + head * p.dOs.h, p.dOs.s, q0,
+                      p.nq, vec);
   cpAsyncCommit();
   cpAsyncWait<0>();
   __syncthreads();
@@ -354,8 +447,8 @@ __device__ __forceinline__ void bwdQueryMajor(const LayerTable &t,
   }
   FlashAcc<D> dq;
   flashInit<D>(dq);
-  const RunCtx ctx = makeRunCtx(q0, minI(q0 + BQ, p.nq), p.nq, p.nk, BK, head,
-                                t.numHeads);
+  const RunCtx ctx =
+      makeRunCtx(q0, minI(q0 + BQ, p.nq), p.nq, p.nk, BK, head, t.numHeads);
   const i64 rowPos = q0 + warp * 16 + lane / 4 + p.nk - p.nq;
   Run run = noRun();
   i64 kb = 0, next = 0;
@@ -389,6 +482,8 @@ __device__ __forceinline__ void bwdQueryMajor(const LayerTable &t,
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         s[nt][e] = ex2(fmaf(s[nt][e], p.scaleLog2, -lse2[e >> 1]));
+    u32 da[4][4];
+    bwdPackA<E>(s, da); // P, packed
     cpAsyncWait<0>();
     __syncthreads(); // V landed
     float dp[8][4];
@@ -397,14 +492,13 @@ __device__ __forceinline__ void bwdQueryMajor(const LayerTable &t,
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        dp[nt][e] = s[nt][e] * (dp[nt][e] - dl[e >> 1]); // dS
-    u32 da[4][4];
+        dp[nt][e] = bwdUnpack<E>(da, nt, e) * (dp[nt][e] - dl[e >> 1]); // dS
     bwdPackA<E>(dp, da);
     pipeValues<E, D>(da, sm.k(), dq); // dQ += dS K (s applied at the end)
-    __syncthreads(); // every warp is done with K and V
+    __syncthreads();                  // every warp is done with K and V
   }
-  bwdStoreRows<E, D>(dq, p.scale, p.dq + b * p.dqs.b + head * p.dqs.h,
-                     p.dqs.s, q0, p.nq);
+  bwdStoreRows<E, D>(dq, p.scale, p.dq + b * p.dqs.b + head * p.dqs.h, p.dqs.s,
+                     q0, warp, p.nq);
 }
 
 } // namespace kernel

@@ -343,12 +343,14 @@ TEST_F(EmulatorBackwardTest, GradientsMatchFloat64) {
   }
 }
 
-/// The comparison catches a dS without its -D term (dK wrong) and a
+/// The comparison catches a dS without its -D term (dK wrong), a
 /// transposed walk that stops after its first run of query blocks (dK and
-/// dV miss the tiles of the later runs): test/Unit/CMakeLists.txt makes
+/// dV miss the tiles of the later runs), and a dO tile read before its
+/// copies landed (the emulator's poison): test/Unit/CMakeLists.txt makes
 /// these copies of FlashBackward.cuh.
 TEST_F(EmulatorBackwardTest, BrokenKernelsFail) {
-  for (const char *name : {"broken-bwd-delta", "broken-bwd-walk"}) {
+  for (const char *name :
+       {"broken-bwd-delta", "broken-bwd-walk", "broken-bwd-wait"}) {
     Result r = runBackward(name, Shape{1, 100, 130, true}, ctx);
     std::printf("%s: dq %.3g dk %.3g dv %.3g (%s)\n", name, r.dq, r.dk, r.dv,
                 r.where.c_str());

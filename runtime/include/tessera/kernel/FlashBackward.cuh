@@ -33,8 +33,8 @@
 // layer, since a kv head's query heads may sit in different forward
 // kernels. Not yet launched by the runtime.
 //
-// Head dims: 64, 96 and 128 (multiples of 32 up to 128 fit TileLayout;
-// 256 would need dK and dV partly in shared memory and is not built).
+// Head dims: 64, 96 and 128 are built and tested (256 would need dK and dV
+// partly in shared memory and is not built; others are untested).
 // Skipped heads are the caller's: it zero-fills their dQ rows (they add
 // nothing to dK and dV, which bwdKeyMajor writes in full). Non-finite
 // inputs: no guard yet (the forward's second guarded pass is not

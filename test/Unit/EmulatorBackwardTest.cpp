@@ -76,9 +76,11 @@ struct Result {
 
 /// Runs the backward kernels of `bundle` (the emulation bundle or a broken
 /// copy) on every layer of head_dim 64, 96 and 128 of the emulation
-/// bundle's manifest, with softmax scale `scaleArg` (0: 1 / sqrt(D)).
+/// bundle's manifest (only those of head_dim `onlyDim` where it is not 0),
+/// with softmax scale `scaleArg` (0: 1 / sqrt(D)).
 Result runBackward(const std::string &bundle, const Shape &shape,
-                   mlir::MLIRContext &ctx, double scaleArg = 0) {
+                   mlir::MLIRContext &ctx, double scaleArg = 0,
+                   int64_t onlyDim = 0) {
   std::string dir = std::string(TESSERA_BINARY_DIR) + "/test/bundles/emulation";
   auto buf = llvm::MemoryBuffer::getFile(dir + "/manifest.json");
   EXPECT_TRUE(bool(buf)) << dir;
@@ -95,7 +97,7 @@ Result runBackward(const std::string &bundle, const Shape &shape,
     const int64_t d = *layer.getInteger("head_dim");
     const int64_t position = *layer.getInteger("position");
     const bool f16 = *layer.getString("dtype") == "f16";
-    if (d != 64 && d != 96 && d != 128)
+    if ((d != 64 && d != 96 && d != 128) || (onlyDim && d != onlyDim))
       continue;
     const std::string prefix = bundle + "/backward/" + (f16 ? "f16" : "bf16") +
                                "_d" + std::to_string(d) + "/";
@@ -342,6 +344,29 @@ TEST_F(EmulatorBackwardTest, GradientsMatchFloat64) {
     EXPECT_LE(r.dv, 1.0) << r.where;
     EXPECT_GT(r.emptyRows, 0) << "the shapes have rows without keys";
     EXPECT_GT(r.unseenKeys, 0) << "the shapes have keys no row sees";
+  }
+}
+
+/// The backward's shared-memory traffic is free of bank conflicts at
+/// head_dim 64 and 128, as the forward's (EmulatorTest.
+/// MainLoopsAreBankConflictFree): every ldmatrix matrix and every
+/// warp-wide cp.async of the three kernels takes the ideal number of
+/// wavefronts of the swizzled TileLayout, counted by the emulator. (At 96,
+/// with padded rows, FlashForward.cuh's copyTile has a quarter warp's
+/// chunks straddle two rows: its cp.async take a third more wavefronts
+/// than ideal; ldmatrix stays ideal.)
+TEST_F(EmulatorBackwardTest, SharedMemoryIsBankConflictFree) {
+  using tessera_emu::BankCounts;
+  for (int64_t dim : {64, 128}) {
+    tessera_emu::resetBankCounts();
+    Result r = runBackward("emulation-backward", Shape{1, 100, 130, true}, ctx,
+                           0, dim);
+    EXPECT_LE(std::max({r.dq, r.dk, r.dv}), 1.0) << r.where;
+    for (int kind : {tessera_emu::BankLdmatrix, tessera_emu::BankCpAsync}) {
+      BankCounts c = tessera_emu::bankCounts(kind);
+      EXPECT_GT(c.requests, 0u) << "dim " << dim << " kind " << kind;
+      EXPECT_EQ(c.wavefronts, c.ideal) << "dim " << dim << " kind " << kind;
+    }
   }
 }
 

@@ -43,7 +43,7 @@ struct BwdStrides {
 };
 struct BwdParams {
   const uint16_t *q, *k, *v, *o, *dO;
-  const float *lse;
+  const float *lse, *dLse;
   float *delta;
   uint16_t *dq, *dk, *dv;
   int64_t nq, nk;
@@ -77,10 +77,11 @@ struct Result {
 /// Runs the backward kernels of `bundle` (the emulation bundle or a broken
 /// copy) on every layer of head_dim 64, 96 and 128 of the emulation
 /// bundle's manifest (only those of head_dim `onlyDim` where it is not 0),
-/// with softmax scale `scaleArg` (0: 1 / sqrt(D)).
+/// with softmax scale `scaleArg` (0: 1 / sqrt(D)); `withDLse`: the loss
+/// also reads the LSE (a random dL/dLSE per row).
 Result runBackward(const std::string &bundle, const Shape &shape,
                    mlir::MLIRContext &ctx, double scaleArg = 0,
-                   int64_t onlyDim = 0) {
+                   int64_t onlyDim = 0, bool withDLse = false) {
   std::string dir = std::string(TESSERA_BINARY_DIR) + "/test/bundles/emulation";
   auto buf = llvm::MemoryBuffer::getFile(dir + "/manifest.json");
   EXPECT_TRUE(bool(buf)) << dir;
@@ -151,6 +152,9 @@ Result runBackward(const std::string &bundle, const Shape &shape,
     std::vector<uint16_t> dq(qn, sentinel), dk(kn, sentinel), dv(kn, sentinel);
     std::vector<float> lse(shape.batch * hq * shape.nq);
     std::vector<float> delta(shape.batch * hq * shape.nq, 7.0f);
+    std::vector<float> dLse(shape.batch * hq * shape.nq, 0.0f);
+    for (float &x : dLse)
+      x = withDLse ? dist(rng) : 0.0f;
     auto at = [](const BwdStrides &s, int64_t b, int64_t i, int64_t h) {
       return b * s.b + i * s.s + h * s.h;
     };
@@ -190,7 +194,8 @@ Result runBackward(const std::string &bundle, const Shape &shape,
             for (int64_t x = 0; p[j] != 0 && x < d; ++x)
               out[x] += p[j] * value(v[at(sk, b, j, kvh) + x]);
           }
-          double di = 0; // D_i from O as the kernels read it
+          // D_i from O as the kernels read it; dL/dLSE adds dLse_i P to dS.
+          double di = -double(dLse[(b * hq + h) * shape.nq + i]);
           for (int64_t x = 0; x < d; ++x) {
             o[at(sq, b, i, h) + x] = round(out[x]);
             di +=
@@ -228,6 +233,7 @@ Result runBackward(const std::string &bundle, const Shape &shape,
     bp.o = o.data();
     bp.dO = dO.data();
     bp.lse = lse.data();
+    bp.dLse = withDLse ? dLse.data() : nullptr;
     bp.delta = delta.data();
     bp.dq = dq.data();
     bp.dk = dk.data();
@@ -327,13 +333,19 @@ protected:
 
 /// Every layer of head_dim 64, 96 and 128 of the emulation bundle: Nq < Nk
 /// with two batches and 16-byte loads, Nq > Nk (rows before the first key:
-/// no keys) with element loads, Nq = Nk on whole tiles with an explicit
-/// softmax scale.
+/// no keys) with element loads and a loss that also reads the LSE, Nq = Nk
+/// on whole tiles with an explicit softmax scale.
 TEST_F(EmulatorBackwardTest, GradientsMatchFloat64) {
-  for (auto [shape, scale] : {std::pair{Shape{2, 100, 130, true}, 0.0},
-                              std::pair{Shape{1, 131, 70, false}, 0.0},
-                              std::pair{Shape{1, 128, 128, true}, 0.3}}) {
-    Result r = runBackward("emulation-backward", shape, ctx, scale);
+  struct Case {
+    Shape shape;
+    double scale; ///< 0: 1 / sqrt(D)
+    bool dLse;
+  };
+  for (const Case &c : {Case{{2, 100, 130, true}, 0.0, false},
+                        Case{{1, 131, 70, false}, 0.0, true},
+                        Case{{1, 128, 128, true}, 0.3, false}}) {
+    Result r =
+        runBackward("emulation-backward", c.shape, ctx, c.scale, 0, c.dLse);
     std::printf("errors (1 = tolerance): dq %.3f dk %.3f dv %.3f; %lld empty "
                 "rows, %lld unseen keys\n",
                 r.dq, r.dk, r.dv, (long long)r.emptyRows,

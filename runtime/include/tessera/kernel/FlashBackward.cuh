@@ -6,7 +6,7 @@
 // generated partial-tile masks). Pasted after FlashForward.cuh, like it
 // needs no header. Three kernels, no atomics:
 //
-// 1. bwdPreprocess: D_i = rowsum(dO * O) in f32, one thread a row.
+// 1. bwdPreprocess: D_i = rowsum(dO * O) (- dLse_i) in f32, a thread a row.
 // 2. bwdKeyMajor: a block owns 64 keys of one kv head and batch entry and
 //    keeps dK and dV in registers; for each computed query head of the kv
 //    head it walks the *transposed* runs (the query blocks that see its key
@@ -58,7 +58,10 @@ struct BwdStrides {
 struct BwdParams {
   const u16 *q, *k, *v, *o, *dO; ///< the forward's tensors and dL/dO
   const float *lse; ///< [batch, heads, Nq] natural-log LSE of the forward
-  float *delta;     ///< [batch, heads, Nq] D_i, written by bwdPreprocess
+  /// Optional [batch, heads, Nq]: dL/dLSE where the loss reads the LSE (a
+  /// log-sum-exp merge); it adds dLse_i P to dS, i.e. D_i -= dLse_i.
+  const float *dLse;
+  float *delta; ///< [batch, heads, Nq] D_i, written by bwdPreprocess
   u16 *dq, *dk, *dv;
   i64 nq, nk;
   BwdStrides qs, ks, vs, os, dOs, dqs, dks, dvs;
@@ -81,8 +84,8 @@ template <int E> __device__ __forceinline__ float bwdToFloat(u16 x) {
 #endif
 }
 
-/// D_i = sum_x dO[i][x] * O[i][x] in f32: grid (ceil(Nq / 128), heads,
-/// batch), 128 threads, one thread a row.
+/// D_i = sum_x dO[i][x] * O[i][x] (minus dLse_i where given) in f32: grid
+/// (ceil(Nq / 128), heads, batch), 128 threads, one thread a row.
 template <int E, int D>
 __device__ __forceinline__ void bwdPreprocess(const BwdParams &p) {
   const i64 qi = (i64)blockIdx.x * blockDim.x + threadIdx.x;
@@ -94,7 +97,8 @@ __device__ __forceinline__ void bwdPreprocess(const BwdParams &p) {
   float sum = 0.f;
   for (int x = 0; x < D; ++x)
     sum = fmaf(bwdToFloat<E>(o[x]), bwdToFloat<E>(g[x]), sum);
-  p.delta[(b * p.numHeads + h) * p.nq + qi] = sum;
+  const i64 at = (b * p.numHeads + h) * p.nq + qi;
+  p.delta[at] = p.dLse ? sum - p.dLse[at] : sum;
 }
 
 /// `p`, opaque to the compiler, per call: shared-memory addresses derived

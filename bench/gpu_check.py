@@ -51,13 +51,14 @@ is absent); each non-dense case at most (visited tile fraction + 0.05) x the
 time of Tessera's dense kernel of the same shape, tiles counted at the
 kernel's block_q x block_k.
 
-Kernel paths: a bundle whose manifest's kernels carry a "path" (or "arch")
-field with more than one value is loaded, checked and timed once per path
-from a copy whose manifest keeps that path's kernels (and untagged ones) and
-points each layer's "kernels" at that path's kernels of the same kind, dtype
-and head_dim. A path whose "arch" (sm_XY, sm_XYa) the device cannot run is
-reported and skipped. On CUDA the profiler lists the tessera_ kernels that
-ran for each timed case. No field, or one value: one path.
+Kernel paths: a bundle whose manifest's kernels carry a "path" field with
+more than one value ("mma_sync", and "wgmma" where layers have sm_90a
+twins) is loaded, checked and timed once per path: the runtime picks the
+kernels at load time, and TESSERA_KERNEL_PATH=<path> is set while each
+path's copy loads. A path whose "arch" (sm_XY, sm_XYa) the device cannot run
+is reported and skipped. Visited tiles are counted at each path's block_q x
+block_k. On CUDA the profiler lists the tessera_ kernels that ran for each
+timed case. No field, or one value: one path, loaded as it is.
 
 --device cpu: the same code paths on the CPU with tiny shapes (float32,
 the runtime's CPU executor, SDPA's CPU flash backend, eager FlexAttention):
@@ -78,7 +79,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -425,58 +425,45 @@ def kernel_paths(manifest):
     return tags
 
 
-def _part(name):
-    """The part of a split attention kernel: N of a name's "_pN" (0 for
-    none), before a path suffix."""
-    m = re.search(r"_p(\d+)(?:_|$)", name)
-    return int(m.group(1)) if m else 0
-
-
-def path_variants(bdir, manifest, workdir):
-    """[(path name, bundle dir, manifest, arch or None)]: the bundle itself
-    for one path, else one rewritten copy per path."""
+def path_variants(bdir, manifest):
+    """[(path name, bundle dir, manifest, arch or None)]: one per path tag
+    (the bundle itself each time: the runtime chooses the kernels when
+    TESSERA_KERNEL_PATH names the path, see load_path), or "default"."""
     tags = kernel_paths(manifest)
     if len(tags) <= 1:
         arch = next((k.get("arch") for k in manifest.get("kernels", [])
                      if k.get("arch")), None)
         return [(tags[0] if tags else "default", bdir, manifest, arch)]
-    by_name = {k["name"]: k for k in manifest["kernels"]}
-    out = []
-    for tag in tags:
-        kept = [k for k in manifest["kernels"] if _tag(k) in (None, tag)]
-        m = json.loads(json.dumps(manifest))
-        m["kernels"] = kept
-        for layer in m["layers"]:
-            # A layer's attention kernels ({"name", "slots"}, several where
-            # its patterns are split): each replaced by this path's kernel
-            # of the same kind, dtype, head_dim and part.
-            for entry in layer.get("kernels", []):
-                cur = by_name.get(entry["name"])
-                if cur is None or _tag(cur) in (None, tag):
-                    continue
-                same = [k for k in kept if _tag(k) == tag and all(
-                    k.get(f) == cur.get(f)
-                    for f in ("kind", "dtype", "head_dim"))
-                    and _part(k["name"]) == _part(cur["name"])]
-                if same:
-                    entry["name"] = same[0]["name"]
-        d = os.path.join(workdir, f"{os.path.basename(os.path.normpath(bdir))}@{tag}")
-        os.makedirs(d, exist_ok=True)
-        shutil.copy(os.path.join(bdir, manifest.get("source", "bundle.cu")), d)
-        with open(os.path.join(d, "manifest.json"), "w") as f:
-            json.dump(m, f)
-        arch = next((k.get("arch") for k in kept if _tag(k) == tag
-                     and k.get("arch")), None)
-        out.append((tag, d, m, arch))
-    return out
+    return [(tag, bdir, manifest,
+             next((k.get("arch") for k in manifest["kernels"]
+                   if _tag(k) == tag and k.get("arch")), None))
+            for tag in tags]
 
 
-def kernel_blocks(manifest, layer):
-    """(block_q, block_k) of the tiles the layer's kernel visits, in this
-    manifest (a path's copy names its own kernel)."""
+def load_path(ctx, bdir, tag, paths):
+    """ctx.load(bdir) with TESSERA_KERNEL_PATH=tag where the bundle has
+    several paths (the variable is read when a bundle loads)."""
+    if paths <= 1:
+        return ctx.load(bdir)
+    old = os.environ.get("TESSERA_KERNEL_PATH")
+    os.environ["TESSERA_KERNEL_PATH"] = tag
+    try:
+        return ctx.load(bdir)
+    finally:
+        if old is None:
+            del os.environ["TESSERA_KERNEL_PATH"]
+        else:
+            os.environ["TESSERA_KERNEL_PATH"] = old
+
+
+def kernel_blocks(manifest, layer, path=None):
+    """(block_q, block_k) of the tiles the layer's kernel visits on `path`
+    (the sm_90a twins' rows under "wgmma", else the attention kernel's)."""
     layer = next((l for l in manifest["layers"]
                   if l["index"] == layer["index"]), layer)
     first = (layer.get("kernels") or [{}])[0].get("name")
+    if path == "wgmma" and layer.get("wgmma"):
+        first = layer["wgmma"]["kernels"][0]
     k = next((k for k in manifest.get("kernels", [])
               if k.get("name") == first), {})
     bq = k.get("block_q") or layer.get("kernel_block_q") or layer["block_q"]
@@ -660,7 +647,7 @@ class Budget:
 # Phases
 # ===------------------------------------------------------------------=== #
 
-def phase_load(args, dev, ctx, cpu_ctx, budget, workdir, report):
+def phase_load(args, dev, ctx, cpu_ctx, budget, report):
     bundles = {}
     cc = 0
     if dev.cuda:
@@ -672,7 +659,8 @@ def phase_load(args, dev, ctx, cpu_ctx, budget, workdir, report):
         name = os.path.basename(os.path.normpath(bdir))
         manifest = json.load(open(os.path.join(bdir, "manifest.json")))
         paths = []
-        for tag, pdir, pman, arch in path_variants(bdir, manifest, workdir):
+        variants = path_variants(bdir, manifest)
+        for tag, pdir, pman, arch in variants:
             row = {"bundle": name, "path": tag, "kernels": len(pman.get("kernels", []))}
             report["loads"].append(row)
             if dev.cuda and not arch_runnable(arch, cc):
@@ -686,10 +674,10 @@ def phase_load(args, dev, ctx, cpu_ctx, budget, workdir, report):
             log(f"load {name} path {tag}")
             try:
                 t = time.perf_counter()
-                b = ctx.load(pdir)
+                b = load_path(ctx, pdir, tag, len(variants))
                 row["cold_s"] = time.perf_counter() - t
                 t = time.perf_counter()
-                ctx.load(pdir)
+                load_path(ctx, pdir, tag, len(variants))
                 row["warm_s"] = time.perf_counter() - t
             except tessera.TesseraError as e:
                 row["status"] = f"FAIL: {e}"
@@ -818,7 +806,7 @@ class Timer:
         """Times a Tessera layer into `row`; returns (seconds, a call on
         these inputs), or None when the runtime refused (a failure)."""
         fn = self.dev.tessera_fn(pth["bundle"], layer["index"], q, k, v)
-        key = (pth["dir"], layer["index"], n)
+        key = (pth["dir"], pth["path"], layer["index"], n)
         try:
             if key not in self.memo:
                 t, reps, _ = self.dev.time(fn, self.args.repeats)
@@ -842,7 +830,7 @@ class Timer:
         dname, dlayer = dense_reference(self.bundles, layer)
         dense_flops = 4 * layer["head_dim"] * layer["num_heads"] * n * n
         for pth in self.bundles[name]["paths"]:
-            bq, bk = kernel_blocks(pth["manifest"], layer)
+            bq, bk = kernel_blocks(pth["manifest"], layer, pth["path"])
             cls = pth["cpu"].tile_classes(layer["index"], n, n, bq, bk)
             pc = {"path": pth["path"], "tile": f"{bq}x{bk}",
                   "visited": float((cls != 0).mean()) if cls.size else 0.0}
@@ -939,7 +927,7 @@ class Timer:
         # The pairs do not depend on the path (the visited tiles do).
         p0 = self.bundles[name]["paths"][0]
         pairs = attended_pairs(p0["cpu"], p0["dir"], layer, n,
-                               *kernel_blocks(p0["manifest"], layer),
+                               *kernel_blocks(p0["manifest"], layer, p0["path"]),
                                self.dev.torch)
         case["pairs"] = pairs
         case["density"] = pairs / (layer["num_heads"] * n * n)
@@ -1191,7 +1179,6 @@ def main():
     torch.manual_seed(0)
     if not os.environ.get("TESSERA_CACHE_DIR"):
         os.environ["TESSERA_CACHE_DIR"] = tempfile.mkdtemp(prefix="tessera-cache-")
-    workdir = tempfile.mkdtemp(prefix="tessera-gpu-check-")
     report = {"env": environment(dev, args.bundles), "loads": [], "checks": [],
               "sampled": [], "timings": [], "cases": [], "failures": 0}
     report["env"]["settings"] = (
@@ -1204,7 +1191,7 @@ def main():
         ctx = tessera.Context(args.device)
         cpu_ctx = tessera.Context("cpu")
         budget.start(0.2)
-        bundles = phase_load(args, dev, ctx, cpu_ctx, budget, workdir, report)
+        bundles = phase_load(args, dev, ctx, cpu_ctx, budget, report)
         budget.start(0.2)
         phase_check(args, dev, bundles, budget, report)
         budget.start(0.6)
@@ -1217,7 +1204,6 @@ def main():
         with open(args.json, "w") as f:
             json.dump({k: v for k, v in report.items()}, f, indent=1,
                       default=str)
-    shutil.rmtree(workdir, ignore_errors=True)
     if report["failures"]:
         return 1
     return 4 if cut else 0

@@ -5,6 +5,7 @@
 #include "../cpu/ThreadPool.h"
 #include "../cuda/Driver.h"
 #include "DynamicCpu.h"
+#include "HopperLaunch.h"
 #include "Manifest.h"
 #include "Visited.h"
 #include "tessera/kernel/ProgramRuns.h"
@@ -37,6 +38,7 @@ struct tessera_context {
   void *cuContext = nullptr;
   const Driver *driver = nullptr;
   std::string arch; ///< "sm_90"
+  int ccMajor = 0, ccMinor = 0; ///< compute capability
   /// Bundles not yet destroyed, and whether tessera_context_destroy was
   /// called: the object lives until both say it is unused, so a bundle that
   /// outlives its context reports an error instead of reading freed memory.
@@ -59,6 +61,12 @@ struct tessera_bundle {
   /// CUDA: every attention and fill kernel has its per-sequence `_seq`
   /// twin (bundles emitted before them have none: dense calls only).
   bool seqKernels = false;
+  /// CUDA: the kernels dense calls run where a layer has sm_90a twins
+  /// (HopperLaunch.h), whether TESSERA_KERNEL_PATH chose it, and the
+  /// tensor maps of those calls.
+  KernelPath path = KernelPath::MmaSync;
+  bool pathForced = false;
+  TensorMapCache tensorMaps;
 };
 
 namespace {
@@ -135,9 +143,24 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
     const jit::Nvrtc *nvrtc = jit::Nvrtc::get(error);
     if (!nvrtc)
       return fail(TESSERA_ERROR_NVRTC_UNAVAILABLE, error);
-    jit::CachedCompile c =
-        jit::compileCached(*nvrtc, source, context->arch, b->desc.nvrtcOptions,
-                           jit::defaultCacheDir());
+    // The kernel path: on sm_90a the module has both the sm_90a twins and
+    // the mma.sync kernels (which dense calls the twins cannot take, and
+    // every other call, run).
+    bool twins = false;
+    for (const LayerDesc &l : b->desc.layers)
+      twins = twins || !l.wgmmaKernels.empty();
+    const Driver &drv = *context->driver;
+    if (std::string e = chooseKernelPath(context->ccMajor, context->ccMinor,
+                                         drv.tensorMapEncodeTiled != nullptr,
+                                         b->path, b->pathForced);
+        !e.empty())
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT, e);
+    if (!twins)
+      b->path = KernelPath::MmaSync;
+    const std::string arch =
+        context->arch + (b->path == KernelPath::Wgmma ? "a" : "");
+    jit::CachedCompile c = jit::compileCached(
+        *nvrtc, source, arch, b->desc.nvrtcOptions, jit::defaultCacheDir());
     if (!c.warning.empty()) {
       static std::once_flag warned;
       std::call_once(warned, [&] {
@@ -146,8 +169,8 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
     }
     if (!c.ok)
       return fail(TESSERA_ERROR_COMPILE,
-                  "NVRTC could not compile the bundle for " + context->arch +
-                      ":\n" + c.error);
+                  "NVRTC could not compile the bundle for " + arch + ":\n" +
+                      c.error);
     CudaScope scope(context);
     const Driver &d = *context->driver;
     if (int rc = d.moduleLoadData(&b->module, c.binary.data()))
@@ -156,6 +179,8 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
       std::vector<std::string> names = {l.fillKernel};
       for (const auto &k : l.kernels)
         names.push_back(k.first);
+      if (b->path == KernelPath::Wgmma)
+        names.insert(names.end(), l.wgmmaKernels.begin(), l.wgmmaKernels.end());
       for (const DynamicGroupDesc &g : l.dynamicGroups)
         names.insert(names.end(), g.kernels.begin(), g.kernels.end());
       // The per-sequence twins of the attention and fill kernels, where
@@ -178,20 +203,24 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
         }
         b->functions[name] = f;
       }
-      // Tiles above the 48 KiB a kernel gets by default (head_dim 256).
-      std::vector<std::string> big;
+      // Tiles above the 48 KiB a kernel gets by default (head_dim 256, the
+      // sm_90a kernels).
+      std::vector<std::pair<std::string, int64_t>> big;
       for (const auto &k : l.kernels)
         for (std::string name : {k.first, k.first + kSeqSuffix})
           if (l.kernelDynamicShared > 48 * 1024 && b->functions.count(name))
-            big.push_back(name);
-      for (const std::string &name : big) {
-        if (int rc = d.funcSetAttribute(
-                b->functions.at(name), kFuncAttrMaxDynamicSharedSize,
-                static_cast<int>(l.kernelDynamicShared))) {
+            big.push_back({name, l.kernelDynamicShared});
+      if (b->path == KernelPath::Wgmma)
+        for (const std::string &name : l.wgmmaKernels)
+          big.push_back({name, l.wgmmaDynamicShared});
+      for (const auto &[name, bytes] : big) {
+        if (int rc = d.funcSetAttribute(b->functions.at(name),
+                                        kFuncAttrMaxDynamicSharedSize,
+                                        static_cast<int>(bytes))) {
           d.moduleUnload(b->module);
           return fail(TESSERA_ERROR_CUDA,
                       "layer " + std::to_string(l.index) + " needs " +
-                          std::to_string(l.kernelDynamicShared) +
+                          std::to_string(bytes) +
                           " bytes of shared memory per block, which this "
                           "device does not grant: " +
                           d.message("cuFuncSetAttribute", rc));
@@ -479,6 +508,8 @@ tessera_status tessera_context_create(tessera_device_kind kind,
     c->driver = d;
     c->device = device_ordinal;
     c->arch = "sm_" + std::to_string(major) + std::to_string(minor);
+    c->ccMajor = major;
+    c->ccMinor = minor;
   }
   *out = c.release();
   return TESSERA_OK;
@@ -1717,6 +1748,44 @@ tessera_status runCudaSeq(const Call &c, kernel::AttnParams &p) {
                 128, 0);
 }
 
+/// The attention kernels of a dense call: their sm_90a twins where the
+/// bundle runs them and the call's tensors have tensor maps (16-byte
+/// aligned, strides multiples of 8 elements), else the mma.sync kernels;
+/// where TESSERA_KERNEL_PATH=wgmma chose the twins, a call they cannot take
+/// is refused instead.
+template <class Grid>
+tessera_status launchAttention(const Call &c, kernel::AttnParams &p,
+                               int &position, const Grid &grid) {
+  const LayerDesc &l = *c.l;
+  HopperMapsBytes maps;
+  if (c.bundle->path == KernelPath::Wgmma && !l.wgmmaKernels.empty()) {
+    std::string why =
+        hopperMaps(*c.bundle->context->driver, c.bundle->tensorMaps, c.d, maps);
+    if (why.empty()) {
+      void *args[] = {&p, &maps, &position};
+      for (size_t i = 0; i < l.kernels.size(); ++i)
+        if (tessera_status s = launchGrid(
+                c, l.wgmmaKernels[i], grid(l.wgmmaBlockQ, l.kernels[i].second),
+                static_cast<unsigned>(l.wgmmaThreads),
+                static_cast<unsigned>(l.wgmmaDynamicShared), args))
+          return s;
+      return TESSERA_OK;
+    }
+    if (c.bundle->pathForced)
+      return fail(TESSERA_ERROR_MISALIGNED,
+                  "TESSERA_KERNEL_PATH=wgmma: the sm_90a kernels cannot read " +
+                      why);
+  }
+  void *args[] = {&p, &position};
+  for (const auto &[kernel, slots] : l.kernels)
+    if (tessera_status s =
+            launchGrid(c, kernel, grid(l.kernelBlockQ, slots),
+                       static_cast<unsigned>(l.kernelThreads),
+                       static_cast<unsigned>(l.kernelDynamicShared), args))
+      return s;
+  return TESSERA_OK;
+}
+
 tessera_status runCuda(const Call &c) {
   CudaScope scope(c.bundle->context);
   if (tessera_status s = checkDeviceMemory(c))
@@ -1734,12 +1803,8 @@ tessera_status runCuda(const Call &c) {
     return kernel::SeqGrid{(p.nq + rowsPerBlock - 1) / rowsPerBlock, heads,
                            c.d.q.batch};
   };
-  for (const auto &[kernel, slots] : l.kernels)
-    if (tessera_status s = launchGrid(
-            c, kernel, grid(l.kernelBlockQ, slots),
-            static_cast<unsigned>(l.kernelThreads),
-            static_cast<unsigned>(l.kernelDynamicShared), args))
-      return s;
+  if (tessera_status s = launchAttention(c, p, position, grid))
+    return s;
   if (tessera_status s =
           launchGrid(c, l.fillKernel,
                      grid(128, int64_t(l.skippedHeads.size())), 128, 0, args))

@@ -190,6 +190,39 @@ std::string parseSideProgram(const json::Object &g, llvm::StringRef key,
   return "";
 }
 
+/// A layer's sm_90a kernels ("wgmma", optional): one per attention kernel,
+/// 128 rows and 384 threads a block (HopperForward.cuh), head_dim 64 or
+/// 128, dynamic shared memory within the 227 KiB a block can have.
+std::string parseWgmma(const json::Object &o, LayerDesc &l) {
+  const json::Object *w = o.getObject("wgmma");
+  if (!w)
+    return "";
+  const json::Array *names = w->getArray("kernels");
+  std::optional<int64_t> rows = w->getInteger("block_q"),
+                         threads = w->getInteger("threads"),
+                         shared = w->getInteger("dynamic_shared");
+  if (!names || !rows || !threads || !shared)
+    return "wgmma lacks kernels, block_q, threads or dynamic_shared";
+  if (names->size() != l.kernels.size())
+    return "wgmma must name one kernel per attention kernel";
+  for (const json::Value &v : *names) {
+    std::optional<llvm::StringRef> n = v.getAsString();
+    if (!n || n->empty())
+      return "wgmma's kernels must be names";
+    l.wgmmaKernels.push_back(n->str());
+  }
+  if (l.headDim != 64 && l.headDim != 128)
+    return "wgmma kernels exist for head_dim 64 and 128 only";
+  if (*rows != 128 || *threads != 384)
+    return "wgmma kernels take 128 rows and 384 threads a block";
+  if (*shared <= 0 || *shared > 227 * 1024)
+    return "wgmma's dynamic_shared must be in (0, 227 KiB]";
+  l.wgmmaBlockQ = *rows;
+  l.wgmmaThreads = *threads;
+  l.wgmmaDynamicShared = *shared;
+  return "";
+}
+
 /// A dynamic group: every parameter in the range the dialect verifies and
 /// the bundles' kernels support.
 std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
@@ -337,6 +370,8 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
       l.kernelThreads != 2 * l.kernelBlockQ)
     return where + "kernel_block_q must be 64 or 128 and kernel_threads "
                    "twice it";
+  if (std::string e = parseWgmma(o, l); !e.empty())
+    return where + e;
   if (!intArray(o, "computed_heads", l.computedHead) ||
       !intArray(o, "head_groups", l.headGroup) ||
       !intArray(o, "skipped_heads", l.skippedHeads))

@@ -44,6 +44,12 @@ struct LayerDesc : kernel::OwnedLayerTable {
   /// (docs/bundles.md, "Split kernels").
   std::vector<std::pair<std::string, int64_t>> kernels;
   std::string fillKernel;
+  /// The sm_90a twins of `kernels` (the same order and slots; dense calls
+  /// on compute capability 9.x: HopperLaunch.h), their query rows, threads
+  /// and dynamic shared memory; empty where the layer has none (head_dim
+  /// other than 64 and 128, bundles emitted before them).
+  std::vector<std::string> wgmmaKernels;
+  int64_t wgmmaBlockQ = 0, wgmmaThreads = 0, wgmmaDynamicShared = 0;
 };
 
 struct BundleDesc {

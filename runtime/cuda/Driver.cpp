@@ -46,6 +46,10 @@ const Driver *Driver::get(std::string &error) {
     sym(driver.memAllocAsync, "cuMemAllocAsync");
     sym(driver.memFreeAsync, "cuMemFreeAsync");
     sym(driver.funcSetAttribute, "cuFuncSetAttribute");
+    // Optional: the sm_90a kernels' tensor maps (HopperLaunch.cpp).
+    driver.tensorMapEncodeTiled =
+        reinterpret_cast<decltype(driver.tensorMapEncodeTiled)>(
+            dlsym(h, "cuTensorMapEncodeTiled"));
     if (!all) {
       loadError = "the CUDA driver lacks an entry point Tessera needs";
       return;

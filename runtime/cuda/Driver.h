@@ -28,6 +28,12 @@ struct Driver {
   int (*memAllocAsync)(unsigned long long *, size_t, void *) = nullptr;
   int (*memFreeAsync)(unsigned long long, void *) = nullptr;
   int (*funcSetAttribute)(void *, int, int) = nullptr;
+  /// cuTensorMapEncodeTiled (CUDA 12.0 and later; null where the driver
+  /// lacks it: then no sm_90a kernels run). Enumerations as int.
+  int (*tensorMapEncodeTiled)(void *, int, unsigned, void *,
+                              const unsigned long long *,
+                              const unsigned long long *, const unsigned *,
+                              const unsigned *, int, int, int, int) = nullptr;
 
   /// The driver, or null with `error` set when libcuda.so.1 cannot be
   /// opened or lacks an entry point.

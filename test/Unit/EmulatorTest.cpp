@@ -61,7 +61,7 @@ struct Poison {
   int64_t vKey = -1, kKey = -1, qRow = -1;
 };
 
-/// What the Hopper kernels take (test/Unit/HopperKernels.inc's
+/// What the Hopper kernels' emulator registrations take (HopperForward.cuh's
 /// HopperLaunch, laid out alike): the call's parameters and the tensor maps
 /// of q, k and v.
 struct HopperLaunch {
@@ -94,8 +94,9 @@ tessera_emu::TensorMap hopperMap(uint16_t *data, bool f16, int64_t batch,
 /// Runs every layer of a bundle on `shape` under the emulator; returns the
 /// worst output and LSE errors (relative to the tolerance of each layer's
 /// dtype: 1 is the limit). `hopper`: the layers of head_dim 64 and 128
-/// through the bundle's Hopper kernels (HopperKernels.inc: 128 x 64 tiles,
-/// 384 threads, tensor maps; 16-byte aligned rows), the others not run.
+/// through the bundle's Hopper kernels (the layer's "wgmma" kernels: 128 x
+/// 64 tiles, 384 threads, tensor maps; 16-byte aligned rows), the others
+/// not run.
 Result runBundle(const std::string &name, const Shape &shape,
                  mlir::MLIRContext &ctx, const Poison &poison = {},
                  bool hopper = false) {
@@ -122,6 +123,20 @@ Result runBundle(const std::string &name, const Shape &shape,
     for (const json::Value &k : *layer.getArray("kernels"))
       kernels.push_back({k.getAsObject()->getString("name")->str(),
                          *k.getAsObject()->getInteger("slots")});
+    // Their sm_90a twins, in the same order.
+    if (hopper) {
+      const json::Object *w = layer.getObject("wgmma");
+      EXPECT_TRUE(w && w->getArray("kernels") &&
+                  w->getArray("kernels")->size() == kernels.size())
+          << "layer " << position << " has no sm_90a kernels";
+      if (!w || !w->getArray("kernels") ||
+          w->getArray("kernels")->size() != kernels.size())
+        return worst;
+      for (size_t i = 0; i < kernels.size(); ++i)
+        kernels[i].first = (*w->getArray("kernels"))[i].getAsString()->str();
+      EXPECT_EQ(w->getInteger("block_q"), 128);
+      EXPECT_EQ(w->getInteger("threads"), 384);
+    }
     // The reference pattern of every head; skipped heads have none.
     std::vector<std::optional<semantics::Pattern>> ref(hq);
     for (const json::Value &g : *layer.getArray("groups")) {
@@ -203,7 +218,7 @@ Result runBundle(const std::string &name, const Shape &shape,
     const void *params = hopper ? static_cast<const void *>(&hl) : &p;
     int64_t slots = 0;
     for (const auto &[kernel, count] : kernels) {
-      const std::string full = name + (hopper ? "/hopper/" : "/") + kernel;
+      const std::string full = name + "/" + kernel;
       auto fn = reg.find(full);
       EXPECT_NE(fn, reg.end()) << full;
       if (fn == reg.end())

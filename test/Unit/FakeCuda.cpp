@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -27,6 +28,7 @@ namespace {
 
 std::mutex mutex;
 std::vector<std::string> calls;
+std::vector<std::string> launched;        ///< the kernels cuLaunchKernel ran
 std::map<uintptr_t, size_t> deviceRanges; ///< start -> bytes
 int liveModules = 0;
 
@@ -45,6 +47,13 @@ bool isDevice(unsigned long long at) {
 }
 
 constexpr int kSuccess = 0, kInvalidValue = 1, kNotFound = 500;
+
+/// HopperForward.cuh's HopperLaunch: the call's parameters, then the three
+/// tensor maps (128 bytes each, 64-byte aligned).
+struct HopperPack {
+  tessera::kernel::AttnParams p;
+  alignas(64) unsigned char maps[3 * 128];
+};
 int moduleToken = 0;
 
 } // namespace
@@ -61,6 +70,16 @@ __attribute__((visibility("default"))) void fakecuda_clear() {
   std::lock_guard<std::mutex> lock(mutex);
   deviceRanges.clear();
   calls.clear();
+  launched.clear();
+}
+/// The kernels launched since the last clear, comma-separated.
+__attribute__((visibility("default"))) const char *fakecuda_kernels() {
+  static std::string joined;
+  std::lock_guard<std::mutex> lock(mutex);
+  joined.clear();
+  for (const std::string &k : launched)
+    joined += (joined.empty() ? "" : ",") + k;
+  return joined.c_str();
 }
 /// The calls since the last clear, comma-separated.
 __attribute__((visibility("default"))) const char *fakecuda_calls() {
@@ -136,11 +155,48 @@ int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz,
   auto fn = tessera_emu::registry().find(static_cast<const char *>(f));
   if (fn == tessera_emu::registry().end() || !args)
     return kInvalidValue;
-  // (AttnParams, int layer): the attention and fill kernels.
+  // (AttnParams, HopperMaps, int layer): the sm_90a kernels, whose
+  // registrations take HopperForward.cuh's HopperLaunch (laid out as
+  // HopperPack); (AttnParams, int layer): the other attention and fill
+  // kernels.
+  const std::string name = static_cast<const char *>(f);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    launched.push_back(name.substr(name.find('/') + 1));
+  }
+  if (name.size() > 6 && name.compare(name.size() - 6, 6, "_wgmma") == 0) {
+    HopperPack pack;
+    std::memcpy(&pack.p, args[0], sizeof pack.p);
+    std::memcpy(pack.maps, args[1], sizeof pack.maps);
+    const int layer = *static_cast<const int *>(args[2]);
+    tessera_emu::launch([&] { fn->second(&pack, layer); }, dim3{gx, gy, gz},
+                        dim3{bx, by, bz});
+    return kSuccess;
+  }
   const int layer = *static_cast<const int *>(args[1]);
   tessera_emu::launch([&] { fn->second(args[0], layer); }, dim3{gx, gy, gz},
                       dim3{bx, by, bz});
   return kSuccess;
+}
+/// cuTensorMapEncodeTiled over the emulator's model (rank 4, 16-bit
+/// elements, no interleave, element strides 1: what the runtime asks for).
+int cuTensorMapEncodeTiled(void *map, int dataType, unsigned rank, void *global,
+                           const unsigned long long *dims,
+                           const unsigned long long *strides,
+                           const unsigned *box, const unsigned *elementStrides,
+                           int interleave, int swizzle, int, int oobFill) {
+  logCall("cuTensorMapEncodeTiled");
+  for (unsigned i = 0; elementStrides && i < rank; ++i)
+    if (elementStrides[i] != 1)
+      return kInvalidValue;
+  if (interleave != 0 || !dims || !strides || !box)
+    return kInvalidValue;
+  const uint64_t d[4] = {dims[0], dims[1], dims[2], dims[3]};
+  const uint64_t st[3] = {strides[0], strides[1], strides[2]};
+  const uint32_t b[4] = {box[0], box[1], box[2], box[3]};
+  return tessera_emu::encodeTensorMapTiled(
+      static_cast<tessera_emu::TensorMap *>(map), dataType, int(rank), global,
+      d, st, b, swizzle, oobFill == 0);
 }
 int cuPointerGetAttribute(void *out, int attr, unsigned long long at) {
   logCall("cuPointerGetAttribute");

@@ -37,6 +37,7 @@ struct Fake {
   void (*registerRange)(const void *, size_t) = nullptr;
   void (*clear)() = nullptr;
   const char *(*calls)() = nullptr;
+  const char *(*kernels)() = nullptr;
 
   static Fake &get() {
     static Fake f = [] {
@@ -49,6 +50,8 @@ struct Fake {
           dlsym(h, "fakecuda_register"));
       x.clear = reinterpret_cast<void (*)()>(dlsym(h, "fakecuda_clear"));
       x.calls = reinterpret_cast<const char *(*)()>(dlsym(h, "fakecuda_calls"));
+      x.kernels =
+          reinterpret_cast<const char *(*)()>(dlsym(h, "fakecuda_kernels"));
       return x;
     }();
     return f;
@@ -130,14 +133,15 @@ Logical logical(std::vector<Seq> seqs, uint64_t seed) {
 }
 
 /// Every mode through the runtime's CUDA path; each call's run step makes
-/// only context switches, pointer queries and launches, and a split decode
+/// only context switches, pointer queries, launches, and a split decode
 /// call one stream-ordered allocation and free of its workspace (graphs
-/// capture those as memory nodes): nothing that synchronises with the
-/// device.
+/// capture those as memory nodes), and on the sm_90a path the host-side
+/// encoding of tensor maps: nothing that synchronises with the device.
 TEST_F(FakeDriver, EveryModeRunsWithoutSynchronising) {
   const std::set<std::string> allowed = {
-      "cuCtxPushCurrent", "cuCtxPopCurrent", "cuPointerGetAttribute",
-      "cuLaunchKernel",   "cuMemAllocAsync", "cuMemFreeAsync"};
+      "cuCtxPushCurrent",      "cuCtxPopCurrent", "cuPointerGetAttribute",
+      "cuLaunchKernel",        "cuMemAllocAsync", "cuMemFreeAsync",
+      "cuTensorMapEncodeTiled"};
   Layout dense;
   Layout packedPaged;
   packedPaged.q = QLayout::Packed;
@@ -327,6 +331,114 @@ TEST_F(FakeDriver, DeviceArrays) {
         EXPECT_FALSE(std::isnan(b.out(b.oAt(1, i, h))));
       }
   }
+}
+
+/// The kernel paths on the fake device (compute capability 9.0). By
+/// default a dense call runs the layer's sm_90a twins (`_wgmma`), its three
+/// tensor maps encoded on the first call and taken from the cache on the
+/// next; with q one element past 16-byte alignment (which no tensor map can
+/// describe) the same call runs the mma.sync kernels and still matches.
+/// TESSERA_KERNEL_PATH=mma_sync runs the mma.sync kernels on the same
+/// device; =wgmma refuses the misaligned call naming q; an unknown value is
+/// refused when the bundle loads.
+TEST_F(FakeDriver, KernelPaths) {
+  Layout dense;
+  dense.bf16 = true;
+  const Logical l = logical({{70, 130}, {70, 130}}, 11);
+  Reference r = reference(l, 1.0 / std::sqrt(double(D)));
+  auto matches = [&](const Built &b) {
+    return countMismatches(l, b, r, Tolerance{3e-2, 1e-3, 1e-3},
+                           [](const std::string &m) { ADD_FAILURE() << m; }) ==
+           0;
+  };
+  auto count = [](const std::string &log, const std::string &what) {
+    size_t n = 0;
+    for (size_t at = log.find(what); at != std::string::npos;
+         at = log.find(what, at + 1))
+      ++n;
+    return n;
+  };
+  const std::string twin = "tessera_attn_bf16_d64_wgmma";
+  const std::string mma = "tessera_attn_bf16_d64";
+  auto ranOnly = [&](const std::string &kernel) {
+    std::set<std::string> ran = callSet(Fake::get().kernels());
+    return ran.count(kernel) && !ran.count(kernel == twin ? mma : twin);
+  };
+
+  Built b = build(l, dense);
+  onDevice(b);
+  ASSERT_EQ(tessera_attention_run(bundle, &b.d), TESSERA_OK)
+      << tessera_last_error();
+  EXPECT_TRUE(ranOnly(twin)) << Fake::get().kernels();
+  EXPECT_EQ(count(Fake::get().calls(), "cuTensorMapEncodeTiled"), 3u)
+      << Fake::get().calls();
+  EXPECT_TRUE(matches(b));
+  b = build(l, dense); // the same arrays' layout, new arrays
+  onDevice(b);
+  ASSERT_EQ(tessera_attention_run(bundle, &b.d), TESSERA_OK);
+  EXPECT_TRUE(ranOnly(twin)) << Fake::get().kernels();
+  EXPECT_TRUE(matches(b));
+  onDevice(b);
+  ASSERT_EQ(tessera_attention_run(bundle, &b.d), TESSERA_OK);
+  EXPECT_EQ(count(Fake::get().calls(), "cuTensorMapEncodeTiled"), 0u)
+      << "the second call with the same tensors: " << Fake::get().calls();
+
+  // q one element past 16-byte alignment.
+  auto misalign = [](Built &x, std::vector<uint16_t> &shifted) {
+    shifted.assign(x.qh.size() + 16, 0);
+    uint16_t *at =
+        reinterpret_cast<uint16_t *>(
+            (reinterpret_cast<uintptr_t>(shifted.data()) + 15) / 16 * 16) +
+        1;
+    std::copy(x.qh.begin(), x.qh.end(), at);
+    x.d.q.data = at;
+  };
+  std::vector<uint16_t> shifted;
+  b = build(l, dense);
+  misalign(b, shifted);
+  onDevice(b);
+  registerVec(shifted);
+  ASSERT_EQ(tessera_attention_run(bundle, &b.d), TESSERA_OK)
+      << tessera_last_error();
+  EXPECT_TRUE(ranOnly(mma)) << Fake::get().kernels();
+  EXPECT_TRUE(matches(b));
+
+  auto loadWith = [&](const char *path, tessera_bundle **out) {
+    setenv("TESSERA_KERNEL_PATH", path, 1);
+    tessera_status s = tessera_bundle_load_file(
+        ctx,
+        (std::string(TESSERA_BINARY_DIR) + "/test/bundles/tiny-mix").c_str(),
+        out);
+    unsetenv("TESSERA_KERNEL_PATH");
+    return s;
+  };
+  tessera_bundle *forced = nullptr;
+  ASSERT_EQ(loadWith("mma_sync", &forced), TESSERA_OK) << tessera_last_error();
+  b = build(l, dense);
+  onDevice(b);
+  ASSERT_EQ(tessera_attention_run(forced, &b.d), TESSERA_OK)
+      << tessera_last_error();
+  EXPECT_TRUE(ranOnly(mma)) << Fake::get().kernels();
+  EXPECT_TRUE(matches(b));
+  tessera_bundle_destroy(forced);
+
+  ASSERT_EQ(loadWith("wgmma", &forced), TESSERA_OK) << tessera_last_error();
+  b = build(l, dense);
+  misalign(b, shifted);
+  onDevice(b);
+  registerVec(shifted);
+  EXPECT_EQ(tessera_attention_run(forced, &b.d), TESSERA_ERROR_MISALIGNED);
+  std::string e = tessera_last_error();
+  EXPECT_NE(e.find("q: its data is not 16-byte aligned"), std::string::npos)
+      << e;
+  EXPECT_EQ(std::string(Fake::get().kernels()), "");
+  tessera_bundle_destroy(forced);
+
+  forced = nullptr;
+  EXPECT_EQ(loadWith("hopper", &forced), TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(forced, nullptr);
+  e = tessera_last_error();
+  EXPECT_NE(e.find("TESSERA_KERNEL_PATH is 'hopper'"), std::string::npos) << e;
 }
 
 } // namespace

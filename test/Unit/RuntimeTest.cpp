@@ -935,8 +935,9 @@ namespace {
 /// The dynamic-emulation bundle's manifest with `edit` applied to layer 0
 /// (a parsed JSON object), serialised.
 std::string editedDynamicManifest(
-    const std::function<void(llvm::json::Object &layer)> &edit) {
-  std::string man = slurp(bundleDir("dynamic-emulation") + "/manifest.json");
+    const std::function<void(llvm::json::Object &layer)> &edit,
+    const char *bundle = "dynamic-emulation") {
+  std::string man = slurp(bundleDir(bundle) + "/manifest.json");
   llvm::Expected<llvm::json::Value> v = llvm::json::parse(man);
   EXPECT_TRUE(bool(v));
   llvm::json::Object &layer =
@@ -1041,6 +1042,62 @@ TEST(RuntimeBundles, DynamicGroupsAreValidated) {
   EXPECT_EQ(info.num_computed_heads, 6);
   EXPECT_EQ(info.centroid_clusters, 3);
   tessera_bundle_destroy(b);
+  tessera_context_destroy(ctx);
+}
+
+/// A layer's sm_90a kernels ("wgmma") are checked when the bundle loads,
+/// on any device: one per attention kernel, names, 128 rows and 384
+/// threads, shared memory a block can have, head_dim 64 or 128.
+TEST(RuntimeBundles, WgmmaEntriesAreValidated) {
+  std::string src = slurp(bundleDir("tiny-mix") + "/bundle.cu");
+  tessera_context *ctx;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+  using Obj = llvm::json::Object;
+  using Arr = llvm::json::Array;
+  auto set = [](const char *key, llvm::json::Value v) {
+    return [=](Obj &l) { (*l.getObject("wgmma"))[key] = v; };
+  };
+  struct Case {
+    const char *what, *message;
+    std::function<void(Obj &)> edit;
+  };
+  std::vector<Case> cases = {
+      {"two kernels", "one kernel per attention kernel",
+       set("kernels", Arr{"a_wgmma", "b_wgmma"})},
+      {"no kernels", "one kernel per attention kernel", set("kernels", Arr{})},
+      {"a number", "wgmma's kernels must be names", set("kernels", Arr{5})},
+      {"256 threads", "128 rows and 384 threads", set("threads", 256)},
+      {"64 rows", "128 rows and 384 threads", set("block_q", 64)},
+      {"too much shared memory", "dynamic_shared must be in (0, 227 KiB]",
+       set("dynamic_shared", 300000)},
+      {"no shared memory", "dynamic_shared must be in (0, 227 KiB]",
+       set("dynamic_shared", 0)},
+      {"no rows", "wgmma lacks kernels, block_q, threads or dynamic_shared",
+       [](Obj &l) { l.getObject("wgmma")->erase("block_q"); }},
+      {"head_dim 96", "wgmma kernels exist for head_dim 64 and 128 only",
+       [](Obj &l) { l["head_dim"] = 96; }},
+  };
+  for (const Case &c : cases) {
+    std::string m = editedDynamicManifest(c.edit, "tiny-mix");
+    tessera_bundle *b = nullptr;
+    EXPECT_EQ(tessera_bundle_load_memory(ctx, m.data(), m.size(), src.data(),
+                                         src.size(), &b),
+              TESSERA_ERROR_BAD_BUNDLE)
+        << c.what;
+    EXPECT_NE(std::string(tessera_last_error()).find(c.message),
+              std::string::npos)
+        << c.what << ": " << tessera_last_error();
+    if (b)
+      tessera_bundle_destroy(b);
+  }
+  std::string m = editedDynamicManifest([](Obj &) {}, "tiny-mix");
+  tessera_bundle *b = nullptr;
+  EXPECT_EQ(tessera_bundle_load_memory(ctx, m.data(), m.size(), src.data(),
+                                       src.size(), &b),
+            TESSERA_OK)
+      << tessera_last_error();
+  if (b)
+    tessera_bundle_destroy(b);
   tessera_context_destroy(ctx);
 }
 

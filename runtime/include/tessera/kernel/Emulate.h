@@ -187,6 +187,7 @@
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
+#define __grid_constant__
 #define TESSERA_EXTERN_C static
 
 struct alignas(16) uint4 {
@@ -1844,6 +1845,18 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
         std::memcpy(&a, static_cast<const char *>(params) + sizeof p,          \
                     sizeof a);                                                 \
         name(p, a);                                                            \
+      });
+
+/// The same for the sm_90a kernels (HopperForward.cuh), which take
+/// (AttnParams, HopperMaps, int layer): `params` points at a HopperLaunch
+/// (HopperForward.cuh, visible where the bundle registers them).
+#define TESSERA_EMU_HOPPER_KERNEL(name)                                        \
+  static ::tessera_emu::Registration tessera_emu_register_##name(              \
+      std::string(TESSERA_EMU_BUNDLE) + "/" #name,                             \
+      [](const void *params, int layer) {                                      \
+        tessera::kernel::HopperLaunch l;                                       \
+        std::memcpy(&l, params, sizeof l);                                     \
+        name(l.p, l.maps, layer);                                              \
       });
 
 #endif // TESSERA_KERNEL_EMULATE_H

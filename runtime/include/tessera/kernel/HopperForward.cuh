@@ -26,10 +26,12 @@
 // each a [rows][64] panel per 64 head-dim elements in the TMA's 128-byte
 // swizzle (1024-byte aligned), then the barriers and descriptors.
 //
-// Status (issue 18): not yet emitted into bundles nor launched by the
-// runtime. Under the emulator (EmulatorTest.HopperKernelMatchesFloat64,
-// through test/Unit/HopperKernels.inc) it matches float64 on every head_dim
-// 64 and 128 layer of the variants bundle (f16 and bf16, GQA, partial and
+// Status (issue 18): the emitter gives every attention kernel of head_dim
+// 64 and 128 an sm_90a twin, <kernel>_wgmma (dense calls, static heads),
+// compiled where NVRTC targets sm_90a; the runtime launches it on compute
+// capability 9.x (runtime/api/HopperLaunch.cpp). Under the emulator
+// (EmulatorTest.HopperKernelMatchesFloat64) it matches float64 on every
+// head_dim 64 and 128 layer of the variants bundle (f16 and bf16, GQA, partial and
 // full tiles, Nq < Nk and Nq > Nk, two batches) and keeps a non-finite
 // value to the rows that see it; two broken copies fail (the value tile's
 // descriptor offsets swapped, no vote for the guarded pass). Not yet here:
@@ -62,6 +64,17 @@ template <int D> struct HopperShape {
   /// Ring stages: K and V tiles of 8 KiB a panel each.
   static constexpr int kStages = D == 64 ? 4 : 3;
   static constexpr u32 kTileBytes = kBK * D * 2;
+  /// setmaxnreg: the producer's registers and each consumer's. The block
+  /// starts with 168 a thread (__launch_bounds__(384, 1): 65,536 / 384,
+  /// rounded down to a multiple of 8), so the CTA's pool holds 384 x 168 =
+  /// 128 x (120 + 2 x 192). The producer inlines every pattern's run
+  /// enumeration of its kernel part (64-bit positions): with 56, 88 and
+  /// 104 registers a part of weight 24 (head_dim 64: the tiny-mix bundle)
+  /// spilled there (NVRTC 13.0, sm_90a); with 120 none of the shipped
+  /// bundles does (scripts/hopper-sass.py, docs/PERFORMANCE.md).
+  static constexpr int kProducerRegs = 120, kConsumerRegs = 192;
+  static_assert(kProducerRegs + kConsumerRegs * kConsumers <= 3 * 168,
+                "setmaxnreg: more registers than the block was given");
 };
 
 /// What the producer tells the consumers about a stage.
@@ -160,10 +173,32 @@ hopperGuard(HopperTiles<D> &sm, int st, int c, KeepNibbles keep,
 
 /// The tensor maps of a call (made on the host by cuTensorMapEncodeTiled
 /// over [B, N, H, D] with boxes {64, 1, rows, 1} and 128-byte swizzle:
-/// rows 128 for Q, 64 for K and V).
+/// rows 128 for Q, 64 for K and V; the runtime's HopperLaunch.cpp).
 struct HopperMaps {
   TensorMap q, k, v;
 };
+
+/// What a Hopper kernel takes besides its layer: the call's parameters and
+/// tensor maps (on the GPU two kernel parameters, the maps
+/// __grid_constant__; the emulator's registrations get them packed so).
+struct HopperLaunch {
+  AttnParams p;
+  HopperMaps maps;
+};
+
+/// The kernel's HopperTiles in dynamic shared memory, 1024-byte aligned
+/// (the dynamic shared memory of a kernel without static shared memory
+/// starts at a 1024-byte boundary of the shared window); where
+/// tessera::kernel's names are visible (the emulator wraps bundles in a
+/// namespace).
+#ifdef TESSERA_EMULATE
+#define TESSERA_HOPPER_TILES(name, D)                                          \
+  TESSERA_DYNAMIC_TILES(name, HopperTiles<D>)
+#else
+#define TESSERA_HOPPER_TILES(name, D)                                          \
+  extern __shared__ __align__(1024) unsigned char name##Bytes[];               \
+  HopperTiles<D> &name = *reinterpret_cast<HopperTiles<D> *>(name##Bytes)
+#endif
 
 /// Descriptor of a K-major operand in a 128-byte-swizzled [rows][64] panel
 /// set: rows from `row0`, k-step `kk` (16 elements) of the row.
@@ -343,7 +378,7 @@ hopperForward(const LayerTable &t, const AttnParams &p, const HopperMaps &maps,
   }
   __syncthreads();
   if (wg == 0) {
-    setMaxNRegDec<56>();
+    setMaxNRegDec<S::kProducerRegs>();
     if (threadIdx.x == 0) {
       const RunCtx ctx =
           makeRunCtx(q0, q1, p.nq, p.nk, S::kBK, head, t.numHeads);
@@ -352,7 +387,7 @@ hopperForward(const LayerTable &t, const AttnParams &p, const HopperMaps &maps,
     }
     return;
   }
-  setMaxNRegInc<224>();
+  setMaxNRegInc<S::kConsumerRegs>();
   const int c = wg - 1;
   const int row0 = c * 64 + warp * 16 + lane / 4;
   const i64 rowPos = q0 + row0 + p.nk - p.nq;

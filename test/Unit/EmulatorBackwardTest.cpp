@@ -72,6 +72,16 @@ struct Result {
   std::string where;
   int layers = 0;
   int64_t emptyRows = 0, unseenKeys = 0; ///< exact zeros checked
+  int64_t nonFinite = 0; ///< gradients the reference makes NaN or infinite
+};
+
+/// Non-finite inputs planted in every batch and head (-1: none): element 0
+/// of value row vKey infinite, key row kKey NaN, query row qRow NaN, element
+/// 3 of dO row dORow infinite. The float64 reference sums over the allowed
+/// pairs only, so a gradient must come out non-finite exactly where it does
+/// (a masked pair adds nothing, docs/backward.md).
+struct Poison {
+  int64_t vKey = -1, kKey = -1, qRow = -1, dORow = -1;
 };
 
 /// Runs the backward kernels of `bundle` (the emulation bundle or a broken
@@ -81,7 +91,8 @@ struct Result {
 /// also reads the LSE (a random dL/dLSE per row).
 Result runBackward(const std::string &bundle, const Shape &shape,
                    mlir::MLIRContext &ctx, double scaleArg = 0,
-                   int64_t onlyDim = 0, bool withDLse = false) {
+                   int64_t onlyDim = 0, bool withDLse = false,
+                   const Poison &poison = {}) {
   std::string dir = std::string(TESSERA_BINARY_DIR) + "/test/bundles/emulation";
   auto buf = llvm::MemoryBuffer::getFile(dir + "/manifest.json");
   EXPECT_TRUE(bool(buf)) << dir;
@@ -150,6 +161,20 @@ Result runBackward(const std::string &bundle, const Shape &shape,
       for (uint16_t &x : *t)
         x = round(dist(rng));
     std::vector<uint16_t> dq(qn, sentinel), dk(kn, sentinel), dv(kn, sentinel);
+    for (int64_t b = 0; b < shape.batch; ++b) {
+      for (int64_t h = 0; h < hkv; ++h) {
+        if (poison.vKey >= 0)
+          v[b * sk.b + poison.vKey * sk.s + h * sk.h] = round(INFINITY);
+        for (int64_t x = 0; poison.kKey >= 0 && x < d; ++x)
+          k[b * sk.b + poison.kKey * sk.s + h * sk.h + x] = round(NAN);
+      }
+      for (int64_t h = 0; h < hq; ++h) {
+        for (int64_t x = 0; poison.qRow >= 0 && x < d; ++x)
+          q[b * sq.b + poison.qRow * sq.s + h * sq.h + x] = round(NAN);
+        if (poison.dORow >= 0)
+          dO[b * sq.b + poison.dORow * sq.s + h * sq.h + 3] = round(INFINITY);
+      }
+    }
     std::vector<float> lse(shape.batch * hq * shape.nq);
     std::vector<float> delta(shape.batch * hq * shape.nq, 7.0f);
     std::vector<float> dLse(shape.batch * hq * shape.nq, 0.0f);
@@ -186,12 +211,13 @@ Result runBackward(const std::string &bundle, const Shape &shape,
           double l = 0;
           for (int64_t j = 0; j < shape.nk; ++j)
             l += s[j] == -inf ? 0 : std::exp(s[j] - m);
-          const double lseI = l > 0 ? m + std::log(l) : -inf;
+          // A NaN score makes l NaN, and the LSE NaN.
+          const double lseI = l == 0 ? -inf : m + std::log(l);
           lse[(b * hq + h) * shape.nq + i] = float(lseI);
           std::fill(out.begin(), out.end(), 0.0);
           for (int64_t j = 0; j < shape.nk; ++j) {
             p[j] = s[j] == -inf ? 0 : std::exp(s[j] - lseI);
-            for (int64_t x = 0; p[j] != 0 && x < d; ++x)
+            for (int64_t x = 0; s[j] != -inf && x < d; ++x)
               out[x] += p[j] * value(v[at(sk, b, j, kvh) + x]);
           }
           // D_i from O as the kernels read it; dL/dLSE adds dLse_i P to dS.
@@ -253,6 +279,7 @@ Result runBackward(const std::string &bundle, const Shape &shape,
     l.numGroups = int64_t(groupBegin.size()) - 1;
     for (const std::string &name :
          {prefix + "pre", prefix + "dkdv", prefix + "dq",
+          prefix + "dkdv_guarded", prefix + "dq_guarded",
           bundle + "/backward/program"})
       if (!reg.count(name)) {
         ADD_FAILURE() << "no kernel " << name;
@@ -272,6 +299,12 @@ Result runBackward(const std::string &bundle, const Shape &shape,
     run("dkdv", unsigned((shape.nk + 63) / 64), unsigned(hkv),
         d > 64 ? 256 : 128);
     run("dq", unsigned((shape.nq + 63) / 64), unsigned(numComputed), 128);
+    // The guarded second launches: blocks whose gradients came out
+    // non-finite walk again with the guard of partial tiles.
+    run("dkdv_guarded", unsigned((shape.nk + 63) / 64), unsigned(hkv),
+        d > 64 ? 256 : 128);
+    run("dq_guarded", unsigned((shape.nq + 63) / 64), unsigned(numComputed),
+        128);
     ++worst.layers;
 
     // Compare: per tensor, the largest error over the largest reference
@@ -296,6 +329,16 @@ Result runBackward(const std::string &bundle, const Shape &shape,
             for (int64_t x = 0; x < d; ++x) {
               const double g = value(got[at(st, b, i, h) + x]);
               const double r = want[at(st, b, i, h) + x];
+              if (!std::isfinite(r)) { // it must stay non-finite
+                ++worst.nonFinite;
+                if (std::isfinite(g)) {
+                  maxErr = inf;
+                  where = std::string(name) + " layer " +
+                          std::to_string(position) +
+                          ": a non-finite gradient is lost";
+                }
+                continue;
+              }
               double e = std::abs(g - r);
               if ((zero && g != 0) || std::isnan(e))
                 e = inf;
@@ -379,6 +422,34 @@ TEST_F(EmulatorBackwardTest, SharedMemoryIsBankConflictFree) {
       EXPECT_GT(c.requests, 0u) << "dim " << dim << " kind " << kind;
       EXPECT_EQ(c.wavefronts, c.ideal) << "dim " << dim << " kind " << kind;
     }
+  }
+}
+
+/// Non-finite inputs reach only the gradients that depend on them (docs/
+/// backward.md): an infinite value, a NaN key, a NaN query row and an
+/// infinite dO element, each in partial tiles (the diagonal tiles of causal
+/// heads, inside windows) and full ones, on every layer: the guarded second
+/// launches redo the blocks the first left non-finite. Without them
+/// (broken-bwd-guard: their blocks all return at once) NaN reaches
+/// gradients through masked pairs, in every case.
+TEST_F(EmulatorBackwardTest, NonFiniteInputsReachOnlyTheirGradients) {
+  for (Poison poison :
+       {Poison{70, -1, -1, -1}, Poison{-1, 67, -1, -1}, Poison{-1, -1, 40, -1},
+        Poison{-1, -1, -1, 99}, Poison{3, 90, 99, 40}}) {
+    Result r = runBackward("emulation-backward", Shape{1, 100, 130, true}, ctx,
+                           0, 0, false, poison);
+    Result u = runBackward("broken-bwd-guard", Shape{1, 100, 130, true}, ctx, 0,
+                           0, false, poison);
+    std::printf("poison %lld %lld %lld %lld: %lld non-finite gradients, "
+                "errors %.3g %.3g %.3g; unguarded %.3g %.3g %.3g\n",
+                (long long)poison.vKey, (long long)poison.kKey,
+                (long long)poison.qRow, (long long)poison.dORow,
+                (long long)r.nonFinite, r.dq, r.dk, r.dv, u.dq, u.dk, u.dv);
+    EXPECT_LE(r.dq, 1.0) << r.where;
+    EXPECT_LE(r.dk, 1.0) << r.where;
+    EXPECT_LE(r.dv, 1.0) << r.where;
+    EXPECT_GT(r.nonFinite, 0) << "the check saw poisoned gradients";
+    EXPECT_GT(std::max({u.dq, u.dk, u.dv}), 1.0) << "without the guard";
   }
 }
 

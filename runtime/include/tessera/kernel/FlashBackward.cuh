@@ -37,9 +37,11 @@
 // partly in shared memory and is not built; others are untested).
 // Skipped heads are the caller's: it zero-fills their dQ rows (they add
 // nothing to dK and dV, which bwdKeyMajor writes in full). Non-finite
-// inputs: no guard yet (the forward's second guarded pass is not
-// reproduced): a NaN or infinity in a masked pair of a partial tile can
-// reach gradients that do not depend on it.
+// inputs follow the forward's rule (a masked pair adds nothing): the
+// key-major and query-major kernels run unguarded, then a second launch of
+// each with GUARDED = true redoes, with bwdGuard on partial tiles, the
+// blocks whose stored gradients came out non-finite (others return at
+// once).
 //
 //===----------------------------------------------------------------------===//
 
@@ -244,10 +246,76 @@ __device__ __forceinline__ u32 bwdKeepT(const unsigned char (&allow)[64][64],
   return keep;
 }
 
+/// Selects 0 into the accumulator elements whose bit in `keep` (applyKeep's
+/// form) is clear: P and dS of masked pairs in the guarded pass, where a
+/// NaN LSE or a non-finite dP would make them NaN.
+__device__ __forceinline__ void bwdZeroMasked(float (&s)[8][4], u32 keep) {
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (!((keep >> (4 * nt + e)) & 1u))
+        s[nt][e] = 0.f;
+}
+
+/// The query rows of a partial tile that see key row `row` (bit j: tile
+/// row j), from the query-major mask.
+__device__ __forceinline__ unsigned long long
+bwdSeesT(const unsigned char (&allow)[64][64], int row) {
+  unsigned long long m = 0;
+#pragma unroll 1
+  for (int j = 0; j < 64; ++j)
+    m |= (unsigned long long)allow[j][row] << j;
+  return m;
+}
+
+/// Non-finite inputs in a partial tile, in the guarded pass (docs/
+/// backward.md): after the operand tile `tile` (64 rows of D, TileLayout<D>)
+/// of a product acc += A tile has landed and before the product, when some
+/// value of it is NaN or infinite (guardScan), the accumulator elements of
+/// the rows that see the value's row (sees[h], bit j: tile row j, for this
+/// thread's row half h) in the value's column (columns c0 .. c0 + C of the
+/// tile) become NaN, and the value is zeroed for the product, so that a
+/// masked pair adds nothing (0 * inf would be NaN). NT threads.
+template <int E, int D, int C, int NT>
+__device__ __forceinline__ void bwdGuard(u16 *tile,
+                                         const unsigned long long (&sees)[2],
+                                         FlashAcc<C> &acc, int c0) {
+  if (!guardScan<E, D, NT>(tile + guardPart<D, NT>()))
+    return;
+  using L = TileLayout<D>;
+  const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
+  const float nan = __int_as_float(0x7fc00000);
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll 1
+    for (int j = 0; j < 64; ++j)
+      if ((sees[h] >> j) & 1ull)
+#pragma unroll
+        for (int dn = 0; dn < C / 8; ++dn) {
+          const u32 w =
+              nonFiniteBits<E>(ld32(tile + L::at(j, c0 / 8 + dn) + c2));
+          if (w & 0x8000u)
+            acc.o[dn][2 * h] = nan;
+          if (w & 0x80000000u)
+            acc.o[dn][2 * h + 1] = nan;
+        }
+  __syncthreads(); // every thread has read the values
+  constexpr int kSpan = D / (NT / 64);
+  u16 *mine = tile + guardPart<D, NT>();
+  for (int x = 0; x < kSpan; x += 2) {
+    u32 *w = reinterpret_cast<u32 *>(mine + x);
+    const u32 nf = nonFiniteBits<E>(*w);
+    *w &= (nf & 0x8000u ? 0xffff0000u : 0xffffffffu) &
+          (nf & 0x80000000u ? 0x0000ffffu : 0xffffffffu);
+  }
+  __syncthreads(); // the tile is finite
+}
+
 /// One tile of the key-major pass: the query block qb (class `cls`) of
 /// head `head` against the block's resident keys. K and V must have landed
 /// or be covered by the first wait here.
-template <int E, int D, class Groups>
+template <int E, int D, class Groups, bool GUARDED>
 __device__ __forceinline__ void
 bwdKeyTile(BwdKeyTiles<D> &tiles, const BwdParams &p, const u16 *qBase,
            const u16 *dOBase, const float *lseRow, const float *deltaRow,
@@ -284,18 +352,30 @@ bwdKeyTile(BwdKeyTiles<D> &tiles, const BwdParams &p, const u16 *qBase,
   // S^T = K Q^T: this warp's 16 keys (rows) against the 64 queries.
   float s[8][4];
   bwdScoresT<E, D>(sm.k(), sm.q(), rw, s);
-  if (cls == kPartial) // the mask, transposed: key rows, query columns
-    applyKeep(s, bwdKeepT(sm.allow, rw * 16 + lane / 4, c2));
+  u32 keep = ~0u; // the mask, transposed: key rows, query columns
+  if (cls == kPartial) {
+    keep = bwdKeepT(sm.allow, rw * 16 + lane / 4, c2);
+    applyKeep(s, keep);
+  }
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
       s[nt][e] =
           ex2(fmaf(s[nt][e], p.scaleLog2, -sm.lse2[nt * 8 + c2 + (e & 1)]));
+  const bool guard = GUARDED && cls == kPartial;
+  if (guard)
+    bwdZeroMasked(s, keep);
   u32 pa[4][4];
   bwdPackA<E>(s, pa);
   cpAsyncWait<0>();
   __syncthreads(); // dO landed
+  if (guard) {
+    const unsigned long long sees[2] = {
+        bwdSeesT(sm.allow, rw * 16 + lane / 4),
+        bwdSeesT(sm.allow, rw * 16 + lane / 4 + 8)};
+    bwdGuard<E, D, C, NT>(sm.dO(), sees, dv, c0);
+  }
 
   bwdValues<E, D, C>(pa, sm.dO(), c0, dv); // dV += P^T dO
   float dp[8][4];                          // dP^T = V dO^T
@@ -308,6 +388,13 @@ bwdKeyTile(BwdKeyTiles<D> &tiles, const BwdParams &p, const u16 *qBase,
       const float pt = bwdUnpack<E>(pa, nt, e);
       dp[nt][e] = pt * (dp[nt][e] - dl); // dS^T = P^T (dP^T - D)
     }
+  if (guard) { // the mask and the sets read again: no registers held
+    bwdZeroMasked(dp, bwdKeepT(sm.allow, rw * 16 + lane / 4, c2));
+    const unsigned long long sees[2] = {
+        bwdSeesT(sm.allow, rw * 16 + lane / 4),
+        bwdSeesT(sm.allow, rw * 16 + lane / 4 + 8)};
+    bwdGuard<E, D, C, NT>(sm.q(), sees, dk, c0);
+  }
   bwdPackA<E>(dp, pa);
   bwdValues<E, D, C>(pa, sm.q(), c0, dk); // dK += dS^T Q (s at the end)
   __syncthreads(); // every warp is done with Q, dO, the rows and the mask
@@ -343,13 +430,34 @@ __device__ __forceinline__ void bwdStoreRows(const FlashAcc<D> &acc, float mul,
   }
 }
 
+/// Whether some stored 16-bit gradient of rows [r0, min(r0 + 64, limit))
+/// of `base` (row stride `strideS`, D columns) is NaN or infinite: the
+/// guarded kernels' test of the unguarded kernels' output, by NT threads
+/// (a barrier).
+template <int E, int D, int NT>
+__device__ __forceinline__ bool bwdRowsNonFinite(const u16 *base, i64 strideS,
+                                                 i64 r0, i64 limit) {
+  u32 bits = 0;
+  for (int i = threadIdx.x; i < 64 * (D / 2); i += NT) {
+    const i64 r = r0 + i / (D / 2);
+    if (r < limit)
+      bits |= nonFiniteBits<E>(ld32(base + r * strideS + 2 * (i % (D / 2))));
+  }
+  return __syncthreads_or(bits != 0);
+}
+
 /// dK and dV of key block blockIdx.x (64 keys) of kv head blockIdx.y of
 /// batch entry blockIdx.z: grid (ceil(Nk / 64), kv heads, batch),
 /// BwdKeyShape<D>::kThreads threads (4 warps of 16 keys each, or two such
 /// sets of 4 for the two halves of the columns), shared memory
-/// BwdKeyTiles<D>.
-/// `patternOf`: the layer's pattern of each head group.
-template <int E, int D, class Groups>
+/// BwdKeyTiles<D>. `patternOf`: the layer's pattern of each head group.
+///
+/// GUARDED: the second launch, after the unguarded one (non-finite inputs,
+/// docs/backward.md): a block whose stored dK and dV are all finite does
+/// nothing; the others walk again with bwdGuard on partial tiles and store
+/// again. A separate kernel, so that the guard's code costs the unguarded
+/// loop no registers.
+template <int E, int D, class Groups, bool GUARDED = false>
 __device__ __forceinline__ void
 bwdKeyMajor(const LayerTable &t, const i64 *patternOf, const BwdParams &p,
             BwdKeyTiles<D> &sm) {
@@ -359,6 +467,12 @@ bwdKeyMajor(const LayerTable &t, const i64 *patternOf, const BwdParams &p,
   const i64 k0 = (i64)blockIdx.x * BK;
   const i64 group = p.numHeads / p.numKvHeads;
   const bool vec = p.vectorLoads != 0;
+  if constexpr (GUARDED)
+    if (!bwdRowsNonFinite<E, D, NT>(p.dk + b * p.dks.b + kvh * p.dks.h, p.dks.s,
+                                    k0, p.nk) &&
+        !bwdRowsNonFinite<E, D, NT>(p.dv + b * p.dvs.b + kvh * p.dvs.h, p.dvs.s,
+                                    k0, p.nk))
+      return;
   copyTile<D, BK, NT>(sm.k(), p.k + b * p.ks.b + kvh * p.ks.h, p.ks.s, k0, p.nk,
                       vec);
   copyTile<D, BK, NT>(sm.v(), p.v + b * p.vs.b + kvh * p.vs.h, p.vs.s, k0, p.nk,
@@ -395,8 +509,9 @@ bwdKeyMajor(const LayerTable &t, const i64 *patternOf, const BwdParams &p,
         qb = run.lo;
         next = run.hi + 1; // the run after this one
       }
-      bwdKeyTile<E, D, Groups>(sm, p, qBase, dOBase, lseRow, deltaRow, qb,
-                               run.cls, pattern, k0, head, t.numHeads, dk, dv);
+      bwdKeyTile<E, D, Groups, GUARDED>(sm, p, qBase, dOBase, lseRow, deltaRow,
+                                        qb, run.cls, pattern, k0, head,
+                                        t.numHeads, dk, dv);
     }
   }
   cpAsyncWait<0>(); // K and V, where no tile was visited
@@ -412,8 +527,9 @@ bwdKeyMajor(const LayerTable &t, const i64 *patternOf, const BwdParams &p,
 /// 128 threads (4 warps, 16 rows each), shared memory PipeTiles<D> (the
 /// query and dO tiles are staged in the key and value tiles). Walks the
 /// forward's runs of the pattern; V of a tile loads while its scores are
-/// computed.
-template <int E, int D, class Groups>
+/// computed. GUARDED: the second launch, as bwdKeyMajor's (blocks whose
+/// stored dQ is finite do nothing).
+template <int E, int D, class Groups, bool GUARDED = false>
 __device__ __forceinline__ void
 bwdQueryMajor(const LayerTable &t, const BwdParams &p, PipeTiles<D> &sm,
               i64 slot, i64 pattern) {
@@ -423,6 +539,10 @@ bwdQueryMajor(const LayerTable &t, const BwdParams &p, PipeTiles<D> &sm,
   const i64 head = t.computedHead[slot], b = blockIdx.z;
   const i64 kvh = head / (p.numHeads / p.numKvHeads);
   const i64 q0 = (i64)blockIdx.x * BQ;
+  if constexpr (GUARDED)
+    if (!bwdRowsNonFinite<E, D, NT>(p.dq + b * p.dqs.b + head * p.dqs.h,
+                                    p.dqs.s, q0, p.nq))
+      return;
   const bool vec = p.vectorLoads != 0;
   const u16 *kBase = p.k + b * p.ks.b + kvh * p.ks.h;
   const u16 *vBase = p.v + b * p.vs.b + kvh * p.vs.h;
@@ -450,10 +570,10 @@ bwdQueryMajor(const LayerTable &t, const BwdParams &p, PipeTiles<D> &sm,
     dl[h] = i < p.nq ? p.delta[at] : 0.f;
   }
   FlashAcc<D> dq;
-  flashInit<D>(dq);
   const RunCtx ctx =
       makeRunCtx(q0, minI(q0 + BQ, p.nq), p.nq, p.nk, BK, head, t.numHeads);
   const i64 rowPos = q0 + warp * 16 + lane / 4 + p.nk - p.nq;
+  flashInit<D>(dq);
   Run run = noRun();
   i64 kb = 0, next = 0;
   for (;;) {
@@ -486,6 +606,10 @@ bwdQueryMajor(const LayerTable &t, const BwdParams &p, PipeTiles<D> &sm,
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         s[nt][e] = ex2(fmaf(s[nt][e], p.scaleLog2, -lse2[e >> 1]));
+    const bool guard = GUARDED && run.cls == kPartial;
+    if (guard) // the mask computed again: no registers held for it
+      bwdZeroMasked(s, keepOf(partialKeep<Groups>(pattern, rowPos, k0, c2, room,
+                                                  head, t.numHeads)));
     u32 da[4][4];
     bwdPackA<E>(s, da); // P, packed
     cpAsyncWait<0>();
@@ -497,6 +621,14 @@ bwdQueryMajor(const LayerTable &t, const BwdParams &p, PipeTiles<D> &sm,
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         dp[nt][e] = bwdUnpack<E>(da, nt, e) * (dp[nt][e] - dl[e >> 1]); // dS
+    if (guard) {
+      const u32 keep = keepOf(
+          partialKeep<Groups>(pattern, rowPos, k0, c2, room, head, t.numHeads));
+      bwdZeroMasked(dp, keep);
+      const unsigned long long sees[2] = {rowKeep(keep, 0, c2),
+                                          rowKeep(keep, 1, c2)};
+      bwdGuard<E, D, D, NT>(sm.k(), sees, dq, 0);
+    }
     bwdPackA<E>(dp, da);
     pipeValues<E, D>(da, sm.k(), dq); // dQ += dS K (s applied at the end)
     __syncthreads();                  // every warp is done with K and V

@@ -186,6 +186,11 @@ LogicalResult WindowAttr::verify(EmitFn emitError, int64_t before,
   return success();
 }
 
+LogicalResult PeriodTransposeAttr::verify(EmitFn emitError, int64_t period) {
+  // A period of 1 would be the identity: not a layout worth naming.
+  return checkRange(emitError, "period_transpose", "period", period, 2);
+}
+
 LogicalResult SinkAttr::verify(EmitFn emitError, int64_t count) {
   return checkRange(emitError, "sink", "count", count, 1);
 }

@@ -335,6 +335,11 @@ LogicalResult BuildIndexOp::verify() {
 }
 
 LogicalResult GroupOp::verifyRegions() {
+  // A dynamic leaf's index is built per input on the original order (and
+  // routing permutes the tokens itself): no static layout applies.
+  if (getLayout() && !getPattern().isStatic())
+    return emitOpError("layout needs a static pattern; ")
+           << getPattern() << " is dynamic";
   Region &runs = getRuns();
   if (runs.empty() || runs.front().empty() ||
       !isa<RunTransposedOp>(runs.front().back()))

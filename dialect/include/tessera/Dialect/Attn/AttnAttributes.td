@@ -435,4 +435,37 @@ def Attn_DifferenceAttr
   let assemblyFormat = "`<` custom<Part>($lhs) `,` custom<Part>($rhs) `>`";
 }
 
+//===----------------------------------------------------------------------===//
+// Layouts: token permutations of a head group (--attn-permute)
+//===----------------------------------------------------------------------===//
+
+def Attn_PeriodTransposeAttr
+    : AttrDef<Attn_Dialect, "PeriodTranspose"> {
+  let mnemonic = "period_transpose";
+  let summary = "A token permutation: tokens sorted by their position mod P";
+  let description = [{
+    A layout, not a pattern: the order in which a head group's queries and
+    keys are tiled. Token `t` of a sequence of `N` tokens moves to
+
+    `slot(t) = (t mod P) * q + min(t mod P, r) + t div P`, `N = q * P + r`,
+
+    i.e. tokens are sorted stably by their residue mod `P`; when `P` divides
+    `N` this is `(t mod P) * (N / P) + t div P`, the transpose of the
+    `(N / P) x P` matrix of tokens (a video's frames x pixels becomes
+    pixels x frames). Queries and keys are permuted alike, each over its own
+    length. Patterns are still evaluated on the original positions: the
+    permutation changes which pairs share a tile (diagonals a period apart
+    become a contiguous band), never which pairs are allowed.
+    `--attn-permute` chooses it; `period >= 2`.
+
+    ```mlir
+    attn.group 0 heads [0 to 5] = #attn.multi_diagonal<stride = 1024, width = 32>
+        layout #attn.period_transpose<period = 1024>
+    ```
+  }];
+  let parameters = (ins "int64_t":$period);
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+}
+
 #endif // TESSERA_DIALECT_ATTN_ATTNATTRIBUTES_TD

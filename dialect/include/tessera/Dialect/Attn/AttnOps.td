@@ -7,6 +7,7 @@ include "mlir/IR/OpBase.td"
 include "mlir/IR/SymbolInterfaces.td"
 include "tessera/Dialect/Attn/AttnDialect.td"
 include "tessera/Dialect/Attn/AttnInterfaces.td"
+include "tessera/Dialect/Attn/AttnAttributes.td"
 
 /// A 64-bit integer attribute read as a signed value, so that negative
 /// numbers in a pattern file reach the verifier as what they are.
@@ -165,11 +166,32 @@ def Attn_GroupOp : Attn_Op<"group", [HasParent<"ScheduleOp">, NoTerminator,
     A static group's region may end with an `attn.run_transposed`: the
     transposed schedule the backward walks (for each key block, the runs of
     query blocks that see it).
+
+    The optional `layout` (set by `--attn-permute`) is the token
+    permutation the group's queries and keys are tiled in, in closed form
+    (`#attn.period_transpose`). The pattern is still evaluated on the
+    original positions, so the group's output is the same with or without
+    it; the layout only changes which pairs share a tile. Only static
+    patterns take a layout.
+
+    ```mlir
+    attn.group 0 heads [0 to 5] = #attn.multi_diagonal<stride = 1024, width = 32>
+        layout #attn.period_transpose<period = 1024>
+    ```
   }];
   let arguments = (ins Attn_I64Attr:$id, DenseI64ArrayAttr:$heads,
-                       Attn_PatternAttrInterface:$pattern);
+                       Attn_PatternAttrInterface:$pattern,
+                       OptionalAttr<Attn_PeriodTransposeAttr>:$layout);
   let regions = (region AnyRegion:$runs);
-  let assemblyFormat = "$id `heads` custom<HeadList>($heads) `=` $pattern (`runs` $runs^)? attr-dict";
+  let builders = [
+    // A group in the original token order (no layout).
+    OpBuilder<(ins "int64_t":$id, "::llvm::ArrayRef<int64_t>":$heads,
+                   "::tessera::attn::PatternAttrInterface":$pattern), [{
+      build($_builder, $_state, id, heads, pattern,
+            ::tessera::attn::PeriodTransposeAttr());
+    }]>
+  ];
+  let assemblyFormat = "$id `heads` custom<HeadList>($heads) `=` $pattern (`layout` qualified($layout)^)? (`runs` $runs^)? attr-dict";
   let hasRegionVerifier = 1;
 }
 

@@ -1,0 +1,24 @@
+// RUN: attn-opt %s | attn-opt | FileCheck %s
+// RUN: attn-opt %s --mlir-print-op-generic | attn-opt | FileCheck %s
+// RUN: attn-opt %s --attn-lower-runs | FileCheck %s --check-prefix=RUNS
+//
+// A head group's layout (the token permutation --attn-permute picks) prints
+// and parses back to itself, in the pretty and the generic form, and stays
+// on the group when its runs are lowered.
+
+attn.model @layouts {
+  attn.schedule 0 heads = 4 kv_heads = 2 head_dim = 64 dtype = bf16
+      block = [64, 64] skipped = [] {
+    attn.group 0 heads [0, 1] = #attn.multi_diagonal<stride = 1024, width = 32> layout #attn.period_transpose<period = 1024>
+    attn.group 1 heads [2] = #attn.grid<stride = 7, vertical_width = 1> layout #attn.period_transpose<period = 2>
+    attn.group 2 heads [3] = #attn.causal
+  }
+}
+
+// CHECK-LABEL: attn.model @layouts
+// CHECK: attn.group 0 heads [0, 1] = #attn.multi_diagonal<stride = 1024, width = 32> layout #attn.period_transpose<period = 1024>{{$}}
+// CHECK-NEXT: attn.group 1 heads [2] = #attn.grid<stride = 7, vertical_width = 1> layout #attn.period_transpose<period = 2>{{$}}
+// CHECK-NEXT: attn.group 2 heads [3] = #attn.causal{{$}}
+
+// RUNS: attn.group 0 heads [0, 1] = #attn.multi_diagonal<stride = 1024, width = 32> layout #attn.period_transpose<period = 1024> runs {
+// RUNS: attn.group 2 heads [3] = #attn.causal runs {

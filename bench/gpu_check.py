@@ -45,9 +45,11 @@ heads * Nq * Nk. The same count for every implementation computing the same
 thing, so TFLOP/s compare like for like.
 
 Goals (reported, not the exit status): the headline causal layer at the
-longest length at least 0.9x the speed of FlashAttention-2 (flash_attn, or
-SDPA's flash backend, which is FlashAttention-2's kernel, where flash_attn
-is absent); each non-dense case at most (visited tile fraction + 0.05) x the
+longest length at least 0.9x the speed of FlashAttention-2 on the mma.sync
+path (flash_attn, or SDPA's flash backend, which is FlashAttention-2's
+kernel, where flash_attn is absent) and of FlashAttention-3 on the sm_90a
+path (flash_attn_interface, FlashAttention-3's Hopper build, or SDPA's
+cuDNN backend where it is absent); each non-dense case at most (visited tile fraction + 0.05) x the
 time of Tessera's dense kernel of the same shape, tiles counted at the
 kernel's block_q x block_k.
 
@@ -592,6 +594,31 @@ def peer_calls(name, dev, kind, q, k, v, flex_mode, block_mask_fn):
             gqa = False
             computes += ", K/V repeated (no GQA in this flash backend)"
         return computes, run
+    if name == "sdpa-cudnn":
+        # SDPA's cuDNN backend: a FlashAttention-3-class kernel on Hopper,
+        # the peer of the sm_90a path where flash_attn_interface is absent.
+        if not dev.cuda:
+            raise NotHere("CUDA only")
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+        F = torch.nn.functional
+
+        def run():
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                return F.scaled_dot_product_attention(
+                    qt, kt, vt, is_causal=causal, enable_gqa=gqa).transpose(1, 2)
+        return computes, run
+    if name == "flash_attn_3":
+        try:
+            import flash_attn_interface as fa3
+        except ImportError:
+            raise NotHere("absent (flash_attn_interface: FlashAttention-3's "
+                          "Hopper build)")
+
+        def run():
+            r = fa3.flash_attn_func(q, k, v, causal=causal)
+            return r[0] if isinstance(r, tuple) else r
+        return computes, run
     if name == "flex":
         if flex_mode == "off":
             raise NotHere("off (--flex off)")
@@ -619,7 +646,8 @@ def peer_calls(name, dev, kind, q, k, v, flex_mode, block_mask_fn):
 
 
 FLEX_COMPILED = None
-PEERS = ("sdpa-flash", "flash_attn", "flashinfer", "flex")
+PEERS = ("sdpa-flash", "sdpa-cudnn", "flash_attn", "flash_attn_3",
+         "flashinfer", "flex")
 
 
 # ===------------------------------------------------------------------=== #
@@ -993,11 +1021,20 @@ def goals(report):
             if fa is None:
                 fa = next((r for r in rows if r["impl"] == "sdpa-flash" and r.get("s")), None)
                 which = "SDPA flash backend (FlashAttention-2's kernel; flash_attn absent)"
+            # The sm_90a path's peer is FlashAttention-3 (issue 18):
+            # flash_attn_interface, or SDPA's cuDNN backend where it is
+            # absent.
+            fa3 = next((r for r in rows if r["impl"] == "flash_attn_3" and r.get("s")), None)
+            which3 = "flash_attn_3"
+            if fa3 is None:
+                fa3 = next((r for r in rows if r["impl"] == "sdpa-cudnn" and r.get("s")), None)
+                which3 = "SDPA cuDNN backend (flash_attn_interface absent)"
             for pc in case["paths"]:
-                if pc.get("s") and fa:
-                    ratio = fa["s"] / pc["s"]
+                peer, name = (fa3, which3) if pc["path"] == "wgmma" else (fa, which)
+                if pc.get("s") and peer:
+                    ratio = peer["s"] / pc["s"]
                     head.append((case["case"], pc["path"], case["n"],
-                                 f"{pc['s'] * 1e3:.3f}", f"{fa['s'] * 1e3:.3f}", which,
+                                 f"{pc['s'] * 1e3:.3f}", f"{peer['s'] * 1e3:.3f}", name,
                                  f"{ratio:.2f}", ">= 0.90",
                                  "met" if ratio >= 0.9 else "not met"))
                 else:
@@ -1080,8 +1117,8 @@ def print_report(report, cut):
     print()
     head, sparse = goals(report)
     print("### Goals")
-    table(("headline case", "path", "N", "tessera ms", "FA2 ms", "FA2 source",
-           "tessera speed / FA2", "goal", "result"), head)
+    table(("headline case", "path", "N", "tessera ms", "peer ms", "peer",
+           "tessera speed / peer", "goal", "result"), head)
     table(("case", "path", "N", "tile", "visited tiles", "pair density",
            "tessera ms", "tessera dense ms", "time / dense",
            "goal (visited + 0.05)", "result"), sparse)

@@ -1525,6 +1525,8 @@ tessera_status runDynamicSequence(const Call &c, const cpu::LayerArgs &a,
 /// (docs/runtime.md), refused before anything is allocated where it would
 /// not fit.
 tessera_status runDynamicCpu(const Call &c, const cpu::LayerArgs &a) {
+  if (c.l->dynamicGroups.empty())
+    return TESSERA_OK; // (the limit below costs a sysinfo call)
   const double limit = dynamicCpuMemoryLimit();
   for (const DynamicGroupDesc &g : c.l->dynamicGroups)
     for (int64_t s = 0; s < c.numSeqs; ++s) {

@@ -105,8 +105,10 @@
 //     counted by leftoverCopies(). A missing wait reads poison; a stage
 //     refilled too early is poison or the wrong tile.
 //   - wgmmaRSTransB takes B MN-major (imm-trans-b 1; the layouts of
-//     operandElement()); named barriers (bar.sync id, count: namedBarrier)
-//     release once `count` threads arrived, and count in deadlock reports.
+//     operandElement()); named barriers (bar.sync id, count: namedBarrier;
+//     bar.arrive: namedBarrierArrive) release once `count` threads arrived,
+//     count in deadlock reports, and a round left open when the block ends
+//     is counted (leftoverArrivals()).
 //   - fence.proxy.async and fence.mbarrier_init are accepted (no-ops:
 //     every access here is coherent); setmaxnreg checks its count (a
 //     multiple of 8 in [24, 256]) and that the whole warpgroup executes it.
@@ -402,6 +404,7 @@ enum class Wait : uint8_t {
 /// needs, and the threads waiting in it.
 struct NamedBarrier {
   int count = 0;
+  int arrived = 0;               // bar.arrive's threads of this round
   std::vector<unsigned> waiting; // linear thread indices
 };
 
@@ -529,6 +532,7 @@ struct BankCounts {
 inline std::atomic<uint64_t> bankCounters[NumBankKinds][3];
 inline std::atomic<uint64_t> leftoverCopyCount{0};
 inline std::atomic<uint64_t> unfencedWgmmaCount{0};
+inline std::atomic<uint64_t> leftoverArrivalCount{0};
 
 /// The counts of `kind` (a BankKind) since the last reset.
 inline BankCounts bankCounts(int kind) {
@@ -551,6 +555,12 @@ inline void resetBankCounts() {
 /// reset.
 inline uint64_t leftoverCopies() { return leftoverCopyCount.load(); }
 inline void resetLeftoverCopies() { leftoverCopyCount.store(0); }
+
+/// Named-barrier rounds a block left open when it ended (bar.arrive's
+/// threads that no bar.sync consumed: an unbalanced handshake), since the
+/// last reset; each is then closed, so the next block starts clean.
+inline uint64_t leftoverArrivals() { return leftoverArrivalCount.load(); }
+inline void resetLeftoverArrivals() { leftoverArrivalCount.store(0); }
 
 /// wgmma.mma_async issued (per warpgroup) with no wgmma.fence since the
 /// block began or the warpgroup's last wgmma.wait_group: the PTX ISA needs
@@ -750,6 +760,11 @@ inline void finishBlock(Launch &l) {
       std::memcpy(c.dst, c.bytes.data(), c.bytes.size());
     }
   l.mbarriers.clear();
+  for (NamedBarrier &b : l.named)
+    if (b.arrived) {
+      leftoverArrivalCount.fetch_add(1, std::memory_order_relaxed);
+      b.arrived = 0;
+    }
   for (Thread &t : l.thread) {
     t.openMmas.clear();
     t.mmaGroups.clear();
@@ -1455,34 +1470,61 @@ inline void wgmmaRSTransB(float *d, const uint32_t (&a)[4], uint64_t descB,
 /// round must agree on the count. Released threads run in the current
 /// order (no new draw, unlike __syncthreads). Barrier 0 here is apart from
 /// __syncthreads': do not mix them.
-inline void namedBarrier(int id, int count) {
+/// The named barrier `id` of the running block for a bar.sync or bar.arrive
+/// of `count` threads (checked: ids 0-15, counts a multiple of 32 up to the
+/// block's threads, the same count for every thread of a round).
+inline NamedBarrier &namedRound(const char *op, int id, int count) {
   Launch &l = *running;
   Thread &t = *self;
   if (id < 0 || id > 15 || count <= 0 || count % 32 || count > l.threads) {
     std::fprintf(stderr,
-                 "tessera emulator: bar.sync %d, %d (ids 0-15, counts a "
+                 "tessera emulator: %s %d, %d (ids 0-15, counts a "
                  "multiple of 32 up to the block's %d threads)\n",
-                 id, count, l.threads);
+                 op, id, count, l.threads);
     std::abort();
   }
   NamedBarrier &b = l.named[id];
-  if (b.waiting.empty()) {
+  if (b.waiting.empty() && b.arrived == 0) {
     b.count = count;
   } else if (b.count != count) {
     std::fprintf(stderr,
-                 "tessera emulator: bar.sync %d with counts %d and %d in "
+                 "tessera emulator: %s %d with counts %d and %d in "
                  "block (%u, %u, %u)\n",
-                 id, b.count, count, t.blockIdx.x, t.blockIdx.y, t.blockIdx.z);
+                 op, id, b.count, count, t.blockIdx.x, t.blockIdx.y,
+                 t.blockIdx.z);
     std::abort();
   }
+  return b;
+}
+
+/// Ends a round of `b` once its count of threads arrived or wait: the
+/// waiting threads run on.
+inline void namedRelease(NamedBarrier &b) {
+  if (int(b.waiting.size()) + b.arrived < b.count)
+    return;
+  Launch &l = *running;
+  for (unsigned w : b.waiting)
+    makeReady(l, l.thread[w]);
+  b.waiting.clear();
+  b.arrived = 0;
+}
+
+inline void namedBarrier(int id, int count) {
+  NamedBarrier &b = namedRound("bar.sync", id, count);
+  Thread &t = *self;
   t.wait = Wait::Named;
   b.waiting.push_back(t.linear);
-  if (int(b.waiting.size()) == count) {
-    for (unsigned w : b.waiting)
-      makeReady(l, l.thread[w]);
-    b.waiting.clear();
-  }
-  schedule(l, t);
+  namedRelease(b);
+  schedule(*running, t);
+}
+
+/// bar.arrive id, count: this thread counts towards the round of barrier
+/// `id` without waiting for it (the producer side of a named-barrier
+/// handshake: ping-pong scheduling).
+inline void namedBarrierArrive(int id, int count) {
+  NamedBarrier &b = namedRound("bar.arrive", id, count);
+  ++b.arrived;
+  namedRelease(b);
 }
 
 /// wgmma.fence.sync.aligned: only the collective (every access here is

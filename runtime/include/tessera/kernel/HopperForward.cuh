@@ -33,10 +33,10 @@
 // (EmulatorTest.HopperKernelMatchesFloat64) it matches float64 on every
 // head_dim 64 and 128 layer of the variants bundle (f16 and bf16, GQA, partial and
 // full tiles, Nq < Nk and Nq > Nk, two batches) and keeps a non-finite
-// value to the rows that see it; two broken copies fail (the value tile's
-// descriptor offsets swapped, no vote for the guarded pass). Not yet here:
-// the ping-pong of the two consumers' softmax against the other's products
-// (named barriers), per-sequence calls, split-KV and the dynamic walks.
+// value to the rows that see it; three broken copies fail (the value tile's
+// descriptor offsets swapped, no vote for the guarded pass, an unbalanced
+// ping-pong). Not yet here: per-sequence calls, split-KV and the dynamic
+// walks.
 //
 // Non-finite values (docs/runtime.md): as in pipeForward, the walk runs
 // once unguarded; where a consumer's output holds a NaN or infinity, both
@@ -111,6 +111,21 @@ __device__ __forceinline__ void namedBarrier(int id, int count) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
 #endif
 }
+
+/// bar.arrive `id`, `count`: this thread counts towards barrier `id`'s
+/// round of `count` threads without waiting for it.
+__device__ __forceinline__ void namedBarrierArrive(int id, int count) {
+#ifdef TESSERA_EMULATE
+  tessera_emu::namedBarrierArrive(id, count);
+#else
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(count) : "memory");
+#endif
+}
+
+/// The named barriers of the consumers' ping-pong: consumer c may issue its
+/// matrix products while it holds barrier kHopperTurn + c (ids 1 and 2 are
+/// the guard's, hopperGuard; 0 is __syncthreads').
+constexpr int kHopperTurn = 3;
 
 /// The element (key `row`, column `col`) of a [64][D] tile in 128-byte
 /// swizzled panels: 16-byte chunk c of a row is stored at chunk c ^ (row % 8)
@@ -275,6 +290,19 @@ hopperProduce(HopperTiles<D> &sm, const HopperMaps &maps, const RunCtx &ctx,
 }
 
 /// A consumer warpgroup `c` (0 or 1): its 64 rows' attention into `acc`.
+///
+/// Ping-pong (FlashAttention-3's scheduling, written here): the two
+/// consumers take turns to issue their matrix products, P V of one tile and
+/// S = Q K^T of the next, so that one's softmax runs while the other's
+/// products occupy the tensor cores. Consumer c takes its turn with bar.sync
+/// kHopperTurn + c (256 threads: its own 128, and the other's hand-over by
+/// bar.arrive) before P V, keeps it across the next tile's S, and hands it
+/// over after issuing S. Consumer 0 issues the first S without a turn;
+/// consumer 1 waits for the first hand-over. Both walk the same tiles, so
+/// the rounds balance: at the last-tile marker each hands its turn over and
+/// consumer 0 consumes consumer 1's last hand-over (no round is left open
+/// for the guarded pass or the next block: the emulator counts any,
+/// tessera_emu::leftoverArrivals()).
 template <int E, int D, class Groups>
 __device__ __forceinline__ void
 hopperConsume(HopperTiles<D> &sm, const AttnParams &p, i64 pattern, int c,
@@ -286,6 +314,8 @@ hopperConsume(HopperTiles<D> &sm, const AttnParams &p, i64 pattern, int c,
   int i = 0;
   for (int pass = 0; pass < 2; ++pass) {
   flashInit<D>(acc);
+  if (c == 1)
+    namedBarrier(kHopperTurn + 1, 256);
   for (;; ++i) {
     const int st = i % S::kStages;
     mbarWait(&sm.full[st], (u32)((i / S::kStages) & 1));
@@ -294,6 +324,9 @@ hopperConsume(HopperTiles<D> &sm, const AttnParams &p, i64 pattern, int c,
       __syncwarp();
       if (lane == 0)
         mbarArrive(&sm.empty[st]);
+      namedBarrierArrive(kHopperTurn + 1 - c, 256);
+      if (c == 0)
+        namedBarrier(kHopperTurn, 256);
       ++i;
       break;
     }
@@ -305,6 +338,7 @@ hopperConsume(HopperTiles<D> &sm, const AttnParams &p, i64 pattern, int c,
       wgmmaSS<E, 64>(sf, hopperKMajor<S::kBQ>(sm.q, 64 * c, kk),
                      hopperKMajor<S::kBK>(sm.k[st], 0, kk), kk > 0);
     wgmmaCommit();
+    namedBarrierArrive(kHopperTurn + 1 - c, 256); // the other's turn
     wgmmaWait<0>();
     wgmmaFenceRegs(sf);
     const i64 k0 = ti.kb * S::kBK;
@@ -322,6 +356,7 @@ hopperConsume(HopperTiles<D> &sm, const AttnParams &p, i64 pattern, int c,
     const u16 *vt = sm.v[st];
     if (pass == 1 && ti.cls == kPartial)
       vt = hopperGuard<E, D>(sm, st, c, keep, acc);
+    namedBarrier(kHopperTurn + c, 256); // this consumer's turn
     wgmmaFenceRegs(o);
     wgmmaFence();
 #pragma unroll

@@ -145,4 +145,49 @@ def AttnLowerRuns : Pass<"attn-lower-runs", "::mlir::ModuleOp"> {
   let dependentDialects = ["::tessera::attn::AttnDialect"];
 }
 
+def AttnPermute : Pass<"attn-permute", "::mlir::ModuleOp"> {
+  let summary = "Give head groups a token layout where it pays (period transposes)";
+  let description = [{
+    Runs on block schedules (after `--attn-schedule`). For every static head
+    group it considers the period transposes its pattern suggests
+    (`#attn.period_transpose<period = P>` for the stride of a
+    `multi_diagonal` (the gcd of its offsets when listed), the stride of a
+    `grid`, `shards * block` of `strided_shards`, and the period of a
+    periodic `vertical_stripe` or `horizontal_stripe`, anywhere in its
+    combinator tree; 2 <= P <= seq-len / 2) and sets the group's `layout`
+    to the best one when it pays. Patterns keep their meaning on the
+    original positions: only which pairs share a tile changes.
+
+    Whether it pays is decided at `Nq = Nk = seq-len` (a representative
+    length; the schedule itself holds none) at the schedule's tile sizes:
+    the visited tiles of the group in the original order and in each
+    permuted order are counted exactly (every pair's predicate, on original
+    positions, counted into the tile its permuted row and key fall in), each
+    FULL (every pair allowed) or PARTIAL. A head's work is full and partial
+    tiles at `target`'s tile times (docs/cost-model.md; scaled to the
+    schedule's tile area and the layer's head_dim as the cost model does);
+    a permutation adds its gather: Q, K and V rows gathered and O scattered
+    back, four row blocks' moves (`row_block_s`) per `block_q` of the
+    target's rows. The best permutation is chosen when its work plus gather
+    is below the original work by at least `min-gain` (a share). Existing
+    layouts are decided afresh. With `report` the counts and works of every
+    considered layout are printed.
+
+    ```
+    attn-opt patterns/video-dit.mlir --attn-schedule --attn-permute="seq-len=16384 report=true"
+    ```
+  }];
+  let options = [
+    Option<"seqLen", "seq-len", "int64_t", "4096",
+           "sequence length (Nq = Nk) the tiles are counted at">,
+    Option<"target", "target", "std::string", "\"h100\"",
+           "target whose tile times weigh full and partial tiles">,
+    Option<"minGain", "min-gain", "double", "0.05",
+           "permute only when the predicted work drops by this share">,
+    Option<"report", "report", "bool", "false",
+           "print each group's tile counts and works per layout">,
+  ];
+  let dependentDialects = ["::tessera::attn::AttnDialect"];
+}
+
 #endif // TESSERA_TRANSFORMS_PASSES_TD

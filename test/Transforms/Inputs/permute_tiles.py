@@ -1,0 +1,126 @@
+"""Independent reference for --attn-permute's tile counts: writes FileCheck
+lines with the visited, full and partial tiles of each case's head group in
+the original token order and in each period transpose, at Nq = Nk = N.
+
+  permute_tiles.py CASES N BLOCK_Q BLOCK_K
+
+Allowed keys are built per row from the patterns' definitions in
+docs/patterns.md (not from Tessera's semantics), and a period transpose is
+the stable sort of the tokens by t mod P (not Tessera's closed form).
+"""
+import sys
+
+
+def multi_diagonal(n, stride=0, offsets=(), width=0):
+    def keys(q):
+        out = set()
+        centres = (range(q - (q // stride) * stride - stride, n + stride, stride)
+                   if stride else [q + o for o in offsets])
+        for c in centres:
+            out.update(range(max(0, c - width), min(n, c + width + 1)))
+        return out
+    return keys
+
+
+def grid(n, stride, vertical_width=0, slash_width=0, phase=0):
+    columns = {k for k in range(n) if (k - phase) % stride < vertical_width}
+
+    def keys(q):
+        out = set(columns)
+        for j in range(slash_width):
+            # (q - k - phase) mod stride == j
+            first = (q - phase - j) % stride
+            out.update(range(first, n, stride))
+        return out
+    return keys
+
+
+def window(n, before=0, after=0):
+    return lambda q: set(range(max(0, q - before), min(n, q + after + 1)))
+
+
+def causal(n):
+    return lambda q: set(range(0, q + 1))
+
+
+def dense(n):
+    return lambda q: set(range(n))
+
+
+def periodic_columns(n, period, width, phase=0):
+    columns = {k for k in range(n) if (k - phase) % period < width}
+    return lambda q: columns
+
+
+def union(*parts):
+    return lambda q: set().union(*(p(q) for p in parts))
+
+
+def slots(n, period):
+    """slot[t] of every token after sorting stably by t mod period."""
+    order = sorted(range(n), key=lambda t: (t % period, t))
+    slot = [0] * n
+    for s, t in enumerate(order):
+        slot[t] = s
+    return slot
+
+
+def tiles(keys, n, bq, bk, slot):
+    row_blocks, key_blocks = -(-n // bq), -(-n // bk)
+    count = [0] * (row_blocks * key_blocks)
+    kb = [slot[k] // bk for k in range(n)]
+    for q in range(n):
+        base = (slot[q] // bq) * key_blocks
+        for k in keys(q):
+            count[base + kb[k]] += 1
+    visited = full = 0
+    for i in range(row_blocks):
+        for j in range(key_blocks):
+            c = count[i * key_blocks + j]
+            if c:
+                visited += 1
+                if c == min(bq, n - i * bq) * min(bk, n - j * bk):
+                    full += 1
+    return visited, full, visited - full, row_blocks * key_blocks
+
+
+# title as --attn-permute prints it, the pattern's keys, the periods tried.
+def cases(name, n):
+    if name == "video-dit":
+        return [
+            ("group 0 heads [0-5] #attn.multi_diagonal<stride = 1024, "
+             "width = 32>", multi_diagonal(n, stride=1024, width=32), [1024]),
+            ("group 2 heads [10-13] #attn.grid<stride = 1024, vertical_width "
+             "= 64, slash_width = 64>",
+             grid(n, 1024, vertical_width=64, slash_width=64), [1024]),
+        ]
+    if name == "permute":
+        return [
+            ("group 0 heads [0-1] #attn.multi_diagonal<offsets = [-2048, 0, "
+             "2048], width = 8>",
+             multi_diagonal(n, offsets=(-2048, 0, 2048), width=8), [2048]),
+            ("group 1 heads [2] #attn.union<#attn.window<before = 256, after "
+             "= 256>, #attn.vertical_stripe<period = 512, width = 16>>",
+             union(window(n, 256, 256), periodic_columns(n, 512, 16)), [512]),
+            ("group 4 heads [5] #attn.grid<stride = 100, vertical_width = 3, "
+             "slash_width = 5, phase = 7>",
+             grid(n, 100, vertical_width=3, slash_width=5, phase=7), [100]),
+        ]
+    raise SystemExit("unknown cases " + name)
+
+
+def main():
+    name, n, bq, bk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \
+        int(sys.argv[4])
+    identity = list(range(n))
+    for title, keys, periods in cases(name, n):
+        print("CHECK: " + title + ":")
+        layouts = [("original order", identity)] + [
+            ("period_transpose<%d>" % p, slots(n, p)) for p in periods]
+        for label, slot in layouts:
+            visited, full, partial, total = tiles(keys, n, bq, bk, slot)
+            print("CHECK-NEXT: %s visited %d (%.2f%%) full %d partial %d work"
+                  % (label, visited, 100.0 * visited / total, full, partial))
+
+
+main()

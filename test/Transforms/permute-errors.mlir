@@ -1,0 +1,20 @@
+// RUN: not attn-opt %s --attn-schedule --attn-permute="seq-len=1" 2>&1 | FileCheck %s --check-prefix=SHORT
+// RUN: not attn-opt %s --attn-schedule --attn-permute="seq-len=16385" 2>&1 | FileCheck %s --check-prefix=LONG
+// RUN: not attn-opt %s --attn-schedule --attn-permute="min-gain=1" 2>&1 | FileCheck %s --check-prefix=GAIN
+// RUN: not attn-opt %s --attn-schedule --attn-permute="min-gain=-0.5" 2>&1 | FileCheck %s --check-prefix=GAIN-NEG
+// RUN: not attn-opt %s --attn-schedule --attn-permute="target=%t.missing.json" 2>&1 | FileCheck %s --check-prefix=TARGET
+//
+// --attn-permute's options out of range: an error naming the option, no
+// output.
+
+attn.model @m {
+  attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
+    attn.heads [0] = #attn.multi_diagonal<stride = 64, width = 1>
+  }
+}
+
+// SHORT: error: attn-permute: seq-len must be at least 2 with seq-len^2 <= 268435456 (tiles are counted pair by pair), got 1
+// LONG: error: attn-permute: seq-len must be at least 2 with seq-len^2 <= 268435456 (tiles are counted pair by pair), got 16385
+// GAIN: error: attn-permute: min-gain must be in [0, 1), got 1
+// GAIN-NEG: error: attn-permute: min-gain must be in [0, 1), got -0.5
+// TARGET: error: attn-permute: {{.*}}missing.json

@@ -576,37 +576,29 @@ def peer_calls(name, dev, kind, q, k, v, flex_mode, block_mask_fn):
     gqa = q.shape[2] != k.shape[2]
     causal = kind == "causal"
     computes = "same pattern" if kind in ("dense", "causal") else "dense"
-    if name == "sdpa-flash":
+    if name in ("sdpa-flash", "sdpa-cudnn"):
+        # SDPA's cuDNN backend: a FlashAttention-3-class kernel on Hopper,
+        # the peer of the sm_90a path where flash_attn_interface is absent.
+        if name == "sdpa-cudnn" and not dev.cuda:
+            raise NotHere("CUDA only")
         from torch.nn.attention import SDPBackend, sdpa_kernel
-        qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+        backend = (SDPBackend.FLASH_ATTENTION if name == "sdpa-flash"
+                   else SDPBackend.CUDNN_ATTENTION)
         F = torch.nn.functional
+        qkv = [x.transpose(1, 2).contiguous() for x in (q, k, v)]
 
         def run():
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            with sdpa_kernel(backend):
                 return F.scaled_dot_product_attention(
-                    qt, kt, vt, is_causal=causal, enable_gqa=gqa).transpose(1, 2)
+                    *qkv, is_causal=causal, enable_gqa=gqa).transpose(1, 2)
         try:
             run()
         except RuntimeError:
-            # A flash backend without GQA: K and V repeated per query head.
+            # A backend without GQA: K and V repeated per query head.
             rep = q.shape[2] // k.shape[2]
-            kt, vt = (x.repeat_interleave(rep, 1).contiguous() for x in (kt, vt))
+            qkv[1:] = [x.repeat_interleave(rep, 1).contiguous() for x in qkv[1:]]
             gqa = False
-            computes += ", K/V repeated (no GQA in this flash backend)"
-        return computes, run
-    if name == "sdpa-cudnn":
-        # SDPA's cuDNN backend: a FlashAttention-3-class kernel on Hopper,
-        # the peer of the sm_90a path where flash_attn_interface is absent.
-        if not dev.cuda:
-            raise NotHere("CUDA only")
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
-        F = torch.nn.functional
-
-        def run():
-            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                return F.scaled_dot_product_attention(
-                    qt, kt, vt, is_causal=causal, enable_gqa=gqa).transpose(1, 2)
+            computes += ", K/V repeated (no GQA in this backend)"
         return computes, run
     if name == "flash_attn_3":
         try:

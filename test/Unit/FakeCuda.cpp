@@ -37,6 +37,16 @@ void logCall(const char *name) {
   calls.push_back(name);
 }
 
+/// `log` comma-separated into `out` (the caller's static string, which the
+/// returned pointer points into).
+const char *joinLogged(const std::vector<std::string> &log, std::string &out) {
+  std::lock_guard<std::mutex> lock(mutex);
+  out.clear();
+  for (const std::string &entry : log)
+    out += (out.empty() ? "" : ",") + entry;
+  return out.c_str();
+}
+
 bool isDevice(unsigned long long at) {
   std::lock_guard<std::mutex> lock(mutex);
   auto it = deviceRanges.upper_bound(uintptr_t(at));
@@ -72,23 +82,15 @@ __attribute__((visibility("default"))) void fakecuda_clear() {
   calls.clear();
   launched.clear();
 }
-/// The kernels launched since the last clear, comma-separated.
-__attribute__((visibility("default"))) const char *fakecuda_kernels() {
-  static std::string joined;
-  std::lock_guard<std::mutex> lock(mutex);
-  joined.clear();
-  for (const std::string &k : launched)
-    joined += (joined.empty() ? "" : ",") + k;
-  return joined.c_str();
-}
 /// The calls since the last clear, comma-separated.
 __attribute__((visibility("default"))) const char *fakecuda_calls() {
   static std::string joined;
-  std::lock_guard<std::mutex> lock(mutex);
-  joined.clear();
-  for (const std::string &c : calls)
-    joined += (joined.empty() ? "" : ",") + c;
-  return joined.c_str();
+  return joinLogged(calls, joined);
+}
+/// The kernels launched since the last clear, comma-separated.
+__attribute__((visibility("default"))) const char *fakecuda_kernels() {
+  static std::string joined;
+  return joinLogged(launched, joined);
 }
 
 // The driver's side (the signatures of runtime/cuda/Driver.h).

@@ -337,7 +337,8 @@ TEST_F(FakeDriver, DeviceArrays) {
 /// default a dense call runs the layer's sm_90a twins (`_wgmma`), its three
 /// tensor maps encoded on the first call and taken from the cache on the
 /// next; with q one element past 16-byte alignment (which no tensor map can
-/// describe) the same call runs the mma.sync kernels and still matches.
+/// describe) the same call runs the mma.sync kernels and still matches; a
+/// single batch entry with a batch stride of 3 elements keeps the twins.
 /// TESSERA_KERNEL_PATH=mma_sync runs the mma.sync kernels on the same
 /// device; =wgmma refuses the misaligned call naming q; an unknown value is
 /// refused when the bundle loads.
@@ -402,6 +403,21 @@ TEST_F(FakeDriver, KernelPaths) {
       << tessera_last_error();
   EXPECT_TRUE(ranOnly(mma)) << Fake::get().kernels();
   EXPECT_TRUE(matches(b));
+
+  // One batch entry: its batch stride never moves, so any value keeps the
+  // tensor maps (the runtime substitutes one the driver takes).
+  const Logical one = logical({{70, 130}}, 12);
+  Reference r1 = reference(one, 1.0 / std::sqrt(double(D)));
+  b = build(one, dense);
+  for (tessera_tensor *t : {&b.d.q, &b.d.k, &b.d.v})
+    t->stride_batch = 3;
+  onDevice(b);
+  ASSERT_EQ(tessera_attention_run(bundle, &b.d), TESSERA_OK)
+      << tessera_last_error();
+  EXPECT_TRUE(ranOnly(twin)) << Fake::get().kernels();
+  EXPECT_EQ(countMismatches(one, b, r1, Tolerance{3e-2, 1e-3, 1e-3},
+                            [](const std::string &m) { ADD_FAILURE() << m; }),
+            0);
 
   auto loadWith = [&](const char *path, tessera_bundle **out) {
     setenv("TESSERA_KERNEL_PATH", path, 1);

@@ -949,6 +949,40 @@ std::string editedDynamicManifest(
   return out;
 }
 
+/// A manifest edit and the message its refusal must hold.
+struct ManifestCase {
+  const char *what, *message;
+  std::function<void(llvm::json::Object &layer)> edit;
+};
+
+/// Each case's edit of `bundle`'s manifest (its first layer) is refused
+/// with TESSERA_ERROR_BAD_BUNDLE and its message; unedited, it loads.
+void expectRefused(tessera_context *ctx, const char *bundle,
+                   const std::vector<ManifestCase> &cases) {
+  std::string src = slurp(bundleDir(bundle) + "/bundle.cu");
+  for (const ManifestCase &c : cases) {
+    std::string m = editedDynamicManifest(c.edit, bundle);
+    tessera_bundle *b = nullptr;
+    EXPECT_EQ(tessera_bundle_load_memory(ctx, m.data(), m.size(), src.data(),
+                                         src.size(), &b),
+              TESSERA_ERROR_BAD_BUNDLE)
+        << c.what;
+    EXPECT_NE(std::string(tessera_last_error()).find(c.message),
+              std::string::npos)
+        << c.what << ": " << tessera_last_error();
+    if (b)
+      tessera_bundle_destroy(b);
+  }
+  std::string m = editedDynamicManifest([](llvm::json::Object &) {}, bundle);
+  tessera_bundle *b = nullptr;
+  EXPECT_EQ(tessera_bundle_load_memory(ctx, m.data(), m.size(), src.data(),
+                                       src.size(), &b),
+            TESSERA_OK)
+      << tessera_last_error();
+  if (b)
+    tessera_bundle_destroy(b);
+}
+
 llvm::json::Object &dynGroup(llvm::json::Object &layer, size_t i) {
   return *(*layer.getArray("dynamic_groups"))[i].getAsObject();
 }
@@ -959,18 +993,13 @@ llvm::json::Object &dynGroup(llvm::json::Object &layer, size_t i) {
 /// ranges or the bundles' limits, unknown families, kernels that are not the
 /// family's, heads in two groups, broken programs.
 TEST(RuntimeBundles, DynamicGroupsAreValidated) {
-  std::string src = slurp(bundleDir("dynamic-emulation") + "/bundle.cu");
   tessera_context *ctx;
   ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
   using Obj = llvm::json::Object;
-  struct Case {
-    const char *what, *message;
-    std::function<void(Obj &)> edit;
-  };
   auto param = [](size_t g, const char *key, llvm::json::Value v) {
     return [=](Obj &l) { (*dynGroup(l, g).getObject("params"))[key] = v; };
   };
-  std::vector<Case> cases = {
+  std::vector<ManifestCase> cases = {
       {"last_q 0", "vertical_slash: parameter last_q is missing or outside",
        param(0, "last_q", 0)},
       {"negative vertical", "parameter vertical is missing or outside",
@@ -1016,20 +1045,9 @@ TEST(RuntimeBundles, DynamicGroupsAreValidated) {
       {"not an object", "a dynamic group is not an object",
        [](Obj &l) { (*l.getArray("dynamic_groups"))[0] = 3; }},
   };
-  for (const Case &c : cases) {
-    std::string m = editedDynamicManifest(c.edit);
-    tessera_bundle *b = nullptr;
-    EXPECT_EQ(tessera_bundle_load_memory(ctx, m.data(), m.size(), src.data(),
-                                         src.size(), &b),
-              TESSERA_ERROR_BAD_BUNDLE)
-        << c.what;
-    EXPECT_NE(std::string(tessera_last_error()).find(c.message),
-              std::string::npos)
-        << c.what << ": " << tessera_last_error();
-    if (b)
-      tessera_bundle_destroy(b);
-  }
+  expectRefused(ctx, "dynamic-emulation", cases);
   // Unchanged, it loads and reports its dynamic heads and centroids.
+  std::string src = slurp(bundleDir("dynamic-emulation") + "/bundle.cu");
   std::string m = editedDynamicManifest([](Obj &) {});
   tessera_bundle *b = nullptr;
   ASSERT_EQ(tessera_bundle_load_memory(ctx, m.data(), m.size(), src.data(),
@@ -1049,7 +1067,6 @@ TEST(RuntimeBundles, DynamicGroupsAreValidated) {
 /// on any device: one per attention kernel, names, 128 rows and 384
 /// threads, shared memory a block can have, head_dim 64 or 128.
 TEST(RuntimeBundles, WgmmaEntriesAreValidated) {
-  std::string src = slurp(bundleDir("tiny-mix") + "/bundle.cu");
   tessera_context *ctx;
   ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
   using Obj = llvm::json::Object;
@@ -1057,47 +1074,22 @@ TEST(RuntimeBundles, WgmmaEntriesAreValidated) {
   auto set = [](const char *key, llvm::json::Value v) {
     return [=](Obj &l) { (*l.getObject("wgmma"))[key] = v; };
   };
-  struct Case {
-    const char *what, *message;
-    std::function<void(Obj &)> edit;
-  };
-  std::vector<Case> cases = {
-      {"two kernels", "one kernel per attention kernel",
-       set("kernels", Arr{"a_wgmma", "b_wgmma"})},
-      {"no kernels", "one kernel per attention kernel", set("kernels", Arr{})},
-      {"a number", "wgmma's kernels must be names", set("kernels", Arr{5})},
-      {"256 threads", "128 rows and 384 threads", set("threads", 256)},
-      {"64 rows", "128 rows and 384 threads", set("block_q", 64)},
-      {"too much shared memory", "dynamic_shared must be in (0, 227 KiB]",
-       set("dynamic_shared", 300000)},
-      {"no shared memory", "dynamic_shared must be in (0, 227 KiB]",
-       set("dynamic_shared", 0)},
-      {"no rows", "wgmma lacks kernels, block_q, threads or dynamic_shared",
-       [](Obj &l) { l.getObject("wgmma")->erase("block_q"); }},
-      {"head_dim 96", "wgmma kernels exist for head_dim 64 and 128 only",
-       [](Obj &l) { l["head_dim"] = 96; }},
-  };
-  for (const Case &c : cases) {
-    std::string m = editedDynamicManifest(c.edit, "tiny-mix");
-    tessera_bundle *b = nullptr;
-    EXPECT_EQ(tessera_bundle_load_memory(ctx, m.data(), m.size(), src.data(),
-                                         src.size(), &b),
-              TESSERA_ERROR_BAD_BUNDLE)
-        << c.what;
-    EXPECT_NE(std::string(tessera_last_error()).find(c.message),
-              std::string::npos)
-        << c.what << ": " << tessera_last_error();
-    if (b)
-      tessera_bundle_destroy(b);
-  }
-  std::string m = editedDynamicManifest([](Obj &) {}, "tiny-mix");
-  tessera_bundle *b = nullptr;
-  EXPECT_EQ(tessera_bundle_load_memory(ctx, m.data(), m.size(), src.data(),
-                                       src.size(), &b),
-            TESSERA_OK)
-      << tessera_last_error();
-  if (b)
-    tessera_bundle_destroy(b);
+  expectRefused(
+      ctx, "tiny-mix",
+      {{"two kernels", "one kernel per attention kernel",
+        set("kernels", Arr{"a_wgmma", "b_wgmma"})},
+       {"no kernels", "one kernel per attention kernel", set("kernels", Arr{})},
+       {"a number", "wgmma's kernels must be names", set("kernels", Arr{5})},
+       {"256 threads", "128 rows and 384 threads", set("threads", 256)},
+       {"64 rows", "128 rows and 384 threads", set("block_q", 64)},
+       {"too much shared memory", "dynamic_shared must be in (0, 227 KiB]",
+        set("dynamic_shared", 300000)},
+       {"no shared memory", "dynamic_shared must be in (0, 227 KiB]",
+        set("dynamic_shared", 0)},
+       {"no rows", "wgmma lacks kernels, block_q, threads or dynamic_shared",
+        [](Obj &l) { l.getObject("wgmma")->erase("block_q"); }},
+       {"head_dim 96", "wgmma kernels exist for head_dim 64 and 128 only",
+        [](Obj &l) { l["head_dim"] = 96; }}});
   tessera_context_destroy(ctx);
 }
 

@@ -14,7 +14,7 @@
 #include "tessera/Cost/CostModel.h"
 #include "tessera/Dialect/Attn/AttnOps.h"
 #include "tessera/Semantics/FromAttr.h"
-#include "tessera/Semantics/Layout.h"
+#include "tessera/cpu/Layout.h"
 #include "tessera/Transforms/Passes.h"
 
 #include "llvm/ADT/STLExtras.h"
@@ -118,7 +118,7 @@ std::vector<TileCounts> countTiles(const semantics::Pattern &pattern,
     keyBlock[l].resize(n);
     for (int64_t t = 0; t < n; ++t) {
       int64_t s = l == 0 ? t
-                         : semantics::PeriodTranspose{periods[l - 1]}.slot(t, n);
+                         : layout::PeriodTranspose{periods[l - 1]}.slot(t, n);
       rowBlock[l][t] = int32_t(s / bq);
       keyBlock[l][t] = int32_t(s / bk);
     }

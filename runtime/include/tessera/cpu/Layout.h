@@ -4,18 +4,18 @@
 // token of a sequence of N tokens sits in the permuted order (`slot`) and
 // which token a slot holds (`token`). Patterns are always evaluated on the
 // ORIGINAL positions: a layout only changes which (query, key) pairs share a
-// tile. MLIR-free, header-only, so that the runtime's executors can use the
-// same arithmetic as the compiler.
+// tile. Header-only and MLIR-free: --attn-permute and the CPU executor
+// (tessera/cpu/Permuted.h) share this arithmetic.
 //
 //===----------------------------------------------------------------------===//
 
-#ifndef TESSERA_SEMANTICS_LAYOUT_H
-#define TESSERA_SEMANTICS_LAYOUT_H
+#ifndef TESSERA_CPU_LAYOUT_H
+#define TESSERA_CPU_LAYOUT_H
 
 #include <algorithm>
 #include <cstdint>
 
-namespace tessera::semantics {
+namespace tessera::layout {
 
 /// The period transpose of period P >= 2: tokens sorted stably by their
 /// residue t mod P. With N = q * P + r (0 <= r < P), residue c holds
@@ -45,6 +45,6 @@ struct PeriodTranspose {
   }
 };
 
-} // namespace tessera::semantics
+} // namespace tessera::layout
 
-#endif // TESSERA_SEMANTICS_LAYOUT_H
+#endif // TESSERA_CPU_LAYOUT_H

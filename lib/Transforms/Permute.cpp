@@ -197,6 +197,13 @@ struct AttnPermutePass : tessera::impl::AttnPermuteBase<AttnPermutePass> {
   void runOnOperation() override {
     if (failed(checkOptions()))
       return signalPassFailure();
+    // Layouts belong to launch groups, which only schedules have.
+    getOperation().walk([](LayerOp layer) {
+      layer.emitWarning("attn-permute: layer ")
+          << layer.getIndex()
+          << " is not a block schedule (run --attn-schedule first); it keeps "
+             "the original order";
+    });
     for (auto model : getOperation().getOps<ModelOp>())
       for (auto schedule : model.getBody().front().getOps<ScheduleOp>()) {
         if (report)

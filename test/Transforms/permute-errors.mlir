@@ -3,9 +3,10 @@
 // RUN: not attn-opt %s --attn-schedule --attn-permute="min-gain=1" 2>&1 | FileCheck %s --check-prefix=GAIN
 // RUN: not attn-opt %s --attn-schedule --attn-permute="min-gain=-0.5" 2>&1 | FileCheck %s --check-prefix=GAIN-NEG
 // RUN: not attn-opt %s --attn-schedule --attn-permute="target=%t.missing.json" 2>&1 | FileCheck %s --check-prefix=TARGET
+// RUN: attn-opt %s --attn-permute 2>&1 | FileCheck %s --check-prefix=UNSCHEDULED
 //
 // --attn-permute's options out of range: an error naming the option, no
-// output.
+// output. A layer that is not scheduled yet gets a warning and no layout.
 
 attn.model @m {
   attn.layer 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 {
@@ -18,3 +19,6 @@ attn.model @m {
 // GAIN: error: attn-permute: min-gain must be in [0, 1), got 1
 // GAIN-NEG: error: attn-permute: min-gain must be in [0, 1), got -0.5
 // TARGET: error: attn-permute: {{.*}}missing.json
+// UNSCHEDULED: warning: attn-permute: layer 0 is not a block schedule (run --attn-schedule first); it keeps the original order
+// UNSCHEDULED: attn.layer 0
+// UNSCHEDULED-NOT: layout

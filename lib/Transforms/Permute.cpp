@@ -43,6 +43,8 @@ namespace {
 /// Counting visits seq-len^2 pairs per group with a period; keep it bounded
 /// (the same bound as --attn-report's densities).
 constexpr int64_t kMaxPairs = int64_t(1) << 28;
+/// Tile counters (4 bytes each) over all orders of a group: 64 MiB.
+constexpr int64_t kMaxCounters = int64_t(1) << 24;
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -209,7 +211,8 @@ struct AttnPermutePass : tessera::impl::AttnPermuteBase<AttnPermutePass> {
         if (report)
           printLayerHeader(model, schedule);
         for (auto group : schedule.getBody().front().getOps<GroupOp>())
-          decide(schedule, group);
+          if (failed(decide(schedule, group)))
+            return signalPassFailure();
       }
   }
 
@@ -240,7 +243,7 @@ struct AttnPermutePass : tessera::impl::AttnPermuteBase<AttnPermutePass> {
   }
 
   /// Sets or clears the layout of one group.
-  void decide(ScheduleOp schedule, GroupOp group) {
+  LogicalResult decide(ScheduleOp schedule, GroupOp group) {
     group.removeLayoutAttr();
     PatternAttrInterface pattern = group.getPattern();
     std::string title = fmt::format("  group {} heads [{}] {}", group.getId(),
@@ -249,16 +252,24 @@ struct AttnPermutePass : tessera::impl::AttnPermuteBase<AttnPermutePass> {
     if (!pattern.isStatic()) {
       if (report)
         llvm::outs() << title << ": dynamic, original order\n";
-      return;
+      return success();
     }
     int64_t n = seqLen;
     SmallVector<int64_t> periods = candidatePeriods(pattern, n);
     if (periods.empty()) {
       if (report)
         llvm::outs() << title << ": no period, original order\n";
-      return;
+      return success();
     }
     int64_t bq = schedule.getBlockQ(), bk = schedule.getBlockK();
+    // One pair counter per tile and order.
+    int64_t tiles = ceilDiv(n, bq) * ceilDiv(n, bk);
+    if (tiles > kMaxCounters / int64_t(periods.size() + 1))
+      return group.emitError("attn-permute: ")
+             << tiles << " tiles of " << bq << " x " << bk << " at seq-len "
+             << n << " in " << periods.size() + 1
+             << " orders are too many to count (at most " << kMaxCounters
+             << " tile counters); use a shorter seq-len";
     // The heads of a group have identical masks: its first one stands for
     // all of them.
     std::vector<TileCounts> counts =
@@ -279,6 +290,7 @@ struct AttnPermutePass : tessera::impl::AttnPermuteBase<AttnPermutePass> {
           PeriodTransposeAttr::get(&getContext(), periods[best - 1]));
     if (report)
       printGroup(title, counts, periods, w, pays ? best : 0, bq, bk);
+    return success();
   }
 
   void printGroup(const std::string &title, ArrayRef<TileCounts> counts,

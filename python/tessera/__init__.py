@@ -417,6 +417,27 @@ class Bundle:
             self._h, *args, out.ctypes.data, out.size))
         return out
 
+    def _dynamic_inputs(self, centroids):
+        """The call's tessera_dynamic_inputs for `centroids` (None: none)."""
+        if centroids is None:
+            return None
+        shape = tuple(centroids.shape)
+        if len(shape) != 3:
+            raise ValueError(f"centroids must be [heads, clusters, head_dim], "
+                             f"got shape {shape}")
+        if self.context.device == _CPU:
+            import numpy as np
+            if centroids.dtype != np.float32 or not centroids.flags["C_CONTIGUOUS"]:
+                raise ValueError("centroids must be a C-contiguous float32 array")
+            ptr = centroids.ctypes.data
+        else:
+            import torch
+            if centroids.dtype != torch.float32 or not centroids.is_contiguous() \
+                    or centroids.device.type != "cuda":
+                raise ValueError("centroids must be a contiguous float32 CUDA tensor")
+            ptr = centroids.data_ptr()
+        return _DynamicInputs(ptr, *shape)
+
     def attention(self, layer, q, k, v, out=None, lse=True, scale=0.0,
                   centroids=None):
         """Returns (o, lse): o like q; lse [B, H, Nq] float32, or None.
@@ -424,24 +445,7 @@ class Bundle:
         CUDA) for the layer's routing groups that take the engine's
         centroids (layer_info(layer)["centroid_clusters"] = C)."""
         layer = _int64("layer", layer)
-        dyn = None
-        if centroids is not None:
-            shape = tuple(centroids.shape)
-            if len(shape) != 3:
-                raise ValueError(f"centroids must be [heads, clusters, head_dim], "
-                                 f"got shape {shape}")
-            if self.context.device == _CPU:
-                import numpy as np
-                if centroids.dtype != np.float32 or not centroids.flags["C_CONTIGUOUS"]:
-                    raise ValueError("centroids must be a C-contiguous float32 array")
-                ptr = centroids.ctypes.data
-            else:
-                import torch
-                if centroids.dtype != torch.float32 or not centroids.is_contiguous() \
-                        or centroids.device.type != "cuda":
-                    raise ValueError("centroids must be a contiguous float32 CUDA tensor")
-                ptr = centroids.data_ptr()
-            dyn = _DynamicInputs(ptr, *shape)
+        dyn = self._dynamic_inputs(centroids)
         dev = self.context.device
         if dev == _CPU:
             import numpy as np
@@ -503,14 +507,16 @@ class Bundle:
                            scale=0.0, num_seqs=0, cu_seqlens_q=None,
                            cu_seqlens_k=None, seq_lens_k=None,
                            block_table=None, q_start=None, k_start=None,
-                           head_start=0, head_count=0):
+                           head_start=0, head_count=0, centroids=None):
         """(dq, dk, dv) of a forward call attention(layer, q, k, v) (or
         attention_run with the same per-sequence options) that gave o and lse
         (required, the forward's layout: [B, H, Nq], or [H, T] packed), for
         the gradient do of the loss by o, and dlse (float32, lse's shape) by
         lse where the loss reads it. numpy arrays of one dtype on a CPU
-        context (docs/backward.md); dq like q, dk and dv like k, contiguous.
-        The library refuses the options it has no backward for by name."""
+        context (docs/backward.md); dq like q, dk and dv like k, contiguous;
+        centroids as the forward took them (routing heads rebuild their
+        clusters). The library refuses the options it has no backward for
+        by name."""
         import numpy as np
         if self.context.device != _CPU:
             raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
@@ -536,6 +542,9 @@ class Bundle:
                                  f"{want}, got {x.shape}")
         d.lse = lse.ctypes.data
         d.scale = float(scale)
+        dyn = self._dynamic_inputs(centroids)
+        if dyn is not None:
+            d.dynamic_inputs = ctypes.addressof(dyn)
         dq, dk, dv = np.empty_like(q, order="C"), np.empty_like(k, order="C"), \
             np.empty_like(k, order="C")
         tdo = _describe(do, _CPU, "do")

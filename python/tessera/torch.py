@@ -17,9 +17,9 @@ Autograd: the op's backward is `torch.ops.tessera.attention_backward`
 (the runtime's tessera_attention_backward, docs/backward.md): dq, dk, dv
 from q, k, v, the forward's o and lse, and the gradients by o and by lse
 (a loss may read both). It runs on the CPU, in float32 (gradients cast back
-to the inputs' dtypes), for static heads and vertical-slash and block top-k
-dynamic heads (docs/backward.md); on CUDA, and for routing heads, backward
-raises saying so.
+to the inputs' dtypes), for static heads and dynamic heads (vertical-slash,
+block top-k, routing with the forward's centroids; docs/backward.md); on
+CUDA backward raises saying so.
 
 `block_mask(bundle, layer, q_len, kv_len)` gives a layer's schedule as a
 FlexAttention BlockMask: the tiles the kernels skip, the full tiles (no mask
@@ -145,7 +145,8 @@ def _backward_arrays(q, k, v, o, grad_o, lse, grad_lse):
 def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            o: torch.Tensor, lse: torch.Tensor,
                            grad_o: torch.Tensor, grad_lse: Optional[torch.Tensor],
-                           bundle: str, layer: int, scale: float
+                           bundle: str, layer: int, scale: float,
+                           centroids: Optional[torch.Tensor] = None
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if q.device.type != "cpu":
         raise NotImplementedError(
@@ -154,22 +155,24 @@ def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     b = _bundle(bundle, q.device)
     qn, kn, vn, on, gn, lsen, gl = _backward_arrays(q, k, v, o, grad_o, lse,
                                                     grad_lse)
+    cn = None if centroids is None else \
+        centroids.detach().to(torch.float32).contiguous().numpy()
     dq, dk, dv = b.attention_backward(layer, qn, kn, vn, on, lsen, gn,
-                                      dlse=gl, scale=scale)
+                                      dlse=gl, scale=scale, centroids=cn)
     return (torch.from_numpy(dq).to(q.dtype), torch.from_numpy(dk).to(k.dtype),
             torch.from_numpy(dv).to(v.dtype))
 
 
 @_attention_backward_op.register_fake
-def _(q, k, v, o, lse, grad_o, grad_lse, bundle, layer, scale):
+def _(q, k, v, o, lse, grad_o, grad_lse, bundle, layer, scale, centroids=None):
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, bundle, layer, scale, _centroids = inputs
+    q, k, v, bundle, layer, scale, centroids = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse)
-    ctx.args = (bundle, layer, scale)
+    ctx.args = (bundle, layer, scale, centroids)
 
 
 def _backward(ctx, grad_o, grad_lse):

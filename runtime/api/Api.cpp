@@ -2027,6 +2027,13 @@ static tessera_status dynamicBackward(const Call &c,
     one.dLse = a.dLse ? a.dLse + b * rows : nullptr;
     if (std::string e = cpu::runLayerBackward(t.table(), one); !e.empty())
       return fail(TESSERA_ERROR_INTERNAL, e);
+    // Routing heads: left out of the table (dq = 0 there), added here.
+    for (const DynamicGroupDesc &g : c.l->dynamicGroups)
+      if (g.args.family == kernel::kRouting)
+        if (std::string e = routingBackwardCpu(g, a, b, c.l->numHeads,
+                                               c.centroids, c.needClusters);
+            !e.empty())
+          return fail(TESSERA_ERROR_INTERNAL, c.layerName() + ": " + e);
   }
   return TESSERA_OK;
 }
@@ -2038,20 +2045,6 @@ attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
                   const tessera_tensor *dv) {
   lastError.clear();
   Call c;
-  // Routing heads first: their forward inputs (centroids) do not matter
-  // to a backward that refuses them.
-  const LayerDesc *l =
-      bundle && desc && !contextGone(bundle) ? findLayer(bundle, desc->layer)
-                                             : nullptr;
-  for (const DynamicGroupDesc &g : l ? l->dynamicGroups
-                                     : std::vector<DynamicGroupDesc>{})
-    if (g.args.family == kernel::kRouting)
-      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                  "layer " + std::to_string(desc->layer) +
-                      " has routing heads (from head " +
-                      std::to_string(g.heads.front()) +
-                      "): the backward does not take them yet (static, "
-                      "vertical-slash and block top-k heads it does)");
   if (tessera_status s = validateCall(bundle, desc, c))
     return s;
   if (tessera_status s = validateBackwardCall(c))

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <cstdlib>
 #include <unistd.h>
 
@@ -282,9 +283,7 @@ std::string tessera::runtime::layerTableWithDynamicHeads(
   const int64_t d = q.headDim, ratio = l.numHeads / l.numKvHeads;
   for (const DynamicGroupDesc &g : l.dynamicGroups) {
     if (g.args.family == k::kRouting)
-      return "the dynamic group of head " + std::to_string(g.heads.front()) +
-             " routes by clusters, which the backward does not take yet "
-             "(vertical-slash and block top-k heads it does)";
+      continue; // routingBackwardCpu
     for (k::i64 h : g.heads) {
       std::vector<float> qf = headRows(q, b, h), kf = headRows(k, b, h / ratio);
       cpu::Rows qr{qf.data(), q.seq, d}, kr{kf.data(), k.seq, d};
@@ -300,6 +299,43 @@ std::string tessera::runtime::layerTableWithDynamicHeads(
     out.data.push_back(0);
   return "";
 }
+
+namespace {
+
+/// A routing head's keys by cluster, in position order.
+std::vector<std::vector<int64_t>> clusterMembers(const cpu::RoutingIndex &index,
+                                                 int64_t clusters, int64_t nk) {
+  std::vector<std::vector<int64_t>> members(static_cast<size_t>(clusters));
+  for (int64_t key = 0; key < nk; ++key)
+    members[size_t(index.keyCluster[size_t(key)])].push_back(key);
+  return members;
+}
+
+/// The keys query `q` of head `h` attends under routing group `g`: the
+/// keys of its cluster that the group's `with` allows and, where `without`
+/// allows anything, the other keys that it allows; in position order.
+void routingKeys(const runtime::DynamicGroupDesc &g,
+                 const cpu::RoutingIndex &index,
+                 const std::vector<std::vector<int64_t>> &members, int64_t q,
+                 int64_t nq, int64_t nk, int64_t h, int64_t numHeads,
+                 std::vector<int64_t> &keys) {
+  const int32_t c = index.queryCluster[size_t(q)];
+  auto allows = [&](const k::ProgramArrays &p, int64_t key) {
+    return allowsPair(p, q, key, nq, nk, h, numHeads);
+  };
+  if (allowsNothing(g.without)) {
+    for (int64_t key : members[size_t(c)])
+      if (allows(g.with, key))
+        keys.push_back(key);
+    return;
+  }
+  for (int64_t key = 0; key < nk; ++key)
+    if (index.keyCluster[size_t(key)] == c ? allows(g.with, key)
+                                           : allows(g.without, key))
+      keys.push_back(key);
+}
+
+} // namespace
 
 std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
                                                  const cpu::LayerArgs &args,
@@ -330,10 +366,8 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
         cpu::RoutingIndex index = cpu::buildRouting(
             qr, kr, d, a.clusters, a.iterations,
             a.iterations ? nullptr : centroids + h * centroidStride * d);
-        // Keys by cluster, in position order.
-        std::vector<std::vector<int64_t>> members(size_t(a.clusters));
-        for (int64_t key = 0; key < nk; ++key)
-          members[size_t(index.keyCluster[size_t(key)])].push_back(key);
+        const std::vector<std::vector<int64_t>> members =
+            clusterMembers(index, a.clusters, nk);
         const bool withoutNone = allowsNothing(g.without);
         const Shape with = shapeOf(g.with);
         if (withoutNone && (with == Shape::All || with == Shape::Causal)) {
@@ -348,26 +382,12 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
           storeHead(args, b, local, out, lse);
           continue;
         }
-        auto allows = [&](const k::ProgramArrays &p, int64_t q, int64_t key) {
-          return allowsPair(p, q, key, nq, nk, h, numHeads);
-        };
         std::vector<float> out(static_cast<size_t>(nq * d));
         std::vector<float> lse(static_cast<size_t>(nq));
         cpu::attendKeyLists(
             qr, kr, vr, out.data(), d, lse.data(), d, scale,
             [&](int64_t q, std::vector<int64_t> &keys) {
-              int32_t c = index.queryCluster[size_t(q)];
-              if (withoutNone) {
-                for (int64_t key : members[size_t(c)])
-                  if (allows(g.with, q, key))
-                    keys.push_back(key);
-                return;
-              }
-              for (int64_t key = 0; key < nk; ++key)
-                if (index.keyCluster[size_t(key)] == c
-                        ? allows(g.with, q, key)
-                        : allows(g.without, q, key))
-                  keys.push_back(key);
+              routingKeys(g, index, members, q, nq, nk, h, numHeads, keys);
             },
             args.numThreads);
         storeHead(args, b, local, out, lse);
@@ -393,5 +413,81 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
       if (std::string e = cpu::runLayer(t.table(), one); !e.empty())
         return e;
     }
+  return "";
+}
+
+std::string tessera::runtime::routingBackwardCpu(const DynamicGroupDesc &g,
+                                                 const cpu::BackwardArgs &a,
+                                                 int64_t b, int64_t numHeads,
+                                                 const float *centroids,
+                                                 int64_t centroidStride) {
+  const k::DynArgs &da = g.args;
+  const int64_t nq = a.q.seq, nk = a.k.seq, d = a.q.headDim;
+  const int64_t ratio =
+      numHeads / (a.numKvHeads > 0 ? a.numKvHeads : a.k.heads);
+  const double scale = a.scale > 0 ? a.scale : 1.0 / std::sqrt(double(d));
+  // dK and dV of each kv head the group reads, over the group's heads.
+  std::map<int64_t, std::pair<std::vector<double>, std::vector<double>>> kv;
+  std::vector<int64_t> keys;
+  for (k::i64 h : g.heads) {
+    const int64_t kvHead = h / ratio;
+    std::vector<float> qf = headRows(a.q, b, h), kf = headRows(a.k, b, kvHead),
+                       vf = headRows(a.v, b, kvHead), of = headRows(a.o, b, h),
+                       gf = headRows(a.dO, b, h);
+    cpu::Rows qr{qf.data(), nq, d}, kr{kf.data(), nk, d};
+    const cpu::RoutingIndex index = cpu::buildRouting(
+        qr, kr, d, da.clusters, da.iterations,
+        da.iterations ? nullptr : centroids + h * centroidStride * d);
+    const std::vector<std::vector<int64_t>> members =
+        clusterMembers(index, da.clusters, nk);
+    auto &[dK, dV] = kv[kvHead];
+    dK.resize(size_t(nk * d), 0.0);
+    dV.resize(size_t(nk * d), 0.0);
+    const float *lse = a.lse + (b * numHeads + h) * nq;
+    const float *dLse = a.dLse ? a.dLse + (b * numHeads + h) * nq : nullptr;
+    std::vector<double> dq(static_cast<size_t>(d));
+    for (int64_t q = 0; q < nq; ++q) {
+      std::fill(dq.begin(), dq.end(), 0.0);
+      const float *qq = &qf[size_t(q * d)], *go = &gf[size_t(q * d)];
+      if (lse[q] != -INFINITY) { // else no key: dq = 0
+        double delta = dLse ? -double(dLse[q]) : 0.0;
+        for (int64_t x = 0; x < d; ++x)
+          delta += double(go[x]) * of[size_t(q * d + x)];
+        keys.clear();
+        routingKeys(g, index, members, q, nq, nk, h, numHeads, keys);
+        for (int64_t key : keys) {
+          const float *kk = &kf[size_t(key * d)], *vv = &vf[size_t(key * d)];
+          double s = 0, dp = 0;
+          for (int64_t x = 0; x < d; ++x) {
+            s += double(qq[x]) * kk[x];
+            dp += double(go[x]) * vv[x];
+          }
+          const double p = std::exp(scale * s - double(lse[q]));
+          const double ds = p * (dp - delta);
+          for (int64_t x = 0; x < d; ++x) {
+            dV[size_t(key * d + x)] += p * go[x];
+            dK[size_t(key * d + x)] += scale * ds * qq[x];
+            dq[size_t(x)] += scale * ds * kk[x];
+          }
+        }
+      }
+      for (int64_t x = 0; x < d; ++x)
+        storeElement(a.dq,
+                     b * a.dq.strideBatch + q * a.dq.strideSeq +
+                         h * a.dq.strideHead + x,
+                     float(dq[size_t(x)]));
+    }
+  }
+  // Added to what the static pass stored for the kv head's other heads.
+  for (const auto &[kvHead, grads] : kv)
+    for (auto [t, sum] :
+         {std::pair{&a.dk, &grads.first}, {&a.dv, &grads.second}})
+      for (int64_t key = 0; key < nk; ++key)
+        for (int64_t x = 0; x < d; ++x) {
+          const int64_t at = b * t->strideBatch + key * t->strideSeq +
+                             kvHead * t->strideHead + x;
+          storeElement(
+              *t, at, float(loadElement(*t, at) + (*sum)[size_t(key * d + x)]));
+        }
   return "";
 }

@@ -5,6 +5,7 @@
 
 #include "Manifest.h"
 
+#include "tessera/cpu/Backward.h"
 #include "tessera/cpu/Executor.h"
 
 #include <string>
@@ -24,12 +25,25 @@ std::string runDynamicGroupCpu(const DynamicGroupDesc &g,
 /// heads and kv heads) with each dynamic head's index built from its rows
 /// and added as a group of its own (the program the forward ran for it):
 /// the table the backward runs for a layer with dynamic heads. Routing
-/// groups are refused ("" or an error).
+/// groups are left out (their heads get dq = 0 and add nothing to dk, dv
+/// there): routingBackwardCpu adds them ("" or an error).
 std::string layerTableWithDynamicHeads(const LayerDesc &l,
                                        const cpu::Tensor &q,
                                        const cpu::Tensor &k, int64_t b,
                                        float scale,
                                        kernel::OwnedLayerTable &out);
+
+/// The backward of routing group `g`'s heads for batch entry b of a dense
+/// call (`a` holds every head): each head's clusters rebuilt from its rows
+/// as the forward built them (the selection carries no gradient), its pairs
+/// those the forward attended, their gradients in double: dq of the heads
+/// written, dk and dv added to what the static pass stored for their kv
+/// heads (one rounding more where a 16-bit kv head is shared with other
+/// heads). One thread; "" or an error.
+std::string routingBackwardCpu(const DynamicGroupDesc &g,
+                               const cpu::BackwardArgs &a, int64_t b,
+                               int64_t numHeads, const float *centroids,
+                               int64_t centroidStride);
 
 /// The host memory (bytes) that dynamic group `g` needs per (batch, head)
 /// on the CPU at Nq, Nk (docs/runtime.md gives the formula), in double so

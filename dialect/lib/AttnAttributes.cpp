@@ -375,6 +375,7 @@ void tessera::attn::printReal(AsmPrinter &p, Real real) {
 bool VerticalSlashAttr::isStatic() const { return false; }
 bool BlockTopkAttr::isStatic() const { return false; }
 bool RoutingAttr::isStatic() const { return false; }
+bool BlockIndexAttr::isStatic() const { return false; }
 
 static bool allStatic(ArrayRef<PatternAttrInterface> patterns) {
   return llvm::all_of(patterns,
@@ -457,5 +458,17 @@ LogicalResult RoutingAttr::verify(EmitFn emitError, int64_t clusters,
     return emitError() << "'routing' clusters x kmeans_iterations must be at "
                           "most 65536 (k-means' work per key), got "
                        << clusters << " x " << kmeansIterations;
+  return success();
+}
+
+LogicalResult BlockIndexAttr::verify(EmitFn emitError, int64_t blockQ,
+                                     int64_t blockK) {
+  // The kernels' key tiles and query blocks are 64 rows: a block of the
+  // caller's index is whole tiles, so that a listed block never cuts one.
+  for (auto [name, value] : {std::pair{"block_q", blockQ}, {"block_k", blockK}})
+    if (value < 64 || value > 1024 || value % 64)
+      return emitError() << "'block_index' parameter '" << name
+                         << "' must be a multiple of 64 in [64, 1024], got "
+                         << value;
   return success();
 }

@@ -314,7 +314,8 @@ static LogicalResult verifyRunRegion(Operation *owner, Region &region,
 StringRef BuildIndexOp::layoutFor(PatternAttrInterface p) {
   if (isa<VerticalSlashAttr>(p))
     return "columns_and_diagonals";
-  if (isa<BlockTopkAttr>(p))
+  // block_index: the caller's lists, read rather than built.
+  if (isa<BlockTopkAttr, BlockIndexAttr>(p))
     return "block_lists";
   if (isa<RoutingAttr>(p))
     return "segments";
@@ -325,7 +326,7 @@ LogicalResult BuildIndexOp::verify() {
   StringRef want = layoutFor(getPattern());
   if (want.empty())
     return emitOpError("builds the index of a dynamic leaf (vertical_slash, "
-                       "block_topk, routing), not of ")
+                       "block_topk, routing, block_index), not of ")
            << getPattern();
   if (getLayout() != want)
     return emitOpError("layout of ")

@@ -492,6 +492,9 @@ bool predictLayer(const Target &target,
         elements += 8.0 * double(rows) * double(nk) +
                     double(tkb) * (double(rows) + 140.0);
       }
+    } else if (a.family == kernel::kBlockIndex) {
+      // The caller's index is read, not built: one pass over its lists.
+      elements = double(ceilDiv(nq, a.blockQ)) * double(ceilDiv(nk, a.blockK));
     } else {
       qkTiles = double(nk * (a.iterations + 1) + nq) * double(a.clusters) /
                 4096.0;
@@ -535,6 +538,15 @@ bool predictLayer(const Target &target,
           int64_t part = std::min(cap - full_, wp[size_t(qb)]);
           f[size_t(qb)] += full_;
           p[size_t(qb)] += part;
+        }
+      } else if (a.family == kernel::kBlockIndex) {
+        // Unknown before the call: at most every tile `with` visits (the
+        // caller may list every key block), plus `without`'s runs.
+        if (!tilesOf(g.with, head, wf, wp) || !tilesOf(g.without, head, f, p))
+          return false;
+        for (int64_t qb = 0; qb < tq; ++qb) {
+          f[size_t(qb)] += wf[size_t(qb)];
+          p[size_t(qb)] += wp[size_t(qb)];
         }
       } else {
         // Balanced clusters: routingTiles query tiles, each over its

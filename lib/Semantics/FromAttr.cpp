@@ -91,7 +91,8 @@ Pattern tessera::semantics::fromAttr(a::PatternAttrInterface attr) {
 
 namespace {
 bool isDynamicLeaf(mlir::Attribute a) {
-  return llvm::isa<a::VerticalSlashAttr, a::BlockTopkAttr, a::RoutingAttr>(a);
+  return llvm::isa<a::VerticalSlashAttr, a::BlockTopkAttr, a::RoutingAttr,
+                   a::BlockIndexAttr>(a);
 }
 
 void findDynamic(a::PatternAttrInterface p,

@@ -31,6 +31,11 @@ bool tessera::dynamicCostGroup(PatternAttrInterface pattern,
     a.topK = bt.getTopK();
     a.minBlocks = bt.getMinBlocks();
     a.maxBlocks = bt.getMaxBlocks();
+  } else if (auto bi = llvm::dyn_cast<BlockIndexAttr>(split.leaf)) {
+    // The caller's lists: priced as if they listed every key block.
+    a.family = kernel::kBlockIndex;
+    a.blockQ = bi.getBlockQ();
+    a.blockK = bi.getBlockK();
   } else {
     auto rt = llvm::cast<RoutingAttr>(split.leaf);
     a.family = kernel::kRouting;

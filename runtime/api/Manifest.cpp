@@ -297,6 +297,12 @@ std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
         return "routing: merge_without must be true or false";
       a.merge = *merge ? 1 : 0;
     }
+  } else if (*family == "block_index") {
+    a.family = k::kBlockIndex;
+    if ((e = param("block_q", a.blockQ, 64, 1024)).empty() &&
+        (e = param("block_k", a.blockK, 64, 1024)).empty() &&
+        (a.blockQ % 64 || a.blockK % 64))
+      e = "block_q and block_k must be multiples of 64";
   } else {
     return "unknown dynamic family '" + family->str() + "'";
   }

@@ -117,7 +117,7 @@ attn.model @m {
 attn.model @m {
   attn.schedule 0 heads = 1 kv_heads = 1 head_dim = 64 dtype = bf16 block = [64, 64] skipped = [] {
     attn.group 0 heads [0] = #attn.causal runs {
-      // expected-error @+1 {{'attn.build_index' op builds the index of a dynamic leaf (vertical_slash, block_topk, routing), not of #attn.causal}}
+      // expected-error @+1 {{'attn.build_index' op builds the index of a dynamic leaf (vertical_slash, block_topk, routing, block_index), not of #attn.causal}}
       attn.build_index #attn.causal layout "columns_and_diagonals"
     }
   }

@@ -198,6 +198,14 @@ bool describeDynamic(PatternAttrInterface pattern, json::Object &out,
                                  {"tau", bt.getTau().value}};
     return true;
   }
+  if (auto bi = dyn_cast<BlockIndexAttr>(split.leaf)) {
+    // The caller's lists: no index kernel; the CPU runs the group (CUDA
+    // refuses the layer at run time for now).
+    out["family"] = "block_index";
+    out["params"] = json::Object{{"block_q", bi.getBlockQ()},
+                                 {"block_k", bi.getBlockK()}};
+    return true;
+  }
   auto rt = cast<RoutingAttr>(split.leaf);
   out["family"] = "routing";
   // Where the pattern allows pairs outside the clusters (routing under a

@@ -26,7 +26,14 @@
 namespace tessera {
 namespace kernel {
 
-enum DynFamily : i64 { kVerticalSlash = 0, kBlockTopk = 1, kRouting = 2 };
+/// kBlockIndex: the caller's block lists (block_index), CPU only for now:
+/// no index kernel, no workspace.
+enum DynFamily : i64 {
+  kVerticalSlash = 0,
+  kBlockTopk = 1,
+  kRouting = 2,
+  kBlockIndex = 3
+};
 
 /// The parameters of one dynamic group's launches (passed by value).
 struct DynArgs {
@@ -54,6 +61,8 @@ struct DynArgs {
              ///< rest of the pattern and merges
   int layer; ///< the layer's position in the bundle
   int group; ///< the dynamic group's index within the layer
+  // block_index: its query blocks (block_q) and key blocks (block_k)
+  i64 blockQ, blockK;
 };
 
 /// A dynamic group of a layer as the bundle's tables give it to the
@@ -208,6 +217,8 @@ TESSERA_HD i64 routingTiles(const DynArgs &a, i64 nq) {
 /// routing seed, (assign keys, update) per k-means iteration, assign keys,
 /// assign queries, sort, attend, and rest when merging.
 TESSERA_HD i64 dynLaunchCount(const DynArgs &a) {
+  if (a.family == kBlockIndex)
+    return 0; // the caller's index: nothing to build
   if (a.family == kBlockTopk) {
     const i64 chunks = a.qChunks > 1 ? a.qChunks : 1;
     return (a.tau > 0 ? 4 : 2) + 3 * chunks;

@@ -25,6 +25,8 @@ dynamicKernelNames(const std::string &family, const std::string &dtype,
                    int64_t headDim, bool merge, bool flex = false) {
   std::string typed = "_" + dtype,
               sized = typed + "_d" + std::to_string(headDim);
+  if (family == "block_index")
+    return {}; // CPU only for now: no index kernel, no CUDA attention
   if (family == "vertical_slash")
     return {"tessera_vs_scores" + sized, "tessera_vs_softmax",
             "tessera_vs_sums", "tessera_vs_select",

@@ -389,6 +389,31 @@ def Attn_RoutingAttr : Attn_DynamicAttr<"Routing", "routing"> {
     Attn_DefaultZero<"k-means iterations on the keys (0: the engine's centroids)">:$kmeans_iterations);
 }
 
+def Attn_BlockIndexAttr : Attn_DynamicAttr<"BlockIndex", "block_index"> {
+  let summary = "A block mask the engine passes with each call (CSR)";
+  let description = [{
+    Chosen by the caller per call, batch entry and head: an index computed
+    outside Tessera (Sparsifiner's or SpargeAttn's predictors, LongHeads'
+    chunk choice, FlashInfer's BSR, FlexAttention's BlockMask) is passed
+    with the call as compressed sparse rows: per query block the sorted key
+    blocks it may see. Row `q` may attend key `k` when `floor(k / block_k)`
+    is listed in the row of its query block `floor(p / block_q)` (blocks of
+    positions `p = q + Nk - Nq`, like `block_sparse` and `block_topk`).
+    Composes with the static patterns through the combinators
+    (`#attn.intersect<#attn.causal, #attn.block_index<...>>` keeps the
+    causal pairs of the listed blocks). `block_q` and `block_k` are
+    multiples of 64 in [64, 1024] (whole key tiles of the kernels).
+    docs/runtime.md gives the layout of the index in a call.
+
+    ```mlir
+    attn.heads [0] = #attn.block_index<block_q = 64, block_k = 64>
+    attn.heads [1] = #attn.intersect<#attn.causal,
+        #attn.block_index<block_q = 128, block_k = 64>>
+    ```
+  }];
+  let parameters = (ins "int64_t":$block_q, "int64_t":$block_k);
+}
+
 //===----------------------------------------------------------------------===//
 // Combinators
 //===----------------------------------------------------------------------===//

@@ -1,10 +1,12 @@
 //===- Permuted.cpp - a head group run in a permuted token order ----------===//
 //
-// Gather, walk, scatter: the rows of one (sequence, head) are copied into the
-// permuted order once (an explicit gather pass rather than an index map in
-// every tile load: each row is then read contiguously by every tile that
-// needs it), the permuted tiles are computed as the executor computes
-// original ones, and each output row goes back to its original position.
+// Gather, walk, scatter: the key and value rows of one (sequence, kv head)
+// are copied into the permuted order once (an explicit gather pass rather
+// than an index map in every tile load: a key block is then read
+// contiguously by every query block that visits it, and its keys are
+// stored transposed for the S = Q K^T loop), each query block loads its
+// own rows through the permutation, walks its runs, and writes each output
+// row back to its original position.
 //
 //===----------------------------------------------------------------------===//
 
@@ -12,10 +14,14 @@
 #include "tessera/cpu/Layout.h"
 
 #include "TensorIO.h"
+#include "ThreadPool.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <limits>
+#include <thread>
 #include <vector>
 
 using namespace tessera;
@@ -61,12 +67,26 @@ std::string checkCall(const kernel::LayerTable &table, int64_t group,
   return io::checkBlocksAndScale(a.blockQ, a.blockK, a.scale);
 }
 
-/// The class of every permuted tile (query block major) of a group's program
-/// for `head`: every pair's predicate at its original positions.
-std::vector<uint8_t> classifyPermutedTiles(
-    const kernel::Node *nodes, int64_t count, const kernel::i64 *data,
-    const std::vector<int64_t> &qTok, const std::vector<int64_t> &kTok,
-    int64_t bq, int64_t bk, int64_t head, int64_t numHeads) {
+/// The walk of every query block: runs of key blocks, CSR by query block.
+struct BlockRuns {
+  std::vector<int64_t> start{0};
+  std::vector<layout::PermutedRun> runs;
+};
+
+/// The runs from the closed form (layout::PermutedRuns).
+void closedFormRuns(const layout::PermutedRuns &pr, BlockRuns &out) {
+  for (int64_t i = 0; i < pr.queryBlocks(); ++i) {
+    pr.runs(i, out.runs);
+    out.start.push_back(int64_t(out.runs.size()));
+  }
+}
+
+/// The runs from classifying every pair once at its original positions: for
+/// programs that are not residue-only (bands, listed ranges, ...).
+void pairwiseRuns(const kernel::Node *nodes, int64_t count,
+                  const kernel::i64 *data, const std::vector<int64_t> &qTok,
+                  const std::vector<int64_t> &kTok, int64_t bq, int64_t bk,
+                  int64_t head, int64_t numHeads, BlockRuns &out) {
   int64_t nq = qTok.size(), nk = kTok.size();
   int64_t qBlocks = (nq + bq - 1) / bq, kBlocks = (nk + bk - 1) / bk;
   std::vector<int32_t> allowed(qBlocks * kBlocks, 0);
@@ -75,128 +95,273 @@ std::vector<uint8_t> classifyPermutedTiles(
       allowed[(s / bq) * kBlocks + t / bk] +=
           kernel::allowedPair(nodes, count, data, qTok[s], kTok[t], nq, nk,
                               head, numHeads);
-  std::vector<uint8_t> cls(qBlocks * kBlocks);
-  for (int64_t i = 0; i < qBlocks; ++i)
+  for (int64_t i = 0; i < qBlocks; ++i) {
     for (int64_t j = 0; j < kBlocks; ++j) {
       int64_t pairs = std::min(bq, nq - i * bq) * std::min(bk, nk - j * bk);
       int32_t c = allowed[i * kBlocks + j];
-      cls[i * kBlocks + j] =
-          c == 0 ? kernel::kEmpty : (c == pairs ? kernel::kFull
-                                                : kernel::kPartial);
+      if (c == 0)
+        continue;
+      bool full = c == pairs;
+      if (!out.runs.empty() && out.runs.back().end == j &&
+          out.runs.back().full == full &&
+          int64_t(out.runs.size()) > out.start.back())
+        ++out.runs.back().end;
+      else
+        out.runs.push_back({j, j + 1, full});
     }
-  return cls;
+    out.start.push_back(int64_t(out.runs.size()));
+  }
 }
 
-/// Gathers rows tok[0..n) of head `h` of batch entry `b` of `t` as floats.
-void gatherRows(const Tensor &t, int64_t b, int64_t h,
-                const std::vector<int64_t> &tok, std::vector<float> &out) {
-  int64_t d = t.headDim;
-  out.resize(tok.size() * d);
-  for (size_t s = 0; s < tok.size(); ++s)
-    io::load(t, io::offsetOf(t, b, tok[s], h), d, out.data() + s * d);
-}
+/// Keys and values of one (sequence, kv head) in the permuted order as
+/// floats: keys transposed per key block (kT[(j * d + e) * bk + t] is
+/// element e of slot j * bk + t, zero past Nk), values row-major.
+struct KvRows {
+  std::vector<float> kT, v;
+};
 
-/// Everything one (sequence, head) of the group needs.
-struct HeadWork {
+/// Everything the tasks share.
+struct Job {
+  const LayerArgs &a;
   const kernel::Node *nodes;
   int64_t count;
   const kernel::i64 *data;
-  const std::vector<int64_t> &qTok, &kTok;
-  const std::vector<uint8_t> &cls;
-  int64_t head, numHeads, bq, bk, d;
+  std::vector<int64_t> qTok, kTok, heads, kvHeads;
+  BlockRuns walk;
+  std::vector<KvRows> kv; ///< per (batch entry, index in kvHeads)
+  int64_t nq, nk, d, perKv, numHeads, bq, bk;
   float scale;
+
+  const KvRows &rows(int64_t b, int64_t h) const {
+    int64_t kvh = h / perKv;
+    size_t at = std::lower_bound(kvHeads.begin(), kvHeads.end(), kvh) -
+                kvHeads.begin();
+    return kv[b * kvHeads.size() + at];
+  }
 };
 
-/// Attention of permuted query row s over the visited tiles of its block,
-/// online softmax: returns the row's output in `o` and its LSE.
-float attendRow(const HeadWork &w, const std::vector<float> &q,
-                const std::vector<float> &k, const std::vector<float> &v,
-                int64_t s, float *o) {
-  int64_t nq = w.qTok.size(), nk = w.kTok.size();
-  int64_t kBlocks = (nk + w.bk - 1) / w.bk;
-  float m = kNegInf, l = 0;
-  std::fill(o, o + w.d, 0.0f);
-  const float *qr = q.data() + s * w.d;
-  for (int64_t j = 0; j < kBlocks; ++j) {
-    uint8_t c = w.cls[(s / w.bq) * kBlocks + j];
-    if (c == kernel::kEmpty)
+/// Fills job.kv[task]: batch entry task / kvHeads, kv head kvHeads[...].
+void gatherKv(Job &job, int64_t task) {
+  int64_t b = task / int64_t(job.kvHeads.size());
+  int64_t kvh = job.kvHeads[task % job.kvHeads.size()];
+  int64_t d = job.d, bk = job.bk, kBlocks = (job.nk + bk - 1) / bk;
+  KvRows &r = job.kv[task];
+  r.kT.assign(kBlocks * d * bk, 0.0f);
+  r.v.resize(job.nk * d);
+  std::vector<float> row(d);
+  for (int64_t t = 0; t < job.nk; ++t) {
+    io::load(job.a.k, io::offsetOf(job.a.k, b, job.kTok[t], kvh), d,
+             row.data());
+    float *col = r.kT.data() + (t / bk) * d * bk + t % bk;
+    for (int64_t e = 0; e < d; ++e)
+      col[e * bk] = row[e];
+    io::load(job.a.v, io::offsetOf(job.a.v, b, job.kTok[t], kvh), d,
+             r.v.data() + t * d);
+  }
+}
+
+/// One thread's buffers for a query block.
+struct Scratch {
+  std::vector<float> q, s, o, m, l;
+};
+
+/// S = scale * Q K^T for the block's rows against key block j, the masked
+/// pairs of a partial tile at -inf.
+void scores(const Job &job, const KvRows &kv, int64_t head, int64_t s0,
+            int64_t rows, int64_t j, bool full, Scratch &w) {
+  int64_t d = job.d, bk = job.bk;
+  int64_t cols = std::min(bk, job.nk - j * bk);
+  const float *kT = kv.kT.data() + j * d * bk;
+  for (int64_t r = 0; r < rows; ++r) {
+    float *sr = w.s.data() + r * bk;
+    std::fill(sr, sr + bk, 0.0f);
+    const float *qr = w.q.data() + r * d;
+    for (int64_t e = 0; e < d; ++e) { // rank-1 updates: vectorise over keys
+      float x = qr[e];
+      const float *ke = kT + e * bk;
+      for (int64_t t = 0; t < bk; ++t)
+        sr[t] += x * ke[t];
+    }
+    for (int64_t t = 0; t < cols; ++t)
+      sr[t] *= job.scale;
+    for (int64_t t = cols; t < bk; ++t)
+      sr[t] = kNegInf;
+    if (!full)
+      for (int64_t t = 0; t < cols; ++t)
+        if (!kernel::allowedPair(job.nodes, job.count, job.data,
+                                 job.qTok[s0 + r], job.kTok[j * bk + t],
+                                 job.nq, job.nk, head, job.numHeads))
+          sr[t] = kNegInf;
+  }
+}
+
+/// The online softmax and O += P V of the block's rows over key block j.
+void accumulate(const Job &job, const KvRows &kv, int64_t rows, int64_t j,
+                Scratch &w) {
+  int64_t d = job.d, bk = job.bk;
+  int64_t cols = std::min(bk, job.nk - j * bk);
+  const float *v = kv.v.data() + j * bk * d;
+  for (int64_t r = 0; r < rows; ++r) {
+    float *sr = w.s.data() + r * bk;
+    float mt = *std::max_element(sr, sr + cols);
+    if (mt == kNegInf) // no allowed key in this tile
       continue;
-    for (int64_t t = j * w.bk; t < std::min(nk, (j + 1) * w.bk); ++t) {
-      if (c == kernel::kPartial &&
-          !kernel::allowedPair(w.nodes, w.count, w.data, w.qTok[s], w.kTok[t],
-                               nq, nk, w.head, w.numHeads))
+    float mNew = std::max(w.m[r], mt);
+    float shrink = w.m[r] == kNegInf ? 0.0f : std::exp(w.m[r] - mNew);
+    float *orow = w.o.data() + r * d;
+    for (int64_t e = 0; e < d; ++e)
+      orow[e] *= shrink;
+    float l = w.l[r] * shrink;
+    for (int64_t t = 0; t < cols; ++t) {
+      if (sr[t] == kNegInf)
         continue;
-      const float *kr = k.data() + t * w.d, *vr = v.data() + t * w.d;
-      float x = 0;
-      for (int64_t e = 0; e < w.d; ++e)
-        x += qr[e] * kr[e];
-      x *= w.scale;
-      float mNew = std::max(m, x);
-      float shrink = m == kNegInf ? 0.0f : std::exp(m - mNew);
-      float p = std::exp(x - mNew);
-      l = l * shrink + p;
-      for (int64_t e = 0; e < w.d; ++e)
-        o[e] = o[e] * shrink + p * vr[e];
-      m = mNew;
+      float p = std::exp(sr[t] - mNew);
+      l += p;
+      const float *vt = v + t * d;
+      for (int64_t e = 0; e < d; ++e)
+        orow[e] += p * vt[e];
+    }
+    w.l[r] = l;
+    w.m[r] = mNew;
+  }
+}
+
+/// Query block i of head h of batch entry b: load, walk, write back.
+void runBlock(const Job &job, int64_t b, int64_t h, int64_t i, Scratch &w) {
+  int64_t d = job.d, s0 = i * job.bq;
+  int64_t rows = std::min(job.bq, job.nq - s0);
+  w.q.resize(rows * d);
+  w.s.resize(rows * job.bk);
+  w.o.assign(rows * d, 0.0f);
+  w.m.assign(rows, kNegInf);
+  w.l.assign(rows, 0.0f);
+  for (int64_t r = 0; r < rows; ++r)
+    io::load(job.a.q, io::offsetOf(job.a.q, b, job.qTok[s0 + r], h), d,
+             w.q.data() + r * d);
+  const KvRows &kv = job.rows(b, h);
+  for (int64_t x = job.walk.start[i]; x < job.walk.start[i + 1]; ++x) {
+    const layout::PermutedRun &run = job.walk.runs[x];
+    for (int64_t j = run.begin; j < run.end; ++j) {
+      scores(job, kv, h, s0, rows, j, run.full, w);
+      accumulate(job, kv, rows, j, w);
     }
   }
-  if (l == 0) // no allowed key: O = 0, LSE = -inf
-    return kNegInf;
-  for (int64_t e = 0; e < w.d; ++e)
-    o[e] /= l;
-  return m + std::log(l);
+  for (int64_t r = 0; r < rows; ++r) {
+    float *orow = w.o.data() + r * d;
+    float lse = kNegInf; // no allowed key: O = 0, LSE = -inf
+    if (w.l[r] > 0) {
+      for (int64_t e = 0; e < d; ++e)
+        orow[e] /= w.l[r];
+      lse = w.m[r] + std::log(w.l[r]);
+    }
+    // Scatter: permuted row s0 + r is original query row qTok[s0 + r].
+    int64_t row = job.qTok[s0 + r];
+    io::store(job.a.o, io::offsetOf(job.a.o, b, row, h), d, orow);
+    if (job.a.lse)
+      job.a.lse[(b * job.a.q.heads + h) * job.nq + row] = lse;
+  }
+}
+
+/// Runs `tasks` calls of f(task) on the call's threads, an atomic counter
+/// handing them out.
+template <typename F>
+void parallelFor(const LayerArgs &a, int64_t tasks, F &&f) {
+  int threads = a.numThreads > 0
+                    ? a.numThreads
+                    : int(std::max(1u, std::thread::hardware_concurrency()));
+  threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, tasks)));
+  ThreadPool local; // no pool given: threads for this call only
+  ThreadPool &pool = a.pool ? *a.pool : local;
+  std::atomic<int64_t> next{0};
+  pool.run(threads, [&] {
+    for (int64_t t; (t = next++) < tasks;)
+      f(t);
+  });
+}
+
+double secondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+      .count();
 }
 
 } // namespace
 
 std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
                                   int64_t group, int64_t period,
-                                  const LayerArgs &a, RunStats *stats) {
+                                  const LayerArgs &a, RunStats *stats,
+                                  PermutedInfo *info) {
+  auto t0 = std::chrono::steady_clock::now();
   if (std::string e = checkCall(table, group, period, a); !e.empty())
     return "runPermutedGroup: " + e;
-  int64_t nq = a.q.seq, nk = a.k.seq, d = a.q.headDim;
-  int64_t kvHeads = a.numKvHeads ? a.numKvHeads : a.k.heads;
-  int64_t perKv = a.q.heads / kvHeads;
+  int64_t kvHeadCount = a.numKvHeads ? a.numKvHeads : a.k.heads;
+  Job job{a, table.nodes + table.groupBegin[group],
+          table.groupBegin[group + 1] - table.groupBegin[group], table.data};
+  job.nq = a.q.seq;
+  job.nk = a.k.seq;
+  job.d = a.q.headDim;
+  job.perKv = a.q.heads / kvHeadCount;
+  job.numHeads = table.numHeads;
+  job.bq = a.blockQ;
+  job.bk = a.blockK;
+  job.scale = a.scale > 0 ? a.scale : 1.0f / std::sqrt(float(job.d));
   layout::PeriodTranspose perm{period};
-  std::vector<int64_t> qTok(nq), kTok(nk);
-  for (int64_t s = 0; s < nq; ++s)
-    qTok[s] = perm.token(s, nq);
-  for (int64_t s = 0; s < nk; ++s)
-    kTok[s] = perm.token(s, nk);
-
-  const kernel::Node *nodes = table.nodes + table.groupBegin[group];
-  int64_t count = table.groupBegin[group + 1] - table.groupBegin[group];
-  std::vector<int64_t> heads;
+  job.qTok.resize(job.nq);
+  job.kTok.resize(job.nk);
+  for (int64_t s = 0; s < job.nq; ++s)
+    job.qTok[s] = perm.token(s, job.nq);
+  for (int64_t s = 0; s < job.nk; ++s)
+    job.kTok[s] = perm.token(s, job.nk);
   for (int64_t i = 0; i < table.numComputed; ++i)
     if (table.headGroup[i] == group)
-      heads.push_back(table.computedHead[i]);
-  // The heads of a group have identical masks: one classification serves.
-  std::vector<uint8_t> cls =
-      classifyPermutedTiles(nodes, count, table.data, qTok, kTok, a.blockQ,
-                            a.blockK, heads.front(), table.numHeads);
-  float scale = a.scale > 0 ? a.scale : 1.0f / std::sqrt(float(d));
-  std::vector<float> q, k, v, o(d);
-  for (int64_t b = 0; b < a.q.batch; ++b)
-    for (int64_t h : heads) {
-      gatherRows(a.q, b, h, qTok, q);
-      gatherRows(a.k, b, h / perKv, kTok, k);
-      gatherRows(a.v, b, h / perKv, kTok, v);
-      HeadWork w{nodes,    count, table.data, qTok,     kTok, cls, h,
-                 table.numHeads, a.blockQ, a.blockK, d, scale};
-      for (int64_t s = 0; s < nq; ++s) {
-        float lse = attendRow(w, q, k, v, s, o.data());
-        // Scatter: permuted row s is original query row qTok[s].
-        io::store(a.o, io::offsetOf(a.o, b, qTok[s], h), d, o.data());
-        if (a.lse)
-          a.lse[(b * a.q.heads + h) * nq + qTok[s]] = lse;
-      }
-      if (stats) {
-        stats->tilesTotal += int64_t(cls.size());
-        for (uint8_t c : cls) {
-          stats->tilesFull += c == kernel::kFull;
-          stats->tilesPartial += c == kernel::kPartial;
-        }
-      }
+      job.heads.push_back(table.computedHead[i]);
+  for (int64_t h : job.heads)
+    job.kvHeads.push_back(h / job.perKv);
+  job.kvHeads.erase(std::unique(job.kvHeads.begin(), job.kvHeads.end()),
+                    job.kvHeads.end());
+
+  // The heads of a group have identical masks: the first one's walk serves
+  // them all (partial tiles still test each head's own pairs).
+  int64_t head = job.heads.front();
+  std::string why = layout::residueOnlyReason(job.nodes, job.count, period,
+                                              head);
+  if (why.empty())
+    closedFormRuns({job.nodes, job.count, perm, job.nq, job.nk, job.bq,
+                    job.bk, head},
+                   job.walk);
+  else
+    pairwiseRuns(job.nodes, job.count, job.data, job.qTok, job.kTok, job.bq,
+                 job.bk, head, table.numHeads, job.walk);
+
+  auto tGather = std::chrono::steady_clock::now();
+  job.kv.resize(a.q.batch * job.kvHeads.size());
+  parallelFor(a, int64_t(job.kv.size()),
+              [&](int64_t t) { gatherKv(job, t); });
+  double gatherSeconds = secondsSince(tGather);
+
+  int64_t qBlocks = (job.nq + job.bq - 1) / job.bq;
+  int64_t perSeq = int64_t(job.heads.size()) * qBlocks;
+  parallelFor(a, a.q.batch * perSeq, [&](int64_t t) {
+    thread_local Scratch w;
+    int64_t b = t / perSeq, rest = t % perSeq;
+    runBlock(job, b, job.heads[rest / qBlocks], rest % qBlocks, w);
+  });
+
+  if (stats) {
+    int64_t kBlocks = (job.nk + job.bk - 1) / job.bk, full = 0, visited = 0;
+    for (const layout::PermutedRun &r : job.walk.runs) {
+      visited += r.end - r.begin;
+      full += r.full ? r.end - r.begin : 0;
     }
+    int64_t copies = a.q.batch * int64_t(job.heads.size());
+    stats->tilesTotal += copies * qBlocks * kBlocks;
+    stats->tilesFull += copies * full;
+    stats->tilesPartial += copies * (visited - full);
+  }
+  if (info) {
+    info->closedForm = why.empty();
+    info->why = why;
+    info->gatherSeconds = gatherSeconds;
+    info->totalSeconds = secondsSince(t0);
+  }
   return "";
 }

@@ -1,7 +1,8 @@
 //===- PermutedTest.cpp - head groups run in a permuted token order -------===//
 //
-// The period transpose's closed form against a stable sort by residue, and
-// the CPU executor's permuted groups (tessera/cpu/Permuted.h) against the
+// The period transpose's closed form against a stable sort by residue, its
+// closed-form runs (layout::PermutedRuns) against every pair's predicate,
+// and the CPU executor's permuted groups (tessera/cpu/Permuted.h) against the
 // same layer run in the original order and against float64: periodic
 // families, combinators, a head-dependent pattern, GQA, batches, Nq != Nk
 // both ways, empty rows, f32 and bf16.
@@ -47,6 +48,151 @@ TEST(PeriodTransposeTest, IsTheStableSortByResidue) {
     EXPECT_EQ(frames.slot(t, 16384), (t % 1024) * 16 + t / 1024);
 }
 
+/// The class of every tile of `pattern` for `head` in the period transpose
+/// of p, from the reference predicate on every pair and a stable sort by
+/// residue (not from Layout.h): 0 empty, 1 partial, 2 full.
+std::vector<int> referenceTiles(const s::Pattern &pattern, int64_t head,
+                                int64_t numHeads, int64_t p, int64_t nq,
+                                int64_t nk, int64_t bq, int64_t bk) {
+  auto sorted = [&](int64_t n) {
+    std::vector<int64_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return a % p < b % p; });
+    return order;
+  };
+  std::vector<int64_t> qTok = sorted(nq), kTok = sorted(nk);
+  int64_t qBlocks = (nq + bq - 1) / bq, kBlocks = (nk + bk - 1) / bk;
+  std::vector<int64_t> count(qBlocks * kBlocks, 0);
+  for (int64_t x = 0; x < nq; ++x)
+    for (int64_t y = 0; y < nk; ++y)
+      count[(x / bq) * kBlocks + y / bk] +=
+          s::allowed(pattern, qTok[x], kTok[y], head, nq, nk, numHeads);
+  std::vector<int> cls(count.size());
+  for (int64_t i = 0; i < qBlocks; ++i)
+    for (int64_t j = 0; j < kBlocks; ++j) {
+      int64_t c = count[i * kBlocks + j];
+      int64_t pairs = std::min(bq, nq - i * bq) * std::min(bk, nk - j * bk);
+      cls[i * kBlocks + j] = c == 0 ? 0 : (c == pairs ? 2 : 1);
+    }
+  return cls;
+}
+
+/// The same classes from the closed-form runs; checks the runs are sorted,
+/// disjoint and in range on the way.
+std::vector<int> closedFormTiles(const layout::PermutedRuns &pr) {
+  int64_t kBlocks = (pr.nk + pr.bk - 1) / pr.bk;
+  std::vector<int> cls(pr.queryBlocks() * kBlocks, 0);
+  for (int64_t i = 0; i < pr.queryBlocks(); ++i) {
+    std::vector<layout::PermutedRun> runs;
+    pr.runs(i, runs);
+    int64_t at = 0;
+    for (const layout::PermutedRun &r : runs) {
+      EXPECT_LE(at, r.begin) << "block " << i;
+      EXPECT_LT(r.begin, r.end) << "block " << i;
+      EXPECT_LE(r.end, kBlocks) << "block " << i;
+      for (int64_t j = r.begin; j < std::min(r.end, kBlocks); ++j)
+        cls[i * kBlocks + j] = r.full ? 2 : 1;
+      at = r.end;
+    }
+  }
+  return cls;
+}
+
+TEST(PermutedRunsTest, ClosedFormMatchesEveryPair) {
+  using P = s::Pattern;
+  auto periodic = [](int64_t period, int64_t width, int64_t phase) {
+    s::IndexSet set;
+    set.period = period;
+    set.width = width;
+    set.phase = phase;
+    return set;
+  };
+  struct RunCase {
+    const char *name;
+    P pattern;
+    int64_t period;
+  };
+  std::vector<RunCase> cases = {
+      {"multi_diagonal", P{s::MultiDiagonal{16, {}, 2}}, 16},
+      {"multi_diagonal, a multiple of its stride",
+       P{s::MultiDiagonal{8, {}, 1}}, 24},
+      {"grid with a phase", P{s::Grid{10, 2, 3, 7}}, 10},
+      {"grid, slash lines only", P{s::Grid{12, 0, 5, 3}}, 12},
+      {"vertical stripes", P{s::VerticalStripe{periodic(9, 2, 4)}}, 9},
+      {"horizontal stripes", P{s::HorizontalStripe{periodic(6, 1, 2)}}, 18},
+      {"strided shards", P{s::StridedShards{4, 3, 1}}, 12},
+      {"union of diagonals and stripes",
+       P{s::Union{{P{s::MultiDiagonal{12, {}, 1}},
+                   P{s::VerticalStripe{periodic(12, 2, 0)}}}}},
+       12},
+      {"intersection of grid and shards",
+       P{s::Intersect{{P{s::Grid{8, 2, 2, 1}}, P{s::StridedShards{2, 4, 0}}}}},
+       8},
+      {"diagonals less stripes",
+       P{s::Difference{{P{s::MultiDiagonal{10, {}, 3}},
+                        P{s::HorizontalStripe{periodic(5, 2, 1)}}}}},
+       10},
+  };
+  struct Shape {
+    int64_t nq, nk, bq, bk;
+  };
+  std::vector<Shape> shapes = {{96, 96, 8, 8},   {100, 100, 16, 8},
+                               {70, 130, 8, 16}, {130, 70, 32, 4},
+                               {7, 11, 4, 4},    {200, 200, 64, 64}};
+  constexpr int64_t kNumHeads = 4;
+  for (const RunCase &c : cases) {
+    schedule::Program program;
+    std::string error;
+    ASSERT_TRUE(schedule::lowerPattern(c.pattern, program, error)) << error;
+    for (const Shape &sh : shapes)
+      for (int64_t head : {0, 3}) {
+        SCOPED_TRACE(std::string(c.name) + " nq " + std::to_string(sh.nq) +
+                     " nk " + std::to_string(sh.nk) + " bq " +
+                     std::to_string(sh.bq) + " bk " + std::to_string(sh.bk) +
+                     " head " + std::to_string(head));
+        ASSERT_EQ(layout::residueOnlyReason(program.nodes.data(),
+                                            program.nodes.size(), c.period,
+                                            head),
+                  "");
+        layout::PermutedRuns pr{program.nodes.data(),
+                                int64_t(program.nodes.size()),
+                                layout::PeriodTranspose{c.period},
+                                sh.nq,
+                                sh.nk,
+                                sh.bq,
+                                sh.bk,
+                                head};
+        ASSERT_EQ(closedFormTiles(pr),
+                  referenceTiles(c.pattern, head, kNumHeads, c.period, sh.nq,
+                                 sh.nk, sh.bq, sh.bk));
+      }
+  }
+}
+
+TEST(PermutedRunsTest, NamesWhatIsNotResidueOnly) {
+  using P = s::Pattern;
+  auto reason = [](const P &pattern, int64_t period) {
+    schedule::Program program;
+    std::string error;
+    EXPECT_TRUE(schedule::lowerPattern(pattern, program, error)) << error;
+    return layout::residueOnlyReason(program.nodes.data(),
+                                     program.nodes.size(), period, 0);
+  };
+  EXPECT_EQ(reason(P{s::MultiDiagonal{16, {}, 2}}, 24),
+            "a periodic leaf of period 16 that does not divide 24");
+  EXPECT_EQ(reason(P{s::Union{{P{s::Window{5, 5}},
+                               P{s::MultiDiagonal{16, {}, 2}}}}},
+                   16),
+            "a band leaf (causal, window, sink): not periodic");
+  EXPECT_EQ(reason(P{s::MultiDiagonal{0, {-24, 0, 48}, 3}}, 24),
+            "a listed-ranges leaf (listed diagonals or stripe ranges): not "
+            "periodic");
+  EXPECT_EQ(reason(P{s::StridedShards{4, 3, 0}}, 8),
+            "strided shards repeating every 3 x 4 keys, which does not "
+            "divide 8");
+}
+
 /// f32 or 16-bit storage with float access.
 struct Buffer {
   cpu::DType dtype;
@@ -82,6 +228,7 @@ struct Case {
   std::vector<int64_t> groupHeads;
   int64_t period, nq, nk, blk;
   cpu::DType dtype;
+  bool closedForm = true; ///< the walk's runs come in closed form
 };
 
 constexpr int64_t kBatch = 2, kHeads = 4, kKvHeads = 2, kDim = 16;
@@ -123,7 +270,22 @@ void runCase(const Case &c) {
   ASSERT_EQ(cpu::runLayer(sched.table(), args), "");
   args.o = cpu::contiguous(oPerm.data(), c.dtype, kBatch, c.nq, kHeads, kDim);
   args.lse = lsePerm.data();
+  cpu::PermutedInfo info;
+  ASSERT_EQ(cpu::runPermutedGroup(sched.table(), 0, c.period, args, nullptr,
+                                  &info),
+            "");
+  EXPECT_EQ(info.closedForm, c.closedForm) << info.why;
+  // Three threads write the same bits as one.
+  Buffer oThreads(c.dtype, qn, 7.0f);
+  std::vector<float> lseThreads(lseRef.size(), 7);
+  args.o =
+      cpu::contiguous(oThreads.data(), c.dtype, kBatch, c.nq, kHeads, kDim);
+  args.lse = lseThreads.data();
+  args.numThreads = 3;
   ASSERT_EQ(cpu::runPermutedGroup(sched.table(), 0, c.period, args), "");
+  for (size_t i = 0; i < qn; ++i)
+    ASSERT_EQ(oThreads.at(i), oPerm.at(i)) << "element " << i;
+  ASSERT_EQ(lseThreads, lsePerm);
 
   double tol = c.dtype == cpu::DType::F32 ? 1e-5 : 2e-2;
   double scale = 1.0 / std::sqrt(double(kDim));
@@ -195,13 +357,15 @@ TEST(PermutedGroupTest, MatchesTheOriginalOrderAndFloat64) {
       {"grid, Nq < Nk", grid, {0, 1, 2, 3}, 10, 130, 170, 32,
        cpu::DType::F32},
       {"causal diagonals, Nq > Nk (empty rows)", causalDiagonals, {1, 2}, 8,
-       170, 130, 16, cpu::DType::F32},
+       170, 130, 16, cpu::DType::F32, /*closedForm=*/false},
       {"window and periodic stripes", bandAndStripes, {3}, 32, 128, 128, 16,
-       cpu::DType::F32},
+       cpu::DType::F32, /*closedForm=*/false},
       {"strided shards (head-dependent)", shards, {0, 2}, 8, 96, 96, 8,
        cpu::DType::F32},
       {"listed diagonals, bf16", listed, {0, 1}, 24, 150, 150, 16,
-       cpu::DType::BF16},
+       cpu::DType::BF16, /*closedForm=*/false},
+      {"grid, period a multiple of the stride, bf16", grid, {1, 3}, 20, 150,
+       110, 16, cpu::DType::BF16},
   };
   for (const Case &c : cases)
     runCase(c);

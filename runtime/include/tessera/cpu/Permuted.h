@@ -18,24 +18,39 @@
 
 namespace tessera::cpu {
 
+/// How a permuted group ran, for benchmarks and tests.
+struct PermutedInfo {
+  /// True when the walk took the closed-form runs of layout::PermutedRuns;
+  /// false when the program is not residue-only for the period and every
+  /// pair was classified once (`why` says which leaf).
+  bool closedForm = false;
+  std::string why;
+  double gatherSeconds = 0; ///< copying K and V into the permuted order
+  double totalSeconds = 0;  ///< the whole call
+};
+
 /// Computes the heads of group `group` of `table` (the layer's launch
 /// groups, as `--attn-schedule` numbers them) in the period transpose of
-/// `period`: per sequence and head, the query rows and the key and value
-/// rows are gathered into their permuted orders (each over its own length),
-/// every tile of `args.blockQ` x `args.blockK` permuted slots is classified
-/// EMPTY, PARTIAL or FULL by the group's predicate on the ORIGINAL
-/// positions, the visited tiles are computed (fp32, online softmax, the
-/// predicate applied on partial tiles only), and O and LSE are written to
-/// the original rows. Heads of other groups are not touched.
+/// `period`: per sequence, the key and value rows of the group's kv heads
+/// are gathered into the permuted order (over the keys' length), each
+/// query block of `args.blockQ` permuted slots reads its rows through the
+/// permutation, walks its runs of key blocks (fp32, online softmax, the
+/// predicate on the ORIGINAL positions on partial tiles only), and O and
+/// LSE are written to the original rows. Heads of other groups are not
+/// touched.
 ///
-/// The tile classes are found by evaluating every pair once per call
-/// (O(Nq * Nk)): the closed-form runs of a permuted order are not derived
-/// yet. Dense calls only (no packed, paged or positioned sequences,
-/// headStart 0), one thread. Returns "" on success, else a message naming
+/// The runs come in closed form (layout::PermutedRuns) when the group's
+/// program is residue-only for `period` (periodic families and their
+/// combinators); otherwise every pair is classified once per call
+/// (O(Nq * Nk)). The work runs on `args.numThreads` threads (of `args.pool`
+/// when given), over (sequence, head, query block); results do not depend
+/// on the thread count. Dense calls only (no packed, paged or positioned
+/// sequences, headStart 0). Returns "" on success, else a message naming
 /// the problem; nothing is written then.
 std::string runPermutedGroup(const kernel::LayerTable &table, int64_t group,
                              int64_t period, const LayerArgs &args,
-                             RunStats *stats = nullptr);
+                             RunStats *stats = nullptr,
+                             PermutedInfo *info = nullptr);
 
 } // namespace tessera::cpu
 

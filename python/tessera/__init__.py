@@ -28,7 +28,7 @@ import os
 __all__ = ["Context", "Bundle", "TesseraError", "API_VERSION",
            "library_path"]
 
-API_VERSION = 7
+API_VERSION = 8
 
 _CPU, _CUDA = 0, 1
 _F32, _F16, _BF16 = 0, 1, 2
@@ -75,6 +75,18 @@ class _AttentionDesc(ctypes.Structure):
                 ("block_table_stride", ctypes.c_int64),
                 ("q_start", ctypes.c_void_p), ("k_start", ctypes.c_void_p),
                 ("head_start", ctypes.c_int64), ("head_count", ctypes.c_int64)]
+
+
+class _AttentionDescV8(_AttentionDesc):
+    """The whole tessera_attention_desc of API 8, initialised with
+    tessera_attention_desc_init_size: the API 6 fields, the workspace (left
+    null) and the caller's block index of block_index heads."""
+    _fields_ = [("workspace", ctypes.c_void_p),
+                ("workspace_size", ctypes.c_size_t),
+                ("block_index_offsets", ctypes.c_void_p),
+                ("block_index_cols", ctypes.c_void_p),
+                ("block_index_nnz", ctypes.c_int64),
+                ("block_index_rows", ctypes.c_int64)]
 
 
 class TesseraError(RuntimeError):
@@ -203,6 +215,8 @@ def _load_library():
                                               ctypes.c_float, p(_DynamicInputs), vp]
     lib.tessera_attention_desc_init.argtypes = [p(_AttentionDesc)]
     lib.tessera_attention_desc_init.restype = None
+    lib.tessera_attention_desc_init_size.argtypes = [vp, ctypes.c_size_t]
+    lib.tessera_attention_desc_init_size.restype = None
     lib.tessera_attention_backward.argtypes = [vp, p(_AttentionDesc), p(_Tensor),
                                                vp, p(_Tensor), p(_Tensor),
                                                p(_Tensor)]
@@ -341,6 +355,31 @@ def _seq_options(d, q, num_seqs, cu_seqlens_q, cu_seqlens_k, seq_lens_k,
         d.block_table_stride = t.strides[0] // 4
 
 
+def _block_index(d, block_index, batch, heads):
+    """Sets an _AttentionDescV8's block index (docs/runtime.md,
+    "Caller-provided block indices") from (offsets, cols): int32 numpy
+    arrays, offsets C-contiguous [batch, heads, R + 1] (the call's batch
+    entries and heads), cols 1-D. The library checks R and every row of
+    the block_index heads. The arrays must outlive the call."""
+    import numpy as np
+    try:
+        offsets, cols = block_index
+    except (TypeError, ValueError):
+        raise ValueError("block_index must be a pair (offsets, cols)") from None
+    for name, x, ndim in (("offsets", offsets, 3), ("cols", cols, 1)):
+        if not isinstance(x, np.ndarray) or x.dtype != np.int32 or \
+                x.ndim != ndim or not x.flags["C_CONTIGUOUS"]:
+            raise ValueError(f"block_index {name} must be a C-contiguous "
+                             f"{ndim}-D int32 array")
+    if offsets.shape[:2] != (batch, heads) or offsets.shape[2] < 1:
+        raise ValueError(f"block_index offsets must be [{batch}, {heads}, "
+                         f"R + 1], got shape {tuple(offsets.shape)}")
+    d.block_index_offsets = offsets.ctypes.data
+    d.block_index_cols = cols.ctypes.data
+    d.block_index_nnz = cols.shape[0]
+    d.block_index_rows = offsets.shape[2] - 1
+
+
 def _seq_lse_size(q, cu_seqlens_q, head_count):
     """Floats of a per-sequence call's LSE: [heads, T] packed, else
     [B, heads, Nq]."""
@@ -439,12 +478,17 @@ class Bundle:
         return _DynamicInputs(ptr, *shape)
 
     def attention(self, layer, q, k, v, out=None, lse=True, scale=0.0,
-                  centroids=None):
+                  centroids=None, block_index=None):
         """Returns (o, lse): o like q; lse [B, H, Nq] float32, or None.
         centroids: float32 [H, C, D] (numpy on the CPU, a CUDA tensor on
         CUDA) for the layer's routing groups that take the engine's
-        centroids (layer_info(layer)["centroid_clusters"] = C)."""
+        centroids (layer_info(layer)["centroid_clusters"] = C).
+        block_index: (offsets, cols) for the layer's block_index heads
+        (int32 numpy arrays, _block_index; CPU contexts only for now)."""
         layer = _int64("layer", layer)
+        if block_index is not None:
+            return self._attention_block_index(layer, q, k, v, out, lse,
+                                               scale, centroids, block_index)
         dyn = self._dynamic_inputs(centroids)
         dev = self.context.device
         if dev == _CPU:
@@ -469,29 +513,55 @@ class Bundle:
         return o, l
 
 
+    def _attention_block_index(self, layer, q, k, v, out, lse, scale,
+                               centroids, block_index):
+        """attention() with a caller's block index: a dense
+        tessera_attention_run (API 8) on the CPU."""
+        import numpy as np
+        if self.context.device != _CPU:
+            raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
+                               "block_index heads run on CPU contexts only "
+                               "for now (no CUDA kernel walks a caller's "
+                               "index yet)")
+        o = np.empty_like(q) if out is None else out
+        l = np.empty((q.shape[0], q.shape[2], q.shape[1]), np.float32) \
+            if lse else None
+        self.attention_run(layer, q, k, v, o, lse=l, scale=scale,
+                           centroids=centroids, block_index=block_index)
+        return o, l
+
     def attention_run(self, layer, q, k, v, out, lse=None, scale=0.0,
                       num_seqs=0, cu_seqlens_q=None, cu_seqlens_k=None,
                       seq_lens_k=None, block_table=None, q_start=None,
-                      k_start=None, head_start=0, head_count=0):
+                      k_start=None, head_start=0, head_count=0,
+                      centroids=None, block_index=None):
         """tessera_attention_run (docs/runtime.md, "Calls") on numpy arrays
         (CPU): q, k, v, out 4-D as the mode wants them (packed: batch 1;
         paged k and v: [num_pages, page_size, Hkv, D]); out and lse (float32,
         the mode's layout, or None) are written in place. cu_seqlens_*,
         seq_lens_k and block_table ([num_seqs, max_pages_per_seq], rows
-        may be strided) int32; q_start, k_start int64. Returns out."""
+        may be strided) int32; q_start, k_start int64. centroids as for
+        attention(); block_index: (offsets, cols) for block_index heads
+        (int32, offsets [B, heads, R + 1]; docs/runtime.md). Returns out."""
         import numpy as np
         if self.context.device != _CPU:
             raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
                                "attention_run takes numpy arrays on CPU "
                                "contexts (use attention() on CUDA)")
-        d = _AttentionDesc()
-        _lib.tessera_attention_desc_init(ctypes.byref(d))
+        d = _AttentionDescV8()
+        _lib.tessera_attention_desc_init_size(ctypes.byref(d), ctypes.sizeof(d))
         d.layer = _int64("layer", layer)
         d.q, d.k, d.v = (_describe(x, _CPU, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
         d.o = _describe(out, _CPU, "out", output=True)
         d.scale = float(scale)
         _seq_options(d, q, num_seqs, cu_seqlens_q, cu_seqlens_k, seq_lens_k,
                      block_table, q_start, k_start, head_start, head_count)
+        dyn = self._dynamic_inputs(centroids)
+        if dyn is not None:
+            d.dynamic_inputs = ctypes.addressof(dyn)
+        if block_index is not None:
+            _block_index(d, block_index, d.num_seqs or q.shape[0],
+                         d.head_count or q.shape[2])
         if lse is not None:
             if not isinstance(lse, np.ndarray) or lse.dtype != np.float32 or \
                     not lse.flags["C_CONTIGUOUS"] or not lse.flags.writeable:

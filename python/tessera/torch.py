@@ -87,10 +87,17 @@ def _check_shapes(q, k, v):
                          device_types=("cpu", "cuda"))
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   bundle: str, layer: int, scale: float,
-                  centroids: Optional[torch.Tensor] = None
+                  centroids: Optional[torch.Tensor] = None,
+                  block_index_offsets: Optional[torch.Tensor] = None,
+                  block_index_cols: Optional[torch.Tensor] = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_shapes(q, k, v)
     b = _bundle(bundle, q.device)
+    index = _block_index_arrays(block_index_offsets, block_index_cols)
+    if index is not None and q.device.type != "cpu":
+        raise NotImplementedError(
+            "tessera.attention: block_index heads run on the CPU only for "
+            "now (no CUDA kernel walks a caller's index yet)")
     if q.device.type == "cpu":
         if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise TypeError(f"tessera.attention: unsupported dtype {q.dtype} "
@@ -105,7 +112,7 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         cn = None if centroids is None else \
             centroids.detach().to(torch.float32).contiguous().numpy()
         _, lse = b.attention(layer, qn, kn, vn, out=o.numpy(), scale=scale,
-                             centroids=cn)
+                             centroids=cn, block_index=index)
         return o.to(q.dtype), torch.from_numpy(lse)
     cd = None if centroids is None else \
         centroids.detach().to(device=q.device, dtype=torch.float32).contiguous()
@@ -116,8 +123,20 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return o, lse
 
 
+def _block_index_arrays(offsets, cols):
+    """(offsets, cols) as int32 numpy arrays for the binding, or None."""
+    if offsets is None and cols is None:
+        return None
+    if offsets is None or cols is None:
+        raise ValueError("tessera.attention: block_index needs both offsets "
+                         "and cols")
+    return tuple(x.detach().to(device="cpu", dtype=torch.int32).contiguous()
+                 .numpy() for x in (offsets, cols))
+
+
 @_attention_op.register_fake
-def _(q, k, v, bundle, layer, scale, centroids=None):
+def _(q, k, v, bundle, layer, scale, centroids=None, block_index_offsets=None,
+      block_index_cols=None):
     # Contiguous outputs, as both real kernels give, also for transposed
     # (non-contiguous) q, k and v such as transformers passes.
     _check_shapes(q, k, v)
@@ -169,7 +188,8 @@ def _(q, k, v, o, lse, grad_o, grad_lse, bundle, layer, scale, centroids=None):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, bundle, layer, scale, centroids = inputs
+    q, k, v, bundle, layer, scale, centroids = inputs[:7]
+    # (block_index heads have no backward yet: the runtime says so.)
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse)
     ctx.args = (bundle, layer, scale, centroids)
@@ -181,7 +201,7 @@ def _backward(ctx, grad_o, grad_lse):
         grad_o = torch.zeros_like(o)
     dq, dk, dv = torch.ops.tessera.attention_backward(
         q, k, v, o, lse, grad_o, grad_lse, *ctx.args)
-    return dq, dk, dv, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 _attention_op.register_autograd(_backward, setup_context=_setup_context)
@@ -317,7 +337,7 @@ _attention_seq_op.register_autograd(_seq_backward,
 def attention(q, k, v, bundle, layer, scale=0.0, centroids=None, *,
               num_seqs=0, cu_seqlens_q=None, cu_seqlens_k=None,
               seq_lens_k=None, block_table=None, q_start=None, k_start=None,
-              head_start=0, head_count=0):
+              head_start=0, head_count=0, block_index=None):
     """(o, lse) of `layer` of the bundle at `bundle` (a directory written by
     attn-translate). q: [B, Nq, H, D]; k, v: [B, Nk, Hkv, D]; o like q; lse
     [B, H, Nq] float32. scale 0 selects 1/sqrt(D). centroids: [H, C, D]
@@ -331,13 +351,24 @@ def attention(q, k, v, bundle, layer, scale=0.0, centroids=None, *,
     [num_seqs]) and a head range (head_start, head_count: q holds those
     heads, k and v the kv heads they read). Such calls run on the CPU
     (torch.ops.tessera.attention_seq); packed, length and head-range calls
-    have a backward (autograd), paged and positioned ones not yet."""
+    have a backward (autograd), paged and positioned ones not yet.
+
+    block_index: (offsets, cols), int32 tensors, for the layer's
+    #attn.block_index heads (docs/runtime.md, "Caller-provided block
+    indices"): offsets [B, H, R + 1], cols the key blocks; dense calls on
+    the CPU, no backward yet."""
     seq = (num_seqs or head_count or any(
         x is not None for x in (cu_seqlens_q, cu_seqlens_k, seq_lens_k,
                                 block_table, q_start, k_start)))
+    offsets, cols = (None, None) if block_index is None else block_index
     if not seq:
         return torch.ops.tessera.attention(q, k, v, bundle, int(layer),
-                                           float(scale), centroids)
+                                           float(scale), centroids, offsets,
+                                           cols)
+    if block_index is not None:
+        raise ValueError("tessera.attention: block_index with per-sequence "
+                         "options: block_index heads take dense calls only "
+                         "for now")
     if centroids is not None:
         raise ValueError("tessera.attention: centroids with per-sequence "
                          "options: pass dense calls for routing groups that "

@@ -927,6 +927,9 @@ struct Call {
   int64_t lseCount = 0;          ///< floats the LSE holds
   const float *centroids = nullptr;
   int64_t needClusters = 0;
+  /// The caller's block index, where a block_index group reads it (API 8).
+  cpu::BlockIndexCsr blockIndex;
+  bool hasBlockIndex = false;
 
   /// A call of version 3: one dense batch, every head, bottom-right.
   bool dense() const {
@@ -1294,6 +1297,100 @@ tessera_status validateCentroids(Call &c) {
   return TESSERA_OK;
 }
 
+tessera_status refuseDeviceMemory(
+    std::initializer_list<std::pair<const void *, const char *>> pointers);
+
+/// The layer's block_index groups, which must share one block size (a
+/// call passes one index layout); null where there are none.
+const DynamicGroupDesc *blockIndexGroup(const Call &c, std::string &clash) {
+  const DynamicGroupDesc *first = nullptr;
+  for (const DynamicGroupDesc &g : c.l->dynamicGroups) {
+    if (g.args.family != kernel::kBlockIndex)
+      continue;
+    if (!first)
+      first = &g;
+    else if (g.args.blockQ != first->args.blockQ ||
+             g.args.blockK != first->args.blockK)
+      clash = c.layerName() + ": the block_index groups of heads " +
+              std::to_string(first->heads.front()) + " and " +
+              std::to_string(g.heads.front()) +
+              " differ in block_q or block_k (a call passes one index "
+              "layout)";
+  }
+  return first;
+}
+
+/// The caller's block index (tessera.h, API 8), where a block_index group
+/// reads it: dense calls on the CPU; every row of those heads checked.
+tessera_status validateBlockIndex(Call &c) {
+  const tessera_attention_desc &d = c.d;
+  std::string clash;
+  const DynamicGroupDesc *first = blockIndexGroup(c, clash);
+  if (!first)
+    return TESSERA_OK;
+  if (!clash.empty())
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT, clash);
+  const std::string who = c.layerName() + ": the block_index group of head " +
+                          std::to_string(first->heads.front());
+  if (c.cuda)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                who + " runs on CPU contexts only for now (no CUDA kernel "
+                      "walks a caller's index yet)");
+  if (d.cu_seqlens_q || d.cu_seqlens_k || d.seq_lens_k)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                who + " takes dense calls (and head ranges) only for now: "
+                      "its index has one row count per call (no "
+                      "cu_seqlens_q, cu_seqlens_k or seq_lens_k)");
+  cpu::BlockIndexCsr &x = c.blockIndex;
+  x.heads = c.heads;
+  x.rows = kernel::btQueryBlocks(first->args.blockQ, d.q.seq, d.k.seq);
+  x.keyBlocks = kernel::dynCeilDiv(d.k.seq, first->args.blockK);
+  const std::string shape = "int32 [" + std::to_string(c.numSeqs) + ", " +
+                            std::to_string(c.heads) + ", " +
+                            std::to_string(x.rows + 1) + "]";
+  if (!d.block_index_offsets)
+    return fail(TESSERA_ERROR_NULL_POINTER,
+                who + " reads the caller's block index: set "
+                      "desc.block_index_offsets (" +
+                    shape + ") and block_index_cols");
+  if (d.block_index_rows != x.rows)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "block_index_rows is " + std::to_string(d.block_index_rows) +
+                    "; " + who + " has " + std::to_string(x.rows) +
+                    " query blocks of " +
+                    std::to_string(first->args.blockQ) + " positions at Nq = " +
+                    std::to_string(d.q.seq) + ", Nk = " +
+                    std::to_string(d.k.seq) + ": block_index_offsets is " +
+                    shape);
+  if (d.block_index_nnz < 0 || d.block_index_nnz > INT32_MAX)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "block_index_nnz is " + std::to_string(d.block_index_nnz) +
+                    ": the entries of block_index_cols, in [0, 2^31)");
+  if (!d.block_index_cols && d.block_index_nnz > 0)
+    return fail(TESSERA_ERROR_NULL_POINTER,
+                "block_index_cols is null with block_index_nnz = " +
+                    std::to_string(d.block_index_nnz));
+  if (tessera_status s = refuseDeviceMemory(
+          {{d.block_index_offsets, "block_index_offsets"},
+           {d.block_index_cols, "block_index_cols"}}))
+    return s;
+  x.offsets = d.block_index_offsets;
+  x.cols = d.block_index_cols;
+  x.nnz = d.block_index_nnz;
+  for (const DynamicGroupDesc &g : c.l->dynamicGroups)
+    for (kernel::i64 h : g.heads) {
+      const int64_t slot = h - d.head_start;
+      if (g.args.family != kernel::kBlockIndex || slot < 0 || slot >= c.heads)
+        continue;
+      for (int64_t b = 0; b < c.numSeqs; ++b)
+        if (std::string e = cpu::checkBlockIndex(x, b, slot, h); !e.empty())
+          return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                      c.layerName() + ": " + e);
+    }
+  c.hasBlockIndex = true;
+  return TESSERA_OK;
+}
+
 /// o is written while q, k and v are read: it may not share memory with k
 /// or v, nor with q unless it is q itself (each query block reads its own
 /// rows before writing them), nor write one element twice; lse neither.
@@ -1384,7 +1481,7 @@ tessera_status validateCall(tessera_bundle *bundle,
     if (tessera_status s = checkHostArrays(c))
       return s;
   for (auto step : {validateQueries, validateKeys, validatePositions,
-                    validateCentroids})
+                    validateCentroids, validateBlockIndex})
     if (tessera_status s = step(c))
       return s;
   return validateAliasing(c);
@@ -1506,8 +1603,11 @@ tessera_status runDynamicSequence(const Call &c, const cpu::LayerArgs &a,
   one.v = rowsView(a.v, kb, k0, nk);
   std::vector<float> lse(d.lse ? size_t(H * nq) : 0);
   one.lse = d.lse ? lse.data() : nullptr;
-  if (std::string e = runDynamicGroupCpu(g, one, c.l->numHeads, c.centroids,
-                                         c.needClusters);
+  cpu::BlockIndexCsr index = c.blockIndex; // batch entry s (dense queries)
+  index.batch0 = s;
+  if (std::string e =
+          runDynamicGroupCpu(g, one, c.l->numHeads, c.centroids,
+                             c.needClusters, c.hasBlockIndex ? &index : nullptr);
       !e.empty())
     return fail(TESSERA_ERROR_INTERNAL, e);
   const int64_t base = d.cu_seqlens_q ? q0 : s * H * d.q.seq;
@@ -1546,8 +1646,9 @@ tessera_status runDynamicCpu(const Call &c, const cpu::LayerArgs &a) {
     }
   for (const DynamicGroupDesc &g : c.l->dynamicGroups) {
     if (c.dense()) {
-      if (std::string e = runDynamicGroupCpu(g, a, c.l->numHeads,
-                                             c.centroids, c.needClusters);
+      if (std::string e = runDynamicGroupCpu(
+              g, a, c.l->numHeads, c.centroids, c.needClusters,
+              c.hasBlockIndex ? &c.blockIndex : nullptr);
           !e.empty())
         return fail(TESSERA_ERROR_INTERNAL, e);
       continue;

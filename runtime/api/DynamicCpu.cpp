@@ -192,6 +192,11 @@ double tessera::runtime::dynamicGroupCpuBytes(const k::DynArgs &a, int64_t nq,
     if (a.tau > 0)
       bytes += 4 * std::min(b, q) * n + 8 * n + 64 * tk;
     bytes += 8 * d * (tq + 2 * tk) + 80 * tk + 64 * tq * cap;
+  } else if (a.family == k::kBlockIndex) {
+    // The caller's lists as block pairs (16 bytes each) and the program
+    // over them: at most every (query block, key block) pair.
+    bytes += 48.0 * double(k::btQueryBlocks(a.blockQ, nq, nk)) *
+             double(k::dynCeilDiv(nk, a.blockK));
   } else {
     // Centroids in double (and transposed), the clusters of every token,
     // key lists per cluster, and the segments' permuted rows.
@@ -227,13 +232,26 @@ int64_t tessera::runtime::dynamicWorkspaceBudget() {
 /// from its query and key rows `qr`, `kr` as a static pattern, joined to
 /// the group's other heads' patterns as union(intersect(leaf, with),
 /// difference(without, leaf)); appended to `out`.
+/// `lists`: a block_index head's rows (the caller's), else null.
 static std::string
 dynamicHeadProgram(const tessera::runtime::DynamicGroupDesc &g,
                    const cpu::Rows &qr, const cpu::Rows &kr, int64_t d,
-                   float scale, k::ProgramArrays &out) {
+                   float scale, k::ProgramArrays &out,
+                   const std::vector<std::vector<int64_t>> *lists = nullptr) {
   const k::DynArgs &a = g.args;
   semantics::Pattern leaf;
-  if (a.family == k::kVerticalSlash) {
+  if (a.family == k::kBlockIndex) {
+    // Row i of the caller's index is query block btFirstBlock + i, as
+    // block top-k's lists: the same block_sparse specialisation.
+    semantics::BlockSparse bs;
+    bs.blockQ = a.blockQ;
+    bs.blockK = a.blockK;
+    const int64_t first = k::btFirstBlock(a.blockQ, qr.count, kr.count);
+    for (size_t i = 0; lists && i < lists->size(); ++i)
+      for (int64_t kb : (*lists)[i])
+        bs.blocks.push_back({first + int64_t(i), kb});
+    leaf = semantics::Pattern{bs};
+  } else if (a.family == k::kVerticalSlash) {
     const cpu::VerticalSlashParams vp{a.lastQ, a.vertical, a.slash,
                                       a.firstColumns, a.lastDiagonals};
     cpu::VerticalSlashIndex index =
@@ -284,6 +302,9 @@ std::string tessera::runtime::layerTableWithDynamicHeads(
   for (const DynamicGroupDesc &g : l.dynamicGroups) {
     if (g.args.family == k::kRouting)
       continue; // routingBackwardCpu
+    if (g.args.family == k::kBlockIndex)
+      return "the block_index group of head " + std::to_string(g.heads.front()) +
+             " has no backward yet (the caller's index is not passed to it)";
     for (k::i64 h : g.heads) {
       std::vector<float> qf = headRows(q, b, h), kf = headRows(k, b, h / ratio);
       cpu::Rows qr{qf.data(), q.seq, d}, kr{kf.data(), k.seq, d};
@@ -341,7 +362,8 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
                                                  const cpu::LayerArgs &args,
                                                  int64_t numHeads,
                                                  const float *centroids,
-                                                 int64_t centroidStride) {
+                                                 int64_t centroidStride,
+                                                 const cpu::BlockIndexCsr *bi) {
   const k::DynArgs &a = g.args;
   const int64_t nq = args.q.seq, nk = args.k.seq, d = args.q.headDim;
   // A head range: q and o hold heads [h0, h0 + q.heads), k and v the kv
@@ -393,8 +415,15 @@ std::string tessera::runtime::runDynamicGroupCpu(const DynamicGroupDesc &g,
         storeHead(args, b, local, out, lse);
         continue;
       }
+      std::vector<std::vector<int64_t>> lists;
+      if (a.family == k::kBlockIndex) {
+        if (!bi)
+          return "the block_index group of head " + std::to_string(h) +
+                 " has no index";
+        lists = cpu::blockIndexLists(*bi, b, local);
+      }
       k::OwnedLayerTable t;
-      if (std::string e = dynamicHeadProgram(g, qr, kr, d, scale, t);
+      if (std::string e = dynamicHeadProgram(g, qr, kr, d, scale, t, &lists);
           !e.empty())
         return e;
       if (t.data.empty())

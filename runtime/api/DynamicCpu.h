@@ -6,6 +6,7 @@
 #include "Manifest.h"
 
 #include "tessera/cpu/Backward.h"
+#include "tessera/cpu/Dynamic.h"
 #include "tessera/cpu/Executor.h"
 
 #include <string>
@@ -17,9 +18,12 @@ namespace tessera::runtime {
 /// attention over it. `centroids`: fp32 [numHeads][centroidStride][headDim]
 /// (head h's first `clusters` rows) for routing with kmeans_iterations = 0,
 /// else unused. Returns "" or an error.
+/// `blockIndex`: the caller's lists for block_index groups (checked), else
+/// null.
 std::string runDynamicGroupCpu(const DynamicGroupDesc &g,
                                const cpu::LayerArgs &args, int64_t numHeads,
-                               const float *centroids, int64_t centroidStride);
+                               const float *centroids, int64_t centroidStride,
+                               const cpu::BlockIndexCsr *blockIndex = nullptr);
 
 /// The schedule of layer `l` for batch entry b of q and k (the whole layer's
 /// heads and kv heads) with each dynamic head's index built from its rows

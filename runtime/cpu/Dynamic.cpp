@@ -819,4 +819,55 @@ int64_t attendRoutingSegments(const Rows &q, const Rows &k, const Rows &v,
   return tiles.load();
 }
 
+static const int32_t *blockIndexRow(const BlockIndexCsr &index, int64_t b,
+                                     int64_t slot) {
+  return index.offsets +
+         ((index.batch0 + b) * index.heads + slot) * (index.rows + 1);
+}
+
+std::string checkBlockIndex(const BlockIndexCsr &index, int64_t b,
+                            int64_t slot, int64_t head) {
+  const int32_t *off = blockIndexRow(index, b, slot);
+  const std::string where = " of batch entry " +
+                            std::to_string(index.batch0 + b) + ", head " +
+                            std::to_string(head);
+  for (int64_t i = 0; i <= index.rows; ++i)
+    if (off[i] < 0 || off[i] > index.nnz)
+      return "block_index_offsets" + where + ": entry " + std::to_string(i) +
+             " is " + std::to_string(off[i]) + ", outside [0, " +
+             std::to_string(index.nnz) + "] (block_index_nnz)";
+  // The offsets first: a decrease would otherwise show as a row whose
+  // columns run into the next row's.
+  for (int64_t i = 0; i < index.rows; ++i)
+    if (off[i + 1] < off[i])
+      return "block_index_offsets" + where + ": row " + std::to_string(i) +
+             " ends at " + std::to_string(off[i + 1]) + " before it begins at " +
+             std::to_string(off[i]) + " (offsets must not decrease)";
+  for (int64_t i = 0; i < index.rows; ++i) {
+    for (int32_t j = off[i]; j < off[i + 1]; ++j) {
+      const int32_t kb = index.cols[j];
+      if (kb < 0 || kb >= index.keyBlocks)
+        return "block_index_cols" + where + ", query block row " +
+               std::to_string(i) + ": key block " + std::to_string(kb) +
+               " is outside [0, " + std::to_string(index.keyBlocks) +
+               ") (ceil(Nk / block_k))";
+      if (j > off[i] && kb <= index.cols[j - 1])
+        return "block_index_cols" + where + ", query block row " +
+               std::to_string(i) + ": key block " + std::to_string(kb) +
+               " follows " + std::to_string(index.cols[j - 1]) +
+               " (a row's key blocks must be strictly increasing)";
+    }
+  }
+  return "";
+}
+
+std::vector<std::vector<int64_t>> blockIndexLists(const BlockIndexCsr &index,
+                                                  int64_t b, int64_t slot) {
+  const int32_t *off = blockIndexRow(index, b, slot);
+  std::vector<std::vector<int64_t>> lists(size_t(index.rows));
+  for (int64_t i = 0; i < index.rows; ++i)
+    lists[size_t(i)].assign(index.cols + off[i], index.cols + off[i + 1]);
+  return lists;
+}
+
 } // namespace tessera::cpu

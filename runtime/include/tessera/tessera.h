@@ -37,9 +37,11 @@ extern "C" {
  * version 6 tessera_bundle_visited_tiles, and head ranges for layers with
  * dynamic heads; version 7 a caller-owned workspace in
  * tessera_attention_desc (workspace, workspace_size) and
- * tessera_attention_workspace_size.
+ * tessera_attention_workspace_size; version 8 the caller's block index of
+ * block_index heads in tessera_attention_desc (block_index_offsets,
+ * block_index_cols, block_index_nnz).
  */
-#define TESSERA_API_VERSION 7
+#define TESSERA_API_VERSION 8
 
 typedef enum tessera_status {
   TESSERA_OK = 0,
@@ -225,7 +227,23 @@ TESSERA_API tessera_status tessera_attention_dynamic(
  * TESSERA_ERROR_INVALID_ARGUMENT naming the bytes needed. The caller owns
  * it and must not reuse it until the call's work on cuda_stream is done.
  * A CPU context ignores both fields (its executor's scratch is host
- * memory of its own). */
+ * memory of its own).
+ * Block index (API 8; docs/runtime.md, "Caller-provided block indices"):
+ * the key blocks of each query block for the layer's block_index heads
+ * (#attn.block_index<block_q = BQ, block_k = BK>), as CSR over int32 host
+ * arrays. R = floor((Nk - 1) / BQ) - floor((Nk - Nq) / BQ) + 1 query
+ * blocks of positions (ceil(N / BQ) when Nq = Nk = N; row i is position
+ * block floor((Nk - Nq) / BQ) + i); for batch entry b and head slot h of
+ * the call (0 <= h < head_count, or H), row i's key blocks are
+ * block_index_cols[o[i] .. o[i + 1]), o = block_index_offsets + (b * heads
+ * + h) * (R + 1): offsets [B, heads, R + 1] within [0, block_index_nnz]
+ * and non-decreasing per (b, h), each row's key blocks strictly increasing
+ * in [0, ceil(Nk / BK)); block_index_rows is the caller's R, which must
+ * be the call's (so that the library never reads past the caller's
+ * offsets). Only the rows of block_index heads are read (and
+ * checked: an error names the field, the batch entry and the head). Dense
+ * calls (and head ranges) on CPU contexts only, for now; a layer's
+ * block_index groups share BQ and BK. */
 typedef struct tessera_attention_desc {
   size_t struct_size; /* sizeof(tessera_attention_desc) of the caller */
   int64_t layer;
@@ -242,6 +260,10 @@ typedef struct tessera_attention_desc {
   int64_t head_start, head_count;
   void *workspace;       /* API 7: null, or caller-owned device memory */
   size_t workspace_size; /* its bytes (0 with a null workspace) */
+  const int32_t *block_index_offsets; /* API 8: [B, heads, R + 1], or null */
+  const int32_t *block_index_cols;    /* [block_index_nnz] key blocks */
+  int64_t block_index_nnz;
+  int64_t block_index_rows; /* R as the caller counted it (checked) */
 } tessera_attention_desc;
 
 /* Zeroes the caller's `size` bytes of *desc (its sizeof, 64 KiB at most)

@@ -16,6 +16,7 @@
 #define TESSERA_CPU_DYNAMIC_H
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace tessera::cpu {
@@ -98,6 +99,31 @@ struct RoutingIndex {
 RoutingIndex buildRouting(const Rows &q, const Rows &k, int64_t headDim,
                           int64_t clusters, int64_t iterations,
                           const float *centroids);
+
+/// A caller's block index (block_index heads, docs/runtime.md): for batch
+/// entry b and head slot h of a call (its heads in order), rows + 1
+/// int32 offsets from offsets[(b * heads + h) * (rows + 1)], row i holding
+/// the key blocks cols[offsets[i] .. offsets[i + 1]) of query block
+/// firstBlock + i (blocks of positions, block_q rows). Host memory.
+struct BlockIndexCsr {
+  const int32_t *offsets = nullptr, *cols = nullptr;
+  int64_t nnz = 0;       ///< entries of cols
+  int64_t heads = 0;     ///< head slots per batch entry
+  int64_t rows = 0;      ///< query blocks per (batch entry, head slot)
+  int64_t keyBlocks = 0; ///< ceil(Nk / block_k): columns are below it
+  int64_t batch0 = 0;    ///< the batch entry that b = 0 stands for
+};
+
+/// "" when the lists of (batch entry b, head slot `slot`) are well formed:
+/// offsets in [0, nnz] and non-decreasing, each row's key blocks strictly
+/// increasing and in [0, keyBlocks). Else a message naming the field, the
+/// batch entry, `head` (the layer's index of the slot) and the row.
+std::string checkBlockIndex(const BlockIndexCsr &index, int64_t b,
+                            int64_t slot, int64_t head);
+
+/// The key blocks of every row of (b, slot) (checked by checkBlockIndex).
+std::vector<std::vector<int64_t>> blockIndexLists(const BlockIndexCsr &index,
+                                                  int64_t b, int64_t slot);
 
 /// Attention of one head over a vertical-slash index in tiles of `block`
 /// query rows by up to `block` keys: per query block, the diagonals' key

@@ -1,7 +1,9 @@
 //===- LowerRuns.cpp - each group's key-block runs in the IR --------------===//
 
+#include "tessera/Schedule/Lower.h"
 #include "tessera/Semantics/FromAttr.h"
 #include "tessera/Transforms/Passes.h"
+#include "tessera/cpu/Layout.h"
 #include "tessera/Transforms/RunOps.h"
 
 #include "tessera/Dialect/Attn/AttnOps.h"
@@ -60,6 +62,27 @@ void buildTransposed(OpBuilder &b, Location loc, PatternAttrInterface p,
               blockQ, blockK);
 }
 
+/// How a group with a layout walks its permuted order: the closed form's
+/// residue relation (tessera/cpu/Layout.h, PermutedRuns: a query block of
+/// residues c0..c1 visits the key blocks of the union of R(c), FULL inside
+/// their intersection), or why there is none (each pair classified once).
+std::string permutedRuns(GroupOp group, int64_t period) {
+  schedule::Program program;
+  std::string error;
+  if (!schedule::lowerPattern(semantics::fromAttr(group.getPattern()),
+                              program, error))
+    return "pairwise (" + error + ")";
+  std::string why = layout::residueOnlyReason(
+      program.nodes.data(), int64_t(program.nodes.size()), period,
+      group.getHeads().front());
+  if (!why.empty())
+    return "pairwise (no closed form: " + why + ")";
+  return "residues mod " + std::to_string(period) + ": R(p) = {k : " +
+         layout::describeResidues(program.nodes.data(),
+                                  int64_t(program.nodes.size())) +
+         "}";
+}
+
 struct AttnLowerRunsPass
     : tessera::impl::AttnLowerRunsBase<AttnLowerRunsPass> {
   void runOnOperation() override {
@@ -75,6 +98,9 @@ struct AttnLowerRunsPass
       if (group.getPattern().isStatic())
         buildTransposed(b, group.getLoc(), group.getPattern(),
                         schedule.getBlockQ(), schedule.getBlockK());
+      if (PeriodTransposeAttr layout = group.getLayoutAttr())
+        group->setAttr("attn.permuted_runs",
+                       b.getStringAttr(permutedRuns(group, layout.getPeriod())));
     });
   }
 };

@@ -13,6 +13,7 @@
 
 #include "tessera/Cost/CostModel.h"
 #include "tessera/Dialect/Attn/AttnOps.h"
+#include "tessera/Schedule/Lower.h"
 #include "tessera/Semantics/FromAttr.h"
 #include "tessera/cpu/Layout.h"
 #include "tessera/Transforms/Passes.h"
@@ -103,19 +104,42 @@ struct TileCounts {
 
 /// The tiles of `pattern` (for `head`) at Nq = Nk = n in tiles of bq x bk,
 /// in the original order (element 0) and in the period transpose of each of
-/// `periods` (elements 1...): every pair's predicate is evaluated on the
-/// original positions and counted into the tile that its query's and its
-/// key's slots fall in; a tile is FULL when all its pairs are allowed.
-/// Exact: O(n^2) predicate calls, however sparse the pattern.
+/// `periods` (elements 1...). A transpose the pattern is residue-only for
+/// is counted from its closed-form runs (layout::PermutedRuns, what the
+/// executor walks); the original order and the other transposes pair by
+/// pair: every pair's predicate on the original positions counted into the
+/// tile its query's and its key's slots fall in, a tile FULL when all its
+/// pairs are allowed (O(n^2) predicate calls, however sparse the pattern).
 std::vector<TileCounts> countTiles(const semantics::Pattern &pattern,
                                    int64_t head, int64_t numHeads, int64_t n,
                                    int64_t bq, int64_t bk,
                                    ArrayRef<int64_t> periods) {
   size_t layouts = periods.size() + 1;
+  std::vector<TileCounts> out(layouts);
+  std::vector<bool> closed(layouts, false);
+  schedule::Program program;
+  std::string error;
+  if (schedule::lowerPattern(pattern, program, error))
+    for (size_t l = 1; l < layouts; ++l) {
+      const kernel::Node *nodes = program.nodes.data();
+      int64_t count = int64_t(program.nodes.size());
+      if (!layout::residueOnlyReason(nodes, count, periods[l - 1], head)
+               .empty())
+        continue;
+      layout::PermutedRuns runs{nodes, count, {periods[l - 1]}, n, n, bq, bk,
+                                head};
+      runs.countTiles(out[l].visited, out[l].full);
+      out[l].partial = out[l].visited - out[l].full;
+      closed[l] = true;
+    }
   int64_t rowBlocks = ceilDiv(n, bq), keyBlocks = ceilDiv(n, bk);
-  // The query and key block of every token in every order.
+  // The query and key block of every token in every order counted here.
+  std::vector<size_t> counted;
+  for (size_t l = 0; l < layouts; ++l)
+    if (!closed[l])
+      counted.push_back(l);
   std::vector<std::vector<int32_t>> rowBlock(layouts), keyBlock(layouts);
-  for (size_t l = 0; l < layouts; ++l) {
+  for (size_t l : counted) {
     rowBlock[l].resize(n);
     keyBlock[l].resize(n);
     for (int64_t t = 0; t < n; ++t) {
@@ -126,15 +150,15 @@ std::vector<TileCounts> countTiles(const semantics::Pattern &pattern,
     }
   }
   // Allowed pairs per tile; at most 1024 x 1024 a tile.
-  std::vector<std::vector<int32_t>> allowed(
-      layouts, std::vector<int32_t>(rowBlocks * keyBlocks, 0));
+  std::vector<std::vector<int32_t>> allowed(layouts);
+  for (size_t l : counted)
+    allowed[l].assign(rowBlocks * keyBlocks, 0);
   for (int64_t q = 0; q < n; ++q)
     for (int64_t k = 0; k < n; ++k)
       if (semantics::allowed(pattern, q, k, head, n, n, numHeads))
-        for (size_t l = 0; l < layouts; ++l)
+        for (size_t l : counted)
           ++allowed[l][rowBlock[l][q] * keyBlocks + keyBlock[l][k]];
-  std::vector<TileCounts> out(layouts);
-  for (size_t l = 0; l < layouts; ++l)
+  for (size_t l : counted)
     for (int64_t i = 0; i < rowBlocks; ++i)
       for (int64_t j = 0; j < keyBlocks; ++j) {
         int64_t c = allowed[l][i * keyBlocks + j];

@@ -50,5 +50,10 @@ attn.model @permute {
 // A gain floor no layout reaches keeps every group in order.
 // NONE-NOT: layout
 
-// Lowering the runs keeps the layout.
+// Lowering the runs keeps the layout and says how each permuted group walks:
+// listed diagonals are not periodic, so no closed form (each pair is
+// classified once per call); the grid's residues mod 100 have one.
 // RUNS: attn.group 0 heads [0, 1] = {{.*}} layout #attn.period_transpose<period = 2048> runs {
+// RUNS: } {attn.permuted_runs = "pairwise (no closed form: a listed-ranges leaf (listed diagonals or stripe ranges): not periodic)"}
+// RUNS: attn.group 4 heads [5] = {{.*}} layout #attn.period_transpose<period = 100> runs {
+// RUNS: } {attn.permuted_runs = "residues mod 100: R(p) = {k : union((k - 7) mod 100 < 3, (p - k - 7) mod 100 < 5)}"}

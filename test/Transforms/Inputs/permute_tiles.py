@@ -52,8 +52,25 @@ def periodic_columns(n, period, width, phase=0):
     return lambda q: columns
 
 
+def strided_shards(n, shards, block, head, offset=0):
+    mine = {k for k in range(n) if (k // block) % shards == (head + offset) % shards}
+    return lambda q: mine
+
+
+def horizontal_stripe(n, period, width, phase=0):
+    return lambda q: set(range(n)) if (q - phase) % period < width else set()
+
+
 def union(*parts):
     return lambda q: set().union(*(p(q) for p in parts))
+
+
+def intersect(*parts):
+    return lambda q: set.intersection(*(p(q) for p in parts))
+
+
+def difference(a, b):
+    return lambda q: a(q) - b(q)
 
 
 def slots(n, period):
@@ -105,6 +122,28 @@ def cases(name, n):
             ("group 4 heads [5] #attn.grid<stride = 100, vertical_width = 3, "
              "slash_width = 5, phase = 7>",
              grid(n, 100, vertical_width=3, slash_width=5, phase=7), [100]),
+        ]
+    if name == "families":
+        return [
+            ("group 0 heads [0] #attn.multi_diagonal<stride = 96, width = 3>",
+             multi_diagonal(n, stride=96, width=3), [96]),
+            ("group 1 heads [1] #attn.grid<stride = 50, vertical_width = 2, "
+             "slash_width = 3, phase = 5>",
+             grid(n, 50, vertical_width=2, slash_width=3, phase=5), [50]),
+            ("group 2 heads [2] #attn.strided_shards<shards = 4, block = 8>",
+             strided_shards(n, 4, 8, head=2), [32]),
+            ("group 3 heads [3] #attn.vertical_stripe<period = 40, width = 4, "
+             "phase = 2>", periodic_columns(n, 40, 4, phase=2), [40]),
+            ("group 4 heads [4] #attn.horizontal_stripe<period = 25, width = "
+             "2>", horizontal_stripe(n, 25, 2), [25]),
+            ("group 5 heads [5] #attn.intersect<#attn.multi_diagonal<stride = "
+             "64, width = 8>, #attn.vertical_stripe<period = 32, width = 16>>",
+             intersect(multi_diagonal(n, stride=64, width=8),
+                       periodic_columns(n, 32, 16)), [32, 64]),
+            ("group 6 heads [6] #attn.difference<#attn.multi_diagonal<stride = "
+             "64, width = 4>, #attn.horizontal_stripe<period = 64, width = 8>>",
+             difference(multi_diagonal(n, stride=64, width=4),
+                        horizontal_stripe(n, 64, 8)), [64]),
         ]
     raise SystemExit("unknown cases " + name)
 

@@ -330,6 +330,56 @@ private:
   }
 };
 
+/// The residue relation of a residue-only program as text, for the IR:
+/// which keys k a row at aligned position p sees, every position read mod
+/// its leaf's period, e.g. "(k - p + 32) mod 1024 < 65".
+inline std::string describeResidues(const kernel::Node *nodes,
+                                    int64_t count) {
+  std::vector<std::string> stack;
+  auto modTest = [](const char *x, int64_t phase, int64_t period,
+                    int64_t width) {
+    std::string v = x;
+    if (phase != 0)
+      v += (phase > 0 ? " - " : " + ") +
+           std::to_string(phase > 0 ? phase : -phase);
+    if (v != "k" && v != "p")
+      v = "(" + v + ")";
+    return v + " mod " + std::to_string(period) + " < " +
+           std::to_string(width);
+  };
+  for (int64_t i = 0; i < count; ++i) {
+    const kernel::Node &n = nodes[i];
+    if (n.kind >= kernel::kUnion) {
+      size_t base = stack.size() - size_t(n.axis);
+      std::string r = n.kind == kernel::kUnion       ? "union("
+                      : n.kind == kernel::kIntersect ? "intersect("
+                                                     : "difference(";
+      for (size_t j = base; j < stack.size(); ++j)
+        r += (j == base ? "" : ", ") + stack[j];
+      stack.resize(base);
+      stack.push_back(r + ")");
+      continue;
+    }
+    static const char *axes[] = {"k", "p", "k - p", "p - k"};
+    switch (n.kind) {
+    case kernel::kAll:
+      stack.push_back("all");
+      break;
+    case kernel::kPeriodic:
+      stack.push_back(modTest(axes[n.axis], n.c, n.a, n.b));
+      break;
+    case kernel::kShards:
+      stack.push_back("k div " + std::to_string(n.a) + " mod " +
+                      std::to_string(n.b) + " = (h + " + std::to_string(n.c) +
+                      ") mod " + std::to_string(n.b));
+      break;
+    default:
+      stack.push_back("none");
+    }
+  }
+  return stack.size() == 1 ? stack.front() : "none";
+}
+
 } // namespace tessera::layout
 
 #endif // TESSERA_CPU_LAYOUT_H

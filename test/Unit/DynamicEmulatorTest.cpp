@@ -81,7 +81,36 @@ struct Case {
   /// output element 3 and every other row and element stay right (the
   /// guarded second pass over the tiles).
   int64_t poisonKey = -1;
+  /// The attention over the index by the sm_90a twins (HopperDynamic.cuh:
+  /// wgmma, TMA for contiguous tiles, cp.async for gathered ones) where
+  /// the group has them (head_dim 64 and 128), with tensor maps of K and V.
+  bool hopper = false;
 };
+
+/// HopperDynamic.cuh's HopperDynLaunch: the twins' packed arguments.
+struct HopperDynPack {
+  k::AttnParams p;
+  k::DynArgs a;
+  tessera_emu::TensorMap maps[3]; // q (not read), k, v
+};
+
+/// The tensor map the runtime makes of a [B, seq, heads, d] tensor of
+/// 16-bit elements for the twins (HopperLaunch.cpp): boxes of 64 elements
+/// of d by 64 tokens of one head and batch entry, 128-byte swizzle, zeros
+/// past the end.
+void encodeKeys(tessera_emu::TensorMap &map, uint16_t *base, bool f16,
+                int64_t B, int64_t seq, int64_t heads, int64_t d) {
+  const uint64_t dims[4] = {uint64_t(d), uint64_t(heads), uint64_t(seq),
+                            uint64_t(B)};
+  const uint64_t strides[3] = {dims[0] * 2, dims[0] * dims[1] * 2,
+                               dims[0] * dims[1] * dims[2] * 2};
+  const uint32_t box[4] = {64, 1, 64, 1};
+  ASSERT_EQ(tessera_emu::encodeTensorMapTiled(
+                &map, f16 ? tessera_emu::kTensorMapF16
+                          : tessera_emu::kTensorMapBF16,
+                4, base, dims, strides, box, 3, true),
+            0);
+}
 
 template <typename T> T *at(std::vector<unsigned char> &ws, int64_t offset) {
   return reinterpret_cast<T *>(ws.data() + offset);
@@ -92,10 +121,14 @@ template <typename T> T *at(std::vector<unsigned char> &ws, int64_t offset) {
 /// top-k) query blocks that dynChunkPlan gives for `budget`, one workspace
 /// `ws` reused by every chunk (after the run it holds the last chunk's
 /// slices). Counts each kernel's launches; returns the chunks run.
+/// `twins`: null, or the sm_90a twins of the attention kernels (launched
+/// in their place, 256 threads, with `maps`).
 int runGroup(const std::string &name, const std::vector<std::string> &kernels,
              const k::AttnParams &p, k::DynArgs a, int64_t slots, int64_t batch,
              int64_t budget, std::vector<unsigned char> &ws,
-             std::vector<int> &launches) {
+             std::vector<int> &launches,
+             const std::vector<std::string> *twins = nullptr,
+             const tessera_emu::TensorMap *maps = nullptr) {
   k::DynChunks plan;
   if (!k::dynChunkPlan(a, p.nq, p.nk, slots, batch, budget, plan)) {
     ADD_FAILURE() << "no chunks within " << budget << " bytes";
@@ -130,6 +163,21 @@ int runGroup(const std::string &name, const std::vector<std::string> &kernels,
           return chunks;
         }
         a.qBlock0 = qBlock0;
+        const std::string twin = kernels[size_t(kernel)] + "_wgmma";
+        if (twins &&
+            std::find(twins->begin(), twins->end(), twin) != twins->end()) {
+          auto tf = reg.find(name + "/" + twin);
+          if (tf == reg.end()) {
+            ADD_FAILURE() << "no kernel " << twin;
+            return chunks;
+          }
+          HopperDynPack pack{p, a, {maps[0], maps[1], maps[2]}};
+          tessera_emu::launch(
+              [&] { tf->second(&pack, 0); },
+              dim3{unsigned(gx), unsigned(a.numSlots), unsigned(batches)},
+              dim3{256, 1, 1});
+          continue;
+        }
         struct {
           k::AttnParams p;
           k::DynArgs a;
@@ -272,9 +320,15 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
       std::vector<int64_t> heads;
       for (const json::Value &h : *g.getArray("heads"))
         heads.push_back(*h.getAsInteger());
-      std::vector<std::string> kernels;
+      std::vector<std::string> kernels, twins;
       for (const json::Value &kv : *g.getArray("kernels"))
         kernels.push_back(kv.getAsString()->str());
+      if (const json::Object *w = g.getObject("wgmma"))
+        for (const json::Value &kv : *w->getArray("kernels"))
+          twins.push_back(kv.getAsString()->str());
+      // Head_dim 64 and 128 have twins; 96 keeps the mma.sync kernels.
+      EXPECT_EQ(twins.empty(), d != 64 && d != 128);
+      const bool hopper = shape.hopper && !twins.empty();
       Program with = programOf(*g.getObject("with")),
               without = programOf(*g.getObject("without"));
       SCOPED_TRACE("layer " + std::to_string(position) + " group " +
@@ -326,8 +380,13 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
       std::vector<int> launches;
       tessera_emu::resetBankCounts();
       tessera_emu::resetLeftoverCopies();
+      tessera_emu::TensorMap maps[3] = {};
+      if (hopper) {
+        encodeKeys(maps[1], kk.data(), f16, B, nk, hkv, d);
+        encodeKeys(maps[2], v.data(), f16, B, nk, hkv, d);
+      }
       ASSERT_EQ(runGroup(name, kernels, p, a, slots, B, k::kUnbounded - 1, ws,
-                         launches),
+                         launches, hopper ? &twins : nullptr, maps),
                 1);
 
       // The attention's copies all waited for, and its shared-memory
@@ -339,7 +398,11 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
       EXPECT_EQ(tessera_emu::leftoverCopies(), 0u);
       for (int kind : {tessera_emu::BankLdmatrix, tessera_emu::BankCpAsync}) {
         const tessera_emu::BankCounts c = tessera_emu::bankCounts(kind);
-        if (shape.vec || kind == tessera_emu::BankLdmatrix) {
+        // (The twins load no fragment by ldmatrix: wgmma reads shared
+        // memory itself; their cp.async copies are the query tile's and the
+        // gathered key tiles'.)
+        if (shape.vec ? !(hopper && kind == tessera_emu::BankLdmatrix)
+                      : kind == tessera_emu::BankLdmatrix) {
           EXPECT_GT(c.requests, 0u) << "kind " << kind;
         }
         if (d % 64 == 0 || kind == tessera_emu::BankLdmatrix) {
@@ -531,7 +594,8 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
         std::vector<unsigned char> ws2;
         std::vector<int> launches2;
         const int chunks =
-            runGroup(name, kernels, p, a, slots, B, budget, ws2, launches2);
+            runGroup(name, kernels, p, a, slots, B, budget, ws2, launches2,
+                     hopper ? &twins : nullptr, maps);
         if (budget == least) {
           EXPECT_EQ(chunks, B * slots *
                                 (a.family == k::kBlockTopk
@@ -767,6 +831,42 @@ TEST(DynamicEmulatorBroken, UnguardedNonFiniteValuesAreCaught) {
   EXPECT_GT(accuracy, 0);
 }
 
+/// The sm_90a twins broken: the query tile and the gathered key and value
+/// rows copied without the 128-byte swizzle that the wgmma descriptors
+/// read; the guarded pass not zeroing the masked tile's non-finite values
+/// (0 * inf reaches rows that cannot see the key). Each must fail the
+/// comparison with float64.
+TEST(DynamicEmulatorBroken, HopperTwinsBrokenAreCaught) {
+  for (const char *name :
+       {"broken-dynamic-hopper-swizzle", "broken-dynamic-hopper-guard"}) {
+    ::testing::TestPartResultArray failures;
+    {
+      ::testing::ScopedFakeTestPartResultReporter reporter(
+          ::testing::ScopedFakeTestPartResultReporter::
+              INTERCEPT_ONLY_CURRENT_THREAD,
+          &failures);
+      checkDynamicBundle(name, Case{1, 200, 200, true, 70, true});
+    }
+    int accuracy = 0;
+    for (int i = 0; i < failures.size(); ++i)
+      accuracy += std::string(failures.GetTestPartResult(i).message())
+                          .find("maxErr") != std::string::npos;
+    EXPECT_GT(accuracy, 0) << name;
+  }
+}
+
+/// A producer that does not wait for a stage's release runs ahead of the
+/// consumer: its arrivals complete phases of a stage's `full` barrier that
+/// the consumer never waits for, and the consumer's wait for a later phase
+/// never ends. The emulator reports the deadlock (the block's barriers and
+/// who waits where) and stops.
+TEST(DynamicEmulatorBroken, HopperProducerRunningAheadDeadlocks) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(checkDynamicBundle("broken-dynamic-hopper-release",
+                                  Case{1, 200, 200, true, -1, true}),
+               "deadlock in block.*mbarrier");
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, DynamicEmulatorTest,
                          // Nk - Nq: 0, 110 and -110 (query tiles over
                          // two block top-k query blocks), and multiples of
@@ -782,6 +882,12 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DynamicEmulatorTest,
                                            // An infinite value at key 70:
                                            // in the diagonal tile of rows
                                            // 64-127, masked for rows 64-69.
-                                           Case{1, 200, 200, true, 70}));
+                                           Case{1, 200, 200, true, 70},
+                                           // The sm_90a twins.
+                                           Case{2, 200, 200, true, -1, true},
+                                           Case{2, 150, 260, true, -1, true},
+                                           Case{2, 260, 150, true, -1, true},
+                                           Case{1, 64, 192, true, -1, true},
+                                           Case{1, 200, 200, true, 70, true}));
 
 } // namespace

@@ -153,6 +153,31 @@ bool hasHopperKernel(int64_t headDim) {
   return headDim == 64 || headDim == 128;
 }
 
+/// The sm_90a twins of the dynamic groups' attention kernels
+/// (HopperDynamic.cuh): a producer warpgroup and one consumer, 64 query
+/// rows a block (the mma.sync kernels' grid).
+constexpr int64_t kHopperDynThreads = 256;
+/// Whether a dynamic kernel (dynamicKernelNames) is an attention over the
+/// index (it then has an sm_90a twin at head_dim 64 and 128).
+bool isDynamicAttention(const std::string &name) {
+  return name.find("_attend_") != std::string::npos ||
+         name.find("_rest_") != std::string::npos;
+}
+
+/// The dynamic twins' dynamic_shared: sizeof(HopperDynTiles<D>) (the query
+/// tile, kStages stages of a key and a value tile, a guard copy of a value
+/// tile; the mbarriers, full and empty per stage and verdict, 8 bytes each;
+/// the rerun flag, padded to 8; a 32-byte DynTile and a 1552-byte DynRows
+/// per stage), rounded up to its 1024-byte alignment, plus 1024 bytes for
+/// aligning it after the kernel's static shared memory.
+int64_t hopperDynSharedBytes(int64_t headDim) {
+  const int64_t tile = kTile * headDim * 2;
+  const int64_t stages = headDim == 64 ? 4 : 3;
+  const int64_t bytes = (2 + 2 * stages) * tile + 8 * (2 * stages + 1) + 8 +
+                        (32 + 1552) * stages;
+  return (bytes + 1023) / 1024 * 1024 + 1024;
+}
+
 /// sizeof(HopperTiles<D>) (HopperForward.cuh; the emitted kernel
 /// static_asserts it): the Q block (two key tiles' bytes), kStages stages
 /// of a key and a value tile, two guard copies of a value tile, then the
@@ -414,7 +439,19 @@ private:
       for (const std::string &k : kernel::dynamicKernelNames(
                family, key.first, key.second, merge, flex))
         kernelNames.push_back(k);
+      // The sm_90a twins of the attention kernels, for the runtime's
+      // wgmma path (HopperDynamic.cuh).
+      json::Array twins;
+      for (const json::Value &k : kernelNames)
+        if (hasHopperKernel(key.second) &&
+            isDynamicAttention(k.getAsString()->str()))
+          twins.push_back(k.getAsString()->str() + kHopperSuffix);
       entry["kernels"] = std::move(kernelNames);
+      if (!twins.empty())
+        entry["wgmma"] =
+            json::Object{{"kernels", std::move(twins)},
+                         {"threads", kHopperDynThreads},
+                         {"dynamic_shared", hopperDynSharedBytes(key.second)}};
       entry["heads"] = toJson(g.getHeads());
       entry["pattern"] = text;
       std::string hp = "dynHeads_l" + std::to_string(position) + "_g" +
@@ -903,9 +940,43 @@ private:
                            {"kind", attention ? "dynamic_attention" : "index"},
                            {"threads", 128},
                            {"args", "(AttnParams, DynArgs)"}});
+          if (attention && hasHopperKernel(d) && isDynamicAttention(names[i]))
+            emitHopperDynKernel(names[i], d, bodies[i].substr(smem.size()));
         }
       }
     }
+  }
+
+  /// The sm_90a twin of dynamic attention kernel `name` (HopperDynamic.cuh):
+  /// `call` is the mma.sync kernel's call of the attention, which takes
+  /// the twin's tiles and maps (HopperDyn) as its `sh`.
+  void emitHopperDynKernel(const std::string &name, int64_t d,
+                           const std::string &call) {
+    hopperKernels = hopperDynKernels = true;
+    const std::string ds = std::to_string(d);
+    os << "#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(TESSERA_EMULATE)\n"
+       << "TESSERA_EXTERN_C __global__ void __launch_bounds__("
+       << kHopperDynThreads << ", 1)\n"
+       << name << kHopperSuffix
+       << "(tessera::kernel::AttnParams p, tessera::kernel::DynArgs a,\n"
+          "    const __grid_constant__ tessera::kernel::HopperMaps maps) {\n"
+       << "  using namespace tessera::kernel;\n"
+       << "  static_assert(sizeof(HopperDynTiles<" << ds
+       << ">) + 1024 == " << hopperDynSharedBytes(d)
+       << ", \"the manifest's dynamic_shared\");\n"
+       << "  const DynGroupTable &g = bundle::dynTables[a.layer][a.group];\n"
+       << "  TESSERA_HOPPER_DYN_TILES(tiles, " << ds << ");\n"
+       << "  HopperDyn<" << ds << "> sh{tiles, maps};\n"
+       << call << "}\n#endif\n\n";
+    kernelsJson.push_back(
+        json::Object{{"name", name + kHopperSuffix},
+                     {"kind", "dynamic_attention"},
+                     {"head_dim", d},
+                     {"threads", kHopperDynThreads},
+                     {"dynamic_shared", hopperDynSharedBytes(d)},
+                     {"path", "wgmma"},
+                     {"arch", "sm_90a"},
+                     {"args", "(AttnParams, DynArgs, HopperMaps)"}});
   }
 
   /// The kernels' registration with the host emulator (tests only; NVRTC
@@ -915,10 +986,13 @@ private:
     for (const json::Value &k : kernelsJson) {
       const json::Object &o = *k.getAsObject();
       bool dyn = o.getString("args").value_or("") == "(AttnParams, DynArgs)";
+      bool dynHopper = o.getString("args").value_or("") ==
+                       "(AttnParams, DynArgs, HopperMaps)";
       bool hopper = o.getString("path").value_or("") == "wgmma";
-      os << (dyn      ? "TESSERA_EMU_DYN_KERNEL("
-             : hopper ? "TESSERA_EMU_HOPPER_KERNEL("
-                      : "TESSERA_EMU_KERNEL(")
+      os << (dyn         ? "TESSERA_EMU_DYN_KERNEL("
+             : dynHopper ? "TESSERA_EMU_DYN_HOPPER_KERNEL("
+             : hopper    ? "TESSERA_EMU_HOPPER_KERNEL("
+                         : "TESSERA_EMU_KERNEL(")
          << o.getString("name").value_or("") << ")\n";
     }
     os << "#endif\n";
@@ -942,7 +1016,12 @@ private:
                   ? "#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || "
                     "defined(TESSERA_EMULATE)\n" +
                         std::string(tessera::embedded::kHopperCuh) + "\n" +
-                        tessera::embedded::kHopperForwardCuh + "\n#endif\n"
+                        tessera::embedded::kHopperForwardCuh + "\n" +
+                        (hopperDynKernels
+                             ? tessera::embedded::kHopperDynamicCuh +
+                                   std::string("\n")
+                             : std::string()) +
+                        "#endif\n"
                   : std::string();
     bundle.source.replace(at, kHopperHeadersMarker.size(), headers);
   }
@@ -977,6 +1056,7 @@ private:
   std::set<KernelKey> kernels;
   std::set<int64_t> fillDims;
   bool hopperKernels = false; ///< some kernel has an sm_90a twin
+  bool hopperDynKernels = false; ///< some dynamic kernel has one
   /// The generated code of each distinct group pattern: pattern text -> id.
   std::map<std::string, int64_t> patternIds;
   std::map<KernelKey, std::set<int64_t>> kernelPatterns;

@@ -531,9 +531,11 @@ __device__ __forceinline__ u32 gatheredBits(i64 pos0, i64 pos1, const i64 *keys,
 }
 
 /// This thread's first row in its block (warp * 16 + lane / 4; its second
-/// is + 8) and its first column pair of a tile (c2).
+/// is + 8) and its first column pair of a tile (c2): warps of the block's
+/// first 128 threads, or of the consumer warpgroup (threads 128-255) of
+/// the sm_90a twins (HopperDynamic.cuh).
 __device__ __forceinline__ int dynRow() {
-  return (int)(threadIdx.x / 32 * 16 + threadIdx.x % 32 / 4);
+  return (int)(threadIdx.x % 128 / 32 * 16 + threadIdx.x % 32 / 4);
 }
 __device__ __forceinline__ int dynC2() { return (int)(threadIdx.x % 4 * 2); }
 
@@ -689,6 +691,26 @@ dynAttendTiles(const AttnParams &p, const DynSlice &sl, Walk &w,
       p.kStrideS, p.v + sl.b * p.vStrideB + sl.kvHead * p.vStrideH, p.vStrideS,
       vec, qf, p.scaleLog2, acc);
 }
+
+/// The attention of the block's query tile over walk `w` on the tiles
+/// type of the kernel: here DynTiles (the mma.sync kernels, every thread
+/// computes; true), the sm_90a twins' HopperDyn (HopperDynamic.cuh: false
+/// in the producer's threads, which store nothing).
+template <int E, int D, class Walk>
+__device__ __forceinline__ bool
+dynAttendWalk(const AttnParams &p, const DynSlice &sl, Walk &w,
+              DynTiles<D> &sh, i64 q0, const i64 *rows, int count,
+              FlashAcc<D> &acc) {
+  __shared__ DynRing<Walk::kRows> ring;
+  dynAttendTiles<E, D>(p, sl, w, ring, sh, q0, rows, count, acc);
+  return true;
+}
+template <int D> struct HopperDyn;
+template <int E, int D, class Walk>
+__device__ __forceinline__ bool
+dynAttendWalk(const AttnParams &p, const DynSlice &sl, Walk &w,
+              HopperDyn<D> &sh, i64 q0, const i64 *rows, int count,
+              FlashAcc<D> &acc);
 
 /// Stores this thread's rows (query indices, -1 for none) of (b, head).
 template <int E, int D>
@@ -1117,15 +1139,14 @@ template <class Pats> struct VsWalk {
 };
 
 /// Attention of one query block over the vertical-slash index (VsWalk).
-template <int E, int D, class Pats>
+template <int E, int D, class Pats, class Tiles>
 __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g,
-                                         DynTiles<D> &sh) {
+                                         Tiles &sh) {
   const DynSlice sl = dynSlice(p, a, g.heads);
   const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
   const i64 shift = p.nk - p.nq;
   __shared__ VsWalk<Pats> w;
-  __shared__ DynRing<VsWalk<Pats>::kRows> ring;
   if (threadIdx.x == 0) {
     const DynLayout &lay = sl.lay;
     const i64 *counts = reinterpret_cast<const i64 *>(sl.ws + lay.counts);
@@ -1146,7 +1167,8 @@ __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
     w.begin();
   }
   FlashAcc<D> acc;
-  dynAttendTiles<E, D>(p, sl, w, ring, sh, q0, nullptr, 0, acc);
+  if (!dynAttendWalk<E, D>(p, sl, w, sh, q0, nullptr, 0, acc))
+    return;
   const i64 qi = q0 + dynRow();
   dynStore<E, D>(acc, p, sl.b, sl.head, qi < p.nq ? qi : -1,
                  qi + 8 < p.nq ? qi + 8 : -1);
@@ -1630,15 +1652,14 @@ template <class Pats> struct BtWalk {
 };
 
 /// Attention of one 64-row query tile over the block top-k index (BtWalk).
-template <int E, int D, class Pats>
+template <int E, int D, class Pats, class Tiles>
 __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g,
-                                         DynTiles<D> &sh) {
+                                         Tiles &sh) {
   const DynSlice sl = dynSlice(p, a, g.heads);
   const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
   const i64 shift = p.nk - p.nq;
   __shared__ BtWalk<Pats> w;
-  __shared__ DynRing<BtWalk<Pats>::kRows> ring;
   if (threadIdx.x == 0) {
     const DynLayout &lay = sl.lay;
     const i64 first = btFirstBlock(a.block, p.nq, p.nk);
@@ -1662,7 +1683,8 @@ __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
     w.begin();
   }
   FlashAcc<D> acc;
-  dynAttendTiles<E, D>(p, sl, w, ring, sh, q0, nullptr, 0, acc);
+  if (!dynAttendWalk<E, D>(p, sl, w, sh, q0, nullptr, 0, acc))
+    return;
   const i64 qi = q0 + dynRow();
   dynStore<E, D>(acc, p, sl.b, sl.head, qi < p.nq ? qi : -1,
                  qi + 8 < p.nq ? qi + 8 : -1);
@@ -1884,10 +1906,10 @@ template <class Pats> struct RtWalk {
 /// Query tile blockIdx.x of the segments (grid routingTiles()): its rows
 /// gathered from Q, the keys of its cluster (RtWalk); rows stored through
 /// the permutation.
-template <int E, int D, class Pats>
+template <int E, int D, class Pats, class Tiles>
 __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g,
-                                         DynTiles<D> &sh) {
+                                         Tiles &sh) {
   const DynSlice sl = dynSlice(p, a, g.heads);
   const DynLayout &lay = sl.lay;
   const i64 *tileStart = reinterpret_cast<const i64 *>(sl.ws + lay.tileStart);
@@ -1910,7 +1932,6 @@ __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
   const i64 r0 = qStart[c] + (x - tileStart[c]) * 64;
   const int rows = (int)minI(64, qStart[c + 1] - r0);
   __shared__ RtWalk<Pats> w;
-  __shared__ DynRing<RtWalk<Pats>::kRows> ring;
   if (threadIdx.x < 64)
     w.rowQ[threadIdx.x] =
         (int)threadIdx.x < rows ? permQ[r0 + threadIdx.x] : -1;
@@ -1924,7 +1945,8 @@ __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
     w.end = kStart[c + 1];
   }
   FlashAcc<D> acc;
-  dynAttendTiles<E, D>(p, sl, w, ring, sh, 0, permQ + r0, rows, acc);
+  if (!dynAttendWalk<E, D>(p, sl, w, sh, 0, permQ + r0, rows, acc))
+    return;
   const int row = dynRow();
   if (a.merge)
     flashStorePartial<D>(acc, reinterpret_cast<float *>(sl.ws + lay.partial),
@@ -1998,15 +2020,14 @@ template <class Pats> struct RestWalk {
 /// block, the static runs of `without` minus the pairs within a cluster
 /// (RestWalk), merged with the segments' rows (the partial workspace) by
 /// their LSE.
-template <int E, int D, class Pats>
+template <int E, int D, class Pats, class Tiles>
 __device__ __forceinline__ void rtRest(const AttnParams &p, const DynArgs &a,
                                        const DynGroupTable &g,
-                                       DynTiles<D> &sh) {
+                                       Tiles &sh) {
   const DynSlice sl = dynSlice(p, a, g.heads);
   const DynLayout &lay = sl.lay;
   const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
   __shared__ RestWalk<Pats> w;
-  __shared__ DynRing<RestWalk<Pats>::kRows> ring;
   if (threadIdx.x < 64) {
     const int *qc = reinterpret_cast<const int *>(sl.ws + lay.qCluster);
     const i64 qi = q0 + threadIdx.x;
@@ -2023,7 +2044,8 @@ __device__ __forceinline__ void rtRest(const AttnParams &p, const DynArgs &a,
     w.at = -1;
   }
   FlashAcc<D> acc;
-  dynAttendTiles<E, D>(p, sl, w, ring, sh, q0, nullptr, 0, acc);
+  if (!dynAttendWalk<E, D>(p, sl, w, sh, q0, nullptr, 0, acc))
+    return;
   const i64 qi = q0 + dynRow();
   flashStoreMerged<E, D>(
       acc, p.o + sl.b * p.oStrideB + sl.head * p.oStrideH, p.oStrideS,

@@ -1901,4 +1901,16 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
         name(l.p, l.maps, layer);                                              \
       });
 
+/// The same for the sm_90a twins of the dynamic attention kernels
+/// (HopperDynamic.cuh), which take (AttnParams, DynArgs, HopperMaps),
+/// packed as HopperDynLaunch.
+#define TESSERA_EMU_DYN_HOPPER_KERNEL(name)                                    \
+  static ::tessera_emu::Registration tessera_emu_register_##name(              \
+      std::string(TESSERA_EMU_BUNDLE) + "/" #name,                             \
+      [](const void *params, int) {                                            \
+        tessera::kernel::HopperDynLaunch l;                                    \
+        std::memcpy(&l, params, sizeof l);                                     \
+        name(l.p, l.a, l.maps);                                                \
+      });
+
 #endif // TESSERA_KERNEL_EMULATE_H

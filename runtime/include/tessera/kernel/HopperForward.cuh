@@ -137,23 +137,22 @@ __device__ __forceinline__ int hopperAt(int row, int col) {
   return (col / 64) * ROWS * 64 + row * 64 + chunk * 8 + col % 8;
 }
 
-/// The guarded pass's partial tile for consumer `c`'s warpgroup: its value
-/// tile copied into sm.vFix[c] with NaN and infinite values zeroed (for P V,
-/// where 0 * inf would reach rows that cannot see the key), and the output
-/// elements of this thread's rows that see such a value made NaN. Returns
-/// the tile to read (vFix[c]).
+/// The guarded pass's partial tile for a consumer warpgroup: its value tile
+/// `v` ([64][D] in 128-byte swizzled panels) copied into the warpgroup's
+/// own `fix` with NaN and infinite values zeroed (for P V, where 0 * inf
+/// would reach rows that cannot see the key), and the output elements of
+/// this thread's rows that see such a value made NaN. `bar`: a named
+/// barrier of the warpgroup's 128 threads. Returns the tile to read (fix).
 template <int E, int D>
 __device__ __forceinline__ const u16 *
-hopperGuard(HopperTiles<D> &sm, int st, int c, KeepNibbles keep,
-            FlashAcc<D> &acc) {
+hopperGuardTile(const u16 *v, u16 *fix, int bar, KeepNibbles keep,
+                FlashAcc<D> &acc) {
   using S = HopperShape<D>;
   const int t = threadIdx.x % 128, lane = threadIdx.x % 32;
   const int c2 = (lane % 4) * 2;
-  const u16 *v = sm.v[st];
-  u16 *fix = sm.vFix[c];
   // Every thread of the warpgroup is done with the previous tile's copy
   // (its wgmmaWait ran) before it is rewritten.
-  namedBarrier(1 + c, 128);
+  namedBarrier(bar, 128);
   for (int x = t; x < S::kBK * D / 2; x += 128) {
     const u32 w = reinterpret_cast<const u32 *>(v)[x];
     const u32 nf = nonFiniteBits<E>(w);
@@ -182,8 +181,17 @@ hopperGuard(HopperTiles<D> &sm, int st, int c, KeepNibbles keep,
   // The copy, written through the generic proxy, is read by wgmma (the
   // async proxy) after every thread of the warpgroup wrote its part.
   fenceProxyAsync();
-  namedBarrier(1 + c, 128);
+  namedBarrier(bar, 128);
   return fix;
+}
+
+/// hopperGuardTile for consumer `c` of the static kernel: stage `st`'s
+/// value tile into sm.vFix[c], with named barrier 1 + c.
+template <int E, int D>
+__device__ __forceinline__ const u16 *
+hopperGuard(HopperTiles<D> &sm, int st, int c, KeepNibbles keep,
+            FlashAcc<D> &acc) {
+  return hopperGuardTile<E, D>(sm.v[st], sm.vFix[c], 1 + c, keep, acc);
 }
 
 /// The tensor maps of a call (made on the host by cuTensorMapEncodeTiled

@@ -411,7 +411,9 @@ def Attn_BlockIndexAttr : Attn_DynamicAttr<"BlockIndex", "block_index"> {
         #attn.block_index<block_q = 128, block_k = 64>>
     ```
   }];
-  let parameters = (ins "int64_t":$block_q, "int64_t":$block_k);
+  let parameters = (ins
+    AttrParameter<"int64_t", "positions per query block">:$block_q,
+    AttrParameter<"int64_t", "keys per key block">:$block_k);
 }
 
 //===----------------------------------------------------------------------===//

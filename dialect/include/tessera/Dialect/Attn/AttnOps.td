@@ -353,7 +353,8 @@ def Attn_BuildIndexOp : Attn_RunOp<"build_index"> {
   let summary = "The run-time step of a dynamic pattern: build its index";
   let description = [{
     Where a head group's pattern holds a dynamic leaf (`vertical_slash`,
-    `block_topk`, `routing`), `--attn-lower-runs` puts this op in its place:
+    `block_topk`, `routing`, `block_index`), `--attn-lower-runs` puts this
+    op in its place:
     at run time, per head and input, the index is built from Q and K
     (docs/patterns.md, "Dynamic patterns") and the key blocks it selects
     are visited, combined with the static parts' runs as the surrounding
@@ -364,6 +365,8 @@ def Attn_BuildIndexOp : Attn_RunOp<"build_index"> {
       diagonals; per query block the diagonals' merged key ranges are read
       contiguously and the remaining columns gathered;
     * `"block_lists"` (block_topk): per query block its key blocks;
+      block_index reads the caller's lists of that layout instead of
+      building them;
     * `"segments"` (routing): tokens permuted by cluster into contiguous
       segments, block-diagonal over the segments, the output permuted back.
 

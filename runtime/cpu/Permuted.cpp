@@ -15,6 +15,7 @@
 
 #include "TensorIO.h"
 #include "ThreadPool.h"
+#include "VecMath.h"
 
 #include <algorithm>
 #include <atomic>
@@ -114,8 +115,10 @@ void pairwiseRuns(const kernel::Node *nodes, int64_t count,
 }
 
 /// Keys and values of one (sequence, kv head) in the permuted order as
-/// floats: keys transposed per key block (kT[(j * d + e) * bk + t] is
-/// element e of slot j * bk + t, zero past Nk), values row-major.
+/// floats, zero past Nk: keys transposed per key block (kT[(j * d + e) *
+/// bkPad + t] is element e of slot j * bk + t), values row-major in rows of
+/// dPad, so that both products run on the executor's microkernel
+/// (vec::gemm, whose column counts are multiples of its vector width).
 struct KvRows {
   std::vector<float> kT, v;
 };
@@ -130,6 +133,7 @@ struct Job {
   BlockRuns walk;
   std::vector<KvRows> kv; ///< per (batch entry, index in kvHeads)
   int64_t nq, nk, d, perKv, numHeads, bq, bk;
+  int64_t bkPad, dPad; ///< bk and d rounded up to the vector width
   float scale;
 
   const KvRows &rows(int64_t b, int64_t h) const {
@@ -146,46 +150,39 @@ void gatherKv(Job &job, int64_t task) {
   int64_t kvh = job.kvHeads[task % job.kvHeads.size()];
   int64_t d = job.d, bk = job.bk, kBlocks = (job.nk + bk - 1) / bk;
   KvRows &r = job.kv[task];
-  r.kT.assign(kBlocks * d * bk, 0.0f);
-  r.v.resize(job.nk * d);
+  r.kT.assign(kBlocks * d * job.bkPad, 0.0f);
+  r.v.assign(kBlocks * bk * job.dPad, 0.0f);
   std::vector<float> row(d);
   for (int64_t t = 0; t < job.nk; ++t) {
     io::load(job.a.k, io::offsetOf(job.a.k, b, job.kTok[t], kvh), d,
              row.data());
-    float *col = r.kT.data() + (t / bk) * d * bk + t % bk;
+    float *col = r.kT.data() + (t / bk) * d * job.bkPad + t % bk;
     for (int64_t e = 0; e < d; ++e)
-      col[e * bk] = row[e];
+      col[e * job.bkPad] = row[e];
     io::load(job.a.v, io::offsetOf(job.a.v, b, job.kTok[t], kvh), d,
-             r.v.data() + t * d);
+             r.v.data() + t * job.dPad);
   }
 }
 
-/// One thread's buffers for a query block.
+/// One thread's buffers for a query block: Q (rows x d), S and P (rows x
+/// bkPad), O (rows x dPad), the running max and sum.
 struct Scratch {
   std::vector<float> q, s, o, m, l;
 };
 
-/// S = scale * Q K^T for the block's rows against key block j, the masked
-/// pairs of a partial tile at -inf.
+/// S = scale * Q K^T for the block's rows against key block j; the padding
+/// columns and, on a partial tile, the masked pairs at -inf.
 void scores(const Job &job, const KvRows &kv, int64_t head, int64_t s0,
             int64_t rows, int64_t j, bool full, Scratch &w) {
-  int64_t d = job.d, bk = job.bk;
+  int64_t bk = job.bk, ld = job.bkPad;
   int64_t cols = std::min(bk, job.nk - j * bk);
-  const float *kT = kv.kT.data() + j * d * bk;
+  vec::gemm(w.q.data(), job.d, kv.kT.data() + j * job.d * ld, ld,
+            w.s.data(), ld, rows, ld, job.d, /*accumulate=*/false);
   for (int64_t r = 0; r < rows; ++r) {
-    float *sr = w.s.data() + r * bk;
-    std::fill(sr, sr + bk, 0.0f);
-    const float *qr = w.q.data() + r * d;
-    for (int64_t e = 0; e < d; ++e) { // rank-1 updates: vectorise over keys
-      float x = qr[e];
-      const float *ke = kT + e * bk;
-      for (int64_t t = 0; t < bk; ++t)
-        sr[t] += x * ke[t];
-    }
+    float *sr = w.s.data() + r * ld;
     for (int64_t t = 0; t < cols; ++t)
       sr[t] *= job.scale;
-    for (int64_t t = cols; t < bk; ++t)
-      sr[t] = kNegInf;
+    std::fill(sr + cols, sr + ld, kNegInf);
     if (!full)
       for (int64_t t = 0; t < cols; ++t)
         if (!kernel::allowedPair(job.nodes, job.count, job.data,
@@ -195,35 +192,35 @@ void scores(const Job &job, const KvRows &kv, int64_t head, int64_t s0,
   }
 }
 
-/// The online softmax and O += P V of the block's rows over key block j.
+/// The online softmax of the block's rows over key block j (S becomes P)
+/// and O += P V.
+TESSERA_CPU_CLONES
 void accumulate(const Job &job, const KvRows &kv, int64_t rows, int64_t j,
                 Scratch &w) {
-  int64_t d = job.d, bk = job.bk;
-  int64_t cols = std::min(bk, job.nk - j * bk);
-  const float *v = kv.v.data() + j * bk * d;
+  int64_t ld = job.bkPad, dPad = job.dPad;
   for (int64_t r = 0; r < rows; ++r) {
-    float *sr = w.s.data() + r * bk;
-    float mt = *std::max_element(sr, sr + cols);
-    if (mt == kNegInf) // no allowed key in this tile
-      continue;
+    float *sr = w.s.data() + r * ld;
+    float mt = *std::max_element(sr, sr + ld);
     float mNew = std::max(w.m[r], mt);
-    float shrink = w.m[r] == kNegInf ? 0.0f : std::exp(w.m[r] - mNew);
-    float *orow = w.o.data() + r * d;
-    for (int64_t e = 0; e < d; ++e)
-      orow[e] *= shrink;
-    float l = w.l[r] * shrink;
-    for (int64_t t = 0; t < cols; ++t) {
-      if (sr[t] == kNegInf)
-        continue;
-      float p = std::exp(sr[t] - mNew);
-      l += p;
-      const float *vt = v + t * d;
-      for (int64_t e = 0; e < d; ++e)
-        orow[e] += p * vt[e];
+    if (mNew == kNegInf) { // nothing allowed yet: P = 0 (never exp(nan))
+      std::fill(sr, sr + ld, 0.0f);
+      continue;
     }
-    w.l[r] = l;
+    float shrink = w.m[r] == kNegInf ? 0.0f : std::exp(w.m[r] - mNew);
+    float sum = 0;
+    for (int64_t t = 0; t < ld; t += vec::kLanes) { // exp is 0 at -inf
+      vec::Vec p = vec::expVec(vec::loadVec(sr + t) - mNew);
+      vec::storeVec(sr + t, p);
+      sum += vec::horizontalSum(p);
+    }
+    float *orow = w.o.data() + r * dPad;
+    for (int64_t e = 0; e < dPad; ++e)
+      orow[e] *= shrink;
+    w.l[r] = w.l[r] * shrink + sum;
     w.m[r] = mNew;
   }
+  vec::gemm(w.s.data(), ld, kv.v.data() + j * job.bk * dPad, dPad,
+            w.o.data(), dPad, rows, dPad, job.bk, /*accumulate=*/true);
 }
 
 /// Query block i of head h of batch entry b: load, walk, write back.
@@ -231,8 +228,8 @@ void runBlock(const Job &job, int64_t b, int64_t h, int64_t i, Scratch &w) {
   int64_t d = job.d, s0 = i * job.bq;
   int64_t rows = std::min(job.bq, job.nq - s0);
   w.q.resize(rows * d);
-  w.s.resize(rows * job.bk);
-  w.o.assign(rows * d, 0.0f);
+  w.s.resize(rows * job.bkPad);
+  w.o.assign(rows * job.dPad, 0.0f);
   w.m.assign(rows, kNegInf);
   w.l.assign(rows, 0.0f);
   for (int64_t r = 0; r < rows; ++r)
@@ -247,7 +244,7 @@ void runBlock(const Job &job, int64_t b, int64_t h, int64_t i, Scratch &w) {
     }
   }
   for (int64_t r = 0; r < rows; ++r) {
-    float *orow = w.o.data() + r * d;
+    float *orow = w.o.data() + r * job.dPad;
     float lse = kNegInf; // no allowed key: O = 0, LSE = -inf
     if (w.l[r] > 0) {
       for (int64_t e = 0; e < d; ++e)
@@ -303,6 +300,11 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
   job.numHeads = table.numHeads;
   job.bq = a.blockQ;
   job.bk = a.blockK;
+  auto roundUp = [](int64_t x) {
+    return (x + vec::kLanes - 1) / vec::kLanes * vec::kLanes;
+  };
+  job.bkPad = roundUp(job.bk);
+  job.dPad = roundUp(job.d);
   job.scale = a.scale > 0 ? a.scale : 1.0f / std::sqrt(float(job.d));
   layout::PeriodTranspose perm{period};
   job.qTok.resize(job.nq);

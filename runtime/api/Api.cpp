@@ -181,8 +181,13 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
         names.push_back(k.first);
       if (b->path == KernelPath::Wgmma)
         names.insert(names.end(), l.wgmmaKernels.begin(), l.wgmmaKernels.end());
-      for (const DynamicGroupDesc &g : l.dynamicGroups)
+      for (const DynamicGroupDesc &g : l.dynamicGroups) {
         names.insert(names.end(), g.kernels.begin(), g.kernels.end());
+        if (b->path == KernelPath::Wgmma)
+          for (const std::string &twin : g.wgmmaKernels)
+            if (!twin.empty())
+              names.push_back(twin);
+      }
       // The per-sequence twins of the attention and fill kernels, where
       // the bundle has them (bundles emitted before them do not).
       for (const std::string &twin : seqTwins(l)) {
@@ -210,9 +215,14 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
         for (std::string name : {k.first, k.first + kSeqSuffix})
           if (l.kernelDynamicShared > 48 * 1024 && b->functions.count(name))
             big.push_back({name, l.kernelDynamicShared});
-      if (b->path == KernelPath::Wgmma)
+      if (b->path == KernelPath::Wgmma) {
         for (const std::string &name : l.wgmmaKernels)
           big.push_back({name, l.wgmmaDynamicShared});
+        for (const DynamicGroupDesc &g : l.dynamicGroups)
+          for (const std::string &name : g.wgmmaKernels)
+            if (!name.empty() && g.wgmmaDynamicShared > 48 * 1024)
+              big.push_back({name, g.wgmmaDynamicShared});
+      }
       for (const auto &[name, bytes] : big) {
         if (int rc = d.funcSetAttribute(b->functions.at(name),
                                         kFuncAttrMaxDynamicSharedSize,
@@ -833,12 +843,14 @@ tessera_status tessera::runtime::setLastError(tessera_status status,
 /// and the chunk) on `stream`: in chunks of heads, batch entries and (block
 /// top-k) query blocks whose workspace stays within the budget
 /// (kernel::dynChunkPlan, docs/bundles.md), one workspace reused by every
-/// chunk in stream order.
+/// chunk in stream order. `maps`: null, or the call's tensor maps, with
+/// which the attention kernels' sm_90a twins run in their place.
 static tessera_status launchDynamicGroup(tessera_bundle *bundle, int64_t layer,
                                          const DynamicGroupDesc &g,
                                          kernel::DynArgs a,
                                          kernel::AttnParams &p, int64_t batch,
-                                         void *stream) {
+                                         void *stream,
+                                         HopperMapsBytes *maps) {
   const Driver &d = *bundle->context->driver;
   const int64_t slots = static_cast<int64_t>(g.heads.size());
   const int64_t budget = dynamicWorkspaceBudget();
@@ -865,6 +877,7 @@ static tessera_status launchDynamicGroup(tessera_bundle *bundle, int64_t layer,
   a.qChunk = plan.qChunk;
   a.qChunks = plan.qChunks;
   void *args[] = {&p, &a};
+  void *twinArgs[] = {&p, &a, maps};
   int failed = 0;
   for (int64_t b0 = 0; b0 < batch && !failed; b0 += plan.batches)
     for (int64_t s0 = 0; s0 < slots && !failed; s0 += plan.slots) {
@@ -883,8 +896,18 @@ static tessera_status launchDynamicGroup(tessera_bundle *bundle, int64_t layer,
         if (gx < 1)
           continue;
         a.qBlock0 = qBlock0; // (the arguments are copied at the launch)
+        const bool twin = maps && !g.wgmmaKernels.empty() &&
+                          !g.wgmmaKernels[size_t(kern)].empty();
         if (gx > 0x7fffffff)
           failed = -1;
+        else if (twin)
+          failed = d.launchKernel(
+              bundle->functions.at(g.wgmmaKernels[size_t(kern)]),
+              static_cast<unsigned>(gx), static_cast<unsigned>(a.numSlots),
+              static_cast<unsigned>(batches),
+              static_cast<unsigned>(g.wgmmaThreads), 1, 1,
+              static_cast<unsigned>(g.wgmmaDynamicShared), stream, twinArgs,
+              nullptr);
         else
           failed = d.launchKernel(bundle->functions.at(g.kernels[size_t(kern)]),
                                   static_cast<unsigned>(gx),
@@ -1913,7 +1936,24 @@ tessera_status runCuda(const Call &c) {
                      grid(128, int64_t(l.skippedHeads.size())), 128, 0, args))
     return s;
   // Dynamic groups: the index kernels, then the attention over the index,
-  // in stream order, with a stream-ordered workspace (docs/runtime.md).
+  // in stream order, with a stream-ordered workspace (docs/runtime.md);
+  // the attention by its sm_90a twin where the bundle runs them and TMA
+  // can read the call's K and V (as the static heads' kernels).
+  HopperMapsBytes dynMaps;
+  HopperMapsBytes *twinMaps = nullptr;
+  bool twins = false;
+  for (const DynamicGroupDesc &g : l.dynamicGroups)
+    twins = twins || !g.wgmmaKernels.empty();
+  if (c.bundle->path == KernelPath::Wgmma && twins) {
+    std::string why = hopperMaps(*c.bundle->context->driver,
+                                 c.bundle->tensorMaps, c.d, dynMaps);
+    if (why.empty())
+      twinMaps = &dynMaps;
+    else if (c.bundle->pathForced)
+      return fail(TESSERA_ERROR_MISALIGNED,
+                  "TESSERA_KERNEL_PATH=wgmma: the sm_90a kernels cannot read " +
+                      why);
+  }
   for (size_t gi = 0; gi < l.dynamicGroups.size(); ++gi) {
     const DynamicGroupDesc &g = l.dynamicGroups[gi];
     kernel::DynArgs a = g.args;
@@ -1926,8 +1966,9 @@ tessera_status runCuda(const Call &c) {
       return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                   "on CUDA, a layer's routing groups that take centroids must "
                   "share one cluster count");
-    if (tessera_status s = launchDynamicGroup(c.bundle, c.d.layer, g, a, p,
-                                              c.d.q.batch, c.d.cuda_stream))
+    if (tessera_status s =
+            launchDynamicGroup(c.bundle, c.d.layer, g, a, p, c.d.q.batch,
+                               c.d.cuda_stream, twinMaps))
       return s;
   }
   return TESSERA_OK;

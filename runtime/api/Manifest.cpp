@@ -225,6 +225,44 @@ std::string parseWgmma(const json::Object &o, LayerDesc &l) {
 
 /// A dynamic group: every parameter in the range the dialect verifies and
 /// the bundles' kernels support.
+/// A dynamic group's sm_90a twins ("wgmma", optional; HopperDynamic.cuh):
+/// `<kernel>_wgmma` for some of its attention kernels, 256 threads (a
+/// producer warpgroup and a consumer), dynamic shared memory within the
+/// 227 KiB a block can have; head_dim 64 and 128.
+std::string parseDynamicWgmma(const json::Object &g, const LayerDesc &l,
+                              DynamicGroupDesc &out) {
+  const json::Object *w = g.getObject("wgmma");
+  if (!w)
+    return "";
+  const json::Array *names = w->getArray("kernels");
+  std::optional<int64_t> threads = w->getInteger("threads"),
+                         shared = w->getInteger("dynamic_shared");
+  if (!names || !threads || !shared)
+    return "a dynamic group's wgmma lacks kernels, threads or dynamic_shared";
+  if (l.headDim != 64 && l.headDim != 128)
+    return "wgmma kernels exist for head_dim 64 and 128 only";
+  if (*threads != 256)
+    return "a dynamic group's wgmma kernels take 256 threads a block";
+  if (*shared <= 0 || *shared > 227 * 1024)
+    return "a dynamic group's wgmma dynamic_shared must be in (0, 227 KiB]";
+  out.wgmmaKernels.assign(out.kernels.size(), "");
+  for (const json::Value &v : *names) {
+    std::optional<llvm::StringRef> n = v.getAsString();
+    auto it = n && n->ends_with("_wgmma")
+                  ? std::find(out.kernels.begin(), out.kernels.end(),
+                              n->drop_back(6).str())
+                  : out.kernels.end();
+    if (it == out.kernels.end())
+      return "a dynamic group's wgmma kernel '" +
+             (n ? n->str() : std::string("?")) +
+             "' is not the twin of one of its kernels";
+    out.wgmmaKernels[size_t(it - out.kernels.begin())] = n->str();
+  }
+  out.wgmmaThreads = *threads;
+  out.wgmmaDynamicShared = *shared;
+  return "";
+}
+
 std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
                               DynamicGroupDesc &out) {
   std::optional<llvm::StringRef> family = g.getString("family");
@@ -325,7 +363,7 @@ std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
     if ((*ks)[i].getAsString() != llvm::StringRef(want[i]))
       return "a dynamic group's kernels are not those of its family";
   out.kernels = std::move(want);
-  return "";
+  return parseDynamicWgmma(g, l, out);
 }
 
 std::string parseLayer(const json::Object &o, LayerDesc &l) {

@@ -25,6 +25,10 @@ struct DynamicGroupDesc {
   std::vector<kernel::i64> heads;
   kernel::ProgramArrays with, without;
   std::vector<std::string> kernels;
+  /// The sm_90a twins (HopperDynamic.cuh) by position in `kernels`: empty
+  /// where a kernel has none (index kernels, head_dim 96, older bundles).
+  std::vector<std::string> wgmmaKernels;
+  int64_t wgmmaThreads = 0, wgmmaDynamicShared = 0;
 };
 
 /// A layer of a manifest: its schedule tables and what launching needs.

@@ -1093,6 +1093,49 @@ TEST(RuntimeBundles, WgmmaEntriesAreValidated) {
   tessera_context_destroy(ctx);
 }
 
+/// A dynamic group's sm_90a twins ("wgmma", HopperDynamic.cuh) are checked
+/// when the bundle loads, on any device: each the twin of one of the
+/// group's kernels, 256 threads, shared memory a block can have, head_dim
+/// 64 and 128.
+TEST(RuntimeBundles, DynamicWgmmaEntriesAreValidated) {
+  tessera_context *ctx;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+  using Obj = llvm::json::Object;
+  using Arr = llvm::json::Array;
+  auto set = [](const char *key, llvm::json::Value v) {
+    return [=](Obj &l) { (*dynGroup(l, 0).getObject("wgmma"))[key] = v; };
+  };
+  expectRefused(
+      ctx, "dynamic-emulation",
+      {{"a stranger", "wgmma kernel 'a_wgmma' is not the twin of one of",
+        set("kernels", Arr{"a_wgmma"})},
+       {"no suffix", "wgmma kernel 'tessera_vs_sums' is not the twin",
+        set("kernels", Arr{"tessera_vs_sums"})},
+       {"a number", "wgmma kernel '?' is not the twin", set("kernels", Arr{5})},
+       {"384 threads", "wgmma kernels take 256 threads a block",
+        set("threads", 384)},
+       {"too much shared memory", "wgmma dynamic_shared must be in (0, 227",
+        set("dynamic_shared", 300000)},
+       {"no shared memory", "wgmma dynamic_shared must be in (0, 227",
+        set("dynamic_shared", 0)},
+       {"no threads", "wgmma lacks kernels, threads or dynamic_shared",
+        [](Obj &l) { dynGroup(l, 0).getObject("wgmma")->erase("threads"); }},
+       {"head_dim 96", "wgmma kernels exist for head_dim 64 and 128 only",
+        [](Obj &l) {
+          l["head_dim"] = 96;
+          // (The group's kernels are named by head_dim: keep them the
+          // family's at 96, so that the twins are what is refused.)
+          for (llvm::json::Value &k : *dynGroup(l, 0).getArray("kernels")) {
+            std::string n = k.getAsString()->str();
+            if (size_t at = n.find("_d64"); at != std::string::npos)
+              k = n.replace(at, 4, "_d96");
+          }
+          (*dynGroup(l, 0).getObject("wgmma"))["kernels"] =
+              Arr{"tessera_vs_attend_bf16_d96_wgmma"};
+        }}});
+  tessera_context_destroy(ctx);
+}
+
 /// Mutated dynamic manifests are rejected or run (with the centroids the
 /// layer asks for), never crash.
 TEST(RuntimeBundles, DamagedDynamicManifestsNeverCrash) {

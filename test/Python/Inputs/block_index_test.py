@@ -201,3 +201,21 @@ out, lse = bundle.attention(0, ones, ones[:, :, :3], ones[:, :, :3].copy(),
                             block_index=(o8, c8))
 print(f"attention() with block_index: o {out[0, :, 0, 0].min()} "
       f"{out[0, :, 0, 0].max()} lse {lse[0, 0, 0]:.3f}")
+
+# A description of API 6's size (a caller built against an older header,
+# through the library's tessera_attention_desc_init symbol) has no block
+# index: the layer's block_index heads are refused by name.
+import ctypes  # noqa: E402
+
+d = tessera._AttentionDesc()
+tessera._lib.tessera_attention_desc_init(ctypes.byref(d))
+q8 = np.ones((1, 8, 6, 64), np.float32)
+k8 = np.ones((1, 8, 3, 64), np.float32)
+o8 = np.zeros_like(q8)
+d.q, d.k, d.v = (tessera._describe(x, 0, n) for x, n in
+                 ((q8, "q"), (k8, "k"), (k8, "v")))
+d.o = tessera._describe(o8, 0, "out", output=True)
+status = tessera._lib.tessera_attention_run(bundle._h, ctypes.byref(d))
+print("API 6 description:",
+      tessera._lib.tessera_status_string(status).decode(),
+      tessera._lib.tessera_last_error().decode())

@@ -147,8 +147,11 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
     // the mma.sync kernels (which dense calls the twins cannot take, and
     // every other call, run).
     bool twins = false;
-    for (const LayerDesc &l : b->desc.layers)
+    for (const LayerDesc &l : b->desc.layers) {
       twins = twins || !l.wgmmaKernels.empty();
+      for (const DynamicGroupDesc &g : l.dynamicGroups)
+        twins = twins || !g.wgmmaKernels.empty();
+    }
     const Driver &drv = *context->driver;
     if (std::string e = chooseKernelPath(context->ccMajor, context->ccMinor,
                                          drv.tensorMapEncodeTiled != nullptr,

@@ -577,7 +577,8 @@ class Bundle:
                            scale=0.0, num_seqs=0, cu_seqlens_q=None,
                            cu_seqlens_k=None, seq_lens_k=None,
                            block_table=None, q_start=None, k_start=None,
-                           head_start=0, head_count=0, centroids=None):
+                           head_start=0, head_count=0, centroids=None,
+                           block_index=None):
         """(dq, dk, dv) of a forward call attention(layer, q, k, v) (or
         attention_run with the same per-sequence options) that gave o and lse
         (required, the forward's layout: [B, H, Nq], or [H, T] packed), for
@@ -585,14 +586,15 @@ class Bundle:
         lse where the loss reads it. numpy arrays of one dtype on a CPU
         context (docs/backward.md); dq like q, dk and dv like k, contiguous;
         centroids as the forward took them (routing heads rebuild their
-        clusters). The library refuses the options it has no backward for
-        by name."""
+        clusters), and block_index (block_index heads attend the same
+        lists). The library refuses the options it has no backward for by
+        name."""
         import numpy as np
         if self.context.device != _CPU:
             raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
                                "the backward runs on CPU contexts only for now")
-        d = _AttentionDesc()
-        _lib.tessera_attention_desc_init(ctypes.byref(d))
+        d = _AttentionDescV8()
+        _lib.tessera_attention_desc_init_size(ctypes.byref(d), ctypes.sizeof(d))
         d.layer = _int64("layer", layer)
         d.q, d.k, d.v = (_describe(x, _CPU, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
         d.o = _describe(o, _CPU, "o")
@@ -615,6 +617,8 @@ class Bundle:
         dyn = self._dynamic_inputs(centroids)
         if dyn is not None:
             d.dynamic_inputs = ctypes.addressof(dyn)
+        if block_index is not None:
+            _block_index(d, block_index, d.num_seqs or q.shape[0], heads)
         dq, dk, dv = np.empty_like(q, order="C"), np.empty_like(k, order="C"), \
             np.empty_like(k, order="C")
         tdo = _describe(do, _CPU, "do")

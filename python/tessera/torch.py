@@ -165,7 +165,9 @@ def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            o: torch.Tensor, lse: torch.Tensor,
                            grad_o: torch.Tensor, grad_lse: Optional[torch.Tensor],
                            bundle: str, layer: int, scale: float,
-                           centroids: Optional[torch.Tensor] = None
+                           centroids: Optional[torch.Tensor] = None,
+                           block_index_offsets: Optional[torch.Tensor] = None,
+                           block_index_cols: Optional[torch.Tensor] = None
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if q.device.type != "cpu":
         raise NotImplementedError(
@@ -176,23 +178,26 @@ def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                                     grad_lse)
     cn = None if centroids is None else \
         centroids.detach().to(torch.float32).contiguous().numpy()
+    index = _block_index_arrays(block_index_offsets, block_index_cols)
     dq, dk, dv = b.attention_backward(layer, qn, kn, vn, on, lsen, gn,
-                                      dlse=gl, scale=scale, centroids=cn)
+                                      dlse=gl, scale=scale, centroids=cn,
+                                      block_index=index)
     return (torch.from_numpy(dq).to(q.dtype), torch.from_numpy(dk).to(k.dtype),
             torch.from_numpy(dv).to(v.dtype))
 
 
 @_attention_backward_op.register_fake
-def _(q, k, v, o, lse, grad_o, grad_lse, bundle, layer, scale, centroids=None):
+def _(q, k, v, o, lse, grad_o, grad_lse, bundle, layer, scale, centroids=None,
+      block_index_offsets=None, block_index_cols=None):
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, bundle, layer, scale, centroids = inputs[:7]
-    # (block_index heads have no backward yet: the runtime says so.)
+    q, k, v, bundle, layer, scale, centroids, offsets, cols = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse)
-    ctx.args = (bundle, layer, scale, centroids)
+    # block_index heads attend the forward's lists in the backward too.
+    ctx.args = (bundle, layer, scale, centroids, offsets, cols)
 
 
 def _backward(ctx, grad_o, grad_lse):
@@ -356,7 +361,7 @@ def attention(q, k, v, bundle, layer, scale=0.0, centroids=None, *,
     block_index: (offsets, cols), int32 tensors, for the layer's
     #attn.block_index heads (docs/runtime.md, "Caller-provided block
     indices"): offsets [B, H, R + 1], cols the key blocks; dense calls on
-    the CPU, no backward yet."""
+    the CPU (autograd attends the same lists)."""
     seq = (num_seqs or head_count or any(
         x is not None for x in (cu_seqlens_q, cu_seqlens_k, seq_lens_k,
                                 block_table, q_start, k_start)))

@@ -2158,7 +2158,9 @@ static tessera_status dynamicBackward(const Call &c,
   for (int64_t b = 0; b < c.d.q.batch; ++b) {
     kernel::OwnedLayerTable t;
     if (std::string e =
-            layerTableWithDynamicHeads(*c.l, a.q, a.k, b, scale, t);
+            layerTableWithDynamicHeads(*c.l, a.q, a.k, b, scale, t,
+                                       c.hasBlockIndex ? &c.blockIndex
+                                                       : nullptr);
         !e.empty())
       return fail(TESSERA_ERROR_INVALID_ARGUMENT, c.layerName() + ": " + e);
     cpu::BackwardArgs one = a;

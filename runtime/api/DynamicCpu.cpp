@@ -286,7 +286,8 @@ dynamicHeadProgram(const tessera::runtime::DynamicGroupDesc &g,
 
 std::string tessera::runtime::layerTableWithDynamicHeads(
     const LayerDesc &l, const cpu::Tensor &q, const cpu::Tensor &k,
-    int64_t b, float scale, k::OwnedLayerTable &out) {
+    int64_t b, float scale, k::OwnedLayerTable &out,
+    const cpu::BlockIndexCsr *bi) {
   out = k::OwnedLayerTable{};
   out.numHeads = l.numHeads;
   out.skippedHeads = l.skippedHeads;
@@ -302,13 +303,18 @@ std::string tessera::runtime::layerTableWithDynamicHeads(
   for (const DynamicGroupDesc &g : l.dynamicGroups) {
     if (g.args.family == k::kRouting)
       continue; // routingBackwardCpu
-    if (g.args.family == k::kBlockIndex)
+    if (g.args.family == k::kBlockIndex && !bi)
       return "the block_index group of head " + std::to_string(g.heads.front()) +
-             " has no backward yet (the caller's index is not passed to it)";
+             " has no index";
     for (k::i64 h : g.heads) {
       std::vector<float> qf = headRows(q, b, h), kf = headRows(k, b, h / ratio);
       cpu::Rows qr{qf.data(), q.seq, d}, kr{kf.data(), k.seq, d};
-      if (std::string e = dynamicHeadProgram(g, qr, kr, d, scale, out);
+      // The forward's lists (a whole-layer call: slot h is head h).
+      std::vector<std::vector<int64_t>> lists;
+      if (g.args.family == k::kBlockIndex)
+        lists = cpu::blockIndexLists(*bi, b, h);
+      if (std::string e =
+              dynamicHeadProgram(g, qr, kr, d, scale, out, &lists);
           !e.empty())
         return e;
       out.groupBegin.push_back(static_cast<k::i64>(out.nodes.size()));

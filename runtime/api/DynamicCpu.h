@@ -31,11 +31,13 @@ std::string runDynamicGroupCpu(const DynamicGroupDesc &g,
 /// the table the backward runs for a layer with dynamic heads. Routing
 /// groups are left out (their heads get dq = 0 and add nothing to dk, dv
 /// there): routingBackwardCpu adds them ("" or an error).
-std::string layerTableWithDynamicHeads(const LayerDesc &l,
-                                       const cpu::Tensor &q,
-                                       const cpu::Tensor &k, int64_t b,
-                                       float scale,
-                                       kernel::OwnedLayerTable &out);
+/// `blockIndex`: the caller's lists of block_index heads (checked; a
+/// whole-layer call), else null.
+std::string
+layerTableWithDynamicHeads(const LayerDesc &l, const cpu::Tensor &q,
+                           const cpu::Tensor &k, int64_t b, float scale,
+                           kernel::OwnedLayerTable &out,
+                           const cpu::BlockIndexCsr *blockIndex = nullptr);
 
 /// The backward of routing group `g`'s heads for batch entry b of a dense
 /// call (`a` holds every head): each head's clusters rebuilt from its rows

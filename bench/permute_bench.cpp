@@ -10,8 +10,9 @@
 // (cpu::runPermutedGroup) on the same inputs, alternating one run each
 // `repeats` times. Prints one JSON line: the tiles each order visits and
 // their full/partial split, the median times and the median of the pairwise
-// ratios, the permuted call's gather time and share, whether its runs came
-// in closed form, and the largest difference between the two outputs.
+// ratios, the shares of the permuted call's time spent gathering K and V
+// and deriving its runs, whether they came in closed form, and the largest
+// difference between the two outputs.
 //
 //===----------------------------------------------------------------------===//
 
@@ -100,7 +101,7 @@ int main(int argc, char **argv) {
   cpu::LayerArgs permArgs = args;
   permArgs.o = cpu::contiguous(oPerm.data(), cpu::DType::F32, 1, L, H, d);
 
-  std::vector<double> to, tp, ratio, gather;
+  std::vector<double> to, tp, ratio, gather, runsShare;
   cpu::RunStats so, sp;
   cpu::PermutedInfo info;
   std::string err;
@@ -121,6 +122,7 @@ int main(int argc, char **argv) {
     }
     ratio.push_back(to.back() / tp.back());
     gather.push_back(info.gatherSeconds / info.totalSeconds);
+    runsShare.push_back(info.runsSeconds / info.totalSeconds);
   }
   double maxDiff = 0;
   for (int64_t t = 0; t < L; ++t)
@@ -134,14 +136,14 @@ int main(int argc, char **argv) {
       "%lld, \"threads\": %d, \"tiles\": %lld, \"original\": {\"visited\": "
       "%lld, \"full\": %lld, \"partial\": %lld, \"s\": %.4f}, \"permuted\": "
       "{\"visited\": %lld, \"full\": %lld, \"partial\": %lld, \"s\": %.4f, "
-      "\"gather_share\": %.4f, \"closed_form\": %s}, \"speedup\": %.3f, "
+      "\"gather_share\": %.4f, \"runs_share\": %.4f, \"closed_form\": %s}, \"speedup\": %.3f, "
       "\"max_abs_diff\": %.3g}\n",
       pattern.c_str(), (long long)period, (long long)L, (long long)d,
       int(threads), (long long)tiles, (long long)(so.tilesFull +
                                                  so.tilesPartial),
       (long long)so.tilesFull, (long long)so.tilesPartial, median(to),
       (long long)(sp.tilesFull + sp.tilesPartial), (long long)sp.tilesFull,
-      (long long)sp.tilesPartial, median(tp), median(gather),
+      (long long)sp.tilesPartial, median(tp), median(gather), median(runsShare),
       info.closedForm ? "true" : "false", median(ratio), maxDiff);
   return 0;
 }

@@ -324,6 +324,7 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
   // The heads of a group have identical masks: the first one's walk serves
   // them all (partial tiles still test each head's own pairs).
   int64_t head = job.heads.front();
+  auto tRuns = std::chrono::steady_clock::now();
   std::string why = layout::residueOnlyReason(job.nodes, job.count, period,
                                               head);
   if (why.empty())
@@ -334,6 +335,7 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
     pairwiseRuns(job.nodes, job.count, job.data, job.qTok, job.kTok, job.bq,
                  job.bk, head, table.numHeads, job.walk);
 
+  double runsSeconds = secondsSince(tRuns);
   auto tGather = std::chrono::steady_clock::now();
   job.kv.resize(a.q.batch * job.kvHeads.size());
   parallelFor(a, int64_t(job.kv.size()),
@@ -362,6 +364,7 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
   if (info) {
     info->closedForm = why.empty();
     info->why = why;
+    info->runsSeconds = runsSeconds;
     info->gatherSeconds = gatherSeconds;
     info->totalSeconds = secondsSince(t0);
   }

@@ -25,6 +25,7 @@ struct PermutedInfo {
   /// pair was classified once (`why` says which leaf).
   bool closedForm = false;
   std::string why;
+  double runsSeconds = 0;   ///< deriving (or classifying) the walk's runs
   double gatherSeconds = 0; ///< copying K and V into the permuted order
   double totalSeconds = 0;  ///< the whole call
 };

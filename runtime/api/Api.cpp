@@ -1346,8 +1346,17 @@ const DynamicGroupDesc *blockIndexGroup(const Call &c, std::string &clash) {
   return first;
 }
 
+/// Sequence s's query and key blocks under block_index groups of `g`'s
+/// sizes (docs/runtime.md): R and ceil(Nk / block_k).
+void blockIndexShape(const Call &c, const DynamicGroupDesc &g, int64_t s,
+                     cpu::BlockIndexCsr &x) {
+  const int64_t nq = queryCount(c, s), nk = keyCount(c, s);
+  x.rows = nq > 0 && nk > 0 ? kernel::btQueryBlocks(g.args.blockQ, nq, nk) : 0;
+  x.keyBlocks = kernel::dynCeilDiv(nk, g.args.blockK);
+}
+
 /// The caller's block index (tessera.h, API 8), where a block_index group
-/// reads it: dense calls on the CPU; every row of those heads checked.
+/// reads it: on the CPU; every row of those heads checked.
 tessera_status validateBlockIndex(Call &c) {
   const tessera_attention_desc &d = c.d;
   std::string clash;
@@ -1362,32 +1371,36 @@ tessera_status validateBlockIndex(Call &c) {
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                 who + " runs on CPU contexts only for now (no CUDA kernel "
                       "walks a caller's index yet)");
-  if (d.cu_seqlens_q || d.cu_seqlens_k || d.seq_lens_k)
-    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                who + " takes dense calls (and head ranges) only for now: "
-                      "its index has one row count per call (no "
-                      "cu_seqlens_q, cu_seqlens_k or seq_lens_k)");
+  // Dense: R rows per (batch entry, head), exactly; per sequence (packed
+  // or lengths): the caller's stride holds every sequence's R.
   cpu::BlockIndexCsr &x = c.blockIndex;
   x.heads = c.heads;
-  x.rows = kernel::btQueryBlocks(first->args.blockQ, d.q.seq, d.k.seq);
-  x.keyBlocks = kernel::dynCeilDiv(d.k.seq, first->args.blockK);
+  int64_t most = 0, at = 0;
+  for (int64_t s = 0; s < c.numSeqs; ++s) {
+    blockIndexShape(c, *first, s, x);
+    if (x.rows > most)
+      most = x.rows, at = s;
+  }
+  const bool dense = !d.cu_seqlens_q && !d.cu_seqlens_k && !d.seq_lens_k;
   const std::string shape = "int32 [" + std::to_string(c.numSeqs) + ", " +
                             std::to_string(c.heads) + ", " +
-                            std::to_string(x.rows + 1) + "]";
+                            std::to_string(most + 1) + "]";
   if (!d.block_index_offsets)
     return fail(TESSERA_ERROR_NULL_POINTER,
                 who + " reads the caller's block index: set "
                       "desc.block_index_offsets (" +
                     shape + ") and block_index_cols");
-  if (d.block_index_rows != x.rows)
+  if (dense ? d.block_index_rows != most : d.block_index_rows < most)
     return fail(TESSERA_ERROR_SHAPE_MISMATCH,
                 "block_index_rows is " + std::to_string(d.block_index_rows) +
-                    "; " + who + " has " + std::to_string(x.rows) +
-                    " query blocks of " +
-                    std::to_string(first->args.blockQ) + " positions at Nq = " +
-                    std::to_string(d.q.seq) + ", Nk = " +
-                    std::to_string(d.k.seq) + ": block_index_offsets is " +
-                    shape);
+                    "; " + who + " has " + std::to_string(most) +
+                    " query blocks of " + std::to_string(first->args.blockQ) +
+                    " positions at Nq = " + std::to_string(queryCount(c, at)) +
+                    ", Nk = " + std::to_string(keyCount(c, at)) +
+                    (dense ? "" : " (sequence " + std::to_string(at) + ")") +
+                    ": block_index_offsets is " +
+                    (dense ? shape : shape + " or more rows"));
+  x.stride = d.block_index_rows;
   if (d.block_index_nnz < 0 || d.block_index_nnz > INT32_MAX)
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                 "block_index_nnz is " + std::to_string(d.block_index_nnz) +
@@ -1408,10 +1421,12 @@ tessera_status validateBlockIndex(Call &c) {
       const int64_t slot = h - d.head_start;
       if (g.args.family != kernel::kBlockIndex || slot < 0 || slot >= c.heads)
         continue;
-      for (int64_t b = 0; b < c.numSeqs; ++b)
+      for (int64_t b = 0; b < c.numSeqs; ++b) {
+        blockIndexShape(c, *first, b, x);
         if (std::string e = cpu::checkBlockIndex(x, b, slot, h); !e.empty())
           return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                       c.layerName() + ": " + e);
+      }
     }
   c.hasBlockIndex = true;
   return TESSERA_OK;
@@ -1629,8 +1644,10 @@ tessera_status runDynamicSequence(const Call &c, const cpu::LayerArgs &a,
   one.v = rowsView(a.v, kb, k0, nk);
   std::vector<float> lse(d.lse ? size_t(H * nq) : 0);
   one.lse = d.lse ? lse.data() : nullptr;
-  cpu::BlockIndexCsr index = c.blockIndex; // batch entry s (dense queries)
+  cpu::BlockIndexCsr index = c.blockIndex; // sequence s's rows
   index.batch0 = s;
+  index.rows = kernel::btQueryBlocks(g.args.blockQ, nq, nk);
+  index.keyBlocks = kernel::dynCeilDiv(nk, g.args.blockK);
   if (std::string e =
           runDynamicGroupCpu(g, one, c.l->numHeads, c.centroids,
                              c.needClusters, c.hasBlockIndex ? &index : nullptr);

@@ -822,7 +822,7 @@ int64_t attendRoutingSegments(const Rows &q, const Rows &k, const Rows &v,
 static const int32_t *blockIndexRow(const BlockIndexCsr &index, int64_t b,
                                      int64_t slot) {
   return index.offsets +
-         ((index.batch0 + b) * index.heads + slot) * (index.rows + 1);
+         ((index.batch0 + b) * index.heads + slot) * (index.stride + 1);
 }
 
 std::string checkBlockIndex(const BlockIndexCsr &index, int64_t b,

@@ -240,10 +240,13 @@ TESSERA_API tessera_status tessera_attention_dynamic(
  * and non-decreasing per (b, h), each row's key blocks strictly increasing
  * in [0, ceil(Nk / BK)); block_index_rows is the caller's R, which must
  * be the call's (so that the library never reads past the caller's
- * offsets). Only the rows of block_index heads are read (and
- * checked: an error names the field, the batch entry and the head). Dense
- * calls (and head ranges) on CPU contexts only, for now; a layer's
- * block_index groups share BQ and BK. */
+ * offsets). Per-sequence calls (cu_seqlens_q, cu_seqlens_k, seq_lens_k):
+ * b is the sequence, offsets [num_seqs, heads, block_index_rows + 1] with
+ * block_index_rows >= every sequence's R (from its own Nq, Nk), of which
+ * sequence s reads its first R_s + 1. Only the rows of block_index heads
+ * are read (and checked: an error names the field, the batch entry and
+ * the head). CPU contexts only, for now (no paged keys or positions, as
+ * for every dynamic head); a layer's block_index groups share BQ and BK. */
 typedef struct tessera_attention_desc {
   size_t struct_size; /* sizeof(tessera_attention_desc) of the caller */
   int64_t layer;

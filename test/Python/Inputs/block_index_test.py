@@ -136,6 +136,49 @@ for nq, nk in ((260, 260), (100, 300), (300, 100)):
     check(1, 2, 1, 128, 64, nq, nk, 1, {0: causal, 1: causal})
 
 
+def packed(layer=0, heads=6, kv=3):
+    """Packed queries and keys of three sequences (one without queries)
+    against each sequence as a dense call with its own rows of the index:
+    the offsets are [num_seqs, heads, stride + 1], stride the largest R."""
+    nqs, nks = (70, 0, 130), (70, 5, 260)
+    cq = np.concatenate([[0], np.cumsum(nqs)]).astype(np.int32)
+    ck = np.concatenate([[0], np.cumsum(nks)]).astype(np.int32)
+    shapes = [query_blocks(64, nq, nk)[0] if nq else 0
+              for nq, nk in zip(nqs, nks)]
+    stride = max(shapes)
+    offsets = np.zeros((3, heads, stride + 1), np.int32)
+    cols = []
+    for s, (rows, nk) in enumerate(zip(shapes, nks)):
+        part = random_index(1, heads, rows, -(-nk // 64))
+        offsets[s, :, :rows + 1] = part[0][0] + len(cols)
+        offsets[s, :, rows + 1:] = len(cols) + len(part[1])  # unread
+        cols.extend(part[1].tolist())
+    cols = np.array(cols, np.int32)
+    q = strided(1, int(cq[-1]), heads, 64)
+    k = strided(1, int(ck[-1]), kv, 64)
+    v = strided(1, int(ck[-1]), kv, 64)
+    out = np.zeros((1, int(cq[-1]), heads, 64), np.float32)
+    lse = np.zeros((heads, int(cq[-1])), np.float32)
+    bundle.attention_run(layer, q, k, v, out, lse=lse, num_seqs=3,
+                         cu_seqlens_q=cq, cu_seqlens_k=ck,
+                         block_index=(offsets, cols))
+    same = True
+    for s in (0, 2):
+        rows = shapes[s]
+        o1 = np.zeros((1, nqs[s], heads, 64), np.float32)
+        l1 = np.zeros((1, heads, nqs[s]), np.float32)
+        sub = np.ascontiguousarray(offsets[s:s + 1, :, :rows + 1])
+        bundle.attention_run(layer, q[:, cq[s]:cq[s + 1]],
+                             k[:, ck[s]:ck[s + 1]], v[:, ck[s]:ck[s + 1]],
+                             o1, lse=l1, block_index=(sub, cols))
+        same &= np.array_equal(o1[0], out[0, cq[s]:cq[s + 1]])
+        same &= np.array_equal(l1[0], lse[:, cq[s]:cq[s + 1]])
+    print(f"packed equals per-sequence dense calls: {same}")
+
+
+packed()
+
+
 def refused(what, layer, offsets, cols, nq=200, nk=200, heads=6, kv=3,
             rows=None, **kw):
     q = np.zeros((1, nq, heads, 64), np.float32)
@@ -177,8 +220,10 @@ refused("static head's row unread", 0, o, c)
 refused("missing", 0, None, None)
 refused("wrong rows", 0, *good(rows=3))
 refused("wrong shape", 0, *good(heads=5))
-refused("packed", 0, *good(), num_seqs=1,
-        cu_seqlens_q=np.array([0, 200], np.int32))
+refused("packed, R too small", 0, np.zeros((2, 6, 3), np.int32),
+        np.zeros(0, np.int32), num_seqs=2,
+        cu_seqlens_q=np.array([0, 70, 200], np.int32),
+        cu_seqlens_k=np.array([0, 100, 200], np.int32))
 refused("two block sizes", 2, *good(heads=2), heads=2, kv=2)
 refused("head range", 0, *good(heads=2), heads=2, kv=1, head_start=4,
         head_count=2)

@@ -101,15 +101,17 @@ RoutingIndex buildRouting(const Rows &q, const Rows &k, int64_t headDim,
                           const float *centroids);
 
 /// A caller's block index (block_index heads, docs/runtime.md): for batch
-/// entry b and head slot h of a call (its heads in order), rows + 1
-/// int32 offsets from offsets[(b * heads + h) * (rows + 1)], row i holding
-/// the key blocks cols[offsets[i] .. offsets[i + 1]) of query block
-/// firstBlock + i (blocks of positions, block_q rows). Host memory.
+/// entry (sequence) b and head slot h of a call (its heads in order), the
+/// int32 offsets from offsets[(b * heads + h) * (stride + 1)], row i
+/// holding the key blocks cols[offsets[i] .. offsets[i + 1]) of query
+/// block firstBlock + i (blocks of positions, block_q rows); the first
+/// rows + 1 offsets are read. Host memory.
 struct BlockIndexCsr {
   const int32_t *offsets = nullptr, *cols = nullptr;
   int64_t nnz = 0;       ///< entries of cols
   int64_t heads = 0;     ///< head slots per batch entry
-  int64_t rows = 0;      ///< query blocks per (batch entry, head slot)
+  int64_t stride = 0;    ///< rows the caller's offsets hold per (b, h)
+  int64_t rows = 0;      ///< query blocks of this sequence (<= stride)
   int64_t keyBlocks = 0; ///< ceil(Nk / block_k): columns are below it
   int64_t batch0 = 0;    ///< the batch entry that b = 0 stands for
 };

@@ -157,6 +157,10 @@ int main(int argc, char **argv) {
       status = 1;
     }
     for (const PtxasReport &k : reports) {
+      // The backward kernels (tessera_bwd_*) sit at 248-255 registers with
+      // one pattern; more patterns per element type and head dim spill a
+      // little (docs/backward.md): reported, not a failure.
+      bool backward = k.kernel.rfind("tessera_bwd_", 0) == 0;
       bool spills = k.spillStores || k.spillLoads;
       if (k.registers < 0) // an out-of-line device function
         std::printf("%s   %s: %ld bytes stack, %ld spill stores, %ld spill "
@@ -164,12 +168,15 @@ int main(int argc, char **argv) {
                     arch.c_str(), k.kernel.c_str(), k.stackBytes, k.spillStores,
                     k.spillLoads, spills ? "  SPILLS" : "");
       else
-        std::printf("%s %s: %d registers, %ld bytes stack, %ld spill stores, "
-                    "%ld spill loads, %ld bytes smem%s\n",
-                    arch.c_str(), k.kernel.c_str(), k.registers, k.stackBytes,
-                    k.spillStores, k.spillLoads, k.sharedBytes,
-                    spills ? "  SPILLS" : "");
-      if (spills)
+        std::printf(
+            "%s %s: %d registers, %ld bytes stack, %ld spill stores, "
+            "%ld spill loads, %ld bytes smem%s\n",
+            arch.c_str(), k.kernel.c_str(), k.registers, k.stackBytes,
+            k.spillStores, k.spillLoads, k.sharedBytes,
+            spills ? (backward ? "  spilled (a backward kernel: not a failure)"
+                               : "  SPILLS")
+                   : "");
+      if (spills && !backward)
         status = 1;
     }
     std::printf("%s: cubin %zu bytes\n", arch.c_str(), r.binary.size());

@@ -9,6 +9,7 @@
 #include "tessera/Semantics/FromAttr.h"
 #include "tessera/Transforms/RunOps.h"
 
+#include "BackwardEmit.h"
 #include "EmbeddedKernel.h"
 #include "tessera/kernel/DynamicKernels.h"
 
@@ -272,6 +273,7 @@ public:
     emitAttentionKernels();
     emitFillKernels();
     emitMergeKernels();
+    emitBackwardKernels();
     emitDynamicKernels();
     emitEmulatorRegistrations();
     os.flush();
@@ -296,6 +298,8 @@ private:
        << tessera::embedded::kProgramH << "\n"
        << tessera::embedded::kFlashForwardCuh << "\n"
        << tessera::embedded::kMasksCuh << "\n"
+       << tessera::embedded::kBackwardParamsH << "\n"
+       << tessera::embedded::kFlashBackwardCuh << "\n"
        << kDynamicHeadersMarker << kHopperHeadersMarker
        << "namespace tessera {\nnamespace kernel {\nnamespace bundle {\n\n";
   }
@@ -324,6 +328,8 @@ private:
                    schedule::emitGroupCode(pat, expr, name) + "\n";
       if (runs)
         patternWeight[it->second] = runWeight(*runs);
+      if (runs) // a static group's: the backward walks it transposed
+        groupCode += backward::transposedPatternCode(*runs, it->second);
       groupCode += "// " + name + "Mask: the partial-tile masks of " + name +
                    ", from the closed form of each leaf of its runs "
                    "(Masks.cuh).\n" +
@@ -377,6 +383,9 @@ private:
     if (!table.skippedHeads.empty())
       fillDims.insert(d);
     json::Object layer = layerManifest(sched, table, std::move(groupsJson));
+    if (backward::hasBackwardKernels(d) && dynamicJson.empty())
+      layer["backward"] = backward::layerBackwardJson(
+          dtypeName(dtype), d, !table.skippedHeads.empty());
     if (!dynamicJson.empty()) {
       layer["dynamic_groups"] = std::move(dynamicJson);
       dynTablesOs << "__device__ const DynGroupTable dynGroups_" << p
@@ -856,6 +865,18 @@ private:
     }
   }
 
+  /// The backward kernels of each (dtype, head_dim) they are built for
+  /// (BackwardEmit.h), and the zero fill of skipped heads' dQ.
+  void emitBackwardKernels() {
+    for (const KernelKey &key : kernels)
+      if (backward::hasBackwardKernels(key.second))
+        backward::emitBackwardKernels(os, key.first, key.second,
+                                      kernelPatterns[key], kernelsJson);
+    for (int64_t d : fillDims)
+      if (backward::hasBackwardKernels(d))
+        backward::emitZeroKernel(os, d, kernelsJson);
+  }
+
   /// The kernels that write O = 0 and LSE = -inf for skipped heads.
   void emitFillKernels() {
     for (int64_t d : fillDims)
@@ -989,9 +1010,11 @@ private:
       bool dynHopper = o.getString("args").value_or("") ==
                        "(AttnParams, DynArgs, HopperMaps)";
       bool hopper = o.getString("path").value_or("") == "wgmma";
+      bool bwd = o.getString("args").value_or("") == "(BwdParams, int layer)";
       os << (dyn         ? "TESSERA_EMU_DYN_KERNEL("
              : dynHopper ? "TESSERA_EMU_DYN_HOPPER_KERNEL("
              : hopper    ? "TESSERA_EMU_HOPPER_KERNEL("
+             : bwd       ? "TESSERA_EMU_BWD_KERNEL("
                          : "TESSERA_EMU_KERNEL(")
          << o.getString("name").value_or("") << ")\n";
     }

@@ -26,12 +26,15 @@
 //
 // `Groups` is the forward's generated class (runFrom, keep / keepNibbles)
 // plus runFromT(pattern, const TRunCtx &, qb), the transposed schedule of
-// the pattern's program. The emitter does not emit runFromT yet: the
-// emulator test's wrappers (test/Unit/BackwardKernels.inc) implement it
-// from the layer's program with Program.h's transposed leaves
-// (ProgramRuns), and they pass a Groups that covers every pattern of the
-// layer, since a kv head's query heads may sit in different forward
-// kernels. Not yet launched by the runtime.
+// the pattern. The emitter pastes this file into every bundle and
+// generates, per element type and head dim, a Groups over every pattern of
+// that type and dim (a kv head's query heads may sit in different forward
+// kernels) whose runFromT is each pattern's generated transposed walk
+// (schedule::emitTransposedCode), and the kernels of docs/backward.md
+// (tessera_bwd_*: (BwdParams, int layer)), which the runtime launches for
+// dense calls on CUDA contexts. The emulator test's wrappers
+// (test/Unit/BackwardKernels.inc) also run these bodies with runFromT from
+// the manifest's program (ProgramRuns), as an independent walk.
 //
 // Head dims: 64, 96 and 128 are built and tested (256 would need dK and dV
 // partly in shared memory and is not built; others are untested).
@@ -51,27 +54,7 @@
 namespace tessera {
 namespace kernel {
 
-/// A [batch, seq, heads, D] tensor's strides in elements (D contiguous).
-struct BwdStrides {
-  i64 b, s, h;
-};
-
-/// The backward kernels' arguments, passed by value.
-struct BwdParams {
-  const u16 *q, *k, *v, *o, *dO; ///< the forward's tensors and dL/dO
-  const float *lse; ///< [batch, heads, Nq] natural-log LSE of the forward
-  /// Optional [batch, heads, Nq]: dL/dLSE where the loss reads the LSE (a
-  /// log-sum-exp merge); it adds dLse_i P to dS, i.e. D_i -= dLse_i.
-  const float *dLse;
-  float *delta; ///< [batch, heads, Nq] D_i, written by bwdPreprocess
-  u16 *dq, *dk, *dv;
-  i64 nq, nk;
-  BwdStrides qs, ks, vs, os, dOs, dqs, dks, dvs;
-  float scale;     ///< the softmax scale s
-  float scaleLog2; ///< s log2(e)
-  int numHeads, numKvHeads;
-  int vectorLoads; ///< 1: every row start of q, k, v, dO is 16-byte aligned
-};
+// BwdStrides and BwdParams: BackwardParams.h (pasted before this file).
 
 /// A 16-bit value of type E as a float (exact).
 template <int E> __device__ __forceinline__ float bwdToFloat(u16 x) {
@@ -637,7 +620,40 @@ bwdQueryMajor(const LayerTable &t, const BwdParams &p, PipeTiles<D> &sm,
                      q0, warp, p.nq);
 }
 
+/// dQ = 0 for the rows of skipped heads (no backward block writes them):
+/// grid (ceil(Nq / 128), skipped heads, batch), 128 threads, a thread a
+/// row.
+template <int D>
+__device__ __forceinline__ void bwdZeroSkipped(const LayerTable &t,
+                                               const BwdParams &p) {
+  const i64 qi = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (qi >= p.nq)
+    return;
+  const i64 head = t.skippedHead[blockIdx.y], b = blockIdx.z;
+  u16 *row = p.dq + b * p.dqs.b + qi * p.dqs.s + head * p.dqs.h;
+  for (int x = 0; x < D; x += 2)
+    *reinterpret_cast<u32 *>(row + x) = 0u;
+}
+
 } // namespace kernel
 } // namespace tessera
+
+#if defined(TESSERA_EMULATE) && !defined(TESSERA_EMU_BACKWARD)
+/// The bundle's emitted backward kernels are compiled on the host only
+/// where the translation unit defines TESSERA_EMU_BACKWARD (BackwardEmit):
+/// elsewhere there is nothing to register.
+#define TESSERA_EMU_BWD_KERNEL(name)
+#elif defined(TESSERA_EMULATE)
+/// The host emulator's registration of an emitted backward kernel, which
+/// takes (BwdParams, int layer): `params` points at the BwdParams.
+#define TESSERA_EMU_BWD_KERNEL(name)                                           \
+  static ::tessera_emu::Registration tessera_emu_register_##name(              \
+      std::string(TESSERA_EMU_BUNDLE) + "/" #name,                             \
+      [](const void *params, int layer) {                                      \
+        tessera::kernel::BwdParams p;                                          \
+        std::memcpy(&p, params, sizeof p);                                     \
+        name(p, layer);                                                        \
+      });
+#endif
 
 #endif // TESSERA_KERNEL_FLASHBACKWARD_CUH

@@ -1,0 +1,208 @@
+//===- BackwardEmit.cpp - the backward kernels of a bundle ----------------===//
+
+#include "BackwardEmit.h"
+
+#include "tessera/Schedule/BackwardRuns.h"
+
+using namespace tessera;
+namespace json = llvm::json;
+
+namespace {
+
+/// sizeof(BwdKeyTiles<D>) (FlashBackward.cuh; the emitted kernel
+/// static_asserts it): the key, value, query and dO tiles of 64 rows, the
+/// rows' LSE and D (128 floats) and a 64 x 64 byte mask.
+int64_t keyTilesBytes(int64_t d) {
+  const int64_t pitch = d % 64 == 0 ? d : d + 8;
+  return 4 * 64 * pitch * 2 + 128 * 4 + 64 * 64;
+}
+
+/// sizeof(PipeTiles<D>): a key and a value tile of 64 rows (the query-major
+/// kernel stages Q and dO there).
+int64_t queryTilesBytes(int64_t d) {
+  const int64_t pitch = d % 64 == 0 ? d : d + 8;
+  return 2 * 64 * pitch * 2;
+}
+
+/// The key-major kernel's threads (BwdKeyShape<D>::kThreads).
+int64_t keyThreads(int64_t d) { return d > 64 ? 256 : 128; }
+
+/// The backward kernels are compiled by NVRTC, and on the host only where
+/// the emulator's translation unit asks for them (TESSERA_EMU_BACKWARD:
+/// the fake driver's bundles), which keeps the other emulated bundles'
+/// compile times.
+constexpr const char *kHostGuard =
+    "#if !defined(TESSERA_EMULATE) || defined(TESSERA_EMU_BACKWARD)\n";
+
+std::string suffix(const std::string &dt, int64_t d) {
+  return dt + "_d" + std::to_string(d);
+}
+std::string groupsName(const std::string &dt, int64_t d) {
+  return "BackwardGroups_" + suffix(dt, d);
+}
+
+/// The kernel names, shared by the emitter's kernels and manifest.
+std::string kernelName(const char *pass, const std::string &dt, int64_t d) {
+  return std::string("tessera_bwd_") + pass + "_" + suffix(dt, d);
+}
+std::string zeroName(int64_t d) {
+  return "tessera_bwd_zero_d" + std::to_string(d);
+}
+
+/// `signature` switching on the pattern id over `ids`, each case returning
+/// `before` P<id> `after`, others `fallback`.
+void emitSwitch(llvm::raw_ostream &os, llvm::StringRef signature,
+                const std::set<int64_t> &ids, llvm::StringRef before,
+                llvm::StringRef after, llvm::StringRef fallback) {
+  os << "  static __device__ __forceinline__ " << signature << " {\n"
+     << "    switch (pattern) {\n";
+  for (int64_t id : ids)
+    os << "    case " << id << ":\n      return " << before << "P" << id
+       << after << ";\n";
+  os << "    default:\n      return " << fallback << ";\n    }\n  }\n";
+}
+
+/// The dispatch class the backward kernels take: the forward's runs and
+/// masks of every pattern of the type and dim, and their transposed walks.
+void emitGroups(llvm::raw_ostream &os, const std::string &dt, int64_t d,
+                const std::set<int64_t> &ids) {
+  os << "namespace tessera {\nnamespace kernel {\nnamespace bundle {\n"
+     << "// The backward's view of every " << dt << " head_dim " << d
+     << " pattern: a kv head's query heads may sit in different forward "
+        "kernels, and its key-major block walks them all.\n"
+     << "struct " << groupsName(dt, d) << " {\n";
+  emitSwitch(os, "Run runFrom(i64 pattern, const RunCtx &ctx, i64 kb)", ids, "",
+             "::runFrom(ctx, kb)", "noRun()");
+  emitSwitch(os, "Run runFromT(i64 pattern, const TRunCtx &ctx, i64 qb)", ids,
+             "", "T::runFromT(ctx, qb)", "noRun()");
+  emitSwitch(os,
+             "KeepNibbles keepNibbles(i64 pattern, i64 rowPos, i64 k0, int c2, "
+             "int room, i64 head, i64 numHeads)",
+             ids, "rowNibbles(",
+             "Mask::rows(maskTileRoom(rowPos, k0, c2, room), head, numHeads))",
+             "KeepNibbles{0u, 0u}");
+  os << "};\n} // namespace bundle\n} // namespace kernel\n"
+     << "} // namespace tessera\n\n";
+}
+
+/// One extern "C" kernel of (BwdParams, int layer) with `body`.
+void emitKernel(llvm::raw_ostream &os, const std::string &name, int64_t threads,
+                llvm::StringRef body) {
+  os << "TESSERA_EXTERN_C __global__ void __launch_bounds__(" << threads
+     << ")\n"
+     << name << "(const tessera::kernel::BwdParams p, int layer) {\n"
+     << "  using namespace tessera::kernel;\n"
+     << "  (void)layer;\n"
+     << body << "}\n\n";
+}
+
+json::Object kernelJson(const std::string &name, const char *kind,
+                        const std::string &dt, int64_t d, int64_t threads,
+                        int64_t shared) {
+  json::Object o{{"name", name},
+                 {"kind", kind},
+                 {"head_dim", d},
+                 {"threads", threads},
+                 {"dynamic_shared", shared},
+                 {"args", "(BwdParams, int layer)"}};
+  if (!dt.empty())
+    o["dtype"] = dt;
+  return o;
+}
+
+} // namespace
+
+bool tessera::backward::hasBackwardKernels(int64_t headDim) {
+  return headDim == 64 || headDim == 96 || headDim == 128;
+}
+
+std::string
+tessera::backward::transposedPatternCode(const schedule::RunExpr &forward,
+                                         int64_t id) {
+  const std::string name = "P" + std::to_string(id) + "T";
+  return "// " + name + ": the transposed runs of P" + std::to_string(id) +
+         " (the query blocks that see a key block: the backward's key-major "
+         "walk).\n" +
+         schedule::emitTransposedCode(schedule::transposeRuns(forward), name) +
+         "\n";
+}
+
+void tessera::backward::emitBackwardKernels(llvm::raw_ostream &os,
+                                            const std::string &dt, int64_t d,
+                                            const std::set<int64_t> &patterns,
+                                            json::Array &kernels) {
+  os << kHostGuard;
+  emitGroups(os, dt, d, patterns);
+  const std::string E = dt == "f16" ? "kF16" : "kBF16";
+  const std::string ED = E + ", " + std::to_string(d);
+  const std::string G = "bundle::" + groupsName(dt, d);
+  emitKernel(os, kernelName("pre", dt, d), 128,
+             "  bwdPreprocess<" + ED + ">(p);\n");
+  kernels.push_back(kernelJson(kernelName("pre", dt, d), "backward_preprocess",
+                               dt, d, 128, 0));
+  for (bool guarded : {false, true}) {
+    const std::string g = guarded ? "true" : "false";
+    const std::string key =
+        kernelName(guarded ? "dkdv_guarded" : "dkdv", dt, d);
+    emitKernel(os, key, keyThreads(d),
+               "  static_assert(sizeof(BwdKeyTiles<" + std::to_string(d) +
+                   ">) == " + std::to_string(keyTilesBytes(d)) +
+                   ", \"the manifest's dynamic_shared\");\n"
+                   "  TESSERA_DYNAMIC_TILES(sm, BwdKeyTiles<" +
+                   std::to_string(d) + ">);\n  bwdKeyMajor<" + ED + ", " + G +
+                   ", " + g +
+                   ">(*bundle::tables[layer], bundle::patternOf[layer], p, "
+                   "sm);\n");
+    kernels.push_back(kernelJson(
+        key, guarded ? "backward_key_major_guarded" : "backward_key_major", dt,
+        d, keyThreads(d), keyTilesBytes(d)));
+    const std::string query = kernelName(guarded ? "dq_guarded" : "dq", dt, d);
+    emitKernel(os, query, 128,
+               "  static_assert(sizeof(PipeTiles<" + std::to_string(d) +
+                   ">) == " + std::to_string(queryTilesBytes(d)) +
+                   ", \"the manifest's dynamic_shared\");\n"
+                   "  const LayerTable &t = *bundle::tables[layer];\n"
+                   "  const i64 slot = blockIdx.y;\n"
+                   "  TESSERA_DYNAMIC_TILES(sm, PipeTiles<" +
+                   std::to_string(d) + ">);\n  bwdQueryMajor<" + ED + ", " + G +
+                   ", " + g +
+                   ">(t, p, sm, slot, "
+                   "bundle::patternOf[layer][t.headGroup[slot]]);\n");
+    kernels.push_back(kernelJson(query,
+                                 guarded ? "backward_query_major_guarded"
+                                         : "backward_query_major",
+                                 dt, d, 128, queryTilesBytes(d)));
+  }
+  os << "#endif\n\n";
+}
+
+void tessera::backward::emitZeroKernel(llvm::raw_ostream &os, int64_t d,
+                                       json::Array &kernels) {
+  os << kHostGuard;
+  emitKernel(os, zeroName(d), 128,
+             "  bwdZeroSkipped<" + std::to_string(d) +
+                 ">(*bundle::tables[layer], p);\n");
+  os << "#endif\n\n";
+  kernels.push_back(
+      kernelJson(zeroName(d), "backward_zero_skipped", "", d, 128, 0));
+}
+
+json::Object tessera::backward::layerBackwardJson(const std::string &dt,
+                                                  int64_t d, bool hasSkipped) {
+  json::Object o{{"preprocess", kernelName("pre", dt, d)},
+                 {"key_major", kernelName("dkdv", dt, d)},
+                 {"key_major_guarded", kernelName("dkdv_guarded", dt, d)},
+                 {"query_major", kernelName("dq", dt, d)},
+                 {"query_major_guarded", kernelName("dq_guarded", dt, d)},
+                 {"key_major_threads", keyThreads(d)},
+                 {"key_major_dynamic_shared", keyTilesBytes(d)},
+                 {"query_major_threads", 128},
+                 {"query_major_dynamic_shared", queryTilesBytes(d)},
+                 {"block_q", 64},
+                 {"block_k", 64},
+                 // The preprocess kernel's D_i, read by both passes.
+                 {"delta_workspace", "f32 [batch, num_heads, Nq]"}};
+  if (hasSkipped)
+    o["zero_skipped"] = zeroName(d);
+  return o;
+}

@@ -372,8 +372,9 @@ def attention(q, k, v, bundle, layer, scale=0.0, centroids=None, *,
                                            cols)
     if block_index is not None:
         raise ValueError("tessera.attention: block_index with per-sequence "
-                         "options: block_index heads take dense calls only "
-                         "for now")
+                         "options: tessera.torch passes block indices with "
+                         "dense calls only for now (Bundle.attention_run "
+                         "takes them with packed calls)")
     if centroids is not None:
         raise ValueError("tessera.attention: centroids with per-sequence "
                          "options: pass dense calls for routing groups that "

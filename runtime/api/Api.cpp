@@ -4,6 +4,7 @@
 
 #include "../cpu/ThreadPool.h"
 #include "../cuda/Driver.h"
+#include "BackwardLaunch.h"
 #include "DynamicCpu.h"
 #include "HopperLaunch.h"
 #include "Manifest.h"
@@ -191,6 +192,10 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
             if (!twin.empty())
               names.push_back(twin);
       }
+      const BackwardKernelsDesc &bwd = l.backward;
+      names.insert(names.end(),
+                   {bwd.preprocess, bwd.keyMajor, bwd.keyMajorGuarded,
+                    bwd.queryMajor, bwd.queryMajorGuarded, bwd.zeroSkipped});
       // The per-sequence twins of the attention and fill kernels, where
       // the bundle has them (bundles emitted before them do not).
       for (const std::string &twin : seqTwins(l)) {
@@ -226,6 +231,9 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
             if (!name.empty() && g.wgmmaDynamicShared > 48 * 1024)
               big.push_back({name, g.wgmmaDynamicShared});
       }
+      for (const std::string &name : {bwd.keyMajor, bwd.keyMajorGuarded})
+        if (bwd.keyMajorDynamicShared > 48 * 1024)
+          big.push_back({name, bwd.keyMajorDynamicShared});
       for (const auto &[name, bytes] : big) {
         if (int rc = d.funcSetAttribute(b->functions.at(name),
                                         kFuncAttrMaxDynamicSharedSize,
@@ -1807,7 +1815,8 @@ kernel::SplitPlan planCudaSplit(const Call &c, int64_t &bytes) {
 /// API 7): large enough, 16-byte aligned (the kernels access it as floats
 /// today; 16 bytes keeps vector access open without an ABI change) and on
 /// the context's device; `out` null when the caller gave none.
-tessera_status callerWorkspace(const Call &c, int64_t bytes, void *&out) {
+tessera_status callerWorkspace(const Call &c, int64_t bytes, void *&out,
+                               const char *use = "split-KV decode") {
   const tessera_attention_desc &d = c.d;
   out = d.workspace;
   if (!d.workspace)
@@ -1815,7 +1824,7 @@ tessera_status callerWorkspace(const Call &c, int64_t bytes, void *&out) {
   if (d.workspace_size < size_t(bytes))
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                 "desc->workspace_size is " + std::to_string(d.workspace_size) +
-                    " bytes; this call's split-KV decode needs " +
+                    " bytes; this call's " + use + " needs " +
                     std::to_string(bytes) +
                     " (tessera_attention_workspace_size)");
   if (reinterpret_cast<uintptr_t>(d.workspace) % 16)
@@ -2029,9 +2038,8 @@ namespace {
 /// the layer's heads, and the forward's LSE.
 tessera_status validateBackwardCall(const Call &c) {
   if (c.cuda)
-    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                "the backward runs on CPU contexts only for now (there are "
-                "no CUDA backward kernels yet: docs/backward.md)");
+    if (std::string why = cudaBackwardRefusal(c.d, *c.l); !why.empty())
+      return fail(TESSERA_ERROR_INVALID_ARGUMENT, why);
   const tessera_attention_desc &d = c.d;
   if (d.block_table || d.q_start || d.k_start)
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
@@ -2101,6 +2109,101 @@ tessera_status validateGradients(const Call &c, const tessera_tensor *dO,
                         outputs[j].second);
   }
   return TESSERA_OK;
+}
+
+/// On CUDA: the gradients' tensors and d_lse on the context's device; dq,
+/// dk and dv 4-byte aligned with even strides (the kernels store element
+/// pairs).
+tessera_status checkBackwardDeviceMemory(const Call &c,
+                                         const tessera_tensor &dO,
+                                         const float *dLse,
+                                         const tessera_tensor &dq,
+                                         const tessera_tensor &dk,
+                                         const tessera_tensor &dv) {
+  for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}})
+    if (reinterpret_cast<uintptr_t>(t->data) % 4 || t->stride_batch % 2 ||
+        t->stride_seq % 2 || t->stride_head % 2)
+      return fail(TESSERA_ERROR_MISALIGNED,
+                  std::string(name) +
+                      " must be 4-byte aligned with even strides on CUDA");
+  const Driver &drv = *c.bundle->context->driver;
+  for (auto [ptr, name] :
+       {std::pair{static_cast<const void *>(dO.data), "d_o"},
+        {dLse, "d_lse"},
+        {dq.data, "dq"},
+        {dk.data, "dk"},
+        {dv.data, "dv"}}) {
+    if (!ptr)
+      continue;
+    unsigned type = 0;
+    int ordinal = -1;
+    auto at = reinterpret_cast<unsigned long long>(ptr);
+    if (drv.pointerGetAttribute(&type, kPointerAttrMemoryType, at) ||
+        type != kMemoryTypeDevice ||
+        drv.pointerGetAttribute(&ordinal, kPointerAttrDeviceOrdinal, at) ||
+        ordinal != c.bundle->context->device)
+      return fail(TESSERA_ERROR_WRONG_DEVICE,
+                  std::string(name) + " is not memory of CUDA device " +
+                      std::to_string(c.bundle->context->device));
+  }
+  return TESSERA_OK;
+}
+
+/// The backward of a dense call of static heads on CUDA (docs/backward.md,
+/// "On CUDA"): D = rowsum(dO * O) into an f32 workspace (the caller's
+/// desc->workspace, else a stream-ordered allocation freed in stream order
+/// after the launches), the key-major (dK, dV; GQA sums inside the block)
+/// and query-major (dQ) passes, their guarded second launches, and dQ = 0
+/// for skipped heads, all on the call's stream; nothing synchronises.
+tessera_status runBackwardCuda(const Call &c, const tessera_tensor &dO,
+                               const float *dLse, const tessera_tensor &dq,
+                               const tessera_tensor &dk,
+                               const tessera_tensor &dv) {
+  CudaScope scope(c.bundle->context);
+  if (tessera_status s = checkDeviceMemory(c))
+    return s;
+  if (tessera_status s = checkBackwardDeviceMemory(c, dO, dLse, dq, dk, dv))
+    return s;
+  const LayerDesc &l = *c.l;
+  const BackwardKernelsDesc &k = l.backward;
+  const Driver &drv = *c.bundle->context->driver;
+  const int64_t bytes = backwardWorkspaceBytes(c.d, l);
+  void *delta = nullptr;
+  if (tessera_status s = callerWorkspace(c, bytes, delta, "backward (D)"))
+    return s;
+  unsigned long long owned = 0;
+  if (!delta && bytes > 0) {
+    if (int rc = drv.memAllocAsync(&owned, size_t(bytes), c.d.cuda_stream))
+      return fail(TESSERA_ERROR_CUDA,
+                  "the backward's workspace (" + std::to_string(bytes) +
+                      " bytes): " + drv.message("cuMemAllocAsync", rc));
+    delta = reinterpret_cast<void *>(owned);
+  }
+  kernel::BwdParams p = makeBwdParams(c.d, l, dO, dLse, dq, dk, dv,
+                                      static_cast<float *>(delta));
+  int position = static_cast<int>(l.position);
+  void *args[] = {&p, &position};
+  const BackwardGrids g = backwardGrids(c.d, l);
+  const unsigned kt = unsigned(k.keyMajorThreads),
+                 ks = unsigned(k.keyMajorDynamicShared),
+                 qs = unsigned(k.queryMajorDynamicShared);
+  // Preprocess, then the two passes, then their guarded launches (each
+  // after its own pass), then the zero fill.
+  const std::tuple<const std::string &, kernel::SeqGrid, unsigned, unsigned>
+      steps[] = {{k.preprocess, g.preprocess, 128, 0},
+                 {k.keyMajor, g.keyMajor, kt, ks},
+                 {k.queryMajor, g.queryMajor, 128, qs},
+                 {k.keyMajorGuarded, g.keyMajor, kt, ks},
+                 {k.queryMajorGuarded, g.queryMajor, 128, qs},
+                 {k.zeroSkipped, g.zeroSkipped, 128, 0}};
+  tessera_status status = TESSERA_OK;
+  for (const auto &[name, grid, threads, shared] : steps)
+    if (!status && !name.empty())
+      status = launchGrid(c, name, grid, threads, shared, args);
+  if (owned)
+    if (int rc = drv.memFreeAsync(owned, c.d.cuda_stream); rc && !status)
+      status = fail(TESSERA_ERROR_CUDA, drv.message("cuMemFreeAsync", rc));
+  return status;
 }
 
 } // namespace
@@ -2215,6 +2318,8 @@ attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
     return s;
   if (tessera_status s = validateGradients(c, dO, dLse, dq, dk, dv))
     return s;
+  if (c.cuda)
+    return runBackwardCuda(c, *dO, dLse, *dq, *dk, *dv);
   if (tessera_status s = checkHostMemory(c))
     return s;
   cpu::LayerArgs f = planCpu(c);

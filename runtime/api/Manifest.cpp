@@ -223,6 +223,60 @@ std::string parseWgmma(const json::Object &o, LayerDesc &l) {
   return "";
 }
 
+/// A layer's backward kernels ("backward", optional; BackwardEmit.cpp):
+/// five names (and the zero fill where heads are skipped), the key-major
+/// pass's BwdKeyShape threads, 128 for the query-major pass, 64 x 64 tiles,
+/// dynamic shared memory within the 227 KiB a block can have; static heads
+/// only.
+std::string parseBackward(const json::Object &o, LayerDesc &l) {
+  const json::Object *b = o.getObject("backward");
+  if (!b)
+    return "";
+  BackwardKernelsDesc &k = l.backward;
+  for (auto [key, out] : {std::pair{"preprocess", &k.preprocess},
+                          {"key_major", &k.keyMajor},
+                          {"key_major_guarded", &k.keyMajorGuarded},
+                          {"query_major", &k.queryMajor},
+                          {"query_major_guarded", &k.queryMajorGuarded}}) {
+    std::optional<llvm::StringRef> n = b->getString(key);
+    if (!n || n->empty())
+      return std::string("backward lacks the kernel name ") + key;
+    *out = n->str();
+  }
+  if (std::optional<llvm::StringRef> z = b->getString("zero_skipped"))
+    k.zeroSkipped = z->str();
+  std::optional<int64_t> kt = b->getInteger("key_major_threads"),
+                         ks = b->getInteger("key_major_dynamic_shared"),
+                         qt = b->getInteger("query_major_threads"),
+                         qs = b->getInteger("query_major_dynamic_shared"),
+                         bq = b->getInteger("block_q"),
+                         bk = b->getInteger("block_k");
+  if (!kt || !ks || !qt || !qs || !bq || !bk)
+    return "backward lacks key_major_threads, key_major_dynamic_shared, "
+           "query_major_threads, query_major_dynamic_shared, block_q or "
+           "block_k";
+  if (l.headDim != 64 && l.headDim != 96 && l.headDim != 128)
+    return "backward kernels exist for head_dim 64, 96 and 128 only";
+  if (*kt != (l.headDim > 64 ? 256 : 128) || *qt != 128)
+    return "backward's key_major_threads must be " +
+           std::to_string(l.headDim > 64 ? 256 : 128) +
+           " at this head_dim and query_major_threads 128";
+  if (*bq != 64 || *bk != 64)
+    return "backward's block_q and block_k must be 64";
+  for (int64_t bytes : {*ks, *qs})
+    if (bytes <= 0 || bytes > 227 * 1024)
+      return "backward's dynamic shared memory must be in (0, 227 KiB]";
+  if (!l.skippedHeads.empty() && k.zeroSkipped.empty())
+    return "backward: skipped heads need a zero_skipped kernel";
+  if (!l.dynamicGroups.empty())
+    return "backward kernels serve layers of static heads only";
+  k.keyMajorThreads = *kt;
+  k.keyMajorDynamicShared = *ks;
+  k.queryMajorThreads = *qt;
+  k.queryMajorDynamicShared = *qs;
+  return "";
+}
+
 /// A dynamic group: every parameter in the range the dialect verifies and
 /// the bundles' kernels support.
 /// A dynamic group's sm_90a twins ("wgmma", optional; HopperDynamic.cuh):
@@ -462,6 +516,8 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
     return where + "some heads are in no group and not skipped";
   if (!l.skippedHeads.empty() && l.fillKernel.empty())
     return where + "skipped heads need a fill_kernel";
+  if (std::string e = parseBackward(o, l); !e.empty())
+    return where + e;
   // The kernels' launches cover the computed heads' slots exactly once
   // (each kernel's slot table, in the source, lists its own).
   int64_t slots = 0;

@@ -31,6 +31,20 @@ struct DynamicGroupDesc {
   int64_t wgmmaThreads = 0, wgmmaDynamicShared = 0;
 };
 
+/// A layer's backward kernels (FlashBackward.cuh, docs/backward.md): the
+/// preprocess (D = rowsum(dO * O) into an f32 [batch, heads, Nq]
+/// workspace), the key-major (dK, dV) and query-major (dQ) passes and their
+/// guarded second launches, the zero fill of skipped heads' dQ; the passes'
+/// threads and dynamic shared memory. Empty names where the bundle has
+/// none (head_dim 256, dynamic heads, bundles emitted before them).
+struct BackwardKernelsDesc {
+  std::string preprocess, keyMajor, keyMajorGuarded, queryMajor,
+      queryMajorGuarded, zeroSkipped;
+  int64_t keyMajorThreads = 0, keyMajorDynamicShared = 0;
+  int64_t queryMajorThreads = 0, queryMajorDynamicShared = 0;
+  bool present() const { return !preprocess.empty(); }
+};
+
 /// A layer of a manifest: its schedule tables and what launching needs.
 struct LayerDesc : kernel::OwnedLayerTable {
   std::vector<DynamicGroupDesc> dynamicGroups;
@@ -54,6 +68,7 @@ struct LayerDesc : kernel::OwnedLayerTable {
   /// other than 64 and 128, bundles emitted before them).
   std::vector<std::string> wgmmaKernels;
   int64_t wgmmaBlockQ = 0, wgmmaThreads = 0, wgmmaDynamicShared = 0;
+  BackwardKernelsDesc backward; ///< "backward", optional
 };
 
 struct BundleDesc {

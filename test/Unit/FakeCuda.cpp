@@ -3,8 +3,9 @@
 // A stand-in for libcuda.so.1 (the runtime opens it by TESSERA_LIBCUDA), so
 // that the runtime's CUDA path runs end to end without a GPU: one device of
 // compute capability 9.0; "device memory" is host memory the test
-// registers; a module is the tiny-mix bundle compiled into this library
-// for the host emulator (the NVRTC binary the runtime hands over is only
+// registers; a module is the tiny-mix bundle (or another of those compiled
+// in: fakecuda_use_bundle) compiled into this library for the host
+// emulator (the NVRTC binary the runtime hands over is only
 // checked to be non-empty); cuLaunchKernel runs the named kernel on the
 // emulator at once. Every entry point appends its name to a log, so a test
 // can say which driver calls a step made (FakeDriverTest: the run step of
@@ -65,6 +66,8 @@ struct HopperPack {
   alignas(64) unsigned char maps[3 * 128];
 };
 int moduleToken = 0;
+/// The bundle whose emulated kernels modules load from (fakecuda_use_bundle).
+std::string bundleName = TESSERA_EMU_BUNDLE;
 
 } // namespace
 
@@ -81,6 +84,13 @@ __attribute__((visibility("default"))) void fakecuda_clear() {
   deviceRanges.clear();
   calls.clear();
   launched.clear();
+}
+/// The bundle whose kernels the next loaded module runs ("tiny-mix" until
+/// set; others: test/Unit/CMakeLists.txt's fake_sources, e.g. a copy broken
+/// on purpose of the bundle the runtime loads).
+__attribute__((visibility("default"))) void fakecuda_use_bundle(const char *n) {
+  std::lock_guard<std::mutex> lock(mutex);
+  bundleName = n;
 }
 /// The calls since the last clear, comma-separated.
 __attribute__((visibility("default"))) const char *fakecuda_calls() {
@@ -143,10 +153,10 @@ int cuModuleUnload(void *) {
 int cuModuleGetFunction(void **f, void *, const char *name) {
   logCall("cuModuleGetFunction");
   static std::map<std::string, std::string> names;
-  std::string key = std::string(TESSERA_EMU_BUNDLE) + "/" + name;
+  std::lock_guard<std::mutex> lock(mutex);
+  std::string key = bundleName + "/" + name;
   if (!tessera_emu::registry().count(key))
     return kNotFound;
-  std::lock_guard<std::mutex> lock(mutex);
   *f = const_cast<char *>(names.emplace(key, key).first->second.c_str());
   return kSuccess;
 }
@@ -160,7 +170,8 @@ int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz,
   // (AttnParams, HopperMaps, int layer): the sm_90a kernels, whose
   // registrations take HopperForward.cuh's HopperLaunch (laid out as
   // HopperPack); (AttnParams, int layer): the other attention and fill
-  // kernels.
+  // kernels; (BwdParams, int layer): the backward kernels, whose
+  // registrations read their BwdParams from args[0] likewise.
   const std::string name = static_cast<const char *>(f);
   {
     std::lock_guard<std::mutex> lock(mutex);

@@ -1136,6 +1136,51 @@ TEST(RuntimeBundles, DynamicWgmmaEntriesAreValidated) {
   tessera_context_destroy(ctx);
 }
 
+/// A layer's backward kernels ("backward", BackwardEmit.cpp) are checked
+/// when the bundle loads, on any device: five names, the key-major pass's
+/// threads for its head_dim, 128 for the query-major pass, 64 x 64 tiles,
+/// shared memory a block can have, head_dim 64, 96 or 128, a zero fill
+/// where heads are skipped, static heads only.
+TEST(RuntimeBundles, BackwardEntriesAreValidated) {
+  tessera_context *ctx;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+  using Obj = llvm::json::Object;
+  auto set = [](const char *key, llvm::json::Value v) {
+    return [=](Obj &l) { (*l.getObject("backward"))[key] = v; };
+  };
+  expectRefused(
+      ctx, "tiny-mix",
+      {{"no preprocess", "backward lacks the kernel name preprocess",
+        [](Obj &l) { l.getObject("backward")->erase("preprocess"); }},
+       {"a number", "backward lacks the kernel name key_major_guarded",
+        set("key_major_guarded", 5)},
+       {"empty name", "backward lacks the kernel name query_major",
+        set("query_major", "")},
+       {"256 threads at 64", "key_major_threads must be 128 at this head_dim",
+        set("key_major_threads", 256)},
+       {"query threads", "query_major_threads 128",
+        set("query_major_threads", 256)},
+       {"128-row tiles", "block_q and block_k must be 64", set("block_q", 128)},
+       {"too much shared memory",
+        "dynamic shared memory must be in (0, 227 KiB]",
+        set("key_major_dynamic_shared", 300000)},
+       {"no shared memory", "dynamic shared memory must be in (0, 227 KiB]",
+        set("query_major_dynamic_shared", 0)},
+       {"no threads", "backward lacks key_major_threads",
+        [](Obj &l) { l.getObject("backward")->erase("key_major_threads"); }},
+       {"head_dim 256", "backward kernels exist for head_dim 64, 96 and 128",
+        [](Obj &l) {
+          l.erase("wgmma");
+          l["head_dim"] = 256;
+        }}});
+  // A skipped head needs the zero fill of its dq.
+  expectRefused(
+      ctx, "backward-cuda",
+      {{"no zero fill", "skipped heads need a zero_skipped kernel",
+        [](Obj &l) { l.getObject("backward")->erase("zero_skipped"); }}});
+  tessera_context_destroy(ctx);
+}
+
 /// Mutated dynamic manifests are rejected or run (with the centroids the
 /// layer asks for), never crash.
 TEST(RuntimeBundles, DamagedDynamicManifestsNeverCrash) {

@@ -308,7 +308,11 @@ tessera_attention_workspace_size(const tessera_bundle *bundle,
  * shape), dk and dv (k's shape; with grouped-query attention the sums over
  * each kv head's query heads). d_lse: null, or the gradient of the loss by
  * the LSE ([B, H, Nq] float32), for losses that read it. All tensors of the
- * forward's dtype. For now: CPU contexts; dense calls, and packed
+ * forward's dtype. On CUDA contexts: dense calls of layers of static heads
+ * (the bundle's backward kernels on desc->cuda_stream, without
+ * synchronising; an f32 [B, H, Nq] workspace from desc->workspace if set,
+ * else allocated in stream order; docs/backward.md). On CPU contexts:
+ * dense calls, and packed
  * (cu_seqlens), length (seq_lens_k) and head-range calls of static heads
  * (each sequence's gradients those of its own dense call; rows and keys no
  * sequence owns get zeros; a head range's dk and dv sum over its own query

@@ -1,0 +1,111 @@
+//===- BackwardLaunch.cpp - the CUDA backward's plan ----------------------===//
+
+#include "BackwardLaunch.h"
+
+#include <cmath>
+
+using namespace tessera;
+using namespace tessera::runtime;
+
+std::string
+tessera::runtime::cudaBackwardRefusal(const tessera_attention_desc &d,
+                                      const LayerDesc &l) {
+  const std::string layer = "layer " + std::to_string(l.index);
+  if (d.cu_seqlens_q || d.cu_seqlens_k || d.seq_lens_k)
+    return "the CUDA backward takes dense calls only for now: desc sets "
+           "cu_seqlens_q, cu_seqlens_k or seq_lens_k (packed and length "
+           "calls run their backward on CPU contexts)";
+  if (d.block_table || d.q_start || d.k_start)
+    return "the backward takes no block_table, q_start or k_start yet";
+  if (d.head_count != 0)
+    return "the CUDA backward takes every head of the layer for now: desc "
+           "sets head_count (head-range calls run their backward on CPU "
+           "contexts)";
+  if (!l.dynamicGroups.empty())
+    return layer + " has dynamic heads (from head " +
+           std::to_string(l.dynamicGroups.front().heads.front()) +
+           "): the CUDA backward runs static heads only for now (CPU "
+           "contexts run theirs)";
+  if (!l.backward.present())
+    return layer + " has no CUDA backward kernels in its bundle (head_dim " +
+           std::to_string(l.headDim) +
+           ": they exist for 64, 96 and 128; or a bundle emitted before "
+           "them: emit it again with attn-translate)";
+  return "";
+}
+
+int64_t
+tessera::runtime::backwardWorkspaceBytes(const tessera_attention_desc &d,
+                                         const LayerDesc &l) {
+  return int64_t(sizeof(float)) * d.q.batch * l.numHeads * d.q.seq;
+}
+
+namespace {
+
+kernel::BwdStrides strides(const tessera_tensor &t) {
+  return {t.stride_batch, t.stride_seq, t.stride_head};
+}
+
+/// Whether every row start of `t` is 16-byte aligned (the kernels' 16-byte
+/// cp.async chunks; else they copy element by element).
+bool rowsAligned16(const tessera_tensor &t) {
+  return reinterpret_cast<uintptr_t>(t.data) % 16 == 0 &&
+         t.stride_batch % 8 == 0 && t.stride_seq % 8 == 0 &&
+         t.stride_head % 8 == 0;
+}
+
+const kernel::u16 *in(const tessera_tensor &t) {
+  return static_cast<const kernel::u16 *>(t.data);
+}
+kernel::u16 *out(const tessera_tensor &t) {
+  return static_cast<kernel::u16 *>(t.data);
+}
+
+} // namespace
+
+kernel::BwdParams tessera::runtime::makeBwdParams(
+    const tessera_attention_desc &d, const LayerDesc &l,
+    const tessera_tensor &dO, const float *dLse, const tessera_tensor &dq,
+    const tessera_tensor &dk, const tessera_tensor &dv, float *delta) {
+  kernel::BwdParams p{};
+  p.q = in(d.q);
+  p.k = in(d.k);
+  p.v = in(d.v);
+  p.o = in(d.o);
+  p.dO = in(dO);
+  p.lse = d.lse;
+  p.dLse = dLse;
+  p.delta = delta;
+  p.dq = out(dq);
+  p.dk = out(dk);
+  p.dv = out(dv);
+  p.nq = d.q.seq;
+  p.nk = d.k.seq;
+  p.qs = strides(d.q);
+  p.ks = strides(d.k);
+  p.vs = strides(d.v);
+  p.os = strides(d.o);
+  p.dOs = strides(dO);
+  p.dqs = strides(dq);
+  p.dks = strides(dk);
+  p.dvs = strides(dv);
+  // The forward's scale rule: 0 selects 1 / sqrt(head_dim).
+  p.scale = d.scale > 0 ? d.scale : 1.0f / std::sqrt(float(l.headDim));
+  p.scaleLog2 = p.scale * 1.4426950408889634f;
+  p.numHeads = static_cast<int>(l.numHeads);
+  p.numKvHeads = static_cast<int>(l.numKvHeads);
+  p.vectorLoads = rowsAligned16(d.q) && rowsAligned16(d.k) &&
+                  rowsAligned16(d.v) && rowsAligned16(dO);
+  return p;
+}
+
+BackwardGrids tessera::runtime::backwardGrids(const tessera_attention_desc &d,
+                                              const LayerDesc &l) {
+  const int64_t nq = d.q.seq, nk = d.k.seq, b = d.q.batch;
+  BackwardGrids g;
+  g.preprocess = {(nq + 127) / 128, l.numHeads, b};
+  g.keyMajor = {(nk + 63) / 64, l.numKvHeads, b};
+  g.queryMajor = {(nq + 63) / 64, int64_t(l.computedHead.size()), b};
+  g.zeroSkipped = {(nq + 127) / 128, int64_t(l.skippedHeads.size()), b};
+  return g;
+}

@@ -1,0 +1,388 @@
+//===- BackwardFakeDriverTest.cpp - the CUDA backward, without a GPU ------===//
+//
+// tessera_attention_backward on a CUDA context end to end (the bundle's
+// emitted backward kernels, NVRTC-compiled by the runtime and run on the
+// emulator by FakeCuda.cpp): dq, dk and dv of the shipped tiny-mix bundle
+// and of Inputs/BackwardCuda.mlir's layers (f16 and bf16, head_dim 64 and
+// 128, GQA 2:1 with a skipped head and 4:1, Nq < Nk and Nq > Nk, two batch
+// entries) against the CPU context's backward of the same call (itself
+// checked against float64 by BackwardTest), every output element written
+// (the outputs start as NaN), a skipped head's dq exactly zero, no
+// synchronising driver call; a copy of the bundle whose generated
+// transposed walk skips query block 0 fails; calls the CUDA path does not
+// take yet are refused by name.
+//
+//===----------------------------------------------------------------------===//
+
+#include "tessera/cpu/Half.h"
+#include "tessera/tessera.h"
+
+#include <gtest/gtest.h>
+
+#include <dlfcn.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+/// The fake driver's test entry points (FakeCuda.cpp).
+struct FakeApi {
+  void (*registerRange)(const void *, size_t) = nullptr;
+  void (*clear)() = nullptr;
+  const char *(*calls)() = nullptr;
+  const char *(*kernels)() = nullptr;
+  void (*useBundle)(const char *) = nullptr;
+
+  static FakeApi &get() {
+    static FakeApi f = [] {
+      FakeApi x;
+      void *h = dlopen(TESSERA_FAKECUDA, RTLD_NOW | RTLD_LOCAL);
+      EXPECT_NE(h, nullptr) << dlerror();
+      if (!h)
+        return x;
+      auto sym = [&](auto &fn, const char *name) {
+        fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(
+            dlsym(h, name));
+        EXPECT_NE(fn, nullptr) << name;
+      };
+      sym(x.registerRange, "fakecuda_register");
+      sym(x.clear, "fakecuda_clear");
+      sym(x.calls, "fakecuda_calls");
+      sym(x.kernels, "fakecuda_kernels");
+      sym(x.useBundle, "fakecuda_use_bundle");
+      return x;
+    }();
+    return f;
+  }
+};
+
+using Bits = std::vector<uint16_t>;
+
+/// One backward call's buffers, dense [B, N, H, D].
+struct Case {
+  std::string bundle; ///< directory under test/bundles
+  int64_t layer = 0, batch = 1, nq = 0, nk = 0;
+  int64_t heads = 0, kvHeads = 0, dim = 0;
+  bool bf16 = false;
+};
+
+struct Buffers {
+  Bits q, k, v, o, dO, dq, dk, dv;
+  std::vector<float> lse;
+};
+
+float toFloat(uint16_t x, bool bf16) {
+  return bf16 ? tessera::cpu::bf16ToFloat(x) : tessera::cpu::f16ToFloat(x);
+}
+uint16_t fromFloat(float x, bool bf16) {
+  return bf16 ? tessera::cpu::floatToBf16(x) : tessera::cpu::floatToF16(x);
+}
+uint16_t nanBits(bool bf16) { return bf16 ? 0x7fc0 : 0x7e00; }
+
+tessera_tensor tensor(Bits &b, const Case &c, int64_t seq, int64_t heads) {
+  tessera_tensor t{};
+  t.data = b.data();
+  t.dtype = c.bf16 ? TESSERA_DTYPE_BF16 : TESSERA_DTYPE_F16;
+  t.batch = c.batch;
+  t.seq = seq;
+  t.heads = heads;
+  t.head_dim = c.dim;
+  t.stride_head = c.dim;
+  t.stride_seq = heads * c.dim;
+  t.stride_batch = seq * heads * c.dim;
+  return t;
+}
+
+Bits randomBits(size_t n, bool bf16, std::mt19937 &rng, float range) {
+  std::uniform_real_distribution<float> u(-range, range);
+  Bits b(n);
+  for (uint16_t &x : b)
+    x = fromFloat(u(rng), bf16);
+  return b;
+}
+
+std::string bundleDir(const std::string &name) {
+  return std::string(TESSERA_BINARY_DIR) + "/test/bundles/" + name;
+}
+
+/// The set of driver calls in a comma-separated log.
+std::set<std::string> callSet(const std::string &log) {
+  std::set<std::string> s;
+  std::stringstream in(log);
+  for (std::string c; std::getline(in, c, ',');)
+    s.insert(c);
+  return s;
+}
+
+class FakeDriverBackward : public ::testing::Test {
+protected:
+  static void SetUpTestSuite() {
+    setenv("TESSERA_LIBCUDA", TESSERA_FAKECUDA, 1);
+    setenv("TESSERA_CACHE_DIR", TESSERA_BINARY_DIR "/test/fake-cuda-cache", 1);
+  }
+  void TearDown() override {
+    for (tessera_bundle *b : {cpuBundle, cudaBundle})
+      if (b)
+        tessera_bundle_destroy(b);
+    for (tessera_context *c : {cpu, cuda})
+      if (c)
+        tessera_context_destroy(c);
+    FakeApi::get().useBundle("tiny-mix");
+  }
+
+  /// Loads `c.bundle` on a CPU context and on the fake CUDA context, the
+  /// latter running the kernels of the fake driver's bundle `emulated`.
+  void load(const Case &c, const std::string &emulated) {
+    ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &cpu), TESSERA_OK)
+        << tessera_last_error();
+    ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CUDA, 0, &cuda), TESSERA_OK)
+        << tessera_last_error();
+    const std::string dir = bundleDir(c.bundle);
+    ASSERT_EQ(tessera_bundle_load_file(cpu, dir.c_str(), &cpuBundle),
+              TESSERA_OK)
+        << tessera_last_error();
+    FakeApi::get().useBundle(emulated.c_str());
+    ASSERT_EQ(tessera_bundle_load_file(cuda, dir.c_str(), &cudaBundle),
+              TESSERA_OK)
+        << tessera_last_error();
+  }
+
+  /// The forward's description of `c` over `b`.
+  static tessera_attention_desc desc(const Case &c, Buffers &b) {
+    tessera_attention_desc d;
+    tessera_attention_desc_init(&d);
+    d.layer = c.layer;
+    d.q = tensor(b.q, c, c.nq, c.heads);
+    d.k = tensor(b.k, c, c.nk, c.kvHeads);
+    d.v = tensor(b.v, c, c.nk, c.kvHeads);
+    d.o = tensor(b.o, c, c.nq, c.heads);
+    d.lse = b.lse.data();
+    return d;
+  }
+
+  /// Random inputs; O and LSE from the CPU context's forward, dO random;
+  /// the CPU context's backward in `ref`.
+  void prepare(const Case &c, Buffers &b, Buffers &ref, uint64_t seed) {
+    FakeApi::get().clear(); // no host buffer is device memory on the CPU
+    std::mt19937 rng(seed);
+    const size_t qn = size_t(c.batch * c.nq * c.heads * c.dim),
+                 kn = size_t(c.batch * c.nk * c.kvHeads * c.dim);
+    b.q = randomBits(qn, c.bf16, rng, 2.f);
+    b.k = randomBits(kn, c.bf16, rng, 2.f);
+    b.v = randomBits(kn, c.bf16, rng, 1.f);
+    b.dO = randomBits(qn, c.bf16, rng, 1.f);
+    b.o.assign(qn, 0);
+    b.lse.assign(size_t(c.batch * c.heads * c.nq), 0.f);
+    tessera_attention_desc d = desc(c, b);
+    ASSERT_EQ(tessera_attention_run(cpuBundle, &d), TESSERA_OK)
+        << tessera_last_error();
+    ref = b;
+    ref.dq.assign(qn, 0);
+    ref.dk.assign(kn, 0);
+    ref.dv.assign(kn, 0);
+    tessera_attention_desc rd = desc(c, ref);
+    tessera_tensor dO = tensor(ref.dO, c, c.nq, c.heads),
+                   dq = tensor(ref.dq, c, c.nq, c.heads),
+                   dk = tensor(ref.dk, c, c.nk, c.kvHeads),
+                   dv = tensor(ref.dv, c, c.nk, c.kvHeads);
+    ASSERT_EQ(
+        tessera_attention_backward(cpuBundle, &rd, &dO, nullptr, &dq, &dk, &dv),
+        TESSERA_OK)
+        << tessera_last_error();
+    // The CUDA outputs start as NaN: every element must be written.
+    b.dq.assign(qn, nanBits(c.bf16));
+    b.dk.assign(kn, nanBits(c.bf16));
+    b.dv.assign(kn, nanBits(c.bf16));
+  }
+
+  /// The backward of `b` on the fake CUDA context (every buffer registered
+  /// as device memory, a stream of the caller's); its status.
+  tessera_status runCuda(const Case &c, Buffers &b,
+                         tessera_attention_desc *override = nullptr,
+                         const std::vector<float> *workspace = nullptr) {
+    FakeApi &f = FakeApi::get();
+    f.clear();
+    for (Bits *v : {&b.q, &b.k, &b.v, &b.o, &b.dO, &b.dq, &b.dk, &b.dv})
+      f.registerRange(v->data(), v->size() * 2);
+    f.registerRange(b.lse.data(), b.lse.size() * 4);
+    if (workspace)
+      f.registerRange(workspace->data(), workspace->size() * 4);
+    tessera_attention_desc d = override ? *override : desc(c, b);
+    d.cuda_stream = reinterpret_cast<void *>(0x5eed);
+    tessera_tensor dO = tensor(b.dO, c, c.nq, c.heads),
+                   dq = tensor(b.dq, c, c.nq, c.heads),
+                   dk = tensor(b.dk, c, c.nk, c.kvHeads),
+                   dv = tensor(b.dv, c, c.nk, c.kvHeads);
+    return tessera_attention_backward(cudaBundle, &d, &dO, nullptr, &dq, &dk,
+                                      &dv);
+  }
+
+  /// Elements of `got` off `want` by more than `tol` of want's largest
+  /// magnitude (non-finite values count), with the first few reported.
+  static int64_t mismatches(const Bits &got, const Bits &want, bool bf16,
+                            double tol, const char *name, bool report) {
+    double top = 0;
+    for (uint16_t w : want)
+      top = std::max(top, std::fabs(double(toFloat(w, bf16))));
+    int64_t bad = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double g = toFloat(got[i], bf16), w = toFloat(want[i], bf16);
+      if (std::isfinite(g) && std::fabs(g - w) <= tol * top)
+        continue;
+      if (++bad <= 3 && report)
+        ADD_FAILURE() << name << "[" << i << "] = " << g << ", the CPU's " << w
+                      << " (largest " << top << ")";
+    }
+    return bad;
+  }
+
+  /// Every gradient against the CPU's: the tolerances of the backward
+  /// emulator test (f16 2e-3, bf16 1.6e-2 of the largest reference value).
+  static int64_t compare(const Case &c, const Buffers &b, const Buffers &ref,
+                         bool report = true) {
+    const double tol = c.bf16 ? 1.6e-2 : 2e-3;
+    return mismatches(b.dq, ref.dq, c.bf16, tol, "dq", report) +
+           mismatches(b.dk, ref.dk, c.bf16, tol, "dk", report) +
+           mismatches(b.dv, ref.dv, c.bf16, tol, "dv", report);
+  }
+
+  void checkCase(const Case &c, const std::string &emulated, uint64_t seed) {
+    load(c, emulated);
+    Buffers b, ref;
+    prepare(c, b, ref, seed);
+    ASSERT_EQ(runCuda(c, b), TESSERA_OK) << tessera_last_error();
+    const std::string log = FakeApi::get().calls();
+    EXPECT_EQ(compare(c, b, ref), 0)
+        << c.bundle << " layer " << c.layer << " Nq " << c.nq << " Nk " << c.nk;
+    // What a CUDA graph can capture: launches on the caller's stream, the
+    // delta workspace allocated and freed in stream order, pointer
+    // queries and context switches; nothing that synchronises.
+    for (const std::string &call : callSet(log))
+      EXPECT_TRUE(call == "cuLaunchKernel" || call == "cuMemAllocAsync" ||
+                  call == "cuMemFreeAsync" || call == "cuPointerGetAttribute" ||
+                  call == "cuCtxPushCurrent" || call == "cuCtxPopCurrent")
+          << call;
+  }
+
+  tessera_context *cpu = nullptr, *cuda = nullptr;
+  tessera_bundle *cpuBundle = nullptr, *cudaBundle = nullptr;
+};
+
+/// Inputs/BackwardCuda.mlir layer 0: f16, head_dim 64, GQA 2:1, head 3
+/// skipped (its dq must be exactly 0: the zero fill), Nq < Nk over two
+/// batch entries; the launches in order.
+TEST_F(FakeDriverBackward, F16GqaSkippedHeadShortQueries) {
+  Case c{"backward-cuda", 0, 2, 100, 160, 4, 2, 64, false};
+  checkCase(c, "backward-cuda", 1);
+  EXPECT_STREQ(FakeApi::get().kernels(),
+               "tessera_bwd_pre_f16_d64,tessera_bwd_dkdv_f16_d64,"
+               "tessera_bwd_dq_f16_d64,tessera_bwd_dkdv_guarded_f16_d64,"
+               "tessera_bwd_dq_guarded_f16_d64,tessera_bwd_zero_d64");
+}
+
+/// The same layer with Nq > Nk, and the skipped head's dq exactly zero.
+TEST_F(FakeDriverBackward, F16GqaSkippedHeadLongQueries) {
+  Case c{"backward-cuda", 0, 1, 160, 100, 4, 2, 64, false};
+  load(c, "backward-cuda");
+  Buffers b, ref;
+  prepare(c, b, ref, 2);
+  ASSERT_EQ(runCuda(c, b), TESSERA_OK) << tessera_last_error();
+  EXPECT_EQ(compare(c, b, ref), 0);
+  int64_t nonzero = 0;
+  for (int64_t i = 0; i < c.nq; ++i)
+    for (int64_t x = 0; x < c.dim; ++x)
+      nonzero += b.dq[size_t((i * c.heads + 3) * c.dim + x)] != 0;
+  EXPECT_EQ(nonzero, 0) << "the skipped head's dq";
+}
+
+/// Layer 1: bf16, head_dim 128 (key-major tiles above 48 KiB), GQA 4:1 of
+/// four patterns (shards under causality, a block list, shifted groups, a
+/// horizontal stripe's rows without keys), Nq = Nk and Nq < Nk.
+TEST_F(FakeDriverBackward, Bf16Gqa4HeadDim128) {
+  checkCase({"backward-cuda", 1, 1, 130, 130, 4, 1, 128, true}, "backward-cuda",
+            3);
+}
+TEST_F(FakeDriverBackward, Bf16Gqa4HeadDim128ShortQueries) {
+  checkCase({"backward-cuda", 1, 1, 70, 200, 4, 1, 128, true}, "backward-cuda",
+            4);
+}
+
+/// The shipped tiny-mix bundle (bf16, head_dim 64, GQA 3:1: A-shape,
+/// multi-diagonal, grid, a causal intersection with shards, shifted
+/// groups), Nq = Nk and Nq > Nk.
+TEST_F(FakeDriverBackward, ShippedTinyMix) {
+  checkCase({"tiny-mix", 0, 1, 96, 96, 6, 2, 64, true}, "tiny-mix", 5);
+}
+TEST_F(FakeDriverBackward, ShippedTinyMixLongQueries) {
+  checkCase({"tiny-mix", 0, 2, 120, 50, 6, 2, 64, true}, "tiny-mix", 6);
+}
+
+/// The caller's workspace replaces the stream-ordered allocation; one too
+/// small is refused by name.
+TEST_F(FakeDriverBackward, CallersWorkspace) {
+  Case c{"backward-cuda", 0, 1, 64, 64, 4, 2, 64, false};
+  load(c, "backward-cuda");
+  Buffers b, ref;
+  prepare(c, b, ref, 7);
+  std::vector<float> workspace(size_t(c.batch * c.heads * c.nq));
+  tessera_attention_desc d = desc(c, b);
+  d.workspace = workspace.data();
+  d.workspace_size = workspace.size() * 4 - 4;
+  EXPECT_EQ(runCuda(c, b, &d, &workspace), TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tessera_last_error()).find("backward (D) needs"),
+            std::string::npos)
+      << tessera_last_error();
+  d.workspace_size = workspace.size() * 4;
+  ASSERT_EQ(runCuda(c, b, &d, &workspace), TESSERA_OK) << tessera_last_error();
+  EXPECT_EQ(callSet(FakeApi::get().calls()).count("cuMemAllocAsync"), 0u);
+  EXPECT_EQ(compare(c, b, ref), 0);
+}
+
+/// A copy of the bundle whose generated transposed walk (runFromT) starts
+/// at query block 1: the keys query block 0 sees get wrong dk and dv.
+TEST_F(FakeDriverBackward, BrokenTransposedWalkFails) {
+  Case c{"backward-cuda", 0, 1, 128, 128, 4, 2, 64, false};
+  load(c, "broken-bwd-gen");
+  Buffers b, ref;
+  prepare(c, b, ref, 8);
+  ASSERT_EQ(runCuda(c, b), TESSERA_OK) << tessera_last_error();
+  EXPECT_GT(compare(c, b, ref, /*report=*/false), 0);
+}
+
+/// Calls the CUDA backward does not take yet: refused by name, nothing
+/// launched.
+TEST_F(FakeDriverBackward, RefusesWhatItCannotRunYet) {
+  Case c{"backward-cuda", 0, 1, 64, 64, 4, 2, 64, false};
+  load(c, "backward-cuda");
+  Buffers b, ref;
+  prepare(c, b, ref, 9);
+  tessera_attention_desc d = desc(c, b);
+  d.head_start = 0;
+  d.head_count = 2;
+  d.q.heads = d.o.heads = 2;
+  d.k.heads = d.v.heads = 1;
+  // A head range: the gradient tensors' heads follow the call's.
+  FakeApi &f = FakeApi::get();
+  f.clear();
+  for (Bits *v : {&b.q, &b.k, &b.v, &b.o, &b.dO, &b.dq, &b.dk, &b.dv})
+    f.registerRange(v->data(), v->size() * 2);
+  f.registerRange(b.lse.data(), b.lse.size() * 4);
+  tessera_tensor dO = tensor(b.dO, c, c.nq, 2), dq = tensor(b.dq, c, c.nq, 2),
+                 dk = tensor(b.dk, c, c.nk, 1), dv = tensor(b.dv, c, c.nk, 1);
+  dO.stride_seq = dq.stride_seq = d.q.stride_seq;
+  EXPECT_EQ(
+      tessera_attention_backward(cudaBundle, &d, &dO, nullptr, &dq, &dk, &dv),
+      TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tessera_last_error()).find("head_count"),
+            std::string::npos)
+      << tessera_last_error();
+  EXPECT_STREQ(f.kernels(), "");
+}
+
+} // namespace

@@ -7,14 +7,17 @@
 Each INPUT is a pattern file (attn-translate makes its bundle) or a bundle
 directory. Each bundle is compiled as the runtime compiles it on compute
 capability 9.x (NVRTC --gpu-architecture=sm_90a) and every `_wgmma` kernel
-its layers name is disassembled. A row per kernel: ptxas's registers at
-launch, stack and spill bytes; the registers the producer and the
-consumers hold after setmaxnreg (USETMAXREG's operands); the count of
-HGMMA, UTMALDG (TMA loads) and LDL/STL (local memory) instructions.
+its layers and their dynamic groups name is disassembled. A row per
+kernel: ptxas's registers at launch, stack and spill bytes; the registers
+the producer and the consumers hold after setmaxnreg (USETMAXREG's
+operands; the dynamic groups' twins, 256 threads, set none: "-"); the
+count of HGMMA, UTMALDG (TMA loads) and LDL/STL (local memory)
+instructions.
 
-Exit status 1 when a layer of head_dim 64 or 128 with attention kernels
-names no sm_90a twin, when a kernel spills or touches local memory, or lacks HGMMA
-or UTMALDG; 2 when a tool is missing. --write replaces the block between
+Exit status 1 when a layer of head_dim 64 or 128 with attention kernels,
+or a dynamic group of such a layer, names no sm_90a twin, when a kernel
+spills or touches local memory, or lacks HGMMA or UTMALDG; 2 when a tool is
+missing. --write replaces the block between
 `<!-- hopper-sass -->` and `<!-- /hopper-sass -->` in the given file with
 the table (the date, NVRTC's and the command line above it).
 """
@@ -70,6 +73,12 @@ def check_bundle(bdir, nvdisasm, tmp):
             problems.append(f"layer {layer['index']} (head_dim "
                             f"{layer['head_dim']}) has no sm_90a kernel")
         wanted += [k for k in twins if k not in wanted]
+        for g in layer.get("dynamic_groups", []):
+            dyn = (g.get("wgmma") or {}).get("kernels", [])
+            if layer["head_dim"] in (64, 128) and not dyn:
+                problems.append(f"layer {layer['index']}'s {g['family']} "
+                                f"group has no sm_90a kernel")
+            wanted += [k for k in dyn if k not in wanted]
     source = open(os.path.join(bdir, manifest.get("source", "bundle.cu"))).read()
     cubin, version, report = sasslib.nvrtc_compile(
         source, "sm_90a", manifest.get("nvrtc_options", ["-std=c++17"]))
@@ -96,8 +105,10 @@ def table(results):
            "|---|---|---:|---:|---:|---:|---:|---:|"]
     for bundle, rows in results:
         for r in rows:
+            after = ("-" if r["producer"] is None else
+                     f"{r['producer']} / {r['consumers']}")
             out.append(f"| {bundle} | {r['kernel']} | {r['regs']} | "
-                       f"{r['producer']} / {r['consumers']} | "
+                       f"{after} | "
                        f"{r['stack']}, {r['spills']} | {r['HGMMA']} | "
                        f"{r['UTMALDG']} | {r['local']} |")
     return "\n".join(out)

@@ -16,6 +16,7 @@
 
 #include "tessera/kernel/Emulate.h"
 #include "tessera/kernel/Program.h"
+#include "tessera/kernel/DynamicArgs.h"
 
 #include <cstdint>
 #include <cstdlib>
@@ -65,6 +66,22 @@ struct HopperPack {
   tessera::kernel::AttnParams p;
   alignas(64) unsigned char maps[3 * 128];
 };
+/// The dynamic groups' kernels' arguments (AttnParams, DynArgs), and of
+/// their sm_90a twins (HopperDynamic.cuh's HopperDynLaunch) the tensor
+/// maps after them.
+struct DynPack {
+  tessera::kernel::AttnParams p;
+  tessera::kernel::DynArgs a;
+  alignas(64) unsigned char maps[3 * 128];
+};
+/// Whether `kernel` is one of a dynamic group's (DynamicKernels.h names
+/// them tessera_vs_*, tessera_bt_*, tessera_rt_*).
+bool isDynamicKernel(const std::string &kernel) {
+  for (const char *family : {"tessera_vs_", "tessera_bt_", "tessera_rt_"})
+    if (kernel.rfind(family, 0) == 0)
+      return true;
+  return false;
+}
 int moduleToken = 0;
 /// The bundle whose emulated kernels modules load from (fakecuda_use_bundle).
 std::string bundleName = TESSERA_EMU_BUNDLE;
@@ -171,13 +188,27 @@ int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz,
   // registrations take HopperForward.cuh's HopperLaunch (laid out as
   // HopperPack); (AttnParams, int layer): the other attention and fill
   // kernels; (BwdParams, int layer): the backward kernels, whose
-  // registrations read their BwdParams from args[0] likewise.
+  // registrations read their BwdParams from args[0] likewise;
+  // (AttnParams, DynArgs[, HopperMaps]): the dynamic groups' kernels and
+  // their sm_90a twins, packed as DynPack.
   const std::string name = static_cast<const char *>(f);
   {
     std::lock_guard<std::mutex> lock(mutex);
     launched.push_back(name.substr(name.find('/') + 1));
   }
-  if (name.size() > 6 && name.compare(name.size() - 6, 6, "_wgmma") == 0) {
+  const bool wgmma =
+      name.size() > 6 && name.compare(name.size() - 6, 6, "_wgmma") == 0;
+  if (isDynamicKernel(name.substr(name.find('/') + 1))) {
+    DynPack pack;
+    std::memcpy(&pack.p, args[0], sizeof pack.p);
+    std::memcpy(&pack.a, args[1], sizeof pack.a);
+    if (wgmma)
+      std::memcpy(pack.maps, args[2], sizeof pack.maps);
+    tessera_emu::launch([&] { fn->second(&pack, 0); }, dim3{gx, gy, gz},
+                        dim3{bx, by, bz});
+    return kSuccess;
+  }
+  if (wgmma) {
     HopperPack pack;
     std::memcpy(&pack.p, args[0], sizeof pack.p);
     std::memcpy(pack.maps, args[1], sizeof pack.maps);

@@ -457,4 +457,127 @@ TEST_F(FakeDriver, KernelPaths) {
   EXPECT_NE(e.find("TESSERA_KERNEL_PATH is 'hopper'"), std::string::npos) << e;
 }
 
+/// The dynamic groups of Inputs/DynamicHopper.mlir (head_dim 64, bf16:
+/// vertical-slash, block top-k and routing heads, GQA) through the runtime
+/// on the fake device of compute capability 9.0: by default the attention
+/// over each index runs on its sm_90a twin (HopperDynamic.cuh: wgmma, TMA
+/// and cp.async, launched with the call's tensor maps and 256 threads),
+/// forced to mma_sync on the mma.sync kernels; the index kernels are the
+/// same, so both outputs agree to rounding (and each is checked against
+/// the CPU context's run of the same bundle, whose k-means may settle
+/// differently, on the vertical-slash and block top-k heads, by the
+/// outputs' mean difference).
+TEST(FakeDriverDynamic, TwinsRunTheAttentionOverTheIndex) {
+  setenv("TESSERA_LIBCUDA", TESSERA_FAKECUDA, 1);
+  setenv("TESSERA_CACHE_DIR", TESSERA_BINARY_DIR "/test/fake-cuda-cache", 1);
+  void *h = dlopen(TESSERA_FAKECUDA, RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NE(h, nullptr) << dlerror();
+  auto useBundle =
+      reinterpret_cast<void (*)(const char *)>(dlsym(h, "fakecuda_use_bundle"));
+  ASSERT_NE(useBundle, nullptr);
+  useBundle("dynamic-hopper");
+  const std::string dir =
+      std::string(TESSERA_BINARY_DIR) + "/test/bundles/dynamic-hopper";
+  const int64_t N = 200, H = 4, KV = 2, Dh = 64, C = 3;
+  std::vector<uint16_t> q(size_t(N * H * Dh)), k(size_t(N * KV * Dh)),
+      v(k.size());
+  uint64_t state = 99;
+  auto next = [&] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return float(int64_t(state >> 40) % 2001 - 1000) / 1000.0f;
+  };
+  auto bf16 = [](float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    return uint16_t((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+  };
+  for (uint16_t &x : q)
+    x = bf16(next());
+  for (uint16_t &x : k)
+    x = bf16(next());
+  for (uint16_t &x : v)
+    x = bf16(next());
+  std::vector<float> centroids(size_t(H * C * Dh));
+  for (float &x : centroids)
+    x = next();
+  auto run = [&](tessera_device_kind device, const char *path,
+                 std::vector<uint16_t> &o, std::string &kernels) {
+    tessera_context *ctx = nullptr;
+    tessera_bundle *bundle = nullptr;
+    ASSERT_EQ(tessera_context_create(device, 0, &ctx), TESSERA_OK)
+        << tessera_last_error();
+    if (path)
+      setenv("TESSERA_KERNEL_PATH", path, 1);
+    ASSERT_EQ(tessera_bundle_load_file(ctx, dir.c_str(), &bundle), TESSERA_OK)
+        << tessera_last_error();
+    unsetenv("TESSERA_KERNEL_PATH");
+    o.assign(q.size(), 0);
+    auto tensor = [&](void *data, int64_t heads) {
+      return tessera_tensor{data,       TESSERA_DTYPE_BF16, 1,  N, heads, Dh,
+                            N * heads * Dh, heads * Dh,     Dh};
+    };
+    tessera_dynamic_inputs in{centroids.data(), H, C, Dh};
+    tessera_attention_desc d;
+    tessera_attention_desc_init(&d);
+    d.layer = 0;
+    d.q = tensor(q.data(), H);
+    d.k = tensor(k.data(), KV);
+    d.v = tensor(v.data(), KV);
+    d.o = tensor(o.data(), H);
+    d.dynamic_inputs = &in;
+    if (device == TESSERA_DEVICE_CUDA) {
+      Fake::get().clear();
+      registerVec(q), registerVec(k), registerVec(v), registerVec(o),
+          registerVec(centroids);
+    }
+    EXPECT_EQ(tessera_attention_run(bundle, &d), TESSERA_OK)
+        << tessera_last_error();
+    if (device == TESSERA_DEVICE_CUDA)
+      kernels = Fake::get().kernels();
+    tessera_bundle_destroy(bundle);
+    tessera_context_destroy(ctx);
+  };
+  std::vector<uint16_t> twin, mma, cpu;
+  std::string twinKernels, mmaKernels, none;
+  run(TESSERA_DEVICE_CUDA, nullptr, twin, twinKernels);
+  run(TESSERA_DEVICE_CUDA, "mma_sync", mma, mmaKernels);
+  Fake::get().clear(); // (the arrays are host memory again)
+  run(TESSERA_DEVICE_CPU, nullptr, cpu, none);
+  useBundle("tiny-mix");
+  const std::set<std::string> ranTwin = callSet(twinKernels),
+                              ranMma = callSet(mmaKernels);
+  for (const char *attend : {"tessera_vs_attend_bf16_d64",
+                             "tessera_bt_attend_bf16_d64",
+                             "tessera_rt_attend_bf16_d64",
+                             "tessera_rt_rest_bf16_d64"}) {
+    const std::string wg = std::string(attend) + "_wgmma";
+    EXPECT_TRUE(ranTwin.count(wg) && !ranTwin.count(attend))
+        << attend << ": " << twinKernels;
+    EXPECT_TRUE(ranMma.count(attend) && !ranMma.count(wg))
+        << attend << ": " << mmaKernels;
+  }
+  EXPECT_TRUE(ranTwin.count("tessera_vs_select")) << twinKernels;
+  auto value = [](uint16_t x) {
+    uint32_t u = uint32_t(x) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return double(f);
+  };
+  // Twin and mma.sync kernels: the same index, rounding apart.
+  double worst = 0;
+  for (size_t i = 0; i < twin.size(); ++i)
+    worst = std::max(worst, std::abs(value(twin[i]) - value(mma[i])));
+  EXPECT_LT(worst, 2e-2);
+  // Against the CPU (vertical-slash and block top-k): the mean difference.
+  for (int64_t head : {0, 1}) {
+    double sum = 0;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t x = 0; x < Dh; ++x) {
+        const size_t at = size_t((n * H + head) * Dh + x);
+        sum += std::abs(value(twin[at]) - value(cpu[at]));
+      }
+    EXPECT_LT(sum / double(N * Dh), 5e-3) << "head " << head;
+  }
+}
+
 } // namespace

@@ -1,7 +1,8 @@
 //===- permute_bench.cpp - a head group in the original and a permuted order ===//
 //
 //   tessera-permute-bench --pattern '#attn.multi_diagonal<stride = 1024,
-//       width = 32>' --period 1024 --len 16384 [--head H --num-heads N]
+//       width = 32>' --period 1024 [--prefix S] --len 16384
+//       [--head H --num-heads N]
 //       [--head-dim 128] [--num-threads 2] [--repeats 1]
 //
 // One head of `pattern` (head H of a layer of N heads, for head-dependent
@@ -38,6 +39,9 @@ namespace cl = llvm::cl;
 
 static cl::opt<std::string> pattern("pattern", cl::Required);
 static cl::opt<int64_t> period("period", cl::Required);
+static cl::opt<int64_t> prefix("prefix", cl::init(0),
+                               cl::desc("tokens kept in place before the "
+                                        "transposed segment"));
 static cl::opt<int64_t> len("len", cl::init(16384));
 static cl::opt<int64_t> head("head", cl::init(0));
 static cl::opt<int64_t> numHeads("num-heads", cl::init(1));
@@ -112,8 +116,9 @@ int main(int argc, char **argv) {
     if (err.empty())
       tp.push_back(tessera::bench::seconds(
           [&] {
-            err = cpu::runPermutedGroup(table.table(), 0, period, permArgs,
-                                        &sp, &info);
+            err = cpu::runPermutedGroup(table.table(), 0,
+                                        layout::PeriodTranspose{period, prefix},
+                                        permArgs, &sp, &info);
           },
           1));
     if (!err.empty()) {
@@ -132,13 +137,13 @@ int main(int argc, char **argv) {
     }
   int64_t tiles = ((L + 63) / 64) * ((L + 63) / 64);
   std::printf(
-      "{\"pattern\": \"%s\", \"period\": %lld, \"len\": %lld, \"head_dim\": "
+      "{\"pattern\": \"%s\", \"period\": %lld, \"prefix\": %lld, \"len\": %lld, \"head_dim\": "
       "%lld, \"threads\": %d, \"tiles\": %lld, \"original\": {\"visited\": "
       "%lld, \"full\": %lld, \"partial\": %lld, \"s\": %.4f}, \"permuted\": "
       "{\"visited\": %lld, \"full\": %lld, \"partial\": %lld, \"s\": %.4f, "
       "\"gather_share\": %.4f, \"runs_share\": %.4f, \"closed_form\": %s}, \"speedup\": %.3f, "
       "\"max_abs_diff\": %.3g}\n",
-      pattern.c_str(), (long long)period, (long long)L, (long long)d,
+      pattern.c_str(), (long long)period, (long long)prefix, (long long)L, (long long)d,
       int(threads), (long long)tiles, (long long)(so.tilesFull +
                                                  so.tilesPartial),
       (long long)so.tilesFull, (long long)so.tilesPartial, median(to),

@@ -186,9 +186,12 @@ LogicalResult WindowAttr::verify(EmitFn emitError, int64_t before,
   return success();
 }
 
-LogicalResult PeriodTransposeAttr::verify(EmitFn emitError, int64_t period) {
+LogicalResult PeriodTransposeAttr::verify(EmitFn emitError, int64_t period,
+                                          int64_t prefix) {
   // A period of 1 would be the identity: not a layout worth naming.
-  return checkRange(emitError, "period_transpose", "period", period, 2);
+  if (failed(checkRange(emitError, "period_transpose", "period", period, 2)))
+    return failure();
+  return checkRange(emitError, "period_transpose", "prefix", prefix, 0);
 }
 
 LogicalResult SinkAttr::verify(EmitFn emitError, int64_t count) {

@@ -66,15 +66,16 @@ void buildTransposed(OpBuilder &b, Location loc, PatternAttrInterface p,
 /// residue relation (tessera/cpu/Layout.h, PermutedRuns: a query block of
 /// residues c0..c1 visits the key blocks of the union of R(c), FULL inside
 /// their intersection), or why there is none (each pair classified once).
-std::string permutedRuns(GroupOp group, int64_t period) {
+std::string permutedRuns(GroupOp group, PeriodTransposeAttr layout) {
+  int64_t period = layout.getPeriod();
   schedule::Program program;
   std::string error;
   if (!schedule::lowerPattern(semantics::fromAttr(group.getPattern()),
                               program, error))
     return "pairwise (" + error + ")";
-  std::string why = layout::residueOnlyReason(
-      program.nodes.data(), int64_t(program.nodes.size()), period,
-      group.getHeads().front());
+  std::string why = layout::closedFormReason(
+      program.nodes.data(), int64_t(program.nodes.size()),
+      {period, layout.getPrefix()}, group.getHeads().front());
   if (!why.empty())
     return "pairwise (no closed form: " + why + ")";
   return "residues mod " + std::to_string(period) + ": R(p) = {k : " +
@@ -100,7 +101,7 @@ struct AttnLowerRunsPass
                         schedule.getBlockQ(), schedule.getBlockK());
       if (PeriodTransposeAttr layout = group.getLayoutAttr())
         group->setAttr("attn.permuted_runs",
-                       b.getStringAttr(permutedRuns(group, layout.getPeriod())));
+                       b.getStringAttr(permutedRuns(group, layout)));
     });
   }
 };

@@ -97,15 +97,63 @@ SmallVector<int64_t> candidatePeriods(PatternAttrInterface pattern,
   return periods;
 }
 
+/// Appends the segment boundaries `pattern` declares: the ends of the
+/// listed ranges of its stripes (a prompt's [0, 256) gives 256), where a
+/// segment grouping would keep the tokens before them in place.
+void collectPrefixes(PatternAttrInterface pattern,
+                     SmallVectorImpl<int64_t> &out) {
+  auto ranges = [&](ArrayRef<int64_t> r) {
+    for (size_t i = 1; i < r.size(); i += 2)
+      out.push_back(r[i]);
+  };
+  llvm::TypeSwitch<Attribute>(pattern)
+      .Case<VerticalStripeAttr, HorizontalStripeAttr>(
+          [&](auto s) { ranges(s.getRanges()); })
+      .Case<UnionAttr, IntersectAttr>([&](auto set) {
+        for (PatternAttrInterface p : set.getPatterns())
+          collectPrefixes(p, out);
+      })
+      .Case([&](DifferenceAttr d) {
+        collectPrefixes(d.getLhs(), out);
+        collectPrefixes(d.getRhs(), out);
+      })
+      .Default([](Attribute) {});
+}
+
+/// The layouts worth counting at length n: each candidate period without
+/// prefix, and with each declared segment boundary that leaves at least two
+/// periods after it.
+SmallVector<layout::PeriodTranspose>
+candidateLayouts(PatternAttrInterface pattern, int64_t n) {
+  SmallVector<int64_t> prefixes;
+  collectPrefixes(pattern, prefixes);
+  llvm::sort(prefixes);
+  prefixes.erase(llvm::unique(prefixes), prefixes.end());
+  SmallVector<layout::PeriodTranspose> out;
+  for (int64_t p : candidatePeriods(pattern, n)) {
+    out.push_back({p, 0});
+    for (int64_t s : prefixes)
+      if (s > 0 && n - s >= 2 * p)
+        out.push_back({p, s});
+  }
+  return out;
+}
+
+std::string layoutName(const layout::PeriodTranspose &l) {
+  return l.prefix == 0 ? fmt::format("period_transpose<{}>", l.period)
+                       : fmt::format("period_transpose<{}, prefix = {}>",
+                                     l.period, l.prefix);
+}
+
 /// One head's tiles in one token order.
 struct TileCounts {
   int64_t visited = 0, full = 0, partial = 0;
 };
 
 /// The tiles of `pattern` (for `head`) at Nq = Nk = n in tiles of bq x bk,
-/// in the original order (element 0) and in the period transpose of each of
-/// `periods` (elements 1...). A transpose the pattern is residue-only for
-/// is counted from its closed-form runs (layout::PermutedRuns, what the
+/// in the original order (element 0) and in each of `layouts` (elements
+/// 1...). A transpose with a closed form (layout::closedFormReason) is
+/// counted from its closed-form runs (layout::PermutedRuns, what the
 /// executor walks); the original order and the other transposes pair by
 /// pair: every pair's predicate on the original positions counted into the
 /// tile its query's and its key's slots fall in, a tile FULL when all its
@@ -113,8 +161,8 @@ struct TileCounts {
 std::vector<TileCounts> countTiles(const semantics::Pattern &pattern,
                                    int64_t head, int64_t numHeads, int64_t n,
                                    int64_t bq, int64_t bk,
-                                   ArrayRef<int64_t> periods) {
-  size_t layouts = periods.size() + 1;
+                                   ArrayRef<layout::PeriodTranspose> orders) {
+  size_t layouts = orders.size() + 1;
   std::vector<TileCounts> out(layouts);
   std::vector<bool> closed(layouts, false);
   schedule::Program program;
@@ -123,10 +171,9 @@ std::vector<TileCounts> countTiles(const semantics::Pattern &pattern,
     for (size_t l = 1; l < layouts; ++l) {
       const kernel::Node *nodes = program.nodes.data();
       int64_t count = int64_t(program.nodes.size());
-      if (!layout::residueOnlyReason(nodes, count, periods[l - 1], head)
-               .empty())
+      if (!layout::closedFormReason(nodes, count, orders[l - 1], head).empty())
         continue;
-      layout::PermutedRuns runs{nodes, count, {periods[l - 1]}, n, n, bq, bk,
+      layout::PermutedRuns runs{nodes, count, orders[l - 1], n, n, bq, bk,
                                 head};
       runs.countTiles(out[l].visited, out[l].full);
       out[l].partial = out[l].visited - out[l].full;
@@ -143,8 +190,7 @@ std::vector<TileCounts> countTiles(const semantics::Pattern &pattern,
     rowBlock[l].resize(n);
     keyBlock[l].resize(n);
     for (int64_t t = 0; t < n; ++t) {
-      int64_t s = l == 0 ? t
-                         : layout::PeriodTranspose{periods[l - 1]}.slot(t, n);
+      int64_t s = l == 0 ? t : orders[l - 1].slot(t, n);
       rowBlock[l][t] = int32_t(s / bq);
       keyBlock[l][t] = int32_t(s / bk);
     }
@@ -279,7 +325,8 @@ struct AttnPermutePass : tessera::impl::AttnPermuteBase<AttnPermutePass> {
       return success();
     }
     int64_t n = seqLen;
-    SmallVector<int64_t> periods = candidatePeriods(pattern, n);
+    SmallVector<layout::PeriodTranspose> periods =
+        candidateLayouts(pattern, n);
     if (periods.empty()) {
       if (report)
         llvm::outs() << title << ": no period, original order\n";
@@ -310,15 +357,15 @@ struct AttnPermutePass : tessera::impl::AttnPermuteBase<AttnPermutePass> {
       }
     bool pays = best != 0 && bestWork < (1 - minGain) * original;
     if (pays)
-      group.setLayoutAttr(
-          PeriodTransposeAttr::get(&getContext(), periods[best - 1]));
+      group.setLayoutAttr(PeriodTransposeAttr::get(
+          &getContext(), periods[best - 1].period, periods[best - 1].prefix));
     if (report)
       printGroup(title, counts, periods, w, pays ? best : 0, bq, bk);
     return success();
   }
 
   void printGroup(const std::string &title, ArrayRef<TileCounts> counts,
-                  ArrayRef<int64_t> periods, const Weights &w, size_t chosen,
+                  ArrayRef<layout::PeriodTranspose> periods, const Weights &w, size_t chosen,
                   int64_t bq, int64_t bk) {
     llvm::raw_ostream &os = llvm::outs();
     double tiles = double(ceilDiv(seqLen, bq) * ceilDiv(seqLen, bk));
@@ -327,8 +374,7 @@ struct AttnPermutePass : tessera::impl::AttnPermuteBase<AttnPermutePass> {
     for (size_t l = 0; l < counts.size(); ++l) {
       const TileCounts &c = counts[l];
       std::string name =
-          l == 0 ? "original order"
-                 : fmt::format("period_transpose<{}>", periods[l - 1]);
+          l == 0 ? "original order" : layoutName(periods[l - 1]);
       double work = w.work(c) + (l == 0 ? 0 : w.gather);
       os << fmt::format(
           "    {:<26} visited {:>8} ({:.2f}%)  full {:>8}  partial {:>8}  "

@@ -34,15 +34,18 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 /// "" if the call is one runPermutedGroup takes, else why not.
 std::string checkCall(const kernel::LayerTable &table, int64_t group,
-                      int64_t period, const LayerArgs &a) {
+                      const layout::PeriodTranspose &perm,
+                      const LayerArgs &a) {
   int64_t numGroups = 0;
   for (int64_t i = 0; i < table.numComputed; ++i)
     numGroups = std::max<int64_t>(numGroups, table.headGroup[i] + 1);
   if (group < 0 || group >= numGroups)
     return "group " + std::to_string(group) + " is not one of the layer's " +
            std::to_string(numGroups) + " computed groups";
-  if (period < 2)
-    return "period must be at least 2, got " + std::to_string(period);
+  if (perm.period < 2)
+    return "period must be at least 2, got " + std::to_string(perm.period);
+  if (perm.prefix < 0)
+    return "prefix must not be negative, got " + std::to_string(perm.prefix);
   const Sequences &s = a.seqs;
   if (s.count != 0 || s.cuQ || s.cuK || s.lensK || s.pages || s.qStart ||
       s.kStart || a.headStart != 0)
@@ -284,11 +287,12 @@ double secondsSince(std::chrono::steady_clock::time_point t0) {
 } // namespace
 
 std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
-                                  int64_t group, int64_t period,
+                                  int64_t group,
+                                  const layout::PeriodTranspose &perm,
                                   const LayerArgs &a, RunStats *stats,
                                   PermutedInfo *info) {
   auto t0 = std::chrono::steady_clock::now();
-  if (std::string e = checkCall(table, group, period, a); !e.empty())
+  if (std::string e = checkCall(table, group, perm, a); !e.empty())
     return "runPermutedGroup: " + e;
   int64_t kvHeadCount = a.numKvHeads ? a.numKvHeads : a.k.heads;
   Job job{a, table.nodes + table.groupBegin[group],
@@ -306,7 +310,6 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
   job.bkPad = roundUp(job.bk);
   job.dPad = roundUp(job.d);
   job.scale = a.scale > 0 ? a.scale : 1.0f / std::sqrt(float(job.d));
-  layout::PeriodTranspose perm{period};
   job.qTok.resize(job.nq);
   job.kTok.resize(job.nk);
   for (int64_t s = 0; s < job.nq; ++s)
@@ -325,8 +328,8 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
   // them all (partial tiles still test each head's own pairs).
   int64_t head = job.heads.front();
   auto tRuns = std::chrono::steady_clock::now();
-  std::string why = layout::residueOnlyReason(job.nodes, job.count, period,
-                                              head);
+  std::string why = layout::closedFormReason(job.nodes, job.count, perm,
+                                             head);
   if (why.empty())
     closedFormRuns({job.nodes, job.count, perm, job.nq, job.nk, job.bq,
                     job.bk, head},

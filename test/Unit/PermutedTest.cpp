@@ -42,6 +42,25 @@ TEST(PeriodTransposeTest, IsTheStableSortByResidue) {
         ASSERT_EQ(perm.slot(order[slot], n), slot) << "n " << n << " p " << p;
       }
     }
+  // A prefix stays in place; the rest is sorted by its own residues.
+  for (int64_t n = 0; n <= 120; n += 11)
+    for (int64_t p = 2; p <= 20; p += 3)
+      for (int64_t prefix : {1, 5, 40}) {
+        std::vector<int64_t> order(n);
+        std::iota(order.begin(), order.end(), 0);
+        int64_t kept = std::min(prefix, n);
+        std::stable_sort(order.begin() + kept, order.end(),
+                         [&](int64_t a, int64_t b) {
+                           return (a - kept) % p < (b - kept) % p;
+                         });
+        layout::PeriodTranspose perm{p, prefix};
+        for (int64_t slot = 0; slot < n; ++slot) {
+          ASSERT_EQ(perm.token(slot, n), order[slot])
+              << "n " << n << " p " << p << " prefix " << prefix;
+          ASSERT_EQ(perm.slot(order[slot], n), slot)
+              << "n " << n << " p " << p << " prefix " << prefix;
+        }
+      }
   // P dividing N: the (t mod P) * (N / P) + t div P.
   layout::PeriodTranspose frames{1024};
   for (int64_t t : {0, 1, 1023, 1024, 5000, 16383})
@@ -229,6 +248,7 @@ struct Case {
   int64_t period, nq, nk, blk;
   cpu::DType dtype;
   bool closedForm = true; ///< the walk's runs come in closed form
+  int64_t prefix = 0;     ///< tokens kept in place before the transpose
 };
 
 constexpr int64_t kBatch = 2, kHeads = 4, kKvHeads = 2, kDim = 16;
@@ -271,7 +291,8 @@ void runCase(const Case &c) {
   args.o = cpu::contiguous(oPerm.data(), c.dtype, kBatch, c.nq, kHeads, kDim);
   args.lse = lsePerm.data();
   cpu::PermutedInfo info;
-  ASSERT_EQ(cpu::runPermutedGroup(sched.table(), 0, c.period, args, nullptr,
+  layout::PeriodTranspose perm{c.period, c.prefix};
+  ASSERT_EQ(cpu::runPermutedGroup(sched.table(), 0, perm, args, nullptr,
                                   &info),
             "");
   EXPECT_EQ(info.closedForm, c.closedForm) << info.why;
@@ -282,7 +303,7 @@ void runCase(const Case &c) {
       cpu::contiguous(oThreads.data(), c.dtype, kBatch, c.nq, kHeads, kDim);
   args.lse = lseThreads.data();
   args.numThreads = 3;
-  ASSERT_EQ(cpu::runPermutedGroup(sched.table(), 0, c.period, args), "");
+  ASSERT_EQ(cpu::runPermutedGroup(sched.table(), 0, perm, args), "");
   for (size_t i = 0; i < qn; ++i)
     ASSERT_EQ(oThreads.at(i), oPerm.at(i)) << "element " << i;
   ASSERT_EQ(lseThreads, lsePerm);
@@ -351,6 +372,11 @@ TEST(PermutedGroupTest, MatchesTheOriginalOrderAndFloat64) {
   P bandAndStripes{s::Union{{P{s::Window{5, 5}}, P{s::VerticalStripe{stripes}}}}};
   P shards{s::StridedShards{2, 4, 0}};
   P listed{s::MultiDiagonal{0, {-24, 0, 48}, 3}};
+  s::IndexSet text;
+  text.ranges = {{0, 12}};
+  P promptAndGrid{s::Union{{P{s::VerticalStripe{text}},
+                            P{s::HorizontalStripe{text}},
+                            P{s::Grid{16, 1, 2, 12}}}}};
   std::vector<Case> cases = {
       {"multi_diagonal, N not a multiple of P", multi, {0, 1}, 16, 200, 200,
        16, cpu::DType::F32},
@@ -366,6 +392,11 @@ TEST(PermutedGroupTest, MatchesTheOriginalOrderAndFloat64) {
        cpu::DType::BF16, /*closedForm=*/false},
       {"grid, period a multiple of the stride, bf16", grid, {1, 3}, 20, 150,
        110, 16, cpu::DType::BF16},
+      {"prompt + grid, prompt kept in place, Nq < Nk", promptAndGrid, {0, 2},
+       16, 140, 172, 16, cpu::DType::F32, /*closedForm=*/false,
+       /*prefix=*/12},
+      {"multi_diagonal with a prefix, Nq > Nk", multi, {3}, 16, 190, 150, 16,
+       cpu::DType::F32, /*closedForm=*/false, /*prefix=*/7},
   };
   for (const Case &c : cases)
     runCase(c);
@@ -411,6 +442,9 @@ TEST(PermutedGroupTest, RefusesWhatItDoesNotRun) {
       cpu::contiguous(buf.data(), cpu::DType::F32, 1, 64, 1, 8);
   EXPECT_EQ(cpu::runPermutedGroup(sched.table(), 0, 1, args),
             "runPermutedGroup: period must be at least 2, got 1");
+  EXPECT_EQ(cpu::runPermutedGroup(sched.table(), 0,
+                                  layout::PeriodTranspose{16, -1}, args),
+            "runPermutedGroup: prefix must not be negative, got -1");
   EXPECT_EQ(cpu::runPermutedGroup(sched.table(), 1, 16, args),
             "runPermutedGroup: group 1 is not one of the layer's 1 computed "
             "groups");

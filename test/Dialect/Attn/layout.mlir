@@ -13,12 +13,20 @@ attn.model @layouts {
     attn.group 1 heads [2] = #attn.grid<stride = 7, vertical_width = 1> layout #attn.period_transpose<period = 2>
     attn.group 2 heads [3] = #attn.causal
   }
+  attn.schedule 1 heads = 2 kv_heads = 1 head_dim = 64 dtype = bf16
+      block = [64, 64] skipped = [] {
+    attn.group 0 heads [0] = #attn.grid<stride = 1024, vertical_width = 32> layout #attn.period_transpose<period = 1024, prefix = 256>
+    attn.group 1 heads [1] = #attn.grid<stride = 64, vertical_width = 2> layout #attn.period_transpose<period = 64, prefix = 0>
+  }
 }
 
 // CHECK-LABEL: attn.model @layouts
 // CHECK: attn.group 0 heads [0, 1] = #attn.multi_diagonal<stride = 1024, width = 32> layout #attn.period_transpose<period = 1024>{{$}}
 // CHECK-NEXT: attn.group 1 heads [2] = #attn.grid<stride = 7, vertical_width = 1> layout #attn.period_transpose<period = 2>{{$}}
 // CHECK-NEXT: attn.group 2 heads [3] = #attn.causal{{$}}
+// A prefix prints when it is not 0, the default.
+// CHECK: attn.group 0 heads [0] = #attn.grid<stride = 1024, vertical_width = 32> layout #attn.period_transpose<period = 1024, prefix = 256>{{$}}
+// CHECK-NEXT: attn.group 1 heads [1] = #attn.grid<stride = 64, vertical_width = 2> layout #attn.period_transpose<period = 64>{{$}}
 
 // RUNS: attn.group 0 heads [0, 1] = #attn.multi_diagonal<stride = 1024, width = 32> layout #attn.period_transpose<period = 1024> runs {
 // RUNS: attn.group 2 heads [3] = #attn.causal runs {

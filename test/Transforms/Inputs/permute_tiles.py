@@ -73,9 +73,18 @@ def difference(a, b):
     return lambda q: a(q) - b(q)
 
 
-def slots(n, period):
-    """slot[t] of every token after sorting stably by t mod period."""
-    order = sorted(range(n), key=lambda t: (t % period, t))
+def prompt(n, text):
+    """A global prompt: its rows see every key, every row sees it."""
+    return lambda q: set(range(n)) if q < text else set(range(min(text, n)))
+
+
+def slots(n, period, prefix=0):
+    """slot[t] of every token after sorting stably by t mod period (with a
+    prefix: tokens before it in place, the rest sorted by (t - prefix) mod
+    period)."""
+    head = list(range(min(prefix, n)))
+    order = head + sorted(range(len(head), n),
+                          key=lambda t: ((t - len(head)) % period, t))
     slot = [0] * n
     for s, t in enumerate(order):
         slot[t] = s
@@ -123,6 +132,21 @@ def cases(name, n):
              "slash_width = 5, phase = 7>",
              grid(n, 100, vertical_width=3, slash_width=5, phase=7), [100]),
         ]
+    if name == "mminference":
+        return [
+            ("group 0 heads [0-5] #attn.union<#attn.vertical_stripe<ranges = "
+             "[0, 256]>, #attn.horizontal_stripe<ranges = [0, 256]>, "
+             "#attn.grid<stride = 1024, vertical_width = 32, slash_width = 32, "
+             "phase = 256>>",
+             union(prompt(n, 256), grid(n, 1024, vertical_width=32,
+                                        slash_width=32, phase=256)),
+             [1024, (1024, 256)]),
+            ("group 1 heads [6-11] #attn.union<#attn.vertical_stripe<ranges = "
+             "[0, 256]>, #attn.horizontal_stripe<ranges = [0, 256]>, "
+             "#attn.multi_diagonal<stride = 1024, width = 16>>",
+             union(prompt(n, 256), multi_diagonal(n, stride=1024, width=16)),
+             [1024, (1024, 256)]),
+        ]
     if name == "families":
         return [
             ("group 0 heads [0] #attn.multi_diagonal<stride = 96, width = 3>",
@@ -154,8 +178,13 @@ def main():
     identity = list(range(n))
     for title, keys, periods in cases(name, n):
         print("CHECK: " + title + ":")
-        layouts = [("original order", identity)] + [
-            ("period_transpose<%d>" % p, slots(n, p)) for p in periods]
+        layouts = [("original order", identity)]
+        for p in periods:
+            if isinstance(p, tuple):
+                layouts.append(("period_transpose<%d, prefix = %d>" % p,
+                                slots(n, *p)))
+            else:
+                layouts.append(("period_transpose<%d>" % p, slots(n, p)))
         for label, slot in layouts:
             visited, full, partial, total = tiles(keys, n, bq, bk, slot)
             print("CHECK-NEXT: %s visited %d (%.2f%%) full %d partial %d work"

@@ -32,28 +32,45 @@ namespace tessera::layout {
 /// When P divides N this is (t mod P) * (N / P) + t div P, the transpose of
 /// the (N / P) x P matrix of tokens (frames x pixels becomes pixels x
 /// frames). It is a bijection of [0, N) for every N >= 0.
+///
+/// With a prefix S > 0 (a segment grouping: a prompt before the frames) the
+/// first min(S, N) tokens keep their slots and the rest are transposed as a
+/// sequence of their own: slot(t) = S + slot'(t - S).
 struct PeriodTranspose {
   int64_t period = 2;
+  int64_t prefix = 0;
 
   int64_t slot(int64_t t, int64_t n) const {
-    int64_t q = n / period, r = n % period, c = t % period;
-    return c * q + std::min(c, r) + t / period;
+    int64_t kept = std::min(prefix, n);
+    return t < kept ? t : kept + segmentSlot(t - kept, n - kept);
   }
 
   /// The inverse of slot: the token at slot s.
   int64_t token(int64_t s, int64_t n) const {
+    int64_t kept = std::min(prefix, n);
+    return s < kept ? s : kept + segmentToken(s - kept, n - kept);
+  }
+
+  /// The first slot of residue c (0 <= c <= period; start(period) = n) of
+  /// a transpose without prefix.
+  int64_t start(int64_t c, int64_t n) const {
+    int64_t q = n / period, r = n % period;
+    return c * q + std::min(c, r);
+  }
+
+private:
+  int64_t segmentSlot(int64_t t, int64_t n) const {
+    int64_t q = n / period, r = n % period, c = t % period;
+    return c * q + std::min(c, r) + t / period;
+  }
+
+  int64_t segmentToken(int64_t s, int64_t n) const {
     int64_t q = n / period, r = n % period;
     int64_t longPart = r * (q + 1); // slots of the residues holding q + 1
     if (s < longPart)
       return (s % (q + 1)) * period + s / (q + 1);
     int64_t rest = s - longPart;
     return (rest % q) * period + r + rest / q;
-  }
-
-  /// The first slot of residue c (0 <= c <= period; start(period) = n).
-  int64_t start(int64_t c, int64_t n) const {
-    int64_t q = n / period, r = n % period;
-    return c * q + std::min(c, r);
   }
 };
 
@@ -219,6 +236,16 @@ inline std::string residueOnlyReason(const kernel::Node *nodes, int64_t count,
   return "";
 }
 
+/// "" when the runs of `perm` for the program have the closed form below
+/// (no prefix, and a residue-only program for its period), else why not.
+inline std::string closedFormReason(const kernel::Node *nodes, int64_t count,
+                                    const PeriodTranspose &perm,
+                                    int64_t head) {
+  if (perm.prefix > 0)
+    return "a prefix kept in place (residues shift at the segment)";
+  return residueOnlyReason(nodes, count, perm.period, head);
+}
+
 /// The key residues mod p a row whose aligned position has residue `a`
 /// sees under a residue-only program (postfix evaluation on range sets).
 inline Ranges keyResidues(const kernel::Node *nodes, int64_t count, int64_t p,
@@ -249,7 +276,8 @@ struct PermutedRun {
 };
 
 /// The closed-form schedule of one head of a residue-only program in the
-/// period transpose `perm` of nq queries and nk keys (each sequence
+/// period transpose `perm` (without prefix: closedFormReason) of nq queries
+/// and nk keys (each sequence
 /// permuted over its own length), in tiles of bq x bk slots.
 struct PermutedRuns {
   const kernel::Node *nodes = nullptr;

@@ -12,6 +12,7 @@
 #define TESSERA_CPU_PERMUTED_H
 
 #include "tessera/cpu/Executor.h"
+#include "tessera/cpu/Layout.h"
 
 #include <cstdint>
 #include <string>
@@ -32,7 +33,7 @@ struct PermutedInfo {
 
 /// Computes the heads of group `group` of `table` (the layer's launch
 /// groups, as `--attn-schedule` numbers them) in the period transpose of
-/// `period`: per sequence, the key and value rows of the group's kv heads
+/// `perm` (a period and a prefix kept in place): per sequence, the key and value rows of the group's kv heads
 /// are gathered into the permuted order (over the keys' length), each
 /// query block of `args.blockQ` permuted slots reads its rows through the
 /// permutation, walks its runs of key blocks (fp32, online softmax, the
@@ -41,17 +42,28 @@ struct PermutedInfo {
 /// touched.
 ///
 /// The runs come in closed form (layout::PermutedRuns) when the group's
-/// program is residue-only for `period` (periodic families and their
-/// combinators); otherwise every pair is classified once per call
+/// program is residue-only for the period and there is no prefix
+/// (layout::closedFormReason); otherwise every pair is classified once per
+/// call
 /// (O(Nq * Nk)). The work runs on `args.numThreads` threads (of `args.pool`
 /// when given), over (sequence, head, query block); results do not depend
 /// on the thread count. Dense calls only (no packed, paged or positioned
 /// sequences, headStart 0). Returns "" on success, else a message naming
 /// the problem; nothing is written then.
 std::string runPermutedGroup(const kernel::LayerTable &table, int64_t group,
-                             int64_t period, const LayerArgs &args,
-                             RunStats *stats = nullptr,
+                             const layout::PeriodTranspose &perm,
+                             const LayerArgs &args, RunStats *stats = nullptr,
                              PermutedInfo *info = nullptr);
+
+/// The same without prefix: `#attn.period_transpose<period = P>`.
+inline std::string runPermutedGroup(const kernel::LayerTable &table,
+                                    int64_t group, int64_t period,
+                                    const LayerArgs &args,
+                                    RunStats *stats = nullptr,
+                                    PermutedInfo *info = nullptr) {
+  return runPermutedGroup(table, group, layout::PeriodTranspose{period, 0},
+                          args, stats, info);
+}
 
 } // namespace tessera::cpu
 

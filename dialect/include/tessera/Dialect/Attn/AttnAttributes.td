@@ -485,12 +485,22 @@ def Attn_PeriodTransposeAttr
     become a contiguous band), never which pairs are allowed.
     `--attn-permute` chooses it; `period >= 2`.
 
+    With `prefix = S` (a segment grouping, MMInference's text + frames
+    layout) the first `S` tokens (a prompt) keep their places and only the
+    segment after them is transposed, on its own positions:
+    `slot(t) = t` for `t < S`, else `S + slot'(t - S)` with `slot'` the
+    transpose above over the `N - S` tokens of the segment. `prefix >= 0`
+    (0, the default, is printed as nothing).
+
     ```mlir
     attn.group 0 heads [0 to 5] = #attn.multi_diagonal<stride = 1024, width = 32>
         layout #attn.period_transpose<period = 1024>
+    attn.group 1 heads [6] = #attn.union<#attn.vertical_stripe<ranges = [0, 256]>, ...>
+        layout #attn.period_transpose<period = 1024, prefix = 256>
     ```
   }];
-  let parameters = (ins "int64_t":$period);
+  let parameters = (ins "int64_t":$period,
+                        DefaultValuedParameter<"int64_t", "0">:$prefix);
   let assemblyFormat = "`<` struct(params) `>`";
   let genVerifyDecl = 1;
 }

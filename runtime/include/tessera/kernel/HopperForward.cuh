@@ -35,8 +35,8 @@
 // full tiles, Nq < Nk and Nq > Nk, two batches) and keeps a non-finite
 // value to the rows that see it; three broken copies fail (the value tile's
 // descriptor offsets swapped, no vote for the guarded pass, an unbalanced
-// ping-pong). Not yet here: per-sequence calls, split-KV and the dynamic
-// walks.
+// ping-pong). Not yet here: per-sequence calls and split-KV (the dynamic
+// walks have their twins in HopperDynamic.cuh).
 //
 // Non-finite values (docs/runtime.md): as in pipeForward, the walk runs
 // once unguarded; where a consumer's output holds a NaN or infinity, both

@@ -21,7 +21,10 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstring>
+#include <deque>
 #include <limits>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -115,6 +118,65 @@ void pairwiseRuns(const kernel::Node *nodes, int64_t count,
     }
     out.start.push_back(int64_t(out.runs.size()));
   }
+}
+
+/// What a walk classified pair by pair depends on: the group's program
+/// (its nodes and the data they slice), the layout, the lengths, the tiles
+/// and the head.
+struct WalkKey {
+  std::vector<kernel::i64> program; ///< the nodes' words, then their data
+  std::vector<int64_t> shape;       ///< period, prefix, nq, nk, bq, bk, ...
+
+  bool operator==(const WalkKey &o) const {
+    return program == o.program && shape == o.shape;
+  }
+};
+
+WalkKey walkKey(const kernel::Node *nodes, int64_t count,
+                const kernel::i64 *data, const layout::PeriodTranspose &perm,
+                std::vector<int64_t> shape) {
+  WalkKey key;
+  key.program.resize(count * (sizeof(kernel::Node) / sizeof(kernel::i64)));
+  std::memcpy(key.program.data(), nodes, count * sizeof(kernel::Node));
+  for (int64_t i = 0; i < count; ++i)
+    key.program.insert(key.program.end(), data + nodes[i].dataBegin,
+                       data + nodes[i].dataBegin + nodes[i].dataSize);
+  key.shape = {perm.period, perm.prefix};
+  key.shape.insert(key.shape.end(), shape.begin(), shape.end());
+  return key;
+}
+
+/// The last few pair-by-pair walks, kept across calls: an engine repeats
+/// its shapes, and classifying every pair costs O(Nq * Nk) predicate calls
+/// (seconds at 16K tokens) where the walk itself is small.
+class WalkCache {
+public:
+  bool find(const WalkKey &key, BlockRuns &out) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto &[k, walk] : entries_)
+      if (k == key) {
+        out = walk;
+        return true;
+      }
+    return false;
+  }
+
+  void add(WalkKey key, const BlockRuns &walk) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    entries_.emplace_back(std::move(key), walk);
+    if (entries_.size() > kEntries)
+      entries_.pop_front();
+  }
+
+private:
+  static constexpr size_t kEntries = 16;
+  std::mutex mutex_;
+  std::deque<std::pair<WalkKey, BlockRuns>> entries_;
+};
+
+WalkCache &walkCache() {
+  static WalkCache cache;
+  return cache;
 }
 
 /// Keys and values of one (sequence, kv head) in the permuted order as
@@ -334,9 +396,16 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
     closedFormRuns({job.nodes, job.count, perm, job.nq, job.nk, job.bq,
                     job.bk, head},
                    job.walk);
-  else
-    pairwiseRuns(job.nodes, job.count, job.data, job.qTok, job.kTok, job.bq,
-                 job.bk, head, table.numHeads, job.walk);
+  else {
+    WalkKey key = walkKey(job.nodes, job.count, job.data, perm,
+                          {job.nq, job.nk, job.bq, job.bk, head,
+                           table.numHeads});
+    if (!walkCache().find(key, job.walk)) {
+      pairwiseRuns(job.nodes, job.count, job.data, job.qTok, job.kTok,
+                   job.bq, job.bk, head, table.numHeads, job.walk);
+      walkCache().add(std::move(key), job.walk);
+    }
+  }
 
   double runsSeconds = secondsSince(tRuns);
   auto tGather = std::chrono::steady_clock::now();

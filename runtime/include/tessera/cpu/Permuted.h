@@ -23,7 +23,8 @@ namespace tessera::cpu {
 struct PermutedInfo {
   /// True when the walk took the closed-form runs of layout::PermutedRuns;
   /// false when the program is not residue-only for the period and every
-  /// pair was classified once (`why` says which leaf).
+  /// pair was classified (`why` says which leaf), or the walk came from an
+  /// earlier call's classification.
   bool closedForm = false;
   std::string why;
   double runsSeconds = 0;   ///< deriving (or classifying) the walk's runs
@@ -32,24 +33,25 @@ struct PermutedInfo {
 };
 
 /// Computes the heads of group `group` of `table` (the layer's launch
-/// groups, as `--attn-schedule` numbers them) in the period transpose of
-/// `perm` (a period and a prefix kept in place): per sequence, the key and value rows of the group's kv heads
-/// are gathered into the permuted order (over the keys' length), each
-/// query block of `args.blockQ` permuted slots reads its rows through the
-/// permutation, walks its runs of key blocks (fp32, online softmax, the
-/// predicate on the ORIGINAL positions on partial tiles only), and O and
-/// LSE are written to the original rows. Heads of other groups are not
-/// touched.
+/// groups, as `--attn-schedule` numbers them) in the period transpose
+/// `perm` (a period, and a prefix kept in place): per sequence, the key and
+/// value rows of the group's kv heads are gathered into the permuted order
+/// (over the keys' length), each query block of `args.blockQ` permuted
+/// slots reads its rows through the permutation, walks its runs of key
+/// blocks (fp32, online softmax, the predicate on the ORIGINAL positions on
+/// partial tiles only), and O and LSE are written to the original rows.
+/// Heads of other groups are not touched.
 ///
 /// The runs come in closed form (layout::PermutedRuns) when the group's
 /// program is residue-only for the period and there is no prefix
-/// (layout::closedFormReason); otherwise every pair is classified once per
-/// call
-/// (O(Nq * Nk)). The work runs on `args.numThreads` threads (of `args.pool`
-/// when given), over (sequence, head, query block); results do not depend
-/// on the thread count. Dense calls only (no packed, paged or positioned
-/// sequences, headStart 0). Returns "" on success, else a message naming
-/// the problem; nothing is written then.
+/// (layout::closedFormReason); otherwise every pair is classified once
+/// (O(Nq * Nk)) and the walk kept for later calls with the same program,
+/// layout, lengths, tiles and head (the last 16 such walks, process-wide,
+/// behind a mutex). The work runs on `args.numThreads` threads (of
+/// `args.pool` when given), over (sequence, head, query block); results do
+/// not depend on the thread count. Dense calls only (no packed, paged or
+/// positioned sequences, headStart 0). Returns "" on success, else a
+/// message naming the problem; nothing is written then.
 std::string runPermutedGroup(const kernel::LayerTable &table, int64_t group,
                              const layout::PeriodTranspose &perm,
                              const LayerArgs &args, RunStats *stats = nullptr,

@@ -28,9 +28,16 @@ echo "# $(date -u +%F) $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | c
 "$bench" --pattern '#attn.intersect<#attn.causal, #attn.union<#attn.window<before = 512>, #attn.strided_shards<shards = 8, block = 64>>>' \
   --period 512 --len 8192 --head 0 --num-heads 16 --repeats 1
 "$py" bench/permute_s2.py 8192
-# The MMInference-style layer: the whole-sequence transpose, and the segment
-# grouping (prompt in place, video transposed) counted from the masks.
+# The MMInference-style layer: the whole-sequence transpose and the segment
+# grouping (prompt in place, video transposed), counted by the pass and from
+# the masks, and its two permuted groups on the CPU.
 "$build/bin/attn-opt" patterns/mminference-video.mlir --attn-schedule \
   --attn-permute="seq-len=15616 report=true" -o /dev/null
 "$py" bench/permute_segments.py
+prompt='#attn.vertical_stripe<ranges = [0, 256]>, #attn.horizontal_stripe<ranges = [0, 256]>'
+for video in '#attn.grid<stride = 1024, vertical_width = 32, slash_width = 32, phase = 256>' \
+             '#attn.multi_diagonal<stride = 1024, width = 16>'; do
+  "$bench" --pattern "#attn.union<$prompt, $video>" --period 1024 --prefix 256 \
+    --len 15616 --repeats 3
+done
 "$py" bench/flex_permute.py --len 16384 --repeats 3 2>/dev/null

@@ -30,28 +30,18 @@
 
 #include "tessera/kernel/Emulate.h"
 #include "tessera/kernel/Program.h"
+#include "tessera/kernel/BackwardParams.h"
 
 using namespace tessera;
 namespace json = llvm::json;
 
 namespace {
 
-/// FlashBackward.cuh's BwdParams and BackwardKernels.inc's BwdLaunch, laid
-/// out alike (the kernels' types live in the bundle's namespace).
-struct BwdStrides {
-  int64_t b, s, h;
-};
-struct BwdParams {
-  const uint16_t *q, *k, *v, *o, *dO;
-  const float *lse, *dLse;
-  float *delta;
-  uint16_t *dq, *dk, *dv;
-  int64_t nq, nk;
-  BwdStrides qs, ks, vs, os, dOs, dqs, dks, dvs;
-  float scale, scaleLog2;
-  int numHeads, numKvHeads;
-  int vectorLoads;
-};
+/// The kernels' BwdParams (BackwardParams.h, the host's copy; the bundle's
+/// lives in its own namespace) and BackwardKernels.inc's BwdLaunch, laid
+/// out alike.
+using BwdParams = kernel::BwdParams;
+using BwdStrides = kernel::BwdStrides;
 struct BwdLaunch {
   BwdParams p;
   const kernel::Node *nodes;

@@ -1,4 +1,4 @@
-//===- permute_bench.cpp - a head group in the original and a permuted order ===//
+//===- permute_bench.cpp - a head in the original and a permuted order ----===//
 //
 //   tessera-permute-bench --pattern '#attn.multi_diagonal<stride = 1024,
 //       width = 32>' --period 1024 [--prefix S] --len 16384
@@ -137,15 +137,16 @@ int main(int argc, char **argv) {
     }
   int64_t tiles = ((L + 63) / 64) * ((L + 63) / 64);
   std::printf(
-      "{\"pattern\": \"%s\", \"period\": %lld, \"prefix\": %lld, \"len\": %lld, \"head_dim\": "
-      "%lld, \"threads\": %d, \"tiles\": %lld, \"original\": {\"visited\": "
-      "%lld, \"full\": %lld, \"partial\": %lld, \"s\": %.4f}, \"permuted\": "
-      "{\"visited\": %lld, \"full\": %lld, \"partial\": %lld, \"s\": %.4f, "
-      "\"gather_share\": %.4f, \"runs_share\": %.4f, \"closed_form\": %s}, \"speedup\": %.3f, "
-      "\"max_abs_diff\": %.3g}\n",
-      pattern.c_str(), (long long)period, (long long)prefix, (long long)L, (long long)d,
-      int(threads), (long long)tiles, (long long)(so.tilesFull +
-                                                 so.tilesPartial),
+      "{\"pattern\": \"%s\", \"period\": %lld, \"prefix\": %lld, "
+      "\"len\": %lld, \"head_dim\": %lld, \"threads\": %d, \"tiles\": %lld, "
+      "\"original\": {\"visited\": %lld, \"full\": %lld, \"partial\": "
+      "%lld, \"s\": %.4f}, \"permuted\": {\"visited\": %lld, \"full\": "
+      "%lld, \"partial\": %lld, \"s\": %.4f, "
+      "\"gather_share\": %.4f, \"runs_share\": %.4f, \"closed_form\": %s}, "
+      "\"speedup\": %.3f, \"max_abs_diff\": %.3g}\n",
+      pattern.c_str(), (long long)period, (long long)prefix, (long long)L,
+      (long long)d, int(threads), (long long)tiles,
+      (long long)(so.tilesFull + so.tilesPartial),
       (long long)so.tilesFull, (long long)so.tilesPartial, median(to),
       (long long)(sp.tilesFull + sp.tilesPartial), (long long)sp.tilesFull,
       (long long)sp.tilesPartial, median(tp), median(gather), median(runsShare),

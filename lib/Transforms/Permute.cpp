@@ -365,8 +365,8 @@ struct AttnPermutePass : tessera::impl::AttnPermuteBase<AttnPermutePass> {
   }
 
   void printGroup(const std::string &title, ArrayRef<TileCounts> counts,
-                  ArrayRef<layout::PeriodTranspose> periods, const Weights &w, size_t chosen,
-                  int64_t bq, int64_t bk) {
+                  ArrayRef<layout::PeriodTranspose> periods,
+                  const Weights &w, size_t chosen, int64_t bq, int64_t bk) {
     llvm::raw_ostream &os = llvm::outs();
     double tiles = double(ceilDiv(seqLen, bq) * ceilDiv(seqLen, bk));
     double original = w.work(counts[0]);

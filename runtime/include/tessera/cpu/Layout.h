@@ -175,7 +175,7 @@ inline Ranges leafResidues(const kernel::Node &n, int64_t p, int64_t a,
       return periodicSet(period, width, phase, p);
     case kernel::kAxisD: // (k - a - phase) mod L < w
       return periodicSet(period, width, phase + a, p);
-    case kernel::kAxisNegD: // (a - k - phase) mod L < w: k in a - phase - [0, w)
+    case kernel::kAxisNegD: // (a - k - phase) mod L < w: a - phase - [0, w)
       return periodicSet(period, width, a - phase - width + 1, p);
     default: // the row's own residue decides: every key or none
       return kernel::floorMod(a - phase, period) < width ? Ranges{{0, p}}

@@ -78,6 +78,18 @@ std::string checkCall(const kernel::LayerTable &table, int64_t group,
 struct BlockRuns {
   std::vector<int64_t> start{0};
   std::vector<layout::PermutedRun> runs;
+  /// Walks classified pair by pair also keep their partial tiles' masks:
+  /// run x's tile j has bq rows of `words` 64-bit words at masks[maskAt[x]
+  /// + (j - begin) * bq * words] (maskAt empty: no masks, test each pair).
+  std::vector<int64_t> maskAt;
+  std::vector<uint64_t> masks;
+  int64_t words = 0;
+
+  const uint64_t *mask(int64_t x, int64_t j, int64_t bq) const {
+    if (maskAt.empty() || maskAt[x] < 0)
+      return nullptr;
+    return masks.data() + maskAt[x] + (j - runs[x].begin) * bq * words;
+  }
 };
 
 /// The runs from the closed form (layout::PermutedRuns).
@@ -86,6 +98,37 @@ void closedFormRuns(const layout::PermutedRuns &pr, BlockRuns &out) {
     pr.runs(i, out.runs);
     out.start.push_back(int64_t(out.runs.size()));
   }
+}
+
+/// The bit masks of the partial tiles of a walk classified pair by pair:
+/// the pairs of its partial tiles evaluated a second time, so that the
+/// walk's later calls (WalkCache) test none.
+void partialMasks(const kernel::Node *nodes, int64_t count,
+                  const kernel::i64 *data, const std::vector<int64_t> &qTok,
+                  const std::vector<int64_t> &kTok, int64_t bq, int64_t bk,
+                  int64_t head, int64_t numHeads, BlockRuns &out) {
+  int64_t nq = qTok.size(), nk = kTok.size();
+  out.words = (bk + 63) / 64;
+  out.maskAt.assign(out.runs.size(), -1);
+  for (int64_t i = 0; i + 1 < int64_t(out.start.size()); ++i)
+    for (int64_t x = out.start[i]; x < out.start[i + 1]; ++x) {
+      const layout::PermutedRun &run = out.runs[x];
+      if (run.full)
+        continue;
+      out.maskAt[x] = int64_t(out.masks.size());
+      out.masks.resize(out.masks.size() +
+                       (run.end - run.begin) * bq * out.words);
+      for (int64_t j = run.begin; j < run.end; ++j) {
+        uint64_t *tile = out.masks.data() + out.maskAt[x] +
+                         (j - run.begin) * bq * out.words;
+        for (int64_t s = i * bq; s < std::min(nq, (i + 1) * bq); ++s)
+          for (int64_t t = j * bk; t < std::min(nk, (j + 1) * bk); ++t)
+            if (kernel::allowedPair(nodes, count, data, qTok[s], kTok[t], nq,
+                                    nk, head, numHeads))
+              tile[(s - i * bq) * out.words + (t - j * bk) / 64] |=
+                  uint64_t(1) << ((t - j * bk) % 64);
+      }
+    }
 }
 
 /// The runs from classifying every pair once at its original positions: for
@@ -118,6 +161,7 @@ void pairwiseRuns(const kernel::Node *nodes, int64_t count,
     }
     out.start.push_back(int64_t(out.runs.size()));
   }
+  partialMasks(nodes, count, data, qTok, kTok, bq, bk, head, numHeads, out);
 }
 
 /// What a walk classified pair by pair depends on: the group's program
@@ -238,7 +282,8 @@ struct Scratch {
 /// S = scale * Q K^T for the block's rows against key block j; the padding
 /// columns and, on a partial tile, the masked pairs at -inf.
 void scores(const Job &job, const KvRows &kv, int64_t head, int64_t s0,
-            int64_t rows, int64_t j, bool full, Scratch &w) {
+            int64_t rows, int64_t j, bool full, const uint64_t *mask,
+            Scratch &w) {
   int64_t bk = job.bk, ld = job.bkPad;
   int64_t cols = std::min(bk, job.nk - j * bk);
   vec::gemm(w.q.data(), job.d, kv.kT.data() + j * job.d * ld, ld,
@@ -248,7 +293,12 @@ void scores(const Job &job, const KvRows &kv, int64_t head, int64_t s0,
     for (int64_t t = 0; t < cols; ++t)
       sr[t] *= job.scale;
     std::fill(sr + cols, sr + ld, kNegInf);
-    if (!full)
+    if (mask) // the walk's own bits: no predicate
+      for (int64_t t = 0; t < cols; ++t) {
+        if (!(mask[r * job.walk.words + t / 64] >> (t % 64) & 1))
+          sr[t] = kNegInf;
+      }
+    else if (!full)
       for (int64_t t = 0; t < cols; ++t)
         if (!kernel::allowedPair(job.nodes, job.count, job.data,
                                  job.qTok[s0 + r], job.kTok[j * bk + t],
@@ -304,7 +354,8 @@ void runBlock(const Job &job, int64_t b, int64_t h, int64_t i, Scratch &w) {
   for (int64_t x = job.walk.start[i]; x < job.walk.start[i + 1]; ++x) {
     const layout::PermutedRun &run = job.walk.runs[x];
     for (int64_t j = run.begin; j < run.end; ++j) {
-      scores(job, kv, h, s0, rows, j, run.full, w);
+      scores(job, kv, h, s0, rows, j, run.full,
+             run.full ? nullptr : job.walk.mask(x, j, job.bq), w);
       accumulate(job, kv, rows, j, w);
     }
   }

@@ -45,7 +45,8 @@ struct PermutedInfo {
 /// The runs come in closed form (layout::PermutedRuns) when the group's
 /// program is residue-only for the period and there is no prefix
 /// (layout::closedFormReason); otherwise every pair is classified once
-/// (O(Nq * Nk)) and the walk kept for later calls with the same program,
+/// (O(Nq * Nk)) and the walk, with its partial tiles' bit masks (no
+/// predicate on them then), kept for later calls with the same program,
 /// layout, lengths, tiles and head (the last 16 such walks, process-wide,
 /// behind a mutex). The work runs on `args.numThreads` threads (of
 /// `args.pool` when given), over (sequence, head, query block); results do

@@ -199,7 +199,6 @@ __device__ __forceinline__ void hopperDynConsume(HopperDynTiles<D> &sm,
                                                  float scaleLog2,
                                                  FlashAcc<D> &acc) {
   using S = HopperDynShape<D>;
-  const int lane = threadIdx.x % 32;
   float(&o)[D / 2] = *reinterpret_cast<float(*)[D / 2]>(&acc.o[0][0]);
   const typename Walk::Lane wl = w.lane();
   int i = 0;
@@ -210,20 +209,13 @@ __device__ __forceinline__ void hopperDynConsume(HopperDynTiles<D> &sm,
       mbarWait(&sm.full[st], (u32)((i / S::kStages) & 1));
       const DynTile t = sm.tile[st];
       if (!t.count) { // released too: the producer's next pass reuses it
-        __syncwarp();
-        if (lane == 0)
-          mbarArrive(&sm.empty[st]);
+        hopperRelease(&sm.empty[st]);
         ++i;
         break;
       }
       float s[8][4];
       float(&sf)[32] = *reinterpret_cast<float(*)[32]>(&s[0][0]);
-      wgmmaFence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        wgmmaSS<E, 64>(sf, hopperKMajor<S::kBQ>(sm.q, 0, kk),
-                       hopperKMajor<S::kBK>(sm.k[st], 0, kk), kk > 0);
-      wgmmaCommit();
+      hopperScores<E, D, S::kBQ>(sf, sm.q, 0, sm.k[st]);
       wgmmaWait<0>();
       wgmmaFenceRegs(sf);
       u32 keep = 0xffffffffu;
@@ -236,32 +228,10 @@ __device__ __forceinline__ void hopperDynConsume(HopperDynTiles<D> &sm,
       const u16 *vt = sm.v[st];
       if (pass == 1 && t.masked)
         vt = hopperGuardTile<E, D>(vt, sm.vFix, 1, nibblesOf(keep), acc);
-      wgmmaFenceRegs(o);
-      wgmmaFence();
-#pragma unroll
-      for (int kt = 0; kt < 4; ++kt)
-        wgmmaRSTransB<E, D>(o, pa[kt], hopperValues<D>(vt, kt), true);
-      wgmmaCommit();
-      wgmmaWait<0>();
-      wgmmaFenceRegs(o);
-      __syncwarp();
-      if (lane == 0)
-        mbarArrive(&sm.empty[st]);
+      hopperAccumulate<E, D>(o, pa, vt);
+      hopperRelease(&sm.empty[st]);
     }
-    if (pass == 1)
-      return;
-    // The vote: one arrival per consumer warp, after its flag.
-    float sum = 0.f; // 0 * (a non-finite term) keeps it non-finite
-#pragma unroll
-    for (int x = 0; x < D / 2; ++x)
-      sum += 0.f * o[x];
-    if (__any_sync(0xffffffff, sum != 0.f) && lane == 0)
-      atomicOr(&sm.rerun, 1);
-    __syncwarp();
-    if (lane == 0)
-      mbarArrive(&sm.verdict);
-    mbarWait(&sm.verdict, 0);
-    if (!sm.rerun)
+    if (pass == 1 || !hopperVote<D>(o, &sm.rerun, &sm.verdict))
       return;
   }
 }

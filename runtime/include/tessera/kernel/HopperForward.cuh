@@ -241,6 +241,64 @@ __device__ __forceinline__ u64 hopperValues(const u16 *v, int kt) {
                   kDesc128B);
 }
 
+/// Issues S = Q K^T for a consumer warpgroup's 64 query rows (from row0 of
+/// the [QROWS][D] Q panels `q`) against a key tile `k` (both K-major, in
+/// the 128-byte swizzle) into `sf` (committed; the caller waits).
+template <int E, int D, int QROWS>
+__device__ __forceinline__ void hopperScores(float (&sf)[32], const u16 *q,
+                                             int row0, const u16 *k) {
+  wgmmaFence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+    wgmmaSS<E, 64>(sf, hopperKMajor<QROWS>(q, row0, kk),
+                   hopperKMajor<HopperShape<D>::kBK>(k, 0, kk), kk > 0);
+  wgmmaCommit();
+}
+
+/// O += P V of a consumer warpgroup (P in registers, V the value tile
+/// `v`), waited for.
+template <int E, int D>
+__device__ __forceinline__ void hopperAccumulate(float (&o)[D / 2],
+                                                 const u32 (&pa)[4][4],
+                                                 const u16 *v) {
+  wgmmaFenceRegs(o);
+  wgmmaFence();
+#pragma unroll
+  for (int kt = 0; kt < 4; ++kt)
+    wgmmaRSTransB<E, D>(o, pa[kt], hopperValues<D>(v, kt), true);
+  wgmmaCommit();
+  wgmmaWait<0>();
+  wgmmaFenceRegs(o);
+}
+
+/// Releases ring stage `empty` for the producer: one arrival per warp,
+/// after every lane is done with it.
+__device__ __forceinline__ void hopperRelease(u64 *empty) {
+  __syncwarp();
+  if (threadIdx.x % 32 == 0)
+    mbarArrive(empty);
+}
+
+/// The consumers' vote after a walk: whether any consumer warp holds a
+/// NaN or infinite output element (then every consumer and the producer
+/// walk again, guarded). One arrival per consumer warp on `verdict`, after
+/// its flag in `rerun`; every consumer thread waits for the verdict.
+template <int D>
+__device__ __forceinline__ bool hopperVote(const float (&o)[D / 2], int *rerun,
+                                           u64 *verdict) {
+  float sum = 0.f; // 0 * (a non-finite term) keeps it non-finite
+#pragma unroll
+  for (int x = 0; x < D / 2; ++x)
+    sum += 0.f * o[x];
+  if (__any_sync(0xffffffff, sum != 0.f) && threadIdx.x % 32 == 0)
+    atomicOr(rerun, 1);
+  __syncwarp();
+  if (threadIdx.x % 32 == 0)
+    mbarArrive(verdict);
+  mbarWait(verdict, 0);
+  return *rerun != 0;
+}
+
 /// The producer: one thread of warpgroup 0.
 template <int D, class Groups>
 __device__ __forceinline__ void
@@ -316,7 +374,7 @@ __device__ __forceinline__ void
 hopperConsume(HopperTiles<D> &sm, const AttnParams &p, i64 pattern, int c,
               i64 rowPos, i64 head, i64 numHeads, FlashAcc<D> &acc) {
   using S = HopperShape<D>;
-  const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
+  const int c2 = (threadIdx.x % 4) * 2;
   float(&o)[D / 2] = *reinterpret_cast<float(*)[D / 2]>(&acc.o[0][0]);
   mbarWait(&sm.qFull, 0);
   int i = 0;
@@ -329,9 +387,7 @@ hopperConsume(HopperTiles<D> &sm, const AttnParams &p, i64 pattern, int c,
     mbarWait(&sm.full[st], (u32)((i / S::kStages) & 1));
     const HopperTileInfo ti = sm.info[st];
     if (ti.last) { // released too: the producer's next pass reuses it
-      __syncwarp();
-      if (lane == 0)
-        mbarArrive(&sm.empty[st]);
+      hopperRelease(&sm.empty[st]);
       namedBarrierArrive(kHopperTurn + 1 - c, 256);
       if (c == 0)
         namedBarrier(kHopperTurn, 256);
@@ -340,12 +396,7 @@ hopperConsume(HopperTiles<D> &sm, const AttnParams &p, i64 pattern, int c,
     }
     float s[8][4];
     float(&sf)[32] = *reinterpret_cast<float(*)[32]>(&s[0][0]);
-    wgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-      wgmmaSS<E, 64>(sf, hopperKMajor<S::kBQ>(sm.q, 64 * c, kk),
-                     hopperKMajor<S::kBK>(sm.k[st], 0, kk), kk > 0);
-    wgmmaCommit();
+    hopperScores<E, D, S::kBQ>(sf, sm.q, 64 * c, sm.k[st]);
     namedBarrierArrive(kHopperTurn + 1 - c, 256); // the other's turn
     wgmmaWait<0>();
     wgmmaFenceRegs(sf);
@@ -365,32 +416,10 @@ hopperConsume(HopperTiles<D> &sm, const AttnParams &p, i64 pattern, int c,
     if (pass == 1 && ti.cls == kPartial)
       vt = hopperGuard<E, D>(sm, st, c, keep, acc);
     namedBarrier(kHopperTurn + c, 256); // this consumer's turn
-    wgmmaFenceRegs(o);
-    wgmmaFence();
-#pragma unroll
-    for (int kt = 0; kt < 4; ++kt)
-      wgmmaRSTransB<E, D>(o, pa[kt], hopperValues<D>(vt, kt), true);
-    wgmmaCommit();
-    wgmmaWait<0>();
-    wgmmaFenceRegs(o);
-    __syncwarp();
-    if (lane == 0)
-      mbarArrive(&sm.empty[st]);
+    hopperAccumulate<E, D>(o, pa, vt);
+    hopperRelease(&sm.empty[st]);
   }
-  if (pass == 1)
-    return;
-  // The vote: one arrival per consumer warp, after its flag.
-  float sum = 0.f; // 0 * (a non-finite term) keeps it non-finite
-#pragma unroll
-  for (int x = 0; x < D / 2; ++x)
-    sum += 0.f * o[x];
-  if (__any_sync(0xffffffff, sum != 0.f) && lane == 0)
-    atomicOr(&sm.rerun, 1);
-  __syncwarp();
-  if (lane == 0)
-    mbarArrive(&sm.verdict);
-  mbarWait(&sm.verdict, 0);
-  if (!sm.rerun)
+  if (pass == 1 || !hopperVote<D>(o, &sm.rerun, &sm.verdict))
     return;
   }
 }

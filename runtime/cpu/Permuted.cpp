@@ -244,6 +244,16 @@ struct Job {
   int64_t nq, nk, d, perKv, numHeads, bq, bk;
   int64_t bkPad, dPad; ///< bk and d rounded up to the vector width
   float scale;
+  /// A closed-form walk's relation R as bits (row residue a, key residue c
+  /// at a * period + c), for its partial tiles; empty: test each pair.
+  std::vector<uint64_t> residueBits;
+  int64_t period = 0;
+
+  bool residueAllowed(int64_t q, int64_t k) const {
+    int64_t a = kernel::floorMod(q + nk - nq, period), c = k % period;
+    int64_t bit = a * period + c;
+    return residueBits[bit / 64] >> (bit % 64) & 1;
+  }
 
   const KvRows &rows(int64_t b, int64_t h) const {
     int64_t kvh = h / perKv;
@@ -296,6 +306,11 @@ void scores(const Job &job, const KvRows &kv, int64_t head, int64_t s0,
     if (mask) // the walk's own bits: no predicate
       for (int64_t t = 0; t < cols; ++t) {
         if (!(mask[r * job.walk.words + t / 64] >> (t % 64) & 1))
+          sr[t] = kNegInf;
+      }
+    else if (!full && !job.residueBits.empty())
+      for (int64_t t = 0; t < cols; ++t) {
+        if (!job.residueAllowed(job.qTok[s0 + r], job.kTok[j * bk + t]))
           sr[t] = kNegInf;
       }
     else if (!full)
@@ -375,6 +390,21 @@ void runBlock(const Job &job, int64_t b, int64_t h, int64_t i, Scratch &w) {
   }
 }
 
+/// Fills job.residueBits with the closed form's relation R (P^2 bits, for
+/// periods up to kMaxRelation): a partial tile then tests a bit per pair
+/// instead of the predicate.
+void residueRelation(Job &job, int64_t head) {
+  constexpr int64_t kMaxRelation = 8192; // 8 MiB of bits
+  int64_t p = job.period;
+  if (p > kMaxRelation)
+    return;
+  job.residueBits.assign((p * p + 63) / 64, 0);
+  for (int64_t a = 0; a < p; ++a)
+    for (auto [lo, hi] : layout::keyResidues(job.nodes, job.count, p, a, head))
+      for (int64_t c = lo; c < hi; ++c)
+        job.residueBits[(a * p + c) / 64] |= uint64_t(1) << ((a * p + c) % 64);
+}
+
 /// Runs `tasks` calls of f(task) on the call's threads, an atomic counter
 /// handing them out.
 template <typename F>
@@ -420,6 +450,7 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
   auto roundUp = [](int64_t x) {
     return (x + vec::kLanes - 1) / vec::kLanes * vec::kLanes;
   };
+  job.period = perm.period;
   job.bkPad = roundUp(job.bk);
   job.dPad = roundUp(job.d);
   job.scale = a.scale > 0 ? a.scale : 1.0f / std::sqrt(float(job.d));
@@ -443,11 +474,12 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
   auto tRuns = std::chrono::steady_clock::now();
   std::string why = layout::closedFormReason(job.nodes, job.count, perm,
                                              head);
-  if (why.empty())
+  if (why.empty()) {
     closedFormRuns({job.nodes, job.count, perm, job.nq, job.nk, job.bq,
                     job.bk, head},
                    job.walk);
-  else {
+    residueRelation(job, head);
+  } else {
     WalkKey key = walkKey(job.nodes, job.count, job.data, perm,
                           {job.nq, job.nk, job.bq, job.bk, head,
                            table.numHeads});

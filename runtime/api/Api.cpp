@@ -1653,12 +1653,15 @@ tessera_status runDynamicSequence(const Call &c, const cpu::LayerArgs &a,
   std::vector<float> lse(d.lse ? size_t(H * nq) : 0);
   one.lse = d.lse ? lse.data() : nullptr;
   cpu::BlockIndexCsr index = c.blockIndex; // sequence s's rows
-  index.batch0 = s;
-  index.rows = kernel::btQueryBlocks(g.args.blockQ, nq, nk);
-  index.keyBlocks = kernel::dynCeilDiv(nk, g.args.blockK);
+  const bool listed = c.hasBlockIndex && g.args.family == kernel::kBlockIndex;
+  if (listed) { // (the other families have no block sizes)
+    index.batch0 = s;
+    index.rows = kernel::btQueryBlocks(g.args.blockQ, nq, nk);
+    index.keyBlocks = kernel::dynCeilDiv(nk, g.args.blockK);
+  }
   if (std::string e =
           runDynamicGroupCpu(g, one, c.l->numHeads, c.centroids,
-                             c.needClusters, c.hasBlockIndex ? &index : nullptr);
+                             c.needClusters, listed ? &index : nullptr);
       !e.empty())
     return fail(TESSERA_ERROR_INTERNAL, e);
   const int64_t base = d.cu_seqlens_q ? q0 : s * H * d.q.seq;

@@ -15,6 +15,11 @@ checks every kernel that has tensor-core instructions:
                             local memory
 
 8-bit shared loads (a flag byte) are counted in the summary, not refused.
+The backward kernels (tessera_bwd_*, issue 20) are held to every rule but
+local memory: they sit at 248-255 registers and spill where a kernel
+dispatches over several patterns (docs/backward.md), as attn-nvrtc-check
+and ptxas-table.py report without failing; their lines say "spills
+(backward, known)" with the counts.
 
 It prints one line per kernel and architecture, then a summary; a failing
 kernel's line names the kernel and every rule it breaks.
@@ -90,6 +95,10 @@ def check_source(name, source, options, arch, nvdisasm):
         if summary is None:
             lines.append(f"{arch} {name} {kernel}: no tensor-core "
                          "instructions (not checked)")
+        elif (kernel.startswith("tessera_bwd_") and len(broken) == 1
+              and "local-memory" in broken[0]):
+            lines.append(f"{arch} {name} {kernel}: spills (backward, known) "
+                         f"({summary})")
         elif broken:
             ok = False
             lines.append(f"{arch} {name} {kernel}: FAIL: " +

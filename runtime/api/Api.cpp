@@ -1725,30 +1725,13 @@ tessera_status runCpu(const Call &c) {
 
 //===- CUDA ---------------------------------------------------------------===//
 
-/// On CUDA: o's alignment, every pointer on the context's device.
-tessera_status checkDeviceMemory(const Call &c) {
-  const tessera_attention_desc &d = c.d;
-  if (reinterpret_cast<uintptr_t>(d.o.data) % 4 || d.o.stride_batch % 2 ||
-      d.o.stride_seq % 2 || d.o.stride_head % 2)
-    return fail(TESSERA_ERROR_MISALIGNED,
-                "o must be 4-byte aligned with even strides on CUDA");
-  if (d.q.batch > 65535)
-    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
-                "batch must be at most 65535 on CUDA");
+/// Every non-null pointer of `ptrs` (each with its field's name) is memory
+/// of the context's CUDA device; else TESSERA_ERROR_WRONG_DEVICE naming it.
+tessera_status checkOnDevice(
+    const Call &c,
+    std::initializer_list<std::pair<const void *, const char *>> ptrs) {
   const Driver &drv = *c.bundle->context->driver;
-  for (auto [ptr, name] :
-       {std::pair{static_cast<const void *>(d.q.data), "q"},
-        {d.k.data, "k"},
-        {d.v.data, "v"},
-        {d.o.data, "o"},
-        {d.lse, "lse"},
-        {c.centroids, "centroids"},
-        {d.cu_seqlens_q, "cu_seqlens_q"},
-        {d.cu_seqlens_k, "cu_seqlens_k"},
-        {d.seq_lens_k, "seq_lens_k"},
-        {d.block_table, "block_table"},
-        {d.q_start, "q_start"},
-        {d.k_start, "k_start"}}) {
+  for (auto [ptr, name] : ptrs) {
     if (!ptr)
       continue;
     unsigned type = 0;
@@ -1763,6 +1746,30 @@ tessera_status checkDeviceMemory(const Call &c) {
                       std::to_string(c.bundle->context->device));
   }
   return TESSERA_OK;
+}
+
+/// On CUDA: o's alignment, every pointer on the context's device.
+tessera_status checkDeviceMemory(const Call &c) {
+  const tessera_attention_desc &d = c.d;
+  if (reinterpret_cast<uintptr_t>(d.o.data) % 4 || d.o.stride_batch % 2 ||
+      d.o.stride_seq % 2 || d.o.stride_head % 2)
+    return fail(TESSERA_ERROR_MISALIGNED,
+                "o must be 4-byte aligned with even strides on CUDA");
+  if (d.q.batch > 65535)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "batch must be at most 65535 on CUDA");
+  return checkOnDevice(c, {{d.q.data, "q"},
+                           {d.k.data, "k"},
+                           {d.v.data, "v"},
+                           {d.o.data, "o"},
+                           {d.lse, "lse"},
+                           {c.centroids, "centroids"},
+                           {d.cu_seqlens_q, "cu_seqlens_q"},
+                           {d.cu_seqlens_k, "cu_seqlens_k"},
+                           {d.seq_lens_k, "seq_lens_k"},
+                           {d.block_table, "block_table"},
+                           {d.q_start, "q_start"},
+                           {d.k_start, "k_start"}});
 }
 
 /// The kernels' arguments for a validated call (SeqLaunch.h).
@@ -2129,27 +2136,11 @@ tessera_status checkBackwardDeviceMemory(const Call &c,
       return fail(TESSERA_ERROR_MISALIGNED,
                   std::string(name) +
                       " must be 4-byte aligned with even strides on CUDA");
-  const Driver &drv = *c.bundle->context->driver;
-  for (auto [ptr, name] :
-       {std::pair{static_cast<const void *>(dO.data), "d_o"},
-        {dLse, "d_lse"},
-        {dq.data, "dq"},
-        {dk.data, "dk"},
-        {dv.data, "dv"}}) {
-    if (!ptr)
-      continue;
-    unsigned type = 0;
-    int ordinal = -1;
-    auto at = reinterpret_cast<unsigned long long>(ptr);
-    if (drv.pointerGetAttribute(&type, kPointerAttrMemoryType, at) ||
-        type != kMemoryTypeDevice ||
-        drv.pointerGetAttribute(&ordinal, kPointerAttrDeviceOrdinal, at) ||
-        ordinal != c.bundle->context->device)
-      return fail(TESSERA_ERROR_WRONG_DEVICE,
-                  std::string(name) + " is not memory of CUDA device " +
-                      std::to_string(c.bundle->context->device));
-  }
-  return TESSERA_OK;
+  return checkOnDevice(c, {{dO.data, "d_o"},
+                           {dLse, "d_lse"},
+                           {dq.data, "dq"},
+                           {dk.data, "dk"},
+                           {dv.data, "dv"}});
 }
 
 /// The backward of a dense call of static heads on CUDA (docs/backward.md,

@@ -19,6 +19,8 @@
 
 #include <gtest/gtest.h>
 
+#include "FakeApi.h"
+
 #include <dlfcn.h>
 
 #include <cmath>
@@ -30,37 +32,6 @@
 #include <vector>
 
 namespace {
-
-/// The fake driver's test entry points (FakeCuda.cpp).
-struct FakeApi {
-  void (*registerRange)(const void *, size_t) = nullptr;
-  void (*clear)() = nullptr;
-  const char *(*calls)() = nullptr;
-  const char *(*kernels)() = nullptr;
-  void (*useBundle)(const char *) = nullptr;
-
-  static FakeApi &get() {
-    static FakeApi f = [] {
-      FakeApi x;
-      void *h = dlopen(TESSERA_FAKECUDA, RTLD_NOW | RTLD_LOCAL);
-      EXPECT_NE(h, nullptr) << dlerror();
-      if (!h)
-        return x;
-      auto sym = [&](auto &fn, const char *name) {
-        fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(
-            dlsym(h, name));
-        EXPECT_NE(fn, nullptr) << name;
-      };
-      sym(x.registerRange, "fakecuda_register");
-      sym(x.clear, "fakecuda_clear");
-      sym(x.calls, "fakecuda_calls");
-      sym(x.kernels, "fakecuda_kernels");
-      sym(x.useBundle, "fakecuda_use_bundle");
-      return x;
-    }();
-    return f;
-  }
-};
 
 using Bits = std::vector<uint16_t>;
 

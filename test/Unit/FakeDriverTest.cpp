@@ -13,6 +13,7 @@
 
 #include "tessera/tessera.h"
 
+#include "FakeApi.h"
 #include "SeqCalls.h"
 
 #include <gtest/gtest.h>
@@ -33,30 +34,7 @@ using namespace tessera::seqcalls;
 namespace {
 
 /// The fake driver's test entry points.
-struct Fake {
-  void (*registerRange)(const void *, size_t) = nullptr;
-  void (*clear)() = nullptr;
-  const char *(*calls)() = nullptr;
-  const char *(*kernels)() = nullptr;
-
-  static Fake &get() {
-    static Fake f = [] {
-      Fake x;
-      void *h = dlopen(TESSERA_FAKECUDA, RTLD_NOW | RTLD_LOCAL);
-      EXPECT_NE(h, nullptr) << dlerror();
-      if (!h)
-        return x;
-      x.registerRange = reinterpret_cast<void (*)(const void *, size_t)>(
-          dlsym(h, "fakecuda_register"));
-      x.clear = reinterpret_cast<void (*)()>(dlsym(h, "fakecuda_clear"));
-      x.calls = reinterpret_cast<const char *(*)()>(dlsym(h, "fakecuda_calls"));
-      x.kernels =
-          reinterpret_cast<const char *(*)()>(dlsym(h, "fakecuda_kernels"));
-      return x;
-    }();
-    return f;
-  }
-};
+using Fake = FakeApi;
 
 template <class T> void registerVec(const std::vector<T> &v) {
   if (!v.empty())
@@ -470,10 +448,7 @@ TEST_F(FakeDriver, KernelPaths) {
 TEST(FakeDriverDynamic, TwinsRunTheAttentionOverTheIndex) {
   setenv("TESSERA_LIBCUDA", TESSERA_FAKECUDA, 1);
   setenv("TESSERA_CACHE_DIR", TESSERA_BINARY_DIR "/test/fake-cuda-cache", 1);
-  void *h = dlopen(TESSERA_FAKECUDA, RTLD_NOW | RTLD_LOCAL);
-  ASSERT_NE(h, nullptr) << dlerror();
-  auto useBundle =
-      reinterpret_cast<void (*)(const char *)>(dlsym(h, "fakecuda_use_bundle"));
+  auto useBundle = Fake::get().useBundle;
   ASSERT_NE(useBundle, nullptr);
   useBundle("dynamic-hopper");
   const std::string dir =

@@ -1440,6 +1440,42 @@ tessera_status validateBlockIndex(Call &c) {
   return TESSERA_OK;
 }
 
+/// Per-token head routing (tessera.h, API 9): head_active holds one byte
+/// per (query row, head slot) of the call; CPU contexts, static heads.
+tessera_status validateHeadActive(Call &c) {
+  const tessera_attention_desc &d = c.d;
+  if (!d.head_active && d.head_active_size == 0)
+    return TESSERA_OK;
+  const int64_t rows = d.cu_seqlens_q ? d.q.seq : d.q.batch * d.q.seq;
+  const std::string shape = "uint8 [" +
+                            (d.cu_seqlens_q ? std::to_string(d.q.seq)
+                                            : std::to_string(d.q.batch) + ", " +
+                                                  std::to_string(d.q.seq)) +
+                            ", " + std::to_string(c.heads) + "]";
+  if (!d.head_active)
+    return fail(TESSERA_ERROR_NULL_POINTER,
+                "head_active is null with head_active_size = " +
+                    std::to_string(d.head_active_size) + " (expected " + shape +
+                    ", or both unset)");
+  if (d.head_active_size != rows * c.heads)
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH,
+                "head_active_size is " + std::to_string(d.head_active_size) +
+                    "; head_active must be " + shape + ": " +
+                    std::to_string(rows * c.heads) +
+                    " bytes, one per (query row, head of the call)");
+  if (c.cuda)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "head_active (per-token head routing) runs on CPU contexts "
+                "only for now (no CUDA kernel compacts the active rows yet)");
+  if (!c.l->dynamicGroups.empty())
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "head_active (per-token head routing): " + c.layerName() +
+                    " has dynamic heads (from head " +
+                    std::to_string(c.l->dynamicGroups.front().heads.front()) +
+                    "), which do not take it yet (static heads only)");
+  return refuseDeviceMemory({{d.head_active, "head_active"}});
+}
+
 /// o is written while q, k and v are read: it may not share memory with k
 /// or v, nor with q unless it is q itself (each query block reads its own
 /// rows before writing them), nor write one element twice; lse neither.
@@ -1530,7 +1566,7 @@ tessera_status validateCall(tessera_bundle *bundle,
     if (tessera_status s = checkHostArrays(c))
       return s;
   for (auto step : {validateQueries, validateKeys, validatePositions,
-                    validateCentroids, validateBlockIndex})
+                    validateCentroids, validateBlockIndex, validateHeadActive})
     if (tessera_status s = step(c))
       return s;
   return validateAliasing(c);
@@ -1605,6 +1641,7 @@ cpu::LayerArgs planCpu(const Call &c) {
   a.pool = &c.bundle->context->pool;
   a.headStart = d.head_start;
   a.numKvHeads = c.l->numKvHeads;
+  a.headActive = d.head_active;
   if (!c.dense()) {
     a.seqs.count = c.numSeqs;
     a.seqs.cuQ = d.cu_seqlens_q;
@@ -2324,6 +2361,21 @@ attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
   a.o = f.o;
   a.dO = toCpu(*dO);
   a.lse = c.d.lse;
+  // Per-token head routing: an inactive (row, head) pair's LSE is -inf
+  // whatever the caller's array holds, so its P is 0 (dq = 0, no share of
+  // dk and dv).
+  std::vector<float> routedLse;
+  if (c.d.head_active) {
+    const int64_t H = c.heads, n = c.d.q.seq;
+    routedLse.assign(c.d.lse, c.d.lse + c.lseCount);
+    for (int64_t r = 0; r < (c.d.cu_seqlens_q ? 1 : c.d.q.batch) * n; ++r)
+      for (int64_t h = 0; h < H; ++h)
+        if (!c.d.head_active[r * H + h])
+          routedLse[size_t(c.d.cu_seqlens_q ? h * n + r
+                                            : ((r / n) * H + h) * n + r % n)] =
+              -INFINITY;
+    a.lse = routedLse.data();
+  }
   a.dLse = dLse;
   a.dq = toCpu(*dq);
   a.dk = toCpu(*dk);

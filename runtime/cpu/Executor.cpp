@@ -279,6 +279,7 @@ struct SeqPlan {
   int64_t qBase = 0, oBase = 0;   ///< element offsets of row 0
   int64_t kBase = 0, vBase = 0;   ///< of key 0 (dense and packed keys)
   int64_t lseBase = 0;            ///< LSE index of row 0 of head 0
+  int64_t rowBase = 0; ///< headActive's row of row 0 (b * Nq, or cuQ[s])
   int64_t firstTask = 0;          ///< tasks of earlier sequences
   int64_t numTasks = 0;           ///< its own
   /// Split key walks (decode): this sequence's tasks are the chunks
@@ -305,12 +306,20 @@ constexpr int64_t kMaxChunks = 128;
 /// and LSE itself).
 struct Chunk {
   int64_t slot, tile0, tile1, at;
+  int64_t qb = 0; ///< its query block (routed: a RoutedBlock's index)
 };
 
 /// A (sequence, launch slot) pair whose chunks [first, first + count) of
 /// Job::chunks are merged once they have run.
 struct SplitPair {
   int64_t s, slot, first, count;
+  int64_t qb = 0; ///< as Chunk::qb
+};
+
+/// Per-token head routing: rows [begin, end) of Job::activeRows, one
+/// (sequence, launch slot)'s active rows, compacted into a query block.
+struct RoutedBlock {
+  int64_t begin, end, slotIndex; ///< slotIndex: of Job::slots
 };
 
 struct Job {
@@ -334,6 +343,14 @@ struct Job {
   std::vector<int64_t> order;
   std::vector<SplitPair> pairs;
   std::vector<double> partials;
+  /// Per-token head routing (LayerArgs::headActive): each (sequence,
+  /// launch slot)'s active rows in row order, cut into blocks; a task's
+  /// query block qb is then an index of `blocks`, whose blocks run in
+  /// (sequence, slot) order, those of sequence s from seqBlock[s] on.
+  bool routed = false;
+  std::vector<int64_t> activeRows;
+  std::vector<RoutedBlock> blocks;
+  std::vector<int64_t> seqBlock;
 
   Job(const k::LayerTable &table, const std::vector<k::ProgramRuns> &runs,
       const LayerArgs &a)
@@ -395,6 +412,26 @@ void convertBlock(const Job &job, Worker &w, const SeqPlan &sp, int64_t s,
   w.nonFiniteV[slot] = std::isnan(sum);
 }
 
+/// The rows of query block qb of a sequence: [q0, q0 + rows) of it, or,
+/// routed, the block's active rows map[0, rows) (null map where they are
+/// consecutive: the unrouted code then runs them, bit for bit). `end` is
+/// one past the last row.
+struct TaskRows {
+  const int64_t *map;
+  int64_t q0, rows, end;
+};
+
+TaskRows taskRows(const Job &job, const SeqPlan &sp, int64_t qb) {
+  if (!job.routed) {
+    int64_t q0 = qb * job.a.blockQ, q1 = std::min(q0 + job.a.blockQ, sp.nq);
+    return {nullptr, q0, q1 - q0, q1};
+  }
+  const RoutedBlock &b = job.blocks[size_t(qb)];
+  const int64_t *map = &job.activeRows[size_t(b.begin)];
+  const int64_t rows = b.end - b.begin, end = map[rows - 1] + 1;
+  return {end - map[0] == rows ? nullptr : map, map[0], rows, end};
+}
+
 /// One (sequence, launch slot, query block) task. The walk and the masks
 /// take positions: rows [q0, q1) of the sequence sit at pStart + q0 on,
 /// and key block kb covers positions [kb * bk, kb * bk + bk) clipped to the
@@ -403,9 +440,9 @@ void convertBlock(const Job &job, Worker &w, const SeqPlan &sp, int64_t s,
 /// identity, so its closed forms run on the positions themselves.
 k::RunCtx walkCtx(const Job &job, const SeqPlan &sp, int64_t slot,
                   int64_t qb) {
-  int64_t bq = job.a.blockQ, bk = job.a.blockK, kEnd = sp.kStart + sp.nk;
-  int64_t p0 = sp.pStart + qb * bq,
-          p1 = sp.pStart + std::min(qb * bq + bq, sp.nq);
+  int64_t bk = job.a.blockK, kEnd = sp.kStart + sp.nk;
+  TaskRows r = taskRows(job, sp, qb);
+  int64_t p0 = sp.pStart + r.q0, p1 = sp.pStart + r.end;
   return k::RunCtx{p0,   p1, p0,   p1 - 1, kEnd,
                    kEnd, bk, (kEnd + bk - 1) / bk, job.table.computedHead[slot],
                    job.table.numHeads};
@@ -448,11 +485,12 @@ std::pair<k::Run, int64_t> firstTile(const Job &job, Worker &w,
   return {start.run, start.kb};
 }
 
-/// The tiles a query block's walk visits: O(runs).
-int64_t visitedTiles(const Job &job, const SeqPlan &sp, int64_t slot) {
+/// The tiles query block qb's walk visits: O(runs).
+int64_t visitedTiles(const Job &job, const SeqPlan &sp, int64_t slot,
+                     int64_t qb) {
   const k::ProgramRuns &runs =
       job.runs[size_t(job.table.headGroup[slot])];
-  k::RunCtx ctx = walkCtx(job, sp, slot, 0);
+  k::RunCtx ctx = walkCtx(job, sp, slot, qb);
   int64_t n = 0;
   for (k::Run run = seekTile(runs, ctx, sp, 0).first; k::isRun(run);
        run = nextRun(runs, ctx, run.hi))
@@ -508,23 +546,23 @@ void storeScaled(const Tensor &t, int64_t offset, int64_t n, const double *out,
   }
 }
 
-/// Writes rows [q0, q0 + rows) of one head from the accumulators `out`
-/// ([rows][dPad], unnormalised), the row maxima m and sums l; `staging`
-/// holds a row as floats.
+/// Writes rows [q0, q0 + rows) of one head (routed: rows map[0, rows)) from
+/// the accumulators `out` ([rows][dPad], unnormalised), the row maxima m
+/// and sums l; `staging` holds a row as floats.
 void writeRows(const Job &job, const SeqPlan &sp, int64_t headLocal,
-               int64_t q0, int64_t rows, const double *out, int64_t ldOut,
+               const TaskRows &tr, const double *out, int64_t ldOut,
                const float *m, const double *l, float *staging) {
   const LayerArgs &a = job.a;
-  for (int64_t i = 0; i < rows; ++i) {
+  for (int64_t i = 0; i < tr.rows; ++i) {
+    const int64_t row = tr.map ? tr.map[i] : tr.q0 + i;
     // l == 0: no key (O = 0, LSE = -inf); l NaN: the row saw a NaN (or
     // infinities that made one), and O and LSE are NaN.
     double inv = l[i] != 0 ? 1.0 / l[i] : 0.0;
     storeScaled(a.o,
-                sp.oBase + (q0 + i) * a.o.strideSeq +
-                    headLocal * a.o.strideHead,
+                sp.oBase + row * a.o.strideSeq + headLocal * a.o.strideHead,
                 job.d, out + i * ldOut, inv, staging);
     if (a.lse)
-      a.lse[sp.lseBase + headLocal * job.lseHeadStride + q0 + i] =
+      a.lse[sp.lseBase + headLocal * job.lseHeadStride + row] =
           l[i] != 0 ? float(double(m[i]) + std::log(l[i])) : kNegInf;
   }
 }
@@ -860,6 +898,35 @@ __attribute__((always_inline)) inline float maxOf8(Vec8 v) {
 /// double accumulators itself (a correction is in [0, 1] or NaN).
 constexpr float kAccumulated = -1.0f;
 
+/// The element mask of partial tile [k0, k1) for a routed block's rows
+/// tr.map[0, rows) into w.keep (row i at i * colsPad): each run of rows at
+/// consecutive positions as a tile of its own, so every row is masked at
+/// its own position.
+void routedTileMask(const Job &job, Worker &w, const SeqPlan &sp,
+                    const TaskRows &tr, const k::Node *nodes, k::i64 count,
+                    const k::ProgramRuns &runs, int64_t head, int64_t k0,
+                    int64_t k1) {
+  const k::LayerTable &t = job.table;
+  const int64_t cp = w.colsPad, cols = k1 - k0, kEnd = sp.kStart + sp.nk;
+  for (int64_t i0 = 0; i0 < tr.rows;) {
+    int64_t i1 = i0 + 1;
+    while (i1 < tr.rows && tr.map[i1] == tr.map[i1 - 1] + 1)
+      ++i1;
+    const int64_t a0 = sp.pStart + tr.map[i0], a1 = a0 + (i1 - i0);
+    uint8_t *dst = w.keep.data() + i0 * cp;
+    MaskRows m = partialTileMask(
+        maskShape(nodes, count, t.data,
+                  k::Tile{a0, a1, k0, k1, kEnd, kEnd, head, t.numHeads}),
+        runs, nodes, count, t.data, a0, k0, a1, k1, kEnd, kEnd, head,
+        t.numHeads, dst, cp, w.line);
+    // The shared line (diagonal) or row (columns) as rows of w.keep.
+    for (int64_t i = 0; i < i1 - i0; ++i)
+      if (m.base + i * m.step != dst + i * cp)
+        std::memmove(dst + i * cp, m.base + i * m.step, size_t(cols));
+    i0 = i1;
+  }
+}
+
 /// One (sequence, launch slot, query block) task, or one chunk of its
 /// visited tiles (`chunk`; null: all of them).
 TESSERA_CPU_CLONES
@@ -869,19 +936,23 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
   const k::LayerTable &t = job.table;
   const SeqPlan &sp = job.seqs[s];
   int64_t d = job.d, kEnd = sp.kStart + sp.nk;
-  int64_t bq = a.blockQ, bk = a.blockK;
+  int64_t bk = a.blockK;
   int64_t dp = w.dPad, cp = w.colsPad;
   int64_t head = t.computedHead[slot], group = t.headGroup[slot];
   int64_t kvLocal = head / job.groupSize - job.kvHead0;
   int64_t headLocal = head - a.headStart;
   const k::Node *nodes = t.nodes + t.groupBegin[group];
   k::i64 count = t.groupBegin[group + 1] - t.groupBegin[group];
-  int64_t q0 = qb * bq, q1 = std::min(q0 + bq, sp.nq), rows = q1 - q0;
-  int64_t p0 = sp.pStart + q0, p1 = sp.pStart + q1; // positions [p0, p1)
+  // Rows [q0, q0 + rows), or (routed) the block's rows tr.map[0, rows),
+  // among the positions [p0, p1).
+  const TaskRows tr = taskRows(job, sp, qb);
+  int64_t q0 = tr.q0, rows = tr.rows;
+  int64_t p0 = sp.pStart + q0, p1 = sp.pStart + tr.end;
 
   for (int64_t i = 0; i < rows; ++i)
     loadRow(a.q,
-            sp.qBase + (q0 + i) * a.q.strideSeq + headLocal * a.q.strideHead,
+            sp.qBase + (tr.map ? tr.map[i] : q0 + i) * a.q.strideSeq +
+                headLocal * a.q.strideHead,
             d, &w.q[i * dp]);
   std::fill(w.out.begin(), w.out.begin() + rows * dp, 0.0);
   std::fill(w.m.begin(), w.m.begin() + rows, kNegInf);
@@ -950,7 +1021,10 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
     const float *biasBase = bias;
     int64_t biasStep = 0;
     MaskRows keep{nullptr, 0};
-    if (cls == k::kPartial) {
+    if (cls == k::kPartial && tr.map) {
+      routedTileMask(job, w, sp, tr, nodes, count, runs, head, k0, k1);
+      keep = {w.keep.data(), cp};
+    } else if (cls == k::kPartial) {
       keep = partialTileMask(
           maskShape(nodes, count, t.data,
                     k::Tile{p0, p1, k0, k1, kEnd, kEnd, head, t.numHeads}),
@@ -1076,8 +1150,8 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
       part[d + 1] = w.l[i];
     }
   } else {
-    writeRows(job, sp, headLocal, q0, rows, w.out.data(), dp, w.m.data(),
-              w.l.data(), w.acc.data());
+    writeRows(job, sp, headLocal, tr, w.out.data(), dp, w.m.data(), w.l.data(),
+              w.acc.data());
   }
   w.full += full;
   w.partial += partial;
@@ -1087,20 +1161,21 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
 /// same order whichever threads ran them), and writes O and LSE.
 void mergePair(Job &job, Worker &w, const SplitPair &pair) {
   const SeqPlan &sp = job.seqs[size_t(pair.s)];
-  const int64_t d = job.d, rows = sp.nq, dp = w.dPad;
+  const TaskRows tr = taskRows(job, sp, pair.qb); // (routed: fewer rows)
+  const int64_t d = job.d, rows = tr.rows, dp = w.dPad;
   const double *first = &job.partials[size_t(job.chunks[pair.first].at)];
   for (int64_t i = 0; i < rows; ++i) {
     // The largest chunk maximum among chunks that saw a key (l != 0).
     double mMax = -std::numeric_limits<double>::infinity();
     for (int64_t c = 0; c < pair.count; ++c) {
-      const double *part = first + (c * rows + i) * (d + 2);
+      const double *part = first + (c * sp.nq + i) * (d + 2);
       if (part[d + 1] != 0)
         mMax = std::max(mMax, part[d]);
     }
     double *out = &w.out[i * dp], l = 0;
     std::fill_n(out, d, 0.0);
     for (int64_t c = 0; c < pair.count; ++c) {
-      const double *part = first + (c * rows + i) * (d + 2);
+      const double *part = first + (c * sp.nq + i) * (d + 2);
       if (part[d + 1] == 0)
         continue; // saw no key; a NaN sum is not 0 and poisons the row
       double scale = std::exp(part[d] - mMax);
@@ -1113,8 +1188,8 @@ void mergePair(Job &job, Worker &w, const SplitPair &pair) {
   }
   // m as float loses nothing here: every chunk maximum is a float.
   const int64_t head = job.table.computedHead[pair.slot];
-  writeRows(job, sp, head - job.a.headStart, 0, rows, w.out.data(), dp,
-            w.m.data(), w.l.data(), w.acc.data());
+  writeRows(job, sp, head - job.a.headStart, tr, w.out.data(), dp, w.m.data(),
+            w.l.data(), w.acc.data());
 }
 
 /// Splits sequence s's walks (one query block of at most kDecodeRows rows)
@@ -1128,14 +1203,25 @@ int64_t planSplit(Job &job, int64_t s) {
   int64_t mostChunks = 0;
   for (int64_t si = 0; si < numSlots; ++si) {
     const int64_t slot = job.slots[size_t(si)];
-    const int64_t visited = visitedTiles(job, sp, slot);
+    begin[size_t(si)] = int64_t(job.chunks.size());
+    // Routed: the slot's block (one: the sequence is one query block), if
+    // the slot has active rows.
+    int64_t qb = 0;
+    if (job.routed) {
+      qb = job.seqBlock[size_t(s)];
+      while (qb < int64_t(job.blocks.size()) &&
+             job.blocks[size_t(qb)].slotIndex != si)
+        ++qb;
+      if (qb == int64_t(job.blocks.size()))
+        continue; // no active row: no chunk
+    }
+    const int64_t visited = visitedTiles(job, sp, slot, qb);
     const int64_t size = std::max(kMinChunkTiles,
                                   (visited + kMaxChunks - 1) / kMaxChunks);
     const int64_t count = std::max<int64_t>(1, (visited + size - 1) / size);
     mostChunks = std::max(mostChunks, count);
-    begin[size_t(si)] = int64_t(job.chunks.size());
     if (count > 1)
-      job.pairs.push_back({s, slot, int64_t(job.chunks.size()), count});
+      job.pairs.push_back({s, slot, int64_t(job.chunks.size()), count, qb});
     for (int64_t c = 0; c < count; ++c) {
       int64_t at = -1;
       if (count > 1) {
@@ -1144,7 +1230,7 @@ int64_t planSplit(Job &job, int64_t s) {
                             size_t(sp.nq * (job.d + 2)));
       }
       job.chunks.push_back(
-          {slot, c * size, std::min(visited, c * size + size), at});
+          {slot, c * size, std::min(visited, c * size + size), at, qb});
     }
   }
   begin[size_t(numSlots)] = int64_t(job.chunks.size());
@@ -1182,6 +1268,42 @@ bool splits(const Job &job, const SeqPlan &sp) {
          (sp.kStart % bk + sp.nk + bk - 1) / bk > kMinChunkTiles;
 }
 
+/// Per-token head routing: sequence s's active rows of each launch slot,
+/// cut into blocks of up to blockQ rows spanning fewer than 4 blockQ rows
+/// (so a sparse head's block does not walk the union of far-apart rows'
+/// tiles); inactive pairs of computed heads get O = 0 and LSE = -inf here
+/// (skipped heads: writeSkippedHeads). A byte read per (row, slot).
+void planRoutedBlocks(Job &job, int64_t s) {
+  const LayerArgs &a = job.a;
+  const SeqPlan &p = job.seqs[size_t(s)];
+  const int64_t H = a.q.heads, bq = a.blockQ, span = 4 * bq;
+  std::vector<float> zeros(size_t(job.d), 0.0f);
+  job.seqBlock[size_t(s)] = int64_t(job.blocks.size());
+  for (size_t si = 0; si < job.slots.size(); ++si) {
+    const int64_t hl = job.table.computedHead[job.slots[si]] - a.headStart;
+    int64_t first = 0;
+    for (int64_t i = 0; i < p.nq; ++i) {
+      if (!a.headActive[(p.rowBase + i) * H + hl]) {
+        store(a.o, p.oBase + i * a.o.strideSeq + hl * a.o.strideHead, job.d,
+              zeros.data());
+        if (a.lse)
+          a.lse[p.lseBase + hl * job.lseHeadStride + i] = kNegInf;
+        continue;
+      }
+      const int64_t at = int64_t(job.activeRows.size());
+      if (job.blocks.size() == size_t(job.seqBlock[size_t(s)]) ||
+          job.blocks.back().slotIndex != int64_t(si) ||
+          at - job.blocks.back().begin == bq || i - first >= span) {
+        job.blocks.push_back({at, at, int64_t(si)});
+        first = i;
+      }
+      job.activeRows.push_back(i);
+      job.blocks.back().end = at + 1;
+    }
+  }
+  job.seqBlock[size_t(s) + 1] = int64_t(job.blocks.size());
+}
+
 /// The sequences of a call: their lengths, positions and offsets, and the
 /// tasks (query blocks times launch slots, or chunks) before each.
 void planSequences(Job &job) {
@@ -1190,6 +1312,9 @@ void planSequences(Job &job) {
   int64_t n = q.count > 0 ? q.count : a.q.batch;
   job.seqs.resize(size_t(n));
   job.lseHeadStride = a.q.seq; // [B, H, Nq] or [H, T]
+  job.routed = a.headActive != nullptr;
+  if (job.routed)
+    job.seqBlock.assign(size_t(n) + 1, 0);
   int64_t tasks = 0;
   for (int64_t s = 0; s < n; ++s) {
     SeqPlan &p = job.seqs[size_t(s)];
@@ -1198,6 +1323,7 @@ void planSequences(Job &job) {
     p.qBase = q.cuQ ? row0 * a.q.strideSeq : s * a.q.strideBatch;
     p.oBase = q.cuQ ? row0 * a.o.strideSeq : s * a.o.strideBatch;
     p.lseBase = q.cuQ ? row0 : s * a.q.heads * a.q.seq;
+    p.rowBase = q.cuQ ? row0 : s * a.q.seq;
     int64_t key0 = q.cuK ? q.cuK[s] : 0;
     p.nk = q.lensK ? q.lensK[s] : q.cuK ? q.cuK[s + 1] - q.cuK[s] : a.k.seq;
     p.kBase = q.cuK ? key0 * a.k.strideSeq : s * a.k.strideBatch;
@@ -1205,9 +1331,13 @@ void planSequences(Job &job) {
     p.kStart = q.kStart ? q.kStart[s] : 0;
     p.pStart = q.qStart ? q.qStart[s] : p.kStart + p.nk - p.nq;
     p.firstTask = tasks;
-    p.numTasks = splits(job, p) ? planSplit(job, s)
-                                : (p.nq + a.blockQ - 1) / a.blockQ *
-                                      int64_t(job.slots.size());
+    if (job.routed)
+      planRoutedBlocks(job, s);
+    p.numTasks =
+        splits(job, p) ? planSplit(job, s)
+        : job.routed
+            ? job.seqBlock[size_t(s) + 1] - job.seqBlock[size_t(s)]
+            : (p.nq + a.blockQ - 1) / a.blockQ * int64_t(job.slots.size());
     tasks += p.numTasks;
   }
 }
@@ -1315,7 +1445,13 @@ void runTaskAt(Job &job, Worker &w, int64_t i, size_t &s) {
   int64_t rest = i - p.firstTask;
   if (p.firstChunk >= 0) {
     const Chunk &c = job.chunks[size_t(job.order[size_t(p.firstChunk + rest)])];
-    runTask(job, w, int64_t(s), c.slot, 0, &c);
+    runTask(job, w, int64_t(s), c.slot, c.qb, &c);
+    return;
+  }
+  if (job.routed) { // the sequence's blocks, in slot order
+    const int64_t b = job.seqBlock[s] + rest;
+    runTask(job, w, int64_t(s),
+            job.slots[size_t(job.blocks[size_t(b)].slotIndex)], b);
     return;
   }
   // Slot-major query blocks, so that a worker's consecutive tasks share

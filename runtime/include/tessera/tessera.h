@@ -39,9 +39,10 @@ extern "C" {
  * tessera_attention_desc (workspace, workspace_size) and
  * tessera_attention_workspace_size; version 8 the caller's block index of
  * block_index heads in tessera_attention_desc (block_index_offsets,
- * block_index_cols, block_index_nnz).
+ * block_index_cols, block_index_nnz); version 9 per-token head routing
+ * in tessera_attention_desc (head_active, head_active_size).
  */
-#define TESSERA_API_VERSION 8
+#define TESSERA_API_VERSION 9
 
 typedef enum tessera_status {
   TESSERA_OK = 0,
@@ -246,7 +247,20 @@ TESSERA_API tessera_status tessera_attention_dynamic(
  * sequence s reads its first R_s + 1. Only the rows of block_index heads
  * are read (and checked: an error names the field, the batch entry and
  * the head). CPU contexts only, for now (no paged keys or positions, as
- * for every dynamic head); a layer's block_index groups share BQ and BK. */
+ * for every dynamic head); a layer's block_index groups share BQ and BK.
+ * Per-token head routing (API 9; docs/runtime.md, "Per-token head
+ * routing"; MoH, Mixture-of-Head attention): head_active says which heads
+ * each query row uses, one uint8 per (query row, head slot), nonzero =
+ * active, row-major and contiguous: dense queries [B, Nq, heads], packed
+ * queries [T, heads] (row t the packed row), with heads = head_count (the
+ * call's head slots, head_start on) or H; head_active_size is its bytes
+ * (checked: rows * heads). An inactive (row, head) pair gets O = 0 and
+ * LSE = -inf and costs nothing: each head's active rows are compacted into
+ * query blocks (keeping their positions, which the pattern sees). Keys and
+ * values are not routed: an active pair sees every key its pattern
+ * allows. Null: every pair active. CPU contexts, layers of static heads
+ * (dynamic heads are refused by name); the backward gives inactive rows
+ * dq = 0 and no share of dk and dv. */
 typedef struct tessera_attention_desc {
   size_t struct_size; /* sizeof(tessera_attention_desc) of the caller */
   int64_t layer;
@@ -267,6 +281,8 @@ typedef struct tessera_attention_desc {
   const int32_t *block_index_cols;    /* [block_index_nnz] key blocks */
   int64_t block_index_nnz;
   int64_t block_index_rows; /* R as the caller counted it (checked) */
+  const uint8_t *head_active; /* API 9: [B, Nq, heads] or [T, heads] */
+  int64_t head_active_size;   /* its bytes (checked) */
 } tessera_attention_desc;
 
 /* Zeroes the caller's `size` bytes of *desc (its sizeof, 64 KiB at most)

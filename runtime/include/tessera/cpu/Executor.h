@@ -75,6 +75,17 @@ struct LayerArgs {
   /// layer's heads / numKvHeads).
   int64_t headStart = 0;
   int64_t numKvHeads = 0; ///< the layer's kv heads; 0: k.heads
+  /// Per-token head routing (MoH): one byte per (query row, head of q),
+  /// nonzero = active; dense queries [batch, q.seq, q.heads], packed ones
+  /// [q.seq, q.heads]. Inactive pairs get O = 0 and LSE = -inf and cost
+  /// nothing: a head's active rows of a sequence are compacted into blocks
+  /// of up to blockQ rows (cut where a block's rows would span 4 blockQ
+  /// positions or more, so that a sparse head's walk is not the union of
+  /// far-apart rows), each walking the tiles of its rows' positions (the
+  /// pattern sees every row's own position). Work: the active rows' tiles,
+  /// plus a byte read per pair. Null: every pair active. Trusted (the C
+  /// API checks its size).
+  const uint8_t *headActive = nullptr;
   float scale = 0; ///< 0: 1 / sqrt(head_dim)
   int64_t blockQ = 64, blockK = 64;
   int numThreads = 0; ///< 0: all hardware threads

@@ -28,7 +28,7 @@ import os
 __all__ = ["Context", "Bundle", "TesseraError", "API_VERSION",
            "library_path"]
 
-API_VERSION = 8
+API_VERSION = 9
 
 _CPU, _CUDA = 0, 1
 _F32, _F16, _BF16 = 0, 1, 2
@@ -87,6 +87,13 @@ class _AttentionDescV8(_AttentionDesc):
                 ("block_index_cols", ctypes.c_void_p),
                 ("block_index_nnz", ctypes.c_int64),
                 ("block_index_rows", ctypes.c_int64)]
+
+
+class _AttentionDescV9(_AttentionDescV8):
+    """The whole tessera_attention_desc of API 9: API 8's, and per-token
+    head routing (head_active, head_active_size)."""
+    _fields_ = [("head_active", ctypes.c_void_p),
+                ("head_active_size", ctypes.c_int64)]
 
 
 class TesseraError(RuntimeError):
@@ -380,6 +387,28 @@ def _block_index(d, block_index, batch, heads):
     d.block_index_rows = offsets.shape[2] - 1
 
 
+def _head_active(d, head_active, q, cu_seqlens_q, heads):
+    """Sets an _AttentionDescV9's per-token head routing (docs/runtime.md,
+    "Per-token head routing") from a C-contiguous numpy bool or uint8 array:
+    [B, Nq, heads] for dense queries, [T, heads] for packed ones (heads: the
+    call's, head_count or H); nonzero = the row uses the head. The array
+    must outlive the call."""
+    import numpy as np
+    want = (q.shape[1], heads) if cu_seqlens_q is not None else \
+        (q.shape[0], q.shape[1], heads)
+    x = head_active
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.bool_, np.uint8) \
+            or not x.flags["C_CONTIGUOUS"]:
+        raise ValueError("head_active must be a C-contiguous bool or uint8 "
+                         "numpy array")
+    if x.shape != want:
+        raise ValueError(f"head_active must be "
+                         f"{'[T, heads]' if len(want) == 2 else '[batch, Nq, heads]'}"
+                         f" = {want}, got {x.shape}")
+    d.head_active = x.ctypes.data
+    d.head_active_size = x.size
+
+
 def _seq_lse_size(q, cu_seqlens_q, head_count):
     """Floats of a per-sequence call's LSE: [heads, T] packed, else
     [B, heads, Nq]."""
@@ -478,17 +507,25 @@ class Bundle:
         return _DynamicInputs(ptr, *shape)
 
     def attention(self, layer, q, k, v, out=None, lse=True, scale=0.0,
-                  centroids=None, block_index=None):
+                  centroids=None, block_index=None, head_active=None):
         """Returns (o, lse): o like q; lse [B, H, Nq] float32, or None.
         centroids: float32 [H, C, D] (numpy on the CPU, a CUDA tensor on
         CUDA) for the layer's routing groups that take the engine's
         centroids (layer_info(layer)["centroid_clusters"] = C).
         block_index: (offsets, cols) for the layer's block_index heads
-        (int32 numpy arrays, _block_index; CPU contexts only for now)."""
+        (int32 numpy arrays, _block_index; CPU contexts only for now).
+        head_active: bool or uint8 [B, Nq, H], which heads each query row
+        uses (per-token head routing; inactive pairs get o = 0 and lse =
+        -inf; CPU contexts only for now)."""
         layer = _int64("layer", layer)
-        if block_index is not None:
+        if head_active is not None and self.context.device != _CPU:
+            raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
+                               "head_active (per-token head routing) runs on "
+                               "CPU contexts only for now")
+        if block_index is not None or head_active is not None:
             return self._attention_block_index(layer, q, k, v, out, lse,
-                                               scale, centroids, block_index)
+                                               scale, centroids, block_index,
+                                               head_active)
         dyn = self._dynamic_inputs(centroids)
         dev = self.context.device
         if dev == _CPU:
@@ -514,9 +551,9 @@ class Bundle:
 
 
     def _attention_block_index(self, layer, q, k, v, out, lse, scale,
-                               centroids, block_index):
-        """attention() with a caller's block index: a dense
-        tessera_attention_run (API 8) on the CPU."""
+                               centroids, block_index, head_active=None):
+        """attention() with a caller's block index or head routing: a dense
+        tessera_attention_run (API 8, 9) on the CPU."""
         import numpy as np
         if self.context.device != _CPU:
             raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
@@ -527,14 +564,15 @@ class Bundle:
         l = np.empty((q.shape[0], q.shape[2], q.shape[1]), np.float32) \
             if lse else None
         self.attention_run(layer, q, k, v, o, lse=l, scale=scale,
-                           centroids=centroids, block_index=block_index)
+                           centroids=centroids, block_index=block_index,
+                           head_active=head_active)
         return o, l
 
     def attention_run(self, layer, q, k, v, out, lse=None, scale=0.0,
                       num_seqs=0, cu_seqlens_q=None, cu_seqlens_k=None,
                       seq_lens_k=None, block_table=None, q_start=None,
                       k_start=None, head_start=0, head_count=0,
-                      centroids=None, block_index=None):
+                      centroids=None, block_index=None, head_active=None):
         """tessera_attention_run (docs/runtime.md, "Calls") on numpy arrays
         (CPU): q, k, v, out 4-D as the mode wants them (packed: batch 1;
         paged k and v: [num_pages, page_size, Hkv, D]); out and lse (float32,
@@ -542,13 +580,15 @@ class Bundle:
         seq_lens_k and block_table ([num_seqs, max_pages_per_seq], rows
         may be strided) int32; q_start, k_start int64. centroids as for
         attention(); block_index: (offsets, cols) for block_index heads
-        (int32, offsets [B, heads, R + 1]; docs/runtime.md). Returns out."""
+        (int32, offsets [B, heads, R + 1]; docs/runtime.md); head_active:
+        bool or uint8, [B, Nq, heads] dense or [T, heads] packed (per-token
+        head routing, _head_active). Returns out."""
         import numpy as np
         if self.context.device != _CPU:
             raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
                                "attention_run takes numpy arrays on CPU "
                                "contexts (use attention() on CUDA)")
-        d = _AttentionDescV8()
+        d = _AttentionDescV9()
         _lib.tessera_attention_desc_init_size(ctypes.byref(d), ctypes.sizeof(d))
         d.layer = _int64("layer", layer)
         d.q, d.k, d.v = (_describe(x, _CPU, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
@@ -561,6 +601,9 @@ class Bundle:
             d.dynamic_inputs = ctypes.addressof(dyn)
         if block_index is not None:
             _block_index(d, block_index, d.num_seqs or q.shape[0],
+                         d.head_count or q.shape[2])
+        if head_active is not None:
+            _head_active(d, head_active, q, cu_seqlens_q,
                          d.head_count or q.shape[2])
         if lse is not None:
             if not isinstance(lse, np.ndarray) or lse.dtype != np.float32 or \
@@ -578,7 +621,7 @@ class Bundle:
                            cu_seqlens_k=None, seq_lens_k=None,
                            block_table=None, q_start=None, k_start=None,
                            head_start=0, head_count=0, centroids=None,
-                           block_index=None):
+                           block_index=None, head_active=None):
         """(dq, dk, dv) of a forward call attention(layer, q, k, v) (or
         attention_run with the same per-sequence options) that gave o and lse
         (required, the forward's layout: [B, H, Nq], or [H, T] packed), for
@@ -586,14 +629,15 @@ class Bundle:
         lse where the loss reads it. numpy arrays of one dtype on a CPU
         context (docs/backward.md); dq like q, dk and dv like k, contiguous;
         centroids as the forward took them (routing heads rebuild their
-        clusters), and block_index (block_index heads attend the same
-        lists). The library refuses the options it has no backward for by
+        clusters), block_index (block_index heads attend the same
+        lists) and head_active (inactive pairs get dq = 0 and no share of
+        dk and dv). The library refuses the options it has no backward for by
         name."""
         import numpy as np
         if self.context.device != _CPU:
             raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
                                "the backward runs on CPU contexts only for now")
-        d = _AttentionDescV8()
+        d = _AttentionDescV9()
         _lib.tessera_attention_desc_init_size(ctypes.byref(d), ctypes.sizeof(d))
         d.layer = _int64("layer", layer)
         d.q, d.k, d.v = (_describe(x, _CPU, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
@@ -619,6 +663,8 @@ class Bundle:
             d.dynamic_inputs = ctypes.addressof(dyn)
         if block_index is not None:
             _block_index(d, block_index, d.num_seqs or q.shape[0], heads)
+        if head_active is not None:
+            _head_active(d, head_active, q, cu_seqlens_q, heads)
         dq, dk, dv = np.empty_like(q, order="C"), np.empty_like(k, order="C"), \
             np.empty_like(k, order="C")
         tdo = _describe(do, _CPU, "do")

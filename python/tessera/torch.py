@@ -89,7 +89,8 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   bundle: str, layer: int, scale: float,
                   centroids: Optional[torch.Tensor] = None,
                   block_index_offsets: Optional[torch.Tensor] = None,
-                  block_index_cols: Optional[torch.Tensor] = None
+                  block_index_cols: Optional[torch.Tensor] = None,
+                  head_active: Optional[torch.Tensor] = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_shapes(q, k, v)
     b = _bundle(bundle, q.device)
@@ -98,6 +99,11 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         raise NotImplementedError(
             "tessera.attention: block_index heads run on the CPU only for "
             "now (no CUDA kernel walks a caller's index yet)")
+    active = _head_active_array(head_active)
+    if active is not None and q.device.type != "cpu":
+        raise NotImplementedError(
+            "tessera.attention: head_active (per-token head routing) runs on "
+            "the CPU only for now (no CUDA kernel compacts the active rows)")
     if q.device.type == "cpu":
         if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise TypeError(f"tessera.attention: unsupported dtype {q.dtype} "
@@ -112,7 +118,8 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         cn = None if centroids is None else \
             centroids.detach().to(torch.float32).contiguous().numpy()
         _, lse = b.attention(layer, qn, kn, vn, out=o.numpy(), scale=scale,
-                             centroids=cn, block_index=index)
+                             centroids=cn, block_index=index,
+                             head_active=active)
         return o.to(q.dtype), torch.from_numpy(lse)
     cd = None if centroids is None else \
         centroids.detach().to(device=q.device, dtype=torch.float32).contiguous()
@@ -134,9 +141,20 @@ def _block_index_arrays(offsets, cols):
                  .numpy() for x in (offsets, cols))
 
 
+def _head_active_array(head_active):
+    """head_active as a C-contiguous uint8 numpy array, or None."""
+    if head_active is None:
+        return None
+    if head_active.dtype not in (torch.bool, torch.uint8):
+        raise TypeError(f"tessera.attention: head_active must be bool or "
+                        f"uint8, got {head_active.dtype}")
+    return head_active.detach().to(device="cpu", dtype=torch.uint8) \
+        .contiguous().numpy()
+
+
 @_attention_op.register_fake
 def _(q, k, v, bundle, layer, scale, centroids=None, block_index_offsets=None,
-      block_index_cols=None):
+      block_index_cols=None, head_active=None):
     # Contiguous outputs, as both real kernels give, also for transposed
     # (non-contiguous) q, k and v such as transformers passes.
     _check_shapes(q, k, v)
@@ -167,7 +185,8 @@ def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            bundle: str, layer: int, scale: float,
                            centroids: Optional[torch.Tensor] = None,
                            block_index_offsets: Optional[torch.Tensor] = None,
-                           block_index_cols: Optional[torch.Tensor] = None
+                           block_index_cols: Optional[torch.Tensor] = None,
+                           head_active: Optional[torch.Tensor] = None
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if q.device.type != "cpu":
         raise NotImplementedError(
@@ -181,23 +200,26 @@ def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     index = _block_index_arrays(block_index_offsets, block_index_cols)
     dq, dk, dv = b.attention_backward(layer, qn, kn, vn, on, lsen, gn,
                                       dlse=gl, scale=scale, centroids=cn,
-                                      block_index=index)
+                                      block_index=index,
+                                      head_active=_head_active_array(
+                                          head_active))
     return (torch.from_numpy(dq).to(q.dtype), torch.from_numpy(dk).to(k.dtype),
             torch.from_numpy(dv).to(v.dtype))
 
 
 @_attention_backward_op.register_fake
 def _(q, k, v, o, lse, grad_o, grad_lse, bundle, layer, scale, centroids=None,
-      block_index_offsets=None, block_index_cols=None):
+      block_index_offsets=None, block_index_cols=None, head_active=None):
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, bundle, layer, scale, centroids, offsets, cols = inputs
+    q, k, v, bundle, layer, scale, centroids, offsets, cols, active = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse)
-    # block_index heads attend the forward's lists in the backward too.
-    ctx.args = (bundle, layer, scale, centroids, offsets, cols)
+    # block_index heads attend the forward's lists in the backward too, and
+    # inactive (row, head) pairs of head_active get no gradient.
+    ctx.args = (bundle, layer, scale, centroids, offsets, cols, active)
 
 
 def _backward(ctx, grad_o, grad_lse):
@@ -206,7 +228,7 @@ def _backward(ctx, grad_o, grad_lse):
         grad_o = torch.zeros_like(o)
     dq, dk, dv = torch.ops.tessera.attention_backward(
         q, k, v, o, lse, grad_o, grad_lse, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 _attention_op.register_autograd(_backward, setup_context=_setup_context)
@@ -342,7 +364,8 @@ _attention_seq_op.register_autograd(_seq_backward,
 def attention(q, k, v, bundle, layer, scale=0.0, centroids=None, *,
               num_seqs=0, cu_seqlens_q=None, cu_seqlens_k=None,
               seq_lens_k=None, block_table=None, q_start=None, k_start=None,
-              head_start=0, head_count=0, block_index=None):
+              head_start=0, head_count=0, block_index=None,
+              head_active=None):
     """(o, lse) of `layer` of the bundle at `bundle` (a directory written by
     attn-translate). q: [B, Nq, H, D]; k, v: [B, Nk, Hkv, D]; o like q; lse
     [B, H, Nq] float32. scale 0 selects 1/sqrt(D). centroids: [H, C, D]
@@ -361,7 +384,11 @@ def attention(q, k, v, bundle, layer, scale=0.0, centroids=None, *,
     block_index: (offsets, cols), int32 tensors, for the layer's
     #attn.block_index heads (docs/runtime.md, "Caller-provided block
     indices"): offsets [B, H, R + 1], cols the key blocks; dense calls on
-    the CPU (autograd attends the same lists)."""
+    the CPU (autograd attends the same lists).
+
+    head_active: bool or uint8 [B, Nq, H], which heads each query row uses
+    (per-token head routing, MoH; docs/runtime.md): inactive pairs give
+    o = 0 and lse = -inf and no gradient; dense calls on the CPU."""
     seq = (num_seqs or head_count or any(
         x is not None for x in (cu_seqlens_q, cu_seqlens_k, seq_lens_k,
                                 block_table, q_start, k_start)))
@@ -369,7 +396,12 @@ def attention(q, k, v, bundle, layer, scale=0.0, centroids=None, *,
     if not seq:
         return torch.ops.tessera.attention(q, k, v, bundle, int(layer),
                                            float(scale), centroids, offsets,
-                                           cols)
+                                           cols, head_active)
+    if head_active is not None:
+        raise ValueError("tessera.attention: head_active with per-sequence "
+                         "options: tessera.torch passes head routing with "
+                         "dense calls only for now (Bundle.attention_run "
+                         "takes it with every mode)")
     if block_index is not None:
         raise ValueError("tessera.attention: block_index with per-sequence "
                          "options: tessera.torch passes block indices with "

@@ -195,7 +195,10 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
       const BackwardKernelsDesc &bwd = l.backward;
       names.insert(names.end(),
                    {bwd.preprocess, bwd.keyMajor, bwd.keyMajorGuarded,
-                    bwd.queryMajor, bwd.queryMajorGuarded, bwd.zeroSkipped});
+                    bwd.queryMajor, bwd.queryMajorGuarded, bwd.zeroSkipped,
+                    bwd.dynamicClear, bwd.dynamicAdd});
+      for (const DynamicGroupDesc &g : l.dynamicGroups)
+        names.insert(names.end(), {g.backwardDq, g.backwardDkdv});
       // The per-sequence twins of the attention and fill kernels, where
       // the bundle has them (bundles emitted before them do not).
       for (const std::string &twin : seqTwins(l)) {
@@ -231,8 +234,15 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
             if (!name.empty() && g.wgmmaDynamicShared > 48 * 1024)
               big.push_back({name, g.wgmmaDynamicShared});
       }
-      for (const std::string &name : {bwd.keyMajor, bwd.keyMajorGuarded})
-        if (bwd.keyMajorDynamicShared > 48 * 1024)
+      std::vector<std::string> keyMajor = {bwd.keyMajor, bwd.keyMajorGuarded};
+      for (const DynamicGroupDesc &g : l.dynamicGroups)
+        if (!g.backwardDkdv.empty()) // the same tiles (DynamicBackward.cuh)
+          keyMajor.push_back(g.backwardDkdv);
+      for (const std::string &name : keyMajor)
+        if (bwd.keyMajorDynamicShared > 48 * 1024 &&
+            std::find_if(big.begin(), big.end(), [&](const auto &b) {
+              return b.first == name;
+            }) == big.end())
           big.push_back({name, bwd.keyMajorDynamicShared});
       for (const auto &[name, bytes] : big) {
         if (int rc = d.funcSetAttribute(b->functions.at(name),
@@ -855,13 +865,16 @@ tessera_status tessera::runtime::setLastError(tessera_status status,
 /// top-k) query blocks whose workspace stays within the budget
 /// (kernel::dynChunkPlan, docs/bundles.md), one workspace reused by every
 /// chunk in stream order. `maps`: null, or the call's tensor maps, with
-/// which the attention kernels' sm_90a twins run in their place.
+/// which the attention kernels' sm_90a twins run in their place. `attend`:
+/// where set, launches in place of the attention over the index (a chunk's
+/// DynArgs and batch entries; returns a driver status, -1 for a grid past
+/// CUDA's limits): the backward's.
 static tessera_status launchDynamicGroup(tessera_bundle *bundle, int64_t layer,
                                          const DynamicGroupDesc &g,
                                          kernel::DynArgs a,
                                          kernel::AttnParams &p, int64_t batch,
-                                         void *stream,
-                                         HopperMapsBytes *maps) {
+                                         void *stream, HopperMapsBytes *maps,
+                                         const DynamicAttend &attend = {}) {
   const Driver &d = *bundle->context->driver;
   const int64_t slots = static_cast<int64_t>(g.heads.size());
   const int64_t budget = dynamicWorkspaceBudget();
@@ -903,6 +916,13 @@ static tessera_status launchDynamicGroup(tessera_bundle *bundle, int64_t layer,
           d.memFreeAsync(ws, stream);
           return fail(TESSERA_ERROR_INTERNAL,
                       "a dynamic group's launch plan names a kernel it lacks");
+        }
+        if (attend && i == kernel::dynLaunchCount(a) - 1) {
+          // The backward's kernels over the index in the attention's place
+          // (runBackwardCuda).
+          a.qBlock0 = 0;
+          failed = attend(a, batches);
+          continue;
         }
         if (gx < 1)
           continue;
@@ -2212,16 +2232,20 @@ tessera_status runBackwardCuda(const Call &c, const tessera_tensor &dO,
   }
   kernel::BwdParams p = makeBwdParams(c.d, l, dO, dLse, dq, dk, dv,
                                       static_cast<float *>(delta));
+  // The forward's arguments, for the dynamic groups' index kernels.
+  kernel::AttnParams forward = planCuda(c);
   int position = static_cast<int>(l.position);
   void *args[] = {&p, &position};
   const BackwardGrids g = backwardGrids(c.d, l);
   const unsigned kt = unsigned(k.keyMajorThreads),
                  ks = unsigned(k.keyMajorDynamicShared),
                  qs = unsigned(k.queryMajorDynamicShared);
-  // Preprocess, then the two passes, then their guarded launches (each
-  // after its own pass), then the zero fill.
+  // Preprocess (and the zeroing of the dynamic heads' dK / dV sums), then
+  // the two passes, then their guarded launches (each after its own pass),
+  // then the zero fill; then the dynamic groups and their sums' adding.
   const std::tuple<const std::string &, kernel::SeqGrid, unsigned, unsigned>
       steps[] = {{k.preprocess, g.preprocess, 128, 0},
+                 {k.dynamicClear, g.dynamicSums, 128, 0},
                  {k.keyMajor, g.keyMajor, kt, ks},
                  {k.queryMajor, g.queryMajor, 128, qs},
                  {k.keyMajorGuarded, g.keyMajor, kt, ks},
@@ -2231,6 +2255,35 @@ tessera_status runBackwardCuda(const Call &c, const tessera_tensor &dO,
   for (const auto &[name, grid, threads, shared] : steps)
     if (!status && !name.empty())
       status = launchGrid(c, name, grid, threads, shared, args);
+  // Each dynamic group: its index built again by the forward's kernels
+  // (the same index), then dQ and the dK / dV sums over it, chunk by chunk
+  // (launchDynamicGroup's chunks, in its workspace).
+  for (size_t gi = 0; gi < l.dynamicGroups.size() && !status; ++gi) {
+    const DynamicGroupDesc &dg = l.dynamicGroups[gi];
+    kernel::DynArgs a = dg.args;
+    a.headDim = l.headDim;
+    a.layer = position;
+    a.group = static_cast<int>(gi);
+    a.centroids = c.centroids;
+    const DynamicAttend attend = [&](kernel::DynArgs &chunk, int64_t batches) {
+      void *dynArgs[] = {&p, &chunk};
+      const int64_t gx = (c.d.q.seq + 63) / 64;
+      if (gx > 0x7fffffff)
+        return -1;
+      for (auto [name, threads, shared] :
+           {std::tuple{&dg.backwardDq, 128u, qs}, {&dg.backwardDkdv, kt, ks}})
+        if (int rc = drv.launchKernel(c.bundle->functions.at(*name),
+                                      unsigned(gx), unsigned(chunk.numSlots),
+                                      unsigned(batches), threads, 1, 1, shared,
+                                      c.d.cuda_stream, dynArgs, nullptr))
+          return rc;
+      return 0;
+    };
+    status = launchDynamicGroup(c.bundle, c.d.layer, dg, a, forward,
+                                c.d.q.batch, c.d.cuda_stream, nullptr, attend);
+  }
+  if (!status && !k.dynamicAdd.empty())
+    status = launchGrid(c, k.dynamicAdd, g.dynamicSums, 128, 0, args);
   if (owned)
     if (int rc = drv.memFreeAsync(owned, c.d.cuda_stream); rc && !status)
       status = fail(TESSERA_ERROR_CUDA, drv.message("cuMemFreeAsync", rc));

@@ -21,12 +21,19 @@ tessera::runtime::cudaBackwardRefusal(const tessera_attention_desc &d,
     return "the CUDA backward takes every head of the layer for now: desc "
            "sets head_count (head-range calls run their backward on CPU "
            "contexts)";
-  if (!l.dynamicGroups.empty())
-    return layer + " has dynamic heads (from head " +
-           std::to_string(l.dynamicGroups.front().heads.front()) +
-           "): the CUDA backward runs static heads only for now (CPU "
-           "contexts run theirs)";
-  if (!l.backward.present())
+  for (const DynamicGroupDesc &g : l.dynamicGroups)
+    if (g.args.family != kernel::kVerticalSlash &&
+        g.args.family != kernel::kBlockTopk)
+      return layer + "'s dynamic heads from head " +
+             std::to_string(g.heads.front()) + " are " +
+             (g.args.family == kernel::kRouting ? "routing"
+                                                : "a caller's block_index") +
+             " heads: the CUDA backward runs vertical_slash and block_topk "
+             "heads only for now (CPU contexts run theirs)";
+  bool dynamicKernels = true;
+  for (const DynamicGroupDesc &g : l.dynamicGroups)
+    dynamicKernels = dynamicKernels && !g.backwardDq.empty();
+  if (!l.backward.present() || !dynamicKernels)
     return layer + " has no CUDA backward kernels in its bundle (head_dim " +
            std::to_string(l.headDim) +
            ": they exist for 64, 96 and 128; or a bundle emitted before "
@@ -34,10 +41,28 @@ tessera::runtime::cudaBackwardRefusal(const tessera_attention_desc &d,
   return "";
 }
 
+namespace {
+
+/// Bytes of the delta rows, then of the dynamic heads' sums (0: none).
+int64_t deltaBytes(const tessera_attention_desc &d, const LayerDesc &l) {
+  return int64_t(sizeof(float)) * d.q.batch * l.numHeads * d.q.seq;
+}
+int64_t sumsBytes(const tessera_attention_desc &d, const LayerDesc &l) {
+  return l.dynamicGroups.empty() ? 0
+                                 : int64_t(sizeof(float)) * d.q.batch *
+                                       l.numKvHeads * d.k.seq * 2 * l.headDim;
+}
+int64_t sumsOffset(const tessera_attention_desc &d, const LayerDesc &l) {
+  return (deltaBytes(d, l) + 15) / 16 * 16;
+}
+
+} // namespace
+
 int64_t
 tessera::runtime::backwardWorkspaceBytes(const tessera_attention_desc &d,
                                          const LayerDesc &l) {
-  return int64_t(sizeof(float)) * d.q.batch * l.numHeads * d.q.seq;
+  const int64_t sums = sumsBytes(d, l);
+  return sums ? sumsOffset(d, l) + sums : deltaBytes(d, l);
 }
 
 namespace {
@@ -96,6 +121,10 @@ kernel::BwdParams tessera::runtime::makeBwdParams(
   p.numKvHeads = static_cast<int>(l.numKvHeads);
   p.vectorLoads = rowsAligned16(d.q) && rowsAligned16(d.k) &&
                   rowsAligned16(d.v) && rowsAligned16(dO);
+  p.dynKV = sumsBytes(d, l)
+                ? reinterpret_cast<float *>(reinterpret_cast<char *>(delta) +
+                                            sumsOffset(d, l))
+                : nullptr;
   return p;
 }
 
@@ -107,5 +136,6 @@ BackwardGrids tessera::runtime::backwardGrids(const tessera_attention_desc &d,
   g.keyMajor = {(nk + 63) / 64, l.numKvHeads, b};
   g.queryMajor = {(nq + 63) / 64, int64_t(l.computedHead.size()), b};
   g.zeroSkipped = {(nq + 127) / 128, int64_t(l.skippedHeads.size()), b};
+  g.dynamicSums = {(nk + 127) / 128, l.numKvHeads, b};
   return g;
 }

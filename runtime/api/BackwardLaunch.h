@@ -16,6 +16,7 @@
 #include "tessera/kernel/SeqLaunch.h"
 #include "tessera/tessera.h"
 
+#include <functional>
 #include <string>
 
 namespace tessera::runtime {
@@ -26,12 +27,14 @@ namespace tessera::runtime {
 std::string cudaBackwardRefusal(const tessera_attention_desc &d,
                                 const LayerDesc &l);
 
-/// Bytes of the f32 [batch, heads, Nq] delta workspace.
+/// Bytes of the backward's f32 workspace: [batch, heads, Nq] delta, and for
+/// layers with dynamic heads after it (16-byte aligned) their dK / dV sums,
+/// [batch, kv heads, Nk, 2 head_dim] (DynamicBackward.cuh).
 int64_t backwardWorkspaceBytes(const tessera_attention_desc &d,
                                const LayerDesc &l);
 
-/// The kernels' arguments for a dense call (the delta workspace at
-/// `delta`).
+/// The kernels' arguments for a dense call (the workspace at `delta`: the
+/// delta rows, then the dynamic heads' sums where the layer has some).
 kernel::BwdParams makeBwdParams(const tessera_attention_desc &d,
                                 const LayerDesc &l, const tessera_tensor &dO,
                                 const float *dLse, const tessera_tensor &dq,
@@ -44,7 +47,14 @@ kernel::BwdParams makeBwdParams(const tessera_attention_desc &d,
 /// head.
 struct BackwardGrids {
   kernel::SeqGrid preprocess, keyMajor, queryMajor, zeroSkipped;
+  /// The dynamic heads' sums zeroed and added: a thread a key of a kv head.
+  kernel::SeqGrid dynamicSums;
 };
+
+/// Launches in place of a dynamic group's attention over its index (Api.cpp's
+/// launchDynamicGroup): the chunk's arguments and batch entries; returns a
+/// driver status (-1: a grid past CUDA's limits).
+using DynamicAttend = std::function<int(kernel::DynArgs &, int64_t batches)>;
 BackwardGrids backwardGrids(const tessera_attention_desc &d,
                             const LayerDesc &l);
 

@@ -268,8 +268,37 @@ std::string parseBackward(const json::Object &o, LayerDesc &l) {
       return "backward's dynamic shared memory must be in (0, 227 KiB]";
   if (!l.skippedHeads.empty() && k.zeroSkipped.empty())
     return "backward: skipped heads need a zero_skipped kernel";
-  if (!l.dynamicGroups.empty())
-    return "backward kernels serve layers of static heads only";
+  if (!l.dynamicGroups.empty()) {
+    // The dynamic heads' kernels (DynamicBackward.cuh): the sums' zeroing
+    // and adding, and each group's dq and dkdv kernels.
+    std::optional<llvm::StringRef> clear = b->getString("dynamic_clear"),
+                                   add = b->getString("dynamic_add");
+    const json::Array *groups = o.getArray("dynamic_groups");
+    if (!clear || !add || clear->empty() || add->empty() || !groups ||
+        groups->size() != l.dynamicGroups.size())
+      return "backward: a layer with dynamic heads needs dynamic_clear and "
+             "dynamic_add";
+    k.dynamicClear = clear->str();
+    k.dynamicAdd = add->str();
+    for (size_t i = 0; i < groups->size(); ++i) {
+      DynamicGroupDesc &g = l.dynamicGroups[i];
+      if (g.args.family != k::kVerticalSlash && g.args.family != k::kBlockTopk)
+        return "backward kernels serve vertical_slash and block_topk groups "
+               "only";
+      const json::Object *go = (*groups)[i].getAsObject();
+      const json::Object *gb = go ? go->getObject("backward") : nullptr;
+      std::optional<llvm::StringRef> dq, dkdv;
+      if (gb) {
+        dq = gb->getString("dq");
+        dkdv = gb->getString("dkdv");
+      }
+      if (!dq || !dkdv || dq->empty() || dkdv->empty())
+        return "backward: dynamic group " + std::to_string(i) +
+               " lacks its backward kernels dq and dkdv";
+      g.backwardDq = dq->str();
+      g.backwardDkdv = dkdv->str();
+    }
+  }
   k.keyMajorThreads = *kt;
   k.keyMajorDynamicShared = *ks;
   k.queryMajorThreads = *qt;

@@ -29,6 +29,10 @@ struct DynamicGroupDesc {
   /// where a kernel has none (index kernels, head_dim 96, older bundles).
   std::vector<std::string> wgmmaKernels;
   int64_t wgmmaThreads = 0, wgmmaDynamicShared = 0;
+  /// The CUDA backward over the index (DynamicBackward.cuh: dQ, and dK and
+  /// dV by atomics), from the layer's "backward" entry; empty where the
+  /// bundle has none (routing, block_index, older bundles).
+  std::string backwardDq, backwardDkdv;
 };
 
 /// A layer's backward kernels (FlashBackward.cuh, docs/backward.md): the
@@ -40,6 +44,9 @@ struct DynamicGroupDesc {
 struct BackwardKernelsDesc {
   std::string preprocess, keyMajor, keyMajorGuarded, queryMajor,
       queryMajorGuarded, zeroSkipped;
+  /// Layers with dynamic heads: the zeroing of their f32 dK / dV sums and
+  /// their adding to dk and dv (DynamicBackward.cuh).
+  std::string dynamicClear, dynamicAdd;
   int64_t keyMajorThreads = 0, keyMajorDynamicShared = 0;
   int64_t queryMajorThreads = 0, queryMajorDynamicShared = 0;
   bool present() const { return !preprocess.empty(); }

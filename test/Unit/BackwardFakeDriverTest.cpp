@@ -356,4 +356,306 @@ TEST_F(FakeDriverBackward, RefusesWhatItCannotRunYet) {
   EXPECT_STREQ(f.kernels(), "");
 }
 
+//===----------------------------------------------------------------------===//
+// Dynamic heads (DynamicBackward.cuh): Inputs/BackwardDynamic.mlir
+//===----------------------------------------------------------------------===//
+
+/// The planted columns of the vertical-slash heads' kv heads (the forced
+/// first columns 0 and 1 come with them), and the planted key blocks of the
+/// block top-k heads' kv heads.
+const int64_t kPlantedColumns[] = {5, 77, 130};
+const int64_t kPlantedBlocks[] = {0, 2};
+
+/// Whether head `h` of BackwardDynamic.mlir's layer `layer` attends (row i,
+/// key k) with the index the planted keys make it build: allowed = (leaf
+/// and with) or (not leaf and without), written out by hand.
+bool dynamicAllowed(int64_t layer, int64_t h, int64_t i, int64_t k, int64_t nq,
+                    int64_t nk) {
+  const int64_t p = i + nk - nq;
+  const bool causal = k <= p;
+  auto columns = [&](int64_t diagonals) {
+    bool column = k < 2;
+    for (int64_t c : kPlantedColumns)
+      column = column || k == c;
+    return column || (p - k >= 0 && p - k < diagonals);
+  };
+  auto blocks = [&] {
+    return k / 64 == kPlantedBlocks[0] || k / 64 == kPlantedBlocks[1];
+  };
+  auto window = [&](int64_t before) { return causal && k >= p - before; };
+  if (layer == 0) {
+    switch (h) {
+    case 0:
+      return causal && columns(6);
+    case 1:
+      return causal;
+    case 2:
+      return causal && blocks();
+    default:
+      return blocks() || window(8);
+    }
+  }
+  return h == 0 ? columns(3) || window(4) : causal && blocks();
+}
+
+/// Which kv heads hold planted columns (a vertical-slash head reads them),
+/// the others planted key blocks.
+bool columnsPlanted(int64_t layer, int64_t kvh) { return kvh == 0; }
+
+class FakeDriverDynamicBackward : public FakeDriverBackward {
+protected:
+  /// Planted inputs (BackwardDynamic.mlir's comment): small noise, element
+  /// 0 of every query 4 and of every planted key 6, so that the planted
+  /// columns and key blocks win their selections by far (the index is the
+  /// one dynamicAllowed writes out); O and LSE from a float64 forward over
+  /// that index (O rounded to the dtype), dO random.
+  void plant(const Case &c, Buffers &b, uint64_t seed) {
+    std::mt19937 rng(seed);
+    const size_t qn = size_t(c.batch * c.nq * c.heads * c.dim),
+                 kn = size_t(c.batch * c.nk * c.kvHeads * c.dim);
+    b.q = randomBits(qn, c.bf16, rng, 0.5f);
+    b.k = randomBits(kn, c.bf16, rng, 0.5f);
+    b.v = randomBits(kn, c.bf16, rng, 1.f);
+    b.dO = randomBits(qn, c.bf16, rng, 1.f);
+    for (size_t at = 0; at < qn; at += size_t(c.dim))
+      b.q[at] = fromFloat(4.f, c.bf16);
+    for (int64_t bi = 0; bi < c.batch; ++bi)
+      for (int64_t j = 0; j < c.nk; ++j)
+        for (int64_t kvh = 0; kvh < c.kvHeads; ++kvh) {
+          bool planted = false;
+          if (columnsPlanted(c.layer, kvh))
+            for (int64_t col : kPlantedColumns)
+              planted = planted || j == col;
+          else
+            planted =
+                j / 64 == kPlantedBlocks[0] || j / 64 == kPlantedBlocks[1];
+          if (planted)
+            b.k[size_t(((bi * c.nk + j) * c.kvHeads + kvh) * c.dim)] =
+                fromFloat(6.f, c.bf16);
+        }
+    b.o.assign(qn, 0);
+    b.lse.assign(size_t(c.batch * c.heads * c.nq), 0.f);
+  }
+
+  /// The float64 forward (into b.o, b.lse) and backward (into `want`, as
+  /// doubles: dq, dk, dv in [B, N, H, D] order) of the masked attention,
+  /// from the 16-bit inputs; D_i from the rounded O, as the kernels read it.
+  void reference(const Case &c, Buffers &b, std::vector<double> &dq,
+                 std::vector<double> &dk, std::vector<double> &dv) {
+    const int64_t H = c.heads, G = c.heads / c.kvHeads, d = c.dim;
+    const double scale = 1.0 / std::sqrt(double(d));
+    auto qAt = [&](int64_t bi, int64_t i, int64_t h) {
+      return size_t(((bi * c.nq + i) * H + h) * d);
+    };
+    auto kAt = [&](int64_t bi, int64_t j, int64_t kvh) {
+      return size_t(((bi * c.nk + j) * c.kvHeads + kvh) * d);
+    };
+    auto f = [&](const Bits &t, size_t at) {
+      return double(toFloat(t[at], c.bf16));
+    };
+    dq.assign(b.q.size(), 0.0);
+    dk.assign(b.k.size(), 0.0);
+    dv.assign(b.k.size(), 0.0);
+    std::vector<double> s(static_cast<size_t>(c.nk)), o(static_cast<size_t>(d));
+    for (int64_t bi = 0; bi < c.batch; ++bi)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < c.nq; ++i) {
+          const int64_t kvh = h / G;
+          double m = -INFINITY;
+          for (int64_t j = 0; j < c.nk; ++j) {
+            s[size_t(j)] = -INFINITY;
+            if (!dynamicAllowed(c.layer, h, i, j, c.nq, c.nk))
+              continue;
+            double dot = 0;
+            for (int64_t x = 0; x < d; ++x)
+              dot += f(b.q, qAt(bi, i, h) + size_t(x)) *
+                     f(b.k, kAt(bi, j, kvh) + size_t(x));
+            s[size_t(j)] = dot * scale;
+            m = std::max(m, s[size_t(j)]);
+          }
+          double l = 0;
+          std::fill(o.begin(), o.end(), 0.0);
+          for (int64_t j = 0; j < c.nk && m > -INFINITY; ++j)
+            if (s[size_t(j)] > -INFINITY) {
+              const double e = std::exp(s[size_t(j)] - m);
+              l += e;
+              for (int64_t x = 0; x < d; ++x)
+                o[size_t(x)] += e * f(b.v, kAt(bi, j, kvh) + size_t(x));
+            }
+          const double lse = l > 0 ? m + std::log(l) : -INFINITY;
+          b.lse[size_t((bi * H + h) * c.nq + i)] = float(lse);
+          double delta = 0;
+          for (int64_t x = 0; x < d; ++x) {
+            const size_t at = qAt(bi, i, h) + size_t(x);
+            b.o[at] = fromFloat(float(l > 0 ? o[size_t(x)] / l : 0.0), c.bf16);
+            delta += f(b.dO, at) * f(b.o, at);
+          }
+          for (int64_t j = 0; j < c.nk && l > 0; ++j) {
+            if (s[size_t(j)] == -INFINITY)
+              continue;
+            const double pr = std::exp(s[size_t(j)] - lse);
+            double dp = 0;
+            for (int64_t x = 0; x < d; ++x)
+              dp += f(b.dO, qAt(bi, i, h) + size_t(x)) *
+                    f(b.v, kAt(bi, j, kvh) + size_t(x));
+            const double ds = pr * (dp - delta);
+            for (int64_t x = 0; x < d; ++x) {
+              const size_t qi = qAt(bi, i, h) + size_t(x),
+                           kj = kAt(bi, j, kvh) + size_t(x);
+              dq[qi] += scale * ds * f(b.k, kj);
+              dk[kj] += scale * ds * f(b.q, qi);
+              dv[kj] += pr * f(b.dO, qi);
+            }
+          }
+        }
+  }
+
+  /// Elements of `got` off the float64 `want` by more than `tol` of want's
+  /// largest magnitude (the emulator tests' tolerances).
+  static int64_t offFloat64(const Bits &got, const std::vector<double> &want,
+                            bool bf16, const char *name) {
+    const double tol = bf16 ? 1.6e-2 : 2e-3;
+    double top = 0;
+    for (double w : want)
+      top = std::max(top, std::fabs(w));
+    int64_t bad = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double g = toFloat(got[i], bf16);
+      if (std::isfinite(g) && std::fabs(g - want[i]) <= tol * top)
+        continue;
+      if (++bad <= 3)
+        ADD_FAILURE() << name << "[" << i << "] = " << g << ", float64 "
+                      << want[i] << " (largest " << top << ")";
+    }
+    return bad;
+  }
+
+  /// The CUDA context's gradients of `c` (bundle `emulated` on the fake
+  /// driver) against float64 over the planted index, and against the CPU
+  /// context's backward of the same call; the CPU context's forward
+  /// against the float64 one (the same index). Returns the CUDA gradients'
+  /// mismatches with the CPU's (0 expected); `checkFloat64` off for the
+  /// broken copy.
+  int64_t checkDynamic(const Case &c, const std::string &emulated,
+                       uint64_t seed, bool checkFloat64 = true) {
+    load(c, emulated);
+    Buffers b;
+    plant(c, b, seed);
+    std::vector<double> dq, dk, dv;
+    reference(c, b, dq, dk, dv);
+    // The CPU context: its forward (its own index) equals the float64 one,
+    // and its backward is the second reference.
+    FakeApi::get().clear();
+    Buffers cpuRun = b, ref = b;
+    tessera_attention_desc fd = desc(c, cpuRun);
+    EXPECT_EQ(tessera_attention_run(cpuBundle, &fd), TESSERA_OK)
+        << tessera_last_error();
+    EXPECT_EQ(mismatches(cpuRun.o, b.o, c.bf16, c.bf16 ? 1.6e-2 : 2e-3,
+                         "the CPU forward's o", true),
+              0)
+        << "the CPU context built another index than the planted one";
+    const size_t qn = b.q.size(), kn = b.k.size();
+    ref.dq.assign(qn, 0);
+    ref.dk.assign(kn, 0);
+    ref.dv.assign(kn, 0);
+    tessera_attention_desc rd = desc(c, ref);
+    tessera_tensor rdO = tensor(ref.dO, c, c.nq, c.heads),
+                   rdq = tensor(ref.dq, c, c.nq, c.heads),
+                   rdk = tensor(ref.dk, c, c.nk, c.kvHeads),
+                   rdv = tensor(ref.dv, c, c.nk, c.kvHeads);
+    EXPECT_EQ(tessera_attention_backward(cpuBundle, &rd, &rdO, nullptr, &rdq,
+                                         &rdk, &rdv),
+              TESSERA_OK)
+        << tessera_last_error();
+    // The CUDA outputs start as NaN: every element must be written.
+    b.dq.assign(qn, nanBits(c.bf16));
+    b.dk.assign(kn, nanBits(c.bf16));
+    b.dv.assign(kn, nanBits(c.bf16));
+    EXPECT_EQ(runCuda(c, b), TESSERA_OK) << tessera_last_error();
+    if (checkFloat64) {
+      EXPECT_EQ(offFloat64(b.dq, dq, c.bf16, "dq"), 0);
+      EXPECT_EQ(offFloat64(b.dk, dk, c.bf16, "dk"), 0);
+      EXPECT_EQ(offFloat64(b.dv, dv, c.bf16, "dv"), 0);
+      for (const std::string &call : callSet(FakeApi::get().calls()))
+        EXPECT_TRUE(call == "cuLaunchKernel" || call == "cuMemAllocAsync" ||
+                    call == "cuMemFreeAsync" ||
+                    call == "cuPointerGetAttribute" ||
+                    call == "cuCtxPushCurrent" || call == "cuCtxPopCurrent")
+            << call;
+    }
+    return compare(c, b, ref, checkFloat64);
+  }
+};
+
+/// Layer 0 (f16, head_dim 64, GQA 2:1): a vertical-slash head beside a
+/// static causal head on kv head 0 (their dk and dv add up), two block
+/// top-k heads on kv head 1; Nq < Nk over two batch entries. The launches:
+/// the static passes, then each group's index kernels and its two passes,
+/// then the sums added.
+TEST_F(FakeDriverDynamicBackward, F16GqaShortQueries) {
+  EXPECT_EQ(checkDynamic({"backward-dynamic", 0, 2, 100, 200, 4, 2, 64, false},
+                         "backward-dynamic", 11),
+            0);
+  const std::string k = FakeApi::get().kernels();
+  EXPECT_EQ(k.rfind("tessera_bwd_pre_f16_d64,tessera_bwd_dynkv_clear_f16_d64,"
+                    "tessera_bwd_dkdv_f16_d64,",
+                    0),
+            0u)
+      << k;
+  EXPECT_NE(k.find("tessera_vs_select,tessera_bwd_dyn_vs_dq_f16_d64,"
+                   "tessera_bwd_dyn_vs_dkdv_f16_d64"),
+            std::string::npos)
+      << k;
+  EXPECT_NE(k.find("tessera_bt_select,tessera_bwd_dyn_bt_dq_f16_d64,"
+                   "tessera_bwd_dyn_bt_dkdv_f16_d64"),
+            std::string::npos)
+      << k;
+  EXPECT_EQ(k.substr(k.size() - 29), "tessera_bwd_dynkv_add_f16_d64") << k;
+}
+
+/// Nq > Nk: the first 80 rows see no key under causality (dq exactly 0).
+TEST_F(FakeDriverDynamicBackward, F16GqaLongQueries) {
+  Case c{"backward-dynamic", 0, 1, 230, 150, 4, 2, 64, false};
+  EXPECT_EQ(checkDynamic(c, "backward-dynamic", 12), 0);
+}
+
+/// Layer 1 (bf16, head_dim 128: key-major tiles above 48 KiB): a
+/// vertical-slash head in a union with a window (its `without` runs), a
+/// block top-k head; Nq = Nk over two batch entries, and Nq < Nk.
+TEST_F(FakeDriverDynamicBackward, Bf16HeadDim128) {
+  EXPECT_EQ(checkDynamic({"backward-dynamic", 1, 2, 160, 160, 2, 2, 128, true},
+                         "backward-dynamic", 13),
+            0);
+}
+TEST_F(FakeDriverDynamicBackward, Bf16HeadDim128ShortQueries) {
+  EXPECT_EQ(checkDynamic({"backward-dynamic", 1, 1, 70, 190, 2, 2, 128, true},
+                         "backward-dynamic", 14),
+            0);
+}
+
+/// A copy of the bundle whose key-major sums drop each tile's last key:
+/// its dk and dv differ from the CPU's.
+TEST_F(FakeDriverDynamicBackward, BrokenKeySumsFail) {
+  EXPECT_GT(checkDynamic({"backward-dynamic", 0, 1, 128, 160, 4, 2, 64, false},
+                         "broken-bwd-dyn", 15, /*checkFloat64=*/false),
+            0);
+}
+
+/// Routing heads have no CUDA backward yet: refused by name, nothing
+/// launched (DynamicHopper.mlir's layer 2).
+TEST_F(FakeDriverDynamicBackward, RoutingRefusedByName) {
+  Case c{"dynamic-hopper", 2, 1, 64, 64, 2, 2, 128, true};
+  load(c, "dynamic-hopper");
+  Buffers b;
+  plant(c, b, 16);
+  b.dq.assign(b.q.size(), 0);
+  b.dk.assign(b.k.size(), 0);
+  b.dv.assign(b.k.size(), 0);
+  EXPECT_EQ(runCuda(c, b), TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tessera_last_error()).find("routing"),
+            std::string::npos)
+      << tessera_last_error();
+  EXPECT_STREQ(FakeApi::get().kernels(), "");
+}
+
 } // namespace

@@ -17,7 +17,9 @@
 #include "tessera/kernel/Emulate.h"
 #include "tessera/kernel/Program.h"
 #include "tessera/kernel/DynamicArgs.h"
+#include "tessera/kernel/BackwardParams.h"
 
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -74,10 +76,20 @@ struct DynPack {
   tessera::kernel::DynArgs a;
   alignas(64) unsigned char maps[3 * 128];
 };
+/// A dynamic group's backward kernel's arguments (BwdParams, DynArgs),
+/// packed as DynamicBackward.cuh's registrations read them; the runtime
+/// names those kernels tessera_bwd_dyn_* (BackwardEmit.cpp).
+struct BwdDynPack {
+  tessera::kernel::BwdParams p;
+  tessera::kernel::DynArgs a;
+};
+static_assert(offsetof(BwdDynPack, a) == sizeof(tessera::kernel::BwdParams),
+              "the registrations read DynArgs right after BwdParams");
 /// Whether `kernel` is one of a dynamic group's (DynamicKernels.h names
-/// them tessera_vs_*, tessera_bt_*, tessera_rt_*).
+/// them tessera_vs_*, tessera_bt_*, tessera_rt_*, tessera_bi_*).
 bool isDynamicKernel(const std::string &kernel) {
-  for (const char *family : {"tessera_vs_", "tessera_bt_", "tessera_rt_"})
+  for (const char *family :
+       {"tessera_vs_", "tessera_bt_", "tessera_rt_", "tessera_bi_"})
     if (kernel.rfind(family, 0) == 0)
       return true;
   return false;
@@ -198,6 +210,14 @@ int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz,
   }
   const bool wgmma =
       name.size() > 6 && name.compare(name.size() - 6, 6, "_wgmma") == 0;
+  if (name.compare(name.find('/') + 1, 16, "tessera_bwd_dyn_") == 0) {
+    BwdDynPack pack;
+    std::memcpy(&pack.p, args[0], sizeof pack.p);
+    std::memcpy(&pack.a, args[1], sizeof pack.a);
+    tessera_emu::launch([&] { fn->second(&pack, 0); }, dim3{gx, gy, gz},
+                        dim3{bx, by, bz});
+    return kSuccess;
+  }
   if (isDynamicKernel(name.substr(name.find('/') + 1))) {
     DynPack pack;
     std::memcpy(&pack.p, args[0], sizeof pack.p);

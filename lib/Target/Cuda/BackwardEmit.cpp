@@ -49,6 +49,22 @@ std::string zeroName(int64_t d) {
   return "tessera_bwd_zero_d" + std::to_string(d);
 }
 
+/// The dynamic heads' kernels: tessera_bwd_dyn_<family>_<pass>_<dtype>_d<D>
+/// (the fake driver tells their (BwdParams, DynArgs) by the prefix).
+std::string dynName(const char *what, const std::string &dt, int64_t d) {
+  return std::string("tessera_bwd_dyn_") + what + "_" + dt + "_d" +
+         std::to_string(d);
+}
+std::string familyTag(const std::string &family) {
+  return family == "vertical_slash" ? "vs" : "bt";
+}
+/// The zeroing and adding of the sums: tessera_bwd_dynkv_<what>_<dtype>_d<D>
+/// ((BwdParams, int layer), as the static kernels').
+std::string sumsName(const char *what, const std::string &dt, int64_t d) {
+  return std::string("tessera_bwd_dynkv_") + what + "_" + dt + "_d" +
+         std::to_string(d);
+}
+
 /// `signature` switching on the pattern id over `ids`, each case returning
 /// `before` P<id> `after`, others `fallback`.
 void emitSwitch(llvm::raw_ostream &os, llvm::StringRef signature,
@@ -188,7 +204,8 @@ void tessera::backward::emitZeroKernel(llvm::raw_ostream &os, int64_t d,
 }
 
 json::Object tessera::backward::layerBackwardJson(const std::string &dt,
-                                                  int64_t d, bool hasSkipped) {
+                                                  int64_t d, bool hasSkipped,
+                                                  bool dynamic) {
   json::Object o{{"preprocess", kernelName("pre", dt, d)},
                  {"key_major", kernelName("dkdv", dt, d)},
                  {"key_major_guarded", kernelName("dkdv_guarded", dt, d)},
@@ -204,5 +221,75 @@ json::Object tessera::backward::layerBackwardJson(const std::string &dt,
                  {"delta_workspace", "f32 [batch, num_heads, Nq]"}};
   if (hasSkipped)
     o["zero_skipped"] = zeroName(d);
+  if (dynamic) {
+    // The dynamic heads' f32 sums of dK and dV, zeroed before their
+    // groups and added to dk and dv after them.
+    o["dynamic_clear"] = sumsName("clear", dt, d);
+    o["dynamic_add"] = sumsName("add", dt, d);
+    o["dynamic_workspace"] = "f32 [batch, num_kv_heads, Nk, 2 head_dim]";
+  }
   return o;
+}
+
+bool tessera::backward::hasDynamicBackward(llvm::StringRef family,
+                                           int64_t headDim) {
+  return hasBackwardKernels(headDim) &&
+         (family == "vertical_slash" || family == "block_topk");
+}
+
+void tessera::backward::emitDynamicBackwardKernels(
+    llvm::raw_ostream &os, const std::string &dt, int64_t d,
+    const std::set<std::string> &families, json::Array &kernels) {
+  if (!hasBackwardKernels(d))
+    return;
+  os << kHostGuard;
+  const std::string E = dt == "f16" ? "kF16" : "kBF16";
+  const std::string ED = E + ", " + std::to_string(d);
+  const std::string ds = std::to_string(d);
+  // One kernel of (BwdParams, DynArgs) over the group's walk, its tiles
+  // type choosing the pass.
+  auto pass = [&](const std::string &name, const char *kind,
+                  const std::string &walk, const std::string &tiles,
+                  int64_t threads, int64_t shared) {
+    os << "TESSERA_EXTERN_C __global__ void __launch_bounds__(" << threads
+       << ")\n"
+       << name
+       << "(const tessera::kernel::BwdParams p, tessera::kernel::DynArgs a) "
+          "{\n"
+       << "  using namespace tessera::kernel;\n"
+       << "  const DynGroupTable &g = bundle::dynTables[a.layer][a.group];\n"
+       << "  TESSERA_DYNAMIC_TILES(sm, " << tiles << ");\n"
+       << "  bwdDynGroup<" << ED << ", " << walk << ">(p, a, g, sm);\n}\n\n";
+    json::Object o = kernelJson(name, kind, dt, d, threads, shared);
+    o["args"] = "(BwdParams, DynArgs)";
+    kernels.push_back(std::move(o));
+  };
+  for (const std::string &f : families) {
+    if (!hasDynamicBackward(f, d))
+      continue;
+    const std::string walk =
+        std::string(f == "vertical_slash" ? "VsWalk" : "BtWalk") +
+        "<bundle::DynPats>";
+    const std::string tag = familyTag(f);
+    pass(dynName((tag + "_dq").c_str(), dt, d), "backward_dynamic_query_major",
+         walk, "PipeTiles<" + ds + ">", 128, queryTilesBytes(d));
+    pass(dynName((tag + "_dkdv").c_str(), dt, d), "backward_dynamic_key_major",
+         walk, "BwdKeyTiles<" + ds + ">", keyThreads(d), keyTilesBytes(d));
+  }
+  // The sums' zeroing and their adding to dk and dv.
+  const std::string clear = sumsName("clear", dt, d),
+                    add = sumsName("add", dt, d);
+  emitKernel(os, clear, 128, "  bwdDynClear<" + ds + ">(p);\n");
+  kernels.push_back(kernelJson(clear, "backward_dynamic_clear", dt, d, 128, 0));
+  emitKernel(os, add, 128, "  bwdDynAdd<" + ED + ">(p);\n");
+  kernels.push_back(kernelJson(add, "backward_dynamic_add", dt, d, 128, 0));
+  os << "#endif\n\n";
+}
+
+json::Object tessera::backward::dynamicGroupBackwardJson(llvm::StringRef family,
+                                                         const std::string &dt,
+                                                         int64_t d) {
+  const std::string tag = familyTag(family.str());
+  return json::Object{{"dq", dynName((tag + "_dq").c_str(), dt, d)},
+                      {"dkdv", dynName((tag + "_dkdv").c_str(), dt, d)}};
 }

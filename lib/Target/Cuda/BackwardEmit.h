@@ -46,7 +46,28 @@ void emitZeroKernel(llvm::raw_ostream &os, int64_t headDim,
 /// A layer's "backward" manifest entry: its kernels, their threads and
 /// dynamic shared memory, and the f32 delta workspace.
 llvm::json::Object layerBackwardJson(const std::string &dtype, int64_t headDim,
-                                     bool hasSkipped);
+                                     bool hasSkipped, bool dynamic = false);
+
+/// Whether a dynamic family has CUDA backward kernels (DynamicBackward.cuh:
+/// vertical_slash and block_topk; not routing, nor a caller's block_index).
+bool hasDynamicBackward(llvm::StringRef family, int64_t headDim);
+
+/// The backward kernels of the dynamic groups of one element type and head
+/// dim (DynamicBackward.cuh): per family of `families` that has them, its
+/// query-major (dQ) and key-major (dK, dV by atomics) kernels over the
+/// forward's walk, taking (BwdParams, DynArgs); and the zeroing and adding
+/// of the dK / dV sums, taking (BwdParams, int layer). Their manifest
+/// entries appended. After the dynamic groups' tables (bundle::dynTables,
+/// bundle::DynPats).
+void emitDynamicBackwardKernels(llvm::raw_ostream &os, const std::string &dtype,
+                                int64_t headDim,
+                                const std::set<std::string> &families,
+                                llvm::json::Array &kernels);
+
+/// A dynamic group's "backward" manifest entry (its dq and dkdv kernels).
+llvm::json::Object dynamicGroupBackwardJson(llvm::StringRef family,
+                                            const std::string &dtype,
+                                            int64_t headDim);
 
 } // namespace tessera::backward
 

@@ -275,6 +275,9 @@ public:
     emitMergeKernels();
     emitBackwardKernels();
     emitDynamicKernels();
+    for (const auto &[key, families] : dynFamilies) // (DynamicBackward.cuh)
+      backward::emitDynamicBackwardKernels(os, key.first, key.second, families,
+                                           kernelsJson);
     emitEmulatorRegistrations();
     os.flush();
     pasteHeaders();
@@ -383,9 +386,22 @@ private:
     if (!table.skippedHeads.empty())
       fillDims.insert(d);
     json::Object layer = layerManifest(sched, table, std::move(groupsJson));
-    if (backward::hasBackwardKernels(d) && dynamicJson.empty())
+    // The backward: static heads, and the dynamic groups whose family has
+    // CUDA backward kernels (none where one has not: routing, block_index).
+    bool dynBackward = true;
+    for (const json::Value &g : dynamicJson)
+      dynBackward = dynBackward &&
+                    backward::hasDynamicBackward(
+                        g.getAsObject()->getString("family").value_or(""), d);
+    if (backward::hasBackwardKernels(d) && dynBackward) {
       layer["backward"] = backward::layerBackwardJson(
-          dtypeName(dtype), d, !table.skippedHeads.empty());
+          dtypeName(dtype), d, !table.skippedHeads.empty(),
+          !dynamicJson.empty());
+      for (json::Value &g : dynamicJson)
+        (*g.getAsObject())["backward"] = backward::dynamicGroupBackwardJson(
+            g.getAsObject()->getString("family").value_or(""),
+            dtypeName(dtype), d);
+    }
     if (!dynamicJson.empty()) {
       layer["dynamic_groups"] = std::move(dynamicJson);
       dynTablesOs << "__device__ const DynGroupTable dynGroups_" << p
@@ -1011,7 +1027,9 @@ private:
                        "(AttnParams, DynArgs, HopperMaps)";
       bool hopper = o.getString("path").value_or("") == "wgmma";
       bool bwd = o.getString("args").value_or("") == "(BwdParams, int layer)";
-      os << (dyn         ? "TESSERA_EMU_DYN_KERNEL("
+      bool bwdDyn = o.getString("args").value_or("") == "(BwdParams, DynArgs)";
+      os << (bwdDyn      ? "TESSERA_EMU_BWD_DYN_KERNEL("
+             : dyn       ? "TESSERA_EMU_DYN_KERNEL("
              : dynHopper ? "TESSERA_EMU_DYN_HOPPER_KERNEL("
              : hopper    ? "TESSERA_EMU_HOPPER_KERNEL("
              : bwd       ? "TESSERA_EMU_BWD_KERNEL("
@@ -1029,7 +1047,8 @@ private:
         dynPatterns.empty()
             ? std::string()
             : std::string(tessera::embedded::kDynamicArgsH) + "\n" +
-                  tessera::embedded::kDynamicIndexCuh + "\n";
+                  tessera::embedded::kDynamicIndexCuh + "\n" +
+                  tessera::embedded::kDynamicBackwardCuh + "\n";
     bundle.source.replace(at, kDynamicHeadersMarker.size(), headers);
     // Hopper.cuh and HopperForward.cuh where a kernel has an sm_90a twin,
     // for sm_90a and the emulator only (their instructions exist nowhere

@@ -37,6 +37,10 @@ struct BwdParams {
   float scaleLog2; ///< s log2(e)
   int numHeads, numKvHeads;
   int vectorLoads; ///< 1: every row start of q, k, v, dO is 16-byte aligned
+  /// Layers with dynamic heads (DynamicBackward.cuh): f32 [batch, kv heads,
+  /// Nk, 2 D], the dynamic heads' sums of dK (times s) and dV per key,
+  /// added to the static pass's dk and dv at the end; else null.
+  float *dynKV;
 };
 
 } // namespace kernel

@@ -295,43 +295,23 @@ __device__ __forceinline__ void bwdGuard(u16 *tile,
   __syncthreads(); // the tile is finite
 }
 
-/// One tile of the key-major pass: the query block qb (class `cls`) of
-/// head `head` against the block's resident keys. K and V must have landed
-/// or be covered by the first wait here.
-template <int E, int D, class Groups, bool GUARDED>
+/// The products of one key-major tile: S^T = K Q^T, P^T, dV += P^T dO,
+/// dP^T = V dO^T, dS^T, dK += dS^T Q, with K, V, Q, the rows' LSE and D and
+/// (partial: the query-major mask) in shared memory and dO landed or
+/// covered by the wait here; ends with a barrier. Shared by bwdKeyTile and
+/// the dynamic heads' key-major products (DynamicBackward.cuh).
+template <int E, int D, bool GUARDED>
 __device__ __forceinline__ void
-bwdKeyTile(BwdKeyTiles<D> &tiles, const BwdParams &p, const u16 *qBase,
-           const u16 *dOBase, const float *lseRow, const float *deltaRow,
-           i64 qb, int cls, i64 pattern, i64 k0, i64 head, i64 numHeads,
-           FlashAcc<BwdKeyShape<D>::kCols> &dk,
-           FlashAcc<BwdKeyShape<D>::kCols> &dv) {
+bwdKeyProducts(BwdKeyTiles<D> &tiles, const BwdParams &p, bool partial,
+               FlashAcc<BwdKeyShape<D>::kCols> &dk,
+               FlashAcc<BwdKeyShape<D>::kCols> &dv) {
   using Shape = BwdKeyShape<D>;
-  constexpr int NT = Shape::kThreads, BQ = 64, C = Shape::kCols;
+  constexpr int NT = Shape::kThreads, C = Shape::kCols;
   BwdKeyTiles<D> &sm = *bwdOpaque(&tiles);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int c2 = (lane % 4) * 2;
   const int rw = warp % 4, c0 = (warp / 4) * C; // key rows, dK / dV columns
-  const bool vec = p.vectorLoads != 0;
-  const i64 q0 = qb * BQ;
-  copyTile<D, BQ, NT>(sm.q(), qBase, p.qs.s, q0, p.nq, vec);
-  cpAsyncCommit();
-  if (threadIdx.x < BQ) {
-    const i64 i = q0 + threadIdx.x;
-    sm.lse2[threadIdx.x] =
-        i < p.nq ? bwdLse2(lseRow[i]) : __int_as_float(0x7f800000);
-  } else if (threadIdx.x < 2 * BQ) {
-    const i64 i = q0 + threadIdx.x - BQ;
-    sm.delta[threadIdx.x - BQ] = i < p.nq ? deltaRow[i] : 0.f;
-  }
-  if (cls == kPartial && warp < 4)
-    bwdMaskRows<Groups>(sm.allow, pattern,
-                        q0 + warp * 16 + lane / 4 + p.nk - p.nq, k0,
-                        (int)minI(p.nk - k0, 64), head, numHeads);
-  cpAsyncWait<0>();
-  __syncthreads(); // Q (and the first time K, V) landed; rows and mask set
-  copyTile<D, BQ, NT>(sm.dO(), dOBase, p.dOs.s, q0, p.nq, vec);
-  cpAsyncCommit();
-
+  const int cls = partial ? kPartial : kFull;
   // S^T = K Q^T: this warp's 16 keys (rows) against the 64 queries.
   float s[8][4];
   bwdScoresT<E, D>(sm.k(), sm.q(), rw, s);
@@ -381,6 +361,43 @@ bwdKeyTile(BwdKeyTiles<D> &tiles, const BwdParams &p, const u16 *qBase,
   bwdPackA<E>(dp, pa);
   bwdValues<E, D, C>(pa, sm.q(), c0, dk); // dK += dS^T Q (s at the end)
   __syncthreads(); // every warp is done with Q, dO, the rows and the mask
+}
+
+/// One tile of the key-major pass: the query block qb (class `cls`) of
+/// head `head` against the block's resident keys. K and V must have landed
+/// or be covered by the first wait here.
+template <int E, int D, class Groups, bool GUARDED>
+__device__ __forceinline__ void
+bwdKeyTile(BwdKeyTiles<D> &tiles, const BwdParams &p, const u16 *qBase,
+           const u16 *dOBase, const float *lseRow, const float *deltaRow,
+           i64 qb, int cls, i64 pattern, i64 k0, i64 head, i64 numHeads,
+           FlashAcc<BwdKeyShape<D>::kCols> &dk,
+           FlashAcc<BwdKeyShape<D>::kCols> &dv) {
+  using Shape = BwdKeyShape<D>;
+  constexpr int NT = Shape::kThreads, BQ = 64;
+  BwdKeyTiles<D> &sm = *bwdOpaque(&tiles);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const bool vec = p.vectorLoads != 0;
+  const i64 q0 = qb * BQ;
+  copyTile<D, BQ, NT>(sm.q(), qBase, p.qs.s, q0, p.nq, vec);
+  cpAsyncCommit();
+  if (threadIdx.x < BQ) {
+    const i64 i = q0 + threadIdx.x;
+    sm.lse2[threadIdx.x] =
+        i < p.nq ? bwdLse2(lseRow[i]) : __int_as_float(0x7f800000);
+  } else if (threadIdx.x < 2 * BQ) {
+    const i64 i = q0 + threadIdx.x - BQ;
+    sm.delta[threadIdx.x - BQ] = i < p.nq ? deltaRow[i] : 0.f;
+  }
+  if (cls == kPartial && warp < 4)
+    bwdMaskRows<Groups>(sm.allow, pattern,
+                        q0 + warp * 16 + lane / 4 + p.nk - p.nq, k0,
+                        (int)minI(p.nk - k0, 64), head, numHeads);
+  cpAsyncWait<0>();
+  __syncthreads(); // Q (and the first time K, V) landed; rows and mask set
+  copyTile<D, BQ, NT>(sm.dO(), dOBase, p.dOs.s, q0, p.nq, vec);
+  cpAsyncCommit();
+  bwdKeyProducts<E, D, GUARDED>(sm, p, cls == kPartial, dk, dv);
 }
 
 /// The index of `head`'s launch slot in the layer's table, or -1 where the

@@ -1,0 +1,385 @@
+//===- DynamicBackward.cuh - the backward of dynamic heads ----*- CUDA -*-===//
+//
+// The CUDA backward of a layer's vertical-slash and block top-k heads
+// (issue 20; docs/backward.md, "Dynamic heads"). Pasted after
+// DynamicIndex.cuh in bundles with dynamic groups; like it, needs no header.
+//
+// The runtime builds each dynamic group's index again with the forward's
+// index kernels (the index is a function of the call's rows: the same as
+// the forward's) into the group's workspace, then, in place of the
+// forward's attention over the index, launches two kernels over the same
+// chunk of (batch, slot) slices, each a block per 64 query rows of one
+// head that walks the forward's own walk (VsWalk, BtWalk: the same tiles,
+// contiguous or gathered, in the same classes, with the same keep bits):
+//
+// 1. bwdDynQuery: dQ += s dS K, query-major, with Q and dO fragments in
+//    registers (bwdQueryMajor's products), stored once.
+// 2. bwdDynKeyValue: per tile, the key-major products of FlashBackward.cuh
+//    (bwdKeyProducts: S^T = K Q^T, dV += P^T dO, dP^T = V dO^T, dK +=
+//    dS^T Q) with the block's Q and dO resident and the tile's keys in the
+//    K and V tiles, into fresh accumulators that are added with f32
+//    atomics to BwdParams::dynKV ([batch, kv heads, Nk, 2 D]) at the
+//    tile's keys (contiguous, or the gathered columns' own keys).
+//
+// A transposed index (per key tile, the query tiles whose walks visit it)
+// would avoid the atomics but has no closed form for gathered columns:
+// their tiles are lists of keys, different per query block's walk. The
+// atomics make the sums' order vary from run to run (f32 rounding only).
+//
+// The workspace of sums is zeroed before the groups (bwdDynClear) and
+// added to dk and dv after them (bwdDynAdd: dk = round(dk + sum)), so that
+// a kv head shared by static and dynamic heads gets both: the static
+// key-major pass writes its heads' sums (zeros where it has none) first.
+// Skipped: the guarded second launches of the static passes (non-finite
+// inputs); a NaN or infinity in a masked pair's operand tile makes NaN here.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef TESSERA_KERNEL_DYNAMICBACKWARD_CUH
+#define TESSERA_KERNEL_DYNAMICBACKWARD_CUH
+
+namespace tessera {
+namespace kernel {
+
+#ifdef TESSERA_EMULATE
+/// The emulator runs a launch's blocks one at a time and their threads as
+/// fibers of one host thread, switched only at barriers and warp
+/// collectives: a plain read-modify-write is atomic there.
+__device__ __forceinline__ float atomicAdd(float *at, float v) {
+  const float old = *at;
+  *at = old + v;
+  return old;
+}
+#endif
+
+/// This block's (batch, head) slice of a dynamic group's workspace
+/// (dynSlice, from the backward's arguments).
+__device__ __forceinline__ DynSlice bwdDynSlice(const BwdParams &p,
+                                                const DynArgs &a,
+                                                const i64 *heads) {
+  DynSlice s;
+  s.b = a.batch0 + blockIdx.z;
+  s.head = heads[a.slot0 + blockIdx.y];
+  s.kvHead = s.head / (p.numHeads / p.numKvHeads);
+  s.lay = dynLayout(a, p.nq, p.nk);
+  s.ws = a.ws + ((i64)blockIdx.z * a.numSlots + blockIdx.y) * s.lay.size;
+  return s;
+}
+
+/// The walk of the query tile at row q0 (thread 0), as vsAttend sets it.
+template <class Pats>
+__device__ __forceinline__ void bwdWalkInit(VsWalk<Pats> &w, const BwdParams &p,
+                                            const DynArgs &, const DynSlice &sl,
+                                            const DynGroupTable &g, i64 q0) {
+  const i64 q1 = minI(q0 + 64, p.nq), shift = p.nk - p.nq;
+  const DynLayout &lay = sl.lay;
+  const i64 *counts = reinterpret_cast<const i64 *>(sl.ws + lay.counts);
+  w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
+  w.cols = reinterpret_cast<const i64 *>(sl.ws + lay.cols);
+  w.groups = reinterpret_cast<const i64 *>(sl.ws + lay.groups);
+  w.colBits = reinterpret_cast<const u32 *>(sl.ws + lay.colBits);
+  w.diagBits = reinterpret_cast<const u32 *>(sl.ws + lay.diagBits);
+  w.nc = counts[0];
+  w.ng = counts[2];
+  w.words = vsBitmapWords(p.nk);
+  w.p0 = q0 + shift;
+  w.p1 = q1 - 1 + shift;
+  w.head = sl.head;
+  w.nh = p.numHeads;
+  w.withId = g.withId;
+  w.withoutId = g.withoutId;
+  w.begin();
+}
+
+/// The walk of the query tile at row q0 (thread 0), as btAttend sets it.
+template <class Pats>
+__device__ __forceinline__ void
+bwdWalkInit(BtWalk<Pats> &w, const BwdParams &p, const DynArgs &a,
+            const DynSlice &sl, const DynGroupTable &g, i64 q0) {
+  const i64 q1 = minI(q0 + 64, p.nq), shift = p.nk - p.nq;
+  const DynLayout &lay = sl.lay;
+  const i64 first = btFirstBlock(a.block, p.nq, p.nk);
+  const i64 qa = floorDiv(q0 + shift, a.block) - first;
+  const i64 qz = floorDiv(q1 - 1 + shift, a.block) - first; // qa, qa + 1
+  const i64 *lists = reinterpret_cast<const i64 *>(sl.ws + lay.lists);
+  const i64 *count = reinterpret_cast<const i64 *>(sl.ws + lay.listCount);
+  w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
+  w.listA = lists + qa * lay.cap;
+  w.listZ = lists + qz * lay.cap;
+  w.na = count[qa];
+  w.two = qz != qa;
+  w.nz = w.two ? count[qz] : 0;
+  w.block = a.block;
+  w.split = (first + qz) * a.block; // the first position of block qz
+  w.p0 = q0 + shift;
+  w.head = sl.head;
+  w.nh = p.numHeads;
+  w.withId = g.withId;
+  w.withoutId = g.withoutId;
+  w.begin();
+}
+
+/// The walk's next tile into `tile` (thread 0), published with its staged
+/// rows (gathered tiles) by the barriers here; false at the walk's end.
+template <class Walk>
+__device__ __forceinline__ bool
+bwdDynNext(Walk &w, DynTile &tile, DynRows &rows, const u16 *kBase, i64 kStride,
+           const u16 *vBase, i64 vStride) {
+  if (threadIdx.x == 0)
+    w.next(tile);
+  __syncthreads();
+  if (!tile.count)
+    return false;
+  if (Walk::kRows != kContiguousRows) {
+    stageRows(rows, tile, kBase, kStride, vBase, vStride);
+    __syncthreads();
+  }
+  return true;
+}
+
+/// dQ of the 64 rows from q0 of head sl.head over walk `w` (set up by
+/// thread 0 before): 128 threads (4 warps of 16 rows), K and V tiles in
+/// `sm`. Per tile: S = Q K^T with the walk's keep bits, P from the
+/// forward's LSE, dP = dO V^T, dS = P (dP - D), dQ += dS K; stored once
+/// times s. Rows without keys get dQ = 0.
+template <int E, int D, class Walk>
+__device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
+                                            const DynSlice &sl, Walk &w,
+                                            PipeTiles<D> &tiles, i64 q0) {
+  constexpr int NT = 128, BQ = 64;
+  constexpr int kKind = Walk::kRows;
+  PipeTiles<D> &sm = *bwdOpaque(&tiles);
+  __shared__ DynTile tile;
+  __shared__ DynRows rows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const i64 head = sl.head, b = sl.b, kvh = sl.kvHead;
+  const bool vec = p.vectorLoads != 0;
+  const u16 *kBase = p.k + b * p.ks.b + kvh * p.ks.h;
+  const u16 *vBase = p.v + b * p.vs.b + kvh * p.vs.h;
+  copyTile<D, BQ, NT>(sm.k(), p.q + b * p.qs.b + head * p.qs.h, p.qs.s, q0,
+                      p.nq, vec);
+  copyTile<D, BQ, NT>(sm.v(), p.dO + b * p.dOs.b + head * p.dOs.h, p.dOs.s, q0,
+                      p.nq, vec);
+  cpAsyncCommit();
+  cpAsyncWait<0>();
+  __syncthreads(); // (also publishes the walk thread 0 set up)
+  u32 qf[D / 16][4], gf[D / 16][4];
+  pipeQFragments<D>(sm.k(), qf);
+  pipeQFragments<D>(sm.v(), gf);
+  float lse2[2], dl[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const i64 i = q0 + warp * 16 + lane / 4 + h * 8;
+    const i64 at = (b * p.numHeads + head) * p.nq + i;
+    lse2[h] = i < p.nq ? bwdLse2(p.lse[at]) : __int_as_float(0x7f800000);
+    dl[h] = i < p.nq ? p.delta[at] : 0.f;
+  }
+  const typename Walk::Lane ln = w.lane();
+  FlashAcc<D> dq;
+  flashInit<D>(dq);
+  __syncthreads(); // every warp has its fragments: the tiles are free
+#pragma unroll 1
+  while (bwdDynNext(w, tile, rows, kBase, p.ks.s, vBase, p.vs.s)) {
+    const DynTile t = tile;
+    copyWalkTile<D, kKind>(sm.k(), kBase, p.ks.s, t, rows.kRow, vec);
+    copyWalkTile<D, kKind>(sm.v(), vBase, p.vs.s, t, rows.vRow, vec);
+    cpAsyncCommit();
+    const u32 keep = t.masked ? w.keep(t, &rows, ln) : 0xffffffffu;
+    cpAsyncWait<0>();
+    __syncthreads(); // K and V landed
+    float s[8][4];
+    pipeScores<E, D>(qf, sm.k(), s); // S = Q K^T
+    if (t.masked)
+      applyKeep(s, keep);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        s[nt][e] = ex2(fmaf(s[nt][e], p.scaleLog2, -lse2[e >> 1]));
+    u32 da[4][4];
+    bwdPackA<E>(s, da); // P, packed
+    float dp[8][4];
+    pipeScores<E, D>(gf, sm.v(), dp); // dP = dO V^T
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        dp[nt][e] = bwdUnpack<E>(da, nt, e) * (dp[nt][e] - dl[e >> 1]); // dS
+    bwdPackA<E>(dp, da);
+    pipeValues<E, D>(da, sm.k(), dq); // dQ += dS K (s applied at the end)
+    __syncthreads(); // every warp is done with K, V, the tile and its rows
+  }
+  bwdStoreRows<E, D>(dq, p.scale, p.dq + b * p.dqs.b + head * p.dqs.h, p.dqs.s,
+                     q0, warp, p.nq);
+}
+
+/// dK and dV of the 64 rows from q0 of head sl.head over walk `w` (set up
+/// by thread 0 before): BwdKeyShape<D>'s threads, BwdKeyTiles<D> with the
+/// rows' Q, dO, LSE and D resident. Per tile: its keys into the K and V
+/// tiles, the keep bits (warps 0-3, the forward's rows) into the
+/// query-major mask, bwdKeyProducts into fresh accumulators, added to
+/// p.dynKV at the tile's keys by f32 atomics (dK times s).
+template <int E, int D, class Walk>
+__device__ __forceinline__ void bwdDynKeyValue(const BwdParams &p,
+                                               const DynSlice &sl, Walk &w,
+                                               BwdKeyTiles<D> &tiles, i64 q0) {
+  using Shape = BwdKeyShape<D>;
+  constexpr int NT = Shape::kThreads, BQ = 64, C = Shape::kCols;
+  constexpr int kKind = Walk::kRows;
+  BwdKeyTiles<D> &sm = *bwdOpaque(&tiles);
+  __shared__ DynTile tile;
+  __shared__ DynRows rows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int c2 = (lane % 4) * 2;
+  const int rw = warp % 4, c0 = (warp / 4) * C; // key rows, dK / dV columns
+  const i64 head = sl.head, b = sl.b, kvh = sl.kvHead;
+  const bool vec = p.vectorLoads != 0;
+  const u16 *kBase = p.k + b * p.ks.b + kvh * p.ks.h;
+  const u16 *vBase = p.v + b * p.vs.b + kvh * p.vs.h;
+  copyTile<D, BQ, NT>(sm.q(), p.q + b * p.qs.b + head * p.qs.h, p.qs.s, q0,
+                      p.nq, vec);
+  copyTile<D, BQ, NT>(sm.dO(), p.dO + b * p.dOs.b + head * p.dOs.h, p.dOs.s, q0,
+                      p.nq, vec);
+  cpAsyncCommit();
+  const i64 rowsAt = (b * p.numHeads + head) * p.nq;
+  if (threadIdx.x < BQ) {
+    const i64 i = q0 + threadIdx.x;
+    sm.lse2[threadIdx.x] =
+        i < p.nq ? bwdLse2(p.lse[rowsAt + i]) : __int_as_float(0x7f800000);
+  } else if (threadIdx.x < 2 * BQ) {
+    const i64 i = q0 + threadIdx.x - BQ;
+    sm.delta[threadIdx.x - BQ] = i < p.nq ? p.delta[rowsAt + i] : 0.f;
+  }
+  cpAsyncWait<0>();
+  __syncthreads(); // Q, dO, the rows and the walk set up
+  const typename Walk::Lane ln = w.lane(); // (warps 0-3's rows)
+  float *sums = p.dynKV + (b * p.numKvHeads + kvh) * p.nk * (2 * D);
+#pragma unroll 1
+  while (bwdDynNext(w, tile, rows, kBase, p.ks.s, vBase, p.vs.s)) {
+    const DynTile t = tile;
+    if (threadIdx.x < kDynThreads) { // the copies are 128 threads'
+      copyWalkTile<D, kKind>(sm.k(), kBase, p.ks.s, t, rows.kRow, vec);
+      copyWalkTile<D, kKind>(sm.v(), vBase, p.vs.s, t, rows.vRow, vec);
+    }
+    cpAsyncCommit();
+    if (t.masked && warp < 4) {
+      const u32 keep = w.keep(t, &rows, ln);
+      const int row = warp * 16 + lane / 4;
+#pragma unroll
+      for (int i = 0; i < 32; ++i)
+        sm.allow[row + ((i & 3) >= 2 ? 8 : 0)][(i >> 2) * 8 + c2 + (i & 1)] =
+            (unsigned char)((keep >> i) & 1u);
+    }
+    cpAsyncWait<0>();
+    __syncthreads(); // K, V and the mask
+    FlashAcc<C> dk, dv;
+    flashInit<C>(dk);
+    flashInit<C>(dv);
+    bwdKeyProducts<E, D, false>(sm, p, t.masked != 0, dk, dv);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = rw * 16 + lane / 4 + h * 8;
+      if (r >= t.count)
+        continue;
+      const i64 key = t.list ? rows.key[r] : t.k0 + r;
+      float *row = sums + key * (2 * D) + c0;
+#pragma unroll
+      for (int dn = 0; dn < C / 8; ++dn)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          atomicAdd(row + dn * 8 + c2 + e, dk.o[dn][2 * h + e] * p.scale);
+          atomicAdd(row + D + dn * 8 + c2 + e, dv.o[dn][2 * h + e]);
+        }
+    }
+  }
+}
+
+/// The pass of a tiles type (bwdDynGroup).
+template <int E, int D, class Walk>
+__device__ __forceinline__ void bwdDynPass(const BwdParams &p,
+                                           const DynSlice &sl, Walk &w,
+                                           PipeTiles<D> &sm, i64 q0) {
+  bwdDynQuery<E, D>(p, sl, w, sm, q0);
+}
+template <int E, int D, class Walk>
+__device__ __forceinline__ void bwdDynPass(const BwdParams &p,
+                                           const DynSlice &sl, Walk &w,
+                                           BwdKeyTiles<D> &sm, i64 q0) {
+  bwdDynKeyValue<E, D>(p, sl, w, sm, q0);
+}
+
+/// The backward kernels of a dynamic group's chunk (grid: ceil(Nq / 64),
+/// the chunk's slots, its batch entries), in place of the forward's
+/// attention over the index: the walk of the block's query tile set up by
+/// thread 0, then the pass its tiles type selects (PipeTiles: dQ,
+/// BwdKeyTiles: dK and dV).
+template <int E, int D, class Walk, class Tiles>
+__device__ __forceinline__ void bwdDynGroup(const BwdParams &p,
+                                            const DynArgs &a,
+                                            const DynGroupTable &g, Tiles &sm) {
+  const DynSlice sl = bwdDynSlice(p, a, g.heads);
+  const i64 q0 = (i64)blockIdx.x * 64;
+  __shared__ Walk w;
+  if (threadIdx.x == 0)
+    bwdWalkInit(w, p, a, sl, g, q0);
+  bwdDynPass<E, D>(p, sl, w, sm, q0);
+}
+/// Zeroes p.dynKV: grid (ceil(Nk / 128), kv heads, batch), a thread a key.
+template <int D>
+__device__ __forceinline__ void bwdDynClear(const BwdParams &p) {
+  const i64 key = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (key >= p.nk)
+    return;
+  float *row =
+      p.dynKV +
+      ((blockIdx.z * (i64)p.numKvHeads + blockIdx.y) * p.nk + key) * (2 * D);
+  for (int x = 0; x < 2 * D; ++x)
+    row[x] = 0.f;
+}
+
+/// dk += the dynamic heads' dK, dv += their dV (rounded once more): grid
+/// (ceil(Nk / 128), kv heads, batch), a thread a key.
+template <int E, int D>
+__device__ __forceinline__ void bwdDynAdd(const BwdParams &p) {
+  const i64 key = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (key >= p.nk)
+    return;
+  const i64 kvh = blockIdx.y, b = blockIdx.z;
+  const float *row =
+      p.dynKV + ((b * p.numKvHeads + kvh) * p.nk + key) * (2 * D);
+  u16 *dk = p.dk + b * p.dks.b + key * p.dks.s + kvh * p.dks.h;
+  u16 *dv = p.dv + b * p.dvs.b + key * p.dvs.s + kvh * p.dvs.h;
+  for (int x = 0; x < D; x += 2) {
+    const u32 k2 = *reinterpret_cast<const u32 *>(dk + x);
+    const u32 v2 = *reinterpret_cast<const u32 *>(dv + x);
+    *reinterpret_cast<u32 *>(dk + x) =
+        packFloats<E>(bwdToFloat<E>((u16)(k2 & 0xffffu)) + row[x],
+                      bwdToFloat<E>((u16)(k2 >> 16)) + row[x + 1]);
+    *reinterpret_cast<u32 *>(dv + x) =
+        packFloats<E>(bwdToFloat<E>((u16)(v2 & 0xffffu)) + row[D + x],
+                      bwdToFloat<E>((u16)(v2 >> 16)) + row[D + x + 1]);
+  }
+}
+
+} // namespace kernel
+} // namespace tessera
+
+#if defined(TESSERA_EMULATE) && !defined(TESSERA_EMU_BACKWARD)
+#define TESSERA_EMU_BWD_DYN_KERNEL(name)
+#elif defined(TESSERA_EMULATE)
+/// The host emulator's registration of a dynamic group's backward kernel,
+/// which takes (BwdParams, DynArgs): `params` points at the two, packed.
+#define TESSERA_EMU_BWD_DYN_KERNEL(name)                                       \
+  static ::tessera_emu::Registration tessera_emu_register_##name(              \
+      std::string(TESSERA_EMU_BUNDLE) + "/" #name,                             \
+      [](const void *params, int) {                                            \
+        tessera::kernel::BwdParams p;                                          \
+        tessera::kernel::DynArgs a;                                            \
+        std::memcpy(&p, params, sizeof p);                                     \
+        std::memcpy(&a, static_cast<const char *>(params) + sizeof p,          \
+                    sizeof a);                                                 \
+        name(p, a);                                                            \
+      });
+#endif
+
+#endif // TESSERA_KERNEL_DYNAMICBACKWARD_CUH

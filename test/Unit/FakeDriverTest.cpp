@@ -555,4 +555,24 @@ TEST(FakeDriverDynamic, TwinsRunTheAttentionOverTheIndex) {
   }
 }
 
+/// Per-token head routing (head_active, C API 9) runs on CPU contexts only
+/// for now: a CUDA context refuses it by name before any launch (no kernel
+/// compacts the active rows), whatever else the call is.
+TEST_F(FakeDriver, HeadRoutingIsRefusedByName) {
+  Layout lay;
+  lay.bf16 = true;
+  Built b = build(logical({{70, 70}, {70, 70}}, 3), lay);
+  onDevice(b);
+  std::vector<uint8_t> active(size_t(2 * 70 * H), 1);
+  b.d.head_active = active.data();
+  b.d.head_active_size = int64_t(active.size());
+  EXPECT_EQ(tessera_attention_run(bundle, &b.d),
+            TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tessera_last_error()).find("head_active"),
+            std::string::npos)
+      << tessera_last_error();
+  EXPECT_EQ(std::string(Fake::get().calls()).find("cuLaunchKernel"),
+            std::string::npos);
+}
+
 } // namespace

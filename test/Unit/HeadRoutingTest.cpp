@@ -19,6 +19,9 @@
 
 #include "SeqCalls.h"
 
+#include "tessera/Schedule/Lower.h"
+#include "tessera/cpu/Executor.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -398,6 +401,58 @@ TEST_F(HeadRouting, DynamicHeadsRefuseIt) {
             std::string::npos)
       << tessera_last_error();
   tessera_bundle_destroy(dyn);
+}
+
+/// Inactive pairs cost nothing: the executor's tile counts (RunStats) of a
+/// causal head and a sliding-window head at 2048 tokens. No active pair: no
+/// tile; one head's rows alone: that head's tiles of the plain call; rows
+/// active at 1/8 density: a fraction of the tiles (each compacted block of
+/// up to 64 rows visits its rows' tiles, not one block per 64 positions).
+TEST(HeadRoutingCost, TilesFollowTheActiveRows) {
+  const int64_t n = 2048, heads = 2, d = 64;
+  schedule::LayerSchedule sched;
+  std::string error;
+  ASSERT_TRUE(schedule::buildLayerSchedule(
+      {{semantics::Pattern{semantics::Causal{}}, {0}},
+       {semantics::Pattern{semantics::Window{128, 0}}, {1}}},
+      heads, sched, error))
+      << error;
+  std::vector<float> q(size_t(n * heads * d), 0.5f), kv(size_t(n * d), 0.25f),
+      o(q.size()), lse(size_t(heads * n));
+  auto tiles = [&](const std::vector<uint8_t> *active) {
+    cpu::LayerArgs a;
+    a.q = cpu::contiguous(q.data(), cpu::DType::F32, 1, n, heads, d);
+    a.k = cpu::contiguous(kv.data(), cpu::DType::F32, 1, n, 1, d);
+    a.v = a.k;
+    a.o = cpu::contiguous(o.data(), cpu::DType::F32, 1, n, heads, d);
+    a.lse = lse.data();
+    a.numThreads = 2;
+    a.headActive = active ? active->data() : nullptr;
+    cpu::RunStats stats;
+    EXPECT_EQ(cpu::runLayer(sched.table(), a, &stats), "");
+    return stats.tilesFull + stats.tilesPartial;
+  };
+  auto routing = [&](auto on) {
+    std::vector<uint8_t> m(size_t(n * heads));
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t h = 0; h < heads; ++h)
+        m[size_t(i * heads + h)] = on(i, h);
+    return m;
+  };
+  const int64_t plain = tiles(nullptr);
+  std::vector<uint8_t> none = routing([](int64_t, int64_t) { return 0; });
+  EXPECT_EQ(tiles(&none), 0);
+  std::vector<uint8_t> head0 =
+      routing([](int64_t, int64_t h) { return h == 0; });
+  std::vector<uint8_t> head1 =
+      routing([](int64_t, int64_t h) { return h == 1; });
+  EXPECT_EQ(tiles(&head0) + tiles(&head1), plain);
+  std::mt19937_64 rng(77);
+  std::vector<uint8_t> sparse =
+      routing([&](int64_t, int64_t) { return rng() % 8 == 0; });
+  const int64_t few = tiles(&sparse);
+  EXPECT_GT(few, 0);
+  EXPECT_LT(few * 3, plain) << few << " of " << plain << " tiles";
 }
 
 } // namespace

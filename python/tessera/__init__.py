@@ -558,8 +558,9 @@ class Bundle:
         if self.context.device != _CPU:
             raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
                                "block_index heads run on CPU contexts only "
-                               "for now (no CUDA kernel walks a caller's "
-                               "index yet)")
+                               "in the Python binding for now (the C API's "
+                               "tessera_attention_run runs them on CUDA "
+                               "contexts)")
         o = np.empty_like(q) if out is None else out
         l = np.empty((q.shape[0], q.shape[2], q.shape[1]), np.float32) \
             if lse else None

@@ -97,8 +97,9 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     index = _block_index_arrays(block_index_offsets, block_index_cols)
     if index is not None and q.device.type != "cpu":
         raise NotImplementedError(
-            "tessera.attention: block_index heads run on the CPU only for "
-            "now (no CUDA kernel walks a caller's index yet)")
+            "tessera.attention: block_index heads run on the CPU only in "
+            "the torch op for now (the C API's tessera_attention_run runs "
+            "them on CUDA contexts)")
     active = _head_active_array(head_active)
     if active is not None and q.device.type != "cpu":
         raise NotImplementedError(

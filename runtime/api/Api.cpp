@@ -894,9 +894,10 @@ static tessera_status launchDynamicGroup(tessera_bundle *bundle, int64_t layer,
             "), more than the budget of " + gib(double(budget)) +
             " (TESSERA_DYNAMIC_WORKSPACE; docs/bundles.md)");
   }
-  unsigned long long ws = 0;
-  if (int rc = d.memAllocAsync(&ws, size_t(plan.bytes), stream))
-    return fail(TESSERA_ERROR_CUDA, d.message("cuMemAllocAsync", rc));
+  unsigned long long ws = 0; // none where the group needs none (block_index)
+  if (plan.bytes > 0)
+    if (int rc = d.memAllocAsync(&ws, size_t(plan.bytes), stream))
+      return fail(TESSERA_ERROR_CUDA, d.message("cuMemAllocAsync", rc));
   a.ws = reinterpret_cast<unsigned char *>(ws);
   a.qChunk = plan.qChunk;
   a.qChunks = plan.qChunks;
@@ -913,7 +914,8 @@ static tessera_status launchDynamicGroup(tessera_bundle *bundle, int64_t layer,
         kernel::i64 kern, gx, qBlock0;
         kernel::dynLaunch(a, p.nq, p.nk, i, kern, gx, qBlock0);
         if (kern < 0 || size_t(kern) >= g.kernels.size()) {
-          d.memFreeAsync(ws, stream);
+          if (ws)
+            d.memFreeAsync(ws, stream);
           return fail(TESSERA_ERROR_INTERNAL,
                       "a dynamic group's launch plan names a kernel it lacks");
         }
@@ -947,7 +949,8 @@ static tessera_status launchDynamicGroup(tessera_bundle *bundle, int64_t layer,
                                   stream, args, nullptr);
       }
     }
-  d.memFreeAsync(ws, stream);
+  if (ws)
+    d.memFreeAsync(ws, stream);
   if (failed < 0)
     return fail(TESSERA_ERROR_SHAPE_MISMATCH,
                 "a dynamic kernel's grid exceeds 2^31 - 1 blocks");
@@ -1395,10 +1398,13 @@ tessera_status validateBlockIndex(Call &c) {
     return fail(TESSERA_ERROR_INVALID_ARGUMENT, clash);
   const std::string who = c.layerName() + ": the block_index group of head " +
                           std::to_string(first->heads.front());
-  if (c.cuda)
+  // On CUDA the index is host memory too: checked here, then uploaded
+  // with the call's stream (runCuda) for tessera_bi_attend.
+  if (c.cuda && first->kernels.empty())
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                who + " runs on CPU contexts only for now (no CUDA kernel "
-                      "walks a caller's index yet)");
+                who + " has no CUDA kernel in this bundle (emitted before "
+                      "tessera_bi_attend): emit it again with attn-translate, "
+                      "or run it on a CPU context");
   // Dense: R rows per (batch entry, head), exactly; per sequence (packed
   // or lengths): the caller's stride holds every sequence's R.
   cpu::BlockIndexCsr &x = c.blockIndex;
@@ -1440,7 +1446,11 @@ tessera_status validateBlockIndex(Call &c) {
   if (tessera_status s = refuseDeviceMemory(
           {{d.block_index_offsets, "block_index_offsets"},
            {d.block_index_cols, "block_index_cols"}}))
-    return s;
+    return c.cuda ? fail(s, lastError.substr(0, lastError.find(' ')) +
+                                " is CUDA device memory: the block index is "
+                                "host memory on CUDA contexts too (checked "
+                                "on the host, uploaded by the call)")
+                  : s;
   x.offsets = d.block_index_offsets;
   x.cols = d.block_index_cols;
   x.nnz = d.block_index_nnz;
@@ -2008,6 +2018,47 @@ tessera_status launchAttention(const Call &c, kernel::AttnParams &p,
   return TESSERA_OK;
 }
 
+/// A call's block index on the device (block_index groups, docs/runtime.md):
+/// the caller's host arrays, validated, copied into one stream-ordered
+/// allocation with the call's stream (no synchronising call: a copy from
+/// pageable memory has read it when cuMemcpyHtoDAsync returns), freed in
+/// stream order after the launches that read it.
+struct DeviceIndex {
+  const Driver &d;
+  void *stream;
+  unsigned long long mem = 0;
+  const int *offsets = nullptr, *cols = nullptr;
+
+  DeviceIndex(const Driver &driver, void *s) : d(driver), stream(s) {}
+  ~DeviceIndex() {
+    if (mem)
+      d.memFreeAsync(mem, stream);
+  }
+
+  tessera_status upload(const Call &c) {
+    const cpu::BlockIndexCsr &x = c.blockIndex;
+    const size_t offBytes =
+        size_t(c.numSeqs) * size_t(x.heads) * size_t(x.stride + 1) * 4;
+    const size_t colsAt = (offBytes + 15) / 16 * 16;
+    const size_t bytes = colsAt + size_t(x.nnz) * 4;
+    if (int rc = d.memAllocAsync(&mem, bytes, stream)) {
+      mem = 0;
+      return fail(TESSERA_ERROR_CUDA, d.message("cuMemAllocAsync", rc) +
+                                          " (the block index, " +
+                                          std::to_string(bytes) + " bytes)");
+    }
+    if (int rc = d.memcpyHtoDAsync(mem, x.offsets, offBytes, stream))
+      return fail(TESSERA_ERROR_CUDA, d.message("cuMemcpyHtoDAsync", rc));
+    if (x.nnz > 0)
+      if (int rc = d.memcpyHtoDAsync(mem + colsAt, x.cols, size_t(x.nnz) * 4,
+                                     stream))
+        return fail(TESSERA_ERROR_CUDA, d.message("cuMemcpyHtoDAsync", rc));
+    offsets = reinterpret_cast<const int *>(mem);
+    cols = reinterpret_cast<const int *>(mem + colsAt);
+    return TESSERA_OK;
+  }
+};
+
 tessera_status runCuda(const Call &c) {
   CudaScope scope(c.bundle->context);
   if (tessera_status s = checkDeviceMemory(c))
@@ -2050,9 +2101,21 @@ tessera_status runCuda(const Call &c) {
                   "TESSERA_KERNEL_PATH=wgmma: the sm_90a kernels cannot read " +
                       why);
   }
+  // The caller's block index (validated on the host), copied into one
+  // stream-ordered allocation: offsets [B, heads, R + 1], then the columns.
+  DeviceIndex index(*c.bundle->context->driver, c.d.cuda_stream);
+  if (c.hasBlockIndex)
+    if (tessera_status s = index.upload(c))
+      return s;
   for (size_t gi = 0; gi < l.dynamicGroups.size(); ++gi) {
     const DynamicGroupDesc &g = l.dynamicGroups[gi];
     kernel::DynArgs a = g.args;
+    if (a.family == kernel::kBlockIndex) {
+      a.biOffsets = index.offsets;
+      a.biCols = index.cols;
+      a.biHeads = c.blockIndex.heads;
+      a.biStride = c.blockIndex.stride;
+    }
     a.headDim = l.headDim;
     a.layer = position;
     a.group = static_cast<int>(gi);

@@ -45,6 +45,7 @@ const Driver *Driver::get(std::string &error) {
     sym(driver.getErrorString, "cuGetErrorString");
     sym(driver.memAllocAsync, "cuMemAllocAsync");
     sym(driver.memFreeAsync, "cuMemFreeAsync");
+    sym(driver.memcpyHtoDAsync, "cuMemcpyHtoDAsync_v2");
     sym(driver.funcSetAttribute, "cuFuncSetAttribute");
     // Optional: the sm_90a kernels' tensor maps (HopperLaunch.cpp).
     driver.tensorMapEncodeTiled =

@@ -27,6 +27,9 @@ struct Driver {
   int (*getErrorString)(int, const char **) = nullptr;
   int (*memAllocAsync)(unsigned long long *, size_t, void *) = nullptr;
   int (*memFreeAsync)(unsigned long long, void *) = nullptr;
+  /// cuMemcpyHtoDAsync_v2 (a caller's block index, from host memory).
+  int (*memcpyHtoDAsync)(unsigned long long, const void *, size_t,
+                         void *) = nullptr;
   int (*funcSetAttribute)(void *, int, int) = nullptr;
   /// cuTensorMapEncodeTiled (CUDA 12.0 and later; null where the driver
   /// lacks it: then no sm_90a kernels run). Enumerations as int.

@@ -342,7 +342,41 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
       a.layer = position;
       a.group = groupIndex++;
       std::vector<float> centroids;
-      if (family == "vertical_slash") {
+      // block_index: the caller's CSR, random per (batch entry, head) of
+      // every head (rows of other groups' heads never read), with empty
+      // rows: offsets [B, hq, R + 1] into one shared cols.
+      std::vector<int32_t> biOffsets, biCols;
+      int64_t biRows = 0;
+      if (family == "block_index") {
+        a.family = k::kBlockIndex;
+        a.blockQ = *par.getInteger("block_q");
+        a.blockK = *par.getInteger("block_k");
+        biRows = k::btQueryBlocks(a.blockQ, nq, nk);
+        const int64_t keyBlocks = k::dynCeilDiv(nk, a.blockK);
+        std::mt19937_64 pick(uint64_t(1000 * position + a.group));
+        const int64_t first = k::btFirstBlock(a.blockQ, nq, nk);
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t h = 0; h < hq; ++h)
+            for (int64_t i = 0; i <= biRows; ++i) {
+              biOffsets.push_back(int32_t(biCols.size()));
+              if (i == biRows || (i > 0 && (i + b + h) % 4 == 1))
+                continue; // (an empty row)
+              // Random key blocks, and the one that holds the query
+              // block's first position (causal keeps some of it); every
+              // block in some rows.
+              const int64_t own = std::min<int64_t>(
+                  keyBlocks - 1,
+                  std::max<int64_t>(0, (first + i) * a.blockQ) / a.blockK);
+              for (int64_t j = 0; j < keyBlocks; ++j)
+                if (pick() % 5 < 2 || j == own || (i + h) % 4 == 3)
+                  biCols.push_back(int32_t(j));
+            }
+        biCols.push_back(-1); // (never read: cols is never empty)
+        a.biOffsets = biOffsets.data();
+        a.biCols = biCols.data();
+        a.biHeads = hq;
+        a.biStride = biRows;
+      } else if (family == "vertical_slash") {
         a.family = k::kVerticalSlash;
         a.lastQ = *par.getInteger("last_q");
         a.vertical = *par.getInteger("vertical");
@@ -418,6 +452,7 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
           want = int(a.iterations) + (i == 1 ? 1 : 0);
         EXPECT_EQ(launches[i], want) << kernels[i];
       }
+      int64_t groupVisited = 0;
       for (int64_t b = 0; b < B; ++b)
         for (size_t slot = 0; slot < heads.size(); ++slot) {
           const int64_t h = heads[slot], kvh = h / (hq / hkv);
@@ -505,6 +540,16 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
               const auto &l = lists[size_t(qb)];
               return std::binary_search(l.begin(), l.end(), key / a.block);
             };
+          } else if (a.family == k::kBlockIndex) {
+            const int32_t *off =
+                &biOffsets[size_t((b * hq + h) * (biRows + 1))];
+            const int32_t *colsAt = biCols.data();
+            const int64_t first = k::btFirstBlock(a.blockQ, nq, nk);
+            leaf = [=, &a](int64_t i, int64_t key) {
+              const int64_t qb = k::floorDiv(i + nk - nq, a.blockQ) - first;
+              return std::binary_search(colsAt + off[qb], colsAt + off[qb + 1],
+                                        int32_t(key / a.blockK));
+            };
           } else {
             qc.assign(at<int>(ws, int64_t(base) + lay.qCluster),
                       at<int>(ws, int64_t(base) + lay.qCluster) + nq);
@@ -577,11 +622,17 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
                             : std::abs(gotLse - refLse) /
                                   (1e-3 * (1 + std::abs(refLse))));
           }
-          EXPECT_GT(visited, 0);
+          // (A caller's lists may leave a head nothing: its rows empty,
+          // or listing blocks the rest of the pattern cuts.)
+          if (a.family != k::kBlockIndex) {
+            EXPECT_GT(visited, 0);
+          }
+          groupVisited += visited;
           EXPECT_LE(maxErr / std::max(maxRef, 1e-30), tol)
               << "batch " << b << " head " << h;
           EXPECT_LE(lseErr, 1.0) << "batch " << b << " head " << h;
         }
+      EXPECT_GT(groupVisited, 0);
       // The workspace bounded: the smallest chunks it allows (one
       // (batch, head) slice; block top-k one query block at a time) and
       // chunks of two slices give bit-identical outputs.
@@ -597,7 +648,9 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
         const int chunks =
             runGroup(name, kernels, p, a, slots, B, budget, ws2, launches2,
                      hopper ? &twins : nullptr, maps);
-        if (budget == least) {
+        if (budget == least && a.family == k::kBlockIndex) {
+          EXPECT_EQ(chunks, 1); // no workspace: one chunk
+        } else if (budget == least) {
           EXPECT_EQ(chunks, B * slots *
                                 (a.family == k::kBlockTopk
                                      ? k::btQueryBlocks(a.block, nq, nk)
@@ -625,6 +678,10 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
   }
   if (name == "dynamic-hopper") {
     EXPECT_EQ(groupsChecked, 8);
+    return;
+  }
+  if (name.find("block-index") != std::string::npos) {
+    EXPECT_EQ(groupsChecked, 6);
     return;
   }
   EXPECT_EQ(groupsChecked, 14);
@@ -883,6 +940,47 @@ TEST(DynamicEmulatorHopper, EveryFamilyAtBothHeadDims) {
     checkDynamicBundle("dynamic-hopper",
                        Case{1, 260, 150, true, 70, hopper});
   }
+}
+
+/// Caller-provided block indices (Inputs/dynamic-block-index.mlir:
+/// tessera_bi_attend over random lists with empty rows, alone and under
+/// causal, a window, a difference; GQA; block_q = 128 with block_k = 192)
+/// against float64 masked by the lists through the manifest's programs.
+class DynamicEmulatorBlockIndex : public ::testing::TestWithParam<Case> {};
+
+TEST_P(DynamicEmulatorBlockIndex, AttentionMatchesFloat64) {
+  checkDynamicBundle("dynamic-block-index", GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, DynamicEmulatorBlockIndex,
+    // Nk - Nq: 0, 110, -110 (query tiles over two query blocks), 128 and
+    // 64 (chunked prefill: a multiple of block_q 64 and 128, of 64 only);
+    // element copies; an infinite value at key 70 that only rows listing
+    // its key block (and allowed by the rest of the pattern) may see; the
+    // sm_90a twins.
+    ::testing::Values(Case{2, 200, 200}, Case{2, 150, 260}, Case{2, 260, 150},
+                      Case{1, 100, 228}, Case{1, 64, 128},
+                      Case{1, 150, 260, false}, Case{1, 200, 200, true, 70},
+                      Case{2, 150, 260, true, -1, true},
+                      Case{1, 260, 150, true, 70, true}));
+
+/// A copy whose walk reads the key blocks as block_q long (the two sizes
+/// swapped, as layer 1's 128 and 192): the check must fail.
+TEST(DynamicEmulatorBroken, BlockIndexBrokenIsCaught) {
+  ::testing::TestPartResultArray failures;
+  {
+    ::testing::ScopedFakeTestPartResultReporter reporter(
+        ::testing::ScopedFakeTestPartResultReporter::
+            INTERCEPT_ONLY_CURRENT_THREAD,
+        &failures);
+    checkDynamicBundle("broken-dynamic-block-index", Case{1, 150, 260});
+  }
+  int accuracy = 0;
+  for (int i = 0; i < failures.size(); ++i)
+    accuracy += std::string(failures.GetTestPartResult(i).message())
+                        .find("maxErr") != std::string::npos;
+  EXPECT_GT(accuracy, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DynamicEmulatorTest,

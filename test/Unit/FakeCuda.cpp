@@ -295,6 +295,14 @@ int cuMemFreeAsync(unsigned long long p, void *) {
   std::free(reinterpret_cast<void *>(p));
   return kSuccess;
 }
+int cuMemcpyHtoDAsync_v2(unsigned long long dst, const void *src, size_t bytes,
+                         void *) {
+  logCall("cuMemcpyHtoDAsync");
+  if (bytes && !isDevice(dst))
+    return kInvalidValue;
+  std::memcpy(reinterpret_cast<void *>(dst), src, bytes);
+  return kSuccess;
+}
 int cuFuncSetAttribute(void *, int, int) {
   return logCall("cuFuncSetAttribute"), kSuccess;
 }

@@ -225,8 +225,16 @@ bool describeDynamic(PatternAttrInterface pattern, json::Object &out,
     return true;
   }
   if (auto bi = dyn_cast<BlockIndexAttr>(split.leaf)) {
-    // The caller's lists: no index kernel; the CPU runs the group (CUDA
-    // refuses the layer at run time for now).
+    // The caller's lists: no index kernel, the attention over them only
+    // (biAttend). block_q and block_k are multiples of 64 (the attribute's
+    // verifier): a 64-row query tile lies in at most two query blocks, a
+    // 64-key tile in one key block.
+    if (bi.getBlockQ() % kTile || bi.getBlockK() % kTile) {
+      why = "block_index with block_q = " + std::to_string(bi.getBlockQ()) +
+            ", block_k = " + std::to_string(bi.getBlockK()) +
+            ": the CUDA kernel needs multiples of 64 (whole 64x64 tiles)";
+      return false;
+    }
     out["family"] = "block_index";
     out["params"] = json::Object{{"block_q", bi.getBlockQ()},
                                  {"block_k", bi.getBlockK()}};
@@ -936,6 +944,8 @@ private:
     if (family == "block_topk")
       return {"  btPool<" + E + ">(p, a, g);\n", "  btScores(p, a);\n",
               "  btTake(p, a);\n", "  btSelect(p, a);\n", attend("btAttend")};
+    if (family == "block_index")
+      return {attend("biAttend")};
     return {"  rtSeed<" + E + ">(p, a, g);\n",
             "  rtAssign<" + E + ">(p, a, g, 0);\n",
             "  rtUpdate<" + E + ">(p, a, g);\n",

@@ -26,8 +26,9 @@
 namespace tessera {
 namespace kernel {
 
-/// kBlockIndex: the caller's block lists (block_index), CPU only for now:
-/// no index kernel, no workspace.
+/// kBlockIndex: the caller's block lists (block_index): no index kernel and
+/// no workspace; the runtime uploads the caller's CSR (biOffsets, biCols)
+/// and one attention kernel walks it.
 enum DynFamily : i64 {
   kVerticalSlash = 0,
   kBlockTopk = 1,
@@ -61,8 +62,13 @@ struct DynArgs {
              ///< rest of the pattern and merges
   int layer; ///< the layer's position in the bundle
   int group; ///< the dynamic group's index within the layer
-  // block_index: its query blocks (block_q) and key blocks (block_k)
+  // block_index: its query blocks (block_q) and key blocks (block_k), and
+  // the caller's CSR in device memory (tessera.h, API 8; validated on the
+  // host): row i of (batch entry b, head h) is biCols[o[i] .. o[i + 1]),
+  // o = biOffsets + (b * biHeads + h) * (biStride + 1).
   i64 blockQ, blockK;
+  const int *biOffsets, *biCols;
+  i64 biHeads, biStride;
 };
 
 /// A dynamic group of a layer as the bundle's tables give it to the
@@ -184,6 +190,8 @@ TESSERA_HD DynLayout dynLayout(const DynArgs &a, i64 nq, i64 nk) {
       l.flexFlags = take(mulSat(8, tk));
       l.flexMode = take(16);
     }
+  } else if (a.family == kBlockIndex) {
+    // Nothing: the caller's lists are the index.
   } else {
     i64 c = a.clusters;
     l.cent = take(4 * c * a.headDim);
@@ -211,14 +219,15 @@ TESSERA_HD i64 routingTiles(const DynArgs &a, i64 nq) {
 
 /// The launches of a dynamic group's chunk, in order (grid y: the chunk's
 /// slots, z: its batch entries; 128 threads): vertical_slash scores,
-/// softmax, sums, select, attend; block_topk pool, then per chunk of query
-/// blocks scores, (with tau > 0, in the chunk holding the last query block,
-/// which goes first: flex rows, flex mode,) take, select, then attend;
+/// softmax, sums, select, attend; block_index attend (one launch);
+/// block_topk pool, then per chunk of query blocks scores, (with tau > 0,
+/// in the chunk holding the last query block, which goes first: flex rows,
+/// flex mode,) take, select, then attend;
 /// routing seed, (assign keys, update) per k-means iteration, assign keys,
 /// assign queries, sort, attend, and rest when merging.
 TESSERA_HD i64 dynLaunchCount(const DynArgs &a) {
   if (a.family == kBlockIndex)
-    return 0; // the caller's index: nothing to build
+    return 1; // the caller's index: nothing to build, the attention only
   if (a.family == kBlockTopk) {
     const i64 chunks = a.qChunks > 1 ? a.qChunks : 1;
     return (a.tau > 0 ? 4 : 2) + 3 * chunks;
@@ -233,6 +242,11 @@ TESSERA_HD i64 dynLaunchCount(const DynArgs &a) {
 TESSERA_HD void dynLaunch(const DynArgs &a, i64 nq, i64 nk, i64 i, i64 &kernel,
                           i64 &gx, i64 &qBlock0) {
   qBlock0 = 0;
+  if (a.family == kBlockIndex) {
+    kernel = 0;
+    gx = dynCeilDiv(nq, 64);
+    return;
+  }
   if (a.family == kVerticalSlash) {
     const i64 grids[5] = {dynCeilDiv(nk, 128), vsRows(a, nq),
                           dynCeilDiv(nk, 128), 2, dynCeilDiv(nq, 64)};
@@ -344,7 +358,10 @@ TESSERA_HD bool dynChunkPlan(const DynArgs &a, i64 nq, i64 nk, i64 slots,
   c.slots = c.batches = c.qChunks = 1;
   c.qChunk = 0;
   c.sliceBytes = dynSliceBytes(a, nq, nk, 0);
-  if (c.sliceBytes < kUnbounded && c.sliceBytes <= budget) {
+  if (c.sliceBytes == 0) { // block_index: no workspace, one chunk
+    c.slots = slots;
+    c.batches = batch;
+  } else if (c.sliceBytes < kUnbounded && c.sliceBytes <= budget) {
     const i64 fit = budget / c.sliceBytes; // whole slices, >= 1
     if (fit >= mulSat(slots, batch)) {
       c.slots = slots;

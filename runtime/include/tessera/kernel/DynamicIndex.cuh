@@ -19,6 +19,8 @@
 //   slash groups), btTake (how many key blocks: top_k, or the fewest
 //   reaching gamma, clamped; or the vertical-slash-like lists' sizes),
 //   btSelect (which), btAttend.
+// block_index: no index kernel (the caller's lists, uploaded by the
+//   runtime); biAttend walks them with block top-k's walk.
 // routing: rtSeed (centroids from the engine or seeded with keys),
 //   rtAssign (nearest centroid of keys or queries), rtUpdate (k-means
 //   means), rtSort (stable counting sort of tokens by cluster: segments and
@@ -1525,12 +1527,15 @@ __device__ __forceinline__ void btSelect(const AttnParams &p,
 /// empty one never loaded, a full one unmasked). Phase 1: the static runs
 /// of `without` outside the kept blocks, classed by their runs. A tile's
 /// mode: kFull, kPartial (its one pattern's pair test) or kMixed; flags:
-/// bit 0 list A keeps it, bit 1 list Z, bit 2 phase 1.
-template <class Pats> struct BtWalk {
+/// bit 0 list A keeps it, bit 1 list Z, bit 2 phase 1. L: the lists'
+/// element type (i64 for block top-k's, int for a caller's block index,
+/// whose query blocks may be larger than its key blocks: `block` is the
+/// key blocks' size, `split` comes from the query blocks').
+template <class Pats, class L = i64> struct BtWalk {
   static constexpr int kRows = kContiguousRows;
   static const int kMixed = 3;
   // The block's constants.
-  const i64 *listA, *listZ;
+  const L *listA, *listZ;
   i64 na, nz; ///< list Z empty when the tile lies in one query block
   i64 block, split, p0, head, nh, withId, withoutId;
   int two; ///< the tile's rows lie in two query blocks (an int: the SASS
@@ -1675,6 +1680,53 @@ __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
     w.nz = w.two ? count[qz] : 0;
     w.block = a.block;
     w.split = (first + qz) * a.block; // the first position of block qz
+    w.p0 = q0 + shift;
+    w.head = sl.head;
+    w.nh = p.numHeads;
+    w.withId = g.withId;
+    w.withoutId = g.withoutId;
+    w.begin();
+  }
+  FlashAcc<D> acc;
+  if (!dynAttendWalk<E, D>(p, sl, w, sh, q0, nullptr, 0, acc))
+    return;
+  const i64 qi = q0 + dynRow();
+  dynStore<E, D>(acc, p, sl.b, sl.head, qi < p.nq ? qi : -1,
+                 qi + 8 < p.nq ? qi + 8 : -1);
+}
+
+//===----------------------------------------------------------------------===//
+// block_index
+//===----------------------------------------------------------------------===//
+
+/// Attention of one 64-row query tile over the caller's block index
+/// (block_index: a.biOffsets, a.biCols, validated and uploaded by the
+/// runtime): block top-k's walk over the CSR rows of the query blocks
+/// (block_q positions) that the tile's rows lie in, at most two (block_q a
+/// multiple of 64), each listing key blocks of block_k keys (a multiple of
+/// 64: a key tile lies in one). The rest of the pattern masks as for block
+/// top-k: allowed = (listed and with) or (not listed and without).
+template <int E, int D, class Pats, class Tiles>
+__device__ __forceinline__ void biAttend(const AttnParams &p, const DynArgs &a,
+                                         const DynGroupTable &g, Tiles &sh) {
+  const DynSlice sl = dynSlice(p, a, g.heads);
+  const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
+  const i64 shift = p.nk - p.nq;
+  __shared__ BtWalk<Pats, int> w;
+  if (threadIdx.x == 0) {
+    const i64 first = btFirstBlock(a.blockQ, p.nq, p.nk);
+    const i64 qa = floorDiv(q0 + shift, a.blockQ) - first;
+    const i64 qz = floorDiv(q1 - 1 + shift, a.blockQ) - first; // qa, qa + 1
+    const int *off =
+        a.biOffsets + (sl.b * a.biHeads + sl.head) * (a.biStride + 1);
+    w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
+    w.listA = a.biCols + off[qa];
+    w.listZ = a.biCols + off[qz];
+    w.na = off[qa + 1] - off[qa];
+    w.two = qz != qa;
+    w.nz = w.two ? off[qz + 1] - off[qz] : 0;
+    w.block = a.blockK;
+    w.split = (first + qz) * a.blockQ; // the first position of block qz
     w.p0 = q0 + shift;
     w.head = sl.head;
     w.nh = p.numHeads;

@@ -16,7 +16,8 @@
 
 namespace tessera::kernel {
 
-/// family: "vertical_slash", "block_topk" or "routing"; dtype "f16" or
+/// family: "vertical_slash", "block_topk", "routing" or "block_index" (the
+/// caller's lists: the attention kernel only); dtype "f16" or
 /// "bf16"; merge: routing with the rest of the pattern merged (rt_rest);
 /// flex: block top-k with tau > 0 (FlexPrefill's choice: bt_flex_rows and
 /// bt_flex_mode after the scores).
@@ -26,7 +27,7 @@ dynamicKernelNames(const std::string &family, const std::string &dtype,
   std::string typed = "_" + dtype,
               sized = typed + "_d" + std::to_string(headDim);
   if (family == "block_index")
-    return {}; // CPU only for now: no index kernel, no CUDA attention
+    return {"tessera_bi_attend" + sized};
   if (family == "vertical_slash")
     return {"tessera_vs_scores" + sized, "tessera_vs_softmax",
             "tessera_vs_sums", "tessera_vs_select",

@@ -1,0 +1,263 @@
+//===- FakeDriverBlockIndexTest.cpp - block indices on a CUDA context -----===//
+//
+// Caller-provided block indices (#attn.block_index, C API 8) through the
+// runtime's CUDA path on the fake driver (FakeCuda.cpp: the kernels on the
+// emulator): layer 0 of Inputs/dynamic-block-index.mlir (the lists alone,
+// under causal, a window and a difference; GQA; batch 2; Nq < Nk and
+// Nq > Nk) on a CUDA context against the CPU context's run of the same
+// bundle, by the sm_90a twins and by the mma.sync kernels; the index is
+// host memory, uploaded in stream order (no synchronising call); bad
+// indices refused by name before any launch.
+//
+//===----------------------------------------------------------------------===//
+
+#include "tessera/tessera.h"
+
+#include "FakeApi.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <set>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using Fake = FakeApi;
+
+std::set<std::string> calls(const std::string &log) {
+  std::set<std::string> s;
+  std::stringstream in(log);
+  for (std::string c; std::getline(in, c, ',');)
+    s.insert(c);
+  return s;
+}
+
+/// Layer 0 (H = 4 heads over KV = 2, head_dim 64, bf16, block_q = block_k
+/// = 64) at batch B, Nq, Nk with a random index that has empty rows.
+struct Problem {
+  static constexpr int64_t H = 4, KV = 2, Dh = 64, BQ = 64, BK = 64;
+  int64_t B, nq, nk, rows;
+  std::vector<uint16_t> q, k, v;
+  std::vector<int32_t> offsets, cols;
+  std::string error; ///< the last run's tessera_last_error()
+
+  Problem(int64_t b, int64_t nq_, int64_t nk_) : B(b), nq(nq_), nk(nk_) {
+    uint64_t state = 7 + uint64_t(nq * 31 + nk);
+    auto next = [&] {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      return state >> 33;
+    };
+    auto bf16 = [](float x) {
+      uint32_t u;
+      std::memcpy(&u, &x, 4);
+      return uint16_t((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+    };
+    auto fill = [&](std::vector<uint16_t> &t, int64_t n) {
+      t.resize(size_t(n));
+      for (uint16_t &x : t)
+        x = bf16(float(int64_t(next() % 2001) - 1000) / 1000.0f);
+    };
+    fill(q, B * nq * H * Dh);
+    fill(k, B * nk * KV * Dh);
+    fill(v, B * nk * KV * Dh);
+    // R = floor((Nk - 1) / BQ) - floor((Nk - Nq) / BQ) + 1 (docs/runtime.md).
+    auto floorDiv = [](int64_t a, int64_t d) {
+      return a >= 0 ? a / d : -((-a + d - 1) / d);
+    };
+    rows = floorDiv(nk - 1, BQ) - floorDiv(nk - nq, BQ) + 1;
+    const int64_t keyBlocks = (nk + BK - 1) / BK;
+    for (int64_t bh = 0; bh < B * H; ++bh)
+      for (int64_t i = 0; i <= rows; ++i) {
+        offsets.push_back(int32_t(cols.size()));
+        if (i == rows || (i + bh) % 4 == 1)
+          continue; // an empty row
+        for (int64_t j = 0; j < keyBlocks; ++j)
+          if (next() % 3 == 0 || j == i || j == (i + bh) % keyBlocks)
+            cols.push_back(int32_t(j));
+      }
+  }
+
+  /// Runs the layer on `device` (path: TESSERA_KERNEL_PATH or null) into
+  /// o and lse; returns the status, `log` the run's driver calls (CUDA).
+  tessera_status run(tessera_device_kind device, const char *path,
+                     std::vector<uint16_t> &o, std::vector<float> &lse,
+                     std::string &log, const int32_t *offs = nullptr,
+                     const int32_t *cs = nullptr, bool deviceIndex = false) {
+    const std::string dir =
+        std::string(TESSERA_BINARY_DIR) + "/test/bundles/dynamic-block-index";
+    tessera_context *ctx = nullptr;
+    tessera_bundle *bundle = nullptr;
+    EXPECT_EQ(tessera_context_create(device, 0, &ctx), TESSERA_OK)
+        << tessera_last_error();
+    if (path)
+      setenv("TESSERA_KERNEL_PATH", path, 1);
+    EXPECT_EQ(tessera_bundle_load_file(ctx, dir.c_str(), &bundle), TESSERA_OK)
+        << tessera_last_error();
+    unsetenv("TESSERA_KERNEL_PATH");
+    o.assign(size_t(B * nq * H * Dh), 0);
+    lse.assign(size_t(B * H * nq), 7.0f);
+    auto tensor = [&](void *data, int64_t seq, int64_t heads) {
+      return tessera_tensor{data, TESSERA_DTYPE_BF16, B,          seq, heads,
+                            Dh,   seq * heads * Dh,   heads * Dh, Dh};
+    };
+    tessera_attention_desc d;
+    tessera_attention_desc_init(&d);
+    d.layer = 0;
+    d.q = tensor(q.data(), nq, H);
+    d.k = tensor(k.data(), nk, KV);
+    d.v = tensor(v.data(), nk, KV);
+    d.o = tensor(o.data(), nq, H);
+    d.lse = lse.data();
+    d.block_index_offsets = offs ? offs : offsets.data();
+    d.block_index_cols = cs ? cs : cols.data();
+    d.block_index_nnz = int64_t(cols.size());
+    d.block_index_rows = rows;
+    const bool cuda = device == TESSERA_DEVICE_CUDA;
+    if (cuda) {
+      Fake &f = Fake::get();
+      f.clear();
+      for (const auto &t : {&q, &k, &v, &o})
+        f.registerRange(t->data(), t->size() * 2);
+      f.registerRange(lse.data(), lse.size() * 4);
+      if (deviceIndex)
+        f.registerRange(offsets.data(), offsets.size() * 4);
+      d.cuda_stream = reinterpret_cast<void *>(0x5eed);
+    }
+    tessera_status s = tessera_attention_run(bundle, &d);
+    error = tessera_last_error(); // (before destroy clears it)
+    if (cuda) {
+      log = std::string(Fake::get().calls()) + "|" + Fake::get().kernels();
+      Fake::get().clear(); // (the arrays are host memory again)
+    }
+    tessera_bundle_destroy(bundle);
+    tessera_context_destroy(ctx);
+    return s;
+  }
+};
+
+double bf16Value(uint16_t x) {
+  uint32_t u = uint32_t(x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return double(f);
+}
+
+class FakeDriverBlockIndex : public ::testing::Test {
+protected:
+  static void SetUpTestSuite() {
+    setenv("TESSERA_LIBCUDA", TESSERA_FAKECUDA, 1);
+    setenv("TESSERA_CACHE_DIR", TESSERA_BINARY_DIR "/test/fake-cuda-cache", 1);
+    ASSERT_NE(Fake::get().useBundle, nullptr);
+    Fake::get().useBundle("dynamic-block-index");
+  }
+  static void TearDownTestSuite() { Fake::get().useBundle("tiny-mix"); }
+};
+
+/// The CUDA context's output (twins, then mma.sync kernels) equals the CPU
+/// context's to bf16 rounding; empty rows give 0 and LSE -inf on both.
+TEST_F(FakeDriverBlockIndex, CudaMatchesTheCpuContext) {
+  for (auto [B, nq, nk] : {std::tuple<int64_t, int64_t, int64_t>{2, 150, 260},
+                           {2, 260, 150},
+                           {1, 200, 200}}) {
+    SCOPED_TRACE("B " + std::to_string(B) + " Nq " + std::to_string(nq) +
+                 " Nk " + std::to_string(nk));
+    Problem pr(B, nq, nk);
+    std::vector<uint16_t> oCpu;
+    std::vector<float> lseCpu;
+    std::string none;
+    ASSERT_EQ(pr.run(TESSERA_DEVICE_CPU, nullptr, oCpu, lseCpu, none),
+              TESSERA_OK)
+        << pr.error;
+    for (const char *path : {(const char *)nullptr, "mma_sync"}) {
+      SCOPED_TRACE(path ? path : "default (sm_90a twins)");
+      std::vector<uint16_t> o;
+      std::vector<float> lse;
+      std::string log;
+      ASSERT_EQ(pr.run(TESSERA_DEVICE_CUDA, path, o, lse, log), TESSERA_OK)
+          << pr.error;
+      const std::set<std::string> ran = calls(log.substr(log.find('|') + 1));
+      const std::string attend = "tessera_bi_attend_bf16_d64";
+      const bool twin = ran.count(attend + "_wgmma") > 0;
+      EXPECT_EQ(twin, path == nullptr) << log;
+      EXPECT_EQ(ran.count(attend) > 0, path != nullptr) << log;
+      // The index uploaded on the stream; nothing synchronises.
+      const std::string driver = log.substr(0, log.find('|'));
+      EXPECT_NE(driver.find("cuMemcpyHtoDAsync"), std::string::npos) << log;
+      EXPECT_EQ(driver.find("ynchronize"), std::string::npos) << log;
+      double worst = 0;
+      for (size_t i = 0; i < o.size(); ++i)
+        worst = std::max(worst, std::abs(bf16Value(o[i]) - bf16Value(oCpu[i])));
+      EXPECT_LT(worst, 2e-2);
+      int64_t empty = 0;
+      double lseWorst = 0;
+      for (size_t i = 0; i < lse.size(); ++i) {
+        if (std::isinf(lseCpu[i])) {
+          ++empty;
+          EXPECT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "row " << i;
+        } else {
+          lseWorst = std::max(lseWorst, double(std::abs(lse[i] - lseCpu[i])));
+        }
+      }
+      EXPECT_GT(empty, 0); // rows without keys (head 0: the lists alone)
+      EXPECT_LT(lseWorst, 1e-3);
+    }
+  }
+}
+
+/// Bad indices are refused by name on a CUDA context, before any launch;
+/// an index in device memory too (host memory on every context).
+TEST_F(FakeDriverBlockIndex, BadIndicesRefusedByName) {
+  Problem pr(2, 150, 260);
+  std::vector<uint16_t> o;
+  std::vector<float> lse;
+  std::string log;
+  // Head 2 of batch entry 1, row 2: its first two key blocks swapped.
+  std::vector<int32_t> cols = pr.cols, offs = pr.offsets;
+  const size_t row = size_t((1 * Problem::H + 2) * (pr.rows + 1) + 2);
+  ASSERT_GE(offs[row + 1] - offs[row], 2);
+  std::swap(cols[size_t(offs[row])], cols[size_t(offs[row]) + 1]);
+  EXPECT_EQ(
+      pr.run(TESSERA_DEVICE_CUDA, nullptr, o, lse, log, nullptr, cols.data()),
+      TESSERA_ERROR_INVALID_ARGUMENT);
+  std::string e = pr.error;
+  EXPECT_NE(e.find("block_index_cols of batch entry 1, head 2, query block "
+                   "row 2"),
+            std::string::npos)
+      << e;
+  EXPECT_EQ(log.find("cuLaunchKernel"), std::string::npos) << log;
+  // A key block past ceil(Nk / block_k).
+  cols = pr.cols;
+  cols[size_t(offs[row])] = 5;
+  EXPECT_EQ(
+      pr.run(TESSERA_DEVICE_CUDA, nullptr, o, lse, log, nullptr, cols.data()),
+      TESSERA_ERROR_INVALID_ARGUMENT);
+  e = pr.error;
+  EXPECT_NE(e.find("key block 5 is outside [0, 5)"), std::string::npos) << e;
+  // Offsets that decrease.
+  offs[row + 1] = offs[row] - 1;
+  EXPECT_EQ(pr.run(TESSERA_DEVICE_CUDA, nullptr, o, lse, log, offs.data()),
+            TESSERA_ERROR_INVALID_ARGUMENT);
+  e = pr.error;
+  EXPECT_NE(e.find("block_index_offsets of batch entry 1, head 2"),
+            std::string::npos)
+      << e;
+  // The index in device memory.
+  EXPECT_EQ(
+      pr.run(TESSERA_DEVICE_CUDA, nullptr, o, lse, log, nullptr, nullptr, true),
+      TESSERA_ERROR_WRONG_DEVICE);
+  e = pr.error;
+  EXPECT_NE(e.find("block_index_offsets is CUDA device memory"),
+            std::string::npos)
+      << e;
+  EXPECT_EQ(log.find("cuLaunchKernel"), std::string::npos) << log;
+}
+
+} // namespace

@@ -119,6 +119,7 @@ struct Worker {
   /// This call's full and partial tiles, added to the job's once (an
   /// atomic add per task costs a decode step about a microsecond).
   int64_t full = 0, partial = 0;
+  int64_t rowTiles = 0; ///< tiles times their query rows
 };
 
 
@@ -335,7 +336,7 @@ struct Job {
   int64_t pageSize = 0; ///< paged keys: rows per page
   float scale = 0;
   bool split = true; ///< split-KV decode allowed
-  std::atomic<int64_t> full{0}, partial{0};
+  std::atomic<int64_t> full{0}, partial{0}, rowTiles{0};
   /// Split walks: chunks in (sequence, slot, chunk) order, the order tasks
   /// run them in, the pairs to merge, and the partial results ([rows][d +
   /// 2] doubles per chunk: the unnormalised output, the row max, the sum).
@@ -899,15 +900,34 @@ __attribute__((always_inline)) inline float maxOf8(Vec8 v) {
 constexpr float kAccumulated = -1.0f;
 
 /// The element mask of partial tile [k0, k1) for a routed block's rows
-/// tr.map[0, rows) into w.keep (row i at i * colsPad): each run of rows at
-/// consecutive positions as a tile of its own, so every row is masked at
-/// its own position.
+/// tr.map[0, rows) into w.keep (row i at i * colsPad), every row masked at
+/// its own position. Where the mask over the block's whole span of
+/// positions is one line (diagonal) or one row (columns), that line is
+/// built once, O(span + cols), and each row copied from its own place in
+/// it; else each run of rows at consecutive positions is a tile of its own
+/// (the row-by-row shapes cost a row each either way).
 void routedTileMask(const Job &job, Worker &w, const SeqPlan &sp,
                     const TaskRows &tr, const k::Node *nodes, k::i64 count,
                     const k::ProgramRuns &runs, int64_t head, int64_t k0,
                     int64_t k1) {
   const k::LayerTable &t = job.table;
   const int64_t cp = w.colsPad, cols = k1 - k0, kEnd = sp.kStart + sp.nk;
+  const int64_t s0 = sp.pStart + tr.q0, s1 = sp.pStart + tr.end;
+  const MaskShape spanShape =
+      maskShape(nodes, count, t.data,
+                k::Tile{s0, s1, k0, k1, kEnd, kEnd, head, t.numHeads});
+  if (spanShape == MaskShape::Diagonal || spanShape == MaskShape::Columns) {
+    MaskRows m = partialTileMask(spanShape, runs, nodes, count, t.data, s0, k0,
+                                 s1, k1, kEnd, kEnd, head, t.numHeads,
+                                 w.keep.data(), cp, w.line);
+    // Row 0 first stays where it is (columns: it is the shared row).
+    for (int64_t i = 0; i < tr.rows; ++i) {
+      const uint8_t *src = m.base + (tr.map[i] - tr.q0) * m.step;
+      if (src != w.keep.data() + i * cp)
+        std::memmove(w.keep.data() + i * cp, src, size_t(cols));
+    }
+    return;
+  }
   for (int64_t i0 = 0; i0 < tr.rows;) {
     int64_t i1 = i0 + 1;
     while (i1 < tr.rows && tr.map[i1] == tr.map[i1 - 1] + 1)
@@ -1155,6 +1175,7 @@ void runTask(Job &job, Worker &w, int64_t s, int64_t slot, int64_t qb,
   }
   w.full += full;
   w.partial += partial;
+  w.rowTiles += (full + partial) * rows;
 }
 
 /// Merges the chunks of a split pair by log-sum-exp, in chunk order (the
@@ -1269,14 +1290,16 @@ bool splits(const Job &job, const SeqPlan &sp) {
 }
 
 /// Per-token head routing: sequence s's active rows of each launch slot,
-/// cut into blocks of up to blockQ rows spanning fewer than 4 blockQ rows
-/// (so a sparse head's block does not walk the union of far-apart rows'
-/// tiles); inactive pairs of computed heads get O = 0 and LSE = -inf here
-/// (skipped heads: writeSkippedHeads). A byte read per (row, slot).
+/// cut into blocks whose rows span fewer than blockQ positions (so a block
+/// walks about the tiles of one unrouted query block, with only its active
+/// rows: a span of 4 blockQ cost windowed heads 0.69x of the unrouted time
+/// at a quarter of the rows, blockQ 0.43x; docs/runtime.md); inactive
+/// pairs of computed heads get O = 0 and LSE = -inf here (skipped heads:
+/// writeSkippedHeads). A byte read per (row, slot).
 void planRoutedBlocks(Job &job, int64_t s) {
   const LayerArgs &a = job.a;
   const SeqPlan &p = job.seqs[size_t(s)];
-  const int64_t H = a.q.heads, bq = a.blockQ, span = 4 * bq;
+  const int64_t H = a.q.heads, bq = a.blockQ;
   std::vector<float> zeros(size_t(job.d), 0.0f);
   job.seqBlock[size_t(s)] = int64_t(job.blocks.size());
   for (size_t si = 0; si < job.slots.size(); ++si) {
@@ -1292,8 +1315,7 @@ void planRoutedBlocks(Job &job, int64_t s) {
       }
       const int64_t at = int64_t(job.activeRows.size());
       if (job.blocks.size() == size_t(job.seqBlock[size_t(s)]) ||
-          job.blocks.back().slotIndex != int64_t(si) ||
-          at - job.blocks.back().begin == bq || i - first >= span) {
+          job.blocks.back().slotIndex != int64_t(si) || i - first >= bq) {
         job.blocks.push_back({at, at, int64_t(si)});
         first = i;
       }
@@ -1354,7 +1376,7 @@ void prepareWorker(const Job &job, Worker &w, bool withCache) {
   for (const SeqPlan &p : job.seqs)
     rows = std::max(rows, std::min(p.nq, a.blockQ));
   w.rowsPad = roundUp(rows, kRows);
-  w.full = w.partial = 0;
+  w.full = w.partial = w.rowTiles = 0;
   w.walkStarts.assign(job.runs.size(), Worker::WalkStart{});
   w.colsPad = roundUp(a.blockK, kLanes);
   w.dPad = roundUp(job.d, kLanes);
@@ -1593,6 +1615,7 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
         runTaskAt(job, w, i, s);
     job.full += w.full;
     job.partial += w.partial;
+    job.rowTiles += w.rowTiles;
     releaseLargeCache(w);
   });
   // The split pairs' merges: a second pass once every chunk has run.
@@ -1615,6 +1638,7 @@ std::string tessera::cpu::runLayer(const k::LayerTable &table,
     stats->tilesTotal = total;
     stats->tilesFull = job.full;
     stats->tilesPartial = job.partial;
+    stats->rowTiles = job.rowTiles;
   }
   return "";
 }

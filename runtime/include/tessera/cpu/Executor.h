@@ -79,12 +79,12 @@ struct LayerArgs {
   /// nonzero = active; dense queries [batch, q.seq, q.heads], packed ones
   /// [q.seq, q.heads]. Inactive pairs get O = 0 and LSE = -inf and cost
   /// nothing: a head's active rows of a sequence are compacted into blocks
-  /// of up to blockQ rows (cut where a block's rows would span 4 blockQ
-  /// positions or more, so that a sparse head's walk is not the union of
-  /// far-apart rows), each walking the tiles of its rows' positions (the
-  /// pattern sees every row's own position). Work: the active rows' tiles,
-  /// plus a byte read per pair. Null: every pair active. Trusted (the C
-  /// API checks its size).
+  /// whose rows span fewer than blockQ positions (so a block walks about
+  /// the tiles of one unrouted query block, for its active rows only; a
+  /// wider span would walk the union of far-apart rows' tiles), the
+  /// pattern evaluated at every row's own position. Work: the active rows'
+  /// tiles, plus a byte read per pair. Null: every pair active. Trusted
+  /// (the C API checks its size).
   const uint8_t *headActive = nullptr;
   float scale = 0; ///< 0: 1 / sqrt(head_dim)
   int64_t blockQ = 64, blockK = 64;
@@ -106,6 +106,9 @@ struct RunStats {
   int64_t tilesTotal = 0;   ///< all (query block, key block) tiles
   int64_t tilesFull = 0;    ///< visited without a mask
   int64_t tilesPartial = 0; ///< visited with the element predicate
+  /// The visited tiles times the query rows each computed (per-token head
+  /// routing computes only a block's active rows).
+  int64_t rowTiles = 0;
 };
 
 /// Computes attention for every head of `args.q` (of the layer described by

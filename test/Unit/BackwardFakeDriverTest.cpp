@@ -633,6 +633,27 @@ TEST_F(FakeDriverDynamicBackward, Bf16HeadDim128ShortQueries) {
             0);
 }
 
+/// The shipped minference-llm bundle's layer 0 (bf16, head_dim 128, GQA
+/// 4:1: twenty vertical-slash heads, eight A-shape heads, four block top-k
+/// heads under causality) against the CPU context: at these lengths its
+/// index keeps every column, diagonal and key block (vertical = 1000,
+/// slash = 6096, top_k = 100), so the CPU's and the device's are the same
+/// whatever the inputs. Layer 1 (routing heads) is refused by name.
+TEST_F(FakeDriverDynamicBackward, ShippedMinferenceLlm) {
+  checkCase({"minference-llm", 0, 2, 100, 150, 32, 8, 128, true},
+            "minference-llm", 17);
+  const std::string k = FakeApi::get().kernels();
+  EXPECT_NE(k.find("tessera_bwd_dyn_vs_dkdv_bf16_d128"), std::string::npos);
+  EXPECT_NE(k.find("tessera_bwd_dyn_bt_dkdv_bf16_d128"), std::string::npos);
+  Buffers b, ref;
+  Case c1{"minference-llm", 1, 1, 64, 64, 32, 8, 128, true};
+  prepare(c1, b, ref, 18);
+  EXPECT_EQ(runCuda(c1, b), TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tessera_last_error()).find("routing"),
+            std::string::npos)
+      << tessera_last_error();
+}
+
 /// A copy of the bundle whose key-major sums drop each tile's last key:
 /// its dk and dv differ from the CPU's.
 TEST_F(FakeDriverDynamicBackward, BrokenKeySumsFail) {

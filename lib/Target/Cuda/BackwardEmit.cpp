@@ -247,12 +247,13 @@ void tessera::backward::emitDynamicBackwardKernels(
   const std::string ED = E + ", " + std::to_string(d);
   const std::string ds = std::to_string(d);
   // One kernel of (BwdParams, DynArgs) over the group's walk, its tiles
-  // type choosing the pass.
+  // type choosing the pass; one block an SM at least (without it ptxas
+  // aimed at two and spilled: 128 registers, 172 bytes at head_dim 96).
   auto pass = [&](const std::string &name, const char *kind,
                   const std::string &walk, const std::string &tiles,
                   int64_t threads, int64_t shared) {
     os << "TESSERA_EXTERN_C __global__ void __launch_bounds__(" << threads
-       << ")\n"
+       << ", 1)\n"
        << name
        << "(const tessera::kernel::BwdParams p, tessera::kernel::DynArgs a) "
           "{\n"

@@ -283,7 +283,7 @@ public:
     emitMergeKernels();
     emitBackwardKernels();
     emitDynamicKernels();
-    for (const auto &[key, families] : dynFamilies) // (DynamicBackward.cuh)
+    for (const auto &[key, families] : dynBackwardFamilies)
       backward::emitDynamicBackwardKernels(os, key.first, key.second, families,
                                            kernelsJson);
     emitEmulatorRegistrations();
@@ -405,10 +405,13 @@ private:
       layer["backward"] = backward::layerBackwardJson(
           dtypeName(dtype), d, !table.skippedHeads.empty(),
           !dynamicJson.empty());
-      for (json::Value &g : dynamicJson)
-        (*g.getAsObject())["backward"] = backward::dynamicGroupBackwardJson(
-            g.getAsObject()->getString("family").value_or(""),
-            dtypeName(dtype), d);
+      for (json::Value &g : dynamicJson) {
+        const std::string family =
+            g.getAsObject()->getString("family").value_or("").str();
+        (*g.getAsObject())["backward"] =
+            backward::dynamicGroupBackwardJson(family, dtypeName(dtype), d);
+        dynBackwardFamilies[{dtypeName(dtype), d}].insert(family);
+      }
     }
     if (!dynamicJson.empty()) {
       layer["dynamic_groups"] = std::move(dynamicJson);
@@ -1126,6 +1129,9 @@ private:
   std::set<int64_t> dynPatterns;
   std::map<KernelKey, std::set<std::string>> dynFamilies;
   std::map<KernelKey, bool> dynMerge, dynFlex;
+  /// The dynamic families whose backward kernels some layer's "backward"
+  /// names, per kernel (DynamicBackward.cuh).
+  std::map<KernelKey, std::set<std::string>> dynBackwardFamilies;
   std::string dynHeads, dynTables;
   llvm::raw_string_ostream dynHeadsOs, dynTablesOs;
   std::vector<std::string> dynTableNames;

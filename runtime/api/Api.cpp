@@ -2407,6 +2407,8 @@ static tessera_status sequenceBackward(const Call &c,
       }
     one.lse = lse.data();
     one.dLse = a.dLse ? dLse.data() : nullptr;
+    if (a.headActive) // the sequence's rows: packed from q0, else batch qb
+      one.headActive = a.headActive + (qb * d.q.seq + q0) * H;
     if (std::string e = cpu::runLayerBackward(c.l->table(), one); !e.empty())
       return fail(TESSERA_ERROR_INTERNAL, e);
   }
@@ -2477,21 +2479,7 @@ attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
   a.o = f.o;
   a.dO = toCpu(*dO);
   a.lse = c.d.lse;
-  // Per-token head routing: an inactive (row, head) pair's LSE is -inf
-  // whatever the caller's array holds, so its P is 0 (dq = 0, no share of
-  // dk and dv).
-  std::vector<float> routedLse;
-  if (c.d.head_active) {
-    const int64_t H = c.heads, n = c.d.q.seq;
-    routedLse.assign(c.d.lse, c.d.lse + c.lseCount);
-    for (int64_t r = 0; r < (c.d.cu_seqlens_q ? 1 : c.d.q.batch) * n; ++r)
-      for (int64_t h = 0; h < H; ++h)
-        if (!c.d.head_active[r * H + h])
-          routedLse[size_t(c.d.cu_seqlens_q ? h * n + r
-                                            : ((r / n) * H + h) * n + r % n)] =
-              -INFINITY;
-    a.lse = routedLse.data();
-  }
+  a.headActive = c.d.head_active; // inactive pairs: dq = 0, no dk / dv
   a.dLse = dLse;
   a.dq = toCpu(*dq);
   a.dk = toCpu(*dk);

@@ -64,6 +64,7 @@ struct Scratch {
   std::vector<float> tmp;       ///< [max(rp, cp)][dp] one tile's product
   std::vector<double> acc;      ///< [rp][dp] dQ across tiles
   std::vector<double> dK, dV;   ///< [cp][dp] across tiles
+  std::vector<int64_t> rowMap;  ///< [rp] a block's active rows (routing)
 
   Scratch(int64_t bq, int64_t bk, int64_t d)
       : rp(roundUp(bq, kRows)), cp(roundUp(bk, kLanes)),
@@ -84,18 +85,21 @@ struct Scratch {
     acc.assign(rp * dp, 0.0);
     dK.assign(cp * dp, 0.0);
     dV.assign(cp * dp, 0.0);
+    rowMap.assign(rp, 0);
   }
 };
 
-/// Reads rows [r0, r0 + n) of head h into dst ([..][ld]), zeroing the rows
-/// up to `padRows`; returns whether a value is a NaN or an infinity.
+/// Reads rows [r0, r0 + n) of head h (routed: rows r0 + map[i]) into dst
+/// ([..][ld]), zeroing the rows up to `padRows`; returns whether a value is
+/// a NaN or an infinity.
 bool loadRows(const Tensor &t, int64_t b, int64_t r0, int64_t n, int64_t h,
-              int64_t d, float *dst, int64_t ld, int64_t padRows) {
+              int64_t d, float *dst, int64_t ld, int64_t padRows,
+              const int64_t *map = nullptr) {
   Vec poison = {};
   for (int64_t i = 0; i < padRows; ++i) {
     float *row = dst + i * ld;
     if (i < n)
-      load(t, offsetOf(t, b, r0 + i, h), d, row);
+      load(t, offsetOf(t, b, r0 + (map ? map[i] : i), h), d, row);
     else
       std::fill(row, row + d, 0.0f);
     for (int64_t x = 0; x < ld; x += kLanes)
@@ -112,42 +116,53 @@ void transpose(const float *src, int64_t lds, float *dst, int64_t ldd,
       dst[c * ldd + r] = src[r * lds + c] * factor;
 }
 
-/// The tile's bias: 0 where the pair (q0 + i, k0 + j) is allowed, -inf where
-/// it is masked or past the keys or queries.
+/// The tile's bias: 0 where the pair (q0 + i, k0 + j) is allowed (routed:
+/// row q0 + map[i]), -inf where it is masked or past the keys or queries.
 void tileBias(const Plan &pl, Scratch &w, int64_t slot, int cls, int64_t q0,
-              int64_t rows, int64_t k0, int64_t cols) {
+              int64_t rows, int64_t k0, int64_t cols,
+              const int64_t *map = nullptr) {
   const k::Node *nodes = pl.nodes(slot);
   k::i64 count = pl.count(slot);
   int64_t head = pl.t.computedHead[slot];
   for (int64_t i = 0; i < w.rp; ++i) {
     float *row = &w.bias[i * w.cp];
     for (int64_t j = 0; j < w.cp; ++j) {
-      bool on = i < rows && j < cols &&
-                (cls == k::kFull ||
-                 k::allowedPair(nodes, count, pl.t.data, q0 + i, k0 + j, pl.nq,
-                                pl.nk, head, pl.t.numHeads));
+      bool on =
+          i < rows && j < cols &&
+          (cls == k::kFull ||
+           k::allowedPair(nodes, count, pl.t.data, q0 + (map ? map[i] : i),
+                          k0 + j, pl.nq, pl.nk, head, pl.t.numHeads));
       row[j] = on ? 0.0f : kNegInf;
     }
   }
+}
+
+/// The padded rows a tile's products run over: all of the scratch's, or,
+/// routed, the block's active rows padded (the rest are never read, so the
+/// products follow the active rows).
+int64_t paddedRows(const Scratch &w, int64_t rows, const int64_t *map) {
+  return map ? std::min(w.rp, roundUp(rows, kRows)) : w.rp;
 }
 
 /// P and dS of one tile from w.q, w.dO, w.kT, w.vT and w.bias:
 /// P = exp(s * S - lse) and dS = P * (dP - D) on the allowed pairs, exactly
 /// 0 on the others (selected, so a masked infinity leaves no NaN).
 TESSERA_CPU_CLONES
-void tileGrads(const Plan &pl, Scratch &w, int64_t b, int64_t head,
-               int64_t q0, int64_t rows) {
-  gemm(w.q.data(), w.dp, w.kT.data(), w.cp, w.p.data(), w.cp, w.rp, w.cp,
-       pl.d, /*accumulate=*/false);
-  gemm(w.dO.data(), w.dp, w.vT.data(), w.cp, w.dP.data(), w.cp, w.rp, w.cp,
-       pl.d, /*accumulate=*/false);
+void tileGrads(const Plan &pl, Scratch &w, int64_t b, int64_t head, int64_t q0,
+               int64_t rows, const int64_t *map = nullptr) {
+  const int64_t rp = paddedRows(w, rows, map);
+  gemm(w.q.data(), w.dp, w.kT.data(), w.cp, w.p.data(), w.cp, rp, w.cp, pl.d,
+       /*accumulate=*/false);
+  gemm(w.dO.data(), w.dp, w.vT.data(), w.cp, w.dP.data(), w.cp, rp, w.cp, pl.d,
+       /*accumulate=*/false);
   const int64_t row0 = pl.lseRow(b, head) + q0;
-  for (int64_t i = 0; i < w.rp; ++i) {
+  for (int64_t i = 0; i < rp; ++i) {
     float *p = &w.p[i * w.cp], *dP = &w.dP[i * w.cp], *dS = &w.dS[i * w.cp];
     const float *bias = &w.bias[i * w.cp];
     // A row without keys (LSE -inf) and the padding rows have P = 0.
-    float lse = i < rows ? pl.a.lse[row0 + i] : kNegInf;
-    float delta = i < rows ? pl.delta[row0 + i] : 0.0f;
+    const int64_t at = row0 + (map && i < rows ? map[i] : i);
+    float lse = i < rows ? pl.a.lse[at] : kNegInf;
+    float delta = i < rows ? pl.delta[at] : 0.0f;
     for (int64_t j = 0; j < w.cp; j += kLanes) {
       Vec on = loadVec(bias + j);
       Vec x = loadVec(p + j) * pl.scale - lse;
@@ -177,6 +192,22 @@ void maskedAccumulate(const float *a, int64_t lda, const float *bm,
       for (int64_t x = 0; x < d; ++x)
         acc[r * ldc + x] += f * bm[c * ldb + x];
     }
+}
+
+/// Per-token head routing (BackwardArgs::headActive): the active rows of
+/// query block [q0, q0 + rows) of (b, head) as offsets into w.rowMap, and
+/// their count; without routing, `rows` (and no map).
+int64_t activeRows(const Plan &pl, Scratch &w, int64_t b, int64_t head,
+                   int64_t q0, int64_t rows) {
+  if (!pl.a.headActive)
+    return rows;
+  const int64_t H = pl.a.q.heads;
+  const uint8_t *m = pl.a.headActive + (b * pl.nq + q0) * H + (head - pl.h0);
+  int64_t n = 0;
+  for (int64_t i = 0; i < rows; ++i)
+    if (m[i * H])
+      w.rowMap[size_t(n++)] = i;
+  return n;
 }
 
 /// Loads keys [k0, k0 + cols) of (b, kvHead) into w.kr/w.vr and their
@@ -219,36 +250,43 @@ void keyBlockTask(Plan &pl, Scratch &w, int64_t b, int64_t kvHead,
     k::Run run = runs.runFrom(ctx, 0);
     for (int64_t qb = run.lo; k::isRun(run);
          qb < run.hi ? ++qb : (run = runs.runFrom(ctx, qb + 1), qb = run.lo)) {
-      const int64_t q0 = qb * bq, rows = std::min(bq, pl.nq - q0);
+      const int64_t q0 = qb * bq;
+      // Routed: the block's active rows only (none: nothing to add).
+      const int64_t rows =
+          activeRows(pl, w, b, head, q0, std::min(bq, pl.nq - q0));
+      const int64_t *map = a.headActive ? w.rowMap.data() : nullptr;
+      if (rows == 0)
+        continue;
+      const int64_t rp = paddedRows(w, rows, map);
       const int cls = run.cls;
       ++tiles;
-      bool rowsNonFinite =
-          loadRows(a.q, b, q0, rows, head - pl.h0, d, w.q.data(), dp, w.rp);
-      rowsNonFinite |=
-          loadRows(a.dO, b, q0, rows, head - pl.h0, d, w.dO.data(), dp, w.rp);
-      tileBias(pl, w, slot, cls, q0, rows, k0, cols);
-      tileGrads(pl, w, b, head, q0, rows);
+      bool rowsNonFinite = loadRows(a.q, b, q0, rows, head - pl.h0, d,
+                                    w.q.data(), dp, w.rp, map);
+      rowsNonFinite |= loadRows(a.dO, b, q0, rows, head - pl.h0, d, w.dO.data(),
+                                dp, w.rp, map);
+      tileBias(pl, w, slot, cls, q0, rows, k0, cols, map);
+      tileGrads(pl, w, b, head, q0, rows, map);
       if (cls == k::kPartial && rowsNonFinite) {
         auto on = [&](int64_t j, int64_t i) {
           return w.bias[i * w.cp + j] == 0.0f;
         };
-        transpose(w.p.data(), w.cp, w.pT.data(), w.rp, w.rp, w.cp);
-        transpose(w.dS.data(), w.cp, w.dST.data(), w.rp, w.rp, w.cp);
+        transpose(w.p.data(), w.cp, w.pT.data(), w.rp, rp, w.cp);
+        transpose(w.dS.data(), w.cp, w.dST.data(), w.rp, rp, w.cp);
         maskedAccumulate(w.pT.data(), w.rp, w.dO.data(), dp, dV.data(), dp,
                          cols, rows, d, 1.0, on);
         maskedAccumulate(w.dST.data(), w.rp, w.q.data(), dp, dK.data(), dp,
                          cols, rows, d, pl.scale, on);
         continue;
       }
-      transpose(w.p.data(), w.cp, w.pT.data(), w.rp, w.rp, w.cp);
-      transpose(w.dS.data(), w.cp, w.dST.data(), w.rp, w.rp, w.cp);
-      gemm(w.pT.data(), w.rp, w.dO.data(), dp, w.tmp.data(), dp, w.cp, dp,
-           w.rp, /*accumulate=*/false);
+      transpose(w.p.data(), w.cp, w.pT.data(), w.rp, rp, w.cp);
+      transpose(w.dS.data(), w.cp, w.dST.data(), w.rp, rp, w.cp);
+      gemm(w.pT.data(), w.rp, w.dO.data(), dp, w.tmp.data(), dp, w.cp, dp, rp,
+           /*accumulate=*/false);
       for (int64_t j = 0; j < cols; ++j)
         for (int64_t x = 0; x < d; ++x)
           dV[j * dp + x] += w.tmp[j * dp + x];
-      gemm(w.dST.data(), w.rp, w.q.data(), dp, w.tmp.data(), dp, w.cp, dp,
-           w.rp, /*accumulate=*/false);
+      gemm(w.dST.data(), w.rp, w.q.data(), dp, w.tmp.data(), dp, w.cp, dp, rp,
+           /*accumulate=*/false);
       for (int64_t j = 0; j < cols; ++j)
         for (int64_t x = 0; x < d; ++x)
           dK[j * dp + x] += double(pl.scale) * w.tmp[j * dp + x];
@@ -274,13 +312,27 @@ void queryBlockTask(Plan &pl, Scratch &w, int64_t b, int64_t slot,
   const int64_t head = pl.t.computedHead[slot], kvHead = head / pl.groupSize;
   if (head < pl.h0 || head >= pl.h0 + a.q.heads) // outside the range
     return;
-  const int64_t q0 = qb * bq, rows = std::min(bq, pl.nq - q0);
-  loadRows(a.q, b, q0, rows, head - pl.h0, d, w.q.data(), dp, w.rp);
-  loadRows(a.dO, b, q0, rows, head - pl.h0, d, w.dO.data(), dp, w.rp);
+  const int64_t q0 = qb * bq, all = std::min(bq, pl.nq - q0);
+  // Routed: the block's active rows only; the others get dq = 0.
+  const int64_t rows = activeRows(pl, w, b, head, q0, all);
+  const int64_t *map = a.headActive ? w.rowMap.data() : nullptr;
+  if (map) {
+    std::fill(w.tmp.begin(), w.tmp.begin() + d, 0.0f);
+    for (int64_t i = 0, next = 0; i < all; ++i)
+      if (next < rows && w.rowMap[size_t(next)] == i)
+        ++next;
+      else
+        store(a.dq, offsetOf(a.dq, b, q0 + i, head - pl.h0), d, w.tmp.data());
+    if (rows == 0)
+      return;
+  }
+  loadRows(a.q, b, q0, rows, head - pl.h0, d, w.q.data(), dp, w.rp, map);
+  loadRows(a.dO, b, q0, rows, head - pl.h0, d, w.dO.data(), dp, w.rp, map);
+  const int64_t rp = paddedRows(w, rows, map);
   std::fill(w.acc.begin(), w.acc.begin() + rows * dp, 0.0);
   const k::ProgramRuns &runs = pl.runs[pl.t.headGroup[slot]];
-  k::RunCtx ctx = k::makeRunCtx(q0, q0 + rows, pl.nq, pl.nk, bk, head,
-                                pl.t.numHeads);
+  k::RunCtx ctx =
+      k::makeRunCtx(q0, q0 + all, pl.nq, pl.nk, bk, head, pl.t.numHeads);
   int64_t tiles = 0;
   k::Run run = runs.runFrom(ctx, 0);
   for (int64_t kb = run.lo; k::isRun(run);
@@ -289,8 +341,8 @@ void queryBlockTask(Plan &pl, Scratch &w, int64_t b, int64_t slot,
     ++tiles;
     bool keysNonFinite;
     loadKeys(pl, w, b, kvHead, k0, cols, &keysNonFinite);
-    tileBias(pl, w, slot, run.cls, q0, rows, k0, cols);
-    tileGrads(pl, w, b, head, q0, rows);
+    tileBias(pl, w, slot, run.cls, q0, rows, k0, cols, map);
+    tileGrads(pl, w, b, head, q0, rows, map);
     if (run.cls == k::kPartial && keysNonFinite) {
       maskedAccumulate(w.dS.data(), w.cp, w.kr.data(), dp, w.acc.data(), dp,
                        rows, cols, d, pl.scale, [&](int64_t i, int64_t j) {
@@ -298,8 +350,8 @@ void queryBlockTask(Plan &pl, Scratch &w, int64_t b, int64_t slot,
                        });
       continue;
     }
-    gemm(w.dS.data(), w.cp, w.kr.data(), dp, w.tmp.data(), dp, w.rp, dp,
-         w.cp, /*accumulate=*/false);
+    gemm(w.dS.data(), w.cp, w.kr.data(), dp, w.tmp.data(), dp, rp, dp, w.cp,
+         /*accumulate=*/false);
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t x = 0; x < d; ++x)
         w.acc[i * dp + x] += double(pl.scale) * w.tmp[i * dp + x];
@@ -307,7 +359,8 @@ void queryBlockTask(Plan &pl, Scratch &w, int64_t b, int64_t slot,
   for (int64_t i = 0; i < rows; ++i) {
     for (int64_t x = 0; x < d; ++x)
       w.tmp[x] = float(w.acc[i * dp + x]);
-    store(a.dq, offsetOf(a.dq, b, q0 + i, head - pl.h0), d, w.tmp.data());
+    store(a.dq, offsetOf(a.dq, b, q0 + (map ? map[i] : i), head - pl.h0), d,
+          w.tmp.data());
   }
   pl.queryTiles += tiles;
 }

@@ -47,6 +47,11 @@ struct BackwardArgs {
   /// [batch, q.heads, Nq]. dk and dv sum over the range's query heads only.
   int64_t headStart = 0;
   int64_t numKvHeads = 0; ///< the layer's kv heads; 0: k.heads
+  /// Per-token head routing, as the forward's LayerArgs::headActive:
+  /// [batch, q.seq, q.heads] bytes, nonzero = active. Inactive pairs get
+  /// dq = 0 and add nothing to dk and dv, at no cost: each query block's
+  /// tiles compute its active rows only. Null: every pair active.
+  const uint8_t *headActive = nullptr;
   float scale = 0; ///< 0: 1 / sqrt(head_dim), as in the forward
   int64_t blockQ = 64, blockK = 64;
   int numThreads = 0; ///< 0: all hardware threads

@@ -662,6 +662,14 @@ TEST_F(FakeDriverDynamicBackward, BrokenKeySumsFail) {
             0);
 }
 
+/// A copy whose query-major pass ignores the walk's keep bits (every pair
+/// of a visited tile counts): its dq differs from the CPU's.
+TEST_F(FakeDriverDynamicBackward, BrokenQueryMasksFail) {
+  EXPECT_GT(checkDynamic({"backward-dynamic", 0, 1, 128, 160, 4, 2, 64, false},
+                         "broken-bwd-dyn-q", 19, /*checkFloat64=*/false),
+            0);
+}
+
 /// Routing heads have no CUDA backward yet: refused by name, nothing
 /// launched (DynamicHopper.mlir's layer 2).
 TEST_F(FakeDriverDynamicBackward, RoutingRefusedByName) {

@@ -933,11 +933,11 @@ static tessera_status launchDynamicGroup(tessera_bundle *bundle, int64_t layer,
                           !g.wgmmaKernels[size_t(kern)].empty();
         if (gx > 0x7fffffff)
           failed = -1;
-        else if (twin)
+        else if (twin) // kHopperDynParts query tiles a block
           failed = d.launchKernel(
               bundle->functions.at(g.wgmmaKernels[size_t(kern)]),
-              static_cast<unsigned>(gx), static_cast<unsigned>(a.numSlots),
-              static_cast<unsigned>(batches),
+              static_cast<unsigned>(kernel::dynTwinGrid(gx)),
+              static_cast<unsigned>(a.numSlots), static_cast<unsigned>(batches),
               static_cast<unsigned>(g.wgmmaThreads), 1, 1,
               static_cast<unsigned>(g.wgmmaDynamicShared), stream, twinArgs,
               nullptr);

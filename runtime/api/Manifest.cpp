@@ -309,8 +309,9 @@ std::string parseBackward(const json::Object &o, LayerDesc &l) {
 /// A dynamic group: every parameter in the range the dialect verifies and
 /// the bundles' kernels support.
 /// A dynamic group's sm_90a twins ("wgmma", optional; HopperDynamic.cuh):
-/// `<kernel>_wgmma` for some of its attention kernels, 256 threads (a
-/// producer warpgroup and a consumer), dynamic shared memory within the
+/// `<kernel>_wgmma` for some of its attention kernels, 384 threads (a
+/// producer warpgroup and two consumers, each walking one query tile:
+/// kernel::kHopperDynParts), dynamic shared memory within the
 /// 227 KiB a block can have; head_dim 64 and 128.
 std::string parseDynamicWgmma(const json::Object &g, const LayerDesc &l,
                               DynamicGroupDesc &out) {
@@ -324,8 +325,8 @@ std::string parseDynamicWgmma(const json::Object &g, const LayerDesc &l,
     return "a dynamic group's wgmma lacks kernels, threads or dynamic_shared";
   if (l.headDim != 64 && l.headDim != 128)
     return "wgmma kernels exist for head_dim 64 and 128 only";
-  if (*threads != 256)
-    return "a dynamic group's wgmma kernels take 256 threads a block";
+  if (*threads != 384)
+    return "a dynamic group's wgmma kernels take 384 threads a block";
   if (*shared <= 0 || *shared > 227 * 1024)
     return "a dynamic group's wgmma dynamic_shared must be in (0, 227 KiB]";
   out.wgmmaKernels.assign(out.kernels.size(), "");

@@ -122,7 +122,7 @@ template <typename T> T *at(std::vector<unsigned char> &ws, int64_t offset) {
 /// `ws` reused by every chunk (after the run it holds the last chunk's
 /// slices). Counts each kernel's launches; returns the chunks run.
 /// `twins`: null, or the sm_90a twins of the attention kernels (launched
-/// in their place, 256 threads, with `maps`).
+/// in their place, 384 threads and two query tiles a block, with `maps`).
 int runGroup(const std::string &name, const std::vector<std::string> &kernels,
              const k::AttnParams &p, k::DynArgs a, int64_t slots, int64_t batch,
              int64_t budget, std::vector<unsigned char> &ws,
@@ -172,10 +172,10 @@ int runGroup(const std::string &name, const std::vector<std::string> &kernels,
             return chunks;
           }
           HopperDynPack pack{p, a, {maps[0], maps[1], maps[2]}};
-          tessera_emu::launch(
-              [&] { tf->second(&pack, 0); },
-              dim3{unsigned(gx), unsigned(a.numSlots), unsigned(batches)},
-              dim3{256, 1, 1});
+          tessera_emu::launch([&] { tf->second(&pack, 0); },
+                              dim3{unsigned(k::dynTwinGrid(gx)),
+                                   unsigned(a.numSlots), unsigned(batches)},
+                              dim3{384, 1, 1});
           continue;
         }
         struct {

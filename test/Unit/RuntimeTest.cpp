@@ -1095,7 +1095,7 @@ TEST(RuntimeBundles, WgmmaEntriesAreValidated) {
 
 /// A dynamic group's sm_90a twins ("wgmma", HopperDynamic.cuh) are checked
 /// when the bundle loads, on any device: each the twin of one of the
-/// group's kernels, 256 threads, shared memory a block can have, head_dim
+/// group's kernels, 384 threads, shared memory a block can have, head_dim
 /// 64 and 128.
 TEST(RuntimeBundles, DynamicWgmmaEntriesAreValidated) {
   tessera_context *ctx;
@@ -1112,8 +1112,8 @@ TEST(RuntimeBundles, DynamicWgmmaEntriesAreValidated) {
        {"no suffix", "wgmma kernel 'tessera_vs_sums' is not the twin",
         set("kernels", Arr{"tessera_vs_sums"})},
        {"a number", "wgmma kernel '?' is not the twin", set("kernels", Arr{5})},
-       {"384 threads", "wgmma kernels take 256 threads a block",
-        set("threads", 384)},
+       {"256 threads", "wgmma kernels take 384 threads a block",
+        set("threads", 256)},
        {"too much shared memory", "wgmma dynamic_shared must be in (0, 227",
         set("dynamic_shared", 300000)},
        {"no shared memory", "wgmma dynamic_shared must be in (0, 227",

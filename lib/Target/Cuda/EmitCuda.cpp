@@ -155,9 +155,10 @@ bool hasHopperKernel(int64_t headDim) {
 }
 
 /// The sm_90a twins of the dynamic groups' attention kernels
-/// (HopperDynamic.cuh): a producer warpgroup and one consumer, 64 query
-/// rows a block (the mma.sync kernels' grid).
-constexpr int64_t kHopperDynThreads = 256;
+/// (HopperDynamic.cuh): a producer warpgroup and two consumers, each
+/// walking one 64-row query tile (kernel::kHopperDynParts tiles a block:
+/// the runtime launches kernel::dynTwinGrid of the mma.sync kernel's grid).
+constexpr int64_t kHopperDynThreads = 384;
 /// Whether a dynamic kernel (dynamicKernelNames) is an attention over the
 /// index (it then has an sm_90a twin at head_dim 64 and 128).
 bool isDynamicAttention(const std::string &name) {
@@ -165,17 +166,18 @@ bool isDynamicAttention(const std::string &name) {
          name.find("_rest_") != std::string::npos;
 }
 
-/// The dynamic twins' dynamic_shared: sizeof(HopperDynTiles<D>) (the query
-/// tile, kStages stages of a key and a value tile, a guard copy of a value
-/// tile; the mbarriers, full and empty per stage and verdict, 8 bytes each;
-/// the rerun flag, padded to 8; a 32-byte DynTile and a 1552-byte DynRows
-/// per stage), rounded up to its 1024-byte alignment, plus 1024 bytes for
-/// aligning it after the kernel's static shared memory.
+/// The dynamic twins' dynamic_shared: sizeof(HopperDynTiles<D>) (per query
+/// tile, two of them: the Q tile, kStages stages of a key and a value tile,
+/// a guard copy of a value tile, the mbarriers (full and empty per stage,
+/// verdict: 8 bytes each), the rerun flag (4 bytes), a 32-byte DynTile and
+/// a 1552-byte DynRows per stage), rounded up to its 1024-byte alignment,
+/// plus 1024 bytes for aligning it after the kernel's static shared memory.
 int64_t hopperDynSharedBytes(int64_t headDim) {
-  const int64_t tile = kTile * headDim * 2;
-  const int64_t stages = headDim == 64 ? 4 : 3;
-  const int64_t bytes = (2 + 2 * stages) * tile + 8 * (2 * stages + 1) + 8 +
-                        (32 + 1552) * stages;
+  const int64_t tile = kTile * headDim * 2, parts = 2;
+  const int64_t stages = headDim == 64 ? 4 : 2;
+  const int64_t bytes =
+      parts * ((2 + 2 * stages) * tile + 8 * (2 * stages + 1) + 4 +
+               (32 + 1552) * stages);
   return (bytes + 1023) / 1024 * 1024 + 1024;
 }
 

@@ -36,6 +36,14 @@ enum DynFamily : i64 {
   kBlockIndex = 3
 };
 
+/// The 64-row query tiles one block of an attention kernel's sm_90a twin
+/// walks (HopperDynamic.cuh: one per consumer warpgroup), and so the twin's
+/// grid (x) for the mma.sync kernel's `gx` (one tile a block).
+constexpr int kHopperDynParts = 2;
+TESSERA_HD i64 dynTwinGrid(i64 gx) {
+  return (gx + kHopperDynParts - 1) / kHopperDynParts;
+}
+
 /// The parameters of one dynamic group's launches (passed by value).
 struct DynArgs {
   unsigned char *ws;      ///< the workspace: the chunk's slices

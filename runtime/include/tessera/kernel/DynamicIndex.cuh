@@ -694,25 +694,66 @@ dynAttendTiles(const AttnParams &p, const DynSlice &sl, Walk &w,
       vec, qf, p.scaleLog2, acc);
 }
 
-/// The attention of the block's query tile over walk `w` on the tiles
-/// type of the kernel: here DynTiles (the mma.sync kernels, every thread
-/// computes; true), the sm_90a twins' HopperDyn (HopperDynamic.cuh: false
-/// in the producer's threads, which store nothing).
+/// The 64-row query tiles a block of an attention kernel walks, by its
+/// tiles type: one (DynTiles, the mma.sync kernels) or one per consumer
+/// warpgroup (the sm_90a twins' HopperDyn: kHopperDynParts, specialised in
+/// HopperDynamic.cuh). Block x walks tiles x * N .. x * N + N - 1.
+template <class Tiles> struct DynParts { static constexpr int value = 1; };
+
+/// A block's query tiles: tile c's rows are contiguous from q0[c] (rows[c]
+/// null) or gathered, rows[c][0, count[c]); `live[c]` false where the
+/// block's last tile lies past the launch's (a twin's second one).
+template <int N> struct DynQueries {
+  i64 q0[N];
+  const i64 *rows[N];
+  int count[N];
+  bool live[N];
+};
+
+/// Tile c's first row (contiguous tiles), selected rather than indexed:
+/// an array indexed by a variable would live in local memory.
+template <int N>
+__device__ __forceinline__ i64 dynQ0(const DynQueries<N> &t, int c) {
+  i64 q0 = t.q0[0];
+#pragma unroll
+  for (int x = 1; x < N; ++x)
+    q0 = c == x ? t.q0[x] : q0;
+  return q0;
+}
+
+/// Block x's contiguous tiles of N (live where they start before nq).
+template <int N> __device__ __forceinline__ DynQueries<N> dynTiles(i64 nq) {
+  DynQueries<N> t;
+  for (int c = 0; c < N; ++c) {
+    t.q0[c] = ((i64)blockIdx.x * N + c) * 64;
+    t.rows[c] = nullptr;
+    t.count[c] = 0;
+    t.live[c] = t.q0[c] < nq;
+  }
+  return t;
+}
+
+/// The attention of the block's query tiles over walks `w` (one a tile,
+/// set up where the tile is live) on the tiles type of the kernel: here
+/// DynTiles (the mma.sync kernels: one tile, every thread computes;
+/// returns 0), the sm_90a twins' HopperDyn (HopperDynamic.cuh: returns the
+/// tile of the thread's consumer warpgroup, -1 in the producer's threads,
+/// which store nothing). `acc` holds the thread's rows of that tile.
 template <int E, int D, class Walk>
-__device__ __forceinline__ bool
-dynAttendWalk(const AttnParams &p, const DynSlice &sl, Walk &w,
-              DynTiles<D> &sh, i64 q0, const i64 *rows, int count,
-              FlashAcc<D> &acc) {
+__device__ __forceinline__ int
+dynAttendWalk(const AttnParams &p, const DynSlice &sl, Walk (&w)[1],
+              DynTiles<D> &sh, const DynQueries<1> &qt, FlashAcc<D> &acc) {
   __shared__ DynRing<Walk::kRows> ring;
-  dynAttendTiles<E, D>(p, sl, w, ring, sh, q0, rows, count, acc);
-  return true;
+  dynAttendTiles<E, D>(p, sl, w[0], ring, sh, qt.q0[0], qt.rows[0], qt.count[0],
+                       acc);
+  return 0;
 }
 template <int D> struct HopperDyn;
 template <int E, int D, class Walk>
-__device__ __forceinline__ bool
-dynAttendWalk(const AttnParams &p, const DynSlice &sl, Walk &w,
-              HopperDyn<D> &sh, i64 q0, const i64 *rows, int count,
-              FlashAcc<D> &acc);
+__device__ __forceinline__ int
+dynAttendWalk(const AttnParams &p, const DynSlice &sl,
+              Walk (&w)[kHopperDynParts], HopperDyn<D> &sh,
+              const DynQueries<kHopperDynParts> &qt, FlashAcc<D> &acc);
 
 /// Stores this thread's rows (query indices, -1 for none) of (b, head).
 template <int E, int D>
@@ -1145,11 +1186,17 @@ template <int E, int D, class Pats, class Tiles>
 __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g,
                                          Tiles &sh) {
+  constexpr int N = DynParts<Tiles>::value;
   const DynSlice sl = dynSlice(p, a, g.heads);
-  const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
+  const DynQueries<N> qt = dynTiles<N>(p.nq);
   const i64 shift = p.nk - p.nq;
-  __shared__ VsWalk<Pats> w;
-  if (threadIdx.x == 0) {
+  __shared__ VsWalk<Pats> ws[N];
+#pragma unroll
+  for (int c = 0; c < N; ++c) {
+    if (threadIdx.x != 0 || !qt.live[c])
+      continue;
+    const i64 q0 = qt.q0[c], q1 = minI(q0 + 64, p.nq);
+    VsWalk<Pats> &w = ws[c];
     const DynLayout &lay = sl.lay;
     const i64 *counts = reinterpret_cast<const i64 *>(sl.ws + lay.counts);
     w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
@@ -1169,9 +1216,10 @@ __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
     w.begin();
   }
   FlashAcc<D> acc;
-  if (!dynAttendWalk<E, D>(p, sl, w, sh, q0, nullptr, 0, acc))
+  const int c = dynAttendWalk<E, D>(p, sl, ws, sh, qt, acc);
+  if (c < 0)
     return;
-  const i64 qi = q0 + dynRow();
+  const i64 qi = dynQ0(qt, c) + dynRow();
   dynStore<E, D>(acc, p, sl.b, sl.head, qi < p.nq ? qi : -1,
                  qi + 8 < p.nq ? qi + 8 : -1);
 }
@@ -1661,11 +1709,17 @@ template <int E, int D, class Pats, class Tiles>
 __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g,
                                          Tiles &sh) {
+  constexpr int N = DynParts<Tiles>::value;
   const DynSlice sl = dynSlice(p, a, g.heads);
-  const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
+  const DynQueries<N> qt = dynTiles<N>(p.nq);
   const i64 shift = p.nk - p.nq;
-  __shared__ BtWalk<Pats> w;
-  if (threadIdx.x == 0) {
+  __shared__ BtWalk<Pats> ws[N];
+#pragma unroll
+  for (int c = 0; c < N; ++c) {
+    if (threadIdx.x != 0 || !qt.live[c])
+      continue;
+    const i64 q0 = qt.q0[c], q1 = minI(q0 + 64, p.nq);
+    BtWalk<Pats> &w = ws[c];
     const DynLayout &lay = sl.lay;
     const i64 first = btFirstBlock(a.block, p.nq, p.nk);
     const i64 qa = floorDiv(q0 + shift, a.block) - first;
@@ -1688,9 +1742,10 @@ __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
     w.begin();
   }
   FlashAcc<D> acc;
-  if (!dynAttendWalk<E, D>(p, sl, w, sh, q0, nullptr, 0, acc))
+  const int c = dynAttendWalk<E, D>(p, sl, ws, sh, qt, acc);
+  if (c < 0)
     return;
-  const i64 qi = q0 + dynRow();
+  const i64 qi = dynQ0(qt, c) + dynRow();
   dynStore<E, D>(acc, p, sl.b, sl.head, qi < p.nq ? qi : -1,
                  qi + 8 < p.nq ? qi + 8 : -1);
 }
@@ -1709,11 +1764,16 @@ __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
 template <int E, int D, class Pats, class Tiles>
 __device__ __forceinline__ void biAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g, Tiles &sh) {
+  constexpr int N = DynParts<Tiles>::value;
   const DynSlice sl = dynSlice(p, a, g.heads);
-  const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
+  const DynQueries<N> qt = dynTiles<N>(p.nq);
   const i64 shift = p.nk - p.nq;
-  __shared__ BtWalk<Pats, int> w;
-  if (threadIdx.x == 0) {
+  __shared__ BtWalk<Pats, int> ws[N];
+  for (int c = 0; c < N; ++c) {
+    if (threadIdx.x != 0 || !qt.live[c])
+      continue;
+    const i64 q0 = qt.q0[c], q1 = minI(q0 + 64, p.nq);
+    BtWalk<Pats, int> &w = ws[c];
     const i64 first = btFirstBlock(a.blockQ, p.nq, p.nk);
     const i64 qa = floorDiv(q0 + shift, a.blockQ) - first;
     const i64 qz = floorDiv(q1 - 1 + shift, a.blockQ) - first; // qa, qa + 1
@@ -1735,9 +1795,10 @@ __device__ __forceinline__ void biAttend(const AttnParams &p, const DynArgs &a,
     w.begin();
   }
   FlashAcc<D> acc;
-  if (!dynAttendWalk<E, D>(p, sl, w, sh, q0, nullptr, 0, acc))
+  const int c = dynAttendWalk<E, D>(p, sl, ws, sh, qt, acc);
+  if (c < 0)
     return;
-  const i64 qi = q0 + dynRow();
+  const i64 qi = dynQ0(qt, c) + dynRow();
   dynStore<E, D>(acc, p, sl.b, sl.head, qi < p.nq ? qi : -1,
                  qi + 8 < p.nq ? qi + 8 : -1);
 }
@@ -1968,43 +2029,67 @@ __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
   const i64 *qStart = reinterpret_cast<const i64 *>(sl.ws + lay.qStart);
   const i64 *kStart = reinterpret_cast<const i64 *>(sl.ws + lay.kStart);
   const i64 *permQ = reinterpret_cast<const i64 *>(sl.ws + lay.permQ);
-  const i64 C = a.clusters, x = blockIdx.x;
-  if (x >= tileStart[C])
+  constexpr int N = DynParts<Tiles>::value;
+  const i64 C = a.clusters;
+  if ((i64)blockIdx.x * N >= tileStart[C])
     return; // beyond the segments' tiles (uniform per block)
-  // The cluster: the last c with tileStart[c] <= x.
-  i64 lo = 0, hi = C;
-  while (lo < hi) {
-    const i64 mid = (lo + hi + 1) / 2;
-    if (tileStart[mid] <= x)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  const i64 c = lo;
-  const i64 r0 = qStart[c] + (x - tileStart[c]) * 64;
-  const int rows = (int)minI(64, qStart[c + 1] - r0);
-  __shared__ RtWalk<Pats> w;
-  if (threadIdx.x < 64)
-    w.rowQ[threadIdx.x] =
-        (int)threadIdx.x < rows ? permQ[r0 + threadIdx.x] : -1;
-  if (threadIdx.x == 0) {
-    w.permK = reinterpret_cast<const i64 *>(sl.ws + lay.permK);
-    w.shift = p.nk - p.nq;
-    w.head = sl.head;
-    w.nh = p.numHeads;
-    w.withId = g.withId;
-    w.at = kStart[c];
-    w.end = kStart[c + 1];
+  DynQueries<N> qt;
+  __shared__ RtWalk<Pats> ws[N];
+#pragma unroll
+  for (int part = 0; part < N; ++part) {
+    const i64 x = (i64)blockIdx.x * N + part;
+    RtWalk<Pats> &w = ws[part];
+    qt.live[part] = x < tileStart[C];
+    qt.q0[part] = 0;
+    qt.rows[part] = permQ;
+    qt.count[part] = 0;
+    if (!qt.live[part]) { // no rows: nothing stored
+      if (threadIdx.x < 64)
+        w.rowQ[threadIdx.x] = -1;
+      continue;
+    }
+    // The cluster: the last c with tileStart[c] <= x.
+    i64 lo = 0, hi = C;
+    while (lo < hi) {
+      const i64 mid = (lo + hi + 1) / 2;
+      if (tileStart[mid] <= x)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    const i64 c = lo;
+    const i64 r0 = qStart[c] + (x - tileStart[c]) * 64;
+    const int rows = (int)minI(64, qStart[c + 1] - r0);
+    qt.rows[part] = permQ + r0;
+    qt.count[part] = rows;
+    if (threadIdx.x < 64)
+      w.rowQ[threadIdx.x] =
+          (int)threadIdx.x < rows ? permQ[r0 + threadIdx.x] : -1;
+    if (threadIdx.x == 0) {
+      w.permK = reinterpret_cast<const i64 *>(sl.ws + lay.permK);
+      w.shift = p.nk - p.nq;
+      w.head = sl.head;
+      w.nh = p.numHeads;
+      w.withId = g.withId;
+      w.at = kStart[c];
+      w.end = kStart[c + 1];
+    }
   }
   FlashAcc<D> acc;
-  if (!dynAttendWalk<E, D>(p, sl, w, sh, 0, permQ + r0, rows, acc))
+  const int part = dynAttendWalk<E, D>(p, sl, ws, sh, qt, acc);
+  if (part < 0)
     return;
+  const RtWalk<Pats> &w = ws[part];
   const int row = dynRow();
+  // The slice again, from the kernel's parameters: kept live through the
+  // walk, it spilled in the sm_90a twin at head_dim 128 (NVRTC 13.0).
+  const DynSlice out = dynSlice(p, a, g.heads);
   if (a.merge)
-    flashStorePartial<D>(acc, reinterpret_cast<float *>(sl.ws + lay.partial),
+    flashStorePartial<D>(acc,
+                         reinterpret_cast<float *>(out.ws + out.lay.partial),
                          w.rowQ[row], w.rowQ[row + 8]);
   else
-    dynStore<E, D>(acc, p, sl.b, sl.head, w.rowQ[row], w.rowQ[row + 8]);
+    dynStore<E, D>(acc, p, out.b, out.head, w.rowQ[row], w.rowQ[row + 8]);
 }
 
 /// The walk of rtRest: the static runs of `without` for one 64-row query
@@ -2077,15 +2162,23 @@ __device__ __forceinline__ void rtRest(const AttnParams &p, const DynArgs &a,
                                        const DynGroupTable &g,
                                        Tiles &sh) {
   const DynSlice sl = dynSlice(p, a, g.heads);
+  constexpr int N = DynParts<Tiles>::value;
   const DynLayout &lay = sl.lay;
-  const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
-  __shared__ RestWalk<Pats> w;
-  if (threadIdx.x < 64) {
-    const int *qc = reinterpret_cast<const int *>(sl.ws + lay.qCluster);
-    const i64 qi = q0 + threadIdx.x;
-    w.rowCluster[threadIdx.x] = qi < p.nq ? qc[qi] : -1;
-  }
-  if (threadIdx.x == 0) {
+  const DynQueries<N> qt = dynTiles<N>(p.nq);
+  __shared__ RestWalk<Pats> ws[N];
+#pragma unroll
+  for (int c = 0; c < N; ++c) {
+    if (!qt.live[c])
+      continue;
+    const i64 q0 = qt.q0[c], q1 = minI(q0 + 64, p.nq);
+    RestWalk<Pats> &w = ws[c];
+    if (threadIdx.x < 64) {
+      const int *qc = reinterpret_cast<const int *>(sl.ws + lay.qCluster);
+      const i64 qi = q0 + threadIdx.x;
+      w.rowCluster[threadIdx.x] = qi < p.nq ? qc[qi] : -1;
+    }
+    if (threadIdx.x != 0)
+      continue;
     w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
     w.runs.reset();
     w.kCluster = reinterpret_cast<const int *>(sl.ws + lay.kCluster);
@@ -2096,9 +2189,10 @@ __device__ __forceinline__ void rtRest(const AttnParams &p, const DynArgs &a,
     w.at = -1;
   }
   FlashAcc<D> acc;
-  if (!dynAttendWalk<E, D>(p, sl, w, sh, q0, nullptr, 0, acc))
+  const int c = dynAttendWalk<E, D>(p, sl, ws, sh, qt, acc);
+  if (c < 0)
     return;
-  const i64 qi = q0 + dynRow();
+  const i64 qi = dynQ0(qt, c) + dynRow();
   flashStoreMerged<E, D>(
       acc, p.o + sl.b * p.oStrideB + sl.head * p.oStrideH, p.oStrideS,
       p.lse ? p.lse + (sl.b * p.numHeads + sl.head) * p.nq : nullptr,

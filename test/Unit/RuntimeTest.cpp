@@ -1140,7 +1140,8 @@ TEST(RuntimeBundles, DynamicWgmmaEntriesAreValidated) {
 /// when the bundle loads, on any device: five names, the key-major pass's
 /// threads for its head_dim, 128 for the query-major pass, 64 x 64 tiles,
 /// shared memory a block can have, head_dim 64, 96 or 128, a zero fill
-/// where heads are skipped, static heads only.
+/// where heads are skipped; with dynamic heads the sums' kernels and each
+/// group's dq and dkdv, vertical-slash and block top-k groups only.
 TEST(RuntimeBundles, BackwardEntriesAreValidated) {
   tessera_context *ctx;
   ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
@@ -1178,6 +1179,28 @@ TEST(RuntimeBundles, BackwardEntriesAreValidated) {
       ctx, "backward-cuda",
       {{"no zero fill", "skipped heads need a zero_skipped kernel",
         [](Obj &l) { l.getObject("backward")->erase("zero_skipped"); }}});
+  // Dynamic heads (minference-llm's layer 0: vertical-slash and block
+  // top-k groups) need the sums' kernels and each group's dq and dkdv.
+  expectRefused(
+      ctx, "minference-llm",
+      {{"no dynamic_add", "needs dynamic_clear and dynamic_add",
+        [](Obj &l) { l.getObject("backward")->erase("dynamic_add"); }},
+       {"a group without its kernels",
+        "dynamic group 1 lacks its backward kernels dq and dkdv",
+        [](Obj &l) { dynGroup(l, 1).erase("backward"); }},
+       {"an empty dkdv", "dynamic group 0 lacks its backward kernels",
+        [](Obj &l) { (*dynGroup(l, 0).getObject("backward"))["dkdv"] = ""; }},
+       {"a routing group", "vertical_slash and block_topk groups only",
+        [](Obj &l) {
+          Obj &g = dynGroup(l, 0);
+          g["family"] = "routing";
+          g["params"] = Obj{{"clusters", 4}, {"kmeans_iterations", 1}};
+          g["kernels"] = llvm::json::Array{
+              "tessera_rt_seed_bf16",   "tessera_rt_assign_keys_bf16",
+              "tessera_rt_update_bf16", "tessera_rt_assign_queries_bf16",
+              "tessera_rt_sort",        "tessera_rt_attend_bf16_d128"};
+          g.erase("wgmma");
+        }}});
   tessera_context_destroy(ctx);
 }
 

@@ -10,7 +10,7 @@ capability 9.x (NVRTC --gpu-architecture=sm_90a) and every `_wgmma` kernel
 its layers and their dynamic groups name is disassembled. A row per
 kernel: ptxas's registers at launch, stack and spill bytes; the registers
 the producer and the consumers hold after setmaxnreg (USETMAXREG's
-operands; the dynamic groups' twins, 256 threads, set none: "-"); the
+operands; "-" for a kernel that sets none); the
 count of HGMMA, UTMALDG (TMA loads) and LDL/STL (local memory)
 instructions.
 

@@ -929,6 +929,18 @@ TEST(DynamicEmulatorBroken, HopperProducerRunningAheadDeadlocks) {
                "deadlock in block.*mbarrier");
 }
 
+/// A consumer that reads its ring's stages without waiting for their
+/// `full` barrier: it reads descriptors not yet written (a walk's end where
+/// none is, or a previous use's tile), so its warps leave the loop at
+/// different tiles and a warpgroup collective (wgmma.fence) never gathers
+/// its 128 threads. The emulator reports the deadlock and stops.
+TEST(DynamicEmulatorBroken, HopperConsumerNotWaitingForItsStageDeadlocks) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(checkDynamicBundle("broken-dynamic-hopper-wait",
+                                  Case{1, 200, 200, true, -1, true}),
+               "deadlock in block");
+}
+
 /// Inputs/DynamicHopper.mlir: each family's sm_90a twin at head_dim 64 and
 /// 128 (vertical-slash, block top-k, routing's segments and its rest)
 /// against float64, on the twins and on the mma.sync kernels.

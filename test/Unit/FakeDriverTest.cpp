@@ -439,7 +439,7 @@ TEST_F(FakeDriver, KernelPaths) {
 /// vertical-slash, block top-k and routing heads, GQA) through the runtime
 /// on the fake device of compute capability 9.0: by default the attention
 /// over each index runs on its sm_90a twin (HopperDynamic.cuh: wgmma, TMA
-/// and cp.async, launched with the call's tensor maps and 256 threads),
+/// and cp.async, launched with the call's tensor maps and 384 threads),
 /// forced to mma_sync on the mma.sync kernels; the index kernels are the
 /// same, so both outputs agree to rounding (and each is checked against
 /// the CPU context's run of the same bundle, whose k-means may settle

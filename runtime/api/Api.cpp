@@ -2019,10 +2019,13 @@ tessera_status launchAttention(const Call &c, kernel::AttnParams &p,
 }
 
 /// A call's block index on the device (block_index groups, docs/runtime.md):
-/// the caller's host arrays, validated, copied into one stream-ordered
-/// allocation with the call's stream (no synchronising call: a copy from
-/// pageable memory has read it when cuMemcpyHtoDAsync returns), freed in
-/// stream order after the launches that read it.
+/// the caller's host arrays, validated, staged into a host copy of this
+/// call's own (pageable memory, whatever the caller's is: cuMemcpyHtoDAsync
+/// has read a pageable source when it returns, so the caller's arrays are
+/// read during the call only, as on the CPU, and nothing synchronises),
+/// copied with the call's stream into one stream-ordered allocation
+/// (offsets [B, heads, R + 1], then every column) and freed in stream
+/// order after the launches that read it.
 struct DeviceIndex {
   const Driver &d;
   void *stream;
@@ -2037,24 +2040,23 @@ struct DeviceIndex {
 
   tessera_status upload(const Call &c) {
     const cpu::BlockIndexCsr &x = c.blockIndex;
-    const size_t offBytes =
-        size_t(c.numSeqs) * size_t(x.heads) * size_t(x.stride + 1) * 4;
-    const size_t colsAt = (offBytes + 15) / 16 * 16;
-    const size_t bytes = colsAt + size_t(x.nnz) * 4;
+    const size_t numOffsets =
+        size_t(c.numSeqs) * size_t(x.heads) * size_t(x.stride + 1);
+    const size_t colsAt = (numOffsets + 3) / 4 * 4; // 16-byte aligned
+    std::vector<int32_t> staged(colsAt + size_t(x.nnz));
+    std::copy(x.offsets, x.offsets + numOffsets, staged.begin());
+    std::copy(x.cols, x.cols + x.nnz, staged.begin() + std::ptrdiff_t(colsAt));
+    const size_t bytes = staged.size() * 4;
     if (int rc = d.memAllocAsync(&mem, bytes, stream)) {
       mem = 0;
       return fail(TESSERA_ERROR_CUDA, d.message("cuMemAllocAsync", rc) +
                                           " (the block index, " +
                                           std::to_string(bytes) + " bytes)");
     }
-    if (int rc = d.memcpyHtoDAsync(mem, x.offsets, offBytes, stream))
+    if (int rc = d.memcpyHtoDAsync(mem, staged.data(), bytes, stream))
       return fail(TESSERA_ERROR_CUDA, d.message("cuMemcpyHtoDAsync", rc));
-    if (x.nnz > 0)
-      if (int rc = d.memcpyHtoDAsync(mem + colsAt, x.cols, size_t(x.nnz) * 4,
-                                     stream))
-        return fail(TESSERA_ERROR_CUDA, d.message("cuMemcpyHtoDAsync", rc));
     offsets = reinterpret_cast<const int *>(mem);
-    cols = reinterpret_cast<const int *>(mem + colsAt);
+    cols = reinterpret_cast<const int *>(mem) + colsAt;
     return TESSERA_OK;
   }
 };

@@ -21,7 +21,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <limits>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -90,9 +92,9 @@ struct Problem {
   tessera_status run(tessera_device_kind device, const char *path,
                      std::vector<uint16_t> &o, std::vector<float> &lse,
                      std::string &log, const int32_t *offs = nullptr,
-                     const int32_t *cs = nullptr, bool deviceIndex = false) {
-    const std::string dir =
-        std::string(TESSERA_BINARY_DIR) + "/test/bundles/dynamic-block-index";
+                     const int32_t *cs = nullptr, bool deviceIndex = false,
+                     std::string dir = std::string(TESSERA_BINARY_DIR) +
+                                       "/test/bundles/dynamic-block-index") {
     tessera_context *ctx = nullptr;
     tessera_bundle *bundle = nullptr;
     EXPECT_EQ(tessera_context_create(device, 0, &ctx), TESSERA_OK)
@@ -257,6 +259,56 @@ TEST_F(FakeDriverBlockIndex, BadIndicesRefusedByName) {
   EXPECT_NE(e.find("block_index_offsets is CUDA device memory"),
             std::string::npos)
       << e;
+  EXPECT_EQ(log.find("cuLaunchKernel"), std::string::npos) << log;
+}
+
+/// A bundle emitted before tessera_bi_attend (its block_index groups list
+/// no kernels, no twins): it still loads, the CPU context runs it, and a
+/// CUDA context refuses the layer by name before any launch.
+TEST_F(FakeDriverBlockIndex, OlderBundleRefusedOnCudaByName) {
+  const std::string from =
+      std::string(TESSERA_BINARY_DIR) + "/test/bundles/dynamic-block-index";
+  const std::string dir =
+      std::string(TESSERA_BINARY_DIR) + "/test/fake-block-index-older";
+  ASSERT_EQ(std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir +
+                         "' && cp '" + from + "/bundle.cu' '" + dir + "/'")
+                            .c_str()),
+            0);
+  std::ifstream in(from + "/manifest.json");
+  std::string text((std::istreambuf_iterator<char>(in)),
+                   std::istreambuf_iterator<char>());
+  const std::string before = text;
+  text = std::regex_replace(text, std::regex("\"wgmma\": \\{[^{}]*\\},\n"), "");
+  text = std::regex_replace(
+      text,
+      std::regex("\"kernels\": \\[\\s*\"tessera_bi_attend_[a-z0-9_]*\"\\s*\\]"),
+      "\"kernels\": []");
+  ASSERT_NE(text, before);
+  // The six groups' kernels emptied (and their twins gone).
+  auto empties = [](const std::string &t) {
+    size_t n = 0;
+    for (size_t at = t.find("\"kernels\": []"); at != std::string::npos;
+         at = t.find("\"kernels\": []", at + 1))
+      ++n;
+    return n;
+  };
+  ASSERT_EQ(empties(text), empties(before) + 6);
+  std::ofstream(dir + "/manifest.json") << text;
+  Problem pr(1, 150, 260);
+  std::vector<uint16_t> o, oCpu;
+  std::vector<float> lse, lseCpu;
+  std::string log, none;
+  EXPECT_EQ(pr.run(TESSERA_DEVICE_CPU, nullptr, oCpu, lseCpu, none, nullptr,
+                   nullptr, false, dir),
+            TESSERA_OK)
+      << pr.error;
+  EXPECT_EQ(pr.run(TESSERA_DEVICE_CUDA, nullptr, o, lse, log, nullptr, nullptr,
+                   false, dir),
+            TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(pr.error.find("the block_index group of head 0 has no CUDA "
+                          "kernel in this bundle"),
+            std::string::npos)
+      << pr.error;
   EXPECT_EQ(log.find("cuLaunchKernel"), std::string::npos) << log;
 }
 

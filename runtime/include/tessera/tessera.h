@@ -246,8 +246,10 @@ TESSERA_API tessera_status tessera_attention_dynamic(
  * block_index_rows >= every sequence's R (from its own Nq, Nk), of which
  * sequence s reads its first R_s + 1. Only the rows of block_index heads
  * are read (and checked: an error names the field, the batch entry and
- * the head). CPU contexts only, for now (no paged keys or positions, as
- * for every dynamic head); a layer's block_index groups share BQ and BK.
+ * the head). Host memory on every context, read during the call only
+ * (a CUDA context validates it on the host and uploads a copy on
+ * cuda_stream; dense whole-layer calls there); no paged keys or positions,
+ * as for every dynamic head; a layer's block_index groups share BQ and BK.
  * Per-token head routing (API 9; docs/runtime.md, "Per-token head
  * routing"; MoH, Mixture-of-Head attention): head_active says which heads
  * each query row uses, one uint8 per (query row, head slot), nonzero =

@@ -275,7 +275,8 @@ __device__ __forceinline__ void bwdDynKeyValue(const BwdParams &p,
     FlashAcc<C> dk, dv;
     flashInit<C>(dk);
     flashInit<C>(dv);
-    bwdKeyProducts<E, D, false>(sm, p, t.masked != 0, dk, dv);
+    bwdKeyProducts<E, D, false>(*bwdOpaque(&tiles), p, t.masked != 0, dk,
+                                dv);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = rw * 16 + lane / 4 + h * 8;

@@ -299,15 +299,16 @@ __device__ __forceinline__ void bwdGuard(u16 *tile,
 /// dP^T = V dO^T, dS^T, dK += dS^T Q, with K, V, Q, the rows' LSE and D and
 /// (partial: the query-major mask) in shared memory and dO landed or
 /// covered by the wait here; ends with a barrier. Shared by bwdKeyTile and
-/// the dynamic heads' key-major products (DynamicBackward.cuh).
+/// the dynamic heads' key-major products (DynamicBackward.cuh). `sm`: the
+/// tiles as the caller made them opaque for this tile (bwdOpaque: once a
+/// tile, for the loads and these products alike).
 template <int E, int D, bool GUARDED>
 __device__ __forceinline__ void
-bwdKeyProducts(BwdKeyTiles<D> &tiles, const BwdParams &p, bool partial,
+bwdKeyProducts(BwdKeyTiles<D> &sm, const BwdParams &p, bool partial,
                FlashAcc<BwdKeyShape<D>::kCols> &dk,
                FlashAcc<BwdKeyShape<D>::kCols> &dv) {
   using Shape = BwdKeyShape<D>;
   constexpr int NT = Shape::kThreads, C = Shape::kCols;
-  BwdKeyTiles<D> &sm = *bwdOpaque(&tiles);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int c2 = (lane % 4) * 2;
   const int rw = warp % 4, c0 = (warp / 4) * C; // key rows, dK / dV columns

@@ -1704,36 +1704,38 @@ template <class Pats, class L = i64> struct BtWalk {
   }
 };
 
-/// Attention of one 64-row query tile over the block top-k index (BtWalk).
-template <int E, int D, class Pats, class Tiles>
-__device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
-                                         const DynGroupTable &g,
-                                         Tiles &sh) {
+/// Attention of a block's query tiles over lists of key blocks per query
+/// block (BtWalk<Pats, L>): block top-k's index (blocks of a.block
+/// positions both ways) and the caller's block index (query blocks of
+/// a.blockQ positions, key blocks of a.blockK keys). `lists(qb, list, n)`
+/// gives query block qb's list (counted from the first block,
+/// btFirstBlock) and its length.
+template <int E, int D, class Pats, class L, class Tiles, class Lists>
+__device__ __forceinline__ void
+btListsAttend(const AttnParams &p, const DynGroupTable &g, Tiles &sh,
+              const DynSlice &sl, i64 blockQ, i64 blockK, const Lists &lists) {
   constexpr int N = DynParts<Tiles>::value;
-  const DynSlice sl = dynSlice(p, a, g.heads);
   const DynQueries<N> qt = dynTiles<N>(p.nq);
   const i64 shift = p.nk - p.nq;
-  __shared__ BtWalk<Pats> ws[N];
+  __shared__ BtWalk<Pats, L> ws[N];
 #pragma unroll
   for (int c = 0; c < N; ++c) {
     if (threadIdx.x != 0 || !qt.live[c])
       continue;
     const i64 q0 = qt.q0[c], q1 = minI(q0 + 64, p.nq);
-    BtWalk<Pats> &w = ws[c];
-    const DynLayout &lay = sl.lay;
-    const i64 first = btFirstBlock(a.block, p.nq, p.nk);
-    const i64 qa = floorDiv(q0 + shift, a.block) - first;
-    const i64 qz = floorDiv(q1 - 1 + shift, a.block) - first; // qa, qa + 1
-    const i64 *lists = reinterpret_cast<const i64 *>(sl.ws + lay.lists);
-    const i64 *count = reinterpret_cast<const i64 *>(sl.ws + lay.listCount);
+    BtWalk<Pats, L> &w = ws[c];
+    const i64 first = btFirstBlock(blockQ, p.nq, p.nk);
+    const i64 qa = floorDiv(q0 + shift, blockQ) - first;
+    const i64 qz = floorDiv(q1 - 1 + shift, blockQ) - first; // qa, qa + 1
     w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
-    w.listA = lists + qa * lay.cap;
-    w.listZ = lists + qz * lay.cap;
-    w.na = count[qa];
+    lists(qa, w.listA, w.na);
     w.two = qz != qa;
-    w.nz = w.two ? count[qz] : 0;
-    w.block = a.block;
-    w.split = (first + qz) * a.block; // the first position of block qz
+    w.listZ = w.listA;
+    w.nz = 0;
+    if (w.two)
+      lists(qz, w.listZ, w.nz);
+    w.block = blockK;
+    w.split = (first + qz) * blockQ; // the first position of block qz
     w.p0 = q0 + shift;
     w.head = sl.head;
     w.nh = p.numHeads;
@@ -1750,6 +1752,22 @@ __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
                  qi + 8 < p.nq ? qi + 8 : -1);
 }
 
+/// Attention of one 64-row query tile over the block top-k index (BtWalk).
+template <int E, int D, class Pats, class Tiles>
+__device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
+                                         const DynGroupTable &g, Tiles &sh) {
+  const DynSlice sl = dynSlice(p, a, g.heads);
+  const DynLayout &lay = sl.lay;
+  const i64 *lists = reinterpret_cast<const i64 *>(sl.ws + lay.lists);
+  const i64 *count = reinterpret_cast<const i64 *>(sl.ws + lay.listCount);
+  const i64 cap = lay.cap;
+  btListsAttend<E, D, Pats, i64>(p, g, sh, sl, a.block, a.block,
+                                 [=](i64 qb, const i64 *&list, i64 &n) {
+                                   list = lists + qb * cap;
+                                   n = count[qb];
+                                 });
+}
+
 //===----------------------------------------------------------------------===//
 // block_index
 //===----------------------------------------------------------------------===//
@@ -1764,43 +1782,15 @@ __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
 template <int E, int D, class Pats, class Tiles>
 __device__ __forceinline__ void biAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g, Tiles &sh) {
-  constexpr int N = DynParts<Tiles>::value;
   const DynSlice sl = dynSlice(p, a, g.heads);
-  const DynQueries<N> qt = dynTiles<N>(p.nq);
-  const i64 shift = p.nk - p.nq;
-  __shared__ BtWalk<Pats, int> ws[N];
-  for (int c = 0; c < N; ++c) {
-    if (threadIdx.x != 0 || !qt.live[c])
-      continue;
-    const i64 q0 = qt.q0[c], q1 = minI(q0 + 64, p.nq);
-    BtWalk<Pats, int> &w = ws[c];
-    const i64 first = btFirstBlock(a.blockQ, p.nq, p.nk);
-    const i64 qa = floorDiv(q0 + shift, a.blockQ) - first;
-    const i64 qz = floorDiv(q1 - 1 + shift, a.blockQ) - first; // qa, qa + 1
-    const int *off =
-        a.biOffsets + (sl.b * a.biHeads + sl.head) * (a.biStride + 1);
-    w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
-    w.listA = a.biCols + off[qa];
-    w.listZ = a.biCols + off[qz];
-    w.na = off[qa + 1] - off[qa];
-    w.two = qz != qa;
-    w.nz = w.two ? off[qz + 1] - off[qz] : 0;
-    w.block = a.blockK;
-    w.split = (first + qz) * a.blockQ; // the first position of block qz
-    w.p0 = q0 + shift;
-    w.head = sl.head;
-    w.nh = p.numHeads;
-    w.withId = g.withId;
-    w.withoutId = g.withoutId;
-    w.begin();
-  }
-  FlashAcc<D> acc;
-  const int c = dynAttendWalk<E, D>(p, sl, ws, sh, qt, acc);
-  if (c < 0)
-    return;
-  const i64 qi = dynQ0(qt, c) + dynRow();
-  dynStore<E, D>(acc, p, sl.b, sl.head, qi < p.nq ? qi : -1,
-                 qi + 8 < p.nq ? qi + 8 : -1);
+  const int *off =
+      a.biOffsets + (sl.b * a.biHeads + sl.head) * (a.biStride + 1);
+  const int *cols = a.biCols;
+  btListsAttend<E, D, Pats, int>(p, g, sh, sl, a.blockQ, a.blockK,
+                                 [=](i64 qb, const int *&list, i64 &n) {
+                                   list = cols + off[qb];
+                                   n = off[qb + 1] - off[qb];
+                                 });
 }
 
 //===----------------------------------------------------------------------===//

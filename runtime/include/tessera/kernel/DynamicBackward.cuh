@@ -71,24 +71,7 @@ template <class Pats>
 __device__ __forceinline__ void bwdWalkInit(VsWalk<Pats> &w, const BwdParams &p,
                                             const DynArgs &, const DynSlice &sl,
                                             const DynGroupTable &g, i64 q0) {
-  const i64 q1 = minI(q0 + 64, p.nq), shift = p.nk - p.nq;
-  const DynLayout &lay = sl.lay;
-  const i64 *counts = reinterpret_cast<const i64 *>(sl.ws + lay.counts);
-  w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
-  w.cols = reinterpret_cast<const i64 *>(sl.ws + lay.cols);
-  w.groups = reinterpret_cast<const i64 *>(sl.ws + lay.groups);
-  w.colBits = reinterpret_cast<const u32 *>(sl.ws + lay.colBits);
-  w.diagBits = reinterpret_cast<const u32 *>(sl.ws + lay.diagBits);
-  w.nc = counts[0];
-  w.ng = counts[2];
-  w.words = vsBitmapWords(p.nk);
-  w.p0 = q0 + shift;
-  w.p1 = q1 - 1 + shift;
-  w.head = sl.head;
-  w.nh = p.numHeads;
-  w.withId = g.withId;
-  w.withoutId = g.withoutId;
-  w.begin();
+  vsWalkInit(w, p.nq, p.nk, p.numHeads, sl, g, q0);
 }
 
 /// The walk of the query tile at row q0 (thread 0), as btAttend sets it.
@@ -96,27 +79,7 @@ template <class Pats>
 __device__ __forceinline__ void
 bwdWalkInit(BtWalk<Pats> &w, const BwdParams &p, const DynArgs &a,
             const DynSlice &sl, const DynGroupTable &g, i64 q0) {
-  const i64 q1 = minI(q0 + 64, p.nq), shift = p.nk - p.nq;
-  const DynLayout &lay = sl.lay;
-  const i64 first = btFirstBlock(a.block, p.nq, p.nk);
-  const i64 qa = floorDiv(q0 + shift, a.block) - first;
-  const i64 qz = floorDiv(q1 - 1 + shift, a.block) - first; // qa, qa + 1
-  const i64 *lists = reinterpret_cast<const i64 *>(sl.ws + lay.lists);
-  const i64 *count = reinterpret_cast<const i64 *>(sl.ws + lay.listCount);
-  w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
-  w.listA = lists + qa * lay.cap;
-  w.listZ = lists + qz * lay.cap;
-  w.na = count[qa];
-  w.two = qz != qa;
-  w.nz = w.two ? count[qz] : 0;
-  w.block = a.block;
-  w.split = (first + qz) * a.block; // the first position of block qz
-  w.p0 = q0 + shift;
-  w.head = sl.head;
-  w.nh = p.numHeads;
-  w.withId = g.withId;
-  w.withoutId = g.withoutId;
-  w.begin();
+  btIndexWalkInit(w, p.nq, p.nk, p.numHeads, a, sl, g, q0);
 }
 
 /// The walk's next tile into `tile` (thread 0), published with its staged

@@ -1182,6 +1182,33 @@ template <class Pats> struct VsWalk {
 };
 
 /// Attention of one query block over the vertical-slash index (VsWalk).
+/// Walk `w` of the query tile at row q0 over the vertical-slash index in
+/// slice `sl` (thread 0): the call's nq, nk and heads (nh). The forward's
+/// vsAttend and the backward's kernels (DynamicBackward.cuh) set it so.
+template <class Pats>
+__device__ __forceinline__ void vsWalkInit(VsWalk<Pats> &w, i64 nq, i64 nk,
+                                           i64 nh, const DynSlice &sl,
+                                           const DynGroupTable &g, i64 q0) {
+  const i64 q1 = minI(q0 + 64, nq), shift = nk - nq;
+  const DynLayout &lay = sl.lay;
+  const i64 *counts = reinterpret_cast<const i64 *>(sl.ws + lay.counts);
+  w.runs.ctx = makeRunCtx(q0, q1, nq, nk, 64, sl.head, nh);
+  w.cols = reinterpret_cast<const i64 *>(sl.ws + lay.cols);
+  w.groups = reinterpret_cast<const i64 *>(sl.ws + lay.groups);
+  w.colBits = reinterpret_cast<const u32 *>(sl.ws + lay.colBits);
+  w.diagBits = reinterpret_cast<const u32 *>(sl.ws + lay.diagBits);
+  w.nc = counts[0];
+  w.ng = counts[2];
+  w.words = vsBitmapWords(nk);
+  w.p0 = q0 + shift;
+  w.p1 = q1 - 1 + shift;
+  w.head = sl.head;
+  w.nh = nh;
+  w.withId = g.withId;
+  w.withoutId = g.withoutId;
+  w.begin();
+}
+
 template <int E, int D, class Pats, class Tiles>
 __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g,
@@ -1189,32 +1216,11 @@ __device__ __forceinline__ void vsAttend(const AttnParams &p, const DynArgs &a,
   constexpr int N = DynParts<Tiles>::value;
   const DynSlice sl = dynSlice(p, a, g.heads);
   const DynQueries<N> qt = dynTiles<N>(p.nq);
-  const i64 shift = p.nk - p.nq;
   __shared__ VsWalk<Pats> ws[N];
 #pragma unroll
-  for (int c = 0; c < N; ++c) {
-    if (threadIdx.x != 0 || !qt.live[c])
-      continue;
-    const i64 q0 = qt.q0[c], q1 = minI(q0 + 64, p.nq);
-    VsWalk<Pats> &w = ws[c];
-    const DynLayout &lay = sl.lay;
-    const i64 *counts = reinterpret_cast<const i64 *>(sl.ws + lay.counts);
-    w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
-    w.cols = reinterpret_cast<const i64 *>(sl.ws + lay.cols);
-    w.groups = reinterpret_cast<const i64 *>(sl.ws + lay.groups);
-    w.colBits = reinterpret_cast<const u32 *>(sl.ws + lay.colBits);
-    w.diagBits = reinterpret_cast<const u32 *>(sl.ws + lay.diagBits);
-    w.nc = counts[0];
-    w.ng = counts[2];
-    w.words = vsBitmapWords(p.nk);
-    w.p0 = q0 + shift;
-    w.p1 = q1 - 1 + shift;
-    w.head = sl.head;
-    w.nh = p.numHeads;
-    w.withId = g.withId;
-    w.withoutId = g.withoutId;
-    w.begin();
-  }
+  for (int c = 0; c < N; ++c)
+    if (threadIdx.x == 0 && qt.live[c])
+      vsWalkInit(ws[c], p.nq, p.nk, p.numHeads, sl, g, qt.q0[c]);
   FlashAcc<D> acc;
   const int c = dynAttendWalk<E, D>(p, sl, ws, sh, qt, acc);
   if (c < 0)
@@ -1704,45 +1710,68 @@ template <class Pats, class L = i64> struct BtWalk {
   }
 };
 
-/// Attention of a block's query tiles over lists of key blocks per query
-/// block (BtWalk<Pats, L>): block top-k's index (blocks of a.block
-/// positions both ways) and the caller's block index (query blocks of
-/// a.blockQ positions, key blocks of a.blockK keys). `lists(qb, list, n)`
-/// gives query block qb's list (counted from the first block,
-/// btFirstBlock) and its length.
-template <int E, int D, class Pats, class L, class Tiles, class Lists>
+/// Walk `w` of the query tile at row q0 over lists of key blocks per query
+/// block (thread 0): block top-k's index (blocks of a.block positions both
+/// ways) and the caller's block index (query blocks of blockQ positions,
+/// key blocks of blockK keys). `lists(qb, list, n)` gives query block qb's
+/// list (counted from the first block, btFirstBlock) and its length. The
+/// forward's attention and the backward's kernels (DynamicBackward.cuh)
+/// set it so.
+template <class Pats, class L, class Lists>
 __device__ __forceinline__ void
-btListsAttend(const AttnParams &p, const DynGroupTable &g, Tiles &sh,
-              const DynSlice &sl, i64 blockQ, i64 blockK, const Lists &lists) {
+btWalkInit(BtWalk<Pats, L> &w, i64 nq, i64 nk, i64 nh, const DynSlice &sl,
+           const DynGroupTable &g, i64 q0, i64 blockQ, i64 blockK,
+           const Lists &lists) {
+  const i64 q1 = minI(q0 + 64, nq), shift = nk - nq;
+  const i64 first = btFirstBlock(blockQ, nq, nk);
+  const i64 qa = floorDiv(q0 + shift, blockQ) - first;
+  const i64 qz = floorDiv(q1 - 1 + shift, blockQ) - first; // qa, qa + 1
+  w.runs.ctx = makeRunCtx(q0, q1, nq, nk, 64, sl.head, nh);
+  lists(qa, w.listA, w.na);
+  w.two = qz != qa;
+  w.listZ = w.listA;
+  w.nz = 0;
+  if (w.two)
+    lists(qz, w.listZ, w.nz);
+  w.block = blockK;
+  w.split = (first + qz) * blockQ; // the first position of block qz
+  w.p0 = q0 + shift;
+  w.head = sl.head;
+  w.nh = nh;
+  w.withId = g.withId;
+  w.withoutId = g.withoutId;
+  w.begin();
+}
+
+/// btWalkInit over block top-k's index in slice `sl` (blocks of a.block).
+template <class Pats>
+__device__ __forceinline__ void
+btIndexWalkInit(BtWalk<Pats> &w, i64 nq, i64 nk, i64 nh, const DynArgs &a,
+                const DynSlice &sl, const DynGroupTable &g, i64 q0) {
+  const DynLayout &lay = sl.lay;
+  const i64 *lists = reinterpret_cast<const i64 *>(sl.ws + lay.lists);
+  const i64 *count = reinterpret_cast<const i64 *>(sl.ws + lay.listCount);
+  const i64 cap = lay.cap;
+  btWalkInit(w, nq, nk, nh, sl, g, q0, a.block, a.block,
+             [=](i64 qb, const i64 *&list, i64 &n) {
+               list = lists + qb * cap;
+               n = count[qb];
+             });
+}
+
+/// Attention of a block's query tiles over lists of key blocks per query
+/// block (BtWalk<Pats, L>; `init(w, q0)` sets a tile's walk: btWalkInit).
+template <int E, int D, class Pats, class L, class Tiles, class Init>
+__device__ __forceinline__ void btListsAttend(const AttnParams &p, Tiles &sh,
+                                              const DynSlice &sl,
+                                              const Init &init) {
   constexpr int N = DynParts<Tiles>::value;
   const DynQueries<N> qt = dynTiles<N>(p.nq);
-  const i64 shift = p.nk - p.nq;
   __shared__ BtWalk<Pats, L> ws[N];
 #pragma unroll
-  for (int c = 0; c < N; ++c) {
-    if (threadIdx.x != 0 || !qt.live[c])
-      continue;
-    const i64 q0 = qt.q0[c], q1 = minI(q0 + 64, p.nq);
-    BtWalk<Pats, L> &w = ws[c];
-    const i64 first = btFirstBlock(blockQ, p.nq, p.nk);
-    const i64 qa = floorDiv(q0 + shift, blockQ) - first;
-    const i64 qz = floorDiv(q1 - 1 + shift, blockQ) - first; // qa, qa + 1
-    w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
-    lists(qa, w.listA, w.na);
-    w.two = qz != qa;
-    w.listZ = w.listA;
-    w.nz = 0;
-    if (w.two)
-      lists(qz, w.listZ, w.nz);
-    w.block = blockK;
-    w.split = (first + qz) * blockQ; // the first position of block qz
-    w.p0 = q0 + shift;
-    w.head = sl.head;
-    w.nh = p.numHeads;
-    w.withId = g.withId;
-    w.withoutId = g.withoutId;
-    w.begin();
-  }
+  for (int c = 0; c < N; ++c)
+    if (threadIdx.x == 0 && qt.live[c])
+      init(ws[c], qt.q0[c]);
   FlashAcc<D> acc;
   const int c = dynAttendWalk<E, D>(p, sl, ws, sh, qt, acc);
   if (c < 0)
@@ -1757,15 +1786,9 @@ template <int E, int D, class Pats, class Tiles>
 __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g, Tiles &sh) {
   const DynSlice sl = dynSlice(p, a, g.heads);
-  const DynLayout &lay = sl.lay;
-  const i64 *lists = reinterpret_cast<const i64 *>(sl.ws + lay.lists);
-  const i64 *count = reinterpret_cast<const i64 *>(sl.ws + lay.listCount);
-  const i64 cap = lay.cap;
-  btListsAttend<E, D, Pats, i64>(p, g, sh, sl, a.block, a.block,
-                                 [=](i64 qb, const i64 *&list, i64 &n) {
-                                   list = lists + qb * cap;
-                                   n = count[qb];
-                                 });
+  btListsAttend<E, D, Pats, i64>(p, sh, sl, [&](BtWalk<Pats> &w, i64 q0) {
+    btIndexWalkInit(w, p.nq, p.nk, p.numHeads, a, sl, g, q0);
+  });
 }
 
 //===----------------------------------------------------------------------===//
@@ -1786,11 +1809,13 @@ __device__ __forceinline__ void biAttend(const AttnParams &p, const DynArgs &a,
   const int *off =
       a.biOffsets + (sl.b * a.biHeads + sl.head) * (a.biStride + 1);
   const int *cols = a.biCols;
-  btListsAttend<E, D, Pats, int>(p, g, sh, sl, a.blockQ, a.blockK,
-                                 [=](i64 qb, const int *&list, i64 &n) {
-                                   list = cols + off[qb];
-                                   n = off[qb + 1] - off[qb];
-                                 });
+  btListsAttend<E, D, Pats, int>(p, sh, sl, [&](BtWalk<Pats, int> &w, i64 q0) {
+    btWalkInit(w, p.nq, p.nk, p.numHeads, sl, g, q0, a.blockQ, a.blockK,
+               [=](i64 qb, const int *&list, i64 &n) {
+                 list = cols + off[qb];
+                 n = off[qb + 1] - off[qb];
+               });
+  });
 }
 
 //===----------------------------------------------------------------------===//

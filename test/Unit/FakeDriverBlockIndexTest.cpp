@@ -123,9 +123,11 @@ struct Problem {
     d.block_index_nnz = int64_t(cols.size());
     d.block_index_rows = rows;
     const bool cuda = device == TESSERA_DEVICE_CUDA;
+    // No host buffer is device memory unless registered here (a test
+    // before may have left its ranges, which these allocations can reuse).
+    Fake::get().clear();
     if (cuda) {
       Fake &f = Fake::get();
-      f.clear();
       for (const auto &t : {&q, &k, &v, &o})
         f.registerRange(t->data(), t->size() * 2);
       f.registerRange(lse.data(), lse.size() * 4);

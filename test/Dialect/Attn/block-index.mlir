@@ -57,7 +57,9 @@ attn.model @block_index {
 // EMIT-NEXT: "heads": [
 // EMIT-NEXT: 0
 // EMIT-NEXT: ],
-// EMIT-NEXT: "kernels": [],
+// EMIT-NEXT: "kernels": [
+// EMIT-NEXT: "tessera_bi_attend_bf16_d64"
+// EMIT-NEXT: ],
 // EMIT-NEXT: "params": {
 // EMIT-NEXT: "block_k": 64,
 // EMIT-NEXT: "block_q": 64

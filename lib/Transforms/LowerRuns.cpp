@@ -73,11 +73,20 @@ std::string permutedRuns(GroupOp group, PeriodTransposeAttr layout) {
   if (!schedule::lowerPattern(semantics::fromAttr(group.getPattern()),
                               program, error))
     return "pairwise (" + error + ")";
+  // A prefix's quadrants depend on the lengths: decided at Nq = Nk = the
+  // longest sequence, which decides every shorter one (a leaf that is all
+  // or none of a quadrant there is so of each part of it).
+  layout::PeriodTranspose perm{period, layout.getPrefix()};
+  const kernel::Node *nodes = program.nodes.data();
+  int64_t count = int64_t(program.nodes.size()),
+          head = group.getHeads().front();
   std::string why = layout::closedFormReason(
-      program.nodes.data(), int64_t(program.nodes.size()),
-      {period, layout.getPrefix()}, group.getHeads().front());
+      nodes, count, program.data.data(), perm, head, kMaxExtent, kMaxExtent);
   if (!why.empty())
     return "pairwise (no closed form: " + why + ")";
+  if (perm.prefix > 0)
+    return layout::describePrefixed(nodes, count, program.data.data(), perm,
+                                    head, kMaxExtent);
   return "residues mod " + std::to_string(period) + ": R(p) = {k : " +
          layout::describeResidues(program.nodes.data(),
                                   int64_t(program.nodes.size())) +

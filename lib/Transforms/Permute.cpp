@@ -170,11 +170,15 @@ std::vector<TileCounts> countTiles(const semantics::Pattern &pattern,
   if (schedule::lowerPattern(pattern, program, error))
     for (size_t l = 1; l < layouts; ++l) {
       const kernel::Node *nodes = program.nodes.data();
+      const kernel::i64 *data = program.data.data();
       int64_t count = int64_t(program.nodes.size());
-      if (!layout::closedFormReason(nodes, count, orders[l - 1], head).empty())
+      if (!layout::closedFormReason(nodes, count, data, orders[l - 1], head, n,
+                                    n)
+               .empty())
         continue;
       layout::PermutedRuns runs{nodes, count, orders[l - 1], n, n, bq, bk,
                                 head};
+      runs.data = data; // the prefix's quadrants read the stripes' ranges
       runs.countTiles(out[l].visited, out[l].full);
       out[l].partial = out[l].visited - out[l].full;
       closed[l] = true;

@@ -472,9 +472,9 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
   // them all (partial tiles still test each head's own pairs).
   int64_t head = job.heads.front();
   auto tRuns = std::chrono::steady_clock::now();
-  std::string why = layout::closedFormReason(job.nodes, job.count, perm,
-                                             head);
-  if (why.empty()) {
+  std::string why = layout::closedFormReason(job.nodes, job.count, job.data,
+                                             perm, head, job.nq, job.nk);
+  if (why.empty() && perm.prefix == 0) {
     closedFormRuns({job.nodes, job.count, perm, job.nq, job.nk, job.bq,
                     job.bk, head},
                    job.walk);
@@ -484,8 +484,16 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
                           {job.nq, job.nk, job.bq, job.bk, head,
                            table.numHeads});
     if (!walkCache().find(key, job.walk)) {
-      pairwiseRuns(job.nodes, job.count, job.data, job.qTok, job.kTok,
-                   job.bq, job.bk, head, table.numHeads, job.walk);
+      if (why.empty()) { // a prefix: closed-form runs, their partial masks
+        closedFormRuns({job.nodes, job.count, perm, job.nq, job.nk, job.bq,
+                        job.bk, head, job.data},
+                       job.walk);
+        partialMasks(job.nodes, job.count, job.data, job.qTok, job.kTok, job.bq,
+                     job.bk, head, table.numHeads, job.walk);
+      } else {
+        pairwiseRuns(job.nodes, job.count, job.data, job.qTok, job.kTok, job.bq,
+                     job.bk, head, table.numHeads, job.walk);
+      }
       walkCache().add(std::move(key), job.walk);
     }
   }

@@ -13,12 +13,15 @@
 // block) and does not pay; the grouping does, for the grid and the
 // frame-diagonal heads. The counts are checked against permute_tiles.py
 // (pattern definitions, prompt kept, the rest stably sorted by
-// (t - 256) mod 1024). A prefix has no closed-form runs: such a group's
-// tiles are classified pair by pair, which the IR says.
+// (t - 256) mod 1024); --attn-permute counts the prefixed transposes from
+// their closed-form runs (layout::PermutedRuns), which the IR shows: the
+// prompt rows see every key, the segment rows every prompt key and, of the
+// segment, the residue relation of the grid or of the diagonals.
 
 // CHECK-LABEL: attn.schedule 0
 // CHECK: attn.group 0 heads [0 to 5] = {{.*}} layout #attn.period_transpose<period = 1024, prefix = 256> runs {
-// CHECK: } {attn.permuted_runs = "pairwise (no closed form: a prefix kept in place (residues shift at the segment))"}
+// CHECK: } {attn.permuted_runs = "prefix 256, residues mod 1024 after it: prompt rows: all keys; segment rows: prompt keys all, segment keys R(p) = {k : union((k - 256) mod 1024 < 32, (p - k - 256) mod 1024 < 32)}"}
 // CHECK: attn.group 1 heads [6 to 11] = {{.*}} layout #attn.period_transpose<period = 1024, prefix = 256> runs {
+// CHECK: } {attn.permuted_runs = "prefix 256, residues mod 1024 after it: prompt rows: all keys; segment rows: prompt keys all, segment keys R(p) = {k : (k - p + 16) mod 1024 < 33}"}
 // CHECK: attn.group 2 heads [12 to 15] = {{.*}}window<before = 512, after = 512>> runs {
 // CHECK-NOT: layout

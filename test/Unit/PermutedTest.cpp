@@ -68,16 +68,20 @@ TEST(PeriodTransposeTest, IsTheStableSortByResidue) {
 }
 
 /// The class of every tile of `pattern` for `head` in the period transpose
-/// of p, from the reference predicate on every pair and a stable sort by
-/// residue (not from Layout.h): 0 empty, 1 partial, 2 full.
+/// of p (the first `prefix` tokens of each sequence kept in place), from
+/// the reference predicate on every pair and a stable sort by residue (not
+/// from Layout.h): 0 empty, 1 partial, 2 full.
 std::vector<int> referenceTiles(const s::Pattern &pattern, int64_t head,
                                 int64_t numHeads, int64_t p, int64_t nq,
-                                int64_t nk, int64_t bq, int64_t bk) {
+                                int64_t nk, int64_t bq, int64_t bk,
+                                int64_t prefix = 0) {
   auto sorted = [&](int64_t n) {
     std::vector<int64_t> order(n);
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t a, int64_t b) { return a % p < b % p; });
+    int64_t kept = std::min(prefix, n);
+    std::stable_sort(
+        order.begin() + kept, order.end(),
+        [&](int64_t a, int64_t b) { return (a - kept) % p < (b - kept) % p; });
     return order;
   };
   std::vector<int64_t> qTok = sorted(nq), kTok = sorted(nk);
@@ -174,6 +178,12 @@ TEST(PermutedRunsTest, ClosedFormMatchesEveryPair) {
                                             program.nodes.size(), c.period,
                                             head),
                   "");
+        // Without prefix the lengths and the data change nothing.
+        ASSERT_EQ(layout::closedFormReason(
+                      program.nodes.data(), program.nodes.size(),
+                      program.data.data(), layout::PeriodTranspose{c.period},
+                      head, sh.nq, sh.nk),
+                  "");
         layout::PermutedRuns pr{program.nodes.data(),
                                 int64_t(program.nodes.size()),
                                 layout::PeriodTranspose{c.period},
@@ -187,6 +197,149 @@ TEST(PermutedRunsTest, ClosedFormMatchesEveryPair) {
                                  sh.nk, sh.bq, sh.bk));
       }
   }
+}
+
+TEST(PermutedRunsTest, PrefixClosedFormMatchesEveryPair) {
+  // Segment groupings: a prompt of S tokens in place, the rest transposed.
+  // Every quadrant (prompt / segment rows x prompt / segment keys) with
+  // each leaf all, none or residue-only has closed-form runs; each tile's
+  // class is checked against every pair. S = 12 is not a multiple of the
+  // blocks of 8 or 16 (blocks straddle the prompt's end) and is one of 4
+  // and 6; 130 x 70 puts negative positions on the prompt rows.
+  using P = s::Pattern;
+  constexpr int64_t kS = 12;
+  s::IndexSet text;
+  text.ranges = {{0, kS}};
+  auto periodic = [](int64_t period, int64_t width, int64_t phase) {
+    s::IndexSet set;
+    set.period = period;
+    set.width = width;
+    set.phase = phase;
+    return set;
+  };
+  struct PrefixCase {
+    const char *name;
+    P pattern;
+    int64_t period, prefix;
+    bool rowRanges; ///< horizontal stripe ranges: not closed when Nq > Nk
+  };
+  std::vector<PrefixCase> cases = {
+      {"MMInference grid: prompt global, grid lines from the prompt's end",
+       P{s::Union{{P{s::VerticalStripe{text}}, P{s::HorizontalStripe{text}},
+                   P{s::Grid{16, 1, 2, kS}}}}},
+       16, kS, true},
+      {"prompt keys + diagonals (prompt rows see diagonals too)",
+       P{s::Union{
+           {P{s::VerticalStripe{text}}, P{s::MultiDiagonal{16, {}, 2}}}}},
+       16, kS, false},
+      {"diagonals less the prompt keys",
+       P{s::Difference{
+           {P{s::MultiDiagonal{16, {}, 1}}, P{s::VerticalStripe{text}}}}},
+       16, kS, false},
+      {"diagonals alone, prefix 7 (residues in every quadrant)",
+       P{s::MultiDiagonal{16, {}, 2}}, 16, 7, false},
+      {"prompt rows + head-dependent shards",
+       P{s::Union{
+           {P{s::HorizontalStripe{text}}, P{s::StridedShards{2, 4, 0}}}}},
+       8, kS, true},
+      {"prompt keys + periodic rows, period a multiple of the stripes'",
+       P{s::Union{{P{s::VerticalStripe{text}},
+                   P{s::HorizontalStripe{periodic(8, 2, 1)}}}}},
+       24, kS, false},
+  };
+  struct Shape {
+    int64_t nq, nk, bq, bk;
+  };
+  std::vector<Shape> shapes = {
+      {96, 96, 8, 8},   {100, 100, 16, 8}, {96, 96, 4, 6},
+      {70, 130, 8, 16}, {130, 70, 16, 4},  {30, 30, 8, 8}, // 18 after S < P
+      {7, 11, 4, 4},    {12, 40, 4, 8},    {200, 200, 64, 64}};
+  constexpr int64_t kNumHeads = 4;
+  int64_t closed = 0;
+  for (const PrefixCase &c : cases) {
+    schedule::Program program;
+    std::string error;
+    ASSERT_TRUE(schedule::lowerPattern(c.pattern, program, error)) << error;
+    for (const Shape &sh : shapes)
+      for (int64_t head : {0, 3}) {
+        SCOPED_TRACE(std::string(c.name) + " nq " + std::to_string(sh.nq) +
+                     " nk " + std::to_string(sh.nk) + " bq " +
+                     std::to_string(sh.bq) + " bk " + std::to_string(sh.bk) +
+                     " head " + std::to_string(head));
+        layout::PeriodTranspose perm{c.period, c.prefix};
+        std::string why = layout::closedFormReason(
+            program.nodes.data(), program.nodes.size(), program.data.data(),
+            perm, head, sh.nq, sh.nk);
+        // The prompt rows' ranges miss the positions of a longer query
+        // sequence's rows (a prompt row sits at a negative position, a
+        // segment row inside [0, S)): no closed form then.
+        bool expectClosed = !(c.rowRanges && sh.nq > sh.nk);
+        ASSERT_EQ(why.empty(), expectClosed) << why;
+        if (!why.empty())
+          continue;
+        ++closed;
+        layout::PermutedRuns pr{program.nodes.data(),
+                                int64_t(program.nodes.size()),
+                                perm,
+                                sh.nq,
+                                sh.nk,
+                                sh.bq,
+                                sh.bk,
+                                head,
+                                program.data.data()};
+        std::vector<int> ref =
+            referenceTiles(c.pattern, head, kNumHeads, c.period, sh.nq, sh.nk,
+                           sh.bq, sh.bk, c.prefix);
+        ASSERT_EQ(closedFormTiles(pr), ref);
+        int64_t visited, full, refVisited = 0, refFull = 0;
+        pr.countTiles(visited, full);
+        for (int cls : ref) {
+          refVisited += cls != 0;
+          refFull += cls == 2;
+        }
+        EXPECT_EQ(visited, refVisited);
+        EXPECT_EQ(full, refFull);
+      }
+  }
+  EXPECT_EQ(closed, 2 * (int64_t(cases.size()) * int64_t(shapes.size()) - 2));
+}
+
+TEST(PermutedRunsTest, PrefixNamesTheLeafAndTheQuadrant) {
+  using P = s::Pattern;
+  s::IndexSet text, wider;
+  text.ranges = {{0, 12}};
+  wider.ranges = {{0, 20}};
+  auto reason = [](const P &pattern, int64_t n) {
+    schedule::Program program;
+    std::string error;
+    EXPECT_TRUE(schedule::lowerPattern(pattern, program, error)) << error;
+    return layout::closedFormReason(program.nodes.data(), program.nodes.size(),
+                                    program.data.data(),
+                                    layout::PeriodTranspose{16, 12}, 0, n, n);
+  };
+  EXPECT_EQ(
+      reason(P{s::Union{{P{s::VerticalStripe{text}},
+                         P{s::HorizontalStripe{text}}, P{s::Window{3, 3}}}}},
+             100),
+      "a band leaf (causal, window, sink): not periodic, and neither "
+      "all nor none of the segment rows x segment keys (prefix 12)");
+  // Key ranges reaching past the prompt: neither all nor none of the
+  // segment's keys.
+  EXPECT_EQ(reason(P{s::Union{{P{s::VerticalStripe{wider}},
+                               P{s::Grid{16, 1, 2, 12}}}}},
+                   100),
+            "a listed-ranges leaf (listed diagonals or stripe ranges): not "
+            "periodic, and neither all nor none of the prompt rows x "
+            "segment keys (prefix 12)");
+  // A period that does not divide the layout's.
+  EXPECT_EQ(reason(P{s::Union{{P{s::VerticalStripe{text}},
+                               P{s::MultiDiagonal{24, {}, 1}}}}},
+                   100),
+            "a periodic leaf of period 24 that does not divide 16, and "
+            "neither all nor none of the prompt rows x segment keys "
+            "(prefix 12)");
+  // Within the prompt only (N <= S), the window is all of it.
+  EXPECT_EQ(reason(P{s::Window{20, 20}}, 12), "");
 }
 
 TEST(PermutedRunsTest, NamesWhatIsNotResidueOnly) {
@@ -393,13 +546,44 @@ TEST(PermutedGroupTest, MatchesTheOriginalOrderAndFloat64) {
       {"grid, period a multiple of the stride, bf16", grid, {1, 3}, 20, 150,
        110, 16, cpu::DType::BF16},
       {"prompt + grid, prompt kept in place, Nq < Nk", promptAndGrid, {0, 2},
-       16, 140, 172, 16, cpu::DType::F32, /*closedForm=*/false,
+       16, 140, 172, 16, cpu::DType::F32, /*closedForm=*/true,
        /*prefix=*/12},
+      {"prompt + grid, blocks straddling the prompt's end", promptAndGrid,
+       {1, 3}, 16, 150, 150, 8, cpu::DType::BF16, /*closedForm=*/true,
+       /*prefix=*/12},
+      // The prompt's row ranges cut the segment rows of a longer query
+      // sequence (positions Nk - Nq before theirs): classified pair by pair.
+      {"prompt + grid, Nq > Nk (no closed form)", promptAndGrid, {0, 1}, 16,
+       172, 140, 16, cpu::DType::F32, /*closedForm=*/false, /*prefix=*/12},
       {"multi_diagonal with a prefix, Nq > Nk", multi, {3}, 16, 190, 150, 16,
-       cpu::DType::F32, /*closedForm=*/false, /*prefix=*/7},
+       cpu::DType::F32, /*closedForm=*/true, /*prefix=*/7},
   };
   for (const Case &c : cases)
     runCase(c);
+}
+
+TEST(PermutedGroupTest, MMInferenceGridLayerInClosedForm) {
+  // patterns/mminference-video.mlir's grid heads: a 256-token global
+  // prompt, then grid lines every 1024 tokens from the prompt's end, in
+  // `period_transpose<period = 1024, prefix = 256>`, against float64 and
+  // the original order. The runs come in closed form (PermutedInfo). 2604
+  // tokens: two frames and 300 tokens after the prompt; tiles of 64 (the
+  // prompt's end a block boundary) and of 48 (blocks straddling it), the
+  // second with Nq < Nk.
+  using P = s::Pattern;
+  s::IndexSet prompt;
+  prompt.ranges = {{0, 256}};
+  P grid{s::Union{{P{s::VerticalStripe{prompt}},
+                   P{s::HorizontalStripe{prompt}},
+                   P{s::Grid{1024, 32, 32, 256}}}}};
+  Case tiles64{"mminference grid heads, tiles of 64", grid, {0, 1}, 1024,
+               2604, 2604, 64, cpu::DType::F32, /*closedForm=*/true,
+               /*prefix=*/256};
+  Case tiles48{"mminference grid heads, tiles of 48, Nq < Nk, bf16", grid,
+               {2}, 1024, 1500, 1780, 48, cpu::DType::BF16,
+               /*closedForm=*/true, /*prefix=*/256};
+  runCase(tiles64);
+  runCase(tiles48);
 }
 
 TEST(PermutedGroupTest, MultiDiagonalTilesBecomeFullBands) {

@@ -78,6 +78,17 @@ def prompt(n, text):
     return lambda q: set(range(n)) if q < text else set(range(min(text, n)))
 
 
+def key_range(n, lo, hi):
+    """A vertical stripe of listed keys [lo, hi)."""
+    keys = set(range(lo, min(hi, n)))
+    return lambda q: keys
+
+
+def query_range(n, lo, hi):
+    """A horizontal stripe of listed queries [lo, hi): they see every key."""
+    return lambda q: set(range(n)) if lo <= q < hi else set()
+
+
 def slots(n, period, prefix=0):
     """slot[t] of every token after sorting stably by t mod period (with a
     prefix: tokens before it in place, the rest sorted by (t - prefix) mod
@@ -168,6 +179,29 @@ def cases(name, n):
              "64, width = 4>, #attn.horizontal_stripe<period = 64, width = 8>>",
              difference(multi_diagonal(n, stride=64, width=4),
                         horizontal_stripe(n, 64, 8)), [64]),
+            # Layer 1: prompts kept in place before one periodic segment.
+            ("group 0 heads [0] #attn.union<#attn.vertical_stripe<ranges = "
+             "[0, 100]>, #attn.horizontal_stripe<ranges = [0, 100]>, "
+             "#attn.grid<stride = 70, vertical_width = 2, slash_width = 3, "
+             "phase = 30>>",
+             union(key_range(n, 0, 100), query_range(n, 0, 100),
+                   grid(n, 70, vertical_width=2, slash_width=3, phase=30)),
+             [70, (70, 100)]),
+            ("group 1 heads [1] #attn.union<#attn.vertical_stripe<ranges = "
+             "[0, 100]>, #attn.multi_diagonal<stride = 96, width = 3>>",
+             union(key_range(n, 0, 100), multi_diagonal(n, stride=96, width=3)),
+             [96, (96, 100)]),
+            ("group 2 heads [2] #attn.difference<#attn.multi_diagonal<stride = "
+             "64, width = 4>, #attn.vertical_stripe<ranges = [0, 70]>>",
+             difference(multi_diagonal(n, stride=64, width=4),
+                        key_range(n, 0, 70)), [64, (64, 70)]),
+            ("group 3 heads [3] #attn.intersect<#attn.window<before = 200, "
+             "after = 200>, #attn.union<#attn.vertical_stripe<ranges = [0, "
+             "100]>, #attn.multi_diagonal<stride = 50, width = 2>>>",
+             intersect(window(n, 200, 200),
+                       union(key_range(n, 0, 100),
+                             multi_diagonal(n, stride=50, width=2))),
+             [50, (50, 100)]),
         ]
     raise SystemExit("unknown cases " + name)
 

@@ -194,55 +194,63 @@ inline Ranges leafResidues(const kernel::Node &n, int64_t p, int64_t a,
 
 } // namespace detail
 
+/// "" when leaf `n` reads positions only through their residues mod
+/// `period` (for `head`), else why not, naming it.
+inline std::string leafReason(const kernel::Node &n, int64_t period,
+                              int64_t head) {
+  switch (n.kind) {
+  case kernel::kAll:
+  case kernel::kNone:
+  case kernel::kUnion:
+  case kernel::kIntersect:
+  case kernel::kDifference:
+    return "";
+  case kernel::kPeriodic:
+    if (n.b >= n.a || period % n.a == 0)
+      return "";
+    return "a periodic leaf of period " + std::to_string(n.a) +
+           " that does not divide " + std::to_string(period);
+  case kernel::kShards: {
+    kernel::i64 shardPeriod, phase;
+    kernel::shardKeys(n.a, n.b, n.c, head, shardPeriod, phase);
+    if (shardPeriod < kernel::kUnbounded && period % shardPeriod == 0)
+      return "";
+    return "strided shards repeating every " + std::to_string(n.a) + " x " +
+           std::to_string(n.b) + " keys, which does not divide " +
+           std::to_string(period);
+  }
+  case kernel::kBand:
+    return "a band leaf (causal, window, sink): not periodic";
+  case kernel::kIntervals:
+    return "a listed-ranges leaf (listed diagonals or stripe ranges): not "
+           "periodic";
+  case kernel::kGroups:
+    return "a shifted-groups leaf: not periodic";
+  default:
+    return "a listed-blocks leaf: not periodic";
+  }
+}
+
 /// "" when the program nodes[0, count) reads positions only through their
 /// residues mod `period` (for `head`), so that its permuted runs have the
 /// closed form above; else why not, naming the leaf.
 inline std::string residueOnlyReason(const kernel::Node *nodes, int64_t count,
                                      int64_t period, int64_t head) {
-  for (int64_t i = 0; i < count; ++i) {
-    const kernel::Node &n = nodes[i];
-    switch (n.kind) {
-    case kernel::kAll:
-    case kernel::kNone:
-    case kernel::kUnion:
-    case kernel::kIntersect:
-    case kernel::kDifference:
-      continue;
-    case kernel::kPeriodic:
-      if (n.b >= n.a || period % n.a == 0)
-        continue;
-      return "a periodic leaf of period " + std::to_string(n.a) +
-             " that does not divide " + std::to_string(period);
-    case kernel::kShards: {
-      kernel::i64 shardPeriod, phase;
-      kernel::shardKeys(n.a, n.b, n.c, head, shardPeriod, phase);
-      if (shardPeriod < kernel::kUnbounded && period % shardPeriod == 0)
-        continue;
-      return "strided shards repeating every " + std::to_string(n.a) + " x " +
-             std::to_string(n.b) + " keys, which does not divide " +
-             std::to_string(period);
-    }
-    case kernel::kBand:
-      return "a band leaf (causal, window, sink): not periodic";
-    case kernel::kIntervals:
-      return "a listed-ranges leaf (listed diagonals or stripe ranges): not "
-             "periodic";
-    case kernel::kGroups:
-      return "a shifted-groups leaf: not periodic";
-    default:
-      return "a listed-blocks leaf: not periodic";
-    }
-  }
+  for (int64_t i = 0; i < count; ++i)
+    if (std::string why = leafReason(nodes[i], period, head); !why.empty())
+      return why;
   return "";
 }
 
 /// "" when the runs of `perm` for the program have the closed form below
 /// (no prefix, and a residue-only program for its period), else why not.
+/// A prefix needs the program's data and the lengths: the overload below.
 inline std::string closedFormReason(const kernel::Node *nodes, int64_t count,
                                     const PeriodTranspose &perm,
                                     int64_t head) {
   if (perm.prefix > 0)
-    return "a prefix kept in place (residues shift at the segment)";
+    return "a prefix kept in place (decided with the program's data and the "
+           "lengths)";
   return residueOnlyReason(nodes, count, perm.period, head);
 }
 
@@ -269,21 +277,257 @@ inline Ranges keyResidues(const kernel::Node *nodes, int64_t count, int64_t p,
   return stack.size() == 1 ? stack.front() : Ranges{};
 }
 
+//===----------------------------------------------------------------------===//
+// Closed-form runs with a prefix (segment groupings)
+//===----------------------------------------------------------------------===//
+//
+// With a prefix S, each sequence of n tokens has two parts: the prompt,
+// tokens [0, min(S, n)), in place, and the segment after it, sorted by its
+// own residues (t - min(S, n)) mod P. Rows and keys each lie in one part,
+// which cuts the pairs into four quadrants (prompt rows x prompt keys,
+// prompt rows x segment keys, ...). On a quadrant, each leaf is one of
+//   - constant: it allows every pair of the quadrant or none
+//     (kernel::classifyLeaf on the quadrant's rectangle says FULL or EMPTY:
+//     a prompt's stripe ranges, a band that misses the quadrant);
+//   - residue-only for P (leafReason): periodic leaves whose period divides
+//     P, strided shards;
+//   - neither (unknown).
+// The combinators decide the quadrant's class with classifyTile's algebra
+// on these (an unknown child is hidden only by a child that decides alone:
+// a constant-all child of a union, a constant-none child of an
+// intersection). A program has closed-form runs when no quadrant that
+// holds pairs is unknown. A row then allows, in each part of the keys,
+// either every key, none, or the keys whose residues mod P lie in the
+// quadrant's residue set R(a) of its aligned position's residue a (the
+// program with its constant leaves replaced by all or none: exact, as
+// every leaf is exact and the set algebra is). A query block's rows are
+// prompt rows of consecutive positions and segment rows of consecutive
+// residues; its visited key slots are the union over its rows of their
+// allowed slots, its full ones the intersection: in the prompt, the keys
+// of those residues in place; in the segment, the slots of those residues
+// (shifted by the prompt). Blocks straddling the prompt's end hold both.
+
+namespace detail {
+
+/// A leaf's or a program's class on a quadrant: kernel::kEmpty or kFull
+/// (constant), kPartial (through residues), or kUnknown.
+constexpr int kUnknown = -1;
+
+/// Each leaf's class on the rectangle of `t` (combinators: unused).
+inline std::vector<int> leafClasses(const kernel::Node *nodes, int64_t count,
+                                    const kernel::i64 *data, int64_t period,
+                                    const kernel::Tile &t) {
+  std::vector<int> cls(count, kernel::kPartial);
+  for (int64_t i = 0; i < count; ++i) {
+    const kernel::Node &n = nodes[i];
+    if (n.kind >= kernel::kUnion)
+      continue;
+    int c = kernel::kPartial;
+    // Shifted groups depend on the head count, which the runs do not take.
+    bool known = n.kind != kernel::kGroups && (data || n.dataSize == 0);
+    if (known)
+      c = kernel::classifyLeaf(n, data, t);
+    if (c == kernel::kPartial && !leafReason(n, period, t.head).empty())
+      c = kUnknown;
+    cls[i] = c;
+  }
+  return cls;
+}
+
+/// The class of a combinator over its children's classes [args, args +
+/// arity) (classifyTile's algebra, kUnknown hidden only by a deciding
+/// child).
+inline int combineClasses(int64_t kind, const int *args, int64_t arity) {
+  bool any[3] = {false, false, false}, unknown = false;
+  for (int64_t j = 0; j < arity; ++j) {
+    if (args[j] == kUnknown)
+      unknown = true;
+    else
+      any[args[j]] = true;
+  }
+  if (kind == kernel::kUnion) {
+    if (any[kernel::kFull])
+      return kernel::kFull;
+    if (unknown)
+      return kUnknown;
+    return any[kernel::kPartial] ? kernel::kPartial : kernel::kEmpty;
+  }
+  if (kind == kernel::kIntersect) {
+    if (any[kernel::kEmpty])
+      return kernel::kEmpty;
+    if (unknown)
+      return kUnknown;
+    return any[kernel::kPartial] ? kernel::kPartial : kernel::kFull;
+  }
+  // kDifference: args[0] less args[1].
+  if (args[0] == kernel::kEmpty || args[1] == kernel::kFull)
+    return kernel::kEmpty;
+  if (unknown)
+    return kUnknown;
+  if (args[0] == kernel::kFull && args[1] == kernel::kEmpty)
+    return kernel::kFull;
+  return kernel::kPartial;
+}
+
+/// The program's class on a quadrant from its leaves' (leafClasses);
+/// `unknownLeaf` is set to the first unknown leaf that decides a kUnknown.
+inline int programClass(const kernel::Node *nodes, int64_t count,
+                        const std::vector<int> &leaf, int64_t &unknownLeaf) {
+  std::vector<int> stack;
+  std::vector<int64_t> blame; // the first unknown leaf under each entry
+  for (int64_t i = 0; i < count; ++i) {
+    const kernel::Node &n = nodes[i];
+    if (n.kind < kernel::kUnion) {
+      stack.push_back(leaf[i]);
+      blame.push_back(leaf[i] == kUnknown ? i : -1);
+      continue;
+    }
+    size_t base = stack.size() - size_t(n.axis);
+    int c = combineClasses(n.kind, stack.data() + base, n.axis);
+    int64_t b = -1;
+    for (size_t j = base; j < stack.size() && b < 0; ++j)
+      b = stack[j] == kUnknown ? blame[j] : -1;
+    stack.resize(base);
+    blame.resize(base);
+    stack.push_back(c);
+    blame.push_back(c == kUnknown ? b : -1);
+  }
+  if (stack.size() != 1) {
+    unknownLeaf = -1;
+    return kUnknown;
+  }
+  unknownLeaf = blame.front();
+  return stack.front();
+}
+
+/// The key residues mod p a row of aligned residue `a` sees on a quadrant
+/// whose program class is kPartial: keyResidues with each constant leaf
+/// replaced by all or none.
+inline Ranges quadrantResidues(const kernel::Node *nodes, int64_t count,
+                               const std::vector<int> &leaf, int64_t p,
+                               int64_t a, int64_t head) {
+  std::vector<int> cls;
+  std::vector<Ranges> stack;
+  auto constant = [&](int c) {
+    return c == kernel::kFull ? Ranges{{0, p}} : Ranges{};
+  };
+  for (int64_t i = 0; i < count; ++i) {
+    const kernel::Node &n = nodes[i];
+    if (n.kind < kernel::kUnion) {
+      cls.push_back(leaf[i]);
+      stack.push_back(leaf[i] == kernel::kPartial ? leafResidues(n, p, a, head)
+                                                  : constant(leaf[i]));
+      continue;
+    }
+    size_t base = stack.size() - size_t(n.axis);
+    int c = combineClasses(n.kind, cls.data() + base, n.axis);
+    Ranges r = constant(c);
+    if (c == kernel::kPartial) { // no unknown child: every set is exact
+      r = stack[base];
+      for (size_t j = base + 1; j < stack.size(); ++j)
+        r = n.kind == kernel::kUnion       ? unite(r, stack[j])
+            : n.kind == kernel::kIntersect ? intersect(r, stack[j])
+                                           : subtract(r, stack[j], p);
+    }
+    cls.resize(base);
+    stack.resize(base);
+    cls.push_back(c);
+    stack.push_back(std::move(r));
+  }
+  return stack.size() == 1 ? stack.front() : Ranges{};
+}
+
+/// Ranges shifted by `by` modulo p (split where they wrap).
+inline Ranges rotated(const Ranges &r, int64_t by, int64_t p) {
+  Ranges out;
+  for (auto [lo, hi] : r) {
+    int64_t at = kernel::floorMod(lo + by, p), end = at + (hi - lo);
+    out.push_back({at, std::min(end, p)});
+    if (end > p)
+      out.push_back({0, end - p});
+  }
+  return normalized(std::move(out));
+}
+
+} // namespace detail
+
+/// The four quadrants of a prefix layout at nq queries and nk keys: rows
+/// and keys each in the prompt (part 0: the first min(S, n) tokens) or the
+/// segment (part 1). A quadrant without pairs has class kEmpty.
+struct PrefixQuadrants {
+  int64_t sq = 0, sk = 0;      ///< prompt rows, prompt keys
+  std::vector<int> leaf[2][2]; ///< [row part][key part]: leafClasses
+  int cls[2][2] = {{0, 0}, {0, 0}};
+  int64_t unknownLeaf[2][2] = {{-1, -1}, {-1, -1}};
+
+  PrefixQuadrants(const kernel::Node *nodes, int64_t count,
+                  const kernel::i64 *data, const PeriodTranspose &perm,
+                  int64_t head, int64_t nq, int64_t nk)
+      : sq(std::min(std::max<int64_t>(perm.prefix, 0), nq)),
+        sk(std::min(std::max<int64_t>(perm.prefix, 0), nk)) {
+    int64_t rows[3] = {0, sq, nq}, keys[3] = {0, sk, nk};
+    for (int r = 0; r < 2; ++r)
+      for (int k = 0; k < 2; ++k) {
+        if (rows[r] == rows[r + 1] || keys[k] == keys[k + 1])
+          continue;
+        kernel::Tile t = {rows[r], rows[r + 1], keys[k], keys[k + 1],
+                          nq,      nk,          head,    0};
+        leaf[r][k] = detail::leafClasses(nodes, count, data, perm.period, t);
+        cls[r][k] =
+            detail::programClass(nodes, count, leaf[r][k], unknownLeaf[r][k]);
+      }
+  }
+
+  static const char *name(int r, int k) {
+    static const char *names[2][2] = {
+        {"prompt rows x prompt keys", "prompt rows x segment keys"},
+        {"segment rows x prompt keys", "segment rows x segment keys"}};
+    return names[r][k];
+  }
+};
+
+/// "" when the runs of `perm` (with or without prefix) for the program have
+/// a closed form at nq queries and nk keys (`data`: the program's data
+/// array), else why not, naming the leaf (and, with a prefix, the quadrant
+/// where it is neither all nor none).
+inline std::string closedFormReason(const kernel::Node *nodes, int64_t count,
+                                    const kernel::i64 *data,
+                                    const PeriodTranspose &perm, int64_t head,
+                                    int64_t nq, int64_t nk) {
+  if (perm.prefix <= 0)
+    return residueOnlyReason(nodes, count, perm.period, head);
+  PrefixQuadrants quad(nodes, count, data, perm, head, nq, nk);
+  for (int r = 0; r < 2; ++r)
+    for (int k = 0; k < 2; ++k) {
+      if (quad.cls[r][k] != detail::kUnknown)
+        continue;
+      int64_t at = quad.unknownLeaf[r][k];
+      std::string leaf = at < 0 ? std::string("the program")
+                                : leafReason(nodes[at], perm.period, head);
+      return leaf + ", and neither all nor none of the " +
+             PrefixQuadrants::name(r, k) + " (prefix " +
+             std::to_string(perm.prefix) + ")";
+    }
+  return "";
+}
+
 /// Key blocks [begin, end) of one class in a permuted query block's walk.
 struct PermutedRun {
   int64_t begin = 0, end = 0;
   bool full = false;
 };
 
-/// The closed-form schedule of one head of a residue-only program in the
-/// period transpose `perm` (without prefix: closedFormReason) of nq queries
-/// and nk keys (each sequence
-/// permuted over its own length), in tiles of bq x bk slots.
+/// The closed-form schedule of one head of a program in the period
+/// transpose `perm` of nq queries and nk keys (each sequence permuted over
+/// its own length), in tiles of bq x bk slots, for a program that has one
+/// (closedFormReason: residue-only without prefix; with a prefix, no
+/// quadrant unknown, which `data`, the program's data array, decides).
 struct PermutedRuns {
   const kernel::Node *nodes = nullptr;
   int64_t count = 0;
   PeriodTranspose perm;
   int64_t nq = 0, nk = 0, bq = 64, bk = 64, head = 0;
+  const kernel::i64 *data = nullptr; ///< read with a prefix only
 
   int64_t queryBlocks() const { return (nq + bq - 1) / bq; }
 
@@ -291,6 +535,11 @@ struct PermutedRuns {
   /// `out`, in key order; partial runs need the element predicate (on the
   /// original positions), full ones none.
   void runs(int64_t i, std::vector<PermutedRun> &out) const {
+    if (perm.prefix > 0) {
+      PrefixQuadrants quad(nodes, count, data, perm, head, nq, nk);
+      prefixRuns(quad, i, out);
+      return;
+    }
     int64_t p = perm.period, s0 = i * bq, s1 = std::min(nq, s0 + bq);
     int64_t c0 = perm.token(s0, nq) % p, c1 = perm.token(s1 - 1, nq) % p;
     Ranges visited, full{{0, p}};
@@ -300,9 +549,65 @@ struct PermutedRuns {
       visited = detail::unite(visited, r);
       full = detail::intersect(full, r);
     }
-    Ranges touched = blocksTouching(keySlots(visited));
-    Ranges inside = blocksInside(keySlots(full));
-    // Split each visited stretch by the full ones it contains.
+    split(blocksTouching(keySlots(visited)), blocksInside(keySlots(full)), out);
+  }
+
+  /// runs() with a prefix, the quadrants' classes given (computed once for
+  /// every block by countTiles).
+  void prefixRuns(const PrefixQuadrants &quad, int64_t i,
+                  std::vector<PermutedRun> &out) const {
+    int64_t p = perm.period, sq = quad.sq, sk = quad.sk, shift = nk - nq;
+    int64_t s0 = i * bq, s1 = std::min(nq, s0 + bq);
+    // The aligned residues of the block's prompt rows (consecutive
+    // positions) and of its segment rows (consecutive residues).
+    std::vector<int64_t> residues[2];
+    for (int64_t s = s0; s < std::min(s1, sq) && s < s0 + p; ++s)
+      residues[0].push_back(kernel::floorMod(s + shift, p));
+    if (s1 > sq) {
+      int64_t c0 = (perm.token(std::max(s0, sq), nq) - sq) % p;
+      int64_t c1 = (perm.token(s1 - 1, nq) - sq) % p;
+      for (int64_t c = c0; c <= c1; ++c)
+        residues[1].push_back(kernel::floorMod(sq + c + shift, p));
+    }
+    Ranges visitedSlots, fullSlots;
+    for (int k = 0; k < 2; ++k) {
+      if (k == 0 ? sk == 0 : sk == nk)
+        continue;
+      // Key residues some row sees (visited) and every row sees (full).
+      Ranges visited, full{{0, p}};
+      for (int r = 0; r < 2; ++r) {
+        if (residues[r].empty())
+          continue;
+        int cls = quad.cls[r][k];
+        if (cls != kernel::kPartial) {
+          // Constant (unknown, never taken with a closed form: visited,
+          // not full, which is safe).
+          visited = detail::unite(
+              visited, cls == kernel::kEmpty ? Ranges{} : Ranges{{0, p}});
+          if (cls != kernel::kFull)
+            full.clear();
+          continue;
+        }
+        for (int64_t a : residues[r]) {
+          Ranges rs = detail::quadrantResidues(nodes, count, quad.leaf[r][k], p,
+                                               a, head);
+          visited = detail::unite(visited, rs);
+          full = detail::intersect(full, rs);
+        }
+      }
+      Ranges v = k == 0 ? promptSlots(visited, sk) : segmentSlots(visited, sk);
+      Ranges f = k == 0 ? promptSlots(full, sk) : segmentSlots(full, sk);
+      visitedSlots.insert(visitedSlots.end(), v.begin(), v.end());
+      fullSlots.insert(fullSlots.end(), f.begin(), f.end());
+    }
+    split(blocksTouching(detail::normalized(std::move(visitedSlots))),
+          blocksInside(detail::normalized(std::move(fullSlots))), out);
+  }
+
+  /// Splits each visited stretch of key blocks by the full ones it contains
+  /// and appends the runs.
+  static void split(const Ranges &touched, const Ranges &inside,
+                    std::vector<PermutedRun> &out) {
     for (auto [lo, hi] : touched) {
       int64_t at = lo;
       for (auto [flo, fhi] : inside) {
@@ -322,9 +627,13 @@ struct PermutedRuns {
   void countTiles(int64_t &visited, int64_t &full) const {
     visited = full = 0;
     std::vector<PermutedRun> rs;
+    PrefixQuadrants quad(nodes, count, data, perm, head, nq, nk);
     for (int64_t i = 0; i < queryBlocks(); ++i) {
       rs.clear();
-      runs(i, rs);
+      if (perm.prefix > 0)
+        prefixRuns(quad, i, rs);
+      else
+        runs(i, rs);
       for (const PermutedRun &r : rs) {
         visited += r.end - r.begin;
         full += r.full ? r.end - r.begin : 0;
@@ -333,6 +642,31 @@ struct PermutedRuns {
   }
 
 private:
+  /// The prompt's key slots (its keys in place) of a set of key residues:
+  /// the keys k < sk with k mod P in the set.
+  Ranges promptSlots(const Ranges &residues, int64_t sk) const {
+    int64_t p = perm.period;
+    if (residues.empty())
+      return {};
+    if (residues.front() == std::make_pair(int64_t(0), p))
+      return {{0, sk}};
+    Ranges out;
+    for (int64_t base = 0; base < sk; base += p)
+      for (auto [lo, hi] : residues)
+        if (base + lo < sk)
+          out.push_back({base + lo, std::min(base + hi, sk)});
+    return detail::normalized(std::move(out));
+  }
+  /// The segment's key slots of a set of key residues (of k mod P): key
+  /// k = sk + v sits at slot sk + (its slot in the transpose of the nk - sk
+  /// segment keys, by v mod P).
+  Ranges segmentSlots(const Ranges &residues, int64_t sk) const {
+    Ranges out;
+    for (auto [lo, hi] : detail::rotated(residues, -sk, perm.period))
+      out.push_back(
+          {sk + perm.start(lo, nk - sk), sk + perm.start(hi, nk - sk)});
+    return detail::normalized(std::move(out));
+  }
   /// The key slots of a set of key residues.
   Ranges keySlots(const Ranges &residues) const {
     Ranges out;
@@ -360,9 +694,11 @@ private:
 
 /// The residue relation of a residue-only program as text, for the IR:
 /// which keys k a row at aligned position p sees, every position read mod
-/// its leaf's period, e.g. "(k - p + 32) mod 1024 < 65".
-inline std::string describeResidues(const kernel::Node *nodes,
-                                    int64_t count) {
+/// its leaf's period, e.g. "(k - p + 32) mod 1024 < 65". With `leaf` (a
+/// quadrant's leafClasses), constant leaves read "all" or "none" and the
+/// combinators fold them.
+inline std::string describeResidues(const kernel::Node *nodes, int64_t count,
+                                    const std::vector<int> *leaf = nullptr) {
   std::vector<std::string> stack;
   auto modTest = [](const char *x, int64_t phase, int64_t period,
                     int64_t width) {
@@ -377,6 +713,48 @@ inline std::string describeResidues(const kernel::Node *nodes,
   };
   for (int64_t i = 0; i < count; ++i) {
     const kernel::Node &n = nodes[i];
+    if (leaf && n.kind >= kernel::kUnion) { // constants folded away
+      size_t base = stack.size() - size_t(n.axis);
+      std::vector<std::string> kept;
+      std::string drop = n.kind == kernel::kUnion ? "none" : "all";
+      std::string decide = n.kind == kernel::kUnion ? "all" : "none";
+      bool decided = false;
+      if (n.kind == kernel::kDifference) {
+        decided = stack[base] == "none" || stack[base + 1] == "all";
+        if (stack[base + 1] != "none")
+          kept = {stack[base], stack[base + 1]};
+        else
+          kept = {stack[base]};
+      } else {
+        for (size_t j = base; j < stack.size(); ++j) {
+          decided |= stack[j] == decide;
+          if (stack[j] != drop)
+            kept.push_back(stack[j]);
+        }
+      }
+      std::string r;
+      if (decided)
+        r = decide;
+      else if (kept.empty())
+        r = drop;
+      else if (kept.size() == 1)
+        r = kept.front();
+      else {
+        r = n.kind == kernel::kUnion       ? "union("
+            : n.kind == kernel::kIntersect ? "intersect("
+                                           : "difference(";
+        for (size_t j = 0; j < kept.size(); ++j)
+          r += (j == 0 ? "" : ", ") + kept[j];
+        r += ")";
+      }
+      stack.resize(base);
+      stack.push_back(r);
+      continue;
+    }
+    if (leaf && (*leaf)[i] != kernel::kPartial) {
+      stack.push_back((*leaf)[i] == kernel::kFull ? "all" : "none");
+      continue;
+    }
     if (n.kind >= kernel::kUnion) {
       size_t base = stack.size() - size_t(n.axis);
       std::string r = n.kind == kernel::kUnion       ? "union("
@@ -406,6 +784,40 @@ inline std::string describeResidues(const kernel::Node *nodes,
     }
   }
   return stack.size() == 1 ? stack.front() : "none";
+}
+
+/// The closed form of a prefix layout as text, for the IR: what the prompt
+/// rows and the segment rows see of the prompt keys and of the segment
+/// keys, at Nq = Nk = n, e.g. "prefix 256, residues mod 1024 after it:
+/// prompt rows: all keys; segment rows: prompt keys all, segment keys R(p)
+/// = {k : (k - p + 16) mod 1024 < 33}". The program must have a closed
+/// form there (closedFormReason).
+inline std::string describePrefixed(const kernel::Node *nodes, int64_t count,
+                                    const kernel::i64 *data,
+                                    const PeriodTranspose &perm, int64_t head,
+                                    int64_t n) {
+  PrefixQuadrants quad(nodes, count, data, perm, head, n, n);
+  auto part = [&](int r, int k) -> std::string {
+    if (quad.cls[r][k] == kernel::kFull)
+      return "all";
+    if (quad.cls[r][k] == kernel::kEmpty)
+      return "none";
+    return "R(p) = {k : " + describeResidues(nodes, count, &quad.leaf[r][k]) +
+           "}";
+  };
+  std::string out = "prefix " + std::to_string(perm.prefix) +
+                    ", residues mod " + std::to_string(perm.period) +
+                    " after it";
+  const char *rowNames[2] = {"prompt rows", "segment rows"};
+  for (int r = 0; r < 2; ++r) {
+    std::string prompt = part(r, 0), segment = part(r, 1);
+    out += std::string(r == 0 ? ": " : "; ") + rowNames[r] + ": ";
+    if (prompt == segment && (prompt == "all" || prompt == "none"))
+      out += prompt == "all" ? "all keys" : "no key";
+    else
+      out += "prompt keys " + prompt + ", segment keys " + segment;
+  }
+  return out;
 }
 
 } // namespace tessera::layout

@@ -14,6 +14,7 @@
 
 #include "tessera/cpu/Backward.h"
 #include "tessera/cpu/Executor.h"
+#include "tessera/cpu/Permuted.h"
 #include "tessera/jit/Cache.h"
 
 #include <cmath>
@@ -1781,12 +1782,60 @@ tessera_status runDynamicCpu(const Call &c, const cpu::LayerArgs &a) {
   return TESSERA_OK;
 }
 
+/// Whether the layer's groups with a layout run in their permuted order
+/// (cpu::runPermutedGroup): on the calls it takes, dense ones (one batch of
+/// equal lengths, every head, bottom-right) without per-token head routing.
+/// Other calls run those groups in the original order: exact (the output
+/// does not depend on the layout), without the layout's gain.
+bool permutedOnCpu(const Call &c) {
+  return !c.l->layouts.empty() && c.dense() && c.d.head_start == 0 &&
+         !c.d.head_active;
+}
+
+/// The static heads of a layer with layouts: the groups without a layout
+/// by the executor (the permuted groups' heads listed as skipped there, so
+/// written as O = 0 first), then each permuted group in its order.
+tessera_status runPermutedCpu(const Call &c, const cpu::LayerArgs &a) {
+  const LayerDesc &l = *c.l;
+  std::vector<bool> permuted(l.groupBegin.size(), false);
+  for (const GroupLayout &g : l.layouts)
+    permuted[size_t(g.group)] = true;
+  std::vector<kernel::i64> head, group, skipped = l.skippedHeads;
+  for (size_t i = 0; i < l.computedHead.size(); ++i)
+    if (permuted[size_t(l.headGroup[i])]) {
+      skipped.push_back(l.computedHead[i]);
+    } else {
+      head.push_back(l.computedHead[i]);
+      group.push_back(l.headGroup[i]);
+    }
+  std::sort(skipped.begin(), skipped.end());
+  kernel::LayerTable rest = l.table();
+  rest.numComputed = kernel::i64(head.size());
+  rest.numSkipped = kernel::i64(skipped.size());
+  for (auto *v : {&head, &group, &skipped})
+    v->push_back(0); // data() never null
+  rest.computedHead = head.data();
+  rest.headGroup = group.data();
+  rest.skippedHead = skipped.data();
+  if (std::string e = cpu::runLayer(rest, a); !e.empty())
+    return fail(TESSERA_ERROR_INTERNAL, e);
+  for (const GroupLayout &g : l.layouts)
+    if (std::string e = cpu::runPermutedGroup(l.table(), g.group, g.perm, a);
+        !e.empty())
+      return fail(TESSERA_ERROR_INTERNAL, c.layerName() + ": " + e);
+  return TESSERA_OK;
+}
+
 tessera_status runCpu(const Call &c) {
   if (tessera_status s = checkHostMemory(c))
     return s;
   cpu::LayerArgs a = planCpu(c);
-  if (std::string e = cpu::runLayer(c.l->table(), a); !e.empty())
+  if (permutedOnCpu(c)) {
+    if (tessera_status s = runPermutedCpu(c, a))
+      return s;
+  } else if (std::string e = cpu::runLayer(c.l->table(), a); !e.empty()) {
     return fail(TESSERA_ERROR_INTERNAL, e);
+  }
   return runDynamicCpu(c, a);
 }
 

@@ -454,6 +454,43 @@ std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
   return parseDynamicWgmma(g, l, out);
 }
 
+/// The layer's "layouts" (optional): [{"group", "period", "prefix"}], each
+/// a static group of the program at most once, 2 <= period and 0 <= prefix,
+/// both at most 2^40 (positions beyond are refused by the calls anyway).
+std::string parseLayouts(const json::Object &o, LayerDesc &l) {
+  const json::Value *v = o.get("layouts");
+  if (!v)
+    return "";
+  const json::Array *a = v->getAsArray();
+  if (!a)
+    return "layouts is not an array";
+  const int64_t groups = static_cast<int64_t>(l.groupBegin.size()) - 1;
+  constexpr int64_t kMaxLayoutParam = int64_t(1) << 40;
+  std::set<int64_t> seen;
+  for (const json::Value &e : *a) {
+    const json::Object *g = e.getAsObject();
+    std::optional<int64_t> group = g ? g->getInteger("group") : std::nullopt;
+    std::optional<int64_t> period = g ? g->getInteger("period") : std::nullopt;
+    std::optional<int64_t> prefix = g ? g->getInteger("prefix") : std::nullopt;
+    if (!group || !period || !prefix)
+      return "a layout lacks an integer group, period or prefix";
+    std::string where = "the layout of group " + std::to_string(*group) + ": ";
+    if (*group < 0 || *group >= groups)
+      return where + "no such group (the program has " +
+             std::to_string(groups) + ")";
+    if (!seen.insert(*group).second)
+      return where + "the group has two layouts";
+    if (*period < 2 || *period > kMaxLayoutParam)
+      return where + "period must be in [2, 2^40], got " +
+             std::to_string(*period);
+    if (*prefix < 0 || *prefix > kMaxLayoutParam)
+      return where + "prefix must be in [0, 2^40], got " +
+             std::to_string(*prefix);
+    l.layouts.push_back({*group, layout::PeriodTranspose{*period, *prefix}});
+  }
+  return "";
+}
+
 std::string parseLayer(const json::Object &o, LayerDesc &l) {
   auto integer = [&](llvm::StringRef key, auto &out) {
     std::optional<int64_t> v = o.getInteger(key);
@@ -551,6 +588,8 @@ std::string parseLayer(const json::Object &o, LayerDesc &l) {
   if (!l.skippedHeads.empty() && l.fillKernel.empty())
     return where + "skipped heads need a fill_kernel";
   if (std::string e = parseBackward(o, l); !e.empty())
+    return where + e;
+  if (std::string e = parseLayouts(o, l); !e.empty())
     return where + e;
   // The kernels' launches cover the computed heads' slots exactly once
   // (each kernel's slot table, in the source, lists its own).

@@ -9,8 +9,9 @@
 #ifndef TESSERA_RUNTIME_MANIFEST_H
 #define TESSERA_RUNTIME_MANIFEST_H
 
-#include "tessera/kernel/OwnedTable.h"
+#include "tessera/cpu/Layout.h"
 #include "tessera/kernel/DynamicArgs.h"
+#include "tessera/kernel/OwnedTable.h"
 
 #include <string>
 #include <vector>
@@ -52,6 +53,14 @@ struct BackwardKernelsDesc {
   bool present() const { return !preprocess.empty(); }
 };
 
+/// A static launch group's layout (`#attn.period_transpose`, written by
+/// `--attn-permute`): the group runs in that token order
+/// (tessera/cpu/Permuted.h); the output does not depend on it.
+struct GroupLayout {
+  int64_t group = 0; ///< the program's group (head_groups' numbering)
+  layout::PeriodTranspose perm;
+};
+
 /// A layer of a manifest: its schedule tables and what launching needs.
 struct LayerDesc : kernel::OwnedLayerTable {
   std::vector<DynamicGroupDesc> dynamicGroups;
@@ -76,6 +85,8 @@ struct LayerDesc : kernel::OwnedLayerTable {
   std::vector<std::string> wgmmaKernels;
   int64_t wgmmaBlockQ = 0, wgmmaThreads = 0, wgmmaDynamicShared = 0;
   BackwardKernelsDesc backward; ///< "backward", optional
+  /// "layouts", optional: the groups with a layout, by group, each once.
+  std::vector<GroupLayout> layouts;
 };
 
 struct BundleDesc {

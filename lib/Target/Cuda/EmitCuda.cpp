@@ -371,8 +371,9 @@ private:
     std::vector<schedule::HeadGroup> groups;
     json::Array groupsJson;
     std::vector<int64_t> groupPattern;
+    json::Array layoutsJson;
     collectStaticGroups(sched, {dtypeName(dtype), d}, groups, groupsJson,
-                        groupPattern);
+                        groupPattern, layoutsJson);
     if (!sched.getSkipped().empty())
       groups.push_back({semantics::Pattern{semantics::Skip{}},
                         std::vector<int64_t>(sched.getSkipped().begin(),
@@ -396,6 +397,8 @@ private:
     if (!table.skippedHeads.empty())
       fillDims.insert(d);
     json::Object layer = layerManifest(sched, table, std::move(groupsJson));
+    if (!layoutsJson.empty())
+      layer["layouts"] = std::move(layoutsJson);
     // The backward: static heads, and the dynamic groups whose family has
     // CUDA backward kernels (none where one has not: routing, block_index).
     bool dynBackward = true;
@@ -523,10 +526,20 @@ private:
   void collectStaticGroups(ScheduleOp sched, const KernelKey &key,
                            std::vector<schedule::HeadGroup> &groups,
                            json::Array &groupsJson,
-                           std::vector<int64_t> &groupPattern) {
+                           std::vector<int64_t> &groupPattern,
+                           json::Array &layoutsJson) {
+    int64_t launchGroup = 0; // the program's group id (buildLayerSchedule)
     for (auto g : sched.getBody().front().getOps<GroupOp>()) {
       if (!g.getPattern().isStatic())
         continue;
+      // A group with a layout (--attn-permute): the runtime runs it in the
+      // permuted order (docs/bundles.md, "Layouts").
+      if (PeriodTransposeAttr layout = g.getLayoutAttr())
+        layoutsJson.push_back(json::Object{{"group", launchGroup},
+                                           {"period", layout.getPeriod()},
+                                           {"prefix", layout.getPrefix()}});
+      if (!isa<SkipAttr>(g.getPattern()))
+        ++launchGroup;
       groups.push_back(
           {semantics::fromAttr(g.getPattern()),
            std::vector<int64_t>(g.getHeads().begin(), g.getHeads().end())});

@@ -1,0 +1,348 @@
+//===- PermutedApiTest.cpp - layouts through bundles and the C API --------===//
+//
+// The permuted bundle (Inputs/permuted.mlir after --attn-permute): its
+// manifest records each group's layout, the runtime refuses bad layouts by
+// name, and a CPU context runs the permuted groups in their order
+// (cpu::runPermutedGroup) on dense calls: against float64, against the same
+// bundle without its layouts, and bit for bit against the executors called
+// directly (the evidence of which path ran: the permuted walk sums in
+// another order than the original one, so their bits differ). GQA, batch 2,
+// Nq != Nk both ways; a call the permuted path does not take (a head range)
+// runs in the original order.
+//
+//===----------------------------------------------------------------------===//
+
+#include "tessera/tessera.h"
+
+#include "tessera/Schedule/Lower.h"
+#include "tessera/Semantics/Pattern.h"
+#include "tessera/cpu/Executor.h"
+#include "tessera/cpu/Layout.h"
+#include "tessera/cpu/Permuted.h"
+
+#include "llvm/Support/JSON.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <variant>
+
+using namespace tessera;
+namespace s = tessera::semantics;
+
+namespace {
+
+constexpr int64_t kHeads = 12, kKvHeads = 4, kDim = 64;
+
+std::string bundleDir() {
+  return std::string(TESSERA_BINARY_DIR) + "/test/bundles/permuted";
+}
+
+std::string slurp(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+/// The layer of Inputs/permuted.mlir, written here from its definition (not
+/// from the manifest): the groups in the file's order, the skipped head last.
+struct Layer {
+  std::vector<schedule::HeadGroup> groups;
+  schedule::LayerSchedule sched;
+
+  Layer() {
+    using P = s::Pattern;
+    s::IndexSet text;
+    text.ranges = {{0, 32}};
+    groups = {
+        {P{s::MultiDiagonal{64, {}, 8}}, {0, 1, 2, 3}},
+        {P{s::Grid{64, 8, 8, 0}}, {4, 5, 6}},
+        {P{s::Union{{P{s::VerticalStripe{text}}, P{s::HorizontalStripe{text}},
+                     P{s::Grid{64, 4, 8, 32}}}}},
+         {7, 8, 9}},
+        {P{s::Window{32, 32}}, {10}},
+        {P{s::Skip{}}, {11}}};
+    std::string error;
+    EXPECT_TRUE(schedule::buildLayerSchedule(groups, kHeads, sched, error))
+        << error;
+  }
+
+  /// Head h's pattern; null for the skipped head.
+  const s::Pattern *pattern(int64_t h) const {
+    for (const schedule::HeadGroup &g : groups)
+      if (std::count(g.heads.begin(), g.heads.end(), h))
+        return std::holds_alternative<s::Skip>(g.pattern.node) ? nullptr
+                                                               : &g.pattern;
+    return nullptr;
+  }
+};
+
+/// The layouts --attn-permute gives the groups (group, period, prefix).
+const std::vector<std::array<int64_t, 3>> kLayouts = {
+    {0, 64, 0}, {1, 64, 0}, {2, 64, 32}};
+
+llvm::json::Object &layer0(llvm::json::Value &manifest) {
+  return *(*manifest.getAsObject()->getArray("layers"))[0].getAsObject();
+}
+
+/// The manifest with `edit` applied to its layer.
+std::string
+editedManifest(const std::function<void(llvm::json::Object &)> &edit) {
+  llvm::Expected<llvm::json::Value> v =
+      llvm::json::parse(slurp(bundleDir() + "/manifest.json"));
+  EXPECT_TRUE(bool(v));
+  edit(layer0(*v));
+  std::string out;
+  llvm::raw_string_ostream os(out);
+  os << *v;
+  return out;
+}
+
+tessera_tensor tensor(void *data, int64_t b, int64_t n, int64_t h) {
+  return tessera_tensor{data, TESSERA_DTYPE_F32, b,        n,   h,
+                        kDim, n * h * kDim,      h * kDim, kDim};
+}
+
+TEST(PermutedBundle, TheManifestRecordsEachGroupsLayout) {
+  llvm::Expected<llvm::json::Value> v =
+      llvm::json::parse(slurp(bundleDir() + "/manifest.json"));
+  ASSERT_TRUE(bool(v));
+  llvm::json::Object &l = layer0(*v);
+  const llvm::json::Array *layouts = l.getArray("layouts");
+  ASSERT_TRUE(layouts);
+  ASSERT_EQ(layouts->size(), kLayouts.size());
+  for (size_t i = 0; i < kLayouts.size(); ++i) {
+    const llvm::json::Object *g = (*layouts)[i].getAsObject();
+    ASSERT_TRUE(g);
+    EXPECT_EQ(g->getInteger("group"), kLayouts[i][0]);
+    EXPECT_EQ(g->getInteger("period"), kLayouts[i][1]);
+    EXPECT_EQ(g->getInteger("prefix"), kLayouts[i][2]);
+  }
+  // The manifest numbers the groups as this test's schedule does.
+  Layer layer;
+  const llvm::json::Array *hg = l.getArray("head_groups");
+  ASSERT_TRUE(hg);
+  ASSERT_EQ(hg->size(), layer.sched.headGroup.size());
+  for (size_t i = 0; i < hg->size(); ++i)
+    EXPECT_EQ((*hg)[i].getAsInteger(), layer.sched.headGroup[i]);
+}
+
+TEST(PermutedBundle, BadLayoutsAreRefusedByName) {
+  tessera_context *ctx;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+  std::string src = slurp(bundleDir() + "/bundle.cu");
+  using Obj = llvm::json::Object;
+  auto set = [](size_t i, const char *key, llvm::json::Value value) {
+    return [=](Obj &l) {
+      (*(*l.getArray("layouts"))[i].getAsObject())[key] = value;
+    };
+  };
+  struct Bad {
+    const char *what, *message;
+    std::function<void(Obj &)> edit;
+  };
+  std::vector<Bad> cases = {
+      {"period 1", "the layout of group 0: period must be in [2, 2^40], got 1",
+       set(0, "period", 1)},
+      {"period 2^41", "period must be in [2, 2^40]",
+       set(1, "period", int64_t(1) << 41)},
+      {"negative prefix",
+       "the layout of group 2: prefix must be in [0, 2^40], got -1",
+       set(2, "prefix", -1)},
+      {"no such group",
+       "the layout of group 4: no such group (the program has 4)",
+       set(0, "group", 4)},
+      {"negative group", "the layout of group -1: no such group",
+       set(0, "group", -1)},
+      {"a group twice", "the layout of group 1: the group has two layouts",
+       set(0, "group", 1)},
+      {"no period", "a layout lacks an integer group, period or prefix",
+       [](Obj &l) {
+         (*l.getArray("layouts"))[0].getAsObject()->erase("period");
+       }},
+      {"a string", "a layout lacks an integer group, period or prefix",
+       set(2, "prefix", "32")},
+      {"not an array", "layouts is not an array",
+       [](Obj &l) { l["layouts"] = Obj{}; }}};
+  for (const Bad &c : cases) {
+    std::string m = editedManifest(c.edit);
+    tessera_bundle *b = nullptr;
+    EXPECT_EQ(tessera_bundle_load_memory(ctx, m.data(), m.size(), src.data(),
+                                         src.size(), &b),
+              TESSERA_ERROR_BAD_BUNDLE)
+        << c.what;
+    EXPECT_NE(std::string(tessera_last_error()).find(c.message),
+              std::string::npos)
+        << c.what << ": " << tessera_last_error();
+    EXPECT_NE(std::string(tessera_last_error()).find("layer 0: "),
+              std::string::npos)
+        << c.what;
+    if (b)
+      tessera_bundle_destroy(b);
+  }
+  tessera_context_destroy(ctx);
+}
+
+/// One call's inputs and the outputs of each way of running it.
+struct Shape {
+  int64_t batch, nq, nk;
+};
+
+class PermutedCpuContext : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(PermutedCpuContext, RunsTheGroupsInTheirOrder) {
+  const auto [B, nq, nk] = GetParam();
+  Layer layer;
+  std::mt19937_64 rng(23 + nq * 7 + nk);
+  std::uniform_real_distribution<float> dist(-2, 2);
+  std::vector<float> q(B * nq * kHeads * kDim), k(B * nk * kKvHeads * kDim),
+      v(k.size());
+  for (auto *x : {&q, &k, &v})
+    for (float &e : *x)
+      e = dist(rng);
+  const size_t qn = q.size(), ln = size_t(B * kHeads * nq);
+
+  tessera_context *ctx;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CPU, 0, &ctx), TESSERA_OK);
+  tessera_bundle *permuted = nullptr, *plain = nullptr;
+  ASSERT_EQ(tessera_bundle_load_file(ctx, bundleDir().c_str(), &permuted),
+            TESSERA_OK)
+      << tessera_last_error();
+  std::string src = slurp(bundleDir() + "/bundle.cu");
+  std::string noLayouts =
+      editedManifest([](llvm::json::Object &l) { l.erase("layouts"); });
+  ASSERT_EQ(tessera_bundle_load_memory(ctx, noLayouts.data(), noLayouts.size(),
+                                       src.data(), src.size(), &plain),
+            TESSERA_OK)
+      << tessera_last_error();
+
+  tessera_tensor tq = tensor(q.data(), B, nq, kHeads);
+  tessera_tensor tk = tensor(k.data(), B, nk, kKvHeads);
+  tessera_tensor tv = tensor(v.data(), B, nk, kKvHeads);
+  auto run = [&](tessera_bundle *b, int64_t headCount, std::vector<float> &o,
+                 std::vector<float> &lse) {
+    o.assign(qn, 7.0f);
+    lse.assign(ln, 7.0f);
+    tessera_attention_desc d;
+    tessera_attention_desc_init(&d);
+    d.q = tq;
+    d.k = tk;
+    d.v = tv;
+    d.o = tensor(o.data(), B, nq, kHeads);
+    d.lse = lse.data();
+    d.head_count = headCount;
+    ASSERT_EQ(tessera_attention_run(b, &d), TESSERA_OK) << tessera_last_error();
+  };
+  std::vector<float> oPerm, lsePerm, oPlain, lsePlain, oRange, lseRange;
+  run(permuted, 0, oPerm, lsePerm);
+  run(plain, 0, oPlain, lsePlain);
+  run(permuted, kHeads, oRange, lseRange); // not dense: the original order
+
+  // The executors called directly: the whole layer in the original order,
+  // and each group with a layout in its order.
+  cpu::LayerArgs a;
+  a.q = cpu::contiguous(q.data(), cpu::DType::F32, B, nq, kHeads, kDim);
+  a.k = cpu::contiguous(k.data(), cpu::DType::F32, B, nk, kKvHeads, kDim);
+  a.v = cpu::contiguous(v.data(), cpu::DType::F32, B, nk, kKvHeads, kDim);
+  a.blockQ = 128; // the bundle's kernel_block_q at head_dim 64
+  std::vector<float> oOrig(qn), lseOrig(ln), oDirect(qn, 7.0f),
+      lseDirect(ln, 7.0f);
+  a.o = cpu::contiguous(oOrig.data(), cpu::DType::F32, B, nq, kHeads, kDim);
+  a.lse = lseOrig.data();
+  ASSERT_EQ(cpu::runLayer(layer.sched.table(), a), "");
+  a.o = cpu::contiguous(oDirect.data(), cpu::DType::F32, B, nq, kHeads, kDim);
+  a.lse = lseDirect.data();
+  for (const auto &[g, period, prefix] : kLayouts)
+    ASSERT_EQ(cpu::runPermutedGroup(layer.sched.table(), g,
+                                    layout::PeriodTranspose{period, prefix}, a),
+              "");
+
+  // The layout-free bundle and the head-range call are the original order,
+  // bit for bit.
+  EXPECT_EQ(oPlain, oOrig);
+  EXPECT_EQ(0, std::memcmp(lsePlain.data(), lseOrig.data(), ln * 4));
+  EXPECT_EQ(oRange, oOrig);
+  EXPECT_EQ(0, std::memcmp(lseRange.data(), lseOrig.data(), ln * 4));
+
+  const double scale = 1.0 / std::sqrt(double(kDim));
+  const double inf = std::numeric_limits<double>::infinity();
+  double err = 0, errPlain = 0, norm = 1;
+  int64_t differ = 0; // permuted-group elements whose bits differ from oOrig
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < kHeads; ++h) {
+      const bool inLayout = h <= 9; // groups 0-2
+      const s::Pattern *pat = layer.pattern(h);
+      for (int64_t i = 0; i < nq; ++i) {
+        const size_t row = size_t(((b * nq + i) * kHeads + h) * kDim);
+        const size_t li = size_t((b * kHeads + h) * nq + i);
+        // The permuted heads are those of runPermutedGroup, the others
+        // those of the original order, bit for bit.
+        for (int64_t x = 0; x < kDim; ++x) {
+          float want = inLayout ? oDirect[row + x] : oOrig[row + x];
+          ASSERT_EQ(oPerm[row + x], want) << "head " << h << " row " << i;
+          differ += inLayout && oPerm[row + x] != oOrig[row + x];
+        }
+        ASSERT_EQ(lsePerm[li], inLayout ? lseDirect[li] : lseOrig[li])
+            << "head " << h << " row " << i;
+        // float64: softmax over the allowed keys of row i.
+        std::vector<double> sc(nk, -inf), out(kDim, 0);
+        double m = -inf, l = 0;
+        for (int64_t j = 0; pat && j < nk; ++j) {
+          if (!s::allowed(*pat, i, j, h, nq, nk, kHeads))
+            continue;
+          const size_t kr = size_t(((b * nk + j) * kKvHeads + h / 3) * kDim);
+          double dot = 0;
+          for (int64_t x = 0; x < kDim; ++x)
+            dot += double(q[row + x]) * k[kr + x];
+          sc[j] = dot * scale;
+          m = std::max(m, sc[j]);
+        }
+        for (int64_t j = 0; j < nk; ++j)
+          if (sc[j] > -inf) {
+            double p = std::exp(sc[j] - m);
+            l += p;
+            const size_t vr = size_t(((b * nk + j) * kKvHeads + h / 3) * kDim);
+            for (int64_t x = 0; x < kDim; ++x)
+              out[x] += p * v[vr + x];
+          }
+        if (l == 0)
+          EXPECT_EQ(lsePerm[li], -std::numeric_limits<float>::infinity())
+              << "head " << h << " row " << i;
+        else
+          EXPECT_NEAR(lsePerm[li], m + std::log(l), 1e-4)
+              << "head " << h << " row " << i;
+        for (int64_t x = 0; x < kDim; ++x) {
+          double exact = l == 0 ? 0 : out[x] / l;
+          err = std::max(err, std::abs(oPerm[row + x] - exact));
+          errPlain = std::max(errPlain, std::abs(oPlain[row + x] - exact));
+          norm = std::max(norm, std::abs(exact));
+        }
+      }
+    }
+  EXPECT_LE(err, 1e-5 * norm);
+  EXPECT_LE(errPlain, 1e-5 * norm);
+  // The permuted walk ran: it sums each row's keys in another order.
+  EXPECT_GT(differ, 0);
+
+  tessera_bundle_destroy(permuted);
+  tessera_bundle_destroy(plain);
+  tessera_context_destroy(ctx);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, PermutedCpuContext,
+                         ::testing::Values(Shape{2, 300, 300},
+                                           Shape{2, 200, 333},
+                                           Shape{1, 333, 200},
+                                           Shape{2, 512, 512}));
+
+} // namespace

@@ -9,6 +9,15 @@ compile).
     ctx = tessera.Context("cuda")                  # torch CUDA tensors,
     o, lse = ctx.load(path).attention(0, q, k, v)  # on the current stream
 
+On a CUDA context the arrays are torch CUDA tensors or any object with the
+CUDA Array Interface (`__cuda_array_interface__`: CuPy, Numba, JAX arrays...;
+float16, and float32 for LSE and centroids: the interface has no bfloat16).
+The binding allocates results only as torch tensors: with other arrays pass
+the outputs (`out=`, `lse=`, `dq=`, `dk=`, `dv=`). Calls run on `stream=`
+(a CUstream handle) when given, else on torch's current stream for torch
+tensors, else on the stream q's interface names (version 3), else on the
+default stream.
+
 The runtime library (libtessera_runtime.so, a C API) is looked up, first
 match wins: $TESSERA_RUNTIME_LIB (a file); $TESSERA_PREFIX/lib (an installed
 prefix, `cmake --install build --prefix P`); $TESSERA_BUILD_DIR/lib (a build
@@ -303,24 +312,129 @@ def _describe(x, device, name, output=False):
             raise ValueError(f"{name} has overlapping elements (a zero or short "
                              f"stride): outputs need one place per element")
         return _Tensor(x.ctypes.data, kinds[x.dtype], *x.shape, *strides[:3])
-    import torch
-    if not isinstance(x, torch.Tensor) or not x.is_cuda:
-        raise TypeError(f"{name}: the CUDA context takes torch CUDA tensors")
-    if x.dim() != 4:
+    a = _cuda_array(x, name)
+    if len(a.shape) != 4:
         raise ValueError(f"{name}: tensors are [batch, seq, heads, head_dim], "
-                         f"got {x.dim()} dimensions")
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    kinds = {torch.float16: _F16, torch.bfloat16: _BF16}
-    if x.dtype not in kinds:
-        raise TypeError(f"{name}: unsupported torch dtype {x.dtype} "
-                        f"(float16 or bfloat16)")
-    if x.shape[3] > 1 and x.stride(3) != 1:
+                         f"got {len(a.shape)} dimensions")
+    if 0 in a.shape:
+        raise ValueError(f"{name} is empty (shape {a.shape})")
+    kinds = {"f16": _F16, "bf16": _BF16}
+    if a.dtype not in kinds:
+        raise TypeError(f"{name}: unsupported dtype {a.dtype} on a CUDA "
+                        f"context (float16 or bfloat16)")
+    if a.shape[3] > 1 and a.strides[3] != 1:
         raise ValueError(f"{name}: head_dim must be contiguous")
-    if output and _overlaps_itself(tuple(x.shape), x.stride()):
+    if output and a.readonly:
+        raise ValueError(f"{name} is read-only")
+    if output and _overlaps_itself(a.shape, a.strides):
         raise ValueError(f"{name} has overlapping elements (a zero or short "
                          f"stride): outputs need one place per element")
-    return _Tensor(x.data_ptr(), kinds[x.dtype], *x.shape, *x.stride()[:3])
+    return _Tensor(a.ptr, kinds[a.dtype], *a.shape, *a.strides[:3])
+
+
+class _CudaArray:
+    """What the binding reads of a CUDA array: its address, dtype ("f16",
+    "bf16", "f32" or the interface's typestr), shape, strides in elements,
+    whether it is read-only, the stream its interface names (None: none)
+    and the torch tensor it is, if it is one."""
+
+    def __init__(self, ptr, dtype, shape, strides, readonly, stream, tensor):
+        self.ptr, self.dtype, self.shape = ptr, dtype, shape
+        self.strides, self.readonly, self.stream = strides, readonly, stream
+        self.tensor = tensor
+
+
+def _torch_tensor(x):
+    """x if it is a torch tensor (without importing torch), else None."""
+    import sys
+    torch = sys.modules.get("torch")
+    return x if torch is not None and isinstance(x, torch.Tensor) else None
+
+
+def _cuda_array(x, name):
+    """A _CudaArray for a torch CUDA tensor or an object with the CUDA Array
+    Interface (versions 2 and 3), or an error naming `name`."""
+    t = _torch_tensor(x)
+    if t is not None:
+        import torch
+        if not t.is_cuda:
+            raise TypeError(f"{name}: the CUDA context takes CUDA arrays "
+                            f"(torch CUDA tensors or objects with "
+                            f"__cuda_array_interface__), got a {t.device} "
+                            f"tensor")
+        kinds = {torch.float16: "f16", torch.bfloat16: "bf16",
+                 torch.float32: "f32"}
+        return _CudaArray(t.data_ptr(), kinds.get(t.dtype, str(t.dtype)),
+                          tuple(t.shape), tuple(t.stride()), False, None, t)
+    try:
+        iface = x.__cuda_array_interface__
+    except AttributeError:
+        raise TypeError(f"{name}: the CUDA context takes CUDA arrays (torch "
+                        f"CUDA tensors or objects with "
+                        f"__cuda_array_interface__), got "
+                        f"{type(x).__name__}") from None
+    try:
+        shape = tuple(int(n) for n in iface["shape"])
+        typestr = str(iface["typestr"])
+        ptr, readonly = iface["data"]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{name}: a malformed __cuda_array_interface__ (it "
+                         f"needs shape, typestr and data)") from None
+    if iface.get("mask") is not None:
+        raise ValueError(f"{name}: masked CUDA arrays are not supported")
+    kinds = {"<f2": ("f16", 2), "<f4": ("f32", 4)}
+    dtype, item = kinds.get(typestr, (typestr, 1))
+    byte_strides = iface.get("strides")
+    if byte_strides is None:  # C-contiguous
+        byte_strides, step = [], item
+        for n in reversed(shape):
+            byte_strides.insert(0, step)
+            step *= max(n, 1)
+    byte_strides = tuple(int(s) for s in byte_strides)
+    if len(byte_strides) != len(shape):
+        raise ValueError(f"{name}: __cuda_array_interface__ has "
+                         f"{len(byte_strides)} strides for {len(shape)} "
+                         f"dimensions")
+    if any(s % item for s in byte_strides):
+        raise ValueError(f"{name}: strides {byte_strides} are not multiples "
+                         f"of the element size {item}")
+    if not ptr and 0 not in shape:
+        raise ValueError(f"{name}: __cuda_array_interface__ has a null data "
+                         f"pointer")
+    stream = iface.get("stream")
+    return _CudaArray(int(ptr or 0), dtype, shape,
+                      tuple(s // item for s in byte_strides), bool(readonly),
+                      None if stream is None else int(stream), None)
+
+
+def _f32_cuda(x, name, want=None):
+    """The address of a C-contiguous float32 CUDA array of shape `want`
+    (LSE, centroids), or an error naming `name`."""
+    a = _cuda_array(x, name)
+    if a.dtype != "f32":
+        raise ValueError(f"{name} must be float32, got {a.dtype}")
+    if want is not None and a.shape != tuple(want):
+        raise ValueError(f"{name} must be {tuple(want)}, got {a.shape}")
+    step = 1
+    for n, st in reversed(list(zip(a.shape, a.strides))):
+        if n > 1 and st != step:
+            raise ValueError(f"{name} must be C-contiguous")
+        step *= n
+    return a.ptr
+
+
+def _stream(stream, q):
+    """The CUstream of a CUDA call: `stream` when given, else torch's
+    current stream for a torch q, else the stream q's interface names, else
+    the default stream (0)."""
+    if stream is not None:
+        return _int64("stream", stream) or None
+    t = _torch_tensor(q)
+    if t is not None:
+        import torch
+        return torch.cuda.current_stream(t.device).cuda_stream
+    a = _cuda_array(q, "q")
+    return a.stream or None
 
 
 def _seq_options(d, q, num_seqs, cu_seqlens_q, cu_seqlens_k, seq_lens_k,
@@ -499,17 +613,18 @@ class Bundle:
                 raise ValueError("centroids must be a C-contiguous float32 array")
             ptr = centroids.ctypes.data
         else:
-            import torch
-            if centroids.dtype != torch.float32 or not centroids.is_contiguous() \
-                    or centroids.device.type != "cuda":
-                raise ValueError("centroids must be a contiguous float32 CUDA tensor")
-            ptr = centroids.data_ptr()
+            ptr = _f32_cuda(centroids, "centroids")
         return _DynamicInputs(ptr, *shape)
 
     def attention(self, layer, q, k, v, out=None, lse=True, scale=0.0,
-                  centroids=None, block_index=None, head_active=None):
+                  centroids=None, block_index=None, head_active=None,
+                  stream=None):
         """Returns (o, lse): o like q; lse [B, H, Nq] float32, or None.
-        centroids: float32 [H, C, D] (numpy on the CPU, a CUDA tensor on
+        out: the output (written in place; allocated when None), lse: True
+        (allocated), False (not computed) or a C-contiguous float32
+        [B, H, Nq] array written in place. stream: a CUDA context's CUstream
+        (the module's docstring says which one runs otherwise).
+        centroids: float32 [H, C, D] (numpy on the CPU, a CUDA array on
         CUDA) for the layer's routing groups that take the engine's
         centroids (layer_info(layer)["centroid_clusters"] = C).
         block_index: (offsets, cols) for the layer's block_index heads
@@ -528,20 +643,17 @@ class Bundle:
                                                head_active)
         dyn = self._dynamic_inputs(centroids)
         dev = self.context.device
-        if dev == _CPU:
-            import numpy as np
-            o = np.empty_like(q) if out is None else out
-            l = np.empty((q.shape[0], q.shape[2], q.shape[1]), np.float32) if lse else None
-            lptr = l.ctypes.data if lse else None
-            stream = None
-        else:
-            import torch
-            o = torch.empty_like(q) if out is None else out
-            l = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32,
-                            device=q.device) if lse else None
-            lptr = l.data_ptr() if lse else None
-            stream = torch.cuda.current_stream(q.device).cuda_stream
         tq, tk, tv = (_describe(x, dev, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+        want = (tq.batch, tq.heads, tq.seq)
+        o = self._result(q, out, "out")
+        l = self._result(q, None, "lse", want) if lse is True else \
+            (lse if lse is not False and lse is not None else None)
+        lptr = None if l is None else self._lse_pointer(l, "lse", want)
+        if dev == _CPU:
+            if stream is not None:
+                raise ValueError("stream: a CPU context's calls take no stream")
+        else:
+            stream = _stream(stream, q)
         to = _describe(o, dev, "out", output=True)
         _check(_lib.tessera_attention_dynamic(
             self._h, layer, ctypes.byref(tq), ctypes.byref(tk), ctypes.byref(tv),
@@ -549,6 +661,44 @@ class Bundle:
             ctypes.byref(dyn) if dyn is not None else None, stream))
         return o, l
 
+
+    def _result(self, like, given, name, shape=None):
+        """`given`, or a new result array: like `like` (contiguous), or
+        float32 of `shape`: numpy on a CPU context, a torch tensor on a
+        CUDA context when `like` is one (other CUDA arrays: the caller
+        passes the result)."""
+        if given is not None:
+            return given
+        if self.context.device == _CPU:
+            import numpy as np
+            return np.empty(shape, np.float32) if shape else \
+                np.empty_like(like, order="C")
+        t = _torch_tensor(like)
+        if t is None:
+            raise ValueError(f"{name}: pass it (e.g. {name}=...) on a CUDA "
+                             f"context: the binding allocates results only "
+                             f"as torch tensors")
+        import torch
+        return torch.empty(shape, dtype=torch.float32, device=t.device) \
+            if shape else torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+    def _lse_pointer(self, x, name, want, output=True):
+        """The address of a C-contiguous float32 array of shape `want` (an
+        LSE or its gradient; writable if `output`) on this context's
+        device."""
+        if self.context.device != _CPU:
+            if output and _cuda_array(x, name).readonly:
+                raise ValueError(f"{name} is read-only")
+            return _f32_cuda(x, name, want)
+        import numpy as np
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or \
+                not x.flags["C_CONTIGUOUS"]:
+            raise ValueError(f"{name} must be a C-contiguous float32 array")
+        if x.shape != tuple(want):
+            raise ValueError(f"{name} must be {tuple(want)}, got {x.shape}")
+        if output and not x.flags.writeable:
+            raise ValueError(f"{name} is read-only")
+        return x.ctypes.data
 
     def _attention_block_index(self, layer, q, k, v, out, lse, scale,
                                centroids, block_index, head_active=None):
@@ -562,8 +712,10 @@ class Bundle:
                                "tessera_attention_run runs them on CUDA "
                                "contexts)")
         o = np.empty_like(q) if out is None else out
-        l = np.empty((q.shape[0], q.shape[2], q.shape[1]), np.float32) \
-            if lse else None
+        if lse is True:
+            l = np.empty((q.shape[0], q.shape[2], q.shape[1]), np.float32)
+        else:
+            l = None if lse is False else lse
         self.attention_run(layer, q, k, v, o, lse=l, scale=scale,
                            centroids=centroids, block_index=block_index,
                            head_active=head_active)
@@ -622,58 +774,73 @@ class Bundle:
                            cu_seqlens_k=None, seq_lens_k=None,
                            block_table=None, q_start=None, k_start=None,
                            head_start=0, head_count=0, centroids=None,
-                           block_index=None, head_active=None):
+                           block_index=None, head_active=None, dq=None,
+                           dk=None, dv=None, stream=None):
         """(dq, dk, dv) of a forward call attention(layer, q, k, v) (or
         attention_run with the same per-sequence options) that gave o and lse
         (required, the forward's layout: [B, H, Nq], or [H, T] packed), for
         the gradient do of the loss by o, and dlse (float32, lse's shape) by
         lse where the loss reads it. numpy arrays of one dtype on a CPU
-        context (docs/backward.md); dq like q, dk and dv like k, contiguous;
+        context, CUDA arrays of the layer's dtype on a CUDA context (dense
+        calls there; LSE and dlse float32; docs/backward.md); dq like q, dk
+        and dv like k, contiguous, allocated unless passed (dq=, dk=, dv=:
+        written in place; on CUDA required unless q is a torch tensor);
         centroids as the forward took them (routing heads rebuild their
         clusters), block_index (block_index heads attend the same
         lists) and head_active (inactive pairs get dq = 0 and no share of
         dk and dv). The library refuses the options it has no backward for by
         name."""
-        import numpy as np
-        if self.context.device != _CPU:
-            raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
-                               "the backward runs on CPU contexts only for now")
+        dev = self.context.device
+        if dev != _CPU:
+            given = [n for n, x in (
+                ("num_seqs", num_seqs), ("cu_seqlens_q", cu_seqlens_q),
+                ("cu_seqlens_k", cu_seqlens_k), ("seq_lens_k", seq_lens_k),
+                ("block_table", block_table), ("q_start", q_start),
+                ("k_start", k_start), ("head_start", head_start),
+                ("head_count", head_count), ("block_index", block_index),
+                ("head_active", head_active)) if x is not None and
+                x is not False and not (isinstance(x, int) and x == 0)]
+            if given:
+                raise TesseraError(
+                    "TESSERA_ERROR_INVALID_ARGUMENT",
+                    f"the binding's backward on a CUDA context takes dense "
+                    f"calls: {', '.join(given)} not supported there (a CPU "
+                    f"context runs them; docs/backward.md)")
+        elif stream is not None:
+            raise ValueError("stream: a CPU context's calls take no stream")
         d = _AttentionDescV9()
         _lib.tessera_attention_desc_init_size(ctypes.byref(d), ctypes.sizeof(d))
         d.layer = _int64("layer", layer)
-        d.q, d.k, d.v = (_describe(x, _CPU, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
-        d.o = _describe(o, _CPU, "o")
-        _seq_options(d, q, num_seqs, cu_seqlens_q, cu_seqlens_k, seq_lens_k,
-                     block_table, q_start, k_start, head_start, head_count)
-        heads = head_count if head_count else q.shape[2]
-        want = (heads, q.shape[1]) if cu_seqlens_q is not None else \
-            (q.shape[0], heads, q.shape[1])
-        for name, x in (("lse", lse), ("dlse", dlse)):
-            if x is None and name == "dlse":
-                continue
-            if not isinstance(x, np.ndarray) or x.dtype != np.float32 or \
-                    not x.flags["C_CONTIGUOUS"]:
-                raise ValueError(f"{name} must be a C-contiguous float32 array")
-            if x.shape != want:
-                raise ValueError(f"{name} must be {'[heads, T]' if len(want) == 2 else '[batch, heads, Nq]'} = "
-                                 f"{want}, got {x.shape}")
-        d.lse = lse.ctypes.data
+        d.q, d.k, d.v = (_describe(x, dev, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+        d.o = _describe(o, dev, "o")
+        if dev == _CPU:
+            _seq_options(d, q, num_seqs, cu_seqlens_q, cu_seqlens_k,
+                         seq_lens_k, block_table, q_start, k_start,
+                         head_start, head_count)
+        heads = head_count if head_count else d.q.heads
+        want = (heads, d.q.seq) if cu_seqlens_q is not None else \
+            (d.q.batch, heads, d.q.seq)
+        d.lse = self._lse_pointer(lse, "lse", want, output=False)
+        dlse_ptr = None if dlse is None else \
+            self._lse_pointer(dlse, "dlse", want, output=False)
         d.scale = float(scale)
         dyn = self._dynamic_inputs(centroids)
         if dyn is not None:
             d.dynamic_inputs = ctypes.addressof(dyn)
         if block_index is not None:
-            _block_index(d, block_index, d.num_seqs or q.shape[0], heads)
+            _block_index(d, block_index, d.num_seqs or d.q.batch, heads)
         if head_active is not None:
             _head_active(d, head_active, q, cu_seqlens_q, heads)
-        dq, dk, dv = np.empty_like(q, order="C"), np.empty_like(k, order="C"), \
-            np.empty_like(k, order="C")
-        tdo = _describe(do, _CPU, "do")
-        tdq, tdk, tdv = (_describe(x, _CPU, n, output=True)
+        dq = self._result(q, dq, "dq")
+        dk = self._result(k, dk, "dk")
+        dv = self._result(k, dv, "dv")
+        tdo = _describe(do, dev, "do")
+        tdq, tdk, tdv = (_describe(x, dev, n, output=True)
                          for x, n in ((dq, "dq"), (dk, "dk"), (dv, "dv")))
+        if dev != _CPU:
+            d.cuda_stream = _stream(stream, q)
         _check(_lib.tessera_attention_backward(
-            self._h, ctypes.byref(d), ctypes.byref(tdo),
-            None if dlse is None else dlse.ctypes.data,
+            self._h, ctypes.byref(d), ctypes.byref(tdo), dlse_ptr,
             ctypes.byref(tdq), ctypes.byref(tdk), ctypes.byref(tdv)))
         return dq, dk, dv
 
@@ -685,8 +852,12 @@ class Context:
         self.device = _CPU if device == "cpu" else _CUDA
         h = ctypes.c_void_p()
         if self.device == _CUDA:
-            import torch
-            torch.cuda.init()  # share PyTorch's primary context
+            try:
+                import torch
+            except ImportError:  # CuPy, Numba, ... arrays: no torch needed
+                torch = None
+            if torch is not None and torch.cuda.is_available():
+                torch.cuda.init()  # share PyTorch's primary context
         _check(_lib.tessera_context_create(self.device, ordinal, ctypes.byref(h)))
         self._h = h
 

@@ -16,10 +16,13 @@ back. CUDA: the layer's dtype (float16 or bfloat16), on the current stream.
 Autograd: the op's backward is `torch.ops.tessera.attention_backward`
 (the runtime's tessera_attention_backward, docs/backward.md): dq, dk, dv
 from q, k, v, the forward's o and lse, and the gradients by o and by lse
-(a loss may read both). It runs on the CPU, in float32 (gradients cast back
+(a loss may read both). On the CPU it runs in float32 (gradients cast back
 to the inputs' dtypes), for static heads and dynamic heads (vertical-slash,
-block top-k, routing with the forward's centroids; docs/backward.md); on
-CUDA backward raises saying so.
+block top-k, routing with the forward's centroids; docs/backward.md). On
+CUDA it runs the runtime's CUDA backward kernels on the current stream, in
+the layer's dtype, for the layers the C API's CUDA backward takes (static
+heads, vertical-slash and block top-k heads; others raise naming what is
+not supported).
 
 `block_mask(bundle, layer, q_len, kv_len)` gives a layer's schedule as a
 FlexAttention BlockMask: the tiles the kernels skip, the full tiles (no mask
@@ -189,11 +192,10 @@ def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            block_index_cols: Optional[torch.Tensor] = None,
                            head_active: Optional[torch.Tensor] = None
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if q.device.type != "cpu":
-        raise NotImplementedError(
-            "tessera.attention: the backward runs on the CPU only for now "
-            "(no CUDA backward kernels yet; docs/backward.md)")
     b = _bundle(bundle, q.device)
+    if q.device.type != "cpu":
+        return _cuda_backward(b, q, k, v, o, lse, grad_o, grad_lse, layer,
+                              scale, centroids)
     qn, kn, vn, on, gn, lsen, gl = _backward_arrays(q, k, v, o, grad_o, lse,
                                                     grad_lse)
     cn = None if centroids is None else \
@@ -206,6 +208,30 @@ def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                           head_active))
     return (torch.from_numpy(dq).to(q.dtype), torch.from_numpy(dk).to(k.dtype),
             torch.from_numpy(dv).to(v.dtype))
+
+
+def _cuda_backward(b, q, k, v, o, lse, grad_o, grad_lse, layer, scale,
+                   centroids):
+    """The backward on a CUDA context: the runtime's CUDA kernels
+    (docs/backward.md, "On CUDA") on the current stream, in the layer's
+    dtype; dq, dk and dv contiguous. The per-token options the forward
+    refuses on CUDA do not reach here."""
+    def strided(x):
+        # autograd's gradients may be expanded (a sum's: all strides 0):
+        # the kernels take any strides with head_dim contiguous.
+        x = x.detach()
+        return x if x.stride(3) == 1 or x.shape[3] == 1 else x.contiguous()
+    dtype = q.dtype
+    if grad_o.dtype != dtype:
+        grad_o = grad_o.to(dtype)
+    cd = None if centroids is None else \
+        centroids.detach().to(device=q.device, dtype=torch.float32).contiguous()
+    gl = None if grad_lse is None else \
+        grad_lse.detach().to(torch.float32).contiguous()
+    return b.attention_backward(
+        layer, strided(q), strided(k), strided(v), strided(o),
+        lse.detach().to(torch.float32).contiguous(), strided(grad_o),
+        dlse=gl, scale=scale, centroids=cd)
 
 
 @_attention_backward_op.register_fake

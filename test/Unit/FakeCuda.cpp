@@ -35,6 +35,7 @@ std::vector<std::string> calls;
 std::vector<std::string> launched;        ///< the kernels cuLaunchKernel ran
 std::map<uintptr_t, size_t> deviceRanges; ///< start -> bytes
 int liveModules = 0;
+uintptr_t lastLaunchStream = 0; ///< the last launch's stream handle
 
 void logCall(const char *name) {
   std::lock_guard<std::mutex> lock(mutex);
@@ -126,6 +127,11 @@ __attribute__((visibility("default"))) const char *fakecuda_calls() {
   static std::string joined;
   return joinLogged(calls, joined);
 }
+/// The stream handle of the last cuLaunchKernel.
+__attribute__((visibility("default"))) uintptr_t fakecuda_last_stream() {
+  std::lock_guard<std::mutex> lock(mutex);
+  return lastLaunchStream;
+}
 /// The kernels launched since the last clear, comma-separated.
 __attribute__((visibility("default"))) const char *fakecuda_kernels() {
   static std::string joined;
@@ -190,9 +196,13 @@ int cuModuleGetFunction(void **f, void *, const char *name) {
   return kSuccess;
 }
 int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz,
-                   unsigned bx, unsigned by, unsigned bz, unsigned, void *,
-                   void **args, void **) {
+                   unsigned bx, unsigned by, unsigned bz, unsigned,
+                   void *stream, void **args, void **) {
   logCall("cuLaunchKernel");
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    lastLaunchStream = uintptr_t(stream);
+  }
   auto fn = tessera_emu::registry().find(static_cast<const char *>(f));
   if (fn == tessera_emu::registry().end() || !args)
     return kInvalidValue;

@@ -238,6 +238,8 @@ TEST(PermutedRunsTest, PrefixClosedFormMatchesEveryPair) {
        16, kS, false},
       {"diagonals alone, prefix 7 (residues in every quadrant)",
        P{s::MultiDiagonal{16, {}, 2}}, 16, 7, false},
+      {"diagonals, a prompt of five periods (key blocks of every residue)",
+       P{s::MultiDiagonal{8, {}, 1}}, 8, 40, false},
       {"prompt rows + head-dependent shards",
        P{s::Union{
            {P{s::HorizontalStripe{text}}, P{s::StridedShards{2, 4, 0}}}}},

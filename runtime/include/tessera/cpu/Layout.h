@@ -595,8 +595,9 @@ struct PermutedRuns {
           full = detail::intersect(full, rs);
         }
       }
-      Ranges v = k == 0 ? promptSlots(visited, sk) : segmentSlots(visited, sk);
-      Ranges f = k == 0 ? promptSlots(full, sk) : segmentSlots(full, sk);
+      Ranges v =
+          k == 0 ? promptSlots(visited, sk, true) : segmentSlots(visited, sk);
+      Ranges f = k == 0 ? promptSlots(full, sk, false) : segmentSlots(full, sk);
       visitedSlots.insert(visitedSlots.end(), v.begin(), v.end());
       fullSlots.insert(fullSlots.end(), f.begin(), f.end());
     }
@@ -643,15 +644,26 @@ struct PermutedRuns {
 
 private:
   /// The prompt's key slots (its keys in place) of a set of key residues:
-  /// the keys k < sk with k mod P in the set.
-  Ranges promptSlots(const Ranges &residues, int64_t sk) const {
+  /// the keys k < sk with k mod P in the set. With P <= bk, a key block
+  /// wholly in the prompt holds every residue: it meets any non-empty set
+  /// and lies inside none but the set of all residues, so such blocks give
+  /// one range when `visited` (a superset meeting the same blocks) and
+  /// none otherwise: O(bk / P) ranges rather than O(sk / P).
+  Ranges promptSlots(const Ranges &residues, int64_t sk, bool visited) const {
     int64_t p = perm.period;
     if (residues.empty())
       return {};
     if (residues.front() == std::make_pair(int64_t(0), p))
       return {{0, sk}};
     Ranges out;
-    for (int64_t base = 0; base < sk; base += p)
+    int64_t from = 0;
+    if (p <= bk && sk >= bk) {
+      int64_t whole = sk / bk * bk;
+      if (visited)
+        out.push_back({0, whole});
+      from = whole / p * p;
+    }
+    for (int64_t base = from; base < sk; base += p)
       for (auto [lo, hi] : residues)
         if (base + lo < sk)
           out.push_back({base + lo, std::min(base + hi, sk)});

@@ -22,7 +22,15 @@ work left when a phase's time is out is reported as skipped, not run):
               vectorised reading of runtime/include/tessera/kernel/Program.h);
               O within 2e-2 (bf16) / 5e-3 (f16) / 2e-3 (f32, the CPU) of the
               largest |O|, LSE within 1e-2, -inf exactly on empty rows;
-  time (60%)  the timing cases (below) at each --time-lens length, Nq = Nk,
+  backward (10%) every bundle's first two distinct static layers with
+              backward kernels: dQ, dK, dV of the runtime (the CUDA backward
+              kernels) at the check lengths against float64 autograd (with a
+              gradient by the LSE), within 4e-2 (bf16) / 1e-2 (f16) / 2e-3
+              (f32) of the largest |gradient|; tessera.torch's autograd
+              against the binding's backward once; the headline causal
+              layer's forward and forward + backward at the longest timing
+              length against SDPA's flash backend and FlexAttention;
+  time (50%)  the timing cases (below) at each --time-lens length, Nq = Nk,
               batch 1: Tessera per kernel path, Tessera's dense kernel of the
               same shape (the gpu-reference bundle), SDPA with the flash
               backend forced (torch.nn.attention.sdpa_kernel), FlexAttention
@@ -66,7 +74,8 @@ timed case. No field, or one value: one path, loaded as it is.
 the runtime's CPU executor, SDPA's CPU flash backend, eager FlexAttention):
 a dry run that make check runs (test/Python/gpu-check.test).
 --inject-error perturbs one Tessera output element of the first checked
-layer: the check must then fail (the test of the failure path).
+layer, and one dQ element of the first backward check: the checks must
+then fail (the test of the failure path).
 --write-reference DIR writes DIR/gpu-reference.mlir (a dense layer for each
 distinct static shape of DIR/*/manifest.json, and the dense and causal
 layers of the headline shape) and translates it into DIR/gpu-reference.
@@ -221,6 +230,35 @@ def o_tolerance(dtype):
     return {torch.bfloat16: 2e-2, torch.float16: 5e-3}.get(dtype, 2e-3)
 
 
+def grad_tolerance(dtype):
+    """dQ, dK, dV against float64, relative to the largest |gradient|: the
+    gradients are stored in the inputs' dtype and sum over many more terms
+    than O (dK, dV over every query of a GQA group)."""
+    return {torch.bfloat16: 4e-2, torch.float16: 1e-2}.get(dtype, 2e-3)
+
+
+def reference_grads(q, k, v, masks, group, do, dlse):
+    """float64 autograd of sum(O * dO) + sum(LSE * dLSE) (rows with keys;
+    a row without keys has LSE -inf and no gradient) -> (dq, dk, dv); the
+    row maximum is a constant (softmax does not depend on it), so no NaN
+    reaches a row without keys."""
+    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+    s = (qd.transpose(1, 2) @ kd.transpose(1, 2).repeat_interleave(
+        group, dim=1).transpose(-1, -2)) / math.sqrt(q.shape[3])
+    s = s.masked_fill(~masks[None], float("-inf"))
+    m = s.detach().amax(-1, keepdim=True)
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    p = torch.exp(s - m)
+    l = p.sum(-1, keepdim=True)
+    seen = l > 0
+    safe = torch.where(seen, l, torch.ones_like(l))
+    o = (p @ vd.transpose(1, 2).repeat_interleave(group, dim=1)) / safe
+    lse = torch.where(seen, m + torch.log(safe), torch.zeros_like(safe))[..., 0]
+    loss = (o.transpose(1, 2) * do.double()).sum() + (lse * dlse.double()).sum()
+    loss.backward()
+    return qd.grad, kd.grad, vd.grad
+
+
 # ===------------------------------------------------------------------=== #
 # Devices: Tessera through the binding, timers
 # ===------------------------------------------------------------------=== #
@@ -258,6 +296,17 @@ class Device:
         _, l = bundle.attention(idx, q.numpy(), k.numpy(), v.numpy(),
                                 out=o.numpy(), lse=lse)
         return o, None if l is None else torch.from_numpy(l)
+
+    def tessera_backward(self, bundle, idx, q, k, v, o, lse, do, dlse):
+        """(dq, dk, dv) as torch tensors: the runtime's backward (CUDA
+        kernels on a CUDA context, the CPU executor on the dry run)."""
+        if self.cuda:
+            return bundle.attention_backward(idx, q, k, v, o, lse, do,
+                                             dlse=dlse)
+        g = bundle.attention_backward(
+            idx, *(x.numpy() for x in (q, k, v, o, lse, do)),
+            dlse=dlse.numpy())
+        return tuple(torch.from_numpy(x) for x in g)
 
     def tessera_fn(self, bundle, idx, q, k, v):
         """A call for the timer, inputs converted once."""
@@ -772,6 +821,167 @@ def phase_check(args, dev, bundles, budget, report):
                 summary["layers"] += 1
 
 
+def check_backward(dev, bundle, layer, nq, nk, seed, inject=False):
+    """The runtime's dQ, dK, dV of one layer against float64 autograd
+    (`inject`: one element of dQ perturbed, the failure path's test)."""
+    idx = layer["index"]
+    q, k, v = dev.inputs(layer, nq, nk, seed)
+    g = torch.Generator(device=dev.torch).manual_seed(seed + 1)
+    do = torch.randn(q.shape, generator=g, device=dev.torch).to(q.dtype)
+    o, lse = dev.tessera(bundle, idx, q, k, v)
+    dlse = torch.randn(lse.shape, generator=g, device=dev.torch)
+    dlse = torch.where(torch.isfinite(lse), dlse, torch.zeros_like(dlse))
+    grads = dev.tessera_backward(bundle, idx, q, k, v, o, lse, do, dlse)
+    dev.sync()
+    if inject:
+        grads[0][0, -1, 0, 0] += grads[0].abs().max() + 1.0
+    masks = layer_masks(layer, nq, nk, dev.torch)
+    ref = reference_grads(q, k, v, masks,
+                          layer["num_heads"] // layer["num_kv_heads"], do,
+                          dlse)
+    errs = [((x.double() - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+            for x, r in zip(grads, ref)]
+    nan = any(torch.isnan(x).any().item() for x in grads)
+    return {"layer": idx, "nq": nq, "nk": nk, "errs": errs,
+            "ok": not nan and max(errs) <= grad_tolerance(q.dtype)}
+
+
+def check_autograd(dev, bdir, layer, n):
+    """tessera.torch's autograd (the op's backward on the device) against
+    the binding's backward called directly: the same numbers."""
+    import tessera.torch as tt
+    q, k, v = dev.inputs(layer, n, n, 11)
+    g = torch.Generator(device=dev.torch).manual_seed(12)
+    do = torch.randn(q.shape, generator=g, device=dev.torch).to(q.dtype)
+    qr, kr, vr = (x.clone().requires_grad_() for x in (q, k, v))
+    o, lse = tt.attention(qr, kr, vr, bdir, layer=layer["index"])
+    (o * do).sum().backward()
+    dev.sync()
+    bundle = tt._bundle(os.path.abspath(bdir), q.device)
+    want = dev.tessera_backward(bundle, layer["index"], q, k, v, o.detach(),
+                                lse.detach(), do, torch.zeros_like(lse))
+    dev.sync()
+    errs = [((a.grad.double() - b.double()).abs().max() /
+             b.double().abs().max().clamp_min(1e-30)).item()
+            for a, b in zip((qr, kr, vr), want)]
+    return {"errs": errs, "ok": max(errs) <= grad_tolerance(q.dtype)}
+
+
+def phase_backward(args, dev, bundles, budget, report):
+    """The backward: every bundle's first two distinct static layers with
+    backward kernels, checked at the check lengths against float64; the
+    torch op's autograd once; then the headline causal layer's forward and
+    forward + backward timed against SDPA's flash backend and FlexAttention
+    (the BlockMask; compiled on CUDA; FlexAttention has no backward on the
+    CPU)."""
+    inject = args.inject_error
+    for name, b in bundles.items():
+        pth = b["paths"][0]  # one set of backward kernels for every path
+        seen = set()
+        for layer in pth["manifest"]["layers"]:
+            if layer.get("dynamic_groups") or not layer.get("backward"):
+                continue
+            key = json.dumps([layer["groups"], layer["computed_heads"]])
+            if key in seen or len(seen) >= 2:
+                continue
+            seen.add(key)
+            row = {"bundle": name, "layer": layer["index"]}
+            report["backward"].append(row)
+            if budget.left() <= 0:
+                row["status"] = "skipped (budget)"
+                continue
+            log(f"backward {name} layer {layer['index']}")
+            c = args.check_len
+            worst = None
+            for nq, nk in ((c - 5, c + 37), (c + 37, c - 5)):
+                try:
+                    r = check_backward(dev, pth["bundle"], layer, nq, nk,
+                                       layer["index"], inject)
+                except tessera.TesseraError as e:
+                    r = {"nq": nq, "nk": nk, "errs": [float("inf")] * 3,
+                         "ok": False, "error": brief(e)}
+                inject = False
+                if worst is None or max(r["errs"]) > max(worst["errs"]):
+                    worst = r
+                if not r["ok"]:
+                    report["failures"] += 1
+            row.update(worst=worst, status="ok" if worst["ok"] else "FAIL")
+    ref = bundles.get(REFERENCE)
+    if not ref:
+        return
+    pth = ref["paths"][0]
+    causal = next((l for l in pth["manifest"]["layers"]
+                   if layer_kind(l) == "causal"), None)
+    if causal is None or not causal.get("backward"):
+        return
+    if budget.left() > 0:
+        try:
+            r = check_autograd(dev, pth["dir"], causal, args.check_len)
+        except (tessera.TesseraError, RuntimeError, NotImplementedError) as e:
+            r = {"errs": [float("inf")] * 3, "ok": False, "error": brief(e)}
+        r.update(bundle=REFERENCE, layer=causal["index"])
+        report["autograd"] = r
+        if not r["ok"]:
+            report["failures"] += 1
+    n = int(str(args.time_lens).split(",")[-1])
+    q, k, v = dev.inputs(causal, n, n, 5)
+    do = torch.randn(q.shape, device=dev.torch).to(q.dtype)
+    bundle, idx = pth["bundle"], causal["index"]
+
+    def tessera_fwd():
+        return dev.tessera(bundle, idx, q, k, v)
+
+    def tessera_fwd_bwd():
+        o, lse = dev.tessera(bundle, idx, q, k, v)
+        return dev.tessera_backward(bundle, idx, q, k, v, o, lse, do,
+                                    torch.zeros_like(lse))
+    gqa = q.shape[2] != k.shape[2]
+    F = torch.nn.functional
+    qt, kt, vt = (x.transpose(1, 2).contiguous().requires_grad_()
+                  for x in (q, k, v))
+    dot = do.transpose(1, 2).contiguous()
+
+    def sdpa(backward):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True,
+                                               enable_gqa=gqa)
+        if backward:
+            o.backward(dot)
+        return o
+
+    def flex(backward):
+        from torch.nn.attention.flex_attention import flex_attention
+        import tessera.torch as tt
+        if not hasattr(flex, "bm"):
+            flex.bm = tt.block_mask(pth["dir"], idx, n, n, device=dev.torch)
+            flex.fn = torch.compile(flex_attention) if \
+                args.flex == "compile" else flex_attention
+        o = flex.fn(qt, kt, vt, block_mask=flex.bm, enable_gqa=gqa)
+        if backward:
+            o.backward(dot)
+        return o
+    impls = [("tessera", tessera_fwd, tessera_fwd_bwd),
+             ("sdpa-flash", lambda: sdpa(False), lambda: sdpa(True))]
+    if args.flex != "off":
+        impls.append(("flex", lambda: flex(False), lambda: flex(True)))
+    for impl, fwd, both in impls:
+        row = {"impl": impl, "n": n, "case": f"{REFERENCE} causal"}
+        report["backward_times"].append(row)
+        if budget.left() <= 0:
+            row["status"] = "skipped (budget)"
+            continue
+        log(f"backward timing {impl} at {n}")
+        try:
+            row["fwd_s"] = dev.time(fwd, args.repeats)[0]
+            row["both_s"] = dev.time(both, args.repeats)[0]
+            row["status"] = "ok"
+        except Exception as e:  # a peer without a backward here: say so
+            row["status"] = brief(e)
+            if impl == "tessera":
+                report["failures"] += 1
+
+
 def sampled_check(dev, layer, q, k, v, o, n):
     """Tessera's O at the timing length on 64 query rows vs float64."""
     g = torch.Generator(device="cpu").manual_seed(n)
@@ -1080,6 +1290,37 @@ def print_report(report, cut):
                 f"rows {r['empty_rows']} ({'ok' if r['empty_ok'] else 'wrong'})")
             print(f"FAIL {s['bundle']} [{s['path']}] layer {r['layer']} "
                   f"Nq={r['nq']} Nk={r['nk']}: {what}")
+    print("### Backward: dQ, dK, dV against float64 (static layers)")
+    table(("bundle", "layer", "worst shape", "max rel err dq / dk / dv",
+           "check"),
+          [(r["bundle"], r["layer"],
+            f"{r['worst']['nq']}x{r['worst']['nk']}" if r.get("worst") else "-",
+            " / ".join(f"{e:.1e}" for e in r["worst"]["errs"])
+            if r.get("worst") else "-",
+            (r["status"] + (f" ({r['worst']['error']})"
+                            if r.get("worst", {}).get("error") else "")))
+           for r in report["backward"]])
+    a = report.get("autograd")
+    if a:
+        print(f"tessera.torch autograd ({a['bundle']} layer {a['layer']}) vs "
+              f"the binding's backward: max rel err "
+              f"{max(a['errs']):.1e}, {'ok' if a['ok'] else 'FAIL'}"
+              + (f" ({a['error']})" if a.get("error") else ""))
+        print()
+    if report["backward_times"]:
+        print("### Backward timings (Nq = Nk = N, batch 1, causal)")
+        rows = []
+        for r in report["backward_times"]:
+            ok = r.get("status") == "ok"
+            rows.append((r["case"], r["n"], r["impl"],
+                         f"{r['fwd_s'] * 1e3:.3f}" if ok else "-",
+                         f"{r['both_s'] * 1e3:.3f}" if ok else "-",
+                         f"{(r['both_s'] - r['fwd_s']) / r['fwd_s']:.2f}"
+                         if ok and r["fwd_s"] > 0 else "-",
+                         r.get("status", "not reached")))
+        table(("case", "N", "implementation", "forward ms",
+               "forward + backward ms", "backward / forward", "status"),
+              rows)
     if report["sampled"]:
         print("### Checks at the timing length (sampled query rows vs float64)")
         table(("case", "path", "N", "rows", "max rel err of O", "check"),
@@ -1117,6 +1358,8 @@ def print_report(report, cut):
     skipped = sum(1 for r in report["timings"] + report["loads"]
                   if r.get("status") == "skipped (budget)")
     skipped += sum(s["skipped"] for s in report["checks"])
+    skipped += sum(1 for r in report["backward"] + report["backward_times"]
+                   if r.get("status") == "skipped (budget)")
     skipped += sum(1 for c in report["cases"] if c.get("status"))
     met = sum(1 for r in head + sparse if r[-1] == "met")
     print(f"wrong results: {report['failures']}; skipped for the budget: "
@@ -1209,7 +1452,8 @@ def main():
     if not os.environ.get("TESSERA_CACHE_DIR"):
         os.environ["TESSERA_CACHE_DIR"] = tempfile.mkdtemp(prefix="tessera-cache-")
     report = {"env": environment(dev, args.bundles), "loads": [], "checks": [],
-              "sampled": [], "timings": [], "cases": [], "failures": 0}
+              "sampled": [], "timings": [], "cases": [], "backward": [],
+              "backward_times": [], "failures": 0}
     report["env"]["settings"] = (
         f"check length {args.check_len}, timing lengths {args.time_lens}, "
         f"at most {args.repeats} timed calls, FlexAttention {args.flex}, "
@@ -1223,7 +1467,9 @@ def main():
         bundles = phase_load(args, dev, ctx, cpu_ctx, budget, report)
         budget.start(0.2)
         phase_check(args, dev, bundles, budget, report)
-        budget.start(0.6)
+        budget.start(0.1)
+        phase_backward(args, dev, bundles, budget, report)
+        budget.start(0.5)
         phase_time(args, dev, bundles, budget, report)
     except Overrun:
         cut = True

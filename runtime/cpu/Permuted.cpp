@@ -74,23 +74,8 @@ std::string checkCall(const kernel::LayerTable &table, int64_t group,
   return io::checkBlocksAndScale(a.blockQ, a.blockK, a.scale);
 }
 
-/// The walk of every query block: runs of key blocks, CSR by query block.
-struct BlockRuns {
-  std::vector<int64_t> start{0};
-  std::vector<layout::PermutedRun> runs;
-  /// Walks classified pair by pair also keep their partial tiles' masks:
-  /// run x's tile j has bq rows of `words` 64-bit words at masks[maskAt[x]
-  /// + (j - begin) * bq * words] (maskAt empty: no masks, test each pair).
-  std::vector<int64_t> maskAt;
-  std::vector<uint64_t> masks;
-  int64_t words = 0;
-
-  const uint64_t *mask(int64_t x, int64_t j, int64_t bq) const {
-    if (maskAt.empty() || maskAt[x] < 0)
-      return nullptr;
-    return masks.data() + maskAt[x] + (j - runs[x].begin) * bq * words;
-  }
-};
+/// The walk of every query block (Permuted.h).
+using BlockRuns = PermutedWalk;
 
 /// The runs from the closed form (layout::PermutedRuns).
 void closedFormRuns(const layout::PermutedRuns &pr, BlockRuns &out) {
@@ -427,6 +412,40 @@ double secondsSince(std::chrono::steady_clock::time_point t0) {
       .count();
 }
 
+/// The walk of `head`'s program in `perm` (qTok and kTok: the tokens of
+/// the slots): closed-form runs where layout::closedFormReason gives none
+/// (returned ""), else every pair classified (the reason returned); the
+/// partial tiles' bit masks with every walk but a closed form without
+/// prefix (whose partial tiles the CPU tests by its residue relation),
+/// and with that one too when `masks`. Walks with masks are kept
+/// (WalkCache).
+std::string walkOf(const kernel::Node *nodes, int64_t count,
+                   const kernel::i64 *data, const layout::PeriodTranspose &perm,
+                   int64_t head, int64_t numHeads,
+                   const std::vector<int64_t> &qTok,
+                   const std::vector<int64_t> &kTok, int64_t bq, int64_t bk,
+                   bool masks, PermutedWalk &walk) {
+  const int64_t nq = int64_t(qTok.size()), nk = int64_t(kTok.size());
+  std::string why =
+      layout::closedFormReason(nodes, count, data, perm, head, nq, nk);
+  if (why.empty() && perm.prefix == 0 && !masks) {
+    closedFormRuns({nodes, count, perm, nq, nk, bq, bk, head}, walk);
+    return why;
+  }
+  WalkKey key =
+      walkKey(nodes, count, data, perm, {nq, nk, bq, bk, head, numHeads});
+  if (walkCache().find(key, walk))
+    return why;
+  if (why.empty()) { // closed-form runs, their partial masks
+    closedFormRuns({nodes, count, perm, nq, nk, bq, bk, head, data}, walk);
+    partialMasks(nodes, count, data, qTok, kTok, bq, bk, head, numHeads, walk);
+  } else {
+    pairwiseRuns(nodes, count, data, qTok, kTok, bq, bk, head, numHeads, walk);
+  }
+  walkCache().add(std::move(key), walk);
+  return why;
+}
+
 } // namespace
 
 std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
@@ -472,31 +491,11 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
   // them all (partial tiles still test each head's own pairs).
   int64_t head = job.heads.front();
   auto tRuns = std::chrono::steady_clock::now();
-  std::string why = layout::closedFormReason(job.nodes, job.count, job.data,
-                                             perm, head, job.nq, job.nk);
-  if (why.empty() && perm.prefix == 0) {
-    closedFormRuns({job.nodes, job.count, perm, job.nq, job.nk, job.bq,
-                    job.bk, head},
-                   job.walk);
+  std::string why = walkOf(job.nodes, job.count, job.data, perm, head,
+                           table.numHeads, job.qTok, job.kTok, job.bq, job.bk,
+                           /*masks=*/false, job.walk);
+  if (why.empty() && job.walk.maskAt.empty())
     residueRelation(job, head);
-  } else {
-    WalkKey key = walkKey(job.nodes, job.count, job.data, perm,
-                          {job.nq, job.nk, job.bq, job.bk, head,
-                           table.numHeads});
-    if (!walkCache().find(key, job.walk)) {
-      if (why.empty()) { // a prefix: closed-form runs, their partial masks
-        closedFormRuns({job.nodes, job.count, perm, job.nq, job.nk, job.bq,
-                        job.bk, head, job.data},
-                       job.walk);
-        partialMasks(job.nodes, job.count, job.data, job.qTok, job.kTok, job.bq,
-                     job.bk, head, table.numHeads, job.walk);
-      } else {
-        pairwiseRuns(job.nodes, job.count, job.data, job.qTok, job.kTok, job.bq,
-                     job.bk, head, table.numHeads, job.walk);
-      }
-      walkCache().add(std::move(key), job.walk);
-    }
-  }
 
   double runsSeconds = secondsSince(tRuns);
   auto tGather = std::chrono::steady_clock::now();
@@ -530,6 +529,44 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
     info->runsSeconds = runsSeconds;
     info->gatherSeconds = gatherSeconds;
     info->totalSeconds = secondsSince(t0);
+  }
+  return "";
+}
+
+std::string cpu::permutedWalk(const kernel::LayerTable &table, int64_t group,
+                              const layout::PeriodTranspose &perm, int64_t nq,
+                              int64_t nk, int64_t bq, int64_t bk,
+                              PermutedWalk &walk, PermutedInfo *info) {
+  auto t0 = std::chrono::steady_clock::now();
+  int64_t numGroups = 0, head = -1;
+  for (int64_t i = 0; i < table.numComputed; ++i) {
+    numGroups = std::max<int64_t>(numGroups, table.headGroup[i] + 1);
+    if (table.headGroup[i] == group && head < 0)
+      head = table.computedHead[i];
+  }
+  if (group < 0 || group >= numGroups || head < 0)
+    return "permutedWalk: group " + std::to_string(group) +
+           " is not one of the layer's " + std::to_string(numGroups) +
+           " computed groups";
+  if (perm.period < 2 || perm.prefix < 0)
+    return "permutedWalk: the period must be at least 2 and the prefix not "
+           "negative";
+  if (nq < 0 || nk < 0 || bq < 1 || bk < 1)
+    return "permutedWalk: lengths must not be negative and tiles positive";
+  std::vector<int64_t> qTok(nq), kTok(nk);
+  for (int64_t s = 0; s < nq; ++s)
+    qTok[s] = perm.token(s, nq);
+  for (int64_t s = 0; s < nk; ++s)
+    kTok[s] = perm.token(s, nk);
+  walk = PermutedWalk();
+  const kernel::Node *nodes = table.nodes + table.groupBegin[group];
+  std::string why = walkOf(
+      nodes, table.groupBegin[group + 1] - table.groupBegin[group], table.data,
+      perm, head, table.numHeads, qTok, kTok, bq, bk, /*masks=*/true, walk);
+  if (info) {
+    info->closedForm = why.empty();
+    info->why = why;
+    info->runsSeconds = secondsSince(t0);
   }
   return "";
 }

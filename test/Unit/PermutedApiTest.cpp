@@ -32,6 +32,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <numeric>
 #include <random>
 #include <sstream>
 #include <variant>
@@ -191,6 +192,130 @@ TEST(PermutedBundle, BadLayoutsAreRefusedByName) {
       tessera_bundle_destroy(b);
   }
   tessera_context_destroy(ctx);
+}
+
+/// The host's walk of a permuted group (cpu::permutedWalk, what a kernel
+/// masking by bits needs): every tile's class and every partial tile's bits
+/// against the predicate on the original positions of a stable sort by
+/// residue; closed-form and pair-classified walks, prefixes, Nq != Nk both
+/// ways, short last blocks, 64 x 64 and 128 x 64 tiles.
+TEST(PermutedWalk, TilesAndBitsMatchEveryPair) {
+  using P = s::Pattern;
+  s::IndexSet text;
+  text.ranges = {{0, 20}};
+  s::IndexSet stripes;
+  stripes.period = 16;
+  stripes.width = 2;
+  struct WalkCase {
+    const char *name;
+    P pattern;
+    layout::PeriodTranspose perm;
+    bool closedForm;
+  };
+  std::vector<WalkCase> cases = {
+      {"multi_diagonal", P{s::MultiDiagonal{16, {}, 3}}, {16, 0}, true},
+      {"grid", P{s::Grid{16, 2, 3, 5}}, {16, 0}, true},
+      {"prompt and grid",
+       P{s::Union{{P{s::VerticalStripe{text}}, P{s::HorizontalStripe{text}},
+                   P{s::Grid{16, 1, 2, 20}}}}},
+       {16, 20},
+       true},
+      {"window and stripes",
+       P{s::Union{{P{s::Window{9, 4}}, P{s::VerticalStripe{stripes}}}}},
+       {16, 0},
+       false}};
+  for (const WalkCase &c : cases)
+    for (auto [nq, nk] : {std::pair<int64_t, int64_t>{300, 300},
+                          {200, 333},
+                          {333, 200},
+                          {64, 64},
+                          {1, 70}})
+      for (auto [bq, bk] : {std::pair<int64_t, int64_t>{64, 64}, {128, 64}}) {
+        SCOPED_TRACE(std::string(c.name) + " nq " + std::to_string(nq) +
+                     " nk " + std::to_string(nk) + " bq " + std::to_string(bq));
+        std::vector<schedule::HeadGroup> groups = {{c.pattern, {0, 1}}};
+        schedule::LayerSchedule sched;
+        std::string error;
+        ASSERT_TRUE(schedule::buildLayerSchedule(groups, 2, sched, error))
+            << error;
+        cpu::PermutedWalk walk;
+        cpu::PermutedInfo info;
+        ASSERT_EQ(cpu::permutedWalk(sched.table(), 0, c.perm, nq, nk, bq, bk,
+                                    walk, &info),
+                  "");
+        // (A prefix with Nq > Nk shifts the segment rows' positions
+        // against the prompt: classified pair by pair.)
+        EXPECT_EQ(info.closedForm, c.closedForm && !(c.perm.prefix && nq > nk))
+            << info.why;
+        // The reference: the stable sort by residue after the prefix.
+        auto sorted = [&](int64_t n) {
+          std::vector<int64_t> order(n);
+          std::iota(order.begin(), order.end(), 0);
+          int64_t kept = std::min(c.perm.prefix, n);
+          std::stable_sort(
+              order.begin() + kept, order.end(), [&](int64_t a, int64_t b) {
+                return (a - kept) % c.perm.period < (b - kept) % c.perm.period;
+              });
+          return order;
+        };
+        std::vector<int64_t> qTok = sorted(nq), kTok = sorted(nk);
+        int64_t qBlocks = (nq + bq - 1) / bq, kBlocks = (nk + bk - 1) / bk;
+        ASSERT_EQ(int64_t(walk.start.size()), qBlocks + 1);
+        ASSERT_EQ(walk.maskAt.size(), walk.runs.size());
+        for (int64_t i = 0; i < qBlocks; ++i) {
+          std::vector<int> seen(kBlocks, 0); // 0 not walked, 1 partial, 2 full
+          for (int64_t x = walk.start[i]; x < walk.start[i + 1]; ++x) {
+            const layout::PermutedRun &r = walk.runs[x];
+            ASSERT_LT(r.begin, r.end);
+            for (int64_t j = r.begin; j < std::min(r.end, kBlocks); ++j) {
+              ASSERT_EQ(seen[j], 0)
+                  << "block " << i << " walks " << j << " twice";
+              seen[j] = r.full ? 2 : 1;
+              const uint64_t *m = walk.mask(x, j, bq);
+              ASSERT_EQ(m == nullptr, r.full);
+              for (int64_t s = i * bq; m && s < std::min(nq, (i + 1) * bq); ++s)
+                for (int64_t t = j * bk; t < std::min(nk, (j + 1) * bk); ++t) {
+                  int64_t bit = (s - i * bq) * walk.words + (t - j * bk) / 64;
+                  bool got = m[bit] >> ((t - j * bk) % 64) & 1;
+                  ASSERT_EQ(got, s::allowed(c.pattern, qTok[s], kTok[t], 0, nq,
+                                            nk, 2))
+                      << "slot " << s << " key slot " << t;
+                }
+            }
+          }
+          for (int64_t j = 0; j < kBlocks; ++j) {
+            int64_t allowed = 0;
+            int64_t pairs =
+                std::min(bq, nq - i * bq) * std::min(bk, nk - j * bk);
+            for (int64_t s = i * bq; s < std::min(nq, (i + 1) * bq); ++s)
+              for (int64_t t = j * bk; t < std::min(nk, (j + 1) * bk); ++t)
+                allowed +=
+                    s::allowed(c.pattern, qTok[s], kTok[t], 0, nq, nk, 2);
+            if (allowed == 0)
+              EXPECT_EQ(seen[j], 0) << "block " << i << " key block " << j;
+            else if (allowed == pairs)
+              EXPECT_EQ(seen[j], 2) << "block " << i << " key block " << j;
+            else
+              EXPECT_EQ(seen[j], 1) << "block " << i << " key block " << j;
+          }
+        }
+      }
+  // Bad arguments are refused by name.
+  std::vector<schedule::HeadGroup> groups = {
+      {P{s::MultiDiagonal{16, {}, 3}}, {0}}};
+  schedule::LayerSchedule sched;
+  std::string error;
+  ASSERT_TRUE(schedule::buildLayerSchedule(groups, 1, sched, error));
+  cpu::PermutedWalk walk;
+  EXPECT_NE(cpu::permutedWalk(sched.table(), 1, {16, 0}, 64, 64, 64, 64, walk)
+                .find("group 1 is not one of the layer's 1"),
+            std::string::npos);
+  EXPECT_NE(cpu::permutedWalk(sched.table(), 0, {1, 0}, 64, 64, 64, 64, walk)
+                .find("period must be at least 2"),
+            std::string::npos);
+  EXPECT_NE(cpu::permutedWalk(sched.table(), 0, {16, 0}, 64, 64, 0, 64, walk)
+                .find("tiles positive"),
+            std::string::npos);
 }
 
 /// One call's inputs and the outputs of each way of running it.

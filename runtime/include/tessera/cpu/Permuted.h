@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace tessera::cpu {
 
@@ -31,6 +32,40 @@ struct PermutedInfo {
   double gatherSeconds = 0; ///< copying K and V into the permuted order
   double totalSeconds = 0;  ///< the whole call
 };
+
+/// The walk of a permuted group at one shape: per query block of bq
+/// permuted slots (CSR: runs[start[i], start[i + 1])), its runs of key
+/// blocks of bk slots, each FULL (every pair allowed: unmasked) or partial.
+struct PermutedWalk {
+  std::vector<int64_t> start{0};
+  std::vector<layout::PermutedRun> runs;
+  /// The partial tiles' bit masks (bit t of row r: slot pair allowed):
+  /// run x's tile j has bq rows of `words` 64-bit words at masks[maskAt[x]
+  /// + (j - begin) * bq * words]; maskAt[x] < 0 for a full run. maskAt
+  /// empty: no masks (the CPU executor's closed form without prefix tests
+  /// its residue relation instead).
+  std::vector<int64_t> maskAt;
+  std::vector<uint64_t> masks;
+  int64_t words = 0;
+
+  const uint64_t *mask(int64_t x, int64_t j, int64_t bq) const {
+    if (maskAt.empty() || maskAt[x] < 0)
+      return nullptr;
+    return masks.data() + maskAt[x] + (j - runs[x].begin) * bq * words;
+  }
+};
+
+/// The walk runPermutedGroup derives for group `group` of `table` in
+/// `perm` at lengths nq and nk in tiles of bq x bk slots — closed-form runs
+/// where the group has them, else every pair classified — with the bit
+/// masks of every partial tile (for a kernel that masks by bits: the CUDA
+/// runtime's; classified walks are kept, as runPermutedGroup's). The
+/// group's first head stands for all (their masks are identical). `info`
+/// (optional): closedForm, why and runsSeconds. Returns "" or a message.
+std::string permutedWalk(const kernel::LayerTable &table, int64_t group,
+                         const layout::PeriodTranspose &perm, int64_t nq,
+                         int64_t nk, int64_t bq, int64_t bk, PermutedWalk &walk,
+                         PermutedInfo *info = nullptr);
 
 /// Computes the heads of group `group` of `table` (the layer's launch
 /// groups, as `--attn-schedule` numbers them) in the period transpose

@@ -363,7 +363,8 @@ def _cuda_array(x, name):
                             f"__cuda_array_interface__), got a {t.device} "
                             f"tensor")
         kinds = {torch.float16: "f16", torch.bfloat16: "bf16",
-                 torch.float32: "f32"}
+                 torch.float32: "f32", torch.int32: "i32",
+                 torch.int64: "i64"}
         return _CudaArray(t.data_ptr(), kinds.get(t.dtype, str(t.dtype)),
                           tuple(t.shape), tuple(t.stride()), False, None, t)
     try:
@@ -382,7 +383,8 @@ def _cuda_array(x, name):
                          f"needs shape, typestr and data)") from None
     if iface.get("mask") is not None:
         raise ValueError(f"{name}: masked CUDA arrays are not supported")
-    kinds = {"<f2": ("f16", 2), "<f4": ("f32", 4)}
+    kinds = {"<f2": ("f16", 2), "<f4": ("f32", 4), "<i4": ("i32", 4),
+             "<i8": ("i64", 8)}
     dtype, item = kinds.get(typestr, (typestr, 1))
     byte_strides = iface.get("strides")
     if byte_strides is None:  # C-contiguous
@@ -438,22 +440,27 @@ def _stream(stream, q):
 
 
 def _seq_options(d, q, num_seqs, cu_seqlens_q, cu_seqlens_k, seq_lens_k,
-                 block_table, q_start, k_start, head_start, head_count):
+                 block_table, q_start, k_start, head_start, head_count,
+                 device=_CPU):
     """Sets a desc's per-sequence options (docs/runtime.md, "Calls") from
-    numpy arrays, checking their types and lengths: the library reads them
-    through raw pointers. cu_seqlens_*, seq_lens_k and block_table
-    ([num_seqs, max_pages_per_seq], rows may be strided) int32; q_start,
-    k_start int64. The arrays must outlive the call."""
+    numpy arrays (CPU) or CUDA arrays (a CUDA context: device memory the
+    host does not read), checking their types and lengths: the library
+    reads them through raw pointers. cu_seqlens_*, seq_lens_k and
+    block_table ([num_seqs, max_pages_per_seq], rows may be strided)
+    int32; q_start, k_start int64. The arrays must outlive the call."""
     import numpy as np
     d.num_seqs = _int64("num_seqs", num_seqs)
     d.head_start = _int64("head_start", head_start)
     d.head_count = _int64("head_count", head_count)
-    seqs = d.num_seqs if d.num_seqs > 0 else q.shape[0]
+    seqs = d.num_seqs if d.num_seqs > 0 else d.q.batch
     arrays = (("cu_seqlens_q", cu_seqlens_q, np.int32, seqs + 1),
               ("cu_seqlens_k", cu_seqlens_k, np.int32, seqs + 1),
               ("seq_lens_k", seq_lens_k, np.int32, seqs),
               ("q_start", q_start, np.int64, seqs),
               ("k_start", k_start, np.int64, seqs))
+    if device != _CPU:
+        _cuda_seq_options(d, arrays, block_table, seqs)
+        return
     for name, x, dtype, n in arrays:
         if x is None:
             continue
@@ -474,6 +481,33 @@ def _seq_options(d, q, num_seqs, cu_seqlens_q, cu_seqlens_k, seq_lens_k,
         d.block_table = t.ctypes.data
         d.max_pages_per_seq = t.shape[1]
         d.block_table_stride = t.strides[0] // 4
+
+
+def _cuda_seq_options(d, arrays, block_table, seqs):
+    """_seq_options' CUDA arrays: int32 ("i32") or int64 ("i64") as
+    `arrays` names them, contiguous, long enough."""
+    for name, x, dtype, n in arrays:
+        if x is None:
+            continue
+        a = _cuda_array(x, name)
+        want = "i32" if dtype.__name__ == "int32" else "i64"
+        if a.dtype != want or len(a.shape) != 1 or \
+                (a.shape[0] > 1 and a.strides[0] != 1) or a.shape[0] < n:
+            raise ValueError(f"{name} must be a contiguous 1-D "
+                             f"{dtype.__name__} CUDA array of at least "
+                             f"{n} entries")
+        setattr(d, name, a.ptr)
+    if block_table is not None:
+        a = _cuda_array(block_table, "block_table")
+        if a.dtype != "i32" or len(a.shape) != 2 or a.shape[0] < seqs or \
+                a.shape[1] < 1 or a.strides[1] != 1 or \
+                a.strides[0] < a.shape[1]:
+            raise ValueError(f"block_table must be an int32 CUDA array "
+                             f"[num_seqs, max_pages_per_seq] with contiguous "
+                             f"rows and at least {seqs} rows")
+        d.block_table = a.ptr
+        d.max_pages_per_seq = a.shape[1]
+        d.block_table_stride = a.strides[0]
 
 
 def _block_index(d, block_index, batch, heads):
@@ -508,8 +542,8 @@ def _head_active(d, head_active, q, cu_seqlens_q, heads):
     call's, head_count or H); nonzero = the row uses the head. The array
     must outlive the call."""
     import numpy as np
-    want = (q.shape[1], heads) if cu_seqlens_q is not None else \
-        (q.shape[0], q.shape[1], heads)
+    want = (d.q.seq, heads) if cu_seqlens_q is not None else \
+        (d.q.batch, d.q.seq, heads)
     x = head_active
     if not isinstance(x, np.ndarray) or x.dtype not in (np.bool_, np.uint8) \
             or not x.flags["C_CONTIGUOUS"]:
@@ -523,11 +557,11 @@ def _head_active(d, head_active, q, cu_seqlens_q, heads):
     d.head_active_size = x.size
 
 
-def _seq_lse_size(q, cu_seqlens_q, head_count):
-    """Floats of a per-sequence call's LSE: [heads, T] packed, else
-    [B, heads, Nq]."""
-    heads = head_count if head_count else q.shape[2]
-    return heads * q.shape[1] * (1 if cu_seqlens_q is not None else q.shape[0])
+def _seq_lse_size(tq, cu_seqlens_q, head_count):
+    """Floats of a per-sequence call's LSE (tq: q's _Tensor): [heads, T]
+    packed, else [B, heads, Nq]."""
+    heads = head_count if head_count else tq.heads
+    return heads * tq.seq * (1 if cu_seqlens_q is not None else tq.batch)
 
 
 class Bundle:
@@ -628,19 +662,15 @@ class Bundle:
         CUDA) for the layer's routing groups that take the engine's
         centroids (layer_info(layer)["centroid_clusters"] = C).
         block_index: (offsets, cols) for the layer's block_index heads
-        (int32 numpy arrays, _block_index; CPU contexts only for now).
-        head_active: bool or uint8 [B, Nq, H], which heads each query row
-        uses (per-token head routing; inactive pairs get o = 0 and lse =
-        -inf; CPU contexts only for now)."""
+        (int32 numpy arrays, host memory on every context: _block_index).
+        head_active: bool or uint8 numpy [B, Nq, H], which heads each query
+        row uses (per-token head routing; inactive pairs get o = 0 and lse =
+        -inf; the library runs it on CPU contexts only for now)."""
         layer = _int64("layer", layer)
-        if head_active is not None and self.context.device != _CPU:
-            raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
-                               "head_active (per-token head routing) runs on "
-                               "CPU contexts only for now")
         if block_index is not None or head_active is not None:
             return self._attention_block_index(layer, q, k, v, out, lse,
                                                scale, centroids, block_index,
-                                               head_active)
+                                               head_active, stream)
         dyn = self._dynamic_inputs(centroids)
         dev = self.context.device
         tq, tk, tv = (_describe(x, dev, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
@@ -682,90 +712,97 @@ class Bundle:
         return torch.empty(shape, dtype=torch.float32, device=t.device) \
             if shape else torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
-    def _lse_pointer(self, x, name, want, output=True):
+    def _lse_pointer(self, x, name, want, output=True, min_size=None):
         """The address of a C-contiguous float32 array of shape `want` (an
-        LSE or its gradient; writable if `output`) on this context's
-        device."""
+        LSE or its gradient; writable if `output`), or of any shape holding
+        at least `min_size` floats, on this context's device."""
         if self.context.device != _CPU:
-            if output and _cuda_array(x, name).readonly:
+            a = _cuda_array(x, name)
+            if output and a.readonly:
                 raise ValueError(f"{name} is read-only")
-            return _f32_cuda(x, name, want)
+            ptr = _f32_cuda(x, name, want)
+            size = 1
+            for n in a.shape:
+                size *= n
+            if min_size is not None and size < min_size:
+                raise ValueError(f"{name} holds {size} floats; the call "
+                                 f"writes {min_size}")
+            return ptr
         import numpy as np
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or \
                 not x.flags["C_CONTIGUOUS"]:
             raise ValueError(f"{name} must be a C-contiguous float32 array")
-        if x.shape != tuple(want):
+        if want is not None and x.shape != tuple(want):
             raise ValueError(f"{name} must be {tuple(want)}, got {x.shape}")
+        if min_size is not None and x.size < min_size:
+            raise ValueError(f"{name} holds {x.size} floats; the call "
+                             f"writes {min_size}")
         if output and not x.flags.writeable:
             raise ValueError(f"{name} is read-only")
         return x.ctypes.data
 
     def _attention_block_index(self, layer, q, k, v, out, lse, scale,
-                               centroids, block_index, head_active=None):
+                               centroids, block_index, head_active=None,
+                               stream=None):
         """attention() with a caller's block index or head routing: a dense
-        tessera_attention_run (API 8, 9) on the CPU."""
-        import numpy as np
-        if self.context.device != _CPU:
-            raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
-                               "block_index heads run on CPU contexts only "
-                               "in the Python binding for now (the C API's "
-                               "tessera_attention_run runs them on CUDA "
-                               "contexts)")
-        o = np.empty_like(q) if out is None else out
+        tessera_attention_run (API 8, 9)."""
+        tq = _describe(q, self.context.device, "q")
+        o = self._result(q, out, "out")
         if lse is True:
-            l = np.empty((q.shape[0], q.shape[2], q.shape[1]), np.float32)
+            l = self._result(q, None, "lse", (tq.batch, tq.heads, tq.seq))
         else:
             l = None if lse is False else lse
         self.attention_run(layer, q, k, v, o, lse=l, scale=scale,
                            centroids=centroids, block_index=block_index,
-                           head_active=head_active)
+                           head_active=head_active, stream=stream)
         return o, l
 
     def attention_run(self, layer, q, k, v, out, lse=None, scale=0.0,
                       num_seqs=0, cu_seqlens_q=None, cu_seqlens_k=None,
                       seq_lens_k=None, block_table=None, q_start=None,
                       k_start=None, head_start=0, head_count=0,
-                      centroids=None, block_index=None, head_active=None):
-        """tessera_attention_run (docs/runtime.md, "Calls") on numpy arrays
-        (CPU): q, k, v, out 4-D as the mode wants them (packed: batch 1;
-        paged k and v: [num_pages, page_size, Hkv, D]); out and lse (float32,
-        the mode's layout, or None) are written in place. cu_seqlens_*,
-        seq_lens_k and block_table ([num_seqs, max_pages_per_seq], rows
-        may be strided) int32; q_start, k_start int64. centroids as for
-        attention(); block_index: (offsets, cols) for block_index heads
-        (int32, offsets [B, heads, R + 1]; docs/runtime.md); head_active:
-        bool or uint8, [B, Nq, heads] dense or [T, heads] packed (per-token
-        head routing, _head_active). Returns out."""
-        import numpy as np
-        if self.context.device != _CPU:
-            raise TesseraError("TESSERA_ERROR_INVALID_ARGUMENT",
-                               "attention_run takes numpy arrays on CPU "
-                               "contexts (use attention() on CUDA)")
+                      centroids=None, block_index=None, head_active=None,
+                      stream=None):
+        """tessera_attention_run (docs/runtime.md, "Calls"): numpy arrays on
+        a CPU context, CUDA arrays on a CUDA context (the sequence arrays
+        too: device memory there; block_index and head_active stay numpy,
+        host memory, on every context). q, k, v, out 4-D as the mode wants
+        them (packed: batch 1; paged k and v: [num_pages, page_size, Hkv,
+        D]); out and lse (float32, C-contiguous, at least the mode's size,
+        or None) are written in place. cu_seqlens_*, seq_lens_k and
+        block_table ([num_seqs, max_pages_per_seq], rows may be strided)
+        int32; q_start, k_start int64. centroids as for attention();
+        block_index: (offsets, cols) for block_index heads (int32, offsets
+        [B, heads, R + 1]; docs/runtime.md); head_active: bool or uint8,
+        [B, Nq, heads] dense or [T, heads] packed (per-token head routing,
+        _head_active). stream: as for attention(). Returns out."""
+        dev = self.context.device
         d = _AttentionDescV9()
         _lib.tessera_attention_desc_init_size(ctypes.byref(d), ctypes.sizeof(d))
         d.layer = _int64("layer", layer)
-        d.q, d.k, d.v = (_describe(x, _CPU, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
-        d.o = _describe(out, _CPU, "out", output=True)
+        d.q, d.k, d.v = (_describe(x, dev, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+        d.o = _describe(out, dev, "out", output=True)
         d.scale = float(scale)
         _seq_options(d, q, num_seqs, cu_seqlens_q, cu_seqlens_k, seq_lens_k,
-                     block_table, q_start, k_start, head_start, head_count)
+                     block_table, q_start, k_start, head_start, head_count,
+                     dev)
         dyn = self._dynamic_inputs(centroids)
         if dyn is not None:
             d.dynamic_inputs = ctypes.addressof(dyn)
         if block_index is not None:
-            _block_index(d, block_index, d.num_seqs or q.shape[0],
-                         d.head_count or q.shape[2])
+            _block_index(d, block_index, d.num_seqs or d.q.batch,
+                         d.head_count or d.q.heads)
         if head_active is not None:
             _head_active(d, head_active, q, cu_seqlens_q,
-                         d.head_count or q.shape[2])
+                         d.head_count or d.q.heads)
         if lse is not None:
-            if not isinstance(lse, np.ndarray) or lse.dtype != np.float32 or \
-                    not lse.flags["C_CONTIGUOUS"] or not lse.flags.writeable:
-                raise ValueError("lse must be a writable C-contiguous float32 array")
-            want = _seq_lse_size(q, cu_seqlens_q, head_count)
-            if lse.size < want:
-                raise ValueError(f"lse holds {lse.size} floats; the call writes {want}")
-            d.lse = lse.ctypes.data
+            want = _seq_lse_size(d.q, cu_seqlens_q, head_count)
+            d.lse = self._lse_pointer(lse, "lse", None, min_size=want)
+        if dev == _CPU:
+            if stream is not None:
+                raise ValueError("stream: a CPU context's calls take no stream")
+        else:
+            d.cuda_stream = _stream(stream, q)
         _check(_lib.tessera_attention_run(self._h, ctypes.byref(d)))
         return out
 
@@ -781,8 +818,10 @@ class Bundle:
         (required, the forward's layout: [B, H, Nq], or [H, T] packed), for
         the gradient do of the loss by o, and dlse (float32, lse's shape) by
         lse where the loss reads it. numpy arrays of one dtype on a CPU
-        context, CUDA arrays of the layer's dtype on a CUDA context (dense
-        calls there; LSE and dlse float32; docs/backward.md); dq like q, dk
+        context, CUDA arrays of the layer's dtype on a CUDA context (LSE and
+        dlse float32; the sequence arrays as for attention_run; the library
+        refuses by name what its CUDA backward does not take,
+        docs/backward.md); dq like q, dk
         and dv like k, contiguous, allocated unless passed (dq=, dk=, dv=:
         written in place; on CUDA required unless q is a torch tensor);
         centroids as the forward took them (routing heads rebuild their
@@ -791,32 +830,16 @@ class Bundle:
         dk and dv). The library refuses the options it has no backward for by
         name."""
         dev = self.context.device
-        if dev != _CPU:
-            given = [n for n, x in (
-                ("num_seqs", num_seqs), ("cu_seqlens_q", cu_seqlens_q),
-                ("cu_seqlens_k", cu_seqlens_k), ("seq_lens_k", seq_lens_k),
-                ("block_table", block_table), ("q_start", q_start),
-                ("k_start", k_start), ("head_start", head_start),
-                ("head_count", head_count), ("block_index", block_index),
-                ("head_active", head_active)) if x is not None and
-                x is not False and not (isinstance(x, int) and x == 0)]
-            if given:
-                raise TesseraError(
-                    "TESSERA_ERROR_INVALID_ARGUMENT",
-                    f"the binding's backward on a CUDA context takes dense "
-                    f"calls: {', '.join(given)} not supported there (a CPU "
-                    f"context runs them; docs/backward.md)")
-        elif stream is not None:
+        if dev == _CPU and stream is not None:
             raise ValueError("stream: a CPU context's calls take no stream")
         d = _AttentionDescV9()
         _lib.tessera_attention_desc_init_size(ctypes.byref(d), ctypes.sizeof(d))
         d.layer = _int64("layer", layer)
         d.q, d.k, d.v = (_describe(x, dev, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
         d.o = _describe(o, dev, "o")
-        if dev == _CPU:
-            _seq_options(d, q, num_seqs, cu_seqlens_q, cu_seqlens_k,
-                         seq_lens_k, block_table, q_start, k_start,
-                         head_start, head_count)
+        _seq_options(d, q, num_seqs, cu_seqlens_q, cu_seqlens_k, seq_lens_k,
+                     block_table, q_start, k_start, head_start, head_count,
+                     dev)
         heads = head_count if head_count else d.q.heads
         want = (heads, d.q.seq) if cu_seqlens_q is not None else \
             (d.q.batch, heads, d.q.seq)

@@ -97,12 +97,9 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_shapes(q, k, v)
     b = _bundle(bundle, q.device)
+    # The index is host memory on every context (the library validates it
+    # on the host and, on CUDA, uploads it on the call's stream).
     index = _block_index_arrays(block_index_offsets, block_index_cols)
-    if index is not None and q.device.type != "cpu":
-        raise NotImplementedError(
-            "tessera.attention: block_index heads run on the CPU only in "
-            "the torch op for now (the C API's tessera_attention_run runs "
-            "them on CUDA contexts)")
     active = _head_active_array(head_active)
     if active is not None and q.device.type != "cpu":
         raise NotImplementedError(
@@ -130,7 +127,8 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     # A contiguous output whatever q's strides (empty_like would copy a
     # transposed q's): the fake implementation promises exactly that.
     o, lse = b.attention(layer, q.detach(), k.detach(), v.detach(),
-                         out=q.new_empty(q.shape), scale=scale, centroids=cd)
+                         out=q.new_empty(q.shape), scale=scale, centroids=cd,
+                         block_index=index)
     return o, lse
 
 
@@ -195,7 +193,8 @@ def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     b = _bundle(bundle, q.device)
     if q.device.type != "cpu":
         return _cuda_backward(b, q, k, v, o, lse, grad_o, grad_lse, layer,
-                              scale, centroids)
+                              scale, centroids, _block_index_arrays(
+                                  block_index_offsets, block_index_cols))
     qn, kn, vn, on, gn, lsen, gl = _backward_arrays(q, k, v, o, grad_o, lse,
                                                     grad_lse)
     cn = None if centroids is None else \
@@ -211,11 +210,13 @@ def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def _cuda_backward(b, q, k, v, o, lse, grad_o, grad_lse, layer, scale,
-                   centroids):
+                   centroids, index):
     """The backward on a CUDA context: the runtime's CUDA kernels
     (docs/backward.md, "On CUDA") on the current stream, in the layer's
-    dtype; dq, dk and dv contiguous. The per-token options the forward
-    refuses on CUDA do not reach here."""
+    dtype; dq, dk and dv contiguous; a block index (host memory) as the
+    forward took it (the library refuses what its CUDA backward does not
+    take by name). head_active, which the forward refuses on CUDA, does not
+    reach here."""
     def strided(x):
         # autograd's gradients may be expanded (a sum's: all strides 0):
         # the kernels take any strides with head_dim contiguous.
@@ -231,7 +232,7 @@ def _cuda_backward(b, q, k, v, o, lse, grad_o, grad_lse, layer, scale,
     return b.attention_backward(
         layer, strided(q), strided(k), strided(v), strided(o),
         lse.detach().to(torch.float32).contiguous(), strided(grad_o),
-        dlse=gl, scale=scale, centroids=cd)
+        dlse=gl, scale=scale, centroids=cd, block_index=index)
 
 
 @_attention_backward_op.register_fake

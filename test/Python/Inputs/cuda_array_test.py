@@ -189,8 +189,18 @@ refused("malformed interface", lambda: cuda.attention(
     out=out, lse=False))
 lse = DevArray(np.zeros((1, H, 64), np.float32))
 refused("packed backward on CUDA", lambda: cuda.attention_backward(
-    0, q, k, k, out, lse, out, cu_seqlens_q=np.array([0, 64], np.int32),
+    0, q, k, k, out, DevArray(np.zeros((H, 64), np.float32)), out,
+    num_seqs=1,
+    cu_seqlens_q=DevArray(np.array([0, 64], np.int32)),
+    cu_seqlens_k=DevArray(np.array([0, 64], np.int32)),
     dq=out, dk=k, dv=k))
+refused("host cu_seqlens on CUDA", lambda: cuda.attention_run(
+    0, q, k, k, out, num_seqs=1, cu_seqlens_q=np.array([0, 64], np.int32),
+    cu_seqlens_k=np.array([0, 64], np.int32)))
+refused("int64 cu_seqlens", lambda: cuda.attention_run(
+    0, q, k, k, out, num_seqs=1,
+    cu_seqlens_q=DevArray(np.array([0, 64], np.int64)),
+    cu_seqlens_k=DevArray(np.array([0, 64], np.int64))))
 refused("no dq", lambda: cuda.attention_backward(0, q, k, k, out, lse, out))
 refused("stream on the CPU", lambda: cpu.attention(
     0, np.zeros((1, 64, H, D), np.float16),
@@ -216,3 +226,91 @@ cuda.attention_backward(0, q, k, k, o4, DevArray(np.zeros((1, H, 64),
                         np.float32)), o4, dq=dq2[0], dk=dq2[1], dv=dq2[2],
                         stream=0xbeef)
 print("backward stream=:", hex(fake.fakecuda_last_stream()))
+
+# A packed batch on CUDA (tessera_attention_run: cu_seqlens device memory)
+# against each sequence's float64 attention and the CPU context's packed
+# call; 40 and 70 queries on 90 and 70 keys.
+lq, lk = (40, 70), (90, 70)
+cq = np.concatenate([[0], np.cumsum(lq)]).astype(np.int32)
+ck = np.concatenate([[0], np.cumsum(lk)]).astype(np.int32)
+pq = rng.standard_normal((1, cq[-1], H, D)).astype(np.float16)
+pk = rng.standard_normal((1, ck[-1], HKV, D)).astype(np.float16)
+pv = rng.standard_normal((1, ck[-1], HKV, D)).astype(np.float16)
+po = DevArray(np.zeros_like(pq))
+plse = DevArray(np.zeros((H, cq[-1]), np.float32))
+cuda.attention_run(0, DevArray(pq), DevArray(pk), DevArray(pv), po,
+                   lse=plse, num_seqs=2, cu_seqlens_q=DevArray(cq),
+                   cu_seqlens_k=DevArray(ck))
+ho, hl = np.zeros_like(pq), np.zeros((H, cq[-1]), np.float32)
+cpu.attention_run(0, pq.copy(), pk.copy(), pv.copy(), ho, lse=hl,
+                  num_seqs=2, cu_seqlens_q=cq.copy(), cu_seqlens_k=ck.copy())
+err, lerr = 0.0, 0.0
+for i in range(2):
+    zero = np.zeros((1, lq[i], H, D), np.float16)
+    o64, l64, *_ = reference(pq[:, cq[i]:cq[i + 1]], pk[:, ck[i]:ck[i + 1]],
+                             pv[:, ck[i]:ck[i + 1]], zero,
+                             np.zeros((1, H, lq[i])))
+    err = max(err, rel(po.array[:, cq[i]:cq[i + 1]], o64))
+    lerr = max(lerr, rel(plse.array[:, cq[i]:cq[i + 1]], l64[0]))
+print(f"packed on CUDA: o {'ok' if err < 4e-3 else 'BAD'}, lse "
+      f"{'ok' if lerr < 1e-4 else 'BAD'}, same as the CPU context "
+      f"{'ok' if rel(po.array, ho) < 4e-3 and rel(plse.array, hl) < 1e-4 else 'BAD'}")
+
+# A caller's block index on CUDA (host memory, uploaded by the library):
+# layer 1 of dynamic-block-index.mlir (f16, head_dim 128, 2 heads on one kv
+# head: causal within the lists, the lists alone; block_q 128, block_k
+# 192), Nq = 200 < Nk = 420, against float64 and the CPU context.
+fake.fakecuda_use_bundle(b"dynamic-block-index")
+bi_cuda = tessera.Context("cuda").load(sys.argv[2])
+bi_cpu = tessera.Context("cpu").load(sys.argv[2])
+nq, nk, BQ, BK, D2 = 200, 420, 128, 192, 128
+first = (nk - nq) // BQ
+rows = (nk - 1) // BQ - first + 1
+kblocks = -(-nk // BK)
+offsets = np.zeros((1, 2, rows + 1), np.int32)
+cols = []
+for h in range(2):
+    offsets[0, h, 0] = len(cols)
+    for r in range(rows):
+        pick = sorted(rng.choice(kblocks, size=int(rng.integers(0, kblocks + 1)),
+                                 replace=False))
+        if h == 0 and r == 0:
+            pick = []  # an empty row: no keys, LSE -inf
+        cols += pick
+        offsets[0, h, r + 1] = len(cols)
+cols = np.array(cols, np.int32)
+bq = rng.standard_normal((1, nq, 2, D2)).astype(np.float16)
+bk = rng.standard_normal((1, nk, 1, D2)).astype(np.float16)
+bv = rng.standard_normal((1, nk, 1, D2)).astype(np.float16)
+bo = DevArray(np.zeros_like(bq))
+blse = DevArray(np.zeros((1, 2, nq), np.float32))
+ret = bi_cuda.attention(1, DevArray(bq), DevArray(bk), DevArray(bv), out=bo,
+                        lse=blse, block_index=(offsets, cols))
+assert ret[0] is bo and ret[1] is blse
+ho, hl = bi_cpu.attention(1, bq.copy(), bk.copy(), bv.copy(),
+                          block_index=(offsets.copy(), cols.copy()))
+p = np.arange(nq)[:, None] + (nk - nq)
+key = np.arange(nk)[None, :]
+o64, l64 = np.zeros(bq.shape), np.full((2, nq), -np.inf)
+for h in range(2):
+    listed = np.zeros((nq, nk), bool)
+    for i in range(nq):
+        r = p[i, 0] // BQ - first
+        for c in cols[offsets[0, h, r]:offsets[0, h, r + 1]]:
+            listed[i, c * BK:(c + 1) * BK] = True
+    mask = listed & ((key <= p) if h == 0 else True)
+    s2 = np.where(mask, bq[0, :, h].astype(np.float64) @
+                  bk[0, :, 0].astype(np.float64).T / np.sqrt(D2), -np.inf)
+    m = s2.max(axis=1, keepdims=True)
+    seen = np.isfinite(m[:, 0])
+    e = np.where(mask, np.exp(s2 - np.where(seen[:, None], m, 0)), 0)
+    l = e.sum(axis=1)
+    o64[0, seen, h] = (e[seen] / l[seen, None]) @ bv[0, :, 0].astype(np.float64)
+    l64[h, seen] = m[seen, 0] + np.log(l[seen])
+print(f"block index on CUDA: o {'ok' if rel(bo.array, o64) < 4e-3 else 'BAD'}, "
+      f"lse {'ok' if rel(blse.array[0], l64) < 1e-4 else 'BAD'}, empty rows "
+      f"{int((~np.isfinite(l64)).sum())}, same as the CPU context "
+      f"{'ok' if rel(bo.array, ho) < 4e-3 and rel(blse.array, hl) < 1e-4 else 'BAD'}")
+refused("block index in device memory", lambda: bi_cuda.attention(
+    1, DevArray(bq), DevArray(bk), DevArray(bv), out=bo, lse=False,
+    block_index=(DevArray(offsets).array, DevArray(cols).array)))

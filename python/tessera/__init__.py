@@ -374,6 +374,9 @@ def _cuda_array(x, name):
                         f"CUDA tensors or objects with "
                         f"__cuda_array_interface__), got "
                         f"{type(x).__name__}") from None
+    if not isinstance(iface, dict):
+        raise ValueError(f"{name}: __cuda_array_interface__ is a "
+                         f"{type(iface).__name__}, not a dict")
     try:
         shape = tuple(int(n) for n in iface["shape"])
         typestr = str(iface["typestr"])
@@ -392,7 +395,13 @@ def _cuda_array(x, name):
         for n in reversed(shape):
             byte_strides.insert(0, step)
             step *= max(n, 1)
-    byte_strides = tuple(int(s) for s in byte_strides)
+    try:
+        byte_strides = tuple(int(s) for s in byte_strides)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: __cuda_array_interface__ strides "
+                         f"{byte_strides!r} are not integers") from None
+    if any(n < 0 for n in shape):
+        raise ValueError(f"{name}: negative extent in shape {shape}")
     if len(byte_strides) != len(shape):
         raise ValueError(f"{name}: __cuda_array_interface__ has "
                          f"{len(byte_strides)} strides for {len(shape)} "

@@ -314,3 +314,16 @@ print(f"block index on CUDA: o {'ok' if rel(bo.array, o64) < 4e-3 else 'BAD'}, "
 refused("block index in device memory", lambda: bi_cuda.attention(
     1, DevArray(bq), DevArray(bk), DevArray(bv), out=bo, lse=False,
     block_index=(DevArray(offsets).array, DevArray(cols).array)))
+
+# Hostile interfaces: each refused by name, none crashes.
+for what, bad in (("a list interface", []),
+                  ("string strides", {"strides": ("a", "b", "c", "d")}),
+                  ("negative extent", {"shape": (1, -64, H, D)}),
+                  ("data not a pair", {"data": 5}),
+                  ("strides of another rank", {"strides": (2, 2)})):
+    x = DevArray(np.zeros((1, 64, H, D), np.float16))
+    if isinstance(bad, dict):
+        x.iface.update(bad)
+    else:
+        x.iface = bad
+    refused(what, lambda: cuda.attention(0, x, k, k, out=out, lse=False))

@@ -2067,6 +2067,17 @@ tessera_status launchAttention(const Call &c, kernel::AttnParams &p,
   return TESSERA_OK;
 }
 
+/// On CUDA, the routing groups of a layer that take the engine's centroids
+/// read them as [heads, clusters, head_dim]: one cluster count.
+tessera_status checkCudaCentroids(const Call &c, const kernel::DynArgs &a) {
+  if (a.family == kernel::kRouting && a.iterations == 0 &&
+      a.clusters != c.needClusters)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "on CUDA, a layer's routing groups that take centroids must "
+                "share one cluster count");
+  return TESSERA_OK;
+}
+
 /// A call's block index on the device (block_index groups, docs/runtime.md):
 /// the caller's host arrays, validated, staged into a host copy of this
 /// call's own (pageable memory, whatever the caller's is: cuMemcpyHtoDAsync
@@ -2107,6 +2118,16 @@ struct DeviceIndex {
     offsets = reinterpret_cast<const int *>(mem);
     cols = reinterpret_cast<const int *>(mem) + colsAt;
     return TESSERA_OK;
+  }
+
+  /// A block_index group's arguments: the uploaded index (others: none).
+  void bind(kernel::DynArgs &a, const Call &c) const {
+    if (a.family != kernel::kBlockIndex)
+      return;
+    a.biOffsets = offsets;
+    a.biCols = cols;
+    a.biHeads = c.blockIndex.heads;
+    a.biStride = c.blockIndex.stride;
   }
 };
 
@@ -2161,21 +2182,13 @@ tessera_status runCuda(const Call &c) {
   for (size_t gi = 0; gi < l.dynamicGroups.size(); ++gi) {
     const DynamicGroupDesc &g = l.dynamicGroups[gi];
     kernel::DynArgs a = g.args;
-    if (a.family == kernel::kBlockIndex) {
-      a.biOffsets = index.offsets;
-      a.biCols = index.cols;
-      a.biHeads = c.blockIndex.heads;
-      a.biStride = c.blockIndex.stride;
-    }
+    index.bind(a, c);
     a.headDim = l.headDim;
     a.layer = position;
     a.group = static_cast<int>(gi);
     a.centroids = c.centroids;
-    if (a.family == kernel::kRouting && a.iterations == 0 &&
-        a.clusters != c.needClusters)
-      return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                  "on CUDA, a layer's routing groups that take centroids must "
-                  "share one cluster count");
+    if (tessera_status s = checkCudaCentroids(c, a))
+      return s;
     if (tessera_status s =
             launchDynamicGroup(c.bundle, c.d.layer, g, a, p, c.d.q.batch,
                                c.d.cuda_stream, twinMaps))
@@ -2370,18 +2383,28 @@ tessera_status runBackwardCuda(const Call &c, const tessera_tensor &dO,
     if (!status && !name.empty())
       status = launchGrid(c, name, grid, threads, shared, args);
   // Each dynamic group: its index built again by the forward's kernels
-  // (the same index), then dQ and the dK / dV sums over it, chunk by chunk
+  // (the same index; a caller's block index uploaded as for the forward),
+  // then dQ and the dK / dV sums over it, chunk by chunk
   // (launchDynamicGroup's chunks, in its workspace).
+  DeviceIndex index(drv, c.d.cuda_stream);
+  if (!status && c.hasBlockIndex)
+    status = index.upload(c);
   for (size_t gi = 0; gi < l.dynamicGroups.size() && !status; ++gi) {
     const DynamicGroupDesc &dg = l.dynamicGroups[gi];
     kernel::DynArgs a = dg.args;
+    index.bind(a, c);
     a.headDim = l.headDim;
     a.layer = position;
     a.group = static_cast<int>(gi);
     a.centroids = c.centroids;
+    if ((status = checkCudaCentroids(c, a)))
+      break;
+    // A block per 64 query rows; routing: per segment tile (rtAttend's).
     const DynamicAttend attend = [&](kernel::DynArgs &chunk, int64_t batches) {
       void *dynArgs[] = {&p, &chunk};
-      const int64_t gx = (c.d.q.seq + 63) / 64;
+      const int64_t gx = chunk.family == kernel::kRouting
+                             ? kernel::routingTiles(chunk, c.d.q.seq)
+                             : (c.d.q.seq + 63) / 64;
       if (gx > 0x7fffffff)
         return -1;
       for (auto [name, threads, shared] :

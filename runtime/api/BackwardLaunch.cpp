@@ -22,14 +22,13 @@ tessera::runtime::cudaBackwardRefusal(const tessera_attention_desc &d,
            "sets head_count (head-range calls run their backward on CPU "
            "contexts)";
   for (const DynamicGroupDesc &g : l.dynamicGroups)
-    if (g.args.family != kernel::kVerticalSlash &&
-        g.args.family != kernel::kBlockTopk)
+    if (g.args.family == kernel::kRouting && g.args.merge)
       return layer + "'s dynamic heads from head " +
-             std::to_string(g.heads.front()) + " are " +
-             (g.args.family == kernel::kRouting ? "routing"
-                                                : "a caller's block_index") +
-             " heads: the CUDA backward runs vertical_slash and block_topk "
-             "heads only for now (CPU contexts run theirs)";
+             std::to_string(g.heads.front()) +
+             " are routing heads whose pattern allows pairs outside their "
+             "clusters (a union or difference around the routing leaf): the "
+             "CUDA backward runs routing within clusters only for now (CPU "
+             "contexts run theirs)";
   bool dynamicKernels = true;
   for (const DynamicGroupDesc &g : l.dynamicGroups)
     dynamicKernels = dynamicKernels && !g.backwardDq.empty();

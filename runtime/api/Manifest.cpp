@@ -282,9 +282,9 @@ std::string parseBackward(const json::Object &o, LayerDesc &l) {
     k.dynamicAdd = add->str();
     for (size_t i = 0; i < groups->size(); ++i) {
       DynamicGroupDesc &g = l.dynamicGroups[i];
-      if (g.args.family != k::kVerticalSlash && g.args.family != k::kBlockTopk)
-        return "backward kernels serve vertical_slash and block_topk groups "
-               "only";
+      if (g.args.family == k::kRouting && g.args.merge)
+        return "backward kernels serve no routing group whose pattern allows "
+               "pairs outside its clusters";
       const json::Object *go = (*groups)[i].getAsObject();
       const json::Object *gb = go ? go->getObject("backward") : nullptr;
       std::optional<llvm::StringRef> dq, dkdv;

@@ -32,7 +32,8 @@ struct DynamicGroupDesc {
   int64_t wgmmaThreads = 0, wgmmaDynamicShared = 0;
   /// The CUDA backward over the index (DynamicBackward.cuh: dQ, and dK and
   /// dV by atomics), from the layer's "backward" entry; empty where the
-  /// bundle has none (routing, block_index, older bundles).
+  /// bundle has none (routing that merges with rows outside its clusters,
+  /// older bundles).
   std::string backwardDq, backwardDkdv;
 };
 

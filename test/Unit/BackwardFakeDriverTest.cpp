@@ -25,6 +25,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -404,6 +405,19 @@ bool columnsPlanted(int64_t layer, int64_t kvh) { return kvh == 0; }
 
 class FakeDriverDynamicBackward : public FakeDriverBackward {
 protected:
+  /// Where set: the pairs (batch entry bi, head h, query i, key j) the
+  /// float64 reference allows, over random inputs (nothing planted); else
+  /// dynamicAllowed over the planted inputs.
+  std::function<bool(int64_t bi, int64_t h, int64_t i, int64_t j)> allowed;
+  /// Where set: what every description of the call adds (a caller's block
+  /// index), on both contexts.
+  std::function<void(tessera_attention_desc &)> decorate;
+  /// Where set: host floats that the CUDA call reads as device memory (the
+  /// engine's centroids).
+  const std::vector<float> *deviceFloats = nullptr;
+  /// Where set (with `allowed`): what plant() adds to the random inputs.
+  std::function<void(const Case &, Buffers &)> replant;
+
   /// Planted inputs (BackwardDynamic.mlir's comment): small noise, element
   /// 0 of every query 4 and of every planted key 6, so that the planted
   /// columns and key blocks win their selections by far (the index is the
@@ -417,6 +431,13 @@ protected:
     b.k = randomBits(kn, c.bf16, rng, 0.5f);
     b.v = randomBits(kn, c.bf16, rng, 1.f);
     b.dO = randomBits(qn, c.bf16, rng, 1.f);
+    b.o.assign(qn, 0);
+    b.lse.assign(size_t(c.batch * c.heads * c.nq), 0.f);
+    if (allowed) { // the caller's index: nothing to plant
+      if (replant)
+        replant(c, b);
+      return;
+    }
     for (size_t at = 0; at < qn; at += size_t(c.dim))
       b.q[at] = fromFloat(4.f, c.bf16);
     for (int64_t bi = 0; bi < c.batch; ++bi)
@@ -433,8 +454,6 @@ protected:
             b.k[size_t(((bi * c.nk + j) * c.kvHeads + kvh) * c.dim)] =
                 fromFloat(6.f, c.bf16);
         }
-    b.o.assign(qn, 0);
-    b.lse.assign(size_t(c.batch * c.heads * c.nq), 0.f);
   }
 
   /// The float64 forward (into b.o, b.lse) and backward (into `want`, as
@@ -464,7 +483,8 @@ protected:
           double m = -INFINITY;
           for (int64_t j = 0; j < c.nk; ++j) {
             s[size_t(j)] = -INFINITY;
-            if (!dynamicAllowed(c.layer, h, i, j, c.nq, c.nk))
+            if (allowed ? !allowed(bi, h, i, j)
+                        : !dynamicAllowed(c.layer, h, i, j, c.nq, c.nk))
               continue;
             double dot = 0;
             for (int64_t x = 0; x < d; ++x)
@@ -548,6 +568,8 @@ protected:
     FakeApi::get().clear();
     Buffers cpuRun = b, ref = b;
     tessera_attention_desc fd = desc(c, cpuRun);
+    if (decorate)
+      decorate(fd);
     EXPECT_EQ(tessera_attention_run(cpuBundle, &fd), TESSERA_OK)
         << tessera_last_error();
     EXPECT_EQ(mismatches(cpuRun.o, b.o, c.bf16, c.bf16 ? 1.6e-2 : 2e-3,
@@ -559,6 +581,8 @@ protected:
     ref.dk.assign(kn, 0);
     ref.dv.assign(kn, 0);
     tessera_attention_desc rd = desc(c, ref);
+    if (decorate)
+      decorate(rd);
     tessera_tensor rdO = tensor(ref.dO, c, c.nq, c.heads),
                    rdq = tensor(ref.dq, c, c.nq, c.heads),
                    rdk = tensor(ref.dk, c, c.nk, c.kvHeads),
@@ -571,14 +595,18 @@ protected:
     b.dq.assign(qn, nanBits(c.bf16));
     b.dk.assign(kn, nanBits(c.bf16));
     b.dv.assign(kn, nanBits(c.bf16));
-    EXPECT_EQ(runCuda(c, b), TESSERA_OK) << tessera_last_error();
+    tessera_attention_desc cd = desc(c, b);
+    if (decorate)
+      decorate(cd);
+    EXPECT_EQ(runCuda(c, b, &cd, deviceFloats), TESSERA_OK)
+        << tessera_last_error();
     if (checkFloat64) {
       EXPECT_EQ(offFloat64(b.dq, dq, c.bf16, "dq"), 0);
       EXPECT_EQ(offFloat64(b.dk, dk, c.bf16, "dk"), 0);
       EXPECT_EQ(offFloat64(b.dv, dv, c.bf16, "dv"), 0);
       for (const std::string &call : callSet(FakeApi::get().calls()))
         EXPECT_TRUE(call == "cuLaunchKernel" || call == "cuMemAllocAsync" ||
-                    call == "cuMemFreeAsync" ||
+                    call == "cuMemFreeAsync" || call == "cuMemcpyHtoDAsync" ||
                     call == "cuPointerGetAttribute" ||
                     call == "cuCtxPushCurrent" || call == "cuCtxPopCurrent")
             << call;
@@ -638,20 +666,27 @@ TEST_F(FakeDriverDynamicBackward, Bf16HeadDim128ShortQueries) {
 /// heads under causality) against the CPU context: at these lengths its
 /// index keeps every column, diagonal and key block (vertical = 1000,
 /// slash = 6096, top_k = 100), so the CPU's and the device's are the same
-/// whatever the inputs. Layer 1 (routing heads) is refused by name.
+/// whatever the inputs.
 TEST_F(FakeDriverDynamicBackward, ShippedMinferenceLlm) {
   checkCase({"minference-llm", 0, 2, 100, 150, 32, 8, 128, true},
             "minference-llm", 17);
   const std::string k = FakeApi::get().kernels();
   EXPECT_NE(k.find("tessera_bwd_dyn_vs_dkdv_bf16_d128"), std::string::npos);
   EXPECT_NE(k.find("tessera_bwd_dyn_bt_dkdv_bf16_d128"), std::string::npos);
-  Buffers b, ref;
-  Case c1{"minference-llm", 1, 1, 64, 64, 32, 8, 128, true};
-  prepare(c1, b, ref, 18);
-  EXPECT_EQ(runCuda(c1, b), TESSERA_ERROR_INVALID_ARGUMENT);
-  EXPECT_NE(std::string(tessera_last_error()).find("routing"),
+}
+
+/// Its layer 1 end to end: adaptive block top-k heads (block 128,
+/// min_blocks 4: every key block at Nk <= 512), routing heads (16
+/// clusters by two k-means iterations on the device, the CPU's alike), and
+/// causal heads, against the CPU context.
+TEST_F(FakeDriverDynamicBackward, ShippedMinferenceLlmRouting) {
+  checkCase({"minference-llm", 1, 1, 90, 200, 32, 8, 128, true},
+            "minference-llm", 18);
+  const std::string k = FakeApi::get().kernels();
+  EXPECT_NE(k.find("tessera_rt_sort,tessera_bwd_dyn_rt_dq_bf16_d128,"
+                   "tessera_bwd_dyn_rt_dkdv_bf16_d128"),
             std::string::npos)
-      << tessera_last_error();
+      << k;
 }
 
 /// A copy of the bundle whose key-major sums drop each tile's last key:
@@ -670,8 +705,9 @@ TEST_F(FakeDriverDynamicBackward, BrokenQueryMasksFail) {
             0);
 }
 
-/// Routing heads have no CUDA backward yet: refused by name, nothing
-/// launched (DynamicHopper.mlir's layer 2).
+/// Routing heads whose pattern allows pairs outside their clusters (a
+/// union with a window, a difference: rtRest's merge) have no CUDA backward
+/// yet: refused by name, nothing launched (DynamicHopper.mlir's layer 2).
 TEST_F(FakeDriverDynamicBackward, RoutingRefusedByName) {
   Case c{"dynamic-hopper", 2, 1, 64, 64, 2, 2, 128, true};
   load(c, "dynamic-hopper");
@@ -681,7 +717,257 @@ TEST_F(FakeDriverDynamicBackward, RoutingRefusedByName) {
   b.dk.assign(b.k.size(), 0);
   b.dv.assign(b.k.size(), 0);
   EXPECT_EQ(runCuda(c, b), TESSERA_ERROR_INVALID_ARGUMENT);
-  EXPECT_NE(std::string(tessera_last_error()).find("routing"),
+  EXPECT_NE(std::string(tessera_last_error())
+                .find("are routing heads whose pattern allows pairs outside "
+                      "their clusters"),
+            std::string::npos)
+      << tessera_last_error();
+  EXPECT_STREQ(FakeApi::get().kernels(), "");
+}
+
+/// Routing heads (BackwardDynamic.mlir layer 2: f16, head_dim 64, GQA 2:1,
+/// the engine's centroids e_0 .. e_3): every query and key gets a planted
+/// cluster (element c of its row 2, the others in [-0.5, 0.5]), so that the
+/// nearest centroid is known; the float64 reference allows a pair where the
+/// clusters agree (and causality, heads 1 and 3), head 2 is causal.
+class FakeDriverRoutingBackward : public FakeDriverDynamicBackward {
+protected:
+  static constexpr int64_t kClusters = 4;
+
+  int64_t checkRouting(const Case &c, const std::string &emulated,
+                       uint64_t seed, bool checkFloat64 = true) {
+    centroids.assign(size_t(c.heads * kClusters * c.dim), 0.f);
+    for (int64_t h = 0; h < c.heads; ++h)
+      for (int64_t j = 0; j < kClusters; ++j)
+        centroids[size_t((h * kClusters + j) * c.dim + j)] = 1.f;
+    std::mt19937 rng(seed + 1000);
+    qCluster.resize(size_t(c.batch * c.nq * c.heads));
+    kCluster.resize(size_t(c.batch * c.nk * c.kvHeads));
+    // Most tokens in cluster 0 (segments of several 64-row tiles); no key
+    // of kv head 1 in cluster 3 (its queries there see no key: dq = 0).
+    auto draw = [&] { return int32_t(rng() % 8 < 5 ? 0 : rng() % kClusters); };
+    for (int32_t &x : qCluster)
+      x = draw();
+    for (size_t r = 0; r < kCluster.size(); ++r)
+      do
+        kCluster[r] = draw();
+      while (r % size_t(c.kvHeads) == 1 && kCluster[r] == 3);
+    const Case at = c;
+    allowed = [this, at](int64_t bi, int64_t h, int64_t i, int64_t j) {
+      const int64_t p = i + at.nk - at.nq;
+      if (h == 2)
+        return j <= p;
+      const int64_t kvh = h / (at.heads / at.kvHeads);
+      return qCluster[size_t((bi * at.nq + i) * at.heads + h)] ==
+                 kCluster[size_t((bi * at.nk + j) * at.kvHeads + kvh)] &&
+             (h == 0 || j <= p);
+    };
+    inputs =
+        tessera_dynamic_inputs{centroids.data(), c.heads, kClusters, c.dim};
+    decorate = [this](tessera_attention_desc &d) {
+      d.dynamic_inputs = &inputs;
+    };
+    replant = [this](const Case &c, Buffers &b) { plantClusters(c, b); };
+    deviceFloats = &centroids;
+    const int64_t bad = checkDynamic(c, emulated, seed, checkFloat64);
+    const std::string k = FakeApi::get().kernels();
+    EXPECT_NE(k.find("tessera_bwd_dyn_rt_dq_f16_d64,"
+                     "tessera_bwd_dyn_rt_dkdv_f16_d64"),
+              std::string::npos)
+        << k;
+    EXPECT_EQ(k.find("tessera_rt_attend"), std::string::npos) << k;
+    return bad;
+  }
+
+  /// Elements 0-3 of every query and key row: 2 at its cluster's, 0.25
+  /// at the others (its dot products with the centroids).
+  void plantClusters(const Case &c, Buffers &b) {
+    for (int64_t r = 0; r < c.batch * c.nq * c.heads; ++r)
+      for (int64_t x = 0; x < kClusters; ++x)
+        b.q[size_t(r * c.dim + x)] =
+            fromFloat(x == qCluster[size_t(r)] ? 2.f : 0.25f, c.bf16);
+    for (int64_t r = 0; r < c.batch * c.nk * c.kvHeads; ++r)
+      for (int64_t x = 0; x < kClusters; ++x)
+        b.k[size_t(r * c.dim + x)] =
+            fromFloat(x == kCluster[size_t(r)] ? 2.f : 0.25f, c.bf16);
+  }
+
+  std::vector<float> centroids;
+  std::vector<int32_t> qCluster, kCluster;
+  tessera_dynamic_inputs inputs{};
+};
+
+/// Nq < Nk over two batch entries, Nq > Nk (rows before the first key see
+/// none under causality), Nq = Nk.
+TEST_F(FakeDriverRoutingBackward, F16GqaShortQueries) {
+  EXPECT_EQ(checkRouting({"backward-dynamic", 2, 2, 100, 200, 4, 2, 64, false},
+                         "backward-dynamic", 41),
+            0);
+  const std::string k = FakeApi::get().kernels();
+  EXPECT_NE(k.find("tessera_rt_sort,tessera_bwd_dyn_rt_dq_f16_d64"),
+            std::string::npos)
+      << k;
+}
+TEST_F(FakeDriverRoutingBackward, F16GqaLongQueries) {
+  EXPECT_EQ(checkRouting({"backward-dynamic", 2, 1, 230, 150, 4, 2, 64, false},
+                         "backward-dynamic", 42),
+            0);
+}
+TEST_F(FakeDriverRoutingBackward, F16GqaEqualLengths) {
+  EXPECT_EQ(checkRouting({"backward-dynamic", 2, 1, 130, 130, 4, 2, 64, false},
+                         "backward-dynamic", 43),
+            0);
+}
+
+/// A copy whose routing tiles drop each segment tile's last row: its
+/// gradients differ from the CPU's.
+TEST_F(FakeDriverRoutingBackward, BrokenRowsFail) {
+  EXPECT_GT(checkRouting({"backward-dynamic", 2, 1, 130, 130, 4, 2, 64, false},
+                         "broken-bwd-dyn-rt", 44, /*checkFloat64=*/false),
+            0);
+}
+
+//===----------------------------------------------------------------------===//
+// A caller's block index (#attn.block_index): Inputs/dynamic-block-index.mlir
+//===----------------------------------------------------------------------===//
+
+/// floor(a / d) for d > 0.
+int64_t floorDiv(int64_t a, int64_t d) {
+  return a >= 0 ? a / d : -((-a + d - 1) / d);
+}
+
+/// The block_index heads' backward on the fake CUDA context: dq over the
+/// caller's CSR (the forward's list walk), dk and dv into the f32 sums;
+/// against a float64 backward over the same index and against the CPU
+/// context's. Layer 0 (bf16, head_dim 64, GQA 2:1, block_q = block_k =
+/// 64): the lists alone, under causality, in a union with a window, minus
+/// a sink. Layer 1 (f16, head_dim 128, block_q = 128, block_k = 192): the
+/// lists under causality and alone.
+class FakeDriverBlockIndexBackward : public FakeDriverDynamicBackward {
+protected:
+  /// A random CSR index for `c` (ascending key blocks per row, every fourth
+  /// row empty), and the pattern of the layer's heads over it.
+  void useIndex(const Case &c, uint64_t seed) {
+    const int64_t bq = c.layer == 0 ? 64 : 128, bk = c.layer == 0 ? 64 : 192;
+    rows = floorDiv(c.nk - 1, bq) - floorDiv(c.nk - c.nq, bq) + 1;
+    const int64_t keyBlocks = (c.nk + bk - 1) / bk;
+    std::mt19937 rng(seed);
+    offsets.clear();
+    cols.clear();
+    for (int64_t bh = 0; bh < c.batch * c.heads; ++bh)
+      for (int64_t r = 0; r <= rows; ++r) {
+        offsets.push_back(int32_t(cols.size()));
+        if (r == rows || (r + bh) % 4 == 1)
+          continue; // an empty row
+        for (int64_t j = 0; j < keyBlocks; ++j)
+          if (rng() % 3 == 0 || j == (r + bh) % keyBlocks)
+            cols.push_back(int32_t(j));
+      }
+    const Case at = c;
+    allowed = [this, at, bq, bk](int64_t bi, int64_t h, int64_t i, int64_t j) {
+      const int64_t p = i + at.nk - at.nq;
+      const int64_t r = floorDiv(p, bq) - floorDiv(at.nk - at.nq, bq);
+      const size_t row = size_t((bi * at.heads + h) * (rows + 1) + r);
+      bool listed = false;
+      for (int32_t x = offsets[row]; x < offsets[row + 1]; ++x)
+        listed = listed || cols[size_t(x)] == j / bk;
+      if (at.layer == 1)
+        return h == 0 ? listed && j <= p : listed;
+      switch (h) {
+      case 0:
+        return listed;
+      case 1:
+        return listed && j <= p;
+      case 2:
+        return listed || (j >= p - 5 && j <= p);
+      default:
+        return listed && !(j < 3 && j <= p);
+      }
+    };
+    decorate = [this](tessera_attention_desc &d) {
+      d.block_index_offsets = offsets.data();
+      d.block_index_cols = cols.data();
+      d.block_index_nnz = int64_t(cols.size());
+      d.block_index_rows = rows;
+    };
+  }
+
+  int64_t checkIndex(const Case &c, const std::string &emulated, uint64_t seed,
+                     bool checkFloat64 = true) {
+    useIndex(c, seed);
+    const int64_t bad = checkDynamic(c, emulated, seed, checkFloat64);
+    const std::string k = FakeApi::get().kernels();
+    const std::string dt = c.bf16 ? "bf16" : "f16", d = std::to_string(c.dim);
+    EXPECT_NE(k.find("tessera_bwd_dyn_bi_dq_" + dt + "_d" + d +
+                     ",tessera_bwd_dyn_bi_dkdv_" + dt + "_d" + d),
+              std::string::npos)
+        << k;
+    EXPECT_EQ(k.find("tessera_bi_attend"), std::string::npos) << k;
+    EXPECT_NE(callSet(FakeApi::get().calls()).count("cuMemcpyHtoDAsync"), 0u);
+    return bad;
+  }
+
+  int64_t rows = 0;
+  std::vector<int32_t> offsets, cols;
+};
+
+/// Layer 0: Nq < Nk and Nq > Nk over two batch entries, Nq = Nk; rows
+/// without keys (head 0's empty lists: dq exactly 0).
+TEST_F(FakeDriverBlockIndexBackward, Bf16GqaShortQueries) {
+  EXPECT_EQ(checkIndex({"dynamic-block-index", 0, 2, 150, 260, 4, 2, 64, true},
+                       "dynamic-block-index", 31),
+            0);
+}
+TEST_F(FakeDriverBlockIndexBackward, Bf16GqaLongQueries) {
+  EXPECT_EQ(checkIndex({"dynamic-block-index", 0, 2, 260, 150, 4, 2, 64, true},
+                       "dynamic-block-index", 32),
+            0);
+}
+TEST_F(FakeDriverBlockIndexBackward, Bf16GqaEqualLengths) {
+  Case c{"dynamic-block-index", 0, 1, 200, 200, 4, 2, 64, true};
+  EXPECT_EQ(checkIndex(c, "dynamic-block-index", 33), 0);
+}
+
+/// Layer 1: block_q = 128, block_k = 192 (a query tile in two query blocks
+/// where Nk - Nq is not a multiple of 128; key blocks of three tiles).
+TEST_F(FakeDriverBlockIndexBackward, F16BlockQNotBlockK) {
+  EXPECT_EQ(
+      checkIndex({"dynamic-block-index", 1, 1, 200, 450, 2, 1, 128, false},
+                 "dynamic-block-index", 34),
+      0);
+  EXPECT_EQ(
+      checkIndex({"dynamic-block-index", 1, 2, 330, 260, 2, 1, 128, false},
+                 "dynamic-block-index", 35),
+      0);
+}
+
+/// The copy whose list walk reads key blocks as block_q long (the walk the
+/// forward and the backward share): its gradients differ from the CPU's.
+TEST_F(FakeDriverBlockIndexBackward, BrokenWalkFails) {
+  EXPECT_GT(
+      checkIndex({"dynamic-block-index", 1, 1, 200, 450, 2, 1, 128, false},
+                 "broken-dynamic-block-index", 36, /*checkFloat64=*/false),
+      0);
+}
+
+/// A bad index is refused by name before any launch (validated on the
+/// host as for the forward).
+TEST_F(FakeDriverBlockIndexBackward, BadIndexRefusedByName) {
+  Case c{"dynamic-block-index", 0, 1, 150, 260, 4, 2, 64, true};
+  useIndex(c, 37);
+  load(c, "dynamic-block-index");
+  Buffers b;
+  plant(c, b, 37);
+  b.dq.assign(b.q.size(), 0);
+  b.dk.assign(b.k.size(), 0);
+  b.dv.assign(b.k.size(), 0);
+  tessera_attention_desc d = desc(c, b);
+  decorate(d);
+  std::vector<int32_t> bad = cols;
+  bad[0] = int32_t((c.nk + 63) / 64); // past the last key block
+  d.block_index_cols = bad.data();
+  EXPECT_EQ(runCuda(c, b, &d), TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(tessera_last_error()).find("block_index_cols"),
             std::string::npos)
       << tessera_last_error();
   EXPECT_STREQ(FakeApi::get().kernels(), "");

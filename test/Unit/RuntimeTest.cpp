@@ -1190,15 +1190,19 @@ TEST(RuntimeBundles, BackwardEntriesAreValidated) {
         [](Obj &l) { dynGroup(l, 1).erase("backward"); }},
        {"an empty dkdv", "dynamic group 0 lacks its backward kernels",
         [](Obj &l) { (*dynGroup(l, 0).getObject("backward"))["dkdv"] = ""; }},
-       {"a routing group", "vertical_slash and block_topk groups only",
+       {"a merging routing group",
+        "serve no routing group whose pattern allows pairs outside its "
+        "clusters",
         [](Obj &l) {
           Obj &g = dynGroup(l, 0);
           g["family"] = "routing";
           g["params"] = Obj{{"clusters", 4}, {"kmeans_iterations", 1}};
+          g["merge_without"] = true;
           g["kernels"] = llvm::json::Array{
-              "tessera_rt_seed_bf16",   "tessera_rt_assign_keys_bf16",
-              "tessera_rt_update_bf16", "tessera_rt_assign_queries_bf16",
-              "tessera_rt_sort",        "tessera_rt_attend_bf16_d128"};
+              "tessera_rt_seed_bf16",     "tessera_rt_assign_keys_bf16",
+              "tessera_rt_update_bf16",   "tessera_rt_assign_queries_bf16",
+              "tessera_rt_sort",          "tessera_rt_attend_bf16_d128",
+              "tessera_rt_rest_bf16_d128"};
           g.erase("wgmma");
         }}});
   tessera_context_destroy(ctx);

@@ -56,7 +56,22 @@ std::string dynName(const char *what, const std::string &dt, int64_t d) {
          std::to_string(d);
 }
 std::string familyTag(const std::string &family) {
-  return family == "vertical_slash" ? "vs" : "bt";
+  return family == "vertical_slash" ? "vs"
+         : family == "block_index"  ? "bi"
+         : family == "routing"      ? "rt"
+                                    : "bt";
+}
+/// The entry of a family's backward kernels (DynamicBackward.cuh):
+/// bwdDynGroup over the forward's walk (a block per 64 query rows), or
+/// bwdRtGroup over routing's segment tiles.
+std::string passEntry(const std::string &family, const std::string &ed) {
+  if (family == "routing")
+    return "bwdRtGroup<" + ed + ", bundle::DynPats>";
+  return "bwdDynGroup<" + ed + ", " +
+         (family == "vertical_slash" ? "VsWalk<bundle::DynPats>"
+          : family == "block_index"  ? "BtWalk<bundle::DynPats, int>"
+                                     : "BtWalk<bundle::DynPats>") +
+         ">";
 }
 /// The zeroing and adding of the sums: tessera_bwd_dynkv_<what>_<dtype>_d<D>
 /// ((BwdParams, int layer), as the static kernels').
@@ -232,9 +247,10 @@ json::Object tessera::backward::layerBackwardJson(const std::string &dt,
 }
 
 bool tessera::backward::hasDynamicBackward(llvm::StringRef family,
-                                           int64_t headDim) {
+                                           int64_t headDim, bool merge) {
   return hasBackwardKernels(headDim) &&
-         (family == "vertical_slash" || family == "block_topk");
+         (family == "vertical_slash" || family == "block_topk" ||
+          family == "block_index" || (family == "routing" && !merge));
 }
 
 void tessera::backward::emitDynamicBackwardKernels(
@@ -250,7 +266,7 @@ void tessera::backward::emitDynamicBackwardKernels(
   // type choosing the pass; one block an SM at least (without it ptxas
   // aimed at two and spilled: 128 registers, 172 bytes at head_dim 96).
   auto pass = [&](const std::string &name, const char *kind,
-                  const std::string &walk, const std::string &tiles,
+                  const std::string &entry, const std::string &tiles,
                   int64_t threads, int64_t shared) {
     os << "TESSERA_EXTERN_C __global__ void __launch_bounds__(" << threads
        << ", 1)\n"
@@ -260,7 +276,7 @@ void tessera::backward::emitDynamicBackwardKernels(
        << "  using namespace tessera::kernel;\n"
        << "  const DynGroupTable &g = bundle::dynTables[a.layer][a.group];\n"
        << "  TESSERA_DYNAMIC_TILES(sm, " << tiles << ");\n"
-       << "  bwdDynGroup<" << ED << ", " << walk << ">(p, a, g, sm);\n}\n\n";
+       << "  " << entry << "(p, a, g, sm);\n}\n\n";
     json::Object o = kernelJson(name, kind, dt, d, threads, shared);
     o["args"] = "(BwdParams, DynArgs)";
     kernels.push_back(std::move(o));
@@ -268,14 +284,12 @@ void tessera::backward::emitDynamicBackwardKernels(
   for (const std::string &f : families) {
     if (!hasDynamicBackward(f, d))
       continue;
-    const std::string walk =
-        std::string(f == "vertical_slash" ? "VsWalk" : "BtWalk") +
-        "<bundle::DynPats>";
+    const std::string entry = passEntry(f, ED);
     const std::string tag = familyTag(f);
     pass(dynName((tag + "_dq").c_str(), dt, d), "backward_dynamic_query_major",
-         walk, "PipeTiles<" + ds + ">", 128, queryTilesBytes(d));
+         entry, "PipeTiles<" + ds + ">", 128, queryTilesBytes(d));
     pass(dynName((tag + "_dkdv").c_str(), dt, d), "backward_dynamic_key_major",
-         walk, "BwdKeyTiles<" + ds + ">", keyThreads(d), keyTilesBytes(d));
+         entry, "BwdKeyTiles<" + ds + ">", keyThreads(d), keyTilesBytes(d));
   }
   // The sums' zeroing and their adding to dk and dv.
   const std::string clear = sumsName("clear", dt, d),

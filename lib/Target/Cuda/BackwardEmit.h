@@ -49,8 +49,10 @@ llvm::json::Object layerBackwardJson(const std::string &dtype, int64_t headDim,
                                      bool hasSkipped, bool dynamic = false);
 
 /// Whether a dynamic family has CUDA backward kernels (DynamicBackward.cuh:
-/// vertical_slash and block_topk; not routing, nor a caller's block_index).
-bool hasDynamicBackward(llvm::StringRef family, int64_t headDim);
+/// vertical_slash, block_topk, a caller's block_index, and routing whose
+/// pattern allows no pair outside its clusters: `merge` false).
+bool hasDynamicBackward(llvm::StringRef family, int64_t headDim,
+                        bool merge = false);
 
 /// The backward kernels of the dynamic groups of one element type and head
 /// dim (DynamicBackward.cuh): per family of `families` that has them, its

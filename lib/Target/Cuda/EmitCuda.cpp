@@ -400,12 +400,15 @@ private:
     if (!layoutsJson.empty())
       layer["layouts"] = std::move(layoutsJson);
     // The backward: static heads, and the dynamic groups whose family has
-    // CUDA backward kernels (none where one has not: routing, block_index).
+    // CUDA backward kernels (none where one has not: routing whose pattern
+    // allows pairs outside its clusters).
     bool dynBackward = true;
     for (const json::Value &g : dynamicJson)
-      dynBackward = dynBackward &&
-                    backward::hasDynamicBackward(
-                        g.getAsObject()->getString("family").value_or(""), d);
+      dynBackward =
+          dynBackward &&
+          backward::hasDynamicBackward(
+              g.getAsObject()->getString("family").value_or(""), d,
+              g.getAsObject()->getBoolean("merge_without").value_or(false));
     if (backward::hasBackwardKernels(d) && dynBackward) {
       layer["backward"] = backward::layerBackwardJson(
           dtypeName(dtype), d, !table.skippedHeads.empty(),

@@ -82,6 +82,68 @@ bwdWalkInit(BtWalk<Pats> &w, const BwdParams &p, const DynArgs &a,
   btIndexWalkInit(w, p.nq, p.nk, p.numHeads, a, sl, g, q0);
 }
 
+/// The walk of the query tile at row q0 (thread 0), as biAttend sets it:
+/// the caller's block index (a.biOffsets, a.biCols, uploaded by the
+/// runtime as for the forward).
+template <class Pats>
+__device__ __forceinline__ void
+bwdWalkInit(BtWalk<Pats, int> &w, const BwdParams &p, const DynArgs &a,
+            const DynSlice &sl, const DynGroupTable &g, i64 q0) {
+  biWalkInit(w, p.nq, p.nk, p.numHeads, a, sl, g, q0);
+}
+
+/// The block's 64 query rows: contiguous from q0 (rows null), or gathered,
+/// rows[0, count) (a routing segment's tile: global memory).
+struct BwdRows {
+  i64 q0;
+  const i64 *rows;
+  int count;
+};
+
+/// Row r of the block: its query index, -1 for none.
+__device__ __forceinline__ i64 bwdRow(const BwdRows &qr, int r, i64 nq) {
+  if (qr.rows)
+    return r < qr.count ? qr.rows[r] : -1;
+  return qr.q0 + r < nq ? qr.q0 + r : -1;
+}
+
+/// Starts the copy of the block's rows of a [seq, D] slice into `dst`
+/// (TileLayout<D>) by NT threads (gathered rows: threads 0-127).
+template <int D, int NT>
+__device__ __forceinline__ void bwdCopyRows(u16 *dst, const u16 *src,
+                                            i64 stride, const BwdRows &qr,
+                                            i64 nq, bool vec) {
+  if (!qr.rows)
+    copyTile<D, 64, NT>(dst, src, stride, qr.q0, nq, vec);
+  else if (threadIdx.x < kDynThreads)
+    copyRows<D>(dst, src, stride, qr.rows, qr.count, vec);
+}
+
+/// bwdStoreRows of warp `warp`'s rows of the block (gathered: each row at
+/// its query index).
+template <int E, int D>
+__device__ __forceinline__ void bwdStoreQueries(const FlashAcc<D> &acc,
+                                                float mul, u16 *base,
+                                                i64 strideS, const BwdRows &qr,
+                                                int warp, i64 nq) {
+  if (!qr.rows) {
+    bwdStoreRows<E, D>(acc, mul, base, strideS, qr.q0, warp, nq);
+    return;
+  }
+  const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const i64 i = bwdRow(qr, warp * 16 + lane / 4 + h * 8, nq);
+    if (i < 0)
+      continue;
+    u16 *row = base + i * strideS;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn)
+      *reinterpret_cast<u32 *>(row + dn * 8 + c2) =
+          packFloats<E>(acc.o[dn][2 * h] * mul, acc.o[dn][2 * h + 1] * mul);
+  }
+}
+
 /// The walk's next tile into `tile` (thread 0), published with its staged
 /// rows (gathered tiles) by the barriers here; false at the walk's end.
 template <class Walk>
@@ -100,7 +162,7 @@ bwdDynNext(Walk &w, DynTile &tile, DynRows &rows, const u16 *kBase, i64 kStride,
   return true;
 }
 
-/// dQ of the 64 rows from q0 of head sl.head over walk `w` (set up by
+/// dQ of the block's 64 rows `qr` of head sl.head over walk `w` (set up by
 /// thread 0 before): 128 threads (4 warps of 16 rows), K and V tiles in
 /// `sm`. Per tile: S = Q K^T with the walk's keep bits, P from the
 /// forward's LSE, dP = dO V^T, dS = P (dP - D), dQ += dS K; stored once
@@ -108,8 +170,9 @@ bwdDynNext(Walk &w, DynTile &tile, DynRows &rows, const u16 *kBase, i64 kStride,
 template <int E, int D, class Walk>
 __device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
                                             const DynSlice &sl, Walk &w,
-                                            PipeTiles<D> &tiles, i64 q0) {
-  constexpr int NT = 128, BQ = 64;
+                                            PipeTiles<D> &tiles,
+                                            const BwdRows &qr) {
+  constexpr int NT = 128;
   constexpr int kKind = Walk::kRows;
   PipeTiles<D> &sm = *bwdOpaque(&tiles);
   __shared__ DynTile tile;
@@ -119,10 +182,10 @@ __device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
   const bool vec = p.vectorLoads != 0;
   const u16 *kBase = p.k + b * p.ks.b + kvh * p.ks.h;
   const u16 *vBase = p.v + b * p.vs.b + kvh * p.vs.h;
-  copyTile<D, BQ, NT>(sm.k(), p.q + b * p.qs.b + head * p.qs.h, p.qs.s, q0,
-                      p.nq, vec);
-  copyTile<D, BQ, NT>(sm.v(), p.dO + b * p.dOs.b + head * p.dOs.h, p.dOs.s, q0,
-                      p.nq, vec);
+  bwdCopyRows<D, NT>(sm.k(), p.q + b * p.qs.b + head * p.qs.h, p.qs.s, qr,
+                     p.nq, vec);
+  bwdCopyRows<D, NT>(sm.v(), p.dO + b * p.dOs.b + head * p.dOs.h, p.dOs.s, qr,
+                     p.nq, vec);
   cpAsyncCommit();
   cpAsyncWait<0>();
   __syncthreads(); // (also publishes the walk thread 0 set up)
@@ -132,10 +195,10 @@ __device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
   float lse2[2], dl[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const i64 i = q0 + warp * 16 + lane / 4 + h * 8;
+    const i64 i = bwdRow(qr, warp * 16 + lane / 4 + h * 8, p.nq);
     const i64 at = (b * p.numHeads + head) * p.nq + i;
-    lse2[h] = i < p.nq ? bwdLse2(p.lse[at]) : __int_as_float(0x7f800000);
-    dl[h] = i < p.nq ? p.delta[at] : 0.f;
+    lse2[h] = i >= 0 ? bwdLse2(p.lse[at]) : __int_as_float(0x7f800000);
+    dl[h] = i >= 0 ? p.delta[at] : 0.f;
   }
   const typename Walk::Lane ln = w.lane();
   FlashAcc<D> dq;
@@ -172,12 +235,12 @@ __device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
     pipeValues<E, D>(da, sm.k(), dq); // dQ += dS K (s applied at the end)
     __syncthreads(); // every warp is done with K, V, the tile and its rows
   }
-  bwdStoreRows<E, D>(dq, p.scale, p.dq + b * p.dqs.b + head * p.dqs.h, p.dqs.s,
-                     q0, warp, p.nq);
+  bwdStoreQueries<E, D>(dq, p.scale, p.dq + b * p.dqs.b + head * p.dqs.h,
+                        p.dqs.s, qr, warp, p.nq);
 }
 
-/// dK and dV of the 64 rows from q0 of head sl.head over walk `w` (set up
-/// by thread 0 before): BwdKeyShape<D>'s threads, BwdKeyTiles<D> with the
+/// dK and dV of the block's 64 rows `qr` of head sl.head over walk `w` (set
+/// up by thread 0 before): BwdKeyShape<D>'s threads, BwdKeyTiles<D> with the
 /// rows' Q, dO, LSE and D resident. Per tile: its keys into the K and V
 /// tiles, the keep bits (warps 0-3, the forward's rows) into the
 /// query-major mask, bwdKeyProducts into fresh accumulators, added to
@@ -185,7 +248,8 @@ __device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
 template <int E, int D, class Walk>
 __device__ __forceinline__ void bwdDynKeyValue(const BwdParams &p,
                                                const DynSlice &sl, Walk &w,
-                                               BwdKeyTiles<D> &tiles, i64 q0) {
+                                               BwdKeyTiles<D> &tiles,
+                                               const BwdRows &qr) {
   using Shape = BwdKeyShape<D>;
   constexpr int NT = Shape::kThreads, BQ = 64, C = Shape::kCols;
   constexpr int kKind = Walk::kRows;
@@ -199,19 +263,19 @@ __device__ __forceinline__ void bwdDynKeyValue(const BwdParams &p,
   const bool vec = p.vectorLoads != 0;
   const u16 *kBase = p.k + b * p.ks.b + kvh * p.ks.h;
   const u16 *vBase = p.v + b * p.vs.b + kvh * p.vs.h;
-  copyTile<D, BQ, NT>(sm.q(), p.q + b * p.qs.b + head * p.qs.h, p.qs.s, q0,
-                      p.nq, vec);
-  copyTile<D, BQ, NT>(sm.dO(), p.dO + b * p.dOs.b + head * p.dOs.h, p.dOs.s, q0,
-                      p.nq, vec);
+  bwdCopyRows<D, NT>(sm.q(), p.q + b * p.qs.b + head * p.qs.h, p.qs.s, qr,
+                     p.nq, vec);
+  bwdCopyRows<D, NT>(sm.dO(), p.dO + b * p.dOs.b + head * p.dOs.h, p.dOs.s, qr,
+                     p.nq, vec);
   cpAsyncCommit();
   const i64 rowsAt = (b * p.numHeads + head) * p.nq;
   if (threadIdx.x < BQ) {
-    const i64 i = q0 + threadIdx.x;
+    const i64 i = bwdRow(qr, threadIdx.x, p.nq);
     sm.lse2[threadIdx.x] =
-        i < p.nq ? bwdLse2(p.lse[rowsAt + i]) : __int_as_float(0x7f800000);
+        i >= 0 ? bwdLse2(p.lse[rowsAt + i]) : __int_as_float(0x7f800000);
   } else if (threadIdx.x < 2 * BQ) {
-    const i64 i = q0 + threadIdx.x - BQ;
-    sm.delta[threadIdx.x - BQ] = i < p.nq ? p.delta[rowsAt + i] : 0.f;
+    const i64 i = bwdRow(qr, threadIdx.x - BQ, p.nq);
+    sm.delta[threadIdx.x - BQ] = i >= 0 ? p.delta[rowsAt + i] : 0.f;
   }
   cpAsyncWait<0>();
   __syncthreads(); // Q, dO, the rows and the walk set up
@@ -262,14 +326,16 @@ __device__ __forceinline__ void bwdDynKeyValue(const BwdParams &p,
 template <int E, int D, class Walk>
 __device__ __forceinline__ void bwdDynPass(const BwdParams &p,
                                            const DynSlice &sl, Walk &w,
-                                           PipeTiles<D> &sm, i64 q0) {
-  bwdDynQuery<E, D>(p, sl, w, sm, q0);
+                                           PipeTiles<D> &sm,
+                                           const BwdRows &qr) {
+  bwdDynQuery<E, D>(p, sl, w, sm, qr);
 }
 template <int E, int D, class Walk>
 __device__ __forceinline__ void bwdDynPass(const BwdParams &p,
                                            const DynSlice &sl, Walk &w,
-                                           BwdKeyTiles<D> &sm, i64 q0) {
-  bwdDynKeyValue<E, D>(p, sl, w, sm, q0);
+                                           BwdKeyTiles<D> &sm,
+                                           const BwdRows &qr) {
+  bwdDynKeyValue<E, D>(p, sl, w, sm, qr);
 }
 
 /// The backward kernels of a dynamic group's chunk (grid: ceil(Nq / 64),
@@ -286,7 +352,30 @@ __device__ __forceinline__ void bwdDynGroup(const BwdParams &p,
   __shared__ Walk w;
   if (threadIdx.x == 0)
     bwdWalkInit(w, p, a, sl, g, q0);
-  bwdDynPass<E, D>(p, sl, w, sm, q0);
+  bwdDynPass<E, D>(p, sl, w, sm, BwdRows{q0, nullptr, 0});
+}
+
+/// The backward kernels of a routing group's chunk (grid: routingTiles(),
+/// the chunk's slots, its batch entries), in place of rtAttend: block x
+/// takes segment tile x (rtWalkInit: its rows gathered through the
+/// forward's permutation, the keys of its cluster as the forward's walk
+/// visits them), then the pass its tiles type selects. The clusters are
+/// the forward's (built again by its kernels); the selection carries no
+/// gradient. Routing whose pattern allows pairs outside the clusters
+/// (rtRest's merge) has no backward kernels.
+template <int E, int D, class Pats, class Tiles>
+__device__ __forceinline__ void bwdRtGroup(const BwdParams &p,
+                                           const DynArgs &a,
+                                           const DynGroupTable &g, Tiles &sm) {
+  const DynSlice sl = bwdDynSlice(p, a, g.heads);
+  __shared__ RtWalk<Pats> w;
+  BwdRows qr;
+  qr.q0 = 0;
+  qr.rows = rtWalkInit(w, qr.count, p.nq, p.nk, p.numHeads, a, sl, g,
+                       (i64)blockIdx.x);
+  if (!qr.rows)
+    return; // beyond the segments' tiles (uniform per block)
+  bwdDynPass<E, D>(p, sl, w, sm, qr);
 }
 /// Zeroes p.dynKV: grid (ceil(Nk / 128), kv heads, batch), a thread a key.
 template <int D>

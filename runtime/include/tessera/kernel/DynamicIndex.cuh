@@ -1795,6 +1795,24 @@ __device__ __forceinline__ void btAttend(const AttnParams &p, const DynArgs &a,
 // block_index
 //===----------------------------------------------------------------------===//
 
+/// btWalkInit over the caller's block index: the CSR rows of (sl.b,
+/// sl.head), query blocks of a.blockQ positions, key blocks of a.blockK
+/// keys. The forward's biAttend and the backward's kernels
+/// (DynamicBackward.cuh) set it so.
+template <class Pats>
+__device__ __forceinline__ void
+biWalkInit(BtWalk<Pats, int> &w, i64 nq, i64 nk, i64 nh, const DynArgs &a,
+           const DynSlice &sl, const DynGroupTable &g, i64 q0) {
+  const int *off =
+      a.biOffsets + (sl.b * a.biHeads + sl.head) * (a.biStride + 1);
+  const int *cols = a.biCols;
+  btWalkInit(w, nq, nk, nh, sl, g, q0, a.blockQ, a.blockK,
+             [=](i64 qb, const int *&list, i64 &n) {
+               list = cols + off[qb];
+               n = off[qb + 1] - off[qb];
+             });
+}
+
 /// Attention of one 64-row query tile over the caller's block index
 /// (block_index: a.biOffsets, a.biCols, validated and uploaded by the
 /// runtime): block top-k's walk over the CSR rows of the query blocks
@@ -1806,15 +1824,8 @@ template <int E, int D, class Pats, class Tiles>
 __device__ __forceinline__ void biAttend(const AttnParams &p, const DynArgs &a,
                                          const DynGroupTable &g, Tiles &sh) {
   const DynSlice sl = dynSlice(p, a, g.heads);
-  const int *off =
-      a.biOffsets + (sl.b * a.biHeads + sl.head) * (a.biStride + 1);
-  const int *cols = a.biCols;
   btListsAttend<E, D, Pats, int>(p, sh, sl, [&](BtWalk<Pats, int> &w, i64 q0) {
-    btWalkInit(w, p.nq, p.nk, p.numHeads, sl, g, q0, a.blockQ, a.blockK,
-               [=](i64 qb, const int *&list, i64 &n) {
-                 list = cols + off[qb];
-                 n = off[qb + 1] - off[qb];
-               });
+    biWalkInit(w, p.nq, p.nk, p.numHeads, a, sl, g, q0);
   });
 }
 
@@ -2031,6 +2042,57 @@ template <class Pats> struct RtWalk {
   }
 };
 
+/// The walk of segment tile x (of routingTiles()) in slice `sl`: the keys
+/// of its cluster; w.rowQ its rows (query indices, -1 past them: threads
+/// 0-63), the cursor and constants thread 0's; the call's nq, nk and heads
+/// (nh). Returns the tile's rows in the permutation (`count` of them), or
+/// null past the segments' tiles (no rows). The forward's rtAttend and the
+/// backward's kernels (DynamicBackward.cuh) set it so.
+template <class Pats>
+__device__ __forceinline__ const i64 *
+rtWalkInit(RtWalk<Pats> &w, int &count, i64 nq, i64 nk, i64 nh,
+           const DynArgs &a, const DynSlice &sl, const DynGroupTable &g,
+           i64 x) {
+  const DynLayout &lay = sl.lay;
+  const i64 *tileStart = reinterpret_cast<const i64 *>(sl.ws + lay.tileStart);
+  const i64 *qStart = reinterpret_cast<const i64 *>(sl.ws + lay.qStart);
+  const i64 *kStart = reinterpret_cast<const i64 *>(sl.ws + lay.kStart);
+  const i64 *permQ = reinterpret_cast<const i64 *>(sl.ws + lay.permQ);
+  const i64 C = a.clusters;
+  count = 0;
+  if (x >= tileStart[C]) { // no rows: nothing stored
+    if (threadIdx.x < 64)
+      w.rowQ[threadIdx.x] = -1;
+    return nullptr;
+  }
+  // The cluster: the last c with tileStart[c] <= x.
+  i64 lo = 0, hi = C;
+  while (lo < hi) {
+    const i64 mid = (lo + hi + 1) / 2;
+    if (tileStart[mid] <= x)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const i64 c = lo;
+  const i64 r0 = qStart[c] + (x - tileStart[c]) * 64;
+  const int rows = (int)minI(64, qStart[c + 1] - r0);
+  count = rows;
+  if (threadIdx.x < 64)
+    w.rowQ[threadIdx.x] =
+        (int)threadIdx.x < rows ? permQ[r0 + threadIdx.x] : -1;
+  if (threadIdx.x == 0) {
+    w.permK = reinterpret_cast<const i64 *>(sl.ws + lay.permK);
+    w.shift = nk - nq;
+    w.head = sl.head;
+    w.nh = nh;
+    w.withId = g.withId;
+    w.at = kStart[c];
+    w.end = kStart[c + 1];
+  }
+  return permQ + r0;
+}
+
 /// Query tile blockIdx.x of the segments (grid routingTiles()): its rows
 /// gathered from Q, the keys of its cluster (RtWalk); rows stored through
 /// the permutation.
@@ -2041,54 +2103,20 @@ __device__ __forceinline__ void rtAttend(const AttnParams &p, const DynArgs &a,
   const DynSlice sl = dynSlice(p, a, g.heads);
   const DynLayout &lay = sl.lay;
   const i64 *tileStart = reinterpret_cast<const i64 *>(sl.ws + lay.tileStart);
-  const i64 *qStart = reinterpret_cast<const i64 *>(sl.ws + lay.qStart);
-  const i64 *kStart = reinterpret_cast<const i64 *>(sl.ws + lay.kStart);
   const i64 *permQ = reinterpret_cast<const i64 *>(sl.ws + lay.permQ);
   constexpr int N = DynParts<Tiles>::value;
-  const i64 C = a.clusters;
-  if ((i64)blockIdx.x * N >= tileStart[C])
+  if ((i64)blockIdx.x * N >= tileStart[a.clusters])
     return; // beyond the segments' tiles (uniform per block)
   DynQueries<N> qt;
   __shared__ RtWalk<Pats> ws[N];
 #pragma unroll
   for (int part = 0; part < N; ++part) {
-    const i64 x = (i64)blockIdx.x * N + part;
-    RtWalk<Pats> &w = ws[part];
-    qt.live[part] = x < tileStart[C];
+    const i64 *rows =
+        rtWalkInit(ws[part], qt.count[part], p.nq, p.nk, p.numHeads, a, sl, g,
+                   (i64)blockIdx.x * N + part);
+    qt.live[part] = rows != nullptr;
     qt.q0[part] = 0;
-    qt.rows[part] = permQ;
-    qt.count[part] = 0;
-    if (!qt.live[part]) { // no rows: nothing stored
-      if (threadIdx.x < 64)
-        w.rowQ[threadIdx.x] = -1;
-      continue;
-    }
-    // The cluster: the last c with tileStart[c] <= x.
-    i64 lo = 0, hi = C;
-    while (lo < hi) {
-      const i64 mid = (lo + hi + 1) / 2;
-      if (tileStart[mid] <= x)
-        lo = mid;
-      else
-        hi = mid - 1;
-    }
-    const i64 c = lo;
-    const i64 r0 = qStart[c] + (x - tileStart[c]) * 64;
-    const int rows = (int)minI(64, qStart[c + 1] - r0);
-    qt.rows[part] = permQ + r0;
-    qt.count[part] = rows;
-    if (threadIdx.x < 64)
-      w.rowQ[threadIdx.x] =
-          (int)threadIdx.x < rows ? permQ[r0 + threadIdx.x] : -1;
-    if (threadIdx.x == 0) {
-      w.permK = reinterpret_cast<const i64 *>(sl.ws + lay.permK);
-      w.shift = p.nk - p.nq;
-      w.head = sl.head;
-      w.nh = p.numHeads;
-      w.withId = g.withId;
-      w.at = kStart[c];
-      w.end = kStart[c + 1];
-    }
+    qt.rows[part] = rows ? rows : permQ;
   }
   FlashAcc<D> acc;
   const int part = dynAttendWalk<E, D>(p, sl, ws, sh, qt, acc);

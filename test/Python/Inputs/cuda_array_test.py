@@ -313,7 +313,8 @@ print(f"block index on CUDA: o {'ok' if rel(bo.array, o64) < 4e-3 else 'BAD'}, "
       f"{'ok' if rel(bo.array, ho) < 4e-3 and rel(blse.array, hl) < 1e-4 else 'BAD'}")
 refused("block index in device memory", lambda: bi_cuda.attention(
     1, DevArray(bq), DevArray(bk), DevArray(bv), out=bo, lse=False,
-    block_index=(DevArray(offsets).array, DevArray(cols).array)))
+    block_index=(DevArray(offsets.copy()).array,
+                 DevArray(cols.copy()).array)))
 
 # Hostile interfaces: each refused by name, none crashes.
 for what, bad in (("a list interface", []),
@@ -327,3 +328,17 @@ for what, bad in (("a list interface", []),
     else:
         x.iface = bad
     refused(what, lambda: cuda.attention(0, x, k, k, out=out, lse=False))
+
+# The block index's backward on CUDA (the forward's lists, host memory)
+# against the CPU context's backward over the same lists.
+bdo = rng.standard_normal(bq.shape).astype(np.float16)
+grads = [DevArray(np.full(x.shape, np.nan, np.float16)) for x in (bq, bk, bk)]
+bi_cuda.attention_backward(1, DevArray(bq), DevArray(bk), DevArray(bv), bo,
+                           blse, DevArray(bdo), dq=grads[0], dk=grads[1],
+                           dv=grads[2], block_index=(offsets, cols))
+want = bi_cpu.attention_backward(1, bq.copy(), bk.copy(), bv.copy(), ho, hl,
+                                 bdo.copy(), block_index=(offsets.copy(),
+                                                          cols.copy()))
+errs = [rel(g.array, w) for g, w in zip(grads, want)]
+print(f"block index backward on CUDA: same as the CPU context "
+      f"{'ok' if max(errs) < 1e-2 else 'BAD ' + str(errs)}")

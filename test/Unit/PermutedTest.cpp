@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -304,6 +305,93 @@ TEST(PermutedRunsTest, PrefixClosedFormMatchesEveryPair) {
       }
   }
   EXPECT_EQ(closed, 2 * (int64_t(cases.size()) * int64_t(shapes.size()) - 2));
+}
+
+TEST(PermutedRunsTest, PrefixRandomTreesMatchEveryPair) {
+  // Random combinator trees of prompt ranges, bands, sinks, periodic and
+  // head-dependent leaves: wherever closedFormReason accepts a prefixed
+  // transpose, every tile's class matches every pair; and a fair share of
+  // the trees is accepted (else the test would check nothing).
+  using P = s::Pattern;
+  std::mt19937_64 rng(23);
+  auto pick = [&](int64_t n) { return int64_t(rng() % uint64_t(n)); };
+  constexpr int64_t kPeriod = 12;
+  std::function<P(int)> tree = [&](int depth) -> P {
+    if (depth > 0 && pick(3) == 0) {
+      std::vector<P> parts;
+      for (int64_t i = 0, n = 2 + pick(2); i < n; ++i)
+        parts.push_back(tree(depth - 1));
+      switch (pick(3)) {
+      case 0:
+        return P{s::Union{parts}};
+      case 1:
+        return P{s::Intersect{parts}};
+      default:
+        return P{s::Difference{{parts[0], parts[1]}}};
+      }
+    }
+    s::IndexSet set;
+    switch (pick(9)) {
+    case 0:
+      return P{s::Window{pick(30), pick(30)}};
+    case 1:
+      return P{s::Causal{}};
+    case 2:
+      return P{s::Sink{1 + pick(20)}};
+    case 3:
+      return P{s::MultiDiagonal{kPeriod, {}, pick(3)}};
+    case 4:
+      return P{s::Grid{kPeriod, 1 + pick(2), pick(3), pick(kPeriod)}};
+    case 5:
+      return P{s::StridedShards{1 + pick(3), 1 + pick(2), pick(3)}};
+    case 6:
+      set.period = pick(2) ? kPeriod : kPeriod / 2;
+      set.width = 1 + pick(set.period - 1);
+      set.phase = pick(set.period);
+      return pick(2) ? P{s::VerticalStripe{set}} : P{s::HorizontalStripe{set}};
+    default: // a prompt's ranges, sometimes past the prefix
+      set.ranges = {{0, pick(4) ? 10 : 1 + pick(30)}};
+      return pick(2) ? P{s::VerticalStripe{set}} : P{s::HorizontalStripe{set}};
+    }
+  };
+  struct Shape {
+    int64_t nq, nk, bq, bk;
+  };
+  std::vector<Shape> shapes = {
+      {60, 60, 8, 8}, {50, 77, 16, 4}, {77, 50, 4, 16}, {30, 30, 32, 32}};
+  int64_t trees = 300, accepted = 0;
+  for (int64_t t = 0; t < trees; ++t) {
+    P pattern = tree(3);
+    schedule::Program program;
+    std::string error;
+    if (!schedule::lowerPattern(pattern, program, error))
+      continue; // too deep for the kernel's stack
+    for (const Shape &sh : shapes) {
+      layout::PeriodTranspose perm{kPeriod, 10};
+      int64_t head = pick(4);
+      if (!layout::closedFormReason(program.nodes.data(), program.nodes.size(),
+                                    program.data.data(), perm, head, sh.nq,
+                                    sh.nk)
+               .empty())
+        continue;
+      ++accepted;
+      SCOPED_TRACE("tree " + std::to_string(t) + " nq " +
+                   std::to_string(sh.nq) + " nk " + std::to_string(sh.nk));
+      layout::PermutedRuns pr{program.nodes.data(),
+                              int64_t(program.nodes.size()),
+                              perm,
+                              sh.nq,
+                              sh.nk,
+                              sh.bq,
+                              sh.bk,
+                              head,
+                              program.data.data()};
+      ASSERT_EQ(closedFormTiles(pr),
+                referenceTiles(pattern, head, 4, kPeriod, sh.nq, sh.nk, sh.bq,
+                               sh.bk, perm.prefix));
+    }
+  }
+  EXPECT_GE(accepted, trees * int64_t(shapes.size()) / 5);
 }
 
 TEST(PermutedRunsTest, PrefixNamesTheLeafAndTheQuadrant) {

@@ -382,6 +382,10 @@ inline int programClass(const kernel::Node *nodes, int64_t count,
       blame.push_back(leaf[i] == kUnknown ? i : -1);
       continue;
     }
+    if (n.axis < 1 || size_t(n.axis) > stack.size()) { // not a program
+      unknownLeaf = -1;
+      return kUnknown;
+    }
     size_t base = stack.size() - size_t(n.axis);
     int c = combineClasses(n.kind, stack.data() + base, n.axis);
     int64_t b = -1;
@@ -419,6 +423,8 @@ inline Ranges quadrantResidues(const kernel::Node *nodes, int64_t count,
                                                   : constant(leaf[i]));
       continue;
     }
+    if (n.axis < 1 || size_t(n.axis) > stack.size())
+      return {}; // not a program (programClass says kUnknown)
     size_t base = stack.size() - size_t(n.axis);
     int c = combineClasses(n.kind, cls.data() + base, n.axis);
     Ranges r = constant(c);

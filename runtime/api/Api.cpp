@@ -1792,14 +1792,21 @@ bool permutedOnCpu(const Call &c) {
          !c.d.head_active;
 }
 
-/// The static heads of a layer with layouts: the groups without a layout
-/// by the executor (the permuted groups' heads listed as skipped there, so
+/// The static heads of a layer with layouts: the groups without a layout,
+/// and those cpu::originalOrderReason keeps in their order at this call's
+/// lengths (an identity transpose, a walk too costly to derive), by the
+/// executor (the permuted groups' heads listed as skipped there, so
 /// written as O = 0 first), then each permuted group in its order.
 tessera_status runPermutedCpu(const Call &c, const cpu::LayerArgs &a) {
   const LayerDesc &l = *c.l;
   std::vector<bool> permuted(l.groupBegin.size(), false);
+  std::vector<const GroupLayout *> runs;
   for (const GroupLayout &g : l.layouts)
-    permuted[size_t(g.group)] = true;
+    if (cpu::originalOrderReason(l.table(), g.group, g.perm, a.q.seq, a.k.seq)
+            .empty()) {
+      permuted[size_t(g.group)] = true;
+      runs.push_back(&g);
+    }
   std::vector<kernel::i64> head, group, skipped = l.skippedHeads;
   for (size_t i = 0; i < l.computedHead.size(); ++i)
     if (permuted[size_t(l.headGroup[i])]) {
@@ -1819,8 +1826,8 @@ tessera_status runPermutedCpu(const Call &c, const cpu::LayerArgs &a) {
   rest.skippedHead = skipped.data();
   if (std::string e = cpu::runLayer(rest, a); !e.empty())
     return fail(TESSERA_ERROR_INTERNAL, e);
-  for (const GroupLayout &g : l.layouts)
-    if (std::string e = cpu::runPermutedGroup(l.table(), g.group, g.perm, a);
+  for (const GroupLayout *g : runs)
+    if (std::string e = cpu::runPermutedGroup(l.table(), g->group, g->perm, a);
         !e.empty())
       return fail(TESSERA_ERROR_INTERNAL, c.layerName() + ": " + e);
   return TESSERA_OK;

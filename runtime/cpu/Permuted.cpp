@@ -124,7 +124,7 @@ void pairwiseRuns(const kernel::Node *nodes, int64_t count,
                   int64_t head, int64_t numHeads, BlockRuns &out) {
   int64_t nq = qTok.size(), nk = kTok.size();
   int64_t qBlocks = (nq + bq - 1) / bq, kBlocks = (nk + bk - 1) / bk;
-  std::vector<int32_t> allowed(qBlocks * kBlocks, 0);
+  std::vector<int64_t> allowed(qBlocks * kBlocks, 0);
   for (int64_t s = 0; s < nq; ++s)
     for (int64_t t = 0; t < nk; ++t)
       allowed[(s / bq) * kBlocks + t / bk] +=
@@ -133,7 +133,7 @@ void pairwiseRuns(const kernel::Node *nodes, int64_t count,
   for (int64_t i = 0; i < qBlocks; ++i) {
     for (int64_t j = 0; j < kBlocks; ++j) {
       int64_t pairs = std::min(bq, nq - i * bq) * std::min(bk, nk - j * bk);
-      int32_t c = allowed[i * kBlocks + j];
+      int64_t c = allowed[i * kBlocks + j];
       if (c == 0)
         continue;
       bool full = c == pairs;
@@ -446,6 +446,51 @@ std::string walkOf(const kernel::Node *nodes, int64_t count,
   return why;
 }
 
+/// What the head-dependent leaves of a group's program read of head `h`
+/// (strided shards' shard, shifted groups' shift): heads with equal keys
+/// have equal masks, hence one walk.
+std::vector<int64_t> headMaskKey(const kernel::Node *nodes, int64_t count,
+                                 int64_t h, int64_t numHeads) {
+  std::vector<int64_t> key;
+  for (int64_t i = 0; i < count; ++i) {
+    if (nodes[i].kind == kernel::kShards)
+      key.push_back(kernel::floorMod(h + nodes[i].c, nodes[i].b));
+    else if (nodes[i].kind == kernel::kGroups)
+      key.push_back(h >= numHeads / 2);
+  }
+  return key;
+}
+
+/// The computed heads of group `group`, split into classes of equal masks
+/// (headMaskKey), in head order within each class.
+std::vector<std::vector<int64_t>> headClasses(const kernel::LayerTable &table,
+                                              int64_t group) {
+  const kernel::Node *nodes = table.nodes + table.groupBegin[group];
+  int64_t count = table.groupBegin[group + 1] - table.groupBegin[group];
+  std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> classes;
+  for (int64_t i = 0; i < table.numComputed; ++i) {
+    if (table.headGroup[i] != group)
+      continue;
+    int64_t h = table.computedHead[i];
+    std::vector<int64_t> key = headMaskKey(nodes, count, h, table.numHeads);
+    auto it = std::find_if(classes.begin(), classes.end(),
+                           [&](const auto &c) { return c.first == key; });
+    if (it == classes.end())
+      classes.push_back({std::move(key), {h}});
+    else
+      it->second.push_back(h);
+  }
+  std::vector<std::vector<int64_t>> out;
+  for (auto &c : classes)
+    out.push_back(std::move(c.second));
+  return out;
+}
+
+std::string runHeads(const kernel::LayerTable &table, int64_t group,
+                     const layout::PeriodTranspose &perm, const LayerArgs &a,
+                     const std::vector<int64_t> &heads, RunStats *stats,
+                     PermutedInfo *info);
+
 } // namespace
 
 std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
@@ -456,6 +501,35 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
   auto t0 = std::chrono::steady_clock::now();
   if (std::string e = checkCall(table, group, perm, a); !e.empty())
     return "runPermutedGroup: " + e;
+  // Heads whose masks differ (strided shards, shifted groups) walk apart:
+  // one walk a class of equal masks.
+  PermutedInfo total;
+  total.closedForm = true;
+  for (const std::vector<int64_t> &heads : headClasses(table, group)) {
+    PermutedInfo one;
+    if (std::string e = runHeads(table, group, perm, a, heads, stats, &one);
+        !e.empty())
+      return e;
+    total.closedForm = total.closedForm && one.closedForm;
+    if (total.why.empty())
+      total.why = one.why;
+    total.runsSeconds += one.runsSeconds;
+    total.gatherSeconds += one.gatherSeconds;
+  }
+  total.totalSeconds = secondsSince(t0);
+  if (info)
+    *info = total;
+  return "";
+}
+
+namespace {
+
+/// runPermutedGroup for heads `heads` of the group, whose masks are equal.
+std::string runHeads(const kernel::LayerTable &table, int64_t group,
+                     const layout::PeriodTranspose &perm, const LayerArgs &a,
+                     const std::vector<int64_t> &heads, RunStats *stats,
+                     PermutedInfo *info) {
+  auto t0 = std::chrono::steady_clock::now();
   int64_t kvHeadCount = a.numKvHeads ? a.numKvHeads : a.k.heads;
   Job job{a, table.nodes + table.groupBegin[group],
           table.groupBegin[group + 1] - table.groupBegin[group], table.data};
@@ -479,16 +553,14 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
     job.qTok[s] = perm.token(s, job.nq);
   for (int64_t s = 0; s < job.nk; ++s)
     job.kTok[s] = perm.token(s, job.nk);
-  for (int64_t i = 0; i < table.numComputed; ++i)
-    if (table.headGroup[i] == group)
-      job.heads.push_back(table.computedHead[i]);
+  job.heads = heads;
   for (int64_t h : job.heads)
     job.kvHeads.push_back(h / job.perKv);
   job.kvHeads.erase(std::unique(job.kvHeads.begin(), job.kvHeads.end()),
                     job.kvHeads.end());
 
-  // The heads of a group have identical masks: the first one's walk serves
-  // them all (partial tiles still test each head's own pairs).
+  // The heads have identical masks (runPermutedGroup's classes): the first
+  // one's walk, residue relation and bit masks serve them all.
   int64_t head = job.heads.front();
   auto tRuns = std::chrono::steady_clock::now();
   std::string why = walkOf(job.nodes, job.count, job.data, perm, head,
@@ -533,6 +605,51 @@ std::string cpu::runPermutedGroup(const kernel::LayerTable &table,
   return "";
 }
 
+} // namespace
+
+std::string cpu::originalOrderReason(const kernel::LayerTable &table,
+                                     int64_t group,
+                                     const layout::PeriodTranspose &perm,
+                                     int64_t nq, int64_t nk) {
+  const int64_t p = perm.period;
+  auto segment = [&](int64_t n) {
+    return std::max<int64_t>(0, n - std::min(perm.prefix, n));
+  };
+  if (segment(nq) <= p && segment(nk) <= p)
+    return "the transpose is the identity at Nq = " + std::to_string(nq) +
+           ", Nk = " + std::to_string(nk) + " (period " + std::to_string(p) +
+           ")";
+  const kernel::Node *nodes = table.nodes + table.groupBegin[group];
+  int64_t count = table.groupBegin[group + 1] - table.groupBegin[group];
+  for (const std::vector<int64_t> &heads : headClasses(table, group)) {
+    if (!layout::closedFormReason(nodes, count, table.data, perm, heads.front(),
+                                  nq, nk)
+             .empty()) {
+      if (double(nq) * double(nk) > double(int64_t(1) << 30))
+        return "no closed form, and classifying Nq x Nk = " +
+               std::to_string(nq) + " x " + std::to_string(nk) +
+               " pairs exceeds 2^30";
+      continue;
+    }
+    // The closed form lists, per residue, period / L intervals of each
+    // periodic leaf of period L (strided shards: shards x block).
+    double intervals = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      const kernel::Node &n = nodes[i];
+      if (n.kind == kernel::kPeriodic)
+        intervals += double(p) / double(n.a);
+      else if (n.kind == kernel::kShards)
+        intervals += double(p) / (double(n.a) * double(n.b));
+    }
+    if (intervals > 4096)
+      return "the closed form would list " +
+             std::to_string(int64_t(intervals)) +
+             " intervals a residue (period " + std::to_string(p) +
+             " against its leaves' periods; at most 4096)";
+  }
+  return "";
+}
+
 std::string cpu::permutedWalk(const kernel::LayerTable &table, int64_t group,
                               const layout::PeriodTranspose &perm, int64_t nq,
                               int64_t nk, int64_t bq, int64_t bk,
@@ -551,8 +668,15 @@ std::string cpu::permutedWalk(const kernel::LayerTable &table, int64_t group,
   if (perm.period < 2 || perm.prefix < 0)
     return "permutedWalk: the period must be at least 2 and the prefix not "
            "negative";
-  if (nq < 0 || nk < 0 || bq < 1 || bk < 1)
-    return "permutedWalk: lengths must not be negative and tiles positive";
+  if (nq < 0 || nk < 0 || bq < 1 || bk < 1 || bq > 1024 || bk > 1024)
+    return "permutedWalk: lengths must not be negative and tiles in [1, "
+           "1024], got Nq = " +
+           std::to_string(nq) + ", Nk = " + std::to_string(nk) + ", tiles " +
+           std::to_string(bq) + " x " + std::to_string(bk);
+  if (headClasses(table, group).size() > 1)
+    return "permutedWalk: the heads of group " + std::to_string(group) +
+           " have different masks (strided shards or shifted groups): one "
+           "walk does not serve them all";
   std::vector<int64_t> qTok(nq), kTok(nk);
   for (int64_t s = 0; s < nq; ++s)
     qTok[s] = perm.token(s, nq);

@@ -631,6 +631,13 @@ TEST(PermutedGroupTest, MatchesTheOriginalOrderAndFloat64) {
        cpu::DType::F32, /*closedForm=*/false},
       {"strided shards (head-dependent)", shards, {0, 2}, 8, 96, 96, 8,
        cpu::DType::F32},
+      // Heads of one group with different masks (shard 0 and shard 1;
+      // shifted groups' shift on either side of H / 2): each class of
+      // equal masks walks its own runs.
+      {"strided shards, two shards in one group", shards, {0, 1, 3}, 8, 96,
+       96, 8, cpu::DType::F32},
+      {"shifted groups across the heads' halves", P{s::ShiftedGroups{8, 4}},
+       {1, 2}, 8, 80, 72, 8, cpu::DType::F32, /*closedForm=*/false},
       {"listed diagonals, bf16", listed, {0, 1}, 24, 150, 150, 16,
        cpu::DType::BF16, /*closedForm=*/false},
       {"grid, period a multiple of the stride, bf16", grid, {1, 3}, 20, 150,
@@ -703,6 +710,64 @@ TEST(PermutedGroupTest, MultiDiagonalTilesBecomeFullBands) {
   EXPECT_EQ(original.tilesPartial, 256);
   EXPECT_EQ(permuted.tilesFull, 80);
   EXPECT_EQ(permuted.tilesPartial, 0);
+}
+
+TEST(PermutedGroupTest, OriginalOrderWhereThePermutationCannotPay) {
+  using P = s::Pattern;
+  schedule::LayerSchedule sched;
+  std::string error;
+  ASSERT_TRUE(schedule::buildLayerSchedule(
+      {{P{s::MultiDiagonal{16, {}, 2}}, {0}},
+       {P{s::MultiDiagonal{4, {}, 0}}, {1}},
+       {P{s::Union{{P{s::Window{5, 5}}, P{s::MultiDiagonal{16, {}, 0}}}}},
+        {2}}},
+      3, sched, error))
+      << error;
+  const kernel::LayerTable &t = sched.table();
+  // The permuted order runs where it is a real transpose with a cheap walk.
+  EXPECT_EQ(cpu::originalOrderReason(t, 0, {16, 0}, 4096, 4096), "");
+  EXPECT_EQ(cpu::originalOrderReason(t, 2, {16, 0}, 4096, 4096), "");
+  // The identity: no part after the prefix longer than the period.
+  EXPECT_EQ(cpu::originalOrderReason(t, 0, {256, 0}, 200, 256),
+            "the transpose is the identity at Nq = 200, Nk = 256 (period "
+            "256)");
+  EXPECT_EQ(cpu::originalOrderReason(t, 0, {64, 100}, 150, 164),
+            "the transpose is the identity at Nq = 150, Nk = 164 (period 64)");
+  EXPECT_EQ(cpu::originalOrderReason(t, 0, {64, 100}, 150, 165), "");
+  // A period far above the leaf's: 2^13 intervals a residue.
+  EXPECT_EQ(cpu::originalOrderReason(t, 1, {1 << 15, 0}, 1 << 16, 1 << 16),
+            "the closed form would list 8192 intervals a residue (period "
+            "32768 against its leaves' periods; at most 4096)");
+  EXPECT_EQ(cpu::originalOrderReason(t, 1, {1 << 14, 0}, 1 << 16, 1 << 16),
+            "");
+  // A band: every pair classified, at most 2^30 of them.
+  EXPECT_EQ(cpu::originalOrderReason(t, 2, {16, 0}, 1 << 16, 1 << 15),
+            "no closed form, and classifying Nq x Nk = 65536 x 32768 pairs "
+            "exceeds 2^30");
+  EXPECT_EQ(cpu::originalOrderReason(t, 2, {16, 0}, 1 << 15, 1 << 15), "");
+}
+
+TEST(PermutedGroupTest, PermutedWalkRefusesWhatOneWalkCannotServe) {
+  using P = s::Pattern;
+  schedule::LayerSchedule sched;
+  std::string error;
+  ASSERT_TRUE(schedule::buildLayerSchedule(
+      {{P{s::StridedShards{2, 4, 0}}, {0, 1}}}, 2, sched, error))
+      << error;
+  cpu::PermutedWalk walk;
+  EXPECT_EQ(cpu::permutedWalk(sched.table(), 0, {8, 0}, 64, 64, 64, 64, walk),
+            "permutedWalk: the heads of group 0 have different masks "
+            "(strided shards or shifted groups): one walk does not serve "
+            "them all");
+  ASSERT_TRUE(schedule::buildLayerSchedule(
+      {{P{s::StridedShards{2, 4, 0}}, {0}}}, 1, sched, error))
+      << error;
+  EXPECT_EQ(cpu::permutedWalk(sched.table(), 0, {8, 0}, 64, 64, 64, 64, walk),
+            "");
+  EXPECT_EQ(
+      cpu::permutedWalk(sched.table(), 0, {8, 0}, 64, 64, 2048, 64, walk),
+      "permutedWalk: lengths must not be negative and tiles in [1, 1024], got "
+      "Nq = 64, Nk = 64, tiles 2048 x 64");
 }
 
 TEST(PermutedGroupTest, RefusesWhatItDoesNotRun) {

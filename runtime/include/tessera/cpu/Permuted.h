@@ -22,10 +22,11 @@ namespace tessera::cpu {
 
 /// How a permuted group ran, for benchmarks and tests.
 struct PermutedInfo {
-  /// True when the walk took the closed-form runs of layout::PermutedRuns;
-  /// false when the program is not residue-only for the period and every
-  /// pair was classified (`why` says which leaf), or the walk came from an
-  /// earlier call's classification.
+  /// True when the walk (of every head class) took the closed-form runs of
+  /// layout::PermutedRuns; false when layout::closedFormReason refused the
+  /// program and every pair was classified (`why` says which leaf and, with
+  /// a prefix, which quadrant), or the walk came from an earlier call's
+  /// classification.
   bool closedForm = false;
   std::string why;
   double runsSeconds = 0;   ///< deriving (or classifying) the walk's runs
@@ -60,12 +61,27 @@ struct PermutedWalk {
 /// where the group has them, else every pair classified — with the bit
 /// masks of every partial tile (for a kernel that masks by bits: the CUDA
 /// runtime's; classified walks are kept, as runPermutedGroup's). The
-/// group's first head stands for all (their masks are identical). `info`
+/// group's first head stands for all: a group whose heads have different
+/// masks (strided shards, shifted groups) is refused by name, as are tiles
+/// outside [1, 1024]. `info`
 /// (optional): closedForm, why and runsSeconds. Returns "" or a message.
 std::string permutedWalk(const kernel::LayerTable &table, int64_t group,
                          const layout::PeriodTranspose &perm, int64_t nq,
                          int64_t nk, int64_t bq, int64_t bk, PermutedWalk &walk,
                          PermutedInfo *info = nullptr);
+
+/// Why a context should run group `group` of `table` in its original order
+/// rather than in the period transpose `perm` at Nq = nq, Nk = nk, or ""
+/// when the permuted order is the one to run (both are exact): the
+/// transpose is the identity at these lengths (no part after the prefix
+/// longer than the period), or deriving its walk would cost too much: its
+/// closed form lists, per residue, period / L intervals of every periodic
+/// leaf of period L (strided shards: shards x block), at most 4096 in all;
+/// without a closed form every pair is classified, Nq x Nk at most 2^30.
+/// The C API's CPU context asks it for every group with a layout.
+std::string originalOrderReason(const kernel::LayerTable &table, int64_t group,
+                                const layout::PeriodTranspose &perm, int64_t nq,
+                                int64_t nk);
 
 /// Computes the heads of group `group` of `table` (the layer's launch
 /// groups, as `--attn-schedule` numbers them) in the period transpose
@@ -77,17 +93,19 @@ std::string permutedWalk(const kernel::LayerTable &table, int64_t group,
 /// partial tiles only), and O and LSE are written to the original rows.
 /// Heads of other groups are not touched.
 ///
-/// The runs come in closed form (layout::PermutedRuns) when the group's
-/// program is residue-only for the period and there is no prefix
-/// (layout::closedFormReason); otherwise every pair is classified once
-/// (O(Nq * Nk)) and the walk, with its partial tiles' bit masks (no
-/// predicate on them then), kept for later calls with the same program,
-/// layout, lengths, tiles and head (the last 16 such walks, process-wide,
-/// behind a mutex). The work runs on `args.numThreads` threads (of
-/// `args.pool` when given), over (sequence, head, query block); results do
-/// not depend on the thread count. Dense calls only (no packed, paged or
-/// positioned sequences, headStart 0). Returns "" on success, else a
-/// message naming the problem; nothing is written then.
+/// Heads whose masks differ (strided shards' shard, shifted groups'
+/// shift) are run in classes of equal masks, each with its own walk. The
+/// runs come in closed form (layout::PermutedRuns) when
+/// layout::closedFormReason accepts the program (residue-only for the
+/// period; with a prefix, every quadrant all, none or residue-only; the
+/// partial tiles' bit masks are then computed once); otherwise every pair
+/// is classified once (O(Nq * Nk)). Masked walks are kept for later calls
+/// with the same program, layout, lengths, tiles and head (the last 16
+/// such walks, process-wide, behind a mutex). The work runs on
+/// `args.numThreads` threads (of `args.pool` when given), over (sequence, head,
+/// query block); results do not depend on the thread count. Dense calls only
+/// (no packed, paged or positioned sequences, headStart 0). Returns "" on
+/// success, else a message naming the problem; nothing is written then.
 std::string runPermutedGroup(const kernel::LayerTable &table, int64_t group,
                              const layout::PeriodTranspose &perm,
                              const LayerArgs &args, RunStats *stats = nullptr,

@@ -726,7 +726,8 @@ TEST_F(FakeDriverDynamicBackward, RoutingRefusedByName) {
 }
 
 /// Routing heads (BackwardDynamic.mlir layer 2: f16, head_dim 64, GQA 2:1,
-/// the engine's centroids e_0 .. e_3): every query and key gets a planted
+/// the engine's centroids e_0 .. e_3, head 3's merging two of the planted
+/// clusters): every query and key gets a planted
 /// cluster (element c of its row 2, the others in [-0.5, 0.5]), so that the
 /// nearest centroid is known; the float64 reference allows a pair where the
 /// clusters agree (and causality, heads 1 and 3), head 2 is causal.
@@ -736,10 +737,23 @@ protected:
 
   int64_t checkRouting(const Case &c, const std::string &emulated,
                        uint64_t seed, bool checkFloat64 = true) {
+    // Head 3's centroids differ from the others' (e_0 + e_1, e_2, e_3 and
+    // one that never wins): it merges planted clusters 0 and 1, so a kernel
+    // that reads another head's centroids clusters its rows differently.
     centroids.assign(size_t(c.heads * kClusters * c.dim), 0.f);
     for (int64_t h = 0; h < c.heads; ++h)
-      for (int64_t j = 0; j < kClusters; ++j)
-        centroids[size_t((h * kClusters + j) * c.dim + j)] = 1.f;
+      for (int64_t j = 0; j < kClusters; ++j) {
+        float *row = &centroids[size_t((h * kClusters + j) * c.dim)];
+        if (h != 3)
+          row[j] = 1.f;
+        else if (j == 0)
+          row[0] = row[1] = 1.f;
+        else if (j < 3)
+          row[j + 1] = 1.f;
+        else
+          for (int64_t x = 0; x < kClusters; ++x)
+            row[x] = -1.f;
+      }
     std::mt19937 rng(seed + 1000);
     qCluster.resize(size_t(c.batch * c.nq * c.heads));
     kCluster.resize(size_t(c.batch * c.nk * c.kvHeads));
@@ -758,8 +772,11 @@ protected:
       if (h == 2)
         return j <= p;
       const int64_t kvh = h / (at.heads / at.kvHeads);
-      return qCluster[size_t((bi * at.nq + i) * at.heads + h)] ==
-                 kCluster[size_t((bi * at.nk + j) * at.kvHeads + kvh)] &&
+      // Head 3's centroids merge planted clusters 0 and 1.
+      auto cluster = [h](int32_t x) { return h == 3 && x == 1 ? 0 : x; };
+      return cluster(qCluster[size_t((bi * at.nq + i) * at.heads + h)]) ==
+                 cluster(kCluster[size_t((bi * at.nk + j) * at.kvHeads +
+                                         kvh)]) &&
              (h == 0 || j <= p);
     };
     inputs =

@@ -285,6 +285,7 @@ public:
     emitMergeKernels();
     emitBackwardKernels();
     emitDynamicKernels();
+    emitPermutedKernels();
     for (const auto &[key, families] : dynBackwardFamilies)
       backward::emitDynamicBackwardKernels(os, key.first, key.second, families,
                                            kernelsJson);
@@ -397,8 +398,16 @@ private:
     if (!table.skippedHeads.empty())
       fillDims.insert(d);
     json::Object layer = layerManifest(sched, table, std::move(groupsJson));
-    if (!layoutsJson.empty())
+    if (!layoutsJson.empty()) {
       layer["layouts"] = std::move(layoutsJson);
+      // The permuted groups' kernel (Permuted.cuh, on the dynamic kernels'
+      // pipeline: head_dim 64, 96 and 128); without it the runtime runs
+      // them in the original order.
+      if (d <= 128) {
+        permutedKernels.insert({dtypeName(dtype), d});
+        layer["permuted_kernel"] = permutedName(dtypeName(dtype), d);
+      }
+    }
     // The backward: static heads, and the dynamic groups whose family has
     // CUDA backward kernels (none where one has not: routing whose pattern
     // allows pairs outside its clusters).
@@ -1015,6 +1024,40 @@ private:
     }
   }
 
+  static std::string permutedName(const std::string &dt, int64_t d) {
+    return "tessera_perm_attend_" + dt + "_d" + std::to_string(d);
+  }
+
+  /// The kernels of the groups with layouts (Permuted.cuh's
+  /// permutedAttend), one per (dtype, head_dim): grid (query tiles of 64
+  /// permuted slots, the group's heads, batch), 128 threads, static shared
+  /// memory only (dynamic_shared 0), the walk and maps the runtime derives
+  /// and uploads (PermArgs). Two blocks per SM
+  /// asked of ptxas: with 128 threads alone it held sm_90a's head_dim 64
+  /// kernel to 128 registers and spilled.
+  void emitPermutedKernels() {
+    for (const auto &[dt, d] : permutedKernels) {
+      const std::string name = permutedName(dt, d);
+      const std::string ds = std::to_string(d);
+      os << "TESSERA_EXTERN_C __global__ void __launch_bounds__(128, 2)\n"
+         << name
+         << "(tessera::kernel::AttnParams p, tessera::kernel::PermArgs a) {\n"
+         << "  using namespace tessera::kernel;\n"
+         << "  permutedAttend<k" << (dt == "f16" ? "F16" : "BF16") << ", " << ds
+         << ">(p, a);\n}\n\n";
+      kernelsJson.push_back(json::Object{{"name", name},
+                                         {"kind", "permuted_attention"},
+                                         {"dtype", dt},
+                                         {"head_dim", d},
+                                         {"threads", 128},
+                                         {"block_q", kTile},
+                                         {"block_k", kTile},
+                                         {"dynamic_shared", 0},
+                                         {"path", "mma_sync"},
+                                         {"args", "(AttnParams, PermArgs)"}});
+    }
+  }
+
   /// The sm_90a twin of dynamic attention kernel `name` (HopperDynamic.cuh):
   /// `call` is the mma.sync kernel's call of the attention, which takes
   /// the twin's tiles and maps (HopperDyn) as its `sh`.
@@ -1059,7 +1102,9 @@ private:
       bool hopper = o.getString("path").value_or("") == "wgmma";
       bool bwd = o.getString("args").value_or("") == "(BwdParams, int layer)";
       bool bwdDyn = o.getString("args").value_or("") == "(BwdParams, DynArgs)";
-      os << (bwdDyn      ? "TESSERA_EMU_BWD_DYN_KERNEL("
+      bool perm = o.getString("args").value_or("") == "(AttnParams, PermArgs)";
+      os << (perm        ? "TESSERA_EMU_PERM_KERNEL("
+             : bwdDyn    ? "TESSERA_EMU_BWD_DYN_KERNEL("
              : dyn       ? "TESSERA_EMU_DYN_KERNEL("
              : dynHopper ? "TESSERA_EMU_DYN_HOPPER_KERNEL("
              : hopper    ? "TESSERA_EMU_HOPPER_KERNEL("
@@ -1071,15 +1116,19 @@ private:
   }
 
   /// DynamicArgs.h and DynamicIndex.cuh where the prelude marked, in bundles
-  /// with dynamic groups only; then the Hopper headers.
+  /// with dynamic groups or permuted kernels only (Permuted.cuh after them
+  /// for the latter); then the Hopper headers.
   void pasteHeaders() {
     size_t at = bundle.source.find(kDynamicHeadersMarker.str());
-    std::string headers =
-        dynPatterns.empty()
-            ? std::string()
-            : std::string(tessera::embedded::kDynamicArgsH) + "\n" +
-                  tessera::embedded::kDynamicIndexCuh + "\n" +
-                  tessera::embedded::kDynamicBackwardCuh + "\n";
+    std::string headers = dynPatterns.empty() && permutedKernels.empty()
+                              ? std::string()
+                              : std::string(tessera::embedded::kDynamicArgsH) +
+                                    "\n" + tessera::embedded::kDynamicIndexCuh +
+                                    "\n";
+    if (!dynPatterns.empty())
+      headers += std::string(tessera::embedded::kDynamicBackwardCuh) + "\n";
+    if (!permutedKernels.empty())
+      headers += std::string(tessera::embedded::kPermutedCuh) + "\n";
     bundle.source.replace(at, kDynamicHeadersMarker.size(), headers);
     // Hopper.cuh and HopperForward.cuh where a kernel has an sm_90a twin,
     // for sm_90a and the emulator only (their instructions exist nowhere
@@ -1128,6 +1177,7 @@ private:
   json::Array layersJson, kernelsJson;
   std::set<KernelKey> kernels;
   std::set<int64_t> fillDims;
+  std::set<KernelKey> permutedKernels; ///< of the layers with layouts
   bool hopperKernels = false; ///< some kernel has an sm_90a twin
   bool hopperDynKernels = false; ///< some dynamic kernel has one
   /// The generated code of each distinct group pattern: pattern text -> id.

@@ -1913,4 +1913,19 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
         name(l.p, l.a, l.maps);                                                \
       });
 
+/// The same for a permuted group's kernels (Permuted.cuh), which take
+/// (AttnParams, PermArgs), packed as the dynamic kernels' arguments are:
+/// PermArgs right after AttnParams.
+#define TESSERA_EMU_PERM_KERNEL(name)                                          \
+  static ::tessera_emu::Registration tessera_emu_register_##name(              \
+      std::string(TESSERA_EMU_BUNDLE) + "/" #name,                             \
+      [](const void *params, int) {                                            \
+        tessera::kernel::AttnParams p;                                         \
+        tessera::kernel::PermArgs a;                                           \
+        std::memcpy(&p, params, sizeof p);                                     \
+        std::memcpy(&a, static_cast<const char *>(params) + sizeof p,          \
+                    sizeof a);                                                 \
+        name(p, a);                                                            \
+      });
+
 #endif // TESSERA_KERNEL_EMULATE_H

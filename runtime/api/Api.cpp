@@ -193,6 +193,7 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
             if (!twin.empty())
               names.push_back(twin);
       }
+      names.push_back(l.permutedKernel); // empty: none
       const BackwardKernelsDesc &bwd = l.backward;
       names.insert(names.end(),
                    {bwd.preprocess, bwd.keyMajor, bwd.keyMajorGuarded,
@@ -2085,6 +2086,25 @@ tessera_status checkCudaCentroids(const Call &c, const kernel::DynArgs &a) {
   return TESSERA_OK;
 }
 
+/// Copies `bytes` at `host` into a new stream-ordered allocation `mem` with
+/// the call's stream: no synchronising call (cuMemcpyHtoDAsync has read a
+/// pageable source when it returns, so `host` may go after it). The owner
+/// frees `mem` in stream order (also after a failed copy); `what` names
+/// the data in an allocation's error.
+tessera_status uploadAsync(const Driver &d, void *stream, const void *host,
+                           size_t bytes, unsigned long long &mem,
+                           const std::string &what) {
+  if (int rc = d.memAllocAsync(&mem, bytes, stream)) {
+    mem = 0;
+    return fail(TESSERA_ERROR_CUDA, d.message("cuMemAllocAsync", rc) + " (" +
+                                        what + ", " + std::to_string(bytes) +
+                                        " bytes)");
+  }
+  if (int rc = d.memcpyHtoDAsync(mem, host, bytes, stream))
+    return fail(TESSERA_ERROR_CUDA, d.message("cuMemcpyHtoDAsync", rc));
+  return TESSERA_OK;
+}
+
 /// A call's block index on the device (block_index groups, docs/runtime.md):
 /// the caller's host arrays, validated, staged into a host copy of this
 /// call's own (pageable memory, whatever the caller's is: cuMemcpyHtoDAsync
@@ -2113,15 +2133,10 @@ struct DeviceIndex {
     std::vector<int32_t> staged(colsAt + size_t(x.nnz));
     std::copy(x.offsets, x.offsets + numOffsets, staged.begin());
     std::copy(x.cols, x.cols + x.nnz, staged.begin() + std::ptrdiff_t(colsAt));
-    const size_t bytes = staged.size() * 4;
-    if (int rc = d.memAllocAsync(&mem, bytes, stream)) {
-      mem = 0;
-      return fail(TESSERA_ERROR_CUDA, d.message("cuMemAllocAsync", rc) +
-                                          " (the block index, " +
-                                          std::to_string(bytes) + " bytes)");
-    }
-    if (int rc = d.memcpyHtoDAsync(mem, staged.data(), bytes, stream))
-      return fail(TESSERA_ERROR_CUDA, d.message("cuMemcpyHtoDAsync", rc));
+    if (tessera_status s =
+            uploadAsync(d, stream, staged.data(), staged.size() * 4, mem,
+                        "the block index"))
+      return s;
     offsets = reinterpret_cast<const int *>(mem);
     cols = reinterpret_cast<const int *>(mem) + colsAt;
     return TESSERA_OK;
@@ -2135,6 +2150,132 @@ struct DeviceIndex {
     a.biCols = cols;
     a.biHeads = c.blockIndex.heads;
     a.biStride = c.blockIndex.stride;
+  }
+};
+
+/// kernel::PermArgs (Permuted.cuh) as the host lays it out.
+struct PermArgsHost {
+  const kernel::i64 *heads;
+  const int *tileStart, *tileKey, *tileMask;
+  const unsigned long long *masks;
+  const kernel::i64 *rowOf, *keyOf;
+};
+
+/// The layer's groups that a dense CUDA call runs in their permuted order
+/// (the bundle's permuted kernel, Permuted.cuh), and their walks and maps
+/// on the device: for each layout that cpu::originalOrderReason accepts at
+/// the call's lengths and whose walk cpu::permutedWalk derives at 64 x 64
+/// (classified walks come from its cache), the group's heads, the slot ->
+/// row maps of queries and keys, and the walk flattened to key tiles per
+/// query tile (each with its 64 mask rows, or -1 where the tile is full),
+/// all of them in one host buffer uploaded with the call's stream and
+/// freed in stream order after the launches. Other groups (and every
+/// group of other calls, or of bundles without the kernel) run in the
+/// original order.
+struct PermutedGroups {
+  struct Group {
+    int64_t numHeads = 0;
+    size_t heads, rowOf, keyOf, masks, tileStart, tileKey, tileMask;
+  };
+  const Driver &d;
+  void *stream;
+  unsigned long long mem = 0;
+  std::vector<Group> groups;
+
+  PermutedGroups(const Driver &driver, void *s) : d(driver), stream(s) {}
+  ~PermutedGroups() {
+    if (mem)
+      d.memFreeAsync(mem, stream);
+  }
+
+  /// Appends `n` elements at `data` to `w` (8-byte aligned); their word.
+  template <class T>
+  static size_t put(std::vector<uint64_t> &w, const T *data, size_t n) {
+    const size_t at = w.size();
+    w.resize(at + (n * sizeof(T) + 7) / 8);
+    if (n)
+      std::memcpy(w.data() + at, data, n * sizeof(T));
+    return at;
+  }
+
+  tessera_status upload(const Call &c, int64_t nq, int64_t nk) {
+    const LayerDesc &l = *c.l;
+    std::vector<uint64_t> w;
+    for (const GroupLayout &g : l.layouts) {
+      if (!cpu::originalOrderReason(l.table(), g.group, g.perm, nq, nk).empty())
+        continue;
+      cpu::PermutedWalk walk;
+      if (!cpu::permutedWalk(l.table(), g.group, g.perm, nq, nk, 64, 64, walk)
+               .empty())
+        continue; // heads of unequal masks: the original order
+      Group out;
+      std::vector<kernel::i64> heads;
+      std::vector<kernel::i64> rowOf(static_cast<size_t>(nq)),
+          keyOf(static_cast<size_t>(nk));
+      for (size_t i = 0; i < l.computedHead.size(); ++i)
+        if (l.headGroup[i] == g.group)
+          heads.push_back(l.computedHead[i]);
+      if (heads.empty())
+        continue;
+      for (int64_t x = 0; x < nq; ++x)
+        rowOf[size_t(x)] = g.perm.token(x, nq);
+      for (int64_t x = 0; x < nk; ++x)
+        keyOf[size_t(x)] = g.perm.token(x, nk);
+      std::vector<int> start{0}, key, mask;
+      std::vector<uint64_t> masks;
+      const int64_t keyTiles = (nk + 63) / 64;
+      for (size_t i = 0; i + 1 < walk.start.size(); ++i) {
+        for (int64_t x = walk.start[i]; x < walk.start[i + 1]; ++x) {
+          const layout::PermutedRun &r = walk.runs[size_t(x)];
+          for (int64_t j = r.begin; j < std::min(r.end, keyTiles); ++j) {
+            key.push_back(int(j));
+            const uint64_t *m = walk.mask(x, j, 64);
+            mask.push_back(m ? int(masks.size() / 64) : -1);
+            if (m)
+              masks.insert(masks.end(), m, m + 64);
+          }
+        }
+        start.push_back(int(key.size()));
+      }
+      out.numHeads = int64_t(heads.size());
+      out.heads = put(w, heads.data(), heads.size());
+      out.rowOf = put(w, rowOf.data(), rowOf.size());
+      out.keyOf = put(w, keyOf.data(), keyOf.size());
+      out.masks = put(w, masks.data(), masks.size());
+      out.tileStart = put(w, start.data(), start.size());
+      out.tileKey = put(w, key.data(), key.size());
+      out.tileMask = put(w, mask.data(), mask.size());
+      groups.push_back(out);
+    }
+    if (groups.empty())
+      return TESSERA_OK;
+    return uploadAsync(d, stream, w.data(), w.size() * 8, mem,
+                       "the permuted groups' walks and maps");
+  }
+
+  /// Launches the permuted kernel over (query tiles, the group's heads,
+  /// batch) for each group, after the layer's kernels (which computed
+  /// those heads in the original order too: their rows are overwritten).
+  tessera_status launch(const Call &c, kernel::AttnParams &p) const {
+    auto at = [&](size_t word) {
+      return reinterpret_cast<const void *>(mem + word * 8);
+    };
+    for (const Group &g : groups) {
+      PermArgsHost a{static_cast<const kernel::i64 *>(at(g.heads)),
+                     static_cast<const int *>(at(g.tileStart)),
+                     static_cast<const int *>(at(g.tileKey)),
+                     static_cast<const int *>(at(g.tileMask)),
+                     static_cast<const unsigned long long *>(at(g.masks)),
+                     static_cast<const kernel::i64 *>(at(g.rowOf)),
+                     static_cast<const kernel::i64 *>(at(g.keyOf))};
+      void *args[] = {&p, &a};
+      if (tessera_status s = launchGrid(
+              c, c.l->permutedKernel,
+              kernel::SeqGrid{(p.nq + 63) / 64, g.numHeads, c.d.q.batch}, 128,
+              0, args))
+        return s;
+    }
+    return TESSERA_OK;
   }
 };
 
@@ -2161,6 +2302,17 @@ tessera_status runCuda(const Call &c) {
           launchGrid(c, l.fillKernel,
                      grid(128, int64_t(l.skippedHeads.size())), 128, 0, args))
     return s;
+  // The groups with layouts, in their permuted order where the bundle has
+  // the kernel (docs/bundles.md, "Layouts"): launched after the layer's
+  // kernels, whose launch slots (the bundle's tables) still hold their
+  // heads, so that their rows are the permuted kernel's.
+  PermutedGroups permuted(*c.bundle->context->driver, c.d.cuda_stream);
+  if (!l.permutedKernel.empty() && permutedOnCpu(c)) {
+    if (tessera_status s = permuted.upload(c, p.nq, p.nk))
+      return s;
+    if (tessera_status s = permuted.launch(c, p))
+      return s;
+  }
   // Dynamic groups: the index kernels, then the attention over the index,
   // in stream order, with a stream-ordered workspace (docs/runtime.md);
   // the attention by its sm_90a twin where the bundle runs them and TMA

@@ -488,6 +488,12 @@ std::string parseLayouts(const json::Object &o, LayerDesc &l) {
              std::to_string(*prefix);
     l.layouts.push_back({*group, layout::PeriodTranspose{*period, *prefix}});
   }
+  if (const json::Value *k = o.get("permuted_kernel")) {
+    std::optional<llvm::StringRef> name = k->getAsString();
+    if (!name || name->empty())
+      return "permuted_kernel is not a kernel name";
+    l.permutedKernel = name->str();
+  }
   return "";
 }
 

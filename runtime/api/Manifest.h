@@ -88,6 +88,11 @@ struct LayerDesc : kernel::OwnedLayerTable {
   BackwardKernelsDesc backward; ///< "backward", optional
   /// "layouts", optional: the groups with a layout, by group, each once.
   std::vector<GroupLayout> layouts;
+  /// "permuted_kernel", optional: the kernel that runs those groups in
+  /// their permuted order on CUDA (Permuted.cuh: (AttnParams, PermArgs),
+  /// 128 threads); empty (bundles emitted before it, head_dim 256): the
+  /// CUDA context runs them in the original order.
+  std::string permutedKernel;
 };
 
 struct BundleDesc {

@@ -86,6 +86,15 @@ struct BwdDynPack {
 };
 static_assert(offsetof(BwdDynPack, a) == sizeof(tessera::kernel::BwdParams),
               "the registrations read DynArgs right after BwdParams");
+/// A permuted group's kernel's arguments (AttnParams, PermArgs: seven
+/// pointers, Permuted.cuh), packed as TESSERA_EMU_PERM_KERNEL reads them;
+/// the emitter names those kernels tessera_perm_attend_*.
+struct PermPack {
+  tessera::kernel::AttnParams p;
+  const void *a[7];
+};
+static_assert(offsetof(PermPack, a) == sizeof(tessera::kernel::AttnParams),
+              "the registrations read PermArgs right after AttnParams");
 /// Whether `kernel` is one of a dynamic group's (DynamicKernels.h names
 /// them tessera_vs_*, tessera_bt_*, tessera_rt_*, tessera_bi_*).
 bool isDynamicKernel(const std::string &kernel) {
@@ -224,6 +233,14 @@ int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz,
     BwdDynPack pack;
     std::memcpy(&pack.p, args[0], sizeof pack.p);
     std::memcpy(&pack.a, args[1], sizeof pack.a);
+    tessera_emu::launch([&] { fn->second(&pack, 0); }, dim3{gx, gy, gz},
+                        dim3{bx, by, bz});
+    return kSuccess;
+  }
+  if (name.compare(name.find('/') + 1, 13, "tessera_perm_") == 0) {
+    PermPack pack;
+    std::memcpy(&pack.p, args[0], sizeof pack.p);
+    std::memcpy(pack.a, args[1], sizeof pack.a);
     tessera_emu::launch([&] { fn->second(&pack, 0); }, dim3{gx, gy, gz},
                         dim3{bx, by, bz});
     return kSuccess;

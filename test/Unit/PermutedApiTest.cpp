@@ -174,7 +174,11 @@ TEST(PermutedBundle, BadLayoutsAreRefusedByName) {
       {"a string", "a layout lacks an integer group, period or prefix",
        set(2, "prefix", "32")},
       {"not an array", "layouts is not an array",
-       [](Obj &l) { l["layouts"] = Obj{}; }}};
+       [](Obj &l) { l["layouts"] = Obj{}; }},
+      {"permuted_kernel a number", "permuted_kernel is not a kernel name",
+       [](Obj &l) { l["permuted_kernel"] = 3; }},
+      {"permuted_kernel empty", "permuted_kernel is not a kernel name",
+       [](Obj &l) { l["permuted_kernel"] = ""; }}};
   for (const Bad &c : cases) {
     std::string m = editedManifest(c.edit);
     tessera_bundle *b = nullptr;

@@ -1,0 +1,276 @@
+//===- FakeDriverPermutedTest.cpp - layouts on a CUDA context -------------===//
+//
+// Head groups with layouts (#attn.period_transpose, docs/bundles.md
+// "Layouts") through the runtime's CUDA path on the fake driver
+// (FakeCuda.cpp: the kernels on the emulator): layer 0 of
+// Inputs/permuted.mlir (multi-diagonal and grid groups in the transpose of
+// period 64, prompt + grid with a prefix of 32; GQA, 12 heads over 4 kv
+// heads) at batch 2, Nq == Nk, Nq < Nk and Nq > Nk on a CUDA context against
+// the CPU context's run of the same bundle (itself checked against float64
+// by PermutedApiTest). The permuted kernel runs (the fake's launch log), its
+// walk and maps uploaded in stream order (no synchronising call); a copy of
+// it broken on purpose changes the output (its rows are the ones returned);
+// at lengths where cpu::originalOrderReason keeps the original order
+// (identity transposes), and for a bundle without the kernel (its manifest
+// without permuted_kernel, as bundles emitted before it), it is not
+// launched and the output is the same.
+//
+//===----------------------------------------------------------------------===//
+
+#include "tessera/tessera.h"
+
+#include "FakeApi.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using Fake = FakeApi;
+
+std::set<std::string> split(const std::string &log) {
+  std::set<std::string> s;
+  std::stringstream in(log);
+  for (std::string c; std::getline(in, c, ',');)
+    s.insert(c);
+  return s;
+}
+
+double bf16Value(uint16_t x) {
+  uint32_t u = uint32_t(x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return double(f);
+}
+
+std::string slurp(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+constexpr const char *kPermKernel = "tessera_perm_attend_bf16_d64";
+
+/// Layer 0 (12 heads over 4 kv heads, head_dim 64, bf16) at B, Nq, Nk.
+struct Problem {
+  static constexpr int64_t H = 12, KV = 4, Dh = 64;
+  int64_t B, nq, nk;
+  std::vector<uint16_t> q, k, v;
+  std::string error;
+
+  Problem(int64_t b, int64_t nq_, int64_t nk_) : B(b), nq(nq_), nk(nk_) {
+    uint64_t state = 11 + uint64_t(nq * 37 + nk);
+    auto next = [&] {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      return state >> 33;
+    };
+    auto bf16 = [](float x) {
+      uint32_t u;
+      std::memcpy(&u, &x, 4);
+      return uint16_t((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+    };
+    auto fill = [&](std::vector<uint16_t> &t, int64_t n) {
+      t.resize(size_t(n));
+      for (uint16_t &x : t)
+        x = bf16(float(int64_t(next() % 2001) - 1000) / 500.0f);
+    };
+    fill(q, B * nq * H * Dh);
+    fill(k, B * nk * KV * Dh);
+    fill(v, B * nk * KV * Dh);
+  }
+
+  /// Runs the layer on `device` into o and lse; `log` the driver calls and
+  /// the launched kernels (CUDA), separated by '|'. `manifest`: instead of
+  /// the bundle's (with its source).
+  tessera_status run(tessera_device_kind device, std::vector<uint16_t> &o,
+                     std::vector<float> &lse, std::string &log,
+                     const std::string *manifest = nullptr) {
+    tessera_context *ctx = nullptr;
+    tessera_bundle *bundle = nullptr;
+    EXPECT_EQ(tessera_context_create(device, 0, &ctx), TESSERA_OK)
+        << tessera_last_error();
+    const std::string dir =
+        std::string(TESSERA_BINARY_DIR) + "/test/bundles/permuted";
+    if (manifest) {
+      const std::string src = slurp(dir + "/bundle.cu");
+      EXPECT_EQ(tessera_bundle_load_memory(ctx, manifest->data(),
+                                           manifest->size(), src.data(),
+                                           src.size(), &bundle),
+                TESSERA_OK)
+          << tessera_last_error();
+    } else {
+      EXPECT_EQ(tessera_bundle_load_file(ctx, dir.c_str(), &bundle), TESSERA_OK)
+          << tessera_last_error();
+    }
+    o.assign(size_t(B * nq * H * Dh), 0x7777);
+    lse.assign(size_t(B * H * nq), 7.0f);
+    auto tensor = [&](void *data, int64_t seq, int64_t heads) {
+      return tessera_tensor{data, TESSERA_DTYPE_BF16, B,          seq, heads,
+                            Dh,   seq * heads * Dh,   heads * Dh, Dh};
+    };
+    tessera_attention_desc d;
+    tessera_attention_desc_init(&d);
+    d.layer = 0;
+    d.q = tensor(q.data(), nq, H);
+    d.k = tensor(k.data(), nk, KV);
+    d.v = tensor(v.data(), nk, KV);
+    d.o = tensor(o.data(), nq, H);
+    d.lse = lse.data();
+    const bool cuda = device == TESSERA_DEVICE_CUDA;
+    Fake::get().clear();
+    if (cuda) {
+      Fake &f = Fake::get();
+      for (const auto &t : {&q, &k, &v, &o})
+        f.registerRange(t->data(), t->size() * 2);
+      f.registerRange(lse.data(), lse.size() * 4);
+      d.cuda_stream = reinterpret_cast<void *>(0x5eed);
+    }
+    tessera_status s = tessera_attention_run(bundle, &d);
+    error = tessera_last_error();
+    if (cuda) {
+      log = std::string(Fake::get().calls()) + "|" + Fake::get().kernels();
+      Fake::get().clear();
+    }
+    tessera_bundle_destroy(bundle);
+    tessera_context_destroy(ctx);
+    return s;
+  }
+};
+
+/// The largest difference of O and of LSE (finite rows) between two runs;
+/// -inf rows must agree.
+std::pair<double, double> compare(const std::vector<uint16_t> &o,
+                                  const std::vector<uint16_t> &oRef,
+                                  const std::vector<float> &lse,
+                                  const std::vector<float> &lseRef) {
+  double worst = 0, lseWorst = 0;
+  for (size_t i = 0; i < o.size(); ++i)
+    worst = std::max(worst, std::abs(bf16Value(o[i]) - bf16Value(oRef[i])));
+  for (size_t i = 0; i < lse.size(); ++i) {
+    if (std::isinf(lseRef[i]))
+      EXPECT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "row " << i;
+    else
+      lseWorst = std::max(lseWorst, double(std::abs(lse[i] - lseRef[i])));
+  }
+  return {worst, lseWorst};
+}
+
+class FakeDriverPermuted : public ::testing::Test {
+protected:
+  static void SetUpTestSuite() {
+    setenv("TESSERA_LIBCUDA", TESSERA_FAKECUDA, 1);
+    setenv("TESSERA_CACHE_DIR", TESSERA_BINARY_DIR "/test/fake-cuda-cache", 1);
+    ASSERT_NE(Fake::get().useBundle, nullptr);
+    Fake::get().useBundle("permuted");
+  }
+  static void TearDownTestSuite() { Fake::get().useBundle("tiny-mix"); }
+};
+
+using Shape = std::tuple<int64_t, int64_t, int64_t>;
+
+/// The CUDA context (the permuted kernel for the three groups with
+/// layouts, the layer's kernels for the rest) equals the CPU context.
+TEST_F(FakeDriverPermuted, CudaMatchesTheCpuContext) {
+  for (auto [B, nq, nk] :
+       {Shape{2, 300, 300}, Shape{1, 200, 333}, Shape{2, 333, 272}}) {
+    SCOPED_TRACE("B " + std::to_string(B) + " Nq " + std::to_string(nq) +
+                 " Nk " + std::to_string(nk));
+    Problem pr(B, nq, nk);
+    std::vector<uint16_t> oCpu, o;
+    std::vector<float> lseCpu, lse;
+    std::string none, log;
+    ASSERT_EQ(pr.run(TESSERA_DEVICE_CPU, oCpu, lseCpu, none), TESSERA_OK)
+        << pr.error;
+    ASSERT_EQ(pr.run(TESSERA_DEVICE_CUDA, o, lse, log), TESSERA_OK) << pr.error;
+    const std::set<std::string> ran = split(log.substr(log.find('|') + 1));
+    EXPECT_EQ(ran.count(kPermKernel), 1u) << log;
+    // The walks and maps uploaded on the stream; nothing synchronises.
+    const std::string driver = log.substr(0, log.find('|'));
+    EXPECT_NE(driver.find("cuMemcpyHtoDAsync"), std::string::npos) << log;
+    EXPECT_NE(driver.find("cuMemFreeAsync"), std::string::npos) << log;
+    EXPECT_EQ(driver.find("ynchronize"), std::string::npos) << log;
+    auto [worst, lseWorst] = compare(o, oCpu, lse, lseCpu);
+    EXPECT_LT(worst, 2e-2);
+    EXPECT_LT(lseWorst, 1e-3);
+  }
+}
+
+/// The permuted kernel's rows are the ones returned: its copy broken on
+/// purpose (a thread's second row masked by its first row's bits) changes
+/// the output.
+TEST_F(FakeDriverPermuted, BrokenKernelIsCaught) {
+  Problem pr(2, 300, 300);
+  std::vector<uint16_t> oCpu, o;
+  std::vector<float> lseCpu, lse;
+  std::string none, log;
+  ASSERT_EQ(pr.run(TESSERA_DEVICE_CPU, oCpu, lseCpu, none), TESSERA_OK)
+      << pr.error;
+  Fake::get().useBundle("broken-permuted-bundle");
+  const tessera_status s = pr.run(TESSERA_DEVICE_CUDA, o, lse, log);
+  Fake::get().useBundle("permuted");
+  ASSERT_EQ(s, TESSERA_OK) << pr.error;
+  EXPECT_GT(compare(o, oCpu, lse, lseCpu).first, 0.1)
+      << "the broken permuted kernel went unnoticed";
+}
+
+/// Where every layout is the identity at the call's lengths (no part after
+/// the prefix longer than the period of 64), cpu::originalOrderReason keeps
+/// the original order: the permuted kernel is not launched, and the output
+/// still equals the CPU context's.
+TEST_F(FakeDriverPermuted, IdentityLayoutsRunTheOriginalOrder) {
+  for (auto [B, nq, nk] : {Shape{2, 64, 64}, Shape{1, 40, 64}}) {
+    SCOPED_TRACE("Nq " + std::to_string(nq) + " Nk " + std::to_string(nk));
+    Problem pr(B, nq, nk);
+    std::vector<uint16_t> oCpu, o;
+    std::vector<float> lseCpu, lse;
+    std::string none, log;
+    ASSERT_EQ(pr.run(TESSERA_DEVICE_CPU, oCpu, lseCpu, none), TESSERA_OK)
+        << pr.error;
+    ASSERT_EQ(pr.run(TESSERA_DEVICE_CUDA, o, lse, log), TESSERA_OK) << pr.error;
+    const std::set<std::string> ran = split(log.substr(log.find('|') + 1));
+    EXPECT_EQ(ran.count(kPermKernel), 0u) << log;
+    EXPECT_GT(ran.size(), 0u) << log;
+    auto [worst, lseWorst] = compare(o, oCpu, lse, lseCpu);
+    EXPECT_LT(worst, 2e-2);
+    EXPECT_LT(lseWorst, 1e-3);
+  }
+}
+
+/// A bundle emitted before the permuted kernel (its manifest without the
+/// layer's permuted_kernel) still loads and runs its layouts in the
+/// original order, exactly.
+TEST_F(FakeDriverPermuted, OldBundleRunsTheOriginalOrder) {
+  std::string manifest = slurp(std::string(TESSERA_BINARY_DIR) +
+                               "/test/bundles/permuted/manifest.json");
+  const std::string field =
+      "\"permuted_kernel\": \"" + std::string(kPermKernel) + "\",";
+  const size_t at = manifest.find(field);
+  ASSERT_NE(at, std::string::npos);
+  manifest.erase(at, field.size());
+  Problem pr(2, 300, 300);
+  std::vector<uint16_t> oCpu, o;
+  std::vector<float> lseCpu, lse;
+  std::string none, log;
+  ASSERT_EQ(pr.run(TESSERA_DEVICE_CPU, oCpu, lseCpu, none), TESSERA_OK)
+      << pr.error;
+  ASSERT_EQ(pr.run(TESSERA_DEVICE_CUDA, o, lse, log, &manifest), TESSERA_OK)
+      << pr.error;
+  const std::set<std::string> ran = split(log.substr(log.find('|') + 1));
+  EXPECT_EQ(ran.count(kPermKernel), 0u) << log;
+  auto [worst, lseWorst] = compare(o, oCpu, lse, lseCpu);
+  EXPECT_LT(worst, 2e-2);
+  EXPECT_LT(lseWorst, 1e-3);
+}
+
+} // namespace

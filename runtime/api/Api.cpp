@@ -2044,7 +2044,8 @@ tessera_status runCudaSeq(const Call &c, kernel::AttnParams &p) {
 /// is refused instead.
 template <class Grid>
 tessera_status launchAttention(const Call &c, kernel::AttnParams &p,
-                               int &position, const Grid &grid) {
+                               int &position, const Grid &grid,
+                               const std::vector<int64_t> *slots = nullptr) {
   const LayerDesc &l = *c.l;
   HopperMapsBytes maps;
   if (c.bundle->path == KernelPath::Wgmma && !l.wgmmaKernels.empty()) {
@@ -2054,7 +2055,8 @@ tessera_status launchAttention(const Call &c, kernel::AttnParams &p,
       void *args[] = {&p, &maps, &position};
       for (size_t i = 0; i < l.kernels.size(); ++i)
         if (tessera_status s = launchGrid(
-                c, l.wgmmaKernels[i], grid(l.wgmmaBlockQ, l.kernels[i].second),
+                c, l.wgmmaKernels[i],
+                grid(l.wgmmaBlockQ, slots ? (*slots)[i] : l.kernels[i].second),
                 static_cast<unsigned>(l.wgmmaThreads),
                 static_cast<unsigned>(l.wgmmaDynamicShared), args))
           return s;
@@ -2066,11 +2068,12 @@ tessera_status launchAttention(const Call &c, kernel::AttnParams &p,
                       why);
   }
   void *args[] = {&p, &position};
-  for (const auto &[kernel, slots] : l.kernels)
-    if (tessera_status s =
-            launchGrid(c, kernel, grid(l.kernelBlockQ, slots),
-                       static_cast<unsigned>(l.kernelThreads),
-                       static_cast<unsigned>(l.kernelDynamicShared), args))
+  for (size_t i = 0; i < l.kernels.size(); ++i)
+    if (tessera_status s = launchGrid(
+            c, l.kernels[i].first,
+            grid(l.kernelBlockQ, slots ? (*slots)[i] : l.kernels[i].second),
+            static_cast<unsigned>(l.kernelThreads),
+            static_cast<unsigned>(l.kernelDynamicShared), args))
       return s;
   return TESSERA_OK;
 }
@@ -2254,8 +2257,9 @@ struct PermutedGroups {
   }
 
   /// Launches the permuted kernel over (query tiles, the group's heads,
-  /// batch) for each group, after the layer's kernels (which computed
-  /// those heads in the original order too: their rows are overwritten).
+  /// batch) for each group, after the layer's kernels (which, where they
+  /// launched over all their slots, computed those heads in the original
+  /// order too: their rows are overwritten).
   tessera_status launch(const Call &c, kernel::AttnParams &p) const {
     auto at = [&](size_t word) {
       return reinterpret_cast<const void *>(mem + word * 8);
@@ -2296,23 +2300,28 @@ tessera_status runCuda(const Call &c) {
     return kernel::SeqGrid{(p.nq + rowsPerBlock - 1) / rowsPerBlock, heads,
                            c.d.q.batch};
   };
-  if (tessera_status s = launchAttention(c, p, position, grid))
+  // The groups with layouts, in their permuted order where the bundle has
+  // the kernel (docs/bundles.md, "Layouts"). Where every such group runs
+  // permuted and the bundle has the tables' entry without their heads,
+  // the layer's kernels launch over that entry's slots; otherwise they
+  // compute those heads too, and the permuted kernel, launched after
+  // them, overwrites their rows.
+  PermutedGroups permuted(*c.bundle->context->driver, c.d.cuda_stream);
+  if (!l.permutedKernel.empty() && permutedOnCpu(c))
+    if (tessera_status s = permuted.upload(c, p.nq, p.nk))
+      return s;
+  const bool allPermuted =
+      l.permutedPosition >= 0 && permuted.groups.size() == l.layouts.size();
+  int layerAt = allPermuted ? static_cast<int>(l.permutedPosition) : position;
+  if (tessera_status s = launchAttention(
+          c, p, layerAt, grid, allPermuted ? &l.permutedSlots : nullptr))
     return s;
   if (tessera_status s =
           launchGrid(c, l.fillKernel,
                      grid(128, int64_t(l.skippedHeads.size())), 128, 0, args))
     return s;
-  // The groups with layouts, in their permuted order where the bundle has
-  // the kernel (docs/bundles.md, "Layouts"): launched after the layer's
-  // kernels, whose launch slots (the bundle's tables) still hold their
-  // heads, so that their rows are the permuted kernel's.
-  PermutedGroups permuted(*c.bundle->context->driver, c.d.cuda_stream);
-  if (!l.permutedKernel.empty() && permutedOnCpu(c)) {
-    if (tessera_status s = permuted.upload(c, p.nq, p.nk))
-      return s;
-    if (tessera_status s = permuted.launch(c, p))
-      return s;
-  }
+  if (tessera_status s = permuted.launch(c, p))
+    return s;
   // Dynamic groups: the index kernels, then the attention over the index,
   // in stream order, with a stream-ordered workspace (docs/runtime.md);
   // the attention by its sm_90a twin where the bundle runs them and TMA

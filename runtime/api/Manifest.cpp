@@ -494,6 +494,34 @@ std::string parseLayouts(const json::Object &o, LayerDesc &l) {
       return "permuted_kernel is not a kernel name";
     l.permutedKernel = name->str();
   }
+  if (!o.get("permuted_position"))
+    return "";
+  std::optional<int64_t> at = o.getInteger("permuted_position");
+  const json::Array *counts = o.getArray("permuted_slots");
+  if (!at || *at <= l.position || *at > (int64_t(1) << 30) || !counts ||
+      counts->size() != l.kernels.size() || l.permutedKernel.empty())
+    return "permuted_position must be an entry after the layer's, with "
+           "permuted_slots (one count per kernel) and permuted_kernel";
+  // The counts add up to the computed heads outside the groups with
+  // layouts, each at most its kernel's.
+  std::set<int64_t> permuted;
+  for (const GroupLayout &g : l.layouts)
+    permuted.insert(g.group);
+  int64_t rest = 0, sum = 0;
+  for (size_t i = 0; i < l.headGroup.size(); ++i)
+    rest += permuted.count(l.headGroup[i]) ? 0 : 1;
+  for (size_t i = 0; i < counts->size(); ++i) {
+    std::optional<int64_t> n = (*counts)[i].getAsInteger();
+    if (!n || *n < 0 || *n > l.kernels[i].second)
+      return "permuted_slots: kernel " + l.kernels[i].first +
+             " has no such slot count";
+    l.permutedSlots.push_back(*n);
+    sum += *n;
+  }
+  if (sum != rest)
+    return "permuted_slots add up to " + std::to_string(sum) + ", not the " +
+           std::to_string(rest) + " heads outside the groups with layouts";
+  l.permutedPosition = *at;
   return "";
 }
 

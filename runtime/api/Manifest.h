@@ -93,6 +93,13 @@ struct LayerDesc : kernel::OwnedLayerTable {
   /// 128 threads); empty (bundles emitted before it, head_dim 256): the
   /// CUDA context runs them in the original order.
   std::string permutedKernel;
+  /// "permuted_position" and "permuted_slots", optional: the tables' entry
+  /// whose attention kernels' slots leave out the heads of the groups with
+  /// layouts, and each kernel's slot count there (`kernels`' order; 0: not
+  /// launched). A call that runs every such group permuted launches them
+  /// so; -1: none (the layer's kernels compute those heads too).
+  int64_t permutedPosition = -1;
+  std::vector<int64_t> permutedSlots;
 };
 
 struct BundleDesc {

@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -182,8 +183,11 @@ using Shape = std::tuple<int64_t, int64_t, int64_t>;
 /// The CUDA context (the permuted kernel for the three groups with
 /// layouts, the layer's kernels for the rest) equals the CPU context.
 TEST_F(FakeDriverPermuted, CudaMatchesTheCpuContext) {
-  for (auto [B, nq, nk] :
-       {Shape{2, 300, 300}, Shape{1, 200, 333}, Shape{2, 333, 272}}) {
+  // At 96 x 96 the prefixed group's transpose is the identity (64 tokens
+  // after its prefix of 32): it stays in the original order, the other two
+  // run permuted, and the layer's kernels compute every head.
+  for (auto [B, nq, nk] : {Shape{2, 300, 300}, Shape{1, 200, 333},
+                           Shape{2, 333, 272}, Shape{1, 96, 96}}) {
     SCOPED_TRACE("B " + std::to_string(B) + " Nq " + std::to_string(nq) +
                  " Nk " + std::to_string(nk));
     Problem pr(B, nq, nk);
@@ -247,30 +251,44 @@ TEST_F(FakeDriverPermuted, IdentityLayoutsRunTheOriginalOrder) {
   }
 }
 
-/// A bundle emitted before the permuted kernel (its manifest without the
-/// layer's permuted_kernel) still loads and runs its layouts in the
-/// original order, exactly.
-TEST_F(FakeDriverPermuted, OldBundleRunsTheOriginalOrder) {
-  std::string manifest = slurp(std::string(TESSERA_BINARY_DIR) +
-                               "/test/bundles/permuted/manifest.json");
+/// Older manifests: without the tables' entry that leaves out the
+/// permuted groups' heads (permuted_position), the layer's kernels compute
+/// them too and the permuted kernel overwrites their rows; without the
+/// permuted kernel as well (bundles emitted before it), the layouts run in
+/// the original order. Both exact.
+TEST_F(FakeDriverPermuted, OlderManifestsRunExactly) {
+  const std::string full = slurp(std::string(TESSERA_BINARY_DIR) +
+                                 "/test/bundles/permuted/manifest.json");
+  const std::regex entry(
+      "\"permuted_position\": [0-9]+,|\"permuted_slots\": \\[[^\\]]*\\],");
+  const std::string noEntry = std::regex_replace(full, entry, "");
+  ASSERT_NE(noEntry, full);
+  std::string noKernel = noEntry;
   const std::string field =
       "\"permuted_kernel\": \"" + std::string(kPermKernel) + "\",";
-  const size_t at = manifest.find(field);
+  const size_t at = noKernel.find(field);
   ASSERT_NE(at, std::string::npos);
-  manifest.erase(at, field.size());
+  noKernel.erase(at, field.size());
   Problem pr(2, 300, 300);
-  std::vector<uint16_t> oCpu, o;
-  std::vector<float> lseCpu, lse;
-  std::string none, log;
+  std::vector<uint16_t> oCpu;
+  std::vector<float> lseCpu;
+  std::string none;
   ASSERT_EQ(pr.run(TESSERA_DEVICE_CPU, oCpu, lseCpu, none), TESSERA_OK)
       << pr.error;
-  ASSERT_EQ(pr.run(TESSERA_DEVICE_CUDA, o, lse, log, &manifest), TESSERA_OK)
-      << pr.error;
-  const std::set<std::string> ran = split(log.substr(log.find('|') + 1));
-  EXPECT_EQ(ran.count(kPermKernel), 0u) << log;
-  auto [worst, lseWorst] = compare(o, oCpu, lse, lseCpu);
-  EXPECT_LT(worst, 2e-2);
-  EXPECT_LT(lseWorst, 1e-3);
+  const std::string *manifests[] = {&noEntry, &noKernel};
+  for (const std::string *m : manifests) {
+    SCOPED_TRACE(m == &noEntry ? "no permuted_position" : "no permuted_kernel");
+    std::vector<uint16_t> o;
+    std::vector<float> lse;
+    std::string log;
+    ASSERT_EQ(pr.run(TESSERA_DEVICE_CUDA, o, lse, log, m), TESSERA_OK)
+        << pr.error;
+    const std::set<std::string> ran = split(log.substr(log.find('|') + 1));
+    EXPECT_EQ(ran.count(kPermKernel), m == &noEntry ? 1u : 0u) << log;
+    auto [worst, lseWorst] = compare(o, oCpu, lse, lseCpu);
+    EXPECT_LT(worst, 2e-2);
+    EXPECT_LT(lseWorst, 1e-3);
+  }
 }
 
 } // namespace

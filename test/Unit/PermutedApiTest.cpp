@@ -178,7 +178,20 @@ TEST(PermutedBundle, BadLayoutsAreRefusedByName) {
       {"permuted_kernel a number", "permuted_kernel is not a kernel name",
        [](Obj &l) { l["permuted_kernel"] = 3; }},
       {"permuted_kernel empty", "permuted_kernel is not a kernel name",
-       [](Obj &l) { l["permuted_kernel"] = ""; }}};
+       [](Obj &l) { l["permuted_kernel"] = ""; }},
+      {"permuted_slots adding up wrong",
+       "permuted_slots add up to 2, not the 1 heads outside the groups with "
+       "layouts",
+       [](Obj &l) { l["permuted_slots"] = llvm::json::Array{2}; }},
+      {"permuted_slots past the kernel's",
+       "permuted_slots: kernel tessera_attn_bf16_d64 has no such slot count",
+       [](Obj &l) { l["permuted_slots"] = llvm::json::Array{12}; }},
+      {"permuted_position at the layer's own",
+       "permuted_position must be an entry after the layer's",
+       [](Obj &l) { l["permuted_position"] = 0; }},
+      {"permuted_position without the kernel",
+       "permuted_position must be an entry after the layer's",
+       [](Obj &l) { l.erase("permuted_kernel"); }}};
   for (const Bad &c : cases) {
     std::string m = editedManifest(c.edit);
     tessera_bundle *b = nullptr;

@@ -406,6 +406,13 @@ private:
       if (d <= 128) {
         permutedKernels.insert({dtypeName(dtype), d});
         layer["permuted_kernel"] = permutedName(dtypeName(dtype), d);
+        std::set<int64_t> layoutGroups;
+        for (const json::Value &g : *layer.getArray("layouts"))
+          layoutGroups.insert(*g.getAsObject()->getInteger("group"));
+        std::set<int64_t> &slots = permutedSlots[position];
+        for (size_t s = 0; s < table.headGroup.size(); ++s)
+          if (layoutGroups.count(table.headGroup[s]))
+            slots.insert(int64_t(s));
       }
     }
     // The backward: static heads, and the dynamic groups whose family has
@@ -654,13 +661,19 @@ private:
 
   /// Every layer's table and pattern list, indexed by the layer's position.
   void emitLayerIndexes() {
+    // The layers, then (permuted_position) the layers with layouts again,
+    // their attention kernels' slots without the permuted groups' heads.
     os << "__device__ const LayerTable *const tables[] = {";
     for (int64_t i = 0; i < position; ++i)
       os << (i ? ", " : "") << "&table_l" << i;
+    for (const auto &pl : permutedLayers)
+      os << ", &table_l" << pl.first;
     os << "};\n";
     os << "__device__ const i64 *const patternOf[] = {";
     for (int64_t i = 0; i < position; ++i)
       os << (i ? ", " : "") << "patternOf_l" << i;
+    for (const auto &pl : permutedLayers)
+      os << ", patternOf_l" << pl.first;
     os << "};\n\n";
     emitSlotTables();
   }
@@ -701,6 +714,24 @@ private:
           hopper.push_back(partName(key, part) + kHopperSuffix);
         }
       json::Object &layer = *layersJson[i].getAsObject();
+      // A layer whose groups with layouts all run permuted: the same
+      // kernels over the other slots, through a second entry of the
+      // tables (position permuted_position; docs/bundles.md "Layouts").
+      if (auto it = permutedSlots.find(int64_t(i)); it != permutedSlots.end()) {
+        std::vector<std::vector<int64_t>> rest(slots.size());
+        json::Array counts;
+        for (size_t part = 0; part < slots.size(); ++part) {
+          for (int64_t s : slots[part])
+            if (!it->second.count(s))
+              rest[part].push_back(s);
+          if (!slots[part].empty())
+            counts.push_back(int64_t(rest[part].size()));
+        }
+        layer["permuted_position"] =
+            int64_t(layerSlots.size() + permutedLayers.size());
+        layer["permuted_slots"] = std::move(counts);
+        permutedLayers.push_back({int64_t(i), std::move(rest)});
+      }
       layer.insert({"kernels", std::move(launches)});
       if (hasHopperKernel(key.second) && !hopper.empty())
         layer["wgmma"] =
@@ -734,6 +765,16 @@ private:
           }
           std::string table = "slots_l" + std::to_string(i) + "_" + name;
           printArray(os, "i64", table, layerPartSlots[i][part]);
+          perLayer.push_back(table);
+        }
+        for (const auto &[i, rest] : permutedLayers) {
+          if (layerSlots[size_t(i)].first != key || rest[part].empty()) {
+            perLayer.push_back("nullptr");
+            continue;
+          }
+          std::string table =
+              "slots_l" + std::to_string(i) + "_unpermuted_" + name;
+          printArray(os, "i64", table, rest[part]);
           perLayer.push_back(table);
         }
         os << "__device__ const i64 *const slots_" << name << "[] = {";
@@ -1178,6 +1219,12 @@ private:
   std::set<KernelKey> kernels;
   std::set<int64_t> fillDims;
   std::set<KernelKey> permutedKernels; ///< of the layers with layouts
+  /// Per layer with the permuted kernel, the launch slots of its groups
+  /// with layouts; then per such layer (in order) its kernel parts' slots
+  /// without them.
+  std::map<int64_t, std::set<int64_t>> permutedSlots;
+  std::vector<std::pair<int64_t, std::vector<std::vector<int64_t>>>>
+      permutedLayers;
   bool hopperKernels = false; ///< some kernel has an sm_90a twin
   bool hopperDynKernels = false; ///< some dynamic kernel has one
   /// The generated code of each distinct group pattern: pattern text -> id.

@@ -12,9 +12,10 @@
 // list of key tiles per query tile, each FULL (unmasked) or masked by its
 // 64 x 64 bits (bit c of row r: slot pair allowed; 0 past Nq and Nk).
 //
-// Not emitted into bundles nor launched by the runtime yet: run under the
-// emulator by test/Unit/PermutedEmulatorTest.cpp (docs/bundles.md,
-// "Layouts").
+// Emitted into bundles whose layers have layouts (tessera_perm_attend_*)
+// and launched by the runtime on dense CUDA calls; run under the emulator
+// by test/Unit/PermutedEmulatorTest.cpp and FakeDriverPermutedTest.cpp
+// (docs/bundles.md, "Layouts").
 //
 //===----------------------------------------------------------------------===//
 

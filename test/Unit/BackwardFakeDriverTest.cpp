@@ -295,6 +295,27 @@ TEST_F(FakeDriverBackward, ShippedTinyMixLongQueries) {
   checkCase({"tiny-mix", 0, 2, 120, 50, 6, 2, 64, true}, "tiny-mix", 6);
 }
 
+/// The other shipped static bundles' backward kernels (their whole
+/// dispatch classes compiled into the fake driver): llama3-8b-sparse layer
+/// 2 (A-shape with sink 4 and window 1024, window 2048, causal; bf16, GQA
+/// 4:1) at Nq < Nk with the windows' edges inside the keys; video-dit
+/// layer 0 (multi-diagonal and grid lines a frame of 1024 apart, a window
+/// with the first frame's stripe, a symmetric window, dense, skipped heads;
+/// no GQA) past one frame; s2-strided layer 1 (causal strided shards with
+/// a window of 512; f16, GQA 4:1) at Nq > Nk.
+TEST_F(FakeDriverBackward, ShippedLlama3Layer2) {
+  checkCase({"llama3-8b-sparse", 2, 1, 200, 1150, 32, 8, 128, true},
+            "llama3-8b-sparse", 7);
+}
+TEST_F(FakeDriverBackward, ShippedVideoDitLayer0) {
+  checkCase({"video-dit", 0, 1, 1100, 1100, 24, 24, 128, true}, "video-dit",
+            8);
+}
+TEST_F(FakeDriverBackward, ShippedS2Layer1) {
+  checkCase({"s2-strided", 1, 1, 700, 600, 16, 4, 128, false}, "s2-strided",
+            9);
+}
+
 /// The caller's workspace replaces the stream-ordered allocation; one too
 /// small is refused by name.
 TEST_F(FakeDriverBackward, CallersWorkspace) {

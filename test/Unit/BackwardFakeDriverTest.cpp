@@ -315,6 +315,13 @@ TEST_F(FakeDriverBackward, ShippedS2Layer1) {
   checkCase({"s2-strided", 1, 1, 700, 600, 16, 4, 128, false}, "s2-strided",
             9);
 }
+/// mminference-video layer 0 (a 256-token prompt's rows and columns in
+/// union with grid lines, diagonals and a window; bf16, no GQA), past one
+/// frame after the prompt, Nq < Nk.
+TEST_F(FakeDriverBackward, ShippedMMInferenceVideoLayer0) {
+  checkCase({"mminference-video", 0, 1, 1000, 1400, 16, 16, 128, true},
+            "mminference-video", 10);
+}
 
 /// The caller's workspace replaces the stream-ordered allocation; one too
 /// small is refused by name.

@@ -366,6 +366,12 @@ TEST_F(EmulatorTest, HopperKernelMatchesFloat64) {
     EXPECT_LE(r.outErr, 1.0) << name << ": " << r.where;
     EXPECT_LE(r.lseErr, 1.0) << name << ": " << r.where;
   }
+  {
+    Result r = runBundle("mminference-video", Shape{1, 200, 1400, true}, ctx,
+                         {}, true);
+    EXPECT_LE(r.outErr, 1.0) << "mminference-video: " << r.where;
+    EXPECT_LE(r.lseErr, 1.0) << "mminference-video: " << r.where;
+  }
   // The consumers' ping-pong closes every named-barrier round it opens.
   EXPECT_EQ(tessera_emu::leftoverArrivals(), 0u);
   // Non-finite values reach only the rows that see them (the guarded
@@ -392,7 +398,9 @@ TEST_F(EmulatorTest, HopperKernelMatchesFloat64) {
   EXPECT_GT(tessera_emu::leftoverArrivals(), 0u);
 }
 
-/// Every layer of every shipped bundle at a small length.
+/// Every layer of every shipped bundle at a small length; mminference-
+/// video past its 256-token prompt and into a second frame (at 72 tokens
+/// its prompt's rows and columns would cover every pair).
 TEST_F(EmulatorTest, ShippedBundlesMatchFloat64) {
   for (const char *name :
        {"llama3-8b-sparse", "video-dit", "s2-strided", "tiny-mix"}) {
@@ -400,6 +408,9 @@ TEST_F(EmulatorTest, ShippedBundlesMatchFloat64) {
     EXPECT_LE(r.outErr, 1.0) << r.where;
     EXPECT_LE(r.lseErr, 1.0) << r.where;
   }
+  Result r = runBundle("mminference-video", Shape{1, 200, 1400, true}, ctx);
+  EXPECT_LE(r.outErr, 1.0) << r.where;
+  EXPECT_LE(r.lseErr, 1.0) << r.where;
 }
 
 /// Non-finite inputs reach only the rows that see them (docs/runtime.md):

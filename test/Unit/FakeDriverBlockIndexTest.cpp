@@ -14,6 +14,7 @@
 #include "tessera/tessera.h"
 
 #include "FakeApi.h"
+#include "FakeLayerCall.h"
 
 #include <gtest/gtest.h>
 
@@ -34,42 +35,16 @@ namespace {
 
 using Fake = FakeApi;
 
-std::set<std::string> calls(const std::string &log) {
-  std::set<std::string> s;
-  std::stringstream in(log);
-  for (std::string c; std::getline(in, c, ',');)
-    s.insert(c);
-  return s;
-}
-
 /// Layer 0 (H = 4 heads over KV = 2, head_dim 64, bf16, block_q = block_k
 /// = 64) at batch B, Nq, Nk with a random index that has empty rows.
-struct Problem {
-  static constexpr int64_t H = 4, KV = 2, Dh = 64, BQ = 64, BK = 64;
-  int64_t B, nq, nk, rows;
-  std::vector<uint16_t> q, k, v;
+struct Problem : LayerCall {
+  static constexpr int64_t BQ = 64, BK = 64;
+  int64_t rows;
   std::vector<int32_t> offsets, cols;
-  std::string error; ///< the last run's tessera_last_error()
 
-  Problem(int64_t b, int64_t nq_, int64_t nk_) : B(b), nq(nq_), nk(nk_) {
-    uint64_t state = 7 + uint64_t(nq * 31 + nk);
-    auto next = [&] {
-      state = state * 6364136223846793005ull + 1442695040888963407ull;
-      return state >> 33;
-    };
-    auto bf16 = [](float x) {
-      uint32_t u;
-      std::memcpy(&u, &x, 4);
-      return uint16_t((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-    };
-    auto fill = [&](std::vector<uint16_t> &t, int64_t n) {
-      t.resize(size_t(n));
-      for (uint16_t &x : t)
-        x = bf16(float(int64_t(next() % 2001) - 1000) / 1000.0f);
-    };
-    fill(q, B * nq * H * Dh);
-    fill(k, B * nk * KV * Dh);
-    fill(v, B * nk * KV * Dh);
+  Problem(int64_t b, int64_t nq_, int64_t nk_)
+      : LayerCall(b, nq_, nk_, 4, 2, 64, 7 + uint64_t(nq_ * 31 + nk_),
+                  1000.0f) {
     // R = floor((Nk - 1) / BQ) - floor((Nk - Nq) / BQ) + 1 (docs/runtime.md).
     auto floorDiv = [](int64_t a, int64_t d) {
       return a >= 0 ? a / d : -((-a + d - 1) / d);
@@ -95,64 +70,17 @@ struct Problem {
                      const int32_t *cs = nullptr, bool deviceIndex = false,
                      std::string dir = std::string(TESSERA_BINARY_DIR) +
                                        "/test/bundles/dynamic-block-index") {
-    tessera_context *ctx = nullptr;
-    tessera_bundle *bundle = nullptr;
-    EXPECT_EQ(tessera_context_create(device, 0, &ctx), TESSERA_OK)
-        << tessera_last_error();
-    if (path)
-      setenv("TESSERA_KERNEL_PATH", path, 1);
-    EXPECT_EQ(tessera_bundle_load_file(ctx, dir.c_str(), &bundle), TESSERA_OK)
-        << tessera_last_error();
-    unsetenv("TESSERA_KERNEL_PATH");
-    o.assign(size_t(B * nq * H * Dh), 0);
-    lse.assign(size_t(B * H * nq), 7.0f);
-    auto tensor = [&](void *data, int64_t seq, int64_t heads) {
-      return tessera_tensor{data, TESSERA_DTYPE_BF16, B,          seq, heads,
-                            Dh,   seq * heads * Dh,   heads * Dh, Dh};
+    auto index = [&](tessera_attention_desc &d, bool cuda) {
+      d.block_index_offsets = offs ? offs : offsets.data();
+      d.block_index_cols = cs ? cs : cols.data();
+      d.block_index_nnz = int64_t(cols.size());
+      d.block_index_rows = rows;
+      if (cuda && deviceIndex)
+        FakeApi::get().registerRange(offsets.data(), offsets.size() * 4);
     };
-    tessera_attention_desc d;
-    tessera_attention_desc_init(&d);
-    d.layer = 0;
-    d.q = tensor(q.data(), nq, H);
-    d.k = tensor(k.data(), nk, KV);
-    d.v = tensor(v.data(), nk, KV);
-    d.o = tensor(o.data(), nq, H);
-    d.lse = lse.data();
-    d.block_index_offsets = offs ? offs : offsets.data();
-    d.block_index_cols = cs ? cs : cols.data();
-    d.block_index_nnz = int64_t(cols.size());
-    d.block_index_rows = rows;
-    const bool cuda = device == TESSERA_DEVICE_CUDA;
-    // No host buffer is device memory unless registered here (a test
-    // before may have left its ranges, which these allocations can reuse).
-    Fake::get().clear();
-    if (cuda) {
-      Fake &f = Fake::get();
-      for (const auto &t : {&q, &k, &v, &o})
-        f.registerRange(t->data(), t->size() * 2);
-      f.registerRange(lse.data(), lse.size() * 4);
-      if (deviceIndex)
-        f.registerRange(offsets.data(), offsets.size() * 4);
-      d.cuda_stream = reinterpret_cast<void *>(0x5eed);
-    }
-    tessera_status s = tessera_attention_run(bundle, &d);
-    error = tessera_last_error(); // (before destroy clears it)
-    if (cuda) {
-      log = std::string(Fake::get().calls()) + "|" + Fake::get().kernels();
-      Fake::get().clear(); // (the arrays are host memory again)
-    }
-    tessera_bundle_destroy(bundle);
-    tessera_context_destroy(ctx);
-    return s;
+    return LayerCall::run(device, o, lse, log, {dir, nullptr, path, 0, index});
   }
 };
-
-double bf16Value(uint16_t x) {
-  uint32_t u = uint32_t(x) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return double(f);
-}
 
 class FakeDriverBlockIndex : public ::testing::Test {
 protected:
@@ -187,7 +115,7 @@ TEST_F(FakeDriverBlockIndex, CudaMatchesTheCpuContext) {
       std::string log;
       ASSERT_EQ(pr.run(TESSERA_DEVICE_CUDA, path, o, lse, log), TESSERA_OK)
           << pr.error;
-      const std::set<std::string> ran = calls(log.substr(log.find('|') + 1));
+      const std::set<std::string> ran = splitLog(log.substr(log.find('|') + 1));
       const std::string attend = "tessera_bi_attend_bf16_d64";
       const bool twin = ran.count(attend + "_wgmma") > 0;
       EXPECT_EQ(twin, path == nullptr) << log;
@@ -225,7 +153,7 @@ TEST_F(FakeDriverBlockIndex, BadIndicesRefusedByName) {
   std::string log;
   // Head 2 of batch entry 1, row 2: its first two key blocks swapped.
   std::vector<int32_t> cols = pr.cols, offs = pr.offsets;
-  const size_t row = size_t((1 * Problem::H + 2) * (pr.rows + 1) + 2);
+  const size_t row = size_t((1 * pr.H + 2) * (pr.rows + 1) + 2);
   ASSERT_GE(offs[row + 1] - offs[row], 2);
   std::swap(cols[size_t(offs[row])], cols[size_t(offs[row]) + 1]);
   EXPECT_EQ(

@@ -20,6 +20,7 @@
 #include "tessera/tessera.h"
 
 #include "FakeApi.h"
+#include "FakeLayerCall.h"
 
 #include <gtest/gtest.h>
 
@@ -39,57 +40,13 @@ namespace {
 
 using Fake = FakeApi;
 
-std::set<std::string> split(const std::string &log) {
-  std::set<std::string> s;
-  std::stringstream in(log);
-  for (std::string c; std::getline(in, c, ',');)
-    s.insert(c);
-  return s;
-}
-
-double bf16Value(uint16_t x) {
-  uint32_t u = uint32_t(x) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return double(f);
-}
-
-std::string slurp(const std::string &path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 constexpr const char *kPermKernel = "tessera_perm_attend_bf16_d64";
 
 /// Layer 0 (12 heads over 4 kv heads, head_dim 64, bf16) at B, Nq, Nk.
-struct Problem {
-  static constexpr int64_t H = 12, KV = 4, Dh = 64;
-  int64_t B, nq, nk;
-  std::vector<uint16_t> q, k, v;
-  std::string error;
-
-  Problem(int64_t b, int64_t nq_, int64_t nk_) : B(b), nq(nq_), nk(nk_) {
-    uint64_t state = 11 + uint64_t(nq * 37 + nk);
-    auto next = [&] {
-      state = state * 6364136223846793005ull + 1442695040888963407ull;
-      return state >> 33;
-    };
-    auto bf16 = [](float x) {
-      uint32_t u;
-      std::memcpy(&u, &x, 4);
-      return uint16_t((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-    };
-    auto fill = [&](std::vector<uint16_t> &t, int64_t n) {
-      t.resize(size_t(n));
-      for (uint16_t &x : t)
-        x = bf16(float(int64_t(next() % 2001) - 1000) / 500.0f);
-    };
-    fill(q, B * nq * H * Dh);
-    fill(k, B * nk * KV * Dh);
-    fill(v, B * nk * KV * Dh);
-  }
+struct Problem : LayerCall {
+  Problem(int64_t b, int64_t nq_, int64_t nk_)
+      : LayerCall(b, nq_, nk_, 12, 4, 64, 11 + uint64_t(nq_ * 37 + nk_),
+                  500.0f) {}
 
   /// Runs the layer on `device` into o and lse; `log` the driver calls and
   /// the launched kernels (CUDA), separated by '|'. `manifest`: instead of
@@ -97,55 +54,13 @@ struct Problem {
   tessera_status run(tessera_device_kind device, std::vector<uint16_t> &o,
                      std::vector<float> &lse, std::string &log,
                      const std::string *manifest = nullptr) {
-    tessera_context *ctx = nullptr;
-    tessera_bundle *bundle = nullptr;
-    EXPECT_EQ(tessera_context_create(device, 0, &ctx), TESSERA_OK)
-        << tessera_last_error();
-    const std::string dir =
-        std::string(TESSERA_BINARY_DIR) + "/test/bundles/permuted";
-    if (manifest) {
-      const std::string src = slurp(dir + "/bundle.cu");
-      EXPECT_EQ(tessera_bundle_load_memory(ctx, manifest->data(),
-                                           manifest->size(), src.data(),
-                                           src.size(), &bundle),
-                TESSERA_OK)
-          << tessera_last_error();
-    } else {
-      EXPECT_EQ(tessera_bundle_load_file(ctx, dir.c_str(), &bundle), TESSERA_OK)
-          << tessera_last_error();
-    }
-    o.assign(size_t(B * nq * H * Dh), 0x7777);
-    lse.assign(size_t(B * H * nq), 7.0f);
-    auto tensor = [&](void *data, int64_t seq, int64_t heads) {
-      return tessera_tensor{data, TESSERA_DTYPE_BF16, B,          seq, heads,
-                            Dh,   seq * heads * Dh,   heads * Dh, Dh};
-    };
-    tessera_attention_desc d;
-    tessera_attention_desc_init(&d);
-    d.layer = 0;
-    d.q = tensor(q.data(), nq, H);
-    d.k = tensor(k.data(), nk, KV);
-    d.v = tensor(v.data(), nk, KV);
-    d.o = tensor(o.data(), nq, H);
-    d.lse = lse.data();
-    const bool cuda = device == TESSERA_DEVICE_CUDA;
-    Fake::get().clear();
-    if (cuda) {
-      Fake &f = Fake::get();
-      for (const auto &t : {&q, &k, &v, &o})
-        f.registerRange(t->data(), t->size() * 2);
-      f.registerRange(lse.data(), lse.size() * 4);
-      d.cuda_stream = reinterpret_cast<void *>(0x5eed);
-    }
-    tessera_status s = tessera_attention_run(bundle, &d);
-    error = tessera_last_error();
-    if (cuda) {
-      log = std::string(Fake::get().calls()) + "|" + Fake::get().kernels();
-      Fake::get().clear();
-    }
-    tessera_bundle_destroy(bundle);
-    tessera_context_destroy(ctx);
-    return s;
+    return LayerCall::run(
+        device, o, lse, log,
+        {std::string(TESSERA_BINARY_DIR) + "/test/bundles/permuted",
+         manifest,
+         nullptr,
+         0x7777,
+         {}});
   }
 };
 
@@ -197,7 +112,7 @@ TEST_F(FakeDriverPermuted, CudaMatchesTheCpuContext) {
     ASSERT_EQ(pr.run(TESSERA_DEVICE_CPU, oCpu, lseCpu, none), TESSERA_OK)
         << pr.error;
     ASSERT_EQ(pr.run(TESSERA_DEVICE_CUDA, o, lse, log), TESSERA_OK) << pr.error;
-    const std::set<std::string> ran = split(log.substr(log.find('|') + 1));
+    const std::set<std::string> ran = splitLog(log.substr(log.find('|') + 1));
     EXPECT_EQ(ran.count(kPermKernel), 1u) << log;
     // The walks and maps uploaded on the stream; nothing synchronises.
     const std::string driver = log.substr(0, log.find('|'));
@@ -242,7 +157,7 @@ TEST_F(FakeDriverPermuted, IdentityLayoutsRunTheOriginalOrder) {
     ASSERT_EQ(pr.run(TESSERA_DEVICE_CPU, oCpu, lseCpu, none), TESSERA_OK)
         << pr.error;
     ASSERT_EQ(pr.run(TESSERA_DEVICE_CUDA, o, lse, log), TESSERA_OK) << pr.error;
-    const std::set<std::string> ran = split(log.substr(log.find('|') + 1));
+    const std::set<std::string> ran = splitLog(log.substr(log.find('|') + 1));
     EXPECT_EQ(ran.count(kPermKernel), 0u) << log;
     EXPECT_GT(ran.size(), 0u) << log;
     auto [worst, lseWorst] = compare(o, oCpu, lse, lseCpu);
@@ -283,7 +198,7 @@ TEST_F(FakeDriverPermuted, OlderManifestsRunExactly) {
     std::string log;
     ASSERT_EQ(pr.run(TESSERA_DEVICE_CUDA, o, lse, log, m), TESSERA_OK)
         << pr.error;
-    const std::set<std::string> ran = split(log.substr(log.find('|') + 1));
+    const std::set<std::string> ran = splitLog(log.substr(log.find('|') + 1));
     EXPECT_EQ(ran.count(kPermKernel), m == &noEntry ? 1u : 0u) << log;
     auto [worst, lseWorst] = compare(o, oCpu, lse, lseCpu);
     EXPECT_LT(worst, 2e-2);

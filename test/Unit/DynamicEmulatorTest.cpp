@@ -38,6 +38,8 @@
 #include "tessera/kernel/Program.h"
 #include "tessera/kernel/DynamicArgs.h"
 
+#include "EmuParams.h"
+
 using namespace tessera;
 namespace json = llvm::json;
 namespace k = tessera::kernel;
@@ -293,25 +295,9 @@ void checkDynamicBundle(const std::string &name, const Case &shape) {
           vf[at] = value(v[at] = round(std::numeric_limits<float>::infinity()));
         }
     std::vector<float> lse(size_t(B * hq * nq), 7.0f);
-    k::AttnParams p{};
-    p.q = q.data();
-    p.k = kk.data();
-    p.v = v.data();
-    p.o = o.data();
-    p.lse = lse.data();
-    p.nq = nq;
-    p.nk = nk;
-    p.qStrideB = p.oStrideB = nq * hq * d;
-    p.qStrideS = p.oStrideS = hq * d;
-    p.qStrideH = p.oStrideH = d;
-    p.kStrideB = p.vStrideB = nk * hkv * d;
-    p.kStrideS = p.vStrideS = hkv * d;
-    p.kStrideH = p.vStrideH = d;
+    k::AttnParams p = denseParams(q.data(), kk.data(), v.data(), o.data(),
+                                  lse.data(), nq, nk, hq, hkv, d, shape.vec);
     const double scale = 1.0 / std::sqrt(double(d));
-    p.scaleLog2 = float(scale * 1.4426950408889634);
-    p.numHeads = int(hq);
-    p.numKvHeads = int(hkv);
-    p.vectorLoads = shape.vec ? 1 : 0;
 
     int groupIndex = 0;
     for (const json::Value &gv : *dyn) {

@@ -20,6 +20,8 @@
 #include "tessera/cpu/Permuted.h"
 #include "tessera/kernel/Program.h"
 
+#include "EmuParams.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -135,25 +137,9 @@ double runCase(const Case &c, int elem, int d,
     for (uint16_t &e : *x)
       e = enc(dist(rng));
   std::vector<float> lse(B * kHeads * nq, 7.0f);
-  k::AttnParams p{};
-  p.q = q.data();
-  p.k = kk.data();
-  p.v = v.data();
-  p.o = o.data();
-  p.lse = lse.data();
-  p.nq = nq;
-  p.nk = nk;
-  p.qStrideB = p.oStrideB = nq * kHeads * d;
-  p.qStrideS = p.oStrideS = kHeads * d;
-  p.qStrideH = p.oStrideH = d;
-  p.kStrideB = p.vStrideB = nk * kKvHeads * d;
-  p.kStrideS = p.vStrideS = kKvHeads * d;
-  p.kStrideH = p.vStrideH = d;
+  k::AttnParams p = denseParams(q.data(), kk.data(), v.data(), o.data(),
+                                lse.data(), nq, nk, kHeads, kKvHeads, d, true);
   const double scale = 1.0 / std::sqrt(double(d));
-  p.scaleLog2 = float(scale * 1.4426950408889634);
-  p.numHeads = int(kHeads);
-  p.numKvHeads = int(kKvHeads);
-  p.vectorLoads = 1;
   EXPECT_TRUE(launch(elem, d, &p, &a, unsigned((nq + 63) / 64),
                      unsigned(group.size()), unsigned(B)));
 

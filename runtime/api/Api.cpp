@@ -1783,12 +1783,13 @@ tessera_status runDynamicCpu(const Call &c, const cpu::LayerArgs &a) {
   return TESSERA_OK;
 }
 
-/// Whether the layer's groups with a layout run in their permuted order
-/// (cpu::runPermutedGroup): on the calls it takes, dense ones (one batch of
-/// equal lengths, every head, bottom-right) without per-token head routing.
-/// Other calls run those groups in the original order: exact (the output
-/// does not depend on the layout), without the layout's gain.
-bool permutedOnCpu(const Call &c) {
+/// Whether the layer's groups with a layout may run in their permuted
+/// order, on either device (cpu::runPermutedGroup, the bundle's permuted
+/// kernel): on dense calls (one batch of equal lengths, every head,
+/// bottom-right) without per-token head routing. Other calls run those
+/// groups in the original order: exact (the output does not depend on the
+/// layout), without the layout's gain.
+bool permutedCall(const Call &c) {
   return !c.l->layouts.empty() && c.dense() && c.d.head_start == 0 &&
          !c.d.head_active;
 }
@@ -1838,7 +1839,7 @@ tessera_status runCpu(const Call &c) {
   if (tessera_status s = checkHostMemory(c))
     return s;
   cpu::LayerArgs a = planCpu(c);
-  if (permutedOnCpu(c)) {
+  if (permutedCall(c)) {
     if (tessera_status s = runPermutedCpu(c, a))
       return s;
   } else if (std::string e = cpu::runLayer(c.l->table(), a); !e.empty()) {
@@ -2307,7 +2308,7 @@ tessera_status runCuda(const Call &c) {
   // compute those heads too, and the permuted kernel, launched after
   // them, overwrites their rows.
   PermutedGroups permuted(*c.bundle->context->driver, c.d.cuda_stream);
-  if (!l.permutedKernel.empty() && permutedOnCpu(c))
+  if (!l.permutedKernel.empty() && permutedCall(c))
     if (tessera_status s = permuted.upload(c, p.nq, p.nk))
       return s;
   const bool allPermuted =

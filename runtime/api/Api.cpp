@@ -200,7 +200,8 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
                     bwd.queryMajor, bwd.queryMajorGuarded, bwd.zeroSkipped,
                     bwd.dynamicClear, bwd.dynamicAdd});
       for (const DynamicGroupDesc &g : l.dynamicGroups)
-        names.insert(names.end(), {g.backwardDq, g.backwardDkdv});
+        names.insert(names.end(), {g.backwardDq, g.backwardDkdv,
+                                   g.backwardDqGuarded, g.backwardDkdvGuarded});
       // The per-sequence twins of the attention and fill kernels, where
       // the bundle has them (bundles emitted before them do not).
       for (const std::string &twin : seqTwins(l)) {
@@ -238,8 +239,10 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
       }
       std::vector<std::string> keyMajor = {bwd.keyMajor, bwd.keyMajorGuarded};
       for (const DynamicGroupDesc &g : l.dynamicGroups)
-        if (!g.backwardDkdv.empty()) // the same tiles (DynamicBackward.cuh)
-          keyMajor.push_back(g.backwardDkdv);
+        for (const std::string *name :
+             {&g.backwardDkdv, &g.backwardDkdvGuarded})
+          if (!name->empty()) // the same tiles (DynamicBackward.cuh)
+            keyMajor.push_back(*name);
       for (const std::string &name : keyMajor)
         if (bwd.keyMajorDynamicShared > 48 * 1024 &&
             std::find_if(big.begin(), big.end(), [&](const auto &b) {
@@ -2566,9 +2569,13 @@ tessera_status runBackwardCuda(const Call &c, const tessera_tensor &dO,
     a.layer = position;
     a.group = static_cast<int>(gi);
     a.centroids = c.centroids;
+    a.bwdStop = backwardStops(c.d, l, static_cast<float *>(delta));
     if ((status = checkCudaCentroids(c, a)))
       break;
     // A block per 64 query rows; routing: per segment tile (rtAttend's).
+    // dQ and the dK / dV sums, then their guarded launches (blocks whose dQ
+    // came out non-finite, or whose dK / dV pass stopped at a masked tile
+    // with non-finite sums, walk again with the guard; the others return).
     const DynamicAttend attend = [&](kernel::DynArgs &chunk, int64_t batches) {
       void *dynArgs[] = {&p, &chunk};
       const int64_t gx = chunk.family == kernel::kRouting
@@ -2576,8 +2583,10 @@ tessera_status runBackwardCuda(const Call &c, const tessera_tensor &dO,
                              : (c.d.q.seq + 63) / 64;
       if (gx > 0x7fffffff)
         return -1;
-      for (auto [name, threads, shared] :
-           {std::tuple{&dg.backwardDq, 128u, qs}, {&dg.backwardDkdv, kt, ks}})
+      for (auto [name, threads, shared] : {std::tuple{&dg.backwardDq, 128u, qs},
+                                           {&dg.backwardDkdv, kt, ks},
+                                           {&dg.backwardDqGuarded, 128u, qs},
+                                           {&dg.backwardDkdvGuarded, kt, ks}})
         if (int rc = drv.launchKernel(c.bundle->functions.at(*name),
                                       unsigned(gx), unsigned(chunk.numSlots),
                                       unsigned(batches), threads, 1, 1, shared,

@@ -54,6 +54,22 @@ int64_t sumsBytes(const tessera_attention_desc &d, const LayerDesc &l) {
 int64_t sumsOffset(const tessera_attention_desc &d, const LayerDesc &l) {
   return (deltaBytes(d, l) + 15) / 16 * 16;
 }
+/// Then the dynamic groups' stops (an int per block of a chunk's grid,
+/// DynArgs::bwdStop): the largest grid of any group's chunk.
+int64_t stopsBytes(const tessera_attention_desc &d, const LayerDesc &l) {
+  int64_t blocks = 0;
+  for (const DynamicGroupDesc &g : l.dynamicGroups) {
+    const int64_t gx = g.args.family == kernel::kRouting
+                           ? kernel::routingTiles(g.args, d.q.seq)
+                           : (d.q.seq + 63) / 64;
+    const int64_t n = gx * int64_t(g.heads.size()) * d.q.batch;
+    blocks = n > blocks ? n : blocks;
+  }
+  return int64_t(sizeof(int)) * blocks;
+}
+int64_t stopsOffset(const tessera_attention_desc &d, const LayerDesc &l) {
+  return sumsOffset(d, l) + (sumsBytes(d, l) + 15) / 16 * 16;
+}
 
 } // namespace
 
@@ -61,7 +77,15 @@ int64_t
 tessera::runtime::backwardWorkspaceBytes(const tessera_attention_desc &d,
                                          const LayerDesc &l) {
   const int64_t sums = sumsBytes(d, l);
-  return sums ? sumsOffset(d, l) + sums : deltaBytes(d, l);
+  return sums ? stopsOffset(d, l) + stopsBytes(d, l) : deltaBytes(d, l);
+}
+
+int *tessera::runtime::backwardStops(const tessera_attention_desc &d,
+                                     const LayerDesc &l, float *delta) {
+  return sumsBytes(d, l)
+             ? reinterpret_cast<int *>(reinterpret_cast<char *>(delta) +
+                                       stopsOffset(d, l))
+             : nullptr;
 }
 
 namespace {

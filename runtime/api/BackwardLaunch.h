@@ -29,9 +29,16 @@ std::string cudaBackwardRefusal(const tessera_attention_desc &d,
 
 /// Bytes of the backward's f32 workspace: [batch, heads, Nq] delta, and for
 /// layers with dynamic heads after it (16-byte aligned) their dK / dV sums,
-/// [batch, kv heads, Nk, 2 head_dim] (DynamicBackward.cuh).
+/// [batch, kv heads, Nk, 2 head_dim], then (16-byte aligned) an int per
+/// block of the largest chunk grid of a dynamic group, where its unguarded
+/// dK / dV pass stopped (DynamicBackward.cuh).
 int64_t backwardWorkspaceBytes(const tessera_attention_desc &d,
                                const LayerDesc &l);
+
+/// The stops of the dynamic groups' dK / dV passes in the workspace at
+/// `delta` (DynArgs::bwdStop); null for a layer without dynamic heads.
+int *backwardStops(const tessera_attention_desc &d, const LayerDesc &l,
+                   float *delta);
 
 /// The kernels' arguments for a dense call (the workspace at `delta`: the
 /// delta rows, then the dynamic heads' sums where the layer has some).

@@ -287,16 +287,22 @@ std::string parseBackward(const json::Object &o, LayerDesc &l) {
                "pairs outside its clusters";
       const json::Object *go = (*groups)[i].getAsObject();
       const json::Object *gb = go ? go->getObject("backward") : nullptr;
-      std::optional<llvm::StringRef> dq, dkdv;
+      std::optional<llvm::StringRef> dq, dkdv, dqGuarded, dkdvGuarded;
       if (gb) {
         dq = gb->getString("dq");
         dkdv = gb->getString("dkdv");
+        dqGuarded = gb->getString("dq_guarded");
+        dkdvGuarded = gb->getString("dkdv_guarded");
       }
-      if (!dq || !dkdv || dq->empty() || dkdv->empty())
+      if (!dq || !dkdv || !dqGuarded || !dkdvGuarded || dq->empty() ||
+          dkdv->empty() || dqGuarded->empty() || dkdvGuarded->empty())
         return "backward: dynamic group " + std::to_string(i) +
-               " lacks its backward kernels dq and dkdv";
+               " lacks its backward kernels dq, dkdv, dq_guarded and "
+               "dkdv_guarded (a bundle emitted before them: emit it again)";
       g.backwardDq = dq->str();
       g.backwardDkdv = dkdv->str();
+      g.backwardDqGuarded = dqGuarded->str();
+      g.backwardDkdvGuarded = dkdvGuarded->str();
     }
   }
   k.keyMajorThreads = *kt;

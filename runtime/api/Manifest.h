@@ -35,6 +35,8 @@ struct DynamicGroupDesc {
   /// bundle has none (routing that merges with rows outside its clusters,
   /// older bundles).
   std::string backwardDq, backwardDkdv;
+  /// Their guarded second launches (non-finite inputs in masked pairs).
+  std::string backwardDqGuarded, backwardDkdvGuarded;
 };
 
 /// A layer's backward kernels (FlashBackward.cuh, docs/backward.md): the

@@ -445,6 +445,68 @@ protected:
   const std::vector<float> *deviceFloats = nullptr;
   /// Where set (with `allowed`): what plant() adds to the random inputs.
   std::function<void(const Case &, Buffers &)> replant;
+  /// Where set: what checkDynamic does to the inputs after plant() (NaN and
+  /// infinities in masked pairs: poison()).
+  std::function<void(const Case &, Buffers &)> afterPlant;
+  /// The last checkDynamic's CUDA and CPU gradients.
+  Buffers lastCuda, lastCpu;
+
+  /// Whether the reference allows (bi, h, i, j).
+  bool pairAllowed(const Case &c, int64_t bi, int64_t h, int64_t i,
+                   int64_t j) const {
+    return allowed ? allowed(bi, h, i, j)
+                   : dynamicAllowed(c.layer, h, i, j, c.nq, c.nk);
+  }
+
+  /// What poison() may make non-finite.
+  enum Poison { kPoisonQ = 1, kPoisonDO = 2, kPoisonK = 4, kPoisonV = 8 };
+
+  /// NaN, +inf and -inf in turn at every element of the rows no pair of the
+  /// reference reads: the q (heads `qHeads`, bit h) and dO rows of queries
+  /// without keys, the k and v rows of keys no query of their kv head's
+  /// heads sees (`what`: which). The CPU never reads them, so its
+  /// gradients stay finite; so must the kernels' (their guard). Returns the
+  /// rows made non-finite.
+  int64_t poison(const Case &c, Buffers &b, int what, uint32_t qHeads = ~0u) {
+    const uint16_t bad[3] = {nanBits(c.bf16),
+                             uint16_t(c.bf16 ? 0x7f80 : 0x7c00),
+                             uint16_t(c.bf16 ? 0xff80 : 0xfc00)};
+    int64_t rows = 0, at = 0;
+    auto fill = [&](Bits &t, size_t row) {
+      for (int64_t x = 0; x < c.dim; ++x)
+        t[row * size_t(c.dim) + size_t(x)] = bad[at++ % 3];
+      ++rows;
+    };
+    const int64_t group = c.heads / c.kvHeads;
+    for (int64_t bi = 0; bi < c.batch; ++bi) {
+      std::vector<char> seen(size_t(c.nk * c.kvHeads), 0);
+      for (int64_t h = 0; h < c.heads; ++h)
+        for (int64_t i = 0; i < c.nq; ++i) {
+          bool any = false;
+          for (int64_t j = 0; j < c.nk; ++j)
+            if (pairAllowed(c, bi, h, i, j)) {
+              any = true;
+              seen[size_t(j * c.kvHeads + h / group)] = 1;
+            }
+          const size_t row = size_t((bi * c.nq + i) * c.heads + h);
+          if (!any && (what & kPoisonQ) && ((qHeads >> h) & 1u))
+            fill(b.q, row);
+          if (!any && (what & kPoisonDO))
+            fill(b.dO, row);
+        }
+      for (int64_t j = 0; j < c.nk; ++j)
+        for (int64_t kvh = 0; kvh < c.kvHeads; ++kvh) {
+          if (seen[size_t(j * c.kvHeads + kvh)])
+            continue;
+          const size_t row = size_t((bi * c.nk + j) * c.kvHeads + kvh);
+          if (what & kPoisonK)
+            fill(b.k, row);
+          if (what & kPoisonV)
+            fill(b.v, row);
+        }
+    }
+    return rows;
+  }
 
   /// Planted inputs (BackwardDynamic.mlir's comment): small noise, element
   /// 0 of every query 4 and of every planted key 6, so that the planted
@@ -589,6 +651,8 @@ protected:
     load(c, emulated);
     Buffers b;
     plant(c, b, seed);
+    if (afterPlant)
+      afterPlant(c, b);
     std::vector<double> dq, dk, dv;
     reference(c, b, dq, dk, dv);
     // The CPU context: its forward (its own index) equals the float64 one,
@@ -639,6 +703,8 @@ protected:
                     call == "cuCtxPushCurrent" || call == "cuCtxPopCurrent")
             << call;
     }
+    lastCuda = b;
+    lastCpu = ref;
     return compare(c, b, ref, checkFloat64);
   }
 };
@@ -731,6 +797,82 @@ TEST_F(FakeDriverDynamicBackward, BrokenQueryMasksFail) {
   EXPECT_GT(checkDynamic({"backward-dynamic", 0, 1, 128, 160, 4, 2, 64, false},
                          "broken-bwd-dyn-q", 19, /*checkFloat64=*/false),
             0);
+}
+
+/// Non-finite elements of a 16-bit tensor.
+int64_t nonFinite(const Bits &t, bool bf16) {
+  int64_t n = 0;
+  for (uint16_t x : t)
+    n += !std::isfinite(toFloat(x, bf16));
+  return n;
+}
+
+/// NaN and infinities in masked pairs (docs/backward.md, the dynamic
+/// heads' guard): Nq > Nk, so rows 0-79 of the causal heads 0-2 see no key;
+/// their dO rows (heads 0-2) and q rows (heads 0 and 1: head 2's block
+/// top-k pools its query blocks' q into its index, which a NaN would make
+/// another one) are NaN, +inf and -inf in turn, rows 64-79 inside a query
+/// tile whose other rows see keys. The gradients equal float64's and the
+/// CPU's (finite: the CPU never reads masked pairs).
+TEST_F(FakeDriverDynamicBackward, NonFiniteMaskedRows) {
+  int64_t rows = 0;
+  afterPlant = [&](const Case &c, Buffers &b) {
+    rows = poison(c, b, kPoisonQ | kPoisonDO, 0b0011u);
+  };
+  EXPECT_EQ(checkDynamic({"backward-dynamic", 0, 1, 230, 150, 4, 2, 64, false},
+                         "backward-dynamic", 51),
+            0);
+  EXPECT_EQ(rows, 80 * 3 + 80 * 2);
+  const std::string k = FakeApi::get().kernels();
+  EXPECT_NE(k.find("tessera_bwd_dyn_vs_dq_f16_d64,tessera_bwd_dyn_vs_dkdv_f16_"
+                   "d64,tessera_bwd_dyn_vs_dq_guarded_f16_d64,tessera_bwd_dyn_"
+                   "vs_dkdv_guarded_f16_d64"),
+            std::string::npos)
+      << k;
+}
+
+/// Keys no query of their kv head sees, their v rows non-finite: on kv head
+/// 1 of layer 0 at Nq < Nk keys 64-91 (inside the window's partial tiles;
+/// block top-k selects key blocks 0 and 2; kv head 0's static causal head
+/// sees every key); on layer 1 (bf16, head_dim 128) kv head 1's whole key
+/// block 1 and kv head 0's keys between the planted columns and the window
+/// (masked columns inside the window's partial tiles). k stays finite (the
+/// index is estimated from it).
+TEST_F(FakeDriverDynamicBackward, NonFiniteMaskedKeys) {
+  int64_t rows = 0;
+  afterPlant = [&](const Case &c, Buffers &b) {
+    rows = poison(c, b, kPoisonV);
+  };
+  EXPECT_EQ(checkDynamic({"backward-dynamic", 0, 2, 100, 200, 4, 2, 64, false},
+                         "backward-dynamic", 52),
+            0);
+  EXPECT_EQ(rows, 2 * 28);
+  EXPECT_EQ(checkDynamic({"backward-dynamic", 1, 1, 70, 190, 2, 2, 128, true},
+                         "backward-dynamic", 53),
+            0);
+  EXPECT_GT(rows, 64 + 100);
+}
+
+/// The copy without the guard (the dK / dV pass never stops at a tile with
+/// non-finite sums, the guarded dQ launch never walks again): NaN reach dq
+/// and dk through the masked rows, and dk and dv through the masked keys.
+TEST_F(FakeDriverDynamicBackward, BrokenGuardFails) {
+  afterPlant = [&](const Case &c, Buffers &b) {
+    poison(c, b, kPoisonQ | kPoisonDO, 0b0011u);
+  };
+  EXPECT_GT(checkDynamic({"backward-dynamic", 0, 1, 230, 150, 4, 2, 64, false},
+                         "broken-bwd-dyn-guard", 51, /*checkFloat64=*/false),
+            0);
+  EXPECT_GT(nonFinite(lastCuda.dq, false), 0);
+  EXPECT_GT(nonFinite(lastCuda.dk, false), 0);
+  EXPECT_EQ(nonFinite(lastCpu.dq, false) + nonFinite(lastCpu.dk, false) +
+                nonFinite(lastCpu.dv, false),
+            0);
+  afterPlant = [&](const Case &c, Buffers &b) { poison(c, b, kPoisonV); };
+  EXPECT_GT(checkDynamic({"backward-dynamic", 0, 1, 100, 200, 4, 2, 64, false},
+                         "broken-bwd-dyn-guard", 52, /*checkFloat64=*/false),
+            0);
+  EXPECT_GT(nonFinite(lastCuda.dk, false) + nonFinite(lastCuda.dv, false), 0);
 }
 
 /// Routing heads whose pattern allows pairs outside their clusters (a
@@ -872,6 +1014,25 @@ TEST_F(FakeDriverRoutingBackward, BrokenRowsFail) {
             0);
 }
 
+/// Routing with non-finite inputs in masked pairs: Nq > Nk (rows before the
+/// first key, and queries of kv head 1 in cluster 3, which has no key
+/// there, see none: their dO rows non-finite) and keys of no query's
+/// cluster (their v rows); q and k stay finite (the clusters are theirs).
+/// Equal to float64 and the CPU; the copy without the guard is not.
+TEST_F(FakeDriverRoutingBackward, NonFiniteMaskedPairs) {
+  int64_t rows = 0;
+  afterPlant = [&](const Case &c, Buffers &b) {
+    rows = poison(c, b, kPoisonDO | kPoisonV);
+  };
+  EXPECT_EQ(checkRouting({"backward-dynamic", 2, 1, 230, 150, 4, 2, 64, false},
+                         "backward-dynamic", 45),
+            0);
+  EXPECT_GT(rows, 80);
+  EXPECT_GT(checkRouting({"backward-dynamic", 2, 1, 230, 150, 4, 2, 64, false},
+                         "broken-bwd-dyn-guard", 45, /*checkFloat64=*/false),
+            0);
+}
+
 //===----------------------------------------------------------------------===//
 // A caller's block index (#attn.block_index): Inputs/dynamic-block-index.mlir
 //===----------------------------------------------------------------------===//
@@ -993,6 +1154,30 @@ TEST_F(FakeDriverBlockIndexBackward, BrokenWalkFails) {
       checkIndex({"dynamic-block-index", 1, 1, 200, 450, 2, 1, 128, false},
                  "broken-dynamic-block-index", 36, /*checkFloat64=*/false),
       0);
+}
+
+/// Non-finite inputs in masked pairs of a caller's index: q and dO rows of
+/// queries without keys (empty lists), k and v rows of keys no list or
+/// window of their kv head reaches (whole masked key blocks, and masked
+/// columns inside partial tiles); layer 0 at Nq < Nk over two batch
+/// entries, layer 1 (block_q 128, block_k 192) at Nq > Nk. Equal to
+/// float64 and the CPU's (the index is the caller's: no estimate reads q
+/// or k).
+TEST_F(FakeDriverBlockIndexBackward, NonFiniteMaskedPairs) {
+  int64_t rows = 0;
+  afterPlant = [&](const Case &c, Buffers &b) {
+    rows = poison(c, b, kPoisonQ | kPoisonDO | kPoisonK | kPoisonV);
+  };
+  EXPECT_EQ(checkIndex({"dynamic-block-index", 0, 2, 150, 260, 4, 2, 64, true},
+                       "dynamic-block-index", 38),
+            0);
+  EXPECT_GT(rows, 0);
+  rows = 0;
+  EXPECT_EQ(
+      checkIndex({"dynamic-block-index", 1, 1, 330, 260, 2, 1, 128, false},
+                 "dynamic-block-index", 39),
+      0);
+  EXPECT_GT(rows, 0);
 }
 
 /// A bad index is refused by name before any launch (validated on the

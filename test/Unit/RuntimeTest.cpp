@@ -1186,10 +1186,15 @@ TEST(RuntimeBundles, BackwardEntriesAreValidated) {
       {{"no dynamic_add", "needs dynamic_clear and dynamic_add",
         [](Obj &l) { l.getObject("backward")->erase("dynamic_add"); }},
        {"a group without its kernels",
-        "dynamic group 1 lacks its backward kernels dq and dkdv",
+        "dynamic group 1 lacks its backward kernels dq, dkdv, dq_guarded and "
+        "dkdv_guarded",
         [](Obj &l) { dynGroup(l, 1).erase("backward"); }},
        {"an empty dkdv", "dynamic group 0 lacks its backward kernels",
         [](Obj &l) { (*dynGroup(l, 0).getObject("backward"))["dkdv"] = ""; }},
+       {"no guarded dkdv", "dynamic group 0 lacks its backward kernels",
+        [](Obj &l) {
+          dynGroup(l, 0).getObject("backward")->erase("dkdv_guarded");
+        }},
        {"a merging routing group",
         "serve no routing group whose pattern allows pairs outside its "
         "clusters",

@@ -63,15 +63,17 @@ std::string familyTag(const std::string &family) {
 }
 /// The entry of a family's backward kernels (DynamicBackward.cuh):
 /// bwdDynGroup over the forward's walk (a block per 64 query rows), or
-/// bwdRtGroup over routing's segment tiles.
-std::string passEntry(const std::string &family, const std::string &ed) {
+/// bwdRtGroup over routing's segment tiles; `guarded`: the second launch.
+std::string passEntry(const std::string &family, const std::string &ed,
+                      bool guarded) {
+  const std::string g = guarded ? ", true>" : ", false>";
   if (family == "routing")
-    return "bwdRtGroup<" + ed + ", bundle::DynPats>";
+    return "bwdRtGroup<" + ed + ", bundle::DynPats" + g;
   return "bwdDynGroup<" + ed + ", " +
          (family == "vertical_slash" ? "VsWalk<bundle::DynPats>"
           : family == "block_index"  ? "BtWalk<bundle::DynPats, int>"
                                      : "BtWalk<bundle::DynPats>") +
-         ">";
+         g;
 }
 /// The zeroing and adding of the sums: tessera_bwd_dynkv_<what>_<dtype>_d<D>
 /// ((BwdParams, int layer), as the static kernels').
@@ -284,12 +286,20 @@ void tessera::backward::emitDynamicBackwardKernels(
   for (const std::string &f : families) {
     if (!hasDynamicBackward(f, d))
       continue;
-    const std::string entry = passEntry(f, ED);
     const std::string tag = familyTag(f);
-    pass(dynName((tag + "_dq").c_str(), dt, d), "backward_dynamic_query_major",
-         entry, "PipeTiles<" + ds + ">", 128, queryTilesBytes(d));
-    pass(dynName((tag + "_dkdv").c_str(), dt, d), "backward_dynamic_key_major",
-         entry, "BwdKeyTiles<" + ds + ">", keyThreads(d), keyTilesBytes(d));
+    // The passes, then their guarded second launches (non-finite inputs).
+    for (bool guarded : {false, true}) {
+      const std::string entry = passEntry(f, ED, guarded);
+      const std::string sfx = guarded ? "_guarded" : "";
+      pass(dynName((tag + "_dq" + sfx).c_str(), dt, d),
+           guarded ? "backward_dynamic_query_major_guarded"
+                   : "backward_dynamic_query_major",
+           entry, "PipeTiles<" + ds + ">", 128, queryTilesBytes(d));
+      pass(dynName((tag + "_dkdv" + sfx).c_str(), dt, d),
+           guarded ? "backward_dynamic_key_major_guarded"
+                   : "backward_dynamic_key_major",
+           entry, "BwdKeyTiles<" + ds + ">", keyThreads(d), keyTilesBytes(d));
+    }
   }
   // The sums' zeroing and their adding to dk and dv.
   const std::string clear = sumsName("clear", dt, d),
@@ -305,6 +315,9 @@ json::Object tessera::backward::dynamicGroupBackwardJson(llvm::StringRef family,
                                                          const std::string &dt,
                                                          int64_t d) {
   const std::string tag = familyTag(family.str());
-  return json::Object{{"dq", dynName((tag + "_dq").c_str(), dt, d)},
-                      {"dkdv", dynName((tag + "_dkdv").c_str(), dt, d)}};
+  return json::Object{
+      {"dq", dynName((tag + "_dq").c_str(), dt, d)},
+      {"dkdv", dynName((tag + "_dkdv").c_str(), dt, d)},
+      {"dq_guarded", dynName((tag + "_dq_guarded").c_str(), dt, d)},
+      {"dkdv_guarded", dynName((tag + "_dkdv_guarded").c_str(), dt, d)}};
 }

@@ -77,6 +77,10 @@ struct DynArgs {
   i64 blockQ, blockK;
   const int *biOffsets, *biCols;
   i64 biHeads, biStride;
+  /// The backward's kernels over the index (DynamicBackward.cuh): an int
+  /// per block of the chunk's grid, where the unguarded dK / dV pass
+  /// stopped for the guarded one (-1: it did every tile); else null.
+  int *bwdStop;
 };
 
 /// A dynamic group of a layer as the bundle's tables give it to the

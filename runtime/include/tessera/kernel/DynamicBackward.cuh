@@ -30,8 +30,17 @@
 // added to dk and dv after them (bwdDynAdd: dk = round(dk + sum)), so that
 // a kv head shared by static and dynamic heads gets both: the static
 // key-major pass writes its heads' sums (zeros where it has none) first.
-// Skipped: the guarded second launches of the static passes (non-finite
-// inputs); a NaN or infinity in a masked pair's operand tile makes NaN here.
+//
+// Non-finite inputs follow the forward's rule (a masked pair adds nothing),
+// as in the static passes: each pass has a guarded second launch (GUARDED,
+// the same grid, after it in the chunk). dQ: a block whose stored rows are
+// finite returns, the others walk again with the static guard (masked P
+// and dS selected to 0, bwdGuard on the key tile). dK / dV, whose sums
+// other blocks share: the unguarded block stops at the first masked tile
+// of its walk whose fresh sums are not finite (nothing of it added) and
+// writes the tile's ordinal into DynArgs::bwdStop (-1: none); the guarded
+// block walks from that tile on with bwdKeyProducts' guard, Q and dO
+// loaded again each tile (the guard zeroes what it finds).
 //
 //===----------------------------------------------------------------------===//
 
@@ -144,6 +153,46 @@ __device__ __forceinline__ void bwdStoreQueries(const FlashAcc<D> &acc,
   }
 }
 
+/// Whether some stored dQ value of the block's rows `qr` (of `base`, row
+/// stride `strideS`) is NaN or infinite: the guarded dQ kernel's test of
+/// the unguarded one's output, by NT threads (a barrier).
+template <int E, int D, int NT>
+__device__ __forceinline__ bool bwdQueriesNonFinite(const u16 *base,
+                                                    i64 strideS,
+                                                    const BwdRows &qr, i64 nq) {
+  if (!qr.rows)
+    return bwdRowsNonFinite<E, D, NT>(base, strideS, qr.q0, nq);
+  u32 bits = 0;
+  for (int i = threadIdx.x; i < 64 * (D / 2); i += NT) {
+    const i64 r = bwdRow(qr, i / (D / 2), nq);
+    if (r >= 0)
+      bits |= nonFiniteBits<E>(ld32(base + r * strideS + 2 * (i % (D / 2))));
+  }
+  return __syncthreads_or(bits != 0);
+}
+
+/// Whether some element of a tile's fresh dK or dV sums is NaN or
+/// infinite (this thread's elements).
+template <int C>
+__device__ __forceinline__ bool bwdAccNonFinite(const FlashAcc<C> &dk,
+                                                const FlashAcc<C> &dv) {
+  bool bad = false;
+#pragma unroll
+  for (int dn = 0; dn < C / 8; ++dn)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      bad = bad ||
+            (__float_as_int(dk.o[dn][e]) & 0x7f800000) == 0x7f800000 ||
+            (__float_as_int(dv.o[dn][e]) & 0x7f800000) == 0x7f800000;
+  return bad;
+}
+
+/// This block's entry of a.bwdStop (the chunk's blocks, in grid order).
+__device__ __forceinline__ int *bwdDynStopAt(const DynArgs &a) {
+  return a.bwdStop +
+         ((i64)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+}
+
 /// The walk's next tile into `tile` (thread 0), published with its staged
 /// rows (gathered tiles) by the barriers here; false at the walk's end.
 template <class Walk>
@@ -167,7 +216,7 @@ bwdDynNext(Walk &w, DynTile &tile, DynRows &rows, const u16 *kBase, i64 kStride,
 /// `sm`. Per tile: S = Q K^T with the walk's keep bits, P from the
 /// forward's LSE, dP = dO V^T, dS = P (dP - D), dQ += dS K; stored once
 /// times s. Rows without keys get dQ = 0.
-template <int E, int D, class Walk>
+template <int E, int D, bool GUARDED, class Walk>
 __device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
                                             const DynSlice &sl, Walk &w,
                                             PipeTiles<D> &tiles,
@@ -180,6 +229,10 @@ __device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const i64 head = sl.head, b = sl.b, kvh = sl.kvHead;
   const bool vec = p.vectorLoads != 0;
+  if constexpr (GUARDED) // (also publishes the walk thread 0 set up)
+    if (!bwdQueriesNonFinite<E, D, NT>(p.dq + b * p.dqs.b + head * p.dqs.h,
+                                       p.dqs.s, qr, p.nq))
+      return;
   const u16 *kBase = p.k + b * p.ks.b + kvh * p.ks.h;
   const u16 *vBase = p.v + b * p.vs.b + kvh * p.vs.h;
   bwdCopyRows<D, NT>(sm.k(), p.q + b * p.qs.b + head * p.qs.h, p.qs.s, qr,
@@ -222,6 +275,9 @@ __device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         s[nt][e] = ex2(fmaf(s[nt][e], p.scaleLog2, -lse2[e >> 1]));
+    const bool guard = GUARDED && t.masked;
+    if (guard) // a NaN LSE makes masked pairs' P NaN
+      bwdZeroMasked(s, keep);
     u32 da[4][4];
     bwdPackA<E>(s, da); // P, packed
     float dp[8][4];
@@ -231,6 +287,12 @@ __device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         dp[nt][e] = bwdUnpack<E>(da, nt, e) * (dp[nt][e] - dl[e >> 1]); // dS
+    if (guard) { // masked pairs add nothing; non-finite keys only where seen
+      bwdZeroMasked(dp, keep);
+      const unsigned long long sees[2] = {rowKeep(keep, 0, lane % 4 * 2),
+                                          rowKeep(keep, 1, lane % 4 * 2)};
+      bwdGuard<E, D, D, NT>(sm.k(), sees, dq, 0);
+    }
     bwdPackA<E>(dp, da);
     pipeValues<E, D>(da, sm.k(), dq); // dQ += dS K (s applied at the end)
     __syncthreads(); // every warp is done with K, V, the tile and its rows
@@ -245,11 +307,12 @@ __device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
 /// tiles, the keep bits (warps 0-3, the forward's rows) into the
 /// query-major mask, bwdKeyProducts into fresh accumulators, added to
 /// p.dynKV at the tile's keys by f32 atomics (dK times s).
-template <int E, int D, class Walk>
+template <int E, int D, bool GUARDED, class Walk>
 __device__ __forceinline__ void bwdDynKeyValue(const BwdParams &p,
                                                const DynSlice &sl, Walk &w,
                                                BwdKeyTiles<D> &tiles,
-                                               const BwdRows &qr) {
+                                               const BwdRows &qr,
+                                               int *stopEntry) {
   using Shape = BwdKeyShape<D>;
   constexpr int NT = Shape::kThreads, BQ = 64, C = Shape::kCols;
   constexpr int kKind = Walk::kRows;
@@ -263,10 +326,25 @@ __device__ __forceinline__ void bwdDynKeyValue(const BwdParams &p,
   const bool vec = p.vectorLoads != 0;
   const u16 *kBase = p.k + b * p.ks.b + kvh * p.ks.h;
   const u16 *vBase = p.v + b * p.vs.b + kvh * p.vs.h;
-  bwdCopyRows<D, NT>(sm.q(), p.q + b * p.qs.b + head * p.qs.h, p.qs.s, qr,
-                     p.nq, vec);
-  bwdCopyRows<D, NT>(sm.dO(), p.dO + b * p.dOs.b + head * p.dOs.h, p.dOs.s, qr,
-                     p.nq, vec);
+  const u16 *qBase = p.q + b * p.qs.b + head * p.qs.h;
+  const u16 *dOBase = p.dO + b * p.dOs.b + head * p.dOs.h;
+  // The unguarded pass stops at its first masked tile whose sums are not
+  // finite (nothing of it added) and says where in dynStop; the guarded
+  // pass does the tiles from there (-1: none) with the guard.
+  int stop = -1;
+  if constexpr (GUARDED) {
+    __shared__ int stopAt;
+    if (threadIdx.x == 0)
+      stopAt = *stopEntry;
+    __syncthreads();
+    stop = stopAt;
+    if (stop < 0)
+      return; // (uniform)
+  }
+  if (!GUARDED) { // the guarded pass loads them with each tile it does
+    bwdCopyRows<D, NT>(sm.q(), qBase, p.qs.s, qr, p.nq, vec);
+    bwdCopyRows<D, NT>(sm.dO(), dOBase, p.dOs.s, qr, p.nq, vec);
+  }
   cpAsyncCommit();
   const i64 rowsAt = (b * p.numHeads + head) * p.nq;
   if (threadIdx.x < BQ) {
@@ -281,9 +359,19 @@ __device__ __forceinline__ void bwdDynKeyValue(const BwdParams &p,
   __syncthreads(); // Q, dO, the rows and the walk set up
   const typename Walk::Lane ln = w.lane(); // (warps 0-3's rows)
   float *sums = p.dynKV + (b * p.numKvHeads + kvh) * p.nk * (2 * D);
+  int ordinal = -1; // of the walk's tile
 #pragma unroll 1
   while (bwdDynNext(w, tile, rows, kBase, p.ks.s, vBase, p.vs.s)) {
     const DynTile t = tile;
+    ++ordinal;
+    if (GUARDED && ordinal < stop) { // added by the unguarded pass
+      __syncthreads(); // every thread has read the tile and its rows
+      continue;
+    }
+    if (GUARDED) { // the guard zeroes what it found: fresh rows each tile
+      bwdCopyRows<D, NT>(sm.q(), qBase, p.qs.s, qr, p.nq, vec);
+      bwdCopyRows<D, NT>(sm.dO(), dOBase, p.dOs.s, qr, p.nq, vec);
+    }
     if (threadIdx.x < kDynThreads) { // the copies are 128 threads'
       copyWalkTile<D, kKind>(sm.k(), kBase, p.ks.s, t, rows.kRow, vec);
       copyWalkTile<D, kKind>(sm.v(), vBase, p.vs.s, t, rows.vRow, vec);
@@ -302,8 +390,14 @@ __device__ __forceinline__ void bwdDynKeyValue(const BwdParams &p,
     FlashAcc<C> dk, dv;
     flashInit<C>(dk);
     flashInit<C>(dv);
-    bwdKeyProducts<E, D, false>(*bwdOpaque(&tiles), p, t.masked != 0, dk,
-                                dv);
+    bwdKeyProducts<E, D, GUARDED>(*bwdOpaque(&tiles), p, t.masked != 0, dk,
+                                  dv);
+    if (!GUARDED && t.masked && __syncthreads_or(bwdAccNonFinite<C>(dk, dv))) {
+      // A masked pair's NaN or infinity may be in these sums: none of the
+      // tile is added; the guarded pass does it and the rest.
+      stop = ordinal;
+      break;
+    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = rw * 16 + lane / 4 + h * 8;
@@ -320,22 +414,24 @@ __device__ __forceinline__ void bwdDynKeyValue(const BwdParams &p,
         }
     }
   }
+  if (!GUARDED && threadIdx.x == 0)
+    *stopEntry = stop; // every block's entry: the buffer is reused
 }
 
 /// The pass of a tiles type (bwdDynGroup).
-template <int E, int D, class Walk>
+template <int E, int D, bool GUARDED, class Walk>
 __device__ __forceinline__ void bwdDynPass(const BwdParams &p,
                                            const DynSlice &sl, Walk &w,
-                                           PipeTiles<D> &sm,
-                                           const BwdRows &qr) {
-  bwdDynQuery<E, D>(p, sl, w, sm, qr);
+                                           PipeTiles<D> &sm, const BwdRows &qr,
+                                           int *) {
+  bwdDynQuery<E, D, GUARDED>(p, sl, w, sm, qr);
 }
-template <int E, int D, class Walk>
+template <int E, int D, bool GUARDED, class Walk>
 __device__ __forceinline__ void bwdDynPass(const BwdParams &p,
                                            const DynSlice &sl, Walk &w,
                                            BwdKeyTiles<D> &sm,
-                                           const BwdRows &qr) {
-  bwdDynKeyValue<E, D>(p, sl, w, sm, qr);
+                                           const BwdRows &qr, int *stopEntry) {
+  bwdDynKeyValue<E, D, GUARDED>(p, sl, w, sm, qr, stopEntry);
 }
 
 /// The backward kernels of a dynamic group's chunk (grid: ceil(Nq / 64),
@@ -343,7 +439,7 @@ __device__ __forceinline__ void bwdDynPass(const BwdParams &p,
 /// attention over the index: the walk of the block's query tile set up by
 /// thread 0, then the pass its tiles type selects (PipeTiles: dQ,
 /// BwdKeyTiles: dK and dV).
-template <int E, int D, class Walk, class Tiles>
+template <int E, int D, class Walk, bool GUARDED = false, class Tiles>
 __device__ __forceinline__ void bwdDynGroup(const BwdParams &p,
                                             const DynArgs &a,
                                             const DynGroupTable &g, Tiles &sm) {
@@ -352,7 +448,8 @@ __device__ __forceinline__ void bwdDynGroup(const BwdParams &p,
   __shared__ Walk w;
   if (threadIdx.x == 0)
     bwdWalkInit(w, p, a, sl, g, q0);
-  bwdDynPass<E, D>(p, sl, w, sm, BwdRows{q0, nullptr, 0});
+  bwdDynPass<E, D, GUARDED>(p, sl, w, sm, BwdRows{q0, nullptr, 0},
+                            bwdDynStopAt(a));
 }
 
 /// The backward kernels of a routing group's chunk (grid: routingTiles(),
@@ -363,7 +460,7 @@ __device__ __forceinline__ void bwdDynGroup(const BwdParams &p,
 /// the forward's (built again by its kernels); the selection carries no
 /// gradient. Routing whose pattern allows pairs outside the clusters
 /// (rtRest's merge) has no backward kernels.
-template <int E, int D, class Pats, class Tiles>
+template <int E, int D, class Pats, bool GUARDED = false, class Tiles>
 __device__ __forceinline__ void bwdRtGroup(const BwdParams &p,
                                            const DynArgs &a,
                                            const DynGroupTable &g, Tiles &sm) {
@@ -375,7 +472,7 @@ __device__ __forceinline__ void bwdRtGroup(const BwdParams &p,
                        (i64)blockIdx.x);
   if (!qr.rows)
     return; // beyond the segments' tiles (uniform per block)
-  bwdDynPass<E, D>(p, sl, w, sm, qr);
+  bwdDynPass<E, D, GUARDED>(p, sl, w, sm, qr, bwdDynStopAt(a));
 }
 /// Zeroes p.dynKV: grid (ceil(Nk / 128), kv heads, batch), a thread a key.
 template <int D>

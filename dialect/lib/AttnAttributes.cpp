@@ -187,11 +187,41 @@ LogicalResult WindowAttr::verify(EmitFn emitError, int64_t before,
 }
 
 LogicalResult PeriodTransposeAttr::verify(EmitFn emitError, int64_t period,
-                                          int64_t prefix) {
+                                          int64_t prefix,
+                                          ArrayRef<int64_t> kept) {
   // A period of 1 would be the identity: not a layout worth naming.
-  if (failed(checkRange(emitError, "period_transpose", "period", period, 2)))
+  if (failed(checkRange(emitError, "period_transpose", "period", period, 2)) ||
+      failed(checkRange(emitError, "period_transpose", "prefix", prefix, 0)))
     return failure();
-  return checkRange(emitError, "period_transpose", "prefix", prefix, 0);
+  if (kept.empty())
+    return success();
+  if (prefix != 0)
+    return emitError() << "'period_transpose' takes 'prefix' or 'kept', not "
+                          "both (prefix = S is kept = [0, S])";
+  if (kept.size() % 2 != 0)
+    return emitError()
+           << "'period_transpose' kept must hold [begin, end) pairs, got "
+           << kept.size() << " values";
+  if (int64_t(kept.size() / 2) > kMaxKeptRanges)
+    return emitError() << "'period_transpose' holds " << kept.size() / 2
+                       << " kept ranges, more than the limit of "
+                       << kMaxKeptRanges;
+  if (failed(checkListRange(emitError, "period_transpose", "kept", kept, true)))
+    return failure();
+  for (size_t i = 0; i < kept.size(); i += 2) {
+    if (kept[i] >= kept[i + 1])
+      return emitError() << "'period_transpose' kept range " << i / 2 << " ["
+                         << kept[i] << ", " << kept[i + 1] << ") is empty";
+    if (i > 0 && kept[i] <= kept[i - 1])
+      return emitError() << "'period_transpose' kept range " << i / 2 << " ["
+                         << kept[i] << ", " << kept[i + 1]
+                         << ") overlaps, touches or precedes the range "
+                            "before it (merge touching ranges)";
+  }
+  if (kept.size() == 2 && kept[0] == 0)
+    return emitError() << "'period_transpose' kept = [0, " << kept[1]
+                       << "] is a prefix: write prefix = " << kept[1];
+  return success();
 }
 
 LogicalResult SinkAttr::verify(EmitFn emitError, int64_t count) {

@@ -76,7 +76,9 @@ std::string permutedRuns(GroupOp group, PeriodTransposeAttr layout) {
   // A prefix's quadrants depend on the lengths: decided at Nq = Nk = the
   // longest sequence, which decides every shorter one (a leaf that is all
   // or none of a quadrant there is so of each part of it).
-  layout::PeriodTranspose perm{period, layout.getPrefix()};
+  layout::PeriodTranspose perm{
+      period, layout.getPrefix(),
+      std::vector<int64_t>(layout.getKept().begin(), layout.getKept().end())};
   const kernel::Node *nodes = program.nodes.data();
   int64_t count = int64_t(program.nodes.size()),
           head = group.getHeads().front();

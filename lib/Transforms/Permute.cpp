@@ -99,47 +99,70 @@ SmallVector<int64_t> candidatePeriods(PatternAttrInterface pattern,
 
 /// Appends the segment boundaries `pattern` declares: the ends of the
 /// listed ranges of its stripes (a prompt's [0, 256) gives 256), where a
-/// segment grouping would keep the tokens before them in place.
+/// segment grouping would keep the tokens before them in place; and the
+/// ranges themselves to `ranges` ([begin, end) pairs).
 void collectPrefixes(PatternAttrInterface pattern,
-                     SmallVectorImpl<int64_t> &out) {
-  auto ranges = [&](ArrayRef<int64_t> r) {
-    for (size_t i = 1; i < r.size(); i += 2)
+                     SmallVectorImpl<int64_t> &out, layout::Ranges &ranges) {
+  auto add = [&](ArrayRef<int64_t> r) {
+    for (size_t i = 1; i < r.size(); i += 2) {
       out.push_back(r[i]);
+      ranges.push_back({r[i - 1], r[i]});
+    }
   };
   llvm::TypeSwitch<Attribute>(pattern)
       .Case<VerticalStripeAttr, HorizontalStripeAttr>(
-          [&](auto s) { ranges(s.getRanges()); })
+          [&](auto s) { add(s.getRanges()); })
       .Case<UnionAttr, IntersectAttr>([&](auto set) {
         for (PatternAttrInterface p : set.getPatterns())
-          collectPrefixes(p, out);
+          collectPrefixes(p, out, ranges);
       })
       .Case([&](DifferenceAttr d) {
-        collectPrefixes(d.getLhs(), out);
-        collectPrefixes(d.getRhs(), out);
+        collectPrefixes(d.getLhs(), out, ranges);
+        collectPrefixes(d.getRhs(), out, ranges);
       })
       .Default([](Attribute) {});
 }
 
+static_assert(layout::kMaxKeptRanges == kMaxKeptRanges,
+              "the runtime and the dialect bound kept ranges alike");
+
 /// The layouts worth counting at length n: each candidate period without
-/// prefix, and with each declared segment boundary that leaves at least two
-/// periods after it.
+/// prefix, with each declared segment boundary that leaves at least two
+/// periods after it, and (interleaved modalities, MMInference's grouping)
+/// with every declared stripe range kept together, merged, when they are
+/// more than one prompt [0, S) and leave at least two periods of other
+/// tokens.
 SmallVector<layout::PeriodTranspose>
 candidateLayouts(PatternAttrInterface pattern, int64_t n) {
   SmallVector<int64_t> prefixes;
-  collectPrefixes(pattern, prefixes);
+  layout::Ranges declared;
+  collectPrefixes(pattern, prefixes, declared);
   llvm::sort(prefixes);
   prefixes.erase(llvm::unique(prefixes), prefixes.end());
+  layout::Ranges merged = layout::detail::normalized(std::move(declared));
+  std::vector<int64_t> kept;
+  for (auto [lo, hi] : merged)
+    kept.insert(kept.end(), {lo, hi});
+  bool interleaved = !merged.empty() &&
+                     int64_t(merged.size()) <= layout::kMaxKeptRanges &&
+                     !(merged.size() == 1 && merged.front().first == 0);
   SmallVector<layout::PeriodTranspose> out;
   for (int64_t p : candidatePeriods(pattern, n)) {
     out.push_back({p, 0});
     for (int64_t s : prefixes)
       if (s > 0 && n - s >= 2 * p)
         out.push_back({p, s});
+    layout::PeriodTranspose grouped{p, 0, kept};
+    if (interleaved && n - grouped.keptCount(n) >= 2 * p)
+      out.push_back(std::move(grouped));
   }
   return out;
 }
 
 std::string layoutName(const layout::PeriodTranspose &l) {
+  if (l.interleaved())
+    return fmt::format("period_transpose<{}, kept = {} ranges>", l.period,
+                       l.kept.size() / 2);
   return l.prefix == 0 ? fmt::format("period_transpose<{}>", l.period)
                        : fmt::format("period_transpose<{}, prefix = {}>",
                                      l.period, l.prefix);
@@ -362,7 +385,8 @@ struct AttnPermutePass : tessera::impl::AttnPermuteBase<AttnPermutePass> {
     bool pays = best != 0 && bestWork < (1 - minGain) * original;
     if (pays)
       group.setLayoutAttr(PeriodTransposeAttr::get(
-          &getContext(), periods[best - 1].period, periods[best - 1].prefix));
+          &getContext(), periods[best - 1].period, periods[best - 1].prefix,
+          periods[best - 1].kept));
     if (report)
       printGroup(title, counts, periods, w, pays ? best : 0, bq, bk);
     return success();

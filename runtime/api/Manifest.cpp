@@ -460,9 +460,12 @@ std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
   return parseDynamicWgmma(g, l, out);
 }
 
-/// The layer's "layouts" (optional): [{"group", "period", "prefix"}], each
-/// a static group of the program at most once, 2 <= period and 0 <= prefix,
-/// both at most 2^40 (positions beyond are refused by the calls anyway).
+/// The layer's "layouts" (optional): [{"group", "period", "prefix"}, with
+/// "kept" (optional: [begin, end) pairs of interleaved segments' kept
+/// ranges)], each a static group of the program at most once, 2 <= period
+/// and 0 <= prefix, both at most 2^40 (positions beyond are refused by the
+/// calls anyway), the kept ranges as layout::layoutReason wants them
+/// (sorted, disjoint, at most layout::kMaxKeptRanges, not with a prefix).
 std::string parseLayouts(const json::Object &o, LayerDesc &l) {
   const json::Value *v = o.get("layouts");
   if (!v)
@@ -492,7 +495,26 @@ std::string parseLayouts(const json::Object &o, LayerDesc &l) {
     if (*prefix < 0 || *prefix > kMaxLayoutParam)
       return where + "prefix must be in [0, 2^40], got " +
              std::to_string(*prefix);
-    l.layouts.push_back({*group, layout::PeriodTranspose{*period, *prefix}});
+    layout::PeriodTranspose perm{*period, *prefix};
+    if (const json::Value *k = g->get("kept")) {
+      const json::Array *ranges = k->getAsArray();
+      if (!ranges)
+        return where + "kept is not an array";
+      if (int64_t(ranges->size()) > 2 * layout::kMaxKeptRanges)
+        return where + "kept holds more than " +
+               std::to_string(layout::kMaxKeptRanges) + " ranges";
+      for (const json::Value &x : *ranges) {
+        std::optional<int64_t> at = x.getAsInteger();
+        if (!at)
+          return where + "kept holds a value that is not an integer";
+        perm.kept.push_back(*at);
+      }
+      if (perm.kept.empty())
+        return where + "kept is empty (leave it out)";
+    }
+    if (std::string e = layout::layoutReason(perm); !e.empty())
+      return where + e;
+    l.layouts.push_back({*group, std::move(perm)});
   }
   if (const json::Value *k = o.get("permuted_kernel")) {
     std::optional<llvm::StringRef> name = k->getAsString();

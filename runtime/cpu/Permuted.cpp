@@ -49,6 +49,8 @@ std::string checkCall(const kernel::LayerTable &table, int64_t group,
     return "period must be at least 2, got " + std::to_string(perm.period);
   if (perm.prefix < 0)
     return "prefix must not be negative, got " + std::to_string(perm.prefix);
+  if (std::string e = layout::layoutReason(perm); !e.empty())
+    return e;
   const Sequences &s = a.seqs;
   if (s.count != 0 || s.cuQ || s.cuK || s.lensK || s.pages || s.qStart ||
       s.kStart || a.headStart != 0)
@@ -171,6 +173,8 @@ WalkKey walkKey(const kernel::Node *nodes, int64_t count,
     key.program.insert(key.program.end(), data + nodes[i].dataBegin,
                        data + nodes[i].dataBegin + nodes[i].dataSize);
   key.shape = {perm.period, perm.prefix};
+  key.shape.insert(key.shape.end(), perm.kept.begin(), perm.kept.end());
+  key.shape.push_back(int64_t(perm.kept.size()));
   key.shape.insert(key.shape.end(), shape.begin(), shape.end());
   return key;
 }
@@ -612,9 +616,7 @@ std::string cpu::originalOrderReason(const kernel::LayerTable &table,
                                      const layout::PeriodTranspose &perm,
                                      int64_t nq, int64_t nk) {
   const int64_t p = perm.period;
-  auto segment = [&](int64_t n) {
-    return std::max<int64_t>(0, n - std::min(perm.prefix, n));
-  };
+  auto segment = [&](int64_t n) { return n - perm.keptCount(n); };
   if (segment(nq) <= p && segment(nk) <= p)
     return "the transpose is the identity at Nq = " + std::to_string(nq) +
            ", Nk = " + std::to_string(nk) + " (period " + std::to_string(p) +
@@ -668,6 +670,8 @@ std::string cpu::permutedWalk(const kernel::LayerTable &table, int64_t group,
   if (perm.period < 2 || perm.prefix < 0)
     return "permutedWalk: the period must be at least 2 and the prefix not "
            "negative";
+  if (std::string e = layout::layoutReason(perm); !e.empty())
+    return "permutedWalk: " + e;
   if (nq < 0 || nk < 0 || bq < 1 || bk < 1 || bq > 1024 || bk > 1024)
     return "permutedWalk: lengths must not be negative and tiles in [1, "
            "1024], got Nq = " +

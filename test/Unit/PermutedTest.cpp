@@ -63,9 +63,105 @@ TEST(PeriodTransposeTest, IsTheStableSortByResidue) {
         }
       }
   // P dividing N: the (t mod P) * (N / P) + t div P.
+  // (Kept ranges: PeriodTransposeTest.KeptRangesAreInverseBijections.)
   layout::PeriodTranspose frames{1024};
   for (int64_t t : {0, 1, 1023, 1024, 5000, 16383})
     EXPECT_EQ(frames.slot(t, 16384), (t % 1024) * 16 + t / 1024);
+}
+
+/// The order of the tokens [0, n) with kept ranges [a0, b0, a1, b1, ...]
+/// (each clipped to n), written from the definition rather than from
+/// Layout.h: the kept tokens in order, then the others sorted stably by
+/// their index among the others mod p.
+std::vector<int64_t> keptOrder(int64_t n, int64_t p,
+                               const std::vector<int64_t> &kept) {
+  std::vector<bool> isKept(n, false);
+  std::vector<int64_t> order, rest;
+  for (size_t i = 0; i < kept.size(); i += 2)
+    for (int64_t t = kept[i]; t < std::min(kept[i + 1], n); ++t) {
+      isKept[t] = true;
+      order.push_back(t);
+    }
+  for (int64_t t = 0; t < n; ++t)
+    if (!isKept[t])
+      rest.push_back(t);
+  std::vector<int64_t> index(rest.size());
+  std::iota(index.begin(), index.end(), 0);
+  std::stable_sort(index.begin(), index.end(),
+                   [&](int64_t a, int64_t b) { return a % p < b % p; });
+  for (int64_t u : index)
+    order.push_back(rest[u]);
+  return order;
+}
+
+TEST(PeriodTransposeTest, KeptRangesAreInverseBijections) {
+  // Random kept ranges (sorted, disjoint, not touching, some past N, some
+  // cut by N) and random N: slot and token are inverse bijections of
+  // [0, N), and equal to keptOrder.
+  std::mt19937_64 rng(23);
+  auto pick = [&](int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  };
+  for (int trial = 0; trial < 400; ++trial) {
+    int64_t p = pick(2, 40), n = pick(0, 300);
+    std::vector<int64_t> kept;
+    int64_t at = pick(0, 30), ranges = pick(1, 6);
+    for (int64_t r = 0; r < ranges; ++r) {
+      int64_t len = pick(1, 60);
+      kept.push_back(at);
+      kept.push_back(at + len);
+      at += len + pick(1, 90);
+    }
+    if (kept.size() == 2 && kept[0] == 0)
+      kept[0] = 1; // [0, S] is spelled as a prefix
+    layout::PeriodTranspose perm{p, 0, kept};
+    ASSERT_EQ(layout::layoutReason(perm), "");
+    std::vector<int64_t> order = keptOrder(n, p, kept);
+    ASSERT_EQ(int64_t(order.size()), n);
+    std::vector<bool> seen(n, false);
+    for (int64_t s = 0; s < n; ++s) {
+      int64_t t = perm.token(s, n);
+      ASSERT_EQ(t, order[s]) << "trial " << trial << " n " << n << " s " << s;
+      ASSERT_EQ(perm.slot(t, n), s) << "trial " << trial << " n " << n;
+      ASSERT_FALSE(seen[t]);
+      seen[t] = true;
+    }
+  }
+  // The layer: text 200, two frames of 1024, text 100, frames.
+  layout::PeriodTranspose mm{1024, 0, {0, 200, 2248, 2348}};
+  int64_t n = 2348 + 3 * 1024 + 17;
+  EXPECT_EQ(mm.keptCount(n), 300);
+  EXPECT_EQ(mm.slot(2300, n), 252);     // text 2, its 53rd token
+  EXPECT_EQ(mm.slot(200, n), 300);      // the first video token
+  EXPECT_EQ(mm.slot(2348, n), 300 + 2); // frame 2 (video index 2048)
+  // 5137 video tokens: residues 0-16 hold 6 each. Residue 1 of video
+  // frame 1 (video index 1025) is token 1225.
+  EXPECT_EQ(mm.token(300 + 6 * 1 + 1, n), 1225);
+  // A prefix written as kept ranges is the prefix.
+  layout::PeriodTranspose asPrefix{16, 0, {0, 12}}, prefix{16, 12};
+  for (int64_t t = 0; t < 100; ++t)
+    ASSERT_EQ(asPrefix.slot(t, 100), prefix.slot(t, 100));
+  // Bad ranges are named.
+  auto why = [](std::vector<int64_t> kept, int64_t prefix = 0) {
+    return layout::layoutReason(layout::PeriodTranspose{16, prefix, kept});
+  };
+  EXPECT_EQ(why({5, 10, 10, 20}), "kept range 1 [10, 20) overlaps, touches "
+                                  "or precedes the range before it");
+  EXPECT_EQ(why({5, 10, 7, 20}), "kept range 1 [7, 20) overlaps, touches or "
+                                 "precedes the range before it");
+  EXPECT_EQ(why({5, 5}), "kept range 0 [5, 5) is empty");
+  EXPECT_EQ(why({-1, 5}), "kept range 0 [-1, 5) is outside [0, 2^40]");
+  EXPECT_EQ(why({5, 10, 20}), "kept must hold [begin, end) pairs, got 3 "
+                              "values");
+  EXPECT_EQ(why({5, 10}, 3),
+            "a prefix and kept ranges together (prefix S is kept [0, S])");
+  EXPECT_EQ(why({0, 10}), "kept [0, 10] is a prefix: give prefix 10");
+  std::vector<int64_t> many;
+  for (int64_t r = 0; r <= layout::kMaxKeptRanges; ++r)
+    many.insert(many.end(), {2 * r + 1, 2 * r + 2});
+  EXPECT_EQ(why(many), "65 kept ranges, more than the limit of 64");
+  many.resize(2 * layout::kMaxKeptRanges);
+  EXPECT_EQ(why(many), "");
 }
 
 /// The class of every tile of `pattern` for `head` in the period transpose
@@ -496,6 +592,7 @@ struct Case {
   cpu::DType dtype;
   bool closedForm = true; ///< the walk's runs come in closed form
   int64_t prefix = 0;     ///< tokens kept in place before the transpose
+  std::vector<int64_t> kept = {}; ///< kept ranges (interleaved segments)
 };
 
 constexpr int64_t kBatch = 2, kHeads = 4, kKvHeads = 2, kDim = 16;
@@ -538,7 +635,7 @@ void runCase(const Case &c) {
   args.o = cpu::contiguous(oPerm.data(), c.dtype, kBatch, c.nq, kHeads, kDim);
   args.lse = lsePerm.data();
   cpu::PermutedInfo info;
-  layout::PeriodTranspose perm{c.period, c.prefix};
+  layout::PeriodTranspose perm{c.period, c.prefix, c.kept};
   ASSERT_EQ(cpu::runPermutedGroup(sched.table(), 0, perm, args, nullptr,
                                   &info),
             "");
@@ -687,6 +784,148 @@ TEST(PermutedGroupTest, MMInferenceGridLayerInClosedForm) {
   runCase(tiles48);
 }
 
+TEST(PermutedGroupTest, InterleavedTextAndFrames) {
+  // Interleaved modalities: text [0, 200), two frames of 256 video tokens,
+  // text [712, 812), then 1.5 frames (N = 1200, not a multiple of P), in
+  // `period_transpose<period = 256, kept = [0, 200, 712, 812]>`: the text
+  // first, the video tokens of both segments transposed together. Grid
+  // and multi-diagonal heads plus the text stripes, against float64 and
+  // the original order; Nq < Nk and Nq > Nk; tiles of 64 and 48 (blocks
+  // straddling the text's end). The runs are classified pair by pair.
+  using P = s::Pattern;
+  s::IndexSet text;
+  text.ranges = {{0, 200}, {712, 812}};
+  P textStripes[2] = {P{s::VerticalStripe{text}}, P{s::HorizontalStripe{text}}};
+  P grid{
+      s::Union{{textStripes[0], textStripes[1], P{s::Grid{256, 8, 8, 200}}}}};
+  P diagonals{s::Union{
+      {textStripes[0], textStripes[1], P{s::MultiDiagonal{256, {}, 4}}}}};
+  std::vector<int64_t> kept = {0, 200, 712, 812};
+  std::vector<Case> cases = {
+      {"interleaved grid heads, tiles of 64",
+       grid,
+       {0, 1},
+       256,
+       1200,
+       1200,
+       64,
+       cpu::DType::F32,
+       /*closedForm=*/false,
+       0,
+       kept},
+      {"interleaved diagonal heads, Nq < Nk, tiles of 48, bf16",
+       diagonals,
+       {2},
+       256,
+       1000,
+       1200,
+       48,
+       cpu::DType::BF16,
+       false,
+       0,
+       kept},
+      {"interleaved grid heads, Nq > Nk (ranges past Nk)",
+       grid,
+       {1, 3},
+       256,
+       1200,
+       760,
+       64,
+       cpu::DType::F32,
+       false,
+       0,
+       kept},
+  };
+  for (const Case &c : cases)
+    runCase(c);
+}
+
+TEST(PermutedGroupTest, InterleavedWalkMatchesEveryPair) {
+  // cpu::permutedWalk with kept ranges (what the CUDA permuted kernel's
+  // host tables come from) against the tiles of keptOrder's order and the
+  // reference predicate; and the interleaved layout visits fewer tiles
+  // than the original order for the diagonal heads.
+  using P = s::Pattern;
+  s::IndexSet text;
+  text.ranges = {{0, 20}, {89, 101}};
+  P diagonals{
+      s::Union{{P{s::VerticalStripe{text}}, P{s::HorizontalStripe{text}},
+                P{s::MultiDiagonal{32, {}, 1}}}}};
+  schedule::LayerSchedule sched;
+  std::string error;
+  ASSERT_TRUE(
+      schedule::buildLayerSchedule({{diagonals, {0}}}, 1, sched, error));
+  layout::PeriodTranspose perm{32, 0, {0, 20, 89, 101}};
+  struct Shape {
+    int64_t nq, nk, bq, bk;
+  };
+  for (Shape sh : {Shape{300, 300, 16, 16}, Shape{250, 300, 8, 16},
+                   Shape{300, 95, 16, 8}, Shape{60, 60, 8, 8}}) {
+    SCOPED_TRACE("nq " + std::to_string(sh.nq) + " nk " +
+                 std::to_string(sh.nk));
+    cpu::PermutedWalk walk;
+    cpu::PermutedInfo info;
+    ASSERT_EQ(cpu::permutedWalk(sched.table(), 0, perm, sh.nq, sh.nk, sh.bq,
+                                sh.bk, walk, &info),
+              "");
+    EXPECT_FALSE(info.closedForm);
+    EXPECT_EQ(info.why, layout::kInterleavedReason);
+    std::vector<int64_t> qTok = keptOrder(sh.nq, 32, perm.kept),
+                         kTok = keptOrder(sh.nk, 32, perm.kept);
+    int64_t qBlocks = (sh.nq + sh.bq - 1) / sh.bq,
+            kBlocks = (sh.nk + sh.bk - 1) / sh.bk;
+    std::vector<int64_t> count(qBlocks * kBlocks, 0);
+    int64_t originalVisited = 0;
+    std::vector<bool> originalTile(qBlocks * kBlocks, false);
+    for (int64_t x = 0; x < sh.nq; ++x)
+      for (int64_t y = 0; y < sh.nk; ++y) {
+        count[(x / sh.bq) * kBlocks + y / sh.bk] +=
+            s::allowed(diagonals, qTok[x], kTok[y], 0, sh.nq, sh.nk, 1);
+        if (s::allowed(diagonals, x, y, 0, sh.nq, sh.nk, 1))
+          originalTile[(x / sh.bq) * kBlocks + y / sh.bk] = true;
+      }
+    for (bool b : originalTile)
+      originalVisited += b;
+    std::vector<int> ref(count.size()), got(count.size(), 0);
+    for (int64_t i = 0; i < qBlocks; ++i)
+      for (int64_t j = 0; j < kBlocks; ++j) {
+        int64_t c = count[i * kBlocks + j];
+        int64_t pairs = std::min(sh.bq, sh.nq - i * sh.bq) *
+                        std::min(sh.bk, sh.nk - j * sh.bk);
+        ref[i * kBlocks + j] = c == 0 ? 0 : (c == pairs ? 2 : 1);
+      }
+    int64_t visited = 0;
+    ASSERT_EQ(int64_t(walk.start.size()), qBlocks + 1);
+    for (int64_t i = 0; i < qBlocks; ++i)
+      for (int64_t x = walk.start[i]; x < walk.start[i + 1]; ++x) {
+        const layout::PermutedRun &r = walk.runs[x];
+        for (int64_t j = r.begin; j < r.end; ++j) {
+          got[i * kBlocks + j] = r.full ? 2 : 1;
+          ++visited;
+          if (r.full)
+            continue;
+          // The partial tile's bits are the pairs' predicate.
+          const uint64_t *bits = walk.mask(x, j, sh.bq);
+          for (int64_t s = i * sh.bq; s < std::min(sh.nq, (i + 1) * sh.bq); ++s)
+            for (int64_t t = j * sh.bk; t < std::min(sh.nk, (j + 1) * sh.bk);
+                 ++t) {
+              int64_t col = t - j * sh.bk;
+              bool bit = (bits[(s - i * sh.bq) * walk.words + col / 64] >>
+                          (col % 64)) &
+                         1;
+              ASSERT_EQ(bit, s::allowed(diagonals, qTok[s], kTok[t], 0, sh.nq,
+                                        sh.nk, 1))
+                  << "slot pair " << s << ", " << t;
+            }
+        }
+      }
+    EXPECT_EQ(got, ref);
+    if (sh.nq == 300 && sh.nk == 300) {
+      EXPECT_LT(visited, originalVisited);
+    }
+  }
+}
+
 TEST(PermutedGroupTest, MultiDiagonalTilesBecomeFullBands) {
   // Diagonals every 16 tokens, 2 on each side, N = 256 in 16 x 16 tiles: in
   // the original order every tile meets a diagonal and none is full (256
@@ -791,6 +1030,14 @@ TEST(PermutedGroupTest, RefusesWhatItDoesNotRun) {
   EXPECT_EQ(cpu::runPermutedGroup(sched.table(), 1, 16, args),
             "runPermutedGroup: group 1 is not one of the layer's 1 computed "
             "groups");
+  EXPECT_EQ(cpu::runPermutedGroup(sched.table(), 0,
+                                  layout::PeriodTranspose{16, 0, {8, 4}}, args),
+            "runPermutedGroup: kept range 0 [8, 4) is empty");
+  EXPECT_EQ(cpu::runPermutedGroup(sched.table(), 0,
+                                  layout::PeriodTranspose{16, 4, {8, 12}},
+                                  args),
+            "runPermutedGroup: a prefix and kept ranges together (prefix S "
+            "is kept [0, S])");
   int32_t cu[2] = {0, 64};
   args.seqs.count = 1;
   args.seqs.cuQ = cu;

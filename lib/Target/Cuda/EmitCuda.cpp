@@ -553,10 +553,14 @@ private:
         continue;
       // A group with a layout (--attn-permute): the runtime runs it in the
       // permuted order (docs/bundles.md, "Layouts").
-      if (PeriodTransposeAttr layout = g.getLayoutAttr())
-        layoutsJson.push_back(json::Object{{"group", launchGroup},
-                                           {"period", layout.getPeriod()},
-                                           {"prefix", layout.getPrefix()}});
+      if (PeriodTransposeAttr layout = g.getLayoutAttr()) {
+        json::Object entry{{"group", launchGroup},
+                           {"period", layout.getPeriod()},
+                           {"prefix", layout.getPrefix()}};
+        if (!layout.getKept().empty()) // interleaved segments only
+          entry["kept"] = toJson(layout.getKept());
+        layoutsJson.push_back(std::move(entry));
+      }
       if (!isa<SkipAttr>(g.getPattern()))
         ++launchGroup;
       groups.push_back(

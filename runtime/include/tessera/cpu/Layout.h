@@ -23,6 +23,10 @@
 
 namespace tessera::layout {
 
+/// The most kept ranges a layout holds (`#attn.period_transpose`'s `kept`,
+/// the dialect's attn::kMaxKeptRanges): slot and token cost O(ranges).
+inline constexpr int64_t kMaxKeptRanges = 64;
+
 /// The period transpose of period P >= 2: tokens sorted stably by their
 /// residue t mod P. With N = q * P + r (0 <= r < P), residue c holds
 /// q + (c < r) tokens and starts at slot c * q + min(c, r):
@@ -36,19 +40,75 @@ namespace tessera::layout {
 /// With a prefix S > 0 (a segment grouping: a prompt before the frames) the
 /// first min(S, N) tokens keep their slots and the rest are transposed as a
 /// sequence of their own: slot(t) = S + slot'(t - S).
+///
+/// With kept ranges [a0, b0, a1, b1, ...] (interleaved modalities: text
+/// segments between video segments; `kept` non-empty, `prefix` 0) each
+/// range clipped to [min(a, N), min(b, N)): the K kept tokens take slots
+/// [0, K) in their order, and the N - K others (the video segments
+/// concatenated in order, token t being the u-th of them, u = t less the
+/// kept tokens before it) are transposed as a sequence of their own:
+/// slot(t) = K + slot'(u). Still a bijection of [0, N) for every N.
 struct PeriodTranspose {
   int64_t period = 2;
   int64_t prefix = 0;
+  /// Kept ranges as [begin, end) pairs, flat: sorted, non-empty, disjoint
+  /// and not touching, at most kMaxKeptRanges (keptReason). Empty: the
+  /// prefix form (`kept = [0, S]` is always written as prefix S).
+  std::vector<int64_t> kept = {};
+
+  bool interleaved() const { return !kept.empty(); }
+
+  /// The tokens kept in front at length n (min(prefix, n) without ranges).
+  int64_t keptCount(int64_t n) const {
+    if (kept.empty())
+      return std::min(std::max<int64_t>(prefix, 0), n);
+    int64_t k = 0;
+    for (size_t i = 0; i + 1 < kept.size(); i += 2)
+      k += std::min(kept[i + 1], n) - std::min(kept[i], n);
+    return k;
+  }
 
   int64_t slot(int64_t t, int64_t n) const {
-    int64_t kept = std::min(prefix, n);
-    return t < kept ? t : kept + segmentSlot(t - kept, n - kept);
+    if (kept.empty()) {
+      int64_t front = keptCount(n);
+      return t < front ? t : front + segmentSlot(t - front, n - front);
+    }
+    int64_t before = 0; // kept tokens before t
+    for (size_t i = 0; i + 1 < kept.size(); i += 2) {
+      int64_t a = std::min(kept[i], n), b = std::min(kept[i + 1], n);
+      if (t < a)
+        break;
+      if (t < b)
+        return before + (t - a);
+      before += b - a;
+    }
+    int64_t front = keptCount(n);
+    return front + segmentSlot(t - before, n - front);
   }
 
   /// The inverse of slot: the token at slot s.
   int64_t token(int64_t s, int64_t n) const {
-    int64_t kept = std::min(prefix, n);
-    return s < kept ? s : kept + segmentToken(s - kept, n - kept);
+    int64_t front = keptCount(n);
+    if (kept.empty())
+      return s < front ? s : front + segmentToken(s - front, n - front);
+    if (s < front) {
+      for (size_t i = 0; i + 1 < kept.size(); i += 2) {
+        int64_t a = std::min(kept[i], n), b = std::min(kept[i + 1], n);
+        if (s < b - a)
+          return a + s;
+        s -= b - a;
+      }
+    }
+    // The u-th token outside the ranges: u plus the lengths of the ranges
+    // that begin at or before it.
+    int64_t t = segmentToken(s - front, n - front);
+    for (size_t i = 0; i + 1 < kept.size(); i += 2) {
+      int64_t a = std::min(kept[i], n), b = std::min(kept[i + 1], n);
+      if (a > t)
+        break;
+      t += b - a;
+    }
+    return t;
   }
 
   /// The first slot of residue c (0 <= c <= period; start(period) = n) of
@@ -73,6 +133,44 @@ private:
     return (rest % q) * period + r + rest / q;
   }
 };
+
+/// "" when `perm` is a layout slot and token take (period >= 2, prefix and
+/// kept ranges in [0, 2^40], kept ranges as PeriodTranspose says, not with
+/// a prefix), else what is wrong with it.
+inline std::string layoutReason(const PeriodTranspose &perm) {
+  constexpr int64_t kMax = int64_t(1) << 40;
+  if (perm.period < 2 || perm.period > kMax)
+    return "period must be in [2, 2^40], got " + std::to_string(perm.period);
+  if (perm.prefix < 0 || perm.prefix > kMax)
+    return "prefix must be in [0, 2^40], got " + std::to_string(perm.prefix);
+  const std::vector<int64_t> &k = perm.kept;
+  if (k.empty())
+    return "";
+  if (perm.prefix != 0)
+    return "a prefix and kept ranges together (prefix S is kept [0, S])";
+  if (k.size() % 2 != 0)
+    return "kept must hold [begin, end) pairs, got " +
+           std::to_string(k.size()) + " values";
+  if (int64_t(k.size() / 2) > kMaxKeptRanges)
+    return std::to_string(k.size() / 2) +
+           " kept ranges, more than the limit of " +
+           std::to_string(kMaxKeptRanges);
+  for (size_t i = 0; i < k.size(); i += 2) {
+    std::string range = "kept range " + std::to_string(i / 2) + " [" +
+                        std::to_string(k[i]) + ", " + std::to_string(k[i + 1]) +
+                        ")";
+    if (k[i] < 0 || k[i + 1] > kMax)
+      return range + " is outside [0, 2^40]";
+    if (k[i] >= k[i + 1])
+      return range + " is empty";
+    if (i > 0 && k[i] <= k[i - 1])
+      return range + " overlaps, touches or precedes the range before it";
+  }
+  if (k.size() == 2 && k[0] == 0)
+    return "kept [0, " + std::to_string(k[1]) + "] is a prefix: give prefix " +
+           std::to_string(k[1]);
+  return "";
+}
 
 //===----------------------------------------------------------------------===//
 // Closed-form runs of a period transpose
@@ -242,12 +340,20 @@ inline std::string residueOnlyReason(const kernel::Node *nodes, int64_t count,
   return "";
 }
 
+/// Why kept ranges (interleaved segments) have no closed-form runs: each
+/// video segment after a kept range of a length that is not a multiple of
+/// P shifts the residues of its positions against their slots' order.
+inline constexpr const char *kInterleavedReason =
+    "kept ranges (interleaved segments): each pair classified";
+
 /// "" when the runs of `perm` for the program have the closed form below
 /// (no prefix, and a residue-only program for its period), else why not.
 /// A prefix needs the program's data and the lengths: the overload below.
 inline std::string closedFormReason(const kernel::Node *nodes, int64_t count,
                                     const PeriodTranspose &perm,
                                     int64_t head) {
+  if (perm.interleaved())
+    return kInterleavedReason;
   if (perm.prefix > 0)
     return "a prefix kept in place (decided with the program's data and the "
            "lengths)";
@@ -500,6 +606,8 @@ inline std::string closedFormReason(const kernel::Node *nodes, int64_t count,
                                     const kernel::i64 *data,
                                     const PeriodTranspose &perm, int64_t head,
                                     int64_t nq, int64_t nk) {
+  if (perm.interleaved())
+    return kInterleavedReason;
   if (perm.prefix <= 0)
     return residueOnlyReason(nodes, count, perm.period, head);
   PrefixQuadrants quad(nodes, count, data, perm, head, nq, nk);

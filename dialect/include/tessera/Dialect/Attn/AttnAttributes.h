@@ -16,6 +16,11 @@ namespace tessera::attn {
 /// for parameters and lengths up to this bound.
 inline constexpr int64_t kMaxExtent = int64_t(1) << 40;
 
+/// The most kept ranges a `#attn.period_transpose` holds (its `kept` list:
+/// text segments kept before the transposed frames). The runtime's
+/// layout::kMaxKeptRanges is the same bound (checked where both are seen).
+inline constexpr int64_t kMaxKeptRanges = 64;
+
 /// Parses `[a, b, c]` (possibly empty) for list parameters.
 mlir::FailureOr<llvm::SmallVector<int64_t>> parseI64List(mlir::AsmParser &p);
 /// Prints `[a, b, c]`.

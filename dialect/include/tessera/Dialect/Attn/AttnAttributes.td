@@ -492,15 +492,30 @@ def Attn_PeriodTransposeAttr
     transpose above over the `N - S` tokens of the segment. `prefix >= 0`
     (0, the default, is printed as nothing).
 
+    With `kept = [a0, b0, a1, b1, ...]` (interleaved modalities: several
+    text segments between video frames) the tokens of the kept ranges
+    `[a_i, b_i)` come first, in their order, and the remaining tokens (the
+    frames of every video segment, concatenated in order) follow,
+    transposed by `P` over their own count. Each range is clipped to the
+    sequence (`[min(a_i, N), min(b_i, N))`), so the permutation is a
+    bijection of `[0, N)` for every `N`. The ranges are non-empty, sorted,
+    disjoint and not touching, at most 64 of them (`kMaxKeptRanges`);
+    `kept = [0, S]` is spelled `prefix = S`, and `prefix` and `kept` are
+    not given together.
+
     ```mlir
     attn.group 0 heads [0 to 5] = #attn.multi_diagonal<stride = 1024, width = 32>
         layout #attn.period_transpose<period = 1024>
     attn.group 1 heads [6] = #attn.union<#attn.vertical_stripe<ranges = [0, 256]>, ...>
         layout #attn.period_transpose<period = 1024, prefix = 256>
+    attn.group 2 heads [7] = #attn.union<#attn.vertical_stripe<ranges = [0, 200, 4296, 4396]>, ...>
+        layout #attn.period_transpose<period = 1024, kept = [0, 200, 4296, 4396]>
     ```
   }];
   let parameters = (ins "int64_t":$period,
-                        DefaultValuedParameter<"int64_t", "0">:$prefix);
+                        DefaultValuedParameter<"int64_t", "0">:$prefix,
+                        Attn_I64ListParameter<
+                            "[begin, end) pairs of the tokens kept first">:$kept);
   let assemblyFormat = "`<` struct(params) `>`";
   let genVerifyDecl = 1;
 }

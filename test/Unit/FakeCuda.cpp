@@ -86,12 +86,12 @@ struct BwdDynPack {
 };
 static_assert(offsetof(BwdDynPack, a) == sizeof(tessera::kernel::BwdParams),
               "the registrations read DynArgs right after BwdParams");
-/// A permuted group's kernel's arguments (AttnParams, PermArgs: seven
+/// A permuted group's kernel's arguments (AttnParams, PermArgs: eight
 /// pointers, Permuted.cuh), packed as TESSERA_EMU_PERM_KERNEL reads them;
 /// the emitter names those kernels tessera_perm_attend_*.
 struct PermPack {
   tessera::kernel::AttnParams p;
-  const void *a[7];
+  const void *a[8];
 };
 static_assert(offsetof(PermPack, a) == sizeof(tessera::kernel::AttnParams),
               "the registrations read PermArgs right after AttnParams");

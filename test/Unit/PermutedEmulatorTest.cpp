@@ -50,6 +50,7 @@ struct PermArgsHost {
   const int *tileStart, *tileKey, *tileMask;
   const unsigned long long *masks;
   const int64_t *rowOf, *keyOf;
+  const int64_t *routed = nullptr; ///< a layout: one walk for every head
 };
 
 /// The walk as the kernel reads it: key tiles per query tile, each with

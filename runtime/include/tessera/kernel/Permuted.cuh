@@ -12,10 +12,22 @@
 // list of key tiles per query tile, each FULL (unmasked) or masked by its
 // 64 x 64 bits (bit c of row r: slot pair allowed; 0 past Nq and Nk).
 //
-// Emitted into bundles whose layers have layouts (tessera_perm_attend_*)
-// and launched by the runtime on dense CUDA calls; run under the emulator
-// by test/Unit/PermutedEmulatorTest.cpp and FakeDriverPermutedTest.cpp
-// (docs/bundles.md, "Layouts").
+// Per-token head routing (MoH, tessera.h's head_active) runs on the same
+// kernel: there the "permutation" of head slot y of batch entry b is its
+// ACTIVE query rows in row order (PermArgs::routed: one table per (b, y)),
+// packed 64 to a query tile, each tile with its own list of key tiles
+// (the union of its rows' key runs, keys in their original order: keyOf
+// the identity) and bits evaluated at the rows' own positions; the tiles
+// after a table's active ones store O = 0 and LSE = -inf to its inactive
+// rows (no other kernel, no synchronisation). The host builds the tables
+// (cpu::routedWalk).
+//
+// Emitted into bundles whose layers have layouts, or whose emitter was
+// asked for head routing (tessera_perm_attend_*), and launched by the
+// runtime on dense CUDA calls; run under the emulator by
+// test/Unit/PermutedEmulatorTest.cpp, HeadRoutedEmulatorTest.cpp,
+// FakeDriverPermutedTest.cpp and FakeDriverHeadRoutingTest.cpp
+// (docs/bundles.md, "Layouts"; docs/runtime.md, "Per-token head routing").
 //
 //===----------------------------------------------------------------------===//
 
@@ -32,7 +44,47 @@ struct PermArgs {
   const unsigned long long *masks;
   const i64 *rowOf; ///< query slot -> original query row, [nq]
   const i64 *keyOf; ///< key slot -> original key row, [nk]
+  /// Head routing (null: a layout, one walk for every (b, y)): table t =
+  /// b * gridDim.y + y is routed[4 t, 4 t + 4) = {first slot in rowOf,
+  /// active rows, first query tile (of tileStart), inactive rows}; its
+  /// active rows, then its inactive ones, from rowOf[first].
+  const i64 *routed;
 };
+
+/// The rows and tiles of block (blockIdx.y, blockIdx.z)'s table: slots
+/// rowOf[row0, row0 + active) are walked, query tile x's key tiles are
+/// tileStart[tile0 + x], and the `inactive` slots after them are zeroed.
+struct PermTable {
+  i64 row0, active, tile0, inactive;
+};
+
+__device__ __forceinline__ PermTable permTable(const AttnParams &p,
+                                               const PermArgs &a) {
+  PermTable t = {0, p.nq, 0, 0};
+  if (a.routed) {
+    const i64 *r = a.routed + ((i64)blockIdx.z * gridDim.y + blockIdx.y) * 4;
+    t.row0 = r[0];
+    t.active = r[1];
+    t.tile0 = r[2];
+    t.inactive = r[3];
+  }
+  return t;
+}
+
+/// O = 0 and LSE = -inf for rows[0, count) of (b, head) (the block's 128
+/// threads; an inactive (row, head) pair of head routing).
+template <int D>
+__device__ __forceinline__ void permZeroRows(const AttnParams &p, i64 b,
+                                             i64 head, const i64 *rows,
+                                             int count) {
+  u16 *o = p.o + b * p.oStrideB + head * p.oStrideH;
+  for (int i = (int)threadIdx.x; i < count * D; i += (int)blockDim.x)
+    o[rows[i / D] * p.oStrideS + i % D] = 0;
+  if (p.lse)
+    for (int i = (int)threadIdx.x; i < count; i += (int)blockDim.x)
+      p.lse[(b * p.numHeads + head) * p.nq + rows[i]] =
+          __int_as_float(0xff800000);
+}
 
 /// The walk of one query tile over its listed key tiles (thread 0's
 /// cursor; keep() every thread's).
@@ -79,12 +131,15 @@ struct PermWalk {
 
 /// The attention of query tile blockIdx.x of head heads[blockIdx.y] of
 /// batch entry blockIdx.z (128 threads) over its listed key tiles, O and
-/// LSE to the original rows.
+/// LSE to the original rows; with head routing, the tiles past the
+/// table's active ones zero its inactive rows.
 template <int E, int D>
 __device__ __forceinline__ void permutedAttend(const AttnParams &p,
                                                const PermArgs &a) {
   __shared__ DynTiles<D> sh;
   __shared__ PermWalk ws[1];
+  const PermTable tb = permTable(p, a);
+  const i64 *rows = a.rowOf + tb.row0;
   DynSlice sl;
   sl.b = blockIdx.z;
   sl.head = a.heads[blockIdx.y];
@@ -92,16 +147,21 @@ __device__ __forceinline__ void permutedAttend(const AttnParams &p,
   sl.lay = DynLayout{};
   sl.ws = nullptr;
   const i64 q0 = (i64)blockIdx.x * 64;
+  if (q0 >= tb.active) { // head routing's zero tiles, then nothing
+    const i64 z0 = q0 - (tb.active + 63) / 64 * 64;
+    if (z0 >= 0 && z0 < tb.inactive)
+      permZeroRows<D>(p, sl.b, sl.head, rows + tb.active + z0,
+                      (int)minI(64, tb.inactive - z0));
+    return;
+  }
   DynQueries<1> qt;
   qt.q0[0] = q0;
-  qt.rows[0] = a.rowOf + q0;
-  qt.count[0] = (int)minI(64, p.nq - q0);
-  qt.live[0] = q0 < p.nq;
-  if (!qt.live[0])
-    return;
+  qt.rows[0] = rows + q0;
+  qt.count[0] = (int)minI(64, tb.active - q0);
+  qt.live[0] = true;
   if (threadIdx.x == 0) {
     PermWalk &w = ws[0];
-    const int x = (int)blockIdx.x;
+    const i64 x = tb.tile0 + (i64)blockIdx.x;
     w.key = a.tileKey + a.tileStart[x];
     w.mask = a.tileMask + a.tileStart[x];
     w.n = a.tileStart[x + 1] - a.tileStart[x];
@@ -113,8 +173,8 @@ __device__ __forceinline__ void permutedAttend(const AttnParams &p,
   FlashAcc<D> acc;
   dynAttendWalk<E, D>(p, sl, ws, sh, qt, acc);
   const i64 s = q0 + dynRow(); // the thread's slots s and s + 8
-  dynStore<E, D>(acc, p, sl.b, sl.head, s < p.nq ? a.rowOf[s] : -1,
-                 s + 8 < p.nq ? a.rowOf[s + 8] : -1);
+  dynStore<E, D>(acc, p, sl.b, sl.head, s < tb.active ? rows[s] : -1,
+                 s + 8 < tb.active ? rows[s + 8] : -1);
 }
 
 } // namespace kernel

@@ -199,9 +199,11 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
                    {bwd.preprocess, bwd.keyMajor, bwd.keyMajorGuarded,
                     bwd.queryMajor, bwd.queryMajorGuarded, bwd.zeroSkipped,
                     bwd.dynamicClear, bwd.dynamicAdd});
-      for (const DynamicGroupDesc &g : l.dynamicGroups)
+      for (const DynamicGroupDesc &g : l.dynamicGroups) {
         names.insert(names.end(), {g.backwardDq, g.backwardDkdv,
                                    g.backwardDqGuarded, g.backwardDkdvGuarded});
+        names.insert(names.end(), g.backwardRest.begin(), g.backwardRest.end());
+      }
       // The per-sequence twins of the attention and fill kernels, where
       // the bundle has them (bundles emitted before them do not).
       for (const std::string &twin : seqTwins(l)) {
@@ -240,7 +242,9 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
       std::vector<std::string> keyMajor = {bwd.keyMajor, bwd.keyMajorGuarded};
       for (const DynamicGroupDesc &g : l.dynamicGroups)
         for (const std::string *name :
-             {&g.backwardDkdv, &g.backwardDkdvGuarded})
+             {&g.backwardDkdv, &g.backwardDkdvGuarded,
+              g.backwardRest.empty() ? &g.backwardDkdv : &g.backwardRest[1],
+              g.backwardRest.empty() ? &g.backwardDkdv : &g.backwardRest[3]})
           if (!name->empty()) // the same tiles (DynamicBackward.cuh)
             keyMajor.push_back(*name);
       for (const std::string &name : keyMajor)
@@ -924,11 +928,13 @@ static tessera_status launchDynamicGroup(tessera_bundle *bundle, int64_t layer,
           return fail(TESSERA_ERROR_INTERNAL,
                       "a dynamic group's launch plan names a kernel it lacks");
         }
-        if (attend && i == kernel::dynLaunchCount(a) - 1) {
+        const bool rest = a.family == kernel::kRouting && a.merge;
+        if (attend && i >= kernel::dynLaunchCount(a) - (rest ? 2 : 1)) {
           // The backward's kernels over the index in the attention's place
-          // (runBackwardCuda).
+          // (runBackwardCuda), and in rtRest's where routing merges.
           a.qBlock0 = 0;
-          failed = attend(a, batches);
+          if (i == kernel::dynLaunchCount(a) - 1)
+            failed = attend(a, batches);
           continue;
         }
         if (gx < 1)
@@ -2591,6 +2597,15 @@ tessera_status runBackwardCuda(const Call &c, const tessera_tensor &dO,
                                       unsigned(gx), unsigned(chunk.numSlots),
                                       unsigned(batches), threads, 1, 1, shared,
                                       c.d.cuda_stream, dynArgs, nullptr))
+          return rc;
+      // Routing that merges: then the rest of its pattern (rtRest's pairs),
+      // a block per 64 query rows, its dQ adding the segments' f32 rows.
+      for (size_t r = 0; r < dg.backwardRest.size(); ++r)
+        if (int rc = drv.launchKernel(
+                c.bundle->functions.at(dg.backwardRest[r]),
+                unsigned((c.d.q.seq + 63) / 64), unsigned(chunk.numSlots),
+                unsigned(batches), r % 2 ? kt : 128u, 1, 1, r % 2 ? ks : qs,
+                c.d.cuda_stream, dynArgs, nullptr))
           return rc;
       return 0;
     };

@@ -21,14 +21,6 @@ tessera::runtime::cudaBackwardRefusal(const tessera_attention_desc &d,
     return "the CUDA backward takes every head of the layer for now: desc "
            "sets head_count (head-range calls run their backward on CPU "
            "contexts)";
-  for (const DynamicGroupDesc &g : l.dynamicGroups)
-    if (g.args.family == kernel::kRouting && g.args.merge)
-      return layer + "'s dynamic heads from head " +
-             std::to_string(g.heads.front()) +
-             " are routing heads whose pattern allows pairs outside their "
-             "clusters (a union or difference around the routing leaf): the "
-             "CUDA backward runs routing within clusters only for now (CPU "
-             "contexts run theirs)";
   bool dynamicKernels = true;
   for (const DynamicGroupDesc &g : l.dynamicGroups)
     dynamicKernels = dynamicKernels && !g.backwardDq.empty();

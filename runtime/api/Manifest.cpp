@@ -282,9 +282,6 @@ std::string parseBackward(const json::Object &o, LayerDesc &l) {
     k.dynamicAdd = add->str();
     for (size_t i = 0; i < groups->size(); ++i) {
       DynamicGroupDesc &g = l.dynamicGroups[i];
-      if (g.args.family == k::kRouting && g.args.merge)
-        return "backward kernels serve no routing group whose pattern allows "
-               "pairs outside its clusters";
       const json::Object *go = (*groups)[i].getAsObject();
       const json::Object *gb = go ? go->getObject("backward") : nullptr;
       std::optional<llvm::StringRef> dq, dkdv, dqGuarded, dkdvGuarded;
@@ -303,6 +300,18 @@ std::string parseBackward(const json::Object &o, LayerDesc &l) {
       g.backwardDkdv = dkdv->str();
       g.backwardDqGuarded = dqGuarded->str();
       g.backwardDkdvGuarded = dkdvGuarded->str();
+      g.backwardRest.clear();
+      if (g.args.family == k::kRouting && g.args.merge)
+        for (const char *name :
+             {"rest_dq", "rest_dkdv", "rest_dq_guarded", "rest_dkdv_guarded"}) {
+          std::optional<llvm::StringRef> rest = gb->getString(name);
+          if (!rest || rest->empty())
+            return "backward: dynamic group " + std::to_string(i) +
+                   " (routing whose pattern allows pairs outside its "
+                   "clusters) lacks its backward kernel " +
+                   name + " (a bundle emitted before it: emit it again)";
+          g.backwardRest.push_back(rest->str());
+        }
     }
   }
   k.keyMajorThreads = *kt;

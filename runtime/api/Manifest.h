@@ -37,6 +37,9 @@ struct DynamicGroupDesc {
   std::string backwardDq, backwardDkdv;
   /// Their guarded second launches (non-finite inputs in masked pairs).
   std::string backwardDqGuarded, backwardDkdvGuarded;
+  /// Routing that merges (args.merge): the rest's kernels (rtRest's pairs:
+  /// dQ, dK / dV, and their guarded launches), in that order; else empty.
+  std::vector<std::string> backwardRest;
 };
 
 /// A layer's backward kernels (FlashBackward.cuh, docs/backward.md): the

@@ -875,26 +875,6 @@ TEST_F(FakeDriverDynamicBackward, BrokenGuardFails) {
   EXPECT_GT(nonFinite(lastCuda.dk, false) + nonFinite(lastCuda.dv, false), 0);
 }
 
-/// Routing heads whose pattern allows pairs outside their clusters (a
-/// union with a window, a difference: rtRest's merge) have no CUDA backward
-/// yet: refused by name, nothing launched (DynamicHopper.mlir's layer 2).
-TEST_F(FakeDriverDynamicBackward, RoutingRefusedByName) {
-  Case c{"dynamic-hopper", 2, 1, 64, 64, 2, 2, 128, true};
-  load(c, "dynamic-hopper");
-  Buffers b;
-  plant(c, b, 16);
-  b.dq.assign(b.q.size(), 0);
-  b.dk.assign(b.k.size(), 0);
-  b.dv.assign(b.k.size(), 0);
-  EXPECT_EQ(runCuda(c, b), TESSERA_ERROR_INVALID_ARGUMENT);
-  EXPECT_NE(std::string(tessera_last_error())
-                .find("are routing heads whose pattern allows pairs outside "
-                      "their clusters"),
-            std::string::npos)
-      << tessera_last_error();
-  EXPECT_STREQ(FakeApi::get().kernels(), "");
-}
-
 /// Routing heads (BackwardDynamic.mlir layer 2: f16, head_dim 64, GQA 2:1,
 /// the engine's centroids e_0 .. e_3, head 3's merging two of the planted
 /// clusters): every query and key gets a planted
@@ -944,10 +924,13 @@ protected:
       const int64_t kvh = h / (at.heads / at.kvHeads);
       // Head 3's centroids merge planted clusters 0 and 1.
       auto cluster = [h](int32_t x) { return h == 3 && x == 1 ? 0 : x; };
-      return cluster(qCluster[size_t((bi * at.nq + i) * at.heads + h)]) ==
-                 cluster(kCluster[size_t((bi * at.nk + j) * at.kvHeads +
-                                         kvh)]) &&
-             (h == 0 || j <= p);
+      const bool same =
+          cluster(qCluster[size_t((bi * at.nq + i) * at.heads + h)]) ==
+          cluster(kCluster[size_t((bi * at.nk + j) * at.kvHeads + kvh)]);
+      if (at.layer == 3) // routing beside the rest of the pattern
+        return h == 1 ? j <= p && !same
+                      : j <= p && (same || j >= p - 8);
+      return same && (h == 0 || j <= p);
     };
     inputs =
         tessera_dynamic_inputs{centroids.data(), c.heads, kClusters, c.dim};
@@ -1030,6 +1013,71 @@ TEST_F(FakeDriverRoutingBackward, NonFiniteMaskedPairs) {
   EXPECT_GT(rows, 80);
   EXPECT_GT(checkRouting({"backward-dynamic", 2, 1, 230, 150, 4, 2, 64, false},
                          "broken-bwd-dyn-guard", 45, /*checkFloat64=*/false),
+            0);
+}
+
+/// Routing whose pattern allows pairs outside its clusters (layer 3: in a
+/// union with a window, heads 0 and 3; the right of a difference, head 1;
+/// rtRest's merge in the forward): the segments' pass, then the rest's
+/// (RestWalk: the static runs of `without` minus the clusters' pairs), P
+/// from the merged LSE, dq of the two added in f32. Nq < Nk over two batch
+/// entries, Nq > Nk, Nq = Nk, against float64 over the planted clusters
+/// and the CPU context.
+TEST_F(FakeDriverRoutingBackward, MergingShortQueries) {
+  EXPECT_EQ(checkRouting({"backward-dynamic", 3, 2, 100, 200, 4, 2, 64, false},
+                         "backward-dynamic", 46),
+            0);
+  const std::string k = FakeApi::get().kernels();
+  EXPECT_NE(k.find("tessera_bwd_dyn_rt_dkdv_guarded_f16_d64,"
+                   "tessera_bwd_dyn_rtrest_dq_f16_d64,"
+                   "tessera_bwd_dyn_rtrest_dkdv_f16_d64,"
+                   "tessera_bwd_dyn_rtrest_dq_guarded_f16_d64,"
+                   "tessera_bwd_dyn_rtrest_dkdv_guarded_f16_d64"),
+            std::string::npos)
+      << k;
+  EXPECT_EQ(k.find("tessera_rt_rest"), std::string::npos) << k;
+}
+TEST_F(FakeDriverRoutingBackward, MergingLongQueries) {
+  EXPECT_EQ(checkRouting({"backward-dynamic", 3, 1, 230, 150, 4, 2, 64, false},
+                         "backward-dynamic", 47),
+            0);
+}
+TEST_F(FakeDriverRoutingBackward, MergingEqualLengths) {
+  EXPECT_EQ(checkRouting({"backward-dynamic", 3, 1, 130, 130, 4, 2, 64, false},
+                         "backward-dynamic", 48),
+            0);
+}
+
+/// Merging routing with non-finite inputs in masked pairs (dO rows of
+/// queries without keys, v rows of keys nobody sees).
+TEST_F(FakeDriverRoutingBackward, MergingNonFiniteMaskedPairs) {
+  int64_t rows = 0;
+  afterPlant = [&](const Case &c, Buffers &b) {
+    rows = poison(c, b, kPoisonDO | kPoisonV);
+  };
+  EXPECT_EQ(checkRouting({"backward-dynamic", 3, 1, 230, 150, 4, 2, 64, false},
+                         "backward-dynamic", 49),
+            0);
+  EXPECT_GT(rows, 80);
+}
+
+/// DynamicHopper.mlir's layer 2 (bf16, head_dim 128: merging routing by
+/// k-means on the device, in a union with a window and the right of a
+/// difference, three and four clusters), against the CPU context (whose
+/// k-means finds the same clusters: the layer's position plants them).
+TEST_F(FakeDriverDynamicBackward, MergingRoutingKMeans) {
+  checkCase({"dynamic-hopper", 2, 1, 64, 64, 2, 2, 128, true}, "dynamic-hopper",
+            16);
+  EXPECT_NE(std::string(FakeApi::get().kernels())
+                .find("tessera_bwd_dyn_rtrest_dkdv_bf16_d128"),
+            std::string::npos);
+}
+
+/// A copy whose rest walk visits nothing (only the clusters' pairs): its
+/// gradients differ from float64's and the CPU's.
+TEST_F(FakeDriverRoutingBackward, BrokenRestFails) {
+  EXPECT_GT(checkRouting({"backward-dynamic", 3, 1, 130, 130, 4, 2, 64, false},
+                         "broken-bwd-dyn-rest", 48, /*checkFloat64=*/false),
             0);
 }
 

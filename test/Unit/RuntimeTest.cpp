@@ -1195,9 +1195,8 @@ TEST(RuntimeBundles, BackwardEntriesAreValidated) {
         [](Obj &l) {
           dynGroup(l, 0).getObject("backward")->erase("dkdv_guarded");
         }},
-       {"a merging routing group",
-        "serve no routing group whose pattern allows pairs outside its "
-        "clusters",
+       {"a merging routing group without the rest's kernels",
+        "lacks its backward kernel rest_dq",
         [](Obj &l) {
           Obj &g = dynGroup(l, 0);
           g["family"] = "routing";

@@ -59,6 +59,7 @@ std::string familyTag(const std::string &family) {
   return family == "vertical_slash" ? "vs"
          : family == "block_index"  ? "bi"
          : family == "routing"      ? "rt"
+         : family == "routing_rest" ? "rtrest"
                                     : "bt";
 }
 /// The entry of a family's backward kernels (DynamicBackward.cuh):
@@ -69,6 +70,8 @@ std::string passEntry(const std::string &family, const std::string &ed,
   const std::string g = guarded ? ", true>" : ", false>";
   if (family == "routing")
     return "bwdRtGroup<" + ed + ", bundle::DynPats" + g;
+  if (family == "routing_rest") // a merging group's rest (rtRest's pairs)
+    return "bwdRtRestGroup<" + ed + ", bundle::DynPats" + g;
   return "bwdDynGroup<" + ed + ", " +
          (family == "vertical_slash" ? "VsWalk<bundle::DynPats>"
           : family == "block_index"  ? "BtWalk<bundle::DynPats, int>"
@@ -250,9 +253,11 @@ json::Object tessera::backward::layerBackwardJson(const std::string &dt,
 
 bool tessera::backward::hasDynamicBackward(llvm::StringRef family,
                                            int64_t headDim, bool merge) {
+  (void)merge; // (merging routing: the rest's kernels too)
   return hasBackwardKernels(headDim) &&
          (family == "vertical_slash" || family == "block_topk" ||
-          family == "block_index" || (family == "routing" && !merge));
+          family == "block_index" || family == "routing" ||
+          family == "routing_rest");
 }
 
 void tessera::backward::emitDynamicBackwardKernels(
@@ -313,11 +318,16 @@ void tessera::backward::emitDynamicBackwardKernels(
 
 json::Object tessera::backward::dynamicGroupBackwardJson(llvm::StringRef family,
                                                          const std::string &dt,
-                                                         int64_t d) {
-  const std::string tag = familyTag(family.str());
-  return json::Object{
-      {"dq", dynName((tag + "_dq").c_str(), dt, d)},
-      {"dkdv", dynName((tag + "_dkdv").c_str(), dt, d)},
-      {"dq_guarded", dynName((tag + "_dq_guarded").c_str(), dt, d)},
-      {"dkdv_guarded", dynName((tag + "_dkdv_guarded").c_str(), dt, d)}};
+                                                         int64_t d,
+                                                         bool merge) {
+  json::Object o;
+  for (const char *prefix : {"", "rest_"}) {
+    const std::string p = prefix;
+    if (!p.empty() && !(merge && family == "routing"))
+      break;
+    const std::string tag = p.empty() ? familyTag(family.str()) : "rtrest";
+    for (const char *pass : {"dq", "dkdv", "dq_guarded", "dkdv_guarded"})
+      o[p + pass] = dynName((tag + "_" + pass).c_str(), dt, d);
+  }
+  return o;
 }

@@ -49,8 +49,9 @@ llvm::json::Object layerBackwardJson(const std::string &dtype, int64_t headDim,
                                      bool hasSkipped, bool dynamic = false);
 
 /// Whether a dynamic family has CUDA backward kernels (DynamicBackward.cuh:
-/// vertical_slash, block_topk, a caller's block_index, and routing whose
-/// pattern allows no pair outside its clusters: `merge` false).
+/// vertical_slash, block_topk, a caller's block_index and routing; routing
+/// whose pattern allows pairs outside its clusters, `merge`, also has the
+/// rest's kernels, family "routing_rest" of emitDynamicBackwardKernels).
 bool hasDynamicBackward(llvm::StringRef family, int64_t headDim,
                         bool merge = false);
 
@@ -66,10 +67,13 @@ void emitDynamicBackwardKernels(llvm::raw_ostream &os, const std::string &dtype,
                                 const std::set<std::string> &families,
                                 llvm::json::Array &kernels);
 
-/// A dynamic group's "backward" manifest entry (its dq and dkdv kernels).
+/// A dynamic group's "backward" manifest entry (its dq and dkdv kernels and
+/// their guarded launches; a merging routing group's also rest_dq,
+/// rest_dkdv and theirs).
 llvm::json::Object dynamicGroupBackwardJson(llvm::StringRef family,
                                             const std::string &dtype,
-                                            int64_t headDim);
+                                            int64_t headDim,
+                                            bool merge = false);
 
 } // namespace tessera::backward
 

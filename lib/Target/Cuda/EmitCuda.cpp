@@ -432,9 +432,13 @@ private:
       for (json::Value &g : dynamicJson) {
         const std::string family =
             g.getAsObject()->getString("family").value_or("").str();
-        (*g.getAsObject())["backward"] =
-            backward::dynamicGroupBackwardJson(family, dtypeName(dtype), d);
+        const bool merge =
+            g.getAsObject()->getBoolean("merge_without").value_or(false);
+        (*g.getAsObject())["backward"] = backward::dynamicGroupBackwardJson(
+            family, dtypeName(dtype), d, merge);
         dynBackwardFamilies[{dtypeName(dtype), d}].insert(family);
+        if (merge && family == "routing") // the rest's kernels too
+          dynBackwardFamilies[{dtypeName(dtype), d}].insert("routing_rest");
       }
     }
     if (!dynamicJson.empty()) {

@@ -31,4 +31,14 @@ attn.model @backward_dynamic {
     attn.heads [2] = #attn.causal
     attn.heads [3] = #attn.intersect<#attn.causal, #attn.routing<clusters = 4>>
   }
+  // f16, head_dim 64, GQA 2:1: routing whose pattern allows pairs outside
+  // its clusters (rtRest's merge): in a union with a window (heads 0 and
+  // 3, on both kv heads), the right of a difference (head 1: causal pairs
+  // across clusters); kv head 1 also serves a static causal head.
+  attn.layer 3 heads = 4 kv_heads = 2 head_dim = 64 dtype = f16 {
+    attn.heads [0] = #attn.union<#attn.window<before = 8>, #attn.intersect<#attn.causal, #attn.routing<clusters = 4>>>
+    attn.heads [1] = #attn.difference<#attn.causal, #attn.routing<clusters = 4>>
+    attn.heads [2] = #attn.causal
+    attn.heads [3] = #attn.union<#attn.window<before = 8>, #attn.intersect<#attn.causal, #attn.routing<clusters = 4>>>
+  }
 }

@@ -131,10 +131,9 @@ __device__ __forceinline__ void bwdCopyRows(u16 *dst, const u16 *src,
 /// bwdStoreRows of warp `warp`'s rows of the block (gathered: each row at
 /// its query index).
 template <int E, int D>
-__device__ __forceinline__ void bwdStoreQueries(const FlashAcc<D> &acc,
-                                                float mul, u16 *base,
-                                                i64 strideS, const BwdRows &qr,
-                                                int warp, i64 nq) {
+__device__ __forceinline__ void
+bwdStoreQueries(const FlashAcc<D> &acc, float mul, u16 *base, i64 strideS,
+                const BwdRows &qr, int warp, i64 nq) {
   if (!qr.rows) {
     bwdStoreRows<E, D>(acc, mul, base, strideS, qr.q0, warp, nq);
     return;
@@ -153,13 +152,72 @@ __device__ __forceinline__ void bwdStoreQueries(const FlashAcc<D> &acc,
   }
 }
 
+/// Where a dQ pass puts its rows: `part` null: dq (16-bit, times s); else
+/// a routing group that merges (rtRest's pairs beside its clusters', in the
+/// slice's f32 `partial` rows of D + 1 floats): the segments' pass stores
+/// its f32 rows there (add false), the rest's pass adds them to its own
+/// and stores dq (add true).
+struct BwdDqOut {
+  float *part;
+  bool add;
+};
+
+/// Whether some f32 value of the block's rows `qr` of `part` (rows of
+/// D + 1 floats, D of them read) is NaN or infinite, by NT threads (a
+/// barrier).
+template <int D, int NT>
+__device__ __forceinline__ bool bwdPartNonFinite(const float *part,
+                                                 const BwdRows &qr, i64 nq) {
+  bool bad = false;
+  for (int i = threadIdx.x; i < 64 * D; i += NT) {
+    const i64 r = bwdRow(qr, i / D, nq);
+    if (r >= 0)
+      bad = bad || (__float_as_int(part[r * (D + 1) + i % D]) & 0x7f800000) ==
+                       0x7f800000;
+  }
+  return __syncthreads_or(bad);
+}
+
+/// Stores this thread's rows of the block's dQ (times s) where `out` says.
+template <int E, int D>
+__device__ __forceinline__ void
+bwdStoreDq(const FlashAcc<D> &acc, const BwdParams &p, i64 b, i64 head,
+           const BwdRows &qr, int warp, const BwdDqOut &out) {
+  u16 *base = p.dq + b * p.dqs.b + head * p.dqs.h;
+  if (!out.part) {
+    bwdStoreQueries<E, D>(acc, p.scale, base, p.dqs.s, qr, warp, p.nq);
+    return;
+  }
+  const int lane = threadIdx.x % 32, c2 = (lane % 4) * 2;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const i64 i = bwdRow(qr, warp * 16 + lane / 4 + h * 8, p.nq);
+    if (i < 0)
+      continue;
+    float *part = out.part + i * (D + 1);
+    u16 *row = base + i * p.dqs.s;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      const int x = dn * 8 + c2;
+      const float v0 = acc.o[dn][2 * h] * p.scale,
+                  v1 = acc.o[dn][2 * h + 1] * p.scale;
+      if (out.add)
+        *reinterpret_cast<u32 *>(row + x) =
+            packFloats<E>(part[x] + v0, part[x + 1] + v1);
+      else {
+        part[x] = v0;
+        part[x + 1] = v1;
+      }
+    }
+  }
+}
+
 /// Whether some stored dQ value of the block's rows `qr` (of `base`, row
 /// stride `strideS`) is NaN or infinite: the guarded dQ kernel's test of
 /// the unguarded one's output, by NT threads (a barrier).
 template <int E, int D, int NT>
-__device__ __forceinline__ bool bwdQueriesNonFinite(const u16 *base,
-                                                    i64 strideS,
-                                                    const BwdRows &qr, i64 nq) {
+__device__ __forceinline__ bool
+bwdQueriesNonFinite(const u16 *base, i64 strideS, const BwdRows &qr, i64 nq) {
   if (!qr.rows)
     return bwdRowsNonFinite<E, D, NT>(base, strideS, qr.q0, nq);
   u32 bits = 0;
@@ -181,16 +239,15 @@ __device__ __forceinline__ bool bwdAccNonFinite(const FlashAcc<C> &dk,
   for (int dn = 0; dn < C / 8; ++dn)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
-      bad = bad ||
-            (__float_as_int(dk.o[dn][e]) & 0x7f800000) == 0x7f800000 ||
+      bad = bad || (__float_as_int(dk.o[dn][e]) & 0x7f800000) == 0x7f800000 ||
             (__float_as_int(dv.o[dn][e]) & 0x7f800000) == 0x7f800000;
   return bad;
 }
 
 /// This block's entry of a.bwdStop (the chunk's blocks, in grid order).
 __device__ __forceinline__ int *bwdDynStopAt(const DynArgs &a) {
-  return a.bwdStop +
-         ((i64)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  return a.bwdStop + ((i64)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x +
+         blockIdx.x;
 }
 
 /// The walk's next tile into `tile` (thread 0), published with its staged
@@ -217,10 +274,9 @@ bwdDynNext(Walk &w, DynTile &tile, DynRows &rows, const u16 *kBase, i64 kStride,
 /// forward's LSE, dP = dO V^T, dS = P (dP - D), dQ += dS K; stored once
 /// times s. Rows without keys get dQ = 0.
 template <int E, int D, bool GUARDED, class Walk>
-__device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
-                                            const DynSlice &sl, Walk &w,
-                                            PipeTiles<D> &tiles,
-                                            const BwdRows &qr) {
+__device__ __forceinline__ void
+bwdDynQuery(const BwdParams &p, const DynSlice &sl, Walk &w,
+            PipeTiles<D> &tiles, const BwdRows &qr, const BwdDqOut &out) {
   constexpr int NT = 128;
   constexpr int kKind = Walk::kRows;
   PipeTiles<D> &sm = *bwdOpaque(&tiles);
@@ -230,13 +286,15 @@ __device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
   const i64 head = sl.head, b = sl.b, kvh = sl.kvHead;
   const bool vec = p.vectorLoads != 0;
   if constexpr (GUARDED) // (also publishes the walk thread 0 set up)
-    if (!bwdQueriesNonFinite<E, D, NT>(p.dq + b * p.dqs.b + head * p.dqs.h,
-                                       p.dqs.s, qr, p.nq))
+    if (out.part && !out.add
+            ? !bwdPartNonFinite<D, NT>(out.part, qr, p.nq)
+            : !bwdQueriesNonFinite<E, D, NT>(
+                  p.dq + b * p.dqs.b + head * p.dqs.h, p.dqs.s, qr, p.nq))
       return;
   const u16 *kBase = p.k + b * p.ks.b + kvh * p.ks.h;
   const u16 *vBase = p.v + b * p.vs.b + kvh * p.vs.h;
-  bwdCopyRows<D, NT>(sm.k(), p.q + b * p.qs.b + head * p.qs.h, p.qs.s, qr,
-                     p.nq, vec);
+  bwdCopyRows<D, NT>(sm.k(), p.q + b * p.qs.b + head * p.qs.h, p.qs.s, qr, p.nq,
+                     vec);
   bwdCopyRows<D, NT>(sm.v(), p.dO + b * p.dOs.b + head * p.dOs.h, p.dOs.s, qr,
                      p.nq, vec);
   cpAsyncCommit();
@@ -297,8 +355,7 @@ __device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
     pipeValues<E, D>(da, sm.k(), dq); // dQ += dS K (s applied at the end)
     __syncthreads(); // every warp is done with K, V, the tile and its rows
   }
-  bwdStoreQueries<E, D>(dq, p.scale, p.dq + b * p.dqs.b + head * p.dqs.h,
-                        p.dqs.s, qr, warp, p.nq);
+  bwdStoreDq<E, D>(dq, p, b, head, qr, warp, out);
 }
 
 /// dK and dV of the block's 64 rows `qr` of head sl.head over walk `w` (set
@@ -308,11 +365,9 @@ __device__ __forceinline__ void bwdDynQuery(const BwdParams &p,
 /// query-major mask, bwdKeyProducts into fresh accumulators, added to
 /// p.dynKV at the tile's keys by f32 atomics (dK times s).
 template <int E, int D, bool GUARDED, class Walk>
-__device__ __forceinline__ void bwdDynKeyValue(const BwdParams &p,
-                                               const DynSlice &sl, Walk &w,
-                                               BwdKeyTiles<D> &tiles,
-                                               const BwdRows &qr,
-                                               int *stopEntry) {
+__device__ __forceinline__ void
+bwdDynKeyValue(const BwdParams &p, const DynSlice &sl, Walk &w,
+               BwdKeyTiles<D> &tiles, const BwdRows &qr, int *stopEntry) {
   using Shape = BwdKeyShape<D>;
   constexpr int NT = Shape::kThreads, BQ = 64, C = Shape::kCols;
   constexpr int kKind = Walk::kRows;
@@ -390,8 +445,7 @@ __device__ __forceinline__ void bwdDynKeyValue(const BwdParams &p,
     FlashAcc<C> dk, dv;
     flashInit<C>(dk);
     flashInit<C>(dv);
-    bwdKeyProducts<E, D, GUARDED>(*bwdOpaque(&tiles), p, t.masked != 0, dk,
-                                  dv);
+    bwdKeyProducts<E, D, GUARDED>(*bwdOpaque(&tiles), p, t.masked != 0, dk, dv);
     if (!GUARDED && t.masked && __syncthreads_or(bwdAccNonFinite<C>(dk, dv))) {
       // A masked pair's NaN or infinity may be in these sums: none of the
       // tile is added; the guarded pass does it and the rest.
@@ -420,17 +474,15 @@ __device__ __forceinline__ void bwdDynKeyValue(const BwdParams &p,
 
 /// The pass of a tiles type (bwdDynGroup).
 template <int E, int D, bool GUARDED, class Walk>
-__device__ __forceinline__ void bwdDynPass(const BwdParams &p,
-                                           const DynSlice &sl, Walk &w,
-                                           PipeTiles<D> &sm, const BwdRows &qr,
-                                           int *) {
-  bwdDynQuery<E, D, GUARDED>(p, sl, w, sm, qr);
+__device__ __forceinline__ void
+bwdDynPass(const BwdParams &p, const DynSlice &sl, Walk &w, PipeTiles<D> &sm,
+           const BwdRows &qr, int *, const BwdDqOut &out) {
+  bwdDynQuery<E, D, GUARDED>(p, sl, w, sm, qr, out);
 }
 template <int E, int D, bool GUARDED, class Walk>
-__device__ __forceinline__ void bwdDynPass(const BwdParams &p,
-                                           const DynSlice &sl, Walk &w,
-                                           BwdKeyTiles<D> &sm,
-                                           const BwdRows &qr, int *stopEntry) {
+__device__ __forceinline__ void
+bwdDynPass(const BwdParams &p, const DynSlice &sl, Walk &w, BwdKeyTiles<D> &sm,
+           const BwdRows &qr, int *stopEntry, const BwdDqOut &) {
   bwdDynKeyValue<E, D, GUARDED>(p, sl, w, sm, qr, stopEntry);
 }
 
@@ -449,7 +501,7 @@ __device__ __forceinline__ void bwdDynGroup(const BwdParams &p,
   if (threadIdx.x == 0)
     bwdWalkInit(w, p, a, sl, g, q0);
   bwdDynPass<E, D, GUARDED>(p, sl, w, sm, BwdRows{q0, nullptr, 0},
-                            bwdDynStopAt(a));
+                            bwdDynStopAt(a), BwdDqOut{nullptr, false});
 }
 
 /// The backward kernels of a routing group's chunk (grid: routingTiles(),
@@ -461,8 +513,7 @@ __device__ __forceinline__ void bwdDynGroup(const BwdParams &p,
 /// gradient. Routing whose pattern allows pairs outside the clusters
 /// (rtRest's merge) has no backward kernels.
 template <int E, int D, class Pats, bool GUARDED = false, class Tiles>
-__device__ __forceinline__ void bwdRtGroup(const BwdParams &p,
-                                           const DynArgs &a,
+__device__ __forceinline__ void bwdRtGroup(const BwdParams &p, const DynArgs &a,
                                            const DynGroupTable &g, Tiles &sm) {
   const DynSlice sl = bwdDynSlice(p, a, g.heads);
   __shared__ RtWalk<Pats> w;
@@ -472,7 +523,47 @@ __device__ __forceinline__ void bwdRtGroup(const BwdParams &p,
                        (i64)blockIdx.x);
   if (!qr.rows)
     return; // beyond the segments' tiles (uniform per block)
-  bwdDynPass<E, D, GUARDED>(p, sl, w, sm, qr, bwdDynStopAt(a));
+  // Merging (rtRest's pairs too): dQ of the clusters' pairs into the
+  // slice's f32 partial rows, for bwdRtRestGroup to add.
+  const BwdDqOut out = {
+      a.merge ? reinterpret_cast<float *>(sl.ws + sl.lay.partial) : nullptr,
+      false};
+  bwdDynPass<E, D, GUARDED>(p, sl, w, sm, qr, bwdDynStopAt(a), out);
+}
+
+/// The backward kernels of the rest of a merging routing group's pattern
+/// (grid: ceil(Nq / 64), the chunk's slots, its batch entries), in place of
+/// rtRest, after bwdRtGroup's: block x takes query rows 64 x .. 64 x + 63
+/// and walks rtRest's RestWalk (the static runs of `without` minus the
+/// pairs within a cluster), P from the forward's merged LSE; dQ adds the
+/// segments' partial rows and stores dq (every row), dK / dV add to the
+/// sums as the other walks do.
+template <int E, int D, class Pats, bool GUARDED = false, class Tiles>
+__device__ __forceinline__ void
+bwdRtRestGroup(const BwdParams &p, const DynArgs &a, const DynGroupTable &g,
+               Tiles &sm) {
+  const DynSlice sl = bwdDynSlice(p, a, g.heads);
+  const i64 q0 = (i64)blockIdx.x * 64, q1 = minI(q0 + 64, p.nq);
+  __shared__ RestWalk<Pats> w;
+  if (threadIdx.x < 64) {
+    const int *qc = reinterpret_cast<const int *>(sl.ws + sl.lay.qCluster);
+    const i64 qi = q0 + threadIdx.x;
+    w.rowCluster[threadIdx.x] = qi < p.nq ? qc[qi] : -1;
+  }
+  if (threadIdx.x == 0) {
+    w.runs.ctx = makeRunCtx(q0, q1, p.nq, p.nk, 64, sl.head, p.numHeads);
+    w.runs.reset();
+    w.kCluster = reinterpret_cast<const int *>(sl.ws + sl.lay.kCluster);
+    w.p0 = q0 + p.nk - p.nq;
+    w.head = sl.head;
+    w.nh = p.numHeads;
+    w.withoutId = g.withoutId;
+    w.at = -1;
+  }
+  const BwdDqOut out = {reinterpret_cast<float *>(sl.ws + sl.lay.partial),
+                        true};
+  bwdDynPass<E, D, GUARDED>(p, sl, w, sm, BwdRows{q0, nullptr, 0},
+                            bwdDynStopAt(a), out);
 }
 /// Zeroes p.dynKV: grid (ceil(Nk / 128), kv heads, batch), a thread a key.
 template <int D>

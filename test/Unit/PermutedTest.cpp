@@ -72,7 +72,7 @@ TEST(PeriodTransposeTest, IsTheStableSortByResidue) {
 /// The order of the tokens [0, n) with kept ranges [a0, b0, a1, b1, ...]
 /// (each clipped to n), written from the definition rather than from
 /// Layout.h: the kept tokens in order, then the others sorted stably by
-/// their index among the others mod p.
+/// (t - e) mod p, e the first token not kept.
 std::vector<int64_t> keptOrder(int64_t n, int64_t p,
                                const std::vector<int64_t> &kept) {
   std::vector<bool> isKept(n, false);
@@ -85,12 +85,11 @@ std::vector<int64_t> keptOrder(int64_t n, int64_t p,
   for (int64_t t = 0; t < n; ++t)
     if (!isKept[t])
       rest.push_back(t);
-  std::vector<int64_t> index(rest.size());
-  std::iota(index.begin(), index.end(), 0);
-  std::stable_sort(index.begin(), index.end(),
-                   [&](int64_t a, int64_t b) { return a % p < b % p; });
-  for (int64_t u : index)
-    order.push_back(rest[u]);
+  int64_t e = rest.empty() ? 0 : rest.front();
+  auto res = [&](int64_t t) { return ((t - e) % p + p) % p; };
+  std::stable_sort(rest.begin(), rest.end(),
+                   [&](int64_t a, int64_t b) { return res(a) < res(b); });
+  order.insert(order.end(), rest.begin(), rest.end());
   return order;
 }
 
@@ -131,12 +130,14 @@ TEST(PeriodTransposeTest, KeptRangesAreInverseBijections) {
   layout::PeriodTranspose mm{1024, 0, {0, 200, 2248, 2348}};
   int64_t n = 2348 + 3 * 1024 + 17;
   EXPECT_EQ(mm.keptCount(n), 300);
-  EXPECT_EQ(mm.slot(2300, n), 252);     // text 2, its 53rd token
-  EXPECT_EQ(mm.slot(200, n), 300);      // the first video token
-  EXPECT_EQ(mm.slot(2348, n), 300 + 2); // frame 2 (video index 2048)
-  // 5137 video tokens: residues 0-16 hold 6 each. Residue 1 of video
-  // frame 1 (video index 1025) is token 1225.
-  EXPECT_EQ(mm.token(300 + 6 * 1 + 1, n), 1225);
+  EXPECT_EQ(mm.slot(2300, n), 252); // text 2, its 53rd token
+  // Residues (t - 200) mod 1024 of the video tokens: residue 0 holds 200,
+  // 1224 (first segment), 3272, 4296, 5320 (second; 2248 is text), residue
+  // 1 holds 201, 1225, 3273, ...
+  EXPECT_EQ(mm.slot(200, n), 300);
+  EXPECT_EQ(mm.slot(1224, n), 301);
+  EXPECT_EQ(mm.slot(3272, n), 302);
+  EXPECT_EQ(mm.token(307, n), 3273);
   // A prefix written as kept ranges is the prefix.
   layout::PeriodTranspose asPrefix{16, 0, {0, 12}}, prefix{16, 12};
   for (int64_t t = 0; t < 100; ++t)

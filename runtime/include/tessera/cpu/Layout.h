@@ -44,15 +44,19 @@ inline constexpr int64_t kMaxKeptRanges = 64;
 /// With kept ranges [a0, b0, a1, b1, ...] (interleaved modalities: text
 /// segments between video segments; `kept` non-empty, `prefix` 0) each
 /// range clipped to [min(a, N), min(b, N)): the K kept tokens take slots
-/// [0, K) in their order, and the N - K others (the video segments
-/// concatenated in order, token t being the u-th of them, u = t less the
-/// kept tokens before it) are transposed as a sequence of their own:
-/// slot(t) = K + slot'(u). Still a bijection of [0, N) for every N.
+/// [0, K) in their order, and the N - K others (the video segments) follow
+/// sorted stably by their residue (t - e) mod P, e the first token not
+/// kept (0, or b0 when a0 = 0): the ORIGINAL positions' residues, so that
+/// every video segment's tokens of one residue sit together whatever text
+/// lies between the segments (a residue-only pattern sees one band of
+/// residues, not one band a segment). With one range [0, S) this is the
+/// prefix S. Still a bijection of [0, N) for every N; slot costs
+/// O(ranges), token O(ranges * log N) (two binary searches).
 struct PeriodTranspose {
   int64_t period = 2;
   int64_t prefix = 0;
   /// Kept ranges as [begin, end) pairs, flat: sorted, non-empty, disjoint
-  /// and not touching, at most kMaxKeptRanges (keptReason). Empty: the
+  /// and not touching, at most kMaxKeptRanges (layoutReason). Empty: the
   /// prefix form (`kept = [0, S]` is always written as prefix S).
   std::vector<int64_t> kept = {};
 
@@ -82,8 +86,9 @@ struct PeriodTranspose {
         return before + (t - a);
       before += b - a;
     }
-    int64_t front = keptCount(n);
-    return front + segmentSlot(t - before, n - front);
+    int64_t c = residue(t, n);
+    // The others of smaller residues, then those of residue c before t.
+    return keptCount(n) + othersBelow(c, n) + othersOf(c, t, n);
   }
 
   /// The inverse of slot: the token at slot s.
@@ -99,16 +104,29 @@ struct PeriodTranspose {
         s -= b - a;
       }
     }
-    // The u-th token outside the ranges: u plus the lengths of the ranges
-    // that begin at or before it.
-    int64_t t = segmentToken(s - front, n - front);
-    for (size_t i = 0; i + 1 < kept.size(); i += 2) {
-      int64_t a = std::min(kept[i], n), b = std::min(kept[i + 1], n);
-      if (a > t)
-        break;
-      t += b - a;
+    s -= front;
+    // The residue: the last c with othersBelow(c) <= s.
+    int64_t lo = 0, hi = period - 1;
+    while (lo < hi) {
+      int64_t mid = lo + (hi - lo + 1) / 2;
+      if (othersBelow(mid, n) <= s)
+        lo = mid;
+      else
+        hi = mid - 1;
     }
-    return t;
+    int64_t c = lo, j = s - othersBelow(c, n);
+    // The (j + 1)-th other token of residue c: the first y0 + m P with
+    // j + 1 others of residue c up to it.
+    int64_t y0 = floorMod(firstOther(n) + c, period);
+    int64_t mLo = 0, mHi = (n - 1 - y0) / period;
+    while (mLo < mHi) {
+      int64_t mid = mLo + (mHi - mLo) / 2;
+      if (othersOf(c, y0 + mid * period + 1, n) >= j + 1)
+        mHi = mid;
+      else
+        mLo = mid + 1;
+    }
+    return y0 + mLo * period;
   }
 
   /// The first slot of residue c (0 <= c <= period; start(period) = n) of
@@ -119,6 +137,49 @@ struct PeriodTranspose {
   }
 
 private:
+  static int64_t floorMod(int64_t a, int64_t b) {
+    int64_t r = a % b;
+    return r < 0 ? r + b : r;
+  }
+  /// With kept ranges: the first token not kept, where residue 0 starts.
+  int64_t firstOther(int64_t n) const {
+    return kept[0] > 0 ? 0 : std::min(kept[1], n);
+  }
+  /// A token's residue among the others: (t - e) mod P.
+  int64_t residue(int64_t t, int64_t n) const {
+    return floorMod(t - firstOther(n), period);
+  }
+  /// Tokens of [lo, hi) (0 <= lo <= hi) whose residue is below c.
+  int64_t residuesBelow(int64_t c, int64_t lo, int64_t hi, int64_t n) const {
+    // z = x - e + off >= 0 has x's residue; off: a multiple of P >= e.
+    int64_t e = firstOther(n), off = (e + period - 1) / period * period;
+    auto below = [&](int64_t z) { // #{0 <= y < z : y mod P < c}
+      return z / period * c + std::min(z % period, c);
+    };
+    return below(hi - e + off) - below(lo - e + off);
+  }
+  /// Tokens of [lo, hi) of residue c.
+  int64_t residuesOf(int64_t c, int64_t lo, int64_t hi, int64_t n) const {
+    return residuesBelow(c + 1, lo, hi, n) - residuesBelow(c, lo, hi, n);
+  }
+  /// The tokens of [0, n) that are not kept and have a residue below c.
+  int64_t othersBelow(int64_t c, int64_t n) const {
+    int64_t k = residuesBelow(c, 0, n, n);
+    for (size_t i = 0; i + 1 < kept.size(); i += 2)
+      k -= residuesBelow(c, std::min(kept[i], n), std::min(kept[i + 1], n), n);
+    return k;
+  }
+  /// The tokens of [0, x) that are not kept and have residue c.
+  int64_t othersOf(int64_t c, int64_t x, int64_t n) const {
+    int64_t k = residuesOf(c, 0, x, n);
+    for (size_t i = 0; i + 1 < kept.size(); i += 2) {
+      int64_t a = std::min(kept[i], n), b = std::min(kept[i + 1], x);
+      if (a < b)
+        k -= residuesOf(c, a, b, n);
+    }
+    return k;
+  }
+
   int64_t segmentSlot(int64_t t, int64_t n) const {
     int64_t q = n / period, r = n % period, c = t % period;
     return c * q + std::min(c, r) + t / period;

@@ -495,10 +495,13 @@ def Attn_PeriodTransposeAttr
     With `kept = [a0, b0, a1, b1, ...]` (interleaved modalities: several
     text segments between video frames) the tokens of the kept ranges
     `[a_i, b_i)` come first, in their order, and the remaining tokens (the
-    frames of every video segment, concatenated in order) follow,
-    transposed by `P` over their own count. Each range is clipped to the
-    sequence (`[min(a_i, N), min(b_i, N))`), so the permutation is a
-    bijection of `[0, N)` for every `N`. The ranges are non-empty, sorted,
+    frames of every video segment) follow, sorted stably by their original
+    residue `(t - e) mod P`, `e` the first token not kept (`0`, or `b0`
+    when `a0 = 0`): the tokens of one residue in every video segment sit
+    together, whatever text lies between the segments. Each range is
+    clipped to the sequence (`[min(a_i, N), min(b_i, N))`), so the
+    permutation is a bijection of `[0, N)` for every `N`; `kept = [0, S]`
+    is the prefix `S`. The ranges are non-empty, sorted,
     disjoint and not touching, at most 64 of them (`kMaxKeptRanges`);
     `kept = [0, S]` is spelled `prefix = S`, and `prefix` and `kept` are
     not given together.

@@ -102,6 +102,22 @@ def slots(n, period, prefix=0):
     return slot
 
 
+def kept_slots(n, period, kept):
+    """slot[t] with kept ranges [a0, b0, a1, b1, ...] (interleaved
+    segments): the kept tokens first in order, then the others sorted
+    stably by (t - e) mod period, e the first token not kept."""
+    front = [t for i in range(0, len(kept), 2)
+             for t in range(kept[i], min(kept[i + 1], n))]
+    inside = set(front)
+    others = [t for t in range(n) if t not in inside]
+    e = others[0] if others else 0
+    order = front + sorted(others, key=lambda t: ((t - e) % period, t))
+    slot = [0] * n
+    for s, t in enumerate(order):
+        slot[t] = s
+    return slot
+
+
 def tiles(keys, n, bq, bk, slot):
     row_blocks, key_blocks = -(-n // bq), -(-n // bk)
     count = [0] * (row_blocks * key_blocks)
@@ -203,6 +219,32 @@ def cases(name, n):
                              multi_diagonal(n, stride=50, width=2))),
              [50, (50, 100)]),
         ]
+    if name == "interleaved":
+        # patterns/mminference-interleaved.mlir: text [0, 200) and
+        # [2248, 2348) between video frames of 1024 tokens.
+        text = ((0, 200), (2248, 2348))
+
+        def captions(n):
+            keys = set(t for lo, hi in text for t in range(lo, min(hi, n)))
+            rows = [set(range(n)) if any(lo <= q < hi for lo, hi in text)
+                    else keys for q in range(n)]
+            return lambda q: rows[q]
+        ranges = "[0, 200, 2248, 2348]"
+        stripes = ("#attn.vertical_stripe<ranges = %s>, "
+                   "#attn.horizontal_stripe<ranges = %s>" % (ranges, ranges))
+        layouts = [1024, (1024, 200), (1024, 2348),
+                   ("kept", 1024, (0, 200, 2248, 2348))]
+        return [
+            ("group 0 heads [0-5] #attn.union<" + stripes + ", #attn.grid<"
+             "stride = 1024, vertical_width = 32, slash_width = 32, phase = "
+             "200>>",
+             union(captions(n), grid(n, 1024, vertical_width=32,
+                                     slash_width=32, phase=200)), layouts),
+            ("group 1 heads [6-11] #attn.union<" + stripes + ", "
+             "#attn.multi_diagonal<stride = 1024, width = 16>>",
+             union(captions(n), multi_diagonal(n, stride=1024, width=16)),
+             layouts),
+        ]
     raise SystemExit("unknown cases " + name)
 
 
@@ -214,7 +256,11 @@ def main():
         print("CHECK: " + title + ":")
         layouts = [("original order", identity)]
         for p in periods:
-            if isinstance(p, tuple):
+            if isinstance(p, tuple) and p[0] == "kept":
+                layouts.append(("period_transpose<%d, kept = %d ranges>"
+                                % (p[1], len(p[2]) // 2),
+                                kept_slots(n, p[1], p[2])))
+            elif isinstance(p, tuple):
                 layouts.append(("period_transpose<%d, prefix = %d>" % p,
                                 slots(n, *p)))
             else:

@@ -416,8 +416,7 @@ private:
       }
     }
     // The backward: static heads, and the dynamic groups whose family has
-    // CUDA backward kernels (none where one has not: routing whose pattern
-    // allows pairs outside its clusters).
+    // CUDA backward kernels (every family; merging routing also the rest's).
     bool dynBackward = true;
     for (const json::Value &g : dynamicJson)
       dynBackward =

@@ -15,6 +15,7 @@
 #include "tessera/cpu/Backward.h"
 #include "tessera/cpu/Executor.h"
 #include "tessera/cpu/Permuted.h"
+#include "tessera/cpu/RoutedWalk.h"
 #include "tessera/jit/Cache.h"
 
 #include <cmath>
@@ -1482,7 +1483,8 @@ tessera_status validateBlockIndex(Call &c) {
 }
 
 /// Per-token head routing (tessera.h, API 9): head_active holds one byte
-/// per (query row, head slot) of the call; CPU contexts, static heads.
+/// per (query row, head slot) of the call, host memory; static heads; on
+/// CUDA, dense calls of layers whose bundle has the permuted kernel.
 tessera_status validateHeadActive(Call &c) {
   const tessera_attention_desc &d = c.d;
   if (!d.head_active && d.head_active_size == 0)
@@ -1504,17 +1506,34 @@ tessera_status validateHeadActive(Call &c) {
                     "; head_active must be " + shape + ": " +
                     std::to_string(rows * c.heads) +
                     " bytes, one per (query row, head of the call)");
-  if (c.cuda)
-    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
-                "head_active (per-token head routing) runs on CPU contexts "
-                "only for now (no CUDA kernel compacts the active rows yet)");
   if (!c.l->dynamicGroups.empty())
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                 "head_active (per-token head routing): " + c.layerName() +
                     " has dynamic heads (from head " +
                     std::to_string(c.l->dynamicGroups.front().heads.front()) +
                     "), which do not take it yet (static heads only)");
-  return refuseDeviceMemory({{d.head_active, "head_active"}});
+  if (tessera_status s = refuseDeviceMemory({{d.head_active, "head_active"}}))
+    return c.cuda ? fail(s, "head_active is CUDA device memory: it is host "
+                            "memory on CUDA contexts too (the host packs "
+                            "each head's active rows and builds their walk)")
+                  : s;
+  if (!c.cuda)
+    return TESSERA_OK;
+  // CUDA: the bundle's permuted kernel (Permuted.cuh) on dense calls.
+  if (!c.dense())
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "head_active (per-token head routing) on a CUDA context "
+                "takes dense calls only for now (one batch of equal "
+                "lengths, every head: no cu_seqlens, seq_lens_k, "
+                "block_table, q_start / k_start or head range); the CPU "
+                "context takes every mode");
+  if (c.l->permutedKernel.empty())
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "head_active (per-token head routing) on a CUDA context: " +
+                    c.layerName() +
+                    " has no permuted kernel in its bundle (emit it with "
+                    "attn-translate --head-routing; head_dim 64, 96 or 128)");
+  return TESSERA_OK;
 }
 
 /// o is written while q, k and v are read: it may not share memory with k
@@ -2172,6 +2191,7 @@ struct PermArgsHost {
   const int *tileStart, *tileKey, *tileMask;
   const unsigned long long *masks;
   const kernel::i64 *rowOf, *keyOf;
+  const kernel::i64 *routed = nullptr; ///< head routing's tables, or null
 };
 
 /// The layer's groups that a dense CUDA call runs in their permuted order
@@ -2293,6 +2313,78 @@ struct PermutedGroups {
   }
 };
 
+/// A dense CUDA call with per-token head routing (docs/runtime.md,
+/// "Per-token head routing"): cpu::routedWalk's tables from the caller's
+/// head_active (host memory, read during the call only), uploaded into one
+/// stream-ordered allocation (cuMemcpyHtoDAsync has read a pageable source
+/// when it returns) and freed in stream order after the launches; the
+/// fill kernel zeroes the skipped heads, and the bundle's permuted kernel
+/// (Permuted.cuh, PermArgs::routed) computes each computed head's active
+/// rows and zeroes its inactive ones. The layer's attention kernels are
+/// not launched: an inactive pair costs its zero stores only.
+tessera_status runCudaRouted(const Call &c, kernel::AttnParams &p) {
+  const LayerDesc &l = *c.l;
+  const Driver &d = *c.bundle->context->driver;
+  int position = static_cast<int>(l.position);
+  void *fillArgs[] = {&p, &position};
+  if (tessera_status s = launchGrid(
+          c, l.fillKernel,
+          kernel::SeqGrid{(p.nq + 127) / 128, int64_t(l.skippedHeads.size()),
+                          c.d.q.batch},
+          128, 0, fillArgs))
+    return s;
+  cpu::RoutedWalk w;
+  if (std::string e = cpu::routedWalk(l.table(), c.d.q.batch, p.nq, p.nk,
+                                      c.d.head_active, w);
+      !e.empty())
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH, c.layerName() + ": " + e);
+  if (w.heads.empty() || w.gridX == 0)
+    return TESSERA_OK;
+  // Every array 8-byte aligned in one buffer; each one's word.
+  std::vector<uint64_t> buf;
+  auto put = [&](const auto &v) {
+    const size_t at = buf.size();
+    const char *bytes = reinterpret_cast<const char *>(v.data());
+    buf.resize(at + (v.size() * sizeof(v[0]) + 7) / 8);
+    std::copy(bytes, bytes + v.size() * sizeof(v[0]),
+              reinterpret_cast<char *>(buf.data() + at));
+    return at;
+  };
+  const size_t heads = put(w.heads), tables = put(w.tables),
+               rowOf = put(w.rowOf), keyOf = put(w.keyOf),
+               masks = put(w.masks), start = put(w.tileStart),
+               key = put(w.tileKey), mask = put(w.tileMask);
+  struct Owned { // freed in stream order, after the launch
+    const Driver &d;
+    void *stream;
+    unsigned long long mem = 0;
+    ~Owned() {
+      if (mem)
+        d.memFreeAsync(mem, stream);
+    }
+  } owned{d, c.d.cuda_stream};
+  if (tessera_status s =
+          uploadAsync(d, c.d.cuda_stream, buf.data(), buf.size() * 8, owned.mem,
+                      "head routing's walk and rows"))
+    return s;
+  auto at = [&](size_t word) {
+    return reinterpret_cast<const void *>(owned.mem + word * 8);
+  };
+  PermArgsHost a{static_cast<const kernel::i64 *>(at(heads)),
+                 static_cast<const int *>(at(start)),
+                 static_cast<const int *>(at(key)),
+                 static_cast<const int *>(at(mask)),
+                 static_cast<const unsigned long long *>(at(masks)),
+                 static_cast<const kernel::i64 *>(at(rowOf)),
+                 static_cast<const kernel::i64 *>(at(keyOf)),
+                 static_cast<const kernel::i64 *>(at(tables))};
+  void *args[] = {&p, &a};
+  return launchGrid(
+      c, l.permutedKernel,
+      kernel::SeqGrid{w.gridX, int64_t(w.heads.size()), c.d.q.batch}, 128, 0,
+      args);
+}
+
 tessera_status runCuda(const Call &c) {
   CudaScope scope(c.bundle->context);
   if (tessera_status s = checkDeviceMemory(c))
@@ -2303,6 +2395,8 @@ tessera_status runCuda(const Call &c) {
   void *args[] = {&p, &position};
   if (!c.dense())
     return runCudaSeq(c, p);
+  if (c.d.head_active)
+    return runCudaRouted(c, p);
   // The attention kernel over the computed heads (the manifest's rows and
   // threads per block), then the fill kernel over the skipped ones (128
   // rows, 128 threads).

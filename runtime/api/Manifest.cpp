@@ -469,6 +469,18 @@ std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
   return parseDynamicWgmma(g, l, out);
 }
 
+/// The layer's "permuted_kernel" (optional; with layouts, or alone where
+/// the emitter was asked for head routing: attn-translate --head-routing).
+std::string parsePermutedKernel(const json::Object &o, LayerDesc &l) {
+  if (const json::Value *k = o.get("permuted_kernel")) {
+    std::optional<llvm::StringRef> name = k->getAsString();
+    if (!name || name->empty())
+      return "permuted_kernel is not a kernel name";
+    l.permutedKernel = name->str();
+  }
+  return "";
+}
+
 /// The layer's "layouts" (optional): [{"group", "period", "prefix"}, with
 /// "kept" (optional: [begin, end) pairs of interleaved segments' kept
 /// ranges)], each a static group of the program at most once, 2 <= period
@@ -478,7 +490,7 @@ std::string parseDynamicGroup(const json::Object &g, const LayerDesc &l,
 std::string parseLayouts(const json::Object &o, LayerDesc &l) {
   const json::Value *v = o.get("layouts");
   if (!v)
-    return "";
+    return parsePermutedKernel(o, l);
   const json::Array *a = v->getAsArray();
   if (!a)
     return "layouts is not an array";
@@ -525,12 +537,8 @@ std::string parseLayouts(const json::Object &o, LayerDesc &l) {
       return where + e;
     l.layouts.push_back({*group, std::move(perm)});
   }
-  if (const json::Value *k = o.get("permuted_kernel")) {
-    std::optional<llvm::StringRef> name = k->getAsString();
-    if (!name || name->empty())
-      return "permuted_kernel is not a kernel name";
-    l.permutedKernel = name->str();
-  }
+  if (std::string e = parsePermutedKernel(o, l); !e.empty())
+    return e;
   if (!o.get("permuted_position"))
     return "";
   std::optional<int64_t> at = o.getInteger("permuted_position");

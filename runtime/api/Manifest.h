@@ -96,7 +96,10 @@ struct LayerDesc : kernel::OwnedLayerTable {
   /// "permuted_kernel", optional: the kernel that runs those groups in
   /// their permuted order on CUDA (Permuted.cuh: (AttnParams, PermArgs),
   /// 128 threads); empty (bundles emitted before it, head_dim 256): the
-  /// CUDA context runs them in the original order.
+  /// CUDA context runs them in the original order. Also the kernel of
+  /// per-token head routing on CUDA (head_active; layers with or without
+  /// layouts, given it by attn-translate --head-routing); without it a
+  /// CUDA context refuses head_active by name.
   std::string permutedKernel;
   /// "permuted_position" and "permuted_slots", optional: the tables' entry
   /// whose attention kernels' slots leave out the heads of the groups with

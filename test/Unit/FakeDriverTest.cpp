@@ -555,9 +555,10 @@ TEST(FakeDriverDynamic, TwinsRunTheAttentionOverTheIndex) {
   }
 }
 
-/// Per-token head routing (head_active, C API 9) runs on CPU contexts only
-/// for now: a CUDA context refuses it by name before any launch (no kernel
-/// compacts the active rows), whatever else the call is.
+/// Per-token head routing (head_active, C API 9) on a CUDA context needs
+/// the bundle's permuted kernel (attn-translate --head-routing) and a dense
+/// call: the tiny-mix bundle has no such kernel, so the context refuses it
+/// by name before any launch (FakeDriverHeadRoutingTest runs it).
 TEST_F(FakeDriver, HeadRoutingIsRefusedByName) {
   Layout lay;
   lay.bf16 = true;

@@ -57,6 +57,13 @@ static cl::opt<int64_t> partBudget(
              "\"Split kernels\")"),
     cl::value_desc("n"), cl::init(0), cl::cat(toolOptions));
 
+static cl::opt<bool> headRouting(
+    "head-routing",
+    cl::desc("give every layer of static heads the permuted kernel, which "
+             "runs per-token head routing (head_active) on CUDA contexts "
+             "(docs/runtime.md, \"Per-token head routing\")"),
+    cl::init(false), cl::cat(toolOptions));
+
 static int fail(const llvm::Twine &message) {
   llvm::errs() << "attn-translate: error: " << message << "\n";
   return 1;
@@ -108,9 +115,8 @@ int main(int argc, char **argv) {
   if (failed(pm.run(*module)))
     return 1;
 
-  FailureOr<tessera::Bundle> bundle =
-      tessera::emitCudaBundle(*module, llvm::sys::path::filename(inputFile),
-                              partBudget);
+  FailureOr<tessera::Bundle> bundle = tessera::emitCudaBundle(
+      *module, llvm::sys::path::filename(inputFile), partBudget, headRouting);
   if (failed(bundle))
     return 1;
   std::string manifest;

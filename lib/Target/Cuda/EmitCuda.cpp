@@ -260,10 +260,11 @@ bool describeDynamic(PatternAttrInterface pattern, json::Object &out,
 /// order the bundle holds them.
 class BundleEmitter {
 public:
-  BundleEmitter(ModelOp model, llvm::StringRef sourceName, int64_t budget)
+  BundleEmitter(ModelOp model, llvm::StringRef sourceName, int64_t budget,
+                bool headRouting)
       : model(model), sourceName(sourceName), budgetOverride(budget),
-        os(bundle.source),
-        dynHeadsOs(dynHeads), dynTablesOs(dynTables) {}
+        headRouting(headRouting), os(bundle.source), dynHeadsOs(dynHeads),
+        dynTablesOs(dynTables) {}
 
   FailureOr<Bundle> run() {
     emitPrelude();
@@ -414,6 +415,14 @@ private:
           if (layoutGroups.count(table.headGroup[s]))
             slots.insert(int64_t(s));
       }
+    }
+    // Per-token head routing on CUDA runs on the same kernel (its
+    // PermArgs::routed tables; docs/runtime.md, "Per-token head routing"):
+    // asked for (--head-routing), every layer of static heads has it.
+    if (headRouting && d <= 128 && dynamicJson.empty() &&
+        !layer.get("permuted_kernel")) {
+      permutedKernels.insert({dtypeName(dtype), d});
+      layer["permuted_kernel"] = permutedName(dtypeName(dtype), d);
     }
     // The backward: static heads, and the dynamic groups whose family has
     // CUDA backward kernels (every family; merging routing also the rest's).
@@ -1218,6 +1227,7 @@ private:
   ModelOp model;
   llvm::StringRef sourceName;
   int64_t budgetOverride; ///< > 0: every kernel's part budget
+  bool headRouting;       ///< every static layer gets the permuted kernel
   Bundle bundle;
   llvm::raw_string_ostream os;
   bool ok = true;
@@ -1263,7 +1273,8 @@ private:
 
 FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
                                           llvm::StringRef sourceName,
-                                          int64_t partBudget) {
+                                          int64_t partBudget,
+                                          bool headRouting) {
   SmallVector<ModelOp> models(module.getOps<ModelOp>());
   if (models.size() != 1) {
     module.emitError("a bundle holds exactly one attn.model, the input has ")
@@ -1278,5 +1289,5 @@ FailureOr<Bundle> tessera::emitCudaBundle(ModuleOp module,
                    "--attn-schedule first");
     return failure();
   }
-  return BundleEmitter(model, sourceName, partBudget).run();
+  return BundleEmitter(model, sourceName, partBudget, headRouting).run();
 }

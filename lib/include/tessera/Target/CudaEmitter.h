@@ -31,10 +31,15 @@ inline constexpr const char *kBundleArchs[] = {"sm_80", "sm_86", "sm_89",
 /// layers (dtype, head_dim, tile sizes) as errors at their location.
 /// `partBudget` > 0 replaces the per-head_dim register budget of one
 /// attention kernel, in run-expression nodes (docs/bundles.md, "Split
-/// kernels"; tests use a small one to split small layers).
+/// kernels"; tests use a small one to split small layers). `headRouting`:
+/// every layer of static heads (head_dim at most 128) gets the permuted
+/// kernel (Permuted.cuh), which runs per-token head routing on CUDA
+/// (docs/runtime.md, "Per-token head routing"); layers with layouts have
+/// it regardless.
 mlir::FailureOr<Bundle> emitCudaBundle(mlir::ModuleOp module,
                                        llvm::StringRef sourceName,
-                                       int64_t partBudget = 0);
+                                       int64_t partBudget = 0,
+                                       bool headRouting = false);
 
 } // namespace tessera
 

@@ -5,7 +5,8 @@
 // cpu::permutedWalk at 64 x 64 flattened to key tiles per query tile, FULL
 // tiles unmasked and partial ones masked by their bits, O and LSE stored to
 // the original rows) against float64: video-DiT's multi-diagonal and grid
-// heads and MMInference's prompt + grid heads (prefix), scaled down, GQA (the
+// heads and MMInference's prompt + grid heads (prefix) and two captions
+// between video tokens (kept ranges), scaled down, GQA (the
 // group's heads on two kv heads, interleaved with another group's), batch 2, Nq
 // != Nk both ways, a short last block; bf16 at head_dim 64, f16 at 128. A copy
 // broken on purpose (the second row of a thread masked by its first row's bits:
@@ -206,6 +207,13 @@ std::vector<Case> cases() {
   P grid{s::Grid{16, 4, 3, 0}};
   P prompt{s::Union{{P{s::VerticalStripe{text}}, P{s::HorizontalStripe{text}},
                      P{s::Grid{16, 4, 2, 24}}}}};
+  s::IndexSet captions;
+  captions.ranges = {{0, 24}, {88, 100}};
+  P captionsGrid{
+      s::Union{{P{s::VerticalStripe{captions}},
+                P{s::HorizontalStripe{captions}}, P{s::Grid{16, 4, 2, 24}}}}};
+  P captionsDiagonals{s::Union{{P{s::VerticalStripe{captions}},
+                                P{s::HorizontalStripe{captions}}, multi}}};
   return {
       {"multi_diagonal, 300 x 300", multi, {16, 0}, 2, 300, 300},
       {"multi_diagonal, Nq < Nk", multi, {16, 0}, 1, 200, 333},
@@ -213,6 +221,26 @@ std::vector<Case> cases() {
       {"grid, 256 x 256", grid, {16, 0}, 1, 256, 256},
       {"prompt and grid, prefix", prompt, {16, 24}, 2, 344, 344},
       {"prompt and grid, prefix, Nq < Nk", prompt, {16, 24}, 1, 280, 344},
+      // Interleaved segments: text [0, 24) and [88, 100) between video
+      // tokens, kept first; the video sorted by (t - 24) mod 16.
+      {"two texts and grid, kept ranges",
+       captionsGrid,
+       {16, 0, {0, 24, 88, 100}},
+       2,
+       344,
+       344},
+      {"two texts and diagonals, kept, Nq < Nk",
+       captionsDiagonals,
+       {16, 0, {0, 24, 88, 100}},
+       1,
+       300,
+       344},
+      {"two texts and grid, kept, Nq > Nk",
+       captionsGrid,
+       {16, 0, {0, 24, 88, 100}},
+       1,
+       344,
+       290},
   };
 }
 

@@ -213,6 +213,15 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
             d.moduleGetFunction(&f, b->module, twin.c_str()) == 0)
           b->functions[twin] = f;
       }
+      // ... and of the backward's two passes (BackwardEmit.cpp).
+      for (const std::string &name : {bwd.keyMajor, bwd.keyMajorGuarded,
+                                      bwd.queryMajor, bwd.queryMajorGuarded}) {
+        const std::string twin = name + kSeqSuffix;
+        void *f = nullptr;
+        if (!name.empty() && !b->functions.count(twin) &&
+            d.moduleGetFunction(&f, b->module, twin.c_str()) == 0)
+          b->functions[twin] = f;
+      }
       for (const std::string &name : names) {
         if (name.empty() || b->functions.count(name))
           continue;
@@ -241,6 +250,9 @@ tessera_status loadBundle(tessera_context *context, const std::string &manifest,
               big.push_back({name, g.wgmmaDynamicShared});
       }
       std::vector<std::string> keyMajor = {bwd.keyMajor, bwd.keyMajorGuarded};
+      for (const std::string &name : {bwd.keyMajor, bwd.keyMajorGuarded})
+        if (b->functions.count(name + kSeqSuffix)) // per-sequence twins
+          keyMajor.push_back(name + kSeqSuffix);
       for (const DynamicGroupDesc &g : l.dynamicGroups)
         for (const std::string *name :
              {&g.backwardDkdv, &g.backwardDkdvGuarded,
@@ -2599,8 +2611,9 @@ tessera_status checkBackwardDeviceMemory(const Call &c,
                            {dv.data, "dv"}});
 }
 
-/// The backward of a dense call of static heads on CUDA (docs/backward.md,
-/// "On CUDA"): D = rowsum(dO * O) into an f32 workspace (the caller's
+/// The backward of a call of static heads on CUDA (docs/backward.md, "On
+/// CUDA"; dense, packed, length and head-range calls, dense ones only for
+/// dynamic heads): D = rowsum(dO * O) into an f32 workspace (the caller's
 /// desc->workspace, else a stream-ordered allocation freed in stream order
 /// after the launches), the key-major (dK, dV; GQA sums inside the block)
 /// and query-major (dQ) passes, their guarded second launches, and dQ = 0
@@ -2617,6 +2630,17 @@ tessera_status runBackwardCuda(const Call &c, const tessera_tensor &dO,
   const LayerDesc &l = *c.l;
   const BackwardKernelsDesc &k = l.backward;
   const Driver &drv = *c.bundle->context->driver;
+  // Packed, length and head-range calls: the passes' `_seq` twins.
+  const std::string seq = c.dense() ? "" : kSeqSuffix;
+  auto twin = [&](const std::string &name) {
+    return name.empty() ? name : name + seq;
+  };
+  if (!c.bundle->functions.count(k.keyMajor + seq) ||
+      !c.bundle->functions.count(k.queryMajor + seq))
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                c.layerName() + "'s bundle has no per-sequence backward "
+                                "kernels (emitted before them: emit it again "
+                                "with attn-translate)");
   const int64_t bytes = backwardWorkspaceBytes(c.d, l);
   void *delta = nullptr;
   if (tessera_status s = callerWorkspace(c, bytes, delta, "backward (D)"))
@@ -2642,13 +2666,13 @@ tessera_status runBackwardCuda(const Call &c, const tessera_tensor &dO,
   // Preprocess (and the zeroing of the dynamic heads' dK / dV sums), then
   // the two passes, then their guarded launches (each after its own pass),
   // then the zero fill; then the dynamic groups and their sums' adding.
-  const std::tuple<const std::string &, kernel::SeqGrid, unsigned, unsigned>
+  const std::tuple<std::string, kernel::SeqGrid, unsigned, unsigned>
       steps[] = {{k.preprocess, g.preprocess, 128, 0},
                  {k.dynamicClear, g.dynamicSums, 128, 0},
-                 {k.keyMajor, g.keyMajor, kt, ks},
-                 {k.queryMajor, g.queryMajor, 128, qs},
-                 {k.keyMajorGuarded, g.keyMajor, kt, ks},
-                 {k.queryMajorGuarded, g.queryMajor, 128, qs},
+                 {k.keyMajor + seq, g.keyMajor, kt, ks},
+                 {k.queryMajor + seq, g.queryMajor, 128, qs},
+                 {twin(k.keyMajorGuarded), g.keyMajor, kt, ks},
+                 {twin(k.queryMajorGuarded), g.queryMajor, 128, qs},
                  {k.zeroSkipped, g.zeroSkipped, 128, 0}};
   tessera_status status = TESSERA_OK;
   for (const auto &[name, grid, threads, shared] : steps)

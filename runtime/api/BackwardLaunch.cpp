@@ -2,6 +2,7 @@
 
 #include "BackwardLaunch.h"
 
+#include <algorithm>
 #include <cmath>
 
 using namespace tessera;
@@ -11,16 +12,13 @@ std::string
 tessera::runtime::cudaBackwardRefusal(const tessera_attention_desc &d,
                                       const LayerDesc &l) {
   const std::string layer = "layer " + std::to_string(l.index);
-  if (d.cu_seqlens_q || d.cu_seqlens_k || d.seq_lens_k)
-    return "the CUDA backward takes dense calls only for now: desc sets "
-           "cu_seqlens_q, cu_seqlens_k or seq_lens_k (packed and length "
-           "calls run their backward on CPU contexts)";
   if (d.block_table || d.q_start || d.k_start)
     return "the backward takes no block_table, q_start or k_start yet";
-  if (d.head_count != 0)
-    return "the CUDA backward takes every head of the layer for now: desc "
-           "sets head_count (head-range calls run their backward on CPU "
-           "contexts)";
+  if (!l.dynamicGroups.empty() &&
+      (d.cu_seqlens_q || d.cu_seqlens_k || d.seq_lens_k || d.head_count))
+    return layer + " has dynamic heads: their backward takes dense calls "
+                   "only for now (desc sets cu_seqlens_q, cu_seqlens_k, "
+                   "seq_lens_k or head_count)";
   bool dynamicKernels = true;
   for (const DynamicGroupDesc &g : l.dynamicGroups)
     dynamicKernels = dynamicKernels && !g.backwardDq.empty();
@@ -34,9 +32,25 @@ tessera::runtime::cudaBackwardRefusal(const tessera_attention_desc &d,
 
 namespace {
 
-/// Bytes of the delta rows, then of the dynamic heads' sums (0: none).
+/// The heads of the call's queries (a head range's, or the layer's).
+int64_t callHeads(const tessera_attention_desc &d, const LayerDesc &l) {
+  return d.head_count ? d.head_count : l.numHeads;
+}
+
+/// The sequences of a call (dense queries: their batch entries).
+int64_t sequences(const tessera_attention_desc &d) {
+  return d.cu_seqlens_q ? d.num_seqs : d.q.batch;
+}
+
+/// Whether the call is per-sequence (packed or length).
+bool perSequence(const tessera_attention_desc &d) {
+  return d.cu_seqlens_q || d.cu_seqlens_k || d.seq_lens_k;
+}
+
+/// Bytes of the delta rows (the LSE's layout), then of the dynamic heads'
+/// sums (0: none).
 int64_t deltaBytes(const tessera_attention_desc &d, const LayerDesc &l) {
-  return int64_t(sizeof(float)) * d.q.batch * l.numHeads * d.q.seq;
+  return int64_t(sizeof(float)) * d.q.batch * callHeads(d, l) * d.q.seq;
 }
 int64_t sumsBytes(const tessera_attention_desc &d, const LayerDesc &l) {
   return l.dynamicGroups.empty() ? 0
@@ -140,17 +154,42 @@ kernel::BwdParams tessera::runtime::makeBwdParams(
                 ? reinterpret_cast<float *>(reinterpret_cast<char *>(delta) +
                                             sumsOffset(d, l))
                 : nullptr;
+  // Per-sequence calls: the device arrays (the kernels read and check
+  // them), the sequences, the head range.
+  p.cuQ = d.cu_seqlens_q;
+  p.cuK = d.cu_seqlens_k;
+  p.lensK = d.seq_lens_k;
+  p.numSeqs = perSequence(d) ? static_cast<int>(sequences(d)) : 0;
+  p.headStart = d.head_count ? static_cast<int>(d.head_start) : 0;
+  p.headCount = static_cast<int>(d.head_count);
   return p;
 }
 
 BackwardGrids tessera::runtime::backwardGrids(const tessera_attention_desc &d,
                                               const LayerDesc &l) {
   const int64_t nq = d.q.seq, nk = d.k.seq, b = d.q.batch;
+  const int64_t heads = callHeads(d, l);
+  // The call's kv heads: those of its heads (tessera.h), or the layer's.
+  const int64_t group = l.numHeads / l.numKvHeads;
+  const int64_t kvHeads =
+      d.head_count
+          ? (d.head_start + d.head_count - 1) / group - d.head_start / group + 1
+          : l.numKvHeads;
   BackwardGrids g;
-  g.preprocess = {(nq + 127) / 128, l.numHeads, b};
-  g.keyMajor = {(nk + 63) / 64, l.numKvHeads, b};
-  g.queryMajor = {(nq + 63) / 64, int64_t(l.computedHead.size()), b};
+  g.preprocess = {(nq + 127) / 128, heads, b};
+  // Packed rows: a block index per 64 rows and one more per sequence
+  // (bwdSeqBlock), one grid entry; dense rows: ceil(N / 64) per entry.
+  const int64_t seqs = sequences(d);
+  g.keyMajor = {d.cu_seqlens_k ? nk / 64 + seqs : (nk + 63) / 64, kvHeads,
+                d.k.batch};
+  g.queryMajor = {d.cu_seqlens_q ? nq / 64 + seqs : (nq + 63) / 64,
+                  int64_t(l.computedHead.size()), b};
   g.zeroSkipped = {(nq + 127) / 128, int64_t(l.skippedHeads.size()), b};
   g.dynamicSums = {(nk + 127) / 128, l.numKvHeads, b};
+  // A per-sequence call's preprocess also zeroes the rows and keys no
+  // sequence owns: max(Nq, Nk) rows of max(q.batch, k.batch) entries.
+  if (perSequence(d))
+    g.preprocess = {(std::max(nq, nk) + 127) / 128, heads,
+                    std::max(b, d.k.batch)};
   return g;
 }

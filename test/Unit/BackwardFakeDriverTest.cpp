@@ -10,7 +10,8 @@
 // (the outputs start as NaN), a skipped head's dq exactly zero, no
 // synchronising driver call; a copy of the bundle whose generated
 // transposed walk skips query block 0 fails; calls the CUDA path does not
-// take yet are refused by name.
+// take yet are refused by name (per-sequence calls:
+// SeqBackwardFakeDriverTest.cpp).
 //
 //===----------------------------------------------------------------------===//
 
@@ -356,30 +357,30 @@ TEST_F(FakeDriverBackward, BrokenTransposedWalkFails) {
 }
 
 /// Calls the CUDA backward does not take yet: refused by name, nothing
-/// launched.
+/// launched (positioned calls; packed, length and head-range calls run:
+/// SeqBackwardFakeDriverTest.cpp).
 TEST_F(FakeDriverBackward, RefusesWhatItCannotRunYet) {
   Case c{"backward-cuda", 0, 1, 64, 64, 4, 2, 64, false};
   load(c, "backward-cuda");
   Buffers b, ref;
   prepare(c, b, ref, 9);
   tessera_attention_desc d = desc(c, b);
-  d.head_start = 0;
-  d.head_count = 2;
-  d.q.heads = d.o.heads = 2;
-  d.k.heads = d.v.heads = 1;
-  // A head range: the gradient tensors' heads follow the call's.
+  std::vector<int64_t> kStart = {3};
+  d.k_start = kStart.data();
   FakeApi &f = FakeApi::get();
   f.clear();
   for (Bits *v : {&b.q, &b.k, &b.v, &b.o, &b.dO, &b.dq, &b.dk, &b.dv})
     f.registerRange(v->data(), v->size() * 2);
   f.registerRange(b.lse.data(), b.lse.size() * 4);
-  tessera_tensor dO = tensor(b.dO, c, c.nq, 2), dq = tensor(b.dq, c, c.nq, 2),
-                 dk = tensor(b.dk, c, c.nk, 1), dv = tensor(b.dv, c, c.nk, 1);
-  dO.stride_seq = dq.stride_seq = d.q.stride_seq;
+  f.registerRange(kStart.data(), kStart.size() * 8);
+  tessera_tensor dO = tensor(b.dO, c, c.nq, c.heads),
+                 dq = tensor(b.dq, c, c.nq, c.heads),
+                 dk = tensor(b.dk, c, c.nk, c.kvHeads),
+                 dv = tensor(b.dv, c, c.nk, c.kvHeads);
   EXPECT_EQ(
       tessera_attention_backward(cudaBundle, &d, &dO, nullptr, &dq, &dk, &dv),
       TESSERA_ERROR_INVALID_ARGUMENT);
-  EXPECT_NE(std::string(tessera_last_error()).find("head_count"),
+  EXPECT_NE(std::string(tessera_last_error()).find("k_start"),
             std::string::npos)
       << tessera_last_error();
   EXPECT_STREQ(f.kernels(), "");

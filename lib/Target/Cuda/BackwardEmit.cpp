@@ -132,7 +132,7 @@ void emitKernel(llvm::raw_ostream &os, const std::string &name, int64_t threads,
      << body << "}\n\n";
 }
 
-json::Object kernelJson(const std::string &name, const char *kind,
+json::Object kernelJson(const std::string &name, const std::string &kind,
                         const std::string &dt, int64_t d, int64_t threads,
                         int64_t shared) {
   json::Object o{{"name", name},
@@ -176,39 +176,51 @@ void tessera::backward::emitBackwardKernels(llvm::raw_ostream &os,
              "  bwdPreprocess<" + ED + ">(p);\n");
   kernels.push_back(kernelJson(kernelName("pre", dt, d), "backward_preprocess",
                                dt, d, 128, 0));
-  for (bool guarded : {false, true}) {
-    const std::string g = guarded ? "true" : "false";
-    const std::string key =
-        kernelName(guarded ? "dkdv_guarded" : "dkdv", dt, d);
-    emitKernel(os, key, keyThreads(d),
-               "  static_assert(sizeof(BwdKeyTiles<" + std::to_string(d) +
-                   ">) == " + std::to_string(keyTilesBytes(d)) +
-                   ", \"the manifest's dynamic_shared\");\n"
-                   "  TESSERA_DYNAMIC_TILES(sm, BwdKeyTiles<" +
-                   std::to_string(d) + ">);\n  bwdKeyMajor<" + ED + ", " + G +
-                   ", " + g +
-                   ">(*bundle::tables[layer], bundle::patternOf[layer], p, "
-                   "sm);\n");
-    kernels.push_back(kernelJson(
-        key, guarded ? "backward_key_major_guarded" : "backward_key_major", dt,
-        d, keyThreads(d), keyTilesBytes(d)));
-    const std::string query = kernelName(guarded ? "dq_guarded" : "dq", dt, d);
-    emitKernel(os, query, 128,
-               "  static_assert(sizeof(PipeTiles<" + std::to_string(d) +
-                   ">) == " + std::to_string(queryTilesBytes(d)) +
-                   ", \"the manifest's dynamic_shared\");\n"
-                   "  const LayerTable &t = *bundle::tables[layer];\n"
-                   "  const i64 slot = blockIdx.y;\n"
-                   "  TESSERA_DYNAMIC_TILES(sm, PipeTiles<" +
-                   std::to_string(d) + ">);\n  bwdQueryMajor<" + ED + ", " + G +
-                   ", " + g +
-                   ">(t, p, sm, slot, "
-                   "bundle::patternOf[layer][t.headGroup[slot]]);\n");
-    kernels.push_back(kernelJson(query,
-                                 guarded ? "backward_query_major_guarded"
-                                         : "backward_query_major",
-                                 dt, d, 128, queryTilesBytes(d)));
-  }
+  // Each pass unguarded and guarded, dense and per-sequence (the `_seq`
+  // twins, SEQ = true: packed, length and head-range calls; the runtime
+  // names them by the suffix, as the forward's).
+  for (bool guarded : {false, true})
+    for (bool seq : {false, true}) {
+      const std::string g =
+          std::string(guarded ? "true" : "false") + (seq ? ", true" : "");
+      const std::string tail = seq ? "_seq" : "";
+      const std::string key =
+          kernelName(guarded ? "dkdv_guarded" : "dkdv", dt, d) + tail;
+      emitKernel(os, key, keyThreads(d),
+                 "  static_assert(sizeof(BwdKeyTiles<" + std::to_string(d) +
+                     ">) == " + std::to_string(keyTilesBytes(d)) +
+                     ", \"the manifest's dynamic_shared\");\n"
+                     "  TESSERA_DYNAMIC_TILES(sm, BwdKeyTiles<" +
+                     std::to_string(d) + ">);\n  bwdKeyMajor<" + ED + ", " + G +
+                     ", " + g +
+                     ">(*bundle::tables[layer], bundle::patternOf[layer], p, "
+                     "sm);\n");
+      kernels.push_back(
+          kernelJson(key,
+                     std::string(guarded ? "backward_key_major_guarded"
+                                         : "backward_key_major") +
+                         tail,
+                     dt, d, keyThreads(d), keyTilesBytes(d)));
+      const std::string query =
+          kernelName(guarded ? "dq_guarded" : "dq", dt, d) + tail;
+      emitKernel(os, query, 128,
+                 "  static_assert(sizeof(PipeTiles<" + std::to_string(d) +
+                     ">) == " + std::to_string(queryTilesBytes(d)) +
+                     ", \"the manifest's dynamic_shared\");\n"
+                     "  const LayerTable &t = *bundle::tables[layer];\n"
+                     "  const i64 slot = blockIdx.y;\n"
+                     "  TESSERA_DYNAMIC_TILES(sm, PipeTiles<" +
+                     std::to_string(d) + ">);\n  bwdQueryMajor<" + ED + ", " +
+                     G + ", " + g +
+                     ">(t, p, sm, slot, "
+                     "bundle::patternOf[layer][t.headGroup[slot]]);\n");
+      kernels.push_back(
+          kernelJson(query,
+                     std::string(guarded ? "backward_query_major_guarded"
+                                         : "backward_query_major") +
+                         tail,
+                     dt, d, 128, queryTilesBytes(d)));
+    }
   os << "#endif\n\n";
 }
 

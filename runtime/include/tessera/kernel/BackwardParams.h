@@ -25,7 +25,9 @@ struct BwdStrides {
 /// The backward kernels' arguments, passed by value.
 struct BwdParams {
   const u16 *q, *k, *v, *o, *dO; ///< the forward's tensors and dL/dO
-  const float *lse; ///< [batch, heads, Nq] natural-log LSE of the forward
+  /// [batch, heads, Nq] natural-log LSE of the forward (packed queries:
+  /// [heads, T]; heads: the call's)
+  const float *lse;
   /// Optional [batch, heads, Nq]: dL/dLSE where the loss reads the LSE (a
   /// log-sum-exp merge); it adds dLse_i P to dS, i.e. D_i -= dLse_i.
   const float *dLse;
@@ -41,6 +43,15 @@ struct BwdParams {
   /// Nk, 2 D], the dynamic heads' sums of dK (times s) and dV per key,
   /// added to the static pass's dk and dv at the end; else null.
   float *dynKV;
+  /// Per-sequence calls (docs/backward.md, "On CUDA"), AttnParams' fields
+  /// of the same names (null / 0: a dense call of every head): the call's
+  /// device arrays cu_seqlens_q, cu_seqlens_k and seq_lens_k, which the
+  /// kernels read and check (bwdSeq); its sequences; its heads
+  /// [headStart, headStart + headCount) (q, o, dO, dq, the LSE and D hold
+  /// those, k, v, dk and dv the kv heads they read).
+  const int *cuQ, *cuK, *lensK;
+  int numSeqs;
+  int headStart, headCount;
 };
 
 } // namespace kernel

@@ -69,21 +69,163 @@ template <int E> __device__ __forceinline__ float bwdToFloat(u16 x) {
 #endif
 }
 
+//===----------------------------------------------------------------------===//
+// Per-sequence calls: packed (cu_seqlens_q / cu_seqlens_k), length
+// (seq_lens_k) and head-range calls of static heads, as the CPU backward
+// runs them (Api.cpp's sequenceBackward: each sequence a dense batch-1
+// backward over its own rows and keys, bottom-right aligned; rows and keys
+// no sequence owns get zero gradients). The sequence arrays are device
+// memory: the kernels read and check them.
+//===----------------------------------------------------------------------===//
+
+/// One sequence of a backward call: its query rows and keys, where they
+/// start (packed) and in which batch entry. Dense calls (no array): batch
+/// entry s's Nq rows and Nk keys. An entry out of range (a cu_seqlens
+/// decreasing or past its tensor, a length past its keys) makes the
+/// sequence `bad`: it visits no key, and the gradients of its rows and
+/// keys that can still be named come out NaN (a bad cu_seqlens_q names no
+/// row, a bad cu_seqlens_k no key).
+struct BwdSeq {
+  i64 nq, nk;         ///< its query rows and keys
+  i64 qRow0, kRow0;   ///< the rows of its first query and key
+  i64 qEntry, kEntry; ///< the batch entries of its queries and keys
+  bool bad;
+};
+
+__device__ __forceinline__ BwdSeq bwdSeq(const BwdParams &p, i64 s) {
+  BwdSeq v = {p.nq, p.nk, 0, 0, p.cuQ ? 0 : s, p.cuK ? 0 : s, false};
+  if (p.cuQ) {
+    const i64 a = p.cuQ[s], b = p.cuQ[s + 1];
+    const bool ok = 0 <= a && a <= b && b <= p.nq;
+    v.qRow0 = ok ? a : 0;
+    v.nq = ok ? b - a : 0;
+    v.bad |= !ok;
+  }
+  if (p.cuK) {
+    const i64 a = p.cuK[s], b = p.cuK[s + 1];
+    const bool ok = 0 <= a && a <= b && b <= p.nk;
+    v.kRow0 = ok ? a : 0; // its first key's row
+    v.nk = ok ? b - a : 0;
+    v.bad |= !ok;
+  }
+  if (p.lensK) { // a length within the sequence's keys (packed or dense)
+    const i64 n = p.lensK[s];
+    const bool ok = 0 <= n && n <= v.nk;
+    v.nk = ok ? n : 0;
+    v.bad |= !ok;
+  }
+  return v;
+}
+
+/// What a block of the two passes reads of its sequence after its
+/// prologue, in shared memory rather than registers (the tile loops need
+/// every register they can get: they would spill otherwise), as the
+/// forward's SeqShared.
+struct BwdSeqShared {
+  i64 nq, nk;         ///< the walk's rows and keys (a bad sequence: no key)
+  i64 limit;          ///< rows (query-major) or keys (key-major) it stores
+  i64 r0;             ///< the block's first row or key in its sequence
+  i64 qEntry, qRow0;  ///< BwdSeq's
+  i64 kEntry, kRow0;
+  int bad;
+};
+
+/// How a pass reads its BwdSeqShared: per-sequence kernels (SEQ) through
+/// a volatile reference, each use a load from shared memory; dense ones
+/// through a plain one to a local of constants the compiler folds (their
+/// code is the dense kernel's).
+template <bool SEQ> struct BwdSeqRef {
+  using T = const BwdSeqShared &;
+};
+template <> struct BwdSeqRef<true> {
+  using T = const volatile BwdSeqShared &;
+};
+
+/// The sequence and 64-row block of index x of a packed dimension (`cu`:
+/// the cu_seqlens of `numSeqs` sequences): sequence s owns the indices
+/// [floor(cu[s] / 64) + s, floor(cu[s + 1] / 64) + s + 1), at least its
+/// ceil(rows / 64) blocks (the launch has floor(T / 64) + numSeqs), as the
+/// forward's seqBlock; a block past its sequence's rows does nothing.
+__device__ __forceinline__ void bwdSeqBlock(const int *cu, int numSeqs, i64 x,
+                                            i64 &s, i64 &blk) {
+  i64 lo = 0, hi = numSeqs - 1; // the last s with start(s) <= x
+  while (lo < hi) {
+    const i64 mid = (lo + hi + 1) / 2;
+    if (floorDiv(cu[mid], 64) + mid <= x)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  s = lo;
+  blk = x - (floorDiv(cu[lo], 64) + lo);
+}
+
+/// The sequence whose packed rows of `cu` hold row r (the last s with
+/// cu[s] <= r; numSeqs - 1 past them all).
+__device__ __forceinline__ i64 bwdSeqOfRow(const int *cu, int numSeqs, i64 r) {
+  i64 lo = 0, hi = numSeqs - 1;
+  while (lo < hi) {
+    const i64 mid = (lo + hi + 1) / 2;
+    if (cu[mid] <= r)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
+/// The heads of the call's q, o, dq and LSE; the kv heads of its k, v, dk
+/// and dv (a head range: those its heads read).
+__device__ __forceinline__ i64 bwdCallHeads(const BwdParams &p) {
+  return p.headCount ? p.headCount : p.numHeads;
+}
+__device__ __forceinline__ i64 bwdCallKvHeads(const BwdParams &p) {
+  const i64 g = p.numHeads / p.numKvHeads;
+  return p.headCount ? (p.headStart + p.headCount - 1) / g - p.headStart / g + 1
+                     : p.numKvHeads;
+}
+
+/// Zeroes D columns of a 16-bit row (a thread's own row).
+template <int D> __device__ __forceinline__ void bwdZeroRow(u16 *row) {
+  for (int x = 0; x < D; x += 2)
+    *reinterpret_cast<u32 *>(row + x) = 0u;
+}
+
 /// D_i = sum_x dO[i][x] * O[i][x] (minus dLse_i where given) in f32: grid
-/// (ceil(Nq / 128), heads, batch), 128 threads, one thread a row.
+/// (ceil(Nq / 128), the call's heads, batch), 128 threads, one thread a
+/// row (LSE layout: [batch, heads, Nq], packed [heads, T]). A per-sequence
+/// call's grid covers max(Nq, Nk) rows and max(q.batch, k.batch) entries:
+/// its threads also zero the rows of dq and the keys of dk and dv that no
+/// sequence owns (packed tails, keys past a length), which no pass writes.
 template <int E, int D>
 __device__ __forceinline__ void bwdPreprocess(const BwdParams &p) {
-  const i64 qi = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-  if (qi >= p.nq)
-    return;
+  const i64 r = (i64)blockIdx.x * blockDim.x + threadIdx.x;
   const i64 h = blockIdx.y, b = blockIdx.z;
-  const u16 *o = p.o + b * p.os.b + qi * p.os.s + h * p.os.h;
-  const u16 *g = p.dO + b * p.dOs.b + qi * p.dOs.s + h * p.dOs.h;
-  float sum = 0.f;
-  for (int x = 0; x < D; ++x)
-    sum = fmaf(bwdToFloat<E>(o[x]), bwdToFloat<E>(g[x]), sum);
-  const i64 at = (b * p.numHeads + h) * p.nq + qi;
-  p.delta[at] = p.dLse ? sum - p.dLse[at] : sum;
+  const i64 seqs = p.numSeqs ? p.numSeqs : gridDim.z;
+  if (r < p.nq && b < (p.cuQ ? 1 : seqs)) {
+    const u16 *o = p.o + b * p.os.b + r * p.os.s + h * p.os.h;
+    const u16 *g = p.dO + b * p.dOs.b + r * p.dOs.s + h * p.dOs.h;
+    float sum = 0.f;
+    for (int x = 0; x < D; ++x)
+      sum = fmaf(bwdToFloat<E>(o[x]), bwdToFloat<E>(g[x]), sum);
+    const i64 at = (b * bwdCallHeads(p) + h) * p.nq + r;
+    p.delta[at] = p.dLse ? sum - p.dLse[at] : sum;
+    if (p.cuQ) { // a packed row no sequence owns: dq = 0
+      const BwdSeq v = bwdSeq(p, bwdSeqOfRow(p.cuQ, p.numSeqs, r));
+      if (r < v.qRow0 || r >= v.qRow0 + v.nq)
+        bwdZeroRow<D>(p.dq + r * p.dqs.s + h * p.dqs.h);
+    }
+  }
+  if (!(p.cuK || p.lensK) || h >= bwdCallKvHeads(p) || r >= p.nk ||
+      b >= (p.cuK ? 1 : seqs))
+    return;
+  // A key no sequence owns (packed keys outside every sequence's, keys
+  // past a sequence's length): dk = dv = 0.
+  const BwdSeq v = bwdSeq(p, p.cuK ? bwdSeqOfRow(p.cuK, p.numSeqs, r) : b);
+  if (r >= v.kRow0 && r < v.kRow0 + v.nk)
+    return;
+  bwdZeroRow<D>(p.dk + b * p.dks.b + r * p.dks.s + h * p.dks.h);
+  bwdZeroRow<D>(p.dv + b * p.dvs.b + r * p.dvs.s + h * p.dvs.h);
 }
 
 /// `p`, opaque to the compiler, per call: shared-memory addresses derived
@@ -365,14 +507,15 @@ bwdKeyProducts(BwdKeyTiles<D> &sm, const BwdParams &p, bool partial,
 }
 
 /// One tile of the key-major pass: the query block qb (class `cls`) of
-/// head `head` against the block's resident keys. K and V must have landed
-/// or be covered by the first wait here.
+/// head `head` against the block's resident keys, of a sequence of nq rows
+/// (from qBase, dOBase, lseRow, deltaRow) and nk keys. K and V must have
+/// landed or be covered by the first wait here.
 template <int E, int D, class Groups, bool GUARDED>
 __device__ __forceinline__ void
 bwdKeyTile(BwdKeyTiles<D> &tiles, const BwdParams &p, const u16 *qBase,
            const u16 *dOBase, const float *lseRow, const float *deltaRow,
            i64 qb, int cls, i64 pattern, i64 k0, i64 head, i64 numHeads,
-           FlashAcc<BwdKeyShape<D>::kCols> &dk,
+           i64 nq, i64 nk, FlashAcc<BwdKeyShape<D>::kCols> &dk,
            FlashAcc<BwdKeyShape<D>::kCols> &dv) {
   using Shape = BwdKeyShape<D>;
   constexpr int NT = Shape::kThreads, BQ = 64;
@@ -380,23 +523,22 @@ bwdKeyTile(BwdKeyTiles<D> &tiles, const BwdParams &p, const u16 *qBase,
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const bool vec = p.vectorLoads != 0;
   const i64 q0 = qb * BQ;
-  copyTile<D, BQ, NT>(sm.q(), qBase, p.qs.s, q0, p.nq, vec);
+  copyTile<D, BQ, NT>(sm.q(), qBase, p.qs.s, q0, nq, vec);
   cpAsyncCommit();
   if (threadIdx.x < BQ) {
     const i64 i = q0 + threadIdx.x;
     sm.lse2[threadIdx.x] =
-        i < p.nq ? bwdLse2(lseRow[i]) : __int_as_float(0x7f800000);
+        i < nq ? bwdLse2(lseRow[i]) : __int_as_float(0x7f800000);
   } else if (threadIdx.x < 2 * BQ) {
     const i64 i = q0 + threadIdx.x - BQ;
-    sm.delta[threadIdx.x - BQ] = i < p.nq ? deltaRow[i] : 0.f;
+    sm.delta[threadIdx.x - BQ] = i < nq ? deltaRow[i] : 0.f;
   }
   if (cls == kPartial && warp < 4)
-    bwdMaskRows<Groups>(sm.allow, pattern,
-                        q0 + warp * 16 + lane / 4 + p.nk - p.nq, k0,
-                        (int)minI(p.nk - k0, 64), head, numHeads);
+    bwdMaskRows<Groups>(sm.allow, pattern, q0 + warp * 16 + lane / 4 + nk - nq,
+                        k0, (int)minI(nk - k0, 64), head, numHeads);
   cpAsyncWait<0>();
   __syncthreads(); // Q (and the first time K, V) landed; rows and mask set
-  copyTile<D, BQ, NT>(sm.dO(), dOBase, p.dOs.s, q0, p.nq, vec);
+  copyTile<D, BQ, NT>(sm.dO(), dOBase, p.dOs.s, q0, nq, vec);
   cpAsyncCommit();
   bwdKeyProducts<E, D, GUARDED>(sm, p, cls == kPartial, dk, dv);
 }
@@ -453,49 +595,92 @@ __device__ __forceinline__ bool bwdRowsNonFinite(const u16 *base, i64 strideS,
 /// sets of 4 for the two halves of the columns), shared memory
 /// BwdKeyTiles<D>. `patternOf`: the layer's pattern of each head group.
 ///
+/// Per-sequence calls: blockIdx.y is the call's kv head (k's), and packed
+/// keys (grid (floor(Tk / 64) + sequences, kv heads, 1)) find their
+/// sequence and key block as bwdSeqBlock says; dense keys' sequence is
+/// blockIdx.z. The block walks its sequence's rows against its keys (a
+/// dense batch-1 backward, bottom-right) over the call's heads of the kv
+/// head only (a head range that cuts a GQA group sums the heads it holds),
+/// and stores the keys the sequence owns (the preprocess zeroed the rest).
+///
 /// GUARDED: the second launch, after the unguarded one (non-finite inputs,
 /// docs/backward.md): a block whose stored dK and dV are all finite does
 /// nothing; the others walk again with bwdGuard on partial tiles and store
 /// again. A separate kernel, so that the guard's code costs the unguarded
 /// loop no registers.
-template <int E, int D, class Groups, bool GUARDED = false>
+template <int E, int D, class Groups, bool GUARDED = false, bool SEQ = false>
 __device__ __forceinline__ void
 bwdKeyMajor(const LayerTable &t, const i64 *patternOf, const BwdParams &p,
             BwdKeyTiles<D> &sm) {
   using Shape = BwdKeyShape<D>;
   constexpr int NT = Shape::kThreads, BK = 64, BQ = 64, C = Shape::kCols;
-  const i64 kvh = blockIdx.y, b = blockIdx.z;
-  const i64 k0 = (i64)blockIdx.x * BK;
   const i64 group = p.numHeads / p.numKvHeads;
+  // The call's heads (q's) and its kv heads' first (k's): a head range's.
+  const i64 h0 = SEQ ? p.headStart : 0, heads = SEQ ? bwdCallHeads(p)
+                                                    : p.numHeads;
+  const i64 kvl = blockIdx.y, kvh = kvl + h0 / group;
+  const i64 b = blockIdx.z;
+  const BwdSeqShared dense = {p.nq, p.nk, p.nk, (i64)blockIdx.x * BK, b, 0,
+                              b,    0,    0};
+  const BwdSeqShared *view = &dense;
+  if constexpr (SEQ) {
+    __shared__ BwdSeqShared seqShared; // read after the barrier below
+    i64 seq = b, kb = blockIdx.x;
+    if (p.cuK)
+      bwdSeqBlock(p.cuK, p.numSeqs, blockIdx.x, seq, kb);
+    const BwdSeq sv = bwdSeq(p, seq);
+    // The keys it stores: the sequence's; a bad one's dense keys all (NaN).
+    const i64 limit = sv.bad ? (p.cuK ? 0 : p.nk) : sv.nk;
+    if (kb < 0 || kb * BK >= limit)
+      return;
+    if (threadIdx.x == 0)
+      seqShared = {sv.nq,     sv.bad ? 0 : sv.nk, limit,    kb * BK, sv.qEntry,
+                   sv.qRow0, sv.kEntry,          sv.kRow0, sv.bad ? 1 : 0};
+    __syncthreads();
+    view = &seqShared;
+  }
+  typename BwdSeqRef<SEQ>::T sh = *view;
   const bool vec = p.vectorLoads != 0;
   if constexpr (GUARDED)
-    if (!bwdRowsNonFinite<E, D, NT>(p.dk + b * p.dks.b + kvh * p.dks.h, p.dks.s,
-                                    k0, p.nk) &&
-        !bwdRowsNonFinite<E, D, NT>(p.dv + b * p.dvs.b + kvh * p.dvs.h, p.dvs.s,
-                                    k0, p.nk))
+    if (!bwdRowsNonFinite<E, D, NT>(p.dk + sh.kEntry * p.dks.b +
+                                        sh.kRow0 * p.dks.s + kvl * p.dks.h,
+                                    p.dks.s, sh.r0, sh.limit) &&
+        !bwdRowsNonFinite<E, D, NT>(p.dv + sh.kEntry * p.dvs.b +
+                                        sh.kRow0 * p.dvs.s + kvl * p.dvs.h,
+                                    p.dvs.s, sh.r0, sh.limit))
       return;
-  copyTile<D, BK, NT>(sm.k(), p.k + b * p.ks.b + kvh * p.ks.h, p.ks.s, k0, p.nk,
-                      vec);
-  copyTile<D, BK, NT>(sm.v(), p.v + b * p.vs.b + kvh * p.vs.h, p.vs.s, k0, p.nk,
-                      vec);
+  copyTile<D, BK, NT>(sm.k(),
+                      p.k + sh.kEntry * p.ks.b + sh.kRow0 * p.ks.s +
+                          kvl * p.ks.h,
+                      p.ks.s, sh.r0, sh.nk, vec);
+  copyTile<D, BK, NT>(sm.v(),
+                      p.v + sh.kEntry * p.vs.b + sh.kRow0 * p.vs.s +
+                          kvl * p.vs.h,
+                      p.vs.s, sh.r0, sh.nk, vec);
   cpAsyncCommit(); // waited for with the first query tile, or at the end
 
   FlashAcc<C> dk, dv;
   flashInit<C>(dk);
   flashInit<C>(dv);
 #pragma unroll 1
-  for (i64 g = 0; g < group; ++g) {
-    const i64 head = kvh * group + g;
+  for (i64 g = 0; g < group && sh.nq > 0 && sh.r0 < sh.nk; ++g) {
+    const i64 head = kvh * group + g, hl = head - h0;
+    if (hl < 0 || hl >= heads)
+      continue; // a head outside the call's range
     const i64 slot = bwdSlotOf(t, head);
     if (slot < 0)
       continue; // a skipped head adds nothing
     const i64 pattern = patternOf[t.headGroup[slot]];
-    const TRunCtx ctx =
-        makeTRunCtx(k0, minI(k0 + BK, p.nk), p.nq, p.nk, BQ, head, t.numHeads);
-    const u16 *qBase = p.q + b * p.qs.b + head * p.qs.h;
-    const u16 *dOBase = p.dO + b * p.dOs.b + head * p.dOs.h;
-    const float *lseRow = p.lse + (b * p.numHeads + head) * p.nq;
-    const float *deltaRow = p.delta + (b * p.numHeads + head) * p.nq;
+    const i64 k0 = sh.r0;
+    const TRunCtx ctx = makeTRunCtx(k0, minI(k0 + BK, sh.nk), sh.nq, sh.nk, BQ,
+                                    head, t.numHeads);
+    const u16 *qBase =
+        p.q + sh.qEntry * p.qs.b + sh.qRow0 * p.qs.s + hl * p.qs.h;
+    const u16 *dOBase =
+        p.dO + sh.qEntry * p.dOs.b + sh.qRow0 * p.dOs.s + hl * p.dOs.h;
+    const i64 rows = (sh.qEntry * heads + hl) * p.nq + sh.qRow0;
+    const float *lseRow = p.lse + rows;
+    const float *deltaRow = p.delta + rows;
     // The transposed walk: the query blocks that see this key block, run
     // by run (empty tiles never visited).
     Run run = noRun();
@@ -511,16 +696,22 @@ bwdKeyMajor(const LayerTable &t, const i64 *patternOf, const BwdParams &p,
         next = run.hi + 1; // the run after this one
       }
       bwdKeyTile<E, D, Groups, GUARDED>(sm, p, qBase, dOBase, lseRow, deltaRow,
-                                        qb, run.cls, pattern, k0, head,
-                                        t.numHeads, dk, dv);
+                                        qb, run.cls, pattern, sh.r0, head,
+                                        t.numHeads, sh.nq, sh.nk, dk, dv);
     }
   }
   cpAsyncWait<0>(); // K and V, where no tile was visited
   const int warp = threadIdx.x / 32, c0 = (warp / 4) * C;
-  bwdStoreRows<E, C>(dk, p.scale, p.dk + b * p.dks.b + kvh * p.dks.h + c0,
-                     p.dks.s, k0, warp % 4, p.nk);
-  bwdStoreRows<E, C>(dv, 1.f, p.dv + b * p.dvs.b + kvh * p.dvs.h + c0, p.dvs.s,
-                     k0, warp % 4, p.nk);
+  // A bad sequence's keys: NaN (the kernels cannot report an error).
+  const float bad = sh.bad ? __int_as_float(0x7fc00000) : 1.f;
+  bwdStoreRows<E, C>(dk, p.scale * bad,
+                     p.dk + sh.kEntry * p.dks.b + sh.kRow0 * p.dks.s +
+                         kvl * p.dks.h + c0,
+                     p.dks.s, sh.r0, warp % 4, sh.limit);
+  bwdStoreRows<E, C>(dv, bad,
+                     p.dv + sh.kEntry * p.dvs.b + sh.kRow0 * p.dvs.s +
+                         kvl * p.dvs.h + c0,
+                     p.dvs.s, sh.r0, warp % 4, sh.limit);
 }
 
 /// dQ of query block blockIdx.x (64 rows) of the head of launch slot `slot`
@@ -530,29 +721,65 @@ bwdKeyMajor(const LayerTable &t, const i64 *patternOf, const BwdParams &p,
 /// forward's runs of the pattern; V of a tile loads while its scores are
 /// computed. GUARDED: the second launch, as bwdKeyMajor's (blocks whose
 /// stored dQ is finite do nothing).
-template <int E, int D, class Groups, bool GUARDED = false>
+///
+/// Per-sequence calls: heads outside the call's range do nothing; packed
+/// queries (grid (floor(T / 64) + sequences, computed heads, 1)) find
+/// their sequence and block as bwdSeqBlock says, dense ones' sequence is
+/// blockIdx.z; the block walks its sequence's keys (bottom-right) and
+/// stores its sequence's rows (a bad sequence's as NaN).
+template <int E, int D, class Groups, bool GUARDED = false, bool SEQ = false>
 __device__ __forceinline__ void
 bwdQueryMajor(const LayerTable &t, const BwdParams &p, PipeTiles<D> &sm,
               i64 slot, i64 pattern) {
   constexpr int NT = 128, BQ = 64, BK = 64;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int c2 = (lane % 4) * 2;
-  const i64 head = t.computedHead[slot], b = blockIdx.z;
-  const i64 kvh = head / (p.numHeads / p.numKvHeads);
-  const i64 q0 = (i64)blockIdx.x * BQ;
+  const i64 h0 = SEQ ? p.headStart : 0, heads = SEQ ? bwdCallHeads(p)
+                                                    : p.numHeads;
+  const i64 head = t.computedHead[slot], hl = head - h0;
+  const i64 group = p.numHeads / p.numKvHeads;
+  const i64 kvl = head / group - h0 / group;
+  if (SEQ && (hl < 0 || hl >= heads))
+    return; // a head outside the call's range
+  const i64 b = blockIdx.z;
+  const BwdSeqShared dense = {p.nq, p.nk, p.nq, (i64)blockIdx.x * BQ, b, 0,
+                              b,    0,    0};
+  const BwdSeqShared *view = &dense;
+  if constexpr (SEQ) {
+    __shared__ BwdSeqShared seqShared; // read after the barrier below
+    i64 seq = b, qb = blockIdx.x;
+    if (p.cuQ)
+      bwdSeqBlock(p.cuQ, p.numSeqs, blockIdx.x, seq, qb);
+    const BwdSeq sv = bwdSeq(p, seq);
+    if (qb < 0 || qb * BQ >= sv.nq)
+      return;
+    if (threadIdx.x == 0)
+      seqShared = {sv.nq,     sv.bad ? 0 : sv.nk, sv.nq,    qb * BQ, sv.qEntry,
+                   sv.qRow0, sv.kEntry,          sv.kRow0, sv.bad ? 1 : 0};
+    __syncthreads();
+    view = &seqShared;
+  }
+  typename BwdSeqRef<SEQ>::T sh = *view;
   if constexpr (GUARDED)
-    if (!bwdRowsNonFinite<E, D, NT>(p.dq + b * p.dqs.b + head * p.dqs.h,
-                                    p.dqs.s, q0, p.nq))
+    if (!bwdRowsNonFinite<E, D, NT>(p.dq + sh.qEntry * p.dqs.b +
+                                        sh.qRow0 * p.dqs.s + hl * p.dqs.h,
+                                    p.dqs.s, sh.r0, sh.nq))
       return;
   const bool vec = p.vectorLoads != 0;
-  const u16 *kBase = p.k + b * p.ks.b + kvh * p.ks.h;
-  const u16 *vBase = p.v + b * p.vs.b + kvh * p.vs.h;
+  const u16 *kBase =
+      p.k + sh.kEntry * p.ks.b + sh.kRow0 * p.ks.s + kvl * p.ks.h;
+  const u16 *vBase =
+      p.v + sh.kEntry * p.vs.b + sh.kRow0 * p.vs.s + kvl * p.vs.h;
 
   // Q and dO fragments of this warp's rows, staged through the two tiles.
-  copyTile<D, BQ, NT>(sm.k(), p.q + b * p.qs.b + head * p.qs.h, p.qs.s, q0,
-                      p.nq, vec);
-  copyTile<D, BQ, NT>(sm.v(), p.dO + b * p.dOs.b + head * p.dOs.h, p.dOs.s, q0,
-                      p.nq, vec);
+  copyTile<D, BQ, NT>(sm.k(),
+                      p.q + sh.qEntry * p.qs.b + sh.qRow0 * p.qs.s +
+                          hl * p.qs.h,
+                      p.qs.s, sh.r0, sh.nq, vec);
+  copyTile<D, BQ, NT>(sm.v(),
+                      p.dO + sh.qEntry * p.dOs.b + sh.qRow0 * p.dOs.s +
+                          hl * p.dOs.h,
+                      p.dOs.s, sh.r0, sh.nq, vec);
   cpAsyncCommit();
   cpAsyncWait<0>();
   __syncthreads();
@@ -565,19 +792,19 @@ bwdQueryMajor(const LayerTable &t, const BwdParams &p, PipeTiles<D> &sm,
   float lse2[2], dl[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const i64 i = q0 + warp * 16 + lane / 4 + h * 8;
-    const i64 at = (b * p.numHeads + head) * p.nq + i;
-    lse2[h] = i < p.nq ? bwdLse2(p.lse[at]) : __int_as_float(0x7f800000);
-    dl[h] = i < p.nq ? p.delta[at] : 0.f;
+    const i64 i = sh.r0 + warp * 16 + lane / 4 + h * 8;
+    const i64 at = (sh.qEntry * heads + hl) * p.nq + sh.qRow0 + i;
+    lse2[h] = i < sh.nq ? bwdLse2(p.lse[at]) : __int_as_float(0x7f800000);
+    dl[h] = i < sh.nq ? p.delta[at] : 0.f;
   }
   FlashAcc<D> dq;
-  const RunCtx ctx =
-      makeRunCtx(q0, minI(q0 + BQ, p.nq), p.nq, p.nk, BK, head, t.numHeads);
-  const i64 rowPos = q0 + warp * 16 + lane / 4 + p.nk - p.nq;
+  const RunCtx ctx = makeRunCtx(sh.r0, minI(sh.r0 + BQ, sh.nq), sh.nq, sh.nk,
+                                BK, head, t.numHeads);
+  const i64 rowPos = sh.r0 + warp * 16 + lane / 4 + sh.nk - sh.nq;
   flashInit<D>(dq);
   Run run = noRun();
   i64 kb = 0, next = 0;
-  for (;;) {
+  for (; !SEQ || sh.nk > 0;) { // a sequence without keys: dq = 0
     if (kb < run.hi) {
       ++kb;
     } else {
@@ -588,15 +815,15 @@ bwdQueryMajor(const LayerTable &t, const BwdParams &p, PipeTiles<D> &sm,
       next = run.hi + 1;
     }
     const i64 k0 = kb * BK;
-    copyTile<D, BK, NT>(sm.k(), kBase, p.ks.s, k0, p.nk, vec);
+    copyTile<D, BK, NT>(sm.k(), kBase, p.ks.s, k0, sh.nk, vec);
     cpAsyncCommit();
     cpAsyncWait<0>();
     __syncthreads(); // K landed
-    copyTile<D, BK, NT>(sm.v(), vBase, p.vs.s, k0, p.nk, vec);
+    copyTile<D, BK, NT>(sm.v(), vBase, p.vs.s, k0, sh.nk, vec);
     cpAsyncCommit();
     float s[8][4];
     pipeScores<E, D>(qf, sm.k(), s); // S = Q K^T
-    const int room = (int)minI(p.nk - k0, BK);
+    const int room = (int)minI(sh.nk - k0, BK);
     if (run.cls == kPartial)
       applyKeepNibbles(s, partialKeep<Groups>(pattern, rowPos, k0, c2, room,
                                               head, t.numHeads));
@@ -634,23 +861,25 @@ bwdQueryMajor(const LayerTable &t, const BwdParams &p, PipeTiles<D> &sm,
     pipeValues<E, D>(da, sm.k(), dq); // dQ += dS K (s applied at the end)
     __syncthreads();                  // every warp is done with K and V
   }
-  bwdStoreRows<E, D>(dq, p.scale, p.dq + b * p.dqs.b + head * p.dqs.h, p.dqs.s,
-                     q0, warp, p.nq);
+  // A bad sequence's rows: NaN (the kernels cannot report an error).
+  const float bad = sh.bad ? __int_as_float(0x7fc00000) : 1.f;
+  bwdStoreRows<E, D>(dq, p.scale * bad,
+                     p.dq + sh.qEntry * p.dqs.b + sh.qRow0 * p.dqs.s +
+                         hl * p.dqs.h,
+                     p.dqs.s, sh.r0, warp, sh.nq);
 }
 
 /// dQ = 0 for the rows of skipped heads (no backward block writes them):
 /// grid (ceil(Nq / 128), skipped heads, batch), 128 threads, a thread a
-/// row.
+/// row; a head-range call's skipped heads outside its range do nothing.
 template <int D>
 __device__ __forceinline__ void bwdZeroSkipped(const LayerTable &t,
                                                const BwdParams &p) {
   const i64 qi = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-  if (qi >= p.nq)
+  const i64 hl = t.skippedHead[blockIdx.y] - p.headStart, b = blockIdx.z;
+  if (qi >= p.nq || hl < 0 || hl >= bwdCallHeads(p))
     return;
-  const i64 head = t.skippedHead[blockIdx.y], b = blockIdx.z;
-  u16 *row = p.dq + b * p.dqs.b + qi * p.dqs.s + head * p.dqs.h;
-  for (int x = 0; x < D; x += 2)
-    *reinterpret_cast<u32 *>(row + x) = 0u;
+  bwdZeroRow<D>(p.dq + b * p.dqs.b + qi * p.dqs.s + hl * p.dqs.h);
 }
 
 } // namespace kernel

@@ -12,7 +12,8 @@
 //   same call; rows and keys no sequence owns exactly zero (the outputs
 //   start as NaN: every element is written); sequences of lengths that are
 //   and are not multiples of 64, empty ones, lq < lk and lq > lk, a head
-//   range that cuts both GQA groups;
+//   range that cuts both GQA groups; sequence arrays out of range on the
+//   device give the bad sequence NaN gradients (no host read, no sync);
 // - Inputs/BackwardCuda.mlir (f16 at head_dim 64 with a skipped head, bf16
 //   at 128 with GQA 4:1): packed, length and head-range calls against the
 //   CPU context's backward;
@@ -386,6 +387,66 @@ TEST_F(FakeDriverSeqBackwardTinyMix, HeadRanges) {
   Layout dense{QLayout::Dense, KLayout::Dense};
   dense.h0 = 5, dense.n = 1;
   check({{90, 60}, {90, 60}}, dense, 6);
+}
+
+/// Sequence arrays out of range in device memory, which the host does not
+/// read: the call returns TESSERA_OK without a synchronisation, and the
+/// kernels give the bad sequence's rows (and, dense keys, its keys) NaN
+/// gradients while the good sequences' stay finite. Packed keys whose
+/// cu_seqlens_k decreases at sequence 1; dense keys whose length of
+/// sequence 1 is past Nk.
+TEST_F(FakeDriverSeqBackwardTinyMix, BadDeviceArraysGiveNaN) {
+  for (KLayout kl : {KLayout::Packed, KLayout::Lengths}) {
+    const bool packed = kl == KLayout::Packed;
+    const Logical l = makeLogical({{40, 50}, {30, 60}, {20, 10}}, 8, true);
+    Layout lay{QLayout::Packed, kl};
+    lay.bf16 = true;
+    Built b = build(l, lay, 8);
+    std::fill(b.lse.begin(), b.lse.end(), 0.f);
+    if (packed)
+      b.cuK[2] = b.cuK[1] - 5; // sequence 1: keys [50, 45)
+    else
+      b.lens[1] = int32_t(b.d.k.seq + 1);
+    std::mt19937 rng{8u};
+    Bits dO = randomBits(b.qh.size(), true, rng, 1.f);
+    Grads g{Bits(b.qh.size(), 0), Bits(b.kh.size(), 0), Bits(b.kh.size(), 0)};
+    ASSERT_EQ(
+        backward(
+            cudaBundle, true, b.d, dO, g,
+            {{b.qh.data(), b.qh.size() * 2},
+             {b.kh.data(), b.kh.size() * 2},
+             {b.vh.data(), b.vh.size() * 2},
+             {b.oh.data(), b.oh.size() * 2},
+             {b.lse.data(), b.lse.size() * 4},
+             {b.cuQ.data(), b.cuQ.size() * 4},
+             {b.cuK.empty() ? nullptr : b.cuK.data(), b.cuK.size() * 4},
+             {b.lens.empty() ? nullptr : b.lens.data(), b.lens.size() * 4}}),
+        TESSERA_OK)
+        << tessera_last_error();
+    expectNoSync();
+    int64_t nanBad = 0, finiteGood = 0, rows = 0;
+    for (int64_t s : {0, 1})
+      for (int64_t i = 0; i < l.seqs[size_t(s)].nq; ++i)
+        for (int64_t hl = 0; hl < b.heads; ++hl)
+          for (int64_t x = 0; x < D; ++x) {
+            const float v =
+                tessera::cpu::bf16ToFloat(g.dq[b.oAt(s, i, hl) + size_t(x)]);
+            (s == 1 ? nanBad : finiteGood) +=
+                s == 1 ? std::isnan(v) : std::isfinite(v);
+            rows += s == 1;
+          }
+    EXPECT_EQ(nanBad, rows) << "sequence 1's dq rows are NaN";
+    EXPECT_EQ(finiteGood, l.seqs[0].nq * b.heads * D)
+        << "sequence 0's dq rows are finite";
+    if (!packed) { // dense keys: the bad sequence's batch entry is NaN
+      int64_t nan = 0;
+      for (int64_t j = 0; j < b.d.k.seq; ++j)
+        for (int64_t x = 0; x < D; ++x)
+          nan += std::isnan(
+              tessera::cpu::bf16ToFloat(g.dk[keyAt(b, 1, j, 0) + size_t(x)]));
+      EXPECT_EQ(nan, b.d.k.seq * D) << "sequence 1's dk";
+    }
+  }
 }
 
 //===----------------------------------------------------------------------===//

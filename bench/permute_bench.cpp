@@ -1,7 +1,8 @@
 //===- permute_bench.cpp - a head in the original and a permuted order ----===//
 //
 //   tessera-permute-bench --pattern '#attn.multi_diagonal<stride = 1024,
-//       width = 32>' --period 1024 [--prefix S] --len 16384
+//       width = 32>' --period 1024 [--prefix S | --kept a0,b0,...]
+//       --len 16384
 //       [--head H --num-heads N]
 //       [--head-dim 128] [--num-threads 2] [--repeats 1]
 //
@@ -42,6 +43,9 @@ static cl::opt<int64_t> period("period", cl::Required);
 static cl::opt<int64_t> prefix("prefix", cl::init(0),
                                cl::desc("tokens kept in place before the "
                                         "transposed segment"));
+static cl::list<int64_t> kept("kept", cl::CommaSeparated,
+                              cl::desc("kept ranges (interleaved segments), "
+                                       "[begin, end) pairs"));
 static cl::opt<int64_t> len("len", cl::init(16384));
 static cl::opt<int64_t> head("head", cl::init(0));
 static cl::opt<int64_t> numHeads("num-heads", cl::init(1));
@@ -116,9 +120,12 @@ int main(int argc, char **argv) {
     if (err.empty())
       tp.push_back(tessera::bench::seconds(
           [&] {
-            err = cpu::runPermutedGroup(table.table(), 0,
-                                        layout::PeriodTranspose{period, prefix},
-                                        permArgs, &sp, &info);
+            err = cpu::runPermutedGroup(
+                table.table(), 0,
+                layout::PeriodTranspose{
+                    period, prefix,
+                    std::vector<int64_t>(kept.begin(), kept.end())},
+                permArgs, &sp, &info);
           },
           1));
     if (!err.empty()) {

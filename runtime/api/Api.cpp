@@ -2852,6 +2852,11 @@ attentionBackward(tessera_bundle *bundle, const tessera_attention_desc *desc,
     return s;
   if (tessera_status s = validateGradients(c, dO, dLse, dq, dk, dv))
     return s;
+  if (c.cuda && c.d.head_active)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "head_active (per-token head routing): the backward runs on "
+                "CPU contexts only for now (no CUDA backward kernel skips "
+                "the inactive rows)");
   if (c.cuda)
     return runBackwardCuda(c, *dO, dLse, *dq, *dk, *dv);
   if (tessera_status s = checkHostMemory(c))

@@ -14,8 +14,8 @@
 // do not, the tables are uploaded and freed in stream order (no
 // synchronising call); a copy of the kernel broken on purpose changes the
 // output. Refused by name before any launch: head_active in device
-// memory, of the wrong size, with a call other than dense, and in a bundle
-// without the permuted kernel.
+// memory, of the wrong size, with a call other than dense, in a bundle
+// without the permuted kernel, and the backward on CUDA.
 //
 //===----------------------------------------------------------------------===//
 
@@ -230,6 +230,56 @@ TEST_F(FakeDriverHeadRouting, RefusedByName) {
             TESSERA_ERROR_INVALID_ARGUMENT);
   EXPECT_NE(pr.error.find("--head-routing"), std::string::npos) << pr.error;
   EXPECT_EQ(log.find("cuLaunchKernel"), std::string::npos) << log;
+}
+
+/// The backward of a routed call on a CUDA context is refused by name
+/// (the CPU context runs it): no CUDA backward kernel skips inactive rows.
+TEST_F(FakeDriverHeadRouting, BackwardIsRefusedByName) {
+  Problem pr(1, 100, 100);
+  tessera_context *ctx = nullptr;
+  tessera_bundle *bundle = nullptr;
+  ASSERT_EQ(tessera_context_create(TESSERA_DEVICE_CUDA, 0, &ctx), TESSERA_OK)
+      << tessera_last_error();
+  const std::string dir =
+      std::string(TESSERA_BINARY_DIR) + "/test/bundles/head-routing";
+  ASSERT_EQ(tessera_bundle_load_file(ctx, dir.c_str(), &bundle), TESSERA_OK)
+      << tessera_last_error();
+  const size_t n = size_t(pr.nq * kHeads * 64), kvN = size_t(pr.nk * 3 * 64);
+  std::vector<uint16_t> o(n), dO(n), dq(n), dk(kvN), dv(kvN);
+  std::vector<float> lse(size_t(kHeads * pr.nq));
+  auto tensor = [&](void *data, int64_t seq, int64_t heads) {
+    return tessera_tensor{data, TESSERA_DTYPE_BF16, 1,          seq, heads,
+                          64,   seq * heads * 64,   heads * 64, 64};
+  };
+  tessera_attention_desc d;
+  tessera_attention_desc_init(&d);
+  d.q = tensor(pr.q.data(), pr.nq, kHeads);
+  d.k = tensor(pr.k.data(), pr.nk, 3);
+  d.v = tensor(pr.v.data(), pr.nk, 3);
+  d.o = tensor(o.data(), pr.nq, kHeads);
+  d.lse = lse.data();
+  d.cuda_stream = reinterpret_cast<void *>(0x5eed);
+  d.head_active = pr.active.data();
+  d.head_active_size = int64_t(pr.active.size());
+  FakeApi &f = Fake::get();
+  f.clear();
+  for (auto *t : {&pr.q, &pr.k, &pr.v, &o, &dO, &dq, &dk, &dv})
+    f.registerRange(t->data(), t->size() * 2);
+  f.registerRange(lse.data(), lse.size() * 4);
+  const tessera_tensor tdO = tensor(dO.data(), pr.nq, kHeads),
+                       tdq = tensor(dq.data(), pr.nq, kHeads),
+                       tdk = tensor(dk.data(), pr.nk, 3),
+                       tdv = tensor(dv.data(), pr.nk, 3);
+  EXPECT_EQ(
+      tessera_attention_backward(bundle, &d, &tdO, nullptr, &tdq, &tdk, &tdv),
+      TESSERA_ERROR_INVALID_ARGUMENT);
+  const std::string error = tessera_last_error();
+  EXPECT_NE(error.find("head_active"), std::string::npos) << error;
+  EXPECT_NE(error.find("backward"), std::string::npos) << error;
+  EXPECT_EQ(std::string(f.calls()).find("cuLaunchKernel"), std::string::npos);
+  f.clear();
+  tessera_bundle_destroy(bundle);
+  tessera_context_destroy(ctx);
 }
 
 } // namespace

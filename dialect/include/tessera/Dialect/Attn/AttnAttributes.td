@@ -500,8 +500,8 @@ def Attn_PeriodTransposeAttr
     when `a0 = 0`): the tokens of one residue in every video segment sit
     together, whatever text lies between the segments. Each range is
     clipped to the sequence (`[min(a_i, N), min(b_i, N))`), so the
-    permutation is a bijection of `[0, N)` for every `N`; `kept = [0, S]`
-    is the prefix `S`. The ranges are non-empty, sorted,
+    permutation is a bijection of `[0, N)` for every `N`. The ranges are
+    non-empty, sorted,
     disjoint and not touching, at most 64 of them (`kMaxKeptRanges`);
     `kept = [0, S]` is spelled `prefix = S`, and `prefix` and `kept` are
     not given together.
@@ -511,8 +511,8 @@ def Attn_PeriodTransposeAttr
         layout #attn.period_transpose<period = 1024>
     attn.group 1 heads [6] = #attn.union<#attn.vertical_stripe<ranges = [0, 256]>, ...>
         layout #attn.period_transpose<period = 1024, prefix = 256>
-    attn.group 2 heads [7] = #attn.union<#attn.vertical_stripe<ranges = [0, 200, 4296, 4396]>, ...>
-        layout #attn.period_transpose<period = 1024, kept = [0, 200, 4296, 4396]>
+    attn.group 2 heads [7] = #attn.union<#attn.vertical_stripe<ranges = [0, 200, 2248, 2348]>, ...>
+        layout #attn.period_transpose<period = 1024, kept = [0, 200, 2248, 2348]>
     ```
   }];
   let parameters = (ins "int64_t":$period,

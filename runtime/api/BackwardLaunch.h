@@ -22,12 +22,14 @@
 namespace tessera::runtime {
 
 /// "" where a call of `desc` on layer `l` can run on the CUDA backward
-/// kernels, else why not, in words (packed, paged, positioned, head-range
-/// and dynamic-head calls, bundles without the kernels).
+/// kernels, else why not, in words (paged and positioned calls; packed,
+/// length and head-range calls of layers with dynamic heads; bundles
+/// without the kernels).
 std::string cudaBackwardRefusal(const tessera_attention_desc &d,
                                 const LayerDesc &l);
 
-/// Bytes of the backward's f32 workspace: [batch, heads, Nq] delta, and for
+/// Bytes of the backward's f32 workspace: [batch, heads, Nq] delta (the
+/// LSE's layout, heads the call's: [heads, T] packed), and for
 /// layers with dynamic heads after it (16-byte aligned) their dK / dV sums,
 /// [batch, kv heads, Nk, 2 head_dim], then (16-byte aligned) an int per
 /// block of the largest chunk grid of a dynamic group, where its unguarded
@@ -40,8 +42,10 @@ int64_t backwardWorkspaceBytes(const tessera_attention_desc &d,
 int *backwardStops(const tessera_attention_desc &d, const LayerDesc &l,
                    float *delta);
 
-/// The kernels' arguments for a dense call (the workspace at `delta`: the
-/// delta rows, then the dynamic heads' sums where the layer has some).
+/// The kernels' arguments for a call (the workspace at `delta`: the delta
+/// rows, then the dynamic heads' sums where the layer has some); for a
+/// packed, length or head-range call also its sequence fields (the device
+/// arrays, the sequences, the head range), which the `_seq` kernels read.
 kernel::BwdParams makeBwdParams(const tessera_attention_desc &d,
                                 const LayerDesc &l, const tessera_tensor &dO,
                                 const float *dLse, const tessera_tensor &dq,
@@ -51,7 +55,9 @@ kernel::BwdParams makeBwdParams(const tessera_attention_desc &d,
 /// The grids (BackwardEmit.cpp's kernels): the preprocess and the zero fill
 /// a thread a row, 128 rows a block; the key-major pass a block per 64 keys
 /// of a kv head; the query-major pass a block per 64 rows of a computed
-/// head.
+/// head. Packed rows or keys: floor(T / 64) + num_seqs blocks in one grid
+/// entry (bwdSeqBlock); a per-sequence call's preprocess covers max(Nq, Nk)
+/// rows of max(q.batch, k.batch) entries (it zeroes what no sequence owns).
 struct BackwardGrids {
   kernel::SeqGrid preprocess, keyMajor, queryMajor, zeroSkipped;
   /// The dynamic heads' sums zeroed and added: a thread a key of a kv head.

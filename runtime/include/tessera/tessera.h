@@ -260,9 +260,12 @@ TESSERA_API tessera_status tessera_attention_dynamic(
  * LSE = -inf and costs nothing: each head's active rows are compacted into
  * query blocks (keeping their positions, which the pattern sees). Keys and
  * values are not routed: an active pair sees every key its pattern
- * allows. Null: every pair active. CPU contexts, layers of static heads
- * (dynamic heads are refused by name); the backward gives inactive rows
- * dq = 0 and no share of dk and dv. */
+ * allows. Null: every pair active. Layers of static heads (dynamic heads
+ * are refused by name); CPU contexts take every call mode, CUDA contexts
+ * dense whole-layer calls of bundles emitted with attn-translate
+ * --head-routing (host memory there too: the host builds each head's
+ * walk; other calls refused by name). The backward (CPU contexts) gives
+ * inactive rows dq = 0 and no share of dk and dv. */
 typedef struct tessera_attention_desc {
   size_t struct_size; /* sizeof(tessera_attention_desc) of the caller */
   int64_t layer;

@@ -674,7 +674,8 @@ class Bundle:
         (int32 numpy arrays, host memory on every context: _block_index).
         head_active: bool or uint8 numpy [B, Nq, H], which heads each query
         row uses (per-token head routing; inactive pairs get o = 0 and lse =
-        -inf; the library runs it on CPU contexts only for now)."""
+        -inf; host memory on every context: CUDA contexts take it for dense
+        calls of bundles emitted with attn-translate --head-routing)."""
         layer = _int64("layer", layer)
         if block_index is not None or head_active is not None:
             return self._attention_block_index(layer, q, k, v, out, lse,

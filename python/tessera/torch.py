@@ -104,7 +104,9 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if active is not None and q.device.type != "cpu":
         raise NotImplementedError(
             "tessera.attention: head_active (per-token head routing) runs on "
-            "the CPU only for now (no CUDA kernel compacts the active rows)")
+            "the CPU only from torch for now (the C API and Bundle.attention "
+            "take it on CUDA for dense calls of --head-routing bundles, "
+            "forward only)")
     if q.device.type == "cpu":
         if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise TypeError(f"tessera.attention: unsupported dtype {q.dtype} "

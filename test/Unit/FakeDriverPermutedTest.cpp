@@ -166,6 +166,39 @@ TEST_F(FakeDriverPermuted, IdentityLayoutsRunTheOriginalOrder) {
   }
 }
 
+/// Kept ranges (interleaved segments): the prompt + grid group's prefix of
+/// 32 replaced in the manifest by kept = [0, 32, 100, 120] (two text
+/// ranges, the second cut by the shorter lengths). The permuted kernel runs
+/// it through the host's maps (token of each slot) and equals the CPU
+/// context's run of the same manifest (PermutedApiTest: bit for bit the
+/// executor's, itself checked against float64).
+TEST_F(FakeDriverPermuted, KeptRangesMatchTheCpuContext) {
+  std::string m = slurp(std::string(TESSERA_BINARY_DIR) +
+                        "/test/bundles/permuted/manifest.json");
+  const std::regex prefix("\"prefix\": 32");
+  const std::string kept = std::regex_replace(
+      m, prefix, "\"kept\": [0, 32, 100, 120], \"prefix\": 0");
+  ASSERT_NE(kept, m);
+  for (auto [B, nq, nk] :
+       {Shape{2, 300, 300}, Shape{1, 110, 333}, Shape{1, 333, 272}}) {
+    SCOPED_TRACE("B " + std::to_string(B) + " Nq " + std::to_string(nq) +
+                 " Nk " + std::to_string(nk));
+    Problem pr(B, nq, nk);
+    std::vector<uint16_t> oCpu, o;
+    std::vector<float> lseCpu, lse;
+    std::string none, log;
+    ASSERT_EQ(pr.run(TESSERA_DEVICE_CPU, oCpu, lseCpu, none, &kept), TESSERA_OK)
+        << pr.error;
+    ASSERT_EQ(pr.run(TESSERA_DEVICE_CUDA, o, lse, log, &kept), TESSERA_OK)
+        << pr.error;
+    const std::set<std::string> ran = splitLog(log.substr(log.find('|') + 1));
+    EXPECT_EQ(ran.count(kPermKernel), 1u) << log;
+    auto [worst, lseWorst] = compare(o, oCpu, lse, lseCpu);
+    EXPECT_LT(worst, 2e-2);
+    EXPECT_LT(lseWorst, 1e-3);
+  }
+}
+
 /// Older manifests: without the tables' entry that leaves out the
 /// permuted groups' heads (permuted_position), the layer's kernels compute
 /// them too and the permuted kernel overwrites their rows; without the

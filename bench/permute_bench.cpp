@@ -143,18 +143,23 @@ int main(int argc, char **argv) {
       maxDiff = std::max(maxDiff, double(std::abs(o[i] - oPerm[i])));
     }
   int64_t tiles = ((L + 63) / 64) * ((L + 63) / 64);
+  std::string keptJson = "[";
+  for (size_t i = 0; i < kept.size(); ++i)
+    keptJson += (i ? ", " : "") + std::to_string(kept[i]);
+  keptJson += "]";
   std::printf(
       "{\"pattern\": \"%s\", \"period\": %lld, \"prefix\": %lld, "
+      "\"kept\": %s, "
       "\"len\": %lld, \"head_dim\": %lld, \"threads\": %d, \"tiles\": %lld, "
       "\"original\": {\"visited\": %lld, \"full\": %lld, \"partial\": "
       "%lld, \"s\": %.4f}, \"permuted\": {\"visited\": %lld, \"full\": "
       "%lld, \"partial\": %lld, \"s\": %.4f, "
       "\"gather_share\": %.4f, \"runs_share\": %.4f, \"closed_form\": %s}, "
       "\"speedup\": %.3f, \"max_abs_diff\": %.3g}\n",
-      pattern.c_str(), (long long)period, (long long)prefix, (long long)L,
-      (long long)d, int(threads), (long long)tiles,
-      (long long)(so.tilesFull + so.tilesPartial),
-      (long long)so.tilesFull, (long long)so.tilesPartial, median(to),
+      pattern.c_str(), (long long)period, (long long)prefix, keptJson.c_str(),
+      (long long)L, (long long)d, int(threads), (long long)tiles,
+      (long long)(so.tilesFull + so.tilesPartial), (long long)so.tilesFull,
+      (long long)so.tilesPartial, median(to),
       (long long)(sp.tilesFull + sp.tilesPartial), (long long)sp.tilesFull,
       (long long)sp.tilesPartial, median(tp), median(gather), median(runsShare),
       info.closedForm ? "true" : "false", median(ratio), maxDiff);

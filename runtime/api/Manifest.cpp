@@ -522,8 +522,9 @@ std::string parseLayouts(const json::Object &o, LayerDesc &l) {
       if (!ranges)
         return where + "kept is not an array";
       if (int64_t(ranges->size()) > 2 * layout::kMaxKeptRanges)
-        return where + "kept holds more than " +
-               std::to_string(layout::kMaxKeptRanges) + " ranges";
+        return where + "kept holds " + std::to_string(ranges->size()) +
+               " values: at most " + std::to_string(layout::kMaxKeptRanges) +
+               " ranges (begin, end pairs)";
       for (const json::Value &x : *ranges) {
         std::optional<int64_t> at = x.getAsInteger();
         if (!at)

@@ -200,7 +200,8 @@ TEST(PermutedBundle, BadLayoutsAreRefusedByName) {
       {"kept a prefix", "the layout of group 0: kept [0, 9] is a prefix",
        set(0, "kept", llvm::json::Array{0, 9})},
       {"kept past the limit",
-       "the layout of group 0: kept holds more than 64 ranges",
+       "the layout of group 0: kept holds 130 values: at most 64 ranges "
+       "(begin, end pairs)",
        set(0, "kept",
            [] {
              llvm::json::Array a;

@@ -789,7 +789,8 @@ TEST(PermutedGroupTest, InterleavedTextAndFrames) {
   // Interleaved modalities: text [0, 200), two frames of 256 video tokens,
   // text [712, 812), then 1.5 frames (N = 1200, not a multiple of P), in
   // `period_transpose<period = 256, kept = [0, 200, 712, 812]>`: the text
-  // first, the video tokens of both segments transposed together. Grid
+  // first, then the video tokens of both segments sorted by the residue of
+  // their original position (one band of residues for both segments). Grid
   // and multi-diagonal heads plus the text stripes, against float64 and
   // the original order; Nq < Nk and Nq > Nk; tiles of 64 and 48 (blocks
   // straddling the text's end). The runs are classified pair by pair.
@@ -837,6 +838,36 @@ TEST(PermutedGroupTest, InterleavedTextAndFrames) {
        0,
        kept},
   };
+  // Video first: the first kept range starts after token 0 (the residues
+  // count from e = 0), and keys that end before the first range (every
+  // range clipped away on the keys' side).
+  s::IndexSet late;
+  late.ranges = {{300, 400}, {900, 950}};
+  P lateGrid{s::Union{{P{s::VerticalStripe{late}}, P{s::HorizontalStripe{late}},
+                       P{s::Grid{256, 8, 8, 0}}}}};
+  std::vector<int64_t> lateKept = {300, 400, 900, 950};
+  cases.push_back({"video first, Nq < Nk",
+                   lateGrid,
+                   {0, 3},
+                   256,
+                   1000,
+                   1200,
+                   64,
+                   cpu::DType::F32,
+                   false,
+                   0,
+                   lateKept});
+  cases.push_back({"video first, keys before the first range, Nq > Nk",
+                   lateGrid,
+                   {1},
+                   256,
+                   1000,
+                   280,
+                   64,
+                   cpu::DType::BF16,
+                   false,
+                   0,
+                   lateKept});
   for (const Case &c : cases)
     runCase(c);
 }

@@ -16,6 +16,7 @@
 #include "tessera/kernel/Program.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -51,7 +52,8 @@ inline constexpr int64_t kMaxKeptRanges = 64;
 /// lies between the segments (a residue-only pattern sees one band of
 /// residues, not one band a segment). With one range [0, S) this is the
 /// prefix S. Still a bijection of [0, N) for every N; slot costs
-/// O(ranges), token O(ranges * log N) (two binary searches).
+/// O(ranges), token O(ranges * (log P + log(N / P))) (two binary
+/// searches: the residue, then the frame).
 struct PeriodTranspose {
   int64_t period = 2;
   int64_t prefix = 0;
@@ -401,9 +403,9 @@ inline std::string residueOnlyReason(const kernel::Node *nodes, int64_t count,
   return "";
 }
 
-/// Why kept ranges (interleaved segments) have no closed-form runs: each
-/// video segment after a kept range of a length that is not a multiple of
-/// P shifts the residues of its positions against their slots' order.
+/// Why kept ranges (interleaved segments) have no closed-form runs: the
+/// kept rows and keys are not one interval of positions (the prefix's
+/// quadrants do not carry over), so each pair is classified once.
 inline constexpr const char *kInterleavedReason =
     "kept ranges (interleaved segments): each pair classified";
 
@@ -710,6 +712,8 @@ struct PermutedRuns {
   /// `out`, in key order; partial runs need the element predicate (on the
   /// original positions), full ones none.
   void runs(int64_t i, std::vector<PermutedRun> &out) const {
+    assert(perm.kept.empty() && "kept ranges have no closed form: "
+                                "closedFormReason says so, check it first");
     if (perm.prefix > 0) {
       PrefixQuadrants quad(nodes, count, data, perm, head, nq, nk);
       prefixRuns(quad, i, out);

@@ -188,11 +188,10 @@ refused("malformed interface", lambda: cuda.attention(
     0, DevArray(np.zeros((1, 64, H, D), np.float16), shape=None), k, k,
     out=out, lse=False))
 lse = DevArray(np.zeros((1, H, 64), np.float32))
-refused("packed backward on CUDA", lambda: cuda.attention_backward(
-    0, q, k, k, out, DevArray(np.zeros((H, 64), np.float32)), out,
-    num_seqs=1,
-    cu_seqlens_q=DevArray(np.array([0, 64], np.int32)),
-    cu_seqlens_k=DevArray(np.array([0, 64], np.int32)),
+# Packed, length and head-range backward calls run on CUDA
+# (SeqBackwardFakeDriverTest); positioned ones are refused by name.
+refused("positioned backward on CUDA", lambda: cuda.attention_backward(
+    0, q, k, k, out, lse, out, k_start=DevArray(np.array([3], np.int64)),
     dq=out, dk=k, dv=k))
 refused("host cu_seqlens on CUDA", lambda: cuda.attention_run(
     0, q, k, k, out, num_seqs=1, cu_seqlens_q=np.array([0, 64], np.int32),

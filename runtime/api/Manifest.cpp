@@ -478,6 +478,16 @@ std::string parsePermutedKernel(const json::Object &o, LayerDesc &l) {
       return "permuted_kernel is not a kernel name";
     l.permutedKernel = name->str();
   }
+  // Bundles whose Permuted.cuh reads PermArgs::routed say so; one emitted
+  // before has a kernel that would ignore the tables (and read its walk
+  // past its end): head routing refuses it by name (validateHeadActive).
+  // Alone (no kernel) it says nothing: that refusal comes first.
+  if (const json::Value *r = o.get("permuted_routes")) {
+    std::optional<bool> routes = r->getAsBoolean();
+    if (!routes)
+      return "permuted_routes is not a boolean";
+    l.permutedRoutes = *routes;
+  }
   return "";
 }
 

@@ -101,6 +101,9 @@ struct LayerDesc : kernel::OwnedLayerTable {
   /// layouts, given it by attn-translate --head-routing); without it a
   /// CUDA context refuses head_active by name.
   std::string permutedKernel;
+  /// "permuted_routes": the kernel reads PermArgs::routed (bundles emitted
+  /// since head routing ran on CUDA); false: head_active refused by name.
+  bool permutedRoutes = false;
   /// "permuted_position" and "permuted_slots", optional: the tables' entry
   /// whose attention kernels' slots leave out the heads of the groups with
   /// layouts, and each kernel's slot count there (`kernels`' order; 0: not

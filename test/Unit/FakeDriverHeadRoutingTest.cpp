@@ -230,6 +230,22 @@ TEST_F(FakeDriverHeadRouting, RefusedByName) {
             TESSERA_ERROR_INVALID_ARGUMENT);
   EXPECT_NE(pr.error.find("--head-routing"), std::string::npos) << pr.error;
   EXPECT_EQ(log.find("cuLaunchKernel"), std::string::npos) << log;
+  // A bundle whose permuted kernel predates the routed tables (no
+  // permuted_routes): its kernel would ignore them and read its walk past
+  // the end, so the call is refused before any launch.
+  std::string old = manifest;
+  old.insert(at, field);
+  const std::string routes = "\"permuted_routes\": true";
+  const size_t r = old.find(routes);
+  ASSERT_NE(r, std::string::npos);
+  old.replace(r, routes.size(), "\"permuted_routes\": false");
+  log.clear();
+  EXPECT_EQ(pr.run(TESSERA_DEVICE_CUDA, o, lse, log, &old),
+            TESSERA_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(pr.error.find("emitted before it took head routing"),
+            std::string::npos)
+      << pr.error;
+  EXPECT_EQ(log.find("cuLaunchKernel"), std::string::npos) << log;
 }
 
 /// The backward of a routed call on a CUDA context is refused by name

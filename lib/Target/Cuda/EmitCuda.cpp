@@ -407,6 +407,7 @@ private:
       if (d <= 128) {
         permutedKernels.insert({dtypeName(dtype), d});
         layer["permuted_kernel"] = permutedName(dtypeName(dtype), d);
+        layer["permuted_routes"] = true; // takes PermArgs::routed
         std::set<int64_t> layoutGroups;
         for (const json::Value &g : *layer.getArray("layouts"))
           layoutGroups.insert(*g.getAsObject()->getInteger("group"));
@@ -423,6 +424,7 @@ private:
         !layer.get("permuted_kernel")) {
       permutedKernels.insert({dtypeName(dtype), d});
       layer["permuted_kernel"] = permutedName(dtypeName(dtype), d);
+      layer["permuted_routes"] = true;
     }
     // The backward: static heads, and the dynamic groups whose family has
     // CUDA backward kernels (every family; merging routing also the rest's).

@@ -1545,6 +1545,13 @@ tessera_status validateHeadActive(Call &c) {
                     c.layerName() +
                     " has no permuted kernel in its bundle (emit it with "
                     "attn-translate --head-routing; head_dim 64, 96 or 128)");
+  if (!c.l->permutedRoutes)
+    return fail(TESSERA_ERROR_INVALID_ARGUMENT,
+                "head_active (per-token head routing) on a CUDA context: " +
+                    c.layerName() +
+                    "'s permuted kernel was emitted before it took head "
+                    "routing (no permuted_routes in its manifest): emit the "
+                    "bundle again with attn-translate --head-routing");
   return TESSERA_OK;
 }
 
@@ -2339,17 +2346,18 @@ tessera_status runCudaRouted(const Call &c, kernel::AttnParams &p) {
   const Driver &d = *c.bundle->context->driver;
   int position = static_cast<int>(l.position);
   void *fillArgs[] = {&p, &position};
+  // The walk first: a call it refuses writes nothing.
+  cpu::RoutedWalk w;
+  if (std::string e = cpu::routedWalk(l.table(), c.d.q.batch, p.nq, p.nk,
+                                      c.d.head_active, w);
+      !e.empty())
+    return fail(TESSERA_ERROR_SHAPE_MISMATCH, c.layerName() + ": " + e);
   if (tessera_status s = launchGrid(
           c, l.fillKernel,
           kernel::SeqGrid{(p.nq + 127) / 128, int64_t(l.skippedHeads.size()),
                           c.d.q.batch},
           128, 0, fillArgs))
     return s;
-  cpu::RoutedWalk w;
-  if (std::string e = cpu::routedWalk(l.table(), c.d.q.batch, p.nq, p.nk,
-                                      c.d.head_active, w);
-      !e.empty())
-    return fail(TESSERA_ERROR_SHAPE_MISMATCH, c.layerName() + ": " + e);
   if (w.heads.empty() || w.gridX == 0)
     return TESSERA_OK;
   // Every array 8-byte aligned in one buffer; each one's word.
@@ -2635,8 +2643,12 @@ tessera_status runBackwardCuda(const Call &c, const tessera_tensor &dO,
   auto twin = [&](const std::string &name) {
     return name.empty() ? name : name + seq;
   };
-  if (!c.bundle->functions.count(k.keyMajor + seq) ||
-      !c.bundle->functions.count(k.queryMajor + seq))
+  // Every pass's twin, before anything is allocated or launched.
+  bool twins = true;
+  for (const std::string *name :
+       {&k.keyMajor, &k.queryMajor, &k.keyMajorGuarded, &k.queryMajorGuarded})
+    twins = twins && (name->empty() || c.bundle->functions.count(twin(*name)));
+  if (!twins)
     return fail(TESSERA_ERROR_INVALID_ARGUMENT,
                 c.layerName() + "'s bundle has no per-sequence backward "
                                 "kernels (emitted before them: emit it again "

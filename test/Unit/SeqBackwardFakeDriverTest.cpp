@@ -392,7 +392,9 @@ TEST_F(FakeDriverSeqBackwardTinyMix, HeadRanges) {
 /// Sequence arrays out of range in device memory, which the host does not
 /// read: the call returns TESSERA_OK without a synchronisation, and the
 /// kernels give the bad sequence's rows (and, dense keys, its keys) NaN
-/// gradients while the good sequences' stay finite. Packed keys whose
+/// gradients while sequence 0's stay finite. (Sequence 2 is not checked:
+/// with cu_seqlens_k [0, 50, 45, ...] its keys [45, ...) overlap sequence
+/// 0's, which docs/backward.md says give undefined values.) Packed keys whose
 /// cu_seqlens_k decreases at sequence 1; dense keys whose length of
 /// sequence 1 is past Nk.
 TEST_F(FakeDriverSeqBackwardTinyMix, BadDeviceArraysGiveNaN) {

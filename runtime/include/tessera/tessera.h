@@ -329,19 +329,22 @@ tessera_attention_workspace_size(const tessera_bundle *bundle,
  * shape), dk and dv (k's shape; with grouped-query attention the sums over
  * each kv head's query heads). d_lse: null, or the gradient of the loss by
  * the LSE ([B, H, Nq] float32), for losses that read it. All tensors of the
- * forward's dtype. On CUDA contexts: dense calls of layers of static heads
- * (the bundle's backward kernels on desc->cuda_stream, without
- * synchronising; an f32 [B, H, Nq] workspace from desc->workspace if set,
- * else allocated in stream order; docs/backward.md). On CPU contexts:
- * dense calls, and packed
- * (cu_seqlens), length (seq_lens_k) and head-range calls of static heads
- * (each sequence's gradients those of its own dense call; rows and keys no
+ * forward's dtype. Dense calls of every head family (dynamic heads: their
+ * index rebuilt from the same rows, the selection carrying no gradient;
+ * routing heads: gradients within their clusters and through the rest of
+ * their pattern, the centroids the caller's), and packed (cu_seqlens),
+ * length (seq_lens_k) and head-range calls of layers of static heads (each
+ * sequence's gradients those of its own dense call; rows and keys no
  * sequence owns get zeros; a head range's dk and dv sum over its own query
- * heads); no block_table, q_start or k_start;
- * static heads and vertical-slash and block top-k dynamic heads
- * (their index rebuilt from the same rows; the selection carries no
- * gradient); routing heads and anything else are
- * TESSERA_ERROR_INVALID_ARGUMENT saying which. */
+ * heads); no block_table, q_start or k_start. On CUDA contexts the
+ * bundle's backward kernels run on desc->cuda_stream without
+ * synchronising, in a workspace from desc->workspace if set (else
+ * allocated in stream order): the f32 D rows ([B, call heads, Nq];
+ * packed [call heads, T]), and with dynamic heads their f32 dK / dV sums
+ * ([B, kv heads, Nk, 2 head_dim]) and an int per block of the guarded
+ * launches; a smaller workspace is refused naming the bytes it needs
+ * (docs/backward.md). CUDA refuses head_active (CPU contexts run it).
+ * Anything else is TESSERA_ERROR_INVALID_ARGUMENT saying which. */
 TESSERA_API tessera_status tessera_attention_backward(
     tessera_bundle *bundle, const tessera_attention_desc *desc,
     const tessera_tensor *d_o, const float *d_lse, const tessera_tensor *dq,

@@ -32,7 +32,8 @@
 // kernels) whose runFromT is each pattern's generated transposed walk
 // (schedule::emitTransposedCode), and the kernels of docs/backward.md
 // (tessera_bwd_*: (BwdParams, int layer)), which the runtime launches for
-// dense calls on CUDA contexts. The emulator test's wrappers
+// dense calls on CUDA contexts, and their `_seq` twins for packed, length
+// and head-range calls (BwdParams' sequence fields). The emulator test's wrappers
 // (test/Unit/BackwardKernels.inc) also run these bodies with runFromT from
 // the manifest's program (ProgramRuns), as an independent walk.
 //

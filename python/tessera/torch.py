@@ -100,13 +100,10 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     # The index is host memory on every context (the library validates it
     # on the host and, on CUDA, uploads it on the call's stream).
     index = _block_index_arrays(block_index_offsets, block_index_cols)
+    # head_active too: host memory on every context (a CUDA tensor is
+    # copied to the host, which waits for the stream, as a block index is;
+    # CUDA takes it in dense calls of --head-routing bundles, forward only).
     active = _head_active_array(head_active)
-    if active is not None and q.device.type != "cpu":
-        raise NotImplementedError(
-            "tessera.attention: head_active (per-token head routing) runs on "
-            "the CPU only from torch for now (the C API and Bundle.attention "
-            "take it on CUDA for dense calls of --head-routing bundles, "
-            "forward only)")
     if q.device.type == "cpu":
         if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise TypeError(f"tessera.attention: unsupported dtype {q.dtype} "
@@ -130,7 +127,7 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     # transposed q's): the fake implementation promises exactly that.
     o, lse = b.attention(layer, q.detach(), k.detach(), v.detach(),
                          out=q.new_empty(q.shape), scale=scale, centroids=cd,
-                         block_index=index)
+                         block_index=index, head_active=active)
     return o, lse
 
 
@@ -194,6 +191,11 @@ def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b = _bundle(bundle, q.device)
     if q.device.type != "cpu":
+        if head_active is not None:
+            raise NotImplementedError(
+                "tessera.attention: the backward of head_active (per-token "
+                "head routing) runs on the CPU only: no CUDA backward kernel "
+                "skips inactive rows (docs/runtime.md)")
         return _cuda_backward(b, q, k, v, o, lse, grad_o, grad_lse, layer,
                               scale, centroids, _block_index_arrays(
                                   block_index_offsets, block_index_cols))
@@ -217,8 +219,7 @@ def _cuda_backward(b, q, k, v, o, lse, grad_o, grad_lse, layer, scale,
     (docs/backward.md, "On CUDA") on the current stream, in the layer's
     dtype; dq, dk and dv contiguous; a block index (host memory) as the
     forward took it (the library refuses what its CUDA backward does not
-    take by name). head_active, which the forward refuses on CUDA, does not
-    reach here."""
+    take by name). head_active is refused before it (CPU only)."""
     def strided(x):
         # autograd's gradients may be expanded (a sum's: all strides 0):
         # the kernels take any strides with head_dim contiguous.
@@ -418,7 +419,9 @@ def attention(q, k, v, bundle, layer, scale=0.0, centroids=None, *,
 
     head_active: bool or uint8 [B, Nq, H], which heads each query row uses
     (per-token head routing, MoH; docs/runtime.md): inactive pairs give
-    o = 0 and lse = -inf and no gradient; dense calls on the CPU."""
+    o = 0 and lse = -inf and no gradient; dense calls (CUDA tensors: the
+    forward of --head-routing bundles, the mask copied to the host; the
+    backward on the CPU only)."""
     seq = (num_seqs or head_count or any(
         x is not None for x in (cu_seqlens_q, cu_seqlens_k, seq_lens_k,
                                 block_table, q_start, k_start)))

@@ -82,16 +82,8 @@ struct Problem : LayerCall {
   }
 };
 
-class FakeDriverBlockIndex : public ::testing::Test {
-protected:
-  static void SetUpTestSuite() {
-    setenv("TESSERA_LIBCUDA", TESSERA_FAKECUDA, 1);
-    setenv("TESSERA_CACHE_DIR", TESSERA_BINARY_DIR "/test/fake-cuda-cache", 1);
-    ASSERT_NE(Fake::get().useBundle, nullptr);
-    Fake::get().useBundle("dynamic-block-index");
-  }
-  static void TearDownTestSuite() { Fake::get().useBundle("tiny-mix"); }
-};
+constexpr char kBlockIndexBundle[] = "dynamic-block-index";
+class FakeDriverBlockIndex : public FakeBundleSuite<kBlockIndexBundle> {};
 
 /// The CUDA context's output (twins, then mma.sync kernels) equals the CPU
 /// context's to bf16 rounding; empty rows give 0 and LSE -inf on both.

@@ -101,16 +101,8 @@ std::pair<double, double> compare(const std::vector<uint16_t> &o,
   return {worst, lseWorst};
 }
 
-class FakeDriverHeadRouting : public ::testing::Test {
-protected:
-  static void SetUpTestSuite() {
-    setenv("TESSERA_LIBCUDA", TESSERA_FAKECUDA, 1);
-    setenv("TESSERA_CACHE_DIR", TESSERA_BINARY_DIR "/test/fake-cuda-cache", 1);
-    ASSERT_NE(Fake::get().useBundle, nullptr);
-    Fake::get().useBundle("head-routing");
-  }
-  static void TearDownTestSuite() { Fake::get().useBundle("tiny-mix"); }
-};
+constexpr char kHeadRoutingBundle[] = "head-routing";
+class FakeDriverHeadRouting : public FakeBundleSuite<kHeadRoutingBundle> {};
 
 using Shape = std::tuple<int64_t, int64_t, int64_t>;
 

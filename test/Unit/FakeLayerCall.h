@@ -1,7 +1,8 @@
 //===- FakeLayerCall.h - one dense bf16 layer call, CPU or fake CUDA -----===//
 //
 // The scaffolding the fake-driver tests of a feature share
-// (FakeDriverBlockIndexTest.cpp, FakeDriverPermutedTest.cpp): random bf16
+// (FakeDriverBlockIndexTest.cpp, FakeDriverPermutedTest.cpp,
+// FakeDriverHeadRoutingTest.cpp): their suites' fake-driver set-up, random bf16
 // inputs of one dense call, the call run on a CPU or CUDA context through
 // tessera_attention_run (on CUDA its host arrays registered with the fake
 // driver as device memory, and the driver calls and kernels it made
@@ -29,6 +30,19 @@
 #include <vector>
 
 namespace {
+
+/// A suite whose tests run on the fake driver, its kernels those of the
+/// test bundle `Bundle` (tiny-mix's again after the suite).
+template <const char *Bundle> class FakeBundleSuite : public ::testing::Test {
+protected:
+  static void SetUpTestSuite() {
+    setenv("TESSERA_LIBCUDA", TESSERA_FAKECUDA, 1);
+    setenv("TESSERA_CACHE_DIR", TESSERA_BINARY_DIR "/test/fake-cuda-cache", 1);
+    ASSERT_NE(FakeApi::get().useBundle, nullptr);
+    FakeApi::get().useBundle(Bundle);
+  }
+  static void TearDownTestSuite() { FakeApi::get().useBundle("tiny-mix"); }
+};
 
 /// The value of a bf16 bit pattern.
 inline double bf16Value(uint16_t x) {
